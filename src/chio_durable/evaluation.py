@@ -1,0 +1,265 @@
+"""Evaluate one governed call against any Chio client, fail closed.
+
+The engine layers (Prefect, Temporal, the agent capability) accept three kinds of client
+interchangeably: the real ``chio_sdk.ChioClient`` talking to a sidecar, our in-process
+``chio_kernel.LocalChioClient``, and the ``chio_sdk.testing`` mocks. This module is the one place
+that knows their differences:
+
+* only the kernel speaks idempotency keys: ``LocalChioClient`` takes ``idempotency_key=``, and the
+  real ``ChioClient`` gets the same field added to its ``/v1/evaluate`` body; a mock ignores it;
+* a mock (or an upstream sidecar answering HTTP 403) raises ``ChioDeniedError`` on deny, where our
+  kernel returns a signed deny receipt — both become a denied :class:`Evaluation`;
+* anything that is not a decision (connection refused, timeout, 4xx/5xx) raises
+  :class:`KernelUnavailable`, so the governed body never runs.
+
+Async ``httpx`` clients are bound to the event loop that opened their connections, while Prefect
+runs sync tasks in worker threads and async tasks on its own loop. Every call to a remote client is
+therefore driven on one private background loop (:func:`run_on_kernel_loop`); the embedded kernel
+is called directly, with no loop hop at all.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import inspect
+import threading
+from collections.abc import Coroutine
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+from chio_sdk.client import ChioClient
+from chio_sdk.errors import ChioDeniedError
+from chio_sdk.models import ChioReceipt, MonetaryAmount
+
+__all__ = [
+    "Evaluation",
+    "KernelUnavailable",
+    "client_url",
+    "evaluate",
+    "evaluate_sync",
+    "idempotency_key",
+    "run_on_kernel_loop",
+]
+
+T = TypeVar("T")
+
+
+class KernelUnavailable(RuntimeError):
+    """The kernel could not decide: the governed call must not run.
+
+    Retryable: the same call may succeed once the sidecar is reachable again.
+    """
+
+    def __init__(self, url: str, detail: str) -> None:
+        super().__init__(
+            f"Chio kernel at {url} could not evaluate the call ({detail}); the call was not run. "
+            f"Start the sidecar (`chio-durable sidecar`) or pass chio_client=LocalChioClient()."
+        )
+        self.url = url
+        self.detail = detail
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    """The kernel's answer for one call, normalised across client kinds."""
+
+    allowed: bool
+    receipt_id: str | None
+    capability_id: str
+    tool_server: str
+    tool_name: str
+    guard: str | None = None
+    reason: str | None = None
+    decision: dict[str, Any] = field(default_factory=dict)
+    receipt: ChioReceipt | None = None
+    timestamp: int | None = None
+
+    @classmethod
+    def from_receipt(cls, receipt: ChioReceipt) -> Evaluation:
+        return cls(
+            allowed=receipt.decision.is_allowed,
+            receipt_id=receipt.id,
+            capability_id=receipt.capability_id,
+            tool_server=receipt.tool_server,
+            tool_name=receipt.tool_name,
+            guard=receipt.decision.guard,
+            reason=receipt.decision.reason,
+            decision=receipt.decision.model_dump(exclude_none=True),
+            receipt=receipt,
+            timestamp=receipt.timestamp,
+        )
+
+
+def idempotency_key(*parts: object) -> str:
+    """A stable key for one governed call position: sha256 over its parts."""
+    digest = hashlib.sha256()
+    for part in parts:
+        digest.update(str(part).encode())
+        digest.update(b"\x1f")
+    return "idem-" + digest.hexdigest()
+
+
+def client_url(client: Any) -> str:
+    """Where a client sends its evaluations, for error messages and events."""
+    for attr in ("base_url", "_base_url", "DEFAULT_BASE_URL"):
+        value = getattr(client, attr, None)
+        if isinstance(value, str):
+            return value
+    return type(client).__name__
+
+
+# --- the background loop for remote clients --------------------------------------------------
+
+_loop: asyncio.AbstractEventLoop | None = None
+_loop_lock = threading.Lock()
+
+
+def _kernel_loop() -> asyncio.AbstractEventLoop:
+    global _loop
+    with _loop_lock:
+        if _loop is None or _loop.is_closed():
+            _loop = asyncio.new_event_loop()
+            threading.Thread(target=_loop.run_forever, name="chio-kernel-loop", daemon=True).start()
+        return _loop
+
+
+def run_on_kernel_loop(coro: Coroutine[Any, Any, T]) -> T:
+    """Run ``coro`` on the private kernel loop and block this thread until it is done.
+
+    Safe from any thread that is not the kernel loop itself (sync Prefect tasks run in worker
+    threads; the caller's own event loop, if any, is never blocked by the network call).
+    """
+    return asyncio.run_coroutine_threadsafe(coro, _kernel_loop()).result()
+
+
+async def _await_on_kernel_loop(coro: Coroutine[Any, Any, T]) -> T:
+    return await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(coro, _kernel_loop()))
+
+
+# --- evaluation -------------------------------------------------------------------------------
+
+
+def _embedded_kernel(client: Any) -> Any | None:
+    """The in-process kernel behind a ``LocalChioClient``, if that is what ``client`` is."""
+    kernel = getattr(client, "kernel", None)
+    return kernel if kernel is not None and hasattr(kernel, "evaluate") else None
+
+
+def _accepts_idempotency_key(client: Any) -> bool:
+    try:
+        return "idempotency_key" in inspect.signature(client.evaluate_tool_call).parameters
+    except (TypeError, ValueError, AttributeError):
+        return False
+
+
+async def _remote_evaluate(
+    client: Any,
+    body: dict[str, Any],
+    idem: str | None,
+    cost: MonetaryAmount | None,
+) -> ChioReceipt:
+    if isinstance(client, ChioClient):
+        # Same wire call ChioClient.evaluate_tool_call makes, with the kernel's optional fields.
+        payload = dict(body)
+        if idem is not None:
+            payload["idempotency_key"] = idem
+        if cost is not None:
+            payload["cost"] = cost.model_dump()
+        data = await client._post("/v1/evaluate", payload)  # noqa: SLF001 - documented wire extension
+        return ChioReceipt.model_validate(data)
+    if _accepts_idempotency_key(client):
+        return await client.evaluate_tool_call(**body, idempotency_key=idem)
+    return await client.evaluate_tool_call(**body)
+
+
+def _denied_by_error(err: ChioDeniedError, body: dict[str, Any]) -> Evaluation:
+    decision = {"verdict": "deny", "guard": err.guard, "reason": err.reason or err.message}
+    return Evaluation(
+        allowed=False,
+        receipt_id=err.receipt_id,
+        capability_id=body["capability_id"],
+        tool_server=body["tool_server"],
+        tool_name=body["tool_name"],
+        guard=err.guard,
+        reason=err.reason or err.message,
+        decision={k: v for k, v in decision.items() if v is not None},
+    )
+
+
+async def _decide_remotely(
+    client: Any,
+    body: dict[str, Any],
+    idem: str | None,
+    cost: MonetaryAmount | None,
+) -> Evaluation:
+    try:
+        receipt = await _remote_evaluate(client, body, idem, cost)
+    except ChioDeniedError as err:
+        return _denied_by_error(err, body)
+    except Exception as err:  # unreachable, timed out, 4xx/5xx, malformed answer: not a decision
+        raise KernelUnavailable(client_url(client), f"{type(err).__name__}: {err}") from err
+    return Evaluation.from_receipt(receipt)
+
+
+async def evaluate(
+    client: Any,
+    *,
+    capability_id: str,
+    tool_server: str,
+    tool_name: str,
+    parameters: dict[str, Any],
+    idempotency_key: str | None = None,
+    cost: MonetaryAmount | None = None,
+) -> Evaluation:
+    """Ask the kernel behind ``client`` about one call; raise :class:`KernelUnavailable` if it can't say."""
+    kernel = _embedded_kernel(client)
+    if kernel is not None:
+        return _evaluate_embedded(kernel, capability_id, tool_server, tool_name, parameters, idempotency_key, cost)
+    body = {
+        "capability_id": capability_id,
+        "tool_server": tool_server,
+        "tool_name": tool_name,
+        "parameters": parameters,
+    }
+    return await _await_on_kernel_loop(_decide_remotely(client, body, idempotency_key, cost))
+
+
+def evaluate_sync(
+    client: Any,
+    *,
+    capability_id: str,
+    tool_server: str,
+    tool_name: str,
+    parameters: dict[str, Any],
+    idempotency_key: str | None = None,
+    cost: MonetaryAmount | None = None,
+) -> Evaluation:
+    """:func:`evaluate` for sync callers: inline for the embedded kernel, else on the kernel loop."""
+    kernel = _embedded_kernel(client)
+    if kernel is not None:
+        return _evaluate_embedded(kernel, capability_id, tool_server, tool_name, parameters, idempotency_key, cost)
+    body = {
+        "capability_id": capability_id,
+        "tool_server": tool_server,
+        "tool_name": tool_name,
+        "parameters": parameters,
+    }
+    return run_on_kernel_loop(_decide_remotely(client, body, idempotency_key, cost))
+
+
+def _evaluate_embedded(    kernel: Any,
+    capability_id: str,
+    tool_server: str,
+    tool_name: str,
+    parameters: dict[str, Any],
+    idem: str | None,
+    cost: MonetaryAmount | None,
+) -> Evaluation:
+    try:
+        receipt = kernel.evaluate(
+            capability_id, tool_server, tool_name, parameters, idempotency_key=idem, cost=cost
+        )
+    except Exception as err:  # the kernel could not decide (disk full, bad parameters...)
+        raise KernelUnavailable(client_url(kernel), f"{type(err).__name__}: {err}") from err
+    return Evaluation.from_receipt(receipt)

@@ -1,0 +1,37 @@
+"""Bind a call to named, JSON-able parameters — the shape every kernel evaluation receives.
+
+The upstream Python layers sent ``{"args": [...], "kwargs": {...}}``. We bind the call to the
+function's signature instead, so a constraint such as ``path_prefix`` has a parameter name to apply
+to and the parameter hash does not depend on whether an argument was passed by position or name.
+Defaults are applied; ``*args`` / ``**kwargs`` parameters keep their own names.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable
+from typing import Any
+
+from pydantic_core import to_jsonable_python
+
+__all__ = ["bind_parameters", "jsonable"]
+
+
+def jsonable(value: Any) -> Any:
+    """A JSON-able view of ``value`` (pydantic models, dataclasses, bytes, datetimes...)."""
+    return to_jsonable_python(value, fallback=repr, bytes_mode="base64")
+
+
+def bind_parameters(
+    fn: Callable[..., Any] | inspect.Signature, args: tuple[Any, ...], kwargs: dict[str, Any]
+) -> dict[str, Any]:
+    """``{parameter name: JSON-able value}`` for a call of ``fn(*args, **kwargs)``."""
+    signature = fn if isinstance(fn, inspect.Signature) else inspect.signature(fn)
+    try:
+        bound = signature.bind(*args, **kwargs)
+    except TypeError:
+        # A call that does not fit the signature fails in the function itself; still send something
+        # faithful to the kernel rather than nothing.
+        return {"args": jsonable(list(args)), "kwargs": jsonable(kwargs)}
+    bound.apply_defaults()
+    return {name: jsonable(value) for name, value in bound.arguments.items()}
