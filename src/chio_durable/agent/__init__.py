@@ -1,0 +1,55 @@
+"""Engine-neutral agent governance: call mapping, idempotency keys, deny handling, the capability.
+
+Shared by ``chio_prefect.ChioPrefectAgent`` and ``chio_temporal.ChioTemporalAgent``; usable on its
+own on any pydantic-ai ``Agent``, durable or not::
+
+    agent = Agent(model, capabilities=[ChioGovernance(capability_id="cap-1", chio_client=chio)])
+
+See ``docs/agents.md`` for the mapping, the parameter shapes and the deny semantics.
+"""
+
+from chio_durable.agent.capability import (
+    ChioGovernance,
+    GovernedToolset,
+    OnDeny,
+    current_receipt_id,
+    receipt_scope,
+)
+from chio_durable.agent.denials import (
+    DenyErrorFactory,
+    GovernanceDenied,
+    GovernedRecord,
+    denied_tool_message,
+)
+from chio_durable.agent.mapping import (
+    AGENT_TOOLSET_ID,
+    MCP_LIST_TOOL,
+    MODEL_SERVER,
+    CallKind,
+    CallMapper,
+    GovernedCall,
+    messages_digest,
+    parameter_hash,
+    settings_digest,
+)
+
+__all__ = [
+    "AGENT_TOOLSET_ID",
+    "MCP_LIST_TOOL",
+    "MODEL_SERVER",
+    "CallKind",
+    "CallMapper",
+    "ChioGovernance",
+    "DenyErrorFactory",
+    "GovernanceDenied",
+    "GovernedCall",
+    "GovernedRecord",
+    "GovernedToolset",
+    "OnDeny",
+    "current_receipt_id",
+    "denied_tool_message",
+    "messages_digest",
+    "parameter_hash",
+    "receipt_scope",
+    "settings_digest",
+]

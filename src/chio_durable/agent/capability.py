@@ -1,0 +1,332 @@
+"""``ChioGovernance``: Chio governance as a plain pydantic-ai capability, for any agent.
+
+It sees every call through public seams only:
+
+* model requests through ``wrap_model_request``;
+* function-tool calls, MCP tool calls and MCP tool listings through a wrapper toolset
+  (``get_wrapper_toolset``) placed around each leaf toolset, *outside* any durable wrapper a
+  durability capability installed (durability capabilities are ordered innermost, so their toolset
+  wrappers are applied first and ours goes around them).
+
+Every call is evaluated before it runs, on every attempt (never cached), with an idempotency key
+made of the run identity, the call's position in the run, the capability, the call and its
+parameter hash, so a retried run gets back the same receipts without a second budget charge.
+While the governed call runs, its receipt id is readable through :func:`current_receipt_id` —
+engine wrappers put it into the cache key of the durable unit (Prefect) or into the unit's result
+(Temporal), so a cached result is never served across an authorization boundary.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import OrderedDict
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
+from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING, Any, Literal
+
+from pydantic_ai.capabilities import AbstractCapability
+from pydantic_ai.exceptions import ToolFailed
+from pydantic_ai.toolsets import AbstractToolset, CombinedToolset, WrapperToolset
+from pydantic_ai.toolsets.abstract import ToolsetTool
+
+from chio_durable.agent.denials import (
+    DenyErrorFactory,
+    GovernedRecord,
+    default_deny_error,
+    denied_tool_message,
+    permission_error,
+)
+from chio_durable.agent.mapping import CallMapper, GovernedCall, parameter_hash
+from chio_durable.evaluation import evaluate, idempotency_key
+
+if TYPE_CHECKING:
+    from pydantic_ai.capabilities.abstract import WrapModelRequestHandler
+    from pydantic_ai.messages import ModelResponse
+    from pydantic_ai.models import ModelRequestContext
+    from pydantic_ai.tools import RunContext
+
+__all__ = [
+    "ChioGovernance",
+    "GovernedToolset",
+    "OnDeny",
+    "current_receipt_id",
+    "receipt_scope",
+]
+
+log = logging.getLogger("chio_durable.agent")
+
+OnDeny = Literal["tell_model", "raise"]
+
+_CURRENT_RECEIPT: ContextVar[str | None] = ContextVar("chio_durable.agent.current_receipt", default=None)
+
+
+def current_receipt_id() -> str | None:
+    """The receipt id of the governed call running in this context, or ``None`` outside one."""
+    return _CURRENT_RECEIPT.get()
+
+
+@contextmanager
+def receipt_scope(receipt_id: str | None) -> Iterator[None]:
+    """Make ``receipt_id`` the :func:`current_receipt_id` while the governed call runs."""
+    token = _CURRENT_RECEIPT.set(receipt_id)
+    try:
+        yield
+    finally:
+        _CURRENT_RECEIPT.reset(token)
+
+
+def _is_mcp_toolset(toolset: AbstractToolset[Any]) -> bool:
+    try:
+        from pydantic_ai.mcp import MCPToolset
+    except ImportError:  # the `mcp` extra is not installed: nothing can be an MCP toolset
+        return False
+    return isinstance(toolset, MCPToolset)
+
+
+class ChioGovernance(AbstractCapability[Any]):
+    """Evaluate every model request, tool call and MCP call of an agent with a Chio kernel first.
+
+    Args:
+        capability_id: The capability token every call is evaluated against.
+        chio_client: ``chio_kernel.LocalChioClient``, a real ``chio_sdk.ChioClient`` (sidecar), or a
+            ``chio_sdk.testing`` mock.
+        mapper: How calls map to ``(tool_server, tool_name, parameters)``; default :class:`CallMapper`.
+        on_deny: ``"tell_model"`` (default): a denied tool call becomes a failed tool result the
+            model sees (:func:`denied_tool_message`) and the run continues; a denied MCP listing hides
+            that server's tools. ``"raise"``: a denied tool call fails the run with ``PermissionError``.
+            A denied model request always fails the run with ``PermissionError``.
+        run_identity: Supplied by engine wrappers: the run identity that goes into idempotency keys
+            (flow run id for Prefect; workflow id + run id for Temporal). Default: the agent run id.
+        on_evaluation: Called after every evaluation (engine wrappers emit events from here).
+        deny_error: Builds the ``__cause__`` of the ``PermissionError`` (default :class:`GovernanceDenied`).
+        max_runs_remembered: How many recent runs' receipts :meth:`receipts_of` keeps.
+        id: Optional capability id (pydantic-ai ``AbstractCapability.id``).
+    """
+
+    def __init__(
+        self,
+        *,
+        capability_id: str,
+        chio_client: Any,
+        mapper: CallMapper | None = None,
+        on_deny: OnDeny = "tell_model",
+        run_identity: Callable[[RunContext[Any]], str | None] | None = None,
+        on_evaluation: Callable[[GovernedRecord, RunContext[Any]], None] | None = None,
+        deny_error: DenyErrorFactory | None = None,
+        max_runs_remembered: int = 1024,
+        id: str | None = None,
+    ) -> None:
+        if not isinstance(capability_id, str) or not capability_id:
+            raise ValueError(
+                f"ChioGovernance needs capability_id=<the id of a Chio capability token>, got {capability_id!r}"
+            )
+        if chio_client is None or not (
+            hasattr(chio_client, "evaluate_tool_call") or hasattr(getattr(chio_client, "kernel", None), "evaluate")
+        ):
+            raise TypeError(
+                "ChioGovernance needs chio_client=LocalChioClient(...), chio_sdk.ChioClient(...) or a "
+                f"chio_sdk.testing mock; got {type(chio_client).__name__}"
+            )
+        if on_deny not in ("tell_model", "raise"):
+            raise ValueError(f"on_deny must be 'tell_model' or 'raise', got {on_deny!r}")
+        if mapper is not None and not isinstance(mapper, CallMapper):
+            raise TypeError(f"mapper must be a CallMapper (or subclass) instance, got {type(mapper).__name__}")
+        self.id = id
+        self.description = None
+        self.defer_loading = False
+        self.capability_id = capability_id
+        self.chio_client = chio_client
+        self.mapper = mapper or CallMapper()
+        self.on_deny = on_deny
+        self._run_identity = run_identity
+        self._on_evaluation = on_evaluation
+        self._deny_error = deny_error or default_deny_error
+        self._max_runs = max(1, max_runs_remembered)
+        self._records: OrderedDict[str, list[GovernedRecord]] = OrderedDict()
+
+    @classmethod
+    def get_serialization_name(cls) -> str | None:
+        return None  # holds a live client: not spec-loadable
+
+    # --- receipts ------------------------------------------------------------------------------
+
+    def receipts_of(self, run: Any) -> list[GovernedRecord]:
+        """The evaluations of one run, in order: pass the run result (anything with ``run_id``) or the id."""
+        run_id = run if isinstance(run, str) else getattr(run, "run_id", None)
+        if run_id is None:
+            raise TypeError(f"receipts_of() needs an agent run result or a run id, got {type(run).__name__}")
+        return list(self._records.get(run_id, ()))
+
+    def receipt_ids_of(self, run: Any) -> list[str]:
+        """The receipt ids of one run's evaluations, in order."""
+        return [r.receipt_id for r in self.receipts_of(run) if r.receipt_id is not None]
+
+    def _start_run(self, run_id: str | None) -> None:
+        if run_id is None:
+            return
+        # A retried attempt of the same run starts over: its evaluations return the same receipts.
+        self._records.pop(run_id, None)
+        self._records[run_id] = []
+        while len(self._records) > self._max_runs:
+            self._records.popitem(last=False)
+
+    def _remember(self, record: GovernedRecord) -> None:
+        if record.run_id is None:
+            return
+        records = self._records.get(record.run_id)
+        if records is None:
+            self._start_run(record.run_id)
+            records = self._records[record.run_id]
+        records.append(record)
+
+    # --- evaluation ----------------------------------------------------------------------------
+
+    def run_identity(self, ctx: RunContext[Any]) -> str:
+        """The run part of idempotency keys: the engine's identity, else the agent run id."""
+        identity = self._run_identity(ctx) if self._run_identity is not None else None
+        return identity or ctx.run_id or "run-unknown"
+
+    async def evaluate_call(self, ctx: RunContext[Any], call: GovernedCall, *, position: str) -> GovernedRecord:
+        """Evaluate ``call`` at ``position`` of the run; raises ``KernelUnavailable`` if no decision."""
+        key = idempotency_key(
+            self.run_identity(ctx),
+            position,
+            self.capability_id,
+            call.kind,
+            call.tool_server,
+            call.tool_name,
+            parameter_hash(call.parameters),
+        )
+        evaluation = await evaluate(
+            self.chio_client,
+            capability_id=self.capability_id,
+            tool_server=call.tool_server,
+            tool_name=call.tool_name,
+            parameters=call.parameters,
+            idempotency_key=key,
+        )
+        record = GovernedRecord(call=call, evaluation=evaluation, idempotency_key=key, run_id=ctx.run_id, position=position)
+        self._remember(record)
+        if self._on_evaluation is not None:
+            try:
+                self._on_evaluation(record, ctx)
+            except Exception:  # an observer failing must not hide the decision; say so loudly
+                log.exception("chio: on_evaluation observer failed for receipt %s", record.receipt_id)
+        return record
+
+    def denied(self, record: GovernedRecord) -> PermissionError:
+        """The ``PermissionError`` (with its cause attached) for a denied record."""
+        error = permission_error(record.evaluation, record.call, self._deny_error)
+        error.__cause__ = self._deny_error(record.evaluation, record.call)
+        return error
+
+    # --- hooks ---------------------------------------------------------------------------------
+
+    async def before_run(self, ctx: RunContext[Any]) -> None:
+        self._start_run(ctx.run_id)
+
+    async def wrap_model_request(
+        self,
+        ctx: RunContext[Any],
+        *,
+        request_context: ModelRequestContext,
+        handler: WrapModelRequestHandler,
+    ) -> ModelResponse:
+        call = self.mapper.model_request(
+            agent_name=ctx.agent.name if ctx.agent is not None else None,
+            model_name=request_context.model.model_name,
+            messages=request_context.messages,
+            model_settings=request_context.model_settings,
+        )
+        record = await self.evaluate_call(ctx, call, position=f"model#{ctx.run_step}")
+        if not record.allowed:
+            raise self.denied(record)
+        with receipt_scope(record.receipt_id):
+            return await handler(request_context)
+
+    def get_wrapper_toolset(self, toolset: AbstractToolset[Any]) -> AbstractToolset[Any] | None:
+        return _govern_toolset(toolset, self)
+
+
+def _single_leaf(toolset: AbstractToolset[Any]) -> AbstractToolset[Any] | None:
+    leaves: list[AbstractToolset[Any]] = []
+    toolset.apply(leaves.append)
+    return leaves[0] if len(leaves) == 1 else None
+
+
+def _govern_toolset(toolset: AbstractToolset[Any], governance: ChioGovernance) -> AbstractToolset[Any]:
+    """Wrap every maximal single-leaf subtree (e.g. ``DurableMCPToolset(MCPServer)``) in a GovernedToolset.
+
+    Wrapping the whole subtree rather than the leaf keeps governance outside durable wrappers, so the
+    evaluation runs inline on every attempt and never inside a cached durable unit.
+    """
+    if isinstance(toolset, GovernedToolset):
+        return toolset
+    leaf = _single_leaf(toolset)
+    if leaf is not None:
+        return GovernedToolset(
+            wrapped=toolset,
+            governance=governance,
+            kind="mcp" if _is_mcp_toolset(leaf) else "tool",
+            leaf_id=leaf.id,
+            leaf_label=leaf.label,
+        )
+    if isinstance(toolset, CombinedToolset):
+        return replace(toolset, toolsets=[_govern_toolset(t, governance) for t in toolset.toolsets])
+    if isinstance(toolset, WrapperToolset):
+        return replace(toolset, wrapped=_govern_toolset(toolset.wrapped, governance))
+    return toolset  # an unknown container: leave it as is rather than guess
+
+
+@dataclass
+class GovernedToolset(WrapperToolset[Any]):
+    """Evaluates each tool call (and each MCP tool listing) of one leaf toolset before it runs."""
+
+    governance: ChioGovernance = field(repr=False, kw_only=True)
+    kind: Literal["tool", "mcp"] = field(kw_only=True)
+    leaf_id: str | None = field(kw_only=True)
+    leaf_label: str = field(kw_only=True)
+
+    @property
+    def server_id(self) -> str:
+        return self.leaf_id or self.leaf_label
+
+    def visit_and_replace(self, visitor: Callable[[AbstractToolset[Any]], AbstractToolset[Any]]) -> AbstractToolset[Any]:
+        return replace(self, wrapped=self.wrapped.visit_and_replace(visitor))
+
+    async def get_tools(self, ctx: RunContext[Any]) -> dict[str, ToolsetTool[Any]]:
+        if self.kind != "mcp":
+            return await self.wrapped.get_tools(ctx)
+        gov = self.governance
+        call = gov.mapper.mcp_list_tools(server_id=self.server_id)
+        record = await gov.evaluate_call(ctx, call, position=f"list#{ctx.run_step}#{self.server_id}")
+        if not record.allowed:
+            if gov.on_deny == "raise":
+                raise gov.denied(record)
+            log.info("chio: listing %s denied (receipt %s); its tools are hidden", call.label, record.receipt_id)
+            return {}
+        with receipt_scope(record.receipt_id):
+            return await self.wrapped.get_tools(ctx)
+
+    async def call_tool(
+        self, name: str, tool_args: dict[str, Any], ctx: RunContext[Any], tool: ToolsetTool[Any]
+    ) -> Any:
+        gov = self.governance
+        if self.kind == "mcp":
+            call = gov.mapper.mcp_tool(server_id=self.server_id, tool_name=name, args=tool_args)
+        else:
+            call = gov.mapper.function_tool(
+                toolset_id=self.leaf_id,
+                agent_name=ctx.agent.name if ctx.agent is not None else None,
+                tool_name=name,
+                args=tool_args,
+            )
+        record = await gov.evaluate_call(ctx, call, position=f"tool#{ctx.run_step}#{ctx.tool_call_id or name}")
+        if not record.allowed:
+            if gov.on_deny == "raise":
+                raise gov.denied(record)
+            raise ToolFailed(denied_tool_message(record.evaluation))
+        with receipt_scope(record.receipt_id):
+            return await self.wrapped.call_tool(name, tool_args, ctx, tool)

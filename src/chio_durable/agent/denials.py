@@ -1,0 +1,94 @@
+"""What a denied call looks like: to the model, to the caller, and in a record."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from chio_durable.agent.mapping import GovernedCall
+from chio_durable.evaluation import Evaluation
+
+__all__ = [
+    "DenyErrorFactory",
+    "GovernanceDenied",
+    "GovernedRecord",
+    "denied_tool_message",
+    "permission_error",
+]
+
+
+@dataclass(frozen=True)
+class GovernedRecord:
+    """One evaluation made for an agent run: the call, the kernel's answer, and where it happened."""
+
+    call: GovernedCall
+    evaluation: Evaluation
+    idempotency_key: str
+    run_id: str | None
+    position: str
+
+    @property
+    def receipt_id(self) -> str | None:
+        """The signed receipt's id (allow or deny)."""
+        return self.evaluation.receipt_id
+
+    @property
+    def allowed(self) -> bool:
+        return self.evaluation.allowed
+
+
+class GovernanceDenied(Exception):
+    """The ``__cause__`` of the ``PermissionError`` a denied agent call raises (engine-neutral default).
+
+    Engine wrappers may substitute their own error type (``ChioPrefectError``, ``ChioTemporalError``)
+    through ``ChioGovernance(deny_error=...)``; it carries the same four fields.
+    """
+
+    def __init__(
+        self,
+        receipt_id: str | None,
+        guard: str | None,
+        reason: str | None,
+        decision: dict[str, Any] | None = None,
+        call: GovernedCall | None = None,
+    ) -> None:
+        self.receipt_id = receipt_id
+        self.guard = guard
+        self.reason = reason
+        self.decision = decision or {}
+        self.call = call
+        where = f" {call.kind} call {call.label}" if call is not None else ""
+        super().__init__(f"Chio denied{where} (guard: {guard}; receipt: {receipt_id}): {reason}")
+
+
+DenyErrorFactory = Callable[[Evaluation, GovernedCall], BaseException]
+"""Builds the ``__cause__`` of the ``PermissionError`` raised for a denied call."""
+
+
+def default_deny_error(evaluation: Evaluation, call: GovernedCall) -> BaseException:
+    return GovernanceDenied(evaluation.receipt_id, evaluation.guard, evaluation.reason, evaluation.decision, call)
+
+
+def permission_error(evaluation: Evaluation, call: GovernedCall, factory: DenyErrorFactory | None) -> PermissionError:
+    """The ``PermissionError`` for a denied call; raise it ``from`` the factory's error."""
+    return PermissionError(
+        f"Chio denied the {call.kind} call {call.label}: {evaluation.reason or 'no reason given'} "
+        f"(guard: {evaluation.guard}, receipt: {evaluation.receipt_id}). "
+        f"Grant it in capability {evaluation.capability_id!r}'s scope, or issue a capability that does."
+    )
+
+
+def denied_tool_message(evaluation: Evaluation) -> str:
+    """What the model is told when one of its tool calls is denied (``on_deny="tell_model"``).
+
+    Returned to the model as a failed tool result (pydantic-ai ``ToolFailed``): the model sees it,
+    the run continues, and no tool-retry budget is spent.
+    """
+    guard = evaluation.guard or "policy"
+    reason = evaluation.reason or "not permitted by the capability"
+    return (
+        f"Permission denied: the call to {evaluation.tool_server}/{evaluation.tool_name} was not run "
+        f"(Chio guard '{guard}': {reason}; receipt {evaluation.receipt_id}). "
+        "Do not retry this call; continue without it or tell the user it is not permitted."
+    )

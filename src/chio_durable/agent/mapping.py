@@ -1,0 +1,172 @@
+"""What one model request, function-tool call or MCP call *is*, for the kernel.
+
+:class:`CallMapper` turns each governed call of a Pydantic AI agent into a :class:`GovernedCall`
+``(kind, tool_server, tool_name, parameters)`` that the kernel evaluates against the capability's
+grants. The defaults below are the documented contract (``docs/agents.md``); subclass and override
+any method to change how calls meet your grants.
+
+Default mapping
+---------------
+======================  =====================  ==========================  =========================================
+call                    ``tool_server``        ``tool_name``               ``parameters``
+======================  =====================  ==========================  =========================================
+model request           ``"model"``            the model's name            ``{"agent", "message_count",
+                                                                           "messages_sha256", "settings_sha256"}``
+function tool           the toolset's id       the tool's name             the tool's arguments, by name
+                        (the agent's name for
+                        the agent's own tools)
+MCP tool call           the MCP server's id    the MCP tool's name         the tool's arguments, by name
+MCP tool listing        the MCP server's id    ``"list_tools"``            ``{}``
+======================  =====================  ==========================  =========================================
+
+Model-request parameters stay small and deterministic: never the whole history, only its size and
+digests. The messages digest ignores the fields that differ between two attempts of the same run
+(``timestamp``, ``run_id``, ``conversation_id``), so a retried run reaches the same idempotency key.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from pydantic_ai.messages import ModelMessage
+
+from chio_durable.params import jsonable
+
+__all__ = [
+    "AGENT_TOOLSET_ID",
+    "MODEL_SERVER",
+    "MCP_LIST_TOOL",
+    "CallKind",
+    "CallMapper",
+    "GovernedCall",
+    "canonical_json",
+    "messages_digest",
+    "parameter_hash",
+    "settings_digest",
+]
+
+CallKind = Literal["model", "tool", "mcp", "mcp_list"]
+
+MODEL_SERVER = "model"
+"""``tool_server`` of every model request under the default mapping."""
+
+MCP_LIST_TOOL = "list_tools"
+"""``tool_name`` of an MCP tool listing under the default mapping."""
+
+AGENT_TOOLSET_ID = "<agent>"
+"""The id pydantic-ai gives the toolset of an agent's own ``tools=[...]``."""
+
+# Framework dataclass fields that differ between two attempts of one run (pydantic-ai's Prefect
+# cache policy strips the same ones): left out of the messages digest.
+_PER_ATTEMPT_FIELDS = frozenset({"timestamp", "run_id", "conversation_id"})
+
+
+@dataclass(frozen=True)
+class GovernedCall:
+    """One governed call as the kernel sees it: ``(tool_server, tool_name, parameters)`` plus its kind."""
+
+    kind: CallKind
+    tool_server: str
+    tool_name: str
+    parameters: dict[str, Any]
+
+    @property
+    def label(self) -> str:
+        """``server/tool``, for messages and logs."""
+        return f"{self.tool_server}/{self.tool_name}"
+
+
+def canonical_json(value: Any) -> str:
+    """Compact JSON with sorted keys of a JSON-able view of ``value`` (stable across processes)."""
+    return json.dumps(jsonable(value), sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+
+
+def parameter_hash(parameters: Mapping[str, Any]) -> str:
+    """sha256 hex of the canonical JSON of ``parameters`` (part of every idempotency key)."""
+    return hashlib.sha256(canonical_json(dict(parameters)).encode()).hexdigest()
+
+
+def _project(value: Any) -> Any:
+    """A JSON-able projection of pydantic-ai messages without their per-attempt fields."""
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        module = type(value).__module__
+        framework = module == "pydantic_ai" or module.startswith("pydantic_ai.")
+        return {
+            f.name: _project(getattr(value, f.name))
+            for f in dataclasses.fields(value)
+            if not (framework and f.name in _PER_ATTEMPT_FIELDS)
+        }
+    if isinstance(value, Mapping):
+        return {str(k): _project(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_project(v) for v in value]
+    return value
+
+
+def messages_digest(messages: Sequence[ModelMessage]) -> str:
+    """sha256 hex over the messages, ignoring ``timestamp`` / ``run_id`` / ``conversation_id``."""
+    return hashlib.sha256(canonical_json(_project(list(messages))).encode()).hexdigest()
+
+
+def settings_digest(model_settings: Mapping[str, Any] | None) -> str | None:
+    """sha256 hex of the model settings, or ``None`` when there are none."""
+    if not model_settings:
+        return None
+    return hashlib.sha256(canonical_json(dict(model_settings)).encode()).hexdigest()
+
+
+class CallMapper:
+    """Maps agent calls to :class:`GovernedCall` s. Subclass and override any method.
+
+    Every method receives keyword arguments only, so new context can be added in later versions
+    without breaking subclasses that accept ``**kwargs``.
+    """
+
+    def model_request(
+        self,
+        *,
+        agent_name: str | None,
+        model_name: str,
+        messages: Sequence[ModelMessage],
+        model_settings: Mapping[str, Any] | None,
+    ) -> GovernedCall:
+        """A model request: server ``"model"``, tool = the model's name, small digest parameters."""
+        return GovernedCall(
+            kind="model",
+            tool_server=MODEL_SERVER,
+            tool_name=model_name,
+            parameters={
+                "agent": agent_name,
+                "message_count": len(messages),
+                "messages_sha256": messages_digest(messages),
+                "settings_sha256": settings_digest(model_settings),
+            },
+        )
+
+    def function_tool(
+        self,
+        *,
+        toolset_id: str | None,
+        agent_name: str | None,
+        tool_name: str,
+        args: Mapping[str, Any],
+    ) -> GovernedCall:
+        """A function tool: server = its toolset's id (the agent's name for the agent's own tools)."""
+        if toolset_id is None or toolset_id == AGENT_TOOLSET_ID:
+            server = agent_name or "agent"
+        else:
+            server = toolset_id
+        return GovernedCall(kind="tool", tool_server=server, tool_name=tool_name, parameters=jsonable(dict(args)))
+
+    def mcp_tool(self, *, server_id: str, tool_name: str, args: Mapping[str, Any]) -> GovernedCall:
+        """An MCP tool call: server = the MCP server's id, tool = the MCP tool's name."""
+        return GovernedCall(kind="mcp", tool_server=server_id, tool_name=tool_name, parameters=jsonable(dict(args)))
+
+    def mcp_list_tools(self, *, server_id: str) -> GovernedCall:
+        """Listing an MCP server's tools: server = the MCP server's id, tool ``"list_tools"``."""
+        return GovernedCall(kind="mcp_list", tool_server=server_id, tool_name=MCP_LIST_TOOL, parameters={})
