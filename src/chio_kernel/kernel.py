@@ -1,0 +1,1202 @@
+"""The embedded Chio kernel: capabilities, guards, evaluation and the signed receipt chain.
+
+See ``docs/kernel.md`` for the rules this module implements (signed bodies, guard order, budgets,
+idempotency, rate limits, storage durability).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import secrets
+import sqlite3
+import threading
+import time
+import uuid
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from chio_sdk.models import (
+    CapabilityToken,
+    ChioReceipt,
+    ChioScope,
+    Decision,
+    DelegationLink,
+    MonetaryAmount,
+    Operation,
+    ToolCallAction,
+    ToolGrant,
+)
+from pydantic import ValidationError
+
+from chio_kernel.canonical import canonical_json
+from chio_kernel.guards import check_constraints, describe_grant, grant_matches
+from chio_kernel.signing import (
+    Signer,
+    default_data_dir,
+    ensure_data_dir,
+    load_or_create_key,
+    verify_hex,
+)
+from chio_kernel.store import GENESIS_HASH, open_store
+
+__all__ = [
+    "CapabilityError",
+    "ChainReport",
+    "Kernel",
+    "KernelInputError",
+    "capability_signing_bytes",
+    "receipt_signing_bytes",
+    "uuid7",
+]
+
+
+class KernelInputError(ValueError):
+    """The caller passed something the kernel cannot take (wrong type, unknown field, not JSON)."""
+
+
+class CapabilityError(ValueError):
+    """A capability operation was refused (not a subset, unknown id, id already taken...)."""
+
+
+@dataclass(frozen=True)
+class ChainReport:
+    """Result of :meth:`Kernel.verify_chain`."""
+
+    ok: bool
+    count: int
+    first_broken_index: int | None = None
+    reason: str | None = None
+
+
+# --- ids ---------------------------------------------------------------------------------------
+
+_uuid_lock = threading.Lock()
+_uuid_last_ms = 0
+_uuid_counter = 0
+
+
+def uuid7() -> uuid.UUID:
+    """A UUIDv7 (RFC 9562): 48-bit unix ms, then a 12-bit counter (monotonic within this process), then random."""
+    global _uuid_last_ms, _uuid_counter
+    ms = time.time_ns() // 1_000_000
+    with _uuid_lock:
+        if ms <= _uuid_last_ms:
+            _uuid_counter += 1
+            if _uuid_counter > 0xFFF:  # counter exhausted: borrow the next millisecond
+                _uuid_last_ms += 1
+                _uuid_counter = 0
+            ms = _uuid_last_ms
+        else:
+            _uuid_last_ms = ms
+            _uuid_counter = secrets.randbits(8)  # random start leaves room to count up
+        counter = _uuid_counter
+    rand_b = secrets.randbits(62)
+    value = (ms << 80) | (0x7 << 76) | (counter << 64) | (0b10 << 62) | rand_b
+    return uuid.UUID(int=value)
+
+
+# --- signed bodies (ONE rule each for signing and verifying) ----------------------------------
+
+
+def capability_signing_bytes(token: CapabilityToken) -> bytes:
+    """What a capability token's signature covers: canonical JSON of ``token.body().model_dump(exclude_none=True)``."""
+    return canonical_json(token.body().model_dump(exclude_none=True))
+
+
+def _link_signing_bytes(link: DelegationLink | Mapping[str, Any]) -> bytes:
+    data = link.model_dump(exclude_none=True) if isinstance(link, DelegationLink) else dict(link)
+    data.pop("signature", None)
+    return canonical_json(data)
+
+
+def _receipt_signed_body(data: dict[str, Any]) -> dict[str, Any]:
+    """Receipt dict (``model_dump(exclude_none=True)`` form) -> the body its signature covers."""
+    body = dict(data)
+    body.pop("signature", None)
+    if not body.get("evidence"):
+        body.pop("evidence", None)
+    if not body.get("metadata"):
+        body.pop("metadata", None)
+    return body
+
+
+def receipt_signing_bytes(receipt: ChioReceipt | Mapping[str, Any]) -> bytes:
+    """What a receipt's signature covers: canonical JSON of ``model_dump(exclude_none=True)`` without
+    ``signature``, and without ``evidence`` / ``metadata`` when they are empty."""
+    data = receipt.model_dump(exclude_none=True) if isinstance(receipt, ChioReceipt) else dict(receipt)
+    return canonical_json(_receipt_signed_body(data))
+
+
+_chain_dumps = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=True).encode
+
+
+def receipt_chain_hash(receipt: ChioReceipt | Mapping[str, Any]) -> str:
+    """sha256 hex of a receipt exactly as ``ChioClient.verify_receipt_chain`` hashes it."""
+    data = receipt.model_dump(exclude_none=True) if isinstance(receipt, ChioReceipt) else receipt
+    return hashlib.sha256(_chain_dumps(data).encode()).hexdigest()
+
+
+# --- capability cache entry -------------------------------------------------------------------
+
+
+@dataclass
+class _Cap:
+    token: CapabilityToken
+    parent_id: str | None
+    rate_max: int | None
+    rate_per: float | None
+    policy_hash: str
+    sig_error: str | None  # None when signature + issuer + chain links verified
+    lineage: tuple[str, ...]  # own id first, then ancestors (nearest first)
+    grants: list[ToolGrant]
+
+
+def _iso(ts: float) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(ts))
+
+
+def _require_str(name: str, value: Any, *, max_len: int = 1024) -> str:
+    if not isinstance(value, str):
+        raise KernelInputError(f"{name} must be a string, got {type(value).__name__} {value!r:.80}")
+    if not value:
+        raise KernelInputError(f"{name} must be a non-empty string")
+    if len(value) > max_len:
+        raise KernelInputError(f"{name} is {len(value)} characters long; at most {max_len} allowed")
+    if "\x00" in value:
+        raise KernelInputError(f"{name} must not contain NUL characters")
+    return value
+
+
+def _coerce_scope(scope: Any) -> ChioScope:
+    if isinstance(scope, ChioScope):
+        return ChioScope.model_validate(scope.model_dump())  # private copy, re-validated
+    if isinstance(scope, Mapping):
+        try:
+            return ChioScope.model_validate(dict(scope))
+        except ValidationError as err:
+            raise KernelInputError(f"scope is not a valid ChioScope: {err}") from err
+    raise KernelInputError(
+        f"scope must be a chio_sdk.models.ChioScope (or its dict form), got {type(scope).__name__}"
+    )
+
+
+def _coerce_token(token: Any) -> CapabilityToken:
+    if isinstance(token, CapabilityToken):
+        return token
+    if isinstance(token, Mapping):
+        try:
+            return CapabilityToken.model_validate(dict(token))
+        except ValidationError as err:
+            raise KernelInputError(f"not a valid CapabilityToken: {err}") from err
+    raise KernelInputError(
+        f"expected a chio_sdk.models.CapabilityToken (or its dict form), got {type(token).__name__}"
+    )
+
+
+def _coerce_operation(operation: Any) -> Operation:
+    if isinstance(operation, Operation):
+        return operation
+    try:
+        return Operation(operation)
+    except ValueError:
+        allowed = ", ".join(op.value for op in Operation)
+        raise KernelInputError(f"operation {operation!r} is not one of: {allowed}") from None
+
+
+def _coerce_cost(cost: Any) -> tuple[int, str] | None:
+    if cost is None:
+        return None
+    if isinstance(cost, MonetaryAmount):
+        units, currency = cost.units, cost.currency
+    elif isinstance(cost, Mapping):
+        extra = set(cost) - {"units", "currency"}
+        if extra:
+            raise KernelInputError(f"cost has unknown fields {sorted(extra)}; pass {{'units': int, 'currency': str}}")
+        units, currency = cost.get("units"), cost.get("currency")
+    else:
+        raise KernelInputError(
+            f"cost must be a chio_sdk.models.MonetaryAmount or {{'units': int, 'currency': str}}, got {type(cost).__name__}"
+        )
+    if isinstance(units, bool) or not isinstance(units, int) or units < 0:
+        raise KernelInputError(f"cost.units must be a non-negative integer (minor units, e.g. cents), got {units!r}")
+    if not isinstance(currency, str) or not currency:
+        raise KernelInputError(f"cost.currency must be a non-empty string such as 'USD', got {currency!r}")
+    return units, currency
+
+
+def _coerce_rate_limit(rate_limit: Any) -> tuple[int, float] | None:
+    if rate_limit is None:
+        return None
+    if isinstance(rate_limit, Mapping):
+        rate_limit = (rate_limit.get("max_calls"), rate_limit.get("per_seconds"))
+    if not isinstance(rate_limit, Sequence) or isinstance(rate_limit, str) or len(rate_limit) != 2:
+        raise KernelInputError(f"rate_limit must be (max_calls, per_seconds), got {rate_limit!r}")
+    max_calls, per = rate_limit
+    if isinstance(max_calls, bool) or not isinstance(max_calls, int) or max_calls < 1:
+        raise KernelInputError(f"rate_limit max_calls must be a positive integer, got {max_calls!r}")
+    if isinstance(per, bool) or not isinstance(per, (int, float)) or not (0 < per < 10**9):
+        raise KernelInputError(f"rate_limit per_seconds must be a positive number, got {per!r}")
+    return max_calls, float(per)
+
+
+def _positive_int(name: str, value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        raise KernelInputError(f"{name} must be a positive integer number of seconds, got {value!r}")
+    if value > 100 * 365 * 86400:
+        raise KernelInputError(f"{name} is more than 100 years; pass a shorter lifetime")
+    return value
+
+
+def _first_non_subset(child: ChioScope, parent: ChioScope) -> str | None:
+    """Name the first grant of ``child`` not covered by ``parent``, or None if child ⊆ parent."""
+    for g in child.grants:
+        if not any(g.is_subset_of(pg) for pg in parent.grants):
+            allowed = "; ".join(describe_grant(pg) for pg in parent.grants) or "no tool grants"
+            return f"tool grant {describe_grant(g)} is not within the parent's grants ({allowed})"
+    for rg in child.resource_grants:
+        if not any(rg.is_subset_of(p) for p in parent.resource_grants):
+            return f"resource grant {rg.uri_pattern!r} is not within the parent's resource grants"
+    for pg2 in child.prompt_grants:
+        if not any(pg2.is_subset_of(p) for p in parent.prompt_grants):
+            return f"prompt grant {pg2.prompt_name!r} is not within the parent's prompt grants"
+    return None
+
+
+class _Deny(Exception):
+    def __init__(self, guard: str, reason: str) -> None:
+        self.guard = guard
+        self.reason = reason
+
+
+# --- the kernel --------------------------------------------------------------------------------
+
+
+class Kernel:
+    """The embedded Chio kernel. Safe to share across threads; several processes may share a data dir.
+
+    Args:
+        data_dir: where the signing key and the store live (default ``$CHIO_HOME`` or
+            ``~/.chio-durable``); created with mode 0700.
+        trusted_keys: hex Ed25519 public keys of other kernels whose capability tokens (and
+            receipts) also validate here.
+        fsync: ``synchronous=FULL`` (survive power loss too) instead of WAL ``NORMAL`` (survive a
+            killed process).
+    """
+
+    def __init__(
+        self,
+        data_dir: str | os.PathLike[str] | None = None,
+        *,
+        trusted_keys: Iterable[str] = (),
+        fsync: bool = False,
+    ) -> None:
+        self.data_dir: Path = ensure_data_dir(Path(data_dir) if data_dir is not None else default_data_dir())
+        self._signer = Signer(load_or_create_key(self.data_dir))
+        self.public_key_hex: str = self._signer.public_key_hex
+        trusted = set()
+        for key in trusted_keys:
+            if not isinstance(key, str) or len(key) != 64:
+                raise KernelInputError(f"trusted key {key!r} is not a 64-hex-char Ed25519 public key")
+            try:
+                bytes.fromhex(key)
+            except ValueError:
+                raise KernelInputError(f"trusted key {key!r} is not hex") from None
+            trusted.add(key.lower())
+        self.trusted_keys: frozenset[str] = frozenset(trusted)
+        self._issuers = frozenset({self.public_key_hex}) | self.trusted_keys
+        self._fsync = fsync
+        self._lock = threading.RLock()
+        self._pid = os.getpid()
+        self._conn = open_store(self.data_dir, fsync=fsync)
+        self._caps: dict[str, _Cap] = {}
+        self._closed = False
+
+    # --- plumbing ---
+
+    @property
+    def base_url(self) -> str:
+        """Where this kernel lives, for messages: ``embedded:<data_dir>``."""
+        return f"embedded:{self.data_dir}"
+
+    def __repr__(self) -> str:
+        return f"Kernel(data_dir={str(self.data_dir)!r}, key={self.public_key_hex[:16]}…)"
+
+    def close(self) -> None:
+        """Close the store connection (the kernel cannot be used afterwards)."""
+        with self._lock:
+            if not self._closed:
+                self._closed = True
+                self._conn.close()
+
+    def __enter__(self) -> Kernel:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _check_fork(self) -> threading.RLock:
+        """The lock to take; after ``fork`` a child gets a fresh lock and connection (SQLite handles
+        and held locks must not cross a fork)."""
+        if os.getpid() != self._pid:
+            self._pid = os.getpid()
+            self._lock = threading.RLock()
+            self._caps = {}
+            self._conn = open_store(self.data_dir, fsync=self._fsync)
+        return self._lock
+
+    @property
+    def _lk(self) -> threading.RLock:
+        return self._check_fork()
+
+    def _db(self) -> sqlite3.Connection:
+        """The connection (call with the lock held)."""
+        if self._closed:
+            raise RuntimeError(f"{self!r} is closed; create a new Kernel")
+        return self._conn
+
+    def _write(self) -> _Txn:
+        return _Txn(self)
+
+    # --- capabilities: loading ---
+
+    def _load_cap(self, conn: sqlite3.Connection, capability_id: str) -> _Cap | None:
+        cap = self._caps.get(capability_id)
+        if cap is not None:
+            return cap
+        row = conn.execute(
+            "SELECT token, parent_id, rate_max, rate_per FROM capabilities WHERE id = ?", (capability_id,)
+        ).fetchone()
+        if row is None:
+            return None
+        token = CapabilityToken.model_validate_json(row[0])
+        cap = self._make_cap(conn, token, row[1], row[2], row[3])
+        self._caps[capability_id] = cap
+        return cap
+
+    def _make_cap(
+        self,
+        conn: sqlite3.Connection,
+        token: CapabilityToken,
+        parent_id: str | None,
+        rate_max: int | None,
+        rate_per: float | None,
+    ) -> _Cap:
+        lineage = [token.id] + [link.capability_id for link in reversed(token.delegation_chain)]
+        policy_hash = hashlib.sha256(
+            canonical_json({"capability_id": token.id, "scope": token.scope.model_dump(exclude_none=True)})
+        ).hexdigest()
+        return _Cap(
+            token=token,
+            parent_id=parent_id,
+            rate_max=rate_max,
+            rate_per=rate_per,
+            policy_hash=policy_hash,
+            sig_error=self._static_check(conn, token),
+            lineage=tuple(lineage),
+            grants=list(token.scope.grants),
+        )
+
+    def _static_check(self, conn: sqlite3.Connection | None, token: CapabilityToken) -> str | None:
+        """Signature, issuer and delegation-chain checks (the parts that never change): reason or None."""
+        if token.issuer not in self._issuers:
+            return (
+                f"capability {token.id} was issued by {token.issuer[:16]}…, which is neither this kernel "
+                f"({self.public_key_hex[:16]}…) nor a trusted key; get a capability from this kernel or "
+                "add the issuer to trusted_keys"
+            )
+        try:
+            message = capability_signing_bytes(token)
+        except ValueError as err:
+            return f"capability {token.id} cannot be canonicalised: {err}"
+        if not verify_hex(token.issuer, token.signature, message):
+            return (
+                f"capability {token.id} has an invalid signature (it was altered after issue or signed by "
+                "another key); use the token exactly as the kernel issued it"
+            )
+        chain = token.delegation_chain
+        for i, link in enumerate(chain):
+            if link.delegator not in self._issuers:
+                return f"delegation link {i} of {token.id} was signed by an unknown key {link.delegator[:16]}…"
+            if not verify_hex(link.delegator, link.signature, _link_signing_bytes(link)):
+                return f"delegation link {i} of {token.id} (from {link.capability_id}) has an invalid signature"
+            child_id = chain[i + 1].capability_id if i + 1 < len(chain) else token.id
+            child_scope = token.scope if child_id == token.id else None
+            child_subject = token.subject if child_id == token.id else None
+            if conn is not None:
+                parent_row = conn.execute(
+                    "SELECT token FROM capabilities WHERE id = ?", (link.capability_id,)
+                ).fetchone()
+                if child_scope is None:
+                    child_row = conn.execute("SELECT token FROM capabilities WHERE id = ?", (child_id,)).fetchone()
+                    if child_row is not None:
+                        child_tok = CapabilityToken.model_validate_json(child_row[0])
+                        child_scope, child_subject = child_tok.scope, child_tok.subject
+                if parent_row is not None:
+                    parent = CapabilityToken.model_validate_json(parent_row[0])
+                    if child_scope is not None and not child_scope.is_subset_of(parent.scope):
+                        return (
+                            f"delegation link {i} of {token.id}: the scope of {child_id} is not a subset of "
+                            f"its parent {parent.id}"
+                        )
+                elif link.delegator == self.public_key_hex:
+                    return (
+                        f"delegation link {i} of {token.id} names parent {link.capability_id}, which this kernel "
+                        "never issued"
+                    )
+            if child_subject is not None and link.delegatee != child_subject:
+                return f"delegation link {i} of {token.id} delegates to {link.delegatee!r}, not to {child_subject!r}"
+        return None
+
+    # --- capabilities: public API ---
+
+    def create_capability(
+        self,
+        subject: str,
+        scope: ChioScope | Mapping[str, Any],
+        ttl_seconds: int = 3600,
+        capability_id: str | None = None,
+        rate_limit: tuple[int, float] | None = None,
+    ) -> CapabilityToken:
+        """Issue a signed capability token for ``subject`` with ``scope``, valid ``ttl_seconds``.
+
+        ``capability_id`` may be chosen by the caller (``cap-research-pipeline``). Re-creating an
+        existing id returns the stored token if it is still valid and has the same subject, scope and
+        rate limit (idempotent provisioning); otherwise :class:`CapabilityError`.
+        ``rate_limit=(max_calls, per_seconds)`` limits allowed calls per sliding window.
+        """
+        subject = _require_str("subject", subject)
+        chio_scope = _coerce_scope(scope)
+        ttl = _positive_int("ttl_seconds", ttl_seconds)
+        rate = _coerce_rate_limit(rate_limit)
+        if capability_id is None:
+            capability_id = "cap-" + uuid7().hex
+        else:
+            capability_id = _require_str("capability_id", capability_id, max_len=256)
+        now = int(time.time())
+        token = self._sign_token(capability_id, subject, chio_scope, now, now + ttl, [])
+        with self._write() as conn:
+            existing = self._existing(conn, capability_id, subject, chio_scope, rate)
+            if existing is not None:
+                return existing
+            self._insert_cap(conn, token, None, rate)
+        return token
+
+    def _sign_token(
+        self,
+        capability_id: str,
+        subject: str,
+        scope: ChioScope,
+        issued_at: int,
+        expires_at: int,
+        chain: list[DelegationLink],
+    ) -> CapabilityToken:
+        unsigned = CapabilityToken.model_construct(
+            id=capability_id,
+            issuer=self.public_key_hex,
+            subject=subject,
+            scope=scope,
+            issued_at=issued_at,
+            expires_at=expires_at,
+            delegation_chain=chain,
+            signature="",
+        )
+        signature = self._signer.sign_hex(capability_signing_bytes(unsigned))
+        return CapabilityToken(
+            id=capability_id,
+            issuer=self.public_key_hex,
+            subject=subject,
+            scope=scope,
+            issued_at=issued_at,
+            expires_at=expires_at,
+            delegation_chain=chain,
+            signature=signature,
+        )
+
+    def _existing(
+        self,
+        conn: sqlite3.Connection,
+        capability_id: str,
+        subject: str,
+        scope: ChioScope,
+        rate: tuple[int, float] | None,
+        parent_id: str | None = None,
+    ) -> CapabilityToken | None:
+        row = conn.execute(
+            "SELECT token, rate_max, rate_per, parent_id FROM capabilities WHERE id = ?", (capability_id,)
+        ).fetchone()
+        if row is None:
+            return None
+        stored = CapabilityToken.model_validate_json(row[0])
+        stored_rate = (row[1], row[2]) if row[1] is not None else None
+        revoked = conn.execute("SELECT 1 FROM revocations WHERE capability_id = ?", (capability_id,)).fetchone()
+        same = (
+            stored.subject == subject
+            and canonical_json(stored.scope.model_dump(exclude_none=True))
+            == canonical_json(scope.model_dump(exclude_none=True))
+            and stored_rate == rate
+            and row[3] == parent_id
+        )
+        now = time.time()
+        if same and not revoked and stored.is_valid_at(int(now)):
+            return stored
+        why = (
+            "it is revoked" if revoked else
+            "it has expired" if not stored.is_valid_at(int(now)) else
+            "it has a different subject, scope, rate limit or parent"
+        )
+        raise CapabilityError(
+            f"capability id {capability_id!r} already exists and {why}; choose another capability_id "
+            "(or omit it to get a fresh one)"
+        )
+
+    def _insert_cap(
+        self,
+        conn: sqlite3.Connection,
+        token: CapabilityToken,
+        parent_id: str | None,
+        rate: tuple[int, float] | None,
+    ) -> None:
+        conn.execute(
+            "INSERT INTO capabilities(id, parent_id, subject, issued_at, expires_at, rate_max, rate_per, created_at, token)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (
+                token.id,
+                parent_id,
+                token.subject,
+                token.issued_at,
+                token.expires_at,
+                rate[0] if rate else None,
+                rate[1] if rate else None,
+                time.time(),
+                token.model_dump_json(exclude_none=True),
+            ),
+        )
+
+    def get_capability(self, capability_id: str) -> CapabilityToken | None:
+        """The stored token with this id, or None."""
+        capability_id = _require_str("capability_id", capability_id, max_len=256)
+        with self._lk:
+            row = self._db().execute("SELECT token FROM capabilities WHERE id = ?", (capability_id,)).fetchone()
+        return CapabilityToken.model_validate_json(row[0]) if row else None
+
+    def list_capabilities(self) -> list[CapabilityToken]:
+        """Every stored token, oldest first."""
+        with self._lk:
+            rows = self._db().execute("SELECT token FROM capabilities ORDER BY created_at, rowid").fetchall()
+        return [CapabilityToken.model_validate_json(r[0]) for r in rows]
+
+    def capability_info(self, capability_id: str) -> dict[str, Any] | None:
+        """Token plus kernel-side state (parent, revoked, rate limit, usage per grant) for one id."""
+        capability_id = _require_str("capability_id", capability_id, max_len=256)
+        with self._lk:
+            conn = self._db()
+            row = conn.execute(
+                "SELECT token, parent_id, rate_max, rate_per FROM capabilities WHERE id = ?", (capability_id,)
+            ).fetchone()
+            if row is None:
+                return None
+            rev = conn.execute(
+                "SELECT revoked_at, cause FROM revocations WHERE capability_id = ?", (capability_id,)
+            ).fetchone()
+            usage = conn.execute(
+                "SELECT grant_index, invocations, cost_units FROM usage WHERE capability_id = ? ORDER BY grant_index",
+                (capability_id,),
+            ).fetchall()
+        return {
+            "token": CapabilityToken.model_validate_json(row[0]),
+            "parent_id": row[1],
+            "rate_limit": (row[2], row[3]) if row[2] is not None else None,
+            "revoked": rev is not None,
+            "revoked_at": rev[0] if rev else None,
+            "revoked_because": rev[1] if rev else None,
+            "usage": [{"grant_index": u[0], "invocations": u[1], "cost_units": u[2]} for u in usage],
+        }
+
+    def is_revoked(self, capability_id: str) -> bool:
+        """Is this capability (or one of its ancestors) revoked?"""
+        with self._lk:
+            conn = self._db()
+            cap = self._load_cap(conn, capability_id)
+            ids = cap.lineage if cap is not None else (capability_id,)
+            return self._revoked_in(conn, ids) is not None
+
+    def _revoked_in(self, conn: sqlite3.Connection, ids: Sequence[str]) -> str | None:
+        if len(ids) == 1:
+            row = conn.execute("SELECT capability_id FROM revocations WHERE capability_id = ?", (ids[0],)).fetchone()
+        else:
+            marks = ",".join("?" * len(ids))
+            row = conn.execute(
+                f"SELECT capability_id FROM revocations WHERE capability_id IN ({marks}) LIMIT 1", tuple(ids)
+            ).fetchone()
+        return row[0] if row else None
+
+    def validate_capability(self, token: CapabilityToken | Mapping[str, Any]) -> tuple[bool, str | None]:
+        """``(valid, reason)``: signature, issuer (this kernel or a trusted key), time window,
+        revocation (of the token or an ancestor) and delegation chain."""
+        tok = _coerce_token(token)
+        with self._lk:
+            conn = self._db()
+            error = self._static_check(conn, tok)
+            if error is not None:
+                return False, error
+            now = int(time.time())
+            if now < tok.issued_at:
+                return False, f"capability {tok.id} is not valid before {_iso(tok.issued_at)}"
+            if now >= tok.expires_at:
+                return False, f"capability {tok.id} expired at {_iso(tok.expires_at)}; issue a new one"
+            lineage = [tok.id] + [link.capability_id for link in reversed(tok.delegation_chain)]
+            revoked = self._revoked_in(conn, lineage)
+        if revoked is not None:
+            which = "it was" if revoked == tok.id else f"its ancestor {revoked} was"
+            return False, f"capability {tok.id} is revoked ({which} revoked)"
+        return True, None
+
+    def attenuate_capability(
+        self,
+        parent: CapabilityToken | Mapping[str, Any] | str,
+        new_scope: ChioScope | Mapping[str, Any],
+        ttl_seconds: int | None = None,
+        capability_id: str | None = None,
+        *,
+        subject: str | None = None,
+    ) -> CapabilityToken:
+        """A child token with ``new_scope`` ⊆ the parent's scope and a signed delegation link.
+
+        ``parent`` is a token or the id of a stored one; it must be valid. The child expires at the
+        parent's expiry, or ``now + ttl_seconds`` if that is earlier. ``subject`` defaults to the
+        parent's subject. Raises :class:`CapabilityError` naming the offending grant if the scope is
+        not a subset.
+        """
+        child_scope = _coerce_scope(new_scope)
+        ttl = _positive_int("ttl_seconds", ttl_seconds) if ttl_seconds is not None else None
+        if capability_id is not None:
+            capability_id = _require_str("capability_id", capability_id, max_len=256)
+        if subject is not None:
+            subject = _require_str("subject", subject)
+        if isinstance(parent, str):
+            parent_id = _require_str("parent", parent, max_len=256)
+            parent_token = self.get_capability(parent_id)
+            if parent_token is None:
+                raise CapabilityError(f"cannot attenuate unknown capability {parent_id!r}: this kernel never issued it")
+        else:
+            parent_token = _coerce_token(parent)
+        valid, reason = self.validate_capability(parent_token)
+        if not valid:
+            raise CapabilityError(f"cannot attenuate capability {parent_token.id}: {reason}")
+        offending = _first_non_subset(child_scope, parent_token.scope)
+        if offending is not None:
+            raise CapabilityError(
+                f"new scope is not a subset of capability {parent_token.id}: {offending}; "
+                "narrow the new scope to tools, operations and limits the parent already grants"
+            )
+        now = int(time.time())
+        expires_at = parent_token.expires_at if ttl is None else min(parent_token.expires_at, now + ttl)
+        child_subject = subject if subject is not None else parent_token.subject
+        link_body = {
+            "capability_id": parent_token.id,
+            "delegator": self.public_key_hex,
+            "delegatee": child_subject,
+            "attenuations": [],
+            "timestamp": now,
+        }
+        link = DelegationLink(**link_body, signature=self._signer.sign_hex(_link_signing_bytes(link_body)))
+        child_id = capability_id if capability_id is not None else "cap-" + uuid7().hex
+        chain = [*parent_token.delegation_chain, link]
+        child = self._sign_token(child_id, child_subject, child_scope, now, expires_at, chain)
+        with self._write() as conn:
+            if conn.execute("SELECT 1 FROM capabilities WHERE id = ?", (parent_token.id,)).fetchone() is None:
+                # A valid parent from a trusted kernel: remember it so the child's lineage resolves.
+                self._insert_cap(conn, parent_token, None, None)
+            if capability_id is not None:
+                row = conn.execute("SELECT token, parent_id FROM capabilities WHERE id = ?", (child_id,)).fetchone()
+                if row is not None:
+                    raise CapabilityError(
+                        f"capability id {child_id!r} already exists; choose another capability_id (or omit it)"
+                    )
+            self._insert_cap(conn, child, parent_token.id, None)
+        return child
+
+    def revoke_capability(self, capability_id: str) -> list[str]:
+        """Revoke a capability and all its descendants; returns every id in that subtree (root first).
+
+        Revoking an already revoked capability is allowed (returns the same ids); an unknown id
+        raises :class:`CapabilityError`.
+        """
+        capability_id = _require_str("capability_id", capability_id, max_len=256)
+        with self._write() as conn:
+            if conn.execute("SELECT 1 FROM capabilities WHERE id = ?", (capability_id,)).fetchone() is None:
+                raise CapabilityError(
+                    f"cannot revoke unknown capability {capability_id!r}: this kernel never issued it "
+                    "(list them with list_capabilities())"
+                )
+            rows = conn.execute(
+                "WITH RECURSIVE sub(id, depth) AS (SELECT ?, 0 UNION "
+                "SELECT c.id, sub.depth + 1 FROM capabilities c JOIN sub ON c.parent_id = sub.id) "
+                "SELECT id FROM sub ORDER BY depth, id",
+                (capability_id,),
+            ).fetchall()
+            ids = [r[0] for r in rows]
+            now = time.time()
+            conn.executemany(
+                "INSERT OR IGNORE INTO revocations(capability_id, revoked_at, cause) VALUES (?, ?, ?)",
+                [(i, now, "revoked" if i == capability_id else f"ancestor {capability_id} revoked") for i in ids],
+            )
+        return ids
+
+    # --- evaluation ---
+
+    def evaluate(
+        self,
+        capability_id: str,
+        tool_server: str,
+        tool_name: str,
+        parameters: dict[str, Any],
+        *,
+        idempotency_key: str | None = None,
+        cost: MonetaryAmount | Mapping[str, Any] | None = None,
+        operation: Operation | str = Operation.INVOKE,
+    ) -> ChioReceipt:
+        """Decide one call and return its signed, stored receipt (allow or deny; never raises for a deny).
+
+        Raises :class:`KernelInputError` (a ``ValueError``) for malformed input.
+        """
+        _require_str("capability_id", capability_id, max_len=256)
+        _require_str("tool_server", tool_server)
+        _require_str("tool_name", tool_name)
+        if not isinstance(parameters, dict):
+            raise KernelInputError(
+                f"parameters must be a dict of parameter name -> JSON value, got {type(parameters).__name__}"
+            )
+        try:
+            params_bytes = canonical_json(parameters)
+        except ValueError as err:
+            raise KernelInputError(f"parameters are not JSON-able: {err}") from None
+        # The receipt records the parameters in canonical form (a private, JSON-normalised copy).
+        params = json.loads(params_bytes)
+        param_hash = hashlib.sha256(params_bytes).hexdigest()
+        op = _coerce_operation(operation)
+        cost_t = _coerce_cost(cost)
+        idem_hash = None
+        if idempotency_key is not None:
+            _require_str("idempotency_key", idempotency_key, max_len=1024)
+            # The key identifies the call position; the fingerprint makes sure a stored allow is only
+            # ever returned for the very same call (capability, tool, operation, parameters, cost).
+            idem_hash = hashlib.sha256(
+                "\x1f".join(
+                    (idempotency_key, capability_id, tool_server, tool_name, op.value, param_hash,
+                     "" if cost_t is None else f"{cost_t[0]} {cost_t[1]}")
+                ).encode()
+            ).hexdigest()
+
+        with self._write() as conn:
+            now = time.time()
+            cap = self._load_cap(conn, capability_id)
+            try:
+                self._check_valid(conn, cap, capability_id, now)
+                if idem_hash is not None:
+                    row = conn.execute(
+                        "SELECT r.body FROM idempotency i JOIN receipts r ON r.seq = i.receipt_seq WHERE i.key_hash = ?",
+                        (idem_hash,),
+                    ).fetchone()
+                    if row is not None:
+                        return ChioReceipt.model_validate_json(row[0])
+                assert cap is not None
+                charge = self._check_policy(conn, cap, tool_server, tool_name, op, params, cost_t, now)
+            except _Deny as deny:
+                decision = {"verdict": "deny", "reason": deny.reason, "guard": deny.guard}
+                policy_hash = cap.policy_hash if cap is not None else GENESIS_HASH
+                receipt, _ = self._append_receipt(
+                    conn, now, capability_id, tool_server, tool_name, params, param_hash, decision, policy_hash
+                )
+                return receipt
+            # allow: charge, then record
+            grant_index, limited = charge
+            if limited:
+                conn.execute(
+                    "INSERT INTO usage(capability_id, grant_index, invocations, cost_units) VALUES (?, ?, 1, ?) "
+                    "ON CONFLICT(capability_id, grant_index) DO UPDATE SET "
+                    "invocations = invocations + 1, cost_units = cost_units + excluded.cost_units",
+                    (capability_id, grant_index, cost_t[0] if cost_t else 0),
+                )
+            if cap.rate_max is not None:
+                conn.execute("INSERT INTO rate_events(capability_id, t) VALUES (?, ?)", (capability_id, now))
+            receipt, seq = self._append_receipt(
+                conn, now, capability_id, tool_server, tool_name, params, param_hash,
+                {"verdict": "allow"}, cap.policy_hash,
+            )
+            if idem_hash is not None:
+                conn.execute("INSERT INTO idempotency(key_hash, receipt_seq) VALUES (?, ?)", (idem_hash, seq))
+            return receipt
+
+    def _check_valid(self, conn: sqlite3.Connection, cap: _Cap | None, capability_id: str, now: float) -> None:
+        """The signature, time and revocation guards."""
+        if cap is None:
+            raise _Deny(
+                "signature",
+                f"unknown capability {capability_id!r}: this kernel ({self.base_url}) never issued it; "
+                "create it first (create_capability / `chio-durable capability create`) or check the id",
+            )
+        if cap.sig_error is not None:
+            raise _Deny("signature", cap.sig_error)
+        tok = cap.token
+        if now < tok.issued_at:
+            raise _Deny("time", f"capability {capability_id} is not valid before {_iso(tok.issued_at)}; retry then")
+        if now >= tok.expires_at:
+            raise _Deny(
+                "time",
+                f"capability {capability_id} expired at {_iso(tok.expires_at)}; issue a new capability "
+                "and pass its id",
+            )
+        revoked = self._revoked_in(conn, cap.lineage)
+        if revoked is not None:
+            which = "was revoked" if revoked == capability_id else f"descends from {revoked}, which was revoked"
+            raise _Deny(
+                "revocation",
+                f"capability {capability_id} {which}; calls under it are refused — issue a new capability",
+            )
+
+    def _check_policy(
+        self,
+        conn: sqlite3.Connection,
+        cap: _Cap,
+        tool_server: str,
+        tool_name: str,
+        op: Operation,
+        params: dict[str, Any],
+        cost_t: tuple[int, str] | None,
+        now: float,
+    ) -> tuple[int, bool]:
+        """scope, constraints, max_invocations, cost, rate limit -> (grant index to charge, has budgets)."""
+        cid = cap.token.id
+        matching = [(i, g) for i, g in enumerate(cap.grants) if grant_matches(g, tool_server, tool_name, op)]
+        if not matching:
+            allowed = "; ".join(describe_grant(g) for g in cap.grants) or "nothing (it has no tool grants)"
+            raise _Deny(
+                "scope",
+                f"capability {cid} does not allow {op.value} on {tool_server}/{tool_name}; it allows {allowed}. "
+                "Use a capability whose scope includes this tool",
+            )
+        passing = []
+        first_violation = None
+        for i, g in matching:
+            violation = check_constraints(g, params)
+            if violation is None:
+                passing.append((i, g))
+            elif first_violation is None:
+                first_violation = violation
+        if not passing:
+            raise _Deny("constraints", f"capability {cid}, {tool_server}/{tool_name}: {first_violation}")
+        first_fail: _Deny | None = None
+        chosen: tuple[int, bool] | None = None
+        for i, g in passing:
+            limited = (
+                g.max_invocations is not None or g.max_total_cost is not None or g.max_cost_per_invocation is not None
+            )
+            try:
+                if limited:
+                    self._check_budget(conn, cid, i, g, cost_t, tool_server, tool_name)
+            except _Deny as deny:
+                if first_fail is None:
+                    first_fail = deny
+                continue
+            chosen = (i, limited)
+            break
+        if chosen is None:
+            assert first_fail is not None
+            raise first_fail
+        if cap.rate_max is not None and cap.rate_per is not None:
+            window_start = now - cap.rate_per
+            conn.execute("DELETE FROM rate_events WHERE capability_id = ? AND t <= ?", (cid, window_start))
+            row = conn.execute(
+                "SELECT COUNT(*), MIN(t) FROM rate_events WHERE capability_id = ?", (cid,)
+            ).fetchone()
+            if row[0] >= cap.rate_max:
+                retry = max(0.0, row[1] + cap.rate_per - now)
+                raise _Deny(
+                    "rate-limit-guard",
+                    f"capability {cid} allows {cap.rate_max} calls per {cap.rate_per:g} s and that many were "
+                    f"allowed in the last {cap.rate_per:g} s; retry in {retry:.1f} s",
+                )
+        return chosen
+
+    def _check_budget(
+        self,
+        conn: sqlite3.Connection,
+        cid: str,
+        index: int,
+        g: ToolGrant,
+        cost_t: tuple[int, str] | None,
+        tool_server: str,
+        tool_name: str,
+    ) -> None:
+        row = conn.execute(
+            "SELECT invocations, cost_units FROM usage WHERE capability_id = ? AND grant_index = ?", (cid, index)
+        ).fetchone()
+        used, spent = (row[0], row[1]) if row else (0, 0)
+        if g.max_invocations is not None and used >= g.max_invocations:
+            raise _Deny(
+                "max_invocations",
+                f"capability {cid} allows {g.max_invocations} invocation(s) of {g.server_id}/{g.tool_name} and "
+                f"all {used} were used; issue a new capability for more calls",
+            )
+        if cost_t is None:
+            return
+        units, currency = cost_t
+        per = g.max_cost_per_invocation
+        if per is not None:
+            if per.currency != currency:
+                raise _Deny(
+                    "cost",
+                    f"call to {tool_server}/{tool_name} declares a cost in {currency}, but capability {cid} "
+                    f"limits cost in {per.currency}; declare the cost in {per.currency}",
+                )
+            if units > per.units:
+                raise _Deny(
+                    "cost",
+                    f"call to {tool_server}/{tool_name} costs {units} {currency}; capability {cid} allows at most "
+                    f"{per.units} {per.currency} per invocation",
+                )
+        total = g.max_total_cost
+        if total is not None:
+            if total.currency != currency:
+                raise _Deny(
+                    "cost",
+                    f"call to {tool_server}/{tool_name} declares a cost in {currency}, but capability {cid} "
+                    f"budgets in {total.currency}; declare the cost in {total.currency}",
+                )
+            if spent + units > total.units:
+                raise _Deny(
+                    "cost",
+                    f"call to {tool_server}/{tool_name} costs {units} {currency}; capability {cid} has spent "
+                    f"{spent} of its {total.units} {total.currency} budget, so only {total.units - spent} remain",
+                )
+
+    def _append_receipt(
+        self,
+        conn: sqlite3.Connection,
+        now: float,
+        capability_id: str,
+        tool_server: str,
+        tool_name: str,
+        params: dict[str, Any],
+        param_hash: str,
+        decision: dict[str, Any],
+        policy_hash: str,
+    ) -> tuple[ChioReceipt, int]:
+        head_seq, prev_hash = conn.execute("SELECT seq, hash FROM chain_head WHERE k = 0").fetchone()
+        rid = f"rcpt-{uuid7()}"
+        ts = int(now)
+        body = {
+            "id": rid,
+            "timestamp": ts,
+            "capability_id": capability_id,
+            "tool_server": tool_server,
+            "tool_name": tool_name,
+            "action": {"parameters": params, "parameter_hash": param_hash},
+            "decision": decision,
+            "content_hash": prev_hash,
+            "policy_hash": policy_hash,
+            "kernel_key": self.public_key_hex,
+        }
+        signature = self._signer.sign_hex(canonical_json(body))
+        body["signature"] = signature
+        body["evidence"] = []  # what model_dump(exclude_none=True) shows; not in the signed body
+        stored = _chain_dumps(body)
+        chain_hash = hashlib.sha256(stored.encode()).hexdigest()
+        seq = head_seq + 1
+        conn.execute(
+            "INSERT INTO receipts(seq, id, capability_id, verdict, chain_hash, body) VALUES (?, ?, ?, ?, ?, ?)",
+            (seq, rid, capability_id, decision["verdict"], chain_hash, stored),
+        )
+        conn.execute("UPDATE chain_head SET seq = ?, hash = ? WHERE k = 0", (seq, chain_hash))
+        receipt = ChioReceipt.model_construct(
+            id=rid,
+            timestamp=ts,
+            capability_id=capability_id,
+            tool_server=tool_server,
+            tool_name=tool_name,
+            action=ToolCallAction.model_construct(parameters=params, parameter_hash=param_hash),
+            decision=Decision.model_construct(
+                verdict=decision["verdict"], reason=decision.get("reason"), guard=decision.get("guard")
+            ),
+            content_hash=prev_hash,
+            policy_hash=policy_hash,
+            evidence=[],
+            metadata=None,
+            kernel_key=self.public_key_hex,
+            signature=signature,
+        )
+        return receipt, seq
+
+    # --- receipts ---
+
+    def verify_receipt(self, receipt: ChioReceipt | Mapping[str, Any]) -> bool:
+        """True if the receipt is signed by this kernel (or a trusted key) and its parameter hash matches."""
+        if isinstance(receipt, ChioReceipt):
+            data = receipt.model_dump(exclude_none=True)
+        elif isinstance(receipt, Mapping):
+            try:
+                data = ChioReceipt.model_validate(dict(receipt)).model_dump(exclude_none=True)
+            except ValidationError as err:
+                raise KernelInputError(f"not a valid ChioReceipt: {err}") from err
+        else:
+            raise KernelInputError(f"expected a chio_sdk.models.ChioReceipt, got {type(receipt).__name__}")
+        return self._verify_receipt_dict(data) is None
+
+    def _verify_receipt_dict(self, data: dict[str, Any]) -> str | None:
+        key = data.get("kernel_key")
+        if key not in self._issuers:
+            return f"receipt {data.get('id')} was signed by {str(key)[:16]}…, which is not this kernel nor a trusted key"
+        try:
+            action = data["action"]
+            if hashlib.sha256(canonical_json(action["parameters"])).hexdigest() != action["parameter_hash"]:
+                return f"receipt {data.get('id')}: parameter_hash does not match its parameters"
+            message = canonical_json(_receipt_signed_body(data))
+        except (KeyError, TypeError, ValueError) as err:
+            return f"receipt {data.get('id')} is malformed: {err}"
+        if not verify_hex(key, str(data.get("signature")), message):
+            return f"receipt {data.get('id')} has an invalid signature (altered after signing)"
+        return None
+
+    def get_receipt(self, receipt_id: str) -> ChioReceipt | None:
+        """The stored receipt with this id, or None."""
+        receipt_id = _require_str("receipt_id", receipt_id, max_len=256)
+        with self._lk:
+            row = self._db().execute("SELECT body FROM receipts WHERE id = ?", (receipt_id,)).fetchone()
+        return ChioReceipt.model_validate_json(row[0]) if row else None
+
+    def list_receipts_with_seq(
+        self,
+        *,
+        capability_id: str | None = None,
+        limit: int | None = None,
+        after_seq: int | None = None,
+    ) -> list[tuple[int, ChioReceipt]]:
+        """``(seq, receipt)`` pairs in store order (for paging with ``after_seq``)."""
+        if capability_id is not None:
+            _require_str("capability_id", capability_id, max_len=256)
+        if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 0):
+            raise KernelInputError(f"limit must be a non-negative integer, got {limit!r}")
+        if after_seq is not None and (isinstance(after_seq, bool) or not isinstance(after_seq, int)):
+            raise KernelInputError(f"after_seq must be an integer, got {after_seq!r}")
+        sql = "SELECT seq, body FROM receipts WHERE seq > ?"
+        args: list[Any] = [after_seq if after_seq is not None else 0]
+        if capability_id is not None:
+            sql += " AND capability_id = ?"
+            args.append(capability_id)
+        sql += " ORDER BY seq"
+        if limit is not None:
+            sql += " LIMIT ?"
+            args.append(limit)
+        with self._lk:
+            rows = self._db().execute(sql, args).fetchall()
+        return [(r[0], ChioReceipt.model_validate_json(r[1])) for r in rows]
+
+    def list_receipts(
+        self,
+        *,
+        capability_id: str | None = None,
+        limit: int | None = None,
+        after_seq: int | None = None,
+    ) -> list[ChioReceipt]:
+        """Receipts in store (chain) order, optionally for one capability, after a seq, up to ``limit``."""
+        return [r for _, r in self.list_receipts_with_seq(capability_id=capability_id, limit=limit, after_seq=after_seq)]
+
+    def receipt_count(self) -> int:
+        """Number of receipts in the store."""
+        with self._lk:
+            return int(self._db().execute("SELECT COUNT(*) FROM receipts").fetchone()[0])
+
+    def verify_chain(self, *, batch: int = 2000) -> ChainReport:
+        """Walk the store in seq order checking each signature and chain link; name the first broken index.
+
+        Index = 0-based position in store order. Also checks the chain head matches the last receipt
+        (a truncated tail is reported at index ``count``).
+        """
+        prev = GENESIS_HASH
+        index = 0
+        last_seq = 0
+        with self._lk:
+            conn = self._db()
+            conn.execute("BEGIN")  # one consistent snapshot
+            try:
+                head_seq, head_hash = conn.execute("SELECT seq, hash FROM chain_head WHERE k = 0").fetchone()
+                while True:
+                    rows = conn.execute(
+                        "SELECT seq, body FROM receipts WHERE seq > ? ORDER BY seq LIMIT ?", (last_seq, batch)
+                    ).fetchall()
+                    if not rows:
+                        break
+                    for seq, text in rows:
+                        try:
+                            data = ChioReceipt.model_validate_json(text).model_dump(exclude_none=True)
+                        except ValidationError as err:
+                            return ChainReport(False, index, index, f"receipt at index {index} is not a valid receipt: {err}")
+                        if data["content_hash"] != prev:
+                            return ChainReport(
+                                False, index, index,
+                                f"receipt {data['id']} at index {index} does not chain to the previous receipt "
+                                "(content_hash mismatch: a receipt before it was altered, removed or inserted)",
+                            )
+                        problem = self._verify_receipt_dict(data)
+                        if problem is not None:
+                            return ChainReport(False, index, index, f"index {index}: {problem}")
+                        prev = receipt_chain_hash(data)
+                        index += 1
+                        last_seq = seq
+            finally:
+                conn.execute("COMMIT")
+        if head_seq != last_seq or head_hash != prev:
+            return ChainReport(
+                False, index, index,
+                f"the chain head (seq {head_seq}) does not match the last stored receipt (seq {last_seq}): "
+                "receipts were removed from the end or the last one was altered",
+            )
+        return ChainReport(True, index, None, None)
+
+    def health(self) -> dict[str, Any]:
+        """Status summary (what the sidecar's ``/chio/health`` returns)."""
+        with self._lk:
+            head_seq = self._db().execute("SELECT seq FROM chain_head WHERE k = 0").fetchone()[0]
+        return {
+            "status": "ok",
+            "kernel_key": self.public_key_hex,
+            "data_dir": str(self.data_dir),
+            "receipts": head_seq,
+            "mode": "embedded",
+        }
+
+
+class _Txn:
+    """``with kernel._write() as conn``: process lock + ``BEGIN IMMEDIATE`` ... ``COMMIT``/``ROLLBACK``."""
+
+    __slots__ = ("_kernel", "_conn", "_lock")
+
+    def __init__(self, kernel: Kernel) -> None:
+        self._kernel = kernel
+
+    def __enter__(self) -> sqlite3.Connection:
+        lock = self._kernel._check_fork()
+        lock.acquire()
+        self._lock = lock
+        try:
+            conn = self._kernel._db()
+            conn.execute("BEGIN IMMEDIATE")
+        except BaseException:
+            lock.release()
+            raise
+        self._conn = conn
+        return conn
+
+    def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
+        try:
+            if exc_type is None:
+                self._conn.execute("COMMIT")
+            else:
+                self._conn.execute("ROLLBACK")
+        finally:
+            self._lock.release()
