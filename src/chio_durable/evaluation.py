@@ -35,6 +35,7 @@ from chio_sdk.models import ChioReceipt, MonetaryAmount
 __all__ = [
     "Evaluation",
     "KernelUnavailable",
+    "await_on_kernel_loop",
     "client_url",
     "evaluate",
     "evaluate_sync",
@@ -135,6 +136,11 @@ def run_on_kernel_loop(coro: Coroutine[Any, Any, T]) -> T:
 
 async def _await_on_kernel_loop(coro: Coroutine[Any, Any, T]) -> T:
     return await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(coro, _kernel_loop()))
+
+
+# Public name for layers that make other remote calls (create/attenuate/fetch capabilities) with the
+# same httpx client evaluations use: it must stay on the one loop that owns its connections.
+await_on_kernel_loop = _await_on_kernel_loop
 
 
 # --- evaluation -------------------------------------------------------------------------------

@@ -1,0 +1,40 @@
+"""chio-temporal: chio capability governance for Temporal activities (seed 001).
+
+Every activity execution on a worker carrying :class:`ChioActivityInterceptor` is evaluated by the chio
+kernel with the capability of the :class:`WorkflowGrant` registered for its workflow; a deny fails the
+activity with the non-retryable ``ApplicationError(type=DENIED_ERROR_TYPE)``; per-activity receipts are
+aggregated into a ``chio-temporal/v1`` :class:`WorkflowReceipt` envelope per workflow run.
+"""
+
+from chio_temporal.errors import (
+    DENIED_ERROR_TYPE,
+    SIDECAR_ERROR_TYPE,
+    ChioTemporalConfigError,
+    ChioTemporalError,
+)
+from chio_temporal.grants import WorkflowGrant
+from chio_temporal.interceptor import (
+    ActivityCall,
+    ActivityGrantOverride,
+    ChioActivityInterceptor,
+    current_evaluation,
+    current_receipt_id,
+)
+from chio_temporal.receipt import WorkflowReceipt, WorkflowStepReceipt
+from chio_temporal.worker import build_chio_worker
+
+__all__ = [
+    "DENIED_ERROR_TYPE",
+    "SIDECAR_ERROR_TYPE",
+    "ActivityCall",
+    "ActivityGrantOverride",
+    "ChioActivityInterceptor",
+    "ChioTemporalConfigError",
+    "ChioTemporalError",
+    "WorkflowGrant",
+    "WorkflowReceipt",
+    "WorkflowStepReceipt",
+    "build_chio_worker",
+    "current_evaluation",
+    "current_receipt_id",
+]

@@ -1,0 +1,172 @@
+"""``WorkflowGrant``: a capability token pinned to a Temporal workflow id (and optionally one run).
+
+Also the few kernel calls the Temporal layer makes besides evaluation (attenuate, mint, fetch by
+id), written once for the three client kinds the project accepts: the real ``chio_sdk.ChioClient``
+(remote sidecar; driven on the evaluation core's kernel loop, which owns its connections), our
+``chio_kernel.LocalChioClient`` and the ``chio_sdk.testing`` mocks (called directly).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, replace
+from typing import Any, TypeVar
+
+from chio_sdk.client import ChioClient
+from chio_sdk.errors import ChioError, ChioValidationError
+from chio_sdk.models import CapabilityToken, ChioScope
+
+from chio_durable.evaluation import await_on_kernel_loop, client_url
+from chio_temporal.errors import ChioTemporalConfigError, ChioTemporalError
+
+__all__ = ["WorkflowGrant", "fetch_capability", "mint_capability"]
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class WorkflowGrant:
+    """A capability token pinned to a Temporal ``workflow_id``.
+
+    ``run_id=None`` makes the grant apply to every run of the workflow id (retries, continue-as-new,
+    resets); a ``run_id`` pins it to one execution and wins over an unpinned grant for that run.
+    ``tool_server`` is the chio tool server the workflow's activities are evaluated against unless the
+    interceptor's ``activity_tool_server_map`` names one for the activity type (see docs/temporal.md);
+    ``None`` falls back to the interceptor's ``default_tool_server``.
+    """
+
+    workflow_id: str
+    token: CapabilityToken
+    tool_server: str | None = None
+    run_id: str | None = None
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.workflow_id, str) or not self.workflow_id:
+            raise ChioTemporalConfigError(
+                f"WorkflowGrant needs workflow_id= the Temporal workflow id (a non-empty str), got {self.workflow_id!r}"
+            )
+        if not isinstance(self.token, CapabilityToken):
+            raise ChioTemporalConfigError(
+                "WorkflowGrant needs token= a chio_sdk.models.CapabilityToken "
+                "(from `await chio.create_capability(...)`), "
+                f"got {type(self.token).__name__}"
+            )
+
+    @property
+    def capability_id(self) -> str:
+        """The id of the grant's capability token (what every evaluation names)."""
+        return self.token.id
+
+    @property
+    def scope(self) -> ChioScope:
+        return self.token.scope
+
+    def covers(self, other: WorkflowGrant) -> bool:
+        """Whether ``other``'s scope is a subset of this grant's scope."""
+        return other.token.scope.is_subset_of(self.token.scope)
+
+    async def attenuate_for_activity(
+        self,
+        chio: Any,
+        *,
+        new_scope: ChioScope,
+        tool_server: str | None = None,
+    ) -> WorkflowGrant:
+        """Mint a child grant with a strictly narrower scope through the kernel.
+
+        The child keeps this grant's ``workflow_id`` and ``run_id``; ``tool_server`` defaults to this
+        grant's. Raises :class:`ChioTemporalConfigError` if ``new_scope`` is not a subset of this
+        grant's scope (checked before the kernel is asked; the kernel checks again).
+        """
+        if not isinstance(new_scope, ChioScope):
+            raise ChioTemporalConfigError(
+                f"attenuate_for_activity needs new_scope= a chio_sdk.models.ChioScope, got {type(new_scope).__name__}"
+            )
+        if not new_scope.is_subset_of(self.token.scope):
+            raise ChioTemporalConfigError(
+                f"new_scope is not a subset of the scope of capability {self.token.id!r} granted to workflow "
+                f"{self.workflow_id!r}: an attenuated grant may only narrow (same or fewer tools, servers, "
+                f"operations; same or more constraints). Requested {_describe(new_scope)}; "
+                f"granted {_describe(self.token.scope)}."
+            )
+        try:
+            child = await call_client(chio, lambda: chio.attenuate_capability(self.token, new_scope=new_scope))
+        except ChioValidationError as err:
+            raise ChioTemporalConfigError(f"the kernel refused to attenuate {self.token.id!r}: {err}") from err
+        except ChioError as err:
+            raise ChioTemporalError(
+                f"could not attenuate capability {self.token.id!r} through the kernel at {client_url(chio)}: {err}"
+            ) from err
+        except Exception as err:
+            if type(err).__name__ == "CapabilityError":  # the embedded kernel's refusal
+                raise ChioTemporalConfigError(f"the kernel refused to attenuate {self.token.id!r}: {err}") from err
+            raise
+        return replace(self, token=child, tool_server=tool_server if tool_server is not None else self.tool_server)
+
+
+def _describe(scope: ChioScope) -> str:
+    tools = [f"{g.server_id}/{g.tool_name}[{','.join(op.value for op in g.operations)}]" for g in scope.grants]
+    return "{" + ", ".join(tools) + "}"
+
+
+async def call_client(client: Any, make_call: Callable[[], Awaitable[T]]) -> T:
+    """Await one client call; a remote ``ChioClient`` is driven on the evaluation core's kernel loop."""
+    if isinstance(client, ChioClient):
+
+        async def run() -> T:
+            return await make_call()
+
+        return await await_on_kernel_loop(run())
+    return await make_call()
+
+
+async def mint_capability(client: Any, *, subject: str, scope: ChioScope, ttl_seconds: int) -> CapabilityToken:
+    """``client.create_capability`` for any client kind."""
+    return await call_client(
+        client, lambda: client.create_capability(subject=subject, scope=scope, ttl_seconds=ttl_seconds)
+    )
+
+
+async def fetch_capability(client: Any, capability_id: str) -> CapabilityToken:
+    """The token of an already-minted capability, from the kernel behind ``client``.
+
+    ``LocalChioClient`` / the embedded kernel answer directly; the real ``ChioClient`` has no such
+    method, so the sidecar endpoint ``GET /v1/capabilities/{id}`` is called with the client's own
+    HTTP connection. Raises :class:`ChioTemporalConfigError` for an unknown id or a client that
+    cannot look tokens up (the mocks: pass ``scope=``/``subject=`` instead).
+    """
+    getter = getattr(client, "get_capability", None)
+    kernel = getattr(client, "kernel", None)
+    token: Any = None
+    if isinstance(client, ChioClient):
+        try:
+            data = await call_client(client, lambda: client._get(f"/v1/capabilities/{capability_id}"))  # noqa: SLF001
+        except ChioError as err:
+            if getattr(err, "code", None) == "HTTP_404":
+                token = None
+            else:
+                raise ChioTemporalError(
+                    f"could not fetch capability {capability_id!r} from the sidecar at {client_url(client)}: {err}"
+                ) from err
+        else:
+            token = CapabilityToken.model_validate(data.get("token", data) if isinstance(data, dict) else data)
+    elif callable(getter):
+        token = getter(capability_id)
+        if hasattr(token, "__await__"):
+            token = await token
+    elif kernel is not None and hasattr(kernel, "get_capability"):
+        token = kernel.get_capability(capability_id)
+    else:
+        raise ChioTemporalConfigError(
+            f"{type(client).__name__} cannot look up capability {capability_id!r} by id; pass scope=, subject= "
+            "and ttl_seconds= so a capability is minted, or use LocalChioClient / ChioClient against the sidecar"
+        )
+    if token is None:
+        raise ChioTemporalConfigError(
+            f"capability {capability_id!r} is not known to the kernel at {client_url(client)}; mint it first "
+            "(`chio-durable capability create` / `await chio.create_capability(...)`) or pass scope=, subject=, "
+            "ttl_seconds= instead of capability_id="
+        )
+    if not isinstance(token, CapabilityToken):
+        token = CapabilityToken.model_validate(token)
+    return token

@@ -1,0 +1,725 @@
+"""``ChioActivityInterceptor``: every activity execution is evaluated by the chio kernel before it runs.
+
+One Temporal worker ``Interceptor`` with two sides:
+
+* the **activity side** (the enforcement point): for each activity execution it resolves the
+  capability of the grant registered for the activity's ``(workflow_id, run_id)``, maps the
+  execution to ``(tool_server, tool_name, parameters)``, asks the kernel (``chio_durable.evaluate``,
+  fail closed) with the idempotency key ``(workflow_id, run_id, activity_id, capability_id)``, records
+  a :class:`WorkflowStepReceipt`, and then either runs the activity body or fails it with the
+  non-retryable ``ApplicationError(type="ChioCapabilityDenied")``. Retry attempts therefore reuse one
+  allow receipt while the capability stays valid; a kernel that cannot decide gives the retryable
+  ``ApplicationError(type="ChioSidecarError")`` and the body does not run.
+* the **workflow side** only forwards the parent-workflow chain to activities and child workflows in a
+  Temporal header (``chio-parent-workflow-ids``), so a child workflow's envelope can list its parents.
+  It makes no network call, adds no command and no activity to any history (headers are not part of
+  Temporal's replay determinism check), and root workflows get no header at all.
+
+Extension points (stable; see docs/temporal.md) — override in a subclass:
+:meth:`~ChioActivityInterceptor.governs`, :meth:`~ChioActivityInterceptor.resolve_grant`,
+:meth:`~ChioActivityInterceptor.resolve_capability_id`, :meth:`~ChioActivityInterceptor.resolve_tool_server`,
+:meth:`~ChioActivityInterceptor.activity_parameters`, :meth:`~ChioActivityInterceptor.map_activity`,
+:meth:`~ChioActivityInterceptor.activity_idempotency_key`, :meth:`~ChioActivityInterceptor.on_allowed`,
+:meth:`~ChioActivityInterceptor.on_denied`.
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+import threading
+from collections.abc import Awaitable, Callable, Mapping
+from contextvars import ContextVar
+from dataclasses import dataclass
+from typing import Any
+
+import temporalio.activity
+import temporalio.converter
+import temporalio.workflow
+from chio_sdk.client import ChioClient
+from temporalio.api.common.v1 import Payload
+from temporalio.exceptions import ActivityError, ApplicationError
+from temporalio.worker import (
+    ActivityInboundInterceptor,
+    ExecuteActivityInput,
+    ExecuteWorkflowInput,
+    Interceptor,
+    StartActivityInput,
+    StartChildWorkflowInput,
+    StartLocalActivityInput,
+    WorkflowInboundInterceptor,
+    WorkflowInterceptorClassInput,
+    WorkflowOutboundInterceptor,
+)
+
+from chio_durable.evaluation import Evaluation, KernelUnavailable, client_url, evaluate, idempotency_key
+from chio_durable.params import bind_parameters, jsonable
+from chio_temporal.errors import (
+    CONFIG_ERROR_TYPE,
+    ActivityDeniedError,
+    ChioTemporalConfigError,
+    ChioTemporalError,
+    denied_error,
+    sidecar_error,
+)
+from chio_temporal.grants import WorkflowGrant
+from chio_temporal.receipt import OUTCOMES, WorkflowReceipt, WorkflowStepReceipt
+
+__all__ = [
+    "NO_GRANT_GUARD",
+    "PARENT_CHAIN_HEADER",
+    "ActivityCall",
+    "ActivityGrantOverride",
+    "ChioActivityInterceptor",
+    "ReceiptSink",
+    "current_evaluation",
+    "current_receipt_id",
+]
+
+logger = logging.getLogger(__name__)
+
+ActivityGrantOverride = Callable[[temporalio.activity.Info], "WorkflowGrant | None"]
+"""Per-activity-type hook: given the activity's ``Info``, return a narrower grant or ``None`` (use the workflow grant)."""
+
+ReceiptSink = Callable[[dict[str, Any]], "Awaitable[Any] | Any"]
+"""Where flushed ``chio-temporal/v1`` envelopes go: a sync or async callable taking the envelope dict."""
+
+PARENT_CHAIN_HEADER = "chio-parent-workflow-ids"
+"""Temporal header carrying the parent-workflow chain (root first) to activities and child workflows."""
+
+NO_GRANT_GUARD = "workflow-grant"
+"""``guard`` of the deny given (without asking the kernel) when no grant covers the workflow."""
+
+_current_evaluation: ContextVar[Evaluation | None] = ContextVar("chio_temporal_evaluation", default=None)
+
+
+def current_evaluation() -> Evaluation | None:
+    """Inside a governed activity body: the kernel's allow :class:`~chio_durable.Evaluation` for it."""
+    return _current_evaluation.get()
+
+
+def current_receipt_id() -> str | None:
+    """Inside a governed activity body: the chio receipt id that authorised this execution.
+
+    Activity results are not changed by the interceptor (that would change workflow histories); an
+    activity that wants to return its receipt id reads it here. Works for async activities and sync
+    activities on a thread pool (Temporal copies the context into the thread).
+    """
+    evaluation = _current_evaluation.get()
+    return evaluation.receipt_id if evaluation is not None else None
+
+
+@dataclass(frozen=True)
+class ActivityCall:
+    """What the kernel is asked about for one activity execution."""
+
+    tool_server: str
+    tool_name: str
+    parameters: dict[str, Any]
+
+
+_payload_converter = temporalio.converter.PayloadConverter.default
+
+
+def _encode_chain(chain: list[str]) -> Payload:
+    return _payload_converter.to_payloads([chain])[0]
+
+
+def _decode_chain(headers: Mapping[str, Payload] | None) -> list[str]:
+    if not headers or PARENT_CHAIN_HEADER not in headers:
+        return []
+    try:
+        value = _payload_converter.from_payloads([headers[PARENT_CHAIN_HEADER]])[0]
+    except Exception:  # a foreign header of the same name: ignore rather than fail the activity
+        return []
+    return [str(item) for item in value] if isinstance(value, list) else []
+
+
+class ChioActivityInterceptor(Interceptor):
+    """Worker interceptor that gates every activity execution through the chio kernel.
+
+    Args:
+        chio_client: a ``chio_sdk.ChioClient`` (sidecar over HTTP), a ``chio_kernel.LocalChioClient``
+            (embedded kernel) or a ``chio_sdk.testing`` mock. ``None`` with ``sidecar_url`` builds a
+            ``ChioClient(sidecar_url)``.
+        sidecar_url: the kernel's address, named in ``ChioSidecarError`` messages (defaults to the
+            client's own base URL).
+        default_tool_server: tool server id for activities whose tool server nothing else names.
+        activity_tool_server_map: activity type -> tool server id.
+        receipt_sink: sync or async callable receiving each flushed ``chio-temporal/v1`` envelope.
+        surface_denials: workflow side: re-raise a denied activity's ``ActivityError`` as
+            :class:`~chio_temporal.errors.ActivityDeniedError` (also an ``ApplicationError`` with the
+            deny's ``type``), so seed 001's ``except ApplicationError`` saga works. ``False`` leaves
+            Temporal's plain ``ActivityError`` (see docs/temporal.md for the replay note).
+
+    Tool server precedence for an activity: an override grant's ``tool_server`` (from
+    :meth:`register_activity_grant_override`), then ``activity_tool_server_map[activity_type]``, then the
+    workflow grant's ``tool_server``, then ``default_tool_server``.
+    """
+
+    def __init__(
+        self,
+        chio_client: Any = None,
+        sidecar_url: str | None = None,
+        default_tool_server: str | None = None,
+        activity_tool_server_map: Mapping[str, str] | None = None,
+        receipt_sink: ReceiptSink | None = None,
+        *,
+        surface_denials: bool = True,
+    ) -> None:
+        if chio_client is None:
+            if not sidecar_url:
+                raise ChioTemporalConfigError(
+                    "ChioActivityInterceptor needs chio_client= (ChioClient('http://127.0.0.1:9090'), "
+                    "LocalChioClient(), or a chio_sdk.testing mock) or sidecar_url= the sidecar's address"
+                )
+            chio_client = ChioClient(sidecar_url)
+        if not hasattr(chio_client, "evaluate_tool_call") and getattr(chio_client, "kernel", None) is None:
+            raise ChioTemporalConfigError(
+                f"chio_client= must be a ChioClient, LocalChioClient or chio_sdk.testing mock, "
+                f"got {type(chio_client).__name__}"
+            )
+        if activity_tool_server_map is not None and not isinstance(activity_tool_server_map, Mapping):
+            raise ChioTemporalConfigError(
+                "activity_tool_server_map= must be a mapping of activity type -> tool server id, "
+                f"got {type(activity_tool_server_map).__name__}"
+            )
+        if receipt_sink is not None and not callable(receipt_sink):
+            raise ChioTemporalConfigError(
+                "receipt_sink= must be a callable taking the envelope dict (sync or async), "
+                f"got {type(receipt_sink).__name__}"
+            )
+        self.chio_client = chio_client
+        self.sidecar_url: str = sidecar_url or client_url(chio_client)
+        self.default_tool_server = default_tool_server
+        self.activity_tool_server_map: dict[str, str] = dict(activity_tool_server_map or {})
+        self.receipt_sink = receipt_sink
+        self.surface_denials = surface_denials
+        self._lock = threading.RLock()
+        self._grants: dict[tuple[str, str | None], WorkflowGrant] = {}
+        self._prefix_grants: dict[str, WorkflowGrant] = {}
+        self._overrides: dict[str, ActivityGrantOverride] = {}
+        # capability ids of override grants already checked against a workflow grant's capability
+        self._checked_overrides: dict[tuple[str, str], bool] = {}
+        self._override_capability_ids: set[str] = set()
+        self._receipts: dict[tuple[str, str | None], WorkflowReceipt] = {}
+        self._signatures: dict[Any, inspect.Signature | None] = {}
+
+    # --- grants -------------------------------------------------------------------------------
+
+    def register_workflow_grant(self, grant: WorkflowGrant) -> None:
+        """Govern the activities of ``grant.workflow_id`` (one run if ``grant.run_id`` is set) with ``grant``.
+
+        Register before the workflow's first activity runs; a later registration for the same key
+        replaces the earlier one (the next activity uses it).
+        """
+        if not isinstance(grant, WorkflowGrant):
+            raise ChioTemporalConfigError(
+                "register_workflow_grant needs a WorkflowGrant(workflow_id=..., token=..., tool_server=...), "
+                f"got {type(grant).__name__}"
+            )
+        with self._lock:
+            self._grants[(grant.workflow_id, grant.run_id)] = grant
+
+    def unregister_workflow_grant(self, workflow_id: str, run_id: str | None = None) -> None:
+        """Forget a grant: the workflow's next activity is denied (fail closed)."""
+        with self._lock:
+            self._grants.pop((workflow_id, run_id), None)
+
+    def register_workflow_grant_prefix(self, grant: WorkflowGrant) -> None:
+        """Govern every workflow whose id starts with ``grant.workflow_id`` (e.g. ``"order-"``) with ``grant``.
+
+        For many runs under one capability (ids made up per order, per ticket...). An exact
+        :meth:`register_workflow_grant` always wins over a prefix; among prefixes the longest wins.
+        ``grant.run_id`` must be ``None``.
+        """
+        if not isinstance(grant, WorkflowGrant):
+            raise ChioTemporalConfigError(
+                "register_workflow_grant_prefix needs a WorkflowGrant(workflow_id=<prefix>, token=..., ...), "
+                f"got {type(grant).__name__}"
+            )
+        if grant.run_id is not None:
+            raise ChioTemporalConfigError("a prefix grant applies to many workflows: pass run_id=None")
+        with self._lock:
+            self._prefix_grants[grant.workflow_id] = grant
+
+    def register_activity_grant_override(self, activity_type: str, override: ActivityGrantOverride) -> None:
+        """Run activities of ``activity_type`` under the grant ``override(info)`` returns (``None``: workflow grant).
+
+        The override's scope must be a subset of the workflow grant's scope. A callable can only be
+        checked when it returns a grant, so the check happens at the activity's first use (once per
+        pair of capabilities); a non-subset fails that activity with the non-retryable
+        ``ApplicationError(type="ChioTemporalConfigError")`` before the kernel is asked or the body runs.
+        """
+        if not isinstance(activity_type, str) or not activity_type:
+            raise ChioTemporalConfigError(
+                f"register_activity_grant_override needs the activity type name (str), got {activity_type!r}"
+            )
+        if not callable(override):
+            raise ChioTemporalConfigError(
+                "register_activity_grant_override needs a callable info -> WorkflowGrant | None "
+                f"(e.g. `lambda info: narrower`), got {type(override).__name__}"
+            )
+        with self._lock:
+            self._overrides[activity_type] = override
+
+    def grant_for(self, workflow_id: str, run_id: str | None = None) -> WorkflowGrant | None:
+        """The workflow grant that applies to ``(workflow_id, run_id)``: pinned run, any run, then prefix."""
+        with self._lock:
+            grant = self._grants.get((workflow_id, run_id)) if run_id is not None else None
+            if grant is None:
+                grant = self._grants.get((workflow_id, None))
+            if grant is None and self._prefix_grants:
+                matches = [p for p in self._prefix_grants if workflow_id.startswith(p)]
+                if matches:
+                    grant = self._prefix_grants[max(matches, key=len)]
+            return grant
+
+    # --- extension points (override in a subclass; documented in docs/temporal.md) ------------
+
+    def governs(self, info: temporalio.activity.Info, input: ExecuteActivityInput) -> bool:
+        """Whether this activity execution is evaluated at all (default: every one)."""
+        return True
+
+    def resolve_grant(self, info: temporalio.activity.Info) -> WorkflowGrant | None:
+        """The grant this execution runs under: the workflow grant, narrowed by an override if one applies."""
+        workflow_id = info.workflow_id or info.activity_id
+        workflow_grant = self.grant_for(workflow_id, info.workflow_run_id)
+        if workflow_grant is None:
+            return None
+        override = self._overrides.get(info.activity_type)
+        if override is None:
+            return workflow_grant
+        narrower = override(info)
+        if narrower is None:
+            return workflow_grant
+        if not isinstance(narrower, WorkflowGrant):
+            raise ChioTemporalConfigError(
+                f"the grant override for activity {info.activity_type!r} returned {type(narrower).__name__}; "
+                "it must return a WorkflowGrant (from `await grant.attenuate_for_activity(...)`) or None"
+            )
+        key = (workflow_grant.capability_id, narrower.capability_id)
+        with self._lock:
+            ok = self._checked_overrides.get(key)
+            if ok is None:
+                ok = narrower.capability_id == workflow_grant.capability_id or workflow_grant.covers(narrower)
+                self._checked_overrides[key] = ok
+                if ok and narrower.capability_id != workflow_grant.capability_id:
+                    self._override_capability_ids.add(narrower.capability_id)
+        if not ok:
+            raise ChioTemporalConfigError(
+                f"the grant override for activity {info.activity_type!r} (capability {narrower.capability_id!r}) "
+                f"is not a subset of the workflow grant (capability {workflow_grant.capability_id!r}) of "
+                f"workflow {workflow_id!r}; return a grant made with "
+                "`await workflow_grant.attenuate_for_activity(chio, new_scope=<narrower scope>)`"
+            )
+        return narrower
+
+    def resolve_capability_id(self, info: temporalio.activity.Info, grant: WorkflowGrant | None) -> str | None:
+        """The capability id to evaluate with; ``None`` means no grant: the activity is denied."""
+        return grant.capability_id if grant is not None else None
+
+    def resolve_tool_server(self, info: temporalio.activity.Info, grant: WorkflowGrant | None) -> str:
+        """Override grant's tool_server > ``activity_tool_server_map`` > workflow grant's > ``default_tool_server``."""
+        if grant is not None and grant.tool_server and self._is_override(grant):
+            return grant.tool_server
+        mapped = self.activity_tool_server_map.get(info.activity_type)
+        if mapped:
+            return mapped
+        if grant is not None and grant.tool_server:
+            return grant.tool_server
+        if self.default_tool_server:
+            return self.default_tool_server
+        raise ChioTemporalConfigError(
+            f"no tool server for activity {info.activity_type!r}: pass default_tool_server= or "
+            f"activity_tool_server_map={{{info.activity_type!r}: '<server id>'}} to ChioActivityInterceptor, "
+            "or tool_server= to the WorkflowGrant"
+        )
+
+    def activity_parameters(self, info: temporalio.activity.Info, input: ExecuteActivityInput) -> dict[str, Any]:
+        """The activity's arguments bound by name to its function's signature.
+
+        The function is ``input.fn``: the callable the worker registered for this activity type. A
+        dynamic activity (``@activity.defn(dynamic=True)``) has no signature for the real type, so its
+        raw arguments are sent as ``{"args": [...]}``.
+        """
+        if _is_dynamic(input.fn):
+            raw = input.args[0] if input.args else []
+            values = []
+            for item in raw:
+                payload = getattr(item, "payload", None)
+                values.append(
+                    temporalio.activity.payload_converter().from_payload(payload) if payload is not None else item
+                )
+            return {"args": jsonable(values)}
+        signature = self._signature(input.fn)
+        if signature is None:
+            return {"args": jsonable(list(input.args))}
+        return bind_parameters(signature, tuple(input.args), {})
+
+    def map_activity(
+        self, info: temporalio.activity.Info, input: ExecuteActivityInput, grant: WorkflowGrant | None
+    ) -> ActivityCall:
+        """``(tool_server, tool_name, parameters)`` for this execution; tool name = the activity type."""
+        return ActivityCall(
+            tool_server=self.resolve_tool_server(info, grant),
+            tool_name=info.activity_type,
+            parameters=self.activity_parameters(info, input),
+        )
+
+    def activity_idempotency_key(self, info: temporalio.activity.Info, capability_id: str) -> str:
+        """Same for every attempt of one activity execution: retries reuse one allow receipt."""
+        return idempotency_key(
+            info.workflow_id or "",
+            info.workflow_run_id or info.activity_run_id or "",
+            info.activity_id,
+            capability_id,
+        )
+
+    async def on_allowed(
+        self,
+        info: temporalio.activity.Info,
+        input: ExecuteActivityInput,
+        call: ActivityCall,
+        evaluation: Evaluation,
+        proceed: Callable[[], Awaitable[Any]],
+    ) -> Any:
+        """Run the activity body (``await proceed()``); its result is returned unchanged."""
+        return await proceed()
+
+    async def on_denied(
+        self,
+        info: temporalio.activity.Info,
+        input: ExecuteActivityInput,
+        call: ActivityCall,
+        evaluation: Evaluation,
+    ) -> Any:
+        """Fail the activity with ``ApplicationError(type="ChioCapabilityDenied", non_retryable=True)``.
+
+        A subclass may return a value instead: it becomes the activity's result and the body does not run.
+        """
+        raise denied_error(
+            activity_type=info.activity_type,
+            tool_server=call.tool_server,
+            tool_name=call.tool_name,
+            workflow_id=info.workflow_id,
+            run_id=info.workflow_run_id,
+            capability_id=evaluation.capability_id or None,
+            receipt_id=evaluation.receipt_id,
+            guard=evaluation.guard,
+            reason=evaluation.reason,
+        )
+
+    # --- the enforcement path -----------------------------------------------------------------
+
+    async def govern(self, input: ExecuteActivityInput, proceed: Callable[[], Awaitable[Any]]) -> Any:
+        """Evaluate one activity execution and run, or refuse, its body."""
+        info = temporalio.activity.info()
+        if not self.governs(info, input):
+            return await proceed()
+        try:
+            grant = self.resolve_grant(info)
+            capability_id = self.resolve_capability_id(info, grant)
+            call = self.map_activity(info, input, grant) if capability_id is not None else self._fallback_call(info, input)
+        except ChioTemporalConfigError as err:
+            raise ApplicationError(str(err), type=CONFIG_ERROR_TYPE, non_retryable=True) from err
+
+        if capability_id is None:
+            workflow_id = info.workflow_id or info.activity_id
+            evaluation = Evaluation(
+                allowed=False,
+                receipt_id=None,
+                capability_id="",
+                tool_server=call.tool_server,
+                tool_name=call.tool_name,
+                guard=NO_GRANT_GUARD,
+                reason=(
+                    f"no WorkflowGrant is registered for workflow {workflow_id!r} (run {info.workflow_run_id!r}); "
+                    "call interceptor.register_workflow_grant(WorkflowGrant(workflow_id=..., token=..., "
+                    "tool_server=...)) before starting the workflow"
+                ),
+                decision={"verdict": "deny", "guard": NO_GRANT_GUARD},
+            )
+        else:
+            try:
+                evaluation = await evaluate(
+                    self.chio_client,
+                    capability_id=capability_id,
+                    tool_server=call.tool_server,
+                    tool_name=call.tool_name,
+                    parameters=call.parameters,
+                    idempotency_key=self.activity_idempotency_key(info, capability_id),
+                )
+            except KernelUnavailable as err:
+                raise sidecar_error(
+                    url=self.sidecar_url or err.url, detail=err.detail, activity_type=info.activity_type
+                ) from err
+
+        self._record(info, input, call, capability_id, evaluation)
+        if not evaluation.allowed:
+            return await self.on_denied(info, input, call, evaluation)
+        token = _current_evaluation.set(evaluation)
+        try:
+            return await self.on_allowed(info, input, call, evaluation, proceed)
+        finally:
+            _current_evaluation.reset(token)
+
+    def _fallback_call(self, info: temporalio.activity.Info, input: ExecuteActivityInput) -> ActivityCall:
+        """The call named in a no-grant deny (the kernel is not asked; nothing here may fail)."""
+        server = self.activity_tool_server_map.get(info.activity_type) or self.default_tool_server or ""
+        try:
+            parameters = self.activity_parameters(info, input)
+        except Exception:
+            parameters = {}
+        return ActivityCall(tool_server=server, tool_name=info.activity_type, parameters=parameters)
+
+    def _is_override(self, grant: WorkflowGrant) -> bool:
+        with self._lock:
+            return grant.capability_id in self._override_capability_ids
+
+    def _signature(self, fn: Any) -> inspect.Signature | None:
+        # a bound method's signature (without ``self``) is the same for every instance
+        key = (getattr(fn, "__func__", fn), hasattr(fn, "__func__"))
+        try:
+            return self._signatures[key]
+        except KeyError:
+            pass
+        except TypeError:  # unhashable callable: no cache
+            key = None
+        try:
+            signature: inspect.Signature | None = inspect.signature(fn)
+        except (TypeError, ValueError):
+            signature = None
+        if key is not None:
+            self._signatures[key] = signature
+        return signature
+
+    # --- workflow receipts --------------------------------------------------------------------
+
+    def _record(
+        self,
+        info: temporalio.activity.Info,
+        input: ExecuteActivityInput,
+        call: ActivityCall,
+        capability_id: str | None,
+        evaluation: Evaluation,
+    ) -> None:
+        receipt = evaluation.receipt
+        step = WorkflowStepReceipt(
+            activity_id=info.activity_id,
+            activity_type=info.activity_type,
+            attempt=info.attempt,
+            tool_server=call.tool_server,
+            tool_name=call.tool_name,
+            capability_id=capability_id,
+            receipt_id=evaluation.receipt_id,
+            verdict="allow" if evaluation.allowed else "deny",
+            guard=evaluation.guard,
+            reason=evaluation.reason,
+            parameter_hash=receipt.action.parameter_hash if receipt is not None else None,
+            content_hash=getattr(receipt, "content_hash", None) if receipt is not None else None,
+        )
+        workflow_id = info.workflow_id or info.activity_id
+        run_id = info.workflow_run_id or info.activity_run_id
+        with self._lock:
+            aggregate = self._receipts.get((workflow_id, run_id))
+            if aggregate is None:
+                grant = self.grant_for(workflow_id, run_id)
+                aggregate = WorkflowReceipt(
+                    workflow_id=workflow_id,
+                    run_id=run_id,
+                    parent_workflow_ids=_decode_chain(input.headers),
+                    metadata={
+                        "workflow_type": info.workflow_type,
+                        "namespace": info.namespace,
+                        "task_queue": info.task_queue,
+                        "capability_id": grant.capability_id if grant is not None else capability_id,
+                        "sidecar_url": self.sidecar_url,
+                    },
+                )
+                self._receipts[(workflow_id, run_id)] = aggregate
+            aggregate.add_step(step)
+
+    def _find_receipt_key(self, workflow_id: str, run_id: str | None) -> tuple[str, str | None] | None:
+        if run_id is not None:
+            return (workflow_id, run_id) if (workflow_id, run_id) in self._receipts else None
+        keys = [key for key in self._receipts if key[0] == workflow_id]
+        if len(keys) > 1:
+            raise ChioTemporalConfigError(
+                f"workflow {workflow_id!r} has receipts for several runs {[k[1] for k in keys]}; pass run_id="
+            )
+        return keys[0] if keys else None
+
+    def get_workflow_receipt(self, workflow_id: str, run_id: str | None = None) -> WorkflowReceipt | None:
+        """The in-flight (or finalised, not yet flushed) receipt of a workflow run, if any activity was evaluated."""
+        with self._lock:
+            key = self._find_receipt_key(workflow_id, run_id)
+            return self._receipts.get(key) if key is not None else None
+
+    def pending_workflow_receipts(self) -> list[WorkflowReceipt]:
+        """Every receipt held in memory (not yet flushed)."""
+        with self._lock:
+            return list(self._receipts.values())
+
+    def finalize_workflow(
+        self,
+        *,
+        workflow_id: str,
+        run_id: str | None = None,
+        outcome: str,
+        metadata: Mapping[str, Any] | None = None,
+    ) -> WorkflowReceipt:
+        """Close the receipt of ``(workflow_id, run_id)`` with ``outcome`` ("success" | "failure" | "cancelled").
+
+        ``run_id=None`` is accepted when exactly one run of the id has a receipt. A run that evaluated
+        no activity gets an empty receipt (``run_id`` required then).
+        """
+        if outcome not in OUTCOMES:
+            raise ChioTemporalConfigError(f"outcome= must be one of {list(OUTCOMES)}, got {outcome!r}")
+        with self._lock:
+            key = self._find_receipt_key(workflow_id, run_id)
+            if key is None:
+                if run_id is None:
+                    raise ChioTemporalConfigError(
+                        f"no activity of workflow {workflow_id!r} was evaluated on this worker; pass run_id= "
+                        "to record an empty receipt for that run"
+                    )
+                key = (workflow_id, run_id)
+                grant = self.grant_for(workflow_id, run_id)
+                self._receipts[key] = WorkflowReceipt(
+                    workflow_id=workflow_id,
+                    run_id=run_id,
+                    metadata={
+                        "capability_id": grant.capability_id if grant is not None else None,
+                        "sidecar_url": self.sidecar_url,
+                    },
+                )
+            receipt = self._receipts[key]
+            receipt.finalize(outcome, dict(metadata) if metadata else None)
+            return receipt
+
+    async def flush_workflow_receipt(self, *, workflow_id: str, run_id: str | None = None) -> dict[str, Any]:
+        """The finalised ``chio-temporal/v1`` envelope, forwarded to ``receipt_sink``, then dropped from memory.
+
+        If the sink raises, the receipt stays in memory (nothing is lost) and :class:`ChioTemporalError`
+        is raised; flush again once the sink is back.
+        """
+        with self._lock:
+            key = self._find_receipt_key(workflow_id, run_id)
+            receipt = self._receipts.get(key) if key is not None else None
+            if receipt is None:
+                raise ChioTemporalConfigError(
+                    f"no receipt for workflow {workflow_id!r} run {run_id!r} on this worker (already flushed, "
+                    "or no activity of it was evaluated here)"
+                )
+            if not receipt.finalized:
+                raise ChioTemporalConfigError(
+                    f"the receipt of workflow {workflow_id!r} run {receipt.run_id!r} is still open: call "
+                    "interceptor.finalize_workflow(workflow_id=..., run_id=..., outcome='success'|'failure'|"
+                    "'cancelled') first"
+                )
+            envelope = receipt.to_envelope()
+        if self.receipt_sink is not None:
+            try:
+                result = self.receipt_sink(envelope)
+                if inspect.isawaitable(result):
+                    await result
+            except Exception as err:
+                raise ChioTemporalError(
+                    f"receipt_sink failed for workflow {workflow_id!r} run {receipt.run_id!r}: {err}; the receipt "
+                    "is kept, flush again"
+                ) from err
+        with self._lock:
+            if key is not None and self._receipts.get(key) is receipt:
+                del self._receipts[key]
+        return envelope
+
+    # --- temporalio.worker.Interceptor --------------------------------------------------------
+
+    def intercept_activity(self, next: ActivityInboundInterceptor) -> ActivityInboundInterceptor:
+        return _ChioActivityInbound(next, self)
+
+    def workflow_interceptor_class(
+        self, input: WorkflowInterceptorClassInput
+    ) -> type[WorkflowInboundInterceptor] | None:
+        return _ChioWorkflowInbound if self.surface_denials else _ChioWorkflowInboundPlain
+
+
+def _is_dynamic(fn: Any) -> bool:
+    try:
+        defn = temporalio.activity._Definition.from_callable(fn)  # noqa: SLF001 - the worker's own record
+    except Exception:
+        return False
+    return defn is not None and defn.name is None
+
+
+class _ChioActivityInbound(ActivityInboundInterceptor):
+    def __init__(self, next: ActivityInboundInterceptor, root: ChioActivityInterceptor) -> None:
+        super().__init__(next)
+        self._root = root
+
+    async def execute_activity(self, input: ExecuteActivityInput) -> Any:
+        return await self._root.govern(input, lambda: self.next.execute_activity(input))
+
+
+class _ChioWorkflowInbound(WorkflowInboundInterceptor):
+    """Remembers the parent chain this workflow was started with (deterministic: header + info only)."""
+
+    _inherited: list[str] | None = None
+    surface_denials = True
+
+    def init(self, outbound: WorkflowOutboundInterceptor) -> None:
+        super().init(_ChioWorkflowOutbound(outbound, self))
+
+    async def execute_workflow(self, input: ExecuteWorkflowInput) -> Any:
+        self._inherited = _decode_chain(input.headers)
+        return await super().execute_workflow(input)
+
+    def parents(self) -> list[str]:
+        """Root first, direct parent last; from the header, else the direct parent Temporal knows of."""
+        if self._inherited:
+            return list(self._inherited)
+        parent = temporalio.workflow.info().parent
+        return [parent.workflow_id] if parent is not None else []
+
+
+class _ChioWorkflowOutbound(WorkflowOutboundInterceptor):
+    def __init__(self, next: WorkflowOutboundInterceptor, inbound: _ChioWorkflowInbound) -> None:
+        super().__init__(next)
+        self._inbound = inbound
+
+    def _with_chain(self, headers: Mapping[str, Payload], chain: list[str]) -> Mapping[str, Payload]:
+        return {**headers, PARENT_CHAIN_HEADER: _encode_chain(chain)} if chain else headers
+
+    def _surfaced(self, handle: temporalio.workflow.ActivityHandle[Any]) -> temporalio.workflow.ActivityHandle[Any]:
+        if not self._inbound.surface_denials:
+            return handle
+
+        async def result() -> Any:
+            try:
+                return await handle
+            except ActivityError as err:
+                surfaced = ActivityDeniedError.surface(err)
+                if surfaced is err:
+                    raise
+                raise surfaced from err.cause
+
+        # a task on the workflow's own (deterministic) event loop; cancelling it cancels ``handle``
+        return temporalio.workflow.ActivityHandle(result())
+
+    def start_activity(self, input: StartActivityInput) -> Any:
+        input.headers = self._with_chain(input.headers, self._inbound.parents())
+        return self._surfaced(super().start_activity(input))
+
+    def start_local_activity(self, input: StartLocalActivityInput) -> Any:
+        input.headers = self._with_chain(input.headers, self._inbound.parents())
+        return self._surfaced(super().start_local_activity(input))
+
+    async def start_child_workflow(self, input: StartChildWorkflowInput) -> Any:
+        chain = [*self._inbound.parents(), temporalio.workflow.info().workflow_id]
+        input.headers = self._with_chain(input.headers, chain)
+        return await super().start_child_workflow(input)
+
+
+class _ChioWorkflowInboundPlain(_ChioWorkflowInbound):
+    surface_denials = False

@@ -1,0 +1,106 @@
+"""``build_chio_worker``: mint (or fetch) a capability, build the interceptor, register the grant, build the worker."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+from chio_sdk.models import ChioScope
+from temporalio.client import Client
+from temporalio.worker import Interceptor, Worker
+
+from chio_temporal.errors import ChioTemporalConfigError
+from chio_temporal.grants import WorkflowGrant, fetch_capability, mint_capability
+from chio_temporal.interceptor import ChioActivityInterceptor, ReceiptSink
+
+__all__ = ["build_chio_worker"]
+
+
+async def build_chio_worker(
+    client: Client,
+    *,
+    task_queue: str,
+    activities: Sequence[Callable[..., Any]] = (),
+    workflows: Sequence[type] = (),
+    chio_client: Any,
+    workflow_id: str,
+    capability_id: str | None = None,
+    scope: ChioScope | None = None,
+    subject: str | None = None,
+    ttl_seconds: int = 3600,
+    default_tool_server: str | None = None,
+    activity_tool_server_map: Mapping[str, str] | None = None,
+    receipt_sink: ReceiptSink | None = None,
+    sidecar_url: str | None = None,
+    run_id: str | None = None,
+    interceptors: Sequence[Interceptor] = (),
+    **worker_kwargs: Any,
+) -> tuple[Worker, ChioActivityInterceptor, WorkflowGrant]:
+    """Build a governed Temporal ``Worker``; returns ``(worker, interceptor, grant)``.
+
+    Pass either ``capability_id=`` (an already minted capability; its token is fetched from the
+    kernel — ``LocalChioClient`` directly, a ``ChioClient`` through the sidecar's
+    ``GET /v1/capabilities/{id}``) or ``scope=`` + ``subject=`` (+ ``ttl_seconds=``, default 3600) to
+    mint one. The grant is pinned to ``workflow_id`` (and ``run_id`` if given), its tool server is
+    ``default_tool_server``. The chio interceptor is added after any ``interceptors=`` you pass
+    (innermost: nothing runs between the decision and the activity body); every other keyword goes
+    to ``temporalio.worker.Worker`` unchanged.
+    """
+    if not isinstance(client, Client):
+        raise ChioTemporalConfigError(
+            "build_chio_worker needs the temporalio Client first: "
+            f"`await build_chio_worker(await Client.connect(...), ...)`, got {type(client).__name__}"
+        )
+    if not isinstance(task_queue, str) or not task_queue:
+        raise ChioTemporalConfigError(f"task_queue= must be a non-empty str, got {task_queue!r}")
+    if not isinstance(workflow_id, str) or not workflow_id:
+        raise ChioTemporalConfigError(
+            f"workflow_id= must be the id the workflow will be started with (non-empty str), got {workflow_id!r}"
+        )
+    if chio_client is None:
+        raise ChioTemporalConfigError(
+            "chio_client= is required: ChioClient('http://127.0.0.1:9090') for the sidecar, or LocalChioClient()"
+        )
+    if not activities and not workflows:
+        raise ChioTemporalConfigError("pass activities= (the functions to govern) and/or workflows=")
+    if capability_id is not None and (scope is not None or subject is not None):
+        raise ChioTemporalConfigError(
+            "pass either capability_id= (reuse a minted capability) or scope= + subject= (mint one), not both"
+        )
+    if capability_id is not None:
+        if not isinstance(capability_id, str) or not capability_id:
+            raise ChioTemporalConfigError(f"capability_id= must be a non-empty str, got {capability_id!r}")
+        token = await fetch_capability(chio_client, capability_id)
+    else:
+        if scope is None or subject is None:
+            missing = " and ".join(name for name, value in (("scope=", scope), ("subject=", subject)) if value is None)
+            raise ChioTemporalConfigError(
+                f"missing {missing}: pass capability_id='cap-...' to reuse a capability, or scope=ChioScope(...) "
+                "and subject='agent:my-pipeline' (and ttl_seconds=) to mint one"
+            )
+        if not isinstance(scope, ChioScope):
+            raise ChioTemporalConfigError(f"scope= must be a chio_sdk.models.ChioScope, got {type(scope).__name__}")
+        if not isinstance(subject, str) or not subject:
+            raise ChioTemporalConfigError(f"subject= must be a non-empty str, got {subject!r}")
+        if not isinstance(ttl_seconds, int) or isinstance(ttl_seconds, bool) or ttl_seconds <= 0:
+            raise ChioTemporalConfigError(f"ttl_seconds= must be a positive int, got {ttl_seconds!r}")
+        token = await mint_capability(chio_client, subject=subject, scope=scope, ttl_seconds=ttl_seconds)
+
+    interceptor = ChioActivityInterceptor(
+        chio_client=chio_client,
+        sidecar_url=sidecar_url,
+        default_tool_server=default_tool_server,
+        activity_tool_server_map=activity_tool_server_map,
+        receipt_sink=receipt_sink,
+    )
+    grant = WorkflowGrant(workflow_id=workflow_id, token=token, tool_server=default_tool_server, run_id=run_id)
+    interceptor.register_workflow_grant(grant)
+    worker = Worker(
+        client,
+        task_queue=task_queue,
+        activities=list(activities),
+        workflows=list(workflows),
+        interceptors=[*interceptors, interceptor],
+        **worker_kwargs,
+    )
+    return worker, interceptor, grant
