@@ -101,6 +101,7 @@ class ChioGovernance(AbstractCapability[Any]):
             (flow run id for Prefect; workflow id + run id for Temporal). Default: the agent run id.
         on_evaluation: Called after every evaluation (engine wrappers emit events from here).
         deny_error: Builds the ``__cause__`` of the ``PermissionError`` (default :class:`GovernanceDenied`).
+        permission_error_class: The ``PermissionError`` (sub)class raised for a deny.
         max_runs_remembered: How many recent runs' receipts :meth:`receipts_of` keeps.
         id: Optional capability id (pydantic-ai ``AbstractCapability.id``).
     """
@@ -115,6 +116,7 @@ class ChioGovernance(AbstractCapability[Any]):
         run_identity: Callable[[RunContext[Any]], str | None] | None = None,
         on_evaluation: Callable[[GovernedRecord, RunContext[Any]], None] | None = None,
         deny_error: DenyErrorFactory | None = None,
+        permission_error_class: type[PermissionError] = PermissionError,
         max_runs_remembered: int = 1024,
         id: str | None = None,
     ) -> None:
@@ -143,6 +145,9 @@ class ChioGovernance(AbstractCapability[Any]):
         self._run_identity = run_identity
         self._on_evaluation = on_evaluation
         self._deny_error = deny_error or default_deny_error
+        if not (isinstance(permission_error_class, type) and issubclass(permission_error_class, PermissionError)):
+            raise TypeError("permission_error_class must be PermissionError or a subclass of it")
+        self._permission_error_class = permission_error_class
         self._max_runs = max(1, max_runs_remembered)
         self._records: OrderedDict[str, list[GovernedRecord]] = OrderedDict()
 
@@ -218,9 +223,7 @@ class ChioGovernance(AbstractCapability[Any]):
 
     def denied(self, record: GovernedRecord) -> PermissionError:
         """The ``PermissionError`` (with its cause attached) for a denied record."""
-        error = permission_error(record.evaluation, record.call, self._deny_error)
-        error.__cause__ = self._deny_error(record.evaluation, record.call)
-        return error
+        return permission_error(record.evaluation, record.call, self._deny_error, self._permission_error_class)
 
     # --- hooks ---------------------------------------------------------------------------------
 

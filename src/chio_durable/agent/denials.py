@@ -70,13 +70,20 @@ def default_deny_error(evaluation: Evaluation, call: GovernedCall) -> BaseExcept
     return GovernanceDenied(evaluation.receipt_id, evaluation.guard, evaluation.reason, evaluation.decision, call)
 
 
-def permission_error(evaluation: Evaluation, call: GovernedCall, factory: DenyErrorFactory | None) -> PermissionError:
-    """The ``PermissionError`` for a denied call; raise it ``from`` the factory's error."""
-    return PermissionError(
+def permission_error(
+    evaluation: Evaluation,
+    call: GovernedCall,
+    factory: DenyErrorFactory | None = None,
+    error_class: type[PermissionError] = PermissionError,
+) -> PermissionError:
+    """The ``PermissionError`` for a denied call, its ``__cause__`` built by ``factory``."""
+    error = error_class(
         f"Chio denied the {call.kind} call {call.label}: {evaluation.reason or 'no reason given'} "
         f"(guard: {evaluation.guard}, receipt: {evaluation.receipt_id}). "
         f"Grant it in capability {evaluation.capability_id!r}'s scope, or issue a capability that does."
     )
+    error.__cause__ = (factory or default_deny_error)(evaluation, call)
+    return error
 
 
 def denied_tool_message(evaluation: Evaluation) -> str:

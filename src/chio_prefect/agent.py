@@ -1,0 +1,329 @@
+"""``ChioPrefectAgent``: a governed, durable Pydantic AI agent on Prefect, in one line.
+
+::
+
+    agent = Agent(model, name="researcher", tools=[search, fetch], toolsets=[mcp_server])
+    governed = ChioPrefectAgent(agent, capability_id="cap-researcher", chio_client=chio)
+    result = governed.run_sync("...")          # or: await governed.run("...")
+    governed.receipt_ids_of(result)            # the run's receipt ids, in order
+
+Built on public seams only: each run gets pydantic-ai's non-deprecated ``PrefectDurability``
+capability (model requests, tool calls and MCP calls become Prefect tasks) plus the engine-neutral
+:class:`chio_durable.agent.ChioGovernance` (every call evaluated first). Durability capabilities
+are ordered innermost, so governance runs *before* the durable dispatch, inline in the flow, on
+every attempt, never inside a cached task.
+
+**Cache keys carry the receipt id.** Every guarded task (model request, function-tool call, MCP
+call, MCP tool listing) gets the receipt id of its evaluation into its Prefect cache key (a
+:class:`ReceiptIdCachePolicy` added to the task's cache policy reads it from
+:func:`chio_durable.agent.current_receipt_id`). So: a flow retry re-evaluates with the same
+idempotency keys, gets the same receipts and hits the cache (no repeated model call, no second
+budget charge); a capability revoked between attempts yields a deny receipt and the cached result
+is never served; two runs with equal inputs get different receipts and never share a cache entry.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Mapping, Sequence
+from contextlib import asynccontextmanager
+from typing import Any, cast
+
+from prefect import flow
+from prefect.cache_policies import CachePolicy, CacheKeyFnPolicy
+from prefect.context import FlowRunContext, TaskRunContext
+from prefect.utilities.hashing import hash_objects
+from pydantic_ai.agent import AbstractAgent, AgentRun, AgentRunResult, EventStreamHandler, WrapperAgent
+from pydantic_ai.capabilities import AbstractCapability, SetToolMetadata
+from pydantic_ai.durable_exec.prefect import (
+    DEFAULT_PYDANTIC_AI_CACHE_POLICY,
+    PrefectAgent,
+    PrefectDurability,
+    TaskConfig,
+)
+from pydantic_ai.exceptions import UserError
+from pydantic_ai.models import Model
+from pydantic_ai.tools import RunContext
+
+from chio_durable.agent import CallMapper, ChioGovernance, GovernedRecord, OnDeny, current_receipt_id
+from chio_durable.evaluation import Evaluation
+from chio_durable.agent.mapping import GovernedCall
+from chio_prefect.errors import ChioPermissionError, ChioPrefectError
+from chio_prefect.events import ReceiptEvent, emit_receipt_event, iso_timestamp
+
+__all__ = [
+    "ChioPrefectAgent",
+    "ReceiptIdCachePolicy",
+    "prefect_run_identity",
+    "with_receipt_cache_key",
+]
+
+
+class ReceiptIdCachePolicy(CachePolicy):
+    """Adds the receipt id of the governed call being run to a task's cache key.
+
+    Reads :func:`chio_durable.agent.current_receipt_id` (set by ``ChioGovernance`` around the
+    governed call, in the same context the task engine computes the key in). Outside a governed
+    call it contributes nothing, so the rest of the policy decides alone.
+    """
+
+    def compute_key(
+        self,
+        task_ctx: TaskRunContext,
+        inputs: dict[str, Any],
+        flow_parameters: dict[str, Any],
+        **kwargs: Any,
+    ) -> str | None:
+        receipt_id = current_receipt_id()
+        if receipt_id is None:
+            return None
+        return hash_objects("chio-receipt", receipt_id, raise_on_failure=True)
+
+
+RECEIPT_ID = ReceiptIdCachePolicy()
+
+
+def _no_cache(policy: Any) -> bool:
+    from prefect.cache_policies import NO_CACHE
+
+    return policy is None or policy is NO_CACHE or type(policy).__name__ == "_None"
+
+
+def with_receipt_cache_key(config: Mapping[str, Any] | None) -> TaskConfig:
+    """``config`` with :data:`RECEIPT_ID` added to its cache policy (pydantic-ai's default if unset).
+
+    A config that turned caching off (``cache_policy=NO_CACHE``) stays uncached; a ``cache_key_fn``
+    becomes a ``CacheKeyFnPolicy`` composed with the receipt id.
+    """
+    merged = dict(config or {})
+    if "cache_key_fn" in merged and merged["cache_key_fn"] is not None:
+        policy: Any = CacheKeyFnPolicy(cache_key_fn=merged.pop("cache_key_fn"))
+    else:
+        policy = merged.get("cache_policy", DEFAULT_PYDANTIC_AI_CACHE_POLICY)
+    if not _no_cache(policy):
+        merged["cache_policy"] = policy + RECEIPT_ID
+    return cast(TaskConfig, merged)
+
+
+def prefect_run_identity(ctx: RunContext[Any]) -> str | None:
+    """Flow run id + agent run id: the run part of idempotency keys inside a Prefect flow.
+
+    The flow run id is the same on every retry of that flow run and differs between flow runs, so
+    a retry re-evaluates to the same receipts while two runs never share one.
+    """
+    context = FlowRunContext.get()
+    if context is None or context.flow_run is None:
+        return None
+    return f"prefect-flow-run:{context.flow_run.id}:{ctx.run_id}"
+
+
+_TASK_NAMES = {"model": "Model Request", "tool": "Call Tool", "mcp": "Call MCP Tool", "mcp_list": "Get MCP Tools"}
+
+
+def _task_name(call: GovernedCall) -> str:
+    """The name of the Prefect task the governed call runs as (pydantic-ai's task names)."""
+    if call.kind == "model":
+        return f"Model Request: {call.tool_name}"
+    if call.kind == "mcp_list":
+        return f"Get MCP Tools: {call.tool_server}"
+    return f"{_TASK_NAMES[call.kind]}: {call.tool_name}"
+
+
+def emit_agent_receipt(record: GovernedRecord, ctx: RunContext[Any] | None = None) -> None:
+    """Mirror one agent evaluation as ``chio.receipt.allow`` / ``chio.receipt.deny`` on the flow run."""
+    evaluation = record.evaluation
+    context = FlowRunContext.get()
+    flow_run = context.flow_run if context is not None else None
+    emit_receipt_event(
+        ReceiptEvent(
+            allowed=evaluation.allowed,
+            receipt_id=evaluation.receipt_id,
+            capability_id=evaluation.capability_id,
+            tool_server=evaluation.tool_server,
+            tool_name=evaluation.tool_name,
+            task_name=_task_name(record.call),
+            timestamp=iso_timestamp(evaluation.timestamp),
+            guard=evaluation.guard,
+            reason=evaluation.reason,
+            decision=evaluation.decision or None,
+            flow_run_id=str(flow_run.id) if flow_run is not None else None,
+            flow_run_name=flow_run.name if flow_run is not None else None,
+        )
+    )
+
+
+def _prefect_deny_error(evaluation: Evaluation, call: GovernedCall) -> BaseException:
+    return ChioPrefectError(evaluation.receipt_id, evaluation.guard, evaluation.reason, evaluation.decision)
+
+
+def _unwrap_prefect_agent(agent: Any) -> tuple[AbstractAgent[Any, Any], dict[str, Any]]:
+    """The plain agent inside a (deprecated) ``PrefectAgent`` and the Prefect options it was given.
+
+    Reads attributes only: no deprecated pydantic-ai code path runs, so no warning is raised.
+    """
+    options = {
+        "name": getattr(agent, "_name", None),
+        "event_stream_handler": getattr(agent, "_event_stream_handler", None),
+        "model_task_config": getattr(agent, "_model_task_config", None),
+        "mcp_task_config": getattr(agent, "_mcp_task_config", None),
+        "tool_task_config": getattr(agent, "_tool_task_config", None),
+        "tool_task_config_by_name": getattr(agent, "_tool_task_config_by_name", None) or None,
+        "event_stream_handler_task_config": getattr(agent, "_event_stream_handler_task_config", None),
+    }
+    return agent.wrapped, options
+
+
+class ChioPrefectAgent(WrapperAgent[Any, Any]):
+    """A Pydantic AI agent made durable on Prefect and governed by Chio.
+
+    Args:
+        wrapped: A plain ``Agent`` (without a durability capability), or an existing ``PrefectAgent``
+            (its agent and Prefect options are reused).
+        capability_id: The Chio capability every call of every run is evaluated against.
+        chio_client: ``LocalChioClient``, ``chio_sdk.ChioClient`` (sidecar) or a ``chio_sdk.testing`` mock.
+        mapper: Call mapping (see :class:`chio_durable.agent.CallMapper`).
+        on_deny: ``"tell_model"`` (default) or ``"raise"`` for denied tool calls; a denied model
+            request always fails the run with ``PermissionError`` (cause: ``ChioPrefectError``).
+        name: Unique agent name for Prefect flow/task names (default: the agent's name).
+        event_stream_handler, models, model_task_config, mcp_task_config, tool_task_config,
+        event_stream_handler_task_config: passed to ``PrefectDurability`` unchanged, except that
+            each task config's cache policy gains the receipt id.
+        tool_task_config_by_name: per-tool task configs (``None`` = not a task), applied as
+            ``metadata={'prefect': ...}`` on those tools, the non-deprecated route.
+        flow_options: ``prefect.flow(...)`` options (``retries``, ``retry_delay_seconds``, ...) for
+            the flow :meth:`run` starts when it is not already inside one.
+    """
+
+    def __init__(
+        self,
+        wrapped: AbstractAgent[Any, Any],
+        *,
+        capability_id: str,
+        chio_client: Any,
+        mapper: CallMapper | None = None,
+        on_deny: OnDeny = "tell_model",
+        name: str | None = None,
+        event_stream_handler: EventStreamHandler[Any] | None = None,
+        models: Mapping[str, Model] | None = None,
+        model_task_config: TaskConfig | None = None,
+        mcp_task_config: TaskConfig | None = None,
+        tool_task_config: TaskConfig | None = None,
+        tool_task_config_by_name: Mapping[str, TaskConfig | None] | None = None,
+        event_stream_handler_task_config: TaskConfig | None = None,
+        flow_options: Mapping[str, Any] | None = None,
+    ) -> None:
+        if isinstance(wrapped, ChioPrefectAgent):
+            raise UserError("this agent is already a ChioPrefectAgent; wrap the plain Agent instead")
+        if isinstance(wrapped, PrefectAgent):
+            wrapped, inherited = _unwrap_prefect_agent(wrapped)
+            name = name or inherited["name"]
+            event_stream_handler = event_stream_handler or inherited["event_stream_handler"]
+            model_task_config = model_task_config or inherited["model_task_config"]
+            mcp_task_config = mcp_task_config or inherited["mcp_task_config"]
+            tool_task_config = tool_task_config or inherited["tool_task_config"]
+            tool_task_config_by_name = tool_task_config_by_name or inherited["tool_task_config_by_name"]
+            event_stream_handler_task_config = (
+                event_stream_handler_task_config or inherited["event_stream_handler_task_config"]
+            )
+        if not isinstance(wrapped, AbstractAgent):
+            raise TypeError(
+                f"ChioPrefectAgent wraps a pydantic_ai Agent (or PrefectAgent), got {type(wrapped).__name__}"
+            )
+        if PrefectDurability.from_agent(wrapped) is not None:
+            raise UserError(
+                "this agent already has a PrefectDurability capability; ChioPrefectAgent adds its own "
+                "(so the receipt id can join every task's cache key). Build the Agent without it and pass "
+                "its options (model_task_config=..., mcp_task_config=..., ...) to ChioPrefectAgent."
+            )
+        super().__init__(wrapped)
+        self._name = name or wrapped.name
+        if not self._name:
+            raise UserError(
+                "ChioPrefectAgent needs a unique agent name for its Prefect flows and tasks: "
+                "Agent(..., name='researcher') or ChioPrefectAgent(agent, name='researcher', ...)"
+            )
+        self.governance = ChioGovernance(
+            capability_id=capability_id,
+            chio_client=chio_client,
+            mapper=mapper,
+            on_deny=on_deny,
+            run_identity=prefect_run_identity,
+            on_evaluation=emit_agent_receipt,
+            deny_error=_prefect_deny_error,
+            permission_error_class=ChioPermissionError,
+        )
+        self.durability: PrefectDurability[Any] = PrefectDurability(
+            models=models,
+            event_stream_handler=event_stream_handler,
+            name=self._name,
+            model_task_config=with_receipt_cache_key(model_task_config),
+            mcp_task_config=with_receipt_cache_key(mcp_task_config),
+            tool_task_config=with_receipt_cache_key(tool_task_config),
+            event_stream_handler_task_config=event_stream_handler_task_config,
+        )
+        self._tool_metadata: list[AbstractCapability[Any]] = [
+            SetToolMetadata(tools=[tool_name], prefect=with_receipt_cache_key(config) if config is not None else False)
+            for tool_name, config in (tool_task_config_by_name or {}).items()
+        ]
+        self._flow_options = dict(flow_options or {})
+
+    @property
+    def name(self) -> str | None:
+        return self._name
+
+    @name.setter
+    def name(self, value: str | None) -> None:
+        raise UserError("a ChioPrefectAgent's name is fixed; create a new one to change it")
+
+    @property
+    def capability_id(self) -> str:
+        return self.governance.capability_id
+
+    # --- receipts ------------------------------------------------------------------------------
+
+    def receipts_of(self, result: AgentRunResult[Any] | str) -> list[GovernedRecord]:
+        """The evaluations of one run (pass its result or run id), in order, allow and deny alike."""
+        return self.governance.receipts_of(result)
+
+    def receipt_ids_of(self, result: AgentRunResult[Any] | str) -> list[str]:
+        """The receipt ids of one run, in order."""
+        return self.governance.receipt_ids_of(result)
+
+    # --- runs ----------------------------------------------------------------------------------
+
+    def _run_capabilities(self) -> list[AbstractCapability[Any]]:
+        return [*self._tool_metadata, self.governance, self.durability]
+
+    @asynccontextmanager
+    async def iter(  # type: ignore[override]
+        self,
+        user_prompt: Any = None,
+        *,
+        capabilities: Sequence[Any] | None = None,
+        **kwargs: Any,
+    ) -> AsyncIterator[AgentRun[Any, Any]]:
+        """``Agent.iter`` with governance and Prefect durability added for this run."""
+        async with self.wrapped.iter(
+            user_prompt, capabilities=[*(capabilities or ()), *self._run_capabilities()], **kwargs
+        ) as run:
+            yield run
+
+    async def run(self, user_prompt: Any = None, **kwargs: Any) -> AgentRunResult[Any]:  # type: ignore[override]
+        """Run the governed agent; as a Prefect flow (``"<name> Run"``) unless already inside one.
+
+        Inside a flow the run joins it, so that flow's retries replay the run's cached tasks.
+        Takes every keyword argument ``Agent.run`` takes.
+        """
+        if FlowRunContext.get() is not None:
+            return await super().run(user_prompt, **kwargs)
+
+        parent = super()
+
+        @flow(name=f"{self._name} Run", **self._flow_options)
+        async def chio_agent_run() -> AgentRunResult[Any]:
+            return await parent.run(user_prompt, **kwargs)
+
+        return await chio_agent_run()
+
+    def run_sync(self, user_prompt: Any = None, **kwargs: Any) -> AgentRunResult[Any]:  # type: ignore[override]
+        """Synchronous :meth:`run` (an async Prefect flow driven to completion on this thread)."""
+        return super().run_sync(user_prompt, **kwargs)
