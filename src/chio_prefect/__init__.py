@@ -1,0 +1,33 @@
+"""chio-prefect: Chio capability governance for Prefect 3 tasks and flows (seed 000).
+
+``@chio_task`` wraps ``prefect.task``: every attempt is evaluated by the chio kernel before the task
+body runs, and the decision is mirrored as a ``chio.receipt.allow`` / ``chio.receipt.deny`` Prefect
+event on the task run. ``@chio_flow`` wraps ``prefect.flow``: its scope is the upper bound of what any
+enclosed task may call. A deny raises ``PermissionError`` from :class:`ChioPrefectError`.
+"""
+
+from chio_prefect.decorators import DEFAULT_SIDECAR_URL, chio_flow, chio_task, retry_unless_chio_denied
+from chio_prefect.errors import (
+    ChioPermissionError,
+    ChioPrefectConfigError,
+    ChioPrefectError,
+    ChioSidecarUnavailable,
+    is_chio_denial,
+)
+from chio_prefect.events import ALLOW_EVENT, DENY_EVENT
+
+__all__ = [
+    "ALLOW_EVENT",
+    "DEFAULT_SIDECAR_URL",
+    "DENY_EVENT",
+    "ChioPermissionError",
+    "ChioPrefectConfigError",
+    "ChioPrefectError",
+    "ChioSidecarUnavailable",
+    "chio_flow",
+    "chio_task",
+    "is_chio_denial",
+    "retry_unless_chio_denied",
+]
+
+# ChioPrefectAgent (chio_prefect/agent.py) is exported below by its owner.

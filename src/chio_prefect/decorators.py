@@ -1,0 +1,770 @@
+"""``@chio_task`` and ``@chio_flow``: Prefect's decorators with a chio evaluation before every task body.
+
+Both are thin wrappers: the function is wrapped (``functools.wraps``, so its name, docstring and
+signature are kept) and handed to ``prefect.task()`` / ``prefect.flow()`` together with every Prefect
+option, verbatim. What the wrapper adds, for a task, on every attempt and before the body runs:
+
+1. resolve the call: ``tool_server`` (the task's, else the enclosing flow's), ``tool_name`` (the
+   task's name), the capability (the task's ``capability_id``, else the flow's) and the client;
+2. local checks, no kernel call: the task's declared scope must be a subset of the enclosing flow's
+   scope (the envelope), and ``tool_server/tool_name`` must lie inside the effective scope (the
+   task's scope, else the flow's); a task called outside any ``@chio_flow`` without a
+   ``capability_id`` is denied here too (see docs/prefect.md, "Standalone tasks");
+3. ask the kernel (``chio_durable.evaluate``) with named parameters and an idempotency key built
+   from the flow-run id, task-run id, capability, tool and parameter digest, so a Prefect retry of
+   the same task run gets the same allow receipt back (no double budget charge);
+4. mirror the decision as a ``chio.receipt.allow`` / ``chio.receipt.deny`` Prefect event;
+5. deny: raise ``PermissionError`` from :class:`~chio_prefect.errors.ChioPrefectError`; kernel
+   unreachable: raise :class:`~chio_prefect.errors.ChioSidecarUnavailable` (retryable); allow: run
+   the body.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import inspect
+import json
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, NoReturn, TypeVar, overload
+
+from chio_sdk.client import ChioClient
+from chio_sdk.models import ChioScope
+from typing_extensions import ParamSpec
+
+from chio_durable import KernelUnavailable, bind_parameters, client_url, evaluate, evaluate_sync
+from chio_durable import idempotency_key as _idempotency_key
+from chio_durable.evaluation import Evaluation
+from chio_prefect.context import (
+    FlowGovernance,
+    current_flow_governance,
+    scope_allows,
+    use_flow_governance,
+)
+from chio_prefect.errors import (
+    ChioPermissionError,
+    ChioPrefectConfigError,
+    ChioPrefectError,
+    ChioSidecarUnavailable,
+    is_chio_denial,
+)
+from chio_prefect.events import ReceiptEvent, emit_receipt_event, iso_timestamp
+
+if TYPE_CHECKING:
+    from prefect import Flow, Task
+
+__all__ = [
+    "DEFAULT_SIDECAR_URL",
+    "chio_flow",
+    "chio_task",
+    "retry_unless_chio_denied",
+]
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+DEFAULT_SIDECAR_URL = "http://127.0.0.1:9090"
+"""Where tasks send evaluations when no client is configured anywhere (seed 000's default)."""
+
+FLOW_SCOPE_GUARD = "flow-scope"
+"""Guard name of a deny decided by the flow-scope envelope (no kernel call, no receipt)."""
+
+
+def _prefect_options(decorator: Callable[..., Any]) -> frozenset[str]:
+    return frozenset(
+        name for name in inspect.signature(decorator).parameters if not name.startswith("_")
+    )
+
+
+def _task_option_names() -> frozenset[str]:
+    import prefect
+
+    return _prefect_options(prefect.task)
+
+
+def _flow_option_names() -> frozenset[str]:
+    import prefect
+
+    return _prefect_options(prefect.flow.__call__)
+
+
+# --- the default retry condition ----------------------------------------------------------------
+
+
+def retry_unless_chio_denied(task: Any, task_run: Any, state: Any) -> bool:
+    """The ``retry_condition_fn`` installed when the user passes none.
+
+    Prefect's default is "retry every failure while retries remain"; this keeps that, except for a
+    chio deny: replaying a policy decision with the same inputs is pointless and spends evaluation
+    budget. A kernel that could not be reached (``ChioSidecarUnavailable``) is retried as usual.
+    Pass your own ``retry_condition_fn`` to retry some denies (e.g. ``rate-limit-guard``).
+    """
+    exc = getattr(state, "data", None)
+    if not isinstance(exc, BaseException):
+        try:
+            exc = state.result(raise_on_failure=False, _sync=True)
+        except Exception:  # noqa: BLE001 - an unreadable result is not a chio deny
+            return True
+    return not is_chio_denial(exc if isinstance(exc, BaseException) else None)
+
+
+# --- clients --------------------------------------------------------------------------------------
+
+_clients_by_url: dict[str, ChioClient] = {}
+_clients_lock = threading.Lock()
+
+
+def _client_for_url(url: str) -> ChioClient:
+    """One shared ``ChioClient`` per sidecar URL (its connection pool is reused across tasks)."""
+    with _clients_lock:
+        client = _clients_by_url.get(url)
+        if client is None:
+            client = _clients_by_url[url] = ChioClient(url)
+        return client
+
+
+@dataclass(frozen=True)
+class _ClientSpec:
+    """A client as configured on a decorator: an object, a sidecar URL, or nothing."""
+
+    client: Any | None = None
+    sidecar_url: str | None = None
+
+    @property
+    def configured(self) -> bool:
+        return self.client is not None or self.sidecar_url is not None
+
+    def resolve(self) -> Any | None:
+        if self.client is not None:
+            return self.client
+        if self.sidecar_url is not None:
+            return _client_for_url(self.sidecar_url)
+        return None
+
+
+# --- decoration-time validation -------------------------------------------------------------------
+
+
+def _check_callable(fn: Any, decorator: str) -> None:
+    if not callable(fn):
+        raise ChioPrefectConfigError(
+            f"@{decorator} decorates a function, got {type(fn).__name__} {fn!r}. Use it as "
+            f"@{decorator}(tool_server=...) above a `def` or `async def`."
+        )
+    if inspect.isgeneratorfunction(fn) or inspect.isasyncgenfunction(fn):
+        raise ChioPrefectConfigError(
+            f"@{decorator} does not govern generator functions ({fn.__qualname__}): the body would "
+            f"start lazily, after the evaluation's context is gone. Return a list instead of yielding."
+        )
+
+
+def _check_text(value: Any, name: str, decorator: str, example: str) -> None:
+    if value is None:
+        return
+    if not isinstance(value, str) or not value.strip():
+        raise ChioPrefectConfigError(
+            f"@{decorator}({name}=...) must be a non-empty string, got {value!r}; "
+            f"pass e.g. {name}={example!r}."
+        )
+
+
+def _check_common(
+    decorator: str,
+    *,
+    scope: Any,
+    capability_id: Any,
+    tool_server: Any,
+    chio_client: Any,
+    sidecar_url: Any,
+) -> None:
+    if scope is not None and not isinstance(scope, ChioScope):
+        raise ChioPrefectConfigError(
+            f"@{decorator}(scope=...) must be a chio_sdk.models.ChioScope, got "
+            f"{type(scope).__name__}; pass scope=ChioScope(grants=[ToolGrant(server_id=..., "
+            f"tool_name=..., operations=[Operation.INVOKE])])."
+        )
+    _check_text(capability_id, "capability_id", decorator, "cap-research-pipeline")
+    _check_text(tool_server, "tool_server", decorator, "search-srv")
+    if chio_client is not None and sidecar_url is not None:
+        raise ChioPrefectConfigError(
+            f"@{decorator} got both chio_client= and sidecar_url=; pass one: chio_client= for a "
+            f"client object (ChioClient, LocalChioClient, a chio_sdk.testing mock) or sidecar_url= "
+            f"for the address of a running sidecar."
+        )
+    if chio_client is not None and not (
+        callable(getattr(chio_client, "evaluate_tool_call", None))
+        or getattr(chio_client, "kernel", None) is not None
+    ):
+        raise ChioPrefectConfigError(
+            f"@{decorator}(chio_client=...) must be a Chio client with evaluate_tool_call() "
+            f"(chio_sdk.ChioClient, chio_kernel.LocalChioClient or a chio_sdk.testing mock), got "
+            f"{type(chio_client).__name__}."
+        )
+    if sidecar_url is not None and (
+        not isinstance(sidecar_url, str) or not sidecar_url.startswith(("http://", "https://"))
+    ):
+        raise ChioPrefectConfigError(
+            f"@{decorator}(sidecar_url=...) must be an http(s) URL, got {sidecar_url!r}; "
+            f"pass e.g. sidecar_url={DEFAULT_SIDECAR_URL!r}."
+        )
+
+
+def _check_options(decorator: str, options: dict[str, Any], allowed: frozenset[str]) -> None:
+    unknown = sorted(set(options) - allowed)
+    if unknown:
+        raise ChioPrefectConfigError(
+            f"@{decorator} got unknown option(s) {', '.join(unknown)}. Chio options: scope, "
+            f"capability_id, tool_server, chio_client, sidecar_url; every other option is passed "
+            f"to Prefect, which accepts: {', '.join(sorted(allowed))}."
+        )
+
+
+# --- the task ------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Call:
+    """One resolved governed call, ready for the kernel."""
+
+    capability_id: str
+    tool_server: str
+    tool_name: str
+    task_name: str
+    parameters: dict[str, Any]
+    client: Any
+    idempotency_key: str | None
+    task_run_id: str | None
+    task_run_name: str | None
+    flow_run_id: str | None
+    flow_run_name: str | None
+
+
+def _run_ids(governed: Callable[..., Any]) -> tuple[str | None, str | None, str | None, str | None]:
+    """(task_run_id, task_run_name, flow_run_id, flow_run_name) of the run calling ``governed``."""
+    from prefect.context import FlowRunContext, TaskRunContext
+
+    task_run_id = task_run_name = flow_run_id = flow_run_name = None
+    task_ctx = TaskRunContext.get()
+    # Only the task run of THIS task counts (``other_task.fn`` inside it is not that run).
+    if task_ctx is not None and getattr(task_ctx.task, "fn", None) is governed:
+        task_run_id = str(task_ctx.task_run.id)
+        task_run_name = task_ctx.task_run.name
+        if task_ctx.task_run.flow_run_id is not None:
+            flow_run_id = str(task_ctx.task_run.flow_run_id)
+    flow_ctx = FlowRunContext.get()
+    if flow_ctx is not None and flow_ctx.flow_run is not None:
+        if flow_run_id is None or flow_run_id == str(flow_ctx.flow_run.id):
+            flow_run_id = str(flow_ctx.flow_run.id)
+            flow_run_name = flow_ctx.flow_run.name
+    return task_run_id, task_run_name, flow_run_id, flow_run_name
+
+
+def _digest(parameters: dict[str, Any]) -> str:
+    canonical = json.dumps(parameters, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+class _TaskGovernance:
+    """What one ``@chio_task`` declared, and the per-call logic around its body."""
+
+    def __init__(
+        self,
+        fn: Callable[..., Any],
+        *,
+        tool_name: str,
+        tool_server: str | None,
+        scope: ChioScope | None,
+        capability_id: str | None,
+        client: _ClientSpec,
+    ) -> None:
+        self.fn = fn
+        self.signature = inspect.signature(fn)
+        self.tool_name = tool_name
+        self.tool_server = tool_server
+        self.scope = scope
+        self.capability_id = capability_id
+        self.client = client
+        self.governed: Callable[..., Any] | None = None  # set once the wrapper exists
+
+    # -- step 1 and 2: resolve and check locally --------------------------------------------
+
+    def prepare(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> _Call:
+        flow = current_flow_governance()
+        task_run_id, task_run_name, flow_run_id, flow_run_name = _run_ids(self.governed or self.fn)
+        task_name = self.tool_name
+
+        def deny_locally(error: ChioPrefectError, server: str) -> NoReturn:
+            self._emit(
+                ReceiptEvent(
+                    allowed=False,
+                    receipt_id=None,
+                    capability_id=self.capability_id or (flow.capability_id if flow else None),
+                    tool_server=server,
+                    tool_name=self.tool_name,
+                    task_name=task_name,
+                    timestamp=iso_timestamp(),
+                    guard=error.guard,
+                    reason=error.reason,
+                    decision=error.decision,
+                    task_run_id=task_run_id,
+                    task_run_name=task_run_name,
+                    flow_run_id=flow_run_id,
+                    flow_run_name=flow_run_name,
+                )
+            )
+            raise ChioPermissionError(_deny_message(task_name, server, self.tool_name, error)) from error
+
+        tool_server = self.tool_server or (flow.tool_server if flow else None)
+        if tool_server is None:
+            where = f"the enclosing flow {flow.flow_name!r}" if flow else "any enclosing @chio_flow"
+            deny_locally(
+                ChioPrefectConfigError(
+                    f"task {task_name!r} has no tool server: neither @chio_task nor {where} "
+                    f"declares one. Pass tool_server=... to @chio_task or to @chio_flow.",
+                    at_call_time=True,
+                ),
+                "",
+            )
+        capability_id = self.capability_id or (flow.capability_id if flow else None)
+        if capability_id is None:
+            if flow is None:
+                message = (
+                    f"task {task_name!r} was called outside any @chio_flow and declares no "
+                    f"capability_id, so there is no capability to evaluate it against. Pass "
+                    f"capability_id=... to @chio_task, or call it inside a "
+                    f"@chio_flow(capability_id=...)."
+                )
+            else:
+                message = (
+                    f"task {task_name!r} runs in flow {flow.flow_name!r}, but neither declares a "
+                    f"capability_id. Pass capability_id=... to @chio_flow or to @chio_task."
+                )
+            deny_locally(ChioPrefectConfigError(message, at_call_time=True), tool_server)
+
+        # The flow scope is the upper bound; a task scope may only narrow it.
+        envelope = flow.scope if flow else None
+        if envelope is not None and self.scope is not None and not self.scope.is_subset_of(envelope):
+            reason = (
+                f"task {task_name!r} declares a scope that is not a subset of the scope of flow "
+                f"{flow.flow_name!r} (its grants escape the flow envelope)"  # type: ignore[union-attr]
+            )
+            deny_locally(_envelope_error(reason), tool_server)
+        effective = self.scope if self.scope is not None else envelope
+        if effective is not None and not scope_allows(effective, tool_server, self.tool_name):
+            owner = "its own scope" if self.scope is not None else f"the scope of flow {flow.flow_name!r}"  # type: ignore[union-attr]
+            reason = f"{tool_server}/{self.tool_name} (Invoke) is not granted by {owner}"
+            deny_locally(_envelope_error(reason), tool_server)
+
+        client = self.client.resolve()
+        if client is None and flow is not None:
+            client = flow.client
+        if client is None:
+            client = _client_for_url(DEFAULT_SIDECAR_URL)
+
+        parameters = bind_parameters(self.signature, args, kwargs)
+        idem = None
+        if task_run_id is not None:
+            idem = _idempotency_key(
+                flow_run_id, task_run_id, capability_id, tool_server, self.tool_name, _digest(parameters)
+            )
+        return _Call(
+            capability_id=capability_id,
+            tool_server=tool_server,
+            tool_name=self.tool_name,
+            task_name=task_name,
+            parameters=parameters,
+            client=client,
+            idempotency_key=idem,
+            task_run_id=task_run_id,
+            task_run_name=task_run_name,
+            flow_run_id=flow_run_id,
+            flow_run_name=flow_run_name,
+        )
+
+    # -- step 3 to 5 -------------------------------------------------------------------------
+
+    def evaluate_sync(self, call: _Call) -> Evaluation:
+        try:
+            evaluation = evaluate_sync(call.client, **self._kernel_args(call))
+        except KernelUnavailable as err:
+            raise ChioSidecarUnavailable(err.url, err.detail, call.tool_server, call.tool_name) from err
+        return self._conclude(call, evaluation)
+
+    async def evaluate_async(self, call: _Call) -> Evaluation:
+        try:
+            evaluation = await evaluate(call.client, **self._kernel_args(call))
+        except KernelUnavailable as err:
+            raise ChioSidecarUnavailable(err.url, err.detail, call.tool_server, call.tool_name) from err
+        return self._conclude(call, evaluation)
+
+    @staticmethod
+    def _kernel_args(call: _Call) -> dict[str, Any]:
+        return {
+            "capability_id": call.capability_id,
+            "tool_server": call.tool_server,
+            "tool_name": call.tool_name,
+            "parameters": call.parameters,
+            "idempotency_key": call.idempotency_key,
+        }
+
+    def _conclude(self, call: _Call, evaluation: Evaluation) -> Evaluation:
+        self._emit(
+            ReceiptEvent(
+                allowed=evaluation.allowed,
+                receipt_id=evaluation.receipt_id,
+                capability_id=call.capability_id,
+                tool_server=call.tool_server,
+                tool_name=call.tool_name,
+                task_name=call.task_name,
+                timestamp=iso_timestamp(evaluation.timestamp),
+                guard=evaluation.guard,
+                reason=evaluation.reason,
+                decision=evaluation.decision or {"verdict": "deny"},
+                task_run_id=call.task_run_id,
+                task_run_name=call.task_run_name,
+                flow_run_id=call.flow_run_id,
+                flow_run_name=call.flow_run_name,
+            )
+        )
+        if not evaluation.allowed:
+            error = ChioPrefectError(
+                receipt_id=evaluation.receipt_id,
+                guard=evaluation.guard,
+                reason=evaluation.reason,
+                decision=evaluation.decision,
+            )
+            raise ChioPermissionError(
+                _deny_message(call.task_name, call.tool_server, call.tool_name, error, call.capability_id)
+            ) from error
+        return evaluation
+
+    @staticmethod
+    def _emit(event: ReceiptEvent) -> None:
+        emit_receipt_event(event)
+
+
+def _envelope_error(reason: str) -> ChioPrefectError:
+    return ChioPrefectError(
+        receipt_id=None,
+        guard=FLOW_SCOPE_GUARD,
+        reason=reason,
+        decision={"verdict": "deny", "guard": FLOW_SCOPE_GUARD, "reason": reason},
+    )
+
+
+def _deny_message(
+    task_name: str, tool_server: str, tool_name: str, error: ChioPrefectError, capability_id: str | None = None
+) -> str:
+    target = f"{tool_server}/{tool_name}" if tool_server else tool_name
+    with_cap = f" with capability {capability_id!r}" if capability_id else ""
+    receipt = f", receipt {error.receipt_id}" if error.receipt_id else ""
+    return (
+        f"chio denied task {task_name!r} calling {target}{with_cap}: {error.reason} "
+        f"(guard {error.guard}{receipt})"
+    )
+
+
+def _build_task(
+    fn: Callable[..., Any],
+    *,
+    tool_server: str | None,
+    scope: ChioScope | None,
+    capability_id: str | None,
+    chio_client: Any,
+    sidecar_url: str | None,
+    options: dict[str, Any],
+) -> Task[Any, Any]:
+    import prefect
+
+    _check_callable(fn, "chio_task")
+    _check_options("chio_task", options, _task_option_names())
+    name = options.get("name")
+    _check_text(name, "name", "chio_task", "search_documents")
+    governance = _TaskGovernance(
+        fn,
+        tool_name=name or fn.__name__,
+        tool_server=tool_server,
+        scope=scope,
+        capability_id=capability_id,
+        client=_ClientSpec(chio_client, sidecar_url),
+    )
+
+    governed: Callable[..., Any]
+    if inspect.iscoroutinefunction(fn):
+
+        @functools.wraps(fn)
+        async def governed_async(*args: Any, **kwargs: Any) -> Any:
+            await governance.evaluate_async(governance.prepare(args, kwargs))
+            return await fn(*args, **kwargs)
+
+        governed = governed_async
+    else:
+
+        @functools.wraps(fn)
+        def governed_sync(*args: Any, **kwargs: Any) -> Any:
+            governance.evaluate_sync(governance.prepare(args, kwargs))
+            return fn(*args, **kwargs)
+
+        governed = governed_sync
+
+    governance.governed = governed
+    governed.__chio_governance__ = governance  # type: ignore[attr-defined]
+    task_options = dict(options)
+    if task_options.get("retry_condition_fn") is None:
+        task_options["retry_condition_fn"] = retry_unless_chio_denied
+    try:
+        return prefect.task(governed, **task_options)
+    except (TypeError, ValueError) as err:
+        raise ChioPrefectConfigError(
+            f"Prefect rejected the options of @chio_task on {fn.__qualname__}: {err}"
+        ) from err
+
+
+# --- the flow ------------------------------------------------------------------------------------
+
+
+class _FlowConfig:
+    def __init__(
+        self,
+        name: str,
+        scope: ChioScope | None,
+        capability_id: str | None,
+        tool_server: str | None,
+        client: _ClientSpec,
+    ) -> None:
+        self.name = name
+        self.scope = scope
+        self.capability_id = capability_id
+        self.tool_server = tool_server
+        self.client = client
+
+    def enter(self) -> FlowGovernance:
+        """This flow's effective governance, merged with (and bounded by) the enclosing flow's."""
+        parent = current_flow_governance()
+        if parent is not None and parent.scope is not None and self.scope is not None:
+            if not self.scope.is_subset_of(parent.scope):
+                reason = (
+                    f"flow {self.name!r} declares a scope that is not a subset of the scope of its "
+                    f"parent flow {parent.flow_name!r}"
+                )
+                raise ChioPermissionError(
+                    f"chio denied sub-flow {self.name!r}: {reason} (guard {FLOW_SCOPE_GUARD})"
+                ) from _envelope_error(reason)
+        client = self.client.resolve()
+        return FlowGovernance(
+            flow_name=self.name,
+            scope=self.scope if self.scope is not None else (parent.scope if parent else None),
+            capability_id=self.capability_id or (parent.capability_id if parent else None),
+            tool_server=self.tool_server or (parent.tool_server if parent else None),
+            client=client if client is not None else (parent.client if parent else None),
+            parent=parent,
+        )
+
+
+def _build_flow(
+    fn: Callable[..., Any],
+    *,
+    scope: ChioScope | None,
+    capability_id: str | None,
+    tool_server: str | None,
+    chio_client: Any,
+    sidecar_url: str | None,
+    options: dict[str, Any],
+) -> Flow[Any, Any]:
+    import prefect
+
+    _check_callable(fn, "chio_flow")
+    _check_options("chio_flow", options, _flow_option_names())
+    config = _FlowConfig(
+        options.get("name") or fn.__name__,
+        scope,
+        capability_id,
+        tool_server,
+        _ClientSpec(chio_client, sidecar_url),
+    )
+
+    governed: Callable[..., Any]
+    if inspect.iscoroutinefunction(fn):
+
+        @functools.wraps(fn)
+        async def governed_async(*args: Any, **kwargs: Any) -> Any:
+            with use_flow_governance(config.enter()):
+                return await fn(*args, **kwargs)
+
+        governed = governed_async
+    else:
+
+        @functools.wraps(fn)
+        def governed_sync(*args: Any, **kwargs: Any) -> Any:
+            with use_flow_governance(config.enter()):
+                return fn(*args, **kwargs)
+
+        governed = governed_sync
+
+    governed.__chio_flow__ = config  # type: ignore[attr-defined]
+    try:
+        return prefect.flow(governed, **options)
+    except (TypeError, ValueError) as err:
+        raise ChioPrefectConfigError(
+            f"Prefect rejected the options of @chio_flow on {fn.__qualname__}: {err}"
+        ) from err
+
+
+# --- public decorators ---------------------------------------------------------------------------
+
+
+@overload
+def chio_task(__fn: Callable[P, R], /) -> Task[P, R]: ...
+
+
+@overload
+def chio_task(
+    __fn: None = None,
+    /,
+    *,
+    tool_server: str | None = None,
+    scope: ChioScope | None = None,
+    capability_id: str | None = None,
+    chio_client: Any | None = None,
+    sidecar_url: str | None = None,
+    **task_options: Any,
+) -> Callable[[Callable[P, R]], Task[P, R]]: ...
+
+
+def chio_task(
+    __fn: Callable[P, R] | None = None,
+    /,
+    *,
+    tool_server: str | None = None,
+    scope: ChioScope | None = None,
+    capability_id: str | None = None,
+    chio_client: Any | None = None,
+    sidecar_url: str | None = None,
+    **task_options: Any,
+) -> Task[P, R] | Callable[[Callable[P, R]], Task[P, R]]:
+    """A Prefect task whose every attempt is evaluated by the chio kernel before its body runs.
+
+    Use as ``@chio_task(tool_server="search-srv")`` or bare ``@chio_task`` (the tool server then
+    comes from the enclosing ``@chio_flow``).
+
+    Args:
+        tool_server: the tool server this task is (``server_id`` in grants); default: the flow's.
+        scope: the task's own scope; must be a subset of the enclosing flow's scope, else every
+            call is denied. Default: the flow's scope.
+        capability_id: capability to evaluate against; default: the enclosing flow's. A task
+            called outside any ``@chio_flow`` must name one (else its calls are denied).
+        chio_client: a ``ChioClient``, ``LocalChioClient`` or ``chio_sdk.testing`` mock.
+        sidecar_url: address of a running sidecar (exclusive with ``chio_client``). With neither,
+            the flow's client is used, else ``ChioClient("http://127.0.0.1:9090")``.
+        **task_options: passed verbatim to ``prefect.task()`` (``retries``, ``retry_delay_seconds``,
+            ``retry_condition_fn``, ``timeout_seconds``, ``tags``, ``cache_policy``, ``name``...).
+            Without a ``retry_condition_fn``, :func:`retry_unless_chio_denied` is installed.
+
+    Raises:
+        ChioPrefectConfigError: at decoration time, for arguments it cannot work with.
+    """
+    _check_common(
+        "chio_task",
+        scope=scope,
+        capability_id=capability_id,
+        tool_server=tool_server,
+        chio_client=chio_client,
+        sidecar_url=sidecar_url,
+    )
+
+    def decorate(fn: Callable[P, R]) -> Task[P, R]:
+        return _build_task(
+            fn,
+            tool_server=tool_server,
+            scope=scope,
+            capability_id=capability_id,
+            chio_client=chio_client,
+            sidecar_url=sidecar_url,
+            options=task_options,
+        )
+
+    if __fn is None:
+        return decorate
+    if isinstance(__fn, str):
+        raise ChioPrefectConfigError(
+            f"@chio_task takes keyword arguments only; got the positional string {__fn!r}. "
+            f"Did you mean @chio_task(tool_server={__fn!r})?"
+        )
+    return decorate(__fn)
+
+
+@overload
+def chio_flow(__fn: Callable[P, R], /) -> Flow[P, R]: ...
+
+
+@overload
+def chio_flow(
+    __fn: None = None,
+    /,
+    *,
+    scope: ChioScope | None = None,
+    capability_id: str | None = None,
+    tool_server: str | None = None,
+    chio_client: Any | None = None,
+    sidecar_url: str | None = None,
+    **flow_options: Any,
+) -> Callable[[Callable[P, R]], Flow[P, R]]: ...
+
+
+def chio_flow(
+    __fn: Callable[P, R] | None = None,
+    /,
+    *,
+    scope: ChioScope | None = None,
+    capability_id: str | None = None,
+    tool_server: str | None = None,
+    chio_client: Any | None = None,
+    sidecar_url: str | None = None,
+    **flow_options: Any,
+) -> Flow[P, R] | Callable[[Callable[P, R]], Flow[P, R]]:
+    """A Prefect flow whose scope bounds every ``@chio_task`` called inside it.
+
+    Args:
+        scope: the envelope: a task may only call a ``tool_server/tool_name`` granted here, and a
+            task's own scope must be a subset of it. A sub-flow's scope must be a subset of its
+            parent's. Default: the parent flow's scope, else no envelope.
+        capability_id: the capability enclosed tasks evaluate against unless they name their own.
+        tool_server: tool server of enclosed tasks that do not name their own.
+        chio_client: client enclosed tasks use unless they name their own.
+        sidecar_url: address of a running sidecar (exclusive with ``chio_client``).
+        **flow_options: passed verbatim to ``prefect.flow()`` (``name``, ``retries``,
+            ``task_runner``, ``timeout_seconds``, ``log_prints``...).
+
+    Raises:
+        ChioPrefectConfigError: at decoration time, for arguments it cannot work with.
+    """
+    _check_common(
+        "chio_flow",
+        scope=scope,
+        capability_id=capability_id,
+        tool_server=tool_server,
+        chio_client=chio_client,
+        sidecar_url=sidecar_url,
+    )
+
+    def decorate(fn: Callable[P, R]) -> Flow[P, R]:
+        return _build_flow(
+            fn,
+            scope=scope,
+            capability_id=capability_id,
+            tool_server=tool_server,
+            chio_client=chio_client,
+            sidecar_url=sidecar_url,
+            options=flow_options,
+        )
+
+    if __fn is None:
+        return decorate
+    if isinstance(__fn, str):
+        raise ChioPrefectConfigError(
+            f"@chio_flow takes keyword arguments only; got the positional string {__fn!r}."
+        )
+    return decorate(__fn)
+

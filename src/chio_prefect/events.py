@@ -1,0 +1,151 @@
+"""Mirror every chio decision onto the Prefect events backend.
+
+Two event names (seed 000):
+
+* ``chio.receipt.allow`` — payload ``receipt_id, verdict, capability_id, tool_server, tool_name,
+  task_name, timestamp`` (ISO-8601 UTC, milliseconds, ``Z``);
+* ``chio.receipt.deny`` — the same plus ``guard``, ``reason`` and the full ``decision`` dict.
+
+The event's resource is the task run (``prefect.task-run.<id>``, named after the task run, with the
+flow-run id as the ``prefect.flow-run.id`` label as the seed shows) and the flow run is a related
+resource with role ``flow-run``, so the Prefect UI shows the receipt on the right row. A call made
+outside any task run (``task.fn(...)``) uses ``chio.tool.<server>.<tool>`` as its resource.
+
+A denial decided before the kernel (the flow-scope envelope, a missing ``capability_id``) has no
+receipt: it is still emitted as ``chio.receipt.deny`` with ``receipt_id: null``, so every decision
+is on the timeline.
+
+Delivery: if the event cannot be handed to Prefect's events worker (no events backend configured,
+the worker refuses it, ``emit_event`` raises), the full payload is logged at WARNING on the
+``chio_prefect.events`` logger — a receipt is never dropped silently. (Once handed over, delivery to
+the server is Prefect's events worker's job; it logs its own failures. The signed receipt itself is
+always in the kernel's receipt store.)
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+__all__ = ["ALLOW_EVENT", "DENY_EVENT", "ReceiptEvent", "emit_receipt_event", "iso_timestamp"]
+
+ALLOW_EVENT = "chio.receipt.allow"
+DENY_EVENT = "chio.receipt.deny"
+
+logger = logging.getLogger("chio_prefect.events")
+
+
+def iso_timestamp(unix_seconds: float | None = None) -> str:
+    """ISO-8601 UTC with milliseconds and ``Z``, e.g. ``2026-04-19T20:14:02.118Z``."""
+    when = (
+        _dt.datetime.now(_dt.timezone.utc)
+        if unix_seconds is None
+        else _dt.datetime.fromtimestamp(unix_seconds, _dt.timezone.utc)
+    )
+    return when.strftime("%Y-%m-%dT%H:%M:%S.") + f"{when.microsecond // 1000:03d}Z"
+
+
+@dataclass(frozen=True)
+class ReceiptEvent:
+    """One decision, with the run it belongs to, ready to be emitted."""
+
+    allowed: bool
+    receipt_id: str | None
+    capability_id: str | None
+    tool_server: str
+    tool_name: str
+    task_name: str
+    timestamp: str
+    guard: str | None = None
+    reason: str | None = None
+    decision: dict[str, Any] | None = None
+    task_run_id: str | None = None
+    task_run_name: str | None = None
+    flow_run_id: str | None = None
+    flow_run_name: str | None = None
+
+    @property
+    def name(self) -> str:
+        return ALLOW_EVENT if self.allowed else DENY_EVENT
+
+    def payload(self) -> dict[str, Any]:
+        payload: dict[str, Any] = {
+            "receipt_id": self.receipt_id,
+            "verdict": "allow" if self.allowed else "deny",
+            "capability_id": self.capability_id,
+            "tool_server": self.tool_server,
+            "tool_name": self.tool_name,
+            "task_name": self.task_name,
+            "timestamp": self.timestamp,
+        }
+        if not self.allowed:
+            payload["guard"] = self.guard
+            payload["reason"] = self.reason
+            payload["decision"] = dict(self.decision or {"verdict": "deny"})
+        return payload
+
+    def resource(self) -> dict[str, str]:
+        if self.task_run_id:
+            resource = {
+                "prefect.resource.id": f"prefect.task-run.{self.task_run_id}",
+                "prefect.resource.name": self.task_run_name or self.task_name,
+            }
+        else:
+            resource = {
+                "prefect.resource.id": f"chio.tool.{self.tool_server}.{self.tool_name}",
+                "prefect.resource.name": self.task_name,
+            }
+        if self.flow_run_id:
+            resource["prefect.flow-run.id"] = self.flow_run_id
+        return resource
+
+    def related(self) -> list[dict[str, str]]:
+        if not self.flow_run_id:
+            return []
+        related = {
+            "prefect.resource.id": f"prefect.flow-run.{self.flow_run_id}",
+            "prefect.resource.role": "flow-run",
+        }
+        if self.flow_run_name:
+            related["prefect.resource.name"] = self.flow_run_name
+        return [related]
+
+
+def emit_receipt_event(event: ReceiptEvent) -> Any | None:
+    """Emit ``event`` on Prefect's events backend; log the full payload if it cannot be emitted.
+
+    Returns the Prefect ``Event`` handed to the events worker, or ``None`` when it was logged
+    instead. Never raises: a receipt mirror must not turn an allowed call into a failure.
+    """
+    try:
+        from prefect.events import emit_event
+
+        emitted = emit_event(
+            event=event.name,
+            resource=event.resource(),
+            related=event.related(),
+            payload=event.payload(),
+        )
+    except Exception as err:  # noqa: BLE001 - the mirror must never break the governed call
+        _log_undelivered(event, f"{type(err).__name__}: {err}")
+        return None
+    if emitted is None:
+        _log_undelivered(event, "no Prefect events backend accepted it")
+    return emitted
+
+
+def _log_undelivered(event: ReceiptEvent, why: str) -> None:
+    logger.warning(
+        "chio receipt event %s could not be emitted to Prefect (%s); receipt: %s",
+        event.name,
+        why,
+        json.dumps(
+            {"event": event.name, "resource": event.resource(), "related": event.related(),
+             "payload": event.payload()},
+            sort_keys=True,
+            default=str,
+        ),
+    )
