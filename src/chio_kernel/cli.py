@@ -1,0 +1,525 @@
+"""``chio-durable``: the command line of the embedded kernel (typer + rich).
+
+Commands: ``sidecar``; ``capability create|attenuate|revoke|list|show``;
+``receipts list|show|verify|export``; ``demo``. Every command takes ``--data-dir`` (default
+``$CHIO_HOME`` or ``~/.chio-durable``); listing commands print tables for people and ``--json`` for
+scripts. Errors are one line on stderr and a non-zero exit code, never a traceback.
+See ``docs/cli.md``.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import sys
+import time
+from collections.abc import Callable, Iterable
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
+
+import typer
+from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
+
+__all__ = ["app", "main", "parse_grant"]
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+app = typer.Typer(
+    name="chio-durable",
+    help="Chio capability governance for durable Python workflows: the embedded kernel, its sidecar, receipts.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    rich_markup_mode=None,
+)
+capability_app = typer.Typer(help="Issue, attenuate, revoke and list capability tokens.", no_args_is_help=True)
+receipts_app = typer.Typer(help="List, show, verify and export signed receipts.", no_args_is_help=True)
+app.add_typer(capability_app, name="capability")
+app.add_typer(receipts_app, name="receipts")
+
+out = Console(soft_wrap=False)
+err = Console(stderr=True, soft_wrap=True)
+
+
+class CliError(Exception):
+    """A user-facing error: printed as one line, exit code 1."""
+
+
+DataDir = Annotated[
+    Path | None,
+    typer.Option(
+        "--data-dir",
+        help="Kernel data directory (signing key, receipt store). Default: $CHIO_HOME or ~/.chio-durable.",
+        show_default=False,
+    ),
+]
+JsonFlag = Annotated[bool, typer.Option("--json", help="Print JSON for scripts instead of a table.")]
+
+
+def _guarded(fn: F) -> F:
+    """Turn every failure into one clear line + exit 1 (no tracebacks for users)."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except (typer.Exit, typer.Abort, KeyboardInterrupt):
+            raise
+        except CliError as e:
+            err.print(f"error: {e}", markup=False, highlight=False)
+        except Exception as e:  # anything else: say what it was, in one line
+            msg = str(e).strip().splitlines()[0] if str(e).strip() else ""
+            err.print(f"error: {type(e).__name__}: {msg}", markup=False, highlight=False)
+        raise typer.Exit(1)
+
+    return wrapper  # type: ignore[return-value]
+
+
+# --- helpers ----------------------------------------------------------------------------------
+
+
+def _resolve_dir(data_dir: Path | None) -> Path:
+    if data_dir is not None:
+        return data_dir.expanduser()
+    env = os.environ.get("CHIO_HOME")
+    if env:
+        return Path(env).expanduser()
+    return Path.home() / ".chio-durable"
+
+
+def _kernel(data_dir: Path | None, *, must_exist: bool = True) -> Any:
+    """Open the kernel; for read/revoke commands the data dir must already exist (nothing to read
+    otherwise, and a typo must not silently create a fresh kernel)."""
+    path = _resolve_dir(data_dir)
+    if must_exist and not path.exists():
+        raise CliError(f"no kernel data directory at {path}: pass --data-dir DIR or set CHIO_HOME")
+    from chio_kernel import Kernel
+
+    return Kernel(data_dir=path)
+
+
+def _print_json(obj: Any) -> None:
+    sys.stdout.write(json.dumps(obj, indent=2, ensure_ascii=False, default=str) + "\n")
+    sys.stdout.flush()
+
+
+def _ts(value: int | None) -> str:
+    if value is None:
+        return "-"
+    return datetime.fromtimestamp(value, tz=timezone.utc).strftime("%Y-%m-%d %H:%M:%S")
+
+
+def parse_grant(spec: str, *, max_invocations: int | None = None) -> Any:
+    """``server:tool[:Op,Op]`` -> ``ToolGrant`` (operations default to ``Invoke``; ``*`` wildcards ok).
+
+    The operation list is the part after the LAST colon, and only if every item names an
+    operation, so tool names that contain a colon still work.
+    """
+    from chio_sdk.models import Operation, ToolGrant
+
+    by_name = {o.value.lower(): o for o in Operation} | {o.name.lower(): o for o in Operation}
+    server, sep, rest = spec.partition(":")
+    if not sep or not server or not rest:
+        raise CliError(f"bad --grant {spec!r}: use server:tool or server:tool:Op,Op (e.g. files:read_file:Invoke)")
+    tool, ops = rest, [Operation.INVOKE]
+    if ":" in rest:
+        head, _, tail = rest.rpartition(":")
+        names = [n.strip().lower() for n in tail.split(",") if n.strip()]
+        if names and all(n in by_name for n in names):
+            tool, ops = head, [by_name[n] for n in names]
+        elif tail and "," in tail:
+            valid = ", ".join(o.value for o in Operation)
+            raise CliError(f"bad --grant {spec!r}: unknown operation in {tail!r} (valid: {valid})")
+    if not tool:
+        raise CliError(f"bad --grant {spec!r}: empty tool name")
+    return ToolGrant(server_id=server, tool_name=tool, operations=ops, max_invocations=max_invocations)
+
+
+def _build_scope(grants: list[str] | None, scope_file: Path | None, max_invocations: int | None) -> Any:
+    from chio_sdk.models import ChioScope
+    from pydantic import ValidationError
+
+    scope = ChioScope()
+    if scope_file is not None:
+        try:
+            raw = json.loads(scope_file.read_text(encoding="utf-8"))
+        except OSError as e:
+            raise CliError(f"cannot read --scope-file {scope_file}: {e.strerror or e}") from None
+        except ValueError as e:
+            raise CliError(f"--scope-file {scope_file} is not JSON: {e}") from None
+        try:
+            scope = ChioScope.model_validate(raw)
+        except ValidationError as e:
+            first = e.errors()[0]
+            loc = ".".join(str(p) for p in first.get("loc", ()))
+            raise CliError(f"--scope-file {scope_file} is not a ChioScope: {loc}: {first.get('msg')}") from None
+    for spec in grants or []:
+        scope.grants.append(parse_grant(spec, max_invocations=max_invocations))
+    if not (scope.grants or scope.resource_grants or scope.prompt_grants):
+        raise CliError("empty scope: pass at least one --grant server:tool[:Op,Op] or --scope-file FILE")
+    return scope
+
+
+def _parse_rate_limit(spec: str | None) -> tuple[int, float] | None:
+    if spec is None:
+        return None
+    calls, sep, per = spec.partition("/")
+    try:
+        n, s = int(calls), float(per) if sep else 1.0
+    except ValueError:
+        raise CliError(f"bad --rate-limit {spec!r}: use CALLS/SECONDS, e.g. 10/60") from None
+    if n <= 0 or s <= 0:
+        raise CliError(f"bad --rate-limit {spec!r}: both numbers must be positive")
+    return n, s
+
+
+def _grant_text(grant: Any) -> str:
+    ops = ",".join(o.value for o in grant.operations)
+    extras = []
+    if grant.constraints:
+        extras.append(" ".join(f"{c.type}={c.value}" for c in grant.constraints))
+    if grant.max_invocations is not None:
+        extras.append(f"max {grant.max_invocations}")
+    if grant.max_total_cost is not None:
+        extras.append(f"budget {grant.max_total_cost.units} {grant.max_total_cost.currency}")
+    tail = f" ({'; '.join(extras)})" if extras else ""
+    return f"{grant.server_id}:{grant.tool_name}:{ops}{tail}"
+
+
+def _status(kernel: Any, token: Any) -> tuple[str, str | None]:
+    valid, reason = kernel.validate_capability(token)
+    if valid:
+        return "valid", None
+    text = (reason or "").lower()
+    if "revok" in text:
+        return "revoked", reason
+    if "expir" in text:
+        return "expired", reason
+    return "invalid", reason
+
+
+def _token_table(kernel: Any, tokens: Iterable[Any], title: str) -> Table:
+    table = Table(title=title, title_justify="left", show_lines=False)
+    for col in ("id", "subject", "grants", "expires (UTC)", "status"):
+        table.add_column(col, overflow="fold")
+    for t in tokens:
+        status, _ = _status(kernel, t)
+        style = {"valid": "green", "revoked": "red"}.get(status, "yellow")
+        grants = "\n".join(_grant_text(g) for g in t.scope.grants) or "-"
+        parent = f"\n(child of {t.delegation_chain[-1].capability_id})" if t.delegation_chain else ""
+        table.add_row(t.id + parent, t.subject, grants, _ts(t.expires_at), f"[{style}]{status}[/]")
+    return table
+
+
+def _token_dict(kernel: Any, token: Any) -> dict[str, Any]:
+    data: dict[str, Any] = token.model_dump(mode="json", exclude_none=True)
+    status, reason = _status(kernel, token)
+    data["status"] = status
+    if reason:
+        data["reason"] = reason
+    return data
+
+
+def receipt_table(receipts: Iterable[Any], title: str = "receipts", *, compact: bool = False) -> Table:
+    """A rich table of receipts (``receipts list``; ``compact`` drops time and capability, for the demo).
+
+    Deny reasons are long sentences: ``receipts show ID`` prints them.
+    """
+    table = Table(title=title, title_justify="left")
+    table.add_column("#", justify="right")
+    table.add_column("receipt", overflow="fold", min_width=20)
+    if not compact:
+        table.add_column("time (UTC)")
+        table.add_column("capability", overflow="fold")
+    table.add_column("tool", overflow="fold")
+    table.add_column("verdict")
+    table.add_column("guard")
+    for i, r in enumerate(receipts):
+        allowed = r.decision.is_allowed
+        verdict = "[green]allow[/]" if allowed else f"[red]{escape(r.decision.verdict)}[/]"
+        row = [str(i), r.id]
+        if not compact:
+            row += [_ts(r.timestamp), r.capability_id]
+        row += [escape(f"{r.tool_server}/{r.tool_name}"), verdict, "" if allowed else escape(r.decision.guard or "-")]
+        table.add_row(*row)
+    return table
+
+
+# --- sidecar ----------------------------------------------------------------------------------
+
+
+@app.command()
+@_guarded
+def sidecar(
+    host: Annotated[str, typer.Option(help="Address to bind. Non-loopback requires --token.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port to listen on.", min=1, max=65535)] = 9090,
+    data_dir: DataDir = None,
+    token: Annotated[
+        str | None,
+        typer.Option(
+            envvar="CHIO_SIDECAR_TOKEN",
+            help="Require 'Authorization: Bearer TOKEN' on every request (env CHIO_SIDECAR_TOKEN).",
+            show_default=False,
+        ),
+    ] = None,
+    log_level: Annotated[str, typer.Option(help="uvicorn log level.")] = "warning",
+) -> None:
+    """Serve the kernel over HTTP for chio_sdk.ChioClient (loopback by default)."""
+    from chio_kernel.sidecar import SidecarConfigError, check_bind, serve
+
+    try:
+        check_bind(host, token)
+    except SidecarConfigError as e:
+        raise CliError(str(e)) from None
+    path = _resolve_dir(data_dir)
+
+    def ready(kernel: Any) -> None:
+        auth = "bearer token required" if token else "no auth (loopback only)"
+        err.print(
+            f"chio-durable sidecar on http://{host}:{port}  data dir {path}  "
+            f"kernel key {kernel.public_key_hex[:16]}…  {auth}",
+            markup=False,
+            highlight=False,
+        )
+
+    serve(host, port, data_dir=path, token=token, log_level=log_level, on_ready=ready)
+
+
+# --- capability -------------------------------------------------------------------------------
+
+GrantOpt = Annotated[
+    list[str] | None,
+    typer.Option("--grant", help="server:tool[:Op,Op] (repeatable; operations default to Invoke; '*' wildcards).")
+]
+ScopeFileOpt = Annotated[
+    Path | None, typer.Option("--scope-file", help="A ChioScope as JSON (grants with constraints, budgets...).")
+]
+MaxInvOpt = Annotated[
+    int | None, typer.Option("--max-invocations", min=1, help="max_invocations for every --grant.")
+]
+
+
+@capability_app.command("create")
+@_guarded
+def capability_create(
+    subject: Annotated[str, typer.Option(help="Who holds it: a hex public key or an id like agent:my-pipeline.")],
+    grant: GrantOpt = None,
+    scope_file: ScopeFileOpt = None,
+    capability_id: Annotated[str | None, typer.Option("--id", help="Choose the capability id.")] = None,
+    ttl: Annotated[int, typer.Option("--ttl", min=1, help="Lifetime in seconds.")] = 3600,
+    max_invocations: MaxInvOpt = None,
+    rate_limit: Annotated[
+        str | None, typer.Option("--rate-limit", help="CALLS/SECONDS for the whole capability, e.g. 10/60.")
+    ] = None,
+    data_dir: DataDir = None,
+    as_json: JsonFlag = False,
+) -> None:
+    """Issue a signed capability token."""
+    scope = _build_scope(grant, scope_file, max_invocations)
+    kernel = _kernel(data_dir, must_exist=False)
+    token = kernel.create_capability(
+        subject=subject,
+        scope=scope,
+        ttl_seconds=ttl,
+        capability_id=capability_id,
+        rate_limit=_parse_rate_limit(rate_limit),
+    )
+    if as_json:
+        _print_json(_token_dict(kernel, token))
+    else:
+        out.print(_token_table(kernel, [token], "capability issued"))
+
+
+@capability_app.command("attenuate")
+@_guarded
+def capability_attenuate(
+    parent_id: Annotated[str, typer.Argument(help="Id of the parent capability.")],
+    grant: GrantOpt = None,
+    scope_file: ScopeFileOpt = None,
+    capability_id: Annotated[str | None, typer.Option("--id", help="Choose the child's id.")] = None,
+    ttl: Annotated[int | None, typer.Option("--ttl", min=1, help="Child lifetime (capped at the parent's).")] = None,
+    max_invocations: MaxInvOpt = None,
+    data_dir: DataDir = None,
+    as_json: JsonFlag = False,
+) -> None:
+    """Derive a child capability whose scope is a subset of its parent's."""
+    scope = _build_scope(grant, scope_file, max_invocations)
+    kernel = _kernel(data_dir)
+    if kernel.get_capability(parent_id) is None:
+        raise CliError(f"no capability {parent_id!r} in {_resolve_dir(data_dir)}")
+    child = kernel.attenuate_capability(parent_id, scope, ttl_seconds=ttl, capability_id=capability_id)
+    if as_json:
+        _print_json(_token_dict(kernel, child))
+    else:
+        out.print(_token_table(kernel, [child], "capability attenuated"))
+
+
+@capability_app.command("revoke")
+@_guarded
+def capability_revoke(
+    capability_id: Annotated[str, typer.Argument(help="Id of the capability to revoke (children too).")],
+    data_dir: DataDir = None,
+    as_json: JsonFlag = False,
+) -> None:
+    """Revoke a capability and every capability derived from it."""
+    kernel = _kernel(data_dir)
+    if kernel.get_capability(capability_id) is None:
+        raise CliError(f"no capability {capability_id!r} in {_resolve_dir(data_dir)}")
+    revoked = list(kernel.revoke_capability(capability_id))
+    if as_json:
+        _print_json({"revoked": revoked})
+    else:
+        out.print(f"revoked {len(revoked)} capabilit{'y' if len(revoked) == 1 else 'ies'}: {', '.join(revoked)}")
+
+
+@capability_app.command("list")
+@_guarded
+def capability_list(data_dir: DataDir = None, as_json: JsonFlag = False) -> None:
+    """List the capabilities this kernel issued, with their status."""
+    kernel = _kernel(data_dir)
+    tokens = kernel.list_capabilities()
+    if as_json:
+        _print_json([_token_dict(kernel, t) for t in tokens])
+    else:
+        out.print(_token_table(kernel, tokens, f"capabilities ({len(tokens)})"))
+
+
+@capability_app.command("show")
+@_guarded
+def capability_show(
+    capability_id: Annotated[str, typer.Argument(help="Capability id.")],
+    data_dir: DataDir = None,
+) -> None:
+    """Print one capability token as JSON, with its status."""
+    kernel = _kernel(data_dir)
+    token = kernel.get_capability(capability_id)
+    if token is None:
+        raise CliError(f"no capability {capability_id!r} in {_resolve_dir(data_dir)}")
+    _print_json(_token_dict(kernel, token))
+
+
+# --- receipts ---------------------------------------------------------------------------------
+
+
+@receipts_app.command("list")
+@_guarded
+def receipts_list(
+    capability: Annotated[str | None, typer.Option("--capability", help="Only receipts of this capability.")] = None,
+    limit: Annotated[int, typer.Option(min=1, help="At most this many receipts (store order).")] = 100,
+    after_seq: Annotated[int | None, typer.Option("--after-seq", min=0, help="Start after this store position.")] = None,
+    data_dir: DataDir = None,
+    as_json: JsonFlag = False,
+) -> None:
+    """List receipts in store (chain) order."""
+    kernel = _kernel(data_dir)
+    receipts = kernel.list_receipts(capability_id=capability, limit=limit, after_seq=after_seq)
+    if as_json:
+        _print_json([r.model_dump(mode="json", exclude_none=True) for r in receipts])
+    else:
+        out.print(receipt_table(receipts, f"receipts ({len(receipts)} shown)"))
+
+
+@receipts_app.command("show")
+@_guarded
+def receipts_show(
+    receipt_id: Annotated[str, typer.Argument(help="Receipt id (rcpt-...).")],
+    data_dir: DataDir = None,
+    as_json: JsonFlag = False,
+) -> None:
+    """Show one receipt and whether its signature verifies."""
+    kernel = _kernel(data_dir)
+    receipt = kernel.get_receipt(receipt_id)
+    if receipt is None:
+        raise CliError(f"no receipt {receipt_id!r} in {_resolve_dir(data_dir)}")
+    data = receipt.model_dump(mode="json", exclude_none=True)
+    if as_json:
+        _print_json(data)
+        return
+    ok = kernel.verify_receipt(receipt)
+    out.print_json(json.dumps(data, ensure_ascii=False))
+    out.print("signature: " + ("[green]valid[/]" if ok else "[red]INVALID[/]"))
+
+
+@receipts_app.command("verify")
+@_guarded
+def receipts_verify(data_dir: DataDir = None, as_json: JsonFlag = False) -> None:
+    """Walk the whole receipt chain: every signature and every hash link. Exit 1 at the first break."""
+    kernel = _kernel(data_dir)
+    started = time.perf_counter()
+    report = kernel.verify_chain()
+    took = time.perf_counter() - started
+    data = {
+        "ok": bool(report.ok),
+        "count": report.count,
+        "first_broken_index": report.first_broken_index,
+        "reason": report.reason,
+    }
+    if as_json:
+        _print_json(data)
+    elif report.ok:
+        out.print(f"[green]chain ok[/]: {report.count} receipts, signatures and hash links verified ({took:.2f}s)")
+    if not report.ok:
+        err.print(
+            f"error: receipt chain broken at index {report.first_broken_index}: {report.reason}",
+            markup=False,
+            highlight=False,
+        )
+        raise typer.Exit(1)
+
+
+@receipts_app.command("export")
+@_guarded
+def receipts_export(
+    out_file: Annotated[Path | None, typer.Option("--out", help="Write to FILE instead of stdout.")] = None,
+    capability: Annotated[str | None, typer.Option("--capability", help="Only receipts of this capability.")] = None,
+    data_dir: DataDir = None,
+) -> None:
+    """Export receipts as JSON lines (one receipt per line, store order)."""
+    kernel = _kernel(data_dir)
+    receipts = kernel.list_receipts(capability_id=capability)
+    lines = (
+        json.dumps(r.model_dump(mode="json", exclude_none=True), ensure_ascii=False, separators=(",", ":")) + "\n"
+        for r in receipts
+    )
+    if out_file is None:
+        for line in lines:
+            sys.stdout.write(line)
+        sys.stdout.flush()
+        return
+    tmp = out_file.with_name(out_file.name + ".tmp")
+    with tmp.open("w", encoding="utf-8") as fh:
+        fh.writelines(lines)
+    tmp.replace(out_file)  # never leave a half-written export behind
+    err.print(f"exported {len(receipts)} receipts to {out_file}", markup=False, highlight=False)
+
+
+# --- demo -------------------------------------------------------------------------------------
+
+
+@app.command()
+@_guarded
+def demo(
+    data_dir: Annotated[
+        Path | None,
+        typer.Option("--data-dir", help="Kernel data directory for the demo (default: a fresh temp directory)."),
+    ] = None,
+) -> None:
+    """Show governance end to end on the embedded kernel (no API key, no services)."""
+    from chio_kernel.demo import run
+
+    code = run(out, data_dir)
+    if code:
+        raise typer.Exit(code)
+
+
+def main() -> None:
+    """Entry point for ``python -m chio_kernel.cli``."""
+    app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,118 @@
+"""The `chio-durable` CLI as a user runs it: subprocesses, `--json` parsed."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from chio_sdk.models import CapabilityToken, ChioReceipt
+
+from chio_sidecar_harness import run_cli
+
+
+@pytest.fixture
+def home(tmp_path: Path) -> Path:
+    return tmp_path / "chio-home"
+
+
+def cli_json(*args: str) -> object:
+    r = run_cli(*args)
+    assert r.returncode == 0, r.stderr
+    return json.loads(r.stdout)
+
+
+def test_capability_and_receipt_commands(home: Path, tmp_path: Path) -> None:
+    d = ["--data-dir", str(home)]
+    created = cli_json("capability", "create", "--subject", "agent:cli", "--id", "cap-cli-1", "--ttl", "120",
+                       "--grant", "files:read_file", "--grant", "web:search:Invoke,Read", "--max-invocations", "5",
+                       "--json", *d)
+    assert isinstance(created, dict) and created["status"] == "valid"
+    token = CapabilityToken.model_validate(created)
+    assert token.id == "cap-cli-1" and token.subject == "agent:cli"
+    assert token.expires_at - token.issued_at == 120
+    assert [(g.server_id, g.tool_name, [o.value for o in g.operations], g.max_invocations)
+            for g in token.scope.grants] == [("files", "read_file", ["Invoke"], 5),
+                                             ("web", "search", ["Invoke", "Read"], 5)]
+
+    scope_file = tmp_path / "scope.json"
+    scope_file.write_text(json.dumps({"grants": [{"server_id": "files", "tool_name": "read_file",
+                                                  "operations": ["Invoke"], "max_invocations": 2,
+                                                  "constraints": [{"type": "path_prefix", "value": "/data/"}]}]}))
+    child = cli_json("capability", "attenuate", "cap-cli-1", "--scope-file", str(scope_file), "--id", "cap-cli-child",
+                     "--json", *d)
+    assert isinstance(child, dict) and child["delegation_chain"][-1]["capability_id"] == "cap-cli-1"
+
+    # receipts come from the kernel (same data dir, another process)
+    from chio_kernel import Kernel
+
+    kernel = Kernel(data_dir=home)
+    allowed = kernel.evaluate("cap-cli-child", "files", "read_file", {"path": "/data/a"})
+    denied = kernel.evaluate("cap-cli-child", "files", "read_file", {"path": "/etc/x"})
+    assert allowed.is_allowed and denied.decision.guard == "constraints"
+
+    listed = cli_json("receipts", "list", "--json", *d)
+    assert [r["id"] for r in listed] == [allowed.id, denied.id]  # type: ignore[union-attr]
+    only = cli_json("receipts", "list", "--capability", "cap-cli-child", "--limit", "1", "--json", *d)
+    assert [r["id"] for r in only] == [allowed.id]  # type: ignore[union-attr]
+    shown = cli_json("receipts", "show", denied.id, "--json", *d)
+    assert ChioReceipt.model_validate(shown) == denied
+
+    table = run_cli("receipts", "list", *d)
+    assert table.returncode == 0 and "constraints" in table.stdout and allowed.id in table.stdout
+
+    out_file = tmp_path / "receipts.jsonl"
+    exported = run_cli("receipts", "export", "--out", str(out_file), *d)
+    assert exported.returncode == 0, exported.stderr
+    lines = out_file.read_text().splitlines()
+    assert [ChioReceipt.model_validate_json(line).id for line in lines] == [allowed.id, denied.id]
+    to_stdout = run_cli("receipts", "export", *d)
+    assert to_stdout.stdout.splitlines() == lines
+
+    verified = cli_json("receipts", "verify", "--json", *d)
+    assert verified == {"ok": True, "count": 2, "first_broken_index": None, "reason": None}
+
+    revoked = cli_json("capability", "revoke", "cap-cli-1", "--json", *d)
+    assert set(revoked["revoked"]) == {"cap-cli-1", "cap-cli-child"}  # type: ignore[index]
+    caps = {c["id"]: c["status"] for c in cli_json("capability", "list", "--json", *d)}  # type: ignore[union-attr]
+    assert caps == {"cap-cli-1": "revoked", "cap-cli-child": "revoked"}
+    assert kernel.evaluate("cap-cli-child", "files", "read_file", {"path": "/data/a"}).decision.guard == "revocation"
+
+
+@pytest.mark.parametrize(
+    ("args", "needle"),
+    [
+        (["capability", "create", "--subject", "s"], "--grant"),
+        (["capability", "create", "--subject", "s", "--grant", "nocolon"], "server:tool"),
+        (["capability", "create", "--subject", "s", "--grant", "a:b:Fly,Swim"], "unknown operation"),
+        (["capability", "create", "--subject", "s", "--scope-file", "/nonexistent/scope.json"], "cannot read"),
+        (["capability", "revoke", "cap-nope"], "cap-nope"),
+        (["receipts", "show", "rcpt-nope"], "rcpt-nope"),
+    ],
+)
+def test_errors_are_one_line_and_nonzero(home: Path, args: list[str], needle: str) -> None:
+    if args[0] == "receipts" or args[1] == "revoke":
+        run_cli("capability", "create", "--subject", "s", "--grant", "a:b", "--data-dir", str(home))
+    r = run_cli(*args, "--data-dir", str(home))
+    assert r.returncode != 0
+    assert needle in r.stderr, r.stderr
+    assert "Traceback" not in r.stderr and len(r.stderr.strip().splitlines()) == 1
+
+
+def test_read_commands_refuse_a_missing_data_dir(tmp_path: Path) -> None:
+    r = run_cli("receipts", "list", "--data-dir", str(tmp_path / "typo"))
+    assert r.returncode != 0 and "no kernel data directory" in r.stderr
+    assert not (tmp_path / "typo").exists()
+
+
+def test_demo_shows_allow_scope_deny_and_revocation_deny(tmp_path: Path) -> None:
+    r = run_cli("demo", "--data-dir", str(tmp_path / "demo"), timeout=180)
+    assert r.returncode == 0, r.stdout + r.stderr
+    out = r.stdout
+    assert "✓ allow" in out
+    assert "guard scope" in out and "guard constraints" in out and "guard revocation" in out
+    assert "Chain verified" in out
+    from chio_kernel import Kernel
+
+    receipts = Kernel(data_dir=tmp_path / "demo").list_receipts()
+    assert [r.decision.guard for r in receipts[:5]] == [None, None, "scope", "constraints", "revocation"]
