@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import timedelta
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from temporalio import activity, workflow
@@ -24,10 +24,14 @@ CALLS: list[tuple[str, tuple[Any, ...], str | None]] = []
 FAIL_FIRST_ATTEMPTS: dict[str, int] = {}
 """tag -> how many first attempts of ``flaky`` raise."""
 
+CHECKPOINT_HOOKS: dict[str, Callable[[], Any]] = {}
+"""tag -> what ``checkpoint(tag)`` does in its body (e.g. revoke the capability mid-workflow)."""
+
 
 def reset() -> None:
     CALLS.clear()
     FAIL_FIRST_ATTEMPTS.clear()
+    CHECKPOINT_HOOKS.clear()
 
 
 def calls_of(name: str) -> list[tuple[Any, ...]]:
@@ -71,6 +75,29 @@ async def flaky(tag: str) -> str:
     return f"{tag} ok on attempt {info.attempt}"
 
 
+@activity.defn
+async def checkpoint(tag: str) -> str:
+    CALLS.append(("checkpoint", (tag,), current_receipt_id()))
+    hook = CHECKPOINT_HOOKS.get(tag)
+    if hook is not None:
+        result = hook()
+        if hasattr(result, "__await__"):
+            await result
+    return tag
+
+
+class Ledger:
+    """A class-based activity: its bound method is what the worker registers."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    @activity.defn(name="ledger_post")
+    async def post(self, account: str, memo: str = "none") -> str:
+        CALLS.append(("ledger_post", (account, memo), current_receipt_id()))
+        return f"{self.name}: {account} {memo}"
+
+
 @activity.defn(dynamic=True)
 async def dynamic_tool(args: Sequence[RawValue]) -> str:
     name = activity.info().activity_type
@@ -79,7 +106,16 @@ async def dynamic_tool(args: Sequence[RawValue]) -> str:
     return f"dynamic {name}"
 
 
-ALL_ACTIVITIES = [debit_account, credit_account, read_file, send_email, flaky, dynamic_tool]
+ALL_ACTIVITIES = [
+    debit_account,
+    credit_account,
+    read_file,
+    send_email,
+    flaky,
+    checkpoint,
+    Ledger("main").post,
+    dynamic_tool,
+]
 
 FAST_RETRY = RetryPolicy(initial_interval=timedelta(milliseconds=100), backoff_coefficient=1.0, maximum_attempts=50)
 

@@ -1,0 +1,43 @@
+"""Helpers shared by the chio_temporal tests (scopes, running a plan, reading failures)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from chio_sdk.models import ChioScope, Operation, ToolGrant
+from temporalio.client import Client, WorkflowFailureError, WorkflowHandle
+from temporalio.exceptions import ApplicationError
+
+import workflows
+
+
+def tool(server: str, name: str, **kwargs: Any) -> ToolGrant:
+    return ToolGrant(server_id=server, tool_name=name, operations=[Operation.INVOKE], **kwargs)
+
+
+def scope(*grants: ToolGrant) -> ChioScope:
+    return ChioScope(grants=list(grants))
+
+
+def plan(*steps: tuple[str, list[Any]], max_attempts: int = 1, children: list[workflows.Plan] | None = None) -> workflows.Plan:
+    return workflows.Plan(
+        steps=[workflows.Step(activity=name, args=list(args)) for name, args in steps],
+        max_attempts=max_attempts,
+        children=children or [],
+    )
+
+
+async def start_plan(client: Client, task_queue: str, workflow_id: str, the_plan: workflows.Plan) -> WorkflowHandle:
+    return await client.start_workflow(workflows.PlanWorkflow.run, the_plan, id=workflow_id, task_queue=task_queue)
+
+
+async def outcome(handle: WorkflowHandle) -> Any:
+    """The workflow's result, or the ``ApplicationError`` its failure is rooted in."""
+    try:
+        return await handle.result()
+    except WorkflowFailureError as err:
+        cause: BaseException | None = err.cause
+        while cause is not None and not isinstance(cause, ApplicationError):
+            cause = getattr(cause, "cause", None)
+        assert cause is not None, f"workflow failed without an ApplicationError: {err!r}"
+        return cause
