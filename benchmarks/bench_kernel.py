@@ -1,0 +1,442 @@
+"""Kernel benchmark: one command, one table, ratios measured side by side in one run.
+
+    python benchmarks/bench_kernel.py            # default: --n 2000, flatness up to 1,000,000 receipts
+    python benchmarks/bench_kernel.py --quick    # smaller: --n 400, flatness up to 100,000 receipts
+
+Rows (p50 / p99 latency of ONE sequential evaluation, and evaluations per second = 1 / mean):
+
+* ``chio_sdk.testing.allow_all()`` mock — what a unit test with the SDK's test double costs;
+* physical floor — one Ed25519 sign of a receipt-sized body + one SQLite WAL commit of one row
+  (a store opened with the kernel's own ``open_store``, so the same pragmas);
+* ``Kernel.evaluate`` in process;
+* sidecar ``/v1/evaluate`` over loopback, driven by the real ``chio_sdk.ChioClient``;
+* plain loopback HTTP round-trip: the same client to a trivial endpoint on the same server stack
+  (Starlette + uvicorn, same settings, no kernel), for the sidecar ratio.
+
+Every row is measured in interleaved rounds (A B C D E A B C D E ...) so background load hits
+them alike. Flatness: in-process p50 on a store of 1,000 receipts vs. the same store grown to
+``--max-receipts`` (default 1,000,000) by a bulk insert of valid signed, hash-chained receipt rows
+(see ``benchmarks/README.md``), again interleaved.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import hashlib
+import json
+import shutil
+import socket
+import sqlite3
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+from rich.console import Console
+from rich.table import Table
+
+PARAMS = {"path": "/data/reports/2026/q3-summary.txt", "max_bytes": 65536}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_healthy(url: str, proc: subprocess.Popen[bytes], timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"server exited with {proc.returncode}")
+        try:
+            if httpx.get(url, timeout=1).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.05)
+    raise RuntimeError(f"{url} not healthy after {timeout}s")
+
+
+# --- the trivial server of the same stack ---------------------------------------------------------
+
+
+def serve_echo(port: int) -> None:
+    """Starlette + uvicorn with the sidecar's settings and one trivial JSON endpoint."""
+    import uvicorn
+    from starlette.applications import Starlette
+    from starlette.requests import Request
+    from starlette.responses import Response
+    from starlette.routing import Route
+
+    async def echo(request: Request) -> Response:
+        data = json.loads(await request.body())
+        return Response(json.dumps({"ok": True, "n": len(data)}), media_type="application/json")
+
+    async def health(request: Request) -> Response:
+        return Response(b'{"status":"ok"}', media_type="application/json")
+
+    app = Starlette(routes=[Route("/echo", echo, methods=["POST"]), Route("/chio/health", health)])
+    uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning", access_log=False, lifespan="off",
+                server_header=False, date_header=False)
+
+
+# --- measurement ----------------------------------------------------------------------------------
+
+
+@dataclass
+class Bench:
+    """One row: ``run(k)`` performs k sequential operations and returns their latencies (ns)."""
+
+    name: str
+    run: Callable[[int], list[int]]
+    samples: list[int] = field(default_factory=list)
+
+    @property
+    def p50(self) -> float:
+        return statistics.median(self.samples) / 1e3  # µs
+
+    @property
+    def p99(self) -> float:
+        s = sorted(self.samples)
+        return s[min(len(s) - 1, int(0.99 * len(s)))] / 1e3
+
+    @property
+    def per_second(self) -> float:
+        return 1e9 / statistics.fmean(self.samples)
+
+
+def interleave(benches: list[Bench], n: int, rounds: int, warmup: int) -> None:
+    for b in benches:
+        b.run(warmup)
+    per = max(1, n // rounds)
+    for _ in range(rounds):
+        for b in benches:
+            b.samples.extend(b.run(per))
+
+
+def timed_sync(op: Callable[[], Any]) -> Callable[[int], list[int]]:
+    clock = time.perf_counter_ns
+
+    def run(k: int) -> list[int]:
+        out = []
+        for _ in range(k):
+            t0 = clock()
+            op()
+            out.append(clock() - t0)
+        return out
+
+    return run
+
+
+def timed_async(loop: asyncio.AbstractEventLoop, op: Callable[[], Any]) -> Callable[[int], list[int]]:
+    clock = time.perf_counter_ns
+
+    async def batch(k: int) -> list[int]:
+        out = []
+        for _ in range(k):
+            t0 = clock()
+            await op()
+            out.append(clock() - t0)
+        return out
+
+    return lambda k: loop.run_until_complete(batch(k))
+
+
+# --- the rows -------------------------------------------------------------------------------------
+
+
+def make_scope() -> Any:
+    from chio_sdk.models import ChioScope, Operation, ToolGrant
+
+    return ChioScope(grants=[ToolGrant(server_id="files", tool_name="read_file", operations=[Operation.INVOKE])])
+
+
+def floor_bench(workdir: Path, sample_body: bytes) -> Bench:
+    """Ed25519 sign of a receipt-sized body + one WAL commit of one row, with the store's own pragmas."""
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    from chio_kernel.store import open_store
+
+    d = workdir / "floor"
+    d.mkdir()
+    conn = open_store(d)
+    conn.execute("CREATE TABLE floor_rows (seq INTEGER PRIMARY KEY, id TEXT NOT NULL UNIQUE, body TEXT NOT NULL)")
+    key = Ed25519PrivateKey.generate()
+    counter = [0]
+    text = sample_body.decode()
+
+    def op() -> None:
+        counter[0] += 1
+        sig = key.sign(sample_body)
+        conn.execute("BEGIN IMMEDIATE")
+        conn.execute("INSERT INTO floor_rows(seq, id, body) VALUES (?, ?, ?)",
+                     (counter[0], f"r{counter[0]}-{sig[:8].hex()}", text))
+        conn.execute("COMMIT")
+
+    return Bench("physical floor: Ed25519 sign + 1 SQLite WAL commit", timed_sync(op))
+
+
+def fresh_kernel(path: Path) -> tuple[Any, str]:
+    from chio_kernel import Kernel
+
+    kernel = Kernel(data_dir=path)
+    cap = kernel.create_capability(subject="agent:bench", scope=make_scope(), ttl_seconds=86400)
+    return kernel, cap.id
+
+
+def kernel_bench(name: str, kernel: Any, cap_id: str) -> Bench:
+    def op() -> None:
+        r = kernel.evaluate(cap_id, "files", "read_file", PARAMS)
+        if not r.decision.is_allowed:  # a benchmark of denies would measure the wrong path
+            raise RuntimeError(f"benchmark call denied: {r.decision}")
+
+    return Bench(name, timed_sync(op))
+
+
+# --- bulk fill (flatness) ----------------------------------------------------------------------
+
+
+def bulk_fill(data_dir: Path, cap_id: str, total: int, console: Console) -> float:
+    """Grow the store at ``data_dir`` to ``total`` receipts with valid signed, chained rows.
+
+    Each row is the receipt the kernel would write for an allowed call (same fields, signed with
+    the kernel's own key over the same signed body, ``content_hash`` = chain hash of the previous
+    row), inserted with ``executemany`` in large transactions instead of one commit per receipt.
+    """
+    from chio_kernel import canonical_json
+    from chio_kernel.kernel import receipt_signing_bytes, uuid7
+    from chio_kernel.signing import load_or_create_key
+
+    key = load_or_create_key(data_dir)
+    kernel_key = key.public_key().public_bytes_raw().hex()
+    conn = sqlite3.connect(data_dir / "kernel.db", isolation_level=None)
+    conn.execute("PRAGMA journal_mode = WAL")
+    conn.execute("PRAGMA synchronous = NORMAL")
+    head_seq, prev = conn.execute("SELECT seq, hash FROM chain_head WHERE k = 0").fetchone()
+    last = json.loads(conn.execute("SELECT body FROM receipts ORDER BY seq DESC LIMIT 1").fetchone()[0])
+    policy_hash = last["policy_hash"]
+    todo = total - head_seq
+    started = time.perf_counter()
+    dumps = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=True).encode
+    seq = head_seq
+    ts = int(time.time())
+    chunk: list[tuple[Any, ...]] = []
+    conn.execute("BEGIN IMMEDIATE")
+    for i in range(todo):
+        seq += 1
+        params = {"path": f"/data/fill/{seq}.txt", "max_bytes": 65536}
+        h = "%032x" % uuid7().int
+        body = {
+            "id": f"rcpt-{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}",
+            "timestamp": ts,
+            "capability_id": cap_id,
+            "tool_server": "files",
+            "tool_name": "read_file",
+            "action": {"parameters": params, "parameter_hash": hashlib.sha256(canonical_json(params)).hexdigest()},
+            "decision": {"verdict": "allow"},
+            "content_hash": prev,
+            "policy_hash": policy_hash,
+            "evidence": [],
+            "kernel_key": kernel_key,
+        }
+        body["signature"] = key.sign(receipt_signing_bytes(body)).hex()
+        stored = dumps(body)
+        prev = hashlib.sha256(stored.encode()).hexdigest()
+        chunk.append((seq, body["id"], cap_id, "allow", prev, stored))
+        if len(chunk) >= 50_000:
+            conn.executemany(
+                "INSERT INTO receipts(seq, id, capability_id, verdict, chain_hash, body) VALUES (?,?,?,?,?,?)", chunk
+            )
+            chunk.clear()
+            conn.execute("COMMIT")
+            conn.execute("BEGIN IMMEDIATE")
+            done = i + 1
+            rate = done / (time.perf_counter() - started)
+            console.print(f"  filled {seq:,} receipts ({rate:,.0f}/s, ~{(todo - done) / rate:.0f}s left)",
+                          highlight=False)
+    if chunk:
+        conn.executemany(
+            "INSERT INTO receipts(seq, id, capability_id, verdict, chain_hash, body) VALUES (?,?,?,?,?,?)", chunk
+        )
+    conn.execute("UPDATE chain_head SET seq = ?, hash = ? WHERE k = 0", (seq, prev))
+    conn.execute("COMMIT")
+    conn.close()
+    return time.perf_counter() - started
+
+
+def check_fill(kernel: Any, cap_id: str, tail: int = 1000) -> str:
+    """Cheap proof the filled store is a valid chain the kernel continues: the last ``tail`` rows'
+    signatures and links, and one new evaluation chaining onto the last filled row."""
+    from chio_kernel.kernel import receipt_chain_hash
+
+    count = kernel.receipt_count()
+    rows = kernel.list_receipts_with_seq(after_seq=count - tail - 1)
+    receipts = [r for _, r in rows]
+    sig_ok = all(kernel.verify_receipt(r) for r in receipts)
+    links_ok = all(
+        receipts[i].content_hash == receipt_chain_hash(receipts[i - 1]) for i in range(1, len(receipts))
+    )
+    nxt = kernel.evaluate(cap_id, "files", "read_file", PARAMS)
+    continues = nxt.content_hash == receipt_chain_hash(receipts[-1])
+    if not (sig_ok and links_ok and continues):
+        raise RuntimeError(f"bulk fill is not a valid chain: signatures={sig_ok} links={links_ok} next={continues}")
+    return f"last {len(receipts)} filled receipts verified (signatures + links); next evaluation chains onto them"
+
+
+# --- main -----------------------------------------------------------------------------------------
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--n", type=int, default=None, help="samples per row (default 2000; 400 with --quick)")
+    ap.add_argument("--quick", action="store_true", help="fewer samples, flatness up to 100,000 receipts")
+    ap.add_argument("--max-receipts", type=int, default=None,
+                    help="store size for the flatness check (default 1,000,000; 100,000 with --quick; 0 skips)")
+    ap.add_argument("--verify-fill", action="store_true",
+                    help="also run the full Kernel.verify_chain() over the filled store (slow at 1e6)")
+    ap.add_argument("--serve-echo", type=int, help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.serve_echo:
+        serve_echo(args.serve_echo)
+        return 0
+    n = args.n or (400 if args.quick else 2000)
+    max_receipts = args.max_receipts if args.max_receipts is not None else (100_000 if args.quick else 1_000_000)
+    rounds = 5
+    console = Console()
+    work = Path(tempfile.mkdtemp(prefix="chio-bench-"))
+    procs: list[subprocess.Popen[bytes]] = []
+    loop = asyncio.new_event_loop()
+    try:
+        from chio_sdk import ChioClient
+        from chio_sdk.testing import allow_all
+
+        console.print(f"[bold]chio-durable kernel benchmark[/]  n={n} per row, {rounds} interleaved rounds, work dir {work}")
+
+        # servers: the sidecar and the trivial echo server, same stack
+        sc_port, echo_port = free_port(), free_port()
+        cli = Path(sys.executable).parent / "chio-durable"
+        cmd = [str(cli)] if cli.exists() else [sys.executable, "-m", "chio_kernel.cli"]
+        procs.append(subprocess.Popen([*cmd, "sidecar", "--port", str(sc_port), "--data-dir", str(work / "sidecar")],
+                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+        procs.append(subprocess.Popen([sys.executable, __file__, "--serve-echo", str(echo_port)],
+                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+        sc_url, echo_url = f"http://127.0.0.1:{sc_port}", f"http://127.0.0.1:{echo_port}"
+        wait_healthy(sc_url + "/chio/health", procs[0])
+        wait_healthy(echo_url + "/chio/health", procs[1])
+
+        mock = allow_all()
+        sc_client = ChioClient(sc_url)
+        echo_client = ChioClient(echo_url)
+        sc_cap = loop.run_until_complete(
+            sc_client.create_capability(subject="agent:bench", scope=make_scope(), ttl_seconds=86400)).id
+        kernel, cap_id = fresh_kernel(work / "inproc")
+        sample = kernel.evaluate(cap_id, "files", "read_file", PARAMS)
+        from chio_kernel.kernel import receipt_signing_bytes
+
+        sample_body = receipt_signing_bytes(sample)
+        eval_body = {"capability_id": sc_cap, "tool_server": "files", "tool_name": "read_file",
+                     "parameters": PARAMS, "parameter_hash": sample.action.parameter_hash}
+
+        async def mock_op() -> None:
+            await mock.evaluate_tool_call(capability_id="cap", tool_server="files", tool_name="read_file",
+                                          parameters=PARAMS)
+
+        async def sidecar_op() -> None:
+            r = await sc_client.evaluate_tool_call(capability_id=sc_cap, tool_server="files", tool_name="read_file",
+                                                   parameters=PARAMS)
+            if not r.is_allowed:
+                raise RuntimeError(f"benchmark call denied: {r.decision}")
+
+        async def echo_op() -> None:
+            await echo_client._post("/echo", eval_body)  # same client, same body size, trivial endpoint
+
+        benches = [
+            Bench("chio_sdk.testing.allow_all() mock", timed_async(loop, mock_op)),
+            floor_bench(work, sample_body),
+            kernel_bench("Kernel.evaluate (in-process)", kernel, cap_id),
+            Bench("sidecar /v1/evaluate over loopback (ChioClient)", timed_async(loop, sidecar_op)),
+            Bench("plain loopback HTTP round-trip (same stack)", timed_async(loop, echo_op)),
+        ]
+        interleave(benches, n, rounds, warmup=max(20, n // 20))
+        mock_b, floor_b, inproc_b, sidecar_b, http_b = benches
+
+        table = Table(title="latency of one evaluation (sequential)", title_justify="left")
+        table.add_column("what")
+        table.add_column("p50 µs", justify="right")
+        table.add_column("p99 µs", justify="right")
+        table.add_column("evals/s", justify="right")
+        for b in benches:
+            table.add_row(b.name, f"{b.p50:,.1f}", f"{b.p99:,.1f}", f"{b.per_second:,.0f}")
+
+        ratios = Table(title="ratios (p50)", title_justify="left")
+        ratios.add_column("ratio")
+        ratios.add_column("value", justify="right")
+        ratios.add_column("target", justify="right")
+        ratios.add_column("", justify="left")
+
+        def verdict(ok: bool) -> str:
+            return "[green]met[/]" if ok else "[red]MISSED[/]"
+
+        r1 = inproc_b.p50 / floor_b.p50
+        r2 = sidecar_b.p50 / (http_b.p50 + floor_b.p50)
+        ratios.add_row("in-process / floor", f"{r1:.2f}x", "≤ 2.00x", verdict(r1 <= 2))
+        ratios.add_row("sidecar / (HTTP round-trip + floor)", f"{r2:.2f}x", "≤ 2.00x", verdict(r2 <= 2))
+
+        flat_note = None
+        if max_receipts and max_receipts > 1000:
+            console.print(f"flatness: building a 1,000-receipt store, then a copy grown to {max_receipts:,} ...")
+            small_dir, big_dir = work / "flat-1k", work / "flat-big"
+            small, small_cap = fresh_kernel(small_dir)
+            for i in range(1000 - small.receipt_count()):
+                small.evaluate(small_cap, "files", "read_file", {"path": f"/data/warm/{i}.txt", "max_bytes": 1})
+            small.close()
+            shutil.copytree(small_dir, big_dir)
+            took = bulk_fill(big_dir, small_cap, max_receipts, console)
+            from chio_kernel import Kernel
+
+            small, big = Kernel(data_dir=small_dir), Kernel(data_dir=big_dir)
+            flat_note = (f"grown by bulk insert of {max_receipts - 1000:,} valid signed receipts in {took:.0f}s; "
+                         + check_fill(big, small_cap))
+            if args.verify_fill:
+                t0 = time.perf_counter()
+                report = big.verify_chain()
+                flat_note += f"; full verify_chain: ok={report.ok} count={report.count:,} in {time.perf_counter() - t0:.0f}s"
+                if not report.ok:
+                    raise RuntimeError(f"filled store does not verify: {report}")
+            fb = [kernel_bench(f"Kernel.evaluate @ {small.receipt_count():,} receipts", small, small_cap),
+                  kernel_bench(f"Kernel.evaluate @ {big.receipt_count():,} receipts", big, small_cap)]
+            interleave(fb, n, rounds, warmup=max(20, n // 20))
+            for b in fb:
+                table.add_row(b.name, f"{b.p50:,.1f}", f"{b.p99:,.1f}", f"{b.per_second:,.0f}")
+            r3 = fb[1].p50 / fb[0].p50
+            ratios.add_row(f"p50 @ {max_receipts:,} / p50 @ 1,000 receipts", f"{r3:.2f}x", "≤ 1.20x", verdict(r3 <= 1.2))
+
+        console.print(table)
+        console.print(ratios)
+        if flat_note:
+            console.print(f"[dim]flatness store: {flat_note}[/]")
+        console.print(f"[dim]mock p50 {mock_b.p50:.1f} µs is the SDK test double (no signing, no storage).[/]")
+        loop.run_until_complete(sc_client.close())
+        loop.run_until_complete(echo_client.close())
+        return 0
+    finally:
+        for p in procs:
+            p.terminate()
+            try:
+                p.wait(10)
+            except subprocess.TimeoutExpired:
+                p.kill()
+        loop.close()
+        shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
