@@ -1,0 +1,294 @@
+"""ChioPrefectAgent on a real Prefect API with the real embedded kernel and a scripted model.
+
+The scripted ``FunctionModel`` counts real model calls and the tool counts real invocations, so
+"served from cache" and "ran again" are observed, not assumed.
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+from chio_sdk.models import ChioScope, Operation, ToolGrant
+from prefect import flow
+from prefect.cache_policies import TASK_SOURCE
+from prefect.context import FlowRunContext
+from pydantic_ai import Agent
+from pydantic_ai.durable_exec.prefect import PrefectDurability, TaskConfig
+from pydantic_ai.durable_exec.prefect._cache_policies import PrefectAgentInputs
+from pydantic_ai.messages import ModelMessage, ModelResponse, TextPart, ToolCallPart, ToolReturnPart
+from pydantic_ai.models.function import AgentInfo, FunctionModel
+
+from chio_kernel import LocalChioClient
+from chio_prefect.agent import ChioPrefectAgent, with_receipt_cache_key
+from chio_prefect.errors import ChioPrefectError
+
+pytestmark = pytest.mark.prefect
+
+MODEL = "function:model:"
+
+
+def grant(server: str, tool: str = "*", **kw: Any) -> ToolGrant:
+    return ToolGrant(server_id=server, tool_name=tool, operations=[Operation.INVOKE], **kw)
+
+
+@dataclass
+class Script:
+    """Model: call ``search`` once, then answer with its result. Tool: may fail its first call."""
+
+    fail_first_tool_call: bool = False
+    on_failure: Any = None
+    model_calls: int = 0
+    tool_calls: int = 0
+    seen_tool_results: list[Any] = field(default_factory=list)
+
+    def model(self, messages: list[ModelMessage], info: AgentInfo) -> ModelResponse:
+        self.model_calls += 1
+        returns = [p for p in messages[-1].parts if isinstance(p, ToolReturnPart)]
+        if returns:
+            self.seen_tool_results.extend(p.content for p in returns)
+            return ModelResponse(parts=[TextPart(f"answer: {returns[0].content}")])
+        return ModelResponse(parts=[ToolCallPart("search", {"query": "durable agents"})])
+
+    def search(self, query: str) -> str:
+        self.tool_calls += 1
+        if self.fail_first_tool_call and self.tool_calls == 1:
+            if self.on_failure is not None:
+                self.on_failure()
+            raise RuntimeError("search backend hiccup")
+        return f"3 results for {query}"
+
+    def agent(self, name: str = "researcher") -> Agent[None, str]:
+        return Agent(FunctionModel(self.model), name=name, tools=[self.search])
+
+
+@pytest.fixture
+def chio(chio_home: Path) -> LocalChioClient:
+    return LocalChioClient(data_dir=chio_home)
+
+
+def issue(chio: LocalChioClient, cap_id: str, *grants: ToolGrant) -> str:
+    chio.kernel.create_capability(subject="agent-test", scope=ChioScope(grants=list(grants)), capability_id=cap_id)
+    return cap_id
+
+
+def stored_ids(chio: LocalChioClient, cap: str) -> list[str]:
+    return [r.id for r in chio.kernel.list_receipts(capability_id=cap)]
+
+
+async def test_allowed_run_records_receipts_and_emits_allow_events(chio: LocalChioClient, captured_events: Any) -> None:
+    cap = issue(chio, "cap-pa-allow", grant("model"), grant("researcher", "search"))
+    script = Script()
+    governed = ChioPrefectAgent(script.agent(), capability_id=cap, chio_client=chio)
+    flow_runs: list[str] = []
+
+    @flow
+    async def research() -> Any:
+        flow_runs.append(str(FlowRunContext.get().flow_run.id))
+        return await governed.run("find durable agents")  # joins this flow
+
+    result = await research()
+
+    assert result.output == "answer: 3 results for durable agents"
+    assert (script.model_calls, script.tool_calls) == (2, 1)
+    records = governed.receipts_of(result)
+    assert [(r.call.label, r.allowed) for r in records] == [
+        (f"model/{MODEL}", True),
+        ("researcher/search", True),
+        (f"model/{MODEL}", True),
+    ]
+    ids = governed.receipt_ids_of(result)
+    assert ids == stored_ids(chio, cap)  # exactly these signed receipts, in order, nothing else
+
+    events = captured_events.chio()
+    assert [e.event for e in events] == ["chio.receipt.allow"] * 3
+    assert [e.payload["receipt_id"] for e in events] == ids
+    tool_event = events[1]
+    assert tool_event.payload["tool_server"] == "researcher"
+    assert tool_event.payload["tool_name"] == "search"
+    assert tool_event.payload["capability_id"] == cap
+    assert tool_event.payload["task_name"] == "Call Tool: search"
+    assert tool_event.payload["verdict"] == "allow"
+    assert tool_event.payload["timestamp"].endswith("Z")
+    related = [r for r in tool_event.related if r.role == "flow-run"]
+    assert related and related[0].id == f"prefect.flow-run.{flow_runs[0]}"
+
+
+async def test_denied_tool_is_told_to_the_model_and_the_run_continues(
+    chio: LocalChioClient, captured_events: Any
+) -> None:
+    cap = issue(chio, "cap-pa-tell", grant("model"))  # the tool is not granted
+    script = Script()
+    governed = ChioPrefectAgent(script.agent(), capability_id=cap, chio_client=chio)
+
+    result = await governed.run("find durable agents")
+
+    assert script.tool_calls == 0 and script.model_calls == 2
+    assert "Permission denied" in script.seen_tool_results[0]
+    assert "researcher/search" in result.output
+    deny = governed.receipts_of(result)[1]
+    assert not deny.allowed and deny.evaluation.guard == "scope"
+    deny_events = [e for e in captured_events.chio() if e.event == "chio.receipt.deny"]
+    assert len(deny_events) == 1
+    payload = deny_events[0].payload
+    assert payload["receipt_id"] == deny.receipt_id
+    assert payload["guard"] == "scope" and payload["reason"] and payload["decision"]["verdict"] == "deny"
+
+
+async def test_denied_tool_with_on_deny_raise_fails_with_permission_error(chio: LocalChioClient) -> None:
+    cap = issue(chio, "cap-pa-raise", grant("model"))
+    script = Script()
+    governed = ChioPrefectAgent(script.agent(), capability_id=cap, chio_client=chio, on_deny="raise")
+
+    with pytest.raises(PermissionError) as info:
+        await governed.run("find durable agents")
+
+    assert script.tool_calls == 0 and script.model_calls == 1
+    cause = info.value.__cause__
+    assert isinstance(cause, ChioPrefectError)
+    assert cause.guard == "scope" and cause.receipt_id in stored_ids(chio, cap)
+
+
+def test_flow_retry_replays_cached_model_calls_with_the_same_receipts(chio: LocalChioClient) -> None:
+    # max_invocations=2 on the model: a retry that charged the first model call again would be denied.
+    cap = issue(chio, "cap-pa-retry", grant("model", max_invocations=2), grant("researcher", "search"))
+    script = Script(fail_first_tool_call=True)
+    governed = ChioPrefectAgent(
+        script.agent(), capability_id=cap, chio_client=chio,
+        flow_options={"retries": 1, "retry_delay_seconds": 0},
+    )
+
+    result = governed.run_sync("find durable agents")
+
+    assert result.output == "answer: 3 results for durable agents"
+    assert script.tool_calls == 2  # failed once, ran again on the retry
+    assert script.model_calls == 2  # the first model response came from the cache on the retry
+    ids = governed.receipt_ids_of(result)
+    # The retry re-evaluated the first model request and the tool call with the same idempotency
+    # keys: the same receipts came back, so the store holds one receipt per call position.
+    assert ids == stored_ids(chio, cap) and len(ids) == 3
+
+
+def test_capability_revoked_between_attempts_is_denied_and_nothing_is_served_from_cache(
+    chio: LocalChioClient,
+) -> None:
+    cap = issue(chio, "cap-pa-revoke", grant("model"), grant("researcher", "search"))
+    script = Script(fail_first_tool_call=True, on_failure=lambda: chio.kernel.revoke_capability(cap))
+    governed = ChioPrefectAgent(
+        script.agent(), capability_id=cap, chio_client=chio,
+        flow_options={"retries": 1, "retry_delay_seconds": 0},
+    )
+
+    with pytest.raises(PermissionError) as info:
+        governed.run_sync("find durable agents")
+
+    assert isinstance(info.value.__cause__, ChioPrefectError)
+    assert info.value.__cause__.guard == "revocation"
+    assert script.model_calls == 1  # the cached response of attempt 1 was not served on attempt 2
+    assert script.tool_calls == 1
+    receipts = chio.kernel.list_receipts(capability_id=cap)
+    assert [r.decision.is_allowed for r in receipts] == [True, True, False]
+
+
+def _no_run_id_policy() -> TaskConfig:
+    # pydantic-ai's cache policy without RUN_ID: what issues #6903/#3883 are about.
+    return TaskConfig(cache_policy=PrefectAgentInputs() + TASK_SOURCE)
+
+
+async def test_two_runs_with_equal_inputs_share_no_cache(chio: LocalChioClient) -> None:
+    # Baseline: the bare durable agent with that policy serves run 2 from run 1's cache.
+    bare_script = Script()
+    bare = Agent(
+        FunctionModel(bare_script.model), name="bare-researcher", tools=[bare_script.search],
+        capabilities=[PrefectDurability(model_task_config=_no_run_id_policy(), tool_task_config=_no_run_id_policy())],
+    )
+
+    @flow
+    async def bare_run() -> Any:
+        return await bare.run("same prompt")
+
+    await bare_run()
+    await bare_run()
+    assert bare_script.model_calls == 2  # the second run made no model call at all
+
+    cap = issue(chio, "cap-pa-shared", grant("model"), grant("researcher", "search"))
+    script = Script()
+    governed = ChioPrefectAgent(
+        script.agent(), capability_id=cap, chio_client=chio,
+        model_task_config=_no_run_id_policy(), tool_task_config=_no_run_id_policy(),
+    )
+    first = await governed.run("same prompt")
+    second = await governed.run("same prompt")
+
+    assert script.model_calls == 4 and script.tool_calls == 2  # the second run really ran
+    assert set(governed.receipt_ids_of(first)).isdisjoint(governed.receipt_ids_of(second))
+
+
+def test_existing_prefect_agent_is_accepted_without_deprecation_warnings(chio: LocalChioClient) -> None:
+    from pydantic_ai._warnings import PydanticAIDeprecationWarning
+    from pydantic_ai.durable_exec.prefect import PrefectAgent
+
+    cap = issue(chio, "cap-pa-legacy", grant("model"), grant("researcher", "search"))
+    script = Script()
+    flaky = {"left": 1}
+
+    def model(messages: list[ModelMessage], info: AgentInfo) -> ModelResponse:
+        if flaky["left"]:
+            flaky["left"] -= 1
+            raise ConnectionError("provider hiccup")  # the model task's retries=1 absorbs it
+        return script.model(messages, info)
+
+    with warnings.catch_warnings():
+        # The user's own construction of the deprecated wrapper warns (pydantic-ai's warning class).
+        warnings.simplefilter("ignore", PydanticAIDeprecationWarning)
+        legacy = PrefectAgent(
+            Agent(FunctionModel(model), name="researcher", tools=[script.search]),
+            model_task_config=TaskConfig(retries=1, retry_delay_seconds=0),
+        )
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        governed = ChioPrefectAgent(legacy, capability_id=cap, chio_client=chio)
+        result = governed.run_sync("find durable agents")
+
+    deprecations = [w for w in caught if issubclass(w.category, DeprecationWarning | PydanticAIDeprecationWarning)]
+    assert deprecations == [], [str(w.message) for w in deprecations]
+    assert result.output == "answer: 3 results for durable agents"
+    assert flaky["left"] == 0 and script.model_calls == 2  # the PrefectAgent's task config carried over
+    assert len(governed.receipt_ids_of(result)) == 3
+
+
+def test_receipt_id_joins_every_task_cache_policy() -> None:
+    from prefect.cache_policies import NO_CACHE
+
+    from chio_durable.agent import receipt_scope
+    from chio_prefect.agent import RECEIPT_ID
+
+    config = with_receipt_cache_key(None)
+    assert RECEIPT_ID in config["cache_policy"].policies
+    assert with_receipt_cache_key(TaskConfig(cache_policy=NO_CACHE))["cache_policy"] is NO_CACHE
+    assert RECEIPT_ID.compute_key(None, {}, {}) is None  # outside a governed call: no contribution
+    with receipt_scope("rcpt-a"):
+        a = RECEIPT_ID.compute_key(None, {}, {})
+    with receipt_scope("rcpt-b"):
+        b = RECEIPT_ID.compute_key(None, {}, {})
+    assert a and b and a != b
+
+
+def test_wrong_arguments_say_what_to_pass(chio: LocalChioClient) -> None:
+    from pydantic_ai.exceptions import UserError
+
+    with pytest.raises(UserError, match="name="):
+        ChioPrefectAgent(Agent(FunctionModel(Script().model)), capability_id="cap", chio_client=chio)
+    with pytest.raises(UserError, match="PrefectDurability"):
+        ChioPrefectAgent(
+            Agent(FunctionModel(Script().model), name="x", capabilities=[PrefectDurability()]),
+            capability_id="cap", chio_client=chio,
+        )
+    with pytest.raises(TypeError, match="pydantic_ai Agent"):
+        ChioPrefectAgent("researcher", capability_id="cap", chio_client=chio)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="capability_id"):
+        ChioPrefectAgent(Script().agent(), capability_id="", chio_client=chio)
