@@ -386,3 +386,31 @@ async def test_dynamic_activity_sends_raw_args(client: Client, chio, uid) -> Non
     receipt = chio.kernel.get_receipt(workflows.CALLS[0][2])
     assert (receipt.tool_server, receipt.tool_name) == ("tools", "lookup")
     assert receipt.action.parameters == {"args": ["q", 3]}
+
+
+async def test_surface_denials_off_leaves_temporals_plain_activity_error(client: Client, chio, uid) -> None:
+    """With surface_denials=False workflows see Temporal's ActivityError: the seed's saga no longer compensates."""
+    wid, tq = uid("plain"), uid("tq")
+    the_scope = scope(tool("bank", "debit_account"))
+    ic = ChioActivityInterceptor(chio_client=chio, default_tool_server="bank", surface_denials=False)
+    ic.register_workflow_grant(await grant_for(chio, wid, the_scope))
+    async with running(make_worker(client, tq, [ic])):
+        handle = await client.start_workflow(
+            workflows.TransferWorkflow.run, workflows.Transfer("acct-src", "acct-dst", 1), id=wid, task_queue=tq
+        )
+        err = await outcome(handle)
+    assert denial(err)["guard"] == "scope"
+    assert [name for name, _, _ in workflows.CALLS] == ["debit_account"]  # no compensation ran
+    assert [s.activity_type for s in ic.get_workflow_receipt(wid).steps] == ["debit_account", "credit_account"]
+
+
+async def test_non_denial_activity_errors_are_untouched(client: Client, chio, uid) -> None:
+    wid, tq = uid("boom"), uid("tq")
+    ic = ChioActivityInterceptor(chio_client=chio, default_tool_server="bank")
+    ic.register_workflow_grant(await grant_for(chio, wid, scope(tool("bank", "flaky"))))
+    workflows.FAIL_FIRST_ATTEMPTS["b"] = 5
+    async with running(make_worker(client, tq, [ic])):
+        err = await outcome(await start_plan(client, tq, wid, plan(("flaky", ["b"]), max_attempts=2)))
+    assert err.type == "RuntimeError" and "transient failure on attempt 2" in str(err)
+    env = ic.get_workflow_receipt(wid).to_envelope()
+    assert env["step_count"] == 1 and env["steps"][0]["attempts"] == [1, 2]
