@@ -271,8 +271,10 @@ def _opt_int(data: dict[str, Any], key: str, *, minimum: int = 0, maximum: int =
 
 
 def _model(cls: type[Any], data: Any, what: str) -> Any:
+    """Validate a wire object strictly: JSON types as the model declares them (no ``false`` -> 0,
+    no ``"12"`` -> 12), so a wrong type is a 422, never silently coerced."""
     try:
-        return cls.model_validate(data)
+        return cls.model_validate_json(_dumps(data), strict=True)
     except ValidationError as err:
         raise ApiError(422, "invalid_request", f"{what}: {_validation_message(err)}") from None
 

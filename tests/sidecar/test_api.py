@@ -293,7 +293,7 @@ async def test_list_receipts_and_real_client_chain_check(client: ChioClient, sid
     page = httpx.get(f"{sidecar.url}/v1/receipts", params={"limit": 2}).json()["receipts"]
     assert [x["id"] for x in page] == [x.id for x in everything[:2]]
     report = httpx.get(f"{sidecar.url}/v1/receipts/verify-chain").json()
-    assert report["ok"] is True and report["count"] >= len(everything)
+    assert report["ok"] is True and report["count"] >= len(everything), report
     assert httpx.get(f"{sidecar.url}/v1/receipts/rcpt-nope").status_code == 404
     assert httpx.get(f"{sidecar.url}/v1/receipts", params={"limit": "x"}).status_code == 422
 
