@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import hashlib
 import json
+import json.encoder as _json_encoder
 import os
 import secrets
 import sqlite3
 import threading
 import time
 import uuid
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -32,7 +33,7 @@ from chio_sdk.models import (
 )
 from pydantic import ValidationError
 
-from chio_kernel.canonical import canonical_json
+from chio_kernel.canonical import canonical_json, canonical_json_str
 from chio_kernel.guards import check_constraints, describe_grant, grant_matches
 from chio_kernel.signing import (
     Signer,
@@ -79,8 +80,9 @@ _uuid_last_ms = 0
 _uuid_counter = 0
 
 
-def uuid7() -> uuid.UUID:
-    """A UUIDv7 (RFC 9562): 48-bit unix ms, then a 12-bit counter (monotonic within this process), then random."""
+def _uuid7_int() -> int:
+    """A UUIDv7 (RFC 9562) as an int: 48-bit unix ms, version, a 12-bit counter that keeps ids
+    monotonic within this process, variant, 62 random bits."""
     global _uuid_last_ms, _uuid_counter
     ms = time.time_ns() // 1_000_000
     with _uuid_lock:
@@ -92,11 +94,20 @@ def uuid7() -> uuid.UUID:
             ms = _uuid_last_ms
         else:
             _uuid_last_ms = ms
-            _uuid_counter = secrets.randbits(8)  # random start leaves room to count up
+            _uuid_counter = 0
         counter = _uuid_counter
-    rand_b = secrets.randbits(62)
-    value = (ms << 80) | (0x7 << 76) | (counter << 64) | (0b10 << 62) | rand_b
-    return uuid.UUID(int=value)
+    rand_b = int.from_bytes(os.urandom(8), "big") & 0x3FFF_FFFF_FFFF_FFFF
+    return (ms << 80) | (0x7 << 76) | (counter << 64) | (0b10 << 62) | rand_b
+
+
+def uuid7() -> uuid.UUID:
+    """A time-ordered UUIDv7 (the stdlib of Python 3.11 has none)."""
+    return uuid.UUID(int=_uuid7_int())
+
+
+def _uuid7_str() -> str:
+    h = "%032x" % _uuid7_int()
+    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
 
 
 # --- signed bodies (ONE rule each for signing and verifying) ----------------------------------
@@ -132,6 +143,28 @@ def receipt_signing_bytes(receipt: ChioReceipt | Mapping[str, Any]) -> bytes:
 
 
 _chain_dumps = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=True).encode
+_q = _json_encoder.encode_basestring  # a JSON string literal as RFC 8785 writes it
+_qa = _json_encoder.encode_basestring_ascii  # ... and as json.dumps(ensure_ascii=True) writes it
+
+
+_HEAD_SQL = "SELECT seq, hash FROM chain_head WHERE k = 0"
+
+
+_ACTION_FIELDS = frozenset({"parameters", "parameter_hash"})
+_DECISION_FIELDS = frozenset({"verdict", "reason", "guard"})
+_RECEIPT_FIELDS = frozenset(ChioReceipt.model_fields) - {"metadata"}
+
+
+def _construct(cls: Any, fields_set: frozenset[str], values: dict[str, Any]) -> Any:
+    """``cls.model_construct(**values)`` without its per-field loop (hot path; values are complete)."""
+    if cls.__pydantic_post_init__ or cls.__pydantic_root_model__:  # pragma: no cover - not the chio_sdk models
+        return cls.model_construct(**values)
+    m = cls.__new__(cls)
+    object.__setattr__(m, "__dict__", values)
+    object.__setattr__(m, "__pydantic_fields_set__", set(fields_set))
+    object.__setattr__(m, "__pydantic_extra__", None)
+    object.__setattr__(m, "__pydantic_private__", None)
+    return m
 
 
 def receipt_chain_hash(receipt: ChioReceipt | Mapping[str, Any]) -> str:
@@ -153,6 +186,7 @@ class _Cap:
     sig_error: str | None  # None when signature + issuer + chain links verified
     lineage: tuple[str, ...]  # own id first, then ancestors (nearest first)
     grants: list[ToolGrant]
+    head_sql: str  # chain head + first revoked id of the lineage, in one statement
 
 
 def _iso(ts: float) -> str:
@@ -285,6 +319,7 @@ class Kernel:
             receipts) also validate here.
         fsync: ``synchronous=FULL`` (survive power loss too) instead of WAL ``NORMAL`` (survive a
             killed process).
+        clock: the time source in unix seconds (default ``time.time``; tests move it).
     """
 
     def __init__(
@@ -293,6 +328,7 @@ class Kernel:
         *,
         trusted_keys: Iterable[str] = (),
         fsync: bool = False,
+        clock: Callable[[], float] | None = None,
     ) -> None:
         self.data_dir: Path = ensure_data_dir(Path(data_dir) if data_dir is not None else default_data_dir())
         self._signer = Signer(load_or_create_key(self.data_dir))
@@ -309,6 +345,7 @@ class Kernel:
         self.trusted_keys: frozenset[str] = frozenset(trusted)
         self._issuers = frozenset({self.public_key_hex}) | self.trusted_keys
         self._fsync = fsync
+        self._clock: Callable[[], float] = clock if clock is not None else time.time
         self._lock = threading.RLock()
         self._pid = os.getpid()
         self._conn = open_store(self.data_dir, fsync=fsync)
@@ -398,6 +435,11 @@ class Kernel:
             sig_error=self._static_check(conn, token),
             lineage=tuple(lineage),
             grants=list(token.scope.grants),
+            head_sql=(
+                "SELECT seq, hash, (SELECT capability_id FROM revocations WHERE capability_id "
+                + ("= ?" if len(lineage) == 1 else "IN (" + ",".join("?" * len(lineage)) + ")")
+                + " LIMIT 1) FROM chain_head WHERE k = 0"
+            ),
         )
 
     def _static_check(self, conn: sqlite3.Connection | None, token: CapabilityToken) -> str | None:
@@ -473,10 +515,10 @@ class Kernel:
         ttl = _positive_int("ttl_seconds", ttl_seconds)
         rate = _coerce_rate_limit(rate_limit)
         if capability_id is None:
-            capability_id = "cap-" + uuid7().hex
+            capability_id = "cap-" + "%032x" % _uuid7_int()
         else:
             capability_id = _require_str("capability_id", capability_id, max_len=256)
-        now = int(time.time())
+        now = int(self._clock())
         token = self._sign_token(capability_id, subject, chio_scope, now, now + ttl, [])
         with self._write() as conn:
             existing = self._existing(conn, capability_id, subject, chio_scope, rate)
@@ -540,7 +582,7 @@ class Kernel:
             and stored_rate == rate
             and row[3] == parent_id
         )
-        now = time.time()
+        now = self._clock()
         if same and not revoked and stored.is_valid_at(int(now)):
             return stored
         why = (
@@ -571,7 +613,7 @@ class Kernel:
                 token.expires_at,
                 rate[0] if rate else None,
                 rate[1] if rate else None,
-                time.time(),
+                self._clock(),
                 token.model_dump_json(exclude_none=True),
             ),
         )
@@ -643,7 +685,7 @@ class Kernel:
             error = self._static_check(conn, tok)
             if error is not None:
                 return False, error
-            now = int(time.time())
+            now = int(self._clock())
             if now < tok.issued_at:
                 return False, f"capability {tok.id} is not valid before {_iso(tok.issued_at)}"
             if now >= tok.expires_at:
@@ -693,7 +735,7 @@ class Kernel:
                 f"new scope is not a subset of capability {parent_token.id}: {offending}; "
                 "narrow the new scope to tools, operations and limits the parent already grants"
             )
-        now = int(time.time())
+        now = int(self._clock())
         expires_at = parent_token.expires_at if ttl is None else min(parent_token.expires_at, now + ttl)
         child_subject = subject if subject is not None else parent_token.subject
         link_body = {
@@ -704,7 +746,7 @@ class Kernel:
             "timestamp": now,
         }
         link = DelegationLink(**link_body, signature=self._signer.sign_hex(_link_signing_bytes(link_body)))
-        child_id = capability_id if capability_id is not None else "cap-" + uuid7().hex
+        child_id = capability_id if capability_id is not None else "cap-" + "%032x" % _uuid7_int()
         chain = [*parent_token.delegation_chain, link]
         child = self._sign_token(child_id, child_subject, child_scope, now, expires_at, chain)
         with self._write() as conn:
@@ -740,7 +782,7 @@ class Kernel:
                 (capability_id,),
             ).fetchall()
             ids = [r[0] for r in rows]
-            now = time.time()
+            now = self._clock()
             conn.executemany(
                 "INSERT OR IGNORE INTO revocations(capability_id, revoked_at, cause) VALUES (?, ?, ?)",
                 [(i, now, "revoked" if i == capability_id else f"ancestor {capability_id} revoked") for i in ids],
@@ -772,14 +814,20 @@ class Kernel:
                 f"parameters must be a dict of parameter name -> JSON value, got {type(parameters).__name__}"
             )
         try:
-            params_bytes = canonical_json(parameters)
+            params_text = canonical_json_str(parameters)
+            params_bytes = params_text.encode("utf-8")
         except ValueError as err:
             raise KernelInputError(f"parameters are not JSON-able: {err}") from None
-        # The receipt records the parameters in canonical form (a private, JSON-normalised copy).
-        params = json.loads(params_bytes)
+        # The receipt records a private, JSON-normalised copy of the parameters (tuples -> lists,
+        # enums -> values; floats keep their exact value), via the text the chain hash uses.
+        try:
+            params_ascii = _chain_dumps(parameters)
+        except (TypeError, ValueError) as err:  # pragma: no cover - canonical_json refused these already
+            raise KernelInputError(f"parameters are not JSON-able: {err}") from None
+        params = json.loads(params_ascii)
         param_hash = hashlib.sha256(params_bytes).hexdigest()
-        op = _coerce_operation(operation)
-        cost_t = _coerce_cost(cost)
+        op = operation if type(operation) is Operation else _coerce_operation(operation)
+        cost_t = None if cost is None else _coerce_cost(cost)
         idem_hash = None
         if idempotency_key is not None:
             _require_str("idempotency_key", idempotency_key, max_len=1024)
@@ -793,10 +841,17 @@ class Kernel:
             ).hexdigest()
 
         with self._write() as conn:
-            now = time.time()
+            now = self._clock()
             cap = self._load_cap(conn, capability_id)
+            # One statement reads the chain head and the revocation state (of the capability and
+            # its ancestors) inside the write transaction: another process's revoke is seen.
+            if cap is not None:
+                head_seq, prev_hash, revoked = conn.execute(cap.head_sql, cap.lineage).fetchone()
+            else:
+                head_seq, prev_hash = conn.execute(_HEAD_SQL).fetchone()
+                revoked = None
             try:
-                self._check_valid(conn, cap, capability_id, now)
+                self._check_valid(cap, capability_id, now, revoked)
                 if idem_hash is not None:
                     row = conn.execute(
                         "SELECT r.body FROM idempotency i JOIN receipts r ON r.seq = i.receipt_seq WHERE i.key_hash = ?",
@@ -807,12 +862,11 @@ class Kernel:
                 assert cap is not None
                 charge = self._check_policy(conn, cap, tool_server, tool_name, op, params, cost_t, now)
             except _Deny as deny:
-                decision = {"verdict": "deny", "reason": deny.reason, "guard": deny.guard}
                 policy_hash = cap.policy_hash if cap is not None else GENESIS_HASH
-                receipt, _ = self._append_receipt(
-                    conn, now, capability_id, tool_server, tool_name, params, param_hash, decision, policy_hash
+                return self._append_receipt(
+                    conn, head_seq, prev_hash, now, capability_id, tool_server, tool_name, params, params_text,
+                    params_ascii, param_hash, deny.guard, deny.reason, policy_hash,
                 )
-                return receipt
             # allow: charge, then record
             grant_index, limited = charge
             if limited:
@@ -824,15 +878,17 @@ class Kernel:
                 )
             if cap.rate_max is not None:
                 conn.execute("INSERT INTO rate_events(capability_id, t) VALUES (?, ?)", (capability_id, now))
-            receipt, seq = self._append_receipt(
-                conn, now, capability_id, tool_server, tool_name, params, param_hash,
-                {"verdict": "allow"}, cap.policy_hash,
+            receipt = self._append_receipt(
+                conn, head_seq, prev_hash, now, capability_id, tool_server, tool_name, params, params_text,
+                params_ascii, param_hash, None, None, cap.policy_hash,
             )
             if idem_hash is not None:
-                conn.execute("INSERT INTO idempotency(key_hash, receipt_seq) VALUES (?, ?)", (idem_hash, seq))
+                conn.execute(
+                    "INSERT INTO idempotency(key_hash, receipt_seq) VALUES (?, ?)", (idem_hash, head_seq + 1)
+                )
             return receipt
 
-    def _check_valid(self, conn: sqlite3.Connection, cap: _Cap | None, capability_id: str, now: float) -> None:
+    def _check_valid(self, cap: _Cap | None, capability_id: str, now: float, revoked: str | None) -> None:
         """The signature, time and revocation guards."""
         if cap is None:
             raise _Deny(
@@ -851,7 +907,6 @@ class Kernel:
                 f"capability {capability_id} expired at {_iso(tok.expires_at)}; issue a new capability "
                 "and pass its id",
             )
-        revoked = self._revoked_in(conn, cap.lineage)
         if revoked is not None:
             which = "was revoked" if revoked == capability_id else f"descends from {revoked}, which was revoked"
             raise _Deny(
@@ -978,59 +1033,78 @@ class Kernel:
     def _append_receipt(
         self,
         conn: sqlite3.Connection,
+        head_seq: int,
+        prev_hash: str,
         now: float,
         capability_id: str,
         tool_server: str,
         tool_name: str,
         params: dict[str, Any],
+        params_text: str,
+        params_ascii: str,
         param_hash: str,
-        decision: dict[str, Any],
+        guard: str | None,
+        reason: str | None,
         policy_hash: str,
-    ) -> tuple[ChioReceipt, int]:
-        head_seq, prev_hash = conn.execute("SELECT seq, hash FROM chain_head WHERE k = 0").fetchone()
-        rid = f"rcpt-{uuid7()}"
-        ts = int(now)
+    ) -> ChioReceipt:
+        rid = "rcpt-" + _uuid7_str()
+        ts = str(int(now))
+        key = self.public_key_hex
+        q_cap, q_tool, q_server = _q(capability_id), _q(tool_name), _q(tool_server)
+        if guard is None:
+            decision = {"verdict": "allow"}
+            decision_text = decision_ascii = '{"verdict":"allow"}'
+        else:
+            decision = {"verdict": "deny", "reason": reason, "guard": guard}
+            decision_text = '{"guard":' + _q(guard) + ',"reason":' + _q(reason) + ',"verdict":"deny"}'
+            decision_ascii = '{"guard":' + _qa(guard) + ',"reason":' + _qa(reason) + ',"verdict":"deny"}'
+        # The canonical JSON of the signed body, spliced from canonical parts in sorted key order
+        # (equal to canonical_json(body); tests/kernel check both ways agree).
+        signed = (
+            '{"action":{"parameter_hash":"' + param_hash + '","parameters":' + params_text
+            + '},"capability_id":' + q_cap + ',"content_hash":"' + prev_hash
+            + '","decision":' + decision_text + ',"id":"' + rid + '","kernel_key":"' + key
+            + '","policy_hash":"' + policy_hash + '","timestamp":' + ts
+            + ',"tool_name":' + q_tool + ',"tool_server":' + q_server + "}"
+        )
+        signature = self._signer.sign_hex(signed.encode("utf-8"))
+        # The stored text is the receipt exactly as ChioClient.verify_receipt_chain serialises it
+        # (model_dump(exclude_none=True), sort_keys, ensure_ascii): its sha256 is the next content_hash.
+        if not (q_cap.isascii() and q_tool.isascii() and q_server.isascii()):
+            q_cap, q_tool, q_server = _qa(capability_id), _qa(tool_name), _qa(tool_server)
+        stored = (
+            '{"action":{"parameter_hash":"' + param_hash + '","parameters":' + params_ascii
+            + '},"capability_id":' + q_cap + ',"content_hash":"' + prev_hash
+            + '","decision":' + decision_ascii + ',"evidence":[],"id":"' + rid + '","kernel_key":"' + key
+            + '","policy_hash":"' + policy_hash + '","signature":"' + signature + '","timestamp":' + ts
+            + ',"tool_name":' + q_tool + ',"tool_server":' + q_server + "}"
+        )
+        chain_hash = hashlib.sha256(stored.encode()).hexdigest()
+        action = {"parameters": params, "parameter_hash": param_hash}
         body = {
             "id": rid,
-            "timestamp": ts,
+            "timestamp": int(now),
             "capability_id": capability_id,
             "tool_server": tool_server,
             "tool_name": tool_name,
-            "action": {"parameters": params, "parameter_hash": param_hash},
+            "action": action,
             "decision": decision,
             "content_hash": prev_hash,
             "policy_hash": policy_hash,
-            "kernel_key": self.public_key_hex,
+            "evidence": [],
+            "kernel_key": key,
+            "signature": signature,
         }
-        signature = self._signer.sign_hex(canonical_json(body))
-        body["signature"] = signature
-        body["evidence"] = []  # what model_dump(exclude_none=True) shows; not in the signed body
-        stored = _chain_dumps(body)
-        chain_hash = hashlib.sha256(stored.encode()).hexdigest()
-        seq = head_seq + 1
         conn.execute(
             "INSERT INTO receipts(seq, id, capability_id, verdict, chain_hash, body) VALUES (?, ?, ?, ?, ?, ?)",
-            (seq, rid, capability_id, decision["verdict"], chain_hash, stored),
+            (head_seq + 1, rid, capability_id, decision["verdict"], chain_hash, stored),
         )
-        conn.execute("UPDATE chain_head SET seq = ?, hash = ? WHERE k = 0", (seq, chain_hash))
-        receipt = ChioReceipt.model_construct(
-            id=rid,
-            timestamp=ts,
-            capability_id=capability_id,
-            tool_server=tool_server,
-            tool_name=tool_name,
-            action=ToolCallAction.model_construct(parameters=params, parameter_hash=param_hash),
-            decision=Decision.model_construct(
-                verdict=decision["verdict"], reason=decision.get("reason"), guard=decision.get("guard")
-            ),
-            content_hash=prev_hash,
-            policy_hash=policy_hash,
-            evidence=[],
-            metadata=None,
-            kernel_key=self.public_key_hex,
-            signature=signature,
+        body["action"] = _construct(ToolCallAction, _ACTION_FIELDS, action)
+        body["decision"] = _construct(
+            Decision, _DECISION_FIELDS, {"verdict": decision["verdict"], "reason": reason, "guard": guard}
         )
-        return receipt, seq
+        body["metadata"] = None
+        return _construct(ChioReceipt, _RECEIPT_FIELDS, body)
 
     # --- receipts ---
 
@@ -1114,8 +1188,8 @@ class Kernel:
     def verify_chain(self, *, batch: int = 2000) -> ChainReport:
         """Walk the store in seq order checking each signature and chain link; name the first broken index.
 
-        Index = 0-based position in store order. Also checks the chain head matches the last receipt
-        (a truncated tail is reported at index ``count``).
+        Index = 0-based position in store order. The chain head must match the newest receipt (a
+        removed tail is reported at index ``count``).
         """
         prev = GENESIS_HASH
         index = 0
@@ -1124,7 +1198,7 @@ class Kernel:
             conn = self._db()
             conn.execute("BEGIN")  # one consistent snapshot
             try:
-                head_seq, head_hash = conn.execute("SELECT seq, hash FROM chain_head WHERE k = 0").fetchone()
+                head_seq, head_hash = conn.execute(_HEAD_SQL).fetchone()
                 while True:
                     rows = conn.execute(
                         "SELECT seq, body FROM receipts WHERE seq > ? ORDER BY seq LIMIT ?", (last_seq, batch)
@@ -1154,14 +1228,14 @@ class Kernel:
             return ChainReport(
                 False, index, index,
                 f"the chain head (seq {head_seq}) does not match the last stored receipt (seq {last_seq}): "
-                "receipts were removed from the end or the last one was altered",
+                "receipts were removed from the end, or the last one was altered",
             )
         return ChainReport(True, index, None, None)
 
     def health(self) -> dict[str, Any]:
         """Status summary (what the sidecar's ``/chio/health`` returns)."""
         with self._lk:
-            head_seq = self._db().execute("SELECT seq FROM chain_head WHERE k = 0").fetchone()[0]
+            head_seq = self._db().execute(_HEAD_SQL).fetchone()[0]
         return {
             "status": "ok",
             "kernel_key": self.public_key_hex,

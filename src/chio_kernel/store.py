@@ -10,7 +10,8 @@ drop the last few commits (never corrupt the database). ``Kernel(fsync=True)`` s
 Every write that decides something runs in one ``BEGIN IMMEDIATE`` transaction (the database write
 lock), so several processes sharing a data directory see exact budgets. Every lookup on the
 evaluation path is by primary key or index, so the cost of an evaluation does not grow with the
-number of stored receipts; the hash of the last receipt is kept in the one-row ``chain_head``.
+number of stored receipts; the chain head (the newest receipt's seq and hash) is the one-row
+``chain_head`` table, moved by a trigger on every receipt insert and read inside the write transaction.
 """
 
 from __future__ import annotations
@@ -60,6 +61,10 @@ CREATE TABLE IF NOT EXISTS chain_head (
     seq  INTEGER NOT NULL,
     hash TEXT NOT NULL
 );
+CREATE TRIGGER IF NOT EXISTS receipts_move_chain_head AFTER INSERT ON receipts
+BEGIN
+    UPDATE chain_head SET seq = NEW.seq, hash = NEW.chain_hash WHERE k = 0;
+END;
 CREATE TABLE IF NOT EXISTS usage (
     capability_id TEXT NOT NULL,
     grant_index   INTEGER NOT NULL,
@@ -95,16 +100,18 @@ def open_store(data_dir: Path, *, fsync: bool = False, timeout: float = 60.0) ->
         raise RuntimeError(f"kernel store {path} could not switch to WAL mode (got {mode!r})")
     conn.execute(f"PRAGMA synchronous = {'FULL' if fsync else 'NORMAL'}")
     conn.execute("PRAGMA foreign_keys = OFF")
-    conn.execute("BEGIN IMMEDIATE")
+    # One transaction: several processes may open a fresh data dir at once.
     try:
-        for statement in _SCHEMA.split(";"):
-            if statement.strip():
-                conn.execute(statement)
-        conn.execute("INSERT OR IGNORE INTO meta(k, v) VALUES ('schema_version', ?)", (SCHEMA_VERSION,))
-        conn.execute("INSERT OR IGNORE INTO chain_head(k, seq, hash) VALUES (0, 0, ?)", (GENESIS_HASH,))
-        conn.execute("COMMIT")
+        conn.executescript(
+            "BEGIN IMMEDIATE;"
+            + _SCHEMA
+            + f"INSERT OR IGNORE INTO meta(k, v) VALUES ('schema_version', '{SCHEMA_VERSION}');"
+            + f"INSERT OR IGNORE INTO chain_head(k, seq, hash) VALUES (0, 0, '{GENESIS_HASH}');"
+            + "COMMIT;"
+        )
     except BaseException:
-        conn.execute("ROLLBACK")
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
         raise
     try:
         path.chmod(0o600)
