@@ -1,0 +1,478 @@
+"""``ChioTemporalAgent``: a governed Pydantic AI agent on Temporal, in one line.
+
+::
+
+    agent = Agent(model, name="support", tools=[...], toolsets=[mcp])
+    governed = ChioTemporalAgent(agent, capability_id="cap-support", chio_client=chio)
+
+    @workflow.defn
+    class SupportWorkflow:
+        @workflow.run
+        async def run(self, prompt: str) -> str:
+            return (await governed.run(prompt)).output
+
+    client = await Client.connect(..., plugins=[PydanticAIPlugin()])
+    worker = Worker(client, task_queue="support", workflows=[SupportWorkflow], plugins=[governed.plugin])
+
+How it holds the line (docs/temporal_agent.md has the details):
+
+* The agent is made durable by pydantic-ai itself: a plain ``Agent`` gets pydantic-ai's
+  ``TemporalDurability`` (options pass straight through), an agent that already carries one is used
+  as it is, and an existing (deprecated) ``TemporalAgent`` is used as it is, with its activity names.
+* Every model request, function-tool call, MCP tool call and MCP listing already runs in its own
+  pydantic-ai activity. Evaluation happens on the **activity side**, inline, in
+  :class:`ChioAgentActivityInterceptor` (a :class:`~chio_temporal.ChioActivityInterceptor` subclass):
+  no workflow code calls the kernel and no activity is added to any history, so histories recorded
+  before governance was added, and governed histories, replay with ``temporalio.worker.Replayer``.
+* Calls map to ``(tool_server, tool_name, parameters)`` with the shared
+  :class:`chio_durable.agent.CallMapper`; idempotency key = workflow id + run id + activity id +
+  capability, so retry attempts of an activity reuse one receipt and replay never re-evaluates.
+* A denied tool call is, by default, answered on the activity side with exactly what pydantic-ai's
+  tool activity returns when a tool raises ``ToolFailed``: the model sees
+  :func:`chio_durable.agent.denied_tool_message` and the run continues. ``on_deny="raise"`` (and any
+  denied model request) fails the activity with the non-retryable
+  ``ApplicationError(type="ChioCapabilityDenied")``, and so the workflow.
+* Receipt ids ride the activity results that are already in the history: ``ModelResponse.metadata``
+  and the tool return's ``metadata`` (neither is sent to the model); :meth:`ChioTemporalAgent.receipt_ids`
+  reads them back from a run result, and the interceptor's ``chio-temporal/v1`` envelope lists every
+  decision, denies included.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any, Literal
+
+import temporalio.activity
+from pydantic_ai.agent import Agent
+from pydantic_ai.agent.abstract import AbstractAgent
+from pydantic_ai.agent.wrapper import WrapperAgent
+from pydantic_ai.durable_exec.temporal import TemporalDurability, TemporalRunContext
+from pydantic_ai.exceptions import ToolFailed
+from pydantic_ai.messages import ModelMessage, ModelResponse, ModelRequest, ToolReturn, ToolReturnPart
+from pydantic_ai.models import Model
+from pydantic_ai.output import OutputDataT
+from pydantic_ai.tools import AgentDepsT
+from temporalio.plugin import SimplePlugin
+from temporalio.worker import ExecuteActivityInput
+from temporalio.workflow import ActivityConfig
+
+from chio_durable.agent import CallMapper, denied_tool_message, receipt_scope
+from chio_durable.evaluation import Evaluation
+from chio_temporal._agent_activities import AgentActivity, classify_activity, governed_call
+from chio_temporal.errors import ChioTemporalConfigError
+from chio_temporal.grants import WorkflowGrant
+from chio_temporal.interceptor import ActivityCall, ChioActivityInterceptor, ReceiptSink
+
+__all__ = [
+    "RECEIPT_METADATA_KEY",
+    "ChioAgentActivityInterceptor",
+    "ChioTemporalAgent",
+    "receipt_ids_in_messages",
+]
+
+OnDeny = Literal["tell_model", "raise"]
+
+RECEIPT_METADATA_KEY = "chio_receipt_id"
+"""Key of the receipt id in ``ModelResponse.metadata`` and in a tool return's ``metadata``."""
+
+
+def _deprecated_temporal_agent_type() -> type | None:
+    # Imported lazily and only for isinstance checks: instantiating it is what warns, not naming it.
+    try:
+        from pydantic_ai.durable_exec.temporal import TemporalAgent
+    except ImportError:  # a future pydantic-ai without the deprecated wrapper
+        return None
+    return TemporalAgent  # pyright: ignore[reportDeprecated]
+
+
+async def _tool_failed_result(message: str) -> Any:
+    """Exactly what pydantic-ai's tool activity returns when the tool raises ``ToolFailed(message)``."""
+    from pydantic_ai.durable_exec._toolset import wrap_tool_call_result
+
+    async def denied() -> Any:
+        raise ToolFailed(message)
+
+    return await wrap_tool_call_result(denied())
+
+
+def _stamp_model_response(response: ModelResponse, receipt_id: str) -> None:
+    response.metadata = {**(response.metadata or {}), RECEIPT_METADATA_KEY: receipt_id}
+
+
+def _stamp(result: Any, activity: AgentActivity, receipt_id: str) -> Any:
+    """Put the receipt id into the activity result pydantic-ai records (metadata, never model input)."""
+    if activity.kind == "model":
+        if isinstance(result, ModelResponse):
+            _stamp_model_response(result, receipt_id)
+        elif isinstance(getattr(result, "response", None), ModelResponse):  # streamed activity result
+            _stamp_model_response(result.response, receipt_id)
+        return result
+    if activity.kind in ("tool", "mcp") and getattr(result, "kind", None) == "tool_return":
+        value = result.result
+        if isinstance(value, ToolReturn):
+            if value.metadata is None or isinstance(value.metadata, dict):
+                value.metadata = {**(value.metadata or {}), RECEIPT_METADATA_KEY: receipt_id}
+        else:
+            result.result = ToolReturn(return_value=value, metadata={RECEIPT_METADATA_KEY: receipt_id})
+    return result
+
+
+def receipt_ids_in_messages(messages: Iterable[ModelMessage]) -> list[str]:
+    """The receipt ids a governed run left in its messages, in call order (allowed calls).
+
+    Model responses carry theirs in ``ModelResponse.metadata``, tool results in the tool return
+    part's ``metadata``. Deterministic: safe in workflow code.
+    """
+    ids: list[str] = []
+    for message in messages:
+        if isinstance(message, ModelResponse):
+            rid = (message.metadata or {}).get(RECEIPT_METADATA_KEY)
+            if isinstance(rid, str):
+                ids.append(rid)
+        elif isinstance(message, ModelRequest):
+            for part in message.parts:
+                if isinstance(part, ToolReturnPart) and isinstance(part.metadata, dict):
+                    rid = part.metadata.get(RECEIPT_METADATA_KEY)
+                    if isinstance(rid, str):
+                        ids.append(rid)
+    return ids
+
+
+class ChioAgentActivityInterceptor(ChioActivityInterceptor):
+    """Governs the activities of one Pydantic AI agent with one capability, inline on the activity side.
+
+    Recognises the agent's activities by their pydantic-ai names (``agent__<name>__...``), maps each to
+    a :class:`~chio_durable.agent.GovernedCall` with the shared ``CallMapper`` and evaluates it with
+    ``capability_id`` through :class:`~chio_temporal.ChioActivityInterceptor`'s enforcement path (same
+    idempotency key, receipts, envelope, errors). Other activities on the worker pass through
+    untouched, unless ``govern_other_activities=True``: then they are governed the seed-001 way, by
+    the workflow grants registered on this interceptor.
+
+    Usually built by :class:`ChioTemporalAgent`; reachable as ``governed.interceptor``.
+    """
+
+    def __init__(
+        self,
+        chio_client: Any,
+        *,
+        agent_name: str,
+        capability_id: str,
+        mapper: CallMapper | None = None,
+        on_deny: OnDeny = "tell_model",
+        default_model_name: str = "default",
+        model_names: Mapping[str, str] | None = None,
+        receipt_ids_in_results: bool = True,
+        govern_other_activities: bool = False,
+        sidecar_url: str | None = None,
+        receipt_sink: ReceiptSink | None = None,
+        default_tool_server: str | None = None,
+        activity_tool_server_map: Mapping[str, str] | None = None,
+    ) -> None:
+        super().__init__(
+            chio_client=chio_client,
+            sidecar_url=sidecar_url,
+            default_tool_server=default_tool_server,
+            activity_tool_server_map=activity_tool_server_map,
+            receipt_sink=receipt_sink,
+        )
+        if on_deny not in ("tell_model", "raise"):
+            raise ChioTemporalConfigError(f"on_deny= must be 'tell_model' or 'raise', got {on_deny!r}")
+        if not isinstance(capability_id, str) or not capability_id:
+            raise ChioTemporalConfigError(
+                f"capability_id= must be the id of a Chio capability token (str), got {capability_id!r}"
+            )
+        if mapper is not None and not isinstance(mapper, CallMapper):
+            raise ChioTemporalConfigError(
+                f"mapper= must be a chio_durable.agent.CallMapper (or subclass) instance, got {type(mapper).__name__}"
+            )
+        self.agent_name = agent_name
+        self.capability_id = capability_id
+        self.mapper = mapper or CallMapper()
+        self.on_deny: OnDeny = on_deny
+        self.default_model_name = default_model_name
+        self.model_names = dict(model_names or {})
+        self.receipt_ids_in_results = receipt_ids_in_results
+        self.govern_other_activities = govern_other_activities
+
+    def agent_activity(self, info: temporalio.activity.Info) -> AgentActivity | None:
+        """The governed agent operation this execution is, or ``None`` (another activity, or ungoverned)."""
+        return classify_activity(info.activity_type, self.agent_name)
+
+    def _is_agent_activity_type(self, activity_type: str) -> bool:
+        return activity_type.startswith(f"agent__{self.agent_name}__")
+
+    # --- ChioActivityInterceptor extension points -------------------------------------------
+
+    def governs(self, info: temporalio.activity.Info, input: ExecuteActivityInput) -> bool:
+        if self.agent_activity(info) is not None:
+            return True
+        if self._is_agent_activity_type(info.activity_type):
+            return False  # argument validation, event handler, cancellation: nothing to govern
+        return self.govern_other_activities and super().governs(info, input)
+
+    def resolve_grant(self, info: temporalio.activity.Info) -> WorkflowGrant | None:
+        if self.agent_activity(info) is not None:
+            return None  # the agent's capability, not a workflow grant (see resolve_capability_id)
+        return super().resolve_grant(info)
+
+    def resolve_capability_id(self, info: temporalio.activity.Info, grant: WorkflowGrant | None) -> str | None:
+        if self.agent_activity(info) is not None:
+            return self.capability_id
+        return super().resolve_capability_id(info, grant)
+
+    def map_activity(
+        self, info: temporalio.activity.Info, input: ExecuteActivityInput, grant: WorkflowGrant | None
+    ) -> ActivityCall:
+        activity = self.agent_activity(info)
+        if activity is None:
+            return super().map_activity(info, input, grant)
+        call = governed_call(
+            activity,
+            input.args,
+            mapper=self.mapper,
+            agent_name=self.agent_name,
+            model_name_for=self._model_name,
+        )
+        return ActivityCall(tool_server=call.tool_server, tool_name=call.tool_name, parameters=call.parameters)
+
+    def _model_name(self, model_id: str | None) -> str:
+        if model_id is None:
+            return self.default_model_name
+        return self.model_names.get(model_id, model_id)
+
+    async def on_allowed(
+        self,
+        info: temporalio.activity.Info,
+        input: ExecuteActivityInput,
+        call: ActivityCall,
+        evaluation: Evaluation,
+        proceed: Callable[[], Any],
+    ) -> Any:
+        activity = self.agent_activity(info)
+        # The engine-neutral current_receipt_id() works inside tool bodies too, as on Prefect.
+        with receipt_scope(evaluation.receipt_id):
+            result = await super().on_allowed(info, input, call, evaluation, proceed)
+        if activity is not None and self.receipt_ids_in_results and evaluation.receipt_id:
+            result = _stamp(result, activity, evaluation.receipt_id)
+        return result
+
+    async def on_denied(
+        self,
+        info: temporalio.activity.Info,
+        input: ExecuteActivityInput,
+        call: ActivityCall,
+        evaluation: Evaluation,
+    ) -> Any:
+        activity = self.agent_activity(info)
+        if activity is None or activity.kind == "model" or self.on_deny == "raise":
+            return await super().on_denied(info, input, call, evaluation)
+        if activity.kind == "mcp_list":
+            # The server's tools (or instructions) are hidden from the model; the receipt is recorded.
+            return {} if activity.operation == "get_tools" else None
+        return await _tool_failed_result(denied_tool_message(evaluation))
+
+
+_DURABILITY_OPTIONS = (
+    "models",
+    "event_stream_handler",
+    "name",
+    "activity_config",
+    "model_activity_config",
+    "event_stream_handler_activity_config",
+    "toolset_activity_config",
+    "run_context_type",
+    "non_retryable_model_errors",
+)
+
+
+def _with_durability(agent: Agent[Any, Any], durability: TemporalDurability[Any]) -> Agent[Any, Any]:
+    """A copy of ``agent`` that also carries ``durability``, bound exactly as ``Agent.__init__`` binds it.
+
+    pydantic-ai has no public way to add a capability to a built agent, so this repeats the last
+    binding phase of ``Agent.__init__`` (the ``innermost`` tier, where durability capabilities bind
+    and wrap the agent's toolsets) on a shallow copy. The original agent is left untouched.
+    """
+    from pydantic_ai.capabilities import CombinedCapability
+    from pydantic_ai.capabilities.combined import bind_capabilities_tier
+
+    durable = copy.copy(agent)
+    root = CombinedCapability([*agent.root_capability.capabilities, durability])
+    durable._root_capability = bind_capabilities_tier(root, durable, innermost=True)  # noqa: SLF001
+    return durable
+
+
+_NAME_NEEDED = (
+    "the agent needs a unique name (it names its Temporal activities): Agent(..., name='support') "
+    "or ChioTemporalAgent(..., name='support')"
+)
+
+
+def _model_name(model: Any) -> str:
+    if isinstance(model, Model):
+        return model.model_name
+    name = getattr(model, "model_name", None)
+    if isinstance(name, str):
+        return name
+    return str(model) if model is not None else "default"
+
+
+class ChioTemporalAgent(WrapperAgent[AgentDepsT, OutputDataT]):
+    """A Pydantic AI agent, durable on Temporal and governed by a Chio capability.
+
+    Args:
+        agent: a plain ``Agent`` (made durable here with pydantic-ai's ``TemporalDurability``), an
+            ``Agent`` that already carries a ``TemporalDurability`` (used as it is), or an existing
+            ``TemporalAgent`` (used as it is; no deprecated code path is entered by this class).
+        capability_id: the capability every model request, tool call and MCP call is evaluated against.
+        chio_client: ``chio_kernel.LocalChioClient``, ``chio_sdk.ChioClient`` (sidecar) or a
+            ``chio_sdk.testing`` mock; used by the activity worker only.
+        mapper: how calls map to ``(tool_server, tool_name, parameters)``; default ``CallMapper()``.
+        on_deny: ``"tell_model"`` (default): a denied tool call returns
+            ``denied_tool_message(...)`` to the model as a failed tool result and the run continues; a
+            denied MCP listing hides that server's tools. ``"raise"``: the activity (and so the
+            workflow) fails with the non-retryable ``ApplicationError(type="ChioCapabilityDenied")``.
+            A denied model request always fails that way.
+        receipt_ids_in_results: write each allowed call's receipt id into the recorded result's
+            ``metadata`` (never sent to the model); read back with :meth:`receipt_ids`.
+        govern_other_activities: also govern the worker's other activities, the seed-001 way
+            (workflow grants registered on :attr:`interceptor`).
+        sidecar_url, receipt_sink: passed to the interceptor (``chio-temporal/v1`` envelopes).
+        models, event_stream_handler, name, activity_config, model_activity_config,
+        event_stream_handler_activity_config, toolset_activity_config, run_context_type,
+        non_retryable_model_errors: pydantic-ai's ``TemporalDurability`` options, passed straight
+            through when this class makes a plain ``Agent`` durable. (Per-tool activity config stays
+            where pydantic-ai puts it: ``metadata={"temporal": ActivityConfig(...)}`` on the tool.)
+    """
+
+    def __init__(
+        self,
+        agent: AbstractAgent[AgentDepsT, OutputDataT],
+        *,
+        capability_id: str,
+        chio_client: Any,
+        mapper: CallMapper | None = None,
+        on_deny: OnDeny = "tell_model",
+        receipt_ids_in_results: bool = True,
+        govern_other_activities: bool = False,
+        sidecar_url: str | None = None,
+        receipt_sink: ReceiptSink | None = None,
+        models: Mapping[str, Model] | None = None,
+        event_stream_handler: Any = None,
+        name: str | None = None,
+        activity_config: ActivityConfig | None = None,
+        model_activity_config: ActivityConfig | None = None,
+        event_stream_handler_activity_config: ActivityConfig | None = None,
+        toolset_activity_config: dict[str, ActivityConfig] | None = None,
+        run_context_type: type[TemporalRunContext[AgentDepsT]] | None = None,
+        non_retryable_model_errors: Sequence[type[Exception]] = (),
+    ) -> None:
+        if not isinstance(agent, AbstractAgent):
+            raise ChioTemporalConfigError(
+                f"ChioTemporalAgent wraps a pydantic-ai Agent (or TemporalAgent); got {type(agent).__name__}"
+            )
+        options: dict[str, Any] = {
+            "models": models,
+            "event_stream_handler": event_stream_handler,
+            "name": name,
+            "activity_config": activity_config,
+            "model_activity_config": model_activity_config,
+            "event_stream_handler_activity_config": event_stream_handler_activity_config,
+            "toolset_activity_config": toolset_activity_config,
+            "run_context_type": run_context_type,
+            "non_retryable_model_errors": tuple(non_retryable_model_errors) or None,
+        }
+        given = {key: value for key, value in options.items() if value is not None}
+
+        temporal_agent_type = _deprecated_temporal_agent_type()
+        durability: TemporalDurability[Any] | None = None
+        if temporal_agent_type is not None and isinstance(agent, temporal_agent_type):
+            self._reject_options(given, "the TemporalAgent you built")
+            durable: AbstractAgent[AgentDepsT, OutputDataT] = agent
+            activities = list(agent.temporal_activities)
+            agent_name = agent.name
+            model_names: dict[str, str] = {}
+        else:
+            durability = TemporalDurability.from_agent(agent)
+            if durability is not None:
+                self._reject_options(given, "the TemporalDurability already on this agent")
+                durable = agent
+            elif isinstance(agent, Agent):
+                if not (name or agent.name):
+                    raise ChioTemporalConfigError(_NAME_NEEDED)
+                durable = _with_durability(agent, TemporalDurability(**given))
+                durability = TemporalDurability.from_agent(durable)
+                assert durability is not None
+            else:
+                raise ChioTemporalConfigError(
+                    f"{type(agent).__name__} is neither an Agent nor a TemporalAgent and carries no "
+                    "TemporalDurability: build it as Agent(..., capabilities=[TemporalDurability(...)])"
+                )
+            activities = list(durability.temporal_activities)
+            agent_name = durability.name
+            model_names = {
+                key: _model_name(model)
+                for key, model in (durability._models_by_id.items())  # noqa: SLF001
+                if key != "default"
+            }
+        if not agent_name:
+            raise ChioTemporalConfigError(_NAME_NEEDED)
+        super().__init__(durable)
+        self.durability = durability
+        self.capability_id = capability_id
+        self.temporal_activities: list[Callable[..., Any]] = activities
+        self.interceptor = ChioAgentActivityInterceptor(
+            chio_client,
+            agent_name=agent_name,
+            capability_id=capability_id,
+            mapper=mapper,
+            on_deny=on_deny,
+            default_model_name=_model_name(agent.model),
+            model_names=model_names,
+            receipt_ids_in_results=receipt_ids_in_results,
+            govern_other_activities=govern_other_activities,
+            sidecar_url=sidecar_url,
+            receipt_sink=receipt_sink,
+        )
+        self.plugin = SimplePlugin(
+            f"ChioTemporalAgent:{agent_name}",
+            activities=self._add_activities,
+            interceptors=[self.interceptor],
+        )
+
+    @staticmethod
+    def _reject_options(given: Mapping[str, Any], owner: str) -> None:
+        if given:
+            raise ChioTemporalConfigError(
+                f"{sorted(given)} configure pydantic-ai's Temporal durability, which {owner} already "
+                "has: set them there, or pass a plain Agent so ChioTemporalAgent adds TemporalDurability"
+            )
+
+    def _add_activities(self, existing: Sequence[Callable[..., Any]] | None) -> list[Callable[..., Any]]:
+        # Skip activities already on the worker (e.g. via PydanticAIPlugin's __pydantic_ai_agents__).
+        current = list(existing or [])
+        return current + [fn for fn in self.temporal_activities if fn not in current]
+
+    async def run(self, *args: Any, **kwargs: Any) -> Any:  # type: ignore[override]
+        """Run the durable agent (inside a workflow: every I/O step is a governed activity).
+
+        Delegates to the wrapped agent's own ``run``: a ``TemporalAgent`` implements ``run`` itself
+        and refuses ``iter()`` inside workflows, which ``WrapperAgent.run`` would go through.
+        """
+        return await self.wrapped.run(*args, **kwargs)
+
+    @property
+    def on_deny(self) -> OnDeny:
+        return self.interceptor.on_deny
+
+    @staticmethod
+    def receipt_ids(result: Any) -> list[str]:
+        """Receipt ids of the allowed calls of a run, in order, from its result (or its messages).
+
+        Works in workflow code (it only reads the messages). Denied calls are in the interceptor's
+        envelope (``governed.interceptor.get_workflow_receipt(workflow_id, run_id)``) and, for a
+        denied tool, in the message the model was given.
+        """
+        messages = result.all_messages() if hasattr(result, "all_messages") else result
+        return receipt_ids_in_messages(messages)

@@ -1,0 +1,442 @@
+"""ChioTemporalAgent on a real Temporal dev server with the real embedded kernel.
+
+The agents (scripted ``FunctionModel``, counted tool bodies, an in-process FastMCP server) live in
+``test_agent_app.py``, imported under ``imports_passed_through`` so the workflow sandbox does not
+re-create them; the workflows below are what a user writes: ``await governed.run(prompt)``.
+"""
+
+from __future__ import annotations
+
+import uuid
+import warnings
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from datetime import timedelta
+from typing import Any
+
+from temporalio import workflow
+
+with workflow.unsafe.imports_passed_through():
+    import pytest
+    from chio_sdk.models import ChioScope, Operation, ToolGrant
+    from pydantic_ai import Agent
+    from pydantic_ai import PydanticAIDeprecationWarning
+    from pydantic_ai.durable_exec.temporal import AgentPlugin, PydanticAIPlugin, TemporalDurability
+    from pydantic_ai.models.function import FunctionModel
+    from temporalio.api.enums.v1 import EventType
+    from temporalio.client import Client, WorkflowFailureError
+    from temporalio.exceptions import ActivityError, ApplicationError
+    from temporalio.worker import Replayer, Worker
+    from temporalio.workflow import ActivityConfig
+
+    import test_agent_app as app
+    from chio_kernel import LocalChioClient
+    from chio_temporal import DENIED_ERROR_TYPE, ChioTemporalConfigError
+    from chio_temporal._agent_activities import classify_activity
+    from chio_temporal.agent import ChioTemporalAgent
+
+
+# --- workflows (what a user writes) ------------------------------------------------------------
+
+
+@workflow.defn
+class SupportWorkflow:
+    @workflow.run
+    async def run(self, prompt: str) -> dict[str, Any]:
+        result = await app.governed_support.run(prompt)
+        return {"output": result.output, "receipt_ids": ChioTemporalAgent.receipt_ids(result)}
+
+
+@workflow.defn
+class StrictWorkflow:
+    @workflow.run
+    async def run(self, prompt: str) -> str:
+        return (await app.governed_strict.run(prompt)).output
+
+
+@workflow.defn
+class LegacyWorkflow:
+    @workflow.run
+    async def run(self, prompt: str) -> dict[str, Any]:
+        result = await app.governed_legacy.run(prompt)
+        return {"output": result.output, "receipt_ids": ChioTemporalAgent.receipt_ids(result)}
+
+
+@workflow.defn
+class BareWorkflow:
+    @workflow.run
+    async def run(self, prompt: str) -> str:
+        return (await app.bare_agent.run(prompt)).output
+
+
+@workflow.defn
+class TwoRunsWorkflow:
+    """One agent run, wait for a signal, a second run (the capability is revoked in between)."""
+
+    def __init__(self) -> None:
+        self.first: str | None = None
+        self.go = False
+
+    @workflow.run
+    async def run(self, first: str, second: str) -> str:
+        self.first = (await app.governed_support.run(first)).output
+        await workflow.wait_condition(lambda: self.go)
+        return (await app.governed_support.run(second)).output
+
+    @workflow.signal
+    def proceed(self) -> None:
+        self.go = True
+
+    @workflow.query
+    def first_output(self) -> str | None:
+        return self.first
+
+
+WORKFLOWS = [SupportWorkflow, StrictWorkflow, LegacyWorkflow, BareWorkflow, TwoRunsWorkflow]
+
+
+# --- helpers -----------------------------------------------------------------------------------
+
+
+def grant(server: str, tool: str = "*") -> ToolGrant:
+    return ToolGrant(server_id=server, tool_name=tool, operations=[Operation.INVOKE])
+
+
+MODEL = grant("model")
+DOCS_LIST = grant("docs", "list_tools")
+
+
+async def issue(chio: LocalChioClient, *grants: ToolGrant) -> str:
+    token = await chio.create_capability(
+        subject="agent:support", scope=ChioScope(grants=list(grants)), capability_id=app.CAPABILITY_ID
+    )
+    return token.id
+
+
+@pytest.fixture
+async def chio(chio_home) -> AsyncIterator[LocalChioClient]:
+    async with LocalChioClient(data_dir=chio_home) as client:
+        app.use_kernel(client)
+        yield client
+
+
+@pytest.fixture(scope="module")
+async def client(temporal_env) -> Client:
+    target = temporal_env.client.service_client.config.target_host
+    return await Client.connect(target, namespace=temporal_env.client.namespace, plugins=[PydanticAIPlugin()])
+
+
+@asynccontextmanager
+async def worker(client: Client, *plugins: Any) -> AsyncIterator[str]:
+    task_queue = f"agent-{uuid.uuid4().hex[:8]}"
+    async with Worker(
+        client,
+        task_queue=task_queue,
+        workflows=WORKFLOWS,
+        plugins=list(plugins or [g.plugin for g in app.ALL_GOVERNED]),
+    ):
+        yield task_queue
+
+
+def wid(tag: str) -> str:
+    return f"{tag}-{uuid.uuid4().hex[:8]}"
+
+
+def denied_cause(err: BaseException) -> ApplicationError:
+    """The ChioCapabilityDenied ApplicationError in a workflow failure's cause chain."""
+    seen = err
+    while seen is not None:
+        if isinstance(seen, ApplicationError) and seen.type == DENIED_ERROR_TYPE:
+            return seen
+        seen = seen.__cause__
+    raise AssertionError(f"no {DENIED_ERROR_TYPE} in the cause chain of {err!r}")
+
+
+# --- tests -------------------------------------------------------------------------------------
+
+
+async def test_allowed_run_evaluates_every_call(client, chio):
+    await issue(chio, MODEL, grant("support"), DOCS_LIST)
+    before = dict(app.CALLS)
+    async with worker(client) as tq:
+        workflow_id = wid("allowed")
+        out = await client.execute_workflow(SupportWorkflow.run, "lookup:A,refund:A", id=workflow_id, task_queue=tq)
+
+    assert out["output"] == "order A: shipped | refunded A"
+    assert app.CALLS["model"] - before.get("model", 0) == 3
+    assert app.CALLS["lookup"] - before.get("lookup", 0) == 1
+    assert app.CALLS["refund"] - before.get("refund", 0) == 1
+    # 3 model requests + 2 tool calls carry their receipt id in the recorded results
+    assert len(out["receipt_ids"]) == 5 and len(set(out["receipt_ids"])) == 5
+    receipts = [await chio.get_receipt(rid) for rid in out["receipt_ids"]]
+    assert [(r.tool_server, r.tool_name) for r in receipts] == [
+        ("model", "function:scripted_support_model:"),
+        ("support", "lookup"),
+        ("model", "function:scripted_support_model:"),
+        ("support", "refund"),
+        ("model", "function:scripted_support_model:"),
+    ]
+    assert all(r.decision.is_allowed for r in receipts)
+    assert receipts[1].action.parameters == {"order_id": "A"}
+    # the envelope also has the MCP listing; nothing denied
+    receipt = app.governed_support.interceptor.get_workflow_receipt(workflow_id)
+    assert receipt is not None and (receipt.step_count, receipt.allow_count, receipt.deny_count) == (6, 6, 0)
+    assert set(out["receipt_ids"]) < set(receipt.receipt_ids)
+    assert ("docs", "list_tools") in {(s.tool_server, s.tool_name) for s in receipt.steps}
+
+
+async def test_denied_tool_tells_the_model_and_the_run_continues(client, chio):
+    await issue(chio, MODEL, grant("support", "lookup"), DOCS_LIST)  # no refund
+    before = dict(app.CALLS)
+    async with worker(client) as tq:
+        workflow_id = wid("tell")
+        out = await client.execute_workflow(SupportWorkflow.run, "refund:B,lookup:B", id=workflow_id, task_queue=tq)
+
+    denied_text, lookup_text = out["output"].split(" | ")
+    assert denied_text.startswith("Permission denied: the call to support/refund was not run")
+    assert "guard 'scope'" in denied_text
+    assert lookup_text == "order B: shipped"  # the run went on after the deny
+    assert app.CALLS["refund"] == before.get("refund", 0)  # the refund body never ran
+    assert app.CALLS["model"] - before.get("model", 0) == 3
+    receipt = app.governed_support.interceptor.get_workflow_receipt(workflow_id)
+    assert receipt is not None and receipt.deny_count == 1
+    (deny,) = [s for s in receipt.steps if not s.allowed]
+    assert (deny.tool_server, deny.tool_name, deny.guard) == ("support", "refund", "scope")
+    assert deny.receipt_id in denied_text  # the model was told which receipt
+    stored = await chio.get_receipt(deny.receipt_id)
+    assert stored is not None and not stored.decision.is_allowed
+
+
+async def test_denied_tool_with_on_deny_raise_fails_the_workflow(client, chio):
+    await issue(chio, MODEL, grant("strict", "lookup"))
+    before = dict(app.CALLS)
+    async with worker(client) as tq:
+        with pytest.raises(WorkflowFailureError) as failure:
+            await client.execute_workflow(
+                StrictWorkflow.run, "lookup:C,refund:C", id=wid("raise"), task_queue=tq,
+                execution_timeout=timedelta(seconds=60),
+            )
+    denied = denied_cause(failure.value)
+    assert denied.non_retryable
+    facts = denied.details[0]
+    assert (facts["tool_server"], facts["tool_name"], facts["guard"]) == ("strict", "refund", "scope")
+    assert (await chio.get_receipt(facts["receipt_id"])).decision.verdict == "deny"
+    assert isinstance(failure.value.cause, ActivityError)
+    assert app.CALLS["refund"] == before.get("refund", 0)
+    assert app.CALLS["lookup"] - before.get("lookup", 0) == 1
+    assert app.CALLS["model"] - before.get("model", 0) == 2  # nothing after the deny
+
+
+async def test_denied_model_request_always_fails_the_workflow(client, chio):
+    await issue(chio, grant("support"), DOCS_LIST)  # no model grant; on_deny="tell_model"
+    before = dict(app.CALLS)
+    async with worker(client) as tq:
+        with pytest.raises(WorkflowFailureError) as failure:
+            await client.execute_workflow(SupportWorkflow.run, "lookup:D", id=wid("model-deny"), task_queue=tq)
+    facts = denied_cause(failure.value).details[0]
+    assert (facts["tool_server"], facts["guard"]) == ("model", "scope")
+    assert app.CALLS["model"] == before.get("model", 0)  # the model was never called
+
+
+async def test_revoked_capability_mid_workflow_denies_the_next_call(client, chio):
+    cap = await issue(chio, MODEL, grant("support"), DOCS_LIST)
+    before = dict(app.CALLS)
+    async with worker(client) as tq:
+        handle = await client.start_workflow(
+            TwoRunsWorkflow.run, args=["lookup:E", "lookup:F"], id=wid("revoke"), task_queue=tq
+        )
+        for _ in range(200):
+            if await handle.query(TwoRunsWorkflow.first_output):
+                break
+            await __import__("asyncio").sleep(0.05)
+        assert await handle.query(TwoRunsWorkflow.first_output) == "order E: shipped"
+        assert cap in await chio.revoke_capability(cap)
+        await handle.signal(TwoRunsWorkflow.proceed)
+        with pytest.raises(WorkflowFailureError) as failure:
+            await handle.result()
+    facts = denied_cause(failure.value).details[0]
+    assert facts["guard"] == "revocation"
+    assert app.CALLS["lookup"] - before.get("lookup", 0) == 1  # only the first run's lookup
+    assert app.CALLS["model"] - before.get("model", 0) == 2  # only the first run's two model calls
+
+
+async def test_mcp_tool_and_listing_are_governed(client, chio):
+    await issue(chio, MODEL, DOCS_LIST, grant("docs", "search_docs"))
+    before = dict(app.CALLS)
+    async with worker(client) as tq:
+        workflow_id = wid("mcp")
+        out = await client.execute_workflow(SupportWorkflow.run, "search_docs:temporal", id=workflow_id, task_queue=tq)
+    assert out["output"] == "docs about temporal"
+    assert app.CALLS["search_docs"] - before.get("search_docs", 0) == 1
+    receipts = [await chio.get_receipt(rid) for rid in out["receipt_ids"]]
+    assert ("docs", "search_docs") in [(r.tool_server, r.tool_name) for r in receipts]
+    steps = app.governed_support.interceptor.get_workflow_receipt(workflow_id).steps
+    assert [(s.tool_server, s.tool_name) for s in steps if s.tool_server == "docs"] == [
+        ("docs", "list_tools"),
+        ("docs", "search_docs"),
+    ]
+
+
+async def test_mcp_call_and_listing_denied(client, chio):
+    # listing allowed, the call not: the model is told
+    await issue(chio, MODEL, DOCS_LIST)
+    before = dict(app.CALLS)
+    async with worker(client) as tq:
+        out = await client.execute_workflow(SupportWorkflow.run, "search_docs:x", id=wid("mcp-deny"), task_queue=tq)
+    assert out["output"].startswith("Permission denied: the call to docs/search_docs was not run")
+    assert app.CALLS["search_docs"] == before.get("search_docs", 0)
+
+
+async def test_mcp_listing_denied_hides_the_servers_tools(client, chio):
+    await issue(chio, MODEL, grant("support"))  # no docs grant at all
+    app.SEEN_TOOLS.clear()
+    async with worker(client) as tq:
+        workflow_id = wid("mcp-hidden")
+        out = await client.execute_workflow(SupportWorkflow.run, "lookup:G", id=workflow_id, task_queue=tq)
+    assert out["output"] == "order G: shipped"
+    assert app.SEEN_TOOLS and all("search_docs" not in tools for tools in app.SEEN_TOOLS)
+    assert all("lookup" in tools for tools in app.SEEN_TOOLS)
+    steps = app.governed_support.interceptor.get_workflow_receipt(workflow_id).steps
+    assert [(s.tool_name, s.verdict, s.guard) for s in steps if s.tool_server == "docs"] == [
+        ("list_tools", "deny", "scope")
+    ]
+
+
+async def test_retry_attempts_reuse_one_receipt(client, chio):
+    await issue(chio, MODEL, grant("support"), DOCS_LIST)
+    before = dict(app.CALLS)
+    async with worker(client) as tq:
+        workflow_id = wid("retry")
+        out = await client.execute_workflow(SupportWorkflow.run, "flaky:H", id=workflow_id, task_queue=tq)
+    assert out["output"] == "flaky ok H"
+    assert app.CALLS["flaky"] - before.get("flaky", 0) == 2  # attempt 1 failed, attempt 2 ran
+    (step,) = [
+        s for s in app.governed_support.interceptor.get_workflow_receipt(workflow_id).steps if s.tool_name == "flaky"
+    ]
+    assert step.attempts == [1, 2] and step.allowed
+    flaky_receipts = [r for r in await chio.list_receipts(app.CAPABILITY_ID) if r.tool_name == "flaky"]
+    assert [r.id for r in flaky_receipts] == [step.receipt_id]
+    assert step.receipt_id in out["receipt_ids"]
+
+
+async def test_governed_history_replays_and_adds_no_activity(client, chio):
+    await issue(chio, MODEL, grant("support"), grant("bare"), DOCS_LIST)
+    async with worker(client) as tq:
+        governed_handle = await client.start_workflow(
+            SupportWorkflow.run, "lookup:I,refund:I", id=wid("replay"), task_queue=tq
+        )
+        await governed_handle.result()
+    # the same agent shape recorded with NO governance on the worker
+    async with worker(client, AgentPlugin(app.bare_agent)) as tq:
+        bare_handle = await client.start_workflow(BareWorkflow.run, "lookup:I,refund:I", id=wid("bare"), task_queue=tq)
+        await bare_handle.result()
+
+    governed_history = await governed_handle.fetch_history()
+    bare_history = await bare_handle.fetch_history()
+    replayer = Replayer(workflows=WORKFLOWS, plugins=[PydanticAIPlugin(), *(g.plugin for g in app.ALL_GOVERNED)])
+    assert (await replayer.replay_workflow(governed_history)).replay_failure is None
+    # a history recorded before governance was added replays under the governed plugin
+    assert (await replayer.replay_workflow(bare_history)).replay_failure is None
+
+    def scheduled(history: Any) -> list[str]:
+        return [
+            e.activity_task_scheduled_event_attributes.activity_type.name
+            for e in history.events
+            if e.event_type == EventType.EVENT_TYPE_ACTIVITY_TASK_SCHEDULED
+        ]
+
+    governed_types = scheduled(governed_history)
+    # only pydantic-ai's own activities: listing + 3 model requests + 2 tool calls, no chio activity
+    assert governed_types == [
+        "agent__support__mcp_server__docs__get_tools",
+        "agent__support__model_request",
+        "agent__support__toolset__<agent>__call_tool",
+        "agent__support__model_request",
+        "agent__support__toolset__<agent>__call_tool",
+        "agent__support__model_request",
+    ]
+    assert [t.replace("bare", "support") for t in scheduled(bare_history)] == governed_types[1:]
+
+
+async def test_existing_temporal_agent_is_accepted_without_deprecation_warnings(client, chio):
+    await issue(chio, MODEL, grant("legacy"))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        governed = ChioTemporalAgent(app.legacy_agent, capability_id=app.CAPABILITY_ID, chio_client=chio)
+        assert governed.durability is None and governed.wrapped is app.legacy_agent
+        assert {fn.__temporal_activity_definition.name for fn in governed.temporal_activities} >= {
+            "agent__legacy__model_request",
+            "agent__legacy__toolset__<agent>__call_tool",
+        }
+        async with worker(client) as tq:
+            workflow_id = wid("legacy")
+            out = await client.execute_workflow(LegacyWorkflow.run, "lookup:J", id=workflow_id, task_queue=tq)
+    deprecations = [w for w in caught if issubclass(w.category, (DeprecationWarning, PydanticAIDeprecationWarning))]
+    assert not deprecations, [str(w.message) for w in deprecations]
+    assert out["output"] == "order J: shipped"
+    assert len(out["receipt_ids"]) == 3
+    receipt = app.governed_legacy.interceptor.get_workflow_receipt(workflow_id)
+    assert receipt is not None and receipt.allow_count == 3
+
+
+# --- construction (no server) ------------------------------------------------------------------
+
+
+def test_plain_agent_is_made_durable_with_options_passed_through():
+    assert TemporalDurability.from_agent(app.support_agent) is None  # the user's agent is untouched
+    durability = app.governed_support.durability
+    assert durability is not None and TemporalDurability.from_agent(app.governed_support) is durability
+    assert durability.activity_config["retry_policy"].initial_interval == timedelta(milliseconds=50)
+    names = {fn.__temporal_activity_definition.name for fn in app.governed_support.temporal_activities}
+    assert {
+        "agent__support__model_request",
+        "agent__support__toolset__<agent>__call_tool",
+        "agent__support__mcp_server__docs__get_tools",
+        "agent__support__mcp_server__docs__call_tool",
+    } <= names
+
+
+def test_bad_construction_says_what_to_pass():
+    with pytest.raises(ChioTemporalConfigError, match="activity_config"):
+        ChioTemporalAgent(
+            app.bare_agent,
+            capability_id="c",
+            chio_client=app._placeholder,
+            activity_config=ActivityConfig(start_to_close_timeout=timedelta(seconds=5)),
+        )
+    with pytest.raises(ChioTemporalConfigError, match="on_deny"):
+        ChioTemporalAgent(app.support_agent, capability_id="c", chio_client=app._placeholder, on_deny="ignore")
+    with pytest.raises(ChioTemporalConfigError, match="unique name"):
+        ChioTemporalAgent(
+            Agent(FunctionModel(app.scripted_support_model), name=None),
+            capability_id="c",
+            chio_client=app._placeholder,
+            name=None,
+        )
+    with pytest.raises(ChioTemporalConfigError, match="capability_id"):
+        ChioTemporalAgent(app.support_agent, capability_id="", chio_client=app._placeholder)
+    with pytest.raises(ChioTemporalConfigError, match="Agent"):
+        ChioTemporalAgent(object(), capability_id="c", chio_client=app._placeholder)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("activity_type", "expected"),
+    [
+        ("agent__support__model_request", ("model", None)),
+        ("agent__support__model_request_stream", ("model", None)),
+        ("agent__support__toolset__<agent>__call_tool", ("tool", "<agent>")),
+        ("agent__support__dynamic_toolset__dyn__call_tool", ("tool", "dyn")),
+        ("agent__support__mcp_server__docs__call_tool", ("mcp", "docs")),
+        ("agent__support__mcp_server__docs__get_tools", ("mcp_list", "docs")),
+        ("agent__support__mcp_server__my__docs__get_tools", ("mcp_list", "my__docs")),
+        ("agent__support__toolset__<agent>__validate_args", None),
+        ("agent__support__event_stream_handler", None),
+        ("agent__support__model_cancel_suspended_response", None),
+        ("agent__other__model_request", None),
+        ("debit_account", None),
+    ],
+)
+def test_activity_classification(activity_type, expected):
+    found = classify_activity(activity_type, "support")
+    assert (None if found is None else (found.kind, found.toolset_id)) == expected
+

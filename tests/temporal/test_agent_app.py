@@ -1,0 +1,155 @@
+"""The governed agents the ChioTemporalAgent tests run (no tests here).
+
+Kept out of the workflow module on purpose, as Temporal advises for anything with side effects: the
+workflow module (``test_agent.py``) imports this one under ``workflow.unsafe.imports_passed_through()``,
+so the sandbox does not re-execute it per workflow run and the agents, the kernel client and the
+call counters below are the host's single instances.
+
+The model is a scripted ``FunctionModel`` (no LLM): the prompt is a plan, one tool call per step,
+``"lookup:A,refund:A"``; after the plan it answers with the tool results joined by ``" | "``.
+"""
+
+from __future__ import annotations
+
+import tempfile
+import warnings
+from collections import Counter
+from datetime import timedelta
+from typing import Any
+
+from fastmcp import FastMCP
+from pydantic_ai import Agent
+from pydantic_ai.durable_exec.temporal import TemporalDurability
+from pydantic_ai.mcp import MCPToolset
+from pydantic_ai.messages import ModelMessage, ModelRequest, ModelResponse, TextPart, ToolCallPart, UserPromptPart
+from pydantic_ai.models.function import AgentInfo, FunctionModel
+from temporalio import activity
+from temporalio.common import RetryPolicy
+from temporalio.workflow import ActivityConfig
+
+from chio_kernel import LocalChioClient
+from chio_temporal.agent import ChioTemporalAgent
+
+CAPABILITY_ID = "cap-support"
+CALLS: Counter[str] = Counter()
+"""Real executions: ``model`` (scripted model calls) and one key per tool body that ran."""
+SEEN_TOOLS: list[list[str]] = []
+"""The tool names the model was offered, per model call."""
+
+_ARG = {"lookup": "order_id", "refund": "order_id", "flaky": "order_id", "search_docs": "query"}
+
+
+def scripted_support_model(messages: list[ModelMessage], info: AgentInfo) -> ModelResponse:
+    """The scripted model (clearly not an LLM): follows the plan in the prompt, then summarises."""
+    CALLS["model"] += 1
+    SEEN_TOOLS.append([tool.name for tool in info.function_tools])
+    prompt = next(
+        str(part.content)
+        for message in messages
+        if isinstance(message, ModelRequest)
+        for part in message.parts
+        if isinstance(part, UserPromptPart)
+    )
+    plan = [step.split(":", 1) for step in prompt.split(",") if ":" in step]
+    step = sum(1 for message in messages if isinstance(message, ModelResponse))
+    if step < len(plan):
+        tool, arg = plan[step]
+        return ModelResponse(parts=[ToolCallPart(tool, {_ARG[tool]: arg})])
+    results = [
+        str(part.content)
+        for message in messages
+        if isinstance(message, ModelRequest)
+        for part in message.parts
+        if part.part_kind in ("tool-return", "retry-prompt")
+    ]
+    return ModelResponse(parts=[TextPart(" | ".join(results) or "no tools")])
+
+
+async def lookup(order_id: str) -> str:
+    """Look up an order."""
+    CALLS["lookup"] += 1
+    return f"order {order_id}: shipped"
+
+
+async def refund(order_id: str) -> str:
+    """Refund an order."""
+    CALLS["refund"] += 1
+    return f"refunded {order_id}"
+
+
+async def flaky(order_id: str) -> str:
+    """Fails on its first attempt (a transient error), succeeds on the retry."""
+    CALLS["flaky"] += 1
+    if activity.info().attempt == 1:
+        raise RuntimeError("transient failure, try again")
+    return f"flaky ok {order_id}"
+
+
+docs_server = FastMCP("docs")
+
+
+@docs_server.tool
+def search_docs(query: str) -> str:
+    """Search the product docs."""
+    CALLS["search_docs"] += 1
+    return f"docs about {query}"
+
+
+FAST_RETRIES = ActivityConfig(
+    start_to_close_timeout=timedelta(seconds=30),
+    retry_policy=RetryPolicy(initial_interval=timedelta(milliseconds=50), maximum_attempts=3),
+)
+
+# One kernel client for the module; each test points the agents at its own kernel (use_kernel).
+_placeholder = LocalChioClient(data_dir=tempfile.mkdtemp(prefix="chio-agent-app-"))
+
+# 1. A plain Agent: ChioTemporalAgent makes it durable (TemporalDurability) with these options.
+support_agent = Agent(
+    FunctionModel(scripted_support_model),
+    name="support",
+    tools=[lookup, refund, flaky],
+    toolsets=[MCPToolset(docs_server, id="docs")],
+)
+governed_support = ChioTemporalAgent(
+    support_agent, capability_id=CAPABILITY_ID, chio_client=_placeholder, activity_config=FAST_RETRIES
+)
+
+# 2. Same agent shape, on_deny="raise".
+strict_agent = Agent(FunctionModel(scripted_support_model), name="strict", tools=[lookup, refund])
+governed_strict = ChioTemporalAgent(
+    strict_agent, capability_id=CAPABILITY_ID, chio_client=_placeholder, on_deny="raise", activity_config=FAST_RETRIES
+)
+
+# 3. An existing TemporalAgent (deprecated in pydantic-ai; the user's own warning, silenced here).
+with warnings.catch_warnings():
+    from pydantic_ai import PydanticAIDeprecationWarning
+    from pydantic_ai.durable_exec.temporal import TemporalAgent
+
+    warnings.simplefilter("ignore", PydanticAIDeprecationWarning)
+
+    legacy_agent = TemporalAgent(  # pyright: ignore[reportDeprecated]
+        Agent(FunctionModel(scripted_support_model), name="legacy", tools=[lookup]),
+        activity_config=FAST_RETRIES,
+    )
+
+# 4. The bare durable agent (no governance), for the replay-compatibility test.
+bare_agent = Agent(
+    FunctionModel(scripted_support_model),
+    name="bare",
+    tools=[lookup, refund],
+    capabilities=[TemporalDurability(activity_config=FAST_RETRIES)],
+)
+governed_bare = ChioTemporalAgent(bare_agent, capability_id=CAPABILITY_ID, chio_client=_placeholder)
+
+ALL_GOVERNED = [governed_support, governed_strict, governed_bare]
+
+
+def use_kernel(chio: Any, *governed: ChioTemporalAgent[Any, Any]) -> None:
+    """Point governed agents' interceptors at a test's kernel (the agents are module-level)."""
+    for agent in governed or ALL_GOVERNED:
+        agent.interceptor.chio_client = chio
+        agent.interceptor.sidecar_url = getattr(chio, "base_url", "embedded")
+
+# 5. The existing TemporalAgent, governed (ChioTemporalAgent never enters a deprecated code path).
+governed_legacy = ChioTemporalAgent(legacy_agent, capability_id=CAPABILITY_ID, chio_client=_placeholder)
+ALL_GOVERNED.append(governed_legacy)
