@@ -26,7 +26,6 @@ Extension points (stable; see docs/temporal.md) — override in a subclass:
 from __future__ import annotations
 
 import inspect
-import logging
 import threading
 from collections.abc import Awaitable, Callable, Mapping
 from contextvars import ContextVar
@@ -75,8 +74,6 @@ __all__ = [
     "current_evaluation",
     "current_receipt_id",
 ]
-
-logger = logging.getLogger(__name__)
 
 ActivityGrantOverride = Callable[[temporalio.activity.Info], "WorkflowGrant | None"]
 """Per-activity-type hook: given the activity's ``Info``, return a narrower grant or ``None`` (use the workflow grant)."""

@@ -111,9 +111,15 @@ async def test_no_grant_registered_fails_closed(client: Client, chio, uid) -> No
 
 @pytest.mark.parametrize(
     ("case", "guard"),
-    [("scope", "scope"), ("revoked-before", "revocation"), ("max_invocations", "max_invocations"), ("constraint", "constraints")],
+    [
+        ("scope", "scope"),
+        ("revoked-before", "revocation"),
+        ("max_invocations", "max_invocations"),
+        ("constraint", "constraints"),
+        ("foreign-token", "signature"),
+    ],
 )
-async def test_deny_per_guard(client: Client, chio, uid, case: str, guard: str) -> None:
+async def test_deny_per_guard(client: Client, chio, uid, case: str, guard: str, tmp_path: Any) -> None:
     wid, tq = uid(f"deny-{case}"), uid("tq")
     the_scope = BANK
     steps: list[tuple[str, list[Any]]] = [("debit_account", ["acct-src", 5])]
@@ -125,7 +131,11 @@ async def test_deny_per_guard(client: Client, chio, uid, case: str, guard: str) 
     elif case == "constraint":
         the_scope = scope(tool("bank", "debit_account", constraints=[Constraint.regex_match("^acct-src$")]))
         steps = [("debit_account", ["acct-src", 5]), ("debit_account", ["acct-other", 6])]
-    grant = await grant_for(chio, wid, the_scope)
+    if case == "foreign-token":  # minted by another kernel: this kernel does not know it
+        async with LocalChioClient(data_dir=tmp_path / "other-kernel") as other:
+            grant = await grant_for(other, wid, the_scope)
+    else:
+        grant = await grant_for(chio, wid, the_scope)
     if case == "revoked-before":
         await chio.revoke_capability(grant.capability_id)
     ic = ChioActivityInterceptor(chio_client=chio, default_tool_server="bank")
