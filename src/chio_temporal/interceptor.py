@@ -198,7 +198,6 @@ class ChioActivityInterceptor(Interceptor):
         self._overrides: dict[str, ActivityGrantOverride] = {}
         # capability ids of override grants already checked against a workflow grant's capability
         self._checked_overrides: dict[tuple[str, str], bool] = {}
-        self._override_capability_ids: set[str] = set()
         self._receipts: dict[tuple[str, str | None], WorkflowReceipt] = {}
         self._signatures: dict[Any, inspect.Signature | None] = {}
 
@@ -301,8 +300,6 @@ class ChioActivityInterceptor(Interceptor):
             if ok is None:
                 ok = narrower.capability_id == workflow_grant.capability_id or workflow_grant.covers(narrower)
                 self._checked_overrides[key] = ok
-                if ok and narrower.capability_id != workflow_grant.capability_id:
-                    self._override_capability_ids.add(narrower.capability_id)
         if not ok:
             raise ChioTemporalConfigError(
                 f"the grant override for activity {info.activity_type!r} (capability {narrower.capability_id!r}) "
@@ -318,7 +315,7 @@ class ChioActivityInterceptor(Interceptor):
 
     def resolve_tool_server(self, info: temporalio.activity.Info, grant: WorkflowGrant | None) -> str:
         """Override grant's tool_server > ``activity_tool_server_map`` > workflow grant's > ``default_tool_server``."""
-        if grant is not None and grant.tool_server and self._is_override(grant):
+        if grant is not None and grant.tool_server and self._is_override(info, grant):
             return grant.tool_server
         mapped = self.activity_tool_server_map.get(info.activity_type)
         if mapped:
@@ -470,9 +467,10 @@ class ChioActivityInterceptor(Interceptor):
             parameters = {}
         return ActivityCall(tool_server=server, tool_name=info.activity_type, parameters=parameters)
 
-    def _is_override(self, grant: WorkflowGrant) -> bool:
-        with self._lock:
-            return grant.capability_id in self._override_capability_ids
+    def _is_override(self, info: temporalio.activity.Info, grant: WorkflowGrant) -> bool:
+        """Whether ``grant`` came from an activity override rather than the workflow's own grant."""
+        workflow_grant = self.grant_for(info.workflow_id or info.activity_id, info.workflow_run_id)
+        return workflow_grant is not None and grant.capability_id != workflow_grant.capability_id
 
     def _signature(self, fn: Any) -> inspect.Signature | None:
         # a bound method's signature (without ``self``) is the same for every instance

@@ -424,3 +424,34 @@ async def test_non_denial_activity_errors_are_untouched(client: Client, chio, ui
     assert err.type == "RuntimeError" and "transient failure on attempt 2" in str(err)
     env = ic.get_workflow_receipt(wid).to_envelope()
     assert env["step_count"] == 1 and env["steps"][0]["attempts"] == [1, 2]
+
+
+async def test_local_activities_are_governed_too(client: Client, chio, uid) -> None:
+    wid, tq = uid("local"), uid("tq")
+    ic = ChioActivityInterceptor(chio_client=chio, default_tool_server="bank")
+    ic.register_workflow_grant(await grant_for(chio, wid, scope(tool("bank", "debit_account"), tool("bank", "flaky"))))
+    workflows.FAIL_FIRST_ATTEMPTS["l"] = 1
+    the_plan = workflows.Plan(
+        steps=[
+            workflows.Step("flaky", ["l"], local=True),
+            workflows.Step("debit_account", ["a", 1], local=True),
+            workflows.Step("credit_account", ["a", 1], local=True),
+        ],
+        max_attempts=3,
+    )
+    async with running(make_worker(client, tq, [ic])):
+        err = await outcome(await start_plan(client, tq, wid, the_plan))
+    assert denial(err)["guard"] == "scope" and denial(err)["activity_type"] == "credit_account"
+    assert [(name, args) for name, args, _ in workflows.CALLS] == [
+        ("flaky", ("l", 1)),
+        ("flaky", ("l", 2)),
+        ("debit_account", ("a", 1)),
+    ]
+    # the local retry reused its receipt too
+    assert len({rid for name, _, rid in workflows.CALLS if name == "flaky"}) == 1
+    steps = ic.get_workflow_receipt(wid).steps
+    assert [(s.activity_type, s.verdict, s.attempts) for s in steps] == [
+        ("flaky", "allow", [1, 2]),
+        ("debit_account", "allow", [1]),
+        ("credit_account", "deny", [1]),
+    ]

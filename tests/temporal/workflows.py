@@ -171,6 +171,7 @@ class TransferWorkflow:
 class Step:
     activity: str
     args: list[Any] = field(default_factory=list)
+    local: bool = False
 
 
 @dataclass
@@ -194,6 +195,16 @@ class PlanWorkflow:
             maximum_attempts=plan.max_attempts,
         )
         for step in plan.steps:
+            if step.local:
+                results.append(
+                    await workflow.execute_local_activity(
+                        step.activity,
+                        args=step.args,
+                        start_to_close_timeout=timedelta(seconds=30),
+                        retry_policy=retry,
+                    )
+                )
+                continue
             results.append(
                 await workflow.execute_activity(
                     step.activity,
