@@ -202,6 +202,11 @@ def _require_str(name: str, value: Any, *, max_len: int = 1024) -> str:
         raise KernelInputError(f"{name} is {len(value)} characters long; at most {max_len} allowed")
     if "\x00" in value:
         raise KernelInputError(f"{name} must not contain NUL characters")
+    if not value.isascii():
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            raise KernelInputError(f"{name} contains a lone UTF-16 surrogate; pass valid Unicode text") from None
     return value
 
 

@@ -1,0 +1,102 @@
+"""The receipt chain: verify, tamper detection naming the index, ChioClient's own chain check, listing."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sqlite3
+
+from chio_sdk.client import ChioClient
+
+from chio_kernel import Kernel
+from chio_kernel.kernel import receipt_chain_hash
+
+from conftest import grant, scope
+
+
+def _fill(kernel: Kernel, n: int) -> list[str]:
+    a = kernel.create_capability("agent:a", scope(grant()), 3600)
+    b = kernel.create_capability("agent:b", scope(grant("web", "get")), 3600)
+    ids = []
+    for i in range(n):
+        cap = a if i % 3 else b
+        ids.append(kernel.evaluate(cap.id, "fs", "read", {"i": i, "f": i / 7}).id)  # b denies (scope)
+    return ids
+
+
+def test_chain_verifies_and_links_like_chio_client(kernel: Kernel) -> None:
+    ids = _fill(kernel, 12)
+    report = kernel.verify_chain()
+    assert report.ok and report.count == 12 and report.first_broken_index is None
+    receipts = kernel.list_receipts()
+    assert [r.id for r in receipts] == ids
+    assert receipts[0].content_hash == "0" * 64
+    for prev, cur in zip(receipts, receipts[1:]):
+        assert cur.content_hash == receipt_chain_hash(prev)
+    # the real client's check, on receipts listed in store order
+    assert asyncio.run(ChioClient.verify_receipt_chain(None, receipts)) is True  # type: ignore[arg-type]
+    swapped = [receipts[1], receipts[0], *receipts[2:]]
+    assert asyncio.run(ChioClient.verify_receipt_chain(None, swapped)) is False  # type: ignore[arg-type]
+
+
+def test_altered_stored_receipt_is_named_by_index(kernel: Kernel) -> None:
+    ids = _fill(kernel, 10)
+    db = sqlite3.connect(kernel.data_dir / "kernel.db")
+    body = json.loads(db.execute("SELECT body FROM receipts WHERE id = ?", (ids[6],)).fetchone()[0])
+    body["action"]["parameters"]["i"] = 999
+    db.execute("UPDATE receipts SET body = ? WHERE id = ?", (json.dumps(body, sort_keys=True), ids[6]))
+    db.commit()
+    db.close()
+    report = kernel.verify_chain()
+    assert not report.ok and report.first_broken_index == 6 and report.count == 6
+    assert "index 6" in report.reason
+
+
+def test_altered_decision_with_fixed_up_hash_is_still_caught(kernel: Kernel) -> None:
+    ids = _fill(kernel, 5)
+    db = sqlite3.connect(kernel.data_dir / "kernel.db")
+    body = json.loads(db.execute("SELECT body FROM receipts WHERE id = ?", (ids[0],)).fetchone()[0])
+    body["decision"] = {"verdict": "allow"}
+    db.execute("UPDATE receipts SET body = ? WHERE id = ?", (json.dumps(body), ids[0]))
+    db.commit()
+    db.close()
+    report = kernel.verify_chain()
+    assert report.first_broken_index == 0 and "signature" in report.reason
+
+
+def test_deleted_receipt_breaks_the_next_link(kernel: Kernel) -> None:
+    ids = _fill(kernel, 6)
+    db = sqlite3.connect(kernel.data_dir / "kernel.db")
+    db.execute("DELETE FROM receipts WHERE id = ?", (ids[2],))
+    db.commit()
+    db.close()
+    report = kernel.verify_chain()
+    assert report.first_broken_index == 2 and "does not chain" in report.reason
+
+
+def test_removed_tail_is_reported(kernel: Kernel) -> None:
+    ids = _fill(kernel, 4)
+    db = sqlite3.connect(kernel.data_dir / "kernel.db")
+    db.execute("DELETE FROM receipts WHERE id = ?", (ids[-1],))
+    db.commit()
+    db.close()
+    report = kernel.verify_chain()
+    assert not report.ok and report.first_broken_index == 3 and "chain head" in report.reason
+
+
+def test_list_filters_and_paging(kernel: Kernel) -> None:
+    ids = _fill(kernel, 9)
+    b_id = kernel.get_receipt(ids[0]).capability_id
+    by_cap = kernel.list_receipts(capability_id=b_id)
+    assert [r.id for r in by_cap] == [ids[i] for i in range(9) if i % 3 == 0]
+    page1 = kernel.list_receipts_with_seq(limit=4)
+    page2 = kernel.list_receipts_with_seq(limit=4, after_seq=page1[-1][0])
+    assert [r.id for _, r in page1 + page2] == ids[:8]
+    assert kernel.list_receipts(limit=0) == []
+    assert kernel.get_receipt("rcpt-missing") is None
+    assert kernel.receipt_count() == 9 and kernel.health()["receipts"] == 9
+
+
+def test_empty_chain_is_ok(kernel: Kernel) -> None:
+    report = kernel.verify_chain()
+    assert report.ok and report.count == 0
