@@ -2,9 +2,16 @@
 
 from __future__ import annotations
 
+import os
+import socket
+import subprocess
+import sys
+import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 
 
@@ -59,3 +66,44 @@ def captured_events(monkeypatch: pytest.MonkeyPatch) -> Iterator[CapturedEvents]
         yield CapturedEvents(worker)
     finally:
         worker.drain()
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture
+def sidecar_url(chio_home: Path) -> Iterator[str]:
+    """The real sidecar (``python -m chio_kernel.cli sidecar``) over ``chio_home`` on a free port."""
+    port = _free_port()
+    env = {k: v for k, v in os.environ.items() if k not in {"CHIO_SIDECAR_TOKEN", "CHIO_HOME"}}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "chio_kernel.cli", "sidecar", "--host", "127.0.0.1", "--port", str(port),
+         "--data-dir", str(chio_home)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        env=env,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            if proc.poll() is not None:
+                raise RuntimeError(f"sidecar exited: {proc.stderr.read().decode() if proc.stderr else ''}")
+            try:
+                if httpx.get(url + "/chio/health", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            if time.monotonic() > deadline:
+                raise RuntimeError("sidecar did not become healthy in 30 s")
+            time.sleep(0.05)
+        yield url
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()

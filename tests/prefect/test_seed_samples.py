@@ -9,16 +9,9 @@ sidecar`` and reached with the real ``chio_sdk.ChioClient``.
 from __future__ import annotations
 
 import asyncio
-import os
-import socket
-import subprocess
-import sys
-import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 from chio_sdk.models import ChioScope, Operation, ToolGrant
 
@@ -252,51 +245,10 @@ def test_testing_sample_with_the_quickstart_scope_is_enveloped() -> None:
 # --- the quickstart verbatim, against the real sidecar over HTTP -----------------------------------
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-@pytest.fixture
-def sidecar_url(chio_home: Path) -> Iterator[str]:
-    """``python -m chio_kernel.cli sidecar`` on a free loopback port, with the capability provisioned."""
-    provision(Kernel(chio_home))
-    port = _free_port()
-    env = {k: v for k, v in os.environ.items() if k not in {"CHIO_SIDECAR_TOKEN", "CHIO_HOME"}}
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "chio_kernel.cli", "sidecar", "--host", "127.0.0.1", "--port", str(port),
-         "--data-dir", str(chio_home)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        env=env,
-    )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 30
-        while True:
-            if proc.poll() is not None:
-                raise RuntimeError(f"sidecar exited: {proc.stderr.read().decode() if proc.stderr else ''}")
-            try:
-                if httpx.get(url + "/chio/health", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if time.monotonic() > deadline:
-                raise RuntimeError("sidecar did not become healthy in 30 s")
-            time.sleep(0.05)
-        yield url
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-
-
 def test_quickstart_verbatim_against_the_sidecar(
     sidecar_url: str, chio_home: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    provision(Kernel(chio_home))  # same store as the sidecar's
     # The quickstart passes no client: tasks use ChioClient(DEFAULT_SIDECAR_URL). Point that
     # default at the test sidecar (9090 may be taken on a shared machine); nothing else changes.
     monkeypatch.setattr(chio_decorators, "DEFAULT_SIDECAR_URL", sidecar_url)

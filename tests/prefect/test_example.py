@@ -1,0 +1,47 @@
+"""examples/prefect_research_pipeline.py runs: offline on the embedded kernel, and on the sidecar."""
+
+from __future__ import annotations
+
+import importlib.util
+import re
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+
+from chio_kernel import Kernel
+
+EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "prefect_research_pipeline.py"
+
+
+def load_example() -> ModuleType:
+    spec = importlib.util.spec_from_file_location("prefect_research_pipeline", EXAMPLE)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def check_output(out: str, kernel: Kernel) -> None:
+    assert "result: {'documents': 2, 'best': 'Capability-based in practice'}" in out
+    assert "denied: flow-scope: fs-srv/write_file (Invoke) is not granted" in out
+    printed = re.findall(r"(rcpt-\S+)\s+(allow|deny)\s+(\S+)", out)
+    stored = [(r.id, r.decision.verdict, f"{r.tool_server}/{r.tool_name}")
+              for r in kernel.list_receipts(capability_id="cap-research-pipeline")]
+    assert printed == stored
+    assert [p[2] for p in printed] == ["search-srv/search_documents", "search-srv/analyze_results"]
+
+
+def test_example_runs_on_the_embedded_kernel(chio_home: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert load_example().main(["--data-dir", str(chio_home), "--query", "capability-based security"]) == 0
+    check_output(capsys.readouterr().out, Kernel(chio_home))
+
+
+def test_example_runs_on_the_sidecar(
+    sidecar_url: str, chio_home: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert Kernel(chio_home).get_capability("cap-research-pipeline") is None  # the example provisions it
+    assert load_example().main(["--sidecar-url", sidecar_url]) == 0
+    out = capsys.readouterr().out
+    assert f"kernel: sidecar {sidecar_url}" in out
+    check_output(out, Kernel(chio_home))
