@@ -327,7 +327,9 @@ class ChioTemporalAgent(WrapperAgent[AgentDepsT, OutputDataT]):
             ``TemporalAgent`` (used as it is; no deprecated code path is entered by this class).
         capability_id: the capability every model request, tool call and MCP call is evaluated against.
         chio_client: ``chio_kernel.LocalChioClient``, ``chio_sdk.ChioClient`` (sidecar) or a
-            ``chio_sdk.testing`` mock; used by the activity worker only.
+            ``chio_sdk.testing`` mock, or a zero-argument factory of one (``chio_client=LocalChioClient``),
+            called on first use on the worker. Only the activity worker uses it: workflow code never
+            talks to the kernel.
         mapper: how calls map to ``(tool_server, tool_name, parameters)``; default ``CallMapper()``.
         on_deny: ``"tell_model"`` (default): a denied tool call returns
             ``denied_tool_message(...)`` to the model as a failed tool result and the run continues; a
@@ -368,6 +370,21 @@ class ChioTemporalAgent(WrapperAgent[AgentDepsT, OutputDataT]):
         run_context_type: type[TemporalRunContext[AgentDepsT]] | None = None,
         non_retryable_model_errors: Sequence[type[Exception]] = (),
     ) -> None:
+        if on_deny not in ("tell_model", "raise"):
+            raise ChioTemporalConfigError(f"on_deny= must be 'tell_model' or 'raise', got {on_deny!r}")
+        if not isinstance(capability_id, str) or not capability_id:
+            raise ChioTemporalConfigError(
+                f"capability_id= must be the id of a Chio capability token (str), got {capability_id!r}"
+            )
+        if chio_client is None:
+            raise ChioTemporalConfigError(
+                "ChioTemporalAgent needs chio_client= a ChioClient('http://127.0.0.1:9090'), a LocalChioClient(...), "
+                "a chio_sdk.testing mock, or a zero-argument factory of one (e.g. chio_client=LocalChioClient)"
+            )
+        if mapper is not None and not isinstance(mapper, CallMapper):
+            raise ChioTemporalConfigError(
+                f"mapper= must be a chio_durable.agent.CallMapper (or subclass) instance, got {type(mapper).__name__}"
+            )
         if not isinstance(agent, AbstractAgent):
             raise ChioTemporalConfigError(
                 f"ChioTemporalAgent wraps a pydantic-ai Agent (or TemporalAgent); got {type(agent).__name__}"
@@ -422,24 +439,61 @@ class ChioTemporalAgent(WrapperAgent[AgentDepsT, OutputDataT]):
         self.durability = durability
         self.capability_id = capability_id
         self.temporal_activities: list[Callable[..., Any]] = activities
-        self.interceptor = ChioAgentActivityInterceptor(
-            chio_client,
-            agent_name=agent_name,
-            capability_id=capability_id,
-            mapper=mapper,
-            on_deny=on_deny,
-            default_model_name=_model_name(agent.model),
-            model_names=model_names,
-            receipt_ids_in_results=receipt_ids_in_results,
-            govern_other_activities=govern_other_activities,
-            sidecar_url=sidecar_url,
-            receipt_sink=receipt_sink,
-        )
-        self.plugin = SimplePlugin(
-            f"ChioTemporalAgent:{agent_name}",
-            activities=self._add_activities,
-            interceptors=[self.interceptor],
-        )
+        self._chio_client_or_factory = chio_client
+        self._chio: Any = None
+        self._interceptor: ChioAgentActivityInterceptor | None = None
+        self._plugin: SimplePlugin | None = None
+        self._interceptor_options: dict[str, Any] = {
+            "agent_name": agent_name,
+            "capability_id": capability_id,
+            "mapper": mapper,
+            "on_deny": on_deny,
+            "default_model_name": _model_name(agent.model),
+            "model_names": model_names,
+            "receipt_ids_in_results": receipt_ids_in_results,
+            "govern_other_activities": govern_other_activities,
+            "sidecar_url": sidecar_url,
+            "receipt_sink": receipt_sink,
+        }
+        self._on_deny: OnDeny = on_deny
+        self.agent_name: str = agent_name
+
+    # --- the worker side, built on first use ----------------------------------------------------
+    # Workflow modules are re-executed by Temporal's sandbox for every run, so building this object
+    # must stay free of I/O: the kernel client (when given as a factory), the interceptor and the
+    # plugin are only made when a worker (or the caller) asks for them, on the host.
+
+    @property
+    def chio(self) -> Any:
+        """The kernel client the activity worker evaluates with (a factory is called once, here)."""
+        if self._chio is None:
+            candidate = self._chio_client_or_factory
+            is_client = hasattr(candidate, "evaluate_tool_call") or hasattr(getattr(candidate, "kernel", None), "evaluate")
+            self._chio = candidate() if callable(candidate) and not is_client else candidate
+        return self._chio
+
+    @property
+    def interceptor(self) -> ChioAgentActivityInterceptor:
+        """The activity interceptor that governs this agent's activities (a ``ChioActivityInterceptor``)."""
+        if self._interceptor is None:
+            self._interceptor = ChioAgentActivityInterceptor(self.chio, **self._interceptor_options)
+        return self._interceptor
+
+    @property
+    def plugin(self) -> SimplePlugin:
+        """Temporal worker plugin: registers the agent's activities and :attr:`interceptor`.
+
+        ``Worker(client, task_queue=..., workflows=[...], plugins=[governed.plugin])``, with the
+        client connected with ``plugins=[PydanticAIPlugin()]`` (pydantic-ai's data converter and
+        sandbox settings). Also valid for ``temporalio.worker.Replayer(..., plugins=[...])``.
+        """
+        if self._plugin is None:
+            self._plugin = SimplePlugin(
+                f"ChioTemporalAgent:{self.agent_name}",
+                activities=self._add_activities,
+                interceptors=[self.interceptor],
+            )
+        return self._plugin
 
     @staticmethod
     def _reject_options(given: Mapping[str, Any], owner: str) -> None:
@@ -464,7 +518,7 @@ class ChioTemporalAgent(WrapperAgent[AgentDepsT, OutputDataT]):
 
     @property
     def on_deny(self) -> OnDeny:
-        return self.interceptor.on_deny
+        return self._on_deny
 
     @staticmethod
     def receipt_ids(result: Any) -> list[str]:
