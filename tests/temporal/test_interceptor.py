@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from typing import Any
 
 import pytest
@@ -117,6 +118,7 @@ async def test_no_grant_registered_fails_closed(client: Client, chio, uid) -> No
         ("max_invocations", "max_invocations"),
         ("constraint", "constraints"),
         ("foreign-token", "signature"),
+        ("expired", "time"),
     ],
 )
 async def test_deny_per_guard(client: Client, chio, uid, case: str, guard: str, tmp_path: Any) -> None:
@@ -134,6 +136,10 @@ async def test_deny_per_guard(client: Client, chio, uid, case: str, guard: str, 
     if case == "foreign-token":  # minted by another kernel: this kernel does not know it
         async with LocalChioClient(data_dir=tmp_path / "other-kernel") as other:
             grant = await grant_for(other, wid, the_scope)
+    elif case == "expired":
+        token = await chio.create_capability(subject="agent:my-pipeline", scope=the_scope, ttl_seconds=1)
+        grant = WorkflowGrant(workflow_id=wid, token=token, tool_server="bank")
+        await asyncio.sleep(max(0.0, token.expires_at - time.time()) + 0.05)
     else:
         grant = await grant_for(chio, wid, the_scope)
     if case == "revoked-before":
