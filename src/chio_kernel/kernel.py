@@ -873,16 +873,16 @@ class Kernel:
                     params_ascii, param_hash, deny.guard, deny.reason, policy_hash,
                 )
             # allow: charge, then record
-            grant_index, limited = charge
-            if limited:
+            charges, rated = charge
+            for charged_id, grant_index in charges:
                 conn.execute(
                     "INSERT INTO usage(capability_id, grant_index, invocations, cost_units) VALUES (?, ?, 1, ?) "
                     "ON CONFLICT(capability_id, grant_index) DO UPDATE SET "
                     "invocations = invocations + 1, cost_units = cost_units + excluded.cost_units",
-                    (capability_id, grant_index, cost_t[0] if cost_t else 0),
+                    (charged_id, grant_index, cost_t[0] if cost_t else 0),
                 )
-            if cap.rate_max is not None:
-                conn.execute("INSERT INTO rate_events(capability_id, t) VALUES (?, ?)", (capability_id, now))
+            for rated_id in rated:
+                conn.execute("INSERT INTO rate_events(capability_id, t) VALUES (?, ?)", (rated_id, now))
             receipt = self._append_receipt(
                 conn, head_seq, prev_hash, now, capability_id, tool_server, tool_name, params, params_text,
                 params_ascii, param_hash, None, None, cap.policy_hash,
@@ -929,15 +929,61 @@ class Kernel:
         params: dict[str, Any],
         cost_t: tuple[int, str] | None,
         now: float,
+    ) -> tuple[list[tuple[str, int]], list[str]]:
+        """scope, constraints, max_invocations, cost, rate limit.
+
+        Returns what an allow must charge: ``(capability id, grant index)`` of every budgeted grant
+        and the ids whose rate window counts the call. An attenuated capability also spends its
+        ancestors' budgets and rate limits, so delegation never multiplies what the root allowed.
+        """
+        lineage = [cap]
+        for ancestor_id in cap.lineage[1:]:
+            ancestor = self._load_cap(conn, ancestor_id)
+            if ancestor is not None:  # a trusted foreign root this kernel never stored: its budgets live there
+                lineage.append(ancestor)
+        charges: list[tuple[str, int]] = []
+        for depth, c in enumerate(lineage):
+            index, limited = self._select_grant(conn, c, depth > 0, tool_server, tool_name, op, params, cost_t)
+            if limited:
+                charges.append((c.token.id, index))
+        rated: list[str] = []
+        for depth, c in enumerate(lineage):
+            if c.rate_max is None or c.rate_per is None:
+                continue
+            cid = c.token.id
+            conn.execute("DELETE FROM rate_events WHERE capability_id = ? AND t <= ?", (cid, now - c.rate_per))
+            row = conn.execute("SELECT COUNT(*), MIN(t) FROM rate_events WHERE capability_id = ?", (cid,)).fetchone()
+            if row[0] >= c.rate_max:
+                retry = max(0.0, row[1] + c.rate_per - now)
+                owner = f"its ancestor capability {cid}" if depth else f"capability {cid}"
+                raise _Deny(
+                    "rate-limit-guard",
+                    f"{owner} allows {c.rate_max} calls per {c.rate_per:g} s and that many were "
+                    f"allowed in the last {c.rate_per:g} s; retry in {retry:.1f} s",
+                )
+            rated.append(cid)
+        return charges, rated
+
+    def _select_grant(
+        self,
+        conn: sqlite3.Connection,
+        cap: _Cap,
+        inherited: bool,
+        tool_server: str,
+        tool_name: str,
+        op: Operation,
+        params: dict[str, Any],
+        cost_t: tuple[int, str] | None,
     ) -> tuple[int, bool]:
-        """scope, constraints, max_invocations, cost, rate limit -> (grant index to charge, has budgets)."""
+        """The first grant of ``cap`` that covers the call and has budget left -> (index, has budgets)."""
         cid = cap.token.id
+        owner = f"ancestor capability {cid} (whose limits this capability inherits)" if inherited else f"capability {cid}"
         matching = [(i, g) for i, g in enumerate(cap.grants) if grant_matches(g, tool_server, tool_name, op)]
         if not matching:
             allowed = "; ".join(describe_grant(g) for g in cap.grants) or "nothing (it has no tool grants)"
             raise _Deny(
                 "scope",
-                f"capability {cid} does not allow {op.value} on {tool_server}/{tool_name}; it allows {allowed}. "
+                f"{owner} does not allow {op.value} on {tool_server}/{tool_name}; it allows {allowed}. "
                 "Use a capability whose scope includes this tool",
             )
         passing = []
@@ -949,44 +995,29 @@ class Kernel:
             elif first_violation is None:
                 first_violation = violation
         if not passing:
-            raise _Deny("constraints", f"capability {cid}, {tool_server}/{tool_name}: {first_violation}")
+            raise _Deny("constraints", f"{owner}, {tool_server}/{tool_name}: {first_violation}")
         first_fail: _Deny | None = None
-        chosen: tuple[int, bool] | None = None
         for i, g in passing:
             limited = (
                 g.max_invocations is not None or g.max_total_cost is not None or g.max_cost_per_invocation is not None
             )
+            if not limited:
+                return i, False
             try:
-                if limited:
-                    self._check_budget(conn, cid, i, g, cost_t, tool_server, tool_name)
+                self._check_budget(conn, cid, owner, i, g, cost_t, tool_server, tool_name)
             except _Deny as deny:
                 if first_fail is None:
                     first_fail = deny
                 continue
-            chosen = (i, limited)
-            break
-        if chosen is None:
-            assert first_fail is not None
-            raise first_fail
-        if cap.rate_max is not None and cap.rate_per is not None:
-            window_start = now - cap.rate_per
-            conn.execute("DELETE FROM rate_events WHERE capability_id = ? AND t <= ?", (cid, window_start))
-            row = conn.execute(
-                "SELECT COUNT(*), MIN(t) FROM rate_events WHERE capability_id = ?", (cid,)
-            ).fetchone()
-            if row[0] >= cap.rate_max:
-                retry = max(0.0, row[1] + cap.rate_per - now)
-                raise _Deny(
-                    "rate-limit-guard",
-                    f"capability {cid} allows {cap.rate_max} calls per {cap.rate_per:g} s and that many were "
-                    f"allowed in the last {cap.rate_per:g} s; retry in {retry:.1f} s",
-                )
-        return chosen
+            return i, True
+        assert first_fail is not None
+        raise first_fail
 
     def _check_budget(
         self,
         conn: sqlite3.Connection,
         cid: str,
+        owner: str,
         index: int,
         g: ToolGrant,
         cost_t: tuple[int, str] | None,
@@ -1000,7 +1031,7 @@ class Kernel:
         if g.max_invocations is not None and used >= g.max_invocations:
             raise _Deny(
                 "max_invocations",
-                f"capability {cid} allows {g.max_invocations} invocation(s) of {g.server_id}/{g.tool_name} and "
+                f"{owner} allows {g.max_invocations} invocation(s) of {g.server_id}/{g.tool_name} and "
                 f"all {used} were used; issue a new capability for more calls",
             )
         if cost_t is None:
@@ -1011,13 +1042,13 @@ class Kernel:
             if per.currency != currency:
                 raise _Deny(
                     "cost",
-                    f"call to {tool_server}/{tool_name} declares a cost in {currency}, but capability {cid} "
+                    f"call to {tool_server}/{tool_name} declares a cost in {currency}, but {owner} "
                     f"limits cost in {per.currency}; declare the cost in {per.currency}",
                 )
             if units > per.units:
                 raise _Deny(
                     "cost",
-                    f"call to {tool_server}/{tool_name} costs {units} {currency}; capability {cid} allows at most "
+                    f"call to {tool_server}/{tool_name} costs {units} {currency}; {owner} allows at most "
                     f"{per.units} {per.currency} per invocation",
                 )
         total = g.max_total_cost
@@ -1025,13 +1056,13 @@ class Kernel:
             if total.currency != currency:
                 raise _Deny(
                     "cost",
-                    f"call to {tool_server}/{tool_name} declares a cost in {currency}, but capability {cid} "
+                    f"call to {tool_server}/{tool_name} declares a cost in {currency}, but {owner} "
                     f"budgets in {total.currency}; declare the cost in {total.currency}",
                 )
             if spent + units > total.units:
                 raise _Deny(
                     "cost",
-                    f"call to {tool_server}/{tool_name} costs {units} {currency}; capability {cid} has spent "
+                    f"call to {tool_server}/{tool_name} costs {units} {currency}; {owner} has spent "
                     f"{spent} of its {total.units} {total.currency} budget, so only {total.units - spent} remain",
                 )
 

@@ -280,3 +280,25 @@ def test_non_ascii_names_and_parameters_round_trip(kernel: Kernel) -> None:
     assert kernel.verify_chain().ok
     stored_json = json.loads(kernel.get_receipt(r.id).model_dump_json())
     assert stored_json["action"]["parameters"]["\U0001f600"] == 1.25e-9
+
+
+def test_attenuated_capability_spends_its_ancestors_budget(kernel: Kernel) -> None:
+    parent = kernel.create_capability("agent:p", scope(grant(max_invocations=3)), 3600, rate_limit=(100, 60))
+    child = kernel.attenuate_capability(parent, scope(grant(max_invocations=3)))
+    assert allowed(kernel.evaluate(child.id, "fs", "read", {}))
+    assert allowed(kernel.evaluate(child.id, "fs", "read", {}))
+    assert allowed(kernel.evaluate(parent.id, "fs", "read", {}))
+    r = kernel.evaluate(child.id, "fs", "read", {})  # the child has 1 left, the parent none
+    assert r.decision.guard == "max_invocations" and f"ancestor capability {parent.id}" in r.decision.reason
+    assert kernel.capability_info(child.id)["usage"][0]["invocations"] == 2
+    assert kernel.capability_info(parent.id)["usage"][0]["invocations"] == 3
+
+
+def test_attenuated_capability_shares_its_ancestors_rate_limit(kernel: Kernel) -> None:
+    parent = kernel.create_capability("agent:p", scope(grant()), 3600, rate_limit=(2, 60))
+    child = kernel.attenuate_capability(parent, scope(grant()))
+    assert allowed(kernel.evaluate(parent.id, "fs", "read", {}))
+    assert allowed(kernel.evaluate(child.id, "fs", "read", {}))
+    r = kernel.evaluate(child.id, "fs", "read", {})
+    assert r.decision.guard == "rate-limit-guard" and parent.id in r.decision.reason
+    assert kernel.evaluate(parent.id, "fs", "read", {}).decision.guard == "rate-limit-guard"
