@@ -469,7 +469,8 @@ class ChioTemporalAgent(WrapperAgent[AgentDepsT, OutputDataT]):
         if self._chio is None:
             candidate = self._chio_client_or_factory
             is_client = hasattr(candidate, "evaluate_tool_call") or hasattr(getattr(candidate, "kernel", None), "evaluate")
-            self._chio = candidate() if callable(candidate) and not is_client else candidate
+            is_factory = isinstance(candidate, type) or (callable(candidate) and not is_client)
+            self._chio = candidate() if is_factory else candidate
         return self._chio
 
     @property
