@@ -8,6 +8,9 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import AsyncIterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -16,8 +19,28 @@ import httpx
 from chio_sdk.models import ChioScope, Operation, ToolGrant
 from temporalio.client import Client, WorkflowFailureError, WorkflowHandle
 from temporalio.exceptions import ApplicationError
+from temporalio.worker import Worker
 
 import workflows
+
+EXECUTOR = ThreadPoolExecutor(max_workers=4, thread_name_prefix="activity")
+"""For the sync activity (``send_email``)."""
+
+ALL_WORKFLOWS = [workflows.TransferWorkflow, workflows.PlanWorkflow]
+
+
+def make_worker(client: Client, task_queue: str, interceptors: list[Any], **kwargs: Any) -> Worker:
+    """A worker with every test workflow and activity and the given interceptors."""
+    kwargs.setdefault("workflows", ALL_WORKFLOWS)
+    kwargs.setdefault("activities", workflows.ALL_ACTIVITIES)
+    return Worker(client, task_queue=task_queue, interceptors=interceptors, activity_executor=EXECUTOR, **kwargs)
+
+
+@asynccontextmanager
+async def running(worker: Worker) -> AsyncIterator[Worker]:
+    """Run ``worker`` for the duration of the block."""
+    async with worker:
+        yield worker
 
 
 def tool(server: str, name: str, **kwargs: Any) -> ToolGrant:

@@ -20,7 +20,7 @@ from chio_temporal import (
     WorkflowStepReceipt,
 )
 from chio_temporal.errors import ActivityDeniedError, denied_error
-from kit import scope, tool
+from chio_temporal_kit import scope, tool
 
 
 @pytest.fixture

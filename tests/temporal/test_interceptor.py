@@ -19,8 +19,7 @@ from chio_temporal import (
     ChioTemporalConfigError,
     WorkflowGrant,
 )
-from conftest import make_worker, running
-from kit import outcome, plan, scope, start_plan, tool
+from chio_temporal_kit import make_worker, outcome, plan, running, scope, start_plan, tool
 
 pytestmark = pytest.mark.temporal
 

@@ -13,8 +13,7 @@ from temporalio.worker import Replayer
 import workflows
 from chio_kernel import LocalChioClient
 from chio_temporal import ChioActivityInterceptor, WorkflowGrant
-from conftest import ALL_WORKFLOWS, make_worker, running
-from kit import outcome, plan, scope, start_plan, tool
+from chio_temporal_kit import ALL_WORKFLOWS, make_worker, outcome, plan, running, scope, start_plan, tool
 
 pytestmark = pytest.mark.temporal
 

@@ -24,8 +24,7 @@ from chio_temporal import (
     build_chio_worker,
 )
 from chio_temporal.grants import mint_capability
-from conftest import EXECUTOR, running
-from kit import SidecarProcess, outcome, plan, scope, start_plan, tool
+from chio_temporal_kit import EXECUTOR, SidecarProcess, make_worker, outcome, plan, running, scope, start_plan, tool
 
 pytestmark = pytest.mark.temporal
 
@@ -102,8 +101,6 @@ async def test_sidecar_error_message_names_the_url(client: Client, chio_home: Pa
     token = await local.create_capability(subject="agent:x", scope=scope(tool("bank", "debit_account")), ttl_seconds=60)
     ic = ChioActivityInterceptor(chio_client=ChioClient(url), sidecar_url=url, default_tool_server="bank")
     ic.register_workflow_grant(WorkflowGrant(workflow_id=wid, token=token, tool_server="bank"))
-    from conftest import make_worker
-
     async with running(make_worker(client, tq, [ic])):
         err = await outcome(await start_plan(client, tq, wid, plan(("debit_account", ["a", 1]), max_attempts=2)))
     assert err.type == SIDECAR_ERROR_TYPE and err.non_retryable is False
