@@ -278,7 +278,7 @@ def check_fill(kernel: Any, cap_id: str, tail: int = 1000) -> str:
     from chio_kernel.kernel import receipt_chain_hash
 
     count = kernel.receipt_count()
-    rows = kernel.list_receipts_with_seq(after_seq=count - tail - 1)
+    rows = kernel.list_receipts_with_seq(after_seq=count - tail)
     receipts = [r for _, r in rows]
     sig_ok = all(kernel.verify_receipt(r) for r in receipts)
     links_ok = all(

@@ -204,8 +204,11 @@ def _status(kernel: Any, token: Any) -> tuple[str, str | None]:
 
 def _token_table(kernel: Any, tokens: Iterable[Any], title: str) -> Table:
     table = Table(title=title, title_justify="left", show_lines=False)
-    for col in ("id", "subject", "grants", "expires (UTC)", "status"):
-        table.add_column(col, overflow="fold")
+    table.add_column("id", no_wrap=True)
+    table.add_column("subject", overflow="fold")
+    table.add_column("grants", overflow="fold")
+    table.add_column("expires (UTC)")
+    table.add_column("status")
     for t in tokens:
         status, _ = _status(kernel, t)
         style = {"valid": "green", "revoked": "red"}.get(status, "yellow")
@@ -286,7 +289,10 @@ def sidecar(
             highlight=False,
         )
 
-    serve(host, port, data_dir=path, token=token, log_level=log_level, on_ready=ready)
+    try:
+        serve(host, port, data_dir=path, token=token, log_level=log_level, on_ready=ready)
+    except SidecarConfigError as e:
+        raise CliError(str(e)) from None
 
 
 # --- capability -------------------------------------------------------------------------------

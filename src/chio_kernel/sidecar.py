@@ -22,6 +22,7 @@ import hmac
 import ipaddress
 import json
 import logging
+import socket
 import time
 import uuid
 from collections.abc import Awaitable, Callable
@@ -770,9 +771,7 @@ def serve(
 
     kernel = Kernel(data_dir=data_dir)
     app = create_app(kernel, token=token)
-    if on_ready is not None:
-        on_ready(kernel)
-    uvicorn.run(
+    config = uvicorn.Config(
         app,
         host=host,
         port=port,
@@ -782,3 +781,17 @@ def serve(
         server_header=False,
         date_header=False,
     )
+    server = uvicorn.Server(config)
+    # bind here, not in uvicorn: a taken port becomes one clear error, and "listening" is printed
+    # only once the port is really ours
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host.strip("[]"), port))
+    except OSError as err:
+        sock.close()
+        raise SidecarConfigError(f"cannot listen on {host}:{port}: {err.strerror or err}") from None
+    if on_ready is not None:
+        on_ready(kernel)
+    server.run(sockets=[sock])

@@ -266,3 +266,10 @@ async def test_token_guards_every_request(tmp_path: Path) -> None:
                 await c.health()
     finally:
         guarded.stop()
+
+
+def test_taken_port_is_one_clear_error(sidecar: Sidecar, tmp_path: Path) -> None:
+    r = run_cli("sidecar", "--port", str(sidecar.port), "--data-dir", str(tmp_path / "k"), timeout=30)
+    assert r.returncode != 0
+    assert f"cannot listen on 127.0.0.1:{sidecar.port}" in r.stderr and "Traceback" not in r.stderr
+    assert httpx.get(sidecar.url + "/chio/health").status_code == 200
