@@ -241,14 +241,24 @@ class _Call:
     flow_run_name: str | None
 
 
-def _run_ids(governed: Callable[..., Any]) -> tuple[str | None, str | None, str | None, str | None]:
-    """(task_run_id, task_run_name, flow_run_id, flow_run_name) of the run calling ``governed``."""
+@dataclass(frozen=True)
+class _RunIds:
+    task_name: str | None = None
+    task_run_id: str | None = None
+    task_run_name: str | None = None
+    flow_run_id: str | None = None
+    flow_run_name: str | None = None
+
+
+def _run_ids(governed: Callable[..., Any]) -> _RunIds:
+    """Ids and names of the Prefect task run and flow run calling ``governed`` (if any)."""
     from prefect.context import FlowRunContext, TaskRunContext
 
-    task_run_id = task_run_name = flow_run_id = flow_run_name = None
+    task_name = task_run_id = task_run_name = flow_run_id = flow_run_name = None
     task_ctx = TaskRunContext.get()
     # Only the task run of THIS task counts (``other_task.fn`` inside it is not that run).
     if task_ctx is not None and getattr(task_ctx.task, "fn", None) is governed:
+        task_name = task_ctx.task.name
         task_run_id = str(task_ctx.task_run.id)
         task_run_name = task_ctx.task_run.name
         if task_ctx.task_run.flow_run_id is not None:
@@ -258,7 +268,7 @@ def _run_ids(governed: Callable[..., Any]) -> tuple[str | None, str | None, str 
         if flow_run_id is None or flow_run_id == str(flow_ctx.flow_run.id):
             flow_run_id = str(flow_ctx.flow_run.id)
             flow_run_name = flow_ctx.flow_run.name
-    return task_run_id, task_run_name, flow_run_id, flow_run_name
+    return _RunIds(task_name, task_run_id, task_run_name, flow_run_id, flow_run_name)
 
 
 def _digest(parameters: dict[str, Any]) -> str:
@@ -292,8 +302,12 @@ class _TaskGovernance:
 
     def prepare(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> _Call:
         flow = current_flow_governance()
-        task_run_id, task_run_name, flow_run_id, flow_run_name = _run_ids(self.governed or self.fn)
-        task_name = self.tool_name
+        run = _run_ids(self.governed or self.fn)
+        task_run_id, task_run_name = run.task_run_id, run.task_run_name
+        flow_run_id, flow_run_name = run.flow_run_id, run.flow_run_name
+        # The tool name is fixed at decoration; the task name is the running task's (with_options
+        # may rename it).
+        task_name = run.task_name or self.tool_name
 
         def deny_locally(error: ChioPrefectError, server: str) -> NoReturn:
             self._emit(

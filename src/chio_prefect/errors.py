@@ -103,7 +103,7 @@ class ChioSidecarUnavailable(ConnectionError):
         target = f" for {tool_server}/{tool_name}" if tool_server or tool_name else ""
         super().__init__(
             f"chio sidecar at {url} is unavailable{target} ({detail}); the task body was not run. "
-            f"Start the sidecar (`python -m chio_kernel.cli sidecar`), pass sidecar_url= with its "
+            f"Start the sidecar (`chio-durable sidecar`), pass sidecar_url= with its "
             f"address, or pass chio_client=LocalChioClient() to use the embedded kernel."
         )
 

@@ -181,3 +181,32 @@ def test_events_reach_the_prefect_api(local: LocalChioClient) -> None:
     assert sorted(e.payload["tool_name"] for e in events) == ["analyze_results", "search_documents"]
     assert {e.resource.id for e in events} == {f"prefect.task-run.{tid}" for tid, _ in runs.values()}
     assert {e.payload["receipt_id"] for e in events} == {r.id for r in local.kernel.list_receipts()}
+
+
+def test_renamed_task_keeps_its_tool_name(local: LocalChioClient, captured_events: Any) -> None:
+    @chio_task(tool_server="search-srv")
+    def search_documents(query: str) -> str:
+        return query
+
+    renamed = search_documents.with_options(name="search (nightly)", tags=["nightly"])
+
+    @chio_flow(scope=SCOPE, capability_id="cap-research-pipeline", chio_client=local)
+    def pipeline() -> str:
+        return renamed("q")
+
+    assert pipeline() == "q"
+    [event] = captured_events.chio()
+    # authorization follows the tool (fixed at decoration); the event names the running task
+    assert (event.payload["tool_name"], event.payload["task_name"]) == ("search_documents", "search (nightly)")
+
+
+def test_call_outside_a_task_run_uses_the_tool_as_resource(local: LocalChioClient, captured_events: Any) -> None:
+    @chio_task(tool_server="search-srv", capability_id="cap-research-pipeline", chio_client=local)
+    def search_documents(query: str) -> str:
+        return query
+
+    assert search_documents.fn("direct") == "direct"
+    [event] = captured_events.chio()
+    assert event.resource.id == "chio.tool.search-srv.search_documents"
+    assert event.payload["receipt_id"] == local.kernel.list_receipts()[0].id
+    assert related_flow_runs(event) == []

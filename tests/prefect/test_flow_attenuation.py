@@ -304,3 +304,29 @@ async def test_concurrent_async_flow_runs_never_see_each_others_scope() -> None:
     result_a, result_b = await asyncio.gather(a(), b())
     assert result_a == ["cap-a@srv-a", "a-only"]
     assert result_b == ["cap-b@srv-b", "denied:flow-scope"]
+
+
+def test_plain_prefect_subflow_keeps_the_envelope() -> None:
+    client = allow_all()
+
+    @chio_task(tool_server="fs-srv")
+    def write_file(path: str) -> None:
+        raise AssertionError("must not run")
+
+    @chio_task(tool_server="search-srv")
+    def search_documents(query: str) -> str:
+        return query
+
+    @flow
+    def plain_subflow() -> str:
+        with pytest.raises(PermissionError) as info:
+            write_file("/x")
+        assert info.value.__cause__.guard == "flow-scope"
+        return search_documents("inside plain subflow")
+
+    @chio_flow(scope=PIPELINE_SCOPE, capability_id="cap-outer", chio_client=client)
+    def outer() -> str:
+        return plain_subflow()
+
+    assert outer() == "inside plain subflow"
+    assert [(c.capability_id, c.tool_name) for c in client.calls] == [("cap-outer", "search_documents")]
