@@ -678,6 +678,33 @@ class _ChioWorkflowInbound(WorkflowInboundInterceptor):
         return [parent.workflow_id] if parent is not None else []
 
 
+async def _surface_denial(handle: temporalio.workflow.ActivityHandle[Any]) -> Any:
+    try:
+        return await handle
+    except ActivityError as err:
+        surfaced = ActivityDeniedError.surface(err)
+        if surfaced is err:
+            raise
+        raise surfaced from err.cause
+
+
+class _SurfacingActivityHandle(temporalio.workflow.ActivityHandle[Any]):
+    """The activity handle workflow code gets: the real one, with a denial re-raised as ``ActivityDeniedError``.
+
+    A task on the workflow's own deterministic event loop. ``cancel()`` goes to the real handle first,
+    so an activity cancelled before this task ever ran is cancelled exactly as without chio (e.g. never
+    scheduled when cancelled in the same workflow task).
+    """
+
+    def __init__(self, inner: temporalio.workflow.ActivityHandle[Any]) -> None:
+        super().__init__(_surface_denial(inner))
+        self._inner = inner
+
+    def cancel(self, msg: Any | None = None) -> bool:
+        self._inner.cancel(msg)
+        return super().cancel(msg)
+
+
 class _ChioWorkflowOutbound(WorkflowOutboundInterceptor):
     def __init__(self, next: WorkflowOutboundInterceptor, inbound: _ChioWorkflowInbound) -> None:
         super().__init__(next)
@@ -687,20 +714,7 @@ class _ChioWorkflowOutbound(WorkflowOutboundInterceptor):
         return {**headers, PARENT_CHAIN_HEADER: _encode_chain(chain)} if chain else headers
 
     def _surfaced(self, handle: temporalio.workflow.ActivityHandle[Any]) -> temporalio.workflow.ActivityHandle[Any]:
-        if not self._inbound.surface_denials:
-            return handle
-
-        async def result() -> Any:
-            try:
-                return await handle
-            except ActivityError as err:
-                surfaced = ActivityDeniedError.surface(err)
-                if surfaced is err:
-                    raise
-                raise surfaced from err.cause
-
-        # a task on the workflow's own (deterministic) event loop; cancelling it cancels ``handle``
-        return temporalio.workflow.ActivityHandle(result())
+        return _SurfacingActivityHandle(handle) if self._inbound.surface_denials else handle
 
     def start_activity(self, input: StartActivityInput) -> Any:
         input.headers = self._with_chain(input.headers, self._inbound.parents())

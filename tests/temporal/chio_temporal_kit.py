@@ -26,7 +26,7 @@ import workflows
 EXECUTOR = ThreadPoolExecutor(max_workers=4, thread_name_prefix="activity")
 """For the sync activity (``send_email``)."""
 
-ALL_WORKFLOWS = [workflows.TransferWorkflow, workflows.PlanWorkflow]
+ALL_WORKFLOWS = [workflows.TransferWorkflow, workflows.PlanWorkflow, workflows.CancelWorkflow]
 
 
 def make_worker(client: Client, task_queue: str, interceptors: list[Any], **kwargs: Any) -> Worker:

@@ -76,3 +76,38 @@ async def test_adding_the_interceptor_keeps_existing_histories_replayable(client
         result = await replayer.replay_workflow(await h.fetch_history(), raise_on_replay_failure=False)
         assert result.replay_failure is None, f"{h.id}: {result.replay_failure!r}"
     await chio.close()
+
+
+@pytest.mark.parametrize("wait", [0.0, 0.3])
+async def test_cancelling_an_activity_gives_the_same_history_with_and_without_chio(
+    client: Client, chio_home: Path, uid: Any, wait: float
+) -> None:
+    """Denial surfacing wraps activity handles: cancellation must behave exactly as without it."""
+    chio = LocalChioClient(data_dir=chio_home)
+    token = await chio.create_capability(subject="agent:x", scope=scope(tool("bank", "slow")), ttl_seconds=60)
+    seen: dict[bool, tuple[str, list[int], list[str]]] = {}
+    histories = []
+    for with_chio in (False, True):
+        wid, tq = uid(f"cancel-{with_chio}"), uid(f"tq-{with_chio}")
+        interceptors: list[Any] = []
+        if with_chio:
+            ic = ChioActivityInterceptor(chio_client=chio, default_tool_server="bank")
+            ic.register_workflow_grant(WorkflowGrant(workflow_id=wid, token=token))
+            interceptors = [ic]
+        workflows.reset()
+        async with running(make_worker(client, tq, interceptors)):
+            handle = await client.start_workflow(workflows.CancelWorkflow.run, wait, id=wid, task_queue=tq)
+            result = await handle.result()
+        history = await handle.fetch_history()
+        histories.append(history)
+        seen[with_chio] = (result, [int(e.event_type) for e in history.events], [n for n, _, _ in workflows.CALLS])
+    assert seen[True] == seen[False]
+    if wait:
+        assert seen[True][0] == "ActivityError:CancelledError" and seen[True][2] == ["slow", "slow-cancelled"]
+    else:  # cancelled in the same workflow task: never scheduled, never ran
+        assert seen[True][0].startswith("CancelledError") and seen[True][2] == []
+    replayer = Replayer(workflows=ALL_WORKFLOWS, interceptors=[ChioActivityInterceptor(chio_client=chio)])
+    for history in histories:
+        result = await replayer.replay_workflow(history, raise_on_replay_failure=False)
+        assert result.replay_failure is None
+    await chio.close()

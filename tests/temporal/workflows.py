@@ -6,6 +6,7 @@ there). Activities record every real invocation in ``CALLS`` so tests can assert
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass, field
 from datetime import timedelta
 from collections.abc import Callable, Sequence
@@ -222,3 +223,42 @@ class PlanWorkflow:
                 )
             )
         return results
+
+
+@activity.defn
+async def slow(tag: str) -> str:
+    CALLS.append(("slow", (tag,), current_receipt_id()))
+    try:
+        for _ in range(100):
+            activity.heartbeat()
+            await asyncio.sleep(0.05)
+    except asyncio.CancelledError:
+        CALLS.append(("slow-cancelled", (tag,), None))
+        raise
+    return tag
+
+
+ALL_ACTIVITIES.append(slow)
+
+
+@workflow.defn
+class CancelWorkflow:
+    """Starts ``slow`` and cancels it: at once (``wait=0``) or after ``wait`` seconds."""
+
+    @workflow.run
+    async def run(self, wait: float) -> str:
+        handle = workflow.start_activity(
+            slow,
+            "c",
+            start_to_close_timeout=timedelta(seconds=30),
+            heartbeat_timeout=timedelta(seconds=2),
+            cancellation_type=workflow.ActivityCancellationType.WAIT_CANCELLATION_COMPLETED,
+        )
+        if wait:
+            await workflow.sleep(wait)
+        handle.cancel()
+        try:
+            await handle
+        except BaseException as err:  # noqa: BLE001 - report what the workflow saw
+            return type(err).__name__ + ":" + type(getattr(err, "cause", None)).__name__
+        return "not cancelled"
