@@ -78,9 +78,8 @@ def permission_error(
 ) -> PermissionError:
     """The ``PermissionError`` for a denied call, its ``__cause__`` built by ``factory``."""
     error = error_class(
-        f"Chio denied the {call.kind} call {call.label}: {evaluation.reason or 'no reason given'} "
-        f"(guard: {evaluation.guard}, receipt: {evaluation.receipt_id}). "
-        f"Grant it in capability {evaluation.capability_id!r}'s scope, or issue a capability that does."
+        f"Chio denied the {call.kind} call {call.label} (guard: {evaluation.guard}, "
+        f"receipt: {evaluation.receipt_id}): {evaluation.reason or 'no reason given'}"
     )
     error.__cause__ = (factory or default_deny_error)(evaluation, call)
     return error
