@@ -68,42 +68,68 @@ def captured_events(monkeypatch: pytest.MonkeyPatch) -> Iterator[CapturedEvents]
         worker.drain()
 
 
-def _free_port() -> int:
+def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
 
 
-@pytest.fixture
-def sidecar_url(chio_home: Path) -> Iterator[str]:
-    """The real sidecar (``python -m chio_kernel.cli sidecar``) over ``chio_home`` on a free port."""
-    port = _free_port()
-    env = {k: v for k, v in os.environ.items() if k not in {"CHIO_SIDECAR_TOKEN", "CHIO_HOME"}}
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "chio_kernel.cli", "sidecar", "--host", "127.0.0.1", "--port", str(port),
-         "--data-dir", str(chio_home)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        env=env,
-    )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 30
+class SidecarProcess:
+    """``python -m chio_kernel.cli sidecar`` over ``data_dir`` on loopback ``port``."""
+
+    def __init__(self, data_dir: Path, port: int) -> None:
+        self.url = f"http://127.0.0.1:{port}"
+        env = {k: v for k, v in os.environ.items() if k not in {"CHIO_SIDECAR_TOKEN", "CHIO_HOME"}}
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "chio_kernel.cli", "sidecar", "--host", "127.0.0.1", "--port", str(port),
+             "--data-dir", str(data_dir)],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            env=env,
+        )
+
+    def wait_healthy(self, timeout: float = 30) -> SidecarProcess:
+        deadline = time.monotonic() + timeout
         while True:
-            if proc.poll() is not None:
-                raise RuntimeError(f"sidecar exited: {proc.stderr.read().decode() if proc.stderr else ''}")
+            if self.proc.poll() is not None:
+                err = self.proc.stderr.read().decode() if self.proc.stderr else ""
+                raise RuntimeError(f"sidecar exited: {err}")
             try:
-                if httpx.get(url + "/chio/health", timeout=1).status_code == 200:
-                    break
+                if httpx.get(self.url + "/chio/health", timeout=1).status_code == 200:
+                    return self
             except httpx.HTTPError:
                 pass
             if time.monotonic() > deadline:
-                raise RuntimeError("sidecar did not become healthy in 30 s")
+                raise RuntimeError(f"sidecar did not become healthy in {timeout} s")
             time.sleep(0.05)
-        yield url
-    finally:
-        proc.terminate()
+
+    def stop(self) -> None:
+        self.proc.terminate()
         try:
-            proc.wait(10)
+            self.proc.wait(10)
         except subprocess.TimeoutExpired:
-            proc.kill()
+            self.proc.kill()
+            self.proc.wait(10)
+
+
+@pytest.fixture
+def sidecar_factory(chio_home: Path) -> Iterator[Any]:
+    """Start real sidecars over ``chio_home`` (stopped after the test): ``start(port=None)``."""
+    started: list[SidecarProcess] = []
+
+    def start(port: int | None = None) -> SidecarProcess:
+        sidecar = SidecarProcess(chio_home, port or free_port())
+        started.append(sidecar)
+        return sidecar
+
+    try:
+        yield start
+    finally:
+        for sidecar in started:
+            sidecar.stop()
+
+
+@pytest.fixture
+def sidecar_url(sidecar_factory: Any) -> str:
+    """URL of a healthy real sidecar over ``chio_home`` on a free port."""
+    return sidecar_factory().wait_healthy().url

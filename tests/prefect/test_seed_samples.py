@@ -272,3 +272,42 @@ def test_quickstart_verbatim_against_the_sidecar(
     assert info.value.__cause__.guard == "revocation"
     assert info.value.__cause__.receipt_id.startswith("rcpt-")
     assert search.queries == ["capability-based security"]
+
+
+
+def test_unreachable_sidecar_is_retried_until_it_answers(sidecar_factory: Any, chio_home: Path) -> None:
+    """Fail closed, then recover: attempts while the sidecar is down never run the body."""
+    import socket
+    import threading
+
+    from chio_prefect import ChioSidecarUnavailable, chio_flow, chio_task
+
+    provision(Kernel(chio_home))
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    url = f"http://127.0.0.1:{port}"
+    attempts: list[str] = []
+    ran: list[str] = []
+
+    def note_attempt(task, task_run, state) -> bool:  # noqa: ANN001
+        exc = state.data
+        attempts.append(type(exc).__name__)
+        if len(attempts) == 1:  # bring the sidecar up after the first failed attempt
+            threading.Thread(target=lambda: sidecar_factory(port).wait_healthy()).start()
+        return isinstance(exc, ChioSidecarUnavailable)
+
+    @chio_task(tool_server="search-srv", retries=30, retry_delay_seconds=0.5, retry_condition_fn=note_attempt)
+    def search_documents(query: str) -> str:
+        ran.append(query)
+        return query
+
+    @chio_flow(scope=PIPELINE_SCOPE, capability_id="cap-research-pipeline", sidecar_url=url)
+    def pipeline() -> str:
+        return search_documents("q")
+
+    assert pipeline() == "q"
+    assert ran == ["q"]  # once, after the sidecar answered
+    assert attempts and set(attempts) == {"ChioSidecarUnavailable"}
+    [receipt] = Kernel(chio_home).list_receipts(capability_id="cap-research-pipeline")
+    assert receipt.decision.verdict == "allow"
