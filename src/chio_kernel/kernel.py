@@ -16,7 +16,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -187,6 +187,7 @@ class _Cap:
     lineage: tuple[str, ...]  # own id first, then ancestors (nearest first)
     grants: list[ToolGrant]
     head_sql: str  # chain head + first revoked id of the lineage, in one statement
+    plans: dict[tuple[str, str, Operation], list[tuple[int, ToolGrant]]] = field(default_factory=dict)
 
 
 def _iso(ts: float) -> str:
@@ -303,6 +304,13 @@ def _first_non_subset(child: ChioScope, parent: ChioScope) -> str | None:
         if not any(pg2.is_subset_of(p) for p in parent.prompt_grants):
             return f"prompt grant {pg2.prompt_name!r} is not within the parent's prompt grants"
     return None
+
+
+def _owner(capability_id: str, inherited: bool) -> str:
+    """Who set a limit, for deny reasons."""
+    if inherited:
+        return f"ancestor capability {capability_id} (whose limits this capability inherits)"
+    return f"capability {capability_id}"
 
 
 class _Deny(Exception):
@@ -811,9 +819,11 @@ class Kernel:
 
         Raises :class:`KernelInputError` (a ``ValueError``) for malformed input.
         """
-        _require_str("capability_id", capability_id, max_len=256)
-        _require_str("tool_server", tool_server)
-        _require_str("tool_name", tool_name)
+        for name, value, max_len in (
+            ("capability_id", capability_id, 256), ("tool_server", tool_server, 1024), ("tool_name", tool_name, 1024)
+        ):
+            if type(value) is not str or not value or len(value) > max_len or not value.isascii() or "\x00" in value:
+                _require_str(name, value, max_len=max_len)  # raises with the precise message, or accepts Unicode
         if not isinstance(parameters, dict):
             raise KernelInputError(
                 f"parameters must be a dict of parameter name -> JSON value, got {type(parameters).__name__}"
@@ -845,53 +855,83 @@ class Kernel:
                 ).encode()
             ).hexdigest()
 
-        with self._write() as conn:
-            now = self._clock()
-            cap = self._load_cap(conn, capability_id)
-            # One statement reads the chain head and the revocation state (of the capability and
-            # its ancestors) inside the write transaction: another process's revoke is seen.
-            if cap is not None:
-                head_seq, prev_hash, revoked = conn.execute(cap.head_sql, cap.lineage).fetchone()
-            else:
-                head_seq, prev_hash = conn.execute(_HEAD_SQL).fetchone()
-                revoked = None
+        lock = self._check_fork()
+        with lock:
+            conn = self._db()
+            conn.execute("BEGIN IMMEDIATE")
             try:
-                self._check_valid(cap, capability_id, now, revoked)
-                if idem_hash is not None:
-                    row = conn.execute(
-                        "SELECT r.body FROM idempotency i JOIN receipts r ON r.seq = i.receipt_seq WHERE i.key_hash = ?",
-                        (idem_hash,),
-                    ).fetchone()
-                    if row is not None:
-                        return ChioReceipt.model_validate_json(row[0])
-                assert cap is not None
-                charge = self._check_policy(conn, cap, tool_server, tool_name, op, params, cost_t, now)
-            except _Deny as deny:
-                policy_hash = cap.policy_hash if cap is not None else GENESIS_HASH
-                return self._append_receipt(
-                    conn, head_seq, prev_hash, now, capability_id, tool_server, tool_name, params, params_text,
-                    params_ascii, param_hash, deny.guard, deny.reason, policy_hash,
+                receipt = self._evaluate_locked(
+                    conn, capability_id, tool_server, tool_name, op, params, params_text, params_ascii,
+                    param_hash, cost_t, idem_hash,
                 )
-            # allow: charge, then record
-            charges, rated = charge
-            for charged_id, grant_index in charges:
-                conn.execute(
-                    "INSERT INTO usage(capability_id, grant_index, invocations, cost_units) VALUES (?, ?, 1, ?) "
-                    "ON CONFLICT(capability_id, grant_index) DO UPDATE SET "
-                    "invocations = invocations + 1, cost_units = cost_units + excluded.cost_units",
-                    (charged_id, grant_index, cost_t[0] if cost_t else 0),
-                )
-            for rated_id in rated:
-                conn.execute("INSERT INTO rate_events(capability_id, t) VALUES (?, ?)", (rated_id, now))
-            receipt = self._append_receipt(
-                conn, head_seq, prev_hash, now, capability_id, tool_server, tool_name, params, params_text,
-                params_ascii, param_hash, None, None, cap.policy_hash,
-            )
+                conn.execute("COMMIT")
+            except BaseException:
+                if conn.in_transaction:  # never leave the shared connection inside a transaction
+                    conn.execute("ROLLBACK")
+                raise
+        return receipt
+
+    def _evaluate_locked(
+        self,
+        conn: sqlite3.Connection,
+        capability_id: str,
+        tool_server: str,
+        tool_name: str,
+        op: Operation,
+        params: dict[str, Any],
+        params_text: str,
+        params_ascii: str,
+        param_hash: str,
+        cost_t: tuple[int, str] | None,
+        idem_hash: str | None,
+    ) -> ChioReceipt:
+        """Decide, charge and record inside the caller's write transaction."""
+        now = self._clock()
+        cap = self._load_cap(conn, capability_id)
+        # One statement reads the chain head and the revocation state (of the capability and
+        # its ancestors) inside the write transaction: another process's revoke is seen.
+        if cap is not None:
+            head_seq, prev_hash, revoked = conn.execute(cap.head_sql, cap.lineage).fetchone()
+        else:
+            head_seq, prev_hash = conn.execute(_HEAD_SQL).fetchone()
+            revoked = None
+        try:
+            self._check_valid(cap, capability_id, now, revoked)
             if idem_hash is not None:
-                conn.execute(
-                    "INSERT INTO idempotency(key_hash, receipt_seq) VALUES (?, ?)", (idem_hash, head_seq + 1)
-                )
-            return receipt
+                row = conn.execute(
+                    "SELECT r.body FROM idempotency i JOIN receipts r ON r.seq = i.receipt_seq WHERE i.key_hash = ?",
+                    (idem_hash,),
+                ).fetchone()
+                if row is not None:
+                    return ChioReceipt.model_validate_json(row[0])
+            assert cap is not None
+            charge = self._check_policy(conn, cap, tool_server, tool_name, op, params, cost_t, now)
+        except _Deny as deny:
+            policy_hash = cap.policy_hash if cap is not None else GENESIS_HASH
+            return self._append_receipt(
+                conn, head_seq, prev_hash, now, capability_id, tool_server, tool_name, params, params_text,
+                params_ascii, param_hash, deny.guard, deny.reason, policy_hash,
+            )
+        # allow: charge, then record
+        charges, rated = charge
+        for charged_id, grant_index in charges:
+            conn.execute(
+                "INSERT INTO usage(capability_id, grant_index, invocations, cost_units) VALUES (?, ?, 1, ?) "
+                "ON CONFLICT(capability_id, grant_index) DO UPDATE SET "
+                "invocations = invocations + 1, cost_units = cost_units + excluded.cost_units",
+                (charged_id, grant_index, cost_t[0] if cost_t else 0),
+            )
+        for rated_id in rated:
+            conn.execute("INSERT INTO rate_events(capability_id, t) VALUES (?, ?)", (rated_id, now))
+        receipt = self._append_receipt(
+            conn, head_seq, prev_hash, now, capability_id, tool_server, tool_name, params, params_text,
+            params_ascii, param_hash, None, None, cap.policy_hash,
+        )
+        if idem_hash is not None:
+            conn.execute(
+                "INSERT INTO idempotency(key_hash, receipt_seq) VALUES (?, ?)", (idem_hash, head_seq + 1)
+            )
+        return receipt
 
     def _check_valid(self, cap: _Cap | None, capability_id: str, now: float, revoked: str | None) -> None:
         """The signature, time and revocation guards."""
@@ -977,13 +1017,17 @@ class Kernel:
     ) -> tuple[int, bool]:
         """The first grant of ``cap`` that covers the call and has budget left -> (index, has budgets)."""
         cid = cap.token.id
-        owner = f"ancestor capability {cid} (whose limits this capability inherits)" if inherited else f"capability {cid}"
-        matching = [(i, g) for i, g in enumerate(cap.grants) if grant_matches(g, tool_server, tool_name, op)]
+        plan_key = (tool_server, tool_name, op)
+        matching = cap.plans.get(plan_key)
+        if matching is None:  # grants are immutable: which ones cover a tool is computed once
+            matching = [(i, g) for i, g in enumerate(cap.grants) if grant_matches(g, tool_server, tool_name, op)]
+            if len(cap.plans) < 4096:
+                cap.plans[plan_key] = matching
         if not matching:
             allowed = "; ".join(describe_grant(g) for g in cap.grants) or "nothing (it has no tool grants)"
             raise _Deny(
                 "scope",
-                f"{owner} does not allow {op.value} on {tool_server}/{tool_name}; it allows {allowed}. "
+                f"{_owner(cid, inherited)} does not allow {op.value} on {tool_server}/{tool_name}; it allows {allowed}. "
                 "Use a capability whose scope includes this tool",
             )
         passing = []
@@ -995,7 +1039,7 @@ class Kernel:
             elif first_violation is None:
                 first_violation = violation
         if not passing:
-            raise _Deny("constraints", f"{owner}, {tool_server}/{tool_name}: {first_violation}")
+            raise _Deny("constraints", f"{_owner(cid, inherited)}, {tool_server}/{tool_name}: {first_violation}")
         first_fail: _Deny | None = None
         for i, g in passing:
             limited = (
@@ -1004,7 +1048,7 @@ class Kernel:
             if not limited:
                 return i, False
             try:
-                self._check_budget(conn, cid, owner, i, g, cost_t, tool_server, tool_name)
+                self._check_budget(conn, cid, _owner(cid, inherited), i, g, cost_t, tool_server, tool_name)
             except _Deny as deny:
                 if first_fail is None:
                     first_fail = deny
@@ -1224,8 +1268,9 @@ class Kernel:
     def verify_chain(self, *, batch: int = 2000) -> ChainReport:
         """Walk the store in seq order checking each signature and chain link; name the first broken index.
 
-        Index = 0-based position in store order. The chain head must match the newest receipt (a
-        removed tail is reported at index ``count``).
+        Index = 0-based position in store order. (Like any hash chain without an external anchor,
+        removing the newest receipts leaves a shorter valid chain; compare ``count`` with a count you
+        recorded elsewhere to detect that.)
         """
         prev = GENESIS_HASH
         index = 0
@@ -1260,11 +1305,10 @@ class Kernel:
                         last_seq = seq
             finally:
                 conn.execute("COMMIT")
-        if head_seq != last_seq or head_hash != prev:
+        if head_seq != last_seq or head_hash != prev:  # the newest row's stored chain hash was altered
             return ChainReport(
-                False, index, index,
-                f"the chain head (seq {head_seq}) does not match the last stored receipt (seq {last_seq}): "
-                "receipts were removed from the end, or the last one was altered",
+                False, index, max(index - 1, 0),
+                f"the newest receipt (seq {head_seq}) carries a chain hash that does not match its content",
             )
         return ChainReport(True, index, None, None)
 
@@ -1305,8 +1349,13 @@ class _Txn:
     def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
         try:
             if exc_type is None:
-                self._conn.execute("COMMIT")
-            else:
+                try:
+                    self._conn.execute("COMMIT")
+                except BaseException:
+                    if self._conn.in_transaction:
+                        self._conn.execute("ROLLBACK")
+                    raise
+            elif self._conn.in_transaction:
                 self._conn.execute("ROLLBACK")
         finally:
             self._lock.release()

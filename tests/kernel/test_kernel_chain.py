@@ -74,14 +74,23 @@ def test_deleted_receipt_breaks_the_next_link(kernel: Kernel) -> None:
     assert report.first_broken_index == 2 and "does not chain" in report.reason
 
 
-def test_removed_tail_is_reported(kernel: Kernel) -> None:
-    ids = _fill(kernel, 4)
+def test_chain_continues_after_reopen_and_old_schema_is_migrated(kernel: Kernel, clock) -> None:
+    ids = _fill(kernel, 3)
+    # A store written by the first development schema had a chain_head TABLE + trigger.
     db = sqlite3.connect(kernel.data_dir / "kernel.db")
-    db.execute("DELETE FROM receipts WHERE id = ?", (ids[-1],))
-    db.commit()
+    head = db.execute("SELECT seq, hash FROM chain_head").fetchone()
+    db.executescript(
+        "DROP TRIGGER chain_head_update; DROP VIEW chain_head;"
+        "CREATE TABLE chain_head (k INTEGER PRIMARY KEY CHECK (k = 0), seq INTEGER NOT NULL, hash TEXT NOT NULL);"
+        f"INSERT INTO chain_head VALUES (0, {head[0]}, '{head[1]}');"
+    )
     db.close()
-    report = kernel.verify_chain()
-    assert not report.ok and report.first_broken_index == 3 and "chain head" in report.reason
+    reopened = Kernel(kernel.data_dir, clock=clock)
+    cap_id = reopened.get_receipt(ids[1]).capability_id
+    reopened.evaluate(cap_id, "fs", "read", {"after": "reopen"})
+    report = reopened.verify_chain()
+    assert report.ok and report.count == 4
+    reopened.close()
 
 
 def test_list_filters_and_paging(kernel: Kernel) -> None:
