@@ -311,3 +311,31 @@ def test_unreachable_sidecar_is_retried_until_it_answers(sidecar_factory: Any, c
     assert attempts and set(attempts) == {"ChioSidecarUnavailable"}
     [receipt] = Kernel(chio_home).list_receipts(capability_id="cap-research-pipeline")
     assert receipt.decision.verdict == "allow"
+
+
+def test_async_and_sync_sample_over_the_sidecar(sidecar_url: str, chio_home: Path) -> None:
+    """The sync task's evaluation blocks only its own thread, never the async flow's loop."""
+    from chio_prefect import chio_flow, chio_task
+
+    provision(Kernel(chio_home))
+    external_search = _AsyncSearch()
+    analyzer = _Analyzer()
+
+    @chio_task(tool_server="search-srv")
+    async def search_documents(query: str) -> list[dict]:
+        return await external_search.run(query)
+
+    @chio_task(tool_server="search-srv")
+    def analyze_results(documents: list[dict]) -> dict:
+        return analyzer.run(documents)
+
+    @chio_flow(scope=PIPELINE_SCOPE, capability_id="cap-research-pipeline", tool_server="search-srv",
+               sidecar_url=sidecar_url)
+    async def pipeline(query: str) -> list[dict]:
+        first, second = await asyncio.gather(search_documents(query), search_documents(query + "!"))
+        return [analyze_results(first), analyze_results(second)]
+
+    assert asyncio.run(pipeline("q")) == [{"count": 1, "top": "q"}, {"count": 1, "top": "q!"}]
+    receipts = Kernel(chio_home).list_receipts(capability_id="cap-research-pipeline")
+    assert sorted(r.tool_name for r in receipts) == ["analyze_results"] * 2 + ["search_documents"] * 2
+    assert all(r.decision.verdict == "allow" for r in receipts)
