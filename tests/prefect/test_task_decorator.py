@@ -258,15 +258,22 @@ def test_kernel_unreachable_does_not_run_the_body_and_is_retried() -> None:
 
 
 def test_default_client_is_the_seed_sidecar_address() -> None:
-    @chio_task(tool_server="srv", capability_id="cap-default")
+    from chio_prefect import decorators
+
+    @chio_task(tool_server="srv", capability_id="cap-default-never-issued")
     def guarded() -> None:
         raise AssertionError("must not run")
 
-    with pytest.raises(ChioSidecarUnavailable) as info:
+    try:
         guarded.fn()
-    # Either nothing listens on 9090 (connection refused) or something answers that is no kernel;
-    # both are "could not decide" and name the default address.
-    assert info.value.url == "http://127.0.0.1:9090"
+    except ChioSidecarUnavailable as err:  # nothing (or no kernel) listens on 9090: fail closed
+        assert err.url == "http://127.0.0.1:9090"
+    except PermissionError as err:  # a real sidecar runs on 9090 here: it denied the unknown capability
+        assert isinstance(err.__cause__, ChioPrefectError)
+    else:
+        raise AssertionError("an unknown capability must never be allowed")
+    # the call itself created the shared real client for the default address
+    assert type(decorators._clients_by_url["http://127.0.0.1:9090"]).__name__ == "ChioClient"
 
 
 # --- Prefect semantics: submit, map, fn, options ----------------------------------------------------
