@@ -9,7 +9,9 @@ Two event names (seed 000):
 The event's resource is the task run (``prefect.task-run.<id>``, named after the task run, with the
 flow-run id as the ``prefect.flow-run.id`` label as the seed shows) and the flow run is a related
 resource with role ``flow-run``, so the Prefect UI shows the receipt on the right row. A call made
-outside any task run (``task.fn(...)``) uses ``chio.tool.<server>.<tool>`` as its resource.
+outside any task run (``task.fn(...)``) uses ``chio.tool.<server>.<tool>`` as its resource; outside
+any Prefect run *and* with no ``PREFECT_API_URL`` configured it is logged at INFO instead of emitted
+(Prefect would otherwise start a temporary API server just to receive it).
 
 A denial decided before the kernel (the flow-scope envelope, a missing ``capability_id``) has no
 receipt: it is still emitted as ``chio.receipt.deny`` with ``receipt_id: null``, so every decision
@@ -120,6 +122,12 @@ def emit_receipt_event(event: ReceiptEvent) -> Any | None:
     Returns the Prefect ``Event`` handed to the events worker, or ``None`` when it was logged
     instead. Never raises: a receipt mirror must not turn an allowed call into a failure.
     """
+    if event.task_run_id is None and event.flow_run_id is None and not _prefect_api_configured():
+        # Outside any Prefect run with no API configured, Prefect's emit_event would start a whole
+        # temporary server just for this event; there is no run to attach it to anyway.
+        logger.info("chio receipt event %s (outside any Prefect run, no PREFECT_API_URL): %s",
+                    event.name, _as_json(event))
+        return None
     try:
         from prefect.events import emit_event
 
@@ -142,10 +150,20 @@ def _log_undelivered(event: ReceiptEvent, why: str) -> None:
         "chio receipt event %s could not be emitted to Prefect (%s); receipt: %s",
         event.name,
         why,
-        json.dumps(
-            {"event": event.name, "resource": event.resource(), "related": event.related(),
-             "payload": event.payload()},
-            sort_keys=True,
-            default=str,
-        ),
+        _as_json(event),
     )
+
+
+def _as_json(event: ReceiptEvent) -> str:
+    return json.dumps(
+        {"event": event.name, "resource": event.resource(), "related": event.related(),
+         "payload": event.payload()},
+        sort_keys=True,
+        default=str,
+    )
+
+
+def _prefect_api_configured() -> bool:
+    from prefect.settings import PREFECT_API_URL
+
+    return bool(PREFECT_API_URL.value())

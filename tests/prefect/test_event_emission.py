@@ -210,3 +210,24 @@ def test_call_outside_a_task_run_uses_the_tool_as_resource(local: LocalChioClien
     assert event.resource.id == "chio.tool.search-srv.search_documents"
     assert event.payload["receipt_id"] == local.kernel.list_receipts()[0].id
     assert related_flow_runs(event) == []
+
+
+def test_outside_prefect_without_an_api_the_receipt_is_logged_not_emitted(
+    local: LocalChioClient, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    import prefect.events
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    emitted: list[Any] = []
+    monkeypatch.setattr(prefect.events, "emit_event", lambda **kw: emitted.append(kw))
+
+    @chio_task(tool_server="search-srv", capability_id="cap-research-pipeline", chio_client=local)
+    def search_documents(query: str) -> str:
+        return query
+
+    with temporary_settings(updates={PREFECT_API_URL: None}), caplog.at_level(logging.INFO, "chio_prefect.events"):
+        assert search_documents.fn("plain script") == "plain script"
+    assert emitted == []  # no temporary Prefect server was started for it
+    [record] = [r for r in caplog.records if r.name == "chio_prefect.events"]
+    assert record.levelno == logging.INFO
+    assert local.kernel.list_receipts()[0].id in record.getMessage()
