@@ -163,6 +163,8 @@ class LocalChioClient:
         """The stored receipt with this id, or None."""
         return self.kernel.get_receipt(receipt_id)
 
-    async def list_receipts(self, capability_id: str | None = None) -> list[ChioReceipt]:
-        """Stored receipts in chain order, optionally for one capability."""
-        return self.kernel.list_receipts(capability_id=capability_id)
+    async def list_receipts(
+        self, capability_id: str | None = None, *, limit: int | None = None, after_seq: int | None = None
+    ) -> list[ChioReceipt]:
+        """Stored receipts in chain order, optionally for one capability (paged by ``limit``/``after_seq``)."""
+        return self.kernel.list_receipts(capability_id=capability_id, limit=limit, after_seq=after_seq)
