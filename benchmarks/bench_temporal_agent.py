@@ -118,6 +118,8 @@ async def bench(runs: int, warmup: int) -> int:
             "1.00x" if kind == "bare" else f"{ratio:.3f}x",
         )
     console.print(table)
+    min_ratio = min(times["governed"]) / min(times["bare"])
+    console.print(f"ratio of the fastest runs (less sensitive to a busy machine): {min_ratio:.3f}x")
     console.print(
         f"governed runs made {receipts} receipts ({receipts / runs:.1f} per run, expected 3); "
         f"one inline evaluation (embedded kernel): median {statistics.median(per_eval) * 1e6:.0f} us; "

@@ -41,6 +41,7 @@ How it holds the line (docs/temporal_agent.md has the details):
 from __future__ import annotations
 
 import copy
+import threading
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, Literal
 
@@ -140,6 +141,19 @@ def receipt_ids_in_messages(messages: Iterable[ModelMessage]) -> list[str]:
     return ids
 
 
+_GOVERNED_AGENT_NAMES: set[str] = set()
+_GOVERNED_LOCK = threading.Lock()
+
+
+def _belongs_to_a_governed_agent(activity_type: str) -> bool:
+    """Is this an activity of an agent some ``ChioAgentActivityInterceptor`` in this process governs?"""
+    if not activity_type.startswith("agent__"):
+        return False
+    with _GOVERNED_LOCK:
+        names = tuple(_GOVERNED_AGENT_NAMES)
+    return any(activity_type.startswith(f"agent__{name}__") for name in names)
+
+
 class ChioAgentActivityInterceptor(ChioActivityInterceptor):
     """Governs the activities of one Pydantic AI agent with one capability, inline on the activity side.
 
@@ -148,7 +162,8 @@ class ChioAgentActivityInterceptor(ChioActivityInterceptor):
     ``capability_id`` through :class:`~chio_temporal.ChioActivityInterceptor`'s enforcement path (same
     idempotency key, receipts, envelope, errors). Other activities on the worker pass through
     untouched, unless ``govern_other_activities=True``: then they are governed the seed-001 way, by
-    the workflow grants registered on this interceptor.
+    the workflow grants registered on this interceptor (activities of other governed agents are
+    always left to their own interceptor).
 
     Usually built by :class:`ChioTemporalAgent`; reachable as ``governed.interceptor``.
     """
@@ -195,6 +210,8 @@ class ChioAgentActivityInterceptor(ChioActivityInterceptor):
         self.model_names = dict(model_names or {})
         self.receipt_ids_in_results = receipt_ids_in_results
         self.govern_other_activities = govern_other_activities
+        with _GOVERNED_LOCK:
+            _GOVERNED_AGENT_NAMES.add(agent_name)
 
     def agent_activity(self, info: temporalio.activity.Info) -> AgentActivity | None:
         """The governed agent operation this execution is, or ``None`` (another activity, or ungoverned)."""
@@ -210,6 +227,8 @@ class ChioAgentActivityInterceptor(ChioActivityInterceptor):
             return True
         if self._is_agent_activity_type(info.activity_type):
             return False  # argument validation, event handler, cancellation: nothing to govern
+        if _belongs_to_a_governed_agent(info.activity_type):
+            return False  # another ChioTemporalAgent's interceptor on this worker governs it
         return self.govern_other_activities and super().governs(info, input)
 
     def resolve_grant(self, info: temporalio.activity.Info) -> WorkflowGrant | None:

@@ -31,7 +31,7 @@ with workflow.unsafe.imports_passed_through():
 
     import test_agent_app as app
     from chio_kernel import LocalChioClient
-    from chio_temporal import DENIED_ERROR_TYPE, ChioTemporalConfigError
+    from chio_temporal import DENIED_ERROR_TYPE, ChioTemporalConfigError, WorkflowGrant
     from chio_temporal._agent_activities import classify_activity
     from chio_temporal.agent import ChioTemporalAgent
 
@@ -92,7 +92,19 @@ class TwoRunsWorkflow:
         return self.first
 
 
-WORKFLOWS = [SupportWorkflow, StrictWorkflow, LegacyWorkflow, BareWorkflow, TwoRunsWorkflow]
+@workflow.defn
+class MixedWorkflow:
+    """A plain activity, then the agent: one interceptor governs both."""
+
+    @workflow.run
+    async def run(self, prompt: str) -> str:
+        note = await workflow.execute_activity(
+            app.audit_note, prompt, start_to_close_timeout=timedelta(seconds=10)
+        )
+        return note + " / " + (await app.governed_mixed.run(prompt)).output
+
+
+WORKFLOWS = [SupportWorkflow, StrictWorkflow, LegacyWorkflow, BareWorkflow, TwoRunsWorkflow, MixedWorkflow]
 
 
 # --- helpers -----------------------------------------------------------------------------------
@@ -133,6 +145,7 @@ async def worker(client: Client, *plugins: Any) -> AsyncIterator[str]:
         client,
         task_queue=task_queue,
         workflows=WORKFLOWS,
+        activities=[app.audit_note],
         plugins=list(plugins or [g.plugin for g in app.ALL_GOVERNED]),
     ):
         yield task_queue
@@ -377,6 +390,33 @@ async def test_existing_temporal_agent_is_accepted_without_deprecation_warnings(
     assert len(out["receipt_ids"]) == 3
     receipt = app.governed_legacy.interceptor.get_workflow_receipt(workflow_id)
     assert receipt is not None and receipt.allow_count == 3
+
+
+async def test_other_activities_governed_by_workflow_grants_on_the_same_interceptor(client, chio):
+    await issue(chio, MODEL, grant("mixed"))
+    audit = await chio.create_capability(
+        subject="workflow:audit", scope=ChioScope(grants=[grant("audit", "audit_note")])
+    )
+    interceptor = app.governed_mixed.interceptor
+    before = dict(app.CALLS)
+    async with worker(client) as tq:
+        granted = wid("mixed")
+        interceptor.register_workflow_grant(WorkflowGrant(workflow_id=granted, token=audit, tool_server="audit"))
+        out = await client.execute_workflow(MixedWorkflow.run, "lookup:K", id=granted, task_queue=tq)
+        assert out == "noted lookup:K / order K: shipped"
+        steps = interceptor.get_workflow_receipt(granted).steps
+        assert [(s.tool_server, s.tool_name, s.capability_id) for s in steps][:2] == [
+            ("audit", "audit_note", audit.id),
+            ("model", "function:scripted_support_model:", app.CAPABILITY_ID),
+        ]
+        assert all(s.allowed for s in steps) and len(steps) == 4  # audit + model, lookup, model
+
+        # no grant for this workflow: its plain activity is denied (fail closed), the agent never runs
+        with pytest.raises(WorkflowFailureError) as failure:
+            await client.execute_workflow(MixedWorkflow.run, "lookup:L", id=wid("ungranted"), task_queue=tq)
+    assert denied_cause(failure.value).details[0]["guard"] == "workflow-grant"
+    assert app.CALLS["audit_note"] - before.get("audit_note", 0) == 1
+    assert app.CALLS["lookup"] - before.get("lookup", 0) == 1
 
 
 # --- construction (no server) ------------------------------------------------------------------

@@ -153,3 +153,20 @@ def use_kernel(chio: Any, *governed: ChioTemporalAgent[Any, Any]) -> None:
 # 5. The existing TemporalAgent, governed (ChioTemporalAgent never enters a deprecated code path).
 governed_legacy = ChioTemporalAgent(legacy_agent, capability_id=CAPABILITY_ID, chio_client=_placeholder)
 ALL_GOVERNED.append(governed_legacy)
+
+# 6. A worker that also runs plain activities, governed the seed-001 way by workflow grants on the
+#    same interceptor (govern_other_activities=True).
+
+
+@activity.defn
+async def audit_note(text: str) -> str:
+    """A plain (non-agent) activity."""
+    CALLS["audit_note"] += 1
+    return f"noted {text}"
+
+
+mixed_agent = Agent(FunctionModel(scripted_support_model), name="mixed", tools=[lookup])
+governed_mixed = ChioTemporalAgent(
+    mixed_agent, capability_id=CAPABILITY_ID, chio_client=_placeholder, govern_other_activities=True
+)
+ALL_GOVERNED.append(governed_mixed)
