@@ -785,7 +785,9 @@ def serve(
     # bind here, not in uvicorn: a taken port becomes one clear error, and "listening" is printed
     # only once the port is really ours
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
+    # proto must be IPPROTO_TCP explicitly: asyncio sets TCP_NODELAY on accepted connections only
+    # then (with proto 0 every response waits ~40 ms on Nagle + delayed ACK)
+    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     try:
         sock.bind((host.strip("[]"), port))
