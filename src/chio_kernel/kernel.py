@@ -211,10 +211,51 @@ def _require_str(name: str, value: Any, *, max_len: int = 1024) -> str:
     return value
 
 
+def _unknown_fields(model: Any, data: Any, path: str) -> str | None:
+    """The first key in ``data`` that ``model`` (a chio_sdk model) does not have, as a dotted path."""
+    if not isinstance(data, Mapping):
+        return None
+    fields = model.model_fields
+    for key, value in data.items():
+        if key not in fields:
+            return f"{path}{key}"
+        inner = _model_in(fields[key].annotation)
+        if inner is None:
+            continue
+        items = value if isinstance(value, list) else [value]
+        for i, item in enumerate(items):
+            where = f"{path}{key}[{i}]." if isinstance(value, list) else f"{path}{key}."
+            found = _unknown_fields(inner, item, where)
+            if found is not None:
+                return found
+    return None
+
+
+def _model_in(annotation: Any) -> Any:
+    """The pydantic model class inside ``X``, ``list[X]`` or ``X | None``, if any."""
+    from pydantic import BaseModel
+
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    for arg in getattr(annotation, "__args__", ()) or ():
+        found = _model_in(arg)
+        if found is not None:
+            return found
+    return None
+
+
 def _coerce_scope(scope: Any) -> ChioScope:
     if isinstance(scope, ChioScope):
         return ChioScope.model_validate(scope.model_dump())  # private copy, re-validated
     if isinstance(scope, Mapping):
+        unknown = _unknown_fields(ChioScope, scope, "")
+        if unknown is not None:
+            # pydantic would silently drop it: a misspelt "grant" would issue an empty scope
+            raise KernelInputError(
+                f"scope has an unknown field {unknown!r}; a ChioScope has grants (server_id, tool_name, "
+                "operations, constraints, max_invocations, max_cost_per_invocation, max_total_cost, "
+                "dpop_required), resource_grants and prompt_grants"
+            )
         try:
             return ChioScope.model_validate(dict(scope))
         except ValidationError as err:

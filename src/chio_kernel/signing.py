@@ -62,6 +62,11 @@ def load_or_create_key(data_dir: Path) -> Ed25519PrivateKey:
     data_dir = ensure_data_dir(data_dir)
     path = data_dir / KEY_FILE
     if path.exists():
+        try:
+            if path.stat().st_mode & 0o077:  # readable by others: tighten to owner-only
+                path.chmod(0o600)
+        except OSError:  # pragma: no cover - not our file; reading it still works or fails clearly
+            pass
         return _read_key(path)
     key = Ed25519PrivateKey.generate()
     raw_hex = key.private_bytes_raw().hex()

@@ -25,7 +25,9 @@ def test_key_file_is_0600_and_dir_0700_and_persists(tmp_path: Path) -> None:
     assert len(k1.public_key_hex) == 64 and int(k1.public_key_hex, 16) >= 0
     token = k1.create_capability("agent:p", scope(grant()), 600, capability_id="cap-persist")
     k1.close()
+    key_file.chmod(0o644)  # loosened by someone: tightened again on load
     k2 = Kernel(home)
+    assert stat.S_IMODE(key_file.stat().st_mode) == 0o600
     assert k2.public_key_hex == k1.public_key_hex
     assert k2.validate_capability(token) == (True, None)
     assert k2.get_capability("cap-persist") == token
@@ -191,6 +193,12 @@ def test_capability_ids_are_time_ordered(kernel: Kernel) -> None:
         ({"subject": ""}, "non-empty"),
         ({"scope": "fs:read"}, "scope must be"),
         ({"scope": {"grants": [{"server_id": "fs"}]}}, "not a valid ChioScope"),
+        ({"scope": {"grant": []}}, "unknown field 'grant'"),
+        ({"scope": {"grants": [{"server_id": "fs", "tool_name": "t", "operations": ["Invoke"],
+                                "max_invocation": 3}]}}, r"unknown field 'grants\[0\]\.max_invocation'"),
+        ({"scope": {"grants": [{"server_id": "fs", "tool_name": "t", "operations": ["Invoke"],
+                                "constraints": [{"type": "max_length", "valeu": 3}]}]}},
+         r"grants\[0\]\.constraints\[0\]\.valeu"),
         ({"ttl_seconds": 0}, "positive integer"),
         ({"ttl_seconds": "60"}, "positive integer"),
         ({"ttl_seconds": True}, "positive integer"),
