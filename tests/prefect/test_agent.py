@@ -7,6 +7,7 @@ The scripted ``FunctionModel`` counts real model calls and the tool counts real 
 from __future__ import annotations
 
 import warnings
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -20,7 +21,7 @@ from pydantic_ai import Agent
 from pydantic_ai.durable_exec.prefect import PrefectDurability, TaskConfig
 from pydantic_ai.durable_exec.prefect._cache_policies import PrefectAgentInputs
 from pydantic_ai.messages import ModelMessage, ModelResponse, TextPart, ToolCallPart, ToolReturnPart
-from pydantic_ai.models.function import AgentInfo, FunctionModel
+from pydantic_ai.models.function import AgentInfo, DeltaToolCall, FunctionModel
 
 from chio_kernel import LocalChioClient
 from chio_prefect.agent import ChioPrefectAgent, with_receipt_cache_key
@@ -28,7 +29,7 @@ from chio_prefect.errors import ChioPrefectError
 
 pytestmark = pytest.mark.prefect
 
-MODEL = "function:model:"
+MODEL = "function:model:stream"
 
 
 def grant(server: str, tool: str = "*", **kw: Any) -> ToolGrant:
@@ -61,8 +62,16 @@ class Script:
             raise RuntimeError("search backend hiccup")
         return f"3 results for {query}"
 
+    async def stream(self, messages: list[ModelMessage], info: AgentInfo) -> AsyncIterator[Any]:
+        """The same script, streamed (pydantic-ai streams when an event stream handler is set)."""
+        for i, part in enumerate(self.model(messages, info).parts):
+            if isinstance(part, TextPart):
+                yield part.content
+            else:
+                yield {i: DeltaToolCall(part.tool_name, part.args_as_json_str(), tool_call_id=part.tool_call_id)}
+
     def agent(self, name: str = "researcher") -> Agent[None, str]:
-        return Agent(FunctionModel(self.model), name=name, tools=[self.search])
+        return Agent(FunctionModel(self.model, stream_function=self.stream), name=name, tools=[self.search])
 
 
 @pytest.fixture
@@ -292,3 +301,40 @@ def test_wrong_arguments_say_what_to_pass(chio: LocalChioClient) -> None:
         ChioPrefectAgent("researcher", capability_id="cap", chio_client=chio)  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="capability_id"):
         ChioPrefectAgent(Script().agent(), capability_id="", chio_client=chio)
+
+
+async def test_unreachable_sidecar_fails_closed(chio: LocalChioClient) -> None:
+    from chio_sdk.client import ChioClient
+
+    from chio_durable import KernelUnavailable
+
+    script = Script()
+    governed = ChioPrefectAgent(
+        script.agent(), capability_id="cap-anything", chio_client=ChioClient("http://127.0.0.1:9", timeout=0.5)
+    )
+    with pytest.raises(KernelUnavailable, match="127.0.0.1:9"):
+        await governed.run("find durable agents")
+    assert script.model_calls == 0 and script.tool_calls == 0
+
+
+async def test_prefect_options_pass_through(chio: LocalChioClient) -> None:
+    cap = issue(chio, "cap-pa-options", grant("model"), grant("researcher", "search"))
+    script = Script(fail_first_tool_call=True)
+    events: list[str] = []
+
+    async def handler(ctx: Any, stream: Any) -> None:
+        async for event in stream:
+            events.append(type(event).__name__)
+
+    governed = ChioPrefectAgent(
+        script.agent(), capability_id=cap, chio_client=chio,
+        # Per-tool task config: the tool task's own retry absorbs the failure, no flow retry needed.
+        tool_task_config_by_name={"search": TaskConfig(retries=1, retry_delay_seconds=0)},
+        event_stream_handler=handler,
+    )
+    result = await governed.run("find durable agents")
+
+    assert result.output == "answer: 3 results for durable agents"
+    assert script.tool_calls == 2 and script.model_calls == 2
+    assert "FunctionToolCallEvent" in events and "FunctionToolResultEvent" in events
+    assert len(governed.receipt_ids_of(result)) == 3
