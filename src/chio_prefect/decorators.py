@@ -71,6 +71,9 @@ DEFAULT_SIDECAR_URL = "http://127.0.0.1:9090"
 FLOW_SCOPE_GUARD = "flow-scope"
 """Guard name of a deny decided by the flow-scope envelope (no kernel call, no receipt)."""
 
+TASK_SCOPE_GUARD = "task-scope"
+"""Guard name of a deny because the task's own declared scope does not grant its tool."""
+
 
 def _prefect_options(decorator: Callable[..., Any]) -> frozenset[str]:
     return frozenset(
@@ -367,8 +370,13 @@ class _TaskGovernance:
             deny_locally(_envelope_error(reason), tool_server)
         effective = self.scope if self.scope is not None else envelope
         if effective is not None and not scope_allows(effective, tool_server, self.tool_name):
-            owner = "its own scope" if self.scope is not None else f"the scope of flow {flow.flow_name!r}"  # type: ignore[union-attr]
-            reason = f"{tool_server}/{self.tool_name} (Invoke) is not granted by {owner}"
+            if self.scope is not None:
+                reason = f"{tool_server}/{self.tool_name} (Invoke) is not granted by the task's own scope"
+                deny_locally(_envelope_error(reason, TASK_SCOPE_GUARD), tool_server)
+            reason = (
+                f"{tool_server}/{self.tool_name} (Invoke) is not granted by the scope of flow "
+                f"{flow.flow_name!r}"  # type: ignore[union-attr]
+            )
             deny_locally(_envelope_error(reason), tool_server)
 
         client = self.client.resolve()
@@ -459,12 +467,12 @@ class _TaskGovernance:
         emit_receipt_event(event)
 
 
-def _envelope_error(reason: str) -> ChioPrefectError:
+def _envelope_error(reason: str, guard: str = FLOW_SCOPE_GUARD) -> ChioPrefectError:
     return ChioPrefectError(
         receipt_id=None,
-        guard=FLOW_SCOPE_GUARD,
+        guard=guard,
         reason=reason,
-        decision={"verdict": "deny", "guard": FLOW_SCOPE_GUARD, "reason": reason},
+        decision={"verdict": "deny", "guard": guard, "reason": reason},
     )
 
 

@@ -330,3 +330,18 @@ def test_plain_prefect_subflow_keeps_the_envelope() -> None:
 
     assert outer() == "inside plain subflow"
     assert [(c.capability_id, c.tool_name) for c in client.calls] == [("cap-outer", "search_documents")]
+
+
+def test_task_scope_must_grant_the_tasks_own_tool() -> None:
+    client = allow_all()
+
+    @chio_task(scope=ChioScope(grants=[grant("search-srv", "search_documents")]), tool_server="search-srv",
+               capability_id="cap-own")
+    def analyze_results() -> None:
+        raise AssertionError("must not run")
+
+    with pytest.raises(PermissionError) as info:  # standalone, with its own capability and scope
+        analyze_results()
+    assert info.value.__cause__.guard == "task-scope"
+    assert "search-srv/analyze_results" in info.value.__cause__.reason
+    assert client.calls == []
