@@ -42,10 +42,12 @@ from __future__ import annotations
 
 import copy
 import threading
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
+from contextlib import asynccontextmanager
 from typing import Any, Literal
 
 import temporalio.activity
+import temporalio.workflow
 from pydantic_ai.agent import Agent
 from pydantic_ai.agent.abstract import AbstractAgent
 from pydantic_ai.agent.wrapper import WrapperAgent
@@ -59,7 +61,7 @@ from temporalio.plugin import SimplePlugin
 from temporalio.worker import ExecuteActivityInput
 from temporalio.workflow import ActivityConfig
 
-from chio_durable.agent import CallMapper, denied_tool_message, receipt_scope
+from chio_durable.agent import CallMapper, ChioGovernance, denied_tool_message, receipt_scope
 from chio_durable.evaluation import Evaluation
 from chio_temporal._agent_activities import AgentActivity, classify_activity, governed_call
 from chio_temporal.errors import ChioTemporalConfigError
@@ -462,6 +464,7 @@ class ChioTemporalAgent(WrapperAgent[AgentDepsT, OutputDataT]):
         self._chio: Any = None
         self._interceptor: ChioAgentActivityInterceptor | None = None
         self._plugin: SimplePlugin | None = None
+        self._local_governance: ChioGovernance | None = None
         self._interceptor_options: dict[str, Any] = {
             "agent_name": agent_name,
             "capability_id": capability_id,
@@ -529,12 +532,42 @@ class ChioTemporalAgent(WrapperAgent[AgentDepsT, OutputDataT]):
         return current + [fn for fn in self.temporal_activities if fn not in current]
 
     async def run(self, *args: Any, **kwargs: Any) -> Any:  # type: ignore[override]
-        """Run the durable agent (inside a workflow: every I/O step is a governed activity).
+        """Run the agent, governed. Same arguments as ``Agent.run``.
+
+        Inside a workflow every model request, tool call and MCP call is an activity, evaluated by
+        :attr:`interceptor` on the worker. Outside a workflow pydantic-ai's Temporal durability is
+        transparent (no activities, nothing for an interceptor to see), so the run gets the
+        engine-neutral :class:`chio_durable.agent.ChioGovernance` capability instead: same mapping,
+        same deny semantics, evaluated in-process. Never ungoverned.
 
         Delegates to the wrapped agent's own ``run``: a ``TemporalAgent`` implements ``run`` itself
         and refuses ``iter()`` inside workflows, which ``WrapperAgent.run`` would go through.
         """
-        return await self.wrapped.run(*args, **kwargs)
+        return await self.wrapped.run(*args, **self._outside_workflow(kwargs))
+
+    @asynccontextmanager
+    async def iter(self, *args: Any, **kwargs: Any) -> AsyncIterator[Any]:  # type: ignore[override]
+        """``Agent.iter``, governed like :meth:`run` (``run_stream`` & co. go through here)."""
+        async with self.wrapped.iter(*args, **self._outside_workflow(kwargs)) as agent_run:
+            yield agent_run
+
+    def _outside_workflow(self, kwargs: dict[str, Any]) -> dict[str, Any]:
+        if temporalio.workflow.in_workflow():
+            return kwargs
+        return {**kwargs, "capabilities": [*(kwargs.get("capabilities") or ()), self.local_governance]}
+
+    @property
+    def local_governance(self) -> ChioGovernance:
+        """The in-process governance used for runs outside a Temporal workflow."""
+        if self._local_governance is None:
+            options = self._interceptor_options
+            self._local_governance = ChioGovernance(
+                capability_id=options["capability_id"],
+                chio_client=self.chio,
+                mapper=options["mapper"],
+                on_deny=options["on_deny"],
+            )
+        return self._local_governance
 
     @property
     def on_deny(self) -> OnDeny:

@@ -495,3 +495,18 @@ def test_worker_side_is_built_lazily_from_a_client_factory(chio_home):
     assert governed.plugin is governed.plugin and len(made) == 1
     # a client class is a factory too (LocalChioClient() opens $CHIO_HOME)
     assert ChioTemporalAgent(app.support_agent, capability_id="c", chio_client=LocalChioClient)._chio is None
+
+
+async def test_outside_a_workflow_the_run_is_governed_in_process(chio_home):
+    # No worker, no activities: pydantic-ai's durability is transparent here, so ChioGovernance steps in.
+    async with LocalChioClient(data_dir=chio_home) as kernel:
+        await issue(kernel, MODEL, grant("support", "lookup"))  # no refund, no docs
+        governed = ChioTemporalAgent(app.support_agent, capability_id=app.CAPABILITY_ID, chio_client=kernel)
+        before = dict(app.CALLS)
+        result = await governed.run("lookup:M,refund:M")
+        assert result.output.startswith("order M: shipped | Permission denied: the call to support/refund")
+        assert app.CALLS["refund"] == before.get("refund", 0)
+        verdicts = [(r.tool_server, r.tool_name, r.decision.verdict) for r in await kernel.list_receipts(app.CAPABILITY_ID)]
+        assert ("support", "refund", "deny") in verdicts and ("support", "lookup", "allow") in verdicts
+        assert ("docs", "list_tools", "deny") in verdicts  # listing denied: the docs tools were hidden
+        assert governed.local_governance.receipt_ids_of(result)  # the engine-neutral record of the run
