@@ -22,6 +22,7 @@ from chio_temporal.interceptor import (
 )
 from chio_temporal.receipt import WorkflowReceipt, WorkflowStepReceipt
 from chio_temporal.worker import build_chio_worker
+from chio_temporal.agent import ChioTemporalAgent  # the governed pydantic-ai agent (docs/temporal_agent.md)
 
 __all__ = [
     "DENIED_ERROR_TYPE",
@@ -29,6 +30,7 @@ __all__ = [
     "ActivityCall",
     "ActivityGrantOverride",
     "ChioActivityInterceptor",
+    "ChioTemporalAgent",
     "ChioTemporalConfigError",
     "ChioTemporalError",
     "WorkflowGrant",
