@@ -10,6 +10,7 @@ import hashlib
 import json
 import json.encoder as _json_encoder
 import os
+import random
 import secrets
 import sqlite3
 import threading
@@ -80,7 +81,7 @@ _uuid_last_ms = 0
 _uuid_counter = 0
 
 
-def _uuid7_int() -> int:
+def _uuid7_int(secure: bool = False) -> int:
     """A UUIDv7 (RFC 9562) as an int: 48-bit unix ms, version, a 12-bit counter that keeps ids
     monotonic within this process, variant, 62 random bits."""
     global _uuid_last_ms, _uuid_counter
@@ -96,7 +97,10 @@ def _uuid7_int() -> int:
             _uuid_last_ms = ms
             _uuid_counter = 0
         counter = _uuid_counter
-    rand_b = int.from_bytes(os.urandom(8), "big") & 0x3FFF_FFFF_FFFF_FFFF
+    # Receipt ids: uniqueness comes from time + per-process counter, the random tail only separates
+    # processes (``random`` is reseeded in a forked child), so the fast generator is enough.
+    # Capability ids (``secure=True``) take their tail from the OS CSPRNG: they are not guessable.
+    rand_b = secrets.randbits(62) if secure else random.getrandbits(62)
     return (ms << 80) | (0x7 << 76) | (counter << 64) | (0b10 << 62) | rand_b
 
 
@@ -569,7 +573,7 @@ class Kernel:
         ttl = _positive_int("ttl_seconds", ttl_seconds)
         rate = _coerce_rate_limit(rate_limit)
         if capability_id is None:
-            capability_id = "cap-" + "%032x" % _uuid7_int()
+            capability_id = "cap-" + "%032x" % _uuid7_int(secure=True)
         else:
             capability_id = _require_str("capability_id", capability_id, max_len=256)
         now = int(self._clock())
@@ -800,7 +804,7 @@ class Kernel:
             "timestamp": now,
         }
         link = DelegationLink(**link_body, signature=self._signer.sign_hex(_link_signing_bytes(link_body)))
-        child_id = capability_id if capability_id is not None else "cap-" + "%032x" % _uuid7_int()
+        child_id = capability_id if capability_id is not None else "cap-" + "%032x" % _uuid7_int(secure=True)
         chain = [*parent_token.delegation_chain, link]
         child = self._sign_token(child_id, child_subject, child_scope, now, expires_at, chain)
         with self._write() as conn:
