@@ -299,7 +299,11 @@ def sidecar(
 
 GrantOpt = Annotated[
     list[str] | None,
-    typer.Option("--grant", help="server:tool[:Op,Op] (repeatable; operations default to Invoke; '*' wildcards).")
+    typer.Option(
+        "--grant",
+        metavar="SERVER:TOOL[:OPS]",
+        help="server:tool[:Op,Op] (repeatable; operations default to Invoke; '*' wildcards).",
+    ),
 ]
 ScopeFileOpt = Annotated[
     Path | None, typer.Option("--scope-file", help="A ChioScope as JSON (grants with constraints, budgets...).")

@@ -23,6 +23,7 @@ import ipaddress
 import json
 import logging
 import socket
+import sqlite3
 import time
 import uuid
 from collections.abc import Awaitable, Callable
@@ -339,6 +340,9 @@ def _endpoint(fn: Handler) -> Handler:
             return _error(422, "invalid_request", _validation_message(err))
         except cap_errors as err:  # type: ignore[misc]
             return _error(400, "capability_error", _short(err))
+        except sqlite3.Error as err:  # the store, not the request: retryable, and nothing was decided
+            log.warning("store error in %s %s: %s", request.method, request.url.path, err)
+            return _error(503, "store_unavailable", f"the receipt store could not be used ({_short(err)}); retry")
         except (ValueError, TypeError, RecursionError, OverflowError) as err:
             # the kernel raises ValueError (KernelInputError) for input it cannot take
             return _error(422, "invalid_request", _short(err))
@@ -499,13 +503,20 @@ def create_app(
         cap = q.get("capability_id") or None
         limit = _query_int(q.get("limit"), "limit", 1, MAX_LIST_LIMIT)
         after = _query_int(q.get("after_seq"), "after_seq", 0, 2**62)
-        receipts = await run_in_threadpool(
-            k.list_receipts,
-            capability_id=cap,
-            limit=limit if limit is not None else DEFAULT_LIST_LIMIT,
-            after_seq=after,
-        )
-        return _json({"receipts": [_dump_receipt(r) for r in receipts], "count": len(receipts)})
+        kwargs = {
+            "capability_id": cap,
+            "limit": limit if limit is not None else DEFAULT_LIST_LIMIT,
+            "after_seq": after,
+        }
+        body: dict[str, Any]
+        if hasattr(k, "list_receipts_with_seq"):  # gives the store position to page from
+            rows = await run_in_threadpool(lambda: k.list_receipts_with_seq(**kwargs))
+            body = {"receipts": [_dump_receipt(r) for _, r in rows], "count": len(rows)}
+            body["next_after_seq"] = rows[-1][0] if rows else after
+        else:
+            receipts = await run_in_threadpool(lambda: k.list_receipts(**kwargs))
+            body = {"receipts": [_dump_receipt(r) for r in receipts], "count": len(receipts)}
+        return _json(body)
 
     @_endpoint
     async def verify_chain(request: Request) -> Response:

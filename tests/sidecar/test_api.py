@@ -290,8 +290,10 @@ async def test_list_receipts_and_real_client_chain_check(client: ChioClient, sid
     broken[i] = broken[i].model_copy(update={"timestamp": broken[i].timestamp + 1})
     assert await client.verify_receipt_chain(broken) is False
 
-    page = httpx.get(f"{sidecar.url}/v1/receipts", params={"limit": 2}).json()["receipts"]
-    assert [x["id"] for x in page] == [x.id for x in everything[:2]]
+    page = httpx.get(f"{sidecar.url}/v1/receipts", params={"limit": 2}).json()
+    assert [x["id"] for x in page["receipts"]] == [x.id for x in everything[:2]]
+    page2 = httpx.get(f"{sidecar.url}/v1/receipts", params={"limit": 2, "after_seq": page["next_after_seq"]}).json()
+    assert [x["id"] for x in page2["receipts"]] == [x.id for x in everything[2:4]]
     report = httpx.get(f"{sidecar.url}/v1/receipts/verify-chain").json()
     assert report["ok"] is True and report["count"] >= len(everything), report
     assert httpx.get(f"{sidecar.url}/v1/receipts/rcpt-nope").status_code == 404
