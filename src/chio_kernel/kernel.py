@@ -408,6 +408,7 @@ class Kernel:
         self._pid = os.getpid()
         self._conn = open_store(self.data_dir, fsync=fsync)
         self._caps: dict[str, _Cap] = {}
+        self._inherited: list[sqlite3.Connection] = []
         self._closed = False
 
     # --- plumbing ---
@@ -440,6 +441,9 @@ class Kernel:
             self._pid = os.getpid()
             self._lock = threading.RLock()
             self._caps = {}
+            # Keep the parent's handle referenced, never closed here: closing an inherited SQLite
+            # handle in a child can disturb the parent's locks and WAL index.
+            self._inherited.append(self._conn)
             self._conn = open_store(self.data_dir, fsync=self._fsync)
         return self._lock
 
