@@ -46,13 +46,12 @@ def _check(value: Any, depth: int = 0) -> None:
         return
     if t is dict:
         for k, v in value.items():
-            if type(k) is not str:
-                if not isinstance(k, str):
-                    raise ValueError(
-                        f"canonical JSON: object keys must be strings, got {type(k).__name__} key {k!r}"
-                    )
-            elif not k.isascii() and max(map(ord, k)) > 0xFFFF:
-                raise _NeedsSlowPath
+            if type(k) is not str and not isinstance(k, str):
+                raise ValueError(
+                    f"canonical JSON: object keys must be strings, got {type(k).__name__} key {k!r}"
+                )
+            if not k.isascii() and max(map(ord, k)) > 0xFFFF:
+                raise _NeedsSlowPath  # UTF-16 order differs from code-point order
             _check(v, depth + 1)
         return
     if t is list or t is tuple:
