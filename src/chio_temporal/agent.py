@@ -449,14 +449,13 @@ class ChioTemporalAgent(WrapperAgent[AgentDepsT, OutputDataT]):
                 )
             activities = list(durability.temporal_activities)
             agent_name = durability.name
-            model_names = {
-                key: _model_name(model)
-                for key, model in (durability._models_by_id.items())  # noqa: SLF001
-                if key != "default"
-            }
+            # run(model="<key>") names a model registered with TemporalDurability(models=...)
+            model_names = {key: _model_name(model) for key, model in (models or {}).items()}
         if not agent_name:
             raise ChioTemporalConfigError(_NAME_NEEDED)
         super().__init__(durable)
+        with _GOVERNED_LOCK:  # other governed interceptors on a worker leave this agent's activities alone
+            _GOVERNED_AGENT_NAMES.add(agent_name)
         self.durability = durability
         self.capability_id = capability_id
         self.temporal_activities: list[Callable[..., Any]] = activities
