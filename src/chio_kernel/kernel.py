@@ -1286,18 +1286,45 @@ class Kernel:
             raise KernelInputError(f"limit must be a non-negative integer, got {limit!r}")
         if after_seq is not None and (isinstance(after_seq, bool) or not isinstance(after_seq, int)):
             raise KernelInputError(f"after_seq must be an integer, got {after_seq!r}")
-        sql = "SELECT seq, body FROM receipts WHERE seq > ?"
         args: list[Any] = [after_seq if after_seq is not None else 0]
-        if capability_id is not None:
-            sql += " AND capability_id = ?"
+        if capability_id is None:
+            sql = "SELECT seq, body FROM receipts WHERE seq > ? ORDER BY seq"
+        else:
+            sql = (
+                "SELECT r.seq, r.body FROM receipts_by_capability x JOIN receipts r ON r.seq = x.seq "
+                "WHERE x.seq > ? AND x.capability_id = ? ORDER BY x.seq"
+            )
             args.append(capability_id)
-        sql += " ORDER BY seq"
         if limit is not None:
             sql += " LIMIT ?"
             args.append(limit)
+        if capability_id is not None:
+            self._index_by_capability()
         with self._lk:
             rows = self._db().execute(sql, args).fetchall()
         return [(r[0], ChioReceipt.model_validate_json(r[1])) for r in rows]
+
+    def _index_by_capability(self) -> None:
+        """Bring ``receipts_by_capability`` up to the newest receipt (work proportional to what is new).
+
+        Evaluations do not maintain it (that would cost a page write per receipt); listings by
+        capability catch it up first, so they stay index lookups at any store size.
+        """
+        with self._write() as conn:
+            row = conn.execute("SELECT v FROM meta WHERE k = 'indexed_by_capability'").fetchone()
+            done = int(row[0]) if row else 0
+            head = conn.execute(_HEAD_SQL).fetchone()[0]
+            if head > done:
+                conn.execute(
+                    "INSERT OR IGNORE INTO receipts_by_capability(capability_id, seq) "
+                    "SELECT capability_id, seq FROM receipts WHERE seq > ?",
+                    (done,),
+                )
+                conn.execute(
+                    "INSERT INTO meta(k, v) VALUES ('indexed_by_capability', ?) "
+                    "ON CONFLICT(k) DO UPDATE SET v = excluded.v",
+                    (str(head),),
+                )
 
     def list_receipts(
         self,

@@ -10,7 +10,9 @@ drop the last few commits (never corrupt the database). ``Kernel(fsync=True)`` s
 Every write that decides something runs in one ``BEGIN IMMEDIATE`` transaction (the database write
 lock), so several processes sharing a data directory see exact budgets. Every lookup on the
 evaluation path is by primary key or index, so the cost of an evaluation does not grow with the
-number of stored receipts. The chain head (the newest receipt's seq and chain hash) is the one-row
+number of stored receipts. Receipts are not indexed by capability on insert (that would write a
+third page per evaluation): ``receipts_by_capability`` is caught up from the log when a listing by
+capability asks for it, so audits stay indexed and evaluations stay lean. The chain head (the newest receipt's seq and chain hash) is the one-row
 view ``chain_head``, derived from the last row of ``receipts`` by its primary key (``O(log n)``,
 and no extra page written per receipt); it is read inside the write transaction.
 """
@@ -56,7 +58,11 @@ CREATE TABLE IF NOT EXISTS receipts (
     chain_hash    TEXT NOT NULL,
     body          TEXT NOT NULL
 );
-CREATE INDEX IF NOT EXISTS receipts_capability ON receipts(capability_id, seq);
+CREATE TABLE IF NOT EXISTS receipts_by_capability (
+    capability_id TEXT NOT NULL,
+    seq           INTEGER NOT NULL,
+    PRIMARY KEY (capability_id, seq)
+) WITHOUT ROWID;
 CREATE VIEW IF NOT EXISTS chain_head(k, seq, hash) AS
     SELECT 0,
            COALESCE((SELECT MAX(seq) FROM receipts), 0),
@@ -123,6 +129,9 @@ def open_store(data_dir: Path, *, fsync: bool = False, timeout: float = 60.0) ->
             # derives the same row from the newest receipt and saves a page write per receipt.
             conn.execute("DROP TRIGGER IF EXISTS receipts_move_chain_head")
             conn.execute("DROP TABLE chain_head")
+        # first development builds indexed receipts(capability_id, seq) on every insert; the
+        # lazily caught-up receipts_by_capability table replaces it (see Kernel.list_receipts)
+        conn.execute("DROP INDEX IF EXISTS receipts_capability")
         for statement in _statements(_SCHEMA.replace("{genesis}", GENESIS_HASH)):
             conn.execute(statement)
         conn.execute("INSERT OR IGNORE INTO meta(k, v) VALUES ('schema_version', ?)", (SCHEMA_VERSION,))

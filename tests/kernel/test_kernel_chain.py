@@ -109,3 +109,17 @@ def test_list_filters_and_paging(kernel: Kernel) -> None:
 def test_empty_chain_is_ok(kernel: Kernel) -> None:
     report = kernel.verify_chain()
     assert report.ok and report.count == 0
+
+
+def test_listing_by_capability_catches_up_with_new_receipts(kernel: Kernel, clock) -> None:
+    ids = _fill(kernel, 6)
+    cap_a = kernel.get_receipt(ids[1]).capability_id
+    first = [r.id for r in kernel.list_receipts(capability_id=cap_a)]
+    assert first == [ids[i] for i in range(6) if i % 3]
+    other = Kernel(kernel.data_dir, clock=clock)  # another process appends meanwhile
+    new = other.evaluate(cap_a, "fs", "read", {"late": True}).id
+    other.close()
+    again = [r.id for r in kernel.list_receipts(capability_id=cap_a)]
+    assert again == first + [new]
+    assert [r.id for r in kernel.list_receipts(capability_id=cap_a, after_seq=3, limit=2)] == again[2:4]
+    assert kernel.list_receipts(capability_id="cap-none") == []
