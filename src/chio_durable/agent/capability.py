@@ -151,6 +151,12 @@ class ChioGovernance(AbstractCapability[Any]):
         self._max_runs = max(1, max_runs_remembered)
         self._records: OrderedDict[str, list[GovernedRecord]] = OrderedDict()
 
+    def __repr__(self) -> str:
+        return (
+            f"ChioGovernance(capability_id={self.capability_id!r}, chio_client={self.chio_client!r}, "
+            f"mapper={type(self.mapper).__name__}(), on_deny={self.on_deny!r})"
+        )
+
     @classmethod
     def get_serialization_name(cls) -> str | None:
         return None  # holds a live client: not spec-loadable
