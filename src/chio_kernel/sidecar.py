@@ -81,7 +81,10 @@ try:  # orjson is a transitive dependency (prefect); it halves response serialis
     import orjson as _orjson
 
     def _dumps(obj: Any) -> bytes:
-        return _orjson.dumps(obj)
+        try:
+            return _orjson.dumps(obj)
+        except TypeError:  # ints beyond 64 bits, lone surrogates: let the stdlib decide
+            return json.dumps(obj, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
 
 except ImportError:  # pragma: no cover - plain json fallback
 

@@ -375,3 +375,16 @@ async def test_sdk_client_surfaces_4xx_as_chio_error(client: ChioClient) -> None
     with pytest.raises(ChioError) as info:
         await client.create_capability(subject="", scope=ChioScope(grants=[grant()]))
     assert "422" in str(info.value)
+
+
+async def test_big_integers_round_trip(sidecar: Sidecar, client: ChioClient) -> None:
+    token = await issue(client, grant())
+    r = httpx.post(sidecar.url + "/v1/evaluate", content=(
+        '{"capability_id": "%s", "tool_server": "files", "tool_name": "read_file", "parameters": {"n": %d}}'
+        % (token.id, 2**70)).encode(), headers={"content-type": "application/json"})
+    if r.status_code == 200:  # stored and answered: the answer is the stored receipt, exactly
+        receipt = ChioReceipt.model_validate(r.json())
+        assert receipt.action.parameters == {"n": 2**70}
+        assert await client.verify_receipt(receipt) is True
+    else:  # or refused as input, before anything is stored
+        assert r.status_code == 422, r.text
