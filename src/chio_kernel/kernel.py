@@ -248,6 +248,21 @@ def _model_in(annotation: Any) -> Any:
     return None
 
 
+_ID_FORBIDDEN = frozenset(' /?#%\\"\'<>')
+
+
+def _new_capability_id(value: Any) -> str:
+    """Validate a caller-chosen capability id: it appears in URLs and command lines."""
+    value = _require_str("capability_id", value, max_len=200)
+    bad = sorted({c for c in value if c in _ID_FORBIDDEN or not c.isprintable()})
+    if bad:
+        raise KernelInputError(
+            f"capability_id {value!r} contains {''.join(bad)!r}; use letters, digits and . _ - : @ "
+            "(e.g. 'cap-research-pipeline')"
+        )
+    return value
+
+
 def _coerce_scope(scope: Any) -> ChioScope:
     if isinstance(scope, ChioScope):
         return ChioScope.model_validate(scope.model_dump())  # private copy, re-validated
@@ -579,7 +594,7 @@ class Kernel:
         if capability_id is None:
             capability_id = "cap-" + "%032x" % _uuid7_int(secure=True)
         else:
-            capability_id = _require_str("capability_id", capability_id, max_len=256)
+            capability_id = _new_capability_id(capability_id)
         now = int(self._clock())
         token = self._sign_token(capability_id, subject, chio_scope, now, now + ttl, [])
         with self._write() as conn:
@@ -778,7 +793,7 @@ class Kernel:
         child_scope = _coerce_scope(new_scope)
         ttl = _positive_int("ttl_seconds", ttl_seconds) if ttl_seconds is not None else None
         if capability_id is not None:
-            capability_id = _require_str("capability_id", capability_id, max_len=256)
+            capability_id = _new_capability_id(capability_id)
         if subject is not None:
             subject = _require_str("subject", subject)
         if isinstance(parent, str):
@@ -816,11 +831,10 @@ class Kernel:
                 # A valid parent from a trusted kernel: remember it so the child's lineage resolves.
                 self._insert_cap(conn, parent_token, None, None)
             if capability_id is not None:
-                row = conn.execute("SELECT token, parent_id FROM capabilities WHERE id = ?", (child_id,)).fetchone()
-                if row is not None:
-                    raise CapabilityError(
-                        f"capability id {child_id!r} already exists; choose another capability_id (or omit it)"
-                    )
+                # same idempotent provisioning rule as create_capability (same subject, scope, parent)
+                existing = self._existing(conn, child_id, child_subject, child_scope, None, parent_id=parent_token.id)
+                if existing is not None:
+                    return existing
             self._insert_cap(conn, child, parent_token.id, None)
         return child
 

@@ -161,6 +161,14 @@ def test_attenuate_superset_refused_naming_the_grant(kernel: Kernel) -> None:
         kernel.attenuate_capability("cap-nope", scope(grant()))
 
 
+def test_attenuate_with_chosen_id_is_idempotent(kernel: Kernel) -> None:
+    parent = kernel.create_capability("agent:p", scope(grant("fs", "*")), 3600)
+    child = kernel.attenuate_capability(parent, scope(grant("fs", "read")), capability_id="cap-child")
+    assert kernel.attenuate_capability(parent, scope(grant("fs", "read")), capability_id="cap-child") == child
+    with pytest.raises(CapabilityError, match="already exists"):
+        kernel.attenuate_capability(parent, scope(grant("fs", "write")), capability_id="cap-child")
+
+
 def test_revoke_cascades_and_unknown_id_fails(kernel: Kernel) -> None:
     root = kernel.create_capability("agent:root", scope(grant("fs", "*")), 3600)
     a = kernel.attenuate_capability(root, scope(grant("fs", "read")))
@@ -203,6 +211,8 @@ def test_capability_ids_are_time_ordered(kernel: Kernel) -> None:
         ({"ttl_seconds": "60"}, "positive integer"),
         ({"ttl_seconds": True}, "positive integer"),
         ({"capability_id": 12}, "capability_id must be a string"),
+        ({"capability_id": "cap/with/slash"}, "contains '/'"),
+        ({"capability_id": "cap with space"}, "letters, digits"),
         ({"rate_limit": (0, 1)}, "max_calls"),
         ({"rate_limit": (1, -1)}, "per_seconds"),
         ({"rate_limit": "10/s"}, "rate_limit must be"),
