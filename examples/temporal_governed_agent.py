@@ -74,7 +74,7 @@ class SupportWorkflow:
     @workflow.run
     async def run(self, prompt: str) -> dict[str, object]:
         result = await governed.run(prompt)
-        return {"output": result.output, "receipt_ids": ChioTemporalAgent.receipt_ids(result)}
+        return {"output": result.output, "receipt_ids": governed.receipt_ids_of(result)}
 
 
 async def main() -> None:

@@ -33,7 +33,7 @@ How it holds the line (docs/temporal_agent.md has the details):
   denied model request) fails the activity with the non-retryable
   ``ApplicationError(type="ChioCapabilityDenied")``, and so the workflow.
 * Receipt ids ride the activity results that are already in the history: ``ModelResponse.metadata``
-  and the tool return's ``metadata`` (neither is sent to the model); :meth:`ChioTemporalAgent.receipt_ids`
+  and the tool return's ``metadata`` (neither is sent to the model); :meth:`ChioTemporalAgent.receipt_ids_of`
   reads them back from a run result, and the interceptor's ``chio-temporal/v1`` envelope lists every
   decision, denies included.
 """
@@ -358,7 +358,7 @@ class ChioTemporalAgent(WrapperAgent[AgentDepsT, OutputDataT]):
             workflow) fails with the non-retryable ``ApplicationError(type="ChioCapabilityDenied")``.
             A denied model request always fails that way.
         receipt_ids_in_results: write each allowed call's receipt id into the recorded result's
-            ``metadata`` (never sent to the model); read back with :meth:`receipt_ids`.
+            ``metadata`` (never sent to the model); read back with :meth:`receipt_ids_of`.
         govern_other_activities: also govern the worker's other activities, the seed-001 way
             (workflow grants registered on :attr:`interceptor`).
         sidecar_url, receipt_sink: passed to the interceptor (``chio-temporal/v1`` envelopes).
@@ -572,13 +572,17 @@ class ChioTemporalAgent(WrapperAgent[AgentDepsT, OutputDataT]):
     def on_deny(self) -> OnDeny:
         return self._on_deny
 
-    @staticmethod
-    def receipt_ids(result: Any) -> list[str]:
-        """Receipt ids of the allowed calls of a run, in order, from its result (or its messages).
+    def receipt_ids_of(self, result: Any) -> list[str]:
+        """Receipt ids of a run, in order, from its result (or its messages).
 
-        Works in workflow code (it only reads the messages). Denied calls are in the interceptor's
-        envelope (``governed.interceptor.get_workflow_receipt(workflow_id, run_id)``) and, for a
-        denied tool, in the message the model was given.
+        A run inside a workflow: the allowed calls' ids, read from the recorded results (safe in
+        workflow code: it only reads the messages); denied calls are in the interceptor's envelope
+        (``governed.interceptor.get_workflow_receipt(workflow_id, run_id)``) and, for a denied tool,
+        in the message the model was given. A run outside a workflow: every evaluation of the run
+        (allow and deny), from :attr:`local_governance`.
         """
         messages = result.all_messages() if hasattr(result, "all_messages") else result
-        return receipt_ids_in_messages(messages)
+        ids = receipt_ids_in_messages(messages)
+        if not ids and self._local_governance is not None and getattr(result, "run_id", None):
+            ids = self._local_governance.receipt_ids_of(result)
+        return ids

@@ -44,7 +44,7 @@ class SupportWorkflow:
     @workflow.run
     async def run(self, prompt: str) -> dict[str, Any]:
         result = await app.governed_support.run(prompt)
-        return {"output": result.output, "receipt_ids": ChioTemporalAgent.receipt_ids(result)}
+        return {"output": result.output, "receipt_ids": app.governed_support.receipt_ids_of(result)}
 
 
 @workflow.defn
@@ -59,7 +59,7 @@ class LegacyWorkflow:
     @workflow.run
     async def run(self, prompt: str) -> dict[str, Any]:
         result = await app.governed_legacy.run(prompt)
-        return {"output": result.output, "receipt_ids": ChioTemporalAgent.receipt_ids(result)}
+        return {"output": result.output, "receipt_ids": app.governed_legacy.receipt_ids_of(result)}
 
 
 @workflow.defn
@@ -509,4 +509,5 @@ async def test_outside_a_workflow_the_run_is_governed_in_process(chio_home):
         verdicts = [(r.tool_server, r.tool_name, r.decision.verdict) for r in await kernel.list_receipts(app.CAPABILITY_ID)]
         assert ("support", "refund", "deny") in verdicts and ("support", "lookup", "allow") in verdicts
         assert ("docs", "list_tools", "deny") in verdicts  # listing denied: the docs tools were hidden
-        assert governed.local_governance.receipt_ids_of(result)  # the engine-neutral record of the run
+        ids = governed.receipt_ids_of(result)  # outside a workflow: every evaluation of the run
+        assert ids == governed.local_governance.receipt_ids_of(result) and len(ids) >= 5
