@@ -136,16 +136,19 @@ class _BearerAuth:
 
     def __init__(self, app: ASGIApp, token: str) -> None:
         self.app = app
-        self._expected = f"Bearer {token}".encode()
+        self._expected = token.encode()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":
             got = b""
             for name, value in scope["headers"]:
                 if name == b"authorization":
-                    got = value
+                    scheme, _, got = value.strip().partition(b" ")
+                    if scheme.lower() != b"bearer":  # the scheme is case-insensitive (RFC 6750)
+                        got = b""
+                    got = got.strip()
                     break
-            if not hmac.compare_digest(got, self._expected):
+            if not got or not hmac.compare_digest(got, self._expected):
                 response = _error(
                     401,
                     "unauthorized",

@@ -256,6 +256,10 @@ async def test_token_guards_every_request(tmp_path: Path) -> None:
         assert wrong.status_code == 401 and wrong.json()["error"] == "unauthorized"
         auth = {"Authorization": "Bearer s3cret-token"}
         assert httpx.get(guarded.url + "/chio/health", headers=auth).status_code == 200
+        assert httpx.get(guarded.url + "/chio/health", headers={"Authorization": "bearer s3cret-token"}).status_code == 200
+        assert httpx.get(guarded.url + "/chio/health", headers={"Authorization": "s3cret-token"}).status_code == 401
+        assert httpx.get(guarded.url + "/chio/health", headers={"Authorization": "Basic s3cret-token"}).status_code == 401
+        assert httpx.get(guarded.url + "/chio/health", headers={"Authorization": "Bearer s3cret-tokenX"}).status_code == 401
         assert httpx.post(guarded.url + "/v1/evaluate", json={}).status_code == 401
         cap = new_capability(guarded.url, **auth)
         r = httpx.post(guarded.url + "/v1/evaluate", headers=auth, json={
