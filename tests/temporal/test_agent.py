@@ -390,6 +390,11 @@ async def test_existing_temporal_agent_is_accepted_without_deprecation_warnings(
     assert len(out["receipt_ids"]) == 3
     receipt = app.governed_legacy.interceptor.get_workflow_receipt(workflow_id)
     assert receipt is not None and receipt.allow_count == 3
+    assert [(s.tool_server, s.tool_name) for s in receipt.steps] == [
+        ("model", "function:scripted_support_model:"),
+        ("legacy", "lookup"),
+        ("model", "function:scripted_support_model:"),
+    ]
 
 
 async def test_other_activities_governed_by_workflow_grants_on_the_same_interceptor(client, chio):
