@@ -17,6 +17,7 @@ Rules the whole app keeps:
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import hmac
 import ipaddress
@@ -620,6 +621,7 @@ def _report_dict(report: Any) -> dict[str, Any]:
     }
 
 
+@functools.lru_cache(maxsize=1)
 def _version() -> str:
     try:
         from importlib.metadata import version
