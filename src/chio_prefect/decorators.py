@@ -28,13 +28,12 @@ import json
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, NoReturn, TypeVar, overload
+from typing import TYPE_CHECKING, Any, NoReturn, ParamSpec, TypeVar, overload
 
 from chio_sdk.client import ChioClient
 from chio_sdk.models import ChioScope
-from typing_extensions import ParamSpec
 
-from chio_durable import KernelUnavailable, bind_parameters, client_url, evaluate, evaluate_sync
+from chio_durable import KernelUnavailable, bind_parameters, evaluate, evaluate_sync
 from chio_durable import idempotency_key as _idempotency_key
 from chio_durable.evaluation import Evaluation
 from chio_prefect.context import (

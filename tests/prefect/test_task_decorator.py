@@ -10,7 +10,6 @@ from chio_sdk.models import ChioScope, Operation, ToolGrant
 from chio_sdk.testing import MockVerdict, allow_all, deny_all, with_policy
 from prefect import flow, task
 from prefect.cache_policies import INPUTS, NO_CACHE
-from prefect.client.orchestration import get_client
 from prefect.context import get_run_context
 
 from chio_prefect import (
@@ -248,13 +247,37 @@ def test_kernel_unreachable_does_not_run_the_body_and_is_retried() -> None:
 
     state = guarded(return_state=True)
     assert state.is_failed()
-    with get_client(sync_client=True) as prefect_client:
-        task_run = prefect_client.read_task_run(state.state_details.task_run_id)
-    assert task_run.run_count == 2  # first attempt + one retry, per the task's policy
     exc = state.result(raise_on_failure=False)
     assert isinstance(exc, ChioSidecarUnavailable) and isinstance(exc, ConnectionError)
     assert exc.url == url and url in str(exc)
     assert ran == []
+
+
+class _UnreachableKernel:
+    """A client whose transport always fails (counts the attempts that reached it)."""
+
+    base_url = "http://127.0.0.1:1"  # only named in messages; never contacted
+
+    def __init__(self) -> None:
+        self.attempts = 0
+
+    async def evaluate_tool_call(self, **_kwargs: object) -> None:
+        self.attempts += 1
+        raise ConnectionError("connection refused")
+
+
+def test_unreachable_kernel_is_retried_by_the_default_condition() -> None:
+    kernel = _UnreachableKernel()
+    ran: list[int] = []
+
+    @chio_task(tool_server="srv", capability_id="cap-u", chio_client=kernel, retries=2, retry_delay_seconds=0)
+    def guarded() -> None:
+        ran.append(1)
+
+    with pytest.raises(ChioSidecarUnavailable) as info:
+        guarded()
+    assert kernel.attempts == 3  # first attempt + 2 retries: not a deny, so Prefect retries it
+    assert info.value.url == kernel.base_url and ran == []
 
 
 def test_default_client_is_the_seed_sidecar_address() -> None:
