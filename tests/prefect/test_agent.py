@@ -15,11 +15,10 @@ from typing import Any
 import pytest
 from chio_sdk.models import ChioScope, Operation, ToolGrant
 from prefect import flow
-from prefect.cache_policies import TASK_SOURCE
+from prefect.cache_policies import RUN_ID, CompoundCachePolicy
 from prefect.context import FlowRunContext
 from pydantic_ai import Agent
-from pydantic_ai.durable_exec.prefect import PrefectDurability, TaskConfig
-from pydantic_ai.durable_exec.prefect._cache_policies import PrefectAgentInputs
+from pydantic_ai.durable_exec.prefect import DEFAULT_PYDANTIC_AI_CACHE_POLICY, PrefectDurability, TaskConfig
 from pydantic_ai.messages import ModelMessage, ModelResponse, TextPart, ToolCallPart, ToolReturnPart
 from pydantic_ai.models.function import AgentInfo, DeltaToolCall, FunctionModel
 
@@ -99,8 +98,13 @@ async def test_allowed_run_records_receipts_and_emits_allow_events(chio: LocalCh
         flow_runs.append(str(FlowRunContext.get().flow_run.id))
         return await governed.run("find durable agents")  # joins this flow
 
-    result = await research()
+    from pydantic_ai._warnings import PydanticAIDeprecationWarning
 
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        result = await research()
+
+    assert not [w for w in caught if issubclass(w.category, DeprecationWarning | PydanticAIDeprecationWarning)]
     assert result.output == "answer: 3 results for durable agents"
     assert (script.model_calls, script.tool_calls) == (2, 1)
     records = governed.receipts_of(result)
@@ -204,7 +208,9 @@ def test_capability_revoked_between_attempts_is_denied_and_nothing_is_served_fro
 
 def _no_run_id_policy() -> TaskConfig:
     # pydantic-ai's cache policy without RUN_ID: what issues #6903/#3883 are about.
-    return TaskConfig(cache_policy=PrefectAgentInputs() + TASK_SOURCE)
+    policies = [p for p in DEFAULT_PYDANTIC_AI_CACHE_POLICY.policies if p is not RUN_ID]
+    assert len(policies) == len(DEFAULT_PYDANTIC_AI_CACHE_POLICY.policies) - 1
+    return TaskConfig(cache_policy=CompoundCachePolicy(policies=policies))
 
 
 async def test_two_runs_with_equal_inputs_share_no_cache(chio: LocalChioClient) -> None:
