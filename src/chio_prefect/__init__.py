@@ -31,3 +31,12 @@ __all__ = [
 ]
 
 # ChioPrefectAgent (chio_prefect/agent.py) is exported below by its owner.
+__all__.append("ChioPrefectAgent")
+
+
+def __getattr__(name: str) -> object:  # lazy: ChioPrefectAgent pulls in pydantic-ai (~0.7 s)
+    if name == "ChioPrefectAgent":
+        from chio_prefect.agent import ChioPrefectAgent
+
+        return ChioPrefectAgent
+    raise AttributeError(f"module 'chio_prefect' has no attribute {name!r}")
