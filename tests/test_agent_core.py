@@ -291,3 +291,23 @@ def test_receipts_of_needs_a_result_or_run_id(chio: LocalChioClient) -> None:
     assert governance.receipts_of("no-such-run") == []
     with pytest.raises(TypeError, match="run id"):
         governance.receipts_of(42)
+
+
+async def test_concurrent_runs_keep_their_own_receipts(chio: LocalChioClient) -> None:
+    import asyncio
+
+    cap = issue(chio, "cap-core-concurrent", grant("model"), grant("researcher", "search"))
+    script = Script()
+    governance = ChioGovernance(capability_id=cap, chio_client=chio)
+    agent = Agent(FunctionModel(script.model), name="researcher", tools=[script.search], capabilities=[governance])
+
+    results = await asyncio.gather(*(agent.run(f"prompt {i}") for i in range(4)))
+
+    all_ids = [governance.receipt_ids_of(r) for r in results]
+    assert all(len(ids) == 3 for ids in all_ids)
+    assert len({i for ids in all_ids for i in ids}) == 12  # no receipt shared or lost between runs
+    for result in results:
+        stored = [chio.kernel.get_receipt(i) for i in governance.receipt_ids_of(result)]
+        assert [(r.tool_server, r.tool_name) for r in stored] == [
+            ("model", "function:model:"), ("researcher", "search"), ("model", "function:model:")
+        ]
