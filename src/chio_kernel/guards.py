@@ -14,7 +14,8 @@ with no string values passes the constraints vacuously.
   ``/data/x`` but not ``/database``).
 * ``domain_exact`` / ``domain_glob``: the host of URL-ish values is compared case-insensitively
   (``https://user@Api.Example.com:8443/x`` -> ``api.example.com``; a bare ``example.com/path`` ->
-  ``example.com``). ``domain_glob`` uses shell-style matching (``*.example.com``; ``*`` also spans
+  ``example.com``; a value whose host part holds backslashes, whitespace or control characters has
+  no host and fails, since URL parsers disagree on those). ``domain_glob`` uses shell-style matching (``*.example.com``; ``*`` also spans
   dots; it does not match the bare ``example.com``).
 * ``regex_match``: Python ``re.search`` semantics (like the Rust ``regex::is_match`` upstream);
   anchor the pattern (``^...$``) to constrain the whole value. Patterns are compiled once and cached.
@@ -105,6 +106,14 @@ def _compiled(pattern: str) -> re.Pattern[str]:
 def extract_host(value: str) -> str:
     """The lower-case host of a URL-ish string (``scheme://host:port/...`` or ``host/path``)."""
     text = value.strip()
+    rest = text.split("://", 1)[1] if "://" in text else text
+    authority = rest
+    for sep in "/?#":
+        authority = authority.split(sep, 1)[0]
+    if any(c in authority for c in "\\ \t") or not authority.isprintable():
+        # parsers disagree on such authorities (``https://evil.com\\@good.com`` is good.com to
+        # urllib but evil.com to a browser): no host, so a domain constraint denies
+        return ""
     if "://" in text:
         try:
             host = urlsplit(text).hostname or ""
