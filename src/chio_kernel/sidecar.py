@@ -700,6 +700,11 @@ def _evaluate_http(kernel: Any, req: ChioHttpRequest, header_token: str | None) 
     caller_hash = hashlib.sha256(_canonical(req.caller.model_dump(mode="json", exclude_none=True))).hexdigest()
     request_hash = hashlib.sha256(_canonical(req.model_dump(mode="json", exclude_none=True))).hexdigest()
     cap_id, token, header_error = _capability_from_header(header_token)
+    if header_error is None and token is not None and req.capability_id and req.capability_id != token.id:
+        header_error = (
+            f"capability_id {req.capability_id!r} and the X-Chio-Capability token ({token.id!r}) "
+            "name different capabilities; send one"
+        )
     cap_id = req.capability_id or cap_id
     tool_receipt: ChioReceipt | None = None
     evidence: list[GuardEvidence] = []

@@ -326,6 +326,12 @@ async def test_http_evaluate_and_verify(client: ChioClient) -> None:
     forged = denied.receipt.model_copy(update={"verdict": allowed.verdict})
     assert await client.verify_http_receipt(forged) is False
 
+    mismatch = await client.evaluate_http_request(
+        request_id="req-4", method="GET", route_pattern="/items/{id}", path="/items/7",
+        caller=caller, capability_id="cap-other", capability_token=token.model_dump_json(),
+    )
+    assert mismatch.verdict.is_denied and "different capabilities" in (mismatch.verdict.reason or "")
+
     anonymous = await client.evaluate_http_request(
         request_id="req-3", method="GET", route_pattern="/items/{id}", path="/items/7", caller=caller
     )
