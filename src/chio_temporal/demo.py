@@ -138,24 +138,23 @@ class AgentWorkflow:
         return (await AGENTS[agent_name].run(prompt)).output
 
 
-def receipts_table(receipts: list[Any], title: str = "Chio receipts") -> Any:
-    """A ``rich`` table of receipts (``chio_sdk`` ``ChioReceipt`` s): id, verdict, server/tool, guard, reason."""
+def receipts_table(receipts: list[Any], title: str = "Chio receipts", *, reasons: bool = False) -> Any:
+    """A ``rich`` table of receipts (``chio_sdk`` ``ChioReceipt`` s): id, verdict (guard), call[, reason]."""
     from rich.table import Table
 
     table = Table(title=title)
-    for column in ("receipt", "verdict", "tool_server", "tool_name", "guard", "reason"):
-        table.add_column(column, overflow="fold")
+    table.add_column("receipt", no_wrap=True, min_width=41)
+    table.add_column("verdict", no_wrap=True)
+    table.add_column("call (tool_server/tool_name)", overflow="fold")
+    if reasons:
+        table.add_column("reason", overflow="fold")
     for receipt in receipts:
-        verdict = receipt.decision.verdict
-        style = "green" if receipt.decision.is_allowed else "red"
-        table.add_row(
-            receipt.id,
-            f"[{style}]{verdict}[/{style}]",
-            receipt.tool_server,
-            receipt.tool_name,
-            receipt.decision.guard or "",
-            receipt.decision.reason or "",
-        )
+        decision = receipt.decision
+        verdict = "[green]allow[/green]" if decision.is_allowed else f"[red]deny[/red] ({decision.guard})"
+        row = [receipt.id, verdict, f"{receipt.tool_server}/{receipt.tool_name}"]
+        if reasons:
+            row.append(decision.reason or "")
+        table.add_row(*row)
     return table
 
 
