@@ -310,7 +310,9 @@ class GovernedToolset(WrapperToolset[Any]):
             return await self.wrapped.get_tools(ctx)
         gov = self.governance
         call = gov.mapper.mcp_list_tools(server_id=self.server_id)
-        record = await gov.evaluate_call(ctx, call, position=f"list#{ctx.run_step}#{self.server_id}")
+        # One position per run: every step re-checks the listing (a revocation is seen at the next
+        # step) but gets the same receipt back while allowed, so listing is charged once per run.
+        record = await gov.evaluate_call(ctx, call, position=f"list#{self.server_id}")
         if not record.allowed:
             if gov.on_deny == "raise":
                 raise gov.denied(record)
