@@ -30,6 +30,8 @@ with workflow.unsafe.imports_passed_through():
     from temporalio.workflow import ActivityConfig
 
     import test_agent_app as app
+    from chio_sdk.client import ChioClient
+    from chio_temporal_kit import SidecarProcess
     from chio_kernel import LocalChioClient
     from chio_temporal import DENIED_ERROR_TYPE, ChioTemporalConfigError, WorkflowGrant
     from chio_temporal._agent_activities import classify_activity
@@ -422,6 +424,33 @@ async def test_other_activities_governed_by_workflow_grants_on_the_same_intercep
     assert denied_cause(failure.value).details[0]["guard"] == "workflow-grant"
     assert app.CALLS["audit_note"] - before.get("audit_note", 0) == 1
     assert app.CALLS["lookup"] - before.get("lookup", 0) == 1
+
+
+async def test_through_the_real_sidecar_with_the_real_chio_client(client, chio_home):
+    """The worker evaluates over HTTP (chio_sdk.ChioClient -> sidecar subprocess): deny told, retry one receipt."""
+    sidecar = await SidecarProcess(chio_home).start()
+    try:
+        async with LocalChioClient(data_dir=chio_home) as issuer:  # same data dir as the sidecar's kernel
+            await issue(issuer, MODEL, grant("support", "lookup"), grant("support", "flaky"), DOCS_LIST)
+        http = ChioClient(sidecar.url)
+        app.use_kernel(http, app.governed_support)
+        before = dict(app.CALLS)
+        async with worker(client) as tq:
+            workflow_id = wid("sidecar")
+            out = await client.execute_workflow(SupportWorkflow.run, "flaky:S,refund:S", id=workflow_id, task_queue=tq)
+        assert out["output"].startswith("flaky ok S | Permission denied: the call to support/refund was not run")
+        assert app.CALLS["flaky"] - before.get("flaky", 0) == 2 and app.CALLS["refund"] == before.get("refund", 0)
+        steps = app.governed_support.interceptor.get_workflow_receipt(workflow_id).steps
+        (flaky,) = [s for s in steps if s.tool_name == "flaky"]
+        assert flaky.attempts == [1, 2]  # both attempts, one receipt, over HTTP
+        async with LocalChioClient(data_dir=chio_home) as reader:
+            stored = await reader.list_receipts(app.CAPABILITY_ID)
+        assert [r.id for r in stored if r.tool_name == "flaky"] == [flaky.receipt_id]
+        assert [r.decision.guard for r in stored if r.tool_name == "refund"] == ["scope"]
+        assert set(out["receipt_ids"]) <= {r.id for r in stored}
+        await http.close()
+    finally:
+        sidecar.stop()
 
 
 # --- construction (no server) ------------------------------------------------------------------
