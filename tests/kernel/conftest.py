@@ -2,25 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from chio_sdk.models import ChioScope, Constraint, Operation, ToolGrant
 
 from chio_kernel import Kernel
-
-
-class Clock:
-    """A movable clock for the kernel (``Kernel(clock=...)``)."""
-
-    def __init__(self, start: float = 1_800_000_000.0) -> None:
-        self.now = start
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
+from kernel_helpers import Clock
 
 
 @pytest.fixture
@@ -29,17 +17,7 @@ def clock() -> Clock:
 
 
 @pytest.fixture
-def kernel(chio_home: Path, clock: Clock) -> Kernel:
+def kernel(chio_home: Path, clock: Clock) -> Iterator[Kernel]:
     k = Kernel(chio_home, clock=clock)
     yield k
     k.close()
-
-
-def grant(server: str = "fs", tool: str = "read", *constraints: Constraint, **limits: object) -> ToolGrant:
-    return ToolGrant(
-        server_id=server, tool_name=tool, operations=[Operation.INVOKE], constraints=list(constraints), **limits
-    )
-
-
-def scope(*grants: ToolGrant) -> ChioScope:
-    return ChioScope(grants=list(grants))

@@ -13,7 +13,7 @@ from chio_kernel import CapabilityError, Kernel, KernelInputError, default_data_
 from chio_kernel.kernel import capability_signing_bytes
 from chio_kernel.signing import verify_hex
 
-from conftest import Clock, grant, scope
+from kernel_helpers import Clock, grant, scope
 
 
 def test_key_file_is_0600_and_dir_0700_and_persists(tmp_path: Path) -> None:

@@ -11,7 +11,7 @@ from chio_sdk.client import ChioClient
 from chio_kernel import Kernel
 from chio_kernel.kernel import receipt_chain_hash
 
-from conftest import grant, scope
+from kernel_helpers import grant, scope
 
 
 def _fill(kernel: Kernel, n: int) -> list[str]:

@@ -13,7 +13,7 @@ from chio_sdk.models import CapabilityToken, ChioReceipt, MonetaryAmount
 from chio_durable.evaluation import client_url, evaluate, evaluate_sync
 from chio_kernel import Kernel, LocalChioClient
 
-from conftest import grant, scope
+from kernel_helpers import grant, scope
 
 
 def test_has_every_chio_client_method_with_compatible_signature() -> None:

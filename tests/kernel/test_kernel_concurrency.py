@@ -8,7 +8,7 @@ from pathlib import Path
 
 from chio_kernel import Kernel
 
-from conftest import grant, scope
+from kernel_helpers import grant, scope
 
 
 def test_max_invocations_exact_with_8_threads(kernel: Kernel) -> None:

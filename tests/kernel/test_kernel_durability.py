@@ -11,7 +11,7 @@ from pathlib import Path
 
 from chio_kernel import Kernel
 
-from conftest import grant, scope
+from kernel_helpers import grant, scope
 
 CHILD = textwrap.dedent(
     """

@@ -12,7 +12,7 @@ from chio_kernel import Kernel, KernelInputError, canonical_json
 from chio_kernel.kernel import receipt_signing_bytes
 from chio_kernel.signing import verify_hex
 
-from conftest import Clock, grant, scope
+from kernel_helpers import Clock, grant, scope
 
 
 def allowed(r: ChioReceipt) -> bool:

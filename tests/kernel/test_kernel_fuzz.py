@@ -10,7 +10,7 @@ from chio_sdk.models import ChioReceipt
 
 from chio_kernel import Kernel
 
-from conftest import grant, scope
+from kernel_helpers import grant, scope
 
 anything = st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=20) | st.binary(max_size=5),
