@@ -229,3 +229,20 @@ def test_scope_dict_form_is_accepted(kernel: Kernel) -> None:
         "agent:a", {"grants": [{"server_id": "fs", "tool_name": "read", "operations": ["Invoke"]}]}, 60
     )
     assert token.scope == ChioScope(grants=[ToolGrant(server_id="fs", tool_name="read", operations=[Operation.INVOKE])])
+
+
+def test_processes_starting_on_a_fresh_dir_agree_on_one_key(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    home = tmp_path / "fresh"
+    code = "import sys; from chio_kernel import Kernel; print(Kernel(sys.argv[1]).public_key_hex)"
+    procs = [
+        subprocess.Popen([sys.executable, "-c", code, str(home)], stdout=subprocess.PIPE, text=True)
+        for _ in range(3)
+    ]
+    keys = {p.communicate(timeout=60)[0].strip() for p in procs}
+    assert all(p.returncode == 0 for p in procs)
+    assert len(keys) == 1 and len(next(iter(keys))) == 64
+    assert Kernel(home).public_key_hex in keys
+    assert not [f for f in home.iterdir() if f.name.endswith(".tmp")]
