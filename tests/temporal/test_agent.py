@@ -106,7 +106,15 @@ class MixedWorkflow:
         return note + " / " + (await app.governed_mixed.run(prompt)).output
 
 
-WORKFLOWS = [SupportWorkflow, StrictWorkflow, LegacyWorkflow, BareWorkflow, TwoRunsWorkflow, MixedWorkflow]
+@workflow.defn
+class StreamingWorkflow:
+    @workflow.run
+    async def run(self, prompt: str) -> dict[str, Any]:
+        result = await app.governed_streaming.run(prompt)
+        return {"output": result.output, "receipt_ids": app.governed_streaming.receipt_ids_of(result)}
+
+
+WORKFLOWS = [SupportWorkflow, StrictWorkflow, LegacyWorkflow, BareWorkflow, TwoRunsWorkflow, MixedWorkflow, StreamingWorkflow]
 
 
 # --- helpers -----------------------------------------------------------------------------------
@@ -424,6 +432,23 @@ async def test_other_activities_governed_by_workflow_grants_on_the_same_intercep
     assert denied_cause(failure.value).details[0]["guard"] == "workflow-grant"
     assert app.CALLS["audit_note"] - before.get("audit_note", 0) == 1
     assert app.CALLS["lookup"] - before.get("lookup", 0) == 1
+
+
+async def test_streamed_model_requests_are_governed_and_carry_their_receipt(client, chio):
+    await issue(chio, MODEL, grant("streamer", "lookup"))
+    app.STREAM_EVENTS.clear()
+    async with worker(client) as tq:
+        workflow_id = wid("stream")
+        out = await client.execute_workflow(StreamingWorkflow.run, "lookup:T", id=workflow_id, task_queue=tq)
+    assert out["output"] == "order T: shipped"
+    assert app.STREAM_EVENTS  # the handler ran: the streaming path was taken
+    steps = app.governed_streaming.interceptor.get_workflow_receipt(workflow_id).steps
+    assert [(s.activity_type, s.tool_server) for s in steps] == [
+        ("agent__streamer__model_request_stream", "model"),
+        ("agent__streamer__toolset__<agent>__call_tool", "streamer"),
+        ("agent__streamer__model_request_stream", "model"),
+    ]
+    assert out["receipt_ids"] == [s.receipt_id for s in steps]  # stamped on the streamed responses too
 
 
 async def test_through_the_real_sidecar_with_the_real_chio_client(client, chio_home):

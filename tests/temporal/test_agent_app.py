@@ -170,3 +170,35 @@ governed_mixed = ChioTemporalAgent(
     mixed_agent, capability_id=CAPABILITY_ID, chio_client=_placeholder, govern_other_activities=True
 )
 ALL_GOVERNED.append(governed_mixed)
+
+# 7. Streamed model requests: with an event_stream_handler (a TemporalDurability option passed
+#    through), model requests run in the `model_request_stream` activity.
+STREAM_EVENTS: list[str] = []
+
+
+async def scripted_support_stream(messages: list[ModelMessage], info: AgentInfo) -> Any:
+    """The scripted model, streamed: the same answer as ``scripted_support_model``, as deltas."""
+    import json
+
+    from pydantic_ai.models.function import DeltaToolCall
+
+    response = scripted_support_model(messages, info)
+    part = response.parts[0]
+    if isinstance(part, ToolCallPart):
+        yield {0: DeltaToolCall(name=part.tool_name, json_args=json.dumps(part.args))}
+    else:
+        yield part.content
+
+
+async def record_events(ctx: Any, events: Any) -> None:
+    async for event in events:
+        STREAM_EVENTS.append(event.event_kind)
+
+
+streaming_agent = Agent(
+    FunctionModel(scripted_support_model, stream_function=scripted_support_stream), name="streamer", tools=[lookup]
+)
+governed_streaming = ChioTemporalAgent(
+    streaming_agent, capability_id=CAPABILITY_ID, chio_client=_placeholder, event_stream_handler=record_events
+)
+ALL_GOVERNED.append(governed_streaming)
