@@ -7,19 +7,15 @@ activity type of each execution, recognises the agent's operations, and maps the
 already decoded arguments to a :class:`chio_durable.agent.GovernedCall` with the shared
 :class:`~chio_durable.agent.CallMapper`. Nothing here runs in workflow code.
 
-Governed operations (everything that reaches a model, a tool body or an MCP server):
+Governed operations (everything that reaches a model, a tool body or an MCP server), by the part
+of the activity name after ``agent__<name>__``:
 
-==========================================  =========  ===========================================
-activity name (after ``agent__<name>__``)   kind       arguments read
-==========================================  =========  ===========================================
-``model_request`` / ``model_request_stream``  model    ``params.messages``, ``model_settings``,
-``model_compact_messages``                              ``model_id``
-``toolset__<id>__call_tool``                tool       ``params.name``, ``params.tool_args``
-``dynamic_toolset__<id>__call_tool``        tool       same
-``mcp_server__<id>__call_tool``             mcp        same
-``mcp_server__<id>__get_tools``             mcp_list   (none)
-``mcp_server__<id>__get_instructions``      mcp_list   (none)
-==========================================  =========  ===========================================
+* ``model_request``, ``model_request_stream``, ``model_compact_messages`` -> a model call
+  (reads ``params.messages``, ``params.model_settings``, ``params.model_id``);
+* ``toolset__<id>__call_tool``, ``dynamic_toolset__<id>__call_tool`` -> a function-tool call
+  (reads ``params.name``, ``params.tool_args``);
+* ``mcp_server__<id>__call_tool`` -> an MCP tool call (same);
+* ``mcp_server__<id>__get_tools``, ``mcp_server__<id>__get_instructions`` -> an MCP listing.
 
 Not governed (no model, tool body or MCP server is reached, or it only cancels one): argument
 validation (``__validate_args``), listing function / dynamic toolsets, the event stream handler,
