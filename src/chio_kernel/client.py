@@ -9,13 +9,15 @@ receipt (``receipt.decision.verdict == "deny"``), exactly like the sidecar's HTT
 from __future__ import annotations
 
 import os
+import time
 from typing import Any
 
-from chio_sdk.client import ChioClient
-from chio_sdk.errors import ChioError, ChioValidationError
+from chio_sdk.client import ChioClient, _capability_id_from_token
+from chio_sdk.errors import ChioValidationError
 from chio_sdk.models import (
     CallerIdentity,
     CapabilityToken,
+    ChioHttpRequest,
     ChioReceipt,
     ChioScope,
     EvaluateResponse,
@@ -99,11 +101,10 @@ class LocalChioClient:
         return self.kernel.verify_receipt(receipt)
 
     async def verify_http_receipt(self, receipt: HttpReceipt) -> bool:
-        """HTTP receipts are not issued by this kernel; raises ``ChioError`` (as the sidecar answers 4xx)."""
-        raise ChioError(
-            "the embedded kernel does not issue or verify HTTP receipts; use evaluate_tool_call receipts",
-            code="HTTP_404",
-        )
+        """True if the HTTP receipt is signed by this kernel (the sidecar's ``/chio/verify``)."""
+        from chio_kernel.sidecar import _verify_http_receipt  # lazy: keeps ``import chio_kernel`` light
+
+        return bool(_verify_http_receipt(self.kernel, receipt))
 
     async def verify_receipt_chain(self, receipts: list[ChioReceipt]) -> bool:
         """``ChioClient.verify_receipt_chain``: each receipt's ``content_hash`` is the previous one's hash."""
@@ -139,14 +140,35 @@ class LocalChioClient:
         route_pattern: str,
         path: str,
         caller: CallerIdentity,
-        **kwargs: Any,
+        query: dict[str, str] | None = None,
+        headers: dict[str, str] | None = None,
+        body_hash: str | None = None,
+        body_length: int = 0,
+        session_id: str | None = None,
+        capability_id: str | None = None,
+        capability_token: str | None = None,
+        model_metadata: dict[str, Any] | None = None,
+        timestamp: int | None = None,
     ) -> EvaluateResponse:
-        """HTTP-substrate evaluation is not part of the embedded kernel; raises ``ChioError``."""
-        raise ChioError(
-            "the embedded kernel evaluates tool calls only (evaluate_tool_call); HTTP request evaluation "
-            "needs the upstream Chio HTTP sidecar",
-            code="HTTP_404",
+        """Evaluate an HTTP request exactly as the sidecar's ``/chio/evaluate`` does (see docs/sidecar.md)."""
+        from chio_kernel.sidecar import _evaluate_http  # lazy: keeps ``import chio_kernel`` light
+
+        request = ChioHttpRequest(
+            request_id=request_id,
+            method=method,
+            route_pattern=route_pattern,
+            path=path,
+            query=query or {},
+            headers=headers or {},
+            caller=caller,
+            body_hash=body_hash,
+            body_length=body_length,
+            session_id=session_id,
+            capability_id=capability_id or _capability_id_from_token(capability_token),
+            model_metadata=model_metadata,
+            timestamp=timestamp or int(time.time()),
         )
+        return EvaluateResponse.model_validate(_evaluate_http(self.kernel, request, capability_token))
 
     @staticmethod
     def collect_evidence(receipts: list[ChioReceipt]) -> list[GuardEvidence]:

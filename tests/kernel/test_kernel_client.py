@@ -85,3 +85,29 @@ async def test_engine_neutral_evaluate_uses_the_kernel_directly(kernel: Kernel) 
     assert again.receipt_id == ev.receipt_id
     denied = evaluate_sync(client, capability_id=token.id, tool_server="fs", tool_name="read", parameters={"a": 2})
     assert not denied.allowed and denied.guard == "max_invocations" and "invocation" in denied.reason
+
+
+async def test_http_request_evaluation_in_process(kernel: Kernel) -> None:
+    from chio_sdk.models import CallerIdentity, Operation, ToolGrant
+    from chio_sdk.models import ChioScope as Scope
+
+    token = kernel.create_capability(
+        "agent:web", Scope(grants=[ToolGrant(server_id="http", tool_name="GET /items/{id}", operations=[Operation.INVOKE])]),
+        600,
+    )
+    client = LocalChioClient(kernel=kernel)
+    ok = await client.evaluate_http_request(
+        request_id="req-1", method="get", route_pattern="/items/{id}", path="/items/7",
+        caller=CallerIdentity.anonymous(), capability_id=token.id,
+    )
+    assert ok.verdict.is_allowed and ok.receipt.capability_id == token.id
+    assert await client.verify_http_receipt(ok.receipt) is True
+    tampered = ok.receipt.model_copy(update={"route_pattern": "/admin"})
+    assert await client.verify_http_receipt(tampered) is False
+    denied = await client.evaluate_http_request(
+        request_id="req-2", method="DELETE", route_pattern="/items/{id}", path="/items/7",
+        caller=CallerIdentity.anonymous(), capability_token=token.model_dump_json(),
+    )
+    assert denied.verdict.is_denied and denied.verdict.guard == "scope"
+    # the underlying tool decisions are in the ordinary receipt chain
+    assert [r.tool_name for r in kernel.list_receipts()] == ["GET /items/{id}", "DELETE /items/{id}"]
