@@ -111,3 +111,16 @@ async def test_http_request_evaluation_in_process(kernel: Kernel) -> None:
     assert denied.verdict.is_denied and denied.verdict.guard == "scope"
     # the underlying tool decisions are in the ordinary receipt chain
     assert [r.tool_name for r in kernel.list_receipts()] == ["GET /items/{id}", "DELETE /items/{id}"]
+
+
+def test_importing_chio_kernel_stays_light() -> None:
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, chio_kernel; "
+        "heavy = [m for m in ('starlette', 'uvicorn', 'typer', 'prefect', 'temporalio', 'chio_kernel.sidecar') "
+        "if m in sys.modules]; print(heavy)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0 and out.stdout.strip() == "[]", out
