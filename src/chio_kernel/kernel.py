@@ -152,6 +152,7 @@ _qa = _json_encoder.encode_basestring_ascii  # ... and as json.dumps(ensure_asci
 
 
 _HEAD_SQL = "SELECT seq, hash FROM chain_head WHERE k = 0"
+_CAP_CACHE_SIZE = 10_000  # verified capabilities kept per Kernel (tokens are immutable)
 
 
 _ACTION_FIELDS = frozenset({"parameters", "parameter_hash"})
@@ -488,6 +489,8 @@ class Kernel:
             return None
         token = CapabilityToken.model_validate_json(row[0])
         cap = self._make_cap(conn, token, row[1], row[2], row[3])
+        if len(self._caps) >= _CAP_CACHE_SIZE:  # bounded: drop the oldest entry (insertion order)
+            self._caps.pop(next(iter(self._caps)))
         self._caps[capability_id] = cap
         return cap
 
