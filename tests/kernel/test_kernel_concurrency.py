@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import multiprocessing
 import threading
+import time
 from pathlib import Path
 
 from chio_kernel import Kernel
@@ -94,3 +95,53 @@ def test_kernel_survives_fork(chio_home: Path) -> None:
     assert k.evaluate(token.id, "fs", "read", {}).decision.guard == "max_invocations"
     assert k.verify_chain().ok and k.verify_chain().count == 4
     k.close()
+
+
+def test_same_idempotency_key_from_8_threads_is_one_receipt_and_one_charge(kernel: Kernel) -> None:
+    token = kernel.create_capability("agent:a", scope(grant(max_invocations=5)), 3600)
+    ids: list[str] = []
+    lock = threading.Lock()
+    start = threading.Barrier(8)
+
+    def worker() -> None:
+        start.wait()
+        r = kernel.evaluate(token.id, "fs", "read", {"p": 1}, idempotency_key="flow-run-1/task-1")
+        with lock:
+            ids.append(r.id)
+
+    threads = [threading.Thread(target=worker) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(ids) == 8 and len(set(ids)) == 1
+    assert kernel.receipt_count() == 1
+    assert kernel.capability_info(token.id)["usage"][0]["invocations"] == 1
+
+
+def test_revocation_racing_evaluations_never_allows_after_the_revoke(kernel: Kernel) -> None:
+    token = kernel.create_capability("agent:a", scope(grant()), 3600)
+    stop = threading.Event()
+
+    def worker() -> None:
+        while not stop.is_set():
+            kernel.evaluate(token.id, "fs", "read", {})
+
+    threads = [threading.Thread(target=worker) for _ in range(4)]
+    for t in threads:
+        t.start()
+    while kernel.receipt_count() < 20:
+        time.sleep(0.001)
+    kernel.revoke_capability(token.id)
+    after = kernel.receipt_count()
+    while kernel.receipt_count() < after + 20:
+        time.sleep(0.001)
+    stop.set()
+    for t in threads:
+        t.join()
+    receipts = kernel.list_receipts()
+    verdicts = [r.decision.verdict for r in receipts]
+    first_deny = verdicts.index("deny")
+    assert first_deny <= after  # every receipt written after the revoke committed is a deny
+    assert all(v == "deny" for v in verdicts[first_deny:])
+    assert all(r.decision.guard == "revocation" for r in receipts[first_deny:])
