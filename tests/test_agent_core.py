@@ -311,3 +311,34 @@ async def test_concurrent_runs_keep_their_own_receipts(chio: LocalChioClient) ->
         assert [(r.tool_server, r.tool_name) for r in stored] == [
             ("model", "function:model:"), ("researcher", "search"), ("model", "function:model:")
         ]
+
+
+async def test_kernel_lost_mid_run_stops_the_tool_even_in_tell_model_mode(chio: LocalChioClient) -> None:
+    cap = issue(chio, "cap-core-lost", grant("model"), grant("researcher", "search"))
+
+    class FlakyRemote:
+        """Answers like a remote client for one call, then the connection is gone."""
+
+        base_url = "http://127.0.0.1:9090"
+
+        def __init__(self) -> None:
+            self.calls = 0
+
+        async def evaluate_tool_call(self, **kwargs: Any) -> Any:
+            self.calls += 1
+            if self.calls > 1:
+                raise ConnectionError("sidecar went away")
+            return chio.kernel.evaluate(
+                kwargs["capability_id"], kwargs["tool_server"], kwargs["tool_name"], kwargs["parameters"]
+            )
+
+    script = Script()
+    agent = Agent(
+        FunctionModel(script.model),
+        name="researcher",
+        tools=[script.search],
+        capabilities=[ChioGovernance(capability_id=cap, chio_client=FlakyRemote())],
+    )
+    with pytest.raises(KernelUnavailable, match="sidecar went away"):
+        await agent.run("x")
+    assert script.model_calls == 1 and script.tool_calls == 0  # no decision, no tool call
