@@ -43,7 +43,7 @@ from chio_kernel.signing import (
     load_or_create_key,
     verify_hex,
 )
-from chio_kernel.store import GENESIS_HASH, open_store
+from chio_kernel.store import DB_FILE, GENESIS_HASH, open_store
 
 __all__ = [
     "CapabilityError",
@@ -51,6 +51,7 @@ __all__ = [
     "Kernel",
     "KernelInputError",
     "capability_signing_bytes",
+    "receipt_chain_hash",
     "receipt_signing_bytes",
     "uuid7",
 ]
@@ -1368,8 +1369,12 @@ class Kernel:
         prev = GENESIS_HASH
         index = 0
         last_seq = 0
-        with self._lk:
-            conn = self._db()
+        if self._closed:
+            raise RuntimeError(f"{self!r} is closed; create a new Kernel")
+        # A private connection and a WAL read snapshot: the walk (long on a big store) neither holds
+        # the kernel lock nor blocks writers, so evaluations go on meanwhile.
+        conn = sqlite3.connect(str(self.data_dir / DB_FILE), timeout=60.0, isolation_level=None)
+        try:
             conn.execute("BEGIN")  # one consistent snapshot
             try:
                 head_seq, head_hash = conn.execute(_HEAD_SQL).fetchone()
@@ -1398,6 +1403,8 @@ class Kernel:
                         last_seq = seq
             finally:
                 conn.execute("COMMIT")
+        finally:
+            conn.close()
         if head_seq != last_seq or head_hash != prev:  # the newest row's stored chain hash was altered
             return ChainReport(
                 False, index, max(index - 1, 0),

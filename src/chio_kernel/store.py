@@ -22,7 +22,7 @@ from __future__ import annotations
 import sqlite3
 from pathlib import Path
 
-__all__ = ["GENESIS_HASH", "SCHEMA_VERSION", "open_store"]
+__all__ = ["DB_FILE", "GENESIS_HASH", "SCHEMA_VERSION", "open_store"]
 
 GENESIS_HASH = "0" * 64
 SCHEMA_VERSION = "1"
