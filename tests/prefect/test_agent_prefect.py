@@ -344,3 +344,21 @@ async def test_prefect_options_pass_through(chio: LocalChioClient) -> None:
     assert script.tool_calls == 2 and script.model_calls == 2
     assert "FunctionToolCallEvent" in events and "FunctionToolResultEvent" in events
     assert len(governed.receipt_ids_of(result)) == 3
+
+
+async def test_run_inside_a_user_flow_joins_it_and_its_retries_replay(chio: LocalChioClient) -> None:
+    cap = issue(chio, "cap-pa-user-flow", grant("model"), grant("researcher", "search"))
+    script = Script(fail_first_tool_call=True)
+    governed = ChioPrefectAgent(script.agent(), capability_id=cap, chio_client=chio)
+    attempts: list[str] = []
+
+    @flow(retries=1, retry_delay_seconds=0)
+    async def pipeline() -> Any:
+        attempts.append(str(FlowRunContext.get().flow_run.id))
+        return await governed.run("find durable agents")
+
+    result = await pipeline()
+
+    assert len(attempts) == 2 and attempts[0] == attempts[1]  # one flow run, retried; no subflow
+    assert script.model_calls == 2 and script.tool_calls == 2
+    assert governed.receipt_ids_of(result) == stored_ids(chio, cap)
