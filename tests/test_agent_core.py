@@ -342,3 +342,13 @@ async def test_kernel_lost_mid_run_stops_the_tool_even_in_tell_model_mode(chio: 
     with pytest.raises(KernelUnavailable, match="sidecar went away"):
         await agent.run("x")
     assert script.model_calls == 1 and script.tool_calls == 0  # no decision, no tool call
+
+
+def test_settings_digest_is_stable_for_objects_without_a_json_form() -> None:
+    from chio_durable.agent import settings_digest
+
+    class Opaque:
+        pass
+
+    assert settings_digest({"extra": Opaque()}) == settings_digest({"extra": Opaque()})
+    assert settings_digest({"temperature": 0.1}) != settings_digest({"temperature": 0.2})

@@ -29,6 +29,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -81,9 +82,17 @@ class GovernedCall:
         return f"{self.tool_server}/{self.tool_name}"
 
 
+_ADDRESS = re.compile(r" at 0x[0-9a-fA-F]+")
+
+
 def canonical_json(value: Any) -> str:
-    """Compact JSON with sorted keys of a JSON-able view of ``value`` (stable across processes)."""
-    return json.dumps(jsonable(value), sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    """Compact JSON with sorted keys of a JSON-able view of ``value`` (stable across processes).
+
+    Values with no JSON form fall back to their ``repr``; memory addresses in those reprs
+    (``<Foo object at 0x7f...>``) are dropped so two attempts of a run hash alike.
+    """
+    text = json.dumps(jsonable(value), sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return _ADDRESS.sub("", text)
 
 
 def parameter_hash(parameters: Mapping[str, Any]) -> str:
