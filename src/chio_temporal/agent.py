@@ -406,6 +406,10 @@ class ChioTemporalAgent(WrapperAgent[AgentDepsT, OutputDataT]):
             raise ChioTemporalConfigError(
                 f"mapper= must be a chio_durable.agent.CallMapper (or subclass) instance, got {type(mapper).__name__}"
             )
+        if isinstance(agent, ChioTemporalAgent):
+            raise ChioTemporalConfigError(
+                "this agent is already a ChioTemporalAgent (its calls would be evaluated twice); wrap the plain Agent"
+            )
         if not isinstance(agent, AbstractAgent):
             raise ChioTemporalConfigError(
                 f"ChioTemporalAgent wraps a pydantic-ai Agent (or TemporalAgent); got {type(agent).__name__}"

@@ -516,6 +516,8 @@ def test_bad_construction_says_what_to_pass():
         ChioTemporalAgent(app.support_agent, capability_id="", chio_client=app._placeholder)
     with pytest.raises(ChioTemporalConfigError, match="Agent"):
         ChioTemporalAgent(object(), capability_id="c", chio_client=app._placeholder)  # type: ignore[arg-type]
+    with pytest.raises(ChioTemporalConfigError, match="already a ChioTemporalAgent"):
+        ChioTemporalAgent(app.governed_support, capability_id="c", chio_client=app._placeholder)
 
 
 @pytest.mark.parametrize(
