@@ -10,7 +10,7 @@ follow when their modules exist: ``chio_prefect.demo.run_demo(console, data_dir)
 from __future__ import annotations
 
 import importlib
-import importlib.util
+import os
 import tempfile
 import time
 import uuid
@@ -22,7 +22,7 @@ from rich.markup import escape
 
 __all__ = ["ENGINE_SECTIONS", "run", "run_kernel_section"]
 
-#: (section title, module with ``run_demo(console, data_dir)``), run in this order if importable.
+#: (section title, module with ``run_demo(console, data_dir)``), run in this order.
 ENGINE_SECTIONS: tuple[tuple[str, str], ...] = (
     ("Prefect agent", "chio_prefect.demo"),
     ("Temporal agent", "chio_temporal.demo"),
@@ -110,19 +110,12 @@ def run_kernel_section(console: Console, data_dir: Path) -> bool:
     return ok
 
 
-def _run_engine_section(console: Console, index: int, title: str, module: str, data_dir: Path) -> bool | None:
-    """Run one engine's ``run_demo`` if its module exists. None = not installed/written yet."""
-    try:
-        spec = importlib.util.find_spec(module)
-    except (ImportError, ValueError):
-        spec = None
-    if spec is None:
-        return None
+def _run_engine_section(console: Console, index: int, title: str, module: str, data_dir: Path) -> bool:
+    """Run one engine's ``run_demo``; a broken section is reported and the others still run."""
     console.rule(f"[bold]{index}. {title}")
     try:
-        mod = importlib.import_module(module)
-        mod.run_demo(console, data_dir)
-    except Exception as e:  # a broken section is reported, the others still run
+        importlib.import_module(module).run_demo(console, data_dir)
+    except Exception as e:
         console.print(f"[red]The {title} section failed: {type(e).__name__}: {escape(str(e))}[/]", highlight=False)
         return False
     return True
@@ -138,24 +131,21 @@ def run(console: Console | None = None, data_dir: Path | None = None) -> int:
         data_dir = data_dir.expanduser()
         data_dir.mkdir(parents=True, exist_ok=True)
     console.print(f"chio-durable demo — kernel data in [bold]{data_dir}[/]", highlight=False)
+    # The Prefect section starts a temporary local Prefect server: keep it from phoning home
+    # (this machine may have no network, and the demo must not print telemetry errors).
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     failures = 0 if run_kernel_section(console, data_dir) else 1
-    ran = 1
-    for title, module in ENGINE_SECTIONS:
-        result = _run_engine_section(console, ran + 1, title, module, data_dir)
-        if result is None:
-            continue
-        ran += 1
-        failures += 0 if result else 1
+    for index, (title, module) in enumerate(ENGINE_SECTIONS, start=2):
+        failures += 0 if _run_engine_section(console, index, title, module, data_dir) else 1
     console.rule()
-    if ran > 1:
-        from chio_kernel import Kernel
+    from chio_kernel import Kernel
 
-        report = Kernel(data_dir=data_dir).verify_chain()
-        if report.ok:
-            console.print(f"[green]All {report.count} receipts of the demo verify as one chain.[/]")
-        else:
-            failures += 1
-            console.print(f"[red]Chain broken at index {report.first_broken_index}: {escape(str(report.reason))}[/]")
+    report = Kernel(data_dir=data_dir).verify_chain()
+    if report.ok:
+        console.print(f"[green]All {report.count} receipts of the demo verify as one chain.[/]")
+    else:
+        failures += 1
+        console.print(f"[red]Chain broken at index {report.first_broken_index}: {escape(str(report.reason))}[/]")
     console.print(
         f"Done in {time.perf_counter() - started:.1f}s. Inspect: "
         f"chio-durable receipts list --data-dir {data_dir}",

