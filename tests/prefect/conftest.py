@@ -2,17 +2,13 @@
 
 from __future__ import annotations
 
-import os
-import socket
-import subprocess
-import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
+
+from chio_kernel.testing import SidecarProcess
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -68,62 +64,18 @@ def captured_events(monkeypatch: pytest.MonkeyPatch) -> Iterator[CapturedEvents]
         worker.drain()
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-class SidecarProcess:
-    """``python -m chio_kernel.cli sidecar`` over ``data_dir`` on loopback ``port``."""
-
-    def __init__(self, data_dir: Path, port: int) -> None:
-        self.url = f"http://127.0.0.1:{port}"
-        env = {k: v for k, v in os.environ.items() if k not in {"CHIO_SIDECAR_TOKEN", "CHIO_HOME"}}
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "chio_kernel.cli", "sidecar", "--host", "127.0.0.1", "--port", str(port),
-             "--data-dir", str(data_dir)],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-            env=env,
-        )
-
-    def wait_healthy(self, timeout: float = 30) -> SidecarProcess:
-        deadline = time.monotonic() + timeout
-        while True:
-            if self.proc.poll() is not None:
-                err = self.proc.stderr.read().decode() if self.proc.stderr else ""
-                raise RuntimeError(f"sidecar exited: {err}")
-            try:
-                if httpx.get(self.url + "/chio/health", timeout=1).status_code == 200:
-                    return self
-            except httpx.HTTPError:
-                pass
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"sidecar did not become healthy in {timeout} s")
-            time.sleep(0.05)
-
-    def stop(self) -> None:
-        self.proc.terminate()
-        try:
-            self.proc.wait(10)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait(10)
-
-
 @pytest.fixture
 def sidecar_factory(chio_home: Path) -> Iterator[Any]:
-    """Start real sidecars over ``chio_home`` (stopped after the test): ``start(port=None)``."""
+    """Real sidecars over ``chio_home``, stopped after the test: ``factory(port=None).start()``."""
     started: list[SidecarProcess] = []
 
-    def start(port: int | None = None) -> SidecarProcess:
-        sidecar = SidecarProcess(chio_home, port or free_port())
+    def make(port: int | None = None) -> SidecarProcess:
+        sidecar = SidecarProcess(chio_home, port)
         started.append(sidecar)
         return sidecar
 
     try:
-        yield start
+        yield make
     finally:
         for sidecar in started:
             sidecar.stop()
@@ -132,4 +84,4 @@ def sidecar_factory(chio_home: Path) -> Iterator[Any]:
 @pytest.fixture
 def sidecar_url(sidecar_factory: Any) -> str:
     """URL of a healthy real sidecar over ``chio_home`` on a free port."""
-    return sidecar_factory().wait_healthy().url
+    return sidecar_factory().start().url

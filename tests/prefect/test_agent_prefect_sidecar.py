@@ -2,21 +2,14 @@
 
 The idempotency keys travel on the wire (``/v1/evaluate``), so a flow retry gets the same receipts
 from the sidecar and the cached model response is served; a revocation made through the sidecar's
-own kernel denies the next run.
+own kernel denies the next run. The sidecar is the ``sidecar_url`` fixture of ``conftest.py``.
 """
 
 from __future__ import annotations
 
-import os
-import socket
-import subprocess
-import sys
-import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 from chio_sdk.client import ChioClient
 from chio_sdk.models import ChioScope, Operation, ToolGrant
@@ -29,38 +22,6 @@ from chio_prefect.agent import ChioPrefectAgent
 from chio_prefect.errors import ChioPrefectError
 
 pytestmark = pytest.mark.prefect
-
-
-@pytest.fixture
-def sidecar_url(chio_home: Path) -> Iterator[str]:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    script = Path(sys.executable).parent / "chio-durable"
-    cmd = [str(script)] if script.exists() else [sys.executable, "-m", "chio_kernel.cli"]
-    env = {k: v for k, v in os.environ.items() if k not in {"CHIO_SIDECAR_TOKEN", "CHIO_HOME"}}
-    log = (chio_home.parent / "sidecar.log").open("wb")
-    proc = subprocess.Popen(
-        [*cmd, "sidecar", "--host", "127.0.0.1", "--port", str(port), "--data-dir", str(chio_home)],
-        stdout=log, stderr=subprocess.STDOUT, env=env,
-    )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 30
-        while True:
-            assert proc.poll() is None, (chio_home.parent / "sidecar.log").read_text()
-            try:
-                if httpx.get(url + "/chio/health", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            assert time.monotonic() < deadline, "sidecar did not become healthy"
-            time.sleep(0.05)
-        yield url
-    finally:
-        proc.terminate()
-        proc.wait(10)
-        log.close()
 
 
 def test_flow_retry_through_the_sidecar_replays_with_the_same_receipts(chio_home: Path, sidecar_url: str) -> None:

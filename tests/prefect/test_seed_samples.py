@@ -277,15 +277,13 @@ def test_quickstart_verbatim_against_the_sidecar(
 
 def test_unreachable_sidecar_is_retried_until_it_answers(sidecar_factory: Any, chio_home: Path) -> None:
     """Fail closed, then recover: attempts while the sidecar is down never run the body."""
-    import socket
     import threading
 
+    from chio_kernel.testing import free_port
     from chio_prefect import ChioSidecarUnavailable, chio_flow, chio_task
 
     provision(Kernel(chio_home))
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     url = f"http://127.0.0.1:{port}"
     attempts: list[str] = []
     ran: list[str] = []
@@ -294,7 +292,7 @@ def test_unreachable_sidecar_is_retried_until_it_answers(sidecar_factory: Any, c
         exc = state.data
         attempts.append(type(exc).__name__)
         if len(attempts) == 1:  # bring the sidecar up after the first failed attempt
-            threading.Thread(target=lambda: sidecar_factory(port).wait_healthy()).start()
+            threading.Thread(target=sidecar_factory(port).start).start()
         return isinstance(exc, ChioSidecarUnavailable)
 
     @chio_task(tool_server="search-srv", retries=30, retry_delay_seconds=0.5, retry_condition_fn=note_attempt)

@@ -2,19 +2,10 @@
 
 from __future__ import annotations
 
-import asyncio
-import os
-import socket
-import subprocess
-import sys
-import time
 from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
-from pathlib import Path
 from typing import Any
-
-import httpx
 
 from chio_sdk.models import ChioScope, Operation, ToolGrant
 from temporalio.client import Client, WorkflowFailureError, WorkflowHandle
@@ -73,52 +64,3 @@ async def outcome(handle: WorkflowHandle) -> Any:
             cause = getattr(cause, "cause", None)
         assert cause is not None, f"workflow failed without an ApplicationError: {err!r}"
         return cause
-
-
-# --- the real sidecar as a subprocess ----------------------------------------------------------
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-class SidecarProcess:
-    """``python -m chio_kernel.cli sidecar`` on a loopback port over ``data_dir``; async start/stop."""
-
-    def __init__(self, data_dir: Path, port: int | None = None) -> None:
-        self.data_dir = data_dir
-        self.port = port or free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.log = data_dir.parent / f"sidecar-{self.port}.log"
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    async def start(self, timeout: float = 30.0) -> SidecarProcess:
-        env = {k: v for k, v in os.environ.items() if k not in {"CHIO_SIDECAR_TOKEN", "CHIO_HOME"}}
-        args = [sys.executable, "-m", "chio_kernel.cli", "sidecar", "--host", "127.0.0.1", "--port", str(self.port),
-                "--data-dir", str(self.data_dir)]
-        with self.log.open("ab") as log:
-            self.proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, env=env)
-        deadline = time.monotonic() + timeout
-        async with httpx.AsyncClient(timeout=1) as http:
-            while time.monotonic() < deadline:
-                if self.proc.poll() is not None:
-                    raise RuntimeError(f"sidecar exited with {self.proc.returncode}: {self.log.read_text()}")
-                try:
-                    if (await http.get(self.url + "/chio/health")).status_code == 200:
-                        return self
-                except httpx.HTTPError:
-                    pass
-                await asyncio.sleep(0.05)
-        self.stop()
-        raise RuntimeError(f"sidecar did not become healthy in {timeout}s: {self.log.read_text()}")
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(10)

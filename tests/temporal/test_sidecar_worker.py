@@ -24,14 +24,15 @@ from chio_temporal import (
     build_chio_worker,
 )
 from chio_temporal.grants import mint_capability
-from chio_temporal_kit import EXECUTOR, SidecarProcess, make_worker, outcome, plan, running, scope, start_plan, tool
+from chio_kernel.testing import SidecarProcess
+from chio_temporal_kit import EXECUTOR, make_worker, outcome, plan, running, scope, start_plan, tool
 
 pytestmark = pytest.mark.temporal
 
 
 @pytest.fixture
 async def sidecar(chio_home: Path) -> Any:
-    process = await SidecarProcess(chio_home).start()
+    process = await asyncio.to_thread(SidecarProcess(chio_home).start)
     try:
         yield process
     finally:
@@ -80,7 +81,7 @@ async def test_sidecar_down_then_up_activity_retries_and_succeeds_with_one_recei
             await asyncio.sleep(0.1)
         assert attempt >= 3 and kind == SIDECAR_ERROR_TYPE
         assert workflows.CALLS == []  # fail closed: the body never ran
-        await sidecar.start()
+        await asyncio.to_thread(sidecar.start)  # off the loop: the worker keeps running
         result = await asyncio.wait_for(handle.result(), 30)
     assert result == ["debited 3 from acct"]
     assert len(workflows.CALLS) == 1
