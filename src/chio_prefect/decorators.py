@@ -26,7 +26,9 @@ import hashlib
 import inspect
 import json
 import threading
+import weakref
 from collections.abc import Callable
+from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, NoReturn, ParamSpec, TypeVar, overload
 
@@ -246,6 +248,7 @@ class _Call:
 @dataclass(frozen=True)
 class _RunIds:
     task_name: str | None = None
+    task_key: str | None = None
     task_run_id: str | None = None
     task_run_name: str | None = None
     flow_run_id: str | None = None
@@ -256,11 +259,12 @@ def _run_ids(governed: Callable[..., Any]) -> _RunIds:
     """Ids and names of the Prefect task run and flow run calling ``governed`` (if any)."""
     from prefect.context import FlowRunContext, TaskRunContext
 
-    task_name = task_run_id = task_run_name = flow_run_id = flow_run_name = None
+    task_name = task_key = task_run_id = task_run_name = flow_run_id = flow_run_name = None
     task_ctx = TaskRunContext.get()
     # Only the task run of THIS task counts (``other_task.fn`` inside it is not that run).
     if task_ctx is not None and getattr(task_ctx.task, "fn", None) is governed:
         task_name = task_ctx.task.name
+        task_key = task_ctx.task.task_key
         task_run_id = str(task_ctx.task_run.id)
         task_run_name = task_ctx.task_run.name
         if task_ctx.task_run.flow_run_id is not None:
@@ -270,12 +274,96 @@ def _run_ids(governed: Callable[..., Any]) -> _RunIds:
         if flow_run_id is None or flow_run_id == str(flow_ctx.flow_run.id):
             flow_run_id = str(flow_ctx.flow_run.id)
             flow_run_name = flow_ctx.flow_run.name
-    return _RunIds(task_name, task_run_id, task_run_name, flow_run_id, flow_run_name)
+    return _RunIds(task_name, task_key, task_run_id, task_run_name, flow_run_id, flow_run_name)
 
 
 def _digest(parameters: dict[str, Any]) -> str:
     canonical = json.dumps(parameters, sort_keys=True, separators=(",", ":"), default=str)
     return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+# --- call positions: what an idempotency key identifies --------------------------------------------
+
+
+class _AttemptPositions:
+    """Call positions handed out during one attempt of one flow run (one ``FlowRunContext``)."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.by_task_run: dict[str, int] = {}
+        self.counts: dict[str, int] = {}
+
+
+_attempts: dict[int, _AttemptPositions] = {}
+_attempts_lock = threading.Lock()
+
+
+def _attempt_positions(flow_ctx: Any) -> _AttemptPositions:
+    key = id(flow_ctx)
+    with _attempts_lock:
+        table = _attempts.get(key)
+        if table is None:
+            table = _attempts[key] = _AttemptPositions()
+            # dropped with the context object, so the id can never be reused for a stale table
+            weakref.finalize(flow_ctx, _attempts.pop, key, None)
+        return table
+
+
+def _call_position(run: _RunIds, identity: str) -> str:
+    """The call position of the running task run, the run part of its idempotency key.
+
+    Inside a flow run: ``flow-run:<id>:<identity>#<n>``, ``n`` counting earlier task runs with the
+    same identity (task, capability, tool, parameters) in this attempt of the flow run. Prefect
+    gives every attempt of a flow run new task run ids (and random dynamic keys), so this is what
+    lets a flow retry re-evaluate to the same receipt; a task retry (same task run) keeps its ``n``.
+    Identical calls are interchangeable, so the order in which concurrent ones get their ``n``
+    does not matter. Outside a flow run: ``task-run:<id>``.
+    """
+    from prefect.context import FlowRunContext
+
+    flow_ctx = FlowRunContext.get()
+    if (
+        run.flow_run_id is None
+        or flow_ctx is None
+        or flow_ctx.flow_run is None
+        or str(flow_ctx.flow_run.id) != run.flow_run_id
+    ):
+        return f"task-run:{run.task_run_id}"
+    table = _attempt_positions(flow_ctx)
+    with table.lock:
+        n = table.by_task_run.get(run.task_run_id)  # type: ignore[arg-type]
+        if n is None:
+            n = table.counts.get(identity, 0)
+            table.counts[identity] = n + 1
+            table.by_task_run[run.task_run_id] = n  # type: ignore[index]
+    return f"flow-run:{run.flow_run_id}:{identity}#{n}"
+
+
+# --- the decision taken before Prefect's cache lookup ----------------------------------------------
+
+
+@dataclass(frozen=True)
+class _PreDecision:
+    """A kernel decision taken by :class:`ChioReceiptCachePolicy` for the gate of the same attempt."""
+
+    task_run_id: str
+    idempotency_key: str
+    evaluation: Evaluation
+    emitted: bool
+
+
+_pre_decision: ContextVar[_PreDecision | None] = ContextVar("chio_prefect_pre_decision", default=None)
+
+
+def _take_pre_decision(call: _Call) -> _PreDecision | None:
+    """The policy's decision for exactly this call (same task run, same key), consumed once."""
+    decided = _pre_decision.get()
+    if decided is None or call.idempotency_key is None:
+        return None
+    _pre_decision.set(None)
+    if decided.task_run_id != call.task_run_id or decided.idempotency_key != call.idempotency_key:
+        return None
+    return decided
 
 
 class _TaskGovernance:
@@ -302,7 +390,8 @@ class _TaskGovernance:
 
     # -- step 1 and 2: resolve and check locally --------------------------------------------
 
-    def prepare(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> _Call:
+    def prepare(self, args: tuple[Any, ...], kwargs: dict[str, Any], *, quiet: bool = False) -> _Call:
+        """Resolve the call and run the local checks (``quiet``: a local deny emits no event)."""
         flow = current_flow_governance()
         run = _run_ids(self.governed or self.fn)
         task_run_id, task_run_name = run.task_run_id, run.task_run_name
@@ -312,6 +401,8 @@ class _TaskGovernance:
         task_name = run.task_name or self.tool_name
 
         def deny_locally(error: ChioPrefectError, server: str) -> NoReturn:
+            if quiet:
+                raise ChioPermissionError(_deny_message(task_name, server, self.tool_name, error)) from error
             self._emit(
                 ReceiptEvent(
                     allowed=False,
@@ -387,9 +478,11 @@ class _TaskGovernance:
         parameters = bind_parameters(self.signature, args, kwargs)
         idem = None
         if task_run_id is not None:
-            idem = _idempotency_key(
-                flow_run_id, task_run_id, capability_id, tool_server, self.tool_name, _digest(parameters)
+            digest = _digest(parameters)
+            position = _call_position(
+                run, _idempotency_key(run.task_key, capability_id, tool_server, self.tool_name, digest)
             )
+            idem = _idempotency_key(flow_run_id, position, capability_id, tool_server, self.tool_name, digest)
         return _Call(
             capability_id=capability_id,
             tool_server=tool_server,
@@ -407,6 +500,9 @@ class _TaskGovernance:
     # -- step 3 to 5 -------------------------------------------------------------------------
 
     def evaluate_sync(self, call: _Call) -> Evaluation:
+        decided = _take_pre_decision(call)
+        if decided is not None:  # the cache policy already asked the kernel in this attempt
+            return self._conclude(call, decided.evaluation, emit=not decided.emitted)
         try:
             evaluation = evaluate_sync(call.client, **self._kernel_args(call))
         except KernelUnavailable as err:
@@ -414,11 +510,38 @@ class _TaskGovernance:
         return self._conclude(call, evaluation)
 
     async def evaluate_async(self, call: _Call) -> Evaluation:
+        decided = _take_pre_decision(call)
+        if decided is not None:
+            return self._conclude(call, decided.evaluation, emit=not decided.emitted)
         try:
             evaluation = await evaluate(call.client, **self._kernel_args(call))
         except KernelUnavailable as err:
             raise ChioSidecarUnavailable(err.url, err.detail, call.tool_server, call.tool_name) from err
         return self._conclude(call, evaluation)
+
+    def decide_before_cache(self, args: tuple[Any, ...], kwargs: dict[str, Any], task_run_id: str) -> str | None:
+        """The chio decision taken before Prefect's cache lookup; the receipt id on allow, else ``None``.
+
+        Same call, client and idempotency key as the body's gate. The decision is handed to that
+        gate (:data:`_pre_decision`), so the body's attempt is not evaluated twice and a deny is not
+        minted twice. An allow is mirrored here, because on a cache hit the body never runs.
+        Anything but an allow (local deny, kernel deny, kernel unreachable, an error) gives
+        ``None``: no cache lookup, and the body's gate decides and fails closed as without caching.
+        """
+        _pre_decision.set(None)
+        try:
+            call = self.prepare(args, kwargs, quiet=True)
+            if call.idempotency_key is None or call.task_run_id != task_run_id:
+                return None
+            evaluation = evaluate_sync(call.client, **self._kernel_args(call))
+        except Exception:  # noqa: BLE001 - the gate in the body decides again and raises properly
+            return None
+        if not evaluation.allowed or not evaluation.receipt_id:
+            _pre_decision.set(_PreDecision(task_run_id, call.idempotency_key, evaluation, emitted=False))
+            return None
+        self._emit(self._event(call, evaluation))
+        _pre_decision.set(_PreDecision(task_run_id, call.idempotency_key, evaluation, emitted=True))
+        return evaluation.receipt_id
 
     @staticmethod
     def _kernel_args(call: _Call) -> dict[str, Any]:
@@ -430,25 +553,9 @@ class _TaskGovernance:
             "idempotency_key": call.idempotency_key,
         }
 
-    def _conclude(self, call: _Call, evaluation: Evaluation) -> Evaluation:
-        self._emit(
-            ReceiptEvent(
-                allowed=evaluation.allowed,
-                receipt_id=evaluation.receipt_id,
-                capability_id=call.capability_id,
-                tool_server=call.tool_server,
-                tool_name=call.tool_name,
-                task_name=call.task_name,
-                timestamp=iso_timestamp(evaluation.timestamp),
-                guard=evaluation.guard,
-                reason=evaluation.reason,
-                decision=evaluation.decision or {"verdict": "deny"},
-                task_run_id=call.task_run_id,
-                task_run_name=call.task_run_name,
-                flow_run_id=call.flow_run_id,
-                flow_run_name=call.flow_run_name,
-            )
-        )
+    def _conclude(self, call: _Call, evaluation: Evaluation, *, emit: bool = True) -> Evaluation:
+        if emit:
+            self._emit(self._event(call, evaluation))
         if not evaluation.allowed:
             error = ChioPrefectError(
                 receipt_id=evaluation.receipt_id,
@@ -460,6 +567,25 @@ class _TaskGovernance:
                 _deny_message(call.task_name, call.tool_server, call.tool_name, error, call.capability_id)
             ) from error
         return evaluation
+
+    @staticmethod
+    def _event(call: _Call, evaluation: Evaluation) -> ReceiptEvent:
+        return ReceiptEvent(
+            allowed=evaluation.allowed,
+            receipt_id=evaluation.receipt_id,
+            capability_id=call.capability_id,
+            tool_server=call.tool_server,
+            tool_name=call.tool_name,
+            task_name=call.task_name,
+            timestamp=iso_timestamp(evaluation.timestamp),
+            guard=evaluation.guard,
+            reason=evaluation.reason,
+            decision=evaluation.decision or {"verdict": "deny"},
+            task_run_id=call.task_run_id,
+            task_run_name=call.task_run_name,
+            flow_run_id=call.flow_run_id,
+            flow_run_name=call.flow_run_name,
+        )
 
     @staticmethod
     def _emit(event: ReceiptEvent) -> None:
@@ -485,6 +611,114 @@ def _deny_message(
         f"chio denied task {task_name!r} calling {target}{with_cap}: {error.reason} "
         f"(guard {error.guard}{receipt})"
     )
+
+
+# --- caching: the cache key carries the receipt id -----------------------------------------------
+
+
+def _caches(policy: Any) -> bool:
+    """Whether ``policy`` can make Prefect serve a result without calling the task function."""
+    from prefect.cache_policies import CachePolicy, _None
+
+    return isinstance(policy, CachePolicy) and not isinstance(policy, _None)
+
+
+_LAZY_CLASSES = ("ChioReceiptCachePolicy", "ChioTask")
+
+
+def __getattr__(name: str) -> Any:
+    # Prefect's base classes are imported on first use (``import chio_prefect`` stays light);
+    # this also lets pickle find the classes by module and name in a fresh process.
+    if name in _LAZY_CLASSES:
+        _define_prefect_classes()
+        return globals()[name]
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def _define_prefect_classes() -> None:
+    if "ChioTask" in globals():
+        return
+    import prefect
+    from prefect.cache_policies import CachePolicy
+    from prefect.utilities.callables import parameters_to_args_kwargs
+    from prefect.utilities.hashing import hash_objects
+
+    @dataclass
+    class ChioReceiptCachePolicy(CachePolicy):
+        """Wraps a ``@chio_task``'s cache policy: no cache lookup without a fresh chio allow.
+
+        Prefect computes the cache key before it decides whether to call the task function, so
+        that is where the evaluation must run for a cached task. ``compute_key`` evaluates the call
+        (same client, capability, tool, parameters and idempotency key as the gate in the task
+        body; never cached) and returns ``hash(inner key, receipt id)``: a cached result is bound
+        to the receipt that authorized it. A retry of the same flow run gets the same receipt back,
+        so it hits; another run gets another receipt, so it does not; a deny or an unreachable
+        kernel gives ``None`` (no lookup) and the body's gate raises as without caching.
+        Installed by ``ChioTask``; a task that does not persist results gets no key at all.
+        """
+
+        inner: CachePolicy | None = None
+
+        @classmethod
+        def wrapping(cls, inner: CachePolicy) -> ChioReceiptCachePolicy:
+            # the engine reads key storage, isolation level and lock manager off the task's policy
+            return cls(
+                key_storage=inner.key_storage,
+                isolation_level=inner.isolation_level,
+                lock_manager=inner.lock_manager,
+                inner=inner,
+            )
+
+        def compute_key(
+            self,
+            task_ctx: Any,
+            inputs: dict[str, Any],
+            flow_parameters: dict[str, Any],
+            **kwargs: Any,
+        ) -> str | None:
+            if self.inner is None:
+                return None
+            inner_key = self.inner.compute_key(task_ctx, inputs, flow_parameters, **kwargs)
+            governance = getattr(task_ctx.task.fn, "__chio_governance__", None)
+            if governance is None:  # not a @chio_task: nothing to evaluate
+                return inner_key
+            if inner_key is None or not task_ctx.persist_result:
+                # Nothing is written, and a lookup would be an unchecked read: no key, no extra call.
+                return None
+            args, call_kwargs = parameters_to_args_kwargs(task_ctx.task.fn, inputs)
+            receipt_id = governance.decide_before_cache(args, call_kwargs, str(task_ctx.task_run.id))
+            if receipt_id is None:
+                return None
+            return hash_objects(inner_key, "chio-receipt", receipt_id, raise_on_failure=True)
+
+    class ChioTask(prefect.Task):  # type: ignore[type-arg]
+        """The Prefect ``Task`` built by ``@chio_task``: its cache key carries the receipt id.
+
+        A caching policy (``INPUTS``, ``DEFAULT``, a ``cache_key_fn``...) is wrapped in
+        ``ChioReceiptCachePolicy``, at construction and again in ``with_options`` (where Prefect
+        rebuilds a plain ``Task`` from the user's unwrapped policy).
+        """
+
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            super().__init__(*args, **kwargs)
+            _wrap_cache_policy(self, ChioReceiptCachePolicy)
+
+        def with_options(self, *args: Any, **kwargs: Any) -> Any:
+            new = super().with_options(*args, **kwargs)
+            new.__class__ = type(self)
+            _wrap_cache_policy(new, ChioReceiptCachePolicy)
+            return new
+
+    for cls in (ChioReceiptCachePolicy, ChioTask):
+        cls.__module__ = __name__
+        cls.__qualname__ = cls.__name__
+        globals()[cls.__name__] = cls
+
+
+def _wrap_cache_policy(task: Any, wrapper: Any) -> None:
+    policy = task.cache_policy
+    if _caches(policy) and not isinstance(policy, wrapper):
+        task.cache_policy = wrapper.wrapping(policy)
 
 
 def _build_task(
@@ -536,7 +770,8 @@ def _build_task(
     if task_options.get("retry_condition_fn") is None:
         task_options["retry_condition_fn"] = retry_unless_chio_denied
     try:
-        return prefect.task(governed, **task_options)
+        _define_prefect_classes()
+        return globals()["ChioTask"](governed, **task_options)
     except (TypeError, ValueError) as err:
         raise ChioPrefectConfigError(
             f"Prefect rejected the options of @chio_task on {fn.__qualname__}: {err}"

@@ -391,9 +391,14 @@ def test_cache_policy_passes_through() -> None:
         return [cached(7), cached(7)]
 
     assert twice() == [7, 7]
-    # Prefect served the second call from its cache: neither the body nor the check ran again.
-    assert runs == [7]
-    assert len(client.calls) == 1
+    # The policy is kept, wrapped so that its key carries the receipt id (see
+    # test_task_cache_boundary.py): two calls are two governed calls with their own receipts, so
+    # the second does not reuse the first one's cache entry; each is checked once.
+    from chio_prefect.decorators import ChioReceiptCachePolicy
+
+    assert isinstance(cached.cache_policy, ChioReceiptCachePolicy) and cached.cache_policy.inner is INPUTS
+    assert runs == [7, 7]
+    assert len(client.calls) == 2
 
 
 async def test_async_task_in_async_flow() -> None:
