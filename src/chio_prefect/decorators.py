@@ -17,6 +17,10 @@ option, verbatim. What the wrapper adds, for a task, on every attempt and before
 5. deny: raise ``PermissionError`` from :class:`~chio_prefect.errors.ChioPrefectError`; kernel
    unreachable: raise :class:`~chio_prefect.errors.ChioSidecarUnavailable` (retryable); allow: run
    the body.
+
+A task with a caching Prefect cache policy runs steps 1 to 4 earlier, in its cache policy (wrapped
+in ``ChioReceiptCachePolicy`` by ``ChioTask``), so that the cache key carries the receipt id and
+no cached result is served without a fresh allow; the body's gate then takes that decision over.
 """
 
 from __future__ import annotations
@@ -298,14 +302,17 @@ _attempts: dict[int, _AttemptPositions] = {}
 _attempts_lock = threading.Lock()
 
 
-def _attempt_positions(flow_ctx: Any) -> _AttemptPositions:
+def _attempt_positions(flow_ctx: Any) -> _AttemptPositions | None:
     key = id(flow_ctx)
     with _attempts_lock:
         table = _attempts.get(key)
         if table is None:
+            try:
+                # dropped with the context object, so its id is never reused for a stale table
+                weakref.finalize(flow_ctx, _attempts.pop, key, None)
+            except TypeError:  # not weak-referenceable: fall back to the task run id
+                return None
             table = _attempts[key] = _AttemptPositions()
-            # dropped with the context object, so the id can never be reused for a stale table
-            weakref.finalize(flow_ctx, _attempts.pop, key, None)
         return table
 
 
@@ -330,6 +337,8 @@ def _call_position(run: _RunIds, identity: str) -> str:
     ):
         return f"task-run:{run.task_run_id}"
     table = _attempt_positions(flow_ctx)
+    if table is None:
+        return f"task-run:{run.task_run_id}"
     with table.lock:
         n = table.by_task_run.get(run.task_run_id)  # type: ignore[arg-type]
         if n is None:

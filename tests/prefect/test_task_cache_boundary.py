@@ -22,11 +22,14 @@ from chio_prefect import ChioPrefectError, chio_flow, chio_task
 from chio_prefect.errors import ChioSidecarUnavailable
 
 
-def _kernel(chio_home: Path, capability_id: str, *, max_invocations: int | None = None) -> tuple[LocalChioClient, ChioScope]:
+def _kernel(
+    chio_home: Path, capability_id: str, *, max_invocations: int | None = None
+) -> tuple[LocalChioClient, ChioScope]:
     local = LocalChioClient(data_dir=chio_home)
-    scope = ChioScope(grants=[
-        ToolGrant(server_id="docs-srv", tool_name="lookup", operations=[Operation.INVOKE], max_invocations=max_invocations),
-    ])
+    grant = ToolGrant(
+        server_id="docs-srv", tool_name="lookup", operations=[Operation.INVOKE], max_invocations=max_invocations
+    )
+    scope = ChioScope(grants=[grant])
     local.kernel.create_capability(subject="agent", scope=scope, capability_id=capability_id)
     return local, scope
 
