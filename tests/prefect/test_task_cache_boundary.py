@@ -9,21 +9,16 @@ receipt -> miss; revoked or no kernel -> no lookup, and the gate in the body fai
 
 from __future__ import annotations
 
-import os
-import socket
-import subprocess
-import sys
-import time
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 from chio_sdk.models import ChioScope, Operation, ToolGrant
 from prefect import task
 from prefect.cache_policies import INPUTS
 
 from chio_kernel import LocalChioClient
+from chio_kernel.testing import SidecarProcess
 from chio_prefect import ChioPrefectError, chio_flow, chio_task
 from chio_prefect.errors import ChioSidecarUnavailable
 
@@ -187,63 +182,37 @@ def test_an_unreachable_kernel_is_not_bypassed_by_the_cache(chio_home: Path, cap
     assert [name for name, _, _ in _receipt_events(captured_events)] == ["chio.receipt.allow"]
 
 
-def _start_sidecar(data_dir: Path) -> tuple[subprocess.Popen[bytes], str]:
-    """The real sidecar (``python -m chio_kernel.cli sidecar``) over ``data_dir``, healthy."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    env = {k: v for k, v in os.environ.items() if k not in {"CHIO_SIDECAR_TOKEN", "CHIO_HOME"}}
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "chio_kernel.cli", "sidecar", "--host", "127.0.0.1", "--port", str(port),
-         "--data-dir", str(data_dir)],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env,
-    )
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline and proc.poll() is None:
-        try:
-            if httpx.get(url + "/chio/health", timeout=1).status_code == 200:
-                return proc, url
-        except httpx.HTTPError:
-            time.sleep(0.05)
-    proc.kill()
-    raise RuntimeError(f"sidecar on {url} did not become healthy")
-
-
 async def test_over_the_sidecar_a_retry_hits_and_a_dead_sidecar_is_not_bypassed(
     chio_home: Path, captured_events: Any
 ) -> None:
     local, scope = _kernel(chio_home, "cap-http", max_invocations=1)
-    proc, url = _start_sidecar(chio_home)
     bodies: list[str] = []
     served: list[str] = []
-    try:
 
-        # async task, real ChioClient over HTTP: the policy evaluates on the private kernel loop
-        @chio_task(tool_server="docs-srv", cache_policy=INPUTS, persist_result=True)
-        async def lookup(query: str) -> str:
-            bodies.append(query)
-            return f"answer to {query}"
+    # async task, real ChioClient over HTTP: the policy evaluates on the private kernel loop
+    @chio_task(tool_server="docs-srv", cache_policy=INPUTS, persist_result=True)
+    async def lookup(query: str) -> str:
+        bodies.append(query)
+        return f"answer to {query}"
+
+    with SidecarProcess(chio_home) as sidecar:
 
         @task
         def publish(answer: str) -> str:
             served.append(answer)
-            if len(served) == 2:  # attempt 2 was served from the cache; now the sidecar dies
-                proc.terminate()
-                proc.wait(10)
+            if len(served) == 2:  # attempt 2 was served from the cache; now the sidecar goes away
+                sidecar.stop()
             raise RuntimeError("publishing failed")
 
-        @chio_flow(scope=scope, capability_id="cap-http", sidecar_url=url, retries=2, retry_delay_seconds=0)
+        @chio_flow(
+            scope=scope, capability_id="cap-http", sidecar_url=sidecar.url, retries=2, retry_delay_seconds=0
+        )
         async def research(query: str) -> str:
             return publish(await lookup(query))
 
         with pytest.raises(ChioSidecarUnavailable) as info:
             await research("q")
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-        proc.wait(10)
-    assert info.value.url == url
+    assert info.value.url == sidecar.url
     assert bodies == ["q"]  # attempt 1 ran the body, attempt 2 hit the cache, attempt 3 was refused
     assert served == ["answer to q", "answer to q"]
     receipts = local.kernel.list_receipts(capability_id="cap-http")
