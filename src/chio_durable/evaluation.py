@@ -219,16 +219,8 @@ async def evaluate(
     cost: MonetaryAmount | None = None,
 ) -> Evaluation:
     """Ask the kernel behind ``client`` about one call; raise :class:`KernelUnavailable` if it can't say."""
-    kernel = _embedded_kernel(client)
-    if kernel is not None:
-        return _evaluate_embedded(kernel, capability_id, tool_server, tool_name, parameters, idempotency_key, cost)
-    body = {
-        "capability_id": capability_id,
-        "tool_server": tool_server,
-        "tool_name": tool_name,
-        "parameters": parameters,
-    }
-    return await _await_on_kernel_loop(_decide_remotely(client, body, idempotency_key, cost))
+    decided = _decide(client, capability_id, tool_server, tool_name, parameters, idempotency_key, cost)
+    return decided if isinstance(decided, Evaluation) else await _await_on_kernel_loop(decided)
 
 
 def evaluate_sync(
@@ -242,19 +234,35 @@ def evaluate_sync(
     cost: MonetaryAmount | None = None,
 ) -> Evaluation:
     """:func:`evaluate` for sync callers: inline for the embedded kernel, else on the kernel loop."""
+    decided = _decide(client, capability_id, tool_server, tool_name, parameters, idempotency_key, cost)
+    return decided if isinstance(decided, Evaluation) else run_on_kernel_loop(decided)
+
+
+def _decide(
+    client: Any,
+    capability_id: str,
+    tool_server: str,
+    tool_name: str,
+    parameters: dict[str, Any],
+    idem: str | None,
+    cost: MonetaryAmount | None,
+) -> Evaluation | Coroutine[Any, Any, Evaluation]:
+    """The embedded kernel's decision, made inline; else the remote decision, still to be awaited
+    on the kernel loop (by :func:`evaluate` / :func:`evaluate_sync`, each its own way)."""
     kernel = _embedded_kernel(client)
     if kernel is not None:
-        return _evaluate_embedded(kernel, capability_id, tool_server, tool_name, parameters, idempotency_key, cost)
+        return _evaluate_embedded(kernel, capability_id, tool_server, tool_name, parameters, idem, cost)
     body = {
         "capability_id": capability_id,
         "tool_server": tool_server,
         "tool_name": tool_name,
         "parameters": parameters,
     }
-    return run_on_kernel_loop(_decide_remotely(client, body, idempotency_key, cost))
+    return _decide_remotely(client, body, idem, cost)
 
 
-def _evaluate_embedded(    kernel: Any,
+def _evaluate_embedded(
+    kernel: Any,
     capability_id: str,
     tool_server: str,
     tool_name: str,
