@@ -102,6 +102,22 @@ def _kernel(data_dir: Path | None, *, must_exist: bool = True) -> Any:
     return Kernel(data_dir=path)
 
 
+def _known_capability(kernel: Any, capability_id: str, data_dir: Path | None) -> Any:
+    """The stored token of ``capability_id``; a CliError naming the data dir if there is none."""
+    token = kernel.get_capability(capability_id)
+    if token is None:
+        raise CliError(f"no capability {capability_id!r} in {_resolve_dir(data_dir)}")
+    return token
+
+
+def _print_token(kernel: Any, token: Any, as_json: bool, title: str) -> None:
+    """One token: JSON for scripts, else a one-row table titled ``title``."""
+    if as_json:
+        _print_json(_token_dict(kernel, token))
+    else:
+        out.print(_token_table(kernel, [token], title))
+
+
 def _print_json(obj: Any) -> None:
     sys.stdout.write(json.dumps(obj, indent=2, ensure_ascii=False, default=str) + "\n")
     sys.stdout.flush()
@@ -338,10 +354,7 @@ def capability_create(
         capability_id=capability_id,
         rate_limit=_parse_rate_limit(rate_limit),
     )
-    if as_json:
-        _print_json(_token_dict(kernel, token))
-    else:
-        out.print(_token_table(kernel, [token], "capability issued"))
+    _print_token(kernel, token, as_json, "capability issued")
 
 
 @capability_app.command("attenuate")
@@ -359,13 +372,9 @@ def capability_attenuate(
     """Derive a child capability whose scope is a subset of its parent's."""
     scope = _build_scope(grant, scope_file, max_invocations)
     kernel = _kernel(data_dir)
-    if kernel.get_capability(parent_id) is None:
-        raise CliError(f"no capability {parent_id!r} in {_resolve_dir(data_dir)}")
+    _known_capability(kernel, parent_id, data_dir)
     child = kernel.attenuate_capability(parent_id, scope, ttl_seconds=ttl, capability_id=capability_id)
-    if as_json:
-        _print_json(_token_dict(kernel, child))
-    else:
-        out.print(_token_table(kernel, [child], "capability attenuated"))
+    _print_token(kernel, child, as_json, "capability attenuated")
 
 
 @capability_app.command("revoke")
@@ -377,8 +386,7 @@ def capability_revoke(
 ) -> None:
     """Revoke a capability and every capability derived from it."""
     kernel = _kernel(data_dir)
-    if kernel.get_capability(capability_id) is None:
-        raise CliError(f"no capability {capability_id!r} in {_resolve_dir(data_dir)}")
+    _known_capability(kernel, capability_id, data_dir)
     revoked = list(kernel.revoke_capability(capability_id))
     if as_json:
         _print_json({"revoked": revoked})
@@ -406,10 +414,7 @@ def capability_show(
 ) -> None:
     """Print one capability token as JSON, with its status."""
     kernel = _kernel(data_dir)
-    token = kernel.get_capability(capability_id)
-    if token is None:
-        raise CliError(f"no capability {capability_id!r} in {_resolve_dir(data_dir)}")
-    _print_json(_token_dict(kernel, token))
+    _print_json(_token_dict(kernel, _known_capability(kernel, capability_id, data_dir)))
 
 
 # --- receipts ---------------------------------------------------------------------------------

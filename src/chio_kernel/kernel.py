@@ -19,7 +19,7 @@ import uuid
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from chio_sdk.models import (
     CapabilityToken,
@@ -32,7 +32,7 @@ from chio_sdk.models import (
     ToolCallAction,
     ToolGrant,
 )
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
 from chio_kernel.canonical import canonical_json, canonical_json_str
 from chio_kernel.guards import check_constraints, describe_grant, grant_matches
@@ -265,6 +265,9 @@ def _new_capability_id(value: Any) -> str:
     return value
 
 
+_M = TypeVar("_M", bound=BaseModel)
+
+
 def _coerce_scope(scope: Any) -> ChioScope:
     if isinstance(scope, ChioScope):
         return ChioScope.model_validate(scope.model_dump())  # private copy, re-validated
@@ -277,25 +280,24 @@ def _coerce_scope(scope: Any) -> ChioScope:
                 "operations, constraints, max_invocations, max_cost_per_invocation, max_total_cost, "
                 "dpop_required), resource_grants and prompt_grants"
             )
-        try:
-            return ChioScope.model_validate(dict(scope))
-        except ValidationError as err:
-            raise KernelInputError(f"scope is not a valid ChioScope: {err}") from err
-    raise KernelInputError(
-        f"scope must be a chio_sdk.models.ChioScope (or its dict form), got {type(scope).__name__}"
-    )
+    return _from_dict_form(ChioScope, scope, "scope")
 
 
-def _coerce_token(token: Any) -> CapabilityToken:
+def _coerce_token(token: Any, name: str = "token") -> CapabilityToken:
     if isinstance(token, CapabilityToken):
         return token
-    if isinstance(token, Mapping):
+    return _from_dict_form(CapabilityToken, token, name)
+
+
+def _from_dict_form(model: type[_M], value: Any, name: str) -> _M:
+    """``value`` (the dict form of ``model``) validated; anything else is a KernelInputError."""
+    if isinstance(value, Mapping):
         try:
-            return CapabilityToken.model_validate(dict(token))
+            return model.model_validate(dict(value))
         except ValidationError as err:
-            raise KernelInputError(f"not a valid CapabilityToken: {err}") from err
+            raise KernelInputError(f"{name} is not a valid {model.__name__}: {err}") from err
     raise KernelInputError(
-        f"expected a chio_sdk.models.CapabilityToken (or its dict form), got {type(token).__name__}"
+        f"{name} must be a chio_sdk.models.{model.__name__} (or its dict form), got {type(value).__name__}"
     )
 
 
@@ -617,27 +619,17 @@ class Kernel:
         expires_at: int,
         chain: list[DelegationLink],
     ) -> CapabilityToken:
-        unsigned = CapabilityToken.model_construct(
-            id=capability_id,
-            issuer=self.public_key_hex,
-            subject=subject,
-            scope=scope,
-            issued_at=issued_at,
-            expires_at=expires_at,
-            delegation_chain=chain,
-            signature="",
-        )
-        signature = self._signer.sign_hex(capability_signing_bytes(unsigned))
-        return CapabilityToken(
-            id=capability_id,
-            issuer=self.public_key_hex,
-            subject=subject,
-            scope=scope,
-            issued_at=issued_at,
-            expires_at=expires_at,
-            delegation_chain=chain,
-            signature=signature,
-        )
+        fields: dict[str, Any] = {
+            "id": capability_id,
+            "issuer": self.public_key_hex,
+            "subject": subject,
+            "scope": scope,
+            "issued_at": issued_at,
+            "expires_at": expires_at,
+            "delegation_chain": chain,
+        }
+        unsigned = CapabilityToken.model_construct(**fields, signature="")
+        return CapabilityToken(**fields, signature=self._signer.sign_hex(capability_signing_bytes(unsigned)))
 
     def _existing(
         self,
@@ -806,7 +798,7 @@ class Kernel:
             if parent_token is None:
                 raise CapabilityError(f"cannot attenuate unknown capability {parent_id!r}: this kernel never issued it")
         else:
-            parent_token = _coerce_token(parent)
+            parent_token = _coerce_token(parent, "parent")
         valid, reason = self.validate_capability(parent_token)
         if not valid:
             raise CapabilityError(f"cannot attenuate capability {parent_token.id}: {reason}")

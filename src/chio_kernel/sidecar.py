@@ -535,20 +535,22 @@ def create_app(
         tokens = await run_in_threadpool(k.list_capabilities)
         return _json({"capabilities": [_dump_token(t) for t in tokens], "count": len(tokens)})
 
-    @_endpoint
-    async def get_capability(request: Request) -> Response:
+    async def known_capability(request: Request) -> tuple[str, Any]:
+        """``(id, token)`` of the path's capability; 404 if this kernel never issued it."""
         cid = request.path_params["capability_id"]
         token_ = await run_in_threadpool(k.get_capability, cid)
         if token_ is None:
             raise ApiError(404, "unknown_capability", f"no capability {cid!r} in this kernel")
+        return cid, token_
+
+    @_endpoint
+    async def get_capability(request: Request) -> Response:
+        _, token_ = await known_capability(request)
         return _json(_dump_token(token_))
 
     @_endpoint
     async def revoke_capability(request: Request) -> Response:
-        cid = request.path_params["capability_id"]
-        token_ = await run_in_threadpool(k.get_capability, cid)
-        if token_ is None:
-            raise ApiError(404, "unknown_capability", f"no capability {cid!r} in this kernel")
+        cid, _ = await known_capability(request)
         revoked = await run_in_threadpool(k.revoke_capability, cid)
         return _json({"revoked": list(revoked)})
 
