@@ -201,7 +201,14 @@ async def _demo(console: rich.console.Console, data_dir: pathlib.Path, cli: path
                     task_queue=task_queue,
                 )
                 console.print(f"  agent output: {output}")
-                console.print(receipts_table(await chio.list_receipts(token.id), "Receipts of run 1"))
+                receipts = await chio.list_receipts(token.id)
+                console.print(receipts_table(receipts, "Receipts of run 1"))
+                verdicts = Counter(r.tool_name for r in receipts if not r.decision.is_allowed)
+                if "Permission denied" not in output or verdicts != Counter({"refund_order": 1}):
+                    raise RuntimeError(
+                        "expected exactly the refund_order call to be denied (and told to the model) in run 1, "
+                        f"got denied calls {dict(verdicts)} and output {output!r}"
+                    )
 
                 revoked = await chio.revoke_capability(token.id)
                 console.print(f"Revoked {revoked}; workflow run 2 ...")
@@ -210,16 +217,21 @@ async def _demo(console: rich.console.Console, data_dir: pathlib.Path, cli: path
                         AgentWorkflow.run, args=["support_demo", "lookup_order:A-18"],
                         id=f"support-{uuid.uuid4().hex[:8]}", task_queue=task_queue,
                     )
-                    console.print("[red]  unexpected: run 2 was allowed[/red]")
                 except WorkflowFailureError as err:
                     cause = err.cause
                     while cause is not None and getattr(cause, "type", None) != "ChioCapabilityDenied":
                         cause = cause.__cause__
-                    facts = cause.details[0] if cause is not None and cause.details else {}
+                    if cause is None:
+                        raise RuntimeError(f"run 2 failed, but not with ChioCapabilityDenied: {err!r}") from err
+                    facts = cause.details[0] if cause.details else {}
+                    if facts.get("guard") != "revocation":
+                        raise RuntimeError(f"run 2 was denied by {facts.get('guard')!r}, expected 'revocation'") from err
                     console.print(
                         f"  [red]denied[/red] ({facts.get('guard')}): the workflow failed with the non-retryable "
                         f"ChioCapabilityDenied, receipt {facts.get('receipt_id')}"
                     )
+                else:
+                    raise RuntimeError("the revoked capability still ran the agent: run 2 was allowed")
     finally:
         await env.shutdown()
 
