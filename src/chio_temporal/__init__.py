@@ -22,7 +22,10 @@ from chio_temporal.interceptor import (
 )
 from chio_temporal.receipt import WorkflowReceipt, WorkflowStepReceipt
 from chio_temporal.worker import build_chio_worker
-from chio_temporal.agent import ChioTemporalAgent  # the governed pydantic-ai agent (docs/temporal_agent.md)
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from chio_temporal.agent import ChioTemporalAgent
 
 __all__ = [
     "DENIED_ERROR_TYPE",
@@ -40,3 +43,13 @@ __all__ = [
     "current_evaluation",
     "current_receipt_id",
 ]
+
+
+def __getattr__(name: str) -> object:
+    # Lazy: ChioTemporalAgent pulls in pydantic-ai, which neither seed-001 users nor every workflow
+    # sandbox run (the sandbox re-imports this package) should pay for.
+    if name == "ChioTemporalAgent":
+        from chio_temporal.agent import ChioTemporalAgent
+
+        return ChioTemporalAgent
+    raise AttributeError(f"module 'chio_temporal' has no attribute {name!r}")

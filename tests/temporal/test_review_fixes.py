@@ -24,3 +24,27 @@ def test_demo_raises_when_the_revoked_capability_is_still_allowed(tmp_path, monk
     monkeypatch.setattr(LocalChioClient, "revoke_capability", revoke_nothing)
     with pytest.raises(RuntimeError, match="revoked capability still ran"):
         run_demo(Console(record=True, width=200), tmp_path)
+
+
+# --- item 31: `import chio_temporal` does not import pydantic-ai (lazy ChioTemporalAgent export) ---------
+
+
+def test_import_chio_temporal_does_not_import_pydantic_ai() -> None:
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, chio_temporal\n"
+        "assert not [m for m in sys.modules if m.split('.')[0] == 'pydantic_ai'], 'pydantic_ai imported eagerly'\n"
+        "from chio_temporal import ChioTemporalAgent\n"
+        "from chio_temporal.agent import ChioTemporalAgent as same\n"
+        "assert ChioTemporalAgent is same and 'pydantic_ai' in sys.modules\n"
+        "try:\n"
+        "    chio_temporal.NoSuchName\n"
+        "except AttributeError as err:\n"
+        "    assert 'NoSuchName' in str(err)\n"
+        "else:\n"
+        "    raise AssertionError('unknown attribute did not raise')\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr[-2000:]
