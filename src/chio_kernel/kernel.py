@@ -1138,6 +1138,19 @@ class Kernel:
                 f"all {used} were used; issue a new capability for more calls",
             )
         if cost_t is None:
+            if g.max_cost_per_invocation is not None or g.max_total_cost is not None:
+                # fail closed: an undeclared cost would otherwise spend nothing against the budget
+                limits = ", ".join(
+                    f"{name}={m.units} {m.currency}"
+                    for name, m in (("max_cost_per_invocation", g.max_cost_per_invocation),
+                                    ("max_total_cost", g.max_total_cost))
+                    if m is not None
+                )
+                raise _Deny(
+                    "cost",
+                    f"call to {tool_server}/{tool_name} declares no cost, but {owner} has cost limits "
+                    f"({limits}); the call must declare its cost (cost= on evaluate, \"cost\" on /v1/evaluate)",
+                )
             return
         units, currency = cost_t
         per = g.max_cost_per_invocation

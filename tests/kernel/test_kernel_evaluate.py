@@ -168,8 +168,22 @@ def test_cost_guard(kernel: Kernel) -> None:
     r = kernel.evaluate(token.id, "llm", "complete", {}, cost=usd(20))
     assert r.decision.guard == "cost" and "spent 90 of its 100 USD" in r.decision.reason
     assert allowed(kernel.evaluate(token.id, "llm", "complete", {}, cost=usd(10)))
-    assert allowed(kernel.evaluate(token.id, "llm", "complete", {}))  # no declared cost: no cost check
     assert kernel.capability_info(token.id)["usage"][0]["cost_units"] == 100
+
+
+def test_cost_limited_grant_denies_a_call_without_declared_cost(kernel: Kernel) -> None:
+    # fail closed: a call that declares no cost must not bypass the grant's cost limits
+    for limits in ({"max_total_cost": MonetaryAmount(units=100, currency="USD")},
+                   {"max_cost_per_invocation": MonetaryAmount(units=5, currency="USD")}):
+        token = kernel.create_capability("agent:a", scope(grant("llm", "complete", **limits)), 3600)
+        r = kernel.evaluate(token.id, "llm", "complete", {"prompt": "hi"})
+        assert r.decision.guard == "cost"
+        assert "declares no cost" in r.decision.reason and "must declare its cost" in r.decision.reason
+        assert next(iter(limits)) in r.decision.reason
+        assert allowed(kernel.evaluate(token.id, "llm", "complete", {}, cost={"units": 1, "currency": "USD"}))
+    # a grant without cost limits still allows undeclared cost
+    plain = kernel.create_capability("agent:a", scope(grant("llm", "complete")), 3600)
+    assert allowed(kernel.evaluate(plain.id, "llm", "complete", {}))
 
 
 def test_rate_limit_guard_sliding_window(kernel: Kernel, clock: Clock) -> None:
