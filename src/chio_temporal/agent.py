@@ -44,7 +44,7 @@ import copy
 import threading
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from contextlib import asynccontextmanager
-from typing import Any, Literal
+from typing import Any
 
 import temporalio.activity
 import temporalio.workflow
@@ -61,7 +61,7 @@ from temporalio.plugin import SimplePlugin
 from temporalio.worker import ExecuteActivityInput
 from temporalio.workflow import ActivityConfig
 
-from chio_durable.agent import CallMapper, ChioGovernance, denied_tool_message, receipt_scope
+from chio_durable.agent import CallMapper, ChioGovernance, OnDeny, denied_tool_message, receipt_scope
 from chio_durable.evaluation import Evaluation
 from chio_temporal._agent_activities import AgentActivity, classify_activity, governed_call
 from chio_temporal.errors import ChioTemporalConfigError
@@ -74,8 +74,6 @@ __all__ = [
     "ChioTemporalAgent",
     "receipt_ids_in_messages",
 ]
-
-OnDeny = Literal["tell_model", "raise"]
 
 RECEIPT_METADATA_KEY = "chio_receipt_id"
 """Key of the receipt id in ``ModelResponse.metadata`` and in a tool return's ``metadata``."""

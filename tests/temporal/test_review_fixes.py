@@ -48,3 +48,13 @@ def test_import_chio_temporal_does_not_import_pydantic_ai() -> None:
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr[-2000:]
+
+
+# --- item 29: one OnDeny (chio_durable's) ----------------------------------------------------------------
+
+
+def test_on_deny_is_chio_durables() -> None:
+    import chio_durable.agent
+    import chio_temporal.agent
+
+    assert chio_temporal.agent.OnDeny is chio_durable.agent.OnDeny
