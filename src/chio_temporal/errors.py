@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from temporalio.exceptions import ActivityError, ApplicationError, FailureError
+from temporalio.exceptions import ActivityError, ApplicationError, ApplicationErrorCategory, FailureError
 
 __all__ = [
     "CONFIG_ERROR_TYPE",
@@ -47,7 +47,11 @@ def denied_error(
     guard: str | None,
     reason: str | None,
 ) -> ApplicationError:
-    """The non-retryable error a denied activity fails with; ``details[0]`` is a dict of the facts."""
+    """The non-retryable error a denied activity fails with; ``details[0]`` is a dict of the facts.
+
+    Its category is ``BENIGN``: a deny is an expected outcome, so the worker logs it at DEBUG
+    without a traceback (not as a WARNING) and Temporal does not count it as an activity error.
+    """
     details: dict[str, Any] = {
         "receipt_id": receipt_id,
         "guard": guard,
@@ -63,7 +67,9 @@ def denied_error(
         f"Chio denied activity {activity_type!r} ({tool_server}/{tool_name}) of workflow "
         f"{workflow_id!r}: {reason or 'denied'} [guard={guard}, receipt_id={receipt_id}]"
     )
-    return ApplicationError(message, details, type=DENIED_ERROR_TYPE, non_retryable=True)
+    return ApplicationError(
+        message, details, type=DENIED_ERROR_TYPE, non_retryable=True, category=ApplicationErrorCategory.BENIGN
+    )
 
 
 def sidecar_error(*, url: str, detail: str, activity_type: str) -> ApplicationError:

@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 from chio_sdk.testing import allow_all
-from temporalio.exceptions import ActivityError, ApplicationError, RetryState
+from temporalio.exceptions import ActivityError, ApplicationError, ApplicationErrorCategory, RetryState
 
 from chio_kernel import LocalChioClient
 from chio_temporal import (
@@ -146,7 +146,7 @@ def test_activity_denied_error_is_both_shapes() -> None:
         activity_type="credit_account", tool_server="bank", tool_name="credit_account", workflow_id="wf",
         run_id="r", capability_id="cap", receipt_id="rcpt-9", guard="scope", reason="not granted",
     )
-    assert deny.type == DENIED_ERROR_TYPE and deny.non_retryable
+    assert deny.type == DENIED_ERROR_TYPE and deny.non_retryable and deny.category == ApplicationErrorCategory.BENIGN
     assert "rcpt-9" in str(deny) and "scope" in str(deny) and "not granted" in str(deny)
     activity_error = ActivityError(
         "Activity task failed", scheduled_event_id=5, started_event_id=6, identity="w",
@@ -156,6 +156,7 @@ def test_activity_denied_error_is_both_shapes() -> None:
     surfaced = ActivityDeniedError.surface(activity_error)
     assert isinstance(surfaced, ApplicationError) and isinstance(surfaced, ActivityError)
     assert surfaced.type == DENIED_ERROR_TYPE and surfaced.non_retryable and surfaced.details == deny.details
+    assert surfaced.category == ApplicationErrorCategory.BENIGN
     assert (surfaced.receipt_id, surfaced.guard, surfaced.reason) == ("rcpt-9", "scope", "not granted")
     assert surfaced.cause is deny and surfaced.activity_type == "credit_account" and surfaced.scheduled_event_id == 5
     other = ActivityError(

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 from chio_sdk.models import Constraint
 from temporalio.client import Client
-from temporalio.exceptions import ApplicationError
+from temporalio.exceptions import ApplicationError, ApplicationErrorCategory
 
 import workflows
 from chio_kernel import LocalChioClient
@@ -45,6 +45,7 @@ def denial(err: Any) -> dict[str, Any]:
     assert isinstance(err, ApplicationError), f"expected a failure, got {err!r}"
     assert err.type == DENIED_ERROR_TYPE
     assert err.non_retryable is True
+    assert err.category == ApplicationErrorCategory.BENIGN  # through the server: logged at DEBUG, no traceback
     return err.details[0]
 
 
