@@ -298,12 +298,19 @@ class ChioActivityInterceptor(Interceptor):
         with self._lock:
             ok = self._checked_overrides.get(key)
             if ok is None:
-                ok = narrower.capability_id == workflow_grant.capability_id or workflow_grant.covers(narrower)
+                ok = narrower.capability_id == workflow_grant.capability_id or (
+                    workflow_grant.covers(narrower) and _derives_from(narrower, workflow_grant)
+                )
                 self._checked_overrides[key] = ok
         if not ok:
+            problem = (
+                "is not a subset of"
+                if not workflow_grant.covers(narrower)
+                else "is not derived from (its delegation_chain does not name)"
+            )
             raise ChioTemporalConfigError(
                 f"the grant override for activity {info.activity_type!r} (capability {narrower.capability_id!r}) "
-                f"is not a subset of the workflow grant (capability {workflow_grant.capability_id!r}) of "
+                f"{problem} the workflow grant (capability {workflow_grant.capability_id!r}) of "
                 f"workflow {workflow_id!r}; return a grant made with "
                 "`await workflow_grant.attenuate_for_activity(chio, new_scope=<narrower scope>)`"
             )
@@ -638,6 +645,17 @@ class ChioActivityInterceptor(Interceptor):
         self, input: WorkflowInterceptorClassInput
     ) -> type[WorkflowInboundInterceptor] | None:
         return _ChioWorkflowInbound if self.surface_denials else _ChioWorkflowInboundPlain
+
+
+def _derives_from(child: WorkflowGrant, parent: WorkflowGrant) -> bool:
+    """Whether ``child``'s token was attenuated from ``parent``'s (its delegation chain names it).
+
+    A subset scope alone is not enough: an independent capability with a smaller scope would keep
+    running overridden activities after the workflow's capability is revoked. A child made by
+    :meth:`WorkflowGrant.attenuate_for_activity` names its parent in ``delegation_chain``, and the
+    kernel's revocation of the parent covers it.
+    """
+    return any(link.capability_id == parent.capability_id for link in child.token.delegation_chain)
 
 
 def _is_dynamic(fn: Any) -> bool:

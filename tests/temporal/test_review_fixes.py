@@ -58,3 +58,62 @@ def test_on_deny_is_chio_durables() -> None:
     import chio_temporal.agent
 
     assert chio_temporal.agent.OnDeny is chio_durable.agent.OnDeny
+
+
+# --- item 5: an override grant must be derived from the workflow's capability --------------------------
+
+from typing import Any  # noqa: E402
+
+from temporalio.client import Client  # noqa: E402
+from temporalio.exceptions import ApplicationError  # noqa: E402
+
+import workflows  # noqa: E402
+from chio_kernel import LocalChioClient  # noqa: E402
+from chio_temporal import ChioActivityInterceptor, WorkflowGrant  # noqa: E402
+from chio_temporal_kit import make_worker, outcome, plan, running, scope, start_plan, tool  # noqa: E402
+
+
+@pytest.fixture
+async def chio(chio_home: Any) -> Any:
+    client = LocalChioClient(data_dir=chio_home)
+    try:
+        yield client
+    finally:
+        await client.close()
+
+
+async def _grant(chio: LocalChioClient, workflow_id: str, the_scope: Any) -> WorkflowGrant:
+    token = await chio.create_capability(subject="agent:my-pipeline", scope=the_scope, ttl_seconds=600)
+    return WorkflowGrant(workflow_id=workflow_id, token=token, tool_server="bank")
+
+
+async def test_independent_subset_override_is_a_config_error(client: Client, chio, uid) -> None:
+    wid, tq = uid("override-independent"), uid("tq")
+    grant = await _grant(chio, wid, scope(tool("bank", "debit_account"), tool("bank", "credit_account")))
+    # a subset scope, but minted on its own: revoking the workflow's capability would not stop it
+    independent = await _grant(chio, wid, scope(tool("bank", "credit_account")))
+    assert independent.token.scope.is_subset_of(grant.token.scope)
+    ic = ChioActivityInterceptor(chio_client=chio, default_tool_server="bank")
+    ic.register_workflow_grant(grant)
+    ic.register_activity_grant_override("credit_account", lambda info: independent)
+    async with running(make_worker(client, tq, [ic])):
+        err = await outcome(await start_plan(client, tq, wid, plan(("credit_account", ["a", 1]), max_attempts=3)))
+    assert isinstance(err, ApplicationError) and err.type == "ChioTemporalConfigError" and err.non_retryable
+    assert "not derived from" in str(err) and independent.capability_id in str(err) and grant.capability_id in str(err)
+    assert workflows.CALLS == [] and chio.kernel.list_receipts() == []
+
+
+async def test_revoking_the_workflow_capability_stops_a_derived_override(client: Client, chio, uid) -> None:
+    wid, tq = uid("override-revoked"), uid("tq")
+    grant = await _grant(chio, wid, scope(tool("bank", "debit_account"), tool("bank", "credit_account")))
+    derived = await grant.attenuate_for_activity(chio, new_scope=scope(tool("bank", "credit_account")))
+    assert [link.capability_id for link in derived.token.delegation_chain] == [grant.capability_id]
+    ic = ChioActivityInterceptor(chio_client=chio, default_tool_server="bank")
+    ic.register_workflow_grant(grant)
+    ic.register_activity_grant_override("credit_account", lambda info: derived)
+    await chio.revoke_capability(grant.capability_id)
+    async with running(make_worker(client, tq, [ic])):
+        err = await outcome(await start_plan(client, tq, wid, plan(("credit_account", ["a", 1]))))
+    assert isinstance(err, ApplicationError) and err.type == "ChioCapabilityDenied"
+    assert err.details[0]["guard"] == "revocation" and err.details[0]["capability_id"] == derived.capability_id
+    assert workflows.CALLS == []
