@@ -66,7 +66,12 @@ from chio_durable.evaluation import Evaluation
 from chio_temporal._agent_activities import AgentActivity, classify_activity, governed_call
 from chio_temporal.errors import ChioTemporalConfigError
 from chio_temporal.grants import WorkflowGrant
-from chio_temporal.interceptor import ActivityCall, ChioActivityInterceptor, ReceiptSink
+from chio_temporal.interceptor import (
+    DEFAULT_MAX_PENDING_RECEIPTS,
+    ActivityCall,
+    ChioActivityInterceptor,
+    ReceiptSink,
+)
 
 __all__ = [
     "RECEIPT_METADATA_KEY",
@@ -184,6 +189,7 @@ class ChioAgentActivityInterceptor(ChioActivityInterceptor):
         receipt_sink: ReceiptSink | None = None,
         default_tool_server: str | None = None,
         activity_tool_server_map: Mapping[str, str] | None = None,
+        max_pending_receipts: int = DEFAULT_MAX_PENDING_RECEIPTS,
     ) -> None:
         super().__init__(
             chio_client=chio_client,
@@ -191,6 +197,7 @@ class ChioAgentActivityInterceptor(ChioActivityInterceptor):
             default_tool_server=default_tool_server,
             activity_tool_server_map=activity_tool_server_map,
             receipt_sink=receipt_sink,
+            max_pending_receipts=max_pending_receipts,
         )
         if on_deny not in ("tell_model", "raise"):
             raise ChioTemporalConfigError(f"on_deny= must be 'tell_model' or 'raise', got {on_deny!r}")
@@ -360,6 +367,9 @@ class ChioTemporalAgent(WrapperAgent[AgentDepsT, OutputDataT]):
         govern_other_activities: also govern the worker's other activities, the seed-001 way
             (workflow grants registered on :attr:`interceptor`).
         sidecar_url, receipt_sink: passed to the interceptor (``chio-temporal/v1`` envelopes).
+        max_pending_receipts: the interceptor keeps at most this many runs' envelopes in worker memory
+            until flushed (default 10 000; the oldest is dropped with a WARNING). The signed receipts
+            are durable in the kernel's store either way.
         models, event_stream_handler, name, activity_config, model_activity_config,
         event_stream_handler_activity_config, toolset_activity_config, run_context_type,
         non_retryable_model_errors: pydantic-ai's ``TemporalDurability`` options, passed straight
@@ -379,6 +389,7 @@ class ChioTemporalAgent(WrapperAgent[AgentDepsT, OutputDataT]):
         govern_other_activities: bool = False,
         sidecar_url: str | None = None,
         receipt_sink: ReceiptSink | None = None,
+        max_pending_receipts: int = DEFAULT_MAX_PENDING_RECEIPTS,
         models: Mapping[str, Model] | None = None,
         event_stream_handler: Any = None,
         name: str | None = None,
@@ -477,6 +488,7 @@ class ChioTemporalAgent(WrapperAgent[AgentDepsT, OutputDataT]):
             "govern_other_activities": govern_other_activities,
             "sidecar_url": sidecar_url,
             "receipt_sink": receipt_sink,
+            "max_pending_receipts": max_pending_receipts,
         }
         self._on_deny: OnDeny = on_deny
         self.agent_name: str = agent_name

@@ -26,7 +26,9 @@ Extension points (stable; see docs/temporal.md) — override in a subclass:
 from __future__ import annotations
 
 import inspect
+import logging
 import threading
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Mapping
 from contextvars import ContextVar
 from dataclasses import dataclass
@@ -65,6 +67,7 @@ from chio_temporal.grants import WorkflowGrant
 from chio_temporal.receipt import OUTCOMES, WorkflowReceipt, WorkflowStepReceipt
 
 __all__ = [
+    "DEFAULT_MAX_PENDING_RECEIPTS",
     "NO_GRANT_GUARD",
     "PARENT_CHAIN_HEADER",
     "ActivityCall",
@@ -83,6 +86,11 @@ ReceiptSink = Callable[[dict[str, Any]], "Awaitable[Any] | Any"]
 
 PARENT_CHAIN_HEADER = "chio-parent-workflow-ids"
 """Temporal header carrying the parent-workflow chain (root first) to activities and child workflows."""
+
+DEFAULT_MAX_PENDING_RECEIPTS = 10_000
+"""Default bound on the workflow receipts an interceptor keeps in memory until they are flushed."""
+
+log = logging.getLogger("chio_temporal")
 
 NO_GRANT_GUARD = "workflow-grant"
 """``guard`` of the deny given (without asking the kernel) when no grant covers the workflow."""
@@ -148,6 +156,9 @@ class ChioActivityInterceptor(Interceptor):
             :class:`~chio_temporal.errors.ActivityDeniedError` (also an ``ApplicationError`` with the
             deny's ``type``), so seed 001's ``except ApplicationError`` saga works. ``False`` leaves
             Temporal's plain ``ActivityError`` (see docs/temporal.md for the replay note).
+        max_pending_receipts: at most this many workflow runs' receipts are kept in memory until
+            flushed (default 10 000); beyond it the least recently updated one is dropped with a
+            WARNING (the signed receipts stay in the kernel's store; only the envelope is lost).
 
     Tool server precedence for an activity: an override grant's ``tool_server`` (from
     :meth:`register_activity_grant_override`), then ``activity_tool_server_map[activity_type]``, then the
@@ -163,6 +174,7 @@ class ChioActivityInterceptor(Interceptor):
         receipt_sink: ReceiptSink | None = None,
         *,
         surface_denials: bool = True,
+        max_pending_receipts: int = DEFAULT_MAX_PENDING_RECEIPTS,
     ) -> None:
         if chio_client is None:
             if not sidecar_url:
@@ -186,7 +198,12 @@ class ChioActivityInterceptor(Interceptor):
                 "receipt_sink= must be a callable taking the envelope dict (sync or async), "
                 f"got {type(receipt_sink).__name__}"
             )
+        if isinstance(max_pending_receipts, bool) or not isinstance(max_pending_receipts, int) or max_pending_receipts < 1:
+            raise ChioTemporalConfigError(
+                f"max_pending_receipts= must be a positive int (runs kept until flushed), got {max_pending_receipts!r}"
+            )
         self.chio_client = chio_client
+        self.max_pending_receipts = max_pending_receipts
         self.sidecar_url: str = sidecar_url or client_url(chio_client)
         self.default_tool_server = default_tool_server
         self.activity_tool_server_map: dict[str, str] = dict(activity_tool_server_map or {})
@@ -198,7 +215,8 @@ class ChioActivityInterceptor(Interceptor):
         self._overrides: dict[str, ActivityGrantOverride] = {}
         # capability ids of override grants already checked against a workflow grant's capability
         self._checked_overrides: dict[tuple[str, str], bool] = {}
-        self._receipts: dict[tuple[str, str | None], WorkflowReceipt] = {}
+        # insertion/update order = least recently updated first (bounded by max_pending_receipts)
+        self._receipts: OrderedDict[tuple[str, str | None], WorkflowReceipt] = OrderedDict()
         self._signatures: dict[Any, inspect.Signature | None] = {}
 
     # --- grants -------------------------------------------------------------------------------
@@ -539,8 +557,22 @@ class ChioActivityInterceptor(Interceptor):
                         "sidecar_url": self.sidecar_url,
                     },
                 )
-                self._receipts[(workflow_id, run_id)] = aggregate
+                self._keep(workflow_id, run_id, aggregate)
+            else:
+                self._receipts.move_to_end((workflow_id, run_id))
             aggregate.add_step(step)
+
+    def _keep(self, workflow_id: str, run_id: str | None, receipt: WorkflowReceipt) -> None:
+        """Hold a new receipt; beyond ``max_pending_receipts`` drop the least recently updated one (lock held)."""
+        self._receipts[(workflow_id, run_id)] = receipt
+        while len(self._receipts) > self.max_pending_receipts:
+            (old_wid, old_rid), dropped = self._receipts.popitem(last=False)
+            log.warning(
+                "chio_temporal: dropped the unflushed receipt of workflow %r run %r (%d steps) from memory: more "
+                "than max_pending_receipts=%d runs are held; finalise and flush receipts (the signed receipts are "
+                "in the kernel's store)",
+                old_wid, old_rid, len(dropped.steps), self.max_pending_receipts,
+            )
 
     def _find_receipt_key(self, workflow_id: str, run_id: str | None) -> tuple[str, str | None] | None:
         if run_id is not None:
@@ -588,14 +620,19 @@ class ChioActivityInterceptor(Interceptor):
                     )
                 key = (workflow_id, run_id)
                 grant = self.grant_for(workflow_id, run_id)
-                self._receipts[key] = WorkflowReceipt(
-                    workflow_id=workflow_id,
-                    run_id=run_id,
-                    metadata={
-                        "capability_id": grant.capability_id if grant is not None else None,
-                        "sidecar_url": self.sidecar_url,
-                    },
+                self._keep(
+                    workflow_id,
+                    run_id,
+                    WorkflowReceipt(
+                        workflow_id=workflow_id,
+                        run_id=run_id,
+                        metadata={
+                            "capability_id": grant.capability_id if grant is not None else None,
+                            "sidecar_url": self.sidecar_url,
+                        },
+                    ),
                 )
+            self._receipts.move_to_end(key)
             receipt = self._receipts[key]
             receipt.finalize(outcome, dict(metadata) if metadata else None)
             return receipt

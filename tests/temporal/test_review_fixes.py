@@ -117,3 +117,41 @@ async def test_revoking_the_workflow_capability_stops_a_derived_override(client:
     assert isinstance(err, ApplicationError) and err.type == "ChioCapabilityDenied"
     assert err.details[0]["guard"] == "revocation" and err.details[0]["capability_id"] == derived.capability_id
     assert workflows.CALLS == []
+
+
+# --- item 11: unflushed receipts are bounded (LRU, oldest dropped with a WARNING) -----------------------
+
+
+def test_pending_receipts_are_bounded_oldest_dropped_with_a_warning(caplog) -> None:
+    from chio_sdk.testing import allow_all
+
+    from chio_temporal import ChioTemporalConfigError
+
+    ic = ChioActivityInterceptor(chio_client=allow_all(), default_tool_server="bank", max_pending_receipts=2)
+    with caplog.at_level("WARNING", logger="chio_temporal"):
+        ic.finalize_workflow(workflow_id="wf-1", run_id="r1", outcome="success")
+        ic.finalize_workflow(workflow_id="wf-2", run_id="r2", outcome="success")
+        ic.finalize_workflow(workflow_id="wf-1", run_id="r1", outcome="failure")  # touched: most recent now
+        assert caplog.records == []
+        ic.finalize_workflow(workflow_id="wf-3", run_id="r3", outcome="success")
+    assert [(r.workflow_id, r.run_id) for r in ic.pending_workflow_receipts()] == [("wf-1", "r1"), ("wf-3", "r3")]
+    assert ic.get_workflow_receipt("wf-2", "r2") is None
+    [record] = caplog.records
+    assert record.levelname == "WARNING" and "'wf-2'" in record.getMessage() and "max_pending_receipts=2" in record.getMessage()
+    for bad in (0, -1, True, "10"):
+        with pytest.raises(ChioTemporalConfigError, match="max_pending_receipts"):
+            ChioActivityInterceptor(chio_client=allow_all(), max_pending_receipts=bad)  # type: ignore[arg-type]
+
+
+async def test_pending_receipts_bound_applies_to_evaluated_runs(client: Client, chio, uid) -> None:
+    tq = uid("tq")
+    ic = ChioActivityInterceptor(chio_client=chio, default_tool_server="bank", max_pending_receipts=2)
+    the_scope = scope(tool("bank", "checkpoint"))
+    wids = [uid(f"bounded-{i}") for i in range(3)]
+    for wid in wids:
+        ic.register_workflow_grant(await _grant(chio, wid, the_scope))
+    async with running(make_worker(client, tq, [ic])):
+        for wid in wids:
+            assert await outcome(await start_plan(client, tq, wid, plan(("checkpoint", ["x"])))) == ["x"]
+    assert [r.workflow_id for r in ic.pending_workflow_receipts()] == wids[1:]
+    assert len(chio.kernel.list_receipts()) == 3  # the signed receipts are all durable in the kernel
