@@ -167,6 +167,13 @@ def _build_scope(grants: list[str] | None, scope_file: Path | None, max_invocati
             raise CliError(f"cannot read --scope-file {scope_file}: {e.strerror or e}") from None
         except ValueError as e:
             raise CliError(f"--scope-file {scope_file} is not JSON: {e}") from None
+        from chio_kernel.kernel import KernelInputError, check_scope_fields
+
+        try:
+            # the kernel's check: pydantic would drop a misspelt field and issue a wider scope
+            check_scope_fields(raw, f"--scope-file {scope_file}")
+        except KernelInputError as e:
+            raise CliError(str(e)) from None
         try:
             scope = ChioScope.model_validate(raw)
         except ValidationError as e:

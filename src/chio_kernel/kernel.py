@@ -51,6 +51,7 @@ __all__ = [
     "Kernel",
     "KernelInputError",
     "capability_signing_bytes",
+    "check_scope_fields",
     "receipt_chain_hash",
     "receipt_signing_bytes",
     "uuid7",
@@ -268,19 +269,30 @@ def _new_capability_id(value: Any) -> str:
 _M = TypeVar("_M", bound=BaseModel)
 
 
-def _coerce_scope(scope: Any) -> ChioScope:
+def check_scope_fields(scope: Any, name: str = "scope") -> None:
+    """Refuse a scope dict with a key a ChioScope (or its grants, constraints...) does not have.
+
+    pydantic silently drops unknown keys, so a misspelt ``constraint`` or ``grant`` would issue a
+    WIDER (or empty) scope than meant. Every path that takes a scope as a dict (the kernel, the
+    sidecar, the CLI's ``--scope-file``) runs this one check. Raises :class:`KernelInputError` naming
+    the field; anything that is not a mapping is left to the model validation.
+    """
+    if not isinstance(scope, Mapping):
+        return
+    unknown = _unknown_fields(ChioScope, scope, "")
+    if unknown is not None:
+        raise KernelInputError(
+            f"{name} has an unknown field {unknown!r}; a ChioScope has grants (server_id, tool_name, "
+            "operations, constraints, max_invocations, max_cost_per_invocation, max_total_cost, "
+            "dpop_required), resource_grants and prompt_grants; constraints have type and value"
+        )
+
+
+def _coerce_scope(scope: Any, name: str = "scope") -> ChioScope:
     if isinstance(scope, ChioScope):
         return ChioScope.model_validate(scope.model_dump())  # private copy, re-validated
-    if isinstance(scope, Mapping):
-        unknown = _unknown_fields(ChioScope, scope, "")
-        if unknown is not None:
-            # pydantic would silently drop it: a misspelt "grant" would issue an empty scope
-            raise KernelInputError(
-                f"scope has an unknown field {unknown!r}; a ChioScope has grants (server_id, tool_name, "
-                "operations, constraints, max_invocations, max_cost_per_invocation, max_total_cost, "
-                "dpop_required), resource_grants and prompt_grants"
-            )
-    return _from_dict_form(ChioScope, scope, "scope")
+    check_scope_fields(scope, name)
+    return _from_dict_form(ChioScope, scope, name)
 
 
 def _coerce_token(token: Any, name: str = "token") -> CapabilityToken:
@@ -786,7 +798,7 @@ class Kernel:
         parent's subject. Raises :class:`CapabilityError` naming the offending grant if the scope is
         not a subset.
         """
-        child_scope = _coerce_scope(new_scope)
+        child_scope = _coerce_scope(new_scope, "new_scope")
         ttl = _positive_int("ttl_seconds", ttl_seconds) if ttl_seconds is not None else None
         if capability_id is not None:
             capability_id = _new_capability_id(capability_id)

@@ -288,6 +288,15 @@ def _model(cls: type[Any], data: Any, what: str) -> Any:
         raise ApiError(422, "invalid_request", f"{what}: {_validation_message(err)}") from None
 
 
+def _scope(data: Any, what: str) -> ChioScope:
+    """A scope from the wire: the kernel's own unknown-field check first (pydantic would drop a
+    misspelt ``constraint`` and issue a wider scope), then strict validation."""
+    from chio_kernel.kernel import check_scope_fields
+
+    check_scope_fields(data, what)  # KernelInputError -> 422 naming the field
+    return _model(ChioScope, data, what)
+
+
 def _capability_error_types() -> tuple[type[BaseException], ...]:
     try:
         from chio_kernel import CapabilityError
@@ -392,7 +401,7 @@ def create_app(
         subject = _req_str(data, "subject", max_len=4096)
         if "scope" not in data:
             raise ApiError(422, "invalid_request", "'scope' is required (a ChioScope object)")
-        scope = _model(ChioScope, data["scope"], "scope")
+        scope = _scope(data["scope"], "scope")
         ttl = _opt_int(data, "ttl_seconds", minimum=1, maximum=10 * 366 * 86400)
         cap_id = _opt_str(data, "id", max_len=256)
         rate_limit = _parse_rate_limit(data.get("rate_limit"))
@@ -430,7 +439,7 @@ def create_app(
             )
         if "new_scope" not in data:
             raise ApiError(422, "invalid_request", "'new_scope' is required (a ChioScope object)")
-        new_scope = _model(ChioScope, data["new_scope"], "new_scope")
+        new_scope = _scope(data["new_scope"], "new_scope")
         ttl = _opt_int(data, "ttl_seconds", minimum=1, maximum=10 * 366 * 86400)
         cap_id = _opt_str(data, "id", max_len=256)
         parent_id = parent if isinstance(parent, str) else parent.id

@@ -125,6 +125,26 @@ async def test_attenuate_subset_ok_superset_refused(client: ChioClient, sidecar:
     assert_denied(await call(client, child, path="/a"), "revocation")
 
 
+async def test_misspelt_scope_field_is_refused_not_dropped(client: ChioClient, sidecar: Sidecar) -> None:
+    # "constraint" (typo for "constraints") would be dropped by pydantic: a capability WITHOUT the
+    # path constraint. The sidecar runs the kernel's unknown-field check and refuses, naming the field.
+    typo = {"grants": [{"server_id": "files", "tool_name": "read_file", "operations": ["Invoke"],
+                        "constraint": [{"type": "path_prefix", "value": "/data"}]}]}
+    before = len(httpx.get(sidecar.url + "/v1/capabilities", timeout=30).json()["capabilities"])
+    r = post(sidecar, "/v1/capabilities", {"subject": "agent:typo", "scope": typo})
+    assert r.status_code == 422, r.text
+    assert "grants[0].constraint" in r.json()["message"]
+    assert len(httpx.get(sidecar.url + "/v1/capabilities", timeout=30).json()["capabilities"]) == before
+    parent = await issue(client, grant())
+    r = post(sidecar, "/v1/capabilities/attenuate", {"parent_token": parent.id, "new_scope": typo})
+    assert r.status_code == 422, r.text
+    assert "new_scope" in r.json()["message"] and "grants[0].constraint" in r.json()["message"]
+    nested = {"grants": [{"server_id": "files", "tool_name": "read_file", "operations": ["Invoke"],
+                          "constraints": [{"type": "path_prefix", "valeu": "/data"}]}]}
+    r = post(sidecar, "/v1/capabilities", {"subject": "agent:typo", "scope": nested})
+    assert r.status_code == 422 and "grants[0].constraints[0].valeu" in r.json()["message"]
+
+
 # --- evaluation: allow, and a deny by every guard ---------------------------------------------
 
 

@@ -99,6 +99,18 @@ def test_errors_are_one_line_and_nonzero(home: Path, args: list[str], needle: st
     assert "Traceback" not in r.stderr and len(r.stderr.strip().splitlines()) == 1
 
 
+def test_scope_file_with_a_misspelt_field_is_refused(home: Path, tmp_path: Path) -> None:
+    # pydantic would drop "constraint" (typo) and issue the grant WITHOUT its path constraint
+    scope_file = tmp_path / "typo.json"
+    scope_file.write_text(json.dumps({"grants": [{"server_id": "files", "tool_name": "read_file",
+                                                  "operations": ["Invoke"],
+                                                  "constraint": [{"type": "path_prefix", "value": "/data"}]}]}))
+    r = run_cli("capability", "create", "--subject", "s", "--scope-file", str(scope_file), "--data-dir", str(home))
+    assert r.returncode != 0
+    assert "grants[0].constraint" in r.stderr and "Traceback" not in r.stderr, r.stderr
+    assert not home.exists()  # refused before any kernel was opened: nothing issued
+
+
 def test_read_commands_refuse_a_missing_data_dir(tmp_path: Path) -> None:
     r = run_cli("receipts", "list", "--data-dir", str(tmp_path / "typo"))
     assert r.returncode != 0 and "no kernel data directory" in r.stderr
