@@ -233,7 +233,7 @@ class ChioAgentActivityInterceptor(ChioActivityInterceptor):
         if self.agent_activity(info) is not None:
             return True
         if self._is_agent_activity_type(info.activity_type):
-            return False  # argument validation, event handler, cancellation: nothing to govern
+            return False  # the allow-list (_agent_activities): validation, local listings, events, cancel
         if _belongs_to_a_governed_agent(info.activity_type):
             return False  # another ChioTemporalAgent's interceptor on this worker governs it
         return self.govern_other_activities and super().governs(info, input)
@@ -292,7 +292,7 @@ class ChioAgentActivityInterceptor(ChioActivityInterceptor):
         evaluation: Evaluation,
     ) -> Any:
         activity = self.agent_activity(info)
-        if activity is None or activity.kind == "model" or self.on_deny == "raise":
+        if activity is None or activity.kind in ("model", "operation") or self.on_deny == "raise":
             return await super().on_denied(info, input, call, evaluation)
         if activity.kind == "mcp_list":
             # The server's tools (or instructions) are hidden from the model; the receipt is recorded.

@@ -155,3 +155,45 @@ async def test_pending_receipts_bound_applies_to_evaluated_runs(client: Client, 
             assert await outcome(await start_plan(client, tq, wid, plan(("checkpoint", ["x"])))) == ["x"]
     assert [r.workflow_id for r in ic.pending_workflow_receipts()] == wids[1:]
     assert len(chio.kernel.list_receipts()) == 3  # the signed receipts are all durable in the kernel
+
+
+# --- item 2: an operation of the agent that is not allow-listed is governed (fail closed) ---------------
+
+from temporalio import activity  # noqa: E402
+
+WORKSPACE_CALLS: list[str] = []
+
+
+@activity.defn(name="agent__ops__capability__workspace__call")
+async def workspace_call(path: str) -> str:
+    """Stands in for pydantic-ai's workspace capability operation of an agent named ``ops``."""
+    WORKSPACE_CALLS.append(path)
+    return f"wrote {path}"
+
+
+async def test_unknown_agent_operation_is_governed_not_let_through(client: Client, chio, uid) -> None:
+    from chio_temporal.agent import ChioAgentActivityInterceptor
+
+    tq = uid("tq")
+    token = await chio.create_capability(
+        subject="agent:ops", scope=scope(tool("model", "*")), ttl_seconds=600, capability_id=uid("cap-ops")
+    )
+    ic = ChioAgentActivityInterceptor(chio, agent_name="ops", capability_id=token.id)
+    WORKSPACE_CALLS.clear()
+    worker = make_worker(client, tq, [ic], activities=[*workflows.ALL_ACTIVITIES, workspace_call])
+    async with running(worker):
+        wid = uid("ops-denied")
+        err = await outcome(await start_plan(client, tq, wid, plan(("agent__ops__capability__workspace__call", ["/etc/x"]))))
+        assert isinstance(err, ApplicationError) and err.type == "ChioCapabilityDenied"
+        assert (err.details[0]["tool_server"], err.details[0]["tool_name"]) == ("ops", "capability__workspace__call")
+        assert WORKSPACE_CALLS == []
+
+        granted = await chio.create_capability(
+            subject="agent:ops", scope=scope(tool("ops", "capability__workspace__call")), ttl_seconds=600
+        )
+        ic.capability_id = granted.id
+        wid = uid("ops-allowed")
+        result = await outcome(await start_plan(client, tq, wid, plan(("agent__ops__capability__workspace__call", ["/tmp/y"]))))
+        assert result == ["wrote /tmp/y"] and WORKSPACE_CALLS == ["/tmp/y"]
+    [step] = ic.get_workflow_receipt(wid).steps
+    assert step.allowed and (step.tool_server, step.tool_name) == ("ops", "capability__workspace__call")
