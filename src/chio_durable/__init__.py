@@ -2,6 +2,7 @@
 
 from chio_durable.evaluation import (
     Evaluation,
+    KernelRejected,
     KernelUnavailable,
     client_url,
     evaluate,
@@ -12,6 +13,7 @@ from chio_durable.params import bind_parameters, jsonable
 
 __all__ = [
     "Evaluation",
+    "KernelRejected",
     "KernelUnavailable",
     "bind_parameters",
     "client_url",

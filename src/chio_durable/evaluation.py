@@ -9,8 +9,11 @@ that knows their differences:
   real ``ChioClient`` gets the same field added to its ``/v1/evaluate`` body; a mock ignores it;
 * a mock (or an upstream sidecar answering HTTP 403) raises ``ChioDeniedError`` on deny, where our
   kernel returns a signed deny receipt — both become a denied :class:`Evaluation`;
-* anything that is not a decision (connection refused, timeout, 4xx/5xx) raises
-  :class:`KernelUnavailable`, so the governed body never runs.
+* anything that is not a decision (connection refused, timeout, 5xx, a malformed answer) raises
+  :class:`KernelUnavailable` (retryable), so the governed body never runs;
+* a request the kernel refuses as malformed (embedded: ``KernelInputError``; remote: HTTP 4xx other
+  than 403/408/429; parameters that have no JSON form) raises :class:`KernelRejected` — not
+  retryable, the same input would be refused again — and the governed body does not run either.
 
 Async ``httpx`` clients are bound to the event loop that opened their connections, while Prefect
 runs sync tasks in worker threads and async tasks on its own loop. Every call to a remote client is
@@ -23,6 +26,8 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import inspect
+import json
+import re
 import threading
 from collections.abc import Coroutine
 from dataclasses import dataclass, field
@@ -31,9 +36,11 @@ from typing import Any, TypeVar
 from chio_sdk.client import ChioClient
 from chio_sdk.errors import ChioDeniedError
 from chio_sdk.models import ChioReceipt, MonetaryAmount
+from pydantic import ValidationError
 
 __all__ = [
     "Evaluation",
+    "KernelRejected",
     "KernelUnavailable",
     "await_on_kernel_loop",
     "client_url",
@@ -41,6 +48,7 @@ __all__ = [
     "evaluate_sync",
     "idempotency_key",
     "run_on_kernel_loop",
+    "wire_parameter_hash",
 ]
 
 T = TypeVar("T")
@@ -59,6 +67,28 @@ class KernelUnavailable(RuntimeError):
         )
         self.url = url
         self.detail = detail
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), (self.url, self.detail))
+
+
+class KernelRejected(ValueError):
+    """The kernel refused the *request* as malformed: the governed call was not run.
+
+    Not retryable: the same input would be refused again. ``detail`` carries the kernel's own
+    message (e.g. ``parameters are not JSON-able: ... NaN ...``).
+    """
+
+    def __init__(self, url: str, detail: str) -> None:
+        super().__init__(
+            f"Chio kernel at {url} rejected the request as malformed ({detail}); the call was not run. "
+            f"Retrying the same input will not help: fix the call's parameters or identifiers."
+        )
+        self.url = url
+        self.detail = detail
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), (self.url, self.detail))
 
 
 @dataclass(frozen=True)
@@ -179,6 +209,66 @@ async def _remote_evaluate(
     return await client.evaluate_tool_call(**body)
 
 
+# 4xx answers that say "not now" rather than "not this request": still retryable.
+_RETRYABLE_4XX = frozenset({408, 425, 429})
+_KERNEL_KEY = re.compile(r"[0-9a-f]{64}")
+
+
+def _http_status(err: BaseException) -> int | None:
+    """The HTTP status of a ``chio_sdk`` error raised for a non-2xx answer (``code="HTTP_<n>"``)."""
+    code = getattr(err, "code", None)
+    if isinstance(code, str) and code.startswith("HTTP_") and code[5:].isdigit():
+        return int(code[5:])
+    return None
+
+
+def wire_parameter_hash(parameters: dict[str, Any]) -> str:
+    """The ``action.parameter_hash`` a Chio kernel computes for ``parameters`` sent over JSON.
+
+    sha256 of the RFC 8785 canonical JSON (``chio_kernel.canonical``) of the parameters as the kernel
+    receives them (after the JSON round trip: tuples become lists, non-string keys strings).
+    Raises ``ValueError`` when they have no JSON form (NaN, infinities...), as the kernel would.
+    """
+    from chio_kernel.canonical import canonical_json  # lazy: keeps `import chio_durable` light
+
+    try:
+        return hashlib.sha256(canonical_json(parameters)).hexdigest()
+    except ValueError as err:
+        first = err  # the kernel's own words, if the wire form does not help either
+    try:
+        wire = json.loads(json.dumps(parameters, ensure_ascii=False, allow_nan=False))
+    except (TypeError, ValueError, RecursionError):
+        raise ValueError(f"parameters are not JSON-able: {first}") from None
+    return hashlib.sha256(canonical_json(wire)).hexdigest()
+
+
+def _check_answers_call(
+    receipt: ChioReceipt, body: dict[str, Any], expected_hash: str | None, url: str
+) -> None:
+    """Fail closed unless a remote receipt answers the very call that was asked.
+
+    ``parameter_hash`` is checked for receipts signed by a real kernel (``kernel_key`` = 64 hex
+    chars, an Ed25519 public key): ``chio_sdk.testing`` mocks hash with their own (ASCII-escaped)
+    JSON and sign with a placeholder key, so their hash is not the kernel's.
+    """
+    mismatches = [
+        f"{name} {getattr(receipt, name)!r} != {body[name]!r}"
+        for name in ("capability_id", "tool_server", "tool_name")
+        if getattr(receipt, name) != body[name]
+    ]
+    if (
+        expected_hash is not None
+        and isinstance(receipt.kernel_key, str)
+        and _KERNEL_KEY.fullmatch(receipt.kernel_key)
+        and receipt.action.parameter_hash != expected_hash
+    ):
+        mismatches.append(f"action.parameter_hash {receipt.action.parameter_hash!r} != {expected_hash!r}")
+    if mismatches:
+        raise KernelUnavailable(
+            url, f"receipt {receipt.id} does not answer the call that was asked: {'; '.join(mismatches)}"
+        )
+
+
 def _denied_by_error(err: ChioDeniedError, body: dict[str, Any]) -> Evaluation:
     decision = {"verdict": "deny", "guard": err.guard, "reason": err.reason or err.message}
     return Evaluation(
@@ -199,12 +289,25 @@ async def _decide_remotely(
     idem: str | None,
     cost: MonetaryAmount | None,
 ) -> Evaluation:
+    url = client_url(client)
+    try:
+        expected_hash: str | None = wire_parameter_hash(body["parameters"])
+    except ValueError as err:
+        if isinstance(client, ChioClient):  # the kernel would refuse it: do not even send it
+            raise KernelRejected(url, str(err)) from err
+        expected_hash = None  # a mock decides on its own terms
+    except Exception:  # noqa: BLE001 - not a dict at all: the client/kernel says what is wrong
+        expected_hash = None
     try:
         receipt = await _remote_evaluate(client, body, idem, cost)
     except ChioDeniedError as err:
         return _denied_by_error(err, body)
     except Exception as err:  # unreachable, timed out, 4xx/5xx, malformed answer: not a decision
-        raise KernelUnavailable(client_url(client), f"{type(err).__name__}: {err}") from err
+        status = _http_status(err)
+        if status is not None and 400 <= status < 500 and status not in _RETRYABLE_4XX:
+            raise KernelRejected(url, str(err)) from err
+        raise KernelUnavailable(url, f"{type(err).__name__}: {err}") from err
+
     return Evaluation.from_receipt(receipt)
 
 
@@ -274,6 +377,11 @@ def _evaluate_embedded(
         receipt = kernel.evaluate(
             capability_id, tool_server, tool_name, parameters, idempotency_key=idem, cost=cost
         )
-    except Exception as err:  # the kernel could not decide (disk full, bad parameters...)
+    except ValueError as err:
+        if isinstance(err, ValidationError):  # our receipt model, not the caller's input
+            raise KernelUnavailable(client_url(kernel), f"{type(err).__name__}: {err}") from err
+        # KernelInputError (a ValueError): the kernel refuses this input; retrying won't change that
+        raise KernelRejected(client_url(kernel), str(err)) from err
+    except Exception as err:  # the kernel could not decide (disk full, locked store...)
         raise KernelUnavailable(client_url(kernel), f"{type(err).__name__}: {err}") from err
     return Evaluation.from_receipt(receipt)

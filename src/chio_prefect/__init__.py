@@ -11,6 +11,7 @@ from chio_prefect.errors import (
     ChioPermissionError,
     ChioPrefectConfigError,
     ChioPrefectError,
+    ChioRequestRejected,
     ChioSidecarUnavailable,
     is_chio_denial,
 )
@@ -23,6 +24,7 @@ __all__ = [
     "ChioPermissionError",
     "ChioPrefectConfigError",
     "ChioPrefectError",
+    "ChioRequestRejected",
     "ChioSidecarUnavailable",
     "chio_flow",
     "chio_task",

@@ -45,9 +45,9 @@ from pydantic_ai.models import Model
 from pydantic_ai.tools import RunContext
 
 from chio_durable.agent import CallMapper, ChioGovernance, GovernedRecord, OnDeny, current_receipt_id
-from chio_durable.evaluation import Evaluation
+from chio_durable.evaluation import Evaluation, KernelRejected
 from chio_durable.agent.mapping import GovernedCall
-from chio_prefect.errors import ChioPermissionError, ChioPrefectError
+from chio_prefect.errors import ChioPermissionError, ChioPrefectError, ChioRequestRejected
 from chio_prefect.events import ReceiptEvent, emit_receipt_event, iso_timestamp
 
 __all__ = [
@@ -155,6 +155,10 @@ def _prefect_deny_error(evaluation: Evaluation, call: GovernedCall) -> BaseExcep
     return ChioPrefectError(evaluation.receipt_id, evaluation.guard, evaluation.reason, evaluation.decision)
 
 
+def _prefect_rejected_error(err: KernelRejected, call: GovernedCall) -> BaseException:
+    return ChioRequestRejected(err.url, err.detail, call.tool_server, call.tool_name)
+
+
 def _unwrap_prefect_agent(agent: Any) -> tuple[AbstractAgent[Any, Any], dict[str, Any]]:
     """The plain agent inside a (deprecated) ``PrefectAgent`` and the Prefect options it was given.
 
@@ -250,6 +254,7 @@ class ChioPrefectAgent(WrapperAgent[Any, Any]):
             on_evaluation=emit_agent_receipt,
             deny_error=_prefect_deny_error,
             permission_error_class=ChioPermissionError,
+            rejected_error=_prefect_rejected_error,
         )
         self.durability: PrefectDurability[Any] = PrefectDurability(
             models=models,

@@ -39,7 +39,7 @@ from typing import TYPE_CHECKING, Any, NoReturn, ParamSpec, TypeVar, overload
 from chio_sdk.client import ChioClient
 from chio_sdk.models import ChioScope
 
-from chio_durable import KernelUnavailable, bind_parameters, evaluate, evaluate_sync
+from chio_durable import KernelRejected, KernelUnavailable, bind_parameters, evaluate, evaluate_sync
 from chio_durable import idempotency_key as _idempotency_key
 from chio_durable.evaluation import Evaluation
 from chio_prefect.context import (
@@ -52,6 +52,7 @@ from chio_prefect.errors import (
     ChioPermissionError,
     ChioPrefectConfigError,
     ChioPrefectError,
+    ChioRequestRejected,
     ChioSidecarUnavailable,
     is_chio_denial,
 )
@@ -106,7 +107,8 @@ def retry_unless_chio_denied(task: Any, task_run: Any, state: Any) -> bool:
 
     Prefect's default is "retry every failure while retries remain"; this keeps that, except for a
     chio deny: replaying a policy decision with the same inputs is pointless and spends evaluation
-    budget. A kernel that could not be reached (``ChioSidecarUnavailable``) is retried as usual.
+    budget; nor a request the kernel refused as malformed (``ChioRequestRejected``): the same input
+    is refused again. A kernel that could not be reached (``ChioSidecarUnavailable``) is retried as usual.
     Pass your own ``retry_condition_fn`` to retry some denies (e.g. ``rate-limit-guard``).
     """
     exc = getattr(state, "data", None)
@@ -115,6 +117,8 @@ def retry_unless_chio_denied(task: Any, task_run: Any, state: Any) -> bool:
             exc = state.result(raise_on_failure=False, _sync=True)
         except Exception:  # noqa: BLE001 - an unreadable result is not a chio deny
             return True
+    if isinstance(exc, ChioRequestRejected):
+        return False
     return not is_chio_denial(exc if isinstance(exc, BaseException) else None)
 
 
@@ -516,6 +520,8 @@ class _TaskGovernance:
             evaluation = evaluate_sync(call.client, **self._kernel_args(call))
         except KernelUnavailable as err:
             raise ChioSidecarUnavailable(err.url, err.detail, call.tool_server, call.tool_name) from err
+        except KernelRejected as err:
+            raise ChioRequestRejected(err.url, err.detail, call.tool_server, call.tool_name) from err
         return self._conclude(call, evaluation)
 
     async def evaluate_async(self, call: _Call) -> Evaluation:
@@ -526,6 +532,8 @@ class _TaskGovernance:
             evaluation = await evaluate(call.client, **self._kernel_args(call))
         except KernelUnavailable as err:
             raise ChioSidecarUnavailable(err.url, err.detail, call.tool_server, call.tool_name) from err
+        except KernelRejected as err:
+            raise ChioRequestRejected(err.url, err.detail, call.tool_server, call.tool_name) from err
         return self._conclude(call, evaluation)
 
     def decide_before_cache(self, args: tuple[Any, ...], kwargs: dict[str, Any], task_run_id: str) -> str | None:

@@ -19,6 +19,7 @@ __all__ = [
     "ChioPrefectConfigError",
     "ChioPermissionError",
     "ChioPrefectError",
+    "ChioRequestRejected",
     "ChioSidecarUnavailable",
     "is_chio_denial",
 ]
@@ -105,6 +106,34 @@ class ChioSidecarUnavailable(ConnectionError):
             f"chio sidecar at {url} is unavailable{target} ({detail}); the task body was not run. "
             f"Start the sidecar (`chio-durable sidecar`), pass sidecar_url= with its "
             f"address, or pass chio_client=LocalChioClient() to use the embedded kernel."
+        )
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), (self.url, self.detail, self.tool_server, self.tool_name))
+
+
+class ChioRequestRejected(ValueError):
+    """The chio kernel refused the call's *request* as malformed (e.g. a NaN parameter).
+
+    The governed body did not run. This is neither a deny nor an outage: the same input would be
+    refused again, so the default retry condition (:func:`~chio_prefect.retry_unless_chio_denied`)
+    does not retry it. Its ``__cause__`` is :class:`chio_durable.KernelRejected`.
+
+    Attributes:
+        url: the sidecar URL (or ``embedded:<dir>``) whose kernel refused the request.
+        detail: the kernel's own message.
+    """
+
+    def __init__(self, url: str, detail: str, tool_server: str = "", tool_name: str = "") -> None:
+        self.url = url
+        self.detail = detail
+        self.tool_server = tool_server
+        self.tool_name = tool_name
+        target = f" for {tool_server}/{tool_name}" if tool_server or tool_name else ""
+        super().__init__(
+            f"chio kernel at {url} rejected the request{target} as malformed ({detail}); the governed "
+            f"call was not run and is not retried (the same input would be refused again). Pass JSON "
+            f"parameters (no NaN or Infinity) and valid identifiers."
         )
 
     def __reduce__(self) -> tuple[Any, ...]:

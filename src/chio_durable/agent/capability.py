@@ -39,7 +39,7 @@ from chio_durable.agent.denials import (
     permission_error,
 )
 from chio_durable.agent.mapping import CallMapper, GovernedCall, parameter_hash
-from chio_durable.evaluation import evaluate, idempotency_key
+from chio_durable.evaluation import KernelRejected, evaluate, idempotency_key
 
 if TYPE_CHECKING:
     from pydantic_ai.capabilities.abstract import WrapModelRequestHandler
@@ -102,6 +102,9 @@ class ChioGovernance(AbstractCapability[Any]):
         on_evaluation: Called after every evaluation (engine wrappers emit events from here).
         deny_error: Builds the ``__cause__`` of the ``PermissionError`` (default :class:`GovernanceDenied`).
         permission_error_class: The ``PermissionError`` (sub)class raised for a deny.
+        rejected_error: Builds the error raised (``from`` the :class:`~chio_durable.KernelRejected`)
+            when the kernel refuses a call's request as malformed; default: the ``KernelRejected``
+            itself. Either way the call does not run and the run fails.
         max_runs_remembered: How many recent runs' receipts :meth:`receipts_of` keeps.
         id: Optional capability id (pydantic-ai ``AbstractCapability.id``).
     """
@@ -117,6 +120,7 @@ class ChioGovernance(AbstractCapability[Any]):
         on_evaluation: Callable[[GovernedRecord, RunContext[Any]], None] | None = None,
         deny_error: DenyErrorFactory | None = None,
         permission_error_class: type[PermissionError] = PermissionError,
+        rejected_error: Callable[[KernelRejected, GovernedCall], BaseException] | None = None,
         max_runs_remembered: int = 1024,
         id: str | None = None,
     ) -> None:
@@ -148,6 +152,7 @@ class ChioGovernance(AbstractCapability[Any]):
         if not (isinstance(permission_error_class, type) and issubclass(permission_error_class, PermissionError)):
             raise TypeError("permission_error_class must be PermissionError or a subclass of it")
         self._permission_error_class = permission_error_class
+        self._rejected_error = rejected_error
         self._max_runs = max(1, max_runs_remembered)
         self._records: OrderedDict[str, list[GovernedRecord]] = OrderedDict()
 
@@ -200,7 +205,11 @@ class ChioGovernance(AbstractCapability[Any]):
         return identity or ctx.run_id or "run-unknown"
 
     async def evaluate_call(self, ctx: RunContext[Any], call: GovernedCall, *, position: str) -> GovernedRecord:
-        """Evaluate ``call`` at ``position`` of the run; raises ``KernelUnavailable`` if no decision."""
+        """Evaluate ``call`` at ``position`` of the run.
+
+        Raises ``KernelUnavailable`` if no decision (retryable) and ``KernelRejected`` (or what
+        ``rejected_error`` builds from it) if the kernel refuses the request as malformed.
+        """
         key = idempotency_key(
             self.run_identity(ctx),
             position,
@@ -210,14 +219,19 @@ class ChioGovernance(AbstractCapability[Any]):
             call.tool_name,
             parameter_hash(call.parameters),
         )
-        evaluation = await evaluate(
-            self.chio_client,
-            capability_id=self.capability_id,
-            tool_server=call.tool_server,
-            tool_name=call.tool_name,
-            parameters=call.parameters,
-            idempotency_key=key,
-        )
+        try:
+            evaluation = await evaluate(
+                self.chio_client,
+                capability_id=self.capability_id,
+                tool_server=call.tool_server,
+                tool_name=call.tool_name,
+                parameters=call.parameters,
+                idempotency_key=key,
+            )
+        except KernelRejected as err:
+            if self._rejected_error is None:
+                raise
+            raise self._rejected_error(err, call) from err
         record = GovernedRecord(call=call, evaluation=evaluation, idempotency_key=key, run_id=ctx.run_id, position=position)
         self._remember(record)
         if self._on_evaluation is not None:
