@@ -19,6 +19,11 @@ with no string values passes the constraints vacuously.
   dots; it does not match the bare ``example.com``).
 * ``regex_match``: Python ``re.search`` semantics (like the Rust ``regex::is_match`` upstream);
   anchor the pattern (``^...$``) to constrain the whole value. Patterns are compiled once and cached.
+  Python's ``re`` backtracks, so two bounds keep one call from stalling the kernel: a value longer
+  than :data:`MAX_REGEX_INPUT` characters is denied without running the pattern, and patterns with
+  the classic catastrophic shapes (see :func:`regex_problem`) are refused when a capability is
+  issued or attenuated, and deny at evaluation if one still reaches the kernel (a trusted kernel's
+  token, a store written before this rule).
 * ``max_length``: the value's length in characters is at most the limit.
 * Any other constraint type (e.g. ``governed_intent_required``) is not enforced by this kernel
   and therefore denies (fail closed), naming the type.
@@ -31,6 +36,13 @@ import functools
 import posixpath
 import re
 from collections.abc import Iterator
+
+try:  # the stdlib's regex parser (public modules sre_parse/sre_constants are deprecated in 3.11+)
+    import re._constants as _sre
+    import re._parser as _sre_parse
+except ImportError:  # pragma: no cover - Python < 3.11
+    import sre_constants as _sre  # type: ignore[no-redef]
+    import sre_parse as _sre_parse  # type: ignore[no-redef]
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -38,11 +50,13 @@ from chio_sdk.models import Constraint, Operation, ToolGrant
 
 __all__ = [
     "GUARD_ORDER",
+    "MAX_REGEX_INPUT",
     "check_constraints",
     "describe_grant",
     "extract_host",
     "grant_matches",
     "iter_strings",
+    "regex_problem",
 ]
 
 GUARD_ORDER = (
@@ -98,9 +112,129 @@ def iter_strings(value: Any, path: str = "") -> Iterator[tuple[str, str]]:
             yield from iter_strings(v, f"{path}[{i}]")
 
 
+#: ``regex_match`` is applied to values of at most this many characters; a longer value denies.
+#: (Backtracking cost grows with the input; paths, URLs and identifiers are far shorter.)
+MAX_REGEX_INPUT = 4096
+
+
 @functools.lru_cache(maxsize=512)
 def _compiled(pattern: str) -> re.Pattern[str]:
     return re.compile(pattern)
+
+
+def _is_repeat(op: Any) -> bool:
+    return op in (_sre.MAX_REPEAT, _sre.MIN_REPEAT, getattr(_sre, "POSSESSIVE_REPEAT", None))
+
+
+_CATEGORY_RX = {
+    "CATEGORY_DIGIT": r"\d", "CATEGORY_NOT_DIGIT": r"\D", "CATEGORY_SPACE": r"\s",
+    "CATEGORY_NOT_SPACE": r"\S", "CATEGORY_WORD": r"\w", "CATEGORY_NOT_WORD": r"\W",
+}
+
+
+def _unwrap(items: Any) -> Any:
+    """The items of a body that is one capturing/non-capturing group."""
+    while len(items) == 1 and items[0][0] is _sre.SUBPATTERN:
+        items = items[0][1][-1]
+    return items
+
+
+def _may_match(item: Any, ch: str) -> bool:
+    """Can the one-character item match ``ch``? (True when unsure: conservative.)"""
+    op, av = item
+    if op is _sre.LITERAL:
+        return bool(av == ord(ch))
+    if op is _sre.NOT_LITERAL:
+        return bool(av != ord(ch))
+    if op is _sre.IN:
+        for sop, sav in av:
+            if sop is _sre.NEGATE:
+                return True
+            if (sop is _sre.LITERAL and sav == ord(ch)) or (sop is _sre.RANGE and sav[0] <= ord(ch) <= sav[1]):
+                return True
+            if sop is _sre.CATEGORY:
+                rx = _CATEGORY_RX.get(str(sav))
+                if rx is None or re.match(rx, ch):
+                    return True
+            elif sop not in (_sre.LITERAL, _sre.RANGE):
+                return True
+        return False
+    return True
+
+
+def _separated(body: Any) -> bool:
+    """``([a-z]+\\.)+``-like: every unbounded repeat directly in the repeated body is one character
+    class, and the body has a literal none of them can match, so each iteration has one split."""
+    seps = [chr(av) for op, av in body if op is _sre.LITERAL]
+    inner = [_unwrap(av[2]) for op, av in body if _is_repeat(op) and av[1] == _sre.MAXREPEAT]
+    if not seps or not inner or any(len(i) != 1 for i in inner):
+        return False
+    return any(all(not _may_match(i[0], c) for i in inner) for c in seps)
+
+
+def _walk(items: Any, in_repeat: bool, separated: bool = False) -> str | None:
+    """Find a catastrophic shape in a parsed pattern; ``in_repeat``: inside a repeat of > 1;
+    ``separated``: the unbounded repeats directly in ``items`` are split by a literal (accepted)."""
+    for op, av in items:
+        if _is_repeat(op):
+            lo, hi, body = av
+            if in_repeat and hi == _sre.MAXREPEAT and not separated:
+                return "a quantified group contains an unbounded quantifier (nested quantifiers such as (a+)+ or (a*)*)"
+            body = _unwrap(body)
+            found = _walk(body, in_repeat or hi > 1, hi > 1 and _separated(body))
+            if found:
+                return found
+        elif op is _sre.BRANCH:
+            branches = av[1]
+            if in_repeat and len({repr(b) for b in branches}) < len(branches):
+                return "a repeated group has identical alternatives (such as (a|a)*)"
+            for b in branches:
+                found = _walk(b, in_repeat)
+                if found:
+                    return found
+        elif op is _sre.SUBPATTERN:
+            found = _walk(av[-1], in_repeat)
+            if found:
+                return found
+        elif op in (_sre.ASSERT, _sre.ASSERT_NOT):
+            found = _walk(av[1], in_repeat)
+            if found:
+                return found
+        elif op is _sre.GROUPREF_EXISTS:
+            for sub in av[1:]:
+                if sub is not None:
+                    found = _walk(sub, in_repeat)
+                    if found:
+                        return found
+        elif op is getattr(_sre, "ATOMIC_GROUP", None):
+            found = _walk(av, in_repeat)
+            if found:
+                return found
+    return None
+
+
+@functools.lru_cache(maxsize=512)
+def regex_problem(pattern: str) -> str | None:
+    """Why ``pattern`` is refused as a ``regex_match`` constraint, or None if it is accepted.
+
+    Refused: invalid patterns, and the classic catastrophic-backtracking shapes: a repeated group
+    containing an unbounded quantifier (``(a+)+``, ``(a*)*``, ``(\\w+\\s?)*``, ``(.*a){12}``) and a
+    repeated group with identical alternatives (``(a|a)*``). This is a heuristic for the obvious
+    cases, not a proof; the input length cap (:data:`MAX_REGEX_INPUT`) bounds the rest.
+    """
+    try:
+        parsed = _sre_parse.parse(pattern)
+    except re.error as err:
+        return f"regex_match constraint {pattern!r} is not a valid regular expression ({err})"
+    except RecursionError:
+        return f"regex_match constraint {pattern!r:.80} is nested too deeply"
+    shape = _walk(parsed.data, False)
+    if shape is not None:
+        return (
+            f"regex_match constraint {pattern!r} can backtrack catastrophically: {shape}; rewrite it "
+            "without a quantifier inside a quantified group (e.g. ^a+$ instead of ^(a+)+$)"
+        )
+    return None
 
 
 def extract_host(value: str) -> str:
@@ -162,11 +296,15 @@ def _check_one(constraint: Constraint, path: str, value: str) -> str | None:
     if ctype == "regex_match":
         if not isinstance(cval, str):
             return f"regex_match constraint has a non-string value {cval!r}; fix the capability's scope"
-        try:
-            rx = _compiled(cval)
-        except re.error as err:
-            return f"regex_match constraint {cval!r} is not a valid regular expression ({err}); fix the capability's scope"
-        if rx.search(value) is None:
+        problem = regex_problem(cval)
+        if problem is not None:
+            return f"{problem}; the call is denied (fix the capability's scope)"
+        if len(value) > MAX_REGEX_INPUT:
+            return (
+                f"{where:.60} is {len(value)} characters long; regex_match constraints are applied to at "
+                f"most {MAX_REGEX_INPUT} characters, so the call is denied (pass a shorter value)"
+            )
+        if _compiled(cval).search(value) is None:
             return f"{where} does not match the required pattern {cval!r}"
         return None
     if ctype == "max_length":

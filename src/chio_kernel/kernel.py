@@ -35,7 +35,7 @@ from chio_sdk.models import (
 from pydantic import BaseModel, ValidationError
 
 from chio_kernel.canonical import canonical_json, canonical_json_str
-from chio_kernel.guards import check_constraints, describe_grant, grant_matches
+from chio_kernel.guards import check_constraints, describe_grant, grant_matches, regex_problem
 from chio_kernel.signing import (
     Signer,
     default_data_dir,
@@ -293,6 +293,17 @@ def _coerce_scope(scope: Any, name: str = "scope") -> ChioScope:
         return ChioScope.model_validate(scope.model_dump())  # private copy, re-validated
     check_scope_fields(scope, name)
     return _from_dict_form(ChioScope, scope, name)
+
+
+def _refuse_bad_patterns(scope: ChioScope) -> None:
+    """Refuse a scope whose regex_match constraint is invalid or can backtrack catastrophically
+    (it would run inside evaluations: one such call could stall every other capability)."""
+    for i, g in enumerate(scope.grants):
+        for c in g.constraints:
+            if c.type == "regex_match" and isinstance(c.value, str):
+                problem = regex_problem(c.value)
+                if problem is not None:
+                    raise CapabilityError(f"grant {i} ({g.server_id}/{g.tool_name}): {problem}")
 
 
 def _coerce_token(token: Any, name: str = "token") -> CapabilityToken:
@@ -607,6 +618,7 @@ class Kernel:
         """
         subject = _require_str("subject", subject)
         chio_scope = _coerce_scope(scope)
+        _refuse_bad_patterns(chio_scope)
         ttl = _positive_int("ttl_seconds", ttl_seconds)
         rate = _coerce_rate_limit(rate_limit)
         if capability_id is None:
@@ -799,6 +811,7 @@ class Kernel:
         not a subset.
         """
         child_scope = _coerce_scope(new_scope, "new_scope")
+        _refuse_bad_patterns(child_scope)
         ttl = _positive_int("ttl_seconds", ttl_seconds) if ttl_seconds is not None else None
         if capability_id is not None:
             capability_id = _new_capability_id(capability_id)
@@ -927,13 +940,16 @@ class Kernel:
             ).hexdigest()
 
         lock = self._check_fork()
+        # The pure guards (scope, constraints: regex_match may be slow) need no database state:
+        # run them before the lock and the write transaction, so a slow call never blocks others.
+        pre = self._precheck(lock, capability_id, tool_server, tool_name, op, params)
         with lock:
             conn = self._db()
             conn.execute("BEGIN IMMEDIATE")
             try:
                 receipt = self._evaluate_locked(
                     conn, capability_id, tool_server, tool_name, op, params, params_text, params_ascii,
-                    param_hash, cost_t, idem_hash,
+                    param_hash, cost_t, idem_hash, pre,
                 )
                 conn.execute("COMMIT")
             except BaseException:
@@ -955,6 +971,7 @@ class Kernel:
         param_hash: str,
         cost_t: tuple[int, str] | None,
         idem_hash: str | None,
+        pre: dict[str, list[tuple[int, ToolGrant]] | _Deny] | None = None,
     ) -> ChioReceipt:
         """Decide, charge and record inside the caller's write transaction."""
         now = self._clock()
@@ -976,7 +993,7 @@ class Kernel:
                 if row is not None:
                     return ChioReceipt.model_validate_json(row[0])
             assert cap is not None
-            charge = self._check_policy(conn, cap, tool_server, tool_name, op, params, cost_t, now)
+            charge = self._check_policy(conn, cap, tool_server, tool_name, op, params, cost_t, now, pre)
         except _Deny as deny:
             policy_hash = cap.policy_hash if cap is not None else GENESIS_HASH
             return self._append_receipt(
@@ -1040,6 +1057,7 @@ class Kernel:
         params: dict[str, Any],
         cost_t: tuple[int, str] | None,
         now: float,
+        pre: dict[str, list[tuple[int, ToolGrant]] | _Deny] | None = None,
     ) -> tuple[list[tuple[str, int]], list[str]]:
         """scope, constraints, max_invocations, cost, rate limit.
 
@@ -1054,7 +1072,12 @@ class Kernel:
                 lineage.append(ancestor)
         charges: list[tuple[str, int]] = []
         for depth, c in enumerate(lineage):
-            index, limited = self._select_grant(conn, c, depth > 0, tool_server, tool_name, op, params, cost_t)
+            passing = pre.get(c.token.id) if pre is not None else None
+            if passing is None:  # not prechecked (e.g. created by another process meanwhile)
+                passing = self._passing_grants(c, depth > 0, tool_server, tool_name, op, params)
+            elif isinstance(passing, _Deny):
+                raise passing
+            index, limited = self._select_grant(conn, c, depth > 0, passing, cost_t, tool_server, tool_name)
             if limited:
                 charges.append((c.token.id, index))
         rated: list[str] = []
@@ -1075,18 +1098,51 @@ class Kernel:
             rated.append(cid)
         return charges, rated
 
-    def _select_grant(
+    def _precheck(
         self,
-        conn: sqlite3.Connection,
+        lock: threading.RLock,
+        capability_id: str,
+        tool_server: str,
+        tool_name: str,
+        op: Operation,
+        params: dict[str, Any],
+    ) -> dict[str, list[tuple[int, ToolGrant]] | _Deny] | None:
+        """The pure guards (scope, constraints) for the capability and its ancestors, outside the
+        write transaction: per capability id, its grants that cover the call and pass their
+        constraints, or the deny. None if the capability is unknown (decided in the transaction)."""
+        def load(cid: str) -> _Cap | None:
+            cap = self._caps.get(cid)  # tokens are immutable: a cached entry needs no lock
+            if cap is None:
+                with lock:  # a short read on the shared connection (no transaction held)
+                    cap = self._load_cap(self._db(), cid)
+            return cap
+
+        root = load(capability_id)
+        if root is None:
+            return None
+        caps = [root]
+        for ancestor_id in root.lineage[1:]:
+            ancestor = load(ancestor_id)
+            if ancestor is not None:
+                caps.append(ancestor)
+        out: dict[str, list[tuple[int, ToolGrant]] | _Deny] = {}
+        for depth, c in enumerate(caps):
+            try:
+                out[c.token.id] = self._passing_grants(c, depth > 0, tool_server, tool_name, op, params)
+            except _Deny as deny:
+                out[c.token.id] = deny
+        return out
+
+    def _passing_grants(
+        self,
         cap: _Cap,
         inherited: bool,
         tool_server: str,
         tool_name: str,
         op: Operation,
         params: dict[str, Any],
-        cost_t: tuple[int, str] | None,
-    ) -> tuple[int, bool]:
-        """The first grant of ``cap`` that covers the call and has budget left -> (index, has budgets)."""
+    ) -> list[tuple[int, ToolGrant]]:
+        """Grants of ``cap`` covering the call whose constraints pass (scope, constraints guards)."""
         cid = cap.token.id
         plan_key = (tool_server, tool_name, op)
         matching = cap.plans.get(plan_key)
@@ -1111,6 +1167,20 @@ class Kernel:
                 first_violation = violation
         if not passing:
             raise _Deny("constraints", f"{_owner(cid, inherited)}, {tool_server}/{tool_name}: {first_violation}")
+        return passing
+
+    def _select_grant(
+        self,
+        conn: sqlite3.Connection,
+        cap: _Cap,
+        inherited: bool,
+        passing: list[tuple[int, ToolGrant]],
+        cost_t: tuple[int, str] | None,
+        tool_server: str,
+        tool_name: str,
+    ) -> tuple[int, bool]:
+        """The first passing grant of ``cap`` with budget left -> (index, has budgets)."""
+        cid = cap.token.id
         first_fail: _Deny | None = None
         for i, g in passing:
             limited = (

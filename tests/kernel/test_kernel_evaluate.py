@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import hashlib
 import json
+import threading
+import time
 
 import pytest
 from chio_sdk.models import ChioReceipt, Constraint, MonetaryAmount, Operation
 
-from chio_kernel import Kernel, KernelInputError, canonical_json
+from chio_kernel import CapabilityError, Kernel, KernelInputError, canonical_json
+from chio_kernel.guards import MAX_REGEX_INPUT
 from chio_kernel.kernel import receipt_signing_bytes
 from chio_kernel.signing import verify_hex
 
@@ -119,7 +122,6 @@ def test_scope_guard_server_tool_operation_and_wildcards(kernel: Kernel) -> None
         (Constraint.max_length(5), {"deep": {"list": ["ok", {"x": "abc"}]}}, {"deep": {"list": ["ok", {"x": "abcdef"}]}},
          "deep.list[1].x"),
         (Constraint(type="governed_intent_required"), None, {"q": "x"}, "not enforced"),
-        (Constraint.regex_match("("), None, {"q": "x"}, "not a valid regular expression"),
     ],
 )
 def test_constraints_guard(kernel: Kernel, constraint: Constraint, ok_params: dict | None, bad_params: dict,
@@ -320,3 +322,78 @@ def test_attenuated_capability_shares_its_ancestors_rate_limit(kernel: Kernel) -
     r = kernel.evaluate(child.id, "fs", "read", {})
     assert r.decision.guard == "rate-limit-guard" and parent.id in r.decision.reason
     assert kernel.evaluate(parent.id, "fs", "read", {}).decision.guard == "rate-limit-guard"
+
+
+# --- regex_match: bounded, and never evaluated under the kernel lock -----------------------------
+
+
+@pytest.mark.parametrize("pattern", ["^(a+)+$", "(a*)*", "(a|a)*", r"^(\w+\s?)*$", "(.*a){12}", "("])
+def test_catastrophic_or_invalid_regex_is_refused_at_issue_and_attenuation(kernel: Kernel, pattern: str) -> None:
+    bad = scope(grant("s", "t", Constraint.regex_match(pattern)))
+    with pytest.raises(CapabilityError, match="regex_match constraint"):
+        kernel.create_capability("agent:a", bad, 3600)
+    parent = kernel.create_capability("agent:a", scope(grant("s", "t")), 3600)
+    with pytest.raises(CapabilityError, match="regex_match constraint"):
+        kernel.attenuate_capability(parent.id, bad)
+    assert [t.id for t in kernel.list_capabilities()] == [parent.id]
+
+
+def test_safe_regex_shapes_are_accepted(kernel: Kernel) -> None:
+    for pattern in (r"^/data/[a-z]+\.txt$", r"^(?:https?://)?([a-z]+\.)+com$", r"^(/[a-z0-9_-]+)+$", "^(a|b)*$"):
+        kernel.create_capability("agent:a", scope(grant("s", "t", Constraint.regex_match(pattern))), 3600)
+    token = kernel.create_capability("agent:a", scope(grant("s", "t", Constraint.regex_match(r"^(/[a-z]+)+$"))), 3600)
+    assert allowed(kernel.evaluate(token.id, "s", "t", {"p": "/data/x"}))
+    assert kernel.evaluate(token.id, "s", "t", {"p": "/data/X"}).decision.guard == "constraints"
+
+
+def test_regex_input_length_is_capped(kernel: Kernel) -> None:
+    token = kernel.create_capability("agent:a", scope(grant("s", "t", Constraint.regex_match("^a+$"))), 3600)
+    assert allowed(kernel.evaluate(token.id, "s", "t", {"q": "a" * MAX_REGEX_INPUT}))
+    r = kernel.evaluate(token.id, "s", "t", {"q": "a" * (MAX_REGEX_INPUT + 1)})
+    assert r.decision.guard == "constraints"
+    assert f"at most {MAX_REGEX_INPUT} characters" in r.decision.reason
+
+
+def test_stored_catastrophic_regex_denies_without_running(kernel: Kernel, monkeypatch: pytest.MonkeyPatch) -> None:
+    # a capability stored before the issue-time rule (or by a trusted kernel) still cannot stall us
+    import chio_kernel.kernel as kmod
+
+    monkeypatch.setattr(kmod, "_refuse_bad_patterns", lambda scope: None)
+    token = kernel.create_capability("agent:a", scope(grant("s", "t", Constraint.regex_match("^(a+)+$"))), 3600)
+    monkeypatch.undo()
+    start = time.perf_counter()
+    r = kernel.evaluate(token.id, "s", "t", {"q": "a" * 40 + "!"})  # would backtrack for hours
+    assert time.perf_counter() - start < 5
+    assert r.decision.guard == "constraints" and "backtrack catastrophically" in r.decision.reason
+
+
+def test_constraints_are_checked_outside_the_kernel_lock(kernel: Kernel, monkeypatch: pytest.MonkeyPatch) -> None:
+    # A slow constraint check (a regex) must not block other capabilities' evaluations: hold one
+    # check inside the guard and evaluate another capability meanwhile.
+    import chio_kernel.kernel as kmod
+
+    entered, release = threading.Event(), threading.Event()
+    real = kmod.check_constraints
+
+    def slow(grant_, params):  # type: ignore[no-untyped-def]
+        if params.get("slow"):
+            entered.set()
+            release.wait(5)  # released by the test once the other evaluation is done
+        return real(grant_, params)
+
+    monkeypatch.setattr(kmod, "check_constraints", slow)
+    slow_cap = kernel.create_capability("agent:a", scope(grant("s", "t", Constraint.max_length(10))), 3600)
+    fast_cap = kernel.create_capability("agent:b", scope(grant("s", "t")), 3600)
+    results: list[ChioReceipt] = []
+    worker = threading.Thread(target=lambda: results.append(kernel.evaluate(slow_cap.id, "s", "t", {"slow": "x"})))
+    worker.start()
+    try:
+        assert entered.wait(10)
+        fast = kernel.evaluate(fast_cap.id, "s", "t", {})
+        still_held = worker.is_alive()  # the slow check is still running: it held no lock
+    finally:
+        release.set()
+        worker.join(20)
+    assert allowed(fast) and still_held
+    assert len(results) == 1 and allowed(results[0])
+    assert kernel.verify_chain().ok and kernel.receipt_count() == 2
