@@ -24,7 +24,7 @@ from pydantic_ai.messages import (
     UserPromptPart,
 )
 from pydantic_ai.models.function import AgentInfo, FunctionModel
-from pydantic_ai.toolsets import FunctionToolset
+from pydantic_ai.toolsets import AbstractToolset, CombinedToolset, FunctionToolset
 
 from chio_durable import KernelUnavailable
 from chio_durable.agent import (
@@ -352,3 +352,70 @@ def test_settings_digest_is_stable_for_objects_without_a_json_form() -> None:
 
     assert settings_digest({"extra": Opaque()}) == settings_digest({"extra": Opaque()})
     assert settings_digest({"temperature": 0.1}) != settings_digest({"temperature": 0.2})
+
+
+# --- toolsets governance cannot open are governed whole (fail closed) ------------------------------
+
+
+class Container(AbstractToolset[Any]):
+    """A custom toolset holding several toolsets: neither a CombinedToolset nor a WrapperToolset."""
+
+    def __init__(self, *members: AbstractToolset[Any], id: str | None = None) -> None:
+        self.members = list(members)
+        self._id = id
+        self._inner = CombinedToolset(self.members)
+
+    @property
+    def id(self) -> str | None:
+        return self._id
+
+    async def get_tools(self, ctx: Any) -> dict[str, Any]:
+        return await self._inner.get_tools(ctx)
+
+    async def call_tool(self, name: str, tool_args: dict[str, Any], ctx: Any, tool: Any) -> Any:
+        return await self._inner.call_tool(name, tool_args, ctx, tool)
+
+    def apply(self, visitor: Any) -> None:
+        for member in self.members:
+            member.apply(visitor)
+
+
+def _danger_agent(ran: list[str], governance: ChioGovernance, container_id: str | None) -> Agent[None, str]:
+    def danger() -> str:
+        ran.append("danger")
+        return "boom"
+
+    def safe() -> str:
+        ran.append("safe")
+        return "ok"
+
+    def model(messages: list[ModelMessage], info: AgentInfo) -> ModelResponse:
+        if any(isinstance(p, ToolReturnPart) for p in messages[-1].parts):
+            return ModelResponse(parts=[TextPart("done")])
+        return ModelResponse(parts=[ToolCallPart("danger", {}, tool_call_id="call-danger")])
+
+    container = Container(FunctionToolset([danger]), FunctionToolset([safe]), id=container_id)
+    return Agent(FunctionModel(model), name="helper", toolsets=[container], capabilities=[governance])
+
+
+async def test_unknown_container_toolset_is_governed_as_a_whole(chio: LocalChioClient) -> None:
+    cap = issue(chio, "cap-core-container", grant("model"))  # grants only model/*
+    seen: list[Any] = []
+    governance = ChioGovernance(
+        capability_id=cap, chio_client=chio, on_deny="raise", on_evaluation=lambda record, ctx: seen.append(record)
+    )
+    ran: list[str] = []
+    with pytest.raises(PermissionError):
+        await _danger_agent(ran, governance, container_id=None).run("x")
+    assert ran == []  # it ran unchecked before: the container was returned ungoverned
+    assert len(seen) == 2
+    denied = seen[1]
+    assert not denied.allowed and denied.call.label == "Container/danger"  # its label, not the agent's name
+
+    # a grant for the container (by id) lets its tools run, each still evaluated
+    cap2 = issue(chio, "cap-core-container-2", grant("model"), grant("tools-box", "danger"))
+    governance2 = ChioGovernance(capability_id=cap2, chio_client=chio, on_deny="raise")
+    result = await _danger_agent(ran, governance2, container_id="tools-box").run("x")
+    assert ran == ["danger"]
+    labels = [r.call.label for r in governance2.receipts_of(result)]
+    assert labels[1] == "tools-box/danger" and all(r.allowed for r in governance2.receipts_of(result))

@@ -283,7 +283,8 @@ def _govern_toolset(toolset: AbstractToolset[Any], governance: ChioGovernance) -
     """Wrap every maximal single-leaf subtree (e.g. ``DurableMCPToolset(MCPServer)``) in a GovernedToolset.
 
     Wrapping the whole subtree rather than the leaf keeps governance outside durable wrappers, so the
-    evaluation runs inline on every attempt and never inside a cached durable unit.
+    evaluation runs inline on every attempt and never inside a cached durable unit. Combined and
+    wrapper toolsets are opened; any other toolset holding several leaves is governed as a whole.
     """
     if isinstance(toolset, GovernedToolset):
         return toolset
@@ -300,7 +301,16 @@ def _govern_toolset(toolset: AbstractToolset[Any], governance: ChioGovernance) -
         return replace(toolset, toolsets=[_govern_toolset(t, governance) for t in toolset.toolsets])
     if isinstance(toolset, WrapperToolset):
         return replace(toolset, wrapped=_govern_toolset(toolset.wrapped, governance))
-    return toolset  # an unknown container: leave it as is rather than guess
+    # A container we do not know how to open (several leaves, neither Combined nor Wrapper): govern
+    # it as a whole, fail closed. Its calls are function-tool calls on a server named by its id (else
+    # its label), never the agent's own server, so only a grant for that container lets them run.
+    return GovernedToolset(
+        wrapped=toolset,
+        governance=governance,
+        kind="tool",
+        leaf_id=toolset.id or toolset.label,
+        leaf_label=toolset.label,
+    )
 
 
 @dataclass
