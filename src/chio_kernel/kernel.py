@@ -155,6 +155,7 @@ _qa = _json_encoder.encode_basestring_ascii  # ... and as json.dumps(ensure_asci
 
 _HEAD_SQL = "SELECT seq, hash FROM chain_head WHERE k = 0"
 _CAP_CACHE_SIZE = 10_000  # verified capabilities kept per Kernel (tokens are immutable)
+_INDEX_BATCH = 5_000  # receipts indexed by capability per write transaction (see _index_by_capability)
 
 
 _ACTION_FIELDS = frozenset({"parameters", "parameter_hash"})
@@ -1409,26 +1410,33 @@ class Kernel:
             rows = self._db().execute(sql, args).fetchall()
         return [(r[0], ChioReceipt.model_validate_json(r[1])) for r in rows]
 
-    def _index_by_capability(self) -> None:
+    def _index_by_capability(self, batch: int | None = None) -> None:
         """Bring ``receipts_by_capability`` up to the newest receipt (work proportional to what is new).
 
         Evaluations do not maintain it (that would cost a page write per receipt); listings by
-        capability catch it up first, so they stay index lookups at any store size.
+        capability catch it up first, so they stay index lookups at any store size. The catch-up
+        runs in transactions of at most ``batch`` receipts and releases the kernel lock and the
+        database write lock between them, so a first listing on a big store never stalls
+        evaluations for long.
         """
-        with self._write() as conn:
-            row = conn.execute("SELECT v FROM meta WHERE k = 'indexed_by_capability'").fetchone()
-            done = int(row[0]) if row else 0
-            head = conn.execute(_HEAD_SQL).fetchone()[0]
-            if head > done:
+        batch = batch if batch is not None else _INDEX_BATCH
+        while True:
+            with self._write() as conn:
+                row = conn.execute("SELECT v FROM meta WHERE k = 'indexed_by_capability'").fetchone()
+                done = int(row[0]) if row else 0
+                head = conn.execute(_HEAD_SQL).fetchone()[0]
+                if head <= done:
+                    return
+                upto = min(head, done + batch)
                 conn.execute(
                     "INSERT OR IGNORE INTO receipts_by_capability(capability_id, seq) "
-                    "SELECT capability_id, seq FROM receipts WHERE seq > ?",
-                    (done,),
+                    "SELECT capability_id, seq FROM receipts WHERE seq > ? AND seq <= ?",
+                    (done, upto),
                 )
                 conn.execute(
                     "INSERT INTO meta(k, v) VALUES ('indexed_by_capability', ?) "
                     "ON CONFLICT(k) DO UPDATE SET v = excluded.v",
-                    (str(head),),
+                    (str(upto),),
                 )
 
     def list_receipts(
