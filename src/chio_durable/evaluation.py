@@ -9,10 +9,12 @@ that knows their differences:
   real ``ChioClient`` gets the same field added to its ``/v1/evaluate`` body; a mock ignores it;
 * a mock (or an upstream sidecar answering HTTP 403) raises ``ChioDeniedError`` on deny, where our
   kernel returns a signed deny receipt — both become a denied :class:`Evaluation`;
-* anything that is not a decision (connection refused, timeout, 5xx, a malformed answer) raises
-  :class:`KernelUnavailable` (retryable), so the governed body never runs;
+* a remote receipt must answer the call asked (capability, server, tool; and, when a real kernel
+  signed it, ``action.parameter_hash`` = sha256 of the canonical JSON of the parameters sent);
+* anything that is not a decision (connection refused, timeout, 5xx, a malformed answer, a receipt
+  for another call) raises :class:`KernelUnavailable` (retryable), so the governed body never runs;
 * a request the kernel refuses as malformed (embedded: ``KernelInputError``; remote: HTTP 4xx other
-  than 403/408/429; parameters that have no JSON form) raises :class:`KernelRejected` — not
+  than 403/408/425/429; parameters that have no JSON form) raises :class:`KernelRejected` — not
   retryable, the same input would be refused again — and the governed body does not run either.
 
 Async ``httpx`` clients are bound to the event loop that opened their connections, while Prefect
@@ -307,7 +309,8 @@ async def _decide_remotely(
         if status is not None and 400 <= status < 500 and status not in _RETRYABLE_4XX:
             raise KernelRejected(url, str(err)) from err
         raise KernelUnavailable(url, f"{type(err).__name__}: {err}") from err
-
+    # A receipt for another call (a misrouting proxy, a replayed answer) is not a decision on this one.
+    _check_answers_call(receipt, body, expected_hash, url)
     return Evaluation.from_receipt(receipt)
 
 

@@ -167,3 +167,78 @@ async def test_prefect_agent_nan_tool_argument_is_chio_request_rejected(chio_hom
     assert isinstance(caught.value.__cause__, KernelRejected)
     assert "scaler/scale" in str(caught.value) and "NaN" in str(caught.value)
     assert calls == []
+
+
+# --- item 16: a remote receipt must answer the call that was asked --------------------------------
+
+
+class _MisroutingClient(ChioClient):
+    """A real ChioClient whose requests are altered on the way (a misrouting proxy, a replay)."""
+
+    def __init__(self, url: str, **changes: Any) -> None:
+        super().__init__(url)
+        self.changes = changes
+
+    async def _post(self, path: str, body: dict[str, Any], **kwargs: Any) -> dict[str, Any]:
+        return await super()._post(path, {**body, **self.changes}, **kwargs)
+
+
+async def test_real_receipt_for_other_parameters_is_not_a_decision(sidecar: SidecarProcess) -> None:
+    client = _MisroutingClient(sidecar.url, parameters={"path": "/etc/shadow"})
+    try:
+        with pytest.raises(KernelUnavailable, match="parameter_hash") as caught:
+            await evaluate(client, capability_id="cap-answers", tool_server="docs", tool_name="read",
+                           parameters={"path": "/docs/a.md"})
+        assert "does not answer the call" in str(caught.value)
+    finally:
+        await client.close()
+
+
+async def test_real_receipt_for_another_tool_is_not_a_decision(sidecar: SidecarProcess) -> None:
+    client = _MisroutingClient(sidecar.url, tool_name="write")
+    try:
+        with pytest.raises(KernelUnavailable, match=r"tool_name 'write' != 'read'"):
+            await evaluate(client, capability_id="cap-answers", tool_server="docs", tool_name="read", parameters={})
+    finally:
+        await client.close()
+
+
+async def test_real_receipt_hash_matches_for_unicode_and_floats(sidecar: SidecarProcess) -> None:
+    # the kernel's canonical JSON (UTF-8, ECMAScript numbers) — not json.dumps' ASCII escapes
+    client = ChioClient(sidecar.url)
+    params = {"q": "café ☕ 𝄞", "score": 1e21, "ratio": 0.1, "n": 10, "tags": ("a", "b"), "when": None}
+    try:
+        ok = await evaluate(client, capability_id="cap-answers", tool_server="docs", tool_name="read",
+                            parameters=params)
+        assert ok.allowed and ok.receipt is not None and len(ok.receipt.kernel_key) == 64
+    finally:
+        await client.close()
+
+
+async def test_mock_receipts_are_checked_without_their_own_hash() -> None:
+    from chio_sdk.testing import allow_all
+
+    # a mock hashes with ensure_ascii JSON: its hash differs from the kernel's, and is not checked
+    mock = allow_all()
+    ok = await evaluate(mock, capability_id="cap-m", tool_server="docs", tool_name="read",
+                        parameters={"q": "café", "x": 0.5})
+    assert ok.allowed and ok.receipt is not None and ok.receipt.kernel_key == "mock-kernel-key"
+
+    class WrongTool:
+        """A duck-typed client answering with a receipt for another tool."""
+
+        async def evaluate_tool_call(self, **body: Any) -> Any:
+            return await mock.evaluate_tool_call(**{**body, "tool_name": "delete"})
+
+    with pytest.raises(KernelUnavailable, match="tool_name 'delete' != 'read'"):
+        await evaluate(WrongTool(), capability_id="cap-m", tool_server="docs", tool_name="read", parameters={})
+
+    # a receipt that claims a real kernel's key is hash-checked, even from a duck-typed client
+    class ForgedKey:
+        async def evaluate_tool_call(self, **body: Any) -> Any:
+            receipt = await mock.evaluate_tool_call(**body)
+            return receipt.model_copy(update={"kernel_key": "ab" * 32})
+
+    with pytest.raises(KernelUnavailable, match="parameter_hash"):
+        await evaluate(ForgedKey(), capability_id="cap-m", tool_server="docs", tool_name="read",
+                       parameters={"q": "café"})
