@@ -11,7 +11,9 @@ from __future__ import annotations
 import functools
 import os
 import secrets
+import stat
 import time
+import warnings
 from pathlib import Path
 
 from cryptography.exceptions import InvalidSignature
@@ -36,9 +38,37 @@ def default_data_dir() -> Path:
 
 
 def ensure_data_dir(data_dir: Path) -> Path:
-    """Create ``data_dir`` (mode 0700) if missing; return it resolved."""
+    """Create ``data_dir`` (mode 0700) if missing; return it resolved.
+
+    An existing directory that other users can read, write or enter is tightened to 0700 when it is
+    evidently the kernel's own (ours, and empty or already holding ``kernel.key`` / ``kernel.db``);
+    any other such directory (shared on purpose, or something like ``/tmp``) is left as it is with a
+    ``UserWarning`` saying how to tighten it. The store holds every receipt, tool arguments included.
+    (The key and database files themselves are always made owner-only.)
+    """
     data_dir = Path(data_dir).expanduser()
-    data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    try:
+        data_dir.mkdir(mode=0o700, parents=True)
+    except FileExistsError:
+        st = data_dir.stat()
+        if not stat.S_ISDIR(st.st_mode):
+            raise  # a file where the directory should be: say so
+        if st.st_mode & 0o077:
+            ours = st.st_uid == os.getuid() and (
+                (data_dir / KEY_FILE).exists() or (data_dir / "kernel.db").exists() or not any(data_dir.iterdir())
+            )
+            try:
+                if not ours:
+                    raise PermissionError("not evidently the kernel's own directory")
+                data_dir.chmod(0o700)
+            except OSError:
+                warnings.warn(
+                    f"kernel data directory {data_dir} is accessible by other users (mode "
+                    f"{stat.S_IMODE(st.st_mode):04o}); its store holds every receipt, tool arguments "
+                    f"included. Run `chmod 700 {data_dir}` unless it is shared on purpose.",
+                    UserWarning,
+                    stacklevel=2,
+                )
     return data_dir.resolve()
 
 

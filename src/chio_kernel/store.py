@@ -19,6 +19,7 @@ and no extra page written per receipt); it is read inside the write transaction.
 
 from __future__ import annotations
 
+import os
 import sqlite3
 from pathlib import Path
 
@@ -111,6 +112,10 @@ def open_store(data_dir: Path, *, fsync: bool = False, timeout: float = 60.0) ->
     opened explicitly with ``BEGIN IMMEDIATE``.
     """
     path = Path(data_dir) / DB_FILE
+    if not path.exists():
+        # Create the file 0600 ourselves: SQLite gives the -wal and -shm files the database file's
+        # permissions, so they are owner-only too (they hold receipts, i.e. tool arguments).
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT, 0o600))
     conn = sqlite3.connect(
         str(path), timeout=timeout, isolation_level=None, check_same_thread=False, cached_statements=256
     )
@@ -140,8 +145,16 @@ def open_store(data_dir: Path, *, fsync: bool = False, timeout: float = 60.0) ->
         if conn.in_transaction:
             conn.execute("ROLLBACK")
         raise
-    try:
-        path.chmod(0o600)
-    except OSError:  # pragma: no cover
-        pass
+    _owner_only(path)
     return conn
+
+
+def _owner_only(db_path: Path) -> None:
+    """Tighten the database and its -wal/-shm files to 0600 (stores created by older builds or
+    under another umask)."""
+    for file in (db_path, db_path.with_name(db_path.name + "-wal"), db_path.with_name(db_path.name + "-shm")):
+        try:
+            if file.stat().st_mode & 0o077:
+                file.chmod(0o600)
+        except OSError:  # absent (no -wal yet) or not ours: nothing to tighten
+            pass
