@@ -419,3 +419,30 @@ async def test_unknown_container_toolset_is_governed_as_a_whole(chio: LocalChioC
     assert ran == ["danger"]
     labels = [r.call.label for r in governance2.receipts_of(result)]
     assert labels[1] == "tools-box/danger" and all(r.allowed for r in governance2.receipts_of(result))
+
+
+# --- one canonical JSON: the kernel's (chio_kernel.canonical) --------------------------------------
+
+
+def test_digests_use_the_kernels_canonical_json() -> None:
+    import hashlib
+
+    from chio_durable.agent.mapping import canonical_json, parameter_hash
+    from chio_durable.params import digest
+    from chio_kernel.canonical import canonical_json_str
+    from chio_prefect import decorators
+
+    params = {"q": "café 𝄞", "whole": 1.0, "big": 1e21, "n": [3, 2.5], "z": None}
+    kernel_text = canonical_json_str(params)
+    assert canonical_json(params) == kernel_text  # ECMAScript numbers: 1.0 -> 1, 1e21 -> 1e+21
+    assert parameter_hash(params) == hashlib.sha256(kernel_text.encode()).hexdigest()
+    assert decorators._digest is digest  # the Prefect layer's idempotency digest is the same one
+    assert digest(params) == parameter_hash(params)
+
+    class Opaque:
+        pass
+
+    # objects with no JSON form: their repr, memory address dropped, so two attempts hash alike
+    assert digest({"o": Opaque()}) == digest({"o": Opaque()})
+    # no canonical form (the kernel refuses such a call): still a stable digest, distinct per value
+    assert digest({"x": float("nan")}) == digest({"x": float("nan")}) != digest({"x": float("inf")})

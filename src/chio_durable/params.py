@@ -8,13 +8,18 @@ Defaults are applied; ``*args`` / ``**kwargs`` parameters keep their own names.
 
 from __future__ import annotations
 
+import hashlib
 import inspect
+import json
+import re
 from collections.abc import Callable
 from typing import Any
 
 from pydantic_core import to_jsonable_python
 
-__all__ = ["bind_parameters", "jsonable"]
+__all__ = ["bind_parameters", "canonical_text", "digest", "jsonable"]
+
+_ADDRESS = re.compile(r" at 0x[0-9a-fA-F]+")
 
 
 def jsonable(value: Any) -> Any:
@@ -35,3 +40,26 @@ def bind_parameters(
         return {"args": jsonable(list(args)), "kwargs": jsonable(kwargs)}
     bound.apply_defaults()
     return {name: jsonable(value) for name, value in bound.arguments.items()}
+
+
+def canonical_text(value: Any) -> str:
+    """The kernel's canonical JSON (RFC 8785, ``chio_kernel.canonical``) of a JSON-able view of ``value``.
+
+    Stable across processes and attempts, for digests in idempotency keys: values with no JSON form
+    fall back to their ``repr`` (:func:`jsonable`) with memory addresses (``<Foo object at 0x7f...>``)
+    dropped. Values canonical JSON refuses (NaN, infinities, lone surrogates — the kernel refuses such a
+    call too) get Python's sorted compact JSON instead, so a digest can still be formed.
+    """
+    from chio_kernel.canonical import canonical_json_str  # lazy: keeps `import chio_durable` light
+
+    data = jsonable(value)
+    try:
+        text = canonical_json_str(data)
+    except ValueError:
+        text = json.dumps(data, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return _ADDRESS.sub("", text)
+
+
+def digest(value: Any) -> str:
+    """sha256 hex of :func:`canonical_text` of ``value``."""
+    return hashlib.sha256(canonical_text(value).encode("utf-8", "surrogatepass")).hexdigest()

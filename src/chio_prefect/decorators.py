@@ -26,9 +26,7 @@ no cached result is served without a fresh allow; the body's gate then takes tha
 from __future__ import annotations
 
 import functools
-import hashlib
 import inspect
-import json
 import threading
 import weakref
 from collections.abc import Callable
@@ -42,6 +40,7 @@ from chio_sdk.models import ChioScope
 from chio_durable import KernelRejected, KernelUnavailable, bind_parameters, evaluate, evaluate_sync
 from chio_durable import idempotency_key as _idempotency_key
 from chio_durable.evaluation import Evaluation
+from chio_durable.params import digest as _digest
 from chio_prefect.context import (
     FlowGovernance,
     current_flow_governance,
@@ -285,11 +284,6 @@ def _run_ids(governed: Callable[..., Any]) -> _RunIds:
     return _RunIds(task_name, task_key, task_run_id, task_run_name, flow_run_id, flow_run_name)
 
 
-def _digest(parameters: dict[str, Any]) -> str:
-    canonical = json.dumps(parameters, sort_keys=True, separators=(",", ":"), default=str)
-    return hashlib.sha256(canonical.encode()).hexdigest()
-
-
 # --- call positions: what an idempotency key identifies --------------------------------------------
 
 
@@ -491,7 +485,7 @@ class _TaskGovernance:
         parameters = bind_parameters(self.signature, args, kwargs)
         idem = None
         if task_run_id is not None:
-            digest = _digest(parameters)
+            digest = _digest(parameters)  # the kernel's canonical JSON, as the agent layer uses
             position = _call_position(
                 run, _idempotency_key(run.task_key, capability_id, tool_server, self.tool_name, digest)
             )

@@ -27,16 +27,13 @@ digests. The messages digest ignores the fields that differ between two attempts
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-import json
-import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
 from pydantic_ai.messages import ModelMessage
 
-from chio_durable.params import jsonable
+from chio_durable.params import canonical_text, digest, jsonable
 
 __all__ = [
     "AGENT_TOOLSET_ID",
@@ -82,22 +79,19 @@ class GovernedCall:
         return f"{self.tool_server}/{self.tool_name}"
 
 
-_ADDRESS = re.compile(r" at 0x[0-9a-fA-F]+")
-
-
 def canonical_json(value: Any) -> str:
-    """Compact JSON with sorted keys of a JSON-able view of ``value`` (stable across processes).
+    """The kernel's canonical JSON of a JSON-able view of ``value`` (stable across processes).
 
+    One implementation: :func:`chio_durable.params.canonical_text` over ``chio_kernel.canonical``.
     Values with no JSON form fall back to their ``repr``; memory addresses in those reprs
     (``<Foo object at 0x7f...>``) are dropped so two attempts of a run hash alike.
     """
-    text = json.dumps(jsonable(value), sort_keys=True, separators=(",", ":"), ensure_ascii=False)
-    return _ADDRESS.sub("", text)
+    return canonical_text(value)
 
 
 def parameter_hash(parameters: Mapping[str, Any]) -> str:
     """sha256 hex of the canonical JSON of ``parameters`` (part of every idempotency key)."""
-    return hashlib.sha256(canonical_json(dict(parameters)).encode()).hexdigest()
+    return digest(dict(parameters))
 
 
 def _project(value: Any) -> Any:
@@ -119,14 +113,14 @@ def _project(value: Any) -> Any:
 
 def messages_digest(messages: Sequence[ModelMessage]) -> str:
     """sha256 hex over the messages, ignoring ``timestamp`` / ``run_id`` / ``conversation_id``."""
-    return hashlib.sha256(canonical_json(_project(list(messages))).encode()).hexdigest()
+    return digest(_project(list(messages)))
 
 
 def settings_digest(model_settings: Mapping[str, Any] | None) -> str | None:
     """sha256 hex of the model settings, or ``None`` when there are none."""
     if not model_settings:
         return None
-    return hashlib.sha256(canonical_json(dict(model_settings)).encode()).hexdigest()
+    return digest(dict(model_settings))
 
 
 class CallMapper:
