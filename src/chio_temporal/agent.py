@@ -41,9 +41,11 @@ How it holds the line (docs/temporal_agent.md has the details):
 from __future__ import annotations
 
 import copy
-import threading
+import inspect
+import typing
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from contextlib import asynccontextmanager
+from contextvars import ContextVar
 from typing import Any
 
 import temporalio.activity
@@ -58,13 +60,14 @@ from pydantic_ai.models import Model
 from pydantic_ai.output import OutputDataT
 from pydantic_ai.tools import AgentDepsT
 from temporalio.plugin import SimplePlugin
+from temporalio.exceptions import ApplicationError
 from temporalio.worker import ExecuteActivityInput
 from temporalio.workflow import ActivityConfig
 
 from chio_durable.agent import CallMapper, ChioGovernance, OnDeny, denied_tool_message, receipt_scope
 from chio_durable.evaluation import Evaluation
 from chio_temporal._agent_activities import AgentActivity, classify_activity, governed_call
-from chio_temporal.errors import ChioTemporalConfigError
+from chio_temporal.errors import CONFIG_ERROR_TYPE, ChioTemporalConfigError
 from chio_temporal.grants import WorkflowGrant
 from chio_temporal.interceptor import (
     DEFAULT_MAX_PENDING_RECEIPTS,
@@ -146,17 +149,81 @@ def receipt_ids_in_messages(messages: Iterable[ModelMessage]) -> list[str]:
     return ids
 
 
-_GOVERNED_AGENT_NAMES: set[str] = set()
-_GOVERNED_LOCK = threading.Lock()
+_GOVERNED_BY: ContextVar[str | None] = ContextVar("chio_temporal_agent_governed_by", default=None)
+"""Set by an agent's interceptor around each of that agent's activity executions it handles."""
+
+_GUARD_ATTRIBUTE = "__chio_governed_agent__"
 
 
-def _belongs_to_a_governed_agent(activity_type: str) -> bool:
-    """Is this an activity of an agent some ``ChioAgentActivityInterceptor`` in this process governs?"""
-    if not activity_type.startswith("agent__"):
-        return False
-    with _GOVERNED_LOCK:
-        names = tuple(_GOVERNED_AGENT_NAMES)
-    return any(activity_type.startswith(f"agent__{name}__") for name in names)
+def guarded_agent_name(fn: Any) -> str | None:
+    """The agent whose governed activity ``fn`` is (a :func:`guard_activity` wrapper), else ``None``."""
+    return getattr(fn, _GUARD_ATTRIBUTE, None)
+
+
+def guard_activity(fn: Callable[..., Any], agent_name: str) -> Callable[..., Any]:
+    """``fn`` (a pydantic-ai activity of ``agent_name``) as an activity that refuses to run ungoverned.
+
+    Same activity name, parameters and type hints (Temporal decodes the arguments from them). The
+    body only runs when this agent's :class:`ChioAgentActivityInterceptor` handled the execution; on
+    a worker without ``governed.plugin`` (e.g. the activities registered with a plain
+    ``PydanticAIPlugin``/``AgentPlugin``) it fails with the non-retryable ``ChioTemporalConfigError``.
+    Workflow code and histories are unchanged (the activity name is the same; replay never runs it).
+    """
+    if guarded_agent_name(fn) is not None:
+        return fn
+    defn = temporalio.activity._Definition.from_callable(fn)  # noqa: SLF001 - the name fn was registered with
+    if defn is None or defn.name is None or not inspect.iscoroutinefunction(fn):
+        raise ChioTemporalConfigError(f"cannot guard {fn!r}: not an async pydantic-ai activity with a name")
+    activity_name = defn.name
+
+    async def governed_activity(*args: Any) -> Any:
+        if _GOVERNED_BY.get() != agent_name:
+            raise ApplicationError(
+                f"activity {activity_name!r} of the Chio-governed agent {agent_name!r} ran on a worker without "
+                "its governance: add the agent's plugin to the worker, "
+                "Worker(client, ..., plugins=[governed.plugin]) (ChioTemporalAgent(...).plugin), instead of "
+                "registering its activities with a plain PydanticAIPlugin/AgentPlugin or activities=[...]",
+                type=CONFIG_ERROR_TYPE,
+                non_retryable=True,
+            )
+        return await fn(*args)
+
+    governed_activity.__name__ = getattr(fn, "__name__", "activity")
+    governed_activity.__qualname__ = getattr(fn, "__qualname__", governed_activity.__name__)
+    governed_activity.__doc__ = getattr(fn, "__doc__", None)
+    governed_activity.__signature__ = inspect.signature(fn)  # type: ignore[attr-defined]
+    governed_activity.__annotations__ = typing.get_type_hints(fn)
+    setattr(governed_activity, _GUARD_ATTRIBUTE, agent_name)
+    return temporalio.activity.defn(name=activity_name)(governed_activity)
+
+
+def _guard_registrations(durability: TemporalDurability[Any], agent_name: str) -> list[Callable[..., Any]]:
+    """Guard the activities of a ``TemporalDurability`` this module created, where pydantic-ai keeps them.
+
+    So every route that registers them (``governed.plugin``, ``PydanticAIPlugin`` with
+    ``__pydantic_ai_agents__``, ``AgentPlugin``, ``durability.temporal_activities``) gets the guarded
+    functions. Falls back to guarding only the list returned if pydantic-ai's storage changes.
+    """
+    activities = [guard_activity(fn, agent_name) for fn in durability.temporal_activities]
+    backend = getattr(durability, "_operation_backend", None)
+    registrations = getattr(backend, "_registrations", None)
+    if isinstance(registrations, list) and len(registrations) == len(activities):
+        registrations[:] = activities
+    return activities
+
+
+class _GovernedAgentPlugin(SimplePlugin):
+    """``governed.plugin``: the agent's activities + its interceptor, linked to the other governed
+    agents' interceptors on the same worker (per worker, not per process)."""
+
+    def configure_worker(self, config: Any) -> Any:
+        config = super().configure_worker(config)
+        agents = [i for i in config.get("interceptors") or () if isinstance(i, ChioAgentActivityInterceptor)]
+        for interceptor in agents:
+            interceptor.peer_agent_names.update(
+                other.agent_name for other in agents if other.agent_name != interceptor.agent_name
+            )
+        return config
 
 
 class ChioAgentActivityInterceptor(ChioActivityInterceptor):
@@ -217,8 +284,9 @@ class ChioAgentActivityInterceptor(ChioActivityInterceptor):
         self.model_names = dict(model_names or {})
         self.receipt_ids_in_results = receipt_ids_in_results
         self.govern_other_activities = govern_other_activities
-        with _GOVERNED_LOCK:
-            _GOVERNED_AGENT_NAMES.add(agent_name)
+        # Agents governed by other interceptors on the same worker(s) (linked by their plugins):
+        # their activities are left to them, even with govern_other_activities=True.
+        self.peer_agent_names: set[str] = set()
 
     def agent_activity(self, info: temporalio.activity.Info) -> AgentActivity | None:
         """The governed agent operation this execution is, or ``None`` (another activity, or ungoverned)."""
@@ -227,6 +295,16 @@ class ChioAgentActivityInterceptor(ChioActivityInterceptor):
     def _is_agent_activity_type(self, activity_type: str) -> bool:
         return activity_type.startswith(f"agent__{self.agent_name}__")
 
+    async def govern(self, input: ExecuteActivityInput, proceed: Callable[[], Any]) -> Any:
+        # Mark this agent's executions as handled here: its guarded activities refuse to run otherwise.
+        if not self._is_agent_activity_type(temporalio.activity.info().activity_type):
+            return await super().govern(input, proceed)
+        token = _GOVERNED_BY.set(self.agent_name)
+        try:
+            return await super().govern(input, proceed)
+        finally:
+            _GOVERNED_BY.reset(token)
+
     # --- ChioActivityInterceptor extension points -------------------------------------------
 
     def governs(self, info: temporalio.activity.Info, input: ExecuteActivityInput) -> bool:
@@ -234,8 +312,11 @@ class ChioAgentActivityInterceptor(ChioActivityInterceptor):
             return True
         if self._is_agent_activity_type(info.activity_type):
             return False  # the allow-list (_agent_activities): validation, local listings, events, cancel
-        if _belongs_to_a_governed_agent(info.activity_type):
-            return False  # another ChioTemporalAgent's interceptor on this worker governs it
+        other = guarded_agent_name(input.fn)
+        if other is not None and other != self.agent_name:
+            return False  # another governed agent's activity: its own interceptor governs it (or it refuses)
+        if any(info.activity_type.startswith(f"agent__{name}__") for name in self.peer_agent_names):
+            return False  # an agent whose interceptor is on this worker too
         return self.govern_other_activities and super().governs(info, input)
 
     def resolve_grant(self, info: temporalio.activity.Info) -> WorkflowGrant | None:
@@ -460,15 +541,16 @@ class ChioTemporalAgent(WrapperAgent[AgentDepsT, OutputDataT]):
                     f"{type(agent).__name__} is neither an Agent nor a TemporalAgent and carries no "
                     "TemporalDurability: build it as Agent(..., capabilities=[TemporalDurability(...)])"
                 )
-            activities = list(durability.temporal_activities)
             agent_name = durability.name
+            if agent_name and durable is not agent:  # the durable copy is ours: guard it wherever it is registered
+                activities = _guard_registrations(durability, agent_name)
+            else:
+                activities = list(durability.temporal_activities)
             # run(model="<key>") names a model registered with TemporalDurability(models=...)
             model_names = {key: _model_name(model) for key, model in (models or {}).items()}
         if not agent_name:
             raise ChioTemporalConfigError(_NAME_NEEDED)
         super().__init__(durable)
-        with _GOVERNED_LOCK:  # other governed interceptors on a worker leave this agent's activities alone
-            _GOVERNED_AGENT_NAMES.add(agent_name)
         self.durability = durability
         self.capability_id = capability_id
         self.temporal_activities: list[Callable[..., Any]] = activities
@@ -524,7 +606,7 @@ class ChioTemporalAgent(WrapperAgent[AgentDepsT, OutputDataT]):
         sandbox settings). Also valid for ``temporalio.worker.Replayer(..., plugins=[...])``.
         """
         if self._plugin is None:
-            self._plugin = SimplePlugin(
+            self._plugin = _GovernedAgentPlugin(
                 f"ChioTemporalAgent:{self.agent_name}",
                 activities=self._add_activities,
                 interceptors=[self.interceptor],

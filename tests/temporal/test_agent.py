@@ -623,3 +623,25 @@ async def test_outside_a_workflow_the_run_is_governed_in_process(chio_home):
         assert ("docs", "list_tools", "deny") in verdicts  # listing denied: the docs tools were hidden
         ids = governed.receipt_ids_of(result)  # outside a workflow: every evaluation of the run
         assert ids == governed.local_governance.receipt_ids_of(result) and len(ids) >= 5
+
+
+async def test_worker_without_governed_plugin_fails_closed(client, chio):
+    """The governed agent's activities registered without governed.plugin refuse to run (item 3)."""
+    from chio_temporal.agent import guarded_agent_name
+
+    await issue(chio, MODEL, grant("support"), DOCS_LIST)
+    # every route pydantic-ai offers hands out the guarded functions
+    durability = TemporalDurability.from_agent(app.governed_support)
+    assert durability is not None and durability.temporal_activities
+    assert {guarded_agent_name(fn) for fn in durability.temporal_activities} == {"support"}
+    before = dict(app.CALLS)
+    async with worker(client, AgentPlugin(app.governed_support)) as tq:
+        with pytest.raises(WorkflowFailureError) as failure:
+            await client.execute_workflow(SupportWorkflow.run, "lookup:Z", id=wid("bypass"), task_queue=tq)
+    cause = failure.value.cause
+    while cause is not None and not isinstance(cause, ApplicationError):
+        cause = cause.__cause__
+    assert isinstance(cause, ApplicationError) and cause.type == "ChioTemporalConfigError" and cause.non_retryable
+    assert "governed.plugin" in str(cause)
+    assert app.CALLS.get("model", 0) == before.get("model", 0)  # nothing ran ungoverned
+    assert app.CALLS.get("lookup", 0) == before.get("lookup", 0)
