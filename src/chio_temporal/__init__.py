@@ -8,6 +8,7 @@ aggregated into a ``chio-temporal/v1`` :class:`WorkflowReceipt` envelope per wor
 
 from chio_temporal.errors import (
     DENIED_ERROR_TYPE,
+    REJECTED_ERROR_TYPE,
     SIDECAR_ERROR_TYPE,
     ChioTemporalConfigError,
     ChioTemporalError,
@@ -29,6 +30,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "DENIED_ERROR_TYPE",
+    "REJECTED_ERROR_TYPE",
     "SIDECAR_ERROR_TYPE",
     "ActivityCall",
     "ActivityGrantOverride",

@@ -10,10 +10,12 @@ __all__ = [
     "CONFIG_ERROR_TYPE",
     "ActivityDeniedError",
     "DENIED_ERROR_TYPE",
+    "REJECTED_ERROR_TYPE",
     "SIDECAR_ERROR_TYPE",
     "ChioTemporalConfigError",
     "ChioTemporalError",
     "denied_error",
+    "rejected_error",
     "sidecar_error",
 ]
 
@@ -22,6 +24,10 @@ DENIED_ERROR_TYPE = "ChioCapabilityDenied"
 
 SIDECAR_ERROR_TYPE = "ChioSidecarError"
 """``ApplicationError.type`` when the kernel could not decide (retryable: Temporal's retry policy applies)."""
+
+REJECTED_ERROR_TYPE = "ChioRequestRejected"
+"""``ApplicationError.type`` when the kernel refused the request as malformed (non-retryable: the same input
+would be refused again), e.g. parameters with no JSON form such as NaN."""
 
 CONFIG_ERROR_TYPE = "ChioTemporalConfigError"
 """``ApplicationError.type`` when a misconfiguration is only detectable while an activity runs (non-retryable)."""
@@ -69,6 +75,21 @@ def denied_error(
     )
     return ApplicationError(
         message, details, type=DENIED_ERROR_TYPE, non_retryable=True, category=ApplicationErrorCategory.BENIGN
+    )
+
+
+def rejected_error(*, url: str, detail: str, activity_type: str) -> ApplicationError:
+    """The non-retryable error of an activity whose evaluation request the kernel refused as malformed."""
+    message = (
+        f"Chio kernel at {url} rejected the evaluation request of activity {activity_type!r} as malformed "
+        f"({detail}); the activity did not run. Retrying the same input will not help: fix the activity's "
+        "arguments (they must have a JSON form: no NaN/Infinity) or identifiers."
+    )
+    return ApplicationError(
+        message,
+        {"sidecar_url": url, "detail": detail, "activity_type": activity_type},
+        type=REJECTED_ERROR_TYPE,
+        non_retryable=True,
     )
 
 

@@ -53,7 +53,14 @@ from temporalio.worker import (
     WorkflowOutboundInterceptor,
 )
 
-from chio_durable.evaluation import Evaluation, KernelUnavailable, client_url, evaluate, idempotency_key
+from chio_durable.evaluation import (
+    Evaluation,
+    KernelRejected,
+    KernelUnavailable,
+    client_url,
+    evaluate,
+    idempotency_key,
+)
 from chio_durable.params import bind_parameters, jsonable
 from chio_temporal.errors import (
     CONFIG_ERROR_TYPE,
@@ -61,6 +68,7 @@ from chio_temporal.errors import (
     ChioTemporalConfigError,
     ChioTemporalError,
     denied_error,
+    rejected_error,
     sidecar_error,
 )
 from chio_temporal.grants import WorkflowGrant
@@ -471,6 +479,10 @@ class ChioActivityInterceptor(Interceptor):
                 )
             except KernelUnavailable as err:
                 raise sidecar_error(
+                    url=self.sidecar_url or err.url, detail=err.detail, activity_type=info.activity_type
+                ) from err
+            except KernelRejected as err:  # the kernel answered: the request itself is bad, not retryable
+                raise rejected_error(
                     url=self.sidecar_url or err.url, detail=err.detail, activity_type=info.activity_type
                 ) from err
 

@@ -197,3 +197,36 @@ async def test_unknown_agent_operation_is_governed_not_let_through(client: Clien
         assert result == ["wrote /tmp/y"] and WORKSPACE_CALLS == ["/tmp/y"]
     [step] = ic.get_workflow_receipt(wid).steps
     assert step.allowed and (step.tool_server, step.tool_name) == ("ops", "capability__workspace__call")
+
+
+# --- item 8: a request the kernel refuses as malformed -> non-retryable ChioRequestRejected -------------
+
+MEASUREMENTS: list[float] = []
+
+
+@activity.defn
+async def record_measurement(value: float) -> str:
+    MEASUREMENTS.append(value)
+    return f"recorded {value}"
+
+
+async def test_kernel_rejected_request_is_a_non_retryable_request_rejected(client: Client, chio, uid) -> None:
+    from chio_temporal import REJECTED_ERROR_TYPE
+
+    wid, tq = uid("nan"), uid("tq")
+    ic = ChioActivityInterceptor(chio_client=chio)
+    ic.register_workflow_grant(await _grant(chio, wid, scope(tool("bank", "record_measurement"))))
+    MEASUREMENTS.clear()
+    async with running(make_worker(client, tq, [ic], activities=[*workflows.ALL_ACTIVITIES, record_measurement])):
+        handle = await start_plan(client, tq, wid, plan(("record_measurement", [float("nan")]), max_attempts=3))
+        err = await outcome(handle)
+        assert isinstance(err, ApplicationError) and err.type == REJECTED_ERROR_TYPE == "ChioRequestRejected"
+        assert err.non_retryable and "did not run" in str(err) and "NaN" in str(err)
+        assert err.details[0]["activity_type"] == "record_measurement"
+        scheduled = [e async for e in handle.fetch_history_events() if e.HasField("activity_task_started_event_attributes")]
+        assert len(scheduled) == 1 and scheduled[0].activity_task_started_event_attributes.attempt == 1  # not retried
+        # a finite value goes through
+        wid2 = uid("finite")
+        ic.register_workflow_grant(await _grant(chio, wid2, scope(tool("bank", "record_measurement"))))
+        assert await outcome(await start_plan(client, tq, wid2, plan(("record_measurement", [1.5])))) == ["recorded 1.5"]
+    assert MEASUREMENTS == [1.5]
