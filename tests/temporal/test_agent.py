@@ -627,13 +627,7 @@ async def test_outside_a_workflow_the_run_is_governed_in_process(chio_home):
 
 async def test_worker_without_governed_plugin_fails_closed(client, chio):
     """The governed agent's activities registered without governed.plugin refuse to run (item 3)."""
-    from chio_temporal.agent import guarded_agent_name
-
     await issue(chio, MODEL, grant("support"), DOCS_LIST)
-    # every route pydantic-ai offers hands out the guarded functions
-    durability = TemporalDurability.from_agent(app.governed_support)
-    assert durability is not None and durability.temporal_activities
-    assert {guarded_agent_name(fn) for fn in durability.temporal_activities} == {"support"}
     before = dict(app.CALLS)
     async with worker(client, AgentPlugin(app.governed_support)) as tq:
         with pytest.raises(WorkflowFailureError) as failure:
@@ -645,3 +639,9 @@ async def test_worker_without_governed_plugin_fails_closed(client, chio):
     assert "governed.plugin" in str(cause)
     assert app.CALLS.get("model", 0) == before.get("model", 0)  # nothing ran ungoverned
     assert app.CALLS.get("lookup", 0) == before.get("lookup", 0)
+    # every route pydantic-ai offers hands out the guarded functions
+    from chio_temporal.agent import guarded_agent_name
+
+    durability = TemporalDurability.from_agent(app.governed_support)
+    assert durability is not None and durability.temporal_activities
+    assert {guarded_agent_name(fn) for fn in durability.temporal_activities} == {"support"}
