@@ -1343,6 +1343,25 @@ class Kernel:
 
     # --- receipts ---
 
+    def sign_http_receipt(self, body: Mapping[str, Any]) -> str:
+        """Hex Ed25519 signature, by this kernel's key, of an ``HttpReceipt``'s signed body (its
+        fields but ``signature``, as the sidecar's ``/chio/evaluate`` builds it): over its canonical
+        JSON, the same rule as tool receipts.
+
+        Only HttpReceipt bodies are signed (``id`` ``hrcpt-...``, HttpReceipt fields only), so this is
+        no way to sign a tool receipt or a capability token.
+        """
+        from chio_sdk.models import HttpReceipt
+
+        allowed = set(HttpReceipt.model_fields) - {"signature"}
+        extra = set(body) - allowed
+        if extra or not str(body.get("id", "")).startswith("hrcpt-") or not {"method", "route_pattern"} <= set(body):
+            raise KernelInputError(
+                f"sign_http_receipt signs HttpReceipt bodies only (id 'hrcpt-...', fields {sorted(allowed)}); "
+                f"got fields {sorted(body)}"
+            )
+        return self._signer.sign_hex(canonical_json(dict(body)))
+
     def verify_receipt(self, receipt: ChioReceipt | Mapping[str, Any]) -> bool:
         """True if the receipt is signed by this kernel (or a trusted key) and its parameter hash matches."""
         if isinstance(receipt, ChioReceipt):

@@ -23,6 +23,7 @@ import hmac
 import ipaddress
 import json
 import logging
+import re
 import socket
 import sqlite3
 import time
@@ -50,6 +51,9 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
+
+from chio_kernel.canonical import canonical_json
+from chio_kernel.kernel import CapabilityError, KernelInputError, check_scope_fields
 
 __all__ = [
     "DEFAULT_HOST",
@@ -221,7 +225,31 @@ async def _read_json(request: Request) -> Any:
         raise ApiError(400, "bad_json", f"request body is not valid UTF-8 JSON: {_short(err)}") from None
     if not _depth_ok(data):
         raise ApiError(422, "too_deep", f"JSON nested deeper than {MAX_JSON_DEPTH} levels")
+    # json.loads lets lone UTF-16 surrogates through (a "\\ud800" escape, or raw bytes it decodes with
+    # surrogatepass); no later step can encode them, so refuse them here, for every endpoint
+    if _MAYBE_SURROGATE.search(body) and _has_lone_surrogate(data):
+        raise ApiError(422, "invalid_request", "a string in the body contains a lone UTF-16 surrogate; send valid Unicode")
     return data
+
+
+#: A JSON ``\\uD800``-``\\uDFFF`` escape or the UTF-8-style bytes of a surrogate (cheap pre-check).
+_MAYBE_SURROGATE = re.compile(rb"\\u[dD][89a-fA-F]|\xed[\xa0-\xbf]")
+
+
+def _has_lone_surrogate(value: Any) -> bool:
+    """Does any string (key or value) in the parsed JSON hold a lone surrogate? (iterative)"""
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, str):
+            if not _utf8_ok(item):
+                return True
+        elif isinstance(item, dict):
+            stack.extend(item.keys())
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+    return False
 
 
 async def _read_object(request: Request) -> dict[str, Any]:
@@ -291,19 +319,8 @@ def _model(cls: type[Any], data: Any, what: str) -> Any:
 def _scope(data: Any, what: str) -> ChioScope:
     """A scope from the wire: the kernel's own unknown-field check first (pydantic would drop a
     misspelt ``constraint`` and issue a wider scope), then strict validation."""
-    from chio_kernel.kernel import check_scope_fields
-
     check_scope_fields(data, what)  # KernelInputError -> 422 naming the field
     return _model(ChioScope, data, what)
-
-
-def _capability_error_types() -> tuple[type[BaseException], ...]:
-    try:
-        from chio_kernel import CapabilityError
-
-        return (CapabilityError,)
-    except ImportError:  # pragma: no cover - kernel not importable
-        return ()
 
 
 def _dump_receipt(receipt: ChioReceipt) -> dict[str, Any]:
@@ -344,8 +361,8 @@ Handler = Callable[[Request], Awaitable[Response]]
 
 
 def _endpoint(fn: Handler) -> Handler:
-    """Map every failure of one handler to a JSON answer: client errors 4xx, our bugs 500 (logged)."""
-    cap_errors = _capability_error_types()
+    """Map every failure of one handler to a JSON answer: the known client errors 4xx, anything else
+    500 with the traceback logged (so a bug of ours is never disguised as a client error)."""
 
     async def wrapper(request: Request) -> Response:
         try:
@@ -354,14 +371,13 @@ def _endpoint(fn: Handler) -> Handler:
             return _error(err.status, err.error, err.message)
         except ValidationError as err:
             return _error(422, "invalid_request", _validation_message(err))
-        except cap_errors as err:  # type: ignore[misc]
+        except CapabilityError as err:
             return _error(400, "capability_error", _short(err))
+        except KernelInputError as err:  # input the kernel cannot take (it says what to pass)
+            return _error(422, "invalid_request", _short(err))
         except sqlite3.Error as err:  # the store, not the request: retryable, and nothing was decided
             log.warning("store error in %s %s: %s", request.method, request.url.path, err)
             return _error(503, "store_unavailable", f"the receipt store could not be used ({_short(err)}); retry")
-        except (ValueError, TypeError, RecursionError, OverflowError) as err:
-            # the kernel raises ValueError (KernelInputError) for input it cannot take
-            return _error(422, "invalid_request", _short(err))
         except Exception:  # a bug on our side: say so, keep serving
             log.exception("unexpected error in %s %s", request.method, request.url.path)
             return _error(500, "internal_error", "the sidecar hit an unexpected error; see its log")
@@ -389,7 +405,6 @@ def create_app(
 
         kernel = Kernel(data_dir=data_dir)
     k = kernel
-    cap_errors = _capability_error_types()
 
     @_endpoint
     async def health(request: Request) -> Response:
@@ -459,7 +474,7 @@ def create_app(
             child = await run_in_threadpool(
                 k.attenuate_capability, parent_id, new_scope, ttl_seconds=ttl, capability_id=cap_id
             )
-        except cap_errors as err:  # type: ignore[misc]
+        except CapabilityError as err:
             raise ApiError(400, "not_attenuable", _short(err)) from None
         return _json(_dump_token(child))
 
@@ -524,15 +539,12 @@ def create_app(
             "limit": limit if limit is not None else DEFAULT_LIST_LIMIT,
             "after_seq": after,
         }
-        body: dict[str, Any]
-        if hasattr(k, "list_receipts_with_seq"):  # gives the store position to page from
-            rows = await run_in_threadpool(lambda: k.list_receipts_with_seq(**kwargs))
-            body = {"receipts": [_dump_receipt(r) for _, r in rows], "count": len(rows)}
-            body["next_after_seq"] = rows[-1][0] if rows else after
-        else:
-            receipts = await run_in_threadpool(lambda: k.list_receipts(**kwargs))
-            body = {"receipts": [_dump_receipt(r) for r in receipts], "count": len(receipts)}
-        return _json(body)
+        rows = await run_in_threadpool(lambda: k.list_receipts_with_seq(**kwargs))  # seq: the page position
+        return _json({
+            "receipts": [_dump_receipt(r) for _, r in rows],
+            "count": len(rows),
+            "next_after_seq": rows[-1][0] if rows else after,
+        })
 
     @_endpoint
     async def verify_chain(request: Request) -> Response:
@@ -645,25 +657,6 @@ def _version() -> str:
 # --- HTTP-request evaluation (/chio/evaluate, /chio/verify) --------------------------------------
 
 
-def _canonical(obj: Any) -> bytes:
-    from chio_kernel import canonical_json
-
-    out = canonical_json(obj)
-    return out if isinstance(out, bytes) else out.encode("utf-8")
-
-
-def _sign(kernel: Any, message: bytes) -> str:
-    """Ed25519-sign ``message`` with the kernel's own key, hex.
-
-    Adapter: the kernel exposes no public "sign arbitrary bytes" call (on purpose: it signs only
-    what it decided), so HttpReceipts use its ``Signer`` (``sign_hex``) directly.
-    """
-    signer = getattr(kernel, "_signer", None)
-    if signer is None or not hasattr(signer, "sign_hex"):
-        raise RuntimeError("this kernel exposes no signer; HTTP receipts cannot be signed")
-    return str(signer.sign_hex(message))
-
-
 def _verify_sig(public_key_hex: str, message: bytes, signature_hex: str) -> bool:
     from cryptography.exceptions import InvalidSignature
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
@@ -708,8 +701,8 @@ def _evaluate_http(kernel: Any, req: ChioHttpRequest, header_token: str | None) 
     method = req.method.upper()
     tool_name = f"{method} {req.route_pattern}"
     # hash the request first: input that cannot be canonicalised is refused before anything is stored
-    caller_hash = hashlib.sha256(_canonical(req.caller.model_dump(mode="json", exclude_none=True))).hexdigest()
-    request_hash = hashlib.sha256(_canonical(req.model_dump(mode="json", exclude_none=True))).hexdigest()
+    caller_hash = hashlib.sha256(canonical_json(req.caller.model_dump(mode="json", exclude_none=True))).hexdigest()
+    request_hash = hashlib.sha256(canonical_json(req.model_dump(mode="json", exclude_none=True))).hexdigest()
     cap_id, token, header_error = _capability_from_header(header_token)
     if header_error is None and token is not None and req.capability_id and req.capability_id != token.id:
         header_error = (
@@ -766,7 +759,7 @@ def _evaluate_http(kernel: Any, req: ChioHttpRequest, header_token: str | None) 
         "kernel_key": kernel.public_key_hex,
     }
     receipt = {k: v for k, v in receipt.items() if v is not None}
-    receipt["signature"] = _sign(kernel, _canonical(_http_signed_body(receipt)))
+    receipt["signature"] = kernel.sign_http_receipt(_http_signed_body(receipt))
     return {
         "verdict": receipt["verdict"],
         "receipt": receipt,
@@ -779,7 +772,7 @@ def _verify_http_receipt(kernel: Any, receipt: HttpReceipt) -> bool:
         return False
     body = _http_signed_body(receipt.model_dump(mode="json", exclude_none=True))
     try:
-        message = _canonical(body)
+        message = canonical_json(body)
     except (ValueError, TypeError):
         return False
     return _verify_sig(receipt.kernel_key, message, receipt.signature)

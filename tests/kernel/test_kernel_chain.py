@@ -153,3 +153,20 @@ def test_index_by_capability_catches_up_in_batches(kernel: Kernel, monkeypatch: 
     assert transactions == 7  # already caught up: one look, nothing written
     ids[b.id].append(kernel.evaluate(b.id, "fs", "read", {}).id)
     assert [r.id for r in kernel.list_receipts(capability_id=b.id)] == ids[b.id]
+
+
+def test_sign_http_receipt_signs_http_receipt_bodies_only(kernel: Kernel) -> None:
+    from chio_kernel import KernelInputError, canonical_json
+    from chio_kernel.signing import verify_hex
+
+    body = {"id": "hrcpt-1", "request_id": "r", "route_pattern": "/x", "method": "GET",
+            "caller_identity_hash": "0" * 64, "verdict": {"verdict": "allow"}, "response_status": 200,
+            "timestamp": 1, "content_hash": "0" * 64, "policy_hash": "0" * 64, "kernel_key": kernel.public_key_hex}
+    sig = kernel.sign_http_receipt(body)
+    assert verify_hex(kernel.public_key_hex, sig, canonical_json(body))
+    token = kernel.create_capability("agent:a", scope(grant()), 3600, capability_id="hrcpt-evil")
+    token_body = token.body().model_dump(exclude_none=True)  # not an oracle for tokens or tool receipts
+    with pytest.raises(KernelInputError, match="HttpReceipt bodies only"):
+        kernel.sign_http_receipt(token_body)
+    with pytest.raises(KernelInputError, match="HttpReceipt bodies only"):
+        kernel.sign_http_receipt({**body, "id": "rcpt-1"})
