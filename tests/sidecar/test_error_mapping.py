@@ -57,3 +57,17 @@ def test_kernel_input_and_capability_errors_stay_4xx(tmp_path: Path) -> None:
         other = {"grants": [{"server_id": "web", "tool_name": "search", "operations": ["Invoke"]}]}
         r = client.post("/v1/capabilities", json={"subject": "agent:a", "scope": other, "id": "cap-taken"})
         assert r.status_code == 400 and r.json()["error"] == "capability_error", r.text
+
+
+@pytest.mark.parametrize("raw", [b'"\xed\xa0\x80"', b'"\\ud800"', b'"a\\udfff"'])
+@pytest.mark.parametrize("path", ["/chio/evaluate", "/v1/capabilities", "/v1/evaluate", "/v1/receipts/verify"])
+def test_a_lone_surrogate_anywhere_in_a_body_is_a_422(tmp_path: Path, raw: bytes, path: str) -> None:
+    # found by the hostile-body fuzz test: json.loads lets these through, a later re-encode crashed (500)
+    body = (b'{"request_id": "r", "method": "GET", "route_pattern": "/a", "path": "/a", "timestamp": 1, '
+            b'"subject": "s", "capability_id": "c", "tool_server": "t", "tool_name": "n", "caller": ' + raw + b'}')
+    with Kernel(tmp_path / "k") as kernel:
+        r = TestClient(create_app(kernel)).post(path, content=body, headers={"content-type": "application/json"})
+    assert r.status_code == 422 and "surrogate" in r.json()["message"], r.text
+    ok = TestClient(create_app(Kernel(tmp_path / "k2"))).post(
+        "/v1/capabilities", json={"subject": "s\U0001f600", "scope": GRANT})  # a valid pair is fine
+    assert ok.status_code == 200, ok.text
