@@ -6,6 +6,8 @@ counts its real calls.
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -24,6 +26,7 @@ from pydantic_ai.messages import (
     UserPromptPart,
 )
 from pydantic_ai.models.function import AgentInfo, FunctionModel
+from pydantic_ai.realtime.model import RealtimeModel
 from pydantic_ai.toolsets import AbstractToolset, CombinedToolset, FunctionToolset
 
 from chio_durable import KernelUnavailable
@@ -446,3 +449,84 @@ def test_digests_use_the_kernels_canonical_json() -> None:
     assert digest({"o": Opaque()}) == digest({"o": Opaque()})
     # no canonical form (the kernel refuses such a call): still a stable digest, distinct per value
     assert digest({"x": float("nan")}) == digest({"x": float("nan")}) != digest({"x": float("inf")})
+
+
+# --- realtime sessions are refused (their model traffic runs no model-request hooks) ---------------
+
+
+class FakeRealtime(RealtimeModel):
+    """A realtime model that records whether a session reached it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.connected = 0
+
+    @property
+    def model_name(self) -> str:
+        return "fake-realtime"
+
+    @property
+    def system(self) -> str:
+        return "fake"
+
+    @asynccontextmanager
+    async def connect(self, **_kwargs: Any) -> AsyncIterator[Any]:
+        self.connected += 1
+        raise RuntimeError("connected to the realtime model")
+        yield  # pragma: no cover
+
+
+async def test_realtime_session_is_refused_before_it_connects(chio: LocalChioClient) -> None:
+    from pydantic_ai.exceptions import UserError
+
+    ungoverned = FakeRealtime()
+    with pytest.raises(RuntimeError, match="connected"):  # what happens without governance
+        async with Agent(name="voice").realtime(ungoverned).session():
+            pass
+    assert ungoverned.connected == 1
+
+    model = FakeRealtime()
+    agent = Agent(name="voice", capabilities=[ChioGovernance(capability_id="cap-rt", chio_client=chio)])
+    with pytest.raises(UserError, match="realtime sessions"):
+        async with agent.realtime(model).session():
+            pass
+    assert model.connected == 0
+
+
+# --- output functions are governed (wrap_output_process) -------------------------------------------
+
+
+def _output_agent(ran: list[dict[str, Any]], governance: ChioGovernance) -> Agent[None, str]:
+    from pydantic_ai import ToolOutput
+
+    def publish(title: str, body: str) -> str:
+        ran.append({"title": title, "body": body})
+        return f"published {title}"
+
+    def model(messages: list[ModelMessage], info: AgentInfo) -> ModelResponse:
+        tool = info.output_tools[0]
+        return ModelResponse(parts=[ToolCallPart(tool.name, {"title": "t1", "body": "b"}, tool_call_id="out-1")])
+
+    return Agent(FunctionModel(model), name="writer", output_type=ToolOutput(publish), capabilities=[governance])
+
+
+async def test_output_function_is_evaluated_before_it_runs(chio: LocalChioClient) -> None:
+    cap = issue(chio, "cap-core-output-deny", grant("model"))  # no grant for writer/publish
+    seen: list[Any] = []
+    governance = ChioGovernance(
+        capability_id=cap, chio_client=chio, on_evaluation=lambda record, ctx: seen.append(record)
+    )
+    ran: list[dict[str, Any]] = []
+    with pytest.raises(PermissionError, match="writer/publish"):
+        await _output_agent(ran, governance).run("x")
+    assert ran == []  # it ran unchecked before: the output toolset is added after get_wrapper_toolset
+    assert [r.call.kind for r in seen] == ["model", "output"] and seen[-1].call.label == "writer/publish"
+    assert seen[-1].call.kind == "output" and seen[-1].call.parameters == {"title": "t1", "body": "b"}
+    assert not seen[-1].allowed
+
+    cap2 = issue(chio, "cap-core-output-allow", grant("model"), grant("writer", "publish"))
+    governance2 = ChioGovernance(capability_id=cap2, chio_client=chio)
+    result = await _output_agent(ran, governance2).run("x")
+    assert result.output == "published t1" and ran == [{"title": "t1", "body": "b"}]
+    records = governance2.receipts_of(result)
+    assert records[-1].call.label == "writer/publish" and records[-1].allowed and records[-1].receipt_id

@@ -45,6 +45,7 @@ from pydantic_ai.models import Model
 from pydantic_ai.tools import RunContext
 
 from chio_durable.agent import CallMapper, ChioGovernance, GovernedRecord, OnDeny, current_receipt_id
+from chio_durable.agent.capability import REALTIME_REFUSED
 from chio_durable.evaluation import Evaluation, KernelRejected
 from chio_durable.agent.mapping import GovernedCall
 from chio_prefect.errors import ChioPermissionError, ChioPrefectError, ChioRequestRejected
@@ -116,7 +117,13 @@ def prefect_run_identity(ctx: RunContext[Any]) -> str | None:
     return f"prefect-flow-run:{context.flow_run.id}:{ctx.run_id}"
 
 
-_TASK_NAMES = {"model": "Model Request", "tool": "Call Tool", "mcp": "Call MCP Tool", "mcp_list": "Get MCP Tools"}
+_TASK_NAMES = {
+    "model": "Model Request",
+    "tool": "Call Tool",
+    "mcp": "Call MCP Tool",
+    "mcp_list": "Get MCP Tools",
+    "output": "Output Function",  # runs inline in the flow (no Prefect task of its own)
+}
 
 
 def _task_name(call: GovernedCall) -> str:
@@ -125,7 +132,7 @@ def _task_name(call: GovernedCall) -> str:
         return f"Model Request: {call.tool_name}"
     if call.kind == "mcp_list":
         return f"Get MCP Tools: {call.tool_server}"
-    return f"{_TASK_NAMES[call.kind]}: {call.tool_name}"
+    return f"{_TASK_NAMES.get(call.kind, call.kind)}: {call.tool_name}"
 
 
 def emit_agent_receipt(record: GovernedRecord, ctx: RunContext[Any] | None = None) -> None:
@@ -332,3 +339,22 @@ class ChioPrefectAgent(WrapperAgent[Any, Any]):
     def run_sync(self, user_prompt: Any = None, **kwargs: Any) -> AgentRunResult[Any]:  # type: ignore[override]
         """Synchronous :meth:`run` (an async Prefect flow driven to completion on this thread)."""
         return super().run_sync(user_prompt, **kwargs)
+
+    # --- realtime: refused (its model traffic runs no model-request hooks, so it is not governed) ---
+
+    def realtime(self, *args: Any, **kwargs: Any) -> Any:  # type: ignore[override]
+        """Refused: a realtime session's model traffic cannot be evaluated (see ``docs/agents.md``)."""
+        raise UserError(REALTIME_REFUSED)
+
+    def _check_realtime_signaling(self) -> None:
+        raise UserError(REALTIME_REFUSED)
+
+    @asynccontextmanager
+    async def _resolve_realtime_session(self, *args: Any, **kwargs: Any) -> AsyncIterator[Any]:  # type: ignore[override]
+        raise UserError(REALTIME_REFUSED)
+        yield  # pragma: no cover
+
+    @asynccontextmanager
+    async def _open_realtime_session(self, *args: Any, **kwargs: Any) -> AsyncIterator[Any]:  # type: ignore[override]
+        raise UserError(REALTIME_REFUSED)
+        yield  # pragma: no cover

@@ -362,3 +362,42 @@ async def test_run_inside_a_user_flow_joins_it_and_its_retries_replay(chio: Loca
     assert len(attempts) == 2 and attempts[0] == attempts[1]  # one flow run, retried; no subflow
     assert script.model_calls == 2 and script.tool_calls == 2
     assert governed.receipt_ids_of(result) == stored_ids(chio, cap)
+
+
+def test_realtime_is_refused(chio: LocalChioClient) -> None:
+    from pydantic_ai.exceptions import UserError
+
+    governed = ChioPrefectAgent(Script().agent(), capability_id="cap-rt", chio_client=chio)
+    with pytest.raises(UserError, match="realtime sessions"):
+        governed.realtime("openai:gpt-realtime")
+    with pytest.raises(UserError, match="realtime sessions"):
+        governed._check_realtime_signaling()
+
+
+async def test_output_function_is_governed(chio: LocalChioClient) -> None:
+    from pydantic_ai import ToolOutput
+
+    published: list[str] = []
+
+    def publish(title: str) -> str:
+        published.append(title)
+        return f"published {title}"
+
+    def model(messages: list[ModelMessage], info: AgentInfo) -> ModelResponse:
+        return ModelResponse(parts=[ToolCallPart(info.output_tools[0].name, {"title": "t1"})])
+
+    def agent() -> Agent[None, str]:
+        return Agent(FunctionModel(model), name="writer", output_type=ToolOutput(publish))
+
+    denied = ChioPrefectAgent(agent(), capability_id=issue(chio, "cap-pa-out-deny", grant("model")), chio_client=chio)
+    with pytest.raises(PermissionError, match="writer/publish") as caught:
+        await denied.run("x")
+    assert isinstance(caught.value.__cause__, ChioPrefectError) and published == []
+
+    allowed = ChioPrefectAgent(
+        agent(), capability_id=issue(chio, "cap-pa-out-allow", grant("model"), grant("writer", "publish")),
+        chio_client=chio,
+    )
+    result = await allowed.run("x")
+    assert result.output == "published t1" and published == ["t1"]
+    assert [r.call.kind for r in allowed.receipts_of(result)] == ["model", "output"]

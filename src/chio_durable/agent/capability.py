@@ -3,6 +3,7 @@
 It sees every call through public seams only:
 
 * model requests through ``wrap_model_request``;
+* output functions (``ToolOutput(func)`` & co.) through ``wrap_output_process``;
 * function-tool calls, MCP tool calls and MCP tool listings through a wrapper toolset
   (``get_wrapper_toolset``) placed around each leaf toolset, *outside* any durable wrapper a
   durability capability installed (durability capabilities are ordered innermost, so their toolset
@@ -27,7 +28,7 @@ from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic_ai.capabilities import AbstractCapability
-from pydantic_ai.exceptions import ToolFailed
+from pydantic_ai.exceptions import ToolFailed, UserError
 from pydantic_ai.toolsets import AbstractToolset, CombinedToolset, WrapperToolset
 from pydantic_ai.toolsets.abstract import ToolsetTool
 
@@ -42,9 +43,10 @@ from chio_durable.agent.mapping import CallMapper, GovernedCall, parameter_hash
 from chio_durable.evaluation import KernelRejected, evaluate, idempotency_key
 
 if TYPE_CHECKING:
-    from pydantic_ai.capabilities.abstract import WrapModelRequestHandler
+    from pydantic_ai.capabilities.abstract import WrapModelRequestHandler, WrapOutputProcessHandler
     from pydantic_ai.messages import ModelResponse
     from pydantic_ai.models import ModelRequestContext
+    from pydantic_ai.output import OutputContext
     from pydantic_ai.tools import RunContext
 
 __all__ = [
@@ -58,6 +60,13 @@ __all__ = [
 log = logging.getLogger("chio_durable.agent")
 
 OnDeny = Literal["tell_model", "raise"]
+
+REALTIME_REFUSED = (
+    "Chio governance does not support realtime sessions (agent.realtime(...)): pydantic-ai runs no "
+    "model-request hooks there, so the model traffic could not be evaluated by the Chio kernel. "
+    "Use run()/run_sync()/iter() for a governed agent, or a separate agent without ChioGovernance "
+    "for realtime (ungoverned)."
+)
 
 _CURRENT_RECEIPT: ContextVar[str | None] = ContextVar("chio_durable.agent.current_receipt", default=None)
 
@@ -248,6 +257,9 @@ class ChioGovernance(AbstractCapability[Any]):
     # --- hooks ---------------------------------------------------------------------------------
 
     async def before_run(self, ctx: RunContext[Any]) -> None:
+        if ctx.realtime:
+            # A realtime session runs no model-request hooks: the model traffic would not be evaluated.
+            raise UserError(REALTIME_REFUSED)
         self._start_run(ctx.run_id)
 
     async def wrap_model_request(
@@ -268,6 +280,30 @@ class ChioGovernance(AbstractCapability[Any]):
             raise self.denied(record)
         with receipt_scope(record.receipt_id):
             return await handler(request_context)
+
+    async def wrap_output_process(
+        self,
+        ctx: RunContext[Any],
+        *,
+        output_context: OutputContext,
+        output: Any,
+        handler: WrapOutputProcessHandler,
+    ) -> Any:
+        # Output functions are not in any toolset our wrapper sees (pydantic-ai adds the output
+        # toolset after get_wrapper_toolset): govern them here, before the function runs. Also on
+        # partial (streamed) output, since the function runs then too. A deny always fails the run.
+        if not output_context.has_function:
+            return await handler(output)
+        tool_def = output_context.tool_def
+        name = output_context.function_name or (tool_def.name if tool_def is not None else None) or "output"
+        call = self.mapper.output_function(
+            agent_name=ctx.agent.name if ctx.agent is not None else None, function_name=name, output=output
+        )
+        record = await self.evaluate_call(ctx, call, position=f"output#{ctx.run_step}#{name}")
+        if not record.allowed:
+            raise self.denied(record)
+        with receipt_scope(record.receipt_id):
+            return await handler(output)
 
     def get_wrapper_toolset(self, toolset: AbstractToolset[Any]) -> AbstractToolset[Any] | None:
         return _govern_toolset(toolset, self)

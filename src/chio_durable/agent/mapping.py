@@ -17,6 +17,8 @@ function tool           the toolset's id       the tool's name             the t
                         the agent's own tools)
 MCP tool call           the MCP server's id    the MCP tool's name         the tool's arguments, by name
 MCP tool listing        the MCP server's id    ``"list_tools"``            ``{}``
+output function         the agent's name       the function's name         its arguments (a dict), else
+                                                                           ``{"output": value}``
 ======================  =====================  ==========================  =========================================
 
 Model-request parameters stay small and deterministic: never the whole history, only its size and
@@ -48,7 +50,7 @@ __all__ = [
     "settings_digest",
 ]
 
-CallKind = Literal["model", "tool", "mcp", "mcp_list"]
+CallKind = Literal["model", "tool", "mcp", "mcp_list", "output"]
 
 MODEL_SERVER = "model"
 """``tool_server`` of every model request under the default mapping."""
@@ -169,6 +171,12 @@ class CallMapper:
     def mcp_tool(self, *, server_id: str, tool_name: str, args: Mapping[str, Any]) -> GovernedCall:
         """An MCP tool call: server = the MCP server's id, tool = the MCP tool's name."""
         return GovernedCall(kind="mcp", tool_server=server_id, tool_name=tool_name, parameters=jsonable(dict(args)))
+
+    def output_function(self, *, agent_name: str | None, function_name: str, output: Any) -> GovernedCall:
+        """An output function (``ToolOutput(func)``, ``TextOutput(func)``...): server = the agent's name."""
+        value = jsonable(output)
+        parameters = value if isinstance(value, dict) else {"output": value}
+        return GovernedCall(kind="output", tool_server=agent_name or "agent", tool_name=function_name, parameters=parameters)
 
     def mcp_list_tools(self, *, server_id: str) -> GovernedCall:
         """Listing an MCP server's tools: server = the MCP server's id, tool ``"list_tools"``."""
