@@ -196,6 +196,7 @@ class _Cap:
     grants: list[ToolGrant]
     head_sql: str  # chain head + first revoked id of the lineage, in one statement
     plans: dict[tuple[str, str, Operation], list[tuple[int, ToolGrant]]] = field(default_factory=dict)
+    constrained: bool = False  # some grant has constraints (checked before the lock, see evaluate)
 
 
 def _iso(ts: float) -> str:
@@ -542,6 +543,7 @@ class Kernel:
             sig_error=self._static_check(conn, token),
             lineage=tuple(lineage),
             grants=list(token.scope.grants),
+            constrained=any(g.constraints for g in token.scope.grants),
             head_sql=(
                 "SELECT seq, hash, (SELECT capability_id FROM revocations WHERE capability_id "
                 + ("= ?" if len(lineage) == 1 else "IN (" + ",".join("?" * len(lineage)) + ")")
@@ -943,7 +945,13 @@ class Kernel:
         lock = self._check_fork()
         # The pure guards (scope, constraints: regex_match may be slow) need no database state:
         # run them before the lock and the write transaction, so a slow call never blocks others.
-        pre = self._precheck(lock, capability_id, tool_server, tool_name, op, params)
+        # (A root capability without constraints has nothing slow to check: skip the extra pass.)
+        cached = self._caps.get(capability_id)
+        pre = (
+            self._precheck(lock, capability_id, tool_server, tool_name, op, params)
+            if cached is None or cached.constrained or len(cached.lineage) > 1
+            else None
+        )
         with lock:
             conn = self._db()
             conn.execute("BEGIN IMMEDIATE")
