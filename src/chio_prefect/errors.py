@@ -84,7 +84,24 @@ def _rebuild_config_error(message: str, at_call_time: bool) -> ChioPrefectConfig
     return ChioPrefectConfigError(message, at_call_time=at_call_time)
 
 
-class ChioSidecarUnavailable(ConnectionError):
+class _KernelCallFailed(Exception):
+    """Shared shape of the two "no decision" errors: where it failed, why, for which call."""
+
+    _message: str
+
+    def __init__(self, url: str, detail: str, tool_server: str = "", tool_name: str = "") -> None:
+        self.url = url
+        self.detail = detail
+        self.tool_server = tool_server
+        self.tool_name = tool_name
+        target = f" for {tool_server}/{tool_name}" if tool_server or tool_name else ""
+        super().__init__(self._message.format(url=url, target=target, detail=detail))
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), (self.url, self.detail, self.tool_server, self.tool_name))
+
+
+class ChioSidecarUnavailable(_KernelCallFailed, ConnectionError):
     """The chio kernel could not decide (sidecar unreachable, timed out, bad answer).
 
     The governed body did not run. This is *not* a deny, so Prefect retries it by the task's
@@ -96,23 +113,14 @@ class ChioSidecarUnavailable(ConnectionError):
         detail: what went wrong.
     """
 
-    def __init__(self, url: str, detail: str, tool_server: str = "", tool_name: str = "") -> None:
-        self.url = url
-        self.detail = detail
-        self.tool_server = tool_server
-        self.tool_name = tool_name
-        target = f" for {tool_server}/{tool_name}" if tool_server or tool_name else ""
-        super().__init__(
-            f"chio sidecar at {url} is unavailable{target} ({detail}); the task body was not run. "
-            f"Start the sidecar (`chio-durable sidecar`), pass sidecar_url= with its "
-            f"address, or pass chio_client=LocalChioClient() to use the embedded kernel."
-        )
-
-    def __reduce__(self) -> tuple[Any, ...]:
-        return (type(self), (self.url, self.detail, self.tool_server, self.tool_name))
+    _message = (
+        "chio sidecar at {url} is unavailable{target} ({detail}); the task body was not run. "
+        "Start the sidecar (`chio-durable sidecar`), pass sidecar_url= with its "
+        "address, or pass chio_client=LocalChioClient() to use the embedded kernel."
+    )
 
 
-class ChioRequestRejected(ValueError):
+class ChioRequestRejected(_KernelCallFailed, ValueError):
     """The chio kernel refused the call's *request* as malformed (e.g. a NaN parameter).
 
     The governed body did not run. This is neither a deny nor an outage: the same input would be
@@ -124,20 +132,11 @@ class ChioRequestRejected(ValueError):
         detail: the kernel's own message.
     """
 
-    def __init__(self, url: str, detail: str, tool_server: str = "", tool_name: str = "") -> None:
-        self.url = url
-        self.detail = detail
-        self.tool_server = tool_server
-        self.tool_name = tool_name
-        target = f" for {tool_server}/{tool_name}" if tool_server or tool_name else ""
-        super().__init__(
-            f"chio kernel at {url} rejected the request{target} as malformed ({detail}); the governed "
-            f"call was not run and is not retried (the same input would be refused again). Pass JSON "
-            f"parameters (no NaN or Infinity) and valid identifiers."
-        )
-
-    def __reduce__(self) -> tuple[Any, ...]:
-        return (type(self), (self.url, self.detail, self.tool_server, self.tool_name))
+    _message = (
+        "chio kernel at {url} rejected the request{target} as malformed ({detail}); the governed "
+        "call was not run and is not retried (the same input would be refused again). Pass JSON "
+        "parameters (no NaN or Infinity) and valid identifiers."
+    )
 
 
 class ChioPermissionError(PermissionError):
