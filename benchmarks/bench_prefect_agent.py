@@ -27,6 +27,7 @@ def _setup_env() -> None:
     os.environ.setdefault("PREFECT_HOME", tempfile.mkdtemp(prefix="chio-bench-prefect-"))
     os.environ.setdefault("PREFECT_LOGGING_LEVEL", "ERROR")
     os.environ.setdefault("PREFECT_SERVER_LOGGING_LEVEL", "ERROR")
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")  # no network here: no telemetry error line
 
 
 def main() -> None:
