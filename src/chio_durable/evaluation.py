@@ -56,17 +56,13 @@ __all__ = [
 T = TypeVar("T")
 
 
-class KernelUnavailable(RuntimeError):
-    """The kernel could not decide: the governed call must not run.
+class _NoDecision(Exception):
+    """Shared shape of the two "the kernel gave no decision" errors: where, and why."""
 
-    Retryable: the same call may succeed once the sidecar is reachable again.
-    """
+    _message: str
 
     def __init__(self, url: str, detail: str) -> None:
-        super().__init__(
-            f"Chio kernel at {url} could not evaluate the call ({detail}); the call was not run. "
-            f"Start the sidecar (`chio-durable sidecar`) or pass chio_client=LocalChioClient()."
-        )
+        super().__init__(self._message.format(url=url, detail=detail))
         self.url = url
         self.detail = detail
 
@@ -74,23 +70,29 @@ class KernelUnavailable(RuntimeError):
         return (type(self), (self.url, self.detail))
 
 
-class KernelRejected(ValueError):
+class KernelUnavailable(_NoDecision, RuntimeError):
+    """The kernel could not decide: the governed call must not run.
+
+    Retryable: the same call may succeed once the sidecar is reachable again.
+    """
+
+    _message = (
+        "Chio kernel at {url} could not evaluate the call ({detail}); the call was not run. "
+        "Start the sidecar (`chio-durable sidecar`) or pass chio_client=LocalChioClient()."
+    )
+
+
+class KernelRejected(_NoDecision, ValueError):
     """The kernel refused the *request* as malformed: the governed call was not run.
 
     Not retryable: the same input would be refused again. ``detail`` carries the kernel's own
     message (e.g. ``parameters are not JSON-able: ... NaN ...``).
     """
 
-    def __init__(self, url: str, detail: str) -> None:
-        super().__init__(
-            f"Chio kernel at {url} rejected the request as malformed ({detail}); the call was not run. "
-            f"Retrying the same input will not help: fix the call's parameters or identifiers."
-        )
-        self.url = url
-        self.detail = detail
-
-    def __reduce__(self) -> tuple[Any, ...]:
-        return (type(self), (self.url, self.detail))
+    _message = (
+        "Chio kernel at {url} rejected the request as malformed ({detail}); the call was not run. "
+        "Retrying the same input will not help: fix the call's parameters or identifiers."
+    )
 
 
 @dataclass(frozen=True)
