@@ -40,7 +40,6 @@ How it holds the line (docs/temporal_agent.md has the details):
 
 from __future__ import annotations
 
-import copy
 import inspect
 import typing
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
@@ -54,11 +53,11 @@ from pydantic_ai.agent import Agent
 from pydantic_ai.agent.abstract import AbstractAgent
 from pydantic_ai.agent.wrapper import WrapperAgent
 from pydantic_ai.durable_exec.temporal import TemporalDurability, TemporalRunContext
-from pydantic_ai.exceptions import ToolFailed
 from pydantic_ai.messages import ModelMessage, ModelResponse, ModelRequest, ToolReturn, ToolReturnPart
 from pydantic_ai.models import Model
 from pydantic_ai.output import OutputDataT
 from pydantic_ai.tools import AgentDepsT
+from pydantic import TypeAdapter
 from temporalio.plugin import SimplePlugin
 from temporalio.exceptions import ApplicationError
 from temporalio.worker import ExecuteActivityInput
@@ -67,6 +66,7 @@ from temporalio.workflow import ActivityConfig
 from chio_durable.agent import CallMapper, ChioGovernance, OnDeny, denied_tool_message, receipt_scope
 from chio_durable.evaluation import Evaluation
 from chio_temporal._agent_activities import AgentActivity, classify_activity, governed_call
+from chio_temporal._seams import agent_with_capability, registered_activity_name, replace_in_live_list
 from chio_temporal.errors import CONFIG_ERROR_TYPE, ChioTemporalConfigError
 from chio_temporal.grants import WorkflowGrant
 from chio_temporal.interceptor import (
@@ -96,14 +96,23 @@ def _deprecated_temporal_agent_type() -> type | None:
     return TemporalAgent  # pyright: ignore[reportDeprecated]
 
 
+_CALL_TOOL_RESULT: TypeAdapter[Any] | None = None
+
+
 async def _tool_failed_result(message: str) -> Any:
-    """Exactly what pydantic-ai's tool activity returns when the tool raises ``ToolFailed(message)``."""
-    from pydantic_ai.durable_exec._toolset import wrap_tool_call_result
+    """What pydantic-ai's tool activity returns when the tool raises ``ToolFailed(message)``.
 
-    async def denied() -> Any:
-        raise ToolFailed(message)
+    Built from the public ``pydantic_ai.durable_exec.CallToolResult`` type (the recorded result of a
+    tool-call activity) and the wire shape its docstring promises stays loadable for journaled runs:
+    ``{"kind": "tool_failed", "message": ...}``. The workflow side unwraps it into ``ToolFailed`` and
+    the model gets ``message`` as a failed tool result (tested against an in-process ``ToolFailed``).
+    """
+    global _CALL_TOOL_RESULT
+    if _CALL_TOOL_RESULT is None:
+        from pydantic_ai.durable_exec import CallToolResult
 
-    return await wrap_tool_call_result(denied())
+        _CALL_TOOL_RESULT = TypeAdapter(CallToolResult)
+    return _CALL_TOOL_RESULT.validate_python({"kind": "tool_failed", "message": message})
 
 
 def _stamp_model_response(response: ModelResponse, receipt_id: str) -> None:
@@ -171,10 +180,9 @@ def guard_activity(fn: Callable[..., Any], agent_name: str) -> Callable[..., Any
     """
     if guarded_agent_name(fn) is not None:
         return fn
-    defn = temporalio.activity._Definition.from_callable(fn)  # noqa: SLF001 - the name fn was registered with
-    if defn is None or defn.name is None or not inspect.iscoroutinefunction(fn):
+    activity_name = registered_activity_name(fn)
+    if activity_name is None or not inspect.iscoroutinefunction(fn):
         raise ChioTemporalConfigError(f"cannot guard {fn!r}: not an async pydantic-ai activity with a name")
-    activity_name = defn.name
 
     async def governed_activity(*args: Any) -> Any:
         if _GOVERNED_BY.get() != agent_name:
@@ -197,19 +205,59 @@ def guard_activity(fn: Callable[..., Any], agent_name: str) -> Callable[..., Any
     return temporalio.activity.defn(name=activity_name)(governed_activity)
 
 
-def _guard_registrations(durability: TemporalDurability[Any], agent_name: str) -> list[Callable[..., Any]]:
-    """Guard the activities of a ``TemporalDurability`` this module created, where pydantic-ai keeps them.
+def _plugin_activities(agent: AbstractAgent[Any, Any]) -> list[Callable[..., Any]]:
+    """The activities pydantic-ai's ``AgentPlugin(agent)`` puts on a worker (read through its public
+    ``configure_worker``)."""
+    from pydantic_ai.durable_exec.temporal import AgentPlugin
 
-    So every route that registers them (``governed.plugin``, ``PydanticAIPlugin`` with
-    ``__pydantic_ai_agents__``, ``AgentPlugin``, ``durability.temporal_activities``) gets the guarded
-    functions. Falls back to guarding only the list returned if pydantic-ai's storage changes.
+    config = AgentPlugin(agent).configure_worker({"activities": [], "workflows": []})  # type: ignore[typeddict-item]
+    return list(config.get("activities") or [])
+
+
+def guard_agent_activities(
+    agent: AbstractAgent[Any, Any], durability: TemporalDurability[Any] | None, agent_name: str
+) -> list[Callable[..., Any]]:
+    """Guard ``agent``'s activities where pydantic-ai keeps them, then check every route hands them out.
+
+    ``durability`` is the agent's bound ``TemporalDurability`` (``None`` for a ``TemporalAgent``). The
+    activity entries of its backend's ``registrations()`` (child-workflow *types* are kept as they
+    are) — or the ``TemporalAgent``'s ``temporal_activities`` — are replaced in place by guarded ones
+    (:func:`guard_activity`), so every route that registers them gets the guarded functions:
+    ``governed.plugin``, ``PydanticAIPlugin`` with ``__pydantic_ai_agents__``, ``AgentPlugin``,
+    ``activities=durability.temporal_activities``. Then each public route is read back; if one still
+    yields an unguarded activity (pydantic-ai changed where it keeps them), this raises
+    :class:`ChioTemporalConfigError`: refuse to run rather than run ungoverned.
     """
-    activities = [guard_activity(fn, agent_name) for fn in durability.temporal_activities]
-    backend = getattr(durability, "_operation_backend", None)
-    registrations = getattr(backend, "_registrations", None)
-    if isinstance(registrations, list) and len(registrations) == len(activities):
-        registrations[:] = activities
-    return activities
+
+    def guard(entry: Any) -> Any:
+        return entry if isinstance(entry, type) else guard_activity(entry, agent_name)
+
+    if durability is None:
+        replace_in_live_list(agent.temporal_activities, guard)  # type: ignore[attr-defined]
+        routes: dict[str, list[Callable[..., Any]]] = {
+            "TemporalAgent.temporal_activities": list(agent.temporal_activities),  # type: ignore[attr-defined]
+        }
+    else:
+        from pydantic_ai.durable_exec.temporal import worker_registrations
+
+        replace_in_live_list(durability.get_durable_operation_backend().registrations(), guard)
+        activities, child_workflows = worker_registrations(durability)
+        if child_workflows:
+            raise ChioTemporalConfigError(
+                f"agent {agent_name!r} runs tools as Temporal child workflows, which no activity interceptor "
+                "sees: run its tools as activities (the default) to govern them"
+            )
+        routes = {"worker_registrations(durability)": activities}
+    routes["AgentPlugin(agent)"] = _plugin_activities(agent)
+    for route, fns in routes.items():
+        unguarded = [fn for fn in fns if guarded_agent_name(fn) is None]
+        if unguarded or not fns:
+            raise ChioTemporalConfigError(
+                f"cannot guard the activities of agent {agent_name!r}: {route} still hands out "
+                f"{[registered_activity_name(fn) for fn in unguarded] or 'nothing'} "
+                "(pydantic-ai changed where it keeps them; pin the tested pydantic-ai version)"
+            )
+    return routes["AgentPlugin(agent)"]
 
 
 class _GovernedAgentPlugin(SimplePlugin):
@@ -394,22 +442,6 @@ _DURABILITY_OPTIONS = (
 )
 
 
-def _with_durability(agent: Agent[Any, Any], durability: TemporalDurability[Any]) -> Agent[Any, Any]:
-    """A copy of ``agent`` that also carries ``durability``, bound exactly as ``Agent.__init__`` binds it.
-
-    pydantic-ai has no public way to add a capability to a built agent, so this repeats the last
-    binding phase of ``Agent.__init__`` (the ``innermost`` tier, where durability capabilities bind
-    and wrap the agent's toolsets) on a shallow copy. The original agent is left untouched.
-    """
-    from pydantic_ai.capabilities import CombinedCapability
-    from pydantic_ai.capabilities.combined import bind_capabilities_tier
-
-    durable = copy.copy(agent)
-    root = CombinedCapability([*agent.root_capability.capabilities, durability])
-    durable._root_capability = bind_capabilities_tier(root, durable, innermost=True)  # noqa: SLF001
-    return durable
-
-
 _NAME_NEEDED = (
     "the agent needs a unique name (it names its Temporal activities): Agent(..., name='support') "
     "or ChioTemporalAgent(..., name='support')"
@@ -522,7 +554,6 @@ class ChioTemporalAgent(WrapperAgent[AgentDepsT, OutputDataT]):
         if temporal_agent_type is not None and isinstance(agent, temporal_agent_type):
             self._reject_options(given, "the TemporalAgent you built")
             durable: AbstractAgent[AgentDepsT, OutputDataT] = agent
-            activities = list(agent.temporal_activities)
             agent_name = agent.name
             model_names: dict[str, str] = {}
         else:
@@ -533,23 +564,23 @@ class ChioTemporalAgent(WrapperAgent[AgentDepsT, OutputDataT]):
             elif isinstance(agent, Agent):
                 if not (name or agent.name):
                     raise ChioTemporalConfigError(_NAME_NEEDED)
-                durable = _with_durability(agent, TemporalDurability(**given))
+                durable = agent_with_capability(agent, TemporalDurability(**given))
                 durability = TemporalDurability.from_agent(durable)
-                assert durability is not None
+                if durability is None:  # the seam's own check should have caught this
+                    raise ChioTemporalConfigError("could not make the agent durable (no bound TemporalDurability)")
             else:
                 raise ChioTemporalConfigError(
                     f"{type(agent).__name__} is neither an Agent nor a TemporalAgent and carries no "
                     "TemporalDurability: build it as Agent(..., capabilities=[TemporalDurability(...)])"
                 )
             agent_name = durability.name
-            if agent_name and durable is not agent:  # the durable copy is ours: guard it wherever it is registered
-                activities = _guard_registrations(durability, agent_name)
-            else:
-                activities = list(durability.temporal_activities)
             # run(model="<key>") names a model registered with TemporalDurability(models=...)
             model_names = {key: _model_name(model) for key, model in (models or {}).items()}
         if not agent_name:
             raise ChioTemporalConfigError(_NAME_NEEDED)
+        # Guard the durable agent's activities wherever pydantic-ai keeps them (also an agent the user
+        # made durable: once wrapped, its activities refuse to run on a worker without governed.plugin).
+        activities = guard_agent_activities(durable, durability, agent_name)
         super().__init__(durable)
         self.durability = durability
         self.capability_id = capability_id

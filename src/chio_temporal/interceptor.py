@@ -25,11 +25,13 @@ Extension points (stable; see docs/temporal.md) — override in a subclass:
 
 from __future__ import annotations
 
+import collections.abc
 import inspect
 import logging
 import threading
+import typing
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Any
@@ -39,6 +41,7 @@ import temporalio.converter
 import temporalio.workflow
 from chio_sdk.client import ChioClient
 from temporalio.api.common.v1 import Payload
+from temporalio.common import RawValue
 from temporalio.exceptions import ActivityError, ApplicationError
 from temporalio.worker import (
     ActivityInboundInterceptor,
@@ -370,7 +373,7 @@ class ChioActivityInterceptor(Interceptor):
         dynamic activity (``@activity.defn(dynamic=True)``) has no signature for the real type, so its
         raw arguments are sent as ``{"args": [...]}``.
         """
-        if _is_dynamic(input.fn):
+        if _is_dynamic(input.fn, input.args):
             raw = input.args[0] if input.args else []
             values = []
             for item in raw:
@@ -707,12 +710,24 @@ def _derives_from(child: WorkflowGrant, parent: WorkflowGrant) -> bool:
     return any(link.capability_id == parent.capability_id for link in child.token.delegation_chain)
 
 
-def _is_dynamic(fn: Any) -> bool:
+def _is_dynamic(fn: Any, args: Sequence[Any]) -> bool:
+    """Whether this execution is of a dynamic activity (``@activity.defn(dynamic=True)``).
+
+    Temporal requires a dynamic activity to take a single ``Sequence[temporalio.common.RawValue]``
+    and hands it the undecoded arguments as ``RawValue``s: recognised by either, public types only.
+    """
+    if len(args) == 1 and isinstance(args[0], Sequence) and not isinstance(args[0], (str, bytes)):
+        if args[0] and all(isinstance(item, RawValue) for item in args[0]):
+            return True
     try:
-        defn = temporalio.activity._Definition.from_callable(fn)  # noqa: SLF001 - the worker's own record
+        hints = typing.get_type_hints(fn)
     except Exception:
         return False
-    return defn is not None and defn.name is None
+    hints.pop("return", None)
+    if len(hints) != 1:
+        return False
+    (hint,) = hints.values()
+    return typing.get_origin(hint) is collections.abc.Sequence and typing.get_args(hint) == (RawValue,)
 
 
 class _ChioActivityInbound(ActivityInboundInterceptor):

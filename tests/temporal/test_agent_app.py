@@ -132,14 +132,22 @@ with warnings.catch_warnings():
         activity_config=FAST_RETRIES,
     )
 
-# 4. The bare durable agent (no governance), for the replay-compatibility test.
+# 4. A durable agent that is never wrapped (no governance), for the replay-compatibility test.
 bare_agent = Agent(
     FunctionModel(scripted_support_model),
     name="bare",
     tools=[lookup, refund],
     capabilities=[TemporalDurability(activity_config=FAST_RETRIES)],
 )
-governed_bare = ChioTemporalAgent(bare_agent, capability_id=CAPABILITY_ID, chio_client=_placeholder)
+# 4b. An agent the user made durable, then wrapped: from then on its activities refuse to run on a
+#     worker without governed.plugin (whatever registers them).
+user_durable_agent = Agent(
+    FunctionModel(scripted_support_model),
+    name="userdurable",
+    tools=[lookup, refund],
+    capabilities=[TemporalDurability(activity_config=FAST_RETRIES)],
+)
+governed_bare = ChioTemporalAgent(user_durable_agent, capability_id=CAPABILITY_ID, chio_client=_placeholder)
 
 ALL_GOVERNED = [governed_support, governed_strict, governed_bare]
 

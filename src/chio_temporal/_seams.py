@@ -1,0 +1,82 @@
+"""The only places ``chio_temporal`` relies on something its libraries do not guarantee publicly.
+
+One function per reliance, each with a test in ``tests/temporal/test_seams.py`` that fails loudly when
+the library moves, and each raising :class:`~chio_temporal.errors.ChioTemporalConfigError` (so
+construction refuses to run) instead of degrading to an ungoverned agent:
+
+* :func:`registered_activity_name` (temporalio): temporalio has no public reader for the name an
+  ``@activity.defn`` function is registered under; the guard re-registers a wrapper under it.
+* :func:`agent_with_capability` (pydantic-ai): pydantic-ai has no public way to add a capability to an
+  agent that is already built; a copy gets the capability bound by its own public ``for_agent``.
+* :func:`replace_in_live_list` (pydantic-ai): ``RegisteredOperationBackend.registrations()`` and
+  ``TemporalAgent.temporal_activities`` are typed as sequences, not documented as the list every
+  worker route reads; the guard swaps entries in place, and the caller verifies every public route
+  afterwards (``worker_registrations``, ``AgentPlugin``), refusing to run when one is not guarded.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable, Sequence
+from typing import Any, TypeVar
+
+import temporalio.activity
+from pydantic_ai.agent import Agent
+from pydantic_ai.capabilities import AbstractCapability, CombinedCapability
+
+from chio_temporal.errors import ChioTemporalConfigError
+
+__all__ = ["agent_with_capability", "registered_activity_name", "replace_in_live_list"]
+
+T = TypeVar("T")
+
+_UPGRADE = "(pydantic-ai / temporalio changed an internal chio-durable relies on; pin the tested versions)"
+
+
+def registered_activity_name(fn: Callable[..., Any]) -> str | None:
+    """The activity type ``fn`` was registered with by ``@activity.defn`` (``None``: dynamic or not an activity).
+
+    Reads temporalio's definition record, which is what its ``Worker`` itself reads (no public reader).
+    """
+    try:
+        definition = temporalio.activity._Definition.from_callable(fn)  # noqa: SLF001 - the one lookup
+    except AttributeError as err:
+        raise ChioTemporalConfigError(f"cannot read the registered name of {fn!r} {_UPGRADE}") from err
+    if definition is None:
+        return None
+    name = getattr(definition, "name", None)
+    if name is not None and not isinstance(name, str):
+        raise ChioTemporalConfigError(f"unexpected activity definition on {fn!r} {_UPGRADE}")
+    return name
+
+
+def agent_with_capability(agent: Agent[Any, Any], capability: AbstractCapability[Any]) -> Agent[Any, Any]:
+    """A shallow copy of ``agent`` that also carries ``capability``, bound to the copy; ``agent`` is untouched.
+
+    ``capability.for_agent(copy)`` (public) binds it exactly as ``Agent.__init__`` binds the ``innermost``
+    tier (durability capabilities wrap the agent's toolsets there); the capabilities the agent already
+    bound stay as they are. Only the assignment of the new root capability uses the agent's attribute.
+    """
+    durable = copy.copy(agent)
+    bound = capability.for_agent(durable)
+    root = CombinedCapability([*agent.root_capability.capabilities, bound])
+    try:
+        durable._root_capability = root  # noqa: SLF001 - the one write: no public setter exists
+    except AttributeError as err:
+        raise ChioTemporalConfigError(f"cannot add a capability to a built Agent {_UPGRADE}") from err
+    if durable.root_capability is not root:
+        raise ChioTemporalConfigError(f"the capability did not reach the agent copy {_UPGRADE}")
+    return durable
+
+
+def replace_in_live_list(live: Sequence[T], replace: Callable[[T], T]) -> None:
+    """Replace each entry of ``live`` by ``replace(entry)``, in place (the list pydantic-ai's routes read).
+
+    Raises :class:`ChioTemporalConfigError` when ``live`` is not a mutable list (a copy or a tuple: the
+    replacement would not reach the worker routes). The caller must still verify the routes.
+    """
+    if not isinstance(live, list):
+        raise ChioTemporalConfigError(
+            f"pydantic-ai no longer hands out its activity registrations as a list ({type(live).__name__}) {_UPGRADE}"
+        )
+    live[:] = [replace(entry) for entry in live]
