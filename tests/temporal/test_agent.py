@@ -117,7 +117,48 @@ class StreamingWorkflow:
         return {"output": result.output, "receipt_ids": app.governed_streaming.receipt_ids_of(result)}
 
 
-WORKFLOWS = [SupportWorkflow, StrictWorkflow, LegacyWorkflow, BareWorkflow, TwoRunsWorkflow, MixedWorkflow, StreamingWorkflow]
+@workflow.defn
+class UserDurableWorkflow:
+    """Calls the agent the user made durable directly (governance is then entirely the worker's)."""
+
+    @workflow.run
+    async def run(self, prompt: str) -> str:
+        return (await app.user_durable_agent.run(prompt)).output
+
+
+@workflow.defn
+class LegacyDirectWorkflow:
+    """Calls the user's TemporalAgent directly."""
+
+    @workflow.run
+    async def run(self, prompt: str) -> str:
+        return (await app.legacy_agent.run(prompt)).output
+
+
+WORKFLOWS = [
+    SupportWorkflow, StrictWorkflow, LegacyWorkflow, BareWorkflow, TwoRunsWorkflow, MixedWorkflow, StreamingWorkflow,
+    UserDurableWorkflow, LegacyDirectWorkflow,
+]
+
+
+# Workflows that list their agents for PydanticAIPlugin (kept off the shared WORKFLOWS list: the
+# client's PydanticAIPlugin would register those agents' activities on every worker).
+@workflow.defn
+class ListedSupportWorkflow:
+    __pydantic_ai_agents__ = [app.governed_support]
+
+    @workflow.run
+    async def run(self, prompt: str) -> str:
+        return (await app.governed_support.run(prompt)).output
+
+
+@workflow.defn
+class ListedUserDurableWorkflow:
+    __pydantic_ai_agents__ = [app.user_durable_agent]
+
+    @workflow.run
+    async def run(self, prompt: str) -> str:
+        return (await app.user_durable_agent.run(prompt)).output
 
 
 # --- helpers -----------------------------------------------------------------------------------
@@ -645,3 +686,113 @@ async def test_worker_without_governed_plugin_fails_closed(client, chio):
     durability = TemporalDurability.from_agent(app.governed_support)
     assert durability is not None and durability.temporal_activities
     assert {guarded_agent_name(fn) for fn in durability.temporal_activities} == {"support"}
+
+
+# --- fail closed however the worker is assembled ------------------------------------------------
+
+
+def _durability_of(agent: Any) -> Any:
+    durability = TemporalDurability.from_agent(agent)
+    assert durability is not None
+    return durability
+
+
+# name -> (workflow, worker options): every way pydantic-ai offers to put a governed agent's
+# activities on a worker without governed.plugin. The client carries PydanticAIPlugin (so
+# `__pydantic_ai_agents__` is read on every worker).
+ASSEMBLIES: dict[str, tuple[Any, Any]] = {
+    "AgentPlugin(governed)": (SupportWorkflow, lambda: {"plugins": [AgentPlugin(app.governed_support)]}),
+    "PydanticAIPlugin, __pydantic_ai_agents__=[governed]": (ListedSupportWorkflow, lambda: {}),
+    "activities=governed.temporal_activities": (
+        SupportWorkflow, lambda: {"activities": app.governed_support.temporal_activities},
+    ),
+    "activities=durability.temporal_activities": (
+        SupportWorkflow, lambda: {"activities": _durability_of(app.governed_support).temporal_activities},
+    ),
+    "user-made durable Agent, AgentPlugin(agent)": (
+        UserDurableWorkflow, lambda: {"plugins": [AgentPlugin(app.user_durable_agent)]},
+    ),
+    "user-made durable Agent, __pydantic_ai_agents__=[agent]": (ListedUserDurableWorkflow, lambda: {}),
+    "user-made durable Agent, activities=durability.temporal_activities": (
+        UserDurableWorkflow, lambda: {"activities": _durability_of(app.user_durable_agent).temporal_activities},
+    ),
+    "TemporalAgent, AgentPlugin(agent)": (LegacyDirectWorkflow, lambda: {"plugins": [AgentPlugin(app.legacy_agent)]}),
+    "TemporalAgent, activities=agent.temporal_activities": (
+        LegacyDirectWorkflow, lambda: {"activities": app.legacy_agent.temporal_activities},
+    ),
+}
+
+
+@pytest.mark.parametrize("assembly", list(ASSEMBLIES))
+async def test_every_worker_assembly_without_governed_plugin_fails_closed(client, chio, assembly):
+    """No model request, tool or MCP call runs unevaluated: the first guarded activity refuses, non-retryably."""
+    # The capability would allow everything: what stops the calls is the missing plugin, not a deny.
+    await issue(chio, MODEL, grant("support"), grant("userdurable"), grant("legacy"), DOCS_LIST)
+    workflow_class, options = ASSEMBLIES[assembly]
+    options = options()
+    before = dict(app.CALLS)
+    task_queue = f"assembly-{uuid.uuid4().hex[:8]}"
+    async with Worker(
+        client,
+        task_queue=task_queue,
+        workflows=[workflow_class],
+        activities=list(options.get("activities", [])),
+        plugins=list(options.get("plugins", [])),
+    ):
+        with pytest.raises(WorkflowFailureError) as failure:
+            await client.execute_workflow(workflow_class.run, "lookup:Y", id=wid("assembly"), task_queue=task_queue)
+    cause: BaseException | None = failure.value.cause
+    while cause is not None and not (isinstance(cause, ApplicationError) and cause.type == "ChioTemporalConfigError"):
+        cause = cause.__cause__
+    assert isinstance(cause, ApplicationError) and cause.non_retryable, failure.value
+    assert "governed.plugin" in str(cause)
+    for counter in ("model", "lookup", "search_docs"):  # nothing ran ungoverned
+        assert app.CALLS.get(counter, 0) == before.get(counter, 0), counter
+    assert not await chio.list_receipts(app.CAPABILITY_ID)  # and nothing was evaluated either
+
+
+async def test_user_made_durable_agent_is_governed_by_governed_plugin(client, chio):
+    """The agent the user made durable runs, evaluated, on a worker with governed.plugin."""
+    await issue(chio, MODEL, grant("userdurable", "lookup"))
+    before = dict(app.CALLS)
+    async with worker(client, app.governed_bare.plugin) as tq:
+        workflow_id = wid("userdurable")
+        out = await client.execute_workflow(UserDurableWorkflow.run, "lookup:U", id=workflow_id, task_queue=tq)
+    assert out == "order U: shipped"
+    assert app.CALLS["lookup"] - before.get("lookup", 0) == 1
+    receipt = app.governed_bare.interceptor.get_workflow_receipt(workflow_id)
+    assert receipt is not None and receipt.allow_count == 3 and receipt.deny_count == 0
+    assert [(s.tool_server, s.tool_name) for s in receipt.steps] == [
+        ("model", "function:scripted_support_model:"),
+        ("userdurable", "lookup"),
+        ("model", "function:scripted_support_model:"),
+    ]
+
+
+async def test_denied_tool_result_is_what_pydantic_ai_makes_of_tool_failed(client, chio):
+    """The model sees a denied tool exactly as pydantic-ai presents a tool that raised ToolFailed."""
+    import dataclasses
+
+    from pydantic_ai.exceptions import ToolFailed
+
+    await issue(chio, MODEL, grant("support", "lookup"), DOCS_LIST)  # no refund
+    app.TOOL_RESULTS.clear()
+    async with worker(client) as tq:
+        await client.execute_workflow(SupportWorkflow.run, "refund:Q", id=wid("shape"), task_queue=tq)
+    (durable_part,) = [p for p in app.TOOL_RESULTS if p.tool_name == "refund"]
+    message = durable_part.content
+    assert isinstance(message, str) and message.startswith("Permission denied: the call to support/refund")
+
+    async def refund(order_id: str) -> str:
+        raise ToolFailed(message)
+
+    app.TOOL_RESULTS.clear()
+    await Agent(FunctionModel(app.scripted_support_model), name="inproc", tools=[refund]).run("refund:Q")
+    (local_part,) = [p for p in app.TOOL_RESULTS if p.tool_name == "refund"]
+
+    def seen(part: Any) -> dict[str, Any]:
+        return {k: v for k, v in dataclasses.asdict(part).items() if k not in ("tool_call_id", "timestamp")}
+
+    assert type(durable_part) is type(local_part)
+    assert seen(durable_part) == seen(local_part)
+    assert durable_part.model_response_str() == local_part.model_response_str()

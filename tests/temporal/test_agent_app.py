@@ -35,6 +35,8 @@ CALLS: Counter[str] = Counter()
 """Real executions: ``model`` (scripted model calls) and one key per tool body that ran."""
 SEEN_TOOLS: list[list[str]] = []
 """The tool names the model was offered, per model call."""
+TOOL_RESULTS: list[Any] = []
+"""Every tool-result part the model was given (``tool-return`` / ``retry-prompt``), in order."""
 
 _ARG = {"lookup": "order_id", "refund": "order_id", "flaky": "order_id", "search_docs": "query"}
 
@@ -50,6 +52,9 @@ def scripted_support_model(messages: list[ModelMessage], info: AgentInfo) -> Mod
         for part in message.parts
         if isinstance(part, UserPromptPart)
     )
+    last = messages[-1] if messages else None
+    if isinstance(last, ModelRequest):
+        TOOL_RESULTS.extend(p for p in last.parts if p.part_kind in ("tool-return", "retry-prompt"))
     plan = [step.split(":", 1) for step in prompt.split(",") if ":" in step]
     step = sum(1 for message in messages if isinstance(message, ModelResponse))
     if step < len(plan):
