@@ -58,6 +58,9 @@ async def bench(runs: int, warmup: int) -> int:
                     ]
                 ),
             )
+            # The bare worker's plugin is taken before wrapping: once wrapped, the agent's activities
+            # refuse to run on a worker without governed.plugin (docs/temporal_agent.md).
+            bare_plugin = AgentPlugin(orders_agent)
             governed = ChioTemporalAgent(orders_agent, capability_id=token.id, chio_client=chio)
             # Measure what governance itself costs per activity on the worker: time in the
             # interceptor's enforcement path minus the activity body (instance-level wrapper).
@@ -89,7 +92,7 @@ async def bench(runs: int, warmup: int) -> int:
                 plugins=[PydanticAIPlugin()],
             )
             bare_tq, gov_tq = f"bare-{uuid.uuid4().hex[:6]}", f"gov-{uuid.uuid4().hex[:6]}"
-            bare_worker = Worker(client, task_queue=bare_tq, workflows=[AgentWorkflow], plugins=[AgentPlugin(orders_agent)])
+            bare_worker = Worker(client, task_queue=bare_tq, workflows=[AgentWorkflow], plugins=[bare_plugin])
             gov_worker = Worker(client, task_queue=gov_tq, workflows=[AgentWorkflow], plugins=[governed.plugin])
             times: dict[str, list[float]] = {"bare": [], "governed": []}
 
