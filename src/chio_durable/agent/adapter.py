@@ -53,7 +53,8 @@ def check_realtime_hooks() -> None:
     If pydantic-ai renamed them, the refusing overrides would no longer be called and a realtime
     session could open ungoverned: building a governed agent refuses instead.
     """
-    missing = [name for name in REALTIME_HOOKS if not callable(getattr(WrapperAgent, name, None))]
+    # Defined on WrapperAgent itself: that is the delegation that routes another wrapper's session to us.
+    missing = [name for name in REALTIME_HOOKS if not callable(vars(WrapperAgent).get(name))]
     if missing:
         raise UserError(
             "chio: this pydantic-ai version no longer delegates realtime sessions through "
