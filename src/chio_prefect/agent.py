@@ -281,8 +281,8 @@ class ChioPrefectAgent(WrapperAgent[Any, Any]):
                 "its options (model_task_config=..., mcp_task_config=..., ...) to ChioPrefectAgent."
             )
         super().__init__(wrapped)
-        self._name = name or wrapped.name
-        if not self._name:
+        self._agent_name = name or wrapped.name
+        if not self._agent_name:
             raise UserError(
                 "ChioPrefectAgent needs a unique agent name for its Prefect flows and tasks: "
                 "Agent(..., name='researcher') or ChioPrefectAgent(agent, name='researcher', ...)"
@@ -301,7 +301,7 @@ class ChioPrefectAgent(WrapperAgent[Any, Any]):
         self.durability: PrefectDurability[Any] = PrefectDurability(
             models=models,
             event_stream_handler=event_stream_handler,
-            name=self._name,
+            name=self._agent_name,
             model_task_config=with_receipt_cache_key(model_task_config),
             mcp_task_config=with_receipt_cache_key(mcp_task_config),
             tool_task_config=with_receipt_cache_key(tool_task_config),
@@ -315,7 +315,7 @@ class ChioPrefectAgent(WrapperAgent[Any, Any]):
 
     @property
     def name(self) -> str | None:
-        return self._name
+        return self._agent_name
 
     @name.setter
     def name(self, value: str | None) -> None:
@@ -365,7 +365,7 @@ class ChioPrefectAgent(WrapperAgent[Any, Any]):
 
         parent = super()
 
-        @flow(name=f"{self._name} Run", **self._flow_options)
+        @flow(name=f"{self._agent_name} Run", **self._flow_options)
         async def chio_agent_run() -> AgentRunResult[Any]:
             return await parent.run(user_prompt, **kwargs)
 
