@@ -313,7 +313,7 @@ class SidecarClient(ChioClient):
         data = await self._request("POST", "/chio/verify", receipt.model_dump(exclude_none=True))
         return bool(data.get("valid", False))
 
-    async def evaluate_tool_call(  # type: ignore[override]  # keyword extras only: every ChioClient call still fits
+    async def evaluate_tool_call(  # keyword extras with defaults: every ChioClient call still fits
         self,
         *,
         capability_id: str,
