@@ -25,10 +25,10 @@ from typing import Any
 os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
 
 import httpx  # noqa: E402
-from chio_sdk.client import ChioClient
 from chio_sdk.models import ChioReceipt, ChioScope, Operation, ToolGrant  # noqa: E402
 
 from chio_durable import client_url  # noqa: E402
+from chio_kernel import SidecarClient  # noqa: E402
 from chio_prefect import ChioPrefectError, chio_flow, chio_task  # noqa: E402
 
 CAPABILITY_ID = "cap-research-pipeline"
@@ -110,7 +110,7 @@ def provision(client: Any) -> None:
             kernel.create_capability(subject="research-pipeline", scope=PIPELINE_SCOPE, capability_id=CAPABILITY_ID)
         return
 
-    # Sidecar: its own short-lived sync HTTP client (ChioClient's async one belongs to the
+    # Sidecar: its own short-lived sync HTTP client (the async client's connections belong to the
     # evaluation loop). POST /v1/capabilities accepts the capability id.
     with httpx.Client(base_url=client_url(client), timeout=10) as http:
         found = http.get(f"/v1/capabilities/{CAPABILITY_ID}")
@@ -141,7 +141,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     if args.sidecar_url:
-        client: Any = ChioClient(args.sidecar_url)
+        # SidecarClient: a chio_sdk.ChioClient that also sends idempotency keys (retries replay receipts)
+        client: Any = SidecarClient(args.sidecar_url)
         where = f"sidecar {args.sidecar_url}"
     else:
         from chio_kernel import LocalChioClient

@@ -5,8 +5,11 @@ interchangeably: the real ``chio_sdk.ChioClient`` talking to a sidecar, our in-p
 ``chio_kernel.LocalChioClient``, and the ``chio_sdk.testing`` mocks. This module is the one place
 that knows their differences:
 
-* only the kernel speaks idempotency keys: ``LocalChioClient`` takes ``idempotency_key=``, and the
-  real ``ChioClient`` gets the same field added to its ``/v1/evaluate`` body; a mock ignores it;
+* only the kernel speaks idempotency keys: ``LocalChioClient`` and ``chio_kernel.SidecarClient`` (a
+  ``ChioClient`` for the sidecar) take ``idempotency_key=`` (and ``cost=``); a stock
+  ``chio_sdk.ChioClient`` has no public way to send them, so it is called through its public
+  ``evaluate_tool_call`` without a key (a retry then gets a fresh receipt; warned once per client)
+  and a call with a ``cost`` is refused rather than evaluated without its cost; a mock ignores both;
 * a mock (or an upstream sidecar answering HTTP 403) raises ``ChioDeniedError`` on deny, where our
   kernel returns a signed deny receipt — both become a denied :class:`Evaluation`;
 * a remote receipt must answer the call asked (capability, server, tool; and, when a real kernel
@@ -31,6 +34,8 @@ import inspect
 import json
 import re
 import threading
+import warnings
+import weakref
 from collections.abc import Coroutine
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
@@ -44,6 +49,7 @@ __all__ = [
     "Evaluation",
     "KernelRejected",
     "KernelUnavailable",
+    "NO_IDEMPOTENCY_WARNING",
     "await_on_kernel_loop",
     "client_url",
     "evaluate",
@@ -136,12 +142,18 @@ def idempotency_key(*parts: object) -> str:
 
 
 def client_url(client: Any) -> str:
-    """Where a client sends its evaluations, for error messages and events."""
-    for attr in ("base_url", "_base_url", "DEFAULT_BASE_URL"):
-        value = getattr(client, attr, None)
-        if isinstance(value, str):
-            return value
-    return type(client).__name__
+    """Where a client sends its evaluations, for error messages and events.
+
+    Its public ``base_url`` (``SidecarClient``, ``LocalChioClient``); a stock ``chio_sdk.ChioClient``
+    does not expose its URL, so it is named by its type.
+    """
+    value = getattr(client, "base_url", None)
+    if isinstance(value, str):
+        return value
+    if isinstance(client, ChioClient):
+        return "chio_sdk.ChioClient"
+    value = getattr(client, "DEFAULT_BASE_URL", None)  # a mock says where it stands in for
+    return value if isinstance(value, str) else type(client).__name__
 
 
 # --- the background loop for remote clients --------------------------------------------------
@@ -186,11 +198,21 @@ def _embedded_kernel(client: Any) -> Any | None:
     return kernel if kernel is not None and hasattr(kernel, "evaluate") else None
 
 
-def _accepts_idempotency_key(client: Any) -> bool:
+def _evaluate_parameters(client: Any) -> frozenset[str]:
+    """The keyword parameters of ``client.evaluate_tool_call`` (empty if it cannot be inspected)."""
     try:
-        return "idempotency_key" in inspect.signature(client.evaluate_tool_call).parameters
+        return frozenset(inspect.signature(client.evaluate_tool_call).parameters)
     except (TypeError, ValueError, AttributeError):
-        return False
+        return frozenset()
+
+
+_warned_no_idempotency: weakref.WeakSet[Any] = weakref.WeakSet()
+
+NO_IDEMPOTENCY_WARNING = (
+    "chio: this chio_sdk.ChioClient cannot send idempotency keys (its public evaluate_tool_call has no "
+    "such field), so a retried flow/workflow gets fresh receipts, misses the receipt-keyed cache and is "
+    "charged again. Use chio_kernel.SidecarClient(url) (a ChioClient) to keep retries idempotent."
+)
 
 
 async def _remote_evaluate(
@@ -199,17 +221,15 @@ async def _remote_evaluate(
     idem: str | None,
     cost: MonetaryAmount | None,
 ) -> ChioReceipt:
-    if isinstance(client, ChioClient):
-        # Same wire call ChioClient.evaluate_tool_call makes, with the kernel's optional fields.
-        payload = dict(body)
-        if idem is not None:
-            payload["idempotency_key"] = idem
-        if cost is not None:
-            payload["cost"] = cost.model_dump()
-        data = await client._post("/v1/evaluate", payload)  # noqa: SLF001 - documented wire extension
-        return ChioReceipt.model_validate(data)
-    if _accepts_idempotency_key(client):
-        return await client.evaluate_tool_call(**body, idempotency_key=idem)
+    accepted = _evaluate_parameters(client)
+    if "idempotency_key" in accepted:  # SidecarClient, or any client speaking the kernel's extras
+        extras: dict[str, Any] = {"idempotency_key": idem}
+        if cost is not None and "cost" in accepted:
+            extras["cost"] = cost
+        return await client.evaluate_tool_call(**body, **extras)
+    if isinstance(client, ChioClient) and idem is not None and client not in _warned_no_idempotency:
+        _warned_no_idempotency.add(client)
+        warnings.warn(NO_IDEMPOTENCY_WARNING, RuntimeWarning, stacklevel=2)
     return await client.evaluate_tool_call(**body)
 
 
@@ -302,6 +322,11 @@ async def _decide_remotely(
         expected_hash = None  # a mock decides on its own terms
     except Exception:  # noqa: BLE001 - not a dict at all: the client/kernel says what is wrong
         expected_hash = None
+    if cost is not None and isinstance(client, ChioClient) and "cost" not in _evaluate_parameters(client):
+        # Evaluating without the cost would skip the budget: refuse instead (fail closed).
+        raise KernelRejected(
+            url, "a stock chio_sdk.ChioClient cannot send a cost; use chio_kernel.SidecarClient(url)"
+        )
     try:
         receipt = await _remote_evaluate(client, body, idem, cost)
     except ChioDeniedError as err:

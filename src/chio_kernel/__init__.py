@@ -1,12 +1,13 @@
 """The embedded Chio kernel: capability tokens, guards, signed hash-chained receipts.
 
 ``Kernel`` is the kernel itself (thread-safe; processes may share a data directory);
-``LocalChioClient`` offers it through the ``chio_sdk.ChioClient`` API. The sidecar and CLI live in
+``LocalChioClient`` offers it through the ``chio_sdk.ChioClient`` API in-process, ``SidecarClient``
+(a ``ChioClient``) over HTTP with the kernel's extras. The sidecar and CLI live in
 ``chio_kernel.sidecar`` / ``chio_kernel.cli`` and are not imported here (keeps this import light).
 """
 
 from chio_kernel.canonical import canonical_json
-from chio_kernel.client import LocalChioClient
+from chio_kernel.client import LocalChioClient, SidecarClient
 from chio_kernel.kernel import CapabilityError, ChainReport, Kernel, KernelInputError
 from chio_kernel.signing import default_data_dir
 
@@ -16,6 +17,7 @@ __all__ = [
     "Kernel",
     "KernelInputError",
     "LocalChioClient",
+    "SidecarClient",
     "canonical_json",
     "default_data_dir",
 ]

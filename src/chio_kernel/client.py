@@ -1,9 +1,15 @@
-"""``LocalChioClient``: the ``chio_sdk.ChioClient`` API, answered by an in-process :class:`Kernel`.
+"""Two clients with the ``chio_sdk.ChioClient`` API and the kernel's extras.
 
-Same methods, signatures and return types as ``ChioClient`` (so code written for the sidecar runs
-unchanged), plus the kernel's extras (idempotency keys, costs, revocation, receipt reads). Calls go
-straight to the kernel on the caller's thread: no HTTP, no threads, no event-loop hops. A deny is a
-receipt (``receipt.decision.verdict == "deny"``), exactly like the sidecar's HTTP 200 deny.
+* :class:`LocalChioClient` answers from an in-process :class:`Kernel`: calls go straight to the
+  kernel on the caller's thread, no HTTP, no threads, no event-loop hops.
+* :class:`SidecarClient` IS-A ``chio_sdk.ChioClient`` for the sidecar over HTTP, on an ``httpx``
+  client of its own: it knows its URL (``base_url``), sends the kernel's optional fields
+  (idempotency key, cost, operation), can send a bearer token, and reads/revokes through the
+  sidecar's own endpoints. Use it wherever a stock ``ChioClient`` would go.
+
+Both: same methods, signatures and return types as ``ChioClient`` (so code written for the sidecar
+runs unchanged), plus the kernel's extras (idempotency keys, costs, revocation, receipt reads). A
+deny is a receipt (``receipt.decision.verdict == "deny"``), exactly like the sidecar's HTTP 200 deny.
 """
 
 from __future__ import annotations
@@ -12,8 +18,15 @@ import os
 import time
 from typing import Any
 
-from chio_sdk.client import ChioClient, _capability_id_from_token
-from chio_sdk.errors import ChioValidationError
+import httpx
+from chio_sdk.client import ChioClient
+from chio_sdk.errors import (
+    ChioConnectionError,
+    ChioDeniedError,
+    ChioError,
+    ChioTimeoutError,
+    ChioValidationError,
+)
 from chio_sdk.models import (
     CallerIdentity,
     CapabilityToken,
@@ -29,7 +42,21 @@ from chio_sdk.models import (
 
 from chio_kernel.kernel import CapabilityError, Kernel
 
-__all__ = ["LocalChioClient"]
+__all__ = ["LocalChioClient", "SidecarClient", "capability_id_from_token"]
+
+
+def capability_id_from_token(raw_token: str | None) -> str | None:
+    """The ``id`` of a capability token given as JSON text; ``None`` if absent or not a token.
+
+    What ``ChioClient.evaluate_http_request`` does with its ``capability_token`` argument: best
+    effort, the kernel then validates the token itself.
+    """
+    if raw_token is None:
+        return None
+    try:
+        return CapabilityToken.model_validate_json(raw_token).id
+    except ValueError:  # pydantic's ValidationError: not a token
+        return None
 
 
 class LocalChioClient:
@@ -164,7 +191,7 @@ class LocalChioClient:
             body_hash=body_hash,
             body_length=body_length,
             session_id=session_id,
-            capability_id=capability_id or _capability_id_from_token(capability_token),
+            capability_id=capability_id or capability_id_from_token(capability_token),
             model_metadata=model_metadata,
             timestamp=timestamp or int(time.time()),
         )
@@ -190,3 +217,254 @@ class LocalChioClient:
     ) -> list[ChioReceipt]:
         """Stored receipts in chain order, optionally for one capability (paged by ``limit``/``after_seq``)."""
         return self.kernel.list_receipts(capability_id=capability_id, limit=limit, after_seq=after_seq)
+
+
+class SidecarClient(ChioClient):
+    """``chio_sdk.ChioClient`` for the sidecar, with a public URL and the kernel's wire extras.
+
+    A drop-in ``ChioClient`` (it is one: ``isinstance(client, ChioClient)`` holds, every method keeps
+    its signature and return type) whose requests go through an ``httpx.AsyncClient`` this class
+    builds and owns, so it needs no private part of ``chio_sdk``. On top of ``ChioClient``:
+
+    * ``base_url`` is a public attribute (error messages and events name the sidecar);
+    * ``evaluate_tool_call(..., idempotency_key=, cost=, operation=)`` sends the kernel's optional
+      ``/v1/evaluate`` fields: a retried call with the same key gets the same receipt back and is
+      charged once (the stock ``ChioClient`` cannot send them; see ``docs/sidecar.md``);
+    * ``token=`` sends ``Authorization: Bearer <token>`` on every request (a token-guarded sidecar);
+    * ``get_capability``, ``revoke_capability``, ``get_receipt``, ``list_receipts``: the sidecar's
+      read/revoke endpoints, the same extras :class:`LocalChioClient` offers.
+
+    Errors are ``ChioClient``'s: ``ChioConnectionError`` (unreachable), ``ChioTimeoutError``,
+    ``ChioDeniedError`` (HTTP 403), ``ChioError`` with ``code="HTTP_<status>"`` (any other 4xx/5xx).
+
+    Args:
+        base_url: the sidecar's address (default ``http://127.0.0.1:9090``).
+        timeout: seconds per request (default 5, as ``ChioClient``).
+        token: the sidecar's bearer token, if it was started with ``--token`` / ``CHIO_SIDECAR_TOKEN``.
+    """
+
+    def __init__(self, base_url: str | None = None, *, timeout: float = 5.0, token: str | None = None) -> None:
+        super().__init__(base_url, timeout=timeout)
+        self.base_url: str = (base_url or self.DEFAULT_BASE_URL).rstrip("/")
+        headers = {"Authorization": f"Bearer {token}"} if token is not None else None
+        self._sidecar = httpx.AsyncClient(base_url=self.base_url, timeout=httpx.Timeout(timeout), headers=headers)
+
+    def __repr__(self) -> str:
+        return f"SidecarClient({self.base_url!r})"
+
+    # --- lifecycle ---
+
+    async def close(self) -> None:
+        """Close this client's HTTP connections."""
+        try:
+            await self._sidecar.aclose()
+        finally:
+            await super().close()
+
+    async def __aenter__(self) -> SidecarClient:
+        return self
+
+    # --- ChioClient API, over this client's own HTTP connection ---
+
+    async def health(self) -> dict[str, Any]:
+        """The sidecar's ``/chio/health`` answer."""
+        return await self._request("GET", "/chio/health")
+
+    async def create_capability(
+        self,
+        *,
+        subject: str,
+        scope: ChioScope,
+        ttl_seconds: int = 3600,
+        capability_id: str | None = None,
+        rate_limit: tuple[int, float] | None = None,
+    ) -> CapabilityToken:
+        """Issue a capability token (``capability_id`` / ``rate_limit``: the kernel's optional fields)."""
+        body: dict[str, Any] = {
+            "subject": subject,
+            "scope": scope.model_dump(exclude_none=True),
+            "ttl_seconds": ttl_seconds,
+        }
+        if capability_id is not None:
+            body["id"] = capability_id
+        if rate_limit is not None:
+            body["rate_limit"] = list(rate_limit)
+        return CapabilityToken.model_validate(await self._request("POST", "/v1/capabilities", body))
+
+    async def validate_capability(self, token: CapabilityToken) -> bool:
+        """True if the sidecar finds the token valid now."""
+        data = await self._request("POST", "/v1/capabilities/validate", token.model_dump(exclude_none=True))
+        return bool(data.get("valid", False))
+
+    async def attenuate_capability(self, token: CapabilityToken, *, new_scope: ChioScope) -> CapabilityToken:
+        """A child token with ``new_scope`` ⊆ ``token.scope``; ``ChioValidationError`` if not a subset."""
+        if not new_scope.is_subset_of(token.scope):
+            raise ChioValidationError("new_scope must be a subset of the parent token scope")
+        body = {"parent_token": token.model_dump(exclude_none=True), "new_scope": new_scope.model_dump(exclude_none=True)}
+        return CapabilityToken.model_validate(await self._request("POST", "/v1/capabilities/attenuate", body))
+
+    async def verify_receipt(self, receipt: ChioReceipt) -> bool:
+        """True if the sidecar's kernel verifies the receipt's signature."""
+        data = await self._request("POST", "/v1/receipts/verify", receipt.model_dump(exclude_none=True))
+        return bool(data.get("valid", False))
+
+    async def verify_http_receipt(self, receipt: HttpReceipt) -> bool:
+        """True if the sidecar's kernel verifies the HTTP receipt's signature."""
+        data = await self._request("POST", "/chio/verify", receipt.model_dump(exclude_none=True))
+        return bool(data.get("valid", False))
+
+    async def evaluate_tool_call(  # keyword extras with defaults: every ChioClient call still fits
+        self,
+        *,
+        capability_id: str,
+        tool_server: str,
+        tool_name: str,
+        parameters: dict[str, Any],
+        idempotency_key: str | None = None,
+        cost: MonetaryAmount | None = None,
+        operation: Operation = Operation.INVOKE,
+    ) -> ChioReceipt:
+        """Evaluate one tool call; the signed receipt (allow or deny), as ``ChioClient`` returns it.
+
+        ``idempotency_key``: the same key re-evaluated while the capability is valid returns the same
+        receipt and charges no budget twice. ``cost``: charged against the grant's cost budget.
+        """
+        body: dict[str, Any] = {
+            "capability_id": capability_id,
+            "tool_server": tool_server,
+            "tool_name": tool_name,
+            "parameters": parameters,
+        }
+        if idempotency_key is not None:
+            body["idempotency_key"] = idempotency_key
+        if cost is not None:
+            body["cost"] = cost.model_dump()
+        if operation != Operation.INVOKE:
+            body["operation"] = operation.value
+        return ChioReceipt.model_validate(await self._request("POST", "/v1/evaluate", body))
+
+    async def evaluate_http_request(
+        self,
+        *,
+        request_id: str,
+        method: str,
+        route_pattern: str,
+        path: str,
+        caller: CallerIdentity,
+        query: dict[str, str] | None = None,
+        headers: dict[str, str] | None = None,
+        body_hash: str | None = None,
+        body_length: int = 0,
+        session_id: str | None = None,
+        capability_id: str | None = None,
+        capability_token: str | None = None,
+        model_metadata: dict[str, Any] | None = None,
+        timestamp: int | None = None,
+    ) -> EvaluateResponse:
+        """Evaluate an HTTP request through the sidecar's ``/chio/evaluate`` (as ``ChioClient`` does)."""
+        request = ChioHttpRequest(
+            request_id=request_id,
+            method=method,
+            route_pattern=route_pattern,
+            path=path,
+            query=query or {},
+            headers=headers or {},
+            caller=caller,
+            body_hash=body_hash,
+            body_length=body_length,
+            session_id=session_id,
+            capability_id=capability_id or capability_id_from_token(capability_token),
+            model_metadata=model_metadata,
+            timestamp=timestamp or int(time.time()),
+        )
+        extra = {"X-Chio-Capability": capability_token} if capability_token is not None else None
+        data = await self._request("POST", "/chio/evaluate", request.model_dump(exclude_none=True), headers=extra)
+        return EvaluateResponse.model_validate(data)
+
+    # --- kernel extras ---
+
+    async def get_capability(self, capability_id: str) -> CapabilityToken | None:
+        """The token the sidecar's kernel issued under this id, or ``None`` if it knows none."""
+        try:
+            data = await self._request("GET", f"/v1/capabilities/{_segment(capability_id)}")
+        except ChioError as err:
+            if err.code == "HTTP_404":
+                return None
+            raise
+        return CapabilityToken.model_validate(data)
+
+    async def revoke_capability(self, capability_id: str) -> list[str]:
+        """Revoke a capability and its descendants; returns the revoked ids (404 → ``ChioError``)."""
+        data = await self._request("POST", f"/v1/capabilities/{_segment(capability_id)}/revoke", {})
+        return [str(i) for i in data.get("revoked", [])]
+
+    async def get_receipt(self, receipt_id: str) -> ChioReceipt | None:
+        """The stored receipt with this id, or ``None``."""
+        try:
+            data = await self._request("GET", f"/v1/receipts/{_segment(receipt_id)}")
+        except ChioError as err:
+            if err.code == "HTTP_404":
+                return None
+            raise
+        return ChioReceipt.model_validate(data)
+
+    async def list_receipts(
+        self, capability_id: str | None = None, *, limit: int | None = None, after_seq: int | None = None
+    ) -> list[ChioReceipt]:
+        """Stored receipts in chain order, optionally for one capability (one page: ``limit``/``after_seq``)."""
+        params: dict[str, str] = {}
+        if capability_id is not None:
+            params["capability_id"] = capability_id
+        if limit is not None:
+            params["limit"] = str(limit)
+        if after_seq is not None:
+            params["after_seq"] = str(after_seq)
+        data = await self._request("GET", "/v1/receipts", params=params)
+        return [ChioReceipt.model_validate(r) for r in data.get("receipts", [])]
+
+    # --- HTTP ---
+
+    async def _request(
+        self,
+        method: str,
+        path: str,
+        body: dict[str, Any] | None = None,
+        *,
+        headers: dict[str, str] | None = None,
+        params: dict[str, str] | None = None,
+    ) -> dict[str, Any]:
+        try:
+            resp = await self._sidecar.request(method, path, json=body, headers=headers, params=params)
+        except httpx.ConnectError as exc:
+            raise ChioConnectionError(f"Failed to connect to Chio sidecar at {self.base_url}") from exc
+        except httpx.TimeoutException as exc:
+            raise ChioTimeoutError(f"Request to {path} timed out") from exc
+        return _answer(resp)
+
+
+def _segment(value: str) -> str:
+    """``value`` as one URL path segment (an id with ``/`` or ``?`` must not change the route)."""
+    from urllib.parse import quote
+
+    return quote(value, safe="")
+
+
+def _answer(resp: httpx.Response) -> dict[str, Any]:
+    """``ChioClient``'s error mapping: 403 → ``ChioDeniedError``, other ≥ 400 → ``ChioError("HTTP_<n>")``."""
+    if resp.status_code == 403:
+        try:
+            data = resp.json()
+        except ValueError:
+            data = {}
+        data = data if isinstance(data, dict) else {}
+        raise ChioDeniedError(str(data.get("message", "denied")), guard=data.get("guard"), reason=data.get("reason"))
+    if resp.status_code >= 400:
+        try:
+            detail: Any = resp.json()
+        except ValueError:
+            detail = resp.text
+        raise ChioError(f"Chio sidecar returned {resp.status_code}: {detail}", code=f"HTTP_{resp.status_code}")
+    data = resp.json()
+    if not isinstance(data, dict):
+        raise ChioError(f"Chio sidecar answered {type(data).__name__}, not a JSON object", code="BAD_ANSWER")
+    return data

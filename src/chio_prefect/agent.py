@@ -29,7 +29,7 @@ from contextlib import asynccontextmanager
 from typing import Any, cast
 
 from prefect import flow
-from prefect.cache_policies import CachePolicy, CacheKeyFnPolicy
+from prefect.cache_policies import NO_CACHE, CacheKeyFnPolicy, CachePolicy
 from prefect.context import FlowRunContext, TaskRunContext
 from prefect.utilities.hashing import hash_objects
 from pydantic_ai.agent import AbstractAgent, AgentRun, AgentRunResult, EventStreamHandler, WrapperAgent
@@ -38,14 +38,17 @@ from pydantic_ai.durable_exec.prefect import (
     DEFAULT_PYDANTIC_AI_CACHE_POLICY,
     PrefectAgent,
     PrefectDurability,
+    PrefectModel,
     TaskConfig,
 )
 from pydantic_ai.exceptions import UserError
 from pydantic_ai.models import Model
 from pydantic_ai.tools import RunContext
+from pydantic_ai.toolsets import WrapperToolset
 
 from chio_durable.agent import CallMapper, ChioGovernance, GovernedRecord, OnDeny, current_receipt_id
-from chio_durable.agent.capability import REALTIME_REFUSED
+from chio_durable.agent.adapter import check_realtime_hooks, prefect_agent_hidden_options, refuse_realtime
+from chio_durable.agent.capability import REALTIME_REFUSED, _is_mcp_toolset
 from chio_durable.evaluation import Evaluation, KernelRejected
 from chio_durable.agent.mapping import GovernedCall
 from chio_prefect.errors import ChioPermissionError, ChioPrefectError, ChioRequestRejected
@@ -84,9 +87,8 @@ RECEIPT_ID = ReceiptIdCachePolicy()
 
 
 def _no_cache(policy: Any) -> bool:
-    from prefect.cache_policies import NO_CACHE
-
-    return policy is None or policy is NO_CACHE or type(policy).__name__ == "_None"
+    """``None``, ``NO_CACHE`` or ``NONE``: Prefect's "no cache" policies are equal to one another."""
+    return policy is None or policy == NO_CACHE
 
 
 def with_receipt_cache_key(config: Mapping[str, Any] | None) -> TaskConfig:
@@ -166,23 +168,49 @@ def _prefect_rejected_error(err: KernelRejected, call: GovernedCall) -> BaseExce
     return ChioRequestRejected(err.url, err.detail, call.tool_server, call.tool_name)
 
 
-def _unwrap_prefect_agent(agent: Any) -> tuple[AbstractAgent[Any, Any], dict[str, Any]]:
+def _unwrap_prefect_agent(
+    agent: PrefectAgent[Any, Any], given: dict[str, Any]
+) -> tuple[AbstractAgent[Any, Any], dict[str, Any]]:
     """The plain agent inside a (deprecated) ``PrefectAgent`` and the Prefect options it was given.
 
-    Reads attributes only: no deprecated pydantic-ai code path runs, so no warning is raised.
+    Public reads: ``.wrapped``, ``.name``, ``.model.task_config`` (its ``PrefectModel``),
+    ``.event_stream_handler`` and the ``durable_config`` of its durable toolsets (``.toolsets``).
+    The two options with no public read path come from :mod:`chio_durable.agent.adapter`. Reads
+    attributes only: no deprecated pydantic-ai code path runs, so no warning is raised.
     """
-    options = {
-        "name": getattr(agent, "_name", None),
-        "event_stream_handler": getattr(agent, "_event_stream_handler", None),
-        "model_task_config": getattr(agent, "_model_task_config", None),
-        "mcp_task_config": getattr(agent, "_mcp_task_config", None),
-        "tool_task_config": getattr(agent, "_tool_task_config", None),
-        "tool_task_config_by_name": getattr(agent, "_tool_task_config_by_name", None) or None,
-        "event_stream_handler_task_config": getattr(agent, "_event_stream_handler_task_config", None),
+    if FlowRunContext.get() is not None:
+        # Inside a flow, PrefectAgent.event_stream_handler is its per-event task dispatcher, not the handler.
+        raise UserError(
+            "wrap an existing PrefectAgent outside a Prefect flow (e.g. at module level, where agents are "
+            "defined): inside a flow its event_stream_handler cannot be read"
+        )
+    model = agent.model
+    if not isinstance(model, PrefectModel):
+        raise UserError(
+            f"this PrefectAgent's model is a {type(model).__name__}, not a PrefectModel: its model task "
+            "config cannot be read. Wrap the plain Agent (prefect_agent.wrapped) with model_task_config=..."
+        )
+    options: dict[str, Any] = {
+        "name": agent.name,
+        "event_stream_handler": agent.event_stream_handler,
+        "model_task_config": model.task_config,
+        "mcp_task_config": None,
+        "tool_task_config": None,
     }
+    for toolset in agent.toolsets:
+        if not isinstance(toolset, WrapperToolset):
+            continue
+        config = getattr(toolset, "durable_config", None)  # public attribute of pydantic-ai's durable toolsets
+        if not isinstance(config, Mapping):
+            continue
+        key = "mcp_task_config" if _is_mcp_toolset(toolset.wrapped) else "tool_task_config"
+        options[key] = options[key] or dict(config)
+    options.update(prefect_agent_hidden_options(agent, given))
+    options["tool_task_config_by_name"] = options.get("tool_task_config_by_name") or None
     return agent.wrapped, options
 
 
+@refuse_realtime(REALTIME_REFUSED)
 class ChioPrefectAgent(WrapperAgent[Any, Any]):
     """A Pydantic AI agent made durable on Prefect and governed by Chio.
 
@@ -224,17 +252,24 @@ class ChioPrefectAgent(WrapperAgent[Any, Any]):
     ) -> None:
         if isinstance(wrapped, ChioPrefectAgent):
             raise UserError("this agent is already a ChioPrefectAgent; wrap the plain Agent instead")
+        check_realtime_hooks()
         if isinstance(wrapped, PrefectAgent):
-            wrapped, inherited = _unwrap_prefect_agent(wrapped)
+            wrapped, inherited = _unwrap_prefect_agent(
+                wrapped,
+                {
+                    "tool_task_config_by_name": tool_task_config_by_name,
+                    "event_stream_handler_task_config": event_stream_handler_task_config,
+                },
+            )
             name = name or inherited["name"]
             event_stream_handler = event_stream_handler or inherited["event_stream_handler"]
             model_task_config = model_task_config or inherited["model_task_config"]
             mcp_task_config = mcp_task_config or inherited["mcp_task_config"]
             tool_task_config = tool_task_config or inherited["tool_task_config"]
-            tool_task_config_by_name = tool_task_config_by_name or inherited["tool_task_config_by_name"]
-            event_stream_handler_task_config = (
-                event_stream_handler_task_config or inherited["event_stream_handler_task_config"]
-            )
+            if tool_task_config_by_name is None:
+                tool_task_config_by_name = inherited.get("tool_task_config_by_name")
+            if event_stream_handler_task_config is None:
+                event_stream_handler_task_config = inherited.get("event_stream_handler_task_config")
         if not isinstance(wrapped, AbstractAgent):
             raise TypeError(
                 f"ChioPrefectAgent wraps a pydantic_ai Agent (or PrefectAgent), got {type(wrapped).__name__}"
@@ -246,8 +281,8 @@ class ChioPrefectAgent(WrapperAgent[Any, Any]):
                 "its options (model_task_config=..., mcp_task_config=..., ...) to ChioPrefectAgent."
             )
         super().__init__(wrapped)
-        self._name = name or wrapped.name
-        if not self._name:
+        self._agent_name = name or wrapped.name
+        if not self._agent_name:
             raise UserError(
                 "ChioPrefectAgent needs a unique agent name for its Prefect flows and tasks: "
                 "Agent(..., name='researcher') or ChioPrefectAgent(agent, name='researcher', ...)"
@@ -266,7 +301,7 @@ class ChioPrefectAgent(WrapperAgent[Any, Any]):
         self.durability: PrefectDurability[Any] = PrefectDurability(
             models=models,
             event_stream_handler=event_stream_handler,
-            name=self._name,
+            name=self._agent_name,
             model_task_config=with_receipt_cache_key(model_task_config),
             mcp_task_config=with_receipt_cache_key(mcp_task_config),
             tool_task_config=with_receipt_cache_key(tool_task_config),
@@ -280,7 +315,7 @@ class ChioPrefectAgent(WrapperAgent[Any, Any]):
 
     @property
     def name(self) -> str | None:
-        return self._name
+        return self._agent_name
 
     @name.setter
     def name(self, value: str | None) -> None:
@@ -330,7 +365,7 @@ class ChioPrefectAgent(WrapperAgent[Any, Any]):
 
         parent = super()
 
-        @flow(name=f"{self._name} Run", **self._flow_options)
+        @flow(name=f"{self._agent_name} Run", **self._flow_options)
         async def chio_agent_run() -> AgentRunResult[Any]:
             return await parent.run(user_prompt, **kwargs)
 
@@ -341,20 +376,9 @@ class ChioPrefectAgent(WrapperAgent[Any, Any]):
         return super().run_sync(user_prompt, **kwargs)
 
     # --- realtime: refused (its model traffic runs no model-request hooks, so it is not governed) ---
+    # The delegation hooks another wrapper reaches us through are refused by
+    # chio_durable.agent.adapter.refuse_realtime (the class decorator above).
 
     def realtime(self, *args: Any, **kwargs: Any) -> Any:  # type: ignore[override]
         """Refused: a realtime session's model traffic cannot be evaluated (see ``docs/agents.md``)."""
         raise UserError(REALTIME_REFUSED)
-
-    def _check_realtime_signaling(self) -> None:
-        raise UserError(REALTIME_REFUSED)
-
-    @asynccontextmanager
-    async def _resolve_realtime_session(self, *args: Any, **kwargs: Any) -> AsyncIterator[Any]:  # type: ignore[override]
-        raise UserError(REALTIME_REFUSED)
-        yield  # pragma: no cover
-
-    @asynccontextmanager
-    async def _open_realtime_session(self, *args: Any, **kwargs: Any) -> AsyncIterator[Any]:  # type: ignore[override]
-        raise UserError(REALTIME_REFUSED)
-        yield  # pragma: no cover

@@ -128,11 +128,16 @@ _clients_lock = threading.Lock()
 
 
 def _client_for_url(url: str) -> ChioClient:
-    """One shared ``ChioClient`` per sidecar URL (its connection pool is reused across tasks)."""
+    """One shared ``SidecarClient`` (a ``ChioClient`` that sends idempotency keys) per sidecar URL.
+
+    Its connection pool is reused across tasks.
+    """
+    from chio_kernel.client import SidecarClient  # lazy: keeps ``import chio_prefect`` light
+
     with _clients_lock:
         client = _clients_by_url.get(url)
         if client is None:
-            client = _clients_by_url[url] = ChioClient(url)
+            client = _clients_by_url[url] = SidecarClient(url)
         return client
 
 
@@ -629,9 +634,10 @@ def _deny_message(
 
 def _caches(policy: Any) -> bool:
     """Whether ``policy`` can make Prefect serve a result without calling the task function."""
-    from prefect.cache_policies import CachePolicy, _None
+    from prefect.cache_policies import NO_CACHE, CachePolicy
 
-    return isinstance(policy, CachePolicy) and not isinstance(policy, _None)
+    # Prefect's "no cache" policies (NO_CACHE, NONE) are equal dataclass instances of one type.
+    return isinstance(policy, CachePolicy) and policy != NO_CACHE
 
 
 _LAZY_CLASSES = ("ChioReceiptCachePolicy", "ChioTask")

@@ -276,6 +276,36 @@ def test_existing_prefect_agent_is_accepted_without_deprecation_warnings(chio: L
     assert len(governed.receipt_ids_of(result)) == 3
 
 
+async def test_existing_prefect_agent_keeps_its_task_configs_and_gets_receipt_ids_in_its_cache_keys(
+    chio: LocalChioClient,
+) -> None:
+    from pydantic_ai._warnings import PydanticAIDeprecationWarning
+    from pydantic_ai.durable_exec.prefect import PrefectAgent
+
+    cap = issue(chio, "cap-pa-legacy-keys", grant("model"), grant("researcher", "search"))
+    script = Script(fail_first_tool_call=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", PydanticAIDeprecationWarning)
+        # Caches that ignore the run id (pydantic-ai #6903/#3883): only the receipt id keeps runs apart.
+        legacy = PrefectAgent(
+            script.agent(),
+            model_task_config=_no_run_id_policy(),
+            tool_task_config=_no_run_id_policy(),
+            tool_task_config_by_name={"search": TaskConfig(retries=1, retry_delay_seconds=0, **_no_run_id_policy())},
+        )
+    governed = ChioPrefectAgent(legacy, capability_id=cap, chio_client=chio)
+
+    first = await governed.run("same prompt")
+    assert first.output == "answer: 3 results for durable agents"
+    assert script.tool_calls == 2  # the per-tool config (retries=1) carried over: the task retried the tool
+    second = await governed.run("same prompt")
+
+    assert second.output == first.output
+    assert script.model_calls == 4 and script.tool_calls == 3  # run 2 was evaluated and ran: no shared cache
+    assert len(governed.receipt_ids_of(first)) == 3 and len(governed.receipt_ids_of(second)) == 3
+    assert set(governed.receipt_ids_of(first)).isdisjoint(governed.receipt_ids_of(second))
+
+
 def test_receipt_id_joins_every_task_cache_policy() -> None:
     from prefect.cache_policies import NO_CACHE
 

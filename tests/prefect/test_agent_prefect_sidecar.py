@@ -1,6 +1,7 @@
-"""ChioPrefectAgent through the real sidecar over HTTP, driven by the real ``chio_sdk.ChioClient``.
+"""ChioPrefectAgent through the real sidecar over HTTP, driven by ``chio_kernel.SidecarClient``.
 
-The idempotency keys travel on the wire (``/v1/evaluate``), so a flow retry gets the same receipts
+``SidecarClient`` is a real ``chio_sdk.ChioClient`` (subclass) that sends the kernel's idempotency
+keys on the wire (``/v1/evaluate``), so a flow retry gets the same receipts
 from the sidecar and the cached model response is served; a revocation made through the sidecar's
 own kernel denies the next run. The sidecar is the ``sidecar_url`` fixture of ``conftest.py``.
 """
@@ -11,13 +12,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from chio_sdk.client import ChioClient
 from chio_sdk.models import ChioScope, Operation, ToolGrant
 from pydantic_ai import Agent
 from pydantic_ai.messages import ModelMessage, ModelResponse, TextPart, ToolCallPart, ToolReturnPart
 from pydantic_ai.models.function import AgentInfo, FunctionModel
 
-from chio_kernel import Kernel
+from chio_kernel import Kernel, SidecarClient
 from chio_prefect.agent import ChioPrefectAgent
 from chio_prefect.errors import ChioPrefectError
 
@@ -54,7 +54,7 @@ def test_flow_retry_through_the_sidecar_replays_with_the_same_receipts(chio_home
     governed = ChioPrefectAgent(
         Agent(FunctionModel(model), name="researcher", tools=[search]),
         capability_id="cap-sidecar-agent",
-        chio_client=ChioClient(sidecar_url),
+        chio_client=SidecarClient(sidecar_url),
         flow_options={"retries": 1, "retry_delay_seconds": 0},
     )
 

@@ -20,7 +20,7 @@ from pydantic_ai.models.function import AgentInfo, FunctionModel
 
 from chio_durable import KernelRejected, KernelUnavailable, evaluate, evaluate_sync
 from chio_durable.agent import ChioGovernance
-from chio_kernel import LocalChioClient
+from chio_kernel import LocalChioClient, SidecarClient
 from chio_kernel.testing import SidecarProcess
 
 pytestmark = pytest.mark.prefect
@@ -63,13 +63,15 @@ def test_embedded_kernel_refusing_nan_is_kernel_rejected(chio_home: Path) -> Non
     assert err.url.startswith("embedded:")
 
 
-async def test_sidecar_4xx_is_kernel_rejected(sidecar: SidecarProcess) -> None:
-    client = ChioClient(sidecar.url)
+@pytest.mark.parametrize("kind", ["sidecar-client", "stock-chio-client"])
+async def test_sidecar_4xx_is_kernel_rejected(sidecar: SidecarProcess, kind: str) -> None:
+    client = SidecarClient(sidecar.url) if kind == "sidecar-client" else ChioClient(sidecar.url)
     try:
         with pytest.raises(KernelRejected) as caught:
             await evaluate(client, capability_id="c" * 300, tool_server="docs", tool_name="read", parameters={})
         assert "422" in caught.value.detail and "longer than 256" in caught.value.detail
-        assert caught.value.url == sidecar.url
+        # a stock ChioClient exposes no URL: it is named by its type
+        assert caught.value.url == (sidecar.url if kind == "sidecar-client" else "chio_sdk.ChioClient")
         # NaN over the wire: refused before sending (the kernel would refuse it the same way)
         with pytest.raises(KernelRejected, match="NaN"):
             await evaluate(client, capability_id="cap-answers", tool_server="docs", tool_name="read",
@@ -201,6 +203,29 @@ async def test_real_receipt_for_another_tool_is_not_a_decision(sidecar: SidecarP
             await evaluate(client, capability_id="cap-answers", tool_server="docs", tool_name="read", parameters={})
     finally:
         await client.close()
+
+
+class _MisroutingSidecarClient(SidecarClient):
+    """The same misrouting, on the SidecarClient path (idempotency key on the wire)."""
+
+    def __init__(self, url: str, **changes: Any) -> None:
+        super().__init__(url)
+        self.changes = changes
+
+    async def _request(self, method: str, path: str, body: dict[str, Any] | None = None, **kw: Any) -> dict[str, Any]:
+        return await super()._request(method, path, {**(body or {}), **self.changes}, **kw)
+
+
+async def test_sidecar_client_receipt_for_another_call_is_not_a_decision(sidecar: SidecarProcess) -> None:
+    for changes, expected in (({"parameters": {"path": "/etc/shadow"}}, "parameter_hash"),
+                              ({"tool_name": "write"}, r"tool_name 'write' != 'read'")):
+        client = _MisroutingSidecarClient(sidecar.url, **changes)
+        try:
+            with pytest.raises(KernelUnavailable, match=expected):
+                await evaluate(client, capability_id="cap-answers", tool_server="docs", tool_name="read",
+                               parameters={"path": "/docs/a.md"}, idempotency_key=f"idem-misroute-{expected}")
+        finally:
+            await client.close()
 
 
 async def test_real_receipt_hash_matches_for_unicode_and_floats(sidecar: SidecarProcess) -> None:

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from chio_sdk.client import ChioClient
 from chio_sdk.models import ChioScope, Operation, ToolGrant
 
 from chio_kernel import Kernel, LocalChioClient
@@ -258,7 +259,8 @@ def test_quickstart_verbatim_against_the_sidecar(
     assert research_pipeline("capability-based security")["count"] == 2
     assert search.queries == ["capability-based security"]
     client = chio_decorators._client_for_url(sidecar_url)
-    assert type(client).__name__ == "ChioClient"  # the real chio_sdk client did the talking
+    # a real chio_sdk ChioClient did the talking: our SidecarClient subclass, which sends idempotency keys
+    assert isinstance(client, ChioClient) and type(client).__name__ == "SidecarClient"
     receipts = Kernel(chio_home).list_receipts(capability_id="cap-research-pipeline")
     assert [(r.tool_name, r.decision.verdict) for r in receipts] == [
         ("search_documents", "allow"),

@@ -296,7 +296,8 @@ def test_default_client_is_the_seed_sidecar_address() -> None:
     else:
         raise AssertionError("an unknown capability must never be allowed")
     # the call itself created the shared real client for the default address
-    assert type(decorators._clients_by_url["http://127.0.0.1:9090"]).__name__ == "ChioClient"
+    shared = decorators._clients_by_url["http://127.0.0.1:9090"]
+    assert type(shared).__name__ == "SidecarClient" and shared.base_url == "http://127.0.0.1:9090"
 
 
 # --- Prefect semantics: submit, map, fn, options ----------------------------------------------------

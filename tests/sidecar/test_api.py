@@ -21,6 +21,7 @@ from chio_sdk.models import (
     ToolGrant,
 )
 
+from chio_kernel import SidecarClient
 from chio_sidecar_harness import Sidecar
 
 INVOKE = [Operation.INVOKE]
@@ -76,7 +77,8 @@ async def test_issue_and_validate(client: ChioClient) -> None:
 
 async def test_validate_says_why(client: ChioClient, sidecar: Sidecar) -> None:
     token = await issue(client, grant())
-    await client._post(f"/v1/capabilities/{token.id}/revoke", {})
+    async with SidecarClient(sidecar.url) as admin:
+        await admin.revoke_capability(token.id)
     r = post(sidecar, "/v1/capabilities/validate", token.model_dump(exclude_none=True))
     assert r.status_code == 200
     assert r.json()["valid"] is False and "revok" in r.json()["reason"].lower()
@@ -272,7 +274,7 @@ async def test_idempotency_same_key_same_receipt(sidecar: Sidecar, client: ChioC
     from chio_durable.evaluation import evaluate
 
     token = await issue(client, grant(max_invocations=1))
-    remote = ChioClient(sidecar.url)  # used on the evaluation core's own loop
+    remote = SidecarClient(sidecar.url)  # sends the key; used on the evaluation core's own loop
     try:
         kw = dict(capability_id=token.id, tool_server="files", tool_name="read_file", parameters={"path": "/x"})
         first = await evaluate(remote, idempotency_key="run-1:call-0", **kw)
@@ -281,7 +283,8 @@ async def test_idempotency_same_key_same_receipt(sidecar: Sidecar, client: ChioC
         assert again.receipt_id == first.receipt_id  # the same receipt, budget charged once
         other = await evaluate(remote, idempotency_key="run-2:call-0", **kw)
         assert not other.allowed and other.guard == "max_invocations"
-        await client._post(f"/v1/capabilities/{token.id}/revoke", {})
+        async with SidecarClient(sidecar.url) as admin:
+            assert await admin.revoke_capability(token.id) == [token.id]
         after = await evaluate(remote, idempotency_key="run-1:call-0", **kw)
         assert not after.allowed and after.guard == "revocation" and after.receipt_id != first.receipt_id
     finally:
@@ -323,7 +326,7 @@ async def test_list_receipts_and_real_client_chain_check(client: ChioClient, sid
 # --- HTTP-request evaluation ------------------------------------------------------------------
 
 
-async def test_http_evaluate_and_verify(client: ChioClient) -> None:
+async def test_http_evaluate_and_verify(client: ChioClient, sidecar: Sidecar) -> None:
     token = await issue(client, grant(server="http", tool="GET /items/{id}"))
     caller = CallerIdentity.anonymous()
     allowed = await client.evaluate_http_request(
@@ -334,7 +337,9 @@ async def test_http_evaluate_and_verify(client: ChioClient) -> None:
     assert allowed.receipt.capability_id == token.id
     assert await client.verify_http_receipt(allowed.receipt) is True
     tool_receipt_id = (allowed.receipt.metadata or {})["chio_receipt_id"]
-    assert (await client._get(f"/v1/receipts/{tool_receipt_id}"))["tool_name"] == "GET /items/{id}"
+    async with SidecarClient(sidecar.url) as admin:
+        stored = await admin.get_receipt(tool_receipt_id)
+    assert stored is not None and stored.tool_name == "GET /items/{id}"
 
     denied = await client.evaluate_http_request(
         request_id="req-2", method="DELETE", route_pattern="/items/{id}", path="/items/7",
