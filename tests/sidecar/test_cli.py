@@ -136,3 +136,15 @@ def test_demo_shows_allow_scope_deny_and_revocation_deny(tmp_path: Path) -> None
 
     receipts = Kernel(data_dir=tmp_path / "demo").list_receipts()
     assert [r.decision.guard for r in receipts[:5]] == [None, None, "scope", "constraints", "revocation"]
+    # every receipt of the demo (kernel, Prefect and Temporal sections), as exported and listed,
+    # verifies under the Chio rule with a verifier that is not the kernel's
+    from independent_verifier import assert_receipt_verifies
+
+    exported = run_cli("receipts", "export", "--data-dir", str(tmp_path / "demo"))
+    assert exported.returncode == 0, exported.stderr
+    lines = exported.stdout.splitlines()
+    assert len(lines) == len(receipts) > 5
+    for line in lines:
+        assert_receipt_verifies(json.loads(line))
+    for r in cli_json("receipts", "list", "--json", "--limit", "100000", "--data-dir", str(tmp_path / "demo")):
+        assert_receipt_verifies(r)  # type: ignore[arg-type]
