@@ -98,8 +98,12 @@ def _kernel(data_dir: Path | None, *, must_exist: bool = True) -> Any:
     if must_exist and not path.exists():
         raise CliError(f"no kernel data directory at {path}: pass --data-dir DIR or set CHIO_HOME")
     from chio_kernel import Kernel
+    from chio_kernel.kernel import KernelKeyMissingError
 
-    return Kernel(data_dir=path)
+    try:
+        return Kernel(data_dir=path)
+    except KernelKeyMissingError as e:
+        raise CliError(str(e)) from None
 
 
 def _known_capability(kernel: Any, capability_id: str, data_dir: Path | None) -> Any:
@@ -242,12 +246,20 @@ def _token_table(kernel: Any, tokens: Iterable[Any], title: str) -> Table:
 
 
 def _token_dict(kernel: Any, token: Any) -> dict[str, Any]:
-    data: dict[str, Any] = token.model_dump(mode="json", exclude_none=True)
+    """``{"token": <the signed token, untouched>, "status": ..., "reason": ...}``: display fields stay
+    beside the token, so ``token`` verifies as issued (Ed25519 over its canonical JSON)."""
     status, reason = _status(kernel, token)
-    data["status"] = status
+    data: dict[str, Any] = {"token": token.model_dump(mode="json", exclude_none=True), "status": status}
     if reason:
         data["reason"] = reason
     return data
+
+
+def _receipt_dict(receipt: Any) -> dict[str, Any]:
+    """A receipt exactly as signed (no empty evidence/metadata): the one rule of every output path."""
+    from chio_kernel.kernel import receipt_wire_dict
+
+    return receipt_wire_dict(receipt)
 
 
 def receipt_table(receipts: Iterable[Any], title: str = "receipts", *, compact: bool = False) -> Table:
@@ -293,8 +305,18 @@ def sidecar(
         ),
     ] = None,
     log_level: Annotated[str, typer.Option(help="uvicorn log level.")] = "warning",
+    header_timeout: Annotated[
+        float,
+        typer.Option(
+            "--header-timeout",
+            envvar="CHIO_SIDECAR_HEADER_TIMEOUT",
+            min=0.1,
+            help="Close a connection that has not sent complete request headers within this many seconds.",
+        ),
+    ] = 10.0,
 ) -> None:
     """Serve the kernel over HTTP for chio_sdk.ChioClient (loopback by default)."""
+    from chio_kernel.kernel import KernelKeyMissingError
     from chio_kernel.sidecar import SidecarConfigError, check_bind, serve
 
     try:
@@ -313,8 +335,9 @@ def sidecar(
         )
 
     try:
-        serve(host, port, data_dir=path, token=token, log_level=log_level, on_ready=ready)
-    except SidecarConfigError as e:
+        serve(host, port, data_dir=path, token=token, log_level=log_level, on_ready=ready,
+              header_timeout=header_timeout)
+    except (SidecarConfigError, KernelKeyMissingError) as e:
         raise CliError(str(e)) from None
 
 
@@ -404,7 +427,7 @@ def capability_revoke(
 @capability_app.command("list")
 @_guarded
 def capability_list(data_dir: DataDir = None, as_json: JsonFlag = False) -> None:
-    """List the capabilities this kernel issued, with their status."""
+    """List the capabilities this kernel issued, with their status (--json: {"token", "status", "reason"} each)."""
     kernel = _kernel(data_dir)
     tokens = kernel.list_capabilities()
     if as_json:
@@ -419,7 +442,7 @@ def capability_show(
     capability_id: Annotated[str, typer.Argument(help="Capability id.")],
     data_dir: DataDir = None,
 ) -> None:
-    """Print one capability token as JSON, with its status."""
+    """Print one capability as JSON: {"token": ..., "status": ..., "reason": ...}."""
     kernel = _kernel(data_dir)
     _print_json(_token_dict(kernel, _known_capability(kernel, capability_id, data_dir)))
 
@@ -440,7 +463,7 @@ def receipts_list(
     kernel = _kernel(data_dir)
     receipts = kernel.list_receipts(capability_id=capability, limit=limit, after_seq=after_seq)
     if as_json:
-        _print_json([r.model_dump(mode="json", exclude_none=True) for r in receipts])
+        _print_json([_receipt_dict(r) for r in receipts])
     else:
         out.print(receipt_table(receipts, f"receipts ({len(receipts)} shown)"))
 
@@ -457,7 +480,7 @@ def receipts_show(
     receipt = kernel.get_receipt(receipt_id)
     if receipt is None:
         raise CliError(f"no receipt {receipt_id!r} in {_resolve_dir(data_dir)}")
-    data = receipt.model_dump(mode="json", exclude_none=True)
+    data = _receipt_dict(receipt)
     if as_json:
         _print_json(data)
         return
@@ -504,7 +527,7 @@ def receipts_export(
     kernel = _kernel(data_dir)
     receipts = kernel.list_receipts(capability_id=capability)
     lines = (
-        json.dumps(r.model_dump(mode="json", exclude_none=True), ensure_ascii=False, separators=(",", ":")) + "\n"
+        json.dumps(_receipt_dict(r), ensure_ascii=False, separators=(",", ":")) + "\n"
         for r in receipts
     )
     if out_file is None:

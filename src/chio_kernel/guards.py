@@ -9,21 +9,25 @@ Constraint rule (the upstream kernel's): a grant's constraints apply to **every 
 the call's parameters, found recursively inside lists and dicts (dict keys are not checked). A call
 with no string values passes the constraints vacuously.
 
-* ``path_prefix``: the value is normalised (``posixpath.normpath``, so ``/data/../etc`` is
-  ``/etc``) and must equal the prefix or lie under it at a path boundary (``/data`` allows
-  ``/data/x`` but not ``/database``).
-* ``domain_exact`` / ``domain_glob``: the host of URL-ish values is compared case-insensitively
-  (``https://user@Api.Example.com:8443/x`` -> ``api.example.com``; a bare ``example.com/path`` ->
-  ``example.com``; a value whose host part holds backslashes, whitespace or control characters has
-  no host and fails, since URL parsers disagree on those). ``domain_glob`` uses shell-style matching (``*.example.com``; ``*`` also spans
-  dots; it does not match the bare ``example.com``).
-* ``regex_match``: Python ``re.search`` semantics (like the Rust ``regex::is_match`` upstream);
-  anchor the pattern (``^...$``) to constrain the whole value. Patterns are compiled once and cached.
-  Python's ``re`` backtracks, so two bounds keep one call from stalling the kernel: a value longer
-  than :data:`MAX_REGEX_INPUT` characters is denied without running the pattern, and patterns with
-  the classic catastrophic shapes (see :func:`regex_problem`) are refused when a capability is
-  issued or attenuated, and deny at evaluation if one still reaches the kernel (a trusted kernel's
-  token, a store written before this rule).
+* ``path_prefix``: a value holding a control character (``\\x00``-``\\x1f``, ``\\x7f``-``\\x9f``) denies
+  (a C library or subprocess truncates at NUL); otherwise the value is normalised
+  (``posixpath.normpath``, so ``/data/../etc`` is ``/etc``) and must equal the prefix or lie under
+  it at a path boundary (``/data`` allows ``/data/x`` but not ``/database``).
+* ``domain_exact`` / ``domain_glob``: the host of URL-ish values (``https://user@Api.Example.com:8443/x``
+  -> ``api.example.com``; a bare ``example.com/path`` -> ``example.com``) is normalised (NFKC, lower
+  case, trailing dot dropped, IDNA/punycode labels) and so is the constraint's value, before any
+  comparison. A value whose host is not a valid host name after normalisation (e.g. it holds
+  U+FF0F, a fullwidth ``/``), or whose host part holds backslashes, whitespace or control
+  characters (URL parsers disagree on those), has no host and denies. ``domain_glob`` uses
+  shell-style matching (``*.example.com``; ``*`` also spans dots; it does not match the bare
+  ``example.com``).
+* ``regex_match``: RE2 (``google-re2``), the semantics of Rust's ``regex`` crate used upstream:
+  ``search`` (a match anywhere, like ``regex::is_match``); anchor the pattern (``^...$``) to
+  constrain the whole value; ``$`` is the end of the text (``^[a-z]+$`` does not match
+  ``"abc\\n"``). RE2 runs in time linear in the value, so no pattern can stall the kernel. An
+  invalid pattern (or one RE2 lacks: backreferences, lookaround) is refused when a capability is
+  issued or attenuated and denies at evaluation. Values over :data:`MAX_REGEX_INPUT` characters
+  deny without running the pattern.
 * ``max_length``: the value's length in characters is at most the limit.
 * Any other constraint type (e.g. ``governed_intent_required``) is not enforced by this kernel
   and therefore denies (fail closed), naming the type.
@@ -33,19 +37,14 @@ from __future__ import annotations
 
 import fnmatch
 import functools
+import ipaddress
 import posixpath
-import re
+import unicodedata
 from collections.abc import Iterator
-
-try:  # the stdlib's regex parser (public modules sre_parse/sre_constants are deprecated in 3.11+)
-    import re._constants as _sre
-    import re._parser as _sre_parse
-except ImportError:  # pragma: no cover - Python < 3.11
-    import sre_constants as _sre  # type: ignore[no-redef]
-    import sre_parse as _sre_parse  # type: ignore[no-redef]
 from typing import Any
 from urllib.parse import urlsplit
 
+import re2
 from chio_sdk.models import Constraint, Operation, ToolGrant
 
 __all__ = [
@@ -113,132 +112,110 @@ def iter_strings(value: Any, path: str = "") -> Iterator[tuple[str, str]]:
 
 
 #: ``regex_match`` is applied to values of at most this many characters; a longer value denies.
-#: (Backtracking cost grows with the input; paths, URLs and identifiers are far shorter.)
+#: (RE2 is linear in the input; the cap keeps the work per value small. Paths, URLs and identifiers
+#: are far shorter.)
 MAX_REGEX_INPUT = 4096
 
 
+def _re2_options() -> re2.Options:
+    options = re2.Options()
+    options.log_errors = False  # an invalid pattern is our error message, not a line on stderr
+    return options
+
+
+_RE2_OPTIONS = _re2_options()
+
+
+class _PatternError(ValueError):
+    """``pattern`` cannot be used as a ``regex_match`` constraint (the message says why)."""
+
+
 @functools.lru_cache(maxsize=512)
-def _compiled(pattern: str) -> re.Pattern[str]:
-    return re.compile(pattern)
-
-
-def _is_repeat(op: Any) -> bool:
-    return op in (_sre.MAX_REPEAT, _sre.MIN_REPEAT, getattr(_sre, "POSSESSIVE_REPEAT", None))
-
-
-_CATEGORY_RX = {
-    "CATEGORY_DIGIT": r"\d", "CATEGORY_NOT_DIGIT": r"\D", "CATEGORY_SPACE": r"\s",
-    "CATEGORY_NOT_SPACE": r"\S", "CATEGORY_WORD": r"\w", "CATEGORY_NOT_WORD": r"\W",
-}
-
-
-def _unwrap(items: Any) -> Any:
-    """The items of a body that is one capturing/non-capturing group."""
-    while len(items) == 1 and items[0][0] is _sre.SUBPATTERN:
-        items = items[0][1][-1]
-    return items
-
-
-def _may_match(item: Any, ch: str) -> bool:
-    """Can the one-character item match ``ch``? (True when unsure: conservative.)"""
-    op, av = item
-    if op is _sre.LITERAL:
-        return bool(av == ord(ch))
-    if op is _sre.NOT_LITERAL:
-        return bool(av != ord(ch))
-    if op is _sre.IN:
-        for sop, sav in av:
-            if sop is _sre.NEGATE:
-                return True
-            if (sop is _sre.LITERAL and sav == ord(ch)) or (sop is _sre.RANGE and sav[0] <= ord(ch) <= sav[1]):
-                return True
-            if sop is _sre.CATEGORY:
-                rx = _CATEGORY_RX.get(str(sav))
-                if rx is None or re.match(rx, ch):
-                    return True
-            elif sop not in (_sre.LITERAL, _sre.RANGE):
-                return True
-        return False
-    return True
-
-
-def _separated(body: Any) -> bool:
-    """``([a-z]+\\.)+``-like: every unbounded repeat directly in the repeated body is one character
-    class, and the body has a literal none of them can match, so each iteration has one split."""
-    seps = [chr(av) for op, av in body if op is _sre.LITERAL]
-    inner = [_unwrap(av[2]) for op, av in body if _is_repeat(op) and av[1] == _sre.MAXREPEAT]
-    if not seps or not inner or any(len(i) != 1 for i in inner):
-        return False
-    return any(all(not _may_match(i[0], c) for i in inner) for c in seps)
-
-
-def _walk(items: Any, in_repeat: bool, separated: bool = False) -> str | None:
-    """Find a catastrophic shape in a parsed pattern; ``in_repeat``: inside a repeat of > 1;
-    ``separated``: the unbounded repeats directly in ``items`` are split by a literal (accepted)."""
-    for op, av in items:
-        if _is_repeat(op):
-            lo, hi, body = av
-            if in_repeat and hi == _sre.MAXREPEAT and not separated:
-                return "a quantified group contains an unbounded quantifier (nested quantifiers such as (a+)+ or (a*)*)"
-            body = _unwrap(body)
-            found = _walk(body, in_repeat or hi > 1, hi > 1 and _separated(body))
-            if found:
-                return found
-        elif op is _sre.BRANCH:
-            branches = av[1]
-            if in_repeat and len({repr(b) for b in branches}) < len(branches):
-                return "a repeated group has identical alternatives (such as (a|a)*)"
-            for b in branches:
-                found = _walk(b, in_repeat)
-                if found:
-                    return found
-        elif op is _sre.SUBPATTERN:
-            found = _walk(av[-1], in_repeat)
-            if found:
-                return found
-        elif op in (_sre.ASSERT, _sre.ASSERT_NOT):
-            found = _walk(av[1], in_repeat)
-            if found:
-                return found
-        elif op is _sre.GROUPREF_EXISTS:
-            for sub in av[1:]:
-                if sub is not None:
-                    found = _walk(sub, in_repeat)
-                    if found:
-                        return found
-        elif op is getattr(_sre, "ATOMIC_GROUP", None):
-            found = _walk(av, in_repeat)
-            if found:
-                return found
-    return None
+def _compiled(pattern: str) -> Any:
+    try:
+        return re2.compile(pattern, _RE2_OPTIONS)
+    except re2.error as err:
+        detail = err.args[0] if err.args else err
+        if isinstance(detail, bytes):
+            detail = detail.decode("utf-8", "replace")
+        raise _PatternError(
+            f"regex_match constraint {pattern!r:.200} is not a valid RE2 regular expression ({detail}); "
+            "RE2 has no backreferences or lookaround (see docs/kernel.md)"
+        ) from None
+    except (TypeError, UnicodeError) as err:
+        raise _PatternError(f"regex_match constraint {pattern!r:.200} cannot be compiled ({err})") from None
 
 
 @functools.lru_cache(maxsize=512)
 def regex_problem(pattern: str) -> str | None:
     """Why ``pattern`` is refused as a ``regex_match`` constraint, or None if it is accepted.
 
-    Refused: invalid patterns, and the classic catastrophic-backtracking shapes: a repeated group
-    containing an unbounded quantifier (``(a+)+``, ``(a*)*``, ``(\\w+\\s?)*``, ``(.*a){12}``) and a
-    repeated group with identical alternatives (``(a|a)*``). This is a heuristic for the obvious
-    cases, not a proof; the input length cap (:data:`MAX_REGEX_INPUT`) bounds the rest.
+    Patterns run on RE2 (``google-re2``), a linear-time engine with the semantics of Rust's
+    ``regex`` crate (the upstream kernel's): no pattern can backtrack catastrophically, so the only
+    refusal is a pattern RE2 does not accept (a syntax error, a backreference, lookaround, a
+    repetition over 1000, a program over RE2's memory budget).
     """
     try:
-        parsed = _sre_parse.parse(pattern)
-    except re.error as err:
-        return f"regex_match constraint {pattern!r} is not a valid regular expression ({err})"
-    except RecursionError:
-        return f"regex_match constraint {pattern!r:.80} is nested too deeply"
-    shape = _walk(parsed.data, False)
-    if shape is not None:
-        return (
-            f"regex_match constraint {pattern!r} can backtrack catastrophically: {shape}; rewrite it "
-            "without a quantifier inside a quantified group (e.g. ^a+$ instead of ^(a+)+$)"
-        )
+        _compiled(pattern)
+    except _PatternError as err:
+        return str(err)
     return None
 
 
+def _normalize_host(host: str) -> str | None:
+    """The comparable form of a host: NFKC, lower case, one trailing dot dropped, IDNA (punycode)
+    labels; None when it is not a valid host name after that (then a domain constraint denies).
+
+    NFKC first, so look-alikes that normalise to syntax (U+FF0F fullwidth ``/``, U+FF0E ``.``)
+    cannot hide a different host behind a suffix a glob accepts.
+    """
+    text = unicodedata.normalize("NFKC", host).lower()
+    if text.endswith("."):
+        text = text[:-1]
+    if not text:
+        return None
+    if ":" in text:  # an IPv6 literal (the brackets were removed by the caller)
+        try:
+            return str(ipaddress.IPv6Address(text))
+        except ValueError:
+            return None
+    if not text.isascii():
+        try:
+            text = text.encode("idna").decode("ascii")
+        except UnicodeError:  # an empty or over-long label, a prohibited code point
+            return None
+    if _HOST_RE.fullmatch(text) is None:
+        return None
+    return text
+
+
+#: An ASCII host name after IDNA: labels of letters, digits, ``-`` and ``_`` (DNS service labels
+#: such as ``_dmarc``), 1-63 characters each.
+_HOST_RE = re2.compile(r"[a-z0-9_](?:[a-z0-9_-]{0,61}[a-z0-9_])?(?:\.[a-z0-9_](?:[a-z0-9_-]{0,61}[a-z0-9_])?)*", _RE2_OPTIONS)
+
+
+def _normalize_pattern(pattern: str) -> str:
+    """A ``domain_exact`` / ``domain_glob`` value normalised like hosts (labels holding a glob
+    character are only NFKC-normalised and lower-cased)."""
+    text = unicodedata.normalize("NFKC", pattern).lower()
+    if text.endswith("."):
+        text = text[:-1]
+    labels = []
+    for label in text.split("."):
+        if label and not label.isascii() and not any(c in label for c in "*?[]"):
+            try:
+                label = label.encode("idna").decode("ascii")
+            except UnicodeError:
+                pass  # no host normalises to it, so it matches nothing
+        labels.append(label)
+    return ".".join(labels)
+
+
 def extract_host(value: str) -> str:
-    """The lower-case host of a URL-ish string (``scheme://host:port/...`` or ``host/path``)."""
+    """The normalised host of a URL-ish string (``scheme://host:port/...`` or ``host/path``), or
+    ``""`` when it has none: NFKC, lower case, no trailing dot, IDNA (punycode) labels; a host that
+    is not a valid host name after that (``evil.com／.api.example.com`` becomes
+    ``evil.com/.api.example.com``) has none."""
     text = value.strip()
     rest = text.split("://", 1)[1] if "://" in text else text
     authority = rest
@@ -260,10 +237,18 @@ def extract_host(value: str) -> str:
             host = host[1:].split("]", 1)[0]
         elif host.count(":") == 1:
             host = host.split(":", 1)[0]
-    return host.lower().rstrip(".")
+    return _normalize_host(host) or ""
+
+
+def _has_control(value: str) -> bool:
+    """Any C0/C1 control character (NUL, newline, ESC, DEL...)? A C library or a subprocess
+    argument truncates at NUL, so such a value is not the path that was checked."""
+    return any(c < " " or "\x7f" <= c <= "\x9f" for c in value)
 
 
 def _path_ok(value: str, prefix: str) -> bool:
+    if _has_control(value):
+        return False
     norm = posixpath.normpath(value) if value else value
     if value.startswith("//"):  # normpath keeps a leading '//'; treat as '/'
         norm = "/" + norm.lstrip("/")
@@ -280,6 +265,11 @@ def _check_one(constraint: Constraint, path: str, value: str) -> str | None:
     if ctype == "path_prefix":
         if not isinstance(cval, str):
             return f"path_prefix constraint has a non-string value {cval!r}; fix the capability's scope"
+        if _has_control(value):
+            return (
+                f"{where} contains a control character (NUL, newline, ...), which path_prefix "
+                "constraints never allow; pass a plain path"
+            )
         if not _path_ok(value, cval):
             return f"{where} is not under the allowed path prefix {cval!r}; use a path inside {cval!r}"
         return None
@@ -287,8 +277,10 @@ def _check_one(constraint: Constraint, path: str, value: str) -> str | None:
         if not isinstance(cval, str):
             return f"{ctype} constraint has a non-string value {cval!r}; fix the capability's scope"
         host = extract_host(value)
-        want = cval.lower().rstrip(".")
-        ok = host == want if ctype == "domain_exact" else fnmatch.fnmatchcase(host, want)
+        want = _normalize_pattern(cval)
+        ok = bool(host) and (host == want if ctype == "domain_exact" else fnmatch.fnmatchcase(host, want))
+        if not host:
+            return f"{where} has no valid host name, so it cannot satisfy the {ctype} constraint {cval!r}"
         if not ok:
             rule = "the domain" if ctype == "domain_exact" else "the domain pattern"
             return f"{where} has host {host!r}, which is not {rule} {cval!r} the capability allows"
@@ -304,7 +296,7 @@ def _check_one(constraint: Constraint, path: str, value: str) -> str | None:
                 f"{where:.60} is {len(value)} characters long; regex_match constraints are applied to at "
                 f"most {MAX_REGEX_INPUT} characters, so the call is denied (pass a shorter value)"
             )
-        if _compiled(cval).search(value) is None:
+        if _compiled(cval).search(value) is None:  # RE2: linear in the value's length
             return f"{where} does not match the required pattern {cval!r}"
         return None
     if ctype == "max_length":

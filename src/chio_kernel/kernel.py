@@ -37,6 +37,7 @@ from pydantic import BaseModel, ValidationError
 from chio_kernel.canonical import canonical_json, canonical_json_str
 from chio_kernel.guards import check_constraints, describe_grant, grant_matches, regex_problem
 from chio_kernel.signing import (
+    KEY_FILE,
     Signer,
     default_data_dir,
     ensure_data_dir,
@@ -50,16 +51,31 @@ __all__ = [
     "ChainReport",
     "Kernel",
     "KernelInputError",
+    "KernelKeyMissingError",
+    "MAX_COST_UNITS",
     "capability_signing_bytes",
     "check_scope_fields",
     "receipt_chain_hash",
     "receipt_signing_bytes",
+    "receipt_wire_dict",
     "uuid7",
 ]
 
 
 class KernelInputError(ValueError):
     """The caller passed something the kernel cannot take (wrong type, unknown field, not JSON)."""
+
+
+class KernelKeyMissingError(RuntimeError):
+    """``kernel.key`` is missing next to a store that holds capabilities or receipts.
+
+    Minting a new key there would silently invalidate every stored capability and every receipt
+    signature, so the kernel refuses to start; the message says how to restore the key.
+    """
+
+
+#: A declared ``cost.units`` is at most this (the store keeps spent units as a 64-bit integer).
+MAX_COST_UNITS = 2**63 - 1
 
 
 class CapabilityError(ValueError):
@@ -139,6 +155,25 @@ def _receipt_signed_body(data: dict[str, Any]) -> dict[str, Any]:
     if not body.get("metadata"):
         body.pop("metadata", None)
     return body
+
+
+def receipt_wire_dict(receipt: ChioReceipt | Mapping[str, Any]) -> dict[str, Any]:
+    """A receipt as every output path serves it (sidecar answers and listings, the CLI's ``--json``,
+    ``show`` and ``export``): exactly the signed fields plus ``signature``.
+
+    That is ``model_dump(mode="json", exclude_none=True)`` without an empty ``evidence`` or
+    ``metadata`` (left out of the signed body, as upstream's serialisers do), so any verifier that
+    checks Ed25519 over the RFC 8785 canonical JSON of the object without ``signature`` accepts it.
+    """
+    if isinstance(receipt, ChioReceipt):
+        data = receipt.model_dump(mode="json", exclude_none=True)
+    else:
+        data = {k: v for k, v in receipt.items() if v is not None}
+    if not data.get("evidence"):
+        data.pop("evidence", None)
+    if not data.get("metadata"):
+        data.pop("metadata", None)
+    return data
 
 
 def receipt_signing_bytes(receipt: ChioReceipt | Mapping[str, Any]) -> bytes:
@@ -298,8 +333,7 @@ def _coerce_scope(scope: Any, name: str = "scope") -> ChioScope:
 
 
 def _refuse_bad_patterns(scope: ChioScope) -> None:
-    """Refuse a scope whose regex_match constraint is invalid or can backtrack catastrophically
-    (it would run inside evaluations: one such call could stall every other capability)."""
+    """Refuse a scope whose regex_match constraint RE2 cannot compile (it would deny every call)."""
     for i, g in enumerate(scope.grants):
         for c in g.constraints:
             if c.type == "regex_match" and isinstance(c.value, str):
@@ -350,8 +384,10 @@ def _coerce_cost(cost: Any) -> tuple[int, str] | None:
         raise KernelInputError(
             f"cost must be a chio_sdk.models.MonetaryAmount or {{'units': int, 'currency': str}}, got {type(cost).__name__}"
         )
-    if isinstance(units, bool) or not isinstance(units, int) or units < 0:
-        raise KernelInputError(f"cost.units must be a non-negative integer (minor units, e.g. cents), got {units!r}")
+    if isinstance(units, bool) or not isinstance(units, int) or not 0 <= units <= MAX_COST_UNITS:
+        raise KernelInputError(
+            f"cost.units must be an integer from 0 to 2^63-1 (minor units, e.g. cents), got {units!r:.60}"
+        )
     if not isinstance(currency, str) or not currency:
         raise KernelInputError(f"cost.currency must be a non-empty string such as 'USD', got {currency!r}")
     return units, currency
@@ -378,6 +414,37 @@ def _positive_int(name: str, value: Any) -> int:
     if value > 100 * 365 * 86400:
         raise KernelInputError(f"{name} is more than 100 years; pass a shorter lifetime")
     return value
+
+
+def _refuse_missing_key(data_dir: Path) -> None:
+    """Raise :class:`KernelKeyMissingError` if ``kernel.key`` is absent but ``kernel.db`` holds
+    capabilities or receipts (a new key would silently orphan them)."""
+    if (data_dir / KEY_FILE).exists() or not (data_dir / DB_FILE).exists():
+        return
+    conn = sqlite3.connect(str(data_dir / DB_FILE), timeout=60.0)
+    try:
+        try:
+            caps = conn.execute("SELECT COUNT(*) FROM capabilities").fetchone()[0]
+            receipts = conn.execute("SELECT COUNT(*) FROM receipts").fetchone()[0]
+        except sqlite3.OperationalError as err:
+            if "no such table" not in str(err):
+                raise
+            return  # a store that never held anything: nothing to orphan
+        if not caps and not receipts:
+            return
+        row = conn.execute("SELECT json_extract(body, '$.kernel_key') FROM receipts ORDER BY seq DESC LIMIT 1").fetchone()
+        if row is None:
+            row = conn.execute("SELECT json_extract(token, '$.issuer') FROM capabilities LIMIT 1").fetchone()
+    finally:
+        conn.close()
+    key_hint = f" (its public key starts {str(row[0])[:16]})" if row and row[0] else ""
+    raise KernelKeyMissingError(
+        f"the kernel signing key {data_dir / KEY_FILE} is missing, but the store {data_dir / DB_FILE} holds "
+        f"{caps} capabilities and {receipts} receipts signed with it; a new key would invalidate all of them. "
+        f"Restore kernel.key from your backup into {data_dir}{key_hint}; or, to start a new kernel identity, "
+        f"use another data directory (--data-dir / CHIO_HOME) or move kernel.db, kernel.db-wal and "
+        f"kernel.db-shm out of {data_dir}."
+    )
 
 
 def _first_non_subset(child: ChioScope, parent: ChioScope) -> str | None:
@@ -433,6 +500,7 @@ class Kernel:
         clock: Callable[[], float] | None = None,
     ) -> None:
         self.data_dir: Path = ensure_data_dir(Path(data_dir) if data_dir is not None else default_data_dir())
+        _refuse_missing_key(self.data_dir)
         self._signer = Signer(load_or_create_key(self.data_dir))
         self.public_key_hex: str = self._signer.public_key_hex
         trusted = set()
@@ -1014,8 +1082,9 @@ class Kernel:
         for charged_id, grant_index in charges:
             conn.execute(
                 "INSERT INTO usage(capability_id, grant_index, invocations, cost_units) VALUES (?, ?, 1, ?) "
-                "ON CONFLICT(capability_id, grant_index) DO UPDATE SET "
-                "invocations = invocations + 1, cost_units = cost_units + excluded.cost_units",
+                "ON CONFLICT(capability_id, grant_index) DO UPDATE SET invocations = invocations + 1, "
+                # saturate at 2^63-1 instead of SQLite turning an overflowing sum into a float
+                "cost_units = MIN(cost_units + excluded.cost_units, 9223372036854775807)",
                 (charged_id, grant_index, cost_t[0] if cost_t else 0),
             )
         for rated_id in rated:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import hashlib
 import json
 import threading
-import time
 
 import pytest
 from chio_sdk.models import ChioReceipt, Constraint, MonetaryAmount, Operation
@@ -114,7 +113,7 @@ def test_scope_guard_server_tool_operation_and_wildcards(kernel: Kernel) -> None
         (Constraint.domain_glob("*.example.com"), {"u": "https://docs.example.com/x", "h": "a.example.com/path"},
          {"u": "https://example.org"}, "example.org"),
         (Constraint.domain_exact("good.com"), {"u": "https://user@good.com/search?q=a b"},
-         {"u": "https://evil.com\\@good.com/"}, "host ''"),
+         {"u": "https://evil.com\\@good.com/"}, "no valid host name"),
         (Constraint.domain_exact("good.com"), {"u": "https://good.com"},
          {"u": "https://good.com@evil.com/"}, "host 'evil.com'"),
         (Constraint.regex_match(r"^[a-z]+$"), {"q": "hello"}, {"q": "Hello!"}, "does not match"),
@@ -278,7 +277,7 @@ def test_deny_is_not_remembered(kernel: Kernel, clock: Clock) -> None:
         (("cap", "fs", "read", {1: "x"}), {}, "keys must be strings"),
         (("cap", "fs", "read", {}), {"idempotency_key": 5}, "idempotency_key must be a string"),
         (("cap", "fs", "read", {}), {"cost": 5}, "cost must be"),
-        (("cap", "fs", "read", {}), {"cost": {"units": -1, "currency": "USD"}}, "non-negative"),
+        (("cap", "fs", "read", {}), {"cost": {"units": -1, "currency": "USD"}}, "from 0 to 2"),
         (("cap", "fs", "read", {}), {"cost": {"units": 1, "currency": "USD", "extra": 1}}, "unknown fields"),
         (("cap", "fs", "read", {}), {"operation": "Explode"}, "is not one of"),
         (("cap\x00", "fs", "read", {}), {}, "NUL"),
@@ -327,10 +326,11 @@ def test_attenuated_capability_shares_its_ancestors_rate_limit(kernel: Kernel) -
 # --- regex_match: bounded, and never evaluated under the kernel lock -----------------------------
 
 
-@pytest.mark.parametrize("pattern", ["^(a+)+$", "(a*)*", "(a|a)*", r"^(\w+\s?)*$", "(.*a){12}", "("])
-def test_catastrophic_or_invalid_regex_is_refused_at_issue_and_attenuation(kernel: Kernel, pattern: str) -> None:
+@pytest.mark.parametrize("pattern", ["(", r"(a)\1", "(?=a)b", "a{1001}"])
+def test_invalid_regex_is_refused_at_issue_and_attenuation(kernel: Kernel, pattern: str) -> None:
+    # RE2 syntax: no backreferences, no lookaround, repetitions up to 1000
     bad = scope(grant("s", "t", Constraint.regex_match(pattern)))
-    with pytest.raises(CapabilityError, match="regex_match constraint"):
+    with pytest.raises(CapabilityError, match="not a valid RE2 regular expression"):
         kernel.create_capability("agent:a", bad, 3600)
     parent = kernel.create_capability("agent:a", scope(grant("s", "t")), 3600)
     with pytest.raises(CapabilityError, match="regex_match constraint"):
@@ -354,17 +354,16 @@ def test_regex_input_length_is_capped(kernel: Kernel) -> None:
     assert f"at most {MAX_REGEX_INPUT} characters" in r.decision.reason
 
 
-def test_stored_catastrophic_regex_denies_without_running(kernel: Kernel, monkeypatch: pytest.MonkeyPatch) -> None:
-    # a capability stored before the issue-time rule (or by a trusted kernel) still cannot stall us
+def test_stored_invalid_regex_denies(kernel: Kernel, monkeypatch: pytest.MonkeyPatch) -> None:
+    # a capability stored before the issue-time rule (or by a trusted kernel) with a pattern RE2
+    # cannot compile denies every call, naming the problem
     import chio_kernel.kernel as kmod
 
     monkeypatch.setattr(kmod, "_refuse_bad_patterns", lambda scope: None)
-    token = kernel.create_capability("agent:a", scope(grant("s", "t", Constraint.regex_match("^(a+)+$"))), 3600)
+    token = kernel.create_capability("agent:a", scope(grant("s", "t", Constraint.regex_match(r"(a)\1"))), 3600)
     monkeypatch.undo()
-    start = time.perf_counter()
-    r = kernel.evaluate(token.id, "s", "t", {"q": "a" * 40 + "!"})  # would backtrack for hours
-    assert time.perf_counter() - start < 5
-    assert r.decision.guard == "constraints" and "backtrack catastrophically" in r.decision.reason
+    r = kernel.evaluate(token.id, "s", "t", {"q": "aa"})
+    assert r.decision.guard == "constraints" and "not a valid RE2 regular expression" in r.decision.reason
 
 
 def test_constraints_are_checked_outside_the_kernel_lock(kernel: Kernel, monkeypatch: pytest.MonkeyPatch) -> None:

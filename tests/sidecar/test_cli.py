@@ -27,8 +27,8 @@ def test_capability_and_receipt_commands(home: Path, tmp_path: Path) -> None:
     created = cli_json("capability", "create", "--subject", "agent:cli", "--id", "cap-cli-1", "--ttl", "120",
                        "--grant", "files:read_file", "--grant", "web:search:Invoke,Read", "--max-invocations", "5",
                        "--json", *d)
-    assert isinstance(created, dict) and created["status"] == "valid"
-    token = CapabilityToken.model_validate(created)
+    assert isinstance(created, dict) and created["status"] == "valid" and "reason" not in created
+    token = CapabilityToken.model_validate(created["token"])
     assert token.id == "cap-cli-1" and token.subject == "agent:cli"
     assert token.expires_at - token.issued_at == 120
     assert [(g.server_id, g.tool_name, [o.value for o in g.operations], g.max_invocations)
@@ -41,7 +41,7 @@ def test_capability_and_receipt_commands(home: Path, tmp_path: Path) -> None:
                                                   "constraints": [{"type": "path_prefix", "value": "/data/"}]}]}))
     child = cli_json("capability", "attenuate", "cap-cli-1", "--scope-file", str(scope_file), "--id", "cap-cli-child",
                      "--json", *d)
-    assert isinstance(child, dict) and child["delegation_chain"][-1]["capability_id"] == "cap-cli-1"
+    assert isinstance(child, dict) and child["token"]["delegation_chain"][-1]["capability_id"] == "cap-cli-1"
 
     # receipts come from the kernel (same data dir, another process)
     from chio_kernel import Kernel
@@ -74,8 +74,11 @@ def test_capability_and_receipt_commands(home: Path, tmp_path: Path) -> None:
 
     revoked = cli_json("capability", "revoke", "cap-cli-1", "--json", *d)
     assert set(revoked["revoked"]) == {"cap-cli-1", "cap-cli-child"}  # type: ignore[index]
-    caps = {c["id"]: c["status"] for c in cli_json("capability", "list", "--json", *d)}  # type: ignore[union-attr]
+    listed_caps = cli_json("capability", "list", "--json", *d)
+    caps = {c["token"]["id"]: c["status"] for c in listed_caps}  # type: ignore[union-attr]
     assert caps == {"cap-cli-1": "revoked", "cap-cli-child": "revoked"}
+    assert all("revoked" in c["reason"] for c in listed_caps)  # type: ignore[union-attr]
+    assert cli_json("capability", "show", "cap-cli-child", *d) == listed_caps[1]  # type: ignore[index]
     assert kernel.evaluate("cap-cli-child", "files", "read_file", {"path": "/data/a"}).decision.guard == "revocation"
 
 
@@ -133,3 +136,15 @@ def test_demo_shows_allow_scope_deny_and_revocation_deny(tmp_path: Path) -> None
 
     receipts = Kernel(data_dir=tmp_path / "demo").list_receipts()
     assert [r.decision.guard for r in receipts[:5]] == [None, None, "scope", "constraints", "revocation"]
+    # every receipt of the demo (kernel, Prefect and Temporal sections), as exported and listed,
+    # verifies under the Chio rule with a verifier that is not the kernel's
+    from independent_verifier import assert_receipt_verifies
+
+    exported = run_cli("receipts", "export", "--data-dir", str(tmp_path / "demo"))
+    assert exported.returncode == 0, exported.stderr
+    lines = exported.stdout.splitlines()
+    assert len(lines) == len(receipts) > 5
+    for line in lines:
+        assert_receipt_verifies(json.loads(line))
+    for r in cli_json("receipts", "list", "--json", "--limit", "100000", "--data-dir", str(tmp_path / "demo")):
+        assert_receipt_verifies(r)  # type: ignore[arg-type]
