@@ -44,7 +44,6 @@ from collections.abc import Iterator
 from typing import Any
 from urllib.parse import urlsplit
 
-import re2
 from chio_sdk.models import Constraint, Operation, ToolGrant
 
 __all__ = [
@@ -117,13 +116,15 @@ def iter_strings(value: Any, path: str = "") -> Iterator[tuple[str, str]]:
 MAX_REGEX_INPUT = 4096
 
 
-def _re2_options() -> re2.Options:
+@functools.cache
+def _re2() -> tuple[Any, Any]:
+    """``re2`` and its options, imported on first use: a C extension that Temporal's workflow sandbox
+    cannot re-import, so a workflow module importing ``chio_kernel`` must not load it."""
+    import re2
+
     options = re2.Options()
     options.log_errors = False  # an invalid pattern is our error message, not a line on stderr
-    return options
-
-
-_RE2_OPTIONS = _re2_options()
+    return re2, options
 
 
 class _PatternError(ValueError):
@@ -132,8 +133,9 @@ class _PatternError(ValueError):
 
 @functools.lru_cache(maxsize=512)
 def _compiled(pattern: str) -> Any:
+    re2, options = _re2()
     try:
-        return re2.compile(pattern, _RE2_OPTIONS)
+        return re2.compile(pattern, options)
     except re2.error as err:
         detail = err.args[0] if err.args else err
         if isinstance(detail, bytes):
@@ -184,14 +186,19 @@ def _normalize_host(host: str) -> str | None:
             text = text.encode("idna").decode("ascii")
         except UnicodeError:  # an empty or over-long label, a prohibited code point
             return None
-    if _HOST_RE.fullmatch(text) is None:
-        return None
-    return text
+    return text if _is_host_name(text) else None
 
 
-#: An ASCII host name after IDNA: labels of letters, digits, ``-`` and ``_`` (DNS service labels
-#: such as ``_dmarc``), 1-63 characters each.
-_HOST_RE = re2.compile(r"[a-z0-9_](?:[a-z0-9_-]{0,61}[a-z0-9_])?(?:\.[a-z0-9_](?:[a-z0-9_-]{0,61}[a-z0-9_])?)*", _RE2_OPTIONS)
+#: What an ASCII host name after IDNA is made of: letters, digits, ``-`` and ``_`` (DNS service
+#: labels such as ``_dmarc``), in dot-separated labels of 1-63 characters.
+_HOST_CHARS = frozenset("abcdefghijklmnopqrstuvwxyz0123456789-_")
+
+
+def _is_host_name(text: str) -> bool:
+    return all(
+        0 < len(label) <= 63 and set(label) <= _HOST_CHARS and not label.startswith("-") and not label.endswith("-")
+        for label in text.split(".")
+    )
 
 
 def _normalize_pattern(pattern: str) -> str:

@@ -11,9 +11,7 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, replace
 from typing import Any, TypeVar
-from urllib.parse import quote
 
-import httpx
 from chio_sdk.client import ChioClient
 from chio_sdk.errors import ChioError, ChioValidationError
 from chio_sdk.models import CapabilityToken, ChioScope
@@ -129,34 +127,6 @@ async def mint_capability(client: Any, *, subject: str, scope: ChioScope, ttl_se
     )
 
 
-async def _fetch_from_sidecar(url: str, capability_id: str) -> CapabilityToken | None:
-    """``GET {url}/v1/capabilities/{id}`` on the sidecar (``None`` for an unknown id).
-
-    ``ChioClient`` has no public "get a capability by id" call, so this is our own request to the
-    sidecar the client talks to (the endpoint is ours, see docs/sidecar.md).
-    """
-    if not url.startswith(("http://", "https://")):
-        raise ChioTemporalConfigError(
-            f"cannot tell where this ChioClient sends its calls ({url!r}) to fetch capability {capability_id!r}; "
-            "pass scope=, subject= and ttl_seconds= instead, or use LocalChioClient"
-        )
-    endpoint = f"{url.rstrip('/')}/v1/capabilities/{quote(capability_id, safe='')}"
-    try:
-        async with httpx.AsyncClient(timeout=httpx.Timeout(10.0)) as http:
-            response = await http.get(endpoint)
-    except httpx.HTTPError as err:
-        raise ChioTemporalError(f"could not fetch capability {capability_id!r} from the sidecar at {url}: {err}") from err
-    if response.status_code == 404:
-        return None
-    if response.status_code != 200:
-        raise ChioTemporalError(
-            f"could not fetch capability {capability_id!r} from the sidecar at {url}: "
-            f"HTTP {response.status_code} {response.text[:200]}"
-        )
-    data = response.json()
-    return CapabilityToken.model_validate(data.get("token", data) if isinstance(data, dict) else data)
-
-
 async def fetch_capability(client: Any, capability_id: str) -> CapabilityToken:
     """The token of an already-minted capability, from the kernel behind ``client``.
 
@@ -168,18 +138,15 @@ async def fetch_capability(client: Any, capability_id: str) -> CapabilityToken:
     getter = getattr(client, "get_capability", None)
     kernel = getattr(client, "kernel", None)
     token: Any = None
-    if isinstance(client, ChioClient):
-        token = await _fetch_from_sidecar(client_url(client), capability_id)
-    elif callable(getter):
-        token = getter(capability_id)
-        if hasattr(token, "__await__"):
-            token = await token
+    if callable(getter):  # LocalChioClient, chio_kernel.SidecarClient
+        token = await call_client(client, lambda: getter(capability_id))
     elif kernel is not None and hasattr(kernel, "get_capability"):
         token = kernel.get_capability(capability_id)
     else:
         raise ChioTemporalConfigError(
-            f"{type(client).__name__} cannot look up capability {capability_id!r} by id; pass scope=, subject= "
-            "and ttl_seconds= so a capability is minted, or use LocalChioClient / ChioClient against the sidecar"
+            f"{type(client).__name__} cannot look up capability {capability_id!r} by id (a stock chio_sdk.ChioClient "
+            "has no such call); use chio_kernel.SidecarClient(url) or LocalChioClient, or pass scope=, subject= "
+            "and ttl_seconds= so a capability is minted"
         )
     if token is None:
         raise ChioTemporalConfigError(

@@ -155,9 +155,10 @@ class ChioActivityInterceptor(Interceptor):
     """Worker interceptor that gates every activity execution through the chio kernel.
 
     Args:
-        chio_client: a ``chio_sdk.ChioClient`` (sidecar over HTTP), a ``chio_kernel.LocalChioClient``
-            (embedded kernel) or a ``chio_sdk.testing`` mock. ``None`` with ``sidecar_url`` builds a
-            ``ChioClient(sidecar_url)``.
+        chio_client: a ``chio_kernel.SidecarClient`` (sidecar over HTTP, with idempotency keys), a
+            ``chio_kernel.LocalChioClient`` (embedded kernel), a stock ``chio_sdk.ChioClient`` (no
+            idempotency key: a retry gets a new receipt) or a ``chio_sdk.testing`` mock. ``None`` with
+            ``sidecar_url`` builds a ``SidecarClient(sidecar_url)``.
         sidecar_url: the kernel's address, named in ``ChioSidecarError`` messages (defaults to the
             client's own base URL).
         default_tool_server: tool server id for activities whose tool server nothing else names.
@@ -190,10 +191,13 @@ class ChioActivityInterceptor(Interceptor):
         if chio_client is None:
             if not sidecar_url:
                 raise ChioTemporalConfigError(
-                    "ChioActivityInterceptor needs chio_client= (ChioClient('http://127.0.0.1:9090'), "
+                    "ChioActivityInterceptor needs chio_client= (SidecarClient('http://127.0.0.1:9090'), "
                     "LocalChioClient(), or a chio_sdk.testing mock) or sidecar_url= the sidecar's address"
                 )
-            chio_client = ChioClient(sidecar_url)
+            # imported here: chio_temporal stays importable in the workflow sandbox without the kernel
+            from chio_kernel.client import SidecarClient
+
+            chio_client = SidecarClient(sidecar_url)
         if not hasattr(chio_client, "evaluate_tool_call") and getattr(chio_client, "kernel", None) is None:
             raise ChioTemporalConfigError(
                 f"chio_client= must be a ChioClient, LocalChioClient or chio_sdk.testing mock, "

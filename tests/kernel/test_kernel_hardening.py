@@ -158,3 +158,14 @@ def test_missing_key_next_to_an_empty_store_starts_fresh(tmp_path: Path) -> None
     (home / "kernel.key").unlink()
     with Kernel(home) as k:  # nothing was signed with the old key: a new identity loses nothing
         assert len(k.public_key_hex) == 64
+
+
+def test_importing_the_kernel_does_not_load_re2() -> None:
+    """re2 is a C extension Temporal's workflow sandbox cannot re-import ("bad argument to internal
+    function"): a workflow module that imports chio_kernel must validate, so re2 loads on first regex."""
+    import subprocess
+    import sys
+
+    code = "import sys, chio_kernel, chio_temporal; print('re2' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "False"

@@ -30,8 +30,7 @@ with workflow.unsafe.imports_passed_through():
     from temporalio.workflow import ActivityConfig
 
     import test_agent_app as app
-    from chio_sdk.client import ChioClient
-    from chio_kernel import LocalChioClient
+    from chio_kernel import LocalChioClient, SidecarClient
     from chio_kernel.testing import SidecarProcess
     from chio_temporal import DENIED_ERROR_TYPE, ChioTemporalConfigError, WorkflowGrant
     from chio_temporal._agent_activities import classify_activity
@@ -496,14 +495,14 @@ async def test_streamed_model_requests_are_governed_and_carry_their_receipt(clie
 
 
 async def test_through_the_real_sidecar_with_the_real_chio_client(client, chio_home):
-    """The worker evaluates over HTTP (chio_sdk.ChioClient -> sidecar subprocess): deny told, retry one receipt."""
+    """The worker evaluates over HTTP (chio_kernel.SidecarClient -> sidecar subprocess): deny told, retry one receipt."""
     import asyncio
 
     sidecar = await asyncio.to_thread(SidecarProcess(chio_home).start)
     try:
         async with LocalChioClient(data_dir=chio_home) as issuer:  # same data dir as the sidecar's kernel
             await issue(issuer, MODEL, grant("support", "lookup"), grant("support", "flaky"), DOCS_LIST)
-        http = ChioClient(sidecar.url)
+        http = SidecarClient(sidecar.url)
         app.use_kernel(http, app.governed_support)
         before = dict(app.CALLS)
         async with worker(client) as tq:

@@ -73,7 +73,7 @@ def test_interceptor_arguments_are_checked() -> None:
     with pytest.raises(ChioTemporalConfigError, match="receipt_sink"):
         ChioActivityInterceptor(chio_client=allow_all(), receipt_sink="store")  # type: ignore[arg-type]
     built = ChioActivityInterceptor(sidecar_url="http://127.0.0.1:9090")
-    assert built.sidecar_url == "http://127.0.0.1:9090" and type(built.chio_client).__name__ == "ChioClient"
+    assert built.sidecar_url == "http://127.0.0.1:9090" and type(built.chio_client).__name__ == "SidecarClient"
 
 
 async def test_registration_and_grant_lookup(chio: LocalChioClient) -> None:

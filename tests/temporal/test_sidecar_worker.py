@@ -1,4 +1,4 @@
-"""The interceptor against the real sidecar (subprocess, HTTP) driven by the real chio_sdk.ChioClient,
+"""The interceptor against the real sidecar (subprocess, HTTP) driven by chio_kernel.SidecarClient (a chio_sdk.ChioClient),
 and build_chio_worker in both modes."""
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ from typing import Any
 
 import httpx
 import pytest
-from chio_sdk.client import ChioClient
+from chio_kernel import SidecarClient
 from chio_sdk.testing import allow_all
 from temporalio.client import Client
 
@@ -55,7 +55,7 @@ async def test_sidecar_down_then_up_activity_retries_and_succeeds_with_one_recei
     client: Client, sidecar: SidecarProcess, uid: Any
 ) -> None:
     wid, tq = uid("sidecar-down"), uid("tq")
-    chio = ChioClient(sidecar.url)
+    chio = SidecarClient(sidecar.url)
     worker, interceptor, grant = await build_chio_worker(
         client,
         task_queue=tq,
@@ -100,7 +100,7 @@ async def test_sidecar_error_message_names_the_url(client: Client, chio_home: Pa
     url = "http://127.0.0.1:9"  # discard port: nothing listens
     local = LocalChioClient(data_dir=chio_home)
     token = await local.create_capability(subject="agent:x", scope=scope(tool("bank", "debit_account")), ttl_seconds=60)
-    ic = ChioActivityInterceptor(chio_client=ChioClient(url), sidecar_url=url, default_tool_server="bank")
+    ic = ChioActivityInterceptor(chio_client=SidecarClient(url), sidecar_url=url, default_tool_server="bank")
     ic.register_workflow_grant(WorkflowGrant(workflow_id=wid, token=token, tool_server="bank"))
     async with running(make_worker(client, tq, [ic])):
         err = await outcome(await start_plan(client, tq, wid, plan(("debit_account", ["a", 1]), max_attempts=2)))
@@ -114,7 +114,7 @@ async def test_build_chio_worker_with_a_minted_capability_id_over_the_sidecar(
     client: Client, sidecar: SidecarProcess, uid: Any
 ) -> None:
     wid, tq = uid("build-capid"), uid("tq")
-    chio = ChioClient(sidecar.url)
+    chio = SidecarClient(sidecar.url)
     token = await mint_capability(
         chio, subject="agent:my-pipeline", scope=scope(tool("agent-tools", "read_file")), ttl_seconds=600
     )
