@@ -112,7 +112,9 @@ def run_demo(console: Any, data_dir: Path) -> None:
     from chio_durable.agent.display import records_table
     from chio_kernel import LocalChioClient
     from chio_prefect.agent import ChioPrefectAgent
+    from chio_prefect.local import use_local_prefect_defaults
 
+    use_local_prefect_defaults()  # a start limit for Prefect's temporary server that a busy machine meets; no analytics
     chio = LocalChioClient(data_dir=data_dir)
     capability_id = f"cap-demo-researcher-{uuid.uuid4().hex[:8]}"
     chio.kernel.create_capability(subject="demo-researcher", scope=research_scope(), capability_id=capability_id)

@@ -13,7 +13,6 @@ the workflow sandbox to re-execute (no I/O at import) and the same workflow runs
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import pathlib
 import uuid
@@ -238,7 +237,7 @@ async def _demo(console: rich.console.Console, data_dir: pathlib.Path, cli: path
 
 def run_demo(console: rich.console.Console, data_dir: pathlib.Path) -> None:
     """The governed Temporal agent section of ``chio-durable demo`` (embedded kernel in ``data_dir``)."""
-    from chio_temporal.devserver import temporal_cli_path
+    from chio_temporal.devserver import run_temporal, temporal_cli_path
 
     console.rule("Governed Pydantic AI agent on Temporal (ChioTemporalAgent)")
     cli = temporal_cli_path()
@@ -254,6 +253,6 @@ def run_demo(console: rich.console.Console, data_dir: pathlib.Path) -> None:
     level = activity_log.level
     activity_log.setLevel(logging.ERROR)
     try:
-        asyncio.run(_demo(console, pathlib.Path(data_dir), cli))
+        run_temporal(_demo(console, pathlib.Path(data_dir), cli))  # frees the clients: a clean exit
     finally:
         activity_log.setLevel(level)
