@@ -161,6 +161,7 @@ async def _demo(console: rich.console.Console, data_dir: pathlib.Path, cli: path
     from chio_sdk.models import ChioScope, Operation, ToolGrant
     from pydantic_ai.durable_exec.temporal import PydanticAIPlugin
     from temporalio.client import Client, WorkflowFailureError
+    from temporalio.exceptions import ApplicationError
     from temporalio.testing import WorkflowEnvironment
     from temporalio.worker import Worker
 
@@ -217,10 +218,12 @@ async def _demo(console: rich.console.Console, data_dir: pathlib.Path, cli: path
                         id=f"support-{uuid.uuid4().hex[:8]}", task_queue=task_queue,
                     )
                 except WorkflowFailureError as err:
-                    cause = err.cause
-                    while cause is not None and getattr(cause, "type", None) != "ChioCapabilityDenied":
+                    cause: BaseException | None = err.cause
+                    while cause is not None and not (
+                        isinstance(cause, ApplicationError) and cause.type == "ChioCapabilityDenied"
+                    ):
                         cause = cause.__cause__
-                    if cause is None:
+                    if not isinstance(cause, ApplicationError):
                         raise RuntimeError(f"run 2 failed, but not with ChioCapabilityDenied: {err!r}") from err
                     facts = cause.details[0] if cause.details else {}
                     if facts.get("guard") != "revocation":

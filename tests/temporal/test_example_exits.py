@@ -42,9 +42,9 @@ async def main() -> int:
 raise SystemExit(run_temporal(main()))
 """
 
-PROGRAMS = {
-    "temporal_governed_agent": [str(ROOT / "examples" / "temporal_governed_agent.py")],
-    "temporal_transfer_saga": [str(ROOT / "examples" / "temporal_transfer_saga.py"), "--json"],
+PROGRAMS = {  # python arguments; {data} is the run's kernel data dir
+    "temporal_governed_agent": [str(ROOT / "examples" / "temporal_governed_agent.py"), "--data-dir", "{data}"],
+    "temporal_transfer_saga": [str(ROOT / "examples" / "temporal_transfer_saga.py"), "--data-dir", "{data}", "--json"],
     "minimal_workflow_environment": ["-c", MINIMAL],
 }
 
@@ -57,8 +57,9 @@ def test_exits_zero_every_time(name: str, tmp_path: Path) -> None:
     for run in range(RUNS):
         data = tmp_path / f"run-{run}"
         data.mkdir()
+        args = [arg.replace("{data}", str(data / "kernel")) for arg in PROGRAMS[name]]
         done = subprocess.run(
-            [sys.executable, *PROGRAMS[name], *(["--data-dir", str(data / "k")] if name != "minimal_workflow_environment" else [])],
+            [sys.executable, *args],
             capture_output=True, text=True, timeout=180, env={**env, "CHIO_HOME": str(data)}, cwd=data,
         )
         codes.append(done.returncode)
