@@ -28,6 +28,7 @@ from chio_durable.agent.display import records_table
 from chio_kernel import LocalChioClient
 from chio_prefect.agent import ChioPrefectAgent
 from chio_prefect.demo import build_research_agent, research_scope
+from chio_prefect.local import ephemeral_start_hint, use_local_prefect_defaults
 
 
 def main(argv: Sequence[str] | None = None, console: Console | None = None) -> int:
@@ -37,6 +38,8 @@ def main(argv: Sequence[str] | None = None, console: Console | None = None) -> i
     parser.add_argument("--prompt", default="How do durable agents survive crashes?")
     args = parser.parse_args(argv)
     console = console or Console()
+    # Prefect's temporary server (no PREFECT_API_URL): a start limit a busy machine meets, no analytics.
+    use_local_prefect_defaults()
 
     # 1. The embedded kernel: signing key + receipt store in one directory, no server.
     data_dir = args.data_dir or Path(tempfile.mkdtemp(prefix="chio-example-"))
@@ -75,4 +78,9 @@ def main(argv: Sequence[str] | None = None, console: Console | None = None) -> i
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    try:
+        raise SystemExit(main())
+    except RuntimeError as err:
+        if (hint := ephemeral_start_hint(err)) is None:
+            raise
+        raise SystemExit(hint) from None  # one line naming the setting, exit 1

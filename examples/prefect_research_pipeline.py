@@ -16,20 +16,17 @@ starts a temporary local API for the run, which takes a few seconds.
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import tempfile
 from typing import Any
 
-# A temporary Prefect API can take a while to start on a busy machine (Prefect's default: 20 s).
-os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
+import httpx
+from chio_sdk.models import ChioReceipt, ChioScope, Operation, ToolGrant
 
-import httpx  # noqa: E402
-from chio_sdk.models import ChioReceipt, ChioScope, Operation, ToolGrant  # noqa: E402
-
-from chio_durable import client_url  # noqa: E402
-from chio_kernel import SidecarClient  # noqa: E402
-from chio_prefect import ChioPrefectError, chio_flow, chio_task  # noqa: E402
+from chio_durable import client_url
+from chio_kernel import SidecarClient
+from chio_prefect import ChioPrefectError, chio_flow, chio_task
+from chio_prefect.local import ephemeral_start_hint, use_local_prefect_defaults
 
 CAPABILITY_ID = "cap-research-pipeline"
 
@@ -139,6 +136,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--data-dir", help="embedded kernel directory (default: a new temp dir)")
     parser.add_argument("--sidecar-url", help="use a running sidecar instead of the embedded kernel")
     args = parser.parse_args(argv)
+    # Prefect's temporary server (no PREFECT_API_URL): a start limit a busy machine meets, no analytics.
+    use_local_prefect_defaults()
 
     if args.sidecar_url:
         # SidecarClient: a chio_sdk.ChioClient that also sends idempotency keys (retries replay receipts)
@@ -175,4 +174,9 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    try:
+        raise SystemExit(main())
+    except RuntimeError as err:
+        if (hint := ephemeral_start_hint(err)) is None:
+            raise
+        raise SystemExit(hint) from None  # one line naming the setting, exit 1

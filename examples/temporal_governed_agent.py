@@ -15,7 +15,6 @@ run fails with the non-retryable `ChioCapabilityDenied`.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import os
 import tempfile
 import uuid
@@ -35,7 +34,7 @@ with workflow.unsafe.imports_passed_through():
     from chio_kernel import LocalChioClient
     from chio_temporal import DENIED_ERROR_TYPE
     from chio_temporal.agent import ChioTemporalAgent
-    from chio_temporal.devserver import temporal_cli_path
+    from chio_temporal.devserver import run_temporal, temporal_cli_path
 
 CAPABILITY_ID = "cap-support"
 
@@ -138,4 +137,6 @@ if __name__ == "__main__":
         os.environ["CHIO_EXAMPLE_MODEL"] = args.model
         agent = Agent(args.model, name="support", tools=[lookup_order, refund_order])
         governed = ChioTemporalAgent(agent, capability_id=CAPABILITY_ID, chio_client=LocalChioClient)
-    asyncio.run(main())
+    # asyncio.run, then free the Temporal clients before exit: temporalio's core can otherwise abort
+    # the interpreter at exit (temporalio/sdk-python#300), see chio_temporal.devserver.
+    run_temporal(main())

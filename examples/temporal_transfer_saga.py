@@ -17,7 +17,6 @@ What happens:
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import logging
 import sys
@@ -198,4 +197,8 @@ if __name__ == "__main__":
     parser.add_argument("--json", action="store_true", help="print one JSON object (envelope, balances)")
     options = parser.parse_args()
     directory = options.data_dir or Path(tempfile.mkdtemp(prefix="chio-saga-"))
-    sys.exit(asyncio.run(main(directory, options.json)))
+    from chio_temporal.devserver import run_temporal
+
+    # asyncio.run, then free the Temporal clients before exit: temporalio's core can otherwise abort
+    # the interpreter at exit (temporalio/sdk-python#300), see chio_temporal.devserver.
+    sys.exit(run_temporal(main(directory, options.json)))

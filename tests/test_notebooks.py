@@ -1,4 +1,5 @@
-"""Every notebook in notebooks/ executes top to bottom (nbclient, a real ipykernel) without error.
+"""Every notebook in notebooks/ executes top to bottom (nbclient, a real ipykernel) without error,
+and its kernel process then exits with 0.
 
 The kernel process gets the session's real Prefect API (``PREFECT_API_URL``) so a notebook that runs
 flows does not start a server of its own. Notebooks assert their own outcomes in their cells.
@@ -27,7 +28,12 @@ def test_notebook_executes(path: Path, prefect_api: str, tmp_path: Path) -> None
         resources={"metadata": {"path": str(tmp_path)}},
     )
     env = {**os.environ, "PREFECT_API_URL": prefect_api, "CHIO_HOME": str(tmp_path / "chio-home")}
-    client.execute(env=env)  # raises CellExecutionError with the failing cell's traceback
+    # raises CellExecutionError with the failing cell's traceback; the kernel is kept to see it exit
+    client.execute(env=env, cleanup_kc=False)
+    process = client.km.provisioner.process  # the kernel's Popen (jupyter_client's local provisioner)
+    nbclient.util.run_sync(client.km.shutdown_kernel)()  # a graceful shutdown, as a Jupyter user's
+    # 0, not an abort at interpreter exit (-6/-11: temporalio/sdk-python#300) or a kill after a hang
+    assert process.returncode == 0
 
     errors = [
         output

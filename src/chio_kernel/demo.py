@@ -10,7 +10,6 @@ follow when their modules exist: ``chio_prefect.demo.run_demo(console, data_dir)
 from __future__ import annotations
 
 import importlib
-import os
 import tempfile
 import time
 import uuid
@@ -110,13 +109,26 @@ def run_kernel_section(console: Console, data_dir: Path) -> bool:
     return ok
 
 
+def _start_hint(error: BaseException) -> str | None:
+    """The one-line hint for an engine server that did not start in time, if that is what ``error`` is."""
+    try:
+        from chio_prefect.local import ephemeral_start_hint
+    except ImportError:  # no Prefect installed: nothing of it can have timed out
+        return None
+    return ephemeral_start_hint(error)
+
+
 def _run_engine_section(console: Console, index: int, title: str, module: str, data_dir: Path) -> bool:
     """Run one engine's ``run_demo``; a broken section is reported and the others still run."""
     console.rule(f"[bold]{index}. {title}")
     try:
         importlib.import_module(module).run_demo(console, data_dir)
     except Exception as e:
-        console.print(f"[red]The {title} section failed: {type(e).__name__}: {escape(str(e))}[/]", highlight=False)
+        hint = _start_hint(e)
+        if hint is not None:  # Prefect's temporary server was too slow to start: say what to set
+            console.print(f"[red]The {title} section failed: {escape(hint)}[/]", highlight=False, soft_wrap=True)
+        else:
+            console.print(f"[red]The {title} section failed: {type(e).__name__}: {escape(str(e))}[/]", highlight=False)
         return False
     return True
 
@@ -131,9 +143,6 @@ def run(console: Console | None = None, data_dir: Path | None = None) -> int:
         data_dir = data_dir.expanduser()
         data_dir.mkdir(parents=True, exist_ok=True)
     console.print(f"chio-durable demo — kernel data in [bold]{data_dir}[/]", highlight=False)
-    # The Prefect section starts a temporary local Prefect server: keep it from phoning home
-    # (this machine may have no network, and the demo must not print telemetry errors).
-    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     failures = 0 if run_kernel_section(console, data_dir) else 1
     for index, (title, module) in enumerate(ENGINE_SECTIONS, start=2):
         failures += 0 if _run_engine_section(console, index, title, module, data_dir) else 1

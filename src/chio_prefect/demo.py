@@ -61,11 +61,9 @@ def _scripted(messages: list[ModelMessage], info: AgentInfo) -> ModelResponse:
         )
         return ModelResponse(parts=[ToolCallPart("search", {"query": prompt[:200]}, tool_call_id="scripted-search")])
     if returns[0].tool_name == "search":
+        urls = returns[0].content if isinstance(returns[0].content, list) else []  # search returns a list
         return ModelResponse(
-            parts=[
-                ToolCallPart("fetch", {"url": url}, tool_call_id=f"scripted-fetch-{i}")
-                for i, url in enumerate(returns[0].content)
-            ]
+            parts=[ToolCallPart("fetch", {"url": url}, tool_call_id=f"scripted-fetch-{i}") for i, url in enumerate(urls)]
         )
     lines = [f"- {ret.tool_call_id}: {ret.model_response_str()}" for ret in returns]
     return ModelResponse(parts=[TextPart("Scripted summary of what I could read:\n" + "\n".join(lines))])
@@ -112,7 +110,9 @@ def run_demo(console: Any, data_dir: Path) -> None:
     from chio_durable.agent.display import records_table
     from chio_kernel import LocalChioClient
     from chio_prefect.agent import ChioPrefectAgent
+    from chio_prefect.local import use_local_prefect_defaults
 
+    use_local_prefect_defaults()  # a start limit for Prefect's temporary server that a busy machine meets; no analytics
     chio = LocalChioClient(data_dir=data_dir)
     capability_id = f"cap-demo-researcher-{uuid.uuid4().hex[:8]}"
     chio.kernel.create_capability(subject="demo-researcher", scope=research_scope(), capability_id=capability_id)

@@ -13,7 +13,6 @@ the workflow sandbox to re-execute (no I/O at import) and the same workflow runs
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import pathlib
 import uuid
@@ -162,6 +161,7 @@ async def _demo(console: rich.console.Console, data_dir: pathlib.Path, cli: path
     from chio_sdk.models import ChioScope, Operation, ToolGrant
     from pydantic_ai.durable_exec.temporal import PydanticAIPlugin
     from temporalio.client import Client, WorkflowFailureError
+    from temporalio.exceptions import ApplicationError
     from temporalio.testing import WorkflowEnvironment
     from temporalio.worker import Worker
 
@@ -218,10 +218,12 @@ async def _demo(console: rich.console.Console, data_dir: pathlib.Path, cli: path
                         id=f"support-{uuid.uuid4().hex[:8]}", task_queue=task_queue,
                     )
                 except WorkflowFailureError as err:
-                    cause = err.cause
-                    while cause is not None and getattr(cause, "type", None) != "ChioCapabilityDenied":
+                    cause: BaseException | None = err.cause
+                    while cause is not None and not (
+                        isinstance(cause, ApplicationError) and cause.type == "ChioCapabilityDenied"
+                    ):
                         cause = cause.__cause__
-                    if cause is None:
+                    if not isinstance(cause, ApplicationError):
                         raise RuntimeError(f"run 2 failed, but not with ChioCapabilityDenied: {err!r}") from err
                     facts = cause.details[0] if cause.details else {}
                     if facts.get("guard") != "revocation":
@@ -238,7 +240,7 @@ async def _demo(console: rich.console.Console, data_dir: pathlib.Path, cli: path
 
 def run_demo(console: rich.console.Console, data_dir: pathlib.Path) -> None:
     """The governed Temporal agent section of ``chio-durable demo`` (embedded kernel in ``data_dir``)."""
-    from chio_temporal.devserver import temporal_cli_path
+    from chio_temporal.devserver import run_temporal, temporal_cli_path
 
     console.rule("Governed Pydantic AI agent on Temporal (ChioTemporalAgent)")
     cli = temporal_cli_path()
@@ -254,6 +256,6 @@ def run_demo(console: rich.console.Console, data_dir: pathlib.Path) -> None:
     level = activity_log.level
     activity_log.setLevel(logging.ERROR)
     try:
-        asyncio.run(_demo(console, pathlib.Path(data_dir), cli))
+        run_temporal(_demo(console, pathlib.Path(data_dir), cli))  # frees the clients: a clean exit
     finally:
         activity_log.setLevel(level)

@@ -1,0 +1,78 @@
+"""Prefect defaults for a first run on a local machine: the demo, the examples and the notebooks.
+
+Without ``PREFECT_API_URL`` Prefect starts a temporary local API server (its "ephemeral" server) and
+gives it 20 s to answer. On a busy 2-core machine the first start (database migrations) can take
+longer, and the run then fails. That server also sends analytics by default: offline, this prints
+a red "Failed to send telemetry" line and sometimes a ``database is locked`` traceback.
+
+:func:`use_local_prefect_defaults` raises the start limit and turns the analytics off, unless the
+user set either value (environment or Prefect profile). :func:`ephemeral_start_hint` turns Prefect's
+start timeout into a one-line hint that names the setting.
+"""
+
+from __future__ import annotations
+
+import os
+
+__all__ = [
+    "ANALYTICS_SETTING",
+    "LOCAL_STARTUP_TIMEOUT_SECONDS",
+    "STARTUP_TIMEOUT_SETTING",
+    "ephemeral_start_hint",
+    "use_local_prefect_defaults",
+]
+
+STARTUP_TIMEOUT_SETTING = "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS"
+ANALYTICS_SETTING = "PREFECT_SERVER_ANALYTICS_ENABLED"
+LOCAL_STARTUP_TIMEOUT_SECONDS = 120
+"""Start limit for the temporary server: Prefect's 20 s is missed on a loaded 2-core machine."""
+
+# The text of Prefect's RuntimeError when its temporary server does not answer in time
+# (prefect.server.api.server.SubprocessASGIServer.start); matched to give the hint.
+_START_TIMEOUT_TEXT = "Timed out while attempting to connect to ephemeral Prefect API server"
+
+
+def use_local_prefect_defaults() -> dict[str, str]:
+    """Give Prefect's temporary server a start limit of 120 s and turn its analytics off.
+
+    A value the user set (environment variable or active Prefect profile) is kept, and nothing
+    changes when a Prefect API is configured (``PREFECT_API_URL``: no temporary server starts).
+    Works before or after ``prefect`` is imported: Prefect's global settings are re-read from the
+    environment. Returns the environment variables this call set.
+    """
+    from prefect.context import refresh_global_settings_context
+    from prefect.settings import get_current_settings
+
+    settings = get_current_settings()
+    if settings.api.url:
+        return {}
+    server = settings.server
+    wanted: dict[str, str] = {}
+    if STARTUP_TIMEOUT_SETTING not in os.environ and "startup_timeout_seconds" not in server.ephemeral.model_fields_set:
+        wanted[STARTUP_TIMEOUT_SETTING] = str(LOCAL_STARTUP_TIMEOUT_SECONDS)
+    if ANALYTICS_SETTING not in os.environ and "analytics_enabled" not in server.model_fields_set:
+        # The temporary server runs in a subprocess that inherits this environment.
+        wanted[ANALYTICS_SETTING] = "false"
+    if wanted:
+        os.environ.update(wanted)
+        refresh_global_settings_context()
+    return wanted
+
+
+def ephemeral_start_hint(error: BaseException) -> str | None:
+    """A one-line hint if ``error`` (or its cause) is Prefect's temporary-server start timeout, else None."""
+    seen: set[int] = set()
+    current: BaseException | None = error
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if _START_TIMEOUT_TEXT in str(current):
+            from prefect.settings import get_current_settings
+
+            limit = get_current_settings().server.ephemeral.startup_timeout_seconds
+            return (
+                f"Prefect's temporary local server did not start within {limit} s. "
+                f"Set {STARTUP_TIMEOUT_SETTING} higher (e.g. {STARTUP_TIMEOUT_SETTING}=300), "
+                "or point PREFECT_API_URL at a running Prefect server."
+            )
+        current = current.__cause__ or current.__context__
+    return None

