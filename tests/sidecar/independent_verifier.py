@@ -1,9 +1,11 @@
 """A verifier written from the Chio rule alone, NOT the kernel's own code (imported by the tests):
 
 Ed25519 (hex ``kernel_key`` / ``issuer`` / ``delegator``) over the RFC 8785 canonical JSON of the
-object without its ``signature`` field. For the values these tests use (no floats, keys in the
-Basic Multilingual Plane) RFC 8785 equals ``json.dumps(sort_keys=True, separators=(",", ":"),
-ensure_ascii=False)`` as UTF-8.
+object without its ``signature`` field. RFC 8785 here, in a few lines from the RFC: object keys
+sorted by their UTF-16 code units, no whitespace, strings as ``json.dumps(ensure_ascii=False)``
+writes them, numbers as ECMAScript's ``Number.prototype.toString`` (shortest round-trip digits, no
+exponent from 1e-7 to 1e21), UTF-8. (Listings on a shared sidecar include receipts of the fuzz
+tests: floats and astral-plane keys do occur.)
 """
 
 from __future__ import annotations
@@ -17,8 +19,42 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 __all__ = ["assert_receipt_verifies", "assert_token_verifies", "signature_ok"]
 
 
+def _number(value: float) -> str:
+    if value != value or value in (float("inf"), float("-inf")):
+        raise ValueError("RFC 8785 has no NaN or Infinity")
+    if value == int(value) and abs(value) < 1e21:
+        return str(int(value))
+    digits, _, exp = repr(abs(value)).partition("e")  # shortest round-trip digits, as ECMAScript's
+    whole, _, fraction = digits.partition(".")
+    mantissa = (whole + fraction).lstrip("0")
+    n = len(whole) + int(exp or 0) - (len(whole + fraction) - len(mantissa))  # point after n digits
+    mantissa = mantissa.rstrip("0") or "0"
+    k = len(mantissa)
+    if k <= n <= 21:
+        text = mantissa + "0" * (n - k)
+    elif 0 < n <= 21:
+        text = mantissa[:n] + "." + mantissa[n:]
+    elif -6 < n <= 0:
+        text = "0." + "0" * -n + mantissa
+    else:
+        e = n - 1
+        text = (mantissa[0] + ("." + mantissa[1:] if k > 1 else "")) + ("e+" if e >= 0 else "e-") + str(abs(e))
+    return ("-" if value < 0 else "") + text
+
+
+def _text(value: Any) -> str:
+    if isinstance(value, dict):
+        items = sorted(value.items(), key=lambda kv: kv[0].encode("utf-16-be"))
+        return "{" + ",".join(json.dumps(k, ensure_ascii=False) + ":" + _text(v) for k, v in items) + "}"
+    if isinstance(value, list):
+        return "[" + ",".join(_text(v) for v in value) + "]"
+    if isinstance(value, float):
+        return _number(value)
+    return json.dumps(value, ensure_ascii=False)  # str, int, bool, None
+
+
 def _canonical(value: Any) -> bytes:
-    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+    return _text(value).encode("utf-8")
 
 
 def signature_ok(obj: dict[str, Any], public_key_hex: str) -> bool:
