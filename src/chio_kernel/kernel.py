@@ -209,6 +209,9 @@ _DECISION_FIELDS = frozenset({"verdict", "reason", "guard"})
 _RECEIPT_FIELDS = frozenset(ChioReceipt.model_fields) - {"metadata"}
 
 
+_M = TypeVar("_M", bound=BaseModel)
+
+
 def _construct(cls: type[_M], fields_set: frozenset[str], values: dict[str, Any]) -> _M:
     """``cls.model_construct(**values)`` without its per-field loop (hot path; values are complete)."""
     if cls.__pydantic_post_init__ or cls.__pydantic_root_model__:  # pragma: no cover - not the chio_sdk models
@@ -312,9 +315,6 @@ def _new_capability_id(value: Any) -> str:
             "(e.g. 'cap-research-pipeline')"
         )
     return cap_id
-
-
-_M = TypeVar("_M", bound=BaseModel)
 
 
 def check_scope_fields(scope: Any, name: str = "scope") -> None:
