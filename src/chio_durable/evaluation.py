@@ -226,11 +226,13 @@ async def _remote_evaluate(
         extras: dict[str, Any] = {"idempotency_key": idem}
         if cost is not None and "cost" in accepted:
             extras["cost"] = cost
-        return await client.evaluate_tool_call(**body, **extras)
+        receipt: ChioReceipt = await client.evaluate_tool_call(**body, **extras)
+        return receipt
     if isinstance(client, ChioClient) and idem is not None and client not in _warned_no_idempotency:
         _warned_no_idempotency.add(client)
         warnings.warn(NO_IDEMPOTENCY_WARNING, RuntimeWarning, stacklevel=2)
-    return await client.evaluate_tool_call(**body)
+    receipt = await client.evaluate_tool_call(**body)
+    return receipt
 
 
 # 4xx answers that say "not now" rather than "not this request": still retryable.

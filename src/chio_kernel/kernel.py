@@ -19,9 +19,10 @@ import uuid
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, TypedDict, TypeVar
 
 from chio_sdk.models import (
+    Attenuation,
     CapabilityToken,
     ChioReceipt,
     ChioScope,
@@ -140,6 +141,16 @@ def capability_signing_bytes(token: CapabilityToken) -> bytes:
     return canonical_json(token.body().model_dump(exclude_none=True))
 
 
+class _LinkBody(TypedDict):
+    """The fields of a ``DelegationLink`` but its ``signature`` (what the signature covers)."""
+
+    capability_id: str
+    delegator: str
+    delegatee: str
+    attenuations: list[Attenuation]
+    timestamp: int
+
+
 def _link_signing_bytes(link: DelegationLink | Mapping[str, Any]) -> bytes:
     data = link.model_dump(exclude_none=True) if isinstance(link, DelegationLink) else dict(link)
     data.pop("signature", None)
@@ -198,7 +209,10 @@ _DECISION_FIELDS = frozenset({"verdict", "reason", "guard"})
 _RECEIPT_FIELDS = frozenset(ChioReceipt.model_fields) - {"metadata"}
 
 
-def _construct(cls: Any, fields_set: frozenset[str], values: dict[str, Any]) -> Any:
+_M = TypeVar("_M", bound=BaseModel)
+
+
+def _construct(cls: type[_M], fields_set: frozenset[str], values: dict[str, Any]) -> _M:
     """``cls.model_construct(**values)`` without its per-field loop (hot path; values are complete)."""
     if cls.__pydantic_post_init__ or cls.__pydantic_root_model__:  # pragma: no cover - not the chio_sdk models
         return cls.model_construct(**values)
@@ -293,17 +307,14 @@ _ID_FORBIDDEN = frozenset(' /?#%\\"\'<>')
 
 def _new_capability_id(value: Any) -> str:
     """Validate a caller-chosen capability id: it appears in URLs and command lines."""
-    value = _require_str("capability_id", value, max_len=200)
-    bad = sorted({c for c in value if c in _ID_FORBIDDEN or not c.isprintable()})
+    cap_id = _require_str("capability_id", value, max_len=200)
+    bad = sorted({c for c in cap_id if c in _ID_FORBIDDEN or not c.isprintable()})
     if bad:
         raise KernelInputError(
-            f"capability_id {value!r} contains {''.join(bad)!r}; use letters, digits and . _ - : @ "
+            f"capability_id {cap_id!r} contains {''.join(bad)!r}; use letters, digits and . _ - : @ "
             "(e.g. 'cap-research-pipeline')"
         )
-    return value
-
-
-_M = TypeVar("_M", bound=BaseModel)
+    return cap_id
 
 
 def check_scope_fields(scope: Any, name: str = "scope") -> None:
@@ -373,6 +384,8 @@ def _coerce_operation(operation: Any) -> Operation:
 def _coerce_cost(cost: Any) -> tuple[int, str] | None:
     if cost is None:
         return None
+    units: object
+    currency: object
     if isinstance(cost, MonetaryAmount):
         units, currency = cost.units, cost.currency
     elif isinstance(cost, Mapping):
@@ -907,7 +920,7 @@ class Kernel:
         now = int(self._clock())
         expires_at = parent_token.expires_at if ttl is None else min(parent_token.expires_at, now + ttl)
         child_subject = subject if subject is not None else parent_token.subject
-        link_body = {
+        link_body: _LinkBody = {
             "capability_id": parent_token.id,
             "delegator": self.public_key_hex,
             "delegatee": child_subject,
@@ -1075,7 +1088,7 @@ class Kernel:
             policy_hash = cap.policy_hash if cap is not None else GENESIS_HASH
             return self._append_receipt(
                 conn, head_seq, prev_hash, now, capability_id, tool_server, tool_name, params, params_text,
-                params_ascii, param_hash, deny.guard, deny.reason, policy_hash,
+                params_ascii, param_hash, deny, policy_hash,
             )
         # allow: charge, then record
         charges, rated = charge
@@ -1091,7 +1104,7 @@ class Kernel:
             conn.execute("INSERT INTO rate_events(capability_id, t) VALUES (?, ?)", (rated_id, now))
         receipt = self._append_receipt(
             conn, head_seq, prev_hash, now, capability_id, tool_server, tool_name, params, params_text,
-            params_ascii, param_hash, None, None, cap.policy_hash,
+            params_ascii, param_hash, None, cap.policy_hash,
         )
         if idem_hash is not None:
             conn.execute(
@@ -1355,18 +1368,20 @@ class Kernel:
         params_text: str,
         params_ascii: str,
         param_hash: str,
-        guard: str | None,
-        reason: str | None,
+        deny: _Deny | None,
         policy_hash: str,
     ) -> ChioReceipt:
         rid = "rcpt-" + _uuid7_str()
         ts = str(int(now))
         key = self.public_key_hex
         q_cap, q_tool, q_server = _q(capability_id), _q(tool_name), _q(tool_server)
-        if guard is None:
-            decision = {"verdict": "allow"}
+        guard: str | None = None
+        reason: str | None = None
+        if deny is None:
+            decision: dict[str, str | None] = {"verdict": "allow"}
             decision_text = decision_ascii = '{"verdict":"allow"}'
         else:
+            guard, reason = deny.guard, deny.reason
             decision = {"verdict": "deny", "reason": reason, "guard": guard}
             decision_text = '{"guard":' + _q(guard) + ',"reason":' + _q(reason) + ',"verdict":"deny"}'
             decision_ascii = '{"guard":' + _qa(guard) + ',"reason":' + _qa(reason) + ',"verdict":"deny"}'

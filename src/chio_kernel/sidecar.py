@@ -31,7 +31,7 @@ import time
 import uuid
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from chio_sdk.models import (
     CapabilityToken,
@@ -44,7 +44,7 @@ from chio_sdk.models import (
     Operation,
     Verdict,
 )
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
@@ -323,7 +323,10 @@ def _opt_int(data: dict[str, Any], key: str, *, minimum: int = 0, maximum: int =
     return value
 
 
-def _model(cls: type[Any], data: Any, what: str) -> Any:
+_M = TypeVar("_M", bound=BaseModel)
+
+
+def _model(cls: type[_M], data: Any, what: str) -> _M:
     """Validate a wire object strictly: JSON types as the model declares them (no ``false`` -> 0,
     no ``"12"`` -> 12), so a wrong type is a 422, never silently coerced."""
     try:
@@ -553,12 +556,13 @@ def create_app(
         cap = q.get("capability_id") or None
         limit = _query_int(q.get("limit"), "limit", 1, MAX_LIST_LIMIT)
         after = _query_int(q.get("after_seq"), "after_seq", 0, 2**62)
-        kwargs = {
-            "capability_id": cap,
-            "limit": limit if limit is not None else DEFAULT_LIST_LIMIT,
-            "after_seq": after,
-        }
-        rows = await run_in_threadpool(lambda: k.list_receipts_with_seq(**kwargs))  # seq: the page position
+        rows = await run_in_threadpool(  # seq: the page position
+            lambda: k.list_receipts_with_seq(
+                capability_id=cap,
+                limit=limit if limit is not None else DEFAULT_LIST_LIMIT,
+                after_seq=after,
+            )
+        )
         return _json({
             "receipts": [_dump_receipt(r) for _, r in rows],
             "count": len(rows),
@@ -834,8 +838,8 @@ def header_timeout_protocol(
     waiting: dict[Any, asyncio.TimerHandle] = {}
 
     class HeaderTimeoutH11Protocol(H11Protocol):
-        def connection_made(self, transport: asyncio.BaseTransport) -> None:  # type: ignore[override]
-            super().connection_made(transport)  # type: ignore[arg-type]
+        def connection_made(self, transport: asyncio.BaseTransport) -> None:
+            super().connection_made(transport)  # type: ignore[arg-type]  # uvicorn narrows BaseProtocol's type
             self._chio_wait()
 
         def data_received(self, data: bytes) -> None:

@@ -341,7 +341,7 @@ class ChioPrefectAgent(WrapperAgent[Any, Any]):
         return [*self._tool_metadata, self.governance, self.durability]
 
     @asynccontextmanager
-    async def iter(  # type: ignore[override]
+    async def iter(
         self,
         user_prompt: Any = None,
         *,
@@ -354,7 +354,7 @@ class ChioPrefectAgent(WrapperAgent[Any, Any]):
         ) as run:
             yield run
 
-    async def run(self, user_prompt: Any = None, **kwargs: Any) -> AgentRunResult[Any]:  # type: ignore[override]
+    async def run(self, user_prompt: Any = None, **kwargs: Any) -> AgentRunResult[Any]:
         """Run the governed agent; as a Prefect flow (``"<name> Run"``) unless already inside one.
 
         Inside a flow the run joins it, so that flow's retries replay the run's cached tasks.
@@ -363,15 +363,15 @@ class ChioPrefectAgent(WrapperAgent[Any, Any]):
         if FlowRunContext.get() is not None:
             return await super().run(user_prompt, **kwargs)
 
-        parent = super()
+        parent_run = super().run
 
         @flow(name=f"{self._agent_name} Run", **self._flow_options)
         async def chio_agent_run() -> AgentRunResult[Any]:
-            return await parent.run(user_prompt, **kwargs)
+            return await parent_run(user_prompt, **kwargs)
 
         return await chio_agent_run()
 
-    def run_sync(self, user_prompt: Any = None, **kwargs: Any) -> AgentRunResult[Any]:  # type: ignore[override]
+    def run_sync(self, user_prompt: Any = None, **kwargs: Any) -> AgentRunResult[Any]:
         """Synchronous :meth:`run` (an async Prefect flow driven to completion on this thread)."""
         return super().run_sync(user_prompt, **kwargs)
 
@@ -379,6 +379,6 @@ class ChioPrefectAgent(WrapperAgent[Any, Any]):
     # The delegation hooks another wrapper reaches us through are refused by
     # chio_durable.agent.adapter.refuse_realtime (the class decorator above).
 
-    def realtime(self, *args: Any, **kwargs: Any) -> Any:  # type: ignore[override]
+    def realtime(self, *args: Any, **kwargs: Any) -> Any:
         """Refused: a realtime session's model traffic cannot be evaluated (see ``docs/agents.md``)."""
         raise UserError(REALTIME_REFUSED)

@@ -782,13 +782,14 @@ def _build_task(
         governed = governed_sync
 
     governance.governed = governed
-    governed.__chio_governance__ = governance  # type: ignore[attr-defined]
+    setattr(governed, "__chio_governance__", governance)  # read back by ChioReceiptCachePolicy
     task_options = dict(options)
     if task_options.get("retry_condition_fn") is None:
         task_options["retry_condition_fn"] = retry_unless_chio_denied
     try:
         _define_prefect_classes()
-        return globals()["ChioTask"](governed, **task_options)
+        task: Task[Any, Any] = globals()["ChioTask"](governed, **task_options)  # a prefect Task subclass
+        return task
     except (TypeError, ValueError) as err:
         raise ChioPrefectConfigError(
             f"Prefect rejected the options of @chio_task on {fn.__qualname__}: {err}"
@@ -876,7 +877,7 @@ def _build_flow(
 
         governed = governed_sync
 
-    governed.__chio_flow__ = config  # type: ignore[attr-defined]
+    setattr(governed, "__chio_flow__", config)
     try:
         return prefect.flow(governed, **options)
     except (TypeError, ValueError) as err:

@@ -210,7 +210,7 @@ def _plugin_activities(agent: AbstractAgent[Any, Any]) -> list[Callable[..., Any
     ``configure_worker``)."""
     from pydantic_ai.durable_exec.temporal import AgentPlugin
 
-    config = AgentPlugin(agent).configure_worker({"activities": [], "workflows": []})  # type: ignore[typeddict-item]
+    config = AgentPlugin(agent).configure_worker({"activities": [], "workflows": []})
     return list(config.get("activities") or [])
 
 
@@ -238,7 +238,8 @@ def guard_agent_activities(
             "TemporalAgent.temporal_activities": list(agent.temporal_activities),  # type: ignore[attr-defined]
         }
     else:
-        from pydantic_ai.durable_exec.temporal import worker_registrations
+        # public (tests/temporal/test_seams.py) but left out of the package's __all__
+        from pydantic_ai.durable_exec.temporal import worker_registrations  # type: ignore[attr-defined]
 
         replace_in_live_list(durability.get_durable_operation_backend().registrations(), guard)
         activities, child_workflows = worker_registrations(durability)
@@ -657,7 +658,7 @@ class ChioTemporalAgent(WrapperAgent[AgentDepsT, OutputDataT]):
         current = list(existing or [])
         return current + [fn for fn in self.temporal_activities if fn not in current]
 
-    async def run(self, *args: Any, **kwargs: Any) -> Any:  # type: ignore[override]
+    async def run(self, *args: Any, **kwargs: Any) -> Any:
         """Run the agent, governed. Same arguments as ``Agent.run``.
 
         Inside a workflow every model request, tool call and MCP call is an activity, evaluated by
@@ -672,7 +673,7 @@ class ChioTemporalAgent(WrapperAgent[AgentDepsT, OutputDataT]):
         return await self.wrapped.run(*args, **self._outside_workflow(kwargs))
 
     @asynccontextmanager
-    async def iter(self, *args: Any, **kwargs: Any) -> AsyncIterator[Any]:  # type: ignore[override]
+    async def iter(self, *args: Any, **kwargs: Any) -> AsyncIterator[Any]:
         """``Agent.iter``, governed like :meth:`run` (``run_stream`` & co. go through here)."""
         async with self.wrapped.iter(*args, **self._outside_workflow(kwargs)) as agent_run:
             yield agent_run

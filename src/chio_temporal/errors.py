@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
 from temporalio.exceptions import ActivityError, ApplicationError, ApplicationErrorCategory, FailureError
 
@@ -128,7 +128,7 @@ class ActivityDeniedError(ActivityError, ApplicationError):
         self._activity_type = error.activity_type
         self._activity_id = error.activity_id
         self._retry_state = error.retry_state
-        self._details = denial.details
+        self._details = tuple(denial.details)  # ApplicationError keeps its *details tuple
         self._type = denial.type
         self._non_retryable = denial.non_retryable
         self._next_retry_delay = denial.next_retry_delay
@@ -147,9 +147,10 @@ class ActivityDeniedError(ActivityError, ApplicationError):
     def reason(self) -> str | None:
         return self._detail("reason")
 
-    def _detail(self, key: str) -> Any:
+    def _detail(self, key: str) -> str | None:
         first = self.details[0] if self.details else None
-        return first.get(key) if isinstance(first, dict) else None
+        # details[0] is denied_error's dict: its receipt_id/guard/reason are str or None
+        return cast("str | None", first.get(key)) if isinstance(first, dict) else None
 
     @classmethod
     def surface(cls, error: BaseException) -> BaseException:

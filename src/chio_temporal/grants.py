@@ -154,6 +154,6 @@ async def fetch_capability(client: Any, capability_id: str) -> CapabilityToken:
             "(`chio-durable capability create` / `await chio.create_capability(...)`) or pass scope=, subject=, "
             "ttl_seconds= instead of capability_id="
         )
-    if not isinstance(token, CapabilityToken):
-        token = CapabilityToken.model_validate(token)
-    return token
+    if isinstance(token, CapabilityToken):
+        return token
+    return CapabilityToken.model_validate(token)

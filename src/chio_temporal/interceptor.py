@@ -518,7 +518,7 @@ class ChioActivityInterceptor(Interceptor):
 
     def _signature(self, fn: Any) -> inspect.Signature | None:
         # a bound method's signature (without ``self``) is the same for every instance
-        key = (getattr(fn, "__func__", fn), hasattr(fn, "__func__"))
+        key: tuple[Any, bool] | None = (getattr(fn, "__func__", fn), hasattr(fn, "__func__"))
         try:
             return self._signatures[key]
         except KeyError:
