@@ -46,6 +46,7 @@ from pydantic_ai.models import Model
 from pydantic_ai.tools import RunContext
 from pydantic_ai.toolsets import WrapperToolset
 
+from chio_durable import ChioClientLike
 from chio_durable.agent import CallMapper, ChioGovernance, GovernedRecord, OnDeny, current_receipt_id
 from chio_durable.agent.adapter import check_realtime_hooks, prefect_agent_hidden_options, refuse_realtime
 from chio_durable.agent.capability import REALTIME_REFUSED, _is_mcp_toolset
@@ -237,7 +238,7 @@ class ChioPrefectAgent(WrapperAgent[Any, Any]):
         wrapped: AbstractAgent[Any, Any],
         *,
         capability_id: str,
-        chio_client: Any,
+        chio_client: ChioClientLike,
         mapper: CallMapper | None = None,
         on_deny: OnDeny = "tell_model",
         name: str | None = None,

@@ -37,10 +37,11 @@ from typing import TYPE_CHECKING, Any, NoReturn, ParamSpec, TypeVar, overload
 from chio_sdk.client import ChioClient
 from chio_sdk.models import ChioScope
 
-from chio_durable import KernelRejected, KernelUnavailable, bind_parameters, evaluate, evaluate_sync
+from chio_durable import KernelRejected, KernelUnavailable, bind_parameters
 from chio_durable import idempotency_key as _idempotency_key
+from chio_durable._call import GovernedCall
+from chio_durable._transport import ChioClientLike, KernelTransport, as_transport, is_client
 from chio_durable.evaluation import Evaluation
-from chio_durable.params import digest as _digest
 from chio_prefect.context import (
     FlowGovernance,
     current_flow_governance,
@@ -124,6 +125,7 @@ def retry_unless_chio_denied(task: Any, task_run: Any, state: Any) -> bool:
 # --- clients --------------------------------------------------------------------------------------
 
 _clients_by_url: dict[str, ChioClient] = {}
+_transports_by_url: dict[str, KernelTransport] = {}
 _clients_lock = threading.Lock()
 
 
@@ -141,22 +143,32 @@ def _client_for_url(url: str) -> ChioClient:
         return client
 
 
-@dataclass(frozen=True)
-class _ClientSpec:
-    """A client as configured on a decorator: an object, a sidecar URL, or nothing."""
+def _transport_for_url(url: str) -> KernelTransport:
+    """The one transport per sidecar URL, over its shared ``SidecarClient``."""
+    transport = _transports_by_url.get(url)
+    if transport is None:
+        client = _client_for_url(url)
+        with _clients_lock:
+            transport = _transports_by_url.setdefault(url, as_transport(client))
+    return transport
 
-    client: Any | None = None
-    sidecar_url: str | None = None
+
+class _ClientSpec:
+    """A client as configured on a decorator: its transport (chosen here, once), a sidecar URL, or nothing."""
+
+    def __init__(self, client: ChioClientLike | None = None, sidecar_url: str | None = None) -> None:
+        self.transport: KernelTransport | None = as_transport(client) if client is not None else None
+        self.sidecar_url = sidecar_url
 
     @property
     def configured(self) -> bool:
-        return self.client is not None or self.sidecar_url is not None
+        return self.transport is not None or self.sidecar_url is not None
 
-    def resolve(self) -> Any | None:
-        if self.client is not None:
-            return self.client
+    def resolve(self) -> KernelTransport | None:
+        if self.transport is not None:
+            return self.transport
         if self.sidecar_url is not None:
-            return _client_for_url(self.sidecar_url)
+            return _transport_for_url(self.sidecar_url)
         return None
 
 
@@ -192,8 +204,8 @@ def _check_common(
     scope: Any,
     capability_id: Any,
     tool_server: Any,
-    chio_client: Any,
-    sidecar_url: Any,
+    chio_client: object,
+    sidecar_url: object,
 ) -> None:
     if scope is not None and not isinstance(scope, ChioScope):
         raise ChioPrefectConfigError(
@@ -209,10 +221,7 @@ def _check_common(
             f"client object (ChioClient, LocalChioClient, a chio_sdk.testing mock) or sidecar_url= "
             f"for the address of a running sidecar."
         )
-    if chio_client is not None and not (
-        callable(getattr(chio_client, "evaluate_tool_call", None))
-        or getattr(chio_client, "kernel", None) is not None
-    ):
+    if chio_client is not None and not is_client(chio_client):
         raise ChioPrefectConfigError(
             f"@{decorator}(chio_client=...) must be a Chio client with evaluate_tool_call() "
             f"(chio_sdk.ChioClient, chio_kernel.LocalChioClient or a chio_sdk.testing mock), got "
@@ -242,14 +251,12 @@ def _check_options(decorator: str, options: dict[str, Any], allowed: frozenset[s
 
 @dataclass(frozen=True)
 class _Call:
-    """One resolved governed call, ready for the kernel."""
+    """One resolved task attempt: the governed call (parameters hashed once) and where it runs."""
 
+    call: GovernedCall
     capability_id: str
-    tool_server: str
-    tool_name: str
     task_name: str
-    parameters: dict[str, Any]
-    client: Any
+    transport: KernelTransport
     idempotency_key: str | None
     task_run_id: str | None
     task_run_name: str | None
@@ -481,27 +488,25 @@ class _TaskGovernance:
             )
             deny_locally(_envelope_error(reason), tool_server)
 
-        client = self.client.resolve()
-        if client is None and flow is not None:
-            client = flow.client
-        if client is None:
-            client = _client_for_url(DEFAULT_SIDECAR_URL)
+        transport = self.client.resolve()
+        if transport is None and flow is not None:
+            transport = flow.client
+        if transport is None:
+            transport = _transport_for_url(DEFAULT_SIDECAR_URL)
 
-        parameters = bind_parameters(self.signature, args, kwargs)
+        call = GovernedCall("task", tool_server, self.tool_name, bind_parameters(self.signature, args, kwargs))
         idem = None
         if task_run_id is not None:
-            digest = _digest(parameters)  # the kernel's canonical JSON, as the agent layer uses
+            digest = call.parameter_hash  # computed once; the same digest the transport checks receipts with
             position = _call_position(
                 run, _idempotency_key(run.task_key, capability_id, tool_server, self.tool_name, digest)
             )
             idem = _idempotency_key(flow_run_id, position, capability_id, tool_server, self.tool_name, digest)
         return _Call(
+            call=call,
             capability_id=capability_id,
-            tool_server=tool_server,
-            tool_name=self.tool_name,
             task_name=task_name,
-            parameters=parameters,
-            client=client,
+            transport=transport,
             idempotency_key=idem,
             task_run_id=task_run_id,
             task_run_name=task_run_name,
@@ -516,11 +521,11 @@ class _TaskGovernance:
         if decided is not None:  # the cache policy already asked the kernel in this attempt
             return self._conclude(call, decided.evaluation, emit=not decided.emitted)
         try:
-            evaluation = evaluate_sync(call.client, **self._kernel_args(call))
+            evaluation = self._ask(call)
         except KernelUnavailable as err:
-            raise ChioSidecarUnavailable(err.url, err.detail, call.tool_server, call.tool_name) from err
+            raise ChioSidecarUnavailable(err.url, err.detail, call.call.tool_server, call.call.tool_name) from err
         except KernelRejected as err:
-            raise ChioRequestRejected(err.url, err.detail, call.tool_server, call.tool_name) from err
+            raise ChioRequestRejected(err.url, err.detail, call.call.tool_server, call.call.tool_name) from err
         return self._conclude(call, evaluation)
 
     async def evaluate_async(self, call: _Call) -> Evaluation:
@@ -528,11 +533,13 @@ class _TaskGovernance:
         if decided is not None:
             return self._conclude(call, decided.evaluation, emit=not decided.emitted)
         try:
-            evaluation = await evaluate(call.client, **self._kernel_args(call))
+            evaluation = await call.transport.evaluate(
+                call.call, capability_id=call.capability_id, idempotency_key=call.idempotency_key
+            )
         except KernelUnavailable as err:
-            raise ChioSidecarUnavailable(err.url, err.detail, call.tool_server, call.tool_name) from err
+            raise ChioSidecarUnavailable(err.url, err.detail, call.call.tool_server, call.call.tool_name) from err
         except KernelRejected as err:
-            raise ChioRequestRejected(err.url, err.detail, call.tool_server, call.tool_name) from err
+            raise ChioRequestRejected(err.url, err.detail, call.call.tool_server, call.call.tool_name) from err
         return self._conclude(call, evaluation)
 
     def decide_before_cache(self, args: tuple[Any, ...], kwargs: dict[str, Any], task_run_id: str) -> str | None:
@@ -549,7 +556,7 @@ class _TaskGovernance:
             call = self.prepare(args, kwargs, quiet=True)
             if call.idempotency_key is None or call.task_run_id != task_run_id:
                 return None
-            evaluation = evaluate_sync(call.client, **self._kernel_args(call))
+            evaluation = self._ask(call)
         except Exception:  # noqa: BLE001 - the gate in the body decides again and raises properly
             return None
         if not evaluation.allowed or not evaluation.receipt_id:
@@ -560,14 +567,10 @@ class _TaskGovernance:
         return evaluation.receipt_id
 
     @staticmethod
-    def _kernel_args(call: _Call) -> dict[str, Any]:
-        return {
-            "capability_id": call.capability_id,
-            "tool_server": call.tool_server,
-            "tool_name": call.tool_name,
-            "parameters": call.parameters,
-            "idempotency_key": call.idempotency_key,
-        }
+    def _ask(call: _Call) -> Evaluation:
+        return call.transport.evaluate_sync(
+            call.call, capability_id=call.capability_id, idempotency_key=call.idempotency_key
+        )
 
     def _conclude(self, call: _Call, evaluation: Evaluation, *, emit: bool = True) -> Evaluation:
         if emit:
@@ -580,7 +583,7 @@ class _TaskGovernance:
                 decision=evaluation.decision,
             )
             raise ChioPermissionError(
-                _deny_message(call.task_name, call.tool_server, call.tool_name, error, call.capability_id)
+                _deny_message(call.task_name, call.call.tool_server, call.call.tool_name, error, call.capability_id)
             ) from error
         return evaluation
 
@@ -590,8 +593,8 @@ class _TaskGovernance:
             allowed=evaluation.allowed,
             receipt_id=evaluation.receipt_id,
             capability_id=call.capability_id,
-            tool_server=call.tool_server,
-            tool_name=call.tool_name,
+            tool_server=call.call.tool_server,
+            tool_name=call.call.tool_name,
             task_name=call.task_name,
             timestamp=iso_timestamp(evaluation.timestamp),
             guard=evaluation.guard,
@@ -744,7 +747,7 @@ def _build_task(
     tool_server: str | None,
     scope: ChioScope | None,
     capability_id: str | None,
-    chio_client: Any,
+    chio_client: ChioClientLike | None,
     sidecar_url: str | None,
     options: dict[str, Any],
 ) -> Task[Any, Any]:
@@ -843,7 +846,7 @@ def _build_flow(
     scope: ChioScope | None,
     capability_id: str | None,
     tool_server: str | None,
-    chio_client: Any,
+    chio_client: ChioClientLike | None,
     sidecar_url: str | None,
     options: dict[str, Any],
 ) -> Flow[Any, Any]:
@@ -901,7 +904,7 @@ def chio_task(
     tool_server: str | None = None,
     scope: ChioScope | None = None,
     capability_id: str | None = None,
-    chio_client: Any | None = None,
+    chio_client: ChioClientLike | None = None,
     sidecar_url: str | None = None,
     **task_options: Any,
 ) -> Callable[[Callable[P, R]], Task[P, R]]: ...
@@ -914,7 +917,7 @@ def chio_task(
     tool_server: str | None = None,
     scope: ChioScope | None = None,
     capability_id: str | None = None,
-    chio_client: Any | None = None,
+    chio_client: ChioClientLike | None = None,
     sidecar_url: str | None = None,
     **task_options: Any,
 ) -> Task[P, R] | Callable[[Callable[P, R]], Task[P, R]]:
@@ -981,7 +984,7 @@ def chio_flow(
     scope: ChioScope | None = None,
     capability_id: str | None = None,
     tool_server: str | None = None,
-    chio_client: Any | None = None,
+    chio_client: ChioClientLike | None = None,
     sidecar_url: str | None = None,
     **flow_options: Any,
 ) -> Callable[[Callable[P, R]], Flow[P, R]]: ...
@@ -994,7 +997,7 @@ def chio_flow(
     scope: ChioScope | None = None,
     capability_id: str | None = None,
     tool_server: str | None = None,
-    chio_client: Any | None = None,
+    chio_client: ChioClientLike | None = None,
     sidecar_url: str | None = None,
     **flow_options: Any,
 ) -> Flow[P, R] | Callable[[Callable[P, R]], Flow[P, R]]:
