@@ -131,11 +131,18 @@ class GovernedCall:
         return self._hashes.wire_error
 
 
-def call_key(run: str | None, position: str, capability_id: str, call: GovernedCall) -> str:
-    """THE idempotency-key scheme of every layer: run identity + call position + capability + call.
+def call_key(run: str | None, position: str, capability_id: str | None, call: GovernedCall | None = None) -> str:
+    """THE idempotency-key scheme of every layer: run identity + call position + capability (+ call).
 
-    ``run``: flow run id (Prefect), workflow id + run id (Temporal), the agent's run identity;
-    ``position``: where in that run the call stands (task call position, activity id, agent step).
+    ``run``: the flow run id (Prefect tasks), ``<workflow id>/<run id>`` (Temporal activities), the
+    agent's run identity (flow run / workflow run / agent run id). ``position``: where in that run the
+    call stands (a task's call position, ``activity:<activity id>``, ``tool#<step>#<tool call id>``).
+    ``call``: what is asked there (kind, server, tool, parameter hash), wherever the position alone
+    does not pin it; a Temporal activity id does (its arguments never change between attempts), and
+    the overridable ``activity_idempotency_key(info, capability_id)`` is not handed the call.
     The same key re-evaluated returns the same receipt while the capability stays valid.
     """
-    return idempotency_key(run, position, capability_id, call.kind, call.tool_server, call.tool_name, call.parameter_hash)
+    parts: tuple[object, ...] = (run, position, capability_id)
+    if call is not None:
+        parts += (call.kind, call.tool_server, call.tool_name, call.parameter_hash)
+    return idempotency_key(*parts)

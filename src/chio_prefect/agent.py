@@ -30,8 +30,7 @@ from typing import Any, cast
 
 from prefect import flow
 from prefect.cache_policies import NO_CACHE, CacheKeyFnPolicy, CachePolicy
-from prefect.context import FlowRunContext, TaskRunContext
-from prefect.utilities.hashing import hash_objects
+from prefect.context import FlowRunContext
 from pydantic_ai.agent import AbstractAgent, AgentRun, AgentRunResult, EventStreamHandler, WrapperAgent
 from pydantic_ai.capabilities import AbstractCapability, SetToolMetadata
 from pydantic_ai.durable_exec.prefect import (
@@ -52,6 +51,7 @@ from chio_durable.agent.adapter import check_realtime_hooks, prefect_agent_hidde
 from chio_durable.agent.capability import REALTIME_REFUSED, _is_mcp_toolset
 from chio_durable.evaluation import Evaluation, KernelRejected
 from chio_durable.agent.mapping import GovernedCall
+from chio_prefect import decorators as _decorators
 from chio_prefect.errors import ChioPermissionError, ChioPrefectError, ChioRequestRejected
 from chio_prefect.events import ReceiptEvent, emit_receipt_event, iso_timestamp
 
@@ -63,26 +63,14 @@ __all__ = [
 ]
 
 
-class ReceiptIdCachePolicy(CachePolicy):
-    """Adds the receipt id of the governed call being run to a task's cache key.
+ReceiptIdCachePolicy: type[CachePolicy] = _decorators.ChioReceiptCachePolicy
+"""The one receipt-id cache policy (``chio_prefect.decorators.ChioReceiptCachePolicy``), under its agent-layer name.
 
-    Reads :func:`chio_durable.agent.current_receipt_id` (set by ``ChioGovernance`` around the
-    governed call, in the same context the task engine computes the key in). Outside a governed
-    call it contributes nothing, so the rest of the policy decides alone.
-    """
-
-    def compute_key(
-        self,
-        task_ctx: TaskRunContext,
-        inputs: dict[str, Any],
-        flow_parameters: dict[str, Any],
-        **kwargs: Any,
-    ) -> str | None:
-        receipt_id = current_receipt_id()
-        if receipt_id is None:
-            return None
-        return hash_objects("chio-receipt", receipt_id, raise_on_failure=True)
-
+Alone (no ``inner``) it adds the receipt id of the governed call being run to a task's cache key:
+it reads :func:`chio_durable.agent.current_receipt_id` (set by ``ChioGovernance`` around the
+governed call, in the same context the task engine computes the key in). Outside a governed call it
+contributes nothing, so the rest of the policy decides alone.
+"""
 
 RECEIPT_ID = ReceiptIdCachePolicy()
 

@@ -38,8 +38,7 @@ from chio_sdk.client import ChioClient
 from chio_sdk.models import ChioScope
 
 from chio_durable import KernelRejected, KernelUnavailable, bind_parameters
-from chio_durable import idempotency_key as _idempotency_key
-from chio_durable._call import GovernedCall
+from chio_durable._call import GovernedCall, call_key
 from chio_durable._transport import ChioClientLike, KernelTransport, as_transport, is_client
 from chio_durable.evaluation import Evaluation
 from chio_prefect.context import (
@@ -496,12 +495,9 @@ class _TaskGovernance:
 
         call = GovernedCall("task", tool_server, self.tool_name, bind_parameters(self.signature, args, kwargs))
         idem = None
-        if task_run_id is not None:
-            digest = call.parameter_hash  # computed once; the same digest the transport checks receipts with
-            position = _call_position(
-                run, _idempotency_key(run.task_key, capability_id, tool_server, self.tool_name, digest)
-            )
-            idem = _idempotency_key(flow_run_id, position, capability_id, tool_server, self.tool_name, digest)
+        if task_run_id is not None:  # the one key scheme; the call's parameter hash is computed once here
+            position = _call_position(run, call_key(run.task_key, "identity", capability_id, call))
+            idem = call_key(flow_run_id, position, capability_id, call)
         return _Call(
             call=call,
             capability_id=capability_id,
@@ -665,7 +661,16 @@ def _define_prefect_classes() -> None:
 
     @dataclass
     class ChioReceiptCachePolicy(CachePolicy):
-        """Wraps a ``@chio_task``'s cache policy: no cache lookup without a fresh chio allow.
+        """THE receipt-id cache policy: a cached result is bound to the receipt that authorized it.
+
+        One policy for both Prefect paths. On a ``@chio_task`` it wraps the task's cache policy and
+        takes the decision itself (below). Around an agent's durable task (``ChioPrefectAgent``) the
+        governed call has already been evaluated: the receipt id in force
+        (``chio_durable.agent.current_receipt_id``) joins the key; alone (``inner=None``, as
+        ``chio_prefect.agent.RECEIPT_ID`` composed into a policy) it contributes just that receipt id,
+        and outside a governed call nothing, so the rest of the policy decides alone.
+
+        On a ``@chio_task``: no cache lookup without a fresh chio allow.
 
         Prefect computes the cache key before it decides whether to call the task function, so
         that is where the evaluation must run for a cached task. ``compute_key`` evaluates the call
@@ -696,12 +701,19 @@ def _define_prefect_classes() -> None:
             flow_parameters: dict[str, Any],
             **kwargs: Any,
         ) -> str | None:
+            governance = getattr(getattr(getattr(task_ctx, "task", None), "fn", None), "__chio_governance__", None)
+            if governance is None:  # not a @chio_task: the receipt in force (an agent's governed call), if any
+                from chio_durable._scope import current_receipt_id
+
+                key = self.inner.compute_key(task_ctx, inputs, flow_parameters, **kwargs) if self.inner else None
+                receipt_in_force = current_receipt_id()
+                if receipt_in_force is None:
+                    return key
+                parts = ("chio-receipt", receipt_in_force) if key is None else (key, "chio-receipt", receipt_in_force)
+                return hash_objects(*parts, raise_on_failure=True)
             if self.inner is None:
                 return None
             inner_key = self.inner.compute_key(task_ctx, inputs, flow_parameters, **kwargs)
-            governance = getattr(task_ctx.task.fn, "__chio_governance__", None)
-            if governance is None:  # not a @chio_task: nothing to evaluate
-                return inner_key
             if inner_key is None or not task_ctx.persist_result:
                 # Nothing is written, and a lookup would be an unchecked read: no key, no extra call.
                 return None

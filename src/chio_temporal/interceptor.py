@@ -55,7 +55,7 @@ from temporalio.worker import (
     WorkflowOutboundInterceptor,
 )
 
-from chio_durable._call import GovernedCall, idempotency_key
+from chio_durable._call import GovernedCall, call_key
 from chio_durable._decision import Evaluation
 from chio_durable._errors import KernelRejected, KernelUnavailable
 from chio_durable._transport import ChioClientLike, KernelTransport, as_transport, client_url, is_client
@@ -406,13 +406,12 @@ class ChioActivityInterceptor(Interceptor):
         )
 
     def activity_idempotency_key(self, info: temporalio.activity.Info, capability_id: str) -> str:
-        """Same for every attempt of one activity execution: retries reuse one allow receipt."""
-        return idempotency_key(
-            info.workflow_id or "",
-            info.workflow_run_id or info.activity_run_id or "",
-            info.activity_id,
-            capability_id,
-        )
+        """Same for every attempt of one activity execution: retries reuse one allow receipt.
+
+        The one scheme (:func:`chio_durable.call_key`): run = workflow id / run id, position = activity id.
+        """
+        run = f"{info.workflow_id or ''}/{info.workflow_run_id or info.activity_run_id or ''}"
+        return call_key(run, f"activity:{info.activity_id}", capability_id)
 
     async def on_allowed(
         self,

@@ -21,9 +21,7 @@ from __future__ import annotations
 
 import logging
 from collections import OrderedDict
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
-from contextvars import ContextVar
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -41,6 +39,7 @@ from chio_durable.agent.denials import (
 )
 from chio_durable._call import GovernedCall, call_key
 from chio_durable._errors import KernelRejected
+from chio_durable._scope import current_receipt_id, receipt_scope
 from chio_durable._transport import ChioClientLike, KernelTransport, as_transport, is_client
 from chio_durable.agent.mapping import CallMapper
 
@@ -69,24 +68,6 @@ REALTIME_REFUSED = (
     "Use run()/run_sync()/iter() for a governed agent, or a separate agent without ChioGovernance "
     "for realtime (ungoverned)."
 )
-
-_CURRENT_RECEIPT: ContextVar[str | None] = ContextVar("chio_durable.agent.current_receipt", default=None)
-
-
-def current_receipt_id() -> str | None:
-    """The receipt id of the governed call running in this context, or ``None`` outside one."""
-    return _CURRENT_RECEIPT.get()
-
-
-@contextmanager
-def receipt_scope(receipt_id: str | None) -> Iterator[None]:
-    """Make ``receipt_id`` the :func:`current_receipt_id` while the governed call runs."""
-    token = _CURRENT_RECEIPT.set(receipt_id)
-    try:
-        yield
-    finally:
-        _CURRENT_RECEIPT.reset(token)
-
 
 def _is_mcp_toolset(toolset: AbstractToolset[Any]) -> bool:
     try:
