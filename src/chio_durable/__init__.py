@@ -7,6 +7,7 @@ idempotency-key scheme (``call_key``) and the no-decision errors.
 """
 
 from chio_durable._call import CallKind, GovernedCall, call_key
+from chio_durable._decision import Decision, DecisionObserver
 from chio_durable._transport import ChioClientLike, KernelTransport, as_transport
 from chio_durable.evaluation import (
     Evaluation,
@@ -22,6 +23,8 @@ from chio_durable.params import bind_parameters, jsonable
 __all__ = [
     "CallKind",
     "ChioClientLike",
+    "Decision",
+    "DecisionObserver",
     "Evaluation",
     "GovernedCall",
     "KernelRejected",

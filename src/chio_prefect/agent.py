@@ -45,7 +45,7 @@ from pydantic_ai.models import Model
 from pydantic_ai.tools import RunContext
 from pydantic_ai.toolsets import WrapperToolset
 
-from chio_durable import ChioClientLike
+from chio_durable import ChioClientLike, Decision
 from chio_durable.agent import CallMapper, ChioGovernance, GovernedRecord, OnDeny, current_receipt_id
 from chio_durable.agent.adapter import check_realtime_hooks, prefect_agent_hidden_options, refuse_realtime
 from chio_durable.agent.capability import REALTIME_REFUSED, _is_mcp_toolset
@@ -53,7 +53,7 @@ from chio_durable.evaluation import Evaluation, KernelRejected
 from chio_durable.agent.mapping import GovernedCall
 from chio_prefect import decorators as _decorators
 from chio_prefect.errors import ChioPermissionError, ChioPrefectError, ChioRequestRejected
-from chio_prefect.events import ReceiptEvent, emit_receipt_event, iso_timestamp
+from chio_prefect.events import write_receipt_event
 
 __all__ = [
     "ChioPrefectAgent",
@@ -127,25 +127,20 @@ def _task_name(call: GovernedCall) -> str:
 
 
 def emit_agent_receipt(record: GovernedRecord, ctx: RunContext[Any] | None = None) -> None:
-    """Mirror one agent evaluation as ``chio.receipt.allow`` / ``chio.receipt.deny`` on the flow run."""
-    evaluation = record.evaluation
+    """Mirror one agent evaluation as ``chio.receipt.allow`` / ``chio.receipt.deny`` on the flow run.
+
+    The same Prefect event writer as ``@chio_task``'s, given the decision with its flow run.
+    """
     context = FlowRunContext.get()
     flow_run = context.flow_run if context is not None else None
-    emit_receipt_event(
-        ReceiptEvent(
-            allowed=evaluation.allowed,
-            receipt_id=evaluation.receipt_id,
-            capability_id=evaluation.capability_id,
-            tool_server=evaluation.tool_server,
-            tool_name=evaluation.tool_name,
-            task_name=_task_name(record.call),
-            timestamp=iso_timestamp(evaluation.timestamp),
-            guard=evaluation.guard,
-            reason=evaluation.reason,
-            decision=evaluation.decision or None,
-            flow_run_id=str(flow_run.id) if flow_run is not None else None,
-            flow_run_name=flow_run.name if flow_run is not None else None,
-        )
+    where = {
+        "task_name": _task_name(record.call),
+        "flow_run_id": str(flow_run.id) if flow_run is not None else None,
+        "flow_run_name": flow_run.name if flow_run is not None else None,
+    }
+    write_receipt_event(
+        Decision(record.call, record.evaluation, record.idempotency_key,
+                 capability_id=record.evaluation.capability_id, where=where)
     )
 
 

@@ -39,6 +39,7 @@ from chio_sdk.models import ChioScope
 
 from chio_durable import KernelRejected, KernelUnavailable, bind_parameters
 from chio_durable._call import GovernedCall, call_key
+from chio_durable._decision import Decision, DecisionObserver, notify
 from chio_durable._transport import ChioClientLike, KernelTransport, as_transport, is_client
 from chio_durable.evaluation import Evaluation
 from chio_prefect.context import (
@@ -55,7 +56,7 @@ from chio_prefect.errors import (
     ChioSidecarUnavailable,
     is_chio_denial,
 )
-from chio_prefect.events import ReceiptEvent, emit_receipt_event, iso_timestamp
+from chio_prefect.events import write_receipt_event
 
 if TYPE_CHECKING:
     from prefect import Flow, Task
@@ -262,6 +263,21 @@ class _Call:
     flow_run_id: str | None
     flow_run_name: str | None
 
+    @property
+    def where(self) -> dict[str, str | None]:
+        """The Prefect run this attempt belongs to (``Decision.where``)."""
+        return {
+            "task_name": self.task_name,
+            "task_run_id": self.task_run_id,
+            "task_run_name": self.task_run_name,
+            "flow_run_id": self.flow_run_id,
+            "flow_run_name": self.flow_run_name,
+        }
+
+
+_observers: list[DecisionObserver] = [write_receipt_event]
+"""Who sees each task decision: the Prefect event writer (``chio.receipt.allow`` / ``.deny``)."""
+
 
 @dataclass(frozen=True)
 class _RunIds:
@@ -421,24 +437,26 @@ class _TaskGovernance:
         def deny_locally(error: ChioPrefectError, server: str) -> NoReturn:
             if quiet:
                 raise ChioPermissionError(_deny_message(task_name, server, self.tool_name, error)) from error
-            self._emit(
-                ReceiptEvent(
-                    allowed=False,
-                    receipt_id=None,
-                    capability_id=self.capability_id or (flow.capability_id if flow else None),
-                    tool_server=server,
-                    tool_name=self.tool_name,
-                    task_name=task_name,
-                    timestamp=iso_timestamp(),
-                    guard=error.guard,
-                    reason=error.reason,
-                    decision=error.decision,
-                    task_run_id=task_run_id,
-                    task_run_name=task_run_name,
-                    flow_run_id=flow_run_id,
-                    flow_run_name=flow_run_name,
-                )
+            capability = self.capability_id or (flow.capability_id if flow else None)
+            evaluation = Evaluation(
+                allowed=False,
+                receipt_id=None,
+                capability_id=capability or "",
+                tool_server=server,
+                tool_name=self.tool_name,
+                guard=error.guard,
+                reason=error.reason,
+                decision=dict(error.decision or {}),
             )
+            where = {
+                "task_name": task_name,
+                "task_run_id": task_run_id,
+                "task_run_name": task_run_name,
+                "flow_run_id": flow_run_id,
+                "flow_run_name": flow_run_name,
+            }
+            call = GovernedCall("task", server, self.tool_name, {})  # decided before binding parameters
+            notify(_observers, Decision(call, evaluation, None, capability_id=capability, where=where))
             raise ChioPermissionError(_deny_message(task_name, server, self.tool_name, error)) from error
 
         tool_server = self.tool_server or (flow.tool_server if flow else None)
@@ -558,7 +576,7 @@ class _TaskGovernance:
         if not evaluation.allowed or not evaluation.receipt_id:
             _pre_decision.set(_PreDecision(task_run_id, call.idempotency_key, evaluation, emitted=False))
             return None
-        self._emit(self._event(call, evaluation))
+        notify(_observers, self._decision(call, evaluation))
         _pre_decision.set(_PreDecision(task_run_id, call.idempotency_key, evaluation, emitted=True))
         return evaluation.receipt_id
 
@@ -570,7 +588,7 @@ class _TaskGovernance:
 
     def _conclude(self, call: _Call, evaluation: Evaluation, *, emit: bool = True) -> Evaluation:
         if emit:
-            self._emit(self._event(call, evaluation))
+            notify(_observers, self._decision(call, evaluation))
         if not evaluation.allowed:
             error = ChioPrefectError(
                 receipt_id=evaluation.receipt_id,
@@ -584,27 +602,10 @@ class _TaskGovernance:
         return evaluation
 
     @staticmethod
-    def _event(call: _Call, evaluation: Evaluation) -> ReceiptEvent:
-        return ReceiptEvent(
-            allowed=evaluation.allowed,
-            receipt_id=evaluation.receipt_id,
-            capability_id=call.capability_id,
-            tool_server=call.call.tool_server,
-            tool_name=call.call.tool_name,
-            task_name=call.task_name,
-            timestamp=iso_timestamp(evaluation.timestamp),
-            guard=evaluation.guard,
-            reason=evaluation.reason,
-            decision=evaluation.decision or {"verdict": "deny"},
-            task_run_id=call.task_run_id,
-            task_run_name=call.task_run_name,
-            flow_run_id=call.flow_run_id,
-            flow_run_name=call.flow_run_name,
+    def _decision(call: _Call, evaluation: Evaluation) -> Decision:
+        return Decision(
+            call.call, evaluation, call.idempotency_key, capability_id=call.capability_id, where=call.where
         )
-
-    @staticmethod
-    def _emit(event: ReceiptEvent) -> None:
-        emit_receipt_event(event)
 
 
 def _envelope_error(reason: str, guard: str = FLOW_SCOPE_GUARD) -> ChioPrefectError:

@@ -56,7 +56,7 @@ from temporalio.worker import (
 )
 
 from chio_durable._call import GovernedCall, call_key
-from chio_durable._decision import Evaluation
+from chio_durable._decision import Decision, DecisionObserver, Evaluation, notify
 from chio_durable._errors import KernelRejected, KernelUnavailable
 from chio_durable._transport import ChioClientLike, KernelTransport, as_transport, client_url, is_client
 from chio_durable.params import bind_parameters, jsonable
@@ -227,6 +227,8 @@ class ChioActivityInterceptor(Interceptor):
         # insertion/update order = least recently updated first (bounded by max_pending_receipts)
         self._receipts: OrderedDict[tuple[str, str | None], WorkflowReceipt] = OrderedDict()
         self._signatures: dict[Any, inspect.Signature | None] = {}
+        # Who sees each decision: the envelope writer; append your own (an audit log, metrics...).
+        self.decision_observers: list[DecisionObserver] = [self.write_envelope_step]
 
     @property
     def chio_client(self) -> ChioClientLike:
@@ -461,6 +463,7 @@ class ChioActivityInterceptor(Interceptor):
         except ChioTemporalConfigError as err:
             raise ApplicationError(str(err), type=CONFIG_ERROR_TYPE, non_retryable=True) from err
 
+        key: str | None = None
         if capability_id is None:
             workflow_id = info.workflow_id or info.activity_id
             evaluation = Evaluation(
@@ -478,10 +481,9 @@ class ChioActivityInterceptor(Interceptor):
                 decision={"verdict": "deny", "guard": NO_GRANT_GUARD},
             )
         else:
+            key = self.activity_idempotency_key(info, capability_id)
             try:
-                evaluation = await self.transport.evaluate(
-                    call, capability_id=capability_id, idempotency_key=self.activity_idempotency_key(info, capability_id)
-                )
+                evaluation = await self.transport.evaluate(call, capability_id=capability_id, idempotency_key=key)
             except KernelUnavailable as err:
                 raise sidecar_error(
                     url=self.sidecar_url or err.url, detail=err.detail, activity_type=info.activity_type
@@ -491,7 +493,10 @@ class ChioActivityInterceptor(Interceptor):
                     url=self.sidecar_url or err.url, detail=err.detail, activity_type=info.activity_type
                 ) from err
 
-        self._record(info, input, call, capability_id, evaluation)
+        notify(
+            self.decision_observers,
+            Decision(call, evaluation, key, capability_id=capability_id, where={"info": info, "headers": input.headers}),
+        )
         if not evaluation.allowed:
             return await self.on_denied(info, input, call, evaluation)
         token = _current_evaluation.set(evaluation)
@@ -533,28 +538,10 @@ class ChioActivityInterceptor(Interceptor):
 
     # --- workflow receipts --------------------------------------------------------------------
 
-    def _record(
-        self,
-        info: temporalio.activity.Info,
-        input: ExecuteActivityInput,
-        call: ActivityCall,
-        capability_id: str | None,
-        evaluation: Evaluation,
-    ) -> None:
-        step = WorkflowStepReceipt(
-            activity_id=info.activity_id,
-            activity_type=info.activity_type,
-            attempt=info.attempt,
-            tool_server=call.tool_server,
-            tool_name=call.tool_name,
-            capability_id=capability_id,
-            receipt_id=evaluation.receipt_id,
-            verdict="allow" if evaluation.allowed else "deny",
-            guard=evaluation.guard,
-            reason=evaluation.reason,
-            parameter_hash=evaluation.parameter_hash,
-            content_hash=evaluation.content_hash,
-        )
+    def write_envelope_step(self, decision: Decision) -> None:
+        """The Temporal envelope writer, a decision observer: add the step to its workflow run's receipt."""
+        info: temporalio.activity.Info = decision.where["info"]
+        step = WorkflowStepReceipt.from_decision(decision)
         workflow_id = info.workflow_id or info.activity_id
         run_id = info.workflow_run_id or info.activity_run_id
         with self._lock:
@@ -564,12 +551,12 @@ class ChioActivityInterceptor(Interceptor):
                 aggregate = WorkflowReceipt(
                     workflow_id=workflow_id,
                     run_id=run_id,
-                    parent_workflow_ids=_decode_chain(input.headers),
+                    parent_workflow_ids=_decode_chain(decision.where.get("headers")),
                     metadata={
                         "workflow_type": info.workflow_type,
                         "namespace": info.namespace,
                         "task_queue": info.task_queue,
-                        "capability_id": grant.capability_id if grant is not None else capability_id,
+                        "capability_id": grant.capability_id if grant is not None else decision.capability_id,
                         "sidecar_url": self.sidecar_url,
                     },
                 )

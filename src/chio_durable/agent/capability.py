@@ -217,7 +217,10 @@ class ChioGovernance(AbstractCapability[Any]):
             if self._rejected_error is None:
                 raise
             raise self._rejected_error(err, call) from err
-        record = GovernedRecord(call=call, evaluation=evaluation, idempotency_key=key, run_id=ctx.run_id, position=position)
+        record = GovernedRecord(
+            call=call, evaluation=evaluation, idempotency_key=key, run_id=ctx.run_id, position=position,
+            capability_id=self.capability_id,
+        )
         self._remember(record)
         if self._on_evaluation is not None:
             try:
