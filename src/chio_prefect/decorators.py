@@ -384,6 +384,7 @@ class _PreDecision:
     idempotency_key: str
     evaluation: Evaluation
     emitted: bool
+    call: GovernedCall | None = None  # the call the policy asked about, parameters already hashed
 
 
 _pre_decision: ContextVar[_PreDecision | None] = ContextVar("chio_prefect_pre_decision", default=None)
@@ -512,6 +513,9 @@ class _TaskGovernance:
             transport = _transport_for_url(DEFAULT_SIDECAR_URL)
 
         call = GovernedCall("task", tool_server, self.tool_name, bind_parameters(self.signature, args, kwargs))
+        decided = _pre_decision.get()
+        if decided is not None and decided.task_run_id == task_run_id and decided.call == call:
+            call = decided.call  # the cache policy's call in this attempt (equal fields): hashed already
         idem = None
         if task_run_id is not None:  # the one key scheme; the call's parameter hash is computed once here
             position = _call_position(run, call_key(run.task_key, "identity", capability_id, call))
@@ -574,10 +578,10 @@ class _TaskGovernance:
         except Exception:  # noqa: BLE001 - the gate in the body decides again and raises properly
             return None
         if not evaluation.allowed or not evaluation.receipt_id:
-            _pre_decision.set(_PreDecision(task_run_id, call.idempotency_key, evaluation, emitted=False))
+            _pre_decision.set(_PreDecision(task_run_id, call.idempotency_key, evaluation, False, call.call))
             return None
         notify(_observers, self._decision(call, evaluation))
-        _pre_decision.set(_PreDecision(task_run_id, call.idempotency_key, evaluation, emitted=True))
+        _pre_decision.set(_PreDecision(task_run_id, call.idempotency_key, evaluation, True, call.call))
         return evaluation.receipt_id
 
     @staticmethod
