@@ -433,13 +433,16 @@ def test_digests_use_the_kernels_canonical_json() -> None:
     from chio_durable.agent.mapping import canonical_json, parameter_hash
     from chio_durable.params import digest
     from chio_kernel.canonical import canonical_json_str
-    from chio_prefect import decorators
+    from chio_durable import GovernedCall
 
     params = {"q": "café 𝄞", "whole": 1.0, "big": 1e21, "n": [3, 2.5], "z": None}
     kernel_text = canonical_json_str(params)
     assert canonical_json(params) == kernel_text  # ECMAScript numbers: 1.0 -> 1, 1e21 -> 1e+21
     assert parameter_hash(params) == hashlib.sha256(kernel_text.encode()).hexdigest()
-    assert decorators._digest is digest  # the Prefect layer's idempotency digest is the same one
+    # every layer's call type (a Prefect task attempt too) hashes with that one canonical JSON, for its
+    # idempotency key and for checking the receipt's action.parameter_hash alike
+    task_call = GovernedCall("task", "srv", "search", params)
+    assert task_call.parameter_hash == task_call.wire_parameter_hash == digest(params) == parameter_hash(params)
     assert digest(params) == parameter_hash(params)
 
     class Opaque:

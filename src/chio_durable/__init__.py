@@ -1,5 +1,14 @@
-"""Engine-neutral core of chio-durable: what the Prefect and Temporal layers share."""
+"""Engine-neutral core of chio-durable: what the Prefect and Temporal layers share.
 
+Public surface (internals live in private modules, as pydantic-ai's ``durable_exec/`` does):
+``KernelTransport`` / ``as_transport`` (how a layer reaches the kernel, chosen once),
+``GovernedCall`` (one call, parameters hashed once), ``Evaluation`` (the decision), the one
+idempotency-key scheme (``call_key``) and the no-decision errors.
+"""
+
+from chio_durable._call import CallKind, GovernedCall, call_key
+from chio_durable._decision import Decision, DecisionObserver
+from chio_durable._transport import ChioClientLike, KernelTransport, as_transport
 from chio_durable.evaluation import (
     Evaluation,
     KernelRejected,
@@ -12,10 +21,18 @@ from chio_durable.evaluation import (
 from chio_durable.params import bind_parameters, jsonable
 
 __all__ = [
+    "CallKind",
+    "ChioClientLike",
+    "Decision",
+    "DecisionObserver",
     "Evaluation",
+    "GovernedCall",
     "KernelRejected",
+    "KernelTransport",
     "KernelUnavailable",
+    "as_transport",
     "bind_parameters",
+    "call_key",
     "client_url",
     "evaluate",
     "evaluate_sync",

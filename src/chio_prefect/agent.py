@@ -30,8 +30,7 @@ from typing import Any, cast
 
 from prefect import flow
 from prefect.cache_policies import NO_CACHE, CacheKeyFnPolicy, CachePolicy
-from prefect.context import FlowRunContext, TaskRunContext
-from prefect.utilities.hashing import hash_objects
+from prefect.context import FlowRunContext
 from pydantic_ai.agent import AbstractAgent, AgentRun, AgentRunResult, EventStreamHandler, WrapperAgent
 from pydantic_ai.capabilities import AbstractCapability, SetToolMetadata
 from pydantic_ai.durable_exec.prefect import (
@@ -46,13 +45,15 @@ from pydantic_ai.models import Model
 from pydantic_ai.tools import RunContext
 from pydantic_ai.toolsets import WrapperToolset
 
+from chio_durable import ChioClientLike, Decision
 from chio_durable.agent import CallMapper, ChioGovernance, GovernedRecord, OnDeny, current_receipt_id
 from chio_durable.agent.adapter import check_realtime_hooks, prefect_agent_hidden_options, refuse_realtime
 from chio_durable.agent.capability import REALTIME_REFUSED, _is_mcp_toolset
 from chio_durable.evaluation import Evaluation, KernelRejected
 from chio_durable.agent.mapping import GovernedCall
+from chio_prefect import decorators as _decorators
 from chio_prefect.errors import ChioPermissionError, ChioPrefectError, ChioRequestRejected
-from chio_prefect.events import ReceiptEvent, emit_receipt_event, iso_timestamp
+from chio_prefect.events import write_receipt_event
 
 __all__ = [
     "ChioPrefectAgent",
@@ -62,26 +63,14 @@ __all__ = [
 ]
 
 
-class ReceiptIdCachePolicy(CachePolicy):
-    """Adds the receipt id of the governed call being run to a task's cache key.
+ReceiptIdCachePolicy: type[CachePolicy] = _decorators.ChioReceiptCachePolicy
+"""The one receipt-id cache policy (``chio_prefect.decorators.ChioReceiptCachePolicy``), under its agent-layer name.
 
-    Reads :func:`chio_durable.agent.current_receipt_id` (set by ``ChioGovernance`` around the
-    governed call, in the same context the task engine computes the key in). Outside a governed
-    call it contributes nothing, so the rest of the policy decides alone.
-    """
-
-    def compute_key(
-        self,
-        task_ctx: TaskRunContext,
-        inputs: dict[str, Any],
-        flow_parameters: dict[str, Any],
-        **kwargs: Any,
-    ) -> str | None:
-        receipt_id = current_receipt_id()
-        if receipt_id is None:
-            return None
-        return hash_objects("chio-receipt", receipt_id, raise_on_failure=True)
-
+Alone (no ``inner``) it adds the receipt id of the governed call being run to a task's cache key:
+it reads :func:`chio_durable.agent.current_receipt_id` (set by ``ChioGovernance`` around the
+governed call, in the same context the task engine computes the key in). Outside a governed call it
+contributes nothing, so the rest of the policy decides alone.
+"""
 
 RECEIPT_ID = ReceiptIdCachePolicy()
 
@@ -138,25 +127,20 @@ def _task_name(call: GovernedCall) -> str:
 
 
 def emit_agent_receipt(record: GovernedRecord, ctx: RunContext[Any] | None = None) -> None:
-    """Mirror one agent evaluation as ``chio.receipt.allow`` / ``chio.receipt.deny`` on the flow run."""
-    evaluation = record.evaluation
+    """Mirror one agent evaluation as ``chio.receipt.allow`` / ``chio.receipt.deny`` on the flow run.
+
+    The same Prefect event writer as ``@chio_task``'s, given the decision with its flow run.
+    """
     context = FlowRunContext.get()
     flow_run = context.flow_run if context is not None else None
-    emit_receipt_event(
-        ReceiptEvent(
-            allowed=evaluation.allowed,
-            receipt_id=evaluation.receipt_id,
-            capability_id=evaluation.capability_id,
-            tool_server=evaluation.tool_server,
-            tool_name=evaluation.tool_name,
-            task_name=_task_name(record.call),
-            timestamp=iso_timestamp(evaluation.timestamp),
-            guard=evaluation.guard,
-            reason=evaluation.reason,
-            decision=evaluation.decision or None,
-            flow_run_id=str(flow_run.id) if flow_run is not None else None,
-            flow_run_name=flow_run.name if flow_run is not None else None,
-        )
+    where = {
+        "task_name": _task_name(record.call),
+        "flow_run_id": str(flow_run.id) if flow_run is not None else None,
+        "flow_run_name": flow_run.name if flow_run is not None else None,
+    }
+    write_receipt_event(
+        Decision(record.call, record.evaluation, record.idempotency_key,
+                 capability_id=record.evaluation.capability_id, where=where)
     )
 
 
@@ -237,7 +221,7 @@ class ChioPrefectAgent(WrapperAgent[Any, Any]):
         wrapped: AbstractAgent[Any, Any],
         *,
         capability_id: str,
-        chio_client: Any,
+        chio_client: ChioClientLike,
         mapper: CallMapper | None = None,
         on_deny: OnDeny = "tell_model",
         name: str | None = None,

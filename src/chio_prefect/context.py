@@ -13,9 +13,12 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING
 
 from chio_sdk.models import ChioScope, Operation
+
+if TYPE_CHECKING:
+    from chio_durable import KernelTransport
 
 __all__ = ["FlowGovernance", "current_flow_governance", "scope_allows", "use_flow_governance"]
 
@@ -30,7 +33,7 @@ class FlowGovernance:
             capability's own scope at the kernel is then the only bound).
         capability_id: capability enclosed tasks evaluate against unless they name their own.
         tool_server: tool server of enclosed tasks that do not name their own.
-        client: the Chio client enclosed tasks use unless they name their own (``None``: default).
+        client: the kernel transport enclosed tasks use unless they name their own (``None``: default).
         parent: the governance of the enclosing flow, for nested flows.
     """
 
@@ -38,7 +41,7 @@ class FlowGovernance:
     scope: ChioScope | None
     capability_id: str | None
     tool_server: str | None
-    client: Any | None
+    client: KernelTransport | None
     parent: FlowGovernance | None = None
 
 

@@ -37,10 +37,11 @@ from typing import TYPE_CHECKING, Any, NoReturn, ParamSpec, TypeVar, overload
 from chio_sdk.client import ChioClient
 from chio_sdk.models import ChioScope
 
-from chio_durable import KernelRejected, KernelUnavailable, bind_parameters, evaluate, evaluate_sync
-from chio_durable import idempotency_key as _idempotency_key
+from chio_durable import KernelRejected, KernelUnavailable, bind_parameters
+from chio_durable._call import GovernedCall, call_key
+from chio_durable._decision import Decision, DecisionObserver, notify
+from chio_durable._transport import ChioClientLike, KernelTransport, as_transport, is_client
 from chio_durable.evaluation import Evaluation
-from chio_durable.params import digest as _digest
 from chio_prefect.context import (
     FlowGovernance,
     current_flow_governance,
@@ -55,7 +56,7 @@ from chio_prefect.errors import (
     ChioSidecarUnavailable,
     is_chio_denial,
 )
-from chio_prefect.events import ReceiptEvent, emit_receipt_event, iso_timestamp
+from chio_prefect.events import write_receipt_event
 
 if TYPE_CHECKING:
     from prefect import Flow, Task
@@ -124,6 +125,7 @@ def retry_unless_chio_denied(task: Any, task_run: Any, state: Any) -> bool:
 # --- clients --------------------------------------------------------------------------------------
 
 _clients_by_url: dict[str, ChioClient] = {}
+_transports_by_url: dict[str, KernelTransport] = {}
 _clients_lock = threading.Lock()
 
 
@@ -141,22 +143,32 @@ def _client_for_url(url: str) -> ChioClient:
         return client
 
 
-@dataclass(frozen=True)
-class _ClientSpec:
-    """A client as configured on a decorator: an object, a sidecar URL, or nothing."""
+def _transport_for_url(url: str) -> KernelTransport:
+    """The one transport per sidecar URL, over its shared ``SidecarClient``."""
+    transport = _transports_by_url.get(url)
+    if transport is None:
+        client = _client_for_url(url)
+        with _clients_lock:
+            transport = _transports_by_url.setdefault(url, as_transport(client))
+    return transport
 
-    client: Any | None = None
-    sidecar_url: str | None = None
+
+class _ClientSpec:
+    """A client as configured on a decorator: its transport (chosen here, once), a sidecar URL, or nothing."""
+
+    def __init__(self, client: ChioClientLike | None = None, sidecar_url: str | None = None) -> None:
+        self.transport: KernelTransport | None = as_transport(client) if client is not None else None
+        self.sidecar_url = sidecar_url
 
     @property
     def configured(self) -> bool:
-        return self.client is not None or self.sidecar_url is not None
+        return self.transport is not None or self.sidecar_url is not None
 
-    def resolve(self) -> Any | None:
-        if self.client is not None:
-            return self.client
+    def resolve(self) -> KernelTransport | None:
+        if self.transport is not None:
+            return self.transport
         if self.sidecar_url is not None:
-            return _client_for_url(self.sidecar_url)
+            return _transport_for_url(self.sidecar_url)
         return None
 
 
@@ -192,8 +204,8 @@ def _check_common(
     scope: Any,
     capability_id: Any,
     tool_server: Any,
-    chio_client: Any,
-    sidecar_url: Any,
+    chio_client: object,
+    sidecar_url: object,
 ) -> None:
     if scope is not None and not isinstance(scope, ChioScope):
         raise ChioPrefectConfigError(
@@ -209,10 +221,7 @@ def _check_common(
             f"client object (ChioClient, LocalChioClient, a chio_sdk.testing mock) or sidecar_url= "
             f"for the address of a running sidecar."
         )
-    if chio_client is not None and not (
-        callable(getattr(chio_client, "evaluate_tool_call", None))
-        or getattr(chio_client, "kernel", None) is not None
-    ):
+    if chio_client is not None and not is_client(chio_client):
         raise ChioPrefectConfigError(
             f"@{decorator}(chio_client=...) must be a Chio client with evaluate_tool_call() "
             f"(chio_sdk.ChioClient, chio_kernel.LocalChioClient or a chio_sdk.testing mock), got "
@@ -242,19 +251,32 @@ def _check_options(decorator: str, options: dict[str, Any], allowed: frozenset[s
 
 @dataclass(frozen=True)
 class _Call:
-    """One resolved governed call, ready for the kernel."""
+    """One resolved task attempt: the governed call (parameters hashed once) and where it runs."""
 
+    call: GovernedCall
     capability_id: str
-    tool_server: str
-    tool_name: str
     task_name: str
-    parameters: dict[str, Any]
-    client: Any
+    transport: KernelTransport
     idempotency_key: str | None
     task_run_id: str | None
     task_run_name: str | None
     flow_run_id: str | None
     flow_run_name: str | None
+
+    @property
+    def where(self) -> dict[str, str | None]:
+        """The Prefect run this attempt belongs to (``Decision.where``)."""
+        return {
+            "task_name": self.task_name,
+            "task_run_id": self.task_run_id,
+            "task_run_name": self.task_run_name,
+            "flow_run_id": self.flow_run_id,
+            "flow_run_name": self.flow_run_name,
+        }
+
+
+_observers: list[DecisionObserver] = [write_receipt_event]
+"""Who sees each task decision: the Prefect event writer (``chio.receipt.allow`` / ``.deny``)."""
 
 
 @dataclass(frozen=True)
@@ -362,6 +384,7 @@ class _PreDecision:
     idempotency_key: str
     evaluation: Evaluation
     emitted: bool
+    call: GovernedCall | None = None  # the call the policy asked about, parameters already hashed
 
 
 _pre_decision: ContextVar[_PreDecision | None] = ContextVar("chio_prefect_pre_decision", default=None)
@@ -415,24 +438,26 @@ class _TaskGovernance:
         def deny_locally(error: ChioPrefectError, server: str) -> NoReturn:
             if quiet:
                 raise ChioPermissionError(_deny_message(task_name, server, self.tool_name, error)) from error
-            self._emit(
-                ReceiptEvent(
-                    allowed=False,
-                    receipt_id=None,
-                    capability_id=self.capability_id or (flow.capability_id if flow else None),
-                    tool_server=server,
-                    tool_name=self.tool_name,
-                    task_name=task_name,
-                    timestamp=iso_timestamp(),
-                    guard=error.guard,
-                    reason=error.reason,
-                    decision=error.decision,
-                    task_run_id=task_run_id,
-                    task_run_name=task_run_name,
-                    flow_run_id=flow_run_id,
-                    flow_run_name=flow_run_name,
-                )
+            capability = self.capability_id or (flow.capability_id if flow else None)
+            evaluation = Evaluation(
+                allowed=False,
+                receipt_id=None,
+                capability_id=capability or "",
+                tool_server=server,
+                tool_name=self.tool_name,
+                guard=error.guard,
+                reason=error.reason,
+                decision=dict(error.decision or {}),
             )
+            where = {
+                "task_name": task_name,
+                "task_run_id": task_run_id,
+                "task_run_name": task_run_name,
+                "flow_run_id": flow_run_id,
+                "flow_run_name": flow_run_name,
+            }
+            call = GovernedCall("task", server, self.tool_name, {})  # decided before binding parameters
+            notify(_observers, Decision(call, evaluation, None, capability_id=capability, where=where))
             raise ChioPermissionError(_deny_message(task_name, server, self.tool_name, error)) from error
 
         tool_server = self.tool_server or (flow.tool_server if flow else None)
@@ -481,27 +506,25 @@ class _TaskGovernance:
             )
             deny_locally(_envelope_error(reason), tool_server)
 
-        client = self.client.resolve()
-        if client is None and flow is not None:
-            client = flow.client
-        if client is None:
-            client = _client_for_url(DEFAULT_SIDECAR_URL)
+        transport = self.client.resolve()
+        if transport is None and flow is not None:
+            transport = flow.client
+        if transport is None:
+            transport = _transport_for_url(DEFAULT_SIDECAR_URL)
 
-        parameters = bind_parameters(self.signature, args, kwargs)
+        call = GovernedCall("task", tool_server, self.tool_name, bind_parameters(self.signature, args, kwargs))
+        decided = _pre_decision.get()
+        if decided is not None and decided.task_run_id == task_run_id and decided.call == call:
+            call = decided.call  # the cache policy's call in this attempt (equal fields): hashed already
         idem = None
-        if task_run_id is not None:
-            digest = _digest(parameters)  # the kernel's canonical JSON, as the agent layer uses
-            position = _call_position(
-                run, _idempotency_key(run.task_key, capability_id, tool_server, self.tool_name, digest)
-            )
-            idem = _idempotency_key(flow_run_id, position, capability_id, tool_server, self.tool_name, digest)
+        if task_run_id is not None:  # the one key scheme; the call's parameter hash is computed once here
+            position = _call_position(run, call_key(run.task_key, "identity", capability_id, call))
+            idem = call_key(flow_run_id, position, capability_id, call)
         return _Call(
+            call=call,
             capability_id=capability_id,
-            tool_server=tool_server,
-            tool_name=self.tool_name,
             task_name=task_name,
-            parameters=parameters,
-            client=client,
+            transport=transport,
             idempotency_key=idem,
             task_run_id=task_run_id,
             task_run_name=task_run_name,
@@ -516,11 +539,11 @@ class _TaskGovernance:
         if decided is not None:  # the cache policy already asked the kernel in this attempt
             return self._conclude(call, decided.evaluation, emit=not decided.emitted)
         try:
-            evaluation = evaluate_sync(call.client, **self._kernel_args(call))
+            evaluation = self._ask(call)
         except KernelUnavailable as err:
-            raise ChioSidecarUnavailable(err.url, err.detail, call.tool_server, call.tool_name) from err
+            raise ChioSidecarUnavailable(err.url, err.detail, call.call.tool_server, call.call.tool_name) from err
         except KernelRejected as err:
-            raise ChioRequestRejected(err.url, err.detail, call.tool_server, call.tool_name) from err
+            raise ChioRequestRejected(err.url, err.detail, call.call.tool_server, call.call.tool_name) from err
         return self._conclude(call, evaluation)
 
     async def evaluate_async(self, call: _Call) -> Evaluation:
@@ -528,11 +551,13 @@ class _TaskGovernance:
         if decided is not None:
             return self._conclude(call, decided.evaluation, emit=not decided.emitted)
         try:
-            evaluation = await evaluate(call.client, **self._kernel_args(call))
+            evaluation = await call.transport.evaluate(
+                call.call, capability_id=call.capability_id, idempotency_key=call.idempotency_key
+            )
         except KernelUnavailable as err:
-            raise ChioSidecarUnavailable(err.url, err.detail, call.tool_server, call.tool_name) from err
+            raise ChioSidecarUnavailable(err.url, err.detail, call.call.tool_server, call.call.tool_name) from err
         except KernelRejected as err:
-            raise ChioRequestRejected(err.url, err.detail, call.tool_server, call.tool_name) from err
+            raise ChioRequestRejected(err.url, err.detail, call.call.tool_server, call.call.tool_name) from err
         return self._conclude(call, evaluation)
 
     def decide_before_cache(self, args: tuple[Any, ...], kwargs: dict[str, Any], task_run_id: str) -> str | None:
@@ -549,29 +574,25 @@ class _TaskGovernance:
             call = self.prepare(args, kwargs, quiet=True)
             if call.idempotency_key is None or call.task_run_id != task_run_id:
                 return None
-            evaluation = evaluate_sync(call.client, **self._kernel_args(call))
+            evaluation = self._ask(call)
         except Exception:  # noqa: BLE001 - the gate in the body decides again and raises properly
             return None
         if not evaluation.allowed or not evaluation.receipt_id:
-            _pre_decision.set(_PreDecision(task_run_id, call.idempotency_key, evaluation, emitted=False))
+            _pre_decision.set(_PreDecision(task_run_id, call.idempotency_key, evaluation, False, call.call))
             return None
-        self._emit(self._event(call, evaluation))
-        _pre_decision.set(_PreDecision(task_run_id, call.idempotency_key, evaluation, emitted=True))
+        notify(_observers, self._decision(call, evaluation))
+        _pre_decision.set(_PreDecision(task_run_id, call.idempotency_key, evaluation, True, call.call))
         return evaluation.receipt_id
 
     @staticmethod
-    def _kernel_args(call: _Call) -> dict[str, Any]:
-        return {
-            "capability_id": call.capability_id,
-            "tool_server": call.tool_server,
-            "tool_name": call.tool_name,
-            "parameters": call.parameters,
-            "idempotency_key": call.idempotency_key,
-        }
+    def _ask(call: _Call) -> Evaluation:
+        return call.transport.evaluate_sync(
+            call.call, capability_id=call.capability_id, idempotency_key=call.idempotency_key
+        )
 
     def _conclude(self, call: _Call, evaluation: Evaluation, *, emit: bool = True) -> Evaluation:
         if emit:
-            self._emit(self._event(call, evaluation))
+            notify(_observers, self._decision(call, evaluation))
         if not evaluation.allowed:
             error = ChioPrefectError(
                 receipt_id=evaluation.receipt_id,
@@ -580,32 +601,15 @@ class _TaskGovernance:
                 decision=evaluation.decision,
             )
             raise ChioPermissionError(
-                _deny_message(call.task_name, call.tool_server, call.tool_name, error, call.capability_id)
+                _deny_message(call.task_name, call.call.tool_server, call.call.tool_name, error, call.capability_id)
             ) from error
         return evaluation
 
     @staticmethod
-    def _event(call: _Call, evaluation: Evaluation) -> ReceiptEvent:
-        return ReceiptEvent(
-            allowed=evaluation.allowed,
-            receipt_id=evaluation.receipt_id,
-            capability_id=call.capability_id,
-            tool_server=call.tool_server,
-            tool_name=call.tool_name,
-            task_name=call.task_name,
-            timestamp=iso_timestamp(evaluation.timestamp),
-            guard=evaluation.guard,
-            reason=evaluation.reason,
-            decision=evaluation.decision or {"verdict": "deny"},
-            task_run_id=call.task_run_id,
-            task_run_name=call.task_run_name,
-            flow_run_id=call.flow_run_id,
-            flow_run_name=call.flow_run_name,
+    def _decision(call: _Call, evaluation: Evaluation) -> Decision:
+        return Decision(
+            call.call, evaluation, call.idempotency_key, capability_id=call.capability_id, where=call.where
         )
-
-    @staticmethod
-    def _emit(event: ReceiptEvent) -> None:
-        emit_receipt_event(event)
 
 
 def _envelope_error(reason: str, guard: str = FLOW_SCOPE_GUARD) -> ChioPrefectError:
@@ -662,7 +666,16 @@ def _define_prefect_classes() -> None:
 
     @dataclass
     class ChioReceiptCachePolicy(CachePolicy):
-        """Wraps a ``@chio_task``'s cache policy: no cache lookup without a fresh chio allow.
+        """THE receipt-id cache policy: a cached result is bound to the receipt that authorized it.
+
+        One policy for both Prefect paths. On a ``@chio_task`` it wraps the task's cache policy and
+        takes the decision itself (below). Around an agent's durable task (``ChioPrefectAgent``) the
+        governed call has already been evaluated: the receipt id in force
+        (``chio_durable.agent.current_receipt_id``) joins the key; alone (``inner=None``, as
+        ``chio_prefect.agent.RECEIPT_ID`` composed into a policy) it contributes just that receipt id,
+        and outside a governed call nothing, so the rest of the policy decides alone.
+
+        On a ``@chio_task``: no cache lookup without a fresh chio allow.
 
         Prefect computes the cache key before it decides whether to call the task function, so
         that is where the evaluation must run for a cached task. ``compute_key`` evaluates the call
@@ -693,12 +706,19 @@ def _define_prefect_classes() -> None:
             flow_parameters: dict[str, Any],
             **kwargs: Any,
         ) -> str | None:
+            governance = getattr(getattr(getattr(task_ctx, "task", None), "fn", None), "__chio_governance__", None)
+            if governance is None:  # not a @chio_task: the receipt in force (an agent's governed call), if any
+                from chio_durable._scope import current_receipt_id
+
+                key = self.inner.compute_key(task_ctx, inputs, flow_parameters, **kwargs) if self.inner else None
+                receipt_in_force = current_receipt_id()
+                if receipt_in_force is None:
+                    return key
+                parts = ("chio-receipt", receipt_in_force) if key is None else (key, "chio-receipt", receipt_in_force)
+                return hash_objects(*parts, raise_on_failure=True)
             if self.inner is None:
                 return None
             inner_key = self.inner.compute_key(task_ctx, inputs, flow_parameters, **kwargs)
-            governance = getattr(task_ctx.task.fn, "__chio_governance__", None)
-            if governance is None:  # not a @chio_task: nothing to evaluate
-                return inner_key
             if inner_key is None or not task_ctx.persist_result:
                 # Nothing is written, and a lookup would be an unchecked read: no key, no extra call.
                 return None
@@ -744,7 +764,7 @@ def _build_task(
     tool_server: str | None,
     scope: ChioScope | None,
     capability_id: str | None,
-    chio_client: Any,
+    chio_client: ChioClientLike | None,
     sidecar_url: str | None,
     options: dict[str, Any],
 ) -> Task[Any, Any]:
@@ -843,7 +863,7 @@ def _build_flow(
     scope: ChioScope | None,
     capability_id: str | None,
     tool_server: str | None,
-    chio_client: Any,
+    chio_client: ChioClientLike | None,
     sidecar_url: str | None,
     options: dict[str, Any],
 ) -> Flow[Any, Any]:
@@ -901,7 +921,7 @@ def chio_task(
     tool_server: str | None = None,
     scope: ChioScope | None = None,
     capability_id: str | None = None,
-    chio_client: Any | None = None,
+    chio_client: ChioClientLike | None = None,
     sidecar_url: str | None = None,
     **task_options: Any,
 ) -> Callable[[Callable[P, R]], Task[P, R]]: ...
@@ -914,7 +934,7 @@ def chio_task(
     tool_server: str | None = None,
     scope: ChioScope | None = None,
     capability_id: str | None = None,
-    chio_client: Any | None = None,
+    chio_client: ChioClientLike | None = None,
     sidecar_url: str | None = None,
     **task_options: Any,
 ) -> Task[P, R] | Callable[[Callable[P, R]], Task[P, R]]:
@@ -981,7 +1001,7 @@ def chio_flow(
     scope: ChioScope | None = None,
     capability_id: str | None = None,
     tool_server: str | None = None,
-    chio_client: Any | None = None,
+    chio_client: ChioClientLike | None = None,
     sidecar_url: str | None = None,
     **flow_options: Any,
 ) -> Callable[[Callable[P, R]], Flow[P, R]]: ...
@@ -994,7 +1014,7 @@ def chio_flow(
     scope: ChioScope | None = None,
     capability_id: str | None = None,
     tool_server: str | None = None,
-    chio_client: Any | None = None,
+    chio_client: ChioClientLike | None = None,
     sidecar_url: str | None = None,
     **flow_options: Any,
 ) -> Flow[P, R] | Callable[[Callable[P, R]], Flow[P, R]]:

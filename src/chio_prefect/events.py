@@ -30,9 +30,12 @@ import datetime as _dt
 import json
 import logging
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-__all__ = ["ALLOW_EVENT", "DENY_EVENT", "ReceiptEvent", "emit_receipt_event", "iso_timestamp"]
+if TYPE_CHECKING:
+    from chio_durable import Decision
+
+__all__ = ["ALLOW_EVENT", "DENY_EVENT", "ReceiptEvent", "emit_receipt_event", "iso_timestamp", "write_receipt_event"]
 
 ALLOW_EVENT = "chio.receipt.allow"
 DENY_EVENT = "chio.receipt.deny"
@@ -72,6 +75,27 @@ class ReceiptEvent:
     @property
     def name(self) -> str:
         return ALLOW_EVENT if self.allowed else DENY_EVENT
+
+    @classmethod
+    def from_decision(cls, decision: Decision) -> ReceiptEvent:
+        """The event for one decision; run ids and names from ``decision.where`` (task and flow run)."""
+        evaluation, where = decision.evaluation, decision.where
+        return cls(
+            allowed=evaluation.allowed,
+            receipt_id=evaluation.receipt_id,
+            capability_id=decision.capability_id,
+            tool_server=decision.call.tool_server,
+            tool_name=decision.call.tool_name,
+            task_name=where.get("task_name") or decision.call.tool_name,
+            timestamp=iso_timestamp(evaluation.timestamp),
+            guard=evaluation.guard,
+            reason=evaluation.reason,
+            decision=evaluation.decision or None,
+            task_run_id=where.get("task_run_id"),
+            task_run_name=where.get("task_run_name"),
+            flow_run_id=where.get("flow_run_id"),
+            flow_run_name=where.get("flow_run_name"),
+        )
 
     def payload(self) -> dict[str, Any]:
         payload: dict[str, Any] = {
@@ -114,6 +138,11 @@ class ReceiptEvent:
         if self.flow_run_name:
             related["prefect.resource.name"] = self.flow_run_name
         return [related]
+
+
+def write_receipt_event(decision: Decision) -> Any | None:
+    """The Prefect event writer, a decision observer: mirror ``decision`` as a receipt event."""
+    return emit_receipt_event(ReceiptEvent.from_decision(decision))
 
 
 def emit_receipt_event(event: ReceiptEvent) -> Any | None:

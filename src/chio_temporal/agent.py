@@ -64,6 +64,7 @@ from temporalio.worker import ExecuteActivityInput
 from temporalio.workflow import ActivityConfig
 
 from chio_durable.agent import CallMapper, ChioGovernance, OnDeny, denied_tool_message, receipt_scope
+from chio_durable._transport import ChioClientLike, is_client
 from chio_durable.evaluation import Evaluation
 from chio_temporal._agent_activities import AgentActivity, classify_activity, governed_call
 from chio_temporal._seams import agent_with_capability, registered_activity_name, replace_in_live_list
@@ -291,7 +292,7 @@ class ChioAgentActivityInterceptor(ChioActivityInterceptor):
 
     def __init__(
         self,
-        chio_client: Any,
+        chio_client: ChioClientLike,
         *,
         agent_name: str,
         capability_id: str,
@@ -336,10 +337,18 @@ class ChioAgentActivityInterceptor(ChioActivityInterceptor):
         # Agents governed by other interceptors on the same worker(s) (linked by their plugins):
         # their activities are left to them, even with govern_other_activities=True.
         self.peer_agent_names: set[str] = set()
+        self._parsed_types: dict[str, AgentActivity | None] = {}
 
     def agent_activity(self, info: temporalio.activity.Info) -> AgentActivity | None:
-        """The governed agent operation this execution is, or ``None`` (another activity, or ungoverned)."""
-        return classify_activity(info.activity_type, self.agent_name)
+        """The governed agent operation this execution is, or ``None`` (another activity, or ungoverned).
+
+        An activity type is parsed once (then remembered): every hook of one execution asks this.
+        """
+        try:
+            return self._parsed_types[info.activity_type]
+        except KeyError:
+            parsed = self._parsed_types[info.activity_type] = classify_activity(info.activity_type, self.agent_name)
+            return parsed
 
     def _is_agent_activity_type(self, activity_type: str) -> bool:
         return activity_type.startswith(f"agent__{self.agent_name}__")
@@ -391,7 +400,7 @@ class ChioAgentActivityInterceptor(ChioActivityInterceptor):
             agent_name=self.agent_name,
             model_name_for=self._model_name,
         )
-        return ActivityCall(tool_server=call.tool_server, tool_name=call.tool_name, parameters=call.parameters)
+        return ActivityCall(call.tool_server, call.tool_name, call.parameters, kind=call.kind)
 
     def _model_name(self, model_id: str | None) -> str:
         if model_id is None:
@@ -496,7 +505,7 @@ class ChioTemporalAgent(WrapperAgent[AgentDepsT, OutputDataT]):
         agent: AbstractAgent[AgentDepsT, OutputDataT],
         *,
         capability_id: str,
-        chio_client: Any,
+        chio_client: ChioClientLike | Callable[[], ChioClientLike],
         mapper: CallMapper | None = None,
         on_deny: OnDeny = "tell_model",
         receipt_ids_in_results: bool = True,
@@ -587,7 +596,7 @@ class ChioTemporalAgent(WrapperAgent[AgentDepsT, OutputDataT]):
         self.capability_id = capability_id
         self.temporal_activities: list[Callable[..., Any]] = activities
         self._chio_client_or_factory = chio_client
-        self._chio: Any = None
+        self._chio: ChioClientLike | None = None
         self._interceptor: ChioAgentActivityInterceptor | None = None
         self._plugin: SimplePlugin | None = None
         self._local_governance: ChioGovernance | None = None
@@ -613,13 +622,15 @@ class ChioTemporalAgent(WrapperAgent[AgentDepsT, OutputDataT]):
     # plugin are only made when a worker (or the caller) asks for them, on the host.
 
     @property
-    def chio(self) -> Any:
+    def chio(self) -> ChioClientLike:
         """The kernel client the activity worker evaluates with (a factory is called once, here)."""
         if self._chio is None:
             candidate = self._chio_client_or_factory
-            is_client = hasattr(candidate, "evaluate_tool_call") or hasattr(getattr(candidate, "kernel", None), "evaluate")
-            is_factory = isinstance(candidate, type) or (callable(candidate) and not is_client)
-            self._chio = candidate() if is_factory else candidate
+            is_factory = isinstance(candidate, type) or (callable(candidate) and not is_client(candidate))
+            if is_factory:
+                self._chio = typing.cast("Callable[[], ChioClientLike]", candidate)()
+            else:
+                self._chio = typing.cast("ChioClientLike", candidate)
         return self._chio
 
     @property

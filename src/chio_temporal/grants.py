@@ -12,11 +12,10 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, replace
 from typing import Any, TypeVar
 
-from chio_sdk.client import ChioClient
 from chio_sdk.errors import ChioError, ChioValidationError
 from chio_sdk.models import CapabilityToken, ChioScope
 
-from chio_durable.evaluation import await_on_kernel_loop, client_url
+from chio_durable._transport import ChioClientLike, EmbeddedTransport, HttpTransport, as_transport, client_url
 from chio_temporal.errors import ChioTemporalConfigError, ChioTemporalError
 
 __all__ = ["WorkflowGrant", "fetch_capability", "mint_capability"]
@@ -67,7 +66,7 @@ class WorkflowGrant:
 
     async def attenuate_for_activity(
         self,
-        chio: Any,
+        chio: ChioClientLike,
         *,
         new_scope: ChioScope,
         tool_server: str | None = None,
@@ -90,7 +89,12 @@ class WorkflowGrant:
                 f"granted {_describe(self.token.scope)}."
             )
         try:
-            child = await call_client(chio, lambda: chio.attenuate_capability(self.token, new_scope=new_scope))
+            transport = as_transport(chio)
+            remote: Any = transport.client
+            if isinstance(transport, EmbeddedTransport) and remote is transport.kernel:  # a bare Kernel
+                child = transport.kernel.attenuate_capability(self.token, new_scope)
+            else:
+                child = await transport.run(lambda: remote.attenuate_capability(self.token, new_scope=new_scope))
         except ChioValidationError as err:
             raise ChioTemporalConfigError(f"the kernel refused to attenuate {self.token.id!r}: {err}") from err
         except ChioError as err:
@@ -109,25 +113,24 @@ def _describe(scope: ChioScope) -> str:
     return "{" + ", ".join(tools) + "}"
 
 
-async def call_client(client: Any, make_call: Callable[[], Awaitable[T]]) -> T:
-    """Await one client call; a remote ``ChioClient`` is driven on the evaluation core's kernel loop."""
-    if isinstance(client, ChioClient):
-
-        async def run() -> T:
-            return await make_call()
-
-        return await await_on_kernel_loop(run())
-    return await make_call()
+async def call_client(client: ChioClientLike, make_call: Callable[[], Awaitable[T]]) -> T:
+    """Await one client call through the client's transport (a remote one runs it on the kernel loop)."""
+    return await as_transport(client).run(make_call)
 
 
-async def mint_capability(client: Any, *, subject: str, scope: ChioScope, ttl_seconds: int) -> CapabilityToken:
-    """``client.create_capability`` for any client kind."""
-    return await call_client(
-        client, lambda: client.create_capability(subject=subject, scope=scope, ttl_seconds=ttl_seconds)
+async def mint_capability(client: ChioClientLike, *, subject: str, scope: ChioScope, ttl_seconds: int) -> CapabilityToken:
+    """``create_capability`` on the kernel behind ``client``, whatever its transport."""
+    transport = as_transport(client)
+    if isinstance(transport, EmbeddedTransport):
+        return transport.kernel.create_capability(subject=subject, scope=scope, ttl_seconds=ttl_seconds)
+    remote: Any = transport.client
+    token: CapabilityToken = await transport.run(
+        lambda: remote.create_capability(subject=subject, scope=scope, ttl_seconds=ttl_seconds)
     )
+    return token
 
 
-async def fetch_capability(client: Any, capability_id: str) -> CapabilityToken:
+async def fetch_capability(client: ChioClientLike, capability_id: str) -> CapabilityToken:
     """The token of an already-minted capability, from the kernel behind ``client``.
 
     ``LocalChioClient`` / the embedded kernel answer directly; the real ``ChioClient`` has no such
@@ -135,13 +138,13 @@ async def fetch_capability(client: Any, capability_id: str) -> CapabilityToken:
     Raises :class:`ChioTemporalConfigError` for an unknown id or a client that
     cannot look tokens up (the mocks: pass ``scope=``/``subject=`` instead).
     """
-    getter = getattr(client, "get_capability", None)
-    kernel = getattr(client, "kernel", None)
+    transport = as_transport(client)
     token: Any = None
-    if callable(getter):  # LocalChioClient, chio_kernel.SidecarClient
-        token = await call_client(client, lambda: getter(capability_id))
-    elif kernel is not None and hasattr(kernel, "get_capability"):
-        token = kernel.get_capability(capability_id)
+    if isinstance(transport, EmbeddedTransport):
+        token = transport.kernel.get_capability(capability_id)
+    elif isinstance(transport, HttpTransport) and transport.sends_idempotency_keys:  # chio_kernel.SidecarClient
+        sidecar: Any = transport.client  # a chio_kernel.SidecarClient
+        token = await transport.run(lambda: sidecar.get_capability(capability_id))
     else:
         raise ChioTemporalConfigError(
             f"{type(client).__name__} cannot look up capability {capability_id!r} by id (a stock chio_sdk.ChioClient "

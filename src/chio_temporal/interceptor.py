@@ -39,7 +39,6 @@ from typing import Any
 import temporalio.activity
 import temporalio.converter
 import temporalio.workflow
-from chio_sdk.client import ChioClient
 from temporalio.api.common.v1 import Payload
 from temporalio.common import RawValue
 from temporalio.exceptions import ActivityError, ApplicationError
@@ -56,14 +55,10 @@ from temporalio.worker import (
     WorkflowOutboundInterceptor,
 )
 
-from chio_durable.evaluation import (
-    Evaluation,
-    KernelRejected,
-    KernelUnavailable,
-    client_url,
-    evaluate,
-    idempotency_key,
-)
+from chio_durable._call import GovernedCall, call_key
+from chio_durable._decision import Decision, DecisionObserver, Evaluation, notify
+from chio_durable._errors import KernelRejected, KernelUnavailable
+from chio_durable._transport import ChioClientLike, KernelTransport, as_transport, client_url, is_client
 from chio_durable.params import bind_parameters, jsonable
 from chio_temporal.errors import (
     CONFIG_ERROR_TYPE,
@@ -125,13 +120,12 @@ def current_receipt_id() -> str | None:
     return evaluation.receipt_id if evaluation is not None else None
 
 
-@dataclass(frozen=True)
-class ActivityCall:
-    """What the kernel is asked about for one activity execution."""
+class ActivityCall(GovernedCall):
+    """What the kernel is asked about for one activity execution: a :class:`~chio_durable.GovernedCall`
+    of kind ``"activity"`` (parameters hashed once), built as ``ActivityCall(tool_server, tool_name, parameters)``."""
 
-    tool_server: str
-    tool_name: str
-    parameters: dict[str, Any]
+    def __init__(self, tool_server: str, tool_name: str, parameters: dict[str, Any], kind: Any = "activity") -> None:
+        super().__init__(kind, tool_server, tool_name, parameters)
 
 
 _payload_converter = temporalio.converter.PayloadConverter.default
@@ -179,7 +173,7 @@ class ChioActivityInterceptor(Interceptor):
 
     def __init__(
         self,
-        chio_client: Any = None,
+        chio_client: ChioClientLike | None = None,
         sidecar_url: str | None = None,
         default_tool_server: str | None = None,
         activity_tool_server_map: Mapping[str, str] | None = None,
@@ -198,7 +192,7 @@ class ChioActivityInterceptor(Interceptor):
             from chio_kernel.client import SidecarClient
 
             chio_client = SidecarClient(sidecar_url)
-        if not hasattr(chio_client, "evaluate_tool_call") and getattr(chio_client, "kernel", None) is None:
+        if not is_client(chio_client):
             raise ChioTemporalConfigError(
                 f"chio_client= must be a ChioClient, LocalChioClient or chio_sdk.testing mock, "
                 f"got {type(chio_client).__name__}"
@@ -217,7 +211,7 @@ class ChioActivityInterceptor(Interceptor):
             raise ChioTemporalConfigError(
                 f"max_pending_receipts= must be a positive int (runs kept until flushed), got {max_pending_receipts!r}"
             )
-        self.chio_client = chio_client
+        self.chio_client = chio_client  # its transport is chosen here, once (see the property)
         self.max_pending_receipts = max_pending_receipts
         self.sidecar_url: str = sidecar_url or client_url(chio_client)
         self.default_tool_server = default_tool_server
@@ -233,6 +227,18 @@ class ChioActivityInterceptor(Interceptor):
         # insertion/update order = least recently updated first (bounded by max_pending_receipts)
         self._receipts: OrderedDict[tuple[str, str | None], WorkflowReceipt] = OrderedDict()
         self._signatures: dict[Any, inspect.Signature | None] = {}
+        # Who sees each decision: the envelope writer; append your own (an audit log, metrics...).
+        self.decision_observers: list[DecisionObserver] = [self.write_envelope_step]
+
+    @property
+    def chio_client(self) -> ChioClientLike:
+        """The client handed in; assigning another one chooses its transport anew."""
+        return self._chio_client
+
+    @chio_client.setter
+    def chio_client(self, client: ChioClientLike) -> None:
+        self.transport: KernelTransport = as_transport(client)
+        self._chio_client = client
 
     # --- grants -------------------------------------------------------------------------------
 
@@ -402,13 +408,12 @@ class ChioActivityInterceptor(Interceptor):
         )
 
     def activity_idempotency_key(self, info: temporalio.activity.Info, capability_id: str) -> str:
-        """Same for every attempt of one activity execution: retries reuse one allow receipt."""
-        return idempotency_key(
-            info.workflow_id or "",
-            info.workflow_run_id or info.activity_run_id or "",
-            info.activity_id,
-            capability_id,
-        )
+        """Same for every attempt of one activity execution: retries reuse one allow receipt.
+
+        The one scheme (:func:`chio_durable.call_key`): run = workflow id / run id, position = activity id.
+        """
+        run = f"{info.workflow_id or ''}/{info.workflow_run_id or info.activity_run_id or ''}"
+        return call_key(run, f"activity:{info.activity_id}", capability_id)
 
     async def on_allowed(
         self,
@@ -458,6 +463,7 @@ class ChioActivityInterceptor(Interceptor):
         except ChioTemporalConfigError as err:
             raise ApplicationError(str(err), type=CONFIG_ERROR_TYPE, non_retryable=True) from err
 
+        key: str | None = None
         if capability_id is None:
             workflow_id = info.workflow_id or info.activity_id
             evaluation = Evaluation(
@@ -475,15 +481,9 @@ class ChioActivityInterceptor(Interceptor):
                 decision={"verdict": "deny", "guard": NO_GRANT_GUARD},
             )
         else:
+            key = self.activity_idempotency_key(info, capability_id)
             try:
-                evaluation = await evaluate(
-                    self.chio_client,
-                    capability_id=capability_id,
-                    tool_server=call.tool_server,
-                    tool_name=call.tool_name,
-                    parameters=call.parameters,
-                    idempotency_key=self.activity_idempotency_key(info, capability_id),
-                )
+                evaluation = await self.transport.evaluate(call, capability_id=capability_id, idempotency_key=key)
             except KernelUnavailable as err:
                 raise sidecar_error(
                     url=self.sidecar_url or err.url, detail=err.detail, activity_type=info.activity_type
@@ -493,7 +493,10 @@ class ChioActivityInterceptor(Interceptor):
                     url=self.sidecar_url or err.url, detail=err.detail, activity_type=info.activity_type
                 ) from err
 
-        self._record(info, input, call, capability_id, evaluation)
+        notify(
+            self.decision_observers,
+            Decision(call, evaluation, key, capability_id=capability_id, where={"info": info, "headers": input.headers}),
+        )
         if not evaluation.allowed:
             return await self.on_denied(info, input, call, evaluation)
         token = _current_evaluation.set(evaluation)
@@ -535,29 +538,10 @@ class ChioActivityInterceptor(Interceptor):
 
     # --- workflow receipts --------------------------------------------------------------------
 
-    def _record(
-        self,
-        info: temporalio.activity.Info,
-        input: ExecuteActivityInput,
-        call: ActivityCall,
-        capability_id: str | None,
-        evaluation: Evaluation,
-    ) -> None:
-        receipt = evaluation.receipt
-        step = WorkflowStepReceipt(
-            activity_id=info.activity_id,
-            activity_type=info.activity_type,
-            attempt=info.attempt,
-            tool_server=call.tool_server,
-            tool_name=call.tool_name,
-            capability_id=capability_id,
-            receipt_id=evaluation.receipt_id,
-            verdict="allow" if evaluation.allowed else "deny",
-            guard=evaluation.guard,
-            reason=evaluation.reason,
-            parameter_hash=receipt.action.parameter_hash if receipt is not None else None,
-            content_hash=getattr(receipt, "content_hash", None) if receipt is not None else None,
-        )
+    def write_envelope_step(self, decision: Decision) -> None:
+        """The Temporal envelope writer, a decision observer: add the step to its workflow run's receipt."""
+        info: temporalio.activity.Info = decision.where["info"]
+        step = WorkflowStepReceipt.from_decision(decision)
         workflow_id = info.workflow_id or info.activity_id
         run_id = info.workflow_run_id or info.activity_run_id
         with self._lock:
@@ -567,12 +551,12 @@ class ChioActivityInterceptor(Interceptor):
                 aggregate = WorkflowReceipt(
                     workflow_id=workflow_id,
                     run_id=run_id,
-                    parent_workflow_ids=_decode_chain(input.headers),
+                    parent_workflow_ids=_decode_chain(decision.where.get("headers")),
                     metadata={
                         "workflow_type": info.workflow_type,
                         "namespace": info.namespace,
                         "task_queue": info.task_queue,
-                        "capability_id": grant.capability_id if grant is not None else capability_id,
+                        "capability_id": grant.capability_id if grant is not None else decision.capability_id,
                         "sidecar_url": self.sidecar_url,
                     },
                 )

@@ -15,7 +15,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
+
+if TYPE_CHECKING:
+    from chio_durable import Decision
 
 __all__ = ["ENVELOPE_VERSION", "Outcome", "WorkflowReceipt", "WorkflowStepReceipt"]
 
@@ -59,6 +62,26 @@ class WorkflowStepReceipt:
     @property
     def allowed(self) -> bool:
         return self.verdict == "allow"
+
+    @classmethod
+    def from_decision(cls, decision: Decision) -> WorkflowStepReceipt:
+        """The step for one decision on an activity execution (``decision.where["info"]``: its ``Info``)."""
+        info = decision.where["info"]
+        evaluation = decision.evaluation
+        return cls(
+            activity_id=info.activity_id,
+            activity_type=info.activity_type,
+            attempt=info.attempt,
+            tool_server=decision.call.tool_server,
+            tool_name=decision.call.tool_name,
+            capability_id=decision.capability_id,
+            receipt_id=evaluation.receipt_id,
+            verdict="allow" if evaluation.allowed else "deny",
+            guard=evaluation.guard,
+            reason=evaluation.reason,
+            parameter_hash=evaluation.parameter_hash,
+            content_hash=evaluation.content_hash,
+        )
 
     def to_dict(self) -> dict[str, Any]:
         return {

@@ -9,6 +9,7 @@ from chio_sdk.models import ChioScope
 from temporalio.client import Client
 from temporalio.worker import Interceptor, Worker
 
+from chio_durable._transport import ChioClientLike
 from chio_temporal.errors import ChioTemporalConfigError
 from chio_temporal.grants import WorkflowGrant, fetch_capability, mint_capability
 from chio_temporal.interceptor import ChioActivityInterceptor, ReceiptSink
@@ -22,7 +23,7 @@ async def build_chio_worker(
     task_queue: str,
     activities: Sequence[Callable[..., Any]] = (),
     workflows: Sequence[type] = (),
-    chio_client: Any,
+    chio_client: ChioClientLike,
     workflow_id: str,
     capability_id: str | None = None,
     scope: ChioScope | None = None,

@@ -220,3 +220,32 @@ async def test_over_the_sidecar_a_retry_hits_and_a_dead_sidecar_is_not_bypassed(
     assert [(name, rid) for name, rid, _ in _receipt_events(captured_events)] == [
         ("chio.receipt.allow", receipts[0].id)
     ] * 2
+
+
+async def test_a_cached_task_hashes_its_parameters_once_per_attempt(
+    chio_home: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The cache policy and the body's gate see one GovernedCall: its parameters are hashed once."""
+    import chio_durable._call as call_module
+
+    local, scope = _kernel(chio_home, "cap-hash")
+    hashed: list[dict[str, Any]] = []
+    real = call_module._hash_parameters
+
+    def counting(parameters: Any) -> Any:
+        hashed.append(dict(parameters))
+        return real(parameters)
+
+    monkeypatch.setattr(call_module, "_hash_parameters", counting)
+
+    @chio_task(tool_server="docs-srv", cache_policy=INPUTS, persist_result=True)
+    async def lookup(query: str) -> str:
+        return query.upper()
+
+    @chio_flow(scope=scope, capability_id="cap-hash", chio_client=local)
+    async def research(query: str) -> str:
+        return await lookup(query)
+
+    assert await research("one call") == "ONE CALL"
+    assert hashed == [{"query": "one call"}]
+    assert [r.decision.verdict for r in local.kernel.list_receipts(capability_id="cap-hash")] == ["allow"]

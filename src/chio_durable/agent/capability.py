@@ -21,9 +21,7 @@ from __future__ import annotations
 
 import logging
 from collections import OrderedDict
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
-from contextvars import ContextVar
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -39,8 +37,11 @@ from chio_durable.agent.denials import (
     denied_tool_message,
     permission_error,
 )
-from chio_durable.agent.mapping import CallMapper, GovernedCall, parameter_hash
-from chio_durable.evaluation import KernelRejected, evaluate, idempotency_key
+from chio_durable._call import GovernedCall, call_key
+from chio_durable._errors import KernelRejected
+from chio_durable._scope import current_receipt_id, receipt_scope
+from chio_durable._transport import ChioClientLike, KernelTransport, as_transport, is_client
+from chio_durable.agent.mapping import CallMapper
 
 if TYPE_CHECKING:
     from pydantic_ai.capabilities.abstract import WrapModelRequestHandler, WrapOutputProcessHandler
@@ -67,24 +68,6 @@ REALTIME_REFUSED = (
     "Use run()/run_sync()/iter() for a governed agent, or a separate agent without ChioGovernance "
     "for realtime (ungoverned)."
 )
-
-_CURRENT_RECEIPT: ContextVar[str | None] = ContextVar("chio_durable.agent.current_receipt", default=None)
-
-
-def current_receipt_id() -> str | None:
-    """The receipt id of the governed call running in this context, or ``None`` outside one."""
-    return _CURRENT_RECEIPT.get()
-
-
-@contextmanager
-def receipt_scope(receipt_id: str | None) -> Iterator[None]:
-    """Make ``receipt_id`` the :func:`current_receipt_id` while the governed call runs."""
-    token = _CURRENT_RECEIPT.set(receipt_id)
-    try:
-        yield
-    finally:
-        _CURRENT_RECEIPT.reset(token)
-
 
 def _is_mcp_toolset(toolset: AbstractToolset[Any]) -> bool:
     try:
@@ -122,7 +105,7 @@ class ChioGovernance(AbstractCapability[Any]):
         self,
         *,
         capability_id: str,
-        chio_client: Any,
+        chio_client: ChioClientLike,
         mapper: CallMapper | None = None,
         on_deny: OnDeny = "tell_model",
         run_identity: Callable[[RunContext[Any]], str | None] | None = None,
@@ -137,9 +120,7 @@ class ChioGovernance(AbstractCapability[Any]):
             raise ValueError(
                 f"ChioGovernance needs capability_id=<the id of a Chio capability token>, got {capability_id!r}"
             )
-        if chio_client is None or not (
-            hasattr(chio_client, "evaluate_tool_call") or hasattr(getattr(chio_client, "kernel", None), "evaluate")
-        ):
+        if chio_client is None or not is_client(chio_client):
             raise TypeError(
                 "ChioGovernance needs chio_client=LocalChioClient(...), chio_sdk.ChioClient(...) or a "
                 f"chio_sdk.testing mock; got {type(chio_client).__name__}"
@@ -152,7 +133,7 @@ class ChioGovernance(AbstractCapability[Any]):
         self.description = None
         self.defer_loading = False
         self.capability_id = capability_id
-        self.chio_client = chio_client
+        self.chio_client = chio_client  # the transport is chosen here, once (see the property)
         self.mapper = mapper or CallMapper()
         self.on_deny = on_deny
         self._run_identity = run_identity
@@ -164,6 +145,16 @@ class ChioGovernance(AbstractCapability[Any]):
         self._rejected_error = rejected_error
         self._max_runs = max(1, max_runs_remembered)
         self._records: OrderedDict[str, list[GovernedRecord]] = OrderedDict()
+
+    @property
+    def chio_client(self) -> ChioClientLike:
+        """The client handed in; assigning another one chooses its transport anew."""
+        return self._chio_client
+
+    @chio_client.setter
+    def chio_client(self, client: ChioClientLike) -> None:
+        self.transport: KernelTransport = as_transport(client)
+        self._chio_client = client
 
     def __repr__(self) -> str:
         return (
@@ -219,29 +210,17 @@ class ChioGovernance(AbstractCapability[Any]):
         Raises ``KernelUnavailable`` if no decision (retryable) and ``KernelRejected`` (or what
         ``rejected_error`` builds from it) if the kernel refuses the request as malformed.
         """
-        key = idempotency_key(
-            self.run_identity(ctx),
-            position,
-            self.capability_id,
-            call.kind,
-            call.tool_server,
-            call.tool_name,
-            parameter_hash(call.parameters),
-        )
+        key = call_key(self.run_identity(ctx), position, self.capability_id, call)
         try:
-            evaluation = await evaluate(
-                self.chio_client,
-                capability_id=self.capability_id,
-                tool_server=call.tool_server,
-                tool_name=call.tool_name,
-                parameters=call.parameters,
-                idempotency_key=key,
-            )
+            evaluation = await self.transport.evaluate(call, capability_id=self.capability_id, idempotency_key=key)
         except KernelRejected as err:
             if self._rejected_error is None:
                 raise
             raise self._rejected_error(err, call) from err
-        record = GovernedRecord(call=call, evaluation=evaluation, idempotency_key=key, run_id=ctx.run_id, position=position)
+        record = GovernedRecord(
+            call=call, evaluation=evaluation, idempotency_key=key, run_id=ctx.run_id, position=position,
+            capability_id=self.capability_id,
+        )
         self._remember(record)
         if self._on_evaluation is not None:
             try:

@@ -6,8 +6,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from chio_durable.agent.mapping import GovernedCall
-from chio_durable.evaluation import Evaluation
+from chio_durable._call import GovernedCall
+from chio_durable._decision import Decision, Evaluation
 
 __all__ = [
     "DenyErrorFactory",
@@ -19,23 +19,11 @@ __all__ = [
 
 
 @dataclass(frozen=True)
-class GovernedRecord:
-    """One evaluation made for an agent run: the call, the kernel's answer, and where it happened."""
+class GovernedRecord(Decision):
+    """One evaluation made for an agent run: a :class:`~chio_durable.Decision`, plus its run and position."""
 
-    call: GovernedCall
-    evaluation: Evaluation
-    idempotency_key: str
     run_id: str | None
     position: str
-
-    @property
-    def receipt_id(self) -> str | None:
-        """The signed receipt's id (allow or deny)."""
-        return self.evaluation.receipt_id
-
-    @property
-    def allowed(self) -> bool:
-        return self.evaluation.allowed
 
 
 class GovernanceDenied(Exception):

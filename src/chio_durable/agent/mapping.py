@@ -30,11 +30,11 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any
 
 from pydantic_ai.messages import ModelMessage
 
+from chio_durable._call import CallKind, GovernedCall
 from chio_durable.params import canonical_text, digest, jsonable
 
 __all__ = [
@@ -50,7 +50,6 @@ __all__ = [
     "settings_digest",
 ]
 
-CallKind = Literal["model", "tool", "mcp", "mcp_list", "output"]
 
 MODEL_SERVER = "model"
 """``tool_server`` of every model request under the default mapping."""
@@ -64,21 +63,6 @@ AGENT_TOOLSET_ID = "<agent>"
 # Framework dataclass fields that differ between two attempts of one run (pydantic-ai's Prefect
 # cache policy strips the same ones): left out of the messages digest.
 _PER_ATTEMPT_FIELDS = frozenset({"timestamp", "run_id", "conversation_id"})
-
-
-@dataclass(frozen=True)
-class GovernedCall:
-    """One governed call as the kernel sees it: ``(tool_server, tool_name, parameters)`` plus its kind."""
-
-    kind: CallKind
-    tool_server: str
-    tool_name: str
-    parameters: dict[str, Any]
-
-    @property
-    def label(self) -> str:
-        """``server/tool``, for messages and logs."""
-        return f"{self.tool_server}/{self.tool_name}"
 
 
 def canonical_json(value: Any) -> str:

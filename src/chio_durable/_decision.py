@@ -1,0 +1,111 @@
+"""The kernel's decision on one governed call, as every layer receives it."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from chio_sdk.models import ChioReceipt
+
+from chio_durable._call import GovernedCall
+
+__all__ = ["Decision", "DecisionObserver", "Evaluation", "notify"]
+
+log = logging.getLogger("chio_durable")
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    """The kernel's answer for one call, normalised across client kinds."""
+
+    allowed: bool
+    receipt_id: str | None
+    capability_id: str
+    tool_server: str
+    tool_name: str
+    guard: str | None = None
+    reason: str | None = None
+    decision: dict[str, Any] = field(default_factory=dict)
+    receipt: ChioReceipt | None = None
+    timestamp: int | None = None
+
+    @classmethod
+    def from_receipt(cls, receipt: ChioReceipt) -> Evaluation:
+        return cls(
+            allowed=receipt.decision.is_allowed,
+            receipt_id=receipt.id,
+            capability_id=receipt.capability_id,
+            tool_server=receipt.tool_server,
+            tool_name=receipt.tool_name,
+            guard=receipt.decision.guard,
+            reason=receipt.decision.reason,
+            decision=receipt.decision.model_dump(exclude_none=True),
+            receipt=receipt,
+            timestamp=receipt.timestamp,
+        )
+
+    @classmethod
+    def local_deny(cls, capability_id: str, tool_server: str, tool_name: str, guard: str, reason: str) -> Evaluation:
+        """A deny decided without asking the kernel (no grant, outside the envelope): no receipt."""
+        return cls(
+            allowed=False,
+            receipt_id=None,
+            capability_id=capability_id,
+            tool_server=tool_server,
+            tool_name=tool_name,
+            guard=guard,
+            reason=reason,
+            decision={"verdict": "deny", "guard": guard, "reason": reason},
+        )
+
+    @property
+    def parameter_hash(self) -> str | None:
+        """The signed receipt's ``action.parameter_hash`` (``None`` without a receipt)."""
+        return self.receipt.action.parameter_hash if self.receipt is not None else None
+
+    @property
+    def content_hash(self) -> str | None:
+        """The signed receipt's ``content_hash`` (its link in the kernel's chain), if any."""
+        return getattr(self.receipt, "content_hash", None) if self.receipt is not None else None
+
+
+@dataclass(frozen=True)
+class Decision:
+    """One decision on one governed call, as every engine's writers observe it.
+
+    The call (parameters hashed once), the kernel's :class:`Evaluation`, the idempotency key it was
+    asked with, the capability, and ``where``: the engine's own context (Prefect task and flow run
+    ids and names; the Temporal activity's ``Info`` and headers). Prefect's receipt events
+    (``ReceiptEvent.from_decision``) and Temporal's envelope steps (``WorkflowStepReceipt.from_decision``)
+    are views built from it by observers; the agent layer's ``GovernedRecord`` is one.
+    """
+
+    call: GovernedCall
+    evaluation: Evaluation
+    idempotency_key: str | None
+    capability_id: str | None = field(default=None, kw_only=True)
+    where: Mapping[str, Any] = field(default_factory=dict, kw_only=True)
+
+    @property
+    def receipt_id(self) -> str | None:
+        """The signed receipt's id (allow or deny); ``None`` for a deny decided without the kernel."""
+        return self.evaluation.receipt_id
+
+    @property
+    def allowed(self) -> bool:
+        return self.evaluation.allowed
+
+
+DecisionObserver = Callable[[Decision], object]
+"""Called with every decision (an engine's event or envelope writer, a user's audit hook)."""
+
+
+def notify(observers: Iterable[DecisionObserver], decision: Decision) -> None:
+    """Hand ``decision`` to each observer; one failing is logged loudly and never hides the decision."""
+    for observer in observers:
+        try:
+            observer(decision)
+        except Exception:
+            log.exception("chio: decision observer %r failed for receipt %s", observer, decision.receipt_id)

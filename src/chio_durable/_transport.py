@@ -1,0 +1,364 @@
+"""``KernelTransport``: how a layer reaches the kernel, chosen ONCE when the layer is built.
+
+Three implementations, picked by :func:`as_transport` from the client a user hands in:
+
+* :class:`EmbeddedTransport` — ``chio_kernel.LocalChioClient`` or a ``chio_kernel.Kernel``: the
+  kernel is called inline on the caller's thread (no loop hop); ``KernelInputError`` is a
+  :class:`KernelRejected`, any other failure a :class:`KernelUnavailable`.
+* :class:`HttpTransport` — a ``chio_sdk.ChioClient`` over HTTP. Our ``chio_kernel.SidecarClient``
+  (an ``httpx.AsyncClient`` speaking the Chio wire) sends idempotency keys and costs; a stock
+  ``ChioClient`` has no public way to, so it is called through its public ``evaluate_tool_call``
+  without a key (warned once per client) and a call with a cost is refused. A remote receipt must
+  answer the call asked (capability, server, tool, and the parameter hash the kernel signed).
+* :class:`MockTransport` — the ``chio_sdk.testing`` mocks (and any other object with
+  ``evaluate_tool_call``): no keys, a ``ChioDeniedError`` is a deny, its own hashes are not checked.
+
+Remote transports drive their client on the one private kernel loop (``_loop``). Anything that is
+not a decision raises :class:`KernelUnavailable` (retryable) or :class:`KernelRejected` (a
+malformed request, not retryable): the governed body never runs.
+"""
+
+from __future__ import annotations
+
+import re
+import warnings
+import weakref
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar, Union, runtime_checkable
+
+from chio_sdk.client import ChioClient
+from chio_sdk.errors import ChioDeniedError
+from chio_sdk.models import ChioReceipt, MonetaryAmount
+from pydantic import ValidationError
+
+from chio_durable._call import GovernedCall
+from chio_durable._decision import Evaluation
+from chio_durable._errors import KernelRejected, KernelUnavailable
+from chio_durable._loop import await_on_kernel_loop, run_on_kernel_loop
+
+if TYPE_CHECKING:
+    from chio_sdk.testing import MockChioClient
+
+    from chio_kernel import Kernel, LocalChioClient
+
+__all__ = [
+    "NO_IDEMPOTENCY_WARNING",
+    "ChioClientLike",
+    "EmbeddedTransport",
+    "HttpTransport",
+    "KernelTransport",
+    "MockTransport",
+    "as_transport",
+    "client_url",
+    "is_client",
+]
+
+T = TypeVar("T")
+
+
+@runtime_checkable
+class KernelTransport(Protocol):
+    """How a layer reaches the kernel: evaluate a :class:`GovernedCall`, or run another client call."""
+
+    @property
+    def client(self) -> Any:
+        """The client object this transport drives (what the user passed)."""
+
+    @property
+    def url(self) -> str:
+        """Where evaluations go, for messages and events (``embedded:<dir>``, the sidecar URL...)."""
+
+    @property
+    def sends_idempotency_keys(self) -> bool:
+        """Whether idempotency keys reach the kernel (a retry then gets its receipt back)."""
+
+    async def evaluate(
+        self, call: GovernedCall, *, capability_id: str, idempotency_key: str | None = None,
+        cost: MonetaryAmount | None = None,
+    ) -> Evaluation:
+        """The kernel's decision on ``call``; raises ``KernelUnavailable`` / ``KernelRejected``."""
+
+    def evaluate_sync(
+        self, call: GovernedCall, *, capability_id: str, idempotency_key: str | None = None,
+        cost: MonetaryAmount | None = None,
+    ) -> Evaluation:
+        """:meth:`evaluate` for sync callers (any thread but the kernel loop)."""
+
+    async def run(self, make_call: Callable[[], Awaitable[T]]) -> T:
+        """Await another call on the client (mint, attenuate, fetch) where its connections live."""
+
+
+ChioClientLike = Union["LocalChioClient", "Kernel", ChioClient, "MockChioClient", KernelTransport]
+"""What every layer accepts as ``chio_client=``: made a :class:`KernelTransport` once, at construction."""
+
+
+def client_url(client: object) -> str:
+    """Where a client sends its evaluations, for error messages and events.
+
+    Its public ``base_url`` (``SidecarClient``, ``LocalChioClient``); a stock ``chio_sdk.ChioClient``
+    does not expose its URL, so it is named by its type.
+    """
+    if isinstance(client, KernelTransport):
+        return client.url
+    value = getattr(client, "base_url", None)
+    if isinstance(value, str):
+        return value
+    if isinstance(client, ChioClient):
+        return "chio_sdk.ChioClient"
+    value = getattr(client, "DEFAULT_BASE_URL", None)  # a mock says where it stands in for
+    return value if isinstance(value, str) else type(client).__name__
+
+
+def _body(call: GovernedCall, capability_id: str) -> dict[str, Any]:
+    return {
+        "capability_id": capability_id,
+        "tool_server": call.tool_server,
+        "tool_name": call.tool_name,
+        "parameters": call.parameters,
+    }
+
+
+# --- embedded ------------------------------------------------------------------------------------
+
+
+class EmbeddedTransport:
+    """The in-process kernel, called inline: no HTTP, no thread, no loop hop."""
+
+    sends_idempotency_keys = True
+
+    def __init__(self, kernel: Kernel, client: LocalChioClient | None = None) -> None:
+        self.kernel = kernel
+        self.client: LocalChioClient | Kernel = client if client is not None else kernel
+        self.url: str = client_url(self.client)
+
+    def __repr__(self) -> str:
+        return f"EmbeddedTransport({self.url!r})"
+
+    def evaluate_sync(
+        self, call: GovernedCall, *, capability_id: str, idempotency_key: str | None = None,
+        cost: MonetaryAmount | None = None,
+    ) -> Evaluation:
+        try:
+            receipt = self.kernel.evaluate(
+                capability_id, call.tool_server, call.tool_name, call.parameters,
+                idempotency_key=idempotency_key, cost=cost,
+            )
+        except ValueError as err:
+            if isinstance(err, ValidationError):  # our receipt model, not the caller's input
+                raise KernelUnavailable(self.url, f"{type(err).__name__}: {err}") from err
+            # KernelInputError (a ValueError): the kernel refuses this input; retrying won't change that
+            raise KernelRejected(self.url, str(err)) from err
+        except Exception as err:  # the kernel could not decide (disk full, locked store...)
+            raise KernelUnavailable(self.url, f"{type(err).__name__}: {err}") from err
+        return Evaluation.from_receipt(receipt)
+
+    async def evaluate(
+        self, call: GovernedCall, *, capability_id: str, idempotency_key: str | None = None,
+        cost: MonetaryAmount | None = None,
+    ) -> Evaluation:
+        return self.evaluate_sync(call, capability_id=capability_id, idempotency_key=idempotency_key, cost=cost)
+
+    async def run(self, make_call: Callable[[], Awaitable[T]]) -> T:
+        return await make_call()
+
+
+# --- remote (HTTP and mocks) -------------------------------------------------------------------
+
+# 4xx answers that say "not now" rather than "not this request": still retryable.
+_RETRYABLE_4XX = frozenset({408, 425, 429})
+_KERNEL_KEY = re.compile(r"[0-9a-f]{64}")
+
+
+def _http_status(err: BaseException) -> int | None:
+    """The HTTP status of a ``chio_sdk`` error raised for a non-2xx answer (``code="HTTP_<n>"``)."""
+    code = getattr(err, "code", None)
+    if isinstance(code, str) and code.startswith("HTTP_") and code[5:].isdigit():
+        return int(code[5:])
+    return None
+
+
+def _denied_by_error(err: ChioDeniedError, call: GovernedCall, capability_id: str) -> Evaluation:
+    reason = err.reason or err.message
+    decision = {"verdict": "deny", "guard": err.guard, "reason": reason}
+    return Evaluation(
+        allowed=False,
+        receipt_id=err.receipt_id,
+        capability_id=capability_id,
+        tool_server=call.tool_server,
+        tool_name=call.tool_name,
+        guard=err.guard,
+        reason=reason,
+        decision={k: v for k, v in decision.items() if v is not None},
+    )
+
+
+class _ToolCallEvaluator(Protocol):
+    """What a remote transport calls: ``chio_sdk.ChioClient`` and its mocks both have it."""
+
+    async def evaluate_tool_call(
+        self, *, capability_id: str, tool_server: str, tool_name: str, parameters: dict[str, Any]
+    ) -> ChioReceipt: ...
+
+
+class _RemoteTransport:
+    """What HTTP and mock transports share: the kernel loop, deny-by-error, no-decision errors."""
+
+    sends_idempotency_keys = False
+    checks_parameter_hash = False
+
+    def __init__(self, client: _ToolCallEvaluator) -> None:
+        self.client = client
+        self.url: str = client_url(client)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.url!r})"
+
+    async def _send(
+        self, call: GovernedCall, capability_id: str, idempotency_key: str | None, cost: MonetaryAmount | None
+    ) -> ChioReceipt:
+        receipt: ChioReceipt = await self.client.evaluate_tool_call(**_body(call, capability_id))
+        return receipt
+
+    def _refuse_early(self, call: GovernedCall, cost: MonetaryAmount | None) -> None:
+        """Refuse before sending what the kernel would refuse (or could not honour)."""
+
+    async def _decide(
+        self, call: GovernedCall, capability_id: str, idempotency_key: str | None, cost: MonetaryAmount | None
+    ) -> Evaluation:
+        self._refuse_early(call, cost)
+        try:
+            receipt = await self._send(call, capability_id, idempotency_key, cost)
+        except ChioDeniedError as err:
+            return _denied_by_error(err, call, capability_id)
+        except Exception as err:  # unreachable, timed out, 4xx/5xx, malformed answer: not a decision
+            status = _http_status(err)
+            if status is not None and 400 <= status < 500 and status not in _RETRYABLE_4XX:
+                raise KernelRejected(self.url, str(err)) from err
+            raise KernelUnavailable(self.url, f"{type(err).__name__}: {err}") from err
+        # A receipt for another call (a misrouting proxy, a replayed answer) is not a decision on this one.
+        self._check_answers_call(receipt, call, capability_id)
+        return Evaluation.from_receipt(receipt)
+
+    def _check_answers_call(self, receipt: ChioReceipt, call: GovernedCall, capability_id: str) -> None:
+        """Fail closed unless a remote receipt answers the very call that was asked.
+
+        ``parameter_hash`` is checked for receipts signed by a real kernel (``kernel_key`` = 64 hex
+        chars, an Ed25519 public key): ``chio_sdk.testing`` mocks hash with their own (ASCII-escaped)
+        JSON and sign with a placeholder key, so their hash is not the kernel's.
+        """
+        body = _body(call, capability_id)
+        mismatches = [
+            f"{name} {getattr(receipt, name)!r} != {body[name]!r}"
+            for name in ("capability_id", "tool_server", "tool_name")
+            if getattr(receipt, name) != body[name]
+        ]
+        expected = call.wire_parameter_hash
+        if (
+            expected is not None
+            and isinstance(receipt.kernel_key, str)
+            and _KERNEL_KEY.fullmatch(receipt.kernel_key)
+            and receipt.action.parameter_hash != expected
+        ):
+            mismatches.append(f"action.parameter_hash {receipt.action.parameter_hash!r} != {expected!r}")
+        if mismatches:
+            raise KernelUnavailable(
+                self.url, f"receipt {receipt.id} does not answer the call that was asked: {'; '.join(mismatches)}"
+            )
+
+    async def evaluate(
+        self, call: GovernedCall, *, capability_id: str, idempotency_key: str | None = None,
+        cost: MonetaryAmount | None = None,
+    ) -> Evaluation:
+        return await await_on_kernel_loop(self._decide(call, capability_id, idempotency_key, cost))
+
+    def evaluate_sync(
+        self, call: GovernedCall, *, capability_id: str, idempotency_key: str | None = None,
+        cost: MonetaryAmount | None = None,
+    ) -> Evaluation:
+        return run_on_kernel_loop(self._decide(call, capability_id, idempotency_key, cost))
+
+    async def run(self, make_call: Callable[[], Awaitable[T]]) -> T:
+        async def on_loop() -> T:
+            return await make_call()
+
+        return await await_on_kernel_loop(on_loop())
+
+
+NO_IDEMPOTENCY_WARNING = (
+    "chio: this chio_sdk.ChioClient cannot send idempotency keys (its public evaluate_tool_call has no "
+    "such field), so a retried flow/workflow gets fresh receipts, misses the receipt-keyed cache and is "
+    "charged again. Use chio_kernel.SidecarClient(url) (a ChioClient) to keep retries idempotent."
+)
+
+_warned_no_idempotency: weakref.WeakSet[Any] = weakref.WeakSet()
+
+
+class HttpTransport(_RemoteTransport):
+    """A ``chio_sdk.ChioClient`` over HTTP; with ``sends_idempotency_keys`` for ``chio_kernel.SidecarClient``."""
+
+    def __init__(self, client: ChioClient, *, sends_idempotency_keys: bool) -> None:
+        super().__init__(client)
+        self.sends_idempotency_keys = sends_idempotency_keys
+
+    def _refuse_early(self, call: GovernedCall, cost: MonetaryAmount | None) -> None:
+        if call.wire_parameter_hash is None:  # the kernel would refuse it: do not even send it
+            raise KernelRejected(self.url, call.wire_error or "parameters are not JSON-able")
+        if cost is not None and not self.sends_idempotency_keys:
+            # Evaluating without the cost would skip the budget: refuse instead (fail closed).
+            raise KernelRejected(
+                self.url, "a stock chio_sdk.ChioClient cannot send a cost; use chio_kernel.SidecarClient(url)"
+            )
+
+    async def _send(
+        self, call: GovernedCall, capability_id: str, idempotency_key: str | None, cost: MonetaryAmount | None
+    ) -> ChioReceipt:
+        if self.sends_idempotency_keys:
+            extras: dict[str, Any] = {"idempotency_key": idempotency_key}
+            if cost is not None:
+                extras["cost"] = cost
+            sidecar: Any = self.client  # a chio_kernel.SidecarClient: the kernel's wire extras
+            receipt: ChioReceipt = await sidecar.evaluate_tool_call(**_body(call, capability_id), **extras)
+            return receipt
+        if idempotency_key is not None and self.client not in _warned_no_idempotency:
+            _warned_no_idempotency.add(self.client)
+            warnings.warn(NO_IDEMPOTENCY_WARNING, RuntimeWarning, stacklevel=2)
+        return await super()._send(call, capability_id, idempotency_key, cost)
+
+
+class MockTransport(_RemoteTransport):
+    """A ``chio_sdk.testing`` mock (or any object with ``evaluate_tool_call``): keys and costs ignored."""
+
+
+# --- choosing one --------------------------------------------------------------------------------
+
+
+def is_client(value: object) -> bool:
+    """Whether ``value`` can be made a transport (for configuration errors raised at construction)."""
+    if isinstance(value, KernelTransport):
+        return True
+    return callable(getattr(value, "evaluate_tool_call", None)) or hasattr(getattr(value, "kernel", None), "evaluate")
+
+
+def as_transport(client: ChioClientLike | Any) -> KernelTransport:
+    """The :class:`KernelTransport` for ``client``, chosen once (call at construction, not per call).
+
+    Raises ``TypeError`` for an object that is no Chio client at all.
+    """
+    if isinstance(client, (EmbeddedTransport, _RemoteTransport)):
+        return client
+    from chio_kernel import Kernel, LocalChioClient, SidecarClient  # lazy: keeps `import chio_durable` light
+
+    if isinstance(client, LocalChioClient):
+        return EmbeddedTransport(client.kernel, client)
+    if isinstance(client, Kernel):
+        return EmbeddedTransport(client)
+    if isinstance(client, ChioClient):
+        return HttpTransport(client, sends_idempotency_keys=isinstance(client, SidecarClient))
+    if isinstance(client, KernelTransport):  # a user's own transport
+        return client
+    if callable(getattr(client, "evaluate_tool_call", None)):
+        return MockTransport(client)  # duck-typed: a mock stands in for ChioClient
+    raise TypeError(
+        "a Chio client is chio_kernel.LocalChioClient(), chio_kernel.SidecarClient(url), a chio_sdk.ChioClient "
+        f"or a chio_sdk.testing mock; got {type(client).__name__}"
+    )
