@@ -40,6 +40,8 @@ capability_app = typer.Typer(help="Issue, attenuate, revoke and list capability 
 receipts_app = typer.Typer(help="List, show, verify and export signed receipts.", no_args_is_help=True)
 app.add_typer(capability_app, name="capability")
 app.add_typer(receipts_app, name="receipts")
+keys_app = typer.Typer(help="The kernel keys registered in a shared PostgreSQL store (a fleet).", no_args_is_help=True)
+app.add_typer(keys_app, name="keys")
 
 out = Console(soft_wrap=False)
 err = Console(stderr=True, soft_wrap=True)
@@ -54,6 +56,16 @@ DataDir = Annotated[
     typer.Option(
         "--data-dir",
         help="Kernel data directory (signing key, receipt store). Default: $CHIO_HOME or ~/.chio-durable.",
+        show_default=False,
+    ),
+]
+StoreOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--store",
+        envvar="CHIO_STORE",
+        help="The store: a PostgreSQL URL (postgresql://user@host/db) shared by a fleet of kernels, or "
+        "'sqlite' (kernel.db in the data directory). Default: $CHIO_STORE, else sqlite.",
         show_default=False,
     ),
 ]
@@ -91,17 +103,22 @@ def _resolve_dir(data_dir: Path | None) -> Path:
     return Path.home() / ".chio-durable"
 
 
-def _kernel(data_dir: Path | None, *, must_exist: bool = True) -> Any:
-    """Open the kernel; for read/revoke commands the data dir must already exist (nothing to read
-    otherwise, and a typo must not silently create a fresh kernel)."""
+def _kernel(data_dir: Path | None, *, must_exist: bool = True, store: str | None = None) -> Any:
+    """Open the kernel; for read/revoke commands on the SQLite store the data dir must already exist
+    (nothing to read otherwise, and a typo must not silently create a fresh kernel). With a
+    PostgreSQL store the data dir holds only this host's signing key: it is created if needed."""
     path = _resolve_dir(data_dir)
-    if must_exist and not path.exists():
-        raise CliError(f"no kernel data directory at {path}: pass --data-dir DIR or set CHIO_HOME")
     from chio_kernel import Kernel
-    from chio_kernel.kernel import KernelKeyMissingError
+    from chio_kernel.kernel import KernelInputError, KernelKeyMissingError, resolve_store
 
     try:
-        return Kernel(data_dir=path)
+        dsn = resolve_store(store)
+    except KernelInputError as e:
+        raise CliError(str(e)) from None
+    if must_exist and dsn is None and not path.exists():
+        raise CliError(f"no kernel data directory at {path}: pass --data-dir DIR or set CHIO_HOME")
+    try:
+        return Kernel(data_dir=path, store=dsn or "sqlite")
     except KernelKeyMissingError as e:
         raise CliError(str(e)) from None
 
@@ -296,6 +313,7 @@ def sidecar(
     host: Annotated[str, typer.Option(help="Address to bind. Non-loopback requires --token.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="Port to listen on.", min=1, max=65535)] = 9090,
     data_dir: DataDir = None,
+    store: StoreOpt = None,
     token: Annotated[
         str | None,
         typer.Option(
@@ -324,6 +342,8 @@ def sidecar(
     except SidecarConfigError as e:
         raise CliError(str(e)) from None
     path = _resolve_dir(data_dir)
+    if store is not None:  # the sidecar's Kernel reads $CHIO_STORE
+        os.environ["CHIO_STORE"] = store
 
     def ready(kernel: Any) -> None:
         auth = "bearer token required" if token else "no auth (loopback only)"
@@ -372,11 +392,12 @@ def capability_create(
         str | None, typer.Option("--rate-limit", help="CALLS/SECONDS for the whole capability, e.g. 10/60.")
     ] = None,
     data_dir: DataDir = None,
+    store: StoreOpt = None,
     as_json: JsonFlag = False,
 ) -> None:
     """Issue a signed capability token."""
     scope = _build_scope(grant, scope_file, max_invocations)
-    kernel = _kernel(data_dir, must_exist=False)
+    kernel = _kernel(data_dir, must_exist=False, store=store)
     token = kernel.create_capability(
         subject=subject,
         scope=scope,
@@ -397,11 +418,12 @@ def capability_attenuate(
     ttl: Annotated[int | None, typer.Option("--ttl", min=1, help="Child lifetime (capped at the parent's).")] = None,
     max_invocations: MaxInvOpt = None,
     data_dir: DataDir = None,
+    store: StoreOpt = None,
     as_json: JsonFlag = False,
 ) -> None:
     """Derive a child capability whose scope is a subset of its parent's."""
     scope = _build_scope(grant, scope_file, max_invocations)
-    kernel = _kernel(data_dir)
+    kernel = _kernel(data_dir, store=store)
     _known_capability(kernel, parent_id, data_dir)
     child = kernel.attenuate_capability(parent_id, scope, ttl_seconds=ttl, capability_id=capability_id)
     _print_token(kernel, child, as_json, "capability attenuated")
@@ -412,10 +434,11 @@ def capability_attenuate(
 def capability_revoke(
     capability_id: Annotated[str, typer.Argument(help="Id of the capability to revoke (children too).")],
     data_dir: DataDir = None,
+    store: StoreOpt = None,
     as_json: JsonFlag = False,
 ) -> None:
     """Revoke a capability and every capability derived from it."""
-    kernel = _kernel(data_dir)
+    kernel = _kernel(data_dir, store=store)
     _known_capability(kernel, capability_id, data_dir)
     revoked = list(kernel.revoke_capability(capability_id))
     if as_json:
@@ -426,9 +449,10 @@ def capability_revoke(
 
 @capability_app.command("list")
 @_guarded
-def capability_list(data_dir: DataDir = None, as_json: JsonFlag = False) -> None:
+def capability_list(data_dir: DataDir = None,
+    store: StoreOpt = None, as_json: JsonFlag = False) -> None:
     """List the capabilities this kernel issued, with their status (--json: {"token", "status", "reason"} each)."""
-    kernel = _kernel(data_dir)
+    kernel = _kernel(data_dir, store=store)
     tokens = kernel.list_capabilities()
     if as_json:
         _print_json([_token_dict(kernel, t) for t in tokens])
@@ -441,9 +465,10 @@ def capability_list(data_dir: DataDir = None, as_json: JsonFlag = False) -> None
 def capability_show(
     capability_id: Annotated[str, typer.Argument(help="Capability id.")],
     data_dir: DataDir = None,
+    store: StoreOpt = None,
 ) -> None:
     """Print one capability as JSON: {"token": ..., "status": ..., "reason": ...}."""
-    kernel = _kernel(data_dir)
+    kernel = _kernel(data_dir, store=store)
     _print_json(_token_dict(kernel, _known_capability(kernel, capability_id, data_dir)))
 
 
@@ -457,10 +482,11 @@ def receipts_list(
     limit: Annotated[int, typer.Option(min=1, help="At most this many receipts (store order).")] = 100,
     after_seq: Annotated[int | None, typer.Option("--after-seq", min=0, help="Start after this store position.")] = None,
     data_dir: DataDir = None,
+    store: StoreOpt = None,
     as_json: JsonFlag = False,
 ) -> None:
     """List receipts in store (chain) order."""
-    kernel = _kernel(data_dir)
+    kernel = _kernel(data_dir, store=store)
     receipts = kernel.list_receipts(capability_id=capability, limit=limit, after_seq=after_seq)
     if as_json:
         _print_json([_receipt_dict(r) for r in receipts])
@@ -473,10 +499,11 @@ def receipts_list(
 def receipts_show(
     receipt_id: Annotated[str, typer.Argument(help="Receipt id (rcpt-...).")],
     data_dir: DataDir = None,
+    store: StoreOpt = None,
     as_json: JsonFlag = False,
 ) -> None:
     """Show one receipt and whether its signature verifies."""
-    kernel = _kernel(data_dir)
+    kernel = _kernel(data_dir, store=store)
     receipt = kernel.get_receipt(receipt_id)
     if receipt is None:
         raise CliError(f"no receipt {receipt_id!r} in {_resolve_dir(data_dir)}")
@@ -491,9 +518,10 @@ def receipts_show(
 
 @receipts_app.command("verify")
 @_guarded
-def receipts_verify(data_dir: DataDir = None, as_json: JsonFlag = False) -> None:
+def receipts_verify(data_dir: DataDir = None,
+    store: StoreOpt = None, as_json: JsonFlag = False) -> None:
     """Walk the whole receipt chain: every signature and every hash link. Exit 1 at the first break."""
-    kernel = _kernel(data_dir)
+    kernel = _kernel(data_dir, store=store)
     started = time.perf_counter()
     report = kernel.verify_chain()
     took = time.perf_counter() - started
@@ -522,9 +550,10 @@ def receipts_export(
     out_file: Annotated[Path | None, typer.Option("--out", help="Write to FILE instead of stdout.")] = None,
     capability: Annotated[str | None, typer.Option("--capability", help="Only receipts of this capability.")] = None,
     data_dir: DataDir = None,
+    store: StoreOpt = None,
 ) -> None:
     """Export receipts as JSON lines (one receipt per line, store order)."""
-    kernel = _kernel(data_dir)
+    kernel = _kernel(data_dir, store=store)
     receipts = kernel.list_receipts(capability_id=capability)
     lines = (
         json.dumps(_receipt_dict(r), ensure_ascii=False, separators=(",", ":")) + "\n"
@@ -542,6 +571,49 @@ def receipts_export(
     err.print(f"exported {len(receipts)} receipts to {out_file}", markup=False, highlight=False)
 
 
+# --- keys (a fleet sharing a PostgreSQL store) ------------------------------------------------
+
+
+def _fleet_kernel(data_dir: Path | None, store: str | None) -> Any:
+    kernel = _kernel(data_dir, must_exist=False, store=store)
+    if not hasattr(kernel, "registered_keys"):
+        raise CliError("kernel keys are registered in a PostgreSQL store only: pass --store postgresql://... "
+                       "(or set CHIO_STORE)")
+    return kernel
+
+
+@keys_app.command("list")
+@_guarded
+def keys_list(data_dir: DataDir = None, store: StoreOpt = None, as_json: JsonFlag = False) -> None:
+    """Every kernel key registered in the store: which host/data dir, since when, retired or active."""
+    keys = _fleet_kernel(data_dir, store).registered_keys()
+    if as_json:
+        _print_json(keys)
+        return
+    table = Table(title="kernel keys")
+    for col in ("public key", "host:data dir", "registered", "status"):
+        table.add_column(col)
+    for k in keys:
+        status = f"retired {_ts(int(k['retired_at']))} ({k['retired_reason']})" if k["retired_at"] else "active"
+        mine = " (this kernel)" if k["this_kernel"] else ""
+        table.add_row(k["public_key"][:16] + "…" + mine, k["label"], _ts(int(k["registered_at"])), status)
+    out.print(table)
+
+
+@keys_app.command("retire")
+@_guarded
+def keys_retire(
+    public_key: Annotated[str, typer.Argument(help="The 64-hex-char public key to retire.")],
+    reason: Annotated[str, typer.Option(help="Why (recorded in the store).")] = "retired",
+    data_dir: DataDir = None,
+    store: StoreOpt = None,
+) -> None:
+    """Retire a kernel key: it signs nothing more and capabilities it issued deny on every kernel;
+    receipts it signed before still verify."""
+    _fleet_kernel(data_dir, store).retire_key(public_key, reason)
+    out.print(f"retired kernel key {public_key[:16]}…")
+
+
 # --- demo -------------------------------------------------------------------------------------
 
 
@@ -552,9 +624,13 @@ def demo(
         Path | None,
         typer.Option("--data-dir", help="Kernel data directory for the demo (default: a fresh temp directory)."),
     ] = None,
+    store: StoreOpt = None,
 ) -> None:
     """Show governance end to end on the embedded kernel (no API key, no services)."""
     from chio_kernel.demo import run
+
+    if store is not None:  # the demo's kernels read $CHIO_STORE
+        os.environ["CHIO_STORE"] = store
 
     code = run(out, data_dir)
     if code:

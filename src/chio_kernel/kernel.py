@@ -59,6 +59,7 @@ __all__ = [
     "receipt_chain_hash",
     "receipt_signing_bytes",
     "receipt_wire_dict",
+    "resolve_store",
     "uuid7",
 ]
 
@@ -488,6 +489,31 @@ class _Deny(Exception):
         self.reason = reason
 
 
+#: The environment variable that selects the store when ``store`` is not given (docs/fleet.md).
+STORE_ENV = "CHIO_STORE"
+
+
+def resolve_store(store: str | None) -> str | None:
+    """The PostgreSQL DSN a kernel should use, or None for the default SQLite store in its data dir.
+
+    ``store`` (else ``$CHIO_STORE``): ``postgresql://...`` / ``postgres://...`` selects PostgreSQL;
+    ``None``, ``""`` or ``"sqlite"`` the SQLite store. Anything else is a :class:`KernelInputError`.
+    """
+    value = store if store is not None else os.environ.get(STORE_ENV, "")
+    if not isinstance(value, str):
+        raise KernelInputError(f"store must be a postgresql:// URL or 'sqlite', got {type(value).__name__}")
+    value = value.strip()
+    if value in ("", "sqlite"):
+        return None
+    if value.startswith(("postgresql://", "postgres://")):
+        return value
+    where = "store" if store is not None else f"${STORE_ENV}"
+    raise KernelInputError(
+        f"{where} must be a PostgreSQL URL (postgresql://user@host:5432/dbname) or 'sqlite' (the default: "
+        f"kernel.db in the data directory), got {value[:40]!r}"
+    )
+
+
 # --- the kernel --------------------------------------------------------------------------------
 
 
@@ -497,6 +523,9 @@ class Kernel:
     Args:
         data_dir: where the signing key and the store live (default ``$CHIO_HOME`` or
             ``~/.chio-durable``); created with mode 0700.
+        store: ``"postgresql://..."`` to share one PostgreSQL store (one chain, exact budgets)
+            with a fleet of kernels; default ``$CHIO_STORE``, else SQLite in ``data_dir``
+            (docs/fleet.md). The signing key stays in ``data_dir`` either way.
         trusted_keys: hex Ed25519 public keys of other kernels whose capability tokens (and
             receipts) also validate here.
         fsync: ``synchronous=FULL`` (survive power loss too) instead of WAL ``NORMAL`` (survive a
@@ -504,16 +533,27 @@ class Kernel:
         clock: the time source in unix seconds (default ``time.time``; tests move it).
     """
 
+    def __new__(cls, *args: Any, store: str | None = None, **kwargs: Any) -> Kernel:
+        # A PostgreSQL store (argument or $CHIO_STORE) selects the fleet kernel (_store_postgres).
+        if cls is Kernel and resolve_store(store) is not None:
+            from chio_kernel._store_postgres import PostgresKernel
+
+            return super().__new__(PostgresKernel)
+        return super().__new__(cls)
+
     def __init__(
         self,
         data_dir: str | os.PathLike[str] | None = None,
         *,
+        store: str | None = None,
         trusted_keys: Iterable[str] = (),
         fsync: bool = False,
         clock: Callable[[], float] | None = None,
     ) -> None:
         self.data_dir: Path = ensure_data_dir(Path(data_dir) if data_dir is not None else default_data_dir())
-        _refuse_missing_key(self.data_dir)
+        self._store_dsn: str | None = resolve_store(store)  # None: SQLite in data_dir
+        if self._store_dsn is None:
+            _refuse_missing_key(self.data_dir)
         self._signer = Signer(load_or_create_key(self.data_dir))
         self.public_key_hex: str = self._signer.public_key_hex
         trusted = set()
@@ -531,7 +571,7 @@ class Kernel:
         self._clock: Callable[[], float] = clock if clock is not None else time.time
         self._lock = threading.RLock()
         self._pid = os.getpid()
-        self._conn = open_store(self.data_dir, fsync=fsync)
+        self._conn = self._open_store()
         self._caps: dict[str, _Cap] = {}
         self._inherited: list[sqlite3.Connection] = []
         self._closed = False
@@ -569,12 +609,16 @@ class Kernel:
             # Keep the parent's handle referenced, never closed here: closing an inherited SQLite
             # handle in a child can disturb the parent's locks and WAL index.
             self._inherited.append(self._conn)
-            self._conn = open_store(self.data_dir, fsync=self._fsync)
+            self._conn = self._open_store()
         return self._lock
 
     @property
     def _lk(self) -> threading.RLock:
         return self._check_fork()
+
+    def _open_store(self) -> sqlite3.Connection:
+        """A connection to this kernel's store (the PostgreSQL kernel overrides this)."""
+        return open_store(self.data_dir, fsync=self._fsync)
 
     def _db(self) -> sqlite3.Connection:
         """The connection (call with the lock held)."""
