@@ -43,6 +43,14 @@ from chio_kernel.kernel import (
     _Deny,
     receipt_chain_hash,
 )
+from chio_kernel._postgres_store import (
+    CHAIN_LOCK_KEY,
+    SCHEMA,
+    KernelKeyRetiredError,
+    StoreUnavailableError,
+    is_postgres_dsn,
+    mask_dsn,
+)
 from chio_kernel.store import GENESIS_HASH
 
 if TYPE_CHECKING:
@@ -50,68 +58,7 @@ if TYPE_CHECKING:
 
 __all__ = ["KernelKeyRetiredError", "PgConnection", "PostgresKernel", "StoreUnavailableError", "is_postgres_dsn"]
 
-#: The fleet's writer lock (``pg_advisory_xact_lock`` key): "chio" in ASCII.
-CHAIN_LOCK_KEY = 0x6368696F
 _RETIRED = "\x01retired:"  # marker in the head statement's third column (a retired signer, not a revocation)
-
-_SCHEMA = f"""
-CREATE TABLE IF NOT EXISTS meta (k TEXT PRIMARY KEY, v TEXT NOT NULL);
-CREATE TABLE IF NOT EXISTS capabilities (
-    id TEXT PRIMARY KEY, parent_id TEXT, subject TEXT NOT NULL, issued_at BIGINT NOT NULL,
-    expires_at BIGINT NOT NULL, rate_max BIGINT, rate_per DOUBLE PRECISION,
-    created_at DOUBLE PRECISION NOT NULL, token TEXT NOT NULL
-);
-CREATE INDEX IF NOT EXISTS capabilities_parent ON capabilities(parent_id);
-CREATE TABLE IF NOT EXISTS revocations (
-    capability_id TEXT PRIMARY KEY, revoked_at DOUBLE PRECISION NOT NULL, cause TEXT NOT NULL
-);
-CREATE TABLE IF NOT EXISTS receipts (
-    seq BIGINT PRIMARY KEY, id TEXT NOT NULL UNIQUE, capability_id TEXT NOT NULL, verdict TEXT NOT NULL,
-    chain_hash TEXT NOT NULL, body TEXT NOT NULL
-);
-CREATE TABLE IF NOT EXISTS receipts_by_capability (
-    capability_id TEXT NOT NULL, seq BIGINT NOT NULL, PRIMARY KEY (capability_id, seq)
-);
-CREATE OR REPLACE VIEW chain_head(k, seq, hash) AS
-    SELECT 0, COALESCE((SELECT MAX(seq) FROM receipts), 0),
-           COALESCE((SELECT chain_hash FROM receipts ORDER BY seq DESC LIMIT 1), '{GENESIS_HASH}');
-CREATE TABLE IF NOT EXISTS usage (
-    capability_id TEXT NOT NULL, grant_index BIGINT NOT NULL, invocations BIGINT NOT NULL DEFAULT 0,
-    cost_units BIGINT NOT NULL DEFAULT 0, PRIMARY KEY (capability_id, grant_index)
-);
-CREATE TABLE IF NOT EXISTS rate_events (capability_id TEXT NOT NULL, t DOUBLE PRECISION NOT NULL);
-CREATE INDEX IF NOT EXISTS rate_events_capability ON rate_events(capability_id, t);
-CREATE TABLE IF NOT EXISTS idempotency (key_hash TEXT PRIMARY KEY, receipt_seq BIGINT NOT NULL);
-CREATE TABLE IF NOT EXISTS kernel_keys (
-    public_key TEXT PRIMARY KEY, label TEXT NOT NULL, registered_at DOUBLE PRECISION NOT NULL,
-    retired_at DOUBLE PRECISION, retired_reason TEXT
-);
-CREATE OR REPLACE FUNCTION chio_writer_lock(signer TEXT) RETURNS void LANGUAGE plpgsql AS $$
-BEGIN
-    PERFORM pg_advisory_xact_lock({CHAIN_LOCK_KEY});
-    IF EXISTS (SELECT 1 FROM kernel_keys WHERE public_key = signer AND retired_at IS NOT NULL) THEN
-        RAISE EXCEPTION 'kernel key % is retired', signer USING ERRCODE = 'CH001';
-    END IF;
-END $$;
-INSERT INTO meta(k, v) VALUES ('schema_version', '1') ON CONFLICT DO NOTHING;
-"""
-
-
-class StoreUnavailableError(sqlite3.OperationalError):
-    """The PostgreSQL server could not be used (connection refused or lost); nothing was decided.
-
-    A subclass of ``sqlite3.OperationalError`` on purpose: every caller that already treats a busy
-    or broken SQLite store as "retry later" (the sidecar answers 503) treats this the same way.
-    """
-
-
-class KernelKeyRetiredError(RuntimeError):
-    """This kernel's signing key was retired from the fleet store: it may not sign anything more."""
-
-
-def is_postgres_dsn(store: str) -> bool:
-    """Is ``store`` a PostgreSQL connection URL (``postgresql://`` or ``postgres://``)?"""
-    return store.startswith(("postgresql://", "postgres://"))
 
 
 def _translate(sql: str) -> str:
@@ -203,7 +150,7 @@ def open_pg_store(dsn: str, signer_key: str, label: str) -> PgConnection:
     raw = conn._conn
     with raw.transaction():
         raw.execute(f"SELECT pg_advisory_xact_lock({CHAIN_LOCK_KEY})")
-        raw.execute(cast("Any", _SCHEMA))
+        raw.execute(cast("Any", SCHEMA))
         raw.execute(
             "INSERT INTO kernel_keys(public_key, label, registered_at) VALUES (%s, %s, %s) ON CONFLICT DO NOTHING",
             (signer_key, label, time.time()),
@@ -234,7 +181,7 @@ class PostgresKernel(Kernel):
     @property
     def store(self) -> str:
         """The store's DSN, password masked (for messages)."""
-        return _mask(self._dsn)
+        return mask_dsn(self._dsn)
 
     def _refresh_keys(self, conn: Any) -> None:
         """Accept every key registered in the store (retired ones too: see ``_retired_in``)."""
@@ -427,18 +374,3 @@ def _is_hex_key(value: object) -> bool:
     except ValueError:
         return False
     return True
-
-
-def _mask(dsn: str) -> str:
-    """``postgresql://user:secret@host/db`` -> ``postgresql://user:***@host/db``."""
-    from urllib.parse import urlsplit, urlunsplit
-
-    try:
-        parts = urlsplit(dsn)
-    except ValueError:
-        return "postgresql://***"
-    if parts.password is None:
-        return dsn
-    netloc = parts.netloc.replace(":" + parts.password + "@", ":***@", 1)
-    return urlunsplit(parts._replace(netloc=netloc))
-
