@@ -112,7 +112,12 @@ class PgConnection:
                 if self._conn.broken or self._conn.closed:  # reconnect between transactions only
                     self._conn = self._connect()
                 cur = self._conn.execute("BEGIN")
-                self._conn.execute("SELECT chio_writer_lock(%s)", (self._signer_key,))
+                try:
+                    self._conn.execute("SELECT chio_writer_lock(%s)", (self._signer_key,))
+                except BaseException:  # like a failed BEGIN IMMEDIATE: no transaction is left open
+                    if not self._conn.broken:
+                        self._conn.execute("ROLLBACK")
+                    raise
                 return cur
             if sql in ("COMMIT", "ROLLBACK"):
                 return self._conn.execute(sql)
