@@ -174,19 +174,32 @@ def _in(ids: Sequence[str]) -> str:
 
 
 class _Ops:
-    """The statements of :class:`~chio_kernel._store.StoreReader` / ``StoreWriter`` on one connection."""
+    """The statements of :class:`~chio_kernel._store.StoreReader` / ``StoreWriter`` on one connection.
 
-    __slots__ = ("_c", "_head_sql")
+    Inside a write transaction (``writing``) nobody else can write, so the chain head and the
+    revocation state read once stay true until this transaction changes them: a batch of
+    evaluations (group commit) reads them once and then follows its own appends in memory.
+    """
 
-    def __init__(self, conn: sqlite3.Connection, head_sql: dict[int, str]) -> None:
+    __slots__ = ("_c", "_head_sql", "_writing", "_head", "_revoked")
+
+    def __init__(self, conn: sqlite3.Connection, head_sql: dict[int, str], writing: bool = False) -> None:
         self._c = conn
         self._head_sql = head_sql
+        self._writing = writing
+        self._head: tuple[int, str] | None = None
+        self._revoked: dict[tuple[str, ...], str | None] = {}
 
     # --- reads ---
 
     def chain_head(self) -> tuple[int, str]:
+        if self._head is not None:
+            return self._head
         seq, h = self._c.execute(_HEAD_SQL).fetchone()
-        return int(seq), str(h)
+        head = (int(seq), str(h))
+        if self._writing:
+            self._head = head
+        return head
 
     def capability(self, capability_id: str) -> CapabilityRow | None:
         row = self._c.execute(_CAP_SQL, (capability_id,)).fetchone()
@@ -243,6 +256,9 @@ class _Ops:
     # --- writes ---
 
     def head_and_revoked(self, lineage: Sequence[str]) -> tuple[int, str, str | None]:
+        key = tuple(lineage)
+        if self._head is not None and key in self._revoked:
+            return self._head[0], self._head[1], self._revoked[key]
         sql = self._head_sql.get(len(lineage))
         if sql is None:
             sql = (
@@ -250,7 +266,9 @@ class _Ops:
                 + _in(lineage) + " LIMIT 1) FROM chain_head WHERE k = 0"
             )
             self._head_sql[len(lineage)] = sql
-        seq, h, revoked = self._c.execute(sql, tuple(lineage)).fetchone()
+        seq, h, revoked = self._c.execute(sql, key).fetchone()
+        self._head = (int(seq), str(h))
+        self._revoked[key] = revoked
         return int(seq), str(h), revoked
 
     def insert_capability(self, row: CapabilityRow, created_at: float) -> None:
@@ -271,6 +289,7 @@ class _Ops:
         return [r[0] for r in rows]
 
     def insert_revocations(self, rows: Sequence[tuple[str, float, str]]) -> None:
+        self._revoked.clear()
         self._c.executemany(
             "INSERT OR IGNORE INTO revocations(capability_id, revoked_at, cause) VALUES (?, ?, ?)", rows
         )
@@ -315,6 +334,7 @@ class _Ops:
             "INSERT INTO receipts(seq, id, capability_id, verdict, chain_hash, body) VALUES (?, ?, ?, ?, ?, ?)",
             (seq, receipt_id, capability_id, verdict, chain_hash, body),
         )
+        self._head = (seq, chain_hash)
 
     def remember_idempotency(self, key_hash: str, seq: int) -> None:
         self._c.execute("INSERT INTO idempotency(key_hash, receipt_seq) VALUES (?, ?)", (key_hash, seq))
@@ -368,7 +388,7 @@ class SQLiteStore:
             conn = self._db()
             conn.execute("BEGIN IMMEDIATE")
             try:
-                yield _Ops(conn, self._head_sql)
+                yield _Ops(conn, self._head_sql, writing=True)
             except BaseException:
                 if conn.in_transaction:  # never leave the shared connection inside a transaction
                     conn.execute("ROLLBACK")
