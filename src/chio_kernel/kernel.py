@@ -45,6 +45,7 @@ from chio_kernel.signing import (
     load_or_create_key,
     verify_hex,
 )
+from chio_kernel._errors import CapabilityError, ChioKernelError, KernelInputError, KernelKeyMissingError
 from chio_kernel._group_commit import GroupCommitter, max_batch_from_env
 from chio_kernel._sqlite_store import DB_FILE, SQLiteStore
 from chio_kernel._store import GENESIS_HASH, CapabilityRow, KernelStore, StoreReader, StoreWriter
@@ -52,6 +53,7 @@ from chio_kernel._store import GENESIS_HASH, CapabilityRow, KernelStore, StoreRe
 __all__ = [
     "CapabilityError",
     "ChainReport",
+    "ChioKernelError",
     "Kernel",
     "KernelInputError",
     "KernelKeyMissingError",
@@ -65,24 +67,8 @@ __all__ = [
 ]
 
 
-class KernelInputError(ValueError):
-    """The caller passed something the kernel cannot take (wrong type, unknown field, not JSON)."""
-
-
-class KernelKeyMissingError(RuntimeError):
-    """``kernel.key`` is missing next to a store that holds capabilities or receipts.
-
-    Minting a new key there would silently invalidate every stored capability and every receipt
-    signature, so the kernel refuses to start; the message says how to restore the key.
-    """
-
-
 #: A declared ``cost.units`` is at most this (the store keeps spent units as a 64-bit integer).
 MAX_COST_UNITS = 2**63 - 1
-
-
-class CapabilityError(ValueError):
-    """A capability operation was refused (not a subset, unknown id, id already taken...)."""
 
 
 @dataclass(frozen=True)
