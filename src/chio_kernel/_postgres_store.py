@@ -34,6 +34,7 @@ from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any, cast
 from urllib.parse import urlsplit, urlunsplit
 
+from chio_kernel._errors import ChioKernelError
 from chio_kernel._store import GENESIS_HASH, CapabilityRow, StoredCounts
 
 if TYPE_CHECKING:
@@ -84,12 +85,15 @@ CREATE TABLE IF NOT EXISTS kernel_keys (
     public_key TEXT PRIMARY KEY, label TEXT NOT NULL, registered_at DOUBLE PRECISION NOT NULL,
     retired_at DOUBLE PRECISION, retired_reason TEXT
 );
-CREATE OR REPLACE FUNCTION chio_writer_lock(signer TEXT) RETURNS void LANGUAGE plpgsql AS $$
+-- Every write transaction starts here: the fleet's writer lock, the writer's own key checked
+-- inside it, and the key-retirement epoch returned (kernels reload retired keys when it moves).
+CREATE OR REPLACE FUNCTION chio_writer_lock(signer TEXT) RETURNS BIGINT LANGUAGE plpgsql AS $$
 BEGIN
     PERFORM pg_advisory_xact_lock({CHAIN_LOCK_KEY});
     IF EXISTS (SELECT 1 FROM kernel_keys WHERE public_key = signer AND retired_at IS NOT NULL) THEN
         RAISE EXCEPTION 'kernel key % is retired', signer USING ERRCODE = 'CH001';
     END IF;
+    RETURN COALESCE((SELECT v::bigint FROM meta WHERE k = 'keys_epoch'), 0);
 END $$;
 INSERT INTO meta(k, v) VALUES ('schema_version', '1') ON CONFLICT DO NOTHING;
 """
@@ -103,7 +107,7 @@ class StoreUnavailableError(sqlite3.OperationalError):
     """
 
 
-class KernelKeyRetiredError(RuntimeError):
+class KernelKeyRetiredError(ChioKernelError, RuntimeError):
     """This kernel's signing key was retired from the fleet store: it may not sign anything more."""
 
 
@@ -241,6 +245,11 @@ class _PgReader:
 class _PgWriter(_PgReader):
     """:class:`chio_kernel._store.StoreWriter`: the statements of one write transaction."""
 
+    def __init__(self, conn: psycopg.Connection[Any], signer: str | None, keys_epoch: int) -> None:
+        super().__init__(conn, signer)
+        #: Moves whenever a key is retired (read under the writer lock, so exact for this transaction).
+        self.keys_epoch = keys_epoch
+
     def head_and_revoked(self, lineage: Sequence[str]) -> tuple[int, str, str | None]:
         row = self._one(
             "SELECT seq, hash, (SELECT capability_id FROM revocations WHERE capability_id = ANY(%s) LIMIT 1) "
@@ -327,7 +336,15 @@ class _PgWriter(_PgReader):
                 "UPDATE kernel_keys SET retired_at = %s, retired_reason = %s WHERE public_key = %s",
                 (at, reason, public_key),
             )
+            self._run(
+                "INSERT INTO meta(k, v) VALUES ('keys_epoch', '1') "
+                "ON CONFLICT (k) DO UPDATE SET v = (meta.v::bigint + 1)::text"
+            )
         return True
+
+    def retired_keys(self) -> list[str]:
+        """Every retired key."""
+        return [str(r[0]) for r in self._all("SELECT public_key FROM kernel_keys WHERE retired_at IS NOT NULL")]
 
 
 class PostgresStore:
@@ -407,12 +424,12 @@ class PostgresStore:
             conn = self._connection()
             try:
                 conn.execute("BEGIN")
-                conn.execute("SELECT chio_writer_lock(%s)", (self._signer,))
+                row = conn.execute("SELECT chio_writer_lock(%s)", (self._signer,)).fetchone()
             except Exception as err:
                 self._rollback(conn)
                 raise _wrap(err, self._signer) from err
             try:
-                yield _PgWriter(conn, self._signer)
+                yield _PgWriter(conn, self._signer, int(row[0]) if row else 0)
             except BaseException:
                 self._rollback(conn)
                 raise

@@ -157,7 +157,8 @@ class LocalChioClient:
         operation: Operation = Operation.INVOKE,
     ) -> ChioReceipt:
         """Evaluate one tool call; returns the signed receipt (allow or deny)."""
-        return self.kernel.evaluate(
+        # concurrent callers on this event loop share one store transaction (group commit)
+        return await self.kernel._evaluate_async(
             capability_id,
             tool_server,
             tool_name,

@@ -12,11 +12,12 @@ import json.encoder as _json_encoder
 import os
 import random
 import secrets
-import sqlite3
+import socket
 import threading
 import time
 import uuid
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypedDict, TypeVar
@@ -45,11 +46,15 @@ from chio_kernel.signing import (
     load_or_create_key,
     verify_hex,
 )
-from chio_kernel.store import DB_FILE, GENESIS_HASH, open_store
+from chio_kernel._errors import CapabilityError, ChioKernelError, KernelInputError, KernelKeyMissingError
+from chio_kernel._group_commit import GroupCommitter, max_batch_from_env
+from chio_kernel._sqlite_store import DB_FILE, SQLiteStore
+from chio_kernel._store import GENESIS_HASH, CapabilityRow, KernelStore, StoreReader, StoreWriter
 
 __all__ = [
     "CapabilityError",
     "ChainReport",
+    "ChioKernelError",
     "Kernel",
     "KernelInputError",
     "KernelKeyMissingError",
@@ -64,24 +69,8 @@ __all__ = [
 ]
 
 
-class KernelInputError(ValueError):
-    """The caller passed something the kernel cannot take (wrong type, unknown field, not JSON)."""
-
-
-class KernelKeyMissingError(RuntimeError):
-    """``kernel.key`` is missing next to a store that holds capabilities or receipts.
-
-    Minting a new key there would silently invalidate every stored capability and every receipt
-    signature, so the kernel refuses to start; the message says how to restore the key.
-    """
-
-
 #: A declared ``cost.units`` is at most this (the store keeps spent units as a 64-bit integer).
 MAX_COST_UNITS = 2**63 - 1
-
-
-class CapabilityError(ValueError):
-    """A capability operation was refused (not a subset, unknown id, id already taken...)."""
 
 
 @dataclass(frozen=True)
@@ -200,9 +189,7 @@ _q = _json_encoder.encode_basestring  # a JSON string literal as RFC 8785 writes
 _qa = _json_encoder.encode_basestring_ascii  # ... and as json.dumps(ensure_ascii=True) writes it
 
 
-_HEAD_SQL = "SELECT seq, hash FROM chain_head WHERE k = 0"
 _CAP_CACHE_SIZE = 10_000  # verified capabilities kept per Kernel (tokens are immutable)
-_INDEX_BATCH = 5_000  # receipts indexed by capability per write transaction (see _index_by_capability)
 
 
 _ACTION_FIELDS = frozenset({"parameters", "parameter_hash"})
@@ -244,7 +231,6 @@ class _Cap:
     sig_error: str | None  # None when signature + issuer + chain links verified
     lineage: tuple[str, ...]  # own id first, then ancestors (nearest first)
     grants: list[ToolGrant]
-    head_sql: str  # chain head + first revoked id of the lineage, in one statement
     plans: dict[tuple[str, str, Operation], list[tuple[int, ToolGrant]]] = field(default_factory=dict)
     constrained: bool = False  # some grant has constraints (checked before the lock, see evaluate)
 
@@ -430,34 +416,21 @@ def _positive_int(name: str, value: Any) -> int:
     return value
 
 
-def _refuse_missing_key(data_dir: Path) -> None:
-    """Raise :class:`KernelKeyMissingError` if ``kernel.key`` is absent but ``kernel.db`` holds
+def _refuse_missing_key(data_dir: Path, store: KernelStore) -> None:
+    """Raise :class:`KernelKeyMissingError` if ``kernel.key`` is absent but the store holds
     capabilities or receipts (a new key would silently orphan them)."""
-    if (data_dir / KEY_FILE).exists() or not (data_dir / DB_FILE).exists():
+    if (data_dir / KEY_FILE).exists():
         return
-    conn = sqlite3.connect(str(data_dir / DB_FILE), timeout=60.0)
-    try:
-        try:
-            caps = conn.execute("SELECT COUNT(*) FROM capabilities").fetchone()[0]
-            receipts = conn.execute("SELECT COUNT(*) FROM receipts").fetchone()[0]
-        except sqlite3.OperationalError as err:
-            if "no such table" not in str(err):
-                raise
-            return  # a store that never held anything: nothing to orphan
-        if not caps and not receipts:
-            return
-        row = conn.execute("SELECT json_extract(body, '$.kernel_key') FROM receipts ORDER BY seq DESC LIMIT 1").fetchone()
-        if row is None:
-            row = conn.execute("SELECT json_extract(token, '$.issuer') FROM capabilities LIMIT 1").fetchone()
-    finally:
-        conn.close()
-    key_hint = f" (its public key starts {str(row[0])[:16]})" if row and row[0] else ""
+    counts = store.stored_counts()
+    if not counts.capabilities and not counts.receipts:
+        return  # a store that never held anything: nothing to orphan
+    key_hint = f" (its public key starts {counts.newest_key[:16]})" if counts.newest_key else ""
     raise KernelKeyMissingError(
         f"the kernel signing key {data_dir / KEY_FILE} is missing, but the store {data_dir / DB_FILE} holds "
-        f"{caps} capabilities and {receipts} receipts signed with it; a new key would invalidate all of them. "
-        f"Restore kernel.key from your backup into {data_dir}{key_hint}; or, to start a new kernel identity, "
-        f"use another data directory (--data-dir / CHIO_HOME) or move kernel.db, kernel.db-wal and "
-        f"kernel.db-shm out of {data_dir}."
+        f"{counts.capabilities} capabilities and {counts.receipts} receipts signed with it; a new key would "
+        f"invalidate all of them. Restore kernel.key from your backup into {data_dir}{key_hint}; or, to start "
+        f"a new kernel identity, use another data directory (--data-dir / CHIO_HOME) or move kernel.db, "
+        f"kernel.db-wal and kernel.db-shm out of {data_dir}."
     )
 
 
@@ -483,10 +456,30 @@ def _owner(capability_id: str, inherited: bool) -> str:
     return f"capability {capability_id}"
 
 
+@dataclass(slots=True)
+class _EvalRequest:
+    """One evaluation, coerced and hashed before the write transaction (see ``Kernel.evaluate``)."""
+
+    capability_id: str
+    tool_server: str
+    tool_name: str
+    op: Operation
+    params: dict[str, Any]
+    params_text: str  # canonical JSON (what the signature covers)
+    params_ascii: str  # the chain-hash serialisation
+    param_hash: str
+    cost_t: tuple[int, str] | None
+    idem_hash: str | None
+    pre: dict[str, list[tuple[int, ToolGrant]] | _Deny] | None
+
+
 class _Deny(Exception):
     def __init__(self, guard: str, reason: str) -> None:
         self.guard = guard
         self.reason = reason
+
+
+# --- the kernel --------------------------------------------------------------------------------
 
 
 #: The environment variable that selects the store when ``store`` is not given (docs/fleet.md).
@@ -494,7 +487,7 @@ STORE_ENV = "CHIO_STORE"
 
 
 def resolve_store(store: str | None) -> str | None:
-    """The PostgreSQL DSN a kernel should use, or None for the default SQLite store in its data dir.
+    """The PostgreSQL URL a kernel should use, or None for the default SQLite store in its data dir.
 
     ``store`` (else ``$CHIO_STORE``): ``postgresql://...`` / ``postgres://...`` selects PostgreSQL;
     ``None``, ``""`` or ``"sqlite"`` the SQLite store. Anything else is a :class:`KernelInputError`.
@@ -514,9 +507,6 @@ def resolve_store(store: str | None) -> str | None:
     )
 
 
-# --- the kernel --------------------------------------------------------------------------------
-
-
 class Kernel:
     """The embedded Chio kernel. Safe to share across threads; several processes may share a data dir.
 
@@ -534,9 +524,9 @@ class Kernel:
     """
 
     def __new__(cls, *args: Any, store: str | None = None, **kwargs: Any) -> Kernel:
-        # A PostgreSQL store (argument or $CHIO_STORE) selects the fleet kernel (_store_postgres).
+        # A PostgreSQL store (argument or $CHIO_STORE) selects the fleet kernel (chio_kernel._fleet).
         if cls is Kernel and resolve_store(store) is not None:
-            from chio_kernel._store_postgres import PostgresKernel
+            from chio_kernel._fleet import PostgresKernel
 
             return super().__new__(PostgresKernel)
         return super().__new__(cls)
@@ -551,9 +541,13 @@ class Kernel:
         clock: Callable[[], float] | None = None,
     ) -> None:
         self.data_dir: Path = ensure_data_dir(Path(data_dir) if data_dir is not None else default_data_dir())
-        self._store_dsn: str | None = resolve_store(store)  # None: SQLite in data_dir
-        if self._store_dsn is None:
-            _refuse_missing_key(self.data_dir)
+        dsn = resolve_store(store)  # None: SQLite in data_dir
+        if dsn is None and not (self.data_dir / KEY_FILE).exists() and (self.data_dir / DB_FILE).exists():
+            probe = SQLiteStore(self.data_dir, fsync=fsync)
+            try:
+                _refuse_missing_key(self.data_dir, probe)
+            finally:
+                probe.close()
         self._signer = Signer(load_or_create_key(self.data_dir))
         self.public_key_hex: str = self._signer.public_key_hex
         trusted = set()
@@ -567,14 +561,22 @@ class Kernel:
             trusted.add(key.lower())
         self.trusted_keys: frozenset[str] = frozenset(trusted)
         self._issuers = frozenset({self.public_key_hex}) | self.trusted_keys
-        self._fsync = fsync
         self._clock: Callable[[], float] = clock if clock is not None else time.time
-        self._lock = threading.RLock()
-        self._pid = os.getpid()
-        self._conn = self._open_store()
+        # opened after the key: load_or_create_key tightens a fresh data dir, which a store file would hide
+        self._store: KernelStore
+        if dsn is None:
+            self._store = SQLiteStore(self.data_dir, fsync=fsync)
+        else:  # a fleet's store: this kernel's key stays in data_dir and is registered there
+            from chio_kernel._postgres_store import PostgresStore
+
+            self._store = PostgresStore(
+                dsn, signer_key=self.public_key_hex, label=f"{socket.gethostname()}:{self.data_dir}"
+            )
         self._caps: dict[str, _Cap] = {}
-        self._inherited: list[sqlite3.Connection] = []
         self._closed = False
+        self._committer: GroupCommitter[_EvalRequest, ChioReceipt] = GroupCommitter(
+            self._run_batch, max_batch_from_env()
+        )
 
     # --- plumbing ---
 
@@ -588,10 +590,9 @@ class Kernel:
 
     def close(self) -> None:
         """Close the store connection (the kernel cannot be used afterwards)."""
-        with self._lock:
-            if not self._closed:
-                self._closed = True
-                self._conn.close()
+        if not self._closed:
+            self._closed = True
+            self._store.close()
 
     def __enter__(self) -> Kernel:
         return self
@@ -599,49 +600,27 @@ class Kernel:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def _check_fork(self) -> threading.RLock:
-        """The lock to take; after ``fork`` a child gets a fresh lock and connection (SQLite handles
-        and held locks must not cross a fork)."""
-        if os.getpid() != self._pid:
-            self._pid = os.getpid()
-            self._lock = threading.RLock()
-            self._caps = {}
-            # Keep the parent's handle referenced, never closed here: closing an inherited SQLite
-            # handle in a child can disturb the parent's locks and WAL index.
-            self._inherited.append(self._conn)
-            self._conn = self._open_store()
-        return self._lock
-
-    @property
-    def _lk(self) -> threading.RLock:
-        return self._check_fork()
-
-    def _open_store(self) -> sqlite3.Connection:
-        """A connection to this kernel's store (the PostgreSQL kernel overrides this)."""
-        return open_store(self.data_dir, fsync=self._fsync)
-
-    def _db(self) -> sqlite3.Connection:
-        """The connection (call with the lock held)."""
+    def _read(self) -> AbstractContextManager[StoreReader]:
         if self._closed:
             raise RuntimeError(f"{self!r} is closed; create a new Kernel")
-        return self._conn
+        return self._store.read()
 
-    def _write(self) -> _Txn:
-        return _Txn(self)
+    def _write(self) -> AbstractContextManager[StoreWriter]:
+        if self._closed:
+            raise RuntimeError(f"{self!r} is closed; create a new Kernel")
+        return self._store.write()
 
     # --- capabilities: loading ---
 
-    def _load_cap(self, conn: sqlite3.Connection, capability_id: str) -> _Cap | None:
+    def _load_cap(self, st: StoreReader, capability_id: str) -> _Cap | None:
         cap = self._caps.get(capability_id)
         if cap is not None:
             return cap
-        row = conn.execute(
-            "SELECT token, parent_id, rate_max, rate_per FROM capabilities WHERE id = ?", (capability_id,)
-        ).fetchone()
+        row = st.capability(capability_id)
         if row is None:
             return None
-        token = CapabilityToken.model_validate_json(row[0])
-        cap = self._make_cap(conn, token, row[1], row[2], row[3])
+        token = CapabilityToken.model_validate_json(row.token)
+        cap = self._make_cap(st, token, row.parent_id, row.rate_max, row.rate_per)
         if len(self._caps) >= _CAP_CACHE_SIZE:  # bounded: drop the oldest entry (insertion order)
             self._caps.pop(next(iter(self._caps)))
         self._caps[capability_id] = cap
@@ -649,7 +628,7 @@ class Kernel:
 
     def _make_cap(
         self,
-        conn: sqlite3.Connection,
+        st: StoreReader,
         token: CapabilityToken,
         parent_id: str | None,
         rate_max: int | None,
@@ -665,18 +644,13 @@ class Kernel:
             rate_max=rate_max,
             rate_per=rate_per,
             policy_hash=policy_hash,
-            sig_error=self._static_check(conn, token),
+            sig_error=self._static_check(st, token),
             lineage=tuple(lineage),
             grants=list(token.scope.grants),
             constrained=any(g.constraints for g in token.scope.grants),
-            head_sql=(
-                "SELECT seq, hash, (SELECT capability_id FROM revocations WHERE capability_id "
-                + ("= ?" if len(lineage) == 1 else "IN (" + ",".join("?" * len(lineage)) + ")")
-                + " LIMIT 1) FROM chain_head WHERE k = 0"
-            ),
         )
 
-    def _static_check(self, conn: sqlite3.Connection | None, token: CapabilityToken) -> str | None:
+    def _static_check(self, st: StoreReader | None, token: CapabilityToken) -> str | None:
         """Signature, issuer and delegation-chain checks (the parts that never change): reason or None."""
         if token.issuer not in self._issuers:
             return (
@@ -702,17 +676,15 @@ class Kernel:
             child_id = chain[i + 1].capability_id if i + 1 < len(chain) else token.id
             child_scope = token.scope if child_id == token.id else None
             child_subject = token.subject if child_id == token.id else None
-            if conn is not None:
-                parent_row = conn.execute(
-                    "SELECT token FROM capabilities WHERE id = ?", (link.capability_id,)
-                ).fetchone()
+            if st is not None:
+                parent_row = st.capability(link.capability_id)
                 if child_scope is None:
-                    child_row = conn.execute("SELECT token FROM capabilities WHERE id = ?", (child_id,)).fetchone()
+                    child_row = st.capability(child_id)
                     if child_row is not None:
-                        child_tok = CapabilityToken.model_validate_json(child_row[0])
+                        child_tok = CapabilityToken.model_validate_json(child_row.token)
                         child_scope, child_subject = child_tok.scope, child_tok.subject
                 if parent_row is not None:
-                    parent = CapabilityToken.model_validate_json(parent_row[0])
+                    parent = CapabilityToken.model_validate_json(parent_row.token)
                     if child_scope is not None and not child_scope.is_subset_of(parent.scope):
                         return (
                             f"delegation link {i} of {token.id}: the scope of {child_id} is not a subset of "
@@ -755,11 +727,11 @@ class Kernel:
             capability_id = _new_capability_id(capability_id)
         now = int(self._clock())
         token = self._sign_token(capability_id, subject, chio_scope, now, now + ttl, [])
-        with self._write() as conn:
-            existing = self._existing(conn, capability_id, subject, chio_scope, rate)
+        with self._write() as st:
+            existing = self._existing(st, capability_id, subject, chio_scope, rate)
             if existing is not None:
                 return existing
-            self._insert_cap(conn, token, None, rate)
+            self._insert_cap(st, token, None, rate)
         return token
 
     def _sign_token(
@@ -785,27 +757,25 @@ class Kernel:
 
     def _existing(
         self,
-        conn: sqlite3.Connection,
+        st: StoreReader,
         capability_id: str,
         subject: str,
         scope: ChioScope,
         rate: tuple[int, float] | None,
         parent_id: str | None = None,
     ) -> CapabilityToken | None:
-        row = conn.execute(
-            "SELECT token, rate_max, rate_per, parent_id FROM capabilities WHERE id = ?", (capability_id,)
-        ).fetchone()
+        row = st.capability(capability_id)
         if row is None:
             return None
-        stored = CapabilityToken.model_validate_json(row[0])
-        stored_rate = (row[1], row[2]) if row[1] is not None else None
-        revoked = conn.execute("SELECT 1 FROM revocations WHERE capability_id = ?", (capability_id,)).fetchone()
+        stored = CapabilityToken.model_validate_json(row.token)
+        stored_rate = (row.rate_max, row.rate_per) if row.rate_max is not None else None
+        revoked = st.revocation(capability_id) is not None
         same = (
             stored.subject == subject
             and canonical_json(stored.scope.model_dump(exclude_none=True))
             == canonical_json(scope.model_dump(exclude_none=True))
             and stored_rate == rate
-            and row[3] == parent_id
+            and row.parent_id == parent_id
         )
         now = self._clock()
         if same and not revoked and stored.is_valid_at(int(now)):
@@ -822,61 +792,51 @@ class Kernel:
 
     def _insert_cap(
         self,
-        conn: sqlite3.Connection,
+        st: StoreWriter,
         token: CapabilityToken,
         parent_id: str | None,
         rate: tuple[int, float] | None,
     ) -> None:
-        conn.execute(
-            "INSERT INTO capabilities(id, parent_id, subject, issued_at, expires_at, rate_max, rate_per, created_at, token)"
-            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            (
-                token.id,
-                parent_id,
-                token.subject,
-                token.issued_at,
-                token.expires_at,
-                rate[0] if rate else None,
-                rate[1] if rate else None,
-                self._clock(),
-                token.model_dump_json(exclude_none=True),
+        st.insert_capability(
+            CapabilityRow(
+                id=token.id,
+                token=token.model_dump_json(exclude_none=True),
+                parent_id=parent_id,
+                subject=token.subject,
+                issued_at=token.issued_at,
+                expires_at=token.expires_at,
+                rate_max=rate[0] if rate else None,
+                rate_per=rate[1] if rate else None,
             ),
+            self._clock(),
         )
 
     def get_capability(self, capability_id: str) -> CapabilityToken | None:
         """The stored token with this id, or None."""
         capability_id = _require_str("capability_id", capability_id, max_len=256)
-        with self._lk:
-            row = self._db().execute("SELECT token FROM capabilities WHERE id = ?", (capability_id,)).fetchone()
-        return CapabilityToken.model_validate_json(row[0]) if row else None
+        with self._read() as st:
+            row = st.capability(capability_id)
+        return CapabilityToken.model_validate_json(row.token) if row else None
 
     def list_capabilities(self) -> list[CapabilityToken]:
         """Every stored token, oldest first."""
-        with self._lk:
-            rows = self._db().execute("SELECT token FROM capabilities ORDER BY created_at, rowid").fetchall()
-        return [CapabilityToken.model_validate_json(r[0]) for r in rows]
+        with self._read() as st:
+            rows = st.capability_tokens()
+        return [CapabilityToken.model_validate_json(r) for r in rows]
 
     def capability_info(self, capability_id: str) -> dict[str, Any] | None:
         """Token plus kernel-side state (parent, revoked, rate limit, usage per grant) for one id."""
         capability_id = _require_str("capability_id", capability_id, max_len=256)
-        with self._lk:
-            conn = self._db()
-            row = conn.execute(
-                "SELECT token, parent_id, rate_max, rate_per FROM capabilities WHERE id = ?", (capability_id,)
-            ).fetchone()
+        with self._read() as st:
+            row = st.capability(capability_id)
             if row is None:
                 return None
-            rev = conn.execute(
-                "SELECT revoked_at, cause FROM revocations WHERE capability_id = ?", (capability_id,)
-            ).fetchone()
-            usage = conn.execute(
-                "SELECT grant_index, invocations, cost_units FROM usage WHERE capability_id = ? ORDER BY grant_index",
-                (capability_id,),
-            ).fetchall()
+            rev = st.revocation(capability_id)
+            usage = st.usage_of(capability_id)
         return {
-            "token": CapabilityToken.model_validate_json(row[0]),
-            "parent_id": row[1],
-            "rate_limit": (row[2], row[3]) if row[2] is not None else None,
+            "token": CapabilityToken.model_validate_json(row.token),
+            "parent_id": row.parent_id,
+            "rate_limit": (row.rate_max, row.rate_per) if row.rate_max is not None else None,
             "revoked": rev is not None,
             "revoked_at": rev[0] if rev else None,
             "revoked_because": rev[1] if rev else None,
@@ -885,29 +845,17 @@ class Kernel:
 
     def is_revoked(self, capability_id: str) -> bool:
         """Is this capability (or one of its ancestors) revoked?"""
-        with self._lk:
-            conn = self._db()
-            cap = self._load_cap(conn, capability_id)
+        with self._read() as st:
+            cap = self._load_cap(st, capability_id)
             ids = cap.lineage if cap is not None else (capability_id,)
-            return self._revoked_in(conn, ids) is not None
-
-    def _revoked_in(self, conn: sqlite3.Connection, ids: Sequence[str]) -> str | None:
-        if len(ids) == 1:
-            row = conn.execute("SELECT capability_id FROM revocations WHERE capability_id = ?", (ids[0],)).fetchone()
-        else:
-            marks = ",".join("?" * len(ids))
-            row = conn.execute(
-                f"SELECT capability_id FROM revocations WHERE capability_id IN ({marks}) LIMIT 1", tuple(ids)
-            ).fetchone()
-        return row[0] if row else None
+            return st.first_revoked(ids) is not None
 
     def validate_capability(self, token: CapabilityToken | Mapping[str, Any]) -> tuple[bool, str | None]:
         """``(valid, reason)``: signature, issuer (this kernel or a trusted key), time window,
         revocation (of the token or an ancestor) and delegation chain."""
         tok = _coerce_token(token)
-        with self._lk:
-            conn = self._db()
-            error = self._static_check(conn, tok)
+        with self._read() as st:
+            error = self._static_check(st, tok)
             if error is not None:
                 return False, error
             now = int(self._clock())
@@ -916,7 +864,7 @@ class Kernel:
             if now >= tok.expires_at:
                 return False, f"capability {tok.id} expired at {_iso(tok.expires_at)}; issue a new one"
             lineage = [tok.id] + [link.capability_id for link in reversed(tok.delegation_chain)]
-            revoked = self._revoked_in(conn, lineage)
+            revoked = st.first_revoked(lineage)
         if revoked is not None:
             which = "it was" if revoked == tok.id else f"its ancestor {revoked} was"
             return False, f"capability {tok.id} is revoked ({which} revoked)"
@@ -975,16 +923,16 @@ class Kernel:
         child_id = capability_id if capability_id is not None else "cap-" + "%032x" % _uuid7_int(secure=True)
         chain = [*parent_token.delegation_chain, link]
         child = self._sign_token(child_id, child_subject, child_scope, now, expires_at, chain)
-        with self._write() as conn:
-            if conn.execute("SELECT 1 FROM capabilities WHERE id = ?", (parent_token.id,)).fetchone() is None:
+        with self._write() as st:
+            if st.capability(parent_token.id) is None:
                 # A valid parent from a trusted kernel: remember it so the child's lineage resolves.
-                self._insert_cap(conn, parent_token, None, None)
+                self._insert_cap(st, parent_token, None, None)
             if capability_id is not None:
                 # same idempotent provisioning rule as create_capability (same subject, scope, parent)
-                existing = self._existing(conn, child_id, child_subject, child_scope, None, parent_id=parent_token.id)
+                existing = self._existing(st, child_id, child_subject, child_scope, None, parent_id=parent_token.id)
                 if existing is not None:
                     return existing
-            self._insert_cap(conn, child, parent_token.id, None)
+            self._insert_cap(st, child, parent_token.id, None)
         return child
 
     def revoke_capability(self, capability_id: str) -> list[str]:
@@ -994,22 +942,15 @@ class Kernel:
         raises :class:`CapabilityError`.
         """
         capability_id = _require_str("capability_id", capability_id, max_len=256)
-        with self._write() as conn:
-            if conn.execute("SELECT 1 FROM capabilities WHERE id = ?", (capability_id,)).fetchone() is None:
+        with self._write() as st:
+            if st.capability(capability_id) is None:
                 raise CapabilityError(
                     f"cannot revoke unknown capability {capability_id!r}: this kernel never issued it "
                     "(list them with list_capabilities())"
                 )
-            rows = conn.execute(
-                "WITH RECURSIVE sub(id, depth) AS (SELECT ?, 0 UNION "
-                "SELECT c.id, sub.depth + 1 FROM capabilities c JOIN sub ON c.parent_id = sub.id) "
-                "SELECT id FROM sub ORDER BY depth, id",
-                (capability_id,),
-            ).fetchall()
-            ids = [r[0] for r in rows]
+            ids = st.capability_subtree(capability_id)
             now = self._clock()
-            conn.executemany(
-                "INSERT OR IGNORE INTO revocations(capability_id, revoked_at, cause) VALUES (?, ?, ?)",
+            st.insert_revocations(
                 [(i, now, "revoked" if i == capability_id else f"ancestor {capability_id} revoked") for i in ids],
             )
         return ids
@@ -1029,8 +970,43 @@ class Kernel:
     ) -> ChioReceipt:
         """Decide one call and return its signed, stored receipt (allow or deny; never raises for a deny).
 
-        Raises :class:`KernelInputError` (a ``ValueError``) for malformed input.
+        Raises :class:`KernelInputError` (a ``ValueError``) for malformed input. Concurrent calls
+        (threads) share one write transaction (group commit, see ``docs/kernel.md``); the receipt is
+        committed before this returns.
         """
+        req = self._prepare(capability_id, tool_server, tool_name, parameters, idempotency_key, cost, operation)
+        return self._committer.submit(req)
+
+    async def _evaluate_async(
+        self,
+        capability_id: str,
+        tool_server: str,
+        tool_name: str,
+        parameters: dict[str, Any],
+        *,
+        idempotency_key: str | None = None,
+        cost: MonetaryAmount | Mapping[str, Any] | None = None,
+        operation: Operation | str = Operation.INVOKE,
+    ) -> ChioReceipt:
+        """:meth:`evaluate` for asyncio callers: the calls made in one turn of the event loop share
+        one write transaction (LocalChioClient uses this)."""
+        req = self._prepare(capability_id, tool_server, tool_name, parameters, idempotency_key, cost, operation)
+        return await self._committer.submit_async(req)
+
+    def _prepare(
+        self,
+        capability_id: str,
+        tool_server: str,
+        tool_name: str,
+        parameters: dict[str, Any],
+        idempotency_key: str | None,
+        cost: MonetaryAmount | Mapping[str, Any] | None,
+        operation: Operation | str,
+    ) -> _EvalRequest:
+        """Input checks, canonical forms and hashes, and the pure guards: everything before the
+        write transaction."""
+        if self._closed:
+            raise RuntimeError(f"{self!r} is closed; create a new Kernel")
         for name, value, max_len in (
             ("capability_id", capability_id, 256), ("tool_server", tool_server, 1024), ("tool_name", tool_name, 1024)
         ):
@@ -1067,93 +1043,73 @@ class Kernel:
                 ).encode()
             ).hexdigest()
 
-        lock = self._check_fork()
         # The pure guards (scope, constraints: regex_match may be slow) need no database state:
-        # run them before the lock and the write transaction, so a slow call never blocks others.
+        # run them before the write transaction, so a slow call never blocks others.
         # (A root capability without constraints has nothing slow to check: skip the extra pass.)
         cached = self._caps.get(capability_id)
         pre = (
-            self._precheck(lock, capability_id, tool_server, tool_name, op, params)
+            self._precheck(capability_id, tool_server, tool_name, op, params)
             if cached is None or cached.constrained or len(cached.lineage) > 1
             else None
         )
-        with lock:
-            conn = self._db()
-            conn.execute("BEGIN IMMEDIATE")
-            try:
-                receipt = self._evaluate_locked(
-                    conn, capability_id, tool_server, tool_name, op, params, params_text, params_ascii,
-                    param_hash, cost_t, idem_hash, pre,
-                )
-                conn.execute("COMMIT")
-            except BaseException:
-                if conn.in_transaction:  # never leave the shared connection inside a transaction
-                    conn.execute("ROLLBACK")
-                raise
-        return receipt
+        return _EvalRequest(
+            capability_id, tool_server, tool_name, op, params, params_text, params_ascii, param_hash, cost_t,
+            idem_hash, pre,
+        )
 
-    def _evaluate_locked(
-        self,
-        conn: sqlite3.Connection,
-        capability_id: str,
-        tool_server: str,
-        tool_name: str,
-        op: Operation,
-        params: dict[str, Any],
-        params_text: str,
-        params_ascii: str,
-        param_hash: str,
-        cost_t: tuple[int, str] | None,
-        idem_hash: str | None,
-        pre: dict[str, list[tuple[int, ToolGrant]] | _Deny] | None = None,
-    ) -> ChioReceipt:
-        """Decide, charge and record inside the caller's write transaction."""
+    def _run_batch(self, reqs: Sequence[_EvalRequest]) -> list[ChioReceipt | BaseException]:
+        """Decide ``reqs`` in ONE write transaction (group commit); results are released after its
+        commit. If any of them raises, everything is rolled back and each runs in its own
+        transaction, so an error reaches only its caller."""
+        if len(reqs) > 1:
+            try:
+                with self._write() as st:
+                    out: list[ChioReceipt | BaseException] = [self._evaluate_in(st, r) for r in reqs]
+                return out
+            except Exception:
+                pass  # fall through: one transaction each
+        results: list[ChioReceipt | BaseException] = []
+        for r in reqs:
+            try:
+                with self._write() as st:
+                    results.append(self._evaluate_in(st, r))
+            except BaseException as err:
+                results.append(err)
+        return results
+
+    def _evaluate_in(self, st: StoreWriter, req: _EvalRequest) -> ChioReceipt:
+        """Decide, charge and record one call inside the caller's write transaction."""
+        capability_id, tool_server, tool_name = req.capability_id, req.tool_server, req.tool_name
         now = self._clock()
-        cap = self._load_cap(conn, capability_id)
+        cap = self._load_cap(st, capability_id)
         # One statement reads the chain head and the revocation state (of the capability and
         # its ancestors) inside the write transaction: another process's revoke is seen.
         if cap is not None:
-            head_seq, prev_hash, revoked = conn.execute(cap.head_sql, cap.lineage).fetchone()
+            head_seq, prev_hash, revoked = st.head_and_revoked(cap.lineage)
         else:
-            head_seq, prev_hash = conn.execute(_HEAD_SQL).fetchone()
+            head_seq, prev_hash = st.chain_head()
             revoked = None
         try:
             self._check_valid(cap, capability_id, now, revoked)
-            if idem_hash is not None:
-                row = conn.execute(
-                    "SELECT r.body FROM idempotency i JOIN receipts r ON r.seq = i.receipt_seq WHERE i.key_hash = ?",
-                    (idem_hash,),
-                ).fetchone()
-                if row is not None:
-                    return ChioReceipt.model_validate_json(row[0])
+            if req.idem_hash is not None:
+                body = st.idempotent_receipt(req.idem_hash)
+                if body is not None:
+                    return ChioReceipt.model_validate_json(body)
             assert cap is not None
-            charge = self._check_policy(conn, cap, tool_server, tool_name, op, params, cost_t, now, pre)
+            charges, rated = self._check_policy(
+                st, cap, tool_server, tool_name, req.op, req.params, req.cost_t, now, req.pre
+            )
         except _Deny as deny:
             policy_hash = cap.policy_hash if cap is not None else GENESIS_HASH
-            return self._append_receipt(
-                conn, head_seq, prev_hash, now, capability_id, tool_server, tool_name, params, params_text,
-                params_ascii, param_hash, deny, policy_hash,
-            )
+            return self._append_receipt(st, head_seq, prev_hash, now, req, deny, policy_hash)
         # allow: charge, then record
-        charges, rated = charge
         for charged_id, grant_index in charges:
-            conn.execute(
-                "INSERT INTO usage(capability_id, grant_index, invocations, cost_units) VALUES (?, ?, 1, ?) "
-                "ON CONFLICT(capability_id, grant_index) DO UPDATE SET invocations = invocations + 1, "
-                # saturate at 2^63-1 instead of SQLite turning an overflowing sum into a float
-                "cost_units = MIN(cost_units + excluded.cost_units, 9223372036854775807)",
-                (charged_id, grant_index, cost_t[0] if cost_t else 0),
-            )
+            st.charge(charged_id, grant_index, req.cost_t[0] if req.cost_t else 0)
         for rated_id in rated:
-            conn.execute("INSERT INTO rate_events(capability_id, t) VALUES (?, ?)", (rated_id, now))
-        receipt = self._append_receipt(
-            conn, head_seq, prev_hash, now, capability_id, tool_server, tool_name, params, params_text,
-            params_ascii, param_hash, None, cap.policy_hash,
-        )
-        if idem_hash is not None:
-            conn.execute(
-                "INSERT INTO idempotency(key_hash, receipt_seq) VALUES (?, ?)", (idem_hash, head_seq + 1)
-            )
+            st.record_rate_event(rated_id, now)
+        receipt = self._append_receipt(st, head_seq, prev_hash, now, req, None, cap.policy_hash)
+        if req.idem_hash is not None:
+            st.remember_idempotency(req.idem_hash, head_seq + 1)
         return receipt
 
     def _check_valid(self, cap: _Cap | None, capability_id: str, now: float, revoked: str | None) -> None:
@@ -1184,7 +1140,7 @@ class Kernel:
 
     def _check_policy(
         self,
-        conn: sqlite3.Connection,
+        st: StoreWriter,
         cap: _Cap,
         tool_server: str,
         tool_name: str,
@@ -1202,7 +1158,7 @@ class Kernel:
         """
         lineage = [cap]
         for ancestor_id in cap.lineage[1:]:
-            ancestor = self._load_cap(conn, ancestor_id)
+            ancestor = self._load_cap(st, ancestor_id)
             if ancestor is not None:  # a trusted foreign root this kernel never stored: its budgets live there
                 lineage.append(ancestor)
         charges: list[tuple[str, int]] = []
@@ -1212,7 +1168,7 @@ class Kernel:
                 passing = self._passing_grants(c, depth > 0, tool_server, tool_name, op, params)
             elif isinstance(passing, _Deny):
                 raise passing
-            index, limited = self._select_grant(conn, c, depth > 0, passing, cost_t, tool_server, tool_name)
+            index, limited = self._select_grant(st, c, depth > 0, passing, cost_t, tool_server, tool_name)
             if limited:
                 charges.append((c.token.id, index))
         rated: list[str] = []
@@ -1220,10 +1176,9 @@ class Kernel:
             if c.rate_max is None or c.rate_per is None:
                 continue
             cid = c.token.id
-            conn.execute("DELETE FROM rate_events WHERE capability_id = ? AND t <= ?", (cid, now - c.rate_per))
-            row = conn.execute("SELECT COUNT(*), MIN(t) FROM rate_events WHERE capability_id = ?", (cid,)).fetchone()
-            if row[0] >= c.rate_max:
-                retry = max(0.0, row[1] + c.rate_per - now)
+            count, oldest = st.rate_window(cid, now, c.rate_per)
+            if count >= c.rate_max:
+                retry = max(0.0, (oldest if oldest is not None else now) + c.rate_per - now)
                 owner = f"its ancestor capability {cid}" if depth else f"capability {cid}"
                 raise _Deny(
                     "rate-limit-guard",
@@ -1235,7 +1190,6 @@ class Kernel:
 
     def _precheck(
         self,
-        lock: threading.RLock,
         capability_id: str,
         tool_server: str,
         tool_name: str,
@@ -1248,8 +1202,8 @@ class Kernel:
         def load(cid: str) -> _Cap | None:
             cap = self._caps.get(cid)  # tokens are immutable: a cached entry needs no lock
             if cap is None:
-                with lock:  # a short read on the shared connection (no transaction held)
-                    cap = self._load_cap(self._db(), cid)
+                with self._read() as st:  # a short read (no transaction held)
+                    cap = self._load_cap(st, cid)
             return cap
 
         root = load(capability_id)
@@ -1306,7 +1260,7 @@ class Kernel:
 
     def _select_grant(
         self,
-        conn: sqlite3.Connection,
+        st: StoreWriter,
         cap: _Cap,
         inherited: bool,
         passing: list[tuple[int, ToolGrant]],
@@ -1324,7 +1278,7 @@ class Kernel:
             if not limited:
                 return i, False
             try:
-                self._check_budget(conn, cid, _owner(cid, inherited), i, g, cost_t, tool_server, tool_name)
+                self._check_budget(st, cid, _owner(cid, inherited), i, g, cost_t, tool_server, tool_name)
             except _Deny as deny:
                 if first_fail is None:
                     first_fail = deny
@@ -1335,7 +1289,7 @@ class Kernel:
 
     def _check_budget(
         self,
-        conn: sqlite3.Connection,
+        st: StoreWriter,
         cid: str,
         owner: str,
         index: int,
@@ -1344,10 +1298,7 @@ class Kernel:
         tool_server: str,
         tool_name: str,
     ) -> None:
-        row = conn.execute(
-            "SELECT invocations, cost_units FROM usage WHERE capability_id = ? AND grant_index = ?", (cid, index)
-        ).fetchone()
-        used, spent = (row[0], row[1]) if row else (0, 0)
+        used, spent = st.usage(cid, index)
         if g.max_invocations is not None and used >= g.max_invocations:
             raise _Deny(
                 "max_invocations",
@@ -1401,20 +1352,16 @@ class Kernel:
 
     def _append_receipt(
         self,
-        conn: sqlite3.Connection,
+        st: StoreWriter,
         head_seq: int,
         prev_hash: str,
         now: float,
-        capability_id: str,
-        tool_server: str,
-        tool_name: str,
-        params: dict[str, Any],
-        params_text: str,
-        params_ascii: str,
-        param_hash: str,
+        req: _EvalRequest,
         deny: _Deny | None,
         policy_hash: str,
     ) -> ChioReceipt:
+        capability_id, tool_server, tool_name = req.capability_id, req.tool_server, req.tool_name
+        params, params_text, params_ascii, param_hash = req.params, req.params_text, req.params_ascii, req.param_hash
         rid = "rcpt-" + _uuid7_str()
         ts = str(int(now))
         key = self.public_key_hex
@@ -1466,10 +1413,7 @@ class Kernel:
             "kernel_key": key,
             "signature": signature,
         }
-        conn.execute(
-            "INSERT INTO receipts(seq, id, capability_id, verdict, chain_hash, body) VALUES (?, ?, ?, ?, ?, ?)",
-            (head_seq + 1, rid, capability_id, decision["verdict"], chain_hash, stored),
-        )
+        st.append_receipt(head_seq + 1, rid, capability_id, str(decision["verdict"]), chain_hash, stored)
         body["action"] = _construct(ToolCallAction, _ACTION_FIELDS, action)
         body["decision"] = _construct(
             Decision, _DECISION_FIELDS, {"verdict": decision["verdict"], "reason": reason, "guard": guard}
@@ -1529,9 +1473,9 @@ class Kernel:
     def get_receipt(self, receipt_id: str) -> ChioReceipt | None:
         """The stored receipt with this id, or None."""
         receipt_id = _require_str("receipt_id", receipt_id, max_len=256)
-        with self._lk:
-            row = self._db().execute("SELECT body FROM receipts WHERE id = ?", (receipt_id,)).fetchone()
-        return ChioReceipt.model_validate_json(row[0]) if row else None
+        with self._read() as st:
+            body = st.receipt_body(receipt_id)
+        return ChioReceipt.model_validate_json(body) if body is not None else None
 
     def list_receipts_with_seq(
         self,
@@ -1547,52 +1491,17 @@ class Kernel:
             raise KernelInputError(f"limit must be a non-negative integer, got {limit!r}")
         if after_seq is not None and (isinstance(after_seq, bool) or not isinstance(after_seq, int)):
             raise KernelInputError(f"after_seq must be an integer, got {after_seq!r}")
-        args: list[Any] = [after_seq if after_seq is not None else 0]
-        if capability_id is None:
-            sql = "SELECT seq, body FROM receipts WHERE seq > ? ORDER BY seq"
-        else:
-            sql = (
-                "SELECT r.seq, r.body FROM receipts_by_capability x JOIN receipts r ON r.seq = x.seq "
-                "WHERE x.seq > ? AND x.capability_id = ? ORDER BY x.seq"
-            )
-            args.append(capability_id)
-        if limit is not None:
-            sql += " LIMIT ?"
-            args.append(limit)
         if capability_id is not None:
             self._index_by_capability()
-        with self._lk:
-            rows = self._db().execute(sql, args).fetchall()
-        return [(r[0], ChioReceipt.model_validate_json(r[1])) for r in rows]
+        with self._read() as st:
+            rows = st.receipts_after(after_seq if after_seq is not None else 0, limit, capability_id)
+        return [(seq, ChioReceipt.model_validate_json(body)) for seq, body in rows]
 
-    def _index_by_capability(self, batch: int | None = None) -> None:
-        """Bring ``receipts_by_capability`` up to the newest receipt (work proportional to what is new).
-
-        Evaluations do not maintain it (that would cost a page write per receipt); listings by
-        capability catch it up first, so they stay index lookups at any store size. The catch-up
-        runs in transactions of at most ``batch`` receipts and releases the kernel lock and the
-        database write lock between them, so a first listing on a big store never stalls
-        evaluations for long.
-        """
-        batch = batch if batch is not None else _INDEX_BATCH
-        while True:
-            with self._write() as conn:
-                row = conn.execute("SELECT v FROM meta WHERE k = 'indexed_by_capability'").fetchone()
-                done = int(row[0]) if row else 0
-                head = conn.execute(_HEAD_SQL).fetchone()[0]
-                if head <= done:
-                    return
-                upto = min(head, done + batch)
-                conn.execute(
-                    "INSERT OR IGNORE INTO receipts_by_capability(capability_id, seq) "
-                    "SELECT capability_id, seq FROM receipts WHERE seq > ? AND seq <= ?",
-                    (done, upto),
-                )
-                conn.execute(
-                    "INSERT INTO meta(k, v) VALUES ('indexed_by_capability', ?) "
-                    "ON CONFLICT(k) DO UPDATE SET v = excluded.v",
-                    (str(upto),),
-                )
+    def _index_by_capability(self) -> None:
+        """Catch the by-capability receipt index up (the store does it in short transactions)."""
+        if self._closed:
+            raise RuntimeError(f"{self!r} is closed; create a new Kernel")
+        self._store.catch_up_capability_index()
 
     def list_receipts(
         self,
@@ -1606,8 +1515,8 @@ class Kernel:
 
     def receipt_count(self) -> int:
         """Number of receipts in the store."""
-        with self._lk:
-            return int(self._db().execute("SELECT COUNT(*) FROM receipts").fetchone()[0])
+        with self._read() as st:
+            return st.receipt_count()
 
     def verify_chain(self, *, batch: int = 2000) -> ChainReport:
         """Walk the store in seq order checking each signature and chain link; name the first broken index.
@@ -1621,40 +1530,31 @@ class Kernel:
         last_seq = 0
         if self._closed:
             raise RuntimeError(f"{self!r} is closed; create a new Kernel")
-        # A private connection and a WAL read snapshot: the walk (long on a big store) neither holds
-        # the kernel lock nor blocks writers, so evaluations go on meanwhile.
-        conn = sqlite3.connect(str(self.data_dir / DB_FILE), timeout=60.0, isolation_level=None)
-        try:
-            conn.execute("BEGIN")  # one consistent snapshot
-            try:
-                head_seq, head_hash = conn.execute(_HEAD_SQL).fetchone()
-                while True:
-                    rows = conn.execute(
-                        "SELECT seq, body FROM receipts WHERE seq > ? ORDER BY seq LIMIT ?", (last_seq, batch)
-                    ).fetchall()
-                    if not rows:
-                        break
-                    for seq, text in rows:
-                        try:
-                            data = ChioReceipt.model_validate_json(text).model_dump(exclude_none=True)
-                        except ValidationError as err:
-                            return ChainReport(False, index, index, f"receipt at index {index} is not a valid receipt: {err}")
-                        if data["content_hash"] != prev:
-                            return ChainReport(
-                                False, index, index,
-                                f"receipt {data['id']} at index {index} does not chain to the previous receipt "
-                                "(content_hash mismatch: a receipt before it was altered, removed or inserted)",
-                            )
-                        problem = self._verify_receipt_dict(data)
-                        if problem is not None:
-                            return ChainReport(False, index, index, f"index {index}: {problem}")
-                        prev = receipt_chain_hash(data)
-                        index += 1
-                        last_seq = seq
-            finally:
-                conn.execute("COMMIT")
-        finally:
-            conn.close()
+        # One consistent read snapshot: the walk (long on a big store) neither holds the kernel's
+        # locks nor blocks writers, so evaluations go on meanwhile.
+        with self._store.snapshot() as st:
+            head_seq, head_hash = st.chain_head()
+            while True:
+                rows = st.receipts_after(last_seq, batch)
+                if not rows:
+                    break
+                for seq, text in rows:
+                    try:
+                        data = ChioReceipt.model_validate_json(text).model_dump(exclude_none=True)
+                    except ValidationError as err:
+                        return ChainReport(False, index, index, f"receipt at index {index} is not a valid receipt: {err}")
+                    if data["content_hash"] != prev:
+                        return ChainReport(
+                            False, index, index,
+                            f"receipt {data['id']} at index {index} does not chain to the previous receipt "
+                            "(content_hash mismatch: a receipt before it was altered, removed or inserted)",
+                        )
+                    problem = self._verify_receipt_dict(data)
+                    if problem is not None:
+                        return ChainReport(False, index, index, f"index {index}: {problem}")
+                    prev = receipt_chain_hash(data)
+                    index += 1
+                    last_seq = seq
         if head_seq != last_seq or head_hash != prev:  # the newest row's stored chain hash was altered
             return ChainReport(
                 False, index, max(index - 1, 0),
@@ -1664,8 +1564,8 @@ class Kernel:
 
     def health(self) -> dict[str, Any]:
         """Status summary (what the sidecar's ``/chio/health`` returns)."""
-        with self._lk:
-            head_seq = self._db().execute(_HEAD_SQL).fetchone()[0]
+        with self._read() as st:
+            head_seq = st.chain_head()[0]
         return {
             "status": "ok",
             "kernel_key": self.public_key_hex,
@@ -1673,39 +1573,3 @@ class Kernel:
             "receipts": head_seq,
             "mode": "embedded",
         }
-
-
-class _Txn:
-    """``with kernel._write() as conn``: process lock + ``BEGIN IMMEDIATE`` ... ``COMMIT``/``ROLLBACK``."""
-
-    __slots__ = ("_kernel", "_conn", "_lock")
-
-    def __init__(self, kernel: Kernel) -> None:
-        self._kernel = kernel
-
-    def __enter__(self) -> sqlite3.Connection:
-        lock = self._kernel._check_fork()
-        lock.acquire()
-        self._lock = lock
-        try:
-            conn = self._kernel._db()
-            conn.execute("BEGIN IMMEDIATE")
-        except BaseException:
-            lock.release()
-            raise
-        self._conn = conn
-        return conn
-
-    def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
-        try:
-            if exc_type is None:
-                try:
-                    self._conn.execute("COMMIT")
-                except BaseException:
-                    if self._conn.in_transaction:
-                        self._conn.execute("ROLLBACK")
-                    raise
-            elif self._conn.in_transaction:
-                self._conn.execute("ROLLBACK")
-        finally:
-            self._lock.release()

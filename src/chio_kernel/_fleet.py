@@ -1,0 +1,134 @@
+"""``PostgresKernel``: the :class:`~chio_kernel.Kernel` of a fleet sharing one PostgreSQL store.
+
+``Kernel(store="postgresql://...")`` (or ``$CHIO_STORE``) builds one. It is the same kernel on a
+:class:`~chio_kernel._postgres_store.PostgresStore`, plus the fleet's keys:
+
+* each kernel keeps its own signing key in its data directory and registers the public key in
+  the store; a token or receipt signed by ANY registered key verifies on every kernel of the
+  fleet (a key registered after this kernel started is learned the first time it is met);
+* a retired key (:meth:`PostgresKernel.retire_key`, ``chio-durable keys retire``) signs nothing
+  more (its kernel's write transactions are refused inside the writer lock), and a capability it
+  issued or whose delegation chain it signed denies with guard ``signature`` on every kernel, from
+  the next transaction on; receipts it signed before stay valid, so the chain still verifies.
+"""
+
+from __future__ import annotations
+
+from typing import Any, cast
+
+from chio_sdk.models import CapabilityToken
+
+from chio_kernel._postgres_store import PostgresStore, _PgReader, _PgWriter
+from chio_kernel._store import StoreReader, StoreWriter
+from chio_kernel.kernel import Kernel, KernelInputError, _Cap, _coerce_token, _Deny, _EvalRequest
+
+__all__ = ["PostgresKernel"]
+
+
+class PostgresKernel(Kernel):
+    """A :class:`Kernel` whose store is a PostgreSQL database shared by a fleet (see the module doc)."""
+
+    _keys_epoch: int = -1
+    _retired: frozenset[str] = frozenset()
+
+    @property
+    def _pg(self) -> PostgresStore:
+        return cast(PostgresStore, self._store)
+
+    @property
+    def store(self) -> str:
+        """The store's URL, password masked (for messages)."""
+        return self._pg.description
+
+    def __repr__(self) -> str:
+        return f"Kernel(data_dir={str(self.data_dir)!r}, store={self.store!r}, key={self.public_key_hex[:16]}…)"
+
+    def health(self) -> dict[str, Any]:
+        """Status summary; ``store`` names the PostgreSQL store (password masked)."""
+        out = super().health()
+        out["store"] = self.store
+        return out
+
+    # --- trust: every registered key ---
+
+    @staticmethod
+    def _signers(token: CapabilityToken) -> list[str]:
+        return [token.issuer, *(link.delegator for link in token.delegation_chain)]
+
+    def _learn_keys(self, st: StoreReader) -> None:
+        keys = cast(_PgReader, st).registered_keys()
+        self._issuers = frozenset({self.public_key_hex}) | self.trusted_keys | {k[0] for k in keys}
+
+    def _static_check(self, st: StoreReader | None, token: CapabilityToken) -> str | None:
+        if any(k not in self._issuers for k in self._signers(token)):
+            # a kernel that joined the fleet after this one started
+            if st is not None:
+                self._learn_keys(st)
+            else:
+                with self._read() as reader:
+                    self._learn_keys(reader)
+        return super()._static_check(st, token)
+
+    def _verify_receipt_dict(self, data: dict[str, Any]) -> str | None:
+        if data.get("kernel_key") not in self._issuers:
+            with self._read() as st:
+                self._learn_keys(st)
+        return super()._verify_receipt_dict(data)
+
+    # --- retired keys: checked inside every evaluation's transaction ---
+
+    def _evaluate_in(self, st: StoreWriter, req: _EvalRequest) -> Any:
+        writer = cast(_PgWriter, st)
+        if writer.keys_epoch != self._keys_epoch:  # a key was retired since we last looked
+            self._retired = frozenset(writer.retired_keys())
+            self._keys_epoch = writer.keys_epoch
+        return super()._evaluate_in(st, req)
+
+    def _check_valid(self, cap: _Cap | None, capability_id: str, now: float, revoked: str | None) -> None:
+        if cap is not None and cap.sig_error is None and self._retired:
+            retired = next((k for k in self._signers(cap.token) if k in self._retired), None)
+            if retired is not None:
+                raise _Deny(
+                    "signature",
+                    f"capability {capability_id} was signed by kernel key {retired[:16]}…, which was retired "
+                    "from the fleet store; issue a new capability from an active kernel",
+                )
+        super()._check_valid(cap, capability_id, now, revoked)
+
+    def validate_capability(self, token: Any) -> tuple[bool, str | None]:
+        """As :meth:`Kernel.validate_capability`, and no signer of the token may be retired."""
+        valid, reason = super().validate_capability(token)
+        if not valid:
+            return valid, reason
+        tok = _coerce_token(token)
+        with self._read() as st:
+            retired = cast(_PgReader, st).first_retired(self._signers(tok))
+        if retired is not None:
+            return False, f"capability {tok.id} was signed by kernel key {retired[:16]}…, which was retired"
+        return True, None
+
+    # --- the fleet's keys ---
+
+    def registered_keys(self) -> list[dict[str, Any]]:
+        """Every kernel key registered in the store, oldest first: ``public_key``, ``label``
+        (host:data_dir), ``registered_at``, ``retired_at`` (None while active), ``retired_reason``,
+        ``this_kernel``."""
+        with self._read() as st:
+            rows = cast(_PgReader, st).registered_keys()
+        return [
+            {"public_key": k, "label": label, "registered_at": at, "retired_at": retired_at,
+             "retired_reason": why, "this_kernel": k == self.public_key_hex}
+            for k, label, at, retired_at, why in rows
+        ]
+
+    def retire_key(self, public_key: str, reason: str = "retired") -> None:
+        """Retire a registered kernel key (see the module doc). Not reversible: give the host a new
+        data directory, hence a new key. An unknown key raises :class:`KernelInputError`."""
+        if not isinstance(public_key, str) or len(public_key) != 64 or any(c not in "0123456789abcdef" for c in public_key):
+            raise KernelInputError(f"{public_key!r} is not a 64-hex-char (lower-case) Ed25519 public key")
+        if not isinstance(reason, str) or not reason.strip():
+            raise KernelInputError("reason must be a non-empty string")
+        if not self._pg.retire_key(public_key, reason):
+            raise KernelInputError(
+                f"kernel key {public_key[:16]}… is not registered in this store (see `chio-durable keys list`)"
+            )
