@@ -13,6 +13,9 @@ Rows (p50 / p99 latency of ONE sequential evaluation, and evaluations per second
 * plain loopback HTTP round-trip: the same client to a trivial endpoint on the same server stack
   (Starlette + uvicorn, same settings, no kernel), for the sidecar ratio.
 
+The PostgreSQL rows (``bench_postgres.py``: p50 vs SQLite, evaluations/s with 16 callers across 4
+processes) follow the main table.
+
 Every row is measured in interleaved rounds (A B C D E A B C D E ...) so background load hits
 them alike. Flatness: in-process p50 on a store of 1,000 receipts vs. the same store grown to
 ``--max-receipts`` (default 1,000,000) by a bulk insert of valid signed, hash-chained receipt rows
@@ -424,6 +427,9 @@ def main() -> int:
         if flat_note:
             console.print(f"[dim]flatness store: {flat_note}[/]")
         console.print(f"[dim]mock p50 {mock_b.p50:.1f} µs is the SDK test double (no signing, no storage).[/]")
+        from bench_postgres import postgres_rows  # PostgreSQL vs SQLite (skipped, saying why, without a server)
+
+        postgres_rows(console, work, n)
         loop.run_until_complete(sc_client.close())
         loop.run_until_complete(echo_client.close())
         return 0

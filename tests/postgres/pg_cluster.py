@@ -80,8 +80,11 @@ def _run(cmd: list[str], run_as: str | None) -> subprocess.CompletedProcess[str]
 
 
 @contextmanager
-def throwaway_cluster() -> Iterator[Cluster]:
-    """Start a cluster (``initdb`` + ``pg_ctl start``), yield it, stop it and delete its files."""
+def throwaway_cluster(*, durable: bool = False) -> Iterator[Cluster]:
+    """Start a cluster (``initdb`` + ``pg_ctl start``), yield it, stop it and delete its files.
+
+    ``durable=True`` keeps PostgreSQL's own defaults (``fsync=on``: a commit is on disk when it
+    returns), for benchmarks; the tests' cluster runs with ``fsync=off``."""
     bindir = pg_bin_dir()
     if bindir is None:
         raise RuntimeError(INSTALL_HINT)
@@ -103,7 +106,8 @@ def throwaway_cluster() -> Iterator[Cluster]:
             port = _free_port()
             opts = (
                 f"-c listen_addresses=127.0.0.1 -c port={port} -c unix_socket_directories={root} "
-                "-c fsync=off -c full_page_writes=off -c max_connections=200 -c shared_buffers=64MB"
+                + ("" if durable else "-c fsync=off -c full_page_writes=off ")
+                + "-c max_connections=200 -c shared_buffers=64MB"
             )
             start = _run(
                 [str(bindir / "pg_ctl"), "-D", str(data), "-l", str(root / "server.log"), "-o", opts,
