@@ -1,7 +1,11 @@
 """The PostgreSQL rows of ``bench_kernel.py`` (also runnable alone: ``python benchmarks/bench_postgres.py``).
 
+Every call has the integration shape (``bench_kernel.integration_scope``): an idempotency key per
+call and an attenuated capability whose grant carries a ``path_prefix`` constraint and a
+``max_invocations`` budget, so each allow also charges the budget row.
+
 * **p50 of one sequential evaluation**, PostgreSQL store vs. the SQLite store, interleaved in one
-  run (the same plain capability, the same parameters);
+  run;
 * **evaluations/s with 16 callers across 4 processes**: 4 worker processes, each a
   ``LocalChioClient`` with 4 asyncio callers (group commit batches the callers of one process),
   each on its own data dir (its own key) and all on ONE store; the same for SQLite (4 processes
@@ -43,6 +47,14 @@ def _scope() -> Any:
     return ChioScope(grants=[ToolGrant(server_id="files", tool_name="read_file", operations=[Operation.INVOKE])])
 
 
+def _child(kernel: Any) -> str:
+    """A root capability and its integration-shaped child (constrained, budgeted); the child's id."""
+    from bench_kernel import integration_scope
+
+    root = kernel.create_capability("agent:bench", _scope(), 86400)
+    return str(kernel.attenuate_capability(root.id, integration_scope()).id)
+
+
 @contextmanager
 def postgres_server() -> Iterator[tuple[str | None, str]]:
     """``(dsn of a fresh database, where it runs)``; ``(None, why)`` if no server can be had."""
@@ -76,18 +88,22 @@ def _p50_rows(dsn: str, work: Path, n: int) -> tuple[float, float]:
     pg = Kernel(work / "p50-pg", store=dsn)
     lite = Kernel(work / "p50-sqlite", store="sqlite")
     samples: dict[str, list[int]] = {"pg": [], "sqlite": []}
-    caps = {name: k.create_capability("agent:bench", _scope(), 86400).id for name, k in (("pg", pg), ("sqlite", lite))}
     kernels = {"pg": pg, "sqlite": lite}
+    caps = {name: _child(k) for name, k in kernels.items()}
+    calls = iter(range(10**9))
     for name, k in kernels.items():  # warm up
         for _ in range(50):
-            k.evaluate(caps[name], "files", "read_file", PARAMS)
+            k.evaluate(caps[name], "files", "read_file", PARAMS, idempotency_key=f"run-p50/step-{next(calls)}")
     per = max(1, n // 5)
     for _ in range(5):
         for name, k in kernels.items():
             for _ in range(per):
+                key = f"run-p50/step-{next(calls)}"
                 t0 = time.perf_counter_ns()
-                k.evaluate(caps[name], "files", "read_file", PARAMS)
+                r = k.evaluate(caps[name], "files", "read_file", PARAMS, idempotency_key=key)
                 samples[name].append(time.perf_counter_ns() - t0)
+                if r.decision.verdict != "allow":
+                    raise RuntimeError(f"benchmark call denied: {r.decision}")
     pg.close()
     lite.close()
     return statistics.median(samples["pg"]) / 1e3, statistics.median(samples["sqlite"]) / 1e3
@@ -98,14 +114,14 @@ def _fleet_rate(store: str, work: Path, label: str, calls_per_caller: int, share
     from chio_kernel import Kernel
 
     setup = Kernel(work / f"{label}-0", store=store)
-    cap = setup.create_capability("agent:bench", _scope(), 86400).id
+    cap = _child(setup)
     before = setup.receipt_count()
     setup.close()
     procs = []
     for i in range(PROCESSES):
         data_dir = work / f"{label}-0" if shared_dir else work / f"{label}-{i}"
         procs.append(subprocess.Popen(
-            [sys.executable, __file__, "--worker", store, str(data_dir), cap, str(calls_per_caller)],
+            [sys.executable, __file__, "--worker", store, str(data_dir), cap, str(calls_per_caller), f"{label}-p{i}"],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
         ))
     for p in procs:
@@ -131,20 +147,20 @@ def _fleet_rate(store: str, work: Path, label: str, calls_per_caller: int, share
     return total / elapsed, commits / total
 
 
-def _worker(store: str, data_dir: str, cap: str, calls: int) -> None:
+def _worker(store: str, data_dir: str, cap: str, calls: int, tag: str) -> None:
     from chio_kernel import LocalChioClient
 
     client = LocalChioClient(data_dir, store=store)
 
-    async def caller() -> None:
-        for _ in range(calls):
+    async def caller(c: int) -> None:
+        for i in range(calls):
             r = await client.evaluate_tool_call(capability_id=cap, tool_server="files", tool_name="read_file",
-                                                parameters=PARAMS)
+                                                parameters=PARAMS, idempotency_key=f"{tag}-c{c}/step-{i}")
             if r.decision.verdict != "allow":
                 raise RuntimeError(f"benchmark call denied: {r.decision}")
 
     async def run() -> None:
-        await asyncio.gather(*(caller() for _ in range(CALLERS)))
+        await asyncio.gather(*(caller(c) for c in range(CALLERS)))
 
     print("ready", flush=True)
     sys.stdin.readline()
@@ -168,8 +184,8 @@ def postgres_rows(console: Console, work: Path, n: int) -> None:
         pg_p50, lite_p50 = _p50_rows(dsn, work, n)
         pg_rate, pg_cpe = _fleet_rate(dsn, work, "fleet-pg", calls, shared_dir=False)
         lite_rate, lite_cpe = _fleet_rate("sqlite", work, "fleet-sqlite", calls, shared_dir=True)
-    table = Table(title=f"PostgreSQL store vs SQLite ({PROCESSES} processes x {CALLERS} asyncio callers, "
-                        f"{calls} calls each; p50 of one sequential call, n={n})")
+    table = Table(title=f"PostgreSQL store vs SQLite, integration shape ({PROCESSES} processes x {CALLERS} "
+                        f"asyncio callers, {calls} calls each; p50 of one sequential call, n={n})")
     for col in ("store", "p50 µs (1 caller)", "evaluations/s (16 callers, 4 processes)", "commits / evaluation"):
         table.add_column(col, justify="right" if col != "store" else "left")
     table.add_row("PostgreSQL (one chain for the fleet)", f"{pg_p50:,.1f}", f"{pg_rate:,.0f}", f"{pg_cpe:.2f}")
@@ -182,7 +198,7 @@ def postgres_rows(console: Console, work: Path, n: int) -> None:
 
 def main() -> int:
     if len(sys.argv) > 1 and sys.argv[1] == "--worker":
-        _worker(*sys.argv[2:5], int(sys.argv[5]))
+        _worker(sys.argv[2], sys.argv[3], sys.argv[4], int(sys.argv[5]), sys.argv[6])
         return 0
     import argparse
     import shutil

@@ -80,24 +80,33 @@ class GroupCommitter(Generic[Req, Res]):
         self._fork_check()
         if self.max_batch == 1:
             return self._unwrap(self._run([req])[0])
-        slot: _Slot[Req, Res] = _Slot(req)
         with self._mu:
-            self._queue.append(slot)
-            lead = not self._leading
-            self._leading = True
-        if not lead:
+            slot: _Slot[Req, Res] | None = None
+            if self._leading:
+                waiting: _Slot[Req, Res] = _Slot(req)
+                self._queue.append(waiting)
+                slot = waiting
+            else:
+                self._leading = True
+        if slot is not None:  # a follower: wait for the leader to run our batch, or to hand us the lead
             slot.event.wait()
             if not slot.promoted:
                 return self._unwrap(slot.result)
-        # the leader: its own slot is the oldest in the queue, so it is in this batch
+        # the leader: its own request first, then whoever queued (up to max_batch)
         with self._mu:
-            batch = self._queue[: self.max_batch]
-            del self._queue[: self.max_batch]
+            if slot is None:
+                batch = self._queue[: self.max_batch - 1]
+                del self._queue[: self.max_batch - 1]
+            else:  # promoted: our slot is the oldest in the queue
+                batch = self._queue[: self.max_batch]
+                del self._queue[: self.max_batch]
+        reqs = [s.req for s in batch] if slot is not None else [req, *(s.req for s in batch)]
         try:
-            results = self._run([s.req for s in batch])
+            results = self._run(reqs)
         except BaseException as err:  # run_batch reports per request; this is a bug or an interrupt
-            results = [err] * len(batch)
-        for s, r in zip(batch, results):
+            results = [err] * len(reqs)
+        own = results[0]
+        for s, r in zip(batch, results if slot is not None else results[1:]):
             s.result = r
             if s is not slot:
                 s.event.set()
@@ -108,7 +117,7 @@ class GroupCommitter(Generic[Req, Res]):
                 nxt.event.set()
             else:
                 self._leading = False
-        return self._unwrap(slot.result)
+        return self._unwrap(own)
 
     @staticmethod
     def _unwrap(result: Res | BaseException | None) -> Res:

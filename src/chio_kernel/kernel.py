@@ -46,9 +46,46 @@ from chio_kernel.signing import (
     load_or_create_key,
     verify_hex,
 )
+from chio_kernel._capabilities import (
+    _Cap,
+    _first_non_subset,
+    _LinkBody,
+    _link_signing_bytes,
+    _refuse_bad_patterns,
+    capability_signing_bytes,
+)
+from chio_kernel._coerce import (
+    MAX_COST_UNITS,
+    _coerce_cost,
+    _coerce_operation,
+    _coerce_rate_limit,
+    _coerce_scope,
+    _coerce_token,
+    _iso,
+    _new_capability_id,
+    _positive_int,
+    _require_str,
+    check_scope_fields,
+)
 from chio_kernel._errors import CapabilityError, ChioKernelError, KernelInputError, KernelKeyMissingError
 from chio_kernel._group_commit import GroupCommitter, max_batch_from_env
 from chio_kernel._sqlite_store import DB_FILE, SQLiteStore
+from chio_kernel._ids import _uuid7_int, _uuid7_str, uuid7
+from chio_kernel._policy import _Deny, _owner
+from chio_kernel._receipts import (
+    _ACTION_FIELDS,
+    _DECISION_FIELDS,
+    _RECEIPT_FIELDS,
+    ChainReport,
+    _chain_dumps,
+    _construct,
+    _q,
+    _qa,
+    _receipt_signed_body,
+    receipt_chain_hash,
+    receipt_signing_bytes,
+    receipt_wire_dict,
+)
 from chio_kernel._store import GENESIS_HASH, CapabilityRow, KernelStore, StoreReader, StoreWriter
 
 __all__ = [
@@ -70,350 +107,18 @@ __all__ = [
 
 
 #: A declared ``cost.units`` is at most this (the store keeps spent units as a 64-bit integer).
-MAX_COST_UNITS = 2**63 - 1
-
-
-@dataclass(frozen=True)
-class ChainReport:
-    """Result of :meth:`Kernel.verify_chain`."""
-
-    ok: bool
-    count: int
-    first_broken_index: int | None = None
-    reason: str | None = None
 
 
 # --- ids ---------------------------------------------------------------------------------------
-
-_uuid_lock = threading.Lock()
-_uuid_last_ms = 0
-_uuid_counter = 0
-
-
-def _uuid7_int(secure: bool = False) -> int:
-    """A UUIDv7 (RFC 9562) as an int: 48-bit unix ms, version, a 12-bit counter that keeps ids
-    monotonic within this process, variant, 62 random bits."""
-    global _uuid_last_ms, _uuid_counter
-    ms = time.time_ns() // 1_000_000
-    with _uuid_lock:
-        if ms <= _uuid_last_ms:
-            _uuid_counter += 1
-            if _uuid_counter > 0xFFF:  # counter exhausted: borrow the next millisecond
-                _uuid_last_ms += 1
-                _uuid_counter = 0
-            ms = _uuid_last_ms
-        else:
-            _uuid_last_ms = ms
-            _uuid_counter = 0
-        counter = _uuid_counter
-    # Receipt ids: uniqueness comes from time + per-process counter, the random tail only separates
-    # processes (``random`` is reseeded in a forked child), so the fast generator is enough.
-    # Capability ids (``secure=True``) take their tail from the OS CSPRNG: they are not guessable.
-    rand_b = secrets.randbits(62) if secure else random.getrandbits(62)
-    return (ms << 80) | (0x7 << 76) | (counter << 64) | (0b10 << 62) | rand_b
-
-
-def uuid7() -> uuid.UUID:
-    """A time-ordered UUIDv7 (the stdlib of Python 3.11 has none)."""
-    return uuid.UUID(int=_uuid7_int())
-
-
-def _uuid7_str() -> str:
-    h = "%032x" % _uuid7_int()
-    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
 
 
 # --- signed bodies (ONE rule each for signing and verifying) ----------------------------------
 
 
-def capability_signing_bytes(token: CapabilityToken) -> bytes:
-    """What a capability token's signature covers: canonical JSON of ``token.body().model_dump(exclude_none=True)``."""
-    return canonical_json(token.body().model_dump(exclude_none=True))
-
-
-class _LinkBody(TypedDict):
-    """The fields of a ``DelegationLink`` but its ``signature`` (what the signature covers)."""
-
-    capability_id: str
-    delegator: str
-    delegatee: str
-    attenuations: list[Attenuation]
-    timestamp: int
-
-
-def _link_signing_bytes(link: DelegationLink | Mapping[str, Any]) -> bytes:
-    data = link.model_dump(exclude_none=True) if isinstance(link, DelegationLink) else dict(link)
-    data.pop("signature", None)
-    return canonical_json(data)
-
-
-def _receipt_signed_body(data: dict[str, Any]) -> dict[str, Any]:
-    """Receipt dict (``model_dump(exclude_none=True)`` form) -> the body its signature covers."""
-    body = dict(data)
-    body.pop("signature", None)
-    if not body.get("evidence"):
-        body.pop("evidence", None)
-    if not body.get("metadata"):
-        body.pop("metadata", None)
-    return body
-
-
-def receipt_wire_dict(receipt: ChioReceipt | Mapping[str, Any]) -> dict[str, Any]:
-    """A receipt as every output path serves it (sidecar answers and listings, the CLI's ``--json``,
-    ``show`` and ``export``): exactly the signed fields plus ``signature``.
-
-    That is ``model_dump(mode="json", exclude_none=True)`` without an empty ``evidence`` or
-    ``metadata`` (left out of the signed body, as upstream's serialisers do), so any verifier that
-    checks Ed25519 over the RFC 8785 canonical JSON of the object without ``signature`` accepts it.
-    """
-    if isinstance(receipt, ChioReceipt):
-        data = receipt.model_dump(mode="json", exclude_none=True)
-    else:
-        data = {k: v for k, v in receipt.items() if v is not None}
-    if not data.get("evidence"):
-        data.pop("evidence", None)
-    if not data.get("metadata"):
-        data.pop("metadata", None)
-    return data
-
-
-def receipt_signing_bytes(receipt: ChioReceipt | Mapping[str, Any]) -> bytes:
-    """What a receipt's signature covers: canonical JSON of ``model_dump(exclude_none=True)`` without
-    ``signature``, and without ``evidence`` / ``metadata`` when they are empty."""
-    data = receipt.model_dump(exclude_none=True) if isinstance(receipt, ChioReceipt) else dict(receipt)
-    return canonical_json(_receipt_signed_body(data))
-
-
-_chain_dumps = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=True).encode
-_q = _json_encoder.encode_basestring  # a JSON string literal as RFC 8785 writes it
-_qa = _json_encoder.encode_basestring_ascii  # ... and as json.dumps(ensure_ascii=True) writes it
-
-
 _CAP_CACHE_SIZE = 10_000  # verified capabilities kept per Kernel (tokens are immutable)
 
 
-_ACTION_FIELDS = frozenset({"parameters", "parameter_hash"})
-_DECISION_FIELDS = frozenset({"verdict", "reason", "guard"})
-_RECEIPT_FIELDS = frozenset(ChioReceipt.model_fields) - {"metadata"}
-
-
-_M = TypeVar("_M", bound=BaseModel)
-
-
-def _construct(cls: type[_M], fields_set: frozenset[str], values: dict[str, Any]) -> _M:
-    """``cls.model_construct(**values)`` without its per-field loop (hot path; values are complete)."""
-    if cls.__pydantic_post_init__ or cls.__pydantic_root_model__:  # pragma: no cover - not the chio_sdk models
-        return cls.model_construct(**values)
-    m = cls.__new__(cls)
-    object.__setattr__(m, "__dict__", values)
-    object.__setattr__(m, "__pydantic_fields_set__", set(fields_set))
-    object.__setattr__(m, "__pydantic_extra__", None)
-    object.__setattr__(m, "__pydantic_private__", None)
-    return m
-
-
-def receipt_chain_hash(receipt: ChioReceipt | Mapping[str, Any]) -> str:
-    """sha256 hex of a receipt exactly as ``ChioClient.verify_receipt_chain`` hashes it."""
-    data = receipt.model_dump(exclude_none=True) if isinstance(receipt, ChioReceipt) else receipt
-    return hashlib.sha256(_chain_dumps(data).encode()).hexdigest()
-
-
 # --- capability cache entry -------------------------------------------------------------------
-
-
-@dataclass
-class _Cap:
-    token: CapabilityToken
-    parent_id: str | None
-    rate_max: int | None
-    rate_per: float | None
-    policy_hash: str
-    sig_error: str | None  # None when signature + issuer + chain links verified
-    lineage: tuple[str, ...]  # own id first, then ancestors (nearest first)
-    grants: list[ToolGrant]
-    plans: dict[tuple[str, str, Operation], list[tuple[int, ToolGrant]]] = field(default_factory=dict)
-    constrained: bool = False  # some grant has constraints (checked before the lock, see evaluate)
-
-
-def _iso(ts: float) -> str:
-    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(ts))
-
-
-def _require_str(name: str, value: Any, *, max_len: int = 1024) -> str:
-    if not isinstance(value, str):
-        raise KernelInputError(f"{name} must be a string, got {type(value).__name__} {value!r:.80}")
-    if not value:
-        raise KernelInputError(f"{name} must be a non-empty string")
-    if len(value) > max_len:
-        raise KernelInputError(f"{name} is {len(value)} characters long; at most {max_len} allowed")
-    if "\x00" in value:
-        raise KernelInputError(f"{name} must not contain NUL characters")
-    if not value.isascii():
-        try:
-            value.encode("utf-8")
-        except UnicodeEncodeError:
-            raise KernelInputError(f"{name} contains a lone UTF-16 surrogate; pass valid Unicode text") from None
-    return value
-
-
-def _unknown_fields(model: Any, data: Any, path: str) -> str | None:
-    """The first key in ``data`` that ``model`` (a chio_sdk model) does not have, as a dotted path."""
-    if not isinstance(data, Mapping):
-        return None
-    fields = model.model_fields
-    for key, value in data.items():
-        if key not in fields:
-            return f"{path}{key}"
-        inner = _model_in(fields[key].annotation)
-        if inner is None:
-            continue
-        items = value if isinstance(value, list) else [value]
-        for i, item in enumerate(items):
-            where = f"{path}{key}[{i}]." if isinstance(value, list) else f"{path}{key}."
-            found = _unknown_fields(inner, item, where)
-            if found is not None:
-                return found
-    return None
-
-
-def _model_in(annotation: Any) -> Any:
-    """The pydantic model class inside ``X``, ``list[X]`` or ``X | None``, if any."""
-    from pydantic import BaseModel
-
-    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
-        return annotation
-    for arg in getattr(annotation, "__args__", ()) or ():
-        found = _model_in(arg)
-        if found is not None:
-            return found
-    return None
-
-
-_ID_FORBIDDEN = frozenset(' /?#%\\"\'<>')
-
-
-def _new_capability_id(value: Any) -> str:
-    """Validate a caller-chosen capability id: it appears in URLs and command lines."""
-    cap_id = _require_str("capability_id", value, max_len=200)
-    bad = sorted({c for c in cap_id if c in _ID_FORBIDDEN or not c.isprintable()})
-    if bad:
-        raise KernelInputError(
-            f"capability_id {cap_id!r} contains {''.join(bad)!r}; use letters, digits and . _ - : @ "
-            "(e.g. 'cap-research-pipeline')"
-        )
-    return cap_id
-
-
-def check_scope_fields(scope: Any, name: str = "scope") -> None:
-    """Refuse a scope dict with a key a ChioScope (or its grants, constraints...) does not have.
-
-    pydantic silently drops unknown keys, so a misspelt ``constraint`` or ``grant`` would issue a
-    WIDER (or empty) scope than meant. Every path that takes a scope as a dict (the kernel, the
-    sidecar, the CLI's ``--scope-file``) runs this one check. Raises :class:`KernelInputError` naming
-    the field; anything that is not a mapping is left to the model validation.
-    """
-    if not isinstance(scope, Mapping):
-        return
-    unknown = _unknown_fields(ChioScope, scope, "")
-    if unknown is not None:
-        raise KernelInputError(
-            f"{name} has an unknown field {unknown!r}; a ChioScope has grants (server_id, tool_name, "
-            "operations, constraints, max_invocations, max_cost_per_invocation, max_total_cost, "
-            "dpop_required), resource_grants and prompt_grants; constraints have type and value"
-        )
-
-
-def _coerce_scope(scope: Any, name: str = "scope") -> ChioScope:
-    if isinstance(scope, ChioScope):
-        return ChioScope.model_validate(scope.model_dump())  # private copy, re-validated
-    check_scope_fields(scope, name)
-    return _from_dict_form(ChioScope, scope, name)
-
-
-def _refuse_bad_patterns(scope: ChioScope) -> None:
-    """Refuse a scope whose regex_match constraint RE2 cannot compile (it would deny every call)."""
-    for i, g in enumerate(scope.grants):
-        for c in g.constraints:
-            if c.type == "regex_match" and isinstance(c.value, str):
-                problem = regex_problem(c.value)
-                if problem is not None:
-                    raise CapabilityError(f"grant {i} ({g.server_id}/{g.tool_name}): {problem}")
-
-
-def _coerce_token(token: Any, name: str = "token") -> CapabilityToken:
-    if isinstance(token, CapabilityToken):
-        return token
-    return _from_dict_form(CapabilityToken, token, name)
-
-
-def _from_dict_form(model: type[_M], value: Any, name: str) -> _M:
-    """``value`` (the dict form of ``model``) validated; anything else is a KernelInputError."""
-    if isinstance(value, Mapping):
-        try:
-            return model.model_validate(dict(value))
-        except ValidationError as err:
-            raise KernelInputError(f"{name} is not a valid {model.__name__}: {err}") from err
-    raise KernelInputError(
-        f"{name} must be a chio_sdk.models.{model.__name__} (or its dict form), got {type(value).__name__}"
-    )
-
-
-def _coerce_operation(operation: Any) -> Operation:
-    if isinstance(operation, Operation):
-        return operation
-    try:
-        return Operation(operation)
-    except ValueError:
-        allowed = ", ".join(op.value for op in Operation)
-        raise KernelInputError(f"operation {operation!r} is not one of: {allowed}") from None
-
-
-def _coerce_cost(cost: Any) -> tuple[int, str] | None:
-    if cost is None:
-        return None
-    units: object
-    currency: object
-    if isinstance(cost, MonetaryAmount):
-        units, currency = cost.units, cost.currency
-    elif isinstance(cost, Mapping):
-        extra = set(cost) - {"units", "currency"}
-        if extra:
-            raise KernelInputError(f"cost has unknown fields {sorted(extra)}; pass {{'units': int, 'currency': str}}")
-        units, currency = cost.get("units"), cost.get("currency")
-    else:
-        raise KernelInputError(
-            f"cost must be a chio_sdk.models.MonetaryAmount or {{'units': int, 'currency': str}}, got {type(cost).__name__}"
-        )
-    if isinstance(units, bool) or not isinstance(units, int) or not 0 <= units <= MAX_COST_UNITS:
-        raise KernelInputError(
-            f"cost.units must be an integer from 0 to 2^63-1 (minor units, e.g. cents), got {units!r:.60}"
-        )
-    if not isinstance(currency, str) or not currency:
-        raise KernelInputError(f"cost.currency must be a non-empty string such as 'USD', got {currency!r}")
-    return units, currency
-
-
-def _coerce_rate_limit(rate_limit: Any) -> tuple[int, float] | None:
-    if rate_limit is None:
-        return None
-    if isinstance(rate_limit, Mapping):
-        rate_limit = (rate_limit.get("max_calls"), rate_limit.get("per_seconds"))
-    if not isinstance(rate_limit, Sequence) or isinstance(rate_limit, str) or len(rate_limit) != 2:
-        raise KernelInputError(f"rate_limit must be (max_calls, per_seconds), got {rate_limit!r}")
-    max_calls, per = rate_limit
-    if isinstance(max_calls, bool) or not isinstance(max_calls, int) or max_calls < 1:
-        raise KernelInputError(f"rate_limit max_calls must be a positive integer, got {max_calls!r}")
-    if isinstance(per, bool) or not isinstance(per, (int, float)) or not (0 < per < 10**9):
-        raise KernelInputError(f"rate_limit per_seconds must be a positive number, got {per!r}")
-    return max_calls, float(per)
-
-
-def _positive_int(name: str, value: Any) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-        raise KernelInputError(f"{name} must be a positive integer number of seconds, got {value!r}")
-    if value > 100 * 365 * 86400:
-        raise KernelInputError(f"{name} is more than 100 years; pass a shorter lifetime")
-    return value
 
 
 def _refuse_missing_key(data_dir: Path, store: KernelStore) -> None:
@@ -434,28 +139,6 @@ def _refuse_missing_key(data_dir: Path, store: KernelStore) -> None:
     )
 
 
-def _first_non_subset(child: ChioScope, parent: ChioScope) -> str | None:
-    """Name the first grant of ``child`` not covered by ``parent``, or None if child ⊆ parent."""
-    for g in child.grants:
-        if not any(g.is_subset_of(pg) for pg in parent.grants):
-            allowed = "; ".join(describe_grant(pg) for pg in parent.grants) or "no tool grants"
-            return f"tool grant {describe_grant(g)} is not within the parent's grants ({allowed})"
-    for rg in child.resource_grants:
-        if not any(rg.is_subset_of(p) for p in parent.resource_grants):
-            return f"resource grant {rg.uri_pattern!r} is not within the parent's resource grants"
-    for pg2 in child.prompt_grants:
-        if not any(pg2.is_subset_of(p) for p in parent.prompt_grants):
-            return f"prompt grant {pg2.prompt_name!r} is not within the parent's prompt grants"
-    return None
-
-
-def _owner(capability_id: str, inherited: bool) -> str:
-    """Who set a limit, for deny reasons."""
-    if inherited:
-        return f"ancestor capability {capability_id} (whose limits this capability inherits)"
-    return f"capability {capability_id}"
-
-
 @dataclass(slots=True)
 class _EvalRequest:
     """One evaluation, coerced and hashed before the write transaction (see ``Kernel.evaluate``)."""
@@ -471,12 +154,6 @@ class _EvalRequest:
     cost_t: tuple[int, str] | None
     idem_hash: str | None
     pre: dict[str, list[tuple[int, ToolGrant]] | _Deny] | None
-
-
-class _Deny(Exception):
-    def __init__(self, guard: str, reason: str) -> None:
-        self.guard = guard
-        self.reason = reason
 
 
 # --- the kernel --------------------------------------------------------------------------------
