@@ -20,7 +20,10 @@ from chio_sdk.models import CapabilityToken
 
 from chio_kernel._postgres_store import PostgresStore, _PgReader, _PgWriter
 from chio_kernel._store import StoreReader, StoreWriter
-from chio_kernel.kernel import Kernel, KernelInputError, _Cap, _coerce_token, _Deny, _EvalRequest
+from chio_kernel._capabilities import _Cap
+from chio_kernel._coerce import _coerce_token
+from chio_kernel._policy import _Deny
+from chio_kernel.kernel import Kernel, KernelInputError, _EvalRequest
 
 __all__ = ["PostgresKernel"]
 
@@ -30,6 +33,7 @@ class PostgresKernel(Kernel):
 
     _keys_epoch: int = -1
     _retired: frozenset[str] = frozenset()
+    _writer: _PgWriter | None = None
 
     @property
     def _pg(self) -> PostgresStore:
@@ -78,13 +82,19 @@ class PostgresKernel(Kernel):
     # --- retired keys: checked inside every evaluation's transaction ---
 
     def _evaluate_in(self, st: StoreWriter, req: _EvalRequest) -> Any:
-        writer = cast(_PgWriter, st)
-        if writer.keys_epoch != self._keys_epoch:  # a key was retired since we last looked
-            self._retired = frozenset(writer.retired_keys())
-            self._keys_epoch = writer.keys_epoch
-        return super()._evaluate_in(st, req)
+        # The store serialises write transactions (one at a time per kernel), so one slot suffices.
+        self._writer = cast(_PgWriter, st)
+        try:
+            return super()._evaluate_in(st, req)
+        finally:
+            self._writer = None
 
     def _check_valid(self, cap: _Cap | None, capability_id: str, now: float, revoked: str | None) -> None:
+        writer = self._writer
+        # read after the chain-head read has synced the transaction, so no extra round trip
+        if writer is not None and writer.keys_epoch != self._keys_epoch:  # a key was retired meanwhile
+            self._retired = frozenset(writer.retired_keys())
+            self._keys_epoch = writer.keys_epoch
         if cap is not None and cap.sig_error is None and self._retired:
             retired = next((k for k in self._signers(cap.token) if k in self._retired), None)
             if retired is not None:

@@ -245,10 +245,25 @@ class _PgReader:
 class _PgWriter(_PgReader):
     """:class:`chio_kernel._store.StoreWriter`: the statements of one write transaction."""
 
-    def __init__(self, conn: psycopg.Connection[Any], signer: str | None, keys_epoch: int) -> None:
+    def __init__(self, conn: psycopg.Connection[Any], signer: str | None, lock: psycopg.Cursor[Any]) -> None:
         super().__init__(conn, signer)
-        #: Moves whenever a key is retired (read under the writer lock, so exact for this transaction).
-        self.keys_epoch = keys_epoch
+        self._lock_cursor = lock
+        self._epoch: int | None = None
+
+    @property
+    def keys_epoch(self) -> int:
+        """Moves whenever a key is retired (read under the writer lock, so exact for this
+        transaction)."""
+        if self._epoch is None:
+            row = self._one_of(self._lock_cursor)
+            self._epoch = int(row[0]) if row else 0
+        return self._epoch
+
+    def _one_of(self, cur: psycopg.Cursor[Any]) -> Any:
+        try:
+            return cur.fetchone()
+        except Exception as err:
+            raise _wrap(err, self._signer) from err
 
     def head_and_revoked(self, lineage: Sequence[str]) -> tuple[int, str, str | None]:
         row = self._one(
@@ -424,12 +439,12 @@ class PostgresStore:
             conn = self._connection()
             try:
                 conn.execute("BEGIN")
-                row = conn.execute("SELECT chio_writer_lock(%s)", (self._signer,)).fetchone()
+                lock = conn.execute("SELECT chio_writer_lock(%s)", (self._signer,))
             except Exception as err:
                 self._rollback(conn)
                 raise _wrap(err, self._signer) from err
             try:
-                yield _PgWriter(conn, self._signer, int(row[0]) if row else 0)
+                yield _PgWriter(conn, self._signer, lock)
             except BaseException:
                 self._rollback(conn)
                 raise
