@@ -4,11 +4,14 @@ and the fleet's keys (registered, trusted fleet-wide, retired)."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import subprocess
 import sys
+import time
 from pathlib import Path
 
+import httpx
 import psycopg
 import pytest
 from chio_sdk.client import ChioClient
@@ -193,3 +196,53 @@ async def test_sidecar_on_the_fleet_store_with_the_real_chio_client(
         local.close()
     finally:
         sidecar.stop()
+
+
+async def test_group_commit_on_postgres_shares_commits_and_budgets_stay_exact(pg_dsn: str, tmp_path: Path) -> None:
+    client = LocalChioClient(data_dir=tmp_path / "a", store=pg_dsn)
+    token = await client.create_capability(subject="agent:x", scope=_scope(max_invocations=30))
+    store = client.kernel._store
+    before = store.commits
+
+    async def caller(c: int) -> list[str]:
+        out = []
+        for i in range(10):
+            r = await client.evaluate_tool_call(capability_id=token.id, tool_server="fs", tool_name="read_file",
+                                                parameters={"c": c, "i": i})
+            out.append(r.decision.guard or "allow")
+        return out
+
+    verdicts = [v for vs in await asyncio.gather(*(caller(c) for c in range(8))) for v in vs]
+    commits = store.commits - before
+    assert verdicts.count("allow") == 30 and verdicts.count("max_invocations") == 50
+    assert commits < 80  # callers of one event-loop turn shared transactions
+    other = Kernel(tmp_path / "b", store=pg_dsn)  # every receipt was committed before its caller got it
+    assert other.receipt_count() == 80 and other.verify_chain().ok
+    other.close()
+    await client.close()
+
+
+def test_cli_sidecar_store_option(pg_dsn: str, tmp_path: Path) -> None:
+    from chio_kernel.testing import free_port
+
+    port = free_port()
+    proc = subprocess.Popen([*CLI, "sidecar", "--port", str(port), "--data-dir", str(tmp_path / "sc"),
+                             "--store", pg_dsn], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            env={"PATH": "/usr/bin:/bin", "HOME": str(Path.home())})
+    try:
+        health = None
+        for _ in range(600):
+            try:
+                health = httpx.get(f"http://127.0.0.1:{port}/chio/health", timeout=1).json()
+                break
+            except httpx.HTTPError:
+                assert proc.poll() is None, proc.stdout.read() if proc.stdout else ""
+                time.sleep(0.1)
+        assert health is not None
+        # the sidecar's kernel registered its key in the PostgreSQL store (and kept no kernel.db)
+        keys = {k["public_key"] for k in Kernel(tmp_path / "x", store=pg_dsn).registered_keys()}
+        assert health["kernel_key"] in keys
+        assert not (tmp_path / "sc" / "kernel.db").exists()
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
