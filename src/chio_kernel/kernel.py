@@ -71,7 +71,7 @@ from chio_kernel._errors import CapabilityError, ChioKernelError, KernelInputErr
 from chio_kernel._group_commit import GroupCommitter, max_batch_from_env
 from chio_kernel._sqlite_store import DB_FILE, SQLiteStore
 from chio_kernel._ids import _uuid7_int, _uuid7_str, uuid7
-from chio_kernel._policy import _Deny, _owner
+from chio_kernel._policy import _Deny, check_valid, decide, passing_grants
 from chio_kernel._receipts import (
     _ACTION_FIELDS,
     _DECISION_FIELDS,
@@ -767,15 +767,18 @@ class Kernel:
             head_seq, prev_hash = st.chain_head()
             revoked = None
         try:
-            self._check_valid(cap, capability_id, now, revoked)
+            check_valid(cap, capability_id, now, revoked, self.base_url)
             if req.idem_hash is not None:
                 body = st.idempotent_receipt(req.idem_hash)
                 if body is not None:
                     return ChioReceipt.model_validate_json(body)
             assert cap is not None
-            charges, rated = self._check_policy(
-                st, cap, tool_server, tool_name, req.op, req.params, req.cost_t, now, req.pre
-            )
+            lineage = [cap]
+            for ancestor_id in cap.lineage[1:]:
+                ancestor = self._load_cap(st, ancestor_id)
+                if ancestor is not None:  # a trusted foreign root this kernel never stored: its budgets live there
+                    lineage.append(ancestor)
+            charges, rated = decide(st, lineage, tool_server, tool_name, req.op, req.params, req.cost_t, now, req.pre)
         except _Deny as deny:
             policy_hash = cap.policy_hash if cap is not None else GENESIS_HASH
             return self._append_receipt(st, head_seq, prev_hash, now, req, deny, policy_hash)
@@ -788,82 +791,6 @@ class Kernel:
         if req.idem_hash is not None:
             st.remember_idempotency(req.idem_hash, head_seq + 1)
         return receipt
-
-    def _check_valid(self, cap: _Cap | None, capability_id: str, now: float, revoked: str | None) -> None:
-        """The signature, time and revocation guards."""
-        if cap is None:
-            raise _Deny(
-                "signature",
-                f"unknown capability {capability_id!r}: this kernel ({self.base_url}) never issued it; "
-                "create it first (create_capability / `chio-durable capability create`) or check the id",
-            )
-        if cap.sig_error is not None:
-            raise _Deny("signature", cap.sig_error)
-        tok = cap.token
-        if now < tok.issued_at:
-            raise _Deny("time", f"capability {capability_id} is not valid before {_iso(tok.issued_at)}; retry then")
-        if now >= tok.expires_at:
-            raise _Deny(
-                "time",
-                f"capability {capability_id} expired at {_iso(tok.expires_at)}; issue a new capability "
-                "and pass its id",
-            )
-        if revoked is not None:
-            which = "was revoked" if revoked == capability_id else f"descends from {revoked}, which was revoked"
-            raise _Deny(
-                "revocation",
-                f"capability {capability_id} {which}; calls under it are refused — issue a new capability",
-            )
-
-    def _check_policy(
-        self,
-        st: StoreWriter,
-        cap: _Cap,
-        tool_server: str,
-        tool_name: str,
-        op: Operation,
-        params: dict[str, Any],
-        cost_t: tuple[int, str] | None,
-        now: float,
-        pre: dict[str, list[tuple[int, ToolGrant]] | _Deny] | None = None,
-    ) -> tuple[list[tuple[str, int]], list[str]]:
-        """scope, constraints, max_invocations, cost, rate limit.
-
-        Returns what an allow must charge: ``(capability id, grant index)`` of every budgeted grant
-        and the ids whose rate window counts the call. An attenuated capability also spends its
-        ancestors' budgets and rate limits, so delegation never multiplies what the root allowed.
-        """
-        lineage = [cap]
-        for ancestor_id in cap.lineage[1:]:
-            ancestor = self._load_cap(st, ancestor_id)
-            if ancestor is not None:  # a trusted foreign root this kernel never stored: its budgets live there
-                lineage.append(ancestor)
-        charges: list[tuple[str, int]] = []
-        for depth, c in enumerate(lineage):
-            passing = pre.get(c.token.id) if pre is not None else None
-            if passing is None:  # not prechecked (e.g. created by another process meanwhile)
-                passing = self._passing_grants(c, depth > 0, tool_server, tool_name, op, params)
-            elif isinstance(passing, _Deny):
-                raise passing
-            index, limited = self._select_grant(st, c, depth > 0, passing, cost_t, tool_server, tool_name)
-            if limited:
-                charges.append((c.token.id, index))
-        rated: list[str] = []
-        for depth, c in enumerate(lineage):
-            if c.rate_max is None or c.rate_per is None:
-                continue
-            cid = c.token.id
-            count, oldest = st.rate_window(cid, now, c.rate_per)
-            if count >= c.rate_max:
-                retry = max(0.0, (oldest if oldest is not None else now) + c.rate_per - now)
-                owner = f"its ancestor capability {cid}" if depth else f"capability {cid}"
-                raise _Deny(
-                    "rate-limit-guard",
-                    f"{owner} allows {c.rate_max} calls per {c.rate_per:g} s and that many were "
-                    f"allowed in the last {c.rate_per:g} s; retry in {retry:.1f} s",
-                )
-            rated.append(cid)
-        return charges, rated
 
     def _precheck(
         self,
@@ -894,138 +821,10 @@ class Kernel:
         out: dict[str, list[tuple[int, ToolGrant]] | _Deny] = {}
         for depth, c in enumerate(caps):
             try:
-                out[c.token.id] = self._passing_grants(c, depth > 0, tool_server, tool_name, op, params)
+                out[c.token.id] = passing_grants(c, depth > 0, tool_server, tool_name, op, params)
             except _Deny as deny:
                 out[c.token.id] = deny
         return out
-
-    def _passing_grants(
-        self,
-        cap: _Cap,
-        inherited: bool,
-        tool_server: str,
-        tool_name: str,
-        op: Operation,
-        params: dict[str, Any],
-    ) -> list[tuple[int, ToolGrant]]:
-        """Grants of ``cap`` covering the call whose constraints pass (scope, constraints guards)."""
-        cid = cap.token.id
-        plan_key = (tool_server, tool_name, op)
-        matching = cap.plans.get(plan_key)
-        if matching is None:  # grants are immutable: which ones cover a tool is computed once
-            matching = [(i, g) for i, g in enumerate(cap.grants) if grant_matches(g, tool_server, tool_name, op)]
-            if len(cap.plans) < 4096:
-                cap.plans[plan_key] = matching
-        if not matching:
-            allowed = "; ".join(describe_grant(g) for g in cap.grants) or "nothing (it has no tool grants)"
-            raise _Deny(
-                "scope",
-                f"{_owner(cid, inherited)} does not allow {op.value} on {tool_server}/{tool_name}; it allows {allowed}. "
-                "Use a capability whose scope includes this tool",
-            )
-        passing = []
-        first_violation = None
-        for i, g in matching:
-            violation = check_constraints(g, params)
-            if violation is None:
-                passing.append((i, g))
-            elif first_violation is None:
-                first_violation = violation
-        if not passing:
-            raise _Deny("constraints", f"{_owner(cid, inherited)}, {tool_server}/{tool_name}: {first_violation}")
-        return passing
-
-    def _select_grant(
-        self,
-        st: StoreWriter,
-        cap: _Cap,
-        inherited: bool,
-        passing: list[tuple[int, ToolGrant]],
-        cost_t: tuple[int, str] | None,
-        tool_server: str,
-        tool_name: str,
-    ) -> tuple[int, bool]:
-        """The first passing grant of ``cap`` with budget left -> (index, has budgets)."""
-        cid = cap.token.id
-        first_fail: _Deny | None = None
-        for i, g in passing:
-            limited = (
-                g.max_invocations is not None or g.max_total_cost is not None or g.max_cost_per_invocation is not None
-            )
-            if not limited:
-                return i, False
-            try:
-                self._check_budget(st, cid, _owner(cid, inherited), i, g, cost_t, tool_server, tool_name)
-            except _Deny as deny:
-                if first_fail is None:
-                    first_fail = deny
-                continue
-            return i, True
-        assert first_fail is not None
-        raise first_fail
-
-    def _check_budget(
-        self,
-        st: StoreWriter,
-        cid: str,
-        owner: str,
-        index: int,
-        g: ToolGrant,
-        cost_t: tuple[int, str] | None,
-        tool_server: str,
-        tool_name: str,
-    ) -> None:
-        used, spent = st.usage(cid, index)
-        if g.max_invocations is not None and used >= g.max_invocations:
-            raise _Deny(
-                "max_invocations",
-                f"{owner} allows {g.max_invocations} invocation(s) of {g.server_id}/{g.tool_name} and "
-                f"all {used} were used; issue a new capability for more calls",
-            )
-        if cost_t is None:
-            if g.max_cost_per_invocation is not None or g.max_total_cost is not None:
-                # fail closed: an undeclared cost would otherwise spend nothing against the budget
-                limits = ", ".join(
-                    f"{name}={m.units} {m.currency}"
-                    for name, m in (("max_cost_per_invocation", g.max_cost_per_invocation),
-                                    ("max_total_cost", g.max_total_cost))
-                    if m is not None
-                )
-                raise _Deny(
-                    "cost",
-                    f"call to {tool_server}/{tool_name} declares no cost, but {owner} has cost limits "
-                    f"({limits}); the call must declare its cost (cost= on evaluate, \"cost\" on /v1/evaluate)",
-                )
-            return
-        units, currency = cost_t
-        per = g.max_cost_per_invocation
-        if per is not None:
-            if per.currency != currency:
-                raise _Deny(
-                    "cost",
-                    f"call to {tool_server}/{tool_name} declares a cost in {currency}, but {owner} "
-                    f"limits cost in {per.currency}; declare the cost in {per.currency}",
-                )
-            if units > per.units:
-                raise _Deny(
-                    "cost",
-                    f"call to {tool_server}/{tool_name} costs {units} {currency}; {owner} allows at most "
-                    f"{per.units} {per.currency} per invocation",
-                )
-        total = g.max_total_cost
-        if total is not None:
-            if total.currency != currency:
-                raise _Deny(
-                    "cost",
-                    f"call to {tool_server}/{tool_name} declares a cost in {currency}, but {owner} "
-                    f"budgets in {total.currency}; declare the cost in {total.currency}",
-                )
-            if spent + units > total.units:
-                raise _Deny(
-                    "cost",
-                    f"call to {tool_server}/{tool_name} costs {units} {currency}; {owner} has spent "
-                    f"{spent} of its {total.units} {total.currency} budget, so only {total.units - spent} remain",
-                )
 
     def _append_receipt(
         self,
