@@ -20,9 +20,7 @@ from chio_sdk.models import CapabilityToken
 
 from chio_kernel._postgres_store import PostgresStore, _PgReader, _PgWriter
 from chio_kernel._store import StoreReader, StoreWriter
-from chio_kernel._capabilities import _Cap
 from chio_kernel._coerce import _coerce_token
-from chio_kernel._policy import _Deny
 from chio_kernel.kernel import Kernel, KernelInputError, _EvalRequest
 
 __all__ = ["PostgresKernel"]
@@ -33,7 +31,6 @@ class PostgresKernel(Kernel):
 
     _keys_epoch: int = -1
     _retired: frozenset[str] = frozenset()
-    _writer: _PgWriter | None = None
 
     @property
     def _pg(self) -> PostgresStore:
@@ -71,7 +68,15 @@ class PostgresKernel(Kernel):
             else:
                 with self._read() as reader:
                     self._learn_keys(reader)
-        return super()._static_check(st, token)
+        problem = super()._static_check(st, token)
+        if problem is None and self._retired:
+            retired = next((k for k in self._signers(token) if k in self._retired), None)
+            if retired is not None:
+                return (
+                    f"capability {token.id} was signed by kernel key {retired[:16]}…, which was retired from the "
+                    "fleet store; issue a new capability from an active kernel"
+                )
+        return problem
 
     def _verify_receipt_dict(self, data: dict[str, Any]) -> str | None:
         if data.get("kernel_key") not in self._issuers:
@@ -82,28 +87,15 @@ class PostgresKernel(Kernel):
     # --- retired keys: checked inside every evaluation's transaction ---
 
     def _evaluate_in(self, st: StoreWriter, req: _EvalRequest) -> Any:
-        # The store serialises write transactions (one at a time per kernel), so one slot suffices.
-        self._writer = cast(_PgWriter, st)
-        try:
-            return super()._evaluate_in(st, req)
-        finally:
-            self._writer = None
-
-    def _check_valid(self, cap: _Cap | None, capability_id: str, now: float, revoked: str | None) -> None:
-        writer = self._writer
-        # read after the chain-head read has synced the transaction, so no extra round trip
-        if writer is not None and writer.keys_epoch != self._keys_epoch:  # a key was retired meanwhile
+        writer = cast(_PgWriter, st)
+        # The epoch comes with the writer lock (no extra round trip); when a key was retired since
+        # we last looked, reload the retired set and drop the verified-capability cache, so every
+        # capability is re-checked (``_static_check`` below) inside this transaction.
+        if writer.keys_epoch != self._keys_epoch:
             self._retired = frozenset(writer.retired_keys())
             self._keys_epoch = writer.keys_epoch
-        if cap is not None and cap.sig_error is None and self._retired:
-            retired = next((k for k in self._signers(cap.token) if k in self._retired), None)
-            if retired is not None:
-                raise _Deny(
-                    "signature",
-                    f"capability {capability_id} was signed by kernel key {retired[:16]}…, which was retired "
-                    "from the fleet store; issue a new capability from an active kernel",
-                )
-        super()._check_valid(cap, capability_id, now, revoked)
+            self._caps.clear()
+        return super()._evaluate_in(st, req)
 
     def validate_capability(self, token: Any) -> tuple[bool, str | None]:
         """As :meth:`Kernel.validate_capability`, and no signer of the token may be retired."""

@@ -246,3 +246,18 @@ def test_cli_sidecar_store_option(pg_dsn: str, tmp_path: Path) -> None:
     finally:
         proc.terminate()
         proc.wait(timeout=30)
+
+
+def test_the_fleet_kernel_hooks_still_exist_on_kernel() -> None:
+    """PostgresKernel extends these Kernel internals; if a refactor moves one, say so loudly here
+    (an override of a method nobody calls would silently stop checking retired keys)."""
+    from chio_kernel._fleet import PostgresKernel
+
+    for name in ("_static_check", "_evaluate_in", "_verify_receipt_dict", "validate_capability", "health", "_read"):
+        assert name in vars(Kernel), f"Kernel.{name} is gone: update chio_kernel._fleet.PostgresKernel"
+        assert getattr(PostgresKernel, name) is not getattr(Kernel, name) or name == "_read"
+    import inspect
+
+    source = inspect.getsource(Kernel._evaluate_in)
+    assert "_load_cap(st" in source  # capabilities are (re)loaded inside the transaction
+    assert "self._caps" in inspect.getsource(Kernel._load_cap)
