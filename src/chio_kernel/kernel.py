@@ -81,9 +81,12 @@ from chio_kernel._receipts import (
     _q,
     _qa,
     _receipt_signed_body,
+    build_receipt,
+    check_http_receipt_body,
     receipt_chain_hash,
     receipt_signing_bytes,
     receipt_wire_dict,
+    verify_receipt_dict,
 )
 from chio_kernel._store import GENESIS_HASH, CapabilityRow, KernelStore, StoreReader, StoreWriter
 
@@ -788,66 +791,13 @@ class Kernel:
         deny: _Deny | None,
         policy_hash: str,
     ) -> ChioReceipt:
-        capability_id, tool_server, tool_name = req.capability_id, req.tool_server, req.tool_name
-        params, params_text, params_ascii, param_hash = req.params, req.params_text, req.params_ascii, req.param_hash
-        rid = "rcpt-" + _uuid7_str()
-        ts = str(int(now))
-        key = self.public_key_hex
-        q_cap, q_tool, q_server = _q(capability_id), _q(tool_name), _q(tool_server)
-        guard: str | None = None
-        reason: str | None = None
-        if deny is None:
-            decision: dict[str, str | None] = {"verdict": "allow"}
-            decision_text = decision_ascii = '{"verdict":"allow"}'
-        else:
-            guard, reason = deny.guard, deny.reason
-            decision = {"verdict": "deny", "reason": reason, "guard": guard}
-            decision_text = '{"guard":' + _q(guard) + ',"reason":' + _q(reason) + ',"verdict":"deny"}'
-            decision_ascii = '{"guard":' + _qa(guard) + ',"reason":' + _qa(reason) + ',"verdict":"deny"}'
-        # The canonical JSON of the signed body, spliced from canonical parts in sorted key order
-        # (equal to canonical_json(body); tests/kernel check both ways agree).
-        signed = (
-            '{"action":{"parameter_hash":"' + param_hash + '","parameters":' + params_text
-            + '},"capability_id":' + q_cap + ',"content_hash":"' + prev_hash
-            + '","decision":' + decision_text + ',"id":"' + rid + '","kernel_key":"' + key
-            + '","policy_hash":"' + policy_hash + '","timestamp":' + ts
-            + ',"tool_name":' + q_tool + ',"tool_server":' + q_server + "}"
+        receipt, stored, chain_hash = build_receipt(
+            self._signer.sign_hex, self.public_key_hex, prev_hash, now, req.capability_id, req.tool_server,
+            req.tool_name, req.params, req.params_text, req.params_ascii, req.param_hash,
+            None if deny is None else (deny.guard, deny.reason), policy_hash,
         )
-        signature = self._signer.sign_hex(signed.encode("utf-8"))
-        # The stored text is the receipt exactly as ChioClient.verify_receipt_chain serialises it
-        # (model_dump(exclude_none=True), sort_keys, ensure_ascii): its sha256 is the next content_hash.
-        if not (q_cap.isascii() and q_tool.isascii() and q_server.isascii()):
-            q_cap, q_tool, q_server = _qa(capability_id), _qa(tool_name), _qa(tool_server)
-        stored = (
-            '{"action":{"parameter_hash":"' + param_hash + '","parameters":' + params_ascii
-            + '},"capability_id":' + q_cap + ',"content_hash":"' + prev_hash
-            + '","decision":' + decision_ascii + ',"evidence":[],"id":"' + rid + '","kernel_key":"' + key
-            + '","policy_hash":"' + policy_hash + '","signature":"' + signature + '","timestamp":' + ts
-            + ',"tool_name":' + q_tool + ',"tool_server":' + q_server + "}"
-        )
-        chain_hash = hashlib.sha256(stored.encode()).hexdigest()
-        action = {"parameters": params, "parameter_hash": param_hash}
-        body = {
-            "id": rid,
-            "timestamp": int(now),
-            "capability_id": capability_id,
-            "tool_server": tool_server,
-            "tool_name": tool_name,
-            "action": action,
-            "decision": decision,
-            "content_hash": prev_hash,
-            "policy_hash": policy_hash,
-            "evidence": [],
-            "kernel_key": key,
-            "signature": signature,
-        }
-        st.append_receipt(head_seq + 1, rid, capability_id, str(decision["verdict"]), chain_hash, stored)
-        body["action"] = _construct(ToolCallAction, _ACTION_FIELDS, action)
-        body["decision"] = _construct(
-            Decision, _DECISION_FIELDS, {"verdict": decision["verdict"], "reason": reason, "guard": guard}
-        )
-        body["metadata"] = None
-        return _construct(ChioReceipt, _RECEIPT_FIELDS, body)
+        st.append_receipt(head_seq + 1, receipt.id, req.capability_id, receipt.decision.verdict, chain_hash, stored)
+        return receipt
 
     # --- receipts ---
 
@@ -859,15 +809,7 @@ class Kernel:
         Only HttpReceipt bodies are signed (``id`` ``hrcpt-...``, HttpReceipt fields only), so this is
         no way to sign a tool receipt or a capability token.
         """
-        from chio_sdk.models import HttpReceipt
-
-        allowed = set(HttpReceipt.model_fields) - {"signature"}
-        extra = set(body) - allowed
-        if extra or not str(body.get("id", "")).startswith("hrcpt-") or not {"method", "route_pattern"} <= set(body):
-            raise KernelInputError(
-                f"sign_http_receipt signs HttpReceipt bodies only (id 'hrcpt-...', fields {sorted(allowed)}); "
-                f"got fields {sorted(body)}"
-            )
+        check_http_receipt_body(body)
         return self._signer.sign_hex(canonical_json(dict(body)))
 
     def verify_receipt(self, receipt: ChioReceipt | Mapping[str, Any]) -> bool:
@@ -884,19 +826,7 @@ class Kernel:
         return self._verify_receipt_dict(data) is None
 
     def _verify_receipt_dict(self, data: dict[str, Any]) -> str | None:
-        key = data.get("kernel_key")
-        if key not in self._issuers:
-            return f"receipt {data.get('id')} was signed by {str(key)[:16]}…, which is not this kernel nor a trusted key"
-        try:
-            action = data["action"]
-            if hashlib.sha256(canonical_json(action["parameters"])).hexdigest() != action["parameter_hash"]:
-                return f"receipt {data.get('id')}: parameter_hash does not match its parameters"
-            message = canonical_json(_receipt_signed_body(data))
-        except (KeyError, TypeError, ValueError) as err:
-            return f"receipt {data.get('id')} is malformed: {err}"
-        if not verify_hex(key, str(data.get("signature")), message):
-            return f"receipt {data.get('id')} has an invalid signature (altered after signing)"
-        return None
+        return verify_receipt_dict(data, self._issuers)
 
     def get_receipt(self, receipt_id: str) -> ChioReceipt | None:
         """The stored receipt with this id, or None."""

@@ -53,6 +53,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from chio_kernel._receipts import http_signed_body, verify_http_receipt
 from chio_kernel.canonical import canonical_json
 from chio_kernel.kernel import (
     MAX_COST_UNITS,
@@ -680,29 +681,6 @@ def _version() -> str:
 # --- HTTP-request evaluation (/chio/evaluate, /chio/verify) --------------------------------------
 
 
-def _verify_sig(public_key_hex: str, message: bytes, signature_hex: str) -> bool:
-    from cryptography.exceptions import InvalidSignature
-    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
-
-    try:
-        key = Ed25519PublicKey.from_public_bytes(bytes.fromhex(public_key_hex))
-        key.verify(bytes.fromhex(signature_hex), message)
-    except (InvalidSignature, ValueError):
-        return False
-    return True
-
-
-def _http_signed_body(receipt: dict[str, Any]) -> dict[str, Any]:
-    """The signed body of an HttpReceipt: everything but ``signature``; empty evidence/metadata left out
-    (the same rule as tool receipts)."""
-    body = {k: v for k, v in receipt.items() if k != "signature" and v is not None}
-    if not body.get("evidence"):
-        body.pop("evidence", None)
-    if not body.get("metadata"):
-        body.pop("metadata", None)
-    return body
-
-
 def _capability_from_header(header_token: str | None) -> tuple[str | None, CapabilityToken | None, str | None]:
     """(capability id, parsed token, error) from an ``X-Chio-Capability`` header."""
     if not header_token:
@@ -781,7 +759,7 @@ def _evaluate_http(kernel: Any, req: ChioHttpRequest, header_token: str | None) 
         "metadata": {"chio_receipt_id": tool_receipt.id} if tool_receipt is not None else None,
         "kernel_key": kernel.public_key_hex,
     }
-    receipt = _http_signed_body(receipt)  # served exactly as signed: no empty evidence/metadata
+    receipt = http_signed_body(receipt)  # served exactly as signed: no empty evidence/metadata
     receipt["signature"] = kernel.sign_http_receipt(receipt)
     return {
         "verdict": receipt["verdict"],
@@ -791,14 +769,7 @@ def _evaluate_http(kernel: Any, req: ChioHttpRequest, header_token: str | None) 
 
 
 def _verify_http_receipt(kernel: Any, receipt: HttpReceipt) -> bool:
-    if receipt.kernel_key != kernel.public_key_hex:
-        return False
-    body = _http_signed_body(receipt.model_dump(mode="json", exclude_none=True))
-    try:
-        message = canonical_json(body)
-    except (ValueError, TypeError):
-        return False
-    return _verify_sig(receipt.kernel_key, message, receipt.signature)
+    return verify_http_receipt(kernel.public_key_hex, receipt)
 
 
 # --- running it -------------------------------------------------------------------------------
