@@ -8,80 +8,35 @@ from __future__ import annotations
 
 import hashlib
 import json
-import json.encoder as _json_encoder
 import os
-import random
-import secrets
-import threading
 import time
-import uuid
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from contextlib import AbstractContextManager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypedDict, TypeVar
+from typing import Any
 
-from chio_sdk.models import (
-    Attenuation,
-    CapabilityToken,
-    ChioReceipt,
-    ChioScope,
-    Decision,
-    DelegationLink,
-    MonetaryAmount,
-    Operation,
-    ToolCallAction,
-    ToolGrant,
-)
-from pydantic import BaseModel, ValidationError
+from chio_sdk.models import CapabilityToken, ChioReceipt, ChioScope, MonetaryAmount, Operation, ToolGrant
+from pydantic import ValidationError
 
 from chio_kernel.canonical import canonical_json, canonical_json_str
-from chio_kernel.guards import check_constraints, describe_grant, grant_matches, regex_problem
-from chio_kernel.signing import (
-    KEY_FILE,
-    Signer,
-    default_data_dir,
-    ensure_data_dir,
-    load_or_create_key,
-    verify_hex,
-)
-from chio_kernel._capabilities import (
-    Capabilities,
-    _Cap,
-    _first_non_subset,
-    _LinkBody,
-    _link_signing_bytes,
-    _refuse_bad_patterns,
-    capability_signing_bytes,
-)
+from chio_kernel.signing import KEY_FILE, Signer, default_data_dir, ensure_data_dir, load_or_create_key
+from chio_kernel._capabilities import Capabilities, _Cap, capability_signing_bytes
 from chio_kernel._coerce import (
     MAX_COST_UNITS,
     _coerce_cost,
     _coerce_operation,
-    _coerce_rate_limit,
-    _coerce_scope,
-    _coerce_token,
-    _iso,
-    _new_capability_id,
-    _positive_int,
     _require_str,
     check_scope_fields,
 )
 from chio_kernel._errors import CapabilityError, ChioKernelError, KernelInputError, KernelKeyMissingError
 from chio_kernel._group_commit import GroupCommitter, max_batch_from_env
 from chio_kernel._sqlite_store import DB_FILE, SQLiteStore
-from chio_kernel._ids import _uuid7_int, _uuid7_str, uuid7
+from chio_kernel._ids import uuid7
 from chio_kernel._policy import _Deny, check_valid, decide, passing_grants
 from chio_kernel._receipts import (
-    _ACTION_FIELDS,
-    _DECISION_FIELDS,
-    _RECEIPT_FIELDS,
     ChainReport,
     _chain_dumps,
-    _construct,
-    _q,
-    _qa,
-    _receipt_signed_body,
     build_receipt,
     check_http_receipt_body,
     receipt_chain_hash,
@@ -89,7 +44,7 @@ from chio_kernel._receipts import (
     receipt_wire_dict,
     verify_receipt_dict,
 )
-from chio_kernel._store import GENESIS_HASH, CapabilityRow, KernelStore, StoreReader, StoreWriter
+from chio_kernel._store import GENESIS_HASH, KernelStore, StoreReader, StoreWriter
 
 __all__ = [
     "CapabilityError",
