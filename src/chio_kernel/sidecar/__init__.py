@@ -373,9 +373,16 @@ def _parse_rate_limit(value: Any) -> tuple[int, float] | None:
 Handler = Callable[[Request], Awaitable[Response]]
 
 
-def _endpoint(fn: Handler) -> Handler:
-    """Map every failure of one handler to a JSON answer: the known client errors 4xx, anything else
-    500 with the traceback logged (so a bug of ours is never disguised as a client error)."""
+def _store_errors(kernel: Any) -> tuple[type[Exception], ...]:
+    """The kernel store's transient errors (``KernelStore.transient_errors``); SQLite's by default."""
+    errors = getattr(getattr(kernel, "_store", None), "transient_errors", None)
+    return tuple(errors) if errors else (sqlite3.Error,)
+
+
+def _endpoint(fn: Handler, store_errors: tuple[type[Exception], ...] = (sqlite3.Error,)) -> Handler:
+    """Map every failure of one handler to a JSON answer: the known client errors 4xx, the store's
+    transient errors 503, anything else 500 with the traceback logged (so a bug of ours is never
+    disguised as a client error)."""
 
     async def wrapper(request: Request) -> Response:
         try:
@@ -388,7 +395,7 @@ def _endpoint(fn: Handler) -> Handler:
             return _error(400, "capability_error", _short(err))
         except KernelInputError as err:  # input the kernel cannot take (it says what to pass)
             return _error(422, "invalid_request", _short(err))
-        except sqlite3.Error as err:  # the store, not the request: retryable, and nothing was decided
+        except store_errors as err:  # the store, not the request: retryable, and nothing was decided
             log.warning("store error in %s %s: %s", request.method, request.url.path, err)
             return _error(503, "store_unavailable", f"the receipt store could not be used ({_short(err)}); retry")
         except Exception:  # a bug on our side: say so, keep serving
@@ -418,12 +425,17 @@ def create_app(
 
         kernel = Kernel(data_dir=data_dir)
     k = kernel
+    store_errors = _store_errors(k)
 
-    @_endpoint
+    def endpoint(fn: Handler) -> Handler:
+        return _endpoint(fn, store_errors)
+
+
+    @endpoint
     async def health(request: Request) -> Response:
         return _json({"status": "ok", "kernel_key": k.public_key_hex, "version": _version()})
 
-    @_endpoint
+    @endpoint
     async def create_capability(request: Request) -> Response:
         data = await _read_object(request)
         subject = _req_str(data, "subject", max_len=4096)
@@ -443,7 +455,7 @@ def create_app(
         )
         return _json(_dump_token(token_))
 
-    @_endpoint
+    @endpoint
     async def validate_capability(request: Request) -> Response:
         data = await _read_object(request)
         token_ = _model(CapabilityToken, data, "capability token")
@@ -453,7 +465,7 @@ def create_app(
             body["reason"] = reason
         return _json(body)
 
-    @_endpoint
+    @endpoint
     async def attenuate_capability(request: Request) -> Response:
         data = await _read_object(request)
         parent_raw = data.get("parent_token", data.get("parent_id"))
@@ -491,7 +503,7 @@ def create_app(
             raise ApiError(400, "not_attenuable", _short(err)) from None
         return _json(_dump_token(child))
 
-    @_endpoint
+    @endpoint
     async def evaluate(request: Request) -> Response:
         data = await _read_object(request)
         capability_id = _req_str(data, "capability_id", max_len=256)
@@ -528,14 +540,14 @@ def create_app(
         )
         return _json(_dump_receipt(receipt))
 
-    @_endpoint
+    @endpoint
     async def verify_receipt(request: Request) -> Response:
         data = await _read_object(request)
         receipt = _model(ChioReceipt, data, "receipt")
         valid = await run_in_threadpool(k.verify_receipt, receipt)
         return _json({"valid": bool(valid)})
 
-    @_endpoint
+    @endpoint
     async def get_receipt(request: Request) -> Response:
         rid = request.path_params["receipt_id"]
         receipt = await run_in_threadpool(k.get_receipt, rid)
@@ -543,7 +555,7 @@ def create_app(
             raise ApiError(404, "unknown_receipt", f"no receipt {rid!r} in this kernel's store")
         return _json(_dump_receipt(receipt))
 
-    @_endpoint
+    @endpoint
     async def list_receipts(request: Request) -> Response:
         q = request.query_params
         cap = q.get("capability_id") or None
@@ -562,12 +574,12 @@ def create_app(
             "next_after_seq": rows[-1][0] if rows else after,
         })
 
-    @_endpoint
+    @endpoint
     async def verify_chain(request: Request) -> Response:
         report = await run_in_threadpool(k.verify_chain)
         return _json(_report_dict(report))
 
-    @_endpoint
+    @endpoint
     async def list_capabilities(request: Request) -> Response:
         tokens = await run_in_threadpool(k.list_capabilities)
         return _json({"capabilities": [_dump_token(t) for t in tokens], "count": len(tokens)})
@@ -580,18 +592,18 @@ def create_app(
             raise ApiError(404, "unknown_capability", f"no capability {cid!r} in this kernel")
         return cid, token_
 
-    @_endpoint
+    @endpoint
     async def get_capability(request: Request) -> Response:
         _, token_ = await known_capability(request)
         return _json(_dump_token(token_))
 
-    @_endpoint
+    @endpoint
     async def revoke_capability(request: Request) -> Response:
         cid, _ = await known_capability(request)
         revoked = await run_in_threadpool(k.revoke_capability, cid)
         return _json({"revoked": list(revoked)})
 
-    @_endpoint
+    @endpoint
     async def http_evaluate(request: Request) -> Response:
         data = await _read_object(request)
         http_req = _model(ChioHttpRequest, data, "HTTP request")
@@ -601,7 +613,7 @@ def create_app(
         result = await run_in_threadpool(_evaluate_http, k, http_req, header_token)
         return _json(result)
 
-    @_endpoint
+    @endpoint
     async def http_verify(request: Request) -> Response:
         data = await _read_object(request)
         receipt = _model(HttpReceipt, data, "HTTP receipt")
