@@ -20,6 +20,7 @@ from chio_sdk.models import CapabilityToken
 
 from chio_kernel._postgres_store import PostgresStore, _PgReader, _PgWriter
 from chio_kernel._store import StoreReader, StoreWriter
+from chio_kernel._capabilities import Capabilities
 from chio_kernel._coerce import _coerce_token
 from chio_kernel.kernel import Kernel, KernelInputError, _EvalRequest
 
@@ -50,33 +51,22 @@ class PostgresKernel(Kernel):
         out["store"] = self.store
         return out
 
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        # The same capability component, with the fleet's trust rule (see _FleetCapabilities).
+        self._capabilities = _FleetCapabilities(
+            self, self._signer, self.trusted_keys, lambda: self._clock(), self._read, self._write
+        )
+        self._caps = self._capabilities._caps
+
     # --- trust: every registered key ---
 
-    @staticmethod
-    def _signers(token: CapabilityToken) -> list[str]:
-        return [token.issuer, *(link.delegator for link in token.delegation_chain)]
-
     def _learn_keys(self, st: StoreReader) -> None:
+        """Accept every key registered in the store (retired ones too: receipts they signed before
+        their retirement still verify; capabilities they signed are refused by ``_retired``)."""
         keys = cast(_PgReader, st).registered_keys()
         self._issuers = frozenset({self.public_key_hex}) | self.trusted_keys | {k[0] for k in keys}
-
-    def _static_check(self, st: StoreReader | None, token: CapabilityToken) -> str | None:
-        if any(k not in self._issuers for k in self._signers(token)):
-            # a kernel that joined the fleet after this one started
-            if st is not None:
-                self._learn_keys(st)
-            else:
-                with self._read() as reader:
-                    self._learn_keys(reader)
-        problem = super()._static_check(st, token)
-        if problem is None and self._retired:
-            retired = next((k for k in self._signers(token) if k in self._retired), None)
-            if retired is not None:
-                return (
-                    f"capability {token.id} was signed by kernel key {retired[:16]}…, which was retired from the "
-                    "fleet store; issue a new capability from an active kernel"
-                )
-        return problem
+        self._capabilities._issuers = self._issuers
 
     def _verify_receipt_dict(self, data: dict[str, Any]) -> str | None:
         if data.get("kernel_key") not in self._issuers:
@@ -104,7 +94,7 @@ class PostgresKernel(Kernel):
             return valid, reason
         tok = _coerce_token(token)
         with self._read() as st:
-            retired = cast(_PgReader, st).first_retired(self._signers(tok))
+            retired = cast(_PgReader, st).first_retired(_signers(tok))
         if retired is not None:
             return False, f"capability {tok.id} was signed by kernel key {retired[:16]}…, which was retired"
         return True, None
@@ -134,3 +124,35 @@ class PostgresKernel(Kernel):
             raise KernelInputError(
                 f"kernel key {public_key[:16]}… is not registered in this store (see `chio-durable keys list`)"
             )
+
+
+def _signers(token: CapabilityToken) -> list[str]:
+    """The keys that signed a token: its issuer and every delegation link's delegator."""
+    return [token.issuer, *(link.delegator for link in token.delegation_chain)]
+
+
+class _FleetCapabilities(Capabilities):
+    """Capabilities whose signature check trusts every key registered in the fleet's store (learnt
+    on first sight) and refuses tokens signed by a retired key."""
+
+    def __init__(self, kernel: PostgresKernel, *args: Any) -> None:
+        super().__init__(*args)
+        self._kernel = kernel
+
+    def _static_check(self, st: StoreReader | None, token: CapabilityToken) -> str | None:
+        kernel = self._kernel
+        if any(k not in self._issuers for k in _signers(token)):  # a kernel that joined after this one started
+            if st is not None:
+                kernel._learn_keys(st)
+            else:
+                with kernel._read() as reader:
+                    kernel._learn_keys(reader)
+        problem = super()._static_check(st, token)
+        if problem is None and kernel._retired:
+            retired = next((k for k in _signers(token) if k in kernel._retired), None)
+            if retired is not None:
+                return (
+                    f"capability {token.id} was signed by kernel key {retired[:16]}…, which was retired from the "
+                    "fleet store; issue a new capability from an active kernel"
+                )
+        return problem

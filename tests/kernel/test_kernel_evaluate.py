@@ -357,7 +357,7 @@ def test_regex_input_length_is_capped(kernel: Kernel) -> None:
 def test_stored_invalid_regex_denies(kernel: Kernel, monkeypatch: pytest.MonkeyPatch) -> None:
     # a capability stored before the issue-time rule (or by a trusted kernel) with a pattern RE2
     # cannot compile denies every call, naming the problem
-    import chio_kernel.kernel as kmod
+    import chio_kernel._capabilities as kmod  # where capabilities are issued
 
     monkeypatch.setattr(kmod, "_refuse_bad_patterns", lambda scope: None)
     token = kernel.create_capability("agent:a", scope(grant("s", "t", Constraint.regex_match(r"(a)\1"))), 3600)

@@ -248,16 +248,21 @@ def test_cli_sidecar_store_option(pg_dsn: str, tmp_path: Path) -> None:
         proc.wait(timeout=30)
 
 
-def test_the_fleet_kernel_hooks_still_exist_on_kernel() -> None:
-    """PostgresKernel extends these Kernel internals; if a refactor moves one, say so loudly here
-    (an override of a method nobody calls would silently stop checking retired keys)."""
-    from chio_kernel._fleet import PostgresKernel
-
-    for name in ("_static_check", "_evaluate_in", "_verify_receipt_dict", "validate_capability", "health", "_read"):
-        assert name in vars(Kernel), f"Kernel.{name} is gone: update chio_kernel._fleet.PostgresKernel"
-        assert getattr(PostgresKernel, name) is not getattr(Kernel, name) or name == "_read"
+def test_the_fleet_kernel_hooks_still_exist_on_kernel(pg_dsn: str, tmp_path: Path) -> None:
+    """PostgresKernel extends these Kernel / Capabilities internals; if a refactor moves one, say so
+    loudly here (an override nobody calls would silently stop checking retired keys)."""
     import inspect
 
-    source = inspect.getsource(Kernel._evaluate_in)
-    assert "_load_cap(st" in source  # capabilities are (re)loaded inside the transaction
-    assert "self._caps" in inspect.getsource(Kernel._load_cap)
+    from chio_kernel._capabilities import Capabilities
+    from chio_kernel._fleet import PostgresKernel, _FleetCapabilities
+
+    for name in ("_evaluate_in", "_verify_receipt_dict", "validate_capability", "health"):
+        assert name in vars(Kernel), f"Kernel.{name} is gone: update chio_kernel._fleet.PostgresKernel"
+        assert name in vars(PostgresKernel)
+    assert "_static_check" in vars(Capabilities) and "_static_check" in vars(_FleetCapabilities)
+    assert "self._load_cap(st" in inspect.getsource(Kernel._evaluate_in)  # loaded inside the transaction
+    assert "self._static_check(" in inspect.getsource(Capabilities._make_cap)
+    kernel = Kernel(tmp_path / "a", store=pg_dsn)
+    assert isinstance(kernel, PostgresKernel) and isinstance(kernel._capabilities, _FleetCapabilities)
+    assert kernel._caps is kernel._capabilities._caps
+    kernel.close()
