@@ -308,8 +308,11 @@ def sidecar_client_worker(conn: Any, tag: str) -> None:
         if client is None:
             client = clients[url] = SidecarClient(url, timeout=60.0)
 
-        async def caller(c: Any = client, cap_id: str = cap, k: int = per_caller) -> None:
+        async def caller(c: Any = client, cap_id: str | None = cap, k: int = per_caller) -> None:
             for _ in range(k):
+                if cap_id is None:  # the trivial endpoint of the same stack: the HTTP ceiling
+                    await c._post("/echo", ECHO_BODY)
+                    continue
                 r = await c.evaluate_tool_call(capability_id=cap_id, tool_server="files", tool_name="read_file",
                                                parameters=PARAMS, idempotency_key=keys())
                 if not r.is_allowed:
@@ -326,7 +329,12 @@ def sidecar_client_worker(conn: Any, tag: str) -> None:
     loop.close()
 
 
-def sidecar_rate_round(workers: list[Any], url: str, cap: str, callers: int, per_caller: int, row: Rate) -> None:
+ECHO_BODY = {"capability_id": "cap-" + "0" * 32, "tool_server": "files", "tool_name": "read_file",
+             "parameters": PARAMS, "idempotency_key": "flow-run-echo/step-1"}
+
+
+def sidecar_rate_round(workers: list[Any], url: str, cap: str | None, callers: int, per_caller: int,
+                       row: Rate) -> None:
     for w in workers:
         w.send((url, cap, callers, per_caller))
     answers = [w.recv() for w in workers]
@@ -567,6 +575,7 @@ def main() -> int:
         ipar_row = Rate("LocalChioClient, 8 asyncio callers, integration shape")
         on_row = Rate("sidecar, 4 processes x 8 callers, group commit on")
         off_row = Rate("sidecar, 4 processes x 8 callers, CHIO_GROUP_COMMIT=1 (before)")
+        echo_row = Rate("plain HTTP (same stack, trivial endpoint), 4 processes x 8 callers: the ceiling")
         per_caller = max(10, n // rounds // 4)
         sc_per = max(4, n // 200)
         local_rate_round(loop, local, child_id, 8, 2, keys, Rate("warm-up"))
@@ -579,6 +588,7 @@ def main() -> int:
             local_rate_round(loop, local, child_id, 8, per_caller, keys, ipar_row)
             sidecar_rate_round(pipes, sc_url, sc_child, 8, sc_per, on_row)
             sidecar_rate_round(pipes, off_url, off_child, 8, sc_per, off_row)
+            sidecar_rate_round(pipes, echo_url, None, 8, sc_per, echo_row)
         for pe in pipes:
             pe.send(None)
         for w in workers:
@@ -590,7 +600,7 @@ def main() -> int:
         rates.add_column("evaluations", justify="right")
         rates.add_column("evals/s", justify="right")
         rates.add_column("commits/eval", justify="right")
-        for row in (seq_row, par_row, iseq_row, ipar_row, on_row, off_row):
+        for row in (seq_row, par_row, iseq_row, ipar_row, on_row, off_row, echo_row):
             cpe = f"{row.commits / row.evals:.2f}" if row.commits is not None else ""
             rates.add_row(row.name, f"{row.evals:,}", f"{row.per_second:,.0f}", cpe)
         g1 = par_row.per_second / seq_row.per_second
