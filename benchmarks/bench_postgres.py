@@ -9,7 +9,8 @@ call and an attenuated capability whose grant carries a ``path_prefix`` constrai
 * **evaluations/s with 16 callers across 4 processes**: 4 worker processes, each a
   ``LocalChioClient`` with 4 asyncio callers (group commit batches the callers of one process),
   each on its own data dir (its own key) and all on ONE store; the same for SQLite (4 processes
-  sharing one data dir) side by side.
+  sharing one data dir) side by side;
+* both again on a twin database with ``synchronous_commit=off``, to show what the flush costs.
 
 The server: ``$CHIO_BENCH_PG_DSN`` (your own PostgreSQL; a fresh database is created in it), else a
 throwaway PostgreSQL 15 cluster started like the tests' (``tests/postgres/pg_cluster.py``) but with
@@ -81,14 +82,12 @@ def postgres_server() -> Iterator[tuple[str | None, str]]:
         yield cluster.create_database("chio_bench"), "a throwaway local PostgreSQL 15 (fsync=on, synchronous_commit=on)"
 
 
-def _p50_rows(dsn: str, work: Path, n: int) -> tuple[float, float]:
-    """p50 (µs) of one sequential evaluation on PostgreSQL and on SQLite, interleaved."""
+def _p50_rows(stores: dict[str, str], work: Path, n: int) -> dict[str, float]:
+    """p50 (µs) of one sequential evaluation per store (name -> store), interleaved in 5 rounds."""
     from chio_kernel import Kernel
 
-    pg = Kernel(work / "p50-pg", store=dsn)
-    lite = Kernel(work / "p50-sqlite", store="sqlite")
-    samples: dict[str, list[int]] = {"pg": [], "sqlite": []}
-    kernels = {"pg": pg, "sqlite": lite}
+    kernels = {name: Kernel(work / f"p50-{i}", store=store) for i, (name, store) in enumerate(stores.items())}
+    samples: dict[str, list[int]] = {name: [] for name in kernels}
     caps = {name: _child(k) for name, k in kernels.items()}
     calls = iter(range(10**9))
     for name, k in kernels.items():  # warm up
@@ -104,9 +103,22 @@ def _p50_rows(dsn: str, work: Path, n: int) -> tuple[float, float]:
                 samples[name].append(time.perf_counter_ns() - t0)
                 if r.decision.verdict != "allow":
                     raise RuntimeError(f"benchmark call denied: {r.decision}")
-    pg.close()
-    lite.close()
-    return statistics.median(samples["pg"]) / 1e3, statistics.median(samples["sqlite"]) / 1e3
+    for k in kernels.values():
+        k.close()
+    return {name: statistics.median(v) / 1e3 for name, v in samples.items()}
+
+
+def _no_flush_twin(dsn: str) -> str:
+    """A second database on the same server with ``synchronous_commit=off`` (commits return before
+    the WAL flush): shows what the flush costs. Not a recommended setting for the fleet's store."""
+    import psycopg
+
+    base, name = dsn.rsplit("/", 1)
+    twin = name + "_no_flush"
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{twin}"')
+        conn.execute(f'ALTER DATABASE "{twin}" SET synchronous_commit = off')
+    return f"{base}/{twin}"
 
 
 def _fleet_rate(store: str, work: Path, label: str, calls_per_caller: int, shared_dir: bool) -> tuple[float, float]:
@@ -181,14 +193,19 @@ def postgres_rows(console: Console, work: Path, n: int) -> None:
             console.print(f"[yellow]PostgreSQL rows skipped[/]: {where}")
             return
         console.print(f"PostgreSQL store: {where}")
-        pg_p50, lite_p50 = _p50_rows(dsn, work, n)
+        no_flush = _no_flush_twin(dsn)
+        p50 = _p50_rows({"pg": dsn, "pg-no-flush": no_flush, "sqlite": "sqlite"}, work, n)
+        pg_p50, nf_p50, lite_p50 = p50["pg"], p50["pg-no-flush"], p50["sqlite"]
         pg_rate, pg_cpe = _fleet_rate(dsn, work, "fleet-pg", calls, shared_dir=False)
+        nf_rate, nf_cpe = _fleet_rate(no_flush, work, "fleet-pg-no-flush", calls, shared_dir=False)
         lite_rate, lite_cpe = _fleet_rate("sqlite", work, "fleet-sqlite", calls, shared_dir=True)
     table = Table(title=f"PostgreSQL store vs SQLite, integration shape ({PROCESSES} processes x {CALLERS} "
                         f"asyncio callers, {calls} calls each; p50 of one sequential call, n={n})")
     for col in ("store", "p50 µs (1 caller)", "evaluations/s (16 callers, 4 processes)", "commits / evaluation"):
         table.add_column(col, justify="right" if col != "store" else "left")
     table.add_row("PostgreSQL (one chain for the fleet)", f"{pg_p50:,.1f}", f"{pg_rate:,.0f}", f"{pg_cpe:.2f}")
+    table.add_row("  the same, synchronous_commit=off (no WAL flush per commit)", f"{nf_p50:,.1f}", f"{nf_rate:,.0f}",
+                  f"{nf_cpe:.2f}")
     table.add_row("SQLite (one host)", f"{lite_p50:,.1f}", f"{lite_rate:,.0f}", f"{lite_cpe:.2f}")
     console.print(table)
     console.print(f"PostgreSQL p50 / SQLite p50 = {pg_p50 / lite_p50:.2f}x; "
