@@ -385,7 +385,7 @@ class PostgresStore:
         self.description = mask_dsn(dsn)
         self.commits = 0
         self.transient_errors: tuple[type[Exception], ...] = (StoreUnavailableError,)
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()
         self._pid = os.getpid()
         self._inherited: list[Any] = []
         self._closed = False
@@ -427,9 +427,9 @@ class PostgresStore:
             self._conn = self._connect()
         return self._conn
 
-    def _lock_for_pid(self) -> threading.Lock:
+    def _lock_for_pid(self) -> threading.RLock:
         if os.getpid() != self._pid:  # a lock held by a parent thread at fork time would never be released
-            self._lock = threading.Lock()
+            self._lock = threading.RLock()
         return self._lock
 
     @contextmanager

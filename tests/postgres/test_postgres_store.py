@@ -191,3 +191,27 @@ def test_the_dsn_password_is_masked_in_messages() -> None:
     assert mask_dsn("postgresql://chio:s3cret@db.internal:5432/chio") == "postgresql://chio:***@db.internal:5432/chio"
     with pytest.raises(ValueError, match="not a PostgreSQL URL"):
         PostgresStore("mysql://x")
+
+
+def test_a_forked_child_gets_its_own_connection_and_the_parent_keeps_its_own(pg_dsn: str) -> None:
+    import os
+
+    store = PostgresStore(pg_dsn)
+    with store.write() as w:
+        w.append_receipt(1, "rcpt-1", "cap-1", "allow", "h1", "{}")
+    pid = os.fork()
+    if pid == 0:  # the child: writes through a fresh connection, never touching the parent's session
+        code = 1
+        try:
+            with store.write() as w:
+                w.append_receipt(2, "rcpt-2", "cap-1", "allow", "h2", "{}")
+            code = 0
+        finally:
+            os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0
+    with store.write() as w:  # the parent's connection still works
+        w.append_receipt(3, "rcpt-3", "cap-1", "allow", "h3", "{}")
+    with store.read() as r:
+        assert r.chain_head() == (3, "h3") and r.receipt_count() == 3
+    store.close()
