@@ -12,10 +12,12 @@ import time
 from pathlib import Path
 
 import httpx
-import psycopg
 import pytest
 from chio_sdk.client import ChioClient
 from chio_sdk.models import ChioScope, Operation, ToolGrant
+from pg_cluster import DRIVER_HINT
+
+psycopg = pytest.importorskip("psycopg", reason=DRIVER_HINT)
 
 from chio_kernel import Kernel, KernelInputError, LocalChioClient
 from chio_kernel._postgres_store import KernelKeyRetiredError

@@ -5,8 +5,10 @@ from __future__ import annotations
 import socket
 import sqlite3
 
-import psycopg
 import pytest
+from pg_cluster import DRIVER_HINT
+
+psycopg = pytest.importorskip("psycopg", reason=DRIVER_HINT)
 
 from chio_kernel._postgres_store import (
     CHAIN_LOCK_KEY,
