@@ -8,14 +8,17 @@
 
 from chio_kernel.canonical import canonical_json
 from chio_kernel.client import LocalChioClient, SidecarClient
-from chio_kernel.kernel import CapabilityError, ChainReport, Kernel, KernelInputError
+from chio_kernel._errors import CapabilityError, ChioKernelError, KernelInputError, KernelKeyMissingError
+from chio_kernel.kernel import ChainReport, Kernel
 from chio_kernel.signing import default_data_dir
 
 __all__ = [
     "CapabilityError",
     "ChainReport",
+    "ChioKernelError",
     "Kernel",
     "KernelInputError",
+    "KernelKeyMissingError",
     "LocalChioClient",
     "SidecarClient",
     "canonical_json",

@@ -66,11 +66,19 @@ class LocalChioClient:
         data_dir: the kernel's data directory (default ``$CHIO_HOME`` or ``~/.chio-durable``);
             ignored when ``kernel`` is given.
         kernel: an existing kernel to share (e.g. with a sidecar or other clients in this process).
+        store: ``"postgresql://..."`` to share one PostgreSQL store with a fleet of kernels (default
+            ``$CHIO_STORE``, else SQLite in ``data_dir``; see docs/fleet.md); ignored when ``kernel``
+            is given.
     """
 
-    def __init__(self, data_dir: str | os.PathLike[str] | None = None, kernel: Kernel | None = None) -> None:
+    def __init__(
+        self,
+        data_dir: str | os.PathLike[str] | None = None,
+        kernel: Kernel | None = None,
+        store: str | None = None,
+    ) -> None:
         self._owns_kernel = kernel is None
-        self.kernel: Kernel = kernel if kernel is not None else Kernel(data_dir)
+        self.kernel: Kernel = kernel if kernel is not None else Kernel(data_dir, store=store)
         self.base_url: str = f"embedded:{self.kernel.data_dir}"
 
     def __repr__(self) -> str:
@@ -149,7 +157,8 @@ class LocalChioClient:
         operation: Operation = Operation.INVOKE,
     ) -> ChioReceipt:
         """Evaluate one tool call; returns the signed receipt (allow or deny)."""
-        return self.kernel.evaluate(
+        # concurrent callers on this event loop share one store transaction (group commit)
+        return await self.kernel._evaluate_async(
             capability_id,
             tool_server,
             tool_name,

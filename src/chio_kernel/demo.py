@@ -42,7 +42,7 @@ def run_kernel_section(console: Console, data_dir: Path) -> bool:
     from chio_sdk.models import ChioScope, Constraint, Operation, ToolGrant
 
     from chio_kernel import Kernel
-    from chio_kernel.cli import receipt_table
+    from chio_kernel._render import receipt_table
 
     console.rule("[bold]1. The embedded kernel")
     kernel = Kernel(data_dir=data_dir)

@@ -39,6 +39,7 @@ import fnmatch
 import functools
 import ipaddress
 import posixpath
+import re
 import unicodedata
 from collections.abc import Iterator
 from typing import Any
@@ -250,7 +251,10 @@ def extract_host(value: str) -> str:
 def _has_control(value: str) -> bool:
     """Any C0/C1 control character (NUL, newline, ESC, DEL...)? A C library or a subprocess
     argument truncates at NUL, so such a value is not the path that was checked."""
-    return any(c < " " or "\x7f" <= c <= "\x9f" for c in value)
+    return _CONTROL.search(value) is not None
+
+
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f]")  # one C-level scan instead of a Python loop per character
 
 
 def _path_ok(value: str, prefix: str) -> bool:

@@ -8,48 +8,49 @@ from __future__ import annotations
 
 import hashlib
 import json
-import json.encoder as _json_encoder
 import os
-import random
-import secrets
-import sqlite3
-import threading
+import socket
 import time
-import uuid
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from contextlib import AbstractContextManager
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypedDict, TypeVar
+from typing import Any
 
-from chio_sdk.models import (
-    Attenuation,
-    CapabilityToken,
-    ChioReceipt,
-    ChioScope,
-    Decision,
-    DelegationLink,
-    MonetaryAmount,
-    Operation,
-    ToolCallAction,
-    ToolGrant,
-)
-from pydantic import BaseModel, ValidationError
+from chio_sdk.models import CapabilityToken, ChioReceipt, ChioScope, MonetaryAmount, Operation, ToolGrant
+from pydantic import ValidationError
 
 from chio_kernel.canonical import canonical_json, canonical_json_str
-from chio_kernel.guards import check_constraints, describe_grant, grant_matches, regex_problem
-from chio_kernel.signing import (
-    KEY_FILE,
-    Signer,
-    default_data_dir,
-    ensure_data_dir,
-    load_or_create_key,
-    verify_hex,
+from chio_kernel.signing import KEY_FILE, Signer, default_data_dir, ensure_data_dir, load_or_create_key
+from chio_kernel._capabilities import Capabilities, _Cap, capability_signing_bytes
+from chio_kernel._coerce import (
+    MAX_COST_UNITS,
+    _coerce_cost,
+    _coerce_operation,
+    _require_str,
+    check_scope_fields,
 )
-from chio_kernel.store import DB_FILE, GENESIS_HASH, open_store
+from chio_kernel._errors import CapabilityError, ChioKernelError, KernelInputError, KernelKeyMissingError
+from chio_kernel._group_commit import GroupCommitter, max_batch_from_env
+from chio_kernel._sqlite_store import DB_FILE, SQLiteStore
+from chio_kernel._ids import uuid7
+from chio_kernel._policy import _Deny, check_valid, decide, passing_grants
+from chio_kernel._receipts import (
+    ChainReport,
+    _chain_dumps,
+    build_receipt,
+    check_http_receipt_body,
+    receipt_chain_hash,
+    receipt_signing_bytes,
+    receipt_wire_dict,
+    verify_receipt_dict,
+)
+from chio_kernel._store import GENESIS_HASH, KernelStore, StoreReader, StoreWriter
 
 __all__ = [
     "CapabilityError",
     "ChainReport",
+    "ChioKernelError",
     "Kernel",
     "KernelInputError",
     "KernelKeyMissingError",
@@ -59,436 +60,86 @@ __all__ = [
     "receipt_chain_hash",
     "receipt_signing_bytes",
     "receipt_wire_dict",
+    "resolve_store",
     "uuid7",
 ]
 
 
-class KernelInputError(ValueError):
-    """The caller passed something the kernel cannot take (wrong type, unknown field, not JSON)."""
-
-
-class KernelKeyMissingError(RuntimeError):
-    """``kernel.key`` is missing next to a store that holds capabilities or receipts.
-
-    Minting a new key there would silently invalidate every stored capability and every receipt
-    signature, so the kernel refuses to start; the message says how to restore the key.
-    """
-
-
 #: A declared ``cost.units`` is at most this (the store keeps spent units as a 64-bit integer).
-MAX_COST_UNITS = 2**63 - 1
-
-
-class CapabilityError(ValueError):
-    """A capability operation was refused (not a subset, unknown id, id already taken...)."""
-
-
-@dataclass(frozen=True)
-class ChainReport:
-    """Result of :meth:`Kernel.verify_chain`."""
-
-    ok: bool
-    count: int
-    first_broken_index: int | None = None
-    reason: str | None = None
 
 
 # --- ids ---------------------------------------------------------------------------------------
-
-_uuid_lock = threading.Lock()
-_uuid_last_ms = 0
-_uuid_counter = 0
-
-
-def _uuid7_int(secure: bool = False) -> int:
-    """A UUIDv7 (RFC 9562) as an int: 48-bit unix ms, version, a 12-bit counter that keeps ids
-    monotonic within this process, variant, 62 random bits."""
-    global _uuid_last_ms, _uuid_counter
-    ms = time.time_ns() // 1_000_000
-    with _uuid_lock:
-        if ms <= _uuid_last_ms:
-            _uuid_counter += 1
-            if _uuid_counter > 0xFFF:  # counter exhausted: borrow the next millisecond
-                _uuid_last_ms += 1
-                _uuid_counter = 0
-            ms = _uuid_last_ms
-        else:
-            _uuid_last_ms = ms
-            _uuid_counter = 0
-        counter = _uuid_counter
-    # Receipt ids: uniqueness comes from time + per-process counter, the random tail only separates
-    # processes (``random`` is reseeded in a forked child), so the fast generator is enough.
-    # Capability ids (``secure=True``) take their tail from the OS CSPRNG: they are not guessable.
-    rand_b = secrets.randbits(62) if secure else random.getrandbits(62)
-    return (ms << 80) | (0x7 << 76) | (counter << 64) | (0b10 << 62) | rand_b
-
-
-def uuid7() -> uuid.UUID:
-    """A time-ordered UUIDv7 (the stdlib of Python 3.11 has none)."""
-    return uuid.UUID(int=_uuid7_int())
-
-
-def _uuid7_str() -> str:
-    h = "%032x" % _uuid7_int()
-    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
 
 
 # --- signed bodies (ONE rule each for signing and verifying) ----------------------------------
 
 
-def capability_signing_bytes(token: CapabilityToken) -> bytes:
-    """What a capability token's signature covers: canonical JSON of ``token.body().model_dump(exclude_none=True)``."""
-    return canonical_json(token.body().model_dump(exclude_none=True))
-
-
-class _LinkBody(TypedDict):
-    """The fields of a ``DelegationLink`` but its ``signature`` (what the signature covers)."""
-
-    capability_id: str
-    delegator: str
-    delegatee: str
-    attenuations: list[Attenuation]
-    timestamp: int
-
-
-def _link_signing_bytes(link: DelegationLink | Mapping[str, Any]) -> bytes:
-    data = link.model_dump(exclude_none=True) if isinstance(link, DelegationLink) else dict(link)
-    data.pop("signature", None)
-    return canonical_json(data)
-
-
-def _receipt_signed_body(data: dict[str, Any]) -> dict[str, Any]:
-    """Receipt dict (``model_dump(exclude_none=True)`` form) -> the body its signature covers."""
-    body = dict(data)
-    body.pop("signature", None)
-    if not body.get("evidence"):
-        body.pop("evidence", None)
-    if not body.get("metadata"):
-        body.pop("metadata", None)
-    return body
-
-
-def receipt_wire_dict(receipt: ChioReceipt | Mapping[str, Any]) -> dict[str, Any]:
-    """A receipt as every output path serves it (sidecar answers and listings, the CLI's ``--json``,
-    ``show`` and ``export``): exactly the signed fields plus ``signature``.
-
-    That is ``model_dump(mode="json", exclude_none=True)`` without an empty ``evidence`` or
-    ``metadata`` (left out of the signed body, as upstream's serialisers do), so any verifier that
-    checks Ed25519 over the RFC 8785 canonical JSON of the object without ``signature`` accepts it.
-    """
-    if isinstance(receipt, ChioReceipt):
-        data = receipt.model_dump(mode="json", exclude_none=True)
-    else:
-        data = {k: v for k, v in receipt.items() if v is not None}
-    if not data.get("evidence"):
-        data.pop("evidence", None)
-    if not data.get("metadata"):
-        data.pop("metadata", None)
-    return data
-
-
-def receipt_signing_bytes(receipt: ChioReceipt | Mapping[str, Any]) -> bytes:
-    """What a receipt's signature covers: canonical JSON of ``model_dump(exclude_none=True)`` without
-    ``signature``, and without ``evidence`` / ``metadata`` when they are empty."""
-    data = receipt.model_dump(exclude_none=True) if isinstance(receipt, ChioReceipt) else dict(receipt)
-    return canonical_json(_receipt_signed_body(data))
-
-
-_chain_dumps = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=True).encode
-_q = _json_encoder.encode_basestring  # a JSON string literal as RFC 8785 writes it
-_qa = _json_encoder.encode_basestring_ascii  # ... and as json.dumps(ensure_ascii=True) writes it
-
-
-_HEAD_SQL = "SELECT seq, hash FROM chain_head WHERE k = 0"
-_CAP_CACHE_SIZE = 10_000  # verified capabilities kept per Kernel (tokens are immutable)
-_INDEX_BATCH = 5_000  # receipts indexed by capability per write transaction (see _index_by_capability)
-
-
-_ACTION_FIELDS = frozenset({"parameters", "parameter_hash"})
-_DECISION_FIELDS = frozenset({"verdict", "reason", "guard"})
-_RECEIPT_FIELDS = frozenset(ChioReceipt.model_fields) - {"metadata"}
-
-
-_M = TypeVar("_M", bound=BaseModel)
-
-
-def _construct(cls: type[_M], fields_set: frozenset[str], values: dict[str, Any]) -> _M:
-    """``cls.model_construct(**values)`` without its per-field loop (hot path; values are complete)."""
-    if cls.__pydantic_post_init__ or cls.__pydantic_root_model__:  # pragma: no cover - not the chio_sdk models
-        return cls.model_construct(**values)
-    m = cls.__new__(cls)
-    object.__setattr__(m, "__dict__", values)
-    object.__setattr__(m, "__pydantic_fields_set__", set(fields_set))
-    object.__setattr__(m, "__pydantic_extra__", None)
-    object.__setattr__(m, "__pydantic_private__", None)
-    return m
-
-
-def receipt_chain_hash(receipt: ChioReceipt | Mapping[str, Any]) -> str:
-    """sha256 hex of a receipt exactly as ``ChioClient.verify_receipt_chain`` hashes it."""
-    data = receipt.model_dump(exclude_none=True) if isinstance(receipt, ChioReceipt) else receipt
-    return hashlib.sha256(_chain_dumps(data).encode()).hexdigest()
 
 
 # --- capability cache entry -------------------------------------------------------------------
 
 
-@dataclass
-class _Cap:
-    token: CapabilityToken
-    parent_id: str | None
-    rate_max: int | None
-    rate_per: float | None
-    policy_hash: str
-    sig_error: str | None  # None when signature + issuer + chain links verified
-    lineage: tuple[str, ...]  # own id first, then ancestors (nearest first)
-    grants: list[ToolGrant]
-    head_sql: str  # chain head + first revoked id of the lineage, in one statement
-    plans: dict[tuple[str, str, Operation], list[tuple[int, ToolGrant]]] = field(default_factory=dict)
-    constrained: bool = False  # some grant has constraints (checked before the lock, see evaluate)
-
-
-def _iso(ts: float) -> str:
-    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(ts))
-
-
-def _require_str(name: str, value: Any, *, max_len: int = 1024) -> str:
-    if not isinstance(value, str):
-        raise KernelInputError(f"{name} must be a string, got {type(value).__name__} {value!r:.80}")
-    if not value:
-        raise KernelInputError(f"{name} must be a non-empty string")
-    if len(value) > max_len:
-        raise KernelInputError(f"{name} is {len(value)} characters long; at most {max_len} allowed")
-    if "\x00" in value:
-        raise KernelInputError(f"{name} must not contain NUL characters")
-    if not value.isascii():
-        try:
-            value.encode("utf-8")
-        except UnicodeEncodeError:
-            raise KernelInputError(f"{name} contains a lone UTF-16 surrogate; pass valid Unicode text") from None
-    return value
-
-
-def _unknown_fields(model: Any, data: Any, path: str) -> str | None:
-    """The first key in ``data`` that ``model`` (a chio_sdk model) does not have, as a dotted path."""
-    if not isinstance(data, Mapping):
-        return None
-    fields = model.model_fields
-    for key, value in data.items():
-        if key not in fields:
-            return f"{path}{key}"
-        inner = _model_in(fields[key].annotation)
-        if inner is None:
-            continue
-        items = value if isinstance(value, list) else [value]
-        for i, item in enumerate(items):
-            where = f"{path}{key}[{i}]." if isinstance(value, list) else f"{path}{key}."
-            found = _unknown_fields(inner, item, where)
-            if found is not None:
-                return found
-    return None
-
-
-def _model_in(annotation: Any) -> Any:
-    """The pydantic model class inside ``X``, ``list[X]`` or ``X | None``, if any."""
-    from pydantic import BaseModel
-
-    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
-        return annotation
-    for arg in getattr(annotation, "__args__", ()) or ():
-        found = _model_in(arg)
-        if found is not None:
-            return found
-    return None
-
-
-_ID_FORBIDDEN = frozenset(' /?#%\\"\'<>')
-
-
-def _new_capability_id(value: Any) -> str:
-    """Validate a caller-chosen capability id: it appears in URLs and command lines."""
-    cap_id = _require_str("capability_id", value, max_len=200)
-    bad = sorted({c for c in cap_id if c in _ID_FORBIDDEN or not c.isprintable()})
-    if bad:
-        raise KernelInputError(
-            f"capability_id {cap_id!r} contains {''.join(bad)!r}; use letters, digits and . _ - : @ "
-            "(e.g. 'cap-research-pipeline')"
-        )
-    return cap_id
-
-
-def check_scope_fields(scope: Any, name: str = "scope") -> None:
-    """Refuse a scope dict with a key a ChioScope (or its grants, constraints...) does not have.
-
-    pydantic silently drops unknown keys, so a misspelt ``constraint`` or ``grant`` would issue a
-    WIDER (or empty) scope than meant. Every path that takes a scope as a dict (the kernel, the
-    sidecar, the CLI's ``--scope-file``) runs this one check. Raises :class:`KernelInputError` naming
-    the field; anything that is not a mapping is left to the model validation.
-    """
-    if not isinstance(scope, Mapping):
-        return
-    unknown = _unknown_fields(ChioScope, scope, "")
-    if unknown is not None:
-        raise KernelInputError(
-            f"{name} has an unknown field {unknown!r}; a ChioScope has grants (server_id, tool_name, "
-            "operations, constraints, max_invocations, max_cost_per_invocation, max_total_cost, "
-            "dpop_required), resource_grants and prompt_grants; constraints have type and value"
-        )
-
-
-def _coerce_scope(scope: Any, name: str = "scope") -> ChioScope:
-    if isinstance(scope, ChioScope):
-        return ChioScope.model_validate(scope.model_dump())  # private copy, re-validated
-    check_scope_fields(scope, name)
-    return _from_dict_form(ChioScope, scope, name)
-
-
-def _refuse_bad_patterns(scope: ChioScope) -> None:
-    """Refuse a scope whose regex_match constraint RE2 cannot compile (it would deny every call)."""
-    for i, g in enumerate(scope.grants):
-        for c in g.constraints:
-            if c.type == "regex_match" and isinstance(c.value, str):
-                problem = regex_problem(c.value)
-                if problem is not None:
-                    raise CapabilityError(f"grant {i} ({g.server_id}/{g.tool_name}): {problem}")
-
-
-def _coerce_token(token: Any, name: str = "token") -> CapabilityToken:
-    if isinstance(token, CapabilityToken):
-        return token
-    return _from_dict_form(CapabilityToken, token, name)
-
-
-def _from_dict_form(model: type[_M], value: Any, name: str) -> _M:
-    """``value`` (the dict form of ``model``) validated; anything else is a KernelInputError."""
-    if isinstance(value, Mapping):
-        try:
-            return model.model_validate(dict(value))
-        except ValidationError as err:
-            raise KernelInputError(f"{name} is not a valid {model.__name__}: {err}") from err
-    raise KernelInputError(
-        f"{name} must be a chio_sdk.models.{model.__name__} (or its dict form), got {type(value).__name__}"
-    )
-
-
-def _coerce_operation(operation: Any) -> Operation:
-    if isinstance(operation, Operation):
-        return operation
-    try:
-        return Operation(operation)
-    except ValueError:
-        allowed = ", ".join(op.value for op in Operation)
-        raise KernelInputError(f"operation {operation!r} is not one of: {allowed}") from None
-
-
-def _coerce_cost(cost: Any) -> tuple[int, str] | None:
-    if cost is None:
-        return None
-    units: object
-    currency: object
-    if isinstance(cost, MonetaryAmount):
-        units, currency = cost.units, cost.currency
-    elif isinstance(cost, Mapping):
-        extra = set(cost) - {"units", "currency"}
-        if extra:
-            raise KernelInputError(f"cost has unknown fields {sorted(extra)}; pass {{'units': int, 'currency': str}}")
-        units, currency = cost.get("units"), cost.get("currency")
-    else:
-        raise KernelInputError(
-            f"cost must be a chio_sdk.models.MonetaryAmount or {{'units': int, 'currency': str}}, got {type(cost).__name__}"
-        )
-    if isinstance(units, bool) or not isinstance(units, int) or not 0 <= units <= MAX_COST_UNITS:
-        raise KernelInputError(
-            f"cost.units must be an integer from 0 to 2^63-1 (minor units, e.g. cents), got {units!r:.60}"
-        )
-    if not isinstance(currency, str) or not currency:
-        raise KernelInputError(f"cost.currency must be a non-empty string such as 'USD', got {currency!r}")
-    return units, currency
-
-
-def _coerce_rate_limit(rate_limit: Any) -> tuple[int, float] | None:
-    if rate_limit is None:
-        return None
-    if isinstance(rate_limit, Mapping):
-        rate_limit = (rate_limit.get("max_calls"), rate_limit.get("per_seconds"))
-    if not isinstance(rate_limit, Sequence) or isinstance(rate_limit, str) or len(rate_limit) != 2:
-        raise KernelInputError(f"rate_limit must be (max_calls, per_seconds), got {rate_limit!r}")
-    max_calls, per = rate_limit
-    if isinstance(max_calls, bool) or not isinstance(max_calls, int) or max_calls < 1:
-        raise KernelInputError(f"rate_limit max_calls must be a positive integer, got {max_calls!r}")
-    if isinstance(per, bool) or not isinstance(per, (int, float)) or not (0 < per < 10**9):
-        raise KernelInputError(f"rate_limit per_seconds must be a positive number, got {per!r}")
-    return max_calls, float(per)
-
-
-def _positive_int(name: str, value: Any) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-        raise KernelInputError(f"{name} must be a positive integer number of seconds, got {value!r}")
-    if value > 100 * 365 * 86400:
-        raise KernelInputError(f"{name} is more than 100 years; pass a shorter lifetime")
-    return value
-
-
-def _refuse_missing_key(data_dir: Path) -> None:
-    """Raise :class:`KernelKeyMissingError` if ``kernel.key`` is absent but ``kernel.db`` holds
+def _refuse_missing_key(data_dir: Path, store: KernelStore) -> None:
+    """Raise :class:`KernelKeyMissingError` if ``kernel.key`` is absent but the store holds
     capabilities or receipts (a new key would silently orphan them)."""
-    if (data_dir / KEY_FILE).exists() or not (data_dir / DB_FILE).exists():
+    if (data_dir / KEY_FILE).exists():
         return
-    conn = sqlite3.connect(str(data_dir / DB_FILE), timeout=60.0)
-    try:
-        try:
-            caps = conn.execute("SELECT COUNT(*) FROM capabilities").fetchone()[0]
-            receipts = conn.execute("SELECT COUNT(*) FROM receipts").fetchone()[0]
-        except sqlite3.OperationalError as err:
-            if "no such table" not in str(err):
-                raise
-            return  # a store that never held anything: nothing to orphan
-        if not caps and not receipts:
-            return
-        row = conn.execute("SELECT json_extract(body, '$.kernel_key') FROM receipts ORDER BY seq DESC LIMIT 1").fetchone()
-        if row is None:
-            row = conn.execute("SELECT json_extract(token, '$.issuer') FROM capabilities LIMIT 1").fetchone()
-    finally:
-        conn.close()
-    key_hint = f" (its public key starts {str(row[0])[:16]})" if row and row[0] else ""
+    counts = store.stored_counts()
+    if not counts.capabilities and not counts.receipts:
+        return  # a store that never held anything: nothing to orphan
+    key_hint = f" (its public key starts {counts.newest_key[:16]})" if counts.newest_key else ""
     raise KernelKeyMissingError(
         f"the kernel signing key {data_dir / KEY_FILE} is missing, but the store {data_dir / DB_FILE} holds "
-        f"{caps} capabilities and {receipts} receipts signed with it; a new key would invalidate all of them. "
-        f"Restore kernel.key from your backup into {data_dir}{key_hint}; or, to start a new kernel identity, "
-        f"use another data directory (--data-dir / CHIO_HOME) or move kernel.db, kernel.db-wal and "
-        f"kernel.db-shm out of {data_dir}."
+        f"{counts.capabilities} capabilities and {counts.receipts} receipts signed with it; a new key would "
+        f"invalidate all of them. Restore kernel.key from your backup into {data_dir}{key_hint}; or, to start "
+        f"a new kernel identity, use another data directory (--data-dir / CHIO_HOME) or move kernel.db, "
+        f"kernel.db-wal and kernel.db-shm out of {data_dir}."
     )
 
 
-def _first_non_subset(child: ChioScope, parent: ChioScope) -> str | None:
-    """Name the first grant of ``child`` not covered by ``parent``, or None if child ⊆ parent."""
-    for g in child.grants:
-        if not any(g.is_subset_of(pg) for pg in parent.grants):
-            allowed = "; ".join(describe_grant(pg) for pg in parent.grants) or "no tool grants"
-            return f"tool grant {describe_grant(g)} is not within the parent's grants ({allowed})"
-    for rg in child.resource_grants:
-        if not any(rg.is_subset_of(p) for p in parent.resource_grants):
-            return f"resource grant {rg.uri_pattern!r} is not within the parent's resource grants"
-    for pg2 in child.prompt_grants:
-        if not any(pg2.is_subset_of(p) for p in parent.prompt_grants):
-            return f"prompt grant {pg2.prompt_name!r} is not within the parent's prompt grants"
-    return None
+@dataclass(slots=True)
+class _EvalRequest:
+    """One evaluation, coerced and hashed before the write transaction (see ``Kernel.evaluate``)."""
 
-
-def _owner(capability_id: str, inherited: bool) -> str:
-    """Who set a limit, for deny reasons."""
-    if inherited:
-        return f"ancestor capability {capability_id} (whose limits this capability inherits)"
-    return f"capability {capability_id}"
-
-
-class _Deny(Exception):
-    def __init__(self, guard: str, reason: str) -> None:
-        self.guard = guard
-        self.reason = reason
+    capability_id: str
+    tool_server: str
+    tool_name: str
+    op: Operation
+    params: dict[str, Any]
+    params_text: str  # canonical JSON (what the signature covers)
+    params_ascii: str  # the chain-hash serialisation
+    param_hash: str
+    cost_t: tuple[int, str] | None
+    idem_hash: str | None
+    pre: dict[str, list[tuple[int, ToolGrant]] | _Deny] | None
 
 
 # --- the kernel --------------------------------------------------------------------------------
+
+
+#: The environment variable that selects the store when ``store`` is not given (docs/fleet.md).
+STORE_ENV = "CHIO_STORE"
+
+
+def resolve_store(store: str | None) -> str | None:
+    """The PostgreSQL URL a kernel should use, or None for the default SQLite store in its data dir.
+
+    ``store`` (else ``$CHIO_STORE``): ``postgresql://...`` / ``postgres://...`` selects PostgreSQL;
+    ``None``, ``""`` or ``"sqlite"`` the SQLite store. Anything else is a :class:`KernelInputError`.
+    """
+    value = store if store is not None else os.environ.get(STORE_ENV, "")
+    if not isinstance(value, str):
+        raise KernelInputError(f"store must be a postgresql:// URL or 'sqlite', got {type(value).__name__}")
+    value = value.strip()
+    if value in ("", "sqlite"):
+        return None
+    if value.startswith(("postgresql://", "postgres://")):
+        return value
+    where = "store" if store is not None else f"${STORE_ENV}"
+    raise KernelInputError(
+        f"{where} must be a PostgreSQL URL (postgresql://user@host:5432/dbname) or 'sqlite' (the default: "
+        f"kernel.db in the data directory), got {value[:40]!r}"
+    )
 
 
 class Kernel:
@@ -497,6 +148,9 @@ class Kernel:
     Args:
         data_dir: where the signing key and the store live (default ``$CHIO_HOME`` or
             ``~/.chio-durable``); created with mode 0700.
+        store: ``"postgresql://..."`` to share one PostgreSQL store (one chain, exact budgets)
+            with a fleet of kernels; default ``$CHIO_STORE``, else SQLite in ``data_dir``
+            (docs/fleet.md). The signing key stays in ``data_dir`` either way.
         trusted_keys: hex Ed25519 public keys of other kernels whose capability tokens (and
             receipts) also validate here.
         fsync: ``synchronous=FULL`` (survive power loss too) instead of WAL ``NORMAL`` (survive a
@@ -504,16 +158,31 @@ class Kernel:
         clock: the time source in unix seconds (default ``time.time``; tests move it).
     """
 
+    def __new__(cls, *args: Any, store: str | None = None, **kwargs: Any) -> Kernel:
+        # A PostgreSQL store (argument or $CHIO_STORE) selects the fleet kernel (chio_kernel._fleet).
+        if cls is Kernel and resolve_store(store) is not None:
+            from chio_kernel._fleet import PostgresKernel
+
+            return super().__new__(PostgresKernel)
+        return super().__new__(cls)
+
     def __init__(
         self,
         data_dir: str | os.PathLike[str] | None = None,
         *,
+        store: str | None = None,
         trusted_keys: Iterable[str] = (),
         fsync: bool = False,
         clock: Callable[[], float] | None = None,
     ) -> None:
         self.data_dir: Path = ensure_data_dir(Path(data_dir) if data_dir is not None else default_data_dir())
-        _refuse_missing_key(self.data_dir)
+        dsn = resolve_store(store)  # None: SQLite in data_dir
+        if dsn is None and not (self.data_dir / KEY_FILE).exists() and (self.data_dir / DB_FILE).exists():
+            probe = SQLiteStore(self.data_dir, fsync=fsync)
+            try:
+                _refuse_missing_key(self.data_dir, probe)
+            finally:
+                probe.close()
         self._signer = Signer(load_or_create_key(self.data_dir))
         self.public_key_hex: str = self._signer.public_key_hex
         trusted = set()
@@ -527,14 +196,25 @@ class Kernel:
             trusted.add(key.lower())
         self.trusted_keys: frozenset[str] = frozenset(trusted)
         self._issuers = frozenset({self.public_key_hex}) | self.trusted_keys
-        self._fsync = fsync
         self._clock: Callable[[], float] = clock if clock is not None else time.time
-        self._lock = threading.RLock()
-        self._pid = os.getpid()
-        self._conn = open_store(self.data_dir, fsync=fsync)
-        self._caps: dict[str, _Cap] = {}
-        self._inherited: list[sqlite3.Connection] = []
+        # opened after the key: load_or_create_key tightens a fresh data dir, which a store file would hide
+        self._store: KernelStore
+        if dsn is None:
+            self._store = SQLiteStore(self.data_dir, fsync=fsync)
+        else:  # a fleet's store: this kernel's key stays in data_dir and is registered there
+            from chio_kernel._postgres_store import PostgresStore
+
+            self._store = PostgresStore(
+                dsn, signer_key=self.public_key_hex, label=f"{socket.gethostname()}:{self.data_dir}"
+            )
         self._closed = False
+        self._capabilities = Capabilities(
+            self._signer, self.trusted_keys, lambda: self._clock(), self._read, self._write
+        )
+        self._caps: dict[str, _Cap] = self._capabilities._caps  # the verified-capability cache
+        self._committer: GroupCommitter[_EvalRequest, ChioReceipt] = GroupCommitter(
+            self._run_batch, max_batch_from_env()
+        )
 
     # --- plumbing ---
 
@@ -548,10 +228,9 @@ class Kernel:
 
     def close(self) -> None:
         """Close the store connection (the kernel cannot be used afterwards)."""
-        with self._lock:
-            if not self._closed:
-                self._closed = True
-                self._conn.close()
+        if not self._closed:
+            self._closed = True
+            self._store.close()
 
     def __enter__(self) -> Kernel:
         return self
@@ -559,131 +238,20 @@ class Kernel:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def _check_fork(self) -> threading.RLock:
-        """The lock to take; after ``fork`` a child gets a fresh lock and connection (SQLite handles
-        and held locks must not cross a fork)."""
-        if os.getpid() != self._pid:
-            self._pid = os.getpid()
-            self._lock = threading.RLock()
-            self._caps = {}
-            # Keep the parent's handle referenced, never closed here: closing an inherited SQLite
-            # handle in a child can disturb the parent's locks and WAL index.
-            self._inherited.append(self._conn)
-            self._conn = open_store(self.data_dir, fsync=self._fsync)
-        return self._lock
-
-    @property
-    def _lk(self) -> threading.RLock:
-        return self._check_fork()
-
-    def _db(self) -> sqlite3.Connection:
-        """The connection (call with the lock held)."""
+    def _read(self) -> AbstractContextManager[StoreReader]:
         if self._closed:
             raise RuntimeError(f"{self!r} is closed; create a new Kernel")
-        return self._conn
+        return self._store.read()
 
-    def _write(self) -> _Txn:
-        return _Txn(self)
+    def _write(self) -> AbstractContextManager[StoreWriter]:
+        if self._closed:
+            raise RuntimeError(f"{self!r} is closed; create a new Kernel")
+        return self._store.write()
 
-    # --- capabilities: loading ---
+    # --- capabilities (chio_kernel._capabilities does the work) ---
 
-    def _load_cap(self, conn: sqlite3.Connection, capability_id: str) -> _Cap | None:
-        cap = self._caps.get(capability_id)
-        if cap is not None:
-            return cap
-        row = conn.execute(
-            "SELECT token, parent_id, rate_max, rate_per FROM capabilities WHERE id = ?", (capability_id,)
-        ).fetchone()
-        if row is None:
-            return None
-        token = CapabilityToken.model_validate_json(row[0])
-        cap = self._make_cap(conn, token, row[1], row[2], row[3])
-        if len(self._caps) >= _CAP_CACHE_SIZE:  # bounded: drop the oldest entry (insertion order)
-            self._caps.pop(next(iter(self._caps)))
-        self._caps[capability_id] = cap
-        return cap
-
-    def _make_cap(
-        self,
-        conn: sqlite3.Connection,
-        token: CapabilityToken,
-        parent_id: str | None,
-        rate_max: int | None,
-        rate_per: float | None,
-    ) -> _Cap:
-        lineage = [token.id] + [link.capability_id for link in reversed(token.delegation_chain)]
-        policy_hash = hashlib.sha256(
-            canonical_json({"capability_id": token.id, "scope": token.scope.model_dump(exclude_none=True)})
-        ).hexdigest()
-        return _Cap(
-            token=token,
-            parent_id=parent_id,
-            rate_max=rate_max,
-            rate_per=rate_per,
-            policy_hash=policy_hash,
-            sig_error=self._static_check(conn, token),
-            lineage=tuple(lineage),
-            grants=list(token.scope.grants),
-            constrained=any(g.constraints for g in token.scope.grants),
-            head_sql=(
-                "SELECT seq, hash, (SELECT capability_id FROM revocations WHERE capability_id "
-                + ("= ?" if len(lineage) == 1 else "IN (" + ",".join("?" * len(lineage)) + ")")
-                + " LIMIT 1) FROM chain_head WHERE k = 0"
-            ),
-        )
-
-    def _static_check(self, conn: sqlite3.Connection | None, token: CapabilityToken) -> str | None:
-        """Signature, issuer and delegation-chain checks (the parts that never change): reason or None."""
-        if token.issuer not in self._issuers:
-            return (
-                f"capability {token.id} was issued by {token.issuer[:16]}…, which is neither this kernel "
-                f"({self.public_key_hex[:16]}…) nor a trusted key; get a capability from this kernel or "
-                "add the issuer to trusted_keys"
-            )
-        try:
-            message = capability_signing_bytes(token)
-        except ValueError as err:
-            return f"capability {token.id} cannot be canonicalised: {err}"
-        if not verify_hex(token.issuer, token.signature, message):
-            return (
-                f"capability {token.id} has an invalid signature (it was altered after issue or signed by "
-                "another key); use the token exactly as the kernel issued it"
-            )
-        chain = token.delegation_chain
-        for i, link in enumerate(chain):
-            if link.delegator not in self._issuers:
-                return f"delegation link {i} of {token.id} was signed by an unknown key {link.delegator[:16]}…"
-            if not verify_hex(link.delegator, link.signature, _link_signing_bytes(link)):
-                return f"delegation link {i} of {token.id} (from {link.capability_id}) has an invalid signature"
-            child_id = chain[i + 1].capability_id if i + 1 < len(chain) else token.id
-            child_scope = token.scope if child_id == token.id else None
-            child_subject = token.subject if child_id == token.id else None
-            if conn is not None:
-                parent_row = conn.execute(
-                    "SELECT token FROM capabilities WHERE id = ?", (link.capability_id,)
-                ).fetchone()
-                if child_scope is None:
-                    child_row = conn.execute("SELECT token FROM capabilities WHERE id = ?", (child_id,)).fetchone()
-                    if child_row is not None:
-                        child_tok = CapabilityToken.model_validate_json(child_row[0])
-                        child_scope, child_subject = child_tok.scope, child_tok.subject
-                if parent_row is not None:
-                    parent = CapabilityToken.model_validate_json(parent_row[0])
-                    if child_scope is not None and not child_scope.is_subset_of(parent.scope):
-                        return (
-                            f"delegation link {i} of {token.id}: the scope of {child_id} is not a subset of "
-                            f"its parent {parent.id}"
-                        )
-                elif link.delegator == self.public_key_hex:
-                    return (
-                        f"delegation link {i} of {token.id} names parent {link.capability_id}, which this kernel "
-                        "never issued"
-                    )
-            if child_subject is not None and link.delegatee != child_subject:
-                return f"delegation link {i} of {token.id} delegates to {link.delegatee!r}, not to {child_subject!r}"
-        return None
-
-    # --- capabilities: public API ---
+    def _load_cap(self, st: StoreReader, capability_id: str) -> _Cap | None:
+        return self._capabilities._load_cap(st, capability_id)
 
     def create_capability(
         self,
@@ -700,183 +268,28 @@ class Kernel:
         rate limit (idempotent provisioning); otherwise :class:`CapabilityError`.
         ``rate_limit=(max_calls, per_seconds)`` limits allowed calls per sliding window.
         """
-        subject = _require_str("subject", subject)
-        chio_scope = _coerce_scope(scope)
-        _refuse_bad_patterns(chio_scope)
-        ttl = _positive_int("ttl_seconds", ttl_seconds)
-        rate = _coerce_rate_limit(rate_limit)
-        if capability_id is None:
-            capability_id = "cap-" + "%032x" % _uuid7_int(secure=True)
-        else:
-            capability_id = _new_capability_id(capability_id)
-        now = int(self._clock())
-        token = self._sign_token(capability_id, subject, chio_scope, now, now + ttl, [])
-        with self._write() as conn:
-            existing = self._existing(conn, capability_id, subject, chio_scope, rate)
-            if existing is not None:
-                return existing
-            self._insert_cap(conn, token, None, rate)
-        return token
-
-    def _sign_token(
-        self,
-        capability_id: str,
-        subject: str,
-        scope: ChioScope,
-        issued_at: int,
-        expires_at: int,
-        chain: list[DelegationLink],
-    ) -> CapabilityToken:
-        fields: dict[str, Any] = {
-            "id": capability_id,
-            "issuer": self.public_key_hex,
-            "subject": subject,
-            "scope": scope,
-            "issued_at": issued_at,
-            "expires_at": expires_at,
-            "delegation_chain": chain,
-        }
-        unsigned = CapabilityToken.model_construct(**fields, signature="")
-        return CapabilityToken(**fields, signature=self._signer.sign_hex(capability_signing_bytes(unsigned)))
-
-    def _existing(
-        self,
-        conn: sqlite3.Connection,
-        capability_id: str,
-        subject: str,
-        scope: ChioScope,
-        rate: tuple[int, float] | None,
-        parent_id: str | None = None,
-    ) -> CapabilityToken | None:
-        row = conn.execute(
-            "SELECT token, rate_max, rate_per, parent_id FROM capabilities WHERE id = ?", (capability_id,)
-        ).fetchone()
-        if row is None:
-            return None
-        stored = CapabilityToken.model_validate_json(row[0])
-        stored_rate = (row[1], row[2]) if row[1] is not None else None
-        revoked = conn.execute("SELECT 1 FROM revocations WHERE capability_id = ?", (capability_id,)).fetchone()
-        same = (
-            stored.subject == subject
-            and canonical_json(stored.scope.model_dump(exclude_none=True))
-            == canonical_json(scope.model_dump(exclude_none=True))
-            and stored_rate == rate
-            and row[3] == parent_id
-        )
-        now = self._clock()
-        if same and not revoked and stored.is_valid_at(int(now)):
-            return stored
-        why = (
-            "it is revoked" if revoked else
-            "it has expired" if not stored.is_valid_at(int(now)) else
-            "it has a different subject, scope, rate limit or parent"
-        )
-        raise CapabilityError(
-            f"capability id {capability_id!r} already exists and {why}; choose another capability_id "
-            "(or omit it to get a fresh one)"
-        )
-
-    def _insert_cap(
-        self,
-        conn: sqlite3.Connection,
-        token: CapabilityToken,
-        parent_id: str | None,
-        rate: tuple[int, float] | None,
-    ) -> None:
-        conn.execute(
-            "INSERT INTO capabilities(id, parent_id, subject, issued_at, expires_at, rate_max, rate_per, created_at, token)"
-            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            (
-                token.id,
-                parent_id,
-                token.subject,
-                token.issued_at,
-                token.expires_at,
-                rate[0] if rate else None,
-                rate[1] if rate else None,
-                self._clock(),
-                token.model_dump_json(exclude_none=True),
-            ),
-        )
+        return self._capabilities.create_capability(subject, scope, ttl_seconds, capability_id, rate_limit)
 
     def get_capability(self, capability_id: str) -> CapabilityToken | None:
         """The stored token with this id, or None."""
-        capability_id = _require_str("capability_id", capability_id, max_len=256)
-        with self._lk:
-            row = self._db().execute("SELECT token FROM capabilities WHERE id = ?", (capability_id,)).fetchone()
-        return CapabilityToken.model_validate_json(row[0]) if row else None
+        return self._capabilities.get_capability(capability_id)
 
     def list_capabilities(self) -> list[CapabilityToken]:
         """Every stored token, oldest first."""
-        with self._lk:
-            rows = self._db().execute("SELECT token FROM capabilities ORDER BY created_at, rowid").fetchall()
-        return [CapabilityToken.model_validate_json(r[0]) for r in rows]
+        return self._capabilities.list_capabilities()
 
     def capability_info(self, capability_id: str) -> dict[str, Any] | None:
         """Token plus kernel-side state (parent, revoked, rate limit, usage per grant) for one id."""
-        capability_id = _require_str("capability_id", capability_id, max_len=256)
-        with self._lk:
-            conn = self._db()
-            row = conn.execute(
-                "SELECT token, parent_id, rate_max, rate_per FROM capabilities WHERE id = ?", (capability_id,)
-            ).fetchone()
-            if row is None:
-                return None
-            rev = conn.execute(
-                "SELECT revoked_at, cause FROM revocations WHERE capability_id = ?", (capability_id,)
-            ).fetchone()
-            usage = conn.execute(
-                "SELECT grant_index, invocations, cost_units FROM usage WHERE capability_id = ? ORDER BY grant_index",
-                (capability_id,),
-            ).fetchall()
-        return {
-            "token": CapabilityToken.model_validate_json(row[0]),
-            "parent_id": row[1],
-            "rate_limit": (row[2], row[3]) if row[2] is not None else None,
-            "revoked": rev is not None,
-            "revoked_at": rev[0] if rev else None,
-            "revoked_because": rev[1] if rev else None,
-            "usage": [{"grant_index": u[0], "invocations": u[1], "cost_units": u[2]} for u in usage],
-        }
+        return self._capabilities.capability_info(capability_id)
 
     def is_revoked(self, capability_id: str) -> bool:
         """Is this capability (or one of its ancestors) revoked?"""
-        with self._lk:
-            conn = self._db()
-            cap = self._load_cap(conn, capability_id)
-            ids = cap.lineage if cap is not None else (capability_id,)
-            return self._revoked_in(conn, ids) is not None
-
-    def _revoked_in(self, conn: sqlite3.Connection, ids: Sequence[str]) -> str | None:
-        if len(ids) == 1:
-            row = conn.execute("SELECT capability_id FROM revocations WHERE capability_id = ?", (ids[0],)).fetchone()
-        else:
-            marks = ",".join("?" * len(ids))
-            row = conn.execute(
-                f"SELECT capability_id FROM revocations WHERE capability_id IN ({marks}) LIMIT 1", tuple(ids)
-            ).fetchone()
-        return row[0] if row else None
+        return self._capabilities.is_revoked(capability_id)
 
     def validate_capability(self, token: CapabilityToken | Mapping[str, Any]) -> tuple[bool, str | None]:
         """``(valid, reason)``: signature, issuer (this kernel or a trusted key), time window,
         revocation (of the token or an ancestor) and delegation chain."""
-        tok = _coerce_token(token)
-        with self._lk:
-            conn = self._db()
-            error = self._static_check(conn, tok)
-            if error is not None:
-                return False, error
-            now = int(self._clock())
-            if now < tok.issued_at:
-                return False, f"capability {tok.id} is not valid before {_iso(tok.issued_at)}"
-            if now >= tok.expires_at:
-                return False, f"capability {tok.id} expired at {_iso(tok.expires_at)}; issue a new one"
-            lineage = [tok.id] + [link.capability_id for link in reversed(tok.delegation_chain)]
-            revoked = self._revoked_in(conn, lineage)
-        if revoked is not None:
-            which = "it was" if revoked == tok.id else f"its ancestor {revoked} was"
-            return False, f"capability {tok.id} is revoked ({which} revoked)"
-        return True, None
+        return self._capabilities.validate_capability(token)
 
     def attenuate_capability(
         self,
@@ -894,54 +307,7 @@ class Kernel:
         parent's subject. Raises :class:`CapabilityError` naming the offending grant if the scope is
         not a subset.
         """
-        child_scope = _coerce_scope(new_scope, "new_scope")
-        _refuse_bad_patterns(child_scope)
-        ttl = _positive_int("ttl_seconds", ttl_seconds) if ttl_seconds is not None else None
-        if capability_id is not None:
-            capability_id = _new_capability_id(capability_id)
-        if subject is not None:
-            subject = _require_str("subject", subject)
-        if isinstance(parent, str):
-            parent_id = _require_str("parent", parent, max_len=256)
-            parent_token = self.get_capability(parent_id)
-            if parent_token is None:
-                raise CapabilityError(f"cannot attenuate unknown capability {parent_id!r}: this kernel never issued it")
-        else:
-            parent_token = _coerce_token(parent, "parent")
-        valid, reason = self.validate_capability(parent_token)
-        if not valid:
-            raise CapabilityError(f"cannot attenuate capability {parent_token.id}: {reason}")
-        offending = _first_non_subset(child_scope, parent_token.scope)
-        if offending is not None:
-            raise CapabilityError(
-                f"new scope is not a subset of capability {parent_token.id}: {offending}; "
-                "narrow the new scope to tools, operations and limits the parent already grants"
-            )
-        now = int(self._clock())
-        expires_at = parent_token.expires_at if ttl is None else min(parent_token.expires_at, now + ttl)
-        child_subject = subject if subject is not None else parent_token.subject
-        link_body: _LinkBody = {
-            "capability_id": parent_token.id,
-            "delegator": self.public_key_hex,
-            "delegatee": child_subject,
-            "attenuations": [],
-            "timestamp": now,
-        }
-        link = DelegationLink(**link_body, signature=self._signer.sign_hex(_link_signing_bytes(link_body)))
-        child_id = capability_id if capability_id is not None else "cap-" + "%032x" % _uuid7_int(secure=True)
-        chain = [*parent_token.delegation_chain, link]
-        child = self._sign_token(child_id, child_subject, child_scope, now, expires_at, chain)
-        with self._write() as conn:
-            if conn.execute("SELECT 1 FROM capabilities WHERE id = ?", (parent_token.id,)).fetchone() is None:
-                # A valid parent from a trusted kernel: remember it so the child's lineage resolves.
-                self._insert_cap(conn, parent_token, None, None)
-            if capability_id is not None:
-                # same idempotent provisioning rule as create_capability (same subject, scope, parent)
-                existing = self._existing(conn, child_id, child_subject, child_scope, None, parent_id=parent_token.id)
-                if existing is not None:
-                    return existing
-            self._insert_cap(conn, child, parent_token.id, None)
-        return child
+        return self._capabilities.attenuate_capability(parent, new_scope, ttl_seconds, capability_id, subject=subject)
 
     def revoke_capability(self, capability_id: str) -> list[str]:
         """Revoke a capability and all its descendants; returns every id in that subtree (root first).
@@ -949,26 +315,7 @@ class Kernel:
         Revoking an already revoked capability is allowed (returns the same ids); an unknown id
         raises :class:`CapabilityError`.
         """
-        capability_id = _require_str("capability_id", capability_id, max_len=256)
-        with self._write() as conn:
-            if conn.execute("SELECT 1 FROM capabilities WHERE id = ?", (capability_id,)).fetchone() is None:
-                raise CapabilityError(
-                    f"cannot revoke unknown capability {capability_id!r}: this kernel never issued it "
-                    "(list them with list_capabilities())"
-                )
-            rows = conn.execute(
-                "WITH RECURSIVE sub(id, depth) AS (SELECT ?, 0 UNION "
-                "SELECT c.id, sub.depth + 1 FROM capabilities c JOIN sub ON c.parent_id = sub.id) "
-                "SELECT id FROM sub ORDER BY depth, id",
-                (capability_id,),
-            ).fetchall()
-            ids = [r[0] for r in rows]
-            now = self._clock()
-            conn.executemany(
-                "INSERT OR IGNORE INTO revocations(capability_id, revoked_at, cause) VALUES (?, ?, ?)",
-                [(i, now, "revoked" if i == capability_id else f"ancestor {capability_id} revoked") for i in ids],
-            )
-        return ids
+        return self._capabilities.revoke_capability(capability_id)
 
     # --- evaluation ---
 
@@ -985,8 +332,43 @@ class Kernel:
     ) -> ChioReceipt:
         """Decide one call and return its signed, stored receipt (allow or deny; never raises for a deny).
 
-        Raises :class:`KernelInputError` (a ``ValueError``) for malformed input.
+        Raises :class:`KernelInputError` (a ``ValueError``) for malformed input. Concurrent calls
+        (threads) share one write transaction (group commit, see ``docs/kernel.md``); the receipt is
+        committed before this returns.
         """
+        req = self._prepare(capability_id, tool_server, tool_name, parameters, idempotency_key, cost, operation)
+        return self._committer.submit(req)
+
+    async def _evaluate_async(
+        self,
+        capability_id: str,
+        tool_server: str,
+        tool_name: str,
+        parameters: dict[str, Any],
+        *,
+        idempotency_key: str | None = None,
+        cost: MonetaryAmount | Mapping[str, Any] | None = None,
+        operation: Operation | str = Operation.INVOKE,
+    ) -> ChioReceipt:
+        """:meth:`evaluate` for asyncio callers: the calls made in one turn of the event loop share
+        one write transaction (LocalChioClient uses this)."""
+        req = self._prepare(capability_id, tool_server, tool_name, parameters, idempotency_key, cost, operation)
+        return await self._committer.submit_async(req)
+
+    def _prepare(
+        self,
+        capability_id: str,
+        tool_server: str,
+        tool_name: str,
+        parameters: dict[str, Any],
+        idempotency_key: str | None,
+        cost: MonetaryAmount | Mapping[str, Any] | None,
+        operation: Operation | str,
+    ) -> _EvalRequest:
+        """Input checks, canonical forms and hashes, and the pure guards: everything before the
+        write transaction."""
+        if self._closed:
+            raise RuntimeError(f"{self!r} is closed; create a new Kernel")
         for name, value, max_len in (
             ("capability_id", capability_id, 256), ("tool_server", tool_server, 1024), ("tool_name", tool_name, 1024)
         ):
@@ -1023,175 +405,80 @@ class Kernel:
                 ).encode()
             ).hexdigest()
 
-        lock = self._check_fork()
         # The pure guards (scope, constraints: regex_match may be slow) need no database state:
-        # run them before the lock and the write transaction, so a slow call never blocks others.
+        # run them before the write transaction, so a slow call never blocks others.
         # (A root capability without constraints has nothing slow to check: skip the extra pass.)
         cached = self._caps.get(capability_id)
         pre = (
-            self._precheck(lock, capability_id, tool_server, tool_name, op, params)
+            self._precheck(capability_id, tool_server, tool_name, op, params)
             if cached is None or cached.constrained or len(cached.lineage) > 1
             else None
         )
-        with lock:
-            conn = self._db()
-            conn.execute("BEGIN IMMEDIATE")
-            try:
-                receipt = self._evaluate_locked(
-                    conn, capability_id, tool_server, tool_name, op, params, params_text, params_ascii,
-                    param_hash, cost_t, idem_hash, pre,
-                )
-                conn.execute("COMMIT")
-            except BaseException:
-                if conn.in_transaction:  # never leave the shared connection inside a transaction
-                    conn.execute("ROLLBACK")
-                raise
-        return receipt
+        return _EvalRequest(
+            capability_id, tool_server, tool_name, op, params, params_text, params_ascii, param_hash, cost_t,
+            idem_hash, pre,
+        )
 
-    def _evaluate_locked(
-        self,
-        conn: sqlite3.Connection,
-        capability_id: str,
-        tool_server: str,
-        tool_name: str,
-        op: Operation,
-        params: dict[str, Any],
-        params_text: str,
-        params_ascii: str,
-        param_hash: str,
-        cost_t: tuple[int, str] | None,
-        idem_hash: str | None,
-        pre: dict[str, list[tuple[int, ToolGrant]] | _Deny] | None = None,
-    ) -> ChioReceipt:
-        """Decide, charge and record inside the caller's write transaction."""
+    def _run_batch(self, reqs: Sequence[_EvalRequest]) -> list[ChioReceipt | BaseException]:
+        """Decide ``reqs`` in ONE write transaction (group commit); results are released after its
+        commit. If any of them raises, everything is rolled back and each runs in its own
+        transaction, so an error reaches only its caller."""
+        if len(reqs) > 1:
+            try:
+                with self._write() as st:
+                    out: list[ChioReceipt | BaseException] = [self._evaluate_in(st, r) for r in reqs]
+                return out
+            except Exception:
+                pass  # fall through: one transaction each
+        results: list[ChioReceipt | BaseException] = []
+        for r in reqs:
+            try:
+                with self._write() as st:
+                    results.append(self._evaluate_in(st, r))
+            except BaseException as err:
+                results.append(err)
+        return results
+
+    def _evaluate_in(self, st: StoreWriter, req: _EvalRequest) -> ChioReceipt:
+        """Decide, charge and record one call inside the caller's write transaction."""
+        capability_id, tool_server, tool_name = req.capability_id, req.tool_server, req.tool_name
         now = self._clock()
-        cap = self._load_cap(conn, capability_id)
+        cap = self._load_cap(st, capability_id)
         # One statement reads the chain head and the revocation state (of the capability and
         # its ancestors) inside the write transaction: another process's revoke is seen.
         if cap is not None:
-            head_seq, prev_hash, revoked = conn.execute(cap.head_sql, cap.lineage).fetchone()
+            head_seq, prev_hash, revoked = st.head_and_revoked(cap.lineage)
         else:
-            head_seq, prev_hash = conn.execute(_HEAD_SQL).fetchone()
+            head_seq, prev_hash = st.chain_head()
             revoked = None
         try:
-            self._check_valid(cap, capability_id, now, revoked)
-            if idem_hash is not None:
-                row = conn.execute(
-                    "SELECT r.body FROM idempotency i JOIN receipts r ON r.seq = i.receipt_seq WHERE i.key_hash = ?",
-                    (idem_hash,),
-                ).fetchone()
-                if row is not None:
-                    return ChioReceipt.model_validate_json(row[0])
+            check_valid(cap, capability_id, now, revoked, self.base_url)
+            if req.idem_hash is not None:
+                body = st.idempotent_receipt(req.idem_hash)
+                if body is not None:
+                    return ChioReceipt.model_validate_json(body)
             assert cap is not None
-            charge = self._check_policy(conn, cap, tool_server, tool_name, op, params, cost_t, now, pre)
+            lineage = [cap]
+            for ancestor_id in cap.lineage[1:]:
+                ancestor = self._load_cap(st, ancestor_id)
+                if ancestor is not None:  # a trusted foreign root this kernel never stored: its budgets live there
+                    lineage.append(ancestor)
+            charges, rated = decide(st, lineage, tool_server, tool_name, req.op, req.params, req.cost_t, now, req.pre)
         except _Deny as deny:
             policy_hash = cap.policy_hash if cap is not None else GENESIS_HASH
-            return self._append_receipt(
-                conn, head_seq, prev_hash, now, capability_id, tool_server, tool_name, params, params_text,
-                params_ascii, param_hash, deny, policy_hash,
-            )
+            return self._append_receipt(st, head_seq, prev_hash, now, req, deny, policy_hash)
         # allow: charge, then record
-        charges, rated = charge
         for charged_id, grant_index in charges:
-            conn.execute(
-                "INSERT INTO usage(capability_id, grant_index, invocations, cost_units) VALUES (?, ?, 1, ?) "
-                "ON CONFLICT(capability_id, grant_index) DO UPDATE SET invocations = invocations + 1, "
-                # saturate at 2^63-1 instead of SQLite turning an overflowing sum into a float
-                "cost_units = MIN(cost_units + excluded.cost_units, 9223372036854775807)",
-                (charged_id, grant_index, cost_t[0] if cost_t else 0),
-            )
+            st.charge(charged_id, grant_index, req.cost_t[0] if req.cost_t else 0)
         for rated_id in rated:
-            conn.execute("INSERT INTO rate_events(capability_id, t) VALUES (?, ?)", (rated_id, now))
-        receipt = self._append_receipt(
-            conn, head_seq, prev_hash, now, capability_id, tool_server, tool_name, params, params_text,
-            params_ascii, param_hash, None, cap.policy_hash,
-        )
-        if idem_hash is not None:
-            conn.execute(
-                "INSERT INTO idempotency(key_hash, receipt_seq) VALUES (?, ?)", (idem_hash, head_seq + 1)
-            )
+            st.record_rate_event(rated_id, now)
+        receipt = self._append_receipt(st, head_seq, prev_hash, now, req, None, cap.policy_hash)
+        if req.idem_hash is not None:
+            st.remember_idempotency(req.idem_hash, head_seq + 1)
         return receipt
-
-    def _check_valid(self, cap: _Cap | None, capability_id: str, now: float, revoked: str | None) -> None:
-        """The signature, time and revocation guards."""
-        if cap is None:
-            raise _Deny(
-                "signature",
-                f"unknown capability {capability_id!r}: this kernel ({self.base_url}) never issued it; "
-                "create it first (create_capability / `chio-durable capability create`) or check the id",
-            )
-        if cap.sig_error is not None:
-            raise _Deny("signature", cap.sig_error)
-        tok = cap.token
-        if now < tok.issued_at:
-            raise _Deny("time", f"capability {capability_id} is not valid before {_iso(tok.issued_at)}; retry then")
-        if now >= tok.expires_at:
-            raise _Deny(
-                "time",
-                f"capability {capability_id} expired at {_iso(tok.expires_at)}; issue a new capability "
-                "and pass its id",
-            )
-        if revoked is not None:
-            which = "was revoked" if revoked == capability_id else f"descends from {revoked}, which was revoked"
-            raise _Deny(
-                "revocation",
-                f"capability {capability_id} {which}; calls under it are refused — issue a new capability",
-            )
-
-    def _check_policy(
-        self,
-        conn: sqlite3.Connection,
-        cap: _Cap,
-        tool_server: str,
-        tool_name: str,
-        op: Operation,
-        params: dict[str, Any],
-        cost_t: tuple[int, str] | None,
-        now: float,
-        pre: dict[str, list[tuple[int, ToolGrant]] | _Deny] | None = None,
-    ) -> tuple[list[tuple[str, int]], list[str]]:
-        """scope, constraints, max_invocations, cost, rate limit.
-
-        Returns what an allow must charge: ``(capability id, grant index)`` of every budgeted grant
-        and the ids whose rate window counts the call. An attenuated capability also spends its
-        ancestors' budgets and rate limits, so delegation never multiplies what the root allowed.
-        """
-        lineage = [cap]
-        for ancestor_id in cap.lineage[1:]:
-            ancestor = self._load_cap(conn, ancestor_id)
-            if ancestor is not None:  # a trusted foreign root this kernel never stored: its budgets live there
-                lineage.append(ancestor)
-        charges: list[tuple[str, int]] = []
-        for depth, c in enumerate(lineage):
-            passing = pre.get(c.token.id) if pre is not None else None
-            if passing is None:  # not prechecked (e.g. created by another process meanwhile)
-                passing = self._passing_grants(c, depth > 0, tool_server, tool_name, op, params)
-            elif isinstance(passing, _Deny):
-                raise passing
-            index, limited = self._select_grant(conn, c, depth > 0, passing, cost_t, tool_server, tool_name)
-            if limited:
-                charges.append((c.token.id, index))
-        rated: list[str] = []
-        for depth, c in enumerate(lineage):
-            if c.rate_max is None or c.rate_per is None:
-                continue
-            cid = c.token.id
-            conn.execute("DELETE FROM rate_events WHERE capability_id = ? AND t <= ?", (cid, now - c.rate_per))
-            row = conn.execute("SELECT COUNT(*), MIN(t) FROM rate_events WHERE capability_id = ?", (cid,)).fetchone()
-            if row[0] >= c.rate_max:
-                retry = max(0.0, row[1] + c.rate_per - now)
-                owner = f"its ancestor capability {cid}" if depth else f"capability {cid}"
-                raise _Deny(
-                    "rate-limit-guard",
-                    f"{owner} allows {c.rate_max} calls per {c.rate_per:g} s and that many were "
-                    f"allowed in the last {c.rate_per:g} s; retry in {retry:.1f} s",
-                )
-            rated.append(cid)
-        return charges, rated
 
     def _precheck(
         self,
-        lock: threading.RLock,
         capability_id: str,
         tool_server: str,
         tool_name: str,
@@ -1204,8 +491,8 @@ class Kernel:
         def load(cid: str) -> _Cap | None:
             cap = self._caps.get(cid)  # tokens are immutable: a cached entry needs no lock
             if cap is None:
-                with lock:  # a short read on the shared connection (no transaction held)
-                    cap = self._load_cap(self._db(), cid)
+                with self._read() as st:  # a short read (no transaction held)
+                    cap = self._load_cap(st, cid)
             return cap
 
         root = load(capability_id)
@@ -1219,219 +506,28 @@ class Kernel:
         out: dict[str, list[tuple[int, ToolGrant]] | _Deny] = {}
         for depth, c in enumerate(caps):
             try:
-                out[c.token.id] = self._passing_grants(c, depth > 0, tool_server, tool_name, op, params)
+                out[c.token.id] = passing_grants(c, depth > 0, tool_server, tool_name, op, params)
             except _Deny as deny:
                 out[c.token.id] = deny
         return out
 
-    def _passing_grants(
-        self,
-        cap: _Cap,
-        inherited: bool,
-        tool_server: str,
-        tool_name: str,
-        op: Operation,
-        params: dict[str, Any],
-    ) -> list[tuple[int, ToolGrant]]:
-        """Grants of ``cap`` covering the call whose constraints pass (scope, constraints guards)."""
-        cid = cap.token.id
-        plan_key = (tool_server, tool_name, op)
-        matching = cap.plans.get(plan_key)
-        if matching is None:  # grants are immutable: which ones cover a tool is computed once
-            matching = [(i, g) for i, g in enumerate(cap.grants) if grant_matches(g, tool_server, tool_name, op)]
-            if len(cap.plans) < 4096:
-                cap.plans[plan_key] = matching
-        if not matching:
-            allowed = "; ".join(describe_grant(g) for g in cap.grants) or "nothing (it has no tool grants)"
-            raise _Deny(
-                "scope",
-                f"{_owner(cid, inherited)} does not allow {op.value} on {tool_server}/{tool_name}; it allows {allowed}. "
-                "Use a capability whose scope includes this tool",
-            )
-        passing = []
-        first_violation = None
-        for i, g in matching:
-            violation = check_constraints(g, params)
-            if violation is None:
-                passing.append((i, g))
-            elif first_violation is None:
-                first_violation = violation
-        if not passing:
-            raise _Deny("constraints", f"{_owner(cid, inherited)}, {tool_server}/{tool_name}: {first_violation}")
-        return passing
-
-    def _select_grant(
-        self,
-        conn: sqlite3.Connection,
-        cap: _Cap,
-        inherited: bool,
-        passing: list[tuple[int, ToolGrant]],
-        cost_t: tuple[int, str] | None,
-        tool_server: str,
-        tool_name: str,
-    ) -> tuple[int, bool]:
-        """The first passing grant of ``cap`` with budget left -> (index, has budgets)."""
-        cid = cap.token.id
-        first_fail: _Deny | None = None
-        for i, g in passing:
-            limited = (
-                g.max_invocations is not None or g.max_total_cost is not None or g.max_cost_per_invocation is not None
-            )
-            if not limited:
-                return i, False
-            try:
-                self._check_budget(conn, cid, _owner(cid, inherited), i, g, cost_t, tool_server, tool_name)
-            except _Deny as deny:
-                if first_fail is None:
-                    first_fail = deny
-                continue
-            return i, True
-        assert first_fail is not None
-        raise first_fail
-
-    def _check_budget(
-        self,
-        conn: sqlite3.Connection,
-        cid: str,
-        owner: str,
-        index: int,
-        g: ToolGrant,
-        cost_t: tuple[int, str] | None,
-        tool_server: str,
-        tool_name: str,
-    ) -> None:
-        row = conn.execute(
-            "SELECT invocations, cost_units FROM usage WHERE capability_id = ? AND grant_index = ?", (cid, index)
-        ).fetchone()
-        used, spent = (row[0], row[1]) if row else (0, 0)
-        if g.max_invocations is not None and used >= g.max_invocations:
-            raise _Deny(
-                "max_invocations",
-                f"{owner} allows {g.max_invocations} invocation(s) of {g.server_id}/{g.tool_name} and "
-                f"all {used} were used; issue a new capability for more calls",
-            )
-        if cost_t is None:
-            if g.max_cost_per_invocation is not None or g.max_total_cost is not None:
-                # fail closed: an undeclared cost would otherwise spend nothing against the budget
-                limits = ", ".join(
-                    f"{name}={m.units} {m.currency}"
-                    for name, m in (("max_cost_per_invocation", g.max_cost_per_invocation),
-                                    ("max_total_cost", g.max_total_cost))
-                    if m is not None
-                )
-                raise _Deny(
-                    "cost",
-                    f"call to {tool_server}/{tool_name} declares no cost, but {owner} has cost limits "
-                    f"({limits}); the call must declare its cost (cost= on evaluate, \"cost\" on /v1/evaluate)",
-                )
-            return
-        units, currency = cost_t
-        per = g.max_cost_per_invocation
-        if per is not None:
-            if per.currency != currency:
-                raise _Deny(
-                    "cost",
-                    f"call to {tool_server}/{tool_name} declares a cost in {currency}, but {owner} "
-                    f"limits cost in {per.currency}; declare the cost in {per.currency}",
-                )
-            if units > per.units:
-                raise _Deny(
-                    "cost",
-                    f"call to {tool_server}/{tool_name} costs {units} {currency}; {owner} allows at most "
-                    f"{per.units} {per.currency} per invocation",
-                )
-        total = g.max_total_cost
-        if total is not None:
-            if total.currency != currency:
-                raise _Deny(
-                    "cost",
-                    f"call to {tool_server}/{tool_name} declares a cost in {currency}, but {owner} "
-                    f"budgets in {total.currency}; declare the cost in {total.currency}",
-                )
-            if spent + units > total.units:
-                raise _Deny(
-                    "cost",
-                    f"call to {tool_server}/{tool_name} costs {units} {currency}; {owner} has spent "
-                    f"{spent} of its {total.units} {total.currency} budget, so only {total.units - spent} remain",
-                )
-
     def _append_receipt(
         self,
-        conn: sqlite3.Connection,
+        st: StoreWriter,
         head_seq: int,
         prev_hash: str,
         now: float,
-        capability_id: str,
-        tool_server: str,
-        tool_name: str,
-        params: dict[str, Any],
-        params_text: str,
-        params_ascii: str,
-        param_hash: str,
+        req: _EvalRequest,
         deny: _Deny | None,
         policy_hash: str,
     ) -> ChioReceipt:
-        rid = "rcpt-" + _uuid7_str()
-        ts = str(int(now))
-        key = self.public_key_hex
-        q_cap, q_tool, q_server = _q(capability_id), _q(tool_name), _q(tool_server)
-        guard: str | None = None
-        reason: str | None = None
-        if deny is None:
-            decision: dict[str, str | None] = {"verdict": "allow"}
-            decision_text = decision_ascii = '{"verdict":"allow"}'
-        else:
-            guard, reason = deny.guard, deny.reason
-            decision = {"verdict": "deny", "reason": reason, "guard": guard}
-            decision_text = '{"guard":' + _q(guard) + ',"reason":' + _q(reason) + ',"verdict":"deny"}'
-            decision_ascii = '{"guard":' + _qa(guard) + ',"reason":' + _qa(reason) + ',"verdict":"deny"}'
-        # The canonical JSON of the signed body, spliced from canonical parts in sorted key order
-        # (equal to canonical_json(body); tests/kernel check both ways agree).
-        signed = (
-            '{"action":{"parameter_hash":"' + param_hash + '","parameters":' + params_text
-            + '},"capability_id":' + q_cap + ',"content_hash":"' + prev_hash
-            + '","decision":' + decision_text + ',"id":"' + rid + '","kernel_key":"' + key
-            + '","policy_hash":"' + policy_hash + '","timestamp":' + ts
-            + ',"tool_name":' + q_tool + ',"tool_server":' + q_server + "}"
+        receipt, stored, chain_hash = build_receipt(
+            self._signer.sign_hex, self.public_key_hex, prev_hash, now, req.capability_id, req.tool_server,
+            req.tool_name, req.params, req.params_text, req.params_ascii, req.param_hash,
+            None if deny is None else (deny.guard, deny.reason), policy_hash,
         )
-        signature = self._signer.sign_hex(signed.encode("utf-8"))
-        # The stored text is the receipt exactly as ChioClient.verify_receipt_chain serialises it
-        # (model_dump(exclude_none=True), sort_keys, ensure_ascii): its sha256 is the next content_hash.
-        if not (q_cap.isascii() and q_tool.isascii() and q_server.isascii()):
-            q_cap, q_tool, q_server = _qa(capability_id), _qa(tool_name), _qa(tool_server)
-        stored = (
-            '{"action":{"parameter_hash":"' + param_hash + '","parameters":' + params_ascii
-            + '},"capability_id":' + q_cap + ',"content_hash":"' + prev_hash
-            + '","decision":' + decision_ascii + ',"evidence":[],"id":"' + rid + '","kernel_key":"' + key
-            + '","policy_hash":"' + policy_hash + '","signature":"' + signature + '","timestamp":' + ts
-            + ',"tool_name":' + q_tool + ',"tool_server":' + q_server + "}"
-        )
-        chain_hash = hashlib.sha256(stored.encode()).hexdigest()
-        action = {"parameters": params, "parameter_hash": param_hash}
-        body = {
-            "id": rid,
-            "timestamp": int(now),
-            "capability_id": capability_id,
-            "tool_server": tool_server,
-            "tool_name": tool_name,
-            "action": action,
-            "decision": decision,
-            "content_hash": prev_hash,
-            "policy_hash": policy_hash,
-            "evidence": [],
-            "kernel_key": key,
-            "signature": signature,
-        }
-        conn.execute(
-            "INSERT INTO receipts(seq, id, capability_id, verdict, chain_hash, body) VALUES (?, ?, ?, ?, ?, ?)",
-            (head_seq + 1, rid, capability_id, decision["verdict"], chain_hash, stored),
-        )
-        body["action"] = _construct(ToolCallAction, _ACTION_FIELDS, action)
-        body["decision"] = _construct(
-            Decision, _DECISION_FIELDS, {"verdict": decision["verdict"], "reason": reason, "guard": guard}
-        )
-        body["metadata"] = None
-        return _construct(ChioReceipt, _RECEIPT_FIELDS, body)
+        st.append_receipt(head_seq + 1, receipt.id, req.capability_id, receipt.decision.verdict, chain_hash, stored)
+        return receipt
 
     # --- receipts ---
 
@@ -1443,15 +539,7 @@ class Kernel:
         Only HttpReceipt bodies are signed (``id`` ``hrcpt-...``, HttpReceipt fields only), so this is
         no way to sign a tool receipt or a capability token.
         """
-        from chio_sdk.models import HttpReceipt
-
-        allowed = set(HttpReceipt.model_fields) - {"signature"}
-        extra = set(body) - allowed
-        if extra or not str(body.get("id", "")).startswith("hrcpt-") or not {"method", "route_pattern"} <= set(body):
-            raise KernelInputError(
-                f"sign_http_receipt signs HttpReceipt bodies only (id 'hrcpt-...', fields {sorted(allowed)}); "
-                f"got fields {sorted(body)}"
-            )
+        check_http_receipt_body(body)
         return self._signer.sign_hex(canonical_json(dict(body)))
 
     def verify_receipt(self, receipt: ChioReceipt | Mapping[str, Any]) -> bool:
@@ -1468,26 +556,14 @@ class Kernel:
         return self._verify_receipt_dict(data) is None
 
     def _verify_receipt_dict(self, data: dict[str, Any]) -> str | None:
-        key = data.get("kernel_key")
-        if key not in self._issuers:
-            return f"receipt {data.get('id')} was signed by {str(key)[:16]}…, which is not this kernel nor a trusted key"
-        try:
-            action = data["action"]
-            if hashlib.sha256(canonical_json(action["parameters"])).hexdigest() != action["parameter_hash"]:
-                return f"receipt {data.get('id')}: parameter_hash does not match its parameters"
-            message = canonical_json(_receipt_signed_body(data))
-        except (KeyError, TypeError, ValueError) as err:
-            return f"receipt {data.get('id')} is malformed: {err}"
-        if not verify_hex(key, str(data.get("signature")), message):
-            return f"receipt {data.get('id')} has an invalid signature (altered after signing)"
-        return None
+        return verify_receipt_dict(data, self._issuers)
 
     def get_receipt(self, receipt_id: str) -> ChioReceipt | None:
         """The stored receipt with this id, or None."""
         receipt_id = _require_str("receipt_id", receipt_id, max_len=256)
-        with self._lk:
-            row = self._db().execute("SELECT body FROM receipts WHERE id = ?", (receipt_id,)).fetchone()
-        return ChioReceipt.model_validate_json(row[0]) if row else None
+        with self._read() as st:
+            body = st.receipt_body(receipt_id)
+        return ChioReceipt.model_validate_json(body) if body is not None else None
 
     def list_receipts_with_seq(
         self,
@@ -1503,52 +579,17 @@ class Kernel:
             raise KernelInputError(f"limit must be a non-negative integer, got {limit!r}")
         if after_seq is not None and (isinstance(after_seq, bool) or not isinstance(after_seq, int)):
             raise KernelInputError(f"after_seq must be an integer, got {after_seq!r}")
-        args: list[Any] = [after_seq if after_seq is not None else 0]
-        if capability_id is None:
-            sql = "SELECT seq, body FROM receipts WHERE seq > ? ORDER BY seq"
-        else:
-            sql = (
-                "SELECT r.seq, r.body FROM receipts_by_capability x JOIN receipts r ON r.seq = x.seq "
-                "WHERE x.seq > ? AND x.capability_id = ? ORDER BY x.seq"
-            )
-            args.append(capability_id)
-        if limit is not None:
-            sql += " LIMIT ?"
-            args.append(limit)
         if capability_id is not None:
             self._index_by_capability()
-        with self._lk:
-            rows = self._db().execute(sql, args).fetchall()
-        return [(r[0], ChioReceipt.model_validate_json(r[1])) for r in rows]
+        with self._read() as st:
+            rows = st.receipts_after(after_seq if after_seq is not None else 0, limit, capability_id)
+        return [(seq, ChioReceipt.model_validate_json(body)) for seq, body in rows]
 
-    def _index_by_capability(self, batch: int | None = None) -> None:
-        """Bring ``receipts_by_capability`` up to the newest receipt (work proportional to what is new).
-
-        Evaluations do not maintain it (that would cost a page write per receipt); listings by
-        capability catch it up first, so they stay index lookups at any store size. The catch-up
-        runs in transactions of at most ``batch`` receipts and releases the kernel lock and the
-        database write lock between them, so a first listing on a big store never stalls
-        evaluations for long.
-        """
-        batch = batch if batch is not None else _INDEX_BATCH
-        while True:
-            with self._write() as conn:
-                row = conn.execute("SELECT v FROM meta WHERE k = 'indexed_by_capability'").fetchone()
-                done = int(row[0]) if row else 0
-                head = conn.execute(_HEAD_SQL).fetchone()[0]
-                if head <= done:
-                    return
-                upto = min(head, done + batch)
-                conn.execute(
-                    "INSERT OR IGNORE INTO receipts_by_capability(capability_id, seq) "
-                    "SELECT capability_id, seq FROM receipts WHERE seq > ? AND seq <= ?",
-                    (done, upto),
-                )
-                conn.execute(
-                    "INSERT INTO meta(k, v) VALUES ('indexed_by_capability', ?) "
-                    "ON CONFLICT(k) DO UPDATE SET v = excluded.v",
-                    (str(upto),),
-                )
+    def _index_by_capability(self) -> None:
+        """Catch the by-capability receipt index up (the store does it in short transactions)."""
+        if self._closed:
+            raise RuntimeError(f"{self!r} is closed; create a new Kernel")
+        self._store.catch_up_capability_index()
 
     def list_receipts(
         self,
@@ -1562,8 +603,8 @@ class Kernel:
 
     def receipt_count(self) -> int:
         """Number of receipts in the store."""
-        with self._lk:
-            return int(self._db().execute("SELECT COUNT(*) FROM receipts").fetchone()[0])
+        with self._read() as st:
+            return st.receipt_count()
 
     def verify_chain(self, *, batch: int = 2000) -> ChainReport:
         """Walk the store in seq order checking each signature and chain link; name the first broken index.
@@ -1577,40 +618,31 @@ class Kernel:
         last_seq = 0
         if self._closed:
             raise RuntimeError(f"{self!r} is closed; create a new Kernel")
-        # A private connection and a WAL read snapshot: the walk (long on a big store) neither holds
-        # the kernel lock nor blocks writers, so evaluations go on meanwhile.
-        conn = sqlite3.connect(str(self.data_dir / DB_FILE), timeout=60.0, isolation_level=None)
-        try:
-            conn.execute("BEGIN")  # one consistent snapshot
-            try:
-                head_seq, head_hash = conn.execute(_HEAD_SQL).fetchone()
-                while True:
-                    rows = conn.execute(
-                        "SELECT seq, body FROM receipts WHERE seq > ? ORDER BY seq LIMIT ?", (last_seq, batch)
-                    ).fetchall()
-                    if not rows:
-                        break
-                    for seq, text in rows:
-                        try:
-                            data = ChioReceipt.model_validate_json(text).model_dump(exclude_none=True)
-                        except ValidationError as err:
-                            return ChainReport(False, index, index, f"receipt at index {index} is not a valid receipt: {err}")
-                        if data["content_hash"] != prev:
-                            return ChainReport(
-                                False, index, index,
-                                f"receipt {data['id']} at index {index} does not chain to the previous receipt "
-                                "(content_hash mismatch: a receipt before it was altered, removed or inserted)",
-                            )
-                        problem = self._verify_receipt_dict(data)
-                        if problem is not None:
-                            return ChainReport(False, index, index, f"index {index}: {problem}")
-                        prev = receipt_chain_hash(data)
-                        index += 1
-                        last_seq = seq
-            finally:
-                conn.execute("COMMIT")
-        finally:
-            conn.close()
+        # One consistent read snapshot: the walk (long on a big store) neither holds the kernel's
+        # locks nor blocks writers, so evaluations go on meanwhile.
+        with self._store.snapshot() as st:
+            head_seq, head_hash = st.chain_head()
+            while True:
+                rows = st.receipts_after(last_seq, batch)
+                if not rows:
+                    break
+                for seq, text in rows:
+                    try:
+                        data = ChioReceipt.model_validate_json(text).model_dump(exclude_none=True)
+                    except ValidationError as err:
+                        return ChainReport(False, index, index, f"receipt at index {index} is not a valid receipt: {err}")
+                    if data["content_hash"] != prev:
+                        return ChainReport(
+                            False, index, index,
+                            f"receipt {data['id']} at index {index} does not chain to the previous receipt "
+                            "(content_hash mismatch: a receipt before it was altered, removed or inserted)",
+                        )
+                    problem = self._verify_receipt_dict(data)
+                    if problem is not None:
+                        return ChainReport(False, index, index, f"index {index}: {problem}")
+                    prev = receipt_chain_hash(data)
+                    index += 1
+                    last_seq = seq
         if head_seq != last_seq or head_hash != prev:  # the newest row's stored chain hash was altered
             return ChainReport(
                 False, index, max(index - 1, 0),
@@ -1620,8 +652,8 @@ class Kernel:
 
     def health(self) -> dict[str, Any]:
         """Status summary (what the sidecar's ``/chio/health`` returns)."""
-        with self._lk:
-            head_seq = self._db().execute(_HEAD_SQL).fetchone()[0]
+        with self._read() as st:
+            head_seq = st.chain_head()[0]
         return {
             "status": "ok",
             "kernel_key": self.public_key_hex,
@@ -1629,39 +661,3 @@ class Kernel:
             "receipts": head_seq,
             "mode": "embedded",
         }
-
-
-class _Txn:
-    """``with kernel._write() as conn``: process lock + ``BEGIN IMMEDIATE`` ... ``COMMIT``/``ROLLBACK``."""
-
-    __slots__ = ("_kernel", "_conn", "_lock")
-
-    def __init__(self, kernel: Kernel) -> None:
-        self._kernel = kernel
-
-    def __enter__(self) -> sqlite3.Connection:
-        lock = self._kernel._check_fork()
-        lock.acquire()
-        self._lock = lock
-        try:
-            conn = self._kernel._db()
-            conn.execute("BEGIN IMMEDIATE")
-        except BaseException:
-            lock.release()
-            raise
-        self._conn = conn
-        return conn
-
-    def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
-        try:
-            if exc_type is None:
-                try:
-                    self._conn.execute("COMMIT")
-                except BaseException:
-                    if self._conn.in_transaction:
-                        self._conn.execute("ROLLBACK")
-                    raise
-            elif self._conn.in_transaction:
-                self._conn.execute("ROLLBACK")
-        finally:
-            self._lock.release()

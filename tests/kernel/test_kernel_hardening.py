@@ -169,3 +169,16 @@ def test_importing_the_kernel_does_not_load_re2() -> None:
     code = "import sys, chio_kernel, chio_temporal; print('re2' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "False"
+
+
+def test_every_kernel_error_has_one_root_and_keeps_its_builtin_base(kernel: Kernel, chio_home: Path) -> None:
+    from chio_kernel import CapabilityError, ChioKernelError, KernelInputError
+    from chio_kernel import KernelKeyMissingError as Missing
+
+    with pytest.raises(ChioKernelError) as bad_input:
+        kernel.evaluate("cap-x", "fs", "read", "not a dict")  # type: ignore[arg-type]
+    assert isinstance(bad_input.value, KernelInputError) and isinstance(bad_input.value, ValueError)
+    with pytest.raises(ChioKernelError) as refused:
+        kernel.revoke_capability("cap-never-issued")
+    assert isinstance(refused.value, CapabilityError) and isinstance(refused.value, ValueError)
+    assert issubclass(Missing, ChioKernelError) and issubclass(Missing, RuntimeError)

@@ -148,3 +148,20 @@ def test_demo_shows_allow_scope_deny_and_revocation_deny(tmp_path: Path) -> None
         assert_receipt_verifies(json.loads(line))
     for r in cli_json("receipts", "list", "--json", "--limit", "100000", "--data-dir", str(tmp_path / "demo")):
         assert_receipt_verifies(r)  # type: ignore[arg-type]
+
+
+def test_cli_and_demo_share_one_rendering_module_and_no_import_cycle() -> None:
+    # the demo and the CLI both render through chio_kernel._render; neither imports the other's
+    # module the other way round (the demo never imports the CLI)
+    import ast
+    import importlib.util
+
+    def imported(module: str) -> set[str]:
+        spec = importlib.util.find_spec(module)
+        assert spec is not None and spec.origin is not None
+        tree = ast.parse(Path(spec.origin).read_text())
+        return {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module}
+
+    assert not any(m == "chio_kernel.cli" or m.startswith("chio_kernel.cli.") for m in imported("chio_kernel.demo"))
+    assert "chio_kernel._render" in imported("chio_kernel.demo")
+    assert "chio_kernel._render" in imported("chio_kernel.cli")

@@ -71,3 +71,18 @@ def test_a_lone_surrogate_anywhere_in_a_body_is_a_422(tmp_path: Path, raw: bytes
     ok = TestClient(create_app(Kernel(tmp_path / "k2"))).post(
         "/v1/capabilities", json={"subject": "s\U0001f600", "scope": GRANT})  # a valid pair is fine
     assert ok.status_code == 200, ok.text
+
+
+class _StoreDown(Exception):
+    """A store's own "could not be used" error (e.g. a lost database connection)."""
+
+
+def test_the_stores_transient_errors_are_a_retryable_503(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    with Kernel(tmp_path / "k") as kernel:
+        token = kernel.create_capability("agent:a", GRANT, 600)
+        monkeypatch.setattr(kernel._store, "transient_errors", (_StoreDown,))
+        client = TestClient(create_app(_Faulty(kernel, _StoreDown("connection lost"))))
+        r = client.post("/v1/evaluate", json={"capability_id": token.id, "tool_server": "files",
+                                              "tool_name": "read_file", "parameters": {}})
+        assert r.status_code == 503 and r.json()["error"] == "store_unavailable", r.text
+        assert "retry" in r.json()["message"]

@@ -14,15 +14,14 @@ import json
 import os
 import sys
 import time
-from collections.abc import Callable, Iterable
-from datetime import datetime, timezone
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
 import typer
 from rich.console import Console
-from rich.markup import escape
-from rich.table import Table
+
+from chio_kernel._render import _receipt_dict, _token_dict, _token_table, _ts, receipt_table
 
 __all__ = ["app", "main", "parse_grant"]
 
@@ -40,6 +39,8 @@ capability_app = typer.Typer(help="Issue, attenuate, revoke and list capability 
 receipts_app = typer.Typer(help="List, show, verify and export signed receipts.", no_args_is_help=True)
 app.add_typer(capability_app, name="capability")
 app.add_typer(receipts_app, name="receipts")
+keys_app = typer.Typer(help="The kernel keys registered in a shared PostgreSQL store (a fleet).", no_args_is_help=True)
+app.add_typer(keys_app, name="keys")
 
 out = Console(soft_wrap=False)
 err = Console(stderr=True, soft_wrap=True)
@@ -54,6 +55,16 @@ DataDir = Annotated[
     typer.Option(
         "--data-dir",
         help="Kernel data directory (signing key, receipt store). Default: $CHIO_HOME or ~/.chio-durable.",
+        show_default=False,
+    ),
+]
+StoreOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--store",
+        envvar="CHIO_STORE",
+        help="The store: a PostgreSQL URL (postgresql://user@host/db) shared by a fleet of kernels, or "
+        "'sqlite' (kernel.db in the data directory). Default: $CHIO_STORE, else sqlite.",
         show_default=False,
     ),
 ]
@@ -91,17 +102,22 @@ def _resolve_dir(data_dir: Path | None) -> Path:
     return Path.home() / ".chio-durable"
 
 
-def _kernel(data_dir: Path | None, *, must_exist: bool = True) -> Any:
-    """Open the kernel; for read/revoke commands the data dir must already exist (nothing to read
-    otherwise, and a typo must not silently create a fresh kernel)."""
+def _kernel(data_dir: Path | None, *, must_exist: bool = True, store: str | None = None) -> Any:
+    """Open the kernel; for read/revoke commands on the SQLite store the data dir must already exist
+    (nothing to read otherwise, and a typo must not silently create a fresh kernel). With a
+    PostgreSQL store the data dir holds only this host's signing key: it is created if needed."""
     path = _resolve_dir(data_dir)
-    if must_exist and not path.exists():
-        raise CliError(f"no kernel data directory at {path}: pass --data-dir DIR or set CHIO_HOME")
     from chio_kernel import Kernel
-    from chio_kernel.kernel import KernelKeyMissingError
+    from chio_kernel.kernel import KernelInputError, KernelKeyMissingError, resolve_store
 
     try:
-        return Kernel(data_dir=path)
+        dsn = resolve_store(store)
+    except KernelInputError as e:
+        raise CliError(str(e)) from None
+    if must_exist and dsn is None and not path.exists():
+        raise CliError(f"no kernel data directory at {path}: pass --data-dir DIR or set CHIO_HOME")
+    try:
+        return Kernel(data_dir=path, store=dsn or "sqlite")
     except KernelKeyMissingError as e:
         raise CliError(str(e)) from None
 
@@ -125,12 +141,6 @@ def _print_token(kernel: Any, token: Any, as_json: bool, title: str) -> None:
 def _print_json(obj: Any) -> None:
     sys.stdout.write(json.dumps(obj, indent=2, ensure_ascii=False, default=str) + "\n")
     sys.stdout.flush()
-
-
-def _ts(value: int | None) -> str:
-    if value is None:
-        return "-"
-    return datetime.fromtimestamp(value, tz=timezone.utc).strftime("%Y-%m-%d %H:%M:%S")
 
 
 def parse_grant(spec: str, *, max_invocations: int | None = None) -> Any:
@@ -204,89 +214,6 @@ def _parse_rate_limit(spec: str | None) -> tuple[int, float] | None:
     return n, s
 
 
-def _grant_text(grant: Any) -> str:
-    ops = ",".join(o.value for o in grant.operations)
-    extras = []
-    if grant.constraints:
-        extras.append(" ".join(f"{c.type}={c.value}" for c in grant.constraints))
-    if grant.max_invocations is not None:
-        extras.append(f"max {grant.max_invocations}")
-    if grant.max_total_cost is not None:
-        extras.append(f"budget {grant.max_total_cost.units} {grant.max_total_cost.currency}")
-    tail = f" ({'; '.join(extras)})" if extras else ""
-    return f"{grant.server_id}:{grant.tool_name}:{ops}{tail}"
-
-
-def _status(kernel: Any, token: Any) -> tuple[str, str | None]:
-    valid, reason = kernel.validate_capability(token)
-    if valid:
-        return "valid", None
-    text = (reason or "").lower()
-    if "revok" in text:
-        return "revoked", reason
-    if "expir" in text:
-        return "expired", reason
-    return "invalid", reason
-
-
-def _token_table(kernel: Any, tokens: Iterable[Any], title: str) -> Table:
-    table = Table(title=title, title_justify="left", show_lines=False)
-    table.add_column("id", no_wrap=True)
-    table.add_column("subject", overflow="fold")
-    table.add_column("grants", overflow="fold")
-    table.add_column("expires (UTC)")
-    table.add_column("status")
-    for t in tokens:
-        status, _ = _status(kernel, t)
-        style = {"valid": "green", "revoked": "red"}.get(status, "yellow")
-        grants = "\n".join(_grant_text(g) for g in t.scope.grants) or "-"
-        parent = f"\n(child of {t.delegation_chain[-1].capability_id})" if t.delegation_chain else ""
-        table.add_row(t.id + parent, t.subject, grants, _ts(t.expires_at), f"[{style}]{status}[/]")
-    return table
-
-
-def _token_dict(kernel: Any, token: Any) -> dict[str, Any]:
-    """``{"token": <the signed token, untouched>, "status": ..., "reason": ...}``: display fields stay
-    beside the token, so ``token`` verifies as issued (Ed25519 over its canonical JSON)."""
-    status, reason = _status(kernel, token)
-    data: dict[str, Any] = {"token": token.model_dump(mode="json", exclude_none=True), "status": status}
-    if reason:
-        data["reason"] = reason
-    return data
-
-
-def _receipt_dict(receipt: Any) -> dict[str, Any]:
-    """A receipt exactly as signed (no empty evidence/metadata): the one rule of every output path."""
-    from chio_kernel.kernel import receipt_wire_dict
-
-    return receipt_wire_dict(receipt)
-
-
-def receipt_table(receipts: Iterable[Any], title: str = "receipts", *, compact: bool = False) -> Table:
-    """A rich table of receipts (``receipts list``; ``compact`` drops time and capability, for the demo).
-
-    Deny reasons are long sentences: ``receipts show ID`` prints them.
-    """
-    table = Table(title=title, title_justify="left")
-    table.add_column("#", justify="right")
-    table.add_column("receipt", overflow="fold", min_width=20)
-    if not compact:
-        table.add_column("time (UTC)")
-        table.add_column("capability", overflow="fold")
-    table.add_column("tool", overflow="fold")
-    table.add_column("verdict")
-    table.add_column("guard")
-    for i, r in enumerate(receipts):
-        allowed = r.decision.is_allowed
-        verdict = "[green]allow[/]" if allowed else f"[red]{escape(r.decision.verdict)}[/]"
-        row = [str(i), r.id]
-        if not compact:
-            row += [_ts(r.timestamp), r.capability_id]
-        row += [escape(f"{r.tool_server}/{r.tool_name}"), verdict, "" if allowed else escape(r.decision.guard or "-")]
-        table.add_row(*row)
-    return table
-
-
 # --- sidecar ----------------------------------------------------------------------------------
 
 
@@ -296,6 +223,7 @@ def sidecar(
     host: Annotated[str, typer.Option(help="Address to bind. Non-loopback requires --token.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="Port to listen on.", min=1, max=65535)] = 9090,
     data_dir: DataDir = None,
+    store: StoreOpt = None,
     token: Annotated[
         str | None,
         typer.Option(
@@ -324,6 +252,8 @@ def sidecar(
     except SidecarConfigError as e:
         raise CliError(str(e)) from None
     path = _resolve_dir(data_dir)
+    if store is not None:  # the sidecar's Kernel reads $CHIO_STORE
+        os.environ["CHIO_STORE"] = store
 
     def ready(kernel: Any) -> None:
         auth = "bearer token required" if token else "no auth (loopback only)"
@@ -372,11 +302,12 @@ def capability_create(
         str | None, typer.Option("--rate-limit", help="CALLS/SECONDS for the whole capability, e.g. 10/60.")
     ] = None,
     data_dir: DataDir = None,
+    store: StoreOpt = None,
     as_json: JsonFlag = False,
 ) -> None:
     """Issue a signed capability token."""
     scope = _build_scope(grant, scope_file, max_invocations)
-    kernel = _kernel(data_dir, must_exist=False)
+    kernel = _kernel(data_dir, must_exist=False, store=store)
     token = kernel.create_capability(
         subject=subject,
         scope=scope,
@@ -397,11 +328,12 @@ def capability_attenuate(
     ttl: Annotated[int | None, typer.Option("--ttl", min=1, help="Child lifetime (capped at the parent's).")] = None,
     max_invocations: MaxInvOpt = None,
     data_dir: DataDir = None,
+    store: StoreOpt = None,
     as_json: JsonFlag = False,
 ) -> None:
     """Derive a child capability whose scope is a subset of its parent's."""
     scope = _build_scope(grant, scope_file, max_invocations)
-    kernel = _kernel(data_dir)
+    kernel = _kernel(data_dir, store=store)
     _known_capability(kernel, parent_id, data_dir)
     child = kernel.attenuate_capability(parent_id, scope, ttl_seconds=ttl, capability_id=capability_id)
     _print_token(kernel, child, as_json, "capability attenuated")
@@ -412,10 +344,11 @@ def capability_attenuate(
 def capability_revoke(
     capability_id: Annotated[str, typer.Argument(help="Id of the capability to revoke (children too).")],
     data_dir: DataDir = None,
+    store: StoreOpt = None,
     as_json: JsonFlag = False,
 ) -> None:
     """Revoke a capability and every capability derived from it."""
-    kernel = _kernel(data_dir)
+    kernel = _kernel(data_dir, store=store)
     _known_capability(kernel, capability_id, data_dir)
     revoked = list(kernel.revoke_capability(capability_id))
     if as_json:
@@ -426,9 +359,10 @@ def capability_revoke(
 
 @capability_app.command("list")
 @_guarded
-def capability_list(data_dir: DataDir = None, as_json: JsonFlag = False) -> None:
+def capability_list(data_dir: DataDir = None,
+    store: StoreOpt = None, as_json: JsonFlag = False) -> None:
     """List the capabilities this kernel issued, with their status (--json: {"token", "status", "reason"} each)."""
-    kernel = _kernel(data_dir)
+    kernel = _kernel(data_dir, store=store)
     tokens = kernel.list_capabilities()
     if as_json:
         _print_json([_token_dict(kernel, t) for t in tokens])
@@ -441,9 +375,10 @@ def capability_list(data_dir: DataDir = None, as_json: JsonFlag = False) -> None
 def capability_show(
     capability_id: Annotated[str, typer.Argument(help="Capability id.")],
     data_dir: DataDir = None,
+    store: StoreOpt = None,
 ) -> None:
     """Print one capability as JSON: {"token": ..., "status": ..., "reason": ...}."""
-    kernel = _kernel(data_dir)
+    kernel = _kernel(data_dir, store=store)
     _print_json(_token_dict(kernel, _known_capability(kernel, capability_id, data_dir)))
 
 
@@ -457,10 +392,11 @@ def receipts_list(
     limit: Annotated[int, typer.Option(min=1, help="At most this many receipts (store order).")] = 100,
     after_seq: Annotated[int | None, typer.Option("--after-seq", min=0, help="Start after this store position.")] = None,
     data_dir: DataDir = None,
+    store: StoreOpt = None,
     as_json: JsonFlag = False,
 ) -> None:
     """List receipts in store (chain) order."""
-    kernel = _kernel(data_dir)
+    kernel = _kernel(data_dir, store=store)
     receipts = kernel.list_receipts(capability_id=capability, limit=limit, after_seq=after_seq)
     if as_json:
         _print_json([_receipt_dict(r) for r in receipts])
@@ -473,10 +409,11 @@ def receipts_list(
 def receipts_show(
     receipt_id: Annotated[str, typer.Argument(help="Receipt id (rcpt-...).")],
     data_dir: DataDir = None,
+    store: StoreOpt = None,
     as_json: JsonFlag = False,
 ) -> None:
     """Show one receipt and whether its signature verifies."""
-    kernel = _kernel(data_dir)
+    kernel = _kernel(data_dir, store=store)
     receipt = kernel.get_receipt(receipt_id)
     if receipt is None:
         raise CliError(f"no receipt {receipt_id!r} in {_resolve_dir(data_dir)}")
@@ -491,9 +428,10 @@ def receipts_show(
 
 @receipts_app.command("verify")
 @_guarded
-def receipts_verify(data_dir: DataDir = None, as_json: JsonFlag = False) -> None:
+def receipts_verify(data_dir: DataDir = None,
+    store: StoreOpt = None, as_json: JsonFlag = False) -> None:
     """Walk the whole receipt chain: every signature and every hash link. Exit 1 at the first break."""
-    kernel = _kernel(data_dir)
+    kernel = _kernel(data_dir, store=store)
     started = time.perf_counter()
     report = kernel.verify_chain()
     took = time.perf_counter() - started
@@ -522,9 +460,10 @@ def receipts_export(
     out_file: Annotated[Path | None, typer.Option("--out", help="Write to FILE instead of stdout.")] = None,
     capability: Annotated[str | None, typer.Option("--capability", help="Only receipts of this capability.")] = None,
     data_dir: DataDir = None,
+    store: StoreOpt = None,
 ) -> None:
     """Export receipts as JSON lines (one receipt per line, store order)."""
-    kernel = _kernel(data_dir)
+    kernel = _kernel(data_dir, store=store)
     receipts = kernel.list_receipts(capability_id=capability)
     lines = (
         json.dumps(_receipt_dict(r), ensure_ascii=False, separators=(",", ":")) + "\n"
@@ -542,6 +481,51 @@ def receipts_export(
     err.print(f"exported {len(receipts)} receipts to {out_file}", markup=False, highlight=False)
 
 
+# --- keys (a fleet sharing a PostgreSQL store) ------------------------------------------------
+
+
+def _fleet_kernel(data_dir: Path | None, store: str | None) -> Any:
+    kernel = _kernel(data_dir, must_exist=False, store=store)
+    if not hasattr(kernel, "registered_keys"):
+        raise CliError("kernel keys are registered in a PostgreSQL store only: pass --store postgresql://... "
+                       "(or set CHIO_STORE)")
+    return kernel
+
+
+@keys_app.command("list")
+@_guarded
+def keys_list(data_dir: DataDir = None, store: StoreOpt = None, as_json: JsonFlag = False) -> None:
+    """Every kernel key registered in the store: which host/data dir, since when, retired or active."""
+    from rich.table import Table
+
+    keys = _fleet_kernel(data_dir, store).registered_keys()
+    if as_json:
+        _print_json(keys)
+        return
+    table = Table(title="kernel keys")
+    for col in ("public key", "host:data dir", "registered", "status"):
+        table.add_column(col)
+    for k in keys:
+        status = f"retired {_ts(int(k['retired_at']))} ({k['retired_reason']})" if k["retired_at"] else "active"
+        mine = " (this kernel)" if k["this_kernel"] else ""
+        table.add_row(k["public_key"][:16] + "…" + mine, k["label"], _ts(int(k["registered_at"])), status)
+    out.print(table)
+
+
+@keys_app.command("retire")
+@_guarded
+def keys_retire(
+    public_key: Annotated[str, typer.Argument(help="The 64-hex-char public key to retire.")],
+    reason: Annotated[str, typer.Option(help="Why (recorded in the store).")] = "retired",
+    data_dir: DataDir = None,
+    store: StoreOpt = None,
+) -> None:
+    """Retire a kernel key: it signs nothing more and capabilities it issued deny on every kernel;
+    receipts it signed before still verify."""
+    _fleet_kernel(data_dir, store).retire_key(public_key, reason)
+    out.print(f"retired kernel key {public_key[:16]}…")
+
+
 # --- demo -------------------------------------------------------------------------------------
 
 
@@ -552,9 +536,13 @@ def demo(
         Path | None,
         typer.Option("--data-dir", help="Kernel data directory for the demo (default: a fresh temp directory)."),
     ] = None,
+    store: StoreOpt = None,
 ) -> None:
     """Show governance end to end on the embedded kernel (no API key, no services)."""
     from chio_kernel.demo import run
+
+    if store is not None:  # the demo's kernels read $CHIO_STORE
+        os.environ["CHIO_STORE"] = store
 
     code = run(out, data_dir)
     if code:
@@ -564,7 +552,3 @@ def demo(
 def main() -> None:
     """Entry point for ``python -m chio_kernel.cli``."""
     app()
-
-
-if __name__ == "__main__":
-    main()

@@ -17,18 +17,14 @@ Rules the whole app keeps:
 
 from __future__ import annotations
 
-import asyncio
 import functools
-import hashlib
 import hmac
 import ipaddress
 import json
 import logging
 import re
-import socket
 import sqlite3
 import time
-import uuid
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any, TypeVar
@@ -38,11 +34,9 @@ from chio_sdk.models import (
     ChioHttpRequest,
     ChioReceipt,
     ChioScope,
-    GuardEvidence,
     HttpReceipt,
     MonetaryAmount,
     Operation,
-    Verdict,
 )
 from pydantic import BaseModel, ValidationError
 from starlette.applications import Starlette
@@ -53,7 +47,6 @@ from starlette.responses import Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from chio_kernel.canonical import canonical_json
 from chio_kernel.kernel import (
     MAX_COST_UNITS,
     CapabilityError,
@@ -380,9 +373,16 @@ def _parse_rate_limit(value: Any) -> tuple[int, float] | None:
 Handler = Callable[[Request], Awaitable[Response]]
 
 
-def _endpoint(fn: Handler) -> Handler:
-    """Map every failure of one handler to a JSON answer: the known client errors 4xx, anything else
-    500 with the traceback logged (so a bug of ours is never disguised as a client error)."""
+def _store_errors(kernel: Any) -> tuple[type[Exception], ...]:
+    """The kernel store's transient errors (``KernelStore.transient_errors``); SQLite's by default."""
+    errors = getattr(getattr(kernel, "_store", None), "transient_errors", None)
+    return tuple(errors) if errors else (sqlite3.Error,)
+
+
+def _endpoint(fn: Handler, store_errors: tuple[type[Exception], ...] = (sqlite3.Error,)) -> Handler:
+    """Map every failure of one handler to a JSON answer: the known client errors 4xx, the store's
+    transient errors 503, anything else 500 with the traceback logged (so a bug of ours is never
+    disguised as a client error)."""
 
     async def wrapper(request: Request) -> Response:
         try:
@@ -395,7 +395,7 @@ def _endpoint(fn: Handler) -> Handler:
             return _error(400, "capability_error", _short(err))
         except KernelInputError as err:  # input the kernel cannot take (it says what to pass)
             return _error(422, "invalid_request", _short(err))
-        except sqlite3.Error as err:  # the store, not the request: retryable, and nothing was decided
+        except store_errors as err:  # the store, not the request: retryable, and nothing was decided
             log.warning("store error in %s %s: %s", request.method, request.url.path, err)
             return _error(503, "store_unavailable", f"the receipt store could not be used ({_short(err)}); retry")
         except Exception:  # a bug on our side: say so, keep serving
@@ -425,12 +425,17 @@ def create_app(
 
         kernel = Kernel(data_dir=data_dir)
     k = kernel
+    store_errors = _store_errors(k)
 
-    @_endpoint
+    def endpoint(fn: Handler) -> Handler:
+        return _endpoint(fn, store_errors)
+
+
+    @endpoint
     async def health(request: Request) -> Response:
         return _json({"status": "ok", "kernel_key": k.public_key_hex, "version": _version()})
 
-    @_endpoint
+    @endpoint
     async def create_capability(request: Request) -> Response:
         data = await _read_object(request)
         subject = _req_str(data, "subject", max_len=4096)
@@ -450,7 +455,7 @@ def create_app(
         )
         return _json(_dump_token(token_))
 
-    @_endpoint
+    @endpoint
     async def validate_capability(request: Request) -> Response:
         data = await _read_object(request)
         token_ = _model(CapabilityToken, data, "capability token")
@@ -460,7 +465,7 @@ def create_app(
             body["reason"] = reason
         return _json(body)
 
-    @_endpoint
+    @endpoint
     async def attenuate_capability(request: Request) -> Response:
         data = await _read_object(request)
         parent_raw = data.get("parent_token", data.get("parent_id"))
@@ -498,7 +503,7 @@ def create_app(
             raise ApiError(400, "not_attenuable", _short(err)) from None
         return _json(_dump_token(child))
 
-    @_endpoint
+    @endpoint
     async def evaluate(request: Request) -> Response:
         data = await _read_object(request)
         capability_id = _req_str(data, "capability_id", max_len=256)
@@ -535,14 +540,14 @@ def create_app(
         )
         return _json(_dump_receipt(receipt))
 
-    @_endpoint
+    @endpoint
     async def verify_receipt(request: Request) -> Response:
         data = await _read_object(request)
         receipt = _model(ChioReceipt, data, "receipt")
         valid = await run_in_threadpool(k.verify_receipt, receipt)
         return _json({"valid": bool(valid)})
 
-    @_endpoint
+    @endpoint
     async def get_receipt(request: Request) -> Response:
         rid = request.path_params["receipt_id"]
         receipt = await run_in_threadpool(k.get_receipt, rid)
@@ -550,7 +555,7 @@ def create_app(
             raise ApiError(404, "unknown_receipt", f"no receipt {rid!r} in this kernel's store")
         return _json(_dump_receipt(receipt))
 
-    @_endpoint
+    @endpoint
     async def list_receipts(request: Request) -> Response:
         q = request.query_params
         cap = q.get("capability_id") or None
@@ -569,12 +574,12 @@ def create_app(
             "next_after_seq": rows[-1][0] if rows else after,
         })
 
-    @_endpoint
+    @endpoint
     async def verify_chain(request: Request) -> Response:
         report = await run_in_threadpool(k.verify_chain)
         return _json(_report_dict(report))
 
-    @_endpoint
+    @endpoint
     async def list_capabilities(request: Request) -> Response:
         tokens = await run_in_threadpool(k.list_capabilities)
         return _json({"capabilities": [_dump_token(t) for t in tokens], "count": len(tokens)})
@@ -587,18 +592,18 @@ def create_app(
             raise ApiError(404, "unknown_capability", f"no capability {cid!r} in this kernel")
         return cid, token_
 
-    @_endpoint
+    @endpoint
     async def get_capability(request: Request) -> Response:
         _, token_ = await known_capability(request)
         return _json(_dump_token(token_))
 
-    @_endpoint
+    @endpoint
     async def revoke_capability(request: Request) -> Response:
         cid, _ = await known_capability(request)
         revoked = await run_in_threadpool(k.revoke_capability, cid)
         return _json({"revoked": list(revoked)})
 
-    @_endpoint
+    @endpoint
     async def http_evaluate(request: Request) -> Response:
         data = await _read_object(request)
         http_req = _model(ChioHttpRequest, data, "HTTP request")
@@ -608,7 +613,7 @@ def create_app(
         result = await run_in_threadpool(_evaluate_http, k, http_req, header_token)
         return _json(result)
 
-    @_endpoint
+    @endpoint
     async def http_verify(request: Request) -> Response:
         data = await _read_object(request)
         receipt = _model(HttpReceipt, data, "HTTP receipt")
@@ -677,277 +682,11 @@ def _version() -> str:
         return "0+unknown"
 
 
-# --- HTTP-request evaluation (/chio/evaluate, /chio/verify) --------------------------------------
-
-
-def _verify_sig(public_key_hex: str, message: bytes, signature_hex: str) -> bool:
-    from cryptography.exceptions import InvalidSignature
-    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
-
-    try:
-        key = Ed25519PublicKey.from_public_bytes(bytes.fromhex(public_key_hex))
-        key.verify(bytes.fromhex(signature_hex), message)
-    except (InvalidSignature, ValueError):
-        return False
-    return True
-
-
-def _http_signed_body(receipt: dict[str, Any]) -> dict[str, Any]:
-    """The signed body of an HttpReceipt: everything but ``signature``; empty evidence/metadata left out
-    (the same rule as tool receipts)."""
-    body = {k: v for k, v in receipt.items() if k != "signature" and v is not None}
-    if not body.get("evidence"):
-        body.pop("evidence", None)
-    if not body.get("metadata"):
-        body.pop("metadata", None)
-    return body
-
-
-def _capability_from_header(header_token: str | None) -> tuple[str | None, CapabilityToken | None, str | None]:
-    """(capability id, parsed token, error) from an ``X-Chio-Capability`` header."""
-    if not header_token:
-        return None, None, None
-    try:
-        token = CapabilityToken.model_validate_json(header_token)
-    except ValidationError:
-        return None, None, "X-Chio-Capability is not a CapabilityToken (JSON)"
-    return token.id, token, None
-
-
-def _evaluate_http(kernel: Any, req: ChioHttpRequest, header_token: str | None) -> dict[str, Any]:
-    """Map one HTTP request to a tool evaluation and wrap the decision in a signed HttpReceipt.
-
-    Rule: tool_server ``"http"``, tool_name ``"<METHOD> <route_pattern>"`` (method upper-cased),
-    parameters ``{"path": path, "query": {...}}``; the underlying tool receipt is stored in the
-    chain as usual and referenced from the HttpReceipt's ``metadata.chio_receipt_id``.
-    """
-    method = req.method.upper()
-    tool_name = f"{method} {req.route_pattern}"
-    # hash the request first: input that cannot be canonicalised is refused before anything is stored
-    caller_hash = hashlib.sha256(canonical_json(req.caller.model_dump(mode="json", exclude_none=True))).hexdigest()
-    request_hash = hashlib.sha256(canonical_json(req.model_dump(mode="json", exclude_none=True))).hexdigest()
-    cap_id, token, header_error = _capability_from_header(header_token)
-    if header_error is None and token is not None and req.capability_id and req.capability_id != token.id:
-        header_error = (
-            f"capability_id {req.capability_id!r} and the X-Chio-Capability token ({token.id!r}) "
-            "name different capabilities; send one"
-        )
-    cap_id = req.capability_id or cap_id
-    tool_receipt: ChioReceipt | None = None
-    evidence: list[GuardEvidence] = []
-    if header_error is not None:
-        verdict = Verdict.deny(header_error, "signature", http_status=401)
-    elif cap_id is None:
-        verdict = Verdict.deny(
-            "no capability presented: send capability_id or an X-Chio-Capability token",
-            "signature",
-            http_status=401,
-        )
-    else:
-        presented_error = None
-        if token is not None:
-            valid, reason = kernel.validate_capability(token)
-            if not valid:
-                presented_error = f"presented capability token is not valid: {reason}"
-        if presented_error is not None:
-            verdict = Verdict.deny(presented_error, "signature", http_status=403)
-        else:
-            parameters: dict[str, Any] = {"path": req.path}
-            if req.query:
-                parameters["query"] = dict(req.query)
-            tool_receipt = kernel.evaluate(cap_id, HTTP_TOOL_SERVER, tool_name, parameters)
-            evidence = list(tool_receipt.evidence)
-            d = tool_receipt.decision
-            if d.is_allowed:
-                verdict = Verdict.allow()
-            else:
-                verdict = Verdict.deny(d.reason or "denied", d.guard or "unknown", http_status=403)
-    now = int(time.time())
-    policy_hash = tool_receipt.policy_hash if tool_receipt is not None else hashlib.sha256(b"").hexdigest()
-    receipt: dict[str, Any] = {
-        "id": f"hrcpt-{uuid.uuid4().hex}",
-        "request_id": req.request_id,
-        "route_pattern": req.route_pattern,
-        "method": method,
-        "caller_identity_hash": caller_hash,
-        "session_id": req.session_id,
-        "verdict": verdict.model_dump(mode="json", exclude_none=True),
-        "evidence": [e.model_dump(mode="json", exclude_none=True) for e in evidence],
-        "response_status": 200 if verdict.is_allowed else (verdict.http_status or 403),
-        "timestamp": now,
-        "content_hash": request_hash,
-        "policy_hash": policy_hash,
-        "capability_id": cap_id,
-        "metadata": {"chio_receipt_id": tool_receipt.id} if tool_receipt is not None else None,
-        "kernel_key": kernel.public_key_hex,
-    }
-    receipt = _http_signed_body(receipt)  # served exactly as signed: no empty evidence/metadata
-    receipt["signature"] = kernel.sign_http_receipt(receipt)
-    return {
-        "verdict": receipt["verdict"],
-        "receipt": receipt,
-        "evidence": receipt.get("evidence", []),
-    }
-
-
-def _verify_http_receipt(kernel: Any, receipt: HttpReceipt) -> bool:
-    if receipt.kernel_key != kernel.public_key_hex:
-        return False
-    body = _http_signed_body(receipt.model_dump(mode="json", exclude_none=True))
-    try:
-        message = canonical_json(body)
-    except (ValueError, TypeError):
-        return False
-    return _verify_sig(receipt.kernel_key, message, receipt.signature)
-
-
-# --- running it -------------------------------------------------------------------------------
-
-
-def header_timeout_protocol(
-    header_timeout: float = DEFAULT_HEADER_TIMEOUT,
-    max_pending: int = DEFAULT_MAX_PENDING_HEADERS,
-) -> type[asyncio.Protocol]:
-    """uvicorn's h11 protocol plus a header-read timeout and a cap on connections waiting for headers.
-
-    uvicorn has neither: its keep-alive timer stops at the first byte received, so a client that
-    trickles a header byte now and then holds a connection (and a file descriptor) forever. Here a
-    connection must deliver a request's complete headers within ``header_timeout`` seconds of
-    starting to wait for one (on connecting, and after each response), else it is closed; and when
-    more than ``max_pending`` connections wait at once, the one waiting longest is closed.
-
-    This is the one adapter over uvicorn's protocol class (``uvicorn.protocols.http.h11_impl``): it
-    overrides the ``asyncio.Protocol`` callbacks and ``on_response_complete``, and reads the request
-    state from the connection's ``h11.Connection`` (``conn.their_state``, public h11 API). It
-    raises ``RuntimeError`` if those hooks are missing, and :func:`serve` probes an instance before
-    binding, so a uvicorn that moved them refuses to start instead of serving without the timeout.
-    """
-    import h11
-    from uvicorn.protocols.http.h11_impl import H11Protocol
-
-    missing = [n for n in ("connection_made", "connection_lost", "data_received", "on_response_complete")
-               if not callable(getattr(H11Protocol, n, None))]
-    if missing:
-        raise RuntimeError(
-            f"uvicorn's H11Protocol lacks {missing}; the sidecar's header-read timeout cannot be installed "
-            "(install a uvicorn version within chio-durable's tested range)"
-        )
-    if not header_timeout > 0 or max_pending < 1:
-        raise SidecarConfigError("header_timeout must be > 0 seconds and max_pending >= 1")
-    # connections waiting for headers, longest-waiting first (dicts keep insertion order)
-    waiting: dict[Any, asyncio.TimerHandle] = {}
-
-    class HeaderTimeoutH11Protocol(H11Protocol):
-        def connection_made(self, transport: asyncio.BaseTransport) -> None:
-            super().connection_made(transport)  # type: ignore[arg-type]  # uvicorn narrows BaseProtocol's type
-            self._chio_wait()
-
-        def data_received(self, data: bytes) -> None:
-            super().data_received(data)
-            if self in waiting and self._chio_headers_read():
-                self._chio_done()
-
-        def on_response_complete(self) -> None:
-            super().on_response_complete()
-            if not self.transport.is_closing() and not self._chio_headers_read():
-                self._chio_wait()  # waiting for the next request on this keep-alive connection
-
-        def connection_lost(self, exc: Exception | None) -> None:
-            self._chio_done()
-            super().connection_lost(exc)
-
-        def _chio_headers_read(self) -> bool:
-            # h11 leaves IDLE once a request's headers are complete (SEND_BODY / DONE / ...)
-            return self.conn.their_state is not h11.IDLE
-
-        def _chio_wait(self) -> None:
-            self._chio_done()
-            waiting[self] = asyncio.get_running_loop().call_later(header_timeout, self._chio_expire)
-            if len(waiting) > max_pending:
-                next(iter(waiting))._chio_expire()
-
-        def _chio_done(self) -> None:
-            timer = waiting.pop(self, None)
-            if timer is not None:
-                timer.cancel()
-
-        def _chio_expire(self) -> None:
-            self._chio_done()
-            if not self.transport.is_closing():
-                log.debug("closing a connection that sent no complete request headers in time")
-                self.transport.close()
-
-    HeaderTimeoutH11Protocol.__qualname__ = HeaderTimeoutH11Protocol.__name__
-    return HeaderTimeoutH11Protocol
-
-
-def _probe_protocol(protocol: type[asyncio.Protocol], config: Any) -> None:
-    """Build one protocol instance as uvicorn would and check the state the timeout reads exists."""
-    import h11
-    from uvicorn.server import ServerState
-
-    async def build() -> Any:  # inside a running loop, as uvicorn builds it
-        return protocol(config=config, server_state=ServerState(), app_state={})  # type: ignore[call-arg]
-
-    probe = asyncio.run(build())
-    if not isinstance(getattr(probe, "conn", None), h11.Connection):
-        raise RuntimeError(
-            "uvicorn's H11Protocol no longer keeps its h11.Connection in .conn; the sidecar's header-read "
-            "timeout cannot work, so it refuses to start (install a uvicorn version within chio-durable's "
-            "tested range)"
-        )
-
-
-def serve(
-    host: str = DEFAULT_HOST,
-    port: int = DEFAULT_PORT,
-    *,
-    data_dir: str | Path | None = None,
-    token: str | None = None,
-    log_level: str = "warning",
-    on_ready: Callable[[Any], None] | None = None,
-    header_timeout: float = DEFAULT_HEADER_TIMEOUT,
-    max_pending_headers: int = DEFAULT_MAX_PENDING_HEADERS,
-) -> None:
-    """Run the sidecar until interrupted. Raises :class:`SidecarConfigError` before binding if the
-    configuration is refused (non-loopback host without a token), and
-    :class:`chio_kernel.kernel.KernelKeyMissingError` if the data directory's store lost its key.
-
-    ``header_timeout`` / ``max_pending_headers``: see :func:`header_timeout_protocol`."""
-    import uvicorn
-
-    check_bind(host, token)
-    protocol = header_timeout_protocol(header_timeout, max_pending_headers)
-    from chio_kernel import Kernel
-
-    kernel = Kernel(data_dir=data_dir)
-    app = create_app(kernel, token=token)
-    config = uvicorn.Config(
-        app,
-        host=host,
-        port=port,
-        log_level=log_level,
-        access_log=False,
-        lifespan="off",
-        server_header=False,
-        date_header=False,
-        http=protocol,
-    )
-    config.load()
-    _probe_protocol(protocol, config)
-    server = uvicorn.Server(config)
-    # bind here, not in uvicorn: a taken port becomes one clear error, and "listening" is printed
-    # only once the port is really ours
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    # proto must be IPPROTO_TCP explicitly: asyncio sets TCP_NODELAY on accepted connections only
-    # then (with proto 0 every response waits ~40 ms on Nagle + delayed ACK)
-    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    try:
-        sock.bind((host.strip("[]"), port))
-    except OSError as err:
-        sock.close()
-        raise SidecarConfigError(f"cannot listen on {host}:{port}: {err.strerror or err}") from None
-    if on_ready is not None:
-        on_ready(kernel)
-    server.run(sockets=[sock])
+# after the definitions above, which these modules import from the package
+from chio_kernel.sidecar._http_requests import (  # noqa: E402
+    _capability_from_header as _capability_from_header,
+    _evaluate_http as _evaluate_http,
+    _verify_http_receipt as _verify_http_receipt,
+)
+from chio_kernel.sidecar._server import header_timeout_protocol as header_timeout_protocol  # noqa: E402
+from chio_kernel.sidecar._server import serve as serve  # noqa: E402

@@ -1,0 +1,461 @@
+"""Capabilities: signed token bodies, delegation links, the verified-capability cache entry and
+the subset rule for attenuation."""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable, Mapping
+from contextlib import AbstractContextManager
+from dataclasses import dataclass, field
+from typing import Any, TypedDict
+
+from chio_sdk.models import Attenuation, CapabilityToken, ChioScope, DelegationLink, Operation, ToolGrant
+
+from chio_kernel._coerce import (
+    _coerce_rate_limit,
+    _coerce_scope,
+    _coerce_token,
+    _iso,
+    _new_capability_id,
+    _positive_int,
+    _require_str,
+)
+from chio_kernel._errors import CapabilityError
+from chio_kernel._ids import _uuid7_int
+from chio_kernel._store import CapabilityRow, StoreReader, StoreWriter
+from chio_kernel.signing import Signer, verify_hex
+from chio_kernel.canonical import canonical_json
+from chio_kernel.guards import describe_grant, regex_problem
+
+__all__ = ["Capabilities", "capability_signing_bytes"]
+
+_CAP_CACHE_SIZE = 10_000  # verified capabilities kept per Kernel (tokens are immutable)
+
+
+def capability_signing_bytes(token: CapabilityToken) -> bytes:
+    """What a capability token's signature covers: canonical JSON of ``token.body().model_dump(exclude_none=True)``."""
+    return canonical_json(token.body().model_dump(exclude_none=True))
+
+
+class _LinkBody(TypedDict):
+    """The fields of a ``DelegationLink`` but its ``signature`` (what the signature covers)."""
+
+    capability_id: str
+    delegator: str
+    delegatee: str
+    attenuations: list[Attenuation]
+    timestamp: int
+
+
+def _link_signing_bytes(link: DelegationLink | Mapping[str, Any]) -> bytes:
+    data = link.model_dump(exclude_none=True) if isinstance(link, DelegationLink) else dict(link)
+    data.pop("signature", None)
+    return canonical_json(data)
+
+
+@dataclass
+class _Cap:
+    token: CapabilityToken
+    parent_id: str | None
+    rate_max: int | None
+    rate_per: float | None
+    policy_hash: str
+    sig_error: str | None  # None when signature + issuer + chain links verified
+    lineage: tuple[str, ...]  # own id first, then ancestors (nearest first)
+    grants: list[ToolGrant]
+    plans: dict[tuple[str, str, Operation], list[tuple[int, ToolGrant]]] = field(default_factory=dict)
+    constrained: bool = False  # some grant has constraints (checked before the lock, see evaluate)
+
+
+def _refuse_bad_patterns(scope: ChioScope) -> None:
+    """Refuse a scope whose regex_match constraint RE2 cannot compile (it would deny every call)."""
+    for i, g in enumerate(scope.grants):
+        for c in g.constraints:
+            if c.type == "regex_match" and isinstance(c.value, str):
+                problem = regex_problem(c.value)
+                if problem is not None:
+                    raise CapabilityError(f"grant {i} ({g.server_id}/{g.tool_name}): {problem}")
+
+
+def _first_non_subset(child: ChioScope, parent: ChioScope) -> str | None:
+    """Name the first grant of ``child`` not covered by ``parent``, or None if child ⊆ parent."""
+    for g in child.grants:
+        if not any(g.is_subset_of(pg) for pg in parent.grants):
+            allowed = "; ".join(describe_grant(pg) for pg in parent.grants) or "no tool grants"
+            return f"tool grant {describe_grant(g)} is not within the parent's grants ({allowed})"
+    for rg in child.resource_grants:
+        if not any(rg.is_subset_of(p) for p in parent.resource_grants):
+            return f"resource grant {rg.uri_pattern!r} is not within the parent's resource grants"
+    for pg2 in child.prompt_grants:
+        if not any(pg2.is_subset_of(p) for p in parent.prompt_grants):
+            return f"prompt grant {pg2.prompt_name!r} is not within the parent's prompt grants"
+    return None
+
+
+class Capabilities:
+    """Issue, attenuate, revoke and validate capability tokens, and cache the verified ones.
+
+    Owned by a :class:`~chio_kernel.Kernel` (which exposes these operations); every read and write
+    goes through the kernel's store.
+    """
+
+    def __init__(
+        self,
+        signer: Signer,
+        trusted_keys: frozenset[str],
+        clock: Callable[[], float],
+        read: Callable[[], AbstractContextManager[StoreReader]],
+        write: Callable[[], AbstractContextManager[StoreWriter]],
+    ) -> None:
+        self._signer = signer
+        self.public_key_hex = signer.public_key_hex
+        self._issuers = frozenset({self.public_key_hex}) | trusted_keys
+        self._clock = clock
+        self._read = read
+        self._write = write
+        self._caps: dict[str, _Cap] = {}
+
+    # --- capabilities: loading ---
+
+    def _load_cap(self, st: StoreReader, capability_id: str) -> _Cap | None:
+        cap = self._caps.get(capability_id)
+        if cap is not None:
+            return cap
+        row = st.capability(capability_id)
+        if row is None:
+            return None
+        token = CapabilityToken.model_validate_json(row.token)
+        cap = self._make_cap(st, token, row.parent_id, row.rate_max, row.rate_per)
+        if len(self._caps) >= _CAP_CACHE_SIZE:  # bounded: drop the oldest entry (insertion order)
+            self._caps.pop(next(iter(self._caps)))
+        self._caps[capability_id] = cap
+        return cap
+
+    def _make_cap(
+        self,
+        st: StoreReader,
+        token: CapabilityToken,
+        parent_id: str | None,
+        rate_max: int | None,
+        rate_per: float | None,
+    ) -> _Cap:
+        lineage = [token.id] + [link.capability_id for link in reversed(token.delegation_chain)]
+        policy_hash = hashlib.sha256(
+            canonical_json({"capability_id": token.id, "scope": token.scope.model_dump(exclude_none=True)})
+        ).hexdigest()
+        return _Cap(
+            token=token,
+            parent_id=parent_id,
+            rate_max=rate_max,
+            rate_per=rate_per,
+            policy_hash=policy_hash,
+            sig_error=self._static_check(st, token),
+            lineage=tuple(lineage),
+            grants=list(token.scope.grants),
+            constrained=any(g.constraints for g in token.scope.grants),
+        )
+
+    def _static_check(self, st: StoreReader | None, token: CapabilityToken) -> str | None:
+        """Signature, issuer and delegation-chain checks (the parts that never change): reason or None."""
+        if token.issuer not in self._issuers:
+            return (
+                f"capability {token.id} was issued by {token.issuer[:16]}…, which is neither this kernel "
+                f"({self.public_key_hex[:16]}…) nor a trusted key; get a capability from this kernel or "
+                "add the issuer to trusted_keys"
+            )
+        try:
+            message = capability_signing_bytes(token)
+        except ValueError as err:
+            return f"capability {token.id} cannot be canonicalised: {err}"
+        if not verify_hex(token.issuer, token.signature, message):
+            return (
+                f"capability {token.id} has an invalid signature (it was altered after issue or signed by "
+                "another key); use the token exactly as the kernel issued it"
+            )
+        chain = token.delegation_chain
+        for i, link in enumerate(chain):
+            if link.delegator not in self._issuers:
+                return f"delegation link {i} of {token.id} was signed by an unknown key {link.delegator[:16]}…"
+            if not verify_hex(link.delegator, link.signature, _link_signing_bytes(link)):
+                return f"delegation link {i} of {token.id} (from {link.capability_id}) has an invalid signature"
+            child_id = chain[i + 1].capability_id if i + 1 < len(chain) else token.id
+            child_scope = token.scope if child_id == token.id else None
+            child_subject = token.subject if child_id == token.id else None
+            if st is not None:
+                parent_row = st.capability(link.capability_id)
+                if child_scope is None:
+                    child_row = st.capability(child_id)
+                    if child_row is not None:
+                        child_tok = CapabilityToken.model_validate_json(child_row.token)
+                        child_scope, child_subject = child_tok.scope, child_tok.subject
+                if parent_row is not None:
+                    parent = CapabilityToken.model_validate_json(parent_row.token)
+                    if child_scope is not None and not child_scope.is_subset_of(parent.scope):
+                        return (
+                            f"delegation link {i} of {token.id}: the scope of {child_id} is not a subset of "
+                            f"its parent {parent.id}"
+                        )
+                elif link.delegator == self.public_key_hex:
+                    return (
+                        f"delegation link {i} of {token.id} names parent {link.capability_id}, which this kernel "
+                        "never issued"
+                    )
+            if child_subject is not None and link.delegatee != child_subject:
+                return f"delegation link {i} of {token.id} delegates to {link.delegatee!r}, not to {child_subject!r}"
+        return None
+
+    # --- capabilities: public API ---
+
+    def create_capability(
+        self,
+        subject: str,
+        scope: ChioScope | Mapping[str, Any],
+        ttl_seconds: int = 3600,
+        capability_id: str | None = None,
+        rate_limit: tuple[int, float] | None = None,
+    ) -> CapabilityToken:
+        """Issue a signed capability token for ``subject`` with ``scope``, valid ``ttl_seconds``.
+
+        ``capability_id`` may be chosen by the caller (``cap-research-pipeline``). Re-creating an
+        existing id returns the stored token if it is still valid and has the same subject, scope and
+        rate limit (idempotent provisioning); otherwise :class:`CapabilityError`.
+        ``rate_limit=(max_calls, per_seconds)`` limits allowed calls per sliding window.
+        """
+        subject = _require_str("subject", subject)
+        chio_scope = _coerce_scope(scope)
+        _refuse_bad_patterns(chio_scope)
+        ttl = _positive_int("ttl_seconds", ttl_seconds)
+        rate = _coerce_rate_limit(rate_limit)
+        if capability_id is None:
+            capability_id = "cap-" + "%032x" % _uuid7_int(secure=True)
+        else:
+            capability_id = _new_capability_id(capability_id)
+        now = int(self._clock())
+        token = self._sign_token(capability_id, subject, chio_scope, now, now + ttl, [])
+        with self._write() as st:
+            existing = self._existing(st, capability_id, subject, chio_scope, rate)
+            if existing is not None:
+                return existing
+            self._insert_cap(st, token, None, rate)
+        return token
+
+    def _sign_token(
+        self,
+        capability_id: str,
+        subject: str,
+        scope: ChioScope,
+        issued_at: int,
+        expires_at: int,
+        chain: list[DelegationLink],
+    ) -> CapabilityToken:
+        fields: dict[str, Any] = {
+            "id": capability_id,
+            "issuer": self.public_key_hex,
+            "subject": subject,
+            "scope": scope,
+            "issued_at": issued_at,
+            "expires_at": expires_at,
+            "delegation_chain": chain,
+        }
+        unsigned = CapabilityToken.model_construct(**fields, signature="")
+        return CapabilityToken(**fields, signature=self._signer.sign_hex(capability_signing_bytes(unsigned)))
+
+    def _existing(
+        self,
+        st: StoreReader,
+        capability_id: str,
+        subject: str,
+        scope: ChioScope,
+        rate: tuple[int, float] | None,
+        parent_id: str | None = None,
+    ) -> CapabilityToken | None:
+        row = st.capability(capability_id)
+        if row is None:
+            return None
+        stored = CapabilityToken.model_validate_json(row.token)
+        stored_rate = (row.rate_max, row.rate_per) if row.rate_max is not None else None
+        revoked = st.revocation(capability_id) is not None
+        same = (
+            stored.subject == subject
+            and canonical_json(stored.scope.model_dump(exclude_none=True))
+            == canonical_json(scope.model_dump(exclude_none=True))
+            and stored_rate == rate
+            and row.parent_id == parent_id
+        )
+        now = self._clock()
+        if same and not revoked and stored.is_valid_at(int(now)):
+            return stored
+        why = (
+            "it is revoked" if revoked else
+            "it has expired" if not stored.is_valid_at(int(now)) else
+            "it has a different subject, scope, rate limit or parent"
+        )
+        raise CapabilityError(
+            f"capability id {capability_id!r} already exists and {why}; choose another capability_id "
+            "(or omit it to get a fresh one)"
+        )
+
+    def _insert_cap(
+        self,
+        st: StoreWriter,
+        token: CapabilityToken,
+        parent_id: str | None,
+        rate: tuple[int, float] | None,
+    ) -> None:
+        st.insert_capability(
+            CapabilityRow(
+                id=token.id,
+                token=token.model_dump_json(exclude_none=True),
+                parent_id=parent_id,
+                subject=token.subject,
+                issued_at=token.issued_at,
+                expires_at=token.expires_at,
+                rate_max=rate[0] if rate else None,
+                rate_per=rate[1] if rate else None,
+            ),
+            self._clock(),
+        )
+
+    def get_capability(self, capability_id: str) -> CapabilityToken | None:
+        """The stored token with this id, or None."""
+        capability_id = _require_str("capability_id", capability_id, max_len=256)
+        with self._read() as st:
+            row = st.capability(capability_id)
+        return CapabilityToken.model_validate_json(row.token) if row else None
+
+    def list_capabilities(self) -> list[CapabilityToken]:
+        """Every stored token, oldest first."""
+        with self._read() as st:
+            rows = st.capability_tokens()
+        return [CapabilityToken.model_validate_json(r) for r in rows]
+
+    def capability_info(self, capability_id: str) -> dict[str, Any] | None:
+        """Token plus kernel-side state (parent, revoked, rate limit, usage per grant) for one id."""
+        capability_id = _require_str("capability_id", capability_id, max_len=256)
+        with self._read() as st:
+            row = st.capability(capability_id)
+            if row is None:
+                return None
+            rev = st.revocation(capability_id)
+            usage = st.usage_of(capability_id)
+        return {
+            "token": CapabilityToken.model_validate_json(row.token),
+            "parent_id": row.parent_id,
+            "rate_limit": (row.rate_max, row.rate_per) if row.rate_max is not None else None,
+            "revoked": rev is not None,
+            "revoked_at": rev[0] if rev else None,
+            "revoked_because": rev[1] if rev else None,
+            "usage": [{"grant_index": u[0], "invocations": u[1], "cost_units": u[2]} for u in usage],
+        }
+
+    def is_revoked(self, capability_id: str) -> bool:
+        """Is this capability (or one of its ancestors) revoked?"""
+        with self._read() as st:
+            cap = self._load_cap(st, capability_id)
+            ids = cap.lineage if cap is not None else (capability_id,)
+            return st.first_revoked(ids) is not None
+
+    def validate_capability(self, token: CapabilityToken | Mapping[str, Any]) -> tuple[bool, str | None]:
+        """``(valid, reason)``: signature, issuer (this kernel or a trusted key), time window,
+        revocation (of the token or an ancestor) and delegation chain."""
+        tok = _coerce_token(token)
+        with self._read() as st:
+            error = self._static_check(st, tok)
+            if error is not None:
+                return False, error
+            now = int(self._clock())
+            if now < tok.issued_at:
+                return False, f"capability {tok.id} is not valid before {_iso(tok.issued_at)}"
+            if now >= tok.expires_at:
+                return False, f"capability {tok.id} expired at {_iso(tok.expires_at)}; issue a new one"
+            lineage = [tok.id] + [link.capability_id for link in reversed(tok.delegation_chain)]
+            revoked = st.first_revoked(lineage)
+        if revoked is not None:
+            which = "it was" if revoked == tok.id else f"its ancestor {revoked} was"
+            return False, f"capability {tok.id} is revoked ({which} revoked)"
+        return True, None
+
+    def attenuate_capability(
+        self,
+        parent: CapabilityToken | Mapping[str, Any] | str,
+        new_scope: ChioScope | Mapping[str, Any],
+        ttl_seconds: int | None = None,
+        capability_id: str | None = None,
+        *,
+        subject: str | None = None,
+    ) -> CapabilityToken:
+        """A child token with ``new_scope`` ⊆ the parent's scope and a signed delegation link.
+
+        ``parent`` is a token or the id of a stored one; it must be valid. The child expires at the
+        parent's expiry, or ``now + ttl_seconds`` if that is earlier. ``subject`` defaults to the
+        parent's subject. Raises :class:`CapabilityError` naming the offending grant if the scope is
+        not a subset.
+        """
+        child_scope = _coerce_scope(new_scope, "new_scope")
+        _refuse_bad_patterns(child_scope)
+        ttl = _positive_int("ttl_seconds", ttl_seconds) if ttl_seconds is not None else None
+        if capability_id is not None:
+            capability_id = _new_capability_id(capability_id)
+        if subject is not None:
+            subject = _require_str("subject", subject)
+        if isinstance(parent, str):
+            parent_id = _require_str("parent", parent, max_len=256)
+            parent_token = self.get_capability(parent_id)
+            if parent_token is None:
+                raise CapabilityError(f"cannot attenuate unknown capability {parent_id!r}: this kernel never issued it")
+        else:
+            parent_token = _coerce_token(parent, "parent")
+        valid, reason = self.validate_capability(parent_token)
+        if not valid:
+            raise CapabilityError(f"cannot attenuate capability {parent_token.id}: {reason}")
+        offending = _first_non_subset(child_scope, parent_token.scope)
+        if offending is not None:
+            raise CapabilityError(
+                f"new scope is not a subset of capability {parent_token.id}: {offending}; "
+                "narrow the new scope to tools, operations and limits the parent already grants"
+            )
+        now = int(self._clock())
+        expires_at = parent_token.expires_at if ttl is None else min(parent_token.expires_at, now + ttl)
+        child_subject = subject if subject is not None else parent_token.subject
+        link_body: _LinkBody = {
+            "capability_id": parent_token.id,
+            "delegator": self.public_key_hex,
+            "delegatee": child_subject,
+            "attenuations": [],
+            "timestamp": now,
+        }
+        link = DelegationLink(**link_body, signature=self._signer.sign_hex(_link_signing_bytes(link_body)))
+        child_id = capability_id if capability_id is not None else "cap-" + "%032x" % _uuid7_int(secure=True)
+        chain = [*parent_token.delegation_chain, link]
+        child = self._sign_token(child_id, child_subject, child_scope, now, expires_at, chain)
+        with self._write() as st:
+            if st.capability(parent_token.id) is None:
+                # A valid parent from a trusted kernel: remember it so the child's lineage resolves.
+                self._insert_cap(st, parent_token, None, None)
+            if capability_id is not None:
+                # same idempotent provisioning rule as create_capability (same subject, scope, parent)
+                existing = self._existing(st, child_id, child_subject, child_scope, None, parent_id=parent_token.id)
+                if existing is not None:
+                    return existing
+            self._insert_cap(st, child, parent_token.id, None)
+        return child
+
+    def revoke_capability(self, capability_id: str) -> list[str]:
+        """Revoke a capability and all its descendants; returns every id in that subtree (root first).
+
+        Revoking an already revoked capability is allowed (returns the same ids); an unknown id
+        raises :class:`CapabilityError`.
+        """
+        capability_id = _require_str("capability_id", capability_id, max_len=256)
+        with self._write() as st:
+            if st.capability(capability_id) is None:
+                raise CapabilityError(
+                    f"cannot revoke unknown capability {capability_id!r}: this kernel never issued it "
+                    "(list them with list_capabilities())"
+                )
+            ids = st.capability_subtree(capability_id)
+            now = self._clock()
+            st.insert_revocations(
+                [(i, now, "revoked" if i == capability_id else f"ancestor {capability_id} revoked") for i in ids],
+            )
+        return ids

@@ -1,0 +1,102 @@
+"""Rendering shared by the CLI and the demo: rich tables of capabilities and receipts, and the JSON
+forms the CLI prints (always the signed objects, untouched)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from datetime import datetime, timezone
+from typing import Any
+
+from rich.markup import escape
+from rich.table import Table
+
+__all__ = ["receipt_table"]
+
+
+def _ts(value: int | None) -> str:
+    if value is None:
+        return "-"
+    return datetime.fromtimestamp(value, tz=timezone.utc).strftime("%Y-%m-%d %H:%M:%S")
+
+
+def _grant_text(grant: Any) -> str:
+    ops = ",".join(o.value for o in grant.operations)
+    extras = []
+    if grant.constraints:
+        extras.append(" ".join(f"{c.type}={c.value}" for c in grant.constraints))
+    if grant.max_invocations is not None:
+        extras.append(f"max {grant.max_invocations}")
+    if grant.max_total_cost is not None:
+        extras.append(f"budget {grant.max_total_cost.units} {grant.max_total_cost.currency}")
+    tail = f" ({'; '.join(extras)})" if extras else ""
+    return f"{grant.server_id}:{grant.tool_name}:{ops}{tail}"
+
+
+def _status(kernel: Any, token: Any) -> tuple[str, str | None]:
+    valid, reason = kernel.validate_capability(token)
+    if valid:
+        return "valid", None
+    text = (reason or "").lower()
+    if "revok" in text:
+        return "revoked", reason
+    if "expir" in text:
+        return "expired", reason
+    return "invalid", reason
+
+
+def _token_table(kernel: Any, tokens: Iterable[Any], title: str) -> Table:
+    table = Table(title=title, title_justify="left", show_lines=False)
+    table.add_column("id", no_wrap=True)
+    table.add_column("subject", overflow="fold")
+    table.add_column("grants", overflow="fold")
+    table.add_column("expires (UTC)")
+    table.add_column("status")
+    for t in tokens:
+        status, _ = _status(kernel, t)
+        style = {"valid": "green", "revoked": "red"}.get(status, "yellow")
+        grants = "\n".join(_grant_text(g) for g in t.scope.grants) or "-"
+        parent = f"\n(child of {t.delegation_chain[-1].capability_id})" if t.delegation_chain else ""
+        table.add_row(t.id + parent, t.subject, grants, _ts(t.expires_at), f"[{style}]{status}[/]")
+    return table
+
+
+def _token_dict(kernel: Any, token: Any) -> dict[str, Any]:
+    """``{"token": <the signed token, untouched>, "status": ..., "reason": ...}``: display fields stay
+    beside the token, so ``token`` verifies as issued (Ed25519 over its canonical JSON)."""
+    status, reason = _status(kernel, token)
+    data: dict[str, Any] = {"token": token.model_dump(mode="json", exclude_none=True), "status": status}
+    if reason:
+        data["reason"] = reason
+    return data
+
+
+def _receipt_dict(receipt: Any) -> dict[str, Any]:
+    """A receipt exactly as signed (no empty evidence/metadata): the one rule of every output path."""
+    from chio_kernel.kernel import receipt_wire_dict
+
+    return receipt_wire_dict(receipt)
+
+
+def receipt_table(receipts: Iterable[Any], title: str = "receipts", *, compact: bool = False) -> Table:
+    """A rich table of receipts (``receipts list``; ``compact`` drops time and capability, for the demo).
+
+    Deny reasons are long sentences: ``receipts show ID`` prints them.
+    """
+    table = Table(title=title, title_justify="left")
+    table.add_column("#", justify="right")
+    table.add_column("receipt", overflow="fold", min_width=20)
+    if not compact:
+        table.add_column("time (UTC)")
+        table.add_column("capability", overflow="fold")
+    table.add_column("tool", overflow="fold")
+    table.add_column("verdict")
+    table.add_column("guard")
+    for i, r in enumerate(receipts):
+        allowed = r.decision.is_allowed
+        verdict = "[green]allow[/]" if allowed else f"[red]{escape(r.decision.verdict)}[/]"
+        row = [str(i), r.id]
+        if not compact:
+            row += [_ts(r.timestamp), r.capability_id]
+        row += [escape(f"{r.tool_server}/{r.tool_name}"), verdict, "" if allowed else escape(r.decision.guard or "-")]
+        table.add_row(*row)
+    return table

@@ -1,0 +1,222 @@
+"""The kernel's store interface: every byte the kernel keeps goes through a :class:`KernelStore`.
+
+The store owns ALL SQL (schema, statements, locking, durability); the kernel above it decides
+(policy), signs (receipts, capabilities) and hands the store rows. Two implementations are meant:
+SQLite (``chio_kernel._sqlite_store.SQLiteStore``, the default: ``<data_dir>/kernel.db``) and
+PostgreSQL (a fleet sharing one chain).
+
+Data the store keeps (the SQLite schema names them):
+
+* capabilities  - ``id`` -> the token JSON (as issued), ``parent_id``, ``subject``, ``issued_at``,
+  ``expires_at``, rate limit (``rate_max`` calls per ``rate_per`` seconds, both None when unlimited),
+  ``created_at`` (listing order);
+* revocations   - ``capability_id`` -> ``revoked_at``, ``cause``; inserting an existing id is a no-op;
+* usage         - ``(capability_id, grant_index)`` -> ``invocations``, ``cost_units`` (saturating at
+  2^63-1);
+* rate events   - ``(capability_id, t)`` of allowed calls inside a sliding window;
+* receipts      - the hash-chained log: ``seq`` (1, 2, 3 ... in chain order, no gaps), ``id``,
+  ``capability_id``, ``verdict``, ``chain_hash`` (sha256 of ``body``), ``body`` (the receipt's JSON text
+  exactly as the kernel hands it; the store never rewrites it);
+* idempotency   - ``key_hash`` -> the ``seq`` of the receipt it returned.
+
+Transaction semantics (what every implementation must guarantee):
+
+* :meth:`KernelStore.write` opens ONE write transaction and yields a :class:`StoreWriter`. Writers
+  are serialised: from entry to commit/rollback no other writer of the same store (another thread,
+  process, or host for a shared server) can write, so the chain head read inside it stays the head
+  until commit, and budget/rate/idempotency reads followed by writes are exact. Reads inside the
+  transaction see everything committed before it plus its own uncommitted writes. Normal exit of
+  the ``with`` block commits (and increments :attr:`KernelStore.commits`); an exception rolls
+  everything back (nothing of it is visible afterwards) and propagates. When the ``with`` block
+  returns, the commit is durable to the store's promise (SQLite WAL ``synchronous=NORMAL``: survives
+  ``kill -9`` of the process; ``fsync=True``: survives power loss). Nesting ``write()`` in one thread
+  is not supported.
+* Several kernel calls may share one write transaction (group commit): the kernel runs them one
+  after the other on the same :class:`StoreWriter` and commits once; a caller's answer is released
+  only after that commit. If one of them raises, the kernel rolls the whole transaction back and
+  runs the calls again one transaction each, so the store needs no savepoints.
+* :meth:`KernelStore.read` yields a :class:`StoreReader` for short reads of committed state (no
+  write lock; it may wait for the store's internal connection lock).
+* :meth:`KernelStore.snapshot` yields a :class:`StoreReader` on ONE consistent read snapshot that holds
+  no kernel lock and blocks no writer (chain verification walks the whole log in it).
+* Errors of the storage layer itself (locked beyond the timeout, disk full, connection lost) are
+  raised as one of :attr:`KernelStore.transient_errors`; the sidecar answers them 503 (retryable,
+  nothing was decided).
+* Fork safety: a store used in a child process after ``fork`` reopens its connections there (never
+  closing inherited handles).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from contextlib import AbstractContextManager
+from dataclasses import dataclass
+from typing import Protocol, runtime_checkable
+
+__all__ = [
+    "GENESIS_HASH",
+    "CapabilityRow",
+    "KernelStore",
+    "StoreReader",
+    "StoreWriter",
+    "StoredCounts",
+]
+
+#: ``content_hash`` of the first receipt, and the chain head of an empty store.
+GENESIS_HASH = "0" * 64
+
+
+@dataclass(frozen=True)
+class CapabilityRow:
+    """One stored capability. ``token`` is the token's JSON (``model_dump_json(exclude_none=True)``)."""
+
+    id: str
+    token: str
+    parent_id: str | None
+    subject: str
+    issued_at: int
+    expires_at: int
+    rate_max: int | None
+    rate_per: float | None
+
+
+@dataclass(frozen=True)
+class StoredCounts:
+    """What a store holds, for the missing-key check: a new signing key would orphan these."""
+
+    capabilities: int
+    receipts: int
+    newest_key: str | None  # kernel_key of the newest receipt, else issuer of a stored capability
+
+
+class StoreReader(Protocol):
+    """Reads of the store (committed state, or a transaction's own view inside :class:`StoreWriter`)."""
+
+    def chain_head(self) -> tuple[int, str]:
+        """``(seq, chain_hash)`` of the newest receipt; ``(0, GENESIS_HASH)`` on an empty log."""
+        ...
+
+    def capability(self, capability_id: str) -> CapabilityRow | None:
+        """The stored capability with this id, or None."""
+        ...
+
+    def capability_tokens(self) -> list[str]:
+        """Every stored token's JSON, oldest first (``created_at``, then insertion order)."""
+        ...
+
+    def revocation(self, capability_id: str) -> tuple[float, str] | None:
+        """``(revoked_at, cause)`` if this very id is revoked, else None."""
+        ...
+
+    def first_revoked(self, ids: Sequence[str]) -> str | None:
+        """One of ``ids`` that is revoked (any), or None."""
+        ...
+
+    def usage_of(self, capability_id: str) -> list[tuple[int, int, int]]:
+        """``(grant_index, invocations, cost_units)`` per budgeted grant, by grant index."""
+        ...
+
+    def receipt_body(self, receipt_id: str) -> str | None:
+        """The stored JSON text of the receipt with this id, or None."""
+        ...
+
+    def receipts_after(
+        self, after_seq: int, limit: int | None, capability_id: str | None = None
+    ) -> list[tuple[int, str]]:
+        """``(seq, body)`` with ``seq > after_seq`` in chain order, at most ``limit`` (None: all).
+
+        With ``capability_id``: only that capability's receipts, through the by-capability index
+        (call :meth:`KernelStore.catch_up_capability_index` first; receipts it has not indexed yet
+        are missing from the answer).
+        """
+        ...
+
+    def receipt_count(self) -> int:
+        """Number of receipts in the log."""
+        ...
+
+
+class StoreWriter(StoreReader, Protocol):
+    """The operations of one write transaction (see the module docstring for its guarantees)."""
+
+    def head_and_revoked(self, lineage: Sequence[str]) -> tuple[int, str, str | None]:
+        """``chain_head()`` plus ``first_revoked(lineage)`` (one round trip on the evaluation path)."""
+        ...
+
+    def insert_capability(self, row: CapabilityRow, created_at: float) -> None:
+        """Store a new capability (the id must not exist)."""
+        ...
+
+    def capability_subtree(self, capability_id: str) -> list[str]:
+        """This id and every descendant (by ``parent_id``), by depth then id: root first."""
+        ...
+
+    def insert_revocations(self, rows: Sequence[tuple[str, float, str]]) -> None:
+        """Revoke ``(capability_id, revoked_at, cause)`` each; an id already revoked keeps its row."""
+        ...
+
+    def usage(self, capability_id: str, grant_index: int) -> tuple[int, int]:
+        """``(invocations, cost_units)`` spent on one grant; ``(0, 0)`` if never charged."""
+        ...
+
+    def charge(self, capability_id: str, grant_index: int, cost_units: int) -> None:
+        """One more invocation and ``cost_units`` more spent (saturating at 2^63-1)."""
+        ...
+
+    def rate_window(self, capability_id: str, now: float, per_seconds: float) -> tuple[int, float | None]:
+        """Forget events at or before ``now - per_seconds``; return ``(count, oldest t)`` of the rest."""
+        ...
+
+    def record_rate_event(self, capability_id: str, t: float) -> None:
+        """Count one allowed call at time ``t`` in the capability's rate window."""
+        ...
+
+    def idempotent_receipt(self, key_hash: str) -> str | None:
+        """The body of the receipt remembered for this idempotency key hash, or None."""
+        ...
+
+    def append_receipt(
+        self, seq: int, receipt_id: str, capability_id: str, verdict: str, chain_hash: str, body: str
+    ) -> None:
+        """Append the receipt at ``seq`` (= head seq + 1); it becomes the chain head."""
+        ...
+
+    def remember_idempotency(self, key_hash: str, seq: int) -> None:
+        """Remember that this idempotency key hash answered with the receipt at ``seq``."""
+        ...
+
+
+@runtime_checkable
+class KernelStore(Protocol):
+    """A kernel's store: transactions, reads, snapshots (see the module docstring)."""
+
+    #: Where the store lives, for messages and ``health()`` (e.g. ``sqlite:/path/kernel.db``).
+    description: str
+    #: Number of write transactions committed by this object (benchmarks count commits with it).
+    commits: int
+    #: Exceptions meaning "the store could not be used" (retryable; nothing was decided).
+    transient_errors: tuple[type[Exception], ...]
+
+    def write(self) -> AbstractContextManager[StoreWriter]:
+        """One serialised write transaction: commit on normal exit, rollback on exception."""
+        ...
+
+    def read(self) -> AbstractContextManager[StoreReader]:
+        """Short reads of committed state."""
+        ...
+
+    def snapshot(self) -> AbstractContextManager[StoreReader]:
+        """One consistent read snapshot holding no lock that blocks writers."""
+        ...
+
+    def catch_up_capability_index(self) -> None:
+        """Bring the by-capability receipt index up to the chain head (in short transactions)."""
+        ...
+
+    def stored_counts(self) -> StoredCounts:
+        """Capabilities and receipts held (the kernel refuses to mint a key over a non-empty store)."""
+        ...
+
+    def close(self) -> None:
+        """Release connections; the store cannot be used afterwards."""
+        ...
