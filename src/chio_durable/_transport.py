@@ -48,6 +48,7 @@ __all__ = [
     "HttpTransport",
     "KernelTransport",
     "MockTransport",
+    "TransportSlot",
     "as_transport",
     "client_url",
     "is_client",
@@ -362,3 +363,21 @@ def as_transport(client: ChioClientLike | Any) -> KernelTransport:
         "a Chio client is chio_kernel.LocalChioClient(), chio_kernel.SidecarClient(url), a chio_sdk.ChioClient "
         f"or a chio_sdk.testing mock; got {type(client).__name__}"
     )
+
+
+class TransportSlot:
+    """The ``chio_client`` attribute of a governing object: the client handed in, and the
+    :class:`KernelTransport` chosen for it once, on assignment (not per call)."""
+
+    transport: KernelTransport
+    _chio_client: ChioClientLike
+
+    @property
+    def chio_client(self) -> ChioClientLike:
+        """The client handed in; assigning another one chooses its transport anew."""
+        return self._chio_client
+
+    @chio_client.setter
+    def chio_client(self, client: ChioClientLike) -> None:
+        self.transport = as_transport(client)
+        self._chio_client = client

@@ -58,7 +58,7 @@ from temporalio.worker import (
 from chio_durable._call import GovernedCall, call_key
 from chio_durable._decision import Decision, DecisionObserver, Evaluation, notify
 from chio_durable._errors import KernelRejected, KernelUnavailable
-from chio_durable._transport import ChioClientLike, KernelTransport, as_transport, client_url, is_client
+from chio_durable._transport import ChioClientLike, TransportSlot, client_url, is_client
 from chio_durable.params import bind_parameters, jsonable
 from chio_temporal.errors import (
     CONFIG_ERROR_TYPE,
@@ -145,7 +145,7 @@ def _decode_chain(headers: Mapping[str, Payload] | None) -> list[str]:
     return [str(item) for item in value] if isinstance(value, list) else []
 
 
-class ChioActivityInterceptor(Interceptor):
+class ChioActivityInterceptor(TransportSlot, Interceptor):
     """Worker interceptor that gates every activity execution through the chio kernel.
 
     Args:
@@ -229,16 +229,6 @@ class ChioActivityInterceptor(Interceptor):
         self._signatures: dict[Any, inspect.Signature | None] = {}
         # Who sees each decision: the envelope writer; append your own (an audit log, metrics...).
         self.decision_observers: list[DecisionObserver] = [self.write_envelope_step]
-
-    @property
-    def chio_client(self) -> ChioClientLike:
-        """The client handed in; assigning another one chooses its transport anew."""
-        return self._chio_client
-
-    @chio_client.setter
-    def chio_client(self, client: ChioClientLike) -> None:
-        self.transport: KernelTransport = as_transport(client)
-        self._chio_client = client
 
     # --- grants -------------------------------------------------------------------------------
 

@@ -40,7 +40,7 @@ from chio_durable.agent.denials import (
 from chio_durable._call import GovernedCall, call_key
 from chio_durable._errors import KernelRejected
 from chio_durable._scope import current_receipt_id, receipt_scope
-from chio_durable._transport import ChioClientLike, KernelTransport, as_transport, is_client
+from chio_durable._transport import ChioClientLike, TransportSlot, is_client
 from chio_durable.agent.mapping import CallMapper
 
 if TYPE_CHECKING:
@@ -77,7 +77,7 @@ def _is_mcp_toolset(toolset: AbstractToolset[Any]) -> bool:
     return isinstance(toolset, MCPToolset)
 
 
-class ChioGovernance(AbstractCapability[Any]):
+class ChioGovernance(TransportSlot, AbstractCapability[Any]):
     """Evaluate every model request, tool call and MCP call of an agent with a Chio kernel first.
 
     Args:
@@ -145,16 +145,6 @@ class ChioGovernance(AbstractCapability[Any]):
         self._rejected_error = rejected_error
         self._max_runs = max(1, max_runs_remembered)
         self._records: OrderedDict[str, list[GovernedRecord]] = OrderedDict()
-
-    @property
-    def chio_client(self) -> ChioClientLike:
-        """The client handed in; assigning another one chooses its transport anew."""
-        return self._chio_client
-
-    @chio_client.setter
-    def chio_client(self, client: ChioClientLike) -> None:
-        self.transport: KernelTransport = as_transport(client)
-        self._chio_client = client
 
     def __repr__(self) -> str:
         return (

@@ -15,20 +15,7 @@ from pydantic import ValidationError
 from chio_kernel._receipts import http_signed_body, verify_http_receipt
 from chio_kernel.canonical import canonical_json
 
-__all__ = [
-    "DEFAULT_HEADER_TIMEOUT",
-    "DEFAULT_HOST",
-    "DEFAULT_MAX_PENDING_HEADERS",
-    "DEFAULT_PORT",
-    "MAX_BODY_BYTES",
-    "MAX_JSON_DEPTH",
-    "SidecarConfigError",
-    "check_bind",
-    "header_timeout_protocol",
-    "create_app",
-    "is_loopback",
-    "serve",
-]
+__all__ = ["_evaluate_http", "_verify_http_receipt"]
 
 
 from chio_kernel.sidecar import HTTP_TOOL_SERVER  # defined before the package imports this module

@@ -12,20 +12,7 @@ from typing import Any
 
 
 
-__all__ = [
-    "DEFAULT_HEADER_TIMEOUT",
-    "DEFAULT_HOST",
-    "DEFAULT_MAX_PENDING_HEADERS",
-    "DEFAULT_PORT",
-    "MAX_BODY_BYTES",
-    "MAX_JSON_DEPTH",
-    "SidecarConfigError",
-    "check_bind",
-    "header_timeout_protocol",
-    "create_app",
-    "is_loopback",
-    "serve",
-]
+__all__ = ["header_timeout_protocol", "serve"]
 
 
 from chio_kernel.sidecar import (  # the package defines these before it imports this module
