@@ -48,7 +48,7 @@ def sidecar(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SidecarProcess
         yield running
 
 
-# --- item 8: a request the kernel refuses is KernelRejected (not retryable), never KernelUnavailable ---
+# --- a request the kernel refuses is KernelRejected (not retryable), never KernelUnavailable ---
 
 
 def test_embedded_kernel_refusing_nan_is_kernel_rejected(chio_home: Path) -> None:
@@ -93,7 +93,7 @@ def test_kernel_rejected_pickles() -> None:
     assert (unavailable.url, unavailable.detail) == ("http://k", "down")
 
 
-# --- item 8, Prefect: ChioRequestRejected, not retried ------------------------------------------
+# --- Prefect: ChioRequestRejected, not retried ------------------------------------------
 
 
 def test_chio_task_nan_parameter_fails_closed_without_retry(chio_home: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -130,7 +130,7 @@ def test_chio_task_nan_parameter_fails_closed_without_retry(chio_home: Path, mon
     assert pipeline(2.5) == (False, 2.5) and ran == [2.5]
 
 
-# --- item 8, agents: the run fails closed; the tool never runs -----------------------------------
+# --- agents: the run fails closed; the tool never runs -----------------------------------
 
 
 def _nan_script(calls: list[float]) -> Agent[None, str]:
@@ -171,7 +171,7 @@ async def test_prefect_agent_nan_tool_argument_is_chio_request_rejected(chio_hom
     assert calls == []
 
 
-# --- item 16: a remote receipt must answer the call that was asked --------------------------------
+# --- a remote receipt must answer the call that was asked --------------------------------
 
 
 class _MisroutingClient(ChioClient):

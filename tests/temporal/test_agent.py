@@ -666,7 +666,7 @@ async def test_outside_a_workflow_the_run_is_governed_in_process(chio_home):
 
 
 async def test_worker_without_governed_plugin_fails_closed(client, chio):
-    """The governed agent's activities registered without governed.plugin refuse to run (item 3)."""
+    """The governed agent's activities registered without governed.plugin refuse to run."""
     await issue(chio, MODEL, grant("support"), DOCS_LIST)
     before = dict(app.CALLS)
     async with worker(client, AgentPlugin(app.governed_support)) as tq:

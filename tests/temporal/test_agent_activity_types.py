@@ -7,10 +7,15 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from temporalio import activity
+from temporalio.client import Client
+from temporalio.exceptions import ApplicationError
 from temporalio.testing import ActivityEnvironment
 
 import chio_temporal.agent as temporal_agent
+import workflows
 from chio_kernel import LocalChioClient
+from chio_temporal_kit import make_worker, outcome, plan, running, scope, start_plan, tool
 
 
 def test_an_activity_type_is_parsed_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -30,3 +35,51 @@ def test_an_activity_type_is_parsed_once(tmp_path: Path, monkeypatch: pytest.Mon
     answers = [interceptor.agent_activity(info) for _ in range(5)]
     assert parsed == ["agent__support__model_request"]
     assert answers[0] is not None and answers[0].kind == "model" and all(a is answers[0] for a in answers)
+
+
+@pytest.fixture
+async def chio(chio_home: Any) -> Any:
+    client = LocalChioClient(data_dir=chio_home)
+    try:
+        yield client
+    finally:
+        await client.close()
+
+
+WORKSPACE_CALLS: list[str] = []
+
+
+@activity.defn(name="agent__ops__capability__workspace__call")
+async def workspace_call(path: str) -> str:
+    """Stands in for pydantic-ai's workspace capability operation of an agent named ``ops``."""
+    WORKSPACE_CALLS.append(path)
+    return f"wrote {path}"
+
+
+@pytest.mark.temporal
+async def test_unknown_agent_operation_is_governed_not_let_through(client: Client, chio, uid) -> None:
+    from chio_temporal.agent import ChioAgentActivityInterceptor
+
+    tq = uid("tq")
+    token = await chio.create_capability(
+        subject="agent:ops", scope=scope(tool("model", "*")), ttl_seconds=600, capability_id=uid("cap-ops")
+    )
+    ic = ChioAgentActivityInterceptor(chio, agent_name="ops", capability_id=token.id)
+    WORKSPACE_CALLS.clear()
+    worker = make_worker(client, tq, [ic], activities=[*workflows.ALL_ACTIVITIES, workspace_call])
+    async with running(worker):
+        wid = uid("ops-denied")
+        err = await outcome(await start_plan(client, tq, wid, plan(("agent__ops__capability__workspace__call", ["/etc/x"]))))
+        assert isinstance(err, ApplicationError) and err.type == "ChioCapabilityDenied"
+        assert (err.details[0]["tool_server"], err.details[0]["tool_name"]) == ("ops", "capability__workspace__call")
+        assert WORKSPACE_CALLS == []
+
+        granted = await chio.create_capability(
+            subject="agent:ops", scope=scope(tool("ops", "capability__workspace__call")), ttl_seconds=600
+        )
+        ic.capability_id = granted.id
+        wid = uid("ops-allowed")
+        result = await outcome(await start_plan(client, tq, wid, plan(("agent__ops__capability__workspace__call", ["/tmp/y"]))))
+        assert result == ["wrote /tmp/y"] and WORKSPACE_CALLS == ["/tmp/y"]
+    [step] = ic.get_workflow_receipt(wid).steps
+    assert step.allowed and (step.tool_server, step.tool_name) == ("ops", "capability__workspace__call")

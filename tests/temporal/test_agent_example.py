@@ -49,3 +49,15 @@ def test_demo_section(tmp_path):
     assert "order A-17 shipped | Permission denied: the call to support_demo/refund_order" in text
     assert "docs: how to return an item" in text
     assert "denied (revocation)" in text and "ChioCapabilityDenied" in text
+
+
+def test_demo_raises_when_the_revoked_capability_is_still_allowed(tmp_path, monkeypatch) -> None:
+    from chio_kernel import LocalChioClient
+    from chio_temporal.demo import run_demo
+
+    async def revoke_nothing(self, capability_id: str) -> list[str]:  # the revocation silently does not happen
+        return [capability_id]
+
+    monkeypatch.setattr(LocalChioClient, "revoke_capability", revoke_nothing)
+    with pytest.raises(RuntimeError, match="revoked capability still ran"):
+        run_demo(Console(record=True, width=200), tmp_path)

@@ -166,3 +166,24 @@ def test_activity_denied_error_is_both_shapes() -> None:
     other.__cause__ = ApplicationError("boom", type="ValueError")
     assert ActivityDeniedError.surface(other) is other
     assert issubclass(ChioTemporalConfigError, ChioTemporalError) and issubclass(ChioTemporalConfigError, ValueError)
+
+
+def test_pending_receipts_are_bounded_oldest_dropped_with_a_warning(caplog) -> None:
+    from chio_sdk.testing import allow_all
+
+    from chio_temporal import ChioTemporalConfigError
+
+    ic = ChioActivityInterceptor(chio_client=allow_all(), default_tool_server="bank", max_pending_receipts=2)
+    with caplog.at_level("WARNING", logger="chio_temporal"):
+        ic.finalize_workflow(workflow_id="wf-1", run_id="r1", outcome="success")
+        ic.finalize_workflow(workflow_id="wf-2", run_id="r2", outcome="success")
+        ic.finalize_workflow(workflow_id="wf-1", run_id="r1", outcome="failure")  # touched: most recent now
+        assert caplog.records == []
+        ic.finalize_workflow(workflow_id="wf-3", run_id="r3", outcome="success")
+    assert [(r.workflow_id, r.run_id) for r in ic.pending_workflow_receipts()] == [("wf-1", "r1"), ("wf-3", "r3")]
+    assert ic.get_workflow_receipt("wf-2", "r2") is None
+    [record] = caplog.records
+    assert record.levelname == "WARNING" and "'wf-2'" in record.getMessage() and "max_pending_receipts=2" in record.getMessage()
+    for bad in (0, -1, True, "10"):
+        with pytest.raises(ChioTemporalConfigError, match="max_pending_receipts"):
+            ChioActivityInterceptor(chio_client=allow_all(), max_pending_receipts=bad)  # type: ignore[arg-type]

@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 from chio_sdk.models import Constraint
+from temporalio import activity
 from temporalio.client import Client
 from temporalio.exceptions import ApplicationError, ApplicationErrorCategory
 
@@ -461,3 +462,80 @@ async def test_local_activities_are_governed_too(client: Client, chio, uid) -> N
         ("debit_account", "allow", [1]),
         ("credit_account", "deny", [1]),
     ]
+
+
+async def test_independent_subset_override_is_a_config_error(client: Client, chio, uid) -> None:
+    wid, tq = uid("override-independent"), uid("tq")
+    grant = await grant_for(chio, wid, scope(tool("bank", "debit_account"), tool("bank", "credit_account")))
+    # a subset scope, but minted on its own: revoking the workflow's capability would not stop it
+    independent = await grant_for(chio, wid, scope(tool("bank", "credit_account")))
+    assert independent.token.scope.is_subset_of(grant.token.scope)
+    ic = ChioActivityInterceptor(chio_client=chio, default_tool_server="bank")
+    ic.register_workflow_grant(grant)
+    ic.register_activity_grant_override("credit_account", lambda info: independent)
+    async with running(make_worker(client, tq, [ic])):
+        err = await outcome(await start_plan(client, tq, wid, plan(("credit_account", ["a", 1]), max_attempts=3)))
+    assert isinstance(err, ApplicationError) and err.type == "ChioTemporalConfigError" and err.non_retryable
+    assert "not derived from" in str(err) and independent.capability_id in str(err) and grant.capability_id in str(err)
+    assert workflows.CALLS == [] and chio.kernel.list_receipts() == []
+
+
+async def test_revoking_the_workflow_capability_stops_a_derived_override(client: Client, chio, uid) -> None:
+    wid, tq = uid("override-revoked"), uid("tq")
+    grant = await grant_for(chio, wid, scope(tool("bank", "debit_account"), tool("bank", "credit_account")))
+    derived = await grant.attenuate_for_activity(chio, new_scope=scope(tool("bank", "credit_account")))
+    assert [link.capability_id for link in derived.token.delegation_chain] == [grant.capability_id]
+    ic = ChioActivityInterceptor(chio_client=chio, default_tool_server="bank")
+    ic.register_workflow_grant(grant)
+    ic.register_activity_grant_override("credit_account", lambda info: derived)
+    await chio.revoke_capability(grant.capability_id)
+    async with running(make_worker(client, tq, [ic])):
+        err = await outcome(await start_plan(client, tq, wid, plan(("credit_account", ["a", 1]))))
+    assert isinstance(err, ApplicationError) and err.type == "ChioCapabilityDenied"
+    assert err.details[0]["guard"] == "revocation" and err.details[0]["capability_id"] == derived.capability_id
+    assert workflows.CALLS == []
+
+
+async def test_pending_receipts_bound_applies_to_evaluated_runs(client: Client, chio, uid) -> None:
+    tq = uid("tq")
+    ic = ChioActivityInterceptor(chio_client=chio, default_tool_server="bank", max_pending_receipts=2)
+    the_scope = scope(tool("bank", "checkpoint"))
+    wids = [uid(f"bounded-{i}") for i in range(3)]
+    for wid in wids:
+        ic.register_workflow_grant(await grant_for(chio, wid, the_scope))
+    async with running(make_worker(client, tq, [ic])):
+        for wid in wids:
+            assert await outcome(await start_plan(client, tq, wid, plan(("checkpoint", ["x"])))) == ["x"]
+    assert [r.workflow_id for r in ic.pending_workflow_receipts()] == wids[1:]
+    assert len(chio.kernel.list_receipts()) == 3  # the signed receipts are all durable in the kernel
+
+
+MEASUREMENTS: list[float] = []
+
+
+@activity.defn
+async def record_measurement(value: float) -> str:
+    MEASUREMENTS.append(value)
+    return f"recorded {value}"
+
+
+async def test_kernel_rejected_request_is_a_non_retryable_request_rejected(client: Client, chio, uid) -> None:
+    from chio_temporal import REJECTED_ERROR_TYPE
+
+    wid, tq = uid("nan"), uid("tq")
+    ic = ChioActivityInterceptor(chio_client=chio)
+    ic.register_workflow_grant(await grant_for(chio, wid, scope(tool("bank", "record_measurement"))))
+    MEASUREMENTS.clear()
+    async with running(make_worker(client, tq, [ic], activities=[*workflows.ALL_ACTIVITIES, record_measurement])):
+        handle = await start_plan(client, tq, wid, plan(("record_measurement", [float("nan")]), max_attempts=3))
+        err = await outcome(handle)
+        assert isinstance(err, ApplicationError) and err.type == REJECTED_ERROR_TYPE == "ChioRequestRejected"
+        assert err.non_retryable and "did not run" in str(err) and "NaN" in str(err)
+        assert err.details[0]["activity_type"] == "record_measurement"
+        scheduled = [e async for e in handle.fetch_history_events() if e.HasField("activity_task_started_event_attributes")]
+        assert len(scheduled) == 1 and scheduled[0].activity_task_started_event_attributes.attempt == 1  # not retried
+        # a finite value goes through
+        wid2 = uid("finite")
+        ic.register_workflow_grant(await grant_for(chio, wid2, scope(tool("bank", "record_measurement"))))
+        assert await outcome(await start_plan(client, tq, wid2, plan(("record_measurement", [1.5])))) == ["recorded 1.5"]
+    assert MEASUREMENTS == [1.5]

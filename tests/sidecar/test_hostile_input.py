@@ -1,4 +1,4 @@
-"""Hostile but valid input against the real sidecar and CLI (issue 8, point 5)."""
+"""Hostile but valid input against the real sidecar and CLI: cost units, slow regexes and headers, a missing key."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Hostile but valid input (issue 8, point 5): each test here failed on the kernel before the fix."""
+"""Hostile but valid input to the kernel: regex, path and domain constraints, cost units, a missing key, its errors."""
 
 from __future__ import annotations
 
