@@ -167,6 +167,24 @@ def timed_async(loop: asyncio.AbstractEventLoop, op: Callable[[], Any]) -> Calla
     return lambda k: loop.run_until_complete(batch(k))
 
 
+# --- goals (shared with the agent benchmarks) --------------------------------------------------------
+
+
+def verdict(ok: bool) -> str:
+    """How every benchmark here marks a goal: ``met`` or ``MISSED``."""
+    return "[green]met[/]" if ok else "[red]MISSED[/]"
+
+
+def goal_table(title: str) -> Table:
+    """The goals table: ratio, value, target, met / MISSED (one row per goal, via ``add_row``)."""
+    table = Table(title=title, title_justify="left")
+    table.add_column("ratio")
+    table.add_column("value", justify="right")
+    table.add_column("target", justify="right")
+    table.add_column("", justify="left")
+    return table
+
+
 # --- the rows -------------------------------------------------------------------------------------
 
 
@@ -538,14 +556,7 @@ def main() -> int:
         for b in benches:
             table.add_row(b.name, f"{b.p50:,.1f}", f"{b.p99:,.1f}", f"{b.per_second:,.0f}")
 
-        ratios = Table(title="ratios (p50)", title_justify="left")
-        ratios.add_column("ratio")
-        ratios.add_column("value", justify="right")
-        ratios.add_column("target", justify="right")
-        ratios.add_column("", justify="left")
-
-        def verdict(ok: bool) -> str:
-            return "[green]met[/]" if ok else "[red]MISSED[/]"
+        ratios = goal_table("ratios (p50)")
 
         r1 = inproc_b.p50 / floor_b.p50
         r1i = integ_b.p50 / floor_b.p50
