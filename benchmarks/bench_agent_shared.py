@@ -6,7 +6,8 @@
   insert, commit) plus the transport's mapping of the receipt to a decision.
 * :class:`Floor` is ``bench_kernel.floor_bench`` (one Ed25519 sign of a real receipt's signed body +
   one SQLite WAL commit, the kernel's own ``open_store`` pragmas), sampled in small batches between
-  the agent runs so background load hits both alike.
+  the agent runs so background load hits both alike; beside it, the agent's tool call straight on
+  ``Kernel.evaluate`` in a hot loop (what the kernel itself needs for the call).
 * :func:`attenuated_capability`: the integration shape - a child of a root capability with a
   constrained, budgeted grant per guarded route; every call carries the integration's idempotency key.
 * :func:`print_governance`: the per-call table and the goals (``bench_kernel.goal_table``).
