@@ -10,6 +10,7 @@ import pytest
 from temporalio.client import Client
 
 import workflows
+from chio_kernel import LocalChioClient
 
 
 @pytest.fixture
@@ -23,6 +24,16 @@ def uid() -> Callable[[str], str]:
     """Unique ids (task queues, workflow ids) per test."""
     token = uuid.uuid4().hex[:10]
     return lambda name: f"{name}-{token}"
+
+
+@pytest.fixture
+async def chio(chio_home: Any) -> Any:
+    """An embedded kernel in the test's own data dir."""
+    client = LocalChioClient(data_dir=chio_home)
+    try:
+        yield client
+    finally:
+        await client.close()
 
 
 @pytest.fixture(autouse=True)

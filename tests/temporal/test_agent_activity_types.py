@@ -37,14 +37,6 @@ def test_an_activity_type_is_parsed_once(tmp_path: Path, monkeypatch: pytest.Mon
     assert answers[0] is not None and answers[0].kind == "model" and all(a is answers[0] for a in answers)
 
 
-@pytest.fixture
-async def chio(chio_home: Any) -> Any:
-    client = LocalChioClient(data_dir=chio_home)
-    try:
-        yield client
-    finally:
-        await client.close()
-
 
 WORKSPACE_CALLS: list[str] = []
 

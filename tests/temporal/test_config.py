@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -22,14 +21,6 @@ from chio_temporal import (
 from chio_temporal.errors import ActivityDeniedError, denied_error
 from chio_temporal_kit import scope, tool
 
-
-@pytest.fixture
-async def chio(chio_home: Path) -> Any:
-    client = LocalChioClient(data_dir=chio_home)
-    try:
-        yield client
-    finally:
-        await client.close()
 
 
 async def test_workflow_grant_validates_its_fields(chio: LocalChioClient) -> None:

@@ -25,14 +25,6 @@ from chio_temporal_kit import make_worker, outcome, plan, running, scope, start_
 pytestmark = pytest.mark.temporal
 
 
-@pytest.fixture
-async def chio(chio_home: Any) -> Any:
-    client = LocalChioClient(data_dir=chio_home)
-    try:
-        yield client
-    finally:
-        await client.close()
-
 
 BANK = scope(tool("bank", "debit_account"), tool("bank", "credit_account"), tool("bank", "checkpoint"))
 
