@@ -47,7 +47,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from chio_kernel.kernel import (
+from chio_kernel._kernel import (
     MAX_COST_UNITS,
     CapabilityError,
     KernelInputError,
