@@ -16,7 +16,7 @@ from pydantic_ai.agent import WrapperAgent
 from pydantic_ai.exceptions import UserError
 from pydantic_ai.models.test import TestModel
 
-from chio_durable.agent import adapter
+from chio_durable.agent import _adapter as adapter
 from chio_kernel import LocalChioClient
 
 
