@@ -45,7 +45,7 @@ from chio_kernel._receipts import (
     receipt_wire_dict,
     verify_receipt_dict,
 )
-from chio_kernel._store import GENESIS_HASH, KernelStore, StoreReader, StoreWriter
+from chio_kernel._store import GENESIS_HASH, KernelStore, ReceiptQuery, StoreReader, StoreWriter
 
 __all__ = [
     "CapabilityError",
@@ -605,6 +605,43 @@ class Kernel:
         """Number of receipts in the store."""
         with self._read() as st:
             return st.receipt_count()
+
+    def query_receipts(
+        self,
+        *,
+        capability_id: str | None = None,
+        verdict: str | None = None,
+        since: int | None = None,
+        metadata: Mapping[str, str] | None = None,
+        after_seq: int = 0,
+        limit: int | None = None,
+        newest_first: bool = False,
+    ) -> list[tuple[int, ChioReceipt]]:
+        """``(seq, receipt)`` of the receipts matching every filter given, filtered by the store.
+
+        ``verdict``: ``"allow"`` or ``"deny"``; ``since``: Unix seconds (receipt ``timestamp`` at or
+        after it); ``metadata``: exact values of top-level keys of the receipt's ``metadata``;
+        ``after_seq``: only receipts after this store position (for following the log);
+        ``newest_first``: newest first, else chain order.
+        """
+        if capability_id is not None:
+            _require_str("capability_id", capability_id, max_len=256)
+        if verdict is not None and verdict not in ("allow", "deny"):
+            raise KernelInputError(f"verdict must be 'allow' or 'deny', got {verdict!r}")
+        for name, value in (("since", since), ("after_seq", after_seq), ("limit", limit)):
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 0):
+                raise KernelInputError(f"{name} must be a non-negative integer, got {value!r}")
+        pairs = tuple((str(k), _require_str(f"metadata[{k!r}]", v)) for k, v in (metadata or {}).items())
+        try:
+            query = ReceiptQuery(after_seq=after_seq, limit=limit, newest_first=newest_first,
+                                 capability_id=capability_id, verdict=verdict, since=since, metadata=pairs)
+        except ValueError as err:
+            raise KernelInputError(str(err)) from None
+        if capability_id is not None:
+            self._index_by_capability()
+        with self._read() as st:
+            rows = st.query_receipts(query)
+        return [(seq, ChioReceipt.model_validate_json(body)) for seq, body in rows]
 
     def verify_chain(self, *, batch: int = 2000) -> ChainReport:
         """Walk the store in seq order checking each signature and chain link; name the first broken index.

@@ -35,7 +35,7 @@ from typing import TYPE_CHECKING, Any, cast
 from urllib.parse import urlsplit, urlunsplit
 
 from chio_kernel._errors import ChioKernelError
-from chio_kernel._store import GENESIS_HASH, CapabilityRow, StoredCounts
+from chio_kernel._store import GENESIS_HASH, CapabilityRow, ReceiptQuery, StoredCounts
 
 if TYPE_CHECKING:
     import psycopg
@@ -220,6 +220,31 @@ class _PgReader:
 
     def receipt_count(self) -> int:
         return int(self._one("SELECT COUNT(*) FROM receipts")[0])
+
+    def query_receipts(self, query: ReceiptQuery) -> list[tuple[int, str]]:
+        params: list[Any] = [query.after_seq]
+        if query.capability_id is None:
+            sql, order = "SELECT r.seq, r.body FROM receipts r WHERE r.seq > %s", "r.seq"
+        else:  # the by-capability index, walked in either direction
+            sql, order = (
+                "SELECT r.seq, r.body FROM receipts_by_capability x JOIN receipts r ON r.seq = x.seq "
+                "WHERE x.seq > %s AND x.capability_id = %s"
+            ), "x.seq"
+            params.append(query.capability_id)
+        if query.verdict is not None:
+            sql += " AND r.verdict = %s"
+            params.append(query.verdict)
+        if query.since is not None:
+            sql += " AND (r.body::jsonb ->> 'timestamp')::bigint >= %s"
+            params.append(query.since)
+        for key, value in query.metadata:
+            sql += " AND (r.body::jsonb -> 'metadata' ->> %s) = %s"
+            params += [key, value]
+        sql += f" ORDER BY {order} DESC" if query.newest_first else f" ORDER BY {order}"
+        if query.limit is not None:
+            sql += " LIMIT %s"
+            params.append(query.limit)
+        return [(int(s), str(b)) for s, b in self._all(sql, params)]
 
     # --- the fleet's keys (PostgreSQL only) ---
 

@@ -7,8 +7,8 @@ from collections.abc import Iterable
 from datetime import datetime, timezone
 from typing import Any
 
-from rich.markup import escape
 from rich.table import Table
+from rich.text import Text
 
 __all__ = ["receipt_table"]
 
@@ -32,6 +32,23 @@ def _grant_text(grant: Any) -> str:
     return f"{grant.server_id}:{grant.tool_name}:{ops}{tail}"
 
 
+def _plain(value: Any, style: str = "") -> Text:
+    """User data as a table cell: a Text is never parsed as rich markup (``[red]``) nor emoji
+    codes (``a:b`` would print as an emoji), unlike a plain ``str`` cell."""
+    return Text(str(value), style=style)
+
+
+def _rate_limit(kernel: Any, token: Any) -> tuple[int, float] | None:
+    """``(max_calls, per_seconds)`` the kernel enforces on this capability, or None."""
+    info = kernel.capability_info(token.id)
+    rate = info.get("rate_limit") if info else None
+    return (int(rate[0]), float(rate[1])) if rate else None
+
+
+def _rate_text(rate: tuple[int, float] | None) -> str:
+    return "-" if rate is None else f"{rate[0]}/{rate[1]:g}s"
+
+
 def _status(kernel: Any, token: Any) -> tuple[str, str | None]:
     valid, reason = kernel.validate_capability(token)
     if valid:
@@ -49,6 +66,7 @@ def _token_table(kernel: Any, tokens: Iterable[Any], title: str) -> Table:
     table.add_column("id", no_wrap=True)
     table.add_column("subject", overflow="fold")
     table.add_column("grants", overflow="fold")
+    table.add_column("rate limit", no_wrap=True)
     table.add_column("expires (UTC)")
     table.add_column("status")
     for t in tokens:
@@ -56,7 +74,8 @@ def _token_table(kernel: Any, tokens: Iterable[Any], title: str) -> Table:
         style = {"valid": "green", "revoked": "red"}.get(status, "yellow")
         grants = "\n".join(_grant_text(g) for g in t.scope.grants) or "-"
         parent = f"\n(child of {t.delegation_chain[-1].capability_id})" if t.delegation_chain else ""
-        table.add_row(t.id + parent, t.subject, grants, _ts(t.expires_at), f"[{style}]{status}[/]")
+        table.add_row(_plain(t.id + parent), _plain(t.subject), _plain(grants),
+                      _plain(_rate_text(_rate_limit(kernel, t))), _ts(t.expires_at), _plain(status, style))
     return table
 
 
@@ -65,6 +84,8 @@ def _token_dict(kernel: Any, token: Any) -> dict[str, Any]:
     beside the token, so ``token`` verifies as issued (Ed25519 over its canonical JSON)."""
     status, reason = _status(kernel, token)
     data: dict[str, Any] = {"token": token.model_dump(mode="json", exclude_none=True), "status": status}
+    rate = _rate_limit(kernel, token)  # kernel-side state, not part of the signed token
+    data["rate_limit"] = None if rate is None else {"max_calls": rate[0], "per_seconds": rate[1]}
     if reason:
         data["reason"] = reason
     return data
@@ -77,11 +98,20 @@ def _receipt_dict(receipt: Any) -> dict[str, Any]:
     return receipt_wire_dict(receipt)
 
 
-def receipt_table(receipts: Iterable[Any], title: str = "receipts", *, compact: bool = False) -> Table:
+def receipt_table(
+    receipts: Iterable[Any],
+    title: str = "receipts",
+    *,
+    compact: bool = False,
+    positions: Iterable[int] | None = None,
+) -> Table:
     """A rich table of receipts (``receipts list``; ``compact`` drops time and capability, for the demo).
 
-    Deny reasons are long sentences: ``receipts show ID`` prints them.
+    ``positions``: the ``#`` of each row (``receipts list`` passes the 0-based chain index, so a
+    filtered or newest-first listing still numbers receipts as ``receipts verify`` does); default
+    0, 1, 2... Deny reasons are long sentences: ``receipts show ID`` prints them.
     """
+    numbers = iter(positions) if positions is not None else None
     table = Table(title=title, title_justify="left")
     table.add_column("#", justify="right")
     table.add_column("receipt", overflow="fold", min_width=20)
@@ -93,10 +123,10 @@ def receipt_table(receipts: Iterable[Any], title: str = "receipts", *, compact: 
     table.add_column("guard")
     for i, r in enumerate(receipts):
         allowed = r.decision.is_allowed
-        verdict = "[green]allow[/]" if allowed else f"[red]{escape(r.decision.verdict)}[/]"
-        row = [str(i), r.id]
+        verdict = _plain("allow", "green") if allowed else _plain(r.decision.verdict, "red")
+        row: list[Any] = [str(next(numbers) if numbers is not None else i), _plain(r.id)]
         if not compact:
-            row += [_ts(r.timestamp), r.capability_id]
-        row += [escape(f"{r.tool_server}/{r.tool_name}"), verdict, "" if allowed else escape(r.decision.guard or "-")]
+            row += [_ts(r.timestamp), _plain(r.capability_id)]
+        row += [_plain(f"{r.tool_server}/{r.tool_name}"), verdict, _plain("" if allowed else r.decision.guard or "-")]
         table.add_row(*row)
     return table

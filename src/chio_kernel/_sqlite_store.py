@@ -26,7 +26,7 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
-from chio_kernel._store import GENESIS_HASH, CapabilityRow, StoredCounts
+from chio_kernel._store import GENESIS_HASH, CapabilityRow, ReceiptQuery, StoredCounts
 
 __all__ = ["DB_FILE", "GENESIS_HASH", "SCHEMA_VERSION", "SQLiteStore", "open_store"]
 
@@ -252,6 +252,31 @@ class _Ops:
 
     def receipt_count(self) -> int:
         return int(self._c.execute("SELECT COUNT(*) FROM receipts").fetchone()[0])
+
+    def query_receipts(self, query: ReceiptQuery) -> list[tuple[int, str]]:
+        args: list[object] = [query.after_seq]
+        if query.capability_id is None:
+            sql, order = "SELECT r.seq, r.body FROM receipts r WHERE r.seq > ?", "r.seq"
+        else:  # the by-capability index, walked in either direction
+            sql, order = (
+                "SELECT r.seq, r.body FROM receipts_by_capability x JOIN receipts r ON r.seq = x.seq "
+                "WHERE x.seq > ? AND x.capability_id = ?"
+            ), "x.seq"
+            args.append(query.capability_id)
+        if query.verdict is not None:
+            sql += " AND r.verdict = ?"
+            args.append(query.verdict)
+        if query.since is not None:
+            sql += " AND json_extract(r.body, '$.timestamp') >= ?"
+            args.append(query.since)
+        for key, value in query.metadata:
+            sql += " AND json_extract(r.body, ?) = ?"
+            args += [f'$.metadata."{key}"', value]
+        sql += f" ORDER BY {order} DESC" if query.newest_first else f" ORDER BY {order}"
+        if query.limit is not None:
+            sql += " LIMIT ?"
+            args.append(query.limit)
+        return [(r[0], r[1]) for r in self._c.execute(sql, args)]
 
     # --- writes ---
 

@@ -57,6 +57,7 @@ __all__ = [
     "GENESIS_HASH",
     "CapabilityRow",
     "KernelStore",
+    "ReceiptQuery",
     "StoreReader",
     "StoreWriter",
     "StoredCounts",
@@ -87,6 +88,30 @@ class StoredCounts:
     capabilities: int
     receipts: int
     newest_key: str | None  # kernel_key of the newest receipt, else issuer of a stored capability
+
+
+@dataclass(frozen=True)
+class ReceiptQuery:
+    """A filtered receipt listing (``receipts list`` / ``receipts tail``), answered by the store in SQL.
+
+    Every filter is optional and they combine with AND. ``metadata`` pairs match top-level keys of
+    the receipt's ``metadata`` object exactly (``(("workflow_id", "order-1"),)``); keys are plain
+    identifiers (letters, digits, ``_``, ``.``, ``-``). ``since`` is Unix seconds, compared with the
+    receipt's ``timestamp``. ``newest_first`` orders by ``seq`` descending, else chain order.
+    """
+
+    after_seq: int = 0
+    limit: int | None = None
+    newest_first: bool = False
+    capability_id: str | None = None
+    verdict: str | None = None
+    since: int | None = None
+    metadata: tuple[tuple[str, str], ...] = ()
+
+    def __post_init__(self) -> None:
+        for key, _ in self.metadata:  # keys go into a JSON path: plain identifiers only
+            if not key or not all(c.isascii() and (c.isalnum() or c in "_.-") for c in key):
+                raise ValueError(f"receipt metadata key {key!r} must be letters, digits, '_', '.' or '-'")
 
 
 class StoreReader(Protocol):
@@ -133,6 +158,12 @@ class StoreReader(Protocol):
 
     def receipt_count(self) -> int:
         """Number of receipts in the log."""
+        ...
+
+    def query_receipts(self, query: ReceiptQuery) -> list[tuple[int, str]]:
+        """``(seq, body)`` of the receipts matching ``query`` (see :class:`ReceiptQuery`), at most
+        ``query.limit``. With ``capability_id`` it reads the by-capability index, as
+        :meth:`receipts_after` does (catch it up first)."""
         ...
 
 

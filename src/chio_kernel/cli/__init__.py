@@ -1,7 +1,7 @@
 """``chio-durable``: the command line of the embedded kernel (typer + rich).
 
 Commands: ``sidecar``; ``capability create|attenuate|revoke|list|show``;
-``receipts list|show|verify|export``; ``demo``. Every command takes ``--data-dir`` (default
+``receipts list|tail|show|verify|export``; ``demo``; ``--version``. Every command takes ``--data-dir`` (default
 ``$CHIO_HOME`` or ``~/.chio-durable``); listing commands print tables for people and ``--json`` for
 scripts. Errors are one line on stderr and a non-zero exit code, never a traceback.
 See ``docs/cli.md``.
@@ -42,8 +42,9 @@ app.add_typer(receipts_app, name="receipts")
 keys_app = typer.Typer(help="The kernel keys registered in a shared PostgreSQL store (a fleet).", no_args_is_help=True)
 app.add_typer(keys_app, name="keys")
 
-out = Console(soft_wrap=False)
-err = Console(stderr=True, soft_wrap=True)
+# emoji=False: user text such as a grant "a:b:" must print as typed, never as an emoji code
+out = Console(soft_wrap=False, emoji=False)
+err = Console(stderr=True, soft_wrap=True, emoji=False)
 
 
 class CliError(Exception):
@@ -88,6 +89,29 @@ def _guarded(fn: F) -> F:
         raise typer.Exit(1)
 
     return wrapper  # type: ignore[return-value]
+
+
+def _version_callback(value: bool) -> None:
+    if value:
+        from importlib.metadata import PackageNotFoundError, version
+
+        try:
+            v = version("chio-durable")
+        except PackageNotFoundError:  # running from a source tree that was never installed
+            v = "unknown (not installed)"
+        sys.stdout.write(f"chio-durable {v}\n")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    _version: Annotated[
+        bool,
+        typer.Option("--version", callback=_version_callback, is_eager=True,
+                     help="Print the installed chio-durable version and exit."),
+    ] = False,
+) -> None:
+    """Chio capability governance for durable Python workflows: the embedded kernel, its sidecar, receipts."""
 
 
 # --- helpers ----------------------------------------------------------------------------------
@@ -146,24 +170,37 @@ def _print_json(obj: Any) -> None:
 def parse_grant(spec: str, *, max_invocations: int | None = None) -> Any:
     """``server:tool[:Op,Op]`` -> ``ToolGrant`` (operations default to ``Invoke``; ``*`` wildcards ok).
 
-    The operation list is the part after the LAST colon, and only if every item names an
-    operation, so tool names that contain a colon still work.
+    Strict: when the part after the server has a colon, the text after the LAST colon must be a
+    list of operations (``Invoke``, ``Read``...), else the grant is refused naming the valid ones;
+    a typo such as ``files:read_fle:Invok`` must not grant a tool literally named ``read_fle:Invok``.
+    A tool name that contains a colon is granted by giving its operations (``srv:a:b:Invoke``), or
+    with a trailing colon when the name itself ends with one (``model:function:my_fn:``, the name
+    pydantic-ai gives a ``FunctionModel``).
     """
     from chio_sdk.models import Operation, ToolGrant
 
     by_name = {o.value.lower(): o for o in Operation} | {o.name.lower(): o for o in Operation}
+    valid = ", ".join(o.value for o in Operation)
     server, sep, rest = spec.partition(":")
     if not sep or not server or not rest:
         raise CliError(f"bad --grant {spec!r}: use server:tool or server:tool:Op,Op (e.g. files:read_file:Invoke)")
     tool, ops = rest, [Operation.INVOKE]
     if ":" in rest:
         head, _, tail = rest.rpartition(":")
-        names = [n.strip().lower() for n in tail.split(",") if n.strip()]
-        if names and all(n in by_name for n in names):
+        if tail:  # an empty tail: the tool name ends with ':' (e.g. model:function:my_fn:)
+            names = [n.strip().lower() for n in tail.split(",")]
+            unknown = [n for n in tail.split(",") if n.strip().lower() not in by_name]
+            if unknown:
+                import difflib
+
+                hint = difflib.get_close_matches(unknown[0].strip(), [o.value for o in Operation], n=1)
+                maybe = f"; did you mean {hint[0]!r}?" if hint else ""
+                raise CliError(
+                    f"bad --grant {spec!r}: unknown operation {unknown[0].strip()!r} after the last ':' "
+                    f"(valid operations: {valid}){maybe} (a tool name that contains ':' is granted with "
+                    "its operations given: server:my:tool:Invoke)"
+                )
             tool, ops = head, [by_name[n] for n in names]
-        elif tail and "," in tail:
-            valid = ", ".join(o.value for o in Operation)
-            raise CliError(f"bad --grant {spec!r}: unknown operation in {tail!r} (valid: {valid})")
     if not tool:
         raise CliError(f"bad --grant {spec!r}: empty tool name")
     return ToolGrant(server_id=server, tool_name=tool, operations=ops, max_invocations=max_invocations)
@@ -299,7 +336,14 @@ def capability_create(
     ttl: Annotated[int, typer.Option("--ttl", min=1, help="Lifetime in seconds.")] = 3600,
     max_invocations: MaxInvOpt = None,
     rate_limit: Annotated[
-        str | None, typer.Option("--rate-limit", help="CALLS/SECONDS for the whole capability, e.g. 10/60.")
+        str | None,
+        typer.Option(
+            "--rate-limit",
+            metavar="CALLS/SECONDS",
+            help="At most CALLS allowed calls in any sliding window of SECONDS seconds, for the whole "
+            "capability and every capability attenuated from it (e.g. 10/60 = 10 calls per minute; "
+            "CALLS alone means per 1 second). Denied calls do not count.",
+        ),
     ] = None,
     data_dir: DataDir = None,
     store: StoreOpt = None,
@@ -354,7 +398,8 @@ def capability_revoke(
     if as_json:
         _print_json({"revoked": revoked})
     else:
-        out.print(f"revoked {len(revoked)} capabilit{'y' if len(revoked) == 1 else 'ies'}: {', '.join(revoked)}")
+        out.print(f"revoked {len(revoked)} capabilit{'y' if len(revoked) == 1 else 'ies'}: {', '.join(revoked)}",
+                  markup=False, highlight=False)
 
 
 @capability_app.command("list")
@@ -383,25 +428,6 @@ def capability_show(
 
 
 # --- receipts ---------------------------------------------------------------------------------
-
-
-@receipts_app.command("list")
-@_guarded
-def receipts_list(
-    capability: Annotated[str | None, typer.Option("--capability", help="Only receipts of this capability.")] = None,
-    limit: Annotated[int, typer.Option(min=1, help="At most this many receipts (store order).")] = 100,
-    after_seq: Annotated[int | None, typer.Option("--after-seq", min=0, help="Start after this store position.")] = None,
-    data_dir: DataDir = None,
-    store: StoreOpt = None,
-    as_json: JsonFlag = False,
-) -> None:
-    """List receipts in store (chain) order."""
-    kernel = _kernel(data_dir, store=store)
-    receipts = kernel.list_receipts(capability_id=capability, limit=limit, after_seq=after_seq)
-    if as_json:
-        _print_json([_receipt_dict(r) for r in receipts])
-    else:
-        out.print(receipt_table(receipts, f"receipts ({len(receipts)} shown)"))
 
 
 @receipts_app.command("show")
@@ -523,7 +549,7 @@ def keys_retire(
     """Retire a kernel key: it signs nothing more and capabilities it issued deny on every kernel;
     receipts it signed before still verify."""
     _fleet_kernel(data_dir, store).retire_key(public_key, reason)
-    out.print(f"retired kernel key {public_key[:16]}…")
+    out.print(f"retired kernel key {public_key[:16]}…", markup=False, highlight=False)
 
 
 # --- demo -------------------------------------------------------------------------------------
@@ -552,3 +578,7 @@ def demo(
 def main() -> None:
     """Entry point for ``python -m chio_kernel.cli``."""
     app()
+
+
+# receipts list / tail live in their own module; importing it registers them on receipts_app
+from chio_kernel.cli import _receipts as _receipts  # noqa: E402,F401

@@ -1,0 +1,188 @@
+"""``receipts list`` and ``receipts tail``: filtered listings answered by the store (see
+``Kernel.query_receipts``), newest first, and following the log as receipts come."""
+
+from __future__ import annotations
+
+import re
+import time
+from datetime import datetime, timezone
+from typing import Annotated, Any
+
+import typer
+from rich.text import Text
+
+from chio_kernel._render import _receipt_dict, _ts, receipt_table
+from chio_kernel.cli import (
+    CliError,
+    DataDir,
+    JsonFlag,
+    StoreOpt,
+    _guarded,
+    _kernel,
+    _known_capability,
+    _print_json,
+    out,
+    err,
+    receipts_app,
+)
+
+__all__ = ["parse_since"]
+
+#: Receipt ``metadata`` keys the engine layers record (filters ``--flow-run`` / ``--workflow-id``).
+FLOW_RUN_KEY = "flow_run_id"
+WORKFLOW_ID_KEY = "workflow_id"
+
+_RELATIVE = re.compile(r"^\s*(\d+)\s*([smhd])\s*$")
+_UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def parse_since(spec: str, now: float | None = None) -> int:
+    """``--since``: ISO-8601 (``2026-11-25T10:00:00Z``, a date, or naive = UTC) or relative to
+    now (``30s``, ``10m``, ``2h``, ``1d``) -> Unix seconds."""
+    m = _RELATIVE.match(spec)
+    if m:
+        current = time.time() if now is None else now
+        return max(0, int(current - int(m.group(1)) * _UNIT_SECONDS[m.group(2)]))
+    try:
+        when = datetime.fromisoformat(spec.strip())
+    except ValueError:
+        raise CliError(
+            f"bad --since {spec!r}: use ISO-8601 (2026-11-25T10:00:00Z, 2026-11-25) or a duration back "
+            "from now (30s, 10m, 2h, 1d)"
+        ) from None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=timezone.utc)
+    return max(0, int(when.timestamp()))
+
+
+CapabilityFilter = Annotated[
+    str | None, typer.Option("--capability", help="Only receipts of this capability (an unknown id is an error).")
+]
+VerdictFilter = Annotated[str | None, typer.Option("--verdict", metavar="allow|deny", help="Only allows or only denies.")]
+FlowRunFilter = Annotated[
+    str | None,
+    typer.Option("--flow-run", metavar="ID", help=f"Only receipts whose metadata.{FLOW_RUN_KEY} is ID (a Prefect flow run)."),
+]
+WorkflowFilter = Annotated[
+    str | None,
+    typer.Option(
+        "--workflow-id", metavar="ID", help=f"Only receipts whose metadata.{WORKFLOW_ID_KEY} is ID (a Temporal workflow)."
+    ),
+]
+
+
+def _filters(kernel: Any, data_dir: Any, capability: str | None, verdict: str | None, flow_run: str | None,
+             workflow_id: str | None) -> dict[str, Any]:
+    """Checked filter arguments for ``Kernel.query_receipts``."""
+    if capability is not None:
+        _known_capability(kernel, capability, data_dir)  # a typo must not look like "no receipts"
+    if verdict is not None and verdict.lower() not in ("allow", "deny"):
+        raise CliError(f"bad --verdict {verdict!r}: use allow or deny")
+    metadata = {}
+    if flow_run is not None:
+        metadata[FLOW_RUN_KEY] = flow_run
+    if workflow_id is not None:
+        metadata[WORKFLOW_ID_KEY] = workflow_id
+    return {"capability_id": capability, "verdict": verdict.lower() if verdict else None, "metadata": metadata}
+
+
+@receipts_app.command("list")
+@_guarded
+def receipts_list(
+    capability: CapabilityFilter = None,
+    verdict: VerdictFilter = None,
+    flow_run: FlowRunFilter = None,
+    workflow_id: WorkflowFilter = None,
+    since: Annotated[
+        str | None,
+        typer.Option("--since", metavar="WHEN",
+                     help="Only receipts at or after WHEN: ISO-8601 (2026-11-25T10:00:00Z; no zone = UTC) "
+                     "or back from now (30s, 10m, 2h, 1d)."),
+    ] = None,
+    limit: Annotated[int, typer.Option(min=1, help="At most this many receipts.")] = 100,
+    after_seq: Annotated[int | None, typer.Option("--after-seq", min=0, help="Only after this store position.")] = None,
+    oldest_first: Annotated[bool, typer.Option("--oldest-first", help="Chain order instead of newest first.")] = False,
+    data_dir: DataDir = None,
+    store: StoreOpt = None,
+    as_json: JsonFlag = False,
+) -> None:
+    """List receipts, newest first; the filters combine (AND) and run in the store."""
+    since_ts = parse_since(since) if since is not None else None
+    kernel = _kernel(data_dir, store=store)
+    rows = kernel.query_receipts(
+        **_filters(kernel, data_dir, capability, verdict, flow_run, workflow_id),
+        since=since_ts, after_seq=after_seq or 0, limit=limit, newest_first=not oldest_first,
+    )
+    if as_json:
+        _print_json([_receipt_dict(r) for _, r in rows])
+    else:
+        order = "oldest first" if oldest_first else "newest first"
+        out.print(receipt_table([r for _, r in rows], f"receipts ({len(rows)} shown, {order})",
+                                positions=[seq - 1 for seq, _ in rows]))
+
+
+def _tail_line(seq: int, r: Any) -> Text:
+    allowed = r.decision.is_allowed
+    return Text.assemble(
+        (f"#{seq - 1}", "dim"), "  ", _ts(r.timestamp), "  ", r.id, "  ", r.capability_id, "  ",
+        f"{r.tool_server}/{r.tool_name}", "  ",
+        ("allow", "green") if allowed else (r.decision.verdict, "red"),
+        "" if allowed else f"  {r.decision.guard or '-'}",
+    )
+
+
+@receipts_app.command("tail")
+@_guarded
+def receipts_tail(
+    capability: CapabilityFilter = None,
+    verdict: VerdictFilter = None,
+    flow_run: FlowRunFilter = None,
+    workflow_id: WorkflowFilter = None,
+    interval: Annotated[float, typer.Option("--interval", min=0.05, help="Seconds between polls of the store.")] = 1.0,
+    count: Annotated[
+        int | None, typer.Option("--count", min=1, help="Stop after printing this many receipts (default: run until Ctrl-C).")
+    ] = None,
+    after_seq: Annotated[
+        int | None,
+        typer.Option("--after-seq", min=0, help="Start after this store position (default: the newest receipt now)."),
+    ] = None,
+    data_dir: DataDir = None,
+    store: StoreOpt = None,
+    as_json: JsonFlag = False,
+) -> None:
+    """Follow new receipts as they are stored (poll by store position); Ctrl-C stops.
+
+    One line per receipt; --json prints one JSON receipt per line (as `receipts export`)."""
+    kernel = _kernel(data_dir, store=store)
+    filters = _filters(kernel, data_dir, capability, verdict, flow_run, workflow_id)
+    if after_seq is None:
+        newest = kernel.query_receipts(limit=1, newest_first=True)
+        after_seq = newest[0][0] if newest else 0
+    err.print(f"following receipts after store position {after_seq} (Ctrl-C to stop)", markup=False, highlight=False)
+    last, shown = after_seq, 0
+    try:
+        while True:
+            head = kernel.query_receipts(limit=1, newest_first=True)
+            rows = kernel.query_receipts(**filters, after_seq=last, limit=500)
+            for seq, r in rows:
+                if as_json:
+                    _print_json_line(r)
+                else:
+                    out.print(_tail_line(seq, r), soft_wrap=True)
+                shown += 1
+                if count is not None and shown >= count:
+                    return
+            # everything up to the head read before this query has been seen (filtered out or shown)
+            top = head[0][0] if head else 0
+            last = rows[-1][0] if len(rows) == 500 else max(last, top, rows[-1][0] if rows else 0)
+            time.sleep(interval)
+    except KeyboardInterrupt:
+        return
+
+
+def _print_json_line(receipt: Any) -> None:
+    import json
+    import sys
+
+    sys.stdout.write(json.dumps(_receipt_dict(receipt), ensure_ascii=False, separators=(",", ":")) + "\n")
+    sys.stdout.flush()
