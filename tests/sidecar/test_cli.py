@@ -51,10 +51,10 @@ def test_capability_and_receipt_commands(home: Path, tmp_path: Path) -> None:
     denied = kernel.evaluate("cap-cli-child", "files", "read_file", {"path": "/etc/x"})
     assert allowed.is_allowed and denied.decision.guard == "constraints"
 
-    listed = cli_json("receipts", "list", "--json", *d)
-    assert [r["id"] for r in listed] == [allowed.id, denied.id]  # type: ignore[union-attr]
+    listed = cli_json("receipts", "list", "--json", *d)  # newest first
+    assert [r["id"] for r in listed] == [denied.id, allowed.id]  # type: ignore[union-attr]
     only = cli_json("receipts", "list", "--capability", "cap-cli-child", "--limit", "1", "--json", *d)
-    assert [r["id"] for r in only] == [allowed.id]  # type: ignore[union-attr]
+    assert [r["id"] for r in only] == [denied.id]  # type: ignore[union-attr]
     shown = cli_json("receipts", "show", denied.id, "--json", *d)
     assert ChioReceipt.model_validate(shown) == denied
 

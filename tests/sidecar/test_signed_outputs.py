@@ -177,7 +177,8 @@ def test_every_cli_output_verifies(tmp_path: Path) -> None:
     d = ["--data-dir", str(home)]
     created = _cli_json("capability", "create", "--subject", "agent:cli", "--id", "cap-v", "--grant", "files:read_file",
                         "--json", *d)
-    assert set(created) == {"token", "status"} and created["status"] == "valid"
+    assert set(created) == {"token", "status", "rate_limit"} and created["status"] == "valid"
+    assert created["rate_limit"] is None
     assert_token_verifies(created["token"])
     child = _cli_json("capability", "attenuate", "cap-v", "--grant", "files:read_file", "--id", "cap-v-child",
                       "--json", *d)
@@ -199,7 +200,7 @@ def test_every_cli_output_verifies(tmp_path: Path) -> None:
     assert_token_verifies(shown["token"])
 
     receipts = _cli_json("receipts", "list", "--json", *d)
-    assert [r["id"] for r in receipts] == ids
+    assert [r["id"] for r in receipts] == ids[::-1]  # newest first
     for r in receipts:
         assert "evidence" not in r
         assert_receipt_verifies(r)

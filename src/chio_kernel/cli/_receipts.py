@@ -158,9 +158,10 @@ def receipts_tail(
     if after_seq is None:
         newest = kernel.query_receipts(limit=1, newest_first=True)
         after_seq = newest[0][0] if newest else 0
-    err.print(f"following receipts after store position {after_seq} (Ctrl-C to stop)", markup=False, highlight=False)
     last, shown = after_seq, 0
-    try:
+    try:  # Ctrl-C is how a user stops following: a clean exit 0, no traceback
+        err.print(f"following receipts after store position {after_seq} (Ctrl-C to stop)",
+                  markup=False, highlight=False)
         while True:
             head = kernel.query_receipts(limit=1, newest_first=True)
             rows = kernel.query_receipts(**filters, after_seq=last, limit=500)

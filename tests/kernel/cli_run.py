@@ -1,0 +1,54 @@
+"""Run the installed ``chio-durable`` CLI as a user does (a subprocess), for the tests/kernel CLI tests."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+__all__ = ["cli_cmd", "cli_env", "run_cli"]
+
+
+def cli_cmd() -> list[str]:
+    """The installed `chio-durable` script of this venv, else `python -m chio_kernel.cli`."""
+    script = Path(sys.executable).parent / "chio-durable"
+    return [str(script)] if script.exists() else [sys.executable, "-m", "chio_kernel.cli"]
+
+
+def cli_env(**extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k not in {"CHIO_SIDECAR_TOKEN", "CHIO_HOME", "CHIO_STORE"}}
+    env.setdefault("COLUMNS", "250")  # rich tables: no wrapping in assertions
+    env.update(extra)
+    return env
+
+
+def run_cli(*args: str, timeout: float = 120, **env: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([*cli_cmd(), *args], capture_output=True, text=True, timeout=timeout, env=cli_env(**env))
+
+
+def popen_cli(*args: str, **env: str) -> subprocess.Popen[str]:
+    kw: Any = {"stdout": subprocess.PIPE, "stderr": subprocess.PIPE, "text": True, "env": cli_env(**env)}
+    return subprocess.Popen([*cli_cmd(), *args], **kw)
+
+
+def append_tagged_receipt(kernel: Any, like: Any, metadata: dict[str, str]) -> str:
+    """Append to ``kernel``'s store a copy of receipt ``like`` carrying ``metadata`` (as an engine
+    layer that records its flow run / workflow id would), chained at the head; returns its id.
+
+    Test-only: it is not re-signed (listing filters read the stored body, not the signature)."""
+    import hashlib
+
+    from chio_kernel.kernel import receipt_wire_dict
+
+    store = kernel._store
+    with store.write() as w:
+        seq, prev = w.chain_head()
+        data = dict(receipt_wire_dict(like))
+        data.update(id=f"{like.id}-tag{seq + 1}", metadata=metadata, content_hash=prev)
+        body = json.dumps(data, sort_keys=True, ensure_ascii=True, separators=(",", ":"))
+        w.append_receipt(seq + 1, data["id"], data["capability_id"], data["decision"]["verdict"],
+                         hashlib.sha256(body.encode()).hexdigest(), body)
+    return str(data["id"])
