@@ -14,9 +14,7 @@ import pytest
 from chio_sdk.models import ChioScope, Operation, ToolGrant
 
 from chio_kernel import Kernel
-from chio_kernel._store import ReceiptQuery
 from chio_kernel.cli import CliError
-from chio_kernel.cli._receipts import parse_since
 from cli_run import append_tagged_receipt, popen_cli, run_cli
 from kernel_helpers import Clock
 
@@ -80,6 +78,8 @@ def test_list_is_newest_first_with_limit_and_filters(chio_home: Path, populated:
 
 
 def test_since_accepts_relative_durations(chio_home: Path) -> None:
+    from chio_kernel.cli._receipts import parse_since
+
     now = time.time()
     clock = Clock(now - 7200)
     k = Kernel(chio_home, clock=clock)
@@ -116,6 +116,8 @@ def test_list_errors_are_one_line_and_nonzero(chio_home: Path, populated: dict[s
 
 def test_store_answers_the_filters(chio_home: Path, populated: dict[str, str]) -> None:
     # the filtering is the store's (SQL), not a walk over every receipt in Python
+    from chio_kernel._store import ReceiptQuery
+
     k = Kernel(chio_home)
     store = k._store
     store.catch_up_capability_index()
@@ -185,4 +187,6 @@ def test_tail_stops_cleanly_on_ctrl_c_and_refuses_an_unknown_capability(chio_hom
 
 
 def test_iso_dates_are_utc_when_no_zone_is_given() -> None:
+    from chio_kernel.cli._receipts import parse_since
+
     assert parse_since("2027-01-15") == int(datetime(2027, 1, 15, tzinfo=timezone.utc).timestamp())

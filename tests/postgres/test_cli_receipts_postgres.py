@@ -17,7 +17,6 @@ from pg_cluster import DRIVER_HINT
 psycopg = pytest.importorskip("psycopg", reason=DRIVER_HINT)
 
 from chio_kernel import Kernel
-from chio_kernel._store import ReceiptQuery
 from chio_kernel.kernel import receipt_wire_dict
 
 CLI = [sys.executable, "-m", "chio_kernel.cli"]
@@ -67,6 +66,8 @@ def test_receipts_list_filters_and_tail_on_postgres(pg_dsn: str, tmp_path: Path)
         clock.now += 3600
     ids.append(_tag(k, k.get_receipt(ids[1]), {"flow_run_id": "fr-1"}))
     ids.append(_tag(k, k.get_receipt(ids[0]), {"workflow_id": "order-7"}))
+
+    from chio_kernel._store import ReceiptQuery
 
     with k._store.read() as st:  # the store's own SQL
         assert [s for s, _ in st.query_receipts(ReceiptQuery(newest_first=True, verdict="deny", limit=2))] == [5, 4]
