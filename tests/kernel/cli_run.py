@@ -41,7 +41,7 @@ def append_tagged_receipt(kernel: Any, like: Any, metadata: dict[str, str]) -> s
     Test-only: it is not re-signed (listing filters read the stored body, not the signature)."""
     import hashlib
 
-    from chio_kernel.kernel import receipt_wire_dict
+    from chio_kernel._receipts import receipt_wire_dict
 
     store = kernel._store
     with store.write() as w:

@@ -17,7 +17,7 @@ from pg_cluster import DRIVER_HINT
 psycopg = pytest.importorskip("psycopg", reason=DRIVER_HINT)
 
 from chio_kernel import Kernel
-from chio_kernel.kernel import receipt_wire_dict
+from chio_kernel._receipts import receipt_wire_dict
 
 CLI = [sys.executable, "-m", "chio_kernel.cli"]
 T0 = 1_800_000_000  # 2027-01-15T08:00:00Z

@@ -20,6 +20,7 @@ from typing import Annotated, Any, TypeVar
 
 import typer
 from rich.console import Console
+from rich.text import Text
 
 from chio_kernel._render import _receipt_dict, _token_dict, _token_table, _ts, receipt_table
 
@@ -534,7 +535,9 @@ def keys_list(data_dir: DataDir = None, store: StoreOpt = None, as_json: JsonFla
     for k in keys:
         status = f"retired {_ts(int(k['retired_at']))} ({k['retired_reason']})" if k["retired_at"] else "active"
         mine = " (this kernel)" if k["this_kernel"] else ""
-        table.add_row(k["public_key"][:16] + "…" + mine, k["label"], _ts(int(k["registered_at"])), status)
+        # the label is host:data dir, user text: a Text cell is never read as markup
+        table.add_row(k["public_key"][:16] + "…" + mine, Text(str(k["label"])), _ts(int(k["registered_at"])),
+                      Text(status))
     out.print(table)
 
 
