@@ -616,13 +616,16 @@ class Kernel:
         after_seq: int = 0,
         limit: int | None = None,
         newest_first: bool = False,
+        capability_index: bool = True,
     ) -> list[tuple[int, ChioReceipt]]:
         """``(seq, receipt)`` of the receipts matching every filter given, filtered by the store.
 
         ``verdict``: ``"allow"`` or ``"deny"``; ``since``: Unix seconds (receipt ``timestamp`` at or
         after it); ``metadata``: exact values of top-level keys of the receipt's ``metadata``;
         ``after_seq``: only receipts after this store position (for following the log);
-        ``newest_first``: newest first, else chain order.
+        ``newest_first``: newest first, else chain order; ``capability_index=False``: match
+        ``capability_id`` without the by-capability index (no write transaction to catch it up: for
+        polling the few receipts after ``after_seq``).
         """
         if capability_id is not None:
             _require_str("capability_id", capability_id, max_len=256)
@@ -634,10 +637,11 @@ class Kernel:
         pairs = tuple((str(k), _require_str(f"metadata[{k!r}]", v)) for k, v in (metadata or {}).items())
         try:
             query = ReceiptQuery(after_seq=after_seq, limit=limit, newest_first=newest_first,
-                                 capability_id=capability_id, verdict=verdict, since=since, metadata=pairs)
+                                 capability_id=capability_id, verdict=verdict, since=since, metadata=pairs,
+                                 capability_index=capability_index)
         except ValueError as err:
             raise KernelInputError(str(err)) from None
-        if capability_id is not None:
+        if capability_id is not None and capability_index:
             self._index_by_capability()
         with self._read() as st:
             rows = st.query_receipts(query)

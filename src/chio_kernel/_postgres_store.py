@@ -223,8 +223,11 @@ class _PgReader:
 
     def query_receipts(self, query: ReceiptQuery) -> list[tuple[int, str]]:
         params: list[Any] = [query.after_seq]
-        if query.capability_id is None:
+        if query.capability_id is None or not query.capability_index:
             sql, order = "SELECT r.seq, r.body FROM receipts r WHERE r.seq > %s", "r.seq"
+            if query.capability_id is not None:
+                sql += " AND r.capability_id = %s"
+                params.append(query.capability_id)
         else:  # the by-capability index, walked in either direction
             sql, order = (
                 "SELECT r.seq, r.body FROM receipts_by_capability x JOIN receipts r ON r.seq = x.seq "

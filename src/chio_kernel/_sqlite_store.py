@@ -255,8 +255,11 @@ class _Ops:
 
     def query_receipts(self, query: ReceiptQuery) -> list[tuple[int, str]]:
         args: list[object] = [query.after_seq]
-        if query.capability_id is None:
+        if query.capability_id is None or not query.capability_index:
             sql, order = "SELECT r.seq, r.body FROM receipts r WHERE r.seq > ?", "r.seq"
+            if query.capability_id is not None:
+                sql += " AND r.capability_id = ?"
+                args.append(query.capability_id)
         else:  # the by-capability index, walked in either direction
             sql, order = (
                 "SELECT r.seq, r.body FROM receipts_by_capability x JOIN receipts r ON r.seq = x.seq "

@@ -98,6 +98,9 @@ class ReceiptQuery:
     the receipt's ``metadata`` object exactly (``(("workflow_id", "order-1"),)``); keys are plain
     identifiers (letters, digits, ``_``, ``.``, ``-``). ``since`` is Unix seconds, compared with the
     receipt's ``timestamp``. ``newest_first`` orders by ``seq`` descending, else chain order.
+    ``capability_index``: match ``capability_id`` through the by-capability index (caught up
+    first); False matches the receipts' own column, for short ranges after ``after_seq`` (following
+    new receipts) where catching the index up on every poll would take the write lock.
     """
 
     after_seq: int = 0
@@ -107,6 +110,7 @@ class ReceiptQuery:
     verdict: str | None = None
     since: int | None = None
     metadata: tuple[tuple[str, str], ...] = ()
+    capability_index: bool = True
 
     def __post_init__(self) -> None:
         for key, _ in self.metadata:  # keys go into a JSON path: plain identifiers only

@@ -120,8 +120,13 @@ def test_store_answers_the_filters(chio_home: Path, populated: dict[str, str]) -
 
     k = Kernel(chio_home)
     store = k._store
+    with store.read() as st:  # without the index (not caught up yet): the receipts' own column
+        by_column = st.query_receipts(ReceiptQuery(capability_id="cap-b", capability_index=False))
+        assert [s for s, _ in by_column] == [3, 4]
+        assert st.query_receipts(ReceiptQuery(capability_id="cap-b")) == []  # the index is not caught up
     store.catch_up_capability_index()
     with store.read() as st:
+        assert st.query_receipts(ReceiptQuery(capability_id="cap-b")) == by_column
         seqs = [s for s, _ in st.query_receipts(ReceiptQuery(newest_first=True, verdict="deny", limit=2))]
         assert seqs == [6, 4]
         tagged = st.query_receipts(ReceiptQuery(metadata=(("flow_run_id", "fr-1"),), capability_id="cap-a"))
@@ -142,14 +147,21 @@ def _read_start_line(proc: object) -> str:
 def test_tail_follows_new_receipts_with_filters(chio_home: Path) -> None:
     k = Kernel(chio_home)
     k.create_capability("s", _scope("read"), capability_id="cap-a")
+    k.create_capability("s", _scope("read"), capability_id="cap-b")
     before = k.evaluate("cap-a", "fs", "read", {"n": 0}).id  # already there: not shown
     d = ["--data-dir", str(chio_home)]
     everything = popen_cli("receipts", "tail", "--json", "--interval", "0.1", "--count", "3", *d)
     denies = popen_cli("receipts", "tail", "--verdict", "deny", "--interval", "0.1", "--count", "2", *d)
+    of_b = popen_cli("receipts", "tail", "--capability", "cap-b", "--json", "--interval", "0.1", "--count", "1", *d)
     try:
         assert "position 1 " in _read_start_line(everything)
         _read_start_line(denies)
+        _read_start_line(of_b)
         new = [k.evaluate("cap-a", "fs", tool, {"n": n}) for n, tool in enumerate(["read", "write", "read", "x"], 1)]
+        from_b = k.evaluate("cap-b", "fs", "read", {})
+        out, errs = of_b.communicate(timeout=120)
+        assert of_b.returncode == 0, errs
+        assert [json.loads(line)["id"] for line in out.splitlines()] == [from_b.id]
         out, errs = everything.communicate(timeout=120)
         assert everything.returncode == 0, errs
         assert [json.loads(line)["id"] for line in out.splitlines()] == [r.id for r in new[:3]]
@@ -160,7 +172,7 @@ def test_tail_follows_new_receipts_with_filters(chio_home: Path) -> None:
         assert len(lines) == 2 and new[1].id in lines[0] and new[3].id in lines[1]
         assert "deny" in lines[0] and "scope" in lines[0] and "fs/write" in lines[0]
     finally:
-        for p in (everything, denies):
+        for p in (everything, denies, of_b):
             if p.poll() is None:
                 p.kill()
                 p.communicate()

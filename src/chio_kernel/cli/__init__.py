@@ -37,7 +37,7 @@ app = typer.Typer(
     rich_markup_mode=None,
 )
 capability_app = typer.Typer(help="Issue, attenuate, revoke and list capability tokens.", no_args_is_help=True)
-receipts_app = typer.Typer(help="List, show, verify and export signed receipts.", no_args_is_help=True)
+receipts_app = typer.Typer(help="List, follow, show, verify and export signed receipts.", no_args_is_help=True)
 app.add_typer(capability_app, name="capability")
 app.add_typer(receipts_app, name="receipts")
 keys_app = typer.Typer(help="The kernel keys registered in a shared PostgreSQL store (a fleet).", no_args_is_help=True)

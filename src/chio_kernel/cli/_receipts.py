@@ -164,7 +164,8 @@ def receipts_tail(
                   markup=False, highlight=False)
         while True:
             head = kernel.query_receipts(limit=1, newest_first=True)
-            rows = kernel.query_receipts(**filters, after_seq=last, limit=500)
+            # only the new receipts: their own capability column, no index catch-up (a write) per poll
+            rows = kernel.query_receipts(**filters, after_seq=last, limit=500, capability_index=False)
             for seq, r in rows:
                 if as_json:
                     _print_json_line(r)
