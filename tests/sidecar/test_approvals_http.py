@@ -23,6 +23,17 @@ from chio_sidecar_harness import Sidecar, run_cli
 from independent_verifier import assert_receipt_verifies
 
 PARAMS = {"order": "A-17", "amount": 250}
+
+
+@pytest.fixture(scope="module")
+def sidecar(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Sidecar]:
+    """This module's own sidecar: its receipts carry metadata (pending, resolutions), which the
+    session sidecar's tests assert no receipt of theirs has."""
+    proc = Sidecar(tmp_path_factory.mktemp("approvals") / "kernel").start()
+    try:
+        yield proc
+    finally:
+        proc.stop()
 COST = MonetaryAmount(units=250, currency="USD")
 
 
