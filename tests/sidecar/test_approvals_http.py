@@ -261,3 +261,23 @@ async def test_timeout_over_http_is_approval_timeout(short_ttl_sidecar: Sidecar)
         assert late.status_code == 409 and "expired" in late.json()["message"]
         denied = await _ask(client, cap, "ttl-1:b", approval_id=aid)
         assert denied.decision.verdict == "deny" and denied.decision.guard == "approval-timeout"
+
+
+def test_cli_scope_file_takes_upstreams_constraint_shape(tmp_path: Path) -> None:
+    import json
+
+    scope_file = tmp_path / "scope.json"
+    scope_file.write_text(json.dumps({"grants": [{
+        "server_id": "shop", "tool_name": "refund", "operations": ["Invoke"],
+        "constraints": [{"type": "require_approval_above", "value": {"threshold_units": 100}}]}]}))
+    made = run_cli("capability", "create", "--subject", "agent:x", "--scope-file", str(scope_file),
+                   "--data-dir", str(tmp_path / "k"), "--json")
+    assert made.returncode == 0, made.stderr
+    assert json.loads(made.stdout)["token"]["scope"]["grants"][0]["constraints"] == [
+        {"type": "require_approval_above", "value": 100}]
+    scope_file.write_text(json.dumps({"grants": [{
+        "server_id": "shop", "tool_name": "refund", "operations": ["Invoke"],
+        "constraints": [{"type": "require_approval_above", "value": {"threshold": 100}}]}]}))
+    bad = run_cli("capability", "create", "--subject", "agent:x", "--scope-file", str(scope_file),
+                  "--data-dir", str(tmp_path / "k"))
+    assert bad.returncode == 1 and "threshold_units" in bad.stderr
