@@ -1,6 +1,6 @@
 """A pending approval is not an allow on any layer that knows only allow/deny (issue 10): the
 engine-neutral agent layer (``ChioGovernance`` on a plain pydantic-ai agent; ``@chio_task`` in
-tests/prefect/test_approval_pending_fails_closed.py)
+tests/prefect/test_prefect_approval_pending.py)
 treat ``pending_approval`` as "not allowed" and never run the tool. (The engines' waiting for the
 approval is built on ``Evaluation.pending`` / ``approval_id``; until then they fail closed.)
 

@@ -17,7 +17,7 @@ from chio_sdk.models import ChioReceipt, MonetaryAmount
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
-from chio_durable.evaluation import KernelRejected, evaluate
+from chio_durable import KernelRejected, evaluate
 from chio_kernel import ApprovalConflictError, SidecarClient, sign_approval_token
 from chio_sidecar_harness import Sidecar, run_cli
 from independent_verifier import assert_receipt_verifies
