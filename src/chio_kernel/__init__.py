@@ -10,17 +10,22 @@ from chio_kernel.canonical import canonical_json
 from chio_kernel.client import LocalChioClient, SidecarClient
 from chio_kernel._errors import CapabilityError, ChioKernelError, KernelInputError, KernelKeyMissingError
 from chio_kernel.kernel import ChainReport, Kernel
+from chio_kernel._holds import HoldConflictError, IdempotencyKeyReusedError, KernelConflictError, UnknownHoldError
 from chio_kernel.signing import default_data_dir
 
 __all__ = [
     "CapabilityError",
     "ChainReport",
     "ChioKernelError",
+    "HoldConflictError",
+    "IdempotencyKeyReusedError",
     "Kernel",
+    "KernelConflictError",
     "KernelInputError",
     "KernelKeyMissingError",
     "LocalChioClient",
     "SidecarClient",
+    "UnknownHoldError",
     "canonical_json",
     "default_data_dir",
 ]
