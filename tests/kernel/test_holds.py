@@ -287,3 +287,154 @@ def test_kill_9_between_hold_and_settle_then_the_expiry_restores_the_budget(chio
         expired = [x for x in kernel.list_receipts() if x.tool_name == "expire"]
         assert [x.metadata["budget"]["hold_receipt_id"] for x in expired] == [rid]
         assert_chain(kernel)
+
+
+# --- Hypothesis: sequences of hold, retry, key reuse, settle, release, expire and clock moves --------
+
+import shutil  # noqa: E402
+import tempfile  # noqa: E402
+
+from hypothesis import settings, strategies as st  # noqa: E402
+from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule  # noqa: E402
+
+TOTAL = 100
+TTL = 100.0
+
+
+class HoldMachine(RuleBasedStateMachine):
+    """The kernel against a model of its holds: every answer and the budget numbers must match the
+    model exactly, and captured + open holds never exceed max_total_cost."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.dir = tempfile.mkdtemp(prefix="chio-holds-")
+        self.clock = Clock()
+        self.kernel = Kernel(self.dir, clock=self.clock, hold_ttl=TTL)
+        self.cap = self.kernel.create_capability("agent:h", scope(budget(TOTAL)), 10**7).id
+        self.holds: dict[str, dict[str, Any]] = {}  # rid -> units, expires, state, captured, closed_by
+        self.keys: dict[str, tuple[int, int, str]] = {}  # key -> (n, units, rid)
+        self.last_op: dict[str, tuple[str, Any, str, str]] = {}  # rid -> (kind, arg, op_id, receipt id)
+        self.n = 0
+
+    def teardown(self) -> None:
+        try:
+            report = self.kernel.verify_chain()
+            assert report.ok, report.reason
+        finally:
+            self.kernel.close()
+            shutil.rmtree(self.dir, ignore_errors=True)
+
+    # the model
+    def committed(self) -> int:
+        return sum(h["units"] for h in self.holds.values() if h["state"] == "open") + sum(
+            h["captured"] for h in self.holds.values()
+        )
+
+    def model_expire(self) -> None:
+        for h in self.holds.values():
+            if h["state"] == "open" and h["expires"] <= self.clock.now:
+                h["state"] = "expired"
+
+    @rule(units=st.integers(0, 60), keyed=st.booleans())
+    def hold(self, units: int, keyed: bool) -> None:
+        self.n += 1
+        key = f"k{self.n}" if keyed else None
+        self.model_expire()
+        r = call(self.kernel, self.cap, units, n=self.n, key=key)
+        if self.committed() + units <= TOTAL:
+            assert r.decision.verdict == "allow", r.decision
+            self.holds[r.id] = {"units": units, "expires": self.clock.now + TTL, "state": "open", "captured": 0}
+            if key is not None:
+                self.keys[key] = (self.n, units, r.id)
+        else:
+            assert r.decision.guard == "cost", r.decision
+
+    @precondition(lambda self: self.keys)
+    @rule(data=st.data())
+    def retry(self, data: st.DataObject) -> None:
+        key = data.draw(st.sampled_from(sorted(self.keys)))
+        n, units, rid = self.keys[key]
+        self.model_expire()
+        assert call(self.kernel, self.cap, units, n=n, key=key).id == rid  # one hold, whatever happened since
+
+    @precondition(lambda self: self.keys)
+    @rule(data=st.data())
+    def reuse_key(self, data: st.DataObject) -> None:
+        key = data.draw(st.sampled_from(sorted(self.keys)))
+        n, units, _ = self.keys[key]
+        with pytest.raises(IdempotencyKeyReusedError):
+            call(self.kernel, self.cap, units + 1, n=n, key=key)  # rolled back: no expiry either
+
+    def pick(self, data: st.DataObject) -> str:
+        return data.draw(st.sampled_from(sorted(self.holds)))
+
+    @precondition(lambda self: self.holds)
+    @rule(data=st.data(), actual=st.integers(0, 120))
+    def settle(self, data: st.DataObject, actual: int) -> None:
+        rid = self.pick(data)
+        h = self.holds[rid]
+        op = f"op{self.n}-{actual}"
+        self.n += 1
+        if h["state"] in ("settled", "released"):
+            with pytest.raises(HoldConflictError):
+                self.kernel.settle(rid, usd(actual), op)
+            return
+        held = h["units"] if h["state"] == "open" else 0
+        expected = min(actual, max(TOTAL - (self.committed() - held), 0))
+        s = self.kernel.settle(rid, usd(actual), op)
+        meta = s.metadata["budget"]
+        assert meta["captured"]["units"] == expected and meta["capped"] == (expected < actual)
+        assert meta["after_expiry"] == (h["state"] == "expired")
+        h.update(state="settled", captured=expected)
+        self.last_op[rid] = ("settle", actual, op, s.id)
+
+    @precondition(lambda self: self.holds)
+    @rule(data=st.data())
+    def release(self, data: st.DataObject) -> None:
+        rid = self.pick(data)
+        h = self.holds[rid]
+        op = f"rel{self.n}"
+        self.n += 1
+        if h["state"] in ("settled", "released"):
+            with pytest.raises(HoldConflictError):
+                self.kernel.release(rid, op)
+            return
+        r = self.kernel.release(rid, op)
+        if h["state"] == "expired":
+            assert r.tool_name == "expire"  # already free: its expiry receipt
+        else:
+            assert r.tool_name == "release"
+            h["state"] = "released"
+        self.last_op[rid] = ("release", None, op, r.id)
+
+    @precondition(lambda self: self.last_op)
+    @rule(data=st.data())
+    def repeat_op(self, data: st.DataObject) -> None:
+        rid = data.draw(st.sampled_from(sorted(self.last_op)))
+        kind, arg, op, receipt_id = self.last_op[rid]
+        again = self.kernel.settle(rid, usd(arg), op) if kind == "settle" else self.kernel.release(rid, op)
+        assert again.id == receipt_id
+
+    @rule(seconds=st.sampled_from([0.0, 1.0, 50.0, 99.0, 100.0, 150.0]))
+    def advance(self, seconds: float) -> None:
+        self.clock.advance(seconds)
+
+    @rule()
+    def sweep(self) -> None:
+        due = sum(1 for h in self.holds.values() if h["state"] == "open" and h["expires"] <= self.clock.now)
+        assert len(self.kernel.expire_holds()) == due
+        self.model_expire()
+
+    @invariant()
+    def budget_is_exact(self) -> None:
+        self.model_expire()  # budgets() expires due holds first, as the model does here
+        r = row(self.kernel, self.cap)
+        held = sum(h["units"] for h in self.holds.values() if h["state"] == "open")
+        captured = sum(h["captured"] for h in self.holds.values())
+        assert (r["held"], r["captured"]) == (held, captured)
+        assert r["captured"] + r["held"] <= TOTAL
+        assert r["remaining"] == TOTAL - captured - held
+
+
+TestHoldMachine = HoldMachine.TestCase
+TestHoldMachine.settings = settings(max_examples=25, stateful_step_count=25, deadline=None)
