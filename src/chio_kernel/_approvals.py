@@ -439,7 +439,8 @@ class ApprovalsMixin:
             created_at=int(now), expires_at=expires_at, status="pending", pending_receipt_id=receipt.id,
         ))
         if req.idem_hash is not None:
-            st.remember_idempotency(req.idem_hash, head_seq + 1)
+            assert req.key_hash is not None
+            st.remember_idempotency_key(req.key_hash, req.idem_hash, head_seq + 1)
         return receipt
 
     def _approved_allow_receipt(

@@ -35,6 +35,7 @@ from chio_kernel._errors import CapabilityError, ChioKernelError, KernelInputErr
 from chio_kernel._group_commit import GroupCommitter, max_batch_from_env
 from chio_kernel._sqlite_store import DB_FILE, SQLiteStore
 from chio_kernel._ids import uuid7
+from chio_kernel._holds import Holds, key_fingerprint_hash, remembered_allow, resolve_hold_ttl
 from chio_kernel._policy import _Deny, check_valid, decide, passing_grants
 from chio_kernel._receipts import (
     ChainReport,
@@ -114,6 +115,8 @@ class _EvalRequest:
     idem_hash: str | None
     pre: dict[str, list[tuple[int, ToolGrant]] | _Deny] | None
     approval_id: str | None = None  # a re-evaluation under this approval (chio_kernel._approvals)
+    key: str | None = None  # the idempotency key itself (for the key-reuse rule's message)
+    key_hash: str | None = None  # the key's own hash (the key-reuse rule, chio_kernel._holds)
 
 
 # --- the kernel --------------------------------------------------------------------------------
@@ -162,6 +165,8 @@ class Kernel(ApprovalsMixin):
             (plus the data directory's ``approvers`` file; docs/approvals.md).
         approval_ttl: seconds a pending approval waits before it times out (default
             ``$CHIO_APPROVAL_TTL``, else one day).
+        hold_ttl: seconds a budget hold lives unsettled before it expires (default
+            ``$CHIO_HOLD_TTL``, else 3600; see ``docs/budgets.md``).
     """
 
     def __new__(cls, *args: Any, store: str | None = None, **kwargs: Any) -> Kernel:
@@ -182,7 +187,9 @@ class Kernel(ApprovalsMixin):
         clock: Callable[[], float] | None = None,
         approver_keys: Iterable[str] = (),
         approval_ttl: int | None = None,
+        hold_ttl: float | None = None,
     ) -> None:
+        self._holds = Holds(self, resolve_hold_ttl(hold_ttl))
         self.data_dir: Path = ensure_data_dir(Path(data_dir) if data_dir is not None else default_data_dir())
         dsn = resolve_store(store)  # None: SQLite in data_dir
         if dsn is None and not (self.data_dir / KEY_FILE).exists() and (self.data_dir / DB_FILE).exists():
@@ -434,7 +441,11 @@ class Kernel(ApprovalsMixin):
         )
         return _EvalRequest(
             capability_id, tool_server, tool_name, op, params, params_text, params_ascii, param_hash, cost_t,
-            idem_hash, pre, approval_id,
+            idem_hash, pre, approval_id, idempotency_key,
+            # a re-evaluation under an approval is its own entry under the key: the pending answer
+            # stays the answer of the key alone, the allow that of the key with the approval
+            None if idempotency_key is None
+            else key_fingerprint_hash(idempotency_key if approval_id is None else f"{idempotency_key}\x1f{approval_id}"),
         )
 
     def _run_batch(self, reqs: Sequence[_EvalRequest]) -> list[ChioReceipt | BaseException]:
@@ -461,6 +472,8 @@ class Kernel(ApprovalsMixin):
         """Decide, charge and record one call inside the caller's write transaction."""
         capability_id, tool_server, tool_name = req.capability_id, req.tool_server, req.tool_name
         now = self._clock()
+        if req.cost_t is not None:  # holds past their TTL free their budget before this call is decided
+            self._holds.expire_due(st, now)
         cap = self._load_cap(st, capability_id)
         # One statement reads the chain head and the revocation state (of the capability and
         # its ancestors) inside the write transaction: another process's revoke is seen.
@@ -472,7 +485,9 @@ class Kernel(ApprovalsMixin):
         try:
             check_valid(cap, capability_id, now, revoked, self.base_url)
             if req.idem_hash is not None:
-                body = st.idempotent_receipt(req.idem_hash)
+                assert req.key is not None and req.key_hash is not None
+                # same key, same call: its receipt; same key, another call: refused (Stripe's rule)
+                body = remembered_allow(st, req.key_hash, req.idem_hash, req.key)
                 if body is not None:
                     return ChioReceipt.model_validate_json(body)
             assert cap is not None
@@ -501,7 +516,10 @@ class Kernel(ApprovalsMixin):
         else:
             receipt = self._approved_allow_receipt(st, head_seq, prev_hash, now, req, cap.policy_hash)
         if req.idem_hash is not None:
-            st.remember_idempotency(req.idem_hash, head_seq + 1)
+            assert req.key_hash is not None
+            st.remember_idempotency_key(req.key_hash, req.idem_hash, head_seq + 1)
+        if req.cost_t is not None:  # a declared cost is a hold until settled, released or expired
+            self._holds.place(st, receipt.id, capability_id, cap.policy_hash, req.cost_t, charges, now)
         return receipt
 
     def _precheck(
@@ -555,6 +573,49 @@ class Kernel(ApprovalsMixin):
         )
         st.append_receipt(head_seq + 1, receipt.id, req.capability_id, receipt.decision.verdict, chain_hash, stored)
         return receipt
+
+    # --- budget holds (chio_kernel._holds does the work; docs/budgets.md) ---
+
+    @property
+    def hold_ttl(self) -> float:
+        """Seconds an unsettled hold lives before it expires."""
+        return self._holds.ttl
+
+    def settle(self, receipt_id: str, actual_cost: MonetaryAmount | Mapping[str, Any], op_id: str) -> ChioReceipt:
+        """Settle the hold placed by the allow ``receipt_id``: capture ``actual_cost``, free the rest.
+
+        Returns the signed settle receipt (``metadata["budget"]``: hold, requested, captured,
+        ``capped`` when the actual cost did not fit the budget left and was captured only up to it).
+        The same ``op_id`` again returns that receipt; a different settle/release of a closed hold
+        raises :class:`~chio_kernel.HoldConflictError`; no hold for that id:
+        :class:`~chio_kernel.UnknownHoldError`. A settle after the hold expired captures up to the
+        budget left then (``after_expiry``).
+        """
+        return self._holds.settle(receipt_id, actual_cost, op_id)
+
+    def release(self, receipt_id: str, op_id: str, reason: str = "released") -> ChioReceipt:
+        """Free the whole hold of the allow ``receipt_id`` (compensation); the signed release receipt.
+
+        Same ``op_id`` rules as :meth:`settle`. Releasing a hold that already expired returns the
+        expiry receipt (it is free already).
+        """
+        return self._holds.release(receipt_id, op_id, reason)
+
+    def expire_holds(self) -> list[ChioReceipt]:
+        """Expire every open hold past the TTL now (a signed receipt each). Evaluations that declare a
+        cost do this lazily in their own transaction; call this to sweep without one."""
+        return self._holds.expire()
+
+    def get_hold(self, receipt_id: str) -> dict[str, Any] | None:
+        """The hold of allow ``receipt_id`` (``amount``, ``state``, ``captured_units``, ``expires_at``,
+        ``closed_by``, ``grants``), or None."""
+        return self._holds.get(receipt_id)
+
+    def budgets(self, capability_id: str) -> list[dict[str, Any]]:
+        """Per budgeted grant of the capability and its ancestors: ``captured``, ``held``,
+        ``remaining`` (of ``max_total_cost``), ``currency``, ``invocations``... Due holds are expired
+        first, so the numbers are exact."""
+        return self._holds.budgets(capability_id)
 
     # --- receipts ---
 

@@ -23,6 +23,14 @@ Data the store keeps (the SQLite schema names them):
   capability's ``subject``, ``summary``, ``created_at`` / ``expires_at``, ``status`` (``pending``,
   ``approved``, ``denied``), the pending receipt, the resolution (``resolved_at``, ``approver``,
   ``reason``, its receipt) and ``consumed_receipt_id`` (the allow receipt that used it, once).
+* idempotency keys - the key's hash -> the fingerprint of the call it was first allowed for and the
+  ``seq`` of that receipt (a key reused for another call is refused, see ``chio_kernel._holds``);
+  the kernel writes these instead of ``idempotency`` rows, and still reads ``idempotency`` rows
+  written before;
+* holds         - one row per allow that declared a cost (:class:`HoldRow`), the budgeted grants it
+  charged (``hold_grants``) and the settle/release ``op_id`` s answered (``hold_ops``). While a hold
+  is open its units are part of ``usage.cost_units`` (so ``cost_units`` = captured + open holds);
+  settling/releasing/expiring adjusts ``cost_units`` in the same transaction (docs/budgets.md).
 
 Transaction semantics (what every implementation must guarantee):
 
@@ -62,6 +70,7 @@ __all__ = [
     "GENESIS_HASH",
     "ApprovalRow",
     "CapabilityRow",
+    "HoldRow",
     "KernelStore",
     "ReceiptQuery",
     "StoreReader",
@@ -147,6 +156,27 @@ class ReceiptQuery:
                 raise ValueError(f"receipt metadata key {key!r} must be letters, digits, '_', '.' or '-'")
 
 
+@dataclass(frozen=True)
+class HoldRow:
+    """One budget hold: the allow receipt that placed it, its amount and where it stands.
+
+    ``state`` is ``open``, ``settled``, ``released`` or ``expired``; ``closed_by`` / ``closed_seq``
+    name the receipt that moved it out of ``open`` last (None while open).
+    """
+
+    receipt_id: str
+    capability_id: str
+    policy_hash: str
+    units: int
+    currency: str
+    created_at: float
+    expires_at: float
+    state: str = "open"
+    captured_units: int = 0
+    closed_by: str | None = None
+    closed_seq: int | None = None
+
+
 class StoreReader(Protocol):
     """Reads of the store (committed state, or a transaction's own view inside :class:`StoreWriter`)."""
 
@@ -205,6 +235,18 @@ class StoreReader(Protocol):
 
     def approvals(self, status: str | None, limit: int | None) -> list[ApprovalRow]:
         """Approvals (only those with ``status`` unless None), oldest first, at most ``limit``."""
+        ...
+
+    def hold(self, receipt_id: str) -> HoldRow | None:
+        """The hold placed by the allow receipt with this id, or None."""
+        ...
+
+    def hold_grants(self, receipt_id: str) -> list[tuple[str, int]]:
+        """``(capability_id, grant_index)`` of every budgeted grant the hold charged."""
+        ...
+
+    def held_by_grant(self, capability_id: str) -> list[tuple[int, int, int]]:
+        """``(grant_index, held units, open holds)`` of this capability's grants with open holds."""
         ...
 
 
@@ -269,6 +311,39 @@ class StoreWriter(StoreReader, Protocol):
 
     def consume_approval(self, approval_id: str, receipt_id: str) -> bool:
         """Mark an approved approval used by ``receipt_id``; False if it was used already."""
+        ...
+
+    def idempotency_key(self, key_hash: str) -> tuple[str, str] | None:
+        """``(call fingerprint, receipt body)`` of the allow this idempotency key (its hash alone)
+        answered, or None."""
+        ...
+
+    def remember_idempotency_key(self, key_hash: str, fingerprint: str, seq: int) -> None:
+        """Remember that this idempotency key answered the call ``fingerprint`` with the receipt at ``seq``."""
+        ...
+
+    def insert_hold(self, row: HoldRow, grants: Sequence[tuple[str, int]]) -> None:
+        """Store a new open hold and the ``(capability_id, grant_index)`` budgets it charged."""
+        ...
+
+    def due_holds(self, now: float, limit: int) -> list[HoldRow]:
+        """Open holds with ``expires_at <= now``, oldest expiry first, at most ``limit``."""
+        ...
+
+    def close_hold(self, receipt_id: str, state: str, captured_units: int, closed_by: str, closed_seq: int) -> None:
+        """Move a hold to ``state`` (settled / released / expired), recording what it captured and why."""
+        ...
+
+    def adjust_cost(self, capability_id: str, grant_index: int, delta: int) -> None:
+        """Add ``delta`` (may be negative) to a grant's ``cost_units``, kept within [0, 2^63-1]."""
+        ...
+
+    def hold_op(self, receipt_id: str, op_id: str) -> tuple[str, str] | None:
+        """``(fingerprint, receipt body)`` of the settle/release answered under this op_id, or None."""
+        ...
+
+    def remember_hold_op(self, receipt_id: str, op_id: str, fingerprint: str, seq: int) -> None:
+        """Remember that this op_id on this hold answered with the receipt at ``seq``."""
         ...
 
 

@@ -1,7 +1,8 @@
 """``chio-durable``: the command line of the embedded kernel (typer + rich).
 
 Commands: ``sidecar``; ``capability create|attenuate|revoke|list|show``;
-``receipts list|tail|show|verify|export``; ``demo``; ``--version``. Every command takes ``--data-dir`` (default
+``receipts list|tail|show|verify|export``; ``approvals list|show|approve|deny|trust``;
+``budgets show|settle|release|expire``; ``demo``; ``--version``. Every command takes ``--data-dir`` (default
 ``$CHIO_HOME`` or ``~/.chio-durable``); listing commands print tables for people and ``--json`` for
 scripts. Errors are one line on stderr and a non-zero exit code, never a traceback.
 See ``docs/cli.md``.
@@ -583,6 +584,11 @@ def demo(
 
 # after the definitions above, which it imports
 from chio_kernel.cli import _approvals as _approvals  # noqa: E402,F401  (registers `approvals`)
+
+# budgets (money holds): chio_kernel.cli._budgets, which imports the helpers above
+from chio_kernel.cli._budgets import budgets_app  # noqa: E402
+
+app.add_typer(budgets_app, name="budgets")
 
 
 def main() -> None:
