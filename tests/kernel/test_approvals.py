@@ -261,7 +261,7 @@ def test_revoke_during_the_wait_denies(kernel: Kernel) -> None:
     assert after.decision.verdict == "deny" and after.decision.guard == "revocation"
     # revoked before anyone answered: shown as denied, and it can no longer be approved
     cap2 = _cap(kernel)
-    aid2 = _approval_id(_ask(kernel, cap2))
+    aid2 = _approval_id(_ask(kernel, cap2, key="flow-2:call-0"))  # a key names one call
     kernel.revoke_capability(cap2)
     view = kernel.get_approval(aid2)
     assert view is not None and view["status"] == "denied" and "revoked" in view["reason"]
