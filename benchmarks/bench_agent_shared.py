@@ -103,7 +103,7 @@ class Floor:
     """
 
     def __init__(self, workdir: Path, kernel: Any, capability_id: str, call: tuple[str, str, str, dict[str, Any]]) -> None:
-        from chio_kernel.kernel import receipt_signing_bytes
+        from chio_kernel import receipt_signing_bytes
 
         receipt = kernel.list_receipts(capability_id=capability_id)[-1]  # a receipt this run's calls made
         self.bench: Bench = floor_bench(workdir, receipt_signing_bytes(receipt))

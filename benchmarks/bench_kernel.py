@@ -224,7 +224,7 @@ def floor_bench(workdir: Path, sample_body: bytes) -> Bench:
     """Ed25519 sign of a receipt-sized body + one WAL commit of one row, with the store's own pragmas."""
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-    from chio_kernel.store import open_store
+    from chio_kernel._sqlite_store import open_store
 
     d = workdir / "floor"
     d.mkdir()
@@ -423,7 +423,8 @@ def bulk_fill(data_dir: Path, cap_id: str, total: int, console: Console) -> floa
     row), inserted with ``executemany`` in large transactions instead of one commit per receipt.
     """
     from chio_kernel import canonical_json
-    from chio_kernel.kernel import receipt_signing_bytes, uuid7
+    from chio_kernel import receipt_signing_bytes
+    from chio_kernel._ids import uuid7
     from chio_kernel.signing import load_or_create_key
 
     key = load_or_create_key(data_dir)
@@ -486,7 +487,7 @@ def bulk_fill(data_dir: Path, cap_id: str, total: int, console: Console) -> floa
 def check_fill(kernel: Any, cap_id: str, tail: int = 1000) -> str:
     """Cheap proof the filled store is a valid chain the kernel continues: the last ``tail`` rows'
     signatures and links, and one new evaluation chaining onto the last filled row."""
-    from chio_kernel.kernel import receipt_chain_hash
+    from chio_kernel import receipt_chain_hash
 
     count = kernel.receipt_count()
     rows = kernel.list_receipts_with_seq(after_seq=count - tail)
@@ -590,7 +591,7 @@ def main() -> int:
         off_child = loop.run_until_complete(sidecar_child(off_url))
         base_child = loop.run_until_complete(sidecar_child(base_url)) if base_url is not None else None
         sample = kernel.evaluate(cap_id, "files", "read_file", PARAMS)
-        from chio_kernel.kernel import receipt_signing_bytes
+        from chio_kernel import receipt_signing_bytes
 
         sample_body = receipt_signing_bytes(sample)
         eval_body = {"capability_id": sc_cap, "tool_server": "files", "tool_name": "read_file",

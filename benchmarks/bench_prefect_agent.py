@@ -60,7 +60,7 @@ def main() -> int:
     from rich.table import Table
 
     from chio_kernel import LocalChioClient
-    from chio_prefect.agent import ChioPrefectAgent
+    from chio_prefect import ChioPrefectAgent
 
     from bench_agent_shared import Floor, attenuated_capability, print_governance, time_kernel_calls
 

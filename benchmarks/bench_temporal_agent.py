@@ -1,7 +1,7 @@
 """Governed vs bare durable Pydantic AI agent workflow on Temporal: end to end, and per guarded call.
 
 One process: a local Temporal dev server, the embedded kernel, and two workers on their own task
-queues running the SAME workflow and agent (``chio_temporal.demo.AgentWorkflow`` /
+queues running the SAME workflow and agent (``chio_temporal._demo.AgentWorkflow`` /
 ``orders_demo``, pydantic-ai ``TemporalDurability``, a scripted model): one worker bare
 (``AgentPlugin``), one governed (``ChioTemporalAgent(...).plugin``). Each run is ``lookup_order:A``,
 i.e. 3 guarded calls (model request, tool call, model request) = 3 activities. Runs are
@@ -40,9 +40,9 @@ from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Worker
 
 from chio_kernel import LocalChioClient
-from chio_temporal.agent import ChioTemporalAgent
-from chio_temporal.demo import CALLS, AgentWorkflow, orders_agent
-from chio_temporal.devserver import temporal_cli_path
+from chio_temporal import ChioTemporalAgent
+from chio_temporal._demo import CALLS, AgentWorkflow, orders_agent
+from chio_temporal import temporal_cli_path
 
 PROMPT = "lookup_order:A"  # model -> lookup_order -> model: 3 guarded calls
 

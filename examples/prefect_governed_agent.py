@@ -24,11 +24,11 @@ from pathlib import Path
 
 from rich.console import Console
 
-from chio_durable.agent.display import records_table
+from chio_durable.agent import records_table
 from chio_kernel import LocalChioClient
-from chio_prefect.agent import ChioPrefectAgent
-from chio_prefect.demo import build_research_agent, research_scope
-from chio_prefect.local import ephemeral_start_hint, use_local_prefect_defaults
+from chio_prefect import ChioPrefectAgent
+from chio_prefect._demo import build_research_agent, research_scope
+from chio_prefect import ephemeral_start_hint, use_local_prefect_defaults
 
 
 def main(argv: Sequence[str] | None = None, console: Console | None = None) -> int:

@@ -26,7 +26,7 @@ from chio_sdk.models import ChioReceipt, ChioScope, Operation, ToolGrant
 from chio_durable import client_url
 from chio_kernel import SidecarClient
 from chio_prefect import ChioPrefectError, chio_flow, chio_task
-from chio_prefect.local import ephemeral_start_hint, use_local_prefect_defaults
+from chio_prefect import ephemeral_start_hint, use_local_prefect_defaults
 
 CAPABILITY_ID = "cap-research-pipeline"
 

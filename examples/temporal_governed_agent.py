@@ -33,8 +33,8 @@ with workflow.unsafe.imports_passed_through():
 
     from chio_kernel import LocalChioClient
     from chio_temporal import DENIED_ERROR_TYPE
-    from chio_temporal.agent import ChioTemporalAgent
-    from chio_temporal.devserver import run_temporal, temporal_cli_path
+    from chio_temporal import ChioTemporalAgent
+    from chio_temporal import run_temporal, temporal_cli_path
 
 CAPABILITY_ID = "cap-support"
 
@@ -138,5 +138,5 @@ if __name__ == "__main__":
         agent = Agent(args.model, name="support", tools=[lookup_order, refund_order])
         governed = ChioTemporalAgent(agent, capability_id=CAPABILITY_ID, chio_client=LocalChioClient)
     # asyncio.run, then free the Temporal clients before exit: temporalio's core can otherwise abort
-    # the interpreter at exit (temporalio/sdk-python#300), see chio_temporal.devserver.
+    # the interpreter at exit (temporalio/sdk-python#300), see chio_temporal._devserver.
     run_temporal(main())

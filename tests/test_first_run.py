@@ -15,12 +15,12 @@ from pathlib import Path
 
 import pytest
 
-from chio_prefect.local import ANALYTICS_SETTING, STARTUP_TIMEOUT_SETTING
+from chio_prefect._local import ANALYTICS_SETTING, STARTUP_TIMEOUT_SETTING
 
 PROBE = """
 import json, os
 import prefect  # imported first, as in a notebook: the defaults must still take effect
-from chio_prefect.local import use_local_prefect_defaults
+from chio_prefect._local import use_local_prefect_defaults
 from prefect.settings import get_current_settings
 set_here = use_local_prefect_defaults()
 server = get_current_settings().server

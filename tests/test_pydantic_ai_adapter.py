@@ -1,4 +1,4 @@
-"""Loud tests of the third-party seams we depend on (chio_durable.agent.adapter, NO_CACHE).
+"""Loud tests of the third-party seams we depend on (chio_durable.agent._adapter, NO_CACHE).
 
 If one of these fails after a pydantic-ai or Prefect upgrade, an internal moved: fix the adapter
 before anything else. Construction of a governed agent refuses to run meanwhile (tested here too).
@@ -16,7 +16,7 @@ from pydantic_ai.agent import WrapperAgent
 from pydantic_ai.exceptions import UserError
 from pydantic_ai.models.test import TestModel
 
-from chio_durable.agent import adapter
+from chio_durable.agent import _adapter as adapter
 from chio_kernel import LocalChioClient
 
 
@@ -36,7 +36,7 @@ def test_wrapper_agent_still_delegates_realtime_through_the_hooks_we_refuse() ->
 
 
 def test_a_realtime_session_through_another_wrapper_is_refused(tmp_path: Any) -> None:
-    from chio_prefect.agent import ChioPrefectAgent
+    from chio_prefect._agent import ChioPrefectAgent
 
     governed = ChioPrefectAgent(Agent(TestModel(), name="rt"), capability_id="cap-rt",
                                 chio_client=LocalChioClient(tmp_path))
@@ -55,7 +55,7 @@ def test_a_realtime_session_through_another_wrapper_is_refused(tmp_path: Any) ->
 
 
 def test_construction_refuses_when_a_realtime_hook_is_gone(monkeypatch: pytest.MonkeyPatch, tmp_path: Any) -> None:
-    from chio_prefect.agent import ChioPrefectAgent
+    from chio_prefect._agent import ChioPrefectAgent
 
     monkeypatch.delattr(WrapperAgent, "_open_realtime_session")
     with pytest.raises(UserError, match="refusing to build it"):
@@ -80,7 +80,7 @@ def test_construction_refuses_when_a_prefect_agent_option_cannot_be_read(
 ) -> None:
     from pydantic_ai.durable_exec.prefect import PrefectAgent
 
-    from chio_prefect.agent import ChioPrefectAgent
+    from chio_prefect._agent import ChioPrefectAgent
 
     legacy = _legacy()
     monkeypatch.delattr(legacy, "_tool_task_config_by_name")  # what a pydantic-ai refactor would do
@@ -105,7 +105,7 @@ def test_prefect_agent_public_reads() -> None:
 
 
 def test_no_cache_policies_are_equal_to_no_cache() -> None:
-    from chio_prefect.agent import _no_cache
+    from chio_prefect._agent import _no_cache
     from chio_prefect.decorators import _caches
 
     assert NONE == NO_CACHE and type(NO_CACHE)() == NO_CACHE

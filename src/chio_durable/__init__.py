@@ -9,7 +9,7 @@ idempotency-key scheme (``call_key``) and the no-decision errors.
 from chio_durable._call import CallKind, GovernedCall, call_key
 from chio_durable._decision import Decision, DecisionObserver
 from chio_durable._transport import ChioClientLike, KernelTransport, as_transport
-from chio_durable.evaluation import (
+from chio_durable._evaluation import (
     Evaluation,
     KernelRejected,
     KernelUnavailable,
@@ -18,7 +18,7 @@ from chio_durable.evaluation import (
     evaluate_sync,
     idempotency_key,
 )
-from chio_durable.params import bind_parameters, jsonable
+from chio_durable._params import bind_parameters, jsonable
 
 __all__ = [
     "CallKind",

@@ -79,7 +79,7 @@ def _hash_parameters(parameters: Mapping[str, Any]) -> _Hashes:
         if wire is not None:
             return _Hashes(key=key, wire=wire, text=text)
     else:
-        from chio_durable.params import digest
+        from chio_durable._params import digest
 
         key = digest(dict(parameters))
     # Rare path: no canonical form as given; the wire form (JSON round trip) may still have one.

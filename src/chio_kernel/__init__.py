@@ -7,9 +7,10 @@
 """
 
 from chio_kernel.canonical import canonical_json
-from chio_kernel.client import LocalChioClient, SidecarClient
+from chio_kernel._client import LocalChioClient, SidecarClient
 from chio_kernel._errors import CapabilityError, ChioKernelError, KernelInputError, KernelKeyMissingError
-from chio_kernel.kernel import ChainReport, Kernel
+from chio_kernel._kernel import ChainReport, Kernel
+from chio_kernel._receipts import receipt_chain_hash, receipt_signing_bytes
 from chio_kernel.signing import default_data_dir
 
 __all__ = [
@@ -23,4 +24,6 @@ __all__ = [
     "SidecarClient",
     "canonical_json",
     "default_data_dir",
+    "receipt_chain_hash",
+    "receipt_signing_bytes",
 ]

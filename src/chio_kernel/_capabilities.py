@@ -25,7 +25,7 @@ from chio_kernel._ids import _uuid7_int
 from chio_kernel._store import CapabilityRow, StoreReader, StoreWriter
 from chio_kernel.signing import Signer, verify_hex
 from chio_kernel.canonical import canonical_json
-from chio_kernel.guards import describe_grant, regex_problem
+from chio_kernel._guards import describe_grant, regex_problem
 
 __all__ = ["Capabilities", "capability_signing_bytes"]
 

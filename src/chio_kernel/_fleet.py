@@ -22,7 +22,7 @@ from chio_kernel._postgres_store import KernelKeyRetiredError, PostgresStore, _P
 from chio_kernel._store import StoreReader, StoreWriter
 from chio_kernel._capabilities import Capabilities
 from chio_kernel._coerce import _coerce_token
-from chio_kernel.kernel import Kernel, KernelInputError, _EvalRequest
+from chio_kernel._kernel import Kernel, KernelInputError, _EvalRequest
 
 __all__ = ["PostgresKernel"]
 

@@ -11,7 +11,7 @@ from chio_sdk.models import Operation, ToolGrant
 
 from chio_kernel._capabilities import _Cap
 from chio_kernel._coerce import _iso
-from chio_kernel.guards import check_constraints, describe_grant, grant_matches
+from chio_kernel._guards import check_constraints, describe_grant, grant_matches
 
 __all__ = ["Deny", "PolicyState", "check_valid", "decide", "passing_grants"]
 

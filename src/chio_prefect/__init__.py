@@ -16,6 +16,7 @@ from chio_prefect.errors import (
     is_chio_denial,
 )
 from chio_prefect.events import ALLOW_EVENT, DENY_EVENT
+from chio_prefect._local import ephemeral_start_hint, use_local_prefect_defaults
 
 __all__ = [
     "ALLOW_EVENT",
@@ -28,17 +29,19 @@ __all__ = [
     "ChioSidecarUnavailable",
     "chio_flow",
     "chio_task",
+    "ephemeral_start_hint",
     "is_chio_denial",
     "retry_unless_chio_denied",
+    "use_local_prefect_defaults",
 ]
 
-# ChioPrefectAgent (chio_prefect/agent.py) is exported below by its owner.
+# ChioPrefectAgent (chio_prefect/_agent.py) is exported lazily below.
 __all__.append("ChioPrefectAgent")
 
 
 def __getattr__(name: str) -> object:  # lazy: ChioPrefectAgent pulls in pydantic-ai (~0.7 s)
     if name == "ChioPrefectAgent":
-        from chio_prefect.agent import ChioPrefectAgent
+        from chio_prefect._agent import ChioPrefectAgent
 
         return ChioPrefectAgent
     raise AttributeError(f"module 'chio_prefect' has no attribute {name!r}")

@@ -41,8 +41,8 @@ from chio_durable import KernelRejected, KernelUnavailable, bind_parameters
 from chio_durable._call import GovernedCall, call_key
 from chio_durable._decision import Decision, DecisionObserver, notify
 from chio_durable._transport import ChioClientLike, KernelTransport, as_transport, is_client
-from chio_durable.evaluation import Evaluation
-from chio_prefect.context import (
+from chio_durable._evaluation import Evaluation
+from chio_prefect._context import (
     FlowGovernance,
     current_flow_governance,
     scope_allows,
@@ -134,7 +134,7 @@ def _client_for_url(url: str) -> ChioClient:
 
     Its connection pool is reused across tasks.
     """
-    from chio_kernel.client import SidecarClient  # lazy: keeps ``import chio_prefect`` light
+    from chio_kernel._client import SidecarClient  # lazy: keeps ``import chio_prefect`` light
 
     with _clients_lock:
         client = _clients_by_url.get(url)
@@ -672,7 +672,7 @@ def _define_prefect_classes() -> None:
         takes the decision itself (below). Around an agent's durable task (``ChioPrefectAgent``) the
         governed call has already been evaluated: the receipt id in force
         (``chio_durable.agent.current_receipt_id``) joins the key; alone (``inner=None``, as
-        ``chio_prefect.agent.RECEIPT_ID`` composed into a policy) it contributes just that receipt id,
+        ``chio_prefect._agent.RECEIPT_ID`` composed into a policy) it contributes just that receipt id,
         and outside a governed call nothing, so the rest of the policy decides alone.
 
         On a ``@chio_task``: no cache lookup without a fresh chio allow.

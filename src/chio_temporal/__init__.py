@@ -23,10 +23,11 @@ from chio_temporal.interceptor import (
 )
 from chio_temporal.receipt import WorkflowReceipt, WorkflowStepReceipt
 from chio_temporal.worker import build_chio_worker
+from chio_temporal._devserver import release_temporal_clients, run_temporal, temporal_cli_path
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from chio_temporal.agent import ChioTemporalAgent
+    from chio_temporal._agent import ChioTemporalAgent
 
 __all__ = [
     "DENIED_ERROR_TYPE",
@@ -44,6 +45,9 @@ __all__ = [
     "build_chio_worker",
     "current_evaluation",
     "current_receipt_id",
+    "release_temporal_clients",
+    "run_temporal",
+    "temporal_cli_path",
 ]
 
 
@@ -51,7 +55,7 @@ def __getattr__(name: str) -> object:
     # Lazy: ChioTemporalAgent pulls in pydantic-ai, which neither seed-001 users nor every workflow
     # sandbox run (the sandbox re-imports this package) should pay for.
     if name == "ChioTemporalAgent":
-        from chio_temporal.agent import ChioTemporalAgent
+        from chio_temporal._agent import ChioTemporalAgent
 
         return ChioTemporalAgent
     raise AttributeError(f"module 'chio_temporal' has no attribute {name!r}")

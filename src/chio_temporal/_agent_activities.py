@@ -42,7 +42,7 @@ from typing import Any, Literal
 import hashlib
 
 from chio_durable.agent import CallMapper, GovernedCall
-from chio_durable.agent.mapping import canonical_json
+from chio_durable.agent._mapping import canonical_json
 
 __all__ = ["AgentActivity", "classify_activity", "governed_call"]
 

@@ -59,7 +59,7 @@ from chio_durable._call import GovernedCall, call_key
 from chio_durable._decision import Decision, DecisionObserver, Evaluation, notify
 from chio_durable._errors import KernelRejected, KernelUnavailable
 from chio_durable._transport import ChioClientLike, TransportSlot, client_url, is_client
-from chio_durable.params import bind_parameters, jsonable
+from chio_durable._params import bind_parameters, jsonable
 from chio_temporal.errors import (
     CONFIG_ERROR_TYPE,
     ActivityDeniedError,
@@ -189,7 +189,7 @@ class ChioActivityInterceptor(TransportSlot, Interceptor):
                     "LocalChioClient(), or a chio_sdk.testing mock) or sidecar_url= the sidecar's address"
                 )
             # imported here: chio_temporal stays importable in the workflow sandbox without the kernel
-            from chio_kernel.client import SidecarClient
+            from chio_kernel._client import SidecarClient
 
             chio_client = SidecarClient(sidecar_url)
         if not is_client(chio_client):

@@ -10,7 +10,7 @@ import pytest
 from chio_sdk.models import ChioScope, Constraint, Operation, ToolGrant
 
 from chio_kernel import CapabilityError, Kernel, KernelInputError, default_data_dir
-from chio_kernel.kernel import capability_signing_bytes
+from chio_kernel._kernel import capability_signing_bytes
 from chio_kernel.signing import verify_hex
 
 from kernel_helpers import Clock, grant, scope

@@ -10,7 +10,7 @@ import pytest
 from chio_sdk.client import ChioClient
 
 from chio_kernel import Kernel
-from chio_kernel.kernel import receipt_chain_hash
+from chio_kernel._kernel import receipt_chain_hash
 
 from kernel_helpers import grant, scope
 

@@ -1,4 +1,4 @@
-"""LocalChioClient: the ChioClient API on the embedded kernel, and what chio_durable.evaluation sees."""
+"""LocalChioClient: the ChioClient API on the embedded kernel, and what chio_durable._evaluation sees."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from chio_sdk.client import ChioClient
 from chio_sdk.errors import ChioValidationError
 from chio_sdk.models import CapabilityToken, ChioReceipt, MonetaryAmount
 
-from chio_durable.evaluation import client_url, evaluate, evaluate_sync
+from chio_durable._evaluation import client_url, evaluate, evaluate_sync
 from chio_kernel import Kernel, LocalChioClient
 
 from kernel_helpers import grant, scope

@@ -10,8 +10,8 @@ import pytest
 from chio_sdk.models import ChioReceipt, Constraint, MonetaryAmount, Operation
 
 from chio_kernel import CapabilityError, Kernel, KernelInputError, canonical_json
-from chio_kernel.guards import MAX_REGEX_INPUT
-from chio_kernel.kernel import receipt_signing_bytes
+from chio_kernel._guards import MAX_REGEX_INPUT
+from chio_kernel._kernel import receipt_signing_bytes
 from chio_kernel.signing import verify_hex
 
 from kernel_helpers import Clock, grant, scope

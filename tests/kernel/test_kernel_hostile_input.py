@@ -9,7 +9,7 @@ import pytest
 from chio_sdk.models import ChioReceipt, Constraint
 
 from chio_kernel import Kernel
-from chio_kernel.kernel import KernelInputError, KernelKeyMissingError
+from chio_kernel._kernel import KernelInputError, KernelKeyMissingError
 from kernel_helpers import grant, scope
 
 

@@ -98,7 +98,7 @@ def test_sidecar_refuses_to_start_on_a_retired_key_and_says_what_to_do(pg_dsn: s
 
 
 def test_demo_store_inspect_hint_carries_the_store(pg_dsn: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from chio_kernel import demo
+    from chio_kernel import _demo as demo
 
     monkeypatch.setattr(demo, "ENGINE_SECTIONS", ())  # the kernel section is what writes to the store here
     monkeypatch.setenv("CHIO_STORE", pg_dsn)  # what `chio-durable demo --store DSN` sets
@@ -121,7 +121,7 @@ def test_demo_store_inspect_hint_carries_the_store(pg_dsn: str, tmp_path: Path, 
 
 
 def test_demo_inspect_hint_on_sqlite_has_no_store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from chio_kernel import demo
+    from chio_kernel import _demo as demo
 
     monkeypatch.delenv("CHIO_STORE", raising=False)
     assert shlex.split(demo._inspect_command(tmp_path / "a b")) == [

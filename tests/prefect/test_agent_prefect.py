@@ -23,7 +23,7 @@ from pydantic_ai.messages import ModelMessage, ModelResponse, TextPart, ToolCall
 from pydantic_ai.models.function import AgentInfo, DeltaToolCall, FunctionModel
 
 from chio_kernel import LocalChioClient
-from chio_prefect.agent import ChioPrefectAgent, with_receipt_cache_key
+from chio_prefect._agent import ChioPrefectAgent, with_receipt_cache_key
 from chio_prefect.errors import ChioPrefectError
 
 pytestmark = pytest.mark.prefect
@@ -310,7 +310,7 @@ def test_receipt_id_joins_every_task_cache_policy() -> None:
     from prefect.cache_policies import NO_CACHE
 
     from chio_durable.agent import receipt_scope
-    from chio_prefect.agent import RECEIPT_ID
+    from chio_prefect._agent import RECEIPT_ID
 
     config = with_receipt_cache_key(None)
     assert RECEIPT_ID in config["cache_policy"].policies

@@ -15,7 +15,7 @@ from pydantic_ai.messages import ModelMessage, ModelResponse, TextPart, ToolCall
 from pydantic_ai.models.function import AgentInfo, FunctionModel
 
 from chio_kernel import LocalChioClient
-from chio_prefect.agent import ChioPrefectAgent
+from chio_prefect._agent import ChioPrefectAgent
 from chio_prefect.errors import ChioPrefectError
 
 pytestmark = pytest.mark.prefect

@@ -16,7 +16,7 @@ from chio_prefect import (
     chio_flow,
     chio_task,
 )
-from chio_prefect.context import current_flow_governance
+from chio_prefect._context import current_flow_governance
 
 
 def grant(server: str, tool: str) -> ToolGrant:

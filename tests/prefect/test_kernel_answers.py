@@ -158,7 +158,7 @@ async def test_governance_nan_tool_argument_is_kernel_rejected(chio_home: Path) 
 
 async def test_prefect_agent_nan_tool_argument_is_chio_request_rejected(chio_home: Path) -> None:
     from chio_prefect import ChioRequestRejected
-    from chio_prefect.agent import ChioPrefectAgent
+    from chio_prefect._agent import ChioPrefectAgent
 
     chio = LocalChioClient(data_dir=chio_home)
     cap = _issue(chio_home, "cap-pagent-nan", _grant("model"), _grant("scaler"))

@@ -272,7 +272,7 @@ async def test_deny_rate_limit(sidecar: Sidecar) -> None:
 
 
 async def test_idempotency_same_key_same_receipt(sidecar: Sidecar, client: ChioClient) -> None:
-    from chio_durable.evaluation import evaluate
+    from chio_durable._evaluation import evaluate
 
     token = await issue(client, grant(max_invocations=1))
     remote = SidecarClient(sidecar.url)  # sends the key; used on the evaluation core's own loop
@@ -289,7 +289,7 @@ async def test_idempotency_same_key_same_receipt(sidecar: Sidecar, client: ChioC
         after = await evaluate(remote, idempotency_key="run-1:call-0", **kw)
         assert not after.allowed and after.guard == "revocation" and after.receipt_id != first.receipt_id
     finally:
-        from chio_durable.evaluation import run_on_kernel_loop
+        from chio_durable._evaluation import run_on_kernel_loop
 
         run_on_kernel_loop(remote.close())
 

@@ -162,6 +162,6 @@ def test_cli_and_demo_share_one_rendering_module_and_no_import_cycle() -> None:
         tree = ast.parse(Path(spec.origin).read_text())
         return {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module}
 
-    assert not any(m == "chio_kernel.cli" or m.startswith("chio_kernel.cli.") for m in imported("chio_kernel.demo"))
-    assert "chio_kernel._render" in imported("chio_kernel.demo")
+    assert not any(m == "chio_kernel.cli" or m.startswith("chio_kernel.cli.") for m in imported("chio_kernel._demo"))
+    assert "chio_kernel._render" in imported("chio_kernel._demo")
     assert "chio_kernel._render" in imported("chio_kernel.cli")

@@ -19,9 +19,9 @@ from chio_sdk import ChioClient
 from chio_sdk.errors import ChioConnectionError, ChioError
 from chio_sdk.models import ChioScope, MonetaryAmount, Operation, ToolGrant
 
-from chio_durable.evaluation import KernelRejected, KernelUnavailable, client_url, evaluate
+from chio_durable._evaluation import KernelRejected, KernelUnavailable, client_url, evaluate
 from chio_kernel import SidecarClient
-from chio_kernel.client import capability_id_from_token
+from chio_kernel._client import capability_id_from_token
 from chio_kernel.testing import free_port
 from chio_sidecar_harness import Sidecar
 

@@ -34,7 +34,7 @@ with workflow.unsafe.imports_passed_through():
     from chio_kernel.testing import SidecarProcess
     from chio_temporal import DENIED_ERROR_TYPE, ChioTemporalConfigError, WorkflowGrant
     from chio_temporal._agent_activities import classify_activity
-    from chio_temporal.agent import ChioTemporalAgent
+    from chio_temporal._agent import ChioTemporalAgent
 
 
 pytestmark = pytest.mark.temporal
@@ -680,7 +680,7 @@ async def test_worker_without_governed_plugin_fails_closed(client, chio):
     assert app.CALLS.get("model", 0) == before.get("model", 0)  # nothing ran ungoverned
     assert app.CALLS.get("lookup", 0) == before.get("lookup", 0)
     # every route pydantic-ai offers hands out the guarded functions
-    from chio_temporal.agent import guarded_agent_name
+    from chio_temporal._agent import guarded_agent_name
 
     durability = TemporalDurability.from_agent(app.governed_support)
     assert durability is not None and durability.temporal_activities

@@ -12,7 +12,7 @@ from temporalio.client import Client
 from temporalio.exceptions import ApplicationError
 from temporalio.testing import ActivityEnvironment
 
-import chio_temporal.agent as temporal_agent
+import chio_temporal._agent as temporal_agent
 import workflows
 from chio_kernel import LocalChioClient
 from chio_temporal_kit import make_worker, outcome, plan, running, scope, start_plan, tool
@@ -50,7 +50,7 @@ async def workspace_call(path: str) -> str:
 
 @pytest.mark.temporal
 async def test_unknown_agent_operation_is_governed_not_let_through(client: Client, chio, uid) -> None:
-    from chio_temporal.agent import ChioAgentActivityInterceptor
+    from chio_temporal._agent import ChioAgentActivityInterceptor
 
     tq = uid("tq")
     token = await chio.create_capability(

@@ -28,7 +28,7 @@ from temporalio.common import RetryPolicy
 from temporalio.workflow import ActivityConfig
 
 from chio_kernel import LocalChioClient
-from chio_temporal.agent import ChioTemporalAgent
+from chio_temporal._agent import ChioTemporalAgent
 
 CAPABILITY_ID = "cap-support"
 CALLS: Counter[str] = Counter()

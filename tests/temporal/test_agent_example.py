@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from rich.console import Console
 
-from chio_temporal.devserver import temporal_cli_path
+from chio_temporal._devserver import temporal_cli_path
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -40,7 +40,7 @@ def test_example_runs_offline(tmp_path):
 
 
 def test_demo_section(tmp_path):
-    from chio_temporal.demo import run_demo
+    from chio_temporal._demo import run_demo
 
     console = Console(record=True, width=200)
     run_demo(console, tmp_path)
@@ -53,7 +53,7 @@ def test_demo_section(tmp_path):
 
 def test_demo_raises_when_the_revoked_capability_is_still_allowed(tmp_path, monkeypatch) -> None:
     from chio_kernel import LocalChioClient
-    from chio_temporal.demo import run_demo
+    from chio_temporal._demo import run_demo
 
     async def revoke_nothing(self, capability_id: str) -> list[str]:  # the revocation silently does not happen
         return [capability_id]

@@ -3,7 +3,7 @@
 temporalio's clients sit in reference cycles; when the cycle collector first meets them while
 CPython is finalizing, the Rust core aborts the process (exit 134 or 139) after all the work was
 done: about one run in three of a script that starts a ``WorkflowEnvironment`` on this machine.
-``chio_temporal.devserver.run_temporal`` frees them before exit. Ten runs of each program here.
+``chio_temporal._devserver.run_temporal`` frees them before exit. Ten runs of each program here.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from chio_temporal.devserver import temporal_cli_path
+from chio_temporal._devserver import temporal_cli_path
 
 ROOT = Path(__file__).resolve().parents[2]
 RUNS = 10
@@ -31,7 +31,7 @@ pytestmark = [
 # The smallest program that hits the abort: start a dev server, use its client, shut it down.
 MINIMAL = """
 from temporalio.testing import WorkflowEnvironment
-from chio_temporal.devserver import run_temporal, temporal_cli_path
+from chio_temporal._devserver import run_temporal, temporal_cli_path
 
 async def main() -> int:
     env = await WorkflowEnvironment.start_local(dev_server_existing_path=str(temporal_cli_path()), ui=False)

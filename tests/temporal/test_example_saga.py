@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from chio_temporal.devserver import temporal_cli_path
+from chio_temporal._devserver import temporal_cli_path
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "temporal_transfer_saga.py"
 

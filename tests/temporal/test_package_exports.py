@@ -15,7 +15,7 @@ def test_import_chio_temporal_does_not_import_pydantic_ai() -> None:
         "import sys, chio_temporal\n"
         "assert not [m for m in sys.modules if m.split('.')[0] == 'pydantic_ai'], 'pydantic_ai imported eagerly'\n"
         "from chio_temporal import ChioTemporalAgent\n"
-        "from chio_temporal.agent import ChioTemporalAgent as same\n"
+        "from chio_temporal._agent import ChioTemporalAgent as same\n"
         "assert ChioTemporalAgent is same and 'pydantic_ai' in sys.modules\n"
         "try:\n"
         "    chio_temporal.NoSuchName\n"
@@ -30,6 +30,6 @@ def test_import_chio_temporal_does_not_import_pydantic_ai() -> None:
 
 def test_on_deny_is_chio_durables() -> None:
     import chio_durable.agent
-    import chio_temporal.agent
+    import chio_temporal._agent
 
-    assert chio_temporal.agent.OnDeny is chio_durable.agent.OnDeny
+    assert chio_temporal._agent.OnDeny is chio_durable.agent.OnDeny

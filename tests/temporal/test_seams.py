@@ -14,11 +14,11 @@ from pydantic_ai.models.function import FunctionModel
 from temporalio import activity
 from temporalio.common import RawValue
 
-import chio_temporal.agent as agent_module
+import chio_temporal._agent as agent_module
 import test_agent_app as app
 from chio_temporal import ChioTemporalConfigError
 from chio_temporal._seams import agent_with_capability, registered_activity_name, replace_in_live_list
-from chio_temporal.agent import ChioTemporalAgent, guarded_agent_name
+from chio_temporal._agent import ChioTemporalAgent, guarded_agent_name
 from chio_temporal.interceptor import _is_dynamic
 
 

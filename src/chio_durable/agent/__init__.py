@@ -8,20 +8,20 @@ own on any pydantic-ai ``Agent``, durable or not::
 See ``docs/agents.md`` for the mapping, the parameter shapes and the deny semantics.
 """
 
-from chio_durable.agent.capability import (
+from chio_durable.agent._capability import (
     ChioGovernance,
     GovernedToolset,
     OnDeny,
     current_receipt_id,
     receipt_scope,
 )
-from chio_durable.agent.denials import (
+from chio_durable.agent._denials import (
     DenyErrorFactory,
     GovernanceDenied,
     GovernedRecord,
     denied_tool_message,
 )
-from chio_durable.agent.mapping import (
+from chio_durable.agent._mapping import (
     AGENT_TOOLSET_ID,
     MCP_LIST_TOOL,
     MODEL_SERVER,
@@ -32,6 +32,7 @@ from chio_durable.agent.mapping import (
     parameter_hash,
     settings_digest,
 )
+from chio_durable.agent._display import records_html, records_table
 
 __all__ = [
     "AGENT_TOOLSET_ID",
@@ -51,5 +52,7 @@ __all__ = [
     "messages_digest",
     "parameter_hash",
     "receipt_scope",
+    "records_html",
+    "records_table",
     "settings_digest",
 ]

@@ -108,7 +108,7 @@ def _kernel(data_dir: Path | None, *, must_exist: bool = True, store: str | None
     PostgreSQL store the data dir holds only this host's signing key: it is created if needed."""
     path = _resolve_dir(data_dir)
     from chio_kernel import Kernel
-    from chio_kernel.kernel import KernelInputError, KernelKeyMissingError, resolve_store
+    from chio_kernel._kernel import KernelInputError, KernelKeyMissingError, resolve_store
 
     try:
         dsn = resolve_store(store)
@@ -181,7 +181,7 @@ def _build_scope(grants: list[str] | None, scope_file: Path | None, max_invocati
             raise CliError(f"cannot read --scope-file {scope_file}: {e.strerror or e}") from None
         except ValueError as e:
             raise CliError(f"--scope-file {scope_file} is not JSON: {e}") from None
-        from chio_kernel.kernel import KernelInputError, check_scope_fields
+        from chio_kernel._kernel import KernelInputError, check_scope_fields
 
         try:
             # the kernel's check: pydantic would drop a misspelt field and issue a wider scope
@@ -245,7 +245,7 @@ def sidecar(
 ) -> None:
     """Serve the kernel over HTTP for chio_sdk.ChioClient (loopback by default)."""
     from chio_kernel._postgres_store import KernelKeyRetiredError
-    from chio_kernel.kernel import KernelKeyMissingError
+    from chio_kernel._kernel import KernelKeyMissingError
     from chio_kernel.sidecar import SidecarConfigError, check_bind, serve
 
     try:
@@ -540,7 +540,7 @@ def demo(
     store: StoreOpt = None,
 ) -> None:
     """Show governance end to end on the embedded kernel (no API key, no services)."""
-    from chio_kernel.demo import run
+    from chio_kernel._demo import run
 
     if store is not None:  # the demo's kernels read $CHIO_STORE
         os.environ["CHIO_STORE"] = store

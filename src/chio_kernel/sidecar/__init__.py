@@ -48,7 +48,7 @@ from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from chio_kernel._postgres_store import KernelKeyRetiredError, is_postgres_dsn, mask_dsn
-from chio_kernel.kernel import (
+from chio_kernel._kernel import (
     MAX_COST_UNITS,
     CapabilityError,
     KernelInputError,

@@ -138,7 +138,7 @@ def serve(
 ) -> None:
     """Run the sidecar until interrupted. Raises :class:`SidecarConfigError` before binding if the
     configuration is refused (non-loopback host without a token), and
-    :class:`chio_kernel.kernel.KernelKeyMissingError` if the data directory's store lost its key,
+    :class:`chio_kernel._kernel.KernelKeyMissingError` if the data directory's store lost its key,
     ``KernelKeyRetiredError`` if the kernel's key was retired from its fleet store.
 
     ``header_timeout`` / ``max_pending_headers``: see :func:`header_timeout_protocol`."""

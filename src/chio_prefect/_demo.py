@@ -107,10 +107,10 @@ def run_demo(console: Any, data_dir: Path) -> None:
 
     from rich.markup import escape
 
-    from chio_durable.agent.display import records_table
+    from chio_durable.agent._display import records_table
     from chio_kernel import LocalChioClient
-    from chio_prefect.agent import ChioPrefectAgent
-    from chio_prefect.local import use_local_prefect_defaults
+    from chio_prefect._agent import ChioPrefectAgent
+    from chio_prefect._local import use_local_prefect_defaults
 
     use_local_prefect_defaults()  # a start limit for Prefect's temporary server that a busy machine meets; no analytics
     chio = LocalChioClient(data_dir=data_dir)

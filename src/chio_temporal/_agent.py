@@ -65,7 +65,7 @@ from temporalio.workflow import ActivityConfig
 
 from chio_durable.agent import CallMapper, ChioGovernance, OnDeny, denied_tool_message, receipt_scope
 from chio_durable._transport import ChioClientLike, is_client
-from chio_durable.evaluation import Evaluation
+from chio_durable._evaluation import Evaluation
 from chio_temporal._agent_activities import AgentActivity, classify_activity, governed_call
 from chio_temporal._seams import agent_with_capability, registered_activity_name, replace_in_live_list
 from chio_temporal.errors import CONFIG_ERROR_TYPE, ChioTemporalConfigError

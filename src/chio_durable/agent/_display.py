@@ -8,7 +8,7 @@ from collections.abc import Iterable
 from rich.markup import escape
 from rich.table import Table
 
-from chio_durable.agent.denials import GovernedRecord
+from chio_durable.agent._denials import GovernedRecord
 
 __all__ = ["records_html", "records_table"]
 

@@ -15,7 +15,7 @@ which fails loudly when an internal changes:
 * **Two options of the deprecated ``PrefectAgent``** with no public read path:
   ``tool_task_config_by_name`` and ``event_stream_handler_task_config``
   (:func:`prefect_agent_hidden_options`). Everything else a ``PrefectAgent`` was given is read
-  through public attributes in ``chio_prefect.agent``.
+  through public attributes in ``chio_prefect._agent``.
 """
 
 from __future__ import annotations

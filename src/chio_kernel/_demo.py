@@ -3,8 +3,8 @@
 The kernel section issues a capability, makes allowed calls, a call outside the scope (denied by
 the ``scope`` guard), one outside a constraint (``constraints``), revokes the capability (then
 ``revocation`` denies), shows the receipts as a table and verifies the chain. Engine sections
-follow when their modules exist: ``chio_prefect.demo.run_demo(console, data_dir)`` and
-``chio_temporal.demo.run_demo(console, data_dir)``. No API key, no running services.
+follow when their modules exist: ``chio_prefect._demo.run_demo(console, data_dir)`` and
+``chio_temporal._demo.run_demo(console, data_dir)``. No API key, no running services.
 """
 
 from __future__ import annotations
@@ -24,8 +24,8 @@ __all__ = ["ENGINE_SECTIONS", "run", "run_kernel_section"]
 
 #: (section title, module with ``run_demo(console, data_dir)``), run in this order.
 ENGINE_SECTIONS: tuple[tuple[str, str], ...] = (
-    ("Prefect agent", "chio_prefect.demo"),
-    ("Temporal agent", "chio_temporal.demo"),
+    ("Prefect agent", "chio_prefect._demo"),
+    ("Temporal agent", "chio_temporal._demo"),
 )
 
 
@@ -113,7 +113,7 @@ def run_kernel_section(console: Console, data_dir: Path) -> bool:
 def _start_hint(error: BaseException) -> str | None:
     """The one-line hint for an engine server that did not start in time, if that is what ``error`` is."""
     try:
-        from chio_prefect.local import ephemeral_start_hint
+        from chio_prefect._local import ephemeral_start_hint
     except ImportError:  # no Prefect installed: nothing of it can have timed out
         return None
     return ephemeral_start_hint(error)
@@ -139,7 +139,7 @@ def _inspect_command(data_dir: Path) -> str:
     PostgreSQL store (``$CHIO_STORE``, set by ``chio-durable demo --store``), shell-quoted; a
     password in the URL is shown as ``***``, with a note to put it back."""
     from chio_kernel._postgres_store import mask_dsn
-    from chio_kernel.kernel import resolve_store
+    from chio_kernel._kernel import resolve_store
 
     command = f"chio-durable receipts list --data-dir {shlex.quote(str(data_dir))}"
     dsn = resolve_store(None)

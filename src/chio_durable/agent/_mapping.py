@@ -35,7 +35,7 @@ from typing import Any
 from pydantic_ai.messages import ModelMessage
 
 from chio_durable._call import CallKind, GovernedCall
-from chio_durable.params import canonical_text, digest, jsonable
+from chio_durable._params import canonical_text, digest, jsonable
 
 __all__ = [
     "AGENT_TOOLSET_ID",
@@ -68,7 +68,7 @@ _PER_ATTEMPT_FIELDS = frozenset({"timestamp", "run_id", "conversation_id"})
 def canonical_json(value: Any) -> str:
     """The kernel's canonical JSON of a JSON-able view of ``value`` (stable across processes).
 
-    One implementation: :func:`chio_durable.params.canonical_text` over ``chio_kernel.canonical``.
+    One implementation: :func:`chio_durable._params.canonical_text` over ``chio_kernel.canonical``.
     Values with no JSON form fall back to their ``repr``; memory addresses in those reprs
     (``<Foo object at 0x7f...>``) are dropped so two attempts of a run hash alike.
     """

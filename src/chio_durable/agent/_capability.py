@@ -30,7 +30,7 @@ from pydantic_ai.exceptions import ToolFailed, UserError
 from pydantic_ai.toolsets import AbstractToolset, CombinedToolset, WrapperToolset
 from pydantic_ai.toolsets.abstract import ToolsetTool
 
-from chio_durable.agent.denials import (
+from chio_durable.agent._denials import (
     DenyErrorFactory,
     GovernedRecord,
     default_deny_error,
@@ -41,7 +41,7 @@ from chio_durable._call import GovernedCall, call_key
 from chio_durable._errors import KernelRejected
 from chio_durable._scope import current_receipt_id, receipt_scope
 from chio_durable._transport import ChioClientLike, TransportSlot, is_client
-from chio_durable.agent.mapping import CallMapper
+from chio_durable.agent._mapping import CallMapper
 
 if TYPE_CHECKING:
     from pydantic_ai.capabilities.abstract import WrapModelRequestHandler, WrapOutputProcessHandler

@@ -166,7 +166,7 @@ async def _demo(console: rich.console.Console, data_dir: pathlib.Path, cli: path
     from temporalio.worker import Worker
 
     from chio_kernel import LocalChioClient
-    from chio_temporal.agent import ChioTemporalAgent
+    from chio_temporal._agent import ChioTemporalAgent
 
     console.print(f"Starting a Temporal dev server ({cli}) ...")
     env = await WorkflowEnvironment.start_local(
@@ -240,7 +240,7 @@ async def _demo(console: rich.console.Console, data_dir: pathlib.Path, cli: path
 
 def run_demo(console: rich.console.Console, data_dir: pathlib.Path) -> None:
     """The governed Temporal agent section of ``chio-durable demo`` (embedded kernel in ``data_dir``)."""
-    from chio_temporal.devserver import run_temporal, temporal_cli_path
+    from chio_temporal._devserver import run_temporal, temporal_cli_path
 
     console.rule("Governed Pydantic AI agent on Temporal (ChioTemporalAgent)")
     cli = temporal_cli_path()

@@ -40,7 +40,7 @@ from chio_sdk.models import (
     Operation,
 )
 
-from chio_kernel.kernel import CapabilityError, Kernel
+from chio_kernel._kernel import CapabilityError, Kernel
 
 __all__ = ["LocalChioClient", "SidecarClient", "capability_id_from_token"]
 
