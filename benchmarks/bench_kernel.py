@@ -24,7 +24,11 @@ Group commit (throughput, interleaved rounds, integration-shaped calls; each wit
 * the sidecar with 4 client processes x 8 asyncio callers each (``SidecarClient``, the
   ``chio_sdk.ChioClient`` subclass the integrations use),
   batching on vs. a second sidecar started with ``CHIO_GROUP_COMMIT=1`` (one transaction per
-  evaluation: the kernel as it was before group commit), side by side in the same run.
+  evaluation: the kernel as it was before group commit), side by side in the same run;
+* the same against the sidecar of the code before issue 9 (``--baseline-rev``, default the commit
+  where issue 8 was complete: its ``src/`` is extracted with ``git archive`` and run with this
+  interpreter and these packages; skipped, saying why, outside a git checkout). Goal: now / before
+  issue 9 >= 2x.
 
 The PostgreSQL rows (``bench_postgres.py``: p50 vs SQLite, evaluations/s with 16 callers across 4
 processes) follow the main table.
@@ -280,6 +284,7 @@ class Rate:
     evals: int = 0
     seconds: float = 0.0
     commits: int | None = None
+    retries: int = 0  # sidecar rows: calls retried once on a connection closed while idle
 
     @property
     def per_second(self) -> float:
@@ -317,6 +322,7 @@ def sidecar_client_worker(conn: Any, tag: str) -> None:
     loop = asyncio.new_event_loop()
     clients: dict[str, Any] = {}
     keys = CallKeys(f"flow-run-{tag}")
+    retried = [0]
     while True:
         msg = conn.recv()
         if msg is None:
@@ -328,20 +334,33 @@ def sidecar_client_worker(conn: Any, tag: str) -> None:
 
         async def caller(c: Any = client, cap_id: str | None = cap, k: int = per_caller) -> None:
             for _ in range(k):
-                if cap_id is None:  # the trivial endpoint of the same stack: the HTTP ceiling
-                    await c._post("/echo", ECHO_BODY)
-                    continue
-                r = await c.evaluate_tool_call(capability_id=cap_id, tool_server="files", tool_name="read_file",
-                                               parameters=PARAMS, idempotency_key=keys())
-                if not r.is_allowed:
-                    raise RuntimeError(f"benchmark call denied: {r.decision}")
+                key = keys()
+                for attempt in (1, 2):
+                    # A keep-alive connection the server closed while idle (uvicorn's 5 s timer; the
+                    # gaps between one server's rounds can be that long on a loaded machine) may be
+                    # picked just as it closes: retry once, with the same idempotency key (so the
+                    # same receipt), and count it.
+                    try:
+                        if cap_id is None:  # the trivial endpoint of the same stack: the HTTP ceiling
+                            await c._post("/echo", ECHO_BODY)
+                            break
+                        r = await c.evaluate_tool_call(capability_id=cap_id, tool_server="files",
+                                                       tool_name="read_file", parameters=PARAMS, idempotency_key=key)
+                        if not r.is_allowed:
+                            raise RuntimeError(f"benchmark call denied: {r.decision}")
+                        break
+                    except (httpx.ReadError, httpx.RemoteProtocolError):
+                        if attempt == 2:
+                            raise
+                        retried[0] += 1
 
         async def run(m: int = callers) -> None:
             await asyncio.gather(*(caller() for _ in range(m)))
 
         t0 = time.perf_counter()
+        retried[0] = 0
         loop.run_until_complete(run())
-        conn.send((t0, time.perf_counter(), callers * per_caller))
+        conn.send((t0, time.perf_counter(), callers * per_caller, retried[0]))
     for c in clients.values():
         loop.run_until_complete(c.close())
     loop.close()
@@ -358,6 +377,39 @@ def sidecar_rate_round(workers: list[Any], url: str, cap: str | None, callers: i
     answers = [w.recv() for w in workers]
     row.seconds += max(a[1] for a in answers) - min(a[0] for a in answers)
     row.evals += sum(a[2] for a in answers)
+    row.retries += sum(a[3] for a in answers)
+
+
+#: The last commit before issue 9 (issue 8 complete): the "today" of issue 9's sidecar goal.
+BASELINE_REV = "7885ab9"
+
+
+def extract_baseline(rev: str, work: Path) -> tuple[Path | None, str]:
+    """``src/`` of ``rev`` extracted from this checkout's git history into ``work`` (``git archive``):
+    ``(path to put on PYTHONPATH, description)``, or ``(None, why not)`` without git, outside a git
+    checkout (a tarball) or for an unknown revision."""
+    repo = Path(__file__).resolve().parent.parent
+    git = shutil.which("git")
+    if git is None:
+        return None, "git is not installed"
+    try:
+        full = subprocess.run([git, "-C", str(repo), "rev-parse", "--verify", "--quiet", f"{rev}^{{commit}}"],
+                              capture_output=True, text=True, timeout=30)
+        if full.returncode != 0:
+            return None, f"revision {rev!r} is not in {repo}'s git history (a tarball or shallow clone?)"
+        dest = work / f"baseline-{rev}"
+        dest.mkdir(parents=True)
+        archive = subprocess.run([git, "-C", str(repo), "archive", full.stdout.strip(), "src"],
+                                 capture_output=True, timeout=120, check=True)
+        subprocess.run(["tar", "-x", "-C", str(dest)], input=archive.stdout, timeout=120, check=True)
+    except (OSError, subprocess.SubprocessError) as err:
+        return None, f"could not extract {rev}'s src: {err}"
+    src = dest / "src"
+    where = subprocess.run([sys.executable, "-c", "import chio_kernel; print(chio_kernel.__file__)"],
+                           capture_output=True, text=True, timeout=60, env={**os.environ, "PYTHONPATH": str(src)})
+    if not where.stdout.strip().startswith(str(src)):  # the installed package would shadow it: not a baseline
+        return None, f"PYTHONPATH={src} does not import its chio_kernel ({where.stdout.strip() or where.stderr[-200:]})"
+    return src, rev if full.stdout.startswith(rev) else f"{rev} = {full.stdout.strip()[:12]}"
 
 
 # --- bulk fill (flatness) ----------------------------------------------------------------------
@@ -462,6 +514,9 @@ def main() -> int:
                     help="store size for the flatness check (default 1,000,000; 100,000 with --quick; 0 skips)")
     ap.add_argument("--verify-fill", action="store_true",
                     help="also run the full Kernel.verify_chain() over the filled store (slow at 1e6)")
+    ap.add_argument("--baseline-rev", default=BASELINE_REV,
+                    help=f"git revision whose sidecar is the 'before issue 9' row (default {BASELINE_REV}; "
+                    "'' skips the row)")
     ap.add_argument("--serve-echo", type=int, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.serve_echo:
@@ -495,9 +550,26 @@ def main() -> int:
                                       env={**os.environ, "CHIO_GROUP_COMMIT": "1"}))
         sc_url, echo_url = f"http://127.0.0.1:{sc_port}", f"http://127.0.0.1:{echo_port}"
         off_url = f"http://127.0.0.1:{off_port}"
+        # the sidecar of the code before issue 9 (same interpreter and packages, its own src first)
+        base_src, base_what = (extract_baseline(args.baseline_rev, work) if args.baseline_rev
+                               else (None, "--baseline-rev ''"))
+        base_url: str | None = None
+        if base_src is not None:
+            base_port = free_port()
+            base_url = f"http://127.0.0.1:{base_port}"
+            procs.append(subprocess.Popen(
+                [sys.executable, "-m", "chio_kernel.cli", "sidecar", "--port", str(base_port),
+                 "--data-dir", str(work / "sidecar-base")],
+                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                env={k: v for k, v in {**os.environ, "PYTHONPATH": str(base_src)}.items()
+                     if k not in ("CHIO_STORE", "CHIO_GROUP_COMMIT")}))
+        else:
+            console.print(f"[yellow]no 'before issue 9' sidecar row: {base_what}[/]")
         wait_healthy(sc_url + "/chio/health", procs[0])
         wait_healthy(echo_url + "/chio/health", procs[1])
         wait_healthy(off_url + "/chio/health", procs[2])
+        if base_url is not None:
+            wait_healthy(base_url + "/chio/health", procs[3])
 
         mock = allow_all()
         sc_client = ChioClient(sc_url)
@@ -517,6 +589,7 @@ def main() -> int:
 
         sc_child = loop.run_until_complete(sidecar_child(sc_url))
         off_child = loop.run_until_complete(sidecar_child(off_url))
+        base_child = loop.run_until_complete(sidecar_child(base_url)) if base_url is not None else None
         sample = kernel.evaluate(cap_id, "files", "read_file", PARAMS)
         from chio_kernel import receipt_signing_bytes
 
@@ -588,11 +661,14 @@ def main() -> int:
         on_row = Rate("sidecar, 4 processes x 8 callers, group commit on")
         off_row = Rate("sidecar, 4 processes x 8 callers, CHIO_GROUP_COMMIT=1 (before)")
         echo_row = Rate("plain HTTP (same stack, trivial endpoint), 4 processes x 8 callers: the ceiling")
+        base_row = Rate(f"sidecar, 4 processes x 8 callers, before issue 9 ({base_what})")
         per_caller = max(10, n // rounds // 4)
         sc_per = max(4, n // 200)
         local_rate_round(loop, local, child_id, 8, 2, keys, Rate("warm-up"))
         sidecar_rate_round(pipes, sc_url, sc_child, 8, 2, Rate("warm-up"))
         sidecar_rate_round(pipes, off_url, off_child, 8, 2, Rate("warm-up"))
+        if base_url is not None:
+            sidecar_rate_round(pipes, base_url, base_child, 8, 2, Rate("warm-up"))
         for _ in range(rounds):
             local_rate_round(loop, local, cap_id, 1, per_caller * 8, None, seq_row)
             local_rate_round(loop, local, cap_id, 8, per_caller, None, par_row)
@@ -601,6 +677,8 @@ def main() -> int:
             sidecar_rate_round(pipes, sc_url, sc_child, 8, sc_per, on_row)
             sidecar_rate_round(pipes, off_url, off_child, 8, sc_per, off_row)
             sidecar_rate_round(pipes, echo_url, None, 8, sc_per, echo_row)
+            if base_url is not None:
+                sidecar_rate_round(pipes, base_url, base_child, 8, sc_per, base_row)
         for pe in pipes:
             pe.send(None)
         for w in workers:
@@ -612,7 +690,8 @@ def main() -> int:
         rates.add_column("evaluations", justify="right")
         rates.add_column("evals/s", justify="right")
         rates.add_column("commits/eval", justify="right")
-        for row in (seq_row, par_row, iseq_row, ipar_row, on_row, off_row, echo_row):
+        for row in (seq_row, par_row, iseq_row, ipar_row, on_row, off_row, *([base_row] if base_row.evals else []),
+                    echo_row):
             cpe = f"{row.commits / row.evals:.2f}" if row.commits is not None else ""
             rates.add_row(row.name, f"{row.evals:,}", f"{row.per_second:,.0f}", cpe)
         g1 = par_row.per_second / seq_row.per_second
@@ -627,6 +706,11 @@ def main() -> int:
         ratios.add_row("  the same, integration shape", f"{g2i:.2f}", "≤ 0.30", verdict(g2i <= 0.3))
         ratios.add_row("sidecar 4x8 callers: group commit / CHIO_GROUP_COMMIT=1", f"{g3:.2f}x", "≥ 2.00x",
                        verdict(g3 >= 2))
+        if base_row.evals:
+            g4 = on_row.per_second / base_row.per_second
+            ratios.add_row("sidecar 4x8: now / before issue 9", f"{g4:.2f}x", "≥ 2.00x", verdict(g4 >= 2))
+        else:
+            ratios.add_row("sidecar 4x8: now / before issue 9", "skipped", "≥ 2.00x", base_what)
 
         flat_note = None
         if max_receipts and max_receipts > 1000:
@@ -662,6 +746,9 @@ def main() -> int:
         console.print(ratios)
         if flat_note:
             console.print(f"[dim]flatness store: {flat_note}[/]")
+        retried = {r.name: r.retries for r in (on_row, off_row, base_row, echo_row) if r.retries}
+        if retried:
+            console.print(f"[dim]calls retried once on a keep-alive connection the server closed: {retried}[/]")
         console.print(f"[dim]mock p50 {mock_b.p50:.1f} µs is the SDK test double (no signing, no storage).[/]")
         from bench_postgres import postgres_rows  # PostgreSQL vs SQLite (skipped, saying why, without a server)
 

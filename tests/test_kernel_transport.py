@@ -104,6 +104,53 @@ def test_parameters_are_canonicalised_once_per_call_over_http(
     assert evaluation.parameter_hash == call.wire_parameter_hash == call.parameter_hash
 
 
+def test_parameters_are_canonicalised_and_hashed_once_per_call_embedded(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import hashlib
+
+    import chio_kernel.canonical as canonical
+    import chio_kernel._kernel as kernel_module
+
+    local = LocalChioClient(tmp_path)
+    local.kernel.create_capability(subject="agent", scope=SCOPE, capability_id="cap-docs")
+    transport = as_transport(local)
+    parameters = {"path": "/docs/a.md", "n": [1, 2.5], "big": 1e21}
+    seen = _count_canonicalisations(monkeypatch)
+    monkeypatch.setattr(kernel_module, "canonical_json_str", canonical.canonical_json_str)  # the kernel's own import of it
+    hashed: list[bytes] = []
+    real_sha256 = hashlib.sha256
+
+    def counting_sha256(data: bytes = b"", **kwargs: Any) -> Any:
+        hashed.append(bytes(data))
+        return real_sha256(data, **kwargs)
+
+    monkeypatch.setattr(hashlib, "sha256", counting_sha256)
+    call = GovernedCall("tool", "docs", "read", parameters)
+    key = call_key("run-1", "read#0", "cap-docs", call)
+    evaluation = transport.evaluate_sync(call, capability_id="cap-docs", idempotency_key=key)
+    monkeypatch.undo()
+    # the call's canonical form served the key and the kernel's receipt: one canonicalisation, one
+    # sha256 of it (the kernel used to canonicalise and hash the parameters a second time)
+    assert [value for value in seen if value is parameters] == [parameters]
+    text = call.canonical_parameters
+    assert text is not None and [h for h in hashed if h == text.encode()] == [text.encode()]
+    receipt = local.kernel.get_receipt(evaluation.receipt_id or "")
+    assert receipt is not None and local.kernel.verify_receipt(receipt)
+    assert receipt.action.parameter_hash == call.wire_parameter_hash == call.parameter_hash
+    assert receipt.action.parameters == parameters
+
+
+def test_the_kernel_refuses_half_a_precomputed_parameter_hash(tmp_path: Path) -> None:
+    kernel = Kernel(tmp_path)
+    kernel.create_capability(subject="agent", scope=SCOPE, capability_id="cap-docs")
+    with pytest.raises(ValueError, match="go together"):
+        kernel.evaluate("cap-docs", "docs", "read", {"a": 1}, parameter_hash="0" * 64)
+    with pytest.raises(ValueError, match="go together"):
+        kernel.evaluate("cap-docs", "docs", "read", {"a": 1}, canonical_parameters='{"a":1}')
+    kernel.close()
+
+
 def test_a_stock_chio_client_is_warned_once_and_sends_no_key(sidecar: SidecarProcess) -> None:
     transport = as_transport(ChioClient(sidecar.url))
     call = GovernedCall("tool", "docs", "read", {"path": "/b"})

@@ -57,6 +57,7 @@ class _Hashes:
     key: str  # stable across attempts and processes (memory addresses dropped): for idempotency keys
     wire: str | None  # the kernel's action.parameter_hash; None when the parameters have no JSON form
     wire_error: str | None = None
+    text: str | None = None  # the canonical JSON whose sha256 is ``wire`` (the parameters as given)
 
 
 def _hash_parameters(parameters: Mapping[str, Any]) -> _Hashes:
@@ -73,10 +74,10 @@ def _hash_parameters(parameters: Mapping[str, Any]) -> _Hashes:
             wire = None
         stable = _ADDRESS.sub("", text)
         if wire is not None and stable == text:  # the common case: one canonical form, one sha256
-            return _Hashes(key=wire, wire=wire)
+            return _Hashes(key=wire, wire=wire, text=text)
         key = hashlib.sha256(stable.encode("utf-8", "surrogatepass")).hexdigest()
         if wire is not None:
-            return _Hashes(key=key, wire=wire)
+            return _Hashes(key=key, wire=wire, text=text)
     else:
         from chio_durable._params import digest
 
@@ -124,6 +125,13 @@ class GovernedCall:
     def wire_parameter_hash(self) -> str | None:
         """The ``action.parameter_hash`` the kernel signs for this call; ``None`` if it has no JSON form."""
         return self._hashes.wire
+
+    @property
+    def canonical_parameters(self) -> str | None:
+        """The RFC 8785 canonical JSON of the parameters as given, whose sha256 is
+        :attr:`wire_parameter_hash`; ``None`` if they have none (the embedded kernel is handed both,
+        so it does not canonicalise and hash them again)."""
+        return self._hashes.text
 
     @property
     def wire_error(self) -> str | None:

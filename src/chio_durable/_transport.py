@@ -167,10 +167,14 @@ class EmbeddedTransport:
         self, call: GovernedCall, *, capability_id: str, idempotency_key: str | None = None,
         cost: MonetaryAmount | None = None, approval_id: str | None = None,
     ) -> Evaluation:
+        # The call's canonical form and hash, computed once for its idempotency key, are handed
+        # over (in process only), so the kernel does not canonicalise and hash the parameters again.
+        text, digest = call.canonical_parameters, call.wire_parameter_hash
         try:
             receipt = self.kernel.evaluate(
                 capability_id, call.tool_server, call.tool_name, call.parameters,
                 idempotency_key=idempotency_key, cost=cost, approval_id=approval_id,
+                canonical_parameters=text, parameter_hash=digest if text is not None else None,
             )
         except ValueError as err:
             if isinstance(err, ValidationError):  # our receipt model, not the caller's input

@@ -10,6 +10,7 @@ follow when their modules exist: ``chio_prefect._demo.run_demo(console, data_dir
 from __future__ import annotations
 
 import importlib
+import shlex
 import tempfile
 import time
 import uuid
@@ -133,6 +134,22 @@ def _run_engine_section(console: Console, index: int, title: str, module: str, d
     return True
 
 
+def _inspect_command(data_dir: Path) -> str:
+    """The command that lists the demo's receipts: with the demo's ``--store`` when it ran on a
+    PostgreSQL store (``$CHIO_STORE``, set by ``chio-durable demo --store``), shell-quoted; a
+    password in the URL is shown as ``***``, with a note to put it back."""
+    from chio_kernel._postgres_store import mask_dsn
+    from chio_kernel._kernel import resolve_store
+
+    command = f"chio-durable receipts list --data-dir {shlex.quote(str(data_dir))}"
+    dsn = resolve_store(None)
+    if dsn is None:
+        return command
+    shown = mask_dsn(dsn)
+    command += f" --store {shlex.quote(shown)}"
+    return command if shown == dsn else command + "  (put the store's password in place of ***)"
+
+
 def run(console: Console | None = None, data_dir: Path | None = None) -> int:
     """Run every demo section; return the process exit code (0 if all behaved as shown)."""
     console = console or Console()
@@ -156,8 +173,7 @@ def run(console: Console | None = None, data_dir: Path | None = None) -> int:
         failures += 1
         console.print(f"[red]Chain broken at index {report.first_broken_index}: {escape(str(report.reason))}[/]")
     console.print(
-        f"Done in {time.perf_counter() - started:.1f}s. Inspect: "
-        f"chio-durable receipts list --data-dir {data_dir}",
+        f"Done in {time.perf_counter() - started:.1f}s. Inspect: {escape(_inspect_command(data_dir))}",
         highlight=False,
         soft_wrap=True,
     )

@@ -18,7 +18,7 @@ from typing import Any, cast
 
 from chio_sdk.models import CapabilityToken
 
-from chio_kernel._postgres_store import PostgresStore, _PgReader, _PgWriter
+from chio_kernel._postgres_store import KernelKeyRetiredError, PostgresStore, _PgReader, _PgWriter
 from chio_kernel._store import StoreReader, StoreWriter
 from chio_kernel._capabilities import Capabilities
 from chio_kernel._coerce import _coerce_token
@@ -100,6 +100,18 @@ class PostgresKernel(Kernel):
         return True, None
 
     # --- the fleet's keys ---
+
+    def check_key_active(self) -> None:
+        """Raise :class:`KernelKeyRetiredError` (saying what to do) if this kernel's own signing key
+        was retired from the store: it could sign nothing, so a sidecar on it refuses to start."""
+        with self._read() as st:
+            retired = cast(_PgReader, st).first_retired([self.public_key_hex])
+        if retired is not None:
+            raise KernelKeyRetiredError(
+                f"this kernel's signing key {retired[:16]}… (data directory {self.data_dir}) was retired from the "
+                f"fleet store {self.store}; it signs nothing more. Start it with a new data directory "
+                "(--data-dir / CHIO_HOME: a new key, registered on start) to rejoin the fleet"
+            )
 
     def registered_keys(self) -> list[dict[str, Any]]:
         """Every kernel key registered in the store, oldest first: ``public_key``, ``label``

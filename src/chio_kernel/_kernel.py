@@ -346,16 +346,28 @@ class Kernel(ApprovalsMixin):
         cost: MonetaryAmount | Mapping[str, Any] | None = None,
         operation: Operation | str = Operation.INVOKE,
         approval_id: str | None = None,
+        canonical_parameters: str | None = None,
+        parameter_hash: str | None = None,
     ) -> ChioReceipt:
         """Decide one call and return its signed, stored receipt (allow or deny; never raises for a deny).
 
         A call that needs a human (a ``require_approval_above`` grant) gets a ``pending_approval``
-        receipt; send it again with ``approval_id`` once approved (docs/approvals.md). Raises :class:`KernelInputError` (a ``ValueError``) for malformed input. Concurrent calls
+        receipt; send it again with ``approval_id`` once approved (docs/approvals.md). Raises
+        :class:`KernelInputError` (a ``ValueError``) for malformed input. Concurrent calls
         (threads) share one write transaction (group commit, see ``docs/kernel.md``); the receipt is
         committed before this returns.
+
+        ``canonical_parameters`` / ``parameter_hash`` (both or neither): the RFC 8785 canonical JSON
+        of ``parameters`` (``chio_kernel.canonical.canonical_json_str``) and its sha256 hex, already
+        computed by an IN-PROCESS caller from these very parameters (chio_durable's embedded
+        transport hands over its ``GovernedCall``'s), so they are not computed twice. They are
+        trusted as given: the receipt signs them. Never pass values that came from outside the
+        process (the sidecar does not: it lets the kernel compute them).
         """
-        req = self._prepare(capability_id, tool_server, tool_name, parameters, idempotency_key, cost, operation,
-                            approval_id)
+        req = self._prepare(
+            capability_id, tool_server, tool_name, parameters, idempotency_key, cost, operation,
+            approval_id=approval_id, canonical_parameters=canonical_parameters, parameter_hash=parameter_hash,
+        )
         return self._committer.submit(req)
 
     async def _evaluate_async(
@@ -369,11 +381,15 @@ class Kernel(ApprovalsMixin):
         cost: MonetaryAmount | Mapping[str, Any] | None = None,
         operation: Operation | str = Operation.INVOKE,
         approval_id: str | None = None,
+        canonical_parameters: str | None = None,
+        parameter_hash: str | None = None,
     ) -> ChioReceipt:
         """:meth:`evaluate` for asyncio callers: the calls made in one turn of the event loop share
         one write transaction (LocalChioClient uses this)."""
-        req = self._prepare(capability_id, tool_server, tool_name, parameters, idempotency_key, cost, operation,
-                            approval_id)
+        req = self._prepare(
+            capability_id, tool_server, tool_name, parameters, idempotency_key, cost, operation,
+            approval_id=approval_id, canonical_parameters=canonical_parameters, parameter_hash=parameter_hash,
+        )
         return await self._committer.submit_async(req)
 
     def _prepare(
@@ -386,6 +402,8 @@ class Kernel(ApprovalsMixin):
         cost: MonetaryAmount | Mapping[str, Any] | None,
         operation: Operation | str,
         approval_id: str | None = None,
+        canonical_parameters: str | None = None,
+        parameter_hash: str | None = None,
     ) -> _EvalRequest:
         """Input checks, canonical forms and hashes, and the pure guards: everything before the
         write transaction."""
@@ -400,11 +418,20 @@ class Kernel(ApprovalsMixin):
             raise KernelInputError(
                 f"parameters must be a dict of parameter name -> JSON value, got {type(parameters).__name__}"
             )
-        try:
-            params_text = canonical_json_str(parameters)
-            params_bytes = params_text.encode("utf-8")
-        except ValueError as err:
-            raise KernelInputError(f"parameters are not JSON-able: {err}") from None
+        if canonical_parameters is not None or parameter_hash is not None:
+            # an in-process caller's own canonical form and hash of these parameters (see evaluate)
+            if type(canonical_parameters) is not str or type(parameter_hash) is not str or len(parameter_hash) != 64:
+                raise KernelInputError(
+                    "canonical_parameters and parameter_hash go together: the canonical JSON of the parameters "
+                    "and its sha256 hex (or neither)"
+                )
+            params_text, param_hash = canonical_parameters, parameter_hash
+        else:
+            try:
+                params_text = canonical_json_str(parameters)
+                param_hash = hashlib.sha256(params_text.encode("utf-8")).hexdigest()
+            except ValueError as err:
+                raise KernelInputError(f"parameters are not JSON-able: {err}") from None
         # The receipt records a private, JSON-normalised copy of the parameters (tuples -> lists,
         # enums -> values; floats keep their exact value), via the text the chain hash uses.
         try:
@@ -412,7 +439,6 @@ class Kernel(ApprovalsMixin):
         except (TypeError, ValueError) as err:  # pragma: no cover - canonical_json refused these already
             raise KernelInputError(f"parameters are not JSON-able: {err}") from None
         params = json.loads(params_ascii)
-        param_hash = hashlib.sha256(params_bytes).hexdigest()
         op = operation if type(operation) is Operation else _coerce_operation(operation)
         cost_t = None if cost is None else _coerce_cost(cost)
         if approval_id is not None:

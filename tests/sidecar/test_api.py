@@ -61,6 +61,7 @@ async def test_health_names_the_kernel_key(client: ChioClient) -> None:
     health = await client.health()
     assert health["status"] == "ok"
     assert len(health["kernel_key"]) == 64
+    assert health["store"] == "sqlite" and "store_url" not in health  # the default store, in the data dir
 
 
 async def test_issue_and_validate(client: ChioClient) -> None:

@@ -286,6 +286,7 @@ def sidecar(
     ] = 10.0,
 ) -> None:
     """Serve the kernel over HTTP for chio_sdk.ChioClient (loopback by default)."""
+    from chio_kernel._postgres_store import KernelKeyRetiredError
     from chio_kernel._kernel import KernelKeyMissingError
     from chio_kernel.sidecar import SidecarConfigError, check_bind, serve
 
@@ -309,7 +310,7 @@ def sidecar(
     try:
         serve(host, port, data_dir=path, token=token, log_level=log_level, on_ready=ready,
               header_timeout=header_timeout)
-    except (SidecarConfigError, KernelKeyMissingError) as e:
+    except (SidecarConfigError, KernelKeyMissingError, KernelKeyRetiredError) as e:
         raise CliError(str(e)) from None
 
 

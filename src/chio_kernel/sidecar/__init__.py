@@ -49,6 +49,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from chio_kernel._coerce import normalize_scope_constraints
 from chio_kernel._holds import KernelConflictError
+from chio_kernel._postgres_store import KernelKeyRetiredError, is_postgres_dsn, mask_dsn
 from chio_kernel._kernel import (
     MAX_COST_UNITS,
     CapabilityError,
@@ -400,6 +401,9 @@ def _endpoint(fn: Handler, store_errors: tuple[type[Exception], ...] = (sqlite3.
             return _error(409, err.code, _short(err))
         except KernelInputError as err:  # input the kernel cannot take (it says what to pass)
             return _error(422, "invalid_request", _short(err))
+        except KernelKeyRetiredError as err:  # this kernel may sign nothing more: not the request's fault
+            log.error("%s %s refused: %s", request.method, request.url.path, err)
+            return _error(503, "kernel_key_retired", _short(err, 600))
         except store_errors as err:  # the store, not the request: retryable, and nothing was decided
             log.warning("store error in %s %s: %s", request.method, request.url.path, err)
             return _error(503, "store_unavailable", f"the receipt store could not be used ({_short(err)}); retry")
@@ -410,6 +414,15 @@ def _endpoint(fn: Handler, store_errors: tuple[type[Exception], ...] = (sqlite3.
     wrapper.__name__ = fn.__name__
     wrapper.__doc__ = fn.__doc__
     return wrapper
+
+
+def _store_info(kernel: Any) -> dict[str, str]:
+    """``/chio/health``'s store fields: ``store`` = ``"sqlite"`` or ``"postgresql"``, and for
+    PostgreSQL ``store_url`` with the password masked (``PostgresKernel.store``)."""
+    url = getattr(kernel, "store", None)
+    if isinstance(url, str) and is_postgres_dsn(url):
+        return {"store": "postgresql", "store_url": mask_dsn(url)}
+    return {"store": "sqlite"}
 
 
 # --- the app ----------------------------------------------------------------------------------
@@ -436,9 +449,11 @@ def create_app(
         return _endpoint(fn, store_errors)
 
 
+    store_info = _store_info(k)
+
     @endpoint
     async def health(request: Request) -> Response:
-        return _json({"status": "ok", "kernel_key": k.public_key_hex, "version": _version()})
+        return _json({"status": "ok", "kernel_key": k.public_key_hex, "version": _version(), **store_info})
 
     @endpoint
     async def create_capability(request: Request) -> Response:

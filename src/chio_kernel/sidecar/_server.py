@@ -138,7 +138,8 @@ def serve(
 ) -> None:
     """Run the sidecar until interrupted. Raises :class:`SidecarConfigError` before binding if the
     configuration is refused (non-loopback host without a token), and
-    :class:`chio_kernel._kernel.KernelKeyMissingError` if the data directory's store lost its key.
+    :class:`chio_kernel._kernel.KernelKeyMissingError` if the data directory's store lost its key,
+    ``KernelKeyRetiredError`` if the kernel's key was retired from its fleet store.
 
     ``header_timeout`` / ``max_pending_headers``: see :func:`header_timeout_protocol`."""
     import uvicorn
@@ -148,6 +149,13 @@ def serve(
     from chio_kernel import Kernel
 
     kernel = Kernel(data_dir=data_dir)
+    check_key_active = getattr(kernel, "check_key_active", None)  # a fleet kernel: is its key still active?
+    if check_key_active is not None:
+        try:
+            check_key_active()  # raises KernelKeyRetiredError: serving would answer every write with 503
+        except BaseException:
+            kernel.close()
+            raise
     app = create_app(kernel, token=token)
     config = uvicorn.Config(
         app,
