@@ -11,17 +11,22 @@ from chio_kernel._client import LocalChioClient, SidecarClient
 from chio_kernel._errors import CapabilityError, ChioKernelError, KernelInputError, KernelKeyMissingError
 from chio_kernel._kernel import ChainReport, Kernel
 from chio_kernel._receipts import receipt_chain_hash, receipt_signing_bytes
+from chio_kernel._holds import HoldConflictError, IdempotencyKeyReusedError, KernelConflictError, UnknownHoldError
 from chio_kernel.signing import default_data_dir
 
 __all__ = [
     "CapabilityError",
     "ChainReport",
     "ChioKernelError",
+    "HoldConflictError",
+    "IdempotencyKeyReusedError",
     "Kernel",
+    "KernelConflictError",
     "KernelInputError",
     "KernelKeyMissingError",
     "LocalChioClient",
     "SidecarClient",
+    "UnknownHoldError",
     "canonical_json",
     "default_data_dir",
     "receipt_chain_hash",

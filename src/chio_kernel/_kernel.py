@@ -34,6 +34,7 @@ from chio_kernel._errors import CapabilityError, ChioKernelError, KernelInputErr
 from chio_kernel._group_commit import GroupCommitter, max_batch_from_env
 from chio_kernel._sqlite_store import DB_FILE, SQLiteStore
 from chio_kernel._ids import uuid7
+from chio_kernel._holds import Holds, check_key_reuse, key_fingerprint_hash, resolve_hold_ttl
 from chio_kernel._policy import _Deny, check_valid, decide, passing_grants
 from chio_kernel._receipts import (
     ChainReport,
@@ -112,6 +113,7 @@ class _EvalRequest:
     cost_t: tuple[int, str] | None
     idem_hash: str | None
     pre: dict[str, list[tuple[int, ToolGrant]] | _Deny] | None
+    key: str | None = None  # the idempotency key itself (the key-reuse rule, chio_kernel._holds)
 
 
 # --- the kernel --------------------------------------------------------------------------------
@@ -156,6 +158,8 @@ class Kernel:
         fsync: ``synchronous=FULL`` (survive power loss too) instead of WAL ``NORMAL`` (survive a
             killed process).
         clock: the time source in unix seconds (default ``time.time``; tests move it).
+        hold_ttl: seconds a budget hold lives unsettled before it expires (default
+            ``$CHIO_HOLD_TTL``, else 3600; see ``docs/budgets.md``).
     """
 
     def __new__(cls, *args: Any, store: str | None = None, **kwargs: Any) -> Kernel:
@@ -174,7 +178,9 @@ class Kernel:
         trusted_keys: Iterable[str] = (),
         fsync: bool = False,
         clock: Callable[[], float] | None = None,
+        hold_ttl: float | None = None,
     ) -> None:
+        self._holds = Holds(self, resolve_hold_ttl(hold_ttl))
         self.data_dir: Path = ensure_data_dir(Path(data_dir) if data_dir is not None else default_data_dir())
         dsn = resolve_store(store)  # None: SQLite in data_dir
         if dsn is None and not (self.data_dir / KEY_FILE).exists() and (self.data_dir / DB_FILE).exists():
@@ -416,7 +422,7 @@ class Kernel:
         )
         return _EvalRequest(
             capability_id, tool_server, tool_name, op, params, params_text, params_ascii, param_hash, cost_t,
-            idem_hash, pre,
+            idem_hash, pre, idempotency_key,
         )
 
     def _run_batch(self, reqs: Sequence[_EvalRequest]) -> list[ChioReceipt | BaseException]:
@@ -443,6 +449,8 @@ class Kernel:
         """Decide, charge and record one call inside the caller's write transaction."""
         capability_id, tool_server, tool_name = req.capability_id, req.tool_server, req.tool_name
         now = self._clock()
+        if req.cost_t is not None:  # holds past their TTL free their budget before this call is decided
+            self._holds.expire_due(st, now)
         cap = self._load_cap(st, capability_id)
         # One statement reads the chain head and the revocation state (of the capability and
         # its ancestors) inside the write transaction: another process's revoke is seen.
@@ -457,6 +465,8 @@ class Kernel:
                 body = st.idempotent_receipt(req.idem_hash)
                 if body is not None:
                     return ChioReceipt.model_validate_json(body)
+                assert req.key is not None
+                check_key_reuse(st, key_fingerprint_hash(req.key), req.idem_hash, req.key)
             assert cap is not None
             lineage = [cap]
             for ancestor_id in cap.lineage[1:]:
@@ -475,6 +485,10 @@ class Kernel:
         receipt = self._append_receipt(st, head_seq, prev_hash, now, req, None, cap.policy_hash)
         if req.idem_hash is not None:
             st.remember_idempotency(req.idem_hash, head_seq + 1)
+            assert req.key is not None
+            st.remember_idempotency_key(key_fingerprint_hash(req.key), req.idem_hash)
+        if req.cost_t is not None:  # a declared cost is a hold until settled, released or expired
+            self._holds.place(st, receipt.id, capability_id, cap.policy_hash, req.cost_t, charges, now)
         return receipt
 
     def _precheck(
@@ -528,6 +542,49 @@ class Kernel:
         )
         st.append_receipt(head_seq + 1, receipt.id, req.capability_id, receipt.decision.verdict, chain_hash, stored)
         return receipt
+
+    # --- budget holds (chio_kernel._holds does the work; docs/budgets.md) ---
+
+    @property
+    def hold_ttl(self) -> float:
+        """Seconds an unsettled hold lives before it expires."""
+        return self._holds.ttl
+
+    def settle(self, receipt_id: str, actual_cost: MonetaryAmount | Mapping[str, Any], op_id: str) -> ChioReceipt:
+        """Settle the hold placed by the allow ``receipt_id``: capture ``actual_cost``, free the rest.
+
+        Returns the signed settle receipt (``metadata["budget"]``: hold, requested, captured,
+        ``capped`` when the actual cost did not fit the budget left and was captured only up to it).
+        The same ``op_id`` again returns that receipt; a different settle/release of a closed hold
+        raises :class:`~chio_kernel.HoldConflictError`; no hold for that id:
+        :class:`~chio_kernel.UnknownHoldError`. A settle after the hold expired captures up to the
+        budget left then (``after_expiry``).
+        """
+        return self._holds.settle(receipt_id, actual_cost, op_id)
+
+    def release(self, receipt_id: str, op_id: str, reason: str = "released") -> ChioReceipt:
+        """Free the whole hold of the allow ``receipt_id`` (compensation); the signed release receipt.
+
+        Same ``op_id`` rules as :meth:`settle`. Releasing a hold that already expired returns the
+        expiry receipt (it is free already).
+        """
+        return self._holds.release(receipt_id, op_id, reason)
+
+    def expire_holds(self) -> list[ChioReceipt]:
+        """Expire every open hold past the TTL now (a signed receipt each). Evaluations that declare a
+        cost do this lazily in their own transaction; call this to sweep without one."""
+        return self._holds.expire()
+
+    def get_hold(self, receipt_id: str) -> dict[str, Any] | None:
+        """The hold of allow ``receipt_id`` (``amount``, ``state``, ``captured_units``, ``expires_at``,
+        ``closed_by``, ``grants``), or None."""
+        return self._holds.get(receipt_id)
+
+    def budgets(self, capability_id: str) -> list[dict[str, Any]]:
+        """Per budgeted grant of the capability and its ancestors: ``captured``, ``held``,
+        ``remaining`` (of ``max_total_cost``), ``currency``, ``invocations``... Due holds are expired
+        first, so the numbers are exact."""
+        return self._holds.budgets(capability_id)
 
     # --- receipts ---
 

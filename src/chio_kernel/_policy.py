@@ -238,7 +238,7 @@ def check_budget(
         if spent + units > total.units:
             raise Deny(
                 "cost",
-                f"call to {tool_server}/{tool_name} costs {units} {currency}; {owner} has spent "
+                f"call to {tool_server}/{tool_name} costs {units} {currency}; {owner} has spent or holds "
                 f"{spent} of its {total.units} {total.currency} budget, so only {total.units - spent} remain",
             )
 

@@ -35,7 +35,7 @@ from typing import TYPE_CHECKING, Any, cast
 from urllib.parse import urlsplit, urlunsplit
 
 from chio_kernel._errors import ChioKernelError
-from chio_kernel._store import GENESIS_HASH, CapabilityRow, StoredCounts
+from chio_kernel._store import GENESIS_HASH, CapabilityRow, HoldRow, StoredCounts
 
 if TYPE_CHECKING:
     import psycopg
@@ -52,6 +52,17 @@ __all__ = [
 #: The fleet's writer lock (``pg_advisory_xact_lock`` key): "chio" in ASCII.
 CHAIN_LOCK_KEY = 0x6368696F
 _INDEX_BATCH = 5_000
+_HOLD_COLS = (
+    "receipt_id, capability_id, policy_hash, units, currency, created_at, expires_at, state, captured_units, "
+    "closed_by, closed_seq"
+)
+
+
+def _hold_row(r: Any) -> HoldRow:
+    return HoldRow(
+        str(r[0]), str(r[1]), str(r[2]), int(r[3]), str(r[4]), float(r[5]), float(r[6]), str(r[7]), int(r[8]),
+        None if r[9] is None else str(r[9]), None if r[10] is None else int(r[10]),
+    )
 
 SCHEMA = f"""
 CREATE TABLE IF NOT EXISTS meta (k TEXT PRIMARY KEY, v TEXT NOT NULL);
@@ -81,6 +92,22 @@ CREATE TABLE IF NOT EXISTS usage (
 CREATE TABLE IF NOT EXISTS rate_events (capability_id TEXT NOT NULL, t DOUBLE PRECISION NOT NULL);
 CREATE INDEX IF NOT EXISTS rate_events_capability ON rate_events(capability_id, t);
 CREATE TABLE IF NOT EXISTS idempotency (key_hash TEXT PRIMARY KEY, receipt_seq BIGINT NOT NULL);
+CREATE TABLE IF NOT EXISTS idempotency_keys (key_hash TEXT PRIMARY KEY, fingerprint TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS holds (
+    receipt_id TEXT PRIMARY KEY, capability_id TEXT NOT NULL, policy_hash TEXT NOT NULL, units BIGINT NOT NULL,
+    currency TEXT NOT NULL, created_at DOUBLE PRECISION NOT NULL, expires_at DOUBLE PRECISION NOT NULL,
+    state TEXT NOT NULL, captured_units BIGINT NOT NULL DEFAULT 0, closed_by TEXT, closed_seq BIGINT
+);
+CREATE INDEX IF NOT EXISTS holds_open ON holds(expires_at) WHERE state = 'open';
+CREATE TABLE IF NOT EXISTS hold_grants (
+    receipt_id TEXT NOT NULL, capability_id TEXT NOT NULL, grant_index BIGINT NOT NULL,
+    PRIMARY KEY (receipt_id, capability_id, grant_index)
+);
+CREATE INDEX IF NOT EXISTS hold_grants_capability ON hold_grants(capability_id, grant_index);
+CREATE TABLE IF NOT EXISTS hold_ops (
+    receipt_id TEXT NOT NULL, op_id TEXT NOT NULL, fingerprint TEXT NOT NULL, receipt_seq BIGINT NOT NULL,
+    PRIMARY KEY (receipt_id, op_id)
+);
 CREATE TABLE IF NOT EXISTS kernel_keys (
     public_key TEXT PRIMARY KEY, label TEXT NOT NULL, registered_at DOUBLE PRECISION NOT NULL,
     retired_at DOUBLE PRECISION, retired_reason TEXT
@@ -221,6 +248,23 @@ class _PgReader:
     def receipt_count(self) -> int:
         return int(self._one("SELECT COUNT(*) FROM receipts")[0])
 
+    def hold(self, receipt_id: str) -> HoldRow | None:
+        row = self._one(f"SELECT {_HOLD_COLS} FROM holds WHERE receipt_id = %s", (receipt_id,))
+        return None if row is None else _hold_row(row)
+
+    def hold_grants(self, receipt_id: str) -> list[tuple[str, int]]:
+        rows = self._all("SELECT capability_id, grant_index FROM hold_grants WHERE receipt_id = %s", (receipt_id,))
+        return [(str(r[0]), int(r[1])) for r in rows]
+
+    def held_by_grant(self, capability_id: str) -> list[tuple[int, int, int]]:
+        rows = self._all(
+            "SELECT g.grant_index, SUM(h.units), COUNT(*) FROM hold_grants g JOIN holds h "
+            "ON h.receipt_id = g.receipt_id WHERE g.capability_id = %s AND h.state = 'open' "
+            "GROUP BY g.grant_index ORDER BY g.grant_index",
+            (capability_id,),
+        )
+        return [(int(r[0]), int(r[1]), int(r[2])) for r in rows]
+
     # --- the fleet's keys (PostgreSQL only) ---
 
     def registered_keys(self) -> list[tuple[str, str, float, float | None, str | None]]:
@@ -338,6 +382,67 @@ class _PgWriter(_PgReader):
 
     def remember_idempotency(self, key_hash: str, seq: int) -> None:
         self._run("INSERT INTO idempotency(key_hash, receipt_seq) VALUES (%s, %s)", (key_hash, seq))
+
+    # --- idempotency keys and budget holds (chio_kernel._holds) ---
+
+    def idempotency_key(self, key_hash: str) -> str | None:
+        row = self._one("SELECT fingerprint FROM idempotency_keys WHERE key_hash = %s", (key_hash,))
+        return None if row is None else str(row[0])
+
+    def remember_idempotency_key(self, key_hash: str, fingerprint: str) -> None:
+        self._run(
+            "INSERT INTO idempotency_keys(key_hash, fingerprint) VALUES (%s, %s) ON CONFLICT DO NOTHING",
+            (key_hash, fingerprint),
+        )
+
+    def insert_hold(self, row: HoldRow, grants: Sequence[tuple[str, int]]) -> None:
+        self._run(
+            f"INSERT INTO holds({_HOLD_COLS}) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)",
+            (row.receipt_id, row.capability_id, row.policy_hash, row.units, row.currency, row.created_at,
+             row.expires_at, row.state, row.captured_units, row.closed_by, row.closed_seq),
+        )
+        for cid, index in grants:
+            self._run(
+                "INSERT INTO hold_grants(receipt_id, capability_id, grant_index) VALUES (%s, %s, %s) "
+                "ON CONFLICT DO NOTHING",
+                (row.receipt_id, cid, index),
+            )
+
+    def due_holds(self, now: float, limit: int) -> list[HoldRow]:
+        rows = self._all(
+            f"SELECT {_HOLD_COLS} FROM holds WHERE state = 'open' AND expires_at <= %s "
+            "ORDER BY expires_at, receipt_id LIMIT %s",
+            (now, limit),
+        )
+        return [_hold_row(r) for r in rows]
+
+    def close_hold(self, receipt_id: str, state: str, captured_units: int, closed_by: str, closed_seq: int) -> None:
+        self._run(
+            "UPDATE holds SET state = %s, captured_units = %s, closed_by = %s, closed_seq = %s WHERE receipt_id = %s",
+            (state, captured_units, closed_by, closed_seq, receipt_id),
+        )
+
+    def adjust_cost(self, capability_id: str, grant_index: int, delta: int) -> None:
+        # numeric: no BIGINT overflow before the clamp to [0, 2^63-1]
+        self._run(
+            "UPDATE usage SET cost_units = GREATEST(0, LEAST(cost_units::numeric + %s, 9223372036854775807))::bigint "
+            "WHERE capability_id = %s AND grant_index = %s",
+            (delta, capability_id, grant_index),
+        )
+
+    def hold_op(self, receipt_id: str, op_id: str) -> tuple[str, str] | None:
+        row = self._one(
+            "SELECT o.fingerprint, r.body FROM hold_ops o JOIN receipts r ON r.seq = o.receipt_seq "
+            "WHERE o.receipt_id = %s AND o.op_id = %s",
+            (receipt_id, op_id),
+        )
+        return None if row is None else (str(row[0]), str(row[1]))
+
+    def remember_hold_op(self, receipt_id: str, op_id: str, fingerprint: str, seq: int) -> None:
+        self._run(
+            "INSERT INTO hold_ops(receipt_id, op_id, fingerprint, receipt_seq) VALUES (%s, %s, %s, %s)",
+            (receipt_id, op_id, fingerprint, seq),
+        )
 
     # --- the fleet's keys (PostgreSQL only) ---
 

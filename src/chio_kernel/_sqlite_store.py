@@ -26,7 +26,7 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
-from chio_kernel._store import GENESIS_HASH, CapabilityRow, StoredCounts
+from chio_kernel._store import GENESIS_HASH, CapabilityRow, HoldRow, StoredCounts
 
 __all__ = ["DB_FILE", "GENESIS_HASH", "SCHEMA_VERSION", "SQLiteStore", "open_store"]
 
@@ -91,6 +91,38 @@ CREATE INDEX IF NOT EXISTS rate_events_capability ON rate_events(capability_id, 
 CREATE TABLE IF NOT EXISTS idempotency (
     key_hash    TEXT PRIMARY KEY,
     receipt_seq INTEGER NOT NULL
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS idempotency_keys (
+    key_hash    TEXT PRIMARY KEY,
+    fingerprint TEXT NOT NULL
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS holds (
+    receipt_id     TEXT PRIMARY KEY,
+    capability_id  TEXT NOT NULL,
+    policy_hash    TEXT NOT NULL,
+    units          INTEGER NOT NULL,
+    currency       TEXT NOT NULL,
+    created_at     REAL NOT NULL,
+    expires_at     REAL NOT NULL,
+    state          TEXT NOT NULL,
+    captured_units INTEGER NOT NULL DEFAULT 0,
+    closed_by      TEXT,
+    closed_seq     INTEGER
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS holds_open ON holds(expires_at) WHERE state = 'open';
+CREATE TABLE IF NOT EXISTS hold_grants (
+    receipt_id    TEXT NOT NULL,
+    capability_id TEXT NOT NULL,
+    grant_index   INTEGER NOT NULL,
+    PRIMARY KEY (receipt_id, capability_id, grant_index)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS hold_grants_capability ON hold_grants(capability_id, grant_index);
+CREATE TABLE IF NOT EXISTS hold_ops (
+    receipt_id  TEXT NOT NULL,
+    op_id       TEXT NOT NULL,
+    fingerprint TEXT NOT NULL,
+    receipt_seq INTEGER NOT NULL,
+    PRIMARY KEY (receipt_id, op_id)
 ) WITHOUT ROWID;
 """
 
@@ -166,6 +198,11 @@ def _owner_only(db_path: Path) -> None:
 
 _HEAD_SQL = "SELECT seq, hash FROM chain_head WHERE k = 0"
 _INDEX_BATCH = 5_000  # receipts indexed by capability per write transaction (see catch_up_capability_index)
+_HOLD_COLS = (
+    "receipt_id, capability_id, policy_hash, units, currency, created_at, expires_at, state, captured_units, "
+    "closed_by, closed_seq"
+)
+_MAX_UNITS = 9223372036854775807
 _CAP_SQL = "SELECT id, token, parent_id, subject, issued_at, expires_at, rate_max, rate_per FROM capabilities WHERE id = ?"
 
 
@@ -338,6 +375,89 @@ class _Ops:
 
     def remember_idempotency(self, key_hash: str, seq: int) -> None:
         self._c.execute("INSERT INTO idempotency(key_hash, receipt_seq) VALUES (?, ?)", (key_hash, seq))
+
+    # --- idempotency keys and budget holds (chio_kernel._holds) ---
+
+    def idempotency_key(self, key_hash: str) -> str | None:
+        row = self._c.execute("SELECT fingerprint FROM idempotency_keys WHERE key_hash = ?", (key_hash,)).fetchone()
+        return None if row is None else str(row[0])
+
+    def remember_idempotency_key(self, key_hash: str, fingerprint: str) -> None:
+        self._c.execute(
+            "INSERT OR IGNORE INTO idempotency_keys(key_hash, fingerprint) VALUES (?, ?)", (key_hash, fingerprint)
+        )
+
+    def hold(self, receipt_id: str) -> HoldRow | None:
+        row = self._c.execute(f"SELECT {_HOLD_COLS} FROM holds WHERE receipt_id = ?", (receipt_id,)).fetchone()
+        return None if row is None else HoldRow(*row)
+
+    def hold_grants(self, receipt_id: str) -> list[tuple[str, int]]:
+        return [
+            (str(r[0]), int(r[1]))
+            for r in self._c.execute(
+                "SELECT capability_id, grant_index FROM hold_grants WHERE receipt_id = ?", (receipt_id,)
+            )
+        ]
+
+    def held_by_grant(self, capability_id: str) -> list[tuple[int, int, int]]:
+        return [
+            (int(r[0]), int(r[1]), int(r[2]))
+            for r in self._c.execute(
+                "SELECT g.grant_index, SUM(h.units), COUNT(*) FROM hold_grants g JOIN holds h "
+                "ON h.receipt_id = g.receipt_id WHERE g.capability_id = ? AND h.state = 'open' "
+                "GROUP BY g.grant_index ORDER BY g.grant_index",
+                (capability_id,),
+            )
+        ]
+
+    def insert_hold(self, row: HoldRow, grants: Sequence[tuple[str, int]]) -> None:
+        self._c.execute(
+            f"INSERT INTO holds({_HOLD_COLS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (row.receipt_id, row.capability_id, row.policy_hash, row.units, row.currency, row.created_at,
+             row.expires_at, row.state, row.captured_units, row.closed_by, row.closed_seq),
+        )
+        self._c.executemany(
+            "INSERT OR IGNORE INTO hold_grants(receipt_id, capability_id, grant_index) VALUES (?, ?, ?)",
+            [(row.receipt_id, cid, index) for cid, index in grants],
+        )
+
+    def due_holds(self, now: float, limit: int) -> list[HoldRow]:
+        return [
+            HoldRow(*r)
+            for r in self._c.execute(
+                f"SELECT {_HOLD_COLS} FROM holds WHERE state = 'open' AND expires_at <= ? "
+                "ORDER BY expires_at, receipt_id LIMIT ?",
+                (now, limit),
+            )
+        ]
+
+    def close_hold(self, receipt_id: str, state: str, captured_units: int, closed_by: str, closed_seq: int) -> None:
+        self._c.execute(
+            "UPDATE holds SET state = ?, captured_units = ?, closed_by = ?, closed_seq = ? WHERE receipt_id = ?",
+            (state, captured_units, closed_by, closed_seq, receipt_id),
+        )
+
+    def adjust_cost(self, capability_id: str, grant_index: int, delta: int) -> None:
+        # computed here, not in SQL: SQLite turns an overflowing integer sum into a float
+        used = self.usage(capability_id, grant_index)[1]
+        self._c.execute(
+            "UPDATE usage SET cost_units = ? WHERE capability_id = ? AND grant_index = ?",
+            (max(0, min(used + delta, _MAX_UNITS)), capability_id, grant_index),
+        )
+
+    def hold_op(self, receipt_id: str, op_id: str) -> tuple[str, str] | None:
+        row = self._c.execute(
+            "SELECT o.fingerprint, r.body FROM hold_ops o JOIN receipts r ON r.seq = o.receipt_seq "
+            "WHERE o.receipt_id = ? AND o.op_id = ?",
+            (receipt_id, op_id),
+        ).fetchone()
+        return None if row is None else (str(row[0]), str(row[1]))
+
+    def remember_hold_op(self, receipt_id: str, op_id: str, fingerprint: str, seq: int) -> None:
+        self._c.execute(
+            "INSERT INTO hold_ops(receipt_id, op_id, fingerprint, receipt_seq) VALUES (?, ?, ?, ?)",
+            (receipt_id, op_id, fingerprint, seq),
+        )
 
 
 class SQLiteStore:

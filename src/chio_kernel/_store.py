@@ -17,7 +17,13 @@ Data the store keeps (the SQLite schema names them):
 * receipts      - the hash-chained log: ``seq`` (1, 2, 3 ... in chain order, no gaps), ``id``,
   ``capability_id``, ``verdict``, ``chain_hash`` (sha256 of ``body``), ``body`` (the receipt's JSON text
   exactly as the kernel hands it; the store never rewrites it);
-* idempotency   - ``key_hash`` -> the ``seq`` of the receipt it returned.
+* idempotency   - ``key_hash`` -> the ``seq`` of the receipt it returned;
+* idempotency keys - ``sha256(key)`` -> the fingerprint of the call it was first used for (a key
+  reused for another call is refused, see ``chio_kernel._holds``);
+* holds         - one row per allow that declared a cost (:class:`HoldRow`), the budgeted grants it
+  charged (``hold_grants``) and the settle/release ``op_id`` s answered (``hold_ops``). While a hold
+  is open its units are part of ``usage.cost_units`` (so ``cost_units`` = captured + open holds);
+  settling/releasing/expiring adjusts ``cost_units`` in the same transaction (docs/budgets.md).
 
 Transaction semantics (what every implementation must guarantee):
 
@@ -56,6 +62,7 @@ from typing import Protocol, runtime_checkable
 __all__ = [
     "GENESIS_HASH",
     "CapabilityRow",
+    "HoldRow",
     "KernelStore",
     "StoreReader",
     "StoreWriter",
@@ -87,6 +94,27 @@ class StoredCounts:
     capabilities: int
     receipts: int
     newest_key: str | None  # kernel_key of the newest receipt, else issuer of a stored capability
+
+
+@dataclass(frozen=True)
+class HoldRow:
+    """One budget hold: the allow receipt that placed it, its amount and where it stands.
+
+    ``state`` is ``open``, ``settled``, ``released`` or ``expired``; ``closed_by`` / ``closed_seq``
+    name the receipt that moved it out of ``open`` last (None while open).
+    """
+
+    receipt_id: str
+    capability_id: str
+    policy_hash: str
+    units: int
+    currency: str
+    created_at: float
+    expires_at: float
+    state: str = "open"
+    captured_units: int = 0
+    closed_by: str | None = None
+    closed_seq: int | None = None
 
 
 class StoreReader(Protocol):
@@ -133,6 +161,18 @@ class StoreReader(Protocol):
 
     def receipt_count(self) -> int:
         """Number of receipts in the log."""
+        ...
+
+    def hold(self, receipt_id: str) -> HoldRow | None:
+        """The hold placed by the allow receipt with this id, or None."""
+        ...
+
+    def hold_grants(self, receipt_id: str) -> list[tuple[str, int]]:
+        """``(capability_id, grant_index)`` of every budgeted grant the hold charged."""
+        ...
+
+    def held_by_grant(self, capability_id: str) -> list[tuple[int, int, int]]:
+        """``(grant_index, held units, open holds)`` of this capability's grants with open holds."""
         ...
 
 
@@ -183,6 +223,38 @@ class StoreWriter(StoreReader, Protocol):
 
     def remember_idempotency(self, key_hash: str, seq: int) -> None:
         """Remember that this idempotency key hash answered with the receipt at ``seq``."""
+        ...
+
+    def idempotency_key(self, key_hash: str) -> str | None:
+        """The call fingerprint this idempotency key (``sha256(key)``) was first allowed for, or None."""
+        ...
+
+    def remember_idempotency_key(self, key_hash: str, fingerprint: str) -> None:
+        """Remember the call fingerprint of a newly used idempotency key."""
+        ...
+
+    def insert_hold(self, row: HoldRow, grants: Sequence[tuple[str, int]]) -> None:
+        """Store a new open hold and the ``(capability_id, grant_index)`` budgets it charged."""
+        ...
+
+    def due_holds(self, now: float, limit: int) -> list[HoldRow]:
+        """Open holds with ``expires_at <= now``, oldest expiry first, at most ``limit``."""
+        ...
+
+    def close_hold(self, receipt_id: str, state: str, captured_units: int, closed_by: str, closed_seq: int) -> None:
+        """Move a hold to ``state`` (settled / released / expired), recording what it captured and why."""
+        ...
+
+    def adjust_cost(self, capability_id: str, grant_index: int, delta: int) -> None:
+        """Add ``delta`` (may be negative) to a grant's ``cost_units``, kept within [0, 2^63-1]."""
+        ...
+
+    def hold_op(self, receipt_id: str, op_id: str) -> tuple[str, str] | None:
+        """``(fingerprint, receipt body)`` of the settle/release answered under this op_id, or None."""
+        ...
+
+    def remember_hold_op(self, receipt_id: str, op_id: str, fingerprint: str, seq: int) -> None:
+        """Remember that this op_id on this hold answered with the receipt at ``seq``."""
         ...
 
 

@@ -1,0 +1,418 @@
+"""Budgets in money: holds that settle, release or expire, and the idempotency-key rule.
+
+An allow for a call that declares a cost places a **hold** for that cost on every budgeted grant it
+charged (the capability's and its ancestors'). While the hold is open its units count in the
+grant's ``usage.cost_units``, so the kernel's one budget check (``_policy.check_budget``:
+``committed + cost <= max_total_cost``) keeps ``captured + open holds <= max_total_cost`` exactly.
+A hold then closes once:
+
+* **settle** (``Kernel.settle``) captures the actual cost and frees the rest; an actual cost above
+  the hold is captured only up to what the budget has left (``capped``);
+* **release** (``Kernel.release``) frees the whole hold (compensation);
+* **expire**: a hold not closed within the kernel's hold TTL is freed, lazily inside the write
+  transaction of the next evaluation that declares a cost, or by ``Kernel.expire_holds()``.
+
+Each close is a signed receipt chained like every other (``tool_server`` ``chio.budget``,
+``tool_name`` ``settle`` / ``release`` / ``expire``, ``metadata["budget"]`` pointing at the allow).
+Everything runs inside ONE store write transaction (the store serialises writers: threads,
+processes, a fleet on PostgreSQL), so the arithmetic is exact. See ``docs/budgets.md``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import os
+from collections.abc import Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any
+
+from chio_sdk.models import ChioReceipt, MonetaryAmount
+
+from chio_kernel._coerce import _coerce_cost, _require_str
+from chio_kernel._errors import ChioKernelError, KernelInputError
+from chio_kernel._ids import _uuid7_str
+from chio_kernel._receipts import _chain_dumps, _receipt_signed_body
+from chio_kernel._store import HoldRow, StoreReader, StoreWriter
+from chio_kernel.canonical import canonical_json
+
+if TYPE_CHECKING:
+    from chio_kernel._kernel import Kernel
+
+__all__ = [
+    "BUDGET_TOOL_SERVER",
+    "DEFAULT_HOLD_TTL",
+    "HOLD_TTL_ENV",
+    "HoldConflictError",
+    "IdempotencyKeyReusedError",
+    "KernelConflictError",
+    "UnknownHoldError",
+    "capture_amount",
+    "key_fingerprint_hash",
+    "resolve_hold_ttl",
+]
+
+#: Seconds an unsettled hold lives before it expires (``Kernel(hold_ttl=)``, ``$CHIO_HOLD_TTL``).
+DEFAULT_HOLD_TTL = 3600.0
+HOLD_TTL_ENV = "CHIO_HOLD_TTL"
+#: ``tool_server`` of the settle / release / expire receipts (they are no tool call).
+BUDGET_TOOL_SERVER = "chio.budget"
+#: At most this many due holds are expired inside one evaluation's transaction (the rest next time).
+_EXPIRE_BATCH = 256
+
+
+class KernelConflictError(ChioKernelError, ValueError):
+    """The request conflicts with what the kernel already recorded (HTTP 409 on the sidecar).
+
+    ``code`` is the sidecar's ``error`` field. Not retryable: the same request conflicts again.
+    """
+
+    code = "conflict"
+
+
+class IdempotencyKeyReusedError(KernelConflictError):
+    """An idempotency key was reused for a different call (capability, tool, operation, parameters
+    or cost): refused, never decided afresh (Stripe's rule)."""
+
+    code = "idempotency_key_reused"
+
+
+class HoldConflictError(KernelConflictError):
+    """A second, different settle/release of a hold that is already closed, or an ``op_id`` reused for a
+    different operation. ``closed_by`` names the receipt that closed the hold (when known)."""
+
+    code = "hold_conflict"
+
+    def __init__(self, message: str, *, closed_by: str | None = None) -> None:
+        super().__init__(message)
+        self.closed_by = closed_by
+
+
+class UnknownHoldError(ChioKernelError, ValueError):
+    """No hold for that receipt id: unknown id, a deny, or an allow that declared no cost (HTTP 404)."""
+
+
+def resolve_hold_ttl(value: float | None) -> float:
+    """The hold TTL in seconds: ``value``, else ``$CHIO_HOLD_TTL``, else :data:`DEFAULT_HOLD_TTL`."""
+    where = "hold_ttl"
+    if value is None:
+        raw = os.environ.get(HOLD_TTL_ENV, "").strip()
+        if not raw:
+            return DEFAULT_HOLD_TTL
+        where = f"${HOLD_TTL_ENV}"
+        try:
+            value = float(raw)
+        except ValueError:
+            raise KernelInputError(f"{where} must be a number of seconds, got {raw[:40]!r}") from None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
+        raise KernelInputError(f"{where} must be a positive number of seconds, got {value!r}")
+    return float(value)
+
+
+def key_fingerprint_hash(idempotency_key: str) -> str:
+    """The store key of an idempotency key alone (what the reuse rule looks up)."""
+    return hashlib.sha256(b"chio-idempotency-key\x1f" + idempotency_key.encode("utf-8", "surrogatepass")).hexdigest()
+
+
+def check_key_reuse(st: StoreWriter, key_hash: str, fingerprint: str, key: str) -> None:
+    """Raise :class:`IdempotencyKeyReusedError` if ``key`` was first allowed for another call."""
+    first = st.idempotency_key(key_hash)
+    if first is not None and first != fingerprint:
+        raise IdempotencyKeyReusedError(
+            f"idempotency key {key[:80]!r} was already used for a different call (another capability, tool, "
+            "operation, parameters or cost); a key names ONE call: use a new key for this call"
+        )
+
+
+def capture_amount(actual: int, rooms: Sequence[int]) -> tuple[int, bool]:
+    """Pure settle arithmetic: ``(captured, capped)`` for an ``actual`` cost.
+
+    ``rooms``: for each charged grant with a ``max_total_cost``, its limit minus everything committed
+    on it except this hold. The capture is the actual cost, at most the smallest room (never below 0);
+    ``capped`` says the actual cost did not fit.
+    """
+    captured = actual
+    for room in rooms:
+        captured = min(captured, max(room, 0))
+    return captured, captured < actual
+
+
+def _money(units: int, currency: str) -> dict[str, Any]:
+    return {"units": units, "currency": currency}
+
+
+def build_budget_receipt(
+    sign_hex: Callable[[bytes], str],
+    key: str,
+    prev_hash: str,
+    now: float,
+    hold: HoldRow,
+    op: str,
+    parameters: dict[str, Any],
+    budget: dict[str, Any],
+) -> tuple[ChioReceipt, str, str]:
+    """A signed settle/release/expire receipt chained onto ``prev_hash``: ``(receipt, stored, chain hash)``.
+
+    Same rules as tool receipts (``_receipts.build_receipt``): the signature covers the canonical JSON
+    of the body without ``signature`` (and without the empty ``evidence``); the stored text is the
+    receipt as ``ChioClient.verify_receipt_chain`` serialises it, its sha256 the chain hash.
+    """
+    body: dict[str, Any] = {
+        "id": "rcpt-" + _uuid7_str(),
+        "timestamp": int(now),
+        "capability_id": hold.capability_id,
+        "tool_server": BUDGET_TOOL_SERVER,
+        "tool_name": op,
+        "action": {"parameters": parameters, "parameter_hash": hashlib.sha256(canonical_json(parameters)).hexdigest()},
+        "decision": {"verdict": "allow"},
+        "content_hash": prev_hash,
+        "policy_hash": hold.policy_hash,
+        "evidence": [],
+        "metadata": {"budget": budget},
+        "kernel_key": key,
+    }
+    body["signature"] = sign_hex(canonical_json(_receipt_signed_body(body)))
+    receipt = ChioReceipt.model_validate(body)
+    stored = _chain_dumps(receipt.model_dump(exclude_none=True))
+    return receipt, stored, hashlib.sha256(stored.encode()).hexdigest()
+
+
+class Holds:
+    """The kernel's hold operations (``Kernel.settle`` / ``release`` / ``expire_holds`` / ``budgets``
+    delegate here). Stateless apart from the TTL: everything lives in the store."""
+
+    def __init__(self, kernel: Kernel, ttl: float) -> None:
+        self._k = kernel
+        self.ttl = ttl
+
+    # --- inside an evaluation's transaction ---
+
+    def place(
+        self,
+        st: StoreWriter,
+        receipt_id: str,
+        capability_id: str,
+        policy_hash: str,
+        cost_t: tuple[int, str],
+        charges: Sequence[tuple[str, int]],
+        now: float,
+    ) -> None:
+        """Open a hold for an allow that declared a cost (its charges already counted it)."""
+        units, currency = cost_t
+        st.insert_hold(
+            HoldRow(receipt_id, capability_id, policy_hash, units, currency, now, now + self.ttl), charges
+        )
+
+    def expire_due(self, st: StoreWriter, now: float, limit: int = _EXPIRE_BATCH) -> list[ChioReceipt]:
+        """Expire the open holds whose TTL has passed (a signed receipt each); before budget checks."""
+        out = []
+        for hold in st.due_holds(now, limit):
+            grants = st.hold_grants(hold.receipt_id)
+            for cid, index in grants:
+                st.adjust_cost(cid, index, -hold.units)
+            budget = {
+                "op": "expire",
+                "hold_receipt_id": hold.receipt_id,
+                "hold": _money(hold.units, hold.currency),
+                "released_units": hold.units,
+                "hold_expired_at": int(hold.expires_at),
+            }
+            receipt, seq = self._append(st, now, hold, "expire", {"hold_receipt_id": hold.receipt_id}, budget)
+            st.close_hold(hold.receipt_id, "expired", 0, receipt.id, seq)
+            out.append(receipt)
+        return out
+
+    def _append(
+        self, st: StoreWriter, now: float, hold: HoldRow, op: str, parameters: dict[str, Any], budget: dict[str, Any]
+    ) -> tuple[ChioReceipt, int]:
+        k = self._k
+        head_seq, prev_hash = st.chain_head()
+        receipt, stored, chain_hash = build_budget_receipt(
+            k._signer.sign_hex, k.public_key_hex, prev_hash, now, hold, op, parameters, budget
+        )
+        st.append_receipt(head_seq + 1, receipt.id, hold.capability_id, "allow", chain_hash, stored)
+        return receipt, head_seq + 1
+
+    # --- the public operations ---
+
+    def settle(self, receipt_id: str, actual_cost: MonetaryAmount | Mapping[str, Any], op_id: str) -> ChioReceipt:
+        rid = _require_str("receipt_id", receipt_id, max_len=256)
+        op = _require_str("op_id", op_id, max_len=256)
+        cost = _coerce_cost(actual_cost)
+        if cost is None:
+            raise KernelInputError("actual_cost is required: {'units': int, 'currency': str} (minor units)")
+        units, currency = cost
+        with self._k._write() as st:
+            return self._close(st, rid, op, "settle", f"settle\x1f{units}\x1f{currency}", (units, currency), None)
+
+    def release(self, receipt_id: str, op_id: str, reason: str = "released") -> ChioReceipt:
+        rid = _require_str("receipt_id", receipt_id, max_len=256)
+        op = _require_str("op_id", op_id, max_len=256)
+        why = _require_str("reason", reason, max_len=1024)
+        with self._k._write() as st:
+            return self._close(st, rid, op, "release", "release", None, why)
+
+    def expire(self) -> list[ChioReceipt]:
+        out: list[ChioReceipt] = []
+        while True:
+            with self._k._write() as st:
+                batch = self.expire_due(st, self._k._clock())
+            out.extend(batch)
+            if len(batch) < _EXPIRE_BATCH:
+                return out
+
+    def _close(
+        self,
+        st: StoreWriter,
+        rid: str,
+        op_id: str,
+        kind: str,
+        fingerprint: str,
+        actual: tuple[int, str] | None,
+        reason: str | None,
+    ) -> ChioReceipt:
+        now = self._k._clock()
+        prior = st.hold_op(rid, op_id)
+        if prior is not None:
+            if prior[0] == fingerprint:  # the same operation again (a retry): its first receipt
+                return ChioReceipt.model_validate_json(prior[1])
+            raise HoldConflictError(
+                f"op_id {op_id!r} was already used on the hold of {rid} for a different operation; "
+                "use a new op_id for a new operation"
+            )
+        hold = st.hold(rid)
+        if hold is None:
+            exists = st.receipt_body(rid) is not None
+            raise UnknownHoldError(
+                f"receipt {rid} holds no budget (a deny, or an allow whose call declared no cost)"
+                if exists else f"no receipt {rid!r} in this kernel's store"
+            )
+        if hold.state in ("settled", "released"):
+            raise HoldConflictError(
+                f"the hold of {rid} was already {hold.state} by receipt {hold.closed_by}; a hold closes once "
+                f"(a retry must reuse the op_id of the first {'settle' if hold.state == 'settled' else 'release'})",
+                closed_by=hold.closed_by,
+            )
+        expired = hold.state == "expired"
+        grants = st.hold_grants(rid)
+        if kind == "release":
+            if expired:  # already free: the release's goal is met; answer with the expiry receipt
+                assert hold.closed_seq is not None and hold.closed_by is not None
+                body = st.receipt_body(hold.closed_by)
+                assert body is not None
+                st.remember_hold_op(rid, op_id, fingerprint, hold.closed_seq)
+                return ChioReceipt.model_validate_json(body)
+            for cid, index in grants:
+                st.adjust_cost(cid, index, -hold.units)
+            params: dict[str, Any] = {"hold_receipt_id": rid, "op_id": op_id, "reason": reason}
+            budget: dict[str, Any] = {
+                "op": "release",
+                "hold_receipt_id": rid,
+                "op_id": op_id,
+                "reason": reason,
+                "hold": _money(hold.units, hold.currency),
+                "released_units": hold.units,
+            }
+            receipt, seq = self._append(st, now, hold, "release", params, budget)
+            st.close_hold(rid, "released", 0, receipt.id, seq)
+        else:
+            assert actual is not None
+            units, currency = actual
+            if currency != hold.currency:
+                raise KernelInputError(
+                    f"actual_cost is in {currency}, but the hold of {rid} is in {hold.currency}; settle in "
+                    f"{hold.currency}"
+                )
+            held = 0 if expired else hold.units  # an expired hold was freed already: a late capture
+            rooms = []
+            for cid, index in grants:
+                cap = self._k._load_cap(st, cid)
+                total = cap.grants[index].max_total_cost if cap is not None and index < len(cap.grants) else None
+                if total is not None:
+                    rooms.append(total.units - (st.usage(cid, index)[1] - held))
+            captured, capped = capture_amount(units, rooms)
+            for cid, index in grants:
+                st.adjust_cost(cid, index, captured - held)
+            params = {"hold_receipt_id": rid, "op_id": op_id, "actual_cost": _money(units, currency)}
+            budget = {
+                "op": "settle",
+                "hold_receipt_id": rid,
+                "op_id": op_id,
+                "hold": _money(hold.units, hold.currency),
+                "requested": _money(units, currency),
+                "captured": _money(captured, currency),
+                "released_units": max(held - captured, 0),
+                "capped": capped,
+                "after_expiry": expired,
+            }
+            receipt, seq = self._append(st, now, hold, "settle", params, budget)
+            st.close_hold(rid, "settled", captured, receipt.id, seq)
+        st.remember_hold_op(rid, op_id, fingerprint, seq)
+        return receipt
+
+    # --- reads ---
+
+    def get(self, receipt_id: str) -> dict[str, Any] | None:
+        rid = _require_str("receipt_id", receipt_id, max_len=256)
+        with self._k._read() as st:
+            hold = st.hold(rid)
+            grants = st.hold_grants(rid) if hold is not None else []
+        if hold is None:
+            return None
+        return {
+            "receipt_id": hold.receipt_id,
+            "capability_id": hold.capability_id,
+            "amount": _money(hold.units, hold.currency),
+            "state": hold.state,
+            "captured_units": hold.captured_units,
+            "created_at": hold.created_at,
+            "expires_at": hold.expires_at,
+            "closed_by": hold.closed_by,
+            "grants": [{"capability_id": c, "grant_index": i} for c, i in grants],
+        }
+
+    def budgets(self, capability_id: str) -> list[dict[str, Any]]:
+        cid = _require_str("capability_id", capability_id, max_len=256)
+        self.expire()  # due expiries first: the numbers below are exact
+        k = self._k
+        with k._read() as st:
+            cap = k._load_cap(st, cid)
+            if cap is None:
+                from chio_kernel._errors import CapabilityError
+
+                raise CapabilityError(f"no capability {cid!r} in this kernel")
+            lineage = [cap]
+            for ancestor_id in cap.lineage[1:]:
+                ancestor = k._load_cap(st, ancestor_id)
+                if ancestor is not None:
+                    lineage.append(ancestor)
+            return [row for depth, c in enumerate(lineage) for row in _budget_rows(st, c.token, depth > 0)]
+
+
+def _budget_rows(st: StoreReader, token: Any, inherited: bool) -> list[dict[str, Any]]:
+    usage = {index: (inv, units) for index, inv, units in st.usage_of(token.id)}
+    held = {index: (units, n) for index, units, n in st.held_by_grant(token.id)}
+    rows = []
+    for index, g in enumerate(token.scope.grants):
+        total, per = g.max_total_cost, g.max_cost_per_invocation
+        if g.max_invocations is None and total is None and per is None:
+            continue
+        invocations, committed = usage.get(index, (0, 0))
+        held_units, open_holds = held.get(index, (0, 0))
+        limit = total.units if total is not None else None
+        rows.append({
+            "capability_id": token.id,
+            "inherited": inherited,
+            "grant_index": index,
+            "server_id": g.server_id,
+            "tool_name": g.tool_name,
+            "currency": total.currency if total is not None else (per.currency if per is not None else None),
+            "max_total_cost": limit,
+            "max_cost_per_invocation": per.units if per is not None else None,
+            "captured": max(committed - held_units, 0),
+            "held": held_units,
+            "open_holds": open_holds,
+            "remaining": None if limit is None else max(limit - committed, 0),
+            "invocations": invocations,
+            "max_invocations": g.max_invocations,
+        })
+    return rows
