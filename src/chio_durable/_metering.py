@@ -312,6 +312,14 @@ async def _maybe_await(value: Any) -> Any:
     return await value if inspect.isawaitable(value) else value
 
 
+def _hold_operation(transport: Any, name: str) -> Any:
+    """``transport.settle`` / ``transport.release``; for an embedded transport without them, the kernel's."""
+    operation = getattr(transport, name, None)
+    if operation is None:
+        operation = getattr(getattr(transport, "kernel", None), name, None)
+    return operation
+
+
 async def settle_hold(transport: Any, receipt_id: str, actual_cost: MonetaryAmount) -> Any:
     """Settle the hold of ``receipt_id`` at ``actual_cost`` (op id :func:`settle_op_id`).
 
@@ -319,7 +327,7 @@ async def settle_hold(transport: Any, receipt_id: str, actual_cost: MonetaryAmou
     open until released or expired (the budget is over-, never under-counted), so a failed settle
     never fails the governed call; it is logged.
     """
-    settle = getattr(transport, "settle", None)
+    settle = _hold_operation(transport, "settle")
     if settle is None:
         log.warning("chio: %r cannot settle holds; hold %s stays open until it expires", transport, receipt_id)
         return None
@@ -337,7 +345,7 @@ async def release_hold(transport: Any, receipt_id: str, reason: str) -> Any:
 
     Raises what the transport raises (a compensation that fails should be retried by its engine).
     """
-    release = getattr(transport, "release", None)
+    release = _hold_operation(transport, "release")
     if release is None:
         raise TypeError(f"{transport!r} cannot release holds (it has no release())")
     receipt = await _maybe_await(release(receipt_id, release_op_id(receipt_id), reason))
