@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-__all__ = ["KernelRejected", "KernelUnavailable"]
+__all__ = ["HoldConflict", "KernelRejected", "KernelUnavailable"]
 
 
 class _NoDecision(Exception):
@@ -43,4 +43,16 @@ class KernelRejected(_NoDecision, ValueError):
     _message = (
         "Chio kernel at {url} rejected the request as malformed ({detail}); the call was not run. "
         "Retrying the same input will not help: fix the call's parameters or identifiers."
+    )
+
+
+class HoldConflict(KernelRejected):
+    """A settle/release of a budget hold was refused because the hold is already closed by a
+    different operation (or the ``op_id`` was used for another one): HTTP 409 /
+    ``chio_kernel.HoldConflictError``. Not retryable; a retry with the first ``op_id`` gets the
+    first receipt back instead."""
+
+    _message = (
+        "Chio kernel at {url} refused the budget operation ({detail}); the hold was already closed by "
+        "another operation."
     )

@@ -33,7 +33,7 @@ from pydantic import ValidationError
 
 from chio_durable._call import GovernedCall
 from chio_durable._decision import Evaluation
-from chio_durable._errors import KernelRejected, KernelUnavailable
+from chio_durable._errors import HoldConflict, KernelRejected, KernelUnavailable
 from chio_durable._loop import await_on_kernel_loop, run_on_kernel_loop
 
 if TYPE_CHECKING:
@@ -87,6 +87,25 @@ class KernelTransport(Protocol):
 
     async def run(self, make_call: Callable[[], Awaitable[T]]) -> T:
         """Await another call on the client (mint, attenuate, fetch) where its connections live."""
+
+    async def settle(self, receipt_id: str, actual_cost: MonetaryAmount, op_id: str) -> ChioReceipt | None:
+        """Settle the budget hold of allow ``receipt_id`` with the actual cost (docs/budgets.md).
+
+        Returns the kernel's signed settle receipt (the same one again for the same ``op_id``), or
+        None where the client holds no budgets (``MockTransport``; a stock ``ChioClient``, which
+        cannot declare a cost). Raises :class:`HoldConflict` if the hold was already closed by another
+        operation, ``KernelRejected`` for no hold / bad input, ``KernelUnavailable`` if the kernel
+        could not be reached (retry with the same ``op_id``).
+        """
+
+    async def release(self, receipt_id: str, op_id: str, reason: str = "released") -> ChioReceipt | None:
+        """Free the whole budget hold of allow ``receipt_id`` (compensation); as :meth:`settle`."""
+
+    def settle_sync(self, receipt_id: str, actual_cost: MonetaryAmount, op_id: str) -> ChioReceipt | None:
+        """:meth:`settle` for sync callers (any thread but the kernel loop)."""
+
+    def release_sync(self, receipt_id: str, op_id: str, reason: str = "released") -> ChioReceipt | None:
+        """:meth:`release` for sync callers (any thread but the kernel loop)."""
 
 
 ChioClientLike = Union["LocalChioClient", "Kernel", ChioClient, "MockChioClient", KernelTransport]
@@ -161,6 +180,32 @@ class EmbeddedTransport:
 
     async def run(self, make_call: Callable[[], Awaitable[T]]) -> T:
         return await make_call()
+
+    def _hold_op(self, op: Callable[[], ChioReceipt]) -> ChioReceipt:
+        from chio_kernel import HoldConflictError  # lazy: keeps `import chio_durable` light
+
+        try:
+            return op()
+        except HoldConflictError as err:
+            raise HoldConflict(self.url, str(err)) from err
+        except ValueError as err:  # no hold, bad amount/op_id (KernelInputError, UnknownHoldError)
+            if isinstance(err, ValidationError):
+                raise KernelUnavailable(self.url, f"{type(err).__name__}: {err}") from err
+            raise KernelRejected(self.url, str(err)) from err
+        except Exception as err:  # the kernel could not record it (store locked, disk full...)
+            raise KernelUnavailable(self.url, f"{type(err).__name__}: {err}") from err
+
+    def settle_sync(self, receipt_id: str, actual_cost: MonetaryAmount, op_id: str) -> ChioReceipt | None:
+        return self._hold_op(lambda: self.kernel.settle(receipt_id, actual_cost, op_id))
+
+    def release_sync(self, receipt_id: str, op_id: str, reason: str = "released") -> ChioReceipt | None:
+        return self._hold_op(lambda: self.kernel.release(receipt_id, op_id, reason))
+
+    async def settle(self, receipt_id: str, actual_cost: MonetaryAmount, op_id: str) -> ChioReceipt | None:
+        return self.settle_sync(receipt_id, actual_cost, op_id)
+
+    async def release(self, receipt_id: str, op_id: str, reason: str = "released") -> ChioReceipt | None:
+        return self.release_sync(receipt_id, op_id, reason)
 
 
 # --- remote (HTTP and mocks) -------------------------------------------------------------------
@@ -284,6 +329,24 @@ class _RemoteTransport:
 
         return await await_on_kernel_loop(on_loop())
 
+    # Budget holds: a mock (and a stock ChioClient, which cannot declare a cost) holds nothing, so
+    # there is nothing to settle or release: None. HttpTransport overrides these for SidecarClient.
+
+    async def _hold_op(self, op: str, receipt_id: str, args: tuple[Any, ...]) -> ChioReceipt | None:
+        return None
+
+    async def settle(self, receipt_id: str, actual_cost: MonetaryAmount, op_id: str) -> ChioReceipt | None:
+        return await await_on_kernel_loop(self._hold_op("settle", receipt_id, (actual_cost, op_id)))
+
+    async def release(self, receipt_id: str, op_id: str, reason: str = "released") -> ChioReceipt | None:
+        return await await_on_kernel_loop(self._hold_op("release", receipt_id, (op_id, reason)))
+
+    def settle_sync(self, receipt_id: str, actual_cost: MonetaryAmount, op_id: str) -> ChioReceipt | None:
+        return run_on_kernel_loop(self._hold_op("settle", receipt_id, (actual_cost, op_id)))
+
+    def release_sync(self, receipt_id: str, op_id: str, reason: str = "released") -> ChioReceipt | None:
+        return run_on_kernel_loop(self._hold_op("release", receipt_id, (op_id, reason)))
+
 
 NO_IDEMPOTENCY_WARNING = (
     "chio: this chio_sdk.ChioClient cannot send idempotency keys (its public evaluate_tool_call has no "
@@ -324,6 +387,21 @@ class HttpTransport(_RemoteTransport):
             _warned_no_idempotency.add(self.client)
             warnings.warn(NO_IDEMPOTENCY_WARNING, RuntimeWarning, stacklevel=2)
         return await super()._send(call, capability_id, idempotency_key, cost)
+
+    async def _hold_op(self, op: str, receipt_id: str, args: tuple[Any, ...]) -> ChioReceipt | None:
+        if not self.sends_idempotency_keys:  # a stock ChioClient cannot declare a cost: nothing is held
+            return None
+        sidecar: Any = self.client  # a chio_kernel.SidecarClient
+        try:
+            receipt: ChioReceipt = await getattr(sidecar, op)(receipt_id, *args)
+        except Exception as err:
+            status = _http_status(err)
+            if status == 409:
+                raise HoldConflict(self.url, str(err)) from err
+            if status is not None and 400 <= status < 500 and status not in _RETRYABLE_4XX:
+                raise KernelRejected(self.url, str(err)) from err
+            raise KernelUnavailable(self.url, f"{type(err).__name__}: {err}") from err
+        return receipt
 
 
 class MockTransport(_RemoteTransport):

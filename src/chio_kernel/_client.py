@@ -227,6 +227,29 @@ class LocalChioClient:
         """Stored receipts in chain order, optionally for one capability (paged by ``limit``/``after_seq``)."""
         return self.kernel.list_receipts(capability_id=capability_id, limit=limit, after_seq=after_seq)
 
+    # --- budget holds (docs/budgets.md) ---
+
+    async def settle(self, receipt_id: str, actual_cost: MonetaryAmount, op_id: str) -> ChioReceipt:
+        """Settle the hold of allow ``receipt_id`` with the actual cost (see :meth:`Kernel.settle`):
+        the signed settle receipt; ``HoldConflictError`` / ``UnknownHoldError`` as the kernel raises."""
+        return self.kernel.settle(receipt_id, actual_cost, op_id)
+
+    async def release(self, receipt_id: str, op_id: str, reason: str = "released") -> ChioReceipt:
+        """Free the whole hold of allow ``receipt_id`` (see :meth:`Kernel.release`)."""
+        return self.kernel.release(receipt_id, op_id, reason)
+
+    async def expire_holds(self) -> list[ChioReceipt]:
+        """Expire every hold past the kernel's hold TTL now; their expiry receipts."""
+        return self.kernel.expire_holds()
+
+    async def get_hold(self, receipt_id: str) -> dict[str, Any] | None:
+        """The hold placed by allow ``receipt_id``, or None (see :meth:`Kernel.get_hold`)."""
+        return self.kernel.get_hold(receipt_id)
+
+    async def budgets(self, capability_id: str) -> list[dict[str, Any]]:
+        """Captured, held and remaining amounts per budgeted grant (see :meth:`Kernel.budgets`)."""
+        return self.kernel.budgets(capability_id)
+
 
 class SidecarClient(ChioClient):
     """``chio_sdk.ChioClient`` for the sidecar, with a public URL and the kernel's wire extras.
@@ -430,6 +453,42 @@ class SidecarClient(ChioClient):
             params["after_seq"] = str(after_seq)
         data = await self._request("GET", "/v1/receipts", params=params)
         return [ChioReceipt.model_validate(r) for r in data.get("receipts", [])]
+
+    # --- budget holds (docs/budgets.md) ---
+
+    async def settle(self, receipt_id: str, actual_cost: MonetaryAmount, op_id: str) -> ChioReceipt:
+        """``POST /v1/receipts/{id}/settle``: the signed settle receipt. A hold already closed by
+        another operation: ``ChioError`` code ``HTTP_409``; no hold: ``HTTP_404``."""
+        body = {"actual_cost": actual_cost.model_dump(), "op_id": op_id}
+        return ChioReceipt.model_validate(
+            await self._request("POST", f"/v1/receipts/{_segment(receipt_id)}/settle", body)
+        )
+
+    async def release(self, receipt_id: str, op_id: str, reason: str = "released") -> ChioReceipt:
+        """``POST /v1/receipts/{id}/release``: the signed release receipt (errors as :meth:`settle`)."""
+        body = {"op_id": op_id, "reason": reason}
+        return ChioReceipt.model_validate(
+            await self._request("POST", f"/v1/receipts/{_segment(receipt_id)}/release", body)
+        )
+
+    async def expire_holds(self) -> list[ChioReceipt]:
+        """``POST /v1/holds/expire``: expire every hold past the TTL now; their expiry receipts."""
+        data = await self._request("POST", "/v1/holds/expire", {})
+        return [ChioReceipt.model_validate(r) for r in data.get("expired", [])]
+
+    async def get_hold(self, receipt_id: str) -> dict[str, Any] | None:
+        """``GET /v1/receipts/{id}/hold``: the hold of that allow, or ``None``."""
+        try:
+            return await self._request("GET", f"/v1/receipts/{_segment(receipt_id)}/hold")
+        except ChioError as err:
+            if err.code == "HTTP_404":
+                return None
+            raise
+
+    async def budgets(self, capability_id: str) -> list[dict[str, Any]]:
+        """``GET /v1/capabilities/{id}/budgets``: captured, held and remaining per budgeted grant."""
+        data = await self._request("GET", f"/v1/capabilities/{_segment(capability_id)}/budgets")
+        return list(data.get("budgets", []))
 
     # --- HTTP ---
 

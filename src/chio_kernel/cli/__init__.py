@@ -1,7 +1,7 @@
 """``chio-durable``: the command line of the embedded kernel (typer + rich).
 
 Commands: ``sidecar``; ``capability create|attenuate|revoke|list|show``;
-``receipts list|show|verify|export``; ``demo``. Every command takes ``--data-dir`` (default
+``receipts list|show|verify|export``; ``budgets show|settle|release|expire``; ``demo``. Every command takes ``--data-dir`` (default
 ``$CHIO_HOME`` or ``~/.chio-durable``); listing commands print tables for people and ``--json`` for
 scripts. Errors are one line on stderr and a non-zero exit code, never a traceback.
 See ``docs/cli.md``.
@@ -547,6 +547,12 @@ def demo(
     code = run(out, data_dir)
     if code:
         raise typer.Exit(code)
+
+
+# budgets (money holds): chio_kernel.cli._budgets, which imports the helpers above
+from chio_kernel.cli._budgets import budgets_app  # noqa: E402
+
+app.add_typer(budgets_app, name="budgets")
 
 
 def main() -> None:

@@ -47,6 +47,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from chio_kernel._holds import KernelConflictError
 from chio_kernel._kernel import (
     MAX_COST_UNITS,
     CapabilityError,
@@ -393,6 +394,8 @@ def _endpoint(fn: Handler, store_errors: tuple[type[Exception], ...] = (sqlite3.
             return _error(422, "invalid_request", _validation_message(err))
         except CapabilityError as err:
             return _error(400, "capability_error", _short(err))
+        except KernelConflictError as err:  # e.g. an idempotency key reused for another call (docs/budgets.md)
+            return _error(409, err.code, _short(err))
         except KernelInputError as err:  # input the kernel cannot take (it says what to pass)
             return _error(422, "invalid_request", _short(err))
         except store_errors as err:  # the store, not the request: retryable, and nothing was decided
@@ -635,6 +638,9 @@ def create_app(
         Route("/v1/receipts", list_receipts, methods=["GET"]),
         Route("/v1/receipts/{receipt_id}", get_receipt, methods=["GET"]),
     ]
+    from chio_kernel.sidecar._budgets import budget_routes  # settle / release / expire / budgets
+
+    routes += budget_routes(k, endpoint)
 
     async def http_exception(request: Request, exc: Exception) -> Response:
         status = exc.status_code if isinstance(exc, HTTPException) else 500

@@ -1,0 +1,137 @@
+"""``chio-durable budgets show|settle|release|expire``: the money budgets and their holds (docs/budgets.md)."""
+
+from __future__ import annotations
+
+import json
+from typing import Annotated, Any
+
+import typer
+from rich.markup import escape
+from rich.table import Table
+
+from chio_kernel.cli import (
+    CliError,
+    DataDir,
+    JsonFlag,
+    StoreOpt,
+    _guarded,
+    _known_capability,
+    _kernel,
+    _print_json,
+    out,
+)
+
+__all__ = ["budgets_app"]
+
+budgets_app = typer.Typer(
+    help="Money budgets: captured, held and remaining amounts; settle, release and expire holds.",
+    no_args_is_help=True,
+)
+
+
+def _amount(units: int | None, currency: str | None) -> str:
+    if units is None:
+        return "-"
+    return f"{units} {currency}" if currency else str(units)
+
+
+@budgets_app.command("show")
+@_guarded
+def budgets_show(
+    capability_id: Annotated[str, typer.Argument(help="Capability id.")],
+    data_dir: DataDir = None,
+    store: StoreOpt = None,
+    as_json: JsonFlag = False,
+) -> None:
+    """Captured, held and remaining amounts per budgeted grant (the capability's and its ancestors').
+
+    Holds past the TTL are expired first (signed expiry receipts), so the numbers are exact.
+    """
+    kernel = _kernel(data_dir, store=store)
+    _known_capability(kernel, capability_id, data_dir)
+    rows = kernel.budgets(capability_id)
+    if as_json:
+        _print_json({"capability_id": capability_id, "budgets": rows})
+        return
+    if not rows:
+        out.print(f"capability {escape(capability_id)} has no budgeted grants")
+        return
+    table = Table(title=f"budgets of {escape(capability_id)}")
+    for col in ("capability", "grant", "limit", "captured", "held", "remaining", "invocations"):
+        table.add_column(col)
+    for r in rows:
+        who = escape(r["capability_id"]) + (" (ancestor)" if r["inherited"] else "")
+        grant = f"#{r['grant_index']} {escape(r['server_id'])}:{escape(r['tool_name'])}"
+        cur = r["currency"]
+        held = _amount(r["held"], cur) + (f" ({r['open_holds']} open)" if r["open_holds"] else "")
+        inv = str(r["invocations"]) + (f" of {r['max_invocations']}" if r["max_invocations"] is not None else "")
+        table.add_row(
+            who, grant, _amount(r["max_total_cost"], cur), _amount(r["captured"], cur), held,
+            _amount(r["remaining"], cur), inv,
+        )
+    out.print(table)
+
+
+def _print_receipt(receipt: Any, as_json: bool) -> None:
+    from chio_kernel._render import _receipt_dict
+
+    data = _receipt_dict(receipt)
+    if as_json:
+        _print_json(data)
+        return
+    budget = (receipt.metadata or {}).get("budget", {})
+    out.print(f"{receipt.tool_name} receipt {receipt.id}: " + json.dumps(budget, ensure_ascii=False), markup=False)
+
+
+def _hold_errors(fn: Any) -> Any:
+    from chio_kernel._holds import HoldConflictError, UnknownHoldError
+
+    try:
+        return fn()
+    except (HoldConflictError, UnknownHoldError) as e:
+        raise CliError(str(e)) from None
+
+
+@budgets_app.command("settle")
+@_guarded
+def budgets_settle(
+    receipt_id: Annotated[str, typer.Argument(help="The allow receipt whose hold to settle (rcpt-...).")],
+    units: Annotated[int, typer.Option("--units", min=0, help="Actual cost in minor units (e.g. cents).")],
+    currency: Annotated[str, typer.Option("--currency", help="Currency of the hold, e.g. USD.")],
+    op_id: Annotated[str, typer.Option("--op-id", help="Names this settlement: the same op id returns its receipt.")],
+    data_dir: DataDir = None,
+    store: StoreOpt = None,
+    as_json: JsonFlag = False,
+) -> None:
+    """Capture the actual cost of a hold and free the rest (capped at the budget left)."""
+    kernel = _kernel(data_dir, store=store)
+    cost = {"units": units, "currency": currency}
+    _print_receipt(_hold_errors(lambda: kernel.settle(receipt_id, cost, op_id)), as_json)
+
+
+@budgets_app.command("release")
+@_guarded
+def budgets_release(
+    receipt_id: Annotated[str, typer.Argument(help="The allow receipt whose hold to release (rcpt-...).")],
+    op_id: Annotated[str, typer.Option("--op-id", help="Names this release: the same op id returns its receipt.")],
+    reason: Annotated[str, typer.Option(help="Why (recorded in the signed receipt).")] = "released",
+    data_dir: DataDir = None,
+    store: StoreOpt = None,
+    as_json: JsonFlag = False,
+) -> None:
+    """Free the whole hold (compensation)."""
+    kernel = _kernel(data_dir, store=store)
+    _print_receipt(_hold_errors(lambda: kernel.release(receipt_id, op_id, reason)), as_json)
+
+
+@budgets_app.command("expire")
+@_guarded
+def budgets_expire(data_dir: DataDir = None, store: StoreOpt = None, as_json: JsonFlag = False) -> None:
+    """Expire every hold past the hold TTL now (a signed expiry receipt each)."""
+    from chio_kernel._render import _receipt_dict
+
+    receipts = _kernel(data_dir, store=store).expire_holds()
+    if as_json:
+        _print_json([_receipt_dict(r) for r in receipts])
+    else:
+        out.print(f"expired {len(receipts)} hold{'s' if len(receipts) != 1 else ''}")

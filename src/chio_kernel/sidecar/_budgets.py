@@ -1,0 +1,112 @@
+"""The sidecar's budget-hold endpoints (docs/budgets.md), mounted by :func:`chio_kernel.sidecar.create_app`.
+
+* ``POST /v1/receipts/{id}/settle`` ``{"actual_cost": {"units", "currency"}, "op_id"}`` -> the signed
+  settle receipt;
+* ``POST /v1/receipts/{id}/release`` ``{"op_id", "reason"?}`` -> the signed release receipt;
+* ``GET /v1/receipts/{id}/hold`` -> the hold (amount, state, expiry, closing receipt);
+* ``POST /v1/holds/expire`` -> ``{"expired": [receipts], "count"}`` (sweep holds past the TTL);
+* ``GET /v1/capabilities/{id}/budgets`` -> ``{"capability_id", "budgets": [...]}`` (captured, held,
+  remaining per budgeted grant of the capability and its ancestors).
+
+No hold for that receipt: 404 ``unknown_hold``; a second, different settle/release of a closed hold,
+or an ``op_id`` reused for another operation: 409 ``hold_conflict`` (with ``closed_by``); malformed
+bodies: 4xx as everywhere in the sidecar.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from chio_sdk.models import MonetaryAmount
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from chio_kernel._errors import CapabilityError
+from chio_kernel._holds import HoldConflictError, UnknownHoldError
+from chio_kernel._kernel import MAX_COST_UNITS
+from chio_kernel.sidecar import ApiError, _dump_receipt, _error, _json, _model, _opt_str, _read_object, _req_str
+
+__all__ = ["budget_routes"]
+
+Handler = Callable[[Request], Awaitable[Response]]
+
+
+async def _hold_call(fn: Callable[..., Any], *args: Any) -> Any:
+    """Run a kernel hold operation in the thread pool; its refusals as 404 / 409 answers."""
+    try:
+        return await run_in_threadpool(fn, *args)
+    except UnknownHoldError as err:
+        raise ApiError(404, "unknown_hold", str(err)) from None
+
+
+def budget_routes(kernel: Any, endpoint: Callable[[Handler], Handler]) -> list[Route]:
+    """The budget routes for ``kernel``, each wrapped by the app's ``endpoint`` error mapping."""
+    k = kernel
+
+    def conflicts(fn: Handler) -> Handler:
+        async def wrapper(request: Request) -> Response:
+            try:
+                return await fn(request)
+            except HoldConflictError as err:
+                body = {"error": err.code, "message": str(err), "closed_by": err.closed_by}
+                return _json(body, 409)
+
+        wrapper.__name__ = fn.__name__
+        return endpoint(wrapper)
+
+    @conflicts
+    async def settle(request: Request) -> Response:
+        rid = request.path_params["receipt_id"]
+        data = await _read_object(request)
+        if not isinstance(data.get("actual_cost"), dict):
+            raise ApiError(422, "invalid_request", "'actual_cost' is required: {\"units\": int, \"currency\": str}")
+        cost = _model(MonetaryAmount, data["actual_cost"], "actual_cost")
+        if not 0 <= cost.units <= MAX_COST_UNITS or not cost.currency:
+            raise ApiError(
+                422, "invalid_request", "'actual_cost' needs units from 0 to 2^63-1 (minor units) and a currency"
+            )
+        op_id = _req_str(data, "op_id", max_len=256)
+        receipt = await _hold_call(k.settle, rid, cost, op_id)
+        return _json(_dump_receipt(receipt))
+
+    @conflicts
+    async def release(request: Request) -> Response:
+        rid = request.path_params["receipt_id"]
+        data = await _read_object(request)
+        op_id = _req_str(data, "op_id", max_len=256)
+        reason = _opt_str(data, "reason", max_len=1024) or "released"
+        receipt = await _hold_call(k.release, rid, op_id, reason)
+        return _json(_dump_receipt(receipt))
+
+    @endpoint
+    async def get_hold(request: Request) -> Response:
+        rid = request.path_params["receipt_id"]
+        hold = await run_in_threadpool(k.get_hold, rid)
+        if hold is None:
+            return _error(404, "unknown_hold", f"receipt {rid!r} holds no budget (or is unknown)")
+        return _json(hold)
+
+    @endpoint
+    async def expire(request: Request) -> Response:
+        receipts = await run_in_threadpool(k.expire_holds)
+        return _json({"expired": [_dump_receipt(r) for r in receipts], "count": len(receipts)})
+
+    @endpoint
+    async def budgets(request: Request) -> Response:
+        cid = request.path_params["capability_id"]
+        try:
+            rows = await run_in_threadpool(k.budgets, cid)
+        except CapabilityError:
+            raise ApiError(404, "unknown_capability", f"no capability {cid!r} in this kernel") from None
+        return _json({"capability_id": cid, "budgets": rows})
+
+    return [
+        Route("/v1/receipts/{receipt_id}/settle", settle, methods=["POST"]),
+        Route("/v1/receipts/{receipt_id}/release", release, methods=["POST"]),
+        Route("/v1/receipts/{receipt_id}/hold", get_hold, methods=["GET"]),
+        Route("/v1/holds/expire", expire, methods=["POST"]),
+        Route("/v1/capabilities/{capability_id}/budgets", budgets, methods=["GET"]),
+    ]
