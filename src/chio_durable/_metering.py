@@ -22,7 +22,6 @@ rounded **up** to the cent, per call: the budget is never under-counted.
 from __future__ import annotations
 
 import contextlib
-import inspect
 import logging
 import math
 import threading
@@ -32,7 +31,9 @@ from dataclasses import dataclass, field
 from decimal import Decimal, InvalidOperation
 from typing import Any, Union
 
-from chio_sdk.models import MonetaryAmount
+from chio_sdk.models import ChioReceipt, MonetaryAmount
+
+from chio_durable._transport import KernelTransport
 
 __all__ = [
     "COST_METADATA_KEY",
@@ -308,31 +309,15 @@ def release_op_id(receipt_id: str) -> str:
     return f"release:{receipt_id}"
 
 
-async def _maybe_await(value: Any) -> Any:
-    return await value if inspect.isawaitable(value) else value
-
-
-def _hold_operation(transport: Any, name: str) -> Any:
-    """``transport.settle`` / ``transport.release``; for an embedded transport without them, the kernel's."""
-    operation = getattr(transport, name, None)
-    if operation is None:
-        operation = getattr(getattr(transport, "kernel", None), name, None)
-    return operation
-
-
-async def settle_hold(transport: Any, receipt_id: str, actual_cost: MonetaryAmount) -> Any:
+async def settle_hold(transport: KernelTransport, receipt_id: str, actual_cost: MonetaryAmount) -> ChioReceipt | None:
     """Settle the hold of ``receipt_id`` at ``actual_cost`` (op id :func:`settle_op_id`).
 
     Returns the settlement receipt, or ``None`` if it could not be settled: the hold then stays
     open until released or expired (the budget is over-, never under-counted), so a failed settle
     never fails the governed call; it is logged.
     """
-    settle = _hold_operation(transport, "settle")
-    if settle is None:
-        log.warning("chio: %r cannot settle holds; hold %s stays open until it expires", transport, receipt_id)
-        return None
     try:
-        receipt = await _maybe_await(settle(receipt_id, actual_cost, settle_op_id(receipt_id)))
+        receipt = await transport.settle(receipt_id, actual_cost, settle_op_id(receipt_id))
     except Exception as err:  # noqa: BLE001 - the call already ran; the hold expires by TTL
         log.warning("chio: settling hold %s failed (%s: %s); it stays open until it expires", receipt_id, type(err).__name__, err)
         return None
@@ -340,15 +325,13 @@ async def settle_hold(transport: Any, receipt_id: str, actual_cost: MonetaryAmou
     return receipt
 
 
-async def release_hold(transport: Any, receipt_id: str, reason: str) -> Any:
+async def release_hold(transport: KernelTransport, receipt_id: str, reason: str) -> ChioReceipt | None:
     """Release the whole hold of ``receipt_id`` (op id :func:`release_op_id`: exactly once).
 
-    Raises what the transport raises (a compensation that fails should be retried by its engine).
+    Raises what the transport raises: ``HoldConflict`` (already settled/expired/released otherwise),
+    ``KernelRejected`` (no such hold), ``KernelUnavailable`` (retry: the same op id releases once).
     """
-    release = _hold_operation(transport, "release")
-    if release is None:
-        raise TypeError(f"{transport!r} cannot release holds (it has no release())")
-    receipt = await _maybe_await(release(receipt_id, release_op_id(receipt_id), reason))
+    receipt = await transport.release(receipt_id, release_op_id(receipt_id), reason)
     HOLDS.closed(receipt_id)
     return receipt
 

@@ -93,11 +93,8 @@ class ReleaseHolds:
 
 
 def _already_closed(err: BaseException) -> bool:
-    try:
-        from chio_kernel import KernelConflictError, UnknownHoldError
-    except ImportError:  # pragma: no cover - an older chio_kernel
-        return isinstance(err, KernelRejected)
-    return isinstance(err, (KernelConflictError, UnknownHoldError, KernelRejected))
+    # HoldConflict (settled, expired or released otherwise) is a KernelRejected, as is "no such hold".
+    return isinstance(err, KernelRejected)
 
 
 def release_holds_activity(chio_client: ChioClientLike) -> Callable[[ReleaseHolds], Awaitable[list[str]]]:
