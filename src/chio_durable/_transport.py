@@ -13,6 +13,10 @@ Three implementations, picked by :func:`as_transport` from the client a user han
 * :class:`MockTransport` — the ``chio_sdk.testing`` mocks (and any other object with
   ``evaluate_tool_call``): no keys, a ``ChioDeniedError`` is a deny, its own hashes are not checked.
 
+Every transport also settles and releases budget holds (``settle`` / ``release`` and their
+``_sync`` forms; docs/budgets.md): the embedded kernel and ``SidecarClient`` return the signed
+receipt, a mock or a stock ``ChioClient`` (which cannot declare a cost, so never holds) returns None.
+
 Remote transports drive their client on the one private kernel loop (``_loop``). Anything that is
 not a decision raises :class:`KernelUnavailable` (retryable) or :class:`KernelRejected` (a
 malformed request, not retryable): the governed body never runs.

@@ -113,14 +113,18 @@ def key_fingerprint_hash(idempotency_key: str) -> str:
     return hashlib.sha256(b"chio-idempotency-key\x1f" + idempotency_key.encode("utf-8", "surrogatepass")).hexdigest()
 
 
-def check_key_reuse(st: StoreWriter, key_hash: str, fingerprint: str, key: str) -> None:
-    """Raise :class:`IdempotencyKeyReusedError` if ``key`` was first allowed for another call."""
-    first = st.idempotency_key(key_hash)
-    if first is not None and first != fingerprint:
+def remembered_allow(st: StoreWriter, key_hash: str, fingerprint: str, key: str) -> str | None:
+    """The body of the allow this idempotency key answered for this very call, or None if the key
+    is new; :class:`IdempotencyKeyReusedError` if it answered a different call."""
+    found = st.idempotency_key(key_hash)
+    if found is None:
+        return st.idempotent_receipt(fingerprint)  # keys remembered before the key rule existed
+    if found[0] != fingerprint:
         raise IdempotencyKeyReusedError(
             f"idempotency key {key[:80]!r} was already used for a different call (another capability, tool, "
             "operation, parameters or cost); a key names ONE call: use a new key for this call"
         )
+    return found[1]
 
 
 def capture_amount(actual: int, rooms: Sequence[int]) -> tuple[int, bool]:

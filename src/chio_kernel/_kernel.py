@@ -34,7 +34,7 @@ from chio_kernel._errors import CapabilityError, ChioKernelError, KernelInputErr
 from chio_kernel._group_commit import GroupCommitter, max_batch_from_env
 from chio_kernel._sqlite_store import DB_FILE, SQLiteStore
 from chio_kernel._ids import uuid7
-from chio_kernel._holds import Holds, check_key_reuse, key_fingerprint_hash, resolve_hold_ttl
+from chio_kernel._holds import Holds, key_fingerprint_hash, remembered_allow, resolve_hold_ttl
 from chio_kernel._policy import _Deny, check_valid, decide, passing_grants
 from chio_kernel._receipts import (
     ChainReport,
@@ -113,7 +113,8 @@ class _EvalRequest:
     cost_t: tuple[int, str] | None
     idem_hash: str | None
     pre: dict[str, list[tuple[int, ToolGrant]] | _Deny] | None
-    key: str | None = None  # the idempotency key itself (the key-reuse rule, chio_kernel._holds)
+    key: str | None = None  # the idempotency key itself (for the key-reuse rule's message)
+    key_hash: str | None = None  # the key's own hash (the key-reuse rule, chio_kernel._holds)
 
 
 # --- the kernel --------------------------------------------------------------------------------
@@ -423,6 +424,7 @@ class Kernel:
         return _EvalRequest(
             capability_id, tool_server, tool_name, op, params, params_text, params_ascii, param_hash, cost_t,
             idem_hash, pre, idempotency_key,
+            None if idempotency_key is None else key_fingerprint_hash(idempotency_key),
         )
 
     def _run_batch(self, reqs: Sequence[_EvalRequest]) -> list[ChioReceipt | BaseException]:
@@ -462,11 +464,11 @@ class Kernel:
         try:
             check_valid(cap, capability_id, now, revoked, self.base_url)
             if req.idem_hash is not None:
-                body = st.idempotent_receipt(req.idem_hash)
+                assert req.key is not None and req.key_hash is not None
+                # same key, same call: its receipt; same key, another call: refused (Stripe's rule)
+                body = remembered_allow(st, req.key_hash, req.idem_hash, req.key)
                 if body is not None:
                     return ChioReceipt.model_validate_json(body)
-                assert req.key is not None
-                check_key_reuse(st, key_fingerprint_hash(req.key), req.idem_hash, req.key)
             assert cap is not None
             lineage = [cap]
             for ancestor_id in cap.lineage[1:]:
@@ -484,9 +486,8 @@ class Kernel:
             st.record_rate_event(rated_id, now)
         receipt = self._append_receipt(st, head_seq, prev_hash, now, req, None, cap.policy_hash)
         if req.idem_hash is not None:
-            st.remember_idempotency(req.idem_hash, head_seq + 1)
-            assert req.key is not None
-            st.remember_idempotency_key(key_fingerprint_hash(req.key), req.idem_hash)
+            assert req.key_hash is not None
+            st.remember_idempotency_key(req.key_hash, req.idem_hash, head_seq + 1)
         if req.cost_t is not None:  # a declared cost is a hold until settled, released or expired
             self._holds.place(st, receipt.id, capability_id, cap.policy_hash, req.cost_t, charges, now)
         return receipt

@@ -92,7 +92,9 @@ CREATE TABLE IF NOT EXISTS usage (
 CREATE TABLE IF NOT EXISTS rate_events (capability_id TEXT NOT NULL, t DOUBLE PRECISION NOT NULL);
 CREATE INDEX IF NOT EXISTS rate_events_capability ON rate_events(capability_id, t);
 CREATE TABLE IF NOT EXISTS idempotency (key_hash TEXT PRIMARY KEY, receipt_seq BIGINT NOT NULL);
-CREATE TABLE IF NOT EXISTS idempotency_keys (key_hash TEXT PRIMARY KEY, fingerprint TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS idempotency_keys (
+    key_hash TEXT PRIMARY KEY, fingerprint TEXT NOT NULL, receipt_seq BIGINT NOT NULL
+);
 CREATE TABLE IF NOT EXISTS holds (
     receipt_id TEXT PRIMARY KEY, capability_id TEXT NOT NULL, policy_hash TEXT NOT NULL, units BIGINT NOT NULL,
     currency TEXT NOT NULL, created_at DOUBLE PRECISION NOT NULL, expires_at DOUBLE PRECISION NOT NULL,
@@ -385,14 +387,18 @@ class _PgWriter(_PgReader):
 
     # --- idempotency keys and budget holds (chio_kernel._holds) ---
 
-    def idempotency_key(self, key_hash: str) -> str | None:
-        row = self._one("SELECT fingerprint FROM idempotency_keys WHERE key_hash = %s", (key_hash,))
-        return None if row is None else str(row[0])
+    def idempotency_key(self, key_hash: str) -> tuple[str, str] | None:
+        row = self._one(
+            "SELECT k.fingerprint, r.body FROM idempotency_keys k JOIN receipts r ON r.seq = k.receipt_seq "
+            "WHERE k.key_hash = %s",
+            (key_hash,),
+        )
+        return None if row is None else (str(row[0]), str(row[1]))
 
-    def remember_idempotency_key(self, key_hash: str, fingerprint: str) -> None:
+    def remember_idempotency_key(self, key_hash: str, fingerprint: str, seq: int) -> None:
         self._run(
-            "INSERT INTO idempotency_keys(key_hash, fingerprint) VALUES (%s, %s) ON CONFLICT DO NOTHING",
-            (key_hash, fingerprint),
+            "INSERT INTO idempotency_keys(key_hash, fingerprint, receipt_seq) VALUES (%s, %s, %s)",
+            (key_hash, fingerprint, seq),
         )
 
     def insert_hold(self, row: HoldRow, grants: Sequence[tuple[str, int]]) -> None:

@@ -94,7 +94,8 @@ CREATE TABLE IF NOT EXISTS idempotency (
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS idempotency_keys (
     key_hash    TEXT PRIMARY KEY,
-    fingerprint TEXT NOT NULL
+    fingerprint TEXT NOT NULL,
+    receipt_seq INTEGER NOT NULL
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS holds (
     receipt_id     TEXT PRIMARY KEY,
@@ -378,13 +379,18 @@ class _Ops:
 
     # --- idempotency keys and budget holds (chio_kernel._holds) ---
 
-    def idempotency_key(self, key_hash: str) -> str | None:
-        row = self._c.execute("SELECT fingerprint FROM idempotency_keys WHERE key_hash = ?", (key_hash,)).fetchone()
-        return None if row is None else str(row[0])
+    def idempotency_key(self, key_hash: str) -> tuple[str, str] | None:
+        row = self._c.execute(
+            "SELECT k.fingerprint, r.body FROM idempotency_keys k JOIN receipts r ON r.seq = k.receipt_seq "
+            "WHERE k.key_hash = ?",
+            (key_hash,),
+        ).fetchone()
+        return None if row is None else (str(row[0]), str(row[1]))
 
-    def remember_idempotency_key(self, key_hash: str, fingerprint: str) -> None:
+    def remember_idempotency_key(self, key_hash: str, fingerprint: str, seq: int) -> None:
         self._c.execute(
-            "INSERT OR IGNORE INTO idempotency_keys(key_hash, fingerprint) VALUES (?, ?)", (key_hash, fingerprint)
+            "INSERT INTO idempotency_keys(key_hash, fingerprint, receipt_seq) VALUES (?, ?, ?)",
+            (key_hash, fingerprint, seq),
         )
 
     def hold(self, receipt_id: str) -> HoldRow | None:

@@ -18,8 +18,10 @@ Data the store keeps (the SQLite schema names them):
   ``capability_id``, ``verdict``, ``chain_hash`` (sha256 of ``body``), ``body`` (the receipt's JSON text
   exactly as the kernel hands it; the store never rewrites it);
 * idempotency   - ``key_hash`` -> the ``seq`` of the receipt it returned;
-* idempotency keys - ``sha256(key)`` -> the fingerprint of the call it was first used for (a key
-  reused for another call is refused, see ``chio_kernel._holds``);
+* idempotency keys - the key's hash -> the fingerprint of the call it was first allowed for and the
+  ``seq`` of that receipt (a key reused for another call is refused, see ``chio_kernel._holds``);
+  the kernel writes these instead of ``idempotency`` rows, and still reads ``idempotency`` rows
+  written before;
 * holds         - one row per allow that declared a cost (:class:`HoldRow`), the budgeted grants it
   charged (``hold_grants``) and the settle/release ``op_id`` s answered (``hold_ops``). While a hold
   is open its units are part of ``usage.cost_units`` (so ``cost_units`` = captured + open holds);
@@ -225,12 +227,13 @@ class StoreWriter(StoreReader, Protocol):
         """Remember that this idempotency key hash answered with the receipt at ``seq``."""
         ...
 
-    def idempotency_key(self, key_hash: str) -> str | None:
-        """The call fingerprint this idempotency key (``sha256(key)``) was first allowed for, or None."""
+    def idempotency_key(self, key_hash: str) -> tuple[str, str] | None:
+        """``(call fingerprint, receipt body)`` of the allow this idempotency key (its hash alone)
+        answered, or None."""
         ...
 
-    def remember_idempotency_key(self, key_hash: str, fingerprint: str) -> None:
-        """Remember the call fingerprint of a newly used idempotency key."""
+    def remember_idempotency_key(self, key_hash: str, fingerprint: str, seq: int) -> None:
+        """Remember that this idempotency key answered the call ``fingerprint`` with the receipt at ``seq``."""
         ...
 
     def insert_hold(self, row: HoldRow, grants: Sequence[tuple[str, int]]) -> None:

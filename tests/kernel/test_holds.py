@@ -207,6 +207,18 @@ def test_idempotency_key_reused_for_a_different_call_is_refused(kernel: Kernel) 
     assert row(kernel, cap)["held"] == 10 and row(kernel, cap)["open_holds"] == 1
 
 
+def test_keys_remembered_before_the_key_rule_still_answer(kernel: Kernel) -> None:
+    # a store written by an older build remembered allows in `idempotency` (by call fingerprint) only
+    cap = kernel.create_capability("agent:a", scope(budget(100)), 3600).id
+    old = call(kernel, cap, 10)
+    seq = kernel.list_receipts_with_seq()[-1][0]
+    req = kernel._prepare(cap, "model", "gpt", {"n": 0}, "old-key", usd(10), "Invoke")
+    with kernel._store.write() as st:
+        st.remember_idempotency(req.idem_hash, seq)
+    assert call(kernel, cap, 10, key="old-key").id == old.id
+    assert row(kernel, cap)["open_holds"] == 1
+
+
 async def test_50_concurrent_retries_of_one_key_on_local_client_make_one_hold(chio_home: Path) -> None:
     async with LocalChioClient(chio_home) as client:
         cap = (await client.create_capability(subject="agent:a", scope=scope(budget(1000)))).id
