@@ -25,6 +25,7 @@ import contextlib
 import logging
 import math
 import threading
+from collections import OrderedDict
 from collections.abc import Callable, Iterator, Mapping
 from contextvars import ContextVar
 from dataclasses import dataclass, field
@@ -346,17 +347,22 @@ class _Hold:
 class HoldLedger:
     """The holds this process took and has not settled or released yet, by scope (a run identity).
 
-    Only what this process knows: a hold whose process died is restored by the kernel's expiry.
+    Only what this process knows: a hold whose process died is restored by the kernel's expiry. At
+    most ``max_open`` are remembered (the oldest is forgotten first; the kernel's TTL frees it), so a
+    long-lived worker whose failed runs are never compensated does not grow without bound.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, max_open: int = 100_000) -> None:
         self._lock = threading.Lock()
-        self._open: dict[str, _Hold] = {}
+        self._open: OrderedDict[str, _Hold] = OrderedDict()
+        self.max_open = max_open
 
     def opened(self, scope: str, receipt_id: str, transport: Any) -> None:
         """Record an open hold (idempotent: a retry that got the same receipt back records nothing new)."""
         with self._lock:
             self._open.setdefault(receipt_id, _Hold(receipt_id, scope, transport))
+            while len(self._open) > self.max_open:
+                self._open.popitem(last=False)
 
     def closed(self, receipt_id: str) -> None:
         """The hold was settled or released."""

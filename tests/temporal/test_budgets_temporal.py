@@ -24,7 +24,7 @@ with workflow.unsafe.imports_passed_through():
 
     import budget_app as app
     from chio_kernel import LocalChioClient
-    from chio_temporal import DENIED_ERROR_TYPE, release_holds, release_holds_activity
+    from chio_temporal import DENIED_ERROR_TYPE, release_holds, release_holds_activity, release_holds_on_failure
 
 pytestmark = pytest.mark.temporal
 
@@ -50,6 +50,16 @@ class SagaWorkflow:
             again = await release_holds(first, reason="order cancelled")
             return {"first": first, "again": again}
         return {"first": [], "again": []}
+
+
+@workflow.defn
+class GuardedWorkflow:
+    """The same failure, released by ``release_holds_on_failure`` (the workflow then fails)."""
+
+    @workflow.run
+    async def run(self, prompt: str) -> str:
+        async with release_holds_on_failure(reason="run failed"):
+            return (await app.governed_broken.run(prompt)).output
 
 
 USD_5 = MonetaryAmount(units=500, currency="USD")
@@ -81,7 +91,7 @@ async def worker(client: Client, chio: LocalChioClient) -> AsyncIterator[str]:
     async with Worker(
         client,
         task_queue=task_queue,
-        workflows=[SpendWorkflow, SagaWorkflow],
+        workflows=[SpendWorkflow, SagaWorkflow, GuardedWorkflow],
         activities=[release_holds_activity(chio)],
         plugins=[governed.plugin for governed in app.ALL],
     ):
@@ -143,3 +153,15 @@ async def test_saga_compensation_releases_the_retried_requests_one_hold_exactly_
     releases = budget_receipts(chio, "release")
     assert len(releases) == 1  # released exactly once: the second compensation got the same receipt
     assert chio.kernel.verify_chain().ok
+
+
+async def test_a_failing_run_guarded_by_release_holds_on_failure_releases_and_still_fails(
+    client: Client, chio: LocalChioClient
+) -> None:
+    async with worker(client, chio) as tq:
+        with pytest.raises(WorkflowFailureError):
+            await client.execute_workflow(GuardedWorkflow.run, "buy", id=f"guarded-{uuid.uuid4().hex[:8]}", task_queue=tq)
+
+    found = holds(chio)
+    assert [(h["state"], h["captured_units"]) for h in found] == [("released", 0)]
+    assert len(budget_receipts(chio, "release")) == 1
