@@ -179,3 +179,30 @@ def test_task_cost_is_checked_at_decoration() -> None:
 def test_report_cost_outside_a_costed_call_is_an_error() -> None:
     with pytest.raises(RuntimeError, match="outside a governed call"):
         report_cost(MonetaryAmount(units=1, currency="USD"))
+
+
+def test_budget_holds_through_the_real_sidecar_over_http(chio_home: Path, sidecar_url: str) -> None:
+    """Same limit with the kernel behind the sidecar (``SidecarClient``: costs and keys on the wire)."""
+    from chio_kernel import Kernel, SidecarClient
+
+    kernel = Kernel(data_dir=chio_home)  # the sidecar's own data directory
+    kernel.create_capability(
+        subject="budget-test",
+        scope=ChioScope(grants=[grant("model", max_total_cost=MonetaryAmount(units=200, currency="USD"))]),
+        capability_id="cap-budget-sidecar",
+    )
+    model = Counting()
+    governed = ChioPrefectAgent(
+        model.agent(), capability_id="cap-budget-sidecar", chio_client=SidecarClient(sidecar_url),
+        model_prices={MODEL: PRICE},
+    )
+    runs = 0
+    with pytest.raises(PermissionError):
+        for _ in range(10):
+            governed.run_sync("spend")
+            runs += 1
+    # holds of 100, settled at 50: 3 fit (100 + 100 <= 200 after 2), the 4th does not (150 + 100)
+    assert (runs, model.calls) == (3, 3)
+    states = [kernel.get_hold(r.id) for r in kernel.list_receipts(capability_id="cap-budget-sidecar")]
+    assert [(h["state"], h["captured_units"]) for h in states if h is not None] == [("settled", 50)] * 3
+    assert kernel.verify_chain().ok
