@@ -73,7 +73,8 @@ from chio_temporal._agent_activities import (
     model_activity_actual,
     model_activity_cost,
 )
-from chio_durable._metering import ModelMetering, ModelPrices, as_metering
+from chio_durable._metering import ModelMetering, ModelPrices, ToolCost, as_metering
+from chio_temporal._budgets import tool_call_cost, tool_costs_by_name, tool_costs_of
 from chio_durable.agent._budget_hooks import can_declare_cost
 from chio_sdk.models import MonetaryAmount
 from chio_temporal._seams import agent_with_capability, registered_activity_name, replace_in_live_list
@@ -317,6 +318,7 @@ class ChioAgentActivityInterceptor(ChioActivityInterceptor):
         activity_tool_server_map: Mapping[str, str] | None = None,
         max_pending_receipts: int = DEFAULT_MAX_PENDING_RECEIPTS,
         model_prices: ModelMetering | ModelPrices | None = None,
+        tool_costs: Mapping[str, ToolCost] | None = None,
     ) -> None:
         super().__init__(
             chio_client=chio_client,
@@ -349,6 +351,7 @@ class ChioAgentActivityInterceptor(ChioActivityInterceptor):
         self.peer_agent_names: set[str] = set()
         self._parsed_types: dict[str, AgentActivity | None] = {}
         self.metering: ModelMetering = as_metering(model_prices)
+        self.tool_costs: dict[str, ToolCost] = dict(tool_costs or {})  # by tool name (chio_temporal._budgets)
 
     def agent_activity(self, info: temporalio.activity.Info) -> AgentActivity | None:
         """The governed agent operation this execution is, or ``None`` (another activity, or ungoverned).
@@ -419,7 +422,11 @@ class ChioAgentActivityInterceptor(ChioActivityInterceptor):
         activity = self.agent_activity(info)
         if activity is None:
             return super().activity_cost(info, input, call)
-        if activity.kind != "model" or not can_declare_cost(self.transport):
+        if not can_declare_cost(self.transport):
+            return None
+        if activity.kind == "tool" and self.tool_costs:
+            return tool_call_cost(self.tool_costs, input.args)
+        if activity.kind != "model":
             return None
         return model_activity_cost(self.metering, input.args, self._model_name)
 
@@ -537,6 +544,9 @@ class ChioTemporalAgent(WrapperAgent[AgentDepsT, OutputDataT]):
             activity declares the model's price x its ``max_tokens`` (a hold) and settles at the
             response's usage. ``genai-prices`` prices known models; pass ``{model_name: TokenPrice}``,
             a callable or a ``ModelMetering`` for others (docs/budgets.md).
+        tool_costs: declared costs of the agent's function tools by tool name: a ``MonetaryAmount``
+            or a callable of the tool's arguments. Tool metadata ``{"chio_cost": MonetaryAmount(...)}``
+            is read too; a *callable* cannot ride Temporal's serialized tool metadata, so it goes here.
     """
 
     def __init__(
@@ -562,6 +572,7 @@ class ChioTemporalAgent(WrapperAgent[AgentDepsT, OutputDataT]):
         run_context_type: type[TemporalRunContext[AgentDepsT]] | None = None,
         non_retryable_model_errors: Sequence[type[Exception]] = (),
         model_prices: ModelMetering | ModelPrices | None = None,
+        tool_costs: Mapping[str, ToolCost] | None = None,
     ) -> None:
         if on_deny not in ("tell_model", "raise"):
             raise ChioTemporalConfigError(f"on_deny= must be 'tell_model' or 'raise', got {on_deny!r}")
@@ -653,6 +664,7 @@ class ChioTemporalAgent(WrapperAgent[AgentDepsT, OutputDataT]):
             "receipt_sink": receipt_sink,
             "max_pending_receipts": max_pending_receipts,
             "model_prices": model_prices,
+            "tool_costs": {**tool_costs_of(agent), **tool_costs_by_name(tool_costs)},
         }
         self._on_deny: OnDeny = on_deny
         self.agent_name: str = agent_name

@@ -20,7 +20,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import timedelta
@@ -32,7 +32,16 @@ from chio_sdk.models import MonetaryAmount
 from temporalio.common import RetryPolicy
 
 from chio_durable._errors import KernelRejected
-from chio_durable._metering import HOLDS, release_hold, reported_cost_scope, settle_hold
+from chio_durable._metering import (
+    COST_METADATA_KEY,
+    HOLDS,
+    ToolCost,
+    check_cost,
+    release_hold,
+    reported_cost_scope,
+    resolve_cost,
+    settle_hold,
+)
 from chio_durable._transport import ChioClientLike, as_transport
 
 if TYPE_CHECKING:
@@ -165,3 +174,61 @@ async def release_holds_on_failure(reason: str = "workflow failed") -> AsyncIter
     except Exception:
         await release_holds(reason=reason)
         raise
+
+
+def tool_costs_of(agent: Any) -> dict[str, ToolCost]:
+    """The declared costs of an agent's function tools: ``Tool(fn, metadata={"chio_cost": ...})``.
+
+    Read once, where the ``ChioTemporalAgent`` is built, through public pydantic-ai names
+    (``agent.toolsets``, ``AbstractToolset.apply``, ``FunctionToolset.tools``, ``Tool.metadata``): the
+    activity side sees a tool call's name and arguments, not its metadata. Raises
+    ``ChioTemporalConfigError`` for a value that cannot be a cost.
+    """
+    from pydantic_ai.toolsets import FunctionToolset
+
+    from chio_temporal.errors import ChioTemporalConfigError
+
+    leaves: list[Any] = []
+    for toolset in getattr(agent, "toolsets", None) or ():
+        toolset.apply(leaves.append)
+    costs: dict[str, ToolCost] = {}
+    for leaf in leaves:
+        if not isinstance(leaf, FunctionToolset):
+            continue
+        for name, tool in leaf.tools.items():
+            declared = (tool.metadata or {}).get(COST_METADATA_KEY)
+            if declared is None:
+                continue
+            try:
+                check_cost(declared, f"tool {name!r} metadata[{COST_METADATA_KEY!r}]")
+            except (TypeError, ValueError) as err:
+                raise ChioTemporalConfigError(str(err)) from err
+            costs[name] = declared
+    return costs
+
+
+def tool_costs_by_name(costs: Mapping[str, ToolCost] | None) -> dict[str, ToolCost]:
+    """``ChioTemporalAgent(tool_costs=...)`` checked (``ChioTemporalConfigError`` for a bad value)."""
+    from chio_temporal.errors import ChioTemporalConfigError
+
+    checked: dict[str, ToolCost] = {}
+    for name, declared in (costs or {}).items():
+        try:
+            check_cost(declared, f"tool_costs[{name!r}]")
+        except (TypeError, ValueError) as err:
+            raise ChioTemporalConfigError(str(err)) from err
+        checked[name] = declared
+    return checked
+
+
+def tool_call_cost(costs: Mapping[str, ToolCost], args: Sequence[Any]) -> MonetaryAmount | None:
+    """The cost a function-tool activity declares, from its decoded ``(params, deps)`` arguments."""
+    params = args[0] if args else None
+    declared = costs.get(str(getattr(params, "name", "")))
+    if declared is None:
+        return None
+    tool_args = getattr(params, "tool_args", None)
+    return resolve_cost(declared, **(dict(tool_args) if isinstance(tool_args, Mapping) else {}))
+
+
+__all__ += ["tool_call_cost", "tool_costs_by_name", "tool_costs_of"]

@@ -11,14 +11,16 @@ import tempfile
 from collections import Counter
 from datetime import timedelta
 
-from pydantic_ai import Agent
-from pydantic_ai.messages import ModelMessage, ModelResponse, TextPart
+from chio_sdk.models import MonetaryAmount
+from pydantic_ai import Agent, Tool
+from pydantic_ai.messages import ModelMessage, ModelResponse, TextPart, ToolCallPart
 from pydantic_ai.models.function import AgentInfo, FunctionModel
 from pydantic_ai.usage import RequestUsage
 from temporalio.common import RetryPolicy
 from temporalio.workflow import ActivityConfig
 
-from chio_durable.agent import TokenPrice
+from chio_durable import report_cost
+from chio_durable.agent import COST_METADATA_KEY, TokenPrice
 from chio_kernel import LocalChioClient
 from chio_temporal import ChioTemporalAgent
 
@@ -66,3 +68,35 @@ ALL = [governed_spender, governed_broken]
 def use_kernel(chio: LocalChioClient) -> None:
     for governed in ALL:
         governed.interceptor.chio_client = chio
+
+
+def shop_model(messages: list[ModelMessage], info: AgentInfo) -> ModelResponse:
+    CALLS["shop"] += 1
+    if any(getattr(p, "part_kind", None) == "tool-return" for p in messages[-1].parts):
+        return ModelResponse(parts=[TextPart("bought")], usage=RequestUsage(input_tokens=20, output_tokens=10))
+    return ModelResponse(parts=[ToolCallPart("buy", {"item": "book", "quantity": 3})], usage=RequestUsage(output_tokens=10))
+
+
+def buy(item: str, quantity: int) -> str:
+    """Buys; the shop billed a discount, which the hold settles at."""
+    CALLS["buy"] += 1
+    report_cost(MonetaryAmount(units=25, currency="USD"))
+    return f"{quantity} x {item}"
+
+
+governed_shopper = ChioTemporalAgent(
+    Agent(
+        FunctionModel(shop_model),
+        name="shopper",
+        model_settings={"max_tokens": 100},
+        # Temporal serializes tool metadata: an amount fits there; a callable goes in tool_costs=.
+        tools=[Tool(buy, metadata={COST_METADATA_KEY: MonetaryAmount(units=99, currency="USD")})],
+    ),
+    capability_id=CAPABILITY_ID,
+    chio_client=_placeholder,
+    model_prices={"function:shop_model:": PRICE},
+    tool_costs={"buy": lambda item, quantity: MonetaryAmount(units=10 * quantity, currency="USD")},
+    activity_config=RETRY_TWICE,
+)
+
+ALL.append(governed_shopper)

@@ -62,6 +62,13 @@ class GuardedWorkflow:
             return (await app.governed_broken.run(prompt)).output
 
 
+@workflow.defn
+class ShopWorkflow:
+    @workflow.run
+    async def run(self, prompt: str) -> str:
+        return (await app.governed_shopper.run(prompt)).output
+
+
 USD_5 = MonetaryAmount(units=500, currency="USD")
 
 
@@ -78,7 +85,10 @@ async def chio(chio_home: Any) -> AsyncIterator[LocalChioClient]:
         kernel.kernel.create_capability(
             subject="agent:spender",
             scope=ChioScope(
-                grants=[ToolGrant(server_id="model", tool_name="*", operations=[Operation.INVOKE], max_total_cost=USD_5)]
+                grants=[
+                    ToolGrant(server_id="model", tool_name="*", operations=[Operation.INVOKE], max_total_cost=USD_5),
+                    ToolGrant(server_id="shopper", tool_name="buy", operations=[Operation.INVOKE], max_total_cost=USD_5),
+                ]
             ),
             capability_id=app.CAPABILITY_ID,
         )
@@ -91,7 +101,7 @@ async def worker(client: Client, chio: LocalChioClient) -> AsyncIterator[str]:
     async with Worker(
         client,
         task_queue=task_queue,
-        workflows=[SpendWorkflow, SagaWorkflow, GuardedWorkflow],
+        workflows=[SpendWorkflow, SagaWorkflow, GuardedWorkflow, ShopWorkflow],
         activities=[release_holds_activity(chio)],
         plugins=[governed.plugin for governed in app.ALL],
     ):
@@ -165,3 +175,40 @@ async def test_a_failing_run_guarded_by_release_holds_on_failure_releases_and_st
     found = holds(chio)
     assert [(h["state"], h["captured_units"]) for h in found] == [("released", 0)]
     assert len(budget_receipts(chio, "release")) == 1
+
+
+async def test_a_tool_with_a_cost_in_its_metadata_holds_and_settles_at_the_reported_cost(
+    client: Client, chio: LocalChioClient
+) -> None:
+    async with worker(client, chio) as tq:
+        out = await client.execute_workflow(ShopWorkflow.run, "buy", id=f"shop-{uuid.uuid4().hex[:8]}", task_queue=tq)
+
+    assert out == "bought"
+    found = holds(chio)
+    assert [(h["amount"]["units"], h["state"], h["captured_units"]) for h in found] == [
+        (100, "settled", 10),  # model request: 10 output tokens
+        (30, "settled", 25),  # buy: declared 10 x 3, reported 25
+        (100, "settled", 10),
+    ]
+    assert chio.kernel.verify_chain().ok
+
+
+def test_tool_costs_are_read_from_metadata_and_checked_when_the_agent_is_built() -> None:
+    from pydantic_ai import Agent, Tool
+    from pydantic_ai.models.test import TestModel
+
+    from chio_temporal import ChioTemporalAgent, ChioTemporalConfigError
+    from chio_temporal._budgets import tool_costs_of
+
+    def lookup(order: str) -> str:
+        return order
+
+    amount = MonetaryAmount(units=3, currency="USD")
+    agent = Agent(TestModel(), name="costs", tools=[Tool(lookup, metadata={"chio_cost": amount})])
+    assert tool_costs_of(agent) == {"lookup": amount}
+
+    bad = Agent(TestModel(), name="bad-costs", tools=[Tool(lookup, metadata={"chio_cost": "3 dollars"})])
+    with pytest.raises(ChioTemporalConfigError, match="MonetaryAmount"):
+        ChioTemporalAgent(bad, capability_id="cap", chio_client=app._placeholder)
+    with pytest.raises(ChioTemporalConfigError, match="tool_costs"):
+        ChioTemporalAgent(agent, capability_id="cap", chio_client=app._placeholder, name="costs2", tool_costs={"lookup": -1})
