@@ -206,3 +206,28 @@ def test_budget_holds_through_the_real_sidecar_over_http(chio_home: Path, sideca
     states = [kernel.get_hold(r.id) for r in kernel.list_receipts(capability_id="cap-budget-sidecar")]
     assert [(h["state"], h["captured_units"]) for h in states if h is not None] == [("settled", 50)] * 3
     assert kernel.verify_chain().ok
+
+
+async def test_a_retried_agent_flow_run_reuses_its_model_request_hold(chio: LocalChioClient) -> None:
+    cap = issue(chio, "cap-budget-prefect-retry", grant("model", max_total_cost=USD_5))
+    model = Counting()
+    real_answer = model.answer
+
+    def fail_once(messages: list[ModelMessage], info: AgentInfo) -> ModelResponse:
+        if model.calls == 0:
+            model.calls += 1
+            raise RuntimeError("model backend hiccup")
+        return real_answer(messages, info)
+
+    agent = Agent(FunctionModel(fail_once, model_name=MODEL), name="spender", model_settings={"max_tokens": 100})
+    governed = ChioPrefectAgent(
+        agent, capability_id=cap, chio_client=chio, model_prices={MODEL: PRICE},
+        flow_options={"retries": 1, "retry_delay_seconds": 0},
+    )
+
+    result = await governed.run("spend")
+
+    assert result.output == "ok" and model.calls == 2
+    found = holds(chio, cap)
+    assert len(found) == 1  # the flow retry re-evaluated with the same key: same receipt, same hold
+    assert (found[0]["state"], found[0]["captured_units"]) == ("settled", 50)
