@@ -231,3 +231,18 @@ async def test_a_retried_agent_flow_run_reuses_its_model_request_hold(chio: Loca
     found = holds(chio, cap)
     assert len(found) == 1  # the flow retry re-evaluated with the same key: same receipt, same hold
     assert (found[0]["state"], found[0]["captured_units"]) == ("settled", 50)
+
+
+async def test_async_task_settles_at_its_declared_cost_when_it_reports_none(chio: LocalChioClient) -> None:
+    cap = issue(chio, "cap-budget-async-task", grant("search-srv", max_total_cost=USD_5))
+
+    @chio_task(cost=MonetaryAmount(units=12, currency="USD"))
+    async def search(query: str) -> str:
+        return query.upper()
+
+    @chio_flow(capability_id=cap, tool_server="search-srv", chio_client=chio)
+    async def research() -> str:
+        return await search("q")
+
+    assert await research() == "Q"
+    assert [(h["state"], h["captured_units"]) for h in holds(chio, cap)] == [("settled", 12)]
