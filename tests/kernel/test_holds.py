@@ -207,6 +207,25 @@ def test_idempotency_key_reused_for_a_different_call_is_refused(kernel: Kernel) 
     assert row(kernel, cap)["held"] == 10 and row(kernel, cap)["open_holds"] == 1
 
 
+def test_hold_ttl_comes_from_the_argument_then_the_environment(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("CHIO_HOLD_TTL", "5")
+    with Kernel(tmp_path / "a") as k:
+        assert k.hold_ttl == 5.0
+    with Kernel(tmp_path / "b", hold_ttl=7) as k:
+        assert k.hold_ttl == 7.0
+    monkeypatch.delenv("CHIO_HOLD_TTL")
+    with Kernel(tmp_path / "c") as k:
+        assert k.hold_ttl == 3600.0
+    for bad in (0, -1, float("nan"), True):
+        with pytest.raises(KernelInputError, match="hold_ttl"):
+            Kernel(tmp_path / "d", hold_ttl=bad)
+    monkeypatch.setenv("CHIO_HOLD_TTL", "soon")
+    with pytest.raises(KernelInputError, match="CHIO_HOLD_TTL"):
+        Kernel(tmp_path / "e")
+
+
 def test_keys_remembered_before_the_key_rule_still_answer(kernel: Kernel) -> None:
     # a store written by an older build remembered allows in `idempotency` (by call fingerprint) only
     cap = kernel.create_capability("agent:a", scope(budget(100)), 3600).id
