@@ -20,6 +20,7 @@ from chio_durable._evaluation import (
     idempotency_key,
 )
 from chio_durable._params import bind_parameters, jsonable
+from chio_durable._metering import ToolCost, release_op_id, report_cost, settle_op_id, usd
 
 __all__ = [
     "CallKind",
@@ -32,6 +33,7 @@ __all__ = [
     "KernelRejected",
     "KernelTransport",
     "KernelUnavailable",
+    "ToolCost",
     "as_transport",
     "bind_parameters",
     "call_key",
@@ -40,4 +42,8 @@ __all__ = [
     "evaluate_sync",
     "idempotency_key",
     "jsonable",
+    "release_op_id",
+    "report_cost",
+    "settle_op_id",
+    "usd",
 ]

@@ -54,6 +54,8 @@ from chio_durable.agent._mapping import GovernedCall
 from chio_prefect import decorators as _decorators
 from chio_prefect.errors import ChioPermissionError, ChioPrefectError, ChioRequestRejected
 from chio_prefect.events import write_receipt_event
+from chio_prefect._budgets import release_flow_run_holds, with_release_hooks
+from chio_durable._metering import ModelMetering, ModelPrices
 
 __all__ = [
     "ChioPrefectAgent",
@@ -214,6 +216,8 @@ class ChioPrefectAgent(WrapperAgent[Any, Any]):
             ``metadata={'prefect': ...}`` on those tools, the non-deprecated route.
         flow_options: ``prefect.flow(...)`` options (``retries``, ``retry_delay_seconds``, ...) for
             the flow :meth:`run` starts when it is not already inside one.
+        model_prices: how model requests are metered against money budgets (see
+            :class:`chio_durable.agent.ChioGovernance`, docs/budgets.md).
     """
 
     def __init__(
@@ -233,6 +237,7 @@ class ChioPrefectAgent(WrapperAgent[Any, Any]):
         tool_task_config_by_name: Mapping[str, TaskConfig | None] | None = None,
         event_stream_handler_task_config: TaskConfig | None = None,
         flow_options: Mapping[str, Any] | None = None,
+        model_prices: ModelMetering | ModelPrices | None = None,
     ) -> None:
         if isinstance(wrapped, ChioPrefectAgent):
             raise UserError("this agent is already a ChioPrefectAgent; wrap the plain Agent instead")
@@ -281,6 +286,7 @@ class ChioPrefectAgent(WrapperAgent[Any, Any]):
             deny_error=_prefect_deny_error,
             permission_error_class=ChioPermissionError,
             rejected_error=_prefect_rejected_error,
+            model_prices=model_prices,
         )
         self.durability: PrefectDurability[Any] = PrefectDurability(
             models=models,
@@ -349,7 +355,8 @@ class ChioPrefectAgent(WrapperAgent[Any, Any]):
 
         parent_run = super().run
 
-        @flow(name=f"{self._agent_name} Run", **self._flow_options)
+        # A run that ends Failed/Crashed releases its open budget holds (chio_prefect._budgets).
+        @flow(name=f"{self._agent_name} Run", **with_release_hooks(self._flow_options, release_flow_run_holds))
         async def chio_agent_run() -> AgentRunResult[Any]:
             return await parent_run(user_prompt, **kwargs)
 

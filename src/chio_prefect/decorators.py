@@ -35,13 +35,15 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, NoReturn, ParamSpec, TypeVar, overload
 
 from chio_sdk.client import ChioClient
-from chio_sdk.models import ChioScope
+from chio_sdk.models import ChioScope, MonetaryAmount
 
 from chio_durable import KernelRejected, KernelUnavailable, bind_parameters
 from chio_durable._call import GovernedCall, call_key
 from chio_durable._decision import Decision, DecisionObserver, notify
 from chio_durable._transport import ChioClientLike, KernelTransport, as_transport, is_client
 from chio_durable._evaluation import Evaluation
+from chio_durable._metering import ToolCost
+from chio_prefect import _budgets
 from chio_prefect._context import (
     FlowGovernance,
     current_flow_governance,
@@ -262,6 +264,7 @@ class _Call:
     task_run_name: str | None
     flow_run_id: str | None
     flow_run_name: str | None
+    cost: MonetaryAmount | None = None  # declared by @chio_task(cost=...): an allow is a budget hold
 
     @property
     def where(self) -> dict[str, str | None]:
@@ -413,8 +416,10 @@ class _TaskGovernance:
         scope: ChioScope | None,
         capability_id: str | None,
         client: _ClientSpec,
+        cost: ToolCost | None = None,
     ) -> None:
         self.fn = fn
+        self.cost = cost
         self.signature = inspect.signature(fn)
         self.tool_name = tool_name
         self.tool_server = tool_server
@@ -530,6 +535,7 @@ class _TaskGovernance:
             task_run_name=task_run_name,
             flow_run_id=flow_run_id,
             flow_run_name=flow_run_name,
+            cost=_budgets.declared_task_cost(self.cost, args, kwargs),
         )
 
     # -- step 3 to 5 -------------------------------------------------------------------------
@@ -552,7 +558,7 @@ class _TaskGovernance:
             return self._conclude(call, decided.evaluation, emit=not decided.emitted)
         try:
             evaluation = await call.transport.evaluate(
-                call.call, capability_id=call.capability_id, idempotency_key=call.idempotency_key
+                call.call, capability_id=call.capability_id, idempotency_key=call.idempotency_key, cost=call.cost
             )
         except KernelUnavailable as err:
             raise ChioSidecarUnavailable(err.url, err.detail, call.call.tool_server, call.call.tool_name) from err
@@ -587,7 +593,7 @@ class _TaskGovernance:
     @staticmethod
     def _ask(call: _Call) -> Evaluation:
         return call.transport.evaluate_sync(
-            call.call, capability_id=call.capability_id, idempotency_key=call.idempotency_key
+            call.call, capability_id=call.capability_id, idempotency_key=call.idempotency_key, cost=call.cost
         )
 
     def _conclude(self, call: _Call, evaluation: Evaluation, *, emit: bool = True) -> Evaluation:
@@ -767,6 +773,7 @@ def _build_task(
     chio_client: ChioClientLike | None,
     sidecar_url: str | None,
     options: dict[str, Any],
+    cost: ToolCost | None = None,
 ) -> Task[Any, Any]:
     import prefect
 
@@ -781,6 +788,7 @@ def _build_task(
         scope=scope,
         capability_id=capability_id,
         client=_ClientSpec(chio_client, sidecar_url),
+        cost=cost,
     )
 
     governed: Callable[..., Any]
@@ -788,7 +796,10 @@ def _build_task(
 
         @functools.wraps(fn)
         async def governed_async(*args: Any, **kwargs: Any) -> Any:
-            await governance.evaluate_async(governance.prepare(args, kwargs))
+            call = governance.prepare(args, kwargs)
+            evaluation = await governance.evaluate_async(call)
+            if call.cost is not None:  # a hold: settled when the body returns (chio_prefect._budgets)
+                return await _budgets.run_costed_async(call, evaluation.receipt_id, fn, args, kwargs)
             return await fn(*args, **kwargs)
 
         governed = governed_async
@@ -796,7 +807,10 @@ def _build_task(
 
         @functools.wraps(fn)
         def governed_sync(*args: Any, **kwargs: Any) -> Any:
-            governance.evaluate_sync(governance.prepare(args, kwargs))
+            call = governance.prepare(args, kwargs)
+            evaluation = governance.evaluate_sync(call)
+            if call.cost is not None:
+                return _budgets.run_costed_sync(call, evaluation.receipt_id, fn, args, kwargs)
             return fn(*args, **kwargs)
 
         governed = governed_sync
@@ -806,6 +820,8 @@ def _build_task(
     task_options = dict(options)
     if task_options.get("retry_condition_fn") is None:
         task_options["retry_condition_fn"] = retry_unless_chio_denied
+    if cost is not None:  # a task run that ends Failed releases its hold
+        task_options = _budgets.with_release_hooks(task_options, _budgets.release_task_run_holds)
     try:
         _define_prefect_classes()
         task: Task[Any, Any] = globals()["ChioTask"](governed, **task_options)  # a prefect Task subclass
@@ -898,8 +914,8 @@ def _build_flow(
         governed = governed_sync
 
     setattr(governed, "__chio_flow__", config)
-    try:
-        return prefect.flow(governed, **options)
+    try:  # a flow run that ends Failed/Crashed releases its calls' open holds (chio_prefect._budgets)
+        return prefect.flow(governed, **_budgets.with_release_hooks(options, _budgets.release_flow_run_holds))
     except (TypeError, ValueError) as err:
         raise ChioPrefectConfigError(
             f"Prefect rejected the options of @chio_flow on {fn.__qualname__}: {err}"
@@ -923,6 +939,7 @@ def chio_task(
     capability_id: str | None = None,
     chio_client: ChioClientLike | None = None,
     sidecar_url: str | None = None,
+    cost: ToolCost | None = None,
     **task_options: Any,
 ) -> Callable[[Callable[P, R]], Task[P, R]]: ...
 
@@ -936,6 +953,7 @@ def chio_task(
     capability_id: str | None = None,
     chio_client: ChioClientLike | None = None,
     sidecar_url: str | None = None,
+    cost: ToolCost | None = None,
     **task_options: Any,
 ) -> Task[P, R] | Callable[[Callable[P, R]], Task[P, R]]:
     """A Prefect task whose every attempt is evaluated by the chio kernel before its body runs.
@@ -952,6 +970,11 @@ def chio_task(
         chio_client: a ``ChioClient``, ``LocalChioClient`` or ``chio_sdk.testing`` mock.
         sidecar_url: address of a running sidecar (exclusive with ``chio_client``). With neither,
             the flow's client is used, else ``ChioClient("http://127.0.0.1:9090")``.
+        cost: what one call costs (docs/budgets.md): a ``MonetaryAmount`` or a callable of the
+            task's arguments returning one. It goes with every evaluation, so a grant's cost limits
+            apply and an allow is a budget hold; the hold settles at what the body reports with
+            ``chio_durable.report_cost(...)``, else at this cost; a task run that ends Failed
+            releases it. Retries reuse the hold.
         **task_options: passed verbatim to ``prefect.task()`` (``retries``, ``retry_delay_seconds``,
             ``retry_condition_fn``, ``timeout_seconds``, ``tags``, ``cache_policy``, ``name``...).
             Without a ``retry_condition_fn``, :func:`retry_unless_chio_denied` is installed.
@@ -969,8 +992,10 @@ def chio_task(
     )
 
     def decorate(fn: Callable[P, R]) -> Task[P, R]:
+        _budgets.validate_task_cost(cost, getattr(fn, "__qualname__", repr(fn)))
         return _build_task(
             fn,
+            cost=cost,
             tool_server=tool_server,
             scope=scope,
             capability_id=capability_id,

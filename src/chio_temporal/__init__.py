@@ -23,6 +23,13 @@ from chio_temporal.interceptor import (
 )
 from chio_temporal.receipt import WorkflowReceipt, WorkflowStepReceipt
 from chio_temporal.worker import build_chio_worker
+from chio_temporal._budgets import (
+    RELEASE_HOLDS_ACTIVITY,
+    ReleaseHolds,
+    release_holds,
+    release_holds_activity,
+    release_holds_on_failure,
+)
 from chio_temporal._devserver import release_temporal_clients, run_temporal, temporal_cli_path
 
 TYPE_CHECKING = False
@@ -32,6 +39,7 @@ if TYPE_CHECKING:
 __all__ = [
     "DENIED_ERROR_TYPE",
     "REJECTED_ERROR_TYPE",
+    "RELEASE_HOLDS_ACTIVITY",
     "SIDECAR_ERROR_TYPE",
     "ActivityCall",
     "ActivityGrantOverride",
@@ -39,12 +47,16 @@ __all__ = [
     "ChioTemporalAgent",
     "ChioTemporalConfigError",
     "ChioTemporalError",
+    "ReleaseHolds",
     "WorkflowGrant",
     "WorkflowReceipt",
     "WorkflowStepReceipt",
     "build_chio_worker",
     "current_evaluation",
     "current_receipt_id",
+    "release_holds",
+    "release_holds_activity",
+    "release_holds_on_failure",
     "release_temporal_clients",
     "run_temporal",
     "temporal_cli_path",

@@ -66,7 +66,17 @@ from temporalio.workflow import ActivityConfig
 from chio_durable.agent import CallMapper, ChioGovernance, OnDeny, denied_tool_message, receipt_scope
 from chio_durable._transport import ChioClientLike, is_client
 from chio_durable._evaluation import Evaluation
-from chio_temporal._agent_activities import AgentActivity, classify_activity, governed_call
+from chio_temporal._agent_activities import (
+    AgentActivity,
+    classify_activity,
+    governed_call,
+    model_activity_actual,
+    model_activity_cost,
+)
+from chio_durable._metering import ModelMetering, ModelPrices, ToolCost, as_metering
+from chio_temporal._budgets import tool_call_cost, tool_costs_by_name, tool_costs_of
+from chio_durable.agent._budget_hooks import can_declare_cost
+from chio_sdk.models import MonetaryAmount
 from chio_temporal._seams import agent_with_capability, registered_activity_name, replace_in_live_list
 from chio_temporal.errors import CONFIG_ERROR_TYPE, ChioTemporalConfigError
 from chio_temporal.grants import WorkflowGrant
@@ -307,6 +317,8 @@ class ChioAgentActivityInterceptor(ChioActivityInterceptor):
         default_tool_server: str | None = None,
         activity_tool_server_map: Mapping[str, str] | None = None,
         max_pending_receipts: int = DEFAULT_MAX_PENDING_RECEIPTS,
+        model_prices: ModelMetering | ModelPrices | None = None,
+        tool_costs: Mapping[str, ToolCost] | None = None,
     ) -> None:
         super().__init__(
             chio_client=chio_client,
@@ -338,6 +350,8 @@ class ChioAgentActivityInterceptor(ChioActivityInterceptor):
         # their activities are left to them, even with govern_other_activities=True.
         self.peer_agent_names: set[str] = set()
         self._parsed_types: dict[str, AgentActivity | None] = {}
+        self.metering: ModelMetering = as_metering(model_prices)
+        self.tool_costs: dict[str, ToolCost] = dict(tool_costs or {})  # by tool name (chio_temporal._budgets)
 
     def agent_activity(self, info: temporalio.activity.Info) -> AgentActivity | None:
         """The governed agent operation this execution is, or ``None`` (another activity, or ungoverned).
@@ -401,6 +415,34 @@ class ChioAgentActivityInterceptor(ChioActivityInterceptor):
             model_name_for=self._model_name,
         )
         return ActivityCall(call.tool_server, call.tool_name, call.parameters, kind=call.kind)
+
+    def activity_cost(
+        self, info: temporalio.activity.Info, input: ExecuteActivityInput, call: ActivityCall
+    ) -> MonetaryAmount | None:
+        activity = self.agent_activity(info)
+        if activity is None:
+            return super().activity_cost(info, input, call)
+        if not can_declare_cost(self.transport):
+            return None
+        if activity.kind == "tool" and self.tool_costs:
+            return tool_call_cost(self.tool_costs, input.args)
+        if activity.kind != "model":
+            return None
+        return model_activity_cost(self.metering, input.args, self._model_name)
+
+    def settled_cost(
+        self,
+        info: temporalio.activity.Info,
+        input: ExecuteActivityInput,
+        call: ActivityCall,
+        result: Any,
+        declared: MonetaryAmount,
+        reported: MonetaryAmount | None,
+    ) -> MonetaryAmount:
+        activity = self.agent_activity(info)
+        if activity is not None and activity.kind == "model":
+            return model_activity_actual(self.metering, input.args, self._model_name, result) or declared
+        return super().settled_cost(info, input, call, result, declared, reported)
 
     def _model_name(self, model_id: str | None) -> str:
         if model_id is None:
@@ -498,6 +540,13 @@ class ChioTemporalAgent(WrapperAgent[AgentDepsT, OutputDataT]):
         non_retryable_model_errors: pydantic-ai's ``TemporalDurability`` options, passed straight
             through when this class makes a plain ``Agent`` durable. (Per-tool activity config stays
             where pydantic-ai puts it: ``metadata={"temporal": ActivityConfig(...)}`` on the tool.)
+        model_prices: how model requests are metered against money budgets: each model-request
+            activity declares the model's price x its ``max_tokens`` (a hold) and settles at the
+            response's usage. ``genai-prices`` prices known models; pass ``{model_name: TokenPrice}``,
+            a callable or a ``ModelMetering`` for others (docs/budgets.md).
+        tool_costs: declared costs of the agent's function tools by tool name: a ``MonetaryAmount``
+            or a callable of the tool's arguments. Tool metadata ``{"chio_cost": MonetaryAmount(...)}``
+            is read too; a *callable* cannot ride Temporal's serialized tool metadata, so it goes here.
     """
 
     def __init__(
@@ -522,6 +571,8 @@ class ChioTemporalAgent(WrapperAgent[AgentDepsT, OutputDataT]):
         toolset_activity_config: dict[str, ActivityConfig] | None = None,
         run_context_type: type[TemporalRunContext[AgentDepsT]] | None = None,
         non_retryable_model_errors: Sequence[type[Exception]] = (),
+        model_prices: ModelMetering | ModelPrices | None = None,
+        tool_costs: Mapping[str, ToolCost] | None = None,
     ) -> None:
         if on_deny not in ("tell_model", "raise"):
             raise ChioTemporalConfigError(f"on_deny= must be 'tell_model' or 'raise', got {on_deny!r}")
@@ -612,6 +663,8 @@ class ChioTemporalAgent(WrapperAgent[AgentDepsT, OutputDataT]):
             "sidecar_url": sidecar_url,
             "receipt_sink": receipt_sink,
             "max_pending_receipts": max_pending_receipts,
+            "model_prices": model_prices,
+            "tool_costs": {**tool_costs_of(agent), **tool_costs_by_name(tool_costs)},
         }
         self._on_deny: OnDeny = on_deny
         self.agent_name: str = agent_name
@@ -704,6 +757,7 @@ class ChioTemporalAgent(WrapperAgent[AgentDepsT, OutputDataT]):
                 chio_client=self.chio,
                 mapper=options["mapper"],
                 on_deny=options["on_deny"],
+                model_prices=options["model_prices"],
             )
         return self._local_governance
 

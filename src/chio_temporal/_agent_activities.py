@@ -43,8 +43,10 @@ import hashlib
 
 from chio_durable.agent import CallMapper, GovernedCall
 from chio_durable.agent._mapping import canonical_json
+from chio_durable._metering import ModelMetering
+from chio_sdk.models import MonetaryAmount
 
-__all__ = ["AgentActivity", "classify_activity", "governed_call"]
+__all__ = ["AgentActivity", "classify_activity", "governed_call", "model_activity_actual", "model_activity_cost"]
 
 _MODEL_OPERATIONS = frozenset({"model_request", "model_request_stream", "model_compact_messages"})
 _UNGOVERNED_OPERATIONS = frozenset({"event_stream_handler", "model_cancel_suspended_response"})
@@ -143,3 +145,26 @@ def governed_call(
         tool_name=tool_name,
         args=tool_args,
     )
+
+
+def model_activity_cost(
+    metering: ModelMetering, args: Sequence[Any], model_name_for: Callable[[str | None], str]
+) -> MonetaryAmount | None:
+    """The estimated cost a model-request activity declares: price x its ``max_tokens`` (docs/budgets.md)."""
+    params = args[0] if args else None
+    settings = getattr(params, "model_settings", None)
+    return metering.estimate(
+        model_name_for(getattr(params, "model_id", None)), settings if isinstance(settings, Mapping) else None
+    )
+
+
+def model_activity_actual(
+    metering: ModelMetering, args: Sequence[Any], model_name_for: Callable[[str | None], str], result: Any
+) -> MonetaryAmount | None:
+    """The actual cost of a model-request activity's result (its ``ModelResponse.usage``), if priced."""
+    response = result if hasattr(result, "usage") else getattr(result, "response", None)
+    usage = getattr(response, "usage", None)
+    if usage is None:
+        return None
+    params = args[0] if args else None
+    return metering.actual(model_name_for(getattr(params, "model_id", None)), usage)

@@ -60,6 +60,9 @@ from chio_durable._decision import Decision, DecisionObserver, Evaluation, notif
 from chio_durable._errors import KernelRejected, KernelUnavailable
 from chio_durable._transport import ChioClientLike, TransportSlot, client_url, is_client
 from chio_durable._params import bind_parameters, jsonable
+from chio_sdk.models import MonetaryAmount
+
+from chio_temporal import _budgets
 from chio_temporal.errors import (
     CONFIG_ERROR_TYPE,
     ActivityDeniedError,
@@ -303,7 +306,10 @@ class ChioActivityInterceptor(TransportSlot, Interceptor):
     # --- extension points (override in a subclass; documented in docs/temporal.md) ------------
 
     def governs(self, info: temporalio.activity.Info, input: ExecuteActivityInput) -> bool:
-        """Whether this activity execution is evaluated at all (default: every one)."""
+        """Whether this activity execution is evaluated at all (default: every one but the release
+        activity, which only frees budget: ``chio_temporal.release_holds_activity``)."""
+        if info.activity_type == _budgets.RELEASE_HOLDS_ACTIVITY:
+            return False
         return True
 
     def resolve_grant(self, info: temporalio.activity.Info) -> WorkflowGrant | None:
@@ -405,6 +411,26 @@ class ChioActivityInterceptor(TransportSlot, Interceptor):
         run = f"{info.workflow_id or ''}/{info.workflow_run_id or info.activity_run_id or ''}"
         return call_key(run, f"activity:{info.activity_id}", capability_id)
 
+    def activity_cost(
+        self, info: temporalio.activity.Info, input: ExecuteActivityInput, call: ActivityCall
+    ) -> MonetaryAmount | None:
+        """The cost this execution declares (default: none). With a cost the allow is a budget hold,
+        settled when the body returns (docs/budgets.md); every attempt declares the same one."""
+        return None
+
+    def settled_cost(
+        self,
+        info: temporalio.activity.Info,
+        input: ExecuteActivityInput,
+        call: ActivityCall,
+        result: Any,
+        declared: MonetaryAmount,
+        reported: MonetaryAmount | None,
+    ) -> MonetaryAmount:
+        """What a costed execution's hold settles at: what the body reported
+        (``chio_durable.report_cost``), else the declared cost."""
+        return reported if reported is not None else declared
+
     async def on_allowed(
         self,
         info: temporalio.activity.Info,
@@ -454,6 +480,7 @@ class ChioActivityInterceptor(TransportSlot, Interceptor):
             raise ApplicationError(str(err), type=CONFIG_ERROR_TYPE, non_retryable=True) from err
 
         key: str | None = None
+        cost: MonetaryAmount | None = None
         if capability_id is None:
             workflow_id = info.workflow_id or info.activity_id
             evaluation = Evaluation(
@@ -473,7 +500,10 @@ class ChioActivityInterceptor(TransportSlot, Interceptor):
         else:
             key = self.activity_idempotency_key(info, capability_id)
             try:
-                evaluation = await self.transport.evaluate(call, capability_id=capability_id, idempotency_key=key)
+                cost = self.activity_cost(info, input, call)
+                evaluation = await self.transport.evaluate(
+                    call, capability_id=capability_id, idempotency_key=key, cost=cost
+                )
             except KernelUnavailable as err:
                 raise sidecar_error(
                     url=self.sidecar_url or err.url, detail=err.detail, activity_type=info.activity_type
@@ -491,6 +521,8 @@ class ChioActivityInterceptor(TransportSlot, Interceptor):
             return await self.on_denied(info, input, call, evaluation)
         token = _current_evaluation.set(evaluation)
         try:
+            if cost is not None:  # a budget hold: settled when the body returns (chio_temporal._budgets)
+                return await _budgets.run_with_hold(self, info, input, call, evaluation, cost, proceed)
             return await self.on_allowed(info, input, call, evaluation, proceed)
         finally:
             _current_evaluation.reset(token)

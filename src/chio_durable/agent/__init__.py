@@ -33,11 +33,25 @@ from chio_durable.agent._mapping import (
     settings_digest,
 )
 from chio_durable.agent._display import records_html, records_table
+from chio_durable._metering import (
+    COST_METADATA_KEY,
+    DEFAULT_MAX_TOKENS,
+    ModelMetering,
+    ModelPrices,
+    PriceLookup,
+    TokenPrice,
+)
 
 __all__ = [
     "AGENT_TOOLSET_ID",
+    "COST_METADATA_KEY",
+    "DEFAULT_MAX_TOKENS",
     "MCP_LIST_TOOL",
     "MODEL_SERVER",
+    "ModelMetering",
+    "ModelPrices",
+    "PriceLookup",
+    "TokenPrice",
     "CallKind",
     "CallMapper",
     "ChioGovernance",

@@ -41,9 +41,12 @@ from chio_durable._call import GovernedCall, call_key
 from chio_durable._errors import KernelRejected
 from chio_durable._scope import current_receipt_id, receipt_scope
 from chio_durable._transport import ChioClientLike, TransportSlot, is_client
+from chio_durable.agent import _budget_hooks
+from chio_durable._metering import ModelMetering, ModelPrices, as_metering
 from chio_durable.agent._mapping import CallMapper
 
 if TYPE_CHECKING:
+    from chio_sdk.models import MonetaryAmount
     from pydantic_ai.capabilities.abstract import WrapModelRequestHandler, WrapOutputProcessHandler
     from pydantic_ai.messages import ModelResponse
     from pydantic_ai.models import ModelRequestContext
@@ -99,6 +102,11 @@ class ChioGovernance(TransportSlot, AbstractCapability[Any]):
             itself. Either way the call does not run and the run fails.
         max_runs_remembered: How many recent runs' receipts :meth:`receipts_of` keeps.
         id: Optional capability id (pydantic-ai ``AbstractCapability.id``).
+        model_prices: How model requests are metered (docs/budgets.md): each request declares an
+            estimated cost (the model's price x its ``max_tokens``) and is settled with the actual
+            usage afterwards. Prices come from ``genai-prices``; pass ``{model_name: TokenPrice}``, a
+            callable ``model_name -> TokenPrice | None`` or a ``ModelMetering`` for models it does
+            not know (``FunctionModel``, ``TestModel``) or to change the default token limit.
     """
 
     def __init__(
@@ -115,6 +123,7 @@ class ChioGovernance(TransportSlot, AbstractCapability[Any]):
         rejected_error: Callable[[KernelRejected, GovernedCall], BaseException] | None = None,
         max_runs_remembered: int = 1024,
         id: str | None = None,
+        model_prices: ModelMetering | ModelPrices | None = None,
     ) -> None:
         if not isinstance(capability_id, str) or not capability_id:
             raise ValueError(
@@ -145,6 +154,7 @@ class ChioGovernance(TransportSlot, AbstractCapability[Any]):
         self._rejected_error = rejected_error
         self._max_runs = max(1, max_runs_remembered)
         self._records: OrderedDict[str, list[GovernedRecord]] = OrderedDict()
+        self.metering: ModelMetering = as_metering(model_prices)
 
     def __repr__(self) -> str:
         return (
@@ -194,15 +204,19 @@ class ChioGovernance(TransportSlot, AbstractCapability[Any]):
         identity = self._run_identity(ctx) if self._run_identity is not None else None
         return identity or ctx.run_id or "run-unknown"
 
-    async def evaluate_call(self, ctx: RunContext[Any], call: GovernedCall, *, position: str) -> GovernedRecord:
-        """Evaluate ``call`` at ``position`` of the run.
+    async def evaluate_call(
+        self, ctx: RunContext[Any], call: GovernedCall, *, position: str, cost: MonetaryAmount | None = None
+    ) -> GovernedRecord:
+        """Evaluate ``call`` at ``position`` of the run (declaring ``cost``: an allow is then a hold).
 
         Raises ``KernelUnavailable`` if no decision (retryable) and ``KernelRejected`` (or what
         ``rejected_error`` builds from it) if the kernel refuses the request as malformed.
         """
         key = call_key(self.run_identity(ctx), position, self.capability_id, call)
         try:
-            evaluation = await self.transport.evaluate(call, capability_id=self.capability_id, idempotency_key=key)
+            evaluation = await self.transport.evaluate(
+                call, capability_id=self.capability_id, idempotency_key=key, cost=cost
+            )
         except KernelRejected as err:
             if self._rejected_error is None:
                 raise
@@ -212,6 +226,8 @@ class ChioGovernance(TransportSlot, AbstractCapability[Any]):
             capability_id=self.capability_id,
         )
         self._remember(record)
+        if cost is not None and record.allowed and record.receipt_id:
+            _budget_hooks.hold_opened(self.run_identity(ctx), record.receipt_id, self.transport)
         if self._on_evaluation is not None:
             try:
                 self._on_evaluation(record, ctx)
@@ -244,11 +260,14 @@ class ChioGovernance(TransportSlot, AbstractCapability[Any]):
             messages=request_context.messages,
             model_settings=request_context.model_settings,
         )
-        record = await self.evaluate_call(ctx, call, position=f"model#{ctx.run_step}")
+        cost = _budget_hooks.model_request_cost(self, request_context)
+        record = await self.evaluate_call(ctx, call, position=f"model#{ctx.run_step}", cost=cost)
         if not record.allowed:
             raise self.denied(record)
         with receipt_scope(record.receipt_id):
-            return await handler(request_context)
+            response = await handler(request_context)
+        await _budget_hooks.settle_model_request(self, ctx, record, cost, request_context, response)
+        return response
 
     async def wrap_output_process(
         self,
@@ -363,10 +382,18 @@ class GovernedToolset(WrapperToolset[Any]):
                 tool_name=name,
                 args=tool_args,
             )
-        record = await gov.evaluate_call(ctx, call, position=f"tool#{ctx.run_step}#{ctx.tool_call_id or name}")
+        cost = _budget_hooks.tool_cost(gov, tool, tool_args)
+        record = await gov.evaluate_call(
+            ctx, call, position=f"tool#{ctx.run_step}#{ctx.tool_call_id or name}", cost=cost
+        )
         if not record.allowed:
             if gov.on_deny == "raise":
                 raise gov.denied(record)
             raise ToolFailed(denied_tool_message(record.evaluation))
-        with receipt_scope(record.receipt_id):
-            return await self.wrapped.call_tool(name, tool_args, ctx, tool)
+        if cost is None:
+            with receipt_scope(record.receipt_id):
+                return await self.wrapped.call_tool(name, tool_args, ctx, tool)
+        with receipt_scope(record.receipt_id), _budget_hooks.reported_cost_scope() as report:
+            result = await self.wrapped.call_tool(name, tool_args, ctx, tool)
+        await _budget_hooks.settle_tool(gov, ctx, record, report.amount or cost)
+        return result
