@@ -15,13 +15,15 @@ from chio_prefect.errors import (
     ChioSidecarUnavailable,
     is_chio_denial,
 )
-from chio_prefect.events import ALLOW_EVENT, DENY_EVENT
+from chio_prefect.events import ALLOW_EVENT, DENY_EVENT, EVENT_ALLOW, EVENT_DENY
 from chio_prefect._local import ephemeral_start_hint, use_local_prefect_defaults
 
 __all__ = [
     "ALLOW_EVENT",
     "DEFAULT_SIDECAR_URL",
     "DENY_EVENT",
+    "EVENT_ALLOW",
+    "EVENT_DENY",
     "ChioPermissionError",
     "ChioPrefectConfigError",
     "ChioPrefectError",

@@ -62,6 +62,7 @@ if TYPE_CHECKING:
     from prefect import Flow, Task
 
 __all__ = [
+    "ChioClientLike",
     "DEFAULT_SIDECAR_URL",
     "chio_flow",
     "chio_task",
@@ -600,6 +601,7 @@ class _TaskGovernance:
                 reason=evaluation.reason,
                 decision=evaluation.decision,
             )
+            error.flow_run_id, error.task_run_id = call.flow_run_id, call.task_run_id
             raise ChioPermissionError(
                 _deny_message(call.task_name, call.call.tool_server, call.call.tool_name, error, call.capability_id)
             ) from error
@@ -624,12 +626,16 @@ def _envelope_error(reason: str, guard: str = FLOW_SCOPE_GUARD) -> ChioPrefectEr
 def _deny_message(
     task_name: str, tool_server: str, tool_name: str, error: ChioPrefectError, capability_id: str | None = None
 ) -> str:
+    # Starts as upstream chio-prefect's does ("Chio capability denied: <reason>"); then what was called.
     target = f"{tool_server}/{tool_name}" if tool_server else tool_name
     with_cap = f" with capability {capability_id!r}" if capability_id else ""
     receipt = f", receipt {error.receipt_id}" if error.receipt_id else ""
+    error.task_name = error.task_name or task_name
+    error.tool_server = error.tool_server or tool_server or None
+    error.capability_id = error.capability_id or capability_id
     return (
-        f"chio denied task {task_name!r} calling {target}{with_cap}: {error.reason} "
-        f"(guard {error.guard}{receipt})"
+        f"Chio capability denied: {error.reason} (task {task_name!r} calling {target}{with_cap}; "
+        f"guard {error.guard}{receipt})"
     )
 
 
@@ -767,6 +773,7 @@ def _build_task(
     chio_client: ChioClientLike | None,
     sidecar_url: str | None,
     options: dict[str, Any],
+    tool_name: str | None = None,
 ) -> Task[Any, Any]:
     import prefect
 
@@ -776,7 +783,7 @@ def _build_task(
     _check_text(name, "name", "chio_task", "search_documents")
     governance = _TaskGovernance(
         fn,
-        tool_name=name or fn.__name__,
+        tool_name=tool_name or name or fn.__name__,
         tool_server=tool_server,
         scope=scope,
         capability_id=capability_id,
@@ -844,7 +851,7 @@ class _FlowConfig:
                     f"parent flow {parent.flow_name!r}"
                 )
                 raise ChioPermissionError(
-                    f"chio denied sub-flow {self.name!r}: {reason} (guard {FLOW_SCOPE_GUARD})"
+                    f"Chio capability denied: {reason} (sub-flow {self.name!r}; guard {FLOW_SCOPE_GUARD})"
                 ) from _envelope_error(reason)
         client = self.client.resolve()
         return FlowGovernance(
@@ -923,6 +930,7 @@ def chio_task(
     capability_id: str | None = None,
     chio_client: ChioClientLike | None = None,
     sidecar_url: str | None = None,
+    tool_name: str | None = None,
     **task_options: Any,
 ) -> Callable[[Callable[P, R]], Task[P, R]]: ...
 
@@ -936,6 +944,7 @@ def chio_task(
     capability_id: str | None = None,
     chio_client: ChioClientLike | None = None,
     sidecar_url: str | None = None,
+    tool_name: str | None = None,
     **task_options: Any,
 ) -> Task[P, R] | Callable[[Callable[P, R]], Task[P, R]]:
     """A Prefect task whose every attempt is evaluated by the chio kernel before its body runs.
@@ -952,6 +961,8 @@ def chio_task(
         chio_client: a ``ChioClient``, ``LocalChioClient`` or ``chio_sdk.testing`` mock.
         sidecar_url: address of a running sidecar (exclusive with ``chio_client``). With neither,
             the flow's client is used, else ``ChioClient("http://127.0.0.1:9090")``.
+        tool_name: the tool name evaluated (upstream chio-prefect's option); default: the task's
+            ``name``, else the function's name. Also the Prefect task name unless ``name`` is given.
         **task_options: passed verbatim to ``prefect.task()`` (``retries``, ``retry_delay_seconds``,
             ``retry_condition_fn``, ``timeout_seconds``, ``tags``, ``cache_policy``, ``name``...).
             Without a ``retry_condition_fn``, :func:`retry_unless_chio_denied` is installed.
@@ -959,6 +970,9 @@ def chio_task(
     Raises:
         ChioPrefectConfigError: at decoration time, for arguments it cannot work with.
     """
+    _check_text(tool_name, "tool_name", "chio_task", "search_documents")
+    if tool_name is not None:
+        task_options.setdefault("name", tool_name)
     _check_common(
         "chio_task",
         scope=scope,
@@ -977,6 +991,7 @@ def chio_task(
             chio_client=chio_client,
             sidecar_url=sidecar_url,
             options=task_options,
+            tool_name=tool_name,
         )
 
     if __fn is None:

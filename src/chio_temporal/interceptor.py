@@ -62,6 +62,7 @@ from chio_durable._transport import ChioClientLike, TransportSlot, client_url, i
 from chio_durable._params import bind_parameters, jsonable
 from chio_temporal.errors import (
     CONFIG_ERROR_TYPE,
+    DENIED_ERROR_TYPE,
     ActivityDeniedError,
     ChioTemporalConfigError,
     ChioTemporalError,
@@ -74,6 +75,7 @@ from chio_temporal.receipt import OUTCOMES, WorkflowReceipt, WorkflowStepReceipt
 
 __all__ = [
     "DEFAULT_MAX_PENDING_RECEIPTS",
+    "DENIED_ERROR_TYPE",
     "NO_GRANT_GUARD",
     "PARENT_CHAIN_HEADER",
     "ActivityCall",
@@ -583,6 +585,10 @@ class ChioActivityInterceptor(TransportSlot, Interceptor):
             key = self._find_receipt_key(workflow_id, run_id)
             return self._receipts.get(key) if key is not None else None
 
+    def workflow_receipt(self, workflow_id: str, run_id: str | None = None) -> WorkflowReceipt | None:
+        """Upstream chio-temporal's name of :meth:`get_workflow_receipt`."""
+        return self.get_workflow_receipt(workflow_id, run_id)
+
     def pending_workflow_receipts(self) -> list[WorkflowReceipt]:
         """Every receipt held in memory (not yet flushed)."""
         with self._lock:
@@ -595,11 +601,14 @@ class ChioActivityInterceptor(TransportSlot, Interceptor):
         run_id: str | None = None,
         outcome: str,
         metadata: Mapping[str, Any] | None = None,
+        completed_at: Any = None,
     ) -> WorkflowReceipt:
         """Close the receipt of ``(workflow_id, run_id)`` with ``outcome`` ("success" | "failure" | "cancelled").
 
         ``run_id=None`` is accepted when exactly one run of the id has a receipt. A run that evaluated
-        no activity gets an empty receipt (``run_id`` required then).
+        no activity gets an empty receipt (``run_id`` required then). ``completed_at``: a datetime,
+        Unix seconds or RFC 3339 (default now). Finalising again with the same outcome is a no-op;
+        another outcome is refused (:class:`ChioTemporalConfigError`).
         """
         if outcome not in OUTCOMES:
             raise ChioTemporalConfigError(f"outcome= must be one of {list(OUTCOMES)}, got {outcome!r}")
@@ -627,7 +636,7 @@ class ChioActivityInterceptor(TransportSlot, Interceptor):
                 )
             self._receipts.move_to_end(key)
             receipt = self._receipts[key]
-            receipt.finalize(outcome, dict(metadata) if metadata else None)
+            receipt.finalize(outcome, dict(metadata) if metadata else None, completed_at=completed_at)
             return receipt
 
     async def flush_workflow_receipt(self, *, workflow_id: str, run_id: str | None = None) -> dict[str, Any]:
