@@ -37,8 +37,12 @@ __all__ = [
     "use_local_prefect_defaults",
 ]
 
-# ChioPrefectAgent (chio_prefect/_agent.py) is exported lazily below.
+# ChioPrefectAgent (chio_prefect/_agent.py) is exported lazily below (type checkers import it here).
 __all__.append("ChioPrefectAgent")
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from chio_prefect._agent import ChioPrefectAgent
 
 
 def __getattr__(name: str) -> object:  # lazy: ChioPrefectAgent pulls in pydantic-ai (~0.7 s)
