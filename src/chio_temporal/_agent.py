@@ -155,14 +155,14 @@ def receipt_ids_in_messages(messages: Iterable[ModelMessage]) -> list[str]:
                 ids.setdefault(rid, None)
         elif isinstance(message, ModelRequest):
             for part in message.parts:
-                if isinstance(part, ToolReturnPart) and isinstance(part.metadata, dict):
-                    rid = part.metadata.get(RECEIPT_METADATA_KEY)
-                    if isinstance(rid, str):
-                        ids.setdefault(rid, None)
-                elif isinstance(part, RetryPromptPart):
-                    denied = receipt_id_in_denied_message(part.content)
-                    if denied is not None:
-                        ids.setdefault(denied, None)
+                rid = part.metadata.get(RECEIPT_METADATA_KEY) if isinstance(part, ToolReturnPart) and isinstance(
+                    part.metadata, dict
+                ) else None
+                if not isinstance(rid, str) and isinstance(part, (ToolReturnPart, RetryPromptPart)):
+                    # a failed tool result (ToolFailed: ToolReturnPart(outcome="failed")), or a retry prompt
+                    rid = receipt_id_in_denied_message(part.content)
+                if isinstance(rid, str):
+                    ids.setdefault(rid, None)
     return list(ids)
 
 
