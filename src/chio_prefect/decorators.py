@@ -40,6 +40,7 @@ from chio_sdk.models import ChioScope
 from chio_durable import KernelRejected, KernelUnavailable, bind_parameters
 from chio_durable._call import GovernedCall, call_key
 from chio_durable._decision import Decision, DecisionObserver, notify
+from chio_durable._denial_record import deny_before_evaluation
 from chio_durable._transport import ChioClientLike, KernelTransport, as_transport, is_client
 from chio_durable._evaluation import Evaluation
 from chio_prefect._context import (
@@ -436,20 +437,27 @@ class _TaskGovernance:
         # may rename it).
         task_name = run.task_name or self.tool_name
 
-        def deny_locally(error: ChioPrefectError, server: str) -> NoReturn:
+        def deny_locally(error: ChioPrefectError, server: str, envelope: ChioScope | None = None) -> NoReturn:
             if quiet:
                 raise ChioPermissionError(_deny_message(task_name, server, self.tool_name, error)) from error
             capability = self.capability_id or (flow.capability_id if flow else None)
-            evaluation = Evaluation(
-                allowed=False,
-                receipt_id=None,
-                capability_id=capability or "",
-                tool_server=server,
-                tool_name=self.tool_name,
-                guard=error.guard,
-                reason=error.reason,
-                decision=dict(error.decision or {}),
+            try:
+                parameters = bind_parameters(self.signature, args, kwargs)
+            except Exception:  # noqa: BLE001 - the deny stands; its receipt then names no parameters
+                parameters = {}
+            # The kernel signs and chains this deny too (chio_durable._denial_record): every attempt
+            # is in the chain. With a mock or a stock ChioClient it stays local ("recorded": false).
+            evaluation = deny_before_evaluation(
+                self._transport(flow),
+                GovernedCall("task", server, self.tool_name, parameters),
+                capability,
+                guard=error.guard or ChioPrefectConfigError.GUARD,
+                reason=error.reason or "denied",
+                envelope=envelope,
             )
+            error.receipt_id = evaluation.receipt_id
+            error.decision = dict(evaluation.decision)
+            call = GovernedCall("task", server, self.tool_name, parameters)
             where = {
                 "task_name": task_name,
                 "task_run_id": task_run_id,
@@ -457,7 +465,6 @@ class _TaskGovernance:
                 "flow_run_id": flow_run_id,
                 "flow_run_name": flow_run_name,
             }
-            call = GovernedCall("task", server, self.tool_name, {})  # decided before binding parameters
             notify(_observers, Decision(call, evaluation, None, capability_id=capability, where=where))
             raise ChioPermissionError(_deny_message(task_name, server, self.tool_name, error)) from error
 
@@ -500,18 +507,14 @@ class _TaskGovernance:
         if effective is not None and not scope_allows(effective, tool_server, self.tool_name):
             if self.scope is not None:
                 reason = f"{tool_server}/{self.tool_name} (Invoke) is not granted by the task's own scope"
-                deny_locally(_envelope_error(reason, TASK_SCOPE_GUARD), tool_server)
+                deny_locally(_envelope_error(reason, TASK_SCOPE_GUARD), tool_server, self.scope)
             reason = (
                 f"{tool_server}/{self.tool_name} (Invoke) is not granted by the scope of flow "
                 f"{flow.flow_name!r}"  # type: ignore[union-attr]
             )
-            deny_locally(_envelope_error(reason), tool_server)
+            deny_locally(_envelope_error(reason), tool_server, effective)
 
-        transport = self.client.resolve()
-        if transport is None and flow is not None:
-            transport = flow.client
-        if transport is None:
-            transport = _transport_for_url(DEFAULT_SIDECAR_URL)
+        transport = self._transport(flow)
 
         call = GovernedCall("task", tool_server, self.tool_name, bind_parameters(self.signature, args, kwargs))
         decided = _pre_decision.get()
@@ -532,6 +535,13 @@ class _TaskGovernance:
             flow_run_id=flow_run_id,
             flow_run_name=flow_run_name,
         )
+
+    def _transport(self, flow: FlowGovernance | None) -> KernelTransport:
+        """The task's client, else the enclosing flow's, else the default sidecar's."""
+        transport = self.client.resolve()
+        if transport is None and flow is not None:
+            transport = flow.client
+        return transport if transport is not None else _transport_for_url(DEFAULT_SIDECAR_URL)
 
     # -- step 3 to 5 -------------------------------------------------------------------------
 

@@ -125,7 +125,7 @@ class ChioPrefectConfigError(ChioPrefectError, ValueError):
         super().__init__(None, self.GUARD if at_call_time else None, message, decision)
 
     def __reduce__(self) -> tuple[Any, ...]:
-        return (_rebuild_config_error, (self.reason, bool(self.decision)))
+        return (_rebuild_error, (type(self), self.__dict__.copy()))
 
 
 def _rebuild_error(cls: type[ChioPrefectError], state: dict[str, Any]) -> ChioPrefectError:
