@@ -6,10 +6,11 @@ option, verbatim. What the wrapper adds, for a task, on every attempt and before
 
 1. resolve the call: ``tool_server`` (the task's, else the enclosing flow's), ``tool_name`` (the
    task's name), the capability (the task's ``capability_id``, else the flow's) and the client;
-2. local checks, no kernel call: the task's declared scope must be a subset of the enclosing flow's
+2. checks before evaluation: the task's declared scope must be a subset of the enclosing flow's
    scope (the envelope), and ``tool_server/tool_name`` must lie inside the effective scope (the
    task's scope, else the flow's); a task called outside any ``@chio_flow`` without a
-   ``capability_id`` is denied here too (see docs/prefect.md, "Standalone tasks");
+   ``capability_id`` is denied here too (see docs/prefect.md, "Standalone tasks"). Such a deny is
+   still signed and chained by the kernel (``chio_durable._denial_record``);
 3. ask the kernel (``chio_durable.evaluate``) with named parameters and an idempotency key built
    from the flow-run id, task-run id, capability, tool and parameter digest, so a Prefect retry of
    the same task run gets the same allow receipt back (no double budget charge);
@@ -77,7 +78,7 @@ DEFAULT_SIDECAR_URL = "http://127.0.0.1:9090"
 """Where tasks send evaluations when no client is configured anywhere (seed 000's default)."""
 
 FLOW_SCOPE_GUARD = "flow-scope"
-"""Guard name of a deny decided by the flow-scope envelope (no kernel call, no receipt)."""
+"""Guard name of a deny decided by the flow-scope envelope (before evaluation; signed by ``Kernel.record_denial``)."""
 
 TASK_SCOPE_GUARD = "task-scope"
 """Guard name of a deny because the task's own declared scope does not grant its tool."""
@@ -447,9 +448,10 @@ class _TaskGovernance:
                 parameters = {}
             # The kernel signs and chains this deny too (chio_durable._denial_record): every attempt
             # is in the chain. With a mock or a stock ChioClient it stays local ("recorded": false).
+            call = GovernedCall("task", server, self.tool_name, parameters)
             evaluation = deny_before_evaluation(
                 self._transport(flow),
-                GovernedCall("task", server, self.tool_name, parameters),
+                call,
                 capability,
                 guard=error.guard or ChioPrefectConfigError.GUARD,
                 reason=error.reason or "denied",
@@ -457,7 +459,6 @@ class _TaskGovernance:
             )
             error.receipt_id = evaluation.receipt_id
             error.decision = dict(evaluation.decision)
-            call = GovernedCall("task", server, self.tool_name, parameters)
             where = {
                 "task_name": task_name,
                 "task_run_id": task_run_id,

@@ -31,8 +31,9 @@ class ChioPrefectError(ChioError):
     """A chio policy decision that stopped a task or flow: the deny payload.
 
     Attributes:
-        receipt_id: id of the signed deny receipt (``None`` when the call was stopped before it
-            reached the kernel, e.g. by the flow-scope envelope).
+        receipt_id: id of the signed deny receipt (a deny decided before evaluation, e.g. by the
+            flow-scope envelope, is signed too; ``None`` only where no kernel could record it: a
+            mock, a stock ``ChioClient``, a denied sub-flow).
         guard: name of the guard that denied (``"scope"``, ``"rate-limit-guard"``,
             ``"flow-scope"``...).
         reason: what was denied and why, in words.

@@ -13,9 +13,9 @@ outside any task run (``task.fn(...)``) uses ``chio.tool.<server>.<tool>`` as it
 any Prefect run *and* with no ``PREFECT_API_URL`` configured it is logged at INFO instead of emitted
 (Prefect would otherwise start a temporary API server just to receive it).
 
-A denial decided before the kernel (the flow-scope envelope, a missing ``capability_id``) has no
-receipt: it is still emitted as ``chio.receipt.deny`` with ``receipt_id: null``, so every decision
-is on the timeline.
+A denial decided before evaluation (the flow-scope envelope, a missing ``capability_id``) is signed
+and chained by the kernel too and emitted with that receipt id; only with a mock or a stock
+``ChioClient`` (nothing to record it in) is ``receipt_id`` null, so every decision is on the timeline.
 
 Delivery: if the event cannot be handed to Prefect's events worker (no events backend configured,
 the worker refuses it, ``emit_event`` raises), the full payload is logged at WARNING on the
