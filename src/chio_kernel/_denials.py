@@ -36,7 +36,11 @@ if TYPE_CHECKING:
 __all__ = ["KERNEL_GUARDS", "record_denial"]
 
 KERNEL_GUARDS = frozenset(
-    {"signature", "time", "revocation", "scope", "constraints", "max_invocations", "cost", "rate-limit-guard"}
+    {
+        "signature", "time", "revocation", "scope", "constraints", "max_invocations", "cost", "rate-limit-guard",
+        # approvals (merged on main alongside this change): only the kernel's approval flow names them
+        "approval", "approval-denied", "approval-unknown",
+    }
 )
 """Guards only the kernel's own evaluation may name."""
 
