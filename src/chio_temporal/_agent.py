@@ -734,8 +734,8 @@ class ChioTemporalAgent(WrapperAgent[AgentDepsT, OutputDataT]):
         (``governed.interceptor.get_workflow_receipt(workflow_id, run_id)``). A run outside a
         workflow: the same list, from :attr:`local_governance`.
         """
+        run_id = getattr(result, "run_id", None)
+        if self._local_governance is not None and run_id and self._local_governance.receipts_of(run_id):
+            return self._local_governance.receipt_ids_of(result)  # a run outside a workflow
         messages = result.all_messages() if hasattr(result, "all_messages") else result
-        ids = receipt_ids_in_messages(messages)
-        if not ids and self._local_governance is not None and getattr(result, "run_id", None):
-            ids = self._local_governance.receipt_ids_of(result)
-        return ids
+        return receipt_ids_in_messages(messages)
