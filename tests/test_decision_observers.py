@@ -74,7 +74,8 @@ async def test_every_decision_reaches_the_envelope_writer_and_added_observers(tm
     )
 
 
-async def test_a_no_grant_deny_is_a_decision_without_a_receipt(tmp_path: Path) -> None:
+async def test_a_no_grant_deny_is_a_decision_with_a_kernel_signed_receipt(tmp_path: Path) -> None:
+    # issue 12 §2: no capability to evaluate, yet the kernel signs and chains the deny
     chio = LocalChioClient(tmp_path)
     interceptor = ChioActivityInterceptor(chio_client=chio, default_tool_server="docs")
     seen: list[Decision] = []
@@ -82,5 +83,7 @@ async def test_a_no_grant_deny_is_a_decision_without_a_receipt(tmp_path: Path) -
     with pytest.raises(Exception, match="no WorkflowGrant"):
         await _govern(interceptor, {"workflow_id": "wf-none", "activity_type": "fetch"})
     [decision] = seen
-    assert not decision.allowed and decision.receipt_id is None and decision.idempotency_key is None
-    assert decision.evaluation.guard == "workflow-grant" and chio.kernel.list_receipts() == []
+    assert not decision.allowed and decision.idempotency_key is None
+    [receipt] = chio.kernel.list_receipts()
+    assert decision.receipt_id == receipt.id and receipt.decision.guard == "workflow-grant" == decision.evaluation.guard
+    assert chio.kernel.verify_receipt(receipt)

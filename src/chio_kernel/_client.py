@@ -173,6 +173,22 @@ class LocalChioClient:
             approval_id=approval_id,
         )
 
+    async def record_denial(
+        self,
+        *,
+        capability_id: str,
+        tool_server: str,
+        tool_name: str,
+        parameters: dict[str, Any],
+        guard: str,
+        reason: str,
+        envelope: ChioScope | None = None,
+    ) -> ChioReceipt:
+        """A signed, chained deny receipt for a call refused before evaluation (``Kernel.record_denial``)."""
+        return self.kernel.record_denial(
+            capability_id, tool_server, tool_name, parameters, guard=guard, reason=reason, envelope=envelope
+        )
+
     async def evaluate_http_request(
         self,
         *,
@@ -403,6 +419,30 @@ class SidecarClient(ChioClient):
         if approval_id is not None:
             body["approval_id"] = approval_id
         return ChioReceipt.model_validate(await self._request("POST", "/v1/evaluate", body))
+
+    async def record_denial(
+        self,
+        *,
+        capability_id: str,
+        tool_server: str,
+        tool_name: str,
+        parameters: dict[str, Any],
+        guard: str,
+        reason: str,
+        envelope: ChioScope | None = None,
+    ) -> ChioReceipt:
+        """A signed, chained deny receipt for a call refused before evaluation (``POST /v1/receipts/denials``)."""
+        body: dict[str, Any] = {
+            "capability_id": capability_id,
+            "tool_server": tool_server,
+            "tool_name": tool_name,
+            "parameters": parameters,
+            "guard": guard,
+            "reason": reason,
+        }
+        if envelope is not None:
+            body["envelope"] = envelope.model_dump(mode="json")
+        return ChioReceipt.model_validate(await self._request("POST", "/v1/receipts/denials", body))
 
     async def evaluate_http_request(
         self,

@@ -370,6 +370,28 @@ class Kernel(ApprovalsMixin):
         )
         return self._committer.submit(req)
 
+    def record_denial(
+        self,
+        capability_id: str,
+        tool_server: str,
+        tool_name: str,
+        parameters: dict[str, Any],
+        *,
+        guard: str,
+        reason: str,
+        envelope: ChioScope | None = None,
+        operation: Operation = Operation.INVOKE,
+    ) -> ChioReceipt:
+        """Sign and chain a deny receipt for a call refused before it could be evaluated (a layer's
+        envelope or configuration guard); with ``envelope`` the kernel checks the call is outside it.
+        See ``chio_kernel._denials``. Raises :class:`KernelInputError` for what it will not sign."""
+        from chio_kernel._denials import record_denial
+
+        return record_denial(
+            self, capability_id, tool_server, tool_name, parameters,
+            guard=guard, reason=reason, envelope=envelope, operation=operation,
+        )
+
     async def _evaluate_async(
         self,
         capability_id: str,

@@ -15,13 +15,15 @@ from chio_prefect.errors import (
     ChioSidecarUnavailable,
     is_chio_denial,
 )
-from chio_prefect.events import ALLOW_EVENT, DENY_EVENT
+from chio_prefect.events import ALLOW_EVENT, DENY_EVENT, EVENT_ALLOW, EVENT_DENY
 from chio_prefect._local import ephemeral_start_hint, use_local_prefect_defaults
 
 __all__ = [
     "ALLOW_EVENT",
     "DEFAULT_SIDECAR_URL",
     "DENY_EVENT",
+    "EVENT_ALLOW",
+    "EVENT_DENY",
     "ChioPermissionError",
     "ChioPrefectConfigError",
     "ChioPrefectError",
@@ -35,8 +37,12 @@ __all__ = [
     "use_local_prefect_defaults",
 ]
 
-# ChioPrefectAgent (chio_prefect/_agent.py) is exported lazily below.
+# ChioPrefectAgent (chio_prefect/_agent.py) is exported lazily below (type checkers import it here).
 __all__.append("ChioPrefectAgent")
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from chio_prefect._agent import ChioPrefectAgent
 
 
 def __getattr__(name: str) -> object:  # lazy: ChioPrefectAgent pulls in pydantic-ai (~0.7 s)

@@ -26,7 +26,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
 from prefect import flow
 from prefect.cache_policies import NO_CACHE, CacheKeyFnPolicy, CachePolicy
@@ -42,7 +42,8 @@ from pydantic_ai.durable_exec.prefect import (
 )
 from pydantic_ai.exceptions import UserError
 from pydantic_ai.models import Model
-from pydantic_ai.tools import RunContext
+from pydantic_ai.output import OutputDataT
+from pydantic_ai.tools import AgentDepsT, RunContext
 from pydantic_ai.toolsets import WrapperToolset
 
 from chio_durable import ChioClientLike, Decision
@@ -197,8 +198,12 @@ def _unwrap_prefect_agent(
 
 
 @refuse_realtime(REALTIME_REFUSED)
-class ChioPrefectAgent(WrapperAgent[Any, Any]):
+class ChioPrefectAgent(WrapperAgent[AgentDepsT, OutputDataT]):
     """A Pydantic AI agent made durable on Prefect and governed by Chio.
+
+    Generic in the wrapped agent's deps and output types, like pydantic-ai's
+    ``PrefectAgent[AgentDepsT, OutputDataT]``: ``ChioPrefectAgent(Agent(..., output_type=Order))``
+    is a ``ChioPrefectAgent[None, Order]`` and ``(await governed.run(...)).output`` is an ``Order``.
 
     Args:
         wrapped: A plain ``Agent`` (without a durability capability), or an existing ``PrefectAgent``
@@ -222,7 +227,7 @@ class ChioPrefectAgent(WrapperAgent[Any, Any]):
 
     def __init__(
         self,
-        wrapped: AbstractAgent[Any, Any],
+        wrapped: AbstractAgent[AgentDepsT, OutputDataT],
         *,
         capability_id: str,
         chio_client: ChioClientLike,
@@ -344,27 +349,35 @@ class ChioPrefectAgent(WrapperAgent[Any, Any]):
         ) as run:
             yield run
 
-    async def run(self, user_prompt: Any = None, **kwargs: Any) -> AgentRunResult[Any]:
+    async def _governed_run(self, user_prompt: Any = None, **kwargs: Any) -> AgentRunResult[Any]:
         """Run the governed agent; as a Prefect flow (``"<name> Run"``) unless already inside one.
 
         Inside a flow the run joins it, so that flow's retries replay the run's cached tasks.
         Takes every keyword argument ``Agent.run`` takes.
         """
         if FlowRunContext.get() is not None:
-            return await super().run(user_prompt, **kwargs)
+            joined: AgentRunResult[Any] = await super().run(user_prompt, **kwargs)
+            return joined
 
         parent_run = super().run
 
         # A run that ends Failed/Crashed releases its open budget holds (chio_prefect._budgets).
         @flow(name=f"{self._agent_name} Run", **with_release_hooks(self._flow_options, release_flow_run_holds))
         async def chio_agent_run() -> AgentRunResult[Any]:
-            return await parent_run(user_prompt, **kwargs)
+            result: AgentRunResult[Any] = await parent_run(user_prompt, **kwargs)
+            return result
 
         return await chio_agent_run()
 
-    def run_sync(self, user_prompt: Any = None, **kwargs: Any) -> AgentRunResult[Any]:
+    def _governed_run_sync(self, user_prompt: Any = None, **kwargs: Any) -> AgentRunResult[Any]:
         """Synchronous :meth:`run` (an async Prefect flow driven to completion on this thread)."""
         return super().run_sync(user_prompt, **kwargs)
+
+    if not TYPE_CHECKING:
+        # Type checkers see the inherited, fully typed ``AbstractAgent.run`` / ``run_sync`` overloads
+        # (``AgentRunResult[OutputDataT]``, or the ``output_type=`` of the run); these are the bodies.
+        run = _governed_run
+        run_sync = _governed_run_sync
 
     # --- realtime: refused (its model traffic runs no model-request hooks, so it is not governed) ---
     # The delegation hooks another wrapper reaches us through are refused by

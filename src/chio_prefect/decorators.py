@@ -6,10 +6,11 @@ option, verbatim. What the wrapper adds, for a task, on every attempt and before
 
 1. resolve the call: ``tool_server`` (the task's, else the enclosing flow's), ``tool_name`` (the
    task's name), the capability (the task's ``capability_id``, else the flow's) and the client;
-2. local checks, no kernel call: the task's declared scope must be a subset of the enclosing flow's
+2. checks before evaluation: the task's declared scope must be a subset of the enclosing flow's
    scope (the envelope), and ``tool_server/tool_name`` must lie inside the effective scope (the
    task's scope, else the flow's); a task called outside any ``@chio_flow`` without a
-   ``capability_id`` is denied here too (see docs/prefect.md, "Standalone tasks");
+   ``capability_id`` is denied here too (see docs/prefect.md, "Standalone tasks"). Such a deny is
+   still signed and chained by the kernel (``chio_durable._denial_record``);
 3. ask the kernel (``chio_durable.evaluate``) with named parameters and an idempotency key built
    from the flow-run id, task-run id, capability, tool and parameter digest, so a Prefect retry of
    the same task run gets the same allow receipt back (no double budget charge);
@@ -40,6 +41,7 @@ from chio_sdk.models import ChioScope, MonetaryAmount
 from chio_durable import KernelRejected, KernelUnavailable, bind_parameters
 from chio_durable._call import GovernedCall, call_key
 from chio_durable._decision import Decision, DecisionObserver, notify
+from chio_durable._denial_record import deny_before_evaluation
 from chio_durable._transport import ChioClientLike, KernelTransport, as_transport, is_client
 from chio_durable._evaluation import Evaluation
 from chio_durable._metering import ToolCost
@@ -64,6 +66,7 @@ if TYPE_CHECKING:
     from prefect import Flow, Task
 
 __all__ = [
+    "ChioClientLike",
     "DEFAULT_SIDECAR_URL",
     "chio_flow",
     "chio_task",
@@ -77,7 +80,7 @@ DEFAULT_SIDECAR_URL = "http://127.0.0.1:9090"
 """Where tasks send evaluations when no client is configured anywhere (seed 000's default)."""
 
 FLOW_SCOPE_GUARD = "flow-scope"
-"""Guard name of a deny decided by the flow-scope envelope (no kernel call, no receipt)."""
+"""Guard name of a deny decided by the flow-scope envelope (before evaluation; signed by ``Kernel.record_denial``)."""
 
 TASK_SCOPE_GUARD = "task-scope"
 """Guard name of a deny because the task's own declared scope does not grant its tool."""
@@ -440,20 +443,27 @@ class _TaskGovernance:
         # may rename it).
         task_name = run.task_name or self.tool_name
 
-        def deny_locally(error: ChioPrefectError, server: str) -> NoReturn:
+        def deny_locally(error: ChioPrefectError, server: str, envelope: ChioScope | None = None) -> NoReturn:
             if quiet:
                 raise ChioPermissionError(_deny_message(task_name, server, self.tool_name, error)) from error
             capability = self.capability_id or (flow.capability_id if flow else None)
-            evaluation = Evaluation(
-                allowed=False,
-                receipt_id=None,
-                capability_id=capability or "",
-                tool_server=server,
-                tool_name=self.tool_name,
-                guard=error.guard,
-                reason=error.reason,
-                decision=dict(error.decision or {}),
+            try:
+                parameters = bind_parameters(self.signature, args, kwargs)
+            except Exception:  # noqa: BLE001 - the deny stands; its receipt then names no parameters
+                parameters = {}
+            # The kernel signs and chains this deny too (chio_durable._denial_record): every attempt
+            # is in the chain. With a mock or a stock ChioClient it stays local ("recorded": false).
+            call = GovernedCall("task", server, self.tool_name, parameters)
+            evaluation = deny_before_evaluation(
+                self._transport(flow),
+                call,
+                capability,
+                guard=error.guard or ChioPrefectConfigError.GUARD,
+                reason=error.reason or "denied",
+                envelope=envelope,
             )
+            error.receipt_id = evaluation.receipt_id
+            error.decision = dict(evaluation.decision)
             where = {
                 "task_name": task_name,
                 "task_run_id": task_run_id,
@@ -461,7 +471,6 @@ class _TaskGovernance:
                 "flow_run_id": flow_run_id,
                 "flow_run_name": flow_run_name,
             }
-            call = GovernedCall("task", server, self.tool_name, {})  # decided before binding parameters
             notify(_observers, Decision(call, evaluation, None, capability_id=capability, where=where))
             raise ChioPermissionError(_deny_message(task_name, server, self.tool_name, error)) from error
 
@@ -504,18 +513,14 @@ class _TaskGovernance:
         if effective is not None and not scope_allows(effective, tool_server, self.tool_name):
             if self.scope is not None:
                 reason = f"{tool_server}/{self.tool_name} (Invoke) is not granted by the task's own scope"
-                deny_locally(_envelope_error(reason, TASK_SCOPE_GUARD), tool_server)
+                deny_locally(_envelope_error(reason, TASK_SCOPE_GUARD), tool_server, self.scope)
             reason = (
                 f"{tool_server}/{self.tool_name} (Invoke) is not granted by the scope of flow "
                 f"{flow.flow_name!r}"  # type: ignore[union-attr]
             )
-            deny_locally(_envelope_error(reason), tool_server)
+            deny_locally(_envelope_error(reason), tool_server, effective)
 
-        transport = self.client.resolve()
-        if transport is None and flow is not None:
-            transport = flow.client
-        if transport is None:
-            transport = _transport_for_url(DEFAULT_SIDECAR_URL)
+        transport = self._transport(flow)
 
         call = GovernedCall("task", tool_server, self.tool_name, bind_parameters(self.signature, args, kwargs))
         decided = _pre_decision.get()
@@ -537,6 +542,13 @@ class _TaskGovernance:
             flow_run_name=flow_run_name,
             cost=_budgets.declared_task_cost(self.cost, args, kwargs),
         )
+
+    def _transport(self, flow: FlowGovernance | None) -> KernelTransport:
+        """The task's client, else the enclosing flow's, else the default sidecar's."""
+        transport = self.client.resolve()
+        if transport is None and flow is not None:
+            transport = flow.client
+        return transport if transport is not None else _transport_for_url(DEFAULT_SIDECAR_URL)
 
     # -- step 3 to 5 -------------------------------------------------------------------------
 
@@ -606,6 +618,7 @@ class _TaskGovernance:
                 reason=evaluation.reason,
                 decision=evaluation.decision,
             )
+            error.flow_run_id, error.task_run_id = call.flow_run_id, call.task_run_id
             raise ChioPermissionError(
                 _deny_message(call.task_name, call.call.tool_server, call.call.tool_name, error, call.capability_id)
             ) from error
@@ -630,12 +643,16 @@ def _envelope_error(reason: str, guard: str = FLOW_SCOPE_GUARD) -> ChioPrefectEr
 def _deny_message(
     task_name: str, tool_server: str, tool_name: str, error: ChioPrefectError, capability_id: str | None = None
 ) -> str:
+    # Starts as upstream chio-prefect's does ("Chio capability denied: <reason>"); then what was called.
     target = f"{tool_server}/{tool_name}" if tool_server else tool_name
     with_cap = f" with capability {capability_id!r}" if capability_id else ""
     receipt = f", receipt {error.receipt_id}" if error.receipt_id else ""
+    error.task_name = error.task_name or task_name
+    error.tool_server = error.tool_server or tool_server or None
+    error.capability_id = error.capability_id or capability_id
     return (
-        f"chio denied task {task_name!r} calling {target}{with_cap}: {error.reason} "
-        f"(guard {error.guard}{receipt})"
+        f"Chio capability denied: {error.reason} (task {task_name!r} calling {target}{with_cap}; "
+        f"guard {error.guard}{receipt})"
     )
 
 
@@ -774,6 +791,7 @@ def _build_task(
     sidecar_url: str | None,
     options: dict[str, Any],
     cost: ToolCost | None = None,
+    tool_name: str | None = None,
 ) -> Task[Any, Any]:
     import prefect
 
@@ -783,7 +801,7 @@ def _build_task(
     _check_text(name, "name", "chio_task", "search_documents")
     governance = _TaskGovernance(
         fn,
-        tool_name=name or fn.__name__,
+        tool_name=tool_name or name or fn.__name__,
         tool_server=tool_server,
         scope=scope,
         capability_id=capability_id,
@@ -860,7 +878,7 @@ class _FlowConfig:
                     f"parent flow {parent.flow_name!r}"
                 )
                 raise ChioPermissionError(
-                    f"chio denied sub-flow {self.name!r}: {reason} (guard {FLOW_SCOPE_GUARD})"
+                    f"Chio capability denied: {reason} (sub-flow {self.name!r}; guard {FLOW_SCOPE_GUARD})"
                 ) from _envelope_error(reason)
         client = self.client.resolve()
         return FlowGovernance(
@@ -940,6 +958,7 @@ def chio_task(
     chio_client: ChioClientLike | None = None,
     sidecar_url: str | None = None,
     cost: ToolCost | None = None,
+    tool_name: str | None = None,
     **task_options: Any,
 ) -> Callable[[Callable[P, R]], Task[P, R]]: ...
 
@@ -954,6 +973,7 @@ def chio_task(
     chio_client: ChioClientLike | None = None,
     sidecar_url: str | None = None,
     cost: ToolCost | None = None,
+    tool_name: str | None = None,
     **task_options: Any,
 ) -> Task[P, R] | Callable[[Callable[P, R]], Task[P, R]]:
     """A Prefect task whose every attempt is evaluated by the chio kernel before its body runs.
@@ -975,6 +995,8 @@ def chio_task(
             apply and an allow is a budget hold; the hold settles at what the body reports with
             ``chio_durable.report_cost(...)``, else at this cost; a task run that ends Failed
             releases it. Retries reuse the hold.
+        tool_name: the tool name evaluated (upstream chio-prefect's option); default: the task's
+            ``name``, else the function's name. Also the Prefect task name unless ``name`` is given.
         **task_options: passed verbatim to ``prefect.task()`` (``retries``, ``retry_delay_seconds``,
             ``retry_condition_fn``, ``timeout_seconds``, ``tags``, ``cache_policy``, ``name``...).
             Without a ``retry_condition_fn``, :func:`retry_unless_chio_denied` is installed.
@@ -982,6 +1004,9 @@ def chio_task(
     Raises:
         ChioPrefectConfigError: at decoration time, for arguments it cannot work with.
     """
+    _check_text(tool_name, "tool_name", "chio_task", "search_documents")
+    if tool_name is not None:
+        task_options.setdefault("name", tool_name)
     _check_common(
         "chio_task",
         scope=scope,
@@ -1002,6 +1027,7 @@ def chio_task(
             chio_client=chio_client,
             sidecar_url=sidecar_url,
             options=task_options,
+            tool_name=tool_name,
         )
 
     if __fn is None:

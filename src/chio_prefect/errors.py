@@ -15,6 +15,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from chio_sdk.errors import ChioError
+
 __all__ = [
     "ChioPrefectConfigError",
     "ChioPermissionError",
@@ -25,34 +27,80 @@ __all__ = [
 ]
 
 
-class ChioPrefectError(Exception):
+class ChioPrefectError(ChioError):
     """A chio policy decision that stopped a task or flow: the deny payload.
 
     Attributes:
-        receipt_id: id of the signed deny receipt (``None`` when the call was stopped before it
-            reached the kernel, e.g. by the flow-scope envelope).
+        receipt_id: id of the signed deny receipt (a deny decided before evaluation, e.g. by the
+            flow-scope envelope, is signed too; ``None`` only where no kernel could record it: a
+            mock, a stock ``ChioClient``, a denied sub-flow).
         guard: name of the guard that denied (``"scope"``, ``"rate-limit-guard"``,
             ``"flow-scope"``...).
         reason: what was denied and why, in words.
         decision: the full decision dict of the receipt (``verdict``, ``guard``, ``reason``).
     """
 
+    code: str | None = "TASK_DENIED"
+    """``chio_sdk.errors.ChioError.code`` as upstream chio-prefect 0.1.0 sets it."""
+
     def __init__(
         self,
-        receipt_id: str | None = None,
+        first: str | None = None,
+        /,
         guard: str | None = None,
         reason: str | None = None,
         decision: dict[str, Any] | None = None,
+        *,
+        receipt_id: str | None = None,
+        message: str | None = None,
+        task_name: str | None = None,
+        flow_run_id: str | None = None,
+        task_run_id: str | None = None,
+        capability_id: str | None = None,
+        tool_server: str | None = None,
     ) -> None:
+        # Ours: ChioPrefectError(receipt_id, guard, reason, decision). Upstream chio-prefect 0.1.0:
+        # ChioPrefectError(message, *, task_name=..., guard=..., reason=..., receipt_id=...). A first
+        # positional argument is upstream's message when an upstream-only keyword (or receipt_id=) is
+        # given, or when it is the only argument and has a space in it (a receipt id never has one).
+        # See docs/upstream.md.
+        if first is not None:
+            upstream_form = (
+                receipt_id is not None
+                or any(v is not None for v in (task_name, flow_run_id, task_run_id, capability_id, tool_server))
+                or (guard is None and decision is None and " " in first)
+            )
+            if upstream_form and message is None:
+                message = first
+            elif receipt_id is None:
+                receipt_id = first
         self.receipt_id = receipt_id
         self.guard = guard
-        self.reason = reason
+        self.reason = reason if reason is not None else message
         self.decision: dict[str, Any] = dict(decision or {})
-        super().__init__(reason or "denied by chio")
+        self.message: str = message or self.reason or "denied by chio"
+        self.task_name = task_name
+        self.flow_run_id = flow_run_id
+        self.task_run_id = task_run_id
+        self.capability_id = capability_id
+        self.tool_server = tool_server
+        super().__init__(self.message, code=type(self).code)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The populated fields as a JSON-able dict (upstream chio-prefect 0.1.0's shape)."""
+        payload: dict[str, Any] = {"code": self.code, "message": self.message}
+        for key in ("task_name", "flow_run_id", "task_run_id", "capability_id", "tool_server", "guard",
+                    "reason", "receipt_id"):
+            value = getattr(self, key)
+            if value is not None:
+                payload[key] = value
+        if self.decision:
+            payload["decision"] = dict(self.decision)
+        return payload
 
     def __reduce__(self) -> tuple[Any, ...]:
         # Keep the payload across pickling (Prefect persists and ships exceptions in states).
-        return (type(self), (self.receipt_id, self.guard, self.reason, self.decision))
+        return (_rebuild_error, (type(self), self.__dict__.copy()))
 
     def __repr__(self) -> str:
         return (
@@ -71,13 +119,21 @@ class ChioPrefectConfigError(ChioPrefectError, ValueError):
     """
 
     GUARD = "chio-prefect-config"
+    code: str | None = "PREFECT_CONFIG_ERROR"
 
     def __init__(self, message: str, *, at_call_time: bool = False) -> None:
         decision = {"verdict": "deny", "guard": self.GUARD, "reason": message} if at_call_time else None
         super().__init__(None, self.GUARD if at_call_time else None, message, decision)
 
     def __reduce__(self) -> tuple[Any, ...]:
-        return (_rebuild_config_error, (self.reason, bool(self.decision)))
+        return (_rebuild_error, (type(self), self.__dict__.copy()))
+
+
+def _rebuild_error(cls: type[ChioPrefectError], state: dict[str, Any]) -> ChioPrefectError:
+    err = cls.__new__(cls)
+    Exception.__init__(err, state.get("message") or "denied by chio")
+    err.__dict__.update(state)
+    return err
 
 
 def _rebuild_config_error(message: str, at_call_time: bool) -> ChioPrefectConfigError:
@@ -140,7 +196,8 @@ class ChioRequestRejected(_KernelCallFailed, ValueError):
 
 
 class ChioPermissionError(PermissionError):
-    """The ``PermissionError`` a chio deny raises; its ``__cause__`` is the :class:`ChioPrefectError`.
+    """The ``PermissionError`` a chio deny raises; its ``__cause__`` (and ``.chio_error``) is the
+    :class:`ChioPrefectError`. Its message starts ``"Chio capability denied: <reason>"``, as upstream's.
 
     A plain ``PermissionError`` subclass whose only addition is that the cause survives pickling
     (Prefect may persist a failed state's exception and load it back), so ``e.__cause__`` still
@@ -149,6 +206,12 @@ class ChioPermissionError(PermissionError):
 
     def __reduce__(self) -> tuple[Any, ...]:
         return (_rebuild_permission_error, (str(self), self.__cause__))
+
+    @property
+    def chio_error(self) -> ChioPrefectError | None:
+        """The :class:`ChioPrefectError` of the deny (upstream chio-prefect 0.1.0's attribute; = ``__cause__``)."""
+        cause = self.__cause__
+        return cause if isinstance(cause, ChioPrefectError) else None
 
 
 def _rebuild_permission_error(message: str, cause: BaseException | None) -> ChioPermissionError:

@@ -13,9 +13,9 @@ outside any task run (``task.fn(...)``) uses ``chio.tool.<server>.<tool>`` as it
 any Prefect run *and* with no ``PREFECT_API_URL`` configured it is logged at INFO instead of emitted
 (Prefect would otherwise start a temporary API server just to receive it).
 
-A denial decided before the kernel (the flow-scope envelope, a missing ``capability_id``) has no
-receipt: it is still emitted as ``chio.receipt.deny`` with ``receipt_id: null``, so every decision
-is on the timeline.
+A denial decided before evaluation (the flow-scope envelope, a missing ``capability_id``) is signed
+and chained by the kernel too and emitted with that receipt id; only with a mock or a stock
+``ChioClient`` (nothing to record it in) is ``receipt_id`` null, so every decision is on the timeline.
 
 Delivery: if the event cannot be handed to Prefect's events worker (no events backend configured,
 the worker refuses it, ``emit_event`` raises), the full payload is logged at WARNING on the
@@ -29,16 +29,34 @@ from __future__ import annotations
 import datetime as _dt
 import json
 import logging
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from chio_sdk.models import ChioReceipt
+
     from chio_durable import Decision
 
-__all__ = ["ALLOW_EVENT", "DENY_EVENT", "ReceiptEvent", "emit_receipt_event", "iso_timestamp", "write_receipt_event"]
+__all__ = [
+    "ALLOW_EVENT",
+    "DENY_EVENT",
+    "EVENT_ALLOW",
+    "EVENT_DENY",
+    "ReceiptEvent",
+    "emit_allow_event",
+    "emit_deny_event",
+    "emit_receipt_event",
+    "iso_timestamp",
+    "write_receipt_event",
+]
 
 ALLOW_EVENT = "chio.receipt.allow"
 DENY_EVENT = "chio.receipt.deny"
+EVENT_ALLOW = ALLOW_EVENT
+"""Upstream chio-prefect 0.1.0's name of :data:`ALLOW_EVENT` (same value)."""
+EVENT_DENY = DENY_EVENT
+"""Upstream chio-prefect 0.1.0's name of :data:`DENY_EVENT` (same value)."""
 
 logger = logging.getLogger("chio_prefect.events")
 
@@ -71,6 +89,7 @@ class ReceiptEvent:
     task_run_name: str | None = None
     flow_run_id: str | None = None
     flow_run_name: str | None = None
+    extra: Mapping[str, Any] | None = None  # merged into the payload last (upstream's ``extra=``)
 
     @property
     def name(self) -> str:
@@ -111,6 +130,8 @@ class ReceiptEvent:
             payload["guard"] = self.guard
             payload["reason"] = self.reason
             payload["decision"] = dict(self.decision or {"verdict": "deny"})
+        if self.extra:
+            payload.update(dict(self.extra))
         return payload
 
     def resource(self) -> dict[str, str]:
@@ -196,3 +217,78 @@ def _prefect_api_configured() -> bool:
     from prefect.settings import PREFECT_API_URL
 
     return bool(PREFECT_API_URL.value())
+
+
+# --- upstream chio-prefect 0.1.0's emitters (same names and keywords), over ReceiptEvent -----------
+
+
+def emit_allow_event(
+    *,
+    receipt: ChioReceipt,
+    task_name: str,
+    flow_run_id: str | None = None,
+    task_run_id: str | None = None,
+    extra: Mapping[str, Any] | None = None,
+) -> Any | None:
+    """Emit ``chio.receipt.allow`` for an allow ``receipt`` (upstream chio-prefect 0.1.0's signature).
+
+    The event has this project's shape (resource = the task run, see the module docstring); returns
+    the emitted Prefect ``Event`` or ``None`` when it was logged instead. Never raises.
+    """
+    return emit_receipt_event(
+        ReceiptEvent(
+            allowed=True,
+            receipt_id=receipt.id,
+            capability_id=receipt.capability_id,
+            tool_server=receipt.tool_server,
+            tool_name=receipt.tool_name,
+            task_name=task_name,
+            timestamp=iso_timestamp(receipt.timestamp),
+            task_run_id=task_run_id,
+            flow_run_id=flow_run_id,
+            extra=extra,
+        )
+    )
+
+
+def emit_deny_event(
+    *,
+    receipt: ChioReceipt | None,
+    task_name: str,
+    reason: str,
+    guard: str | None = None,
+    receipt_id: str | None = None,
+    capability_id: str | None = None,
+    tool_server: str | None = None,
+    flow_run_id: str | None = None,
+    task_run_id: str | None = None,
+    extra: Mapping[str, Any] | None = None,
+) -> Any | None:
+    """Emit ``chio.receipt.deny`` (upstream chio-prefect 0.1.0's signature): from a deny ``receipt``, or
+    from ``receipt_id`` / ``capability_id`` / ``tool_server`` when there is no receipt body. Never raises."""
+    if receipt is not None:
+        receipt_id, capability_id, tool_server = receipt.id, receipt.capability_id, receipt.tool_server
+        tool_name = receipt.tool_name
+        decision = receipt.decision.model_dump(exclude_none=True)
+        timestamp = iso_timestamp(receipt.timestamp)
+    else:
+        tool_name = task_name
+        decision = {"verdict": "deny", "guard": guard, "reason": reason}
+        timestamp = iso_timestamp()
+    return emit_receipt_event(
+        ReceiptEvent(
+            allowed=False,
+            receipt_id=receipt_id,
+            capability_id=capability_id,
+            tool_server=tool_server or "",
+            tool_name=tool_name,
+            task_name=task_name,
+            timestamp=timestamp,
+            guard=guard,
+            reason=reason,
+            decision={k: v for k, v in decision.items() if v is not None},
+            task_run_id=task_run_id,
+            flow_run_id=flow_run_id,
+            extra=extra,
+        )
+    )

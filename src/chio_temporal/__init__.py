@@ -21,7 +21,7 @@ from chio_temporal.interceptor import (
     current_evaluation,
     current_receipt_id,
 )
-from chio_temporal.receipt import WorkflowReceipt, WorkflowStepReceipt
+from chio_temporal.receipt import ENVELOPE_VERSION, WorkflowReceipt, WorkflowStepReceipt
 from chio_temporal.worker import build_chio_worker
 from chio_temporal._budgets import (
     RELEASE_HOLDS_ACTIVITY,
@@ -38,6 +38,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "DENIED_ERROR_TYPE",
+    "ENVELOPE_VERSION",
     "REJECTED_ERROR_TYPE",
     "RELEASE_HOLDS_ACTIVITY",
     "SIDECAR_ERROR_TYPE",

@@ -45,7 +45,7 @@ import typing
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from contextvars import ContextVar
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import temporalio.activity
 import temporalio.workflow
@@ -53,7 +53,7 @@ from pydantic_ai.agent import Agent
 from pydantic_ai.agent.abstract import AbstractAgent
 from pydantic_ai.agent.wrapper import WrapperAgent
 from pydantic_ai.durable_exec.temporal import TemporalDurability, TemporalRunContext
-from pydantic_ai.messages import ModelMessage, ModelResponse, ModelRequest, ToolReturn, ToolReturnPart
+from pydantic_ai.messages import ModelMessage, ModelResponse, ModelRequest, RetryPromptPart, ToolReturn, ToolReturnPart
 from pydantic_ai.models import Model
 from pydantic_ai.output import OutputDataT
 from pydantic_ai.tools import AgentDepsT
@@ -64,6 +64,7 @@ from temporalio.worker import ExecuteActivityInput
 from temporalio.workflow import ActivityConfig
 
 from chio_durable.agent import CallMapper, ChioGovernance, OnDeny, denied_tool_message, receipt_scope
+from chio_durable.agent._denials import receipt_id_in_denied_message
 from chio_durable._transport import ChioClientLike, is_client
 from chio_durable._evaluation import Evaluation
 from chio_temporal._agent_activities import (
@@ -149,24 +150,30 @@ def _stamp(result: Any, activity: AgentActivity, receipt_id: str) -> Any:
 
 
 def receipt_ids_in_messages(messages: Iterable[ModelMessage]) -> list[str]:
-    """The receipt ids a governed run left in its messages, in call order (allowed calls).
+    """The receipt ids a governed run left in its messages, in call order, each once.
 
-    Model responses carry theirs in ``ModelResponse.metadata``, tool results in the tool return
-    part's ``metadata``. Deterministic: safe in workflow code.
+    Allowed calls: model responses carry theirs in ``ModelResponse.metadata``, tool results in the
+    tool return part's ``metadata``. A denied tool call the model was told about (``on_deny="tell"``)
+    carries it in the text it was told (:func:`~chio_durable.agent.denied_tool_message`; pydantic-ai's
+    failed tool result has no metadata). Deterministic: safe in workflow code.
     """
-    ids: list[str] = []
+    ids: dict[str, None] = {}
     for message in messages:
         if isinstance(message, ModelResponse):
             rid = (message.metadata or {}).get(RECEIPT_METADATA_KEY)
             if isinstance(rid, str):
-                ids.append(rid)
+                ids.setdefault(rid, None)
         elif isinstance(message, ModelRequest):
             for part in message.parts:
-                if isinstance(part, ToolReturnPart) and isinstance(part.metadata, dict):
-                    rid = part.metadata.get(RECEIPT_METADATA_KEY)
-                    if isinstance(rid, str):
-                        ids.append(rid)
-    return ids
+                rid = part.metadata.get(RECEIPT_METADATA_KEY) if isinstance(part, ToolReturnPart) and isinstance(
+                    part.metadata, dict
+                ) else None
+                if not isinstance(rid, str) and isinstance(part, (ToolReturnPart, RetryPromptPart)):
+                    # a failed tool result (ToolFailed: ToolReturnPart(outcome="failed")), or a retry prompt
+                    rid = receipt_id_in_denied_message(part.content)
+                if isinstance(rid, str):
+                    ids.setdefault(rid, None)
+    return list(ids)
 
 
 _GOVERNED_BY: ContextVar[str | None] = ContextVar("chio_temporal_agent_governed_by", default=None)
@@ -722,7 +729,7 @@ class ChioTemporalAgent(WrapperAgent[AgentDepsT, OutputDataT]):
         current = list(existing or [])
         return current + [fn for fn in self.temporal_activities if fn not in current]
 
-    async def run(self, *args: Any, **kwargs: Any) -> Any:
+    async def _governed_run(self, *args: Any, **kwargs: Any) -> Any:
         """Run the agent, governed. Same arguments as ``Agent.run``.
 
         Inside a workflow every model request, tool call and MCP call is an activity, evaluated by
@@ -735,6 +742,11 @@ class ChioTemporalAgent(WrapperAgent[AgentDepsT, OutputDataT]):
         and refuses ``iter()`` inside workflows, which ``WrapperAgent.run`` would go through.
         """
         return await self.wrapped.run(*args, **self._outside_workflow(kwargs))
+
+    if not TYPE_CHECKING:
+        # Type checkers see the inherited, fully typed ``AbstractAgent.run`` overloads
+        # (``AgentRunResult[OutputDataT]``, or the run's ``output_type=``); this is the body.
+        run = _governed_run
 
     @asynccontextmanager
     async def iter(self, *args: Any, **kwargs: Any) -> AsyncIterator[Any]:
@@ -766,16 +778,18 @@ class ChioTemporalAgent(WrapperAgent[AgentDepsT, OutputDataT]):
         return self._on_deny
 
     def receipt_ids_of(self, result: Any) -> list[str]:
-        """Receipt ids of a run, in order, from its result (or its messages).
+        """The receipt ids of every decision on a call of the run, allow and deny, in call order, each once.
 
-        A run inside a workflow: the allowed calls' ids, read from the recorded results (safe in
-        workflow code: it only reads the messages); denied calls are in the interceptor's envelope
-        (``governed.interceptor.get_workflow_receipt(workflow_id, run_id)``) and, for a denied tool,
-        in the message the model was given. A run outside a workflow: every evaluation of the run
-        (allow and deny), from :attr:`local_governance`.
+        The same meaning as ``ChioPrefectAgent.receipt_ids_of``: model requests, tool and MCP tool
+        calls (a retried activity gets its receipt back and is listed once). Read from the result's
+        messages, so safe in workflow code: allowed calls from the recorded results' metadata, a
+        denied tool call the model was told about from the message it was told. MCP listings (not
+        calls in the messages) are in the interceptor's envelope
+        (``governed.interceptor.get_workflow_receipt(workflow_id, run_id)``). A run outside a
+        workflow: the same list, from :attr:`local_governance`.
         """
+        run_id = getattr(result, "run_id", None)
+        if self._local_governance is not None and run_id and self._local_governance.receipts_of(run_id):
+            return self._local_governance.receipt_ids_of(result)  # a run outside a workflow
         messages = result.all_messages() if hasattr(result, "all_messages") else result
-        ids = receipt_ids_in_messages(messages)
-        if not ids and self._local_governance is not None and getattr(result, "run_id", None):
-            ids = self._local_governance.receipt_ids_of(result)
-        return ids
+        return receipt_ids_in_messages(messages)

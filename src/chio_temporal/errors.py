@@ -69,9 +69,10 @@ def denied_error(
         "workflow_id": workflow_id,
         "run_id": run_id,
     }
+    # Starts as upstream's deny does ("Chio capability denied: <reason>"), on both engines.
     message = (
-        f"Chio denied activity {activity_type!r} ({tool_server}/{tool_name}) of workflow "
-        f"{workflow_id!r}: {reason or 'denied'} [guard={guard}, receipt_id={receipt_id}]"
+        f"Chio capability denied: {reason or 'denied'} (activity {activity_type!r}, {tool_server}/{tool_name}, "
+        f"workflow {workflow_id!r}) [guard={guard}, receipt_id={receipt_id}]"
     )
     return ApplicationError(
         message, details, type=DENIED_ERROR_TYPE, non_retryable=True, category=ApplicationErrorCategory.BENIGN

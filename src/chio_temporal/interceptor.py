@@ -57,6 +57,7 @@ from temporalio.worker import (
 
 from chio_durable._call import GovernedCall, call_key
 from chio_durable._decision import Decision, DecisionObserver, Evaluation, notify
+from chio_durable._denial_record import deny_before_evaluation_async
 from chio_durable._errors import KernelRejected, KernelUnavailable
 from chio_durable._transport import ChioClientLike, TransportSlot, client_url, is_client
 from chio_durable._params import bind_parameters, jsonable
@@ -65,6 +66,7 @@ from chio_sdk.models import MonetaryAmount
 from chio_temporal import _budgets
 from chio_temporal.errors import (
     CONFIG_ERROR_TYPE,
+    DENIED_ERROR_TYPE,
     ActivityDeniedError,
     ChioTemporalConfigError,
     ChioTemporalError,
@@ -77,7 +79,10 @@ from chio_temporal.receipt import OUTCOMES, WorkflowReceipt, WorkflowStepReceipt
 
 __all__ = [
     "DEFAULT_MAX_PENDING_RECEIPTS",
+    "DENIED_ERROR_TYPE",
+    "CONFIG_GUARD",
     "NO_GRANT_GUARD",
+    "OVERRIDE_GUARD",
     "PARENT_CHAIN_HEADER",
     "ActivityCall",
     "ActivityGrantOverride",
@@ -102,7 +107,13 @@ DEFAULT_MAX_PENDING_RECEIPTS = 10_000
 log = logging.getLogger("chio_temporal")
 
 NO_GRANT_GUARD = "workflow-grant"
-"""``guard`` of the deny given (without asking the kernel) when no grant covers the workflow."""
+"""``guard`` of the deny given when no grant covers the workflow (signed by the kernel's ``record_denial``)."""
+
+OVERRIDE_GUARD = "grant-override"
+"""``guard`` of the signed deny recorded when an activity's grant override is refused (not a subset / not derived)."""
+
+CONFIG_GUARD = "chio-temporal-config"
+"""``guard`` of the signed deny recorded when an activity cannot be mapped (e.g. no tool server)."""
 
 _current_evaluation: ContextVar[Evaluation | None] = ContextVar("chio_temporal_evaluation", default=None)
 
@@ -477,25 +488,27 @@ class ChioActivityInterceptor(TransportSlot, Interceptor):
             capability_id = self.resolve_capability_id(info, grant)
             call = self.map_activity(info, input, grant) if capability_id is not None else self._fallback_call(info, input)
         except ChioTemporalConfigError as err:
+            # Still an attempt: the kernel signs and chains its deny (a bad override, no tool server)
+            # before the activity fails with the non-retryable config error.
+            await self._record_config_deny(info, input, err)
             raise ApplicationError(str(err), type=CONFIG_ERROR_TYPE, non_retryable=True) from err
 
         key: str | None = None
         cost: MonetaryAmount | None = None
         if capability_id is None:
             workflow_id = info.workflow_id or info.activity_id
-            evaluation = Evaluation(
-                allowed=False,
-                receipt_id=None,
-                capability_id="",
-                tool_server=call.tool_server,
-                tool_name=call.tool_name,
+            # No capability to evaluate: the kernel signs the deny by the workflow-grant guard
+            # (chio_durable._denial_record; local, receipt_id None, with a mock or a stock ChioClient).
+            evaluation = await deny_before_evaluation_async(
+                self.transport,
+                call,
+                None,
                 guard=NO_GRANT_GUARD,
                 reason=(
                     f"no WorkflowGrant is registered for workflow {workflow_id!r} (run {info.workflow_run_id!r}); "
                     "call interceptor.register_workflow_grant(WorkflowGrant(workflow_id=..., token=..., "
                     "tool_server=...)) before starting the workflow"
                 ),
-                decision={"verdict": "deny", "guard": NO_GRANT_GUARD},
             )
         else:
             key = self.activity_idempotency_key(info, capability_id)
@@ -526,6 +539,25 @@ class ChioActivityInterceptor(TransportSlot, Interceptor):
             return await self.on_allowed(info, input, call, evaluation, proceed)
         finally:
             _current_evaluation.reset(token)
+
+    async def _record_config_deny(
+        self, info: temporalio.activity.Info, input: ExecuteActivityInput, err: ChioTemporalConfigError
+    ) -> None:
+        """Sign and chain the deny of an activity refused for its configuration, and add it to the envelope."""
+        workflow_grant = self.grant_for(info.workflow_id or info.activity_id, info.workflow_run_id)
+        capability_id = workflow_grant.capability_id if workflow_grant is not None else None
+        call = self._fallback_call(info, input)
+        guard = OVERRIDE_GUARD if info.activity_type in self._overrides else CONFIG_GUARD
+        try:
+            evaluation = await deny_before_evaluation_async(
+                self.transport, call, capability_id, guard=guard, reason=str(err)
+            )
+            notify(
+                self.decision_observers,
+                Decision(call, evaluation, None, capability_id=capability_id, where={"info": info, "headers": input.headers}),
+            )
+        except Exception:  # the config error is raised regardless
+            log.exception("chio_temporal: could not record the config deny of activity %r", info.activity_type)
 
     def _fallback_call(self, info: temporalio.activity.Info, input: ExecuteActivityInput) -> ActivityCall:
         """The call named in a no-grant deny (the kernel is not asked; nothing here may fail)."""
@@ -615,6 +647,10 @@ class ChioActivityInterceptor(TransportSlot, Interceptor):
             key = self._find_receipt_key(workflow_id, run_id)
             return self._receipts.get(key) if key is not None else None
 
+    def workflow_receipt(self, workflow_id: str, run_id: str | None = None) -> WorkflowReceipt | None:
+        """Upstream chio-temporal's name of :meth:`get_workflow_receipt`."""
+        return self.get_workflow_receipt(workflow_id, run_id)
+
     def pending_workflow_receipts(self) -> list[WorkflowReceipt]:
         """Every receipt held in memory (not yet flushed)."""
         with self._lock:
@@ -627,11 +663,14 @@ class ChioActivityInterceptor(TransportSlot, Interceptor):
         run_id: str | None = None,
         outcome: str,
         metadata: Mapping[str, Any] | None = None,
+        completed_at: Any = None,
     ) -> WorkflowReceipt:
         """Close the receipt of ``(workflow_id, run_id)`` with ``outcome`` ("success" | "failure" | "cancelled").
 
         ``run_id=None`` is accepted when exactly one run of the id has a receipt. A run that evaluated
-        no activity gets an empty receipt (``run_id`` required then).
+        no activity gets an empty receipt (``run_id`` required then). ``completed_at``: a datetime,
+        Unix seconds or RFC 3339 (default now). Finalising again with the same outcome is a no-op;
+        another outcome is refused (:class:`ChioTemporalConfigError`).
         """
         if outcome not in OUTCOMES:
             raise ChioTemporalConfigError(f"outcome= must be one of {list(OUTCOMES)}, got {outcome!r}")
@@ -659,7 +698,7 @@ class ChioActivityInterceptor(TransportSlot, Interceptor):
                 )
             self._receipts.move_to_end(key)
             receipt = self._receipts[key]
-            receipt.finalize(outcome, dict(metadata) if metadata else None)
+            receipt.finalize(outcome, dict(metadata) if metadata else None, completed_at=completed_at)
             return receipt
 
     async def flush_workflow_receipt(self, *, workflow_id: str, run_id: str | None = None) -> dict[str, Any]:

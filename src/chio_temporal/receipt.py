@@ -9,15 +9,27 @@ capability was revoked between attempts) adds a step.
 The envelope (``WorkflowReceipt.to_envelope()``) is the ``chio-temporal/v1`` JSON object; timestamps
 are RFC 3339 UTC strings. The signed receipts themselves stay in the chio receipt store; the envelope
 names them by ``receipt_id`` (and carries each receipt's ``parameter_hash`` and ``content_hash``).
+
+Upstream chio-temporal's names work too (docs/upstream.md): ``WorkflowReceipt(workflow_id=...)``
+without ``run_id``, ``record_step()``, ``finalize(outcome, completed_at=...)`` and ``to_json()`` (the
+envelope as JSON text with upstream's Unix-second times); ``WorkflowStepReceipt(..., receipt=...)``
+fills the step from a signed receipt. Times are accepted as ``datetime``, Unix seconds (int/float)
+or RFC 3339 strings.
 """
 
 from __future__ import annotations
 
+import json
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, Union
+
+from chio_temporal.errors import ChioTemporalConfigError
 
 if TYPE_CHECKING:
+    from chio_sdk.models import ChioReceipt
+
     from chio_durable import Decision
 
 __all__ = ["ENVELOPE_VERSION", "Outcome", "WorkflowReceipt", "WorkflowStepReceipt"]
@@ -36,28 +48,84 @@ def _iso(value: datetime | None) -> str | None:
     return None if value is None else value.astimezone(timezone.utc).isoformat().replace("+00:00", "Z")
 
 
+def _unix(value: datetime | None) -> float | None:
+    return None if value is None else value.timestamp()
+
+
+TimeLike = Union[datetime, int, float, str]
+"""A time as accepted on input: ``datetime`` (naive = UTC), Unix seconds (upstream's form) or RFC 3339."""
+
+
+def as_datetime(value: TimeLike, name: str = "time") -> datetime:
+    """``value`` as an aware UTC ``datetime``; a clear ``ChioTemporalConfigError`` for anything else."""
+    if isinstance(value, datetime):
+        return value if value.tzinfo is not None else value.replace(tzinfo=timezone.utc)
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        try:
+            return datetime.fromtimestamp(value, timezone.utc)
+        except (OverflowError, OSError, ValueError) as err:
+            raise ChioTemporalConfigError(f"{name}={value!r} is not a valid Unix time: {err}") from None
+    if isinstance(value, str):
+        try:
+            parsed = datetime.fromisoformat(value.replace("Z", "+00:00").replace("z", "+00:00"))
+        except ValueError:
+            raise ChioTemporalConfigError(
+                f"{name}={value!r} is not an RFC 3339 time (e.g. '2026-04-19T20:14:02Z') nor Unix seconds"
+            ) from None
+        return as_datetime(parsed, name)
+    raise ChioTemporalConfigError(
+        f"{name}= must be a datetime, Unix seconds (int/float) or an RFC 3339 string, got {type(value).__name__}"
+    )
+
+
 @dataclass
 class WorkflowStepReceipt:
     """One kernel decision for one activity of a workflow run."""
 
     activity_id: str
     activity_type: str
-    attempt: int
-    tool_server: str
-    tool_name: str
-    capability_id: str | None
-    receipt_id: str | None
-    verdict: str
+    attempt: int = 1
+    tool_server: str = ""
+    tool_name: str = ""
+    capability_id: str | None = None
+    receipt_id: str | None = None
+    verdict: str = ""
     guard: str | None = None
     reason: str | None = None
     parameter_hash: str | None = None
     content_hash: str | None = None
     evaluated_at: datetime = field(default_factory=_now)
     attempts: list[int] = field(default_factory=list)
+    receipt: ChioReceipt | Mapping[str, Any] | None = field(default=None, repr=False, compare=False)
+    """Upstream's form: the signed receipt this step is about; it fills every field left unset."""
 
     def __post_init__(self) -> None:
+        if self.receipt is not None:
+            self._fill_from_receipt(self.receipt)
+        if self.verdict not in ("allow", "deny"):
+            raise ChioTemporalConfigError(
+                f"WorkflowStepReceipt needs verdict='allow'|'deny' or receipt=<the signed ChioReceipt>, "
+                f"got verdict={self.verdict!r}"
+            )
+        self.evaluated_at = as_datetime(self.evaluated_at, "evaluated_at")
         if not self.attempts:
             self.attempts = [self.attempt]
+
+    def _fill_from_receipt(self, receipt: ChioReceipt | Mapping[str, Any]) -> None:
+        from chio_sdk.models import ChioReceipt  # lazy: the workflow sandbox imports this module
+
+        r = receipt if isinstance(receipt, ChioReceipt) else ChioReceipt.model_validate(dict(receipt))
+        self.receipt = r
+        self.tool_server = self.tool_server or r.tool_server
+        self.tool_name = self.tool_name or r.tool_name
+        self.capability_id = self.capability_id or r.capability_id
+        self.receipt_id = self.receipt_id or r.id
+        self.verdict = self.verdict or ("allow" if r.decision.is_allowed else "deny")
+        self.guard = self.guard or r.decision.guard
+        self.reason = self.reason or r.decision.reason
+        self.parameter_hash = self.parameter_hash or r.action.parameter_hash
+        self.content_hash = self.content_hash or r.content_hash
+        self.evaluated_at = as_datetime(r.timestamp, "receipt.timestamp")
 
     @property
     def allowed(self) -> bool:
@@ -101,19 +169,28 @@ class WorkflowStepReceipt:
             "evaluated_at": _iso(self.evaluated_at),
         }
 
+    def to_upstream_dict(self) -> dict[str, Any]:
+        """:meth:`to_dict` with ``evaluated_at`` in Unix seconds (upstream chio-temporal's time form)."""
+        return {**self.to_dict(), "evaluated_at": _unix(self.evaluated_at)}
+
 
 @dataclass
 class WorkflowReceipt:
     """The in-flight (then finalised) receipt aggregate of one ``(workflow_id, run_id)``."""
 
     workflow_id: str
-    run_id: str | None
+    run_id: str | None = None
     parent_workflow_ids: list[str] = field(default_factory=list)
     started_at: datetime = field(default_factory=_now)
     completed_at: datetime | None = None
     outcome: str | None = None
     steps: list[WorkflowStepReceipt] = field(default_factory=list)
     metadata: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.started_at = as_datetime(self.started_at, "started_at")
+        if self.completed_at is not None:
+            self.completed_at = as_datetime(self.completed_at, "completed_at")
 
     @property
     def step_count(self) -> int:
@@ -146,9 +223,37 @@ class WorkflowReceipt:
         self.steps.append(step)
         return step
 
-    def finalize(self, outcome: str, metadata: dict[str, Any] | None = None) -> None:
+    def record_step(self, step: WorkflowStepReceipt) -> WorkflowStepReceipt:
+        """Upstream chio-temporal's name of :meth:`add_step`."""
+        return self.add_step(step)
+
+    def finalize(
+        self,
+        outcome: str = "success",
+        metadata: dict[str, Any] | None = None,
+        *,
+        completed_at: TimeLike | None = None,
+    ) -> None:
+        """Close the receipt with ``outcome`` ("success" | "failure" | "cancelled") at ``completed_at`` (now).
+
+        Finalising again with the same outcome changes nothing (idempotent: the first ``completed_at``
+        stays); another outcome is refused with :class:`ChioTemporalConfigError`, so a receipt never
+        says two things.
+        """
+        if outcome not in OUTCOMES:
+            raise ChioTemporalConfigError(f"outcome= must be one of {list(OUTCOMES)}, got {outcome!r}")
+        when = as_datetime(completed_at, "completed_at") if completed_at is not None else None
+        if self.outcome is not None:
+            if outcome != self.outcome:
+                raise ChioTemporalConfigError(
+                    f"the receipt of workflow {self.workflow_id!r} run {self.run_id!r} is already finalised "
+                    f"with outcome {self.outcome!r}; refusing to change it to {outcome!r}"
+                )
+            if metadata:
+                self.metadata.update(metadata)
+            return
         self.outcome = outcome
-        self.completed_at = _now()
+        self.completed_at = when or _now()
         if metadata:
             self.metadata.update(metadata)
 
@@ -168,3 +273,17 @@ class WorkflowReceipt:
             "steps": [step.to_dict() for step in self.steps],
             "metadata": dict(self.metadata),
         }
+
+    def to_json(self, **dumps_kwargs: Any) -> str:
+        """The envelope as JSON text in upstream chio-temporal's shape: times in Unix seconds.
+
+        Same fields and ``version`` as :meth:`to_envelope` (which keeps RFC 3339 strings, readable
+        and unambiguous across time zones); ``started_at``, ``completed_at`` and each step's
+        ``evaluated_at`` are floats here, as upstream emits them.
+        """
+        envelope = self.to_envelope()
+        envelope["started_at"] = _unix(self.started_at)
+        envelope["completed_at"] = _unix(self.completed_at)
+        envelope["steps"] = [step.to_upstream_dict() for step in self.steps]
+        dumps_kwargs.setdefault("sort_keys", True)
+        return json.dumps(envelope, default=str, **dumps_kwargs)

@@ -431,3 +431,49 @@ async def test_output_function_is_governed(chio: LocalChioClient) -> None:
     result = await allowed.run("x")
     assert result.output == "published t1" and published == ["t1"]
     assert [r.call.kind for r in allowed.receipts_of(result)] == ["model", "output"]
+
+
+async def test_receipt_ids_of_is_every_decision_of_the_run_once_with_a_told_deny_and_a_retry(
+    chio: LocalChioClient,
+) -> None:
+    # Same meaning as ChioTemporalAgent.receipt_ids_of (tests/temporal/test_agent.py): every decision
+    # on a call of the run, allow and deny, in order, each once.
+    cap = issue(chio, "cap-pa-ids", grant("model"), grant("ids", "search"))  # no purge
+    searches: list[str] = []
+
+    def model(messages: list[ModelMessage], info: AgentInfo) -> ModelResponse:
+        step = sum(isinstance(m, ModelResponse) for m in messages)
+        if step == 0:
+            return ModelResponse(parts=[ToolCallPart("purge", {"what": "everything"})])
+        if step == 1:
+            return ModelResponse(parts=[ToolCallPart("search", {"query": "durable agents"})])
+        return ModelResponse(parts=[TextPart("done")])
+
+    def search(query: str) -> str:
+        searches.append(query)
+        if len(searches) == 1:
+            raise RuntimeError("search backend hiccup")  # the tool task's retries=1 absorbs it
+        return "3 results"
+
+    def purge(what: str) -> str:
+        raise AssertionError("a denied tool never runs")
+
+    governed = ChioPrefectAgent(
+        Agent(FunctionModel(model), name="ids", tools=[search, purge]),
+        capability_id=cap,
+        chio_client=chio,
+        tool_task_config=TaskConfig(retries=1, retry_delay_seconds=0),
+    )
+    result = await governed.run("clean up, then search")
+
+    assert result.output == "done" and len(searches) == 2
+    ids = governed.receipt_ids_of(result)
+    assert ids == stored_ids(chio, cap)  # every decision in the chain, in its order, once
+    receipts = [chio.kernel.get_receipt(rid) for rid in ids]
+    assert [(r.tool_name, r.decision.is_allowed) for r in receipts] == [
+        ("function:model:", True),
+        ("purge", False),  # told to the model
+        ("function:model:", True),
+        ("search", True),  # retried once, one receipt
+        ("function:model:", True),
+    ]

@@ -111,7 +111,8 @@ def test_deny_event_carries_guard_reason_and_decision(local: LocalChioClient, ca
     assert related_flow_runs(event) == [f"prefect.flow-run.{flow_run_id}"]
 
 
-def test_envelope_deny_is_an_event_without_receipt(local: LocalChioClient, captured_events: Any) -> None:
+def test_envelope_deny_is_signed_by_the_kernel_and_in_the_chain(local: LocalChioClient, captured_events: Any) -> None:
+    # Issue 12 §2: a deny decided before evaluation (the flow envelope) is a kernel receipt too.
     @chio_task(tool_server="fs-srv")
     def write_file(path: str) -> None:
         raise AssertionError("must not run")
@@ -124,10 +125,34 @@ def test_envelope_deny_is_an_event_without_receipt(local: LocalChioClient, captu
     assert state.is_failed()
     [event] = captured_events.chio()
     assert event.event == "chio.receipt.deny"
-    assert event.payload["receipt_id"] is None
-    assert event.payload["guard"] == "flow-scope"
-    assert event.payload["decision"]["verdict"] == "deny"
-    assert local.kernel.list_receipts() == []  # the kernel was never asked
+    [receipt] = local.kernel.list_receipts()  # the denied attempt is in the kernel's chain
+    assert event.payload["receipt_id"] == receipt.id
+    assert event.payload["guard"] == "flow-scope" == receipt.decision.guard
+    assert receipt.decision.is_denied and receipt.action.parameters == {"path": "/etc/passwd"}
+    assert (receipt.capability_id, receipt.tool_server, receipt.tool_name) == (
+        "cap-research-pipeline", "fs-srv", "write_file")
+    assert local.kernel.verify_receipt(receipt) and local.kernel.verify_chain().ok
+    cause = state.result(raise_on_failure=False).__cause__
+    from chio_prefect import ChioPrefectError
+
+    assert isinstance(cause, ChioPrefectError) and cause.receipt_id == receipt.id
+
+
+def test_envelope_deny_with_a_mock_stays_local_and_says_so(captured_events: Any) -> None:
+    from chio_sdk.testing import allow_all
+
+    @chio_task(tool_server="fs-srv")
+    def write_file(path: str) -> None:
+        raise AssertionError("must not run")
+
+    @chio_flow(scope=SCOPE, capability_id="cap-research-pipeline", chio_client=allow_all())
+    def pipeline() -> None:
+        write_file("/etc/passwd")
+
+    assert pipeline(return_state=True).is_failed()
+    [event] = captured_events.chio()
+    assert event.payload["receipt_id"] is None and event.payload["guard"] == "flow-scope"
+    assert event.payload["decision"]["recorded"] is False  # a mock has no chain to record it in
 
 
 @pytest.mark.parametrize("failure", ["raises", "returns None"])

@@ -29,7 +29,10 @@ def check_output(out: str, kernel: Kernel) -> None:
     stored = [(r.id, r.decision.verdict, f"{r.tool_server}/{r.tool_name}")
               for r in kernel.list_receipts(capability_id="cap-research-pipeline")]
     assert printed == stored
-    assert [p[2] for p in printed] == ["search-srv/search_documents", "search-srv/analyze_results"]
+    # the envelope deny is in the kernel's chain too (issue 12 §2)
+    assert [(p[1], p[2]) for p in printed] == [
+        ("allow", "search-srv/search_documents"), ("allow", "search-srv/analyze_results"), ("deny", "fs-srv/write_file")
+    ]
 
 
 def test_example_runs_on_the_embedded_kernel(chio_home: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -385,6 +385,28 @@ async def test_retry_attempts_reuse_one_receipt(client, chio):
     assert step.receipt_id in out["receipt_ids"]
 
 
+async def test_receipt_ids_of_is_every_decision_of_the_run_once_with_a_told_deny_and_a_retry(client, chio):
+    # Same meaning as ChioPrefectAgent.receipt_ids_of (tests/prefect/test_agent_prefect.py): every
+    # decision on a call of the run, allow and deny, in order, each once.
+    await issue(chio, MODEL, grant("support", "lookup"), grant("support", "flaky"), DOCS_LIST)  # no refund
+    async with worker(client) as tq:
+        workflow_id = wid("ids")
+        out = await client.execute_workflow(SupportWorkflow.run, "refund:K,flaky:K", id=workflow_id, task_queue=tq)
+
+    ids = out["receipt_ids"]
+    chain = [r for r in await chio.list_receipts(app.CAPABILITY_ID) if r.tool_name != "list_tools"]
+    assert ids == [r.id for r in chain]  # the kernel's chain order; the MCP listing is the envelope's
+    assert [(r.tool_name, r.decision.is_allowed) for r in chain] == [
+        ("function:scripted_support_model:", True),
+        ("refund", False),  # told to the model: its receipt id is in the run's messages
+        ("function:scripted_support_model:", True),
+        ("flaky", True),  # attempt 1 failed, attempt 2 got the same receipt back: listed once
+        ("function:scripted_support_model:", True),
+    ]
+    (flaky,) = [s for s in app.governed_support.interceptor.get_workflow_receipt(workflow_id).steps if s.tool_name == "flaky"]
+    assert flaky.attempts == [1, 2] and flaky.receipt_id == ids[3]
+
+
 async def test_governed_history_replays_and_adds_no_activity(client, chio):
     await issue(chio, MODEL, grant("support"), grant("bare"), DOCS_LIST)
     async with worker(client) as tq:

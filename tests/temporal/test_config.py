@@ -168,7 +168,7 @@ def test_pending_receipts_are_bounded_oldest_dropped_with_a_warning(caplog) -> N
     with caplog.at_level("WARNING", logger="chio_temporal"):
         ic.finalize_workflow(workflow_id="wf-1", run_id="r1", outcome="success")
         ic.finalize_workflow(workflow_id="wf-2", run_id="r2", outcome="success")
-        ic.finalize_workflow(workflow_id="wf-1", run_id="r1", outcome="failure")  # touched: most recent now
+        ic.finalize_workflow(workflow_id="wf-1", run_id="r1", outcome="success")  # touched (same outcome: idempotent): most recent now
         assert caplog.records == []
         ic.finalize_workflow(workflow_id="wf-3", run_id="r3", outcome="success")
     assert [(r.workflow_id, r.run_id) for r in ic.pending_workflow_receipts()] == [("wf-1", "r1"), ("wf-3", "r3")]

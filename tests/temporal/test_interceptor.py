@@ -97,10 +97,17 @@ async def test_no_grant_registered_fails_closed(client: Client, chio, uid) -> No
     async with running(make_worker(client, tq, [ic])):
         err = await outcome(await start_plan(client, tq, wid, plan(("debit_account", ["a", 1]))))
     details = denial(err)
-    assert details["guard"] == "workflow-grant" and details["receipt_id"] is None
+    assert details["guard"] == "workflow-grant"
     assert "register_workflow_grant" in details["reason"] and wid in str(err)
     assert workflows.CALLS == []
-    assert chio.kernel.list_receipts() == []  # the kernel was not even asked
+    # issue 12 §2: no capability to evaluate, yet the denied attempt is a signed receipt in the chain
+    [receipt] = chio.kernel.list_receipts()
+    assert details["receipt_id"] == receipt.id and receipt.decision.is_denied
+    assert (receipt.capability_id, receipt.tool_server, receipt.tool_name, receipt.decision.guard) == (
+        "", "bank", "debit_account", "workflow-grant")
+    assert chio.kernel.verify_receipt(receipt) and chio.kernel.verify_chain().ok
+    [step] = ic.get_workflow_receipt(wid).steps
+    assert step.receipt_id == receipt.id and step.verdict == "deny"
 
 
 @pytest.mark.parametrize(
@@ -265,7 +272,12 @@ async def test_grant_override_not_a_subset_is_a_config_error(client: Client, chi
     assert isinstance(err, ApplicationError) and err.type == "ChioTemporalConfigError" and err.non_retryable
     assert "not a subset" in str(err) and other.capability_id in str(err)
     assert workflows.CALLS == []
-    assert chio.kernel.list_receipts() == []
+    # issue 12 §2: the refused attempt is a signed deny in the chain, under the workflow's capability
+    [receipt] = chio.kernel.list_receipts()
+    assert (receipt.capability_id, receipt.tool_name, receipt.decision.guard) == (
+        grant.capability_id, "credit_account", "grant-override")
+    assert receipt.decision.is_denied and chio.kernel.verify_receipt(receipt) and chio.kernel.verify_chain().ok
+    assert [s.receipt_id for s in ic.get_workflow_receipt(wid).steps] == [receipt.id]
 
 
 async def test_concurrent_workflows_keep_separate_envelopes(client: Client, chio, uid) -> None:
@@ -469,7 +481,9 @@ async def test_independent_subset_override_is_a_config_error(client: Client, chi
         err = await outcome(await start_plan(client, tq, wid, plan(("credit_account", ["a", 1]), max_attempts=3)))
     assert isinstance(err, ApplicationError) and err.type == "ChioTemporalConfigError" and err.non_retryable
     assert "not derived from" in str(err) and independent.capability_id in str(err) and grant.capability_id in str(err)
-    assert workflows.CALLS == [] and chio.kernel.list_receipts() == []
+    assert workflows.CALLS == []
+    [receipt] = chio.kernel.list_receipts()  # the refused attempt, signed (issue 12 §2)
+    assert receipt.decision.guard == "grant-override" and receipt.capability_id == grant.capability_id
 
 
 async def test_revoking_the_workflow_capability_stops_a_derived_override(client: Client, chio, uid) -> None:

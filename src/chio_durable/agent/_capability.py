@@ -34,6 +34,7 @@ from chio_durable.agent._denials import (
     DenyErrorFactory,
     GovernedRecord,
     default_deny_error,
+    run_receipt_ids,
     denied_tool_message,
     permission_error,
 )
@@ -176,8 +177,10 @@ class ChioGovernance(TransportSlot, AbstractCapability[Any]):
         return list(self._records.get(run_id, ()))
 
     def receipt_ids_of(self, run: Any) -> list[str]:
-        """The receipt ids of one run's evaluations, in order."""
-        return [r.receipt_id for r in self.receipts_of(run) if r.receipt_id is not None]
+        """The receipt ids of every decision on a call of one run (model requests, tool and MCP tool
+        calls), allow and deny, in call order, each once; MCP listings are in :meth:`receipts_of`.
+        The same meaning as ``ChioTemporalAgent.receipt_ids_of``."""
+        return run_receipt_ids(self.receipts_of(run))
 
     def _start_run(self, run_id: str | None) -> None:
         if run_id is None:

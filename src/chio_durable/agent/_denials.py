@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import re
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -15,6 +16,8 @@ __all__ = [
     "GovernedRecord",
     "denied_tool_message",
     "permission_error",
+    "receipt_id_in_denied_message",
+    "run_receipt_ids",
 ]
 
 
@@ -86,3 +89,32 @@ def denied_tool_message(evaluation: Evaluation) -> str:
         f"(Chio guard '{guard}': {reason}; receipt {evaluation.receipt_id}). "
         "Do not retry this call; continue without it or tell the user it is not permitted."
     )
+
+
+_DENIED_RECEIPT = re.compile(r"^Permission denied: the call to .*; receipt (\S+)\)\. Do not retry this call", re.S)
+
+
+def receipt_id_in_denied_message(text: object) -> str | None:
+    """The receipt id in a :func:`denied_tool_message` (what the model was told), else ``None``.
+
+    The message is the only trace a told deny leaves in a run's messages (pydantic-ai's failed tool
+    result has no metadata); its format and this parser live side by side.
+    """
+    if not isinstance(text, str):
+        return None
+    match = _DENIED_RECEIPT.match(text)
+    rid = match.group(1) if match else None
+    return rid if rid and rid != "None" else None
+
+
+def run_receipt_ids(records: Iterable[Decision]) -> list[str]:
+    """THE meaning of ``receipt_ids_of(result)`` on both engines: the receipt ids of every decision
+    on a call of the run (model requests, tool and MCP tool calls), allow and deny, in call order,
+    each once (a retried call gets its receipt back and is not listed twice). MCP listings are not
+    calls of the run's messages: they are in ``receipts_of`` (Prefect) and the envelope (Temporal)."""
+    ids: dict[str, None] = {}
+    for record in records:
+        if record.call.kind == "mcp_list" or record.receipt_id is None:
+            continue
+        ids.setdefault(record.receipt_id, None)
+    return list(ids)

@@ -563,6 +563,29 @@ def create_app(
         return _json(_dump_receipt(receipt))
 
     @endpoint
+    async def record_denial(request: Request) -> Response:
+        """A signed deny receipt for a call a layer refused before evaluation (chio_kernel._denials)."""
+        data = await _read_object(request)
+        capability_id = data.get("capability_id", "")
+        if capability_id != "":
+            capability_id = _req_str(data, "capability_id", max_len=256)
+        tool_server = data.get("tool_server", "")
+        if tool_server != "":
+            tool_server = _req_str(data, "tool_server")
+        tool_name = _req_str(data, "tool_name")
+        guard = _req_str(data, "guard", max_len=128)
+        reason = _req_str(data, "reason", max_len=8192)
+        parameters = data.get("parameters", {})
+        if not isinstance(parameters, dict):
+            raise ApiError(422, "invalid_request", "'parameters' must be a JSON object of named arguments")
+        envelope = _model(ChioScope, data["envelope"], "envelope") if data.get("envelope") is not None else None
+        receipt = await run_in_threadpool(
+            k.record_denial, capability_id, tool_server, tool_name, parameters,
+            guard=guard, reason=reason, envelope=envelope,
+        )
+        return _json(_dump_receipt(receipt))
+
+    @endpoint
     async def verify_receipt(request: Request) -> Response:
         data = await _read_object(request)
         receipt = _model(ChioReceipt, data, "receipt")
@@ -652,6 +675,7 @@ def create_app(
         Route("/v1/capabilities/{capability_id}", get_capability, methods=["GET"]),
         Route("/v1/capabilities/{capability_id}/revoke", revoke_capability, methods=["POST"]),
         Route("/v1/evaluate", evaluate, methods=["POST"]),
+        Route("/v1/receipts/denials", record_denial, methods=["POST"]),
         Route("/v1/receipts/verify", verify_receipt, methods=["POST"]),
         Route("/v1/receipts/verify-chain", verify_chain, methods=["GET"]),
         Route("/v1/receipts", list_receipts, methods=["GET"]),

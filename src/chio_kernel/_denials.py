@@ -1,0 +1,113 @@
+"""Signed deny receipts for decisions a layer takes before a capability can be evaluated.
+
+A Prefect task outside its flow's envelope, a task with no capability anywhere, a Temporal activity
+of a workflow with no grant, an override grant that is not the workflow's: each is refused before
+(or instead of) a kernel evaluation. :func:`record_denial` makes each one a signed, chained deny
+receipt all the same, so an auditor reading the chain sees every attempt (docs/kernel.md).
+
+What the kernel itself checks before signing:
+
+* the guard is not one of the kernel's own (``scope``, ``signature``...): a layer cannot sign a
+  deny in the kernel's name for a check the kernel did not make;
+* with ``envelope`` (the scope the layer says the call is outside of), the kernel decides: it
+  signs only if no grant of ``envelope`` covers ``tool_server/tool_name`` (``*`` matches anything),
+  else it refuses (:class:`KernelInputError`): the layer must evaluate the call instead;
+* the inputs are the same as for an evaluation (JSON parameters, bounded ids). ``capability_id``
+  (and ``tool_server``) may be ``""`` when the call had none at all.
+
+The receipt is an ordinary deny receipt (verdict ``deny``, the named guard and reason, the
+capability's policy hash, or the genesis hash without a capability), appended to the same chain.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import TYPE_CHECKING, Any
+
+from chio_sdk.models import ChioReceipt, ChioScope, Operation
+
+from chio_kernel._errors import KernelInputError
+from chio_kernel._policy import Deny
+
+if TYPE_CHECKING:
+    from chio_kernel._kernel import Kernel
+
+__all__ = ["KERNEL_GUARDS", "record_denial"]
+
+KERNEL_GUARDS = frozenset(
+    {
+        "signature", "time", "revocation", "scope", "constraints", "max_invocations", "cost", "rate-limit-guard",
+        # approvals (merged on main alongside this change): only the kernel's approval flow names them
+        "approval", "approval-denied", "approval-unknown",
+    }
+)
+"""Guards only the kernel's own evaluation may name."""
+
+
+def _envelope_covers(envelope: ChioScope, tool_server: str, tool_name: str, operation: Operation) -> bool:
+    return any(
+        grant.server_id in ("*", tool_server) and grant.tool_name in ("*", tool_name) and operation in grant.operations
+        for grant in envelope.grants
+    )
+
+
+def record_denial(
+    kernel: Kernel,
+    capability_id: str,
+    tool_server: str,
+    tool_name: str,
+    parameters: dict[str, Any],
+    *,
+    guard: str,
+    reason: str,
+    envelope: ChioScope | None = None,
+    operation: Operation = Operation.INVOKE,
+) -> ChioReceipt:
+    """Sign and chain a deny receipt for a decision taken before evaluation (see the module doc)."""
+    from chio_kernel._coerce import _require_str  # the kernel's own input checks
+    from chio_kernel._kernel import _EvalRequest
+    from chio_kernel._receipts import _chain_dumps
+    from chio_kernel.canonical import canonical_json_str
+    from chio_kernel._store import GENESIS_HASH
+
+    if not isinstance(guard, str) or not guard.strip() or len(guard) > 128:
+        raise KernelInputError(f"guard must be a non-empty name of at most 128 characters, got {guard!r}")
+    if guard in KERNEL_GUARDS:
+        raise KernelInputError(
+            f"guard {guard!r} is one of the kernel's own; evaluate the call (Kernel.evaluate) for a "
+            f"{guard!r} decision instead of recording one"
+        )
+    if not isinstance(reason, str) or not reason.strip():
+        raise KernelInputError("reason must say, in words, why the call was denied")
+    if capability_id != "":
+        _require_str("capability_id", capability_id, max_len=256)
+    if tool_server != "":  # "" when the call had no tool server either
+        _require_str("tool_server", tool_server, max_len=1024)
+    _require_str("tool_name", tool_name, max_len=1024)
+    if not isinstance(parameters, dict):
+        raise KernelInputError("parameters must be a dict of parameter name -> JSON value")
+    if envelope is not None:
+        if not isinstance(envelope, ChioScope):
+            envelope = ChioScope.model_validate(envelope)
+        if _envelope_covers(envelope, tool_server, tool_name, operation):
+            raise KernelInputError(
+                f"the envelope grants {tool_server}/{tool_name} ({operation.value}): not a {guard!r} deny; "
+                "evaluate the call instead"
+            )
+    try:
+        params_text = canonical_json_str(parameters)
+        params_ascii = _chain_dumps(parameters)
+    except (TypeError, ValueError) as err:
+        raise KernelInputError(f"parameters are not JSON-able: {err}") from None
+    req = _EvalRequest(
+        capability_id, tool_server, tool_name, operation, json.loads(params_ascii), params_text, params_ascii,
+        hashlib.sha256(params_text.encode("utf-8")).hexdigest(), None, None, None,
+    )
+    with kernel._write() as st:
+        cap = kernel._load_cap(st, capability_id) if capability_id else None
+        head_seq, prev_hash = st.chain_head()
+        return kernel._append_receipt(
+            st, head_seq, prev_hash, kernel._clock(), req, Deny(guard, reason.strip()),
+            cap.policy_hash if cap is not None else GENESIS_HASH,
+        )
