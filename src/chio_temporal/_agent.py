@@ -498,6 +498,9 @@ class ChioTemporalAgent(WrapperAgent[AgentDepsT, OutputDataT]):
         non_retryable_model_errors: pydantic-ai's ``TemporalDurability`` options, passed straight
             through when this class makes a plain ``Agent`` durable. (Per-tool activity config stays
             where pydantic-ai puts it: ``metadata={"temporal": ActivityConfig(...)}`` on the tool.)
+        search_attributes: upsert ``ChioCapabilityId`` / ``ChioDenyCount`` on the workflows of a
+            worker built with :attr:`plugin` (opt-in: register them on the namespace first and check
+            with ``await chio_temporal.require_search_attributes(client)``; ``docs/temporal.md``).
     """
 
     def __init__(
@@ -522,6 +525,7 @@ class ChioTemporalAgent(WrapperAgent[AgentDepsT, OutputDataT]):
         toolset_activity_config: dict[str, ActivityConfig] | None = None,
         run_context_type: type[TemporalRunContext[AgentDepsT]] | None = None,
         non_retryable_model_errors: Sequence[type[Exception]] = (),
+        search_attributes: bool = False,
     ) -> None:
         if on_deny not in ("tell_model", "raise"):
             raise ChioTemporalConfigError(f"on_deny= must be 'tell_model' or 'raise', got {on_deny!r}")
@@ -615,6 +619,9 @@ class ChioTemporalAgent(WrapperAgent[AgentDepsT, OutputDataT]):
         }
         self._on_deny: OnDeny = on_deny
         self.agent_name: str = agent_name
+        # Opt-in Chio search attributes (chio_temporal._search_attributes); they must be registered
+        # on the namespace: `await require_search_attributes(client)` where the worker is built.
+        self.search_attributes = bool(search_attributes)
 
     # --- the worker side, built on first use ----------------------------------------------------
     # Workflow modules are re-executed by Temporal's sandbox for every run, so building this object
@@ -652,9 +659,16 @@ class ChioTemporalAgent(WrapperAgent[AgentDepsT, OutputDataT]):
             self._plugin = _GovernedAgentPlugin(
                 f"ChioTemporalAgent:{self.agent_name}",
                 activities=self._add_activities,
-                interceptors=[self.interceptor],
+                interceptors=[*self._search_attribute_interceptors(), self.interceptor],
             )
         return self._plugin
+
+    def _search_attribute_interceptors(self) -> list[Any]:
+        if not self.search_attributes:
+            return []
+        from chio_temporal._search_attributes import ChioSearchAttributes
+
+        return [ChioSearchAttributes(self.interceptor)]
 
     @staticmethod
     def _reject_options(given: Mapping[str, Any], owner: str) -> None:
