@@ -22,6 +22,12 @@ from chio_temporal.interceptor import (
     current_receipt_id,
 )
 from chio_temporal.receipt import WorkflowReceipt, WorkflowStepReceipt
+from chio_temporal._search_attributes import (
+    SEARCH_ATTRIBUTES,
+    ChioSearchAttributes,
+    require_search_attributes,
+    set_pending_approval,
+)
 from chio_temporal.worker import build_chio_worker
 from chio_temporal._devserver import release_temporal_clients, run_temporal, temporal_cli_path
 
@@ -32,10 +38,12 @@ if TYPE_CHECKING:
 __all__ = [
     "DENIED_ERROR_TYPE",
     "REJECTED_ERROR_TYPE",
+    "SEARCH_ATTRIBUTES",
     "SIDECAR_ERROR_TYPE",
     "ActivityCall",
     "ActivityGrantOverride",
     "ChioActivityInterceptor",
+    "ChioSearchAttributes",
     "ChioTemporalAgent",
     "ChioTemporalConfigError",
     "ChioTemporalError",
@@ -46,7 +54,9 @@ __all__ = [
     "current_evaluation",
     "current_receipt_id",
     "release_temporal_clients",
+    "require_search_attributes",
     "run_temporal",
+    "set_pending_approval",
     "temporal_cli_path",
 ]
 

@@ -125,3 +125,19 @@ async def test_worker_refused_on_a_namespace_without_them(client: Client, chio: 
     for command in create_commands(namespace):
         assert command in message
     assert "--name ChioDenyCount --type Int" in message
+
+
+def test_agent_flag_adds_the_interceptor_with_the_agents_capability(chio_home: Path) -> None:
+    from pydantic_ai import Agent
+    from pydantic_ai.models.test import TestModel
+
+    from chio_temporal import ChioTemporalAgent
+
+    kernel = LocalChioClient(data_dir=chio_home)
+    off = ChioTemporalAgent(Agent(TestModel(), name="sa-off"), capability_id="cap-a", chio_client=kernel)
+    assert not any(isinstance(i, ChioSearchAttributes) for i in off.plugin.interceptors)  # type: ignore[attr-defined]
+    on = ChioTemporalAgent(
+        Agent(TestModel(), name="sa-on"), capability_id="cap-a", chio_client=kernel, search_attributes=True
+    )
+    [sa] = [i for i in on.plugin.interceptors if isinstance(i, ChioSearchAttributes)]  # type: ignore[attr-defined]
+    assert sa.governing is on.interceptor and sa.capability_of("any-workflow", "any-run") == "cap-a"
