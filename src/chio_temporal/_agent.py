@@ -41,6 +41,7 @@ How it holds the line (docs/temporal_agent.md has the details):
 from __future__ import annotations
 
 import inspect
+import logging
 import typing
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from contextlib import asynccontextmanager
@@ -64,12 +65,15 @@ from temporalio.worker import ExecuteActivityInput
 from temporalio.workflow import ActivityConfig
 
 from chio_durable.agent import CallMapper, ChioGovernance, OnDeny, denied_tool_message, receipt_scope
+from chio_durable.agent._denials import denied_listing_message
 from chio_durable._transport import ChioClientLike, is_client
 from chio_durable._evaluation import Evaluation
 from chio_temporal._agent_activities import AgentActivity, classify_activity, governed_call
 from chio_temporal._seams import agent_with_capability, registered_activity_name, replace_in_live_list
 from chio_temporal.errors import CONFIG_ERROR_TYPE, ChioTemporalConfigError
 from chio_temporal.grants import WorkflowGrant
+
+log = logging.getLogger("chio_temporal.agent")
 from chio_temporal.interceptor import (
     DEFAULT_MAX_PENDING_RECEIPTS,
     ActivityCall,
@@ -434,8 +438,14 @@ class ChioAgentActivityInterceptor(ChioActivityInterceptor):
         if activity is None or activity.kind in ("model", "operation") or self.on_deny == "raise":
             return await super().on_denied(info, input, call, evaluation)
         if activity.kind == "mcp_list":
-            # The server's tools (or instructions) are hidden from the model; the receipt is recorded.
-            return {} if activity.operation == "get_tools" else None
+            # The server's tools are hidden from the model; its instructions become the deny naming
+            # the missing grant (as ChioGovernance does off Temporal); the receipt is recorded.
+            message = denied_listing_message(evaluation)
+            if activity.operation == "get_tools":
+                log.warning("chio: listing %s/%s denied (receipt %s): %s", call.tool_server, call.tool_name,
+                            evaluation.receipt_id, message)
+                return {}
+            return message
         return await _tool_failed_result(denied_tool_message(evaluation))
 
 

@@ -34,6 +34,7 @@ from chio_durable.agent._denials import (
     DenyErrorFactory,
     GovernedRecord,
     default_deny_error,
+    denied_listing_message,
     denied_tool_message,
     permission_error,
 )
@@ -345,10 +346,28 @@ class GovernedToolset(WrapperToolset[Any]):
         if not record.allowed:
             if gov.on_deny == "raise":
                 raise gov.denied(record)
-            log.info("chio: listing %s denied (receipt %s); its tools are hidden", call.label, record.receipt_id)
+            log.warning(
+                "chio: listing %s denied (receipt %s); the model is told its tools are not available: %s",
+                call.label, record.receipt_id, denied_listing_message(record.evaluation),
+            )
             return {}
         with receipt_scope(record.receipt_id):
             return await self.wrapped.get_tools(ctx)
+
+    async def get_instructions(self, ctx: RunContext[Any]) -> Any:
+        # pydantic-ai lists tools (get_tools) before it gathers instructions for a model request:
+        # after a denied listing of this MCP server, tell the model which grant is missing instead of
+        # the server's own instructions (reading those is a listing-class call that was denied).
+        if self.kind == "mcp":
+            denied = self._denied_listing(ctx)
+            if denied is not None:
+                return denied_listing_message(denied.evaluation)
+        return await super().get_instructions(ctx)
+
+    def _denied_listing(self, ctx: RunContext[Any]) -> GovernedRecord | None:
+        position = f"list#{self.server_id}"
+        records = [r for r in self.governance.receipts_of(ctx.run_id) if r.position == position] if ctx.run_id else []
+        return records[-1] if records and not records[-1].allowed else None
 
     async def call_tool(
         self, name: str, tool_args: dict[str, Any], ctx: RunContext[Any], tool: ToolsetTool[Any]

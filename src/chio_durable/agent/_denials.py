@@ -13,6 +13,7 @@ __all__ = [
     "DenyErrorFactory",
     "GovernanceDenied",
     "GovernedRecord",
+    "denied_listing_message",
     "denied_tool_message",
     "permission_error",
 ]
@@ -85,4 +86,21 @@ def denied_tool_message(evaluation: Evaluation) -> str:
         f"Permission denied: the call to {evaluation.tool_server}/{evaluation.tool_name} was not run "
         f"(Chio guard '{guard}': {reason}; receipt {evaluation.receipt_id}). "
         "Do not retry this call; continue without it or tell the user it is not permitted."
+    )
+
+
+def denied_listing_message(evaluation: Evaluation) -> str:
+    """What the model (as instructions) and the user (a WARNING) are told when an MCP listing is denied.
+
+    A denied listing hides the whole server (``on_deny="tell_model"``): without this, the model only
+    meets "Unknown tool name" when it tries one of the server's tools. Names the missing grant.
+    Deterministic for a given decision (no time, no receipt id), so a replayed run says the same.
+    """
+    server = evaluation.tool_server
+    guard = evaluation.guard or "policy"
+    return (
+        f"The tools of MCP server '{server}' are not available in this run: Chio denied listing them "
+        f"(guard '{guard}'). Using any tool of '{server}' needs the grant "
+        f"'{server}/{evaluation.tool_name}' (listing the server) besides the grant for that tool; "
+        "do not try to call its tools, and tell the user if they are needed."
     )
