@@ -33,6 +33,7 @@ from chio_durable.agent._mapping import (
     settings_digest,
 )
 from chio_durable.agent._display import records_html, records_table
+from chio_durable.agent._models import model_setup_problem
 
 __all__ = [
     "AGENT_TOOLSET_ID",
@@ -50,6 +51,7 @@ __all__ = [
     "current_receipt_id",
     "denied_tool_message",
     "messages_digest",
+    "model_setup_problem",
     "parameter_hash",
     "receipt_scope",
     "records_html",
