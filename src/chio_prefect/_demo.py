@@ -125,7 +125,7 @@ def run_demo(console: Any, data_dir: Path) -> None:
     result = governed.run_sync("How do durable agents survive crashes?")
     console.print(escape(result.output), highlight=False)
     records = governed.receipts_of(result)
-    console.print(records_table(records, title="receipts of the run (model, tool calls)", compact=True))
+    console.print(records_table(records, title="receipts of the run (model, tool calls)"))
     denied = [r for r in records if not r.allowed]
     if [r.call.label for r in denied] != ["researcher/fetch"]:
         raise RuntimeError(f"expected exactly the fetch outside *.example.org to be denied, got {denied}")

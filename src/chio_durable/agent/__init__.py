@@ -32,7 +32,7 @@ from chio_durable.agent._mapping import (
     parameter_hash,
     settings_digest,
 )
-from chio_durable.agent._display import records_html, records_table
+from chio_durable.agent._display import ReceiptTable, records_html, records_table
 from chio_durable.agent._models import model_setup_problem
 
 __all__ = [
@@ -48,6 +48,7 @@ __all__ = [
     "GovernedRecord",
     "GovernedToolset",
     "OnDeny",
+    "ReceiptTable",
     "current_receipt_id",
     "denied_tool_message",
     "messages_digest",

@@ -26,6 +26,12 @@ class GovernedRecord(Decision):
     run_id: str | None
     position: str
 
+    def _repr_html_(self) -> str:
+        """One row of the receipt table (the same table on every engine: ``ReceiptTable``)."""
+        from chio_durable.agent._display import records_html
+
+        return records_html([self])
+
 
 class GovernanceDenied(Exception):
     """The ``__cause__`` of the ``PermissionError`` a denied agent call raises (engine-neutral default).
