@@ -296,10 +296,11 @@ def _govern_toolset(toolset: AbstractToolset[Any], governance: ChioGovernance) -
         return toolset
     leaf = _single_leaf(toolset)
     if leaf is not None:
-        return GovernedToolset(
+        mcp = _is_mcp_toolset(leaf)
+        return (GovernedMCPToolset if mcp else GovernedToolset)(
             wrapped=toolset,
             governance=governance,
-            kind="mcp" if _is_mcp_toolset(leaf) else "tool",
+            kind="mcp" if mcp else "tool",
             leaf_id=leaf.id,
             leaf_label=leaf.label,
         )
@@ -354,20 +355,6 @@ class GovernedToolset(WrapperToolset[Any]):
         with receipt_scope(record.receipt_id):
             return await self.wrapped.get_tools(ctx)
 
-    async def get_instructions(self, ctx: RunContext[Any]) -> Any:
-        # pydantic-ai lists tools (get_tools) before it gathers instructions for a model request:
-        # after a denied listing of this MCP server, tell the model which grant is missing instead of
-        # the server's own instructions (reading those is a listing-class call that was denied).
-        if self.kind == "mcp":
-            denied = self._denied_listing(ctx)
-            if denied is not None:
-                return denied_listing_message(denied.evaluation)
-        return await super().get_instructions(ctx)
-
-    def _denied_listing(self, ctx: RunContext[Any]) -> GovernedRecord | None:
-        position = f"list#{self.server_id}"
-        records = [r for r in self.governance.receipts_of(ctx.run_id) if r.position == position] if ctx.run_id else []
-        return records[-1] if records and not records[-1].allowed else None
 
     async def call_tool(
         self, name: str, tool_args: dict[str, Any], ctx: RunContext[Any], tool: ToolsetTool[Any]
@@ -389,3 +376,27 @@ class GovernedToolset(WrapperToolset[Any]):
             raise ToolFailed(denied_tool_message(record.evaluation))
         with receipt_scope(record.receipt_id):
             return await self.wrapped.call_tool(name, tool_args, ctx, tool)
+
+
+@dataclass
+class GovernedMCPToolset(GovernedToolset):
+    """A :class:`GovernedToolset` around an MCP server: after a denied listing, the model is told why.
+
+    A subclass (not a branch of ``GovernedToolset``) so that only MCP servers author instructions
+    here: pydantic-ai treats a wrapper that overrides ``get_instructions`` as the author of its
+    subtree's instructions, which function toolsets must not change.
+    """
+
+    async def get_instructions(self, ctx: RunContext[Any]) -> Any:
+        # pydantic-ai lists tools (get_tools) before it gathers instructions for a model request:
+        # after a denied listing of this MCP server, tell the model which grant is missing instead of
+        # the server's own instructions (reading those is a listing-class call that was denied).
+        denied = self._denied_listing(ctx)
+        if denied is not None:
+            return denied_listing_message(denied.evaluation)
+        return await super().get_instructions(ctx)
+
+    def _denied_listing(self, ctx: RunContext[Any]) -> GovernedRecord | None:
+        position = f"list#{self.server_id}"
+        records = [r for r in self.governance.receipts_of(ctx.run_id) if r.position == position] if ctx.run_id else []
+        return records[-1] if records and not records[-1].allowed else None
