@@ -85,3 +85,14 @@ async def test_with_the_listing_granted_no_deny_is_told(chio: LocalChioClient) -
     assert result.output == "done" and seen.get("ran") is True
     assert seen["tools"][0] == ["read_note"]
     assert all("not available" not in text for text in seen["instructions"])
+
+
+def test_a_listing_denied_for_another_reason_does_not_claim_a_missing_grant() -> None:
+    from chio_durable import Evaluation
+    from chio_durable.agent._denials import denied_listing_message
+
+    revoked = Evaluation(False, "rcpt-1", "cap", "notes", MCP_LIST_TOOL, guard="revocation", reason="cap was revoked")
+    text = denied_listing_message(revoked)
+    assert "revocation" in text and "cap was revoked" in text and "needs the grant" not in text
+    scope = Evaluation(False, "rcpt-2", "cap", "notes", MCP_LIST_TOOL, guard="scope", reason="no grant")
+    assert "needs the grant 'notes/list_tools'" in denied_listing_message(scope)

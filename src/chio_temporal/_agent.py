@@ -65,7 +65,7 @@ from temporalio.worker import ExecuteActivityInput
 from temporalio.workflow import ActivityConfig
 
 from chio_durable.agent import CallMapper, ChioGovernance, OnDeny, denied_tool_message, receipt_scope
-from chio_durable.agent._denials import denied_listing_message
+from chio_durable.agent._denials import denied_listing_message, listing_deny_is_a_missing_grant
 from chio_durable._transport import ChioClientLike, is_client
 from chio_durable._evaluation import Evaluation
 from chio_temporal._agent_activities import AgentActivity, classify_activity, governed_call
@@ -442,8 +442,9 @@ class ChioAgentActivityInterceptor(ChioActivityInterceptor):
             # the missing grant (as ChioGovernance does off Temporal); the receipt is recorded.
             message = denied_listing_message(evaluation)
             if activity.operation == "get_tools":
-                log.warning("chio: listing %s/%s denied (receipt %s): %s", call.tool_server, call.tool_name,
-                            evaluation.receipt_id, message)
+                level = logging.WARNING if listing_deny_is_a_missing_grant(evaluation) else logging.INFO
+                log.log(level, "chio: listing %s/%s denied (receipt %s): %s", call.tool_server, call.tool_name,
+                        evaluation.receipt_id, message)
                 return {}
             return message
         return await _tool_failed_result(denied_tool_message(evaluation))

@@ -36,6 +36,7 @@ from chio_durable.agent._denials import (
     default_deny_error,
     denied_listing_message,
     denied_tool_message,
+    listing_deny_is_a_missing_grant,
     permission_error,
 )
 from chio_durable._call import GovernedCall, call_key
@@ -347,7 +348,8 @@ class GovernedToolset(WrapperToolset[Any]):
         if not record.allowed:
             if gov.on_deny == "raise":
                 raise gov.denied(record)
-            log.warning(
+            log.log(
+                logging.WARNING if listing_deny_is_a_missing_grant(record.evaluation) else logging.INFO,
                 "chio: listing %s denied (receipt %s); the model is told its tools are not available: %s",
                 call.label, record.receipt_id, denied_listing_message(record.evaluation),
             )

@@ -104,9 +104,16 @@ def denied_listing_message(evaluation: Evaluation) -> str:
     """
     server = evaluation.tool_server
     guard = evaluation.guard or "policy"
+    head = f"The tools of MCP server '{server}' are not available in this run: Chio denied listing them"
+    tail = "do not try to call its tools, and tell the user if they are needed."
+    if guard != "scope":  # revoked, expired, out of budget...: not a missing grant
+        return f"{head} (guard '{guard}': {evaluation.reason or 'not permitted'}); {tail}"
     return (
-        f"The tools of MCP server '{server}' are not available in this run: Chio denied listing them "
-        f"(guard '{guard}'). Using any tool of '{server}' needs the grant "
-        f"'{server}/{evaluation.tool_name}' (listing the server) besides the grant for that tool; "
-        "do not try to call its tools, and tell the user if they are needed."
+        f"{head} (guard 'scope'). Using any tool of '{server}' needs the grant "
+        f"'{server}/{evaluation.tool_name}' (listing the server) besides the grant for that tool; {tail}"
     )
+
+
+def listing_deny_is_a_missing_grant(evaluation: Evaluation) -> bool:
+    """A listing denied for scope: a configuration gap the user must see (logged at WARNING)."""
+    return evaluation.guard == "scope"
