@@ -1,8 +1,8 @@
 """The governed Prefect agent, offline: a scripted research agent for demos, examples and notebooks.
 
 ``run_demo(console, data_dir)`` is the "Prefect agent" section of ``chio-durable demo``. The
-pieces it uses are public so the example (``examples/prefect_governed_agent.py``) and the notebook
-(``notebooks/prefect_agent.ipynb``) run the same scripted agent:
+pieces it uses are public so the example (``examples/prefect_governed_agent.py``) runs the same
+scripted agent (the notebook, ``notebooks/prefect_agent.ipynb``, defines its own, to show how):
 
 * :func:`scripted_research_model` — a ``FunctionModel`` (clearly a script, no LLM): it searches,
   fetches two of the results (one on an allowed domain, one not), then answers;

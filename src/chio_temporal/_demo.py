@@ -1,6 +1,6 @@
 """The governed Temporal agent, shown end to end: ``chio-durable demo``'s Temporal section.
 
-Also the shared pieces the notebook (``notebooks/temporal_agent.ipynb``) and the benchmark
+Also the shared pieces the benchmark
 (``benchmarks/bench_temporal_agent.py``) run: a **scripted** model (a ``FunctionModel``, not an LLM:
 the prompt is a plan of tool calls ``"lookup_order:A-1,refund_order:A-1"``; after the plan it answers
 with the tool results), two tools, an in-process FastMCP docs server, two durable agents and one
@@ -115,7 +115,7 @@ support_agent = Agent(
     toolsets=[MCPToolset(docs_server, id="docs")],
     capabilities=[TemporalDurability(activity_config=_ACTIVITIES)],
 )
-"""Tools + an MCP server: what the demo and the notebook run."""
+"""Tools + an MCP server: what the demo runs."""
 
 orders_agent = Agent(
     FunctionModel(scripted_model),
