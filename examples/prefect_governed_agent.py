@@ -3,6 +3,7 @@
 Offline by default: the model is a *scripted* ``FunctionModel`` (no LLM, no API key) that searches,
 fetches two pages — one on an allowed domain, one not — and answers. With a real model::
 
+    pip install "chio-durable[openai]"
     OPENAI_API_KEY=... python examples/prefect_governed_agent.py --model openai:gpt-4o
 
 What it shows: the embedded Chio kernel (no sidecar), a capability that grants the model, the
@@ -17,6 +18,7 @@ Prefect: set ``PREFECT_API_URL`` to use your server; otherwise Prefect starts a 
 from __future__ import annotations
 
 import argparse
+import sys
 import tempfile
 import uuid
 from collections.abc import Sequence
@@ -24,7 +26,7 @@ from pathlib import Path
 
 from rich.console import Console
 
-from chio_durable.agent import records_table
+from chio_durable.agent import model_setup_problem, records_table
 from chio_kernel import LocalChioClient
 from chio_prefect import ChioPrefectAgent
 from chio_prefect._demo import build_research_agent, research_scope
@@ -38,6 +40,11 @@ def main(argv: Sequence[str] | None = None, console: Console | None = None) -> i
     parser.add_argument("--prompt", default="How do durable agents survive crashes?")
     args = parser.parse_args(argv)
     console = console or Console()
+    if args.model is not None:
+        problem = model_setup_problem(args.model)  # a missing extra or API key: say so, no traceback
+        if problem is not None:
+            print(problem, file=sys.stderr)
+            return 2
     # Prefect's temporary server (no PREFECT_API_URL): a start limit a busy machine meets, no analytics.
     use_local_prefect_defaults()
 

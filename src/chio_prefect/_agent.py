@@ -53,6 +53,7 @@ from chio_durable.agent._capability import REALTIME_REFUSED, _is_mcp_toolset
 from chio_durable._evaluation import Evaluation, KernelRejected
 from chio_durable.agent._mapping import GovernedCall
 from chio_prefect import decorators as _decorators
+from chio_prefect._artifact import collect_decision, flow_run_receipts_async
 from chio_prefect.errors import ChioPermissionError, ChioPrefectError, ChioRequestRejected
 from chio_prefect.events import write_receipt_event
 from chio_prefect._budgets import release_flow_run_holds, with_release_hooks
@@ -141,10 +142,10 @@ def emit_agent_receipt(record: GovernedRecord, ctx: RunContext[Any] | None = Non
         "flow_run_id": str(flow_run.id) if flow_run is not None else None,
         "flow_run_name": flow_run.name if flow_run is not None else None,
     }
-    write_receipt_event(
-        Decision(record.call, record.evaluation, record.idempotency_key,
-                 capability_id=record.evaluation.capability_id, where=where)
-    )
+    decision = Decision(record.call, record.evaluation, record.idempotency_key,
+                        capability_id=record.evaluation.capability_id, where=where)
+    write_receipt_event(decision)
+    collect_decision(decision)  # the flow run's receipt table (chio_prefect._artifact)
 
 
 def _prefect_deny_error(evaluation: Evaluation, call: GovernedCall) -> BaseException:
@@ -364,7 +365,8 @@ class ChioPrefectAgent(WrapperAgent[AgentDepsT, OutputDataT]):
         # A run that ends Failed/Crashed releases its open budget holds (chio_prefect._budgets).
         @flow(name=f"{self._agent_name} Run", **with_release_hooks(self._flow_options, release_flow_run_holds))
         async def chio_agent_run() -> AgentRunResult[Any]:
-            result: AgentRunResult[Any] = await parent_run(user_prompt, **kwargs)
+            async with flow_run_receipts_async():  # the run's receipt table, also on failure
+                result: AgentRunResult[Any] = await parent_run(user_prompt, **kwargs)
             return result
 
         return await chio_agent_run()

@@ -1,8 +1,8 @@
 """The governed Prefect agent, offline: a scripted research agent for demos, examples and notebooks.
 
 ``run_demo(console, data_dir)`` is the "Prefect agent" section of ``chio-durable demo``. The
-pieces it uses are public so the example (``examples/prefect_governed_agent.py``) and the notebook
-(``notebooks/prefect_agent.ipynb``) run the same scripted agent:
+pieces it uses are public so the example (``examples/prefect_governed_agent.py``) runs the same
+scripted agent (the notebook, ``notebooks/prefect_agent.ipynb``, defines its own, to show how):
 
 * :func:`scripted_research_model` — a ``FunctionModel`` (clearly a script, no LLM): it searches,
   fetches two of the results (one on an allowed domain, one not), then answers;
@@ -125,7 +125,7 @@ def run_demo(console: Any, data_dir: Path) -> None:
     result = governed.run_sync("How do durable agents survive crashes?")
     console.print(escape(result.output), highlight=False)
     records = governed.receipts_of(result)
-    console.print(records_table(records, title="receipts of the run (model, tool calls)", compact=True))
+    console.print(records_table(records, title="receipts of the run (model, tool calls)"))
     denied = [r for r in records if not r.allowed]
     if [r.call.label for r in denied] != ["researcher/fetch"]:
         raise RuntimeError(f"expected exactly the fetch outside *.example.org to be denied, got {denied}")

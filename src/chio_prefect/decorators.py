@@ -42,6 +42,7 @@ from chio_durable import KernelRejected, KernelUnavailable, bind_parameters
 from chio_durable._call import GovernedCall, call_key
 from chio_durable._decision import Decision, DecisionObserver, notify
 from chio_durable._denial_record import deny_before_evaluation
+from chio_prefect._artifact import collect_decision, flow_run_receipts, flow_run_receipts_async
 from chio_durable._transport import ChioClientLike, KernelTransport, as_transport, is_client
 from chio_durable._evaluation import Evaluation
 from chio_durable._metering import ToolCost
@@ -281,8 +282,9 @@ class _Call:
         }
 
 
-_observers: list[DecisionObserver] = [write_receipt_event]
-"""Who sees each task decision: the Prefect event writer (``chio.receipt.allow`` / ``.deny``)."""
+_observers: list[DecisionObserver] = [write_receipt_event, collect_decision]
+"""Who sees each task decision: the Prefect event writer (``chio.receipt.allow`` / ``.deny``) and
+the flow run's receipt table (``chio_prefect._artifact``)."""
 
 
 @dataclass(frozen=True)
@@ -918,15 +920,16 @@ def _build_flow(
 
         @functools.wraps(fn)
         async def governed_async(*args: Any, **kwargs: Any) -> Any:
-            with use_flow_governance(config.enter()):
-                return await fn(*args, **kwargs)
+            async with flow_run_receipts_async():
+                with use_flow_governance(config.enter()):
+                    return await fn(*args, **kwargs)
 
         governed = governed_async
     else:
 
         @functools.wraps(fn)
         def governed_sync(*args: Any, **kwargs: Any) -> Any:
-            with use_flow_governance(config.enter()):
+            with flow_run_receipts(), use_flow_governance(config.enter()):
                 return fn(*args, **kwargs)
 
         governed = governed_sync

@@ -22,6 +22,12 @@ from chio_temporal.interceptor import (
     current_receipt_id,
 )
 from chio_temporal.receipt import ENVELOPE_VERSION, WorkflowReceipt, WorkflowStepReceipt
+from chio_temporal._search_attributes import (
+    SEARCH_ATTRIBUTES,
+    ChioSearchAttributes,
+    require_search_attributes,
+    set_pending_approval,
+)
 from chio_temporal.worker import build_chio_worker
 from chio_temporal._budgets import (
     RELEASE_HOLDS_ACTIVITY,
@@ -41,10 +47,12 @@ __all__ = [
     "ENVELOPE_VERSION",
     "REJECTED_ERROR_TYPE",
     "RELEASE_HOLDS_ACTIVITY",
+    "SEARCH_ATTRIBUTES",
     "SIDECAR_ERROR_TYPE",
     "ActivityCall",
     "ActivityGrantOverride",
     "ChioActivityInterceptor",
+    "ChioSearchAttributes",
     "ChioTemporalAgent",
     "ChioTemporalConfigError",
     "ChioTemporalError",
@@ -59,7 +67,9 @@ __all__ = [
     "release_holds_activity",
     "release_holds_on_failure",
     "release_temporal_clients",
+    "require_search_attributes",
     "run_temporal",
+    "set_pending_approval",
     "temporal_cli_path",
 ]
 

@@ -41,6 +41,7 @@ How it holds the line (docs/temporal_agent.md has the details):
 from __future__ import annotations
 
 import inspect
+import logging
 import typing
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from contextlib import asynccontextmanager
@@ -64,7 +65,11 @@ from temporalio.worker import ExecuteActivityInput
 from temporalio.workflow import ActivityConfig
 
 from chio_durable.agent import CallMapper, ChioGovernance, OnDeny, denied_tool_message, receipt_scope
-from chio_durable.agent._denials import receipt_id_in_denied_message
+from chio_durable.agent._denials import (
+    denied_listing_message,
+    listing_deny_is_a_missing_grant,
+    receipt_id_in_denied_message,
+)
 from chio_durable._transport import ChioClientLike, is_client
 from chio_durable._evaluation import Evaluation
 from chio_temporal._agent_activities import (
@@ -81,6 +86,8 @@ from chio_sdk.models import MonetaryAmount
 from chio_temporal._seams import agent_with_capability, registered_activity_name, replace_in_live_list
 from chio_temporal.errors import CONFIG_ERROR_TYPE, ChioTemporalConfigError
 from chio_temporal.grants import WorkflowGrant
+
+log = logging.getLogger("chio_temporal.agent")
 from chio_temporal.interceptor import (
     DEFAULT_MAX_PENDING_RECEIPTS,
     ActivityCall,
@@ -483,8 +490,15 @@ class ChioAgentActivityInterceptor(ChioActivityInterceptor):
         if activity is None or activity.kind in ("model", "operation") or self.on_deny == "raise":
             return await super().on_denied(info, input, call, evaluation)
         if activity.kind == "mcp_list":
-            # The server's tools (or instructions) are hidden from the model; the receipt is recorded.
-            return {} if activity.operation == "get_tools" else None
+            # The server's tools are hidden from the model; its instructions become the deny naming
+            # the missing grant (as ChioGovernance does off Temporal); the receipt is recorded.
+            message = denied_listing_message(evaluation)
+            if activity.operation == "get_tools":
+                level = logging.WARNING if listing_deny_is_a_missing_grant(evaluation) else logging.INFO
+                log.log(level, "chio: listing %s/%s denied (receipt %s): %s", call.tool_server, call.tool_name,
+                        evaluation.receipt_id, message)
+                return {}
+            return message
         return await _tool_failed_result(denied_tool_message(evaluation))
 
 
@@ -554,6 +568,9 @@ class ChioTemporalAgent(WrapperAgent[AgentDepsT, OutputDataT]):
         tool_costs: declared costs of the agent's function tools by tool name: a ``MonetaryAmount``
             or a callable of the tool's arguments. Tool metadata ``{"chio_cost": MonetaryAmount(...)}``
             is read too; a *callable* cannot ride Temporal's serialized tool metadata, so it goes here.
+        search_attributes: upsert ``ChioCapabilityId`` / ``ChioDenyCount`` on the workflows of a
+            worker built with :attr:`plugin` (opt-in: register them on the namespace first and check
+            with ``await chio_temporal.require_search_attributes(client)``; ``docs/temporal.md``).
     """
 
     def __init__(
@@ -580,6 +597,7 @@ class ChioTemporalAgent(WrapperAgent[AgentDepsT, OutputDataT]):
         non_retryable_model_errors: Sequence[type[Exception]] = (),
         model_prices: ModelMetering | ModelPrices | None = None,
         tool_costs: Mapping[str, ToolCost] | None = None,
+        search_attributes: bool = False,
     ) -> None:
         if on_deny not in ("tell_model", "raise"):
             raise ChioTemporalConfigError(f"on_deny= must be 'tell_model' or 'raise', got {on_deny!r}")
@@ -675,6 +693,9 @@ class ChioTemporalAgent(WrapperAgent[AgentDepsT, OutputDataT]):
         }
         self._on_deny: OnDeny = on_deny
         self.agent_name: str = agent_name
+        # Opt-in Chio search attributes (chio_temporal._search_attributes); they must be registered
+        # on the namespace: `await require_search_attributes(client)` where the worker is built.
+        self.search_attributes = bool(search_attributes)
 
     # --- the worker side, built on first use ----------------------------------------------------
     # Workflow modules are re-executed by Temporal's sandbox for every run, so building this object
@@ -712,9 +733,16 @@ class ChioTemporalAgent(WrapperAgent[AgentDepsT, OutputDataT]):
             self._plugin = _GovernedAgentPlugin(
                 f"ChioTemporalAgent:{self.agent_name}",
                 activities=self._add_activities,
-                interceptors=[self.interceptor],
+                interceptors=[*self._search_attribute_interceptors(), self.interceptor],
             )
         return self._plugin
+
+    def _search_attribute_interceptors(self) -> list[Any]:
+        if not self.search_attributes:
+            return []
+        from chio_temporal._search_attributes import ChioSearchAttributes
+
+        return [ChioSearchAttributes(self.interceptor)]
 
     @staticmethod
     def _reject_options(given: Mapping[str, Any], owner: str) -> None:

@@ -1,6 +1,6 @@
 """The governed Temporal agent, shown end to end: ``chio-durable demo``'s Temporal section.
 
-Also the shared pieces the notebook (``notebooks/temporal_agent.ipynb``) and the benchmark
+Also the shared pieces the benchmark
 (``benchmarks/bench_temporal_agent.py``) run: a **scripted** model (a ``FunctionModel``, not an LLM:
 the prompt is a plan of tool calls ``"lookup_order:A-1,refund_order:A-1"``; after the plan it answers
 with the tool results), two tools, an in-process FastMCP docs server, two durable agents and one
@@ -115,7 +115,7 @@ support_agent = Agent(
     toolsets=[MCPToolset(docs_server, id="docs")],
     capabilities=[TemporalDurability(activity_config=_ACTIVITIES)],
 )
-"""Tools + an MCP server: what the demo and the notebook run."""
+"""Tools + an MCP server: what the demo runs."""
 
 orders_agent = Agent(
     FunctionModel(scripted_model),
@@ -137,24 +137,11 @@ class AgentWorkflow:
         return (await AGENTS[agent_name].run(prompt)).output
 
 
-def receipts_table(receipts: list[Any], title: str = "Chio receipts", *, reasons: bool = False) -> Any:
-    """A ``rich`` table of receipts (``chio_sdk`` ``ChioReceipt`` s): id, verdict (guard), call[, reason]."""
-    from rich.table import Table
+def receipts_table(receipts: list[Any], title: str = "Chio receipts") -> Any:
+    """The receipt table of every demo section (``chio_durable.agent.records_table``) for ``ChioReceipt`` s."""
+    from chio_durable.agent._display import records_table
 
-    table = Table(title=title)
-    table.add_column("receipt", no_wrap=True, min_width=41)
-    table.add_column("verdict", no_wrap=True)
-    table.add_column("call (tool_server/tool_name)", overflow="fold")
-    if reasons:
-        table.add_column("reason", overflow="fold")
-    for receipt in receipts:
-        decision = receipt.decision
-        verdict = "[green]allow[/green]" if decision.is_allowed else f"[red]deny[/red] ({decision.guard})"
-        row = [receipt.id, verdict, f"{receipt.tool_server}/{receipt.tool_name}"]
-        if reasons:
-            row.append(decision.reason or "")
-        table.add_row(*row)
-    return table
+    return records_table(receipts, title)
 
 
 async def _demo(console: rich.console.Console, data_dir: pathlib.Path, cli: pathlib.Path) -> None:

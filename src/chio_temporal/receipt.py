@@ -131,6 +131,12 @@ class WorkflowStepReceipt:
     def allowed(self) -> bool:
         return self.verdict == "allow"
 
+    def _repr_html_(self) -> str:
+        """One row of the receipt table (the same table on every engine: ``ReceiptTable``)."""
+        from chio_durable.agent._display import records_html
+
+        return records_html([self])
+
     @classmethod
     def from_decision(cls, decision: Decision) -> WorkflowStepReceipt:
         """The step for one decision on an activity execution (``decision.where["info"]``: its ``Info``)."""
@@ -207,6 +213,13 @@ class WorkflowReceipt:
     @property
     def finalized(self) -> bool:
         return self.outcome is not None
+
+    def _repr_html_(self) -> str:
+        """The envelope's steps as the receipt table (as an agent run's records show on Prefect)."""
+        from chio_durable.agent._display import records_html
+
+        title = f"workflow {self.workflow_id}" + (f" ({self.outcome})" if self.outcome else "")
+        return records_html(self.steps, title)
 
     @property
     def receipt_ids(self) -> list[str]:

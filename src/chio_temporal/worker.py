@@ -13,6 +13,7 @@ from chio_durable._transport import ChioClientLike
 from chio_temporal.errors import ChioTemporalConfigError
 from chio_temporal.grants import WorkflowGrant, fetch_capability, mint_capability
 from chio_temporal.interceptor import ChioActivityInterceptor, ReceiptSink
+from chio_temporal._search_attributes import ChioSearchAttributes, require_search_attributes
 
 __all__ = ["build_chio_worker"]
 
@@ -35,6 +36,7 @@ async def build_chio_worker(
     sidecar_url: str | None = None,
     run_id: str | None = None,
     interceptors: Sequence[Interceptor] = (),
+    search_attributes: bool = False,
     **worker_kwargs: Any,
 ) -> tuple[Worker, ChioActivityInterceptor, WorkflowGrant]:
     """Build a governed Temporal ``Worker``; returns ``(worker, interceptor, grant)``.
@@ -46,6 +48,10 @@ async def build_chio_worker(
     ``default_tool_server``. The chio interceptor is added after any ``interceptors=`` you pass
     (innermost: nothing runs between the decision and the activity body); every other keyword goes
     to ``temporalio.worker.Worker`` unchanged.
+
+    ``search_attributes=True`` upserts ``ChioCapabilityId`` / ``ChioDenyCount`` on each workflow
+    (``chio_temporal._search_attributes``); the namespace is checked first and the worker is refused
+    (naming the ``temporal operator search-attribute create`` commands) if one is not registered.
     """
     if not isinstance(client, Client):
         raise ChioTemporalConfigError(
@@ -96,12 +102,16 @@ async def build_chio_worker(
     )
     grant = WorkflowGrant(workflow_id=workflow_id, token=token, tool_server=default_tool_server, run_id=run_id)
     interceptor.register_workflow_grant(grant)
+    extra: list[Interceptor] = []
+    if search_attributes:
+        await require_search_attributes(client)
+        extra.append(ChioSearchAttributes(interceptor))
     worker = Worker(
         client,
         task_queue=task_queue,
         activities=list(activities),
         workflows=list(workflows),
-        interceptors=[*interceptors, interceptor],
+        interceptors=[*interceptors, *extra, interceptor],
         **worker_kwargs,
     )
     return worker, interceptor, grant

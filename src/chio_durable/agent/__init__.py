@@ -32,7 +32,6 @@ from chio_durable.agent._mapping import (
     parameter_hash,
     settings_digest,
 )
-from chio_durable.agent._display import records_html, records_table
 from chio_durable._metering import (
     COST_METADATA_KEY,
     DEFAULT_MAX_TOKENS,
@@ -41,6 +40,8 @@ from chio_durable._metering import (
     PriceLookup,
     TokenPrice,
 )
+from chio_durable.agent._display import ReceiptTable, records_html, records_table
+from chio_durable.agent._models import model_setup_problem
 
 __all__ = [
     "AGENT_TOOLSET_ID",
@@ -61,9 +62,11 @@ __all__ = [
     "GovernedRecord",
     "GovernedToolset",
     "OnDeny",
+    "ReceiptTable",
     "current_receipt_id",
     "denied_tool_message",
     "messages_digest",
+    "model_setup_problem",
     "parameter_hash",
     "receipt_scope",
     "records_html",

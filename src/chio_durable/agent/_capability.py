@@ -34,9 +34,11 @@ from chio_durable.agent._denials import (
     DenyErrorFactory,
     GovernedRecord,
     default_deny_error,
-    run_receipt_ids,
+    denied_listing_message,
     denied_tool_message,
+    listing_deny_is_a_missing_grant,
     permission_error,
+    run_receipt_ids,
 )
 from chio_durable._call import GovernedCall, call_key
 from chio_durable._errors import KernelRejected
@@ -317,10 +319,11 @@ def _govern_toolset(toolset: AbstractToolset[Any], governance: ChioGovernance) -
         return toolset
     leaf = _single_leaf(toolset)
     if leaf is not None:
-        return GovernedToolset(
+        mcp = _is_mcp_toolset(leaf)
+        return (GovernedMCPToolset if mcp else GovernedToolset)(
             wrapped=toolset,
             governance=governance,
-            kind="mcp" if _is_mcp_toolset(leaf) else "tool",
+            kind="mcp" if mcp else "tool",
             leaf_id=leaf.id,
             leaf_label=leaf.label,
         )
@@ -367,10 +370,15 @@ class GovernedToolset(WrapperToolset[Any]):
         if not record.allowed:
             if gov.on_deny == "raise":
                 raise gov.denied(record)
-            log.info("chio: listing %s denied (receipt %s); its tools are hidden", call.label, record.receipt_id)
+            log.log(
+                logging.WARNING if listing_deny_is_a_missing_grant(record.evaluation) else logging.INFO,
+                "chio: listing %s denied (receipt %s); the model is told its tools are not available: %s",
+                call.label, record.receipt_id, denied_listing_message(record.evaluation),
+            )
             return {}
         with receipt_scope(record.receipt_id):
             return await self.wrapped.get_tools(ctx)
+
 
     async def call_tool(
         self, name: str, tool_args: dict[str, Any], ctx: RunContext[Any], tool: ToolsetTool[Any]
@@ -400,3 +408,27 @@ class GovernedToolset(WrapperToolset[Any]):
             result = await self.wrapped.call_tool(name, tool_args, ctx, tool)
         await _budget_hooks.settle_tool(gov, ctx, record, report.amount or cost)
         return result
+
+
+@dataclass
+class GovernedMCPToolset(GovernedToolset):
+    """A :class:`GovernedToolset` around an MCP server: after a denied listing, the model is told why.
+
+    A subclass (not a branch of ``GovernedToolset``) so that only MCP servers author instructions
+    here: pydantic-ai treats a wrapper that overrides ``get_instructions`` as the author of its
+    subtree's instructions, which function toolsets must not change.
+    """
+
+    async def get_instructions(self, ctx: RunContext[Any]) -> Any:
+        # pydantic-ai lists tools (get_tools) before it gathers instructions for a model request:
+        # after a denied listing of this MCP server, tell the model which grant is missing instead of
+        # the server's own instructions (reading those is a listing-class call that was denied).
+        denied = self._denied_listing(ctx)
+        if denied is not None:
+            return denied_listing_message(denied.evaluation)
+        return await super().get_instructions(ctx)
+
+    def _denied_listing(self, ctx: RunContext[Any]) -> GovernedRecord | None:
+        position = f"list#{self.server_id}"
+        records = [r for r in self.governance.receipts_of(ctx.run_id) if r.position == position] if ctx.run_id else []
+        return records[-1] if records and not records[-1].allowed else None

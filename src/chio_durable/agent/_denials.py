@@ -14,6 +14,7 @@ __all__ = [
     "DenyErrorFactory",
     "GovernanceDenied",
     "GovernedRecord",
+    "denied_listing_message",
     "denied_tool_message",
     "permission_error",
     "receipt_id_in_denied_message",
@@ -27,6 +28,12 @@ class GovernedRecord(Decision):
 
     run_id: str | None
     position: str
+
+    def _repr_html_(self) -> str:
+        """One row of the receipt table (the same table on every engine: ``ReceiptTable``)."""
+        from chio_durable.agent._display import records_html
+
+        return records_html([self])
 
 
 class GovernanceDenied(Exception):
@@ -118,3 +125,27 @@ def run_receipt_ids(records: Iterable[Decision]) -> list[str]:
             continue
         ids.setdefault(record.receipt_id, None)
     return list(ids)
+
+
+def denied_listing_message(evaluation: Evaluation) -> str:
+    """What the model (as instructions) and the user (a WARNING) are told when an MCP listing is denied.
+
+    A denied listing hides the whole server (``on_deny="tell_model"``): without this, the model only
+    meets "Unknown tool name" when it tries one of the server's tools. Names the missing grant.
+    Deterministic for a given decision (no time, no receipt id), so a replayed run says the same.
+    """
+    server = evaluation.tool_server
+    guard = evaluation.guard or "policy"
+    head = f"The tools of MCP server '{server}' are not available in this run: Chio denied listing them"
+    tail = "do not try to call its tools, and tell the user if they are needed."
+    if guard != "scope":  # revoked, expired, out of budget...: not a missing grant
+        return f"{head} (guard '{guard}': {evaluation.reason or 'not permitted'}); {tail}"
+    return (
+        f"{head} (guard 'scope'). Using any tool of '{server}' needs the grant "
+        f"'{server}/{evaluation.tool_name}' (listing the server) besides the grant for that tool; {tail}"
+    )
+
+
+def listing_deny_is_a_missing_grant(evaluation: Evaluation) -> bool:
+    """A listing denied for scope: a configuration gap the user must see (logged at WARNING)."""
+    return evaluation.guard == "scope"

@@ -1,59 +1,104 @@
-"""Receipts of an agent run as a table: rich for terminals, an HTML string for notebooks."""
+"""Receipts as a table: rich for terminals, HTML for notebooks — one layout for every engine.
+
+Rows can be any decision-like object: an agent run's :class:`GovernedRecord` (a ``Decision``), a
+Temporal ``WorkflowStepReceipt``, or a signed ``ChioReceipt`` from the kernel's store. The columns
+(``#, receipt, call, verdict, guard``) are the demo's and the CLI's. Receipt ids never wrap: a
+receipt id is something people copy.
+"""
 
 from __future__ import annotations
 
 import html
 from collections.abc import Iterable
+from typing import Any
 
 from rich.markup import escape
 from rich.table import Table
 
-from chio_durable.agent._denials import GovernedRecord
+__all__ = ["ReceiptTable", "decision_cells", "records_html", "records_table"]
 
-__all__ = ["records_html", "records_table"]
+_COLUMNS = ("#", "receipt", "call", "verdict", "guard")
 
-_COLUMNS = ("#", "kind", "call", "verdict", "guard", "receipt")
+RECEIPT_ID_WIDTH = 41
+"""Length of a kernel receipt id (``rcpt-`` + a UUID): the receipt column's minimum width."""
 
 
-def _row(i: int, record: GovernedRecord, compact: bool = False) -> tuple[str, ...]:
-    ev = record.evaluation
-    receipt = ev.receipt_id or "-"
-    if compact and len(receipt) > 14:
-        receipt = "…" + receipt[-12:]
+def decision_cells(item: Any) -> tuple[str, str, bool, str]:
+    """``(receipt id, "server/tool", allowed, guard)`` of a record, an envelope step or a receipt."""
+    evaluation = getattr(item, "evaluation", None)
+    if evaluation is not None:  # a Decision / GovernedRecord
+        call = item.call
+        label = getattr(call, "label", None) or f"{call.tool_server}/{call.tool_name}"
+        return evaluation.receipt_id or "-", label, bool(evaluation.allowed), evaluation.guard or "-"
+    decision = getattr(item, "decision", None)
+    if decision is not None and hasattr(decision, "is_allowed"):  # a signed ChioReceipt
+        return item.id, f"{item.tool_server}/{item.tool_name}", bool(decision.is_allowed), decision.guard or "-"
+    # a WorkflowStepReceipt (or anything with these fields)
+    allowed = bool(getattr(item, "allowed", getattr(item, "verdict", "") == "allow"))
     return (
-        str(i),
-        record.call.kind,
-        record.call.label,
-        "allow" if ev.allowed else "deny",
-        "" if ev.allowed else (ev.guard or "-"),
-        receipt,
+        getattr(item, "receipt_id", None) or "-",
+        f"{item.tool_server}/{item.tool_name}",
+        allowed,
+        getattr(item, "guard", None) or "-",
     )
 
 
-def records_table(
-    records: Iterable[GovernedRecord], title: str = "receipts of the run", *, compact: bool = False
-) -> Table:
-    """A rich table of a run's evaluations (``governed.receipts_of(result)``), in order.
+def records_table(records: Iterable[Any], title: str = "receipts of the run", *, compact: bool = False) -> Table:
+    """A rich table of decisions (``governed.receipts_of(result)``, envelope steps, receipts), in order.
 
-    ``compact`` shows only the tail of each receipt id (for narrow terminals).
+    ``compact`` shows only the tail of each receipt id (for narrow terminals). Otherwise ids never
+    wrap (the other columns fold first).
     """
     table = Table(title=title, title_justify="left")
-    for name in _COLUMNS:
-        table.add_column(name, overflow="fold", justify="right" if name == "#" else "left")
+    table.add_column("#", justify="right")
+    table.add_column("receipt", no_wrap=not compact, min_width=None if compact else RECEIPT_ID_WIDTH)
+    table.add_column("call", overflow="fold")
+    table.add_column("verdict", no_wrap=True)
+    table.add_column("guard", overflow="fold")
     for i, record in enumerate(records):
-        cells = [escape(c) for c in _row(i, record, compact)]
-        cells[3] = "[green]allow[/]" if record.allowed else "[red]deny[/]"
-        table.add_row(*cells)
+        receipt, call, allowed, guard = decision_cells(record)
+        if compact and len(receipt) > 14:
+            receipt = "…" + receipt[-12:]
+        verdict = "[green]allow[/]" if allowed else "[red]deny[/]"
+        table.add_row(str(i), escape(receipt), escape(call), verdict, "" if allowed else escape(guard))
     return table
 
 
-def records_html(records: Iterable[GovernedRecord]) -> str:
-    """The same table as a plain HTML string (for ``IPython.display.HTML``; no pandas needed)."""
+def records_html(records: Iterable[Any], title: str | None = None) -> str:
+    """The same table as a plain HTML string (``IPython.display.HTML``; no pandas needed)."""
     head = "".join(f"<th>{html.escape(c)}</th>" for c in _COLUMNS)
     rows = []
     for i, record in enumerate(records):
-        color = "green" if record.allowed else "crimson"
-        cells = [html.escape(c) for c in _row(i, record)]
-        cells[3] = f'<span style="color:{color}">{cells[3]}</span>'
+        receipt, call, allowed, guard = decision_cells(record)
+        color = "green" if allowed else "crimson"
+        cells = [
+            str(i),
+            f'<code style="white-space:nowrap">{html.escape(receipt)}</code>',
+            html.escape(call),
+            f'<span style="color:{color}">{"allow" if allowed else "deny"}</span>',
+            "" if allowed else html.escape(guard),
+        ]
         rows.append("<tr>" + "".join(f"<td>{c}</td>" for c in cells) + "</tr>")
-    return f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(rows)}</tbody></table>"
+    caption = f"<caption>{html.escape(title)}</caption>" if title else ""
+    return (
+        f'<table class="chio-receipts">{caption}<thead><tr>{head}</tr></thead>'
+        f"<tbody>{''.join(rows)}</tbody></table>"
+    )
+
+
+class ReceiptTable(list[Any]):
+    """A list of decisions that shows as the receipt table: HTML in notebooks, rich in terminals.
+
+    ``ReceiptTable(governed.receipts_of(result))``, ``ReceiptTable(await chio.list_receipts(cap))``,
+    ``ReceiptTable(envelope.steps)`` — the same table on every engine.
+    """
+
+    def __init__(self, items: Iterable[Any] = (), title: str | None = None) -> None:
+        super().__init__(items)
+        self.title = title
+
+    def _repr_html_(self) -> str:
+        return records_html(self, self.title)
+
+    def __rich__(self) -> Table:
+        return records_table(self, self.title or "receipts")
