@@ -6,6 +6,13 @@
 ``chio_kernel.sidecar`` / ``chio_kernel.cli`` and are not imported here (keeps this import light).
 """
 
+from chio_kernel._approvals import (
+    ApprovalConflictError,
+    ApprovalError,
+    ApprovalNotFoundError,
+    ApprovalTokenError,
+    sign_approval_token,
+)
 from chio_kernel.canonical import canonical_json
 from chio_kernel.client import LocalChioClient, SidecarClient
 from chio_kernel._errors import CapabilityError, ChioKernelError, KernelInputError, KernelKeyMissingError
@@ -13,6 +20,10 @@ from chio_kernel.kernel import ChainReport, Kernel
 from chio_kernel.signing import default_data_dir
 
 __all__ = [
+    "ApprovalConflictError",
+    "ApprovalError",
+    "ApprovalNotFoundError",
+    "ApprovalTokenError",
     "CapabilityError",
     "ChainReport",
     "ChioKernelError",
@@ -23,4 +34,5 @@ __all__ = [
     "SidecarClient",
     "canonical_json",
     "default_data_dir",
+    "sign_approval_token",
 ]
