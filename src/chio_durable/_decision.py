@@ -11,14 +11,25 @@ from chio_sdk.models import ChioReceipt
 
 from chio_durable._call import GovernedCall
 
-__all__ = ["Decision", "DecisionObserver", "Evaluation", "notify"]
+__all__ = ["PENDING_VERDICT", "Decision", "DecisionObserver", "Evaluation", "notify"]
 
 log = logging.getLogger("chio_durable")
 
 
+#: ``decision.verdict`` of a call that waits for a human (docs/approvals.md).
+PENDING_VERDICT = "pending_approval"
+
+
 @dataclass(frozen=True)
 class Evaluation:
-    """The kernel's answer for one call, normalised across client kinds."""
+    """The kernel's answer for one call, normalised across client kinds.
+
+    ``allowed`` is True only for the kernel's allow. ``pending`` is True when the call waits for a
+    person (``decision.verdict == "pending_approval"``; ``allowed`` stays False, so a layer that knows
+    only allow/deny fails closed); ``approval_id`` then names the approval to wait for, and re-evaluating
+    the call with it (``KernelTransport.evaluate(..., approval_id=)``) is the only way to an allow. On
+    the allow of such a re-evaluation ``approval_id`` names the approval used.
+    """
 
     allowed: bool
     receipt_id: str | None
@@ -30,9 +41,13 @@ class Evaluation:
     decision: dict[str, Any] = field(default_factory=dict)
     receipt: ChioReceipt | None = None
     timestamp: int | None = None
+    pending: bool = False
+    approval_id: str | None = None
 
     @classmethod
     def from_receipt(cls, receipt: ChioReceipt) -> Evaluation:
+        """The evaluation a signed receipt states (allow, deny or pending approval)."""
+        pending = receipt.decision.verdict == PENDING_VERDICT
         return cls(
             allowed=receipt.decision.is_allowed,
             receipt_id=receipt.id,
@@ -44,6 +59,8 @@ class Evaluation:
             decision=receipt.decision.model_dump(exclude_none=True),
             receipt=receipt,
             timestamp=receipt.timestamp,
+            pending=pending,
+            approval_id=_approval_id(receipt, pending),
         )
 
     @classmethod
@@ -59,6 +76,15 @@ class Evaluation:
             reason=reason,
             decision={"verdict": "deny", "guard": guard, "reason": reason},
         )
+
+    @property
+    def pending_approval(self) -> dict[str, Any] | None:
+        """The signed ``metadata.pending_approval`` (``approval_id``, ``parameter_hash``,
+        ``expires_at``, ``summary``) of a pending receipt, else None."""
+        if not self.pending or self.receipt is None or not self.receipt.metadata:
+            return None
+        value = self.receipt.metadata.get("pending_approval")
+        return dict(value) if isinstance(value, Mapping) else None
 
     @property
     def parameter_hash(self) -> str | None:
@@ -96,6 +122,30 @@ class Decision:
     @property
     def allowed(self) -> bool:
         return self.evaluation.allowed
+
+    @property
+    def pending(self) -> bool:
+        """The call waits for a person's approval (``allowed`` is False meanwhile)."""
+        return self.evaluation.pending
+
+    @property
+    def approval_id(self) -> str | None:
+        """The approval a pending call waits for (or an approved re-evaluation used)."""
+        return self.evaluation.approval_id
+
+
+def _approval_id(receipt: ChioReceipt, pending: bool) -> str | None:
+    """``metadata.pending_approval.approval_id`` of a pending receipt, ``metadata.approval_id`` of an
+    allow under an approval; None otherwise (or if the metadata is not shaped so)."""
+    meta = receipt.metadata or {}
+    value: Any = meta.get("pending_approval") if pending else meta
+    if pending and isinstance(value, Mapping):
+        value = value.get("approval_id")
+    elif not pending and receipt.decision.is_allowed:
+        value = meta.get("approval_id")
+    else:
+        value = None
+    return value if isinstance(value, str) else None
 
 
 DecisionObserver = Callable[[Decision], object]

@@ -60,10 +60,17 @@ async def evaluate(
     parameters: dict[str, Any],
     idempotency_key: str | None = None,
     cost: MonetaryAmount | None = None,
+    approval_id: str | None = None,
 ) -> Evaluation:
-    """Ask the kernel behind ``client`` about one call; raise :class:`KernelUnavailable` if it can't say."""
+    """Ask the kernel behind ``client`` about one call; raise :class:`KernelUnavailable` if it can't say.
+
+    ``approval_id``: re-evaluate a pending call under a person's approval (docs/approvals.md).
+    """
     transport, call = _one_shot(client, tool_server, tool_name, parameters)
-    return await transport.evaluate(call, capability_id=capability_id, idempotency_key=idempotency_key, cost=cost)
+    extra = {} if approval_id is None else {"approval_id": approval_id}  # user transports may predate it
+    return await transport.evaluate(
+        call, capability_id=capability_id, idempotency_key=idempotency_key, cost=cost, **extra
+    )
 
 
 def evaluate_sync(
@@ -75,7 +82,11 @@ def evaluate_sync(
     parameters: dict[str, Any],
     idempotency_key: str | None = None,
     cost: MonetaryAmount | None = None,
+    approval_id: str | None = None,
 ) -> Evaluation:
     """:func:`evaluate` for sync callers: inline for the embedded kernel, else on the kernel loop."""
     transport, call = _one_shot(client, tool_server, tool_name, parameters)
-    return transport.evaluate_sync(call, capability_id=capability_id, idempotency_key=idempotency_key, cost=cost)
+    extra = {} if approval_id is None else {"approval_id": approval_id}
+    return transport.evaluate_sync(
+        call, capability_id=capability_id, idempotency_key=idempotency_key, cost=cost, **extra
+    )

@@ -75,13 +75,18 @@ class KernelTransport(Protocol):
 
     async def evaluate(
         self, call: GovernedCall, *, capability_id: str, idempotency_key: str | None = None,
-        cost: MonetaryAmount | None = None,
+        cost: MonetaryAmount | None = None, approval_id: str | None = None,
     ) -> Evaluation:
-        """The kernel's decision on ``call``; raises ``KernelUnavailable`` / ``KernelRejected``."""
+        """The kernel's decision on ``call``; raises ``KernelUnavailable`` / ``KernelRejected``.
+
+        ``approval_id``: re-evaluate a call that was pending (``Evaluation.pending``) under the
+        approval a person gave; only the kernel's allow of THAT re-evaluation authorises the call
+        (docs/approvals.md). Transports that cannot send it raise ``KernelRejected``.
+        """
 
     def evaluate_sync(
         self, call: GovernedCall, *, capability_id: str, idempotency_key: str | None = None,
-        cost: MonetaryAmount | None = None,
+        cost: MonetaryAmount | None = None, approval_id: str | None = None,
     ) -> Evaluation:
         """:meth:`evaluate` for sync callers (any thread but the kernel loop)."""
 
@@ -137,12 +142,12 @@ class EmbeddedTransport:
 
     def evaluate_sync(
         self, call: GovernedCall, *, capability_id: str, idempotency_key: str | None = None,
-        cost: MonetaryAmount | None = None,
+        cost: MonetaryAmount | None = None, approval_id: str | None = None,
     ) -> Evaluation:
         try:
             receipt = self.kernel.evaluate(
                 capability_id, call.tool_server, call.tool_name, call.parameters,
-                idempotency_key=idempotency_key, cost=cost,
+                idempotency_key=idempotency_key, cost=cost, approval_id=approval_id,
             )
         except ValueError as err:
             if isinstance(err, ValidationError):  # our receipt model, not the caller's input
@@ -155,9 +160,11 @@ class EmbeddedTransport:
 
     async def evaluate(
         self, call: GovernedCall, *, capability_id: str, idempotency_key: str | None = None,
-        cost: MonetaryAmount | None = None,
+        cost: MonetaryAmount | None = None, approval_id: str | None = None,
     ) -> Evaluation:
-        return self.evaluate_sync(call, capability_id=capability_id, idempotency_key=idempotency_key, cost=cost)
+        return self.evaluate_sync(
+            call, capability_id=capability_id, idempotency_key=idempotency_key, cost=cost, approval_id=approval_id
+        )
 
     async def run(self, make_call: Callable[[], Awaitable[T]]) -> T:
         return await make_call()
@@ -215,7 +222,8 @@ class _RemoteTransport:
         return f"{type(self).__name__}({self.url!r})"
 
     async def _send(
-        self, call: GovernedCall, capability_id: str, idempotency_key: str | None, cost: MonetaryAmount | None
+        self, call: GovernedCall, capability_id: str, idempotency_key: str | None, cost: MonetaryAmount | None,
+        approval_id: str | None = None,
     ) -> ChioReceipt:
         receipt: ChioReceipt = await self.client.evaluate_tool_call(**_body(call, capability_id))
         return receipt
@@ -224,11 +232,17 @@ class _RemoteTransport:
         """Refuse before sending what the kernel would refuse (or could not honour)."""
 
     async def _decide(
-        self, call: GovernedCall, capability_id: str, idempotency_key: str | None, cost: MonetaryAmount | None
+        self, call: GovernedCall, capability_id: str, idempotency_key: str | None, cost: MonetaryAmount | None,
+        approval_id: str | None = None,
     ) -> Evaluation:
         self._refuse_early(call, cost)
+        if approval_id is not None and not self.sends_idempotency_keys:
+            # without it the kernel would only answer "pending" again: say why instead
+            raise KernelRejected(
+                self.url, "this client cannot send an approval_id; use chio_kernel.SidecarClient(url) or LocalChioClient"
+            )
         try:
-            receipt = await self._send(call, capability_id, idempotency_key, cost)
+            receipt = await self._send(call, capability_id, idempotency_key, cost, approval_id)
         except ChioDeniedError as err:
             return _denied_by_error(err, call, capability_id)
         except Exception as err:  # unreachable, timed out, 4xx/5xx, malformed answer: not a decision
@@ -268,15 +282,15 @@ class _RemoteTransport:
 
     async def evaluate(
         self, call: GovernedCall, *, capability_id: str, idempotency_key: str | None = None,
-        cost: MonetaryAmount | None = None,
+        cost: MonetaryAmount | None = None, approval_id: str | None = None,
     ) -> Evaluation:
-        return await await_on_kernel_loop(self._decide(call, capability_id, idempotency_key, cost))
+        return await await_on_kernel_loop(self._decide(call, capability_id, idempotency_key, cost, approval_id))
 
     def evaluate_sync(
         self, call: GovernedCall, *, capability_id: str, idempotency_key: str | None = None,
-        cost: MonetaryAmount | None = None,
+        cost: MonetaryAmount | None = None, approval_id: str | None = None,
     ) -> Evaluation:
-        return run_on_kernel_loop(self._decide(call, capability_id, idempotency_key, cost))
+        return run_on_kernel_loop(self._decide(call, capability_id, idempotency_key, cost, approval_id))
 
     async def run(self, make_call: Callable[[], Awaitable[T]]) -> T:
         async def on_loop() -> T:
@@ -311,19 +325,22 @@ class HttpTransport(_RemoteTransport):
             )
 
     async def _send(
-        self, call: GovernedCall, capability_id: str, idempotency_key: str | None, cost: MonetaryAmount | None
+        self, call: GovernedCall, capability_id: str, idempotency_key: str | None, cost: MonetaryAmount | None,
+        approval_id: str | None = None,
     ) -> ChioReceipt:
         if self.sends_idempotency_keys:
             extras: dict[str, Any] = {"idempotency_key": idempotency_key}
             if cost is not None:
                 extras["cost"] = cost
+            if approval_id is not None:
+                extras["approval_id"] = approval_id
             sidecar: Any = self.client  # a chio_kernel.SidecarClient: the kernel's wire extras
             receipt: ChioReceipt = await sidecar.evaluate_tool_call(**_body(call, capability_id), **extras)
             return receipt
         if idempotency_key is not None and self.client not in _warned_no_idempotency:
             _warned_no_idempotency.add(self.client)
             warnings.warn(NO_IDEMPOTENCY_WARNING, RuntimeWarning, stacklevel=2)
-        return await super()._send(call, capability_id, idempotency_key, cost)
+        return await super()._send(call, capability_id, idempotency_key, cost, approval_id)
 
 
 class MockTransport(_RemoteTransport):

@@ -6,6 +6,13 @@
 ``chio_kernel.sidecar`` / ``chio_kernel.cli`` and are not imported here (keeps this import light).
 """
 
+from chio_kernel._approvals import (
+    ApprovalConflictError,
+    ApprovalError,
+    ApprovalNotFoundError,
+    ApprovalTokenError,
+    sign_approval_token,
+)
 from chio_kernel.canonical import canonical_json
 from chio_kernel._client import LocalChioClient, SidecarClient
 from chio_kernel._errors import CapabilityError, ChioKernelError, KernelInputError, KernelKeyMissingError
@@ -14,6 +21,10 @@ from chio_kernel._receipts import receipt_chain_hash, receipt_signing_bytes
 from chio_kernel.signing import default_data_dir
 
 __all__ = [
+    "ApprovalConflictError",
+    "ApprovalError",
+    "ApprovalNotFoundError",
+    "ApprovalTokenError",
     "CapabilityError",
     "ChainReport",
     "ChioKernelError",
@@ -26,4 +37,5 @@ __all__ = [
     "default_data_dir",
     "receipt_chain_hash",
     "receipt_signing_bytes",
+    "sign_approval_token",
 ]

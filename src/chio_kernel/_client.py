@@ -155,8 +155,12 @@ class LocalChioClient:
         idempotency_key: str | None = None,
         cost: MonetaryAmount | None = None,
         operation: Operation = Operation.INVOKE,
+        approval_id: str | None = None,
     ) -> ChioReceipt:
-        """Evaluate one tool call; returns the signed receipt (allow or deny)."""
+        """Evaluate one tool call; returns the signed receipt (allow, deny or ``pending_approval``).
+
+        ``approval_id``: re-send a call that was pending once a person approved it (docs/approvals.md).
+        """
         # concurrent callers on this event loop share one store transaction (group commit)
         return await self.kernel._evaluate_async(
             capability_id,
@@ -166,6 +170,7 @@ class LocalChioClient:
             idempotency_key=idempotency_key,
             cost=cost,
             operation=operation,
+            approval_id=approval_id,
         )
 
     async def evaluate_http_request(
@@ -226,6 +231,25 @@ class LocalChioClient:
     ) -> list[ChioReceipt]:
         """Stored receipts in chain order, optionally for one capability (paged by ``limit``/``after_seq``)."""
         return self.kernel.list_receipts(capability_id=capability_id, limit=limit, after_seq=after_seq)
+
+    # --- approvals (docs/approvals.md) ---
+
+    async def list_pending_approvals(self) -> list[dict[str, Any]]:
+        """The approvals still waiting for an answer (``GET /approvals/pending``)."""
+        return self.kernel.list_approvals("pending")
+
+    async def get_approval(self, approval_id: str) -> dict[str, Any] | None:
+        """One approval (see ``Kernel.get_approval``), or None."""
+        return self.kernel.get_approval(approval_id)
+
+    async def respond_approval(self, approval_id: str, outcome: str, reason: str | None = None) -> ChioReceipt:
+        """Answer as the kernel's operator (``"approved"`` / ``"denied"``); the signed resolution receipt.
+        A second answer raises ``chio_kernel.ApprovalConflictError``."""
+        return self.kernel.respond_approval(approval_id, outcome, reason)
+
+    async def respond_approval_token(self, token: dict[str, Any]) -> ChioReceipt:
+        """Answer with a signed approval token from a trusted approver key (``sign_approval_token``)."""
+        return self.kernel.respond_approval_token(token)
 
 
 class SidecarClient(ChioClient):
@@ -332,11 +356,14 @@ class SidecarClient(ChioClient):
         idempotency_key: str | None = None,
         cost: MonetaryAmount | None = None,
         operation: Operation = Operation.INVOKE,
+        approval_id: str | None = None,
     ) -> ChioReceipt:
-        """Evaluate one tool call; the signed receipt (allow or deny), as ``ChioClient`` returns it.
+        """Evaluate one tool call; the signed receipt (allow, deny or ``pending_approval``), as
+        ``ChioClient`` returns it.
 
         ``idempotency_key``: the same key re-evaluated while the capability is valid returns the same
         receipt and charges no budget twice. ``cost``: charged against the grant's cost budget.
+        ``approval_id``: re-send a pending call once a person approved it (docs/approvals.md).
         """
         body: dict[str, Any] = {
             "capability_id": capability_id,
@@ -350,6 +377,8 @@ class SidecarClient(ChioClient):
             body["cost"] = cost.model_dump()
         if operation != Operation.INVOKE:
             body["operation"] = operation.value
+        if approval_id is not None:
+            body["approval_id"] = approval_id
         return ChioReceipt.model_validate(await self._request("POST", "/v1/evaluate", body))
 
     async def evaluate_http_request(
@@ -430,6 +459,47 @@ class SidecarClient(ChioClient):
             params["after_seq"] = str(after_seq)
         data = await self._request("GET", "/v1/receipts", params=params)
         return [ChioReceipt.model_validate(r) for r in data.get("receipts", [])]
+
+    # --- approvals (docs/approvals.md) ---
+
+    async def list_pending_approvals(self) -> list[dict[str, Any]]:
+        """The approvals still waiting for an answer (``GET /approvals/pending``)."""
+        data = await self._request("GET", "/approvals/pending")
+        return [dict(a) for a in data.get("approvals", [])]
+
+    async def get_approval(self, approval_id: str) -> dict[str, Any] | None:
+        """One approval (``GET /approvals/{id}``), or None if the sidecar knows none."""
+        try:
+            return await self._request("GET", f"/approvals/{_segment(approval_id)}")
+        except ChioError as err:
+            if err.code == "HTTP_404":
+                return None
+            raise
+
+    async def respond_approval(self, approval_id: str, outcome: str, reason: str | None = None) -> ChioReceipt:
+        """Answer as the kernel's operator (``POST /approvals/{id}/operator-respond``); the signed
+        resolution receipt. A second answer raises ``chio_kernel.ApprovalConflictError`` (HTTP 409)."""
+        body: dict[str, Any] = {"outcome": outcome}
+        if reason is not None:
+            body["reason"] = reason
+        data = await self._approval_request(f"/approvals/{_segment(approval_id)}/operator-respond", body)
+        return ChioReceipt.model_validate(data["receipt"])
+
+    async def respond_approval_token(self, token: dict[str, Any]) -> ChioReceipt:
+        """Answer with a signed approval token (``POST /approvals/{request_id}/respond``)."""
+        path = f"/approvals/{_segment(str(token.get('request_id', '')))}/respond"
+        data = await self._approval_request(path, token)
+        return ChioReceipt.model_validate(data["receipt"])
+
+    async def _approval_request(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
+        from chio_kernel._approvals import ApprovalConflictError
+
+        try:
+            return await self._request("POST", path, body)
+        except ChioError as err:
+            if err.code == "HTTP_409":  # the same error LocalChioClient raises
+                raise ApprovalConflictError(str(err)) from err
+            raise
 
     # --- HTTP ---
 

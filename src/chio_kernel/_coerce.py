@@ -12,7 +12,7 @@ from pydantic import BaseModel, ValidationError
 
 from chio_kernel._errors import KernelInputError
 
-__all__ = ["MAX_COST_UNITS", "check_scope_fields"]
+__all__ = ["APPROVAL_CONSTRAINT", "MAX_COST_UNITS", "check_scope_fields", "normalize_scope_constraints"]
 
 
 MAX_COST_UNITS = 2**63 - 1
@@ -106,11 +106,61 @@ def check_scope_fields(scope: Any, name: str = "scope") -> None:
         )
 
 
+#: The grant constraint that sends a call to a human (docs/approvals.md).
+APPROVAL_CONSTRAINT = "require_approval_above"
+
+
+def approval_threshold_value(value: Any, where: str) -> int:
+    """The ``threshold_units`` of a ``require_approval_above`` constraint value: upstream's wire
+    shape ``{"threshold_units": N}`` or the plain integer ``N`` a ``chio_sdk`` ``Constraint`` can hold."""
+    if isinstance(value, Mapping):
+        if set(value) != {"threshold_units"}:
+            raise KernelInputError(
+                f"{where}: a require_approval_above value is {{\"threshold_units\": N}}, got fields {sorted(value)}"
+            )
+        value = value["threshold_units"]
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_COST_UNITS:
+        raise KernelInputError(
+            f"{where}: require_approval_above needs threshold_units, an integer from 0 to 2^63-1 (cost units), "
+            f"got {value!r:.60}"
+        )
+    return value
+
+
+def normalize_scope_constraints(scope: Any, name: str = "scope") -> Any:
+    """A scope dict with every ``require_approval_above`` constraint in the form ``chio_sdk`` can hold.
+
+    Upstream Chio writes it ``{"type": "require_approval_above", "value": {"threshold_units": N}}``;
+    ``chio_sdk.models.Constraint.value`` is ``str | int | None``, so the kernel accepts that dict (and
+    the plain ``N``) and issues the token with ``"value": N`` (what stock ChioClients can parse).
+    Anything that is not a dict of that shape is returned unchanged (left to the model validation).
+    """
+    if not isinstance(scope, Mapping) or not isinstance(scope.get("grants"), list):
+        return scope
+    grants = []
+    changed = False
+    for i, grant in enumerate(scope["grants"]):
+        constraints = grant.get("constraints") if isinstance(grant, Mapping) else None
+        if not isinstance(constraints, list):
+            grants.append(grant)
+            continue
+        new = []
+        for j, c in enumerate(constraints):
+            if isinstance(c, Mapping) and c.get("type") == APPROVAL_CONSTRAINT:
+                value = approval_threshold_value(c.get("value"), f"{name}.grants[{i}].constraints[{j}]")
+                if c.get("value") != value:
+                    c = {**c, "value": value}
+                    changed = True
+            new.append(c)
+        grants.append({**grant, "constraints": new})
+    return {**scope, "grants": grants} if changed else scope
+
+
 def _coerce_scope(scope: Any, name: str = "scope") -> ChioScope:
     if isinstance(scope, ChioScope):
         return ChioScope.model_validate(scope.model_dump())  # private copy, re-validated
     check_scope_fields(scope, name)
-    return _from_dict_form(ChioScope, scope, name)
+    return _from_dict_form(ChioScope, normalize_scope_constraints(scope, name), name)
 
 
 def _coerce_token(token: Any, name: str = "token") -> CapabilityToken:

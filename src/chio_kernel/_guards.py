@@ -29,6 +29,8 @@ with no string values passes the constraints vacuously.
   issued or attenuated and denies at evaluation. Values over :data:`MAX_REGEX_INPUT` characters
   deny without running the pattern.
 * ``max_length``: the value's length in characters is at most the limit.
+* ``require_approval_above`` is no parameter check: a call whose declared cost reaches its
+  ``threshold_units`` gets a pending-approval verdict (``chio_kernel._approvals``, docs/approvals.md).
 * Any other constraint type (e.g. ``governed_intent_required``) is not enforced by this kernel
   and therefore denies (fail closed), naming the type.
 """
@@ -328,6 +330,8 @@ def check_constraints(grant: ToolGrant, parameters: dict[str, Any]) -> str | Non
         return None
     strings = list(iter_strings(parameters))
     for constraint in grant.constraints:
+        if constraint.type == "require_approval_above":  # decided after every guard (chio_kernel._approvals)
+            continue
         if constraint.type not in ("path_prefix", "domain_exact", "domain_glob", "regex_match", "max_length"):
             return _check_one(constraint, "", "")
         for path, value in strings:

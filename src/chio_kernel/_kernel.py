@@ -22,6 +22,7 @@ from pydantic import ValidationError
 
 from chio_kernel.canonical import canonical_json, canonical_json_str
 from chio_kernel.signing import KEY_FILE, Signer, default_data_dir, ensure_data_dir, load_or_create_key
+from chio_kernel._approvals import ApprovalsMixin, _Pending
 from chio_kernel._capabilities import Capabilities, _Cap, capability_signing_bytes
 from chio_kernel._coerce import (
     MAX_COST_UNITS,
@@ -112,6 +113,7 @@ class _EvalRequest:
     cost_t: tuple[int, str] | None
     idem_hash: str | None
     pre: dict[str, list[tuple[int, ToolGrant]] | _Deny] | None
+    approval_id: str | None = None  # a re-evaluation under this approval (chio_kernel._approvals)
 
 
 # --- the kernel --------------------------------------------------------------------------------
@@ -142,7 +144,7 @@ def resolve_store(store: str | None) -> str | None:
     )
 
 
-class Kernel:
+class Kernel(ApprovalsMixin):
     """The embedded Chio kernel. Safe to share across threads; several processes may share a data dir.
 
     Args:
@@ -156,6 +158,10 @@ class Kernel:
         fsync: ``synchronous=FULL`` (survive power loss too) instead of WAL ``NORMAL`` (survive a
             killed process).
         clock: the time source in unix seconds (default ``time.time``; tests move it).
+        approver_keys: hex Ed25519 public keys whose signed approval tokens may answer approvals
+            (plus the data directory's ``approvers`` file; docs/approvals.md).
+        approval_ttl: seconds a pending approval waits before it times out (default
+            ``$CHIO_APPROVAL_TTL``, else one day).
     """
 
     def __new__(cls, *args: Any, store: str | None = None, **kwargs: Any) -> Kernel:
@@ -174,6 +180,8 @@ class Kernel:
         trusted_keys: Iterable[str] = (),
         fsync: bool = False,
         clock: Callable[[], float] | None = None,
+        approver_keys: Iterable[str] = (),
+        approval_ttl: int | None = None,
     ) -> None:
         self.data_dir: Path = ensure_data_dir(Path(data_dir) if data_dir is not None else default_data_dir())
         dsn = resolve_store(store)  # None: SQLite in data_dir
@@ -197,6 +205,7 @@ class Kernel:
         self.trusted_keys: frozenset[str] = frozenset(trusted)
         self._issuers = frozenset({self.public_key_hex}) | self.trusted_keys
         self._clock: Callable[[], float] = clock if clock is not None else time.time
+        self._init_approvals(approver_keys, approval_ttl)
         # opened after the key: load_or_create_key tightens a fresh data dir, which a store file would hide
         self._store: KernelStore
         if dsn is None:
@@ -329,14 +338,17 @@ class Kernel:
         idempotency_key: str | None = None,
         cost: MonetaryAmount | Mapping[str, Any] | None = None,
         operation: Operation | str = Operation.INVOKE,
+        approval_id: str | None = None,
     ) -> ChioReceipt:
         """Decide one call and return its signed, stored receipt (allow or deny; never raises for a deny).
 
-        Raises :class:`KernelInputError` (a ``ValueError``) for malformed input. Concurrent calls
+        A call that needs a human (a ``require_approval_above`` grant) gets a ``pending_approval``
+        receipt; send it again with ``approval_id`` once approved (docs/approvals.md). Raises :class:`KernelInputError` (a ``ValueError``) for malformed input. Concurrent calls
         (threads) share one write transaction (group commit, see ``docs/kernel.md``); the receipt is
         committed before this returns.
         """
-        req = self._prepare(capability_id, tool_server, tool_name, parameters, idempotency_key, cost, operation)
+        req = self._prepare(capability_id, tool_server, tool_name, parameters, idempotency_key, cost, operation,
+                            approval_id)
         return self._committer.submit(req)
 
     async def _evaluate_async(
@@ -349,10 +361,12 @@ class Kernel:
         idempotency_key: str | None = None,
         cost: MonetaryAmount | Mapping[str, Any] | None = None,
         operation: Operation | str = Operation.INVOKE,
+        approval_id: str | None = None,
     ) -> ChioReceipt:
         """:meth:`evaluate` for asyncio callers: the calls made in one turn of the event loop share
         one write transaction (LocalChioClient uses this)."""
-        req = self._prepare(capability_id, tool_server, tool_name, parameters, idempotency_key, cost, operation)
+        req = self._prepare(capability_id, tool_server, tool_name, parameters, idempotency_key, cost, operation,
+                            approval_id)
         return await self._committer.submit_async(req)
 
     def _prepare(
@@ -364,6 +378,7 @@ class Kernel:
         idempotency_key: str | None,
         cost: MonetaryAmount | Mapping[str, Any] | None,
         operation: Operation | str,
+        approval_id: str | None = None,
     ) -> _EvalRequest:
         """Input checks, canonical forms and hashes, and the pure guards: everything before the
         write transaction."""
@@ -393,6 +408,8 @@ class Kernel:
         param_hash = hashlib.sha256(params_bytes).hexdigest()
         op = operation if type(operation) is Operation else _coerce_operation(operation)
         cost_t = None if cost is None else _coerce_cost(cost)
+        if approval_id is not None:
+            _require_str("approval_id", approval_id, max_len=256)
         idem_hash = None
         if idempotency_key is not None:
             _require_str("idempotency_key", idempotency_key, max_len=1024)
@@ -402,6 +419,7 @@ class Kernel:
                 "\x1f".join(
                     (idempotency_key, capability_id, tool_server, tool_name, op.value, param_hash,
                      "" if cost_t is None else f"{cost_t[0]} {cost_t[1]}")
+                    + (() if approval_id is None else (approval_id,))  # a re-evaluation is another answer
                 ).encode()
             ).hexdigest()
 
@@ -416,7 +434,7 @@ class Kernel:
         )
         return _EvalRequest(
             capability_id, tool_server, tool_name, op, params, params_text, params_ascii, param_hash, cost_t,
-            idem_hash, pre,
+            idem_hash, pre, approval_id,
         )
 
     def _run_batch(self, reqs: Sequence[_EvalRequest]) -> list[ChioReceipt | BaseException]:
@@ -464,15 +482,24 @@ class Kernel:
                 if ancestor is not None:  # a trusted foreign root this kernel never stored: its budgets live there
                     lineage.append(ancestor)
             charges, rated = decide(st, lineage, tool_server, tool_name, req.op, req.params, req.cost_t, now, req.pre)
+            # every other guard passed: does a human have to approve (or has one)? (deny > pending > allow)
+            gate = self._approval_gate(st, req, lineage, now)
         except _Deny as deny:
             policy_hash = cap.policy_hash if cap is not None else GENESIS_HASH
             return self._append_receipt(st, head_seq, prev_hash, now, req, deny, policy_hash)
+        if isinstance(gate, _Pending):  # nothing charged
+            return self._pending_receipt(st, head_seq, prev_hash, now, req, cap, gate)
+        if gate is not None:  # the approval is still pending: its pending receipt again
+            return gate
         # allow: charge, then record
         for charged_id, grant_index in charges:
             st.charge(charged_id, grant_index, req.cost_t[0] if req.cost_t else 0)
         for rated_id in rated:
             st.record_rate_event(rated_id, now)
-        receipt = self._append_receipt(st, head_seq, prev_hash, now, req, None, cap.policy_hash)
+        if req.approval_id is None:
+            receipt = self._append_receipt(st, head_seq, prev_hash, now, req, None, cap.policy_hash)
+        else:
+            receipt = self._approved_allow_receipt(st, head_seq, prev_hash, now, req, cap.policy_hash)
         if req.idem_hash is not None:
             st.remember_idempotency(req.idem_hash, head_seq + 1)
         return receipt

@@ -35,7 +35,7 @@ from typing import TYPE_CHECKING, Any, cast
 from urllib.parse import urlsplit, urlunsplit
 
 from chio_kernel._errors import ChioKernelError
-from chio_kernel._store import GENESIS_HASH, CapabilityRow, StoredCounts
+from chio_kernel._store import GENESIS_HASH, ApprovalRow, CapabilityRow, StoredCounts
 
 if TYPE_CHECKING:
     import psycopg
@@ -48,6 +48,11 @@ __all__ = [
     "is_postgres_dsn",
     "mask_dsn",
 ]
+
+_APPROVAL_COLS = (
+    "id, capability_id, tool_server, tool_name, parameter_hash, call_hash, subject, summary, created_at, "
+    "expires_at, status, pending_receipt_id, resolved_at, approver, reason, resolution_receipt_id, consumed_receipt_id"
+)
 
 #: The fleet's writer lock (``pg_advisory_xact_lock`` key): "chio" in ASCII.
 CHAIN_LOCK_KEY = 0x6368696F
@@ -81,6 +86,14 @@ CREATE TABLE IF NOT EXISTS usage (
 CREATE TABLE IF NOT EXISTS rate_events (capability_id TEXT NOT NULL, t DOUBLE PRECISION NOT NULL);
 CREATE INDEX IF NOT EXISTS rate_events_capability ON rate_events(capability_id, t);
 CREATE TABLE IF NOT EXISTS idempotency (key_hash TEXT PRIMARY KEY, receipt_seq BIGINT NOT NULL);
+CREATE TABLE IF NOT EXISTS approvals (
+    id TEXT PRIMARY KEY, capability_id TEXT NOT NULL, tool_server TEXT NOT NULL, tool_name TEXT NOT NULL,
+    parameter_hash TEXT NOT NULL, call_hash TEXT NOT NULL, subject TEXT NOT NULL, summary TEXT NOT NULL,
+    created_at BIGINT NOT NULL, expires_at BIGINT NOT NULL, status TEXT NOT NULL, pending_receipt_id TEXT NOT NULL,
+    resolved_at BIGINT, approver TEXT, reason TEXT, resolution_receipt_id TEXT, consumed_receipt_id TEXT,
+    ord BIGSERIAL
+);
+CREATE INDEX IF NOT EXISTS approvals_status ON approvals(status, created_at);
 CREATE TABLE IF NOT EXISTS kernel_keys (
     public_key TEXT PRIMARY KEY, label TEXT NOT NULL, registered_at DOUBLE PRECISION NOT NULL,
     retired_at DOUBLE PRECISION, retired_reason TEXT
@@ -221,6 +234,22 @@ class _PgReader:
     def receipt_count(self) -> int:
         return int(self._one("SELECT COUNT(*) FROM receipts")[0])
 
+    def approval(self, approval_id: str) -> ApprovalRow | None:
+        row = self._one(f"SELECT {_APPROVAL_COLS} FROM approvals WHERE id = %s", (approval_id,))
+        return None if row is None else ApprovalRow(*row)
+
+    def approvals(self, status: str | None, limit: int | None) -> list[ApprovalRow]:
+        sql = f"SELECT {_APPROVAL_COLS} FROM approvals"
+        params: list[Any] = []
+        if status is not None:
+            sql += " WHERE status = %s"
+            params.append(status)
+        sql += " ORDER BY created_at, ord"
+        if limit is not None:
+            sql += " LIMIT %s"
+            params.append(limit)
+        return [ApprovalRow(*r) for r in self._all(sql, params)]
+
     # --- the fleet's keys (PostgreSQL only) ---
 
     def registered_keys(self) -> list[tuple[str, str, float, float | None, str | None]]:
@@ -338,6 +367,32 @@ class _PgWriter(_PgReader):
 
     def remember_idempotency(self, key_hash: str, seq: int) -> None:
         self._run("INSERT INTO idempotency(key_hash, receipt_seq) VALUES (%s, %s)", (key_hash, seq))
+
+    def insert_approval(self, row: ApprovalRow) -> None:
+        self._run(
+            f"INSERT INTO approvals({_APPROVAL_COLS}) VALUES ({', '.join(['%s'] * 17)})",
+            (row.id, row.capability_id, row.tool_server, row.tool_name, row.parameter_hash, row.call_hash,
+             row.subject, row.summary, row.created_at, row.expires_at, row.status, row.pending_receipt_id,
+             row.resolved_at, row.approver, row.reason, row.resolution_receipt_id, row.consumed_receipt_id),
+        )
+
+    def resolve_approval(
+        self, approval_id: str, status: str, resolved_at: int, approver: str, reason: str, receipt_id: str
+    ) -> bool:
+        row = self._one(
+            "UPDATE approvals SET status = %s, resolved_at = %s, approver = %s, reason = %s, "
+            "resolution_receipt_id = %s WHERE id = %s AND status = 'pending' RETURNING id",
+            (status, resolved_at, approver, reason, receipt_id, approval_id),
+        )
+        return row is not None
+
+    def consume_approval(self, approval_id: str, receipt_id: str) -> bool:
+        row = self._one(
+            "UPDATE approvals SET consumed_receipt_id = %s WHERE id = %s AND status = 'approved' "
+            "AND consumed_receipt_id IS NULL RETURNING id",
+            (receipt_id, approval_id),
+        )
+        return row is not None
 
     # --- the fleet's keys (PostgreSQL only) ---
 

@@ -26,7 +26,7 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
-from chio_kernel._store import GENESIS_HASH, CapabilityRow, StoredCounts
+from chio_kernel._store import GENESIS_HASH, ApprovalRow, CapabilityRow, StoredCounts
 
 __all__ = ["DB_FILE", "GENESIS_HASH", "SCHEMA_VERSION", "SQLiteStore", "open_store"]
 
@@ -92,6 +92,26 @@ CREATE TABLE IF NOT EXISTS idempotency (
     key_hash    TEXT PRIMARY KEY,
     receipt_seq INTEGER NOT NULL
 ) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS approvals (
+    id                    TEXT PRIMARY KEY,
+    capability_id         TEXT NOT NULL,
+    tool_server           TEXT NOT NULL,
+    tool_name             TEXT NOT NULL,
+    parameter_hash        TEXT NOT NULL,
+    call_hash             TEXT NOT NULL,
+    subject               TEXT NOT NULL,
+    summary               TEXT NOT NULL,
+    created_at            INTEGER NOT NULL,
+    expires_at            INTEGER NOT NULL,
+    status                TEXT NOT NULL,
+    pending_receipt_id    TEXT NOT NULL,
+    resolved_at           INTEGER,
+    approver              TEXT,
+    reason                TEXT,
+    resolution_receipt_id TEXT,
+    consumed_receipt_id   TEXT
+);
+CREATE INDEX IF NOT EXISTS approvals_status ON approvals(status, created_at);
 """
 
 
@@ -166,6 +186,10 @@ def _owner_only(db_path: Path) -> None:
 
 _HEAD_SQL = "SELECT seq, hash FROM chain_head WHERE k = 0"
 _INDEX_BATCH = 5_000  # receipts indexed by capability per write transaction (see catch_up_capability_index)
+_APPROVAL_COLS = (
+    "id, capability_id, tool_server, tool_name, parameter_hash, call_hash, subject, summary, created_at, "
+    "expires_at, status, pending_receipt_id, resolved_at, approver, reason, resolution_receipt_id, consumed_receipt_id"
+)
 _CAP_SQL = "SELECT id, token, parent_id, subject, issued_at, expires_at, rate_max, rate_per FROM capabilities WHERE id = ?"
 
 
@@ -253,6 +277,22 @@ class _Ops:
     def receipt_count(self) -> int:
         return int(self._c.execute("SELECT COUNT(*) FROM receipts").fetchone()[0])
 
+    def approval(self, approval_id: str) -> ApprovalRow | None:
+        row = self._c.execute(f"SELECT {_APPROVAL_COLS} FROM approvals WHERE id = ?", (approval_id,)).fetchone()
+        return ApprovalRow(*row) if row is not None else None
+
+    def approvals(self, status: str | None, limit: int | None) -> list[ApprovalRow]:
+        sql = f"SELECT {_APPROVAL_COLS} FROM approvals"
+        args: list[object] = []
+        if status is not None:
+            sql += " WHERE status = ?"
+            args.append(status)
+        sql += " ORDER BY created_at, rowid"
+        if limit is not None:
+            sql += " LIMIT ?"
+            args.append(limit)
+        return [ApprovalRow(*r) for r in self._c.execute(sql, args)]
+
     # --- writes ---
 
     def head_and_revoked(self, lineage: Sequence[str]) -> tuple[int, str, str | None]:
@@ -338,6 +378,32 @@ class _Ops:
 
     def remember_idempotency(self, key_hash: str, seq: int) -> None:
         self._c.execute("INSERT INTO idempotency(key_hash, receipt_seq) VALUES (?, ?)", (key_hash, seq))
+
+    def insert_approval(self, row: ApprovalRow) -> None:
+        self._c.execute(
+            f"INSERT INTO approvals({_APPROVAL_COLS}) VALUES ({','.join('?' * 17)})",
+            (row.id, row.capability_id, row.tool_server, row.tool_name, row.parameter_hash, row.call_hash,
+             row.subject, row.summary, row.created_at, row.expires_at, row.status, row.pending_receipt_id,
+             row.resolved_at, row.approver, row.reason, row.resolution_receipt_id, row.consumed_receipt_id),
+        )
+
+    def resolve_approval(
+        self, approval_id: str, status: str, resolved_at: int, approver: str, reason: str, receipt_id: str
+    ) -> bool:
+        cur = self._c.execute(
+            "UPDATE approvals SET status = ?, resolved_at = ?, approver = ?, reason = ?, resolution_receipt_id = ? "
+            "WHERE id = ? AND status = 'pending'",
+            (status, resolved_at, approver, reason, receipt_id, approval_id),
+        )
+        return cur.rowcount == 1
+
+    def consume_approval(self, approval_id: str, receipt_id: str) -> bool:
+        cur = self._c.execute(
+            "UPDATE approvals SET consumed_receipt_id = ? WHERE id = ? AND status = 'approved' "
+            "AND consumed_receipt_id IS NULL",
+            (receipt_id, approval_id),
+        )
+        return cur.rowcount == 1
 
 
 class SQLiteStore:

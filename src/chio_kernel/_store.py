@@ -17,7 +17,12 @@ Data the store keeps (the SQLite schema names them):
 * receipts      - the hash-chained log: ``seq`` (1, 2, 3 ... in chain order, no gaps), ``id``,
   ``capability_id``, ``verdict``, ``chain_hash`` (sha256 of ``body``), ``body`` (the receipt's JSON text
   exactly as the kernel hands it; the store never rewrites it);
-* idempotency   - ``key_hash`` -> the ``seq`` of the receipt it returned.
+* idempotency   - ``key_hash`` -> the ``seq`` of the receipt it returned;
+* approvals     - human approvals of pending calls (``chio_kernel._approvals``, docs/approvals.md):
+  ``id`` -> the call it is bound to (capability, tool, ``parameter_hash``, ``call_hash``), the
+  capability's ``subject``, ``summary``, ``created_at`` / ``expires_at``, ``status`` (``pending``,
+  ``approved``, ``denied``), the pending receipt, the resolution (``resolved_at``, ``approver``,
+  ``reason``, its receipt) and ``consumed_receipt_id`` (the allow receipt that used it, once).
 
 Transaction semantics (what every implementation must guarantee):
 
@@ -55,6 +60,7 @@ from typing import Protocol, runtime_checkable
 
 __all__ = [
     "GENESIS_HASH",
+    "ApprovalRow",
     "CapabilityRow",
     "KernelStore",
     "StoreReader",
@@ -78,6 +84,29 @@ class CapabilityRow:
     expires_at: int
     rate_max: int | None
     rate_per: float | None
+
+
+@dataclass(frozen=True)
+class ApprovalRow:
+    """One stored approval (see ``chio_kernel._approvals``). Times are unix seconds (int)."""
+
+    id: str
+    capability_id: str
+    tool_server: str
+    tool_name: str
+    parameter_hash: str
+    call_hash: str  # sha256 of the whole call (capability, tool, operation, parameters, cost)
+    subject: str
+    summary: str
+    created_at: int
+    expires_at: int
+    status: str  # pending | approved | denied
+    pending_receipt_id: str
+    resolved_at: int | None = None
+    approver: str | None = None
+    reason: str | None = None
+    resolution_receipt_id: str | None = None
+    consumed_receipt_id: str | None = None
 
 
 @dataclass(frozen=True)
@@ -135,6 +164,14 @@ class StoreReader(Protocol):
         """Number of receipts in the log."""
         ...
 
+    def approval(self, approval_id: str) -> ApprovalRow | None:
+        """The stored approval with this id, or None."""
+        ...
+
+    def approvals(self, status: str | None, limit: int | None) -> list[ApprovalRow]:
+        """Approvals (only those with ``status`` unless None), oldest first, at most ``limit``."""
+        ...
+
 
 class StoreWriter(StoreReader, Protocol):
     """The operations of one write transaction (see the module docstring for its guarantees)."""
@@ -183,6 +220,20 @@ class StoreWriter(StoreReader, Protocol):
 
     def remember_idempotency(self, key_hash: str, seq: int) -> None:
         """Remember that this idempotency key hash answered with the receipt at ``seq``."""
+        ...
+
+    def insert_approval(self, row: ApprovalRow) -> None:
+        """Store a new (pending) approval (the id must not exist)."""
+        ...
+
+    def resolve_approval(
+        self, approval_id: str, status: str, resolved_at: int, approver: str, reason: str, receipt_id: str
+    ) -> bool:
+        """Resolve a PENDING approval; False (and nothing written) if it is not pending any more."""
+        ...
+
+    def consume_approval(self, approval_id: str, receipt_id: str) -> bool:
+        """Mark an approved approval used by ``receipt_id``; False if it was used already."""
         ...
 
 

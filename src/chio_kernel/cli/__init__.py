@@ -186,6 +186,9 @@ def _build_scope(grants: list[str] | None, scope_file: Path | None, max_invocati
         try:
             # the kernel's check: pydantic would drop a misspelt field and issue a wider scope
             check_scope_fields(raw, f"--scope-file {scope_file}")
+            from chio_kernel._coerce import normalize_scope_constraints
+
+            raw = normalize_scope_constraints(raw, f"--scope-file {scope_file}")  # upstream's approval shape
         except KernelInputError as e:
             raise CliError(str(e)) from None
         try:
@@ -547,6 +550,10 @@ def demo(
     code = run(out, data_dir)
     if code:
         raise typer.Exit(code)
+
+
+# after the definitions above, which it imports
+from chio_kernel.cli import _approvals as _approvals  # noqa: E402,F401  (registers `approvals`)
 
 
 def main() -> None:

@@ -47,6 +47,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from chio_kernel._coerce import normalize_scope_constraints
 from chio_kernel._kernel import (
     MAX_COST_UNITS,
     CapabilityError,
@@ -332,7 +333,8 @@ def _scope(data: Any, what: str) -> ChioScope:
     """A scope from the wire: the kernel's own unknown-field check first (pydantic would drop a
     misspelt ``constraint`` and issue a wider scope), then strict validation."""
     check_scope_fields(data, what)  # KernelInputError -> 422 naming the field
-    return _model(ChioScope, data, what)
+    # upstream's {"type": "require_approval_above", "value": {"threshold_units": N}} -> "value": N
+    return _model(ChioScope, normalize_scope_constraints(data, what), what)
 
 
 def _dump_receipt(receipt: ChioReceipt) -> dict[str, Any]:
@@ -527,6 +529,7 @@ def create_app(
             except (ValueError, TypeError):
                 allowed = ", ".join(o.value for o in Operation)
                 raise ApiError(422, "invalid_request", f"'operation' must be one of {allowed}") from None
+        approval_id = _opt_str(data, "approval_id", max_len=256)  # a re-evaluation (docs/approvals.md)
         # the client's parameter_hash is ignored: the kernel computes its own
         receipt = await run_in_threadpool(
             k.evaluate,
@@ -537,6 +540,7 @@ def create_app(
             idempotency_key=idem,
             cost=cost,
             operation=operation,
+            approval_id=approval_id,
         )
         return _json(_dump_receipt(receipt))
 
@@ -634,6 +638,7 @@ def create_app(
         Route("/v1/receipts/verify-chain", verify_chain, methods=["GET"]),
         Route("/v1/receipts", list_receipts, methods=["GET"]),
         Route("/v1/receipts/{receipt_id}", get_receipt, methods=["GET"]),
+        *approval_routes(k, endpoint),
     ]
 
     async def http_exception(request: Request, exc: Exception) -> Response:
@@ -688,5 +693,6 @@ from chio_kernel.sidecar._http_requests import (  # noqa: E402
     _evaluate_http as _evaluate_http,
     _verify_http_receipt as _verify_http_receipt,
 )
+from chio_kernel.sidecar._approvals import approval_routes  # noqa: E402
 from chio_kernel.sidecar._server import header_timeout_protocol as header_timeout_protocol  # noqa: E402
 from chio_kernel.sidecar._server import serve as serve  # noqa: E402

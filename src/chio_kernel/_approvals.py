@@ -1,0 +1,626 @@
+"""Human approval as a kernel verdict (issue 10; the rules are in ``docs/approvals.md``).
+
+A grant constraint ``{"type": "require_approval_above", "value": {"threshold_units": N}}`` sends a
+call whose declared cost is N units or more (no declared cost counts as 0) to a human:
+
+* **pending** — when every other guard passes, the kernel answers a signed, chained receipt with
+  ``decision.verdict = "pending_approval"``, guard ``approval`` and
+  ``metadata.pending_approval = {approval_id, parameter_hash, expires_at, summary}``, and stores an
+  approval bound to the call (capability, tool, operation, parameters, cost). Nothing is charged. The
+  same idempotency key gets the same pending receipt back. A deny beats a pending approval (the
+  other guards run first), and a pending approval beats an allow.
+* **resolution** — the kernel's operator (:meth:`ApprovalsMixin.respond_approval`; the sidecar's
+  ``POST /approvals/{id}/operator-respond``; ``chio-durable approvals approve|deny``) or a signed
+  approval token from a trusted approver key (:meth:`ApprovalsMixin.respond_approval_token`;
+  ``POST /approvals/{id}/respond``) answers it ONCE (a second answer is an
+  :class:`ApprovalConflictError`, HTTP 409). Each answer is a signed receipt in the chain
+  (``decision.verdict = "approval_resolution"``, ``metadata.approval_resolution``).
+* **re-evaluation** — the same call sent again with ``approval_id`` re-runs every guard and is
+  allowed (and charged) only if the approval was approved, has not expired, the capability is still
+  valid and the call is the one approved; the allow receipt carries ``metadata.approval_id``. An
+  approval is used by ONE allow: a second re-evaluation under another idempotency key is a deny
+  (``approval-consumed``); the same idempotency key gets the same allow receipt back.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from contextlib import AbstractContextManager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from chio_sdk.models import ChioReceipt, Operation
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+
+from chio_kernel._capabilities import _Cap
+from chio_kernel._coerce import APPROVAL_CONSTRAINT, _iso, _require_str, approval_threshold_value
+from chio_kernel._errors import ChioKernelError, KernelInputError
+from chio_kernel._ids import _uuid7_str
+from chio_kernel._policy import Deny
+from chio_kernel._receipts import _chain_dumps, _receipt_signed_body
+from chio_kernel._store import GENESIS_HASH, ApprovalRow, StoreReader, StoreWriter
+from chio_kernel.canonical import canonical_json
+from chio_kernel._guards import grant_matches
+from chio_kernel.signing import Signer, verify_hex
+
+if TYPE_CHECKING:
+    from chio_kernel._kernel import _EvalRequest
+
+__all__ = [
+    "APPROVAL_CONSTRAINT",
+    "APPROVAL_GUARD",
+    "APPROVAL_TTL_ENV",
+    "APPROVERS_FILE",
+    "DEFAULT_APPROVAL_TTL",
+    "PENDING_VERDICT",
+    "RESOLUTION_VERDICT",
+    "ApprovalConflictError",
+    "ApprovalError",
+    "ApprovalNotFoundError",
+    "ApprovalTokenError",
+    "ApprovalsMixin",
+    "approval_requirement",
+    "sign_approval_token",
+]
+
+#: ``decision.verdict`` of a call waiting for a human (``is_allowed`` and ``is_denied`` are both False).
+PENDING_VERDICT = "pending_approval"
+#: ``decision.verdict`` of the receipt that records a human's answer (it allows nothing by itself).
+RESOLUTION_VERDICT = "approval_resolution"
+#: The guard named by pending and resolution receipts.
+APPROVAL_GUARD = "approval"
+#: Seconds an approval may wait (default :data:`DEFAULT_APPROVAL_TTL`); ``Kernel(approval_ttl=)`` wins.
+APPROVAL_TTL_ENV = "CHIO_APPROVAL_TTL"
+DEFAULT_APPROVAL_TTL = 86_400
+#: Trusted approver public keys, one hex key per line (``#`` comments), in the data directory.
+APPROVERS_FILE = "approvers"
+#: The answers a human can give.
+OUTCOMES = ("approved", "denied")
+#: Seconds an approval token's ``issued_at`` may lie in the future (clock skew between machines).
+TOKEN_CLOCK_SKEW = 60
+_TOKEN_FIELDS = frozenset(
+    {"id", "approver", "subject", "request_id", "parameter_hash", "issued_at", "expires_at", "decision", "signature"}
+)
+_TOKEN_OPTIONAL = frozenset({"reason"})
+_HEX = frozenset("0123456789abcdef")
+
+
+class ApprovalError(ChioKernelError):
+    """Root of the approval errors."""
+
+
+class ApprovalNotFoundError(ApprovalError, LookupError):
+    """No approval with this id in the kernel's store (HTTP 404)."""
+
+
+class ApprovalConflictError(ApprovalError):
+    """The approval cannot be answered any more: already answered, expired, or its capability was
+    revoked (HTTP 409). Each approval is answered once."""
+
+
+class ApprovalTokenError(ApprovalError, ValueError):
+    """A signed approval token was refused: untrusted approver key, bad signature, bound to another
+    request, parameters or subject, or outside its validity window (HTTP 403)."""
+
+
+@dataclass(frozen=True)
+class _Pending:
+    """The call needs a human: the lowest threshold reached, and the capability that set it."""
+
+    threshold: int
+    capability_id: str
+
+
+def approval_requirement(
+    lineage: Sequence[_Cap], tool_server: str, tool_name: str, op: Operation, cost_units: int
+) -> tuple[int, str] | None:
+    """``(threshold, capability id)`` if the call needs a human, else None.
+
+    Every grant of the capability AND of its ancestors that covers the call counts (a delegated
+    capability keeps its parent's approval rule); the lowest threshold reached wins. A value that is
+    not a valid threshold counts as 0 (fail closed: every call needs a human).
+    """
+    best: tuple[int, str] | None = None
+    for c in lineage:
+        if not c.constrained:
+            continue
+        for g in c.grants:
+            for con in g.constraints:
+                if con.type != APPROVAL_CONSTRAINT or not grant_matches(g, tool_server, tool_name, op):
+                    continue
+                try:
+                    threshold = approval_threshold_value(con.value, "require_approval_above")
+                except KernelInputError:
+                    threshold = 0
+                if cost_units >= threshold and (best is None or threshold < best[0]):
+                    best = (threshold, c.token.id)
+    return best
+
+
+def call_hash(req: _EvalRequest) -> str:
+    """What an approval binds: capability, tool, operation, parameters and declared cost."""
+    cost = "" if req.cost_t is None else f"{req.cost_t[0]} {req.cost_t[1]}"
+    parts = (req.capability_id, req.tool_server, req.tool_name, req.op.value, req.param_hash, cost)
+    return hashlib.sha256("\x1f".join(parts).encode()).hexdigest()
+
+
+def build_signed_receipt(
+    sign_hex: Callable[[bytes], str],
+    key: str,
+    prev_hash: str,
+    now: float,
+    capability_id: str,
+    tool_server: str,
+    tool_name: str,
+    params: dict[str, Any],
+    param_hash: str,
+    decision: dict[str, str],
+    policy_hash: str,
+    metadata: dict[str, Any] | None,
+) -> tuple[ChioReceipt, str, str]:
+    """A receipt with any verdict and metadata, signed and chained by THE rule of ``_receipts``
+    (the slow, general path; plain allow/deny receipts keep their spliced fast path):
+    ``(receipt, stored text, chain hash)``."""
+    data: dict[str, Any] = {
+        "id": "rcpt-" + _uuid7_str(),
+        "timestamp": int(now),
+        "capability_id": capability_id,
+        "tool_server": tool_server,
+        "tool_name": tool_name,
+        "action": {"parameters": params, "parameter_hash": param_hash},
+        "decision": decision,
+        "content_hash": prev_hash,
+        "policy_hash": policy_hash,
+        "evidence": [],
+        "kernel_key": key,
+        "signature": "",
+    }
+    if metadata:
+        data["metadata"] = metadata
+    unsigned = ChioReceipt.model_validate(data).model_dump(exclude_none=True)
+    signature = sign_hex(canonical_json(_receipt_signed_body(unsigned)))
+    receipt = ChioReceipt.model_validate({**data, "signature": signature})
+    stored = _chain_dumps(receipt.model_dump(exclude_none=True))
+    return receipt, stored, hashlib.sha256(stored.encode()).hexdigest()
+
+
+def _check_hex_key(key: Any, what: str) -> str:
+    if not isinstance(key, str) or len(key) != 64 or not set(key.lower()) <= _HEX:
+        raise KernelInputError(f"{what} {key!r:.80} is not a 64-hex-char Ed25519 public key")
+    return key.lower()
+
+
+def sign_approval_token(
+    private_key: Ed25519PrivateKey,
+    approval: Mapping[str, Any],
+    decision: str,
+    *,
+    reason: str | None = None,
+    ttl_seconds: int = 300,
+    now: float | None = None,
+    token_id: str | None = None,
+) -> dict[str, Any]:
+    """A signed approval token answering ``approval`` (a dict as ``Kernel.get_approval`` returns it).
+
+    Upstream's token fields: ``id``, ``approver`` (the hex public key of ``private_key``),
+    ``subject``, ``request_id`` (the approval id), ``parameter_hash`` (the parameter binding),
+    ``issued_at``, ``expires_at``, ``decision`` (``"approved"`` / ``"denied"``), optional ``reason``,
+    and ``signature``: Ed25519 over the RFC 8785 canonical JSON of the token without ``signature``
+    (the rule of every other Chio signature). POST it to ``/approvals/{id}/respond`` or pass it to
+    ``Kernel.respond_approval_token``; the kernel must trust the key (``approver_keys``).
+    """
+    if decision not in OUTCOMES:
+        raise KernelInputError(f"decision must be 'approved' or 'denied', got {decision!r}")
+    issued = int(now if now is not None else time.time())
+    public = private_key.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw).hex()
+    token: dict[str, Any] = {
+        "id": token_id or "apt-" + _uuid7_str(),
+        "approver": public,
+        "subject": str(approval["subject"]),
+        "request_id": str(approval["id"]),
+        "parameter_hash": str(approval["parameter_hash"]),
+        "issued_at": issued,
+        "expires_at": issued + int(ttl_seconds),
+        "decision": decision,
+    }
+    if reason is not None:
+        token["reason"] = reason
+    token["signature"] = private_key.sign(canonical_json(token)).hex()
+    return token
+
+
+def _check_token(token: Any) -> dict[str, Any]:
+    """The token's fields, type-checked (a :class:`KernelInputError` names what is wrong)."""
+    if not isinstance(token, Mapping):
+        raise KernelInputError(f"an approval token is a JSON object, got {type(token).__name__}")
+    missing = sorted(_TOKEN_FIELDS - set(token))
+    extra = sorted(set(token) - _TOKEN_FIELDS - _TOKEN_OPTIONAL)
+    if missing or extra:
+        raise KernelInputError(
+            f"approval token fields are {sorted(_TOKEN_FIELDS)} (+ optional 'reason'); "
+            + (f"missing {missing}" if missing else "")
+            + ("; " if missing and extra else "")
+            + (f"unknown {extra}" if extra else "")
+        )
+    for name in ("id", "subject", "request_id", "decision", "parameter_hash", "signature", "approver"):
+        _require_str(f"approval token {name}", token[name], max_len=4096)
+    for name in ("issued_at", "expires_at"):
+        v = token[name]
+        if isinstance(v, bool) or not isinstance(v, int) or not 0 <= v < 2**53:
+            raise KernelInputError(f"approval token {name} must be an integer (unix seconds), got {v!r:.40}")
+    if token.get("reason") is not None:
+        _require_str("approval token reason", token["reason"], max_len=4096)
+    if token["decision"] not in OUTCOMES:
+        raise KernelInputError(f"approval token decision must be 'approved' or 'denied', got {token['decision']!r:.40}")
+    _check_hex_key(token["approver"], "approval token approver")
+    return dict(token)
+
+
+def _outcome(value: Any) -> str:
+    if value not in OUTCOMES:
+        raise KernelInputError(f"outcome must be 'approved' or 'denied', got {value!r:.40}")
+    return str(value)
+
+
+def _reason(value: Any) -> str | None:
+    if value is None:
+        return None
+    return _require_str("reason", value, max_len=4096)
+
+
+class ApprovalsMixin:
+    """The approval half of :class:`chio_kernel.Kernel` (mixed in; the rules are in the module doc)."""
+
+    # provided by Kernel
+    _signer: Signer
+    public_key_hex: str
+    data_dir: Path
+    _clock: Callable[[], float]
+    _approver_keys: frozenset[str]
+    _approval_ttl: int
+
+    if TYPE_CHECKING:
+
+        def _read(self) -> AbstractContextManager[StoreReader]: ...
+
+        def _write(self) -> AbstractContextManager[StoreWriter]: ...
+
+        def _load_cap(self, st: StoreReader, capability_id: str) -> _Cap | None: ...
+
+    def _init_approvals(self, approver_keys: Iterable[str], approval_ttl: int | None) -> None:
+        self._approver_keys = frozenset(_check_hex_key(k, "approver key") for k in approver_keys)
+        if approval_ttl is None:
+            raw = os.environ.get(APPROVAL_TTL_ENV, "").strip()
+            if raw:
+                try:
+                    approval_ttl = int(raw)
+                except ValueError:
+                    raise KernelInputError(f"${APPROVAL_TTL_ENV} must be a whole number of seconds, got {raw!r}") from None
+            else:
+                approval_ttl = DEFAULT_APPROVAL_TTL
+        if isinstance(approval_ttl, bool) or not isinstance(approval_ttl, int) or not 0 < approval_ttl <= 10 * 366 * 86400:
+            raise KernelInputError(f"approval_ttl must be a positive number of seconds (at most 10 years), got {approval_ttl!r}")
+        self._approval_ttl = approval_ttl
+
+    # --- configuration ---
+
+    @property
+    def approval_ttl(self) -> int:
+        """Seconds a pending approval waits before it times out (a re-evaluation then denies with
+        guard ``approval-timeout``)."""
+        return self._approval_ttl
+
+    @property
+    def approver_keys(self) -> frozenset[str]:
+        """Hex Ed25519 keys whose signed approval tokens this kernel accepts: ``approver_keys=`` plus
+        the ``approvers`` file of the data directory (read anew each time, so ``chio-durable approvals
+        trust`` takes effect on a running sidecar)."""
+        keys = set(self._approver_keys)
+        path = self.data_dir / APPROVERS_FILE
+        try:
+            text = path.read_text(encoding="utf-8")
+        except FileNotFoundError:
+            return frozenset(keys)
+        for n, line in enumerate(text.splitlines(), 1):
+            line = line.split("#", 1)[0].strip()
+            if line:
+                keys.add(_check_hex_key(line, f"{path} line {n}:"))
+        return frozenset(keys)
+
+    def trust_approver(self, public_key: str) -> None:
+        """Add an approver key to the data directory's ``approvers`` file (kept across restarts)."""
+        key = _check_hex_key(public_key, "approver key")
+        if key in self.approver_keys:
+            return
+        path = self.data_dir / APPROVERS_FILE
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        with os.fdopen(fd, "a", encoding="utf-8") as fh:
+            fh.write(key + "\n")
+
+    # --- evaluation (called by Kernel._evaluate_in inside its write transaction) ---
+
+    def _approval_gate(
+        self, st: StoreWriter, req: _EvalRequest, lineage: Sequence[_Cap], now: float
+    ) -> ChioReceipt | _Pending | None:
+        """After every other guard passed: None (go on and allow), a :class:`_Pending` (the call needs
+        a human), a stored receipt to answer as is (the approval is still pending), or a
+        :class:`Deny` (raised)."""
+        approval_id = req.approval_id
+        if approval_id is None:
+            if not any(c.constrained for c in lineage):
+                return None
+            need = approval_requirement(
+                lineage, req.tool_server, req.tool_name, req.op, req.cost_t[0] if req.cost_t else 0
+            )
+            return None if need is None else _Pending(*need)
+        row = st.approval(approval_id)
+        if row is None:
+            raise Deny("approval-unknown", f"no approval {approval_id!r} in this kernel; send the call without approval_id to ask for one")
+        if (row.capability_id, row.tool_server, row.tool_name) != (req.capability_id, req.tool_server, req.tool_name):
+            raise Deny(
+                "approval-unknown",
+                f"approval {approval_id} was asked for {row.tool_server}/{row.tool_name} under capability "
+                f"{row.capability_id}, not for this call",
+            )
+        if row.parameter_hash != req.param_hash:
+            raise Deny(
+                "approval-parameters-mismatch",
+                f"approval {approval_id} approves parameters with hash {row.parameter_hash[:16]}…; this call's "
+                f"parameters hash to {req.param_hash[:16]}…. An approval covers only the parameters approved",
+            )
+        if row.call_hash != call_hash(req):
+            raise Deny(
+                "approval-parameters-mismatch",
+                f"approval {approval_id} approves another operation or declared cost for this call; "
+                "send the call exactly as approved",
+            )
+        if row.status == "denied":
+            raise Deny("approval-denied", f"approval {approval_id} was denied by {row.approver}: {row.reason}")
+        if now >= row.expires_at and not (row.status == "approved" and row.consumed_receipt_id is not None):
+            raise Deny(
+                "approval-timeout",
+                f"approval {approval_id} expired at {_iso(row.expires_at)} "
+                f"({'approved' if row.status == 'approved' else 'nobody answered'} in time); ask again",
+            )
+        if row.status == "pending":
+            body = st.receipt_body(row.pending_receipt_id)
+            if body is None:  # pragma: no cover - the pending receipt is written with the approval
+                raise Deny("approval-unknown", f"approval {approval_id} has no pending receipt")
+            return ChioReceipt.model_validate_json(body)
+        if row.consumed_receipt_id is not None:
+            raise Deny(
+                "approval-consumed",
+                f"approval {approval_id} was already used by receipt {row.consumed_receipt_id}; one approval "
+                "allows one call (retry with the same idempotency key to get that receipt back)",
+            )
+        return None
+
+    def _pending_receipt(
+        self, st: StoreWriter, head_seq: int, prev_hash: str, now: float, req: _EvalRequest, cap: _Cap,
+        pending: _Pending,
+    ) -> ChioReceipt:
+        """Record the approval and its signed pending receipt (nothing charged)."""
+        approval_id = "apr-" + _uuid7_str()
+        # a wait beyond the capability's own expiry could never end in an allow
+        expires_at = min(int(now) + self._approval_ttl, int(cap.token.expires_at))
+        cost = f"{req.cost_t[0]} {req.cost_t[1]}" if req.cost_t else "no declared cost (0 units)"
+        summary = (
+            f"{req.op.value} {req.tool_server}/{req.tool_name} by {cap.token.subject} under capability "
+            f"{req.capability_id}, cost {cost}"
+        )
+        reason = (
+            f"{req.tool_server}/{req.tool_name} costs {req.cost_t[0] if req.cost_t else 0} units, at or above the "
+            f"approval threshold {pending.threshold} of capability {pending.capability_id}: a person must approve "
+            f"{approval_id} (`chio-durable approvals approve {approval_id}`) before {_iso(expires_at)}, then the "
+            "call is sent again with approval_id"
+        )
+        metadata = {
+            "pending_approval": {
+                "approval_id": approval_id,
+                "parameter_hash": req.param_hash,
+                "expires_at": expires_at,
+                "summary": summary,
+            }
+        }
+        receipt, stored, chain_hash = build_signed_receipt(
+            self._signer.sign_hex, self.public_key_hex, prev_hash, now, req.capability_id, req.tool_server,
+            req.tool_name, req.params, req.param_hash,
+            {"verdict": PENDING_VERDICT, "guard": APPROVAL_GUARD, "reason": reason}, cap.policy_hash, metadata,
+        )
+        st.append_receipt(head_seq + 1, receipt.id, req.capability_id, PENDING_VERDICT, chain_hash, stored)
+        st.insert_approval(ApprovalRow(
+            id=approval_id, capability_id=req.capability_id, tool_server=req.tool_server, tool_name=req.tool_name,
+            parameter_hash=req.param_hash, call_hash=call_hash(req), subject=cap.token.subject, summary=summary,
+            created_at=int(now), expires_at=expires_at, status="pending", pending_receipt_id=receipt.id,
+        ))
+        if req.idem_hash is not None:
+            st.remember_idempotency(req.idem_hash, head_seq + 1)
+        return receipt
+
+    def _approved_allow_receipt(
+        self, st: StoreWriter, head_seq: int, prev_hash: str, now: float, req: _EvalRequest, policy_hash: str
+    ) -> ChioReceipt:
+        """The allow receipt of a re-evaluation under an approval (``metadata.approval_id``); uses the
+        approval up."""
+        assert req.approval_id is not None
+        receipt, stored, chain_hash = build_signed_receipt(
+            self._signer.sign_hex, self.public_key_hex, prev_hash, now, req.capability_id, req.tool_server,
+            req.tool_name, req.params, req.param_hash, {"verdict": "allow"}, policy_hash,
+            {"approval_id": req.approval_id},
+        )
+        st.append_receipt(head_seq + 1, receipt.id, req.capability_id, "allow", chain_hash, stored)
+        if not st.consume_approval(req.approval_id, receipt.id):  # pragma: no cover - checked in this transaction
+            raise RuntimeError(f"approval {req.approval_id} was used meanwhile")
+        return receipt
+
+    # --- reading approvals ---
+
+    def _approval_view(self, st: StoreReader, row: ApprovalRow, now: float) -> dict[str, Any]:
+        cap = self._load_cap(st, row.capability_id)
+        revoked = st.first_revoked(cap.lineage if cap is not None else (row.capability_id,))
+        status, approver, reason = row.status, row.approver, row.reason
+        if status == "pending" and now >= row.expires_at:
+            status = "expired"
+        elif status == "pending" and revoked is not None:
+            status, reason = "denied", f"capability {revoked} was revoked during the wait"
+        body = st.receipt_body(row.pending_receipt_id)
+        params = ChioReceipt.model_validate_json(body).action.parameters if body is not None else None
+        return {
+            "id": row.id,
+            "status": status,
+            "capability_id": row.capability_id,
+            "tool_server": row.tool_server,
+            "tool_name": row.tool_name,
+            "parameters": params,
+            "parameter_hash": row.parameter_hash,
+            "subject": row.subject,
+            "summary": row.summary,
+            "created_at": row.created_at,
+            "expires_at": row.expires_at,
+            "pending_receipt_id": row.pending_receipt_id,
+            "resolved_at": row.resolved_at,
+            "approver": approver,
+            "reason": reason,
+            "resolution_receipt_id": row.resolution_receipt_id,
+            "consumed_receipt_id": row.consumed_receipt_id,
+        }
+
+    def get_approval(self, approval_id: str) -> dict[str, Any] | None:
+        """One approval as a dict, or None. ``status`` is what it is NOW: ``pending``, ``approved``,
+        ``denied`` (also when its capability was revoked during the wait) or ``expired``; plus the
+        call (``capability_id``, ``tool_server``, ``tool_name``, ``parameters``, ``parameter_hash``),
+        ``subject``, ``summary``, ``created_at`` / ``expires_at`` (unix seconds), the receipts
+        (``pending_receipt_id``, ``resolution_receipt_id``, ``consumed_receipt_id``) and the answer
+        (``resolved_at``, ``approver``, ``reason``)."""
+        _require_str("approval_id", approval_id, max_len=256)
+        with self._read() as st:
+            row = st.approval(approval_id)
+            return None if row is None else self._approval_view(st, row, self._clock())
+
+    def list_approvals(self, status: str | None = "pending", *, limit: int | None = None) -> list[dict[str, Any]]:
+        """Approvals oldest first, as :meth:`get_approval` returns them: those whose current status is
+        ``status`` (``pending`` — still answerable —, ``approved``, ``denied``, ``expired``) or all (None)."""
+        if status not in (None, "pending", "approved", "denied", "expired"):
+            raise KernelInputError(f"status must be pending, approved, denied, expired or None, got {status!r:.40}")
+        if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 0):
+            raise KernelInputError(f"limit must be a non-negative integer, got {limit!r}")
+        stored = None if status is None else ("pending" if status in ("pending", "expired") else status)
+        now = self._clock()
+        with self._read() as st:
+            views = [self._approval_view(st, r, now) for r in st.approvals(stored, None)]
+        out = [v for v in views if status is None or v["status"] == status]
+        return out if limit is None else out[:limit]
+
+    # --- resolving ---
+
+    def respond_approval(
+        self, approval_id: str, outcome: str, reason: str | None = None, *, approver: str = "operator"
+    ) -> ChioReceipt:
+        """The kernel's operator answers an approval (``outcome``: ``"approved"`` or ``"denied"``).
+
+        Returns the signed resolution receipt (in the chain; its ``kernel_key`` is the approver key
+        recorded). Raises :class:`ApprovalNotFoundError`, :class:`ApprovalConflictError` (answered
+        already, expired, or capability revoked) or :class:`KernelInputError`.
+        """
+        _require_str("approval_id", approval_id, max_len=256)
+        label = _require_str("approver", approver, max_len=256)
+        return self._resolve(approval_id, _outcome(outcome), _reason(reason), self.public_key_hex, label, None)
+
+    def respond_approval_token(self, token: Mapping[str, Any], approval_id: str | None = None) -> ChioReceipt:
+        """Answer an approval with a signed approval token (see :func:`sign_approval_token`).
+
+        The token must be signed by a key in :attr:`approver_keys`, name this approval
+        (``request_id``, and ``approval_id`` when given), its ``parameter_hash`` and ``subject``, and be
+        inside ``issued_at``..``expires_at``. Raises :class:`ApprovalTokenError` if it is refused, the
+        errors of :meth:`respond_approval` otherwise.
+        """
+        data = _check_token(token)
+        if approval_id is not None and data["request_id"] != approval_id:
+            raise ApprovalTokenError(f"the token answers request {data['request_id']!r}, not approval {approval_id!r}")
+        approver = data["approver"].lower()
+        if approver not in self.approver_keys:
+            raise ApprovalTokenError(
+                f"approver key {approver[:16]}… is not trusted by this kernel (add it with "
+                "`chio-durable approvals trust KEY` or Kernel(approver_keys=[...]))"
+            )
+        body = {k: v for k, v in data.items() if k != "signature"}
+        if not verify_hex(approver, data["signature"], canonical_json(body)):
+            raise ApprovalTokenError(f"approval token {data['id']!r} has an invalid signature (forged or altered)")
+        now = self._clock()
+        if data["issued_at"] > now + TOKEN_CLOCK_SKEW or now >= data["expires_at"]:
+            raise ApprovalTokenError(
+                f"approval token {data['id']!r} is valid from {_iso(data['issued_at'])} to {_iso(data['expires_at'])}, "
+                f"not now ({_iso(now)})"
+            )
+
+        def bound(row: ApprovalRow) -> None:
+            if data["parameter_hash"] != row.parameter_hash:
+                raise ApprovalTokenError(
+                    f"approval token {data['id']!r} is bound to other parameters than approval {row.id}"
+                )
+            if data["subject"] != row.subject:
+                raise ApprovalTokenError(f"approval token {data['id']!r} names another subject than approval {row.id}")
+
+        reason = data.get("reason") or f"signed approval token {data['id']}"
+        return self._resolve(data["request_id"], data["decision"], reason, approver, "approver-token", data["id"], bound)
+
+    def _resolve(
+        self,
+        approval_id: str,
+        outcome: str,
+        reason: str | None,
+        approver_key: str,
+        approver: str,
+        token_id: str | None,
+        check: Callable[[ApprovalRow], None] | None = None,
+    ) -> ChioReceipt:
+        with self._write() as st:
+            row = st.approval(approval_id)
+            if row is None:
+                raise ApprovalNotFoundError(f"no approval {approval_id!r} in this kernel")
+            if check is not None:
+                check(row)
+            now = self._clock()
+            if row.status != "pending":
+                raise ApprovalConflictError(
+                    f"approval {approval_id} was already answered: {row.status} by {row.approver} at "
+                    f"{_iso(row.resolved_at or 0)} (receipt {row.resolution_receipt_id}); each approval is answered once"
+                )
+            if now >= row.expires_at:
+                raise ApprovalConflictError(
+                    f"approval {approval_id} expired at {_iso(row.expires_at)}; the call is denied (approval-timeout)"
+                )
+            cap = self._load_cap(st, row.capability_id)
+            head_seq, prev_hash, revoked = st.head_and_revoked(cap.lineage if cap is not None else (row.capability_id,))
+            if revoked is not None and outcome == "approved":
+                raise ApprovalConflictError(
+                    f"capability {revoked} was revoked during the wait; approval {approval_id} can no longer be granted"
+                )
+            pending_body = st.receipt_body(row.pending_receipt_id)
+            params = ChioReceipt.model_validate_json(pending_body).action.parameters if pending_body else {}
+            text = reason if reason is not None else outcome
+            resolution: dict[str, Any] = {
+                "approval_id": approval_id,
+                "outcome": outcome,
+                "approver_key": approver_key,
+                "approver": approver,
+                "reason": text,
+                "pending_receipt_id": row.pending_receipt_id,
+            }
+            if token_id is not None:
+                resolution["token_id"] = token_id
+            receipt, stored, chain_hash = build_signed_receipt(
+                self._signer.sign_hex, self.public_key_hex, prev_hash, now, row.capability_id, row.tool_server,
+                row.tool_name, params, row.parameter_hash,
+                {"verdict": RESOLUTION_VERDICT, "guard": APPROVAL_GUARD, "reason": f"{outcome} by {approver}: {text}"},
+                cap.policy_hash if cap is not None else GENESIS_HASH, {"approval_resolution": resolution},
+            )
+            st.append_receipt(head_seq + 1, receipt.id, row.capability_id, RESOLUTION_VERDICT, chain_hash, stored)
+            if not st.resolve_approval(approval_id, outcome, int(now), approver_key, text, receipt.id):
+                raise ApprovalConflictError(f"approval {approval_id} was answered meanwhile")  # pragma: no cover
+        return receipt

@@ -1,0 +1,132 @@
+"""``chio-durable approvals list|show|approve|deny|trust``: answer human approvals from the command
+line, as the kernel's operator (docs/approvals.md). Every command honours ``--data-dir`` and
+``--store`` like the others, so it reaches the same store as a running sidecar or a fleet."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+import typer
+from rich.markup import escape
+from rich.table import Table
+
+from chio_kernel._render import _receipt_dict, _ts
+from chio_kernel.cli import CliError, DataDir, JsonFlag, StoreOpt, _guarded, _kernel, _print_json, app, out
+
+__all__ = ["approvals_app"]
+
+approvals_app = typer.Typer(
+    help="Human approvals of calls above a require_approval_above threshold: list, show, approve, deny.",
+    no_args_is_help=True,
+)
+app.add_typer(approvals_app, name="approvals")
+
+ReasonOpt = Annotated[str | None, typer.Option("--reason", help="Why (recorded in the signed resolution receipt).")]
+ApproverOpt = Annotated[
+    str, typer.Option("--approver", help="Who answers (recorded in the resolution receipt).")
+]
+
+
+def _approval(kernel: Any, approval_id: str) -> dict[str, Any]:
+    approval: dict[str, Any] | None = kernel.get_approval(approval_id)
+    if approval is None:
+        raise CliError(f"no approval {approval_id!r} in this kernel's store")
+    return approval
+
+
+@approvals_app.command("list")
+@_guarded
+def approvals_list(
+    status: Annotated[
+        str, typer.Option(help="pending (still answerable), approved, denied, expired, or all.")
+    ] = "pending",
+    data_dir: DataDir = None,
+    store: StoreOpt = None,
+    as_json: JsonFlag = False,
+) -> None:
+    """List approvals (default: the pending ones, oldest first)."""
+    kernel = _kernel(data_dir, store=store)
+    rows = kernel.list_approvals(None if status == "all" else status)
+    if as_json:
+        _print_json(rows)
+        return
+    table = Table(title=f"approvals ({status}: {len(rows)})")
+    for col in ("id", "status", "call", "subject", "expires", "summary"):
+        table.add_column(col)
+    for a in rows:
+        table.add_row(
+            a["id"], a["status"], escape(f"{a['tool_server']}/{a['tool_name']}"), escape(a["subject"]),
+            _ts(a["expires_at"]), escape(a["summary"]),
+        )
+    out.print(table)
+    if rows and status == "pending":
+        out.print(f"approve with: chio-durable approvals approve {rows[0]['id']} --reason '...'", markup=False)
+
+
+@approvals_app.command("show")
+@_guarded
+def approvals_show(
+    approval_id: Annotated[str, typer.Argument(help="Approval id (apr-...).")],
+    data_dir: DataDir = None,
+    store: StoreOpt = None,
+) -> None:
+    """Print one approval as JSON (the call, its parameters, status, answer and receipts)."""
+    kernel = _kernel(data_dir, store=store)
+    _print_json(_approval(kernel, approval_id))
+
+
+def _respond(approval_id: str, outcome: str, reason: str | None, approver: str, data_dir: Any, store: Any,
+             as_json: bool) -> None:
+    from chio_kernel._approvals import ApprovalConflictError, ApprovalNotFoundError
+
+    kernel = _kernel(data_dir, store=store)
+    try:
+        receipt = kernel.respond_approval(approval_id, outcome, reason, approver=approver)
+    except (ApprovalNotFoundError, ApprovalConflictError) as e:
+        raise CliError(str(e)) from None
+    if as_json:
+        _print_json({"approval": kernel.get_approval(approval_id), "receipt": _receipt_dict(receipt)})
+    else:
+        out.print(f"approval {approval_id} {outcome}; resolution receipt {receipt.id}", markup=False)
+
+
+@approvals_app.command("approve")
+@_guarded
+def approvals_approve(
+    approval_id: Annotated[str, typer.Argument(help="Approval id (apr-...).")],
+    reason: ReasonOpt = None,
+    approver: ApproverOpt = "operator",
+    data_dir: DataDir = None,
+    store: StoreOpt = None,
+    as_json: JsonFlag = False,
+) -> None:
+    """Approve a pending call (once); the caller then re-sends it with the approval id."""
+    _respond(approval_id, "approved", reason, approver, data_dir, store, as_json)
+
+
+@approvals_app.command("deny")
+@_guarded
+def approvals_deny(
+    approval_id: Annotated[str, typer.Argument(help="Approval id (apr-...).")],
+    reason: ReasonOpt = None,
+    approver: ApproverOpt = "operator",
+    data_dir: DataDir = None,
+    store: StoreOpt = None,
+    as_json: JsonFlag = False,
+) -> None:
+    """Deny a pending call (once)."""
+    _respond(approval_id, "denied", reason, approver, data_dir, store, as_json)
+
+
+@approvals_app.command("trust")
+@_guarded
+def approvals_trust(
+    public_key: Annotated[str, typer.Argument(help="The approver's 64-hex-char Ed25519 public key.")],
+    data_dir: DataDir = None,
+    store: StoreOpt = None,
+) -> None:
+    """Trust an approver key: its signed approval tokens may answer approvals (POST /approvals/{id}/respond).
+    Written to the data directory's `approvers` file; a running sidecar on it sees it at once."""
+    kernel = _kernel(data_dir, must_exist=False, store=store)
+    kernel.trust_approver(public_key)
+    out.print(f"trusted approver key {public_key[:16]}… ({kernel.data_dir / 'approvers'})", markup=False)

@@ -1,0 +1,95 @@
+"""The sidecar's approval endpoints, on upstream Chio's paths (docs/approvals.md):
+
+* ``GET /approvals/pending`` -> ``{"approvals": [...], "count": n}`` (still answerable ones);
+* ``GET /approvals/{id}`` -> one approval (404 if unknown);
+* ``POST /approvals/{id}/operator-respond`` ``{"outcome": "approved"|"denied", "reason": "..."}``: the
+  kernel's operator answers (whoever may use this sidecar: loopback, or the bearer token);
+* ``POST /approvals/{id}/respond`` with a signed approval token from a trusted approver key.
+
+Both answers return ``{"approval": {...}, "receipt": {...}}`` (the signed resolution receipt). A
+second answer is 409; an unknown id 404; a refused token 403; a malformed body 422.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from chio_kernel._approvals import ApprovalConflictError, ApprovalNotFoundError, ApprovalTokenError
+from chio_kernel.sidecar import ApiError, _dump_receipt, _json, _read_object, _req_str
+
+__all__ = ["approval_routes"]
+
+Handler = Callable[[Request], Awaitable[Response]]
+
+
+def _approval_id(request: Request) -> str:
+    aid = request.path_params["approval_id"]
+    if not isinstance(aid, str) or not aid or len(aid) > 256:
+        raise ApiError(422, "invalid_request", "the approval id in the path must be 1 to 256 characters")
+    return aid
+
+
+async def _answer(kernel: Any, approval_id: str, call: Callable[[], Any]) -> Response:
+    try:
+        receipt = await run_in_threadpool(call)
+    except ApprovalNotFoundError as err:
+        raise ApiError(404, "unknown_approval", str(err)) from None
+    except ApprovalConflictError as err:
+        raise ApiError(409, "approval_conflict", str(err)) from None
+    except ApprovalTokenError as err:
+        raise ApiError(403, "approval_token_refused", str(err)) from None
+    approval = await run_in_threadpool(kernel.get_approval, approval_id)
+    return _json({"approval": approval, "receipt": _dump_receipt(receipt)})
+
+
+def approval_routes(kernel: Any, endpoint: Callable[[Handler], Handler]) -> list[Route]:
+    """The approval routes for ``kernel``, each wrapped by the app's ``endpoint`` error mapping."""
+    k = kernel
+
+    @endpoint
+    async def pending(request: Request) -> Response:
+        approvals = await run_in_threadpool(k.list_approvals, "pending")
+        return _json({"approvals": approvals, "count": len(approvals)})
+
+    @endpoint
+    async def get_approval(request: Request) -> Response:
+        aid = _approval_id(request)
+        approval = await run_in_threadpool(k.get_approval, aid)
+        if approval is None:
+            raise ApiError(404, "unknown_approval", f"no approval {aid!r} in this kernel")
+        return _json(approval)
+
+    @endpoint
+    async def operator_respond(request: Request) -> Response:
+        aid = _approval_id(request)
+        data = await _read_object(request)
+        outcome = data.get("outcome")
+        if outcome not in ("approved", "denied"):
+            raise ApiError(422, "invalid_request", "'outcome' must be \"approved\" or \"denied\"")
+        reason = None if data.get("reason") is None else _req_str(data, "reason", max_len=4096)
+        extra = sorted(set(data) - {"outcome", "reason"})
+        if extra:
+            raise ApiError(422, "invalid_request", f"unknown fields {extra}; send {{\"outcome\", \"reason\"}}")
+        return await _answer(k, aid, lambda: k.respond_approval(aid, outcome, reason))
+
+    @endpoint
+    async def respond(request: Request) -> Response:
+        aid = _approval_id(request)
+        data = await _read_object(request)
+        token = data.get("token", data)  # the token itself, or {"token": {...}}
+        if not isinstance(token, dict):
+            raise ApiError(422, "invalid_request", "send the signed approval token as a JSON object")
+        return await _answer(k, aid, lambda: k.respond_approval_token(token, aid))
+
+    return [
+        Route("/approvals/pending", pending, methods=["GET"]),
+        Route("/approvals/{approval_id}", get_approval, methods=["GET"]),
+        Route("/approvals/{approval_id}/operator-respond", operator_respond, methods=["POST"]),
+        Route("/approvals/{approval_id}/respond", respond, methods=["POST"]),
+    ]
