@@ -14,12 +14,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from chio_durable._call import idempotency_key
-from chio_durable._decision import Evaluation
+from chio_durable._decision import PENDING_VERDICT, Evaluation
 
-__all__ = ["PENDING_VERDICT", "PendingApproval", "approval_key", "evaluate_under", "evaluate_under_sync", "is_pending", "pending_approval"]
+__all__ = ["PENDING_VERDICT", "PendingApproval", "approval_key", "evaluate_under", "evaluate_under_sync", "pending_approval"]
 
-PENDING_VERDICT = "pending_approval"
-"""``decision.verdict`` of a call that waits for a human (neither an allow nor a deny)."""
 
 
 @dataclass(frozen=True)
@@ -64,19 +62,10 @@ def pending_approval(evaluation: Evaluation) -> PendingApproval | None:
     works for every transport that hands back the kernel's receipt. A pending verdict without an
     approval id cannot be waited on: callers treat it as a deny (it is not an allow either way).
     """
-    if evaluation.decision.get("verdict") != PENDING_VERDICT:
-        return None
-    receipt = evaluation.receipt
-    metadata = getattr(receipt, "metadata", None) if receipt is not None else None
-    facts = metadata.get("pending_approval") if isinstance(metadata, dict) else None
-    if not isinstance(facts, dict) or not isinstance(facts.get("approval_id"), str):
+    facts = evaluation.pending_approval
+    if facts is None or not isinstance(facts.get("approval_id"), str):
         return None
     return PendingApproval.from_dict({**facts, "receipt_id": evaluation.receipt_id})
-
-
-def is_pending(evaluation: Evaluation) -> bool:
-    """Whether the kernel answered "a person must approve this call first"."""
-    return evaluation.decision.get("verdict") == PENDING_VERDICT
 
 
 def approval_key(key: str | None, approval_id: str) -> str | None:
