@@ -8,6 +8,7 @@ own on any pydantic-ai ``Agent``, durable or not::
 See ``docs/agents.md`` for the mapping, the parameter shapes and the deny semantics.
 """
 
+from chio_durable.agent._approvals import APPROVAL_METADATA_KEY, approval_results
 from chio_durable.agent._capability import (
     ChioGovernance,
     GovernedToolset,
@@ -36,6 +37,7 @@ from chio_durable.agent._display import records_html, records_table
 
 __all__ = [
     "AGENT_TOOLSET_ID",
+    "APPROVAL_METADATA_KEY",
     "MCP_LIST_TOOL",
     "MODEL_SERVER",
     "CallKind",
@@ -47,6 +49,7 @@ __all__ = [
     "GovernedRecord",
     "GovernedToolset",
     "OnDeny",
+    "approval_results",
     "current_receipt_id",
     "denied_tool_message",
     "messages_digest",
