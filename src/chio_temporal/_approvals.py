@@ -121,6 +121,17 @@ class ApprovalWaits:
         self.pending: dict[str, dict[str, Any]] = {}
         self._woken: set[str] = set()
 
+    @classmethod
+    def for_this_run(cls) -> ApprovalWaits:
+        """The run's one instance: several chio interceptors on a worker (one per governed agent)
+        share it, so the query and the update reach the waits whichever interceptor waits."""
+        existing = getattr(temporalio.workflow.get_query_handler(APPROVAL_QUERY), "__self__", None)
+        if isinstance(existing, ApprovalWaits):
+            return existing
+        waits = cls()
+        waits.install()
+        return waits
+
     def install(self) -> None:
         """Register the ``chio_approval`` update (with its validator) and the ``chio_pending_approvals`` query."""
         temporalio.workflow.set_update_handler(APPROVAL_UPDATE, self._on_update, validator=self._validate)

@@ -735,13 +735,14 @@ class _ChioWorkflowInbound(WorkflowInboundInterceptor):
     _inherited: list[str] | None = None
     surface_denials = True
 
+    approvals: ApprovalWaits | None = None
+
     def init(self, outbound: WorkflowOutboundInterceptor) -> None:
-        self.approvals = ApprovalWaits()
         super().init(_ChioWorkflowOutbound(outbound, self))
 
     async def execute_workflow(self, input: ExecuteWorkflowInput) -> Any:
         self._inherited = _decode_chain(input.headers)
-        self.approvals.install()  # update chio_approval + query chio_pending_approvals
+        self.approvals = ApprovalWaits.for_this_run()  # update chio_approval + query chio_pending_approvals
         return await super().execute_workflow(input)
 
     def parents(self) -> list[str]:
@@ -792,11 +793,16 @@ class _ChioWorkflowOutbound(WorkflowOutboundInterceptor):
 
     def start_activity(self, input: StartActivityInput) -> Any:
         input.headers = self._with_chain(input.headers, self._inbound.parents())
-        return self._surfaced(waiting_handle(input, super().start_activity, self._inbound.approvals))
+        return self._surfaced(waiting_handle(input, super().start_activity, self._waits()))
 
     def start_local_activity(self, input: StartLocalActivityInput) -> Any:
         input.headers = self._with_chain(input.headers, self._inbound.parents())
-        return self._surfaced(waiting_handle(input, super().start_local_activity, self._inbound.approvals))
+        return self._surfaced(waiting_handle(input, super().start_local_activity, self._waits()))
+
+    def _waits(self) -> ApprovalWaits:
+        if self._inbound.approvals is None:  # an activity started before execute_workflow (a handler)
+            self._inbound.approvals = ApprovalWaits.for_this_run()
+        return self._inbound.approvals
 
     async def start_child_workflow(self, input: StartChildWorkflowInput) -> Any:
         chain = [*self._inbound.parents(), temporalio.workflow.info().workflow_id]
