@@ -52,6 +52,7 @@ from chio_durable.agent._capability import REALTIME_REFUSED, _is_mcp_toolset
 from chio_durable._evaluation import Evaluation, KernelRejected
 from chio_durable.agent._mapping import GovernedCall
 from chio_prefect import decorators as _decorators
+from chio_prefect._approvals import agent_approval_waiter
 from chio_prefect.errors import ChioPermissionError, ChioPrefectError, ChioRequestRejected
 from chio_prefect.events import write_receipt_event
 
@@ -282,6 +283,8 @@ class ChioPrefectAgent(WrapperAgent[Any, Any]):
             permission_error_class=ChioPermissionError,
             rejected_error=_prefect_rejected_error,
         )
+        # a tool call waiting for a person pauses the flow run (chio_prefect._approvals)
+        self.governance.approval_waiter = agent_approval_waiter
         self.durability: PrefectDurability[Any] = PrefectDurability(
             models=models,
             event_stream_handler=event_stream_handler,

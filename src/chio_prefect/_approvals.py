@@ -151,3 +151,11 @@ async def wait_for_approval(
         if pending_approval(evaluation) is not None:
             observe(evaluation)
     return evaluation
+
+
+async def agent_approval_waiter(
+    evaluation: Evaluation, label: str, reevaluate: Callable[[str], Awaitable[Evaluation]]
+) -> Evaluation:
+    """``ChioGovernance.approval_waiter`` of ``ChioPrefectAgent``: a pending tool call pauses the
+    agent's flow run (as ``@chio_task`` does); every re-evaluation is recorded by the governance."""
+    return await wait_for_approval(evaluation, label=label, reevaluate=reevaluate, observe=lambda _: None)
