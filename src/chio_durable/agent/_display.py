@@ -24,7 +24,7 @@ def _row(i: int, record: GovernedRecord, compact: bool = False) -> tuple[str, ..
         str(i),
         record.call.kind,
         record.call.label,
-        "allow" if ev.allowed else "deny",
+        "allow" if ev.allowed else ("pending" if ev.pending else "deny"),
         "" if ev.allowed else (ev.guard or "-"),
         receipt,
     )
@@ -42,7 +42,9 @@ def records_table(
         table.add_column(name, overflow="fold", justify="right" if name == "#" else "left")
     for i, record in enumerate(records):
         cells = [escape(c) for c in _row(i, record, compact)]
-        cells[3] = "[green]allow[/]" if record.allowed else "[red]deny[/]"
+        cells[3] = "[green]allow[/]" if record.allowed else (
+            "[yellow]pending[/]" if record.evaluation.pending else "[red]deny[/]"
+        )
         table.add_row(*cells)
     return table
 
