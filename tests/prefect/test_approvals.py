@@ -159,3 +159,26 @@ def test_a_pause_that_times_out_is_a_deny_with_guard_approval_timeout(chio_home:
     assert isinstance(refunds.error.__cause__, ChioPrefectError)
     assert refunds.error.__cause__.guard == "approval-timeout"
     local.kernel.close()
+
+
+def test_over_the_sidecar_a_second_answer_is_409_and_the_task_runs_once(chio_home: Path, sidecar_url: str) -> None:
+    """The same pause over HTTP: SidecarClient sends approval_id; the operator answers over HTTP."""
+    import httpx
+
+    from chio_durable._loop import run_on_kernel_loop
+    from chio_kernel import SidecarClient
+
+    sidecar = SidecarClient(sidecar_url)
+    token = run_on_kernel_loop(sidecar.create_capability(subject="agent:refunds", scope=_scope()))
+    refunds = Refunds(sidecar, token.id)  # type: ignore[arg-type]
+    thread = refunds.start("o-5", 3)
+    while not (pending := httpx.get(f"{sidecar_url}/approvals/pending").json()["approvals"]):
+        time.sleep(0.1)
+    approval_id = pending[0]["id"]
+    refunds.paused(approval_id)
+    first = httpx.post(f"{sidecar_url}/approvals/{approval_id}/operator-respond", json={"outcome": "approved", "reason": "ok"})
+    second = httpx.post(f"{sidecar_url}/approvals/{approval_id}/operator-respond", json={"outcome": "denied"})
+    assert (first.status_code, second.status_code) == (200, 409)
+    refunds.resume(decision="approve")
+    thread.join()
+    assert refunds.error is None and refunds.ran == [("o-5", 3)]
