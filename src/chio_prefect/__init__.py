@@ -37,6 +37,7 @@ __all__ = [
 
 # ChioPrefectAgent (chio_prefect/_agent.py) is exported lazily below.
 __all__.append("ChioPrefectAgent")
+__all__.append("ApprovalInput")  # the pause form of a call waiting for a person (lazy: imports prefect)
 
 
 def __getattr__(name: str) -> object:  # lazy: ChioPrefectAgent pulls in pydantic-ai (~0.7 s)
@@ -44,4 +45,8 @@ def __getattr__(name: str) -> object:  # lazy: ChioPrefectAgent pulls in pydanti
         from chio_prefect._agent import ChioPrefectAgent
 
         return ChioPrefectAgent
+    if name == "ApprovalInput":
+        from chio_prefect._approvals import approval_input_class
+
+        return approval_input_class()
     raise AttributeError(f"module 'chio_prefect' has no attribute {name!r}")

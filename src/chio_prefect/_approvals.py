@@ -53,6 +53,8 @@ def approval_input_class() -> Any:
             decision: Literal["approve", "deny"] = "approve"
             reason: str | None = None
 
+        ApprovalInput.__qualname__ = "ApprovalInput"
+        ApprovalInput.__module__ = "chio_prefect"
         _input_class = ApprovalInput
     return _input_class
 
