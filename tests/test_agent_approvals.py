@@ -142,3 +142,28 @@ async def test_tooldenied_and_changed_arguments_never_run_the_tool(chio: LocalCh
     denied = DeferredToolResults(approvals={"call-refund": ToolDenied("no refunds today")})
     await agent.run(message_history=first.all_messages(), deferred_tool_results=denied)
     assert script.refunds == [] and script.told[-1] == "no refunds today"
+
+
+async def test_revoked_during_the_wait_or_expired_is_a_deny(chio: LocalChioClient, chio_home: Path) -> None:
+    script = Script()
+    agent, governance = _agent(chio, script)
+    first, requests, _ = await _deferred(agent)
+    chio.kernel.revoke_capability(governance.capability_id)
+    with pytest.raises(PermissionError):  # the tool call is told "revocation"; the next model request is refused
+        await agent.run(message_history=first.all_messages(), deferred_tool_results=approval_results(requests))
+    assert script.refunds == []
+    refunds = [r for r in chio.kernel.list_receipts(capability_id=governance.capability_id) if r.tool_name == "refund"]
+    assert [(r.decision.verdict, r.decision.guard) for r in refunds] == [("pending_approval", "approval"), ("deny", "revocation")]
+
+    from chio_kernel import Kernel
+
+    short = LocalChioClient(kernel=Kernel(chio_home / "short", approval_ttl=1))
+    script2 = Script()
+    agent2, _ = _agent(short, script2)
+    first2, requests2, _ = await _deferred(agent2)
+    import asyncio
+
+    await asyncio.sleep(2.5)  # let the approval expire unanswered (waiting, not a timed assertion)
+    await agent2.run(message_history=first2.all_messages(), deferred_tool_results=approval_results(requests2))
+    assert script2.refunds == [] and "approval-timeout" in str(script2.told[-1])
+    short.kernel.close()
