@@ -1,8 +1,8 @@
 """A pending approval is not an allow on any layer that knows only allow/deny (issue 10): the
 engine-neutral agent layer (``ChioGovernance`` on a plain pydantic-ai agent whose ``output_type`` does
 not take ``DeferredToolRequests``) never runs the tool: pydantic-ai refuses to end the run with a
-deferred approval it cannot return. (Waiting for the approval: tests/test_agent_approvals.py,
-tests/prefect/test_approvals.py, tests/temporal/test_approvals.py.)
+deferred approval it cannot return. (Waiting for the approval: tests/test_agent_deferred_approvals.py,
+tests/prefect/test_prefect_approvals.py, tests/temporal/test_temporal_approvals.py.)
 
 Kernel = the real embedded kernel; model = a scripted ``FunctionModel``.
 """
