@@ -120,6 +120,13 @@ class ApprovalWaits:
     def __init__(self) -> None:
         self.pending: dict[str, dict[str, Any]] = {}
         self._woken: set[str] = set()
+        # called with True when the run starts waiting on a person, False when it waits on none
+        # (the ChioPendingApproval search attribute, chio_temporal._search_attributes)
+        self.listeners: list[Callable[[bool], None]] = []
+
+    def _notify(self, waiting: bool) -> None:
+        for listener in self.listeners:
+            listener(waiting)
 
     @classmethod
     def for_this_run(cls) -> ApprovalWaits:
@@ -163,6 +170,8 @@ class ApprovalWaits:
         """Wait until an update names ``pending`` or it expires (deterministic: history and timers only)."""
         approval_id = pending.approval_id
         self.pending[approval_id] = facts
+        if len(self.pending) == 1:
+            self._notify(True)
         try:
             remaining = pending.expires_at - temporalio.workflow.now().timestamp() + _SLACK_SECONDS
             try:
@@ -176,6 +185,8 @@ class ApprovalWaits:
         finally:
             self._woken.discard(approval_id)
             self.pending.pop(approval_id, None)
+            if not self.pending:
+                self._notify(False)
 
 
 async def _run_with_approvals(

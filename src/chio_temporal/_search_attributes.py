@@ -40,6 +40,7 @@ from temporalio.worker import (
     WorkflowOutboundInterceptor,
 )
 
+from chio_temporal._approvals import ApprovalWaits
 from chio_temporal.errors import DENIED_ERROR_TYPE, ChioTemporalConfigError
 
 if TYPE_CHECKING:
@@ -103,9 +104,10 @@ async def require_search_attributes(client: Client) -> None:
 def set_pending_approval(pending: bool) -> None:
     """From workflow code: mark (``True``) or clear (``False``) ``ChioPendingApproval`` on this workflow.
 
-    Call it when a governed call's verdict is pending a human approval (``Evaluation.pending`` /
-    ``approval_id``) and again once it is decided. Only on a worker with search attributes enabled
-    (the attribute must be registered on the namespace).
+    With search attributes enabled, the worker does this itself: ``True`` when the run starts waiting
+    for a person (a ``pending_approval`` verdict, chio_temporal._approvals), ``False`` when it waits
+    on none. Call it yourself only for waits of your own. The attribute must be registered on the
+    namespace.
     """
     temporalio.workflow.upsert_search_attributes([PENDING_APPROVAL.value_set(bool(pending))])
 
@@ -172,6 +174,8 @@ class ChioSearchAttributes(Interceptor):
                 if capability_id is not None:
                     updates.insert(0, CAPABILITY_ID.value_set(capability_id))
                 temporalio.workflow.upsert_search_attributes(updates)
+                # ChioPendingApproval follows the run's approval waits (chio_temporal._approvals)
+                ApprovalWaits.for_this_run().listeners.append(set_pending_approval)
                 return await super().execute_workflow(input)
 
             def count_if_denied(self, handle: Any) -> None:

@@ -164,3 +164,29 @@ async def test_a_wait_that_times_out_is_a_deny_with_guard_approval_timeout(
         await _replays(handle, ic)
     finally:
         chio.kernel.close()
+
+
+async def test_pending_approval_search_attribute_follows_the_wait(
+    client: Client, chio: LocalChioClient, uid: Any
+) -> None:
+    """With search attributes on, ChioPendingApproval is True while the run waits for a person and
+    False once it waits on none; the history (with its upserts) replays."""
+    from chio_temporal._search_attributes import PENDING_APPROVAL, ChioSearchAttributes
+
+    wid, tq = uid("refund-sa"), uid("tq")
+    ic, _ = await _setup(chio, wid)
+    interceptors = [ic, ChioSearchAttributes(ic)]
+    worker = Worker(client, task_queue=tq, workflows=[aw.RefundWorkflow], activities=[aw.refund],
+                    interceptors=interceptors)
+    async with worker:
+        handle = await client.start_workflow(aw.RefundWorkflow.run, args=["o-sa", 7], id=wid, task_queue=tq)
+        (waiting,) = await _pending(handle)
+        attributes = (await handle.describe()).typed_search_attributes
+        assert attributes.get(PENDING_APPROVAL) is True
+        await chio.respond_approval(waiting["approval_id"], "approved")
+        await handle.execute_update(APPROVAL_UPDATE, waiting["approval_id"])
+        assert await handle.result() == "refunded 7 on o-sa"
+        assert (await handle.describe()).typed_search_attributes.get(PENDING_APPROVAL) is False
+    replayer = Replayer(workflows=[aw.RefundWorkflow], interceptors=interceptors)
+    result = await replayer.replay_workflow(await handle.fetch_history(), raise_on_replay_failure=False)
+    assert result.replay_failure is None, repr(result.replay_failure)
