@@ -64,13 +64,18 @@ def _texts(notebook: object) -> list[tuple[str, str]]:
     return found
 
 
+ENGINE_NOTEBOOKS = ("prefect_agent", "temporal_agent")
+
+
 def check_outputs(path: Path, notebook: object) -> None:
     """What a reader sees: the receipt table (HTML, the same on both engines), no traceback, no telemetry."""
     outputs = _texts(notebook)
     tables = [text for mime, text in outputs if mime == "text/html" and 'class="chio-receipts"' in text]
     assert tables, f"{path.name}: no HTML receipt table in the outputs"
     assert all("<th>receipt</th>" in t and "<th>verdict</th>" in t for t in tables)
-    assert any(">deny<" in t for t in tables) and any(">allow<" in t for t in tables)
+    assert any(">allow<" in t for t in tables)
+    if path.stem in ENGINE_NOTEBOOKS:  # the two engine tours show a denied call too
+        assert any(">deny<" in t for t in tables)
     everything = "\n".join(text for _, text in outputs)
     assert "Traceback" not in everything, f"{path.name}: a traceback in the outputs"
     lowered = everything.lower()

@@ -33,7 +33,9 @@ def test_example_runs_offline(tmp_path):
     assert done.returncode == 0, done.stderr[-3000:]
     out = done.stdout
     assert "agent output: Summary: order A-17 shipped on Monday / Permission denied: the call to support/refund_order" in out
-    assert "receipt ids in the result: 4" in out  # 3 model requests + the allowed lookup
+    # every decision of the run, allow and deny (receipt_ids_of, the same on both engines):
+    # 3 model requests, the allowed lookup and the denied refund the model was told about
+    assert "receipt ids in the result: 5" in out
     verdicts = [line.split()[1] for line in out.splitlines() if line.startswith("  rcpt-")]
     assert verdicts == ["allow", "allow", "allow", "deny", "allow"]
     assert "after revocation: ChioCapabilityDenied (guard=revocation, receipt=rcpt-" in out

@@ -46,7 +46,8 @@ def decision_cells(item: Any) -> tuple[str, str, bool, str]:
 def _is_pending(item: Any) -> bool:
     """A decision waiting for a person (a kernel ``pending_approval`` answer)."""
     evaluation = getattr(item, "evaluation", None)
-    return bool(getattr(evaluation, "pending", False)) or getattr(item, "verdict", None) == "pending_approval"
+    verdict = getattr(getattr(item, "decision", None), "verdict", None) or getattr(item, "verdict", None)
+    return bool(getattr(evaluation, "pending", False)) or verdict == "pending_approval"
 
 
 def records_table(records: Iterable[Any], title: str = "receipts of the run", *, compact: bool = False) -> Table:
