@@ -136,3 +136,22 @@ def test_limits_are_inclusive(kernel: Kernel) -> None:
     _verifies(receipt)
     # an empty mapping is no context: the fast path, no metadata
     assert kernel.evaluate(cap, "fs", "read", {"e": 1}, metadata={}).metadata is None
+
+
+async def test_the_embedded_transport_sends_the_calls_context(kernel: Kernel) -> None:
+    from chio_durable import GovernedCall, as_transport
+    from chio_durable._denial_record import deny_before_evaluation
+
+    cap = _cap(kernel)
+    transport = as_transport(kernel)
+    call = GovernedCall("task", "fs", "read", {"p": 1}, metadata={"flow_run_id": "fr-e"})
+    assert call == GovernedCall("task", "fs", "read", {"p": 1})  # context is not part of the call
+    evaluation = transport.evaluate_sync(call, capability_id=cap, idempotency_key="k-e")
+    assert evaluation.receipt is not None and evaluation.receipt.metadata == {"flow_run_id": "fr-e"}
+    denied = deny_before_evaluation(
+        transport, GovernedCall("task", "fs", "write", {}, metadata={"flow_run_id": "fr-e"}), cap,
+        guard="flow-scope", reason="outside",
+    )
+    assert denied.receipt is not None and denied.receipt.metadata == {"flow_run_id": "fr-e"}
+    found = [r.id for _, r in kernel.query_receipts(metadata={"flow_run_id": "fr-e"})]
+    assert found == [evaluation.receipt_id, denied.receipt_id]
