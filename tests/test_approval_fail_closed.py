@@ -1,8 +1,8 @@
 """A pending approval is not an allow on any layer that knows only allow/deny (issue 10): the
-engine-neutral agent layer (``ChioGovernance`` on a plain pydantic-ai agent; ``@chio_task`` in
-tests/prefect/test_prefect_approval_pending.py)
-treat ``pending_approval`` as "not allowed" and never run the tool. (The engines' waiting for the
-approval is built on ``Evaluation.pending`` / ``approval_id``; until then they fail closed.)
+engine-neutral agent layer (``ChioGovernance`` on a plain pydantic-ai agent whose ``output_type`` does
+not take ``DeferredToolRequests``) never runs the tool: pydantic-ai refuses to end the run with a
+deferred approval it cannot return. (Waiting for the approval: tests/test_agent_deferred_approvals.py,
+tests/prefect/test_prefect_approvals.py, tests/temporal/test_temporal_approvals.py.)
 
 Kernel = the real embedded kernel; model = a scripted ``FunctionModel``.
 """
@@ -12,7 +12,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import pytest
 from pydantic_ai import Agent
+from pydantic_ai.exceptions import UserError
 from pydantic_ai.messages import ModelMessage, ModelResponse, TextPart, ToolCallPart, ToolReturnPart
 from pydantic_ai.models.function import AgentInfo, FunctionModel
 
@@ -48,10 +50,10 @@ async def test_governed_agent_does_not_run_a_pending_tool(chio_home: Path) -> No
 
     governance = ChioGovernance(capability_id=cap, chio_client=chio)
     agent = Agent(FunctionModel(model), name="researcher", tools=[refund], capabilities=[governance])
-    await agent.run("refund order A-17")
+    with pytest.raises(UserError, match="DeferredToolRequests"):
+        await agent.run("refund order A-17")
 
-    assert ran == []  # the tool body never ran
+    assert ran == [] and told == []  # the tool body never ran
     pending = [r for r in chio.kernel.list_receipts(capability_id=cap) if r.decision.verdict == "pending_approval"]
     assert len(pending) == 1
-    assert told and "Permission denied" in str(told[0])
     assert chio.kernel.list_approvals()[0]["tool_name"] == "refund"

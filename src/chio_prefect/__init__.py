@@ -39,6 +39,7 @@ __all__ = [
 
 # ChioPrefectAgent (chio_prefect/_agent.py) is exported lazily below (type checkers import it here).
 __all__.append("ChioPrefectAgent")
+__all__.append("ApprovalInput")  # the pause form of a call waiting for a person (lazy: imports prefect)
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -50,4 +51,8 @@ def __getattr__(name: str) -> object:  # lazy: ChioPrefectAgent pulls in pydanti
         from chio_prefect._agent import ChioPrefectAgent
 
         return ChioPrefectAgent
+    if name == "ApprovalInput":
+        from chio_prefect._approvals import approval_input_class
+
+        return approval_input_class()
     raise AttributeError(f"module 'chio_prefect' has no attribute {name!r}")

@@ -55,6 +55,7 @@ from chio_durable.agent._mapping import GovernedCall
 from chio_durable._call import run_metadata
 from chio_prefect import decorators as _decorators
 from chio_prefect._artifact import collect_decision, flow_run_receipts_async
+from chio_prefect._approvals import agent_approval_waiter
 from chio_prefect.errors import ChioPermissionError, ChioPrefectError, ChioRequestRejected
 from chio_prefect.events import write_receipt_event
 from chio_prefect._budgets import release_flow_run_holds, with_release_hooks
@@ -306,6 +307,8 @@ class ChioPrefectAgent(WrapperAgent[AgentDepsT, OutputDataT]):
             rejected_error=_prefect_rejected_error,
             model_prices=model_prices,
         )
+        # a tool call waiting for a person pauses the flow run (chio_prefect._approvals)
+        self.governance.approval_waiter = agent_approval_waiter
         self.durability: PrefectDurability[Any] = PrefectDurability(
             models=models,
             event_stream_handler=event_stream_handler,

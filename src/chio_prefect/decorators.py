@@ -39,6 +39,7 @@ from chio_sdk.client import ChioClient
 from chio_sdk.models import ChioScope, MonetaryAmount
 
 from chio_durable import KernelRejected, KernelUnavailable, bind_parameters
+from chio_durable._approval import evaluate_under, evaluate_under_sync
 from chio_durable._call import GovernedCall, call_key, run_metadata
 from chio_durable._decision import Decision, DecisionObserver, notify
 from chio_durable._denial_record import deny_before_evaluation
@@ -47,6 +48,7 @@ from chio_durable._transport import ChioClientLike, KernelTransport, as_transpor
 from chio_durable._evaluation import Evaluation
 from chio_durable._metering import ToolCost
 from chio_prefect import _budgets
+from chio_prefect._approvals import wait_for_approval, wait_for_approval_sync
 from chio_prefect._context import (
     FlowGovernance,
     current_flow_governance,
@@ -564,6 +566,8 @@ class _TaskGovernance:
     def evaluate_sync(self, call: _Call) -> Evaluation:
         decided = _take_pre_decision(call)
         if decided is not None:  # the cache policy already asked the kernel in this attempt
+            if decided.evaluation.pending:
+                return self._conclude(call, self._wait_sync(call, decided.evaluation, emit=not decided.emitted))
             return self._conclude(call, decided.evaluation, emit=not decided.emitted)
         try:
             evaluation = self._ask(call)
@@ -571,11 +575,15 @@ class _TaskGovernance:
             raise ChioSidecarUnavailable(err.url, err.detail, call.call.tool_server, call.call.tool_name) from err
         except KernelRejected as err:
             raise ChioRequestRejected(err.url, err.detail, call.call.tool_server, call.call.tool_name) from err
+        if evaluation.pending:  # the flow run pauses for a person (chio_prefect._approvals)
+            evaluation = self._wait_sync(call, evaluation, emit=True)
         return self._conclude(call, evaluation)
 
     async def evaluate_async(self, call: _Call) -> Evaluation:
         decided = _take_pre_decision(call)
         if decided is not None:
+            if decided.evaluation.pending:
+                return self._conclude(call, await self._wait_async(call, decided.evaluation, emit=not decided.emitted))
             return self._conclude(call, decided.evaluation, emit=not decided.emitted)
         try:
             evaluation = await call.transport.evaluate(
@@ -585,7 +593,46 @@ class _TaskGovernance:
             raise ChioSidecarUnavailable(err.url, err.detail, call.call.tool_server, call.call.tool_name) from err
         except KernelRejected as err:
             raise ChioRequestRejected(err.url, err.detail, call.call.tool_server, call.call.tool_name) from err
+        if evaluation.pending:
+            evaluation = await self._wait_async(call, evaluation, emit=True)
         return self._conclude(call, evaluation)
+
+    def _wait_sync(self, call: _Call, evaluation: Evaluation, *, emit: bool) -> Evaluation:
+        """Pause the flow run until a person resumes it; then the kernel's answer under the approval."""
+        if emit:
+            notify(_observers, self._decision(call, evaluation))
+        return wait_for_approval_sync(
+            evaluation, label=call.task_name, observe=lambda ev: notify(_observers, self._decision(call, ev)),
+            reevaluate=lambda approval_id: self._reask_sync(call, approval_id),
+        )
+
+    async def _wait_async(self, call: _Call, evaluation: Evaluation, *, emit: bool) -> Evaluation:
+        if emit:
+            notify(_observers, self._decision(call, evaluation))
+
+        async def reevaluate(approval_id: str) -> Evaluation:
+            try:
+                return await evaluate_under(
+                    call.transport, call.call, capability_id=call.capability_id,
+                    idempotency_key=call.idempotency_key, approval_id=approval_id, cost=call.cost,
+                )
+            except KernelUnavailable as err:
+                raise ChioSidecarUnavailable(err.url, err.detail, call.call.tool_server, call.call.tool_name) from err
+            except KernelRejected as err:
+                raise ChioRequestRejected(err.url, err.detail, call.call.tool_server, call.call.tool_name) from err
+
+        return await wait_for_approval(
+            evaluation, label=call.task_name, observe=lambda ev: notify(_observers, self._decision(call, ev)),
+            reevaluate=reevaluate,
+        )
+
+    def _reask_sync(self, call: _Call, approval_id: str) -> Evaluation:
+        try:
+            return self._ask(call, approval_id)
+        except KernelUnavailable as err:
+            raise ChioSidecarUnavailable(err.url, err.detail, call.call.tool_server, call.call.tool_name) from err
+        except KernelRejected as err:
+            raise ChioRequestRejected(err.url, err.detail, call.call.tool_server, call.call.tool_name) from err
 
     def decide_before_cache(self, args: tuple[Any, ...], kwargs: dict[str, Any], task_run_id: str) -> str | None:
         """The chio decision taken before Prefect's cache lookup; the receipt id on allow, else ``None``.
@@ -612,9 +659,10 @@ class _TaskGovernance:
         return evaluation.receipt_id
 
     @staticmethod
-    def _ask(call: _Call) -> Evaluation:
-        return call.transport.evaluate_sync(
-            call.call, capability_id=call.capability_id, idempotency_key=call.idempotency_key, cost=call.cost
+    def _ask(call: _Call, approval_id: str | None = None) -> Evaluation:
+        return evaluate_under_sync(
+            call.transport, call.call, capability_id=call.capability_id, idempotency_key=call.idempotency_key,
+            approval_id=approval_id, cost=call.cost,
         )
 
     def _conclude(self, call: _Call, evaluation: Evaluation, *, emit: bool = True) -> Evaluation:

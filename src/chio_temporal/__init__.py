@@ -6,6 +6,11 @@ activity with the non-retryable ``ApplicationError(type=DENIED_ERROR_TYPE)``; pe
 aggregated into a ``chio-temporal/v1`` :class:`WorkflowReceipt` envelope per workflow run.
 """
 
+from chio_temporal._approvals import (
+    APPROVAL_PENDING_ERROR_TYPE,
+    APPROVAL_QUERY,
+    APPROVAL_UPDATE,
+)
 from chio_temporal.errors import (
     DENIED_ERROR_TYPE,
     REJECTED_ERROR_TYPE,
@@ -43,6 +48,9 @@ if TYPE_CHECKING:
     from chio_temporal._agent import ChioTemporalAgent
 
 __all__ = [
+    "APPROVAL_PENDING_ERROR_TYPE",
+    "APPROVAL_QUERY",
+    "APPROVAL_UPDATE",
     "DENIED_ERROR_TYPE",
     "ENVELOPE_VERSION",
     "REJECTED_ERROR_TYPE",

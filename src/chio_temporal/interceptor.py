@@ -55,6 +55,7 @@ from temporalio.worker import (
     WorkflowOutboundInterceptor,
 )
 
+from chio_durable._approval import evaluate_under, pending_approval
 from chio_durable._call import GovernedCall, call_key, run_metadata
 from chio_durable._decision import Decision, DecisionObserver, Evaluation, notify
 from chio_durable._denial_record import deny_before_evaluation_async
@@ -74,6 +75,7 @@ from chio_temporal.errors import (
     rejected_error,
     sidecar_error,
 )
+from chio_temporal._approvals import ApprovalWaits, approval_id_from_headers, pending_error, waiting_handle
 from chio_temporal.grants import WorkflowGrant
 from chio_temporal.receipt import OUTCOMES, WorkflowReceipt, WorkflowStepReceipt
 
@@ -523,10 +525,12 @@ class ChioActivityInterceptor(TransportSlot, Interceptor):
             )
         else:
             key = self.activity_idempotency_key(info, capability_id)
+            approval_id = approval_id_from_headers(input.headers)  # a re-run after a person's approval
             try:
                 cost = self.activity_cost(info, input, call)
-                evaluation = await self.transport.evaluate(
-                    call, capability_id=capability_id, idempotency_key=key, cost=cost
+                evaluation = await evaluate_under(
+                    self.transport, call, capability_id=capability_id, idempotency_key=key,
+                    approval_id=approval_id, cost=cost,
                 )
             except KernelUnavailable as err:
                 raise sidecar_error(
@@ -541,6 +545,13 @@ class ChioActivityInterceptor(TransportSlot, Interceptor):
             self.decision_observers,
             Decision(call, evaluation, key, capability_id=capability_id, where={"info": info, "headers": input.headers}),
         )
+        pending = pending_approval(evaluation)
+        if pending is not None:  # the workflow waits for a person (chio_temporal._approvals)
+            raise pending_error(
+                pending=pending, activity_type=info.activity_type, tool_server=call.tool_server,
+                tool_name=call.tool_name, workflow_id=info.workflow_id, run_id=info.workflow_run_id,
+                capability_id=capability_id,
+            )
         if not evaluation.allowed:
             return await self.on_denied(info, input, call, evaluation)
         token = _current_evaluation.set(evaluation)
@@ -808,11 +819,14 @@ class _ChioWorkflowInbound(WorkflowInboundInterceptor):
     _inherited: list[str] | None = None
     surface_denials = True
 
+    approvals: ApprovalWaits | None = None
+
     def init(self, outbound: WorkflowOutboundInterceptor) -> None:
         super().init(_ChioWorkflowOutbound(outbound, self))
 
     async def execute_workflow(self, input: ExecuteWorkflowInput) -> Any:
         self._inherited = _decode_chain(input.headers)
+        self.approvals = ApprovalWaits.for_this_run()  # update chio_approval + query chio_pending_approvals
         return await super().execute_workflow(input)
 
     def parents(self) -> list[str]:
@@ -863,11 +877,16 @@ class _ChioWorkflowOutbound(WorkflowOutboundInterceptor):
 
     def start_activity(self, input: StartActivityInput) -> Any:
         input.headers = self._with_chain(input.headers, self._inbound.parents())
-        return self._surfaced(super().start_activity(input))
+        return self._surfaced(waiting_handle(input, super().start_activity, self._waits()))
 
     def start_local_activity(self, input: StartLocalActivityInput) -> Any:
         input.headers = self._with_chain(input.headers, self._inbound.parents())
-        return self._surfaced(super().start_local_activity(input))
+        return self._surfaced(waiting_handle(input, super().start_local_activity, self._waits()))
+
+    def _waits(self) -> ApprovalWaits:
+        if self._inbound.approvals is None:  # an activity started before execute_workflow (a handler)
+            self._inbound.approvals = ApprovalWaits.for_this_run()
+        return self._inbound.approvals
 
     async def start_child_workflow(self, input: StartChildWorkflowInput) -> Any:
         chain = [*self._inbound.parents(), temporalio.workflow.info().workflow_id]

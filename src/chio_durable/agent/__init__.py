@@ -8,6 +8,7 @@ own on any pydantic-ai ``Agent``, durable or not::
 See ``docs/agents.md`` for the mapping, the parameter shapes and the deny semantics.
 """
 
+from chio_durable.agent._approvals import APPROVAL_METADATA_KEY, approval_results
 from chio_durable.agent._capability import (
     ChioGovernance,
     GovernedToolset,
@@ -47,6 +48,7 @@ __all__ = [
     "AGENT_TOOLSET_ID",
     "COST_METADATA_KEY",
     "DEFAULT_MAX_TOKENS",
+    "APPROVAL_METADATA_KEY",
     "MCP_LIST_TOOL",
     "MODEL_SERVER",
     "ModelMetering",
@@ -63,6 +65,7 @@ __all__ = [
     "GovernedToolset",
     "OnDeny",
     "ReceiptTable",
+    "approval_results",
     "current_receipt_id",
     "denied_tool_message",
     "messages_digest",

@@ -40,7 +40,10 @@ from chio_durable.agent._denials import (
     permission_error,
     run_receipt_ids,
 )
+from chio_durable._approval import evaluate_under
 from chio_durable._call import GovernedCall, call_key
+from chio_durable._decision import Evaluation
+from chio_durable.agent._approvals import ApprovalWaiter, RememberedApprovals, approval_id_of, approval_required
 from chio_durable._errors import KernelRejected
 from chio_durable._scope import current_receipt_id, receipt_scope
 from chio_durable._transport import ChioClientLike, TransportSlot, is_client
@@ -163,6 +166,10 @@ class ChioGovernance(TransportSlot, AbstractCapability[Any]):
         self._max_runs = max(1, max_runs_remembered)
         self._records: OrderedDict[str, list[GovernedRecord]] = OrderedDict()
         self.metering: ModelMetering = as_metering(model_prices)
+        # Human approval (chio_durable.agent._approvals): None = a pending tool call is deferred
+        # (ApprovalRequired); a durable wrapper sets a waiter that waits inside the run instead.
+        self.approval_waiter: ApprovalWaiter | None = None
+        self._approvals = RememberedApprovals()
 
     def __repr__(self) -> str:
         return (
@@ -215,9 +222,16 @@ class ChioGovernance(TransportSlot, AbstractCapability[Any]):
         return identity or ctx.run_id or "run-unknown"
 
     async def evaluate_call(
-        self, ctx: RunContext[Any], call: GovernedCall, *, position: str, cost: MonetaryAmount | None = None
+        self,
+        ctx: RunContext[Any],
+        call: GovernedCall,
+        *,
+        position: str,
+        cost: MonetaryAmount | None = None,
+        approval_id: str | None = None,
     ) -> GovernedRecord:
-        """Evaluate ``call`` at ``position`` of the run (declaring ``cost``: an allow is then a hold).
+        """Evaluate ``call`` at ``position`` of the run (declaring ``cost``: an allow is then a hold;
+        under a kernel approval with ``approval_id``).
 
         Raises ``KernelUnavailable`` if no decision (retryable) and ``KernelRejected`` (or what
         ``rejected_error`` builds from it) if the kernel refuses the request as malformed.
@@ -226,8 +240,9 @@ class ChioGovernance(TransportSlot, AbstractCapability[Any]):
             call = replace(call, metadata=self._run_metadata(ctx))  # before its hashes are computed
         key = call_key(self.run_identity(ctx), position, self.capability_id, call)
         try:
-            evaluation = await self.transport.evaluate(
-                call, capability_id=self.capability_id, idempotency_key=key, cost=cost
+            evaluation = await evaluate_under(
+                self.transport, call, capability_id=self.capability_id, idempotency_key=key,
+                approval_id=approval_id, cost=cost,
             )
         except KernelRejected as err:
             if self._rejected_error is None:
@@ -246,6 +261,29 @@ class ChioGovernance(TransportSlot, AbstractCapability[Any]):
             except Exception:  # an observer failing must not hide the decision; say so loudly
                 log.exception("chio: on_evaluation observer failed for receipt %s", record.receipt_id)
         return record
+
+    async def pending_tool_call(
+        self, ctx: RunContext[Any], call: GovernedCall, record: GovernedRecord, position: str,
+        *, cost: MonetaryAmount | None = None,
+    ) -> GovernedRecord:
+        """A tool call the kernel says a person must approve: wait in the run (a durable wrapper's
+        :attr:`approval_waiter`) and return the kernel's final answer, or raise ``ApprovalRequired``
+        (the run ends with ``DeferredToolRequests``). A pending answer without an approval id is
+        returned as is: not allowed, so denied (fail closed)."""
+        if self.approval_waiter is not None:
+
+            async def reevaluate(approval_id: str) -> Evaluation:
+                again = await self.evaluate_call(ctx, call, position=position, cost=cost, approval_id=approval_id)
+                return again.evaluation
+
+            final = await self.approval_waiter(record.evaluation, call.label, reevaluate)
+            return replace(record, evaluation=final)
+        deferral = approval_required(record.evaluation)
+        if deferral is None:
+            return record
+        if record.evaluation.approval_id is not None:
+            self._approvals.remember(ctx.tool_call_id, record.evaluation.approval_id)
+        raise deferral
 
     def denied(self, record: GovernedRecord) -> PermissionError:
         """The ``PermissionError`` (with its cause attached) for a denied record."""
@@ -400,10 +438,12 @@ class GovernedToolset(WrapperToolset[Any]):
                 tool_name=name,
                 args=tool_args,
             )
+        position = f"tool#{ctx.run_step}#{ctx.tool_call_id or name}"
         cost = _budget_hooks.tool_cost(gov, tool, tool_args)
-        record = await gov.evaluate_call(
-            ctx, call, position=f"tool#{ctx.run_step}#{ctx.tool_call_id or name}", cost=cost
-        )
+        approval_id = approval_id_of(ctx, gov._approvals)  # ToolApproved: re-ask the kernel under its approval
+        record = await gov.evaluate_call(ctx, call, position=position, cost=cost, approval_id=approval_id)
+        if record.evaluation.pending:
+            record = await gov.pending_tool_call(ctx, call, record, position, cost=cost)
         if not record.allowed:
             if gov.on_deny == "raise":
                 raise gov.denied(record)

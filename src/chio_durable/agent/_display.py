@@ -43,6 +43,12 @@ def decision_cells(item: Any) -> tuple[str, str, bool, str]:
     )
 
 
+def _is_pending(item: Any) -> bool:
+    """A decision waiting for a person (a kernel ``pending_approval`` answer)."""
+    evaluation = getattr(item, "evaluation", None)
+    return bool(getattr(evaluation, "pending", False)) or getattr(item, "verdict", None) == "pending_approval"
+
+
 def records_table(records: Iterable[Any], title: str = "receipts of the run", *, compact: bool = False) -> Table:
     """A rich table of decisions (``governed.receipts_of(result)``, envelope steps, receipts), in order.
 
@@ -59,7 +65,8 @@ def records_table(records: Iterable[Any], title: str = "receipts of the run", *,
         receipt, call, allowed, guard = decision_cells(record)
         if compact and len(receipt) > 14:
             receipt = "…" + receipt[-12:]
-        verdict = "[green]allow[/]" if allowed else "[red]deny[/]"
+        pending = _is_pending(record)
+        verdict = "[green]allow[/]" if allowed else ("[yellow]pending[/]" if pending else "[red]deny[/]")
         table.add_row(str(i), escape(receipt), escape(call), verdict, "" if allowed else escape(guard))
     return table
 
@@ -70,12 +77,14 @@ def records_html(records: Iterable[Any], title: str | None = None) -> str:
     rows = []
     for i, record in enumerate(records):
         receipt, call, allowed, guard = decision_cells(record)
-        color = "green" if allowed else "crimson"
+        pending = _is_pending(record)
+        color = "green" if allowed else ("darkorange" if pending else "crimson")
+        shown = "allow" if allowed else ("pending" if pending else "deny")
         cells = [
             str(i),
             f'<code style="white-space:nowrap">{html.escape(receipt)}</code>',
             html.escape(call),
-            f'<span style="color:{color}">{"allow" if allowed else "deny"}</span>',
+            f'<span style="color:{color}">{shown}</span>',
             "" if allowed else html.escape(guard),
         ]
         rows.append("<tr>" + "".join(f"<td>{c}</td>" for c in cells) + "</tr>")

@@ -1,0 +1,172 @@
+"""A governed agent asks to refund, waits for a person, and goes on: human approval as a kernel verdict.
+
+Offline: the embedded Chio kernel in a temp dir and a SCRIPTED model (a ``FunctionModel``, not an LLM)
+that looks an order up, asks to refund it, then answers. The capability grants the model and
+``lookup_order`` freely; ``refund_order`` carries upstream Chio's constraint
+``{"type": "require_approval_above", "value": {"threshold_units": 0}}``: every refund (a call that
+declares no cost counts as 0 units) needs a person.
+
+    python examples/approval_refund.py                  # plain pydantic-ai agent: deferred approval
+    python examples/approval_refund.py --engine prefect # ChioPrefectAgent: the flow run pauses
+
+What happens: the kernel answers the refund with a signed ``pending_approval`` receipt (nothing
+charged, the tool does not run). The example prints the exact command a person runs, then plays the
+person: it approves through the kernel's operator path (what ``chio-durable approvals approve`` does)
+and wakes the run (plain: ``DeferredToolResults``; Prefect: ``resume_flow_run``). The refund is
+evaluated again with the approval id and runs once, under the kernel's allow. docs/approvals.md has
+the Temporal variant (``temporal workflow update execute --name chio_approval``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import tempfile
+import threading
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from pydantic_ai import Agent, DeferredToolRequests
+from pydantic_ai.messages import ModelMessage, ModelResponse, TextPart, ToolCallPart, ToolReturnPart
+from pydantic_ai.models.function import AgentInfo, FunctionModel
+from rich.console import Console
+
+from chio_durable.agent import ChioGovernance, approval_results, records_table
+from chio_kernel import LocalChioClient
+
+REFUNDED: list[str] = []
+
+
+def scripted_model(messages: list[ModelMessage], info: AgentInfo) -> ModelResponse:
+    """Look the order up, ask to refund it, then answer with what the tools said (clearly not an LLM)."""
+    results = [
+        str(p.content) for m in messages for p in getattr(m, "parts", ())
+        if isinstance(p, ToolReturnPart) or p.part_kind == "retry-prompt"
+    ]
+    if not results:
+        return ModelResponse(parts=[ToolCallPart("lookup_order", {"order_id": "o-1042"})])
+    if len(results) == 1:
+        return ModelResponse(parts=[ToolCallPart("refund_order", {"order_id": "o-1042", "amount_usd": 180})])
+    return ModelResponse(parts=[TextPart(" / ".join(results))])
+
+
+def lookup_order(order_id: str) -> str:
+    """Look up an order."""
+    return f"order {order_id}: delivered damaged, paid 180 USD"
+
+
+def refund_order(order_id: str, amount_usd: int) -> str:
+    """Refund an order (money leaves: a person must approve)."""
+    REFUNDED.append(order_id)
+    return f"refunded {amount_usd} USD on {order_id}"
+
+
+def refund_scope() -> dict[str, Any]:
+    """The model and lookup freely; every refund waits for a person (upstream's constraint shape)."""
+    return {"grants": [
+        {"server_id": "model", "tool_name": "*", "operations": ["Invoke"]},
+        {"server_id": "support", "tool_name": "lookup_order", "operations": ["Invoke"]},
+        {"server_id": "support", "tool_name": "refund_order", "operations": ["Invoke"],
+         "constraints": [{"type": "require_approval_above", "value": {"threshold_units": 0}}]},
+    ]}
+
+
+def build_agent() -> Agent[None, str]:
+    """The plain agent (the durable wrappers add governance themselves)."""
+    return Agent(FunctionModel(scripted_model), name="support", tools=[lookup_order, refund_order])
+
+
+def _person_approves(chio: LocalChioClient, data_dir: Path, console: Console) -> str:
+    (approval,) = chio.kernel.list_approvals("pending")
+    console.print(f"[bold yellow]waiting for a person[/]: {approval['summary']}")
+    console.print("a person runs:", highlight=False)
+    console.print(f"  chio-durable approvals approve {approval['id']} --data-dir {data_dir} --reason 'damaged parcel'",
+                  highlight=False, markup=False)
+    # ... and here the example plays that person, through the same operator path:
+    receipt = chio.kernel.respond_approval(approval["id"], "approved", "damaged parcel")
+    console.print(f"approved in the kernel (resolution receipt {receipt.id})", highlight=False)
+    return str(approval["id"])
+
+
+async def run_plain(chio: LocalChioClient, capability_id: str, data_dir: Path, console: Console) -> str:
+    governance = ChioGovernance(capability_id=capability_id, chio_client=chio)
+    agent = Agent(FunctionModel(scripted_model), name="support", tools=[lookup_order, refund_order],
+                  output_type=[str, DeferredToolRequests], capabilities=[governance])
+    first = await agent.run("Customer says order o-1042 arrived broken.")
+    assert isinstance(first.output, DeferredToolRequests), first.output
+    console.print(f"the run deferred {len(first.output.approvals)} tool call(s) for approval; refunded so far: {REFUNDED}")
+    _person_approves(chio, data_dir, console)
+    # ToolApproved only wakes the call: it runs on the kernel's allow under the approval id
+    done = await agent.run(message_history=first.all_messages(), deferred_tool_results=approval_results(first.output))
+    console.print(records_table(governance.receipts_of(first) + governance.receipts_of(done)))
+    return str(done.output)
+
+
+def run_prefect(chio: LocalChioClient, capability_id: str, data_dir: Path, console: Console) -> str:
+    from prefect import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterState, FlowRunFilterStateType
+    from prefect.client.schemas.objects import StateType
+    from prefect.flow_runs import resume_flow_run
+
+    from chio_prefect import ChioPrefectAgent, use_local_prefect_defaults
+
+    use_local_prefect_defaults()
+    governed = ChioPrefectAgent(build_agent(), capability_id=capability_id, chio_client=chio)
+    out: dict[str, Any] = {}
+
+    def run() -> None:
+        try:
+            out["result"] = governed.run_sync("Customer says order o-1042 arrived broken.")
+        except BaseException as err:  # noqa: BLE001 - reported below
+            out["error"] = err
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    while not chio.kernel.list_approvals("pending"):  # the flow run is about to pause
+        if not thread.is_alive():
+            raise RuntimeError(f"the run ended without waiting: {out}")
+        time.sleep(0.2)
+    approval_id = _person_approves(chio, data_dir, console)
+    paused = FlowRunFilter(state=FlowRunFilterState(type=FlowRunFilterStateType(any_=[StateType.PAUSED])))
+    flow_run_id = None
+    with get_client(sync_client=True) as client:
+        while flow_run_id is None:
+            flow_run_id = next((r.id for r in client.read_flow_runs(flow_run_filter=paused)
+                                if r.state and r.state.state_details.pause_key == approval_id), None)
+            time.sleep(0.2)
+    console.print(f"the flow run {flow_run_id} is Paused (the Prefect UI shows the approval form); resuming:",
+                  highlight=False)
+    console.print(f"  resume_flow_run('{flow_run_id}', run_input={{'decision': 'approve'}})", highlight=False, markup=False)
+    resume_flow_run(flow_run_id, run_input={"decision": "approve"})
+    thread.join()
+    if "error" in out:
+        raise out["error"]
+    console.print(records_table(governed.receipts_of(out["result"])))
+    return str(out["result"].output)
+
+
+def main(argv: Sequence[str] | None = None, console: Console | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--engine", choices=["plain", "prefect"], default="plain")
+    parser.add_argument("--data-dir", type=Path, default=None, help="kernel data directory (default: a temp dir)")
+    args = parser.parse_args(argv)
+    console = console or Console()
+    data_dir = args.data_dir or Path(tempfile.mkdtemp(prefix="chio-approval-"))
+    chio = LocalChioClient(data_dir=data_dir)
+    capability_id = chio.kernel.create_capability("agent:support", refund_scope()).id
+    REFUNDED.clear()
+    if args.engine == "plain":
+        answer = asyncio.run(run_plain(chio, capability_id, data_dir, console))
+    else:
+        answer = run_prefect(chio, capability_id, data_dir, console)
+    console.print(f"[bold]answer[/]: {answer}", highlight=False)
+    verdicts = [r.decision.verdict for r in chio.kernel.list_receipts(capability_id=capability_id)]
+    console.print(f"verdicts in the chain: {verdicts}; chain verifies: {chio.kernel.verify_chain().ok}", highlight=False)
+    chio.kernel.close()
+    return 0 if REFUNDED == ["o-1042"] else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
