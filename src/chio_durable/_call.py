@@ -12,11 +12,11 @@ import hashlib
 import json
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any, Literal
 
-__all__ = ["CallKind", "GovernedCall", "call_key", "idempotency_key", "wire_parameter_hash"]
+__all__ = ["CallKind", "GovernedCall", "call_key", "idempotency_key", "run_metadata", "wire_parameter_hash"]
 
 CallKind = Literal["model", "tool", "mcp", "mcp_list", "output", "task", "activity"]
 
@@ -97,12 +97,18 @@ class GovernedCall:
 
     The same type for an agent's model request / tool / MCP call (``chio_durable.agent``), a Prefect
     task attempt (``kind="task"``) and a Temporal activity execution (``kind="activity"``).
+    ``metadata``: the caller's run context (see the field), never part of what is asked.
     """
 
     kind: CallKind
     tool_server: str
     tool_name: str
     parameters: dict[str, Any]
+    metadata: Mapping[str, str] | None = field(default=None, compare=False)
+    """Where the call ran (``flow_run_id``, ``workflow_id``...): the kernel signs it into the receipt's
+    ``metadata`` so ``chio-durable receipts list --flow-run/--workflow-id`` find it. Context, not the
+    call: in no hash, idempotency key or equality. Sent by the embedded kernel and
+    ``chio_kernel.SidecarClient``; a stock ``chio_sdk.ChioClient`` or a mock cannot send it (dropped)."""
 
     @property
     def label(self) -> str:
@@ -137,6 +143,13 @@ class GovernedCall:
     def wire_error(self) -> str | None:
         """Why the parameters have no JSON form (the kernel would refuse them), else ``None``."""
         return self._hashes.wire_error
+
+
+def run_metadata(**pairs: object) -> dict[str, str] | None:
+    """A layer's run context for :attr:`GovernedCall.metadata`: the pairs that have a value, as
+    text cut to the kernel's 512 characters (``chio_kernel._run_context``); None if none has one."""
+    out = {key: str(value)[:512] for key, value in pairs.items() if value is not None and value != ""}
+    return out or None
 
 
 def call_key(run: str | None, position: str, capability_id: str | None, call: GovernedCall | None = None) -> str:

@@ -34,7 +34,7 @@ log = logging.getLogger("chio_durable")
 
 
 def _request(call: GovernedCall, capability_id: str | None, guard: str, reason: str, envelope: ChioScope | None) -> dict[str, Any]:
-    return {
+    request: dict[str, Any] = {
         "capability_id": capability_id or "",
         "tool_server": call.tool_server,
         "tool_name": call.tool_name,
@@ -43,6 +43,9 @@ def _request(call: GovernedCall, capability_id: str | None, guard: str, reason: 
         "reason": reason,
         "envelope": envelope,
     }
+    if call.metadata:  # the run context, signed into the deny receipt too
+        request["metadata"] = call.metadata
+    return request
 
 
 def _local(call: GovernedCall, capability_id: str | None, guard: str, reason: str, why: str, *, warn: bool) -> Evaluation:

@@ -10,6 +10,8 @@ Three implementations, picked by :func:`as_transport` from the client a user han
   ``ChioClient`` has no public way to, so it is called through its public ``evaluate_tool_call``
   without a key (warned once per client) and a call with a cost is refused. A remote receipt must
   answer the call asked (capability, server, tool, and the parameter hash the kernel signed).
+  ``GovernedCall.metadata`` (the run context) is sent by ``SidecarClient`` only; a stock
+  ``ChioClient`` (and a mock) has no field for it, so it is dropped there (the receipt has none).
 * :class:`MockTransport` — the ``chio_sdk.testing`` mocks (and any other object with
   ``evaluate_tool_call``): no keys, a ``ChioDeniedError`` is a deny, its own hashes are not checked.
 
@@ -175,6 +177,7 @@ class EmbeddedTransport:
                 capability_id, call.tool_server, call.tool_name, call.parameters,
                 idempotency_key=idempotency_key, cost=cost, approval_id=approval_id,
                 canonical_parameters=text, parameter_hash=digest if text is not None else None,
+                metadata=call.metadata,
             )
         except ValueError as err:
             if isinstance(err, ValidationError):  # our receipt model, not the caller's input
@@ -405,6 +408,8 @@ class HttpTransport(_RemoteTransport):
                 extras["cost"] = cost
             if approval_id is not None:
                 extras["approval_id"] = approval_id
+            if call.metadata:  # the run context (a stock ChioClient cannot send it: dropped below)
+                extras["metadata"] = call.metadata
             sidecar: Any = self.client  # a chio_kernel.SidecarClient: the kernel's wire extras
             receipt: ChioReceipt = await sidecar.evaluate_tool_call(**_body(call, capability_id), **extras)
             return receipt

@@ -43,6 +43,7 @@ from chio_kernel._errors import ChioKernelError, KernelInputError
 from chio_kernel._ids import _uuid7_str
 from chio_kernel._policy import Deny
 from chio_kernel._receipts import _chain_dumps, _receipt_signed_body
+from chio_kernel._run_context import merge_run_metadata
 from chio_kernel._store import GENESIS_HASH, ApprovalRow, StoreReader, StoreWriter
 from chio_kernel.canonical import canonical_json
 from chio_kernel._guards import grant_matches
@@ -419,14 +420,14 @@ class ApprovalsMixin:
             f"{approval_id} (`chio-durable approvals approve {approval_id}`) before {_iso(expires_at)}, then the "
             "call is sent again with approval_id"
         )
-        metadata = {
+        metadata = merge_run_metadata({
             "pending_approval": {
                 "approval_id": approval_id,
                 "parameter_hash": req.param_hash,
                 "expires_at": expires_at,
                 "summary": summary,
             }
-        }
+        }, req.metadata)  # the caller's run context too (the kernel's keys win)
         receipt, stored, chain_hash = build_signed_receipt(
             self._signer.sign_hex, self.public_key_hex, prev_hash, now, req.capability_id, req.tool_server,
             req.tool_name, req.params, req.param_hash,
@@ -452,7 +453,7 @@ class ApprovalsMixin:
         receipt, stored, chain_hash = build_signed_receipt(
             self._signer.sign_hex, self.public_key_hex, prev_hash, now, req.capability_id, req.tool_server,
             req.tool_name, req.params, req.param_hash, {"verdict": "allow"}, policy_hash,
-            {"approval_id": req.approval_id},
+            merge_run_metadata({"approval_id": req.approval_id}, req.metadata),
         )
         st.append_receipt(head_seq + 1, receipt.id, req.capability_id, "allow", chain_hash, stored)
         if not st.consume_approval(req.approval_id, receipt.id):  # pragma: no cover - checked in this transaction

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Mapping
 from typing import Any
 
 import httpx
@@ -156,10 +157,13 @@ class LocalChioClient:
         cost: MonetaryAmount | None = None,
         operation: Operation = Operation.INVOKE,
         approval_id: str | None = None,
+        metadata: Mapping[str, str] | None = None,
     ) -> ChioReceipt:
         """Evaluate one tool call; returns the signed receipt (allow, deny or ``pending_approval``).
 
         ``approval_id``: re-send a call that was pending once a person approved it (docs/approvals.md).
+        ``metadata``: the caller's run context (e.g. ``{"flow_run_id": ...}``), signed into the
+        receipt's ``metadata`` (``Kernel.evaluate``).
         """
         # concurrent callers on this event loop share one store transaction (group commit)
         return await self.kernel._evaluate_async(
@@ -171,6 +175,7 @@ class LocalChioClient:
             cost=cost,
             operation=operation,
             approval_id=approval_id,
+            metadata=metadata,
         )
 
     async def record_denial(
@@ -183,10 +188,12 @@ class LocalChioClient:
         guard: str,
         reason: str,
         envelope: ChioScope | None = None,
+        metadata: Mapping[str, str] | None = None,
     ) -> ChioReceipt:
         """A signed, chained deny receipt for a call refused before evaluation (``Kernel.record_denial``)."""
         return self.kernel.record_denial(
-            capability_id, tool_server, tool_name, parameters, guard=guard, reason=reason, envelope=envelope
+            capability_id, tool_server, tool_name, parameters, guard=guard, reason=reason, envelope=envelope,
+            metadata=metadata,
         )
 
     async def evaluate_http_request(
@@ -396,9 +403,13 @@ class SidecarClient(ChioClient):
         cost: MonetaryAmount | None = None,
         operation: Operation = Operation.INVOKE,
         approval_id: str | None = None,
+        metadata: Mapping[str, str] | None = None,
     ) -> ChioReceipt:
         """Evaluate one tool call; the signed receipt (allow, deny or ``pending_approval``), as
         ``ChioClient`` returns it.
+
+        ``metadata``: the caller's run context (e.g. ``{"workflow_id": ...}``), signed into the
+        receipt's ``metadata`` (the body's ``"metadata"``, docs/sidecar.md).
 
         ``idempotency_key``: the same key re-evaluated while the capability is valid returns the same
         receipt and charges no budget twice. ``cost``: charged against the grant's cost budget.
@@ -418,6 +429,8 @@ class SidecarClient(ChioClient):
             body["operation"] = operation.value
         if approval_id is not None:
             body["approval_id"] = approval_id
+        if metadata:
+            body["metadata"] = dict(metadata)
         return ChioReceipt.model_validate(await self._request("POST", "/v1/evaluate", body))
 
     async def record_denial(
@@ -430,6 +443,7 @@ class SidecarClient(ChioClient):
         guard: str,
         reason: str,
         envelope: ChioScope | None = None,
+        metadata: Mapping[str, str] | None = None,
     ) -> ChioReceipt:
         """A signed, chained deny receipt for a call refused before evaluation (``POST /v1/receipts/denials``)."""
         body: dict[str, Any] = {
@@ -442,6 +456,8 @@ class SidecarClient(ChioClient):
         }
         if envelope is not None:
             body["envelope"] = envelope.model_dump(mode="json")
+        if metadata:
+            body["metadata"] = dict(metadata)
         return ChioReceipt.model_validate(await self._request("POST", "/v1/receipts/denials", body))
 
     async def evaluate_http_request(

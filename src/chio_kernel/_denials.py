@@ -23,12 +23,14 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from chio_sdk.models import ChioReceipt, ChioScope, Operation
 
 from chio_kernel._errors import KernelInputError
 from chio_kernel._policy import Deny
+from chio_kernel._run_context import check_run_metadata
 
 if TYPE_CHECKING:
     from chio_kernel._kernel import Kernel
@@ -63,6 +65,7 @@ def record_denial(
     reason: str,
     envelope: ChioScope | None = None,
     operation: Operation = Operation.INVOKE,
+    metadata: Mapping[str, str] | None = None,
 ) -> ChioReceipt:
     """Sign and chain a deny receipt for a decision taken before evaluation (see the module doc)."""
     from chio_kernel._coerce import _require_str  # the kernel's own input checks
@@ -87,6 +90,7 @@ def record_denial(
     _require_str("tool_name", tool_name, max_len=1024)
     if not isinstance(parameters, dict):
         raise KernelInputError("parameters must be a dict of parameter name -> JSON value")
+    run_metadata = check_run_metadata(metadata)
     if envelope is not None:
         if not isinstance(envelope, ChioScope):
             envelope = ChioScope.model_validate(envelope)
@@ -102,7 +106,7 @@ def record_denial(
         raise KernelInputError(f"parameters are not JSON-able: {err}") from None
     req = _EvalRequest(
         capability_id, tool_server, tool_name, operation, json.loads(params_ascii), params_text, params_ascii,
-        hashlib.sha256(params_text.encode("utf-8")).hexdigest(), None, None, None,
+        hashlib.sha256(params_text.encode("utf-8")).hexdigest(), None, None, None, metadata=run_metadata,
     )
     with kernel._write() as st:
         cap = kernel._load_cap(st, capability_id) if capability_id else None

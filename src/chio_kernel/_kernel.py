@@ -22,7 +22,7 @@ from pydantic import ValidationError
 
 from chio_kernel.canonical import canonical_json, canonical_json_str
 from chio_kernel.signing import KEY_FILE, Signer, default_data_dir, ensure_data_dir, load_or_create_key
-from chio_kernel._approvals import ApprovalsMixin, _Pending
+from chio_kernel._approvals import ApprovalsMixin, _Pending, build_signed_receipt
 from chio_kernel._capabilities import Capabilities, _Cap, capability_signing_bytes
 from chio_kernel._coerce import (
     MAX_COST_UNITS,
@@ -37,6 +37,7 @@ from chio_kernel._sqlite_store import DB_FILE, SQLiteStore
 from chio_kernel._ids import uuid7
 from chio_kernel._holds import Holds, key_fingerprint_hash, remembered_allow, resolve_hold_ttl
 from chio_kernel._policy import _Deny, check_valid, decide, passing_grants
+from chio_kernel._run_context import check_run_metadata
 from chio_kernel._receipts import (
     ChainReport,
     _chain_dumps,
@@ -117,6 +118,7 @@ class _EvalRequest:
     approval_id: str | None = None  # a re-evaluation under this approval (chio_kernel._approvals)
     key: str | None = None  # the idempotency key itself (for the key-reuse rule's message)
     key_hash: str | None = None  # the key's own hash (the key-reuse rule, chio_kernel._holds)
+    metadata: dict[str, str] | None = None  # the caller's run context, signed (chio_kernel._run_context)
 
 
 # --- the kernel --------------------------------------------------------------------------------
@@ -348,6 +350,7 @@ class Kernel(ApprovalsMixin):
         approval_id: str | None = None,
         canonical_parameters: str | None = None,
         parameter_hash: str | None = None,
+        metadata: Mapping[str, str] | None = None,
     ) -> ChioReceipt:
         """Decide one call and return its signed, stored receipt (allow or deny; never raises for a deny).
 
@@ -363,10 +366,18 @@ class Kernel(ApprovalsMixin):
         transport hands over its ``GovernedCall``'s), so they are not computed twice. They are
         trusted as given: the receipt signs them. Never pass values that came from outside the
         process (the sidecar does not: it lets the kernel compute them).
+
+        ``metadata``: the caller's run context (``{"flow_run_id": ...}``, ``{"workflow_id": ...}``),
+        signed into the receipt's ``metadata`` so ``Kernel.query_receipts(metadata=...)`` and
+        ``chio-durable receipts list --flow-run/--workflow-id`` find it: at most 16 keys of letters,
+        digits, ``_ . -``, string values of at most 512 characters (else :class:`KernelInputError`).
+        It is not part of the idempotency fingerprint: a retry carrying another attempt's context
+        gets the first receipt back (with the first context).
         """
         req = self._prepare(
             capability_id, tool_server, tool_name, parameters, idempotency_key, cost, operation,
             approval_id=approval_id, canonical_parameters=canonical_parameters, parameter_hash=parameter_hash,
+            metadata=metadata,
         )
         return self._committer.submit(req)
 
@@ -381,15 +392,17 @@ class Kernel(ApprovalsMixin):
         reason: str,
         envelope: ChioScope | None = None,
         operation: Operation = Operation.INVOKE,
+        metadata: Mapping[str, str] | None = None,
     ) -> ChioReceipt:
         """Sign and chain a deny receipt for a call refused before it could be evaluated (a layer's
         envelope or configuration guard); with ``envelope`` the kernel checks the call is outside it.
+        ``metadata``: the caller's run context, signed into the receipt as in :meth:`evaluate`.
         See ``chio_kernel._denials``. Raises :class:`KernelInputError` for what it will not sign."""
         from chio_kernel._denials import record_denial
 
         return record_denial(
             self, capability_id, tool_server, tool_name, parameters,
-            guard=guard, reason=reason, envelope=envelope, operation=operation,
+            guard=guard, reason=reason, envelope=envelope, operation=operation, metadata=metadata,
         )
 
     async def _evaluate_async(
@@ -405,12 +418,14 @@ class Kernel(ApprovalsMixin):
         approval_id: str | None = None,
         canonical_parameters: str | None = None,
         parameter_hash: str | None = None,
+        metadata: Mapping[str, str] | None = None,
     ) -> ChioReceipt:
         """:meth:`evaluate` for asyncio callers: the calls made in one turn of the event loop share
         one write transaction (LocalChioClient uses this)."""
         req = self._prepare(
             capability_id, tool_server, tool_name, parameters, idempotency_key, cost, operation,
             approval_id=approval_id, canonical_parameters=canonical_parameters, parameter_hash=parameter_hash,
+            metadata=metadata,
         )
         return await self._committer.submit_async(req)
 
@@ -426,6 +441,7 @@ class Kernel(ApprovalsMixin):
         approval_id: str | None = None,
         canonical_parameters: str | None = None,
         parameter_hash: str | None = None,
+        metadata: Mapping[str, str] | None = None,
     ) -> _EvalRequest:
         """Input checks, canonical forms and hashes, and the pure guards: everything before the
         write transaction."""
@@ -465,6 +481,7 @@ class Kernel(ApprovalsMixin):
         cost_t = None if cost is None else _coerce_cost(cost)
         if approval_id is not None:
             _require_str("approval_id", approval_id, max_len=256)
+        run_metadata = None if metadata is None else check_run_metadata(metadata)
         idem_hash = None
         if idempotency_key is not None:
             _require_str("idempotency_key", idempotency_key, max_len=1024)
@@ -494,6 +511,7 @@ class Kernel(ApprovalsMixin):
             # stays the answer of the key alone, the allow that of the key with the approval
             None if idempotency_key is None
             else key_fingerprint_hash(idempotency_key if approval_id is None else f"{idempotency_key}\x1f{approval_id}"),
+            metadata=run_metadata,  # not in the fingerprint: another attempt's context, the same call
         )
 
     def _run_batch(self, reqs: Sequence[_EvalRequest]) -> list[ChioReceipt | BaseException]:
@@ -614,6 +632,15 @@ class Kernel(ApprovalsMixin):
         deny: _Deny | None,
         policy_hash: str,
     ) -> ChioReceipt:
+        if req.metadata:  # the caller's run context: the general builder (the spliced one has no metadata)
+            receipt, stored, chain_hash = build_signed_receipt(
+                self._signer.sign_hex, self.public_key_hex, prev_hash, now, req.capability_id, req.tool_server,
+                req.tool_name, req.params, req.param_hash,
+                {"verdict": "allow"} if deny is None else {"verdict": "deny", "guard": deny.guard, "reason": deny.reason},
+                policy_hash, dict(req.metadata),
+            )
+            st.append_receipt(head_seq + 1, receipt.id, req.capability_id, receipt.decision.verdict, chain_hash, stored)
+            return receipt
         receipt, stored, chain_hash = build_receipt(
             self._signer.sign_hex, self.public_key_hex, prev_hash, now, req.capability_id, req.tool_server,
             req.tool_name, req.params, req.params_text, req.params_ascii, req.param_hash,

@@ -52,6 +52,7 @@ from chio_durable.agent._adapter import check_realtime_hooks, prefect_agent_hidd
 from chio_durable.agent._capability import REALTIME_REFUSED, _is_mcp_toolset
 from chio_durable._evaluation import Evaluation, KernelRejected
 from chio_durable.agent._mapping import GovernedCall
+from chio_durable._call import run_metadata
 from chio_prefect import decorators as _decorators
 from chio_prefect._artifact import collect_decision, flow_run_receipts_async
 from chio_prefect._approvals import agent_approval_waiter
@@ -111,6 +112,16 @@ def prefect_run_identity(ctx: RunContext[Any]) -> str | None:
     if context is None or context.flow_run is None:
         return None
     return f"prefect-flow-run:{context.flow_run.id}:{ctx.run_id}"
+
+
+def prefect_run_metadata(ctx: RunContext[Any]) -> dict[str, str] | None:
+    """The run context signed into each receipt of the agent's calls: ``flow_run_id`` (and the
+    flow's name), so ``chio-durable receipts list --flow-run ID`` finds them (docs/prefect.md)."""
+    context = FlowRunContext.get()
+    if context is None or context.flow_run is None:
+        return None
+    flow = getattr(context, "flow", None)
+    return run_metadata(flow_run_id=context.flow_run.id, flow_name=getattr(flow, "name", None))
 
 
 _TASK_NAMES = {
@@ -289,6 +300,7 @@ class ChioPrefectAgent(WrapperAgent[AgentDepsT, OutputDataT]):
             mapper=mapper,
             on_deny=on_deny,
             run_identity=prefect_run_identity,
+            run_metadata=prefect_run_metadata,
             on_evaluation=emit_agent_receipt,
             deny_error=_prefect_deny_error,
             permission_error_class=ChioPermissionError,

@@ -40,7 +40,7 @@ from chio_sdk.models import ChioScope, MonetaryAmount
 
 from chio_durable import KernelRejected, KernelUnavailable, bind_parameters
 from chio_durable._approval import evaluate_under, evaluate_under_sync
-from chio_durable._call import GovernedCall, call_key
+from chio_durable._call import GovernedCall, call_key, run_metadata
 from chio_durable._decision import Decision, DecisionObserver, notify
 from chio_durable._denial_record import deny_before_evaluation
 from chio_prefect._artifact import collect_decision, flow_run_receipts, flow_run_receipts_async
@@ -446,6 +446,11 @@ class _TaskGovernance:
         # The tool name is fixed at decoration; the task name is the running task's (with_options
         # may rename it).
         task_name = run.task_name or self.tool_name
+        # signed into the receipt: `chio-durable receipts list --flow-run ID` finds it (docs/prefect.md)
+        context = run_metadata(
+            flow_run_id=flow_run_id, task_run_id=task_run_id, flow_name=flow.flow_name if flow else None,
+            task_name=task_name,
+        )
 
         def deny_locally(error: ChioPrefectError, server: str, envelope: ChioScope | None = None) -> NoReturn:
             if quiet:
@@ -457,7 +462,7 @@ class _TaskGovernance:
                 parameters = {}
             # The kernel signs and chains this deny too (chio_durable._denial_record): every attempt
             # is in the chain. With a mock or a stock ChioClient it stays local ("recorded": false).
-            call = GovernedCall("task", server, self.tool_name, parameters)
+            call = GovernedCall("task", server, self.tool_name, parameters, metadata=context)
             evaluation = deny_before_evaluation(
                 self._transport(flow),
                 call,
@@ -526,7 +531,9 @@ class _TaskGovernance:
 
         transport = self._transport(flow)
 
-        call = GovernedCall("task", tool_server, self.tool_name, bind_parameters(self.signature, args, kwargs))
+        call = GovernedCall(
+            "task", tool_server, self.tool_name, bind_parameters(self.signature, args, kwargs), metadata=context
+        )
         decided = _pre_decision.get()
         if decided is not None and decided.task_run_id == task_run_id and decided.call == call:
             call = decided.call  # the cache policy's call in this attempt (equal fields): hashed already

@@ -33,7 +33,7 @@ import typing
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from contextvars import ContextVar
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import temporalio.activity
@@ -56,7 +56,7 @@ from temporalio.worker import (
 )
 
 from chio_durable._approval import evaluate_under, pending_approval
-from chio_durable._call import GovernedCall, call_key
+from chio_durable._call import GovernedCall, call_key, run_metadata
 from chio_durable._decision import Decision, DecisionObserver, Evaluation, notify
 from chio_durable._denial_record import deny_before_evaluation_async
 from chio_durable._errors import KernelRejected, KernelUnavailable
@@ -140,8 +140,17 @@ class ActivityCall(GovernedCall):
     """What the kernel is asked about for one activity execution: a :class:`~chio_durable.GovernedCall`
     of kind ``"activity"`` (parameters hashed once), built as ``ActivityCall(tool_server, tool_name, parameters)``."""
 
-    def __init__(self, tool_server: str, tool_name: str, parameters: dict[str, Any], kind: Any = "activity") -> None:
-        super().__init__(kind, tool_server, tool_name, parameters)
+    def __init__(
+        self, tool_server: str, tool_name: str, parameters: dict[str, Any], kind: Any = "activity",
+        metadata: Mapping[str, str] | None = None,
+    ) -> None:
+        super().__init__(kind, tool_server, tool_name, parameters, metadata)
+
+
+def activity_run_metadata(info: temporalio.activity.Info) -> dict[str, str] | None:
+    """The run context signed into an activity's receipt (``workflow_id``, ``run_id``,
+    ``activity_type``), so ``chio-durable receipts list --workflow-id ID`` finds it (docs/temporal.md)."""
+    return run_metadata(workflow_id=info.workflow_id, run_id=info.workflow_run_id, activity_type=info.activity_type)
 
 
 _payload_converter = temporalio.converter.PayloadConverter.default
@@ -494,6 +503,8 @@ class ChioActivityInterceptor(TransportSlot, Interceptor):
             # before the activity fails with the non-retryable config error.
             await self._record_config_deny(info, input, err)
             raise ApplicationError(str(err), type=CONFIG_ERROR_TYPE, non_retryable=True) from err
+        if call.metadata is None:  # where it ran, signed into the receipt (not part of the call)
+            call = replace(call, metadata=activity_run_metadata(info))
 
         key: str | None = None
         cost: MonetaryAmount | None = None
@@ -577,7 +588,10 @@ class ChioActivityInterceptor(TransportSlot, Interceptor):
             parameters = self.activity_parameters(info, input)
         except Exception:
             parameters = {}
-        return ActivityCall(tool_server=server, tool_name=info.activity_type, parameters=parameters)
+        return ActivityCall(
+            tool_server=server, tool_name=info.activity_type, parameters=parameters,
+            metadata=activity_run_metadata(info),
+        )
 
     def _is_override(self, info: temporalio.activity.Info, grant: WorkflowGrant) -> bool:
         """Whether ``grant`` came from an activity override rather than the workflow's own grant."""

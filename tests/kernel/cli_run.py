@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import sys
@@ -32,23 +31,3 @@ def run_cli(*args: str, timeout: float = 120, **env: str) -> subprocess.Complete
 def popen_cli(*args: str, **env: str) -> subprocess.Popen[str]:
     kw: Any = {"stdout": subprocess.PIPE, "stderr": subprocess.PIPE, "text": True, "env": cli_env(**env)}
     return subprocess.Popen([*cli_cmd(), *args], **kw)
-
-
-def append_tagged_receipt(kernel: Any, like: Any, metadata: dict[str, str]) -> str:
-    """Append to ``kernel``'s store a copy of receipt ``like`` carrying ``metadata`` (as an engine
-    layer that records its flow run / workflow id would), chained at the head; returns its id.
-
-    Test-only: it is not re-signed (listing filters read the stored body, not the signature)."""
-    import hashlib
-
-    from chio_kernel._receipts import receipt_wire_dict
-
-    store = kernel._store
-    with store.write() as w:
-        seq, prev = w.chain_head()
-        data = dict(receipt_wire_dict(like))
-        data.update(id=f"{like.id}-tag{seq + 1}", metadata=metadata, content_hash=prev)
-        body = json.dumps(data, sort_keys=True, ensure_ascii=True, separators=(",", ":"))
-        w.append_receipt(seq + 1, data["id"], data["capability_id"], data["decision"]["verdict"],
-                         hashlib.sha256(body.encode()).hexdigest(), body)
-    return str(data["id"])

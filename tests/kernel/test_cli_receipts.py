@@ -15,7 +15,7 @@ from chio_sdk.models import ChioScope, Operation, ToolGrant
 
 from chio_kernel import Kernel
 from chio_kernel.cli import CliError
-from cli_run import append_tagged_receipt, popen_cli, run_cli
+from cli_run import popen_cli, run_cli
 from kernel_helpers import Clock
 
 T0 = 1_800_000_000  # 2027-01-15T08:00:00Z
@@ -37,11 +37,15 @@ def populated(chio_home: Path) -> dict[str, str]:
     for i, (cap, tool) in enumerate([("cap-a", "read"), ("cap-a", "write"), ("cap-b", "read"), ("cap-b", "write")]):
         ids[f"r{i}"] = k.evaluate(cap, "fs", tool, {"i": i}).id
         clock.advance(3600)
-    r0 = k.get_receipt(ids["r0"])
-    r1 = k.get_receipt(ids["r1"])
-    ids["r4"] = append_tagged_receipt(k, r0, {"flow_run_id": "fr-1", "flow_run_name": "x"})
-    ids["r5"] = append_tagged_receipt(k, r1, {"flow_run_id": "fr-1"})
-    ids["r6"] = append_tagged_receipt(k, r0, {"workflow_id": "order-7", "run_id": "run-1"})
+    # signed by the kernel as an engine layer's run context (Kernel.evaluate(metadata=...)), decided
+    # at r0's and r1's times (so --since below separates them from r2/r3)
+    clock.now = T0
+    ids["r4"] = k.evaluate("cap-a", "fs", "read", {"i": 4}, metadata={"flow_run_id": "fr-1", "flow_run_name": "x"}).id
+    clock.now = T0 + 3600
+    ids["r5"] = k.evaluate("cap-a", "fs", "write", {"i": 5}, metadata={"flow_run_id": "fr-1"}).id
+    clock.now = T0
+    ids["r6"] = k.evaluate("cap-a", "fs", "read", {"i": 6}, metadata={"workflow_id": "order-7", "run_id": "run-1"}).id
+    assert k.verify_chain().ok
     k.close()
     return ids
 
@@ -65,7 +69,7 @@ def test_list_is_newest_first_with_limit_and_filters(chio_home: Path, populated:
     assert _ids("--flow-run", "fr-1", "--verdict", "deny", *d) == [ids["r5"]]
     assert _ids("--workflow-id", "order-7", *d) == [ids["r6"]]
     assert _ids("--workflow-id", "fr-1", *d) == []
-    # --since: r2 was decided at T0 + 2h (the tagged copies keep r0's and r1's times); ISO-8601
+    # --since: r2 was decided at T0 + 2h (the tagged ones at r0's and r1's times); ISO-8601
     # with a zone, naive (UTC) and a date
     assert _ids("--since", "2027-01-15T10:00:00Z", "--oldest-first", *d) == [ids["r2"], ids["r3"]]
     assert _ids("--since", "2027-01-15T09:00:00", "--verdict", "deny", *d) == [ids["r5"], ids["r3"], ids["r1"]]

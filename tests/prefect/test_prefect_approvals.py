@@ -120,7 +120,9 @@ def test_pause_a_forged_resume_runs_nothing_then_approve_runs_once(chio_home: Pa
     assert refunds.ran == [("o-1", 120)]  # exactly once
     receipts = local.kernel.list_receipts(capability_id=cap)
     assert [r.decision.verdict for r in receipts] == ["pending_approval", "approval_resolution", "allow"]
-    assert receipts[-1].metadata == {"approval_id": approval_id}
+    # the kernel's approval_id, and the run context (docs/prefect.md) of the same flow run as the pending one
+    assert receipts[-1].metadata is not None and receipts[-1].metadata["approval_id"] == approval_id
+    assert receipts[-1].metadata["flow_run_id"] == receipts[0].metadata["flow_run_id"]
     assert local.kernel.verify_chain().ok
     local.kernel.close()
 

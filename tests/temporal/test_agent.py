@@ -817,3 +817,35 @@ async def test_denied_tool_result_is_what_pydantic_ai_makes_of_tool_failed(clien
     assert type(durable_part) is type(local_part)
     assert seen(durable_part) == seen(local_part)
     assert durable_part.model_response_str() == local_part.model_response_str()
+
+
+async def test_agent_receipts_are_listed_by_their_workflow_id(client, chio, chio_home):
+    """Each agent call's receipt carries the workflow's id and run id, signed: `chio-durable receipts
+    list --workflow-id ID` returns exactly that workflow's receipts (docs/temporal.md)."""
+    import json
+
+    from typer.testing import CliRunner
+
+    from chio_kernel.cli import app as cli
+
+    await issue(chio, MODEL, grant("support"), DOCS_LIST)
+    async with worker(client) as tq:
+        first, second = wid("meta"), wid("meta")
+        out = await client.execute_workflow(SupportWorkflow.run, "lookup:A,refund:A", id=first, task_queue=tq)
+        other = await client.execute_workflow(SupportWorkflow.run, "lookup:B", id=second, task_queue=tq)
+        run_id = (await client.get_workflow_handle(first).describe()).run_id
+
+    def listed(workflow_id: str) -> list[dict[str, Any]]:
+        result = CliRunner().invoke(cli, ["receipts", "list", "--workflow-id", workflow_id, "--json", "--oldest-first",
+                                          "--data-dir", str(chio_home)])
+        assert result.exit_code == 0, result.output
+        return list(json.loads(result.stdout))
+
+    mine = listed(first)
+    # the run's calls, and its MCP tool listing (governed too, not a call of the run's result)
+    assert [r["id"] for r in mine if r["tool_name"] != "list_tools"] == out["receipt_ids"]
+    assert [r["tool_server"] for r in mine if r["tool_name"] == "list_tools"] == ["docs"]
+    assert {(r["metadata"]["workflow_id"], r["metadata"]["run_id"]) for r in mine} == {(first, run_id)}
+    theirs = listed(second)
+    assert [r["id"] for r in theirs if r["tool_name"] != "list_tools"] == other["receipt_ids"]
+    assert not {r["id"] for r in mine} & {r["id"] for r in theirs}

@@ -54,7 +54,10 @@ async def test_agent_tool_waits_for_the_kernel_approval_then_runs_once(client: A
     assert out["output"] == "refunded Z"
     assert app.CALLS["refund"] - before == 1
     refund_receipt = [r for r in [await chio.get_receipt(i) for i in out["receipt_ids"]] if r.tool_name == "refund"]
-    assert [r.metadata for r in refund_receipt] == [{"approval_id": waiting["approval_id"]}]
+    # the kernel's approval_id, and the run context (docs/temporal.md): this workflow
+    assert [(r.metadata["approval_id"], r.metadata["workflow_id"]) for r in refund_receipt] == [
+        (waiting["approval_id"], handle.id)
+    ]
     replayer = Replayer(workflows=WORKFLOWS, plugins=[PydanticAIPlugin(), *(g.plugin for g in app.ALL_GOVERNED)])
     result = await replayer.replay_workflow(await handle.fetch_history(), raise_on_replay_failure=False)
     assert result.replay_failure is None, repr(result.replay_failure)

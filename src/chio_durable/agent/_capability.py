@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import logging
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -113,6 +113,9 @@ class ChioGovernance(TransportSlot, AbstractCapability[Any]):
             usage afterwards. Prices come from ``genai-prices``; pass ``{model_name: TokenPrice}``, a
             callable ``model_name -> TokenPrice | None`` or a ``ModelMetering`` for models it does
             not know (``FunctionModel``, ``TestModel``) or to change the default token limit.
+        run_metadata: Supplied by engine wrappers: the run context signed into each receipt's
+            ``metadata`` (``{"flow_run_id": ...}`` for Prefect, ``{"workflow_id", "run_id"}`` for
+            Temporal), so ``chio-durable receipts list --flow-run/--workflow-id`` find the run's calls.
     """
 
     def __init__(
@@ -130,6 +133,7 @@ class ChioGovernance(TransportSlot, AbstractCapability[Any]):
         max_runs_remembered: int = 1024,
         id: str | None = None,
         model_prices: ModelMetering | ModelPrices | None = None,
+        run_metadata: Callable[[RunContext[Any]], Mapping[str, str] | None] | None = None,
     ) -> None:
         if not isinstance(capability_id, str) or not capability_id:
             raise ValueError(
@@ -152,6 +156,7 @@ class ChioGovernance(TransportSlot, AbstractCapability[Any]):
         self.mapper = mapper or CallMapper()
         self.on_deny = on_deny
         self._run_identity = run_identity
+        self._run_metadata = run_metadata
         self._on_evaluation = on_evaluation
         self._deny_error = deny_error or default_deny_error
         if not (isinstance(permission_error_class, type) and issubclass(permission_error_class, PermissionError)):
@@ -231,6 +236,8 @@ class ChioGovernance(TransportSlot, AbstractCapability[Any]):
         Raises ``KernelUnavailable`` if no decision (retryable) and ``KernelRejected`` (or what
         ``rejected_error`` builds from it) if the kernel refuses the request as malformed.
         """
+        if call.metadata is None and self._run_metadata is not None:
+            call = replace(call, metadata=self._run_metadata(ctx))  # before its hashes are computed
         key = call_key(self.run_identity(ctx), position, self.capability_id, call)
         try:
             evaluation = await evaluate_under(

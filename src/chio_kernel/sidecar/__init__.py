@@ -50,6 +50,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from chio_kernel._coerce import normalize_scope_constraints
 from chio_kernel._holds import KernelConflictError
 from chio_kernel._postgres_store import KernelKeyRetiredError, is_postgres_dsn, mask_dsn
+from chio_kernel._run_context import check_run_metadata
 from chio_kernel._kernel import (
     MAX_COST_UNITS,
     CapabilityError,
@@ -339,6 +340,15 @@ def _scope(data: Any, what: str) -> ChioScope:
     return _model(ChioScope, normalize_scope_constraints(data, what), what)
 
 
+def _run_metadata(data: dict[str, Any]) -> dict[str, str] | None:
+    """The body's optional ``"metadata"`` (the caller's run context, signed into the receipt), checked
+    before anything is decided: a 422 saying what is wrong otherwise."""
+    try:
+        return check_run_metadata(data.get("metadata"))
+    except KernelInputError as err:
+        raise ApiError(422, "invalid_request", f"'metadata': {_short(err)}") from None
+
+
 def _dump_receipt(receipt: ChioReceipt) -> dict[str, Any]:
     # exactly the signed fields (no empty evidence/metadata): what we hand out is what we signed
     return receipt_wire_dict(receipt)
@@ -548,6 +558,7 @@ def create_app(
                 allowed = ", ".join(o.value for o in Operation)
                 raise ApiError(422, "invalid_request", f"'operation' must be one of {allowed}") from None
         approval_id = _opt_str(data, "approval_id", max_len=256)  # a re-evaluation (docs/approvals.md)
+        metadata = _run_metadata(data)
         # the client's parameter_hash is ignored: the kernel computes its own
         receipt = await run_in_threadpool(
             k.evaluate,
@@ -559,6 +570,7 @@ def create_app(
             cost=cost,
             operation=operation,
             approval_id=approval_id,
+            metadata=metadata,
         )
         return _json(_dump_receipt(receipt))
 
@@ -581,7 +593,7 @@ def create_app(
         envelope = _model(ChioScope, data["envelope"], "envelope") if data.get("envelope") is not None else None
         receipt = await run_in_threadpool(
             k.record_denial, capability_id, tool_server, tool_name, parameters,
-            guard=guard, reason=reason, envelope=envelope,
+            guard=guard, reason=reason, envelope=envelope, metadata=_run_metadata(data),
         )
         return _json(_dump_receipt(receipt))
 

@@ -1,0 +1,73 @@
+"""The caller's run context: flat ``str -> str`` pairs signed into a receipt's ``metadata``.
+
+An engine layer passes where a call ran (a Prefect ``flow_run_id``, a Temporal ``workflow_id``...)
+to :meth:`Kernel.evaluate` / :meth:`Kernel.record_denial` as ``metadata=``; the kernel signs it into
+the receipt, so ``chio-durable receipts list --flow-run ID`` / ``--workflow-id ID`` (top-level
+metadata keys, see ``ReceiptQuery``) find the run's receipts. It is context, not part of the call:
+it is not in the idempotency fingerprint (a retry from another attempt gets the first receipt back).
+Kernel keys (``pending_approval``, ``approval_id``) win over the caller's on a conflict.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from chio_kernel._errors import KernelInputError
+
+__all__ = ["MAX_KEYS", "MAX_VALUE_LEN", "check_run_metadata", "merge_run_metadata"]
+
+MAX_KEYS = 16
+"""At most this many keys of caller metadata per receipt."""
+
+MAX_VALUE_LEN = 512
+"""At most this many characters per value."""
+
+_MAX_KEY_LEN = 64
+
+
+def _plain_key(key: str) -> bool:
+    return 0 < len(key) <= _MAX_KEY_LEN and all(c.isascii() and (c.isalnum() or c in "_.-") for c in key)
+
+
+def check_run_metadata(metadata: Any) -> dict[str, str] | None:
+    """``metadata`` as a plain ``dict[str, str]`` (None or empty -> None), or :class:`KernelInputError`
+    saying what is wrong: a mapping of at most 16 plain-identifier keys (letters, digits, ``_ . -``,
+    at most 64 characters) to strings of at most 512 characters."""
+    if metadata is None:
+        return None
+    if not isinstance(metadata, Mapping):
+        raise KernelInputError(
+            f"metadata must be an object of key -> string (the caller's run context), got {type(metadata).__name__}"
+        )
+    if len(metadata) > MAX_KEYS:
+        raise KernelInputError(f"metadata has {len(metadata)} keys; at most {MAX_KEYS} allowed")
+    out: dict[str, str] = {}
+    for key, value in metadata.items():
+        if not isinstance(key, str) or not _plain_key(key):
+            raise KernelInputError(
+                f"metadata key {key!r:.80} must be 1-{_MAX_KEY_LEN} letters, digits, '_', '.' or '-' "
+                "(e.g. 'flow_run_id')"
+            )
+        if not isinstance(value, str):
+            raise KernelInputError(
+                f"metadata[{key!r}] must be a string, got {type(value).__name__} {value!r:.80}; "
+                "pass ids and names as text"
+            )
+        if len(value) > MAX_VALUE_LEN:
+            raise KernelInputError(
+                f"metadata[{key!r}] is {len(value)} characters long; at most {MAX_VALUE_LEN} allowed"
+            )
+        if "\x00" in value:
+            raise KernelInputError(f"metadata[{key!r}] must not contain NUL characters")
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            raise KernelInputError(f"metadata[{key!r}] contains a lone UTF-16 surrogate; pass valid Unicode text") from None
+        out[key] = value
+    return out or None
+
+
+def merge_run_metadata(kernel: dict[str, Any], caller: Mapping[str, str] | None) -> dict[str, Any]:
+    """The caller's run context under the kernel's own metadata keys (the kernel's win on a conflict)."""
+    return {**caller, **kernel} if caller else kernel
