@@ -57,7 +57,7 @@ from chio_prefect import decorators as _decorators
 from chio_prefect._artifact import collect_decision, flow_run_receipts_async
 from chio_prefect._approvals import agent_approval_waiter
 from chio_prefect.errors import ChioPermissionError, ChioPrefectError, ChioRequestRejected
-from chio_prefect.events import write_receipt_event
+from chio_prefect._task_link import emit_or_hold, held_receipt_events
 from chio_prefect._budgets import release_flow_run_holds, with_release_hooks
 from chio_durable._metering import ModelMetering, ModelPrices
 
@@ -145,7 +145,9 @@ def _task_name(call: GovernedCall) -> str:
 def emit_agent_receipt(record: GovernedRecord, ctx: RunContext[Any] | None = None) -> None:
     """Mirror one agent evaluation as ``chio.receipt.allow`` / ``chio.receipt.deny`` on the flow run.
 
-    The same Prefect event writer as ``@chio_task``'s, given the decision with its flow run.
+    The same Prefect event writer as ``@chio_task``'s, given the decision with its flow run. Inside a
+    governed run, an allowed call that runs as a Prefect task is emitted once its task run exists,
+    linked to that task run too (:mod:`chio_prefect._task_link`).
     """
     context = FlowRunContext.get()
     flow_run = context.flow_run if context is not None else None
@@ -156,7 +158,7 @@ def emit_agent_receipt(record: GovernedRecord, ctx: RunContext[Any] | None = Non
     }
     decision = Decision(record.call, record.evaluation, record.idempotency_key,
                         capability_id=record.evaluation.capability_id, where=where)
-    write_receipt_event(decision)
+    emit_or_hold(decision)  # an allowed task call's event waits for its task run (chio_prefect._task_link)
     collect_decision(decision)  # the flow run's receipt table (chio_prefect._artifact)
 
 
@@ -372,7 +374,8 @@ class ChioPrefectAgent(WrapperAgent[AgentDepsT, OutputDataT]):
         Takes every keyword argument ``Agent.run`` takes.
         """
         if FlowRunContext.get() is not None:
-            joined: AgentRunResult[Any] = await super().run(user_prompt, **kwargs)
+            async with held_receipt_events():
+                joined: AgentRunResult[Any] = await super().run(user_prompt, **kwargs)
             return joined
 
         parent_run = super().run
@@ -380,7 +383,7 @@ class ChioPrefectAgent(WrapperAgent[AgentDepsT, OutputDataT]):
         # A run that ends Failed/Crashed releases its open budget holds (chio_prefect._budgets).
         @flow(name=f"{self._agent_name} Run", **with_release_hooks(self._flow_options, release_flow_run_holds))
         async def chio_agent_run() -> AgentRunResult[Any]:
-            async with flow_run_receipts_async():  # the run's receipt table, also on failure
+            async with flow_run_receipts_async(), held_receipt_events():  # table and events, also on failure
                 result: AgentRunResult[Any] = await parent_run(user_prompt, **kwargs)
             return result
 

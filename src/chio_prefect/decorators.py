@@ -794,6 +794,10 @@ def _define_prefect_classes() -> None:
                 receipt_in_force = current_receipt_id()
                 if receipt_in_force is None:
                     return key
+                # Computed inside the task run: the held allow event now links to it (chio_prefect._task_link).
+                from chio_prefect._task_link import emit_in_task_run
+
+                emit_in_task_run(task_ctx)
                 parts = ("chio-receipt", receipt_in_force) if key is None else (key, "chio-receipt", receipt_in_force)
                 return hash_objects(*parts, raise_on_failure=True)
             if self.inner is None:
