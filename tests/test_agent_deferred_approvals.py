@@ -167,3 +167,38 @@ async def test_revoked_during_the_wait_or_expired_is_a_deny(chio: LocalChioClien
     await agent2.run(message_history=first2.all_messages(), deferred_tool_results=approval_results(requests2))
     assert script2.refunds == [] and "approval-timeout" in str(script2.told[-1])
     short.kernel.close()
+
+
+async def test_a_costed_tool_above_the_threshold_waits_then_runs_once_and_holds_its_cost(chio: LocalChioClient) -> None:
+    """Approval and money together: the approval is bound to the declared cost, so the re-evaluation
+    must declare the same cost (it does), runs the tool once, and the allow holds that cost."""
+    from chio_sdk.models import MonetaryAmount
+    from pydantic_ai import Tool
+
+    from chio_durable.agent import COST_METADATA_KEY
+
+    script = Script()
+    scope = ChioScope(grants=[
+        ToolGrant(server_id="model", tool_name="*", operations=[Operation.INVOKE]),
+        ToolGrant(server_id="support", tool_name="refund", operations=[Operation.INVOKE],
+                  max_total_cost=MonetaryAmount(units=1_000, currency="USD"),
+                  constraints=[Constraint(type="require_approval_above", value=100)]),
+    ])
+    capability_id = chio.kernel.create_capability(subject="agent:support", scope=scope).id
+    governance = ChioGovernance(capability_id=capability_id, chio_client=chio)
+    refund = Tool(script.refund, metadata={COST_METADATA_KEY: lambda order, amount: MonetaryAmount(units=amount, currency="USD")})
+    agent = Agent(FunctionModel(script.model), name="support", tools=[refund], capabilities=[governance],
+                  output_type=[str, DeferredToolRequests])
+
+    first, requests, approval_id = await _deferred(agent)  # 120 units >= the 100-unit threshold
+    assert script.refunds == [] and chio.kernel.budgets(capability_id)[0]["held"] == 0  # nothing held while pending
+    await chio.respond_approval(approval_id, "approved")
+    done = await agent.run(message_history=first.all_messages(), deferred_tool_results=approval_results(requests))
+    assert script.refunds == [("o-1", 120)], done.output
+    allow = [r for r in governance.receipts_of(done) if r.call.tool_name == "refund" and r.allowed]
+    assert len(allow) == 1
+    stored = chio.kernel.get_receipt(allow[0].receipt_id)
+    assert stored is not None and stored.metadata["approval_id"] == approval_id
+    hold = chio.kernel.get_hold(allow[0].receipt_id)
+    assert hold is not None and hold["amount"]["units"] == 120
+    assert chio.kernel.verify_chain().ok
