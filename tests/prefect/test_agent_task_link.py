@@ -6,6 +6,8 @@ Prefect API, so "linked to its task run" means a task run of that flow run with 
 
 from __future__ import annotations
 
+import asyncio
+
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -77,16 +79,28 @@ async def run_in_flow(governed: ChioPrefectAgent[None, str]) -> tuple[str, Any]:
     return flow_runs[0], outcome
 
 
-async def task_runs_of(flow_run_id: str) -> dict[str, str]:
-    """Task run id -> task run name, for the task runs of one flow run (from the Prefect API)."""
+async def task_runs_of(flow_run_id: str, events: Any = ()) -> dict[str, str]:
+    """Task run id -> task run name, for the task runs of one flow run (from the Prefect API).
+
+    Prefect records task runs from their state events, in the background: a task run an event names
+    can be read back a moment after the flow returned. So this waits until every task run that
+    ``events`` name is readable (or gives up after ~30 s and returns what it has; the caller's
+    assertion then says which one is missing)."""
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
 
-    async with get_client() as client:
-        runs = await client.read_task_runs(
-            flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id]))  # type: ignore[list-item]
-        )
-    return {str(r.id): r.name for r in runs}
+    wanted = {t for t in (task_run_of(e) for e in events) if t is not None}
+    runs: dict[str, str] = {}
+    for _ in range(120):
+        async with get_client() as client:
+            found = await client.read_task_runs(
+                flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id]))  # type: ignore[list-item]
+            )
+        runs = {str(r.id): r.name for r in found}
+        if wanted <= runs.keys():
+            break
+        await asyncio.sleep(0.25)
+    return runs
 
 
 def involved(event: Any) -> set[str]:
@@ -112,7 +126,7 @@ async def test_each_allowed_call_event_links_its_task_run_and_the_flow_run(
     events = captured_events.chio()
     assert Counter(e.payload["receipt_id"] for e in events) == Counter(ids)  # one event per receipt
     assert len(ids) == 3
-    task_runs = await task_runs_of(flow_run_id)
+    task_runs = await task_runs_of(flow_run_id, events)
     linked = []
     for event in events:
         assert event.event == "chio.receipt.allow"
@@ -139,7 +153,7 @@ async def test_denied_call_event_is_linked_to_the_flow_run_only(
     assert [r.allowed for r in records] == [True, False, True]
     events = captured_events.chio()
     assert Counter(e.payload["receipt_id"] for e in events) == Counter(r.receipt_id for r in records)
-    task_runs = await task_runs_of(flow_run_id)
+    task_runs = await task_runs_of(flow_run_id, events)
     by_receipt = {e.payload["receipt_id"]: e for e in events}
     deny = by_receipt[records[1].receipt_id]
     assert deny.event == "chio.receipt.deny"
@@ -161,7 +175,7 @@ async def test_failed_task_keeps_its_linked_event(chio: LocalChioClient, capture
     assert len(tool_receipts) == 1
     events = [e for e in captured_events.chio() if e.payload["receipt_id"] == tool_receipts[0]]
     assert len(events) == 1
-    task_runs = await task_runs_of(flow_run_id)
+    task_runs = await task_runs_of(flow_run_id, events)
     assert task_runs[task_run_of(events[0]) or ""].startswith("Call Tool: search")
 
 
