@@ -500,15 +500,19 @@ class SidecarClient(ChioClient):
 
     # --- kernel extras ---
 
-    async def get_capability(self, capability_id: str) -> CapabilityToken | None:
-        """The token the sidecar's kernel issued under this id, or ``None`` if it knows none."""
+    async def _get_or_none(self, path: str) -> dict[str, Any] | None:
+        """``GET path``: the JSON answer, or ``None`` when the sidecar answers 404 (it knows no such thing)."""
         try:
-            data = await self._request("GET", f"/v1/capabilities/{_segment(capability_id)}")
+            return await self._request("GET", path)
         except ChioError as err:
             if err.code == "HTTP_404":
                 return None
             raise
-        return CapabilityToken.model_validate(data)
+
+    async def get_capability(self, capability_id: str) -> CapabilityToken | None:
+        """The token the sidecar's kernel issued under this id, or ``None`` if it knows none."""
+        data = await self._get_or_none(f"/v1/capabilities/{_segment(capability_id)}")
+        return None if data is None else CapabilityToken.model_validate(data)
 
     async def revoke_capability(self, capability_id: str) -> list[str]:
         """Revoke a capability and its descendants; returns the revoked ids (404 → ``ChioError``)."""
@@ -517,13 +521,8 @@ class SidecarClient(ChioClient):
 
     async def get_receipt(self, receipt_id: str) -> ChioReceipt | None:
         """The stored receipt with this id, or ``None``."""
-        try:
-            data = await self._request("GET", f"/v1/receipts/{_segment(receipt_id)}")
-        except ChioError as err:
-            if err.code == "HTTP_404":
-                return None
-            raise
-        return ChioReceipt.model_validate(data)
+        data = await self._get_or_none(f"/v1/receipts/{_segment(receipt_id)}")
+        return None if data is None else ChioReceipt.model_validate(data)
 
     async def list_receipts(
         self, capability_id: str | None = None, *, limit: int | None = None, after_seq: int | None = None
@@ -548,12 +547,7 @@ class SidecarClient(ChioClient):
 
     async def get_approval(self, approval_id: str) -> dict[str, Any] | None:
         """One approval (``GET /approvals/{id}``), or None if the sidecar knows none."""
-        try:
-            return await self._request("GET", f"/approvals/{_segment(approval_id)}")
-        except ChioError as err:
-            if err.code == "HTTP_404":
-                return None
-            raise
+        return await self._get_or_none(f"/approvals/{_segment(approval_id)}")
 
     async def respond_approval(self, approval_id: str, outcome: str, reason: str | None = None) -> ChioReceipt:
         """Answer as the kernel's operator (``POST /approvals/{id}/operator-respond``); the signed
@@ -604,12 +598,7 @@ class SidecarClient(ChioClient):
 
     async def get_hold(self, receipt_id: str) -> dict[str, Any] | None:
         """``GET /v1/receipts/{id}/hold``: the hold of that allow, or ``None``."""
-        try:
-            return await self._request("GET", f"/v1/receipts/{_segment(receipt_id)}/hold")
-        except ChioError as err:
-            if err.code == "HTTP_404":
-                return None
-            raise
+        return await self._get_or_none(f"/v1/receipts/{_segment(receipt_id)}/hold")
 
     async def budgets(self, capability_id: str) -> list[dict[str, Any]]:
         """``GET /v1/capabilities/{id}/budgets``: captured, held and remaining per budgeted grant."""
