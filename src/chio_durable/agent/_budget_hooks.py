@@ -35,6 +35,7 @@ __all__ = [
     "model_request_cost",
     "reported_cost_scope",
     "settle_model_request",
+    "settle_now",
     "settle_tool",
     "tool_cost",
 ]
@@ -83,7 +84,7 @@ async def settle_model_request(
     actual = None
     if usage is not None:
         actual = gov.metering.actual(model.model_name, usage, getattr(model, "system", None))
-    await settle_hold(gov.transport, record.receipt_id, actual if actual is not None else cost)
+    await gov.settle_in_kernel(ctx, record.receipt_id, actual if actual is not None else cost)
 
 
 def tool_cost(gov: ChioGovernance, tool: ToolsetTool[Any], tool_args: Mapping[str, Any]) -> MonetaryAmount | None:
@@ -101,4 +102,9 @@ def tool_cost(gov: ChioGovernance, tool: ToolsetTool[Any], tool_args: Mapping[st
 async def settle_tool(gov: ChioGovernance, ctx: RunContext[Any], record: GovernedRecord, actual: MonetaryAmount) -> None:
     """Settle a tool call's hold: at what the tool reported (``report_cost``), else at its declared cost."""
     if record.receipt_id is not None:
-        await settle_hold(gov.transport, record.receipt_id, actual)
+        await gov.settle_in_kernel(ctx, record.receipt_id, actual)
+
+
+async def settle_now(transport: Any, receipt_id: str, amount: MonetaryAmount) -> None:
+    """Settle the hold of ``receipt_id`` at ``amount`` on ``transport`` (the body of the durable ``settle``)."""
+    await settle_hold(transport, receipt_id, amount)

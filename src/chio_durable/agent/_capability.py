@@ -25,8 +25,10 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, Literal
 
-from pydantic_ai.capabilities import AbstractCapability
+from chio_sdk.models import MonetaryAmount
+from pydantic_ai.capabilities import AbstractCapability, durable_operation
 from pydantic_ai.exceptions import ToolFailed, UserError
+from pydantic_ai.tools import RunContext
 from pydantic_ai.toolsets import AbstractToolset, CombinedToolset, WrapperToolset
 from pydantic_ai.toolsets.abstract import ToolsetTool
 
@@ -52,12 +54,10 @@ from chio_durable._metering import ModelMetering, ModelPrices, as_metering
 from chio_durable.agent._mapping import CallMapper
 
 if TYPE_CHECKING:
-    from chio_sdk.models import MonetaryAmount
     from pydantic_ai.capabilities.abstract import WrapModelRequestHandler, WrapOutputProcessHandler
     from pydantic_ai.messages import ModelResponse
     from pydantic_ai.models import ModelRequestContext
     from pydantic_ai.output import OutputContext
-    from pydantic_ai.tools import RunContext
 
 __all__ = [
     "ChioGovernance",
@@ -70,6 +70,14 @@ __all__ = [
 log = logging.getLogger("chio_durable.agent")
 
 OnDeny = Literal["tell_model", "raise"]
+
+DEFAULT_ID = "chio"
+"""The default :attr:`ChioGovernance.id`: part of the persisted names of its durable operations."""
+
+WakeFields = Callable[[str], Mapping[str, Any]]
+"""``token -> wake`` for the kernel (``{"engine": ..., ...}``): what wakes a run waiting on an approval
+through pydantic-ai's external events, given the resume token the engine handed out. Set by the
+engine wrapper; called inside the ``approval_wake`` durable operation (worker side)."""
 
 REALTIME_REFUSED = (
     "Chio governance does not support realtime sessions (agent.realtime(...)): pydantic-ai runs no "
@@ -107,7 +115,9 @@ class ChioGovernance(TransportSlot, AbstractCapability[Any]):
             when the kernel refuses a call's request as malformed; default: the ``KernelRejected``
             itself. Either way the call does not run and the run fails.
         max_runs_remembered: How many recent runs' receipts :meth:`receipts_of` keeps.
-        id: Optional capability id (pydantic-ai ``AbstractCapability.id``).
+        id: The capability's stable id (pydantic-ai ``AbstractCapability.id``), default ``"chio"``. It
+            names the durable operations the kernel checks run as (``evaluate``, ``settle``,
+            ``approval_wake``) in an engine's history, so keep it stable across deployments.
         model_prices: How model requests are metered (docs/budgets.md): each request declares an
             estimated cost (the model's price x its ``max_tokens``) and is settled with the actual
             usage afterwards. Prices come from ``genai-prices``; pass ``{model_name: TokenPrice}``, a
@@ -148,7 +158,7 @@ class ChioGovernance(TransportSlot, AbstractCapability[Any]):
             raise ValueError(f"on_deny must be 'tell_model' or 'raise', got {on_deny!r}")
         if mapper is not None and not isinstance(mapper, CallMapper):
             raise TypeError(f"mapper must be a CallMapper (or subclass) instance, got {type(mapper).__name__}")
-        self.id = id
+        self.id = id or DEFAULT_ID
         self.description = None
         self.defer_loading = False
         self.capability_id = capability_id
@@ -169,6 +179,9 @@ class ChioGovernance(TransportSlot, AbstractCapability[Any]):
         # Human approval (chio_durable.agent._approvals): None = a pending tool call is deferred
         # (ApprovalRequired); a durable wrapper sets a waiter that waits inside the run instead.
         self.approval_waiter: ApprovalWaiter | None = None
+        # Set by an engine whose durability supplies pydantic-ai's ExternalEventWaiter (Temporal):
+        # how the kernel wakes a run waiting on an approval (see register_approval_wake).
+        self.wake_fields: WakeFields | None = None
         self._approvals = RememberedApprovals()
 
     def __repr__(self) -> str:
@@ -240,10 +253,7 @@ class ChioGovernance(TransportSlot, AbstractCapability[Any]):
             call = replace(call, metadata=self._run_metadata(ctx))  # before its hashes are computed
         key = call_key(self.run_identity(ctx), position, self.capability_id, call)
         try:
-            evaluation = await evaluate_under(
-                self.transport, call, capability_id=self.capability_id, idempotency_key=key,
-                approval_id=approval_id, cost=cost,
-            )
+            evaluation = await self.evaluate_in_kernel(ctx, call, key, cost, approval_id)
         except KernelRejected as err:
             if self._rejected_error is None:
                 raise
@@ -261,6 +271,82 @@ class ChioGovernance(TransportSlot, AbstractCapability[Any]):
             except Exception:  # an observer failing must not hide the decision; say so loudly
                 log.exception("chio: on_evaluation observer failed for receipt %s", record.receipt_id)
         return record
+
+    # --- the kernel calls, as pydantic-ai durable operations -------------------------------------
+    #
+    # With a durability capability on the agent (Temporal, Prefect, DBOS...), each call below runs as
+    # its own activity / task / step of this capability (named after ``self.id``), recorded in the
+    # engine's history: a replay or a retried run hands back the recorded decision, with no second
+    # evaluation and no second charge. Without durability they run inline. Their arguments and
+    # results cross the durable boundary, so they are plain data: the call, its key, its cost.
+
+    @durable_operation(name="evaluate")
+    async def evaluate_in_kernel(
+        self,
+        ctx: RunContext[Any],
+        call: GovernedCall,
+        idempotency_key: str,
+        cost: MonetaryAmount | None = None,
+        approval_id: str | None = None,
+    ) -> Evaluation:
+        """Ask the kernel about ``call`` (under ``idempotency_key``; declaring ``cost``; re-asked under
+        the approval ``approval_id``): the kernel's signed answer.
+
+        Args:
+            ctx: The run context (selects the engine's durable unit).
+            call: What is asked: ``(tool_server, tool_name, parameters)`` and its run metadata.
+            idempotency_key: The call's key: the same key gets the same receipt back.
+            cost: The estimated cost the call declares (an allow is then a hold on the budget).
+            approval_id: The kernel approval a pending call is re-asked under.
+
+        Returns:
+            The kernel's evaluation (allow, deny or pending approval) with its receipt.
+
+        Raises:
+            KernelUnavailable: The kernel gave no decision (retryable).
+            KernelRejected: The kernel refused the request as malformed.
+        """
+        return await evaluate_under(
+            self.transport, call, capability_id=self.capability_id, idempotency_key=idempotency_key,
+            approval_id=approval_id, cost=cost,
+        )
+
+    @durable_operation(name="settle")
+    async def settle_in_kernel(self, ctx: RunContext[Any], receipt_id: str, amount: MonetaryAmount) -> bool:
+        """Settle the budget hold of the allow ``receipt_id`` at ``amount``.
+
+        Args:
+            ctx: The run context (selects the engine's durable unit).
+            receipt_id: The allow receipt whose hold is settled.
+            amount: What the call really cost.
+
+        Returns:
+            True (the result is recorded by the engine, so a replay does not settle twice).
+        """
+        await _budget_hooks.settle_now(self.transport, receipt_id, amount)
+        return True
+
+    @durable_operation(name="approval_wake")
+    async def register_approval_wake(self, ctx: RunContext[Any], approval_id: str, token: str) -> dict[str, Any] | None:
+        """Tell the kernel how to wake this run when ``approval_id`` is answered: the resume ``token``
+        of pydantic-ai's external event, wrapped by the engine's :data:`WakeFields`.
+
+        Args:
+            ctx: The run context (selects the engine's durable unit).
+            approval_id: The kernel approval the run waits on.
+            token: The resume token the engine handed out for the wait.
+
+        Returns:
+            ``{"status": ...}`` when the approval was already answered (the wait then ends at once),
+            else ``None`` (the run waits until the kernel's answer wakes it).
+        """
+        if self.wake_fields is None:
+            raise UserError("chio: this run waits for an approval through external events, but no engine set wake_fields")
+        registered = await self.transport.register_approval_wake(approval_id, dict(self.wake_fields(token)))
+        status = registered.get("status") if isinstance(registered, Mapping) else None
+        if status not in (None, "pending"):
+            return {"approval_id": approval_id, "status": status}
+        return None
 
     async def pending_tool_call(
         self, ctx: RunContext[Any], call: GovernedCall, record: GovernedRecord, position: str,

@@ -61,8 +61,9 @@ AGENT_TOOLSET_ID = "<agent>"
 """The id pydantic-ai gives the toolset of an agent's own ``tools=[...]``."""
 
 # Framework dataclass fields that differ between two attempts of one run (pydantic-ai's Prefect
-# cache policy strips the same ones): left out of the messages digest.
-_PER_ATTEMPT_FIELDS = frozenset({"timestamp", "run_id", "conversation_id"})
+# cache policy strips the same ones): left out of the messages digest. ``request_timestamp`` and
+# ``duration`` are on every ModelResponse since pydantic-ai 2.7x.
+_PER_ATTEMPT_FIELDS = frozenset({"timestamp", "request_timestamp", "duration", "run_id", "conversation_id"})
 
 
 def canonical_json(value: Any) -> str:

@@ -1,0 +1,1 @@
+"""Chio governance for Pydantic AI agents made durable with DBOS (``ChioDBOSAgent``)."""
