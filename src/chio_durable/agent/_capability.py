@@ -20,14 +20,18 @@ engine wrappers put it into the cache key of the durable unit (Prefect) or into 
 from __future__ import annotations
 
 import logging
+import os
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
+from datetime import timedelta
+from functools import partial
 from typing import TYPE_CHECKING, Any, Literal
 
 from chio_sdk.models import MonetaryAmount
 from pydantic_ai.capabilities import AbstractCapability, durable_operation
 from pydantic_ai.exceptions import ToolFailed, UserError
+from pydantic_ai.external_events import ExternalEventError, wait_for_external_event
 from pydantic_ai.tools import RunContext
 from pydantic_ai.toolsets import AbstractToolset, CombinedToolset, WrapperToolset
 from pydantic_ai.toolsets.abstract import ToolsetTool
@@ -85,6 +89,15 @@ REALTIME_REFUSED = (
     "Use run()/run_sync()/iter() for a governed agent, or a separate agent without ChioGovernance "
     "for realtime (ungoverned)."
 )
+
+def approval_poll_seconds() -> float:
+    """How long one durable wait for an approval lasts before the run re-asks the kernel
+    (``$CHIO_APPROVAL_POLL_SECONDS``, default 300): the fallback when no wake reaches the run."""
+    try:
+        return max(1.0, float(os.environ.get("CHIO_APPROVAL_POLL_SECONDS", "300")))
+    except ValueError:
+        return 300.0
+
 
 def _is_mcp_toolset(toolset: AbstractToolset[Any]) -> bool:
     try:
@@ -182,6 +195,7 @@ class ChioGovernance(TransportSlot, AbstractCapability[Any]):
         # Set by an engine whose durability supplies pydantic-ai's ExternalEventWaiter (Temporal):
         # how the kernel wakes a run waiting on an approval (see register_approval_wake).
         self.wake_fields: WakeFields | None = None
+        self.approval_poll_seconds = approval_poll_seconds()
         self._approvals = RememberedApprovals()
 
     def __repr__(self) -> str:
@@ -343,10 +357,12 @@ class ChioGovernance(TransportSlot, AbstractCapability[Any]):
         if self.wake_fields is None:
             raise UserError("chio: this run waits for an approval through external events, but no engine set wake_fields")
         registered = await self.transport.register_approval_wake(approval_id, dict(self.wake_fields(token)))
-        status = registered.get("status") if isinstance(registered, Mapping) else None
-        if status not in (None, "pending"):
-            return {"approval_id": approval_id, "status": status}
-        return None
+        if not registered:
+            log.warning(
+                "chio: the kernel client cannot register a wake for approval %s; the run re-asks the kernel "
+                "every %s s instead", approval_id, self.approval_poll_seconds,
+            )
+        return None  # wait: the kernel's answer wakes the run (or the poll interval ends the wait)
 
     async def pending_tool_call(
         self, ctx: RunContext[Any], call: GovernedCall, record: GovernedRecord, position: str,
@@ -356,6 +372,8 @@ class ChioGovernance(TransportSlot, AbstractCapability[Any]):
         :attr:`approval_waiter`) and return the kernel's final answer, or raise ``ApprovalRequired``
         (the run ends with ``DeferredToolRequests``). A pending answer without an approval id is
         returned as is: not allowed, so denied (fail closed)."""
+        if self.wake_fields is not None and record.evaluation.approval_id is not None:
+            return await self._wait_for_kernel_approval(ctx, call, record, position, cost=cost)
         if self.approval_waiter is not None:
 
             async def reevaluate(approval_id: str) -> Evaluation:
@@ -370,6 +388,36 @@ class ChioGovernance(TransportSlot, AbstractCapability[Any]):
         if record.evaluation.approval_id is not None:
             self._approvals.remember(ctx.tool_call_id, record.evaluation.approval_id)
         raise deferral
+
+    async def _wait_for_kernel_approval(
+        self, ctx: RunContext[Any], call: GovernedCall, record: GovernedRecord, position: str,
+        *, cost: MonetaryAmount | None,
+    ) -> GovernedRecord:
+        """Wait through pydantic-ai's external events (the engine's durable wait) until the kernel
+        answers the approval, then re-evaluate under it: only the kernel's allow runs the call.
+
+        The wait's ``ask`` registers the resume token with the kernel (``approval_wake``), so the
+        person's one answer in the kernel (CLI, sidecar, signed token) also wakes the run. Each wait
+        also ends after :func:`approval_poll_seconds` (or at the approval's expiry), when the run
+        re-asks the kernel: a client that cannot register a wake still resumes.
+        """
+        approval_id = record.evaluation.approval_id
+        assert approval_id is not None
+        # A fixed interval (read at construction), never the wall clock: this runs in workflow code.
+        timeout = timedelta(seconds=self.approval_poll_seconds)
+        for attempt in range(1, 1_000_000):
+            try:
+                await wait_for_external_event(
+                    f"chio-approval-{approval_id}-{attempt}",
+                    ask=partial(self.register_approval_wake, ctx, approval_id),
+                    timeout=timeout,
+                )
+            except ExternalEventError:
+                pass  # the poll interval ended: ask the kernel again
+            again = await self.evaluate_call(ctx, call, position=position, cost=cost, approval_id=approval_id)
+            if not again.evaluation.pending:
+                return again
+        raise AssertionError("unreachable")  # pragma: no cover
 
     def denied(self, record: GovernedRecord) -> PermissionError:
         """The ``PermissionError`` (with its cause attached) for a denied record."""
