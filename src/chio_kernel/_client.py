@@ -139,9 +139,9 @@ class LocalChioClient:
 
     async def verify_http_receipt(self, receipt: HttpReceipt) -> bool:
         """True if the HTTP receipt is signed by this kernel (the sidecar's ``/chio/verify``)."""
-        from chio_kernel.sidecar import _verify_http_receipt  # lazy: keeps ``import chio_kernel`` light
+        from chio_kernel._http_evaluation import verify_http_receipt  # lazy: keeps ``import chio_kernel`` light
 
-        return bool(_verify_http_receipt(self.kernel, receipt))
+        return verify_http_receipt(self.kernel, receipt)
 
     async def verify_receipt_chain(self, receipts: list[ChioReceipt]) -> bool:
         """``ChioClient.verify_receipt_chain``: each receipt's ``content_hash`` is the previous one's hash."""
@@ -216,7 +216,7 @@ class LocalChioClient:
         timestamp: int | None = None,
     ) -> EvaluateResponse:
         """Evaluate an HTTP request exactly as the sidecar's ``/chio/evaluate`` does (see docs/sidecar.md)."""
-        from chio_kernel.sidecar import _evaluate_http  # lazy: keeps ``import chio_kernel`` light
+        from chio_kernel._http_evaluation import evaluate_http  # lazy: keeps ``import chio_kernel`` light
 
         request = ChioHttpRequest(
             request_id=request_id,
@@ -233,7 +233,7 @@ class LocalChioClient:
             model_metadata=model_metadata,
             timestamp=timestamp or int(time.time()),
         )
-        return EvaluateResponse.model_validate(_evaluate_http(self.kernel, request, capability_token))
+        return EvaluateResponse.model_validate(evaluate_http(self.kernel, request, capability_token))
 
     @staticmethod
     def collect_evidence(receipts: list[ChioReceipt]) -> list[GuardEvidence]:

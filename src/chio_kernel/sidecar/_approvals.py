@@ -15,7 +15,7 @@ after the commit). A second answer is 409; an unknown id 404; a refused token 40
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from typing import Any
 
 from starlette.concurrency import run_in_threadpool
@@ -24,11 +24,11 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from chio_kernel._approvals import ApprovalConflictError, ApprovalNotFoundError, ApprovalTokenError
-from chio_kernel.sidecar import ApiError, _dump_receipt, _json, _read_object, _req_str
+from chio_kernel.sidecar._body import read_object, req_str
+from chio_kernel.sidecar._errors import ApiError, endpoint
+from chio_kernel.sidecar._responses import dump_receipt, json_response
 
-__all__ = ["approval_routes"]
-
-Handler = Callable[[Request], Awaitable[Response]]
+__all__ = ["ROUTES"]
 
 
 def _approval_id(request: Request) -> str:
@@ -49,7 +49,7 @@ async def _answer(kernel: Any, approval_id: str, call: Callable[[], Any]) -> Res
         raise ApiError(403, "approval_token_refused", str(err)) from None
     approval = await run_in_threadpool(kernel.get_approval, approval_id)
     wakes = kernel.last_wake_report(approval_id) or []
-    return _json({"approval": approval, "receipt": _dump_receipt(receipt), "wakes": wakes})
+    return json_response({"approval": approval, "receipt": dump_receipt(receipt), "wakes": wakes})
 
 
 def _wake_body(data: dict[str, Any]) -> dict[str, Any]:
@@ -65,59 +65,62 @@ def _wake_body(data: dict[str, Any]) -> dict[str, Any]:
     return wake
 
 
-def approval_routes(kernel: Any, endpoint: Callable[[Handler], Handler]) -> list[Route]:
-    """The approval routes for ``kernel``, each wrapped by the app's ``endpoint`` error mapping."""
-    k = kernel
+@endpoint
+async def pending(request: Request) -> Response:
+    approvals = await run_in_threadpool(request.app.state.kernel.list_approvals, "pending")
+    return json_response({"approvals": approvals, "count": len(approvals)})
 
-    @endpoint
-    async def pending(request: Request) -> Response:
-        approvals = await run_in_threadpool(k.list_approvals, "pending")
-        return _json({"approvals": approvals, "count": len(approvals)})
 
-    @endpoint
-    async def get_approval(request: Request) -> Response:
-        aid = _approval_id(request)
-        approval = await run_in_threadpool(k.get_approval, aid)
-        if approval is None:
-            raise ApiError(404, "unknown_approval", f"no approval {aid!r} in this kernel")
-        return _json(approval)
+@endpoint
+async def get_approval(request: Request) -> Response:
+    aid = _approval_id(request)
+    approval = await run_in_threadpool(request.app.state.kernel.get_approval, aid)
+    if approval is None:
+        raise ApiError(404, "unknown_approval", f"no approval {aid!r} in this kernel")
+    return json_response(approval)
 
-    @endpoint
-    async def operator_respond(request: Request) -> Response:
-        aid = _approval_id(request)
-        data = await _read_object(request)
-        outcome = data.get("outcome")
-        if outcome not in ("approved", "denied"):
-            raise ApiError(422, "invalid_request", "'outcome' must be \"approved\" or \"denied\"")
-        reason = None if data.get("reason") is None else _req_str(data, "reason", max_len=4096)
-        extra = sorted(set(data) - {"outcome", "reason"})
-        if extra:
-            raise ApiError(422, "invalid_request", f"unknown fields {extra}; send {{\"outcome\", \"reason\"}}")
-        return await _answer(k, aid, lambda: k.respond_approval(aid, outcome, reason))
 
-    @endpoint
-    async def respond(request: Request) -> Response:
-        aid = _approval_id(request)
-        data = await _read_object(request)
-        token = data.get("token", data)  # the token itself, or {"token": {...}}
-        if not isinstance(token, dict):
-            raise ApiError(422, "invalid_request", "send the signed approval token as a JSON object")
-        return await _answer(k, aid, lambda: k.respond_approval_token(token, aid))
+@endpoint
+async def operator_respond(request: Request) -> Response:
+    kernel = request.app.state.kernel
+    aid = _approval_id(request)
+    data = await read_object(request)
+    outcome = data.get("outcome")
+    if outcome not in ("approved", "denied"):
+        raise ApiError(422, "invalid_request", "'outcome' must be \"approved\" or \"denied\"")
+    reason = None if data.get("reason") is None else req_str(data, "reason", max_len=4096)
+    extra = sorted(set(data) - {"outcome", "reason"})
+    if extra:
+        raise ApiError(422, "invalid_request", f"unknown fields {extra}; send {{\"outcome\", \"reason\"}}")
+    return await _answer(kernel, aid, lambda: kernel.respond_approval(aid, outcome, reason))
 
-    @endpoint
-    async def register_wake(request: Request) -> Response:
-        aid = _approval_id(request)
-        wake = _wake_body(await _read_object(request))
-        try:  # an answered approval wakes the run at once: the wakers run in the thread pool
-            answer = await run_in_threadpool(k.register_approval_wake, aid, wake)
-        except ApprovalNotFoundError as err:
-            raise ApiError(404, "unknown_approval", str(err)) from None
-        return _json(answer)
 
-    return [
-        Route("/approvals/pending", pending, methods=["GET"]),
-        Route("/approvals/{approval_id}", get_approval, methods=["GET"]),
-        Route("/approvals/{approval_id}/operator-respond", operator_respond, methods=["POST"]),
-        Route("/approvals/{approval_id}/respond", respond, methods=["POST"]),
-        Route("/approvals/{approval_id}/wake", register_wake, methods=["POST"]),
-    ]
+@endpoint
+async def respond(request: Request) -> Response:
+    kernel = request.app.state.kernel
+    aid = _approval_id(request)
+    data = await read_object(request)
+    token = data.get("token", data)  # the token itself, or {"token": {...}}
+    if not isinstance(token, dict):
+        raise ApiError(422, "invalid_request", "send the signed approval token as a JSON object")
+    return await _answer(kernel, aid, lambda: kernel.respond_approval_token(token, aid))
+
+
+@endpoint
+async def register_wake(request: Request) -> Response:
+    aid = _approval_id(request)
+    wake = _wake_body(await read_object(request))
+    try:  # an answered approval wakes the run at once: the wakers run in the thread pool
+        answer = await run_in_threadpool(request.app.state.kernel.register_approval_wake, aid, wake)
+    except ApprovalNotFoundError as err:
+        raise ApiError(404, "unknown_approval", str(err)) from None
+    return json_response(answer)
+
+
+ROUTES = [
+    Route("/approvals/pending", pending, methods=["GET"]),
+    Route("/approvals/{approval_id}", get_approval, methods=["GET"]),
+    Route("/approvals/{approval_id}/operator-respond", operator_respond, methods=["POST"]),
+    Route("/approvals/{approval_id}/respond", respond, methods=["POST"]),
+    Route("/approvals/{approval_id}/wake", register_wake, methods=["POST"]),
+]

@@ -1,4 +1,4 @@
-"""The sidecar's budget-hold endpoints (docs/budgets.md), mounted by :func:`chio_kernel.sidecar.create_app`.
+"""The sidecar's budget-hold endpoints (docs/budgets.md), in the route table of :mod:`chio_kernel.sidecar._app`.
 
 * ``POST /v1/receipts/{id}/settle`` ``{"actual_cost": {"units", "currency"}, "op_id"}`` -> the signed
   settle receipt;
@@ -15,7 +15,7 @@ bodies: 4xx as everywhere in the sidecar.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from typing import Any
 
 from chio_sdk.models import MonetaryAmount
@@ -27,11 +27,11 @@ from starlette.routing import Route
 from chio_kernel._errors import CapabilityError
 from chio_kernel._holds import HoldConflictError, UnknownHoldError
 from chio_kernel._kernel import MAX_COST_UNITS
-from chio_kernel.sidecar import ApiError, _dump_receipt, _error, _json, _model, _opt_str, _read_object, _req_str
+from chio_kernel.sidecar._body import model, opt_str, read_object, req_str
+from chio_kernel.sidecar._errors import ApiError, Handler, endpoint
+from chio_kernel.sidecar._responses import dump_receipt, error_response, json_response
 
-__all__ = ["budget_routes"]
-
-Handler = Callable[[Request], Awaitable[Response]]
+__all__ = ["ROUTES"]
 
 
 async def _hold_call(fn: Callable[..., Any], *args: Any) -> Any:
@@ -42,71 +42,74 @@ async def _hold_call(fn: Callable[..., Any], *args: Any) -> Any:
         raise ApiError(404, "unknown_hold", str(err)) from None
 
 
-def budget_routes(kernel: Any, endpoint: Callable[[Handler], Handler]) -> list[Route]:
-    """The budget routes for ``kernel``, each wrapped by the app's ``endpoint`` error mapping."""
-    k = kernel
+def _conflicts(fn: Handler) -> Handler:
+    """:func:`endpoint`, with a closed hold's conflict as a 409 naming the receipt that closed it."""
 
-    def conflicts(fn: Handler) -> Handler:
-        async def wrapper(request: Request) -> Response:
-            try:
-                return await fn(request)
-            except HoldConflictError as err:
-                body = {"error": err.code, "message": str(err), "closed_by": err.closed_by}
-                return _json(body, 409)
-
-        wrapper.__name__ = fn.__name__
-        return endpoint(wrapper)
-
-    @conflicts
-    async def settle(request: Request) -> Response:
-        rid = request.path_params["receipt_id"]
-        data = await _read_object(request)
-        if not isinstance(data.get("actual_cost"), dict):
-            raise ApiError(422, "invalid_request", "'actual_cost' is required: {\"units\": int, \"currency\": str}")
-        cost = _model(MonetaryAmount, data["actual_cost"], "actual_cost")
-        if not 0 <= cost.units <= MAX_COST_UNITS or not cost.currency:
-            raise ApiError(
-                422, "invalid_request", "'actual_cost' needs units from 0 to 2^63-1 (minor units) and a currency"
-            )
-        op_id = _req_str(data, "op_id", max_len=256)
-        receipt = await _hold_call(k.settle, rid, cost, op_id)
-        return _json(_dump_receipt(receipt))
-
-    @conflicts
-    async def release(request: Request) -> Response:
-        rid = request.path_params["receipt_id"]
-        data = await _read_object(request)
-        op_id = _req_str(data, "op_id", max_len=256)
-        reason = _opt_str(data, "reason", max_len=1024) or "released"
-        receipt = await _hold_call(k.release, rid, op_id, reason)
-        return _json(_dump_receipt(receipt))
-
-    @endpoint
-    async def get_hold(request: Request) -> Response:
-        rid = request.path_params["receipt_id"]
-        hold = await run_in_threadpool(k.get_hold, rid)
-        if hold is None:
-            return _error(404, "unknown_hold", f"receipt {rid!r} holds no budget (or is unknown)")
-        return _json(hold)
-
-    @endpoint
-    async def expire(request: Request) -> Response:
-        receipts = await run_in_threadpool(k.expire_holds)
-        return _json({"expired": [_dump_receipt(r) for r in receipts], "count": len(receipts)})
-
-    @endpoint
-    async def budgets(request: Request) -> Response:
-        cid = request.path_params["capability_id"]
+    async def wrapper(request: Request) -> Response:
         try:
-            rows = await run_in_threadpool(k.budgets, cid)
-        except CapabilityError:
-            raise ApiError(404, "unknown_capability", f"no capability {cid!r} in this kernel") from None
-        return _json({"capability_id": cid, "budgets": rows})
+            return await fn(request)
+        except HoldConflictError as err:
+            return json_response({"error": err.code, "message": str(err), "closed_by": err.closed_by}, 409)
 
-    return [
-        Route("/v1/receipts/{receipt_id}/settle", settle, methods=["POST"]),
-        Route("/v1/receipts/{receipt_id}/release", release, methods=["POST"]),
-        Route("/v1/receipts/{receipt_id}/hold", get_hold, methods=["GET"]),
-        Route("/v1/holds/expire", expire, methods=["POST"]),
-        Route("/v1/capabilities/{capability_id}/budgets", budgets, methods=["GET"]),
-    ]
+    wrapper.__name__ = fn.__name__
+    return endpoint(wrapper)
+
+
+@_conflicts
+async def settle(request: Request) -> Response:
+    rid = request.path_params["receipt_id"]
+    data = await read_object(request)
+    if not isinstance(data.get("actual_cost"), dict):
+        raise ApiError(422, "invalid_request", "'actual_cost' is required: {\"units\": int, \"currency\": str}")
+    cost = model(MonetaryAmount, data["actual_cost"], "actual_cost")
+    if not 0 <= cost.units <= MAX_COST_UNITS or not cost.currency:
+        raise ApiError(
+            422, "invalid_request", "'actual_cost' needs units from 0 to 2^63-1 (minor units) and a currency"
+        )
+    op_id = req_str(data, "op_id", max_len=256)
+    receipt = await _hold_call(request.app.state.kernel.settle, rid, cost, op_id)
+    return json_response(dump_receipt(receipt))
+
+
+@_conflicts
+async def release(request: Request) -> Response:
+    rid = request.path_params["receipt_id"]
+    data = await read_object(request)
+    op_id = req_str(data, "op_id", max_len=256)
+    reason = opt_str(data, "reason", max_len=1024) or "released"
+    receipt = await _hold_call(request.app.state.kernel.release, rid, op_id, reason)
+    return json_response(dump_receipt(receipt))
+
+
+@endpoint
+async def get_hold(request: Request) -> Response:
+    rid = request.path_params["receipt_id"]
+    hold = await run_in_threadpool(request.app.state.kernel.get_hold, rid)
+    if hold is None:
+        return error_response(404, "unknown_hold", f"receipt {rid!r} holds no budget (or is unknown)")
+    return json_response(hold)
+
+
+@endpoint
+async def expire(request: Request) -> Response:
+    receipts = await run_in_threadpool(request.app.state.kernel.expire_holds)
+    return json_response({"expired": [dump_receipt(r) for r in receipts], "count": len(receipts)})
+
+
+@endpoint
+async def budgets(request: Request) -> Response:
+    cid = request.path_params["capability_id"]
+    try:
+        rows = await run_in_threadpool(request.app.state.kernel.budgets, cid)
+    except CapabilityError:
+        raise ApiError(404, "unknown_capability", f"no capability {cid!r} in this kernel") from None
+    return json_response({"capability_id": cid, "budgets": rows})
+
+
+ROUTES = [
+    Route("/v1/receipts/{receipt_id}/settle", settle, methods=["POST"]),
+    Route("/v1/receipts/{receipt_id}/release", release, methods=["POST"]),
+    Route("/v1/receipts/{receipt_id}/hold", get_hold, methods=["GET"]),
+    Route("/v1/holds/expire", expire, methods=["POST"]),
+    Route("/v1/capabilities/{capability_id}/budgets", budgets, methods=["GET"]),
+]

@@ -10,20 +10,17 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-
-
-__all__ = ["header_timeout_protocol", "serve"]
-
-
-from chio_kernel.sidecar import (  # the package defines these before it imports this module
+from chio_kernel.sidecar._app import create_app
+from chio_kernel.sidecar._auth import check_bind
+from chio_kernel.sidecar._config import (
     DEFAULT_HEADER_TIMEOUT,
     DEFAULT_HOST,
     DEFAULT_MAX_PENDING_HEADERS,
     DEFAULT_PORT,
-    SidecarConfigError,
-    check_bind,
-    create_app,
 )
+from chio_kernel.sidecar._errors import SidecarConfigError
+
+__all__ = ["header_timeout_protocol", "serve"]
 
 log = logging.getLogger("chio_kernel.sidecar")
 

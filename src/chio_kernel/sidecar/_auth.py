@@ -1,0 +1,68 @@
+"""Who may use the sidecar: loopback binds need nothing; anything else needs a bearer token."""
+
+from __future__ import annotations
+
+import hmac
+import ipaddress
+
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from chio_kernel.sidecar._errors import SidecarConfigError
+from chio_kernel.sidecar._responses import error_response
+
+__all__ = ["BearerAuth", "check_bind", "is_loopback"]
+
+
+def is_loopback(host: str) -> bool:
+    """True if ``host`` names only this machine (``localhost``, ``127.0.0.0/8``, ``::1``)."""
+    if host.lower() in {"localhost", "localhost.localdomain", "ip6-localhost"}:
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def check_bind(host: str, token: str | None) -> None:
+    """Refuse to expose the kernel beyond loopback without a bearer token."""
+    if token is not None and not token.strip():
+        raise SidecarConfigError("--token / CHIO_SIDECAR_TOKEN is empty; pass a non-empty secret")
+    if not is_loopback(host) and not token:
+        raise SidecarConfigError(
+            f"refusing to bind {host!r} without a token: anyone who can reach it could issue "
+            "capabilities and evaluate calls. Pass --token SECRET (or set CHIO_SIDECAR_TOKEN), "
+            "or bind --host 127.0.0.1."
+        )
+
+
+def _bearer(headers: list[tuple[bytes, bytes]]) -> bytes:
+    """The token of the request's ``Authorization: Bearer`` header, or ``b""``."""
+    for name, value in headers:
+        if name == b"authorization":
+            scheme, _, got = value.strip().partition(b" ")
+            if scheme.lower() != b"bearer":  # the scheme is case-insensitive (RFC 6750)
+                return b""
+            return got.strip()
+    return b""
+
+
+class BearerAuth:
+    """Pure-ASGI guard: every HTTP request must carry ``Authorization: Bearer <token>``."""
+
+    def __init__(self, app: ASGIApp, token: str) -> None:
+        self.app = app
+        self._expected = token.encode()
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            got = _bearer(scope["headers"])
+            if not got or not hmac.compare_digest(got, self._expected):
+                response = error_response(
+                    401,
+                    "unauthorized",
+                    "this sidecar requires 'Authorization: Bearer <token>' (the token it was started with)",
+                )
+                response.headers["WWW-Authenticate"] = "Bearer"
+                await response(scope, receive, send)
+                return
+        await self.app(scope, receive, send)

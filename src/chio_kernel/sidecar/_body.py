@@ -1,0 +1,221 @@
+"""Reading request bodies and checking their fields: every refusal is an :class:`ApiError` (4xx)."""
+
+from __future__ import annotations
+
+import json
+import re
+from typing import Any, TypeVar
+
+from chio_sdk.models import ChioScope
+from pydantic import BaseModel, ValidationError
+from starlette.requests import Request
+
+from chio_kernel._coerce import normalize_scope_constraints
+from chio_kernel._errors import KernelInputError
+from chio_kernel._kernel import check_scope_fields
+from chio_kernel._run_context import check_run_metadata
+from chio_kernel.sidecar._config import MAX_BODY_BYTES, MAX_JSON_DEPTH
+from chio_kernel.sidecar._errors import ApiError, short, validation_message
+from chio_kernel.sidecar._responses import dumps
+
+__all__ = [
+    "model",
+    "opt_int",
+    "opt_str",
+    "parse_rate_limit",
+    "query_int",
+    "read_object",
+    "req_str",
+    "run_metadata",
+    "scope",
+]
+
+#: A JSON ``\\uD800``-``\\uDFFF`` escape or the UTF-8-style bytes of a surrogate (cheap pre-check).
+_MAYBE_SURROGATE = re.compile(rb"\\u[dD][89a-fA-F]|\xed[\xa0-\xbf]")
+_TOO_DEEP = f"JSON nested deeper than {MAX_JSON_DEPTH} levels"
+
+
+def _reject_constant(name: str) -> Any:
+    raise ApiError(400, "bad_json", f"{name} is not valid JSON (numbers must be finite)")
+
+
+def _depth_ok(value: Any, limit: int = MAX_JSON_DEPTH) -> bool:
+    """Iterative nesting check (no recursion: the point is to refuse what would blow the stack)."""
+    stack: list[tuple[Any, int]] = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, dict):
+            if depth > limit:
+                return False
+            stack.extend((v, depth + 1) for v in item.values())
+        elif isinstance(item, list):
+            if depth > limit:
+                return False
+            stack.extend((v, depth + 1) for v in item)
+    return True
+
+
+def _utf8_ok(s: str) -> bool:
+    try:
+        s.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _has_lone_surrogate(value: Any) -> bool:
+    """Does any string (key or value) in the parsed JSON hold a lone surrogate? (iterative)"""
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, str):
+            if not _utf8_ok(item):
+                return True
+        elif isinstance(item, dict):
+            stack.extend(item.keys())
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+    return False
+
+
+async def _read_body(request: Request) -> bytes:
+    """The raw body, refused (413) over :data:`MAX_BODY_BYTES` on ``Content-Length`` and while streaming."""
+    length = request.headers.get("content-length")
+    if length is not None:
+        try:
+            declared = int(length)
+        except ValueError:
+            raise ApiError(400, "bad_request", "Content-Length is not an integer") from None
+        if declared > MAX_BODY_BYTES:
+            raise ApiError(413, "body_too_large", f"request body over {MAX_BODY_BYTES} bytes")
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > MAX_BODY_BYTES:
+            raise ApiError(413, "body_too_large", f"request body over {MAX_BODY_BYTES} bytes")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def parse_json(body: bytes) -> Any:
+    """``body`` as JSON: UTF-8, finite numbers, at most :data:`MAX_JSON_DEPTH` deep, no lone surrogates."""
+    if not body:
+        raise ApiError(400, "bad_json", "request body is empty; send a JSON object")
+    try:
+        data = json.loads(body, parse_constant=_reject_constant)
+    except ApiError:
+        raise
+    except RecursionError:
+        raise ApiError(422, "too_deep", _TOO_DEEP) from None
+    except ValueError as err:  # includes UnicodeDecodeError and the int-digits limit
+        raise ApiError(400, "bad_json", f"request body is not valid UTF-8 JSON: {short(err)}") from None
+    if not _depth_ok(data):
+        raise ApiError(422, "too_deep", _TOO_DEEP)
+    # json.loads lets lone UTF-16 surrogates through (a "\\ud800" escape, or raw bytes it decodes with
+    # surrogatepass); no later step can encode them, so refuse them here, for every endpoint
+    if _MAYBE_SURROGATE.search(body) and _has_lone_surrogate(data):
+        raise ApiError(422, "invalid_request", "a string in the body contains a lone UTF-16 surrogate; send valid Unicode")
+    return data
+
+
+async def read_object(request: Request) -> dict[str, Any]:
+    """The body as a JSON object (4xx otherwise)."""
+    data = parse_json(await _read_body(request))
+    if not isinstance(data, dict):
+        raise ApiError(422, "invalid_request", f"expected a JSON object, got {type(data).__name__}")
+    return data
+
+
+def req_str(data: dict[str, Any], key: str, *, max_len: int = 1024) -> str:
+    value = data.get(key)
+    if not isinstance(value, str) or not value:
+        raise ApiError(422, "invalid_request", f"'{key}' is required and must be a non-empty string")
+    if len(value) > max_len:
+        raise ApiError(422, "invalid_request", f"'{key}' is longer than {max_len} characters")
+    if not _utf8_ok(value):
+        raise ApiError(422, "invalid_request", f"'{key}' is not valid unicode (lone surrogate)")
+    return value
+
+
+def opt_str(data: dict[str, Any], key: str, *, max_len: int = 1024) -> str | None:
+    if data.get(key) is None:
+        return None
+    return req_str(data, key, max_len=max_len)
+
+
+def opt_int(data: dict[str, Any], key: str, *, minimum: int = 0, maximum: int = 2**62) -> int | None:
+    value = data.get(key)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or not minimum <= value <= maximum:
+        raise ApiError(422, "invalid_request", f"'{key}' must be an integer in [{minimum}, {maximum}]")
+    return value
+
+
+def query_int(raw: str | None, name: str, minimum: int, maximum: int) -> int | None:
+    if raw is None or raw == "":
+        return None
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ApiError(422, "invalid_request", f"query parameter '{name}' must be an integer") from None
+    if not minimum <= value <= maximum:
+        raise ApiError(422, "invalid_request", f"query parameter '{name}' must be in [{minimum}, {maximum}]")
+    return value
+
+
+_M = TypeVar("_M", bound=BaseModel)
+
+
+def model(cls: type[_M], data: Any, what: str) -> _M:
+    """Validate a wire object strictly: JSON types as the model declares them (no ``false`` -> 0,
+    no ``"12"`` -> 12), so a wrong type is a 422, never silently coerced."""
+    try:
+        return cls.model_validate_json(dumps(data), strict=True)
+    except ValidationError as err:
+        raise ApiError(422, "invalid_request", f"{what}: {validation_message(err)}") from None
+
+
+def scope(data: Any, what: str) -> ChioScope:
+    """A scope from the wire: the kernel's own unknown-field check first (pydantic would drop a
+    misspelt ``constraint`` and issue a wider scope), then strict validation."""
+    check_scope_fields(data, what)  # KernelInputError -> 422 naming the field
+    # upstream's {"type": "require_approval_above", "value": {"threshold_units": N}} -> "value": N
+    return model(ChioScope, normalize_scope_constraints(data, what), what)
+
+
+def run_metadata(data: dict[str, Any]) -> dict[str, str] | None:
+    """The body's optional ``"metadata"`` (the caller's run context, signed into the receipt), checked
+    before anything is decided: a 422 saying what is wrong otherwise."""
+    try:
+        return check_run_metadata(data.get("metadata"))
+    except KernelInputError as err:
+        raise ApiError(422, "invalid_request", f"'metadata': {short(err)}") from None
+
+
+def parse_rate_limit(value: Any) -> tuple[int, float] | None:
+    """``{"max_calls": n, "per_seconds": s}`` or ``[n, s]`` -> ``(n, s)``."""
+    if value is None:
+        return None
+    if isinstance(value, dict):
+        calls, per = value.get("max_calls"), value.get("per_seconds")
+    elif isinstance(value, list) and len(value) == 2:
+        calls, per = value
+    else:
+        calls = per = None
+    if (
+        isinstance(calls, int)
+        and not isinstance(calls, bool)
+        and calls > 0
+        and isinstance(per, (int, float))
+        and not isinstance(per, bool)
+        and 0 < per <= 10**9
+    ):
+        return calls, float(per)
+    raise ApiError(
+        422,
+        "invalid_request",
+        "'rate_limit' must be {\"max_calls\": <int > 0>, \"per_seconds\": <number > 0>}",
+    )

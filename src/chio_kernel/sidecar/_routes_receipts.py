@@ -1,0 +1,145 @@
+"""Evaluation and receipt endpoints: ``/v1/evaluate``, ``/v1/receipts/denials``, verify, read, list."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from chio_sdk.models import ChioReceipt, ChioScope, MonetaryAmount, Operation
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from chio_kernel._kernel import MAX_COST_UNITS
+from chio_kernel.sidecar._body import model, opt_str, query_int, read_object, req_str, run_metadata
+from chio_kernel.sidecar._config import DEFAULT_LIST_LIMIT, MAX_LIST_LIMIT
+from chio_kernel.sidecar._errors import ApiError, endpoint
+from chio_kernel.sidecar._responses import dump_receipt, json_response
+
+__all__ = ["ROUTES"]
+
+_OPERATIONS = ", ".join(o.value for o in Operation)
+
+
+def _parameters(data: dict[str, Any]) -> dict[str, Any]:
+    parameters = data.get("parameters", {})
+    if not isinstance(parameters, dict):
+        raise ApiError(422, "invalid_request", "'parameters' must be a JSON object of named arguments")
+    return parameters
+
+
+def _cost(data: dict[str, Any]) -> MonetaryAmount | None:
+    if data.get("cost") is None:
+        return None
+    cost = model(MonetaryAmount, data["cost"], "cost")
+    if not 0 <= cost.units <= MAX_COST_UNITS or not cost.currency:
+        raise ApiError(422, "invalid_request", "'cost' needs units from 0 to 2^63-1 (minor units) and a currency")
+    return cost
+
+
+def _operation(data: dict[str, Any]) -> Operation:
+    if data.get("operation") is None:
+        return Operation.INVOKE
+    try:
+        return Operation(data["operation"])
+    except (ValueError, TypeError):
+        raise ApiError(422, "invalid_request", f"'operation' must be one of {_OPERATIONS}") from None
+
+
+@endpoint
+async def evaluate(request: Request) -> Response:
+    data = await read_object(request)
+    capability_id = req_str(data, "capability_id", max_len=256)
+    tool_server = req_str(data, "tool_server")
+    tool_name = req_str(data, "tool_name")
+    parameters = _parameters(data)
+    kwargs = {
+        "idempotency_key": opt_str(data, "idempotency_key", max_len=512),
+        "cost": _cost(data),
+        "operation": _operation(data),
+        "approval_id": opt_str(data, "approval_id", max_len=256),  # a re-evaluation (docs/approvals.md)
+        "metadata": run_metadata(data),
+    }
+    # the client's parameter_hash is ignored: the kernel computes its own
+    receipt = await run_in_threadpool(
+        request.app.state.kernel.evaluate, capability_id, tool_server, tool_name, parameters, **kwargs
+    )
+    return json_response(dump_receipt(receipt))
+
+
+@endpoint
+async def record_denial(request: Request) -> Response:
+    """A signed deny receipt for a call a layer refused before evaluation (chio_kernel._denials)."""
+    data = await read_object(request)
+    capability_id = data.get("capability_id", "")
+    if capability_id != "":
+        capability_id = req_str(data, "capability_id", max_len=256)
+    tool_server = data.get("tool_server", "")
+    if tool_server != "":
+        tool_server = req_str(data, "tool_server")
+    tool_name = req_str(data, "tool_name")
+    guard = req_str(data, "guard", max_len=128)
+    reason = req_str(data, "reason", max_len=8192)
+    parameters = _parameters(data)
+    envelope = model(ChioScope, data["envelope"], "envelope") if data.get("envelope") is not None else None
+    receipt = await run_in_threadpool(
+        request.app.state.kernel.record_denial, capability_id, tool_server, tool_name, parameters,
+        guard=guard, reason=reason, envelope=envelope, metadata=run_metadata(data),
+    )
+    return json_response(dump_receipt(receipt))
+
+
+@endpoint
+async def verify_receipt(request: Request) -> Response:
+    receipt = model(ChioReceipt, await read_object(request), "receipt")
+    valid = await run_in_threadpool(request.app.state.kernel.verify_receipt, receipt)
+    return json_response({"valid": bool(valid)})
+
+
+@endpoint
+async def get_receipt(request: Request) -> Response:
+    rid = request.path_params["receipt_id"]
+    receipt = await run_in_threadpool(request.app.state.kernel.get_receipt, rid)
+    if receipt is None:
+        raise ApiError(404, "unknown_receipt", f"no receipt {rid!r} in this kernel's store")
+    return json_response(dump_receipt(receipt))
+
+
+@endpoint
+async def list_receipts(request: Request) -> Response:
+    kernel = request.app.state.kernel
+    q = request.query_params
+    cap = q.get("capability_id") or None
+    limit = query_int(q.get("limit"), "limit", 1, MAX_LIST_LIMIT)
+    after = query_int(q.get("after_seq"), "after_seq", 0, 2**62)
+    rows = await run_in_threadpool(  # seq: the page position
+        lambda: kernel.list_receipts_with_seq(
+            capability_id=cap, limit=limit if limit is not None else DEFAULT_LIST_LIMIT, after_seq=after
+        )
+    )
+    return json_response({
+        "receipts": [dump_receipt(r) for _, r in rows],
+        "count": len(rows),
+        "next_after_seq": rows[-1][0] if rows else after,
+    })
+
+
+@endpoint
+async def verify_chain(request: Request) -> Response:
+    report = await run_in_threadpool(request.app.state.kernel.verify_chain)
+    return json_response({
+        "ok": bool(report.ok),
+        "count": report.count,
+        "first_broken_index": report.first_broken_index,
+        "reason": report.reason,
+    })
+
+
+ROUTES = [
+    Route("/v1/evaluate", evaluate, methods=["POST"]),
+    Route("/v1/receipts/denials", record_denial, methods=["POST"]),
+    Route("/v1/receipts/verify", verify_receipt, methods=["POST"]),
+    Route("/v1/receipts/verify-chain", verify_chain, methods=["GET"]),
+    Route("/v1/receipts", list_receipts, methods=["GET"]),
+    Route("/v1/receipts/{receipt_id}", get_receipt, methods=["GET"]),
+]
