@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Callable
 from typing import Any, TypeVar
 
 from chio_sdk.models import ChioScope
@@ -17,6 +18,12 @@ from chio_kernel._run_context import check_run_metadata
 from chio_kernel.sidecar._config import MAX_BODY_BYTES, MAX_JSON_DEPTH
 from chio_kernel.sidecar._errors import ApiError, short, validation_message
 from chio_kernel.sidecar._responses import dumps
+
+_orjson_loads: Callable[[bytes], Any] | None
+try:  # orjson (a transitive dependency) parses a small body ~8x faster than json.loads
+    from orjson import JSONDecodeError as _OrjsonError, loads as _orjson_loads
+except ImportError:  # pragma: no cover - the stdlib path alone
+    _orjson_loads = None
 
 __all__ = [
     "model",
@@ -33,6 +40,10 @@ __all__ = [
 #: A JSON ``\\uD800``-``\\uDFFF`` escape or the UTF-8-style bytes of a surrogate (cheap pre-check).
 _MAYBE_SURROGATE = re.compile(rb"\\u[dD][89a-fA-F]|\xed[\xa0-\xbf]")
 _TOO_DEEP = f"JSON nested deeper than {MAX_JSON_DEPTH} levels"
+#: Every ASCII digit as "0", anything else as " ": 20 zeros in a row in a body so mapped mean maybe an
+#: integer beyond 64 bits, which orjson would turn into a float (a translate is ~8x faster than a regex).
+_DIGITS_AS_ZERO = bytes(0x30 if 0x30 <= b <= 0x39 else 0x20 for b in range(256))
+_TWENTY_DIGITS = b"0" * 20
 
 
 def _reject_constant(name: str) -> Any:
@@ -99,10 +110,29 @@ async def _read_body(request: Request) -> bytes:
     return b"".join(chunks)
 
 
+def _too_deep(body: bytes, data: Any) -> bool:
+    # nesting needs one "{" or "[" per level: a body with few of them needs no walk
+    return body.count(b"{") + body.count(b"[") > MAX_JSON_DEPTH and not _depth_ok(data)
+
+
 def parse_json(body: bytes) -> Any:
-    """``body`` as JSON: UTF-8, finite numbers, at most :data:`MAX_JSON_DEPTH` deep, no lone surrogates."""
+    """``body`` as JSON: UTF-8, finite numbers, at most :data:`MAX_JSON_DEPTH` deep, no lone surrogates.
+
+    The fast path (orjson) takes what it parses to the same values as ``json.loads``: it refuses
+    lone surrogates, ``NaN``/``Infinity``, non-UTF-8 and nesting past 1024 itself, and a body with
+    a possible integer beyond 64 bits skips it. Whatever it refuses goes the ``json.loads`` way,
+    so every refusal and its message are those of the stdlib path."""
     if not body:
         raise ApiError(400, "bad_json", "request body is empty; send a JSON object")
+    if _orjson_loads is not None and _TWENTY_DIGITS not in body.translate(_DIGITS_AS_ZERO):
+        try:
+            data = _orjson_loads(body)
+        except _OrjsonError:
+            pass
+        else:
+            if _too_deep(body, data):
+                raise ApiError(422, "too_deep", _TOO_DEEP)
+            return data
     try:
         data = json.loads(body, parse_constant=_reject_constant)
     except ApiError:
@@ -111,7 +141,7 @@ def parse_json(body: bytes) -> Any:
         raise ApiError(422, "too_deep", _TOO_DEEP) from None
     except ValueError as err:  # includes UnicodeDecodeError and the int-digits limit
         raise ApiError(400, "bad_json", f"request body is not valid UTF-8 JSON: {short(err)}") from None
-    if not _depth_ok(data):
+    if _too_deep(body, data):
         raise ApiError(422, "too_deep", _TOO_DEEP)
     # json.loads lets lone UTF-16 surrogates through (a "\\ud800" escape, or raw bytes it decodes with
     # surrogatepass); no later step can encode them, so refuse them here, for every endpoint

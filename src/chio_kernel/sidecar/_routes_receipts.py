@@ -61,9 +61,11 @@ async def evaluate(request: Request) -> Response:
         "metadata": run_metadata(data),
     }
     # the client's parameter_hash is ignored: the kernel computes its own
-    receipt = await run_in_threadpool(
-        request.app.state.kernel.evaluate, capability_id, tool_server, tool_name, parameters, **kwargs
-    )
+    kernel = request.app.state.kernel
+    if request.app.state.evaluate_inline:  # group commit on the loop (see _app.create_app)
+        receipt = await kernel._evaluate_async(capability_id, tool_server, tool_name, parameters, **kwargs)
+    else:
+        receipt = await run_in_threadpool(kernel.evaluate, capability_id, tool_server, tool_name, parameters, **kwargs)
     return json_response(dump_receipt(receipt))
 
 
@@ -135,7 +137,7 @@ async def verify_chain(request: Request) -> Response:
     })
 
 
-ROUTES = [
+ROUTES = [  # /v1/evaluate first: the hot path matches on the first route (no other route matches its path)
     Route("/v1/evaluate", evaluate, methods=["POST"]),
     Route("/v1/receipts/denials", record_denial, methods=["POST"]),
     Route("/v1/receipts/verify", verify_receipt, methods=["POST"]),

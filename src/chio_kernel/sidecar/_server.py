@@ -1,11 +1,16 @@
-"""Running the sidecar: uvicorn with a header-read timeout, and ``serve``."""
+"""Running the sidecar: uvicorn with a header-read timeout, the fastest HTTP stack installed, ``serve``.
+
+With the ``fast`` extra (``httptools``, ``uvloop``) installed, the sidecar serves with uvicorn's
+httptools parser on a uvloop event loop; otherwise with h11 on asyncio. ``/chio/health`` says which
+(``"server": {"http": ..., "loop": ...}``). Either way the header-read timeout below applies.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import importlib.util
 import logging
 import socket
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -20,19 +25,114 @@ from chio_kernel.sidecar._config import (
 )
 from chio_kernel.sidecar._errors import SidecarConfigError
 
-__all__ = ["header_timeout_protocol", "serve"]
+__all__ = ["header_timeout_protocol", "serve", "server_stack"]
 
 log = logging.getLogger("chio_kernel.sidecar")
 
+_HOOKS = ("connection_made", "connection_lost", "data_received", "on_response_complete")
 
-# --- running it -------------------------------------------------------------------------------
+
+def server_stack() -> dict[str, str]:
+    """``{"http": "httptools" | "h11", "loop": "uvloop" | "asyncio"}``: what :func:`serve` will use
+    (httptools / uvloop when importable: ``pip install 'chio-durable[fast]'``)."""
+    def has(name: str) -> bool:
+        return importlib.util.find_spec(name) is not None
+
+    return {
+        "http": "httptools" if has("httptools") else "h11",
+        "loop": "uvloop" if has("uvloop") else "asyncio",
+    }
+
+
+class _HeaderDeadlines:
+    """Connections waiting for request headers (longest-waiting first) and their timers."""
+
+    def __init__(self, timeout: float, max_pending: int) -> None:
+        self.timeout = timeout
+        self.max_pending = max_pending
+        self.waiting: dict[Any, asyncio.TimerHandle] = {}  # dicts keep insertion order
+
+    def wait(self, proto: Any) -> None:
+        self.done(proto)
+        self.waiting[proto] = asyncio.get_running_loop().call_later(self.timeout, self.expire, proto)
+        if len(self.waiting) > self.max_pending:
+            self.expire(next(iter(self.waiting)))
+
+    def done(self, proto: Any) -> None:
+        timer = self.waiting.pop(proto, None)
+        if timer is not None:
+            timer.cancel()
+
+    def expire(self, proto: Any) -> None:
+        self.done(proto)
+        if not proto.transport.is_closing():
+            log.debug("closing a connection that sent no complete request headers in time")
+            proto.transport.close()
+
+
+def _h11_protocol(deadlines: _HeaderDeadlines) -> type[asyncio.Protocol]:
+    import h11
+    from uvicorn.protocols.http.h11_impl import H11Protocol
+
+    class HeaderTimeoutH11Protocol(H11Protocol):
+        # h11 leaves IDLE once a request's headers are complete (SEND_BODY / DONE / ...)
+        def connection_made(self, transport: asyncio.BaseTransport) -> None:
+            super().connection_made(transport)  # type: ignore[arg-type]  # uvicorn narrows BaseProtocol's type
+            deadlines.wait(self)
+
+        def data_received(self, data: bytes) -> None:
+            super().data_received(data)
+            if self in deadlines.waiting and self.conn.their_state is not h11.IDLE:
+                deadlines.done(self)
+
+        def on_response_complete(self) -> None:
+            super().on_response_complete()
+            if not self.transport.is_closing() and self.conn.their_state is h11.IDLE:
+                deadlines.wait(self)  # waiting for the next request on this keep-alive connection
+
+        def connection_lost(self, exc: Exception | None) -> None:
+            deadlines.done(self)
+            super().connection_lost(exc)
+
+    return HeaderTimeoutH11Protocol
+
+
+def _httptools_protocol(deadlines: _HeaderDeadlines) -> type[asyncio.Protocol]:
+    from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+    class HeaderTimeoutHttpToolsProtocol(HttpToolsProtocol):
+        # requests whose headers are complete and whose response is not: none -> waiting for headers
+        _chio_in_flight = 0
+
+        def connection_made(self, transport: asyncio.BaseTransport) -> None:
+            super().connection_made(transport)  # type: ignore[arg-type]  # uvicorn narrows BaseProtocol's type
+            deadlines.wait(self)
+
+        def on_headers_complete(self) -> None:
+            self._chio_in_flight += 1
+            deadlines.done(self)
+            super().on_headers_complete()
+
+        def on_response_complete(self) -> None:
+            self._chio_in_flight = max(0, self._chio_in_flight - 1)
+            super().on_response_complete()
+            if not self.transport.is_closing() and not self._chio_in_flight:
+                deadlines.wait(self)  # waiting for the next request on this keep-alive connection
+
+        def connection_lost(self, exc: Exception | None) -> None:
+            deadlines.done(self)
+            super().connection_lost(exc)
+
+    return HeaderTimeoutHttpToolsProtocol
 
 
 def header_timeout_protocol(
     header_timeout: float = DEFAULT_HEADER_TIMEOUT,
     max_pending: int = DEFAULT_MAX_PENDING_HEADERS,
+    http: str = "h11",
 ) -> type[asyncio.Protocol]:
-    """uvicorn's h11 protocol plus a header-read timeout and a cap on connections waiting for headers.
+    """uvicorn's ``http`` protocol (``"h11"`` or ``"httptools"``) plus a header-read timeout and a cap
+    on connections waiting for headers.
 
     uvicorn has neither: its keep-alive timer stops at the first byte received, so a client that
     trickles a header byte now and then holds a connection (and a file descriptor) forever. Here a
@@ -40,69 +140,30 @@ def header_timeout_protocol(
     starting to wait for one (on connecting, and after each response), else it is closed; and when
     more than ``max_pending`` connections wait at once, the one waiting longest is closed.
 
-    This is the one adapter over uvicorn's protocol class (``uvicorn.protocols.http.h11_impl``): it
-    overrides the ``asyncio.Protocol`` callbacks and ``on_response_complete``, and reads the request
-    state from the connection's ``h11.Connection`` (``conn.their_state``, public h11 API). It
-    raises ``RuntimeError`` if those hooks are missing, and :func:`serve` probes an instance before
+    This is the one adapter over uvicorn's protocol classes: it overrides the ``asyncio.Protocol``
+    callbacks and ``on_response_complete`` (and, for httptools, the parser's ``on_headers_complete``);
+    for h11 it reads the request state from ``conn.their_state`` (public h11 API). It raises
+    ``RuntimeError`` if those hooks are missing, and :func:`serve` probes an instance before
     binding, so a uvicorn that moved them refuses to start instead of serving without the timeout.
     """
-    import h11
-    from uvicorn.protocols.http.h11_impl import H11Protocol
-
-    missing = [n for n in ("connection_made", "connection_lost", "data_received", "on_response_complete")
-               if not callable(getattr(H11Protocol, n, None))]
+    hooks: tuple[str, ...] = _HOOKS
+    if http == "httptools":
+        from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol as base
+        hooks = (*_HOOKS, "on_headers_complete")
+    elif http == "h11":
+        from uvicorn.protocols.http.h11_impl import H11Protocol as base  # type: ignore[assignment]
+    else:
+        raise SidecarConfigError(f"http must be 'h11' or 'httptools', got {http!r}")
+    missing = [n for n in hooks if not callable(getattr(base, n, None))]
     if missing:
         raise RuntimeError(
-            f"uvicorn's H11Protocol lacks {missing}; the sidecar's header-read timeout cannot be installed "
+            f"uvicorn's {base.__name__} lacks {missing}; the sidecar's header-read timeout cannot be installed "
             "(install a uvicorn version within chio-durable's tested range)"
         )
     if not header_timeout > 0 or max_pending < 1:
         raise SidecarConfigError("header_timeout must be > 0 seconds and max_pending >= 1")
-    # connections waiting for headers, longest-waiting first (dicts keep insertion order)
-    waiting: dict[Any, asyncio.TimerHandle] = {}
-
-    class HeaderTimeoutH11Protocol(H11Protocol):
-        def connection_made(self, transport: asyncio.BaseTransport) -> None:
-            super().connection_made(transport)  # type: ignore[arg-type]  # uvicorn narrows BaseProtocol's type
-            self._chio_wait()
-
-        def data_received(self, data: bytes) -> None:
-            super().data_received(data)
-            if self in waiting and self._chio_headers_read():
-                self._chio_done()
-
-        def on_response_complete(self) -> None:
-            super().on_response_complete()
-            if not self.transport.is_closing() and not self._chio_headers_read():
-                self._chio_wait()  # waiting for the next request on this keep-alive connection
-
-        def connection_lost(self, exc: Exception | None) -> None:
-            self._chio_done()
-            super().connection_lost(exc)
-
-        def _chio_headers_read(self) -> bool:
-            # h11 leaves IDLE once a request's headers are complete (SEND_BODY / DONE / ...)
-            return self.conn.their_state is not h11.IDLE
-
-        def _chio_wait(self) -> None:
-            self._chio_done()
-            waiting[self] = asyncio.get_running_loop().call_later(header_timeout, self._chio_expire)
-            if len(waiting) > max_pending:
-                next(iter(waiting))._chio_expire()
-
-        def _chio_done(self) -> None:
-            timer = waiting.pop(self, None)
-            if timer is not None:
-                timer.cancel()
-
-        def _chio_expire(self) -> None:
-            self._chio_done()
-            if not self.transport.is_closing():
-                log.debug("closing a connection that sent no complete request headers in time")
-                self.transport.close()
-
-    HeaderTimeoutH11Protocol.__qualname__ = HeaderTimeoutH11Protocol.__name__
-    return HeaderTimeoutH11Protocol
+    deadlines = _HeaderDeadlines(header_timeout, max_pending)
+    return _httptools_protocol(deadlines) if http == "httptools" else _h11_protocol(deadlines)
 
 
 def _probe_protocol(protocol: type[asyncio.Protocol], config: Any) -> None:
@@ -114,12 +175,47 @@ def _probe_protocol(protocol: type[asyncio.Protocol], config: Any) -> None:
         return protocol(config=config, server_state=ServerState(), app_state={})  # type: ignore[call-arg]
 
     probe = asyncio.run(build())
-    if not isinstance(getattr(probe, "conn", None), h11.Connection):
+    if hasattr(probe, "_chio_in_flight"):  # httptools: the parser must call back into the protocol
+        ok = getattr(probe, "parser", None) is not None
+    else:
+        ok = isinstance(getattr(probe, "conn", None), h11.Connection)
+    if not ok:
         raise RuntimeError(
-            "uvicorn's H11Protocol no longer keeps its h11.Connection in .conn; the sidecar's header-read "
-            "timeout cannot work, so it refuses to start (install a uvicorn version within chio-durable's "
-            "tested range)"
+            f"uvicorn's {type(probe).__mro__[1].__name__} no longer keeps the parser state the sidecar's "
+            "header-read timeout reads; it refuses to start (install a uvicorn version within "
+            "chio-durable's tested range)"
         )
+
+
+def _open_kernel(data_dir: str | Path | None) -> Any:
+    """The kernel to serve; a fleet kernel whose key was retired is refused before binding."""
+    from chio_kernel import Kernel
+
+    kernel = Kernel(data_dir=data_dir)
+    check_key_active = getattr(kernel, "check_key_active", None)  # a fleet kernel: is its key still active?
+    if check_key_active is not None:
+        try:
+            check_key_active()  # raises KernelKeyRetiredError: serving would answer every write with 503
+        except BaseException:
+            kernel.close()
+            raise
+    return kernel
+
+
+def _bind(host: str, port: int) -> socket.socket:
+    """Bind here, not in uvicorn: a taken port becomes one clear error, and "listening" is printed
+    only once the port is really ours."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    # proto must be IPPROTO_TCP explicitly: asyncio sets TCP_NODELAY on accepted connections only
+    # then (with proto 0 every response waits ~40 ms on Nagle + delayed ACK)
+    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host.strip("[]"), port))
+    except OSError as err:
+        sock.close()
+        raise SidecarConfigError(f"cannot listen on {host}:{port}: {err.strerror or err}") from None
+    return sock
 
 
 def serve(
@@ -142,44 +238,20 @@ def serve(
     import uvicorn
 
     check_bind(host, token)
-    protocol = header_timeout_protocol(header_timeout, max_pending_headers)
-    from chio_kernel import Kernel
-
-    kernel = Kernel(data_dir=data_dir)
-    check_key_active = getattr(kernel, "check_key_active", None)  # a fleet kernel: is its key still active?
-    if check_key_active is not None:
-        try:
-            check_key_active()  # raises KernelKeyRetiredError: serving would answer every write with 503
-        except BaseException:
-            kernel.close()
-            raise
+    stack = server_stack()
+    protocol = header_timeout_protocol(header_timeout, max_pending_headers, http=stack["http"])
+    kernel = _open_kernel(data_dir)
     app = create_app(kernel, token=token)
+    app.state.health = {**app.state.health, "server": stack}
     config = uvicorn.Config(
-        app,
-        host=host,
-        port=port,
-        log_level=log_level,
-        access_log=False,
-        lifespan="off",
-        server_header=False,
-        date_header=False,
-        http=protocol,
+        app, host=host, port=port, log_level=log_level, access_log=False, lifespan="off",
+        server_header=False, date_header=False, http=protocol, loop=stack["loop"],
+        proxy_headers=False,  # loopback, no proxy in front: nothing to rewrite
     )
     config.load()
     _probe_protocol(protocol, config)
     server = uvicorn.Server(config)
-    # bind here, not in uvicorn: a taken port becomes one clear error, and "listening" is printed
-    # only once the port is really ours
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    # proto must be IPPROTO_TCP explicitly: asyncio sets TCP_NODELAY on accepted connections only
-    # then (with proto 0 every response waits ~40 ms on Nagle + delayed ACK)
-    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    try:
-        sock.bind((host.strip("[]"), port))
-    except OSError as err:
-        sock.close()
-        raise SidecarConfigError(f"cannot listen on {host}:{port}: {err.strerror or err}") from None
+    sock = _bind(host, port)
     if on_ready is not None:
         on_ready(kernel)
     server.run(sockets=[sock])
