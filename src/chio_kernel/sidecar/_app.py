@@ -5,13 +5,14 @@ from __future__ import annotations
 
 import functools
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from chio_kernel._kernel import Kernel
 from chio_kernel._postgres_store import is_postgres_dsn, mask_dsn
@@ -19,12 +20,12 @@ from chio_kernel.sidecar._approvals import ROUTES as APPROVAL_ROUTES
 from chio_kernel.sidecar._budgets import ROUTES as BUDGET_ROUTES
 from chio_kernel.sidecar._http_requests import ROUTES as HTTP_REQUEST_ROUTES
 from chio_kernel.sidecar._routes_capabilities import ROUTES as CAPABILITY_ROUTES
-from chio_kernel.sidecar._routes_receipts import ROUTES as RECEIPT_ROUTES
-from chio_kernel.sidecar._auth import BearerAuth
+from chio_kernel.sidecar._routes_receipts import ROUTES as RECEIPT_ROUTES, evaluate
+from chio_kernel.sidecar._auth import BearerAuth, bearer_ok
 from chio_kernel.sidecar._errors import endpoint, http_exception, store_errors
 from chio_kernel.sidecar._responses import json_response
 
-__all__ = ["ROUTES", "create_app"]
+__all__ = ["ROUTES", "SidecarApp", "create_app"]
 
 
 @functools.lru_cache(maxsize=1)
@@ -61,19 +62,52 @@ ROUTES: list[Route] = [  # no two routes match the same path and method, so the 
 ]
 
 
+class SidecarApp(Starlette):
+    """The Starlette app, with one shortcut: ``POST /v1/evaluate`` (the hot path) goes straight to its
+    handler, without the router and Starlette's middleware, which add nothing there: the handler
+    maps every exception to an answer itself and the path needs no routing. The shortcut is taken
+    only when the app has no middleware but the sidecar's own bearer check, and (with a token) only
+    for a request that passes it; anything else goes the ordinary way, which answers the same."""
+
+    _direct = False
+    _token: bytes | None = None
+
+    def build_middleware_stack(self) -> ASGIApp:
+        # built once, on the first request (Starlette refuses middleware added after that)
+        self._direct = all(cast(Any, m.cls) is BearerAuth for m in self.user_middleware)
+        return super().build_middleware_stack()
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if self.middleware_stack is None:
+            self.middleware_stack = self.build_middleware_stack()
+        if (
+            self._direct
+            and scope["type"] == "http"
+            and scope["path"] == "/v1/evaluate"
+            and scope["method"] == "POST"
+            and not scope.get("root_path")
+            and (self._token is None or bearer_ok(scope["headers"], self._token))
+        ):
+            scope["app"] = self
+            response = await evaluate(Request(scope, receive))
+            await response(scope, receive, send)
+            return
+        await super().__call__(scope, receive, send)
+
+
 def create_app(
     kernel: Any | None = None,
     *,
     data_dir: str | Path | None = None,
     token: str | None = None,
-) -> Starlette:
+) -> SidecarApp:
     """Build the sidecar ASGI app around ``kernel`` (or a new ``Kernel(data_dir)``).
 
     With ``token`` every request must carry ``Authorization: Bearer <token>``.
     """
     if kernel is None:
         kernel = Kernel(data_dir=data_dir)
-    app = Starlette(routes=ROUTES, exception_handlers={HTTPException: http_exception})
+    app = SidecarApp(routes=ROUTES, exception_handlers={HTTPException: http_exception})
     store = _store_info(kernel)
     app.state.kernel = kernel
     app.state.store_errors = store_errors(kernel)
@@ -85,4 +119,5 @@ def create_app(
     app.state.evaluate_inline = type(kernel) is Kernel and store["store"] == "sqlite"
     if token:
         app.add_middleware(BearerAuth, token=token)
+        app._token = token.encode()
     return app

@@ -10,7 +10,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from chio_kernel.sidecar._errors import SidecarConfigError
 from chio_kernel.sidecar._responses import error_response
 
-__all__ = ["BearerAuth", "check_bind", "is_loopback"]
+__all__ = ["BearerAuth", "bearer_ok", "check_bind", "is_loopback"]
 
 
 def is_loopback(host: str) -> bool:
@@ -46,6 +46,12 @@ def _bearer(headers: list[tuple[bytes, bytes]]) -> bytes:
     return b""
 
 
+def bearer_ok(headers: list[tuple[bytes, bytes]], expected: bytes) -> bool:
+    """Does the request carry ``Authorization: Bearer <expected>``? (constant-time comparison)"""
+    got = _bearer(headers)
+    return bool(got) and hmac.compare_digest(got, expected)
+
+
 class BearerAuth:
     """Pure-ASGI guard: every HTTP request must carry ``Authorization: Bearer <token>``."""
 
@@ -55,8 +61,7 @@ class BearerAuth:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":
-            got = _bearer(scope["headers"])
-            if not got or not hmac.compare_digest(got, self._expected):
+            if not bearer_ok(scope["headers"], self._expected):
                 response = error_response(
                     401,
                     "unauthorized",

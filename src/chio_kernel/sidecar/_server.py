@@ -45,23 +45,42 @@ def server_stack() -> dict[str, str]:
 
 
 class _HeaderDeadlines:
-    """Connections waiting for request headers (longest-waiting first) and their timers."""
+    """Connections waiting for request headers, each with its deadline, and ONE timer for them all.
+
+    The timeout is the same for every connection, so insertion order is deadline order: the dict
+    (re-inserted on every wait) is a queue whose front expires first, and a single timer set for the
+    front's deadline sweeps it. Waiting costs a dict insert per request instead of a timer handle."""
 
     def __init__(self, timeout: float, max_pending: int) -> None:
         self.timeout = timeout
         self.max_pending = max_pending
-        self.waiting: dict[Any, asyncio.TimerHandle] = {}  # dicts keep insertion order
+        self.waiting: dict[Any, float] = {}  # protocol -> deadline (loop time), earliest first
+        self._timer: asyncio.TimerHandle | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None  # the loop the timer is on
 
     def wait(self, proto: Any) -> None:
-        self.done(proto)
-        self.waiting[proto] = asyncio.get_running_loop().call_later(self.timeout, self.expire, proto)
+        self.waiting.pop(proto, None)
+        loop = asyncio.get_running_loop()
+        self.waiting[proto] = loop.time() + self.timeout
+        if self._timer is None or self._loop is not loop:
+            self._loop = loop
+            self._timer = loop.call_at(self.waiting[next(iter(self.waiting))], self._sweep)
         if len(self.waiting) > self.max_pending:
             self.expire(next(iter(self.waiting)))
 
     def done(self, proto: Any) -> None:
-        timer = self.waiting.pop(proto, None)
-        if timer is not None:
-            timer.cancel()
+        self.waiting.pop(proto, None)
+
+    def _sweep(self) -> None:
+        self._timer = None
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        while self.waiting:
+            proto, deadline = next(iter(self.waiting.items()))
+            if deadline > now:
+                self._timer = loop.call_at(deadline, self._sweep)
+                return
+            self.expire(proto)
 
     def expire(self, proto: Any) -> None:
         self.done(proto)
