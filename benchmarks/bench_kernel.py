@@ -104,9 +104,12 @@ def serve_echo(port: int) -> None:
     async def health(request: Request) -> Response:
         return Response(b'{"status":"ok"}', media_type="application/json")
 
+    from chio_kernel.sidecar._server import server_stack  # the sidecar's choice: httptools + uvloop if installed
+
+    stack = server_stack()
     app = Starlette(routes=[Route("/echo", echo, methods=["POST"]), Route("/chio/health", health)])
     uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning", access_log=False, lifespan="off",
-                server_header=False, date_header=False)
+                server_header=False, date_header=False, http=stack["http"], loop=stack["loop"], proxy_headers=False)
 
 
 # --- measurement ----------------------------------------------------------------------------------
@@ -285,10 +288,41 @@ class Rate:
     seconds: float = 0.0
     commits: int | None = None
     retries: int = 0  # sidecar rows: calls retried once on a connection closed while idle
+    cpu: float | None = None  # CPU seconds of the server process (or of this process, in-process rows)
+
+    @property
+    def cpu_us(self) -> float | None:
+        return self.cpu / self.evals * 1e6 if self.cpu is not None and self.evals else None
 
     @property
     def per_second(self) -> float:
         return self.evals / self.seconds if self.seconds else 0.0
+
+
+def process_cpu_seconds(pid: int) -> float | None:
+    """CPU time of process ``pid``, all its threads: the sum of ``/proc/<pid>/task/*/schedstat`` (ns
+    on CPU; threads that exited are left out, the sidecar's event loop and pool threads live as long
+    as it does), else ``/proc/<pid>/stat`` utime + stime (10 ms ticks); None where there is no procfs
+    (then the CPU rows are skipped, saying so)."""
+    try:
+        total = 0
+        for task in os.listdir(f"/proc/{pid}/task"):
+            with open(f"/proc/{pid}/task/{task}/schedstat", encoding="ascii") as f:
+                total += int(f.read().split()[0])
+        return total / 1e9
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime + stime, in ticks
+
+
+def add_cpu(row: Rate, before: float | None, after: float | None) -> None:
+    if before is not None and after is not None:
+        row.cpu = (row.cpu or 0.0) + after - before
 
 
 def local_rate_round(loop: asyncio.AbstractEventLoop, client: Any, cap_id: str, callers: int, per_caller: int,
@@ -306,9 +340,11 @@ def local_rate_round(loop: asyncio.AbstractEventLoop, client: Any, cap_id: str, 
         await asyncio.gather(*(caller() for _ in range(callers)))
 
     c0 = store.commits
+    cpu0 = time.process_time()
     t0 = time.perf_counter()
     loop.run_until_complete(run())
     row.seconds += time.perf_counter() - t0
+    row.cpu = (row.cpu or 0.0) + time.process_time() - cpu0
     row.evals += callers * per_caller
     row.commits = (row.commits or 0) + store.commits - c0
 
@@ -371,13 +407,43 @@ ECHO_BODY = {"capability_id": "cap-" + "0" * 32, "tool_server": "files", "tool_n
 
 
 def sidecar_rate_round(workers: list[Any], url: str, cap: str | None, callers: int, per_caller: int,
-                       row: Rate) -> None:
+                       row: Rate, server_pid: int | None = None) -> None:
+    """One round of the client processes against ``url``; with ``server_pid`` the server process's CPU
+    time over the round is added to ``row.cpu`` (read before the first request is sent and after
+    the last answer arrived)."""
+    cpu0 = process_cpu_seconds(server_pid) if server_pid is not None else None
     for w in workers:
         w.send((url, cap, callers, per_caller))
     answers = [w.recv() for w in workers]
+    if server_pid is not None:
+        add_cpu(row, cpu0, process_cpu_seconds(server_pid))
     row.seconds += max(a[1] for a in answers) - min(a[0] for a in answers)
     row.evals += sum(a[2] for a in answers)
     row.retries += sum(a[3] for a in answers)
+
+
+def server_cpu_rows(ratios: Table, sidecar: Rate, echo: Rate, inproc: Rate, sc_url: str,
+                    base: Rate | None = None) -> Table | None:
+    """The sidecar's own work: server CPU µs per evaluation vs per trivial request vs the kernel in
+    process, all from the rounds above; goal: sidecar <= trivial + kernel."""
+    if sidecar.cpu_us is None or echo.cpu_us is None or inproc.cpu_us is None:
+        ratios.add_row("server CPU per evaluation: sidecar / (trivial + kernel)", "skipped", "≤ 1.00x",
+                       "no /proc/<pid>/stat on this system")
+        return None
+    stack = httpx.get(sc_url + "/chio/health", timeout=30).json().get("server", {})
+    where = f"{stack.get('http', '?')} + {stack.get('loop', '?')}"
+    table = Table(title=f"server CPU per request (4 processes x 8 callers, integration shape; server stack {where})",
+                  title_justify="left")
+    table.add_column("what")
+    table.add_column("CPU µs / request", justify="right")
+    table.add_row("sidecar /v1/evaluate (server process, all threads)", f"{sidecar.cpu_us:,.0f}")
+    table.add_row("trivial endpoint, same stack (server process)", f"{echo.cpu_us:,.0f}")
+    table.add_row("kernel in-process (LocalChioClient, 8 callers, this process)", f"{inproc.cpu_us:,.0f}")
+    if base is not None and base.cpu_us is not None:
+        table.add_row(f"{base.name.split(', ', 2)[-1]}: its sidecar /v1/evaluate", f"{base.cpu_us:,.0f}")
+    r = sidecar.cpu_us / (echo.cpu_us + inproc.cpu_us)
+    ratios.add_row("server CPU per evaluation: sidecar / (trivial + kernel)", f"{r:.2f}x", "≤ 1.00x", verdict(r <= 1))
+    return table
 
 
 #: The last commit before issue 9 (issue 8 complete): the "today" of issue 9's sidecar goal.
@@ -674,11 +740,11 @@ def main() -> int:
             local_rate_round(loop, local, cap_id, 8, per_caller, None, par_row)
             local_rate_round(loop, local, child_id, 1, per_caller * 8, keys, iseq_row)
             local_rate_round(loop, local, child_id, 8, per_caller, keys, ipar_row)
-            sidecar_rate_round(pipes, sc_url, sc_child, 8, sc_per, on_row)
+            sidecar_rate_round(pipes, sc_url, sc_child, 8, sc_per, on_row, server_pid=procs[0].pid)
             sidecar_rate_round(pipes, off_url, off_child, 8, sc_per, off_row)
-            sidecar_rate_round(pipes, echo_url, None, 8, sc_per, echo_row)
+            sidecar_rate_round(pipes, echo_url, None, 8, sc_per, echo_row, server_pid=procs[1].pid)
             if base_url is not None:
-                sidecar_rate_round(pipes, base_url, base_child, 8, sc_per, base_row)
+                sidecar_rate_round(pipes, base_url, base_child, 8, sc_per, base_row, server_pid=procs[3].pid)
         for pe in pipes:
             pe.send(None)
         for w in workers:
@@ -706,6 +772,7 @@ def main() -> int:
         ratios.add_row("  the same, integration shape", f"{g2i:.2f}", "≤ 0.30", verdict(g2i <= 0.3))
         ratios.add_row("sidecar 4x8 callers: group commit / CHIO_GROUP_COMMIT=1", f"{g3:.2f}x", "≥ 2.00x",
                        verdict(g3 >= 2))
+        cpu_table = server_cpu_rows(ratios, on_row, echo_row, ipar_row, sc_url, base_row)
         if base_row.evals:
             g4 = on_row.per_second / base_row.per_second
             ratios.add_row("sidecar 4x8: now / before issue 9", f"{g4:.2f}x", "≥ 2.00x", verdict(g4 >= 2))
@@ -743,6 +810,8 @@ def main() -> int:
 
         console.print(table)
         console.print(rates)
+        if cpu_table is not None:
+            console.print(cpu_table)
         console.print(ratios)
         if flat_note:
             console.print(f"[dim]flatness store: {flat_note}[/]")
