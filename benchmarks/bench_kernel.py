@@ -104,9 +104,12 @@ def serve_echo(port: int) -> None:
     async def health(request: Request) -> Response:
         return Response(b'{"status":"ok"}', media_type="application/json")
 
-    from chio_kernel.sidecar._server import server_stack  # the sidecar's choice: httptools + uvloop if installed
+    try:  # the sidecar's choice: httptools + uvloop when installed
+        from chio_kernel.sidecar._server import server_stack
 
-    stack = server_stack()
+        stack = server_stack()
+    except ImportError:  # a chio_kernel from before the choice: uvicorn's own ("auto": the same rule)
+        stack = {"http": "auto", "loop": "auto"}
     app = Starlette(routes=[Route("/echo", echo, methods=["POST"]), Route("/chio/health", health)])
     uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning", access_log=False, lifespan="off",
                 server_header=False, date_header=False, http=stack["http"], loop=stack["loop"], proxy_headers=False)

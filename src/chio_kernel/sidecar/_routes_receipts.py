@@ -14,7 +14,6 @@ from chio_kernel._kernel import MAX_COST_UNITS
 from chio_kernel.sidecar._body import model, opt_str, query_int, read_object, req_str, run_metadata
 from chio_kernel.sidecar._config import DEFAULT_LIST_LIMIT, MAX_LIST_LIMIT
 from chio_kernel.sidecar._errors import ApiError, endpoint
-from chio_kernel.sidecar._evaluator import evaluate_batched
 from chio_kernel.sidecar._responses import dump_receipt, json_response
 
 __all__ = ["ROUTES"]
@@ -63,8 +62,8 @@ async def evaluate(request: Request) -> Response:
     }
     # the client's parameter_hash is ignored: the kernel computes its own
     kernel = request.app.state.kernel
-    if request.app.state.evaluate_batched:  # one hop per loop turn, one transaction (see _evaluator)
-        receipt = await evaluate_batched(kernel, capability_id, tool_server, tool_name, parameters, **kwargs)
+    if request.app.state.evaluate_inline:  # group commit on the loop (see _app.create_app)
+        receipt = await kernel._evaluate_async(capability_id, tool_server, tool_name, parameters, **kwargs)
     else:
         receipt = await run_in_threadpool(kernel.evaluate, capability_id, tool_server, tool_name, parameters, **kwargs)
     return json_response(dump_receipt(receipt))
