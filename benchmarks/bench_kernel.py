@@ -30,6 +30,10 @@ Group commit (throughput, interleaved rounds, integration-shaped calls; each wit
   interpreter and these packages; skipped, saying why, outside a git checkout). Goal: now / before
   issue 9 >= 2x.
 
+Server CPU per request, from the same rounds (``/proc`` of the server processes): the sidecar vs
+the trivial endpoint vs the kernel in process (LocalChioClient, 8 callers, integration shape);
+goal: sidecar <= trivial + kernel.
+
 The PostgreSQL rows (``bench_postgres.py``: p50 vs SQLite, evaluations/s with 16 callers across 4
 processes) follow the main table.
 
