@@ -122,11 +122,15 @@ def _plain_agent(wrapped: Any, options: dict[str, Any]) -> Agent[Any, Any]:
     """The plain ``Agent`` to govern; a ``DBOSAgent``'s agent and options are taken over into ``options``."""
     dbos_agent_type = _dbos_agent_type()
     if dbos_agent_type is not None and isinstance(wrapped, dbos_agent_type):
-        inherited = {"name": wrapped.name, "event_stream_handler": wrapped.event_stream_handler, **dbos_agent_options(wrapped)}
+        dbos_agent: Any = wrapped
+        inherited = {
+            "name": dbos_agent.name, "event_stream_handler": dbos_agent.event_stream_handler,
+            **dbos_agent_options(dbos_agent),
+        }
         for key, value in inherited.items():
             if options.get(key) is None:
                 options[key] = value
-        wrapped = wrapped.wrapped
+        wrapped = dbos_agent.wrapped
     if not isinstance(wrapped, Agent):
         raise TypeError(f"ChioDBOSAgent wraps a pydantic_ai Agent (or DBOSAgent), got {type(wrapped).__name__}")
     return wrapped
@@ -248,7 +252,8 @@ class ChioDBOSAgent(WrapperAgent[AgentDepsT, OutputDataT]):
 
         @DBOS.workflow(name=f"{self._agent_name}.chio_run")
         async def chio_run(user_prompt: Any, kwargs: dict[str, Any]) -> AgentRunResult[Any]:
-            return await agent.run(user_prompt, **kwargs)
+            result: AgentRunResult[Any] = await agent.run(user_prompt, **kwargs)
+            return result
 
         return chio_run
 
@@ -285,7 +290,8 @@ class ChioDBOSAgent(WrapperAgent[AgentDepsT, OutputDataT]):
 
     def _governed_run_sync(self, user_prompt: Any = None, **kwargs: Any) -> AgentRunResult[Any]:
         """Synchronous :meth:`run`."""
-        return super().run_sync(user_prompt, **kwargs)
+        result: AgentRunResult[Any] = super().run_sync(user_prompt, **kwargs)
+        return result
 
     if not TYPE_CHECKING:
         run = _governed_run
