@@ -65,3 +65,28 @@ async def test_a_durable_agent_or_dbos_agent_is_governed_in_dbos_steps(
         result = await governed.run("hi")
     assert len(governed.receipt_ids_of(result)) == 1
     assert await step_names(f"wf-{name}") == [f"{name}__capability__chio.evaluate", f"{name}__model.request"]
+
+
+async def test_governance_passed_to_a_run_inside_a_workflow_is_refused_not_ungoverned(
+    chio: LocalChioClient, dbos_url: str
+) -> None:
+    """Why ChioDBOSAgent puts governance on the agent: per-run, pydantic-ai refuses it in a workflow
+    (the same rule holds for Hatchet's registered backend, see docs/dbos.md)."""
+    from dbos import DBOS
+
+    ran: list[str] = []
+
+    def tool() -> str:
+        ran.append("tool")
+        return "ran"
+
+    agent = Agent(TestModel(), name="per-run-gov", tools=[tool], capabilities=[DBOSDurability()])
+
+    @DBOS.workflow(name="chio-test-per-run")
+    async def wf() -> str:
+        gov = ChioGovernance(capability_id="cap-x", chio_client=chio)
+        return (await agent.run("hi", capabilities=[gov])).output
+
+    with SetWorkflowID("wf-per-run"), pytest.raises(UserError, match="added per-run"):
+        await wf()
+    assert ran == []
