@@ -36,10 +36,7 @@ Reevaluate = Callable[[str], Awaitable[Evaluation]]
 
 async def _register_wake(transport: KernelTransport, approval_id: str, wake: dict[str, Any]) -> bool:
     """Register ``wake`` on ``approval_id`` (False: this kernel client cannot, the workflow polls)."""
-    register = getattr(transport, "register_approval_wake", None)
-    if not callable(register):
-        return False
-    return bool(await register(approval_id, wake))
+    return await transport.register_approval_wake(approval_id, wake)
 
 
 def dbos_approval_waiter(

@@ -17,7 +17,6 @@ from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Any
 
-import pytest
 from chio_sdk.models import ChioScope, Constraint, Operation, ToolGrant
 from dbos import DBOS, SetWorkflowID
 from pydantic_ai import Agent
@@ -26,7 +25,6 @@ from pydantic_ai.models.function import AgentInfo, FunctionModel
 
 import chio_dbos
 from chio_dbos import ChioDBOSAgent, approval_topic, wake_fields
-from chio_durable import as_transport
 from chio_kernel import LocalChioClient
 
 from chio_dbos_kit import step_names
@@ -120,13 +118,7 @@ async def test_the_dbos_waker_resumes_the_workflow_at_once(chio: LocalChioClient
     assert script.refunds == ["o-9"] and result.output == "done: refunded o-9"
 
 
-def _kernel_registers_wakes(chio: LocalChioClient) -> bool:
-    return callable(getattr(as_transport(chio), "register_approval_wake", None))
-
-
 async def test_answer_in_the_kernel_alone_wakes_the_workflow(chio: LocalChioClient, dbos_url: str) -> None:
-    if not _kernel_registers_wakes(chio):
-        pytest.skip("this kernel transport cannot register wakes yet (branch wt-wake's transport side)")
     from chio_kernel._wakers import register_waker, unregister_waker
 
     register_waker("dbos", chio_dbos.wake)
@@ -145,17 +137,23 @@ async def test_answer_in_the_kernel_alone_wakes_the_workflow(chio: LocalChioClie
 
 
 async def test_cli_approve_wakes_the_workflow(chio: LocalChioClient, chio_home: Path, dbos_url: str) -> None:
-    if not _kernel_registers_wakes(chio):
-        pytest.skip("this kernel transport cannot register wakes yet (branch wt-wake's transport side)")
+    paths = list(sys.path)
     if not entry_points(group="chio.approval_wakers", name="dbos"):
-        pytest.skip("the chio.approval_wakers entry point 'dbos' is not installed (reinstall the package)")
+        # not installed yet (an editable install made before the entry point was declared): declare
+        # pyproject's entry point in a throwaway dist-info the CLI process finds on its path
+        info = chio_home.parent / "wakers" / "chio_dbos_wakers-0.dist-info"
+        info.mkdir(parents=True)
+        (info / "METADATA").write_text("Metadata-Version: 2.1\nName: chio-dbos-wakers\nVersion: 0\n")
+        (info / "entry_points.txt").write_text("[chio.approval_wakers]\ndbos = chio_dbos._wake:wake\n")
+        paths.insert(0, str(info.parent))
     governed, script = setup(chio, "support-cli", poll=300.0, url=dbos_url)
     task = start(governed, "wf-approval-cli")
     approval_id = await pending_approval(chio)
     await asyncio.sleep(1.0)
-    env = {**os.environ, "CHIO_HOME": str(chio_home), "PYTHONPATH": os.pathsep.join(sys.path)}
+    env = {**os.environ, "CHIO_HOME": str(chio_home), "PYTHONPATH": os.pathsep.join(paths)}
     cli = [sys.executable, "-m", "chio_kernel.cli", "approvals", "approve", approval_id, "--data-dir", str(chio_home)]
     done = await asyncio.to_thread(subprocess.run, cli, env=env, capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
+    assert "wf-approval-cli" in done.stdout  # the CLI says which run it woke
     result = await finished(task, within=30)
     assert script.refunds == ["o-9"] and result.output == "done: refunded o-9"
