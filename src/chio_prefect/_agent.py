@@ -56,6 +56,7 @@ from chio_durable._call import run_metadata
 from chio_prefect import decorators as _decorators
 from chio_prefect._artifact import collect_decision, flow_run_receipts_async
 from chio_prefect._approvals import agent_approval_waiter
+from chio_prefect._governance import PrefectGovernance
 from chio_prefect.errors import ChioPermissionError, ChioPrefectError, ChioRequestRejected
 from chio_prefect._task_link import emit_or_hold, held_receipt_events
 from chio_prefect._budgets import release_flow_run_holds, with_release_hooks
@@ -296,7 +297,8 @@ class ChioPrefectAgent(WrapperAgent[AgentDepsT, OutputDataT]):
                 "ChioPrefectAgent needs a unique agent name for its Prefect flows and tasks: "
                 "Agent(..., name='researcher') or ChioPrefectAgent(agent, name='researcher', ...)"
             )
-        self.governance = ChioGovernance(
+        self.governance = PrefectGovernance(
+            agent_name=self._agent_name,
             capability_id=capability_id,
             chio_client=chio_client,
             mapper=mapper,

@@ -185,7 +185,7 @@ def test_flow_retry_replays_cached_model_calls_with_the_same_receipts(chio: Loca
     assert ids == stored_ids(chio, cap) and len(ids) == 3
 
 
-def test_capability_revoked_between_attempts_is_denied_and_nothing_is_served_from_cache(
+def test_capability_revoked_between_attempts_stops_the_next_new_decision_and_every_new_flow_run(
     chio: LocalChioClient,
 ) -> None:
     cap = issue(chio, "cap-pa-revoke", grant("model"), grant("researcher", "search"))
@@ -200,10 +200,20 @@ def test_capability_revoked_between_attempts_is_denied_and_nothing_is_served_fro
 
     assert isinstance(info.value.__cause__, ChioPrefectError)
     assert info.value.__cause__.guard == "revocation"
-    assert script.model_calls == 1  # the cached response of attempt 1 was not served on attempt 2
-    assert script.tool_calls == 1
+    # The retried attempt replays the decisions its flow run recorded (the evaluation tasks are
+    # cached per flow run): the first model response is served from the cache and the tool call,
+    # allowed before the revocation, runs again under its receipt. The next NEW decision (the second
+    # model request) is asked of the kernel and denied: that model call never runs.
+    assert script.model_calls == 1
+    assert script.tool_calls == 2
     receipts = chio.kernel.list_receipts(capability_id=cap)
     assert [r.decision.is_allowed for r in receipts] == [True, True, False]
+
+    # A new flow run asks the kernel afresh: denied at its first call, nothing runs.
+    with pytest.raises(PermissionError):
+        governed.run_sync("find durable agents")
+    assert (script.model_calls, script.tool_calls) == (1, 2)
+    assert [r.decision.is_allowed for r in chio.kernel.list_receipts(capability_id=cap)] == [True, True, False, False]
 
 
 def _no_run_id_policy() -> TaskConfig:
