@@ -55,7 +55,7 @@ from chio_durable.agent._mapping import GovernedCall
 from chio_durable._call import run_metadata
 from chio_prefect import decorators as _decorators
 from chio_prefect._artifact import collect_decision, flow_run_receipts_async
-from chio_prefect._approvals import agent_approval_waiter
+from chio_prefect._approvals import waking_approval_waiter
 from chio_prefect._governance import PrefectGovernance
 from chio_prefect.errors import ChioPermissionError, ChioPrefectError, ChioRequestRejected
 from chio_prefect._task_link import emit_or_hold, held_receipt_events
@@ -311,8 +311,9 @@ class ChioPrefectAgent(WrapperAgent[AgentDepsT, OutputDataT]):
             rejected_error=_prefect_rejected_error,
             model_prices=model_prices,
         )
-        # a tool call waiting for a person pauses the flow run (chio_prefect._approvals)
-        self.governance.approval_waiter = agent_approval_waiter
+        # a tool call waiting for a person pauses the flow run, and registers a wake with the kernel
+        # so the person's answer there resumes it (chio_prefect._approvals, chio_prefect._wake)
+        self.governance.approval_waiter = waking_approval_waiter(self.governance)
         self.durability: PrefectDurability[Any] = PrefectDurability(
             models=models,
             event_stream_handler=event_stream_handler,

@@ -17,6 +17,10 @@ A denial decided before evaluation (the flow-scope envelope, a missing ``capabil
 and chained by the kernel too and emitted with that receipt id; only with a mock or a stock
 ``ChioClient`` (nothing to record it in) is ``receipt_id`` null, so every decision is on the timeline.
 
+One event per decision: the Prefect event id is derived from the receipt id
+(:meth:`ReceiptEvent.event_id`), and Prefect's server stores an event id once, so mirroring the same
+decision again never adds a second event to the flow run's timeline.
+
 Delivery: if the event cannot be handed to Prefect's events worker (no events backend configured,
 the worker refuses it, ``emit_event`` raises), the full payload is logged at WARNING on the
 ``chio_prefect.events`` logger — a receipt is never dropped silently. (Once handed over, delivery to
@@ -29,6 +33,7 @@ from __future__ import annotations
 import datetime as _dt
 import json
 import logging
+import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -59,6 +64,9 @@ EVENT_DENY = DENY_EVENT
 """Upstream chio-prefect 0.1.0's name of :data:`DENY_EVENT` (same value)."""
 
 logger = logging.getLogger("chio_prefect.events")
+
+_EVENT_NAMESPACE = uuid.UUID("6c1f3b8e-2f0c-5a7e-9d3a-0c5f1e2b7a41")
+"""Namespace of the receipt-derived Prefect event ids (:meth:`ReceiptEvent.event_id`)."""
 
 
 def iso_timestamp(unix_seconds: float | None = None) -> str:
@@ -94,6 +102,16 @@ class ReceiptEvent:
     @property
     def name(self) -> str:
         return ALLOW_EVENT if self.allowed else DENY_EVENT
+
+    def event_id(self) -> uuid.UUID | None:
+        """The Prefect event id: derived from the receipt (one decision, one event id), else random.
+
+        Prefect's server stores an event id once, so a decision mirrored again (a retried attempt in
+        another process, an idempotent re-evaluation) does not add a second event to the timeline.
+        """
+        if self.receipt_id is None:
+            return None
+        return uuid.uuid5(_EVENT_NAMESPACE, f"{self.name}:{self.receipt_id}")
 
     @classmethod
     def from_decision(cls, decision: Decision) -> ReceiptEvent:
@@ -186,6 +204,7 @@ def emit_receipt_event(event: ReceiptEvent) -> Any | None:
             resource=event.resource(),
             related=event.related(),
             payload=event.payload(),
+            id=event.event_id(),
         )
     except Exception as err:  # noqa: BLE001 - the mirror must never break the governed call
         _log_undelivered(event, f"{type(err).__name__}: {err}")

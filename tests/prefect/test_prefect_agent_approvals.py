@@ -6,8 +6,11 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
+
+import pytest
 
 from chio_sdk.models import ChioScope, Constraint, Operation, ToolGrant
 from pydantic_ai import Agent
@@ -60,15 +63,32 @@ def _run_in_thread(governed: ChioPrefectAgent[Any, Any], out: dict[str, Any]) ->
     return thread
 
 
-def test_agent_tool_pauses_the_flow_run_forged_resume_runs_nothing_approve_runs_once(chio_home: Path) -> None:
-    from prefect.flow_runs import resume_flow_run
-
-    chio = LocalChioClient(data_dir=chio_home)
-    cap = chio.kernel.create_capability(subject="agent:support", scope=ChioScope(grants=[
+def _refund_capability(chio: LocalChioClient) -> str:
+    cap: str = chio.kernel.create_capability(subject="agent:support", scope=ChioScope(grants=[
         ToolGrant(server_id="model", tool_name="*", operations=[Operation.INVOKE]),
         ToolGrant(server_id="support", tool_name="refund", operations=[Operation.INVOKE],
                   constraints=[Constraint(type="require_approval_above", value=0)]),
     ])).id
+    return cap
+
+
+@pytest.fixture
+def waker() -> Iterator[Callable[[Any], None]]:
+    """Install an in-process Prefect waker (it takes precedence over the ``chio.approval_wakers`` entry point)."""
+    from chio_kernel._wakers import register_waker, unregister_waker
+
+    yield lambda fn: register_waker("prefect", fn)
+    unregister_waker("prefect")
+
+
+def test_agent_tool_pauses_the_flow_run_forged_resume_runs_nothing_approve_runs_once(
+    chio_home: Path, waker: Callable[[Any], None]
+) -> None:
+    from prefect.flow_runs import resume_flow_run
+
+    waker(lambda wake, outcome: "not woken: this test resumes the flow run by hand")
+    chio = LocalChioClient(data_dir=chio_home)
+    cap = _refund_capability(chio)
     script = Script()
     governed = ChioPrefectAgent(
         Agent(FunctionModel(script.model), name="support", tools=[script.refund]), capability_id=cap, chio_client=chio
@@ -93,4 +113,84 @@ def test_agent_tool_pauses_the_flow_run_forged_resume_runs_nothing_approve_runs_
     assert script.refunds == ["o-9"]
     (allowed,) = [r for r in governed.receipts_of(out["result"]) if r.call.tool_name == "refund" and r.allowed]
     assert allowed.evaluation.approval_id == approval_id
+    chio.kernel.close()
+
+
+def _counting_evaluations(chio: LocalChioClient) -> list[str]:
+    """Count the kernel's evaluations (the real kernel, observed): one entry per call, its tool."""
+    seen: list[str] = []
+    real = chio.kernel.evaluate
+
+    def evaluate(*args: Any, **kwargs: Any) -> Any:
+        seen.append(args[2])
+        return real(*args, **kwargs)
+
+    chio.kernel.evaluate = evaluate  # type: ignore[method-assign]
+    return seen
+
+
+def test_an_approval_answered_in_the_kernel_alone_resumes_the_paused_run_which_calls_the_tool_once(
+    chio_home: Path, waker: Callable[[Any], None]
+) -> None:
+    from chio_prefect._wake import wake
+
+    waker(wake)  # what the chio.approval_wakers entry point "prefect" provides, installed in-process
+    chio = LocalChioClient(data_dir=chio_home)
+    cap = _refund_capability(chio)
+    asked = _counting_evaluations(chio)
+    script = Script()
+    governed = ChioPrefectAgent(
+        Agent(FunctionModel(script.model), name="support", tools=[script.refund]), capability_id=cap, chio_client=chio
+    )
+    out: dict[str, Any] = {}
+    thread = _run_in_thread(governed, out)
+    while not (pending := chio.kernel.list_approvals("pending")):
+        time.sleep(0.1)
+    approval_id = pending[0]["id"]
+    flow_run_id = _paused_flow_run(approval_id)
+
+    chio.kernel.respond_approval(approval_id, "approved", "ok")  # the person's one action
+    thread.join(timeout=60)
+
+    assert not thread.is_alive(), "the kernel's answer did not resume the paused flow run"
+    assert "error" not in out, out.get("error")
+    assert out["result"].output == "done: refunded o-9"
+    assert script.refunds == ["o-9"]
+    (report,) = chio.kernel.last_wake_report(approval_id) or [None]
+    assert report is not None and report["ok"] and str(flow_run_id) in report["message"], report
+    # model, refund (pending), refund under the approval (allow), model: each asked once
+    assert asked == ["function:model:", "refund", "refund", "function:model:"]
+    (allowed,) = [r for r in governed.receipts_of(out["result"]) if r.call.tool_name == "refund" and r.allowed]
+    assert allowed.evaluation.approval_id == approval_id
+    chio.kernel.close()
+
+
+def test_an_approval_denied_in_the_kernel_alone_resumes_the_run_and_the_tool_never_runs(
+    chio_home: Path, waker: Callable[[Any], None]
+) -> None:
+    from chio_prefect._wake import wake
+
+    waker(wake)
+    chio = LocalChioClient(data_dir=chio_home)
+    cap = _refund_capability(chio)
+    script = Script()
+    governed = ChioPrefectAgent(
+        Agent(FunctionModel(script.model), name="support", tools=[script.refund]), capability_id=cap, chio_client=chio
+    )
+    out: dict[str, Any] = {}
+    thread = _run_in_thread(governed, out)
+    while not (pending := chio.kernel.list_approvals("pending")):
+        time.sleep(0.1)
+    approval_id = pending[0]["id"]
+    _paused_flow_run(approval_id)
+
+    chio.kernel.respond_approval(approval_id, "denied", "not this one")
+    thread.join(timeout=60)
+
+    assert not thread.is_alive()
+    assert "error" not in out, out.get("error")
+    assert script.refunds == []  # the form said "approve" (wake up); the kernel's deny decided
+    assert out["result"].output.startswith("done: ")
+    refunds = [r for r in governed.receipts_of(out["result"]) if r.call.tool_name == "refund"]
+    assert [r.evaluation.pending for r in refunds] == [True, False] and not refunds[-1].allowed
     chio.kernel.close()
