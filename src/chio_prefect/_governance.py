@@ -25,7 +25,7 @@ attempt asks the kernel again.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from typing import Any
 
 from chio_sdk.models import MonetaryAmount
@@ -48,7 +48,7 @@ def evaluate_task_name(agent_name: str, capability_id: str = "chio") -> str:
     return f"{agent_name}__capability__{capability_id}__evaluate"
 
 
-def evaluate_cache_key(context: TaskRunContext, parameters: Mapping[str, Any]) -> str:
+def evaluate_cache_key(context: TaskRunContext, parameters: dict[str, Any]) -> str:
     """The cache key of one evaluation task: flow run id + the ask's digest + its sequence number.
 
     Args:
@@ -88,7 +88,7 @@ class PrefectGovernance(ChioGovernance):
 
     def __init__(self, *, agent_name: str, **kwargs: Any) -> None:
         super().__init__(**kwargs)
-        self.evaluate_task_name = evaluate_task_name(agent_name, self.id)
+        self.evaluate_task_name = evaluate_task_name(agent_name, self.id or "chio")
         self._evaluate_task: Task[..., Any] = self._build_evaluate_task()
 
     def _build_evaluate_task(self) -> Task[..., Any]:
@@ -103,10 +103,12 @@ class PrefectGovernance(ChioGovernance):
                 idempotency_key=idempotency_key, approval_id=approval_id, cost=cost,
             )
 
-        return task(
-            chio_evaluate, name=self.evaluate_task_name, cache_key_fn=evaluate_cache_key,
-            persist_result=True, retries=0, log_prints=False,
+        options = task(
+            name=self.evaluate_task_name, cache_key_fn=evaluate_cache_key, persist_result=True, retries=0,
+            log_prints=False,
         )
+        built: Task[..., Any] = options(chio_evaluate)
+        return built
 
     async def evaluate_in_kernel(
         self,
