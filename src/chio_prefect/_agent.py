@@ -213,6 +213,17 @@ def _unwrap_prefect_agent(
     return agent.wrapped, options
 
 
+def _check_no_prefect_options(**options: Any) -> None:
+    """Refuse Prefect options for an agent that carries its own ``PrefectDurability`` (they would be ignored)."""
+    given = sorted(name for name, value in options.items() if value is not None)
+    if given:
+        raise UserError(
+            f"this agent already has a PrefectDurability capability, which holds its Prefect options; "
+            f"{', '.join(given)} would be ignored. Pass them to PrefectDurability(...) when building the Agent, "
+            "or build the Agent without it and pass them to ChioPrefectAgent."
+        )
+
+
 @refuse_realtime(REALTIME_REFUSED)
 class ChioPrefectAgent(WrapperAgent[AgentDepsT, OutputDataT]):
     """A Pydantic AI agent made durable on Prefect and governed by Chio.
@@ -222,8 +233,10 @@ class ChioPrefectAgent(WrapperAgent[AgentDepsT, OutputDataT]):
     is a ``ChioPrefectAgent[None, Order]`` and ``(await governed.run(...)).output`` is an ``Order``.
 
     Args:
-        wrapped: A plain ``Agent`` (without a durability capability), or an existing ``PrefectAgent``
-            (its agent and Prefect options are reused).
+        wrapped: A plain ``Agent`` (``PrefectDurability`` is added, its task cache keys carrying the
+            receipt id), an ``Agent`` built with ``PrefectDurability`` (kept as built: its task configs
+            are its own, so the Prefect options below must not be given), or an existing
+            ``PrefectAgent`` (its agent and Prefect options are reused).
         capability_id: The Chio capability every call of every run is evaluated against.
         chio_client: ``LocalChioClient``, ``chio_sdk.ChioClient`` (sidecar) or a ``chio_sdk.testing`` mock.
         mapper: Call mapping (see :class:`chio_durable.agent.CallMapper`).
@@ -284,11 +297,12 @@ class ChioPrefectAgent(WrapperAgent[AgentDepsT, OutputDataT]):
             raise TypeError(
                 f"ChioPrefectAgent wraps a pydantic_ai Agent (or PrefectAgent), got {type(wrapped).__name__}"
             )
-        if PrefectDurability.from_agent(wrapped) is not None:
-            raise UserError(
-                "this agent already has a PrefectDurability capability; ChioPrefectAgent adds its own "
-                "(so the receipt id can join every task's cache key). Build the Agent without it and pass "
-                "its options (model_task_config=..., mcp_task_config=..., ...) to ChioPrefectAgent."
+        own_durability = PrefectDurability.from_agent(wrapped)
+        if own_durability is not None:
+            _check_no_prefect_options(
+                models=models, event_stream_handler=event_stream_handler, model_task_config=model_task_config,
+                mcp_task_config=mcp_task_config, tool_task_config=tool_task_config,
+                event_stream_handler_task_config=event_stream_handler_task_config,
             )
         super().__init__(wrapped)
         self._agent_name = name or wrapped.name
@@ -314,7 +328,9 @@ class ChioPrefectAgent(WrapperAgent[AgentDepsT, OutputDataT]):
         # a tool call waiting for a person pauses the flow run, and registers a wake with the kernel
         # so the person's answer there resumes it (chio_prefect._approvals, chio_prefect._wake)
         self.governance.approval_waiter = waking_approval_waiter(self.governance)
-        self.durability: PrefectDurability[Any] = PrefectDurability(
+        # An agent built with PrefectDurability keeps it (its task configs, as built); else we add ours,
+        # each task config's cache policy carrying the receipt id.
+        self.durability: PrefectDurability[Any] | None = None if own_durability is not None else PrefectDurability(
             models=models,
             event_stream_handler=event_stream_handler,
             name=self._agent_name,
@@ -354,7 +370,8 @@ class ChioPrefectAgent(WrapperAgent[AgentDepsT, OutputDataT]):
     # --- runs ----------------------------------------------------------------------------------
 
     def _run_capabilities(self) -> list[AbstractCapability[Any]]:
-        return [*self._tool_metadata, self.governance, self.durability]
+        durability = [self.durability] if self.durability is not None else []
+        return [*self._tool_metadata, self.governance, *durability]
 
     @asynccontextmanager
     async def iter(

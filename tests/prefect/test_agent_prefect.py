@@ -338,15 +338,40 @@ def test_wrong_arguments_say_what_to_pass(chio: LocalChioClient) -> None:
 
     with pytest.raises(UserError, match="name="):
         ChioPrefectAgent(Agent(FunctionModel(Script().model)), capability_id="cap", chio_client=chio)
-    with pytest.raises(UserError, match="PrefectDurability"):
+    with pytest.raises(UserError, match="model_task_config would be ignored"):
         ChioPrefectAgent(
             Agent(FunctionModel(Script().model), name="x", capabilities=[PrefectDurability()]),
-            capability_id="cap", chio_client=chio,
+            capability_id="cap", chio_client=chio, model_task_config=TaskConfig(retries=2),
         )
     with pytest.raises(TypeError, match="pydantic_ai Agent"):
         ChioPrefectAgent("researcher", capability_id="cap", chio_client=chio)  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="capability_id"):
         ChioPrefectAgent(Script().agent(), capability_id="", chio_client=chio)
+
+
+def test_an_agent_built_with_prefect_durability_is_governed_and_its_retry_replays_the_decisions(
+    chio: LocalChioClient,
+) -> None:
+    # max_invocations=1 on the tool: a second charge would be a deny.
+    cap = issue(chio, "cap-pa-own-durability", grant("model"), grant("researcher", "search", max_invocations=1))
+    script = Script(fail_first_tool_call=True)
+    agent = Agent(
+        FunctionModel(script.model), name="researcher", tools=[script.search],
+        capabilities=[PrefectDurability(tool_task_config=TaskConfig(retries=0))],
+    )
+    governed = ChioPrefectAgent(
+        agent, capability_id=cap, chio_client=chio, flow_options={"retries": 1, "retry_delay_seconds": 0}
+    )
+    assert governed.durability is None  # the agent's own PrefectDurability runs the tasks
+
+    result = governed.run_sync("find durable agents")
+
+    assert result.output == "answer: 3 results for durable agents"
+    assert (script.model_calls, script.tool_calls) == (2, 2)  # the first model response came from the cache
+    ids = governed.receipt_ids_of(result)
+    assert ids == stored_ids(chio, cap) and len(ids) == 3
+    receipts = chio.kernel.list_receipts(capability_id=cap)
+    assert all(r.decision.is_allowed for r in receipts)
 
 
 async def test_unreachable_sidecar_fails_closed(chio: LocalChioClient) -> None:
