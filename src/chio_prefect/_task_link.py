@@ -113,7 +113,7 @@ async def held_receipt_events() -> AsyncIterator[None]:
     finally:
         _HELD.reset(token)
         for decision in held.take_all():  # nothing is lost: linked to the flow run only
-            write_receipt_event(decision)
+            write_receipt_event(decision, stable_id=True)
 
 
 def emit_or_hold(decision: Decision) -> None:
@@ -123,7 +123,7 @@ def emit_or_hold(decision: Decision) -> None:
     if receipt_id is not None and not _MIRRORED.first_time(receipt_id):
         return  # a replayed decision (retried attempt, idempotent re-ask): mirrored already
     if held is None or not decision.allowed or receipt_id is None or decision.call.kind not in TASK_KINDS:
-        write_receipt_event(decision)
+        write_receipt_event(decision, stable_id=True)
         return
     held.add(receipt_id, decision)
 
@@ -144,4 +144,4 @@ def emit_in_task_run(task_ctx: Any) -> None:
         decision = replace(decision, where=where)
     except Exception:  # noqa: BLE001 - no task run to read: still emit, linked to the flow run
         log.exception("chio: could not read the task run for receipt %s", receipt_id)
-    write_receipt_event(decision)
+    write_receipt_event(decision, stable_id=True)

@@ -17,9 +17,10 @@ A denial decided before evaluation (the flow-scope envelope, a missing ``capabil
 and chained by the kernel too and emitted with that receipt id; only with a mock or a stock
 ``ChioClient`` (nothing to record it in) is ``receipt_id`` null, so every decision is on the timeline.
 
-One event per decision: the Prefect event id is derived from the receipt id
+``ChioPrefectAgent``'s events carry a Prefect event id derived from the receipt id
 (:meth:`ReceiptEvent.event_id`), and Prefect's server stores an event id once, so mirroring the same
-decision again never adds a second event to the flow run's timeline.
+agent decision again (a crashed run restarted in another process) adds no second event. ``@chio_task``
+events keep random ids: each attempt of a task run mirrors its receipt.
 
 Delivery: if the event cannot be handed to Prefect's events worker (no events backend configured,
 the worker refuses it, ``emit_event`` raises), the full payload is logged at WARNING on the
@@ -35,7 +36,7 @@ import json
 import logging
 import uuid
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -98,18 +99,20 @@ class ReceiptEvent:
     flow_run_id: str | None = None
     flow_run_name: str | None = None
     extra: Mapping[str, Any] | None = None  # merged into the payload last (upstream's ``extra=``)
+    stable_id: bool = False  # the Prefect event id derives from the receipt (agent decisions)
 
     @property
     def name(self) -> str:
         return ALLOW_EVENT if self.allowed else DENY_EVENT
 
     def event_id(self) -> uuid.UUID | None:
-        """The Prefect event id: derived from the receipt (one decision, one event id), else random.
+        """The Prefect event id: derived from the receipt when ``stable_id`` (one decision, one event
+        id: ``ChioPrefectAgent``'s events), else ``None`` (Prefect picks a random one).
 
         Prefect's server stores an event id once, so a decision mirrored again (a retried attempt in
         another process, an idempotent re-evaluation) does not add a second event to the timeline.
         """
-        if self.receipt_id is None:
+        if not self.stable_id or self.receipt_id is None:
             return None
         return uuid.uuid5(_EVENT_NAMESPACE, f"{self.name}:{self.receipt_id}")
 
@@ -179,9 +182,13 @@ class ReceiptEvent:
         return [related]
 
 
-def write_receipt_event(decision: Decision) -> Any | None:
-    """The Prefect event writer, a decision observer: mirror ``decision`` as a receipt event."""
-    return emit_receipt_event(ReceiptEvent.from_decision(decision))
+def write_receipt_event(decision: Decision, *, stable_id: bool = False) -> Any | None:
+    """The Prefect event writer, a decision observer: mirror ``decision`` as a receipt event
+    (with a receipt-derived event id when ``stable_id``: see :meth:`ReceiptEvent.event_id`)."""
+    event = ReceiptEvent.from_decision(decision)
+    if stable_id:
+        event = replace(event, stable_id=True)
+    return emit_receipt_event(event)
 
 
 def emit_receipt_event(event: ReceiptEvent) -> Any | None:

@@ -103,7 +103,7 @@ def test_a_retried_flow_run_reuses_its_receipts_without_asking_the_kernel_again(
     assert sorted(e.payload["receipt_id"] for e in events) == sorted(stored)
     assert {str(e.id) for e in events} == {
         str(ReceiptEvent(allowed=True, receipt_id=rid, capability_id=cap, tool_server="", tool_name="",
-                         task_name="", timestamp="").event_id()) for rid in stored
+                         task_name="", timestamp="", stable_id=True).event_id()) for rid in stored
     }
 
 
