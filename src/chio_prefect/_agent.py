@@ -8,18 +8,19 @@
     governed.receipt_ids_of(result)            # the run's receipt ids, in order
 
 Built on public seams only: each run gets pydantic-ai's non-deprecated ``PrefectDurability``
-capability (model requests, tool calls and MCP calls become Prefect tasks) plus the engine-neutral
-:class:`chio_durable.agent.ChioGovernance` (every call evaluated first). Durability capabilities
-are ordered innermost, so governance runs *before* the durable dispatch, inline in the flow, on
-every attempt, never inside a cached task.
+capability (model requests, tool calls and MCP calls become Prefect tasks; an agent built with its
+own ``PrefectDurability`` keeps it) plus :class:`chio_prefect._governance.PrefectGovernance`, the
+engine-neutral ``ChioGovernance`` whose kernel evaluation is a cached Prefect task of the flow run.
+Durability capabilities are ordered innermost, so every call is evaluated *before* its durable
+dispatch; a retried attempt of the flow run gets its recorded decisions back without asking the
+kernel again, a new flow run asks afresh (docs/prefect_agent.md).
 
 **Cache keys carry the receipt id.** Every guarded task (model request, function-tool call, MCP
 call, MCP tool listing) gets the receipt id of its evaluation into its Prefect cache key (a
 :class:`ReceiptIdCachePolicy` added to the task's cache policy reads it from
-:func:`chio_durable.agent.current_receipt_id`). So: a flow retry re-evaluates with the same
-idempotency keys, gets the same receipts and hits the cache (no repeated model call, no second
-budget charge); a capability revoked between attempts yields a deny receipt and the cached result
-is never served; two runs with equal inputs get different receipts and never share a cache entry.
+:func:`chio_durable.agent.current_receipt_id`). So: a flow retry gets the same receipts back and
+hits the cache (no repeated model call, no second budget charge); two runs with equal inputs get
+different receipts and never share a cache entry.
 """
 
 from __future__ import annotations
