@@ -214,6 +214,26 @@ def _unwrap_prefect_agent(
     return agent.wrapped, options
 
 
+def _prefect_governance(agent_name: str, **options: Any) -> PrefectGovernance:
+    """The agent's governance: Prefect run identity, metadata, events, errors and approval waits.
+
+    A tool call waiting for a person pauses the flow run and registers a wake with the kernel, so
+    the person's answer there resumes it (``chio_prefect._approvals``, ``chio_prefect._wake``).
+    """
+    governance = PrefectGovernance(
+        agent_name=agent_name,
+        run_identity=prefect_run_identity,
+        run_metadata=prefect_run_metadata,
+        on_evaluation=emit_agent_receipt,
+        deny_error=_prefect_deny_error,
+        permission_error_class=ChioPermissionError,
+        rejected_error=_prefect_rejected_error,
+        **options,
+    )
+    governance.approval_waiter = waking_approval_waiter(governance)
+    return governance
+
+
 def _check_no_prefect_options(**options: Any) -> None:
     """Refuse Prefect options for an agent that carries its own ``PrefectDurability`` (they would be ignored)."""
     given = sorted(name for name, value in options.items() if value is not None)
@@ -312,23 +332,10 @@ class ChioPrefectAgent(WrapperAgent[AgentDepsT, OutputDataT]):
                 "ChioPrefectAgent needs a unique agent name for its Prefect flows and tasks: "
                 "Agent(..., name='researcher') or ChioPrefectAgent(agent, name='researcher', ...)"
             )
-        self.governance = PrefectGovernance(
-            agent_name=self._agent_name,
-            capability_id=capability_id,
-            chio_client=chio_client,
-            mapper=mapper,
-            on_deny=on_deny,
-            run_identity=prefect_run_identity,
-            run_metadata=prefect_run_metadata,
-            on_evaluation=emit_agent_receipt,
-            deny_error=_prefect_deny_error,
-            permission_error_class=ChioPermissionError,
-            rejected_error=_prefect_rejected_error,
-            model_prices=model_prices,
+        self.governance = _prefect_governance(
+            self._agent_name, capability_id=capability_id, chio_client=chio_client, mapper=mapper,
+            on_deny=on_deny, model_prices=model_prices,
         )
-        # a tool call waiting for a person pauses the flow run, and registers a wake with the kernel
-        # so the person's answer there resumes it (chio_prefect._approvals, chio_prefect._wake)
-        self.governance.approval_waiter = waking_approval_waiter(self.governance)
         # An agent built with PrefectDurability keeps it (its task configs, as built); else we add ours,
         # each task config's cache policy carrying the receipt id.
         self.durability: PrefectDurability[Any] | None = None if own_durability is not None else PrefectDurability(
