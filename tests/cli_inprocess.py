@@ -9,7 +9,9 @@ them, this gives too:
   ``$CHIO_STORE``);
 - stdout and stderr apart, exit code from ``SystemExit`` (typer's CliRunner keeps stderr separate);
 - an uncaught exception ends in its traceback on stderr and exit code 1, as Python does;
-- a warning goes to stderr (as Python prints it), not into pytest's warning list.
+- a warning goes to stderr (as Python prints it), not into pytest's warning list;
+- what the command left open (a Kernel's SQLite or PostgreSQL connection) is collected afterwards,
+  as a process exit would close it (a Kernel is in reference cycles: only the cycle collector frees it).
 
 The result is a ``subprocess.CompletedProcess`` (``.returncode``, ``.stdout``, ``.stderr``). A few tests
 still run the installed script (``run_cli_process``) to prove the real entry point.
@@ -17,6 +19,7 @@ still run the installed script (``run_cli_process``) to prove the real entry poi
 
 from __future__ import annotations
 
+import gc
 import os
 import subprocess
 import sys
@@ -50,6 +53,7 @@ def run_cli_in_process(args: tuple[str, ...] | list[str], env: Mapping[str, str]
     finally:
         os.environ.clear()
         os.environ.update(saved)
+        gc.collect()
     stderr = result.stderr
     exc: Any = result.exception
     if exc is not None and not isinstance(exc, SystemExit) and result.exc_info is not None:
