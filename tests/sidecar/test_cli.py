@@ -123,6 +123,7 @@ def test_read_commands_refuse_a_missing_data_dir(tmp_path: Path) -> None:
     assert not (tmp_path / "typo").exists()
 
 
+@pytest.mark.slow
 def test_demo_shows_allow_scope_deny_and_revocation_deny(tmp_path: Path) -> None:
     r = run_cli_process("demo", "--data-dir", str(tmp_path / "demo"), timeout=180)
     assert r.returncode == 0, r.stdout + r.stderr

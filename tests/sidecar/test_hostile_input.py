@@ -64,6 +64,7 @@ def test_missing_key_next_to_a_used_store_refuses_to_start(tmp_path: Path) -> No
         assert not (home / "kernel.key").exists()
 
 
+@pytest.mark.slow
 async def test_slow_header_connections_are_closed_and_real_clients_served(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

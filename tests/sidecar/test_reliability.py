@@ -53,6 +53,7 @@ async def test_eight_concurrent_clients_get_exactly_n_allows(sidecar: Sidecar) -
     assert len({r.id for r in results}) == 40
 
 
+@pytest.mark.slow
 async def test_sigkill_under_load_loses_no_receipt_and_tamper_is_named(tmp_path: Path) -> None:
     data_dir = tmp_path / "kernel"
     first = Sidecar(data_dir).start()
@@ -211,6 +212,7 @@ def hostile(draw: st.DrawFn, templates: dict[str, dict[str, Any]]) -> tuple[str,
     return path, text
 
 
+@pytest.mark.slow
 def test_a_thousand_hostile_bodies_get_only_4xx(sidecar: Sidecar, templates: dict[str, dict[str, Any]]) -> None:
     seen: dict[int, int] = {}
     with httpx.Client(base_url=sidecar.url, timeout=30) as http:
