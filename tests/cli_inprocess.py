@@ -9,7 +9,8 @@ them, this gives too:
   ``$CHIO_STORE``);
 - stdout and stderr apart, exit code from ``SystemExit`` (typer's CliRunner keeps stderr separate);
 - an uncaught exception ends in its traceback on stderr and exit code 1, as Python does;
-- a warning goes to stderr (as Python prints it), not into pytest's warning list;
+- a warning goes to stderr (as Python prints it), not into pytest's warning list, and so does a log
+  record of WARNING or above (Python's last-resort handler: the CLI configures no logging);
 - what the command left open (a Kernel's SQLite or PostgreSQL connection) is collected afterwards,
   as a process exit would close it (a Kernel is in reference cycles: only the cycle collector frees it).
 
@@ -20,6 +21,7 @@ still run the installed script (``run_cli_process``) to prove the real entry poi
 from __future__ import annotations
 
 import gc
+import logging
 import os
 import subprocess
 import sys
@@ -47,9 +49,14 @@ def run_cli_in_process(args: tuple[str, ...] | list[str], env: Mapping[str, str]
     os.environ.clear()
     os.environ.update(env)
     try:
+        root = logging.getLogger()
+        root.addHandler(logging.lastResort)  # type: ignore[arg-type]  # writes to the sys.stderr of the moment
         with warnings.catch_warnings():
             warnings.showwarning = _warning_to_stderr
-            result = _runner.invoke(app, list(args), prog_name="chio-durable")
+            try:
+                result = _runner.invoke(app, list(args), prog_name="chio-durable")
+            finally:
+                root.removeHandler(logging.lastResort)  # type: ignore[arg-type]
     finally:
         os.environ.clear()
         os.environ.update(saved)
