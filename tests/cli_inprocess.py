@@ -28,7 +28,7 @@ import sys
 import traceback
 import warnings
 from collections.abc import Mapping
-from typing import Any, TextIO
+from typing import TextIO
 
 from typer.testing import CliRunner
 
@@ -44,25 +44,29 @@ def _warning_to_stderr(message: Warning | str, category: type[Warning], filename
     sys.stderr.write(warnings.formatwarning(message, category, filename, lineno, line))
 
 
+def _set_environ(env: Mapping[str, str]) -> None:
+    """Make ``os.environ`` equal ``env``, touching only the variables that differ."""
+    for key in [k for k in os.environ if k not in env]:
+        del os.environ[key]
+    for key, value in env.items():
+        if os.environ.get(key) != value:
+            os.environ[key] = value
+
+
 def run_cli_in_process(args: tuple[str, ...] | list[str], env: Mapping[str, str]) -> subprocess.CompletedProcess[str]:
     saved = dict(os.environ)
-    os.environ.clear()
-    os.environ.update(env)
+    _set_environ(env)
+    root = logging.getLogger()
+    root.addHandler(logging.lastResort)  # type: ignore[arg-type]  # writes to the sys.stderr of the moment
     try:
-        root = logging.getLogger()
-        root.addHandler(logging.lastResort)  # type: ignore[arg-type]  # writes to the sys.stderr of the moment
         with warnings.catch_warnings():
             warnings.showwarning = _warning_to_stderr
-            try:
-                result = _runner.invoke(app, list(args), prog_name="chio-durable")
-            finally:
-                root.removeHandler(logging.lastResort)  # type: ignore[arg-type]
+            result = _runner.invoke(app, list(args), prog_name="chio-durable")
     finally:
-        os.environ.clear()
-        os.environ.update(saved)
+        root.removeHandler(logging.lastResort)  # type: ignore[arg-type]
+        _set_environ(saved)
         gc.collect()
     stderr = result.stderr
-    exc: Any = result.exception
-    if exc is not None and not isinstance(exc, SystemExit) and result.exc_info is not None:
+    if result.exception is not None and not isinstance(result.exception, SystemExit) and result.exc_info:
         stderr += "".join(traceback.format_exception(*result.exc_info))  # what Python prints, exit 1
     return subprocess.CompletedProcess(["chio-durable", *args], result.exit_code, result.stdout, stderr)
