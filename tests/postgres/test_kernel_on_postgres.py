@@ -15,6 +15,7 @@ import httpx
 import pytest
 from chio_sdk.client import ChioClient
 from chio_sdk.models import ChioScope, Operation, ToolGrant
+from cli_inprocess import run_cli_in_process
 from pg_cluster import DRIVER_HINT
 
 psycopg = pytest.importorskip("psycopg", reason=DRIVER_HINT)
@@ -31,8 +32,8 @@ def _scope(**limits: object) -> ChioScope:
 
 
 def _cli(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([*CLI, *args], capture_output=True, text=True, timeout=120,
-                          env={"PATH": "/usr/bin:/bin", "COLUMNS": "200", "HOME": str(Path.home())})
+    """The CLI app in this process, in the environment a subprocess of it would get."""
+    return run_cli_in_process(args, {"PATH": "/usr/bin:/bin", "COLUMNS": "200", "HOME": str(Path.home())})
 
 
 def test_store_is_chosen_by_argument_or_environment(pg_dsn: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
