@@ -1,4 +1,4 @@
-"""Human approval as a kernel verdict (issue 10; the rules are in ``docs/approvals.md``).
+"""Human approval as a kernel verdict (the rules are in ``docs/approvals.md``).
 
 A grant constraint ``{"type": "require_approval_above", "value": {"threshold_units": N}}`` sends a
 call whose declared cost is N units or more (no declared cost counts as 0) to a human:
@@ -45,7 +45,13 @@ from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 from chio_kernel._capabilities import _Cap
 from chio_kernel._coerce import APPROVAL_CONSTRAINT, _iso, _require_str, approval_threshold_value
-from chio_kernel._errors import ChioKernelError, KernelInputError
+from chio_kernel._errors import (
+    ApprovalConflictError,
+    ApprovalError,
+    ApprovalNotFoundError,
+    ApprovalTokenError,
+    KernelInputError,
+)
 from chio_kernel._ids import _uuid7_str
 from chio_kernel._policy import Deny
 from chio_kernel._receipts import _chain_dumps, _receipt_signed_body
@@ -96,24 +102,6 @@ _TOKEN_FIELDS = frozenset(
 )
 _TOKEN_OPTIONAL = frozenset({"reason"})
 _HEX = frozenset("0123456789abcdef")
-
-
-class ApprovalError(ChioKernelError):
-    """Root of the approval errors."""
-
-
-class ApprovalNotFoundError(ApprovalError, LookupError):
-    """No approval with this id in the kernel's store (HTTP 404)."""
-
-
-class ApprovalConflictError(ApprovalError):
-    """The approval cannot be answered any more: already answered, expired, or its capability was
-    revoked (HTTP 409). Each approval is answered once."""
-
-
-class ApprovalTokenError(ApprovalError, ValueError):
-    """A signed approval token was refused: untrusted approver key, bad signature, bound to another
-    request, parameters or subject, or outside its validity window (HTTP 403)."""
 
 
 @dataclass(frozen=True)

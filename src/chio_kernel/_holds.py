@@ -29,7 +29,14 @@ from typing import TYPE_CHECKING, Any
 from chio_sdk.models import ChioReceipt, MonetaryAmount
 
 from chio_kernel._coerce import _coerce_cost, _require_str
-from chio_kernel._errors import ChioKernelError, KernelInputError
+from chio_kernel._errors import (
+    CapabilityError,
+    HoldConflictError,
+    IdempotencyKeyReusedError,
+    KernelConflictError,
+    KernelInputError,
+    UnknownHoldError,
+)
 from chio_kernel._ids import _uuid7_str
 from chio_kernel._receipts import _chain_dumps, _receipt_signed_body
 from chio_kernel._store import HoldRow, StoreReader, StoreWriter
@@ -58,37 +65,6 @@ HOLD_TTL_ENV = "CHIO_HOLD_TTL"
 BUDGET_TOOL_SERVER = "chio.budget"
 #: At most this many due holds are expired inside one evaluation's transaction (the rest next time).
 _EXPIRE_BATCH = 256
-
-
-class KernelConflictError(ChioKernelError, ValueError):
-    """The request conflicts with what the kernel already recorded (HTTP 409 on the sidecar).
-
-    ``code`` is the sidecar's ``error`` field. Not retryable: the same request conflicts again.
-    """
-
-    code = "conflict"
-
-
-class IdempotencyKeyReusedError(KernelConflictError):
-    """An idempotency key was reused for a different call (capability, tool, operation, parameters
-    or cost): refused, never decided afresh (Stripe's rule)."""
-
-    code = "idempotency_key_reused"
-
-
-class HoldConflictError(KernelConflictError):
-    """A second, different settle/release of a hold that is already closed, or an ``op_id`` reused for a
-    different operation. ``closed_by`` names the receipt that closed the hold (when known)."""
-
-    code = "hold_conflict"
-
-    def __init__(self, message: str, *, closed_by: str | None = None) -> None:
-        super().__init__(message)
-        self.closed_by = closed_by
-
-
-class UnknownHoldError(ChioKernelError, ValueError):
-    """No hold for that receipt id: unknown id, a deny, or an allow that declared no cost (HTTP 404)."""
 
 
 def resolve_hold_ttl(value: float | None) -> float:
@@ -381,8 +357,6 @@ class Holds:
         with k._read() as st:
             cap = k._load_cap(st, cid)
             if cap is None:
-                from chio_kernel._errors import CapabilityError
-
                 raise CapabilityError(f"no capability {cid!r} in this kernel")
             lineage = [cap]
             for ancestor_id in cap.lineage[1:]:

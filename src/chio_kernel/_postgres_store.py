@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import json
 import os
-import sqlite3
 import threading
 import time
 from collections.abc import Iterator, Sequence
@@ -34,7 +33,7 @@ from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any, cast
 from urllib.parse import urlsplit, urlunsplit
 
-from chio_kernel._errors import ChioKernelError
+from chio_kernel._errors import KernelKeyRetiredError, StoreUnavailableError
 from chio_kernel._store import GENESIS_HASH, ApprovalRow, CapabilityRow, HoldRow, ReceiptQuery, StoredCounts
 
 if TYPE_CHECKING:
@@ -145,18 +144,6 @@ BEGIN
 END $$;
 INSERT INTO meta(k, v) VALUES ('schema_version', '1') ON CONFLICT DO NOTHING;
 """
-
-
-class StoreUnavailableError(sqlite3.OperationalError):
-    """The PostgreSQL server could not be used (connection refused or lost); nothing was decided.
-
-    A subclass of ``sqlite3.OperationalError`` on purpose: every caller that already treats a busy
-    or broken SQLite store as "retry later" (the sidecar answers 503) treats this the same way.
-    """
-
-
-class KernelKeyRetiredError(ChioKernelError, RuntimeError):
-    """This kernel's signing key was retired from the fleet store: it may not sign anything more."""
 
 
 def is_postgres_dsn(store: str) -> bool:
