@@ -6,51 +6,45 @@ idempotency, rate limits, storage durability).
 
 from __future__ import annotations
 
-import hashlib
-import json
 import os
-import socket
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping
 from contextlib import AbstractContextManager
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from chio_sdk.models import CapabilityToken, ChioReceipt, ChioScope, MonetaryAmount, Operation, ToolGrant
+from chio_sdk.models import CapabilityToken, ChioReceipt, ChioScope, MonetaryAmount, Operation
 from pydantic import ValidationError
 
-from chio_kernel.canonical import canonical_json, canonical_json_str
-from chio_kernel.signing import KEY_FILE, Signer, default_data_dir, ensure_data_dir, load_or_create_key
-from chio_kernel._approvals import ApprovalsMixin, _Pending, build_signed_receipt
+from chio_kernel._approvals import Approvals
 from chio_kernel._capabilities import Capabilities, _Cap, capability_signing_bytes
-from chio_kernel._coerce import (
-    MAX_COST_UNITS,
-    _coerce_cost,
-    _coerce_operation,
-    _require_str,
-    check_scope_fields,
-)
+from chio_kernel._coerce import MAX_COST_UNITS, _require_str, check_scope_fields
+from chio_kernel._denials import Denials
 from chio_kernel._errors import CapabilityError, ChioKernelError, KernelInputError, KernelKeyMissingError
-from chio_kernel._group_commit import GroupCommitter, max_batch_from_env
-from chio_kernel._sqlite_store import DB_FILE, SQLiteStore
+from chio_kernel._evaluation import Evaluator
+from chio_kernel._holds import Holds, resolve_hold_ttl
 from chio_kernel._ids import uuid7
-from chio_kernel._holds import Holds, key_fingerprint_hash, remembered_allow, resolve_hold_ttl
-from chio_kernel._policy import _Deny, check_valid, decide, passing_grants
-from chio_kernel._run_context import check_run_metadata
 from chio_kernel._receipts import (
     ChainReport,
-    _chain_dumps,
-    build_receipt,
+    ReceiptChain,
     check_http_receipt_body,
     receipt_chain_hash,
     receipt_signing_bytes,
     receipt_wire_dict,
+    verify_chain,
     verify_receipt_dict,
 )
-from chio_kernel._store import GENESIS_HASH, KernelStore, ReceiptQuery, StoreReader, StoreWriter
+from chio_kernel._request import EvalRequest
+from chio_kernel._store import KernelStore, ReceiptQuery, StoreReader, StoreWriter
+from chio_kernel._store_factory import STORE_ENV, open_kernel_store, refuse_missing_key, resolve_store, store_trust
+from chio_kernel.canonical import canonical_json
+from chio_kernel.signing import Signer, default_data_dir, ensure_data_dir, load_or_create_key
+
+if TYPE_CHECKING:
+    from chio_kernel._fleet import FleetKeys
 
 __all__ = [
+    "STORE_ENV",
     "CapabilityError",
     "ChainReport",
     "ChioKernelError",
@@ -67,89 +61,24 @@ __all__ = [
     "uuid7",
 ]
 
-
-#: A declared ``cost.units`` is at most this (the store keeps spent units as a 64-bit integer).
-
-
-# --- ids ---------------------------------------------------------------------------------------
+_EvalRequest = EvalRequest  # the name this module used
 
 
-# --- signed bodies (ONE rule each for signing and verifying) ----------------------------------
+def _check_trusted_keys(trusted_keys: Iterable[str]) -> frozenset[str]:
+    """``trusted_keys`` lower-cased, each a 64-hex-char Ed25519 public key (else :class:`KernelInputError`)."""
+    trusted = set()
+    for key in trusted_keys:
+        if not isinstance(key, str) or len(key) != 64:
+            raise KernelInputError(f"trusted key {key!r} is not a 64-hex-char Ed25519 public key")
+        try:
+            bytes.fromhex(key)
+        except ValueError:
+            raise KernelInputError(f"trusted key {key!r} is not hex") from None
+        trusted.add(key.lower())
+    return frozenset(trusted)
 
 
-
-
-# --- capability cache entry -------------------------------------------------------------------
-
-
-def _refuse_missing_key(data_dir: Path, store: KernelStore) -> None:
-    """Raise :class:`KernelKeyMissingError` if ``kernel.key`` is absent but the store holds
-    capabilities or receipts (a new key would silently orphan them)."""
-    if (data_dir / KEY_FILE).exists():
-        return
-    counts = store.stored_counts()
-    if not counts.capabilities and not counts.receipts:
-        return  # a store that never held anything: nothing to orphan
-    key_hint = f" (its public key starts {counts.newest_key[:16]})" if counts.newest_key else ""
-    raise KernelKeyMissingError(
-        f"the kernel signing key {data_dir / KEY_FILE} is missing, but the store {data_dir / DB_FILE} holds "
-        f"{counts.capabilities} capabilities and {counts.receipts} receipts signed with it; a new key would "
-        f"invalidate all of them. Restore kernel.key from your backup into {data_dir}{key_hint}; or, to start "
-        f"a new kernel identity, use another data directory (--data-dir / CHIO_HOME) or move kernel.db, "
-        f"kernel.db-wal and kernel.db-shm out of {data_dir}."
-    )
-
-
-@dataclass(slots=True)
-class _EvalRequest:
-    """One evaluation, coerced and hashed before the write transaction (see ``Kernel.evaluate``)."""
-
-    capability_id: str
-    tool_server: str
-    tool_name: str
-    op: Operation
-    params: dict[str, Any]
-    params_text: str  # canonical JSON (what the signature covers)
-    params_ascii: str  # the chain-hash serialisation
-    param_hash: str
-    cost_t: tuple[int, str] | None
-    idem_hash: str | None
-    pre: dict[str, list[tuple[int, ToolGrant]] | _Deny] | None
-    approval_id: str | None = None  # a re-evaluation under this approval (chio_kernel._approvals)
-    key: str | None = None  # the idempotency key itself (for the key-reuse rule's message)
-    key_hash: str | None = None  # the key's own hash (the key-reuse rule, chio_kernel._holds)
-    metadata: dict[str, str] | None = None  # the caller's run context, signed (chio_kernel._run_context)
-
-
-# --- the kernel --------------------------------------------------------------------------------
-
-
-#: The environment variable that selects the store when ``store`` is not given (docs/fleet.md).
-STORE_ENV = "CHIO_STORE"
-
-
-def resolve_store(store: str | None) -> str | None:
-    """The PostgreSQL URL a kernel should use, or None for the default SQLite store in its data dir.
-
-    ``store`` (else ``$CHIO_STORE``): ``postgresql://...`` / ``postgres://...`` selects PostgreSQL;
-    ``None``, ``""`` or ``"sqlite"`` the SQLite store. Anything else is a :class:`KernelInputError`.
-    """
-    value = store if store is not None else os.environ.get(STORE_ENV, "")
-    if not isinstance(value, str):
-        raise KernelInputError(f"store must be a postgresql:// URL or 'sqlite', got {type(value).__name__}")
-    value = value.strip()
-    if value in ("", "sqlite"):
-        return None
-    if value.startswith(("postgresql://", "postgres://")):
-        return value
-    where = "store" if store is not None else f"${STORE_ENV}"
-    raise KernelInputError(
-        f"{where} must be a PostgreSQL URL (postgresql://user@host:5432/dbname) or 'sqlite' (the default: "
-        f"kernel.db in the data directory), got {value[:40]!r}"
-    )
-
-
-class Kernel(ApprovalsMixin):
+class Kernel:
     """The embedded Chio kernel. Safe to share across threads; several processes may share a data dir.
 
     Args:
@@ -171,14 +100,6 @@ class Kernel(ApprovalsMixin):
             ``$CHIO_HOLD_TTL``, else 3600; see ``docs/budgets.md``).
     """
 
-    def __new__(cls, *args: Any, store: str | None = None, **kwargs: Any) -> Kernel:
-        # A PostgreSQL store (argument or $CHIO_STORE) selects the fleet kernel (chio_kernel._fleet).
-        if cls is Kernel and resolve_store(store) is not None:
-            from chio_kernel._fleet import PostgresKernel
-
-            return super().__new__(PostgresKernel)
-        return super().__new__(cls)
-
     def __init__(
         self,
         data_dir: str | os.PathLike[str] | None = None,
@@ -191,48 +112,38 @@ class Kernel(ApprovalsMixin):
         approval_ttl: int | None = None,
         hold_ttl: float | None = None,
     ) -> None:
-        self._holds = Holds(self, resolve_hold_ttl(hold_ttl))
+        """Open the kernel: its key, its store, and the services (see the class doc for the arguments).
+
+        Raises:
+            KernelInputError: a malformed argument or ``$CHIO_*`` setting.
+            KernelKeyMissingError: ``kernel.key`` is gone next to a store that holds what it signed.
+            StoreUnavailableError: the PostgreSQL store cannot be reached.
+        """
+        ttl = resolve_hold_ttl(hold_ttl)
         self.data_dir: Path = ensure_data_dir(Path(data_dir) if data_dir is not None else default_data_dir())
         dsn = resolve_store(store)  # None: SQLite in data_dir
-        if dsn is None and not (self.data_dir / KEY_FILE).exists() and (self.data_dir / DB_FILE).exists():
-            probe = SQLiteStore(self.data_dir, fsync=fsync)
-            try:
-                _refuse_missing_key(self.data_dir, probe)
-            finally:
-                probe.close()
+        if dsn is None:
+            refuse_missing_key(self.data_dir, fsync)
         self._signer = Signer(load_or_create_key(self.data_dir))
         self.public_key_hex: str = self._signer.public_key_hex
-        trusted = set()
-        for key in trusted_keys:
-            if not isinstance(key, str) or len(key) != 64:
-                raise KernelInputError(f"trusted key {key!r} is not a 64-hex-char Ed25519 public key")
-            try:
-                bytes.fromhex(key)
-            except ValueError:
-                raise KernelInputError(f"trusted key {key!r} is not hex") from None
-            trusted.add(key.lower())
-        self.trusted_keys: frozenset[str] = frozenset(trusted)
-        self._issuers = frozenset({self.public_key_hex}) | self.trusted_keys
+        self.trusted_keys: frozenset[str] = _check_trusted_keys(trusted_keys)
         self._clock: Callable[[], float] = clock if clock is not None else time.time
-        self._init_approvals(approver_keys, approval_ttl)
+        now: Callable[[], float] = lambda: self._clock()  # noqa: E731 - tests may move the clock
+        chain = ReceiptChain(self._signer.sign_hex, self.public_key_hex)
+        approvals = Approvals(self.data_dir, approver_keys, approval_ttl, now, self._read, self._write,
+                              self._load_cap, chain)
         # opened after the key: load_or_create_key tightens a fresh data dir, which a store file would hide
-        self._store: KernelStore
-        if dsn is None:
-            self._store = SQLiteStore(self.data_dir, fsync=fsync)
-        else:  # a fleet's store: this kernel's key stays in data_dir and is registered there
-            from chio_kernel._postgres_store import PostgresStore
-
-            self._store = PostgresStore(
-                dsn, signer_key=self.public_key_hex, label=f"{socket.gethostname()}:{self.data_dir}"
-            )
+        self._store: KernelStore = open_kernel_store(dsn, self.data_dir, fsync=fsync, signer_key=self.public_key_hex)
         self._closed = False
-        self._capabilities = Capabilities(
-            self._signer, self.trusted_keys, lambda: self._clock(), self._read, self._write
-        )
+        self._trust, self._fleet = store_trust(self._store, self.public_key_hex, self.trusted_keys, self._read,
+                                               self.data_dir)
+        self._capabilities = Capabilities(self._signer, self._trust, now, self._read, self._write)
         self._caps: dict[str, _Cap] = self._capabilities._caps  # the verified-capability cache
-        self._committer: GroupCommitter[_EvalRequest, ChioReceipt] = GroupCommitter(
-            self._run_batch, max_batch_from_env()
-        )
+        self._approvals = approvals
+        self._holds = Holds(ttl, now, self._read, self._write, self._load_cap, chain)
+        self._denials = Denials(self._write, self._load_cap, now, chain)
+        self._evaluation = Evaluator(self._caps, self._load_cap, self._read, self._write, now, chain,
+                                     (approvals, self._holds, self._trust), self.base_url)
 
     # --- plumbing ---
 
@@ -242,6 +153,9 @@ class Kernel(ApprovalsMixin):
         return f"embedded:{self.data_dir}"
 
     def __repr__(self) -> str:
+        if self._fleet is not None:
+            return (f"Kernel(data_dir={str(self.data_dir)!r}, store={self._fleet.description!r}, "
+                    f"key={self.public_key_hex[:16]}…)")
         return f"Kernel(data_dir={str(self.data_dir)!r}, key={self.public_key_hex[:16]}…)"
 
     def close(self) -> None:
@@ -256,6 +170,10 @@ class Kernel(ApprovalsMixin):
     def __exit__(self, *exc: object) -> None:
         self.close()
 
+    def _check_open(self) -> None:
+        if self._closed:
+            raise RuntimeError(f"{self!r} is closed; create a new Kernel")
+
     def _read(self) -> AbstractContextManager[StoreReader]:
         if self._closed:
             raise RuntimeError(f"{self!r} is closed; create a new Kernel")
@@ -265,6 +183,51 @@ class Kernel(ApprovalsMixin):
         if self._closed:
             raise RuntimeError(f"{self!r} is closed; create a new Kernel")
         return self._store.write()
+
+    # --- a fleet's store (chio_kernel._fleet does the work; PostgreSQL only) ---
+
+    def _fleet_keys(self, name: str) -> FleetKeys:
+        if self._fleet is None:  # an AttributeError: hasattr(kernel, "registered_keys") tells a fleet kernel
+            raise AttributeError(f"{name}: a kernel on a PostgreSQL store (a fleet) only, not on SQLite")
+        return self._fleet
+
+    @property
+    def store(self) -> str:
+        """The fleet store's URL, password masked (a kernel on PostgreSQL only: AttributeError on SQLite)."""
+        return self._fleet_keys("store").description
+
+    @property
+    def registered_keys(self) -> Callable[[], list[dict[str, Any]]]:
+        """``registered_keys()``: every kernel key registered in the fleet's store, oldest first.
+
+        Each is ``{"public_key", "label" (host:data_dir), "registered_at", "retired_at" (None while
+        active), "retired_reason", "this_kernel"}``. A kernel on PostgreSQL only (AttributeError on
+        SQLite, so ``hasattr`` tells a fleet kernel).
+        """
+        return self._fleet_keys("registered_keys").registered_keys
+
+    @property
+    def retire_key(self) -> Callable[[str, str], None]:
+        """``retire_key(public_key, reason="retired")``: retire a registered kernel key.
+
+        It signs nothing more and capabilities it signed deny on every kernel of the fleet; receipts
+        it signed before still verify. Not reversible (give the host a new data directory, hence a
+        new key). Raises :class:`KernelInputError` for an unknown or malformed key. A kernel on
+        PostgreSQL only (AttributeError on SQLite).
+        """
+        keys = self._fleet_keys("retire_key")
+
+        def retire_key(public_key: str, reason: str = "retired") -> None:
+            keys.retire_key(public_key, reason)
+
+        return retire_key
+
+    @property
+    def check_key_active(self) -> Callable[[], None]:
+        """``check_key_active()``: raise :class:`~chio_kernel._errors.KernelKeyRetiredError` if this
+        kernel's own key was retired from the fleet store (a sidecar on it refuses to start). A kernel
+        on PostgreSQL only (AttributeError on SQLite)."""
+        return self._fleet_keys("check_key_active").check_key_active
 
     # --- capabilities (chio_kernel._capabilities does the work) ---
 
@@ -374,12 +337,12 @@ class Kernel(ApprovalsMixin):
         It is not part of the idempotency fingerprint: a retry carrying another attempt's context
         gets the first receipt back (with the first context).
         """
-        req = self._prepare(
+        self._check_open()
+        req = self._evaluation.prepare(
             capability_id, tool_server, tool_name, parameters, idempotency_key, cost, operation,
-            approval_id=approval_id, canonical_parameters=canonical_parameters, parameter_hash=parameter_hash,
-            metadata=metadata,
+            approval_id, canonical_parameters, parameter_hash, metadata,
         )
-        return self._committer.submit(req)
+        return self._evaluation.committer.submit(req)
 
     def record_denial(
         self,
@@ -398,10 +361,8 @@ class Kernel(ApprovalsMixin):
         envelope or configuration guard); with ``envelope`` the kernel checks the call is outside it.
         ``metadata``: the caller's run context, signed into the receipt as in :meth:`evaluate`.
         See ``chio_kernel._denials``. Raises :class:`KernelInputError` for what it will not sign."""
-        from chio_kernel._denials import record_denial
-
-        return record_denial(
-            self, capability_id, tool_server, tool_name, parameters,
+        return self._denials.record(
+            capability_id, tool_server, tool_name, parameters,
             guard=guard, reason=reason, envelope=envelope, operation=operation, metadata=metadata,
         )
 
@@ -422,232 +383,109 @@ class Kernel(ApprovalsMixin):
     ) -> ChioReceipt:
         """:meth:`evaluate` for asyncio callers: the calls made in one turn of the event loop share
         one write transaction (LocalChioClient uses this)."""
-        req = self._prepare(
+        self._check_open()
+        req = self._evaluation.prepare(
             capability_id, tool_server, tool_name, parameters, idempotency_key, cost, operation,
-            approval_id=approval_id, canonical_parameters=canonical_parameters, parameter_hash=parameter_hash,
-            metadata=metadata,
+            approval_id, canonical_parameters, parameter_hash, metadata,
         )
-        return await self._committer.submit_async(req)
+        return await self._evaluation.committer.submit_async(req)
 
-    def _prepare(
-        self,
-        capability_id: str,
-        tool_server: str,
-        tool_name: str,
-        parameters: dict[str, Any],
-        idempotency_key: str | None,
-        cost: MonetaryAmount | Mapping[str, Any] | None,
-        operation: Operation | str,
-        approval_id: str | None = None,
-        canonical_parameters: str | None = None,
-        parameter_hash: str | None = None,
-        metadata: Mapping[str, str] | None = None,
-    ) -> _EvalRequest:
-        """Input checks, canonical forms and hashes, and the pure guards: everything before the
-        write transaction."""
-        if self._closed:
-            raise RuntimeError(f"{self!r} is closed; create a new Kernel")
-        for name, value, max_len in (
-            ("capability_id", capability_id, 256), ("tool_server", tool_server, 1024), ("tool_name", tool_name, 1024)
-        ):
-            if type(value) is not str or not value or len(value) > max_len or not value.isascii() or "\x00" in value:
-                _require_str(name, value, max_len=max_len)  # raises with the precise message, or accepts Unicode
-        if not isinstance(parameters, dict):
-            raise KernelInputError(
-                f"parameters must be a dict of parameter name -> JSON value, got {type(parameters).__name__}"
-            )
-        if canonical_parameters is not None or parameter_hash is not None:
-            # an in-process caller's own canonical form and hash of these parameters (see evaluate)
-            if type(canonical_parameters) is not str or type(parameter_hash) is not str or len(parameter_hash) != 64:
-                raise KernelInputError(
-                    "canonical_parameters and parameter_hash go together: the canonical JSON of the parameters "
-                    "and its sha256 hex (or neither)"
-                )
-            params_text, param_hash = canonical_parameters, parameter_hash
-        else:
-            try:
-                params_text = canonical_json_str(parameters)
-                param_hash = hashlib.sha256(params_text.encode("utf-8")).hexdigest()
-            except ValueError as err:
-                raise KernelInputError(f"parameters are not JSON-able: {err}") from None
-        # The receipt records a private, JSON-normalised copy of the parameters (tuples -> lists,
-        # enums -> values; floats keep their exact value), via the text the chain hash uses.
-        try:
-            params_ascii = _chain_dumps(parameters)
-        except (TypeError, ValueError) as err:  # pragma: no cover - canonical_json refused these already
-            raise KernelInputError(f"parameters are not JSON-able: {err}") from None
-        params = json.loads(params_ascii)
-        op = operation if type(operation) is Operation else _coerce_operation(operation)
-        cost_t = None if cost is None else _coerce_cost(cost)
-        if approval_id is not None:
-            _require_str("approval_id", approval_id, max_len=256)
-        run_metadata = None if metadata is None else check_run_metadata(metadata)
-        idem_hash = None
-        if idempotency_key is not None:
-            _require_str("idempotency_key", idempotency_key, max_len=1024)
-            # The key identifies the call position; the fingerprint makes sure a stored allow is only
-            # ever returned for the very same call (capability, tool, operation, parameters, cost).
-            idem_hash = hashlib.sha256(
-                "\x1f".join(
-                    (idempotency_key, capability_id, tool_server, tool_name, op.value, param_hash,
-                     "" if cost_t is None else f"{cost_t[0]} {cost_t[1]}")
-                    + (() if approval_id is None else (approval_id,))  # a re-evaluation is another answer
-                ).encode()
-            ).hexdigest()
+    # --- approvals (chio_kernel._approvals does the work; docs/approvals.md) ---
 
-        # The pure guards (scope, constraints: regex_match may be slow) need no database state:
-        # run them before the write transaction, so a slow call never blocks others.
-        # (A root capability without constraints has nothing slow to check: skip the extra pass.)
-        cached = self._caps.get(capability_id)
-        pre = (
-            self._precheck(capability_id, tool_server, tool_name, op, params)
-            if cached is None or cached.constrained or len(cached.lineage) > 1
-            else None
-        )
-        return _EvalRequest(
-            capability_id, tool_server, tool_name, op, params, params_text, params_ascii, param_hash, cost_t,
-            idem_hash, pre, approval_id, idempotency_key,
-            # a re-evaluation under an approval is its own entry under the key: the pending answer
-            # stays the answer of the key alone, the allow that of the key with the approval
-            None if idempotency_key is None
-            else key_fingerprint_hash(idempotency_key if approval_id is None else f"{idempotency_key}\x1f{approval_id}"),
-            metadata=run_metadata,  # not in the fingerprint: another attempt's context, the same call
-        )
+    @property
+    def approval_ttl(self) -> int:
+        """Seconds a pending approval waits before it times out (a re-evaluation then denies with
+        guard ``approval-timeout``)."""
+        return self._approvals.approval_ttl
 
-    def _run_batch(self, reqs: Sequence[_EvalRequest]) -> list[ChioReceipt | BaseException]:
-        """Decide ``reqs`` in ONE write transaction (group commit); results are released after its
-        commit. If any of them raises, everything is rolled back and each runs in its own
-        transaction, so an error reaches only its caller."""
-        if len(reqs) > 1:
-            try:
-                with self._write() as st:
-                    out: list[ChioReceipt | BaseException] = [self._evaluate_in(st, r) for r in reqs]
-                return out
-            except Exception:
-                pass  # fall through: one transaction each
-        results: list[ChioReceipt | BaseException] = []
-        for r in reqs:
-            try:
-                with self._write() as st:
-                    results.append(self._evaluate_in(st, r))
-            except BaseException as err:
-                results.append(err)
-        return results
+    @property
+    def approver_keys(self) -> frozenset[str]:
+        """Hex Ed25519 keys whose signed approval tokens this kernel accepts: ``approver_keys=`` plus
+        the ``approvers`` file of the data directory (read anew each time, so ``chio-durable approvals
+        trust`` takes effect on a running sidecar)."""
+        return self._approvals.approver_keys
 
-    def _evaluate_in(self, st: StoreWriter, req: _EvalRequest) -> ChioReceipt:
-        """Decide, charge and record one call inside the caller's write transaction."""
-        capability_id, tool_server, tool_name = req.capability_id, req.tool_server, req.tool_name
-        now = self._clock()
-        if req.cost_t is not None:  # holds past their TTL free their budget before this call is decided
-            self._holds.expire_due(st, now)
-        cap = self._load_cap(st, capability_id)
-        # One statement reads the chain head and the revocation state (of the capability and
-        # its ancestors) inside the write transaction: another process's revoke is seen.
-        if cap is not None:
-            head_seq, prev_hash, revoked = st.head_and_revoked(cap.lineage)
-        else:
-            head_seq, prev_hash = st.chain_head()
-            revoked = None
-        try:
-            check_valid(cap, capability_id, now, revoked, self.base_url)
-            if req.idem_hash is not None:
-                assert req.key is not None and req.key_hash is not None
-                # same key, same call: its receipt; same key, another call: refused (Stripe's rule)
-                body = remembered_allow(st, req.key_hash, req.idem_hash, req.key)
-                if body is not None:
-                    return ChioReceipt.model_validate_json(body)
-            assert cap is not None
-            lineage = [cap]
-            for ancestor_id in cap.lineage[1:]:
-                ancestor = self._load_cap(st, ancestor_id)
-                if ancestor is not None:  # a trusted foreign root this kernel never stored: its budgets live there
-                    lineage.append(ancestor)
-            charges, rated = decide(st, lineage, tool_server, tool_name, req.op, req.params, req.cost_t, now, req.pre)
-            # every other guard passed: does a human have to approve (or has one)? (deny > pending > allow)
-            gate = self._approval_gate(st, req, lineage, now)
-        except _Deny as deny:
-            policy_hash = cap.policy_hash if cap is not None else GENESIS_HASH
-            return self._append_receipt(st, head_seq, prev_hash, now, req, deny, policy_hash)
-        if isinstance(gate, _Pending):  # nothing charged
-            return self._pending_receipt(st, head_seq, prev_hash, now, req, cap, gate)
-        if gate is not None:  # the approval is still pending: its pending receipt again
-            return gate
-        # allow: charge, then record
-        for charged_id, grant_index in charges:
-            st.charge(charged_id, grant_index, req.cost_t[0] if req.cost_t else 0)
-        for rated_id in rated:
-            st.record_rate_event(rated_id, now)
-        if req.approval_id is None:
-            receipt = self._append_receipt(st, head_seq, prev_hash, now, req, None, cap.policy_hash)
-        else:
-            receipt = self._approved_allow_receipt(st, head_seq, prev_hash, now, req, cap.policy_hash)
-        if req.idem_hash is not None:
-            assert req.key_hash is not None
-            st.remember_idempotency_key(req.key_hash, req.idem_hash, head_seq + 1)
-        if req.cost_t is not None:  # a declared cost is a hold until settled, released or expired
-            self._holds.place(st, receipt.id, capability_id, cap.policy_hash, req.cost_t, charges, now)
-        return receipt
+    def trust_approver(self, public_key: str) -> None:
+        """Add an approver key to the data directory's ``approvers`` file (kept across restarts)."""
+        self._approvals.trust_approver(public_key)
 
-    def _precheck(
-        self,
-        capability_id: str,
-        tool_server: str,
-        tool_name: str,
-        op: Operation,
-        params: dict[str, Any],
-    ) -> dict[str, list[tuple[int, ToolGrant]] | _Deny] | None:
-        """The pure guards (scope, constraints) for the capability and its ancestors, outside the
-        write transaction: per capability id, its grants that cover the call and pass their
-        constraints, or the deny. None if the capability is unknown (decided in the transaction)."""
-        def load(cid: str) -> _Cap | None:
-            cap = self._caps.get(cid)  # tokens are immutable: a cached entry needs no lock
-            if cap is None:
-                with self._read() as st:  # a short read (no transaction held)
-                    cap = self._load_cap(st, cid)
-            return cap
+    def get_approval(self, approval_id: str) -> dict[str, Any] | None:
+        """One approval as a dict, or None. ``status`` is what it is NOW: ``pending``, ``approved``,
+        ``denied`` (also when its capability was revoked during the wait) or ``expired``; plus the
+        call (``capability_id``, ``tool_server``, ``tool_name``, ``parameters``, ``parameter_hash``),
+        ``subject``, ``summary``, ``created_at`` / ``expires_at`` (unix seconds), the receipts
+        (``pending_receipt_id``, ``resolution_receipt_id``, ``consumed_receipt_id``) and the answer
+        (``resolved_at``, ``approver``, ``reason``)."""
+        return self._approvals.get_approval(approval_id)
 
-        root = load(capability_id)
-        if root is None:
-            return None
-        caps = [root]
-        for ancestor_id in root.lineage[1:]:
-            ancestor = load(ancestor_id)
-            if ancestor is not None:
-                caps.append(ancestor)
-        out: dict[str, list[tuple[int, ToolGrant]] | _Deny] = {}
-        for depth, c in enumerate(caps):
-            try:
-                out[c.token.id] = passing_grants(c, depth > 0, tool_server, tool_name, op, params)
-            except _Deny as deny:
-                out[c.token.id] = deny
-        return out
+    def list_approvals(self, status: str | None = "pending", *, limit: int | None = None) -> list[dict[str, Any]]:
+        """Approvals oldest first, as :meth:`get_approval` returns them: those whose current status is
+        ``status`` (``pending`` — still answerable —, ``approved``, ``denied``, ``expired``) or all (None)."""
+        return self._approvals.list_approvals(status, limit=limit)
 
-    def _append_receipt(
-        self,
-        st: StoreWriter,
-        head_seq: int,
-        prev_hash: str,
-        now: float,
-        req: _EvalRequest,
-        deny: _Deny | None,
-        policy_hash: str,
+    def respond_approval(
+        self, approval_id: str, outcome: str, reason: str | None = None, *, approver: str = "operator"
     ) -> ChioReceipt:
-        if req.metadata:  # the caller's run context: the general builder (the spliced one has no metadata)
-            receipt, stored, chain_hash = build_signed_receipt(
-                self._signer.sign_hex, self.public_key_hex, prev_hash, now, req.capability_id, req.tool_server,
-                req.tool_name, req.params, req.param_hash,
-                {"verdict": "allow"} if deny is None else {"verdict": "deny", "guard": deny.guard, "reason": deny.reason},
-                policy_hash, dict(req.metadata),
-            )
-            st.append_receipt(head_seq + 1, receipt.id, req.capability_id, receipt.decision.verdict, chain_hash, stored)
-            return receipt
-        receipt, stored, chain_hash = build_receipt(
-            self._signer.sign_hex, self.public_key_hex, prev_hash, now, req.capability_id, req.tool_server,
-            req.tool_name, req.params, req.params_text, req.params_ascii, req.param_hash,
-            None if deny is None else (deny.guard, deny.reason), policy_hash,
-        )
-        st.append_receipt(head_seq + 1, receipt.id, req.capability_id, receipt.decision.verdict, chain_hash, stored)
-        return receipt
+        """The kernel's operator answers an approval (``outcome``: ``"approved"`` or ``"denied"``).
+
+        Returns the signed resolution receipt (in the chain; its ``kernel_key`` is the approver key
+        recorded). Raises :class:`ApprovalNotFoundError`, :class:`ApprovalConflictError` (answered
+        already, expired, or capability revoked) or :class:`KernelInputError`.
+
+        After the commit it calls the waker of every wake registered on the approval (each bounded
+        by ``$CHIO_WAKE_TIMEOUT``; a failing waker changes nothing and raises nothing here);
+        :meth:`last_wake_report` tells what was woken.
+        """
+        return self._approvals.respond_approval(approval_id, outcome, reason, approver=approver)
+
+    def respond_approval_token(self, token: Mapping[str, Any], approval_id: str | None = None) -> ChioReceipt:
+        """Answer an approval with a signed approval token (see :func:`sign_approval_token`).
+
+        The token must be signed by a key in :attr:`approver_keys`, name this approval
+        (``request_id``, and ``approval_id`` when given), its ``parameter_hash`` and ``subject``, and be
+        inside ``issued_at``..``expires_at``. Raises :class:`ApprovalTokenError` if it is refused, the
+        errors of :meth:`respond_approval` otherwise. Wakes the waiting run as :meth:`respond_approval`
+        does (:meth:`last_wake_report`).
+        """
+        return self._approvals.respond_approval_token(token, approval_id)
+
+    def register_approval_wake(self, approval_id: str, wake: Mapping[str, Any]) -> dict[str, Any]:
+        """Register what wakes the run waiting for this approval once it is answered.
+
+        A wake is NOT authority: it only wakes the run, which asks the kernel again with the
+        approval id; only the kernel's allow of that re-evaluation runs the call. Registering the
+        same wake again is a no-op (a retried run registers again). Registering on an approval that
+        is already answered wakes the run at once (the person may answer before the run registers).
+
+        Args:
+            approval_id: the approval (``apr-…``) the run waits for.
+            wake: ``{"engine": "<name>", ...engine-specific JSON fields}``: ``engine`` 1 to 32
+                characters of ``a-z0-9_-``, at most 4 KiB of canonical JSON, at most 8 distinct
+                wakes per approval.
+
+        Returns:
+            ``{"approval_id", "status" (the approval's status now), "woken": [report, ...]}``;
+            ``woken`` holds one ``{"engine", "ok", "message"}`` report if the approval was already
+            answered (the wake was called), else is empty.
+
+        Raises:
+            ApprovalNotFoundError: no approval with this id.
+            KernelInputError: the wake is malformed, too big, or one too many (nothing is written).
+        """
+        return self._approvals.register_approval_wake(approval_id, wake)
+
+    def last_wake_report(self, approval_id: str) -> list[dict[str, Any]] | None:
+        """What answering this approval in THIS process woke (the wakes registered on it).
+
+        Args:
+            approval_id: the approval answered with :meth:`respond_approval` or
+                :meth:`respond_approval_token`.
+
+        Returns:
+            One ``{"engine", "ok", "message"}`` report per registered wake (``[]``: none was
+            registered), or None if this process has not answered it (the most recent 1024 are kept).
+        """
+        return self._approvals.last_wake_report(approval_id)
 
     # --- budget holds (chio_kernel._holds does the work; docs/budgets.md) ---
 
@@ -719,7 +557,11 @@ class Kernel(ApprovalsMixin):
         return self._verify_receipt_dict(data) is None
 
     def _verify_receipt_dict(self, data: dict[str, Any]) -> str | None:
-        return verify_receipt_dict(data, self._issuers)
+        trust = self._trust
+        if trust.learns and data.get("kernel_key") not in trust.issuers:
+            with self._read() as st:  # a fleet kernel that joined after this one started
+                trust.learn(st)
+        return verify_receipt_dict(data, trust.issuers)
 
     def get_receipt(self, receipt_id: str) -> ChioReceipt | None:
         """The stored receipt with this id, or None."""
@@ -750,8 +592,7 @@ class Kernel(ApprovalsMixin):
 
     def _index_by_capability(self) -> None:
         """Catch the by-capability receipt index up (the store does it in short transactions)."""
-        if self._closed:
-            raise RuntimeError(f"{self!r} is closed; create a new Kernel")
+        self._check_open()
         self._store.catch_up_capability_index()
 
     def list_receipts(
@@ -817,42 +658,10 @@ class Kernel(ApprovalsMixin):
         removing the newest receipts leaves a shorter valid chain; compare ``count`` with a count you
         recorded elsewhere to detect that.)
         """
-        prev = GENESIS_HASH
-        index = 0
-        last_seq = 0
-        if self._closed:
-            raise RuntimeError(f"{self!r} is closed; create a new Kernel")
+        self._check_open()
         # One consistent read snapshot: the walk (long on a big store) neither holds the kernel's
         # locks nor blocks writers, so evaluations go on meanwhile.
-        with self._store.snapshot() as st:
-            head_seq, head_hash = st.chain_head()
-            while True:
-                rows = st.receipts_after(last_seq, batch)
-                if not rows:
-                    break
-                for seq, text in rows:
-                    try:
-                        data = ChioReceipt.model_validate_json(text).model_dump(exclude_none=True)
-                    except ValidationError as err:
-                        return ChainReport(False, index, index, f"receipt at index {index} is not a valid receipt: {err}")
-                    if data["content_hash"] != prev:
-                        return ChainReport(
-                            False, index, index,
-                            f"receipt {data['id']} at index {index} does not chain to the previous receipt "
-                            "(content_hash mismatch: a receipt before it was altered, removed or inserted)",
-                        )
-                    problem = self._verify_receipt_dict(data)
-                    if problem is not None:
-                        return ChainReport(False, index, index, f"index {index}: {problem}")
-                    prev = receipt_chain_hash(data)
-                    index += 1
-                    last_seq = seq
-        if head_seq != last_seq or head_hash != prev:  # the newest row's stored chain hash was altered
-            return ChainReport(
-                False, index, max(index - 1, 0),
-                f"the newest receipt (seq {head_seq}) carries a chain hash that does not match its content",
-            )
-        return ChainReport(True, index, None, None)
+        return verify_chain(self._store.snapshot(), self._verify_receipt_dict, batch)
 
     def health(self) -> dict[str, Any]:
         """Status summary (what the sidecar's ``/chio/health`` returns)."""
@@ -864,4 +673,5 @@ class Kernel(ApprovalsMixin):
             "data_dir": str(self.data_dir),
             "receipts": head_seq,
             "mode": "embedded",
+            **({} if self._fleet is None else {"store": self._fleet.description}),
         }
