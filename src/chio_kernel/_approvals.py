@@ -63,7 +63,7 @@ from chio_kernel._guards import grant_matches
 from chio_kernel._wakers import MAX_WAKES, check_wake, run_wakes
 from chio_kernel.signing import verify_hex
 
-LoadCap = Callable[[StoreReader, str], "_Cap | None"]
+LoadCap = Callable[[StoreReader, str], _Cap | None]
 
 __all__ = [
     "APPROVAL_CONSTRAINT",

@@ -43,7 +43,7 @@ from chio_kernel._receipts import ALLOW, CallRecord, ReceiptChain
 from chio_kernel._store import HoldRow, StoreReader, StoreWriter
 from chio_kernel.canonical import canonical_json
 
-LoadCap = Callable[[StoreReader, str], "_Cap | None"]
+LoadCap = Callable[[StoreReader, str], _Cap | None]
 
 __all__ = [
     "BUDGET_TOOL_SERVER",
