@@ -159,7 +159,7 @@ class Kernel:
         return f"Kernel(data_dir={str(self.data_dir)!r}, key={self.public_key_hex[:16]}…)"
 
     def close(self) -> None:
-        """Close the store connection (the kernel cannot be used afterwards)."""
+        """Close the store connection (the kernel cannot be used afterwards; closing twice is a no-op)."""
         if not self._closed:
             self._closed = True
             self._store.close()
@@ -193,27 +193,32 @@ class Kernel:
 
     @property
     def store(self) -> str:
-        """The fleet store's URL, password masked (a kernel on PostgreSQL only: AttributeError on SQLite)."""
+        """The fleet store's URL, password masked (a kernel on PostgreSQL only: ``AttributeError`` on SQLite)."""
         return self._fleet_keys("store").description
 
     @property
     def registered_keys(self) -> Callable[[], list[dict[str, Any]]]:
-        """``registered_keys()``: every kernel key registered in the fleet's store, oldest first.
+        """Every kernel key registered in the fleet's store, oldest first (``registered_keys()``).
 
-        Each is ``{"public_key", "label" (host:data_dir), "registered_at", "retired_at" (None while
-        active), "retired_reason", "this_kernel"}``. A kernel on PostgreSQL only (AttributeError on
-        SQLite, so ``hasattr`` tells a fleet kernel).
+        A kernel on PostgreSQL only (``AttributeError`` on SQLite, so ``hasattr`` tells a fleet kernel).
+
+        Returns:
+            The bound method; it returns ``{"public_key", "label" (host:data_dir), "registered_at",
+            "retired_at" (None while active), "retired_reason", "this_kernel"}`` per key.
         """
         return self._fleet_keys("registered_keys").registered_keys
 
     @property
     def retire_key(self) -> Callable[[str, str], None]:
-        """``retire_key(public_key, reason="retired")``: retire a registered kernel key.
+        """Retire a registered kernel key (``retire_key(public_key, reason="retired")``).
 
-        It signs nothing more and capabilities it signed deny on every kernel of the fleet; receipts
-        it signed before still verify. Not reversible (give the host a new data directory, hence a
-        new key). Raises :class:`KernelInputError` for an unknown or malformed key. A kernel on
-        PostgreSQL only (AttributeError on SQLite).
+        It signs nothing more and capabilities it signed deny on every kernel of the fleet; receipts it
+        signed before still verify. Not reversible (give the host a new data directory, hence a new key).
+        A kernel on PostgreSQL only (``AttributeError`` on SQLite).
+
+        Returns:
+            The bound operation; it raises :class:`KernelInputError` for an unknown or malformed key or
+            an empty reason.
         """
         keys = self._fleet_keys("retire_key")
 
@@ -224,9 +229,15 @@ class Kernel:
 
     @property
     def check_key_active(self) -> Callable[[], None]:
-        """``check_key_active()``: raise :class:`~chio_kernel._errors.KernelKeyRetiredError` if this
-        kernel's own key was retired from the fleet store (a sidecar on it refuses to start). A kernel
-        on PostgreSQL only (AttributeError on SQLite)."""
+        """Refuse to go on if this kernel's own key was retired from the fleet store (``check_key_active()``).
+
+        A kernel on PostgreSQL only (``AttributeError`` on SQLite).
+
+        Returns:
+            The bound check; calling it raises
+            :class:`~chio_kernel._errors.KernelKeyRetiredError` (saying what to do) if the key was
+            retired: it could sign nothing, so a sidecar on it refuses to start.
+        """
         return self._fleet_keys("check_key_active").check_key_active
 
     # --- capabilities (chio_kernel._capabilities does the work) ---
@@ -242,34 +253,80 @@ class Kernel:
         capability_id: str | None = None,
         rate_limit: tuple[int, float] | None = None,
     ) -> CapabilityToken:
-        """Issue a signed capability token for ``subject`` with ``scope``, valid ``ttl_seconds``.
+        """Issue a signed capability token for ``subject`` with ``scope``.
 
-        ``capability_id`` may be chosen by the caller (``cap-research-pipeline``). Re-creating an
-        existing id returns the stored token if it is still valid and has the same subject, scope and
-        rate limit (idempotent provisioning); otherwise :class:`CapabilityError`.
-        ``rate_limit=(max_calls, per_seconds)`` limits allowed calls per sliding window.
+        Args:
+            subject: who the token is for (``agent:research``).
+            scope: a ``ChioScope`` or its dict form (grants, constraints, budgets).
+            ttl_seconds: validity from now.
+            capability_id: the token's id, chosen by the caller (``cap-research-pipeline``); default a
+                fresh ``cap-<uuidv7>``. Re-creating an existing id returns the stored token if it is still
+                valid and has the same subject, scope and rate limit (idempotent provisioning).
+            rate_limit: ``(max_calls, per_seconds)``: allowed calls per sliding window.
+
+        Returns:
+            The signed token (stored).
+
+        Raises:
+            CapabilityError: the id is taken by another token, or a constraint cannot be used.
+            KernelInputError: a malformed argument.
         """
         return self._capabilities.create_capability(subject, scope, ttl_seconds, capability_id, rate_limit)
 
     def get_capability(self, capability_id: str) -> CapabilityToken | None:
-        """The stored token with this id, or None."""
+        """The stored token with this id.
+
+        Args:
+            capability_id: the token's id.
+
+        Returns:
+            The token, or None if this kernel never stored it.
+        """
         return self._capabilities.get_capability(capability_id)
 
     def list_capabilities(self) -> list[CapabilityToken]:
-        """Every stored token, oldest first."""
+        """Every stored token, oldest first.
+
+        Returns:
+            The tokens.
+        """
         return self._capabilities.list_capabilities()
 
     def capability_info(self, capability_id: str) -> dict[str, Any] | None:
-        """Token plus kernel-side state (parent, revoked, rate limit, usage per grant) for one id."""
+        """A token plus its kernel-side state.
+
+        Args:
+            capability_id: the token's id.
+
+        Returns:
+            The token with its parent, revocation, rate limit and usage per grant, or None if unknown.
+        """
         return self._capabilities.capability_info(capability_id)
 
     def is_revoked(self, capability_id: str) -> bool:
-        """Is this capability (or one of its ancestors) revoked?"""
+        """Whether this capability, or one of its ancestors, is revoked.
+
+        Args:
+            capability_id: the token's id.
+
+        Returns:
+            True if it or an ancestor is revoked.
+        """
         return self._capabilities.is_revoked(capability_id)
 
     def validate_capability(self, token: CapabilityToken | Mapping[str, Any]) -> tuple[bool, str | None]:
-        """``(valid, reason)``: signature, issuer (this kernel or a trusted key), time window,
-        revocation (of the token or an ancestor) and delegation chain."""
+        """Check a token: signature, issuer, time window, revocation and delegation chain.
+
+        Args:
+            token: a ``CapabilityToken`` or its dict form.
+
+        Returns:
+            ``(valid, reason)``: ``(True, None)``, or False and a reason a person can act on. The
+            issuer must be this kernel, a trusted key or (on a fleet store) a registered, unretired key.
+
+        Raises:
+            KernelInputError: not a token.
+        """
         return self._capabilities.validate_capability(token)
 
     def attenuate_capability(
@@ -281,20 +338,35 @@ class Kernel:
         *,
         subject: str | None = None,
     ) -> CapabilityToken:
-        """A child token with ``new_scope`` ⊆ the parent's scope and a signed delegation link.
+        """Derive a child token whose scope is a subset of its parent's, with a signed delegation link.
 
-        ``parent`` is a token or the id of a stored one; it must be valid. The child expires at the
-        parent's expiry, or ``now + ttl_seconds`` if that is earlier. ``subject`` defaults to the
-        parent's subject. Raises :class:`CapabilityError` naming the offending grant if the scope is
-        not a subset.
+        Args:
+            parent: a token, or the id of a stored one; it must be valid.
+            new_scope: the child's scope (each grant within a parent grant).
+            ttl_seconds: the child expires at the parent's expiry, or ``now + ttl_seconds`` if earlier.
+            capability_id: the child's id (default a fresh one).
+            subject: the child's subject (default the parent's).
+
+        Returns:
+            The signed child token (stored). It also spends its ancestors' budgets and rate limits.
+
+        Raises:
+            CapabilityError: the scope is not a subset (naming the offending grant), or the parent is
+                unknown or not valid.
         """
         return self._capabilities.attenuate_capability(parent, new_scope, ttl_seconds, capability_id, subject=subject)
 
     def revoke_capability(self, capability_id: str) -> list[str]:
-        """Revoke a capability and all its descendants; returns every id in that subtree (root first).
+        """Revoke a capability and all its descendants.
 
-        Revoking an already revoked capability is allowed (returns the same ids); an unknown id
-        raises :class:`CapabilityError`.
+        Args:
+            capability_id: the root of the subtree to revoke (revoking it again is allowed).
+
+        Returns:
+            Every id in that subtree, root first.
+
+        Raises:
+            CapabilityError: unknown id.
         """
         return self._capabilities.revoke_capability(capability_id)
 
@@ -315,27 +387,40 @@ class Kernel:
         parameter_hash: str | None = None,
         metadata: Mapping[str, str] | None = None,
     ) -> ChioReceipt:
-        """Decide one call and return its signed, stored receipt (allow or deny; never raises for a deny).
+        """Decide one call and return its signed, stored receipt (allow, deny or pending approval).
 
-        A call that needs a human (a ``require_approval_above`` grant) gets a ``pending_approval``
-        receipt; send it again with ``approval_id`` once approved (docs/approvals.md). Raises
-        :class:`KernelInputError` (a ``ValueError``) for malformed input. Concurrent calls
-        (threads) share one write transaction (group commit, see ``docs/kernel.md``); the receipt is
-        committed before this returns.
+        A deny is a receipt, never an exception. A call that needs a human (a
+        ``require_approval_above`` grant) gets a ``pending_approval`` receipt; send it again with
+        ``approval_id`` once approved (docs/approvals.md). Concurrent calls (threads) share one write
+        transaction (group commit, ``docs/kernel.md``); the receipt is committed before this returns.
 
-        ``canonical_parameters`` / ``parameter_hash`` (both or neither): the RFC 8785 canonical JSON
-        of ``parameters`` (``chio_kernel.canonical.canonical_json_str``) and its sha256 hex, already
-        computed by an IN-PROCESS caller from these very parameters (chio_durable's embedded
-        transport hands over its ``GovernedCall``'s), so they are not computed twice. They are
-        trusted as given: the receipt signs them. Never pass values that came from outside the
-        process (the sidecar does not: it lets the kernel compute them).
+        Args:
+            capability_id: the capability the call runs under.
+            tool_server: the tool's server.
+            tool_name: the tool.
+            parameters: the call's named parameters (JSON values).
+            idempotency_key: names the call position: the same key for the same call returns the same
+                receipt and charges nothing twice (docs/kernel.md, "Idempotency").
+            cost: the declared cost ``{units, currency}``: checked against budgets and held until
+                settled, released or expired (docs/budgets.md).
+            operation: the operation (default ``invoke``).
+            approval_id: a re-evaluation under this approval.
+            canonical_parameters: with ``parameter_hash`` (both or neither), the RFC 8785 canonical
+                JSON of ``parameters`` and its sha256 hex, already computed by an IN-PROCESS caller
+                from these very parameters (the embedded transport hands over its ``GovernedCall``'s).
+                Trusted as given: the receipt signs them. Never pass values from outside the process.
+            parameter_hash: see ``canonical_parameters``.
+            metadata: the caller's run context (``{"flow_run_id": ...}``), signed into the receipt's
+                ``metadata`` so ``query_receipts(metadata=...)`` finds it: at most 16 keys of letters,
+                digits, ``_ . -``, string values of at most 512 characters. Not part of the idempotency
+                fingerprint: a retry carrying another attempt's context gets the first receipt back.
 
-        ``metadata``: the caller's run context (``{"flow_run_id": ...}``, ``{"workflow_id": ...}``),
-        signed into the receipt's ``metadata`` so ``Kernel.query_receipts(metadata=...)`` and
-        ``chio-durable receipts list --flow-run/--workflow-id`` find it: at most 16 keys of letters,
-        digits, ``_ . -``, string values of at most 512 characters (else :class:`KernelInputError`).
-        It is not part of the idempotency fingerprint: a retry carrying another attempt's context
-        gets the first receipt back (with the first context).
+        Returns:
+            The signed receipt.
+
+        Raises:
+            KernelInputError: malformed input (a ``ValueError``).
+            IdempotencyKeyReusedError: the key was used for a different call.
         """
         self._check_open()
         req = self._evaluation.prepare(
@@ -357,10 +442,28 @@ class Kernel:
         operation: Operation = Operation.INVOKE,
         metadata: Mapping[str, str] | None = None,
     ) -> ChioReceipt:
-        """Sign and chain a deny receipt for a call refused before it could be evaluated (a layer's
-        envelope or configuration guard); with ``envelope`` the kernel checks the call is outside it.
-        ``metadata``: the caller's run context, signed into the receipt as in :meth:`evaluate`.
-        See ``chio_kernel._denials``. Raises :class:`KernelInputError` for what it will not sign."""
+        """Sign and chain a deny receipt for a call refused before it could be evaluated.
+
+        A layer's envelope or configuration guard decided it (``chio_kernel._denials``).
+
+        Args:
+            capability_id: the capability, or ``""`` when the call had none.
+            tool_server: the tool's server, or ``""``.
+            tool_name: the tool.
+            parameters: the call's named parameters.
+            guard: the layer's guard name (not one of the kernel's own).
+            reason: why, in words.
+            envelope: the scope the layer says the call is outside of; the kernel checks it is.
+            operation: the call's operation.
+            metadata: the caller's run context, signed into the receipt as in :meth:`evaluate`.
+
+        Returns:
+            The signed deny receipt.
+
+        Raises:
+            KernelInputError: what the kernel will not sign (a kernel guard name, a call the envelope
+                grants, malformed input).
+        """
         return self._denials.record(
             capability_id, tool_server, tool_name, parameters,
             guard=guard, reason=reason, envelope=envelope, operation=operation, metadata=metadata,
@@ -394,47 +497,83 @@ class Kernel:
 
     @property
     def approval_ttl(self) -> int:
-        """Seconds a pending approval waits before it times out (a re-evaluation then denies with
-        guard ``approval-timeout``)."""
+        """Seconds a pending approval waits before it times out (then a re-evaluation denies, ``approval-timeout``)."""
         return self._approvals.approval_ttl
 
     @property
     def approver_keys(self) -> frozenset[str]:
-        """Hex Ed25519 keys whose signed approval tokens this kernel accepts: ``approver_keys=`` plus
-        the ``approvers`` file of the data directory (read anew each time, so ``chio-durable approvals
-        trust`` takes effect on a running sidecar)."""
+        """Hex Ed25519 keys whose signed approval tokens this kernel accepts.
+
+        ``approver_keys=`` plus the ``approvers`` file of the data directory, read anew each time (so
+        ``chio-durable approvals trust`` takes effect on a running sidecar).
+        """
         return self._approvals.approver_keys
 
     def trust_approver(self, public_key: str) -> None:
-        """Add an approver key to the data directory's ``approvers`` file (kept across restarts)."""
+        """Add an approver key to the data directory's ``approvers`` file (kept across restarts).
+
+        Args:
+            public_key: the approver's hex Ed25519 public key.
+
+        Raises:
+            KernelInputError: not a 64-hex-char key.
+        """
         self._approvals.trust_approver(public_key)
 
     def get_approval(self, approval_id: str) -> dict[str, Any] | None:
-        """One approval as a dict, or None. ``status`` is what it is NOW: ``pending``, ``approved``,
-        ``denied`` (also when its capability was revoked during the wait) or ``expired``; plus the
-        call (``capability_id``, ``tool_server``, ``tool_name``, ``parameters``, ``parameter_hash``),
-        ``subject``, ``summary``, ``created_at`` / ``expires_at`` (unix seconds), the receipts
-        (``pending_receipt_id``, ``resolution_receipt_id``, ``consumed_receipt_id``) and the answer
-        (``resolved_at``, ``approver``, ``reason``)."""
+        """One approval as a dict.
+
+        Args:
+            approval_id: the approval (``apr-...``).
+
+        Returns:
+            None if unknown, else ``status`` as it is NOW (``pending``, ``approved``, ``denied`` — also
+            when its capability was revoked during the wait — or ``expired``); the call
+            (``capability_id``, ``tool_server``, ``tool_name``, ``parameters``, ``parameter_hash``),
+            ``subject``, ``summary``, ``created_at`` / ``expires_at`` (unix seconds), the receipts
+            (``pending_receipt_id``, ``resolution_receipt_id``, ``consumed_receipt_id``) and the answer
+            (``resolved_at``, ``approver``, ``reason``).
+        """
         return self._approvals.get_approval(approval_id)
 
     def list_approvals(self, status: str | None = "pending", *, limit: int | None = None) -> list[dict[str, Any]]:
-        """Approvals oldest first, as :meth:`get_approval` returns them: those whose current status is
-        ``status`` (``pending`` — still answerable —, ``approved``, ``denied``, ``expired``) or all (None)."""
+        """Approvals oldest first, as :meth:`get_approval` returns them.
+
+        Args:
+            status: only those whose current status is this (``pending`` — still answerable —,
+                ``approved``, ``denied``, ``expired``), or all (None).
+            limit: at most this many.
+
+        Returns:
+            The approvals.
+
+        Raises:
+            KernelInputError: an unknown status or a bad limit.
+        """
         return self._approvals.list_approvals(status, limit=limit)
 
     def respond_approval(
         self, approval_id: str, outcome: str, reason: str | None = None, *, approver: str = "operator"
     ) -> ChioReceipt:
-        """The kernel's operator answers an approval (``outcome``: ``"approved"`` or ``"denied"``).
+        """The kernel's operator answers an approval, once.
 
-        Returns the signed resolution receipt (in the chain; its ``kernel_key`` is the approver key
-        recorded). Raises :class:`ApprovalNotFoundError`, :class:`ApprovalConflictError` (answered
-        already, expired, or capability revoked) or :class:`KernelInputError`.
-
-        After the commit it calls the waker of every wake registered on the approval (each bounded
-        by ``$CHIO_WAKE_TIMEOUT``; a failing waker changes nothing and raises nothing here);
+        After the commit it calls the waker of every wake registered on the approval (each bounded by
+        ``$CHIO_WAKE_TIMEOUT``; a failing waker changes nothing and raises nothing here);
         :meth:`last_wake_report` tells what was woken.
+
+        Args:
+            approval_id: the approval.
+            outcome: ``"approved"`` or ``"denied"``.
+            reason: why (recorded and signed).
+            approver: who answered (a label recorded in the receipt).
+
+        Returns:
+            The signed resolution receipt (in the chain).
+
+        Raises:
+            ApprovalNotFoundError: unknown approval.
+            ApprovalConflictError: answered already, expired, or its capability was revoked.
+            KernelInputError: a malformed argument.
         """
         return self._approvals.respond_approval(approval_id, outcome, reason, approver=approver)
 
@@ -442,10 +581,22 @@ class Kernel:
         """Answer an approval with a signed approval token (see :func:`sign_approval_token`).
 
         The token must be signed by a key in :attr:`approver_keys`, name this approval
-        (``request_id``, and ``approval_id`` when given), its ``parameter_hash`` and ``subject``, and be
-        inside ``issued_at``..``expires_at``. Raises :class:`ApprovalTokenError` if it is refused, the
-        errors of :meth:`respond_approval` otherwise. Wakes the waiting run as :meth:`respond_approval`
-        does (:meth:`last_wake_report`).
+        (``request_id``), its ``parameter_hash`` and ``subject``, and be inside
+        ``issued_at``..``expires_at``. Wakes the waiting run as :meth:`respond_approval` does.
+
+        Args:
+            token: the token (a dict).
+            approval_id: when given, the approval the token must answer.
+
+        Returns:
+            The signed resolution receipt.
+
+        Raises:
+            ApprovalTokenError: the token is refused (untrusted key, bad signature, bound elsewhere,
+                outside its window).
+            ApprovalNotFoundError: unknown approval.
+            ApprovalConflictError: answered already, expired, or its capability was revoked.
+            KernelInputError: not a token.
         """
         return self._approvals.respond_approval_token(token, approval_id)
 
@@ -495,56 +646,118 @@ class Kernel:
         return self._holds.ttl
 
     def settle(self, receipt_id: str, actual_cost: MonetaryAmount | Mapping[str, Any], op_id: str) -> ChioReceipt:
-        """Settle the hold placed by the allow ``receipt_id``: capture ``actual_cost``, free the rest.
+        """Settle the hold placed by an allow: capture the actual cost, free the rest.
 
-        Returns the signed settle receipt (``metadata["budget"]``: hold, requested, captured,
-        ``capped`` when the actual cost did not fit the budget left and was captured only up to it).
-        The same ``op_id`` again returns that receipt; a different settle/release of a closed hold
-        raises :class:`~chio_kernel.HoldConflictError`; no hold for that id:
-        :class:`~chio_kernel.UnknownHoldError`. A settle after the hold expired captures up to the
-        budget left then (``after_expiry``).
+        A settle after the hold expired captures up to the budget left then (``after_expiry``).
+
+        Args:
+            receipt_id: the allow receipt that placed the hold.
+            actual_cost: ``{units, currency}`` (minor units), in the hold's currency.
+            op_id: names this operation: the same ``op_id`` again returns the same receipt.
+
+        Returns:
+            The signed settle receipt (``metadata["budget"]``: hold, requested, captured, ``capped``
+            when the actual cost did not fit the budget left and was captured only up to it).
+
+        Raises:
+            HoldConflictError: the hold was closed by a different settle/release, or ``op_id`` names
+                another operation.
+            UnknownHoldError: no hold for that receipt id.
+            KernelInputError: a malformed cost, or another currency.
         """
         return self._holds.settle(receipt_id, actual_cost, op_id)
 
     def release(self, receipt_id: str, op_id: str, reason: str = "released") -> ChioReceipt:
-        """Free the whole hold of the allow ``receipt_id`` (compensation); the signed release receipt.
+        """Free the whole hold of an allow (compensation).
 
-        Same ``op_id`` rules as :meth:`settle`. Releasing a hold that already expired returns the
-        expiry receipt (it is free already).
+        Releasing a hold that already expired returns the expiry receipt (it is free already).
+
+        Args:
+            receipt_id: the allow receipt that placed the hold.
+            op_id: names this operation (same rules as :meth:`settle`).
+            reason: why (recorded and signed).
+
+        Returns:
+            The signed release receipt.
+
+        Raises:
+            HoldConflictError: the hold was closed by a different operation, or ``op_id`` reused.
+            UnknownHoldError: no hold for that receipt id.
         """
         return self._holds.release(receipt_id, op_id, reason)
 
     def expire_holds(self) -> list[ChioReceipt]:
-        """Expire every open hold past the TTL now (a signed receipt each). Evaluations that declare a
-        cost do this lazily in their own transaction; call this to sweep without one."""
+        """Expire every open hold past the TTL now, a signed receipt each.
+
+        Evaluations that declare a cost do this lazily in their own transaction; call this to sweep
+        without one.
+
+        Returns:
+            The expiry receipts.
+        """
         return self._holds.expire()
 
     def get_hold(self, receipt_id: str) -> dict[str, Any] | None:
-        """The hold of allow ``receipt_id`` (``amount``, ``state``, ``captured_units``, ``expires_at``,
-        ``closed_by``, ``grants``), or None."""
+        """The hold of an allow receipt.
+
+        Args:
+            receipt_id: the allow receipt.
+
+        Returns:
+            ``amount``, ``state``, ``captured_units``, ``created_at``, ``expires_at``, ``closed_by``,
+            ``grants``; or None.
+        """
         return self._holds.get(receipt_id)
 
     def budgets(self, capability_id: str) -> list[dict[str, Any]]:
-        """Per budgeted grant of the capability and its ancestors: ``captured``, ``held``,
-        ``remaining`` (of ``max_total_cost``), ``currency``, ``invocations``... Due holds are expired
-        first, so the numbers are exact."""
+        """The budgets of a capability and its ancestors, per budgeted grant, exact now.
+
+        Due holds are expired first, so the numbers are exact.
+
+        Args:
+            capability_id: the capability.
+
+        Returns:
+            One dict per budgeted grant: ``captured``, ``held``, ``remaining`` (of ``max_total_cost``),
+            ``currency``, ``invocations``...
+
+        Raises:
+            CapabilityError: unknown capability.
+        """
         return self._holds.budgets(capability_id)
 
     # --- receipts ---
 
     def sign_http_receipt(self, body: Mapping[str, Any]) -> str:
-        """Hex Ed25519 signature, by this kernel's key, of an ``HttpReceipt``'s signed body (its
-        fields but ``signature``, as the sidecar's ``/chio/evaluate`` builds it): over its canonical
-        JSON, the same rule as tool receipts.
+        """Sign an ``HttpReceipt``'s body with this kernel's key (the sidecar's ``/chio/evaluate``).
 
-        Only HttpReceipt bodies are signed (``id`` ``hrcpt-...``, HttpReceipt fields only), so this is
-        no way to sign a tool receipt or a capability token.
+        Over its canonical JSON, the same rule as tool receipts. Only HttpReceipt bodies are signed (``id``
+        ``hrcpt-...``, HttpReceipt fields only), so this is no way to sign a tool receipt or a token.
+
+        Args:
+            body: the receipt's fields but ``signature``.
+
+        Returns:
+            The hex Ed25519 signature.
+
+        Raises:
+            KernelInputError: not an HttpReceipt body.
         """
         check_http_receipt_body(body)
         return self._signer.sign_hex(canonical_json(dict(body)))
 
     def verify_receipt(self, receipt: ChioReceipt | Mapping[str, Any]) -> bool:
-        """True if the receipt is signed by this kernel (or a trusted key) and its parameter hash matches."""
+        """Check a receipt's signature (this kernel or a trusted key) and its parameter hash.
+
+        Args:
+            receipt: a ``ChioReceipt`` or its dict form.
+
+        Returns:
+            True if it verifies.
+
+        Raises:
+            KernelInputError: not a receipt.
+        """
         if isinstance(receipt, ChioReceipt):
             data = receipt.model_dump(exclude_none=True)
         elif isinstance(receipt, Mapping):
@@ -564,7 +777,14 @@ class Kernel:
         return verify_receipt_dict(data, trust.issuers)
 
     def get_receipt(self, receipt_id: str) -> ChioReceipt | None:
-        """The stored receipt with this id, or None."""
+        """The stored receipt with this id.
+
+        Args:
+            receipt_id: the receipt's id.
+
+        Returns:
+            The receipt, or None.
+        """
         receipt_id = _require_str("receipt_id", receipt_id, max_len=256)
         with self._read() as st:
             body = st.receipt_body(receipt_id)
@@ -577,7 +797,19 @@ class Kernel:
         limit: int | None = None,
         after_seq: int | None = None,
     ) -> list[tuple[int, ChioReceipt]]:
-        """``(seq, receipt)`` pairs in store order (for paging with ``after_seq``)."""
+        """``(seq, receipt)`` pairs in store order (for paging with ``after_seq``).
+
+        Args:
+            capability_id: only this capability's receipts.
+            limit: at most this many.
+            after_seq: only receipts after this store position.
+
+        Returns:
+            The pairs.
+
+        Raises:
+            KernelInputError: a malformed filter.
+        """
         if capability_id is not None:
             _require_str("capability_id", capability_id, max_len=256)
         if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 0):
@@ -602,11 +834,27 @@ class Kernel:
         limit: int | None = None,
         after_seq: int | None = None,
     ) -> list[ChioReceipt]:
-        """Receipts in store (chain) order, optionally for one capability, after a seq, up to ``limit``."""
+        """Receipts in store (chain) order.
+
+        Args:
+            capability_id: only this capability's receipts.
+            limit: at most this many.
+            after_seq: only receipts after this store position.
+
+        Returns:
+            The receipts.
+
+        Raises:
+            KernelInputError: a malformed filter.
+        """
         return [r for _, r in self.list_receipts_with_seq(capability_id=capability_id, limit=limit, after_seq=after_seq)]
 
     def receipt_count(self) -> int:
-        """Number of receipts in the store."""
+        """How many receipts the store holds.
+
+        Returns:
+            The count.
+        """
         with self._read() as st:
             return st.receipt_count()
 
@@ -624,12 +872,22 @@ class Kernel:
     ) -> list[tuple[int, ChioReceipt]]:
         """``(seq, receipt)`` of the receipts matching every filter given, filtered by the store.
 
-        ``verdict``: ``"allow"`` or ``"deny"``; ``since``: Unix seconds (receipt ``timestamp`` at or
-        after it); ``metadata``: exact values of top-level keys of the receipt's ``metadata``;
-        ``after_seq``: only receipts after this store position (for following the log);
-        ``newest_first``: newest first, else chain order; ``capability_index=False``: match
-        ``capability_id`` without the by-capability index (no write transaction to catch it up: for
-        polling the few receipts after ``after_seq``).
+        Args:
+            capability_id: only this capability's receipts.
+            verdict: ``"allow"`` or ``"deny"``.
+            since: unix seconds: receipts whose ``timestamp`` is at or after it.
+            metadata: exact values of top-level keys of the receipt's ``metadata``.
+            after_seq: only receipts after this store position (for following the log).
+            limit: at most this many.
+            newest_first: newest first, else chain order.
+            capability_index: False matches ``capability_id`` without the by-capability index (no
+                write transaction to catch it up: for polling the few receipts after ``after_seq``).
+
+        Returns:
+            The pairs.
+
+        Raises:
+            KernelInputError: a malformed filter.
         """
         if capability_id is not None:
             _require_str("capability_id", capability_id, max_len=256)
@@ -652,11 +910,16 @@ class Kernel:
         return [(seq, ChioReceipt.model_validate_json(body)) for seq, body in rows]
 
     def verify_chain(self, *, batch: int = 2000) -> ChainReport:
-        """Walk the store in seq order checking each signature and chain link; name the first broken index.
+        """Walk the store in seq order checking each signature and chain link.
 
-        Index = 0-based position in store order. (Like any hash chain without an external anchor,
-        removing the newest receipts leaves a shorter valid chain; compare ``count`` with a count you
-        recorded elsewhere to detect that.)
+        Like any hash chain without an external anchor, removing the newest receipts leaves a shorter
+        valid chain; compare ``count`` with a count recorded elsewhere to detect that.
+
+        Args:
+            batch: receipts read per query.
+
+        Returns:
+            The report, naming the first broken index (0-based position in store order).
         """
         self._check_open()
         # One consistent read snapshot: the walk (long on a big store) neither holds the kernel's
@@ -664,7 +927,12 @@ class Kernel:
         return verify_chain(self._store.snapshot(), self._verify_receipt_dict, batch)
 
     def health(self) -> dict[str, Any]:
-        """Status summary (what the sidecar's ``/chio/health`` returns)."""
+        """Status summary (what the sidecar's ``/chio/health`` returns).
+
+        Returns:
+            ``status``, ``kernel_key``, ``data_dir``, ``receipts``, ``mode``; ``store`` (the URL, password
+            masked) on a fleet store.
+        """
         with self._read() as st:
             head_seq = st.chain_head()[0]
         return {
