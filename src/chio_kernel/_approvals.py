@@ -79,6 +79,7 @@ __all__ = [
     "ApprovalTokenError",
     "Approvals",
     "approval_requirement",
+    "approval_settings",
     "sign_approval_token",
 ]
 
@@ -210,6 +211,23 @@ def _check_token(token: Any) -> dict[str, Any]:
     return dict(token)
 
 
+def approval_settings(approver_keys: Iterable[str], approval_ttl: int | None) -> tuple[frozenset[str], int]:
+    """The approver keys and the approval TTL a kernel is given, checked (before anything is opened).
+
+    Args:
+        approver_keys: hex Ed25519 public keys.
+        approval_ttl: seconds; None: ``$CHIO_APPROVAL_TTL``, else :data:`DEFAULT_APPROVAL_TTL`.
+
+    Returns:
+        ``(keys lower-cased, ttl)``.
+
+    Raises:
+        KernelInputError: a key is not a hex Ed25519 key, or the TTL is not valid.
+    """
+    keys = frozenset(_check_hex_key(k, "approver key") for k in approver_keys)
+    return keys, _resolve_approval_ttl(approval_ttl)
+
+
 def _resolve_approval_ttl(approval_ttl: int | None) -> int:
     """``approval_ttl``, else ``$CHIO_APPROVAL_TTL``, else :data:`DEFAULT_APPROVAL_TTL` (checked)."""
     if approval_ttl is None:
@@ -245,8 +263,8 @@ class Approvals:
     def __init__(
         self,
         data_dir: Path,
-        approver_keys: Iterable[str],
-        approval_ttl: int | None,
+        approver_keys: frozenset[str],
+        approval_ttl: int,
         clock: Callable[[], float],
         read: Callable[[], AbstractContextManager[StoreReader]],
         write: Callable[[], AbstractContextManager[StoreWriter]],
@@ -255,8 +273,7 @@ class Approvals:
     ) -> None:
         """Keep approvals in the store via ``read`` / ``write``, sign their receipts with ``chain``.
 
-        Raises:
-            KernelInputError: an approver key is not a hex Ed25519 key, or the TTL is not valid.
+        ``approver_keys`` / ``approval_ttl`` as :func:`approval_settings` checked them.
         """
         self.data_dir = data_dir
         self._clock = clock
@@ -264,10 +281,10 @@ class Approvals:
         self._write = write
         self._load_cap = load_cap
         self._chain = chain
-        self._approver_keys = frozenset(_check_hex_key(k, "approver key") for k in approver_keys)
+        self._approver_keys = approver_keys
         self._wake_reports: OrderedDict[str, list[dict[str, Any]]] = OrderedDict()
         self._wake_reports_lock = threading.Lock()
-        self._approval_ttl = _resolve_approval_ttl(approval_ttl)
+        self._approval_ttl = approval_ttl
 
     # --- configuration ---
 

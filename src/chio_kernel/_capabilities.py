@@ -151,12 +151,13 @@ class Capabilities:
         self._clock = clock
         self._read = read
         self._write = write
-        self._caps: dict[str, _Cap] = {}
+        self.cache: dict[str, _Cap] = {}  # the verified capabilities (tokens are immutable)
 
     # --- capabilities: loading ---
 
-    def _load_cap(self, st: StoreReader, capability_id: str) -> _Cap | None:
-        cap = self._caps.get(capability_id)
+    def load(self, st: StoreReader, capability_id: str) -> _Cap | None:
+        """The verified capability with this id (cached), loaded in the caller's store transaction; None if unknown."""
+        cap = self.cache.get(capability_id)
         if cap is not None:
             return cap
         row = st.capability(capability_id)
@@ -164,9 +165,9 @@ class Capabilities:
             return None
         token = CapabilityToken.model_validate_json(row.token)
         cap = self._make_cap(st, token, row.parent_id, row.rate_max, row.rate_per)
-        if len(self._caps) >= _CAP_CACHE_SIZE:  # bounded: drop the oldest entry (insertion order)
-            self._caps.pop(next(iter(self._caps)))
-        self._caps[capability_id] = cap
+        if len(self.cache) >= _CAP_CACHE_SIZE:  # bounded: drop the oldest entry (insertion order)
+            self.cache.pop(next(iter(self.cache)))
+        self.cache[capability_id] = cap
         return cap
 
     def _make_cap(
@@ -396,7 +397,7 @@ class Capabilities:
     def is_revoked(self, capability_id: str) -> bool:
         """Is this capability (or one of its ancestors) revoked?"""
         with self._read() as st:
-            cap = self._load_cap(st, capability_id)
+            cap = self.load(st, capability_id)
             ids = cap.lineage if cap is not None else (capability_id,)
             return st.first_revoked(ids) is not None
 

@@ -14,16 +14,16 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from chio_sdk.models import CapabilityToken, ChioReceipt, ChioScope, MonetaryAmount, Operation
-from pydantic import ValidationError
 
-from chio_kernel._approvals import Approvals
+from chio_kernel._approvals import Approvals, approval_settings
 from chio_kernel._capabilities import Capabilities, _Cap, capability_signing_bytes
-from chio_kernel._coerce import MAX_COST_UNITS, _require_str, check_scope_fields
+from chio_kernel._coerce import MAX_COST_UNITS, check_scope_fields
 from chio_kernel._denials import Denials
 from chio_kernel._errors import CapabilityError, ChioKernelError, KernelInputError, KernelKeyMissingError
 from chio_kernel._evaluation import Evaluator
 from chio_kernel._holds import Holds, resolve_hold_ttl
 from chio_kernel._ids import uuid7
+from chio_kernel._receipt_log import ReceiptLog
 from chio_kernel._receipts import (
     ChainReport,
     ReceiptChain,
@@ -31,12 +31,17 @@ from chio_kernel._receipts import (
     receipt_chain_hash,
     receipt_signing_bytes,
     receipt_wire_dict,
-    verify_chain,
-    verify_receipt_dict,
 )
 from chio_kernel._request import EvalRequest
-from chio_kernel._store import KernelStore, ReceiptQuery, StoreReader, StoreWriter
-from chio_kernel._store_factory import STORE_ENV, open_kernel_store, refuse_missing_key, resolve_store, store_trust
+from chio_kernel._store import KernelStore, StoreReader, StoreWriter
+from chio_kernel._store_factory import (
+    STORE_ENV,
+    StoreGate,
+    open_kernel_store,
+    refuse_missing_key,
+    resolve_store,
+    store_trust,
+)
 from chio_kernel.canonical import canonical_json
 from chio_kernel.signing import Signer, default_data_dir, ensure_data_dir, load_or_create_key
 
@@ -62,6 +67,12 @@ __all__ = [
 ]
 
 _EvalRequest = EvalRequest  # the name this module used
+
+
+def _kernel_repr(data_dir: Path, store: str | None, key: str) -> str:
+    """``Kernel(data_dir=..., [store=...,] key=...)`` (a fleet kernel names its store, password masked)."""
+    where = "" if store is None else f", store={store!r}"
+    return f"Kernel(data_dir={str(data_dir)!r}{where}, key={key[:16]}…)"
 
 
 def _check_trusted_keys(trusted_keys: Iterable[str]) -> frozenset[str]:
@@ -128,22 +139,28 @@ class Kernel:
         self.public_key_hex: str = self._signer.public_key_hex
         self.trusted_keys: frozenset[str] = _check_trusted_keys(trusted_keys)
         self._clock: Callable[[], float] = clock if clock is not None else time.time
-        now: Callable[[], float] = lambda: self._clock()  # noqa: E731 - tests may move the clock
-        chain = ReceiptChain(self._signer.sign_hex, self.public_key_hex)
-        approvals = Approvals(self.data_dir, approver_keys, approval_ttl, now, self._read, self._write,
-                              self._load_cap, chain)
+        approvers, approvals_ttl = approval_settings(approver_keys, approval_ttl)
         # opened after the key: load_or_create_key tightens a fresh data dir, which a store file would hide
         self._store: KernelStore = open_kernel_store(dsn, self.data_dir, fsync=fsync, signer_key=self.public_key_hex)
-        self._closed = False
-        self._trust, self._fleet = store_trust(self._store, self.public_key_hex, self.trusted_keys, self._read,
-                                               self.data_dir)
-        self._capabilities = Capabilities(self._signer, self._trust, now, self._read, self._write)
-        self._caps: dict[str, _Cap] = self._capabilities._caps  # the verified-capability cache
-        self._approvals = approvals
-        self._holds = Holds(ttl, now, self._read, self._write, self._load_cap, chain)
-        self._denials = Denials(self._write, self._load_cap, now, chain)
-        self._evaluation = Evaluator(self._caps, self._load_cap, self._read, self._write, now, chain,
-                                     (approvals, self._holds, self._trust), self.base_url)
+        self._build_services(ttl, approvers, approvals_ttl, None if dsn is None else self._store.description)
+
+    def _build_services(
+        self, hold_ttl: float, approvers: frozenset[str], approval_ttl: int, shared_store: str | None
+    ) -> None:
+        """The services, each handed what it needs (none holds the facade)."""
+        clock, store = self._clock, self._store
+        self._gate = gate = StoreGate(store, _kernel_repr(self.data_dir, shared_store, self.public_key_hex))
+        self._trust, self._fleet = store_trust(store, self.public_key_hex, self.trusted_keys, gate.read, self.data_dir)
+        self._capabilities = caps = Capabilities(self._signer, self._trust, clock, gate.read, gate.write)
+        self._caps: dict[str, _Cap] = caps.cache  # the verified-capability cache
+        chain = ReceiptChain(self._signer.sign_hex, self.public_key_hex)
+        self._approvals = Approvals(self.data_dir, approvers, approval_ttl, clock, gate.read, gate.write, caps.load,
+                                    chain)
+        self._holds = Holds(hold_ttl, clock, gate.read, gate.write, caps.load, chain)
+        self._denials = Denials(gate.write, caps.load, clock, chain)
+        self._receipts = ReceiptLog(gate, self._trust)
+        self._evaluation = Evaluator(caps.cache, caps.load, gate.read, gate.write, clock, chain,
+                                     (self._approvals, self._holds, self._trust), self.base_url)
 
     # --- plumbing ---
 
@@ -153,16 +170,11 @@ class Kernel:
         return f"embedded:{self.data_dir}"
 
     def __repr__(self) -> str:
-        if self._fleet is not None:
-            return (f"Kernel(data_dir={str(self.data_dir)!r}, store={self._fleet.description!r}, "
-                    f"key={self.public_key_hex[:16]}…)")
-        return f"Kernel(data_dir={str(self.data_dir)!r}, key={self.public_key_hex[:16]}…)"
+        return _kernel_repr(self.data_dir, None if self._fleet is None else self._fleet.description, self.public_key_hex)
 
     def close(self) -> None:
         """Close the store connection (the kernel cannot be used afterwards; closing twice is a no-op)."""
-        if not self._closed:
-            self._closed = True
-            self._store.close()
+        self._gate.close()
 
     def __enter__(self) -> Kernel:
         return self
@@ -170,19 +182,14 @@ class Kernel:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def _check_open(self) -> None:
-        if self._closed:
-            raise RuntimeError(f"{self!r} is closed; create a new Kernel")
-
     def _read(self) -> AbstractContextManager[StoreReader]:
-        if self._closed:
-            raise RuntimeError(f"{self!r} is closed; create a new Kernel")
-        return self._store.read()
+        return self._gate.read()
 
     def _write(self) -> AbstractContextManager[StoreWriter]:
-        if self._closed:
-            raise RuntimeError(f"{self!r} is closed; create a new Kernel")
-        return self._store.write()
+        return self._gate.write()
+
+    def _load_cap(self, st: StoreReader, capability_id: str) -> _Cap | None:
+        return self._capabilities.load(st, capability_id)
 
     # --- a fleet's store (chio_kernel._fleet does the work; PostgreSQL only) ---
 
@@ -241,9 +248,6 @@ class Kernel:
         return self._fleet_keys("check_key_active").check_key_active
 
     # --- capabilities (chio_kernel._capabilities does the work) ---
-
-    def _load_cap(self, st: StoreReader, capability_id: str) -> _Cap | None:
-        return self._capabilities._load_cap(st, capability_id)
 
     def create_capability(
         self,
@@ -422,7 +426,7 @@ class Kernel:
             KernelInputError: malformed input (a ``ValueError``).
             IdempotencyKeyReusedError: the key was used for a different call.
         """
-        self._check_open()
+        self._gate.check_open()
         req = self._evaluation.prepare(
             capability_id, tool_server, tool_name, parameters, idempotency_key, cost, operation,
             approval_id, canonical_parameters, parameter_hash, metadata,
@@ -486,7 +490,7 @@ class Kernel:
     ) -> ChioReceipt:
         """:meth:`evaluate` for asyncio callers: the calls made in one turn of the event loop share
         one write transaction (LocalChioClient uses this)."""
-        self._check_open()
+        self._gate.check_open()
         req = self._evaluation.prepare(
             capability_id, tool_server, tool_name, parameters, idempotency_key, cost, operation,
             approval_id, canonical_parameters, parameter_hash, metadata,
@@ -758,23 +762,10 @@ class Kernel:
         Raises:
             KernelInputError: not a receipt.
         """
-        if isinstance(receipt, ChioReceipt):
-            data = receipt.model_dump(exclude_none=True)
-        elif isinstance(receipt, Mapping):
-            try:
-                data = ChioReceipt.model_validate(dict(receipt)).model_dump(exclude_none=True)
-            except ValidationError as err:
-                raise KernelInputError(f"not a valid ChioReceipt: {err}") from err
-        else:
-            raise KernelInputError(f"expected a chio_sdk.models.ChioReceipt, got {type(receipt).__name__}")
-        return self._verify_receipt_dict(data) is None
+        return self._receipts.verify(receipt)
 
     def _verify_receipt_dict(self, data: dict[str, Any]) -> str | None:
-        trust = self._trust
-        if trust.learns and data.get("kernel_key") not in trust.issuers:
-            with self._read() as st:  # a fleet kernel that joined after this one started
-                trust.learn(st)
-        return verify_receipt_dict(data, trust.issuers)
+        return self._receipts.problem(data)
 
     def get_receipt(self, receipt_id: str) -> ChioReceipt | None:
         """The stored receipt with this id.
@@ -785,10 +776,7 @@ class Kernel:
         Returns:
             The receipt, or None.
         """
-        receipt_id = _require_str("receipt_id", receipt_id, max_len=256)
-        with self._read() as st:
-            body = st.receipt_body(receipt_id)
-        return ChioReceipt.model_validate_json(body) if body is not None else None
+        return self._receipts.get(receipt_id)
 
     def list_receipts_with_seq(
         self,
@@ -810,22 +798,7 @@ class Kernel:
         Raises:
             KernelInputError: a malformed filter.
         """
-        if capability_id is not None:
-            _require_str("capability_id", capability_id, max_len=256)
-        if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 0):
-            raise KernelInputError(f"limit must be a non-negative integer, got {limit!r}")
-        if after_seq is not None and (isinstance(after_seq, bool) or not isinstance(after_seq, int)):
-            raise KernelInputError(f"after_seq must be an integer, got {after_seq!r}")
-        if capability_id is not None:
-            self._index_by_capability()
-        with self._read() as st:
-            rows = st.receipts_after(after_seq if after_seq is not None else 0, limit, capability_id)
-        return [(seq, ChioReceipt.model_validate_json(body)) for seq, body in rows]
-
-    def _index_by_capability(self) -> None:
-        """Catch the by-capability receipt index up (the store does it in short transactions)."""
-        self._check_open()
-        self._store.catch_up_capability_index()
+        return self._receipts.list_with_seq(capability_id, limit, after_seq)
 
     def list_receipts(
         self,
@@ -855,8 +828,7 @@ class Kernel:
         Returns:
             The count.
         """
-        with self._read() as st:
-            return st.receipt_count()
+        return self._receipts.count()
 
     def query_receipts(
         self,
@@ -889,25 +861,9 @@ class Kernel:
         Raises:
             KernelInputError: a malformed filter.
         """
-        if capability_id is not None:
-            _require_str("capability_id", capability_id, max_len=256)
-        if verdict is not None and verdict not in ("allow", "deny"):
-            raise KernelInputError(f"verdict must be 'allow' or 'deny', got {verdict!r}")
-        for name, value in (("since", since), ("after_seq", after_seq), ("limit", limit)):
-            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 0):
-                raise KernelInputError(f"{name} must be a non-negative integer, got {value!r}")
-        pairs = tuple((str(k), _require_str(f"metadata[{k!r}]", v)) for k, v in (metadata or {}).items())
-        try:
-            query = ReceiptQuery(after_seq=after_seq, limit=limit, newest_first=newest_first,
-                                 capability_id=capability_id, verdict=verdict, since=since, metadata=pairs,
-                                 capability_index=capability_index)
-        except ValueError as err:
-            raise KernelInputError(str(err)) from None
-        if capability_id is not None and capability_index:
-            self._index_by_capability()
-        with self._read() as st:
-            rows = st.query_receipts(query)
-        return [(seq, ChioReceipt.model_validate_json(body)) for seq, body in rows]
+        return self._receipts.query(
+            capability_id, verdict, since, metadata, (after_seq, limit, newest_first), capability_index
+        )
 
     def verify_chain(self, *, batch: int = 2000) -> ChainReport:
         """Walk the store in seq order checking each signature and chain link.
@@ -921,10 +877,7 @@ class Kernel:
         Returns:
             The report, naming the first broken index (0-based position in store order).
         """
-        self._check_open()
-        # One consistent read snapshot: the walk (long on a big store) neither holds the kernel's
-        # locks nor blocks writers, so evaluations go on meanwhile.
-        return verify_chain(self._store.snapshot(), self._verify_receipt_dict, batch)
+        return self._receipts.verify_chain(batch)
 
     def health(self) -> dict[str, Any]:
         """Status summary (what the sidecar's ``/chio/health`` returns).

@@ -17,16 +17,51 @@ from typing import TYPE_CHECKING
 from chio_kernel._capabilities import Trust
 from chio_kernel._errors import KernelInputError, KernelKeyMissingError
 from chio_kernel._sqlite_store import DB_FILE, SQLiteStore
-from chio_kernel._store import KernelStore, StoreReader
+from chio_kernel._store import KernelStore, StoreReader, StoreWriter
 from chio_kernel.signing import KEY_FILE
 
 if TYPE_CHECKING:
     from chio_kernel._fleet import FleetKeys
 
-__all__ = ["STORE_ENV", "open_kernel_store", "refuse_missing_key", "resolve_store", "store_trust"]
+__all__ = ["STORE_ENV", "StoreGate", "open_kernel_store", "refuse_missing_key", "resolve_store", "store_trust"]
 
 #: The environment variable that selects the store when ``store`` is not given (docs/fleet.md).
 STORE_ENV = "CHIO_STORE"
+
+
+class StoreGate:
+    """The kernel's store behind a closed flag: the ``read`` / ``write`` every service is handed."""
+
+    __slots__ = ("store", "_name", "closed")
+
+    def __init__(self, store: KernelStore, name: str) -> None:
+        """Guard ``store``; ``name`` (the kernel's repr) says what is closed."""
+        self.store = store
+        self._name = name
+        self.closed = False
+
+    def check_open(self) -> None:
+        """Raise ``RuntimeError`` once closed."""
+        if self.closed:
+            raise RuntimeError(f"{self._name} is closed; create a new Kernel")
+
+    def read(self) -> AbstractContextManager[StoreReader]:
+        """A short read transaction (``RuntimeError`` once closed)."""
+        if self.closed:
+            raise RuntimeError(f"{self._name} is closed; create a new Kernel")
+        return self.store.read()
+
+    def write(self) -> AbstractContextManager[StoreWriter]:
+        """A write transaction (``RuntimeError`` once closed)."""
+        if self.closed:
+            raise RuntimeError(f"{self._name} is closed; create a new Kernel")
+        return self.store.write()
+
+    def close(self) -> None:
+        """Close the store (once)."""
+        if not self.closed:
+            self.closed = True
+            self.store.close()
 
 
 def resolve_store(store: str | None) -> str | None:

@@ -260,7 +260,7 @@ def test_the_fleet_trust_is_handed_to_the_services(pg_dsn: str, tmp_path: Path) 
     assert type(kernel) is Kernel
     assert isinstance(kernel._trust, FleetTrust) and isinstance(kernel._fleet, FleetKeys)
     assert kernel._capabilities._trust is kernel._trust and kernel._evaluation._trust is kernel._trust
-    assert kernel._caps is kernel._capabilities._caps
+    assert kernel._caps is kernel._capabilities.cache
     assert hasattr(kernel, "registered_keys") and hasattr(kernel, "check_key_active")
     kernel.close()
     lone = Kernel(tmp_path / "b", store="sqlite")
