@@ -59,6 +59,7 @@ class Evaluator:
         self._clock = clock
         self._chain = chain
         self._approvals, self._holds, self._trust = services
+        self._watch_keys = type(self._trust).on_write is not Trust.on_write  # a fleet: retired keys
         self._where = where
         self.committer: GroupCommitter[EvalRequest, ChioReceipt] = GroupCommitter(
             self.run_batch, max_batch_from_env()
@@ -144,7 +145,7 @@ class Evaluator:
 
     def evaluate_in(self, st: StoreWriter, req: EvalRequest) -> ChioReceipt:
         """Decide, charge and record one call inside the caller's write transaction."""
-        if self._trust.on_write(st):  # a fleet key was retired: re-check every capability
+        if self._watch_keys and self._trust.on_write(st):  # a fleet key was retired: re-check every capability
             self._caps.clear()
         now = self._clock()
         if req.cost_t is not None:  # holds past their TTL free their budget before this call is decided
@@ -180,28 +181,7 @@ class Evaluator:
             return self._approvals.pending_receipt(st, head_seq, prev_hash, now, req, cap, gate)
         if gate is not None:  # the approval is still pending: its pending receipt again
             return gate
-        return self._allow(st, head_seq, prev_hash, now, req, cap, (charges, rated))
-
-    def _lineage(self, st: StoreReader, cap: _Cap) -> list[_Cap]:
-        lineage = [cap]
-        for ancestor_id in cap.lineage[1:]:
-            ancestor = self._load_cap(st, ancestor_id)
-            if ancestor is not None:  # a trusted foreign root this kernel never stored: its budgets live there
-                lineage.append(ancestor)
-        return lineage
-
-    def _allow(
-        self,
-        st: StoreWriter,
-        head_seq: int,
-        prev_hash: str,
-        now: float,
-        req: EvalRequest,
-        cap: _Cap,
-        decided: tuple[list[tuple[str, int]], list[str]],
-    ) -> ChioReceipt:
-        """Charge, then record the allow (and its hold, when the call declared a cost)."""
-        charges, rated = decided
+        # allow: charge, then record (and hold a declared cost until settled, released or expired)
         for charged_id, grant_index in charges:
             st.charge(charged_id, grant_index, req.cost_t[0] if req.cost_t else 0)
         for rated_id in rated:
@@ -210,7 +190,16 @@ class Evaluator:
             receipt = self._chain.append(st, head_seq, prev_hash, now, req, ALLOW, cap.policy_hash, req.metadata)
         else:
             receipt = self._approvals.approved_allow_receipt(st, head_seq, prev_hash, now, req, cap.policy_hash)
-        remember(st, req.key_hash, req.idem_hash, head_seq + 1)
-        if req.cost_t is not None:  # a declared cost is a hold until settled, released or expired
+        if req.idem_hash is not None:
+            remember(st, req.key_hash, req.idem_hash, head_seq + 1)
+        if req.cost_t is not None:
             self._holds.place(st, receipt.id, req.capability_id, cap.policy_hash, req.cost_t, charges, now)
         return receipt
+
+    def _lineage(self, st: StoreReader, cap: _Cap) -> list[_Cap]:
+        lineage = [cap]
+        for ancestor_id in cap.lineage[1:]:
+            ancestor = self._load_cap(st, ancestor_id)
+            if ancestor is not None:  # a trusted foreign root this kernel never stored: its budgets live there
+                lineage.append(ancestor)
+        return lineage

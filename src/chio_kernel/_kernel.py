@@ -161,6 +161,8 @@ class Kernel:
         self._receipts = ReceiptLog(gate, self._trust)
         self._evaluation = Evaluator(caps.cache, caps.load, gate.read, gate.write, clock, chain,
                                      (self._approvals, self._holds, self._trust), self.base_url)
+        self._prepare = self._evaluation.prepare  # the hot path's two steps, looked up once
+        self._submit = self._evaluation.committer.submit
 
     # --- plumbing ---
 
@@ -426,12 +428,13 @@ class Kernel:
             KernelInputError: malformed input (a ``ValueError``).
             IdempotencyKeyReusedError: the key was used for a different call.
         """
-        self._gate.check_open()
-        req = self._evaluation.prepare(
+        if self._gate.closed:
+            self._gate.check_open()
+        req = self._prepare(
             capability_id, tool_server, tool_name, parameters, idempotency_key, cost, operation,
             approval_id, canonical_parameters, parameter_hash, metadata,
         )
-        return self._evaluation.committer.submit(req)
+        return self._submit(req)
 
     def record_denial(
         self,
@@ -490,8 +493,9 @@ class Kernel:
     ) -> ChioReceipt:
         """:meth:`evaluate` for asyncio callers: the calls made in one turn of the event loop share
         one write transaction (LocalChioClient uses this)."""
-        self._gate.check_open()
-        req = self._evaluation.prepare(
+        if self._gate.closed:
+            self._gate.check_open()
+        req = self._prepare(
             capability_id, tool_server, tool_name, parameters, idempotency_key, cost, operation,
             approval_id, canonical_parameters, parameter_hash, metadata,
         )

@@ -51,14 +51,6 @@ def call_hash(req: EvalRequest) -> str:
     return hashlib.sha256("\x1f".join(parts).encode()).hexdigest()
 
 
-def _check_names(capability_id: Any, tool_server: Any, tool_name: Any) -> None:
-    for name, value, max_len in (
-        ("capability_id", capability_id, 256), ("tool_server", tool_server, 1024), ("tool_name", tool_name, 1024)
-    ):
-        if type(value) is not str or not value or len(value) > max_len or not value.isascii() or "\x00" in value:
-            _require_str(name, value, max_len=max_len)  # raises with the precise message, or accepts Unicode
-
-
 def canonical_forms(
     parameters: Any, canonical_parameters: str | None = None, parameter_hash: str | None = None
 ) -> tuple[dict[str, Any], str, str, str]:
@@ -114,7 +106,11 @@ def make_request(
     Raises:
         KernelInputError: anything malformed (names, parameters, cost, operation, metadata, key).
     """
-    _check_names(capability_id, tool_server, tool_name)
+    for name, value, max_len in (
+        ("capability_id", capability_id, 256), ("tool_server", tool_server, 1024), ("tool_name", tool_name, 1024)
+    ):
+        if type(value) is not str or not value or len(value) > max_len or not value.isascii() or "\x00" in value:
+            _require_str(name, value, max_len=max_len)  # raises with the precise message, or accepts Unicode
     params, params_text, params_ascii, param_hash = canonical_forms(parameters, canonical_parameters, parameter_hash)
     op = operation if type(operation) is Operation else _coerce_operation(operation)
     cost_t = None if cost is None else _coerce_cost(cost)
