@@ -26,7 +26,7 @@ from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from chio_durable import KernelRejected, as_transport
 from chio_kernel import ApprovalNotFoundError, Kernel, KernelInputError, LocalChioClient, sign_approval_token
 from chio_kernel._wakers import MAX_WAKE_BYTES, MAX_WAKES, WAKER_GROUP, register_waker, unregister_waker
-from cli_run import run_cli
+from cli_run import run_cli, run_cli_process
 from kernel_helpers import Clock
 
 PARAMS = {"order": "A-17", "amount": 250}
@@ -361,7 +361,8 @@ def test_cli_deny_wakes_through_an_entry_point_and_reports_json(chio_home: Path,
     import os
 
     path = os.pathsep.join(p for p in (str(site), os.environ.get("PYTHONPATH", "")) if p)
-    done = run_cli("approvals", "deny", aid, "--json", "--data-dir", str(chio_home), PYTHONPATH=path)
+    # a new interpreter: the entry point is found on its $PYTHONPATH, as an installed waker would be
+    done = run_cli_process("approvals", "deny", aid, "--json", "--data-dir", str(chio_home), PYTHONPATH=path)
     assert done.returncode == 0, done.stderr
     answer = json.loads(done.stdout)
     assert answer["wakes"] == [{"engine": "filewake", "ok": True, "message": f"woke file {out}"}]

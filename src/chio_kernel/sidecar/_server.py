@@ -208,7 +208,7 @@ def _probe_protocol(protocol: type[asyncio.Protocol], config: Any) -> None:
 
 def _open_kernel(data_dir: str | Path | None) -> Any:
     """The kernel to serve; a fleet kernel whose key was retired is refused before binding."""
-    from chio_kernel import Kernel
+    from chio_kernel._kernel import Kernel
 
     kernel = Kernel(data_dir=data_dir)
     check_key_active = getattr(kernel, "check_key_active", None)  # a fleet kernel: is its key still active?
