@@ -4,8 +4,8 @@ Threads (the sidecar's request threads, an application's thread pool) call :meth
 the first caller becomes the leader and runs the waiting callers' requests as one batch (one
 transaction, one commit); callers arriving meanwhile queue up and the leader hands over to the
 oldest of them, whose batch then holds everyone who queued while the previous one committed.
-asyncio callers on one event loop use :meth:`GroupCommitter.submit_async`: the requests made in one
-turn of the loop are flushed together. Either way a caller gets its receipt only after the commit
+asyncio callers on one event loop use :meth:`GroupCommitter.submit_async`: the first request of a
+loop turn is decided at once, and the requests made later in the same turn are flushed together. Either way a caller gets its receipt only after the commit
 that holds it (the transaction semantics are those of :mod:`chio_kernel._store`).
 
 ``CHIO_GROUP_COMMIT`` (environment, read when a ``Kernel`` is created) caps the batch size
@@ -64,6 +64,7 @@ class GroupCommitter(Generic[Req, Res]):
         self._queue: list[_Slot[Req, Res]] = []
         self._leading = False
         self._pending: dict[asyncio.AbstractEventLoop, list[tuple[Req, asyncio.Future[Res]]]] = {}
+        self._turns: set[asyncio.AbstractEventLoop] = set()  # loops whose current turn decided a request
 
     def _fork_check(self) -> None:
         if os.getpid() != self._pid:  # a lock held by a parent thread must not cross a fork
@@ -72,6 +73,7 @@ class GroupCommitter(Generic[Req, Res]):
             self._queue = []
             self._leading = False
             self._pending = {}
+            self._turns = set()
 
     # --- threads ---
 
@@ -128,11 +130,21 @@ class GroupCommitter(Generic[Req, Res]):
     # --- asyncio ---
 
     async def submit_async(self, req: Req) -> Res:
-        """Queue ``req`` for this event loop's next flush (the requests of one loop turn share a batch)."""
+        """Decide ``req`` now if it is the first of this loop turn, else in the turn's flush.
+
+        The first request of a turn runs at once: a lone caller (an agent run, a workflow) never
+        waits behind the other callbacks the loop has ready, which would add their work to its
+        latency. The requests that arrive later in the same turn (concurrent callers) are batched
+        into one transaction flushed at the end of the turn.
+        """
         self._fork_check()
         loop = asyncio.get_running_loop()
-        fut: asyncio.Future[Res] = loop.create_future()
         pending = self._pending.get(loop)
+        if pending is None and loop not in self._turns:
+            self._turns.add(loop)
+            loop.call_soon(self._turns.discard, loop)  # the turn ends: the next request is first again
+            return self._unwrap(self._run([req])[0])
+        fut: asyncio.Future[Res] = loop.create_future()
         if pending is None:
             pending = self._pending[loop] = []
             loop.call_soon(self._flush, loop)

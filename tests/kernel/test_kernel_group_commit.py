@@ -74,7 +74,8 @@ def test_same_idempotency_key_in_one_batch_is_one_receipt_and_one_charge(kernel:
 
     before = kernel._store.commits
     ids = asyncio.run(main())
-    assert kernel._store.commits - before == 1  # all six in one loop turn: one transaction
+    # one loop turn: the first call decided at once, the other five in one transaction
+    assert kernel._store.commits - before == 2
     assert len(set(ids)) == 1
     assert kernel.capability_info(token.id)["usage"][0]["invocations"] == 1  # type: ignore[index]
 
@@ -144,3 +145,20 @@ def test_threads_that_wait_while_a_batch_commits_form_the_next_batch() -> None:
         t.join(10)
     assert results == {i: i * 10 for i in range(6)}
     assert batches[0] == [0] and sorted(batches[1]) == [1, 2, 3, 4, 5] and len(batches) == 2
+
+
+def test_a_lone_async_caller_is_decided_without_waiting_for_the_loop_turn(kernel: Kernel) -> None:
+    # The first evaluation of a loop turn does not wait behind the loop's other ready callbacks:
+    # its receipt is there before a callback scheduled just before it has run.
+    client = LocalChioClient(kernel=kernel)
+    token = kernel.create_capability("agent:a", scope(grant()), 3600)
+    ran: list[str] = []
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        loop.call_soon(ran.append, "other callback")
+        await client.evaluate_tool_call(capability_id=token.id, tool_server="fs", tool_name="read", parameters={})
+        ran.append("receipt")
+
+    asyncio.run(main())
+    assert ran == ["receipt", "other callback"]
