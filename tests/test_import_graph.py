@@ -13,8 +13,8 @@ a string of a module that calls ``importlib.import_module`` counts as imported.
 One layering allowance, temporary and documented: the demo (``chio_kernel._demo``, run by the
 CLI's ``demo`` command) drives the engine packages to show them end to end; it lives in
 ``chio_kernel`` only so that ``chio-durable demo`` works out of the box. It should move to the
-engines' side (an entry point) and the allowance with it. The CLI's own
-package cycle is listed in ``KNOWN_PACKAGE_CYCLES`` (see there); the kernel's modules have none.
+engines' side (an entry point) and the allowance with it. No package has an internal cycle either
+(the CLI's face only re-exports; its command modules share ``_common`` / ``_options``).
 """
 
 from __future__ import annotations
@@ -31,13 +31,6 @@ DEMO_ALLOWANCE = {
     ("chio_kernel._demo", "chio_prefect"),
     ("chio_kernel._demo", "chio_temporal"),
 }
-# Cycles inside a package whose ``__init__`` defines shared helpers and then imports its submodules,
-# which import those helpers back (the CLI's command groups). It belongs to the CLI work, not the
-# kernel's; listed so any NEW cycle fails, and expected to go when its shared helpers move to a
-# ``_common`` module (as the sidecar's did). Nothing else may be added here.
-KNOWN_PACKAGE_CYCLES = [
-    ["chio_kernel.cli", "chio_kernel.cli._approvals", "chio_kernel.cli._budgets", "chio_kernel.cli._receipts"],
-]
 
 
 def _modules() -> dict[str, Path]:
@@ -138,7 +131,7 @@ def test_the_graph_is_built_from_both_kinds_of_import() -> None:
 
 
 def test_no_import_cycle_inside_src() -> None:
-    assert sorted(_cycles(_graph())) == sorted(KNOWN_PACKAGE_CYCLES)
+    assert _cycles(_graph()) == []
 
 
 def test_no_cycle_among_the_kernel_modules() -> None:
