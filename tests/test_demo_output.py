@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from demo_sections import demo_env
 
 ID = re.compile(r"rcpt-[0-9a-f-]*")
 FULL_ID = re.compile(r"^rcpt-[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
@@ -18,7 +19,7 @@ def test_piped_demo_keeps_receipt_ids_whole_and_tables_alike(tmp_path: Path) -> 
     data_dir = tmp_path / "demo"
     done = subprocess.run(
         [sys.executable, "-m", "chio_kernel.cli", "demo", "--data-dir", str(data_dir)],
-        capture_output=True, text=True, timeout=300,
+        capture_output=True, text=True, timeout=300, env=demo_env(tmp_path),
     )
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     out = done.stdout

@@ -14,6 +14,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from demo_sections import demo_env
 
 from chio_prefect._local import ANALYTICS_SETTING, STARTUP_TIMEOUT_SETTING
 
@@ -74,7 +75,7 @@ def test_demo_start_timeout_prints_the_setting_and_exits_1(tmp_path: Path) -> No
     env = _user_env(tmp_path, **{STARTUP_TIMEOUT_SETTING: "0"})
     done = subprocess.run(
         [sys.executable, "-m", "chio_kernel.cli", "demo", "--data-dir", str(tmp_path / "demo")],
-        capture_output=True, text=True, timeout=300, env={**env, "COLUMNS": "400"}, cwd=tmp_path,
+        capture_output=True, text=True, timeout=300, env=demo_env(tmp_path, {**env, "COLUMNS": "400"}), cwd=tmp_path,
     )
     assert done.returncode == 1, done.stdout[-3000:] + done.stderr[-3000:]
     hint = [line for line in done.stdout.splitlines() if "Prefect agent section failed" in line]

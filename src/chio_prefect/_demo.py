@@ -22,6 +22,8 @@ from pydantic_ai.messages import ModelMessage, ModelResponse, TextPart, ToolCall
 from pydantic_ai.models import Model
 from pydantic_ai.models.function import AgentInfo, FunctionModel
 
+from chio_prefect._local import ephemeral_start_hint
+
 __all__ = [
     "ALLOWED_URL",
     "FORBIDDEN_URL",
@@ -32,6 +34,11 @@ __all__ = [
     "scripted_research_model",
     "search",
 ]
+
+#: For ``chio-durable demo`` (entry point ``chio.demo_sections``: ``prefect = "chio_prefect._demo:run_demo"``):
+#: the section's title, and the one-line hint it prints when Prefect's temporary server starts too slowly.
+TITLE = "Prefect agent"
+failure_hint = ephemeral_start_hint
 
 ALLOWED_URL = "https://docs.example.org/durable-agents"
 FORBIDDEN_URL = "https://paste.attacker.net/upload"

@@ -50,6 +50,10 @@ __all__ = [
     "support_agent",
 ]
 
+#: The section's title in ``chio-durable demo`` (entry point ``chio.demo_sections``:
+#: ``temporal = "chio_temporal._demo:run_demo"``).
+TITLE = "Temporal agent"
+
 CALLS: Counter[str] = Counter()
 """Real executions on the worker: ``model`` (scripted model calls) and one key per tool body."""
 

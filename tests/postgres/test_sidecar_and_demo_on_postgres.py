@@ -100,10 +100,10 @@ def test_sidecar_refuses_to_start_on_a_retired_key_and_says_what_to_do(pg_dsn: s
 def test_demo_store_inspect_hint_carries_the_store(pg_dsn: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from chio_kernel import _demo as demo
 
-    monkeypatch.setattr(demo, "ENGINE_SECTIONS", ())  # the kernel section is what writes to the store here
     monkeypatch.setenv("CHIO_STORE", pg_dsn)  # what `chio-durable demo --store DSN` sets
     out = io.StringIO()
-    assert demo.run(Console(file=out, width=400, color_system=None), tmp_path / "demo") == 0
+    # no engine sections: the kernel section is what writes to the store here
+    assert demo.run(Console(file=out, width=400, color_system=None), tmp_path / "demo", sections=()) == 0
     hint = next(line for line in out.getvalue().splitlines() if "Inspect: " in line).split("Inspect: ", 1)[1]
     argv = shlex.split(hint)
     assert argv[:3] == ["chio-durable", "receipts", "list"]

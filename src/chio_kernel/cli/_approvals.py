@@ -11,15 +11,10 @@ from rich.markup import escape
 from rich.table import Table
 
 from chio_kernel._render import _receipt_dict, _ts
-from chio_kernel.cli import CliError, DataDir, JsonFlag, StoreOpt, _guarded, _kernel, _print_json, app, out
+from chio_kernel.cli._common import CliError, _guarded, _kernel, _print_json, out
+from chio_kernel.cli._options import DataDir, JsonFlag, StoreOpt
 
-__all__ = ["approvals_app", "wake_lines"]
-
-approvals_app = typer.Typer(
-    help="Human approvals of calls above a require_approval_above threshold: list, show, approve, deny.",
-    no_args_is_help=True,
-)
-app.add_typer(approvals_app, name="approvals")
+__all__ = ["approvals_approve", "approvals_deny", "approvals_list", "approvals_show", "approvals_trust", "wake_lines"]
 
 ReasonOpt = Annotated[str | None, typer.Option("--reason", help="Why (recorded in the signed resolution receipt).")]
 ApproverOpt = Annotated[
@@ -34,7 +29,6 @@ def _approval(kernel: Any, approval_id: str) -> dict[str, Any]:
     return approval
 
 
-@approvals_app.command("list")
 @_guarded
 def approvals_list(
     status: Annotated[
@@ -63,7 +57,6 @@ def approvals_list(
         out.print(f"approve with: chio-durable approvals approve {rows[0]['id']} --reason '...'", markup=False)
 
 
-@approvals_app.command("show")
 @_guarded
 def approvals_show(
     approval_id: Annotated[str, typer.Argument(help="Approval id (apr-...).")],
@@ -100,7 +93,6 @@ def wake_lines(wakes: list[dict[str, Any]]) -> list[str]:
     ]
 
 
-@approvals_app.command("approve")
 @_guarded
 def approvals_approve(
     approval_id: Annotated[str, typer.Argument(help="Approval id (apr-...).")],
@@ -114,7 +106,6 @@ def approvals_approve(
     _respond(approval_id, "approved", reason, approver, data_dir, store, as_json)
 
 
-@approvals_app.command("deny")
 @_guarded
 def approvals_deny(
     approval_id: Annotated[str, typer.Argument(help="Approval id (apr-...).")],
@@ -128,7 +119,6 @@ def approvals_deny(
     _respond(approval_id, "denied", reason, approver, data_dir, store, as_json)
 
 
-@approvals_app.command("trust")
 @_guarded
 def approvals_trust(
     public_key: Annotated[str, typer.Argument(help="The approver's 64-hex-char Ed25519 public key.")],

@@ -9,24 +9,10 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from chio_kernel.cli import (
-    CliError,
-    DataDir,
-    JsonFlag,
-    StoreOpt,
-    _guarded,
-    _known_capability,
-    _kernel,
-    _print_json,
-    out,
-)
+from chio_kernel.cli._common import CliError, _guarded, _kernel, _known_capability, _print_json, out
+from chio_kernel.cli._options import DataDir, JsonFlag, StoreOpt
 
-__all__ = ["budgets_app"]
-
-budgets_app = typer.Typer(
-    help="Money budgets: captured, held and remaining amounts; settle, release and expire holds.",
-    no_args_is_help=True,
-)
+__all__ = ["budgets_expire", "budgets_release", "budgets_settle", "budgets_show"]
 
 
 def _amount(units: int | None, currency: str | None) -> str:
@@ -35,7 +21,6 @@ def _amount(units: int | None, currency: str | None) -> str:
     return f"{units} {currency}" if currency else str(units)
 
 
-@budgets_app.command("show")
 @_guarded
 def budgets_show(
     capability_id: Annotated[str, typer.Argument(help="Capability id.")],
@@ -92,7 +77,6 @@ def _hold_errors(fn: Any) -> Any:
         raise CliError(str(e)) from None
 
 
-@budgets_app.command("settle")
 @_guarded
 def budgets_settle(
     receipt_id: Annotated[str, typer.Argument(help="The allow receipt whose hold to settle (rcpt-...).")],
@@ -109,7 +93,6 @@ def budgets_settle(
     _print_receipt(_hold_errors(lambda: kernel.settle(receipt_id, cost, op_id)), as_json)
 
 
-@budgets_app.command("release")
 @_guarded
 def budgets_release(
     receipt_id: Annotated[str, typer.Argument(help="The allow receipt whose hold to release (rcpt-...).")],
@@ -124,7 +107,6 @@ def budgets_release(
     _print_receipt(_hold_errors(lambda: kernel.release(receipt_id, op_id, reason)), as_json)
 
 
-@budgets_app.command("expire")
 @_guarded
 def budgets_expire(data_dir: DataDir = None, store: StoreOpt = None, as_json: JsonFlag = False) -> None:
     """Expire every hold past the hold TTL now (a signed expiry receipt each)."""

@@ -1,32 +1,34 @@
-"""``receipts list`` and ``receipts tail``: filtered listings answered by the store (see
-``Kernel.query_receipts``), newest first, and following the log as receipts come."""
+"""``chio-durable receipts show|verify|export|list|tail``: one receipt, the whole chain's check, the
+export as JSON lines, and the filtered listings answered by the store (see ``Kernel.query_receipts``),
+newest first, and following the log as receipts come."""
 
 from __future__ import annotations
 
+import json
 import re
+import sys
 import time
 from datetime import datetime, timezone
+from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 from rich.text import Text
 
 from chio_kernel._render import _receipt_dict, _ts, receipt_table
-from chio_kernel.cli import (
+from chio_kernel.cli._common import (
     CliError,
-    DataDir,
-    JsonFlag,
-    StoreOpt,
     _guarded,
     _kernel,
     _known_capability,
     _print_json,
-    out,
+    _resolve_dir,
     err,
-    receipts_app,
+    out,
 )
+from chio_kernel.cli._options import DataDir, JsonFlag, StoreOpt
 
-__all__ = ["parse_since"]
+__all__ = ["parse_since", "receipts_export", "receipts_list", "receipts_show", "receipts_tail", "receipts_verify"]
 
 #: Receipt ``metadata`` keys the engine layers record (filters ``--flow-run`` / ``--workflow-id``).
 FLOW_RUN_KEY = "flow_run_id"
@@ -86,7 +88,6 @@ def _filters(kernel: Any, data_dir: Any, capability: str | None, verdict: str | 
     return {"capability_id": capability, "verdict": verdict.lower() if verdict else None, "metadata": metadata}
 
 
-@receipts_app.command("list")
 @_guarded
 def receipts_list(
     capability: CapabilityFilter = None,
@@ -131,7 +132,6 @@ def _tail_line(seq: int, r: Any) -> Text:
     )
 
 
-@receipts_app.command("tail")
 @_guarded
 def receipts_tail(
     capability: CapabilityFilter = None,
@@ -183,8 +183,79 @@ def receipts_tail(
 
 
 def _print_json_line(receipt: Any) -> None:
-    import json
-    import sys
-
     sys.stdout.write(json.dumps(_receipt_dict(receipt), ensure_ascii=False, separators=(",", ":")) + "\n")
     sys.stdout.flush()
+
+
+@_guarded
+def receipts_show(
+    receipt_id: Annotated[str, typer.Argument(help="Receipt id (rcpt-...).")],
+    data_dir: DataDir = None,
+    store: StoreOpt = None,
+    as_json: JsonFlag = False,
+) -> None:
+    """Show one receipt and whether its signature verifies."""
+    kernel = _kernel(data_dir, store=store)
+    receipt = kernel.get_receipt(receipt_id)
+    if receipt is None:
+        raise CliError(f"no receipt {receipt_id!r} in {_resolve_dir(data_dir)}")
+    data = _receipt_dict(receipt)
+    if as_json:
+        _print_json(data)
+        return
+    ok = kernel.verify_receipt(receipt)
+    out.print_json(json.dumps(data, ensure_ascii=False))
+    out.print("signature: " + ("[green]valid[/]" if ok else "[red]INVALID[/]"))
+
+
+@_guarded
+def receipts_verify(data_dir: DataDir = None,
+    store: StoreOpt = None, as_json: JsonFlag = False) -> None:
+    """Walk the whole receipt chain: every signature and every hash link. Exit 1 at the first break."""
+    kernel = _kernel(data_dir, store=store)
+    started = time.perf_counter()
+    report = kernel.verify_chain()
+    took = time.perf_counter() - started
+    data = {
+        "ok": bool(report.ok),
+        "count": report.count,
+        "first_broken_index": report.first_broken_index,
+        "reason": report.reason,
+    }
+    if as_json:
+        _print_json(data)
+    elif report.ok:
+        out.print(f"[green]chain ok[/]: {report.count} receipts, signatures and hash links verified ({took:.2f}s)")
+    if not report.ok:
+        err.print(
+            f"error: receipt chain broken at index {report.first_broken_index}: {report.reason}",
+            markup=False,
+            highlight=False,
+        )
+        raise typer.Exit(1)
+
+
+@_guarded
+def receipts_export(
+    out_file: Annotated[Path | None, typer.Option("--out", help="Write to FILE instead of stdout.")] = None,
+    capability: Annotated[str | None, typer.Option("--capability", help="Only receipts of this capability.")] = None,
+    data_dir: DataDir = None,
+    store: StoreOpt = None,
+) -> None:
+    """Export receipts as JSON lines (one receipt per line, store order)."""
+    kernel = _kernel(data_dir, store=store)
+    receipts = kernel.list_receipts(capability_id=capability)
+    lines = (
+        json.dumps(_receipt_dict(r), ensure_ascii=False, separators=(",", ":")) + "\n"
+        for r in receipts
+    )
+    if out_file is None:
+        for line in lines:
+            sys.stdout.write(line)
+        sys.stdout.flush()
+        return
+    tmp = out_file.with_name(out_file.name + ".tmp")
+    with tmp.open("w", encoding="utf-8") as fh:
+        fh.writelines(lines)
+    tmp.replace(out_file)  # never leave a half-written export behind
+    err.print(f"exported {len(receipts)} receipts to {out_file}", markup=False, highlight=False)

@@ -1,0 +1,113 @@
+"""What every command module shares: the consoles ``out`` / ``err``, ``CliError`` and ``_guarded``
+(one error line, exit 1), opening the kernel of ``--data-dir`` / ``--store``, printing JSON."""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import typer
+from rich.console import Console
+
+from chio_kernel._render import _token_dict, _token_table
+
+__all__ = [
+    "CliError",
+    "err",
+    "out",
+]
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+# emoji=False: user text such as a grant "a:b:" must print as typed, never as an emoji code
+_OUT_OPTIONS: dict[str, Any] = {"soft_wrap": False, "emoji": False}
+_ERR_OPTIONS: dict[str, Any] = {"stderr": True, "soft_wrap": True, "emoji": False}
+out = Console(**_OUT_OPTIONS)
+err = Console(**_ERR_OPTIONS)
+
+
+def _read_environment_into_consoles() -> None:
+    """Set ``out`` and ``err`` up again from this invocation's environment: a Console reads $COLUMNS,
+    NO_COLOR/FORCE_COLOR and whether its stream is a terminal when it is made, and these two are made
+    at import, then imported by name by the command modules. One process may run the app several
+    times (the tests run it in-process with typer's CliRunner); each run must see its own settings."""
+    Console.__init__(out, **_OUT_OPTIONS)
+    Console.__init__(err, **_ERR_OPTIONS)
+
+
+class CliError(Exception):
+    """A user-facing error: printed as one line, exit code 1."""
+
+
+def _guarded(fn: F) -> F:
+    """Turn every failure into one clear line + exit 1 (no tracebacks for users)."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except (typer.Exit, typer.Abort, KeyboardInterrupt):
+            raise
+        except CliError as e:
+            err.print(f"error: {e}", markup=False, highlight=False)
+        except Exception as e:  # anything else: say what it was, in one line
+            msg = str(e).strip().splitlines()[0] if str(e).strip() else ""
+            err.print(f"error: {type(e).__name__}: {msg}", markup=False, highlight=False)
+        raise typer.Exit(1)
+
+    return wrapper  # type: ignore[return-value]
+
+
+def _resolve_dir(data_dir: Path | None) -> Path:
+    if data_dir is not None:
+        return data_dir.expanduser()
+    env = os.environ.get("CHIO_HOME")
+    if env:
+        return Path(env).expanduser()
+    return Path.home() / ".chio-durable"
+
+
+def _kernel(data_dir: Path | None, *, must_exist: bool = True, store: str | None = None) -> Any:
+    """Open the kernel; for read/revoke commands on the SQLite store the data dir must already exist
+    (nothing to read otherwise, and a typo must not silently create a fresh kernel). With a
+    PostgreSQL store the data dir holds only this host's signing key: it is created if needed."""
+    path = _resolve_dir(data_dir)
+    from chio_kernel import Kernel
+    from chio_kernel._kernel import KernelInputError, KernelKeyMissingError, resolve_store
+
+    try:
+        dsn = resolve_store(store)
+    except KernelInputError as e:
+        raise CliError(str(e)) from None
+    if must_exist and dsn is None and not path.exists():
+        raise CliError(f"no kernel data directory at {path}: pass --data-dir DIR or set CHIO_HOME")
+    try:
+        return Kernel(data_dir=path, store=dsn or "sqlite")
+    except KernelKeyMissingError as e:
+        raise CliError(str(e)) from None
+
+
+def _known_capability(kernel: Any, capability_id: str, data_dir: Path | None) -> Any:
+    """The stored token of ``capability_id``; a CliError naming the data dir if there is none."""
+    token = kernel.get_capability(capability_id)
+    if token is None:
+        raise CliError(f"no capability {capability_id!r} in {_resolve_dir(data_dir)}")
+    return token
+
+
+def _print_token(kernel: Any, token: Any, as_json: bool, title: str) -> None:
+    """One token: JSON for scripts, else a one-row table titled ``title``."""
+    if as_json:
+        _print_json(_token_dict(kernel, token))
+    else:
+        out.print(_token_table(kernel, [token], title))
+
+
+def _print_json(obj: Any) -> None:
+    sys.stdout.write(json.dumps(obj, indent=2, ensure_ascii=False, default=str) + "\n")
+    sys.stdout.flush()
