@@ -8,7 +8,7 @@ idempotency-key scheme (``call_key``) and the no-decision errors.
 
 from chio_durable._call import CallKind, GovernedCall, call_key
 from chio_durable._decision import Decision, DecisionObserver
-from chio_durable._errors import HoldConflict
+from chio_durable._errors import HoldConflict, NoDecision
 from chio_durable._transport import ChioClientLike, KernelTransport, as_transport
 from chio_durable._evaluation import (
     Evaluation,
@@ -33,6 +33,7 @@ __all__ = [
     "KernelRejected",
     "KernelTransport",
     "KernelUnavailable",
+    "NoDecision",
     "ToolCost",
     "as_transport",
     "bind_parameters",

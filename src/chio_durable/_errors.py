@@ -1,24 +1,52 @@
-"""The two "the kernel gave no decision" errors: the governed call does not run either way."""
+"""The errors of "the kernel gave no decision": the governed call does not run either way.
+
+One root for every layer, so ``except NoDecision`` catches them all, whichever engine raised::
+
+    NoDecision                                    the kernel gave no decision; the call did not run
+    ├── KernelUnavailable (RuntimeError)          no answer: unreachable, timed out, bad answer (retryable)
+    ├── KernelRejected (ValueError)               the request was refused as malformed (not retryable)
+    │   └── HoldConflict                          a budget hold was already closed by another operation
+    ├── chio_prefect.ChioSidecarUnavailable (ConnectionError)   the Prefect task's form of the two:
+    └── chio_prefect.ChioRequestRejected (ValueError)           its __cause__ is the core error
+
+(The engines' own "no decision" errors derive from :class:`NoDecision` too; each engine's errors
+module draws its tree.)
+
+A deny is not here: it is a decision (a signed receipt), raised as ``PermissionError``.
+"""
 
 from __future__ import annotations
 
 from typing import Any
 
-__all__ = ["HoldConflict", "KernelRejected", "KernelUnavailable"]
+__all__ = ["HoldConflict", "KernelRejected", "KernelUnavailable", "NoDecision"]
 
 
-class _NoDecision(Exception):
-    """Shared shape of the two "the kernel gave no decision" errors: where, and why."""
+class NoDecision(Exception):
+    """The kernel gave no decision on a governed call, so the call did not run.
 
-    _message: str
+    Attributes:
+        url: Where the kernel was asked (a sidecar URL, or ``embedded:<dir>``).
+        detail: What went wrong.
+        tool_server: The governed call's server, when known.
+        tool_name: The governed call's tool, when known.
+    """
 
-    def __init__(self, url: str, detail: str) -> None:
-        super().__init__(self._message.format(url=url, detail=detail))
+    _message: str = "Chio kernel at {url} gave no decision{target} ({detail}); the call was not run."
+
+    def __init__(self, url: str, detail: str, tool_server: str = "", tool_name: str = "") -> None:
         self.url = url
         self.detail = detail
+        self.tool_server = tool_server
+        self.tool_name = tool_name
+        target = f" for {tool_server}/{tool_name}" if tool_server or tool_name else ""
+        super().__init__(self._message.format(url=url, detail=detail, target=target))
 
     def __reduce__(self) -> tuple[Any, ...]:
-        return (type(self), (self.url, self.detail))
+        return (type(self), (self.url, self.detail, self.tool_server, self.tool_name))
+
+
+_NoDecision = NoDecision  # the name before it was public
 
 
 class KernelUnavailable(_NoDecision, RuntimeError):

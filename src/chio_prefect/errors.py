@@ -17,6 +17,8 @@ from typing import Any
 
 from chio_sdk.errors import ChioError
 
+from chio_durable._errors import NoDecision
+
 __all__ = [
     "ChioPrefectConfigError",
     "ChioPermissionError",
@@ -140,21 +142,8 @@ def _rebuild_config_error(message: str, at_call_time: bool) -> ChioPrefectConfig
     return ChioPrefectConfigError(message, at_call_time=at_call_time)
 
 
-class _KernelCallFailed(Exception):
-    """Shared shape of the two "no decision" errors: where it failed, why, for which call."""
-
-    _message: str
-
-    def __init__(self, url: str, detail: str, tool_server: str = "", tool_name: str = "") -> None:
-        self.url = url
-        self.detail = detail
-        self.tool_server = tool_server
-        self.tool_name = tool_name
-        target = f" for {tool_server}/{tool_name}" if tool_server or tool_name else ""
-        super().__init__(self._message.format(url=url, target=target, detail=detail))
-
-    def __reduce__(self) -> tuple[Any, ...]:
-        return (type(self), (self.url, self.detail, self.tool_server, self.tool_name))
+class _KernelCallFailed(NoDecision):
+    """The Prefect layer's "no decision" errors: where it failed, why, for which call."""
 
 
 class ChioSidecarUnavailable(_KernelCallFailed, ConnectionError):
