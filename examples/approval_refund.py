@@ -11,10 +11,10 @@ declares no cost counts as 0 units) needs a person.
 
 What happens: the kernel answers the refund with a signed ``pending_approval`` receipt (nothing
 charged, the tool does not run). The example prints the exact command a person runs, then plays the
-person: it approves through the kernel's operator path (what ``chio-durable approvals approve`` does)
-and wakes the run (plain: ``DeferredToolResults``; Prefect: ``resume_flow_run``). The refund is
-evaluated again with the approval id and runs once, under the kernel's allow. docs/approvals.md has
-the Temporal variant (``temporal workflow update execute --name chio_approval``).
+person: it approves through the kernel's operator path (what ``chio-durable approvals approve`` does).
+Plain agent: the next run passes ``DeferredToolResults``. Prefect: that one answer also resumes the
+paused flow run (the kernel calls the Prefect waker of the wake the run registered). The refund is
+evaluated again with the approval id and runs once, under the kernel's allow (docs/approvals.md).
 """
 
 from __future__ import annotations
@@ -105,11 +105,6 @@ async def run_plain(chio: LocalChioClient, capability_id: str, data_dir: Path, c
 
 
 def run_prefect(chio: LocalChioClient, capability_id: str, data_dir: Path, console: Console) -> str:
-    from prefect import get_client
-    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterState, FlowRunFilterStateType
-    from prefect.client.schemas.objects import StateType
-    from prefect.flow_runs import resume_flow_run
-
     from chio_prefect import ChioPrefectAgent, use_local_prefect_defaults
 
     use_local_prefect_defaults()
@@ -129,18 +124,13 @@ def run_prefect(chio: LocalChioClient, capability_id: str, data_dir: Path, conso
             raise RuntimeError(f"the run ended without waiting: {out}")
         time.sleep(0.2)
     approval_id = _person_approves(chio, data_dir, console)
-    paused = FlowRunFilter(state=FlowRunFilterState(type=FlowRunFilterStateType(any_=[StateType.PAUSED])))
-    flow_run_id = None
-    with get_client(sync_client=True) as client:
-        while flow_run_id is None:
-            flow_run_id = next((r.id for r in client.read_flow_runs(flow_run_filter=paused)
-                                if r.state and r.state.state_details.pause_key == approval_id), None)
-            time.sleep(0.2)
-    console.print(f"the flow run {flow_run_id} is Paused (the Prefect UI shows the approval form); resuming:",
+    # One action for the person: the kernel's answer also resumes the paused flow run (the run
+    # registered a wake on its approval; the kernel called the Prefect waker after the commit).
+    console.print(f"the kernel's answer to {approval_id} resumes the paused flow run; it asks the kernel again",
                   highlight=False)
-    console.print(f"  resume_flow_run('{flow_run_id}', run_input={{'decision': 'approve'}})", highlight=False, markup=False)
-    resume_flow_run(flow_run_id, run_input={"decision": "approve"})
-    thread.join()
+    thread.join(timeout=180)
+    if thread.is_alive():
+        raise RuntimeError("the flow run did not resume within 180 s of the kernel's answer")
     if "error" in out:
         raise out["error"]
     console.print(records_table(governed.receipts_of(out["result"])))
