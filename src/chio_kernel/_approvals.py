@@ -20,13 +20,19 @@ call whose declared cost is N units or more (no declared cost counts as 0) to a 
   valid and the call is the one approved; the allow receipt carries ``metadata.approval_id``. An
   approval is used by ONE allow: a second re-evaluation under another idempotency key is a deny
   (``approval-consumed``); the same idempotency key gets the same allow receipt back.
+* **waking the run** — a waiting run registers wakes on its approval
+  (:meth:`ApprovalsMixin.register_approval_wake`); once an answer is committed the kernel calls
+  their wakers (``chio_kernel._wakers``), after the commit and outside every store lock. A wake only
+  wakes the run; the re-evaluation above decides.
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
+import threading
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
@@ -47,6 +53,7 @@ from chio_kernel._run_context import merge_run_metadata
 from chio_kernel._store import GENESIS_HASH, ApprovalRow, StoreReader, StoreWriter
 from chio_kernel.canonical import canonical_json
 from chio_kernel._guards import grant_matches
+from chio_kernel._wakers import MAX_WAKES, check_wake, run_wakes
 from chio_kernel.signing import Signer, verify_hex
 
 if TYPE_CHECKING:
@@ -295,6 +302,8 @@ class ApprovalsMixin:
 
     def _init_approvals(self, approver_keys: Iterable[str], approval_ttl: int | None) -> None:
         self._approver_keys = frozenset(_check_hex_key(k, "approver key") for k in approver_keys)
+        self._wake_reports: OrderedDict[str, list[dict[str, Any]]] = OrderedDict()
+        self._wake_reports_lock = threading.Lock()
         if approval_ttl is None:
             raw = os.environ.get(APPROVAL_TTL_ENV, "").strip()
             if raw:
@@ -528,6 +537,10 @@ class ApprovalsMixin:
         Returns the signed resolution receipt (in the chain; its ``kernel_key`` is the approver key
         recorded). Raises :class:`ApprovalNotFoundError`, :class:`ApprovalConflictError` (answered
         already, expired, or capability revoked) or :class:`KernelInputError`.
+
+        After the commit it calls the waker of every wake registered on the approval (each bounded
+        by ``$CHIO_WAKE_TIMEOUT``; a failing waker changes nothing and raises nothing here);
+        :meth:`last_wake_report` tells what was woken.
         """
         _require_str("approval_id", approval_id, max_len=256)
         label = _require_str("approver", approver, max_len=256)
@@ -539,7 +552,8 @@ class ApprovalsMixin:
         The token must be signed by a key in :attr:`approver_keys`, name this approval
         (``request_id``, and ``approval_id`` when given), its ``parameter_hash`` and ``subject``, and be
         inside ``issued_at``..``expires_at``. Raises :class:`ApprovalTokenError` if it is refused, the
-        errors of :meth:`respond_approval` otherwise.
+        errors of :meth:`respond_approval` otherwise. Wakes the waiting run as :meth:`respond_approval`
+        does (:meth:`last_wake_report`).
         """
         data = _check_token(token)
         if approval_id is not None and data["request_id"] != approval_id:
@@ -625,4 +639,93 @@ class ApprovalsMixin:
             st.append_receipt(head_seq + 1, receipt.id, row.capability_id, RESOLUTION_VERDICT, chain_hash, stored)
             if not st.resolve_approval(approval_id, outcome, int(now), approver_key, text, receipt.id):
                 raise ApprovalConflictError(f"approval {approval_id} was answered meanwhile")  # pragma: no cover
+            # read in the resolving transaction: a wake registered after this commit sees the answer
+            # and wakes its run itself (register_approval_wake), so each wake is called once
+            wakes = st.approval_wakes(approval_id)
+        outcome_view = _wake_outcome(approval_id, outcome, approver_key, text, receipt.id)
+        self._remember_wakes(approval_id, run_wakes(approval_id, wakes, outcome_view) if wakes else [])
         return receipt
+
+    # --- waking the run (chio_kernel._wakers) ---
+
+    def register_approval_wake(self, approval_id: str, wake: Mapping[str, Any]) -> dict[str, Any]:
+        """Register what wakes the run waiting for this approval once it is answered.
+
+        A wake is NOT authority: it only wakes the run, which asks the kernel again with the
+        approval id; only the kernel's allow of that re-evaluation runs the call. Registering the
+        same wake again is a no-op (a retried run registers again). Registering on an approval that
+        is already answered wakes the run at once (the person may answer before the run registers).
+
+        Args:
+            approval_id: the approval (``apr-…``) the run waits for.
+            wake: ``{"engine": "<name>", ...engine-specific JSON fields}``: ``engine`` 1 to 32
+                characters of ``a-z0-9_-``, at most 4 KiB of canonical JSON, at most 8 distinct
+                wakes per approval.
+
+        Returns:
+            ``{"approval_id", "status" (the approval's status now), "woken": [report, ...]}``;
+            ``woken`` holds one ``{"engine", "ok", "message"}`` report if the approval was already
+            answered (the wake was called), else is empty.
+
+        Raises:
+            ApprovalNotFoundError: no approval with this id.
+            KernelInputError: the wake is malformed, too big, or one too many (nothing is written).
+        """
+        _require_str("approval_id", approval_id, max_len=256)
+        text = check_wake(wake)
+        with self._write() as st:
+            row = st.approval(approval_id)
+            if row is None:
+                raise ApprovalNotFoundError(f"no approval {approval_id!r} in this kernel")
+            known = st.approval_wakes(approval_id)
+            if text not in known and len(known) >= MAX_WAKES:
+                raise KernelInputError(
+                    f"approval {approval_id} has {len(known)} wakes registered already, the most it takes is "
+                    f"{MAX_WAKES}; register the same wake again (it is deduplicated) instead of a new one each time"
+                )
+            st.add_approval_wake(approval_id, text, self._clock())
+            view = self._approval_view(st, row, self._clock())
+        woken: list[dict[str, Any]] = []
+        if row.status in OUTCOMES:  # answered before the run registered: wake it now
+            assert row.approver is not None and row.resolution_receipt_id is not None
+            outcome = _wake_outcome(approval_id, row.status, row.approver, row.reason, row.resolution_receipt_id)
+            woken = run_wakes(approval_id, [text], outcome)
+        return {"approval_id": approval_id, "status": view["status"], "woken": woken}
+
+    def last_wake_report(self, approval_id: str) -> list[dict[str, Any]] | None:
+        """What answering this approval in THIS process woke (the wakes registered on it).
+
+        Args:
+            approval_id: the approval answered with :meth:`respond_approval` or
+                :meth:`respond_approval_token`.
+
+        Returns:
+            One ``{"engine", "ok", "message"}`` report per registered wake (``[]``: none was
+            registered), or None if this process has not answered it (the most recent 1024 are kept).
+        """
+        with self._wake_reports_lock:
+            report = self._wake_reports.get(approval_id)
+            return None if report is None else [dict(r) for r in report]
+
+    def _remember_wakes(self, approval_id: str, report: list[dict[str, Any]]) -> None:
+        with self._wake_reports_lock:
+            self._wake_reports[approval_id] = report
+            self._wake_reports.move_to_end(approval_id)
+            while len(self._wake_reports) > _WAKE_REPORTS_KEPT:
+                self._wake_reports.popitem(last=False)
+
+
+_WAKE_REPORTS_KEPT = 1024
+
+
+def _wake_outcome(
+    approval_id: str, status: str, approver: str, reason: str | None, resolution_receipt_id: str
+) -> dict[str, Any]:
+    """What a waker is told about the answer (it only wakes the run; the kernel decides)."""
+    return {
+        "approval_id": approval_id,
+        "status": status,
+        "approver": approver,
+        "reason": reason,
+        "resolution_receipt_id": resolution_receipt_id,
+    }

@@ -105,6 +105,11 @@ CREATE TABLE IF NOT EXISTS approvals (
     ord BIGSERIAL
 );
 CREATE INDEX IF NOT EXISTS approvals_status ON approvals(status, created_at);
+CREATE TABLE IF NOT EXISTS approval_wakes (
+    approval_id TEXT NOT NULL, wake_json TEXT NOT NULL, created_at DOUBLE PRECISION NOT NULL, ord BIGSERIAL
+);
+-- unique (approval_id, wake_json) through md5: a 4 KiB wake is beyond a btree entry's size limit
+CREATE UNIQUE INDEX IF NOT EXISTS approval_wakes_unique ON approval_wakes(approval_id, md5(wake_json));
 
 CREATE TABLE IF NOT EXISTS idempotency_keys (
     key_hash TEXT PRIMARY KEY, fingerprint TEXT NOT NULL, receipt_seq BIGINT NOT NULL
@@ -308,6 +313,12 @@ class _PgReader:
             params.append(limit)
         return [ApprovalRow(*r) for r in self._all(sql, params)]
 
+    def approval_wakes(self, approval_id: str) -> list[str]:
+        rows = self._all(
+            "SELECT wake_json FROM approval_wakes WHERE approval_id = %s ORDER BY created_at, ord", (approval_id,)
+        )
+        return [str(r[0]) for r in rows]
+
     def hold(self, receipt_id: str) -> HoldRow | None:
         row = self._one(f"SELECT {_HOLD_COLS} FROM holds WHERE receipt_id = %s", (receipt_id,))
         return None if row is None else _hold_row(row)
@@ -466,6 +477,14 @@ class _PgWriter(_PgReader):
             "UPDATE approvals SET consumed_receipt_id = %s WHERE id = %s AND status = 'approved' "
             "AND consumed_receipt_id IS NULL RETURNING id",
             (receipt_id, approval_id),
+        )
+        return row is not None
+
+    def add_approval_wake(self, approval_id: str, wake_json: str, created_at: float) -> bool:
+        row = self._one(
+            "INSERT INTO approval_wakes(approval_id, wake_json, created_at) VALUES (%s, %s, %s) "
+            "ON CONFLICT DO NOTHING RETURNING approval_id",
+            (approval_id, wake_json, created_at),
         )
         return row is not None
 

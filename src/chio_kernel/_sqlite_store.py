@@ -112,6 +112,12 @@ CREATE TABLE IF NOT EXISTS approvals (
     consumed_receipt_id   TEXT
 );
 CREATE INDEX IF NOT EXISTS approvals_status ON approvals(status, created_at);
+CREATE TABLE IF NOT EXISTS approval_wakes (
+    approval_id TEXT NOT NULL,
+    wake_json   TEXT NOT NULL,
+    created_at  REAL NOT NULL,
+    PRIMARY KEY (approval_id, wake_json)
+);
 
 CREATE TABLE IF NOT EXISTS idempotency_keys (
     key_hash    TEXT PRIMARY KEY,
@@ -470,6 +476,21 @@ class _Ops:
             "UPDATE approvals SET consumed_receipt_id = ? WHERE id = ? AND status = 'approved' "
             "AND consumed_receipt_id IS NULL",
             (receipt_id, approval_id),
+        )
+        return cur.rowcount == 1
+
+    def approval_wakes(self, approval_id: str) -> list[str]:
+        return [
+            str(r[0])
+            for r in self._c.execute(
+                "SELECT wake_json FROM approval_wakes WHERE approval_id = ? ORDER BY created_at, rowid", (approval_id,)
+            )
+        ]
+
+    def add_approval_wake(self, approval_id: str, wake_json: str, created_at: float) -> bool:
+        cur = self._c.execute(
+            "INSERT OR IGNORE INTO approval_wakes(approval_id, wake_json, created_at) VALUES (?, ?, ?)",
+            (approval_id, wake_json, created_at),
         )
         return cur.rowcount == 1
 

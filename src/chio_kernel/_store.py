@@ -23,6 +23,9 @@ Data the store keeps (the SQLite schema names them):
   capability's ``subject``, ``summary``, ``created_at`` / ``expires_at``, ``status`` (``pending``,
   ``approved``, ``denied``), the pending receipt, the resolution (``resolved_at``, ``approver``,
   ``reason``, its receipt) and ``consumed_receipt_id`` (the allow receipt that used it, once).
+* approval wakes - ``(approval_id, wake_json)`` unique, ``created_at``: what wakes the run waiting
+  for an approval once it is answered (``chio_kernel._wakers``); ``wake_json`` is the wake's
+  canonical JSON text, so an identical wake registered again is one row.
 * idempotency keys - the key's hash -> the fingerprint of the call it was first allowed for and the
   ``seq`` of that receipt (a key reused for another call is refused, see ``chio_kernel._holds``);
   the kernel writes these instead of ``idempotency`` rows, and still reads ``idempotency`` rows
@@ -237,6 +240,10 @@ class StoreReader(Protocol):
         """Approvals (only those with ``status`` unless None), oldest first, at most ``limit``."""
         ...
 
+    def approval_wakes(self, approval_id: str) -> list[str]:
+        """The wakes registered on this approval (canonical JSON texts), oldest first."""
+        ...
+
     def hold(self, receipt_id: str) -> HoldRow | None:
         """The hold placed by the allow receipt with this id, or None."""
         ...
@@ -311,6 +318,10 @@ class StoreWriter(StoreReader, Protocol):
 
     def consume_approval(self, approval_id: str, receipt_id: str) -> bool:
         """Mark an approved approval used by ``receipt_id``; False if it was used already."""
+        ...
+
+    def add_approval_wake(self, approval_id: str, wake_json: str, created_at: float) -> bool:
+        """Register a wake on an approval; False (nothing written) if this very wake is there already."""
         ...
 
     def idempotency_key(self, key_hash: str) -> tuple[str, str] | None:
