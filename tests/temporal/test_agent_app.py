@@ -158,8 +158,9 @@ ALL_GOVERNED = [governed_support, governed_strict, governed_bare]
 
 
 def use_kernel(chio: Any, *governed: ChioTemporalAgent[Any, Any]) -> None:
-    """Point governed agents' interceptors at a test's kernel (the agents are module-level)."""
+    """Point governed agents at a test's kernel (the agents are module-level)."""
     for agent in governed or ALL_GOVERNED:
+        agent.transport.use(chio)
         agent.interceptor.chio_client = chio
         agent.interceptor.sidecar_url = getattr(chio, "base_url", "embedded")
 
