@@ -366,14 +366,15 @@ class ChioTemporalAgent(WrapperAgent[AgentDepsT, OutputDataT]):
         temporal_agent_type = _deprecated_temporal_agent_type()
         if temporal_agent_type is not None and isinstance(agent, temporal_agent_type):
             self._reject_options(given, "the TemporalAgent you built")
-            inner = agent.wrapped
+            legacy_agent: Any = agent
+            inner = legacy_agent.wrapped
             if not isinstance(inner, Agent):
                 raise ChioTemporalConfigError("the TemporalAgent must wrap a pydantic-ai Agent to be governed")
-            legacy: dict[str, Any] = {"name": agent.name, "activity_config": agent.activity_config}
+            legacy: dict[str, Any] = {"name": agent.name, "activity_config": legacy_agent.activity_config}
             if getattr(agent, "event_stream_handler", None) is not None:
                 legacy["event_stream_handler"] = agent.event_stream_handler
             # The deprecated wrapper's own activities refuse to run from now on (same names as ours).
-            replace_in_live_list(agent.temporal_activities, lambda fn: fn if isinstance(fn, type) else retire_activity(fn, agent.name or ""))
+            replace_in_live_list(legacy_agent.temporal_activities, lambda fn: fn if isinstance(fn, type) else retire_activity(fn, agent.name or ""))
             return self._governed_durable_agent(inner, legacy)
         durability = TemporalDurability.from_agent(agent)
         if durability is not None:

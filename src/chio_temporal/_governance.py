@@ -65,13 +65,15 @@ class ChioTemporalDenied(ApplicationError, PermissionError):
     is also the non-retryable ``ApplicationError(type="ChioCapabilityDenied")``, so raised in workflow
     code it fails the workflow with that type instead of retrying the workflow task."""
 
-    def __init__(self, message: str) -> None:
+    def __init__(self, message: str, facts: Mapping[str, Any] | None = None) -> None:
         """Build the error.
 
         Args:
             message: What was denied, by which guard, with the receipt id.
+            facts: ``details[0]``: ``tool_server``, ``tool_name``, ``guard``, ``reason``, ``receipt_id``,
+                ``capability_id``, ``workflow_id``, ``run_id`` (as the seed-001 deny carries them).
         """
-        ApplicationError.__init__(self, message, type=DENIED_ERROR_TYPE, non_retryable=True)
+        ApplicationError.__init__(self, message, dict(facts or {}), type=DENIED_ERROR_TYPE, non_retryable=True)
 
 
 def temporal_run_identity(ctx: RunContext[Any]) -> str | None:
@@ -290,6 +292,20 @@ class TemporalGovernance(ChioGovernance):
         self.tool_costs: dict[str, ToolCost] = dict(tool_costs or {})
         self.receipt_ids_in_results = receipt_ids_in_results
         self.wake_fields = temporal_wake_fields
+
+    def denied(self, record: Any) -> PermissionError:
+        """The :class:`ChioTemporalDenied` for a denied record, its facts in ``details[0]``."""
+        error = super().denied(record)
+        evaluation = record.evaluation
+        metadata = temporal_run_metadata(None) or {}  # type: ignore[arg-type]
+        facts = {
+            "tool_server": evaluation.tool_server, "tool_name": evaluation.tool_name, "guard": evaluation.guard,
+            "reason": evaluation.reason, "receipt_id": evaluation.receipt_id, "capability_id": self.capability_id,
+            "workflow_id": metadata.get("workflow_id"), "run_id": metadata.get("run_id"),
+        }
+        typed = ChioTemporalDenied(str(error.args[0]) if error.args else "Chio denied the call", facts)
+        typed.__cause__ = error.__cause__
+        return typed
 
     async def wrap_model_request(
         self,
