@@ -157,13 +157,14 @@ async def test_revoked_during_the_wait_or_expired_is_a_deny(chio: LocalChioClien
 
     from chio_kernel import Kernel
 
-    short = LocalChioClient(kernel=Kernel(chio_home / "short", approval_ttl=1))
+    import time
+
+    now = [time.time()]  # the kernel's clock: the test moves it past the approval's TTL instead of sleeping
+    short = LocalChioClient(kernel=Kernel(chio_home / "short", approval_ttl=1, clock=lambda: now[0]))
     script2 = Script()
     agent2, _ = _agent(short, script2)
     first2, requests2, _ = await _deferred(agent2)
-    import asyncio
-
-    await asyncio.sleep(2.5)  # let the approval expire unanswered (waiting, not a timed assertion)
+    now[0] += 2.5  # let the approval expire unanswered
     await agent2.run(message_history=first2.all_messages(), deferred_tool_results=approval_results(requests2))
     assert script2.refunds == [] and "approval-timeout" in str(script2.told[-1])
     short.kernel.close()

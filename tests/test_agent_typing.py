@@ -17,6 +17,7 @@ ROOT = Path(__file__).resolve().parent.parent
 CHECKED = ROOT / "tests" / "typing" / "check_agent_types.py"
 
 
+@pytest.mark.slow  # a cold strict mypy run over pydantic-ai, Prefect and Temporal: ~40 s
 def test_result_output_is_typed_on_both_engines(tmp_path: Path) -> None:
     source = CHECKED.read_text()
     wrong_line = "    assert_type(result.output, Order)\n"

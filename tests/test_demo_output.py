@@ -7,10 +7,13 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ID = re.compile(r"rcpt-[0-9a-f-]*")
 FULL_ID = re.compile(r"^rcpt-[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
 
 
+@pytest.mark.slow
 def test_piped_demo_keeps_receipt_ids_whole_and_tables_alike(tmp_path: Path) -> None:
     data_dir = tmp_path / "demo"
     done = subprocess.run(

@@ -67,6 +67,7 @@ def test_nothing_changes_with_a_prefect_api_configured(tmp_path: Path) -> None:
     assert got == {"set": {}, "timeout": 20, "analytics": True}
 
 
+@pytest.mark.slow  # the whole demo in a subprocess
 @pytest.mark.prefect
 def test_demo_start_timeout_prints_the_setting_and_exits_1(tmp_path: Path) -> None:
     # A start limit of 0 s: Prefect gives up before its first health check, whatever the machine's speed.

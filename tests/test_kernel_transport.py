@@ -110,7 +110,7 @@ def test_parameters_are_canonicalised_and_hashed_once_per_call_embedded(
     import hashlib
 
     import chio_kernel.canonical as canonical
-    import chio_kernel._kernel as kernel_module
+    import chio_kernel._request as kernel_module  # where the kernel canonicalises a call
 
     local = LocalChioClient(tmp_path)
     local.kernel.create_capability(subject="agent", scope=SCOPE, capability_id="cap-docs")

@@ -15,6 +15,7 @@ import pytest
 NOTEBOOKS = sorted((Path(__file__).resolve().parents[1] / "notebooks").glob("*.ipynb"))
 
 
+@pytest.mark.slow  # each notebook in its own Jupyter kernel
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])
 def test_notebook_executes(path: Path, prefect_api: str, tmp_path: Path) -> None:
     nbformat = pytest.importorskip("nbformat", reason="pip install -e '.[test]' (nbformat, nbclient, ipykernel)")
@@ -64,7 +65,7 @@ def _texts(notebook: object) -> list[tuple[str, str]]:
     return found
 
 
-ENGINE_NOTEBOOKS = ("prefect_agent", "temporal_agent")
+ENGINE_NOTEBOOKS = ("prefect_agent", "temporal_agent", "dbos_agent")
 
 
 def check_outputs(path: Path, notebook: object) -> None:
@@ -74,7 +75,7 @@ def check_outputs(path: Path, notebook: object) -> None:
     assert tables, f"{path.name}: no HTML receipt table in the outputs"
     assert all("<th>receipt</th>" in t and "<th>verdict</th>" in t for t in tables)
     assert any(">allow<" in t for t in tables)
-    if path.stem in ENGINE_NOTEBOOKS:  # the two engine tours show a denied call too
+    if path.stem in ENGINE_NOTEBOOKS:  # the engine tours show a denied call too
         assert any(">deny<" in t for t in tables)
     everything = "\n".join(text for _, text in outputs)
     assert "Traceback" not in everything, f"{path.name}: a traceback in the outputs"

@@ -106,7 +106,7 @@ def test_prefect_agent_public_reads() -> None:
 
 def test_no_cache_policies_are_equal_to_no_cache() -> None:
     from chio_prefect._agent import _no_cache
-    from chio_prefect.decorators import _caches
+    from chio_prefect._cache_policies import caches as _caches
 
     assert NONE == NO_CACHE and type(NO_CACHE)() == NO_CACHE
     for off in (None, NO_CACHE, NONE, type(NO_CACHE)()):

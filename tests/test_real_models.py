@@ -7,7 +7,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import tomllib
+
 import pytest
+from packaging.requirements import Requirement
 
 from chio_durable.agent import model_setup_problem
 
@@ -43,7 +46,13 @@ def test_model_setup_problem() -> None:
 
 
 def test_the_extras_are_declared_in_the_dependency_range() -> None:
-    text = (ROOT / "pyproject.toml").read_text()
-    for extra in ("openai", "anthropic"):
-        assert f'{extra} = ["pydantic-ai-slim[{extra}]>=2.62,<2.69"]' in text
-    assert "pydantic-ai-slim[prefect,temporal,mcp]>=2.62,<2.69" in text  # the same range as the core
+    # The provider extras take pydantic-ai-slim in exactly the core's range, so an extra never pulls
+    # in a pydantic-ai that the governance was not tested on.
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    core = [Requirement(d) for d in project["dependencies"] if Requirement(d).name == "pydantic-ai-slim"]
+    assert len(core) == 1 and "<" in str(core[0].specifier) and ">=" in str(core[0].specifier)
+    for extra in ("openai", "anthropic", "dbos"):
+        reqs = [Requirement(d) for d in project["optional-dependencies"][extra]]
+        pai = [r for r in reqs if r.name == "pydantic-ai-slim"]
+        assert len(pai) == 1 and extra in pai[0].extras, (extra, reqs)
+        assert pai[0].specifier == core[0].specifier, (extra, str(pai[0].specifier), str(core[0].specifier))

@@ -15,7 +15,6 @@ from typing import Any
 
 from chio_sdk.models import MonetaryAmount
 
-from chio_durable._call import idempotency_key
 from chio_durable._decision import PENDING_VERDICT, Evaluation
 
 __all__ = ["PENDING_VERDICT", "PendingApproval", "approval_key", "evaluate_under", "evaluate_under_sync", "pending_approval"]
@@ -75,8 +74,12 @@ def approval_key(key: str | None, approval_id: str) -> str | None:
 
     Stable across retries (a retried re-evaluation gets its allow receipt back, charged once) and
     distinct from the key that answered "pending" (that one keeps answering the pending receipt).
+    The kernel's one rule (``chio_kernel._idempotency``) owns it; this keeps the wire key every
+    release sent, so runs spanning an upgrade find their receipts.
     """
-    return None if key is None else idempotency_key(key, "approval", approval_id)
+    from chio_kernel._idempotency import approval_call_key  # lazy: keeps `import chio_durable` light
+
+    return approval_call_key(key, approval_id)
 
 
 async def evaluate_under(

@@ -19,6 +19,11 @@ Every transport also settles and releases budget holds (``settle`` / ``release``
 ``_sync`` forms; docs/budgets.md): the embedded kernel and ``SidecarClient`` return the signed
 receipt, a mock or a stock ``ChioClient`` (which cannot declare a cost, so never holds) returns None.
 
+Every transport can register what wakes a run waiting for a person (``register_approval_wake`` and
+its ``_sync`` form; docs/approvals.md, "Waking the run"): True when the kernel took it, False when
+the client cannot (a mock, a stock ``ChioClient``, a sidecar without the route), so the engine falls
+back to its own wake-up command.
+
 Remote transports drive their client on the one private kernel loop (``_loop``). Anything that is
 not a decision raises :class:`KernelUnavailable` (retryable) or :class:`KernelRejected` (a
 malformed request, not retryable): the governed body never runs.
@@ -26,10 +31,11 @@ malformed request, not retryable): the governed body never runs.
 
 from __future__ import annotations
 
+import asyncio
 import re
 import warnings
 import weakref
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar, Union, runtime_checkable
 
 from chio_sdk.client import ChioClient
@@ -117,6 +123,30 @@ class KernelTransport(Protocol):
 
     def release_sync(self, receipt_id: str, op_id: str, reason: str = "released") -> ChioReceipt | None:
         """:meth:`release` for sync callers (any thread but the kernel loop)."""
+
+    async def register_approval_wake(self, approval_id: str, wake: Mapping[str, Any]) -> bool:
+        """Register what wakes the run waiting for ``approval_id`` once a person answers it in the kernel.
+
+        A wake is not authority: it only wakes the run, which re-evaluates with ``approval_id``.
+        Registering the same wake again is a no-op; on an approval answered already the kernel wakes
+        the run at once.
+
+        Args:
+            approval_id: the approval (``Evaluation.approval_id``) the run waits for.
+            wake: ``{"engine": "<name>", ...engine-specific JSON fields}`` (docs/approvals.md).
+
+        Returns:
+            True when the kernel registered it; False (nothing done) when this client cannot (a
+            ``chio_sdk.testing`` mock, a stock ``ChioClient``, a sidecar without the route): the
+            caller falls back to its own wake-up.
+
+        Raises:
+            KernelRejected: unknown approval, or a malformed / too big / one too many wake.
+            KernelUnavailable: the kernel could not be reached (retry).
+        """
+
+    def register_approval_wake_sync(self, approval_id: str, wake: Mapping[str, Any]) -> bool:
+        """:meth:`register_approval_wake` for sync callers (any thread but the kernel loop)."""
 
 
 ChioClientLike = Union["LocalChioClient", "Kernel", ChioClient, "MockChioClient", KernelTransport]
@@ -224,6 +254,19 @@ class EmbeddedTransport:
 
     async def release(self, receipt_id: str, op_id: str, reason: str = "released") -> ChioReceipt | None:
         return self.release_sync(receipt_id, op_id, reason)
+
+    def register_approval_wake_sync(self, approval_id: str, wake: Mapping[str, Any]) -> bool:
+        try:
+            self.kernel.register_approval_wake(approval_id, wake)
+        except (LookupError, ValueError) as err:  # ApprovalNotFoundError, KernelInputError: not retryable
+            raise KernelRejected(self.url, str(err)) from err
+        except Exception as err:  # the kernel could not record it (store locked, disk full...)
+            raise KernelUnavailable(self.url, f"{type(err).__name__}: {err}") from err
+        return True
+
+    async def register_approval_wake(self, approval_id: str, wake: Mapping[str, Any]) -> bool:
+        # a thread: on an answered approval the kernel calls the waker at once (it may block)
+        return await asyncio.to_thread(self.register_approval_wake_sync, approval_id, wake)
 
 
 # --- remote (HTTP and mocks) -------------------------------------------------------------------
@@ -372,6 +415,18 @@ class _RemoteTransport:
     def release_sync(self, receipt_id: str, op_id: str, reason: str = "released") -> ChioReceipt | None:
         return run_on_kernel_loop(self._hold_op("release", receipt_id, (op_id, reason)))
 
+    # Wakes: a mock (and a stock ChioClient) has no way to register one: False, the engine falls
+    # back to its own wake-up. HttpTransport overrides _register_wake for SidecarClient.
+
+    async def _register_wake(self, approval_id: str, wake: Mapping[str, Any]) -> bool:
+        return False
+
+    async def register_approval_wake(self, approval_id: str, wake: Mapping[str, Any]) -> bool:
+        return await await_on_kernel_loop(self._register_wake(approval_id, dict(wake)))
+
+    def register_approval_wake_sync(self, approval_id: str, wake: Mapping[str, Any]) -> bool:
+        return run_on_kernel_loop(self._register_wake(approval_id, dict(wake)))
+
 
 NO_IDEMPOTENCY_WARNING = (
     "chio: this chio_sdk.ChioClient cannot send idempotency keys (its public evaluate_tool_call has no "
@@ -432,6 +487,23 @@ class HttpTransport(_RemoteTransport):
                 raise KernelRejected(self.url, str(err)) from err
             raise KernelUnavailable(self.url, f"{type(err).__name__}: {err}") from err
         return receipt
+
+    async def _register_wake(self, approval_id: str, wake: Mapping[str, Any]) -> bool:
+        register = getattr(self.client, "register_approval_wake", None)
+        if not self.sends_idempotency_keys or not callable(register):  # a stock ChioClient: no such route
+            return False
+        try:
+            await register(approval_id, wake)
+        except (LookupError, ValueError) as err:  # ApprovalNotFoundError, KernelInputError (404 / 422)
+            raise KernelRejected(self.url, str(err)) from err
+        except Exception as err:
+            status = _http_status(err)
+            if status in (404, 405):  # a sidecar without the route: the caller falls back
+                return False
+            if status is not None and 400 <= status < 500 and status not in _RETRYABLE_4XX:
+                raise KernelRejected(self.url, str(err)) from err
+            raise KernelUnavailable(self.url, f"{type(err).__name__}: {err}") from err
+        return True
 
 
 class MockTransport(_RemoteTransport):

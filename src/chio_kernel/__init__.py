@@ -6,19 +6,25 @@
 ``chio_kernel.sidecar`` / ``chio_kernel.cli`` and are not imported here (keeps this import light).
 """
 
-from chio_kernel._approvals import (
+from chio_kernel._approvals import sign_approval_token
+from chio_kernel._client import LocalChioClient, SidecarClient
+from chio_kernel._errors import (
     ApprovalConflictError,
     ApprovalError,
     ApprovalNotFoundError,
     ApprovalTokenError,
-    sign_approval_token,
+    CapabilityError,
+    ChioKernelError,
+    HoldConflictError,
+    IdempotencyKeyReusedError,
+    KernelConflictError,
+    KernelInputError,
+    KernelKeyMissingError,
+    UnknownHoldError,
 )
-from chio_kernel.canonical import canonical_json
-from chio_kernel._client import LocalChioClient, SidecarClient
-from chio_kernel._errors import CapabilityError, ChioKernelError, KernelInputError, KernelKeyMissingError
 from chio_kernel._kernel import ChainReport, Kernel
 from chio_kernel._receipts import receipt_chain_hash, receipt_signing_bytes
-from chio_kernel._holds import HoldConflictError, IdempotencyKeyReusedError, KernelConflictError, UnknownHoldError
+from chio_kernel.canonical import canonical_json
 from chio_kernel.signing import default_data_dir
 
 __all__ = [

@@ -1,4 +1,4 @@
-"""Human approval as a kernel verdict (issue 10; the rules are in ``docs/approvals.md``).
+"""Human approval as a kernel verdict (the rules are in ``docs/approvals.md``).
 
 A grant constraint ``{"type": "require_approval_above", "value": {"threshold_units": N}}`` sends a
 call whose declared cost is N units or more (no declared cost counts as 0) to a human:
@@ -9,9 +9,9 @@ call whose declared cost is N units or more (no declared cost counts as 0) to a 
   approval bound to the call (capability, tool, operation, parameters, cost). Nothing is charged. The
   same idempotency key gets the same pending receipt back. A deny beats a pending approval (the
   other guards run first), and a pending approval beats an allow.
-* **resolution** — the kernel's operator (:meth:`ApprovalsMixin.respond_approval`; the sidecar's
+* **resolution** — the kernel's operator (:meth:`chio_kernel.Kernel.respond_approval`; the sidecar's
   ``POST /approvals/{id}/operator-respond``; ``chio-durable approvals approve|deny``) or a signed
-  approval token from a trusted approver key (:meth:`ApprovalsMixin.respond_approval_token`;
+  approval token from a trusted approver key (:meth:`chio_kernel.Kernel.respond_approval_token`;
   ``POST /approvals/{id}/respond``) answers it ONCE (a second answer is an
   :class:`ApprovalConflictError`, HTTP 409). Each answer is a signed receipt in the chain
   (``decision.verdict = "approval_resolution"``, ``metadata.approval_resolution``).
@@ -21,14 +21,13 @@ call whose declared cost is N units or more (no declared cost counts as 0) to a 
   approval is used by ONE allow: a second re-evaluation under another idempotency key is a deny
   (``approval-consumed``); the same idempotency key gets the same allow receipt back.
 * **waking the run** — a waiting run registers wakes on its approval
-  (:meth:`ApprovalsMixin.register_approval_wake`); once an answer is committed the kernel calls
+  (:meth:`chio_kernel.Kernel.register_approval_wake`); once an answer is committed the kernel calls
   their wakers (``chio_kernel._wakers``), after the commit and outside every store lock. A wake only
   wakes the run; the re-evaluation above decides.
 """
 
 from __future__ import annotations
 
-import hashlib
 import os
 import threading
 import time
@@ -37,7 +36,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from chio_sdk.models import ChioReceipt, Operation
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -45,19 +44,26 @@ from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 from chio_kernel._capabilities import _Cap
 from chio_kernel._coerce import APPROVAL_CONSTRAINT, _iso, _require_str, approval_threshold_value
-from chio_kernel._errors import ChioKernelError, KernelInputError
+from chio_kernel._errors import (
+    ApprovalConflictError,
+    ApprovalError,
+    ApprovalNotFoundError,
+    ApprovalTokenError,
+    KernelInputError,
+)
+from chio_kernel._idempotency import remember
 from chio_kernel._ids import _uuid7_str
 from chio_kernel._policy import Deny
-from chio_kernel._receipts import _chain_dumps, _receipt_signed_body
+from chio_kernel._receipts import ALLOW, CallRecord, ReceiptChain
+from chio_kernel._request import EvalRequest, call_hash
 from chio_kernel._run_context import merge_run_metadata
 from chio_kernel._store import GENESIS_HASH, ApprovalRow, StoreReader, StoreWriter
 from chio_kernel.canonical import canonical_json
 from chio_kernel._guards import grant_matches
 from chio_kernel._wakers import MAX_WAKES, check_wake, run_wakes
-from chio_kernel.signing import Signer, verify_hex
+from chio_kernel.signing import verify_hex
 
-if TYPE_CHECKING:
-    from chio_kernel._kernel import _EvalRequest
+LoadCap = Callable[[StoreReader, str], _Cap | None]
 
 __all__ = [
     "APPROVAL_CONSTRAINT",
@@ -71,8 +77,9 @@ __all__ = [
     "ApprovalError",
     "ApprovalNotFoundError",
     "ApprovalTokenError",
-    "ApprovalsMixin",
+    "Approvals",
     "approval_requirement",
+    "approval_settings",
     "sign_approval_token",
 ]
 
@@ -96,24 +103,6 @@ _TOKEN_FIELDS = frozenset(
 )
 _TOKEN_OPTIONAL = frozenset({"reason"})
 _HEX = frozenset("0123456789abcdef")
-
-
-class ApprovalError(ChioKernelError):
-    """Root of the approval errors."""
-
-
-class ApprovalNotFoundError(ApprovalError, LookupError):
-    """No approval with this id in the kernel's store (HTTP 404)."""
-
-
-class ApprovalConflictError(ApprovalError):
-    """The approval cannot be answered any more: already answered, expired, or its capability was
-    revoked (HTTP 409). Each approval is answered once."""
-
-
-class ApprovalTokenError(ApprovalError, ValueError):
-    """A signed approval token was refused: untrusted approver key, bad signature, bound to another
-    request, parameters or subject, or outside its validity window (HTTP 403)."""
 
 
 @dataclass(frozen=True)
@@ -148,53 +137,6 @@ def approval_requirement(
                 if cost_units >= threshold and (best is None or threshold < best[0]):
                     best = (threshold, c.token.id)
     return best
-
-
-def call_hash(req: _EvalRequest) -> str:
-    """What an approval binds: capability, tool, operation, parameters and declared cost."""
-    cost = "" if req.cost_t is None else f"{req.cost_t[0]} {req.cost_t[1]}"
-    parts = (req.capability_id, req.tool_server, req.tool_name, req.op.value, req.param_hash, cost)
-    return hashlib.sha256("\x1f".join(parts).encode()).hexdigest()
-
-
-def build_signed_receipt(
-    sign_hex: Callable[[bytes], str],
-    key: str,
-    prev_hash: str,
-    now: float,
-    capability_id: str,
-    tool_server: str,
-    tool_name: str,
-    params: dict[str, Any],
-    param_hash: str,
-    decision: dict[str, str],
-    policy_hash: str,
-    metadata: dict[str, Any] | None,
-) -> tuple[ChioReceipt, str, str]:
-    """A receipt with any verdict and metadata, signed and chained by THE rule of ``_receipts``
-    (the slow, general path; plain allow/deny receipts keep their spliced fast path):
-    ``(receipt, stored text, chain hash)``."""
-    data: dict[str, Any] = {
-        "id": "rcpt-" + _uuid7_str(),
-        "timestamp": int(now),
-        "capability_id": capability_id,
-        "tool_server": tool_server,
-        "tool_name": tool_name,
-        "action": {"parameters": params, "parameter_hash": param_hash},
-        "decision": decision,
-        "content_hash": prev_hash,
-        "policy_hash": policy_hash,
-        "evidence": [],
-        "kernel_key": key,
-        "signature": "",
-    }
-    if metadata:
-        data["metadata"] = metadata
-    unsigned = ChioReceipt.model_validate(data).model_dump(exclude_none=True)
-    signature = sign_hex(canonical_json(_receipt_signed_body(unsigned)))
-    receipt = ChioReceipt.model_validate({**data, "signature": signature})
-    stored = _chain_dumps(receipt.model_dump(exclude_none=True))
-    return receipt, stored, hashlib.sha256(stored.encode()).hexdigest()
 
 
 def _check_hex_key(key: Any, what: str) -> str:
@@ -269,6 +211,39 @@ def _check_token(token: Any) -> dict[str, Any]:
     return dict(token)
 
 
+def approval_settings(approver_keys: Iterable[str], approval_ttl: int | None) -> tuple[frozenset[str], int]:
+    """The approver keys and the approval TTL a kernel is given, checked (before anything is opened).
+
+    Args:
+        approver_keys: hex Ed25519 public keys.
+        approval_ttl: seconds; None: ``$CHIO_APPROVAL_TTL``, else :data:`DEFAULT_APPROVAL_TTL`.
+
+    Returns:
+        ``(keys lower-cased, ttl)``.
+
+    Raises:
+        KernelInputError: a key is not a hex Ed25519 key, or the TTL is not valid.
+    """
+    keys = frozenset(_check_hex_key(k, "approver key") for k in approver_keys)
+    return keys, _resolve_approval_ttl(approval_ttl)
+
+
+def _resolve_approval_ttl(approval_ttl: int | None) -> int:
+    """``approval_ttl``, else ``$CHIO_APPROVAL_TTL``, else :data:`DEFAULT_APPROVAL_TTL` (checked)."""
+    if approval_ttl is None:
+        raw = os.environ.get(APPROVAL_TTL_ENV, "").strip()
+        if raw:
+            try:
+                approval_ttl = int(raw)
+            except ValueError:
+                raise KernelInputError(f"${APPROVAL_TTL_ENV} must be a whole number of seconds, got {raw!r}") from None
+        else:
+            approval_ttl = DEFAULT_APPROVAL_TTL
+    if isinstance(approval_ttl, bool) or not isinstance(approval_ttl, int) or not 0 < approval_ttl <= 10 * 366 * 86400:
+        raise KernelInputError(f"approval_ttl must be a positive number of seconds (at most 10 years), got {approval_ttl!r}")
+    return approval_ttl
+
+
 def _outcome(value: Any) -> str:
     if value not in OUTCOMES:
         raise KernelInputError(f"outcome must be 'approved' or 'denied', got {value!r:.40}")
@@ -281,55 +256,46 @@ def _reason(value: Any) -> str | None:
     return _require_str("reason", value, max_len=4096)
 
 
-class ApprovalsMixin:
-    """The approval half of :class:`chio_kernel.Kernel` (mixed in; the rules are in the module doc)."""
+class Approvals:
+    """The approval service (the rules are in the module doc): configuration, the evaluation's gate
+    and receipts, reading, answering and waking. ``Kernel`` exposes its public methods."""
 
-    # provided by Kernel
-    _signer: Signer
-    public_key_hex: str
-    data_dir: Path
-    _clock: Callable[[], float]
-    _approver_keys: frozenset[str]
-    _approval_ttl: int
+    def __init__(
+        self,
+        data_dir: Path,
+        approver_keys: frozenset[str],
+        approval_ttl: int,
+        clock: Callable[[], float],
+        read: Callable[[], AbstractContextManager[StoreReader]],
+        write: Callable[[], AbstractContextManager[StoreWriter]],
+        load_cap: LoadCap,
+        chain: ReceiptChain,
+    ) -> None:
+        """Keep approvals in the store via ``read`` / ``write``, sign their receipts with ``chain``.
 
-    if TYPE_CHECKING:
-
-        def _read(self) -> AbstractContextManager[StoreReader]: ...
-
-        def _write(self) -> AbstractContextManager[StoreWriter]: ...
-
-        def _load_cap(self, st: StoreReader, capability_id: str) -> _Cap | None: ...
-
-    def _init_approvals(self, approver_keys: Iterable[str], approval_ttl: int | None) -> None:
-        self._approver_keys = frozenset(_check_hex_key(k, "approver key") for k in approver_keys)
+        ``approver_keys`` / ``approval_ttl`` as :func:`approval_settings` checked them.
+        """
+        self.data_dir = data_dir
+        self._clock = clock
+        self._read = read
+        self._write = write
+        self._load_cap = load_cap
+        self._chain = chain
+        self._approver_keys = approver_keys
         self._wake_reports: OrderedDict[str, list[dict[str, Any]]] = OrderedDict()
         self._wake_reports_lock = threading.Lock()
-        if approval_ttl is None:
-            raw = os.environ.get(APPROVAL_TTL_ENV, "").strip()
-            if raw:
-                try:
-                    approval_ttl = int(raw)
-                except ValueError:
-                    raise KernelInputError(f"${APPROVAL_TTL_ENV} must be a whole number of seconds, got {raw!r}") from None
-            else:
-                approval_ttl = DEFAULT_APPROVAL_TTL
-        if isinstance(approval_ttl, bool) or not isinstance(approval_ttl, int) or not 0 < approval_ttl <= 10 * 366 * 86400:
-            raise KernelInputError(f"approval_ttl must be a positive number of seconds (at most 10 years), got {approval_ttl!r}")
         self._approval_ttl = approval_ttl
 
     # --- configuration ---
 
     @property
     def approval_ttl(self) -> int:
-        """Seconds a pending approval waits before it times out (a re-evaluation then denies with
-        guard ``approval-timeout``)."""
+        """See ``Kernel`` (the public doc is there)."""
         return self._approval_ttl
 
     @property
     def approver_keys(self) -> frozenset[str]:
-        """Hex Ed25519 keys whose signed approval tokens this kernel accepts: ``approver_keys=`` plus
-        the ``approvers`` file of the data directory (read anew each time, so ``chio-durable approvals
-        trust`` takes effect on a running sidecar)."""
+        """See ``Kernel`` (the public doc is there)."""
         keys = set(self._approver_keys)
         path = self.data_dir / APPROVERS_FILE
         try:
@@ -343,7 +309,7 @@ class ApprovalsMixin:
         return frozenset(keys)
 
     def trust_approver(self, public_key: str) -> None:
-        """Add an approver key to the data directory's ``approvers`` file (kept across restarts)."""
+        """See ``Kernel`` (the public doc is there)."""
         key = _check_hex_key(public_key, "approver key")
         if key in self.approver_keys:
             return
@@ -354,8 +320,8 @@ class ApprovalsMixin:
 
     # --- evaluation (called by Kernel._evaluate_in inside its write transaction) ---
 
-    def _approval_gate(
-        self, st: StoreWriter, req: _EvalRequest, lineage: Sequence[_Cap], now: float
+    def gate(
+        self, st: StoreWriter, req: EvalRequest, lineage: Sequence[_Cap], now: float
     ) -> ChioReceipt | _Pending | None:
         """After every other guard passed: None (go on and allow), a :class:`_Pending` (the call needs
         a human), a stored receipt to answer as is (the approval is still pending), or a
@@ -410,8 +376,8 @@ class ApprovalsMixin:
             )
         return None
 
-    def _pending_receipt(
-        self, st: StoreWriter, head_seq: int, prev_hash: str, now: float, req: _EvalRequest, cap: _Cap,
+    def pending_receipt(
+        self, st: StoreWriter, head_seq: int, prev_hash: str, now: float, req: EvalRequest, cap: _Cap,
         pending: _Pending,
     ) -> ChioReceipt:
         """Record the approval and its signed pending receipt (nothing charged)."""
@@ -437,34 +403,28 @@ class ApprovalsMixin:
                 "summary": summary,
             }
         }, req.metadata)  # the caller's run context too (the kernel's keys win)
-        receipt, stored, chain_hash = build_signed_receipt(
-            self._signer.sign_hex, self.public_key_hex, prev_hash, now, req.capability_id, req.tool_server,
-            req.tool_name, req.params, req.param_hash,
+        receipt = self._chain.append(
+            st, head_seq, prev_hash, now, req,
             {"verdict": PENDING_VERDICT, "guard": APPROVAL_GUARD, "reason": reason}, cap.policy_hash, metadata,
         )
-        st.append_receipt(head_seq + 1, receipt.id, req.capability_id, PENDING_VERDICT, chain_hash, stored)
         st.insert_approval(ApprovalRow(
             id=approval_id, capability_id=req.capability_id, tool_server=req.tool_server, tool_name=req.tool_name,
             parameter_hash=req.param_hash, call_hash=call_hash(req), subject=cap.token.subject, summary=summary,
             created_at=int(now), expires_at=expires_at, status="pending", pending_receipt_id=receipt.id,
         ))
-        if req.idem_hash is not None:
-            assert req.key_hash is not None
-            st.remember_idempotency_key(req.key_hash, req.idem_hash, head_seq + 1)
+        remember(st, req.key_hash, req.idem_hash, head_seq + 1)
         return receipt
 
-    def _approved_allow_receipt(
-        self, st: StoreWriter, head_seq: int, prev_hash: str, now: float, req: _EvalRequest, policy_hash: str
+    def approved_allow_receipt(
+        self, st: StoreWriter, head_seq: int, prev_hash: str, now: float, req: EvalRequest, policy_hash: str
     ) -> ChioReceipt:
         """The allow receipt of a re-evaluation under an approval (``metadata.approval_id``); uses the
         approval up."""
         assert req.approval_id is not None
-        receipt, stored, chain_hash = build_signed_receipt(
-            self._signer.sign_hex, self.public_key_hex, prev_hash, now, req.capability_id, req.tool_server,
-            req.tool_name, req.params, req.param_hash, {"verdict": "allow"}, policy_hash,
+        receipt = self._chain.append(
+            st, head_seq, prev_hash, now, req, ALLOW, policy_hash,
             merge_run_metadata({"approval_id": req.approval_id}, req.metadata),
         )
-        st.append_receipt(head_seq + 1, receipt.id, req.capability_id, "allow", chain_hash, stored)
         if not st.consume_approval(req.approval_id, receipt.id):  # pragma: no cover - checked in this transaction
             raise RuntimeError(f"approval {req.approval_id} was used meanwhile")
         return receipt
@@ -502,20 +462,14 @@ class ApprovalsMixin:
         }
 
     def get_approval(self, approval_id: str) -> dict[str, Any] | None:
-        """One approval as a dict, or None. ``status`` is what it is NOW: ``pending``, ``approved``,
-        ``denied`` (also when its capability was revoked during the wait) or ``expired``; plus the
-        call (``capability_id``, ``tool_server``, ``tool_name``, ``parameters``, ``parameter_hash``),
-        ``subject``, ``summary``, ``created_at`` / ``expires_at`` (unix seconds), the receipts
-        (``pending_receipt_id``, ``resolution_receipt_id``, ``consumed_receipt_id``) and the answer
-        (``resolved_at``, ``approver``, ``reason``)."""
+        """See ``Kernel`` (the public doc is there)."""
         _require_str("approval_id", approval_id, max_len=256)
         with self._read() as st:
             row = st.approval(approval_id)
             return None if row is None else self._approval_view(st, row, self._clock())
 
     def list_approvals(self, status: str | None = "pending", *, limit: int | None = None) -> list[dict[str, Any]]:
-        """Approvals oldest first, as :meth:`get_approval` returns them: those whose current status is
-        ``status`` (``pending`` — still answerable —, ``approved``, ``denied``, ``expired``) or all (None)."""
+        """See ``Kernel`` (the public doc is there)."""
         if status not in (None, "pending", "approved", "denied", "expired"):
             raise KernelInputError(f"status must be pending, approved, denied, expired or None, got {status!r:.40}")
         if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 0):
@@ -532,29 +486,13 @@ class ApprovalsMixin:
     def respond_approval(
         self, approval_id: str, outcome: str, reason: str | None = None, *, approver: str = "operator"
     ) -> ChioReceipt:
-        """The kernel's operator answers an approval (``outcome``: ``"approved"`` or ``"denied"``).
-
-        Returns the signed resolution receipt (in the chain; its ``kernel_key`` is the approver key
-        recorded). Raises :class:`ApprovalNotFoundError`, :class:`ApprovalConflictError` (answered
-        already, expired, or capability revoked) or :class:`KernelInputError`.
-
-        After the commit it calls the waker of every wake registered on the approval (each bounded
-        by ``$CHIO_WAKE_TIMEOUT``; a failing waker changes nothing and raises nothing here);
-        :meth:`last_wake_report` tells what was woken.
-        """
+        """See ``Kernel`` (the public doc is there)."""
         _require_str("approval_id", approval_id, max_len=256)
         label = _require_str("approver", approver, max_len=256)
-        return self._resolve(approval_id, _outcome(outcome), _reason(reason), self.public_key_hex, label, None)
+        return self._resolve(approval_id, _outcome(outcome), _reason(reason), self._chain.key, label, None)
 
     def respond_approval_token(self, token: Mapping[str, Any], approval_id: str | None = None) -> ChioReceipt:
-        """Answer an approval with a signed approval token (see :func:`sign_approval_token`).
-
-        The token must be signed by a key in :attr:`approver_keys`, name this approval
-        (``request_id``, and ``approval_id`` when given), its ``parameter_hash`` and ``subject``, and be
-        inside ``issued_at``..``expires_at``. Raises :class:`ApprovalTokenError` if it is refused, the
-        errors of :meth:`respond_approval` otherwise. Wakes the waiting run as :meth:`respond_approval`
-        does (:meth:`last_wake_report`).
-        """
+        """See ``Kernel`` (the public doc is there)."""
         data = _check_token(token)
         if approval_id is not None and data["request_id"] != approval_id:
             raise ApprovalTokenError(f"the token answers request {data['request_id']!r}, not approval {approval_id!r}")
@@ -630,13 +568,12 @@ class ApprovalsMixin:
             }
             if token_id is not None:
                 resolution["token_id"] = token_id
-            receipt, stored, chain_hash = build_signed_receipt(
-                self._signer.sign_hex, self.public_key_hex, prev_hash, now, row.capability_id, row.tool_server,
-                row.tool_name, params, row.parameter_hash,
+            receipt = self._chain.append(
+                st, head_seq, prev_hash, now,
+                CallRecord(row.capability_id, row.tool_server, row.tool_name, params, row.parameter_hash),
                 {"verdict": RESOLUTION_VERDICT, "guard": APPROVAL_GUARD, "reason": f"{outcome} by {approver}: {text}"},
                 cap.policy_hash if cap is not None else GENESIS_HASH, {"approval_resolution": resolution},
             )
-            st.append_receipt(head_seq + 1, receipt.id, row.capability_id, RESOLUTION_VERDICT, chain_hash, stored)
             if not st.resolve_approval(approval_id, outcome, int(now), approver_key, text, receipt.id):
                 raise ApprovalConflictError(f"approval {approval_id} was answered meanwhile")  # pragma: no cover
             # read in the resolving transaction: a wake registered after this commit sees the answer
@@ -649,28 +586,7 @@ class ApprovalsMixin:
     # --- waking the run (chio_kernel._wakers) ---
 
     def register_approval_wake(self, approval_id: str, wake: Mapping[str, Any]) -> dict[str, Any]:
-        """Register what wakes the run waiting for this approval once it is answered.
-
-        A wake is NOT authority: it only wakes the run, which asks the kernel again with the
-        approval id; only the kernel's allow of that re-evaluation runs the call. Registering the
-        same wake again is a no-op (a retried run registers again). Registering on an approval that
-        is already answered wakes the run at once (the person may answer before the run registers).
-
-        Args:
-            approval_id: the approval (``apr-…``) the run waits for.
-            wake: ``{"engine": "<name>", ...engine-specific JSON fields}``: ``engine`` 1 to 32
-                characters of ``a-z0-9_-``, at most 4 KiB of canonical JSON, at most 8 distinct
-                wakes per approval.
-
-        Returns:
-            ``{"approval_id", "status" (the approval's status now), "woken": [report, ...]}``;
-            ``woken`` holds one ``{"engine", "ok", "message"}`` report if the approval was already
-            answered (the wake was called), else is empty.
-
-        Raises:
-            ApprovalNotFoundError: no approval with this id.
-            KernelInputError: the wake is malformed, too big, or one too many (nothing is written).
-        """
+        """Register what wakes the run waiting for this approval once it is answered (the public doc is on ``Kernel``)."""
         _require_str("approval_id", approval_id, max_len=256)
         text = check_wake(wake)
         with self._write() as st:
@@ -693,16 +609,7 @@ class ApprovalsMixin:
         return {"approval_id": approval_id, "status": view["status"], "woken": woken}
 
     def last_wake_report(self, approval_id: str) -> list[dict[str, Any]] | None:
-        """What answering this approval in THIS process woke (the wakes registered on it).
-
-        Args:
-            approval_id: the approval answered with :meth:`respond_approval` or
-                :meth:`respond_approval_token`.
-
-        Returns:
-            One ``{"engine", "ok", "message"}`` report per registered wake (``[]``: none was
-            registered), or None if this process has not answered it (the most recent 1024 are kept).
-        """
+        """What answering this approval in THIS process woke (the wakes registered on it) (the public doc is on ``Kernel``)."""
         with self._wake_reports_lock:
             report = self._wake_reports.get(approval_id)
             return None if report is None else [dict(r) for r in report]

@@ -27,7 +27,7 @@ from chio_kernel.signing import Signer, verify_hex
 from chio_kernel.canonical import canonical_json
 from chio_kernel._guards import describe_grant, regex_problem
 
-__all__ = ["Capabilities", "capability_signing_bytes"]
+__all__ = ["Capabilities", "Trust", "capability_signing_bytes", "token_signers"]
 
 _CAP_CACHE_SIZE = 10_000  # verified capabilities kept per Kernel (tokens are immutable)
 
@@ -92,33 +92,72 @@ def _first_non_subset(child: ChioScope, parent: ChioScope) -> str | None:
     return None
 
 
+def token_signers(token: CapabilityToken) -> list[str]:
+    """The keys that signed a token: its issuer and every delegation link's delegator."""
+    return [token.issuer, *(link.delegator for link in token.delegation_chain)]
+
+
+class Trust:
+    """Which keys a kernel accepts as signers: its own and ``trusted_keys``.
+
+    The fleet's trust (``chio_kernel._fleet.FleetTrust``) widens it to every key registered in the
+    shared store and refuses retired signers; the capability and receipt checks ask it, never the
+    kernel.
+    """
+
+    #: Whether :meth:`learn` can find keys :attr:`issuers` does not hold yet.
+    learns = False
+
+    def __init__(self, own_key: str, trusted_keys: frozenset[str]) -> None:
+        """Trust ``own_key`` and ``trusted_keys`` (hex Ed25519 public keys)."""
+        self.own_key = own_key
+        self.issuers: frozenset[str] = frozenset({own_key}) | trusted_keys
+
+    def learn(self, st: StoreReader | None) -> None:
+        """Learn keys that joined since (the store given, or a short read); a lone kernel knows them all."""
+
+    def refused_signer(self, token: CapabilityToken) -> str | None:
+        """Why a signer of ``token`` may sign nothing any more (a retired fleet key), or None."""
+        return None
+
+    def refused_token(self, token: CapabilityToken) -> str | None:
+        """:meth:`refused_signer` read from the store now (for validation outside a transaction)."""
+        return None
+
+    def on_write(self, st: StoreWriter) -> bool:
+        """Called first in every evaluation's write transaction: True if verified capabilities must be re-checked."""
+        return False
+
+
 class Capabilities:
     """Issue, attenuate, revoke and validate capability tokens, and cache the verified ones.
 
-    Owned by a :class:`~chio_kernel.Kernel` (which exposes these operations); every read and write
-    goes through the kernel's store.
+    Every read and write goes through the ``read`` / ``write`` store transactions it is handed;
+    ``trust`` says whose signatures count.
     """
 
     def __init__(
         self,
         signer: Signer,
-        trusted_keys: frozenset[str],
+        trust: Trust,
         clock: Callable[[], float],
         read: Callable[[], AbstractContextManager[StoreReader]],
         write: Callable[[], AbstractContextManager[StoreWriter]],
     ) -> None:
+        """Sign with ``signer``, trust ``trust``'s keys, tell time by ``clock``, store via ``read`` / ``write``."""
         self._signer = signer
         self.public_key_hex = signer.public_key_hex
-        self._issuers = frozenset({self.public_key_hex}) | trusted_keys
+        self._trust = trust
         self._clock = clock
         self._read = read
         self._write = write
-        self._caps: dict[str, _Cap] = {}
+        self.cache: dict[str, _Cap] = {}  # the verified capabilities (tokens are immutable)
 
     # --- capabilities: loading ---
 
-    def _load_cap(self, st: StoreReader, capability_id: str) -> _Cap | None:
-        cap = self._caps.get(capability_id)
+    def load(self, st: StoreReader, capability_id: str) -> _Cap | None:
+        """The verified capability with this id (cached), loaded in the caller's store transaction; None if unknown."""
+        cap = self.cache.get(capability_id)
         if cap is not None:
             return cap
         row = st.capability(capability_id)
@@ -126,9 +165,9 @@ class Capabilities:
             return None
         token = CapabilityToken.model_validate_json(row.token)
         cap = self._make_cap(st, token, row.parent_id, row.rate_max, row.rate_per)
-        if len(self._caps) >= _CAP_CACHE_SIZE:  # bounded: drop the oldest entry (insertion order)
-            self._caps.pop(next(iter(self._caps)))
-        self._caps[capability_id] = cap
+        if len(self.cache) >= _CAP_CACHE_SIZE:  # bounded: drop the oldest entry (insertion order)
+            self.cache.pop(next(iter(self.cache)))
+        self.cache[capability_id] = cap
         return cap
 
     def _make_cap(
@@ -157,7 +196,14 @@ class Capabilities:
 
     def _static_check(self, st: StoreReader | None, token: CapabilityToken) -> str | None:
         """Signature, issuer and delegation-chain checks (the parts that never change): reason or None."""
-        if token.issuer not in self._issuers:
+        trust = self._trust
+        if trust.learns and any(k not in trust.issuers for k in token_signers(token)):
+            trust.learn(st)  # a kernel that joined the fleet after this one started
+        problem = self._signature_problem(st, token, trust.issuers)
+        return problem if problem is not None else trust.refused_signer(token)
+
+    def _signature_problem(self, st: StoreReader | None, token: CapabilityToken, issuers: frozenset[str]) -> str | None:
+        if token.issuer not in issuers:
             return (
                 f"capability {token.id} was issued by {token.issuer[:16]}…, which is neither this kernel "
                 f"({self.public_key_hex[:16]}…) nor a trusted key; get a capability from this kernel or "
@@ -174,7 +220,7 @@ class Capabilities:
             )
         chain = token.delegation_chain
         for i, link in enumerate(chain):
-            if link.delegator not in self._issuers:
+            if link.delegator not in issuers:
                 return f"delegation link {i} of {token.id} was signed by an unknown key {link.delegator[:16]}…"
             if not verify_hex(link.delegator, link.signature, _link_signing_bytes(link)):
                 return f"delegation link {i} of {token.id} (from {link.capability_id}) has an invalid signature"
@@ -351,7 +397,7 @@ class Capabilities:
     def is_revoked(self, capability_id: str) -> bool:
         """Is this capability (or one of its ancestors) revoked?"""
         with self._read() as st:
-            cap = self._load_cap(st, capability_id)
+            cap = self.load(st, capability_id)
             ids = cap.lineage if cap is not None else (capability_id,)
             return st.first_revoked(ids) is not None
 
@@ -373,7 +419,8 @@ class Capabilities:
         if revoked is not None:
             which = "it was" if revoked == tok.id else f"its ancestor {revoked} was"
             return False, f"capability {tok.id} is revoked ({which} revoked)"
-        return True, None
+        refused = self._trust.refused_token(tok)  # a retired fleet signer, read now
+        return (False, refused) if refused is not None else (True, None)
 
     def attenuate_capability(
         self,

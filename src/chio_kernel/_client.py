@@ -14,6 +14,7 @@ deny is a receipt (``receipt.decision.verdict == "deny"``), exactly like the sid
 
 from __future__ import annotations
 
+import asyncio
 import os
 import time
 from collections.abc import Mapping
@@ -267,12 +268,35 @@ class LocalChioClient:
 
     async def respond_approval(self, approval_id: str, outcome: str, reason: str | None = None) -> ChioReceipt:
         """Answer as the kernel's operator (``"approved"`` / ``"denied"``); the signed resolution receipt.
-        A second answer raises ``chio_kernel.ApprovalConflictError``."""
-        return self.kernel.respond_approval(approval_id, outcome, reason)
+        A second answer raises ``chio_kernel.ApprovalConflictError``. The registered wakes are called
+        (in a worker thread: a slow waker does not hold up this event loop); see :meth:`last_wake_report`."""
+        return await asyncio.to_thread(self.kernel.respond_approval, approval_id, outcome, reason)
 
     async def respond_approval_token(self, token: dict[str, Any]) -> ChioReceipt:
-        """Answer with a signed approval token from a trusted approver key (``sign_approval_token``)."""
-        return self.kernel.respond_approval_token(token)
+        """Answer with a signed approval token from a trusted approver key (``sign_approval_token``);
+        wakes the waiting run as :meth:`respond_approval` does."""
+        return await asyncio.to_thread(self.kernel.respond_approval_token, token)
+
+    async def register_approval_wake(self, approval_id: str, wake: Mapping[str, Any]) -> dict[str, Any]:
+        """Register what wakes the run waiting for this approval (see ``Kernel.register_approval_wake``).
+
+        Args:
+            approval_id: the approval the run waits for.
+            wake: ``{"engine": "<name>", ...engine-specific JSON fields}``.
+
+        Returns:
+            ``{"approval_id", "status", "woken": [...]}`` (``woken`` is not empty when the approval
+            was already answered: the run was woken at once).
+
+        Raises:
+            ApprovalNotFoundError: no such approval.
+            KernelInputError: a malformed, too big or one too many wake (nothing written).
+        """
+        return await asyncio.to_thread(self.kernel.register_approval_wake, approval_id, wake)
+
+    def last_wake_report(self, approval_id: str) -> list[dict[str, Any]] | None:
+        """What answering this approval through this kernel woke (see ``Kernel.last_wake_report``)."""
+        return self.kernel.last_wake_report(approval_id)
 
     # --- budget holds (docs/budgets.md) ---
 
@@ -325,6 +349,7 @@ class SidecarClient(ChioClient):
     def __init__(self, base_url: str | None = None, *, timeout: float = 5.0, token: str | None = None) -> None:
         super().__init__(base_url, timeout=timeout)
         self.base_url: str = (base_url or self.DEFAULT_BASE_URL).rstrip("/")
+        self._wake_reports: dict[str, list[dict[str, Any]]] = {}
         headers = {"Authorization": f"Bearer {token}"} if token is not None else None
         self._sidecar = httpx.AsyncClient(base_url=self.base_url, timeout=httpx.Timeout(timeout), headers=headers)
 
@@ -556,13 +581,53 @@ class SidecarClient(ChioClient):
         if reason is not None:
             body["reason"] = reason
         data = await self._approval_request(f"/approvals/{_segment(approval_id)}/operator-respond", body)
+        self._keep_wakes(approval_id, data)
         return ChioReceipt.model_validate(data["receipt"])
 
     async def respond_approval_token(self, token: dict[str, Any]) -> ChioReceipt:
         """Answer with a signed approval token (``POST /approvals/{request_id}/respond``)."""
-        path = f"/approvals/{_segment(str(token.get('request_id', '')))}/respond"
-        data = await self._approval_request(path, token)
+        approval_id = str(token.get("request_id", ""))
+        data = await self._approval_request(f"/approvals/{_segment(approval_id)}/respond", token)
+        self._keep_wakes(approval_id, data)
         return ChioReceipt.model_validate(data["receipt"])
+
+    def _keep_wakes(self, approval_id: str, data: dict[str, Any]) -> None:
+        wakes = data.get("wakes")
+        if isinstance(wakes, list):
+            self._wake_reports[approval_id] = [dict(w) for w in wakes if isinstance(w, dict)]
+
+    def last_wake_report(self, approval_id: str) -> list[dict[str, Any]] | None:
+        """The ``"wakes"`` the sidecar reported when this client answered the approval, or None
+        (not answered by this client, or a sidecar that does not wake runs)."""
+        report = self._wake_reports.get(approval_id)
+        return None if report is None else [dict(r) for r in report]
+
+    async def register_approval_wake(self, approval_id: str, wake: Mapping[str, Any]) -> dict[str, Any]:
+        """Register what wakes the run waiting for this approval (``POST /approvals/{id}/wake``).
+
+        Args:
+            approval_id: the approval the run waits for.
+            wake: ``{"engine": "<name>", ...engine-specific JSON fields}``.
+
+        Returns:
+            ``{"approval_id", "status", "woken": [...]}`` as the sidecar answers it.
+
+        Raises:
+            ApprovalNotFoundError: the sidecar knows no such approval.
+            KernelInputError: the sidecar refused the wake (HTTP 422; the message says why).
+            ChioError: anything else, e.g. ``code="HTTP_404"`` from a sidecar without this route.
+        """
+        from chio_kernel._approvals import ApprovalNotFoundError
+        from chio_kernel._errors import KernelInputError
+
+        try:
+            return await self._request("POST", f"/approvals/{_segment(approval_id)}/wake", {"wake": dict(wake)})
+        except ChioError as err:
+            if err.code == "HTTP_404" and "unknown_approval" in str(err):  # the approval, not the route
+                raise ApprovalNotFoundError(str(err)) from err
+            if err.code == "HTTP_422":
+                raise KernelInputError(str(err)) from err
+            raise
 
     async def _approval_request(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
         from chio_kernel._approvals import ApprovalConflictError

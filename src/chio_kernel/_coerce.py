@@ -204,7 +204,7 @@ def _coerce_cost(cost: Any) -> tuple[int, str] | None:
     elif isinstance(cost, Mapping):
         extra = set(cost) - {"units", "currency"}
         if extra:
-            raise KernelInputError(f"cost has unknown fields {sorted(extra)}; pass {{'units': int, 'currency': str}}")
+            raise KernelInputError(f"cost has unknown fields {sorted(extra, key=repr)}; pass {{'units': int, 'currency': str}}")
         units, currency = cost.get("units"), cost.get("currency")
     else:
         raise KernelInputError(

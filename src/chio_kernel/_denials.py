@@ -21,27 +21,26 @@ capability's policy hash, or the genesis hash without a capability), appended to
 
 from __future__ import annotations
 
-import hashlib
-import json
-from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable, Mapping
+from contextlib import AbstractContextManager
+from typing import Any
 
 from chio_sdk.models import ChioReceipt, ChioScope, Operation
 
+from chio_kernel._capabilities import _Cap
+from chio_kernel._coerce import _require_str
 from chio_kernel._errors import KernelInputError
-from chio_kernel._policy import Deny
+from chio_kernel._receipts import CallRecord, ReceiptChain
+from chio_kernel._request import canonical_forms
 from chio_kernel._run_context import check_run_metadata
+from chio_kernel._store import GENESIS_HASH, StoreReader, StoreWriter
 
-if TYPE_CHECKING:
-    from chio_kernel._kernel import Kernel
-
-__all__ = ["KERNEL_GUARDS", "record_denial"]
+__all__ = ["KERNEL_GUARDS", "Denials"]
 
 KERNEL_GUARDS = frozenset(
     {
         "signature", "time", "revocation", "scope", "constraints", "max_invocations", "cost", "rate-limit-guard",
-        # approvals (merged on main alongside this change): only the kernel's approval flow names them
-        "approval", "approval-denied", "approval-unknown",
+        "approval", "approval-denied", "approval-unknown",  # only the kernel's approval flow names them
     }
 )
 """Guards only the kernel's own evaluation may name."""
@@ -54,26 +53,11 @@ def _envelope_covers(envelope: ChioScope, tool_server: str, tool_name: str, oper
     )
 
 
-def record_denial(
-    kernel: Kernel,
-    capability_id: str,
-    tool_server: str,
-    tool_name: str,
-    parameters: dict[str, Any],
-    *,
-    guard: str,
-    reason: str,
-    envelope: ChioScope | None = None,
-    operation: Operation = Operation.INVOKE,
-    metadata: Mapping[str, str] | None = None,
-) -> ChioReceipt:
-    """Sign and chain a deny receipt for a decision taken before evaluation (see the module doc)."""
-    from chio_kernel._coerce import _require_str  # the kernel's own input checks
-    from chio_kernel._kernel import _EvalRequest
-    from chio_kernel._receipts import _chain_dumps
-    from chio_kernel.canonical import canonical_json_str
-    from chio_kernel._store import GENESIS_HASH
-
+def _check_denial(
+    capability_id: str, tool_server: str, tool_name: str, guard: str, reason: str,
+    envelope: ChioScope | None, operation: Operation,
+) -> None:
+    """Refuse what the kernel will not sign (see the module doc)."""
     if not isinstance(guard, str) or not guard.strip() or len(guard) > 128:
         raise KernelInputError(f"guard must be a non-empty name of at most 128 characters, got {guard!r}")
     if guard in KERNEL_GUARDS:
@@ -88,30 +72,61 @@ def record_denial(
     if tool_server != "":  # "" when the call had no tool server either
         _require_str("tool_server", tool_server, max_len=1024)
     _require_str("tool_name", tool_name, max_len=1024)
-    if not isinstance(parameters, dict):
-        raise KernelInputError("parameters must be a dict of parameter name -> JSON value")
-    run_metadata = check_run_metadata(metadata)
-    if envelope is not None:
-        if not isinstance(envelope, ChioScope):
-            envelope = ChioScope.model_validate(envelope)
-        if _envelope_covers(envelope, tool_server, tool_name, operation):
-            raise KernelInputError(
-                f"the envelope grants {tool_server}/{tool_name} ({operation.value}): not a {guard!r} deny; "
-                "evaluate the call instead"
+
+
+class Denials:
+    """Signs and chains the denies a layer decided before evaluation (``Kernel.record_denial``)."""
+
+    def __init__(
+        self,
+        write: Callable[[], AbstractContextManager[StoreWriter]],
+        load_cap: Callable[[StoreReader, str], _Cap | None],
+        clock: Callable[[], float],
+        chain: ReceiptChain,
+    ) -> None:
+        """Write via ``write``, find capabilities with ``load_cap``, sign and chain with ``chain``."""
+        self._write = write
+        self._load_cap = load_cap
+        self._clock = clock
+        self._chain = chain
+
+    def record(
+        self,
+        capability_id: str,
+        tool_server: str,
+        tool_name: str,
+        parameters: dict[str, Any],
+        *,
+        guard: str,
+        reason: str,
+        envelope: ChioScope | None = None,
+        operation: Operation = Operation.INVOKE,
+        metadata: Mapping[str, str] | None = None,
+    ) -> ChioReceipt:
+        """Sign and chain a deny receipt for a decision taken before evaluation (see the module doc).
+
+        Raises:
+            KernelInputError: what the kernel will not sign.
+        """
+        _check_denial(capability_id, tool_server, tool_name, guard, reason, envelope, operation)
+        if not isinstance(parameters, dict):
+            raise KernelInputError("parameters must be a dict of parameter name -> JSON value")
+        run_metadata = check_run_metadata(metadata)
+        if envelope is not None:
+            if not isinstance(envelope, ChioScope):
+                envelope = ChioScope.model_validate(envelope)
+            if _envelope_covers(envelope, tool_server, tool_name, operation):
+                raise KernelInputError(
+                    f"the envelope grants {tool_server}/{tool_name} ({operation.value}): not a {guard!r} deny; "
+                    "evaluate the call instead"
+                )
+        params, params_text, params_ascii, param_hash = canonical_forms(parameters)
+        call = CallRecord(capability_id, tool_server, tool_name, params, param_hash, params_text, params_ascii)
+        decision = {"verdict": "deny", "guard": guard, "reason": reason.strip()}
+        with self._write() as st:
+            cap = self._load_cap(st, capability_id) if capability_id else None
+            head_seq, prev_hash = st.chain_head()
+            return self._chain.append(
+                st, head_seq, prev_hash, self._clock(), call, decision,
+                cap.policy_hash if cap is not None else GENESIS_HASH, run_metadata,
             )
-    try:
-        params_text = canonical_json_str(parameters)
-        params_ascii = _chain_dumps(parameters)
-    except (TypeError, ValueError) as err:
-        raise KernelInputError(f"parameters are not JSON-able: {err}") from None
-    req = _EvalRequest(
-        capability_id, tool_server, tool_name, operation, json.loads(params_ascii), params_text, params_ascii,
-        hashlib.sha256(params_text.encode("utf-8")).hexdigest(), None, None, None, metadata=run_metadata,
-    )
-    with kernel._write() as st:
-        cap = kernel._load_cap(st, capability_id) if capability_id else None
-        head_seq, prev_hash = st.chain_head()
-        return kernel._append_receipt(
-            st, head_seq, prev_hash, kernel._clock(), req, Deny(guard, reason.strip()),
-            cap.policy_hash if cap is not None else GENESIS_HASH,
-        )

@@ -2,8 +2,8 @@
 
 Guard names (in evaluation order): ``signature`` (also: unknown capability id), ``time``,
 ``revocation``, ``scope``, ``constraints``, ``max_invocations``, ``cost``, ``rate-limit-guard``.
-The stateful guards (revocation, budgets, rate limit) live in :mod:`chio_kernel._kernel`, inside the
-evaluation's write transaction.
+The stateful guards (revocation, budgets, rate limit) live in :mod:`chio_kernel._policy`, applied by
+:mod:`chio_kernel._evaluation` inside the evaluation's write transaction.
 
 Constraint rule (the upstream kernel's): a grant's constraints apply to **every string value** in
 the call's parameters, found recursively inside lists and dicts (dict keys are not checked). A call

@@ -1,4 +1,4 @@
-"""Budgets in money: holds that settle, release or expire, and the idempotency-key rule.
+"""Budgets in money: holds that settle, release or expire (the hold service).
 
 An allow for a call that declares a cost places a **hold** for that cost on every budgeted grant it
 charged (the capability's and its ancestors'). While the hold is open its units count in the
@@ -24,19 +24,26 @@ import hashlib
 import math
 import os
 from collections.abc import Callable, Mapping, Sequence
-from typing import TYPE_CHECKING, Any
+from contextlib import AbstractContextManager
+from typing import Any
 
 from chio_sdk.models import ChioReceipt, MonetaryAmount
 
 from chio_kernel._coerce import _coerce_cost, _require_str
-from chio_kernel._errors import ChioKernelError, KernelInputError
-from chio_kernel._ids import _uuid7_str
-from chio_kernel._receipts import _chain_dumps, _receipt_signed_body
+from chio_kernel._errors import (
+    CapabilityError,
+    HoldConflictError,
+    IdempotencyKeyReusedError,
+    KernelConflictError,
+    KernelInputError,
+    UnknownHoldError,
+)
+from chio_kernel._capabilities import _Cap
+from chio_kernel._receipts import ALLOW, CallRecord, ReceiptChain
 from chio_kernel._store import HoldRow, StoreReader, StoreWriter
 from chio_kernel.canonical import canonical_json
 
-if TYPE_CHECKING:
-    from chio_kernel._kernel import Kernel
+LoadCap = Callable[[StoreReader, str], _Cap | None]
 
 __all__ = [
     "BUDGET_TOOL_SERVER",
@@ -46,8 +53,8 @@ __all__ = [
     "IdempotencyKeyReusedError",
     "KernelConflictError",
     "UnknownHoldError",
+    "Holds",
     "capture_amount",
-    "key_fingerprint_hash",
     "resolve_hold_ttl",
 ]
 
@@ -58,37 +65,6 @@ HOLD_TTL_ENV = "CHIO_HOLD_TTL"
 BUDGET_TOOL_SERVER = "chio.budget"
 #: At most this many due holds are expired inside one evaluation's transaction (the rest next time).
 _EXPIRE_BATCH = 256
-
-
-class KernelConflictError(ChioKernelError, ValueError):
-    """The request conflicts with what the kernel already recorded (HTTP 409 on the sidecar).
-
-    ``code`` is the sidecar's ``error`` field. Not retryable: the same request conflicts again.
-    """
-
-    code = "conflict"
-
-
-class IdempotencyKeyReusedError(KernelConflictError):
-    """An idempotency key was reused for a different call (capability, tool, operation, parameters
-    or cost): refused, never decided afresh (Stripe's rule)."""
-
-    code = "idempotency_key_reused"
-
-
-class HoldConflictError(KernelConflictError):
-    """A second, different settle/release of a hold that is already closed, or an ``op_id`` reused for a
-    different operation. ``closed_by`` names the receipt that closed the hold (when known)."""
-
-    code = "hold_conflict"
-
-    def __init__(self, message: str, *, closed_by: str | None = None) -> None:
-        super().__init__(message)
-        self.closed_by = closed_by
-
-
-class UnknownHoldError(ChioKernelError, ValueError):
-    """No hold for that receipt id: unknown id, a deny, or an allow that declared no cost (HTTP 404)."""
 
 
 def resolve_hold_ttl(value: float | None) -> float:
@@ -108,25 +84,6 @@ def resolve_hold_ttl(value: float | None) -> float:
     return float(value)
 
 
-def key_fingerprint_hash(idempotency_key: str) -> str:
-    """The store key of an idempotency key alone (what the reuse rule looks up)."""
-    return hashlib.sha256(b"chio-idempotency-key\x1f" + idempotency_key.encode("utf-8", "surrogatepass")).hexdigest()
-
-
-def remembered_allow(st: StoreWriter, key_hash: str, fingerprint: str, key: str) -> str | None:
-    """The body of the allow this idempotency key answered for this very call, or None if the key
-    is new; :class:`IdempotencyKeyReusedError` if it answered a different call."""
-    found = st.idempotency_key(key_hash)
-    if found is None:
-        return st.idempotent_receipt(fingerprint)  # keys remembered before the key rule existed
-    if found[0] != fingerprint:
-        raise IdempotencyKeyReusedError(
-            f"idempotency key {key[:80]!r} was already used for a different call (another capability, tool, "
-            "operation, parameters or cost); a key names ONE call: use a new key for this call"
-        )
-    return found[1]
-
-
 def capture_amount(actual: int, rooms: Sequence[int]) -> tuple[int, bool]:
     """Pure settle arithmetic: ``(captured, capped)`` for an ``actual`` cost.
 
@@ -144,49 +101,40 @@ def _money(units: int, currency: str) -> dict[str, Any]:
     return {"units": units, "currency": currency}
 
 
-def build_budget_receipt(
-    sign_hex: Callable[[bytes], str],
-    key: str,
-    prev_hash: str,
-    now: float,
-    hold: HoldRow,
-    op: str,
-    parameters: dict[str, Any],
-    budget: dict[str, Any],
-) -> tuple[ChioReceipt, str, str]:
-    """A signed settle/release/expire receipt chained onto ``prev_hash``: ``(receipt, stored, chain hash)``.
+def _expiry_answer(st: StoreReader, hold: HoldRow) -> tuple[ChioReceipt, int]:
+    """A release of an expired hold: already free, so its goal is met; the expiry receipt answers."""
+    assert hold.closed_seq is not None and hold.closed_by is not None
+    body = st.receipt_body(hold.closed_by)
+    assert body is not None
+    return ChioReceipt.model_validate_json(body), hold.closed_seq
 
-    Same rules as tool receipts (``_receipts.build_receipt``): the signature covers the canonical JSON
-    of the body without ``signature`` (and without the empty ``evidence``); the stored text is the
-    receipt as ``ChioClient.verify_receipt_chain`` serialises it, its sha256 the chain hash.
-    """
-    body: dict[str, Any] = {
-        "id": "rcpt-" + _uuid7_str(),
-        "timestamp": int(now),
-        "capability_id": hold.capability_id,
-        "tool_server": BUDGET_TOOL_SERVER,
-        "tool_name": op,
-        "action": {"parameters": parameters, "parameter_hash": hashlib.sha256(canonical_json(parameters)).hexdigest()},
-        "decision": {"verdict": "allow"},
-        "content_hash": prev_hash,
-        "policy_hash": hold.policy_hash,
-        "evidence": [],
-        "metadata": {"budget": budget},
-        "kernel_key": key,
-    }
-    body["signature"] = sign_hex(canonical_json(_receipt_signed_body(body)))
-    receipt = ChioReceipt.model_validate(body)
-    stored = _chain_dumps(receipt.model_dump(exclude_none=True))
-    return receipt, stored, hashlib.sha256(stored.encode()).hexdigest()
+
+def _budget_call(capability_id: str, op: str, parameters: dict[str, Any]) -> CallRecord:
+    """A settle/release/expire as the receipt records it (``tool_server`` ``chio.budget``)."""
+    param_hash = hashlib.sha256(canonical_json(parameters)).hexdigest()
+    return CallRecord(capability_id, BUDGET_TOOL_SERVER, op, parameters, param_hash)
 
 
 class Holds:
-    """The kernel's hold operations (``Kernel.settle`` / ``release`` / ``expire_holds`` / ``budgets``
-    delegate here). Stateless apart from the TTL: everything lives in the store."""
+    """The hold service (``Kernel.settle`` / ``release`` / ``expire_holds`` / ``budgets`` delegate
+    here). Stateless apart from the TTL: everything lives in the store."""
 
-    def __init__(self, kernel: Kernel, ttl: float) -> None:
-        self._k = kernel
+    def __init__(
+        self,
+        ttl: float,
+        clock: Callable[[], float],
+        read: Callable[[], AbstractContextManager[StoreReader]],
+        write: Callable[[], AbstractContextManager[StoreWriter]],
+        load_cap: LoadCap,
+        chain: ReceiptChain,
+    ) -> None:
+        """Holds live ``ttl`` seconds by ``clock``; stored via ``read`` / ``write``, receipts via ``chain``."""
         self.ttl = ttl
+        self._clock = clock
+        self._read = read
+        self._write = write
+        self._load_cap = load_cap
+        self._chain = chain
 
     # --- inside an evaluation's transaction ---
 
@@ -228,12 +176,11 @@ class Holds:
     def _append(
         self, st: StoreWriter, now: float, hold: HoldRow, op: str, parameters: dict[str, Any], budget: dict[str, Any]
     ) -> tuple[ChioReceipt, int]:
-        k = self._k
         head_seq, prev_hash = st.chain_head()
-        receipt, stored, chain_hash = build_budget_receipt(
-            k._signer.sign_hex, k.public_key_hex, prev_hash, now, hold, op, parameters, budget
+        receipt = self._chain.append(
+            st, head_seq, prev_hash, now, _budget_call(hold.capability_id, op, parameters), ALLOW,
+            hold.policy_hash, {"budget": budget},
         )
-        st.append_receipt(head_seq + 1, receipt.id, hold.capability_id, "allow", chain_hash, stored)
         return receipt, head_seq + 1
 
     # --- the public operations ---
@@ -245,21 +192,21 @@ class Holds:
         if cost is None:
             raise KernelInputError("actual_cost is required: {'units': int, 'currency': str} (minor units)")
         units, currency = cost
-        with self._k._write() as st:
+        with self._write() as st:
             return self._close(st, rid, op, "settle", f"settle\x1f{units}\x1f{currency}", (units, currency), None)
 
     def release(self, receipt_id: str, op_id: str, reason: str = "released") -> ChioReceipt:
         rid = _require_str("receipt_id", receipt_id, max_len=256)
         op = _require_str("op_id", op_id, max_len=256)
         why = _require_str("reason", reason, max_len=1024)
-        with self._k._write() as st:
+        with self._write() as st:
             return self._close(st, rid, op, "release", "release", None, why)
 
     def expire(self) -> list[ChioReceipt]:
         out: list[ChioReceipt] = []
         while True:
-            with self._k._write() as st:
-                batch = self.expire_due(st, self._k._clock())
+            with self._write() as st:
+                batch = self.expire_due(st, self._clock())
             out.extend(batch)
             if len(batch) < _EXPIRE_BATCH:
                 return out
@@ -274,7 +221,7 @@ class Holds:
         actual: tuple[int, str] | None,
         reason: str | None,
     ) -> ChioReceipt:
-        now = self._k._clock()
+        now = self._clock()
         prior = st.hold_op(rid, op_id)
         if prior is not None:
             if prior[0] == fingerprint:  # the same operation again (a retry): its first receipt
@@ -296,68 +243,80 @@ class Holds:
                 f"(a retry must reuse the op_id of the first {'settle' if hold.state == 'settled' else 'release'})",
                 closed_by=hold.closed_by,
             )
-        expired = hold.state == "expired"
-        grants = st.hold_grants(rid)
-        if kind == "release":
-            if expired:  # already free: the release's goal is met; answer with the expiry receipt
-                assert hold.closed_seq is not None and hold.closed_by is not None
-                body = st.receipt_body(hold.closed_by)
-                assert body is not None
-                st.remember_hold_op(rid, op_id, fingerprint, hold.closed_seq)
-                return ChioReceipt.model_validate_json(body)
-            for cid, index in grants:
-                st.adjust_cost(cid, index, -hold.units)
-            params: dict[str, Any] = {"hold_receipt_id": rid, "op_id": op_id, "reason": reason}
-            budget: dict[str, Any] = {
-                "op": "release",
-                "hold_receipt_id": rid,
-                "op_id": op_id,
-                "reason": reason,
-                "hold": _money(hold.units, hold.currency),
-                "released_units": hold.units,
-            }
-            receipt, seq = self._append(st, now, hold, "release", params, budget)
-            st.close_hold(rid, "released", 0, receipt.id, seq)
+        if kind == "release" and hold.state == "expired":
+            receipt, seq = _expiry_answer(st, hold)
+        elif kind == "release":
+            receipt, seq = self._release_hold(st, now, hold, op_id, reason)
         else:
             assert actual is not None
-            units, currency = actual
-            if currency != hold.currency:
-                raise KernelInputError(
-                    f"actual_cost is in {currency}, but the hold of {rid} is in {hold.currency}; settle in "
-                    f"{hold.currency}"
-                )
-            held = 0 if expired else hold.units  # an expired hold was freed already: a late capture
-            rooms = []
-            for cid, index in grants:
-                cap = self._k._load_cap(st, cid)
-                total = cap.grants[index].max_total_cost if cap is not None and index < len(cap.grants) else None
-                if total is not None:
-                    rooms.append(total.units - (st.usage(cid, index)[1] - held))
-            captured, capped = capture_amount(units, rooms)
-            for cid, index in grants:
-                st.adjust_cost(cid, index, captured - held)
-            params = {"hold_receipt_id": rid, "op_id": op_id, "actual_cost": _money(units, currency)}
-            budget = {
-                "op": "settle",
-                "hold_receipt_id": rid,
-                "op_id": op_id,
-                "hold": _money(hold.units, hold.currency),
-                "requested": _money(units, currency),
-                "captured": _money(captured, currency),
-                "released_units": max(held - captured, 0),
-                "capped": capped,
-                "after_expiry": expired,
-            }
-            receipt, seq = self._append(st, now, hold, "settle", params, budget)
-            st.close_hold(rid, "settled", captured, receipt.id, seq)
+            receipt, seq = self._settle_hold(st, now, hold, op_id, actual)
         st.remember_hold_op(rid, op_id, fingerprint, seq)
         return receipt
+
+    def _release_hold(
+        self, st: StoreWriter, now: float, hold: HoldRow, op_id: str, reason: str | None
+    ) -> tuple[ChioReceipt, int]:
+        """Free an open hold: ``(release receipt, seq)``."""
+        rid = hold.receipt_id
+        for cid, index in st.hold_grants(rid):
+            st.adjust_cost(cid, index, -hold.units)
+        params: dict[str, Any] = {"hold_receipt_id": rid, "op_id": op_id, "reason": reason}
+        budget: dict[str, Any] = {
+            "op": "release",
+            "hold_receipt_id": rid,
+            "op_id": op_id,
+            "reason": reason,
+            "hold": _money(hold.units, hold.currency),
+            "released_units": hold.units,
+        }
+        receipt, seq = self._append(st, now, hold, "release", params, budget)
+        st.close_hold(rid, "released", 0, receipt.id, seq)
+        return receipt, seq
+
+    def _settle_hold(
+        self, st: StoreWriter, now: float, hold: HoldRow, op_id: str, actual: tuple[int, str]
+    ) -> tuple[ChioReceipt, int]:
+        """Capture ``actual`` (up to the budget left) and free the rest: ``(settle receipt, seq)``."""
+        rid = hold.receipt_id
+        units, currency = actual
+        if currency != hold.currency:
+            raise KernelInputError(
+                f"actual_cost is in {currency}, but the hold of {rid} is in {hold.currency}; settle in "
+                f"{hold.currency}"
+            )
+        expired = hold.state == "expired"
+        held = 0 if expired else hold.units  # an expired hold was freed already: a late capture
+        grants = st.hold_grants(rid)
+        rooms = []
+        for cid, index in grants:
+            cap = self._load_cap(st, cid)
+            total = cap.grants[index].max_total_cost if cap is not None and index < len(cap.grants) else None
+            if total is not None:
+                rooms.append(total.units - (st.usage(cid, index)[1] - held))
+        captured, capped = capture_amount(units, rooms)
+        for cid, index in grants:
+            st.adjust_cost(cid, index, captured - held)
+        params = {"hold_receipt_id": rid, "op_id": op_id, "actual_cost": _money(units, currency)}
+        budget = {
+            "op": "settle",
+            "hold_receipt_id": rid,
+            "op_id": op_id,
+            "hold": _money(hold.units, hold.currency),
+            "requested": _money(units, currency),
+            "captured": _money(captured, currency),
+            "released_units": max(held - captured, 0),
+            "capped": capped,
+            "after_expiry": expired,
+        }
+        receipt, seq = self._append(st, now, hold, "settle", params, budget)
+        st.close_hold(rid, "settled", captured, receipt.id, seq)
+        return receipt, seq
 
     # --- reads ---
 
     def get(self, receipt_id: str) -> dict[str, Any] | None:
         rid = _require_str("receipt_id", receipt_id, max_len=256)
-        with self._k._read() as st:
+        with self._read() as st:
             hold = st.hold(rid)
             grants = st.hold_grants(rid) if hold is not None else []
         if hold is None:
@@ -377,16 +336,13 @@ class Holds:
     def budgets(self, capability_id: str) -> list[dict[str, Any]]:
         cid = _require_str("capability_id", capability_id, max_len=256)
         self.expire()  # due expiries first: the numbers below are exact
-        k = self._k
-        with k._read() as st:
-            cap = k._load_cap(st, cid)
+        with self._read() as st:
+            cap = self._load_cap(st, cid)
             if cap is None:
-                from chio_kernel._errors import CapabilityError
-
                 raise CapabilityError(f"no capability {cid!r} in this kernel")
             lineage = [cap]
             for ancestor_id in cap.lineage[1:]:
-                ancestor = k._load_cap(st, ancestor_id)
+                ancestor = self._load_cap(st, ancestor_id)
                 if ancestor is not None:
                     lineage.append(ancestor)
             return [row for depth, c in enumerate(lineage) for row in _budget_rows(st, c.token, depth > 0)]

@@ -6,51 +6,50 @@ idempotency, rate limits, storage durability).
 
 from __future__ import annotations
 
-import hashlib
-import json
 import os
-import socket
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping
 from contextlib import AbstractContextManager
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from chio_sdk.models import CapabilityToken, ChioReceipt, ChioScope, MonetaryAmount, Operation, ToolGrant
-from pydantic import ValidationError
+from chio_sdk.models import CapabilityToken, ChioReceipt, ChioScope, MonetaryAmount, Operation
 
-from chio_kernel.canonical import canonical_json, canonical_json_str
-from chio_kernel.signing import KEY_FILE, Signer, default_data_dir, ensure_data_dir, load_or_create_key
-from chio_kernel._approvals import ApprovalsMixin, _Pending, build_signed_receipt
+from chio_kernel._approvals import Approvals, approval_settings
 from chio_kernel._capabilities import Capabilities, _Cap, capability_signing_bytes
-from chio_kernel._coerce import (
-    MAX_COST_UNITS,
-    _coerce_cost,
-    _coerce_operation,
-    _require_str,
-    check_scope_fields,
-)
+from chio_kernel._coerce import MAX_COST_UNITS, check_scope_fields
+from chio_kernel._denials import Denials
 from chio_kernel._errors import CapabilityError, ChioKernelError, KernelInputError, KernelKeyMissingError
-from chio_kernel._group_commit import GroupCommitter, max_batch_from_env
-from chio_kernel._sqlite_store import DB_FILE, SQLiteStore
+from chio_kernel._evaluation import Evaluator
+from chio_kernel._holds import Holds, resolve_hold_ttl
 from chio_kernel._ids import uuid7
-from chio_kernel._holds import Holds, key_fingerprint_hash, remembered_allow, resolve_hold_ttl
-from chio_kernel._policy import _Deny, check_valid, decide, passing_grants
-from chio_kernel._run_context import check_run_metadata
+from chio_kernel._receipt_log import ReceiptLog
 from chio_kernel._receipts import (
     ChainReport,
-    _chain_dumps,
-    build_receipt,
+    ReceiptChain,
     check_http_receipt_body,
     receipt_chain_hash,
     receipt_signing_bytes,
     receipt_wire_dict,
-    verify_receipt_dict,
 )
-from chio_kernel._store import GENESIS_HASH, KernelStore, ReceiptQuery, StoreReader, StoreWriter
+from chio_kernel._request import EvalRequest
+from chio_kernel._store import KernelStore, StoreReader, StoreWriter
+from chio_kernel._store_factory import (
+    STORE_ENV,
+    StoreGate,
+    open_kernel_store,
+    refuse_missing_key,
+    resolve_store,
+    store_trust,
+)
+from chio_kernel.canonical import canonical_json
+from chio_kernel.signing import Signer, default_data_dir, ensure_data_dir, load_or_create_key
+
+if TYPE_CHECKING:
+    from chio_kernel._fleet import FleetKeys
 
 __all__ = [
+    "STORE_ENV",
     "CapabilityError",
     "ChainReport",
     "ChioKernelError",
@@ -67,89 +66,30 @@ __all__ = [
     "uuid7",
 ]
 
-
-#: A declared ``cost.units`` is at most this (the store keeps spent units as a 64-bit integer).
-
-
-# --- ids ---------------------------------------------------------------------------------------
+_EvalRequest = EvalRequest  # the name this module used
 
 
-# --- signed bodies (ONE rule each for signing and verifying) ----------------------------------
+def _kernel_repr(data_dir: Path, store: str | None, key: str) -> str:
+    """``Kernel(data_dir=..., [store=...,] key=...)`` (a fleet kernel names its store, password masked)."""
+    where = "" if store is None else f", store={store!r}"
+    return f"Kernel(data_dir={str(data_dir)!r}{where}, key={key[:16]}…)"
 
 
+def _check_trusted_keys(trusted_keys: Iterable[str]) -> frozenset[str]:
+    """``trusted_keys`` lower-cased, each a 64-hex-char Ed25519 public key (else :class:`KernelInputError`)."""
+    trusted = set()
+    for key in trusted_keys:
+        if not isinstance(key, str) or len(key) != 64:
+            raise KernelInputError(f"trusted key {key!r} is not a 64-hex-char Ed25519 public key")
+        try:
+            bytes.fromhex(key)
+        except ValueError:
+            raise KernelInputError(f"trusted key {key!r} is not hex") from None
+        trusted.add(key.lower())
+    return frozenset(trusted)
 
 
-# --- capability cache entry -------------------------------------------------------------------
-
-
-def _refuse_missing_key(data_dir: Path, store: KernelStore) -> None:
-    """Raise :class:`KernelKeyMissingError` if ``kernel.key`` is absent but the store holds
-    capabilities or receipts (a new key would silently orphan them)."""
-    if (data_dir / KEY_FILE).exists():
-        return
-    counts = store.stored_counts()
-    if not counts.capabilities and not counts.receipts:
-        return  # a store that never held anything: nothing to orphan
-    key_hint = f" (its public key starts {counts.newest_key[:16]})" if counts.newest_key else ""
-    raise KernelKeyMissingError(
-        f"the kernel signing key {data_dir / KEY_FILE} is missing, but the store {data_dir / DB_FILE} holds "
-        f"{counts.capabilities} capabilities and {counts.receipts} receipts signed with it; a new key would "
-        f"invalidate all of them. Restore kernel.key from your backup into {data_dir}{key_hint}; or, to start "
-        f"a new kernel identity, use another data directory (--data-dir / CHIO_HOME) or move kernel.db, "
-        f"kernel.db-wal and kernel.db-shm out of {data_dir}."
-    )
-
-
-@dataclass(slots=True)
-class _EvalRequest:
-    """One evaluation, coerced and hashed before the write transaction (see ``Kernel.evaluate``)."""
-
-    capability_id: str
-    tool_server: str
-    tool_name: str
-    op: Operation
-    params: dict[str, Any]
-    params_text: str  # canonical JSON (what the signature covers)
-    params_ascii: str  # the chain-hash serialisation
-    param_hash: str
-    cost_t: tuple[int, str] | None
-    idem_hash: str | None
-    pre: dict[str, list[tuple[int, ToolGrant]] | _Deny] | None
-    approval_id: str | None = None  # a re-evaluation under this approval (chio_kernel._approvals)
-    key: str | None = None  # the idempotency key itself (for the key-reuse rule's message)
-    key_hash: str | None = None  # the key's own hash (the key-reuse rule, chio_kernel._holds)
-    metadata: dict[str, str] | None = None  # the caller's run context, signed (chio_kernel._run_context)
-
-
-# --- the kernel --------------------------------------------------------------------------------
-
-
-#: The environment variable that selects the store when ``store`` is not given (docs/fleet.md).
-STORE_ENV = "CHIO_STORE"
-
-
-def resolve_store(store: str | None) -> str | None:
-    """The PostgreSQL URL a kernel should use, or None for the default SQLite store in its data dir.
-
-    ``store`` (else ``$CHIO_STORE``): ``postgresql://...`` / ``postgres://...`` selects PostgreSQL;
-    ``None``, ``""`` or ``"sqlite"`` the SQLite store. Anything else is a :class:`KernelInputError`.
-    """
-    value = store if store is not None else os.environ.get(STORE_ENV, "")
-    if not isinstance(value, str):
-        raise KernelInputError(f"store must be a postgresql:// URL or 'sqlite', got {type(value).__name__}")
-    value = value.strip()
-    if value in ("", "sqlite"):
-        return None
-    if value.startswith(("postgresql://", "postgres://")):
-        return value
-    where = "store" if store is not None else f"${STORE_ENV}"
-    raise KernelInputError(
-        f"{where} must be a PostgreSQL URL (postgresql://user@host:5432/dbname) or 'sqlite' (the default: "
-        f"kernel.db in the data directory), got {value[:40]!r}"
-    )
-
-
-class Kernel(ApprovalsMixin):
+class Kernel:
     """The embedded Chio kernel. Safe to share across threads; several processes may share a data dir.
 
     Args:
@@ -171,14 +111,6 @@ class Kernel(ApprovalsMixin):
             ``$CHIO_HOLD_TTL``, else 3600; see ``docs/budgets.md``).
     """
 
-    def __new__(cls, *args: Any, store: str | None = None, **kwargs: Any) -> Kernel:
-        # A PostgreSQL store (argument or $CHIO_STORE) selects the fleet kernel (chio_kernel._fleet).
-        if cls is Kernel and resolve_store(store) is not None:
-            from chio_kernel._fleet import PostgresKernel
-
-            return super().__new__(PostgresKernel)
-        return super().__new__(cls)
-
     def __init__(
         self,
         data_dir: str | os.PathLike[str] | None = None,
@@ -191,48 +123,46 @@ class Kernel(ApprovalsMixin):
         approval_ttl: int | None = None,
         hold_ttl: float | None = None,
     ) -> None:
-        self._holds = Holds(self, resolve_hold_ttl(hold_ttl))
+        """Open the kernel: its key, its store, and the services (see the class doc for the arguments).
+
+        Raises:
+            KernelInputError: a malformed argument or ``$CHIO_*`` setting.
+            KernelKeyMissingError: ``kernel.key`` is gone next to a store that holds what it signed.
+            StoreUnavailableError: the PostgreSQL store cannot be reached.
+        """
+        ttl = resolve_hold_ttl(hold_ttl)
         self.data_dir: Path = ensure_data_dir(Path(data_dir) if data_dir is not None else default_data_dir())
         dsn = resolve_store(store)  # None: SQLite in data_dir
-        if dsn is None and not (self.data_dir / KEY_FILE).exists() and (self.data_dir / DB_FILE).exists():
-            probe = SQLiteStore(self.data_dir, fsync=fsync)
-            try:
-                _refuse_missing_key(self.data_dir, probe)
-            finally:
-                probe.close()
+        if dsn is None:
+            refuse_missing_key(self.data_dir, fsync)
         self._signer = Signer(load_or_create_key(self.data_dir))
         self.public_key_hex: str = self._signer.public_key_hex
-        trusted = set()
-        for key in trusted_keys:
-            if not isinstance(key, str) or len(key) != 64:
-                raise KernelInputError(f"trusted key {key!r} is not a 64-hex-char Ed25519 public key")
-            try:
-                bytes.fromhex(key)
-            except ValueError:
-                raise KernelInputError(f"trusted key {key!r} is not hex") from None
-            trusted.add(key.lower())
-        self.trusted_keys: frozenset[str] = frozenset(trusted)
-        self._issuers = frozenset({self.public_key_hex}) | self.trusted_keys
+        self.trusted_keys: frozenset[str] = _check_trusted_keys(trusted_keys)
         self._clock: Callable[[], float] = clock if clock is not None else time.time
-        self._init_approvals(approver_keys, approval_ttl)
+        approvers, approvals_ttl = approval_settings(approver_keys, approval_ttl)
         # opened after the key: load_or_create_key tightens a fresh data dir, which a store file would hide
-        self._store: KernelStore
-        if dsn is None:
-            self._store = SQLiteStore(self.data_dir, fsync=fsync)
-        else:  # a fleet's store: this kernel's key stays in data_dir and is registered there
-            from chio_kernel._postgres_store import PostgresStore
+        self._store: KernelStore = open_kernel_store(dsn, self.data_dir, fsync=fsync, signer_key=self.public_key_hex)
+        self._build_services(ttl, approvers, approvals_ttl, None if dsn is None else self._store.description)
 
-            self._store = PostgresStore(
-                dsn, signer_key=self.public_key_hex, label=f"{socket.gethostname()}:{self.data_dir}"
-            )
-        self._closed = False
-        self._capabilities = Capabilities(
-            self._signer, self.trusted_keys, lambda: self._clock(), self._read, self._write
-        )
-        self._caps: dict[str, _Cap] = self._capabilities._caps  # the verified-capability cache
-        self._committer: GroupCommitter[_EvalRequest, ChioReceipt] = GroupCommitter(
-            self._run_batch, max_batch_from_env()
-        )
+    def _build_services(
+        self, hold_ttl: float, approvers: frozenset[str], approval_ttl: int, shared_store: str | None
+    ) -> None:
+        """The services, each handed what it needs (none holds the facade)."""
+        clock, store = self._clock, self._store
+        self._gate = gate = StoreGate(store, _kernel_repr(self.data_dir, shared_store, self.public_key_hex))
+        self._trust, self._fleet = store_trust(store, self.public_key_hex, self.trusted_keys, gate.read, self.data_dir)
+        self._capabilities = caps = Capabilities(self._signer, self._trust, clock, gate.read, gate.write)
+        self._caps: dict[str, _Cap] = caps.cache  # the verified-capability cache
+        chain = ReceiptChain(self._signer.sign_hex, self.public_key_hex)
+        self._approvals = Approvals(self.data_dir, approvers, approval_ttl, clock, gate.read, gate.write, caps.load,
+                                    chain)
+        self._holds = Holds(hold_ttl, clock, gate.read, gate.write, caps.load, chain)
+        self._denials = Denials(gate.write, caps.load, clock, chain)
+        self._receipts = ReceiptLog(gate, self._trust)
+        self._evaluation = Evaluator(caps.cache, caps.load, gate.read, gate.write, clock, chain,
+                                     (self._approvals, self._holds, self._trust), self.base_url)
+        self._prepare = self._evaluation.prepare  # the hot path's two steps, looked up once
+        self._submit = self._evaluation.committer.submit
 
     # --- plumbing ---
 
@@ -242,13 +172,11 @@ class Kernel(ApprovalsMixin):
         return f"embedded:{self.data_dir}"
 
     def __repr__(self) -> str:
-        return f"Kernel(data_dir={str(self.data_dir)!r}, key={self.public_key_hex[:16]}…)"
+        return _kernel_repr(self.data_dir, None if self._fleet is None else self._fleet.description, self.public_key_hex)
 
     def close(self) -> None:
-        """Close the store connection (the kernel cannot be used afterwards)."""
-        if not self._closed:
-            self._closed = True
-            self._store.close()
+        """Close the store connection (the kernel cannot be used afterwards; closing twice is a no-op)."""
+        self._gate.close()
 
     def __enter__(self) -> Kernel:
         return self
@@ -257,19 +185,71 @@ class Kernel(ApprovalsMixin):
         self.close()
 
     def _read(self) -> AbstractContextManager[StoreReader]:
-        if self._closed:
-            raise RuntimeError(f"{self!r} is closed; create a new Kernel")
-        return self._store.read()
+        return self._gate.read()
 
     def _write(self) -> AbstractContextManager[StoreWriter]:
-        if self._closed:
-            raise RuntimeError(f"{self!r} is closed; create a new Kernel")
-        return self._store.write()
-
-    # --- capabilities (chio_kernel._capabilities does the work) ---
+        return self._gate.write()
 
     def _load_cap(self, st: StoreReader, capability_id: str) -> _Cap | None:
-        return self._capabilities._load_cap(st, capability_id)
+        return self._capabilities.load(st, capability_id)
+
+    # --- a fleet's store (chio_kernel._fleet does the work; PostgreSQL only) ---
+
+    def _fleet_keys(self, name: str) -> FleetKeys:
+        if self._fleet is None:  # an AttributeError: hasattr(kernel, "registered_keys") tells a fleet kernel
+            raise AttributeError(f"{name}: a kernel on a PostgreSQL store (a fleet) only, not on SQLite")
+        return self._fleet
+
+    @property
+    def store(self) -> str:
+        """The fleet store's URL, password masked (a kernel on PostgreSQL only: ``AttributeError`` on SQLite)."""
+        return self._fleet_keys("store").description
+
+    @property
+    def registered_keys(self) -> Callable[[], list[dict[str, Any]]]:
+        """Every kernel key registered in the fleet's store, oldest first (``registered_keys()``).
+
+        A kernel on PostgreSQL only (``AttributeError`` on SQLite, so ``hasattr`` tells a fleet kernel).
+
+        Returns:
+            The bound method; it returns ``{"public_key", "label" (host:data_dir), "registered_at",
+            "retired_at" (None while active), "retired_reason", "this_kernel"}`` per key.
+        """
+        return self._fleet_keys("registered_keys").registered_keys
+
+    @property
+    def retire_key(self) -> Callable[[str, str], None]:
+        """Retire a registered kernel key (``retire_key(public_key, reason="retired")``).
+
+        It signs nothing more and capabilities it signed deny on every kernel of the fleet; receipts it
+        signed before still verify. Not reversible (give the host a new data directory, hence a new key).
+        A kernel on PostgreSQL only (``AttributeError`` on SQLite).
+
+        Returns:
+            The bound operation; it raises :class:`KernelInputError` for an unknown or malformed key or
+            an empty reason.
+        """
+        keys = self._fleet_keys("retire_key")
+
+        def retire_key(public_key: str, reason: str = "retired") -> None:
+            keys.retire_key(public_key, reason)
+
+        return retire_key
+
+    @property
+    def check_key_active(self) -> Callable[[], None]:
+        """Refuse to go on if this kernel's own key was retired from the fleet store (``check_key_active()``).
+
+        A kernel on PostgreSQL only (``AttributeError`` on SQLite).
+
+        Returns:
+            The bound check; calling it raises
+            :class:`~chio_kernel._errors.KernelKeyRetiredError` (saying what to do) if the key was
+            retired: it could sign nothing, so a sidecar on it refuses to start.
+        """
+        return self._fleet_keys("check_key_active").check_key_active
+
+    # --- capabilities (chio_kernel._capabilities does the work) ---
 
     def create_capability(
         self,
@@ -279,34 +259,80 @@ class Kernel(ApprovalsMixin):
         capability_id: str | None = None,
         rate_limit: tuple[int, float] | None = None,
     ) -> CapabilityToken:
-        """Issue a signed capability token for ``subject`` with ``scope``, valid ``ttl_seconds``.
+        """Issue a signed capability token for ``subject`` with ``scope``.
 
-        ``capability_id`` may be chosen by the caller (``cap-research-pipeline``). Re-creating an
-        existing id returns the stored token if it is still valid and has the same subject, scope and
-        rate limit (idempotent provisioning); otherwise :class:`CapabilityError`.
-        ``rate_limit=(max_calls, per_seconds)`` limits allowed calls per sliding window.
+        Args:
+            subject: who the token is for (``agent:research``).
+            scope: a ``ChioScope`` or its dict form (grants, constraints, budgets).
+            ttl_seconds: validity from now.
+            capability_id: the token's id, chosen by the caller (``cap-research-pipeline``); default a
+                fresh ``cap-<uuidv7>``. Re-creating an existing id returns the stored token if it is still
+                valid and has the same subject, scope and rate limit (idempotent provisioning).
+            rate_limit: ``(max_calls, per_seconds)``: allowed calls per sliding window.
+
+        Returns:
+            The signed token (stored).
+
+        Raises:
+            CapabilityError: the id is taken by another token, or a constraint cannot be used.
+            KernelInputError: a malformed argument.
         """
         return self._capabilities.create_capability(subject, scope, ttl_seconds, capability_id, rate_limit)
 
     def get_capability(self, capability_id: str) -> CapabilityToken | None:
-        """The stored token with this id, or None."""
+        """The stored token with this id.
+
+        Args:
+            capability_id: the token's id.
+
+        Returns:
+            The token, or None if this kernel never stored it.
+        """
         return self._capabilities.get_capability(capability_id)
 
     def list_capabilities(self) -> list[CapabilityToken]:
-        """Every stored token, oldest first."""
+        """Every stored token, oldest first.
+
+        Returns:
+            The tokens.
+        """
         return self._capabilities.list_capabilities()
 
     def capability_info(self, capability_id: str) -> dict[str, Any] | None:
-        """Token plus kernel-side state (parent, revoked, rate limit, usage per grant) for one id."""
+        """A token plus its kernel-side state.
+
+        Args:
+            capability_id: the token's id.
+
+        Returns:
+            The token with its parent, revocation, rate limit and usage per grant, or None if unknown.
+        """
         return self._capabilities.capability_info(capability_id)
 
     def is_revoked(self, capability_id: str) -> bool:
-        """Is this capability (or one of its ancestors) revoked?"""
+        """Whether this capability, or one of its ancestors, is revoked.
+
+        Args:
+            capability_id: the token's id.
+
+        Returns:
+            True if it or an ancestor is revoked.
+        """
         return self._capabilities.is_revoked(capability_id)
 
     def validate_capability(self, token: CapabilityToken | Mapping[str, Any]) -> tuple[bool, str | None]:
-        """``(valid, reason)``: signature, issuer (this kernel or a trusted key), time window,
-        revocation (of the token or an ancestor) and delegation chain."""
+        """Check a token: signature, issuer, time window, revocation and delegation chain.
+
+        Args:
+            token: a ``CapabilityToken`` or its dict form.
+
+        Returns:
+            ``(valid, reason)``: ``(True, None)``, or False and a reason a person can act on. The
+            issuer must be this kernel, a trusted key or (on a fleet store) a registered, unretired key.
+
+        Raises:
+            KernelInputError: not a token.
+        """
         return self._capabilities.validate_capability(token)
 
     def attenuate_capability(
@@ -318,20 +344,35 @@ class Kernel(ApprovalsMixin):
         *,
         subject: str | None = None,
     ) -> CapabilityToken:
-        """A child token with ``new_scope`` ⊆ the parent's scope and a signed delegation link.
+        """Derive a child token whose scope is a subset of its parent's, with a signed delegation link.
 
-        ``parent`` is a token or the id of a stored one; it must be valid. The child expires at the
-        parent's expiry, or ``now + ttl_seconds`` if that is earlier. ``subject`` defaults to the
-        parent's subject. Raises :class:`CapabilityError` naming the offending grant if the scope is
-        not a subset.
+        Args:
+            parent: a token, or the id of a stored one; it must be valid.
+            new_scope: the child's scope (each grant within a parent grant).
+            ttl_seconds: the child expires at the parent's expiry, or ``now + ttl_seconds`` if earlier.
+            capability_id: the child's id (default a fresh one).
+            subject: the child's subject (default the parent's).
+
+        Returns:
+            The signed child token (stored). It also spends its ancestors' budgets and rate limits.
+
+        Raises:
+            CapabilityError: the scope is not a subset (naming the offending grant), or the parent is
+                unknown or not valid.
         """
         return self._capabilities.attenuate_capability(parent, new_scope, ttl_seconds, capability_id, subject=subject)
 
     def revoke_capability(self, capability_id: str) -> list[str]:
-        """Revoke a capability and all its descendants; returns every id in that subtree (root first).
+        """Revoke a capability and all its descendants.
 
-        Revoking an already revoked capability is allowed (returns the same ids); an unknown id
-        raises :class:`CapabilityError`.
+        Args:
+            capability_id: the root of the subtree to revoke (revoking it again is allowed).
+
+        Returns:
+            Every id in that subtree, root first.
+
+        Raises:
+            CapabilityError: unknown id.
         """
         return self._capabilities.revoke_capability(capability_id)
 
@@ -352,34 +393,48 @@ class Kernel(ApprovalsMixin):
         parameter_hash: str | None = None,
         metadata: Mapping[str, str] | None = None,
     ) -> ChioReceipt:
-        """Decide one call and return its signed, stored receipt (allow or deny; never raises for a deny).
+        """Decide one call and return its signed, stored receipt (allow, deny or pending approval).
 
-        A call that needs a human (a ``require_approval_above`` grant) gets a ``pending_approval``
-        receipt; send it again with ``approval_id`` once approved (docs/approvals.md). Raises
-        :class:`KernelInputError` (a ``ValueError``) for malformed input. Concurrent calls
-        (threads) share one write transaction (group commit, see ``docs/kernel.md``); the receipt is
-        committed before this returns.
+        A deny is a receipt, never an exception. A call that needs a human (a
+        ``require_approval_above`` grant) gets a ``pending_approval`` receipt; send it again with
+        ``approval_id`` once approved (docs/approvals.md). Concurrent calls (threads) share one write
+        transaction (group commit, ``docs/kernel.md``); the receipt is committed before this returns.
 
-        ``canonical_parameters`` / ``parameter_hash`` (both or neither): the RFC 8785 canonical JSON
-        of ``parameters`` (``chio_kernel.canonical.canonical_json_str``) and its sha256 hex, already
-        computed by an IN-PROCESS caller from these very parameters (chio_durable's embedded
-        transport hands over its ``GovernedCall``'s), so they are not computed twice. They are
-        trusted as given: the receipt signs them. Never pass values that came from outside the
-        process (the sidecar does not: it lets the kernel compute them).
+        Args:
+            capability_id: the capability the call runs under.
+            tool_server: the tool's server.
+            tool_name: the tool.
+            parameters: the call's named parameters (JSON values).
+            idempotency_key: names the call position: the same key for the same call returns the same
+                receipt and charges nothing twice (docs/kernel.md, "Idempotency").
+            cost: the declared cost ``{units, currency}``: checked against budgets and held until
+                settled, released or expired (docs/budgets.md).
+            operation: the operation (default ``invoke``).
+            approval_id: a re-evaluation under this approval.
+            canonical_parameters: with ``parameter_hash`` (both or neither), the RFC 8785 canonical
+                JSON of ``parameters`` and its sha256 hex, already computed by an IN-PROCESS caller
+                from these very parameters (the embedded transport hands over its ``GovernedCall``'s).
+                Trusted as given: the receipt signs them. Never pass values from outside the process.
+            parameter_hash: see ``canonical_parameters``.
+            metadata: the caller's run context (``{"flow_run_id": ...}``), signed into the receipt's
+                ``metadata`` so ``query_receipts(metadata=...)`` finds it: at most 16 keys of letters,
+                digits, ``_ . -``, string values of at most 512 characters. Not part of the idempotency
+                fingerprint: a retry carrying another attempt's context gets the first receipt back.
 
-        ``metadata``: the caller's run context (``{"flow_run_id": ...}``, ``{"workflow_id": ...}``),
-        signed into the receipt's ``metadata`` so ``Kernel.query_receipts(metadata=...)`` and
-        ``chio-durable receipts list --flow-run/--workflow-id`` find it: at most 16 keys of letters,
-        digits, ``_ . -``, string values of at most 512 characters (else :class:`KernelInputError`).
-        It is not part of the idempotency fingerprint: a retry carrying another attempt's context
-        gets the first receipt back (with the first context).
+        Returns:
+            The signed receipt.
+
+        Raises:
+            KernelInputError: malformed input (a ``ValueError``).
+            IdempotencyKeyReusedError: the key was used for a different call.
         """
+        if self._gate.closed:
+            self._gate.check_open()
         req = self._prepare(
             capability_id, tool_server, tool_name, parameters, idempotency_key, cost, operation,
-            approval_id=approval_id, canonical_parameters=canonical_parameters, parameter_hash=parameter_hash,
-            metadata=metadata,
+            approval_id, canonical_parameters, parameter_hash, metadata,
         )
-        return self._committer.submit(req)
+        return self._submit(req)
 
     def record_denial(
         self,
@@ -394,14 +449,30 @@ class Kernel(ApprovalsMixin):
         operation: Operation = Operation.INVOKE,
         metadata: Mapping[str, str] | None = None,
     ) -> ChioReceipt:
-        """Sign and chain a deny receipt for a call refused before it could be evaluated (a layer's
-        envelope or configuration guard); with ``envelope`` the kernel checks the call is outside it.
-        ``metadata``: the caller's run context, signed into the receipt as in :meth:`evaluate`.
-        See ``chio_kernel._denials``. Raises :class:`KernelInputError` for what it will not sign."""
-        from chio_kernel._denials import record_denial
+        """Sign and chain a deny receipt for a call refused before it could be evaluated.
 
-        return record_denial(
-            self, capability_id, tool_server, tool_name, parameters,
+        A layer's envelope or configuration guard decided it (``chio_kernel._denials``).
+
+        Args:
+            capability_id: the capability, or ``""`` when the call had none.
+            tool_server: the tool's server, or ``""``.
+            tool_name: the tool.
+            parameters: the call's named parameters.
+            guard: the layer's guard name (not one of the kernel's own).
+            reason: why, in words.
+            envelope: the scope the layer says the call is outside of; the kernel checks it is.
+            operation: the call's operation.
+            metadata: the caller's run context, signed into the receipt as in :meth:`evaluate`.
+
+        Returns:
+            The signed deny receipt.
+
+        Raises:
+            KernelInputError: what the kernel will not sign (a kernel guard name, a call the envelope
+                grants, malformed input).
+        """
+        return self._denials.record(
+            capability_id, tool_server, tool_name, parameters,
             guard=guard, reason=reason, envelope=envelope, operation=operation, metadata=metadata,
         )
 
@@ -422,232 +493,158 @@ class Kernel(ApprovalsMixin):
     ) -> ChioReceipt:
         """:meth:`evaluate` for asyncio callers: the calls made in one turn of the event loop share
         one write transaction (LocalChioClient uses this)."""
+        if self._gate.closed:
+            self._gate.check_open()
         req = self._prepare(
             capability_id, tool_server, tool_name, parameters, idempotency_key, cost, operation,
-            approval_id=approval_id, canonical_parameters=canonical_parameters, parameter_hash=parameter_hash,
-            metadata=metadata,
+            approval_id, canonical_parameters, parameter_hash, metadata,
         )
-        return await self._committer.submit_async(req)
+        return await self._evaluation.committer.submit_async(req)
 
-    def _prepare(
-        self,
-        capability_id: str,
-        tool_server: str,
-        tool_name: str,
-        parameters: dict[str, Any],
-        idempotency_key: str | None,
-        cost: MonetaryAmount | Mapping[str, Any] | None,
-        operation: Operation | str,
-        approval_id: str | None = None,
-        canonical_parameters: str | None = None,
-        parameter_hash: str | None = None,
-        metadata: Mapping[str, str] | None = None,
-    ) -> _EvalRequest:
-        """Input checks, canonical forms and hashes, and the pure guards: everything before the
-        write transaction."""
-        if self._closed:
-            raise RuntimeError(f"{self!r} is closed; create a new Kernel")
-        for name, value, max_len in (
-            ("capability_id", capability_id, 256), ("tool_server", tool_server, 1024), ("tool_name", tool_name, 1024)
-        ):
-            if type(value) is not str or not value or len(value) > max_len or not value.isascii() or "\x00" in value:
-                _require_str(name, value, max_len=max_len)  # raises with the precise message, or accepts Unicode
-        if not isinstance(parameters, dict):
-            raise KernelInputError(
-                f"parameters must be a dict of parameter name -> JSON value, got {type(parameters).__name__}"
-            )
-        if canonical_parameters is not None or parameter_hash is not None:
-            # an in-process caller's own canonical form and hash of these parameters (see evaluate)
-            if type(canonical_parameters) is not str or type(parameter_hash) is not str or len(parameter_hash) != 64:
-                raise KernelInputError(
-                    "canonical_parameters and parameter_hash go together: the canonical JSON of the parameters "
-                    "and its sha256 hex (or neither)"
-                )
-            params_text, param_hash = canonical_parameters, parameter_hash
-        else:
-            try:
-                params_text = canonical_json_str(parameters)
-                param_hash = hashlib.sha256(params_text.encode("utf-8")).hexdigest()
-            except ValueError as err:
-                raise KernelInputError(f"parameters are not JSON-able: {err}") from None
-        # The receipt records a private, JSON-normalised copy of the parameters (tuples -> lists,
-        # enums -> values; floats keep their exact value), via the text the chain hash uses.
-        try:
-            params_ascii = _chain_dumps(parameters)
-        except (TypeError, ValueError) as err:  # pragma: no cover - canonical_json refused these already
-            raise KernelInputError(f"parameters are not JSON-able: {err}") from None
-        params = json.loads(params_ascii)
-        op = operation if type(operation) is Operation else _coerce_operation(operation)
-        cost_t = None if cost is None else _coerce_cost(cost)
-        if approval_id is not None:
-            _require_str("approval_id", approval_id, max_len=256)
-        run_metadata = None if metadata is None else check_run_metadata(metadata)
-        idem_hash = None
-        if idempotency_key is not None:
-            _require_str("idempotency_key", idempotency_key, max_len=1024)
-            # The key identifies the call position; the fingerprint makes sure a stored allow is only
-            # ever returned for the very same call (capability, tool, operation, parameters, cost).
-            idem_hash = hashlib.sha256(
-                "\x1f".join(
-                    (idempotency_key, capability_id, tool_server, tool_name, op.value, param_hash,
-                     "" if cost_t is None else f"{cost_t[0]} {cost_t[1]}")
-                    + (() if approval_id is None else (approval_id,))  # a re-evaluation is another answer
-                ).encode()
-            ).hexdigest()
+    # --- approvals (chio_kernel._approvals does the work; docs/approvals.md) ---
 
-        # The pure guards (scope, constraints: regex_match may be slow) need no database state:
-        # run them before the write transaction, so a slow call never blocks others.
-        # (A root capability without constraints has nothing slow to check: skip the extra pass.)
-        cached = self._caps.get(capability_id)
-        pre = (
-            self._precheck(capability_id, tool_server, tool_name, op, params)
-            if cached is None or cached.constrained or len(cached.lineage) > 1
-            else None
-        )
-        return _EvalRequest(
-            capability_id, tool_server, tool_name, op, params, params_text, params_ascii, param_hash, cost_t,
-            idem_hash, pre, approval_id, idempotency_key,
-            # a re-evaluation under an approval is its own entry under the key: the pending answer
-            # stays the answer of the key alone, the allow that of the key with the approval
-            None if idempotency_key is None
-            else key_fingerprint_hash(idempotency_key if approval_id is None else f"{idempotency_key}\x1f{approval_id}"),
-            metadata=run_metadata,  # not in the fingerprint: another attempt's context, the same call
-        )
+    @property
+    def approval_ttl(self) -> int:
+        """Seconds a pending approval waits before it times out (then a re-evaluation denies, ``approval-timeout``)."""
+        return self._approvals.approval_ttl
 
-    def _run_batch(self, reqs: Sequence[_EvalRequest]) -> list[ChioReceipt | BaseException]:
-        """Decide ``reqs`` in ONE write transaction (group commit); results are released after its
-        commit. If any of them raises, everything is rolled back and each runs in its own
-        transaction, so an error reaches only its caller."""
-        if len(reqs) > 1:
-            try:
-                with self._write() as st:
-                    out: list[ChioReceipt | BaseException] = [self._evaluate_in(st, r) for r in reqs]
-                return out
-            except Exception:
-                pass  # fall through: one transaction each
-        results: list[ChioReceipt | BaseException] = []
-        for r in reqs:
-            try:
-                with self._write() as st:
-                    results.append(self._evaluate_in(st, r))
-            except BaseException as err:
-                results.append(err)
-        return results
+    @property
+    def approver_keys(self) -> frozenset[str]:
+        """Hex Ed25519 keys whose signed approval tokens this kernel accepts.
 
-    def _evaluate_in(self, st: StoreWriter, req: _EvalRequest) -> ChioReceipt:
-        """Decide, charge and record one call inside the caller's write transaction."""
-        capability_id, tool_server, tool_name = req.capability_id, req.tool_server, req.tool_name
-        now = self._clock()
-        if req.cost_t is not None:  # holds past their TTL free their budget before this call is decided
-            self._holds.expire_due(st, now)
-        cap = self._load_cap(st, capability_id)
-        # One statement reads the chain head and the revocation state (of the capability and
-        # its ancestors) inside the write transaction: another process's revoke is seen.
-        if cap is not None:
-            head_seq, prev_hash, revoked = st.head_and_revoked(cap.lineage)
-        else:
-            head_seq, prev_hash = st.chain_head()
-            revoked = None
-        try:
-            check_valid(cap, capability_id, now, revoked, self.base_url)
-            if req.idem_hash is not None:
-                assert req.key is not None and req.key_hash is not None
-                # same key, same call: its receipt; same key, another call: refused (Stripe's rule)
-                body = remembered_allow(st, req.key_hash, req.idem_hash, req.key)
-                if body is not None:
-                    return ChioReceipt.model_validate_json(body)
-            assert cap is not None
-            lineage = [cap]
-            for ancestor_id in cap.lineage[1:]:
-                ancestor = self._load_cap(st, ancestor_id)
-                if ancestor is not None:  # a trusted foreign root this kernel never stored: its budgets live there
-                    lineage.append(ancestor)
-            charges, rated = decide(st, lineage, tool_server, tool_name, req.op, req.params, req.cost_t, now, req.pre)
-            # every other guard passed: does a human have to approve (or has one)? (deny > pending > allow)
-            gate = self._approval_gate(st, req, lineage, now)
-        except _Deny as deny:
-            policy_hash = cap.policy_hash if cap is not None else GENESIS_HASH
-            return self._append_receipt(st, head_seq, prev_hash, now, req, deny, policy_hash)
-        if isinstance(gate, _Pending):  # nothing charged
-            return self._pending_receipt(st, head_seq, prev_hash, now, req, cap, gate)
-        if gate is not None:  # the approval is still pending: its pending receipt again
-            return gate
-        # allow: charge, then record
-        for charged_id, grant_index in charges:
-            st.charge(charged_id, grant_index, req.cost_t[0] if req.cost_t else 0)
-        for rated_id in rated:
-            st.record_rate_event(rated_id, now)
-        if req.approval_id is None:
-            receipt = self._append_receipt(st, head_seq, prev_hash, now, req, None, cap.policy_hash)
-        else:
-            receipt = self._approved_allow_receipt(st, head_seq, prev_hash, now, req, cap.policy_hash)
-        if req.idem_hash is not None:
-            assert req.key_hash is not None
-            st.remember_idempotency_key(req.key_hash, req.idem_hash, head_seq + 1)
-        if req.cost_t is not None:  # a declared cost is a hold until settled, released or expired
-            self._holds.place(st, receipt.id, capability_id, cap.policy_hash, req.cost_t, charges, now)
-        return receipt
+        ``approver_keys=`` plus the ``approvers`` file of the data directory, read anew each time (so
+        ``chio-durable approvals trust`` takes effect on a running sidecar).
+        """
+        return self._approvals.approver_keys
 
-    def _precheck(
-        self,
-        capability_id: str,
-        tool_server: str,
-        tool_name: str,
-        op: Operation,
-        params: dict[str, Any],
-    ) -> dict[str, list[tuple[int, ToolGrant]] | _Deny] | None:
-        """The pure guards (scope, constraints) for the capability and its ancestors, outside the
-        write transaction: per capability id, its grants that cover the call and pass their
-        constraints, or the deny. None if the capability is unknown (decided in the transaction)."""
-        def load(cid: str) -> _Cap | None:
-            cap = self._caps.get(cid)  # tokens are immutable: a cached entry needs no lock
-            if cap is None:
-                with self._read() as st:  # a short read (no transaction held)
-                    cap = self._load_cap(st, cid)
-            return cap
+    def trust_approver(self, public_key: str) -> None:
+        """Add an approver key to the data directory's ``approvers`` file (kept across restarts).
 
-        root = load(capability_id)
-        if root is None:
-            return None
-        caps = [root]
-        for ancestor_id in root.lineage[1:]:
-            ancestor = load(ancestor_id)
-            if ancestor is not None:
-                caps.append(ancestor)
-        out: dict[str, list[tuple[int, ToolGrant]] | _Deny] = {}
-        for depth, c in enumerate(caps):
-            try:
-                out[c.token.id] = passing_grants(c, depth > 0, tool_server, tool_name, op, params)
-            except _Deny as deny:
-                out[c.token.id] = deny
-        return out
+        Args:
+            public_key: the approver's hex Ed25519 public key.
 
-    def _append_receipt(
-        self,
-        st: StoreWriter,
-        head_seq: int,
-        prev_hash: str,
-        now: float,
-        req: _EvalRequest,
-        deny: _Deny | None,
-        policy_hash: str,
+        Raises:
+            KernelInputError: not a 64-hex-char key.
+        """
+        self._approvals.trust_approver(public_key)
+
+    def get_approval(self, approval_id: str) -> dict[str, Any] | None:
+        """One approval as a dict.
+
+        Args:
+            approval_id: the approval (``apr-...``).
+
+        Returns:
+            None if unknown, else ``status`` as it is NOW (``pending``, ``approved``, ``denied`` — also
+            when its capability was revoked during the wait — or ``expired``); the call
+            (``capability_id``, ``tool_server``, ``tool_name``, ``parameters``, ``parameter_hash``),
+            ``subject``, ``summary``, ``created_at`` / ``expires_at`` (unix seconds), the receipts
+            (``pending_receipt_id``, ``resolution_receipt_id``, ``consumed_receipt_id``) and the answer
+            (``resolved_at``, ``approver``, ``reason``).
+        """
+        return self._approvals.get_approval(approval_id)
+
+    def list_approvals(self, status: str | None = "pending", *, limit: int | None = None) -> list[dict[str, Any]]:
+        """Approvals oldest first, as :meth:`get_approval` returns them.
+
+        Args:
+            status: only those whose current status is this (``pending`` — still answerable —,
+                ``approved``, ``denied``, ``expired``), or all (None).
+            limit: at most this many.
+
+        Returns:
+            The approvals.
+
+        Raises:
+            KernelInputError: an unknown status or a bad limit.
+        """
+        return self._approvals.list_approvals(status, limit=limit)
+
+    def respond_approval(
+        self, approval_id: str, outcome: str, reason: str | None = None, *, approver: str = "operator"
     ) -> ChioReceipt:
-        if req.metadata:  # the caller's run context: the general builder (the spliced one has no metadata)
-            receipt, stored, chain_hash = build_signed_receipt(
-                self._signer.sign_hex, self.public_key_hex, prev_hash, now, req.capability_id, req.tool_server,
-                req.tool_name, req.params, req.param_hash,
-                {"verdict": "allow"} if deny is None else {"verdict": "deny", "guard": deny.guard, "reason": deny.reason},
-                policy_hash, dict(req.metadata),
-            )
-            st.append_receipt(head_seq + 1, receipt.id, req.capability_id, receipt.decision.verdict, chain_hash, stored)
-            return receipt
-        receipt, stored, chain_hash = build_receipt(
-            self._signer.sign_hex, self.public_key_hex, prev_hash, now, req.capability_id, req.tool_server,
-            req.tool_name, req.params, req.params_text, req.params_ascii, req.param_hash,
-            None if deny is None else (deny.guard, deny.reason), policy_hash,
-        )
-        st.append_receipt(head_seq + 1, receipt.id, req.capability_id, receipt.decision.verdict, chain_hash, stored)
-        return receipt
+        """The kernel's operator answers an approval, once.
+
+        After the commit it calls the waker of every wake registered on the approval (each bounded by
+        ``$CHIO_WAKE_TIMEOUT``; a failing waker changes nothing and raises nothing here);
+        :meth:`last_wake_report` tells what was woken.
+
+        Args:
+            approval_id: the approval.
+            outcome: ``"approved"`` or ``"denied"``.
+            reason: why (recorded and signed).
+            approver: who answered (a label recorded in the receipt).
+
+        Returns:
+            The signed resolution receipt (in the chain).
+
+        Raises:
+            ApprovalNotFoundError: unknown approval.
+            ApprovalConflictError: answered already, expired, or its capability was revoked.
+            KernelInputError: a malformed argument.
+        """
+        return self._approvals.respond_approval(approval_id, outcome, reason, approver=approver)
+
+    def respond_approval_token(self, token: Mapping[str, Any], approval_id: str | None = None) -> ChioReceipt:
+        """Answer an approval with a signed approval token (see :func:`sign_approval_token`).
+
+        The token must be signed by a key in :attr:`approver_keys`, name this approval
+        (``request_id``), its ``parameter_hash`` and ``subject``, and be inside
+        ``issued_at``..``expires_at``. Wakes the waiting run as :meth:`respond_approval` does.
+
+        Args:
+            token: the token (a dict).
+            approval_id: when given, the approval the token must answer.
+
+        Returns:
+            The signed resolution receipt.
+
+        Raises:
+            ApprovalTokenError: the token is refused (untrusted key, bad signature, bound elsewhere,
+                outside its window).
+            ApprovalNotFoundError: unknown approval.
+            ApprovalConflictError: answered already, expired, or its capability was revoked.
+            KernelInputError: not a token.
+        """
+        return self._approvals.respond_approval_token(token, approval_id)
+
+    def register_approval_wake(self, approval_id: str, wake: Mapping[str, Any]) -> dict[str, Any]:
+        """Register what wakes the run waiting for this approval once it is answered.
+
+        A wake is NOT authority: it only wakes the run, which asks the kernel again with the
+        approval id; only the kernel's allow of that re-evaluation runs the call. Registering the
+        same wake again is a no-op (a retried run registers again). Registering on an approval that
+        is already answered wakes the run at once (the person may answer before the run registers).
+
+        Args:
+            approval_id: the approval (``apr-…``) the run waits for.
+            wake: ``{"engine": "<name>", ...engine-specific JSON fields}``: ``engine`` 1 to 32
+                characters of ``a-z0-9_-``, at most 4 KiB of canonical JSON, at most 8 distinct
+                wakes per approval.
+
+        Returns:
+            ``{"approval_id", "status" (the approval's status now), "woken": [report, ...]}``;
+            ``woken`` holds one ``{"engine", "ok", "message"}`` report if the approval was already
+            answered (the wake was called), else is empty.
+
+        Raises:
+            ApprovalNotFoundError: no approval with this id.
+            KernelInputError: the wake is malformed, too big, or one too many (nothing is written).
+        """
+        return self._approvals.register_approval_wake(approval_id, wake)
+
+    def last_wake_report(self, approval_id: str) -> list[dict[str, Any]] | None:
+        """What answering this approval in THIS process woke (the wakes registered on it).
+
+        Args:
+            approval_id: the approval answered with :meth:`respond_approval` or
+                :meth:`respond_approval_token`.
+
+        Returns:
+            One ``{"engine", "ok", "message"}`` report per registered wake (``[]``: none was
+            registered), or None if this process has not answered it (the most recent 1024 are kept).
+        """
+        return self._approvals.last_wake_report(approval_id)
 
     # --- budget holds (chio_kernel._holds does the work; docs/budgets.md) ---
 
@@ -657,76 +654,133 @@ class Kernel(ApprovalsMixin):
         return self._holds.ttl
 
     def settle(self, receipt_id: str, actual_cost: MonetaryAmount | Mapping[str, Any], op_id: str) -> ChioReceipt:
-        """Settle the hold placed by the allow ``receipt_id``: capture ``actual_cost``, free the rest.
+        """Settle the hold placed by an allow: capture the actual cost, free the rest.
 
-        Returns the signed settle receipt (``metadata["budget"]``: hold, requested, captured,
-        ``capped`` when the actual cost did not fit the budget left and was captured only up to it).
-        The same ``op_id`` again returns that receipt; a different settle/release of a closed hold
-        raises :class:`~chio_kernel.HoldConflictError`; no hold for that id:
-        :class:`~chio_kernel.UnknownHoldError`. A settle after the hold expired captures up to the
-        budget left then (``after_expiry``).
+        A settle after the hold expired captures up to the budget left then (``after_expiry``).
+
+        Args:
+            receipt_id: the allow receipt that placed the hold.
+            actual_cost: ``{units, currency}`` (minor units), in the hold's currency.
+            op_id: names this operation: the same ``op_id`` again returns the same receipt.
+
+        Returns:
+            The signed settle receipt (``metadata["budget"]``: hold, requested, captured, ``capped``
+            when the actual cost did not fit the budget left and was captured only up to it).
+
+        Raises:
+            HoldConflictError: the hold was closed by a different settle/release, or ``op_id`` names
+                another operation.
+            UnknownHoldError: no hold for that receipt id.
+            KernelInputError: a malformed cost, or another currency.
         """
         return self._holds.settle(receipt_id, actual_cost, op_id)
 
     def release(self, receipt_id: str, op_id: str, reason: str = "released") -> ChioReceipt:
-        """Free the whole hold of the allow ``receipt_id`` (compensation); the signed release receipt.
+        """Free the whole hold of an allow (compensation).
 
-        Same ``op_id`` rules as :meth:`settle`. Releasing a hold that already expired returns the
-        expiry receipt (it is free already).
+        Releasing a hold that already expired returns the expiry receipt (it is free already).
+
+        Args:
+            receipt_id: the allow receipt that placed the hold.
+            op_id: names this operation (same rules as :meth:`settle`).
+            reason: why (recorded and signed).
+
+        Returns:
+            The signed release receipt.
+
+        Raises:
+            HoldConflictError: the hold was closed by a different operation, or ``op_id`` reused.
+            UnknownHoldError: no hold for that receipt id.
         """
         return self._holds.release(receipt_id, op_id, reason)
 
     def expire_holds(self) -> list[ChioReceipt]:
-        """Expire every open hold past the TTL now (a signed receipt each). Evaluations that declare a
-        cost do this lazily in their own transaction; call this to sweep without one."""
+        """Expire every open hold past the TTL now, a signed receipt each.
+
+        Evaluations that declare a cost do this lazily in their own transaction; call this to sweep
+        without one.
+
+        Returns:
+            The expiry receipts.
+        """
         return self._holds.expire()
 
     def get_hold(self, receipt_id: str) -> dict[str, Any] | None:
-        """The hold of allow ``receipt_id`` (``amount``, ``state``, ``captured_units``, ``expires_at``,
-        ``closed_by``, ``grants``), or None."""
+        """The hold of an allow receipt.
+
+        Args:
+            receipt_id: the allow receipt.
+
+        Returns:
+            ``amount``, ``state``, ``captured_units``, ``created_at``, ``expires_at``, ``closed_by``,
+            ``grants``; or None.
+        """
         return self._holds.get(receipt_id)
 
     def budgets(self, capability_id: str) -> list[dict[str, Any]]:
-        """Per budgeted grant of the capability and its ancestors: ``captured``, ``held``,
-        ``remaining`` (of ``max_total_cost``), ``currency``, ``invocations``... Due holds are expired
-        first, so the numbers are exact."""
+        """The budgets of a capability and its ancestors, per budgeted grant, exact now.
+
+        Due holds are expired first, so the numbers are exact.
+
+        Args:
+            capability_id: the capability.
+
+        Returns:
+            One dict per budgeted grant: ``captured``, ``held``, ``remaining`` (of ``max_total_cost``),
+            ``currency``, ``invocations``...
+
+        Raises:
+            CapabilityError: unknown capability.
+        """
         return self._holds.budgets(capability_id)
 
     # --- receipts ---
 
     def sign_http_receipt(self, body: Mapping[str, Any]) -> str:
-        """Hex Ed25519 signature, by this kernel's key, of an ``HttpReceipt``'s signed body (its
-        fields but ``signature``, as the sidecar's ``/chio/evaluate`` builds it): over its canonical
-        JSON, the same rule as tool receipts.
+        """Sign an ``HttpReceipt``'s body with this kernel's key (the sidecar's ``/chio/evaluate``).
 
-        Only HttpReceipt bodies are signed (``id`` ``hrcpt-...``, HttpReceipt fields only), so this is
-        no way to sign a tool receipt or a capability token.
+        Over its canonical JSON, the same rule as tool receipts. Only HttpReceipt bodies are signed (``id``
+        ``hrcpt-...``, HttpReceipt fields only), so this is no way to sign a tool receipt or a token.
+
+        Args:
+            body: the receipt's fields but ``signature``.
+
+        Returns:
+            The hex Ed25519 signature.
+
+        Raises:
+            KernelInputError: not an HttpReceipt body.
         """
         check_http_receipt_body(body)
         return self._signer.sign_hex(canonical_json(dict(body)))
 
     def verify_receipt(self, receipt: ChioReceipt | Mapping[str, Any]) -> bool:
-        """True if the receipt is signed by this kernel (or a trusted key) and its parameter hash matches."""
-        if isinstance(receipt, ChioReceipt):
-            data = receipt.model_dump(exclude_none=True)
-        elif isinstance(receipt, Mapping):
-            try:
-                data = ChioReceipt.model_validate(dict(receipt)).model_dump(exclude_none=True)
-            except ValidationError as err:
-                raise KernelInputError(f"not a valid ChioReceipt: {err}") from err
-        else:
-            raise KernelInputError(f"expected a chio_sdk.models.ChioReceipt, got {type(receipt).__name__}")
-        return self._verify_receipt_dict(data) is None
+        """Check a receipt's signature (this kernel or a trusted key) and its parameter hash.
+
+        Args:
+            receipt: a ``ChioReceipt`` or its dict form.
+
+        Returns:
+            True if it verifies.
+
+        Raises:
+            KernelInputError: not a receipt.
+        """
+        return self._receipts.verify(receipt)
 
     def _verify_receipt_dict(self, data: dict[str, Any]) -> str | None:
-        return verify_receipt_dict(data, self._issuers)
+        return self._receipts.problem(data)
 
     def get_receipt(self, receipt_id: str) -> ChioReceipt | None:
-        """The stored receipt with this id, or None."""
-        receipt_id = _require_str("receipt_id", receipt_id, max_len=256)
-        with self._read() as st:
-            body = st.receipt_body(receipt_id)
-        return ChioReceipt.model_validate_json(body) if body is not None else None
+        """The stored receipt with this id.
+
+        Args:
+            receipt_id: the receipt's id.
+
+        Returns:
+            The receipt, or None.
+        """
+        return self._receipts.get(receipt_id)
 
     def list_receipts_with_seq(
         self,
@@ -735,24 +789,20 @@ class Kernel(ApprovalsMixin):
         limit: int | None = None,
         after_seq: int | None = None,
     ) -> list[tuple[int, ChioReceipt]]:
-        """``(seq, receipt)`` pairs in store order (for paging with ``after_seq``)."""
-        if capability_id is not None:
-            _require_str("capability_id", capability_id, max_len=256)
-        if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 0):
-            raise KernelInputError(f"limit must be a non-negative integer, got {limit!r}")
-        if after_seq is not None and (isinstance(after_seq, bool) or not isinstance(after_seq, int)):
-            raise KernelInputError(f"after_seq must be an integer, got {after_seq!r}")
-        if capability_id is not None:
-            self._index_by_capability()
-        with self._read() as st:
-            rows = st.receipts_after(after_seq if after_seq is not None else 0, limit, capability_id)
-        return [(seq, ChioReceipt.model_validate_json(body)) for seq, body in rows]
+        """``(seq, receipt)`` pairs in store order (for paging with ``after_seq``).
 
-    def _index_by_capability(self) -> None:
-        """Catch the by-capability receipt index up (the store does it in short transactions)."""
-        if self._closed:
-            raise RuntimeError(f"{self!r} is closed; create a new Kernel")
-        self._store.catch_up_capability_index()
+        Args:
+            capability_id: only this capability's receipts.
+            limit: at most this many.
+            after_seq: only receipts after this store position.
+
+        Returns:
+            The pairs.
+
+        Raises:
+            KernelInputError: a malformed filter.
+        """
+        return self._receipts.list_with_seq(capability_id, limit, after_seq)
 
     def list_receipts(
         self,
@@ -761,13 +811,28 @@ class Kernel(ApprovalsMixin):
         limit: int | None = None,
         after_seq: int | None = None,
     ) -> list[ChioReceipt]:
-        """Receipts in store (chain) order, optionally for one capability, after a seq, up to ``limit``."""
+        """Receipts in store (chain) order.
+
+        Args:
+            capability_id: only this capability's receipts.
+            limit: at most this many.
+            after_seq: only receipts after this store position.
+
+        Returns:
+            The receipts.
+
+        Raises:
+            KernelInputError: a malformed filter.
+        """
         return [r for _, r in self.list_receipts_with_seq(capability_id=capability_id, limit=limit, after_seq=after_seq)]
 
     def receipt_count(self) -> int:
-        """Number of receipts in the store."""
-        with self._read() as st:
-            return st.receipt_count()
+        """How many receipts the store holds.
+
+        Returns:
+            The count.
+        """
+        return self._receipts.count()
 
     def query_receipts(
         self,
@@ -783,79 +848,48 @@ class Kernel(ApprovalsMixin):
     ) -> list[tuple[int, ChioReceipt]]:
         """``(seq, receipt)`` of the receipts matching every filter given, filtered by the store.
 
-        ``verdict``: ``"allow"`` or ``"deny"``; ``since``: Unix seconds (receipt ``timestamp`` at or
-        after it); ``metadata``: exact values of top-level keys of the receipt's ``metadata``;
-        ``after_seq``: only receipts after this store position (for following the log);
-        ``newest_first``: newest first, else chain order; ``capability_index=False``: match
-        ``capability_id`` without the by-capability index (no write transaction to catch it up: for
-        polling the few receipts after ``after_seq``).
+        Args:
+            capability_id: only this capability's receipts.
+            verdict: ``"allow"`` or ``"deny"``.
+            since: unix seconds: receipts whose ``timestamp`` is at or after it.
+            metadata: exact values of top-level keys of the receipt's ``metadata``.
+            after_seq: only receipts after this store position (for following the log).
+            limit: at most this many.
+            newest_first: newest first, else chain order.
+            capability_index: False matches ``capability_id`` without the by-capability index (no
+                write transaction to catch it up: for polling the few receipts after ``after_seq``).
+
+        Returns:
+            The pairs.
+
+        Raises:
+            KernelInputError: a malformed filter.
         """
-        if capability_id is not None:
-            _require_str("capability_id", capability_id, max_len=256)
-        if verdict is not None and verdict not in ("allow", "deny"):
-            raise KernelInputError(f"verdict must be 'allow' or 'deny', got {verdict!r}")
-        for name, value in (("since", since), ("after_seq", after_seq), ("limit", limit)):
-            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 0):
-                raise KernelInputError(f"{name} must be a non-negative integer, got {value!r}")
-        pairs = tuple((str(k), _require_str(f"metadata[{k!r}]", v)) for k, v in (metadata or {}).items())
-        try:
-            query = ReceiptQuery(after_seq=after_seq, limit=limit, newest_first=newest_first,
-                                 capability_id=capability_id, verdict=verdict, since=since, metadata=pairs,
-                                 capability_index=capability_index)
-        except ValueError as err:
-            raise KernelInputError(str(err)) from None
-        if capability_id is not None and capability_index:
-            self._index_by_capability()
-        with self._read() as st:
-            rows = st.query_receipts(query)
-        return [(seq, ChioReceipt.model_validate_json(body)) for seq, body in rows]
+        return self._receipts.query(
+            capability_id, verdict, since, metadata, (after_seq, limit, newest_first), capability_index
+        )
 
     def verify_chain(self, *, batch: int = 2000) -> ChainReport:
-        """Walk the store in seq order checking each signature and chain link; name the first broken index.
+        """Walk the store in seq order checking each signature and chain link.
 
-        Index = 0-based position in store order. (Like any hash chain without an external anchor,
-        removing the newest receipts leaves a shorter valid chain; compare ``count`` with a count you
-        recorded elsewhere to detect that.)
+        Like any hash chain without an external anchor, removing the newest receipts leaves a shorter
+        valid chain; compare ``count`` with a count recorded elsewhere to detect that.
+
+        Args:
+            batch: receipts read per query.
+
+        Returns:
+            The report, naming the first broken index (0-based position in store order).
         """
-        prev = GENESIS_HASH
-        index = 0
-        last_seq = 0
-        if self._closed:
-            raise RuntimeError(f"{self!r} is closed; create a new Kernel")
-        # One consistent read snapshot: the walk (long on a big store) neither holds the kernel's
-        # locks nor blocks writers, so evaluations go on meanwhile.
-        with self._store.snapshot() as st:
-            head_seq, head_hash = st.chain_head()
-            while True:
-                rows = st.receipts_after(last_seq, batch)
-                if not rows:
-                    break
-                for seq, text in rows:
-                    try:
-                        data = ChioReceipt.model_validate_json(text).model_dump(exclude_none=True)
-                    except ValidationError as err:
-                        return ChainReport(False, index, index, f"receipt at index {index} is not a valid receipt: {err}")
-                    if data["content_hash"] != prev:
-                        return ChainReport(
-                            False, index, index,
-                            f"receipt {data['id']} at index {index} does not chain to the previous receipt "
-                            "(content_hash mismatch: a receipt before it was altered, removed or inserted)",
-                        )
-                    problem = self._verify_receipt_dict(data)
-                    if problem is not None:
-                        return ChainReport(False, index, index, f"index {index}: {problem}")
-                    prev = receipt_chain_hash(data)
-                    index += 1
-                    last_seq = seq
-        if head_seq != last_seq or head_hash != prev:  # the newest row's stored chain hash was altered
-            return ChainReport(
-                False, index, max(index - 1, 0),
-                f"the newest receipt (seq {head_seq}) carries a chain hash that does not match its content",
-            )
-        return ChainReport(True, index, None, None)
+        return self._receipts.verify_chain(batch)
 
     def health(self) -> dict[str, Any]:
-        """Status summary (what the sidecar's ``/chio/health`` returns)."""
+        """Status summary (what the sidecar's ``/chio/health`` returns).
+
+        Returns:
+            ``status``, ``kernel_key``, ``data_dir``, ``receipts``, ``mode``; ``store`` (the URL, password
+            masked) on a fleet store.
+        """
         with self._read() as st:
             head_seq = st.chain_head()[0]
         return {
@@ -864,4 +898,5 @@ class Kernel(ApprovalsMixin):
             "data_dir": str(self.data_dir),
             "receipts": head_seq,
             "mode": "embedded",
+            **({} if self._fleet is None else {"store": self._fleet.description}),
         }

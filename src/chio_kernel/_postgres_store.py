@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import json
 import os
-import sqlite3
 import threading
 import time
 from collections.abc import Iterator, Sequence
@@ -34,8 +33,9 @@ from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any, cast
 from urllib.parse import urlsplit, urlunsplit
 
-from chio_kernel._errors import ChioKernelError
-from chio_kernel._store import GENESIS_HASH, ApprovalRow, CapabilityRow, HoldRow, ReceiptQuery, StoredCounts
+from chio_kernel._errors import KernelKeyRetiredError, StoreUnavailableError
+from chio_kernel._sql_store import SqlReader, SqlWriter
+from chio_kernel._store import GENESIS_HASH, StoredCounts
 
 if TYPE_CHECKING:
     import psycopg
@@ -49,25 +49,9 @@ __all__ = [
     "mask_dsn",
 ]
 
-_APPROVAL_COLS = (
-    "id, capability_id, tool_server, tool_name, parameter_hash, call_hash, subject, summary, created_at, "
-    "expires_at, status, pending_receipt_id, resolved_at, approver, reason, resolution_receipt_id, consumed_receipt_id"
-)
-
 #: The fleet's writer lock (``pg_advisory_xact_lock`` key): "chio" in ASCII.
 CHAIN_LOCK_KEY = 0x6368696F
 _INDEX_BATCH = 5_000
-_HOLD_COLS = (
-    "receipt_id, capability_id, policy_hash, units, currency, created_at, expires_at, state, captured_units, "
-    "closed_by, closed_seq"
-)
-
-
-def _hold_row(r: Any) -> HoldRow:
-    return HoldRow(
-        str(r[0]), str(r[1]), str(r[2]), int(r[3]), str(r[4]), float(r[5]), float(r[6]), str(r[7]), int(r[8]),
-        None if r[9] is None else str(r[9]), None if r[10] is None else int(r[10]),
-    )
 
 SCHEMA = f"""
 CREATE TABLE IF NOT EXISTS meta (k TEXT PRIMARY KEY, v TEXT NOT NULL);
@@ -147,18 +131,6 @@ INSERT INTO meta(k, v) VALUES ('schema_version', '1') ON CONFLICT DO NOTHING;
 """
 
 
-class StoreUnavailableError(sqlite3.OperationalError):
-    """The PostgreSQL server could not be used (connection refused or lost); nothing was decided.
-
-    A subclass of ``sqlite3.OperationalError`` on purpose: every caller that already treats a busy
-    or broken SQLite store as "retry later" (the sidecar answers 503) treats this the same way.
-    """
-
-
-class KernelKeyRetiredError(ChioKernelError, RuntimeError):
-    """This kernel's signing key was retired from the fleet store: it may not sign anything more."""
-
-
 def is_postgres_dsn(store: str) -> bool:
     """Is ``store`` a PostgreSQL connection URL (``postgresql://`` or ``postgres://``)?"""
     return store.startswith(("postgresql://", "postgres://"))
@@ -190,151 +162,49 @@ def _wrap(err: Exception, signer: str | None) -> Exception:
     return err
 
 
-class _PgReader:
-    """:class:`chio_kernel._store.StoreReader` over one psycopg connection."""
+_PG_SQL: dict[str, str] = {}
+
+
+def _pg(sql: str) -> str:
+    """A statement of ``chio_kernel._sql_store`` with PostgreSQL placeholders (``?`` -> ``%s``)."""
+    out = _PG_SQL.get(sql)
+    if out is None:
+        out = _PG_SQL[sql] = sql.replace("?", "%s")
+    return out
+
+
+class _PgReader(SqlReader):
+    """:class:`chio_kernel._store.StoreReader` over one psycopg connection (the statements are
+    ``chio_kernel._sql_store``'s; the fleet's key reads are PostgreSQL's own)."""
+
+    ORD = "ord"
 
     def __init__(self, conn: psycopg.Connection[Any], signer: str | None) -> None:
         self._conn = conn
         self._signer = signer
 
+    # --- the dialect ---
+
     def _one(self, sql: str, params: Sequence[Any] = ()) -> Any:
         try:
-            return self._conn.execute(cast("Any", sql), tuple(params)).fetchone()
+            return self._conn.execute(cast("Any", _pg(sql)), tuple(params)).fetchone()
         except Exception as err:
             raise _wrap(err, self._signer) from err
 
     def _all(self, sql: str, params: Sequence[Any] = ()) -> list[Any]:
         try:
-            return self._conn.execute(cast("Any", sql), tuple(params)).fetchall()
+            return self._conn.execute(cast("Any", _pg(sql)), tuple(params)).fetchall()
         except Exception as err:
             raise _wrap(err, self._signer) from err
 
-    def _run(self, sql: str, params: Sequence[Any] = ()) -> None:
-        try:
-            self._conn.execute(cast("Any", sql), tuple(params))
-        except Exception as err:
-            raise _wrap(err, self._signer) from err
+    def _in(self, ids: Sequence[str]) -> tuple[str, list[Any]]:
+        return "= ANY(?)", [list(ids)]
 
-    def chain_head(self) -> tuple[int, str]:
-        row = self._one("SELECT seq, hash FROM chain_head WHERE k = 0")
-        return int(row[0]), str(row[1])
+    def _json_timestamp_at_least(self) -> str:
+        return "(r.body::jsonb ->> 'timestamp')::bigint >= ?"
 
-    def capability(self, capability_id: str) -> CapabilityRow | None:
-        row = self._one(
-            "SELECT id, token, parent_id, subject, issued_at, expires_at, rate_max, rate_per "
-            "FROM capabilities WHERE id = %s",
-            (capability_id,),
-        )
-        return None if row is None else CapabilityRow(*row)
-
-    def capability_tokens(self) -> list[str]:
-        return [r[0] for r in self._all("SELECT token FROM capabilities ORDER BY created_at, ord")]
-
-    def revocation(self, capability_id: str) -> tuple[float, str] | None:
-        row = self._one("SELECT revoked_at, cause FROM revocations WHERE capability_id = %s", (capability_id,))
-        return None if row is None else (float(row[0]), str(row[1]))
-
-    def first_revoked(self, ids: Sequence[str]) -> str | None:
-        row = self._one("SELECT capability_id FROM revocations WHERE capability_id = ANY(%s) LIMIT 1", (list(ids),))
-        return None if row is None else str(row[0])
-
-    def usage_of(self, capability_id: str) -> list[tuple[int, int, int]]:
-        rows = self._all(
-            "SELECT grant_index, invocations, cost_units FROM usage WHERE capability_id = %s ORDER BY grant_index",
-            (capability_id,),
-        )
-        return [(int(a), int(b), int(c)) for a, b, c in rows]
-
-    def receipt_body(self, receipt_id: str) -> str | None:
-        row = self._one("SELECT body FROM receipts WHERE id = %s", (receipt_id,))
-        return None if row is None else str(row[0])
-
-    def receipts_after(
-        self, after_seq: int, limit: int | None, capability_id: str | None = None
-    ) -> list[tuple[int, str]]:
-        params: list[Any] = [after_seq]
-        if capability_id is None:
-            sql = "SELECT seq, body FROM receipts WHERE seq > %s ORDER BY seq"
-        else:
-            sql = (
-                "SELECT r.seq, r.body FROM receipts_by_capability x JOIN receipts r ON r.seq = x.seq "
-                "WHERE x.seq > %s AND x.capability_id = %s ORDER BY x.seq"
-            )
-            params.append(capability_id)
-        if limit is not None:
-            sql += " LIMIT %s"
-            params.append(limit)
-        return [(int(s), str(b)) for s, b in self._all(sql, params)]
-
-    def receipt_count(self) -> int:
-        return int(self._one("SELECT COUNT(*) FROM receipts")[0])
-
-    def query_receipts(self, query: ReceiptQuery) -> list[tuple[int, str]]:
-        params: list[Any] = [query.after_seq]
-        if query.capability_id is None or not query.capability_index:
-            sql, order = "SELECT r.seq, r.body FROM receipts r WHERE r.seq > %s", "r.seq"
-            if query.capability_id is not None:
-                sql += " AND r.capability_id = %s"
-                params.append(query.capability_id)
-        else:  # the by-capability index, walked in either direction
-            sql, order = (
-                "SELECT r.seq, r.body FROM receipts_by_capability x JOIN receipts r ON r.seq = x.seq "
-                "WHERE x.seq > %s AND x.capability_id = %s"
-            ), "x.seq"
-            params.append(query.capability_id)
-        if query.verdict is not None:
-            sql += " AND r.verdict = %s"
-            params.append(query.verdict)
-        if query.since is not None:
-            sql += " AND (r.body::jsonb ->> 'timestamp')::bigint >= %s"
-            params.append(query.since)
-        for key, value in query.metadata:
-            sql += " AND (r.body::jsonb -> 'metadata' ->> %s) = %s"
-            params += [key, value]
-        sql += f" ORDER BY {order} DESC" if query.newest_first else f" ORDER BY {order}"
-        if query.limit is not None:
-            sql += " LIMIT %s"
-            params.append(query.limit)
-        return [(int(s), str(b)) for s, b in self._all(sql, params)]
-
-    def approval(self, approval_id: str) -> ApprovalRow | None:
-        row = self._one(f"SELECT {_APPROVAL_COLS} FROM approvals WHERE id = %s", (approval_id,))
-        return None if row is None else ApprovalRow(*row)
-
-    def approvals(self, status: str | None, limit: int | None) -> list[ApprovalRow]:
-        sql = f"SELECT {_APPROVAL_COLS} FROM approvals"
-        params: list[Any] = []
-        if status is not None:
-            sql += " WHERE status = %s"
-            params.append(status)
-        sql += " ORDER BY created_at, ord"
-        if limit is not None:
-            sql += " LIMIT %s"
-            params.append(limit)
-        return [ApprovalRow(*r) for r in self._all(sql, params)]
-
-    def approval_wakes(self, approval_id: str) -> list[str]:
-        rows = self._all(
-            "SELECT wake_json FROM approval_wakes WHERE approval_id = %s ORDER BY created_at, ord", (approval_id,)
-        )
-        return [str(r[0]) for r in rows]
-
-    def hold(self, receipt_id: str) -> HoldRow | None:
-        row = self._one(f"SELECT {_HOLD_COLS} FROM holds WHERE receipt_id = %s", (receipt_id,))
-        return None if row is None else _hold_row(row)
-
-    def hold_grants(self, receipt_id: str) -> list[tuple[str, int]]:
-        rows = self._all("SELECT capability_id, grant_index FROM hold_grants WHERE receipt_id = %s", (receipt_id,))
-        return [(str(r[0]), int(r[1])) for r in rows]
-
-    def held_by_grant(self, capability_id: str) -> list[tuple[int, int, int]]:
-        rows = self._all(
-            "SELECT g.grant_index, SUM(h.units), COUNT(*) FROM hold_grants g JOIN holds h "
-            "ON h.receipt_id = g.receipt_id WHERE g.capability_id = %s AND h.state = 'open' "
-            "GROUP BY g.grant_index ORDER BY g.grant_index",
-            (capability_id,),
-        )
-        return [(int(r[0]), int(r[1]), int(r[2])) for r in rows]
+    def _json_metadata_is(self, key: str, value: str) -> tuple[str, list[Any]]:
+        return "(r.body::jsonb -> 'metadata' ->> ?) = ?", [key, value]
 
     # --- the fleet's keys (PostgreSQL only) ---
 
@@ -351,19 +221,35 @@ class _PgReader:
     def first_retired(self, keys: Sequence[str]) -> str | None:
         """One of ``keys`` that is retired, or None."""
         row = self._one(
-            "SELECT public_key FROM kernel_keys WHERE retired_at IS NOT NULL AND public_key = ANY(%s) LIMIT 1",
+            "SELECT public_key FROM kernel_keys WHERE retired_at IS NOT NULL AND public_key = ANY(?) LIMIT 1",
             (list(keys),),
         )
         return None if row is None else str(row[0])
 
 
-class _PgWriter(_PgReader):
+class _PgWriter(_PgReader, SqlWriter):
     """:class:`chio_kernel._store.StoreWriter`: the statements of one write transaction."""
+
+    # numeric keeps the sum from overflowing BIGINT before LEAST saturates it at 2^63-1
+    CHARGE_SUM = "LEAST(usage.cost_units::numeric + excluded.cost_units, 9223372036854775807)::bigint"
 
     def __init__(self, conn: psycopg.Connection[Any], signer: str | None, lock: psycopg.Cursor[Any]) -> None:
         super().__init__(conn, signer)
         self._lock_cursor = lock
         self._epoch: int | None = None
+
+    def _run(self, sql: str, params: Sequence[Any] = ()) -> None:
+        try:
+            self._conn.execute(cast("Any", _pg(sql)), tuple(params))
+        except Exception as err:
+            raise _wrap(err, self._signer) from err
+
+    def _run_many(self, sql: str, rows: Sequence[Sequence[Any]]) -> None:
+        for row in rows:
+            self._run(sql, row)
+
+    def _changed(self, sql: str, params: Sequence[Any]) -> bool:
+        return self._one(sql + " RETURNING 1", params) is not None
 
     @property
     def keys_epoch(self) -> int:
@@ -380,189 +266,16 @@ class _PgWriter(_PgReader):
         except Exception as err:
             raise _wrap(err, self._signer) from err
 
-    def head_and_revoked(self, lineage: Sequence[str]) -> tuple[int, str, str | None]:
-        row = self._one(
-            "SELECT seq, hash, (SELECT capability_id FROM revocations WHERE capability_id = ANY(%s) LIMIT 1) "
-            "FROM chain_head WHERE k = 0",
-            (list(lineage),),
-        )
-        return int(row[0]), str(row[1]), row[2]
-
-    def insert_capability(self, row: CapabilityRow, created_at: float) -> None:
-        self._run(
-            "INSERT INTO capabilities(id, parent_id, subject, issued_at, expires_at, rate_max, rate_per, "
-            "created_at, token) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s)",
-            (row.id, row.parent_id, row.subject, row.issued_at, row.expires_at, row.rate_max, row.rate_per,
-             created_at, row.token),
-        )
-
-    def capability_subtree(self, capability_id: str) -> list[str]:
-        rows = self._all(
-            "WITH RECURSIVE sub(id, depth) AS (SELECT CAST(%s AS TEXT), 0 UNION "
-            "SELECT c.id, sub.depth + 1 FROM capabilities c JOIN sub ON c.parent_id = sub.id) "
-            "SELECT id FROM sub ORDER BY depth, id",
-            (capability_id,),
-        )
-        return [str(r[0]) for r in rows]
-
-    def insert_revocations(self, rows: Sequence[tuple[str, float, str]]) -> None:
-        for row in rows:
-            self._run(
-                "INSERT INTO revocations(capability_id, revoked_at, cause) VALUES (%s, %s, %s) ON CONFLICT DO NOTHING",
-                row,
-            )
-
-    def usage(self, capability_id: str, grant_index: int) -> tuple[int, int]:
-        row = self._one(
-            "SELECT invocations, cost_units FROM usage WHERE capability_id = %s AND grant_index = %s",
-            (capability_id, grant_index),
-        )
-        return (0, 0) if row is None else (int(row[0]), int(row[1]))
-
-    def charge(self, capability_id: str, grant_index: int, cost_units: int) -> None:
-        # numeric keeps the sum from overflowing BIGINT before LEAST saturates it at 2^63-1
-        self._run(
-            "INSERT INTO usage(capability_id, grant_index, invocations, cost_units) VALUES (%s, %s, 1, %s) "
-            "ON CONFLICT (capability_id, grant_index) DO UPDATE SET invocations = usage.invocations + 1, "
-            "cost_units = LEAST(usage.cost_units::numeric + excluded.cost_units, 9223372036854775807)::bigint",
-            (capability_id, grant_index, cost_units),
-        )
-
-    def rate_window(self, capability_id: str, now: float, per_seconds: float) -> tuple[int, float | None]:
-        self._run("DELETE FROM rate_events WHERE capability_id = %s AND t <= %s", (capability_id, now - per_seconds))
-        row = self._one("SELECT COUNT(*), MIN(t) FROM rate_events WHERE capability_id = %s", (capability_id,))
-        return int(row[0]), (None if row[1] is None else float(row[1]))
-
-    def record_rate_event(self, capability_id: str, t: float) -> None:
-        self._run("INSERT INTO rate_events(capability_id, t) VALUES (%s, %s)", (capability_id, t))
-
-    def idempotent_receipt(self, key_hash: str) -> str | None:
-        row = self._one(
-            "SELECT r.body FROM idempotency i JOIN receipts r ON r.seq = i.receipt_seq WHERE i.key_hash = %s",
-            (key_hash,),
-        )
-        return None if row is None else str(row[0])
-
-    def append_receipt(
-        self, seq: int, receipt_id: str, capability_id: str, verdict: str, chain_hash: str, body: str
-    ) -> None:
-        self._run(
-            "INSERT INTO receipts(seq, id, capability_id, verdict, chain_hash, body) VALUES (%s, %s, %s, %s, %s, %s)",
-            (seq, receipt_id, capability_id, verdict, chain_hash, body),
-        )
-
-    def remember_idempotency(self, key_hash: str, seq: int) -> None:
-        self._run("INSERT INTO idempotency(key_hash, receipt_seq) VALUES (%s, %s)", (key_hash, seq))
-
-    def insert_approval(self, row: ApprovalRow) -> None:
-        self._run(
-            f"INSERT INTO approvals({_APPROVAL_COLS}) VALUES ({', '.join(['%s'] * 17)})",
-            (row.id, row.capability_id, row.tool_server, row.tool_name, row.parameter_hash, row.call_hash,
-             row.subject, row.summary, row.created_at, row.expires_at, row.status, row.pending_receipt_id,
-             row.resolved_at, row.approver, row.reason, row.resolution_receipt_id, row.consumed_receipt_id),
-        )
-
-    def resolve_approval(
-        self, approval_id: str, status: str, resolved_at: int, approver: str, reason: str, receipt_id: str
-    ) -> bool:
-        row = self._one(
-            "UPDATE approvals SET status = %s, resolved_at = %s, approver = %s, reason = %s, "
-            "resolution_receipt_id = %s WHERE id = %s AND status = 'pending' RETURNING id",
-            (status, resolved_at, approver, reason, receipt_id, approval_id),
-        )
-        return row is not None
-
-    def consume_approval(self, approval_id: str, receipt_id: str) -> bool:
-        row = self._one(
-            "UPDATE approvals SET consumed_receipt_id = %s WHERE id = %s AND status = 'approved' "
-            "AND consumed_receipt_id IS NULL RETURNING id",
-            (receipt_id, approval_id),
-        )
-        return row is not None
-
-    def add_approval_wake(self, approval_id: str, wake_json: str, created_at: float) -> bool:
-        row = self._one(
-            "INSERT INTO approval_wakes(approval_id, wake_json, created_at) VALUES (%s, %s, %s) "
-            "ON CONFLICT DO NOTHING RETURNING approval_id",
-            (approval_id, wake_json, created_at),
-        )
-        return row is not None
-
-    # --- idempotency keys and budget holds (chio_kernel._holds) ---
-
-    def idempotency_key(self, key_hash: str) -> tuple[str, str] | None:
-        row = self._one(
-            "SELECT k.fingerprint, r.body FROM idempotency_keys k JOIN receipts r ON r.seq = k.receipt_seq "
-            "WHERE k.key_hash = %s",
-            (key_hash,),
-        )
-        return None if row is None else (str(row[0]), str(row[1]))
-
-    def remember_idempotency_key(self, key_hash: str, fingerprint: str, seq: int) -> None:
-        self._run(
-            "INSERT INTO idempotency_keys(key_hash, fingerprint, receipt_seq) VALUES (%s, %s, %s)",
-            (key_hash, fingerprint, seq),
-        )
-
-    def insert_hold(self, row: HoldRow, grants: Sequence[tuple[str, int]]) -> None:
-        self._run(
-            f"INSERT INTO holds({_HOLD_COLS}) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)",
-            (row.receipt_id, row.capability_id, row.policy_hash, row.units, row.currency, row.created_at,
-             row.expires_at, row.state, row.captured_units, row.closed_by, row.closed_seq),
-        )
-        for cid, index in grants:
-            self._run(
-                "INSERT INTO hold_grants(receipt_id, capability_id, grant_index) VALUES (%s, %s, %s) "
-                "ON CONFLICT DO NOTHING",
-                (row.receipt_id, cid, index),
-            )
-
-    def due_holds(self, now: float, limit: int) -> list[HoldRow]:
-        rows = self._all(
-            f"SELECT {_HOLD_COLS} FROM holds WHERE state = 'open' AND expires_at <= %s "
-            "ORDER BY expires_at, receipt_id LIMIT %s",
-            (now, limit),
-        )
-        return [_hold_row(r) for r in rows]
-
-    def close_hold(self, receipt_id: str, state: str, captured_units: int, closed_by: str, closed_seq: int) -> None:
-        self._run(
-            "UPDATE holds SET state = %s, captured_units = %s, closed_by = %s, closed_seq = %s WHERE receipt_id = %s",
-            (state, captured_units, closed_by, closed_seq, receipt_id),
-        )
-
-    def adjust_cost(self, capability_id: str, grant_index: int, delta: int) -> None:
-        # numeric: no BIGINT overflow before the clamp to [0, 2^63-1]
-        self._run(
-            "UPDATE usage SET cost_units = GREATEST(0, LEAST(cost_units::numeric + %s, 9223372036854775807))::bigint "
-            "WHERE capability_id = %s AND grant_index = %s",
-            (delta, capability_id, grant_index),
-        )
-
-    def hold_op(self, receipt_id: str, op_id: str) -> tuple[str, str] | None:
-        row = self._one(
-            "SELECT o.fingerprint, r.body FROM hold_ops o JOIN receipts r ON r.seq = o.receipt_seq "
-            "WHERE o.receipt_id = %s AND o.op_id = %s",
-            (receipt_id, op_id),
-        )
-        return None if row is None else (str(row[0]), str(row[1]))
-
-    def remember_hold_op(self, receipt_id: str, op_id: str, fingerprint: str, seq: int) -> None:
-        self._run(
-            "INSERT INTO hold_ops(receipt_id, op_id, fingerprint, receipt_seq) VALUES (%s, %s, %s, %s)",
-            (receipt_id, op_id, fingerprint, seq),
-        )
-
     # --- the fleet's keys (PostgreSQL only) ---
 
     def retire_key(self, public_key: str, reason: str, at: float) -> bool:
         """Mark a registered key retired (kept if already retired); False if it is not registered."""
-        row = self._one("SELECT retired_at FROM kernel_keys WHERE public_key = %s", (public_key,))
+        row = self._one("SELECT retired_at FROM kernel_keys WHERE public_key = ?", (public_key,))
         if row is None:
             return False
         if row[0] is None:
             self._run(
-                "UPDATE kernel_keys SET retired_at = %s, retired_reason = %s WHERE public_key = %s",
+                "UPDATE kernel_keys SET retired_at = ?, retired_reason = ? WHERE public_key = ?",
                 (at, reason, public_key),
             )
             self._run(
@@ -699,22 +412,8 @@ class PostgresStore:
         """Index receipts by capability up to the chain head, ``_INDEX_BATCH`` per transaction."""
         while True:
             with self.write() as w:
-                row = w._one("SELECT v FROM meta WHERE k = 'indexed_by_capability'")
-                done = int(row[0]) if row else 0
-                head = w.chain_head()[0]
-                if head <= done:
+                if w.index_capability_batch(_INDEX_BATCH):
                     return
-                upto = min(head, done + _INDEX_BATCH)
-                w._run(
-                    "INSERT INTO receipts_by_capability(capability_id, seq) SELECT capability_id, seq FROM receipts "
-                    "WHERE seq > %s AND seq <= %s ON CONFLICT DO NOTHING",
-                    (done, upto),
-                )
-                w._run(
-                    "INSERT INTO meta(k, v) VALUES ('indexed_by_capability', %s) "
-                    "ON CONFLICT (k) DO UPDATE SET v = excluded.v",
-                    (str(upto),),
-                )
 
     def stored_counts(self) -> StoredCounts:
         """What the store holds. (A fleet store holds other kernels' work too: the kernel does not

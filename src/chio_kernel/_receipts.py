@@ -10,17 +10,34 @@ import json
 import json.encoder as _json_encoder
 from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from contextlib import AbstractContextManager
+from typing import Any, Protocol, TypeVar
 
 from chio_sdk.models import ChioReceipt, Decision, HttpReceipt, ToolCallAction
-from pydantic import BaseModel
+from pydantic import BaseModel, ValidationError
 
 from chio_kernel._errors import KernelInputError
 from chio_kernel._ids import _uuid7_str
+from chio_kernel._store import GENESIS_HASH, StoreReader, StoreWriter
 from chio_kernel.canonical import canonical_json
 from chio_kernel.signing import verify_hex
 
-__all__ = ["ChainReport", "receipt_chain_hash", "receipt_signing_bytes", "receipt_wire_dict"]
+__all__ = [
+    "ALLOW",
+    "CallRecord",
+    "ChainReport",
+    "ReceiptCall",
+    "ReceiptChain",
+    "build_receipt",
+    "receipt_chain_hash",
+    "receipt_signing_bytes",
+    "receipt_wire_dict",
+    "verify_chain",
+    "verify_receipt_dict",
+]
+
+#: The decision of an allow receipt.
+ALLOW: Mapping[str, str] = {"verdict": "allow"}
 
 _M = TypeVar("_M", bound=BaseModel)
 
@@ -33,6 +50,74 @@ class ChainReport:
     count: int
     first_broken_index: int | None = None
     reason: str | None = None
+
+
+class ReceiptCall(Protocol):
+    """What a receipt records about the call (an evaluation request, or a :class:`CallRecord`)."""
+
+    @property
+    def capability_id(self) -> str: ...
+    @property
+    def tool_server(self) -> str: ...
+    @property
+    def tool_name(self) -> str: ...
+    @property
+    def params(self) -> dict[str, Any]: ...
+    @property
+    def param_hash(self) -> str: ...
+    @property
+    def params_text(self) -> str | None: ...
+    @property
+    def params_ascii(self) -> str | None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class CallRecord:
+    """A call as a receipt records it, when no evaluation request carries it (answers, holds)."""
+
+    capability_id: str
+    tool_server: str
+    tool_name: str
+    params: dict[str, Any]
+    param_hash: str
+    params_text: str | None = None
+    params_ascii: str | None = None
+
+
+class ReceiptChain:
+    """Signs receipts with the kernel's key and appends them to the store's hash chain.
+
+    The one "append a receipt to the chain" function every service is handed (:meth:`append`).
+    """
+
+    __slots__ = ("_sign_hex", "key")
+
+    def __init__(self, sign_hex: Callable[[bytes], str], key: str) -> None:
+        """Sign with ``sign_hex`` as ``key`` (the kernel's hex public key)."""
+        self._sign_hex = sign_hex
+        self.key = key
+
+    def append(
+        self,
+        st: StoreWriter,
+        head_seq: int,
+        prev_hash: str,
+        now: float,
+        call: ReceiptCall,
+        decision: Mapping[str, str],
+        policy_hash: str,
+        metadata: Mapping[str, Any] | None = None,
+    ) -> ChioReceipt:
+        """Build, sign and store the receipt after ``head_seq`` / ``prev_hash`` (see :func:`build_receipt`).
+
+        Returns:
+            The receipt, stored at ``head_seq + 1`` in the caller's write transaction.
+        """
+        receipt, stored, chain_hash = build_receipt(
+            self._sign_hex, self.key, prev_hash, now, call, decision, policy_hash, metadata
+        )
+        st.append_receipt(head_seq + 1, receipt.id, call.capability_id, receipt.decision.verdict, chain_hash, stored)
+        return receipt
 
 
 def _receipt_signed_body(data: dict[str, Any]) -> dict[str, Any]:
@@ -113,6 +198,82 @@ def build_receipt(
     key: str,
     prev_hash: str,
     now: float,
+    call: ReceiptCall,
+    decision: Mapping[str, str],
+    policy_hash: str,
+    metadata: Mapping[str, Any] | None = None,
+) -> tuple[ChioReceipt, str, str]:
+    """Build and sign one receipt chained onto ``prev_hash``: THE receipt builder of the kernel.
+
+    Args:
+        sign_hex: signs bytes with the kernel's key (hex signature).
+        key: the kernel's hex public key (``kernel_key``).
+        prev_hash: the chain hash of the previous receipt (``content_hash``).
+        now: unix seconds (``timestamp``).
+        call: what the receipt records about the call.
+        decision: ``{"verdict": ...}`` plus ``guard`` / ``reason`` when not an allow.
+        policy_hash: the capability's policy hash (the genesis hash without a capability).
+        metadata: signed into ``metadata`` when not empty.
+
+    Returns:
+        ``(receipt, stored text, chain hash)``: the stored text is the receipt exactly as
+        ``ChioClient.verify_receipt_chain`` serialises it; its sha256 is the chain hash.
+
+    A plain allow or deny without metadata whose call carries its canonical texts is spliced from
+    canonical parts (the hot path, equal byte for byte to the general path); anything else goes
+    through the models.
+    """
+    verdict = decision["verdict"]
+    if not metadata and call.params_text is not None and call.params_ascii is not None and (
+        verdict == "allow" or (verdict == "deny" and len(decision) == 3)
+    ):
+        deny = None if verdict == "allow" else (decision["guard"], decision["reason"])
+        return _spliced_receipt(
+            sign_hex, key, prev_hash, now, call.capability_id, call.tool_server, call.tool_name, call.params,
+            call.params_text, call.params_ascii, call.param_hash, deny, policy_hash,
+        )
+    return _general_receipt(sign_hex, key, prev_hash, now, call, dict(decision), policy_hash, metadata)
+
+
+def _general_receipt(
+    sign_hex: Callable[[bytes], str],
+    key: str,
+    prev_hash: str,
+    now: float,
+    call: ReceiptCall,
+    decision: dict[str, str],
+    policy_hash: str,
+    metadata: Mapping[str, Any] | None,
+) -> tuple[ChioReceipt, str, str]:
+    """Any verdict and metadata, through the models (see :func:`build_receipt`)."""
+    data: dict[str, Any] = {
+        "id": "rcpt-" + _uuid7_str(),
+        "timestamp": int(now),
+        "capability_id": call.capability_id,
+        "tool_server": call.tool_server,
+        "tool_name": call.tool_name,
+        "action": {"parameters": call.params, "parameter_hash": call.param_hash},
+        "decision": decision,
+        "content_hash": prev_hash,
+        "policy_hash": policy_hash,
+        "evidence": [],
+        "kernel_key": key,
+        "signature": "",
+    }
+    if metadata:
+        data["metadata"] = dict(metadata)
+    unsigned = ChioReceipt.model_validate(data).model_dump(exclude_none=True)
+    signature = sign_hex(canonical_json(_receipt_signed_body(unsigned)))
+    receipt = ChioReceipt.model_validate({**data, "signature": signature})
+    stored = _chain_dumps(receipt.model_dump(exclude_none=True))
+    return receipt, stored, hashlib.sha256(stored.encode()).hexdigest()
+
+
+def _spliced_receipt(
+    sign_hex: Callable[[bytes], str],
+    key: str,
+    prev_hash: str,
+    now: float,
     capability_id: str,
     tool_server: str,
     tool_name: str,
@@ -123,12 +284,7 @@ def build_receipt(
     deny: tuple[str, str] | None,
     policy_hash: str,
 ) -> tuple[ChioReceipt, str, str]:
-    """Build and sign one receipt chained onto ``prev_hash``: ``(receipt, stored text, chain hash)``.
-
-    ``params_text`` is the canonical JSON of ``params`` (signed), ``params_ascii`` their chain-hash
-    serialisation; ``deny`` is ``(guard, reason)`` or None for an allow. The stored text is the
-    receipt exactly as ``ChioClient.verify_receipt_chain`` serialises it; its sha256 is the chain hash.
-    """
+    """A plain allow / deny spliced from canonical parts (see :func:`build_receipt`)."""
     rid = "rcpt-" + _uuid7_str()
     ts = str(int(now))
     q_cap, q_tool, q_server = _q(capability_id), _q(tool_name), _q(tool_server)
@@ -202,6 +358,60 @@ def verify_receipt_dict(data: dict[str, Any], issuers: Collection[str]) -> str |
     if not verify_hex(str(key), str(data.get("signature")), message):
         return f"receipt {data.get('id')} has an invalid signature (altered after signing)"
     return None
+
+
+def verify_chain(
+    snapshot: AbstractContextManager[StoreReader], problem: Callable[[dict[str, Any]], str | None], batch: int
+) -> ChainReport:
+    """Walk a store snapshot in seq order checking each signature and chain link.
+
+    Args:
+        snapshot: one consistent read snapshot of the store (holds no writer lock).
+        problem: why a receipt dict does not verify, or None (signature, issuer, parameter hash).
+        batch: receipts read per query.
+
+    Returns:
+        The report, naming the first broken index (0-based position in store order).
+    """
+    prev = GENESIS_HASH
+    index = 0
+    last_seq = 0
+    with snapshot as st:
+        head_seq, head_hash = st.chain_head()
+        while rows := st.receipts_after(last_seq, batch):
+            for seq, text in rows:
+                broken = _link_problem(text, prev, index, problem)
+                if isinstance(broken, ChainReport):
+                    return broken
+                prev = broken
+                index += 1
+                last_seq = seq
+    if head_seq != last_seq or head_hash != prev:  # the newest row's stored chain hash was altered
+        return ChainReport(
+            False, index, max(index - 1, 0),
+            f"the newest receipt (seq {head_seq}) carries a chain hash that does not match its content",
+        )
+    return ChainReport(True, index, None, None)
+
+
+def _link_problem(
+    text: str, prev: str, index: int, problem: Callable[[dict[str, Any]], str | None]
+) -> str | ChainReport:
+    """The chain hash of the stored receipt ``text`` if it verifies and chains onto ``prev``, else the report."""
+    try:
+        data = ChioReceipt.model_validate_json(text).model_dump(exclude_none=True)
+    except ValidationError as err:
+        return ChainReport(False, index, index, f"receipt at index {index} is not a valid receipt: {err}")
+    if data["content_hash"] != prev:
+        return ChainReport(
+            False, index, index,
+            f"receipt {data['id']} at index {index} does not chain to the previous receipt "
+            "(content_hash mismatch: a receipt before it was altered, removed or inserted)",
+        )
+    why = problem(data)
+    if why is not None:
+        return ChainReport(False, index, index, f"index {index}: {why}")
+    return receipt_chain_hash(data)
 
 
 # --- HTTP receipts (the sidecar's /chio/evaluate and /chio/verify) ------------------------------

@@ -93,7 +93,7 @@ def _token_dict(kernel: Any, token: Any) -> dict[str, Any]:
 
 def _receipt_dict(receipt: Any) -> dict[str, Any]:
     """A receipt exactly as signed (no empty evidence/metadata): the one rule of every output path."""
-    from chio_kernel._kernel import receipt_wire_dict
+    from chio_kernel._receipts import receipt_wire_dict
 
     return receipt_wire_dict(receipt)
 

@@ -23,10 +23,12 @@ import os
 import sqlite3
 import threading
 from collections.abc import Iterator, Sequence
+from typing import Any
 from contextlib import contextmanager
 from pathlib import Path
 
-from chio_kernel._store import GENESIS_HASH, ApprovalRow, CapabilityRow, HoldRow, ReceiptQuery, StoredCounts
+from chio_kernel._sql_store import SqlWriter
+from chio_kernel._store import GENESIS_HASH, StoredCounts
 
 __all__ = ["DB_FILE", "GENESIS_HASH", "SCHEMA_VERSION", "SQLiteStore", "open_store"]
 
@@ -226,25 +228,14 @@ def _owner_only(db_path: Path) -> None:
 
 _HEAD_SQL = "SELECT seq, hash FROM chain_head WHERE k = 0"
 _INDEX_BATCH = 5_000  # receipts indexed by capability per write transaction (see catch_up_capability_index)
-_APPROVAL_COLS = (
-    "id, capability_id, tool_server, tool_name, parameter_hash, call_hash, subject, summary, created_at, "
-    "expires_at, status, pending_receipt_id, resolved_at, approver, reason, resolution_receipt_id, consumed_receipt_id"
-)
-
-_HOLD_COLS = (
-    "receipt_id, capability_id, policy_hash, units, currency, created_at, expires_at, state, captured_units, "
-    "closed_by, closed_seq"
-)
-_MAX_UNITS = 9223372036854775807
-_CAP_SQL = "SELECT id, token, parent_id, subject, issued_at, expires_at, rate_max, rate_per FROM capabilities WHERE id = ?"
 
 
 def _in(ids: Sequence[str]) -> str:
     return "= ?" if len(ids) == 1 else "IN (" + ",".join("?" * len(ids)) + ")"
 
 
-class _Ops:
-    """The statements of :class:`~chio_kernel._store.StoreReader` / ``StoreWriter`` on one connection.
+class _Ops(SqlWriter):
+    """The store's statements (``chio_kernel._sql_store``) on one SQLite connection.
 
     Inside a write transaction (``writing``) nobody else can write, so the chain head and the
     revocation state read once stay true until this transaction changes them: a batch of
@@ -260,7 +251,33 @@ class _Ops:
         self._head: tuple[int, str] | None = None
         self._revoked: dict[tuple[str, ...], str | None] = {}
 
-    # --- reads ---
+    # --- the dialect ---
+
+    def _one(self, sql: str, params: Sequence[Any] = ()) -> Any:
+        return self._c.execute(sql, params).fetchone()
+
+    def _all(self, sql: str, params: Sequence[Any] = ()) -> list[Any]:
+        return self._c.execute(sql, params).fetchall()
+
+    def _run(self, sql: str, params: Sequence[Any] = ()) -> None:
+        self._c.execute(sql, params)
+
+    def _run_many(self, sql: str, rows: Sequence[Sequence[Any]]) -> None:
+        self._c.executemany(sql, rows)
+
+    def _changed(self, sql: str, params: Sequence[Any]) -> bool:
+        return self._c.execute(sql, params).rowcount == 1
+
+    def _in(self, ids: Sequence[str]) -> tuple[str, list[Any]]:
+        return _in(ids), list(ids)
+
+    def _json_timestamp_at_least(self) -> str:
+        return "json_extract(r.body, '$.timestamp') >= ?"
+
+    def _json_metadata_is(self, key: str, value: str) -> tuple[str, list[Any]]:
+        return "json_extract(r.body, ?) = ?", [f'$.metadata."{key}"', value]
+
+    # --- the chain head and revocations, followed in memory inside a write transaction ---
 
     def chain_head(self) -> tuple[int, str]:
         if self._head is not None:
@@ -270,104 +287,6 @@ class _Ops:
         if self._writing:
             self._head = head
         return head
-
-    def capability(self, capability_id: str) -> CapabilityRow | None:
-        row = self._c.execute(_CAP_SQL, (capability_id,)).fetchone()
-        return CapabilityRow(*row) if row is not None else None
-
-    def capability_tokens(self) -> list[str]:
-        return [r[0] for r in self._c.execute("SELECT token FROM capabilities ORDER BY created_at, rowid")]
-
-    def revocation(self, capability_id: str) -> tuple[float, str] | None:
-        row = self._c.execute(
-            "SELECT revoked_at, cause FROM revocations WHERE capability_id = ?", (capability_id,)
-        ).fetchone()
-        return (row[0], row[1]) if row is not None else None
-
-    def first_revoked(self, ids: Sequence[str]) -> str | None:
-        row = self._c.execute(
-            f"SELECT capability_id FROM revocations WHERE capability_id {_in(ids)} LIMIT 1", tuple(ids)
-        ).fetchone()
-        return row[0] if row else None
-
-    def usage_of(self, capability_id: str) -> list[tuple[int, int, int]]:
-        return [
-            (r[0], r[1], r[2])
-            for r in self._c.execute(
-                "SELECT grant_index, invocations, cost_units FROM usage WHERE capability_id = ? ORDER BY grant_index",
-                (capability_id,),
-            )
-        ]
-
-    def receipt_body(self, receipt_id: str) -> str | None:
-        row = self._c.execute("SELECT body FROM receipts WHERE id = ?", (receipt_id,)).fetchone()
-        return row[0] if row else None
-
-    def receipts_after(
-        self, after_seq: int, limit: int | None, capability_id: str | None = None
-    ) -> list[tuple[int, str]]:
-        args: list[object] = [after_seq]
-        if capability_id is None:
-            sql = "SELECT seq, body FROM receipts WHERE seq > ? ORDER BY seq"
-        else:
-            sql = (
-                "SELECT r.seq, r.body FROM receipts_by_capability x JOIN receipts r ON r.seq = x.seq "
-                "WHERE x.seq > ? AND x.capability_id = ? ORDER BY x.seq"
-            )
-            args.append(capability_id)
-        if limit is not None:
-            sql += " LIMIT ?"
-            args.append(limit)
-        return [(r[0], r[1]) for r in self._c.execute(sql, args)]
-
-    def receipt_count(self) -> int:
-        return int(self._c.execute("SELECT COUNT(*) FROM receipts").fetchone()[0])
-
-    def query_receipts(self, query: ReceiptQuery) -> list[tuple[int, str]]:
-        args: list[object] = [query.after_seq]
-        if query.capability_id is None or not query.capability_index:
-            sql, order = "SELECT r.seq, r.body FROM receipts r WHERE r.seq > ?", "r.seq"
-            if query.capability_id is not None:
-                sql += " AND r.capability_id = ?"
-                args.append(query.capability_id)
-        else:  # the by-capability index, walked in either direction
-            sql, order = (
-                "SELECT r.seq, r.body FROM receipts_by_capability x JOIN receipts r ON r.seq = x.seq "
-                "WHERE x.seq > ? AND x.capability_id = ?"
-            ), "x.seq"
-            args.append(query.capability_id)
-        if query.verdict is not None:
-            sql += " AND r.verdict = ?"
-            args.append(query.verdict)
-        if query.since is not None:
-            sql += " AND json_extract(r.body, '$.timestamp') >= ?"
-            args.append(query.since)
-        for key, value in query.metadata:
-            sql += " AND json_extract(r.body, ?) = ?"
-            args += [f'$.metadata."{key}"', value]
-        sql += f" ORDER BY {order} DESC" if query.newest_first else f" ORDER BY {order}"
-        if query.limit is not None:
-            sql += " LIMIT ?"
-            args.append(query.limit)
-        return [(r[0], r[1]) for r in self._c.execute(sql, args)]
-
-    def approval(self, approval_id: str) -> ApprovalRow | None:
-        row = self._c.execute(f"SELECT {_APPROVAL_COLS} FROM approvals WHERE id = ?", (approval_id,)).fetchone()
-        return ApprovalRow(*row) if row is not None else None
-
-    def approvals(self, status: str | None, limit: int | None) -> list[ApprovalRow]:
-        sql = f"SELECT {_APPROVAL_COLS} FROM approvals"
-        args: list[object] = []
-        if status is not None:
-            sql += " WHERE status = ?"
-            args.append(status)
-        sql += " ORDER BY created_at, rowid"
-        if limit is not None:
-            sql += " LIMIT ?"
-            args.append(limit)
-        return [ApprovalRow(*r) for r in self._c.execute(sql, args)]
-
-    # --- writes ---
 
     def head_and_revoked(self, lineage: Sequence[str]) -> tuple[int, str, str | None]:
         key = tuple(lineage)
@@ -385,61 +304,9 @@ class _Ops:
         self._revoked[key] = revoked
         return int(seq), str(h), revoked
 
-    def insert_capability(self, row: CapabilityRow, created_at: float) -> None:
-        self._c.execute(
-            "INSERT INTO capabilities(id, parent_id, subject, issued_at, expires_at, rate_max, rate_per, created_at, token)"
-            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            (row.id, row.parent_id, row.subject, row.issued_at, row.expires_at, row.rate_max, row.rate_per,
-             created_at, row.token),
-        )
-
-    def capability_subtree(self, capability_id: str) -> list[str]:
-        rows = self._c.execute(
-            "WITH RECURSIVE sub(id, depth) AS (SELECT ?, 0 UNION "
-            "SELECT c.id, sub.depth + 1 FROM capabilities c JOIN sub ON c.parent_id = sub.id) "
-            "SELECT id FROM sub ORDER BY depth, id",
-            (capability_id,),
-        ).fetchall()
-        return [r[0] for r in rows]
-
     def insert_revocations(self, rows: Sequence[tuple[str, float, str]]) -> None:
         self._revoked.clear()
-        self._c.executemany(
-            "INSERT OR IGNORE INTO revocations(capability_id, revoked_at, cause) VALUES (?, ?, ?)", rows
-        )
-
-    def usage(self, capability_id: str, grant_index: int) -> tuple[int, int]:
-        row = self._c.execute(
-            "SELECT invocations, cost_units FROM usage WHERE capability_id = ? AND grant_index = ?",
-            (capability_id, grant_index),
-        ).fetchone()
-        return (row[0], row[1]) if row else (0, 0)
-
-    def charge(self, capability_id: str, grant_index: int, cost_units: int) -> None:
-        self._c.execute(
-            "INSERT INTO usage(capability_id, grant_index, invocations, cost_units) VALUES (?, ?, 1, ?) "
-            "ON CONFLICT(capability_id, grant_index) DO UPDATE SET invocations = invocations + 1, "
-            # saturate at 2^63-1 instead of SQLite turning an overflowing sum into a float
-            "cost_units = MIN(cost_units + excluded.cost_units, 9223372036854775807)",
-            (capability_id, grant_index, cost_units),
-        )
-
-    def rate_window(self, capability_id: str, now: float, per_seconds: float) -> tuple[int, float | None]:
-        self._c.execute("DELETE FROM rate_events WHERE capability_id = ? AND t <= ?", (capability_id, now - per_seconds))
-        row = self._c.execute(
-            "SELECT COUNT(*), MIN(t) FROM rate_events WHERE capability_id = ?", (capability_id,)
-        ).fetchone()
-        return int(row[0]), row[1]
-
-    def record_rate_event(self, capability_id: str, t: float) -> None:
-        self._c.execute("INSERT INTO rate_events(capability_id, t) VALUES (?, ?)", (capability_id, t))
-
-    def idempotent_receipt(self, key_hash: str) -> str | None:
-        row = self._c.execute(
-            "SELECT r.body FROM idempotency i JOIN receipts r ON r.seq = i.receipt_seq WHERE i.key_hash = ?",
-            (key_hash,),
-        ).fetchone()
-        return row[0] if row is not None else None
+        super().insert_revocations(rows)
 
     def append_receipt(
         self, seq: int, receipt_id: str, capability_id: str, verdict: str, chain_hash: str, body: str
@@ -449,138 +316,6 @@ class _Ops:
             (seq, receipt_id, capability_id, verdict, chain_hash, body),
         )
         self._head = (seq, chain_hash)
-
-    def remember_idempotency(self, key_hash: str, seq: int) -> None:
-        self._c.execute("INSERT INTO idempotency(key_hash, receipt_seq) VALUES (?, ?)", (key_hash, seq))
-
-    def insert_approval(self, row: ApprovalRow) -> None:
-        self._c.execute(
-            f"INSERT INTO approvals({_APPROVAL_COLS}) VALUES ({','.join('?' * 17)})",
-            (row.id, row.capability_id, row.tool_server, row.tool_name, row.parameter_hash, row.call_hash,
-             row.subject, row.summary, row.created_at, row.expires_at, row.status, row.pending_receipt_id,
-             row.resolved_at, row.approver, row.reason, row.resolution_receipt_id, row.consumed_receipt_id),
-        )
-
-    def resolve_approval(
-        self, approval_id: str, status: str, resolved_at: int, approver: str, reason: str, receipt_id: str
-    ) -> bool:
-        cur = self._c.execute(
-            "UPDATE approvals SET status = ?, resolved_at = ?, approver = ?, reason = ?, resolution_receipt_id = ? "
-            "WHERE id = ? AND status = 'pending'",
-            (status, resolved_at, approver, reason, receipt_id, approval_id),
-        )
-        return cur.rowcount == 1
-
-    def consume_approval(self, approval_id: str, receipt_id: str) -> bool:
-        cur = self._c.execute(
-            "UPDATE approvals SET consumed_receipt_id = ? WHERE id = ? AND status = 'approved' "
-            "AND consumed_receipt_id IS NULL",
-            (receipt_id, approval_id),
-        )
-        return cur.rowcount == 1
-
-    def approval_wakes(self, approval_id: str) -> list[str]:
-        return [
-            str(r[0])
-            for r in self._c.execute(
-                "SELECT wake_json FROM approval_wakes WHERE approval_id = ? ORDER BY created_at, rowid", (approval_id,)
-            )
-        ]
-
-    def add_approval_wake(self, approval_id: str, wake_json: str, created_at: float) -> bool:
-        cur = self._c.execute(
-            "INSERT OR IGNORE INTO approval_wakes(approval_id, wake_json, created_at) VALUES (?, ?, ?)",
-            (approval_id, wake_json, created_at),
-        )
-        return cur.rowcount == 1
-
-    # --- idempotency keys and budget holds (chio_kernel._holds) ---
-
-    def idempotency_key(self, key_hash: str) -> tuple[str, str] | None:
-        row = self._c.execute(
-            "SELECT k.fingerprint, r.body FROM idempotency_keys k JOIN receipts r ON r.seq = k.receipt_seq "
-            "WHERE k.key_hash = ?",
-            (key_hash,),
-        ).fetchone()
-        return None if row is None else (str(row[0]), str(row[1]))
-
-    def remember_idempotency_key(self, key_hash: str, fingerprint: str, seq: int) -> None:
-        self._c.execute(
-            "INSERT INTO idempotency_keys(key_hash, fingerprint, receipt_seq) VALUES (?, ?, ?)",
-            (key_hash, fingerprint, seq),
-        )
-
-    def hold(self, receipt_id: str) -> HoldRow | None:
-        row = self._c.execute(f"SELECT {_HOLD_COLS} FROM holds WHERE receipt_id = ?", (receipt_id,)).fetchone()
-        return None if row is None else HoldRow(*row)
-
-    def hold_grants(self, receipt_id: str) -> list[tuple[str, int]]:
-        return [
-            (str(r[0]), int(r[1]))
-            for r in self._c.execute(
-                "SELECT capability_id, grant_index FROM hold_grants WHERE receipt_id = ?", (receipt_id,)
-            )
-        ]
-
-    def held_by_grant(self, capability_id: str) -> list[tuple[int, int, int]]:
-        return [
-            (int(r[0]), int(r[1]), int(r[2]))
-            for r in self._c.execute(
-                "SELECT g.grant_index, SUM(h.units), COUNT(*) FROM hold_grants g JOIN holds h "
-                "ON h.receipt_id = g.receipt_id WHERE g.capability_id = ? AND h.state = 'open' "
-                "GROUP BY g.grant_index ORDER BY g.grant_index",
-                (capability_id,),
-            )
-        ]
-
-    def insert_hold(self, row: HoldRow, grants: Sequence[tuple[str, int]]) -> None:
-        self._c.execute(
-            f"INSERT INTO holds({_HOLD_COLS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            (row.receipt_id, row.capability_id, row.policy_hash, row.units, row.currency, row.created_at,
-             row.expires_at, row.state, row.captured_units, row.closed_by, row.closed_seq),
-        )
-        self._c.executemany(
-            "INSERT OR IGNORE INTO hold_grants(receipt_id, capability_id, grant_index) VALUES (?, ?, ?)",
-            [(row.receipt_id, cid, index) for cid, index in grants],
-        )
-
-    def due_holds(self, now: float, limit: int) -> list[HoldRow]:
-        return [
-            HoldRow(*r)
-            for r in self._c.execute(
-                f"SELECT {_HOLD_COLS} FROM holds WHERE state = 'open' AND expires_at <= ? "
-                "ORDER BY expires_at, receipt_id LIMIT ?",
-                (now, limit),
-            )
-        ]
-
-    def close_hold(self, receipt_id: str, state: str, captured_units: int, closed_by: str, closed_seq: int) -> None:
-        self._c.execute(
-            "UPDATE holds SET state = ?, captured_units = ?, closed_by = ?, closed_seq = ? WHERE receipt_id = ?",
-            (state, captured_units, closed_by, closed_seq, receipt_id),
-        )
-
-    def adjust_cost(self, capability_id: str, grant_index: int, delta: int) -> None:
-        # computed here, not in SQL: SQLite turns an overflowing integer sum into a float
-        used = self.usage(capability_id, grant_index)[1]
-        self._c.execute(
-            "UPDATE usage SET cost_units = ? WHERE capability_id = ? AND grant_index = ?",
-            (max(0, min(used + delta, _MAX_UNITS)), capability_id, grant_index),
-        )
-
-    def hold_op(self, receipt_id: str, op_id: str) -> tuple[str, str] | None:
-        row = self._c.execute(
-            "SELECT o.fingerprint, r.body FROM hold_ops o JOIN receipts r ON r.seq = o.receipt_seq "
-            "WHERE o.receipt_id = ? AND o.op_id = ?",
-            (receipt_id, op_id),
-        ).fetchone()
-        return None if row is None else (str(row[0]), str(row[1]))
-
-    def remember_hold_op(self, receipt_id: str, op_id: str, fingerprint: str, seq: int) -> None:
-        self._c.execute(
-            "INSERT INTO hold_ops(receipt_id, op_id, fingerprint, receipt_seq) VALUES (?, ?, ?, ?)",
-            (receipt_id, op_id, fingerprint, seq),
-        )
 
 
 class SQLiteStore:
@@ -676,23 +411,8 @@ class SQLiteStore:
         batch = batch if batch is not None else _INDEX_BATCH
         while True:
             with self.write() as ops:
-                conn = ops._c
-                row = conn.execute("SELECT v FROM meta WHERE k = 'indexed_by_capability'").fetchone()
-                done = int(row[0]) if row else 0
-                head = conn.execute(_HEAD_SQL).fetchone()[0]
-                if head <= done:
+                if ops.index_capability_batch(batch):
                     return
-                upto = min(head, done + batch)
-                conn.execute(
-                    "INSERT OR IGNORE INTO receipts_by_capability(capability_id, seq) "
-                    "SELECT capability_id, seq FROM receipts WHERE seq > ? AND seq <= ?",
-                    (done, upto),
-                )
-                conn.execute(
-                    "INSERT INTO meta(k, v) VALUES ('indexed_by_capability', ?) "
-                    "ON CONFLICT(k) DO UPDATE SET v = excluded.v",
-                    (str(upto),),
-                )
 
     def stored_counts(self) -> StoredCounts:
         with self.read() as ops:

@@ -8,18 +8,19 @@
     governed.receipt_ids_of(result)            # the run's receipt ids, in order
 
 Built on public seams only: each run gets pydantic-ai's non-deprecated ``PrefectDurability``
-capability (model requests, tool calls and MCP calls become Prefect tasks) plus the engine-neutral
-:class:`chio_durable.agent.ChioGovernance` (every call evaluated first). Durability capabilities
-are ordered innermost, so governance runs *before* the durable dispatch, inline in the flow, on
-every attempt, never inside a cached task.
+capability (model requests, tool calls and MCP calls become Prefect tasks; an agent built with its
+own ``PrefectDurability`` keeps it) plus :class:`chio_prefect._governance.PrefectGovernance`, the
+engine-neutral ``ChioGovernance`` whose kernel evaluation is a cached Prefect task of the flow run.
+Durability capabilities are ordered innermost, so every call is evaluated *before* its durable
+dispatch; a retried attempt of the flow run gets its recorded decisions back without asking the
+kernel again, a new flow run asks afresh (docs/prefect_agent.md).
 
 **Cache keys carry the receipt id.** Every guarded task (model request, function-tool call, MCP
 call, MCP tool listing) gets the receipt id of its evaluation into its Prefect cache key (a
 :class:`ReceiptIdCachePolicy` added to the task's cache policy reads it from
-:func:`chio_durable.agent.current_receipt_id`). So: a flow retry re-evaluates with the same
-idempotency keys, gets the same receipts and hits the cache (no repeated model call, no second
-budget charge); a capability revoked between attempts yields a deny receipt and the cached result
-is never served; two runs with equal inputs get different receipts and never share a cache entry.
+:func:`chio_durable.agent.current_receipt_id`). So: a flow retry gets the same receipts back and
+hits the cache (no repeated model call, no second budget charge); two runs with equal inputs get
+different receipts and never share a cache entry.
 """
 
 from __future__ import annotations
@@ -55,7 +56,8 @@ from chio_durable.agent._mapping import GovernedCall
 from chio_durable._call import run_metadata
 from chio_prefect import decorators as _decorators
 from chio_prefect._artifact import collect_decision, flow_run_receipts_async
-from chio_prefect._approvals import agent_approval_waiter
+from chio_prefect._approvals import waking_approval_waiter
+from chio_prefect._governance import PrefectGovernance
 from chio_prefect.errors import ChioPermissionError, ChioPrefectError, ChioRequestRejected
 from chio_prefect._task_link import emit_or_hold, held_receipt_events
 from chio_prefect._budgets import release_flow_run_holds, with_release_hooks
@@ -212,6 +214,37 @@ def _unwrap_prefect_agent(
     return agent.wrapped, options
 
 
+def _prefect_governance(agent_name: str, **options: Any) -> PrefectGovernance:
+    """The agent's governance: Prefect run identity, metadata, events, errors and approval waits.
+
+    A tool call waiting for a person pauses the flow run and registers a wake with the kernel, so
+    the person's answer there resumes it (``chio_prefect._approvals``, ``chio_prefect._wake``).
+    """
+    governance = PrefectGovernance(
+        agent_name=agent_name,
+        run_identity=prefect_run_identity,
+        run_metadata=prefect_run_metadata,
+        on_evaluation=emit_agent_receipt,
+        deny_error=_prefect_deny_error,
+        permission_error_class=ChioPermissionError,
+        rejected_error=_prefect_rejected_error,
+        **options,
+    )
+    governance.approval_waiter = waking_approval_waiter(governance)
+    return governance
+
+
+def _check_no_prefect_options(**options: Any) -> None:
+    """Refuse Prefect options for an agent that carries its own ``PrefectDurability`` (they would be ignored)."""
+    given = sorted(name for name, value in options.items() if value is not None)
+    if given:
+        raise UserError(
+            f"this agent already has a PrefectDurability capability, which holds its Prefect options; "
+            f"{', '.join(given)} would be ignored. Pass them to PrefectDurability(...) when building the Agent, "
+            "or build the Agent without it and pass them to ChioPrefectAgent."
+        )
+
+
 @refuse_realtime(REALTIME_REFUSED)
 class ChioPrefectAgent(WrapperAgent[AgentDepsT, OutputDataT]):
     """A Pydantic AI agent made durable on Prefect and governed by Chio.
@@ -221,8 +254,10 @@ class ChioPrefectAgent(WrapperAgent[AgentDepsT, OutputDataT]):
     is a ``ChioPrefectAgent[None, Order]`` and ``(await governed.run(...)).output`` is an ``Order``.
 
     Args:
-        wrapped: A plain ``Agent`` (without a durability capability), or an existing ``PrefectAgent``
-            (its agent and Prefect options are reused).
+        wrapped: A plain ``Agent`` (``PrefectDurability`` is added, its task cache keys carrying the
+            receipt id), an ``Agent`` built with ``PrefectDurability`` (kept as built: its task configs
+            are its own, so the Prefect options below must not be given), or an existing
+            ``PrefectAgent`` (its agent and Prefect options are reused).
         capability_id: The Chio capability every call of every run is evaluated against.
         chio_client: ``LocalChioClient``, ``chio_sdk.ChioClient`` (sidecar) or a ``chio_sdk.testing`` mock.
         mapper: Call mapping (see :class:`chio_durable.agent.CallMapper`).
@@ -283,11 +318,12 @@ class ChioPrefectAgent(WrapperAgent[AgentDepsT, OutputDataT]):
             raise TypeError(
                 f"ChioPrefectAgent wraps a pydantic_ai Agent (or PrefectAgent), got {type(wrapped).__name__}"
             )
-        if PrefectDurability.from_agent(wrapped) is not None:
-            raise UserError(
-                "this agent already has a PrefectDurability capability; ChioPrefectAgent adds its own "
-                "(so the receipt id can join every task's cache key). Build the Agent without it and pass "
-                "its options (model_task_config=..., mcp_task_config=..., ...) to ChioPrefectAgent."
+        own_durability = PrefectDurability.from_agent(wrapped)
+        if own_durability is not None:
+            _check_no_prefect_options(
+                models=models, event_stream_handler=event_stream_handler, model_task_config=model_task_config,
+                mcp_task_config=mcp_task_config, tool_task_config=tool_task_config,
+                event_stream_handler_task_config=event_stream_handler_task_config,
             )
         super().__init__(wrapped)
         self._agent_name = name or wrapped.name
@@ -296,22 +332,13 @@ class ChioPrefectAgent(WrapperAgent[AgentDepsT, OutputDataT]):
                 "ChioPrefectAgent needs a unique agent name for its Prefect flows and tasks: "
                 "Agent(..., name='researcher') or ChioPrefectAgent(agent, name='researcher', ...)"
             )
-        self.governance = ChioGovernance(
-            capability_id=capability_id,
-            chio_client=chio_client,
-            mapper=mapper,
-            on_deny=on_deny,
-            run_identity=prefect_run_identity,
-            run_metadata=prefect_run_metadata,
-            on_evaluation=emit_agent_receipt,
-            deny_error=_prefect_deny_error,
-            permission_error_class=ChioPermissionError,
-            rejected_error=_prefect_rejected_error,
-            model_prices=model_prices,
+        self.governance = _prefect_governance(
+            self._agent_name, capability_id=capability_id, chio_client=chio_client, mapper=mapper,
+            on_deny=on_deny, model_prices=model_prices,
         )
-        # a tool call waiting for a person pauses the flow run (chio_prefect._approvals)
-        self.governance.approval_waiter = agent_approval_waiter
-        self.durability: PrefectDurability[Any] = PrefectDurability(
+        # An agent built with PrefectDurability keeps it (its task configs, as built); else we add ours,
+        # each task config's cache policy carrying the receipt id.
+        self.durability: PrefectDurability[Any] | None = None if own_durability is not None else PrefectDurability(
             models=models,
             event_stream_handler=event_stream_handler,
             name=self._agent_name,
@@ -351,7 +378,8 @@ class ChioPrefectAgent(WrapperAgent[AgentDepsT, OutputDataT]):
     # --- runs ----------------------------------------------------------------------------------
 
     def _run_capabilities(self) -> list[AbstractCapability[Any]]:
-        return [*self._tool_metadata, self.governance, self.durability]
+        durability = [self.durability] if self.durability is not None else []
+        return [*self._tool_metadata, self.governance, *durability]
 
     @asynccontextmanager
     async def iter(

@@ -20,6 +20,7 @@ that an approval is a kernel resolution bound to the call's parameters, principa
 
 from __future__ import annotations
 
+import logging
 import math
 import time
 from collections.abc import Awaitable, Callable
@@ -28,8 +29,14 @@ from typing import Any, Literal
 
 from chio_durable._approval import PendingApproval, pending_approval
 from chio_durable._decision import Evaluation
+from chio_durable.agent._approvals import ApprovalWaiter
 
-__all__ = ["APPROVAL_POLL_INTERVAL", "ApprovalInput", "deny_by_person", "pause_key", "wait_for_approval", "wait_for_approval_sync"]
+log = logging.getLogger("chio_prefect.approvals")
+
+__all__ = [
+    "APPROVAL_POLL_INTERVAL", "ApprovalInput", "deny_by_person", "pause_key", "register_flow_run_wake",
+    "wait_for_approval", "wait_for_approval_sync", "waking_approval_waiter",
+]
 
 APPROVAL_POLL_INTERVAL = 2
 """Seconds between the paused task's checks whether the flow run was resumed."""
@@ -133,14 +140,18 @@ async def wait_for_approval(
     label: str,
     reevaluate: Callable[[str], Awaitable[Evaluation]],
     observe: Callable[[Evaluation], None],
+    before_pause: Callable[[PendingApproval], Awaitable[None]] | None = None,
 ) -> Evaluation:
-    """:func:`wait_for_approval_sync` for async tasks (``apause_flow_run``)."""
+    """:func:`wait_for_approval_sync` for async tasks (``apause_flow_run``); ``before_pause`` runs
+    before each pause (the agent registers the wake that lets the kernel's answer resume the run)."""
     from prefect.exceptions import FlowPauseTimeout
     from prefect.flow_runs import apause_flow_run
 
     attempt = 0
     while (pending := pending_approval(evaluation)) is not None:
         attempt += 1
+        if before_pause is not None:
+            await before_pause(pending)
         try:
             answer = await apause_flow_run(**_pause_args(pending, label, attempt))
         except FlowPauseTimeout:
@@ -158,6 +169,56 @@ async def wait_for_approval(
 async def agent_approval_waiter(
     evaluation: Evaluation, label: str, reevaluate: Callable[[str], Awaitable[Evaluation]]
 ) -> Evaluation:
-    """``ChioGovernance.approval_waiter`` of ``ChioPrefectAgent``: a pending tool call pauses the
-    agent's flow run (as ``@chio_task`` does); every re-evaluation is recorded by the governance."""
+    """A pending tool call pauses the agent's flow run (as ``@chio_task`` does), without a wake."""
     return await wait_for_approval(evaluation, label=label, reevaluate=reevaluate, observe=lambda _: None)
+
+
+def waking_approval_waiter(governance: Any) -> ApprovalWaiter:
+    """``ChioGovernance.approval_waiter`` of ``ChioPrefectAgent``: pause the flow run, and register a
+    wake with the kernel first, so the person's answer in the kernel alone resumes the run.
+
+    Args:
+        governance: The ``ChioGovernance`` whose kernel transport registers the wake (read at each pause).
+
+    Returns:
+        The waiter; every re-evaluation under the approval is recorded by the governance.
+    """
+
+    async def register_wake(pending: PendingApproval) -> None:
+        await register_flow_run_wake(governance.transport, pending.approval_id)
+
+    async def waiter(
+        evaluation: Evaluation, label: str, reevaluate: Callable[[str], Awaitable[Evaluation]]
+    ) -> Evaluation:
+        return await wait_for_approval(
+            evaluation, label=label, reevaluate=reevaluate, observe=lambda _: None, before_pause=register_wake
+        )
+
+    return waiter
+
+
+async def register_flow_run_wake(transport: Any, approval_id: str) -> bool:
+    """Register the current flow run's wake on ``approval_id`` (:func:`chio_prefect._wake.wake_fields`).
+
+    Never raises: without a wake the run still resumes from the Prefect UI, or re-asks the kernel
+    when its pause times out. Returns whether the kernel took the wake.
+    """
+    from prefect.context import FlowRunContext
+    from prefect.settings import PREFECT_API_URL
+
+    from chio_prefect._wake import wake_fields
+
+    context = FlowRunContext.get()
+    if context is None or context.flow_run is None:
+        return False
+    fields = wake_fields(context.flow_run.id, PREFECT_API_URL.value() or None)
+    try:
+        registered = bool(await transport.register_approval_wake(approval_id, fields))
+    except Exception:  # noqa: BLE001 - the wake is a convenience; the pause and the kernel decide
+        log.warning("chio: could not register the wake of approval %s; resume the flow run from the "
+                    "Prefect UI after answering", approval_id, exc_info=True)
+        return False
+    if not registered:
+        log.warning("chio: this kernel client cannot register wakes; after answering approval %s, resume "
+                    "flow run %s from the Prefect UI", approval_id, context.flow_run.id)
+    return registered

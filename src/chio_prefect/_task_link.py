@@ -10,7 +10,15 @@ The receipt in force (``chio_durable._scope.current_receipt_id``, set around the
 names the held event, which is then emitted with the task run as its resource and the flow run as
 a related resource — the same shape as ``@chio_task``'s events.
 
-Exactly one event per decision: a held event is taken once (a task retry in the same task run finds
+Exactly one event per decision (one receipt, one event), also when the decision is replayed: a
+retried attempt of the flow run gets its recorded decisions back from the cached evaluation tasks
+(``chio_prefect._governance``), and the agent observes them again. Such a replayed decision is NOT
+mirrored again: a receipt already mirrored in this process is skipped (:func:`emit_or_hold`), and a
+retry in another process sends an event with the same receipt-derived id, which Prefect's server
+stores once (``chio_prefect.events.ReceiptEvent.event_id``). So the event is emitted on the fresh
+evaluation, linked to the task run of the attempt that first ran the call.
+
+Within one attempt: a held event is taken once (a task retry in the same task run finds
 nothing left). Whatever no task run took — a tool run without a task (``prefect=False``), a task
 whose config turned caching off, a call that failed before its task started — is emitted, linked to
 the flow run only, when the agent run ends, also when it fails. Denies (no task run ever runs) and
@@ -21,6 +29,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections import OrderedDict
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from contextvars import ContextVar
@@ -67,6 +76,27 @@ class _Held:
             return left
 
 
+class _Mirrored:
+    """The receipt ids this process mirrored as agent events lately (bounded, oldest forgotten first)."""
+
+    def __init__(self, limit: int = 65536) -> None:
+        self.lock = threading.Lock()
+        self.limit = limit
+        self.ids: OrderedDict[str, None] = OrderedDict()
+
+    def first_time(self, receipt_id: str) -> bool:
+        """True the first time ``receipt_id`` is seen (and remember it), False after."""
+        with self.lock:
+            if receipt_id in self.ids:
+                return False
+            self.ids[receipt_id] = None
+            while len(self.ids) > self.limit:
+                self.ids.popitem(last=False)
+            return True
+
+
+_MIRRORED = _Mirrored()
+
 _HELD: ContextVar[_Held | None] = ContextVar("chio_prefect.held_receipt_events", default=None)
 
 
@@ -83,15 +113,17 @@ async def held_receipt_events() -> AsyncIterator[None]:
     finally:
         _HELD.reset(token)
         for decision in held.take_all():  # nothing is lost: linked to the flow run only
-            write_receipt_event(decision)
+            write_receipt_event(decision, stable_id=True)
 
 
 def emit_or_hold(decision: Decision) -> None:
     """Emit ``decision``'s receipt event now, or hold it for the task run that will execute the call."""
     held = _HELD.get()
     receipt_id = decision.receipt_id
+    if receipt_id is not None and not _MIRRORED.first_time(receipt_id):
+        return  # a replayed decision (retried attempt, idempotent re-ask): mirrored already
     if held is None or not decision.allowed or receipt_id is None or decision.call.kind not in TASK_KINDS:
-        write_receipt_event(decision)
+        write_receipt_event(decision, stable_id=True)
         return
     held.add(receipt_id, decision)
 
@@ -112,4 +144,4 @@ def emit_in_task_run(task_ctx: Any) -> None:
         decision = replace(decision, where=where)
     except Exception:  # noqa: BLE001 - no task run to read: still emit, linked to the flow run
         log.exception("chio: could not read the task run for receipt %s", receipt_id)
-    write_receipt_event(decision)
+    write_receipt_event(decision, stable_id=True)

@@ -17,6 +17,11 @@ A denial decided before evaluation (the flow-scope envelope, a missing ``capabil
 and chained by the kernel too and emitted with that receipt id; only with a mock or a stock
 ``ChioClient`` (nothing to record it in) is ``receipt_id`` null, so every decision is on the timeline.
 
+``ChioPrefectAgent``'s events carry a Prefect event id derived from the receipt id
+(:meth:`ReceiptEvent.event_id`), and Prefect's server stores an event id once, so mirroring the same
+agent decision again (a crashed run restarted in another process) adds no second event. ``@chio_task``
+events keep random ids: each attempt of a task run mirrors its receipt.
+
 Delivery: if the event cannot be handed to Prefect's events worker (no events backend configured,
 the worker refuses it, ``emit_event`` raises), the full payload is logged at WARNING on the
 ``chio_prefect.events`` logger — a receipt is never dropped silently. (Once handed over, delivery to
@@ -29,8 +34,9 @@ from __future__ import annotations
 import datetime as _dt
 import json
 import logging
+import uuid
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -59,6 +65,9 @@ EVENT_DENY = DENY_EVENT
 """Upstream chio-prefect 0.1.0's name of :data:`DENY_EVENT` (same value)."""
 
 logger = logging.getLogger("chio_prefect.events")
+
+_EVENT_NAMESPACE = uuid.UUID("6c1f3b8e-2f0c-5a7e-9d3a-0c5f1e2b7a41")
+"""Namespace of the receipt-derived Prefect event ids (:meth:`ReceiptEvent.event_id`)."""
 
 
 def iso_timestamp(unix_seconds: float | None = None) -> str:
@@ -90,10 +99,22 @@ class ReceiptEvent:
     flow_run_id: str | None = None
     flow_run_name: str | None = None
     extra: Mapping[str, Any] | None = None  # merged into the payload last (upstream's ``extra=``)
+    stable_id: bool = False  # the Prefect event id derives from the receipt (agent decisions)
 
     @property
     def name(self) -> str:
         return ALLOW_EVENT if self.allowed else DENY_EVENT
+
+    def event_id(self) -> uuid.UUID | None:
+        """The Prefect event id: derived from the receipt when ``stable_id`` (one decision, one event
+        id: ``ChioPrefectAgent``'s events), else ``None`` (Prefect picks a random one).
+
+        Prefect's server stores an event id once, so a decision mirrored again (a retried attempt in
+        another process, an idempotent re-evaluation) does not add a second event to the timeline.
+        """
+        if not self.stable_id or self.receipt_id is None:
+            return None
+        return uuid.uuid5(_EVENT_NAMESPACE, f"{self.name}:{self.receipt_id}")
 
     @classmethod
     def from_decision(cls, decision: Decision) -> ReceiptEvent:
@@ -161,9 +182,13 @@ class ReceiptEvent:
         return [related]
 
 
-def write_receipt_event(decision: Decision) -> Any | None:
-    """The Prefect event writer, a decision observer: mirror ``decision`` as a receipt event."""
-    return emit_receipt_event(ReceiptEvent.from_decision(decision))
+def write_receipt_event(decision: Decision, *, stable_id: bool = False) -> Any | None:
+    """The Prefect event writer, a decision observer: mirror ``decision`` as a receipt event
+    (with a receipt-derived event id when ``stable_id``: see :meth:`ReceiptEvent.event_id`)."""
+    event = ReceiptEvent.from_decision(decision)
+    if stable_id:
+        event = replace(event, stable_id=True)
+    return emit_receipt_event(event)
 
 
 def emit_receipt_event(event: ReceiptEvent) -> Any | None:
@@ -186,6 +211,7 @@ def emit_receipt_event(event: ReceiptEvent) -> Any | None:
             resource=event.resource(),
             related=event.related(),
             payload=event.payload(),
+            id=event.event_id(),
         )
     except Exception as err:  # noqa: BLE001 - the mirror must never break the governed call
         _log_undelivered(event, f"{type(err).__name__}: {err}")

@@ -1,4 +1,6 @@
-"""Run the installed ``chio-durable`` CLI as a user does (a subprocess), for the tests/kernel CLI tests."""
+"""Run the ``chio-durable`` CLI for the tests: in this process by default (``run_cli``), or as a user
+does, the installed script in a subprocess (``run_cli_process``, ``popen_cli``). Both see the same
+environment (``cli_env``) and answer ``.returncode``, ``.stdout``, ``.stderr``."""
 
 from __future__ import annotations
 
@@ -8,7 +10,9 @@ import sys
 from pathlib import Path
 from typing import Any
 
-__all__ = ["cli_cmd", "cli_env", "run_cli"]
+from cli_inprocess import run_cli_in_process
+
+__all__ = ["cli_cmd", "cli_env", "popen_cli", "run_cli", "run_cli_process"]
 
 
 def cli_cmd() -> list[str]:
@@ -25,6 +29,13 @@ def cli_env(**extra: str) -> dict[str, str]:
 
 
 def run_cli(*args: str, timeout: float = 120, **env: str) -> subprocess.CompletedProcess[str]:
+    """The CLI app in this process (typer's CliRunner), with the environment a subprocess would get.
+    ``timeout`` is kept for the signature of ``run_cli_process``; an in-process call has none."""
+    return run_cli_in_process(args, cli_env(**env))
+
+
+def run_cli_process(*args: str, timeout: float = 120, **env: str) -> subprocess.CompletedProcess[str]:
+    """The installed `chio-durable` script, in a subprocess."""
     return subprocess.run([*cli_cmd(), *args], capture_output=True, text=True, timeout=timeout, env=cli_env(**env))
 
 

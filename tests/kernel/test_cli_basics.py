@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 
 from chio_kernel import Kernel
 from chio_kernel.cli import CliError, app, parse_grant
-from cli_run import run_cli
+from cli_run import run_cli, run_cli_process
 
 
 def test_version_prints_the_installed_distribution_version() -> None:
@@ -21,7 +21,7 @@ def test_version_prints_the_installed_distribution_version() -> None:
     assert r.exit_code == 0, r.output
     assert r.output.strip() == f"chio-durable {importlib.metadata.version('chio-durable')}"
     # the real command, as installed
-    p = run_cli("--version")
+    p = run_cli_process("--version")
     assert p.returncode == 0 and p.stdout.strip() == r.output.strip()
 
 

@@ -231,7 +231,7 @@ def test_keys_remembered_before_the_key_rule_still_answer(kernel: Kernel) -> Non
     cap = kernel.create_capability("agent:a", scope(budget(100)), 3600).id
     old = call(kernel, cap, 10)
     seq = kernel.list_receipts_with_seq()[-1][0]
-    req = kernel._prepare(cap, "model", "gpt", {"n": 0}, "old-key", usd(10), "Invoke")
+    req = kernel._evaluation.prepare(cap, "model", "gpt", {"n": 0}, "old-key", usd(10), "Invoke")
     with kernel._store.write() as st:
         st.remember_idempotency(req.idem_hash, seq)
     assert call(kernel, cap, 10, key="old-key").id == old.id

@@ -84,14 +84,14 @@ def test_a_failing_call_in_a_batch_reaches_only_its_caller(kernel: Kernel, monke
     # transaction each, so the others still get committed receipts and the chain has no gap.
     client = LocalChioClient(kernel=kernel)
     token = kernel.create_capability("agent:a", scope(grant()), 3600)
-    real = kernel._evaluate_in
+    real = kernel._evaluation.evaluate_in
 
     def flaky(st, req):  # type: ignore[no-untyped-def]
         if req.params.get("boom"):
             raise OSError("disk full (simulated)")
         return real(st, req)
 
-    monkeypatch.setattr(kernel, "_evaluate_in", flaky)
+    monkeypatch.setattr(kernel._evaluation, "evaluate_in", flaky)
 
     async def main() -> list[object]:
         return await asyncio.gather(*(

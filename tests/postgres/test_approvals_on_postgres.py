@@ -70,3 +70,33 @@ def test_one_resolution_and_one_use_across_two_kernels(pg_dsn: str, tmp_path: Pa
     finally:
         a.close()
         b.close()
+
+
+def test_a_wake_registered_on_one_kernel_is_woken_by_the_other(pg_dsn: str, tmp_path: Path) -> None:
+    """The wakes live in the shared store: a run registers through host A, a person answers on host B,
+    B calls the waker once; identical wakes are stored once (docs/approvals.md, "Waking the run")."""
+    from chio_kernel._wakers import register_waker, unregister_waker
+
+    calls: list[dict[str, object]] = []
+    register_waker("pgtest", lambda wake, outcome: (calls.append({**wake, **outcome}), "woke pg run")[1])
+    a = Kernel(tmp_path / "host-a", store=pg_dsn)
+    b = Kernel(tmp_path / "host-b", store=pg_dsn)
+    try:
+        cap = a.create_capability("agent:refunds", SCOPE).id
+        pending = a.evaluate(cap, "shop", "refund", PARAMS, idempotency_key="wake-1:0", cost=COST)
+        aid = pending.metadata["pending_approval"]["approval_id"]  # type: ignore[index]
+        big = {"engine": "pgtest", "run": "r-1", "blob": "x" * 4000}  # near the 4 KiB limit: still unique-indexed
+        assert a.register_approval_wake(aid, big)["woken"] == []
+        assert b.register_approval_wake(aid, dict(big))["status"] == "pending"  # the same wake, once
+        with a._read() as st:
+            assert len(st.approval_wakes(aid)) == 1
+        receipt = b.respond_approval(aid, "approved", "ok")
+        assert b.last_wake_report(aid) == [{"engine": "pgtest", "ok": True, "message": "woke pg run"}]
+        assert [(c["run"], c["status"], c["resolution_receipt_id"]) for c in calls] == [("r-1", "approved", receipt.id)]
+        late = a.register_approval_wake(aid, {"engine": "pgtest", "run": "r-2"})  # after the answer: at once
+        assert late["status"] == "approved" and late["woken"][0]["ok"] is True
+        assert [c["run"] for c in calls] == ["r-1", "r-2"]
+    finally:
+        unregister_waker("pgtest")
+        a.close()
+        b.close()

@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 from chio_sdk.models import ChioScope, Operation, ToolGrant
+from cli_inprocess import run_cli_in_process
 from pg_cluster import DRIVER_HINT
 
 psycopg = pytest.importorskip("psycopg", reason=DRIVER_HINT)
@@ -36,8 +37,7 @@ def _env() -> dict[str, str]:
 
 
 def _ids(*args: str) -> list[str]:
-    r = subprocess.run([*CLI, "receipts", "list", "--json", *args], capture_output=True, text=True, timeout=120,
-                       env=_env())
+    r = run_cli_in_process(["receipts", "list", "--json", *args], _env())
     assert r.returncode == 0, r.stderr
     return [x["id"] for x in json.loads(r.stdout)]
 
@@ -81,8 +81,7 @@ def test_receipts_list_filters_and_tail_on_postgres(pg_dsn: str, tmp_path: Path)
     assert _ids("--flow-run", "fr-1", *d) == [ids[4]]
     assert _ids("--workflow-id", "order-7", *d) == [ids[5]]
     assert _ids("--since", "2027-01-15T10:00:00Z", *d) == [ids[3], ids[2]]
-    unknown = subprocess.run([*CLI, "receipts", "list", "--capability", "cap-nope", *d], capture_output=True,
-                             text=True, timeout=120, env=_env())
+    unknown = run_cli_in_process(["receipts", "list", "--capability", "cap-nope", *d], _env())
     assert unknown.returncode == 1 and "no capability 'cap-nope'" in unknown.stderr
 
     tail = subprocess.Popen([*CLI, "receipts", "tail", "--json", "--interval", "0.1", "--count", "1",

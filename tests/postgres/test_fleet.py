@@ -12,6 +12,7 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 from chio_sdk.models import ChioScope, MonetaryAmount, Operation, ToolGrant
 
 from chio_kernel import Kernel
@@ -66,6 +67,7 @@ import time; time.sleep(600)
     proc.wait(timeout=60)
 
 
+@pytest.mark.slow
 def test_two_hosts_four_processes_each_share_one_chain_with_exact_budgets(pg_dsn: str, tmp_path: Path) -> None:
     host_a, host_b = tmp_path / "host-a", tmp_path / "host-b"
     kernel_a = Kernel(host_a, store=pg_dsn)

@@ -11,6 +11,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from chio_sdk.models import ChioScope, MonetaryAmount, Operation, ToolGrant
 
 from chio_kernel import Kernel
@@ -48,6 +49,7 @@ with open(out, "w") as fh:
 """
 
 
+@pytest.mark.slow
 def test_holds_stay_exact_across_processes_on_one_postgres_store(pg_dsn: str, tmp_path: Path) -> None:
     usd = MonetaryAmount(units=TOTAL, currency="USD")
     scope = ChioScope(grants=[ToolGrant(server_id="model", tool_name="*", operations=[Operation.INVOKE],

@@ -15,6 +15,7 @@ import httpx
 import pytest
 from chio_sdk.client import ChioClient
 from chio_sdk.models import ChioScope, Operation, ToolGrant
+from cli_inprocess import run_cli_in_process
 from pg_cluster import DRIVER_HINT
 
 psycopg = pytest.importorskip("psycopg", reason=DRIVER_HINT)
@@ -31,8 +32,8 @@ def _scope(**limits: object) -> ChioScope:
 
 
 def _cli(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([*CLI, *args], capture_output=True, text=True, timeout=120,
-                          env={"PATH": "/usr/bin:/bin", "COLUMNS": "200", "HOME": str(Path.home())})
+    """The CLI app in this process, in the environment a subprocess of it would get."""
+    return run_cli_in_process(args, {"PATH": "/usr/bin:/bin", "COLUMNS": "200", "HOME": str(Path.home())})
 
 
 def test_store_is_chosen_by_argument_or_environment(pg_dsn: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -250,21 +251,19 @@ def test_cli_sidecar_store_option(pg_dsn: str, tmp_path: Path) -> None:
         proc.wait(timeout=30)
 
 
-def test_the_fleet_kernel_hooks_still_exist_on_kernel(pg_dsn: str, tmp_path: Path) -> None:
-    """PostgresKernel extends these Kernel / Capabilities internals; if a refactor moves one, say so
-    loudly here (an override nobody calls would silently stop checking retired keys)."""
-    import inspect
+def test_the_fleet_trust_is_handed_to_the_services(pg_dsn: str, tmp_path: Path) -> None:
+    """The fleet's trust (every registered key, no retired signer) is what the capability service and
+    the evaluation ask; if a refactor stops handing it over, say so loudly here (a retired key would
+    silently stop being refused). Kernel(store=...) is a plain Kernel: no subclass is chosen."""
+    from chio_kernel._fleet import FleetKeys, FleetTrust
 
-    from chio_kernel._capabilities import Capabilities
-    from chio_kernel._fleet import PostgresKernel, _FleetCapabilities
-
-    for name in ("_evaluate_in", "_verify_receipt_dict", "validate_capability", "health"):
-        assert name in vars(Kernel), f"Kernel.{name} is gone: update chio_kernel._fleet.PostgresKernel"
-        assert name in vars(PostgresKernel)
-    assert "_static_check" in vars(Capabilities) and "_static_check" in vars(_FleetCapabilities)
-    assert "self._load_cap(st" in inspect.getsource(Kernel._evaluate_in)  # loaded inside the transaction
-    assert "self._static_check(" in inspect.getsource(Capabilities._make_cap)
     kernel = Kernel(tmp_path / "a", store=pg_dsn)
-    assert isinstance(kernel, PostgresKernel) and isinstance(kernel._capabilities, _FleetCapabilities)
-    assert kernel._caps is kernel._capabilities._caps
+    assert type(kernel) is Kernel
+    assert isinstance(kernel._trust, FleetTrust) and isinstance(kernel._fleet, FleetKeys)
+    assert kernel._capabilities._trust is kernel._trust and kernel._evaluation._trust is kernel._trust
+    assert kernel._caps is kernel._capabilities.cache
+    assert hasattr(kernel, "registered_keys") and hasattr(kernel, "check_key_active")
     kernel.close()
+    lone = Kernel(tmp_path / "b", store="sqlite")
+    assert not hasattr(lone, "registered_keys") and not hasattr(lone, "store")  # the CLI / sidecar ask so
+    lone.close()

@@ -185,7 +185,7 @@ def test_flow_retry_replays_cached_model_calls_with_the_same_receipts(chio: Loca
     assert ids == stored_ids(chio, cap) and len(ids) == 3
 
 
-def test_capability_revoked_between_attempts_is_denied_and_nothing_is_served_from_cache(
+def test_capability_revoked_between_attempts_stops_the_next_new_decision_and_every_new_flow_run(
     chio: LocalChioClient,
 ) -> None:
     cap = issue(chio, "cap-pa-revoke", grant("model"), grant("researcher", "search"))
@@ -200,10 +200,20 @@ def test_capability_revoked_between_attempts_is_denied_and_nothing_is_served_fro
 
     assert isinstance(info.value.__cause__, ChioPrefectError)
     assert info.value.__cause__.guard == "revocation"
-    assert script.model_calls == 1  # the cached response of attempt 1 was not served on attempt 2
-    assert script.tool_calls == 1
+    # The retried attempt replays the decisions its flow run recorded (the evaluation tasks are
+    # cached per flow run): the first model response is served from the cache and the tool call,
+    # allowed before the revocation, runs again under its receipt. The next NEW decision (the second
+    # model request) is asked of the kernel and denied: that model call never runs.
+    assert script.model_calls == 1
+    assert script.tool_calls == 2
     receipts = chio.kernel.list_receipts(capability_id=cap)
     assert [r.decision.is_allowed for r in receipts] == [True, True, False]
+
+    # A new flow run asks the kernel afresh: denied at its first call, nothing runs.
+    with pytest.raises(PermissionError):
+        governed.run_sync("find durable agents")
+    assert (script.model_calls, script.tool_calls) == (1, 2)
+    assert [r.decision.is_allowed for r in chio.kernel.list_receipts(capability_id=cap)] == [True, True, False, False]
 
 
 def _no_run_id_policy() -> TaskConfig:
@@ -328,15 +338,40 @@ def test_wrong_arguments_say_what_to_pass(chio: LocalChioClient) -> None:
 
     with pytest.raises(UserError, match="name="):
         ChioPrefectAgent(Agent(FunctionModel(Script().model)), capability_id="cap", chio_client=chio)
-    with pytest.raises(UserError, match="PrefectDurability"):
+    with pytest.raises(UserError, match="model_task_config would be ignored"):
         ChioPrefectAgent(
             Agent(FunctionModel(Script().model), name="x", capabilities=[PrefectDurability()]),
-            capability_id="cap", chio_client=chio,
+            capability_id="cap", chio_client=chio, model_task_config=TaskConfig(retries=2),
         )
     with pytest.raises(TypeError, match="pydantic_ai Agent"):
         ChioPrefectAgent("researcher", capability_id="cap", chio_client=chio)  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="capability_id"):
         ChioPrefectAgent(Script().agent(), capability_id="", chio_client=chio)
+
+
+def test_an_agent_built_with_prefect_durability_is_governed_and_its_retry_replays_the_decisions(
+    chio: LocalChioClient,
+) -> None:
+    # max_invocations=1 on the tool: a second charge would be a deny.
+    cap = issue(chio, "cap-pa-own-durability", grant("model"), grant("researcher", "search", max_invocations=1))
+    script = Script(fail_first_tool_call=True)
+    agent = Agent(
+        FunctionModel(script.model), name="researcher", tools=[script.search],
+        capabilities=[PrefectDurability(tool_task_config=TaskConfig(retries=0))],
+    )
+    governed = ChioPrefectAgent(
+        agent, capability_id=cap, chio_client=chio, flow_options={"retries": 1, "retry_delay_seconds": 0}
+    )
+    assert governed.durability is None  # the agent's own PrefectDurability runs the tasks
+
+    result = governed.run_sync("find durable agents")
+
+    assert result.output == "answer: 3 results for durable agents"
+    assert (script.model_calls, script.tool_calls) == (2, 2)  # the first model response came from the cache
+    ids = governed.receipt_ids_of(result)
+    assert ids == stored_ids(chio, cap) and len(ids) == 3
+    receipts = chio.kernel.list_receipts(capability_id=cap)
+    assert all(r.decision.is_allowed for r in receipts)
 
 
 async def test_unreachable_sidecar_fails_closed(chio: LocalChioClient) -> None:

@@ -17,7 +17,7 @@ from chio_sdk.client import ChioClient
 from chio_sdk.models import ChioScope, Operation, ToolGrant
 
 from chio_kernel import Kernel, LocalChioClient
-from chio_prefect import decorators as chio_decorators
+from chio_prefect import _clients as chio_clients
 
 # --- the seed's quickstart scope, and stand-ins for the names the samples leave undefined --------
 
@@ -252,13 +252,13 @@ def test_quickstart_verbatim_against_the_sidecar(
     provision(Kernel(chio_home))  # same store as the sidecar's
     # The quickstart passes no client: tasks use ChioClient(DEFAULT_SIDECAR_URL). Point that
     # default at the test sidecar (9090 may be taken on a shared machine); nothing else changes.
-    monkeypatch.setattr(chio_decorators, "DEFAULT_SIDECAR_URL", sidecar_url)
+    monkeypatch.setattr(chio_clients, "DEFAULT_SIDECAR_URL", sidecar_url)
     search = _ExternalSearch()
     research_pipeline = _quickstart(search, _Analyzer())
 
     assert research_pipeline("capability-based security")["count"] == 2
     assert search.queries == ["capability-based security"]
-    client = chio_decorators._client_for_url(sidecar_url)
+    client = chio_clients.client_for_url(sidecar_url)
     # a real chio_sdk ChioClient did the talking: our SidecarClient subclass, which sends idempotency keys
     assert isinstance(client, ChioClient) and type(client).__name__ == "SidecarClient"
     receipts = Kernel(chio_home).list_receipts(capability_id="cap-research-pipeline")

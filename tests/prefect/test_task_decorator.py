@@ -281,7 +281,7 @@ def test_unreachable_kernel_is_retried_by_the_default_condition() -> None:
 
 
 def test_default_client_is_the_seed_sidecar_address() -> None:
-    from chio_prefect import decorators
+    from chio_prefect import _clients
 
     @chio_task(tool_server="srv", capability_id="cap-default-never-issued")
     def guarded() -> None:
@@ -296,7 +296,7 @@ def test_default_client_is_the_seed_sidecar_address() -> None:
     else:
         raise AssertionError("an unknown capability must never be allowed")
     # the call itself created the shared real client for the default address
-    shared = decorators._clients_by_url["http://127.0.0.1:9090"]
+    shared = _clients.clients_by_url["http://127.0.0.1:9090"]
     assert type(shared).__name__ == "SidecarClient" and shared.base_url == "http://127.0.0.1:9090"
 
 

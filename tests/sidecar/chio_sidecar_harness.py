@@ -1,4 +1,5 @@
-"""Helpers to run the real sidecar and CLI as subprocesses (imported by the sidecar tests)."""
+"""Helpers to run the real sidecar as a subprocess and the CLI in this process (``run_cli``) or as the
+installed script (``run_cli_process``); imported by the sidecar tests."""
 
 from __future__ import annotations
 
@@ -8,8 +9,9 @@ import sys
 from pathlib import Path
 
 from chio_kernel.testing import SidecarProcess, free_port
+from cli_inprocess import run_cli_in_process
 
-__all__ = ["Sidecar", "cli_cmd", "cli_env", "free_port", "run_cli"]
+__all__ = ["Sidecar", "cli_cmd", "cli_env", "free_port", "run_cli", "run_cli_process"]
 
 
 def cli_cmd() -> list[str]:
@@ -26,6 +28,13 @@ def cli_env(**extra: str) -> dict[str, str]:
 
 
 def run_cli(*args: str, timeout: float = 60, **env: str) -> subprocess.CompletedProcess[str]:
+    """The CLI app in this process (typer's CliRunner), with the environment a subprocess would get.
+    ``timeout`` is kept for the signature of ``run_cli_process``; an in-process call has none."""
+    return run_cli_in_process(args, cli_env(**env))
+
+
+def run_cli_process(*args: str, timeout: float = 60, **env: str) -> subprocess.CompletedProcess[str]:
+    """The installed `chio-durable` script, in a subprocess."""
     return subprocess.run(
         [*cli_cmd(), *args], capture_output=True, text=True, timeout=timeout, env=cli_env(**env)
     )

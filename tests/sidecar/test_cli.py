@@ -1,4 +1,5 @@
-"""The `chio-durable` CLI as a user runs it: subprocesses, `--json` parsed."""
+"""The `chio-durable` CLI as a user runs it, `--json` parsed: the app in this process (``run_cli``); the
+installed script for the demo and for a refusal (exit code and stderr of the real entry point)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ from pathlib import Path
 import pytest
 from chio_sdk.models import CapabilityToken, ChioReceipt
 
-from chio_sidecar_harness import run_cli
+from chio_sidecar_harness import run_cli, run_cli_process
 
 
 @pytest.fixture
@@ -115,13 +116,16 @@ def test_scope_file_with_a_misspelt_field_is_refused(home: Path, tmp_path: Path)
 
 
 def test_read_commands_refuse_a_missing_data_dir(tmp_path: Path) -> None:
-    r = run_cli("receipts", "list", "--data-dir", str(tmp_path / "typo"))
+    # the installed script: its exit code and its one stderr line, as a shell sees them
+    r = run_cli_process("receipts", "list", "--data-dir", str(tmp_path / "typo"))
     assert r.returncode != 0 and "no kernel data directory" in r.stderr
+    assert "Traceback" not in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
     assert not (tmp_path / "typo").exists()
 
 
+@pytest.mark.slow
 def test_demo_shows_allow_scope_deny_and_revocation_deny(tmp_path: Path) -> None:
-    r = run_cli("demo", "--data-dir", str(tmp_path / "demo"), timeout=180)
+    r = run_cli_process("demo", "--data-dir", str(tmp_path / "demo"), timeout=180)
     assert r.returncode == 0, r.stdout + r.stderr
     out = r.stdout
     assert "✓ allow" in out

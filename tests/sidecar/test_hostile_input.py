@@ -12,7 +12,7 @@ import pytest
 from chio_sdk import ChioClient
 from chio_sdk.models import ChioScope, Constraint, Operation, ToolGrant
 
-from chio_sidecar_harness import Sidecar, free_port, run_cli
+from chio_sidecar_harness import Sidecar, free_port, run_cli, run_cli_process
 
 
 @pytest.mark.parametrize("units", [2**64, 2**70, -1])
@@ -56,13 +56,15 @@ def test_missing_key_next_to_a_used_store_refuses_to_start(tmp_path: Path) -> No
     assert created.returncode == 0, created.stderr
     (home / "kernel.key").unlink()
     for args in (["sidecar", "--port", str(free_port())], ["receipts", "list"], ["capability", "list"]):
-        r = run_cli(*args, "--data-dir", str(home), timeout=60)
+        run = run_cli_process if args[0] == "sidecar" else run_cli  # a started sidecar serves: a subprocess
+        r = run(*args, "--data-dir", str(home), timeout=60)
         assert r.returncode == 1, (args, r.stdout, r.stderr)
         assert "kernel.key" in r.stderr and "Restore kernel.key from your backup" in r.stderr
         assert "--data-dir" in r.stderr and "Traceback" not in r.stderr
         assert not (home / "kernel.key").exists()
 
 
+@pytest.mark.slow
 async def test_slow_header_connections_are_closed_and_real_clients_served(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

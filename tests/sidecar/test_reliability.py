@@ -17,7 +17,7 @@ from chio_sdk.models import ChioReceipt, ChioScope, Operation, ToolGrant
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from chio_sidecar_harness import Sidecar, free_port, run_cli
+from chio_sidecar_harness import Sidecar, free_port, run_cli, run_cli_process
 
 
 def scope(max_invocations: int | None = None) -> dict[str, Any]:
@@ -53,6 +53,7 @@ async def test_eight_concurrent_clients_get_exactly_n_allows(sidecar: Sidecar) -
     assert len({r.id for r in results}) == 40
 
 
+@pytest.mark.slow
 async def test_sigkill_under_load_loses_no_receipt_and_tamper_is_named(tmp_path: Path) -> None:
     data_dir = tmp_path / "kernel"
     first = Sidecar(data_dir).start()
@@ -211,6 +212,7 @@ def hostile(draw: st.DrawFn, templates: dict[str, dict[str, Any]]) -> tuple[str,
     return path, text
 
 
+@pytest.mark.slow
 def test_a_thousand_hostile_bodies_get_only_4xx(sidecar: Sidecar, templates: dict[str, dict[str, Any]]) -> None:
     seen: dict[int, int] = {}
     with httpx.Client(base_url=sidecar.url, timeout=30) as http:
@@ -241,8 +243,9 @@ def test_a_thousand_hostile_bodies_get_only_4xx(sidecar: Sidecar, templates: dic
 
 
 def test_non_loopback_bind_without_token_refuses_to_start(tmp_path: Path) -> None:
-    r = run_cli("sidecar", "--host", "0.0.0.0", "--port", str(free_port()), "--data-dir", str(tmp_path / "k"),
-                timeout=30)
+    # the installed script: were the refusal gone, it would serve (a subprocess the timeout ends)
+    r = run_cli_process("sidecar", "--host", "0.0.0.0", "--port", str(free_port()),
+                        "--data-dir", str(tmp_path / "k"), timeout=30)
     assert r.returncode != 0
     assert "token" in r.stderr.lower() and "0.0.0.0" in r.stderr
     assert "Traceback" not in r.stderr
@@ -273,7 +276,7 @@ async def test_token_guards_every_request(tmp_path: Path) -> None:
 
 
 def test_taken_port_is_one_clear_error(sidecar: Sidecar, tmp_path: Path) -> None:
-    r = run_cli("sidecar", "--port", str(sidecar.port), "--data-dir", str(tmp_path / "k"), timeout=30)
+    r = run_cli_process("sidecar", "--port", str(sidecar.port), "--data-dir", str(tmp_path / "k"), timeout=30)
     assert r.returncode != 0
     assert f"cannot listen on 127.0.0.1:{sidecar.port}" in r.stderr and "Traceback" not in r.stderr
     assert httpx.get(sidecar.url + "/chio/health").status_code == 200

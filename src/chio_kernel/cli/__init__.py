@@ -45,8 +45,19 @@ keys_app = typer.Typer(help="The kernel keys registered in a shared PostgreSQL s
 app.add_typer(keys_app, name="keys")
 
 # emoji=False: user text such as a grant "a:b:" must print as typed, never as an emoji code
-out = Console(soft_wrap=False, emoji=False)
-err = Console(stderr=True, soft_wrap=True, emoji=False)
+_OUT_OPTIONS: dict[str, Any] = {"soft_wrap": False, "emoji": False}
+_ERR_OPTIONS: dict[str, Any] = {"stderr": True, "soft_wrap": True, "emoji": False}
+out = Console(**_OUT_OPTIONS)
+err = Console(**_ERR_OPTIONS)
+
+
+def _read_environment_into_consoles() -> None:
+    """Set ``out`` and ``err`` up again from this invocation's environment: a Console reads $COLUMNS,
+    NO_COLOR/FORCE_COLOR and whether its stream is a terminal when it is made, and these two are made
+    at import, then imported by name by the command modules. One process may run the app several
+    times (the tests run it in-process with typer's CliRunner); each run must see its own settings."""
+    Console.__init__(out, **_OUT_OPTIONS)
+    Console.__init__(err, **_ERR_OPTIONS)
 
 
 class CliError(Exception):
@@ -114,6 +125,7 @@ def _root(
     ] = False,
 ) -> None:
     """Chio capability governance for durable Python workflows: the embedded kernel, its sidecar, receipts."""
+    _read_environment_into_consoles()
 
 
 # --- helpers ----------------------------------------------------------------------------------

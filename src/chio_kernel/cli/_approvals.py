@@ -13,7 +13,7 @@ from rich.table import Table
 from chio_kernel._render import _receipt_dict, _ts
 from chio_kernel.cli import CliError, DataDir, JsonFlag, StoreOpt, _guarded, _kernel, _print_json, app, out
 
-__all__ = ["approvals_app"]
+__all__ = ["approvals_app", "wake_lines"]
 
 approvals_app = typer.Typer(
     help="Human approvals of calls above a require_approval_above threshold: list, show, approve, deny.",
@@ -84,10 +84,20 @@ def _respond(approval_id: str, outcome: str, reason: str | None, approver: str, 
         receipt = kernel.respond_approval(approval_id, outcome, reason, approver=approver)
     except (ApprovalNotFoundError, ApprovalConflictError) as e:
         raise CliError(str(e)) from None
+    wakes = kernel.last_wake_report(approval_id) or []
     if as_json:
-        _print_json({"approval": kernel.get_approval(approval_id), "receipt": _receipt_dict(receipt)})
-    else:
-        out.print(f"approval {approval_id} {outcome}; resolution receipt {receipt.id}", markup=False)
+        _print_json({"approval": kernel.get_approval(approval_id), "receipt": _receipt_dict(receipt), "wakes": wakes})
+        return
+    out.print(f"approval {approval_id} {outcome}; resolution receipt {receipt.id}", markup=False)
+    for line in wake_lines(wakes):
+        out.print(line, markup=False)
+
+
+def wake_lines(wakes: list[dict[str, Any]]) -> list[str]:
+    """One line per wake report: ``woke (engine): ...`` or ``wake failed (engine): ...``."""
+    return [
+        f"{'woke' if w.get('ok') else 'wake failed'} ({w.get('engine', '?')}): {w.get('message', '')}" for w in wakes
+    ]
 
 
 @approvals_app.command("approve")

@@ -449,7 +449,7 @@ def create_app(
     With ``token`` every request must carry ``Authorization: Bearer <token>``.
     """
     if kernel is None:
-        from chio_kernel import Kernel
+        from chio_kernel._kernel import Kernel
 
         kernel = Kernel(data_dir=data_dir)
     k = kernel

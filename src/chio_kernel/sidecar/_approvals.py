@@ -4,10 +4,13 @@
 * ``GET /approvals/{id}`` -> one approval (404 if unknown);
 * ``POST /approvals/{id}/operator-respond`` ``{"outcome": "approved"|"denied", "reason": "..."}``: the
   kernel's operator answers (whoever may use this sidecar: loopback, or the bearer token);
-* ``POST /approvals/{id}/respond`` with a signed approval token from a trusted approver key.
+* ``POST /approvals/{id}/respond`` with a signed approval token from a trusted approver key;
+* ``POST /approvals/{id}/wake`` ``{"wake": {"engine": "<name>", ...}}``: a waiting run registers what
+  wakes it once the approval is answered -> ``{"approval_id", "status", "woken": [...]}``.
 
-Both answers return ``{"approval": {...}, "receipt": {...}}`` (the signed resolution receipt). A
-second answer is 409; an unknown id 404; a refused token 403; a malformed body 422.
+Both answers return ``{"approval": {...}, "receipt": {...}, "wakes": [...]}`` (the signed resolution
+receipt, and one ``{"engine", "ok", "message"}`` report per registered wake, called in the thread pool
+after the commit). A second answer is 409; an unknown id 404; a refused token 403; a malformed body 422.
 """
 
 from __future__ import annotations
@@ -45,7 +48,21 @@ async def _answer(kernel: Any, approval_id: str, call: Callable[[], Any]) -> Res
     except ApprovalTokenError as err:
         raise ApiError(403, "approval_token_refused", str(err)) from None
     approval = await run_in_threadpool(kernel.get_approval, approval_id)
-    return _json({"approval": approval, "receipt": _dump_receipt(receipt)})
+    wakes = kernel.last_wake_report(approval_id) or []
+    return _json({"approval": approval, "receipt": _dump_receipt(receipt), "wakes": wakes})
+
+
+def _wake_body(data: dict[str, Any]) -> dict[str, Any]:
+    """The wake object of a ``POST /approvals/{id}/wake`` body (422 naming what is wrong)."""
+    extra = sorted(set(data) - {"wake"})
+    if extra:
+        raise ApiError(422, "invalid_request", f"unknown fields {extra}; send {{\"wake\": {{\"engine\": \"<name>\", ...}}}}")
+    wake = data.get("wake")
+    if not isinstance(wake, dict):
+        raise ApiError(
+            422, "invalid_request", "'wake' is required: a JSON object {\"engine\": \"<name>\", ...engine fields}"
+        )
+    return wake
 
 
 def approval_routes(kernel: Any, endpoint: Callable[[Handler], Handler]) -> list[Route]:
@@ -87,9 +104,20 @@ def approval_routes(kernel: Any, endpoint: Callable[[Handler], Handler]) -> list
             raise ApiError(422, "invalid_request", "send the signed approval token as a JSON object")
         return await _answer(k, aid, lambda: k.respond_approval_token(token, aid))
 
+    @endpoint
+    async def register_wake(request: Request) -> Response:
+        aid = _approval_id(request)
+        wake = _wake_body(await _read_object(request))
+        try:  # an answered approval wakes the run at once: the wakers run in the thread pool
+            answer = await run_in_threadpool(k.register_approval_wake, aid, wake)
+        except ApprovalNotFoundError as err:
+            raise ApiError(404, "unknown_approval", str(err)) from None
+        return _json(answer)
+
     return [
         Route("/approvals/pending", pending, methods=["GET"]),
         Route("/approvals/{approval_id}", get_approval, methods=["GET"]),
         Route("/approvals/{approval_id}/operator-respond", operator_respond, methods=["POST"]),
         Route("/approvals/{approval_id}/respond", respond, methods=["POST"]),
+        Route("/approvals/{approval_id}/wake", register_wake, methods=["POST"]),
     ]

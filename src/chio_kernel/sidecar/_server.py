@@ -146,7 +146,7 @@ def serve(
 
     check_bind(host, token)
     protocol = header_timeout_protocol(header_timeout, max_pending_headers)
-    from chio_kernel import Kernel
+    from chio_kernel._kernel import Kernel
 
     kernel = Kernel(data_dir=data_dir)
     check_key_active = getattr(kernel, "check_key_active", None)  # a fleet kernel: is its key still active?

@@ -1,0 +1,205 @@
+"""The evaluation service: decide one call, charge it and record its receipt, in group commits.
+
+Before the write transaction (:meth:`Evaluator.prepare`): input checks, canonical forms and hashes
+(``chio_kernel._request``) and the pure guards (scope, constraints). Inside it
+(:meth:`Evaluator.evaluate_in`): validity, the idempotency rule, budgets and rate limits, the
+approval gate, then the receipt; concurrent callers share one transaction (``_group_commit``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from contextlib import AbstractContextManager
+from typing import Any
+
+from chio_sdk.models import ChioReceipt, MonetaryAmount, Operation
+
+from chio_kernel._approvals import Approvals, _Pending
+from chio_kernel._capabilities import Trust, _Cap
+from chio_kernel._group_commit import GroupCommitter, max_batch_from_env
+from chio_kernel._holds import Holds
+from chio_kernel._idempotency import remember, remembered_answer
+from chio_kernel._policy import Deny, check_valid, decide, passing_grants
+from chio_kernel._receipts import ALLOW, ReceiptChain
+from chio_kernel._request import EvalRequest, Precheck, make_request
+from chio_kernel._store import GENESIS_HASH, StoreReader, StoreWriter
+
+__all__ = ["Evaluator"]
+
+
+class Evaluator:
+    """Decides calls (``Kernel.evaluate`` delegates here); holds the group committer."""
+
+    def __init__(
+        self,
+        caps: dict[str, _Cap],
+        load_cap: Callable[[StoreReader, str], _Cap | None],
+        read: Callable[[], AbstractContextManager[StoreReader]],
+        write: Callable[[], AbstractContextManager[StoreWriter]],
+        clock: Callable[[], float],
+        chain: ReceiptChain,
+        services: tuple[Approvals, Holds, Trust],
+        where: str,
+    ) -> None:
+        """Wire the evaluation to what it needs.
+
+        Args:
+            caps: the verified-capability cache (read without a lock before the transaction).
+            load_cap: loads a verified capability inside a store transaction.
+            read: a short read transaction; write: a write transaction.
+            clock: unix seconds.
+            chain: signs and appends receipts.
+            services: the approval gate, the holds, and the trust (its ``on_write`` hook).
+            where: the kernel's ``base_url`` (in deny reasons).
+        """
+        self._caps = caps
+        self._load_cap = load_cap
+        self._read = read
+        self._write = write
+        self._clock = clock
+        self._chain = chain
+        self._approvals, self._holds, self._trust = services
+        self._watch_keys = type(self._trust).on_write is not Trust.on_write  # a fleet: retired keys
+        self._where = where
+        self.committer: GroupCommitter[EvalRequest, ChioReceipt] = GroupCommitter(
+            self.run_batch, max_batch_from_env()
+        )
+
+    def prepare(
+        self,
+        capability_id: str,
+        tool_server: str,
+        tool_name: str,
+        parameters: dict[str, Any],
+        idempotency_key: str | None,
+        cost: MonetaryAmount | Mapping[str, Any] | None,
+        operation: Operation | str,
+        approval_id: str | None = None,
+        canonical_parameters: str | None = None,
+        parameter_hash: str | None = None,
+        metadata: Mapping[str, str] | None = None,
+    ) -> EvalRequest:
+        """Everything before the write transaction: the checked request and its pure guards.
+
+        Raises:
+            KernelInputError: malformed input.
+        """
+        req = make_request(
+            capability_id, tool_server, tool_name, parameters, idempotency_key, cost, operation,
+            approval_id, canonical_parameters, parameter_hash, metadata,
+        )
+        # The pure guards (scope, constraints: regex_match may be slow) need no database state:
+        # run them before the write transaction, so a slow call never blocks others.
+        # (A root capability without constraints has nothing slow to check: skip the extra pass.)
+        cached = self._caps.get(capability_id)
+        if cached is None or cached.constrained or len(cached.lineage) > 1:
+            req.pre = self.precheck(req)
+        return req
+
+    def precheck(self, req: EvalRequest) -> Precheck | None:
+        """The pure guards (scope, constraints) for the capability and its ancestors, outside the
+        write transaction: per capability id, its grants that cover the call and pass their
+        constraints, or the deny. None if the capability is unknown (decided in the transaction)."""
+        root = self._cached_load(req.capability_id)
+        if root is None:
+            return None
+        caps = [root]
+        for ancestor_id in root.lineage[1:]:
+            ancestor = self._cached_load(ancestor_id)
+            if ancestor is not None:
+                caps.append(ancestor)
+        out: Precheck = {}
+        for depth, c in enumerate(caps):
+            try:
+                out[c.token.id] = passing_grants(c, depth > 0, req.tool_server, req.tool_name, req.op, req.params)
+            except Deny as deny:
+                out[c.token.id] = deny
+        return out
+
+    def _cached_load(self, cid: str) -> _Cap | None:
+        cap = self._caps.get(cid)  # tokens are immutable: a cached entry needs no lock
+        if cap is None:
+            with self._read() as st:  # a short read (no transaction held)
+                cap = self._load_cap(st, cid)
+        return cap
+
+    def run_batch(self, reqs: Sequence[EvalRequest]) -> list[ChioReceipt | BaseException]:
+        """Decide ``reqs`` in ONE write transaction (group commit); results are released after its
+        commit. If any of them raises, everything is rolled back and each runs in its own
+        transaction, so an error reaches only its caller."""
+        if len(reqs) > 1:
+            try:
+                with self._write() as st:
+                    out: list[ChioReceipt | BaseException] = [self.evaluate_in(st, r) for r in reqs]
+                return out
+            except Exception:
+                pass  # fall through: one transaction each
+        results: list[ChioReceipt | BaseException] = []
+        for r in reqs:
+            try:
+                with self._write() as st:
+                    results.append(self.evaluate_in(st, r))
+            except BaseException as err:
+                results.append(err)
+        return results
+
+    def evaluate_in(self, st: StoreWriter, req: EvalRequest) -> ChioReceipt:
+        """Decide, charge and record one call inside the caller's write transaction."""
+        if self._watch_keys and self._trust.on_write(st):  # a fleet key was retired: re-check every capability
+            self._caps.clear()
+        now = self._clock()
+        if req.cost_t is not None:  # holds past their TTL free their budget before this call is decided
+            self._holds.expire_due(st, now)
+        cap = self._load_cap(st, req.capability_id)
+        # One statement reads the chain head and the revocation state (of the capability and
+        # its ancestors) inside the write transaction: another process's revoke is seen.
+        if cap is not None:
+            head_seq, prev_hash, revoked = st.head_and_revoked(cap.lineage)
+        else:
+            head_seq, prev_hash = st.chain_head()
+            revoked = None
+        try:
+            check_valid(cap, req.capability_id, now, revoked, self._where)
+            if req.idem_hash is not None:
+                assert req.key is not None and req.key_hash is not None
+                # same key, same call: its receipt; same key, another call: refused (Stripe's rule)
+                body = remembered_answer(st, req.key_hash, req.idem_hash, req.key)
+                if body is not None:
+                    return ChioReceipt.model_validate_json(body)
+            assert cap is not None
+            lineage = self._lineage(st, cap)
+            charges, rated = decide(
+                st, lineage, req.tool_server, req.tool_name, req.op, req.params, req.cost_t, now, req.pre
+            )
+            # every other guard passed: does a human have to approve (or has one)? (deny > pending > allow)
+            gate = self._approvals.gate(st, req, lineage, now)
+        except Deny as deny:
+            decision = {"verdict": "deny", "guard": deny.guard, "reason": deny.reason}
+            policy_hash = cap.policy_hash if cap is not None else GENESIS_HASH
+            return self._chain.append(st, head_seq, prev_hash, now, req, decision, policy_hash, req.metadata)
+        if isinstance(gate, _Pending):  # nothing charged
+            return self._approvals.pending_receipt(st, head_seq, prev_hash, now, req, cap, gate)
+        if gate is not None:  # the approval is still pending: its pending receipt again
+            return gate
+        # allow: charge, then record (and hold a declared cost until settled, released or expired)
+        for charged_id, grant_index in charges:
+            st.charge(charged_id, grant_index, req.cost_t[0] if req.cost_t else 0)
+        for rated_id in rated:
+            st.record_rate_event(rated_id, now)
+        if req.approval_id is None:
+            receipt = self._chain.append(st, head_seq, prev_hash, now, req, ALLOW, cap.policy_hash, req.metadata)
+        else:
+            receipt = self._approvals.approved_allow_receipt(st, head_seq, prev_hash, now, req, cap.policy_hash)
+        if req.idem_hash is not None:
+            remember(st, req.key_hash, req.idem_hash, head_seq + 1)
+        if req.cost_t is not None:
+            self._holds.place(st, receipt.id, req.capability_id, cap.policy_hash, req.cost_t, charges, now)
+        return receipt
+
+    def _lineage(self, st: StoreReader, cap: _Cap) -> list[_Cap]:
+        lineage = [cap]
+        for ancestor_id in cap.lineage[1:]:
+            ancestor = self._load_cap(st, ancestor_id)
+            if ancestor is not None:  # a trusted foreign root this kernel never stored: its budgets live there
+                lineage.append(ancestor)
+        return lineage
