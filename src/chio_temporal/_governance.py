@@ -238,22 +238,13 @@ class TemporalTransport:
         Returns:
             Whether the kernel registered it (``False``: the client cannot; the run then polls).
         """
-        inner = self.inner
-        register = getattr(inner, "register_approval_wake", None)
-        if register is not None:
-            return bool(await register(approval_id, wake))
-        kernel = getattr(inner, "kernel", None)  # an embedded kernel without the transport method yet
-        if kernel is not None and hasattr(kernel, "register_approval_wake"):
-            await inner.run(_async(lambda: kernel.register_approval_wake(approval_id, dict(wake))))
-            return True
-        return False
+        registered: bool = await self.inner.register_approval_wake(approval_id, wake)
+        return registered
 
-
-def _async(fn: Callable[[], Any]) -> Callable[[], Any]:
-    async def call() -> Any:
-        return fn()
-
-    return call
+    def register_approval_wake_sync(self, approval_id: str, wake: Mapping[str, Any]) -> bool:
+        """:meth:`register_approval_wake` for sync callers."""
+        registered: bool = self.inner.register_approval_wake_sync(approval_id, wake)
+        return registered
 
 
 def _as_activity_error(err: Exception, url: str, call: GovernedCall) -> Exception:
