@@ -144,8 +144,9 @@ bare_agent = Agent(
     tools=[lookup, refund],
     capabilities=[TemporalDurability(activity_config=FAST_RETRIES)],
 )
-# 4b. An agent the user made durable, then wrapped: from then on its activities refuse to run on a
-#     worker without governed.plugin (whatever registers them).
+# 4b. An agent the user made durable, then wrapped: the governance is put on it in place and its
+#     durability bound again, so every route that registers its activities registers the evaluate
+#     activity with them (its calls run governed on any worker).
 user_durable_agent = Agent(
     FunctionModel(scripted_support_model),
     name="userdurable",
