@@ -438,7 +438,9 @@ class ChioTemporalAgent(WrapperAgent[AgentDepsT, OutputDataT]):
         if self._plugin is None:
             from pydantic_ai.durable_exec.temporal import AgentPlugin
 
-            interceptors: list[Any] = []
+            from chio_temporal._tool_costs import ToolCallContext
+
+            interceptors: list[Any] = [ToolCallContext(self.agent_name, self.transport)]
             interceptor = self.interceptor  # also the envelope writer of the agent's decisions
             if self.govern_other_activities:
                 interceptors.append(interceptor)
@@ -451,7 +453,7 @@ class ChioTemporalAgent(WrapperAgent[AgentDepsT, OutputDataT]):
                 f"ChioTemporalAgent:{self.agent_name}",
                 activities=lambda existing: _merge(existing, agent_plugin),
                 workflows=lambda existing: _merge_workflows(existing, agent_plugin),
-                interceptors=interceptors or None,
+                interceptors=interceptors,
                 workflow_runner=_workflow_runner,
             )
         return self._plugin

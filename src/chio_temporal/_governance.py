@@ -19,9 +19,10 @@ here runs in workflow code and stays deterministic:
 
 from __future__ import annotations
 
+import logging
 import typing
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
 import temporalio.activity
@@ -35,7 +36,7 @@ from temporalio.exceptions import ApplicationError
 
 from chio_durable._call import GovernedCall
 from chio_durable._decision import Decision, Evaluation, notify
-from chio_durable._errors import KernelRejected, KernelUnavailable
+from chio_durable._errors import HoldConflict, KernelRejected, KernelUnavailable
 from chio_durable._metering import ToolCost
 from chio_durable._transport import ChioClientLike, as_transport, is_client
 from chio_durable.agent import ChioGovernance, current_receipt_id
@@ -55,6 +56,8 @@ __all__ = [
     "temporal_run_metadata",
     "temporal_wake_fields",
 ]
+
+log = logging.getLogger("chio_temporal.agent")
 
 RECEIPT_METADATA_KEY = "chio_receipt_id"
 """Key of the receipt id in ``ModelResponse.metadata`` and in a tool return's ``metadata``."""
@@ -213,8 +216,16 @@ class TemporalTransport:
         return await self.inner.run(make_call)
 
     async def settle(self, receipt_id: str, actual_cost: MonetaryAmount, op_id: str) -> Any:
-        """Settle a budget hold (``KernelTransport.settle``)."""
-        return await self.inner.settle(receipt_id, actual_cost, op_id)
+        """Settle a budget hold (``KernelTransport.settle``).
+
+        A hold already closed is left as it is (``None``): the tool activity settled it at the cost
+        the tool reported (:mod:`chio_temporal._tool_costs`), or a compensation released it.
+        """
+        try:
+            return await self.inner.settle(receipt_id, actual_cost, op_id)
+        except HoldConflict as err:
+            log.info("chio: hold %s already closed, left as it is (%s)", receipt_id, err)
+            return None
 
     async def release(self, receipt_id: str, op_id: str, reason: str = "released") -> Any:
         """Release a budget hold (``KernelTransport.release``)."""
@@ -318,8 +329,12 @@ class TemporalGovernance(ChioGovernance):
 
     def get_wrapper_toolset(self, toolset: AbstractToolset[Any]) -> AbstractToolset[Any] | None:
         """Govern ``toolset`` with a stamping, cost-declaring wrapper inside the governed one."""
-        governed = super().get_wrapper_toolset(_ReceiptStampingToolset(wrapped=toolset, governance=self))
-        return _ReceiptStampingToolset(wrapped=governed, governance=self, outer=True) if governed is not None else None
+        originals: dict[str, Any] = {}
+        inner = _ReceiptStampingToolset(wrapped=toolset, governance=self, originals=originals)
+        governed = super().get_wrapper_toolset(inner)
+        if governed is None:
+            return None
+        return _ReceiptStampingToolset(wrapped=governed, governance=self, outer=True, originals=originals)
 
     def tool_receipt_id(self, ctx: RunContext[Any], name: str) -> str | None:
         """The receipt id of the allowed tool call ``name`` at this step of the run (from the records)."""
@@ -330,35 +345,40 @@ class TemporalGovernance(ChioGovernance):
 
 @dataclass
 class _ReceiptStampingToolset(WrapperToolset[Any]):
-    """Inside the governed toolset: declares ``tool_costs`` on tool definitions, stamps receipt ids on results."""
+    """Around (``outer``) and inside the governed toolset: declares ``tool_costs`` for the governance
+    and stamps receipt ids on results.
+
+    The outer one puts the declared cost (``tool_costs`` by name, over a cost in the tool's metadata)
+    on the tool definition the governed toolset reads; the inner one gives the activity the tool's own
+    definition back. Never on the definitions ``get_tools`` lists: those ride every model-request
+    activity, where a declared callable cannot be serialized.
+    """
 
     governance: TemporalGovernance | None = None
     outer: bool = False
+    originals: dict[str, Any] = field(default_factory=dict)
+    """Shared by the outer and inner wrapper: each declared tool's own metadata."""
 
     def visit_and_replace(
         self, visitor: Callable[[AbstractToolset[Any]], AbstractToolset[Any]]
     ) -> AbstractToolset[Any]:
         return replace(self, wrapped=self.wrapped.visit_and_replace(visitor))
 
-    async def get_tools(self, ctx: RunContext[Any]) -> dict[str, ToolsetTool[Any]]:
-        tools = await self.wrapped.get_tools(ctx)
-        costs = self.governance.tool_costs if self.governance is not None and not self.outer else {}
-        if not costs:
-            return tools
-        declared = {}
-        for name, tool in tools.items():
-            cost = costs.get(name)
-            metadata = tool.tool_def.metadata
-            if cost is None or (isinstance(metadata, Mapping) and metadata.get(COST_METADATA_KEY) is not None):
-                declared[name] = tool
-                continue
-            tool_def = replace(tool.tool_def, metadata={**(metadata or {}), COST_METADATA_KEY: cost})
-            declared[name] = replace(tool, tool_def=tool_def)
-        return declared
+    def _declared(self, name: str, tool: ToolsetTool[Any]) -> ToolsetTool[Any]:
+        cost = self.governance.tool_costs.get(name) if self.governance is not None else None
+        if cost is None:
+            return tool
+        metadata = tool.tool_def.metadata
+        self.originals[name] = metadata
+        return replace(tool, tool_def=replace(tool.tool_def, metadata={**(metadata or {}), COST_METADATA_KEY: cost}))
 
     async def call_tool(
         self, name: str, tool_args: dict[str, Any], ctx: RunContext[Any], tool: ToolsetTool[Any]
     ) -> Any:
+        if self.outer:
+            tool = self._declared(name, tool)
+        elif name in self.originals:
+            tool = replace(tool, tool_def=replace(tool.tool_def, metadata=self.originals[name]))
         result = await self.wrapped.call_tool(name, tool_args, ctx, tool)
         if self.governance is None:
             return result
