@@ -209,6 +209,11 @@ class _OtherActivitiesInterceptor(ChioActivityInterceptor):
     """``governed.interceptor``: governs the worker's activities that are no pydantic-ai agent's
     (``agent__...``) by workflow grants; the agents' own are governed by their ``ChioGovernance``."""
 
+    def __init__(self, chio_client: Any, *, capability_id: str, **options: Any) -> None:
+        super().__init__(chio_client, **options)
+        self.capability_id = capability_id
+        """The agent's capability (what ``ChioCapabilityId`` is set to by the search attributes)."""
+
     def governs(self, info: temporalio.activity.Info, input: Any) -> bool:
         """Whether this execution is governed here: not an agent's activity, and the base says so."""
         if info.activity_type.startswith("agent__"):
@@ -422,7 +427,9 @@ class ChioTemporalAgent(WrapperAgent[AgentDepsT, OutputDataT]):
         """A :class:`~chio_temporal.ChioActivityInterceptor` for the worker's OTHER activities
         (``govern_other_activities=True``: governed by workflow grants registered on it)."""
         if self._interceptor is None:
-            interceptor = _OtherActivitiesInterceptor(self.chio, **self._interceptor_options)
+            interceptor = _OtherActivitiesInterceptor(
+                self.chio, capability_id=self.capability_id, **self._interceptor_options
+            )
             self.transport.observers.append(interceptor.write_envelope_step)
             self._interceptor = interceptor
         return self._interceptor
