@@ -19,6 +19,8 @@ here runs in workflow code and stays deterministic:
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import typing
 from collections.abc import Callable, Mapping
@@ -41,6 +43,7 @@ from chio_durable._metering import ToolCost
 from chio_durable._transport import ChioClientLike, as_transport, is_client
 from chio_durable.agent import ChioGovernance, current_receipt_id
 from chio_durable._metering import COST_METADATA_KEY
+from chio_temporal._approvals import ApprovalWaits
 from chio_temporal.errors import DENIED_ERROR_TYPE, REJECTED_ERROR_TYPE, SIDECAR_ERROR_TYPE
 
 if TYPE_CHECKING:
@@ -294,6 +297,42 @@ class TemporalGovernance(ChioGovernance):
         self.tool_costs: dict[str, ToolCost] = dict(tool_costs or {})
         self.receipt_ids_in_results = receipt_ids_in_results
         self.wake_fields = temporal_wake_fields
+
+    async def pending_tool_call(
+        self, ctx: RunContext[Any], call: GovernedCall, record: Any, position: str,
+        *, cost: MonetaryAmount | None = None,
+    ) -> Any:
+        """``ChioGovernance.pending_tool_call`` (the wait through pydantic-ai's external events, woken by
+        the kernel), which the workflow update ``chio_approval`` also wakes: the call is then
+        re-evaluated under the approval at once, and runs only on the kernel's allow; still pending,
+        the run waits again. The approval is listed by the query ``chio_pending_approvals`` meanwhile."""
+        approval_id = record.evaluation.approval_id
+        if not temporalio.workflow.in_workflow() or approval_id is None:
+            return await super().pending_tool_call(ctx, call, record, position, cost=cost)
+        waits = ApprovalWaits.for_this_run()
+        while True:
+            kernel_wait = asyncio.ensure_future(super().pending_tool_call(ctx, call, record, position, cost=cost))
+            woken = await waits.wait_until(approval_id, self._pending_facts(record, call), kernel_wait.done)
+            if not woken:
+                return kernel_wait.result()
+            kernel_wait.cancel()  # the update woke the run: stop waiting for the kernel's wake
+            with contextlib.suppress(asyncio.CancelledError):
+                await kernel_wait
+            again = await self.evaluate_call(ctx, call, position=position, cost=cost, approval_id=approval_id)
+            if not again.evaluation.pending:
+                return again
+            record = again
+
+    def _pending_facts(self, record: Any, call: GovernedCall) -> dict[str, Any]:
+        evaluation = record.evaluation
+        signed = evaluation.pending_approval or {}
+        info = temporalio.workflow.info()
+        return {
+            "approval_id": evaluation.approval_id, "expires_at": signed.get("expires_at"),
+            "summary": signed.get("summary"), "parameter_hash": signed.get("parameter_hash"),
+            "receipt_id": evaluation.receipt_id, "tool_server": call.tool_server, "tool_name": call.tool_name,
+            "workflow_id": info.workflow_id, "run_id": info.run_id, "capability_id": self.capability_id,
+        }
 
     def denied(self, record: Any) -> PermissionError:
         """The :class:`ChioTemporalDenied` for a denied record, its facts in ``details[0]``."""
