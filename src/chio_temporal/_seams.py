@@ -105,7 +105,7 @@ def govern_durable_agent(
     capabilities (nested somewhere this function does not know) or the rebinding did not take.
     """
     current = list(agent.root_capability.capabilities)
-    if durability not in current:
+    if not any(c is durability for c in current):  # identity: capabilities are dataclasses (equal by fields)
         raise ChioTemporalConfigError(
             f"the TemporalDurability of agent {agent.name!r} is not one of its top-level capabilities {_UPGRADE}"
         )
