@@ -126,7 +126,17 @@ orders_agent = Agent(
 )
 """Tools only: ``"lookup_order:A"`` is exactly 3 guarded calls (model, tool, model); the benchmark's."""
 
-AGENTS: dict[str, Agent[Any, str]] = {"support_demo": support_agent, "orders_demo": orders_agent}
+orders_bare_agent = Agent(
+    FunctionModel(scripted_model),
+    name="orders_bare",
+    tools=[lookup_order, refund_order],
+    capabilities=[TemporalDurability(activity_config=_ACTIVITIES)],
+)
+"""``orders_agent``'s twin that is never governed: the benchmark's bare run."""
+
+AGENTS: dict[str, Agent[Any, str]] = {
+    "support_demo": support_agent, "orders_demo": orders_agent, "orders_bare": orders_bare_agent,
+}
 
 
 @workflow.defn
