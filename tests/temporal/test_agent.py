@@ -253,6 +253,7 @@ async def test_allowed_run_evaluates_every_call(client, chio):
     ]
     assert all(r.decision.is_allowed for r in receipts)
     assert receipts[1].action.parameters == {"order_id": "A"}
+    assert app.TOOL_RECEIPT_IDS[-1] == receipts[1].id  # the tool body, in its activity, knew its receipt
     # the envelope also has the MCP listing; nothing denied
     receipt = app.governed_support.interceptor.get_workflow_receipt(workflow_id)
     # 3 model requests + 2 tools + the MCP listing re-checked at each of the 3 steps (one receipt)

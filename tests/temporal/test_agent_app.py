@@ -70,9 +70,16 @@ def scripted_support_model(messages: list[ModelMessage], info: AgentInfo) -> Mod
     return ModelResponse(parts=[TextPart(" | ".join(results) or "no tools")])
 
 
+TOOL_RECEIPT_IDS: list[str | None] = []
+"""``chio_durable.agent.current_receipt_id()`` as each ``lookup`` body saw it (in its activity)."""
+
+
 async def lookup(order_id: str) -> str:
     """Look up an order."""
+    from chio_durable.agent import current_receipt_id
+
     CALLS["lookup"] += 1
+    TOOL_RECEIPT_IDS.append(current_receipt_id())
     return f"order {order_id}: shipped"
 
 
