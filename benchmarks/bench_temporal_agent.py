@@ -1,19 +1,20 @@
 """Governed vs bare durable Pydantic AI agent workflow on Temporal: end to end, and per guarded call.
 
 One process: a local Temporal dev server, the embedded kernel, and two workers on their own task
-queues running the SAME workflow and agent (``chio_temporal._demo.AgentWorkflow`` /
-``orders_demo``, pydantic-ai ``TemporalDurability``, a scripted model): one worker bare
-(``AgentPlugin``), one governed (``ChioTemporalAgent(...).plugin``). Each run is ``lookup_order:A``,
-i.e. 3 guarded calls (model request, tool call, model request) = 3 activities. Runs are
-interleaved (alternating which goes first), after a warm-up; medians of ``--runs`` each. The
-governed worker runs under what the integration uses: an attenuated child capability (budgeted
-grants, a ``max_length`` constraint on the tool's arguments) and the interceptor's idempotency key
-per activity.
+queues running the SAME workflow (``chio_temporal._demo.AgentWorkflow``) on twin agents (pydantic-ai
+``TemporalDurability``, a scripted model): ``orders_bare`` on a bare worker (``AgentPlugin``),
+``orders_demo`` governed (``ChioTemporalAgent(...).plugin``: the governance is on the agent, each
+kernel check is its ``capability__chio__evaluate`` activity). Each run is ``lookup_order:A``, i.e. 3
+guarded calls (model request, tool call, model request) = 3 activities bare, 3 + 3 evaluate
+activities governed. Runs are interleaved (alternating which goes first), after a warm-up; medians of
+``--runs`` each. The governed agent runs under an attenuated child capability (budgeted grants, a
+``max_length`` constraint on the tool's arguments) with an idempotency key per call.
 
-Governance per guarded call is measured directly (``bench_agent_shared``): every kernel call of the
-interceptor is timed, and so is the interceptor's whole enforcement path minus the activity body;
-both are printed beside the kernel floor (Ed25519 sign + one SQLite WAL commit) sampled between the
-runs in the same process, with their goals.
+Governance per guarded call is measured directly (``bench_agent_shared``): the kernel call in the
+body of the evaluate activity (``transport.evaluate``), and, separately, the whole workflow-side
+``ChioGovernance.evaluate_call``, i.e. the evaluate activity's round trip through the Temporal server
+(schedule, worker pick-up, the op body, completion recorded); both beside the kernel floor (Ed25519
+sign + one SQLite WAL commit) sampled between the runs in the same process, with their goals.
 
     python benchmarks/bench_temporal_agent.py [--runs 30]
     python benchmarks/bench_temporal_agent.py --quick      # 8 runs, 1 warm-up
@@ -41,7 +42,7 @@ from temporalio.worker import Worker
 
 from chio_kernel import LocalChioClient
 from chio_temporal import ChioTemporalAgent
-from chio_temporal._demo import CALLS, AgentWorkflow, orders_agent
+from chio_temporal._demo import CALLS, AgentWorkflow, orders_agent, orders_bare_agent
 from chio_temporal import temporal_cli_path
 
 PROMPT = "lookup_order:A"  # model -> lookup_order -> model: 3 guarded calls
@@ -66,36 +67,22 @@ async def bench(runs: int, warmup: int) -> int:
             ]
             cap_id = attenuated_capability(chio.kernel, grants, subject="agent:bench")
             twin_id = attenuated_capability(chio.kernel, grants, subject="agent:bench")  # the floor's hot-loop row
-            # The bare worker's plugin is taken before wrapping: once wrapped, the agent's activities
-            # refuse to run on a worker without governed.plugin (docs/temporal_agent.md).
-            bare_plugin = AgentPlugin(orders_agent)
+            bare_plugin = AgentPlugin(orders_bare_agent)
             governed = ChioTemporalAgent(orders_agent, capability_id=cap_id, chio_client=chio)
-            # Governance per activity on the worker: each kernel call of the interceptor, timed where it
-            # is made; and the interceptor's whole enforcement path minus the activity body (an upper
-            # bound: it includes event-loop waits of the worker).
-            interceptor = governed.interceptor
-            kernel_calls = time_kernel_calls(interceptor)
-            enforce = interceptor.govern
+            # The kernel call in the body of each evaluate activity (on the worker), and the whole
+            # workflow-side evaluation: the evaluate activity's round trip through the server.
+            kernel_calls = time_kernel_calls(governed.governance)
+            real_evaluate_call = governed.governance.evaluate_call
             overhead: list[float] = []
 
-            async def timed_govern(input: Any, proceed: Any) -> Any:
-                body = 0.0
-
-                async def timed_proceed() -> Any:
-                    nonlocal body
-                    start = time.perf_counter()
-                    try:
-                        return await proceed()
-                    finally:
-                        body += time.perf_counter() - start
-
+            async def timed_evaluate_call(*a: Any, **kw: Any) -> Any:
                 start = time.perf_counter()
                 try:
-                    return await enforce(input, timed_proceed)
+                    return await real_evaluate_call(*a, **kw)
                 finally:
-                    overhead.append(time.perf_counter() - start - body)
+                    overhead.append(time.perf_counter() - start)
 
-            interceptor.govern = timed_govern  # type: ignore[method-assign]
+            governed.governance.evaluate_call = timed_evaluate_call  # type: ignore[method-assign]
             client = await Client.connect(
                 env.client.service_client.config.target_host,
                 namespace=env.client.namespace,
@@ -110,7 +97,7 @@ async def bench(runs: int, warmup: int) -> int:
                 start = time.perf_counter()
                 out = await client.execute_workflow(
                     AgentWorkflow.run,
-                    args=["orders_demo", PROMPT],
+                    args=["orders_bare" if kind == "bare" else "orders_demo", PROMPT],
                     id=f"bench-{kind}-{uuid.uuid4().hex[:8]}",
                     task_queue=bare_tq if kind == "bare" else gov_tq,
                 )
@@ -161,8 +148,8 @@ async def bench(runs: int, warmup: int) -> int:
     )
     met = print_governance(
         console, engine="Temporal", calls_per_run=3, kernel_calls=kernel_calls, path_calls=overhead,
-        path_label="govern() minus the activity body (mapping, key, kernel call, observers, bookkeeping; "
-        "upper bound: includes event-loop waits)",
+        path_label="workflow side: ChioGovernance.evaluate_call = the evaluate activity's round trip through "
+        "the Temporal server (schedule, worker pick-up, op body with the kernel call, completion recorded)",
         bare=times["bare"], governed=times["governed"], floor=floor,
     )
     return 0 if met else 1

@@ -50,6 +50,7 @@ __all__ = [
     "check_cost",
     "release_op_id",
     "report_cost",
+    "cost_report_open",
     "reported_cost_scope",
     "resolve_cost",
     "settle_op_id",
@@ -284,6 +285,11 @@ def report_cost(amount: MonetaryAmount) -> None:
     if report is None:
         raise RuntimeError("report_cost() was called outside a governed call that declared a cost")
     report.amount = amount
+
+
+def cost_report_open() -> bool:
+    """Whether :func:`report_cost` may be called here: a governed call that declared a cost is running."""
+    return _REPORT.get() is not None
 
 
 @contextlib.contextmanager

@@ -166,6 +166,30 @@ class ApprovalWaits:
             "note": "the activity is re-evaluated now; it runs only if the kernel has the approval approved",
         }
 
+    async def wait_until(self, approval_id: str, facts: dict[str, Any], done: Callable[[], bool]) -> bool:
+        """Listed as pending (query ``chio_pending_approvals``), wait until the update ``chio_approval``
+        names ``approval_id`` or ``done()`` holds (deterministic: history only).
+
+        Args:
+            approval_id: The approval waited on.
+            facts: What the query lists for it (``approval_id`` among them).
+            done: The other end of the wait (e.g. the agent's own wait for the kernel's wake ended).
+
+        Returns:
+            Whether the update woke it.
+        """
+        self.pending[approval_id] = facts
+        if len(self.pending) == 1:
+            self._notify(True)
+        try:
+            await temporalio.workflow.wait_condition(lambda: approval_id in self._woken or done())
+            return approval_id in self._woken
+        finally:
+            self._woken.discard(approval_id)
+            self.pending.pop(approval_id, None)
+            if not self.pending:
+                self._notify(False)
+
     async def wait(self, pending: PendingApproval, facts: dict[str, Any]) -> None:
         """Wait until an update names ``pending`` or it expires (deterministic: history and timers only)."""
         approval_id = pending.approval_id

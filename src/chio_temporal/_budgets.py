@@ -92,6 +92,22 @@ async def run_with_hold(
     return result
 
 
+def open_holds_of_run(workflow_id: str, run_id: str) -> list[str]:
+    """The receipt ids of the open holds this process recorded for one workflow run: those of the
+    worker's other costed activities (:func:`hold_scope`) and those of governed agent calls (scoped by
+    the run identity ``<workflow id>/<run id>`` of :func:`chio_temporal._governance.temporal_run_identity`).
+
+    Args:
+        workflow_id: The workflow's id.
+        run_id: The workflow run's id.
+
+    Returns:
+        The receipt ids, each once.
+    """
+    found = HOLDS.open_in(hold_scope(workflow_id, run_id)) + HOLDS.open_in(f"{workflow_id}/{run_id}")
+    return list(dict.fromkeys(rid for rid, _ in found))
+
+
 @dataclass
 class ReleaseHolds:
     """The release activity's input: which holds (``None``: the open holds the worker recorded for
@@ -120,7 +136,7 @@ def release_holds_activity(chio_client: ChioClientLike) -> Callable[[ReleaseHold
         info = temporalio.activity.info()
         ids = request.receipt_ids
         if ids is None:
-            ids = [rid for rid, _ in HOLDS.open_in(hold_scope(info.workflow_id, info.workflow_run_id))]
+            ids = open_holds_of_run(info.workflow_id or "", info.workflow_run_id or "")
         released: list[str] = []
         for receipt_id in ids:
             try:

@@ -6,9 +6,10 @@ the prompt is a plan of tool calls ``"lookup_order:A-1,refund_order:A-1"``; afte
 with the tool results), two tools, an in-process FastMCP docs server, two durable agents and one
 workflow.
 
-The agents carry pydantic-ai's ``TemporalDurability`` and the workflow calls them directly: the
-governance is entirely on the worker (``ChioTemporalAgent(...).plugin``), so this module is safe for
-the workflow sandbox to re-execute (no I/O at import) and the same workflow runs bare or governed.
+The agents carry pydantic-ai's ``TemporalDurability`` and the workflow calls them directly;
+``ChioTemporalAgent`` puts its governance on the agent it wraps (once per process:
+:func:`governed_support`), whose evaluations then run as activities of ``governed.plugin``. Nothing
+here does I/O at import, so the workflow sandbox may re-execute it.
 """
 
 from __future__ import annotations
@@ -129,7 +130,17 @@ orders_agent = Agent(
 )
 """Tools only: ``"lookup_order:A"`` is exactly 3 guarded calls (model, tool, model); the benchmark's."""
 
-AGENTS: dict[str, Agent[Any, str]] = {"support_demo": support_agent, "orders_demo": orders_agent}
+orders_bare_agent = Agent(
+    FunctionModel(scripted_model),
+    name="orders_bare",
+    tools=[lookup_order, refund_order],
+    capabilities=[TemporalDurability(activity_config=_ACTIVITIES)],
+)
+"""``orders_agent``'s twin that is never governed: the benchmark's bare run."""
+
+AGENTS: dict[str, Agent[Any, str]] = {
+    "support_demo": support_agent, "orders_demo": orders_agent, "orders_bare": orders_bare_agent,
+}
 
 
 @workflow.defn
@@ -139,6 +150,32 @@ class AgentWorkflow:
     @workflow.run
     async def run(self, agent_name: str, prompt: str) -> str:
         return (await AGENTS[agent_name].run(prompt)).output
+
+
+DEMO_CAPABILITY_ID = "cap-support-demo"
+"""The demo's capability id (each demo issues it in its own fresh kernel)."""
+
+_GOVERNED: list[Any] = []
+
+
+def governed_support(chio: Any) -> Any:
+    """``support_agent`` governed (once per process: the governance goes on the agent the workflow
+    runs), evaluating with ``chio`` from now on.
+
+    Args:
+        chio: The kernel client of this demo run.
+
+    Returns:
+        The ``ChioTemporalAgent`` of ``support_agent`` under :data:`DEMO_CAPABILITY_ID`.
+    """
+    from chio_temporal._agent import ChioTemporalAgent
+
+    if not _GOVERNED:
+        _GOVERNED.append(ChioTemporalAgent(support_agent, capability_id=DEMO_CAPABILITY_ID, chio_client=chio))
+    governed = _GOVERNED[0]
+    governed.transport.use(chio)
+    governed.interceptor.chio_client = chio
+    return governed
 
 
 def receipts_table(receipts: list[Any], title: str = "Chio receipts") -> Any:
@@ -157,7 +194,6 @@ async def _demo(console: rich.console.Console, data_dir: pathlib.Path, cli: path
     from temporalio.worker import Worker
 
     from chio_kernel import LocalChioClient
-    from chio_temporal._agent import ChioTemporalAgent
 
     console.print(f"Starting a Temporal dev server ({cli}) ...")
     env = await WorkflowEnvironment.start_local(
@@ -167,6 +203,7 @@ async def _demo(console: rich.console.Console, data_dir: pathlib.Path, cli: path
         async with LocalChioClient(data_dir=data_dir) as chio:
             invoke = [Operation.INVOKE]
             token = await chio.create_capability(
+                capability_id=DEMO_CAPABILITY_ID,
                 subject="agent:support-demo",
                 scope=ChioScope(
                     grants=[
@@ -180,7 +217,7 @@ async def _demo(console: rich.console.Console, data_dir: pathlib.Path, cli: path
             console.print(
                 f"Capability [bold]{token.id}[/bold]: model, support_demo/lookup_order, docs/* (no refund_order)"
             )
-            governed = ChioTemporalAgent(support_agent, capability_id=token.id, chio_client=chio)
+            governed = governed_support(chio)
             target = env.client.service_client.config.target_host
             client = await Client.connect(target, namespace=env.client.namespace, plugins=[PydanticAIPlugin()])
             task_queue = f"support-demo-{uuid.uuid4().hex[:6]}"

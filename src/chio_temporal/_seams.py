@@ -8,6 +8,10 @@ construction refuses to run) instead of degrading to an ungoverned agent:
   ``@activity.defn`` function is registered under; the guard re-registers a wrapper under it.
 * :func:`agent_with_capability` (pydantic-ai): pydantic-ai has no public way to add a capability to an
   agent that is already built; a copy gets the capability bound by its own public ``for_agent``.
+* :func:`govern_durable_agent` (pydantic-ai): an agent that already carries a bound
+  ``TemporalDurability`` gets the governance capability in place: its root capability is replaced
+  (the same write as above), and the durability is bound again (its public ``for_agent``) so that
+  pydantic-ai registers the governance's durable operations as the agent's activities.
 * :func:`replace_in_live_list` (pydantic-ai): ``RegisteredOperationBackend.registrations()`` and
   ``TemporalAgent.temporal_activities`` are typed as sequences, not documented as the list every
   worker route reads; the guard swaps entries in place, and the caller verifies every public route
@@ -26,7 +30,7 @@ from pydantic_ai.capabilities import AbstractCapability, CombinedCapability
 
 from chio_temporal.errors import ChioTemporalConfigError
 
-__all__ = ["agent_with_capability", "registered_activity_name", "replace_in_live_list"]
+__all__ = ["agent_with_capability", "govern_durable_agent", "registered_activity_name", "replace_in_live_list"]
 
 T = TypeVar("T")
 
@@ -80,3 +84,33 @@ def replace_in_live_list(live: Sequence[T], replace: Callable[[T], T]) -> None:
             f"pydantic-ai no longer hands out its activity registrations as a list ({type(live).__name__}) {_UPGRADE}"
         )
     live[:] = [replace(entry) for entry in live]
+
+
+def _set_root(agent: Agent[Any, Any], root: CombinedCapability[Any]) -> None:
+    try:
+        agent._root_capability = root  # noqa: SLF001 - the one write: no public setter exists
+    except AttributeError as err:
+        raise ChioTemporalConfigError(f"cannot add a capability to a built Agent {_UPGRADE}") from err
+    if agent.root_capability is not root:
+        raise ChioTemporalConfigError(f"the capability did not reach the agent {_UPGRADE}")
+
+
+def govern_durable_agent(
+    agent: Agent[Any, Any], governance: AbstractCapability[Any], durability: AbstractCapability[Any]
+) -> None:
+    """Put ``governance`` on ``agent`` (in place), which carries the bound ``durability``, and bind the
+    durability again so it registers the governance's durable operations.
+
+    Raises :class:`ChioTemporalConfigError` when the durability is not one of the agent's top-level
+    capabilities (nested somewhere this function does not know) or the rebinding did not take.
+    """
+    current = list(agent.root_capability.capabilities)
+    if not any(c is durability for c in current):  # identity: capabilities are dataclasses (equal by fields)
+        raise ChioTemporalConfigError(
+            f"the TemporalDurability of agent {agent.name!r} is not one of its top-level capabilities {_UPGRADE}"
+        )
+    others = [c for c in current if c is not durability]
+    bound_governance = governance.for_agent(agent)
+    _set_root(agent, CombinedCapability([*others, bound_governance]))
+    rebound = durability.for_agent(agent)  # reads the root above: binds the governance's operations
+    _set_root(agent, CombinedCapability([*others, bound_governance, rebound]))

@@ -199,17 +199,10 @@ def test_an_approval_denied_in_the_kernel_alone_resumes_the_run_and_the_tool_nev
 def _prefect_waker_site(root: Path) -> Path:
     """A distribution declaring the ``chio.approval_wakers`` entry points of pyproject.toml (as an
     install of chio-durable does), for a CLI process of a venv installed before they existed."""
-    import tomllib
+    from approval_wakers_site import approval_wakers_site, declared_wakers
 
-    project = tomllib.loads((Path(__file__).resolve().parents[2] / "pyproject.toml").read_text(encoding="utf-8"))
-    declared = project["project"]["entry-points"]["chio.approval_wakers"]
-    assert declared["prefect"] == "chio_prefect._wake:wake"
-    info = root / "chio_prefect_wakers-0.1.dist-info"
-    info.mkdir(parents=True)
-    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: chio-prefect-wakers\nVersion: 0.1\n", encoding="utf-8")
-    lines = "".join(f"{name} = {target}\n" for name, target in declared.items())
-    (info / "entry_points.txt").write_text(f"[chio.approval_wakers]\n{lines}", encoding="utf-8")
-    return root
+    assert declared_wakers()["prefect"] == "chio_prefect._wake:wake"
+    return approval_wakers_site(root)
 
 
 def test_the_cli_of_another_process_answers_and_its_waker_resumes_the_run_through_the_prefect_server(

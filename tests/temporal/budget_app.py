@@ -67,6 +67,7 @@ ALL = [governed_spender, governed_broken]
 
 def use_kernel(chio: LocalChioClient) -> None:
     for governed in ALL:
+        governed.transport.use(chio)  # what the governance activities evaluate with
         governed.interceptor.chio_client = chio
 
 

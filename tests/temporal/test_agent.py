@@ -33,8 +33,8 @@ with workflow.unsafe.imports_passed_through():
     from chio_kernel import LocalChioClient, SidecarClient
     from chio_kernel.testing import SidecarProcess
     from chio_temporal import DENIED_ERROR_TYPE, ChioTemporalConfigError, WorkflowGrant
-    from chio_temporal._agent_activities import classify_activity
     from chio_temporal._agent import ChioTemporalAgent
+    from chio_temporal._seams import registered_activity_name
 
 
 pytestmark = pytest.mark.temporal
@@ -192,8 +192,8 @@ async def client(temporal_env) -> Client:
 
 
 @asynccontextmanager
-async def worker(client: Client, *plugins: Any) -> AsyncIterator[str]:
-    task_queue = f"agent-{uuid.uuid4().hex[:8]}"
+async def worker(client: Client, *plugins: Any, task_queue: str | None = None) -> AsyncIterator[str]:
+    task_queue = task_queue or f"agent-{uuid.uuid4().hex[:8]}"
     async with Worker(
         client,
         task_queue=task_queue,
@@ -206,6 +206,15 @@ async def worker(client: Client, *plugins: Any) -> AsyncIterator[str]:
 
 def wid(tag: str) -> str:
     return f"{tag}-{uuid.uuid4().hex[:8]}"
+
+
+def scheduled(history: Any) -> list[str]:
+    """The activity types a workflow history scheduled, in order."""
+    return [
+        e.activity_task_scheduled_event_attributes.activity_type.name
+        for e in history.events
+        if e.event_type == EventType.EVENT_TYPE_ACTIVITY_TASK_SCHEDULED
+    ]
 
 
 def denied_cause(err: BaseException) -> ApplicationError:
@@ -244,9 +253,11 @@ async def test_allowed_run_evaluates_every_call(client, chio):
     ]
     assert all(r.decision.is_allowed for r in receipts)
     assert receipts[1].action.parameters == {"order_id": "A"}
+    assert app.TOOL_RECEIPT_IDS[-1] == receipts[1].id  # the tool body, in its activity, knew its receipt
     # the envelope also has the MCP listing; nothing denied
     receipt = app.governed_support.interceptor.get_workflow_receipt(workflow_id)
-    assert receipt is not None and (receipt.step_count, receipt.allow_count, receipt.deny_count) == (6, 6, 0)
+    # 3 model requests + 2 tools + the MCP listing re-checked at each of the 3 steps (one receipt)
+    assert receipt is not None and (receipt.step_count, receipt.allow_count, receipt.deny_count) == (8, 8, 0)
     assert set(out["receipt_ids"]) < set(receipt.receipt_ids)
     assert ("docs", "list_tools") in {(s.tool_server, s.tool_name) for s in receipt.steps}
 
@@ -287,7 +298,6 @@ async def test_denied_tool_with_on_deny_raise_fails_the_workflow(client, chio):
     facts = denied.details[0]
     assert (facts["tool_server"], facts["tool_name"], facts["guard"]) == ("strict", "refund", "scope")
     assert (await chio.get_receipt(facts["receipt_id"])).decision.verdict == "deny"
-    assert isinstance(failure.value.cause, ActivityError)
     assert app.CALLS["refund"] == before.get("refund", 0)
     assert app.CALLS["lookup"] - before.get("lookup", 0) == 1
     assert app.CALLS["model"] - before.get("model", 0) == 2  # nothing after the deny
@@ -337,10 +347,11 @@ async def test_mcp_tool_and_listing_are_governed(client, chio):
     receipts = [await chio.get_receipt(rid) for rid in out["receipt_ids"]]
     assert ("docs", "search_docs") in [(r.tool_server, r.tool_name) for r in receipts]
     steps = app.governed_support.interceptor.get_workflow_receipt(workflow_id).steps
-    assert [(s.tool_server, s.tool_name) for s in steps if s.tool_server == "docs"] == [
-        ("docs", "list_tools"),
-        ("docs", "search_docs"),
-    ]
+    docs = [(s.tool_name, s.receipt_id) for s in steps if s.tool_server == "docs"]
+    # the listing is evaluated before the first model request (and re-checked before each later one,
+    # the same decision: one receipt); the MCP call once, after the listing allowed the server's tools
+    assert docs[0][0] == "list_tools" and [name for name, _ in docs].count("search_docs") == 1
+    assert len({rid for name, rid in docs if name == "list_tools"}) == 1
 
 
 async def test_mcp_call_and_listing_denied(client, chio):
@@ -363,12 +374,14 @@ async def test_mcp_listing_denied_hides_the_servers_tools(client, chio):
     assert app.SEEN_TOOLS and all("search_docs" not in tools for tools in app.SEEN_TOOLS)
     assert all("lookup" in tools for tools in app.SEEN_TOOLS)
     steps = app.governed_support.interceptor.get_workflow_receipt(workflow_id).steps
-    assert [(s.tool_name, s.verdict, s.guard) for s in steps if s.tool_server == "docs"] == [
-        ("list_tools", "deny", "scope")
-    ]
+    docs = [s for s in steps if s.tool_server == "docs"]
+    # denied before each of the 2 model requests (a deny is not reused: each check is signed), nothing else
+    assert len(docs) == 2 and {(s.tool_name, s.verdict, s.guard) for s in docs} == {("list_tools", "deny", "scope")}
 
 
 async def test_retry_attempts_reuse_one_receipt(client, chio):
+    """A tool activity that fails once and succeeds on its retry was evaluated once: one evaluate
+    activity, one kernel receipt for both attempts of the tool body."""
     await issue(chio, MODEL, grant("support"), DOCS_LIST)
     before = dict(app.CALLS)
     async with worker(client) as tq:
@@ -379,7 +392,7 @@ async def test_retry_attempts_reuse_one_receipt(client, chio):
     (step,) = [
         s for s in app.governed_support.interceptor.get_workflow_receipt(workflow_id).steps if s.tool_name == "flaky"
     ]
-    assert step.attempts == [1, 2] and step.allowed
+    assert step.attempts == [1] and step.allowed  # one evaluation (the evaluate activity's one attempt)
     flaky_receipts = [r for r in await chio.list_receipts(app.CAPABILITY_ID) if r.tool_name == "flaky"]
     assert [r.id for r in flaky_receipts] == [step.receipt_id]
     assert step.receipt_id in out["receipt_ids"]
@@ -404,10 +417,10 @@ async def test_receipt_ids_of_is_every_decision_of_the_run_once_with_a_told_deny
         ("function:scripted_support_model:", True),
     ]
     (flaky,) = [s for s in app.governed_support.interceptor.get_workflow_receipt(workflow_id).steps if s.tool_name == "flaky"]
-    assert flaky.attempts == [1, 2] and flaky.receipt_id == ids[3]
+    assert flaky.attempts == [1] and flaky.receipt_id == ids[3]  # evaluated once for both tool attempts
 
 
-async def test_governed_history_replays_and_adds_no_activity(client, chio):
+async def test_governed_history_replays_and_each_call_is_evaluated_first(client, chio):
     await issue(chio, MODEL, grant("support"), grant("bare"), DOCS_LIST)
     async with worker(client) as tq:
         governed_handle = await client.start_workflow(
@@ -423,38 +436,69 @@ async def test_governed_history_replays_and_adds_no_activity(client, chio):
     bare_history = await bare_handle.fetch_history()
     replayer = Replayer(workflows=WORKFLOWS, plugins=[PydanticAIPlugin(), *(g.plugin for g in app.ALL_GOVERNED)])
     assert (await replayer.replay_workflow(governed_history)).replay_failure is None
-    # a history recorded before governance was added replays under the governed plugin
     assert (await replayer.replay_workflow(bare_history)).replay_failure is None
 
-    def scheduled(history: Any) -> list[str]:
-        return [
-            e.activity_task_scheduled_event_attributes.activity_type.name
-            for e in history.events
-            if e.event_type == EventType.EVENT_TYPE_ACTIVITY_TASK_SCHEDULED
-        ]
-
+    evaluate = "agent__support__capability__chio__evaluate"
     governed_types = scheduled(governed_history)
-    # only pydantic-ai's own activities: listing + 3 model requests + 2 tool calls, no chio activity
-    assert governed_types == [
+    # every pydantic-ai activity is scheduled right after the evaluate activity that allowed it
+    for index, activity_type in enumerate(governed_types):
+        if activity_type != evaluate:
+            assert index > 0 and governed_types[index - 1] == evaluate, governed_types
+    # 3 model requests + 2 tool calls + the MCP listing checked before each of the 3 model requests
+    assert governed_types.count(evaluate) == 8
+    # apart from the evaluations: the ungoverned agent's activities, plus the governed agent's MCP listing
+    assert [t for t in governed_types if t != evaluate] == [
         "agent__support__mcp_server__docs__get_tools",
-        "agent__support__model_request",
-        "agent__support__toolset__<agent>__call_tool",
-        "agent__support__model_request",
-        "agent__support__toolset__<agent>__call_tool",
-        "agent__support__model_request",
+        *[t.replace("bare", "support") for t in scheduled(bare_history)],
     ]
-    assert [t.replace("bare", "support") for t in scheduled(bare_history)] == governed_types[1:]
 
 
-async def test_existing_temporal_agent_is_accepted_without_deprecation_warnings(client, chio):
+async def test_a_restarted_worker_replays_the_run_without_evaluating_again(client, chio):
+    """The decisions are in the history: a new worker replays the first agent run (forced by a query)
+    without one kernel evaluation, and evaluates only the calls made after the restart."""
+    import asyncio
+
+    await issue(chio, MODEL, grant("support"), DOCS_LIST)
+    decisions: list[Any] = []
+    app.governed_support.transport.observers.append(decisions.append)  # every evaluation in an activity
+    task_queue, workflow_id = f"restart-{uuid.uuid4().hex[:8]}", wid("restart")
+    try:
+        async with worker(client, task_queue=task_queue):
+            handle = await client.start_workflow(
+                TwoRunsWorkflow.run, args=["lookup:R", "lookup:S"], id=workflow_id, task_queue=task_queue,
+                execution_timeout=timedelta(seconds=120),
+            )
+            for _ in range(200):
+                if await handle.query(TwoRunsWorkflow.first_output):
+                    break
+                await asyncio.sleep(0.05)
+        evaluated, receipts, calls = len(decisions), len(await chio.list_receipts(app.CAPABILITY_ID)), dict(app.CALLS)
+        assert evaluated == scheduled(await handle.fetch_history()).count("agent__support__capability__chio__evaluate")
+        async with worker(client, task_queue=task_queue):  # a new worker: nothing cached, the query replays
+            assert await handle.query(TwoRunsWorkflow.first_output) == "order R: shipped"
+            assert len(decisions) == evaluated and dict(app.CALLS) == calls
+            assert len(await chio.list_receipts(app.CAPABILITY_ID)) == receipts
+            await handle.signal(TwoRunsWorkflow.proceed)
+            assert await handle.result() == "order S: shipped"
+    finally:
+        app.governed_support.transport.observers.remove(decisions.append)
+    # the second run was evaluated once per governed call, nothing of the first run again
+    history_evaluations = scheduled(await handle.fetch_history()).count("agent__support__capability__chio__evaluate")
+    assert len(decisions) == history_evaluations == 2 * evaluated
+    assert app.CALLS["lookup"] - calls.get("lookup", 0) == 1 and app.CALLS["model"] - calls.get("model", 0) == 2
+
+
+async def test_existing_temporal_agent_is_rebuilt_governed_without_deprecation_warnings(client, chio):
     await issue(chio, MODEL, grant("legacy"))
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         governed = ChioTemporalAgent(app.legacy_agent, capability_id=app.CAPABILITY_ID, chio_client=chio)
-        assert governed.durability is None and governed.wrapped is app.legacy_agent
-        assert {fn.__temporal_activity_definition.name for fn in governed.temporal_activities} >= {
+        # rebuilt from the TemporalAgent's Agent: the governance on it, its own TemporalDurability bound after
+        assert governed.durability is not None and governed.wrapped is not app.legacy_agent
+        assert {registered_activity_name(fn) for fn in governed.temporal_activities} >= {
             "agent__legacy__model_request",
             "agent__legacy__toolset__<agent>__call_tool",
+            "agent__legacy__capability__chio__evaluate",
         }
         async with worker(client) as tq:
             workflow_id = wid("legacy")
@@ -508,10 +552,13 @@ async def test_streamed_model_requests_are_governed_and_carry_their_receipt(clie
     assert out["output"] == "order T: shipped"
     assert app.STREAM_EVENTS  # the handler ran: the streaming path was taken
     steps = app.governed_streaming.interceptor.get_workflow_receipt(workflow_id).steps
-    assert [(s.activity_type, s.tool_server) for s in steps] == [
-        ("agent__streamer__model_request_stream", "model"),
-        ("agent__streamer__toolset__<agent>__call_tool", "streamer"),
-        ("agent__streamer__model_request_stream", "model"),
+    evaluate = "agent__streamer__capability__chio__evaluate"
+    assert [(s.activity_type, s.tool_server) for s in steps] == [(evaluate, "model"), (evaluate, "streamer"), (evaluate, "model")]
+    history = scheduled(await client.get_workflow_handle(workflow_id).fetch_history())
+    assert [t for t in history if t not in (evaluate, "agent__streamer__event_stream_handler")] == [
+        "agent__streamer__model_request_stream",
+        "agent__streamer__toolset__<agent>__call_tool",
+        "agent__streamer__model_request_stream",
     ]
     assert out["receipt_ids"] == [s.receipt_id for s in steps]  # stamped on the streamed responses too
 
@@ -534,7 +581,7 @@ async def test_through_the_real_sidecar_with_the_real_chio_client(client, chio_h
         assert app.CALLS["flaky"] - before.get("flaky", 0) == 2 and app.CALLS["refund"] == before.get("refund", 0)
         steps = app.governed_support.interceptor.get_workflow_receipt(workflow_id).steps
         (flaky,) = [s for s in steps if s.tool_name == "flaky"]
-        assert flaky.attempts == [1, 2]  # both attempts, one receipt, over HTTP
+        assert flaky.attempts == [1]  # evaluated once over HTTP; both tool attempts under that one receipt
         async with LocalChioClient(data_dir=chio_home) as reader:
             stored = await reader.list_receipts(app.CAPABILITY_ID)
         assert [r.id for r in stored if r.tool_name == "flaky"] == [flaky.receipt_id]
@@ -553,7 +600,7 @@ def test_plain_agent_is_made_durable_with_options_passed_through():
     durability = app.governed_support.durability
     assert durability is not None and TemporalDurability.from_agent(app.governed_support) is durability
     assert durability.activity_config["retry_policy"].initial_interval == timedelta(milliseconds=50)
-    names = {fn.__temporal_activity_definition.name for fn in app.governed_support.temporal_activities}
+    names = {registered_activity_name(fn) for fn in app.governed_support.temporal_activities}
     assert {
         "agent__support__model_request",
         "agent__support__toolset__<agent>__call_tool",
@@ -587,75 +634,6 @@ def test_bad_construction_says_what_to_pass():
         ChioTemporalAgent(app.governed_support, capability_id="c", chio_client=app._placeholder)
 
 
-@pytest.mark.parametrize(
-    ("activity_type", "expected"),
-    [
-        ("agent__support__model_request", ("model", None)),
-        ("agent__support__model_request_stream", ("model", None)),
-        ("agent__support__toolset__<agent>__call_tool", ("tool", "<agent>")),
-        ("agent__support__dynamic_toolset__dyn__call_tool", ("tool", "dyn")),
-        ("agent__support__mcp_server__docs__call_tool", ("mcp", "docs")),
-        ("agent__support__mcp_server__docs__get_tools", ("mcp_list", "docs")),
-        ("agent__support__mcp_server__my__docs__get_tools", ("mcp_list", "my__docs")),
-        ("agent__support__toolset__<agent>__validate_args", None),
-        ("agent__support__dynamic_toolset__dyn__validate_args", None),
-        ("agent__support__mcp_server__docs__validate_args", None),
-        ("agent__support__dynamic_toolset__dyn__get_tools", None),
-        ("agent__support__function_toolset__fn__get_tools", None),
-        ("agent__support__event_stream_handler", None),
-        ("agent__support__model_cancel_suspended_response", None),
-        # fail closed: what is not allow-listed is governed, known or not
-        ("agent__support__capability__workspace__call", ("operation", None)),
-        ("agent__support__some_future_operation", ("operation", None)),
-        ("agent__support__toolset__<agent>__some_future_op", ("operation", None)),
-        ("agent__support__mcp_server__docs__some_future_op", ("operation", None)),
-        ("agent__other__model_request", None),
-        ("debit_account", None),
-    ],
-)
-def test_activity_classification(activity_type, expected):
-    found = classify_activity(activity_type, "support")
-    assert (None if found is None else (found.kind, found.toolset_id)) == expected
-
-
-def test_every_operation_pydantic_ai_names_is_governed_or_allow_listed():
-    """Each DurableOperationId pydantic-ai can name: governed, or one of the documented harmless ones."""
-    from pydantic_ai.durable_exec._operation import (
-        CapabilityOperationId,
-        EventStreamHandlerId,
-        ModelCancelSuspendedResponseId,
-        ModelCompactMessagesId,
-        ModelRequestId,
-        ToolsetCallToolId,
-        ToolsetGetInstructionsId,
-        ToolsetGetToolsId,
-        ToolsetValidateToolArgumentsId,
-    )
-    from pydantic_ai.durable_exec.temporal._operation_names import TemporalOperationNamer
-
-    namer = TemporalOperationNamer("support")
-    kinds = ("function", "dynamic", "mcp")
-    governed = {
-        namer.operation_name(op): classify_activity(namer.operation_name(op), "support")
-        for op in [
-            ModelRequestId(model_name="m"), ModelRequestId(model_name="m", streaming=True),
-            ModelCompactMessagesId(model_name="m"),
-            ToolsetGetInstructionsId("docs"), CapabilityOperationId("workspace", operation="call"),
-            *(ToolsetCallToolId(kind, toolset_id="t") for kind in kinds),
-            ToolsetGetToolsId("mcp", toolset_id="t"),
-        ]
-    }
-    assert all(found is not None for found in governed.values()), governed
-    assert governed["agent__support__capability__workspace__call"].kind == "operation"
-    allowed = [
-        EventStreamHandlerId(), ModelCancelSuspendedResponseId(model_name="m"),
-        ToolsetGetToolsId("function", toolset_id="t"), ToolsetGetToolsId("dynamic", toolset_id="t"),
-        *(ToolsetValidateToolArgumentsId(kind, toolset_id="t") for kind in kinds),
-    ]
-    assert [classify_activity(namer.operation_name(op), "support") for op in allowed] == [None] * len(allowed)
-
-
-
 def test_worker_side_is_built_lazily_from_a_client_factory(chio_home):
     made: list[LocalChioClient] = []
 
@@ -668,7 +646,7 @@ def test_worker_side_is_built_lazily_from_a_client_factory(chio_home):
     assert governed.interceptor.chio_client is made[0] and governed.chio is made[0]
     assert governed.plugin is governed.plugin and len(made) == 1
     # a client class is a factory too (LocalChioClient() opens $CHIO_HOME)
-    assert ChioTemporalAgent(app.support_agent, capability_id="c", chio_client=LocalChioClient)._chio is None
+    assert ChioTemporalAgent(app.support_agent, capability_id="c", chio_client=LocalChioClient).transport.client is None
 
 
 async def test_outside_a_workflow_the_run_is_governed_in_process(chio_home):
@@ -687,26 +665,26 @@ async def test_outside_a_workflow_the_run_is_governed_in_process(chio_home):
         assert ids == governed.local_governance.receipt_ids_of(result) and len(ids) >= 5
 
 
-async def test_worker_without_governed_plugin_fails_closed(client, chio):
-    """The governed agent's activities registered without governed.plugin refuse to run."""
-    await issue(chio, MODEL, grant("support"), DOCS_LIST)
+async def test_agent_plugin_of_the_governed_agent_runs_it_governed(client, chio):
+    """pydantic-ai's own ``AgentPlugin(governed)`` hands out the governance's activities with the
+    agent's: the run is governed as with governed.plugin (a deny is told, no ungoverned call runs)."""
+    await issue(chio, MODEL, grant("support", "lookup"), DOCS_LIST)  # no refund
     before = dict(app.CALLS)
     async with worker(client, AgentPlugin(app.governed_support)) as tq:
-        with pytest.raises(WorkflowFailureError) as failure:
-            await client.execute_workflow(SupportWorkflow.run, "lookup:Z", id=wid("bypass"), task_queue=tq)
-    cause = failure.value.cause
-    while cause is not None and not isinstance(cause, ApplicationError):
-        cause = cause.__cause__
-    assert isinstance(cause, ApplicationError) and cause.type == "ChioTemporalConfigError" and cause.non_retryable
-    assert "governed.plugin" in str(cause)
-    assert app.CALLS.get("model", 0) == before.get("model", 0)  # nothing ran ungoverned
-    assert app.CALLS.get("lookup", 0) == before.get("lookup", 0)
-    # every route pydantic-ai offers hands out the guarded functions
-    from chio_temporal._agent import guarded_agent_name
-
-    durability = TemporalDurability.from_agent(app.governed_support)
-    assert durability is not None and durability.temporal_activities
-    assert {guarded_agent_name(fn) for fn in durability.temporal_activities} == {"support"}
+        out = await client.execute_workflow(SupportWorkflow.run, "lookup:Z,refund:Z", id=wid("agentplugin"), task_queue=tq)
+    lookup_text, denied_text = out["output"].split(" | ")
+    assert lookup_text == "order Z: shipped"
+    assert denied_text.startswith("Permission denied: the call to support/refund was not run")
+    assert app.CALLS["refund"] == before.get("refund", 0)
+    assert app.CALLS["lookup"] - before.get("lookup", 0) == 1
+    receipts = [await chio.get_receipt(rid) for rid in out["receipt_ids"]]
+    assert [(r.tool_name, r.decision.is_allowed) for r in receipts] == [
+        ("function:scripted_support_model:", True),
+        ("lookup", True),
+        ("function:scripted_support_model:", True),
+        ("refund", False),
+        ("function:scripted_support_model:", True),
+    ]
 
 
 # --- fail closed however the worker is assembled ------------------------------------------------
@@ -746,9 +724,11 @@ ASSEMBLIES: dict[str, tuple[Any, Any]] = {
 
 @pytest.mark.parametrize("assembly", list(ASSEMBLIES))
 async def test_every_worker_assembly_without_governed_plugin_fails_closed(client, chio, assembly):
-    """No model request, tool or MCP call runs unevaluated: the first guarded activity refuses, non-retryably."""
-    # The capability would allow everything: what stops the calls is the missing plugin, not a deny.
-    await issue(chio, MODEL, grant("support"), grant("userdurable"), grant("legacy"), DOCS_LIST)
+    """However the worker is assembled, nothing runs without the kernel's allow: a governed agent's
+    activities come with its evaluate activity (with a capability that allows none of the agent's
+    calls, the model request's deny fails the run and only evaluations are in the history), and the
+    activities of a governed TemporalAgent refuse to run (non-retryable ChioTemporalConfigError)."""
+    await issue(chio, grant("unrelated", "nothing"))  # allows none of the agents' calls
     workflow_class, options = ASSEMBLIES[assembly]
     options = options()
     before = dict(app.CALLS)
@@ -760,16 +740,28 @@ async def test_every_worker_assembly_without_governed_plugin_fails_closed(client
         activities=list(options.get("activities", [])),
         plugins=list(options.get("plugins", [])),
     ):
+        handle = await client.start_workflow(
+            workflow_class.run, "lookup:Y", id=wid("assembly"), task_queue=task_queue,
+            execution_timeout=timedelta(seconds=60),
+        )
         with pytest.raises(WorkflowFailureError) as failure:
-            await client.execute_workflow(workflow_class.run, "lookup:Y", id=wid("assembly"), task_queue=task_queue)
-    cause: BaseException | None = failure.value.cause
-    while cause is not None and not (isinstance(cause, ApplicationError) and cause.type == "ChioTemporalConfigError"):
-        cause = cause.__cause__
-    assert isinstance(cause, ApplicationError) and cause.non_retryable, failure.value
-    assert "governed.plugin" in str(cause)
+            await handle.result()
     for counter in ("model", "lookup", "search_docs"):  # nothing ran ungoverned
         assert app.CALLS.get(counter, 0) == before.get(counter, 0), counter
-    assert not await chio.list_receipts(app.CAPABILITY_ID)  # and nothing was evaluated either
+    receipts = await chio.list_receipts(app.CAPABILITY_ID)
+    if assembly.startswith("TemporalAgent"):
+        cause: BaseException | None = failure.value.cause
+        while cause is not None and not (isinstance(cause, ApplicationError) and cause.type == "ChioTemporalConfigError"):
+            cause = cause.__cause__
+        assert isinstance(cause, ApplicationError) and cause.non_retryable, failure.value
+        assert "governed.plugin" in str(cause)
+        assert not receipts  # refused before any evaluation
+        return
+    facts = denied_cause(failure.value).details[0]
+    assert (facts["tool_server"], facts["guard"]) == ("model", "scope")
+    types = scheduled(await handle.fetch_history())
+    assert types and all(t.endswith("__capability__chio__evaluate") for t in types), types
+    assert receipts and not any(r.decision.is_allowed for r in receipts)
 
 
 async def test_user_made_durable_agent_is_governed_by_governed_plugin(client, chio):

@@ -70,9 +70,16 @@ def scripted_support_model(messages: list[ModelMessage], info: AgentInfo) -> Mod
     return ModelResponse(parts=[TextPart(" | ".join(results) or "no tools")])
 
 
+TOOL_RECEIPT_IDS: list[str | None] = []
+"""``chio_durable.agent.current_receipt_id()`` as each ``lookup`` body saw it (in its activity)."""
+
+
 async def lookup(order_id: str) -> str:
     """Look up an order."""
+    from chio_durable.agent import current_receipt_id
+
     CALLS["lookup"] += 1
+    TOOL_RECEIPT_IDS.append(current_receipt_id())
     return f"order {order_id}: shipped"
 
 
@@ -144,8 +151,9 @@ bare_agent = Agent(
     tools=[lookup, refund],
     capabilities=[TemporalDurability(activity_config=FAST_RETRIES)],
 )
-# 4b. An agent the user made durable, then wrapped: from then on its activities refuse to run on a
-#     worker without governed.plugin (whatever registers them).
+# 4b. An agent the user made durable, then wrapped: the governance is put on it in place and its
+#     durability bound again, so every route that registers its activities registers the evaluate
+#     activity with them (its calls run governed on any worker).
 user_durable_agent = Agent(
     FunctionModel(scripted_support_model),
     name="userdurable",
@@ -158,8 +166,9 @@ ALL_GOVERNED = [governed_support, governed_strict, governed_bare]
 
 
 def use_kernel(chio: Any, *governed: ChioTemporalAgent[Any, Any]) -> None:
-    """Point governed agents' interceptors at a test's kernel (the agents are module-level)."""
+    """Point governed agents at a test's kernel (the agents are module-level)."""
     for agent in governed or ALL_GOVERNED:
+        agent.transport.use(chio)
         agent.interceptor.chio_client = chio
         agent.interceptor.sidecar_url = getattr(chio, "base_url", "embedded")
 
