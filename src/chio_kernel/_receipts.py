@@ -19,7 +19,7 @@ from pydantic import BaseModel, ValidationError
 from chio_kernel._errors import KernelInputError
 from chio_kernel._ids import _uuid7_str
 from chio_kernel._store import GENESIS_HASH, StoreReader, StoreWriter
-from chio_kernel.canonical import canonical_json
+from chio_kernel.canonical import canonical_json, canonical_json_str
 from chio_kernel.signing import verify_hex
 
 __all__ = [
@@ -224,15 +224,20 @@ def build_receipt(
     through the models.
     """
     verdict = decision["verdict"]
-    if not metadata and call.params_text is not None and call.params_ascii is not None and (
+    if _plain_metadata(metadata) and call.params_text is not None and call.params_ascii is not None and (
         verdict == "allow" or (verdict == "deny" and len(decision) == 3)
     ):
         deny = None if verdict == "allow" else (decision["guard"], decision["reason"])
         return _spliced_receipt(
             sign_hex, key, prev_hash, now, call.capability_id, call.tool_server, call.tool_name, call.params,
-            call.params_text, call.params_ascii, call.param_hash, deny, policy_hash,
+            call.params_text, call.params_ascii, call.param_hash, deny, policy_hash, metadata or None,
         )
     return _general_receipt(sign_hex, key, prev_hash, now, call, dict(decision), policy_hash, metadata)
+
+
+def _plain_metadata(metadata: Mapping[str, Any] | None) -> bool:
+    """Whether ``metadata`` can be spliced: none, or run context (text keys and text values)."""
+    return not metadata or all(type(k) is str and type(v) is str for k, v in metadata.items())
 
 
 def _general_receipt(
@@ -283,8 +288,9 @@ def _spliced_receipt(
     param_hash: str,
     deny: tuple[str, str] | None,
     policy_hash: str,
+    metadata: Mapping[str, str] | None = None,
 ) -> tuple[ChioReceipt, str, str]:
-    """A plain allow / deny spliced from canonical parts (see :func:`build_receipt`)."""
+    """A plain allow / deny (with text-only run metadata) spliced from canonical parts (see :func:`build_receipt`)."""
     rid = "rcpt-" + _uuid7_str()
     ts = str(int(now))
     q_cap, q_tool, q_server = _q(capability_id), _q(tool_name), _q(tool_server)
@@ -300,11 +306,16 @@ def _spliced_receipt(
         decision_ascii = '{"guard":' + _qa(guard) + ',"reason":' + _qa(reason) + ',"verdict":"deny"}'
     # The canonical JSON of the signed body, spliced from canonical parts in sorted key order
     # (equal to canonical_json(body); tests/kernel check both ways agree).
+    # "metadata" sorts between "kernel_key" and "policy_hash" (RFC 8785 and sort_keys alike).
+    meta_text = meta_ascii = ""
+    if metadata:
+        meta_text = ',"metadata":' + canonical_json_str(dict(metadata))
+        meta_ascii = ',"metadata":' + _chain_dumps(dict(metadata))
     signed = (
         '{"action":{"parameter_hash":"' + param_hash + '","parameters":' + params_text
         + '},"capability_id":' + q_cap + ',"content_hash":"' + prev_hash
-        + '","decision":' + decision_text + ',"id":"' + rid + '","kernel_key":"' + key
-        + '","policy_hash":"' + policy_hash + '","timestamp":' + ts
+        + '","decision":' + decision_text + ',"id":"' + rid + '","kernel_key":"' + key + '"' + meta_text
+        + ',"policy_hash":"' + policy_hash + '","timestamp":' + ts
         + ',"tool_name":' + q_tool + ',"tool_server":' + q_server + "}"
     )
     signature = sign_hex(signed.encode("utf-8"))
@@ -315,8 +326,8 @@ def _spliced_receipt(
     stored = (
         '{"action":{"parameter_hash":"' + param_hash + '","parameters":' + params_ascii
         + '},"capability_id":' + q_cap + ',"content_hash":"' + prev_hash
-        + '","decision":' + decision_ascii + ',"evidence":[],"id":"' + rid + '","kernel_key":"' + key
-        + '","policy_hash":"' + policy_hash + '","signature":"' + signature + '","timestamp":' + ts
+        + '","decision":' + decision_ascii + ',"evidence":[],"id":"' + rid + '","kernel_key":"' + key + '"' + meta_ascii
+        + ',"policy_hash":"' + policy_hash + '","signature":"' + signature + '","timestamp":' + ts
         + ',"tool_name":' + q_tool + ',"tool_server":' + q_server + "}"
     )
     chain_hash = hashlib.sha256(stored.encode()).hexdigest()
@@ -339,7 +350,7 @@ def _spliced_receipt(
     body["decision"] = _construct(
         Decision, _DECISION_FIELDS, {"verdict": decision["verdict"], "reason": reason, "guard": guard}
     )
-    body["metadata"] = None
+    body["metadata"] = dict(metadata) if metadata else None
     return _construct(ChioReceipt, _RECEIPT_FIELDS, body), stored, chain_hash
 
 
