@@ -44,7 +44,7 @@ from chio_durable._call import GovernedCall, run_metadata
 from chio_durable._decision import Evaluation
 from chio_durable._metering import ModelMetering, ModelPrices
 from chio_durable.agent import CallMapper, ChioGovernance, GovernedRecord, OnDeny, current_receipt_id
-from chio_durable.agent._adapter import check_realtime_hooks, refuse_realtime
+from chio_durable.agent._seams import check_realtime_hooks, refuse_realtime
 from chio_durable.agent._capability import REALTIME_REFUSED
 from chio_dbos._approvals import dbos_approval_waiter
 from chio_dbos._seams import agent_with_capabilities, agent_without, dbos_agent_options

@@ -49,7 +49,7 @@ from pydantic_ai.toolsets import WrapperToolset
 
 from chio_durable import ChioClientLike, Decision
 from chio_durable.agent import CallMapper, ChioGovernance, GovernedRecord, OnDeny, current_receipt_id
-from chio_durable.agent._adapter import check_realtime_hooks, prefect_agent_hidden_options, refuse_realtime
+from chio_durable.agent._seams import check_realtime_hooks, prefect_agent_hidden_options, refuse_realtime
 from chio_durable.agent._capability import REALTIME_REFUSED, _is_mcp_toolset
 from chio_durable._evaluation import Evaluation, KernelRejected
 from chio_durable.agent._mapping import GovernedCall
@@ -179,7 +179,7 @@ def _unwrap_prefect_agent(
 
     Public reads: ``.wrapped``, ``.name``, ``.model.task_config`` (its ``PrefectModel``),
     ``.event_stream_handler`` and the ``durable_config`` of its durable toolsets (``.toolsets``).
-    The two options with no public read path come from :mod:`chio_durable.agent._adapter`. Reads
+    The two options with no public read path come from :mod:`chio_durable.agent._seams`. Reads
     attributes only: no deprecated pydantic-ai code path runs, so no warning is raised.
     """
     if FlowRunContext.get() is not None:
@@ -429,7 +429,7 @@ class ChioPrefectAgent(WrapperAgent[AgentDepsT, OutputDataT]):
 
     # --- realtime: refused (its model traffic runs no model-request hooks, so it is not governed) ---
     # The delegation hooks another wrapper reaches us through are refused by
-    # chio_durable.agent._adapter.refuse_realtime (the class decorator above).
+    # chio_durable.agent._seams.refuse_realtime (the class decorator above).
 
     def realtime(self, *args: Any, **kwargs: Any) -> Any:
         """Refused: a realtime session's model traffic cannot be evaluated (see ``docs/agents.md``)."""
