@@ -5,7 +5,10 @@ Rules it holds:
 * no import cycle anywhere inside ``src/`` (a lazy, function-level import counts like any other:
   it hides a cycle from the interpreter, not from the design);
 * layers: ``chio_kernel`` <- ``chio_durable`` <- ``chio_prefect`` / ``chio_temporal`` / ``chio_dbos``:
-  a package imports only packages below it, and the engines never import each other.
+  a package imports only packages below it, and the engines never import each other;
+* an engine imports from ``chio_durable`` only ``chio_durable``, ``chio_durable.agent`` (the public
+  surface) and ``chio_durable._engine`` (the engines' internal API): no other private module of it,
+  not even under ``if TYPE_CHECKING:``.
 
 Imports under ``if TYPE_CHECKING:`` are annotations, never executed: left out. A module named in
 a string of a module that calls ``importlib.import_module`` counts as imported.
@@ -23,6 +26,8 @@ from pathlib import Path
 
 SRC = Path(__file__).resolve().parents[1] / "src"
 LAYER = {"chio_kernel": 0, "chio_durable": 1, "chio_prefect": 2, "chio_temporal": 2, "chio_dbos": 2}
+ENGINES = ("chio_prefect", "chio_temporal", "chio_dbos")
+ENGINE_MAY_IMPORT = ("chio_durable", "chio_durable.agent", "chio_durable._engine")
 
 
 def _modules() -> dict[str, Path]:
@@ -146,3 +151,68 @@ def test_layers_point_down_and_engines_never_import_each_other() -> None:
             if LAYER[other] >= LAYER[top]:
                 wrong.append(f"{name} -> {target}")
     assert wrong == []
+
+
+def _durable_imports(path: Path) -> Iterator[tuple[int, str, str]]:
+    """(line, module, statement) of every import of a ``chio_durable`` module in ``path``.
+
+    Every statement counts, ``if TYPE_CHECKING:`` ones too; ``from chio_durable.agent import _x``
+    imports the module ``chio_durable.agent._x``; in a module that calls ``importlib.import_module``,
+    a string naming a ``chio_durable`` module counts as its import.
+    """
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    dynamic = "import_module" in ast.unparse(tree)
+    for node in ast.walk(tree):
+        if dynamic and isinstance(node, ast.Constant) and isinstance(node.value, str):
+            if node.value.split(".")[0] == "chio_durable" and node.value.replace(".", "").replace("_", "").isalnum():
+                yield node.lineno, node.value, repr(node.value)
+        if isinstance(node, ast.Import):
+            for alias in node.names:
+                if alias.name.split(".")[0] == "chio_durable":
+                    yield node.lineno, alias.name, ast.unparse(node)
+        elif isinstance(node, ast.ImportFrom) and not node.level and node.module:
+            if node.module.split(".")[0] != "chio_durable":
+                continue
+            for alias in node.names:
+                private_submodule = alias.name.startswith("_") and node.module in ENGINE_MAY_IMPORT
+                yield node.lineno, f"{node.module}.{alias.name}" if private_submodule else node.module, ast.unparse(node)
+
+
+def test_engines_import_only_chio_durables_public_surface_and_engine_api() -> None:
+    wrong = []
+    for name, path in sorted(_modules().items()):
+        if name.split(".")[0] not in ENGINES:
+            continue
+        for line, module, statement in _durable_imports(path):
+            if module not in ENGINE_MAY_IMPORT:
+                wrong.append(f"{path.relative_to(SRC)}:{line}: {statement}")
+    assert not wrong, (
+        "an engine imports a private module of chio_durable; import the name from chio_durable or "
+        "chio_durable.agent if it is public there (their __all__), else re-export it from where it lives "
+        "in chio_durable/_engine.py (the engines' internal API, in its section) and import it from "
+        "chio_durable._engine:\n  " + "\n  ".join(wrong)
+    )
+
+
+def test_the_engine_rule_sees_every_kind_of_import(tmp_path: Path) -> None:
+    sample = tmp_path / "sample.py"
+    sample.write_text(
+        "from typing import TYPE_CHECKING\n"
+        "import chio_durable._call\n"
+        "from chio_durable._metering import HOLDS\n"
+        "from chio_durable.agent import _seams\n"
+        "from chio_durable import Evaluation, _params\n"
+        "from chio_durable._engine import run_metadata\n"
+        "from chio_durable.agent import ChioGovernance\n"
+        "if TYPE_CHECKING:\n"
+        "    from chio_durable.agent._approvals import ApprovalWaiter\n"
+        "def f():\n"
+        "    from chio_durable.agent._display import records_html\n"
+        "    return importlib.import_module('chio_durable._loop')\n"
+    )
+    found = [(line, module) for line, module, _ in _durable_imports(sample)]  # ast.walk: breadth-first
+    assert {m for _, m in found if m not in ENGINE_MAY_IMPORT} == {
+        "chio_durable._call", "chio_durable._metering", "chio_durable.agent._seams", "chio_durable._params",
+        "chio_durable.agent._approvals", "chio_durable.agent._display", "chio_durable._loop",
+    }
+    assert {m for _, m in found if m in ENGINE_MAY_IMPORT} == set(ENGINE_MAY_IMPORT)

@@ -39,13 +39,17 @@ from pydantic_ai.models import Model
 from pydantic_ai.output import OutputDataT
 from pydantic_ai.tools import AgentDepsT, RunContext
 
-from chio_durable import ChioClientLike
-from chio_durable._call import GovernedCall, run_metadata
-from chio_durable._decision import Evaluation
-from chio_durable._metering import ModelMetering, ModelPrices
-from chio_durable.agent import CallMapper, ChioGovernance, GovernedRecord, OnDeny, current_receipt_id
-from chio_durable.agent._adapter import check_realtime_hooks, refuse_realtime
-from chio_durable.agent._capability import REALTIME_REFUSED
+from chio_durable import ChioClientLike, Evaluation, GovernedCall
+from chio_durable._engine import REALTIME_REFUSED, check_realtime_hooks, refuse_realtime, run_metadata
+from chio_durable.agent import (
+    CallMapper,
+    ChioGovernance,
+    GovernedRecord,
+    ModelMetering,
+    ModelPrices,
+    OnDeny,
+    current_receipt_id,
+)
 from chio_dbos._approvals import dbos_approval_waiter
 from chio_dbos._seams import agent_with_capabilities, agent_without, dbos_agent_options
 from chio_dbos.errors import ChioDBOSError, ChioDBOSPermissionError

@@ -20,8 +20,7 @@ from typing import Any
 
 from dbos import DBOS
 
-from chio_durable import KernelTransport
-from chio_durable._decision import Evaluation
+from chio_durable import Evaluation, KernelTransport
 from chio_dbos._wake import approval_topic, wake_fields
 
 __all__ = ["WAKE_STEP", "dbos_approval_waiter"]

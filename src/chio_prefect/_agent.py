@@ -47,13 +47,24 @@ from pydantic_ai.output import OutputDataT
 from pydantic_ai.tools import AgentDepsT, RunContext
 from pydantic_ai.toolsets import WrapperToolset
 
-from chio_durable import ChioClientLike, Decision
-from chio_durable.agent import CallMapper, ChioGovernance, GovernedRecord, OnDeny, current_receipt_id
-from chio_durable.agent._adapter import check_realtime_hooks, prefect_agent_hidden_options, refuse_realtime
-from chio_durable.agent._capability import REALTIME_REFUSED, _is_mcp_toolset
-from chio_durable._evaluation import Evaluation, KernelRejected
-from chio_durable.agent._mapping import GovernedCall
-from chio_durable._call import run_metadata
+from chio_durable import ChioClientLike, Decision, Evaluation, GovernedCall, KernelRejected
+from chio_durable._engine import (
+    REALTIME_REFUSED,
+    check_realtime_hooks,
+    is_mcp_toolset,
+    prefect_agent_hidden_options,
+    refuse_realtime,
+    run_metadata,
+)
+from chio_durable.agent import (
+    CallMapper,
+    ChioGovernance,
+    GovernedRecord,
+    ModelMetering,
+    ModelPrices,
+    OnDeny,
+    current_receipt_id,
+)
 from chio_prefect import decorators as _decorators
 from chio_prefect._artifact import collect_decision, flow_run_receipts_async
 from chio_prefect._approvals import waking_approval_waiter
@@ -61,7 +72,6 @@ from chio_prefect._governance import PrefectGovernance
 from chio_prefect.errors import ChioPermissionError, ChioPrefectError, ChioRequestRejected
 from chio_prefect._task_link import emit_or_hold, held_receipt_events
 from chio_prefect._budgets import release_flow_run_holds, with_release_hooks
-from chio_durable._metering import ModelMetering, ModelPrices
 
 __all__ = [
     "ChioPrefectAgent",
@@ -179,7 +189,7 @@ def _unwrap_prefect_agent(
 
     Public reads: ``.wrapped``, ``.name``, ``.model.task_config`` (its ``PrefectModel``),
     ``.event_stream_handler`` and the ``durable_config`` of its durable toolsets (``.toolsets``).
-    The two options with no public read path come from :mod:`chio_durable.agent._adapter`. Reads
+    The two options with no public read path come from :mod:`chio_durable.agent._seams`. Reads
     attributes only: no deprecated pydantic-ai code path runs, so no warning is raised.
     """
     if FlowRunContext.get() is not None:
@@ -207,7 +217,7 @@ def _unwrap_prefect_agent(
         config = getattr(toolset, "durable_config", None)  # public attribute of pydantic-ai's durable toolsets
         if not isinstance(config, Mapping):
             continue
-        key = "mcp_task_config" if _is_mcp_toolset(toolset.wrapped) else "tool_task_config"
+        key = "mcp_task_config" if is_mcp_toolset(toolset.wrapped) else "tool_task_config"
         options[key] = options[key] or dict(config)
     options.update(prefect_agent_hidden_options(agent, given))
     options["tool_task_config_by_name"] = options.get("tool_task_config_by_name") or None
@@ -429,7 +439,7 @@ class ChioPrefectAgent(WrapperAgent[AgentDepsT, OutputDataT]):
 
     # --- realtime: refused (its model traffic runs no model-request hooks, so it is not governed) ---
     # The delegation hooks another wrapper reaches us through are refused by
-    # chio_durable.agent._adapter.refuse_realtime (the class decorator above).
+    # chio_durable.agent._seams.refuse_realtime (the class decorator above).
 
     def realtime(self, *args: Any, **kwargs: Any) -> Any:
         """Refused: a realtime session's model traffic cannot be evaluated (see ``docs/agents.md``)."""

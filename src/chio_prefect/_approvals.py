@@ -27,9 +27,8 @@ from collections.abc import Awaitable, Callable
 from dataclasses import replace
 from typing import Any, Literal
 
-from chio_durable._approval import PendingApproval, pending_approval
-from chio_durable._decision import Evaluation
-from chio_durable.agent._approvals import ApprovalWaiter
+from chio_durable import Evaluation
+from chio_durable._engine import ApprovalWaiter, PendingApproval, pending_approval
 
 log = logging.getLogger("chio_prefect.approvals")
 

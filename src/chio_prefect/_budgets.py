@@ -21,15 +21,8 @@ from typing import Any
 
 from chio_sdk.models import MonetaryAmount
 
-from chio_durable._loop import run_on_kernel_loop
-from chio_durable._metering import (
-    HOLDS,
-    ToolCost,
-    check_cost,
-    reported_cost_scope,
-    resolve_cost,
-    settle_hold,
-)
+from chio_durable import ToolCost
+from chio_durable._engine import HOLDS, check_cost, reported_cost_scope, resolve_cost, run_on_kernel_loop, settle_hold
 
 __all__ = [
     "FLOW_SCOPE_PREFIX",

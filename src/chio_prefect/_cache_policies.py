@@ -83,7 +83,7 @@ class ChioReceiptCachePolicy(CachePolicy):
         self, task_ctx: Any, inputs: dict[str, Any], flow_parameters: dict[str, Any], **kwargs: Any
     ) -> str | None:
         """An agent's durable task: the inner key joined with the receipt id in force, if any."""
-        from chio_durable._scope import current_receipt_id
+        from chio_durable._engine import current_receipt_id
 
         key = self.inner.compute_key(task_ctx, inputs, flow_parameters, **kwargs) if self.inner else None
         receipt_in_force = current_receipt_id()

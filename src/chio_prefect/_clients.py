@@ -10,7 +10,7 @@ import threading
 
 from chio_sdk.client import ChioClient
 
-from chio_durable._transport import ChioClientLike, KernelTransport, as_transport
+from chio_durable import ChioClientLike, KernelTransport, as_transport
 
 __all__ = [
     "DEFAULT_SIDECAR_URL",

@@ -114,7 +114,7 @@ def run_demo(console: Any, data_dir: Path) -> None:
 
     from rich.markup import escape
 
-    from chio_durable.agent._display import records_table
+    from chio_durable.agent import records_table
     from chio_kernel import LocalChioClient
     from chio_prefect._agent import ChioPrefectAgent
     from chio_prefect._local import use_local_prefect_defaults

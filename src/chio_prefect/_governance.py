@@ -33,9 +33,8 @@ from prefect import Task, task
 from prefect.context import FlowRunContext, TaskRunContext
 from pydantic_ai.tools import RunContext
 
-from chio_durable._approval import evaluate_under
-from chio_durable._call import GovernedCall
-from chio_durable._decision import Evaluation
+from chio_durable import Evaluation, GovernedCall
+from chio_durable._engine import evaluate_under
 from chio_durable.agent import ChioGovernance
 
 __all__ = ["PrefectGovernance", "evaluate_cache_key", "evaluate_task_name"]

@@ -8,7 +8,7 @@ from typing import Any
 
 from chio_sdk.models import ChioScope
 
-from chio_durable._transport import is_client
+from chio_durable._engine import is_client
 from chio_prefect._clients import DEFAULT_SIDECAR_URL
 from chio_prefect.errors import ChioPrefectConfigError
 

@@ -21,14 +21,19 @@ from typing import Any, NoReturn
 
 from chio_sdk.models import ChioScope, MonetaryAmount
 
-from chio_durable import KernelRejected, KernelUnavailable, bind_parameters
-from chio_durable._approval import evaluate_under, evaluate_under_sync
-from chio_durable._call import GovernedCall, call_key, run_metadata
-from chio_durable._decision import Decision, DecisionObserver, notify
-from chio_durable._denial_record import deny_before_evaluation
-from chio_durable._evaluation import Evaluation
-from chio_durable._metering import ToolCost
-from chio_durable._transport import KernelTransport
+from chio_durable import (
+    Decision,
+    DecisionObserver,
+    Evaluation,
+    GovernedCall,
+    KernelRejected,
+    KernelTransport,
+    KernelUnavailable,
+    ToolCost,
+    bind_parameters,
+    call_key,
+)
+from chio_durable._engine import deny_before_evaluation, evaluate_under, evaluate_under_sync, notify, run_metadata
 from chio_prefect import _budgets
 from chio_prefect._approvals import wait_for_approval, wait_for_approval_sync
 from chio_prefect._artifact import collect_decision

@@ -37,7 +37,7 @@ from dataclasses import replace
 from typing import Any
 
 from chio_durable import Decision
-from chio_durable._scope import current_receipt_id
+from chio_durable._engine import current_receipt_id
 from chio_prefect.events import write_receipt_event
 
 __all__ = ["TASK_KINDS", "emit_in_task_run", "emit_or_hold", "held_receipt_events"]

@@ -37,8 +37,7 @@ from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar, overload
 
 from chio_sdk.models import ChioScope
 
-from chio_durable._metering import ToolCost
-from chio_durable._transport import ChioClientLike
+from chio_durable import ChioClientLike, ToolCost
 from chio_prefect import _budgets
 from chio_prefect._clients import DEFAULT_SIDECAR_URL, ClientSpec
 from chio_prefect._denials import FLOW_SCOPE_GUARD as FLOW_SCOPE_GUARD

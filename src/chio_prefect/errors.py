@@ -17,7 +17,7 @@ from typing import Any
 
 from chio_sdk.errors import ChioError
 
-from chio_durable._errors import NoDecision
+from chio_durable import NoDecision
 
 __all__ = [
     "ChioPrefectConfigError",

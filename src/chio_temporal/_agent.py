@@ -55,10 +55,9 @@ from temporalio.exceptions import ApplicationError
 from temporalio.plugin import SimplePlugin
 from temporalio.workflow import ActivityConfig
 
-from chio_durable._metering import ModelMetering, ModelPrices, ToolCost
-from chio_durable._transport import ChioClientLike
-from chio_durable.agent import CallMapper, ChioGovernance, OnDeny
-from chio_durable.agent._denials import receipt_id_in_denied_message
+from chio_durable import ChioClientLike, ToolCost
+from chio_durable._engine import receipt_id_in_denied_message
+from chio_durable.agent import CallMapper, ChioGovernance, ModelMetering, ModelPrices, OnDeny
 from chio_temporal._budgets import tool_costs_by_name, tool_costs_of
 from chio_temporal._governance import (
     RECEIPT_METADATA_KEY,

@@ -33,7 +33,7 @@ import temporalio.workflow
 from temporalio.api.common.v1 import Payload
 from temporalio.exceptions import ActivityError, ApplicationError, ApplicationErrorCategory
 
-from chio_durable._approval import PendingApproval
+from chio_durable._engine import PendingApproval
 
 __all__ = [
     "APPROVAL_HEADER",

@@ -31,23 +31,21 @@ import temporalio.workflow
 from chio_sdk.models import MonetaryAmount
 from temporalio.common import RetryPolicy
 
-from chio_durable._errors import KernelRejected
-from chio_durable._metering import (
+from chio_durable import ChioClientLike, KernelRejected, ToolCost, as_transport
+from chio_durable._engine import (
     COST_METADATA_KEY,
     HOLDS,
-    ToolCost,
     check_cost,
     release_hold,
     reported_cost_scope,
     resolve_cost,
     settle_hold,
 )
-from chio_durable._transport import ChioClientLike, as_transport
 
 if TYPE_CHECKING:
     from temporalio.worker import ExecuteActivityInput
 
-    from chio_durable._evaluation import Evaluation
+    from chio_durable import Evaluation
     from chio_temporal.interceptor import ActivityCall, ChioActivityInterceptor
 
 __all__ = [

@@ -180,7 +180,7 @@ def governed_support(chio: Any) -> Any:
 
 def receipts_table(receipts: list[Any], title: str = "Chio receipts") -> Any:
     """The receipt table of every demo section (``chio_durable.agent.records_table``) for ``ChioReceipt`` s."""
-    from chio_durable.agent._display import records_table
+    from chio_durable.agent import records_table
 
     return records_table(receipts, title)
 

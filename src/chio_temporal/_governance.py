@@ -36,13 +36,19 @@ from pydantic_ai.toolsets import AbstractToolset, WrapperToolset
 from pydantic_ai.toolsets.abstract import ToolsetTool
 from temporalio.exceptions import ApplicationError
 
-from chio_durable._call import GovernedCall
-from chio_durable._decision import Decision, Evaluation, notify
-from chio_durable._errors import HoldConflict, KernelRejected, KernelUnavailable
-from chio_durable._metering import ToolCost
-from chio_durable._transport import ChioClientLike, as_transport, is_client
-from chio_durable.agent import ChioGovernance, current_receipt_id
-from chio_durable._metering import COST_METADATA_KEY
+from chio_durable import (
+    ChioClientLike,
+    Decision,
+    Evaluation,
+    GovernedCall,
+    HoldConflict,
+    KernelRejected,
+    KernelUnavailable,
+    ToolCost,
+    as_transport,
+)
+from chio_durable._engine import is_client, notify
+from chio_durable.agent import COST_METADATA_KEY, ChioGovernance, current_receipt_id
 from chio_temporal._approvals import ApprovalWaits
 from chio_temporal.errors import DENIED_ERROR_TYPE, REJECTED_ERROR_TYPE, SIDECAR_ERROR_TYPE
 

@@ -31,8 +31,7 @@ from temporalio.worker import (
     WorkflowOutboundInterceptor,
 )
 
-from chio_durable._metering import cost_report_open, reported_cost_scope, settle_hold
-from chio_durable._scope import current_receipt_id, receipt_scope
+from chio_durable._engine import cost_report_open, current_receipt_id, receipt_scope, reported_cost_scope, settle_hold
 
 __all__ = ["RECEIPT_HEADER", "ToolCallContext"]
 

@@ -15,7 +15,8 @@ from typing import Any, TypeVar
 from chio_sdk.errors import ChioError, ChioValidationError
 from chio_sdk.models import CapabilityToken, ChioScope
 
-from chio_durable._transport import ChioClientLike, EmbeddedTransport, HttpTransport, as_transport, client_url
+from chio_durable import ChioClientLike, as_transport, client_url
+from chio_durable._engine import EmbeddedTransport, HttpTransport
 from chio_temporal.errors import ChioTemporalConfigError, ChioTemporalError
 
 __all__ = ["WorkflowGrant", "fetch_capability", "mint_capability"]

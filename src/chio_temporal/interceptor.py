@@ -55,13 +55,28 @@ from temporalio.worker import (
     WorkflowOutboundInterceptor,
 )
 
-from chio_durable._approval import evaluate_under, pending_approval
-from chio_durable._call import GovernedCall, call_key, run_metadata
-from chio_durable._decision import Decision, DecisionObserver, Evaluation, notify
-from chio_durable._denial_record import deny_before_evaluation_async
-from chio_durable._errors import KernelRejected, KernelUnavailable
-from chio_durable._transport import ChioClientLike, TransportSlot, client_url, is_client
-from chio_durable._params import bind_parameters, jsonable
+from chio_durable import (
+    ChioClientLike,
+    Decision,
+    DecisionObserver,
+    Evaluation,
+    GovernedCall,
+    KernelRejected,
+    KernelUnavailable,
+    bind_parameters,
+    call_key,
+    client_url,
+    jsonable,
+)
+from chio_durable._engine import (
+    TransportSlot,
+    deny_before_evaluation_async,
+    evaluate_under,
+    is_client,
+    notify,
+    pending_approval,
+    run_metadata,
+)
 from chio_sdk.models import MonetaryAmount
 
 from chio_temporal import _budgets

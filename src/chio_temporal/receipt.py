@@ -133,7 +133,7 @@ class WorkflowStepReceipt:
 
     def _repr_html_(self) -> str:
         """One row of the receipt table (the same table on every engine: ``ReceiptTable``)."""
-        from chio_durable.agent._display import records_html
+        from chio_durable.agent import records_html
 
         return records_html([self])
 
@@ -216,7 +216,7 @@ class WorkflowReceipt:
 
     def _repr_html_(self) -> str:
         """The envelope's steps as the receipt table (as an agent run's records show on Prefect)."""
-        from chio_durable.agent._display import records_html
+        from chio_durable.agent import records_html
 
         title = f"workflow {self.workflow_id}" + (f" ({self.outcome})" if self.outcome else "")
         return records_html(self.steps, title)

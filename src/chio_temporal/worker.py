@@ -9,7 +9,7 @@ from chio_sdk.models import ChioScope
 from temporalio.client import Client
 from temporalio.worker import Interceptor, Worker
 
-from chio_durable._transport import ChioClientLike
+from chio_durable import ChioClientLike
 from chio_temporal.errors import ChioTemporalConfigError
 from chio_temporal.grants import WorkflowGrant, fetch_capability, mint_capability
 from chio_temporal.interceptor import ChioActivityInterceptor, ReceiptSink

@@ -1,10 +1,12 @@
-"""The one place that touches pydantic-ai names that have no public seam.
+"""The pydantic-ai seams: the one place that touches pydantic-ai names that have no public seam.
+
+Beside ``chio_temporal/_seams.py`` and ``chio_dbos/_seams.py`` (each engine's own private names).
 
 Everything else in ``chio_durable`` / ``chio_prefect`` uses pydantic-ai's public API only. What is
 here has no public equivalent in pydantic-ai 2.59 .. 2.78 (checked again on 2.78.0: ``PrefectAgent``
 still keeps both options below only in private attributes), so it is isolated, checked when a
 governed agent is built (construction refuses to run when a name moved, rather than run
-ungoverned or silently drop a user's option), and pinned by ``tests/test_pydantic_ai_adapter.py``,
+ungoverned or silently drop a user's option), and pinned by ``tests/test_pydantic_ai_seams.py``,
 which fails loudly when an internal changes:
 
 * **Realtime hooks of ``WrapperAgent``.** A realtime session runs no model-request hooks, so a

@@ -1,6 +1,6 @@
-"""Loud tests of the third-party seams we depend on (chio_durable.agent._adapter, NO_CACHE).
+"""Loud tests of the third-party seams we depend on (chio_durable.agent._seams, NO_CACHE).
 
-If one of these fails after a pydantic-ai or Prefect upgrade, an internal moved: fix the adapter
+If one of these fails after a pydantic-ai or Prefect upgrade, an internal moved: fix the seams module
 before anything else. Construction of a governed agent refuses to run meanwhile (tested here too).
 """
 
@@ -16,7 +16,7 @@ from pydantic_ai.agent import WrapperAgent
 from pydantic_ai.exceptions import UserError
 from pydantic_ai.models.test import TestModel
 
-from chio_durable.agent import _adapter as adapter
+from chio_durable.agent import _seams as seams
 from chio_kernel import LocalChioClient
 
 
@@ -30,9 +30,9 @@ def _legacy(**options: Any) -> Any:
 
 
 def test_wrapper_agent_still_delegates_realtime_through_the_hooks_we_refuse() -> None:
-    adapter.check_realtime_hooks()  # raises if a hook is gone
-    for name in adapter.REALTIME_HOOKS:
-        assert name in vars(WrapperAgent), f"WrapperAgent no longer defines {name}: adapter.refuse_realtime is dead"
+    seams.check_realtime_hooks()  # raises if a hook is gone
+    for name in seams.REALTIME_HOOKS:
+        assert name in vars(WrapperAgent), f"WrapperAgent no longer defines {name}: seams.refuse_realtime is dead"
 
 
 def test_a_realtime_session_through_another_wrapper_is_refused(tmp_path: Any) -> None:
@@ -62,16 +62,16 @@ def test_construction_refuses_when_a_realtime_hook_is_gone(monkeypatch: pytest.M
         ChioPrefectAgent(Agent(TestModel(), name="rt"), capability_id="cap", chio_client=LocalChioClient(tmp_path))
 
 
-def test_prefect_agent_hidden_options_are_where_the_adapter_reads_them() -> None:
+def test_prefect_agent_hidden_options_are_where_the_seams_module_reads_them() -> None:
     from pydantic_ai.durable_exec.prefect import TaskConfig
 
     legacy = _legacy(tool_task_config_by_name={"search": None, "fetch": TaskConfig(retries=4)},
                      event_stream_handler_task_config=TaskConfig(retries=7))
-    found = adapter.prefect_agent_hidden_options(legacy, {})
+    found = seams.prefect_agent_hidden_options(legacy, {})
     assert found["tool_task_config_by_name"] == {"search": None, "fetch": {"retries": 4}}
     assert found["event_stream_handler_task_config"]["retries"] == 7
     # options given explicitly are not read at all
-    assert adapter.prefect_agent_hidden_options(legacy, {"tool_task_config_by_name": {},
+    assert seams.prefect_agent_hidden_options(legacy, {"tool_task_config_by_name": {},
                                                          "event_stream_handler_task_config": {}}) == {}
 
 
