@@ -53,45 +53,8 @@ async def build_chio_worker(
     (``chio_temporal._search_attributes``); the namespace is checked first and the worker is refused
     (naming the ``temporal operator search-attribute create`` commands) if one is not registered.
     """
-    if not isinstance(client, Client):
-        raise ChioTemporalConfigError(
-            "build_chio_worker needs the temporalio Client first: "
-            f"`await build_chio_worker(await Client.connect(...), ...)`, got {type(client).__name__}"
-        )
-    if not isinstance(task_queue, str) or not task_queue:
-        raise ChioTemporalConfigError(f"task_queue= must be a non-empty str, got {task_queue!r}")
-    if not isinstance(workflow_id, str) or not workflow_id:
-        raise ChioTemporalConfigError(
-            f"workflow_id= must be the id the workflow will be started with (non-empty str), got {workflow_id!r}"
-        )
-    if chio_client is None:
-        raise ChioTemporalConfigError(
-            "chio_client= is required: ChioClient('http://127.0.0.1:9090') for the sidecar, or LocalChioClient()"
-        )
-    if not activities and not workflows:
-        raise ChioTemporalConfigError("pass activities= (the functions to govern) and/or workflows=")
-    if capability_id is not None and (scope is not None or subject is not None):
-        raise ChioTemporalConfigError(
-            "pass either capability_id= (reuse a minted capability) or scope= + subject= (mint one), not both"
-        )
-    if capability_id is not None:
-        if not isinstance(capability_id, str) or not capability_id:
-            raise ChioTemporalConfigError(f"capability_id= must be a non-empty str, got {capability_id!r}")
-        token = await fetch_capability(chio_client, capability_id)
-    else:
-        if scope is None or subject is None:
-            missing = " and ".join(name for name, value in (("scope=", scope), ("subject=", subject)) if value is None)
-            raise ChioTemporalConfigError(
-                f"missing {missing}: pass capability_id='cap-...' to reuse a capability, or scope=ChioScope(...) "
-                "and subject='agent:my-pipeline' (and ttl_seconds=) to mint one"
-            )
-        if not isinstance(scope, ChioScope):
-            raise ChioTemporalConfigError(f"scope= must be a chio_sdk.models.ChioScope, got {type(scope).__name__}")
-        if not isinstance(subject, str) or not subject:
-            raise ChioTemporalConfigError(f"subject= must be a non-empty str, got {subject!r}")
-        if not isinstance(ttl_seconds, int) or isinstance(ttl_seconds, bool) or ttl_seconds <= 0:
-            raise ChioTemporalConfigError(f"ttl_seconds= must be a positive int, got {ttl_seconds!r}")
-        token = await mint_capability(chio_client, subject=subject, scope=scope, ttl_seconds=ttl_seconds)
+    _check_worker_arguments(client, task_queue, workflow_id, chio_client, activities, workflows)
+    token = await _capability_token(chio_client, capability_id, scope, subject, ttl_seconds)
 
     interceptor = ChioActivityInterceptor(
         chio_client=chio_client,
@@ -115,3 +78,55 @@ async def build_chio_worker(
         **worker_kwargs,
     )
     return worker, interceptor, grant
+
+
+def _check_worker_arguments(
+    client: Any, task_queue: Any, workflow_id: Any, chio_client: Any,
+    activities: Sequence[Callable[..., Any]], workflows: Sequence[type],
+) -> None:
+    """Refuse, with what to pass, the arguments a governed worker cannot be built from."""
+    if not isinstance(client, Client):
+        raise ChioTemporalConfigError(
+            "build_chio_worker needs the temporalio Client first: "
+            f"`await build_chio_worker(await Client.connect(...), ...)`, got {type(client).__name__}"
+        )
+    if not isinstance(task_queue, str) or not task_queue:
+        raise ChioTemporalConfigError(f"task_queue= must be a non-empty str, got {task_queue!r}")
+    if not isinstance(workflow_id, str) or not workflow_id:
+        raise ChioTemporalConfigError(
+            f"workflow_id= must be the id the workflow will be started with (non-empty str), got {workflow_id!r}"
+        )
+    if chio_client is None:
+        raise ChioTemporalConfigError(
+            "chio_client= is required: ChioClient('http://127.0.0.1:9090') for the sidecar, or LocalChioClient()"
+        )
+    if not activities and not workflows:
+        raise ChioTemporalConfigError("pass activities= (the functions to govern) and/or workflows=")
+
+
+async def _capability_token(
+    chio_client: ChioClientLike, capability_id: str | None, scope: ChioScope | None, subject: str | None,
+    ttl_seconds: int,
+) -> Any:
+    """The worker's capability token: fetched by ``capability_id``, or minted from ``scope`` + ``subject``."""
+    if capability_id is not None and (scope is not None or subject is not None):
+        raise ChioTemporalConfigError(
+            "pass either capability_id= (reuse a minted capability) or scope= + subject= (mint one), not both"
+        )
+    if capability_id is not None:
+        if not isinstance(capability_id, str) or not capability_id:
+            raise ChioTemporalConfigError(f"capability_id= must be a non-empty str, got {capability_id!r}")
+        return await fetch_capability(chio_client, capability_id)
+    if scope is None or subject is None:
+        missing = " and ".join(name for name, value in (("scope=", scope), ("subject=", subject)) if value is None)
+        raise ChioTemporalConfigError(
+            f"missing {missing}: pass capability_id='cap-...' to reuse a capability, or scope=ChioScope(...) "
+            "and subject='agent:my-pipeline' (and ttl_seconds=) to mint one"
+        )
+    if not isinstance(scope, ChioScope):
+        raise ChioTemporalConfigError(f"scope= must be a chio_sdk.models.ChioScope, got {type(scope).__name__}")
+    if not isinstance(subject, str) or not subject:
+        raise ChioTemporalConfigError(f"subject= must be a non-empty str, got {subject!r}")
+    if not isinstance(ttl_seconds, int) or isinstance(ttl_seconds, bool) or ttl_seconds <= 0:
+        raise ChioTemporalConfigError(f"ttl_seconds= must be a positive int, got {ttl_seconds!r}")
+    return await mint_capability(chio_client, subject=subject, scope=scope, ttl_seconds=ttl_seconds)
