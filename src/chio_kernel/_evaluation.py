@@ -14,7 +14,7 @@ from contextlib import AbstractContextManager
 from chio_sdk.models import ChioReceipt
 
 from chio_kernel._approvals import Approvals, _Pending
-from chio_kernel._capabilities import Trust, _Cap
+from chio_kernel._capabilities import LoadCap, Trust, _Cap
 from chio_kernel._group_commit import GroupCommitter, max_batch_from_env
 from chio_kernel._holds import Holds
 from chio_kernel._idempotency import remember, remembered_answer
@@ -32,7 +32,7 @@ class Evaluator:
     def __init__(
         self,
         caps: dict[str, _Cap],
-        load_cap: Callable[[StoreReader, str], _Cap | None],
+        load_cap: LoadCap,
         read: Callable[[], AbstractContextManager[StoreReader]],
         write: Callable[[], AbstractContextManager[StoreWriter]],
         clock: Callable[[], float],
