@@ -42,7 +42,7 @@ from chio_sdk.models import ChioReceipt, Operation
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
-from chio_kernel._capabilities import _Cap
+from chio_kernel._capabilities import LoadCap, _Cap
 from chio_kernel._coerce import APPROVAL_CONSTRAINT, _iso, _require_str, approval_threshold_value
 from chio_kernel._errors import (
     ApprovalConflictError,
@@ -62,8 +62,6 @@ from chio_kernel.canonical import canonical_json
 from chio_kernel._guards import grant_matches
 from chio_kernel._wakers import MAX_WAKES, check_wake, run_wakes
 from chio_kernel.signing import verify_hex
-
-LoadCap = Callable[[StoreReader, str], _Cap | None]
 
 __all__ = [
     "APPROVAL_CONSTRAINT",

@@ -67,6 +67,10 @@ class _Cap:
     constrained: bool = False  # some grant has constraints (checked before the lock, see evaluate)
 
 
+LoadCap = Callable[[StoreReader, str], _Cap | None]
+"""Loads a verified capability inside a store transaction (``Capabilities.load``), handed to the services."""
+
+
 def _refuse_bad_patterns(scope: ChioScope) -> None:
     """Refuse a scope whose regex_match constraint RE2 cannot compile (it would deny every call)."""
     for i, g in enumerate(scope.grants):

@@ -61,7 +61,57 @@ def capability_id_from_token(raw_token: str | None) -> str | None:
         return None
 
 
-class LocalChioClient:
+class _HttpRequestEvaluation:
+    """``evaluate_http_request`` of both clients: the one place a ``ChioHttpRequest`` is assembled.
+
+    Each client says how the assembled request is evaluated (``_evaluate_http``): in process by the
+    kernel, or by the sidecar's ``/chio/evaluate``.
+    """
+
+    async def evaluate_http_request(
+        self,
+        *,
+        request_id: str,
+        method: str,
+        route_pattern: str,
+        path: str,
+        caller: CallerIdentity,
+        query: dict[str, str] | None = None,
+        headers: dict[str, str] | None = None,
+        body_hash: str | None = None,
+        body_length: int = 0,
+        session_id: str | None = None,
+        capability_id: str | None = None,
+        capability_token: str | None = None,
+        model_metadata: dict[str, Any] | None = None,
+        timestamp: int | None = None,
+    ) -> EvaluateResponse:
+        """Evaluate an HTTP request as the sidecar's ``/chio/evaluate`` does (see docs/sidecar.md).
+
+        ``capability_id`` defaults to the id of ``capability_token``; ``timestamp`` to now.
+        """
+        request = ChioHttpRequest(
+            request_id=request_id,
+            method=method,
+            route_pattern=route_pattern,
+            path=path,
+            query=query or {},
+            headers=headers or {},
+            caller=caller,
+            body_hash=body_hash,
+            body_length=body_length,
+            session_id=session_id,
+            capability_id=capability_id or capability_id_from_token(capability_token),
+            model_metadata=model_metadata,
+            timestamp=timestamp or int(time.time()),
+        )
+        return await self._evaluate_http(request, capability_token)
+
+    async def _evaluate_http(self, request: ChioHttpRequest, capability_token: str | None) -> EvaluateResponse:
+        raise NotImplementedError
+
+
+class LocalChioClient(_HttpRequestEvaluation):
     """An async, in-process stand-in for ``chio_sdk.ChioClient`` backed by a :class:`Kernel`.
 
     Args:
@@ -197,42 +247,10 @@ class LocalChioClient:
             metadata=metadata,
         )
 
-    async def evaluate_http_request(
-        self,
-        *,
-        request_id: str,
-        method: str,
-        route_pattern: str,
-        path: str,
-        caller: CallerIdentity,
-        query: dict[str, str] | None = None,
-        headers: dict[str, str] | None = None,
-        body_hash: str | None = None,
-        body_length: int = 0,
-        session_id: str | None = None,
-        capability_id: str | None = None,
-        capability_token: str | None = None,
-        model_metadata: dict[str, Any] | None = None,
-        timestamp: int | None = None,
-    ) -> EvaluateResponse:
+    async def _evaluate_http(self, request: ChioHttpRequest, capability_token: str | None) -> EvaluateResponse:
         """Evaluate an HTTP request exactly as the sidecar's ``/chio/evaluate`` does (see docs/sidecar.md)."""
         from chio_kernel._http_evaluation import evaluate_http  # lazy: keeps ``import chio_kernel`` light
 
-        request = ChioHttpRequest(
-            request_id=request_id,
-            method=method,
-            route_pattern=route_pattern,
-            path=path,
-            query=query or {},
-            headers=headers or {},
-            caller=caller,
-            body_hash=body_hash,
-            body_length=body_length,
-            session_id=session_id,
-            capability_id=capability_id or capability_id_from_token(capability_token),
-            model_metadata=model_metadata,
-            timestamp=timestamp or int(time.time()),
-        )
         return EvaluateResponse.model_validate(evaluate_http(self.kernel, request, capability_token))
 
     @staticmethod
@@ -322,7 +340,7 @@ class LocalChioClient:
         return self.kernel.budgets(capability_id)
 
 
-class SidecarClient(ChioClient):
+class SidecarClient(_HttpRequestEvaluation, ChioClient):
     """``chio_sdk.ChioClient`` for the sidecar, with a public URL and the kernel's wire extras.
 
     A drop-in ``ChioClient`` (it is one: ``isinstance(client, ChioClient)`` holds, every method keeps
@@ -485,40 +503,8 @@ class SidecarClient(ChioClient):
             body["metadata"] = dict(metadata)
         return ChioReceipt.model_validate(await self._request("POST", "/v1/receipts/denials", body))
 
-    async def evaluate_http_request(
-        self,
-        *,
-        request_id: str,
-        method: str,
-        route_pattern: str,
-        path: str,
-        caller: CallerIdentity,
-        query: dict[str, str] | None = None,
-        headers: dict[str, str] | None = None,
-        body_hash: str | None = None,
-        body_length: int = 0,
-        session_id: str | None = None,
-        capability_id: str | None = None,
-        capability_token: str | None = None,
-        model_metadata: dict[str, Any] | None = None,
-        timestamp: int | None = None,
-    ) -> EvaluateResponse:
+    async def _evaluate_http(self, request: ChioHttpRequest, capability_token: str | None) -> EvaluateResponse:
         """Evaluate an HTTP request through the sidecar's ``/chio/evaluate`` (as ``ChioClient`` does)."""
-        request = ChioHttpRequest(
-            request_id=request_id,
-            method=method,
-            route_pattern=route_pattern,
-            path=path,
-            query=query or {},
-            headers=headers or {},
-            caller=caller,
-            body_hash=body_hash,
-            body_length=body_length,
-            session_id=session_id,
-            capability_id=capability_id or capability_id_from_token(capability_token),
-            model_metadata=model_metadata,
-            timestamp=timestamp or int(time.time()),
-        )
         extra = {"X-Chio-Capability": capability_token} if capability_token is not None else None
         data = await self._request("POST", "/chio/evaluate", request.model_dump(exclude_none=True), headers=extra)
         return EvaluateResponse.model_validate(data)

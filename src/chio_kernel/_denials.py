@@ -27,13 +27,13 @@ from typing import Any
 
 from chio_sdk.models import ChioReceipt, ChioScope, Operation
 
-from chio_kernel._capabilities import _Cap
+from chio_kernel._capabilities import LoadCap
 from chio_kernel._coerce import _require_str
 from chio_kernel._errors import KernelInputError
 from chio_kernel._receipts import CallRecord, ReceiptChain
 from chio_kernel._request import canonical_forms
 from chio_kernel._run_context import check_run_metadata
-from chio_kernel._store import GENESIS_HASH, StoreReader, StoreWriter
+from chio_kernel._store import GENESIS_HASH, StoreWriter
 
 __all__ = ["KERNEL_GUARDS", "Denials"]
 
@@ -80,7 +80,7 @@ class Denials:
     def __init__(
         self,
         write: Callable[[], AbstractContextManager[StoreWriter]],
-        load_cap: Callable[[StoreReader, str], _Cap | None],
+        load_cap: LoadCap,
         clock: Callable[[], float],
         chain: ReceiptChain,
     ) -> None:

@@ -1,27 +1,26 @@
 """The evaluation service: decide one call, charge it and record its receipt, in group commits.
 
-Before the write transaction (:meth:`Evaluator.prepare`): input checks, canonical forms and hashes
-(``chio_kernel._request``) and the pure guards (scope, constraints). Inside it
+Before the write transaction: input checks, canonical forms and hashes (``chio_kernel._request``,
+called by the facade) and the pure guards (scope, constraints: :meth:`Evaluator.prepare`). Inside it
 (:meth:`Evaluator.evaluate_in`): validity, the idempotency rule, budgets and rate limits, the
 approval gate, then the receipt; concurrent callers share one transaction (``_group_commit``).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager
-from typing import Any
 
-from chio_sdk.models import ChioReceipt, MonetaryAmount, Operation
+from chio_sdk.models import ChioReceipt
 
 from chio_kernel._approvals import Approvals, _Pending
-from chio_kernel._capabilities import Trust, _Cap
+from chio_kernel._capabilities import LoadCap, Trust, _Cap
 from chio_kernel._group_commit import GroupCommitter, max_batch_from_env
 from chio_kernel._holds import Holds
 from chio_kernel._idempotency import remember, remembered_answer
 from chio_kernel._policy import Deny, check_valid, decide, passing_grants
 from chio_kernel._receipts import ALLOW, ReceiptChain
-from chio_kernel._request import EvalRequest, Precheck, make_request
+from chio_kernel._request import EvalRequest, Precheck
 from chio_kernel._store import GENESIS_HASH, StoreReader, StoreWriter
 
 __all__ = ["Evaluator"]
@@ -33,7 +32,7 @@ class Evaluator:
     def __init__(
         self,
         caps: dict[str, _Cap],
-        load_cap: Callable[[StoreReader, str], _Cap | None],
+        load_cap: LoadCap,
         read: Callable[[], AbstractContextManager[StoreReader]],
         write: Callable[[], AbstractContextManager[StoreWriter]],
         clock: Callable[[], float],
@@ -65,33 +64,13 @@ class Evaluator:
             self.run_batch, max_batch_from_env()
         )
 
-    def prepare(
-        self,
-        capability_id: str,
-        tool_server: str,
-        tool_name: str,
-        parameters: dict[str, Any],
-        idempotency_key: str | None,
-        cost: MonetaryAmount | Mapping[str, Any] | None,
-        operation: Operation | str,
-        approval_id: str | None = None,
-        canonical_parameters: str | None = None,
-        parameter_hash: str | None = None,
-        metadata: Mapping[str, str] | None = None,
-    ) -> EvalRequest:
-        """Everything before the write transaction: the checked request and its pure guards.
-
-        Raises:
-            KernelInputError: malformed input.
-        """
-        req = make_request(
-            capability_id, tool_server, tool_name, parameters, idempotency_key, cost, operation,
-            approval_id, canonical_parameters, parameter_hash, metadata,
-        )
+    def prepare(self, req: EvalRequest) -> EvalRequest:
+        """Everything else before the write transaction: the pure guards of the checked request
+        (``_request.make_request``); returns ``req``."""
         # The pure guards (scope, constraints: regex_match may be slow) need no database state:
         # run them before the write transaction, so a slow call never blocks others.
         # (A root capability without constraints has nothing slow to check: skip the extra pass.)
-        cached = self._caps.get(capability_id)
+        cached = self._caps.get(req.capability_id)
         if cached is None or cached.constrained or len(cached.lineage) > 1:
             req.pre = self.precheck(req)
         return req

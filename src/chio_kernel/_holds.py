@@ -38,12 +38,10 @@ from chio_kernel._errors import (
     KernelInputError,
     UnknownHoldError,
 )
-from chio_kernel._capabilities import _Cap
+from chio_kernel._capabilities import LoadCap
 from chio_kernel._receipts import ALLOW, CallRecord, ReceiptChain
 from chio_kernel._store import HoldRow, StoreReader, StoreWriter
 from chio_kernel.canonical import canonical_json
-
-LoadCap = Callable[[StoreReader, str], _Cap | None]
 
 __all__ = [
     "BUDGET_TOOL_SERVER",

@@ -32,7 +32,7 @@ from chio_kernel._receipts import (
     receipt_signing_bytes,
     receipt_wire_dict,
 )
-from chio_kernel._request import EvalRequest
+from chio_kernel._request import EvalRequest, make_request
 from chio_kernel._store import KernelStore, StoreReader, StoreWriter
 from chio_kernel._store_factory import (
     STORE_ENV,
@@ -430,10 +430,10 @@ class Kernel:
         """
         if self._gate.closed:
             self._gate.check_open()
-        req = self._prepare(
+        req = self._prepare(make_request(
             capability_id, tool_server, tool_name, parameters, idempotency_key, cost, operation,
             approval_id, canonical_parameters, parameter_hash, metadata,
-        )
+        ))
         return self._submit(req)
 
     def record_denial(
@@ -495,10 +495,10 @@ class Kernel:
         one write transaction (LocalChioClient uses this)."""
         if self._gate.closed:
             self._gate.check_open()
-        req = self._prepare(
+        req = self._prepare(make_request(
             capability_id, tool_server, tool_name, parameters, idempotency_key, cost, operation,
             approval_id, canonical_parameters, parameter_hash, metadata,
-        )
+        ))
         return await self._evaluation.committer.submit_async(req)
 
     # --- approvals (chio_kernel._approvals does the work; docs/approvals.md) ---

@@ -215,12 +215,7 @@ def check_budget(
     units, currency = cost_t
     per = g.max_cost_per_invocation
     if per is not None:
-        if per.currency != currency:
-            raise Deny(
-                "cost",
-                f"call to {tool_server}/{tool_name} declares a cost in {currency}, but {owner} "
-                f"limits cost in {per.currency}; declare the cost in {per.currency}",
-            )
+        _same_currency(per.currency, currency, tool_server, tool_name, f"{owner} limits cost")
         if units > per.units:
             raise Deny(
                 "cost",
@@ -229,18 +224,23 @@ def check_budget(
             )
     total = g.max_total_cost
     if total is not None:
-        if total.currency != currency:
-            raise Deny(
-                "cost",
-                f"call to {tool_server}/{tool_name} declares a cost in {currency}, but {owner} "
-                f"budgets in {total.currency}; declare the cost in {total.currency}",
-            )
+        _same_currency(total.currency, currency, tool_server, tool_name, f"{owner} budgets")
         if spent + units > total.units:
             raise Deny(
                 "cost",
                 f"call to {tool_server}/{tool_name} costs {units} {currency}; {owner} has spent or holds "
                 f"{spent} of its {total.units} {total.currency} budget, so only {total.units - spent} remain",
             )
+
+
+def _same_currency(limit_currency: str, currency: str, tool_server: str, tool_name: str, who_limits: str) -> None:
+    """Deny (``cost``) a call whose declared currency is not the limit's; ``who_limits`` e.g. "capability c budgets"."""
+    if limit_currency != currency:
+        raise Deny(
+            "cost",
+            f"call to {tool_server}/{tool_name} declares a cost in {currency}, but {who_limits} "
+            f"in {limit_currency}; declare the cost in {limit_currency}",
+        )
 
 
 _Deny = Deny  # the name kernel.py used

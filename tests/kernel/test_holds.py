@@ -26,6 +26,7 @@ from chio_kernel import (
     UnknownHoldError,
 )
 from chio_kernel._kernel import receipt_wire_dict
+from chio_kernel._request import make_request
 from kernel_helpers import Clock, grant, scope
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "sidecar"))
@@ -231,7 +232,7 @@ def test_keys_remembered_before_the_key_rule_still_answer(kernel: Kernel) -> Non
     cap = kernel.create_capability("agent:a", scope(budget(100)), 3600).id
     old = call(kernel, cap, 10)
     seq = kernel.list_receipts_with_seq()[-1][0]
-    req = kernel._evaluation.prepare(cap, "model", "gpt", {"n": 0}, "old-key", usd(10), "Invoke")
+    req = make_request(cap, "model", "gpt", {"n": 0}, "old-key", usd(10), "Invoke")
     with kernel._store.write() as st:
         st.remember_idempotency(req.idem_hash, seq)
     assert call(kernel, cap, 10, key="old-key").id == old.id

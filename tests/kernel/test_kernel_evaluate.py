@@ -187,6 +187,18 @@ def test_cost_limited_grant_denies_a_call_without_declared_cost(kernel: Kernel) 
     assert allowed(kernel.evaluate(plain.id, "llm", "complete", {}))
 
 
+def test_cost_in_another_currency_is_denied_with_the_limits_currency(kernel: Kernel) -> None:
+    for field, limits in (("max_cost_per_invocation", "limits cost"), ("max_total_cost", "budgets")):
+        limit = {field: MonetaryAmount(units=10, currency="USD")}
+        token = kernel.create_capability("agent:a", scope(grant("llm", "complete", **limit)), 3600)
+        r = kernel.evaluate(token.id, "llm", "complete", {}, cost={"units": 1, "currency": "EUR"})
+        assert r.decision.guard == "cost"
+        assert r.decision.reason == (
+            f"call to llm/complete declares a cost in EUR, but capability {token.id} {limits} in USD; "
+            "declare the cost in USD"
+        )
+
+
 def test_rate_limit_guard_sliding_window(kernel: Kernel, clock: Clock) -> None:
     token = kernel.create_capability("agent:a", scope(grant()), 3600, rate_limit=(2, 10))
     assert allowed(kernel.evaluate(token.id, "fs", "read", {}))

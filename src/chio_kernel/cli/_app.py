@@ -5,6 +5,7 @@ functions)."""
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
 from typing import Annotated
 
 import typer
@@ -46,6 +47,42 @@ def _group(help_text: str) -> typer.Typer:
     return typer.Typer(help=help_text, no_args_is_help=True)
 
 
+# the command groups, in help order: (name, help, ((command, function), ...))
+_GROUPS: tuple[tuple[str, str, tuple[tuple[str, Callable[..., None]], ...]], ...] = (
+    ("capability", "Issue, attenuate, revoke and list capability tokens.", (
+        ("create", _capabilities.capability_create),
+        ("attenuate", _capabilities.capability_attenuate),
+        ("revoke", _capabilities.capability_revoke),
+        ("list", _capabilities.capability_list),
+        ("show", _capabilities.capability_show),
+    )),
+    ("receipts", "List, follow, show, verify and export signed receipts.", (
+        ("show", _receipts.receipts_show),
+        ("verify", _receipts.receipts_verify),
+        ("export", _receipts.receipts_export),
+        ("list", _receipts.receipts_list),
+        ("tail", _receipts.receipts_tail),
+    )),
+    ("keys", "The kernel keys registered in a shared PostgreSQL store (a fleet).", (
+        ("list", _keys.keys_list),
+        ("retire", _keys.keys_retire),
+    )),
+    ("approvals", "Human approvals of calls above a require_approval_above threshold: list, show, approve, deny.", (
+        ("list", _approvals.approvals_list),
+        ("show", _approvals.approvals_show),
+        ("approve", _approvals.approvals_approve),
+        ("deny", _approvals.approvals_deny),
+        ("trust", _approvals.approvals_trust),
+    )),
+    ("budgets", "Money budgets: captured, held and remaining amounts; settle, release and expire holds.", (
+        ("show", _budgets.budgets_show),
+        ("settle", _budgets.budgets_settle),
+        ("release", _budgets.budgets_release),
+        ("expire", _budgets.budgets_expire),
+    )),
+)
+
+
 def _build() -> typer.Typer:
     root = typer.Typer(name="chio-durable", help=_HELP, no_args_is_help=True, add_completion=False,
                        pretty_exceptions_enable=False, rich_markup_mode=None)
@@ -53,41 +90,11 @@ def _build() -> typer.Typer:
     root.command()(sidecar)
     root.command()(demo)
 
-    capability = _group("Issue, attenuate, revoke and list capability tokens.")
-    capability.command("create")(_capabilities.capability_create)
-    capability.command("attenuate")(_capabilities.capability_attenuate)
-    capability.command("revoke")(_capabilities.capability_revoke)
-    capability.command("list")(_capabilities.capability_list)
-    capability.command("show")(_capabilities.capability_show)
-    root.add_typer(capability, name="capability")
-
-    receipts = _group("List, follow, show, verify and export signed receipts.")
-    receipts.command("show")(_receipts.receipts_show)
-    receipts.command("verify")(_receipts.receipts_verify)
-    receipts.command("export")(_receipts.receipts_export)
-    receipts.command("list")(_receipts.receipts_list)
-    receipts.command("tail")(_receipts.receipts_tail)
-    root.add_typer(receipts, name="receipts")
-
-    keys = _group("The kernel keys registered in a shared PostgreSQL store (a fleet).")
-    keys.command("list")(_keys.keys_list)
-    keys.command("retire")(_keys.keys_retire)
-    root.add_typer(keys, name="keys")
-
-    approvals = _group("Human approvals of calls above a require_approval_above threshold: list, show, approve, deny.")
-    approvals.command("list")(_approvals.approvals_list)
-    approvals.command("show")(_approvals.approvals_show)
-    approvals.command("approve")(_approvals.approvals_approve)
-    approvals.command("deny")(_approvals.approvals_deny)
-    approvals.command("trust")(_approvals.approvals_trust)
-    root.add_typer(approvals, name="approvals")
-
-    budgets = _group("Money budgets: captured, held and remaining amounts; settle, release and expire holds.")
-    budgets.command("show")(_budgets.budgets_show)
-    budgets.command("settle")(_budgets.budgets_settle)
-    budgets.command("release")(_budgets.budgets_release)
-    budgets.command("expire")(_budgets.budgets_expire)
-    root.add_typer(budgets, name="budgets")
+    for name, help_text, commands in _GROUPS:
+        group = _group(help_text)
+        for command, fn in commands:
+            group.command(command)(fn)
+        root.add_typer(group, name=name)
     return root
 
 

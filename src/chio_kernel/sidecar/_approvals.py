@@ -25,7 +25,7 @@ from starlette.routing import Route
 
 from chio_kernel._approvals import ApprovalConflictError, ApprovalNotFoundError, ApprovalTokenError
 from chio_kernel.sidecar._body import read_object, req_str
-from chio_kernel.sidecar._errors import ApiError, endpoint
+from chio_kernel.sidecar._errors import ApiError, endpoint, found
 from chio_kernel.sidecar._responses import dump_receipt, json_response
 
 __all__ = ["ROUTES"]
@@ -74,9 +74,8 @@ async def pending(request: Request) -> Response:
 @endpoint
 async def get_approval(request: Request) -> Response:
     aid = _approval_id(request)
-    approval = await run_in_threadpool(request.app.state.kernel.get_approval, aid)
-    if approval is None:
-        raise ApiError(404, "unknown_approval", f"no approval {aid!r} in this kernel")
+    kernel = request.app.state.kernel
+    approval = await found(kernel.get_approval, aid, "unknown_approval", f"no approval {aid!r} in this kernel")
     return json_response(approval)
 
 

@@ -28,8 +28,8 @@ from chio_kernel._errors import CapabilityError
 from chio_kernel._holds import HoldConflictError, UnknownHoldError
 from chio_kernel._kernel import MAX_COST_UNITS
 from chio_kernel.sidecar._body import model, opt_str, read_object, req_str
-from chio_kernel.sidecar._errors import ApiError, Handler, endpoint
-from chio_kernel.sidecar._responses import dump_receipt, error_response, json_response
+from chio_kernel.sidecar._errors import ApiError, Handler, endpoint, found
+from chio_kernel.sidecar._responses import dump_receipt, json_response
 
 __all__ = ["ROUTES"]
 
@@ -84,10 +84,8 @@ async def release(request: Request) -> Response:
 @endpoint
 async def get_hold(request: Request) -> Response:
     rid = request.path_params["receipt_id"]
-    hold = await run_in_threadpool(request.app.state.kernel.get_hold, rid)
-    if hold is None:
-        return error_response(404, "unknown_hold", f"receipt {rid!r} holds no budget (or is unknown)")
-    return json_response(hold)
+    message = f"receipt {rid!r} holds no budget (or is unknown)"
+    return json_response(await found(request.app.state.kernel.get_hold, rid, "unknown_hold", message))
 
 
 @endpoint

@@ -6,9 +6,10 @@ from __future__ import annotations
 import logging
 import sqlite3
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, TypeVar
 
 from pydantic import ValidationError
+from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
@@ -23,6 +24,7 @@ __all__ = [
     "Handler",
     "SidecarConfigError",
     "endpoint",
+    "found",
     "http_exception",
     "short",
     "store_errors",
@@ -46,6 +48,17 @@ class ApiError(Exception):
         self.status = status
         self.error = error
         self.message = message
+
+
+_T = TypeVar("_T")
+
+
+async def found(lookup: Callable[[str], _T | None], key: str, error: str, message: str) -> _T:
+    """``lookup(key)`` in the thread pool: what it found, or a 404 answer ``error`` / ``message`` if nothing."""
+    value = await run_in_threadpool(lookup, key)
+    if value is None:
+        raise ApiError(404, error, message)
+    return value
 
 
 def short(err: BaseException, limit: int = 300) -> str:

@@ -13,7 +13,7 @@ from starlette.routing import Route
 from chio_kernel._errors import CapabilityError
 from chio_kernel.sidecar._body import model, opt_int, opt_str, parse_rate_limit, read_object, req_str, scope
 from chio_kernel.sidecar._config import MAX_TTL_SECONDS
-from chio_kernel.sidecar._errors import ApiError, endpoint, short
+from chio_kernel.sidecar._errors import ApiError, endpoint, found, short
 from chio_kernel.sidecar._responses import dump_token, json_response
 
 __all__ = ["ROUTES"]
@@ -63,9 +63,8 @@ def _parent(data: dict[str, Any]) -> str | CapabilityToken:
 async def _attenuable_parent(kernel: Any, parent: str | CapabilityToken) -> str:
     """The parent's id once the stored parent is known, matches what the caller sent, and is valid."""
     parent_id = parent if isinstance(parent, str) else parent.id
-    known = await run_in_threadpool(kernel.get_capability, parent_id)
-    if known is None:
-        raise ApiError(404, "unknown_capability", f"no capability {parent_id!r} in this kernel")
+    message = f"no capability {parent_id!r} in this kernel"
+    known = await found(kernel.get_capability, parent_id, "unknown_capability", message)
     # attenuate from the token this kernel stored, never from what the caller claims it says
     if not isinstance(parent, str) and parent.model_dump(exclude_none=True) != known.model_dump(exclude_none=True):
         raise ApiError(400, "not_attenuable", f"parent_token does not match the stored capability {parent_id!r}")
@@ -104,9 +103,8 @@ async def list_capabilities(request: Request) -> Response:
 async def _known_capability(request: Request) -> tuple[str, Any]:
     """``(id, token)`` of the path's capability; 404 if this kernel never issued it."""
     cid = request.path_params["capability_id"]
-    token = await run_in_threadpool(request.app.state.kernel.get_capability, cid)
-    if token is None:
-        raise ApiError(404, "unknown_capability", f"no capability {cid!r} in this kernel")
+    message = f"no capability {cid!r} in this kernel"
+    token = await found(request.app.state.kernel.get_capability, cid, "unknown_capability", message)
     return cid, token
 
 

@@ -13,7 +13,7 @@ from starlette.routing import Route
 from chio_kernel._kernel import MAX_COST_UNITS
 from chio_kernel.sidecar._body import model, opt_str, query_int, read_object, req_str, run_metadata
 from chio_kernel.sidecar._config import DEFAULT_LIST_LIMIT, MAX_LIST_LIMIT
-from chio_kernel.sidecar._errors import ApiError, endpoint
+from chio_kernel.sidecar._errors import ApiError, endpoint, found
 from chio_kernel.sidecar._responses import dump_receipt, json_response
 
 __all__ = ["ROUTES"]
@@ -101,9 +101,8 @@ async def verify_receipt(request: Request) -> Response:
 @endpoint
 async def get_receipt(request: Request) -> Response:
     rid = request.path_params["receipt_id"]
-    receipt = await run_in_threadpool(request.app.state.kernel.get_receipt, rid)
-    if receipt is None:
-        raise ApiError(404, "unknown_receipt", f"no receipt {rid!r} in this kernel's store")
+    kernel = request.app.state.kernel
+    receipt = await found(kernel.get_receipt, rid, "unknown_receipt", f"no receipt {rid!r} in this kernel's store")
     return json_response(dump_receipt(receipt))
 
 
