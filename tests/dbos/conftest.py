@@ -7,8 +7,10 @@ registered, which is harmless: names are unique per test).
 
 from __future__ import annotations
 
+import asyncio
 import logging
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +19,18 @@ import pytest
 from chio_kernel import LocalChioClient
 
 logging.getLogger("dbos").setLevel(logging.WARNING)
+
+
+@pytest.fixture(autouse=True)
+async def _fresh_default_executor() -> AsyncIterator[None]:
+    """Give the session's event loop a live default executor back after each DBOS test.
+
+    DBOS makes its own thread pool the running loop's default executor (the one behind
+    ``asyncio.to_thread``) and shuts that pool down in ``DBOS.destroy()``: without this, every later
+    test on the session loop would fail with "cannot schedule new futures after shutdown".
+    """
+    yield
+    asyncio.get_running_loop().set_default_executor(ThreadPoolExecutor(thread_name_prefix="asyncio"))
 
 
 @pytest.fixture
