@@ -113,3 +113,23 @@ def test_no_cache_policies_are_equal_to_no_cache() -> None:
         assert _no_cache(off) and not _caches(off)
     for on in (INPUTS, DEFAULT, TASK_SOURCE, INPUTS + TASK_SOURCE):
         assert not _no_cache(on) and _caches(on)
+
+
+def test_the_root_capability_of_a_built_agent_can_still_be_replaced() -> None:
+    # chio_durable.agent._seams.set_root_capability: the one write of Agent._root_capability, which the
+    # Temporal and DBOS agents need to put the governance before the durability. If pydantic-ai
+    # renames or freezes it, this fails here, and building a governed agent refuses (UserError).
+    import copy
+
+    from pydantic_ai import Agent
+    from pydantic_ai.capabilities import CombinedCapability
+    from pydantic_ai.models.test import TestModel
+
+    from chio_durable.agent._seams import set_root_capability
+
+    agent = Agent(TestModel())
+    plain = copy.copy(agent)
+    root = CombinedCapability([*agent.root_capability.capabilities])
+    set_root_capability(plain, root)
+    assert plain.root_capability is root
+    assert agent.root_capability is not root  # the user's agent is untouched

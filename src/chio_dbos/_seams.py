@@ -24,6 +24,8 @@ from pydantic_ai import Agent
 from pydantic_ai.capabilities import AbstractCapability, CombinedCapability
 from pydantic_ai.exceptions import UserError
 
+from chio_durable._engine import set_root_capability
+
 __all__ = ["DBOS_AGENT_HIDDEN_OPTIONS", "agent_with_capabilities", "agent_without", "dbos_agent_options"]
 
 _UPGRADE = "(pydantic-ai changed an internal chio_dbos relies on: install a pydantic-ai-slim inside chio-durable's tested range)"
@@ -81,12 +83,7 @@ def agent_without(agent: Agent[Any, Any], capability: AbstractCapability[Any]) -
 
 
 def _set_root(agent: Agent[Any, Any], root: CombinedCapability[Any]) -> None:
-    try:
-        agent._root_capability = root  # noqa: SLF001 - the one write: no public setter exists
-    except AttributeError as err:
-        raise UserError(f"chio: cannot add a capability to a built Agent {_UPGRADE}") from err
-    if agent.root_capability is not root:
-        raise UserError(f"chio: the capability did not reach the agent copy {_UPGRADE}")
+    set_root_capability(agent, root)  # the pydantic-ai seam (chio_durable.agent._seams)
 
 
 def dbos_agent_options(dbos_agent: Any) -> dict[str, Any]:

@@ -72,6 +72,7 @@ _AGENT = {
     "check_realtime_hooks": ("chio_durable.agent._seams", "check_realtime_hooks"),
     "prefect_agent_hidden_options": ("chio_durable.agent._seams", "prefect_agent_hidden_options"),
     "refuse_realtime": ("chio_durable.agent._seams", "refuse_realtime"),
+    "set_root_capability": ("chio_durable.agent._seams", "set_root_capability"),
 }
 
 if TYPE_CHECKING:
@@ -79,7 +80,12 @@ if TYPE_CHECKING:
     from chio_durable.agent._capability import REALTIME_REFUSED
     from chio_durable.agent._capability import _is_mcp_toolset as is_mcp_toolset
     from chio_durable.agent._denials import receipt_id_in_denied_message
-    from chio_durable.agent._seams import check_realtime_hooks, prefect_agent_hidden_options, refuse_realtime
+    from chio_durable.agent._seams import (
+        check_realtime_hooks,
+        prefect_agent_hidden_options,
+        refuse_realtime,
+        set_root_capability,
+    )
 else:
 
     def __getattr__(name: str) -> object:
@@ -130,4 +136,5 @@ __all__ = [
     "prefect_agent_hidden_options",
     "receipt_id_in_denied_message",
     "refuse_realtime",
+    "set_root_capability",
 ]

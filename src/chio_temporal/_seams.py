@@ -27,7 +27,9 @@ from typing import Any, TypeVar
 import temporalio.activity
 from pydantic_ai.agent import Agent
 from pydantic_ai.capabilities import AbstractCapability, CombinedCapability
+from pydantic_ai.exceptions import UserError
 
+from chio_durable._engine import set_root_capability
 from chio_temporal.errors import ChioTemporalConfigError
 
 __all__ = ["agent_with_capability", "govern_durable_agent", "registered_activity_name", "replace_in_live_list"]
@@ -64,12 +66,7 @@ def agent_with_capability(agent: Agent[Any, Any], capability: AbstractCapability
     durable = copy.copy(agent)
     bound = capability.for_agent(durable)
     root = CombinedCapability([*agent.root_capability.capabilities, bound])
-    try:
-        durable._root_capability = root  # noqa: SLF001 - the one write: no public setter exists
-    except AttributeError as err:
-        raise ChioTemporalConfigError(f"cannot add a capability to a built Agent {_UPGRADE}") from err
-    if durable.root_capability is not root:
-        raise ChioTemporalConfigError(f"the capability did not reach the agent copy {_UPGRADE}")
+    _set_root(durable, root)
     return durable
 
 
@@ -87,12 +84,11 @@ def replace_in_live_list(live: Sequence[T], replace: Callable[[T], T]) -> None:
 
 
 def _set_root(agent: Agent[Any, Any], root: CombinedCapability[Any]) -> None:
+    """The pydantic-ai seam (``chio_durable.agent._seams``), refused as a Temporal configuration error."""
     try:
-        agent._root_capability = root  # noqa: SLF001 - the one write: no public setter exists
-    except AttributeError as err:
-        raise ChioTemporalConfigError(f"cannot add a capability to a built Agent {_UPGRADE}") from err
-    if agent.root_capability is not root:
-        raise ChioTemporalConfigError(f"the capability did not reach the agent {_UPGRADE}")
+        set_root_capability(agent, root)
+    except UserError as err:
+        raise ChioTemporalConfigError(str(err)) from err
 
 
 def govern_durable_agent(

@@ -27,11 +27,13 @@ from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any, TypeVar
 
-from pydantic_ai.agent import WrapperAgent
+from pydantic_ai.agent import Agent, WrapperAgent
+from pydantic_ai.capabilities import CombinedCapability
 from pydantic_ai.exceptions import UserError
 
 __all__ = [
     "REALTIME_HOOKS",
+    "set_root_capability",
     "check_realtime_hooks",
     "prefect_agent_hidden_options",
     "refuse_realtime",
@@ -107,3 +109,31 @@ def prefect_agent_hidden_options(agent: Any, already_given: dict[str, Any]) -> d
                 "(prefect_agent.wrapped) with its Prefect options."
             ) from None
     return found
+
+
+def set_root_capability(agent: Agent[Any, Any], root: CombinedCapability[Any]) -> None:
+    """Make ``root`` the root capability of the built ``agent`` (a copy the caller made).
+
+    pydantic-ai has no public way to add a capability to an agent that is already built, and an
+    engine must add the governance before the agent's durability is bound (so the kernel checks are
+    the engine's durable units). This is the one write of ``Agent._root_capability`` in ``src/``.
+
+    Args:
+        agent: The agent whose root capability is replaced (a shallow copy, never the user's agent).
+        root: The new root capability.
+
+    Raises:
+        UserError: pydantic-ai no longer lets the root capability be replaced this way.
+    """
+    try:
+        agent._root_capability = root  # noqa: SLF001 - the one write: no public setter exists
+    except AttributeError as err:
+        raise UserError(
+            "chio: cannot add a capability to a built Agent (pydantic-ai changed an internal chio-durable "
+            "relies on: install a pydantic-ai-slim inside chio-durable's tested range)"
+        ) from err
+    if agent.root_capability is not root:
+        raise UserError(
+            "chio: the capability did not reach the agent (pydantic-ai changed an internal chio-durable "
+            "relies on: install a pydantic-ai-slim inside chio-durable's tested range)"
+        )
