@@ -7,6 +7,8 @@ only where a mock is what the transport is about.
 
 from __future__ import annotations
 
+import importlib
+
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
@@ -75,7 +77,10 @@ def test_layers_choose_the_transport_once_at_construction(monkeypatch: pytest.Mo
 
 
 def _count_canonicalisations(monkeypatch: pytest.MonkeyPatch) -> list[object]:
-    import chio_kernel.canonical as canonical
+    # The module object in sys.modules, which the code's `from chio_kernel.canonical import ...`
+    # reads: after Temporal's workflow sandbox ran, the package attribute `chio_kernel.canonical`
+    # can be another copy of the module.
+    canonical = importlib.import_module("chio_kernel.canonical")
 
     seen: list[object] = []
     real = canonical.canonical_json_str
@@ -109,8 +114,8 @@ def test_parameters_are_canonicalised_and_hashed_once_per_call_embedded(
 ) -> None:
     import hashlib
 
-    import chio_kernel.canonical as canonical
-    import chio_kernel._request as kernel_module  # where the kernel canonicalises a call
+    canonical = importlib.import_module("chio_kernel.canonical")
+    kernel_module = importlib.import_module("chio_kernel._request")  # where the kernel canonicalises a call
 
     local = LocalChioClient(tmp_path)
     local.kernel.create_capability(subject="agent", scope=SCOPE, capability_id="cap-docs")
