@@ -139,18 +139,23 @@ async def wait_for_approval(
     label: str,
     reevaluate: Callable[[str], Awaitable[Evaluation]],
     observe: Callable[[Evaluation], None],
-    before_pause: Callable[[PendingApproval], Awaitable[None]] | None = None,
+    before_pause: Callable[[PendingApproval], Awaitable[bool]] | None = None,
 ) -> Evaluation:
     """:func:`wait_for_approval_sync` for async tasks (``apause_flow_run``); ``before_pause`` runs
-    before each pause (the agent registers the wake that lets the kernel's answer resume the run)."""
+    before each pause (the agent registers the wake that lets the kernel's answer resume the run) and
+    returns True when the approval was answered already: the run then asks the kernel again at once
+    instead of pausing (an answer given before the wake was registered would wake nobody)."""
     from prefect.exceptions import FlowPauseTimeout
     from prefect.flow_runs import apause_flow_run
 
     attempt = 0
     while (pending := pending_approval(evaluation)) is not None:
         attempt += 1
-        if before_pause is not None:
-            await before_pause(pending)
+        if before_pause is not None and await before_pause(pending):
+            evaluation = await reevaluate(pending.approval_id)
+            if pending_approval(evaluation) is not None:
+                observe(evaluation)
+            continue
         try:
             answer = await apause_flow_run(**_pause_args(pending, label, attempt))
         except FlowPauseTimeout:
@@ -183,8 +188,9 @@ def waking_approval_waiter(governance: Any) -> ApprovalWaiter:
         The waiter; every re-evaluation under the approval is recorded by the governance.
     """
 
-    async def register_wake(pending: PendingApproval) -> None:
+    async def register_wake(pending: PendingApproval) -> bool:
         await register_flow_run_wake(governance.transport, pending.approval_id)
+        return await approval_answered(governance.chio_client, pending.approval_id)
 
     async def waiter(
         evaluation: Evaluation, label: str, reevaluate: Callable[[str], Awaitable[Evaluation]]
@@ -194,6 +200,19 @@ def waking_approval_waiter(governance: Any) -> ApprovalWaiter:
         )
 
     return waiter
+
+
+async def approval_answered(client: Any, approval_id: str) -> bool:
+    """Whether the kernel behind ``client`` no longer holds ``approval_id`` pending (answered or
+    expired); False when the client cannot say (a stock ``ChioClient``: the pause then waits)."""
+    get = getattr(client, "get_approval", None)
+    if not callable(get):
+        return False
+    try:
+        info = await get(approval_id)
+    except Exception:  # noqa: BLE001 - cannot say: pause as before, the kernel still decides
+        return False
+    return isinstance(info, dict) and info.get("status") not in (None, "pending")
 
 
 async def register_flow_run_wake(transport: Any, approval_id: str) -> bool:

@@ -245,3 +245,37 @@ def test_the_cli_of_another_process_answers_and_its_waker_resumes_the_run_throug
     assert "error" not in out, out.get("error")
     assert script.refunds == ["o-9"]  # exactly once, under the approval
     chio.kernel.close()
+
+
+async def test_an_approval_answered_before_the_wake_is_registered_does_not_leave_the_run_paused(
+    chio_home: Path,
+) -> None:
+    # The person may answer before the run registers its wake: that answer wakes nobody, so the run
+    # must see it before pausing and ask the kernel again at once (here outside a flow run, where a
+    # pause would fail: the old waiter returned the pending answer unchanged).
+    from chio_durable import GovernedCall, as_transport
+    from chio_prefect._approvals import approval_answered, wait_for_approval
+
+    chio = LocalChioClient(data_dir=chio_home)
+    cap = chio.kernel.create_capability(
+        subject="agent:support",
+        scope=ChioScope(grants=[ToolGrant(server_id="refunds", tool_name="refund", operations=[Operation.INVOKE],
+                                          constraints=[Constraint(type="require_approval_above", value=0)])]),
+    ).id
+    transport = as_transport(chio)
+    call = GovernedCall("tool", "refunds", "refund", {"order": "o-1"})
+    pending = await transport.evaluate(call, capability_id=cap, idempotency_key="k-early")
+    assert pending.pending and pending.approval_id
+    assert not await approval_answered(chio, pending.approval_id)
+    await chio.respond_approval(pending.approval_id, "approved", "answered early")
+    assert await approval_answered(chio, pending.approval_id)
+
+    async def reevaluate(approval_id: str) -> Any:
+        return await transport.evaluate(call, capability_id=cap, idempotency_key="k-early", approval_id=approval_id)
+
+    async def answered_already(p: Any) -> bool:
+        return await approval_answered(chio, p.approval_id)
+
+    final = await wait_for_approval(pending, label="refunds/refund", reevaluate=reevaluate,
+                                    observe=lambda _: None, before_pause=answered_already)
+    assert final.allowed and final.approval_id == pending.approval_id
