@@ -72,6 +72,25 @@ def _refund_capability(chio: LocalChioClient) -> str:
     return cap
 
 
+def _refund_run_waiting(
+    chio: LocalChioClient,
+) -> tuple[Script, ChioPrefectAgent[Any, Any], dict[str, Any], threading.Thread, str]:
+    """Start the governed support agent (scripted refund) in a thread, until its refund waits for approval.
+
+    Returns ``(script, governed, out, thread, approval_id)``; ``out`` gets the run's result or error.
+    """
+    cap = _refund_capability(chio)
+    script = Script()
+    governed = ChioPrefectAgent(
+        Agent(FunctionModel(script.model), name="support", tools=[script.refund]), capability_id=cap, chio_client=chio
+    )
+    out: dict[str, Any] = {}
+    thread = _run_in_thread(governed, out)
+    while not (pending := chio.kernel.list_approvals("pending")):
+        time.sleep(0.1)
+    return script, governed, out, thread, str(pending[0]["id"])
+
+
 @pytest.fixture
 def waker() -> Iterator[Callable[[Any], None]]:
     """Install an in-process Prefect waker (it takes precedence over the ``chio.approval_wakers`` entry point)."""
@@ -88,16 +107,7 @@ def test_agent_tool_pauses_the_flow_run_forged_resume_runs_nothing_approve_runs_
 
     waker(lambda wake, outcome: "not woken: this test resumes the flow run by hand")
     chio = LocalChioClient(data_dir=chio_home)
-    cap = _refund_capability(chio)
-    script = Script()
-    governed = ChioPrefectAgent(
-        Agent(FunctionModel(script.model), name="support", tools=[script.refund]), capability_id=cap, chio_client=chio
-    )
-    out: dict[str, Any] = {}
-    thread = _run_in_thread(governed, out)
-    while not (pending := chio.kernel.list_approvals("pending")):
-        time.sleep(0.1)
-    approval_id = pending[0]["id"]
+    script, governed, out, thread, approval_id = _refund_run_waiting(chio)
     flow_run_id = _paused_flow_run(approval_id)
     assert script.refunds == []
 
@@ -136,17 +146,8 @@ def test_an_approval_answered_in_the_kernel_alone_resumes_the_paused_run_which_c
 
     waker(wake)  # what the chio.approval_wakers entry point "prefect" provides, installed in-process
     chio = LocalChioClient(data_dir=chio_home)
-    cap = _refund_capability(chio)
     asked = _counting_evaluations(chio)
-    script = Script()
-    governed = ChioPrefectAgent(
-        Agent(FunctionModel(script.model), name="support", tools=[script.refund]), capability_id=cap, chio_client=chio
-    )
-    out: dict[str, Any] = {}
-    thread = _run_in_thread(governed, out)
-    while not (pending := chio.kernel.list_approvals("pending")):
-        time.sleep(0.1)
-    approval_id = pending[0]["id"]
+    script, governed, out, thread, approval_id = _refund_run_waiting(chio)
     flow_run_id = _paused_flow_run(approval_id)
 
     chio.kernel.respond_approval(approval_id, "approved", "ok")  # the person's one action
@@ -172,16 +173,7 @@ def test_an_approval_denied_in_the_kernel_alone_resumes_the_run_and_the_tool_nev
 
     waker(wake)
     chio = LocalChioClient(data_dir=chio_home)
-    cap = _refund_capability(chio)
-    script = Script()
-    governed = ChioPrefectAgent(
-        Agent(FunctionModel(script.model), name="support", tools=[script.refund]), capability_id=cap, chio_client=chio
-    )
-    out: dict[str, Any] = {}
-    thread = _run_in_thread(governed, out)
-    while not (pending := chio.kernel.list_approvals("pending")):
-        time.sleep(0.1)
-    approval_id = pending[0]["id"]
+    script, governed, out, thread, approval_id = _refund_run_waiting(chio)
     _paused_flow_run(approval_id)
 
     chio.kernel.respond_approval(approval_id, "denied", "not this one")
@@ -214,16 +206,7 @@ def test_the_cli_of_another_process_answers_and_its_waker_resumes_the_run_throug
     from importlib.metadata import entry_points
 
     chio = LocalChioClient(data_dir=chio_home)
-    cap = _refund_capability(chio)
-    script = Script()
-    governed = ChioPrefectAgent(
-        Agent(FunctionModel(script.model), name="support", tools=[script.refund]), capability_id=cap, chio_client=chio
-    )
-    out: dict[str, Any] = {}
-    thread = _run_in_thread(governed, out)
-    while not (pending := chio.kernel.list_approvals("pending")):
-        time.sleep(0.1)
-    approval_id = pending[0]["id"]
+    script, governed, out, thread, approval_id = _refund_run_waiting(chio)
     flow_run_id = _paused_flow_run(approval_id)
 
     src = str(Path(__file__).resolve().parents[2] / "src")
@@ -257,13 +240,9 @@ async def test_an_approval_answered_before_the_wake_is_registered_does_not_leave
     from chio_prefect._approvals import approval_answered, wait_for_approval
 
     chio = LocalChioClient(data_dir=chio_home)
-    cap = chio.kernel.create_capability(
-        subject="agent:support",
-        scope=ChioScope(grants=[ToolGrant(server_id="refunds", tool_name="refund", operations=[Operation.INVOKE],
-                                          constraints=[Constraint(type="require_approval_above", value=0)])]),
-    ).id
+    cap = _refund_capability(chio)
     transport = as_transport(chio)
-    call = GovernedCall("tool", "refunds", "refund", {"order": "o-1"})
+    call = GovernedCall("tool", "support", "refund", {"order": "o-1"})
     pending = await transport.evaluate(call, capability_id=cap, idempotency_key="k-early")
     assert pending.pending and pending.approval_id
     assert not await approval_answered(chio, pending.approval_id)
@@ -276,6 +255,6 @@ async def test_an_approval_answered_before_the_wake_is_registered_does_not_leave
     async def answered_already(p: Any) -> bool:
         return await approval_answered(chio, p.approval_id)
 
-    final = await wait_for_approval(pending, label="refunds/refund", reevaluate=reevaluate,
+    final = await wait_for_approval(pending, label="support/refund", reevaluate=reevaluate,
                                     observe=lambda _: None, before_pause=answered_already)
     assert final.allowed and final.approval_id == pending.approval_id
