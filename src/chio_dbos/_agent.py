@@ -40,11 +40,16 @@ from pydantic_ai.output import OutputDataT
 from pydantic_ai.tools import AgentDepsT, RunContext
 
 from chio_durable import ChioClientLike, Evaluation, GovernedCall
-from chio_durable._engine import REALTIME_REFUSED, check_realtime_hooks, refuse_realtime, run_metadata
+from chio_durable._engine import (
+    REALTIME_REFUSED,
+    GovernedAgentFace,
+    check_realtime_hooks,
+    refuse_realtime,
+    run_metadata,
+)
 from chio_durable.agent import (
     CallMapper,
     ChioGovernance,
-    GovernedRecord,
     ModelMetering,
     ModelPrices,
     OnDeny,
@@ -156,7 +161,7 @@ def _without_durability(agent: Agent[Any, Any]) -> tuple[Agent[Any, Any], Abstra
 
 
 @refuse_realtime(REALTIME_REFUSED)
-class ChioDBOSAgent(WrapperAgent[AgentDepsT, OutputDataT]):
+class ChioDBOSAgent(GovernedAgentFace, WrapperAgent[AgentDepsT, OutputDataT]):
     """A Pydantic AI agent made durable on DBOS and governed by Chio.
 
     Args:
@@ -261,25 +266,7 @@ class ChioDBOSAgent(WrapperAgent[AgentDepsT, OutputDataT]):
 
         return chio_run
 
-    @property
-    def name(self) -> str | None:
-        return self._agent_name
 
-    @name.setter
-    def name(self, value: str | None) -> None:
-        raise UserError("a ChioDBOSAgent's name is fixed; create a new one to change it")
-
-    @property
-    def capability_id(self) -> str:
-        return self.governance.capability_id
-
-    def receipts_of(self, result: AgentRunResult[Any] | str) -> list[GovernedRecord]:
-        """The evaluations of one run in this process (its result or run id), in order, allow and deny."""
-        return self.governance.receipts_of(result)
-
-    def receipt_ids_of(self, result: AgentRunResult[Any] | str) -> list[str]:
-        """The receipt ids of one run (model requests, tool and MCP tool calls), in order, each once."""
-        return self.governance.receipt_ids_of(result)
 
     async def _governed_run(self, user_prompt: Any = None, **kwargs: Any) -> AgentRunResult[Any]:
         """Run the governed agent: inside the caller's DBOS workflow, else as its own ``<name>.chio_run``.

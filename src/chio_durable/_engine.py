@@ -73,6 +73,7 @@ _AGENT = {
     "prefect_agent_hidden_options": ("chio_durable.agent._seams", "prefect_agent_hidden_options"),
     "refuse_realtime": ("chio_durable.agent._seams", "refuse_realtime"),
     "set_root_capability": ("chio_durable.agent._seams", "set_root_capability"),
+    "GovernedAgentFace": ("chio_durable.agent._wrapper", "GovernedAgentFace"),
 }
 
 if TYPE_CHECKING:
@@ -86,6 +87,7 @@ if TYPE_CHECKING:
         refuse_realtime,
         set_root_capability,
     )
+    from chio_durable.agent._wrapper import GovernedAgentFace
 else:
 
     def __getattr__(name: str) -> object:
@@ -137,4 +139,5 @@ __all__ = [
     "receipt_id_in_denied_message",
     "refuse_realtime",
     "set_root_capability",
+    "GovernedAgentFace",
 ]

@@ -50,6 +50,7 @@ from pydantic_ai.toolsets import WrapperToolset
 from chio_durable import ChioClientLike, Decision, Evaluation, GovernedCall, KernelRejected
 from chio_durable._engine import (
     REALTIME_REFUSED,
+    GovernedAgentFace,
     check_realtime_hooks,
     is_mcp_toolset,
     prefect_agent_hidden_options,
@@ -256,7 +257,7 @@ def _check_no_prefect_options(**options: Any) -> None:
 
 
 @refuse_realtime(REALTIME_REFUSED)
-class ChioPrefectAgent(WrapperAgent[AgentDepsT, OutputDataT]):
+class ChioPrefectAgent(GovernedAgentFace, WrapperAgent[AgentDepsT, OutputDataT]):
     """A Pydantic AI agent made durable on Prefect and governed by Chio.
 
     Generic in the wrapped agent's deps and output types, like pydantic-ai's
@@ -363,27 +364,9 @@ class ChioPrefectAgent(WrapperAgent[AgentDepsT, OutputDataT]):
         ]
         self._flow_options = dict(flow_options or {})
 
-    @property
-    def name(self) -> str | None:
-        return self._agent_name
-
-    @name.setter
-    def name(self, value: str | None) -> None:
-        raise UserError("a ChioPrefectAgent's name is fixed; create a new one to change it")
-
-    @property
-    def capability_id(self) -> str:
-        return self.governance.capability_id
 
     # --- receipts ------------------------------------------------------------------------------
 
-    def receipts_of(self, result: AgentRunResult[Any] | str) -> list[GovernedRecord]:
-        """The evaluations of one run (pass its result or run id), in order, allow and deny alike."""
-        return self.governance.receipts_of(result)
-
-    def receipt_ids_of(self, result: AgentRunResult[Any] | str) -> list[str]:
-        """The receipt ids of one run, in order."""
-        return self.governance.receipt_ids_of(result)
 
     # --- runs ----------------------------------------------------------------------------------
 
