@@ -1,0 +1,188 @@
+"""OpenTelemetry for the kernel: the one on/off switch, the lazy OTel handle, the sidecar's request metrics.
+
+Off by default, and then nothing here imports OpenTelemetry: :func:`enabled` is one attribute read.
+The layers' switch (``chio_durable.instrument_all``) lives in ``chio_durable._telemetry`` and turns this one on too.
+Spans and metrics go to the *global* tracer and meter providers (what ``logfire.configure()`` or the
+OTel SDK set), so configuring them is the application's business; ``chio-durable sidecar --otel``
+configures an OTLP exporter from the standard ``OTEL_EXPORTER_OTLP_*`` variables (docs/observability.md).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+__all__ = [
+    "OTEL_MISSING",
+    "TRACER_NAME",
+    "Otel",
+    "TelemetryMissing",
+    "configure_otlp",
+    "enabled",
+    "instrument_kernel",
+    "otel",
+    "request_telemetry",
+]
+
+TRACER_NAME = "chio"
+"""The instrumentation scope of every Chio span and metric."""
+
+OTEL_MISSING = "chio: OpenTelemetry is not installed; pip install 'chio-durable[otel]'"
+"""The one-line message when the ``otel`` extra is missing."""
+
+
+class TelemetryMissing(ImportError):
+    """The OpenTelemetry packages the requested instrumentation needs are not installed."""
+
+
+class _Switch:
+    on = False
+
+
+_SWITCH = _Switch()
+
+
+def instrument_kernel(on: bool = True) -> None:
+    """Trace the kernel's own decisions made in this process (a person's answer to an approval).
+
+    Args:
+        on: True to switch it on, False to switch it off again.
+
+    Raises:
+        TelemetryMissing: ``on`` and the OpenTelemetry API is not installed (the ``otel`` extra).
+    """
+    if on:
+        otel()  # say now, in one line, if the extra is missing
+    _SWITCH.on = bool(on)
+
+
+def enabled() -> bool:
+    """Whether the kernel traces its own decisions (:func:`instrument_kernel`)."""
+    return _SWITCH.on
+
+
+@dataclass(frozen=True)
+class Otel:
+    """The OpenTelemetry handles, built once on first use (the API only; the SDK is the app's)."""
+
+    trace: Any
+    tracer: Any
+    meter: Any
+    decisions: Any
+    evaluation_duration: Any
+    pending_approvals: Any
+    budget_remaining: Any
+    request_duration: Any
+
+
+_HANDLE: list[Otel] = []
+
+
+def otel() -> Otel:
+    """The OpenTelemetry handles; :class:`TelemetryMissing` (one line) without the API."""
+    if _HANDLE:
+        return _HANDLE[0]
+    try:
+        from opentelemetry import metrics, trace
+    except ImportError as err:
+        raise TelemetryMissing(OTEL_MISSING) from err
+    meter = metrics.get_meter(TRACER_NAME)
+    handle = Otel(
+        trace=trace,
+        tracer=trace.get_tracer(TRACER_NAME),
+        meter=meter,
+        decisions=meter.create_counter(
+            "chio.decisions", unit="{decision}", description="Chio decisions by verdict and guard"
+        ),
+        evaluation_duration=meter.create_histogram(
+            "chio.evaluation.duration", unit="s", description="Time to a Chio kernel decision, as the layer waited"
+        ),
+        pending_approvals=meter.create_up_down_counter(
+            "chio.approvals.pending", unit="{approval}", description="Calls waiting for a person's approval"
+        ),
+        budget_remaining=meter.create_gauge(
+            "chio.budget.remaining", description="Budget left per grant, in currency units (USD 5.00 -> 5.0)"
+        ),
+        request_duration=meter.create_histogram(
+            "chio.sidecar.request.duration", unit="s", description="Sidecar request latency"
+        ),
+    )
+    _HANDLE.append(handle)
+    return handle
+
+
+def configure_otlp(service_name: str = "chio-sidecar") -> None:
+    """Install an SDK tracer and meter provider exporting over OTLP (``OTEL_EXPORTER_OTLP_*``), unless
+    one is installed already (``logfire.configure()``, the application's own).
+
+    Raises:
+        TelemetryMissing: the OpenTelemetry SDK or the OTLP exporter is not installed.
+    """
+    try:
+        from opentelemetry import metrics, trace
+        from opentelemetry.exporter.otlp.proto.http.metric_exporter import OTLPMetricExporter
+        from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+        from opentelemetry.sdk.metrics import MeterProvider
+        from opentelemetry.sdk.metrics.export import PeriodicExportingMetricReader
+        from opentelemetry.sdk.resources import Resource
+        from opentelemetry.sdk.trace import TracerProvider
+        from opentelemetry.sdk.trace.export import BatchSpanProcessor
+    except ImportError as err:
+        raise TelemetryMissing(f"{OTEL_MISSING} (the sidecar's --otel exports over OTLP)") from err
+    resource = Resource.create({"service.name": service_name})
+    if type(trace.get_tracer_provider()).__name__ == "ProxyTracerProvider":  # nothing installed yet
+        provider = TracerProvider(resource=resource)
+        provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter()))
+        trace.set_tracer_provider(provider)
+    if type(metrics.get_meter_provider()).__name__ == "_ProxyMeterProvider":
+        reader = PeriodicExportingMetricReader(OTLPMetricExporter())
+        metrics.set_meter_provider(MeterProvider(resource=resource, metric_readers=[reader]))
+
+
+def request_telemetry(app: Callable[..., Awaitable[None]]) -> Callable[..., Awaitable[None]]:
+    """ASGI middleware: one server span per sidecar request, joined to the caller's trace
+    (``traceparent``), and its latency in ``chio.sidecar.request.duration``."""
+    handle = otel()
+    from opentelemetry.propagate import extract
+
+    async def middleware(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope.get("type") != "http":
+            await app(scope, receive, send)
+            return
+        headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope.get("headers") or ()}
+        method, path = scope.get("method", "GET"), scope.get("path", "")
+        status: list[int] = [500]
+
+        async def send_status(message: dict[str, Any]) -> None:
+            if message.get("type") == "http.response.start":
+                status[0] = int(message.get("status", 500))
+            await send(message)
+
+        start = time.perf_counter()
+        with handle.tracer.start_as_current_span(
+            f"{method} {_route(path)}", context=extract(headers), kind=handle.trace.SpanKind.SERVER,
+            attributes={"http.request.method": method, "url.path": path},
+        ) as span:
+            try:
+                await app(scope, receive, send_status)
+            finally:
+                span.set_attribute("http.response.status_code", status[0])
+                handle.request_duration.record(
+                    time.perf_counter() - start,
+                    {"http.request.method": method, "http.route": _route(path), "http.response.status_code": status[0]},
+                )
+
+    return middleware
+
+
+def _route(path: str) -> str:
+    """The low-cardinality route of a path: ids (anything after a known collection) become ``{id}``."""
+    parts = path.strip("/").split("/")
+    for i, part in enumerate(parts):
+        if i >= 2 and parts[i - 1] in ("receipts", "capabilities", "approvals", "holds", "budgets") and part not in (
+            "verify-chain", "denials", "verify", "revoke",
+        ):
+            parts[i] = "{id}"
+    return "/" + "/".join(parts)

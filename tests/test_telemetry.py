@@ -1,0 +1,209 @@
+"""Every Chio decision in the trace (plain agent, embedded kernel): one span per decision, a child of
+the operation it governs, its ids signed into the receipt; metrics; off when not switched on."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+from chio_sdk.models import ChioScope, Constraint, MonetaryAmount, Operation, ToolGrant
+from pydantic_ai import Agent, DeferredToolRequests, Tool
+from pydantic_ai.messages import ModelMessage, ModelResponse, TextPart, ToolCallPart, ToolReturnPart
+from pydantic_ai.models.function import AgentInfo, FunctionModel
+
+import chio_durable
+from chio_durable import GovernedCall, as_transport
+from chio_durable._engine import deny_before_evaluation
+from chio_durable.agent import COST_METADATA_KEY, ChioGovernance, approval_results
+from chio_kernel import LocalChioClient
+from otel_kit import by_id, decision_spans, metric_points, pipeline, tree
+
+EXPORTER, READER = pipeline()
+
+
+@pytest.fixture(autouse=True)
+def _fresh_spans() -> Iterator[None]:
+    EXPORTER.clear()
+    yield
+    chio_durable.instrument_all(False)
+    Agent.instrument_all(False)
+
+
+@pytest.fixture
+def chio(chio_home: Path) -> LocalChioClient:
+    return LocalChioClient(data_dir=chio_home)
+
+
+def grant(server: str, tool: str = "*", **kw: Any) -> ToolGrant:
+    return ToolGrant(server_id=server, tool_name=tool, operations=[Operation.INVOKE], **kw)
+
+
+@dataclass
+class Script:
+    """One response calling three tools (a priced lookup, an ungranted delete, a refund needing approval)."""
+
+    ran: list[str] = field(default_factory=list)
+
+    def model(self, messages: list[ModelMessage], info: AgentInfo) -> ModelResponse:
+        if any(isinstance(p, ToolReturnPart) or p.part_kind == "retry-prompt" for p in messages[-1].parts):
+            return ModelResponse(parts=[TextPart("done")])
+        return ModelResponse(parts=[
+            ToolCallPart("lookup", {"order": "o-1"}, tool_call_id="c-lookup"),
+            ToolCallPart("delete", {"order": "o-1"}, tool_call_id="c-delete"),
+            ToolCallPart("refund", {"order": "o-1", "amount": 120}, tool_call_id="c-refund"),
+        ])
+
+    def lookup(self, order: str) -> str:
+        self.ran.append("lookup")
+        return f"{order}: shipped"
+
+    def delete(self, order: str) -> str:
+        self.ran.append("delete")
+        return "deleted"
+
+    def refund(self, order: str, amount: int) -> str:
+        self.ran.append("refund")
+        return f"refunded {amount}"
+
+
+def _agent(chio: LocalChioClient, script: Script, **kwargs: Any) -> tuple[Agent[None, Any], ChioGovernance]:
+    cap = chio.kernel.create_capability(subject="agent:support", scope=ChioScope(grants=[
+        grant("model"),
+        grant("support", "lookup", max_total_cost=MonetaryAmount(units=500, currency="USD")),
+        grant("support", "refund", constraints=[Constraint(type="require_approval_above", value=0)]),
+    ])).id
+    governance = ChioGovernance(capability_id=cap, chio_client=chio, **kwargs)
+    lookup = Tool(script.lookup, metadata={COST_METADATA_KEY: MonetaryAmount(units=25, currency="USD")})
+    agent = Agent(
+        FunctionModel(script.model), name="support", tools=[lookup, script.delete, script.refund],
+        capabilities=[governance], output_type=[str, DeferredToolRequests],
+    )
+    agent.instrument = True  # pydantic-ai's own spans (execute_tool, chat), the decisions' parents
+    return agent, governance
+
+
+async def test_every_decision_is_one_span_under_the_operation_it_governs(chio: LocalChioClient) -> None:
+    script = Script()
+    agent, governance = _agent(chio, script, instrument=True)
+    first = await agent.run("look after order o-1")
+    assert isinstance(first.output, DeferredToolRequests)
+    (approval_id,) = [r.evaluation.approval_id for r in governance.receipts_of(first) if r.evaluation.pending]
+    chio.kernel.respond_approval(approval_id, "approved", "ok")
+    done = await agent.run(message_history=first.all_messages(), deferred_tool_results=approval_results(first.output))
+    assert done.output == "done" and sorted(script.ran) == ["lookup", "refund"]
+
+    spans = EXPORTER.get_finished_spans()
+    print(tree(spans))
+    everything = by_id(spans)
+    decisions = decision_spans(spans)
+    records = governance.receipts_of(first) + governance.receipts_of(done)
+    # exactly one span per decision of the two runs, each naming its receipt once
+    assert sorted(s.attributes["chio.receipt_id"] for s in decisions) == sorted(r.receipt_id for r in records)
+    verdicts = {(s.attributes["chio.tool_name"], s.attributes["chio.verdict"]) for s in decisions}
+    assert {("lookup", "allow"), ("delete", "deny"), ("refund", "pending_approval"), ("refund", "allow")} <= verdicts
+    for span in decisions:
+        parent = everything[span.parent.span_id]
+        kind = span.attributes["chio.call_kind"]
+        expected = "chat" if kind == "model" else f"execute_tool {span.attributes['chio.tool_name']}"
+        assert parent.name.startswith(expected), (span.attributes, parent.name)
+        assert span.status.is_ok  # a deny is governance working, not an error
+        assert "order" not in str(dict(span.attributes)) or "o-1" not in str(dict(span.attributes))  # never parameters
+        assert span.attributes["chio.parameter_hash"]
+        # the receipt verifies and signs this span's trace
+        receipt = chio.kernel.get_receipt(span.attributes["chio.receipt_id"])
+        assert receipt is not None and chio.kernel.verify_receipt(receipt)
+        assert receipt.metadata["trace_id"] == format(span.context.trace_id, "032x")
+        assert receipt.metadata["span_id"] == format(span.context.span_id, "016x")
+        assert receipt.metadata["parent_span_id"] == format(parent.context.span_id, "016x")
+        assert span.attributes["chio.replayed"] is False
+    (deny,) = [s for s in decisions if s.attributes["chio.verdict"] == "deny"]
+    assert deny.attributes["chio.guard"] == "scope" and deny.attributes["gen_ai.security.decision.type"] == "deny"
+    # the approved allow links back to the pending decision's span
+    (pending,) = [s for s in decisions if s.attributes["chio.verdict"] == "pending_approval"]
+    (approved,) = [s for s in decisions if s.attributes.get("chio.approval_id") == approval_id and s.attributes["chio.verdict"] == "allow"]
+    assert [link.context.span_id for link in approved.links] == [pending.context.span_id]
+    # the priced lookup was settled: a settle span under the same tool span
+    (settle,) = [s for s in spans if s.name == "chio settle"]
+    (lookup_allow,) = [s for s in decisions if s.attributes["chio.tool_name"] == "lookup"]
+    assert settle.attributes["chio.hold_receipt_id"] == lookup_allow.attributes["chio.receipt_id"]
+    assert everything[settle.parent.span_id].name == "execute_tool lookup"
+    assert chio.kernel.get_receipt(settle.attributes["chio.receipt_id"]) is not None
+
+    # metrics: decisions by verdict and guard, latency, the pending wait opened and answered, budget left
+    counted = {(p.attributes["chio.verdict"], p.attributes["chio.guard"]): p.value for p in metric_points(READER, "chio.decisions")}
+    assert counted[("deny", "scope")] >= 1 and counted[("pending_approval", "approval")] >= 1
+    assert counted[("settle", "")] >= 1
+    assert sum(p.count for p in metric_points(READER, "chio.evaluation.duration")) >= len(decisions)
+    assert sum(p.value for p in metric_points(READER, "chio.approvals.pending")) == 0
+    (budget,) = [p for p in metric_points(READER, "chio.budget.remaining") if p.attributes["chio.tool_name"] == "lookup"]
+    assert budget.value == pytest.approx(4.75) and budget.attributes["chio.cost.currency"] == "USD"  # USD 5.00 - 0.25
+
+
+async def test_off_by_default_no_span_no_trace_in_the_receipt(chio: LocalChioClient) -> None:
+    script = Script()
+    agent, governance = _agent(chio, script)
+    result = await agent.run("look after order o-1")
+    assert decision_spans(EXPORTER.get_finished_spans()) == []
+    for record in governance.receipts_of(result):
+        assert "trace_id" not in (chio.kernel.get_receipt(record.receipt_id).metadata or {})
+
+
+async def test_agent_instrument_all_is_followed_and_instrument_false_wins(chio: LocalChioClient) -> None:
+    Agent.instrument_all()
+    agent, governance = _agent(chio, Script())
+    await agent.run("look after order o-1")
+    assert len(decision_spans(EXPORTER.get_finished_spans())) >= 4
+    EXPORTER.clear()
+    agent, governance = _agent(chio, Script(), instrument=False)
+    await agent.run("look after order o-1")
+    assert decision_spans(EXPORTER.get_finished_spans()) == []
+
+
+def test_a_pre_evaluation_deny_is_a_span_and_a_signed_receipt(chio: LocalChioClient) -> None:
+    chio_durable.instrument_all()
+    transport = as_transport(chio)
+    tracer = pipeline()[0] and __import__("opentelemetry.trace").trace.get_tracer("test")
+    with tracer.start_as_current_span("task run") as outer:
+        evaluation = deny_before_evaluation(
+            transport, GovernedCall("task", "flow", "charge", {"card": "4111"}), "cap-none",
+            guard="no-capability", reason="no capability for this task",
+        )
+    (span,) = decision_spans(EXPORTER.get_finished_spans())
+    assert span.parent.span_id == outer.get_span_context().span_id
+    assert span.attributes["chio.pre_evaluation"] is True and span.attributes["chio.verdict"] == "deny"
+    assert span.attributes["chio.receipt_id"] == evaluation.receipt_id and span.attributes["chio.recorded"] is True
+    assert "4111" not in str(dict(span.attributes))
+    receipt = chio.kernel.get_receipt(evaluation.receipt_id)
+    assert receipt.metadata["span_id"] == format(span.context.span_id, "016x") and chio.kernel.verify_receipt(receipt)
+
+
+def test_a_retried_call_is_marked_replayed(chio: LocalChioClient) -> None:
+    chio_durable.instrument_all()
+    cap = chio.kernel.create_capability(subject="s", scope=ChioScope(grants=[grant("srv")])).id
+    transport = as_transport(chio)
+    call = GovernedCall("tool", "srv", "t", {"a": 1})
+    first = transport.evaluate_sync(call, capability_id=cap, idempotency_key="idem-same")
+    again = transport.evaluate_sync(call, capability_id=cap, idempotency_key="idem-same")
+    assert first.receipt_id == again.receipt_id
+    spans = decision_spans(EXPORTER.get_finished_spans())
+    assert [s.attributes["chio.replayed"] for s in spans] == [False, True]
+
+
+def test_no_opentelemetry_import_when_off() -> None:
+    code = (
+        "import sys, chio_durable, chio_durable.agent, chio_kernel\n"
+        "from chio_kernel import Kernel\n"
+        "print(sorted(m for m in sys.modules if m.startswith('opentelemetry.sdk')))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
+
+
+def test_instrument_must_be_a_bool(chio: LocalChioClient) -> None:
+    with pytest.raises(TypeError, match="instrument must be True, False or None"):
+        ChioGovernance(capability_id="c", chio_client=chio, instrument="yes")  # type: ignore[arg-type]
