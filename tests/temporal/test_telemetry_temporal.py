@@ -1,0 +1,90 @@
+"""Chio decisions in the trace on a real Temporal dev server: each one span under its ``RunActivity``
+span (temporalio.contrib.opentelemetry's TracingInterceptor); a worker restart mid-run and a replay of
+the history add no decision span."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from temporalio.client import Client
+from temporalio.contrib.opentelemetry import TracingInterceptor
+from temporalio.worker import Replayer
+
+import chio_durable
+import workflows
+from chio_kernel import LocalChioClient
+from chio_temporal import ChioActivityInterceptor, WorkflowGrant
+from chio_temporal_kit import make_worker, running, scope, tool
+from otel_kit import by_id, decision_spans, pipeline, tree
+from otel_workflows import GatedWorkflow
+
+pytestmark = pytest.mark.temporal
+
+EXPORTER, _ = pipeline()
+
+
+@pytest.fixture(autouse=True)
+def _traced() -> Iterator[None]:
+    EXPORTER.clear()
+    chio_durable.instrument_all()
+    yield
+    chio_durable.instrument_all(False)
+
+
+async def _wait_for_activity(handle: Any, count: int) -> None:
+    for _ in range(200):
+        history = await handle.fetch_history()
+        done = [e for e in history.events if e.HasField("activity_task_completed_event_attributes")]
+        if len(done) >= count:
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError("the first activity never completed")
+
+
+async def test_decisions_under_run_activity_once_across_a_worker_restart_and_a_replay(
+    client: Client, chio_home: Path, uid: Any
+) -> None:
+    chio = LocalChioClient(data_dir=chio_home)
+    tq, wid = uid("tq-otel"), uid("otel-gated")
+    token = await chio.create_capability(subject="agent:otel", scope=scope(tool("bank", "checkpoint")), ttl_seconds=600)
+    ic = ChioActivityInterceptor(chio_client=chio, default_tool_server="bank")
+    ic.register_workflow_grant(WorkflowGrant(workflow_id=wid, token=token))
+    tracing = TracingInterceptor()
+    worker_workflows = [GatedWorkflow]
+
+    async with running(make_worker(client, tq, [tracing, ic], workflows=worker_workflows)):
+        handle = await client.start_workflow(GatedWorkflow.run, id=wid, task_queue=tq)
+        await _wait_for_activity(handle, 1)
+    # a new worker: no cached workflow, so the signal's task replays the history first
+    async with running(make_worker(client, tq, [tracing, ic], workflows=worker_workflows)):
+        await handle.signal(GatedWorkflow.proceed)
+        assert await handle.result() == ["before", "after", "debit denied"]
+
+    spans = EXPORTER.get_finished_spans()
+    print(tree(spans))
+    everything = by_id(spans)
+    decisions = decision_spans(spans)
+    assert [(s.attributes["chio.tool_name"], s.attributes["chio.verdict"]) for s in decisions] == [
+        ("checkpoint", "allow"), ("checkpoint", "allow"), ("debit_account", "deny"),
+    ]
+    for span in decisions:
+        parent = everything[span.parent.span_id]
+        assert parent.name == f"RunActivity:{span.attributes['chio.tool_name']}"
+        receipt = chio.kernel.get_receipt(span.attributes["chio.receipt_id"])
+        assert chio.kernel.verify_receipt(receipt)
+        assert receipt.metadata["trace_id"] == format(span.context.trace_id, "032x")
+        assert receipt.metadata["workflow_id"] == wid  # the run context is kept beside the trace ids
+    assert [r.id for r in chio.kernel.list_receipts(capability_id=token.id)] == [
+        s.attributes["chio.receipt_id"] for s in decisions
+    ]
+
+    EXPORTER.clear()
+    replayer = Replayer(workflows=worker_workflows, interceptors=[tracing, ic])
+    result = await replayer.replay_workflow(await handle.fetch_history(), raise_on_replay_failure=False)
+    assert result.replay_failure is None
+    assert decision_spans(EXPORTER.get_finished_spans()) == []
+    await chio.close()
