@@ -207,3 +207,56 @@ def test_no_opentelemetry_import_when_off() -> None:
 def test_instrument_must_be_a_bool(chio: LocalChioClient) -> None:
     with pytest.raises(TypeError, match="instrument must be True, False or None"):
         ChioGovernance(capability_id="c", chio_client=chio, instrument="yes")  # type: ignore[arg-type]
+
+
+async def test_a_person_s_answer_is_a_span_linked_to_the_pending_decision(chio: LocalChioClient) -> None:
+    chio_durable.instrument_all()  # the layers' and the in-process kernel's
+    agent, governance = _agent(chio, Script())
+    first = await agent.run("look after order o-1")
+    (record,) = [r for r in governance.receipts_of(first) if r.evaluation.pending]
+    resolution = chio.kernel.respond_approval(record.evaluation.approval_id, "approved", "ok")
+    spans = EXPORTER.get_finished_spans()
+    (pending,) = [s for s in decision_spans(spans) if s.attributes["chio.verdict"] == "pending_approval"]
+    (answer,) = [s for s in spans if s.name == "chio approval answer"]
+    assert answer.attributes["chio.receipt_id"] == resolution.id
+    assert [link.context.span_id for link in answer.links] == [pending.context.span_id]
+
+
+async def test_sidecar_request_spans_join_the_caller_s_trace_and_time_the_request(chio: LocalChioClient) -> None:
+    import httpx
+    from opentelemetry import trace
+    from opentelemetry.propagate import inject
+
+    from chio_kernel._telemetry import request_telemetry
+    from chio_kernel.sidecar import create_app
+
+    app = request_telemetry(create_app(chio.kernel))
+    with trace.get_tracer("test").start_as_current_span("caller") as caller:
+        headers: dict[str, str] = {}
+        inject(headers)
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://sidecar") as http:
+        assert (await http.get("/chio/health", headers=headers)).status_code == 200
+        assert (await http.get("/v1/receipts/rcpt-nope")).status_code == 404
+    spans = [s for s in EXPORTER.get_finished_spans() if s.name.startswith("GET ")]
+    assert [s.name for s in spans] == ["GET /chio/health", "GET /v1/receipts/{id}"]
+    assert spans[0].parent.span_id == caller.get_span_context().span_id
+    assert spans[1].attributes["http.response.status_code"] == 404
+    routes = {p.attributes["http.route"]: p.count for p in metric_points(READER, "chio.sidecar.request.duration")}
+    assert routes["/chio/health"] >= 1 and routes["/v1/receipts/{id}"] >= 1
+
+
+def test_sidecar_otel_without_the_extra_says_what_to_install(monkeypatch: pytest.MonkeyPatch) -> None:
+    import builtins
+
+    from chio_kernel._telemetry import TelemetryMissing, configure_otlp
+
+    real_import = builtins.__import__
+
+    def no_exporter(name: str, *args: Any, **kwargs: Any) -> Any:
+        if name.startswith("opentelemetry.exporter"):
+            raise ImportError(f"No module named {name!r}")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_exporter)
+    with pytest.raises(TelemetryMissing, match=r"pip install 'chio-durable\[otel\]'"):
+        configure_otlp()

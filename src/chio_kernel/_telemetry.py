@@ -12,7 +12,9 @@ from __future__ import annotations
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
+
+R = TypeVar("R")
 
 __all__ = [
     "OTEL_MISSING",
@@ -24,6 +26,7 @@ __all__ = [
     "instrument_kernel",
     "otel",
     "request_telemetry",
+    "traced_answer",
 ]
 
 TRACER_NAME = "chio"
@@ -111,6 +114,31 @@ def otel() -> Otel:
     )
     _HANDLE.append(handle)
     return handle
+
+
+def traced_answer(kernel: Any, approval_id: str, answer: Callable[[], R]) -> R:
+    """``answer()`` (a person's answer to ``approval_id``) in a ``chio approval answer`` span, linked
+    to the span of the pending decision its signed pending receipt names."""
+    handle = otel()
+    trace = handle.trace
+    links = []
+    try:
+        pending = kernel.get_receipt(str((kernel.get_approval(approval_id) or {}).get("pending_receipt_id")))
+        meta = (pending.metadata or {}) if pending is not None else {}
+        ctx = trace.SpanContext(int(meta["trace_id"], 16), int(meta["span_id"], 16), is_remote=True,
+                                trace_flags=trace.TraceFlags(trace.TraceFlags.SAMPLED))
+        links.append(trace.Link(ctx, {"chio.link": "pending_approval", "chio.approval_id": approval_id}))
+    except Exception:  # noqa: BLE001 - no trace recorded for the pending call: no link
+        pass
+    with handle.tracer.start_as_current_span(
+        "chio approval answer", links=links, attributes={"chio.approval_id": approval_id},
+    ) as span:
+        result = answer()
+        receipt: Any = result
+        span.set_attributes({"chio.receipt_id": receipt.id, "chio.verdict": receipt.decision.verdict,
+                             "chio.capability_id": receipt.capability_id})
+    handle.decisions.add(1, {"chio.verdict": f"approval_{receipt.decision.verdict}", "chio.guard": ""})
+    return result
 
 
 def configure_otlp(service_name: str = "chio-sidecar") -> None:

@@ -247,14 +247,23 @@ def serve(
     on_ready: Callable[[Any], None] | None = None,
     header_timeout: float = DEFAULT_HEADER_TIMEOUT,
     max_pending_headers: int = DEFAULT_MAX_PENDING_HEADERS,
+    otel: bool = False,
 ) -> None:
     """Run the sidecar until interrupted. Raises :class:`SidecarConfigError` before binding if the
     configuration is refused (non-loopback host without a token), and
     :class:`chio_kernel._kernel.KernelKeyMissingError` if the data directory's store lost its key,
     ``KernelKeyRetiredError`` if the kernel's key was retired from its fleet store.
 
-    ``header_timeout`` / ``max_pending_headers``: see :func:`header_timeout_protocol`."""
+    ``header_timeout`` / ``max_pending_headers``: see :func:`header_timeout_protocol`. ``otel``: export
+    a span per request and the request latency over OTLP (``OTEL_EXPORTER_OTLP_*``), and trace the
+    kernel's approval answers (docs/observability.md); ``TelemetryMissing`` without the ``otel`` extra."""
     import uvicorn
+
+    if otel:
+        from chio_kernel._telemetry import configure_otlp, instrument_kernel
+
+        configure_otlp()
+        instrument_kernel()
 
     check_bind(host, token)
     stack = server_stack()
@@ -262,8 +271,13 @@ def serve(
     kernel = _open_kernel(data_dir)
     app = create_app(kernel, token=token)
     app.state.health = {**app.state.health, "server": stack}
+    asgi: Any = app
+    if otel:
+        from chio_kernel._telemetry import request_telemetry
+
+        asgi = request_telemetry(app)  # outermost: every request, its latency, whatever answers it
     config = uvicorn.Config(
-        app, host=host, port=port, log_level=log_level, access_log=False, lifespan="off",
+        asgi, host=host, port=port, log_level=log_level, access_log=False, lifespan="off",
         server_header=False, date_header=False, http=protocol, loop=stack["loop"],
         proxy_headers=False,  # loopback, no proxy in front: nothing to rewrite
     )
