@@ -140,11 +140,11 @@ def _verdict(evaluation: Evaluation) -> str:
     return "allow" if evaluation.allowed else "deny"
 
 
-def _record(handle: Any, span: Any, evaluation: Evaluation, started: float, **extra: str) -> None:
+def _record(handle: Any, span: Any, evaluation: Evaluation, started: float, replayed: bool | None = None) -> None:
     verdict = _verdict(evaluation)
     attributes = {
         "chio.verdict": verdict,
-        "chio.replayed": _replayed(span, evaluation),
+        "chio.replayed": _replayed(span, evaluation) if replayed is None else replayed,
         "gen_ai.security.decision.type": "allow" if evaluation.allowed else "deny",
         **({"chio.receipt_id": evaluation.receipt_id} if evaluation.receipt_id else {}),
         **({"chio.guard": evaluation.guard} if evaluation.guard else {}),
@@ -152,7 +152,7 @@ def _record(handle: Any, span: Any, evaluation: Evaluation, started: float, **ex
     }
     span.set_attributes(attributes)
     span.end()
-    labels = {"chio.verdict": verdict, "chio.guard": evaluation.guard or "", **extra}
+    labels = {"chio.verdict": verdict, "chio.guard": evaluation.guard or ""}
     handle.decisions.add(1, labels)
     handle.evaluation_duration.record(time.perf_counter() - started, labels)
 
@@ -183,9 +183,9 @@ def _pending_link(handle: Any, approval_id: str, lookup: Callable[[str], Mapping
     return [trace.Link(ctx, {"chio.link": "pending_approval", "chio.approval_id": approval_id})]
 
 
-def _after(handle: Any, span: Any, evaluation: Evaluation, approval_id: str | None) -> None:
+def _after(handle: Any, span: Any, evaluation: Evaluation, approval_id: str | None, replayed: bool) -> None:
     """Pending approvals: remember the pending span; count the waits opened and answered."""
-    if evaluation.pending and evaluation.approval_id and not _replayed(span, evaluation):
+    if evaluation.pending and evaluation.approval_id and not replayed:
         _PENDING[evaluation.approval_id] = (span.get_span_context().trace_id, span.get_span_context().span_id)
         while len(_PENDING) > _PENDING_MAX:
             _PENDING.popitem(last=False)
@@ -218,8 +218,10 @@ class DecisionTrace:
 
     def done(self, evaluation: Evaluation) -> Evaluation:
         """Record the kernel's answer on the span and in the metrics; end the span."""
-        _after(self.handle, self.span, evaluation, self.approval_id)
-        _record(self.handle, self.span, evaluation, self.started)
+        replayed = _replayed(self.span, evaluation)
+        if evaluation.pending or self.approval_id is not None:
+            _after(self.handle, self.span, evaluation, self.approval_id, replayed)
+        _record(self.handle, self.span, evaluation, self.started, replayed)
         return evaluation
 
     def failed(self, err: BaseException) -> None:
