@@ -260,3 +260,11 @@ def test_sidecar_otel_without_the_extra_says_what_to_install(monkeypatch: pytest
     monkeypatch.setattr(builtins, "__import__", no_exporter)
     with pytest.raises(TelemetryMissing, match=r"pip install 'chio-durable\[otel\]'"):
         configure_otlp()
+
+
+def test_the_example_prints_the_trace_tree_with_its_decisions() -> None:
+    example = Path(__file__).parent.parent / "examples" / "otel_trace_tree.py"
+    out = subprocess.run([sys.executable, str(example)], capture_output=True, text=True, timeout=120, check=True).stdout
+    assert "execute_tool delete\n    apply_guardrail chio  -> deny (scope)" in out
+    assert "apply_guardrail chio  -> pending_approval (approval)" in out and "[linked to 1 earlier span]" in out
+    assert "chio settle  -> settle" in out and "verifies: True" in out
