@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from typing import Any
+
+import pytest
 
 from opentelemetry import metrics, trace
 from opentelemetry.sdk.metrics import MeterProvider
@@ -26,6 +28,18 @@ def pipeline() -> tuple[InMemorySpanExporter, InMemoryMetricReader]:
         metrics.set_meter_provider(MeterProvider(metric_readers=[reader]))
         _STATE.update(exporter=exporter, reader=reader, provider=provider)
     return _STATE["exporter"], _STATE["reader"]
+
+
+@pytest.fixture
+def instrumented() -> Iterator[InMemorySpanExporter]:
+    """Every layer traced (``chio_durable.instrument_all()``) for one test, its spans from a clean slate."""
+    import chio_durable
+
+    exporter = pipeline()[0]
+    exporter.clear()
+    chio_durable.instrument_all()
+    yield exporter
+    chio_durable.instrument_all(False)
 
 
 def decision_spans(spans: Iterable[ReadableSpan]) -> list[ReadableSpan]:

@@ -2,27 +2,19 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from chio_sdk.models import ChioScope, Operation, ToolGrant
 
-import chio_durable
 from chio_kernel import LocalChioClient
 from chio_prefect import chio_flow, chio_task
-from otel_kit import by_id, decision_spans, pipeline, tree
+from otel_kit import by_id, decision_spans, instrumented, pipeline, tree  # noqa: F401 - the fixture
 
 EXPORTER, _ = pipeline()
+pytestmark = pytest.mark.usefixtures("instrumented")
 SCOPE = ChioScope(grants=[ToolGrant(server_id="search-srv", tool_name="search_documents", operations=[Operation.INVOKE])])
 
-
-@pytest.fixture(autouse=True)
-def _traced() -> Iterator[None]:
-    EXPORTER.clear()
-    chio_durable.instrument_all()
-    yield
-    chio_durable.instrument_all(False)
 
 
 def test_task_decisions_are_spans_under_their_task_runs(chio_home: Path) -> None:

@@ -5,7 +5,6 @@ the history add no decision span."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -14,25 +13,17 @@ from temporalio.client import Client
 from temporalio.contrib.opentelemetry import TracingInterceptor
 from temporalio.worker import Replayer
 
-import chio_durable
 import workflows
 from chio_kernel import LocalChioClient
 from chio_temporal import ChioActivityInterceptor, WorkflowGrant
 from chio_temporal_kit import make_worker, running, scope, tool
-from otel_kit import by_id, decision_spans, pipeline, tree
+from otel_kit import by_id, decision_spans, instrumented, pipeline, tree  # noqa: F401 - the fixture
 from otel_workflows import GatedWorkflow
 
-pytestmark = pytest.mark.temporal
+pytestmark = [pytest.mark.temporal, pytest.mark.usefixtures("instrumented")]
 
 EXPORTER, _ = pipeline()
 
-
-@pytest.fixture(autouse=True)
-def _traced() -> Iterator[None]:
-    EXPORTER.clear()
-    chio_durable.instrument_all()
-    yield
-    chio_durable.instrument_all(False)
 
 
 async def _wait_for_activity(handle: Any, count: int) -> None:
