@@ -4,8 +4,8 @@ The transports call :func:`traced_evaluation` / :func:`traced_hold` / :func:`tra
 :func:`chio_kernel._telemetry.enabled` says so; otherwise nothing here runs and OpenTelemetry is not
 imported. Each span is opened in the caller's context, so it is a child of the operation it governs
 (pydantic-ai's ``execute_tool`` or chat span, Prefect's task run span, Temporal's ``RunActivity``
-span), and its ids are sent as the call's run context: the kernel signs ``trace_id``, ``span_id``
-(this decision's span) and ``parent_span_id`` (the governed operation's) into the receipt.
+span), and its ids are sent as the call's run context: the kernel signs ``trace_id`` and ``span_id``
+(this decision's span, whose parent is the governed operation) into the receipt.
 Raw parameters never reach a span: only their ``parameter_hash``.
 """
 
@@ -14,7 +14,6 @@ from __future__ import annotations
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
-from dataclasses import replace
 from typing import Any
 
 from chio_sdk.models import ChioReceipt, MonetaryAmount
@@ -96,24 +95,16 @@ def _hex(ctx: Any) -> tuple[str, str]:
     return format(ctx.trace_id, "032x"), format(ctx.span_id, "016x")
 
 
-def with_trace(call: GovernedCall, span: Any, parent: Any) -> GovernedCall:
-    """``call`` with ``trace_id`` / ``span_id`` / ``parent_span_id`` added to its run context (its
-    parameter hashes kept: the parameters did not change)."""
+def with_trace(call: GovernedCall, span: Any) -> GovernedCall:
+    """``call`` with ``trace_id`` / ``span_id`` (of its decision span) added to its run context."""
     trace_id, span_id = _hex(span.get_span_context())
-    pairs = {"trace_id": trace_id, "span_id": span_id}
-    if parent is not None and parent.is_valid:
-        pairs["parent_span_id"] = format(parent.span_id, "016x")
-    traced = replace(call, metadata={**(call.metadata or {}), **pairs})
-    if "_hashes" in call.__dict__:
-        traced.__dict__["_hashes"] = call.__dict__["_hashes"]
-    return traced
+    return call.with_metadata({"trace_id": trace_id, "span_id": span_id})
 
 
-def _start(name: str, attributes: dict[str, Any], links: list[Any] | None = None) -> tuple[Any, Any, Any]:
-    handle = otel()
-    parent = handle.trace.get_current_span().get_span_context()
+def _start(name: str, attributes: dict[str, Any], links: list[Any] | None = None, handle: Any = None) -> tuple[Any, Any]:
+    handle = handle or otel()
     span = handle.tracer.start_span(name, kind=handle.trace.SpanKind.INTERNAL, attributes=attributes, links=links)
-    return handle, span, parent
+    return handle, span
 
 
 def _call_attributes(call: GovernedCall, capability_id: str | None, cost: MonetaryAmount | None) -> dict[str, Any]:
@@ -152,9 +143,8 @@ def _record(handle: Any, span: Any, evaluation: Evaluation, started: float, repl
     }
     span.set_attributes(attributes)
     span.end()
-    labels = {"chio.verdict": verdict, "chio.guard": evaluation.guard or ""}
-    handle.decisions.add(1, labels)
-    handle.evaluation_duration.record(time.perf_counter() - started, labels)
+    handle.tally.decided(verdict, evaluation.guard)
+    handle.decision_duration.record(time.perf_counter() - started, {"chio.verdict": verdict, "chio.guard": evaluation.guard or ""})
 
 
 def _failed(handle: Any, span: Any, err: BaseException, started: float) -> None:
@@ -162,8 +152,8 @@ def _failed(handle: Any, span: Any, err: BaseException, started: float) -> None:
     span.set_status(handle.trace.Status(handle.trace.StatusCode.ERROR, f"no decision: {type(err).__name__}"))
     span.set_attribute("chio.verdict", "error")
     span.end()
-    handle.decisions.add(1, {"chio.verdict": "error", "chio.guard": ""})
-    handle.evaluation_duration.record(time.perf_counter() - started, {"chio.verdict": "error", "chio.guard": ""})
+    handle.tally.decided("error", None)
+    handle.decision_duration.record(time.perf_counter() - started, {"chio.verdict": "error", "chio.guard": ""})
 
 
 def _pending_link(handle: Any, approval_id: str, lookup: Callable[[str], Mapping[str, Any] | None] | None) -> list[Any]:
@@ -189,9 +179,9 @@ def _after(handle: Any, span: Any, evaluation: Evaluation, approval_id: str | No
         _PENDING[evaluation.approval_id] = (span.get_span_context().trace_id, span.get_span_context().span_id)
         while len(_PENDING) > _PENDING_MAX:
             _PENDING.popitem(last=False)
-        handle.pending_approvals.add(1)
+        handle.tally.waiting(1)
     elif approval_id is not None and not evaluation.pending and _PENDING.pop(approval_id, None) is not None:
-        handle.pending_approvals.add(-1)
+        handle.tally.waiting(-1)
 
 
 def _replayed(span: Any, evaluation: Evaluation) -> bool:
@@ -212,8 +202,8 @@ class DecisionTrace:
         links = _pending_link(handle, approval_id, lookup) if approval_id is not None else None
         if approval_id is not None:
             attributes["chio.approval_id"] = approval_id
-        self.handle, self.span, parent = _start(SPAN_NAME, attributes, links)
-        self.call = with_trace(call, self.span, parent)
+        self.handle, self.span = _start(SPAN_NAME, attributes, links, handle)
+        self.call = with_trace(call, self.span)
         self.approval_id = approval_id
 
     def done(self, evaluation: Evaluation) -> Evaluation:
@@ -243,14 +233,14 @@ def traced_denial(
     """Start the span of a deny a layer decided before evaluation: the call to record, and ``done``."""
     started = time.perf_counter()
     attributes = {**_call_attributes(call, capability_id, None), "chio.pre_evaluation": True}
-    handle, span, parent = _start(SPAN_NAME, attributes)
+    handle, span = _start(SPAN_NAME, attributes)
 
     def done(evaluation: Evaluation) -> Evaluation:
         span.set_attribute("chio.recorded", evaluation.receipt_id is not None)
         _record(handle, span, evaluation, started)
         return evaluation
 
-    return with_trace(call, span, parent), done
+    return with_trace(call, span), done
 
 
 def traced_hold(
@@ -264,7 +254,7 @@ def traced_hold(
     if amount is not None:
         attributes["chio.cost.units"] = amount.units
         attributes["chio.cost.currency"] = amount.currency
-    handle, span, _ = _start(f"chio {op}", attributes)
+    handle, span = _start(f"chio {op}", attributes)
 
     def finish(receipt: ChioReceipt | None, error: BaseException | None) -> None:
         if error is not None:
@@ -275,8 +265,8 @@ def traced_hold(
                                  "chio.capability_id": receipt.capability_id,
                                  "chio.tool_server": receipt.tool_server, "chio.tool_name": receipt.tool_name})
         span.end()
-        handle.decisions.add(1, {"chio.verdict": op, "chio.guard": ""})
-        handle.evaluation_duration.record(time.perf_counter() - started, {"chio.verdict": op, "chio.guard": ""})
+        handle.tally.decided(op, None)
+        handle.decision_duration.record(time.perf_counter() - started, {"chio.verdict": op, "chio.guard": ""})
         if receipt is not None and budgets is not None:
             record_budgets(receipt.capability_id, budgets)
 
@@ -294,11 +284,11 @@ def record_budgets(capability_id: str, budgets: Callable[[str], list[dict[str, A
         if row.get("remaining") is None or not row.get("currency"):
             continue
         currency = str(row["currency"])
-        handle.budget_remaining.set(
-            row["remaining"] / 10 ** _digits(currency),
+        handle.tally.budget(
             {"chio.capability_id": str(row["capability_id"]), "chio.grant_index": int(row["grant_index"]),
              "chio.tool_server": str(row.get("server_id")), "chio.tool_name": str(row.get("tool_name")),
              "chio.cost.currency": currency},
+            row["remaining"] / 10 ** _digits(currency),
         )
 
 
