@@ -268,3 +268,15 @@ def test_the_example_prints_the_trace_tree_with_its_decisions() -> None:
     assert "execute_tool delete\n    apply_guardrail chio  -> deny (scope)" in out
     assert "apply_guardrail chio  -> pending_approval (approval)" in out and "[linked to 1 earlier span]" in out
     assert "chio settle  -> settle" in out and "verifies: True" in out
+
+
+def test_logfire_configure_works_as_is() -> None:
+    script = Path(__file__).parent / "logfire_run.py"
+    out = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    import json
+
+    decisions = json.loads(out.stdout.strip().splitlines()[-1])
+    by_tool = {(d["tool"], d["verdict"], d["parent"], d["signed_trace"]) for d in decisions}
+    assert {("lookup", "allow", "execute_tool lookup", True), ("delete", "deny", "execute_tool delete", True),
+            ("function:model:", "allow", "chat function:model:", True)} == by_tool, decisions
