@@ -79,3 +79,49 @@ async def test_decisions_under_run_activity_once_across_a_worker_restart_and_a_r
     assert result.replay_failure is None
     assert decision_spans(EXPORTER.get_finished_spans()) == []
     await chio.close()
+
+
+async def test_a_temporal_agent_s_decisions_are_under_its_evaluate_activities(temporal_env: Any, chio: Any) -> None:
+    import test_agent
+    import test_agent_app as app
+    from pydantic_ai.durable_exec.temporal import PydanticAIPlugin
+    from temporalio.worker import Worker
+
+    app.use_kernel(chio)
+    target = temporal_env.client.service_client.config.target_host
+    client = await Client.connect(target, namespace=temporal_env.client.namespace, plugins=[PydanticAIPlugin()])
+
+    await test_agent.issue(chio, test_agent.MODEL, test_agent.grant("support", "lookup"), test_agent.DOCS_LIST)
+    tq, workflow_id = uid_of("otel-agent"), uid_of("otel-agent-wf")
+    async with Worker(
+        client, task_queue=tq, workflows=[test_agent.SupportWorkflow], activities=[app.audit_note],
+        plugins=[g.plugin for g in app.ALL_GOVERNED], interceptors=[TracingInterceptor()],
+    ):
+        out = await client.execute_workflow(test_agent.SupportWorkflow.run, "lookup:A,refund:A", id=workflow_id, task_queue=tq)
+    assert out["output"].startswith("order A: shipped | Permission denied")
+    spans = EXPORTER.get_finished_spans()
+    print(tree(spans))
+    everything = by_id(spans)
+    decisions = [s for s in decision_spans(spans) if s.attributes["chio.call_kind"] != "mcp_list"]
+    assert [(s.attributes["chio.tool_name"], s.attributes["chio.verdict"]) for s in decisions] == [
+        ("function:scripted_support_model:", "allow"), ("lookup", "allow"),
+        ("function:scripted_support_model:", "allow"), ("refund", "deny"),
+        ("function:scripted_support_model:", "allow"),
+    ]
+    own_spans = {format(s.context.span_id, "016x") for s in decision_spans(spans)}
+    for span in decision_spans(spans):
+        assert everything[span.parent.span_id].name == "RunActivity:agent__support__capability__chio__evaluate"
+        receipt = await chio.get_receipt(span.attributes["chio.receipt_id"])
+        assert receipt.metadata["workflow_id"] == workflow_id
+        if span.attributes["chio.replayed"]:  # the MCP listing, re-checked each step: its first receipt back
+            assert span.attributes["chio.call_kind"] == "mcp_list" and receipt.metadata["span_id"] in own_spans
+        else:
+            assert receipt.metadata["trace_id"] == format(span.context.trace_id, "032x")
+            assert receipt.metadata["span_id"] == format(span.context.span_id, "016x")
+    assert sum(1 for s in decision_spans(spans) if s.attributes["chio.replayed"]) == 2  # steps 2 and 3
+
+
+def uid_of(name: str) -> str:
+    import uuid
+
+    return f"{name}-{uuid.uuid4().hex[:8]}"
