@@ -280,3 +280,17 @@ def test_logfire_configure_works_as_is() -> None:
     by_tool = {(d["tool"], d["verdict"], d["parent"], d["signed_trace"]) for d in decisions}
     assert {("lookup", "allow", "execute_tool lookup", True), ("delete", "deny", "execute_tool delete", True),
             ("function:model:", "allow", "chat function:model:", True)} == by_tool, decisions
+
+
+def test_a_full_run_context_is_sent_as_is(chio: LocalChioClient) -> None:
+    from chio_durable._telemetry import RUN_CONTEXT_MAX_KEYS
+    from chio_kernel._run_context import MAX_KEYS
+
+    assert RUN_CONTEXT_MAX_KEYS == MAX_KEYS
+    chio_durable.instrument_all()
+    cap = chio.kernel.create_capability(subject="s", scope=ChioScope(grants=[grant("srv")])).id
+    full = {f"k{i}": "v" for i in range(MAX_KEYS - 1)}  # no room for two more keys
+    evaluation = as_transport(chio).evaluate_sync(GovernedCall("tool", "srv", "t", {}, metadata=full), capability_id=cap)
+    assert evaluation.allowed and evaluation.receipt.metadata == full  # allowed as without telemetry
+    (span,) = decision_spans(EXPORTER.get_finished_spans())
+    assert span.attributes["chio.receipt_id"] == evaluation.receipt_id

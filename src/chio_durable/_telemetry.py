@@ -95,8 +95,15 @@ def _hex(ctx: Any) -> tuple[str, str]:
     return format(ctx.trace_id, "032x"), format(ctx.span_id, "016x")
 
 
+RUN_CONTEXT_MAX_KEYS = 16
+"""The kernel's limit on run-context keys (``chio_kernel._run_context.MAX_KEYS``)."""
+
+
 def with_trace(call: GovernedCall, span: Any) -> GovernedCall:
-    """``call`` with ``trace_id`` / ``span_id`` (of its decision span) added to its run context."""
+    """``call`` with ``trace_id`` / ``span_id`` (of its decision span) added to its run context; as
+    is when they would not fit the kernel's limit (the span is there; the receipt lacks the ids)."""
+    if call.metadata is not None and len({*call.metadata, "trace_id", "span_id"}) > RUN_CONTEXT_MAX_KEYS:
+        return call
     trace_id, span_id = _hex(span.get_span_context())
     return call.with_metadata({"trace_id": trace_id, "span_id": span_id})
 

@@ -125,3 +125,13 @@ def uid_of(name: str) -> str:
     import uuid
 
     return f"{name}-{uuid.uuid4().hex[:8]}"
+
+
+def test_an_engine_agent_s_governance_instrument_reaches_the_real_transport(chio_home: Path, tmp_path: Path) -> None:
+    from chio_temporal._governance import TemporalTransport
+
+    transport = TemporalTransport(LocalChioClient(data_dir=chio_home))
+    transport.instrument = False  # e.g. governed.governance.instrument = False
+    assert transport.inner.instrument is False
+    transport.use(LocalChioClient(data_dir=tmp_path / "other"))  # a client chosen later keeps the choice
+    assert transport.inner.instrument is False
