@@ -1,7 +1,8 @@
 """One OpenTelemetry span per Chio decision, and its metrics (docs/observability.md).
 
 The transports call :func:`traced_evaluation` / :func:`traced_hold` / :func:`traced_denial` only when
-:func:`chio_kernel._telemetry.enabled` says so; otherwise nothing here runs and OpenTelemetry is not
+:func:`enabled` says so (``ChioGovernance(instrument=)``, :func:`instrument_all`, pydantic-ai's
+``Agent.instrument_all()``); otherwise nothing here runs and OpenTelemetry is not
 imported. Each span is opened in the caller's context, so it is a child of the operation it governs
 (pydantic-ai's ``execute_tool`` or chat span, Prefect's task run span, Temporal's ``RunActivity``
 span), and its ids are sent as the call's run context: the kernel signs ``trace_id`` and ``span_id``
@@ -20,15 +21,21 @@ from chio_sdk.models import ChioReceipt, MonetaryAmount
 
 from chio_durable._call import GovernedCall
 from chio_durable._decision import PENDING_VERDICT, Evaluation
+
 __all__ = [
+    "RUN_CONTEXT_MAX_KEYS",
+    "SPAN_NAME",
+    "DecisionTrace",
     "enabled",
     "follow",
     "instrument_all",
+    "record_budgets",
     "traced_denial",
     "traced_evaluation",
     "traced_hold",
     "with_trace",
 ]
+
 
 class _Switch:
     on = False
