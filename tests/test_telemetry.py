@@ -3,6 +3,7 @@ the operation it governs, its ids signed into the receipt; metrics; off when not
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -194,14 +195,24 @@ def test_a_retried_call_is_marked_replayed(chio: LocalChioClient) -> None:
     assert [s.attributes["chio.replayed"] for s in spans] == [False, True]
 
 
-def test_no_opentelemetry_import_when_off() -> None:
+def test_no_opentelemetry_import_when_off(tmp_path: Path) -> None:
+    # the core and the kernel, deciding a call with instrumentation off: OpenTelemetry is never imported
+    # by Chio, and its handles are never built. (Pydantic plugins are off here: logfire's pydantic
+    # plugin, loaded by `import pydantic` when logfire is installed, imports OpenTelemetry itself.)
     code = (
-        "import sys, chio_durable, chio_durable.agent, chio_kernel\n"
-        "from chio_kernel import Kernel\n"
-        "print(sorted(m for m in sys.modules if m.startswith('opentelemetry.sdk')))"
+        "import sys, chio_durable, chio_kernel\n"
+        "from chio_durable import GovernedCall, as_transport\n"
+        "from chio_sdk.models import ChioScope, Operation, ToolGrant\n"
+        f"k = chio_kernel.Kernel(data_dir={str(tmp_path)!r})\n"
+        "cap = k.create_capability(subject='s', scope=ChioScope(grants=[ToolGrant(server_id='s', tool_name='t', "
+        "operations=[Operation.INVOKE])])).id\n"
+        "assert as_transport(k).evaluate_sync(GovernedCall('tool', 's', 't', {}), capability_id=cap).allowed\n"
+        "import chio_kernel._telemetry as t\n"
+        "print(sorted(m for m in sys.modules if m.startswith('opentelemetry')), t._HANDLE)"
     )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    assert out.stdout.strip() == "[]"
+    env = {**os.environ, "PYDANTIC_DISABLE_PLUGINS": "__all__"}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, env=env)
+    assert out.stdout.strip() == "[] []"
 
 
 def test_instrument_must_be_a_bool(chio: LocalChioClient) -> None:

@@ -147,15 +147,19 @@ def _verdict(evaluation: Evaluation) -> str:
 
 def _record(handle: Any, span: Any, evaluation: Evaluation, started: float, replayed: bool | None = None) -> None:
     verdict = _verdict(evaluation)
-    attributes = {
-        "chio.verdict": verdict,
-        "chio.replayed": _replayed(span, evaluation) if replayed is None else replayed,
-        "gen_ai.security.decision.type": "allow" if evaluation.allowed else "deny",
-        **({"chio.receipt_id": evaluation.receipt_id} if evaluation.receipt_id else {}),
-        **({"chio.guard": evaluation.guard} if evaluation.guard else {}),
-        **({"chio.approval_id": evaluation.approval_id} if evaluation.approval_id else {}),
-    }
-    span.set_attributes(attributes)
+    if span.is_recording():  # a span a sampler dropped takes no attribute work
+        attributes: dict[str, Any] = {
+            "chio.verdict": verdict,
+            "chio.replayed": _replayed(span, evaluation) if replayed is None else replayed,
+            "gen_ai.security.decision.type": "allow" if evaluation.allowed else "deny",
+        }
+        if evaluation.receipt_id:
+            attributes["chio.receipt_id"] = evaluation.receipt_id
+        if evaluation.guard:
+            attributes["chio.guard"] = evaluation.guard
+        if evaluation.approval_id:
+            attributes["chio.approval_id"] = evaluation.approval_id
+        span.set_attributes(attributes)
     span.end()
     handle.tally.decided(verdict, evaluation.guard)
     handle.decision_duration.record(time.perf_counter() - started, {"chio.verdict": verdict, "chio.guard": evaluation.guard or ""})
