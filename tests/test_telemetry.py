@@ -3,6 +3,7 @@ the operation it governs, its ids signed into the receipt; metrics; off when not
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import subprocess
 import sys
@@ -14,7 +15,7 @@ from typing import Any
 import pytest
 from chio_sdk.models import ChioScope, Constraint, MonetaryAmount, Operation, ToolGrant
 from pydantic_ai import Agent, DeferredToolRequests, Tool
-from pydantic_ai.messages import ModelMessage, ModelResponse, TextPart, ToolCallPart, ToolReturnPart
+from pydantic_ai.messages import ModelMessage, ModelResponse
 from pydantic_ai.models.function import AgentInfo, FunctionModel
 
 import chio_durable
@@ -25,6 +26,10 @@ from chio_kernel import LocalChioClient
 from otel_kit import by_id, decision_spans, metric_points, pipeline, tree
 
 EXPORTER, READER = pipeline()
+_SPEC = importlib.util.spec_from_file_location("otel_trace_tree", Path(__file__).parent.parent / "examples" / "otel_trace_tree.py")
+assert _SPEC is not None and _SPEC.loader is not None
+EXAMPLE = importlib.util.module_from_spec(_SPEC)
+_SPEC.loader.exec_module(EXAMPLE)
 
 
 @pytest.fixture(autouse=True)
@@ -51,13 +56,7 @@ class Script:
     ran: list[str] = field(default_factory=list)
 
     def model(self, messages: list[ModelMessage], info: AgentInfo) -> ModelResponse:
-        if any(isinstance(p, ToolReturnPart) or p.part_kind == "retry-prompt" for p in messages[-1].parts):
-            return ModelResponse(parts=[TextPart("done")])
-        return ModelResponse(parts=[
-            ToolCallPart("lookup", {"order": "o-1"}, tool_call_id="c-lookup"),
-            ToolCallPart("delete", {"order": "o-1"}, tool_call_id="c-delete"),
-            ToolCallPart("refund", {"order": "o-1", "amount": 120}, tool_call_id="c-refund"),
-        ])
+        return EXAMPLE.model(messages, info)  # the example's scripted model (examples/otel_trace_tree.py)
 
     def lookup(self, order: str) -> str:
         self.ran.append("lookup")
