@@ -255,7 +255,7 @@ async def test_sidecar_request_spans_join_the_caller_s_trace_and_time_the_reques
     assert routes["/chio/health"] >= 1 and routes["/v1/receipts/{id}"] >= 1
 
 
-def test_sidecar_otel_without_the_extra_says_what_to_install(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_sidecar_otel_without_the_extra_says_what_to_install(monkeypatch: pytest.MonkeyPatch, chio_home: Path) -> None:
     import builtins
 
     from chio_kernel._telemetry import TelemetryMissing, configure_otlp
@@ -270,6 +270,11 @@ def test_sidecar_otel_without_the_extra_says_what_to_install(monkeypatch: pytest
     monkeypatch.setattr(builtins, "__import__", no_exporter)
     with pytest.raises(TelemetryMissing, match=r"pip install 'chio-durable\[otel\]'"):
         configure_otlp()
+    from cli_inprocess import run_cli_in_process
+
+    result = run_cli_in_process(["sidecar", "--otel", "--port", "1"], env={**os.environ, "CHIO_HOME": str(chio_home)})
+    assert result.returncode == 1 and "pip install 'chio-durable[otel]'" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1, result.stderr
 
 
 def test_the_example_prints_the_trace_tree_with_its_decisions() -> None:
