@@ -34,7 +34,7 @@ from typing import TYPE_CHECKING, Any, cast
 from urllib.parse import urlsplit, urlunsplit
 
 from chio_kernel._errors import KernelKeyRetiredError, StoreConflictError, StoreUnavailableError
-from chio_kernel._sql_store import APPROVAL_COLS, HOLD_COLS, SqlReader, SqlWriter, hold_row
+from chio_kernel._sql_store import APPROVAL_COLS, HOLD_COLS, MAX_UNITS, SqlReader, SqlWriter, hold_row
 from chio_kernel._store import GENESIS_HASH, LEGACY_CHAIN, ApprovalRow, HoldRow, StoredCounts
 
 if TYPE_CHECKING:
@@ -230,15 +230,18 @@ class _PgReader(SqlReader):
 
     # --- the dialect ---
 
+    def _execute(self, sql: str, params: Sequence[Any]) -> psycopg.Cursor[Any]:
+        return self._conn.execute(cast("Any", _pg(sql)), tuple(params))
+
     def _one(self, sql: str, params: Sequence[Any] = ()) -> Any:
         try:
-            return self._conn.execute(cast("Any", _pg(sql)), tuple(params)).fetchone()
+            return self._execute(sql, params).fetchone()
         except Exception as err:
             raise _wrap(err, self._signer) from err
 
     def _all(self, sql: str, params: Sequence[Any] = ()) -> list[Any]:
         try:
-            return self._conn.execute(cast("Any", _pg(sql)), tuple(params)).fetchall()
+            return self._execute(sql, params).fetchall()
         except Exception as err:
             raise _wrap(err, self._signer) from err
 
@@ -264,7 +267,7 @@ class _PgReader(SqlReader):
         """``(kernel_id, head chain_seq, head hash)`` of every chain holding receipts (or a head)."""
         rows = self._all(
             "SELECT k.kernel_id, COALESCE(h.chain_seq, 0), COALESCE(h.hash, ?) FROM "
-            "(SELECT kernel_id FROM chain_heads UNION SELECT DISTINCT kernel_id FROM receipts) k "
+            "(SELECT kernel_id FROM chain_heads WHERE chain_seq > 0 UNION SELECT DISTINCT kernel_id FROM receipts) k "
             "LEFT JOIN chain_heads h ON h.kernel_id = k.kernel_id ORDER BY k.kernel_id",
             (GENESIS_HASH,),
         )
@@ -318,13 +321,33 @@ class _PgWriter(_PgReader, SqlWriter):
         self._head = (int(begun[1]), str(begun[2]))
         self._locked: set[str] = set()
         self._revoked: dict[tuple[str, ...], str | None] = {}
+        self._revoked_ids: set[str] = set()  # of the locked capabilities (read with their lock)
+        self._usage: dict[tuple[str, int], tuple[int, int]] = {}  # of the locked capabilities
+        self._deferred: list[tuple[str, tuple[Any, ...]]] = []
         self.claims: set[str] = set()
 
+    # Statements whose answer nobody reads (a charge, a rate event, a hold) wait and go in one
+    # pipeline with the next statement that answers something (or the COMMIT): one round trip.
+
     def _run(self, sql: str, params: Sequence[Any] = ()) -> None:
-        try:
-            self._conn.execute(cast("Any", _pg(sql)), tuple(params))
-        except Exception as err:
-            raise _wrap(err, self._signer) from err
+        self._deferred.append((sql, tuple(params)))
+
+    def _execute(self, sql: str, params: Sequence[Any]) -> psycopg.Cursor[Any]:
+        if not self._deferred:
+            return super()._execute(sql, params)
+        deferred, self._deferred = self._deferred, []
+        with self._conn.pipeline():
+            for q, p in deferred:
+                self._conn.execute(cast("Any", _pg(q)), p)
+            return super()._execute(sql, params)
+
+    def flush(self) -> None:
+        """Send the deferred statements (before COMMIT)."""
+        if self._deferred:
+            try:
+                self._execute("SELECT 1", ())
+            except Exception as err:
+                raise _wrap(err, self._signer) from err
 
     def _run_many(self, sql: str, rows: Sequence[Sequence[Any]]) -> None:
         for row in rows:
@@ -346,12 +369,18 @@ class _PgWriter(_PgReader, SqlWriter):
     def head_and_revoked(self, lineage: Sequence[str]) -> tuple[int, str, str | None]:
         key = tuple(lineage)
         if key not in self._revoked:
-            row = self._one("SELECT capability_id FROM revocations WHERE capability_id = ANY(?) LIMIT 1", (list(key),))
-            self._revoked[key] = None if row is None else str(row[0])
+            if self._locked.issuperset(key):  # read with their locks
+                self._revoked[key] = next((i for i in key if i in self._revoked_ids), None)
+            else:
+                row = self._one(
+                    "SELECT capability_id FROM revocations WHERE capability_id = ANY(?) LIMIT 1", (list(key),)
+                )
+                self._revoked[key] = None if row is None else str(row[0])
         return self._head[0], self._head[1], self._revoked[key]
 
     def insert_revocations(self, rows: Sequence[tuple[str, float, str]]) -> None:
         self._revoked.clear()
+        self._revoked_ids.update(r[0] for r in rows)
         super().insert_revocations(rows)
 
     def append_receipt(
@@ -378,9 +407,43 @@ class _PgWriter(_PgReader, SqlWriter):
     def lock_capabilities(self, ids: Sequence[str]) -> None:
         """Lock these capabilities' rows (their budgets, rate windows) until commit, in id order."""
         todo = sorted(set(ids) - self._locked)
-        if todo:
-            self._all("SELECT id FROM capabilities WHERE id = ANY(?) ORDER BY id FOR NO KEY UPDATE", (todo,))
-            self._locked.update(todo)
+        if not todo:
+            return
+        # One round trip, two statements (pipelined): the locks, then what they guard (usage
+        # counters, revocations) read by a statement that starts once the locks are held, so it sees
+        # the commit of whoever held them before (one statement would read them from its start).
+        self._run("SELECT id FROM capabilities WHERE id = ANY(?) ORDER BY id FOR NO KEY UPDATE", (todo,))
+        rows = self._all(
+            "SELECT c.id, u.grant_index, u.invocations, u.cost_units, r.capability_id IS NOT NULL "
+            "FROM unnest(?::text[]) c(id) LEFT JOIN usage u ON u.capability_id = c.id "
+            "LEFT JOIN revocations r ON r.capability_id = c.id",
+            (todo,),
+        )
+        self._locked.update(todo)
+        for cid, index, invocations, cost, revoked in rows:
+            if index is not None:
+                self._usage[(cid, int(index))] = (int(invocations), int(cost))
+            if revoked:
+                self._revoked_ids.add(cid)
+
+    # --- the usage counters of locked capabilities, followed in memory ---
+
+    def usage(self, capability_id: str, grant_index: int) -> tuple[int, int]:
+        if capability_id in self._locked:
+            return self._usage.get((capability_id, grant_index), (0, 0))
+        return super().usage(capability_id, grant_index)
+
+    def charge(self, capability_id: str, grant_index: int, cost_units: int) -> None:
+        super().charge(capability_id, grant_index, cost_units)
+        if capability_id in self._locked:
+            invocations, cost = self._usage.get((capability_id, grant_index), (0, 0))
+            self._usage[(capability_id, grant_index)] = (invocations + 1, min(cost + cost_units, MAX_UNITS))
+
+    def adjust_cost(self, capability_id: str, grant_index: int, delta: int) -> None:
+        super().adjust_cost(capability_id, grant_index, delta)
+        if capability_id in self._locked and (capability_id, grant_index) in self._usage:
+            invocations, cost = self._usage[(capability_id, grant_index)]
+            self._usage[(capability_id, grant_index)] = (invocations, max(0, min(cost + delta, MAX_UNITS)))
 
     def hold(self, receipt_id: str) -> HoldRow | None:
         """The hold, its row locked until commit (a settle, release or expiry on another kernel waits)."""
@@ -540,6 +603,7 @@ class PostgresStore:
             try:
                 yield writer
                 writer.drop_unused_claims()
+                writer.flush()
             except BaseException:
                 self._rollback(conn)
                 raise
