@@ -401,7 +401,7 @@ class Approvals:
                 "summary": summary,
             }
         }, req.metadata)  # the caller's run context too (the kernel's keys win)
-        receipt, seq = self._chain.append_seq(
+        receipt, seq = self._chain.append(
             st, head_seq, prev_hash, now, req,
             {"verdict": PENDING_VERDICT, "guard": APPROVAL_GUARD, "reason": reason}, cap.policy_hash, metadata,
         )
@@ -419,7 +419,7 @@ class Approvals:
         """The allow receipt of a re-evaluation under an approval (``metadata.approval_id``) and its
         store seq; uses the approval up."""
         assert req.approval_id is not None
-        receipt, seq = self._chain.append_seq(
+        receipt, seq = self._chain.append(
             st, head_seq, prev_hash, now, req, ALLOW, policy_hash,
             merge_run_metadata({"approval_id": req.approval_id}, req.metadata),
         )
@@ -566,7 +566,7 @@ class Approvals:
             }
             if token_id is not None:
                 resolution["token_id"] = token_id
-            receipt = self._chain.append(
+            receipt, _ = self._chain.append(
                 st, head_seq, prev_hash, now,
                 CallRecord(row.capability_id, row.tool_server, row.tool_name, params, row.parameter_hash),
                 {"verdict": RESOLUTION_VERDICT, "guard": APPROVAL_GUARD, "reason": f"{outcome} by {approver}: {text}"},

@@ -199,7 +199,7 @@ class Evaluator:
         except Deny as deny:
             decision = {"verdict": "deny", "guard": deny.guard, "reason": deny.reason}
             policy_hash = cap.policy_hash if cap is not None else GENESIS_HASH
-            return self._chain.append(st, head_seq, prev_hash, now, req, decision, policy_hash, req.metadata)
+            return self._chain.append(st, head_seq, prev_hash, now, req, decision, policy_hash, req.metadata)[0]
         if isinstance(gate, _Pending):  # nothing charged
             return self._approvals.pending_receipt(st, head_seq, prev_hash, now, req, cap, gate)
         if gate is not None:  # the approval is still pending: its pending receipt again
@@ -210,7 +210,7 @@ class Evaluator:
         for rated_id in rated:
             st.record_rate_event(rated_id, now)
         if req.approval_id is None:
-            receipt, seq = self._chain.append_seq(
+            receipt, seq = self._chain.append(
                 st, head_seq, prev_hash, now, req, ALLOW, cap.policy_hash, req.metadata
             )
         else:

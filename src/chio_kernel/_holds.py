@@ -187,7 +187,7 @@ class Holds:
         self, st: StoreWriter, now: float, hold: HoldRow, op: str, parameters: dict[str, Any], budget: dict[str, Any]
     ) -> tuple[ChioReceipt, int]:
         head_seq, prev_hash = st.chain_head()
-        return self._chain.append_seq(
+        return self._chain.append(
             st, head_seq, prev_hash, now, _budget_call(hold.capability_id, op, parameters), ALLOW,
             hold.policy_hash, {"budget": budget},
         )

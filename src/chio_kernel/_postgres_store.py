@@ -1,23 +1,31 @@
 """``PostgresStore``: the :class:`chio_kernel._store.KernelStore` of a fleet, on PostgreSQL (psycopg 3).
 
-Every kernel of a fleet points at one database: one receipt chain, one set of budgets, one key
-registry. The interface's guarantees (``chio_kernel._store``) hold across processes AND hosts:
+Every kernel of a fleet points at one database: one set of budgets, one key registry, and one
+receipt chain per kernel (``kernel_id`` = its hex signing key). The interface's guarantees
+(``chio_kernel._store``) hold across processes AND hosts, without a fleet-wide lock:
 
-* **Serialised writers = the chain tip.** :meth:`PostgresStore.write` runs ``BEGIN`` and then
-  ``chio_writer_lock(key)``, which takes ONE transaction-scoped advisory lock
-  (``pg_advisory_xact_lock``) held until COMMIT/ROLLBACK. So the chain head read, the budget /
-  rate / idempotency reads, the charges and the receipt insert of a transaction see no other writer
-  in between, on any host; READ COMMITTED statements taken after the lock see every earlier
-  writer's commit (a transaction's commit is visible before its locks are released).
-* **A killed writer leaves nothing.** Its connection drops, PostgreSQL rolls its transaction back
-  and releases the lock. ``receipts.seq`` is the primary key and the kernel appends at head + 1,
-  so even a writer that skipped the lock could not fork the chain: its insert would collide.
+* **A chain per kernel.** :meth:`PostgresStore.write` sends ``BEGIN`` and ``chio_chain_lock(key)``
+  in one round trip: this kernel's ``chain_heads`` row locked ``FOR UPDATE`` (only writers of the
+  same key wait), its own ``kernel_keys`` row ``FOR SHARE`` (a retirement waits for them, and they
+  see a committed one) and the key epoch. The writer follows its appends in memory; each append
+  updates the head row in the same statement. ``(kernel_id, chain_seq)`` is unique, so a chain
+  cannot fork even without the lock. ``seq`` is the fleet-wide insertion order (a sequence).
+* **Row locks on what is shared** (``ROW_LOCKS``): the capabilities whose counters a decision reads
+  (:meth:`_PgWriter.lock_capabilities`, id order, one statement; the counters are read by the next,
+  pipelined statement so they include the previous holder's commit), a hold and an approval
+  (``FOR UPDATE`` when read in a write transaction), and idempotency keys (claimed with
+  ``INSERT ... ON CONFLICT DO NOTHING``). A deadlock PostgreSQL breaks is
+  :class:`StoreConflictError` (retryable, nothing decided).
+* **A killed writer leaves nothing.** Its connection drops; PostgreSQL rolls its transaction back
+  and releases its row locks.
+* **Few round trips.** Statements whose answer nobody reads (a charge, a rate event) are sent in
+  one pipeline with the next statement that answers something, or with ``COMMIT``.
 * **Durability.** ``COMMIT`` returns once the commit record is flushed by the server
   (``synchronous_commit=on``, PostgreSQL's default): a receipt handed to a caller survives a crash
   of the kernel process and of the database server.
 * **Keys** (beyond the interface): ``kernel_keys`` holds each kernel's public key
-  (:meth:`register_key`), retired or not (:meth:`retire_key`); ``chio_writer_lock`` refuses a
-  writer whose key is retired, inside the lock.
+  (:meth:`register_key`), retired or not (:meth:`retire_key`); ``chio_chain_lock`` refuses a
+  writer whose key is retired.
 * **Transient errors**: connection refused / lost is :class:`StoreUnavailableError` (retryable,
   nothing decided); the next transaction reconnects.
 """
@@ -341,13 +349,10 @@ class _PgWriter(_PgReader, SqlWriter):
                 self._conn.execute(cast("Any", _pg(q)), p)
             return super()._execute(sql, params)
 
-    def flush(self) -> None:
-        """Send the deferred statements (before COMMIT)."""
-        if self._deferred:
-            try:
-                self._execute("SELECT 1", ())
-            except Exception as err:
-                raise _wrap(err, self._signer) from err
+    def commit(self) -> None:
+        """``COMMIT``, in one pipeline with the deferred statements."""
+        self.drop_unused_claims()
+        self._execute("COMMIT", ())
 
     def _run_many(self, sql: str, rows: Sequence[Sequence[Any]]) -> None:
         for row in rows:
@@ -602,13 +607,11 @@ class PostgresStore:
             writer = _PgWriter(conn, self._signer, begun)
             try:
                 yield writer
-                writer.drop_unused_claims()
-                writer.flush()
             except BaseException:
                 self._rollback(conn)
                 raise
             try:
-                conn.execute("COMMIT")
+                writer.commit()
             except Exception as err:
                 self._rollback(conn)
                 raise _wrap(err, self._signer) from err

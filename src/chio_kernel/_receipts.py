@@ -134,27 +134,13 @@ class ReceiptChain:
         decision: Mapping[str, str],
         policy_hash: str,
         metadata: Mapping[str, Any] | None = None,
-    ) -> ChioReceipt:
+    ) -> tuple[ChioReceipt, int]:
         """Build, sign and store the receipt after ``head_seq`` / ``prev_hash`` (see :func:`build_receipt`).
 
         Returns:
-            The receipt, stored at ``head_seq + 1`` of this kernel's chain in the caller's write
-            transaction.
+            ``(receipt, seq)``: the receipt, stored at ``head_seq + 1`` of this kernel's chain in the
+            caller's write transaction, and its store ``seq`` (what idempotency keys and holds point at).
         """
-        return self.append_seq(st, head_seq, prev_hash, now, call, decision, policy_hash, metadata)[0]
-
-    def append_seq(
-        self,
-        st: StoreWriter,
-        head_seq: int,
-        prev_hash: str,
-        now: float,
-        call: ReceiptCall,
-        decision: Mapping[str, str],
-        policy_hash: str,
-        metadata: Mapping[str, Any] | None = None,
-    ) -> tuple[ChioReceipt, int]:
-        """:meth:`append`, and the receipt's store ``seq`` (what idempotency keys and holds point at)."""
         receipt, stored, chain_hash = build_receipt(
             self._sign_hex, self.key, prev_hash, now, call, decision, policy_hash, metadata
         )
