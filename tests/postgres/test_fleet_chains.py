@@ -1,0 +1,58 @@
+"""Every kernel's chain on a fleet store is walked and checked on its own: a receipt filed in a
+chain it was not signed for, or a deleted tail, is caught and the chain named."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from pg_cluster import DRIVER_HINT
+
+psycopg = pytest.importorskip("psycopg", reason=DRIVER_HINT)
+
+from chio_sdk.models import ChioScope, Operation, ToolGrant
+
+from chio_kernel import Kernel
+
+
+def _two_kernels(pg_dsn: str, tmp_path: Path) -> tuple[Kernel, Kernel, str]:
+    a = Kernel(tmp_path / "host-a", store=pg_dsn)
+    b = Kernel(tmp_path / "host-b", store=pg_dsn)
+    cap = a.create_capability("agent:x", ChioScope(grants=[
+        ToolGrant(server_id="fs", tool_name="read_file", operations=[Operation.INVOKE])])).id
+    for i in range(3):
+        a.evaluate(cap, "fs", "read_file", {"path": f"/a/{i}"})
+        b.evaluate(cap, "fs", "read_file", {"path": f"/b/{i}"})
+    return a, b, cap
+
+
+def test_each_chain_is_reported_and_a_receipt_moved_to_another_kernels_chain_is_caught(
+    pg_dsn: str, tmp_path: Path
+) -> None:
+    a, b, _ = _two_kernels(pg_dsn, tmp_path)
+    report = a.verify_chain()
+    assert report.ok, report.reason
+    assert {(c.kernel_id, c.count, c.head_seq, c.ok) for c in report.chains} == {
+        (a.public_key_hex, 3, 3, True), (b.public_key_hex, 3, 3, True),
+    }
+    with psycopg.connect(pg_dsn, autocommit=True) as conn:  # B's first receipt filed as A's fourth
+        conn.execute("UPDATE receipts SET kernel_id = %s, chain_seq = 4 WHERE kernel_id = %s AND chain_seq = 1",
+                     (a.public_key_hex, b.public_key_hex))
+    broken = a.verify_chain()
+    assert not broken.ok
+    assert broken.reason is not None and a.public_key_hex[:16] in broken.reason
+    bad = {c.kernel_id: c for c in broken.chains}
+    assert not bad[a.public_key_hex].ok
+    a.close()
+    b.close()
+
+
+def test_a_deleted_tail_of_one_kernels_chain_is_caught_by_its_head(pg_dsn: str, tmp_path: Path) -> None:
+    a, b, _ = _two_kernels(pg_dsn, tmp_path)
+    with psycopg.connect(pg_dsn, autocommit=True) as conn:
+        conn.execute("DELETE FROM receipts WHERE kernel_id = %s AND chain_seq = 3", (b.public_key_hex,))
+    broken = a.verify_chain()
+    assert not broken.ok
+    assert broken.reason is not None and b.public_key_hex[:16] in broken.reason and "seq 3" in broken.reason
+    a.close()
+    b.close()
