@@ -80,6 +80,8 @@ def audit() -> list[str]:
                 for attr, value in vars(obj).items():
                     if attr.startswith("_") and attr != "__init__":
                         continue
+                    if attr == "__init__" and value.__qualname__ != f"{obj.__qualname__}.__init__":
+                        continue  # not written for this class (typing.Protocol's placeholder)
                     if inspect.isfunction(value) and (miss := _missing(value, class_doc)):
                         out.append(f"{where}.{attr}: {', '.join(miss)}")
             elif inspect.isfunction(obj) and (miss := _missing(obj)):
