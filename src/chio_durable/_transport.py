@@ -222,7 +222,9 @@ class KernelTransport(Protocol):
         """
 
     def register_approval_wake_sync(self, approval_id: str, wake: Mapping[str, Any]) -> bool:
-        """Register an approval wake from sync code (any thread but the kernel loop); see :meth:`register_approval_wake`.
+        """Register an approval wake from sync code (any thread but the kernel loop).
+
+        See :meth:`register_approval_wake`.
 
         Args:
             approval_id: the approval the run waits for.
