@@ -90,40 +90,116 @@ class KernelTransport(Protocol):
         self, call: GovernedCall, *, capability_id: str, idempotency_key: str | None = None,
         cost: MonetaryAmount | None = None, approval_id: str | None = None,
     ) -> Evaluation:
-        """The kernel's decision on ``call``; raises ``KernelUnavailable`` / ``KernelRejected``.
+        """Ask the kernel for its decision on one call.
 
-        ``approval_id``: re-evaluate a call that was pending (``Evaluation.pending``) under the
-        approval a person gave; only the kernel's allow of THAT re-evaluation authorises the call
-        (docs/approvals.md). Transports that cannot send it raise ``KernelRejected``.
+        Args:
+            call: the governed call to decide.
+            capability_id: the capability it runs under.
+            idempotency_key: the same key re-evaluated returns the same receipt (a retry is charged once).
+            cost: the call's declared cost, held against the grant's budget (docs/budgets.md).
+            approval_id: re-evaluate a call that was pending (``Evaluation.pending``) under the approval a
+                person gave; only the kernel's allow of THAT re-evaluation authorises the call
+                (docs/approvals.md).
+
+        Returns:
+            The kernel's :class:`Evaluation` (allow, deny or pending).
+
+        Raises:
+            KernelUnavailable: the kernel could not be reached or gave no decision.
+            KernelRejected: the kernel refused the request (e.g. a transport that cannot send
+                ``approval_id``).
         """
 
     def evaluate_sync(
         self, call: GovernedCall, *, capability_id: str, idempotency_key: str | None = None,
         cost: MonetaryAmount | None = None, approval_id: str | None = None,
     ) -> Evaluation:
-        """:meth:`evaluate` for sync callers (any thread but the kernel loop)."""
+        """Ask the kernel for its decision, from sync code (any thread but the kernel loop).
+
+        Args:
+            call: the governed call to decide.
+            capability_id: the capability it runs under.
+            idempotency_key: as :meth:`evaluate`.
+            cost: as :meth:`evaluate`.
+            approval_id: as :meth:`evaluate`.
+
+        Returns:
+            The kernel's :class:`Evaluation`.
+
+        Raises:
+            KernelUnavailable: as :meth:`evaluate`.
+            KernelRejected: as :meth:`evaluate`.
+        """
 
     async def run(self, make_call: Callable[[], Awaitable[T]]) -> T:
-        """Await another call on the client (mint, attenuate, fetch) where its connections live."""
+        """Await another call on the client (mint, attenuate, fetch) where its connections live.
+
+        Args:
+            make_call: makes the coroutine to await, e.g. ``lambda: client.create_capability(...)``.
+
+        Returns:
+            What that coroutine returns.
+        """
 
     async def settle(self, receipt_id: str, actual_cost: MonetaryAmount, op_id: str) -> ChioReceipt | None:
-        """Settle the budget hold of allow ``receipt_id`` with the actual cost (docs/budgets.md).
+        """Settle the budget hold of an allow with the actual cost (docs/budgets.md).
 
-        Returns the kernel's signed settle receipt (the same one again for the same ``op_id``), or
-        None where the client holds no budgets (``MockTransport``; a stock ``ChioClient``, which
-        cannot declare a cost). Raises :class:`HoldConflict` if the hold was already closed by another
-        operation, ``KernelRejected`` for no hold / bad input, ``KernelUnavailable`` if the kernel
-        could not be reached (retry with the same ``op_id``).
+        Args:
+            receipt_id: the allow receipt that placed the hold.
+            actual_cost: what the call cost, in the hold's currency (minor units).
+            op_id: names this operation (:func:`settle_op_id`): the same ``op_id`` again returns the same
+                receipt.
+
+        Returns:
+            The kernel's signed settle receipt, or None where the client holds no budgets
+            (``MockTransport``; a stock ``ChioClient``, which cannot declare a cost).
+
+        Raises:
+            HoldConflict: the hold was already closed by another operation.
+            KernelRejected: no hold, or bad input.
+            KernelUnavailable: the kernel could not be reached (retry with the same ``op_id``).
         """
 
     async def release(self, receipt_id: str, op_id: str, reason: str = "released") -> ChioReceipt | None:
-        """Free the whole budget hold of allow ``receipt_id`` (compensation); as :meth:`settle`."""
+        """Free the whole budget hold of an allow (compensation).
+
+        Args:
+            receipt_id: the allow receipt that placed the hold.
+            op_id: names this operation (:func:`release_op_id`).
+            reason: why (recorded and signed).
+
+        Returns:
+            The kernel's signed release receipt, or None where the client holds no budgets.
+
+        Raises:
+            HoldConflict: as :meth:`settle`.
+            KernelRejected: as :meth:`settle`.
+            KernelUnavailable: as :meth:`settle`.
+        """
 
     def settle_sync(self, receipt_id: str, actual_cost: MonetaryAmount, op_id: str) -> ChioReceipt | None:
-        """:meth:`settle` for sync callers (any thread but the kernel loop)."""
+        """Settle a budget hold from sync code (any thread but the kernel loop); see :meth:`settle`.
+
+        Args:
+            receipt_id: the allow receipt that placed the hold.
+            actual_cost: what the call cost.
+            op_id: names this operation.
+
+        Returns:
+            The signed settle receipt, or None where the client holds no budgets.
+        """
 
     def release_sync(self, receipt_id: str, op_id: str, reason: str = "released") -> ChioReceipt | None:
-        """:meth:`release` for sync callers (any thread but the kernel loop)."""
+        """Release a budget hold from sync code (any thread but the kernel loop); see :meth:`release`.
+
+        Args:
+            receipt_id: the allow receipt that placed the hold.
+            op_id: names this operation.
+            reason: why (recorded and signed).
+
+        Returns:
+            The signed release receipt, or None where the client holds no budgets.
+        """
 
     async def register_approval_wake(self, approval_id: str, wake: Mapping[str, Any]) -> bool:
         """Register what wakes the run waiting for ``approval_id`` once a person answers it in the kernel.
@@ -147,7 +223,17 @@ class KernelTransport(Protocol):
         """
 
     def register_approval_wake_sync(self, approval_id: str, wake: Mapping[str, Any]) -> bool:
-        """:meth:`register_approval_wake` for sync callers (any thread but the kernel loop)."""
+        """Register an approval wake from sync code (any thread but the kernel loop).
+
+        See :meth:`register_approval_wake`.
+
+        Args:
+            approval_id: the approval the run waits for.
+            wake: ``{"engine": "<name>", ...engine-specific JSON fields}``.
+
+        Returns:
+            True when the kernel registered it; False when this client cannot.
+        """
 
 
 ChioClientLike = Union["LocalChioClient", "Kernel", ChioClient, "MockChioClient", KernelTransport]
@@ -155,10 +241,14 @@ ChioClientLike = Union["LocalChioClient", "Kernel", ChioClient, "MockChioClient"
 
 
 def client_url(client: object) -> str:
-    """Where a client sends its evaluations, for error messages and events.
+    """Name where a client sends its evaluations, for error messages and events.
 
-    Its public ``base_url`` (``SidecarClient``, ``LocalChioClient``); a stock ``chio_sdk.ChioClient``
-    does not expose its URL, so it is named by its type.
+    Args:
+        client: a Chio client or transport.
+
+    Returns:
+        Its public ``base_url`` (``SidecarClient``, ``LocalChioClient``) or transport ``url``; a stock
+        ``chio_sdk.ChioClient`` does not expose its URL, so it is named by its type.
     """
     if isinstance(client, KernelTransport):
         return client.url
@@ -613,9 +703,17 @@ def is_client(value: object) -> bool:
 
 
 def as_transport(client: ChioClientLike | Any) -> KernelTransport:
-    """The :class:`KernelTransport` for ``client``, chosen once (call at construction, not per call).
+    """Choose the :class:`KernelTransport` for a client, once (call at construction, not per call).
 
-    Raises ``TypeError`` for an object that is no Chio client at all.
+    Args:
+        client: ``chio_kernel.LocalChioClient``, ``chio_kernel.SidecarClient``, a ``Kernel``, a
+            ``chio_sdk.ChioClient``, a ``chio_sdk.testing`` mock, or a transport (returned as is).
+
+    Returns:
+        The transport that reaches the kernel behind ``client``.
+
+    Raises:
+        TypeError: ``client`` is no Chio client at all (the message lists what to pass).
     """
     if isinstance(client, (EmbeddedTransport, _RemoteTransport)):
         return client
