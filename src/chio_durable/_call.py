@@ -123,6 +123,23 @@ class GovernedCall:
     call: in no hash, idempotency key or equality. Sent by the embedded kernel and
     ``chio_kernel.SidecarClient``; a stock ``chio_sdk.ChioClient`` or a mock cannot send it (dropped)."""
 
+    def with_metadata(self, pairs: Mapping[str, str]) -> GovernedCall:
+        """This call with ``pairs`` added to its run context (the trace ids of its decision span).
+
+        The parameters, and their hashes if computed already, are the same objects: only the
+        context differs, which is in no hash or idempotency key.
+
+        Args:
+            pairs: run-context keys and values to add (they win over the call's own on a conflict).
+
+        Returns:
+            A new call; this one is unchanged.
+        """
+        traced = object.__new__(GovernedCall)
+        traced.__dict__.update(self.__dict__)  # frozen: filled as dataclasses.replace would, less the re-hash
+        traced.__dict__["metadata"] = {**(self.metadata or {}), **pairs}
+        return traced
+
     @property
     def label(self) -> str:
         """``server/tool``, for messages and logs."""

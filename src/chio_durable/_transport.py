@@ -47,6 +47,7 @@ from chio_durable._call import GovernedCall
 from chio_durable._decision import Evaluation
 from chio_durable._errors import HoldConflict, KernelRejected, KernelUnavailable
 from chio_durable._loop import await_on_kernel_loop, run_on_kernel_loop
+from chio_durable._telemetry import enabled, record_budgets, traced_evaluation, traced_hold
 
 if TYPE_CHECKING:
     from chio_sdk.testing import MockChioClient
@@ -276,6 +277,8 @@ class EmbeddedTransport:
     """The in-process kernel, called inline: no HTTP, no thread, no loop hop."""
 
     sends_idempotency_keys = True
+    instrument: bool | None = None
+    """Trace its decisions (docs/observability.md): None follows ``chio_durable.instrument_all()``."""
 
     def __init__(self, kernel: Kernel, client: LocalChioClient | None = None) -> None:
         self.kernel = kernel
@@ -288,6 +291,29 @@ class EmbeddedTransport:
     def evaluate_sync(
         self, call: GovernedCall, *, capability_id: str, idempotency_key: str | None = None,
         cost: MonetaryAmount | None = None, approval_id: str | None = None,
+    ) -> Evaluation:
+        if not enabled(self.instrument):
+            return self._decide(call, capability_id, idempotency_key, cost, approval_id)
+        trace = traced_evaluation(call, capability_id, cost, approval_id, self._pending_metadata)
+        try:
+            evaluation = self._decide(trace.call, capability_id, idempotency_key, cost, approval_id)
+        except BaseException as err:
+            trace.failed(err)
+            raise
+        trace.done(evaluation)
+        if cost is not None and evaluation.allowed:
+            record_budgets(capability_id, self.kernel.budgets)
+        return evaluation
+
+    def _pending_metadata(self, approval_id: str) -> Mapping[str, Any] | None:
+        """The signed run context of the pending receipt ``approval_id`` answers (its trace ids)."""
+        approval = self.kernel.get_approval(approval_id) or {}
+        receipt = self.kernel.get_receipt(str(approval.get("pending_receipt_id")))
+        return receipt.metadata if receipt is not None else None
+
+    def _decide(
+        self, call: GovernedCall, capability_id: str, idempotency_key: str | None,
+        cost: MonetaryAmount | None, approval_id: str | None,
     ) -> Evaluation:
         # The call's canonical form and hash, computed once for its idempotency key, are handed
         # over (in process only), so the kernel does not canonicalise and hash the parameters again.
@@ -333,11 +359,27 @@ class EmbeddedTransport:
         except Exception as err:  # the kernel could not record it (store locked, disk full...)
             raise KernelUnavailable(self.url, f"{type(err).__name__}: {err}") from err
 
+    def _traced_hold_op(
+        self, op: str, receipt_id: str, amount: MonetaryAmount | None, call: Callable[[], ChioReceipt]
+    ) -> ChioReceipt:
+        if not enabled(self.instrument):
+            return self._hold_op(call)
+        finish = traced_hold(op, receipt_id, amount, self.kernel.budgets)
+        try:
+            receipt = self._hold_op(call)
+        except BaseException as err:
+            finish(None, err)
+            raise
+        finish(receipt, None)
+        return receipt
+
     def settle_sync(self, receipt_id: str, actual_cost: MonetaryAmount, op_id: str) -> ChioReceipt | None:
-        return self._hold_op(lambda: self.kernel.settle(receipt_id, actual_cost, op_id))
+        return self._traced_hold_op(
+            "settle", receipt_id, actual_cost, lambda: self.kernel.settle(receipt_id, actual_cost, op_id)
+        )
 
     def release_sync(self, receipt_id: str, op_id: str, reason: str = "released") -> ChioReceipt | None:
-        return self._hold_op(lambda: self.kernel.release(receipt_id, op_id, reason))
+        return self._traced_hold_op("release", receipt_id, None, lambda: self.kernel.release(receipt_id, op_id, reason))
 
     async def settle(self, receipt_id: str, actual_cost: MonetaryAmount, op_id: str) -> ChioReceipt | None:
         return self.settle_sync(receipt_id, actual_cost, op_id)
@@ -402,6 +444,8 @@ class _RemoteTransport:
 
     sends_idempotency_keys = False
     checks_parameter_hash = False
+    instrument: bool | None = None
+    """Trace its decisions (docs/observability.md): None follows ``chio_durable.instrument_all()``."""
 
     def __init__(self, client: _ToolCallEvaluator) -> None:
         self.client = client
@@ -473,13 +517,29 @@ class _RemoteTransport:
         self, call: GovernedCall, *, capability_id: str, idempotency_key: str | None = None,
         cost: MonetaryAmount | None = None, approval_id: str | None = None,
     ) -> Evaluation:
-        return await await_on_kernel_loop(self._decide(call, capability_id, idempotency_key, cost, approval_id))
+        if not enabled(self.instrument):
+            return await await_on_kernel_loop(self._decide(call, capability_id, idempotency_key, cost, approval_id))
+        trace = traced_evaluation(call, capability_id, cost, approval_id)  # in the caller's context
+        try:
+            evaluation = await await_on_kernel_loop(self._decide(trace.call, capability_id, idempotency_key, cost, approval_id))
+        except BaseException as err:
+            trace.failed(err)
+            raise
+        return trace.done(evaluation)
 
     def evaluate_sync(
         self, call: GovernedCall, *, capability_id: str, idempotency_key: str | None = None,
         cost: MonetaryAmount | None = None, approval_id: str | None = None,
     ) -> Evaluation:
-        return run_on_kernel_loop(self._decide(call, capability_id, idempotency_key, cost, approval_id))
+        if not enabled(self.instrument):
+            return run_on_kernel_loop(self._decide(call, capability_id, idempotency_key, cost, approval_id))
+        trace = traced_evaluation(call, capability_id, cost, approval_id)
+        try:
+            evaluation = run_on_kernel_loop(self._decide(trace.call, capability_id, idempotency_key, cost, approval_id))
+        except BaseException as err:
+            trace.failed(err)
+            raise
+        return trace.done(evaluation)
 
     async def run(self, make_call: Callable[[], Awaitable[T]]) -> T:
         async def on_loop() -> T:
@@ -493,17 +553,49 @@ class _RemoteTransport:
     async def _hold_op(self, op: str, receipt_id: str, args: tuple[Any, ...]) -> ChioReceipt | None:
         return None
 
+    def _traced(self, op: str, receipt_id: str, amount: MonetaryAmount | None, run: Callable[[], T]) -> T:
+        """``run()`` (one hold operation on the kernel loop), in a span when instrumented."""
+        if not enabled(self.instrument):
+            return run()
+        finish = traced_hold(op, receipt_id, amount)
+        try:
+            result = run()
+        except BaseException as err:
+            finish(None, err)
+            raise
+        finish(result if isinstance(result, ChioReceipt) else None, None)
+        return result
+
+    async def _traced_async(
+        self, op: str, receipt_id: str, amount: MonetaryAmount | None, args: tuple[Any, ...]
+    ) -> ChioReceipt | None:
+        if not enabled(self.instrument):
+            return await await_on_kernel_loop(self._hold_op(op, receipt_id, args))
+        finish = traced_hold(op, receipt_id, amount)
+        try:
+            receipt = await await_on_kernel_loop(self._hold_op(op, receipt_id, args))
+        except BaseException as err:
+            finish(None, err)
+            raise
+        finish(receipt, None)
+        return receipt
+
     async def settle(self, receipt_id: str, actual_cost: MonetaryAmount, op_id: str) -> ChioReceipt | None:
-        return await await_on_kernel_loop(self._hold_op("settle", receipt_id, (actual_cost, op_id)))
+        return await self._traced_async("settle", receipt_id, actual_cost, (actual_cost, op_id))
 
     async def release(self, receipt_id: str, op_id: str, reason: str = "released") -> ChioReceipt | None:
-        return await await_on_kernel_loop(self._hold_op("release", receipt_id, (op_id, reason)))
+        return await self._traced_async("release", receipt_id, None, (op_id, reason))
 
     def settle_sync(self, receipt_id: str, actual_cost: MonetaryAmount, op_id: str) -> ChioReceipt | None:
-        return run_on_kernel_loop(self._hold_op("settle", receipt_id, (actual_cost, op_id)))
+        return self._traced(
+            "settle", receipt_id, actual_cost,
+            lambda: run_on_kernel_loop(self._hold_op("settle", receipt_id, (actual_cost, op_id))),
+        )
 
     def release_sync(self, receipt_id: str, op_id: str, reason: str = "released") -> ChioReceipt | None:
-        return run_on_kernel_loop(self._hold_op("release", receipt_id, (op_id, reason)))
+        return self._traced(
+            "release", receipt_id, None, lambda: run_on_kernel_loop(self._hold_op("release", receipt_id, (op_id, reason)))
+        )
 
     # Wakes: a mock (and a stock ChioClient) has no way to register one: False, the engine falls
     # back to its own wake-up. HttpTransport overrides _register_wake for SidecarClient.
@@ -659,3 +751,27 @@ class TransportSlot:
     def chio_client(self, client: ChioClientLike) -> None:
         self.transport = as_transport(client)
         self._chio_client = client
+        self._apply_instrument()
+
+    @property
+    def instrument(self) -> bool | None:
+        """Trace this layer's decisions (docs/observability.md): True, False, or None (default) to
+        follow ``chio_durable.instrument_all()`` and pydantic-ai's ``Agent.instrument_all()``."""
+        return getattr(self, "_instrument", None)
+
+    @instrument.setter
+    def instrument(self, value: bool | None) -> None:
+        if value is not None and not isinstance(value, bool):
+            raise TypeError(f"instrument must be True, False or None, got {value!r}")
+        if value:
+            from chio_durable._telemetry import otel
+
+            otel()  # say now, in one line, if the otel extra is missing
+        self._instrument = value
+        self._apply_instrument()
+
+    def _apply_instrument(self) -> None:
+        value = getattr(self, "_instrument", None)
+        transport = getattr(self, "transport", None)
+        if value is not None and transport is not None and hasattr(transport, "instrument"):
+            transport.instrument = value

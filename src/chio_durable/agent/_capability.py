@@ -52,7 +52,9 @@ from chio_durable._decision import Evaluation
 from chio_durable.agent._approvals import ApprovalWaiter, RememberedApprovals, approval_id_of, approval_required
 from chio_durable._errors import KernelRejected
 from chio_durable._scope import current_receipt_id, receipt_scope
+from chio_durable._telemetry import follow
 from chio_durable._transport import ChioClientLike, TransportSlot, is_client
+from chio_durable.agent._seams import agent_instrument_all
 from chio_durable.agent import _budget_hooks
 from chio_durable._metering import ModelMetering, ModelPrices, as_metering
 from chio_durable.agent._mapping import CallMapper
@@ -72,6 +74,8 @@ __all__ = [
 ]
 
 log = logging.getLogger("chio_durable.agent")
+
+follow(agent_instrument_all)  # pydantic-ai's Agent.instrument_all() also traces the Chio decisions
 
 OnDeny = Literal["tell_model", "raise"]
 
@@ -139,6 +143,9 @@ class ChioGovernance(TransportSlot, AbstractCapability[Any]):
         run_metadata: Supplied by engine wrappers: the run context signed into each receipt's
             ``metadata`` (``{"flow_run_id": ...}`` for Prefect, ``{"workflow_id", "run_id"}`` for
             Temporal), so ``chio-durable receipts list --flow-run/--workflow-id`` find the run's calls.
+        instrument: One OpenTelemetry span per decision, a child of the operation it governs, and the
+            decision metrics (docs/observability.md). None (default) follows pydantic-ai's
+            ``Agent.instrument_all()`` and ``chio_durable.instrument_all()``; True / False force it.
     """
 
     def __init__(
@@ -157,6 +164,7 @@ class ChioGovernance(TransportSlot, AbstractCapability[Any]):
         id: str | None = None,
         model_prices: ModelMetering | ModelPrices | None = None,
         run_metadata: Callable[[RunContext[Any]], Mapping[str, str] | None] | None = None,
+        instrument: bool | None = None,
     ) -> None:
         if not isinstance(capability_id, str) or not capability_id:
             raise ValueError(
@@ -176,6 +184,7 @@ class ChioGovernance(TransportSlot, AbstractCapability[Any]):
         self.defer_loading = False
         self.capability_id = capability_id
         self.chio_client = chio_client  # the transport is chosen here, once (see the property)
+        self.instrument = instrument
         self.mapper = mapper or CallMapper()
         self.on_deny = on_deny
         self._run_identity = run_identity

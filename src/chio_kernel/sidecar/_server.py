@@ -258,6 +258,7 @@ def serve(
     on_ready: Callable[[Any], None] | None = None,
     header_timeout: float = DEFAULT_HEADER_TIMEOUT,
     max_pending_headers: int = DEFAULT_MAX_PENDING_HEADERS,
+    otel: bool = False,
 ) -> None:
     """Run the sidecar until interrupted.
 
@@ -270,14 +271,23 @@ def serve(
         on_ready: called with the opened kernel once the socket is bound, before serving.
         header_timeout: see :func:`header_timeout_protocol`.
         max_pending_headers: see :func:`header_timeout_protocol` (``max_pending``).
+        otel: export a span per request and the request latency over OTLP (``OTEL_EXPORTER_OTLP_*``),
+            and trace the kernel's approval answers (docs/observability.md).
 
     Raises:
         SidecarConfigError: the configuration is refused before binding (non-loopback host without
             a token).
         KernelKeyMissingError: the data directory's store lost its key.
         KernelKeyRetiredError: the kernel's key was retired from its fleet store.
+        TelemetryMissing: ``otel`` without the ``otel`` extra (one line naming the install command).
     """
     import uvicorn
+
+    if otel:
+        from chio_kernel._telemetry import configure_otlp, instrument_kernel
+
+        configure_otlp()
+        instrument_kernel()
 
     check_bind(host, token)
     stack = server_stack()
@@ -285,8 +295,13 @@ def serve(
     kernel = _open_kernel(data_dir)
     app = create_app(kernel, token=token)
     app.state.health = {**app.state.health, "server": stack}
+    asgi: Any = app
+    if otel:
+        from chio_kernel._telemetry import request_telemetry
+
+        asgi = request_telemetry(app)  # outermost: every request, its latency, whatever answers it
     config = uvicorn.Config(
-        app, host=host, port=port, log_level=log_level, access_log=False, lifespan="off",
+        asgi, host=host, port=port, log_level=log_level, access_log=False, lifespan="off",
         server_header=False, date_header=False, http=protocol, loop=stack["loop"],
         proxy_headers=False,  # loopback, no proxy in front: nothing to rewrite
     )
