@@ -20,8 +20,10 @@ from chio_kernel._errors import (
     KernelConflictError,
     KernelInputError,
     KernelKeyMissingError,
+    ProofError,
     UnknownHoldError,
 )
+from chio_kernel._checkpoints import CheckpointReport
 from chio_kernel._kernel import ChainReport, Kernel
 from chio_kernel._receipts import receipt_chain_hash, receipt_signing_bytes
 from chio_kernel.canonical import canonical_json
@@ -34,6 +36,7 @@ __all__ = [
     "ApprovalTokenError",
     "CapabilityError",
     "ChainReport",
+    "CheckpointReport",
     "ChioKernelError",
     "HoldConflictError",
     "IdempotencyKeyReusedError",
@@ -42,6 +45,7 @@ __all__ = [
     "KernelInputError",
     "KernelKeyMissingError",
     "LocalChioClient",
+    "ProofError",
     "SidecarClient",
     "UnknownHoldError",
     "canonical_json",

@@ -10,6 +10,7 @@ Each error keeps the builtin base it always had (``ValueError``, ``LookupError``
     ├── KernelKeyRetiredError (RuntimeError)     this kernel's key was retired from the fleet store
     ├── StoreUnavailableError (ConnectionError)  the PostgreSQL store could not be reached (retryable)
     ├── UnknownHoldError (ValueError)            no budget hold for that receipt id
+    ├── ProofError (ValueError)                  a checkpoint, proof or evidence package does not verify
     ├── KernelConflictError (ValueError)         the request conflicts with what is recorded (409)
     │   ├── IdempotencyKeyReusedError            a key reused for a different call
     │   └── HoldConflictError                    a hold closed twice differently, an op_id reused
@@ -37,6 +38,7 @@ __all__ = [
     "KernelInputError",
     "KernelKeyMissingError",
     "KernelKeyRetiredError",
+    "ProofError",
     "StoreUnavailableError",
     "UnknownHoldError",
 ]
@@ -127,3 +129,8 @@ class ApprovalConflictError(ApprovalError):
 class ApprovalTokenError(ApprovalError, ValueError):
     """A signed approval token was refused: untrusted approver key, bad signature, bound to another
     request, parameters or subject, or outside its validity window (HTTP 403)."""
+
+
+class ProofError(ChioKernelError, ValueError):
+    """A checkpoint, an inclusion or consistency proof, or an evidence package does not verify (the
+    message names what is wrong)."""

@@ -17,6 +17,7 @@ from chio_sdk.models import CapabilityToken, ChioReceipt, ChioScope, MonetaryAmo
 
 from chio_kernel._approvals import Approvals, approval_settings
 from chio_kernel._capabilities import Capabilities, _Cap, capability_signing_bytes
+from chio_kernel._checkpoints import CheckpointReport, Checkpoints, checkpoint_settings
 from chio_kernel._coerce import MAX_COST_UNITS, check_scope_fields
 from chio_kernel._denials import Denials
 from chio_kernel._errors import CapabilityError, ChioKernelError, KernelInputError, KernelKeyMissingError
@@ -109,6 +110,10 @@ class Kernel:
             ``$CHIO_APPROVAL_TTL``, else one day).
         hold_ttl: seconds a budget hold lives unsettled before it expires (default
             ``$CHIO_HOLD_TTL``, else 3600; see ``docs/budgets.md``).
+        checkpoint_every: cut a signed Merkle checkpoint every this many receipts (default
+            ``$CHIO_CHECKPOINT_EVERY``, else 256; 0: no automatic checkpoints; docs/checkpoints.md).
+        checkpoint_interval: ... or once this many seconds passed with receipts pending, whichever
+            comes first (default ``$CHIO_CHECKPOINT_INTERVAL``, else 2).
     """
 
     def __init__(
@@ -122,6 +127,8 @@ class Kernel:
         approver_keys: Iterable[str] = (),
         approval_ttl: int | None = None,
         hold_ttl: float | None = None,
+        checkpoint_every: int | None = None,
+        checkpoint_interval: float | None = None,
     ) -> None:
         """Open the kernel: its key, its store, and the services (see the class doc for the arguments).
 
@@ -131,6 +138,7 @@ class Kernel:
             StoreUnavailableError: the PostgreSQL store cannot be reached.
         """
         ttl = resolve_hold_ttl(hold_ttl)
+        cp_every, cp_interval = checkpoint_settings(checkpoint_every, checkpoint_interval)
         self.data_dir: Path = ensure_data_dir(Path(data_dir) if data_dir is not None else default_data_dir())
         dsn = resolve_store(store)  # None: SQLite in data_dir
         if dsn is None:
@@ -143,6 +151,9 @@ class Kernel:
         # opened after the key: load_or_create_key tightens a fresh data dir, which a store file would hide
         self._store: KernelStore = open_kernel_store(dsn, self.data_dir, fsync=fsync, signer_key=self.public_key_hex)
         self._build_services(ttl, approvers, approvals_ttl, None if dsn is None else self._store.description)
+        self._checkpoints = Checkpoints(self._gate, self._signer.sign_hex, self.public_key_hex, self.data_dir,
+                                        self._clock, cp_every, cp_interval)
+        self._checkpoints.start()
 
     def _build_services(
         self, hold_ttl: float, approvers: frozenset[str], approval_ttl: int, shared_store: str | None
@@ -176,6 +187,7 @@ class Kernel:
 
     def close(self) -> None:
         """Close the store connection (the kernel cannot be used afterwards; closing twice is a no-op)."""
+        self._checkpoints.stop()
         self._gate.close()
 
     def __enter__(self) -> Kernel:
@@ -882,6 +894,92 @@ class Kernel:
             The report, naming the first broken index (0-based position in store order).
         """
         return self._receipts.verify_chain(batch)
+
+    # --- signed Merkle checkpoints (chio_kernel._checkpoints does the work; docs/checkpoints.md) ---
+
+    @property
+    def checkpoint_every(self) -> int:
+        """Receipts per automatic checkpoint (0: automatic checkpoints off)."""
+        return self._checkpoints.every
+
+    @property
+    def checkpoint_interval(self) -> float:
+        """Seconds after which pending receipts are checkpointed even short of ``checkpoint_every``."""
+        return self._checkpoints.interval
+
+    def checkpoint_now(self) -> list[dict[str, Any]]:
+        """Checkpoint every committed receipt not covered yet (at most ``checkpoint_every`` per checkpoint).
+
+        Returns:
+            The new signed checkpoints ``{"body", "signature"}``, oldest first (empty when nothing is pending).
+        """
+        return self._checkpoints.cut(every=self._checkpoints.every or None)
+
+    def list_checkpoints(self, *, kernel_id: str | None = None, first: int = 1,
+                         last: int | None = None) -> list[dict[str, Any]]:
+        """Stored signed checkpoints numbered ``first..last``, oldest first.
+
+        Args:
+            kernel_id: one kernel's (its hex public key); None: every kernel's in the store.
+            first: the first checkpoint number.
+            last: the last one (None: up to the newest).
+
+        Returns:
+            ``{"body": {chio.checkpoint_statement.v1 fields}, "signature": hex}`` per checkpoint.
+        """
+        return self._checkpoints.list(kernel_id, first, last)
+
+    def get_checkpoint(self, checkpoint_seq: int) -> dict[str, Any] | None:
+        """This kernel's checkpoint with that number, or None (the first stored, if several: see verify)."""
+        found = self._checkpoints.list(self.public_key_hex, checkpoint_seq, checkpoint_seq)
+        return found[0] if found else None
+
+    def inclusion_proof(self, receipt_id: str) -> dict[str, Any]:
+        """The proof that a receipt is in this kernel's signed log (a checkpoint is cut first if none covers it).
+
+        Check it with :func:`chio_kernel.proofs.verify_inclusion` and the kernel's public key only.
+
+        Returns:
+            ``{"schema": "chio.receipt_inclusion_proof.v1", "receipt", "checkpoint", "proof"}``.
+
+        Raises:
+            KernelInputError: no such receipt.
+        """
+        return self._checkpoints.inclusion_proof(receipt_id)
+
+    def consistency_proof(self, first: int, last: int) -> dict[str, Any]:
+        """The proof that checkpoint ``last`` extends checkpoint ``first`` (both this kernel's).
+
+        Check it with :func:`chio_kernel.proofs.verify_consistency` and the kernel's public key only.
+
+        Returns:
+            ``{"schema": "chio.checkpoint_consistency_chain.v1", "checkpoints", "links", ...}``.
+
+        Raises:
+            KernelInputError: bad numbers, or a checkpoint missing or stored twice.
+        """
+        return self._checkpoints.consistency_proof(first, last)
+
+    def verify_checkpoints(self, *, trusted_keys: Iterable[str] | None = None) -> CheckpointReport:
+        """Check the store against its signed checkpoints (what ``verify_chain`` cannot see).
+
+        Names: deleted or truncated receipts a checkpoint covers, receipts changed under a checkpoint,
+        equivocation (two checkpoints with one number, or one differing from this kernel's witness
+        file), forged checkpoint rows, receipts after the newest checkpoint not signed by the key they
+        name and, given ``trusted_keys`` on a fleet store, registered key rows no trusted key vouches for.
+
+        Args:
+            trusted_keys: every fleet kernel's key (a fleet store); None: key rows are not checked.
+
+        Returns:
+            ``CheckpointReport(ok, checkpoints, covered, problems)``.
+        """
+        self._trust.learn(None)
+        registered = None
+        if self._fleet is not None:
+            registered = [k["public_key"] for k in self._fleet.registered_keys()]
+        anchors = None if trusted_keys is None else _check_trusted_keys(trusted_keys) | self.trusted_keys
+        return self._checkpoints.verify(self._trust.issuers, registered, anchors)
 
     def health(self) -> dict[str, Any]:
         """Status summary (what the sidecar's ``/chio/health`` returns).

@@ -34,7 +34,7 @@ from typing import TYPE_CHECKING, Any, cast
 from urllib.parse import urlsplit, urlunsplit
 
 from chio_kernel._errors import KernelKeyRetiredError, StoreUnavailableError
-from chio_kernel._sql_store import SqlReader, SqlWriter
+from chio_kernel._sql_store import CHECKPOINT_DDL, SqlReader, SqlWriter
 from chio_kernel._store import GENESIS_HASH, StoredCounts
 
 if TYPE_CHECKING:
@@ -321,6 +321,8 @@ class PostgresStore:
             with self._conn.transaction():  # several kernels may create the schema at once
                 self._conn.execute(cast("Any", f"SELECT pg_advisory_xact_lock({CHAIN_LOCK_KEY})"))
                 self._conn.execute(cast("Any", SCHEMA))
+                for statement in CHECKPOINT_DDL:
+                    self._conn.execute(cast("Any", statement))
                 if signer_key is not None:
                     self._conn.execute(
                         "INSERT INTO kernel_keys(public_key, label, registered_at) VALUES (%s, %s, %s) "

@@ -13,9 +13,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from chio_kernel._store import ApprovalRow, CapabilityRow, HoldRow, ReceiptQuery
+from chio_kernel._store import ApprovalRow, CapabilityRow, CheckpointRow, HoldRow, ReceiptQuery
 
-__all__ = ["APPROVAL_COLS", "HOLD_COLS", "MAX_UNITS", "SqlReader", "SqlWriter"]
+__all__ = ["APPROVAL_COLS", "CHECKPOINT_DDL", "HOLD_COLS", "MAX_UNITS", "SqlReader", "SqlWriter"]
 
 APPROVAL_COLS = (
     "id, capability_id, tool_server, tool_name, parameter_hash, call_hash, subject, summary, created_at, "
@@ -25,6 +25,17 @@ HOLD_COLS = (
     "receipt_id, capability_id, policy_hash, units, currency, created_at, expires_at, state, captured_units, "
     "closed_by, closed_seq"
 )
+#: The signed Merkle checkpoints (chio_kernel._checkpoints), the same DDL on both dialects. The key
+#: holds the body digest, so two different checkpoints with one number (equivocation) can both be
+#: stored and shown; the cutter numbers checkpoints inside a write transaction, so it never makes two.
+CHECKPOINT_DDL = (
+    "CREATE TABLE IF NOT EXISTS checkpoints ("
+    " kernel_id TEXT NOT NULL, checkpoint_seq BIGINT NOT NULL, batch_start_seq BIGINT NOT NULL,"
+    " batch_end_seq BIGINT NOT NULL, sha256 TEXT NOT NULL, body TEXT NOT NULL, signature TEXT NOT NULL,"
+    " leaves TEXT NOT NULL, PRIMARY KEY (kernel_id, checkpoint_seq, sha256))",
+    "CREATE INDEX IF NOT EXISTS checkpoints_end ON checkpoints(kernel_id, batch_end_seq)",
+)
+_CHECKPOINT_COLS = "kernel_id, checkpoint_seq, batch_start_seq, batch_end_seq, sha256, body, signature, leaves"
 #: Budgets saturate at 2^63-1 (both stores keep units as a 64-bit integer).
 MAX_UNITS = 9223372036854775807
 _CAP_SQL = "SELECT id, token, parent_id, subject, issued_at, expires_at, rate_max, rate_per FROM capabilities WHERE id = ?"
@@ -39,6 +50,10 @@ def _hold_row(r: Sequence[Any]) -> HoldRow:
         str(r[0]), str(r[1]), str(r[2]), int(r[3]), str(r[4]), float(r[5]), float(r[6]), str(r[7]), int(r[8]),
         None if r[9] is None else str(r[9]), None if r[10] is None else int(r[10]),
     )
+
+
+def _checkpoint_row(r: Sequence[Any]) -> CheckpointRow:
+    return CheckpointRow(str(r[0]), int(r[1]), int(r[2]), int(r[3]), str(r[4]), str(r[5]), str(r[6]), str(r[7]))
 
 
 class SqlReader:
@@ -155,6 +170,46 @@ class SqlReader:
             params.append(query.limit)
         return [(int(s), str(b)) for s, b in self._all(sql, params)]
 
+    def receipts_between(self, first_seq: int, last_seq: int) -> list[tuple[int, str]]:
+        """``(seq, body)`` of the receipts ``first_seq..last_seq`` of the chain, in seq order."""
+        rows = self._all("SELECT seq, body FROM receipts WHERE seq BETWEEN ? AND ? ORDER BY seq", (first_seq, last_seq))
+        return [(int(s), str(b)) for s, b in rows]
+
+    def receipt_seq(self, receipt_id: str) -> int | None:
+        """The chain position of a receipt, or None."""
+        row = self._one("SELECT seq FROM receipts WHERE id = ?", (receipt_id,))
+        return None if row is None else int(row[0])
+
+    def checkpoints(self, kernel_id: str | None, first: int = 1, last: int | None = None) -> list[CheckpointRow]:
+        """Stored checkpoints numbered ``first..last`` (of one kernel, or all), by kernel then number."""
+        sql = f"SELECT {_CHECKPOINT_COLS} FROM checkpoints WHERE checkpoint_seq >= ?"
+        params: list[Any] = [first]
+        if last is not None:
+            sql += " AND checkpoint_seq <= ?"
+            params.append(last)
+        if kernel_id is not None:
+            sql += " AND kernel_id = ?"
+            params.append(kernel_id)
+        rows = self._all(sql + " ORDER BY kernel_id, checkpoint_seq, sha256", params)
+        return [_checkpoint_row(r) for r in rows]
+
+    def last_checkpoint(self, kernel_id: str) -> CheckpointRow | None:
+        """A kernel's newest checkpoint, or None."""
+        row = self._one(
+            f"SELECT {_CHECKPOINT_COLS} FROM checkpoints WHERE kernel_id = ? ORDER BY checkpoint_seq DESC LIMIT 1",
+            (kernel_id,),
+        )
+        return None if row is None else _checkpoint_row(row)
+
+    def checkpoint_covering(self, kernel_id: str, receipt_seq: int) -> CheckpointRow | None:
+        """A kernel's checkpoint whose range holds ``receipt_seq``, or None."""
+        row = self._one(
+            f"SELECT {_CHECKPOINT_COLS} FROM checkpoints WHERE kernel_id = ? AND batch_end_seq >= ? "
+            "ORDER BY batch_end_seq LIMIT 1",
+            (kernel_id, receipt_seq),
+        )
+        return None if row is None or int(row[2]) > receipt_seq else _checkpoint_row(row)
+
     def approval(self, approval_id: str) -> ApprovalRow | None:
         """One approval row, or None."""
         row = self._one(f"SELECT {APPROVAL_COLS} FROM approvals WHERE id = ?", (approval_id,))
@@ -219,6 +274,10 @@ class SqlWriter(SqlReader):
     def _changed(self, sql: str, params: Sequence[Any]) -> bool:
         """Run an UPDATE / INSERT: did it change exactly one row?"""
         raise NotImplementedError
+
+    def insert_checkpoint(self, row: CheckpointRow) -> None:
+        """Store a signed checkpoint."""
+        self._run(f"INSERT INTO checkpoints({_CHECKPOINT_COLS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?)", tuple(row))
 
     def head_and_revoked(self, lineage: Sequence[str]) -> tuple[int, str, str | None]:
         """The chain head and one revoked id of ``lineage`` (or None), in one statement."""

@@ -1,0 +1,438 @@
+"""Signed Merkle checkpoints over the receipt chain: cutting, proofs, and the store checks (docs/checkpoints.md).
+
+A :class:`Checkpoints` service cuts a checkpoint (``chio_kernel.proofs``) every ``every`` receipts
+or ``interval`` seconds, whichever comes first, from a background thread that reads only committed
+receipts: the evaluation path does no checkpoint work. Each checkpoint is numbered and chained to
+the previous one inside a write transaction (so a kernel never signs two with one number), and the
+newest one this kernel signed is also written to ``<data_dir>/checkpoint-head.json``, a witness
+outside the store.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+import time
+import weakref
+from collections.abc import Callable, Collection, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from chio_kernel._errors import KernelInputError, ProofError
+from chio_kernel._receipts import receipt_signing_bytes, receipt_wire_dict
+from chio_kernel._store import CheckpointRow, StoreReader
+from chio_kernel._store_factory import StoreGate
+from chio_kernel.canonical import canonical_json_str
+from chio_kernel.proofs import (
+    CONSISTENCY_SCHEMA,
+    INCLUSION_SCHEMA,
+    audit_path,
+    build_checkpoint,
+    checkpoint_sha256,
+    consistency_links,
+    extends_problem,
+    receipt_leaf_hash,
+    verify_checkpoint,
+)
+from chio_kernel.signing import verify_hex
+
+__all__ = [
+    "CHECKPOINT_EVERY_ENV",
+    "CHECKPOINT_INTERVAL_ENV",
+    "DEFAULT_CHECKPOINT_EVERY",
+    "DEFAULT_CHECKPOINT_INTERVAL",
+    "CheckpointReport",
+    "Checkpoints",
+    "checkpoint_settings",
+]
+
+DEFAULT_CHECKPOINT_EVERY = 256
+DEFAULT_CHECKPOINT_INTERVAL = 2.0
+CHECKPOINT_EVERY_ENV = "CHIO_CHECKPOINT_EVERY"
+CHECKPOINT_INTERVAL_ENV = "CHIO_CHECKPOINT_INTERVAL"
+WITNESS_FILE = "checkpoint-head.json"
+_POLL = 0.25  # the cutter looks at the chain head this often (at most)
+
+
+def checkpoint_settings(every: int | None, interval: float | None) -> tuple[int, float]:
+    """``(every, interval)`` from the arguments, else ``$CHIO_CHECKPOINT_EVERY`` / ``_INTERVAL``, else 256 / 2 s.
+
+    Raises:
+        KernelInputError: a negative or malformed value (0 turns automatic cutting off).
+    """
+    if every is None:
+        raw = os.environ.get(CHECKPOINT_EVERY_ENV, "").strip()
+        every = _parse(raw, int, CHECKPOINT_EVERY_ENV) if raw else DEFAULT_CHECKPOINT_EVERY
+    if interval is None:
+        raw = os.environ.get(CHECKPOINT_INTERVAL_ENV, "").strip()
+        interval = _parse(raw, float, CHECKPOINT_INTERVAL_ENV) if raw else DEFAULT_CHECKPOINT_INTERVAL
+    if isinstance(every, bool) or not isinstance(every, int) or every < 0:
+        raise KernelInputError(f"checkpoint_every must be a whole number >= 0 (0: off), got {every!r}")
+    if isinstance(interval, bool) or not isinstance(interval, (int, float)) or not interval > 0:
+        raise KernelInputError(f"checkpoint_interval must be seconds > 0, got {interval!r}")
+    return every, float(interval)
+
+
+def _parse(raw: str, kind: Callable[[str], Any], name: str) -> Any:
+    try:
+        return kind(raw)
+    except ValueError:
+        raise KernelInputError(f"${name} must be a number, got {raw!r}") from None
+
+
+def _signed(row: CheckpointRow) -> dict[str, Any]:
+    return {"body": json.loads(row.body), "signature": row.signature}
+
+
+def _leaves_of(rows: list[tuple[int, str]]) -> list[bytes]:
+    return [receipt_leaf_hash(json.loads(body)) for _, body in rows]
+
+
+@dataclass
+class CheckpointReport:
+    """What :meth:`Checkpoints.verify` found: ``ok`` when ``problems`` is empty."""
+
+    ok: bool
+    checkpoints: int
+    covered: int
+    problems: list[str] = field(default_factory=list)
+
+
+class Checkpoints:
+    """The checkpoint service: cut, list, prove, verify (``Kernel.checkpoint_now``, ``list_checkpoints``,
+    ``inclusion_proof``, ``consistency_proof``, ``verify_checkpoints`` delegate here)."""
+
+    def __init__(
+        self, gate: StoreGate, sign_hex: Callable[[bytes], str], key: str, data_dir: Path,
+        clock: Callable[[], float], every: int, interval: float,
+    ) -> None:
+        """Cut with ``sign_hex`` as ``key``; witness file in ``data_dir``; ``every`` 0 = no automatic cuts."""
+        self._gate = gate
+        self._sign_hex = sign_hex
+        self.key = key
+        self._witness = data_dir / WITNESS_FILE
+        self._clock = clock
+        self.every = every
+        self.interval = interval
+        self._last_cut = time.monotonic()
+        self._cut_lock = threading.Lock()
+        self._stop = threading.Event()
+
+    # --- cutting ---
+
+    def start(self) -> None:
+        """Start the background cutter (a daemon thread that ends when the kernel is closed or dropped)."""
+        if self.every <= 0:
+            return
+        ref = weakref.ref(self)
+        stop = self._stop
+        threading.Thread(target=_run, args=(ref, stop, min(self.interval, _POLL)), name="chio-checkpoints",
+                         daemon=True).start()
+
+    def stop(self) -> None:
+        """Stop the background cutter."""
+        self._stop.set()
+
+    def cut_due(self) -> list[dict[str, Any]]:
+        """Cut every full batch of ``every`` receipts, and the rest once ``interval`` has passed."""
+        due = time.monotonic() - self._last_cut >= self.interval
+        return self.cut(every=self.every or None, partial=due)
+
+    def cut(self, *, every: int | None = None, partial: bool = True) -> list[dict[str, Any]]:
+        """Cut checkpoints over the committed receipts not yet covered.
+
+        Args:
+            every: at most this many receipts per checkpoint (None: all pending in one).
+            partial: also cut a batch smaller than ``every``.
+
+        Returns:
+            The new signed checkpoints, oldest first.
+        """
+        made: list[dict[str, Any]] = []
+        with self._cut_lock:
+            while (one := self._cut_one(every, partial)) is not None:
+                made.append(one)
+            if made or partial:
+                self._last_cut = time.monotonic()
+        return made
+
+    def _cut_one(self, every: int | None, partial: bool) -> dict[str, Any] | None:
+        with self._gate.read() as st:
+            last = st.last_checkpoint(self.key)
+            start = last.batch_end_seq + 1 if last is not None else 1
+            head = st.chain_head()[0]
+            pending = head - start + 1
+            if pending <= 0 or (every is not None and pending < every and not partial):
+                return None
+            end = head if every is None else min(head, start + every - 1)
+            rows = st.receipts_between(start, end)  # committed receipts only
+        if [s for s, _ in rows] != list(range(start, end + 1)):
+            return None  # a gap in the chain: cutting over it would sign a hole (verify names it)
+        leaves = _leaves_of(rows)
+        previous = json.loads(last.body) if last is not None else None
+        signed = build_checkpoint(self._sign_hex, self.key, (last.checkpoint_seq if last else 0) + 1, start,
+                                  leaves, int(self._clock()), previous)
+        body = signed["body"]
+        row = CheckpointRow(self.key, body["checkpoint_seq"], start, end, checkpoint_sha256(body),
+                            canonical_json_str(body), signed["signature"], b"".join(leaves).hex())
+        with self._gate.write() as w:
+            now_last = w.last_checkpoint(self.key)
+            if (now_last and now_last.sha256) != (last and last.sha256):
+                return None  # another process of this kernel cut meanwhile; the next round goes on from it
+            w.insert_checkpoint(row)
+        self._write_witness(signed)
+        return signed
+
+    def _write_witness(self, signed: dict[str, Any]) -> None:
+        """Record the newest checkpoint outside the store (atomically; best effort)."""
+        try:
+            tmp = self._witness.with_name(f"{WITNESS_FILE}.{os.getpid()}.tmp")
+            tmp.write_text(json.dumps(signed, sort_keys=True), encoding="utf-8")
+            os.chmod(tmp, 0o600)
+            tmp.replace(self._witness)
+        except OSError:  # pragma: no cover - a read-only data directory: the store still has it
+            pass
+
+    # --- reading and proofs ---
+
+    def list(self, kernel_id: str | None, first: int = 1, last: int | None = None) -> list[dict[str, Any]]:
+        """Signed checkpoints (of one kernel, or every kernel), oldest first."""
+        with self._gate.read() as st:
+            rows = st.checkpoints(kernel_id, first, last)
+        return [_signed(r) for r in rows]
+
+    def inclusion_proof(self, receipt_id: str) -> dict[str, Any]:
+        """The inclusion proof of a receipt (cutting a checkpoint first when none covers it yet).
+
+        Raises:
+            KernelInputError: no such receipt.
+        """
+        with self._gate.read() as st:
+            seq = st.receipt_seq(receipt_id)
+            if seq is None:
+                raise KernelInputError(f"no receipt {receipt_id!r} in this kernel's store")
+            row = st.checkpoint_covering(self.key, seq)
+        if row is None:
+            self.cut()
+            with self._gate.read() as st:
+                row = st.checkpoint_covering(self.key, seq)
+            if row is None:
+                raise KernelInputError(f"receipt {receipt_id!r} (seq {seq}) cannot be checkpointed: the chain has a gap "
+                                       "before it (run `chio-durable receipts verify`)")
+        with self._gate.read() as st:
+            text = st.receipts_between(seq, seq)[0][1]
+        leaves = [bytes.fromhex(row.leaves[i:i + 64]) for i in range(0, len(row.leaves), 64)]
+        index = seq - row.batch_start_seq
+        signed = _signed(row)
+        return {
+            "schema": INCLUSION_SCHEMA,
+            "receipt": receipt_wire_dict(json.loads(text)),
+            "checkpoint": signed,
+            "proof": {
+                "checkpoint_seq": row.checkpoint_seq, "receipt_seq": seq, "leaf_index": index,
+                "merkle_root": signed["body"]["merkle_root"],
+                "proof": {"tree_size": len(leaves), "leaf_index": index,
+                          "audit_path": [h.hex() for h in audit_path(leaves, index)]},
+            },
+        }
+
+    def consistency_proof(self, first: int, last: int) -> dict[str, Any]:
+        """Checkpoints ``first..last`` of this kernel and the links showing each extends the one before.
+
+        Raises:
+            KernelInputError: bad numbers, or a checkpoint not (uniquely) stored.
+        """
+        for name, value in (("from", first), ("to", last)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise KernelInputError(f"{name} must be a checkpoint number >= 1, got {value!r}")
+        if last < first:
+            raise KernelInputError(f"from ({first}) must not be after to ({last})")
+        checkpoints = self.list(self.key, first, last)
+        numbers = [c["body"]["checkpoint_seq"] for c in checkpoints]
+        if numbers != list(range(first, last + 1)):
+            raise KernelInputError(
+                f"this kernel's checkpoints {first}..{last} are not all stored exactly once "
+                f"(found {numbers[:10]}{'…' if len(numbers) > 10 else ''}); see `chio-durable checkpoints list`"
+            )
+        return {
+            "schema": CONSISTENCY_SCHEMA, "kernel_id": self.key, "from_checkpoint_seq": first,
+            "to_checkpoint_seq": last, "checkpoints": checkpoints,
+            "links": consistency_links([c["body"] for c in checkpoints]),
+        }
+
+    # --- the store checks (receipts verify) ---
+
+    def verify(self, known_keys: Collection[str], registered: Collection[str] | None,
+               anchors: Collection[str] | None) -> CheckpointReport:
+        """Check every stored checkpoint against the receipts, this kernel's witness file, the key rows
+        and the signers of the receipts no checkpoint covers yet.
+
+        Args:
+            known_keys: keys whose signatures count (this kernel's, trusted and registered ones).
+            registered: the store's registered key rows (a fleet store), else None.
+            anchors: keys the caller vouches for; every registered key outside them is reported.
+        """
+        self._gate.check_open()
+        report = CheckpointReport(True, 0, 0)
+        with self._gate.store.snapshot() as st:
+            rows = st.checkpoints(None)
+            head = st.chain_head()[0]
+            kernels = sorted({r.kernel_id for r in rows})
+            for kernel_id in kernels:
+                mine = [r for r in rows if r.kernel_id == kernel_id]
+                report.checkpoints += len(mine)
+                report.covered = max(report.covered, max(r.batch_end_seq for r in mine))
+                report.problems += _kernel_problems(st, kernel_id, mine, head)
+            report.problems += self._witness_problems(rows)
+            report.problems += _signer_problems(st, report.covered, head, known_keys)
+        if registered is not None and anchors is not None:
+            report.problems += key_row_problems(registered, set(anchors) | {self.key})
+        report.ok = not report.problems
+        return report
+
+    def _witness_problems(self, rows: list[CheckpointRow]) -> list[str]:
+        """The newest checkpoint this kernel recorded outside the store must be in it, unchanged."""
+        try:
+            witness = json.loads(self._witness.read_text(encoding="utf-8"))
+            body = verify_checkpoint(witness, self.key)
+        except FileNotFoundError:
+            return []
+        except (OSError, ValueError) as err:
+            return [f"the checkpoint witness file {self._witness} is unreadable or not signed by this kernel: {err}"]
+        seq, sha = body["checkpoint_seq"], checkpoint_sha256(body)
+        same_seq = [r for r in rows if r.kernel_id == self.key and r.checkpoint_seq == seq]
+        if not same_seq:
+            newest = max((r.checkpoint_seq for r in rows if r.kernel_id == self.key), default=0)
+            return [f"checkpoints were deleted from the store: this kernel signed checkpoint {seq} (receipts up to "
+                    f"seq {body['batch_end_seq']}, recorded in {self._witness}), but the store's newest is "
+                    f"{newest or 'none'}"]
+        if all(r.sha256 != sha for r in same_seq):
+            return [f"equivocation: the store's checkpoint {seq} (root {json.loads(same_seq[0].body)['merkle_root']}) "
+                    f"differs from the one this kernel signed and recorded in {self._witness} "
+                    f"(root {body['merkle_root']})"]
+        return []
+
+
+def _run(ref: weakref.ref[Checkpoints], stop: threading.Event, poll: float) -> None:
+    """The cutter thread: cut what is due every ``poll`` seconds until stopped, closed or dropped."""
+    while not stop.wait(poll):
+        service = ref()
+        if service is None:
+            return
+        try:
+            service.cut_due()
+        except RuntimeError:  # the kernel was closed
+            return
+        except Exception:  # noqa: BLE001 - a store hiccup: the next round tries again
+            pass
+        del service
+
+
+def _kernel_problems(st: StoreReader, kernel_id: str, rows: list[CheckpointRow], head: int) -> list[str]:
+    """Equivocation, forged rows, breaks in the checkpoint chain, and receipts missing or changed."""
+    problems: list[str] = []
+    who = f"kernel {kernel_id[:16]}…"
+    by_seq: dict[int, list[CheckpointRow]] = {}
+    for r in rows:
+        by_seq.setdefault(r.checkpoint_seq, []).append(r)
+    prev: dict[str, Any] | None = None
+    for seq in sorted(by_seq):
+        same = by_seq[seq]
+        if len(same) > 1:
+            roots = ", ".join(json.loads(r.body).get("merkle_root", "?") for r in same)
+            problems.append(f"equivocation: {who} has {len(same)} different checkpoints numbered {seq} (roots {roots})")
+            prev = None
+            continue
+        row = same[0]
+        try:
+            body = verify_checkpoint(_signed(row), kernel_id)
+        except ProofError as err:
+            problems.append(f"forged checkpoint row: {who} checkpoint {seq}: {err}")
+            prev = None
+            continue
+        if (body["checkpoint_seq"], body["batch_start_seq"], body["batch_end_seq"], checkpoint_sha256(body)) != (
+            row.checkpoint_seq, row.batch_start_seq, row.batch_end_seq, row.sha256
+        ):
+            problems.append(f"forged checkpoint row: {who} checkpoint {seq}: its columns differ from its signed body")
+            continue
+        if prev is None and seq != 1 and seq - 1 not in by_seq:
+            problems.append(f"{who}: checkpoints before {seq} are missing from the store")
+        elif prev is not None and (why := extends_problem(prev, body)) is not None:
+            problems.append(f"{who}: {why}")
+        problems += _coverage_problems(st, who, body, row, head)
+        prev = body
+    return problems
+
+
+def _coverage_problems(st: StoreReader, who: str, body: Mapping[str, Any], row: CheckpointRow, head: int) -> list[str]:
+    """The receipts a checkpoint covers must all be there and hash to its signed root."""
+    start, end, seq = body["batch_start_seq"], body["batch_end_seq"], body["checkpoint_seq"]
+    if head == 0:
+        return [f"the receipt table is empty (truncated), but {who} checkpoint {seq} covers receipts {start}-{end}"]
+    if head < start:
+        return [f"the newest receipts were deleted: the store ends at seq {head}, but {who} checkpoint {seq} "
+                f"covers receipts {start}-{end}"]
+    rows = st.receipts_between(start, end)
+    present = {s for s, _ in rows}
+    missing = [s for s in range(start, end + 1) if s not in present]
+    if missing:
+        tail = head < end
+        what = "the newest receipts were deleted" if tail else "receipts were deleted"
+        return [f"{what}: {who} checkpoint {seq} covers receipts {start}-{end}, but seq "
+                f"{_ranges(missing)} {'is' if len(missing) == 1 else 'are'} missing (the store ends at seq {head})"]
+    leaves = _leaves_of(rows)
+    if b"".join(leaves).hex() != row.leaves:
+        changed = next(start + i for i, h in enumerate(leaves) if row.leaves[i * 64:(i + 1) * 64] != h.hex())
+        return [f"receipt seq {changed} differs from what {who} checkpoint {seq} signed (altered, replaced or inserted)"]
+    return []
+
+
+def _ranges(seqs: list[int]) -> str:
+    """``[3, 4, 5, 9]`` -> ``"3-5, 9"`` (the first ten runs)."""
+    runs: list[str] = []
+    first = prev = seqs[0]
+    for s in seqs[1:] + [0]:
+        if s != prev + 1:
+            runs.append(str(first) if first == prev else f"{first}-{prev}")
+            first = s
+        prev = s
+    return ", ".join(runs[:10]) + (" …" if len(runs) > 10 else "")
+
+
+def _signer_problems(st: StoreReader, covered: int, head: int, known_keys: Collection[str]) -> list[str]:
+    """Each receipt after the newest checkpoint must be signed by the registered key it names."""
+    problems: list[str] = []
+    for seq, text in st.receipts_between(covered + 1, head):
+        data = json.loads(text)
+        why = signer_problem(data, known_keys)
+        if why is not None:
+            problems.append(f"receipt seq {seq}: {why}")
+    return problems
+
+
+def signer_problem(data: Mapping[str, Any], known_keys: Collection[str]) -> str | None:
+    """Why a receipt (stored form) is not signed by the known key it names, or None."""
+    key, rid = str(data.get("kernel_key")), data.get("id")
+    if key not in known_keys:
+        return f"receipt {rid} names kernel key {key[:16]}…, which is not a registered or trusted key"
+    try:
+        message = receipt_signing_bytes(dict(data))
+    except (TypeError, ValueError) as err:
+        return f"receipt {rid} is malformed: {err}"
+    signature = str(data.get("signature"))
+    if verify_hex(key, signature, message):
+        return None
+    other = next((k for k in known_keys if k != key and verify_hex(k, signature, message)), None)
+    if other is not None:
+        return (f"receipt {rid} was inserted under registered key {key[:16]}… but was signed with key "
+                f"{other[:16]}…")
+    return f"receipt {rid} names registered key {key[:16]}… but was not signed with it (forged or altered)"
+
+
+def key_row_problems(registered: Collection[str], anchors: Collection[str]) -> list[str]:
+    """Registered key rows that no anchor (this kernel's key, the trusted keys) vouches for."""
+    return [f"forged key row: kernel key {k[:16]}… is registered in the store but is not one of the trusted "
+            "fleet keys (pass every fleet kernel's key with --trusted-key)" for k in sorted(registered)
+            if k not in anchors]
