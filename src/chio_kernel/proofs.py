@@ -4,7 +4,7 @@ The shapes and hashing are upstream Chio's (``chio.checkpoint_statement.v1``, RF
 node hashing, the last node of an odd level carried up unchanged); docs/checkpoints.md says what each
 check proves and what it cannot. Every verifier here raises :class:`ProofError` naming what is wrong.
 
-* :func:`leaf_hash`, :func:`node_hash`, :func:`merkle_root`, :func:`audit_path`,
+* :func:`leaf_hash`, :func:`node_hash`, :func:`merkle_root`, :func:`merkle_levels`, :func:`audit_path`,
   :func:`root_from_path` — the tree.
 * :func:`build_checkpoint`, :func:`checkpoint_sha256`, :func:`verify_checkpoint` — a signed
   statement committing one contiguous range of one kernel's receipt chain.
@@ -35,6 +35,7 @@ __all__ = [
     "consistency_links",
     "leaf_hash",
     "log_id",
+    "merkle_levels",
     "merkle_root",
     "node_hash",
     "receipt_leaf_hash",
@@ -85,29 +86,42 @@ def merkle_root(leaves: Sequence[bytes]) -> bytes:
     Raises:
         ProofError: no leaves.
     """
+    return merkle_levels(leaves)[-1][0]
+
+
+def merkle_levels(leaves: Sequence[bytes]) -> list[list[bytes]]:
+    """Every level of the tree over leaf hashes ``leaves``, the leaves first and the root last.
+
+    Raises:
+        ProofError: no leaves.
+    """
     if not leaves:
         raise ProofError("a Merkle tree needs at least one leaf")
-    level = list(leaves)
-    while len(level) > 1:
-        level = _next_level(level)
-    return level[0]
+    levels = [list(leaves)]
+    while len(levels[-1]) > 1:
+        levels.append(_next_level(levels[-1]))
+    return levels
 
 
-def audit_path(leaves: Sequence[bytes], index: int) -> list[bytes]:
+def audit_path(leaves: Sequence[bytes] | list[list[bytes]], index: int, *, levels: bool = False) -> list[bytes]:
     """The sibling hashes from leaf ``index`` up to the root (upstream's ``audit_path``).
+
+    Args:
+        leaves: the leaf hashes, or (``levels=True``) the tree's :func:`merkle_levels`.
+        index: the leaf's position.
+        levels: whether ``leaves`` are the levels already built (many proofs of one tree).
 
     Raises:
         ProofError: ``index`` outside the tree.
     """
-    if not 0 <= index < len(leaves):
-        raise ProofError(f"leaf index {index} is outside a tree of {len(leaves)} leaves")
+    tree: list[list[bytes]] = leaves if levels else merkle_levels(leaves)  # type: ignore[assignment]
+    if not 0 <= index < len(tree[0]):
+        raise ProofError(f"leaf index {index} is outside a tree of {len(tree[0])} leaves")
     path: list[bytes] = []
-    level = list(leaves)
-    while len(level) > 1:
+    for level in tree[:-1]:
         sibling = index ^ 1
         if sibling < len(level):
             path.append(level[sibling])
-        level = _next_level(level)
         index //= 2
     return path
 
@@ -189,6 +203,21 @@ def build_checkpoint(
     return {"body": body, "signature": sign_hex(canonical_json(body))}
 
 
+def _fields(doc: Any, expected: frozenset[str], what: str) -> Mapping[str, Any]:
+    """``doc`` when it is an object with exactly the ``expected`` fields, else :class:`ProofError`."""
+    if not isinstance(doc, Mapping) or set(doc) != expected:
+        found = sorted(doc) if isinstance(doc, Mapping) else type(doc).__name__
+        raise ProofError(f"{what} must have exactly the fields {sorted(expected)}; found {found}")
+    return doc
+
+
+_SIGNED = frozenset({"body", "signature"})
+_INCLUSION = frozenset({"schema", "receipt", "checkpoint", "proof"})
+_RECORD = frozenset({"checkpoint_seq", "receipt_seq", "leaf_index", "merkle_root", "proof"})
+_PATH = frozenset({"tree_size", "leaf_index", "audit_path"})
+_CONSISTENCY = frozenset({"schema", "kernel_id", "from_checkpoint_seq", "to_checkpoint_seq", "checkpoints", "links"})
+
+
 def _int(body: Mapping[str, Any], name: str, least: int) -> int:
     value = body.get(name)
     if isinstance(value, bool) or not isinstance(value, int) or value < least:
@@ -209,7 +238,7 @@ def verify_checkpoint(checkpoint: Mapping[str, Any], public_key: str) -> dict[st
     Raises:
         ProofError: naming what is wrong.
     """
-    body = checkpoint.get("body") if isinstance(checkpoint, Mapping) else None
+    body = _fields(checkpoint, _SIGNED, "a checkpoint")["body"]
     if not isinstance(body, Mapping):
         raise ProofError("a checkpoint is {'body': {...}, 'signature': hex}; no body found")
     if body.get("schema") != CHECKPOINT_SCHEMA:
@@ -258,18 +287,18 @@ def verify_inclusion(proof: Mapping[str, Any], public_key: str) -> dict[str, Any
     Raises:
         ProofError: naming what is wrong.
     """
-    if not isinstance(proof, Mapping) or proof.get("schema") != INCLUSION_SCHEMA:
+    if _fields(proof, _INCLUSION, "an inclusion proof")["schema"] != INCLUSION_SCHEMA:
         raise ProofError(f"not an inclusion proof (schema {INCLUSION_SCHEMA} expected)")
-    body = verify_checkpoint(proof.get("checkpoint") or {}, public_key)
-    receipt, record = proof.get("receipt"), proof.get("proof")
-    if not isinstance(receipt, Mapping) or not isinstance(record, Mapping):
-        raise ProofError("an inclusion proof carries 'receipt' and 'proof' objects")
+    body = verify_checkpoint(proof["checkpoint"], public_key)
+    receipt, record = proof["receipt"], _fields(proof["proof"], _RECORD, "proof")
+    if not isinstance(receipt, Mapping):
+        raise ProofError("an inclusion proof carries the receipt as an object")
     why = verify_receipt_dict(dict(receipt), {str(receipt.get("kernel_key"))})
     if why is not None:
         raise ProofError(why)
-    path_record = record.get("proof")
-    if not isinstance(path_record, Mapping) or not isinstance(path_record.get("audit_path"), list):
-        raise ProofError("proof.proof must carry tree_size, leaf_index and audit_path")
+    path_record = _fields(record["proof"], _PATH, "proof.proof")
+    if not isinstance(path_record["audit_path"], list):
+        raise ProofError("proof.proof.audit_path must be a list of hashes")
     receipt_seq, index = record.get("receipt_seq"), record.get("leaf_index")
     expected = {
         "checkpoint_seq": body["checkpoint_seq"], "merkle_root": body["merkle_root"],
@@ -345,8 +374,10 @@ def verify_consistency(proof: Mapping[str, Any], public_key: str) -> tuple[dict[
     Raises:
         ProofError: naming what is wrong.
     """
-    if not isinstance(proof, Mapping) or proof.get("schema") != CONSISTENCY_SCHEMA:
+    if _fields(proof, _CONSISTENCY, "a consistency proof")["schema"] != CONSISTENCY_SCHEMA:
         raise ProofError(f"not a consistency proof (schema {CONSISTENCY_SCHEMA} expected)")
+    if proof["kernel_id"] != public_key:
+        raise ProofError(f"the proof is of kernel {str(proof['kernel_id'])[:16]}…, not {public_key[:16]}…")
     checkpoints = proof.get("checkpoints")
     if not isinstance(checkpoints, list) or not checkpoints:
         raise ProofError("a consistency proof carries the checkpoints from..to")
