@@ -24,6 +24,7 @@ from chio_kernel._errors import (
     UnknownHoldError,
 )
 from chio_kernel._checkpoints import CheckpointReport
+from chio_kernel._evidence import EvidenceReport, verify_evidence
 from chio_kernel._kernel import ChainReport, Kernel
 from chio_kernel._receipts import receipt_chain_hash, receipt_signing_bytes
 from chio_kernel.canonical import canonical_json
@@ -38,6 +39,7 @@ __all__ = [
     "ChainReport",
     "CheckpointReport",
     "ChioKernelError",
+    "EvidenceReport",
     "HoldConflictError",
     "IdempotencyKeyReusedError",
     "Kernel",
@@ -53,4 +55,5 @@ __all__ = [
     "receipt_chain_hash",
     "receipt_signing_bytes",
     "sign_approval_token",
+    "verify_evidence",
 ]

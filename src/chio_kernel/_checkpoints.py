@@ -86,6 +86,18 @@ def _signed(row: CheckpointRow) -> dict[str, Any]:
     return {"body": json.loads(row.body), "signature": row.signature}
 
 
+def _record(row: CheckpointRow, seq: int) -> dict[str, Any]:
+    """Upstream's inclusion proof record of receipt ``seq`` in checkpoint ``row``."""
+    leaves = [bytes.fromhex(row.leaves[i:i + 64]) for i in range(0, len(row.leaves), 64)]
+    index = seq - row.batch_start_seq
+    return {
+        "checkpoint_seq": row.checkpoint_seq, "receipt_seq": seq, "leaf_index": index,
+        "merkle_root": json.loads(row.body)["merkle_root"],
+        "proof": {"tree_size": len(leaves), "leaf_index": index,
+                  "audit_path": [h.hex() for h in audit_path(leaves, index)]},
+    }
+
+
 def _leaves_of(rows: list[tuple[int, str]]) -> list[bytes]:
     return [receipt_leaf_hash(json.loads(body)) for _, body in rows]
 
@@ -223,20 +235,8 @@ class Checkpoints:
                                        "before it (run `chio-durable receipts verify`)")
         with self._gate.read() as st:
             text = st.receipts_between(seq, seq)[0][1]
-        leaves = [bytes.fromhex(row.leaves[i:i + 64]) for i in range(0, len(row.leaves), 64)]
-        index = seq - row.batch_start_seq
-        signed = _signed(row)
-        return {
-            "schema": INCLUSION_SCHEMA,
-            "receipt": receipt_wire_dict(json.loads(text)),
-            "checkpoint": signed,
-            "proof": {
-                "checkpoint_seq": row.checkpoint_seq, "receipt_seq": seq, "leaf_index": index,
-                "merkle_root": signed["body"]["merkle_root"],
-                "proof": {"tree_size": len(leaves), "leaf_index": index,
-                          "audit_path": [h.hex() for h in audit_path(leaves, index)]},
-            },
-        }
+        return {"schema": INCLUSION_SCHEMA, "receipt": receipt_wire_dict(json.loads(text)),
+                "checkpoint": _signed(row), "proof": _record(row, seq)}
 
     def consistency_proof(self, first: int, last: int) -> dict[str, Any]:
         """Checkpoints ``first..last`` of this kernel and the links showing each extends the one before.
@@ -261,6 +261,29 @@ class Checkpoints:
             "to_checkpoint_seq": last, "checkpoints": checkpoints,
             "links": consistency_links([c["body"] for c in checkpoints]),
         }
+
+    def evidence_parts(
+        self, seqs: list[int]
+    ) -> tuple[list[tuple[int, dict[str, Any]]], list[dict[str, Any]], list[dict[str, Any]]]:
+        """The receipts at ``seqs`` (stored form), the contiguous run of this kernel's checkpoints that
+        covers them, and one inclusion proof record per covered receipt (upstream's shape)."""
+        receipts: list[tuple[int, dict[str, Any]]] = []
+        records: list[dict[str, Any]] = []
+        used: list[int] = []
+        with self._gate.read() as st:
+            rows: dict[int, CheckpointRow] = {}
+            for seq in seqs:
+                text = st.receipts_between(seq, seq)
+                receipts.append((seq, json.loads(text[0][1])))
+                row = next((r for r in rows.values() if r.batch_start_seq <= seq <= r.batch_end_seq), None)
+                row = row or st.checkpoint_covering(self.key, seq)
+                if row is None:
+                    continue
+                rows[row.checkpoint_seq] = row
+                records.append(_record(row, seq))
+                used.append(row.checkpoint_seq)
+        checkpoints = self.list(self.key, min(used), max(used)) if used else []
+        return receipts, checkpoints, records
 
     # --- the store checks (receipts verify) ---
 

@@ -22,6 +22,7 @@ from chio_kernel._coerce import MAX_COST_UNITS, check_scope_fields
 from chio_kernel._denials import Denials
 from chio_kernel._errors import CapabilityError, ChioKernelError, KernelInputError, KernelKeyMissingError
 from chio_kernel._evaluation import Evaluator
+from chio_kernel._evidence import lineage_row, write_evidence
 from chio_kernel._holds import Holds, resolve_hold_ttl
 from chio_kernel._ids import uuid7
 from chio_kernel._receipt_log import ReceiptLog
@@ -68,6 +69,22 @@ __all__ = [
 ]
 
 _EvalRequest = EvalRequest  # the name this module used
+
+
+def _lineage(info: Callable[[str], dict[str, Any] | None], capability_ids: Iterable[str]) -> list[dict[str, Any]]:
+    """The lineage rows of these capabilities and all their ancestors, ancestors first."""
+    rows: dict[str, dict[str, Any]] = {}
+    for cid in sorted(capability_ids):
+        chain: list[dict[str, Any]] = []
+        current: str | None = cid
+        while current is not None and current not in rows:
+            found = info(current)
+            if found is None:
+                break
+            chain.append(lineage_row(found["token"], found["parent_id"]))
+            rows[current] = chain[-1]
+            current = found["parent_id"]
+    return sorted(rows.values(), key=lambda r: (r["delegation_depth"], r["capability_id"]))
 
 
 def _kernel_repr(data_dir: Path, store: str | None, key: str) -> str:
@@ -980,6 +997,50 @@ class Kernel:
             registered = [k["public_key"] for k in self._fleet.registered_keys()]
         anchors = None if trusted_keys is None else _check_trusted_keys(trusted_keys) | self.trusted_keys
         return self._checkpoints.verify(self._trust.issuers, registered, anchors)
+
+    def export_evidence(
+        self,
+        directory: str | os.PathLike[str],
+        *,
+        capability_id: str | None = None,
+        metadata: Mapping[str, str] | None = None,
+        since: int | None = None,
+        until: int | None = None,
+    ) -> dict[str, Any]:
+        """Write an evidence package of the matching receipts into ``directory`` (new or empty).
+
+        Pending receipts are checkpointed first, so every exported receipt carries its inclusion proof.
+        Check the package offline with :func:`chio_kernel.verify_evidence` (or
+        ``chio-durable receipts verify-evidence``); the layout is in docs/checkpoints.md.
+
+        Args:
+            directory: where to write the package.
+            capability_id: only this capability's receipts.
+            metadata: only receipts whose metadata has these values (a run: ``{"flow_run_id": ...}``).
+            since: only receipts at or after this unix second.
+            until: only receipts before this unix second.
+
+        Returns:
+            The manifest (``chio.evidence_export_manifest.v1``).
+
+        Raises:
+            KernelInputError: a malformed filter, or ``directory`` not empty.
+        """
+        self.checkpoint_now()
+        rows = self.query_receipts(capability_id=capability_id, metadata=metadata, since=since)
+        seqs = [seq for seq, r in rows if until is None or r.timestamp < until]
+        receipts, checkpoints, proofs = self._checkpoints.evidence_parts(seqs)
+        lineage = _lineage(self._capabilities.capability_info, {str(r["capability_id"]) for _, r in receipts})
+        query = {k: v for k, v in (("capabilityId", capability_id), ("metadata", dict(metadata or {}) or None),
+                                   ("since", since), ("until", until)) if v is not None}
+        db = self.data_dir / "kernel.db"
+        retention = {
+            "liveDbSizeBytes": db.stat().st_size if self._fleet is None and db.exists() else None,
+            "oldestLiveReceiptTimestamp": next((r.timestamp for _, r in self.list_receipts_with_seq(limit=1)), None),
+        }
+        return write_evidence(Path(directory), kernel_key=self.public_key_hex, sign_hex=self._signer.sign_hex,
+                              exported_at=int(self._clock()), query=query, receipts=receipts,
+                              checkpoints=checkpoints, proofs=proofs, lineage=lineage, retention=retention)
 
     def health(self) -> dict[str, Any]:
         """Status summary (what the sidecar's ``/chio/health`` returns).
