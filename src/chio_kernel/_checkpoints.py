@@ -33,6 +33,7 @@ from chio_kernel.proofs import (
     checkpoint_sha256,
     consistency_links,
     extends_problem,
+    merkle_root,
     receipt_leaf_hash,
     verify_checkpoint,
 )
@@ -386,30 +387,45 @@ def _kernel_problems(st: StoreReader, kernel_id: str, rows: list[CheckpointRow],
             problems.append(f"{who}: {why}")
         problems += _coverage_problems(st, who, body, row, head)
         prev = body
-    return problems
+    return _tail_problem(who, rows, head) + problems
+
+
+def _tail_problem(who: str, rows: list[CheckpointRow], head: int) -> list[str]:
+    """Receipts a checkpoint covers beyond the store's newest one: a deleted tail, or a truncated table."""
+    newest = max(rows, key=lambda r: r.batch_end_seq)
+    if head >= newest.batch_end_seq:
+        return []
+    if head == 0:
+        return [f"the receipt table is empty (truncated), but {who} checkpoint {newest.checkpoint_seq} covers "
+                f"receipts up to seq {newest.batch_end_seq}"]
+    return [f"the newest receipts were deleted: the store ends at seq {head}, but {who} checkpoint "
+            f"{newest.checkpoint_seq} covers receipts up to seq {newest.batch_end_seq}: seq "
+            f"{_ranges(list(range(head + 1, newest.batch_end_seq + 1)))} are missing"]
 
 
 def _coverage_problems(st: StoreReader, who: str, body: Mapping[str, Any], row: CheckpointRow, head: int) -> list[str]:
-    """The receipts a checkpoint covers must all be there and hash to its signed root."""
+    """The receipts a checkpoint covers (up to the store's newest) must all be there and hash to its root."""
     start, end, seq = body["batch_start_seq"], body["batch_end_seq"], body["checkpoint_seq"]
-    if head == 0:
-        return [f"the receipt table is empty (truncated), but {who} checkpoint {seq} covers receipts {start}-{end}"]
-    if head < start:
-        return [f"the newest receipts were deleted: the store ends at seq {head}, but {who} checkpoint {seq} "
-                f"covers receipts {start}-{end}"]
+    if head < end:  # reported once for the kernel (_tail_problem); what is left is still checked
+        if head < start:
+            return []
+        end = head
     rows = st.receipts_between(start, end)
     present = {s for s, _ in rows}
     missing = [s for s in range(start, end + 1) if s not in present]
     if missing:
-        tail = head < end
-        what = "the newest receipts were deleted" if tail else "receipts were deleted"
-        return [f"{what}: {who} checkpoint {seq} covers receipts {start}-{end}, but seq "
-                f"{_ranges(missing)} {'is' if len(missing) == 1 else 'are'} missing (the store ends at seq {head})"]
+        return [f"receipts were deleted: {who} checkpoint {seq} covers receipts {start}-{body['batch_end_seq']}, "
+                f"but seq {_ranges(missing)} {'is' if len(missing) == 1 else 'are'} missing"]
     leaves = _leaves_of(rows)
-    if b"".join(leaves).hex() != row.leaves:
-        changed = next(start + i for i, h in enumerate(leaves) if row.leaves[i * 64:(i + 1) * 64] != h.hex())
-        return [f"receipt seq {changed} differs from what {who} checkpoint {seq} signed (altered, replaced or inserted)"]
-    return []
+    if end == body["batch_end_seq"] and merkle_root(leaves).hex() == body["merkle_root"]:
+        if b"".join(leaves).hex() != row.leaves:
+            return [f"{who} checkpoint {seq}: its stored leaf hashes were altered (proofs from it would fail)"]
+        return []
+    changed = next((start + i for i, h in enumerate(leaves) if row.leaves[i * 64:(i + 1) * 64] != h.hex()), None)
+    if changed is None and end < body["batch_end_seq"]:
+        return []  # the part still there is intact
+    return [f"receipt seq {changed or start} differs from what {who} checkpoint {seq} signed "
+            "(altered, replaced or inserted)"]
 
 
 def _ranges(seqs: list[int]) -> str:
