@@ -28,11 +28,12 @@ from chio_kernel.canonical import canonical_json_str
 from chio_kernel.proofs import (
     CONSISTENCY_SCHEMA,
     INCLUSION_SCHEMA,
-    audit_path,
+    audit_path_in,
     build_checkpoint,
     checkpoint_sha256,
     consistency_links,
     extends_problem,
+    merkle_levels,
     merkle_root,
     receipt_leaf_hash,
     verify_checkpoint,
@@ -87,15 +88,19 @@ def _signed(row: CheckpointRow) -> dict[str, Any]:
     return {"body": json.loads(row.body), "signature": row.signature}
 
 
-def _record(row: CheckpointRow, seq: int) -> dict[str, Any]:
-    """Upstream's inclusion proof record of receipt ``seq`` in checkpoint ``row``."""
-    leaves = [bytes.fromhex(row.leaves[i:i + 64]) for i in range(0, len(row.leaves), 64)]
+def _levels(row: CheckpointRow) -> list[list[bytes]]:
+    return merkle_levels([bytes.fromhex(row.leaves[i:i + 64]) for i in range(0, len(row.leaves), 64)])
+
+
+def _record(row: CheckpointRow, seq: int, levels: list[list[bytes]] | None = None) -> dict[str, Any]:
+    """Upstream's inclusion proof record of receipt ``seq`` in checkpoint ``row`` (``levels``: its tree, if built)."""
+    tree = levels if levels is not None else _levels(row)
     index = seq - row.batch_start_seq
     return {
         "checkpoint_seq": row.checkpoint_seq, "receipt_seq": seq, "leaf_index": index,
         "merkle_root": json.loads(row.body)["merkle_root"],
-        "proof": {"tree_size": len(leaves), "leaf_index": index,
-                  "audit_path": [h.hex() for h in audit_path(leaves, index)]},
+        "proof": {"tree_size": len(tree[0]), "leaf_index": index,
+                  "audit_path": [h.hex() for h in audit_path_in(tree, index)]},
     }
 
 
@@ -210,7 +215,7 @@ class Checkpoints:
 
     # --- reading and proofs ---
 
-    def list(self, kernel_id: str | None, first: int = 1, last: int | None = None) -> list[dict[str, Any]]:
+    def stored(self, kernel_id: str | None, first: int = 1, last: int | None = None) -> list[dict[str, Any]]:
         """Signed checkpoints (of one kernel, or every kernel), oldest first."""
         with self._gate.read() as st:
             rows = st.checkpoints(kernel_id, first, last)
@@ -250,7 +255,7 @@ class Checkpoints:
                 raise KernelInputError(f"{name} must be a checkpoint number >= 1, got {value!r}")
         if last < first:
             raise KernelInputError(f"from ({first}) must not be after to ({last})")
-        checkpoints = self.list(self.key, first, last)
+        checkpoints = self.stored(self.key, first, last)
         numbers = [c["body"]["checkpoint_seq"] for c in checkpoints]
         if numbers != list(range(first, last + 1)):
             raise KernelInputError(
@@ -272,18 +277,19 @@ class Checkpoints:
         records: list[dict[str, Any]] = []
         used: list[int] = []
         with self._gate.read() as st:
-            rows: dict[int, CheckpointRow] = {}
+            row: CheckpointRow | None = None
+            levels: list[list[bytes]] = []
             for seq in seqs:
                 text = st.receipts_between(seq, seq)
                 receipts.append((seq, json.loads(text[0][1])))
-                row = next((r for r in rows.values() if r.batch_start_seq <= seq <= r.batch_end_seq), None)
-                row = row or st.checkpoint_covering(self.key, seq)
-                if row is None:
-                    continue
-                rows[row.checkpoint_seq] = row
-                records.append(_record(row, seq))
+                if row is None or not row.batch_start_seq <= seq <= row.batch_end_seq:
+                    row = st.checkpoint_covering(self.key, seq)
+                    if row is None:
+                        continue
+                    levels = _levels(row)
+                records.append(_record(row, seq, levels))
                 used.append(row.checkpoint_seq)
-        checkpoints = self.list(self.key, min(used), max(used)) if used else []
+        checkpoints = self.stored(self.key, min(used), max(used)) if used else []
         return receipts, checkpoints, records
 
     # --- the store checks (receipts verify) ---

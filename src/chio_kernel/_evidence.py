@@ -180,7 +180,7 @@ def verify_evidence(directory: str | os.PathLike[str], public_key: str | None = 
     checkpoints = _lines(path, "checkpoints.ndjson")
     proofs = _lines(path, "inclusion-proofs.ndjson")
     if checkpoints:
-        bodies = [c.get("body") if isinstance(c.get("body"), dict) else {} for c in checkpoints]
+        bodies: list[dict[str, Any]] = [c["body"] if isinstance(c.get("body"), dict) else {} for c in checkpoints]
         verify_consistency({
             "schema": CONSISTENCY_SCHEMA, "kernel_id": key, "from_checkpoint_seq": bodies[0].get("checkpoint_seq"),
             "to_checkpoint_seq": bodies[-1].get("checkpoint_seq"), "checkpoints": checkpoints,

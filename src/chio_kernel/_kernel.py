@@ -944,11 +944,11 @@ class Kernel:
         Returns:
             ``{"body": {chio.checkpoint_statement.v1 fields}, "signature": hex}`` per checkpoint.
         """
-        return self._checkpoints.list(kernel_id, first, last)
+        return self._checkpoints.stored(kernel_id, first, last)
 
     def get_checkpoint(self, checkpoint_seq: int) -> dict[str, Any] | None:
         """This kernel's checkpoint with that number, or None (the first stored, if several: see verify)."""
-        found = self._checkpoints.list(self.public_key_hex, checkpoint_seq, checkpoint_seq)
+        found = self._checkpoints.stored(self.public_key_hex, checkpoint_seq, checkpoint_seq)
         return found[0] if found else None
 
     def inclusion_proof(self, receipt_id: str) -> dict[str, Any]:

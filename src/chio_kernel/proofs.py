@@ -5,6 +5,7 @@ node hashing, the last node of an odd level carried up unchanged); docs/checkpoi
 check proves and what it cannot. Every verifier here raises :class:`ProofError` naming what is wrong.
 
 * :func:`leaf_hash`, :func:`node_hash`, :func:`merkle_root`, :func:`merkle_levels`, :func:`audit_path`,
+  :func:`audit_path_in`,
   :func:`root_from_path` — the tree.
 * :func:`build_checkpoint`, :func:`checkpoint_sha256`, :func:`verify_checkpoint` — a signed
   statement committing one contiguous range of one kernel's receipt chain.
@@ -30,6 +31,7 @@ __all__ = [
     "INCLUSION_SCHEMA",
     "ProofError",
     "audit_path",
+    "audit_path_in",
     "build_checkpoint",
     "checkpoint_sha256",
     "consistency_links",
@@ -103,22 +105,25 @@ def merkle_levels(leaves: Sequence[bytes]) -> list[list[bytes]]:
     return levels
 
 
-def audit_path(leaves: Sequence[bytes] | list[list[bytes]], index: int, *, levels: bool = False) -> list[bytes]:
+def audit_path(leaves: Sequence[bytes], index: int) -> list[bytes]:
     """The sibling hashes from leaf ``index`` up to the root (upstream's ``audit_path``).
-
-    Args:
-        leaves: the leaf hashes, or (``levels=True``) the tree's :func:`merkle_levels`.
-        index: the leaf's position.
-        levels: whether ``leaves`` are the levels already built (many proofs of one tree).
 
     Raises:
         ProofError: ``index`` outside the tree.
     """
-    tree: list[list[bytes]] = leaves if levels else merkle_levels(leaves)  # type: ignore[assignment]
-    if not 0 <= index < len(tree[0]):
-        raise ProofError(f"leaf index {index} is outside a tree of {len(tree[0])} leaves")
+    return audit_path_in(merkle_levels(leaves), index)
+
+
+def audit_path_in(levels: Sequence[Sequence[bytes]], index: int) -> list[bytes]:
+    """:func:`audit_path` in a tree whose :func:`merkle_levels` are built already (many proofs of one tree).
+
+    Raises:
+        ProofError: ``index`` outside the tree.
+    """
+    if not 0 <= index < len(levels[0]):
+        raise ProofError(f"leaf index {index} is outside a tree of {len(levels[0])} leaves")
     path: list[bytes] = []
-    for level in tree[:-1]:
+    for level in levels[:-1]:
         sibling = index ^ 1
         if sibling < len(level):
             path.append(level[sibling])

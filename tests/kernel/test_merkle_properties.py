@@ -16,6 +16,7 @@ from chio_kernel import ProofError
 from chio_kernel.proofs import (
     CONSISTENCY_SCHEMA,
     audit_path,
+    audit_path_in,
     build_checkpoint,
     consistency_links,
     leaf_hash,
@@ -60,7 +61,7 @@ def test_inclusion_for_every_leaf_of_every_tree_size_1_to_300() -> None:
         assert root == _mth(leaves) == merkle_root(leaves), n
         depth = (n - 1).bit_length()  # ceil(log2 n)
         for i in range(n):
-            path = audit_path(levels, i, levels=True)
+            path = audit_path_in(levels, i)
             assert len(path) <= depth
             assert root_from_path(leaves[i], i, n, path) == root, (n, i)
 
