@@ -229,3 +229,42 @@ def test_consistency_proof_between_checkpoints_1_and_5_verifies(chio_home: Path)
         if flipped is not None:
             with pytest.raises(ProofError):
                 verify_consistency(flipped, key)
+
+
+CHILD = """
+import sys
+from chio_kernel import Kernel
+k = Kernel(sys.argv[1], checkpoint_every=16, checkpoint_interval=0.05)
+i = 0
+while True:
+    sys.stdout.write(k.evaluate(sys.argv[2], "fs", "read", {"i": i}).id + "\\n")
+    sys.stdout.flush()
+    i += 1
+"""
+
+
+def test_kill_9_while_cutting_leaves_everything_verifiable(chio_home: Path) -> None:
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    with Kernel(chio_home, checkpoint_every=0) as k:
+        token = k.create_capability("agent:a", scope(grant()), 3600)
+    proc = subprocess.Popen([sys.executable, "-c", CHILD, str(chio_home), token.id], stdout=subprocess.PIPE,
+                            text=True)
+    seen: list[str] = []
+    assert proc.stdout is not None
+    for line in proc.stdout:
+        seen.append(line.strip())
+        if len(seen) >= 400 and _db(chio_home).execute("SELECT COUNT(*) FROM checkpoints").fetchone()[0] >= 3:
+            break
+    os.kill(proc.pid, signal.SIGKILL)  # the cutter thread and the evaluations are both mid-flight
+    proc.wait(timeout=30)
+    with Kernel(chio_home, checkpoint_every=16, checkpoint_interval=3600) as reopened:
+        assert reopened.verify_chain().ok
+        report = reopened.verify_checkpoints()
+        assert report.ok and report.checkpoints >= 3, report
+        for rid in (seen[0], seen[len(seen) // 2], seen[-1]):
+            verify_inclusion(reopened.inclusion_proof(rid), reopened.public_key_hex)
+        assert reopened.verify_checkpoints().ok
