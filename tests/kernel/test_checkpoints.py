@@ -268,3 +268,21 @@ def test_kill_9_while_cutting_leaves_everything_verifiable(chio_home: Path) -> N
         for rid in (seen[0], seen[len(seen) // 2], seen[-1]):
             verify_inclusion(reopened.inclusion_proof(rid), reopened.public_key_hex)
         assert reopened.verify_checkpoints().ok
+
+
+@pytest.mark.parametrize("params", [
+    {"i": 1}, {"x": 1.5, "y": [1e21, 1e-7, -0.0]}, {"é": "ü", "n": 2**70}, {"\U0001f600": 1, "\ue000": 2},
+    {"s": "\x1f\"\\/\u2028"}, {"nested": {"b": [1, {"a": None}]}},
+])
+def test_the_cutters_leaf_shortcut_equals_the_specified_leaf(chio_home: Path, params: dict[str, Any]) -> None:
+    from chio_kernel._checkpoints import stored_receipt_leaf
+    from chio_kernel.proofs import receipt_leaf_hash
+
+    with Kernel(chio_home, checkpoint_every=0) as kernel:
+        token = kernel.create_capability("agent:a", scope(grant()), 3600)
+        kernel.evaluate(token.id, "fs", "read", params)
+        kernel.evaluate(token.id, "fs", "read", params, metadata={"flow_run_id": "r", "k": "\U0001f600"})
+        with kernel._gate.read() as st:
+            texts = [t for _, t in st.receipts_between(1, 2)]
+        for text in texts:
+            assert stored_receipt_leaf(text) == receipt_leaf_hash(json.loads(text))
