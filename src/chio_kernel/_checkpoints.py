@@ -338,6 +338,7 @@ class Checkpoints:
         """
         self._gate.check_open()
         report = CheckpointReport(True, 0, 0)
+        witness = self._read_witness()  # before the snapshot: the file is written after its commit
         with self._gate.store.snapshot() as st:
             rows = st.checkpoints(None)
             head = st.chain_head()[0]
@@ -347,22 +348,28 @@ class Checkpoints:
                 report.checkpoints += len(mine)
                 report.covered = max(report.covered, max(r.batch_end_seq for r in mine))
                 report.problems += _kernel_problems(st, kernel_id, mine, head)
-            report.problems += self._witness_problems(rows)
+            report.problems += self._witness_problems(witness, rows)
             report.problems += _signer_problems(st, report.covered, head, known_keys)
         if registered is not None and anchors is not None:
             report.problems += key_row_problems(registered, set(anchors) | {self.key})
         report.ok = not report.problems
         return report
 
-    def _witness_problems(self, rows: list[CheckpointRow]) -> list[str]:
-        """The newest checkpoint this kernel recorded outside the store must be in it, unchanged."""
+    def _read_witness(self) -> dict[str, Any] | str | None:
+        """The witness file's checkpoint body (verified), None when there is none, or what is wrong with it."""
         try:
-            witness = json.loads(self._witness.read_text(encoding="utf-8"))
-            body = verify_checkpoint(witness, self.key)
+            return verify_checkpoint(json.loads(self._witness.read_text(encoding="utf-8")), self.key)
         except FileNotFoundError:
-            return []
+            return None
         except (OSError, ValueError) as err:
-            return [f"the checkpoint witness file {self._witness} is unreadable or not signed by this kernel: {err}"]
+            return f"the checkpoint witness file {self._witness} is unreadable or not signed by this kernel: {err}"
+
+    def _witness_problems(self, body: dict[str, Any] | str | None, rows: list[CheckpointRow]) -> list[str]:
+        """The newest checkpoint this kernel recorded outside the store must be in it, unchanged."""
+        if body is None:
+            return []
+        if isinstance(body, str):
+            return [body]
         seq, sha = body["checkpoint_seq"], checkpoint_sha256(body)
         same_seq = [r for r in rows if r.kernel_id == self.key and r.checkpoint_seq == seq]
         if not same_seq:
