@@ -152,18 +152,20 @@ def test_receipt_replaced_under_a_checkpoint_is_named(chio_home: Path) -> None:
         assert "receipt seq 3 differs from what kernel" in _problems(kernel)
 
 
+def _fork(kernel: Kernel, byte: bytes) -> tuple[dict[str, Any], tuple[str, str, str, str]]:
+    """Checkpoint 1 over 4 other leaves, signed by the kernel's own key: (body, (sha256, body, signature, leaves))."""
+    fork = build_checkpoint(kernel._signer.sign_hex, kernel.public_key_hex, 1, 1, [byte * 32] * 4,
+                            int(time.time()), None)
+    body = fork["body"]
+    return body, (checkpoint_sha256(body), canonical_json_str(body), fork["signature"], (byte * 32 * 4).hex())
+
+
 def test_equivocation_two_checkpoints_with_one_number_is_named(chio_home: Path) -> None:
     with _kernel(chio_home) as kernel:
         _evaluate(kernel, 4)
         kernel.checkpoint_now()
-        fork = build_checkpoint(kernel._signer.sign_hex, kernel.public_key_hex, 1, 1, [b"\x01" * 32] * 4,
-                                int(time.time()), None)
-        body = fork["body"]
-        _db(chio_home).execute(
-            "INSERT INTO checkpoints VALUES (?, 1, 1, 4, ?, ?, ?, ?)",
-            (kernel.public_key_hex, checkpoint_sha256(body), canonical_json_str(body), fork["signature"],
-             (b"\x01" * 32 * 4).hex()),
-        )
+        body, cols = _fork(kernel, b"\x01")
+        _db(chio_home).execute("INSERT INTO checkpoints VALUES (?, 1, 1, 4, ?, ?, ?, ?)", (kernel.public_key_hex, *cols))
         problems = _problems(kernel)
         assert "equivocation" in problems and "2 different checkpoints numbered 1" in problems
         assert body["merkle_root"] in problems
@@ -173,12 +175,8 @@ def test_equivocation_against_the_witness_file_is_named(chio_home: Path) -> None
     with _kernel(chio_home) as kernel:
         _evaluate(kernel, 4)
         kernel.checkpoint_now()
-        fork = build_checkpoint(kernel._signer.sign_hex, kernel.public_key_hex, 1, 1, [b"\x02" * 32] * 4,
-                                int(time.time()), None)
-        body = fork["body"]
         _db(chio_home).execute("UPDATE checkpoints SET sha256 = ?, body = ?, signature = ?, leaves = ?",
-                               (checkpoint_sha256(body), canonical_json_str(body), fork["signature"],
-                                (b"\x02" * 32 * 4).hex()))
+                               _fork(kernel, b"\x02")[1])
         assert "equivocation: the store's checkpoint 1" in _problems(kernel)
 
 

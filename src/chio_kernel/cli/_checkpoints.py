@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import sys
+from collections.abc import Callable
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Annotated, Any
@@ -40,6 +41,17 @@ def _write(doc: Any, out_file: Path | None, what: str) -> None:
     tmp.write_text(json.dumps(doc, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
     tmp.replace(out_file)
     err.print(f"wrote {what} to {out_file}", markup=False, highlight=False)
+
+
+def _prove(make: Callable[[], Any], out_file: Path | None, what: str) -> None:
+    """Write the proof ``make()`` returns; the kernel's refusal is one error line."""
+    from chio_kernel._errors import KernelInputError
+
+    try:
+        proof = make()
+    except KernelInputError as e:
+        raise CliError(str(e)) from None
+    _write(proof, out_file, what)
 
 
 def _when(ts: int) -> str:
@@ -109,14 +121,8 @@ def checkpoints_consistency(
     store: StoreOpt = None,
 ) -> None:
     """The proof that checkpoint TO extends checkpoint FROM (check it with `receipts verify-proof`)."""
-    from chio_kernel._errors import KernelInputError
-
     kernel = _kernel(data_dir, store=store)
-    try:
-        proof = kernel.consistency_proof(first, last)
-    except KernelInputError as e:
-        raise CliError(str(e)) from None
-    _write(proof, out_file, f"the consistency proof {first} -> {last}")
+    _prove(lambda: kernel.consistency_proof(first, last), out_file, f"the consistency proof {first} -> {last}")
 
 
 @_guarded
@@ -127,14 +133,8 @@ def receipts_proof(
     store: StoreOpt = None,
 ) -> None:
     """The inclusion proof of one receipt (a checkpoint is cut first if none covers it yet)."""
-    from chio_kernel._errors import KernelInputError
-
     kernel = _kernel(data_dir, store=store)
-    try:
-        proof = kernel.inclusion_proof(receipt_id)
-    except KernelInputError as e:
-        raise CliError(str(e)) from None
-    _write(proof, out_file, f"the inclusion proof of {receipt_id}")
+    _prove(lambda: kernel.inclusion_proof(receipt_id), out_file, f"the inclusion proof of {receipt_id}")
 
 
 def _read_doc(path: Path) -> Any:
