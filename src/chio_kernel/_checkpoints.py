@@ -33,6 +33,7 @@ from chio_kernel.proofs import (
     checkpoint_sha256,
     consistency_links,
     extends_problem,
+    hash_hex,
     leaf_hash,
     merkle_levels,
     merkle_root,
@@ -101,7 +102,7 @@ def _record(row: CheckpointRow, seq: int, levels: list[list[bytes]] | None = Non
         "checkpoint_seq": row.checkpoint_seq, "receipt_seq": seq, "leaf_index": index,
         "merkle_root": json.loads(row.body)["merkle_root"],
         "proof": {"tree_size": len(tree[0]), "leaf_index": index,
-                  "audit_path": [h.hex() for h in audit_path_in(tree, index)]},
+                  "audit_path": [hash_hex(h) for h in audit_path_in(tree, index)]},
     }
 
 
@@ -462,7 +463,7 @@ def _coverage_problems(st: StoreReader, who: str, body: Mapping[str, Any], row: 
         return [f"receipts were deleted: {who} checkpoint {seq} covers receipts {start}-{body['batch_end_seq']}, "
                 f"but seq {_ranges(missing)} {'is' if len(missing) == 1 else 'are'} missing"]
     leaves = _leaves_of(rows)
-    if end == body["batch_end_seq"] and merkle_root(leaves).hex() == body["merkle_root"]:
+    if end == body["batch_end_seq"] and hash_hex(merkle_root(leaves)) == body["merkle_root"]:
         if b"".join(leaves).hex() != row.leaves:
             return [f"{who} checkpoint {seq}: its stored leaf hashes were altered (proofs from it would fail)"]
         return []

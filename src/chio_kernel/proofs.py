@@ -35,6 +35,7 @@ __all__ = [
     "build_checkpoint",
     "checkpoint_sha256",
     "consistency_links",
+    "hash_hex",
     "leaf_hash",
     "log_id",
     "merkle_levels",
@@ -60,6 +61,11 @@ _BODY_FIELDS = frozenset({
     "schema", "checkpoint_seq", "batch_start_seq", "batch_end_seq", "tree_size", "merkle_root", "issued_at",
     "kernel_key", "previous_checkpoint_sha256",
 })
+
+
+def hash_hex(digest: bytes) -> str:
+    """A 32-byte hash as upstream's ``Hash`` serialises it: ``0x`` + 64 lower-case hex characters."""
+    return "0x" + digest.hex()
 
 
 # --- the tree (RFC 6962 hashing; an odd level's last node carried up unchanged) -------------------
@@ -166,8 +172,16 @@ def checkpoint_sha256(body: Mapping[str, Any]) -> str:
 
 
 def log_id(kernel_key: str) -> str:
-    """Upstream's local log id of a kernel key: ``local-log-`` + sha256 hex of the raw key bytes."""
-    return "local-log-" + hashlib.sha256(bytes.fromhex(kernel_key)).hexdigest()
+    """Upstream's local log id of a kernel key: ``local-log-`` + sha256 hex of the raw key bytes.
+
+    Raises:
+        ProofError: ``kernel_key`` is not hex.
+    """
+    try:
+        raw = bytes.fromhex(kernel_key)
+    except (TypeError, ValueError):
+        raise ProofError(f"kernel_key must be hex, got {kernel_key!r:.80}") from None
+    return "local-log-" + hashlib.sha256(raw).hexdigest()
 
 
 def build_checkpoint(
@@ -199,7 +213,7 @@ def build_checkpoint(
         "batch_start_seq": batch_start_seq,
         "batch_end_seq": batch_start_seq + len(leaves) - 1,
         "tree_size": len(leaves),
-        "merkle_root": merkle_root(leaves).hex(),
+        "merkle_root": hash_hex(merkle_root(leaves)),
         "issued_at": int(issued_at),
         "kernel_key": kernel_key,
     }
@@ -267,12 +281,13 @@ def verify_checkpoint(checkpoint: Mapping[str, Any], public_key: str) -> dict[st
 
 
 def _hex32(value: Any, what: str) -> bytes:
-    if not isinstance(value, str) or len(value) != 64:
-        raise ProofError(f"{what} must be 64 hex characters, got {value!r}")
+    """A hash as :func:`hash_hex` writes it (``0x`` + 64 lower-case hex) -> its bytes."""
+    if not isinstance(value, str) or len(value) != 66 or not value.startswith("0x") or value != value.lower():
+        raise ProofError(f"{what} must be 0x and 64 lower-case hex characters, got {value!r}")
     try:
-        return bytes.fromhex(value)
+        return bytes.fromhex(value[2:])
     except ValueError:
-        raise ProofError(f"{what} must be 64 hex characters, got {value!r}") from None
+        raise ProofError(f"{what} must be 0x and 64 lower-case hex characters, got {value!r}") from None
 
 
 def verify_inclusion(proof: Mapping[str, Any], public_key: str) -> dict[str, Any]:
@@ -319,7 +334,7 @@ def verify_inclusion(proof: Mapping[str, Any], public_key: str) -> dict[str, Any
                          f"{body['checkpoint_seq']} (seqs {body['batch_start_seq']}-{body['batch_end_seq']})")
     path = [_hex32(h, "an audit path hash") for h in path_record["audit_path"]]
     root = root_from_path(receipt_leaf_hash(receipt), index, body["tree_size"], path)
-    if root is None or root.hex() != body["merkle_root"]:
+    if root is None or hash_hex(root) != body["merkle_root"]:
         raise ProofError(
             f"receipt {receipt.get('id')} does not reach checkpoint {body['checkpoint_seq']}'s signed root "
             "(the receipt, its position or the audit path was altered)"

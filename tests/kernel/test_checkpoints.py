@@ -45,6 +45,10 @@ def test_checkpoints_are_cut_every_n_chained_and_verify(chio_home: Path) -> None
         cps = kernel.list_checkpoints()
         assert [(c["body"]["batch_start_seq"], c["body"]["batch_end_seq"]) for c in cps] == [(1, 4), (5, 8), (9, 10)]
         assert cps[1]["body"]["previous_checkpoint_sha256"] == checkpoint_sha256(cps[0]["body"])
+        # upstream's serialisation: Hash as "0x" + hex, digests and keys as plain hex
+        assert len(cps[0]["body"]["merkle_root"]) == 66 and cps[0]["body"]["merkle_root"].startswith("0x")
+        assert len(cps[1]["body"]["previous_checkpoint_sha256"]) == 64
+        assert cps[0]["body"]["kernel_key"] == kernel.public_key_hex
         assert set(cps[0]["body"]) == {"schema", "checkpoint_seq", "batch_start_seq", "batch_end_seq", "tree_size",
                                        "merkle_root", "issued_at", "kernel_key"}
         report = kernel.verify_checkpoints()
