@@ -72,7 +72,9 @@ def test_capability_and_receipt_commands(home: Path, tmp_path: Path) -> None:
     assert to_stdout.stdout.splitlines() == lines
 
     verified = cli_json("receipts", "verify", "--json", *d)
+    checkpoints = verified.pop("checkpoints")  # type: ignore[union-attr]
     assert verified == {"ok": True, "count": 2, "first_broken_index": None, "reason": None}
+    assert checkpoints["ok"] is True and checkpoints["problems"] == []  # type: ignore[index]
 
     revoked = cli_json("capability", "revoke", "cap-cli-1", "--json", *d)
     assert set(revoked["revoked"]) == {"cap-cli-1", "cap-cli-child"}  # type: ignore[index]
