@@ -10,6 +10,7 @@ outside the store.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import threading
@@ -50,6 +51,7 @@ __all__ = [
     "CheckpointReport",
     "Checkpoints",
     "checkpoint_settings",
+    "witness_file",
 ]
 
 DEFAULT_CHECKPOINT_EVERY = 256
@@ -58,6 +60,15 @@ CHECKPOINT_EVERY_ENV = "CHIO_CHECKPOINT_EVERY"
 CHECKPOINT_INTERVAL_ENV = "CHIO_CHECKPOINT_INTERVAL"
 WITNESS_FILE = "checkpoint-head.json"
 _POLL = 0.25  # the cutter looks at the chain head this often (at most)
+
+
+def witness_file(data_dir: Path, shared_store: str | None) -> Path:
+    """Where a kernel records its newest checkpoint: ``checkpoint-head.json`` beside its SQLite store, or
+    ``checkpoint-head-<sha256 of the store's URL, password masked, 16 hex>.json`` for a PostgreSQL store
+    (one data directory may serve several stores; each store's witness is its own)."""
+    if shared_store is None:
+        return data_dir / WITNESS_FILE
+    return data_dir / f"checkpoint-head-{hashlib.sha256(shared_store.encode()).hexdigest()[:16]}.json"
 
 
 def checkpoint_settings(every: int | None, interval: float | None) -> tuple[int, float]:
@@ -156,14 +167,15 @@ class Checkpoints:
     ``inclusion_proof``, ``consistency_proof``, ``verify_checkpoints`` delegate here)."""
 
     def __init__(
-        self, gate: StoreGate, sign_hex: Callable[[bytes], str], key: str, data_dir: Path,
+        self, gate: StoreGate, sign_hex: Callable[[bytes], str], key: str, witness: Path,
         clock: Callable[[], float], every: int, interval: float,
     ) -> None:
-        """Cut with ``sign_hex`` as ``key``; witness file in ``data_dir``; ``every`` 0 = no automatic cuts."""
+        """Cut with ``sign_hex`` as ``key``; ``witness``: the file recording the newest checkpoint cut
+        (:func:`witness_file`); ``every`` 0 = no automatic cuts."""
         self._gate = gate
         self._sign_hex = sign_hex
         self.key = key
-        self._witness = data_dir / WITNESS_FILE
+        self._witness = witness
         self._clock = clock
         self.every = every
         self.interval = interval
@@ -239,7 +251,7 @@ class Checkpoints:
     def _write_witness(self, signed: dict[str, Any]) -> None:
         """Record the newest checkpoint outside the store (atomically; best effort)."""
         try:
-            tmp = self._witness.with_name(f"{WITNESS_FILE}.{os.getpid()}.tmp")
+            tmp = self._witness.with_name(f"{self._witness.name}.{os.getpid()}.tmp")
             tmp.write_text(json.dumps(signed, sort_keys=True), encoding="utf-8")
             os.chmod(tmp, 0o600)
             tmp.replace(self._witness)

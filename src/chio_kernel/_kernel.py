@@ -17,7 +17,7 @@ from chio_sdk.models import CapabilityToken, ChioReceipt, ChioScope, MonetaryAmo
 
 from chio_kernel._approvals import Approvals, approval_settings
 from chio_kernel._capabilities import Capabilities, _Cap, capability_signing_bytes
-from chio_kernel._checkpoints import CheckpointReport, Checkpoints, checkpoint_settings
+from chio_kernel._checkpoints import CheckpointReport, Checkpoints, checkpoint_settings, witness_file
 from chio_kernel._coerce import MAX_COST_UNITS, check_scope_fields
 from chio_kernel._denials import Denials
 from chio_kernel._errors import CapabilityError, ChioKernelError, KernelInputError, KernelKeyMissingError
@@ -168,7 +168,8 @@ class Kernel:
         # opened after the key: load_or_create_key tightens a fresh data dir, which a store file would hide
         self._store: KernelStore = open_kernel_store(dsn, self.data_dir, fsync=fsync, signer_key=self.public_key_hex)
         self._build_services(ttl, approvers, approvals_ttl, None if dsn is None else self._store.description)
-        self._checkpoints = Checkpoints(self._gate, self._signer.sign_hex, self.public_key_hex, self.data_dir,
+        witness = witness_file(self.data_dir, None if dsn is None else self._store.description)
+        self._checkpoints = Checkpoints(self._gate, self._signer.sign_hex, self.public_key_hex, witness,
                                         self._clock, cp_every, cp_interval)
         self._checkpoints.start()
 

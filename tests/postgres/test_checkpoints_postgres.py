@@ -71,3 +71,16 @@ def test_truncated_table_and_forged_key_row_are_caught(pg_dsn: str, tmp_path: Pa
     problems = "\n".join(kernel.verify_checkpoints().problems)
     assert "the receipt table is empty (truncated)" in problems and "covers receipts up to seq 4" in problems
     kernel.close()
+
+
+def test_one_data_dir_on_sqlite_and_on_postgresql_keeps_a_witness_per_store(pg_dsn: str, tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    for store in ("sqlite", pg_dsn, "sqlite"):
+        with Kernel(home, store=store, checkpoint_every=2, checkpoint_interval=3600) as kernel:
+            cap = kernel.create_capability("agent:x", _scope(), 3600)
+            for i in range(3):
+                kernel.evaluate(cap.id, "fs", "read_file", {"i": i})
+            kernel.checkpoint_now()
+            report = kernel.verify_checkpoints()
+            assert report.ok, report.problems  # the other store's checkpoints are not expected here
+    assert len(list(home.glob("checkpoint-head*.json"))) == 2
