@@ -118,6 +118,15 @@ def test_consistency_for_every_pair_m_le_n(sizes: list[int]) -> None:
             assert last["batch_end_seq"] == sum(sizes[:n])
 
 
+def test_consistency_for_every_pair_of_a_chain_over_300_receipts() -> None:
+    sizes = list(range(1, 25))  # 24 checkpoints of 1..24 receipts: 300 receipts, 300 pairs m <= n
+    assert sum(sizes) == 300
+    checkpoints = _chain(sizes)
+    for m in range(1, len(sizes) + 1):
+        for n in range(m, len(sizes) + 1):
+            assert verify_consistency(_proof(checkpoints, m, n), _KEY)[1]["batch_end_seq"] == sum(sizes[:n])
+
+
 @settings(max_examples=60, deadline=None)
 @given(sizes=st.lists(st.integers(1, 30), min_size=3, max_size=8), data=st.data())
 def test_consistency_fails_when_a_checkpoint_is_dropped_or_swapped(sizes: list[int], data: st.DataObject) -> None:
