@@ -16,7 +16,7 @@ import os
 import threading
 import time
 import weakref
-from collections.abc import Callable, Collection, Mapping
+from collections.abc import Callable, Collection, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -353,15 +353,15 @@ class Checkpoints:
         report = CheckpointReport(True, 0, 0)
         witness = self._read_witness()  # before the snapshot: the file is written after its commit
         with self._gate.store.snapshot() as st:
-            rows = st.checkpoints(None)
             head = st.chain_head()[0]
-            kernels = sorted({r.kernel_id for r in rows})
-            for kernel_id in kernels:
-                mine = [r for r in rows if r.kernel_id == kernel_id]
-                report.checkpoints += len(mine)
-                report.covered = max(report.covered, max(r.batch_end_seq for r in mine))
-                report.problems += _kernel_problems(st, kernel_id, mine, head)
-            report.problems += self._witness_problems(witness, rows)
+            for kernel_id in st.checkpoint_kernels():
+                check = _KernelCheck(st, kernel_id, head)
+                for same in _by_number(st, kernel_id):
+                    check.add(same)
+                report.checkpoints += check.count
+                report.covered = max(report.covered, check.newest_end)
+                report.problems += check.finish()
+            report.problems += self._witness_problems(witness, st)
             report.problems += _signer_problems(st, report.covered, head, known_keys)
         if registered is not None and anchors is not None:
             report.problems += key_row_problems(registered, set(anchors) | {self.key})
@@ -377,16 +377,17 @@ class Checkpoints:
         except (OSError, ValueError) as err:
             return f"the checkpoint witness file {self._witness} is unreadable or not signed by this kernel: {err}"
 
-    def _witness_problems(self, body: dict[str, Any] | str | None, rows: list[CheckpointRow]) -> list[str]:
+    def _witness_problems(self, body: dict[str, Any] | str | None, st: StoreReader) -> list[str]:
         """The newest checkpoint this kernel recorded outside the store must be in it, unchanged."""
         if body is None:
             return []
         if isinstance(body, str):
             return [body]
         seq, sha = body["checkpoint_seq"], checkpoint_sha256(body)
-        same_seq = [r for r in rows if r.kernel_id == self.key and r.checkpoint_seq == seq]
+        same_seq = st.checkpoints(self.key, seq, seq)
         if not same_seq:
-            newest = max((r.checkpoint_seq for r in rows if r.kernel_id == self.key), default=0)
+            last = st.last_checkpoint(self.key)
+            newest = last.checkpoint_seq if last is not None else 0
             return [f"checkpoints were deleted from the store: this kernel signed checkpoint {seq} (receipts up to "
                     f"seq {body['batch_end_seq']}, recorded in {self._witness}), but the store's newest is "
                     f"{newest or 'none'}"]
@@ -412,53 +413,87 @@ def _run(ref: weakref.ref[Checkpoints], stop: threading.Event, poll: float) -> N
         del service
 
 
-def _kernel_problems(st: StoreReader, kernel_id: str, rows: list[CheckpointRow], head: int) -> list[str]:
-    """Equivocation, forged rows, breaks in the checkpoint chain, and receipts missing or changed."""
-    problems: list[str] = []
-    who = f"kernel {kernel_id[:16]}…"
-    by_seq: dict[int, list[CheckpointRow]] = {}
-    for r in rows:
-        by_seq.setdefault(r.checkpoint_seq, []).append(r)
-    prev: dict[str, Any] | None = None
-    for seq in sorted(by_seq):
-        same = by_seq[seq]
+_PAGE = 500  # checkpoints read per query by the checks
+
+
+def _by_number(st: StoreReader, kernel_id: str) -> Iterator[list[CheckpointRow]]:
+    """A kernel's stored checkpoints, grouped by number (several: equivocation), read a page at a time."""
+    after = 0
+    while rows := st.checkpoints_after(kernel_id, after, _PAGE):
+        groups: list[list[CheckpointRow]] = []
+        for r in rows:
+            if groups and groups[-1][0].checkpoint_seq == r.checkpoint_seq:
+                groups[-1].append(r)
+            else:
+                groups.append([r])
+        if len(rows) == _PAGE and len(groups) > 1:
+            groups.pop()  # that number may go on in the next page
+        yield from groups
+        after = groups[-1][0].checkpoint_seq
+
+
+class _KernelCheck:
+    """One kernel's checkpoints, in number order: equivocation, forged rows, breaks in the chain of
+    checkpoints, and the receipts they cover missing or changed."""
+
+    def __init__(self, st: StoreReader, kernel_id: str, head: int) -> None:
+        self._st, self._kernel_id, self._head = st, kernel_id, head
+        self._who = f"kernel {kernel_id[:16]}…"
+        self._prev: dict[str, Any] | None = None
+        self._last = 0
+        self.count = 0
+        self.newest_end = 0
+        self._newest_seq = 0
+        self._problems: list[str] = []
+
+    def add(self, same: list[CheckpointRow]) -> None:
+        """The stored checkpoints with the next number."""
+        seq, who = same[0].checkpoint_seq, self._who
+        self.count += len(same)
+        for r in same:
+            if r.batch_end_seq > self.newest_end:
+                self.newest_end, self._newest_seq = r.batch_end_seq, seq
+        gap, self._last = seq != self._last + 1, seq
         if len(same) > 1:
             roots = ", ".join(json.loads(r.body).get("merkle_root", "?") for r in same)
-            problems.append(f"equivocation: {who} has {len(same)} different checkpoints numbered {seq} (roots {roots})")
-            prev = None
-            continue
+            self._problems.append(f"equivocation: {who} has {len(same)} different checkpoints numbered {seq} "
+                                  f"(roots {roots})")
+            self._prev = None
+            return
         row = same[0]
         try:
-            body = verify_checkpoint(_signed(row), kernel_id)
+            body = verify_checkpoint(_signed(row), self._kernel_id)
         except ProofError as err:
-            problems.append(f"forged checkpoint row: {who} checkpoint {seq}: {err}")
-            prev = None
-            continue
+            self._problems.append(f"forged checkpoint row: {who} checkpoint {seq}: {err}")
+            self._prev = None
+            return
         if (body["checkpoint_seq"], body["batch_start_seq"], body["batch_end_seq"], checkpoint_sha256(body)) != (
             row.checkpoint_seq, row.batch_start_seq, row.batch_end_seq, row.sha256
         ):
-            problems.append(f"forged checkpoint row: {who} checkpoint {seq}: its columns differ from its signed body")
-            continue
-        if prev is None and seq != 1 and seq - 1 not in by_seq:
-            problems.append(f"{who}: checkpoints before {seq} are missing from the store")
-        elif prev is not None and (why := extends_problem(prev, body)) is not None:
-            problems.append(f"{who}: {why}")
-        problems += _coverage_problems(st, who, body, row, head)
-        prev = body
-    return _tail_problem(who, rows, head) + problems
+            self._problems.append(f"forged checkpoint row: {who} checkpoint {seq}: its columns differ from its signed body")
+            return
+        if self._prev is None and gap:
+            self._problems.append(f"{who}: checkpoints before {seq} are missing from the store")
+        elif self._prev is not None and (why := extends_problem(self._prev, body)) is not None:
+            self._problems.append(f"{who}: {why}")
+        self._problems += _coverage_problems(self._st, who, body, row, self._head)
+        self._prev = body
+
+    def finish(self) -> list[str]:
+        """Every problem found, a deleted tail or a truncated table first."""
+        return _tail_problem(self._who, self._newest_seq, self.newest_end, self._head) + self._problems
 
 
-def _tail_problem(who: str, rows: list[CheckpointRow], head: int) -> list[str]:
+def _tail_problem(who: str, newest_seq: int, newest_end: int, head: int) -> list[str]:
     """Receipts a checkpoint covers beyond the store's newest one: a deleted tail, or a truncated table."""
-    newest = max(rows, key=lambda r: r.batch_end_seq)
-    if head >= newest.batch_end_seq:
+    if head >= newest_end:
         return []
     if head == 0:
-        return [f"the receipt table is empty (truncated), but {who} checkpoint {newest.checkpoint_seq} covers "
-                f"receipts up to seq {newest.batch_end_seq}"]
+        return [f"the receipt table is empty (truncated), but {who} checkpoint {newest_seq} covers "
+                f"receipts up to seq {newest_end}"]
     return [f"the newest receipts were deleted: the store ends at seq {head}, but {who} checkpoint "
-            f"{newest.checkpoint_seq} covers receipts up to seq {newest.batch_end_seq}: seq "
-            f"{_ranges(list(range(head + 1, newest.batch_end_seq + 1)))} are missing"]
+            f"{newest_seq} covers receipts up to seq {newest_end}: seq "
+            f"{_ranges(list(range(head + 1, newest_end + 1)))} are missing"]
 
 
 def _coverage_problems(st: StoreReader, who: str, body: Mapping[str, Any], row: CheckpointRow, head: int) -> list[str]:

@@ -193,6 +193,19 @@ class SqlReader:
         rows = self._all(sql + " ORDER BY kernel_id, checkpoint_seq, sha256", params)
         return [_checkpoint_row(r) for r in rows]
 
+    def checkpoint_kernels(self) -> list[str]:
+        """The kernels (hex public keys) with checkpoints in the store."""
+        return [str(r[0]) for r in self._all("SELECT DISTINCT kernel_id FROM checkpoints ORDER BY kernel_id")]
+
+    def checkpoints_after(self, kernel_id: str, after_seq: int, limit: int) -> list[CheckpointRow]:
+        """A page of a kernel's checkpoints numbered above ``after_seq``, by number (then digest)."""
+        rows = self._all(
+            f"SELECT {_CHECKPOINT_COLS} FROM checkpoints WHERE kernel_id = ? AND checkpoint_seq > ? "
+            "ORDER BY checkpoint_seq, sha256 LIMIT ?",
+            (kernel_id, after_seq, limit),
+        )
+        return [_checkpoint_row(r) for r in rows]
+
     def last_checkpoint(self, kernel_id: str) -> CheckpointRow | None:
         """A kernel's newest checkpoint, or None."""
         row = self._one(

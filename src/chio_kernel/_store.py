@@ -283,6 +283,14 @@ class StoreReader(Protocol):
         """Stored checkpoints numbered ``first..last`` (of one kernel, or all), by kernel then number."""
         ...
 
+    def checkpoint_kernels(self) -> list[str]:
+        """The kernels (hex public keys) with checkpoints in the store."""
+        ...
+
+    def checkpoints_after(self, kernel_id: str, after_seq: int, limit: int) -> list[CheckpointRow]:
+        """A page of a kernel's checkpoints numbered above ``after_seq``, by number (then digest)."""
+        ...
+
     def last_checkpoint(self, kernel_id: str) -> CheckpointRow | None:
         """A kernel's newest checkpoint, or None."""
         ...

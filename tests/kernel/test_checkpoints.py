@@ -288,3 +288,19 @@ def test_the_cutters_leaf_shortcut_equals_the_specified_leaf(chio_home: Path, pa
             texts = [t for _, t in st.receipts_between(1, 2)]
         for text in texts:
             assert stored_receipt_leaf(text) == receipt_leaf_hash(json.loads(text))
+
+
+def test_the_checks_read_checkpoints_a_page_at_a_time(chio_home: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import chio_kernel._checkpoints as cmod
+
+    monkeypatch.setattr(cmod, "_PAGE", 3)
+    with Kernel(chio_home, checkpoint_every=2, checkpoint_interval=3600) as kernel:
+        _evaluate(kernel, 20)
+        kernel.checkpoint_now()
+        report = kernel.verify_checkpoints()
+        assert report.ok and report.checkpoints == 10 and report.covered == 20
+        _, cols = _fork(kernel, b"\x03")  # a second row numbered 3: its two rows straddle the first page
+        _db(chio_home).execute("INSERT INTO checkpoints VALUES (?, 3, 1, 4, ?, ?, ?, ?)", (kernel.public_key_hex, *cols))
+        problems = _problems(kernel)
+        assert "2 different checkpoints numbered 3" in problems
+        assert kernel.verify_checkpoints().checkpoints == 11
