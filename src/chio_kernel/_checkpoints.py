@@ -242,7 +242,7 @@ class Checkpoints:
                             canonical_json_str(body), signed["signature"], b"".join(leaves).hex())
         with self._gate.write() as w:
             now_last = w.last_checkpoint(self.key)
-            if (now_last and now_last.sha256) != (last and last.sha256):
+            if (now_last.sha256 if now_last else None) != (last.sha256 if last else None):
                 return None  # another process of this kernel cut meanwhile; the next round goes on from it
             w.insert_checkpoint(row)
         self._write_witness(signed)

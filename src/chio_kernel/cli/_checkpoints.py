@@ -8,7 +8,7 @@ import sys
 from collections.abc import Callable
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, NoReturn
 
 import typer
 from rich.table import Table
@@ -137,6 +137,14 @@ def receipts_proof(
     _prove(lambda: kernel.inclusion_proof(receipt_id), out_file, f"the inclusion proof of {receipt_id}")
 
 
+def _does_not_verify(what: str, e: Exception, as_json: bool) -> NoReturn:
+    """Say why ``what`` does not verify (and ``{"ok": false, "reason"}`` with ``--json``); exit 1."""
+    if as_json:
+        _print_json({"ok": False, "reason": str(e)})
+    err.print(f"error: {what} does not verify: {e}", markup=False, highlight=False)
+    raise typer.Exit(1) from None
+
+
 def _read_doc(path: Path) -> Any:
     try:
         text = sys.stdin.read() if str(path) == "-" else path.read_text(encoding="utf-8")
@@ -172,10 +180,7 @@ def receipts_verify_proof(
             line = (f"inclusion proof ok: receipt {receipt['id']} (seq {doc['proof']['receipt_seq']}) is in "
                     f"checkpoint {cp['checkpoint_seq']}, signed by {key[:16]}…")
     except ProofError as e:
-        if as_json:
-            _print_json({"ok": False, "reason": str(e)})
-        err.print(f"error: the proof does not verify: {e}", markup=False, highlight=False)
-        raise typer.Exit(1) from None
+        _does_not_verify("the proof", e, as_json)
     if as_json:
         _print_json(result)
     else:
@@ -196,10 +201,7 @@ def receipts_verify_evidence(
     try:
         report = verify_evidence(directory, public_key.strip().lower() if public_key else None)
     except ProofError as e:
-        if as_json:
-            _print_json({"ok": False, "reason": str(e)})
-        err.print(f"error: the evidence package does not verify: {e}", markup=False, highlight=False)
-        raise typer.Exit(1) from None
+        _does_not_verify("the evidence package", e, as_json)
     if as_json:
         _print_json({"ok": True, "kernel_key": report.kernel_key, "receipts": report.receipts,
                      "checkpoints": report.checkpoints, "inclusion_proofs": report.inclusion_proofs})
