@@ -4,6 +4,8 @@
 ``LocalChioClient`` offers it through the ``chio_sdk.ChioClient`` API in-process, ``SidecarClient``
 (a ``ChioClient``) over HTTP with the kernel's extras. The sidecar and CLI live in
 ``chio_kernel.sidecar`` / ``chio_kernel.cli`` and are not imported here (keeps this import light).
+Signed Merkle checkpoints and their proofs: the pure verifiers are in ``chio_kernel.proofs``;
+``verify_evidence`` checks an evidence package offline (docs/checkpoints.md).
 """
 
 from chio_kernel._approvals import sign_approval_token
