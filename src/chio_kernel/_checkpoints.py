@@ -186,12 +186,16 @@ class Checkpoints:
     # --- cutting ---
 
     def start(self) -> None:
-        """Start the background cutter (a daemon thread that ends when the kernel is closed or dropped)."""
+        """Start the background cutter (a daemon thread that ends when the kernel is closed or dropped).
+
+        A process forked from this one gets no cutter thread (threads do not cross ``fork``): the
+        receipts it writes are covered by this process's cutter, or by the next cut on demand.
+        """
+        ref = weakref.ref(self)
+        os.register_at_fork(after_in_child=lambda: _unlock_in_child(ref))
         if self.every <= 0:
             return
-        ref = weakref.ref(self)
-        stop = self._stop
-        threading.Thread(target=_run, args=(ref, stop, min(self.interval, _POLL)), name="chio-checkpoints",
+        threading.Thread(target=_run, args=(ref, self._stop, min(self.interval, _POLL)), name="chio-checkpoints",
                          daemon=True).start()
 
     def stop(self) -> None:
@@ -396,6 +400,13 @@ class Checkpoints:
                     f"differs from the one this kernel signed and recorded in {self._witness} "
                     f"(root {body['merkle_root']})"]
         return []
+
+
+def _unlock_in_child(ref: weakref.ref[Checkpoints]) -> None:
+    """After ``fork``: a lock the parent's cutter held at that moment would never be released here."""
+    service = ref()
+    if service is not None:
+        service._cut_lock = threading.Lock()
 
 
 def _run(ref: weakref.ref[Checkpoints], stop: threading.Event, poll: float) -> None:

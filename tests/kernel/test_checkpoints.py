@@ -304,3 +304,25 @@ def test_the_checks_read_checkpoints_a_page_at_a_time(chio_home: Path, monkeypat
         problems = _problems(kernel)
         assert "2 different checkpoints numbered 3" in problems
         assert kernel.verify_checkpoints().checkpoints == 11
+
+
+def test_a_forked_child_can_cut_even_if_the_parent_was_cutting(chio_home: Path) -> None:
+    import multiprocessing
+
+    with _kernel(chio_home) as kernel:
+        _evaluate(kernel, 5)
+        kernel._checkpoints._cut_lock.acquire()  # as if the parent's cutter were mid-cut at fork time
+        try:
+            proc = multiprocessing.get_context("fork").Process(target=_cut_in_child, args=(kernel,))
+            proc.start()
+            proc.join(timeout=60)
+            if proc.is_alive():  # deadlocked on the inherited lock
+                proc.kill()
+        finally:
+            kernel._checkpoints._cut_lock.release()
+        assert proc.exitcode == 0
+        assert [c["body"]["batch_end_seq"] for c in kernel.list_checkpoints()] == [4, 5]
+
+
+def _cut_in_child(kernel: Kernel) -> None:
+    kernel.checkpoint_now()
