@@ -154,13 +154,21 @@ def root_from_path(leaf: bytes, index: int, size: int, path: Sequence[bytes]) ->
     return h if used == len(path) else None
 
 
+def _canonical(value: Any, what: str) -> bytes:
+    """RFC 8785 canonical JSON, or :class:`ProofError` for what has none (a lone surrogate, NaN)."""
+    try:
+        return canonical_json(value)
+    except ValueError as err:
+        raise ProofError(f"{what} is not canonical JSON: {err}") from None
+
+
 # --- receipts as leaves ------------------------------------------------------------------------
 
 
 def receipt_leaf_hash(receipt: Mapping[str, Any]) -> bytes:
     """A receipt's leaf: ``leaf_hash`` of the RFC 8785 canonical JSON of the receipt as served
     (signed fields plus ``signature``; see ``receipt_wire_dict``)."""
-    return leaf_hash(canonical_json(receipt_wire_dict(receipt)))
+    return leaf_hash(_canonical(receipt_wire_dict(receipt), "the receipt"))
 
 
 # --- checkpoints --------------------------------------------------------------------------------
@@ -168,7 +176,7 @@ def receipt_leaf_hash(receipt: Mapping[str, Any]) -> bytes:
 
 def checkpoint_sha256(body: Mapping[str, Any]) -> str:
     """The hex SHA-256 of a checkpoint body's canonical JSON (what the next checkpoint cites)."""
-    return hashlib.sha256(canonical_json(dict(body))).hexdigest()
+    return hashlib.sha256(_canonical(dict(body), "a checkpoint body")).hexdigest()
 
 
 def log_id(kernel_key: str) -> str:
@@ -272,7 +280,7 @@ def verify_checkpoint(checkpoint: Mapping[str, Any], public_key: str) -> dict[st
         raise ProofError(
             f"checkpoint {seq} names kernel key {str(body.get('kernel_key'))[:16]}…, not {public_key[:16]}…"
         )
-    if not verify_hex(public_key, str(checkpoint.get("signature")), canonical_json(dict(body))):
+    if not verify_hex(public_key, str(checkpoint.get("signature")), _canonical(dict(body), "the checkpoint body")):
         raise ProofError(f"checkpoint {seq} has an invalid signature (altered after signing, or another key)")
     return dict(body)
 
