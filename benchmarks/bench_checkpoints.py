@@ -118,8 +118,7 @@ def proof_rows(work: Path, receipts: int, samples: int, table: Table, goals: Tab
     kernel.evaluate(cap, "files", "read_file", PARAMS)
     kernel.close()
     took = bulk_fill(path, cap, receipts, console)
-    kernel = Kernel(path, checkpoint_every=0)
-    kernel._checkpoints.every = 256  # cut by the kernel's own cutter, 256 a checkpoint
+    kernel = Kernel(path, checkpoint_every=0)  # no background cuts: checkpoint_now cuts 256 a checkpoint
     started = time.perf_counter()
     made = kernel.checkpoint_now()
     cut = time.perf_counter() - started

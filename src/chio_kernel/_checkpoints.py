@@ -204,36 +204,36 @@ class Checkpoints:
 
     def cut_due(self) -> list[dict[str, Any]]:
         """Cut every full batch of ``every`` receipts, and the rest once ``interval`` has passed."""
-        due = time.monotonic() - self._last_cut >= self.interval
-        return self.cut(every=self.every or None, partial=due)
+        return self.cut(partial=time.monotonic() - self._last_cut >= self.interval)
 
-    def cut(self, *, every: int | None = None, partial: bool = True) -> list[dict[str, Any]]:
-        """Cut checkpoints over the committed receipts not yet covered.
+    def cut(self, *, partial: bool = True) -> list[dict[str, Any]]:
+        """Cut checkpoints over the committed receipts not yet covered, ``every`` receipts each (256
+        when automatic cuts are off).
 
         Args:
-            every: at most this many receipts per checkpoint (None: all pending in one).
-            partial: also cut a batch smaller than ``every``.
+            partial: also cut the last batch when it is short of ``every``.
 
         Returns:
             The new signed checkpoints, oldest first.
         """
         made: list[dict[str, Any]] = []
+        batch = self.every or DEFAULT_CHECKPOINT_EVERY
         with self._cut_lock:
-            while (one := self._cut_one(every, partial)) is not None:
+            while (one := self._cut_one(batch, partial)) is not None:
                 made.append(one)
             if made or partial:
                 self._last_cut = time.monotonic()
         return made
 
-    def _cut_one(self, every: int | None, partial: bool) -> dict[str, Any] | None:
+    def _cut_one(self, every: int, partial: bool) -> dict[str, Any] | None:
         with self._gate.read() as st:
             last = st.last_checkpoint(self.key)
             start = last.batch_end_seq + 1 if last is not None else 1
             head = st.chain_head()[0]
             pending = head - start + 1
-            if pending <= 0 or (every is not None and pending < every and not partial):
+            if pending <= 0 or (pending < every and not partial):
                 return None
-            end = head if every is None else min(head, start + every - 1)
+            end = min(head, start + every - 1)
             rows = st.receipts_between(start, end)  # committed receipts only
         if [s for s, _ in rows] != list(range(start, end + 1)):
             return None  # a gap in the chain: cutting over it would sign a hole (verify names it)

@@ -926,12 +926,12 @@ class Kernel:
         return self._checkpoints.interval
 
     def checkpoint_now(self) -> list[dict[str, Any]]:
-        """Checkpoint every committed receipt not covered yet (at most ``checkpoint_every`` per checkpoint).
+        """Checkpoint every committed receipt not covered yet (``checkpoint_every`` per checkpoint, 256 when 0).
 
         Returns:
             The new signed checkpoints ``{"body", "signature"}``, oldest first (empty when nothing is pending).
         """
-        return self._checkpoints.cut(every=self._checkpoints.every or None)
+        return self._checkpoints.cut()
 
     def list_checkpoints(self, *, kernel_id: str | None = None, first: int = 1,
                          last: int | None = None) -> list[dict[str, Any]]:
