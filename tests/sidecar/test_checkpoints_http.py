@@ -4,7 +4,12 @@ each proof checked with nothing but the public key ``/chio/health`` names."""
 
 from __future__ import annotations
 
+import asyncio
+import time
+from pathlib import Path
+
 import httpx
+import pytest
 from chio_sdk import ChioClient
 
 from chio_kernel.proofs import verify_consistency, verify_inclusion
@@ -44,3 +49,20 @@ async def test_checkpoint_endpoints_answer_4xx_with_a_reason(sidecar: Sidecar) -
         assert r.status_code == 422 and "must not be after" in r.text
         r = await http.get("/v1/checkpoints", params={"from": "x"})
         assert r.status_code == 422 and "'from' must be an integer" in r.text
+
+
+async def test_a_sidecar_cuts_every_n_receipts_in_the_background(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CHIO_CHECKPOINT_EVERY", "2")
+    monkeypatch.setenv("CHIO_CHECKPOINT_INTERVAL", "3600")
+    proc = Sidecar(tmp_path / "kernel").start()
+    try:
+        async with ChioClient(proc.url, timeout=30) as client, httpx.AsyncClient(base_url=proc.url, timeout=30) as http:
+            cap = await issue(client, grant())
+            for i in range(4):
+                await call(client, cap, path=f"/tmp/{i}")
+            deadline = time.monotonic() + 20
+            while (count := (await http.get("/v1/checkpoints")).json()["count"]) < 2 and time.monotonic() < deadline:
+                await asyncio.sleep(0.1)
+            assert count == 2  # every 2 receipts, cut by the sidecar's own background cutter
+    finally:
+        proc.stop()
