@@ -125,7 +125,8 @@ def proof_rows(work: Path, receipts: int, samples: int, table: Table, goals: Tab
     table.add_row(f"store: {receipts:,} receipts (bulk fill {took:.0f} s), {len(made):,} checkpoints cut in "
                   f"{cut:.1f} s by the cutter", f"{cut / receipts * 1e6:.1f} µs / receipt", "", "", "")
     with kernel._gate.read() as st:
-        ids = [st.receipts_between(s, s)[0][1] for s in random.Random(7).sample(range(1, receipts + 1), samples)]
+        ids = [st.chain_between(kernel.public_key_hex, s, s)[0][1]
+               for s in random.Random(7).sample(range(1, receipts + 1), samples)]
     ids = [json.loads(t)["id"] for t in ids]
     key = kernel.public_key_hex
     gen: list[float] = []

@@ -28,7 +28,7 @@ from chio_kernel._errors import (
 from chio_kernel._checkpoints import CheckpointReport
 from chio_kernel._evidence import EvidenceReport, verify_evidence
 from chio_kernel._kernel import ChainReport, Kernel
-from chio_kernel._receipts import receipt_chain_hash, receipt_signing_bytes
+from chio_kernel._receipts import ChainStatus, receipt_chain_hash, receipt_signing_bytes
 from chio_kernel.canonical import canonical_json
 from chio_kernel.signing import default_data_dir
 
@@ -39,6 +39,7 @@ __all__ = [
     "ApprovalTokenError",
     "CapabilityError",
     "ChainReport",
+    "ChainStatus",
     "CheckpointReport",
     "ChioKernelError",
     "EvidenceReport",

@@ -1,8 +1,9 @@
-"""Signed Merkle checkpoints over the receipt chain: cutting, proofs, and the store checks (docs/checkpoints.md).
+"""Signed Merkle checkpoints over a kernel's receipt chain: cutting, proofs, and the store checks (docs/checkpoints.md).
 
-A :class:`Checkpoints` service cuts a checkpoint (``chio_kernel.proofs``) every ``every`` receipts
-or ``interval`` seconds, whichever comes first, from a background thread that reads only committed
-receipts: the evaluation path does no checkpoint work. Each checkpoint is numbered and chained to
+A :class:`Checkpoints` service cuts a checkpoint (``chio_kernel.proofs``) over its own kernel's chain
+(positions: ``seq`` on SQLite, ``chain_seq`` on PostgreSQL) every ``every`` receipts or ``interval``
+seconds, whichever comes first, from a background thread that reads only committed receipts: the
+evaluation path does no checkpoint work. Each checkpoint is numbered and chained to
 the previous one inside a write transaction (so a kernel never signs two with one number), and the
 newest one this kernel signed is also written to ``<data_dir>/checkpoint-head.json``, a witness
 outside the store.
@@ -23,7 +24,7 @@ from typing import Any
 
 from chio_kernel._errors import KernelInputError, ProofError
 from chio_kernel._receipts import receipt_signing_bytes, receipt_wire_dict
-from chio_kernel._store import CheckpointRow, StoreReader
+from chio_kernel._store import LEGACY_CHAIN, CheckpointRow, StoreReader
 from chio_kernel._store_factory import StoreGate
 from chio_kernel.canonical import canonical_json_str
 from chio_kernel.proofs import (
@@ -154,12 +155,17 @@ def _leaves_of(rows: list[tuple[int, str]]) -> list[bytes]:
 
 @dataclass
 class CheckpointReport:
-    """What :meth:`Checkpoints.verify` found: ``ok`` when ``problems`` is empty."""
+    """What :meth:`Checkpoints.verify` found: ``ok`` when ``problems`` is empty.
+
+    ``covered``: receipts some checkpoint covers (over every chain); ``uncovered``: the chains holding
+    receipts that no checkpoint covers yet (the migrated fleet chain ``fleet-v1`` always: docs/fleet.md).
+    """
 
     ok: bool
     checkpoints: int
     covered: int
     problems: list[str] = field(default_factory=list)
+    uncovered: list[str] = field(default_factory=list)
 
 
 class Checkpoints:
@@ -229,12 +235,12 @@ class Checkpoints:
         with self._gate.read() as st:
             last = st.last_checkpoint(self.key)
             start = last.batch_end_seq + 1 if last is not None else 1
-            head = st.chain_head()[0]
+            head = st.chain_head()[0]  # this kernel's chain
             pending = head - start + 1
             if pending <= 0 or (pending < every and not partial):
                 return None
             end = min(head, start + every - 1)
-            rows = st.receipts_between(start, end)  # committed receipts only
+            rows = st.chain_between(self.key, start, end)  # committed receipts only
         if [s for s, _ in rows] != list(range(start, end + 1)):
             return None  # a gap in the chain: cutting over it would sign a hole (verify names it)
         leaves = _leaves_of(rows)
@@ -277,21 +283,35 @@ class Checkpoints:
             KernelInputError: no such receipt.
         """
         with self._gate.read() as st:
-            seq = st.receipt_seq(receipt_id)
-            if seq is None:
+            found = st.receipt_position(receipt_id)
+            if found is None:
                 raise KernelInputError(f"no receipt {receipt_id!r} in this kernel's store")
-            row = st.checkpoint_covering(self.key, seq)
+            chain, seq = found[0] or self.key, found[1]
+            row = None if chain == LEGACY_CHAIN else st.checkpoint_covering(chain, seq)
         if row is None:
-            self.cut()
-            with self._gate.read() as st:
-                row = st.checkpoint_covering(self.key, seq)
-            if row is None:
-                raise KernelInputError(f"receipt {receipt_id!r} (seq {seq}) cannot be checkpointed: the chain has a gap "
-                                       "before it (run `chio-durable receipts verify`)")
+            row = self._cover(receipt_id, chain, seq)
         with self._gate.read() as st:
-            text = st.receipts_between(seq, seq)[0][1]
+            text = st.chain_between(chain, seq, seq)[0][1]
         return {"schema": INCLUSION_SCHEMA, "receipt": receipt_wire_dict(json.loads(text)),
                 "checkpoint": _signed(row), "proof": _record(row, seq)}
+
+    def _cover(self, receipt_id: str, chain: str, seq: int) -> CheckpointRow:
+        """Cut what is pending of this kernel's chain so that a checkpoint covers position ``seq`` of it."""
+        if chain == LEGACY_CHAIN:
+            raise KernelInputError(
+                f"receipt {receipt_id!r} is in the chain {LEGACY_CHAIN} migrated from the fleet's single chain, which "
+                "no kernel checkpoints: `chio-durable receipts verify` checks it by its hash links and signatures")
+        if chain != self.key:
+            raise KernelInputError(
+                f"receipt {receipt_id!r} is in kernel {chain[:16]}…'s chain, which has not checkpointed it yet: only that "
+                "kernel cuts its checkpoints (ask it for the proof, or retry in a few seconds)")
+        self.cut()
+        with self._gate.read() as st:
+            row = st.checkpoint_covering(chain, seq)
+        if row is None:
+            raise KernelInputError(f"receipt {receipt_id!r} (position {seq}) cannot be checkpointed: the chain has a gap "
+                                   "before it (run `chio-durable receipts verify`)")
+        return row
 
     def consistency_proof(self, first: int, last: int) -> dict[str, Any]:
         """Checkpoints ``first..last`` of this kernel and the links showing each extends the one before.
@@ -318,18 +338,23 @@ class Checkpoints:
         }
 
     def evidence_parts(
-        self, seqs: list[int]
+        self, receipt_ids: list[str]
     ) -> tuple[list[tuple[int, dict[str, Any]]], list[dict[str, Any]], list[dict[str, Any]]]:
-        """The receipts at ``seqs`` (stored form), the contiguous run of this kernel's checkpoints that
-        covers them, and one inclusion proof record per covered receipt (upstream's shape)."""
+        """Those of ``receipt_ids`` in this kernel's chain, as ``(position, stored form)``; the contiguous
+        run of this kernel's checkpoints that covers them; one inclusion proof record per covered receipt
+        (upstream's shape). Receipts of other kernels' chains are left out: their kernels export them."""
         receipts: list[tuple[int, dict[str, Any]]] = []
         records: list[dict[str, Any]] = []
         used: list[int] = []
         with self._gate.read() as st:
             row: CheckpointRow | None = None
             levels: list[list[bytes]] = []
-            for seq in seqs:
-                text = st.receipts_between(seq, seq)
+            for receipt_id in receipt_ids:
+                found = st.receipt_position(receipt_id)
+                if found is None or (found[0] or self.key) != self.key:
+                    continue
+                seq = found[1]
+                text = st.chain_between(self.key, seq, seq)
                 receipts.append((seq, json.loads(text[0][1])))
                 if row is None or not row.batch_start_seq <= seq <= row.batch_end_seq:
                     row = st.checkpoint_covering(self.key, seq)
@@ -357,16 +382,20 @@ class Checkpoints:
         report = CheckpointReport(True, 0, 0)
         witness = self._read_witness()  # before the snapshot: the file is written after its commit
         with self._gate.store.snapshot() as st:
-            head = st.chain_head()[0]
-            for kernel_id in st.checkpoint_kernels():
-                check = _KernelCheck(st, kernel_id, head)
+            chains = {c for c, _, _ in st.chains()}
+            for kernel_id in sorted(chains | set(st.checkpoint_kernels())):
+                end = st.chain_end(kernel_id)  # what the table holds (a deleted tail is gone from it)
+                check = _KernelCheck(st, kernel_id, end)
                 for same in _by_number(st, kernel_id):
                     check.add(same)
+                covered = min(check.newest_end, end)
                 report.checkpoints += check.count
-                report.covered = max(report.covered, check.newest_end)
+                report.covered += covered
                 report.problems += check.finish()
+                if kernel_id in chains:  # (on SQLite, every kernel's checkpoints cover the one chain)
+                    report.uncovered += [kernel_id] if covered < end and check.count == 0 else []
+                    report.problems += _signer_problems(st, kernel_id, covered, known_keys)
             report.problems += self._witness_problems(witness, st)
-            report.problems += _signer_problems(st, report.covered, head, known_keys)
         if registered is not None and anchors is not None:
             report.problems += key_row_problems(registered, set(anchors) | {self.key})
         report.ok = not report.problems
@@ -448,6 +477,7 @@ class _KernelCheck:
     checkpoints, and the receipts they cover missing or changed."""
 
     def __init__(self, st: StoreReader, kernel_id: str, head: int) -> None:
+        """``head``: the newest position of the kernel's chain that the store holds."""
         self._st, self._kernel_id, self._head = st, kernel_id, head
         self._who = f"kernel {kernel_id[:16]}…"
         self._prev: dict[str, Any] | None = None
@@ -487,7 +517,7 @@ class _KernelCheck:
             self._problems.append(f"{who}: checkpoints before {seq} are missing from the store")
         elif self._prev is not None and (why := extends_problem(self._prev, body)) is not None:
             self._problems.append(f"{who}: {why}")
-        self._problems += _coverage_problems(self._st, who, body, row, self._head)
+        self._problems += _coverage_problems(self._st, self._kernel_id, body, row, self._head)
         self._prev = body
 
     def finish(self) -> list[str]:
@@ -496,25 +526,27 @@ class _KernelCheck:
 
 
 def _tail_problem(who: str, newest_seq: int, newest_end: int, head: int) -> list[str]:
-    """Receipts a checkpoint covers beyond the store's newest one: a deleted tail, or a truncated table."""
+    """Receipts a checkpoint covers beyond the chain's newest stored one: a deleted tail, or a truncated table."""
     if head >= newest_end:
         return []
     if head == 0:
         return [f"the receipt table is empty (truncated), but {who} checkpoint {newest_seq} covers "
-                f"receipts up to seq {newest_end}"]
-    return [f"the newest receipts were deleted: the store ends at seq {head}, but {who} checkpoint "
+                f"receipts up to seq {newest_end} of its chain"]
+    return [f"the newest receipts were deleted: {who}'s chain ends at seq {head}, but its checkpoint "
             f"{newest_seq} covers receipts up to seq {newest_end}: seq "
             f"{_ranges(list(range(head + 1, newest_end + 1)))} are missing"]
 
 
-def _coverage_problems(st: StoreReader, who: str, body: Mapping[str, Any], row: CheckpointRow, head: int) -> list[str]:
-    """The receipts a checkpoint covers (up to the store's newest) must all be there and hash to its root."""
+def _coverage_problems(st: StoreReader, kernel_id: str, body: Mapping[str, Any], row: CheckpointRow,
+                       head: int) -> list[str]:
+    """The receipts a checkpoint covers (up to the chain's newest) must all be there and hash to its root."""
+    who = f"kernel {kernel_id[:16]}…"
     start, end, seq = body["batch_start_seq"], body["batch_end_seq"], body["checkpoint_seq"]
     if head < end:  # reported once for the kernel (_tail_problem); what is left is still checked
         if head < start:
             return []
         end = head
-    rows = st.receipts_between(start, end)
+    rows = st.chain_between(kernel_id, start, end)
     present = {s for s, _ in rows}
     missing = [s for s in range(start, end + 1) if s not in present]
     if missing:
@@ -544,14 +576,16 @@ def _ranges(seqs: list[int]) -> str:
     return ", ".join(runs[:10]) + (" …" if len(runs) > 10 else "")
 
 
-def _signer_problems(st: StoreReader, covered: int, head: int, known_keys: Collection[str]) -> list[str]:
-    """Each receipt after the newest checkpoint must be signed by the registered key it names."""
+def _signer_problems(st: StoreReader, kernel_id: str, covered: int, known_keys: Collection[str]) -> list[str]:
+    """Each receipt of a chain after its newest checkpoint must be signed by the registered key it names."""
     problems: list[str] = []
-    for seq, text in st.receipts_between(covered + 1, head):
-        data = json.loads(text)
-        why = signer_problem(data, known_keys)
-        if why is not None:
-            problems.append(f"receipt seq {seq}: {why}")
+    where = f" of the chain {kernel_id}" if kernel_id == LEGACY_CHAIN else f" of kernel {kernel_id[:16]}…'s chain"
+    while rows := st.chain_receipts(kernel_id, covered, _PAGE):
+        for seq, text in rows:
+            why = signer_problem(json.loads(text), known_keys)
+            if why is not None:
+                problems.append(f"receipt seq {seq}{where}: {why}")
+        covered = rows[-1][0]
     return problems
 
 

@@ -900,16 +900,19 @@ class Kernel:
         )
 
     def verify_chain(self, *, batch: int = 2000) -> ChainReport:
-        """Walk the store in seq order checking each signature and chain link.
+        """Walk every receipt chain of the store checking each signature and chain link.
 
-        Like any hash chain without an external anchor, removing the newest receipts leaves a shorter
-        valid chain; compare ``count`` with a count recorded elsewhere to detect that.
+        A SQLite store holds one chain (this kernel's); a fleet store one per kernel (each signed by
+        that kernel's key). Like any hash chain without an external anchor, removing the newest
+        receipts leaves a shorter valid chain; compare ``count`` with a count recorded elsewhere to
+        detect that.
 
         Args:
             batch: receipts read per query.
 
         Returns:
-            The report, naming the first broken index (0-based position in store order).
+            The report, naming the first broken index (0-based position in the broken chain), with
+            one :class:`ChainStatus` per chain in ``chains``.
         """
         return self._receipts.verify_chain(batch)
 
@@ -979,7 +982,7 @@ class Kernel:
         return self._checkpoints.consistency_proof(first, last)
 
     def verify_checkpoints(self, *, trusted_keys: Iterable[str] | None = None) -> CheckpointReport:
-        """Check the store against its signed checkpoints (what ``verify_chain`` cannot see).
+        """Check every kernel's chain against that kernel's signed checkpoints (what ``verify_chain`` cannot see).
 
         Names: deleted or truncated receipts a checkpoint covers, receipts changed under a checkpoint,
         equivocation (two checkpoints with one number, or one differing from this kernel's witness
@@ -990,7 +993,8 @@ class Kernel:
             trusted_keys: every fleet kernel's key (a fleet store); None: key rows are not checked.
 
         Returns:
-            ``CheckpointReport(ok, checkpoints, covered, problems)``.
+            ``CheckpointReport(ok, checkpoints, covered, problems, uncovered)`` (``uncovered``: the chains
+            no checkpoint covers yet, such as the migrated ``fleet-v1``).
         """
         self._trust.learn(None)
         registered = None
@@ -1008,9 +1012,11 @@ class Kernel:
         since: int | None = None,
         until: int | None = None,
     ) -> dict[str, Any]:
-        """Write an evidence package of the matching receipts into ``directory`` (new or empty).
+        """Write an evidence package of the matching receipts of this kernel's chain into ``directory`` (new or empty).
 
         Pending receipts are checkpointed first, so every exported receipt carries its inclusion proof.
+        On a fleet store each kernel exports its own chain's receipts (the package is signed and proved
+        under its key alone).
         Check the package offline with :func:`chio_kernel.verify_evidence` (or
         ``chio-durable receipts verify-evidence``); the layout is in docs/checkpoints.md.
 
@@ -1029,8 +1035,8 @@ class Kernel:
         """
         self.checkpoint_now()
         rows = self.query_receipts(capability_id=capability_id, metadata=metadata, since=since)
-        seqs = [seq for seq, r in rows if until is None or r.timestamp < until]
-        receipts, checkpoints, proofs = self._checkpoints.evidence_parts(seqs)
+        ids = [r.id for _, r in rows if until is None or r.timestamp < until]
+        receipts, checkpoints, proofs = self._checkpoints.evidence_parts(ids)
         lineage = _lineage(self._capabilities.capability_info, {str(r["capability_id"]) for _, r in receipts})
         query = {k: v for k, v in (("capabilityId", capability_id), ("metadata", dict(metadata or {}) or None),
                                    ("since", since), ("until", until)) if v is not None}

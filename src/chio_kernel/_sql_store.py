@@ -10,12 +10,13 @@ DDL, JSON access, list parameters and saturating arithmetic.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from typing import Any
 
 from chio_kernel._store import ApprovalRow, CapabilityRow, CheckpointRow, HoldRow, ReceiptQuery
 
-__all__ = ["APPROVAL_COLS", "CHECKPOINT_DDL", "HOLD_COLS", "MAX_UNITS", "SqlReader", "SqlWriter"]
+__all__ = ["APPROVAL_COLS", "CHECKPOINT_DDL", "HOLD_COLS", "MAX_UNITS", "SqlReader", "SqlWriter", "hold_row"]
 
 APPROVAL_COLS = (
     "id, capability_id, tool_server, tool_name, parameter_hash, call_hash, subject, summary, created_at, "
@@ -45,7 +46,7 @@ _RECEIPTS_BY_CAPABILITY = (
 )
 
 
-def _hold_row(r: Sequence[Any]) -> HoldRow:
+def hold_row(r: Sequence[Any]) -> HoldRow:
     return HoldRow(
         str(r[0]), str(r[1]), str(r[2]), int(r[3]), str(r[4]), float(r[5]), float(r[6]), str(r[7]), int(r[8]),
         None if r[9] is None else str(r[9]), None if r[10] is None else int(r[10]),
@@ -90,6 +91,49 @@ class SqlReader:
         """The newest receipt's ``(seq, chain hash)`` (``(0, GENESIS_HASH)`` when empty)."""
         row = self._one("SELECT seq, hash FROM chain_head WHERE k = 0")
         return int(row[0]), str(row[1])
+
+    def chains(self) -> list[tuple[str, int, str]]:
+        """``(kernel_id, head seq, head hash)`` per chain: one kernel, one chain (none when empty);
+        the chain's id is the key that signed its first receipt."""
+        seq, head = self.chain_head()
+        if seq == 0:
+            return []
+        first = self.receipts_after(0, 1)[0][1]
+        return [(str(json.loads(first).get("kernel_key", "")), seq, head)]
+
+    def _chain(self, kernel_id: str) -> tuple[str, str, str, list[Any]]:
+        """``(position column, chain id column, filter, its parameters)`` selecting one kernel's chain.
+
+        SQLite holds one chain (its kernel's): the positions are the ``seq``s, the filter is empty and
+        the id column ``NULL``; PostgreSQL overrides this with ``chain_seq`` and ``kernel_id``.
+        """
+        return "seq", "NULL", "", []
+
+    def chain_receipts(self, kernel_id: str, after: int, limit: int) -> list[tuple[int, str]]:
+        """``(position, body)`` of one kernel's chain after position ``after``, in chain order."""
+        pos, _, where, params = self._chain(kernel_id)
+        rows = self._all(f"SELECT {pos}, body FROM receipts WHERE {pos} > ?{where} ORDER BY {pos} LIMIT ?",
+                         [after, *params, limit])
+        return [(int(n), str(b)) for n, b in rows]
+
+    def chain_between(self, kernel_id: str, first: int, last: int) -> list[tuple[int, str]]:
+        """``(position, body)`` of one kernel's chain from position ``first`` to ``last``, in chain order."""
+        pos, _, where, params = self._chain(kernel_id)
+        rows = self._all(f"SELECT {pos}, body FROM receipts WHERE {pos} BETWEEN ? AND ?{where} ORDER BY {pos}",
+                         [first, last, *params])
+        return [(int(n), str(b)) for n, b in rows]
+
+    def chain_end(self, kernel_id: str) -> int:
+        """The newest position of one kernel's chain that the receipt table holds (0: none)."""
+        pos, _, where, params = self._chain(kernel_id)
+        row = self._one(f"SELECT MAX({pos}) FROM receipts WHERE {pos} > 0{where}", params)
+        return 0 if row is None or row[0] is None else int(row[0])
+
+    def receipt_position(self, receipt_id: str) -> tuple[str | None, int] | None:
+        """``(chain id, position)`` of a receipt (chain id None: the store's one chain), or None."""
+        pos, chain, _, _ = self._chain("")
+        row = self._one(f"SELECT {chain}, {pos} FROM receipts WHERE id = ?", (receipt_id,))
+        return None if row is None else (None if row[0] is None else str(row[0]), int(row[1]))
 
     def capability(self, capability_id: str) -> CapabilityRow | None:
         """The stored capability row, or None."""
@@ -170,16 +214,6 @@ class SqlReader:
             params.append(query.limit)
         return [(int(s), str(b)) for s, b in self._all(sql, params)]
 
-    def receipts_between(self, first_seq: int, last_seq: int) -> list[tuple[int, str]]:
-        """``(seq, body)`` of the receipts ``first_seq..last_seq`` of the chain, in seq order."""
-        rows = self._all("SELECT seq, body FROM receipts WHERE seq BETWEEN ? AND ? ORDER BY seq", (first_seq, last_seq))
-        return [(int(s), str(b)) for s, b in rows]
-
-    def receipt_seq(self, receipt_id: str) -> int | None:
-        """The chain position of a receipt, or None."""
-        row = self._one("SELECT seq FROM receipts WHERE id = ?", (receipt_id,))
-        return None if row is None else int(row[0])
-
     def checkpoints(self, kernel_id: str | None, first: int = 1, last: int | None = None) -> list[CheckpointRow]:
         """Stored checkpoints numbered ``first..last`` (of one kernel, or all), by kernel then number."""
         sql = f"SELECT {_CHECKPOINT_COLS} FROM checkpoints WHERE checkpoint_seq >= ?"
@@ -252,7 +286,7 @@ class SqlReader:
     def hold(self, receipt_id: str) -> HoldRow | None:
         """The hold of an allow receipt, or None."""
         row = self._one(f"SELECT {HOLD_COLS} FROM holds WHERE receipt_id = ?", (receipt_id,))
-        return None if row is None else _hold_row(row)
+        return None if row is None else hold_row(row)
 
     def hold_grants(self, receipt_id: str) -> list[tuple[str, int]]:
         """``(capability_id, grant_index)`` charged by a hold."""
@@ -277,6 +311,14 @@ class SqlWriter(SqlReader):
 
     #: ``usage.cost_units`` plus ``excluded.cost_units``, saturated at 2^63-1 (dialect arithmetic).
     CHARGE_SUM = "MIN(cost_units + excluded.cost_units, 9223372036854775807)"
+    #: False: the transaction holds the store's one write lock, so row locks are not needed.
+    ROW_LOCKS = False
+
+    def lock_capabilities(self, ids: Sequence[str]) -> None:
+        """Lock what these capabilities share across writers (nothing to do under one write lock)."""
+
+    def claim_idempotency_key(self, key_hash: str) -> None:
+        """Take an idempotency key for this transaction (nothing to do under one write lock)."""
 
     def _run(self, sql: str, params: Sequence[Any] = ()) -> None:
         raise NotImplementedError
@@ -364,12 +406,13 @@ class SqlWriter(SqlReader):
 
     def append_receipt(
         self, seq: int, receipt_id: str, capability_id: str, verdict: str, chain_hash: str, body: str
-    ) -> None:
-        """Append a receipt at ``seq`` (the primary key: two writers never share a place)."""
+    ) -> int:
+        """Append a receipt at ``seq`` (the primary key: two writers never share a place); returns ``seq``."""
         self._run(
             "INSERT INTO receipts(seq, id, capability_id, verdict, chain_hash, body) VALUES (?, ?, ?, ?, ?, ?)",
             (seq, receipt_id, capability_id, verdict, chain_hash, body),
         )
+        return seq
 
     def remember_idempotency(self, key_hash: str, seq: int) -> None:
         """Remember a receipt under a call fingerprint (the layout before the key rule)."""
@@ -458,14 +501,16 @@ class SqlWriter(SqlReader):
             [(row.receipt_id, cid, index) for cid, index in grants],
         )
 
-    def due_holds(self, now: float, limit: int) -> list[HoldRow]:
-        """Open holds whose TTL has passed, oldest first."""
-        rows = self._all(
-            f"SELECT {HOLD_COLS} FROM holds WHERE state = 'open' AND expires_at <= ? "
-            "ORDER BY expires_at, receipt_id LIMIT ?",
-            (now, limit),
-        )
-        return [_hold_row(r) for r in rows]
+    def due_holds(self, now: float, limit: int, touching: Sequence[str] | None = None) -> list[HoldRow]:
+        """Open holds whose TTL has passed, oldest first (only those charging ``touching`` when given)."""
+        sql = f"SELECT {HOLD_COLS} FROM holds WHERE state = 'open' AND expires_at <= ?"
+        params: list[Any] = [now]
+        if touching is not None:
+            cond, more = self._in(touching)
+            sql += f" AND receipt_id IN (SELECT receipt_id FROM hold_grants WHERE capability_id {cond})"
+            params += more
+        rows = self._all(sql + " ORDER BY expires_at, receipt_id LIMIT ?", [*params, limit])
+        return [hold_row(r) for r in rows]
 
     def close_hold(self, receipt_id: str, state: str, captured_units: int, closed_by: str, closed_seq: int) -> None:
         """Close a hold (settled, released or expired) by the receipt at ``closed_seq``."""

@@ -285,7 +285,7 @@ def test_the_cutters_leaf_shortcut_equals_the_specified_leaf(chio_home: Path, pa
         kernel.evaluate(token.id, "fs", "read", params)
         kernel.evaluate(token.id, "fs", "read", params, metadata={"flow_run_id": "r", "k": "\U0001f600"})
         with kernel._gate.read() as st:
-            texts = [t for _, t in st.receipts_between(1, 2)]
+            texts = [t for _, t in st.chain_between(kernel.public_key_hex, 1, 2)]
         for text in texts:
             assert stored_receipt_leaf(text) == receipt_leaf_hash(json.loads(text))
 

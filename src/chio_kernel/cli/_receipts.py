@@ -15,6 +15,7 @@ from typing import Annotated, Any
 import typer
 from rich.text import Text
 
+from chio_kernel._receipts import chain_dict
 from chio_kernel._render import _receipt_dict, _ts, receipt_table
 from chio_kernel.cli._common import (
     CliError,
@@ -219,8 +220,8 @@ TrustedKeys = Annotated[
 @_guarded
 def receipts_verify(data_dir: DataDir = None, store: StoreOpt = None, trusted_key: TrustedKeys = None,
                     as_json: JsonFlag = False) -> None:
-    """Walk the whole receipt chain (every signature and hash link), then check the store against its
-    signed checkpoints (deleted or truncated receipts, equivocation, forged rows). Exit 1 on any problem."""
+    """Walk every receipt chain (one per kernel: every signature and hash link), then check each chain against
+    its kernel's signed checkpoints (deleted or truncated receipts, equivocation, forged rows). Exit 1 on any problem."""
     kernel = _kernel(data_dir, store=store)
     started = time.perf_counter()
     report = kernel.verify_chain()
@@ -231,14 +232,20 @@ def receipts_verify(data_dir: DataDir = None, store: StoreOpt = None, trusted_ke
         "count": report.count,
         "first_broken_index": report.first_broken_index,
         "reason": report.reason,
+        "chains": [chain_dict(c) for c in report.chains],
         "checkpoints": {"ok": checks.ok, "count": checks.checkpoints, "covered": checks.covered,
-                        "problems": checks.problems},
+                        "uncovered_chains": checks.uncovered, "problems": checks.problems},
     }
     if as_json:
         _print_json(data)
     elif report.ok and checks.ok:
         out.print(f"[green]chain ok[/]: {report.count} receipts, signatures and hash links verified; "
-                  f"{checks.checkpoints} checkpoints cover receipts up to seq {checks.covered} ({took:.2f}s)")
+                  f"{checks.checkpoints} checkpoints cover {checks.covered} of them ({took:.2f}s)")
+        if len(report.chains) > 1:  # a fleet store: one chain per kernel
+            for c in report.chains:
+                out.print(f"  kernel {c.kernel_id}: {c.count} receipts, head {c.head_seq}", markup=False)
+        for chain in checks.uncovered:
+            out.print(f"  chain {chain}: no kernel checkpoints it (hash links and signatures only)", markup=False)
     if not report.ok:
         err.print(
             f"error: receipt chain broken at index {report.first_broken_index}: {report.reason}",

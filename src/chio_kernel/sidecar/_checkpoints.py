@@ -53,7 +53,7 @@ async def consistency(request: Request) -> Response:
 async def verify(request: Request) -> Response:
     report = await run_in_threadpool(request.app.state.kernel.verify_checkpoints)
     return json_response({"ok": report.ok, "checkpoints": report.checkpoints, "covered": report.covered,
-                          "problems": report.problems})
+                          "uncovered_chains": report.uncovered, "problems": report.problems})
 
 
 @endpoint
