@@ -303,14 +303,14 @@ class Checkpoints:
                 "no kernel checkpoints: `chio-durable receipts verify` checks it by its hash links and signatures")
         if chain != self.key:
             raise KernelInputError(
-                f"receipt {receipt_id!r} is in kernel {chain[:16]}…'s chain, which has not checkpointed it yet: only that "
-                "kernel cuts its checkpoints (ask it for the proof, or retry in a few seconds)")
+                f"receipt {receipt_id!r} is in kernel {chain[:16]}…'s chain, which has not checkpointed it yet: "
+                "only that kernel cuts its checkpoints (ask it for the proof, or retry in a few seconds)")
         self.cut()
         with self._gate.read() as st:
             row = st.checkpoint_covering(chain, seq)
         if row is None:
-            raise KernelInputError(f"receipt {receipt_id!r} (position {seq}) cannot be checkpointed: the chain has a gap "
-                                   "before it (run `chio-durable receipts verify`)")
+            raise KernelInputError(f"receipt {receipt_id!r} (position {seq}) cannot be checkpointed: the chain has "
+                                   "a gap before it (run `chio-durable receipts verify`)")
         return row
 
     def consistency_proof(self, first: int, last: int) -> dict[str, Any]:

@@ -90,7 +90,8 @@ def test_truncated_table_and_forged_key_row_are_caught(pg_dsn: str, tmp_path: Pa
         receipt, stored, chain_hash = build_receipt(forger.sign_hex, forger.public_key_hex, GENESIS_HASH, time.time(),
                                                     call, {"verdict": "allow"}, "0" * 64)
         conn.execute("INSERT INTO receipts(id, capability_id, verdict, chain_hash, body, kernel_id, chain_seq) VALUES "
-                     "(%s, %s, 'allow', %s, %s, %s, 1)", (receipt.id, cap.id, chain_hash, stored, forger.public_key_hex))
+                     "(%s, %s, 'allow', %s, %s, %s, 1)",
+                     (receipt.id, cap.id, chain_hash, stored, forger.public_key_hex))
         conn.execute("INSERT INTO chain_heads(kernel_id, chain_seq, hash) VALUES (%s, 1, %s)",
                      (forger.public_key_hex, chain_hash))
     assert kernel.verify_chain().ok  # the forged key is registered, so its chain "verifies"

@@ -150,7 +150,8 @@ def test_kill_9_mid_batch_loses_nothing_handed_out_and_every_chain_and_checkpoin
     _go(procs)
     deadline = time.monotonic() + 120
     while not (all(o.exists() and len(o.read_text().splitlines()) >= 30 for o in outs)
-               and len({c["body"]["kernel_key"] for c in issuer.list_checkpoints() if c["body"]["batch_end_seq"] >= 16}) == 4):
+               and len({c["body"]["kernel_key"] for c in issuer.list_checkpoints()
+                        if c["body"]["batch_end_seq"] >= 16}) == 4):
         assert time.monotonic() < deadline, "the workers did not get going (or cut no checkpoint)"
         time.sleep(0.05)
     for p in procs:  # every kernel killed in the middle of its batches (8 callers each, group commit)
