@@ -4,6 +4,8 @@
 ``LocalChioClient`` offers it through the ``chio_sdk.ChioClient`` API in-process, ``SidecarClient``
 (a ``ChioClient``) over HTTP with the kernel's extras. The sidecar and CLI live in
 ``chio_kernel.sidecar`` / ``chio_kernel.cli`` and are not imported here (keeps this import light).
+Signed Merkle checkpoints and their proofs: the pure verifiers are in ``chio_kernel.proofs``;
+``verify_evidence`` checks an evidence package offline (docs/checkpoints.md).
 """
 
 from chio_kernel._approvals import sign_approval_token
@@ -20,8 +22,11 @@ from chio_kernel._errors import (
     KernelConflictError,
     KernelInputError,
     KernelKeyMissingError,
+    ProofError,
     UnknownHoldError,
 )
+from chio_kernel._checkpoints import CheckpointReport
+from chio_kernel._evidence import EvidenceReport, verify_evidence
 from chio_kernel._kernel import ChainReport, Kernel
 from chio_kernel._receipts import ChainStatus, receipt_chain_hash, receipt_signing_bytes
 from chio_kernel.canonical import canonical_json
@@ -35,7 +40,9 @@ __all__ = [
     "CapabilityError",
     "ChainReport",
     "ChainStatus",
+    "CheckpointReport",
     "ChioKernelError",
+    "EvidenceReport",
     "HoldConflictError",
     "IdempotencyKeyReusedError",
     "Kernel",
@@ -43,6 +50,7 @@ __all__ = [
     "KernelInputError",
     "KernelKeyMissingError",
     "LocalChioClient",
+    "ProofError",
     "SidecarClient",
     "UnknownHoldError",
     "canonical_json",
@@ -50,4 +58,5 @@ __all__ = [
     "receipt_chain_hash",
     "receipt_signing_bytes",
     "sign_approval_token",
+    "verify_evidence",
 ]

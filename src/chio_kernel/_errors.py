@@ -11,6 +11,7 @@ Each error keeps the builtin base it always had (``ValueError``, ``LookupError``
     ├── StoreUnavailableError (ConnectionError)  the PostgreSQL store could not be reached (retryable)
     │   └── StoreConflictError                   two fleet writers deadlocked; one was rolled back (retryable)
     ├── UnknownHoldError (ValueError)            no budget hold for that receipt id
+    ├── ProofError (ValueError)                  a checkpoint, proof or evidence package does not verify
     ├── KernelConflictError (ValueError)         the request conflicts with what is recorded (409)
     │   ├── IdempotencyKeyReusedError            a key reused for a different call
     │   └── HoldConflictError                    a hold closed twice differently, an op_id reused
@@ -38,6 +39,7 @@ __all__ = [
     "KernelInputError",
     "KernelKeyMissingError",
     "KernelKeyRetiredError",
+    "ProofError",
     "StoreConflictError",
     "StoreUnavailableError",
     "UnknownHoldError",
@@ -134,3 +136,8 @@ class ApprovalConflictError(ApprovalError):
 class ApprovalTokenError(ApprovalError, ValueError):
     """A signed approval token was refused: untrusted approver key, bad signature, bound to another
     request, parameters or subject, or outside its validity window (HTTP 403)."""
+
+
+class ProofError(ChioKernelError, ValueError):
+    """A checkpoint, an inclusion or consistency proof, or an evidence package does not verify (the
+    message names what is wrong)."""

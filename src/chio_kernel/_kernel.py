@@ -18,10 +18,12 @@ from chio_sdk.models import CapabilityToken, ChioReceipt, ChioScope, MonetaryAmo
 from chio_kernel import _telemetry
 from chio_kernel._approvals import Approvals, approval_settings
 from chio_kernel._capabilities import Capabilities, _Cap, capability_signing_bytes
+from chio_kernel._checkpoints import CheckpointReport, Checkpoints, checkpoint_settings, witness_file
 from chio_kernel._coerce import MAX_COST_UNITS, check_scope_fields
 from chio_kernel._denials import Denials
 from chio_kernel._errors import CapabilityError, ChioKernelError, KernelInputError, KernelKeyMissingError
 from chio_kernel._evaluation import Evaluator
+from chio_kernel._evidence import lineage_row, write_evidence
 from chio_kernel._holds import Holds, resolve_hold_ttl
 from chio_kernel._ids import uuid7
 from chio_kernel._receipt_log import ReceiptLog
@@ -70,6 +72,22 @@ __all__ = [
 _EvalRequest = EvalRequest  # the name this module used
 
 
+def _lineage(info: Callable[[str], dict[str, Any] | None], capability_ids: Iterable[str]) -> list[dict[str, Any]]:
+    """The lineage rows of these capabilities and all their ancestors, ancestors first."""
+    rows: dict[str, dict[str, Any]] = {}
+    for cid in sorted(capability_ids):
+        chain: list[dict[str, Any]] = []
+        current: str | None = cid
+        while current is not None and current not in rows:
+            found = info(current)
+            if found is None:
+                break
+            chain.append(lineage_row(found["token"], found["parent_id"]))
+            rows[current] = chain[-1]
+            current = found["parent_id"]
+    return sorted(rows.values(), key=lambda r: (r["delegation_depth"], r["capability_id"]))
+
+
 def _kernel_repr(data_dir: Path, store: str | None, key: str) -> str:
     """``Kernel(data_dir=..., [store=...,] key=...)`` (a fleet kernel names its store, password masked)."""
     where = "" if store is None else f", store={store!r}"
@@ -110,6 +128,10 @@ class Kernel:
             ``$CHIO_APPROVAL_TTL``, else one day).
         hold_ttl: seconds a budget hold lives unsettled before it expires (default
             ``$CHIO_HOLD_TTL``, else 3600; see ``docs/budgets.md``).
+        checkpoint_every: cut a signed Merkle checkpoint every this many receipts (default
+            ``$CHIO_CHECKPOINT_EVERY``, else 256; 0: no automatic checkpoints; docs/checkpoints.md).
+        checkpoint_interval: ... or once this many seconds passed with receipts pending, whichever
+            comes first (default ``$CHIO_CHECKPOINT_INTERVAL``, else 2).
     """
 
     def __init__(
@@ -123,6 +145,8 @@ class Kernel:
         approver_keys: Iterable[str] = (),
         approval_ttl: int | None = None,
         hold_ttl: float | None = None,
+        checkpoint_every: int | None = None,
+        checkpoint_interval: float | None = None,
     ) -> None:
         """Open the kernel: its key, its store, and the services (see the class doc for the arguments).
 
@@ -132,6 +156,7 @@ class Kernel:
             StoreUnavailableError: the PostgreSQL store cannot be reached.
         """
         ttl = resolve_hold_ttl(hold_ttl)
+        cp_every, cp_interval = checkpoint_settings(checkpoint_every, checkpoint_interval)
         self.data_dir: Path = ensure_data_dir(Path(data_dir) if data_dir is not None else default_data_dir())
         dsn = resolve_store(store)  # None: SQLite in data_dir
         if dsn is None:
@@ -144,6 +169,10 @@ class Kernel:
         # opened after the key: load_or_create_key tightens a fresh data dir, which a store file would hide
         self._store: KernelStore = open_kernel_store(dsn, self.data_dir, fsync=fsync, signer_key=self.public_key_hex)
         self._build_services(ttl, approvers, approvals_ttl, None if dsn is None else self._store.description)
+        witness = witness_file(self.data_dir, None if dsn is None else self._store.description)
+        self._checkpoints = Checkpoints(self._gate, self._signer.sign_hex, self.public_key_hex, witness,
+                                        self._clock, cp_every, cp_interval)
+        self._checkpoints.start()
 
     def _build_services(
         self, hold_ttl: float, approvers: frozenset[str], approval_ttl: int, shared_store: str | None
@@ -177,6 +206,7 @@ class Kernel:
 
     def close(self) -> None:
         """Close the store connection (the kernel cannot be used afterwards; closing twice is a no-op)."""
+        self._checkpoints.stop()
         self._gate.close()
 
     def __enter__(self) -> Kernel:
@@ -895,6 +925,139 @@ class Kernel:
             one :class:`ChainStatus` per chain in ``chains``.
         """
         return self._receipts.verify_chain(batch)
+
+    # --- signed Merkle checkpoints (chio_kernel._checkpoints does the work; docs/checkpoints.md) ---
+
+    @property
+    def checkpoint_every(self) -> int:
+        """Receipts per automatic checkpoint (0: automatic checkpoints off)."""
+        return self._checkpoints.every
+
+    @property
+    def checkpoint_interval(self) -> float:
+        """Seconds after which pending receipts are checkpointed even short of ``checkpoint_every``."""
+        return self._checkpoints.interval
+
+    def checkpoint_now(self) -> list[dict[str, Any]]:
+        """Checkpoint every committed receipt not covered yet (``checkpoint_every`` per checkpoint, 256 when 0).
+
+        Returns:
+            The new signed checkpoints ``{"body", "signature"}``, oldest first (empty when nothing is pending).
+        """
+        return self._checkpoints.cut()
+
+    def list_checkpoints(self, *, kernel_id: str | None = None, first: int = 1,
+                         last: int | None = None) -> list[dict[str, Any]]:
+        """Stored signed checkpoints numbered ``first..last``, oldest first.
+
+        Args:
+            kernel_id: one kernel's (its hex public key); None: every kernel's in the store.
+            first: the first checkpoint number.
+            last: the last one (None: up to the newest).
+
+        Returns:
+            ``{"body": {chio.checkpoint_statement.v1 fields}, "signature": hex}`` per checkpoint.
+        """
+        return self._checkpoints.stored(kernel_id, first, last)
+
+    def get_checkpoint(self, checkpoint_seq: int) -> dict[str, Any] | None:
+        """This kernel's checkpoint with that number, or None (the first stored, if several: see verify)."""
+        found = self._checkpoints.stored(self.public_key_hex, checkpoint_seq, checkpoint_seq)
+        return found[0] if found else None
+
+    def inclusion_proof(self, receipt_id: str) -> dict[str, Any]:
+        """The proof that a receipt is in this kernel's signed log (a checkpoint is cut first if none covers it).
+
+        Check it with :func:`chio_kernel.proofs.verify_inclusion` and the kernel's public key only.
+
+        Returns:
+            ``{"schema": "chio.receipt_inclusion_proof.v1", "receipt", "checkpoint", "proof"}``.
+
+        Raises:
+            KernelInputError: no such receipt.
+        """
+        return self._checkpoints.inclusion_proof(receipt_id)
+
+    def consistency_proof(self, first: int, last: int) -> dict[str, Any]:
+        """The proof that checkpoint ``last`` extends checkpoint ``first`` (both this kernel's).
+
+        Check it with :func:`chio_kernel.proofs.verify_consistency` and the kernel's public key only.
+
+        Returns:
+            ``{"schema": "chio.checkpoint_consistency_chain.v1", "checkpoints", "links", ...}``.
+
+        Raises:
+            KernelInputError: bad numbers, or a checkpoint missing or stored twice.
+        """
+        return self._checkpoints.consistency_proof(first, last)
+
+    def verify_checkpoints(self, *, trusted_keys: Iterable[str] | None = None) -> CheckpointReport:
+        """Check every kernel's chain against that kernel's signed checkpoints (what ``verify_chain`` cannot see).
+
+        Names: deleted or truncated receipts a checkpoint covers, receipts changed under a checkpoint,
+        equivocation (two checkpoints with one number, or one differing from this kernel's witness
+        file), forged checkpoint rows, receipts after the newest checkpoint not signed by the key they
+        name and, given ``trusted_keys`` on a fleet store, registered key rows no trusted key vouches for.
+
+        Args:
+            trusted_keys: every fleet kernel's key (a fleet store); None: key rows are not checked.
+
+        Returns:
+            ``CheckpointReport(ok, checkpoints, covered, problems, uncovered)`` (``uncovered``: the chains
+            no checkpoint covers yet, such as the migrated ``fleet-v1``).
+        """
+        self._trust.learn(None)
+        registered = None
+        if self._fleet is not None:
+            registered = [k["public_key"] for k in self._fleet.registered_keys()]
+        anchors = None if trusted_keys is None else _check_trusted_keys(trusted_keys) | self.trusted_keys
+        return self._checkpoints.verify(self._trust.issuers, registered, anchors)
+
+    def export_evidence(
+        self,
+        directory: str | os.PathLike[str],
+        *,
+        capability_id: str | None = None,
+        metadata: Mapping[str, str] | None = None,
+        since: int | None = None,
+        until: int | None = None,
+    ) -> dict[str, Any]:
+        """Write an evidence package of the matching receipts of this kernel's chain into ``directory`` (new or empty).
+
+        Pending receipts are checkpointed first, so every exported receipt carries its inclusion proof.
+        On a fleet store each kernel exports its own chain's receipts (the package is signed and proved
+        under its key alone).
+        Check the package offline with :func:`chio_kernel.verify_evidence` (or
+        ``chio-durable receipts verify-evidence``); the layout is in docs/checkpoints.md.
+
+        Args:
+            directory: where to write the package.
+            capability_id: only this capability's receipts.
+            metadata: only receipts whose metadata has these values (a run: ``{"flow_run_id": ...}``).
+            since: only receipts at or after this unix second.
+            until: only receipts before this unix second.
+
+        Returns:
+            The manifest (``chio.evidence_export_manifest.v1``).
+
+        Raises:
+            KernelInputError: a malformed filter, or ``directory`` not empty.
+        """
+        self.checkpoint_now()
+        rows = self.query_receipts(capability_id=capability_id, metadata=metadata, since=since)
+        ids = [r.id for _, r in rows if until is None or r.timestamp < until]
+        receipts, checkpoints, proofs = self._checkpoints.evidence_parts(ids)
+        lineage = _lineage(self._capabilities.capability_info, {str(r["capability_id"]) for _, r in receipts})
+        query = {k: v for k, v in (("capabilityId", capability_id), ("metadata", dict(metadata or {}) or None),
+                                   ("since", since), ("until", until)) if v is not None}
+        db = self.data_dir / "kernel.db"
+        retention = {
+            "liveDbSizeBytes": db.stat().st_size if self._fleet is None and db.exists() else None,
+            "oldestLiveReceiptTimestamp": next((r.timestamp for _, r in self.list_receipts_with_seq(limit=1)), None),
+        }
+        return write_evidence(Path(directory), kernel_key=self.public_key_hex, sign_hex=self._signer.sign_hex,
+                              exported_at=int(self._clock()), query=query, receipts=receipts,
+                              checkpoints=checkpoints, proofs=proofs, lineage=lineage, retention=retention)
 
     def health(self) -> dict[str, Any]:
         """Status summary (what the sidecar's ``/chio/health`` returns).

@@ -42,7 +42,15 @@ from typing import TYPE_CHECKING, Any, cast
 from urllib.parse import urlsplit, urlunsplit
 
 from chio_kernel._errors import KernelKeyRetiredError, StoreConflictError, StoreUnavailableError
-from chio_kernel._sql_store import APPROVAL_COLS, HOLD_COLS, MAX_UNITS, SqlReader, SqlWriter, hold_row
+from chio_kernel._sql_store import (
+    APPROVAL_COLS,
+    CHECKPOINT_DDL,
+    HOLD_COLS,
+    MAX_UNITS,
+    SqlReader,
+    SqlWriter,
+    hold_row,
+)
 from chio_kernel._store import GENESIS_HASH, LEGACY_CHAIN, ApprovalRow, HoldRow, StoredCounts
 
 if TYPE_CHECKING:
@@ -281,13 +289,9 @@ class _PgReader(SqlReader):
         )
         return [(str(k), int(n), str(h)) for k, n, h in rows]
 
-    def chain_receipts(self, kernel_id: str, after: int, limit: int) -> list[tuple[int, str]]:
-        """``(chain_seq, body)`` of one kernel's chain after ``after``, in chain order."""
-        rows = self._all(
-            "SELECT chain_seq, body FROM receipts WHERE kernel_id = ? AND chain_seq > ? ORDER BY chain_seq LIMIT ?",
-            (kernel_id, after, limit),
-        )
-        return [(int(n), str(b)) for n, b in rows]
+    def _chain(self, kernel_id: str) -> tuple[str, str, str, list[Any]]:
+        """One kernel's chain: its receipts' ``chain_seq``s, selected by ``kernel_id``."""
+        return "chain_seq", "kernel_id", " AND kernel_id = ?", [kernel_id]
 
     # --- the fleet's keys (PostgreSQL only) ---
 
@@ -541,6 +545,8 @@ class PostgresStore:
                 if self._schema_version() == "1":
                     self._conn.execute(cast("Any", MIGRATE_1_TO_2))
                 self._conn.execute(cast("Any", SCHEMA))
+                for statement in CHECKPOINT_DDL:
+                    self._conn.execute(cast("Any", statement))
                 if signer_key is not None:
                     self._conn.execute(
                         "INSERT INTO kernel_keys(public_key, label, registered_at) VALUES (%s, %s, %s) "

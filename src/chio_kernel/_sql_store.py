@@ -14,9 +14,9 @@ import json
 from collections.abc import Sequence
 from typing import Any
 
-from chio_kernel._store import ApprovalRow, CapabilityRow, HoldRow, ReceiptQuery
+from chio_kernel._store import ApprovalRow, CapabilityRow, CheckpointRow, HoldRow, ReceiptQuery
 
-__all__ = ["APPROVAL_COLS", "HOLD_COLS", "MAX_UNITS", "SqlReader", "SqlWriter", "hold_row"]
+__all__ = ["APPROVAL_COLS", "CHECKPOINT_DDL", "HOLD_COLS", "MAX_UNITS", "SqlReader", "SqlWriter", "hold_row"]
 
 APPROVAL_COLS = (
     "id, capability_id, tool_server, tool_name, parameter_hash, call_hash, subject, summary, created_at, "
@@ -26,6 +26,17 @@ HOLD_COLS = (
     "receipt_id, capability_id, policy_hash, units, currency, created_at, expires_at, state, captured_units, "
     "closed_by, closed_seq"
 )
+#: The signed Merkle checkpoints (chio_kernel._checkpoints), the same DDL on both dialects. The key
+#: holds the body digest, so two different checkpoints with one number (equivocation) can both be
+#: stored and shown; the cutter numbers checkpoints inside a write transaction, so it never makes two.
+CHECKPOINT_DDL = (
+    "CREATE TABLE IF NOT EXISTS checkpoints ("
+    " kernel_id TEXT NOT NULL, checkpoint_seq BIGINT NOT NULL, batch_start_seq BIGINT NOT NULL,"
+    " batch_end_seq BIGINT NOT NULL, sha256 TEXT NOT NULL, body TEXT NOT NULL, signature TEXT NOT NULL,"
+    " leaves TEXT NOT NULL, PRIMARY KEY (kernel_id, checkpoint_seq, sha256))",
+    "CREATE INDEX IF NOT EXISTS checkpoints_end ON checkpoints(kernel_id, batch_end_seq)",
+)
+_CHECKPOINT_COLS = "kernel_id, checkpoint_seq, batch_start_seq, batch_end_seq, sha256, body, signature, leaves"
 #: Budgets saturate at 2^63-1 (both stores keep units as a 64-bit integer).
 MAX_UNITS = 9223372036854775807
 _CAP_SQL = "SELECT id, token, parent_id, subject, issued_at, expires_at, rate_max, rate_per FROM capabilities WHERE id = ?"
@@ -40,6 +51,10 @@ def hold_row(r: Sequence[Any]) -> HoldRow:
         str(r[0]), str(r[1]), str(r[2]), int(r[3]), str(r[4]), float(r[5]), float(r[6]), str(r[7]), int(r[8]),
         None if r[9] is None else str(r[9]), None if r[10] is None else int(r[10]),
     )
+
+
+def _checkpoint_row(r: Sequence[Any]) -> CheckpointRow:
+    return CheckpointRow(str(r[0]), int(r[1]), int(r[2]), int(r[3]), str(r[4]), str(r[5]), str(r[6]), str(r[7]))
 
 
 class SqlReader:
@@ -86,9 +101,39 @@ class SqlReader:
         first = self.receipts_after(0, 1)[0][1]
         return [(str(json.loads(first).get("kernel_key", "")), seq, head)]
 
+    def _chain(self, kernel_id: str) -> tuple[str, str, str, list[Any]]:
+        """``(position column, chain id column, filter, its parameters)`` selecting one kernel's chain.
+
+        SQLite holds one chain (its kernel's): the positions are the ``seq``s, the filter is empty and
+        the id column ``NULL``; PostgreSQL overrides this with ``chain_seq`` and ``kernel_id``.
+        """
+        return "seq", "NULL", "", []
+
     def chain_receipts(self, kernel_id: str, after: int, limit: int) -> list[tuple[int, str]]:
-        """``(seq, body)`` of the chain after ``after`` (the store's one chain: ``kernel_id`` names it)."""
-        return self.receipts_after(after, limit)
+        """``(position, body)`` of one kernel's chain after position ``after``, in chain order."""
+        pos, _, where, params = self._chain(kernel_id)
+        rows = self._all(f"SELECT {pos}, body FROM receipts WHERE {pos} > ?{where} ORDER BY {pos} LIMIT ?",
+                         [after, *params, limit])
+        return [(int(n), str(b)) for n, b in rows]
+
+    def chain_between(self, kernel_id: str, first: int, last: int) -> list[tuple[int, str]]:
+        """``(position, body)`` of one kernel's chain from position ``first`` to ``last``, in chain order."""
+        pos, _, where, params = self._chain(kernel_id)
+        rows = self._all(f"SELECT {pos}, body FROM receipts WHERE {pos} BETWEEN ? AND ?{where} ORDER BY {pos}",
+                         [first, last, *params])
+        return [(int(n), str(b)) for n, b in rows]
+
+    def chain_end(self, kernel_id: str) -> int:
+        """The newest position of one kernel's chain that the receipt table holds (0: none)."""
+        pos, _, where, params = self._chain(kernel_id)
+        row = self._one(f"SELECT MAX({pos}) FROM receipts WHERE {pos} > 0{where}", params)
+        return 0 if row is None or row[0] is None else int(row[0])
+
+    def receipt_position(self, receipt_id: str) -> tuple[str | None, int] | None:
+        """``(chain id, position)`` of a receipt (chain id None: the store's one chain), or None."""
+        pos, chain, _, _ = self._chain("")
+        row = self._one(f"SELECT {chain}, {pos} FROM receipts WHERE id = ?", (receipt_id,))
+        return None if row is None else (None if row[0] is None else str(row[0]), int(row[1]))
 
     def capability(self, capability_id: str) -> CapabilityRow | None:
         """The stored capability row, or None."""
@@ -169,6 +214,49 @@ class SqlReader:
             params.append(query.limit)
         return [(int(s), str(b)) for s, b in self._all(sql, params)]
 
+    def checkpoints(self, kernel_id: str | None, first: int = 1, last: int | None = None) -> list[CheckpointRow]:
+        """Stored checkpoints numbered ``first..last`` (of one kernel, or all), by kernel then number."""
+        sql = f"SELECT {_CHECKPOINT_COLS} FROM checkpoints WHERE checkpoint_seq >= ?"
+        params: list[Any] = [first]
+        if last is not None:
+            sql += " AND checkpoint_seq <= ?"
+            params.append(last)
+        if kernel_id is not None:
+            sql += " AND kernel_id = ?"
+            params.append(kernel_id)
+        rows = self._all(sql + " ORDER BY kernel_id, checkpoint_seq, sha256", params)
+        return [_checkpoint_row(r) for r in rows]
+
+    def checkpoint_kernels(self) -> list[str]:
+        """The kernels (hex public keys) with checkpoints in the store."""
+        return [str(r[0]) for r in self._all("SELECT DISTINCT kernel_id FROM checkpoints ORDER BY kernel_id")]
+
+    def checkpoints_after(self, kernel_id: str, after_seq: int, limit: int) -> list[CheckpointRow]:
+        """A page of a kernel's checkpoints numbered above ``after_seq``, by number (then digest)."""
+        rows = self._all(
+            f"SELECT {_CHECKPOINT_COLS} FROM checkpoints WHERE kernel_id = ? AND checkpoint_seq > ? "
+            "ORDER BY checkpoint_seq, sha256 LIMIT ?",
+            (kernel_id, after_seq, limit),
+        )
+        return [_checkpoint_row(r) for r in rows]
+
+    def last_checkpoint(self, kernel_id: str) -> CheckpointRow | None:
+        """A kernel's newest checkpoint, or None."""
+        row = self._one(
+            f"SELECT {_CHECKPOINT_COLS} FROM checkpoints WHERE kernel_id = ? ORDER BY checkpoint_seq DESC LIMIT 1",
+            (kernel_id,),
+        )
+        return None if row is None else _checkpoint_row(row)
+
+    def checkpoint_covering(self, kernel_id: str, receipt_seq: int) -> CheckpointRow | None:
+        """A kernel's checkpoint whose range holds ``receipt_seq``, or None."""
+        row = self._one(
+            f"SELECT {_CHECKPOINT_COLS} FROM checkpoints WHERE kernel_id = ? AND batch_end_seq >= ? "
+            "ORDER BY batch_end_seq LIMIT 1",
+            (kernel_id, receipt_seq),
+        )
+        return None if row is None or int(row[2]) > receipt_seq else _checkpoint_row(row)
+
     def approval(self, approval_id: str) -> ApprovalRow | None:
         """One approval row, or None."""
         row = self._one(f"SELECT {APPROVAL_COLS} FROM approvals WHERE id = ?", (approval_id,))
@@ -241,6 +329,10 @@ class SqlWriter(SqlReader):
     def _changed(self, sql: str, params: Sequence[Any]) -> bool:
         """Run an UPDATE / INSERT: did it change exactly one row?"""
         raise NotImplementedError
+
+    def insert_checkpoint(self, row: CheckpointRow) -> None:
+        """Store a signed checkpoint."""
+        self._run(f"INSERT INTO checkpoints({_CHECKPOINT_COLS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?)", tuple(row))
 
     def head_and_revoked(self, lineage: Sequence[str]) -> tuple[int, str, str | None]:
         """The chain head and one revoked id of ``lineage`` (or None), in one statement."""

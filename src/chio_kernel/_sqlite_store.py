@@ -27,7 +27,7 @@ from typing import Any
 from contextlib import contextmanager
 from pathlib import Path
 
-from chio_kernel._sql_store import SqlWriter
+from chio_kernel._sql_store import CHECKPOINT_DDL, SqlWriter
 from chio_kernel._store import GENESIS_HASH, StoredCounts
 
 __all__ = ["DB_FILE", "GENESIS_HASH", "SCHEMA_VERSION", "SQLiteStore", "open_store"]
@@ -203,7 +203,7 @@ def open_store(data_dir: Path, *, fsync: bool = False, timeout: float = 60.0) ->
         # first development builds indexed receipts(capability_id, seq) on every insert; the
         # lazily caught-up receipts_by_capability table replaces it (see Kernel.list_receipts)
         conn.execute("DROP INDEX IF EXISTS receipts_capability")
-        for statement in _statements(_SCHEMA.replace("{genesis}", GENESIS_HASH)):
+        for statement in (*_statements(_SCHEMA.replace("{genesis}", GENESIS_HASH)), *CHECKPOINT_DDL):
             conn.execute(statement)
         conn.execute("INSERT OR IGNORE INTO meta(k, v) VALUES ('schema_version', ?)", (SCHEMA_VERSION,))
         conn.execute("COMMIT")

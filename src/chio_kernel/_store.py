@@ -67,12 +67,13 @@ from __future__ import annotations
 from collections.abc import Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
-from typing import Protocol, runtime_checkable
+from typing import NamedTuple, Protocol, runtime_checkable
 
 __all__ = [
     "GENESIS_HASH",
     "ApprovalRow",
     "CapabilityRow",
+    "CheckpointRow",
     "HoldRow",
     "KernelStore",
     "ReceiptQuery",
@@ -183,6 +184,20 @@ class HoldRow:
     closed_seq: int | None = None
 
 
+class CheckpointRow(NamedTuple):
+    """One stored signed checkpoint (see ``chio_kernel._checkpoints``): ``body`` is its canonical JSON,
+    ``leaves`` the covered receipts' leaf hashes (hex, concatenated) so proofs need no re-hashing."""
+
+    kernel_id: str
+    checkpoint_seq: int
+    batch_start_seq: int
+    batch_end_seq: int
+    sha256: str
+    body: str
+    signature: str
+    leaves: str
+
+
 class StoreReader(Protocol):
     """Reads of the store (committed state, or a transaction's own view inside :class:`StoreWriter`)."""
 
@@ -271,9 +286,46 @@ class StoreReader(Protocol):
         """``(grant_index, held units, open holds)`` of this capability's grants with open holds."""
         ...
 
+    def chain_between(self, kernel_id: str, first: int, last: int) -> list[tuple[int, str]]:
+        """``(position, body)`` of one kernel's chain from position ``first`` to ``last``, in chain order
+        (SQLite: the store's one chain, positions = ``seq``; PostgreSQL: ``kernel_id``'s, by ``chain_seq``)."""
+        ...
+
+    def chain_end(self, kernel_id: str) -> int:
+        """The newest position of one kernel's chain that the receipt table holds (0: none)."""
+        ...
+
+    def receipt_position(self, receipt_id: str) -> tuple[str | None, int] | None:
+        """``(chain id, position)`` of a receipt (chain id None: the store's one chain), or None."""
+        ...
+
+    def checkpoints(self, kernel_id: str | None, first: int = 1, last: int | None = None) -> list[CheckpointRow]:
+        """Stored checkpoints numbered ``first..last`` (of one kernel, or all), by kernel then number."""
+        ...
+
+    def checkpoint_kernels(self) -> list[str]:
+        """The kernels (hex public keys) with checkpoints in the store."""
+        ...
+
+    def checkpoints_after(self, kernel_id: str, after_seq: int, limit: int) -> list[CheckpointRow]:
+        """A page of a kernel's checkpoints numbered above ``after_seq``, by number (then digest)."""
+        ...
+
+    def last_checkpoint(self, kernel_id: str) -> CheckpointRow | None:
+        """A kernel's newest checkpoint, or None."""
+        ...
+
+    def checkpoint_covering(self, kernel_id: str, receipt_seq: int) -> CheckpointRow | None:
+        """A kernel's checkpoint whose range holds ``receipt_seq``, or None."""
+        ...
+
 
 class StoreWriter(StoreReader, Protocol):
     """The operations of one write transaction (see the module docstring for its guarantees)."""
+
+    def insert_checkpoint(self, row: CheckpointRow) -> None:
+        """Store a signed checkpoint."""
+        ...
 
     def head_and_revoked(self, lineage: Sequence[str]) -> tuple[int, str, str | None]:
         """``chain_head()`` plus ``first_revoked(lineage)`` (one round trip on the evaluation path)."""

@@ -10,7 +10,7 @@ from typing import Annotated
 
 import typer
 
-from chio_kernel.cli import _approvals, _budgets, _capabilities, _keys, _receipts
+from chio_kernel.cli import _approvals, _budgets, _capabilities, _checkpoints, _keys, _receipts
 from chio_kernel.cli._common import _read_environment_into_consoles
 from chio_kernel.cli._demo import demo
 from chio_kernel.cli._sidecar import sidecar
@@ -56,12 +56,21 @@ _GROUPS: tuple[tuple[str, str, tuple[tuple[str, Callable[..., None]], ...]], ...
         ("list", _capabilities.capability_list),
         ("show", _capabilities.capability_show),
     )),
-    ("receipts", "List, follow, show, verify and export signed receipts.", (
+    ("receipts", "List, follow, show, verify, prove and export signed receipts.", (
         ("show", _receipts.receipts_show),
         ("verify", _receipts.receipts_verify),
         ("export", _receipts.receipts_export),
         ("list", _receipts.receipts_list),
         ("tail", _receipts.receipts_tail),
+        ("proof", _checkpoints.receipts_proof),
+        ("verify-proof", _checkpoints.receipts_verify_proof),
+        ("verify-evidence", _checkpoints.receipts_verify_evidence),
+    )),
+    ("checkpoints", "Signed Merkle checkpoints over the receipt log: list, show, cut, consistency proofs.", (
+        ("list", _checkpoints.checkpoints_list),
+        ("show", _checkpoints.checkpoints_show),
+        ("cut", _checkpoints.checkpoints_cut),
+        ("consistency", _checkpoints.checkpoints_consistency),
     )),
     ("keys", "The kernel keys registered in a shared PostgreSQL store (a fleet).", (
         ("list", _keys.keys_list),

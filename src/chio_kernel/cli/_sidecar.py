@@ -37,6 +37,16 @@ def sidecar(
             help="Close a connection that has not sent complete request headers within this many seconds.",
         ),
     ] = 10.0,
+    checkpoint_every: Annotated[
+        int | None,
+        typer.Option("--checkpoint-every", envvar="CHIO_CHECKPOINT_EVERY", min=0, show_default=False,
+                     help="Cut a signed Merkle checkpoint every N receipts (default 256; 0: off)."),
+    ] = None,
+    checkpoint_interval: Annotated[
+        float | None,
+        typer.Option("--checkpoint-interval", envvar="CHIO_CHECKPOINT_INTERVAL", min=0.01, show_default=False,
+                     help="... or after this many seconds with receipts pending, whichever first (default 2)."),
+    ] = None,
     otel: Annotated[
         bool,
         typer.Option(
@@ -59,6 +69,11 @@ def sidecar(
     path = _resolve_dir(data_dir)
     if store is not None:  # the sidecar's Kernel reads $CHIO_STORE
         os.environ["CHIO_STORE"] = store
+    # ... and $CHIO_CHECKPOINT_EVERY / _INTERVAL
+    if checkpoint_every is not None:
+        os.environ["CHIO_CHECKPOINT_EVERY"] = str(checkpoint_every)
+    if checkpoint_interval is not None:
+        os.environ["CHIO_CHECKPOINT_INTERVAL"] = str(checkpoint_interval)
 
     def ready(kernel: Any) -> None:
         auth = "bearer token required" if token else "no auth (loopback only)"

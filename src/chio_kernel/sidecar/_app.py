@@ -18,6 +18,7 @@ from chio_kernel._kernel import Kernel
 from chio_kernel._postgres_store import is_postgres_dsn, mask_dsn
 from chio_kernel.sidecar._approvals import ROUTES as APPROVAL_ROUTES
 from chio_kernel.sidecar._budgets import ROUTES as BUDGET_ROUTES
+from chio_kernel.sidecar._checkpoints import ROUTES as CHECKPOINT_ROUTES
 from chio_kernel.sidecar._http_requests import ROUTES as HTTP_REQUEST_ROUTES
 from chio_kernel.sidecar._routes_capabilities import ROUTES as CAPABILITY_ROUTES
 from chio_kernel.sidecar._routes_receipts import ROUTES as RECEIPT_ROUTES, evaluate
@@ -57,6 +58,7 @@ ROUTES: list[Route] = [  # no two routes match the same path and method, so the 
     Route("/chio/health", health, methods=["GET"]),
     *HTTP_REQUEST_ROUTES,
     *CAPABILITY_ROUTES,
+    *CHECKPOINT_ROUTES,
     *APPROVAL_ROUTES,
     *BUDGET_ROUTES,
 ]
