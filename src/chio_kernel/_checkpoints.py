@@ -157,8 +157,13 @@ def _leaves_of(rows: list[tuple[int, str]]) -> list[bytes]:
 class CheckpointReport:
     """What :meth:`Checkpoints.verify` found: ``ok`` when ``problems`` is empty.
 
-    ``covered``: receipts some checkpoint covers (over every chain); ``uncovered``: the chains holding
-    receipts that no checkpoint covers yet (the migrated fleet chain ``fleet-v1`` always: docs/fleet.md).
+    Attributes:
+        ok: no problem found.
+        checkpoints: how many checkpoints were checked.
+        covered: receipts some checkpoint covers (over every chain).
+        problems: one sentence per problem, naming what is wrong.
+        uncovered: the chains holding receipts that no checkpoint covers yet (the migrated fleet chain
+            ``fleet-v1`` always: docs/fleet.md).
     """
 
     ok: bool

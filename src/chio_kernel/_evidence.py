@@ -40,7 +40,14 @@ _OURS = frozenset({"manifest.json", "manifest.sig", *_FILES})
 
 @dataclass(frozen=True)
 class EvidenceReport:
-    """What :func:`verify_evidence` checked."""
+    """What :func:`verify_evidence` checked.
+
+    Attributes:
+        kernel_key: the public key (hex) that signed the package's manifest, receipts and checkpoints.
+        receipts: receipts checked.
+        checkpoints: checkpoints checked.
+        inclusion_proofs: inclusion proofs checked.
+    """
 
     kernel_key: str
     receipts: int

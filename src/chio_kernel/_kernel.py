@@ -961,7 +961,14 @@ class Kernel:
         return self._checkpoints.stored(kernel_id, first, last)
 
     def get_checkpoint(self, checkpoint_seq: int) -> dict[str, Any] | None:
-        """This kernel's checkpoint with that number, or None (the first stored, if several: see verify)."""
+        """This kernel's checkpoint with that number, or None (the first stored, if several: see verify).
+
+        Args:
+            checkpoint_seq: the checkpoint's number in this kernel's sequence (1 is the first).
+
+        Returns:
+            The stored checkpoint (its signed ``chio.checkpoint_statement.v1`` body and signature), or None.
+        """
         found = self._checkpoints.stored(self.public_key_hex, checkpoint_seq, checkpoint_seq)
         return found[0] if found else None
 
@@ -969,6 +976,9 @@ class Kernel:
         """The proof that a receipt is in this kernel's signed log (a checkpoint is cut first if none covers it).
 
         Check it with :func:`chio_kernel.proofs.verify_inclusion` and the kernel's public key only.
+
+        Args:
+            receipt_id: the receipt to prove (of any kernel's chain in this store).
 
         Returns:
             ``{"schema": "chio.receipt_inclusion_proof.v1", "receipt", "checkpoint", "proof"}``.
@@ -982,6 +992,10 @@ class Kernel:
         """The proof that checkpoint ``last`` extends checkpoint ``first`` (both this kernel's).
 
         Check it with :func:`chio_kernel.proofs.verify_consistency` and the kernel's public key only.
+
+        Args:
+            first: the earlier checkpoint's number.
+            last: the later checkpoint's number (``>= first``).
 
         Returns:
             ``{"schema": "chio.checkpoint_consistency_chain.v1", "checkpoints", "links", ...}``.
