@@ -11,10 +11,12 @@ from chio_kernel._client import LocalChioClient, SidecarClient
 from chio_kernel._errors import (
     ApprovalConflictError,
     ApprovalError,
+    ApprovalForbiddenError,
     ApprovalNotFoundError,
     ApprovalTokenError,
     CapabilityError,
     ChioKernelError,
+    CredentialError,
     HoldConflictError,
     IdempotencyKeyReusedError,
     KernelConflictError,
@@ -24,17 +26,20 @@ from chio_kernel._errors import (
 )
 from chio_kernel._kernel import ChainReport, Kernel
 from chio_kernel._receipts import receipt_chain_hash, receipt_signing_bytes
+from chio_kernel._roles import OPEN_PRINCIPAL, Principal, Role
 from chio_kernel.canonical import canonical_json
 from chio_kernel.signing import default_data_dir
 
 __all__ = [
     "ApprovalConflictError",
     "ApprovalError",
+    "ApprovalForbiddenError",
     "ApprovalNotFoundError",
     "ApprovalTokenError",
     "CapabilityError",
     "ChainReport",
     "ChioKernelError",
+    "CredentialError",
     "HoldConflictError",
     "IdempotencyKeyReusedError",
     "Kernel",
@@ -42,6 +47,9 @@ __all__ = [
     "KernelInputError",
     "KernelKeyMissingError",
     "LocalChioClient",
+    "OPEN_PRINCIPAL",
+    "Principal",
+    "Role",
     "SidecarClient",
     "UnknownHoldError",
     "canonical_json",
