@@ -42,7 +42,7 @@ from chio_sdk.models import (
     Operation,
 )
 
-from chio_kernel._approvals import PENDING_HEADER
+from chio_kernel._approvals import PENDING_HEADER, PENDING_VERDICT
 from chio_kernel._kernel import CapabilityError, Kernel
 
 __all__ = ["LocalChioClient", "SidecarClient", "capability_id_from_token"]
@@ -122,6 +122,11 @@ class LocalChioClient(_HttpRequestEvaluation):
         store: ``"postgresql://..."`` to share one PostgreSQL store with a fleet of kernels (default
             ``$CHIO_STORE``, else SQLite in ``data_dir``; see docs/fleet.md); ignored when ``kernel``
             is given.
+        understands_pending: ``evaluate_tool_call`` answers a call waiting for a person with its
+            ``pending_approval`` receipt (True), or with a signed deny naming the approval (False, the
+            default: fail closed for code that checks only ``is_denied``, as the sidecar does for a
+            stock ``ChioClient``). This package's layers call the kernel directly and get the pending
+            receipt either way.
     """
 
     def __init__(
@@ -129,7 +134,10 @@ class LocalChioClient(_HttpRequestEvaluation):
         data_dir: str | os.PathLike[str] | None = None,
         kernel: Kernel | None = None,
         store: str | None = None,
+        *,
+        understands_pending: bool = False,
     ) -> None:
+        self.understands_pending = understands_pending
         self._owns_kernel = kernel is None
         self.kernel: Kernel = kernel if kernel is not None else Kernel(data_dir, store=store)
         self.base_url: str = f"embedded:{self.kernel.data_dir}"
@@ -210,15 +218,17 @@ class LocalChioClient(_HttpRequestEvaluation):
         operation: Operation = Operation.INVOKE,
         approval_id: str | None = None,
         metadata: Mapping[str, str] | None = None,
+        understands_pending: bool | None = None,
     ) -> ChioReceipt:
         """Evaluate one tool call; returns the signed receipt (allow, deny or ``pending_approval``).
 
         ``approval_id``: re-send a call that was pending once a person approved it (docs/approvals.md).
         ``metadata``: the caller's run context (e.g. ``{"flow_run_id": ...}``), signed into the
-        receipt's ``metadata`` (``Kernel.evaluate``).
+        receipt's ``metadata`` (``Kernel.evaluate``). ``understands_pending``: see the class doc
+        (None: the client's).
         """
         # concurrent callers on this event loop share one store transaction (group commit)
-        return await self.kernel._evaluate_async(
+        receipt = await self.kernel._evaluate_async(
             capability_id,
             tool_server,
             tool_name,
@@ -229,6 +239,10 @@ class LocalChioClient(_HttpRequestEvaluation):
             approval_id=approval_id,
             metadata=metadata,
         )
+        pending = self.understands_pending if understands_pending is None else understands_pending
+        if not pending and receipt.decision.verdict == PENDING_VERDICT:
+            return await asyncio.to_thread(self.kernel.pending_as_deny, receipt, metadata)
+        return receipt
 
     async def record_denial(
         self,
@@ -354,11 +368,14 @@ class SidecarClient(_HttpRequestEvaluation, ChioClient):
       charged once (the stock ``ChioClient`` cannot send them; see ``docs/sidecar.md``);
     * ``token=`` sends ``Authorization: Bearer <token>`` on every request (a credential token of a
       ``--auth roles`` sidecar, or the ``--token`` of a token-mode one; docs/security.md);
-    * it says ``X-Chio-Pending: understood``: a call waiting for a person comes back as its
-      ``pending_approval`` receipt (``is_allowed`` and ``is_denied`` both False), which the caller must
-      not run; re-send it with ``approval_id`` once approved. ``understands_pending=False`` leaves the
-      header out: the sidecar then answers such a call with a signed deny (what a stock
-      ``ChioClient`` gets; docs/approvals.md);
+    * pending approvals fail closed: by default it does NOT say it understands ``pending_approval``,
+      so a call waiting for a person comes back as a signed deny (guard ``approval``, naming the
+      approval) — what a stock ``ChioClient`` gets, safe to hand to code that checks only
+      ``is_denied`` (upstream ``chio-prefect``). ``understands_pending=True`` (on the client, or per
+      ``evaluate_tool_call``; this package's layers pass it) sends ``X-Chio-Pending: understood`` and
+      gets the ``pending_approval`` receipt itself (``is_allowed`` and ``is_denied`` both False), which
+      the caller must not run; it re-sends the call with ``approval_id`` once approved
+      (docs/approvals.md);
     * ``get_capability``, ``revoke_capability``, ``get_receipt``, ``list_receipts``: the sidecar's
       read/revoke endpoints, the same extras :class:`LocalChioClient` offers.
 
@@ -370,20 +387,19 @@ class SidecarClient(_HttpRequestEvaluation, ChioClient):
         timeout: seconds per request (default 5, as ``ChioClient``).
         token: the bearer token: a credential's (``chio-durable credentials add``) or the sidecar's
             ``--token``.
-        understands_pending: send ``X-Chio-Pending: understood`` (default): pending calls come back
-            as ``pending_approval`` receipts instead of denies.
+        understands_pending: send ``X-Chio-Pending: understood`` on evaluations: pending calls come
+            back as ``pending_approval`` receipts instead of signed denies (default False).
     """
 
     def __init__(
         self, base_url: str | None = None, *, timeout: float = 5.0, token: str | None = None,
-        understands_pending: bool = True,
+        understands_pending: bool = False,
     ) -> None:
         super().__init__(base_url, timeout=timeout)
         self.base_url: str = (base_url or self.DEFAULT_BASE_URL).rstrip("/")
         self._wake_reports: dict[str, list[dict[str, Any]]] = {}
-        headers = {"Authorization": f"Bearer {token}"} if token is not None else {}
-        if understands_pending:
-            headers[PENDING_HEADER] = "understood"
+        headers = {"Authorization": f"Bearer {token}"} if token is not None else None
+        self.understands_pending = understands_pending
         self._sidecar = httpx.AsyncClient(base_url=self.base_url, timeout=httpx.Timeout(timeout), headers=headers)
 
     def __repr__(self) -> str:
@@ -462,9 +478,14 @@ class SidecarClient(_HttpRequestEvaluation, ChioClient):
         operation: Operation = Operation.INVOKE,
         approval_id: str | None = None,
         metadata: Mapping[str, str] | None = None,
+        understands_pending: bool | None = None,
     ) -> ChioReceipt:
         """Evaluate one tool call; the signed receipt (allow, deny or ``pending_approval``), as
         ``ChioClient`` returns it.
+
+        ``understands_pending``: True: a call waiting for a person comes back as its
+        ``pending_approval`` receipt; False: as a signed deny (fail closed for callers that check only
+        ``is_denied``); None: the client's ``understands_pending``.
 
         ``metadata``: the caller's run context (e.g. ``{"workflow_id": ...}``), signed into the
         receipt's ``metadata`` (the body's ``"metadata"``, docs/sidecar.md).
@@ -489,7 +510,9 @@ class SidecarClient(_HttpRequestEvaluation, ChioClient):
             body["approval_id"] = approval_id
         if metadata:
             body["metadata"] = dict(metadata)
-        return ChioReceipt.model_validate(await self._request("POST", "/v1/evaluate", body))
+        pending = self.understands_pending if understands_pending is None else understands_pending
+        headers = _UNDERSTOOD if pending else None
+        return ChioReceipt.model_validate(await self._request("POST", "/v1/evaluate", body, headers=headers))
 
     async def record_denial(
         self,
@@ -689,6 +712,9 @@ class SidecarClient(_HttpRequestEvaluation, ChioClient):
         except httpx.TimeoutException as exc:
             raise ChioTimeoutError(f"Request to {path} timed out") from exc
         return _answer(resp)
+
+
+_UNDERSTOOD = {PENDING_HEADER: "understood"}
 
 
 def _segment(value: str) -> str:

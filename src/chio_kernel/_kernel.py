@@ -734,7 +734,10 @@ class Kernel:
         """Seconds an unsettled hold lives before it expires."""
         return self._holds.ttl
 
-    def settle(self, receipt_id: str, actual_cost: MonetaryAmount | Mapping[str, Any], op_id: str) -> ChioReceipt:
+    def settle(
+        self, receipt_id: str, actual_cost: MonetaryAmount | Mapping[str, Any], op_id: str, *,
+        metadata: Mapping[str, str] | None = None,
+    ) -> ChioReceipt:
         """Settle the hold placed by an allow: capture the actual cost, free the rest.
 
         A settle after the hold expired captures up to the budget left then (``after_expiry``).
@@ -743,6 +746,8 @@ class Kernel:
             receipt_id: the allow receipt that placed the hold.
             actual_cost: ``{units, currency}`` (minor units), in the hold's currency.
             op_id: names this operation: the same ``op_id`` again returns the same receipt.
+            metadata: run context signed into the receipt (the sidecar's ``chio_role`` /
+                ``chio_principal``), as in :meth:`evaluate`.
 
         Returns:
             The signed settle receipt (``metadata["budget"]``: hold, requested, captured, ``capped``
@@ -754,9 +759,11 @@ class Kernel:
             UnknownHoldError: no hold for that receipt id.
             KernelInputError: a malformed cost, or another currency.
         """
-        return self._holds.settle(receipt_id, actual_cost, op_id)
+        return self._holds.settle(receipt_id, actual_cost, op_id, metadata)
 
-    def release(self, receipt_id: str, op_id: str, reason: str = "released") -> ChioReceipt:
+    def release(
+        self, receipt_id: str, op_id: str, reason: str = "released", *, metadata: Mapping[str, str] | None = None
+    ) -> ChioReceipt:
         """Free the whole hold of an allow (compensation).
 
         Releasing a hold that already expired returns the expiry receipt (it is free already).
@@ -765,6 +772,7 @@ class Kernel:
             receipt_id: the allow receipt that placed the hold.
             op_id: names this operation (same rules as :meth:`settle`).
             reason: why (recorded and signed).
+            metadata: run context signed into the receipt, as in :meth:`settle`.
 
         Returns:
             The signed release receipt.
@@ -773,7 +781,7 @@ class Kernel:
             HoldConflictError: the hold was closed by a different operation, or ``op_id`` reused.
             UnknownHoldError: no hold for that receipt id.
         """
-        return self._holds.release(receipt_id, op_id, reason)
+        return self._holds.release(receipt_id, op_id, reason, metadata)
 
     def expire_holds(self) -> list[ChioReceipt]:
         """Expire every open hold past the TTL now, a signed receipt each.

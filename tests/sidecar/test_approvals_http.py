@@ -18,7 +18,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 from chio_durable import KernelRejected, evaluate
-from chio_kernel import ApprovalConflictError, SidecarClient, sign_approval_token
+from chio_kernel import ApprovalConflictError, LocalChioClient, SidecarClient, sign_approval_token
 from chio_sidecar_harness import Sidecar, run_cli
 from independent_verifier import assert_receipt_verifies
 
@@ -56,9 +56,10 @@ def _new_cap(sidecar: Sidecar, threshold: int = 100, **grant: Any) -> str:
 
 
 async def _ask(client: SidecarClient, cap: str, key: str | None, **kw: Any) -> ChioReceipt:
+    # as this package's layers do: say it understands pending_approval (else a pending call is a deny)
     return await client.evaluate_tool_call(
         capability_id=cap, tool_server="shop", tool_name="refund", parameters=dict(kw.pop("params", PARAMS)),
-        idempotency_key=key, cost=kw.pop("cost", COST), **kw,
+        idempotency_key=key, cost=kw.pop("cost", COST), understands_pending=True, **kw,
     )
 
 
@@ -75,6 +76,24 @@ def _served(sidecar: Sidecar, receipt: ChioReceipt) -> dict[str, Any]:
     return data
 
 
+async def test_our_clients_fail_closed_unless_they_say_they_understand_pending(sidecar: Sidecar) -> None:
+    cap = _new_cap(sidecar, threshold=0)
+    async with SidecarClient(sidecar.url, timeout=30) as client:
+        plain = await client.evaluate_tool_call(capability_id=cap, tool_server="shop", tool_name="refund",
+                                                parameters=PARAMS)
+        assert plain.is_denied and plain.decision.guard == "approval"  # safe to hand to upstream code
+        said = await _ask(client, cap, None, cost=None)
+        assert said.decision.verdict == "pending_approval" and not said.is_denied
+    local = LocalChioClient(data_dir=sidecar.data_dir)
+    receipt = await local.evaluate_tool_call(capability_id=cap, tool_server="shop", tool_name="refund", parameters=PARAMS)
+    assert receipt.is_denied and receipt.decision.guard == "approval"
+    understood = LocalChioClient(kernel=local.kernel, understands_pending=True)
+    receipt = await understood.evaluate_tool_call(capability_id=cap, tool_server="shop", tool_name="refund",
+                                                  parameters=PARAMS)
+    assert receipt.decision.verdict == "pending_approval"
+    await local.close()
+
+
 async def test_stock_chio_client_gets_a_signed_deny_naming_the_approval(sidecar: Sidecar) -> None:
     cap = _new_cap(sidecar, threshold=0)  # a stock ChioClient sends no cost: 0 units, so threshold 0
     async with ChioClient(sidecar.url, timeout=30) as stock:
@@ -86,7 +105,7 @@ async def test_stock_chio_client_gets_a_signed_deny_naming_the_approval(sidecar:
         assert await stock.verify_receipt(receipt)
     # the approval is still recorded, for a person to answer
     listed = httpx.get(f"{sidecar.url}/approvals/pending", timeout=30).json()["approvals"]
-    assert [a["id"] for a in listed] == [aid]
+    assert aid in [a["id"] for a in listed]
     ev = await evaluate(ChioClient(sidecar.url, timeout=30), capability_id=cap, tool_server="shop", tool_name="refund",
                         parameters=PARAMS)
     assert not ev.allowed and not ev.pending and ev.receipt is not None and ev.receipt.is_denied

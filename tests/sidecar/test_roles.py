@@ -175,3 +175,64 @@ def test_request_state_principal_is_set_for_every_route(tmp_path: Path) -> None:
         open_app.router.routes.append(Route("/probe", probe))
         TestClient(open_app).get("/probe")
     assert seen == [Principal("approver", "alice"), Principal("operator", "open")]
+
+
+def test_a_workload_settles_and_releases_only_its_own_holds(roles: Any) -> None:
+    kernel, client, tokens = roles
+    budget = {**REFUND, "max_total_cost": {"units": 10_000, "currency": "USD"}}
+    cap = kernel.create_capability("agent:a", {"grants": [budget]}, 600).id
+    one, two = _bearer(tokens["worker-1"]), _bearer(tokens["worker-2"])
+    cost = {"units": 500, "currency": "USD"}
+    mine = client.post("/v1/evaluate", json=_call(cap, cost=cost, idempotency_key="k1"), headers=one).json()["id"]
+    theirs = client.post("/v1/evaluate", json=_call(cap, cost=cost, idempotency_key="k2"), headers=two).json()["id"]
+    count = kernel.receipt_count()
+    settle = {"actual_cost": {"units": 0, "currency": "USD"}, "op_id": "op-1"}
+    for path, body in ((f"/v1/receipts/{theirs}/settle", settle), (f"/v1/receipts/{theirs}/release", {"op_id": "op-1"})):
+        r = client.post(path, json=body, headers=one)
+        assert r.status_code == 403 and "not caused by credential 'worker-1'" in r.json()["message"], r.text
+    assert client.get(f"/v1/receipts/{theirs}/hold", headers=one).status_code == 403
+    assert kernel.receipt_count() == count and (kernel.get_hold(theirs) or {})["state"] == "open"
+    r = client.post(f"/v1/receipts/{mine}/settle", json={**settle, "actual_cost": cost}, headers=one)
+    assert r.status_code == 200 and r.json()["metadata"]["chio_principal"] == "worker-1", r.text
+    # the operator may settle anyone's
+    ops = _bearer(tokens["ops"])
+    r = client.post(f"/v1/receipts/{theirs}/release", json={"op_id": "op-9"}, headers=ops)
+    assert r.status_code == 200 and r.json()["metadata"]["chio_principal"] == "ops"
+
+
+def test_a_two_person_grant_runs_only_after_two_distinct_approvers(roles: Any) -> None:
+    kernel, client, tokens = roles
+    tokens["bob"] = kernel.add_credential("bob", "approver")
+    two = {"type": "require_approval_above", "value": {"threshold_units": 0, "approvers": 2}}
+    issued = client.post("/v1/capabilities", headers=_bearer(tokens["ops"]),
+                         json={"subject": "agent:a", "scope": {"grants": [{**REFUND, "constraints": [two]}]}})
+    assert issued.status_code == 200, issued.text
+    cap = issued.json()["id"]
+    worker = _bearer(tokens["worker-1"], **UNDERSTOOD)
+    pending = client.post("/v1/evaluate", json=_call(cap, idempotency_key="k"), headers=worker).json()
+    aid = pending["metadata"]["pending_approval"]["approval_id"]
+    assert pending["metadata"]["pending_approval"]["approvals_needed"] == 2
+    assert "2 distinct approvers must approve" in pending["decision"]["reason"]
+
+    def answer(who: str) -> Any:
+        return client.post(f"/approvals/{aid}/operator-respond", json={"outcome": "approved"}, headers=_bearer(tokens[who]))
+
+    def rerun() -> str:
+        body = _call(cap, idempotency_key="k:approved", approval_id=aid)
+        return str(client.post("/v1/evaluate", json=body, headers=worker).json()["decision"]["verdict"])
+
+    first = answer("alice")
+    assert first.status_code == 200 and first.json()["approval"]["status"] == "pending"
+    assert first.json()["receipt"]["decision"]["reason"] == "approved by alice (1 of 2): approved"
+    assert rerun() == "pending_approval"  # one approval is not enough: the call does not run
+    again = answer("alice")  # the same approver twice does not count twice
+    assert again.status_code == 409 and "counts once" in again.json()["message"]
+    assert rerun() == "pending_approval"
+    second = answer("bob")
+    assert second.status_code == 200 and second.json()["approval"]["status"] == "approved"
+    approval = second.json()["approval"]
+    assert [a["name"] for a in approval["approvals"]] == ["alice", "bob"] and approval["approvals_needed"] == 2
+    receipts = [first.json()["receipt"], second.json()["receipt"]]
+    assert len({r["id"] for r in receipts}) == 2  # each answer is its own signed receipt
+    assert all(kernel.verify_receipt(kernel.get_receipt(r["id"])) for r in receipts)
+    assert rerun() == "allow" and kernel.verify_chain().ok

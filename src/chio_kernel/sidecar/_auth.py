@@ -27,7 +27,7 @@ from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
 from chio_kernel._roles import OPEN_PRINCIPAL, TOKEN_PRINCIPAL, Principal, Role
-from chio_kernel._run_context import principal_name
+from chio_kernel._run_context import principal_name, with_principal
 from chio_kernel.sidecar._errors import ApiError, Handler, SidecarConfigError
 from chio_kernel.sidecar._responses import error_response
 
@@ -37,6 +37,7 @@ __all__ = [
     "AuthMode",
     "Authenticator",
     "admits",
+    "asked_by",
     "bearer_ok",
     "check_owner",
     "check_bind",
@@ -186,3 +187,13 @@ def check_owner(request: Request, metadata: Any, what: str) -> None:
             403, "forbidden",
             f"{what} was not caused by credential {principal.name!r}; a workload may use only its own",
         )
+
+
+def asked_by(request: Request, metadata: dict[str, str] | None = None) -> dict[str, str] | None:
+    """A request's run context (``metadata``, checked) with who asked (the request's principal) set by
+    the sidecar, to sign into the receipts it causes; in open mode nobody authenticated, so receipts
+    name nobody (docs/security.md)."""
+    principal = principal_of(request)
+    if principal is OPEN_PRINCIPAL:
+        return metadata
+    return with_principal(metadata, principal.role, principal.name)

@@ -28,7 +28,7 @@ from chio_kernel._errors import CapabilityError
 from chio_kernel._holds import HoldConflictError, UnknownHoldError
 from chio_kernel._kernel import MAX_COST_UNITS
 from chio_kernel.sidecar._body import model, opt_str, read_object, req_str
-from chio_kernel.sidecar._auth import admits, check_owner, principal_of
+from chio_kernel.sidecar._auth import admits, asked_by, check_owner, principal_of
 from chio_kernel.sidecar._errors import ApiError, Handler, endpoint, found
 from chio_kernel.sidecar._responses import dump_receipt, json_response
 
@@ -80,7 +80,8 @@ async def settle(request: Request) -> Response:
             422, "invalid_request", "'actual_cost' needs units from 0 to 2^63-1 (minor units) and a currency"
         )
     op_id = req_str(data, "op_id", max_len=256)
-    receipt = await _hold_call(request.app.state.kernel.settle, rid, cost, op_id)
+    kernel = request.app.state.kernel
+    receipt = await _hold_call(lambda: kernel.settle(rid, cost, op_id, metadata=asked_by(request)))
     return json_response(dump_receipt(receipt))
 
 
@@ -92,7 +93,8 @@ async def release(request: Request) -> Response:
     data = await read_object(request)
     op_id = req_str(data, "op_id", max_len=256)
     reason = opt_str(data, "reason", max_len=1024) or "released"
-    receipt = await _hold_call(request.app.state.kernel.release, rid, op_id, reason)
+    kernel = request.app.state.kernel
+    receipt = await _hold_call(lambda: kernel.release(rid, op_id, reason, metadata=asked_by(request)))
     return json_response(dump_receipt(receipt))
 
 

@@ -13,7 +13,7 @@ from starlette.routing import Route
 from chio_kernel._errors import CapabilityError
 from chio_kernel.sidecar._body import model, opt_int, opt_str, parse_rate_limit, read_object, req_str, scope
 from chio_kernel.sidecar._config import MAX_TTL_SECONDS
-from chio_kernel.sidecar._auth import ALL_ROLES, admits
+from chio_kernel.sidecar._auth import ALL_ROLES, admits, principal_of
 from chio_kernel.sidecar._errors import ApiError, endpoint, found, short
 from chio_kernel.sidecar._responses import dump_token, json_response
 
@@ -94,6 +94,8 @@ async def attenuate_capability(request: Request) -> Response:
             kernel.attenuate_capability, parent_id, new_scope, ttl_seconds=ttl, capability_id=cap_id
         )
     except CapabilityError as err:
+        if principal_of(request).role == "workload":  # narrowing only: widening is not its to do
+            raise ApiError(403, "forbidden", f"a workload may only narrow a capability: {short(err)}") from None
         raise ApiError(400, "not_attenuable", short(err)) from None
     return json_response(dump_token(child))
 

@@ -12,9 +12,8 @@ from starlette.routing import Route
 
 from chio_kernel._approvals import PENDING_HEADER, PENDING_VERDICT
 from chio_kernel._kernel import MAX_COST_UNITS
-from chio_kernel._roles import OPEN_PRINCIPAL
-from chio_kernel._run_context import PRINCIPAL_KEY, with_principal
-from chio_kernel.sidecar._auth import ALL_ROLES, admits, check_owner, principal_of
+from chio_kernel._run_context import PRINCIPAL_KEY
+from chio_kernel.sidecar._auth import ALL_ROLES, admits, asked_by, check_owner, principal_of
 from chio_kernel.sidecar._body import model, opt_str, query_int, read_object, req_str, run_metadata
 from chio_kernel.sidecar._config import DEFAULT_LIST_LIMIT, MAX_LIST_LIMIT
 from chio_kernel.sidecar._errors import ApiError, endpoint, found
@@ -50,15 +49,6 @@ def _operation(data: dict[str, Any]) -> Operation:
         raise ApiError(422, "invalid_request", f"'operation' must be one of {_OPERATIONS}") from None
 
 
-def _asked_by(request: Request, data: dict[str, Any]) -> dict[str, str] | None:
-    """The body's run context with who asked (the request's principal) set by the sidecar; in open
-    mode nobody authenticated, so the receipt names nobody (docs/security.md)."""
-    principal = principal_of(request)
-    if principal is OPEN_PRINCIPAL:
-        return run_metadata(data)
-    return with_principal(run_metadata(data), principal.role, principal.name)
-
-
 _PENDING_UNDERSTOOD = PENDING_HEADER.lower()
 
 
@@ -75,7 +65,7 @@ async def evaluate(request: Request) -> Response:
         "cost": _cost(data),
         "operation": _operation(data),
         "approval_id": opt_str(data, "approval_id", max_len=256),  # a re-evaluation (docs/approvals.md)
-        "metadata": _asked_by(request, data),
+        "metadata": asked_by(request, run_metadata(data)),
     }
     # the client's parameter_hash is ignored: the kernel computes its own
     kernel = request.app.state.kernel
@@ -109,7 +99,7 @@ async def record_denial(request: Request) -> Response:
     envelope = model(ChioScope, data["envelope"], "envelope") if data.get("envelope") is not None else None
     receipt = await run_in_threadpool(
         request.app.state.kernel.record_denial, capability_id, tool_server, tool_name, parameters,
-        guard=guard, reason=reason, envelope=envelope, metadata=_asked_by(request, data),
+        guard=guard, reason=reason, envelope=envelope, metadata=asked_by(request, run_metadata(data)),
     )
     return json_response(dump_receipt(receipt))
 
