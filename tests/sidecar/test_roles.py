@@ -42,6 +42,8 @@ def test_modes_are_chosen_checked_and_said_in_health(tmp_path: Path) -> None:
     assert check_bind("0.0.0.0", None, "roles") == "roles" and check_bind("0.0.0.0", "s") == "token"
     with pytest.raises(SidecarConfigError, match="open mode"):
         check_bind("0.0.0.0", None)
+    with pytest.raises(SidecarConfigError, match="--auth roles takes no --token"):
+        check_bind("127.0.0.1", "s", "roles")
     with pytest.raises(SidecarConfigError, match="'open' or 'roles'"):
         check_bind("127.0.0.1", None, "everyone")
     with Kernel(tmp_path / "k") as kernel:

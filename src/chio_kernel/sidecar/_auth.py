@@ -74,8 +74,8 @@ def check_bind(host: str, token: str | None, auth: str | None = None) -> AuthMod
         The mode.
 
     Raises:
-        SidecarConfigError: an empty token, an unknown mode, ``--auth open`` with a token, or a
-            non-loopback host in open mode.
+        SidecarConfigError: an empty token, an unknown mode, ``--auth open`` or ``--auth roles`` with
+            a token, or a non-loopback host in open mode.
     """
     if token is not None and not token.strip():
         raise SidecarConfigError("--token / CHIO_SIDECAR_TOKEN is empty; pass a non-empty secret")
@@ -83,6 +83,11 @@ def check_bind(host: str, token: str | None, auth: str | None = None) -> AuthMod
         raise SidecarConfigError(f"--auth must be 'open' or 'roles', got {auth!r}")
     if auth == "open" and token:
         raise SidecarConfigError("--auth open takes no --token; pass --auth roles, or --token alone (token mode)")
+    if auth == "roles" and token:
+        raise SidecarConfigError(
+            "--auth roles takes no --token / CHIO_SIDECAR_TOKEN: each client sends its own credential "
+            "(`chio-durable credentials add`); unset the token, or drop --auth roles for token mode"
+        )
     mode: AuthMode = "roles" if auth == "roles" else ("token" if token else "open")
     if not is_loopback(host) and mode == "open":
         raise SidecarConfigError(
