@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from chio_sdk.models import CallerIdentity
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
@@ -101,6 +102,14 @@ def test_the_principal_is_signed_into_every_receipt_it_causes(roles: Any) -> Non
               "reason": "no", "parameters": {}}
     r = client.post("/v1/receipts/denials", json=denial, headers=_bearer(tokens["worker-1"]))
     assert r.json()["metadata"] == {"chio_role": "workload", "chio_principal": "worker-1"}
+    http_cap = kernel.create_capability("agent:a", {"grants": [
+        {"server_id": "http", "tool_name": "GET /items/{id}", "operations": ["Invoke"]}]}, 600).id
+    http = {"request_id": "r-1", "method": "GET", "route_pattern": "/items/{id}", "path": "/items/7", "timestamp": 1,
+            "caller": CallerIdentity.anonymous().model_dump(mode="json"), "capability_id": http_cap}
+    r = client.post("/chio/evaluate", json=http, headers=_bearer(tokens["worker-1"]))
+    tool = kernel.get_receipt(r.json()["receipt"]["metadata"]["chio_receipt_id"])
+    assert r.json()["verdict"]["verdict"] == "allow" and tool is not None
+    assert tool.metadata == {"chio_role": "workload", "chio_principal": "worker-1"}
 
 
 def test_a_workload_reads_only_its_own_receipts_and_approvals(roles: Any) -> None:

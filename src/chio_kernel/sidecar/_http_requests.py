@@ -11,7 +11,7 @@ from starlette.routing import Route
 
 from chio_kernel._http_evaluation import evaluate_http, verify_http_receipt
 from chio_kernel.sidecar._body import model, read_object, req_str
-from chio_kernel.sidecar._auth import ALL_ROLES, admits
+from chio_kernel.sidecar._auth import ALL_ROLES, admits, asked_by
 from chio_kernel.sidecar._errors import endpoint
 from chio_kernel.sidecar._responses import json_response
 
@@ -26,7 +26,9 @@ async def http_evaluate(request: Request) -> Response:
     for field in ("request_id", "method", "route_pattern", "path"):
         req_str(data, field, max_len=8192)
     header_token = request.headers.get("x-chio-capability")
-    result = await run_in_threadpool(evaluate_http, request.app.state.kernel, http_req, header_token)
+    result = await run_in_threadpool(
+        evaluate_http, request.app.state.kernel, http_req, header_token, asked_by(request)
+    )
     return json_response(result)
 
 
