@@ -544,7 +544,7 @@ class Kernel:
         Returns:
             The credentials.
         """
-        return self._credentials.list()
+        return self._credentials.listed()
 
     def authenticate(self, token: str) -> Principal | None:
         """The principal a bearer token proves, or None (unknown, revoked or malformed).

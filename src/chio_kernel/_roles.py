@@ -139,7 +139,7 @@ class Credentials:
         with self._lock:
             self._cache.pop(digest, None)
 
-    def list(self) -> list[dict[str, Any]]:
+    def listed(self) -> list[dict[str, Any]]:
         """See ``Kernel.list_credentials`` (the public doc is there)."""
         with self._read() as st:
             rows = st.credentials()

@@ -247,3 +247,18 @@ def test_a_two_person_grant_runs_only_after_two_distinct_approvers(roles: Any) -
     assert len({r["id"] for r in receipts}) == 2  # each answer is its own signed receipt
     assert all(kernel.verify_receipt(kernel.get_receipt(r["id"])) for r in receipts)
     assert rerun() == "allow" and kernel.verify_chain().ok
+
+
+def test_a_credential_store_that_cannot_answer_is_503_not_a_pass(tmp_path: Path) -> None:
+    import sqlite3
+
+    with Kernel(tmp_path / "k") as kernel:
+        token = kernel.add_credential("w", "workload")
+        app = create_app(kernel, auth="roles")
+
+        def locked(_token: str) -> Principal | None:
+            raise sqlite3.OperationalError("database is locked")
+
+        app.auth._authenticate = locked
+        r = TestClient(app).post("/v1/evaluate", json=_call("cap-x"), headers=_bearer(token))
+        assert r.status_code == 503 and r.json()["error"] == "store_unavailable"

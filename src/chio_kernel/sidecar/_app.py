@@ -23,7 +23,7 @@ from chio_kernel.sidecar._routes_capabilities import ROUTES as CAPABILITY_ROUTES
 from chio_kernel.sidecar._routes_receipts import ROUTES as RECEIPT_ROUTES, evaluate
 from chio_kernel.sidecar._auth import ALL_ROLES, Authenticator, admits, check_bind
 from chio_kernel.sidecar._errors import endpoint, http_exception, store_errors
-from chio_kernel.sidecar._responses import json_response
+from chio_kernel.sidecar._responses import error_response, json_response
 
 __all__ = ["ROUTES", "SidecarApp", "create_app"]
 
@@ -83,7 +83,12 @@ class SidecarApp(Starlette):
         if self.middleware_stack is None:
             self.middleware_stack = self.build_middleware_stack()
         if scope["type"] == "http":
-            principal = self.auth.principal(scope["headers"])
+            try:
+                principal = self.auth.principal(scope["headers"])
+            except self.state.store_errors as err:  # the credential could not be looked up: nothing decided
+                message = f"the credential store could not be used ({err}); retry"
+                await error_response(503, "store_unavailable", message)(scope, receive, send)
+                return
             if principal is None:
                 await self.auth.refuse(scope, receive, send)
                 return
