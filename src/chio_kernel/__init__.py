@@ -25,7 +25,7 @@ from chio_kernel._errors import (
     UnknownHoldError,
 )
 from chio_kernel._kernel import ChainReport, Kernel
-from chio_kernel._receipts import receipt_chain_hash, receipt_signing_bytes
+from chio_kernel._receipts import ChainStatus, receipt_chain_hash, receipt_signing_bytes
 from chio_kernel._roles import OPEN_PRINCIPAL, Principal, Role
 from chio_kernel.canonical import canonical_json
 from chio_kernel.signing import default_data_dir
@@ -38,6 +38,7 @@ __all__ = [
     "ApprovalTokenError",
     "CapabilityError",
     "ChainReport",
+    "ChainStatus",
     "ChioKernelError",
     "CredentialError",
     "HoldConflictError",

@@ -420,7 +420,7 @@ class Approvals:
             info["approvals_needed"] = pending.approvers
         # the caller's run context too (the kernel's keys win)
         metadata = merge_run_metadata({"pending_approval": info}, req.metadata)
-        receipt = self._chain.append(
+        receipt, seq = self._chain.append(
             st, head_seq, prev_hash, now, req,
             {"verdict": PENDING_VERDICT, "guard": APPROVAL_GUARD, "reason": reason}, cap.policy_hash, metadata,
         )
@@ -429,22 +429,22 @@ class Approvals:
             parameter_hash=req.param_hash, call_hash=call_hash(req), subject=cap.token.subject, summary=summary,
             created_at=int(now), expires_at=expires_at, status="pending", pending_receipt_id=receipt.id,
         ))
-        remember(st, req.key_hash, req.idem_hash, head_seq + 1)
+        remember(st, req.key_hash, req.idem_hash, seq)
         return receipt
 
     def approved_allow_receipt(
         self, st: StoreWriter, head_seq: int, prev_hash: str, now: float, req: EvalRequest, policy_hash: str
-    ) -> ChioReceipt:
-        """The allow receipt of a re-evaluation under an approval (``metadata.approval_id``); uses the
-        approval up."""
+    ) -> tuple[ChioReceipt, int]:
+        """The allow receipt of a re-evaluation under an approval (``metadata.approval_id``) and its
+        store seq; uses the approval up."""
         assert req.approval_id is not None
-        receipt = self._chain.append(
+        receipt, seq = self._chain.append(
             st, head_seq, prev_hash, now, req, ALLOW, policy_hash,
             merge_run_metadata({"approval_id": req.approval_id}, req.metadata),
         )
         if not st.consume_approval(req.approval_id, receipt.id):  # pragma: no cover - checked in this transaction
             raise RuntimeError(f"approval {req.approval_id} was used meanwhile")
-        return receipt
+        return receipt, seq
 
     def pending_as_deny(self, pending: ChioReceipt, metadata: Mapping[str, str] | None = None) -> ChioReceipt:
         """A signed deny (guard ``approval``) answering a pending call to a client that has not said it
@@ -465,10 +465,11 @@ class Approvals:
         extra = merge_run_metadata({"pending_approval": dict(info), "approval_id": approval_id}, metadata)
         with self._write() as st:
             head_seq, prev_hash = st.chain_head()
-            return self._chain.append(
+            receipt, _ = self._chain.append(
                 st, head_seq, prev_hash, self._clock(), call,
                 {"verdict": "deny", "guard": APPROVAL_GUARD, "reason": reason}, pending.policy_hash, extra,
             )
+            return receipt
 
     # --- reading approvals ---
 
@@ -630,7 +631,7 @@ class Approvals:
                 resolution["approvals_needed"] = needed
             count = "" if needed == 1 or outcome == "denied" else f" ({len(answers) + 1} of {needed})"
             params = pending.action.parameters if pending is not None else {}
-            receipt = self._chain.append(
+            receipt, _ = self._chain.append(
                 st, head_seq, prev_hash, now,
                 CallRecord(row.capability_id, row.tool_server, row.tool_name, params, row.parameter_hash),
                 {"verdict": RESOLUTION_VERDICT, "guard": APPROVAL_GUARD,

@@ -12,6 +12,7 @@ from starlette.routing import Route
 
 from chio_kernel._approvals import PENDING_HEADER, PENDING_VERDICT
 from chio_kernel._kernel import MAX_COST_UNITS
+from chio_kernel._receipts import chain_dict
 from chio_kernel._run_context import PRINCIPAL_KEY
 from chio_kernel.sidecar._auth import ALL_ROLES, admits, asked_by, check_owner, principal_of
 from chio_kernel.sidecar._body import model, opt_str, query_int, read_object, req_str, run_metadata
@@ -156,6 +157,7 @@ async def verify_chain(request: Request) -> Response:
         "count": report.count,
         "first_broken_index": report.first_broken_index,
         "reason": report.reason,
+        "chains": [chain_dict(c) for c in report.chains],
     })
 
 
