@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from chio_sdk.models import CapabilityToken, ChioReceipt, ChioScope, MonetaryAmount, Operation
 
+from chio_kernel import _telemetry
 from chio_kernel._approvals import Approvals, approval_settings
 from chio_kernel._capabilities import Capabilities, _Cap, capability_signing_bytes
 from chio_kernel._coerce import MAX_COST_UNITS, check_scope_fields
@@ -648,7 +649,11 @@ class Kernel:
             ApprovalForbiddenError: the approver is a workload, or the principal whose call waits.
             KernelInputError: a malformed argument.
         """
-        return self._approvals.respond_approval(approval_id, outcome, reason, approver=approver)
+        if not _telemetry.enabled():
+            return self._approvals.respond_approval(approval_id, outcome, reason, approver=approver)
+        return _telemetry.traced_answer(
+            self, approval_id, lambda: self._approvals.respond_approval(approval_id, outcome, reason, approver=approver)
+        )
 
     def respond_approval_token(self, token: Mapping[str, Any], approval_id: str | None = None) -> ChioReceipt:
         """Answer an approval with a signed approval token (see :func:`sign_approval_token`).
@@ -671,7 +676,12 @@ class Kernel:
             ApprovalConflictError: answered already, expired, or its capability was revoked.
             KernelInputError: not a token.
         """
-        return self._approvals.respond_approval_token(token, approval_id)
+        if not _telemetry.enabled():
+            return self._approvals.respond_approval_token(token, approval_id)
+        answered = approval_id or str(token.get("request_id", "")) if isinstance(token, Mapping) else approval_id
+        return _telemetry.traced_answer(
+            self, answered or "", lambda: self._approvals.respond_approval_token(token, approval_id)
+        )
 
     def pending_as_deny(self, pending: ChioReceipt, metadata: Mapping[str, str] | None = None) -> ChioReceipt:
         """A signed deny (guard ``approval``) for a client that does not understand ``pending_approval``.

@@ -13,6 +13,7 @@ credential's role and name), replacing any a caller sent; they do not count towa
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from typing import Any
 
@@ -42,8 +43,11 @@ ROLE_KEY = "chio_role"
 PRINCIPAL_KEY = "chio_principal"
 
 
+_PLAIN_KEY = re.compile(r"[A-Za-z0-9_.\-]{1,%d}" % _MAX_KEY_LEN)
+
+
 def _plain_key(key: str) -> bool:
-    return 0 < len(key) <= _MAX_KEY_LEN and all(c.isascii() and (c.isalnum() or c in "_.-") for c in key)
+    return _PLAIN_KEY.fullmatch(key) is not None
 
 
 def check_run_metadata(metadata: Any) -> dict[str, str] | None:

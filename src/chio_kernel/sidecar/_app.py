@@ -117,18 +117,21 @@ def create_app(
     token: str | None = None,
     auth: str | None = None,
 ) -> SidecarApp:
-    """Build the sidecar ASGI app around ``kernel`` (or a new ``Kernel(data_dir)``).
+    """Build the sidecar ASGI app around a kernel.
 
     Args:
-        kernel: the kernel to serve.
-        data_dir: the data directory of a new kernel (when ``kernel`` is None).
-        token: the one bearer token of ``token`` mode (every request must carry it; it is the
+        kernel: the kernel to serve (default: a new ``Kernel(data_dir)``).
+        data_dir: the data directory of the new kernel; ignored when ``kernel`` is given.
+        token: the one bearer token of ``token`` mode (every request must carry it; its holder is the
             operator).
         auth: ``"roles"`` (every request carries a credential token, each route admits its roles),
             ``"open"``, or None (``token`` mode with a token, else ``open``); docs/security.md.
 
+    Returns:
+        The Starlette app, ready for uvicorn (or ``httpx.ASGITransport`` in tests).
+
     Raises:
-        SidecarConfigError: an unknown mode, or ``auth="open"`` with a token.
+        SidecarConfigError: an unknown mode, or ``auth="open"`` / ``"roles"`` with a token.
     """
     mode = check_bind("127.0.0.1", token, auth)  # the host is checked by serve()
     if kernel is None:

@@ -53,7 +53,14 @@ ALL_ROLES: tuple[Role, ...] = ("workload", "approver", "operator")
 
 
 def is_loopback(host: str) -> bool:
-    """True if ``host`` names only this machine (``localhost``, ``127.0.0.0/8``, ``::1``)."""
+    """Tell whether a host name or address names only this machine.
+
+    Args:
+        host: a name or an IPv4/IPv6 address (brackets allowed).
+
+    Returns:
+        True for ``localhost``, ``127.0.0.0/8`` and ``::1``.
+    """
     if host.lower() in {"localhost", "localhost.localdomain", "ip6-localhost"}:
         return True
     try:
