@@ -58,13 +58,23 @@ _TOKEN = re.compile(r"chio_(workload|approver|operator)_[A-Za-z0-9_-]{43}")
 
 @dataclass(frozen=True, slots=True)
 class Principal:
-    """Who made a request: a role and the name of the credential that proved it."""
+    """Who made a request: a role and the name of the credential that proved it.
+
+    Attributes:
+        role: ``"workload"``, ``"approver"`` or ``"operator"``.
+        name: the credential's name (``"alice"``, ``"worker-1"``; ``"open"`` / ``"token"`` for the
+            shared principals of open and token mode).
+    """
 
     role: Role
     name: str
 
     def label(self) -> str:
-        """``"<role>:<name>"``, as receipts record it."""
+        """The principal as one string.
+
+        Returns:
+            ``"<role>:<name>"``.
+        """
         return f"{self.role}:{self.name}"
 
 
