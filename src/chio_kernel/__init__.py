@@ -13,10 +13,12 @@ from chio_kernel._client import LocalChioClient, SidecarClient
 from chio_kernel._errors import (
     ApprovalConflictError,
     ApprovalError,
+    ApprovalForbiddenError,
     ApprovalNotFoundError,
     ApprovalTokenError,
     CapabilityError,
     ChioKernelError,
+    CredentialError,
     HoldConflictError,
     IdempotencyKeyReusedError,
     KernelConflictError,
@@ -29,12 +31,14 @@ from chio_kernel._checkpoints import CheckpointReport
 from chio_kernel._evidence import EvidenceReport, verify_evidence
 from chio_kernel._kernel import ChainReport, Kernel
 from chio_kernel._receipts import ChainStatus, receipt_chain_hash, receipt_signing_bytes
+from chio_kernel._roles import OPEN_PRINCIPAL, Principal, Role
 from chio_kernel.canonical import canonical_json
 from chio_kernel.signing import default_data_dir
 
 __all__ = [
     "ApprovalConflictError",
     "ApprovalError",
+    "ApprovalForbiddenError",
     "ApprovalNotFoundError",
     "ApprovalTokenError",
     "CapabilityError",
@@ -43,6 +47,7 @@ __all__ = [
     "CheckpointReport",
     "ChioKernelError",
     "EvidenceReport",
+    "CredentialError",
     "HoldConflictError",
     "IdempotencyKeyReusedError",
     "Kernel",
@@ -51,6 +56,9 @@ __all__ = [
     "KernelKeyMissingError",
     "LocalChioClient",
     "ProofError",
+    "OPEN_PRINCIPAL",
+    "Principal",
+    "Role",
     "SidecarClient",
     "UnknownHoldError",
     "canonical_json",

@@ -40,6 +40,7 @@ from chio_kernel._errors import (
 )
 from chio_kernel._capabilities import LoadCap
 from chio_kernel._receipts import ALLOW, CallRecord, ReceiptChain
+from chio_kernel._run_context import check_run_metadata, merge_run_metadata
 from chio_kernel._store import HoldRow, StoreReader, StoreWriter
 from chio_kernel.canonical import canonical_json
 
@@ -184,17 +185,21 @@ class Holds:
         return out
 
     def _append(
-        self, st: StoreWriter, now: float, hold: HoldRow, op: str, parameters: dict[str, Any], budget: dict[str, Any]
+        self, st: StoreWriter, now: float, hold: HoldRow, op: str, parameters: dict[str, Any], budget: dict[str, Any],
+        metadata: Mapping[str, str] | None = None,
     ) -> tuple[ChioReceipt, int]:
         head_seq, prev_hash = st.chain_head()
         return self._chain.append(
             st, head_seq, prev_hash, now, _budget_call(hold.capability_id, op, parameters), ALLOW,
-            hold.policy_hash, {"budget": budget},
+            hold.policy_hash, merge_run_metadata({"budget": budget}, metadata),
         )
 
     # --- the public operations ---
 
-    def settle(self, receipt_id: str, actual_cost: MonetaryAmount | Mapping[str, Any], op_id: str) -> ChioReceipt:
+    def settle(
+        self, receipt_id: str, actual_cost: MonetaryAmount | Mapping[str, Any], op_id: str,
+        metadata: Mapping[str, str] | None = None,
+    ) -> ChioReceipt:
         rid = _require_str("receipt_id", receipt_id, max_len=256)
         op = _require_str("op_id", op_id, max_len=256)
         cost = _coerce_cost(actual_cost)
@@ -202,14 +207,17 @@ class Holds:
             raise KernelInputError("actual_cost is required: {'units': int, 'currency': str} (minor units)")
         units, currency = cost
         with self._write() as st:
-            return self._close(st, rid, op, "settle", f"settle\x1f{units}\x1f{currency}", (units, currency), None)
+            return self._close(st, rid, op, "settle", f"settle\x1f{units}\x1f{currency}", (units, currency), None,
+                               check_run_metadata(metadata))
 
-    def release(self, receipt_id: str, op_id: str, reason: str = "released") -> ChioReceipt:
+    def release(
+        self, receipt_id: str, op_id: str, reason: str = "released", metadata: Mapping[str, str] | None = None
+    ) -> ChioReceipt:
         rid = _require_str("receipt_id", receipt_id, max_len=256)
         op = _require_str("op_id", op_id, max_len=256)
         why = _require_str("reason", reason, max_len=1024)
         with self._write() as st:
-            return self._close(st, rid, op, "release", "release", None, why)
+            return self._close(st, rid, op, "release", "release", None, why, check_run_metadata(metadata))
 
     def expire(self) -> list[ChioReceipt]:
         out: list[ChioReceipt] = []
@@ -229,6 +237,7 @@ class Holds:
         fingerprint: str,
         actual: tuple[int, str] | None,
         reason: str | None,
+        metadata: Mapping[str, str] | None = None,
     ) -> ChioReceipt:
         now = self._clock()
         if st.ROW_LOCKS:  # concurrent writers: the charged capabilities, then the hold row, locked first
@@ -258,15 +267,16 @@ class Holds:
         if kind == "release" and hold.state == "expired":
             receipt, seq = _expiry_answer(st, hold)
         elif kind == "release":
-            receipt, seq = self._release_hold(st, now, hold, op_id, reason)
+            receipt, seq = self._release_hold(st, now, hold, op_id, reason, metadata)
         else:
             assert actual is not None
-            receipt, seq = self._settle_hold(st, now, hold, op_id, actual)
+            receipt, seq = self._settle_hold(st, now, hold, op_id, actual, metadata)
         st.remember_hold_op(rid, op_id, fingerprint, seq)
         return receipt
 
     def _release_hold(
-        self, st: StoreWriter, now: float, hold: HoldRow, op_id: str, reason: str | None
+        self, st: StoreWriter, now: float, hold: HoldRow, op_id: str, reason: str | None,
+        metadata: Mapping[str, str] | None = None,
     ) -> tuple[ChioReceipt, int]:
         """Free an open hold: ``(release receipt, seq)``."""
         rid = hold.receipt_id
@@ -281,12 +291,13 @@ class Holds:
             "hold": _money(hold.units, hold.currency),
             "released_units": hold.units,
         }
-        receipt, seq = self._append(st, now, hold, "release", params, budget)
+        receipt, seq = self._append(st, now, hold, "release", params, budget, metadata)
         st.close_hold(rid, "released", 0, receipt.id, seq)
         return receipt, seq
 
     def _settle_hold(
-        self, st: StoreWriter, now: float, hold: HoldRow, op_id: str, actual: tuple[int, str]
+        self, st: StoreWriter, now: float, hold: HoldRow, op_id: str, actual: tuple[int, str],
+        metadata: Mapping[str, str] | None = None,
     ) -> tuple[ChioReceipt, int]:
         """Capture ``actual`` (up to the budget left) and free the rest: ``(settle receipt, seq)``."""
         rid = hold.receipt_id
@@ -320,7 +331,7 @@ class Holds:
             "capped": capped,
             "after_expiry": expired,
         }
-        receipt, seq = self._append(st, now, hold, "settle", params, budget)
+        receipt, seq = self._append(st, now, hold, "settle", params, budget, metadata)
         st.close_hold(rid, "settled", captured, receipt.id, seq)
         return receipt, seq
 

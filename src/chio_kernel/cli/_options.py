@@ -15,6 +15,7 @@ DataDir = Annotated[
         "--data-dir",
         help="Kernel data directory (signing key, receipt store). Default: $CHIO_HOME or ~/.chio-durable.",
         show_default=False,
+        readable=False,  # a directory this OS user may not read gets the CLI's own sentence, not click's
     ),
 ]
 StoreOpt = Annotated[

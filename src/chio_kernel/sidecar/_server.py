@@ -254,6 +254,7 @@ def serve(
     *,
     data_dir: str | Path | None = None,
     token: str | None = None,
+    auth: str | None = None,
     log_level: str = "warning",
     on_ready: Callable[[Any], None] | None = None,
     header_timeout: float = DEFAULT_HEADER_TIMEOUT,
@@ -263,10 +264,11 @@ def serve(
     """Run the sidecar until interrupted.
 
     Args:
-        host: the address to bind (a non-loopback one needs ``token``).
+        host: the address to bind (a non-loopback one needs ``auth="roles"`` or ``token``).
         port: the TCP port.
         data_dir: the kernel's data directory (default ``$CHIO_HOME`` or ``~/.chio-durable``).
-        token: the bearer token every request must carry, or None (loopback only).
+        token: the one bearer token of token mode (its holder is the operator), or None.
+        auth: ``"roles"``, ``"open"`` or None (see ``create_app``; docs/security.md).
         log_level: uvicorn's log level.
         on_ready: called with the opened kernel once the socket is bound, before serving.
         header_timeout: see :func:`header_timeout_protocol`.
@@ -275,8 +277,8 @@ def serve(
             and trace the kernel's approval answers (docs/observability.md).
 
     Raises:
-        SidecarConfigError: the configuration is refused before binding (non-loopback host without
-            a token).
+        SidecarConfigError: the configuration is refused before binding (open mode on a non-loopback
+            host, an unknown mode, a mode that takes no token given one).
         KernelKeyMissingError: the data directory's store lost its key.
         KernelKeyRetiredError: the kernel's key was retired from its fleet store.
         TelemetryMissing: ``otel`` without the ``otel`` extra (one line naming the install command).
@@ -289,11 +291,11 @@ def serve(
         configure_otlp()
         instrument_kernel()
 
-    check_bind(host, token)
+    check_bind(host, token, auth)
     stack = server_stack()
     protocol = header_timeout_protocol(header_timeout, max_pending_headers, http=stack["http"])
     kernel = _open_kernel(data_dir)
-    app = create_app(kernel, token=token)
+    app = create_app(kernel, token=token, auth=auth)
     app.state.health = {**app.state.health, "server": stack}
     asgi: Any = app
     if otel:
