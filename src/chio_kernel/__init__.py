@@ -14,6 +14,7 @@ from chio_kernel._errors import (
     ApprovalNotFoundError,
     ApprovalTokenError,
     CapabilityError,
+    CapabilityLimitError,
     ChioKernelError,
     HoldConflictError,
     IdempotencyKeyReusedError,
@@ -23,6 +24,7 @@ from chio_kernel._errors import (
     UnknownHoldError,
 )
 from chio_kernel._kernel import ChainReport, Kernel
+from chio_kernel._paging import Page
 from chio_kernel._receipts import receipt_chain_hash, receipt_signing_bytes
 from chio_kernel.canonical import canonical_json
 from chio_kernel.signing import default_data_dir
@@ -33,6 +35,7 @@ __all__ = [
     "ApprovalNotFoundError",
     "ApprovalTokenError",
     "CapabilityError",
+    "CapabilityLimitError",
     "ChainReport",
     "ChioKernelError",
     "HoldConflictError",
@@ -42,6 +45,7 @@ __all__ = [
     "KernelInputError",
     "KernelKeyMissingError",
     "LocalChioClient",
+    "Page",
     "SidecarClient",
     "UnknownHoldError",
     "canonical_json",

@@ -28,6 +28,7 @@ call whose declared cost is N units or more (no declared cost counts as 0) to a 
 
 from __future__ import annotations
 
+import json
 import os
 import threading
 import time
@@ -52,6 +53,7 @@ from chio_kernel._errors import (
     KernelInputError,
 )
 from chio_kernel._idempotency import remember
+from chio_kernel._paging import MAX_PAGE_LIMIT, Page, check_limit, decode_cursor, encode_cursor
 from chio_kernel._ids import _uuid7_str
 from chio_kernel._policy import Deny
 from chio_kernel._receipts import ALLOW, CallRecord, ReceiptChain
@@ -96,6 +98,9 @@ APPROVERS_FILE = "approvers"
 OUTCOMES = ("approved", "denied")
 #: Seconds an approval token's ``issued_at`` may lie in the future (clock skew between machines).
 TOKEN_CLOCK_SKEW = 60
+#: A page of approvals reads at most this many batches of rows (pending ones whose capability was
+#: revoked meanwhile are skipped by a ``pending`` listing): bounded work, a short page goes on.
+_PAGE_ROUNDS = 4
 _TOKEN_FIELDS = frozenset(
     {"id", "approver", "subject", "request_id", "parameter_hash", "issued_at", "expires_at", "decision", "signature"}
 )
@@ -438,7 +443,7 @@ class Approvals:
         elif status == "pending" and revoked is not None:
             status, reason = "denied", f"capability {revoked} was revoked during the wait"
         body = st.receipt_body(row.pending_receipt_id)
-        params = ChioReceipt.model_validate_json(body).action.parameters if body is not None else None
+        params = json.loads(body)["action"]["parameters"] if body is not None else None
         return {
             "id": row.id,
             "status": status,
@@ -468,16 +473,50 @@ class Approvals:
 
     def list_approvals(self, status: str | None = "pending", *, limit: int | None = None) -> list[dict[str, Any]]:
         """See ``Kernel`` (the public doc is there)."""
-        if status not in (None, "pending", "approved", "denied", "expired"):
-            raise KernelInputError(f"status must be pending, approved, denied, expired or None, got {status!r:.40}")
         if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 0):
             raise KernelInputError(f"limit must be a non-negative integer, got {limit!r}")
-        stored = None if status is None else ("pending" if status in ("pending", "expired") else status)
+        out: list[dict[str, Any]] = []
+        cursor: str | None = None
+        while limit is None or len(out) < limit:
+            want = MAX_PAGE_LIMIT if limit is None else min(MAX_PAGE_LIMIT, limit - len(out))
+            if want == 0:
+                break
+            page = self.page(status, want, cursor)
+            out += page.items
+            if page.next_cursor is None:
+                break
+            cursor = page.next_cursor
+        return out
+
+    def page(self, status: str | None, limit: int | None, cursor: str | None) -> Page[dict[str, Any]]:
+        """Approvals newest first, one page (see ``Kernel.approvals_page``)."""
+        if status not in (None, "pending", "approved", "denied", "expired"):
+            raise KernelInputError(f"status must be pending, approved, denied, expired or None, got {status!r:.40}")
+        n = check_limit(limit)
+        pos = decode_cursor(cursor, "approvals", [status], (int, str))
+        before = (pos[0], pos[1]) if pos else None
         now = self._clock()
+        # the stored status and expiry in SQL; "pending" whose capability was revoked shows as denied
+        stored = None if status is None else ("pending" if status in ("pending", "expired") else status)
+        expiry = (status == "expired", int(now)) if status in ("pending", "expired") else None
+        if status == "denied":
+            stored, expiry = None, None  # stored denied ones, and pending ones revoked meanwhile
+        out: list[dict[str, Any]] = []
         with self._read() as st:
-            views = [self._approval_view(st, r, now) for r in st.approvals(stored, None)]
-        out = [v for v in views if status is None or v["status"] == status]
-        return out if limit is None else out[:limit]
+            for _ in range(_PAGE_ROUNDS):  # bounded work: a page may be short, its cursor goes on
+                want = n - len(out)
+                rows = st.approvals_page(stored, before, want + 1, expiry)
+                for row in rows[:want]:
+                    view = self._approval_view(st, row, now)
+                    if status is None or view["status"] == status:
+                        out.append(view)
+                    before = (row.created_at, row.id)
+                if len(rows) <= want:
+                    return Page(out, None)
+                if len(out) == n:
+                    break
+        assert before is not None
+        return Page(out, encode_cursor("approvals", [status], list(before)))
 
     # --- resolving ---
 

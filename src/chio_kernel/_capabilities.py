@@ -22,6 +22,7 @@ from chio_kernel._coerce import (
 )
 from chio_kernel._errors import CapabilityError
 from chio_kernel._ids import _uuid7_int
+from chio_kernel._paging import MAX_PAGE_LIMIT, Page, check_limit, decode_cursor, encode_cursor
 from chio_kernel._store import CapabilityRow, StoreReader, StoreWriter
 from chio_kernel.signing import Signer, verify_hex
 from chio_kernel.canonical import canonical_json
@@ -374,10 +375,25 @@ class Capabilities:
         return CapabilityToken.model_validate_json(row.token) if row else None
 
     def list_capabilities(self) -> list[CapabilityToken]:
-        """Every stored token, oldest first."""
+        """Every stored token, oldest first (page after page, each its own short read)."""
+        out: list[CapabilityToken] = []
+        cursor: str | None = None
+        while True:
+            page = self.capabilities_page(MAX_PAGE_LIMIT, cursor)
+            out += page.items
+            if page.next_cursor is None:
+                return out
+            cursor = page.next_cursor
+
+    def capabilities_page(self, limit: int | None, cursor: str | None) -> Page[CapabilityToken]:
+        """Stored tokens oldest first, one page (see ``Kernel.capabilities_page``)."""
+        n = check_limit(limit)
+        pos = decode_cursor(cursor, "capabilities", [], (float, str))
         with self._read() as st:
-            rows = st.capability_tokens()
-        return [CapabilityToken.model_validate_json(r) for r in rows]
+            rows = st.capabilities_page((pos[0], pos[1]) if pos else None, n + 1)
+        items = [CapabilityToken.model_validate_json(token) for _, _, token in rows[:n]]
+        more = len(rows) > n
+        return Page(items, encode_cursor("capabilities", [], list(rows[n - 1][:2])) if more else None)
 
     def capability_info(self, capability_id: str) -> dict[str, Any] | None:
         """Token plus kernel-side state (parent, revoked, rate limit, usage per grant) for one id."""

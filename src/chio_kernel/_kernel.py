@@ -23,6 +23,7 @@ from chio_kernel._errors import CapabilityError, ChioKernelError, KernelInputErr
 from chio_kernel._evaluation import Evaluator
 from chio_kernel._holds import Holds, resolve_hold_ttl
 from chio_kernel._ids import uuid7
+from chio_kernel._paging import Page
 from chio_kernel._receipt_log import ReceiptLog
 from chio_kernel._receipts import (
     ChainReport,
@@ -298,6 +299,21 @@ class Kernel:
         """
         return self._capabilities.list_capabilities()
 
+    def capabilities_page(self, *, limit: int | None = None, cursor: str | None = None) -> Page[CapabilityToken]:
+        """One page of stored tokens, oldest first (``created_at``, then id).
+
+        Args:
+            limit: at most this many (1 to 1,000; default 100).
+            cursor: the ``next_cursor`` of the previous page (None: the first page).
+
+        Returns:
+            The page: ``items`` and ``next_cursor`` (None on the last page).
+
+        Raises:
+            KernelInputError: a bad limit, or a cursor this listing did not hand out.
+        """
+        return self._capabilities.capabilities_page(limit, cursor)
+
     def capability_info(self, capability_id: str) -> dict[str, Any] | None:
         """A token plus its kernel-side state.
 
@@ -544,8 +560,30 @@ class Kernel:
         """
         return self._approvals.get_approval(approval_id)
 
+    def approvals_page(
+        self, status: str | None = "pending", *, limit: int | None = None, cursor: str | None = None
+    ) -> Page[dict[str, Any]]:
+        """One page of approvals, newest first (``created_at``, then id), as :meth:`get_approval` returns them.
+
+        Args:
+            status: only those whose current status is this (``pending``, ``approved``, ``denied``,
+                ``expired``), or all (None).
+            limit: at most this many (1 to 1,000; default 100). A page may hold fewer while more
+                follow (pending ones whose capability was revoked meanwhile are skipped by a
+                ``pending`` page): page on until ``next_cursor`` is None.
+            cursor: the ``next_cursor`` of the previous page (None: the first page).
+
+        Returns:
+            The page: ``items`` and ``next_cursor`` (None on the last page).
+
+        Raises:
+            KernelInputError: an unknown status, a bad limit, or a cursor this listing (with this
+                status) did not hand out.
+        """
+        return self._approvals.page(status, limit, cursor)
+
     def list_approvals(self, status: str | None = "pending", *, limit: int | None = None) -> list[dict[str, Any]]:
-        """Approvals oldest first, as :meth:`get_approval` returns them.
+        """Approvals newest first, as :meth:`get_approval` returns them (every page of :meth:`approvals_page`).
 
         Args:
             status: only those whose current status is this (``pending`` — still answerable —,
@@ -717,6 +755,31 @@ class Kernel:
         """
         return self._holds.get(receipt_id)
 
+    def holds_page(
+        self,
+        *,
+        state: str | None = None,
+        capability_id: str | None = None,
+        limit: int | None = None,
+        cursor: str | None = None,
+    ) -> Page[dict[str, Any]]:
+        """One page of budget holds, newest first (``created_at``, then receipt id), as :meth:`get_hold` returns them.
+
+        Args:
+            state: only holds in this state (``open``, ``settled``, ``released``, ``expired``; an
+                open hold past its TTL stays ``open`` until it is swept), or all (None).
+            capability_id: only the holds placed by this capability's allows.
+            limit: at most this many (1 to 1,000; default 100).
+            cursor: the ``next_cursor`` of the previous page (None: the first page).
+
+        Returns:
+            The page: ``items`` and ``next_cursor`` (None on the last page).
+
+        Raises:
+            KernelInputError: an unknown state, a bad limit, or a cursor this listing did not hand out.
+        """
+        return self._holds.page(state, capability_id, limit, cursor)
+
     def budgets(self, capability_id: str) -> list[dict[str, Any]]:
         """The budgets of a capability and its ancestors, per budgeted grant, exact now.
 
@@ -825,6 +888,37 @@ class Kernel:
             KernelInputError: a malformed filter.
         """
         return [r for _, r in self.list_receipts_with_seq(capability_id=capability_id, limit=limit, after_seq=after_seq)]
+
+    def receipts_page(
+        self,
+        *,
+        capability_id: str | None = None,
+        verdict: str | None = None,
+        since: int | None = None,
+        metadata: Mapping[str, str] | None = None,
+        newest_first: bool = False,
+        limit: int | None = None,
+        cursor: str | None = None,
+    ) -> Page[tuple[int, ChioReceipt]]:
+        """One page of ``(seq, receipt)``, filtered as :meth:`query_receipts` filters, in chain order
+        (or newest first).
+
+        Args:
+            capability_id: only this capability's receipts.
+            verdict: ``"allow"`` or ``"deny"``.
+            since: unix seconds: receipts whose ``timestamp`` is at or after it.
+            metadata: exact values of top-level keys of the receipt's ``metadata``.
+            newest_first: newest first, else chain order.
+            limit: at most this many (1 to 10,000; default 100).
+            cursor: the ``next_cursor`` of the previous page, made with the same filters and order.
+
+        Returns:
+            The page: ``items`` and ``next_cursor`` (None on the last page).
+
+        Raises:
+            KernelInputError: a malformed filter, a bad limit, or a cursor this listing did not hand out.
+        """
+        return self._receipts.page(capability_id, verdict, since, metadata, (newest_first, limit, cursor))
 
     def receipt_count(self) -> int:
         """How many receipts the store holds.

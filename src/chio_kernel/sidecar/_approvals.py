@@ -1,6 +1,8 @@
 """The sidecar's approval endpoints, on upstream Chio's paths (docs/approvals.md):
 
-* ``GET /approvals/pending`` -> ``{"approvals": [...], "count": n}`` (still answerable ones);
+* ``GET /approvals/pending?limit=&cursor=`` -> ``{"approvals": [...], "count": n, "next_cursor"}``
+  (still answerable ones, newest first, one page: ``limit`` 1 to 1,000, default 100; a ``Link``
+  header names the next page);
 * ``GET /approvals/{id}`` -> one approval (404 if unknown);
 * ``POST /approvals/{id}/operator-respond`` ``{"outcome": "approved"|"denied", "reason": "..."}``: the
   kernel's operator answers (whoever may use this sidecar: loopback, or the bearer token);
@@ -24,9 +26,10 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from chio_kernel._approvals import ApprovalConflictError, ApprovalNotFoundError, ApprovalTokenError
-from chio_kernel.sidecar._body import read_object, req_str
+from chio_kernel.sidecar._body import query_cursor, query_int, read_object, req_str
+from chio_kernel.sidecar._config import MAX_PAGE_LIMIT
 from chio_kernel.sidecar._errors import ApiError, endpoint, found
-from chio_kernel.sidecar._responses import dump_receipt, json_response
+from chio_kernel.sidecar._responses import dump_receipt, json_response, page_response
 
 __all__ = ["ROUTES"]
 
@@ -67,8 +70,13 @@ def _wake_body(data: dict[str, Any]) -> dict[str, Any]:
 
 @endpoint
 async def pending(request: Request) -> Response:
-    approvals = await run_in_threadpool(request.app.state.kernel.list_approvals, "pending")
-    return json_response({"approvals": approvals, "count": len(approvals)})
+    q = request.query_params
+    limit = query_int(q.get("limit"), "limit", 1, MAX_PAGE_LIMIT)
+    cursor = query_cursor(q.get("cursor"))
+    page = await run_in_threadpool(
+        lambda: request.app.state.kernel.approvals_page("pending", limit=limit, cursor=cursor)
+    )
+    return page_response(request, "approvals", page.items, page.next_cursor)
 
 
 @endpoint

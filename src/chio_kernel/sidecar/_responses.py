@@ -6,11 +6,12 @@ import json
 from typing import Any
 
 from chio_sdk.models import CapabilityToken, ChioReceipt
+from starlette.requests import Request
 from starlette.responses import Response
 
 from chio_kernel._receipts import receipt_wire_dict
 
-__all__ = ["dump_receipt", "dump_token", "dumps", "error_response", "json_response"]
+__all__ = ["dump_receipt", "dump_token", "dumps", "error_response", "json_response", "page_response"]
 
 
 def _stdlib_dumps(obj: Any) -> bytes:
@@ -47,3 +48,13 @@ def dump_receipt(receipt: ChioReceipt) -> dict[str, Any]:
 
 def dump_token(token: CapabilityToken) -> dict[str, Any]:
     return token.model_dump(mode="json", exclude_none=True)
+
+
+def page_response(request: Request, key: str, items: list[Any], next_cursor: str | None, **extra: Any) -> Response:
+    """One page of a listing: ``{key: items, "count", "next_cursor", **extra}``, and a
+    ``Link: <...>; rel="next"`` header (the same query with ``cursor`` moved on) while more follow."""
+    response = json_response({key: items, "count": len(items), "next_cursor": next_cursor, **extra})
+    if next_cursor is not None:
+        following = request.url.remove_query_params("after_seq").include_query_params(cursor=next_cursor)
+        response.headers["Link"] = f'<{following}>; rel="next"'
+    return response

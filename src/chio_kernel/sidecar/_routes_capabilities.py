@@ -11,10 +11,20 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from chio_kernel._errors import CapabilityError
-from chio_kernel.sidecar._body import model, opt_int, opt_str, parse_rate_limit, read_object, req_str, scope
-from chio_kernel.sidecar._config import MAX_TTL_SECONDS
+from chio_kernel.sidecar._body import (
+    model,
+    opt_int,
+    opt_str,
+    parse_rate_limit,
+    query_cursor,
+    query_int,
+    read_object,
+    req_str,
+    scope,
+)
+from chio_kernel.sidecar._config import MAX_PAGE_LIMIT, MAX_TTL_SECONDS
 from chio_kernel.sidecar._errors import ApiError, endpoint, found, short
-from chio_kernel.sidecar._responses import dump_token, json_response
+from chio_kernel.sidecar._responses import dump_token, json_response, page_response
 
 __all__ = ["ROUTES"]
 
@@ -96,8 +106,11 @@ async def attenuate_capability(request: Request) -> Response:
 
 @endpoint
 async def list_capabilities(request: Request) -> Response:
-    tokens = await run_in_threadpool(request.app.state.kernel.list_capabilities)
-    return json_response({"capabilities": [dump_token(t) for t in tokens], "count": len(tokens)})
+    q = request.query_params
+    limit = query_int(q.get("limit"), "limit", 1, MAX_PAGE_LIMIT)
+    cursor = query_cursor(q.get("cursor"))
+    page = await run_in_threadpool(lambda: request.app.state.kernel.capabilities_page(limit=limit, cursor=cursor))
+    return page_response(request, "capabilities", [dump_token(t) for t in page.items], page.next_cursor)
 
 
 async def _known_capability(request: Request) -> tuple[str, Any]:

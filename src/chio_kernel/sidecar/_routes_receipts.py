@@ -11,10 +11,10 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from chio_kernel._kernel import MAX_COST_UNITS
-from chio_kernel.sidecar._body import model, opt_str, query_int, read_object, req_str, run_metadata
+from chio_kernel.sidecar._body import model, opt_str, query_cursor, query_int, read_object, req_str, run_metadata
 from chio_kernel.sidecar._config import DEFAULT_LIST_LIMIT, MAX_LIST_LIMIT
 from chio_kernel.sidecar._errors import ApiError, endpoint, found
-from chio_kernel.sidecar._responses import dump_receipt, json_response
+from chio_kernel.sidecar._responses import dump_receipt, json_response, page_response
 
 __all__ = ["ROUTES"]
 
@@ -112,17 +112,25 @@ async def list_receipts(request: Request) -> Response:
     q = request.query_params
     cap = q.get("capability_id") or None
     limit = query_int(q.get("limit"), "limit", 1, MAX_LIST_LIMIT)
+    limit = limit if limit is not None else DEFAULT_LIST_LIMIT
     after = query_int(q.get("after_seq"), "after_seq", 0, 2**62)
-    rows = await run_in_threadpool(  # seq: the page position
-        lambda: kernel.list_receipts_with_seq(
-            capability_id=cap, limit=limit if limit is not None else DEFAULT_LIST_LIMIT, after_seq=after
+    cursor = query_cursor(q.get("cursor"))
+    if after is not None:  # the position paging of earlier releases (next_after_seq)
+        if cursor is not None:
+            raise ApiError(422, "invalid_request", "pass either 'cursor' or 'after_seq', not both")
+        rows = await run_in_threadpool(
+            lambda: kernel.list_receipts_with_seq(capability_id=cap, limit=limit, after_seq=after)
         )
-    )
-    return json_response({
-        "receipts": [dump_receipt(r) for _, r in rows],
-        "count": len(rows),
-        "next_after_seq": rows[-1][0] if rows else after,
-    })
+        return json_response({
+            "receipts": [dump_receipt(r) for _, r in rows],
+            "count": len(rows),
+            "next_after_seq": rows[-1][0] if rows else after,
+        })
+    page = await run_in_threadpool(lambda: kernel.receipts_page(capability_id=cap, limit=limit, cursor=cursor))
+    rows = page.items
+    last = rows[-1][0] if rows else None
+    return page_response(request, "receipts", [dump_receipt(r) for _, r in rows], page.next_cursor,
+                         next_after_seq=last)
 
 
 @endpoint
