@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 from chio_sdk.models import CapabilityToken, ChioReceipt, ChioScope, MonetaryAmount, Operation
 
 from chio_kernel._approvals import Approvals, approval_settings
-from chio_kernel._capabilities import Capabilities, _Cap, capability_signing_bytes
+from chio_kernel._capabilities import Capabilities, _Cap, capability_signing_bytes, resolve_limits
 from chio_kernel._coerce import MAX_COST_UNITS, check_scope_fields
 from chio_kernel._denials import Denials
 from chio_kernel._errors import CapabilityError, ChioKernelError, KernelInputError, KernelKeyMissingError
@@ -110,6 +110,11 @@ class Kernel:
             ``$CHIO_APPROVAL_TTL``, else one day).
         hold_ttl: seconds a budget hold lives unsettled before it expires (default
             ``$CHIO_HOLD_TTL``, else 3600; see ``docs/budgets.md``).
+        max_grants: grants one capability may hold (tool, resource and prompt grants together;
+            default ``$CHIO_MAX_GRANTS``, else 1,000); more is refused at issue and attenuate time
+            with :class:`CapabilityLimitError`.
+        max_delegation_depth: delegation links one capability may carry (default
+            ``$CHIO_MAX_DELEGATION_DEPTH``, else 32); a deeper attenuation is refused likewise.
     """
 
     def __init__(
@@ -123,6 +128,8 @@ class Kernel:
         approver_keys: Iterable[str] = (),
         approval_ttl: int | None = None,
         hold_ttl: float | None = None,
+        max_grants: int | None = None,
+        max_delegation_depth: int | None = None,
     ) -> None:
         """Open the kernel: its key, its store, and the services (see the class doc for the arguments).
 
@@ -132,6 +139,7 @@ class Kernel:
             StoreUnavailableError: the PostgreSQL store cannot be reached.
         """
         ttl = resolve_hold_ttl(hold_ttl)
+        self._limits = resolve_limits(max_grants, max_delegation_depth)
         self.data_dir: Path = ensure_data_dir(Path(data_dir) if data_dir is not None else default_data_dir())
         dsn = resolve_store(store)  # None: SQLite in data_dir
         if dsn is None:
@@ -152,7 +160,7 @@ class Kernel:
         clock, store = self._clock, self._store
         self._gate = gate = StoreGate(store, _kernel_repr(self.data_dir, shared_store, self.public_key_hex))
         self._trust, self._fleet = store_trust(store, self.public_key_hex, self.trusted_keys, gate.read, self.data_dir)
-        self._capabilities = caps = Capabilities(self._signer, self._trust, clock, gate.read, gate.write)
+        self._capabilities = caps = Capabilities(self._signer, self._trust, clock, gate.read, gate.write, self._limits)
         self._caps: dict[str, _Cap] = caps.cache  # the verified-capability cache
         chain = ReceiptChain(self._signer.sign_hex, self.public_key_hex)
         self._approvals = Approvals(self.data_dir, approvers, approval_ttl, clock, gate.read, gate.write, caps.load,
@@ -193,6 +201,16 @@ class Kernel:
 
     def _load_cap(self, st: StoreReader, capability_id: str) -> _Cap | None:
         return self._capabilities.load(st, capability_id)
+
+    @property
+    def max_grants(self) -> int:
+        """Grants one capability may hold (issue and attenuate refuse more: ``CapabilityLimitError``)."""
+        return self._limits.max_grants
+
+    @property
+    def max_delegation_depth(self) -> int:
+        """Delegation links one capability may carry (a deeper attenuation is refused)."""
+        return self._limits.max_delegation_depth
 
     # --- a fleet's store (chio_kernel._fleet does the work; PostgreSQL only) ---
 
@@ -275,6 +293,7 @@ class Kernel:
             The signed token (stored).
 
         Raises:
+            CapabilityLimitError: more grants than :attr:`max_grants`.
             CapabilityError: the id is taken by another token, or a constraint cannot be used.
             KernelInputError: a malformed argument.
         """
@@ -373,6 +392,8 @@ class Kernel:
             The signed child token (stored). It also spends its ancestors' budgets and rate limits.
 
         Raises:
+            CapabilityLimitError: more grants than :attr:`max_grants`, or a chain deeper than
+                :attr:`max_delegation_depth`.
             CapabilityError: the scope is not a subset (naming the offending grant), or the parent is
                 unknown or not valid.
         """
