@@ -37,6 +37,17 @@ def sidecar(
             help="Close a connection that has not sent complete request headers within this many seconds.",
         ),
     ] = 10.0,
+    max_grants: Annotated[
+        int | None,
+        typer.Option("--max-grants", envvar="CHIO_MAX_GRANTS", min=1, show_default=False,
+                     help="Grants one capability may hold; more is refused with 422 (default 1000)."),
+    ] = None,
+    max_delegation_depth: Annotated[
+        int | None,
+        typer.Option("--max-delegation-depth", envvar="CHIO_MAX_DELEGATION_DEPTH", min=1, show_default=False,
+                     help="Delegation links one capability may carry; a deeper attenuation is refused with 422 "
+                     "(default 32)."),
+    ] = None,
 ) -> None:
     """Serve the kernel over HTTP for chio_sdk.ChioClient (loopback by default)."""
     from chio_kernel._postgres_store import KernelKeyRetiredError
@@ -50,6 +61,9 @@ def sidecar(
     path = _resolve_dir(data_dir)
     if store is not None:  # the sidecar's Kernel reads $CHIO_STORE
         os.environ["CHIO_STORE"] = store
+    for env, limit in (("CHIO_MAX_GRANTS", max_grants), ("CHIO_MAX_DELEGATION_DEPTH", max_delegation_depth)):
+        if limit is not None:  # and the limits from the environment
+            os.environ[env] = str(limit)
 
     def ready(kernel: Any) -> None:
         auth = "bearer token required" if token else "no auth (loopback only)"

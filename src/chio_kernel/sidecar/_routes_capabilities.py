@@ -10,7 +10,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from chio_kernel._errors import CapabilityError
+from chio_kernel._errors import CapabilityError, CapabilityLimitError
 from chio_kernel.sidecar._body import (
     model,
     opt_int,
@@ -99,6 +99,8 @@ async def attenuate_capability(request: Request) -> Response:
         child = await run_in_threadpool(
             kernel.attenuate_capability, parent_id, new_scope, ttl_seconds=ttl, capability_id=cap_id
         )
+    except CapabilityLimitError as err:
+        raise ApiError(422, err.code, short(err, 600)) from None
     except CapabilityError as err:
         raise ApiError(400, "not_attenuable", short(err)) from None
     return json_response(dump_token(child))
