@@ -28,7 +28,6 @@ call whose declared cost is N units or more (no declared cost counts as 0) to a 
 
 from __future__ import annotations
 
-import json
 import os
 import threading
 import time
@@ -40,6 +39,11 @@ from pathlib import Path
 from typing import Any
 
 from chio_sdk.models import ChioReceipt, Operation
+
+try:  # orjson (a dependency of prefect) parses a page of pending receipts ~5x faster than the stdlib
+    from orjson import loads as _loads
+except ImportError:  # pragma: no cover - the stdlib parser
+    from json import loads as _loads  # type: ignore[assignment]
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
@@ -435,15 +439,28 @@ class Approvals:
     # --- reading approvals ---
 
     def _approval_view(self, st: StoreReader, row: ApprovalRow, now: float) -> dict[str, Any]:
-        cap = self._load_cap(st, row.capability_id)
-        revoked = st.first_revoked(cap.lineage if cap is not None else (row.capability_id,))
+        return self._approval_views(st, [row], now)[0]
+
+    def _approval_views(self, st: StoreReader, rows: Sequence[ApprovalRow], now: float) -> list[dict[str, Any]]:
+        """Approvals as ``get_approval`` answers them; a page's revocations and pending receipts in
+        one statement each."""
+        lineages = {}
+        for row in rows:
+            cap = self._load_cap(st, row.capability_id)
+            lineages[row.id] = cap.lineage if cap is not None else (row.capability_id,)
+        revoked_ids = st.revoked_among(sorted({cid for lineage in lineages.values() for cid in lineage}))
+        bodies = st.receipt_bodies([row.pending_receipt_id for row in rows])
+        return [self._view(row, now, next((c for c in lineages[row.id] if c in revoked_ids), None),
+                           bodies.get(row.pending_receipt_id)) for row in rows]
+
+    @staticmethod
+    def _view(row: ApprovalRow, now: float, revoked: str | None, body: str | None) -> dict[str, Any]:
         status, approver, reason = row.status, row.approver, row.reason
         if status == "pending" and now >= row.expires_at:
             status = "expired"
         elif status == "pending" and revoked is not None:
             status, reason = "denied", f"capability {revoked} was revoked during the wait"
-        body = st.receipt_body(row.pending_receipt_id)
-        params = json.loads(body)["action"]["parameters"] if body is not None else None
+        params = _loads(body)["action"]["parameters"] if body is not None else None
         return {
             "id": row.id,
             "status": status,
@@ -506,11 +523,9 @@ class Approvals:
             for _ in range(_PAGE_ROUNDS):  # bounded work: a page may be short, its cursor goes on
                 want = n - len(out)
                 rows = st.approvals_page(stored, before, want + 1, expiry)
-                for row in rows[:want]:
-                    view = self._approval_view(st, row, now)
-                    if status is None or view["status"] == status:
-                        out.append(view)
-                    before = (row.created_at, row.id)
+                out += [v for v in self._approval_views(st, rows[:want], now) if status in (None, v["status"])]
+                if rows[:want]:
+                    before = (rows[:want][-1].created_at, rows[:want][-1].id)
                 if len(rows) <= want:
                     return Page(out, None)
                 if len(out) == n:

@@ -25,6 +25,8 @@ HOLD_COLS = (
     "receipt_id, capability_id, policy_hash, units, currency, created_at, expires_at, state, captured_units, "
     "closed_by, closed_seq"
 )
+#: Ids per ``IN (...)`` list (SQLite allows 32,766 parameters per statement).
+_IN_CHUNK = 500
 #: Budgets saturate at 2^63-1 (both stores keep units as a 64-bit integer).
 MAX_UNITS = 9223372036854775807
 _CAP_SQL = "SELECT id, token, parent_id, subject, issued_at, expires_at, rate_max, rate_per FROM capabilities WHERE id = ?"
@@ -95,6 +97,23 @@ class SqlReader:
         cond, params = self._in(ids)
         row = self._one(f"SELECT capability_id FROM revocations WHERE capability_id {cond} LIMIT 1", params)
         return None if row is None else str(row[0])
+
+    def revoked_among(self, ids: Sequence[str]) -> set[str]:
+        """Those of ``ids`` that are revoked (one statement for a page of listings)."""
+        out: set[str] = set()
+        for i in range(0, len(ids), _IN_CHUNK):
+            cond, params = self._in(ids[i:i + _IN_CHUNK])
+            out.update(str(r[0]) for r in self._all(f"SELECT capability_id FROM revocations WHERE capability_id {cond}",
+                                                    params))
+        return out
+
+    def receipt_bodies(self, receipt_ids: Sequence[str]) -> dict[str, str]:
+        """The stored texts of the receipts with these ids (those found), in one statement."""
+        out: dict[str, str] = {}
+        for i in range(0, len(receipt_ids), _IN_CHUNK):
+            cond, params = self._in(receipt_ids[i:i + _IN_CHUNK])
+            out.update((str(r[0]), str(r[1])) for r in self._all(f"SELECT id, body FROM receipts WHERE id {cond}", params))
+        return out
 
     def usage_of(self, capability_id: str) -> list[tuple[int, int, int]]:
         """``(grant_index, invocations, cost_units)`` per used grant of a capability."""

@@ -205,6 +205,14 @@ class StoreReader(Protocol):
         """One of ``ids`` that is revoked (any), or None."""
         ...
 
+    def revoked_among(self, ids: Sequence[str]) -> set[str]:
+        """Those of ``ids`` that are revoked themselves."""
+        ...
+
+    def receipt_bodies(self, receipt_ids: Sequence[str]) -> dict[str, str]:
+        """``{id: stored JSON text}`` of the receipts with these ids that exist."""
+        ...
+
     def usage_of(self, capability_id: str) -> list[tuple[int, int, int]]:
         """``(grant_index, invocations, cost_units)`` per budgeted grant, by grant index."""
         ...
