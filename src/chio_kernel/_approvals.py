@@ -57,7 +57,7 @@ from chio_kernel._errors import (
     KernelInputError,
 )
 from chio_kernel._idempotency import remember
-from chio_kernel._paging import MAX_PAGE_LIMIT, Page, check_limit, decode_cursor, encode_cursor
+from chio_kernel._paging import MAX_PAGE_LIMIT, Page, Yielder, check_limit, decode_cursor, encode_cursor
 from chio_kernel._ids import _uuid7_str
 from chio_kernel._policy import Deny
 from chio_kernel._receipts import ALLOW, CallRecord, ReceiptChain
@@ -292,6 +292,8 @@ class Approvals:
         self._wake_reports: OrderedDict[str, list[dict[str, Any]]] = OrderedDict()
         self._wake_reports_lock = threading.Lock()
         self._approval_ttl = approval_ttl
+        #: True while evaluations are in flight: listings pause for them (set by the kernel).
+        self.busy: Callable[[], bool] | None = None
 
     # --- configuration ---
 
@@ -441,17 +443,26 @@ class Approvals:
     def _approval_view(self, st: StoreReader, row: ApprovalRow, now: float) -> dict[str, Any]:
         return self._approval_views(st, [row], now)[0]
 
-    def _approval_views(self, st: StoreReader, rows: Sequence[ApprovalRow], now: float) -> list[dict[str, Any]]:
+    def _approval_views(
+        self, st: StoreReader, rows: Sequence[ApprovalRow], now: float, pause: Callable[[], None] = lambda: None
+    ) -> list[dict[str, Any]]:
         """Approvals as ``get_approval`` answers them; a page's revocations and pending receipts in
-        one statement each."""
+        one statement each (``pause`` between the steps)."""
         lineages = {}
         for row in rows:
             cap = self._load_cap(st, row.capability_id)
             lineages[row.id] = cap.lineage if cap is not None else (row.capability_id,)
+        pause()
         revoked_ids = st.revoked_among(sorted({cid for lineage in lineages.values() for cid in lineage}))
+        pause()
         bodies = st.receipt_bodies([row.pending_receipt_id for row in rows])
-        return [self._view(row, now, next((c for c in lineages[row.id] if c in revoked_ids), None),
-                           bodies.get(row.pending_receipt_id)) for row in rows]
+        out = []
+        for i, row in enumerate(rows):
+            if i % 25 == 24:
+                pause()
+            revoked = next((c for c in lineages[row.id] if c in revoked_ids), None)
+            out.append(self._view(row, now, revoked, bodies.get(row.pending_receipt_id)))
+        return out
 
     @staticmethod
     def _view(row: ApprovalRow, now: float, revoked: str | None, body: str | None) -> dict[str, Any]:
@@ -519,11 +530,13 @@ class Approvals:
         if status == "denied":
             stored, expiry = None, None  # stored denied ones, and pending ones revoked meanwhile
         out: list[dict[str, Any]] = []
+        pause = Yielder(self.busy).pause
         with self._read() as st:
             for _ in range(_PAGE_ROUNDS):  # bounded work: a page may be short, its cursor goes on
                 want = n - len(out)
+                pause()
                 rows = st.approvals_page(stored, before, want + 1, expiry)
-                out += [v for v in self._approval_views(st, rows[:want], now) if status in (None, v["status"])]
+                out += [v for v in self._approval_views(st, rows[:want], now, pause) if status in (None, v["status"])]
                 if rows[:want]:
                     before = (rows[:want][-1].created_at, rows[:want][-1].id)
                 if len(rows) <= want:

@@ -23,7 +23,7 @@ from chio_kernel._coerce import (
 )
 from chio_kernel._errors import CapabilityError, CapabilityLimitError, KernelInputError
 from chio_kernel._ids import _uuid7_int
-from chio_kernel._paging import MAX_PAGE_LIMIT, Page, check_limit, decode_cursor, encode_cursor
+from chio_kernel._paging import MAX_PAGE_LIMIT, Page, Yielder, check_limit, decode_cursor, encode_cursor
 from chio_kernel._store import CapabilityRow, StoreReader, StoreWriter
 from chio_kernel.signing import Signer, verify_hex
 from chio_kernel.canonical import canonical_json
@@ -297,6 +297,7 @@ class Capabilities:
         self._read = read
         self._write = write
         self.cache: dict[str, _Cap] = {}  # the verified capabilities (tokens are immutable)
+        self.busy: Callable[[], bool] | None = None  # evaluations in flight: pages pause for them
 
     # --- capabilities: loading ---
 
@@ -558,9 +559,15 @@ class Capabilities:
         """Stored tokens oldest first, one page (see ``Kernel.capabilities_page``)."""
         n = check_limit(limit)
         pos = decode_cursor(cursor, "capabilities", [], (float, str))
+        pause = Yielder(self.busy).pause
+        pause()
         with self._read() as st:
             rows = st.capabilities_page((pos[0], pos[1]) if pos else None, n + 1)
-        items = [CapabilityToken.model_validate_json(token) for _, _, token in rows[:n]]
+        items = []
+        for i, (_, _, token) in enumerate(rows[:n]):
+            if i % 25 == 24:
+                pause()
+            items.append(CapabilityToken.model_validate_json(token))
         more = len(rows) > n
         return Page(items, encode_cursor("capabilities", [], list(rows[n - 1][:2])) if more else None)
 

@@ -39,7 +39,7 @@ from chio_kernel._errors import (
     UnknownHoldError,
 )
 from chio_kernel._capabilities import LoadCap
-from chio_kernel._paging import Page, check_limit, decode_cursor, encode_cursor
+from chio_kernel._paging import Page, Yielder, check_limit, decode_cursor, encode_cursor
 from chio_kernel._receipts import ALLOW, CallRecord, ReceiptChain
 from chio_kernel._store import HoldRow, StoreReader, StoreWriter
 from chio_kernel.canonical import canonical_json
@@ -131,6 +131,7 @@ class Holds:
     ) -> None:
         """Holds live ``ttl`` seconds by ``clock``; stored via ``read`` / ``write``, receipts via ``chain``."""
         self.ttl = ttl
+        self.busy: Callable[[], bool] | None = None  # evaluations in flight: pages pause for them
         self._clock = clock
         self._read = read
         self._write = write
@@ -333,6 +334,7 @@ class Holds:
         n = check_limit(limit)
         filters = [state, capability_id]
         pos = decode_cursor(cursor, "holds", filters, (float, str))
+        Yielder(self.busy).pause()
         with self._read() as st:
             rows = st.holds_page(state, capability_id, (pos[0], pos[1]) if pos else None, n + 1)
             items = [_hold_view(h, st.hold_grants(h.receipt_id)) for h in rows[:n]]

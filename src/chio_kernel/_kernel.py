@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import time
+from collections import deque
 from collections.abc import Callable, Iterable, Mapping
 from contextlib import AbstractContextManager
 from pathlib import Path
@@ -172,6 +173,9 @@ class Kernel:
                                      (self._approvals, self._holds, self._trust), self.base_url)
         self._prepare = self._evaluation.prepare  # the hot path's two steps, looked up once
         self._submit = self._evaluation.committer.submit
+        # evaluations in flight (deque append/pop are atomic): listings pause for them
+        self.in_flight: deque[None] = deque()
+        self._approvals.busy = self._capabilities.busy = self._receipts.busy = self._holds.busy = self.evaluating
 
     # --- plumbing ---
 
@@ -201,6 +205,14 @@ class Kernel:
 
     def _load_cap(self, st: StoreReader, capability_id: str) -> _Cap | None:
         return self._capabilities.load(st, capability_id)
+
+    def evaluating(self) -> bool:
+        """Whether evaluations are in flight now (listings pause for them, see docs/kernel.md).
+
+        Returns:
+            True while an evaluation is being decided.
+        """
+        return bool(self.in_flight)
 
     @property
     def max_grants(self) -> int:
@@ -471,7 +483,12 @@ class Kernel:
             capability_id, tool_server, tool_name, parameters, idempotency_key, cost, operation,
             approval_id, canonical_parameters, parameter_hash, metadata,
         ))
-        return self._submit(req)
+        flight = self.in_flight
+        flight.append(None)
+        try:
+            return self._submit(req)
+        finally:
+            flight.pop()
 
     def record_denial(
         self,
@@ -536,7 +553,12 @@ class Kernel:
             capability_id, tool_server, tool_name, parameters, idempotency_key, cost, operation,
             approval_id, canonical_parameters, parameter_hash, metadata,
         ))
-        return await self._evaluation.committer.submit_async(req)
+        flight = self.in_flight
+        flight.append(None)
+        try:
+            return await self._evaluation.committer.submit_async(req)
+        finally:
+            flight.pop()
 
     # --- approvals (chio_kernel._approvals does the work; docs/approvals.md) ---
 

@@ -12,19 +12,31 @@ import base64
 import binascii
 import hashlib
 import json
-from collections.abc import Iterator, Sequence
+import time
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
 from chio_kernel._errors import KernelInputError
 
-__all__ = ["DEFAULT_PAGE_LIMIT", "MAX_PAGE_LIMIT", "Page", "check_limit", "decode_cursor", "encode_cursor"]
+__all__ = [
+    "DEFAULT_PAGE_LIMIT",
+    "MAX_PAGE_LIMIT",
+    "Page",
+    "Yielder",
+    "check_limit",
+    "decode_cursor",
+    "encode_cursor",
+]
 
 #: Items per page when no ``limit`` is given (approvals, capabilities, holds; receipts: see docs).
 DEFAULT_PAGE_LIMIT = 100
 #: The largest ``limit`` a page takes.
 MAX_PAGE_LIMIT = 1_000
 _MAX_CURSOR_CHARS = 1_024
+#: A page pauses at most this long in all for evaluations in flight (then it goes on regardless).
+_YIELD_BUDGET = 0.05
+_YIELD_STEP = 0.0002
 
 T = TypeVar("T")
 
@@ -107,3 +119,24 @@ def decode_cursor(cursor: Any, listing: str, filters: Sequence[Any], types: Sequ
             "or start again without a cursor"
         )
     return [float(v) if t is float else v for v, t in zip(key, types)]
+
+
+class Yielder:
+    """Evaluations first: a page of a listing calls :meth:`pause` between its steps, and sleeps
+    (GIL released) while ``busy()`` says evaluations are in flight, at most 50 ms per page in all,
+    so a listing neither delays evaluations nor starves under them."""
+
+    __slots__ = ("_busy", "_left")
+
+    def __init__(self, busy: Callable[[], bool] | None) -> None:
+        self._busy = busy
+        self._left = _YIELD_BUDGET
+
+    def pause(self) -> None:
+        """Wait while evaluations are in flight (within the page's budget)."""
+        busy = self._busy
+        if busy is None:
+            return
+        while self._left > 0 and busy():
+            time.sleep(_YIELD_STEP)
+            self._left -= _YIELD_STEP

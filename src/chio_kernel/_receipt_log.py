@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from chio_sdk.models import ChioReceipt
@@ -11,7 +11,7 @@ from pydantic import ValidationError
 from chio_kernel._capabilities import Trust
 from chio_kernel._coerce import _require_str
 from chio_kernel._errors import KernelInputError
-from chio_kernel._paging import Page, check_limit, decode_cursor, encode_cursor
+from chio_kernel._paging import Page, Yielder, check_limit, decode_cursor, encode_cursor
 from chio_kernel._receipts import ChainReport, verify_chain, verify_receipt_dict
 from chio_kernel._store import ReceiptQuery
 from chio_kernel._store_factory import StoreGate
@@ -35,6 +35,7 @@ class ReceiptLog:
         """Read through ``gate``; ``trust`` says whose receipt signatures count."""
         self._gate = gate
         self._trust = trust
+        self.busy: Callable[[], bool] | None = None  # evaluations in flight: pages pause for them
 
     def problem(self, data: dict[str, Any]) -> str | None:
         """Why a receipt (``model_dump(exclude_none=True)`` form) does not verify, or None."""
@@ -139,6 +140,7 @@ class ReceiptLog:
         pos = decode_cursor(cursor, "receipts", filters, (int,))
         after = pos[0] if pos and not newest_first else 0
         before = pos[0] if pos and newest_first else None
+        Yielder(self.busy).pause()
         rows = self.query(capability_id, verdict, since, metadata, (after, n + 1, bool(newest_first)), True, before)
         more = len(rows) > n
         return Page(rows[:n], encode_cursor("receipts", filters, [rows[n - 1][0]]) if more else None)

@@ -3,11 +3,15 @@ paging through them (another process, raw HTTP) leaves a concurrent client's p99
 (the real ``chio_sdk.ChioClient`` against the real sidecar) within 2x of its idle p99.
 
 Idle and busy samples are taken in alternating rounds, so background load on the machine hits both
-alike; the ratio is measured in this one run (no absolute time is asserted)."""
+alike; the ratio is measured in this one run (no absolute time is asserted). The paging client runs
+at a lower OS priority (nice 10): on a small shared test machine its own CPU (HTTP, JSON) would
+otherwise compete with the evaluating client's, which a client on another host does not; what is
+measured is the sidecar's answer to both."""
 
 from __future__ import annotations
 
 import asyncio
+import os
 import subprocess
 import sys
 import time
@@ -38,6 +42,7 @@ with httpx.Client(timeout=60) as http:
         while next_url:
             response = http.get(next_url)
             assert response.status_code == 200, response.text
+            print(".", end="", flush=True)  # one page
             link = response.headers.get("link")
             next_url = link[1:link.index(">")] if link else None
 """
@@ -90,7 +95,7 @@ def test_paging_10000_pending_approvals_keeps_evaluate_p99_within_2x(tmp_path: P
                 for _ in range(ROUNDS):
                     idle.extend(await _evaluations(client, cap, PER_ROUND))
                     pager = subprocess.Popen([sys.executable, "-c", PAGER, sidecar.url], stdout=subprocess.PIPE,
-                                             text=True)
+                                             text=True, preexec_fn=lambda: os.nice(10))
                     try:
                         assert pager.stdout is not None and pager.stdout.readline().strip() == "paging"
                         await asyncio.sleep(0.2)  # the pager is in its loop
@@ -99,7 +104,7 @@ def test_paging_10000_pending_approvals_keeps_evaluate_p99_within_2x(tmp_path: P
                     finally:
                         pager.kill()
                         pager.wait(30)
-                    pages_seen += 1
+                    pages_seen += (pager.stdout.read() or "").count(".")
 
         asyncio.run(run())
     finally:
@@ -107,7 +112,8 @@ def test_paging_10000_pending_approvals_keeps_evaluate_p99_within_2x(tmp_path: P
     idle_p99, busy_p99 = _p99(idle), _p99(busy)
     print(f"evaluate p50 idle {sorted(idle)[len(idle) // 2] * 1e3:.2f} ms, paging {sorted(busy)[len(busy) // 2] * 1e3:.2f} ms; "
           f"p99 idle {idle_p99 * 1e3:.2f} ms, while another client pages {busy_p99 * 1e3:.2f} ms "
-          f"({busy_p99 / idle_p99:.2f}x)")
+          f"({busy_p99 / idle_p99:.2f}x); {pages_seen:,} pages of 100 read meanwhile")
+    assert pages_seen >= PENDING // 100, "the paging client did not page through the 10,000 approvals even once"
     assert busy_p99 <= 2 * idle_p99, (
         f"p99 while paging {busy_p99 * 1e3:.2f} ms > 2x idle p99 {idle_p99 * 1e3:.2f} ms"
     )

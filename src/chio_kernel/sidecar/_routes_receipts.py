@@ -48,6 +48,15 @@ def _operation(data: dict[str, Any]) -> Operation:
 
 @endpoint
 async def evaluate(request: Request) -> Response:
+    flight = request.app.state.kernel.in_flight  # listings pause while evaluations are in flight
+    flight.append(None)
+    try:
+        return await _evaluate(request)
+    finally:
+        flight.pop()
+
+
+async def _evaluate(request: Request) -> Response:
     data = await read_object(request)
     capability_id = req_str(data, "capability_id", max_len=256)
     tool_server = req_str(data, "tool_server")
