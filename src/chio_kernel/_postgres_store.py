@@ -322,7 +322,7 @@ class PostgresStore:
         self._inherited: list[Any] = []
         self._closed = False
         self._read_lock = threading.Lock()
-        self._read_conn: psycopg.Connection[Any] | None = None  # opened on the first read
+        self._read_conn: psycopg.Connection[Any] | None = None
         self._read_pid = os.getpid()
         self._conn = self._connect()
         try:
@@ -338,6 +338,11 @@ class PostgresStore:
         except Exception as err:
             self._conn.close()
             raise _wrap(err, signer_key) from err
+        try:
+            self._read_conn = self._connect()  # reads never share the writer's connection
+        except BaseException:
+            self._conn.close()
+            raise
 
     def _connect(self) -> psycopg.Connection[Any]:
         import psycopg
@@ -371,13 +376,7 @@ class PostgresStore:
     def write(self) -> Iterator[_PgWriter]:
         """One write transaction holding the fleet's writer lock: commit on exit, rollback on error."""
         with self._lock_for_pid():
-            conn = self._connection()
-            try:
-                conn.execute("BEGIN")
-                lock = conn.execute("SELECT chio_writer_lock(%s)", (self._signer,))
-            except Exception as err:
-                self._rollback(conn)
-                raise _wrap(err, self._signer) from err
+            conn, lock = self._begin()
             try:
                 yield _PgWriter(conn, self._signer, lock)
             except BaseException:
@@ -389,6 +388,21 @@ class PostgresStore:
                 self._rollback(conn)
                 raise _wrap(err, self._signer) from err
             self.commits += 1
+
+    def _begin(self) -> tuple[psycopg.Connection[Any], psycopg.Cursor[Any]]:
+        """``BEGIN`` and the writer lock; a connection found lost right there (the server restarted
+        since it was last used: nothing was sent yet) is reopened once."""
+        for attempt in (1, 2):
+            conn = self._connection()
+            try:
+                conn.execute("BEGIN")
+                return conn, conn.execute("SELECT chio_writer_lock(%s)", (self._signer,))
+            except Exception as err:
+                self._rollback(conn)
+                if attempt == 1 and conn.broken:
+                    continue
+                raise _wrap(err, self._signer) from err
+        raise AssertionError("unreachable")  # pragma: no cover
 
     @staticmethod
     def _rollback(conn: psycopg.Connection[Any]) -> None:
