@@ -4,7 +4,6 @@ the subset rule for attenuation."""
 from __future__ import annotations
 
 import hashlib
-import os
 from collections.abc import Callable, Mapping
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
@@ -20,6 +19,7 @@ from chio_kernel._coerce import (
     _new_capability_id,
     _positive_int,
     _require_str,
+    from_env,
 )
 from chio_kernel._errors import CapabilityError, CapabilityLimitError, KernelInputError
 from chio_kernel._ids import _uuid7_int
@@ -96,16 +96,9 @@ class CapabilityLimits:
 
 def _resolve_limit(value: int | None, name: str, env: str, default: int) -> int:
     """``value``, else ``$env``, else ``default``; a positive integer (else :class:`KernelInputError`)."""
-    where = name
+    value, where = from_env(value, name, env, int, "a whole number")
     if value is None:
-        raw = os.environ.get(env, "").strip()
-        if not raw:
-            return default
-        where = f"${env}"
-        try:
-            value = int(raw)
-        except ValueError:
-            raise KernelInputError(f"{where} must be a whole number, got {raw[:40]!r}") from None
+        return default
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise KernelInputError(f"{where} must be a positive whole number, got {value!r:.40}")
     return value

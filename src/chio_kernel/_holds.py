@@ -22,14 +22,13 @@ from __future__ import annotations
 
 import hashlib
 import math
-import os
 from collections.abc import Callable, Mapping, Sequence
 from contextlib import AbstractContextManager
 from typing import Any
 
 from chio_sdk.models import ChioReceipt, MonetaryAmount
 
-from chio_kernel._coerce import _coerce_cost, _require_str
+from chio_kernel._coerce import _coerce_cost, _require_str, from_env
 from chio_kernel._errors import (
     CapabilityError,
     HoldConflictError,
@@ -70,16 +69,9 @@ _EXPIRE_BATCH = 256
 
 def resolve_hold_ttl(value: float | None) -> float:
     """The hold TTL in seconds: ``value``, else ``$CHIO_HOLD_TTL``, else :data:`DEFAULT_HOLD_TTL`."""
-    where = "hold_ttl"
+    value, where = from_env(value, "hold_ttl", HOLD_TTL_ENV, float, "a number of seconds")
     if value is None:
-        raw = os.environ.get(HOLD_TTL_ENV, "").strip()
-        if not raw:
-            return DEFAULT_HOLD_TTL
-        where = f"${HOLD_TTL_ENV}"
-        try:
-            value = float(raw)
-        except ValueError:
-            raise KernelInputError(f"{where} must be a number of seconds, got {raw[:40]!r}") from None
+        return DEFAULT_HOLD_TTL
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
         raise KernelInputError(f"{where} must be a positive number of seconds, got {value!r}")
     return float(value)

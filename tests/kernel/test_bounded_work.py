@@ -4,7 +4,6 @@ attenuation (the same answer as the all-pairs rule)."""
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -18,6 +17,7 @@ from chio_kernel import CapabilityError, CapabilityLimitError, Kernel, KernelInp
 from chio_kernel._capabilities import _first_non_subset
 from chio_kernel._guards import MAX_REASON_CHARS, bound_reason
 from kernel_helpers import Clock
+from listing_helpers import while_writing
 
 APPROVAL = {"grants": [{
     "server_id": "shop", "tool_name": "refund", "operations": ["Invoke"],
@@ -129,38 +129,6 @@ def test_a_bad_cursor_or_limit_is_refused_with_a_sentence(kernel: Kernel, call: 
 # --- no listing waits for the writer ---
 
 
-def _while_writing(kernel: Kernel, reads: Callable[[], Any]) -> Any:
-    """Run ``reads`` in a thread while another thread holds the store's write transaction open."""
-    holding, release, done = threading.Event(), threading.Event(), threading.Event()
-    result: dict[str, Any] = {}
-
-    def writer() -> None:
-        with kernel._store.write():
-            holding.set()
-            release.wait(30)
-
-    def reader() -> None:
-        try:
-            result["value"] = reads()
-        except BaseException as err:  # pragma: no cover - reported below
-            result["error"] = err
-        done.set()
-
-    w = threading.Thread(target=writer)
-    w.start()
-    assert holding.wait(10)
-    r = threading.Thread(target=reader)
-    r.start()
-    finished = done.wait(10)
-    release.set()
-    w.join(10)
-    r.join(10)
-    assert finished, "a listing waited for the writer's transaction"
-    if "error" in result:
-        raise result["error"]
-    return result["value"]
-
-
 def read_everything(kernel: Kernel) -> tuple[int, ...]:
     return (len(kernel.approvals_page(limit=1000)), len(kernel.capabilities_page()),
             len(kernel.receipts_page(newest_first=True)), len(kernel.holds_page()), len(kernel.list_approvals()),
@@ -170,7 +138,7 @@ def read_everything(kernel: Kernel) -> tuple[int, ...]:
 def test_listings_never_wait_for_the_writer(kernel: Kernel) -> None:
     cap = kernel.create_capability("agent:refunds", APPROVAL).id
     _pending(kernel, cap, 3)
-    assert _while_writing(kernel, lambda: read_everything(kernel)) == (3, 1, 3, 0, 3, 3)
+    assert while_writing(kernel, lambda: read_everything(kernel)) == (3, 1, 3, 0, 3, 3)
 
 
 # --- deny reasons ---

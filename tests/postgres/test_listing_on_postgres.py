@@ -3,49 +3,15 @@ a writer: neither this kernel's own write transaction nor another kernel holding
 
 from __future__ import annotations
 
-import threading
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 from chio_kernel import Kernel
+from listing_helpers import while_writing
 
 APPROVAL = {"grants": [{
     "server_id": "shop", "tool_name": "refund", "operations": ["Invoke"],
     "constraints": [{"type": "require_approval_above", "value": {"threshold_units": 0}}],
 }]}
-
-
-def _while_writing(writer_kernel: Kernel, reads: Callable[[], Any]) -> Any:
-    """``reads()`` in a thread while ``writer_kernel`` holds a write transaction (and the writer lock)."""
-    holding, release, done = threading.Event(), threading.Event(), threading.Event()
-    result: dict[str, Any] = {}
-
-    def writer() -> None:
-        with writer_kernel._store.write():
-            holding.set()
-            release.wait(30)
-
-    def reader() -> None:
-        try:
-            result["value"] = reads()
-        except BaseException as err:  # pragma: no cover - reported below
-            result["error"] = err
-        done.set()
-
-    w = threading.Thread(target=writer)
-    w.start()
-    assert holding.wait(10)
-    r = threading.Thread(target=reader)
-    r.start()
-    finished = done.wait(10)
-    release.set()
-    w.join(10)
-    r.join(10)
-    assert finished, "a listing waited for a writer"
-    if "error" in result:
-        raise result["error"]
-    return result["value"]
 
 
 def test_listings_page_and_never_wait_for_a_writer(pg_dsn: str, tmp_path: Path) -> None:
@@ -71,8 +37,8 @@ def test_listings_page_and_never_wait_for_a_writer(pg_dsn: str, tmp_path: Path) 
             return (len(a.approvals_page()), len(a.capabilities_page()), len(a.receipts_page(newest_first=True)),
                     len(a.holds_page()), a.receipt_count())
 
-        assert _while_writing(a, read_all) == (7, 1, 7, 0, 7)  # this kernel's own writer
-        assert _while_writing(b, read_all) == (7, 1, 7, 0, 7)  # another kernel holding chio_writer_lock
+        assert while_writing(a, read_all) == (7, 1, 7, 0, 7)  # this kernel's own writer
+        assert while_writing(b, read_all) == (7, 1, 7, 0, 7)  # another kernel holding chio_writer_lock
     finally:
         a.close()
         b.close()
