@@ -25,7 +25,7 @@ from chio_kernel._errors import (
 )
 from chio_kernel._kernel import ChainReport, Kernel
 from chio_kernel._paging import Page
-from chio_kernel._receipts import receipt_chain_hash, receipt_signing_bytes
+from chio_kernel._receipts import ChainStatus, receipt_chain_hash, receipt_signing_bytes
 from chio_kernel.canonical import canonical_json
 from chio_kernel.signing import default_data_dir
 
@@ -37,6 +37,7 @@ __all__ = [
     "CapabilityError",
     "CapabilityLimitError",
     "ChainReport",
+    "ChainStatus",
     "ChioKernelError",
     "HoldConflictError",
     "IdempotencyKeyReusedError",

@@ -1,5 +1,5 @@
 """Listings on a fleet's PostgreSQL store: they page by keyset like on SQLite, and no read waits for
-a writer: neither this kernel's own write transaction nor another kernel holding ``chio_writer_lock``."""
+a writer: neither this kernel's own write transaction nor another kernel's (its ``chio_chain_lock``)."""
 
 from __future__ import annotations
 
@@ -38,7 +38,7 @@ def test_listings_page_and_never_wait_for_a_writer(pg_dsn: str, tmp_path: Path) 
                     len(a.holds_page()), a.receipt_count())
 
         assert while_writing(a, read_all) == (7, 1, 7, 0, 7)  # this kernel's own writer
-        assert while_writing(b, read_all) == (7, 1, 7, 0, 7)  # another kernel holding chio_writer_lock
+        assert while_writing(b, read_all) == (7, 1, 7, 0, 7)  # another kernel in its write transaction
     finally:
         a.close()
         b.close()
