@@ -2,8 +2,8 @@
 paging through them (another process, raw HTTP) leaves a concurrent client's p99 evaluate latency
 (the real ``chio_sdk.ChioClient`` against the real sidecar) within 2x of its idle p99.
 
-Idle and busy samples are taken in alternating rounds, so background load on the machine hits both
-alike; the ratio is measured in this one run (no absolute time is asserted). The paging client runs
+Idle and busy samples are taken in short alternating rounds (the paging client stopped and resumed
+with SIGSTOP / SIGCONT), so background load on the machine hits both alike; the ratio is measured in this one run (no absolute time is asserted). The paging client runs
 at a lower OS priority (nice 10): on a small shared test machine its own CPU (HTTP, JSON) would
 otherwise compete with the evaluating client's, which a client on another host does not; what is
 measured is the sidecar's answer to both."""
@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -29,7 +30,7 @@ APPROVAL = {"grants": [{
 }]}
 FILES = {"grants": [{"server_id": "files", "tool_name": "read", "operations": ["Invoke"]}]}
 PENDING = 10_000
-ROUNDS, PER_ROUND = 10, 100
+ROUNDS, PER_ROUND = 40, 30
 
 # The other client: pages through every pending approval, again and again, until it is stopped.
 PAGER = """
@@ -90,21 +91,24 @@ def test_paging_10000_pending_approvals_keeps_evaluate_p99_within_2x(tmp_path: P
 
         async def run() -> None:
             nonlocal pages_seen
-            async with ChioClient(sidecar.url, timeout=60) as client:
-                await _evaluations(client, cap, 50)  # warm-up
-                for _ in range(ROUNDS):
-                    idle.extend(await _evaluations(client, cap, PER_ROUND))
-                    pager = subprocess.Popen([sys.executable, "-c", PAGER, sidecar.url], stdout=subprocess.PIPE,
-                                             text=True, preexec_fn=lambda: os.nice(10))
-                    try:
-                        assert pager.stdout is not None and pager.stdout.readline().strip() == "paging"
-                        await asyncio.sleep(0.2)  # the pager is in its loop
+            pager = subprocess.Popen([sys.executable, "-c", PAGER, sidecar.url], stdout=subprocess.PIPE, text=True,
+                                     preexec_fn=lambda: os.nice(10))
+            try:
+                assert pager.stdout is not None and pager.stdout.readline().strip() == "paging"
+                async with ChioClient(sidecar.url, timeout=60) as client:
+                    await _evaluations(client, cap, 50)  # warm-up
+                    for _ in range(ROUNDS):  # short rounds, paused and paging in turn (SIGSTOP / SIGCONT)
+                        pager.send_signal(signal.SIGSTOP)
+                        await asyncio.sleep(0.05)  # a page in flight is answered
+                        idle.extend(await _evaluations(client, cap, PER_ROUND))
+                        pager.send_signal(signal.SIGCONT)
+                        await asyncio.sleep(0.05)
                         busy.extend(await _evaluations(client, cap, PER_ROUND))
                         assert pager.poll() is None, "the paging client stopped"
-                    finally:
-                        pager.kill()
-                        pager.wait(30)
-                    pages_seen += (pager.stdout.read() or "").count(".")
+            finally:
+                pager.kill()
+                pager.wait(30)
+            pages_seen = (pager.stdout.read() if pager.stdout else "").count(".")
 
         asyncio.run(run())
     finally:

@@ -29,7 +29,7 @@ from chio_kernel._approvals import ApprovalConflictError, ApprovalNotFoundError,
 from chio_kernel.sidecar._body import query_cursor, query_int, read_object, req_str
 from chio_kernel.sidecar._config import MAX_PAGE_LIMIT
 from chio_kernel.sidecar._errors import ApiError, endpoint, found
-from chio_kernel.sidecar._responses import dump_receipt, json_response, page_response
+from chio_kernel.sidecar._responses import dump_receipt, json_response, page_answer
 
 __all__ = ["ROUTES"]
 
@@ -73,10 +73,8 @@ async def pending(request: Request) -> Response:
     q = request.query_params
     limit = query_int(q.get("limit"), "limit", 1, MAX_PAGE_LIMIT)
     cursor = query_cursor(q.get("cursor"))
-    page = await run_in_threadpool(
-        lambda: request.app.state.kernel.approvals_page("pending", limit=limit, cursor=cursor)
-    )
-    return page_response(request, "approvals", page.items, page.next_cursor)
+    kernel = request.app.state.kernel
+    return await page_answer(request, "approvals", lambda: kernel.approvals_page("pending", limit=limit, cursor=cursor))
 
 
 @endpoint

@@ -32,7 +32,7 @@ from chio_kernel._kernel import MAX_COST_UNITS
 from chio_kernel.sidecar._body import model, opt_str, query_cursor, query_int, read_object, req_str
 from chio_kernel.sidecar._config import MAX_PAGE_LIMIT
 from chio_kernel.sidecar._errors import ApiError, Handler, endpoint, found
-from chio_kernel.sidecar._responses import dump_receipt, json_response, page_response
+from chio_kernel.sidecar._responses import dump_receipt, json_response, page_answer
 
 __all__ = ["ROUTES"]
 
@@ -104,10 +104,10 @@ async def list_holds(request: Request) -> Response:
     cap = q.get("capability_id") or None
     limit = query_int(q.get("limit"), "limit", 1, MAX_PAGE_LIMIT)
     cursor = query_cursor(q.get("cursor"))
-    page = await run_in_threadpool(
-        lambda: request.app.state.kernel.holds_page(state=state, capability_id=cap, limit=limit, cursor=cursor)
+    kernel = request.app.state.kernel
+    return await page_answer(
+        request, "holds", lambda: kernel.holds_page(state=state, capability_id=cap, limit=limit, cursor=cursor)
     )
-    return page_response(request, "holds", page.items, page.next_cursor)
 
 
 @endpoint

@@ -24,7 +24,7 @@ from chio_kernel.sidecar._body import (
 )
 from chio_kernel.sidecar._config import MAX_PAGE_LIMIT, MAX_TTL_SECONDS
 from chio_kernel.sidecar._errors import ApiError, endpoint, found, short
-from chio_kernel.sidecar._responses import dump_token, json_response, page_response
+from chio_kernel.sidecar._responses import dump_token, json_response, page_answer
 
 __all__ = ["ROUTES"]
 
@@ -111,8 +111,9 @@ async def list_capabilities(request: Request) -> Response:
     q = request.query_params
     limit = query_int(q.get("limit"), "limit", 1, MAX_PAGE_LIMIT)
     cursor = query_cursor(q.get("cursor"))
-    page = await run_in_threadpool(lambda: request.app.state.kernel.capabilities_page(limit=limit, cursor=cursor))
-    return page_response(request, "capabilities", [dump_token(t) for t in page.items], page.next_cursor)
+    kernel = request.app.state.kernel
+    return await page_answer(request, "capabilities", lambda: kernel.capabilities_page(limit=limit, cursor=cursor),
+                             dump_token)
 
 
 async def _known_capability(request: Request) -> tuple[str, Any]:

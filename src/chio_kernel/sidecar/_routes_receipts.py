@@ -15,7 +15,7 @@ from chio_kernel._receipts import chain_dict
 from chio_kernel.sidecar._body import model, opt_str, query_cursor, query_int, read_object, req_str, run_metadata
 from chio_kernel.sidecar._config import DEFAULT_LIST_LIMIT, MAX_LIST_LIMIT
 from chio_kernel.sidecar._errors import ApiError, endpoint, found
-from chio_kernel.sidecar._responses import dump_receipt, json_response, page_response
+from chio_kernel.sidecar._responses import dump_receipt, json_response, page_answer
 
 __all__ = ["ROUTES"]
 
@@ -136,11 +136,10 @@ async def list_receipts(request: Request) -> Response:
             "count": len(rows),
             "next_after_seq": rows[-1][0] if rows else after,
         })
-    page = await run_in_threadpool(lambda: kernel.receipts_page(capability_id=cap, limit=limit, cursor=cursor))
-    rows = page.items
-    last = rows[-1][0] if rows else None
-    return page_response(request, "receipts", [dump_receipt(r) for _, r in rows], page.next_cursor,
-                         next_after_seq=last)
+    return await page_answer(
+        request, "receipts", lambda: kernel.receipts_page(capability_id=cap, limit=limit, cursor=cursor),
+        lambda row: dump_receipt(row[1]), lambda page: {"next_after_seq": page.items[-1][0] if page.items else None},
+    )
 
 
 @endpoint
