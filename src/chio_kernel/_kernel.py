@@ -174,7 +174,7 @@ class Kernel:
         self._prepare = self._evaluation.prepare  # the hot path's two steps, looked up once
         self._submit = self._evaluation.committer.submit
         # evaluations in flight (deque append/pop are atomic): listings pause for them
-        self.in_flight: deque[None] = deque()
+        self._in_flight: deque[None] = deque()
         self._approvals.busy = self._capabilities.busy = self._receipts.busy = self._holds.busy = self.evaluating
 
     # --- plumbing ---
@@ -212,7 +212,7 @@ class Kernel:
         Returns:
             True while an evaluation is being decided.
         """
-        return bool(self.in_flight)
+        return bool(self._in_flight)
 
     @property
     def max_grants(self) -> int:
@@ -483,7 +483,7 @@ class Kernel:
             capability_id, tool_server, tool_name, parameters, idempotency_key, cost, operation,
             approval_id, canonical_parameters, parameter_hash, metadata,
         ))
-        flight = self.in_flight
+        flight = self._in_flight
         flight.append(None)
         try:
             return self._submit(req)
@@ -553,7 +553,7 @@ class Kernel:
             capability_id, tool_server, tool_name, parameters, idempotency_key, cost, operation,
             approval_id, canonical_parameters, parameter_hash, metadata,
         ))
-        flight = self.in_flight
+        flight = self._in_flight
         flight.append(None)
         try:
             return await self._evaluation.committer.submit_async(req)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections import deque
 from typing import Any
 
 from chio_sdk.models import ChioReceipt, ChioScope, MonetaryAmount, Operation
@@ -20,6 +21,7 @@ from chio_kernel.sidecar._responses import dump_receipt, json_response, page_ans
 __all__ = ["ROUTES"]
 
 _OPERATIONS = ", ".join(o.value for o in Operation)
+_NO_COUNT: deque[None] = deque()
 
 
 def _parameters(data: dict[str, Any]) -> dict[str, Any]:
@@ -49,7 +51,8 @@ def _operation(data: dict[str, Any]) -> Operation:
 
 @endpoint
 async def evaluate(request: Request) -> Response:
-    flight = request.app.state.kernel.in_flight  # listings pause while evaluations are in flight
+    # listings pause while evaluations are in flight (a wrapped kernel without the count: a stand-in)
+    flight = getattr(request.app.state.kernel, "_in_flight", _NO_COUNT)
     flight.append(None)
     try:
         return await _evaluate(request)
