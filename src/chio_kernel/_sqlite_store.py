@@ -22,6 +22,7 @@ from __future__ import annotations
 import os
 import sqlite3
 import threading
+import weakref
 from collections.abc import Iterator, Sequence
 from typing import Any
 from contextlib import contextmanager
@@ -324,6 +325,27 @@ class _Ops(SqlWriter):
         return seq
 
 
+class _Reader:
+    """One thread's read-only connection: closed when its thread ends (the thread-local holding it
+    goes) or when the store closes; never closed in a forked child (``pid``)."""
+
+    __slots__ = ("conn", "pid", "__weakref__")
+
+    def __init__(self, conn: sqlite3.Connection) -> None:
+        self.conn = conn
+        self.pid = os.getpid()
+
+    def close(self) -> None:
+        if self.pid == os.getpid():
+            self.conn.close()
+
+    def __del__(self) -> None:
+        try:
+            self.close()
+        except Exception:  # pragma: no cover - interpreter shutdown
+            pass
+
+
 class SQLiteStore:
     """The default :class:`~chio_kernel._store.KernelStore`: ``<data_dir>/kernel.db`` (see the module
     docstring). One writer connection per process under a lock; ``write()`` is ``BEGIN IMMEDIATE``
@@ -346,8 +368,8 @@ class SQLiteStore:
         self._inherited: list[sqlite3.Connection] = []
         self._head_sql: dict[int, str] = {}
         self._closed = False
-        self._local = threading.local()  # each thread's reader connection
-        self._readers: list[sqlite3.Connection] = []  # every reader opened in this process (closed on close)
+        self._local = threading.local()  # each thread's reader connection (closed when the thread ends)
+        self._readers: weakref.WeakSet[_Reader] = weakref.WeakSet()  # the live ones (closed on close)
         self._readers_lock = threading.Lock()
         self._readers_pid = self._pid
 
@@ -393,20 +415,19 @@ class SQLiteStore:
 
     def _reader(self) -> sqlite3.Connection:
         """The calling thread's read-only connection (opened on first use, again after ``fork``)."""
-        local = self._local
-        conn: sqlite3.Connection | None = getattr(local, "conn", None)
-        if conn is not None and local.pid == os.getpid():
-            return conn
+        reader: _Reader | None = getattr(self._local, "reader", None)
+        if reader is not None and reader.pid == os.getpid():
+            return reader.conn
         conn = sqlite3.connect(
             str(self.path), timeout=self._timeout, isolation_level=None, check_same_thread=False, cached_statements=256
         )
         conn.execute(f"PRAGMA busy_timeout = {int(self._timeout * 1000)}")
         conn.execute("PRAGMA query_only = ON")
-        local.conn, local.pid = conn, os.getpid()
+        reader = self._local.reader = _Reader(conn)
         with self._readers_lock:
-            if self._readers_pid != local.pid:  # after fork: the parent's readers are not ours to close
-                self._readers, self._readers_pid = [], local.pid
-            self._readers.append(conn)
+            if self._readers_pid != reader.pid:  # after fork: the parent's readers are not ours to close
+                self._readers, self._readers_pid = weakref.WeakSet(), reader.pid
+            self._readers.add(reader)
         return conn
 
     @contextmanager
@@ -465,7 +486,7 @@ class SQLiteStore:
                 self._closed = True
                 self._conn.close()
                 with self._readers_lock:
-                    readers, self._readers = self._readers, []
+                    readers, self._readers = list(self._readers), weakref.WeakSet()
                 if os.getpid() == self._readers_pid:
-                    for conn in readers:
-                        conn.close()
+                    for reader in readers:
+                        reader.close()

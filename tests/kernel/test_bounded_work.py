@@ -243,3 +243,17 @@ def test_the_indexed_subset_check_answers_as_all_pairs(parent: ChioScope, child:
     if parent.grants:  # some child grants taken from the parent, so both answers occur
         child = child.model_copy(update={"grants": child.grants + [parent.grants[i % len(parent.grants)] for i in reuse]})
     assert (_first_non_subset(child, parent) is None) == _all_pairs(child, parent)
+
+
+def test_a_threads_reader_connection_closes_with_its_thread(kernel: Kernel) -> None:
+    import gc
+    import threading
+
+    for _ in range(20):
+        t = threading.Thread(target=kernel.capabilities_page)
+        t.start()
+        t.join()
+    gc.collect()
+    assert len(kernel._store._readers) == 0  # type: ignore[attr-defined]
+    kernel.capabilities_page()
+    assert len(kernel._store._readers) == 1  # type: ignore[attr-defined]
