@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from chio_sdk.models import CapabilityToken, ChioReceipt, ChioScope, MonetaryAmount, Operation
 
+from chio_kernel import _telemetry
 from chio_kernel._approvals import Approvals, approval_settings
 from chio_kernel._capabilities import Capabilities, _Cap, capability_signing_bytes, resolve_limits
 from chio_kernel._coerce import MAX_COST_UNITS, check_scope_fields
@@ -664,7 +665,11 @@ class Kernel:
             ApprovalConflictError: answered already, expired, or its capability was revoked.
             KernelInputError: a malformed argument.
         """
-        return self._approvals.respond_approval(approval_id, outcome, reason, approver=approver)
+        if not _telemetry.enabled():
+            return self._approvals.respond_approval(approval_id, outcome, reason, approver=approver)
+        return _telemetry.traced_answer(
+            self, approval_id, lambda: self._approvals.respond_approval(approval_id, outcome, reason, approver=approver)
+        )
 
     def respond_approval_token(self, token: Mapping[str, Any], approval_id: str | None = None) -> ChioReceipt:
         """Answer an approval with a signed approval token (see :func:`sign_approval_token`).
@@ -687,7 +692,12 @@ class Kernel:
             ApprovalConflictError: answered already, expired, or its capability was revoked.
             KernelInputError: not a token.
         """
-        return self._approvals.respond_approval_token(token, approval_id)
+        if not _telemetry.enabled():
+            return self._approvals.respond_approval_token(token, approval_id)
+        answered = approval_id or str(token.get("request_id", "")) if isinstance(token, Mapping) else approval_id
+        return _telemetry.traced_answer(
+            self, answered or "", lambda: self._approvals.respond_approval_token(token, approval_id)
+        )
 
     def register_approval_wake(self, approval_id: str, wake: Mapping[str, Any]) -> dict[str, Any]:
         """Register what wakes the run waiting for this approval once it is answered.
