@@ -17,6 +17,7 @@ from chio_kernel._errors import (
     ApprovalNotFoundError,
     ApprovalTokenError,
     CapabilityError,
+    CapabilityLimitError,
     ChioKernelError,
     CredentialError,
     HoldConflictError,
@@ -30,6 +31,7 @@ from chio_kernel._errors import (
 from chio_kernel._checkpoints import CheckpointReport
 from chio_kernel._evidence import EvidenceReport, verify_evidence
 from chio_kernel._kernel import ChainReport, Kernel
+from chio_kernel._paging import Page
 from chio_kernel._receipts import ChainStatus, receipt_chain_hash, receipt_signing_bytes
 from chio_kernel._roles import OPEN_PRINCIPAL, Principal, Role
 from chio_kernel.canonical import canonical_json
@@ -42,6 +44,7 @@ __all__ = [
     "ApprovalNotFoundError",
     "ApprovalTokenError",
     "CapabilityError",
+    "CapabilityLimitError",
     "ChainReport",
     "ChainStatus",
     "CheckpointReport",
@@ -59,6 +62,7 @@ __all__ = [
     "OPEN_PRINCIPAL",
     "Principal",
     "Role",
+    "Page",
     "SidecarClient",
     "UnknownHoldError",
     "canonical_json",

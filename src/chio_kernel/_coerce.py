@@ -3,8 +3,9 @@ types, with a :class:`~chio_kernel.KernelInputError` that says what to pass inst
 
 from __future__ import annotations
 
+import os
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, TypeVar
 
 from chio_sdk.models import CapabilityToken, ChioScope, MonetaryAmount, Operation
@@ -269,3 +270,23 @@ def _positive_int(name: str, value: Any) -> int:
     if value > 100 * 365 * 86400:
         raise KernelInputError(f"{name} is more than 100 years; pass a shorter lifetime")
     return value
+
+
+_V = TypeVar("_V")
+
+
+def from_env(value: _V | None, name: str, env: str, parse: Callable[[str], _V], what: str) -> tuple[_V | None, str]:
+    """A setting as given, else ``$env`` parsed, else None; with where it came from (for messages).
+
+    Raises:
+        KernelInputError: ``$env`` is set but ``parse`` refuses it (the sentence names ``what``).
+    """
+    if value is not None:
+        return value, name
+    raw = os.environ.get(env, "").strip()
+    if not raw:
+        return None, name
+    try:
+        return parse(raw), f"${env}"
+    except ValueError:
+        raise KernelInputError(f"${env} must be {what}, got {raw[:40]!r}") from None

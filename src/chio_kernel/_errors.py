@@ -6,6 +6,7 @@ Each error keeps the builtin base it always had (``ValueError``, ``LookupError``
     ChioKernelError
     ├── KernelInputError (ValueError)            the caller passed something the kernel cannot take
     ├── CapabilityError (ValueError)             a capability operation was refused
+    │   └── CapabilityLimitError                 too many grants, or a delegation chain too deep (422)
     ├── KernelKeyMissingError (RuntimeError)     kernel.key is gone next to a store that needs it
     ├── KernelKeyRetiredError (RuntimeError)     this kernel's key was retired from the fleet store
     ├── StoreUnavailableError (ConnectionError)  the PostgreSQL store could not be reached (retryable)
@@ -35,6 +36,7 @@ __all__ = [
     "ApprovalNotFoundError",
     "ApprovalTokenError",
     "CapabilityError",
+    "CapabilityLimitError",
     "ChioKernelError",
     "CredentialError",
     "HoldConflictError",
@@ -60,6 +62,14 @@ class KernelInputError(ChioKernelError, ValueError):
 
 class CapabilityError(ChioKernelError, ValueError):
     """A capability operation was refused (not a subset, unknown id, id already taken...)."""
+
+
+class CapabilityLimitError(CapabilityError):
+    """A capability would exceed the kernel's limits: more grants than ``max_grants``, or a
+    delegation chain deeper than ``max_delegation_depth`` (HTTP 422 ``limit_exceeded``). The
+    message names the limit and how to raise it."""
+
+    code = "limit_exceeded"
 
 
 class KernelKeyMissingError(ChioKernelError, RuntimeError):

@@ -22,14 +22,13 @@ from __future__ import annotations
 
 import hashlib
 import math
-import os
 from collections.abc import Callable, Mapping, Sequence
 from contextlib import AbstractContextManager
 from typing import Any
 
 from chio_sdk.models import ChioReceipt, MonetaryAmount
 
-from chio_kernel._coerce import _coerce_cost, _require_str
+from chio_kernel._coerce import _coerce_cost, _require_str, from_env
 from chio_kernel._errors import (
     CapabilityError,
     HoldConflictError,
@@ -39,6 +38,7 @@ from chio_kernel._errors import (
     UnknownHoldError,
 )
 from chio_kernel._capabilities import LoadCap
+from chio_kernel._paging import Page, Yielder, check_limit, decode_cursor, encode_cursor
 from chio_kernel._receipts import ALLOW, CallRecord, ReceiptChain
 from chio_kernel._run_context import check_run_metadata, merge_run_metadata
 from chio_kernel._store import HoldRow, StoreReader, StoreWriter
@@ -62,22 +62,17 @@ DEFAULT_HOLD_TTL = 3600.0
 HOLD_TTL_ENV = "CHIO_HOLD_TTL"
 #: ``tool_server`` of the settle / release / expire receipts (they are no tool call).
 BUDGET_TOOL_SERVER = "chio.budget"
+#: The states a hold can be in (``holds_page(state=)``).
+HOLD_STATES = ("open", "settled", "released", "expired")
 #: At most this many due holds are expired inside one evaluation's transaction (the rest next time).
 _EXPIRE_BATCH = 256
 
 
 def resolve_hold_ttl(value: float | None) -> float:
     """The hold TTL in seconds: ``value``, else ``$CHIO_HOLD_TTL``, else :data:`DEFAULT_HOLD_TTL`."""
-    where = "hold_ttl"
+    value, where = from_env(value, "hold_ttl", HOLD_TTL_ENV, float, "a number of seconds")
     if value is None:
-        raw = os.environ.get(HOLD_TTL_ENV, "").strip()
-        if not raw:
-            return DEFAULT_HOLD_TTL
-        where = f"${HOLD_TTL_ENV}"
-        try:
-            value = float(raw)
-        except ValueError:
-            raise KernelInputError(f"{where} must be a number of seconds, got {raw[:40]!r}") from None
+        return DEFAULT_HOLD_TTL
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
         raise KernelInputError(f"{where} must be a positive number of seconds, got {value!r}")
     return float(value)
@@ -129,6 +124,7 @@ class Holds:
     ) -> None:
         """Holds live ``ttl`` seconds by ``clock``; stored via ``read`` / ``write``, receipts via ``chain``."""
         self.ttl = ttl
+        self.busy: Callable[[], bool] | None = None  # evaluations in flight: pages pause for them
         self._clock = clock
         self._read = read
         self._write = write
@@ -342,19 +338,25 @@ class Holds:
         with self._read() as st:
             hold = st.hold(rid)
             grants = st.hold_grants(rid) if hold is not None else []
-        if hold is None:
-            return None
-        return {
-            "receipt_id": hold.receipt_id,
-            "capability_id": hold.capability_id,
-            "amount": _money(hold.units, hold.currency),
-            "state": hold.state,
-            "captured_units": hold.captured_units,
-            "created_at": hold.created_at,
-            "expires_at": hold.expires_at,
-            "closed_by": hold.closed_by,
-            "grants": [{"capability_id": c, "grant_index": i} for c, i in grants],
-        }
+        return None if hold is None else _hold_view(hold, grants)
+
+    def page(
+        self, state: str | None, capability_id: str | None, limit: int | None, cursor: str | None
+    ) -> Page[dict[str, Any]]:
+        """Holds newest first, one page (see ``Kernel.holds_page``)."""
+        if state not in (None, *HOLD_STATES):
+            raise KernelInputError(f"state must be one of {', '.join(HOLD_STATES)} or None, got {state!r:.40}")
+        if capability_id is not None:
+            _require_str("capability_id", capability_id, max_len=256)
+        n = check_limit(limit)
+        filters = [state, capability_id]
+        pos = decode_cursor(cursor, "holds", filters, (float, str))
+        Yielder(self.busy).pause()
+        with self._read() as st:
+            rows = st.holds_page(state, capability_id, (pos[0], pos[1]) if pos else None, n + 1)
+            items = [_hold_view(h, st.hold_grants(h.receipt_id)) for h in rows[:n]]
+        last = rows[n - 1] if len(rows) > n else None
+        return Page(items, None if last is None else encode_cursor("holds", filters, [last.created_at, last.receipt_id]))
 
     def budgets(self, capability_id: str) -> list[dict[str, Any]]:
         cid = _require_str("capability_id", capability_id, max_len=256)
@@ -369,6 +371,21 @@ class Holds:
                 if ancestor is not None:
                     lineage.append(ancestor)
             return [row for depth, c in enumerate(lineage) for row in _budget_rows(st, c.token, depth > 0)]
+
+
+def _hold_view(hold: HoldRow, grants: list[tuple[str, int]]) -> dict[str, Any]:
+    """A hold as ``Kernel.get_hold`` / ``holds_page`` answer it."""
+    return {
+        "receipt_id": hold.receipt_id,
+        "capability_id": hold.capability_id,
+        "amount": _money(hold.units, hold.currency),
+        "state": hold.state,
+        "captured_units": hold.captured_units,
+        "created_at": hold.created_at,
+        "expires_at": hold.expires_at,
+        "closed_by": hold.closed_by,
+        "grants": [{"capability_id": c, "grant_index": i} for c, i in grants],
+    }
 
 
 def _budget_rows(st: StoreReader, token: Any, inherited: bool) -> list[dict[str, Any]]:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import time
+from collections import deque
 from collections.abc import Callable, Iterable, Mapping
 from contextlib import AbstractContextManager
 from pathlib import Path
@@ -17,7 +18,7 @@ from chio_sdk.models import CapabilityToken, ChioReceipt, ChioScope, MonetaryAmo
 
 from chio_kernel import _telemetry
 from chio_kernel._approvals import Approvals, approval_settings
-from chio_kernel._capabilities import Capabilities, _Cap, capability_signing_bytes
+from chio_kernel._capabilities import Capabilities, _Cap, capability_signing_bytes, resolve_limits
 from chio_kernel._checkpoints import CheckpointReport, Checkpoints, checkpoint_settings, witness_file
 from chio_kernel._coerce import MAX_COST_UNITS, check_scope_fields
 from chio_kernel._denials import Denials
@@ -26,6 +27,7 @@ from chio_kernel._evaluation import Evaluator
 from chio_kernel._evidence import lineage_row, write_evidence
 from chio_kernel._holds import Holds, resolve_hold_ttl
 from chio_kernel._ids import uuid7
+from chio_kernel._paging import Page
 from chio_kernel._receipt_log import ReceiptLog
 from chio_kernel._receipts import (
     ChainReport,
@@ -133,6 +135,11 @@ class Kernel:
             ``$CHIO_CHECKPOINT_EVERY``, else 256; 0: no automatic checkpoints; docs/checkpoints.md).
         checkpoint_interval: ... or once this many seconds passed with receipts pending, whichever
             comes first (default ``$CHIO_CHECKPOINT_INTERVAL``, else 2).
+        max_grants: grants one capability may hold (tool, resource and prompt grants together;
+            default ``$CHIO_MAX_GRANTS``, else 1,000); more is refused at issue and attenuate time
+            with :class:`CapabilityLimitError`.
+        max_delegation_depth: delegation links one capability may carry (default
+            ``$CHIO_MAX_DELEGATION_DEPTH``, else 32); a deeper attenuation is refused likewise.
     """
 
     def __init__(
@@ -148,6 +155,8 @@ class Kernel:
         hold_ttl: float | None = None,
         checkpoint_every: int | None = None,
         checkpoint_interval: float | None = None,
+        max_grants: int | None = None,
+        max_delegation_depth: int | None = None,
     ) -> None:
         """Open the kernel: its key, its store, and the services (see the class doc for the arguments).
 
@@ -158,6 +167,7 @@ class Kernel:
         """
         ttl = resolve_hold_ttl(hold_ttl)
         cp_every, cp_interval = checkpoint_settings(checkpoint_every, checkpoint_interval)
+        self._limits = resolve_limits(max_grants, max_delegation_depth)
         self.data_dir: Path = ensure_data_dir(Path(data_dir) if data_dir is not None else default_data_dir())
         dsn = resolve_store(store)  # None: SQLite in data_dir
         if dsn is None:
@@ -182,7 +192,7 @@ class Kernel:
         clock, store = self._clock, self._store
         self._gate = gate = StoreGate(store, _kernel_repr(self.data_dir, shared_store, self.public_key_hex))
         self._trust, self._fleet = store_trust(store, self.public_key_hex, self.trusted_keys, gate.read, self.data_dir)
-        self._capabilities = caps = Capabilities(self._signer, self._trust, clock, gate.read, gate.write)
+        self._capabilities = caps = Capabilities(self._signer, self._trust, clock, gate.read, gate.write, self._limits)
         self._caps: dict[str, _Cap] = caps.cache  # the verified-capability cache
         chain = ReceiptChain(self._signer.sign_hex, self.public_key_hex)
         self._approvals = Approvals(self.data_dir, approvers, approval_ttl, clock, gate.read, gate.write, caps.load,
@@ -195,6 +205,9 @@ class Kernel:
                                      (self._approvals, self._holds, self._trust), self.base_url)
         self._prepare = self._evaluation.prepare  # the hot path's two steps, looked up once
         self._submit = self._evaluation.committer.submit
+        # evaluations in flight (deque append/pop are atomic): listings pause for them
+        self._in_flight: deque[None] = deque()
+        self._approvals.busy = self._capabilities.busy = self._receipts.busy = self._holds.busy = self.evaluating
 
     # --- plumbing ---
 
@@ -225,6 +238,24 @@ class Kernel:
 
     def _load_cap(self, st: StoreReader, capability_id: str) -> _Cap | None:
         return self._capabilities.load(st, capability_id)
+
+    def evaluating(self) -> bool:
+        """Whether evaluations are in flight now (listings pause for them, see docs/kernel.md).
+
+        Returns:
+            True while an evaluation is being decided.
+        """
+        return bool(self._in_flight)
+
+    @property
+    def max_grants(self) -> int:
+        """Grants one capability may hold (issue and attenuate refuse more: ``CapabilityLimitError``)."""
+        return self._limits.max_grants
+
+    @property
+    def max_delegation_depth(self) -> int:
+        """Delegation links one capability may carry (a deeper attenuation is refused)."""
+        return self._limits.max_delegation_depth
 
     # --- a fleet's store (chio_kernel._fleet does the work; PostgreSQL only) ---
 
@@ -307,6 +338,7 @@ class Kernel:
             The signed token (stored).
 
         Raises:
+            CapabilityLimitError: more grants than :attr:`max_grants`.
             CapabilityError: the id is taken by another token, or a constraint cannot be used.
             KernelInputError: a malformed argument.
         """
@@ -330,6 +362,21 @@ class Kernel:
             The tokens.
         """
         return self._capabilities.list_capabilities()
+
+    def capabilities_page(self, *, limit: int | None = None, cursor: str | None = None) -> Page[CapabilityToken]:
+        """One page of stored tokens, oldest first (``created_at``, then id).
+
+        Args:
+            limit: at most this many (1 to 1,000; default 100).
+            cursor: the ``next_cursor`` of the previous page (None: the first page).
+
+        Returns:
+            The page: ``items`` and ``next_cursor`` (None on the last page).
+
+        Raises:
+            KernelInputError: a bad limit, or a cursor this listing did not hand out.
+        """
+        return self._capabilities.capabilities_page(limit, cursor)
 
     def capability_info(self, capability_id: str) -> dict[str, Any] | None:
         """A token plus its kernel-side state.
@@ -390,6 +437,8 @@ class Kernel:
             The signed child token (stored). It also spends its ancestors' budgets and rate limits.
 
         Raises:
+            CapabilityLimitError: more grants than :attr:`max_grants`, or a chain deeper than
+                :attr:`max_delegation_depth`.
             CapabilityError: the scope is not a subset (naming the offending grant), or the parent is
                 unknown or not valid.
         """
@@ -467,7 +516,12 @@ class Kernel:
             capability_id, tool_server, tool_name, parameters, idempotency_key, cost, operation,
             approval_id, canonical_parameters, parameter_hash, metadata,
         ))
-        return self._submit(req)
+        flight = self._in_flight
+        flight.append(None)
+        try:
+            return self._submit(req)
+        finally:
+            flight.pop()
 
     def record_denial(
         self,
@@ -532,7 +586,12 @@ class Kernel:
             capability_id, tool_server, tool_name, parameters, idempotency_key, cost, operation,
             approval_id, canonical_parameters, parameter_hash, metadata,
         ))
-        return await self._evaluation.committer.submit_async(req)
+        flight = self._in_flight
+        flight.append(None)
+        try:
+            return await self._evaluation.committer.submit_async(req)
+        finally:
+            flight.pop()
 
     # --- credentials and roles (chio_kernel._roles does the work; docs/security.md) ---
 
@@ -633,8 +692,30 @@ class Kernel:
         """
         return self._approvals.get_approval(approval_id)
 
+    def approvals_page(
+        self, status: str | None = "pending", *, limit: int | None = None, cursor: str | None = None
+    ) -> Page[dict[str, Any]]:
+        """One page of approvals, newest first (``created_at``, then id), as :meth:`get_approval` returns them.
+
+        Args:
+            status: only those whose current status is this (``pending``, ``approved``, ``denied``,
+                ``expired``), or all (None).
+            limit: at most this many (1 to 1,000; default 100). A page may hold fewer while more
+                follow (pending ones whose capability was revoked meanwhile are skipped by a
+                ``pending`` page): page on until ``next_cursor`` is None.
+            cursor: the ``next_cursor`` of the previous page (None: the first page).
+
+        Returns:
+            The page: ``items`` and ``next_cursor`` (None on the last page).
+
+        Raises:
+            KernelInputError: an unknown status, a bad limit, or a cursor this listing (with this
+                status) did not hand out.
+        """
+        return self._approvals.page(status, limit, cursor)
+
     def list_approvals(self, status: str | None = "pending", *, limit: int | None = None) -> list[dict[str, Any]]:
-        """Approvals oldest first, as :meth:`get_approval` returns them.
+        """Approvals newest first, as :meth:`get_approval` returns them (every page of :meth:`approvals_page`).
 
         Args:
             status: only those whose current status is this (``pending`` — still answerable —,
@@ -846,6 +927,31 @@ class Kernel:
         """
         return self._holds.get(receipt_id)
 
+    def holds_page(
+        self,
+        *,
+        state: str | None = None,
+        capability_id: str | None = None,
+        limit: int | None = None,
+        cursor: str | None = None,
+    ) -> Page[dict[str, Any]]:
+        """One page of budget holds, newest first (``created_at``, then receipt id), as :meth:`get_hold` returns them.
+
+        Args:
+            state: only holds in this state (``open``, ``settled``, ``released``, ``expired``; an
+                open hold past its TTL stays ``open`` until it is swept), or all (None).
+            capability_id: only the holds placed by this capability's allows.
+            limit: at most this many (1 to 1,000; default 100).
+            cursor: the ``next_cursor`` of the previous page (None: the first page).
+
+        Returns:
+            The page: ``items`` and ``next_cursor`` (None on the last page).
+
+        Raises:
+            KernelInputError: an unknown state, a bad limit, or a cursor this listing did not hand out.
+        """
+        return self._holds.page(state, capability_id, limit, cursor)
+
     def budgets(self, capability_id: str) -> list[dict[str, Any]]:
         """The budgets of a capability and its ancestors, per budgeted grant, exact now.
 
@@ -954,6 +1060,37 @@ class Kernel:
             KernelInputError: a malformed filter.
         """
         return [r for _, r in self.list_receipts_with_seq(capability_id=capability_id, limit=limit, after_seq=after_seq)]
+
+    def receipts_page(
+        self,
+        *,
+        capability_id: str | None = None,
+        verdict: str | None = None,
+        since: int | None = None,
+        metadata: Mapping[str, str] | None = None,
+        newest_first: bool = False,
+        limit: int | None = None,
+        cursor: str | None = None,
+    ) -> Page[tuple[int, ChioReceipt]]:
+        """One page of ``(seq, receipt)``, filtered as :meth:`query_receipts` filters, in chain order
+        (or newest first).
+
+        Args:
+            capability_id: only this capability's receipts.
+            verdict: ``"allow"`` or ``"deny"``.
+            since: unix seconds: receipts whose ``timestamp`` is at or after it.
+            metadata: exact values of top-level keys of the receipt's ``metadata``.
+            newest_first: newest first, else chain order.
+            limit: at most this many (1 to 10,000; default 100).
+            cursor: the ``next_cursor`` of the previous page, made with the same filters and order.
+
+        Returns:
+            The page: ``items`` and ``next_cursor`` (None on the last page).
+
+        Raises:
+            KernelInputError: a malformed filter, a bad limit, or a cursor this listing did not hand out.
+        """
+        return self._receipts.page(capability_id, verdict, since, metadata, (newest_first, limit, cursor))
 
     def receipt_count(self) -> int:
         """How many receipts the store holds.

@@ -80,6 +80,7 @@ CREATE TABLE IF NOT EXISTS capabilities (
     created_at DOUBLE PRECISION NOT NULL, token TEXT NOT NULL, ord BIGSERIAL
 );
 CREATE INDEX IF NOT EXISTS capabilities_parent ON capabilities(parent_id);
+CREATE INDEX IF NOT EXISTS capabilities_page ON capabilities(created_at, id);
 CREATE TABLE IF NOT EXISTS revocations (
     capability_id TEXT PRIMARY KEY, revoked_at DOUBLE PRECISION NOT NULL, cause TEXT NOT NULL
 );
@@ -111,6 +112,8 @@ CREATE TABLE IF NOT EXISTS approvals (
     ord BIGSERIAL
 );
 CREATE INDEX IF NOT EXISTS approvals_status ON approvals(status, created_at);
+CREATE INDEX IF NOT EXISTS approvals_page ON approvals(created_at, id);
+CREATE INDEX IF NOT EXISTS approvals_status_page ON approvals(status, created_at, id);
 CREATE TABLE IF NOT EXISTS approval_wakes (
     approval_id TEXT NOT NULL, wake_json TEXT NOT NULL, created_at DOUBLE PRECISION NOT NULL, ord BIGSERIAL
 );
@@ -126,6 +129,8 @@ CREATE TABLE IF NOT EXISTS holds (
     state TEXT NOT NULL, captured_units BIGINT NOT NULL DEFAULT 0, closed_by TEXT, closed_seq BIGINT
 );
 CREATE INDEX IF NOT EXISTS holds_open ON holds(expires_at) WHERE state = 'open';
+CREATE INDEX IF NOT EXISTS holds_page ON holds(state, created_at, receipt_id);
+CREATE INDEX IF NOT EXISTS holds_capability_page ON holds(capability_id, created_at, receipt_id);
 CREATE TABLE IF NOT EXISTS hold_grants (
     receipt_id TEXT NOT NULL, capability_id TEXT NOT NULL, grant_index BIGINT NOT NULL,
     PRIMARY KEY (receipt_id, capability_id, grant_index)
@@ -546,6 +551,9 @@ class PostgresStore:
         self._pid = os.getpid()
         self._inherited: list[Any] = []
         self._closed = False
+        self._read_lock = threading.Lock()
+        self._read_conn: psycopg.Connection[Any] | None = None
+        self._read_pid = os.getpid()
         self._conn = self._connect()
         try:
             with self._conn.transaction():  # several kernels may create (or migrate) the schema at once
@@ -567,6 +575,11 @@ class PostgresStore:
         from psycopg import sql
 
         self._begin = cast("Any", sql.SQL("BEGIN; SELECT * FROM chio_chain_lock({})").format(sql.Literal(signer_key)))
+        try:
+            self._read_conn = self._connect()  # reads never share the writer's connection
+        except BaseException:
+            self._conn.close()
+            raise
 
     def _schema_version(self) -> str | None:
         """The stored schema version (None: a new database)."""
@@ -611,13 +624,18 @@ class PostgresStore:
         """
         with self._lock_for_pid():
             conn = self._connection()
-            try:
-                cur = conn.execute(self._begin)  # BEGIN; SELECT ...: the second result is the lock's
-                cur.nextset()
-                begun = cur.fetchone()
-            except Exception as err:
-                self._rollback(conn)
-                raise _wrap(err, self._signer) from err
+            for attempt in (1, 2):
+                try:
+                    cur = conn.execute(self._begin)  # BEGIN; SELECT ...: the second result is the lock's
+                    cur.nextset()
+                    begun = cur.fetchone()
+                    break
+                except Exception as err:
+                    self._rollback(conn)
+                    if attempt == 1 and conn.broken:  # lost since last used (nothing was sent): reopen once
+                        conn = self._connection()
+                        continue
+                    raise _wrap(err, self._signer) from err
             writer = _PgWriter(conn, self._signer, begun)
             try:
                 yield writer
@@ -640,11 +658,27 @@ class PostgresStore:
         except Exception:  # pragma: no cover - the connection went away meanwhile
             pass
 
+    def _reader(self) -> psycopg.Connection[Any]:
+        """The reader connection (with ``self._read_lock`` held): never the writer's, so a read
+        waits neither for a writer's locks (``chio_chain_lock``, row locks) nor for this process's writer."""
+        if self._closed:
+            raise RuntimeError(f"the PostgreSQL store {self.description} is closed")
+        if self._read_pid != os.getpid() or self._read_conn is None:
+            if self._read_conn is not None:  # after fork: the parent's session, never closed here
+                self._inherited.append(self._read_conn)
+            self._read_pid, self._read_conn = os.getpid(), self._connect()
+        elif self._read_conn.broken or self._read_conn.closed:
+            self._read_conn = self._connect()
+        return self._read_conn
+
     @contextmanager
     def read(self) -> Iterator[_PgReader]:
-        """Short reads of committed state (each statement sees the latest commits)."""
-        with self._lock_for_pid():
-            yield _PgReader(self._connection(), self._signer)
+        """Short reads of committed state (each statement sees the latest commits), on the reader
+        connection: no writer lock, and no wait for this process's write transaction."""
+        if self._read_pid != os.getpid():  # a lock held by a parent thread at fork time would never be released
+            self._read_lock = threading.Lock()
+        with self._read_lock:
+            yield _PgReader(self._reader(), self._signer)
 
     @contextmanager
     def snapshot(self) -> Iterator[_PgReader]:
@@ -683,3 +717,5 @@ class PostgresStore:
                 self._closed = True
                 if os.getpid() == self._pid:
                     self._conn.close()
+                if self._read_conn is not None and os.getpid() == self._read_pid:
+                    self._read_conn.close()

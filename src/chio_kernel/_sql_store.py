@@ -37,6 +37,8 @@ CHECKPOINT_DDL = (
     "CREATE INDEX IF NOT EXISTS checkpoints_end ON checkpoints(kernel_id, batch_end_seq)",
 )
 _CHECKPOINT_COLS = "kernel_id, checkpoint_seq, batch_start_seq, batch_end_seq, sha256, body, signature, leaves"
+#: Ids per ``IN (...)`` list (SQLite allows 32,766 parameters per statement).
+_IN_CHUNK = 500
 #: Budgets saturate at 2^63-1 (both stores keep units as a 64-bit integer).
 MAX_UNITS = 9223372036854775807
 _CAP_SQL = "SELECT id, token, parent_id, subject, issued_at, expires_at, rate_max, rate_per FROM capabilities WHERE id = ?"
@@ -155,6 +157,23 @@ class SqlReader:
         row = self._one(f"SELECT capability_id FROM revocations WHERE capability_id {cond} LIMIT 1", params)
         return None if row is None else str(row[0])
 
+    def revoked_among(self, ids: Sequence[str]) -> set[str]:
+        """Those of ``ids`` that are revoked (one statement for a page of listings)."""
+        out: set[str] = set()
+        for i in range(0, len(ids), _IN_CHUNK):
+            cond, params = self._in(ids[i:i + _IN_CHUNK])
+            out.update(str(r[0]) for r in self._all(f"SELECT capability_id FROM revocations WHERE capability_id {cond}",
+                                                    params))
+        return out
+
+    def receipt_bodies(self, receipt_ids: Sequence[str]) -> dict[str, str]:
+        """The stored texts of the receipts with these ids (those found), in one statement."""
+        out: dict[str, str] = {}
+        for i in range(0, len(receipt_ids), _IN_CHUNK):
+            cond, params = self._in(receipt_ids[i:i + _IN_CHUNK])
+            out.update((str(r[0]), str(r[1])) for r in self._all(f"SELECT id, body FROM receipts WHERE id {cond}", params))
+        return out
+
     def usage_of(self, capability_id: str) -> list[tuple[int, int, int]]:
         """``(grant_index, invocations, cost_units)`` per used grant of a capability."""
         rows = self._all(
@@ -198,6 +217,9 @@ class SqlReader:
         else:  # the by-capability index, walked in either direction
             sql, order = _RECEIPTS_BY_CAPABILITY, "x.seq"
             params.append(query.capability_id)
+        if query.before_seq is not None:
+            sql += f" AND {order} < ?"
+            params.append(query.before_seq)
         if query.verdict is not None:
             sql += " AND r.verdict = ?"
             params.append(query.verdict)
@@ -274,6 +296,55 @@ class SqlReader:
             sql += " LIMIT ?"
             params.append(limit)
         return [ApprovalRow(*r) for r in self._all(sql, params)]
+
+    def approvals_page(
+        self, status: str | None, before: tuple[int, str] | None, limit: int, expiry: tuple[bool, int] | None = None
+    ) -> list[ApprovalRow]:
+        """Approvals newest first (``created_at``, then id, descending) strictly before ``before``.
+
+        ``status`` filters the stored status; ``expiry`` ``(True, now)`` keeps those past their
+        expiry at ``now``, ``(False, now)`` those not yet past it.
+        """
+        conds: list[str] = []
+        params: list[Any] = []
+        if status is not None:
+            conds.append("status = ?")
+            params.append(status)
+        if expiry is not None:
+            conds.append("expires_at <= ?" if expiry[0] else "expires_at > ?")
+            params.append(expiry[1])
+        if before is not None:
+            conds.append("(created_at < ? OR (created_at = ? AND id < ?))")
+            params += [before[0], before[0], before[1]]
+        where = (" WHERE " + " AND ".join(conds)) if conds else ""
+        sql = f"SELECT {APPROVAL_COLS} FROM approvals{where} ORDER BY created_at DESC, id DESC LIMIT ?"
+        return [ApprovalRow(*r) for r in self._all(sql, [*params, limit])]
+
+    def capabilities_page(self, after: tuple[float, str] | None, limit: int) -> list[tuple[float, str, str]]:
+        """``(created_at, id, token)`` oldest first (``created_at``, then id) strictly after ``after``."""
+        sql, params = "SELECT created_at, id, token FROM capabilities", []
+        if after is not None:
+            sql += " WHERE (created_at > ? OR (created_at = ? AND id > ?))"
+            params = [after[0], after[0], after[1]]
+        rows = self._all(sql + " ORDER BY created_at, id LIMIT ?", [*params, limit])
+        return [(float(r[0]), str(r[1]), str(r[2])) for r in rows]
+
+    def holds_page(
+        self, state: str | None, capability_id: str | None, before: tuple[float, str] | None, limit: int
+    ) -> list[HoldRow]:
+        """Holds newest first (``created_at``, then receipt id, descending) strictly before ``before``."""
+        conds: list[str] = []
+        params: list[Any] = []
+        for column, value in (("state", state), ("capability_id", capability_id)):
+            if value is not None:
+                conds.append(f"{column} = ?")
+                params.append(value)
+        if before is not None:
+            conds.append("(created_at < ? OR (created_at = ? AND receipt_id < ?))")
+            params += [before[0], before[0], before[1]]
+        where = (" WHERE " + " AND ".join(conds)) if conds else ""
+        sql = f"SELECT {HOLD_COLS} FROM holds{where} ORDER BY created_at DESC, receipt_id DESC LIMIT ?"
+        return [hold_row(r) for r in self._all(sql, [*params, limit])]
 
     def approval_wakes(self, approval_id: str) -> list[str]:
         """The wakes registered on an approval (canonical JSON), oldest first."""

@@ -51,8 +51,9 @@ Transaction semantics (what every implementation must guarantee):
   after the other on the same :class:`StoreWriter` and commits once; a caller's answer is released
   only after that commit. If one of them raises, the kernel rolls the whole transaction back and
   runs the calls again one transaction each, so the store needs no savepoints.
-* :meth:`KernelStore.read` yields a :class:`StoreReader` for short reads of committed state (no
-  write lock; it may wait for the store's internal connection lock).
+* :meth:`KernelStore.read` yields a :class:`StoreReader` for short reads of committed state on a
+  connection of its own: it never waits for a writer (neither the database write lock nor the
+  writer's connection lock), so a listing never delays an evaluation.
 * :meth:`KernelStore.snapshot` yields a :class:`StoreReader` on ONE consistent read snapshot that holds
   no kernel lock and blocks no writer (chain verification walks the whole log in it).
 * Errors of the storage layer itself (locked beyond the timeout, disk full, connection lost) are
@@ -156,6 +157,7 @@ class ReceiptQuery:
     since: int | None = None
     metadata: tuple[tuple[str, str], ...] = ()
     capability_index: bool = True
+    before_seq: int | None = None  # only receipts before this store position (paging newest first)
 
     def __post_init__(self) -> None:
         for key, _ in self.metadata:  # keys go into a JSON path: plain identifiers only
@@ -233,6 +235,14 @@ class StoreReader(Protocol):
         """One of ``ids`` that is revoked (any), or None."""
         ...
 
+    def revoked_among(self, ids: Sequence[str]) -> set[str]:
+        """Those of ``ids`` that are revoked themselves."""
+        ...
+
+    def receipt_bodies(self, receipt_ids: Sequence[str]) -> dict[str, str]:
+        """``{id: stored JSON text}`` of the receipts with these ids that exist."""
+        ...
+
     def usage_of(self, capability_id: str) -> list[tuple[int, int, int]]:
         """``(grant_index, invocations, cost_units)`` per budgeted grant, by grant index."""
         ...
@@ -268,6 +278,26 @@ class StoreReader(Protocol):
 
     def approvals(self, status: str | None, limit: int | None) -> list[ApprovalRow]:
         """Approvals (only those with ``status`` unless None), oldest first, at most ``limit``."""
+        ...
+
+    def approvals_page(
+        self, status: str | None, before: tuple[int, str] | None, limit: int, expiry: tuple[bool, int] | None = None
+    ) -> list[ApprovalRow]:
+        """At most ``limit`` approvals newest first (``created_at``, id descending), strictly before
+        the position ``before`` (keyset paging); ``status``: only this stored status; ``expiry``
+        ``(True, now)``: only those expired at ``now``, ``(False, now)``: only those not expired."""
+        ...
+
+    def capabilities_page(self, after: tuple[float, str] | None, limit: int) -> list[tuple[float, str, str]]:
+        """At most ``limit`` ``(created_at, id, token JSON)`` oldest first (``created_at``, id),
+        strictly after the position ``after``."""
+        ...
+
+    def holds_page(
+        self, state: str | None, capability_id: str | None, before: tuple[float, str] | None, limit: int
+    ) -> list[HoldRow]:
+        """At most ``limit`` holds newest first (``created_at``, receipt id descending), strictly
+        before ``before``; ``state`` / ``capability_id`` filter when given."""
         ...
 
     def approval_wakes(self, approval_id: str) -> list[str]:

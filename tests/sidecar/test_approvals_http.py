@@ -123,7 +123,7 @@ async def test_pending_approve_reevaluate_once_over_http(sidecar: Sidecar) -> No
         assert_receipt_verifies(_served(sidecar, pending))
 
         listing = httpx.get(f"{sidecar.url}/approvals/pending", timeout=30).json()
-        assert set(listing) == {"approvals", "count"} and listing["count"] == len(listing["approvals"])
+        assert set(listing) == {"approvals", "count", "next_cursor"} and listing["count"] == len(listing["approvals"])
         mine = [a for a in listing["approvals"] if a["id"] == aid]
         assert len(mine) == 1 and mine[0]["parameters"] == PARAMS and mine[0]["status"] == "pending"
         assert (await client.get_approval(aid))["pending_receipt_id"] == pending.id  # type: ignore[index]

@@ -90,6 +90,7 @@ _GROUPS: tuple[tuple[str, str, tuple[tuple[str, Callable[..., None]], ...]], ...
     )),
     ("budgets", "Money budgets: captured, held and remaining amounts; settle, release and expire holds.", (
         ("show", _budgets.budgets_show),
+        ("holds", _budgets.budgets_holds),
         ("settle", _budgets.budgets_settle),
         ("release", _budgets.budgets_release),
         ("expire", _budgets.budgets_expire),

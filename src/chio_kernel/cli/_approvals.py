@@ -12,7 +12,7 @@ from rich.table import Table
 
 from chio_kernel._render import _receipt_dict, _ts
 from chio_kernel.cli._common import CliError, _guarded, _kernel, _print_json, out
-from chio_kernel.cli._options import DataDir, JsonFlag, StoreOpt
+from chio_kernel.cli._options import CursorOpt, DataDir, JsonFlag, LimitOpt, StoreOpt, print_next_cursor
 
 __all__ = ["approvals_approve", "approvals_deny", "approvals_list", "approvals_show", "approvals_trust", "wake_lines"]
 
@@ -40,17 +40,21 @@ def approvals_list(
     status: Annotated[
         str, typer.Option(help="pending (still answerable), approved, denied, expired, or all.")
     ] = "pending",
+    limit: LimitOpt = 100,
+    cursor: CursorOpt = None,
     data_dir: DataDir = None,
     store: StoreOpt = None,
     as_json: JsonFlag = False,
 ) -> None:
-    """List approvals (default: the pending ones, oldest first)."""
+    """List approvals, one page, newest first (default: the pending ones)."""
     kernel = _kernel(data_dir, store=store)
-    rows = kernel.list_approvals(None if status == "all" else status)
+    page = kernel.approvals_page(None if status == "all" else status, limit=limit, cursor=cursor)
+    rows = page.items
     if as_json:
         _print_json(rows)
+        print_next_cursor(page.next_cursor)
         return
-    table = Table(title=f"approvals ({status}: {len(rows)})")
+    table = Table(title=f"approvals ({status}: {len(rows)}{' shown' if page.next_cursor else ''}, newest first)")
     for col in ("id", "status", "call", "subject", "expires", "summary"):
         table.add_column(col)
     for a in rows:
@@ -61,6 +65,7 @@ def approvals_list(
     out.print(table)
     if rows and status == "pending":
         out.print(f"approve with: chio-durable approvals approve {rows[0]['id']} --reason '...'", markup=False)
+    print_next_cursor(page.next_cursor)
 
 
 @_guarded

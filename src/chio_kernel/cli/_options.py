@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-__all__ = ["DataDir", "JsonFlag", "StoreOpt"]
+__all__ = ["CursorOpt", "DataDir", "JsonFlag", "LimitOpt", "StoreOpt", "print_next_cursor"]
 
 DataDir = Annotated[
     Path | None,
@@ -29,3 +29,14 @@ StoreOpt = Annotated[
     ),
 ]
 JsonFlag = Annotated[bool, typer.Option("--json", help="Print JSON for scripts instead of a table.")]
+LimitOpt = Annotated[int, typer.Option("--limit", min=1, max=1000, help="At most this many (one page; 1 to 1000).")]
+CursorOpt = Annotated[
+    str | None,
+    typer.Option("--cursor", help="Start after the previous page: the cursor it printed ('more: --cursor ...')."),
+]
+
+
+def print_next_cursor(next_cursor: str | None) -> None:
+    """After a page: ``more: --cursor X`` on stderr while more follow (stdout stays the page itself)."""
+    if next_cursor is not None:
+        typer.echo(f"more: --cursor {next_cursor}", err=True)

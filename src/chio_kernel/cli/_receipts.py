@@ -27,7 +27,7 @@ from chio_kernel.cli._common import (
     err,
     out,
 )
-from chio_kernel.cli._options import DataDir, JsonFlag, StoreOpt
+from chio_kernel.cli._options import CursorOpt, DataDir, JsonFlag, StoreOpt, print_next_cursor
 
 __all__ = ["parse_since", "receipts_export", "receipts_list", "receipts_show", "receipts_tail", "receipts_verify"]
 
@@ -101,26 +101,35 @@ def receipts_list(
                      help="Only receipts at or after WHEN: ISO-8601 (2026-11-25T10:00:00Z; no zone = UTC) "
                      "or back from now (30s, 10m, 2h, 1d)."),
     ] = None,
-    limit: Annotated[int, typer.Option(min=1, help="At most this many receipts.")] = 100,
+    limit: Annotated[int, typer.Option(min=1, max=10_000, help="At most this many receipts (one page).")] = 100,
+    cursor: CursorOpt = None,
     after_seq: Annotated[int | None, typer.Option("--after-seq", min=0, help="Only after this store position.")] = None,
     oldest_first: Annotated[bool, typer.Option("--oldest-first", help="Chain order instead of newest first.")] = False,
     data_dir: DataDir = None,
     store: StoreOpt = None,
     as_json: JsonFlag = False,
 ) -> None:
-    """List receipts, newest first; the filters combine (AND) and run in the store."""
+    """List receipts, one page, newest first; the filters combine (AND) and run in the store."""
     since_ts = parse_since(since) if since is not None else None
     kernel = _kernel(data_dir, store=store)
-    rows = kernel.query_receipts(
-        **_filters(kernel, data_dir, capability, verdict, flow_run, workflow_id),
-        since=since_ts, after_seq=after_seq or 0, limit=limit, newest_first=not oldest_first,
-    )
+    filters = _filters(kernel, data_dir, capability, verdict, flow_run, workflow_id)
+    next_cursor = None
+    if after_seq is not None:
+        if cursor is not None:
+            raise CliError("pass either --cursor or --after-seq, not both")
+        rows = kernel.query_receipts(**filters, since=since_ts, after_seq=after_seq, limit=limit,
+                                     newest_first=not oldest_first)
+    else:
+        page = kernel.receipts_page(**filters, since=since_ts, limit=limit, cursor=cursor,
+                                    newest_first=not oldest_first)
+        rows, next_cursor = page.items, page.next_cursor
     if as_json:
         _print_json([_receipt_dict(r) for _, r in rows])
     else:
         order = "oldest first" if oldest_first else "newest first"
         out.print(receipt_table([r for _, r in rows], f"receipts ({len(rows)} shown, {order})",
                                 positions=[seq - 1 for seq, _ in rows]))
+    print_next_cursor(next_cursor)
 
 
 def _tail_line(seq: int, r: Any) -> Text:

@@ -68,6 +68,17 @@ def sidecar(
         typer.Option("--checkpoint-interval", envvar="CHIO_CHECKPOINT_INTERVAL", min=0.01, show_default=False,
                      help="... or after this many seconds with receipts pending, whichever first (default 2)."),
     ] = None,
+    max_grants: Annotated[
+        int | None,
+        typer.Option("--max-grants", envvar="CHIO_MAX_GRANTS", min=1, show_default=False,
+                     help="Grants one capability may hold; more is refused with 422 (default 1000)."),
+    ] = None,
+    max_delegation_depth: Annotated[
+        int | None,
+        typer.Option("--max-delegation-depth", envvar="CHIO_MAX_DELEGATION_DEPTH", min=1, show_default=False,
+                     help="Delegation links one capability may carry; a deeper attenuation is refused with 422 "
+                     "(default 32)."),
+    ] = None,
     otel: Annotated[
         bool,
         typer.Option(
@@ -95,6 +106,9 @@ def sidecar(
         os.environ["CHIO_CHECKPOINT_EVERY"] = str(checkpoint_every)
     if checkpoint_interval is not None:
         os.environ["CHIO_CHECKPOINT_INTERVAL"] = str(checkpoint_interval)
+    for env, limit in (("CHIO_MAX_GRANTS", max_grants), ("CHIO_MAX_DELEGATION_DEPTH", max_delegation_depth)):
+        if limit is not None:  # and the limits from the environment
+            os.environ[env] = str(limit)
 
     def ready(kernel: Any) -> None:
         err.print(

@@ -1,6 +1,8 @@
 """The sidecar's approval endpoints, on upstream Chio's paths (docs/approvals.md):
 
-* ``GET /approvals/pending`` -> ``{"approvals": [...], "count": n}`` (still answerable ones);
+* ``GET /approvals/pending?limit=&cursor=`` -> ``{"approvals": [...], "count": n, "next_cursor"}``
+  (still answerable ones, newest first, one page: ``limit`` 1 to 1,000, default 100; a ``Link``
+  header names the next page);
 * ``GET /approvals/{id}`` -> one approval (404 if unknown);
 * ``POST /approvals/{id}/operator-respond`` ``{"outcome": "approved"|"denied", "reason": "..."}``: the
   request's principal answers, named (an approver or operator credential; in open mode the operator
@@ -30,11 +32,13 @@ from chio_kernel._approvals import (
     ApprovalNotFoundError,
     ApprovalTokenError,
 )
+from chio_kernel._paging import Page
 from chio_kernel._run_context import PRINCIPAL_KEY
-from chio_kernel.sidecar._body import read_object, req_str
 from chio_kernel.sidecar._auth import ALL_ROLES, admits, check_owner, principal_of
+from chio_kernel.sidecar._body import query_cursor, query_int, read_object, req_str
+from chio_kernel.sidecar._config import MAX_PAGE_LIMIT
 from chio_kernel.sidecar._errors import ApiError, endpoint, found
-from chio_kernel.sidecar._responses import dump_receipt, json_response
+from chio_kernel.sidecar._responses import dump_receipt, json_response, page_answer
 
 __all__ = ["ROUTES"]
 
@@ -78,11 +82,20 @@ def _wake_body(data: dict[str, Any]) -> dict[str, Any]:
 @endpoint
 @admits("workload", "approver")
 async def pending(request: Request) -> Response:
-    approvals = await run_in_threadpool(request.app.state.kernel.list_approvals, "pending")
+    q = request.query_params
+    limit = query_int(q.get("limit"), "limit", 1, MAX_PAGE_LIMIT)
+    cursor = query_cursor(q.get("cursor"))
+    kernel = request.app.state.kernel
     principal = principal_of(request)
-    if principal.role == "workload":  # its own calls only
-        approvals = [a for a in approvals if (a.get("requested_by") or {}).get("name") == principal.name]
-    return json_response({"approvals": approvals, "count": len(approvals)})
+
+    def page() -> Page[dict[str, Any]]:
+        found: Page[dict[str, Any]] = kernel.approvals_page("pending", limit=limit, cursor=cursor)
+        if principal.role == "workload":  # its own calls only (the page's cursor still goes on)
+            found = Page([a for a in found.items if (a.get("requested_by") or {}).get("name") == principal.name],
+                         found.next_cursor)
+        return found
+
+    return await page_answer(request, "approvals", page)
 
 
 @endpoint

@@ -4,6 +4,8 @@
   settle receipt;
 * ``POST /v1/receipts/{id}/release`` ``{"op_id", "reason"?}`` -> the signed release receipt;
 * ``GET /v1/receipts/{id}/hold`` -> the hold (amount, state, expiry, closing receipt);
+* ``GET /v1/holds?state=&capability_id=&limit=&cursor=`` -> ``{"holds": [...], "count",
+  "next_cursor"}`` (newest first, one page: ``limit`` 1 to 1,000, default 100);
 * ``POST /v1/holds/expire`` -> ``{"expired": [receipts], "count"}`` (sweep holds past the TTL);
 * ``GET /v1/capabilities/{id}/budgets`` -> ``{"capability_id", "budgets": [...]}`` (captured, held,
   remaining per budgeted grant of the capability and its ancestors).
@@ -27,10 +29,11 @@ from starlette.routing import Route
 from chio_kernel._errors import CapabilityError
 from chio_kernel._holds import HoldConflictError, UnknownHoldError
 from chio_kernel._kernel import MAX_COST_UNITS
-from chio_kernel.sidecar._body import model, opt_str, read_object, req_str
 from chio_kernel.sidecar._auth import admits, asked_by, check_owner, principal_of
+from chio_kernel.sidecar._body import model, opt_str, query_cursor, query_int, read_object, req_str
+from chio_kernel.sidecar._config import MAX_PAGE_LIMIT
 from chio_kernel.sidecar._errors import ApiError, Handler, endpoint, found
-from chio_kernel.sidecar._responses import dump_receipt, json_response
+from chio_kernel.sidecar._responses import dump_receipt, json_response, page_answer
 
 __all__ = ["ROUTES"]
 
@@ -115,6 +118,20 @@ async def expire(request: Request) -> Response:
 
 
 @endpoint
+@admits("approver")
+async def list_holds(request: Request) -> Response:
+    q = request.query_params
+    state = q.get("state") or None
+    cap = q.get("capability_id") or None
+    limit = query_int(q.get("limit"), "limit", 1, MAX_PAGE_LIMIT)
+    cursor = query_cursor(q.get("cursor"))
+    kernel = request.app.state.kernel
+    return await page_answer(
+        request, "holds", lambda: kernel.holds_page(state=state, capability_id=cap, limit=limit, cursor=cursor)
+    )
+
+
+@endpoint
 @admits("workload")
 async def budgets(request: Request) -> Response:
     cid = request.path_params["capability_id"]
@@ -129,6 +146,7 @@ ROUTES = [
     Route("/v1/receipts/{receipt_id}/settle", settle, methods=["POST"]),
     Route("/v1/receipts/{receipt_id}/release", release, methods=["POST"]),
     Route("/v1/receipts/{receipt_id}/hold", get_hold, methods=["GET"]),
+    Route("/v1/holds", list_holds, methods=["GET"]),
     Route("/v1/holds/expire", expire, methods=["POST"]),
     Route("/v1/capabilities/{capability_id}/budgets", budgets, methods=["GET"]),
 ]

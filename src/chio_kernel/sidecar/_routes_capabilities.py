@@ -10,12 +10,22 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from chio_kernel._errors import CapabilityError
-from chio_kernel.sidecar._body import model, opt_int, opt_str, parse_rate_limit, read_object, req_str, scope
-from chio_kernel.sidecar._config import MAX_TTL_SECONDS
+from chio_kernel._errors import CapabilityError, CapabilityLimitError
 from chio_kernel.sidecar._auth import ALL_ROLES, admits, principal_of
+from chio_kernel.sidecar._body import (
+    model,
+    opt_int,
+    opt_str,
+    parse_rate_limit,
+    query_cursor,
+    query_int,
+    read_object,
+    req_str,
+    scope,
+)
+from chio_kernel.sidecar._config import MAX_PAGE_LIMIT, MAX_TTL_SECONDS
 from chio_kernel.sidecar._errors import ApiError, endpoint, found, short
-from chio_kernel.sidecar._responses import dump_token, json_response
+from chio_kernel.sidecar._responses import dump_token, json_response, page_answer
 
 __all__ = ["ROUTES"]
 
@@ -93,6 +103,8 @@ async def attenuate_capability(request: Request) -> Response:
         child = await run_in_threadpool(
             kernel.attenuate_capability, parent_id, new_scope, ttl_seconds=ttl, capability_id=cap_id
         )
+    except CapabilityLimitError as err:
+        raise ApiError(422, err.code, short(err, 600)) from None
     except CapabilityError as err:
         if principal_of(request).role == "workload":  # narrowing only: widening is not its to do
             raise ApiError(403, "forbidden", f"a workload may only narrow a capability: {short(err)}") from None
@@ -103,8 +115,12 @@ async def attenuate_capability(request: Request) -> Response:
 @endpoint
 @admits("operator")
 async def list_capabilities(request: Request) -> Response:
-    tokens = await run_in_threadpool(request.app.state.kernel.list_capabilities)
-    return json_response({"capabilities": [dump_token(t) for t in tokens], "count": len(tokens)})
+    q = request.query_params
+    limit = query_int(q.get("limit"), "limit", 1, MAX_PAGE_LIMIT)
+    cursor = query_cursor(q.get("cursor"))
+    kernel = request.app.state.kernel
+    return await page_answer(request, "capabilities", lambda: kernel.capabilities_page(limit=limit, cursor=cursor),
+                             dump_token)
 
 
 async def _known_capability(request: Request) -> tuple[str, Any]:

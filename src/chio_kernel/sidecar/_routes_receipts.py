@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections import deque
 from typing import Any
 
 from chio_sdk.models import ChioReceipt, ChioScope, MonetaryAmount, Operation
@@ -15,14 +16,15 @@ from chio_kernel._kernel import MAX_COST_UNITS
 from chio_kernel._receipts import chain_dict
 from chio_kernel._run_context import PRINCIPAL_KEY
 from chio_kernel.sidecar._auth import ALL_ROLES, admits, asked_by, check_owner, principal_of
-from chio_kernel.sidecar._body import model, opt_str, query_int, read_object, req_str, run_metadata
+from chio_kernel.sidecar._body import model, opt_str, query_cursor, query_int, read_object, req_str, run_metadata
 from chio_kernel.sidecar._config import DEFAULT_LIST_LIMIT, MAX_LIST_LIMIT
 from chio_kernel.sidecar._errors import ApiError, endpoint, found
-from chio_kernel.sidecar._responses import dump_receipt, json_response
+from chio_kernel.sidecar._responses import dump_receipt, json_response, page_answer
 
 __all__ = ["ROUTES"]
 
 _OPERATIONS = ", ".join(o.value for o in Operation)
+_NO_COUNT: deque[None] = deque()
 
 
 def _parameters(data: dict[str, Any]) -> dict[str, Any]:
@@ -56,6 +58,16 @@ _PENDING_UNDERSTOOD = PENDING_HEADER.lower()
 @endpoint
 @admits("workload")
 async def evaluate(request: Request) -> Response:
+    # listings pause while evaluations are in flight (a wrapped kernel without the count: a stand-in)
+    flight = getattr(request.app.state.kernel, "_in_flight", _NO_COUNT)
+    flight.append(None)
+    try:
+        return await _evaluate(request)
+    finally:
+        flight.pop()
+
+
+async def _evaluate(request: Request) -> Response:
     data = await read_object(request)
     capability_id = req_str(data, "capability_id", max_len=256)
     tool_server = req_str(data, "tool_server")
@@ -130,22 +142,32 @@ async def list_receipts(request: Request) -> Response:
     q = request.query_params
     cap = q.get("capability_id") or None
     limit = query_int(q.get("limit"), "limit", 1, MAX_LIST_LIMIT)
+    limit = limit if limit is not None else DEFAULT_LIST_LIMIT
     after = query_int(q.get("after_seq"), "after_seq", 0, 2**62)
-    page = limit if limit is not None else DEFAULT_LIST_LIMIT
+    cursor = query_cursor(q.get("cursor"))
+    if after is not None and cursor is not None:
+        raise ApiError(422, "invalid_request", "pass either 'cursor' or 'after_seq', not both")
     principal = principal_of(request)
-    if principal.role == "workload":  # its own receipts only (filtered in the store's SQL)
-        rows = await run_in_threadpool(lambda: kernel.query_receipts(
-            capability_id=cap, metadata={PRINCIPAL_KEY: principal.name}, after_seq=after or 0, limit=page
-        ))
-    else:
-        rows = await run_in_threadpool(  # seq: the page position
-            lambda: kernel.list_receipts_with_seq(capability_id=cap, limit=page, after_seq=after)
-        )
-    return json_response({
-        "receipts": [dump_receipt(r) for _, r in rows],
-        "count": len(rows),
-        "next_after_seq": rows[-1][0] if rows else after,
-    })
+    if principal.role == "workload" or after is not None:  # position paging (next_after_seq)
+        if principal.role == "workload":  # its own receipts only (filtered in the store's SQL)
+            if cursor is not None:
+                raise ApiError(422, "invalid_request", "a workload pages its own receipts with 'after_seq'")
+            rows = await run_in_threadpool(lambda: kernel.query_receipts(
+                capability_id=cap, metadata={PRINCIPAL_KEY: principal.name}, after_seq=after or 0, limit=limit
+            ))
+        else:
+            rows = await run_in_threadpool(
+                lambda: kernel.list_receipts_with_seq(capability_id=cap, limit=limit, after_seq=after)
+            )
+        return json_response({
+            "receipts": [dump_receipt(r) for _, r in rows],
+            "count": len(rows),
+            "next_after_seq": rows[-1][0] if rows else after,
+        })
+    return await page_answer(
+        request, "receipts", lambda: kernel.receipts_page(capability_id=cap, limit=limit, cursor=cursor),
+        lambda row: dump_receipt(row[1]), lambda page: {"next_after_seq": page.items[-1][0] if page.items else None},
+    )
 
 
 @endpoint
