@@ -45,8 +45,11 @@ T = TypeVar("T")
 class Page(Generic[T]):
     """One page of a listing: ``items`` in the listing's order, and where the next page starts.
 
-    ``next_cursor`` is None on the last page; otherwise pass it as ``cursor=`` to get the next one.
     Iterating a page iterates its items; ``len(page)`` is their number.
+
+    Attributes:
+        items: the page's rows, in the listing's order.
+        next_cursor: None on the last page; otherwise pass it as ``cursor=`` to get the next one.
     """
 
     items: list[T] = field(default_factory=list)

@@ -127,7 +127,9 @@ def test_a_workload_reads_only_its_own_receipts_and_approvals(roles: Any) -> Non
     assert client.get(f"/approvals/{aid_theirs}", headers=one).status_code == 403
     everyone = client.get("/approvals/pending", headers=_bearer(tokens["alice"])).json()["approvals"]
     assert {a["id"] for a in everyone} == {aid_mine, aid_theirs}
-    assert everyone[0]["requested_by"] == {"role": "workload", "name": "worker-1"}
+    by_id = {a["id"]: a for a in everyone}  # newest first: theirs, then mine
+    assert [a["id"] for a in everyone] == [aid_theirs, aid_mine]
+    assert by_id[aid_mine]["requested_by"] == {"role": "workload", "name": "worker-1"}
 
 
 def test_an_approver_answers_named_and_the_call_then_runs(roles: Any) -> None:
