@@ -26,6 +26,7 @@ from chio_kernel._kernel import ChainReport, Kernel
 from chio_kernel._receipts import receipt_chain_hash, receipt_signing_bytes
 from chio_kernel.canonical import canonical_json
 from chio_kernel.signing import default_data_dir
+from chio_kernel._webhooks import WebhookSettings, new_webhook_secret, sign_webhook, verify_webhook
 
 __all__ = [
     "ApprovalConflictError",
@@ -44,9 +45,13 @@ __all__ = [
     "LocalChioClient",
     "SidecarClient",
     "UnknownHoldError",
+    "WebhookSettings",
     "canonical_json",
     "default_data_dir",
+    "new_webhook_secret",
     "receipt_chain_hash",
     "receipt_signing_bytes",
     "sign_approval_token",
+    "sign_webhook",
+    "verify_webhook",
 ]

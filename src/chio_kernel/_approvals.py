@@ -399,6 +399,7 @@ class Approvals:
                 "parameter_hash": req.param_hash,
                 "expires_at": expires_at,
                 "summary": summary,
+                **({"cost": {"units": req.cost_t[0], "currency": req.cost_t[1]}} if req.cost_t else {}),
             }
         }, req.metadata)  # the caller's run context too (the kernel's keys win)
         receipt = self._chain.append(
