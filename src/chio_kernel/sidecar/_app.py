@@ -11,11 +11,12 @@ from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
-from starlette.routing import Route
+from starlette.routing import Mount, Route, Router
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from chio_kernel._kernel import Kernel
 from chio_kernel._postgres_store import is_postgres_dsn, mask_dsn
+from chio_kernel.inbox._app import InboxSettings, create_inbox_app
 from chio_kernel.sidecar._approvals import ROUTES as APPROVAL_ROUTES
 from chio_kernel.sidecar._budgets import ROUTES as BUDGET_ROUTES
 from chio_kernel.sidecar._http_requests import ROUTES as HTTP_REQUEST_ROUTES
@@ -25,7 +26,10 @@ from chio_kernel.sidecar._auth import BearerAuth, bearer_ok
 from chio_kernel.sidecar._errors import endpoint, http_exception, store_errors
 from chio_kernel.sidecar._responses import json_response
 
-__all__ = ["ROUTES", "SidecarApp", "create_app"]
+__all__ = ["INBOX_MOUNT", "ROUTES", "SidecarApp", "create_app"]
+
+#: Where the sidecar serves the approvals inbox.
+INBOX_MOUNT = "/ui"
 
 
 @functools.lru_cache(maxsize=1)
@@ -71,6 +75,9 @@ class SidecarApp(Starlette):
 
     _direct = False
     _token: bytes | None = None
+    #: The approvals inbox at ``/ui`` (chio_kernel.inbox): a browser signs in there with an approver
+    #: credential, so it is served before the sidecar's bearer check, which a browser cannot pass.
+    _ui: Router | None = None
 
     def build_middleware_stack(self) -> ASGIApp:
         # built once, on the first request (Starlette refuses middleware added after that)
@@ -80,6 +87,10 @@ class SidecarApp(Starlette):
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if self.middleware_stack is None:
             self.middleware_stack = self.build_middleware_stack()
+        if self._ui is not None and scope["type"] == "http" and (scope["path"] + "/").startswith(INBOX_MOUNT + "/"):
+            scope["app"] = self
+            await self._ui(scope, receive, send)
+            return
         if (
             self._direct
             and scope["type"] == "http"
@@ -100,16 +111,19 @@ def create_app(
     *,
     data_dir: str | Path | None = None,
     token: str | None = None,
+    inbox: InboxSettings | None = None,
 ) -> SidecarApp:
     """Build the sidecar ASGI app around ``kernel`` (or a new ``Kernel(data_dir)``).
 
-    With ``token`` every request must carry ``Authorization: Bearer <token>``.
+    With ``token`` every request must carry ``Authorization: Bearer <token>`` (but the inbox at
+    ``/ui``, whose people sign in with their credentials; ``inbox``: its engine links).
     """
     if kernel is None:
         kernel = Kernel(data_dir=data_dir)
     app = SidecarApp(routes=ROUTES, exception_handlers={HTTPException: http_exception})
     store = _store_info(kernel)
     app.state.kernel = kernel
+    app._ui = Router(routes=[Mount(INBOX_MOUNT, app=create_inbox_app(kernel, inbox))])
     app.state.store_errors = store_errors(kernel)
     app.state.health = {"status": "ok", "kernel_key": kernel.public_key_hex, "version": _version(), **store}
     # the SQLite kernel decides /v1/evaluate on the event loop, the calls of one loop turn in one

@@ -15,6 +15,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from chio_kernel._webhooks import WebhookSettings
+from chio_kernel.inbox._app import InboxSettings
+from chio_kernel.inbox._server import start_deliverer
 from chio_kernel.sidecar._app import create_app
 from chio_kernel.sidecar._auth import check_bind
 from chio_kernel.sidecar._config import (
@@ -247,20 +250,24 @@ def serve(
     on_ready: Callable[[Any], None] | None = None,
     header_timeout: float = DEFAULT_HEADER_TIMEOUT,
     max_pending_headers: int = DEFAULT_MAX_PENDING_HEADERS,
+    inbox: InboxSettings | None = None,
+    webhooks: WebhookSettings | None = None,
 ) -> None:
     """Run the sidecar until interrupted. Raises :class:`SidecarConfigError` before binding if the
     configuration is refused (non-loopback host without a token), and
     :class:`chio_kernel._kernel.KernelKeyMissingError` if the data directory's store lost its key,
     ``KernelKeyRetiredError`` if the kernel's key was retired from its fleet store.
 
-    ``header_timeout`` / ``max_pending_headers``: see :func:`header_timeout_protocol`."""
+    ``header_timeout`` / ``max_pending_headers``: see :func:`header_timeout_protocol`. ``inbox``: the
+    engine links of the inbox at ``/ui``; ``webhooks``: send pending approvals there (the deliverer
+    runs in this process; docs/inbox.md)."""
     import uvicorn
 
     check_bind(host, token)
     stack = server_stack()
     protocol = header_timeout_protocol(header_timeout, max_pending_headers, http=stack["http"])
     kernel = _open_kernel(data_dir)
-    app = create_app(kernel, token=token)
+    app = create_app(kernel, token=token, inbox=inbox)
     app.state.health = {**app.state.health, "server": stack}
     config = uvicorn.Config(
         app, host=host, port=port, log_level=log_level, access_log=False, lifespan="off",
@@ -273,4 +280,9 @@ def serve(
     sock = _bind(host, port)
     if on_ready is not None:
         on_ready(kernel)
-    server.run(sockets=[sock])
+    deliverer = start_deliverer(kernel, webhooks)
+    try:
+        server.run(sockets=[sock])
+    finally:
+        if deliverer is not None:
+            deliverer.stop()
