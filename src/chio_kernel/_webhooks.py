@@ -292,9 +292,10 @@ class WebhookDeliverer:
     def run_once(self, client: Any) -> list[WebhookRow]:
         """One tick: queue new approvals, send what is due; returns the rows as recorded."""
         self.outbox.enqueue(self.settings.urls, self.settings.inbox_url)
-        return [self._send(client, row) for row in self.outbox.claim()]
+        return [self.send(client, row) for row in self.outbox.claim()]
 
-    def _send(self, client: Any, row: WebhookRow) -> WebhookRow:
+    def send(self, client: Any, row: WebhookRow) -> WebhookRow:
+        """POST one delivery (signed now) with ``client`` (an ``httpx.Client``) and record the outcome."""
         body = row.body.encode()
         stamp = int(time.time())
         headers = {

@@ -114,7 +114,8 @@ def test_pending_is_signed_chained_idempotent_and_charges_nothing(kernel: Kernel
     assert first.decision.verdict == "pending_approval" and first.decision.guard == "approval"
     assert not first.decision.is_allowed and not first.decision.is_denied
     meta = first.metadata["pending_approval"]  # type: ignore[index]
-    assert set(meta) == {"approval_id", "parameter_hash", "expires_at", "summary"}
+    assert set(meta) == {"approval_id", "parameter_hash", "expires_at", "summary", "cost"}
+    assert meta["cost"] == {"units": 250, "currency": "USD"}  # the declared cost, as the inbox shows it
     assert meta["parameter_hash"] == first.action.parameter_hash
     assert meta["expires_at"] == int(clock.now) + kernel.approval_ttl
     assert kernel.verify_receipt(first)
