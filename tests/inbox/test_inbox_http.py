@@ -181,9 +181,9 @@ def test_receipts_filters_chain_status_and_budgets_in_currency(kernel: Kernel, b
     all_rows = browser.get("/ui/receipts").text
     assert "Chain verified: 2 receipts" in all_rows and "pending_approval" in all_rows
     denies = browser.get("/ui/receipts", params={"verdict": "deny"}).text
-    assert "shop/other_tool" in denies and "shop/refund" not in denies
+    assert "<td>shop/other_tool</td>" in denies and "<td>shop/refund</td>" not in denies
     by_run = browser.get("/ui/receipts", params={"run": "wf-7"}).text
-    assert "shop/refund" in by_run and "shop/other_tool" not in by_run
+    assert "<td>shop/refund</td>" in by_run and "<td>shop/other_tool</td>" not in by_run
     assert "No receipts match" in browser.get("/ui/receipts", params={"capability": "cap-none"}).text
     bad = browser.get("/ui/receipts", params={"verdict": "<b>"})
     assert bad.status_code == 422 and "<b>" not in bad.text

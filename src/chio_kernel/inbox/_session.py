@@ -97,15 +97,16 @@ async def read_form(request: Request, session: Session | None) -> dict[str, str]
     origin = request.headers.get("origin")
     if origin is not None and origin != "null" and origin.rstrip("/") != f"{request.url.scheme}://{request.url.netloc}":
         raise FormError(403, f"This form was sent from another site ({origin[:80]}); the inbox refuses it.")
-    if (request.headers.get("content-type") or "").split(";")[0].strip() != "application/x-www-form-urlencoded":
-        raise FormError(415, "The inbox takes its forms as application/x-www-form-urlencoded, as its pages send them.")
+    # the pages send application/x-www-form-urlencoded; any other body carries no form (so no CSRF token)
+    urlencoded = (request.headers.get("content-type") or "").split(";")[0].strip() == "application/x-www-form-urlencoded"
     body = b""
     async for chunk in request.stream():
         body += chunk
         if len(body) > MAX_FORM_BYTES:
             raise FormError(413, f"The form is larger than {MAX_FORM_BYTES // 1024} KiB; shorten the reason.")
     try:
-        fields = {k: v[0] for k, v in parse_qs(body.decode("utf-8"), keep_blank_values=True).items()}
+        text = body.decode("utf-8") if urlencoded else ""
+        fields = {k: v[0] for k, v in parse_qs(text, keep_blank_values=True).items()}
     except UnicodeDecodeError:
         raise FormError(400, "The form is not valid UTF-8.") from None
     sent = fields.pop("csrf", "")

@@ -153,6 +153,11 @@ async def signout(request: Request) -> Response:
 # --- approvals ---
 
 
+def _newest(approval: dict[str, Any]) -> tuple[int, str]:
+    """Newest first: by the time asked, then by id (UUIDv7 ids grow with time within a second)."""
+    return int(approval["created_at"]), str(approval["id"])
+
+
 def _cards(kernel: Any, approvals: list[dict[str, Any]], links: Any) -> list[dict[str, Any]]:
     now = time.time()
     return [approval_card(a, kernel.get_receipt(a["pending_receipt_id"]), links, now) for a in approvals]
@@ -164,7 +169,7 @@ async def approvals(request: Request) -> Response:
     state = request.app.state
 
     def load() -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-        pending = sorted(state.kernel.list_approvals("pending"), key=lambda a: a["created_at"], reverse=True)
+        pending = sorted(state.kernel.list_approvals("pending"), key=_newest, reverse=True)
         recent = sorted(state.kernel.list_approvals(None), key=lambda a: a["resolved_at"] or a["created_at"], reverse=True)
         answered = [a for a in recent if a["status"] != "pending"][:20]
         return _cards(state.kernel, pending, state.links), _cards(state.kernel, answered, state.links)
