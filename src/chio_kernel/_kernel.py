@@ -863,7 +863,7 @@ class Kernel:
 
         Args:
             capability_id: only this capability's receipts.
-            verdict: ``"allow"`` or ``"deny"``.
+            verdict: ``"allow"``, ``"deny"``, ``"pending_approval"`` or ``"approval_resolution"``.
             since: unix seconds: receipts whose ``timestamp`` is at or after it.
             metadata: exact values of top-level keys of the receipt's ``metadata``.
             after_seq: only receipts after this store position (for following the log).

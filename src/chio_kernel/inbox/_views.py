@@ -13,6 +13,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import JSONResponse, RedirectResponse, Response
 
+from chio_kernel._receipt_log import VERDICTS
 from chio_kernel._errors import (
     ApprovalConflictError,
     ApprovalError,
@@ -39,7 +40,6 @@ __all__ = ["ROUTES_SPEC"]
 Handler = Callable[[Request], Awaitable[Response]]
 #: Roles that may sign in (a workload credential evaluates calls; it never answers them).
 SIGN_IN_ROLES = ("approver", "operator")
-VERDICTS = ("allow", "deny", "pending_approval", "approval_resolution")
 
 
 class _SignIn(Exception):
