@@ -11,10 +11,12 @@ from chio_kernel._client import LocalChioClient, SidecarClient
 from chio_kernel._errors import (
     ApprovalConflictError,
     ApprovalError,
+    ApprovalForbiddenError,
     ApprovalNotFoundError,
     ApprovalTokenError,
     CapabilityError,
     ChioKernelError,
+    CredentialError,
     HoldConflictError,
     IdempotencyKeyReusedError,
     KernelConflictError,
@@ -24,6 +26,7 @@ from chio_kernel._errors import (
 )
 from chio_kernel._kernel import ChainReport, Kernel
 from chio_kernel._receipts import receipt_chain_hash, receipt_signing_bytes
+from chio_kernel._roles import OPEN_PRINCIPAL, Principal, Role
 from chio_kernel.canonical import canonical_json
 from chio_kernel.signing import default_data_dir
 from chio_kernel._webhooks import WebhookSettings, new_webhook_secret, sign_webhook, verify_webhook
@@ -31,11 +34,13 @@ from chio_kernel._webhooks import WebhookSettings, new_webhook_secret, sign_webh
 __all__ = [
     "ApprovalConflictError",
     "ApprovalError",
+    "ApprovalForbiddenError",
     "ApprovalNotFoundError",
     "ApprovalTokenError",
     "CapabilityError",
     "ChainReport",
     "ChioKernelError",
+    "CredentialError",
     "HoldConflictError",
     "IdempotencyKeyReusedError",
     "Kernel",
@@ -43,6 +48,9 @@ __all__ = [
     "KernelInputError",
     "KernelKeyMissingError",
     "LocalChioClient",
+    "OPEN_PRINCIPAL",
+    "Principal",
+    "Role",
     "SidecarClient",
     "UnknownHoldError",
     "WebhookSettings",

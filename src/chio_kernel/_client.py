@@ -42,6 +42,7 @@ from chio_sdk.models import (
     Operation,
 )
 
+from chio_kernel._approvals import PENDING_HEADER
 from chio_kernel._kernel import CapabilityError, Kernel
 
 __all__ = ["LocalChioClient", "SidecarClient", "capability_id_from_token"]
@@ -351,7 +352,13 @@ class SidecarClient(_HttpRequestEvaluation, ChioClient):
     * ``evaluate_tool_call(..., idempotency_key=, cost=, operation=)`` sends the kernel's optional
       ``/v1/evaluate`` fields: a retried call with the same key gets the same receipt back and is
       charged once (the stock ``ChioClient`` cannot send them; see ``docs/sidecar.md``);
-    * ``token=`` sends ``Authorization: Bearer <token>`` on every request (a token-guarded sidecar);
+    * ``token=`` sends ``Authorization: Bearer <token>`` on every request (a credential token of a
+      ``--auth roles`` sidecar, or the ``--token`` of a token-mode one; docs/security.md);
+    * it says ``X-Chio-Pending: understood``: a call waiting for a person comes back as its
+      ``pending_approval`` receipt (``is_allowed`` and ``is_denied`` both False), which the caller must
+      not run; re-send it with ``approval_id`` once approved. ``understands_pending=False`` leaves the
+      header out: the sidecar then answers such a call with a signed deny (what a stock
+      ``ChioClient`` gets; docs/approvals.md);
     * ``get_capability``, ``revoke_capability``, ``get_receipt``, ``list_receipts``: the sidecar's
       read/revoke endpoints, the same extras :class:`LocalChioClient` offers.
 
@@ -361,14 +368,22 @@ class SidecarClient(_HttpRequestEvaluation, ChioClient):
     Args:
         base_url: the sidecar's address (default ``http://127.0.0.1:9090``).
         timeout: seconds per request (default 5, as ``ChioClient``).
-        token: the sidecar's bearer token, if it was started with ``--token`` / ``CHIO_SIDECAR_TOKEN``.
+        token: the bearer token: a credential's (``chio-durable credentials add``) or the sidecar's
+            ``--token``.
+        understands_pending: send ``X-Chio-Pending: understood`` (default): pending calls come back
+            as ``pending_approval`` receipts instead of denies.
     """
 
-    def __init__(self, base_url: str | None = None, *, timeout: float = 5.0, token: str | None = None) -> None:
+    def __init__(
+        self, base_url: str | None = None, *, timeout: float = 5.0, token: str | None = None,
+        understands_pending: bool = True,
+    ) -> None:
         super().__init__(base_url, timeout=timeout)
         self.base_url: str = (base_url or self.DEFAULT_BASE_URL).rstrip("/")
         self._wake_reports: dict[str, list[dict[str, Any]]] = {}
-        headers = {"Authorization": f"Bearer {token}"} if token is not None else None
+        headers = {"Authorization": f"Bearer {token}"} if token is not None else {}
+        if understands_pending:
+            headers[PENDING_HEADER] = "understood"
         self._sidecar = httpx.AsyncClient(base_url=self.base_url, timeout=httpx.Timeout(timeout), headers=headers)
 
     def __repr__(self) -> str:
@@ -603,7 +618,7 @@ class SidecarClient(_HttpRequestEvaluation, ChioClient):
             KernelInputError: the sidecar refused the wake (HTTP 422; the message says why).
             ChioError: anything else, e.g. ``code="HTTP_404"`` from a sidecar without this route.
         """
-        from chio_kernel._approvals import ApprovalNotFoundError
+        from chio_kernel._approvals import PENDING_HEADER, ApprovalNotFoundError
         from chio_kernel._errors import KernelInputError
 
         try:

@@ -13,10 +13,12 @@ Each error keeps the builtin base it always had (``ValueError``, ``LookupError``
     ├── KernelConflictError (ValueError)         the request conflicts with what is recorded (409)
     │   ├── IdempotencyKeyReusedError            a key reused for a different call
     │   └── HoldConflictError                    a hold closed twice differently, an op_id reused
+    ├── CredentialError (ValueError)             a credential was refused (bad name or role, taken, unknown)
     └── ApprovalError
         ├── ApprovalNotFoundError (LookupError)  no such approval (404)
         ├── ApprovalConflictError                answered already, expired, capability revoked (409)
-        └── ApprovalTokenError (ValueError)      a signed approval token was refused (403)
+        ├── ApprovalTokenError (ValueError)      a signed approval token was refused (403)
+        └── ApprovalForbiddenError (PermissionError)  this principal may not answer this approval (403)
 
 The modules that raised them before (``_approvals``, ``_holds``, ``_postgres_store``, ``_kernel``)
 re-export them, so existing imports keep working.
@@ -27,10 +29,12 @@ from __future__ import annotations
 __all__ = [
     "ApprovalConflictError",
     "ApprovalError",
+    "ApprovalForbiddenError",
     "ApprovalNotFoundError",
     "ApprovalTokenError",
     "CapabilityError",
     "ChioKernelError",
+    "CredentialError",
     "HoldConflictError",
     "IdempotencyKeyReusedError",
     "KernelConflictError",
@@ -127,3 +131,13 @@ class ApprovalConflictError(ApprovalError):
 class ApprovalTokenError(ApprovalError, ValueError):
     """A signed approval token was refused: untrusted approver key, bad signature, bound to another
     request, parameters or subject, or outside its validity window (HTTP 403)."""
+
+
+class ApprovalForbiddenError(ApprovalError, PermissionError):
+    """This principal may not answer this approval: its role is not approver or operator, it is the
+    principal whose call waits, or it answered this approval already (HTTP 403)."""
+
+
+class CredentialError(ChioKernelError, ValueError):
+    """A credential operation was refused: a malformed name or unknown role, a name already taken, or
+    an unknown credential (``docs/security.md``)."""

@@ -33,6 +33,7 @@ from chio_kernel._receipts import (
     receipt_wire_dict,
 )
 from chio_kernel._request import EvalRequest, make_request
+from chio_kernel._roles import Credentials, Principal, Role
 from chio_kernel._store import KernelStore, StoreReader, StoreWriter
 from chio_kernel._store_factory import (
     STORE_ENV,
@@ -160,6 +161,7 @@ class Kernel:
         self._holds = Holds(hold_ttl, clock, gate.read, gate.write, caps.load, chain)
         self._denials = Denials(gate.write, caps.load, clock, chain)
         self._receipts = ReceiptLog(gate, self._trust)
+        self._credentials = Credentials(gate.read, gate.write, clock)
         self._evaluation = Evaluator(caps.cache, caps.load, gate.read, gate.write, clock, chain,
                                      (self._approvals, self._holds, self._trust), self.base_url)
         self._prepare = self._evaluation.prepare  # the hot path's two steps, looked up once
@@ -502,6 +504,62 @@ class Kernel:
         ))
         return await self._evaluation.committer.submit_async(req)
 
+    # --- credentials and roles (chio_kernel._roles does the work; docs/security.md) ---
+
+    def add_credential(self, name: str, role: Role | str) -> str:
+        """Make a named credential with one role (an operator's action); returns its token, once.
+
+        The store keeps only the token's SHA-256; the token cannot be shown again (revoke the
+        credential and add another if it is lost).
+
+        Args:
+            name: 1-64 letters, digits, ``_ . @ -`` (``"alice"``, ``"worker-1"``); unique, also
+                after revocation.
+            role: ``"workload"``, ``"approver"`` or ``"operator"``.
+
+        Returns:
+            The bearer token, ``chio_<role>_<43 characters>``.
+
+        Raises:
+            CredentialError: a malformed name, an unknown role, or a name already taken.
+        """
+        return self._credentials.add(name, role)
+
+    def revoke_credential(self, name: str) -> None:
+        """Revoke a credential: its token authenticates nobody from now on (revoking twice is a no-op).
+
+        A sidecar in another process notices within ``chio_kernel._roles.AUTH_CACHE_SECONDS``.
+
+        Args:
+            name: the credential's name.
+
+        Raises:
+            CredentialError: no credential of that name.
+        """
+        self._credentials.revoke(name)
+
+    def list_credentials(self) -> list[dict[str, Any]]:
+        """Every credential, oldest first: ``name``, ``role``, ``created_at``, ``revoked_at``, ``active``
+        (never a token or its hash).
+
+        Returns:
+            The credentials.
+        """
+        return self._credentials.list()
+
+    def authenticate(self, token: str) -> Principal | None:
+        """The principal a bearer token proves, or None (unknown, revoked or malformed).
+
+        The token is looked up by its SHA-256 and the stored hash compared in constant time.
+
+        Args:
+            token: the bearer token.
+
+        Returns:
+            ``Principal(role, name)`` or None.
+        """
+        return self._credentials.authenticate(token)
+
     # --- approvals (chio_kernel._approvals does the work; docs/approvals.md) ---
 
     @property
@@ -562,11 +620,14 @@ class Kernel:
         return self._approvals.list_approvals(status, limit=limit)
 
     def respond_approval(
-        self, approval_id: str, outcome: str, reason: str | None = None, *, approver: str = "operator"
+        self, approval_id: str, outcome: str, reason: str | None = None, *,
+        approver: Principal | str | None = None,
     ) -> ChioReceipt:
-        """The kernel's operator answers an approval, once.
+        """An approver (or the operator) answers an approval; each answer is its own signed receipt.
 
-        After the commit it calls the waker of every wake registered on the approval (each bounded by
+        A grant may ask for K distinct approvers (``{"threshold_units": N, "approvers": K}``): the
+        approval is approved by the K-th distinct approver's yes; one no denies it. After the final
+        answer's commit it calls the waker of every wake registered on the approval (each bounded by
         ``$CHIO_WAKE_TIMEOUT``; a failing waker changes nothing and raises nothing here);
         :meth:`last_wake_report` tells what was woken.
 
@@ -574,14 +635,18 @@ class Kernel:
             approval_id: the approval.
             outcome: ``"approved"`` or ``"denied"``.
             reason: why (recorded and signed).
-            approver: who answered (a label recorded in the receipt).
+            approver: the authenticated principal answering (its name and role are signed into the
+                resolution receipt); None: this process, as the operator (named ``operator``). A
+                plain string is deprecated (recorded as an operator of that name, DeprecationWarning).
 
         Returns:
             The signed resolution receipt (in the chain).
 
         Raises:
             ApprovalNotFoundError: unknown approval.
-            ApprovalConflictError: answered already, expired, or its capability was revoked.
+            ApprovalConflictError: answered already, expired, its capability was revoked, or this
+                approver answered it already.
+            ApprovalForbiddenError: the approver is a workload, or the principal whose call waits.
             KernelInputError: a malformed argument.
         """
         return self._approvals.respond_approval(approval_id, outcome, reason, approver=approver)
@@ -608,6 +673,22 @@ class Kernel:
             KernelInputError: not a token.
         """
         return self._approvals.respond_approval_token(token, approval_id)
+
+    def pending_as_deny(self, pending: ChioReceipt, metadata: Mapping[str, str] | None = None) -> ChioReceipt:
+        """A signed deny (guard ``approval``) for a client that does not understand ``pending_approval``.
+
+        The sidecar answers a pending call with it unless the request says ``X-Chio-Pending:
+        understood`` (a stock ``chio_sdk.ChioClient`` checks only ``is_denied``: without the deny it
+        would run the call). The approval stays recorded; the deny names it and how to approve it.
+
+        Args:
+            pending: the pending receipt :meth:`evaluate` answered.
+            metadata: who asked (signed into the deny's ``metadata``).
+
+        Returns:
+            The signed deny receipt (in the chain).
+        """
+        return self._approvals.pending_as_deny(pending, metadata)
 
     def register_approval_wake(self, approval_id: str, wake: Mapping[str, Any]) -> dict[str, Any]:
         """Register what wakes the run waiting for this approval once it is answered.

@@ -119,6 +119,14 @@ CREATE TABLE IF NOT EXISTS hold_ops (
     receipt_id TEXT NOT NULL, op_id TEXT NOT NULL, fingerprint TEXT NOT NULL, receipt_seq BIGINT NOT NULL,
     PRIMARY KEY (receipt_id, op_id)
 );
+CREATE TABLE IF NOT EXISTS approval_answers (
+    approval_id TEXT NOT NULL, approver TEXT NOT NULL, role TEXT NOT NULL, at BIGINT NOT NULL,
+    receipt_id TEXT NOT NULL, ord BIGSERIAL, PRIMARY KEY (approval_id, approver)
+);
+CREATE TABLE IF NOT EXISTS credentials (
+    name TEXT PRIMARY KEY, role TEXT NOT NULL, token_hash TEXT NOT NULL UNIQUE,
+    created_at DOUBLE PRECISION NOT NULL, revoked_at DOUBLE PRECISION
+);
 CREATE TABLE IF NOT EXISTS kernel_keys (
     public_key TEXT PRIMARY KEY, label TEXT NOT NULL, registered_at DOUBLE PRECISION NOT NULL,
     retired_at DOUBLE PRECISION, retired_reason TEXT

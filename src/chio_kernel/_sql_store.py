@@ -226,6 +226,33 @@ class SqlReader:
         )
         return [(int(r[0]), int(r[1]), int(r[2])) for r in rows]
 
+    def approval_answers(self, approval_id: str) -> list[tuple[str, str, int, str]]:
+        """``(name, role, at, receipt_id)`` of each approver's answer so far, oldest first."""
+        rows = self._all(
+            f"SELECT approver, role, at, receipt_id FROM approval_answers WHERE approval_id = ? ORDER BY at, {self.ORD}",
+            (approval_id,),
+        )
+        return [(str(r[0]), str(r[1]), int(r[2]), str(r[3])) for r in rows]
+
+    # --- credentials (chio_kernel._roles) ---
+
+    def credential(self, name: str) -> tuple[str, str, str, float | None] | None:
+        """``(name, role, token_hash, revoked_at)`` of a credential, or None."""
+        row = self._one("SELECT name, role, token_hash, revoked_at FROM credentials WHERE name = ?", (name,))
+        return None if row is None else (str(row[0]), str(row[1]), str(row[2]), row[3])
+
+    def credential_by_hash(self, token_hash: str) -> tuple[str, str, str, float | None] | None:
+        """``(name, role, token_hash, revoked_at)`` of the credential whose token hashes to ``token_hash``."""
+        row = self._one(
+            "SELECT name, role, token_hash, revoked_at FROM credentials WHERE token_hash = ?", (token_hash,)
+        )
+        return None if row is None else (str(row[0]), str(row[1]), str(row[2]), row[3])
+
+    def credentials(self) -> list[tuple[str, str, float, float | None]]:
+        """``(name, role, created_at, revoked_at)`` of every credential, oldest first."""
+        rows = self._all("SELECT name, role, created_at, revoked_at FROM credentials ORDER BY created_at, name")
+        return [(str(r[0]), str(r[1]), float(r[2]), None if r[3] is None else float(r[3])) for r in rows]
+
 
 class SqlWriter(SqlReader):
     """The write statements of the store interface (one write transaction)."""
@@ -468,6 +495,24 @@ class SqlWriter(SqlReader):
             (receipt_id, op_id),
         )
         return None if row is None else (str(row[0]), str(row[1]))
+
+    def insert_approval_answer(self, approval_id: str, name: str, role: str, at: int, receipt_id: str) -> None:
+        """Record one approver's answer (its own signed receipt)."""
+        self._run(
+            "INSERT INTO approval_answers(approval_id, approver, role, at, receipt_id) VALUES (?, ?, ?, ?, ?)",
+            (approval_id, name, role, at, receipt_id),
+        )
+
+    def insert_credential(self, name: str, role: str, token_hash: str, created_at: float) -> None:
+        """Store a credential (its token's hash only)."""
+        self._run(
+            "INSERT INTO credentials(name, role, token_hash, created_at) VALUES (?, ?, ?, ?)",
+            (name, role, token_hash, created_at),
+        )
+
+    def revoke_credential(self, name: str, revoked_at: float) -> None:
+        """Mark a credential revoked (it keeps its name)."""
+        self._run("UPDATE credentials SET revoked_at = ? WHERE name = ? AND revoked_at IS NULL", (revoked_at, name))
 
     def remember_hold_op(self, receipt_id: str, op_id: str, fingerprint: str, seq: int) -> None:
         """Remember the receipt at ``seq`` as the answer of ``op_id`` on a hold."""

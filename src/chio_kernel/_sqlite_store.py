@@ -168,6 +168,21 @@ CREATE TABLE IF NOT EXISTS hold_ops (
     receipt_seq INTEGER NOT NULL,
     PRIMARY KEY (receipt_id, op_id)
 ) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS approval_answers (
+    approval_id TEXT NOT NULL,
+    approver    TEXT NOT NULL,
+    role        TEXT NOT NULL,
+    at          INTEGER NOT NULL,
+    receipt_id  TEXT NOT NULL,
+    PRIMARY KEY (approval_id, approver)
+);
+CREATE TABLE IF NOT EXISTS credentials (
+    name       TEXT PRIMARY KEY,
+    role       TEXT NOT NULL,
+    token_hash TEXT NOT NULL UNIQUE,
+    created_at REAL NOT NULL,
+    revoked_at REAL
+);
 """
 
 

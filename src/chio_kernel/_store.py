@@ -285,6 +285,23 @@ class StoreReader(Protocol):
         ...
 
 
+    def approval_answers(self, approval_id: str) -> list[tuple[str, str, int, str]]:
+        """``(name, role, at, receipt_id)`` of each approver's answer so far, oldest first."""
+        ...
+
+    def credential(self, name: str) -> tuple[str, str, str, float | None] | None:
+        """``(name, role, token_hash, revoked_at)`` of a credential, or None."""
+        ...
+
+    def credential_by_hash(self, token_hash: str) -> tuple[str, str, str, float | None] | None:
+        """``(name, role, token_hash, revoked_at)`` of the credential whose token hashes to this."""
+        ...
+
+    def credentials(self) -> list[tuple[str, str, float, float | None]]:
+        """``(name, role, created_at, revoked_at)`` of every credential, oldest first."""
+        ...
+
+
 class StoreWriter(StoreReader, Protocol):
     """The operations of one write transaction (see the module docstring for its guarantees)."""
 
@@ -395,6 +412,18 @@ class StoreWriter(StoreReader, Protocol):
 
     def remember_hold_op(self, receipt_id: str, op_id: str, fingerprint: str, seq: int) -> None:
         """Remember that this op_id on this hold answered with the receipt at ``seq``."""
+        ...
+
+    def insert_approval_answer(self, approval_id: str, name: str, role: str, at: int, receipt_id: str) -> None:
+        """Record one approver's answer."""
+        ...
+
+    def insert_credential(self, name: str, role: str, token_hash: str, created_at: float) -> None:
+        """Store a credential (its token's hash only)."""
+        ...
+
+    def revoke_credential(self, name: str, revoked_at: float) -> None:
+        """Mark a credential revoked."""
         ...
 
 

@@ -27,6 +27,7 @@ from chio_kernel import (
     Kernel,
     KernelInputError,
     LocalChioClient,
+    Principal,
     sign_approval_token,
 )
 from kernel_helpers import Clock, grant, scope
@@ -154,11 +155,12 @@ def test_approve_then_reevaluate_allows_once_and_charges_once(kernel: Kernel) ->
     cap = _cap(kernel)
     pending = _ask(kernel, cap)
     aid = _approval_id(pending)
-    resolution = kernel.respond_approval(aid, "approved", "refund is legit", approver="alice")
+    resolution = kernel.respond_approval(aid, "approved", "refund is legit", approver=Principal("approver", "alice"))
     assert resolution.decision.verdict == "approval_resolution" and not resolution.decision.is_allowed
     res = resolution.metadata["approval_resolution"]  # type: ignore[index]
     assert res == {"approval_id": aid, "outcome": "approved", "approver_key": kernel.public_key_hex,
-                   "approver": "alice", "reason": "refund is legit", "pending_receipt_id": pending.id}
+                   "approver": "alice", "approver_role": "approver", "reason": "refund is legit",
+                   "pending_receipt_id": pending.id}
     assert resolution.action.parameter_hash == pending.action.parameter_hash
     assert kernel.get_approval(aid)["status"] == "approved"  # type: ignore[index]
     assert kernel.list_approvals() == []

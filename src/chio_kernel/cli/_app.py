@@ -10,7 +10,7 @@ from typing import Annotated
 
 import typer
 
-from chio_kernel.cli import _approvals, _budgets, _capabilities, _keys, _receipts
+from chio_kernel.cli import _approvals, _budgets, _capabilities, _credentials, _keys, _receipts
 from chio_kernel.cli._common import _read_environment_into_consoles
 from chio_kernel.cli._demo import demo
 from chio_kernel.cli._sidecar import sidecar
@@ -67,6 +67,11 @@ _GROUPS: tuple[tuple[str, str, tuple[tuple[str, Callable[..., None]], ...]], ...
     ("keys", "The kernel keys registered in a shared PostgreSQL store (a fleet).", (
         ("list", _keys.keys_list),
         ("retire", _keys.keys_retire),
+    )),
+    ("credentials", "The sidecar's credentials: one token per workload, approver or operator (docs/security.md).", (
+        ("add", _credentials.credentials_add),
+        ("list", _credentials.credentials_list),
+        ("revoke", _credentials.credentials_revoke),
     )),
     ("approvals", "Human approvals of calls above a require_approval_above threshold: list, show, approve, deny.", (
         ("list", _approvals.approvals_list),

@@ -18,7 +18,13 @@ __all__ = ["approvals_approve", "approvals_deny", "approvals_list", "approvals_s
 
 ReasonOpt = Annotated[str | None, typer.Option("--reason", help="Why (recorded in the signed resolution receipt).")]
 ApproverOpt = Annotated[
-    str, typer.Option("--approver", help="Who answers (recorded in the resolution receipt).")
+    str | None,
+    typer.Option(
+        "--approver",
+        help="Answer as this registered approver or operator credential (`credentials list`); default: the "
+        "operator, named by the OS user running this command. Recorded in the signed resolution receipt.",
+        show_default=False,
+    ),
 ]
 
 
@@ -68,14 +74,34 @@ def approvals_show(
     _print_json(_approval(kernel, approval_id))
 
 
-def _respond(approval_id: str, outcome: str, reason: str | None, approver: str, data_dir: Any, store: Any,
+def _approver(kernel: Any, name: str | None) -> Any:
+    """Who answers from the command line. The CLI acts on the store as the kernel's operator (only the
+    OS user owning the data directory can run it), so without ``--approver`` that is the operator,
+    named ``os:<user>``; ``--approver NAME`` is checked, not trusted: NAME must be an active approver
+    or operator credential of this store."""
+    import getpass
+
+    from chio_kernel._roles import Principal
+
+    if name is None:
+        return Principal("operator", f"os:{getpass.getuser()}")
+    for c in kernel.list_credentials():
+        if c["name"] == name and c["active"] and c["role"] in ("approver", "operator"):
+            return Principal(c["role"], name)
+    raise CliError(
+        f"--approver {name!r} is not an active approver or operator credential of this store; add one with "
+        f"`chio-durable credentials add {name} --role approver` (or leave --approver out to answer as the operator)"
+    )
+
+
+def _respond(approval_id: str, outcome: str, reason: str | None, approver: str | None, data_dir: Any, store: Any,
              as_json: bool) -> None:
-    from chio_kernel._approvals import ApprovalConflictError, ApprovalNotFoundError
+    from chio_kernel._approvals import ApprovalConflictError, ApprovalForbiddenError, ApprovalNotFoundError
 
     kernel = _kernel(data_dir, store=store)
     try:
-        receipt = kernel.respond_approval(approval_id, outcome, reason, approver=approver)
-    except (ApprovalNotFoundError, ApprovalConflictError) as e:
+        receipt = kernel.respond_approval(approval_id, outcome, reason, approver=_approver(kernel, approver))
+    except (ApprovalNotFoundError, ApprovalConflictError, ApprovalForbiddenError) as e:
         raise CliError(str(e)) from None
     wakes = kernel.last_wake_report(approval_id) or []
     if as_json:
@@ -97,7 +123,7 @@ def wake_lines(wakes: list[dict[str, Any]]) -> list[str]:
 def approvals_approve(
     approval_id: Annotated[str, typer.Argument(help="Approval id (apr-...).")],
     reason: ReasonOpt = None,
-    approver: ApproverOpt = "operator",
+    approver: ApproverOpt = None,
     data_dir: DataDir = None,
     store: StoreOpt = None,
     as_json: JsonFlag = False,
@@ -110,7 +136,7 @@ def approvals_approve(
 def approvals_deny(
     approval_id: Annotated[str, typer.Argument(help="Approval id (apr-...).")],
     reason: ReasonOpt = None,
-    approver: ApproverOpt = "operator",
+    approver: ApproverOpt = None,
     data_dir: DataDir = None,
     store: StoreOpt = None,
     as_json: JsonFlag = False,

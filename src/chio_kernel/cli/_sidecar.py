@@ -22,10 +22,19 @@ from chio_kernel.cli._ui import inbox_settings, webhook_settings
 
 __all__ = ["sidecar"]
 
+_MODE_LINES = {
+    "open": "auth OPEN: no credentials, every local process is the operator (laptop/demo only; "
+    "production: --auth roles, docs/security.md)",
+    "token": "auth token: whoever holds the --token is the operator (production: --auth roles)",
+    "roles": "auth roles: every request needs a credential token; each endpoint admits its roles",
+}
+
 
 @_guarded
 def sidecar(
-    host: Annotated[str, typer.Option(help="Address to bind. Non-loopback requires --token.")] = "127.0.0.1",
+    host: Annotated[
+        str, typer.Option(help="Address to bind. Non-loopback requires --auth roles or --token.")
+    ] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="Port to listen on.", min=1, max=65535)] = 9090,
     data_dir: DataDir = None,
     store: StoreOpt = None,
@@ -33,7 +42,19 @@ def sidecar(
         str | None,
         typer.Option(
             envvar="CHIO_SIDECAR_TOKEN",
-            help="Require 'Authorization: Bearer TOKEN' on every request (env CHIO_SIDECAR_TOKEN).",
+            help="Token mode: require 'Authorization: Bearer TOKEN' on every request; whoever holds it is "
+            "the operator (env CHIO_SIDECAR_TOKEN). Production: --auth roles.",
+            show_default=False,
+        ),
+    ] = None,
+    auth: Annotated[
+        str | None,
+        typer.Option(
+            "--auth",
+            envvar="CHIO_SIDECAR_AUTH",
+            help="'roles': every request carries a credential token (`chio-durable credentials add`) and "
+            "each endpoint admits only its roles; 'open' (default without --token): no auth, loopback "
+            "only, every request is the operator. See docs/security.md.",
             show_default=False,
         ),
     ] = None,
@@ -60,7 +81,7 @@ def sidecar(
     from chio_kernel.sidecar import SidecarConfigError, check_bind, serve
 
     try:
-        check_bind(host, token)
+        mode = check_bind(host, token, auth)
     except SidecarConfigError as e:
         raise CliError(str(e)) from None
     path = _resolve_dir(data_dir)
@@ -69,16 +90,15 @@ def sidecar(
         os.environ["CHIO_STORE"] = store
 
     def ready(kernel: Any) -> None:
-        auth = "bearer token required" if token else "no auth (loopback only)"
         err.print(
             f"chio-durable sidecar on http://{host}:{port}  data dir {path}  "
-            f"kernel key {kernel.public_key_hex[:16]}…  {auth}",
+            f"kernel key {kernel.public_key_hex[:16]}…  {_MODE_LINES[mode]}",
             markup=False,
             highlight=False,
         )
 
     try:
-        serve(host, port, data_dir=path, token=token, log_level=log_level, on_ready=ready,
+        serve(host, port, data_dir=path, token=token, auth=auth, log_level=log_level, on_ready=ready,
               header_timeout=header_timeout, inbox=inbox_settings(temporal_ui, temporal_namespace, prefect_ui),
               webhooks=hooks)
     except (SidecarConfigError, KernelKeyMissingError, KernelKeyRetiredError) as e:

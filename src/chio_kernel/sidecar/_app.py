@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import functools
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
@@ -22,7 +22,7 @@ from chio_kernel.sidecar._budgets import ROUTES as BUDGET_ROUTES
 from chio_kernel.sidecar._http_requests import ROUTES as HTTP_REQUEST_ROUTES
 from chio_kernel.sidecar._routes_capabilities import ROUTES as CAPABILITY_ROUTES
 from chio_kernel.sidecar._routes_receipts import ROUTES as RECEIPT_ROUTES, evaluate
-from chio_kernel.sidecar._auth import BearerAuth, bearer_ok
+from chio_kernel.sidecar._auth import ALL_ROLES, Authenticator, admits, check_bind
 from chio_kernel.sidecar._errors import endpoint, http_exception, store_errors
 from chio_kernel.sidecar._responses import json_response
 
@@ -52,6 +52,7 @@ def _store_info(kernel: Any) -> dict[str, str]:
 
 
 @endpoint
+@admits(*ALL_ROLES)
 async def health(request: Request) -> Response:
     return json_response(request.app.state.health)
 
@@ -67,21 +68,22 @@ ROUTES: list[Route] = [  # no two routes match the same path and method, so the 
 
 
 class SidecarApp(Starlette):
-    """The Starlette app, with one shortcut: ``POST /v1/evaluate`` (the hot path) goes straight to its
-    handler, without the router and Starlette's middleware, which add nothing there: the handler
-    maps every exception to an answer itself and the path needs no routing. The shortcut is taken
-    only when the app has no middleware but the sidecar's own bearer check, and (with a token) only
-    for a request that passes it; anything else goes the ordinary way, which answers the same."""
+    """The Starlette app. Every HTTP request is authenticated first (``_auth.Authenticator``: 401, or
+    its principal on ``request.state.principal``); then one shortcut: ``POST /v1/evaluate`` (the hot
+    path) goes straight to its handler, without the router and Starlette's middleware, which add
+    nothing there: the handler maps every exception to an answer itself and the path needs no
+    routing. The shortcut is taken only when the app has no user middleware; anything else goes the
+    ordinary way, which answers the same."""
 
     _direct = False
-    _token: bytes | None = None
-    #: The approvals inbox at ``/ui`` (chio_kernel.inbox): a browser signs in there with an approver
+    auth: Authenticator
+    #: The approvals inbox at ``/ui`` (chio_kernel.inbox): a browser signs in there with its own
     #: credential, so it is served before the sidecar's bearer check, which a browser cannot pass.
     _ui: Router | None = None
 
     def build_middleware_stack(self) -> ASGIApp:
         # built once, on the first request (Starlette refuses middleware added after that)
-        self._direct = all(cast(Any, m.cls) is BearerAuth for m in self.user_middleware)
+        self._direct = not self.user_middleware
         return super().build_middleware_stack()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -91,18 +93,26 @@ class SidecarApp(Starlette):
             scope["app"] = self
             await self._ui(scope, receive, send)
             return
-        if (
-            self._direct
-            and scope["type"] == "http"
-            and scope["path"] == "/v1/evaluate"
-            and scope["method"] == "POST"
-            and not scope.get("root_path")
-            and (self._token is None or bearer_ok(scope["headers"], self._token))
-        ):
-            scope["app"] = self
-            response = await evaluate(Request(scope, receive))
-            await response(scope, receive, send)
-            return
+        if scope["type"] == "http":
+            principal = self.auth.principal(scope["headers"])
+            if principal is None:
+                await self.auth.refuse(scope, receive, send)
+                return
+            state = scope.get("state")
+            if state is None:
+                scope["state"] = {"principal": principal}
+            else:
+                state["principal"] = principal
+            if (
+                self._direct
+                and scope["path"] == "/v1/evaluate"
+                and scope["method"] == "POST"
+                and not scope.get("root_path")
+            ):
+                scope["app"] = self
+                response = await evaluate(Request(scope, receive))
+                await response(scope, receive, send)
+                return
         await super().__call__(scope, receive, send)
 
 
@@ -111,27 +121,39 @@ def create_app(
     *,
     data_dir: str | Path | None = None,
     token: str | None = None,
+    auth: str | None = None,
     inbox: InboxSettings | None = None,
 ) -> SidecarApp:
     """Build the sidecar ASGI app around ``kernel`` (or a new ``Kernel(data_dir)``).
 
-    With ``token`` every request must carry ``Authorization: Bearer <token>`` (but the inbox at
-    ``/ui``, whose people sign in with their credentials; ``inbox``: its engine links).
+    Args:
+        kernel: the kernel to serve.
+        data_dir: the data directory of a new kernel (when ``kernel`` is None).
+        token: the one bearer token of ``token`` mode (every request must carry it; it is the
+            operator).
+        auth: ``"roles"`` (every request carries a credential token, each route admits its roles),
+            ``"open"``, or None (``token`` mode with a token, else ``open``); docs/security.md.
+        inbox: the engine links of the approvals inbox at ``/ui`` (served before the auth check:
+            people sign in there with their own credentials; docs/inbox.md).
+
+    Raises:
+        SidecarConfigError: an unknown mode, or ``auth="open"`` with a token.
     """
+    mode = check_bind("127.0.0.1", token, auth)  # the host is checked by serve()
     if kernel is None:
         kernel = Kernel(data_dir=data_dir)
     app = SidecarApp(routes=ROUTES, exception_handlers={HTTPException: http_exception})
+    app.auth = Authenticator(mode, token, getattr(kernel, "authenticate", lambda _token: None))
     store = _store_info(kernel)
     app.state.kernel = kernel
     app._ui = Router(routes=[Mount(INBOX_MOUNT, app=create_inbox_app(kernel, inbox))])
     app.state.store_errors = store_errors(kernel)
-    app.state.health = {"status": "ok", "kernel_key": kernel.public_key_hex, "version": _version(), **store}
+    app.state.health = {
+        "status": "ok", "kernel_key": kernel.public_key_hex, "version": _version(), "auth": mode, **store,
+    }
     # the SQLite kernel decides /v1/evaluate on the event loop, the calls of one loop turn in one
     # transaction (group commit): a batch takes ~60 µs per call, less than a hop to a thread costs.
     # Anything else (the PostgreSQL fleet kernel, whose commit is a network round trip under the
     # fleet's writer lock; a wrapped kernel) is called in the thread pool.
     app.state.evaluate_inline = type(kernel) is Kernel and store["store"] == "sqlite"
-    if token:
-        app.add_middleware(BearerAuth, token=token)
-        app._token = token.encode()
     return app

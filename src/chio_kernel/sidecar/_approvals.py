@@ -3,7 +3,8 @@
 * ``GET /approvals/pending`` -> ``{"approvals": [...], "count": n}`` (still answerable ones);
 * ``GET /approvals/{id}`` -> one approval (404 if unknown);
 * ``POST /approvals/{id}/operator-respond`` ``{"outcome": "approved"|"denied", "reason": "..."}``: the
-  kernel's operator answers (whoever may use this sidecar: loopback, or the bearer token);
+  request's principal answers, named (an approver or operator credential; in open mode the operator
+  ``open``); a workload is 403, and so is the principal whose call waits;
 * ``POST /approvals/{id}/respond`` with a signed approval token from a trusted approver key;
 * ``POST /approvals/{id}/wake`` ``{"wake": {"engine": "<name>", ...}}``: a waiting run registers what
   wakes it once the approval is answered -> ``{"approval_id", "status", "woken": [...]}``.
@@ -23,8 +24,15 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from chio_kernel._approvals import ApprovalConflictError, ApprovalNotFoundError, ApprovalTokenError
+from chio_kernel._approvals import (
+    ApprovalConflictError,
+    ApprovalForbiddenError,
+    ApprovalNotFoundError,
+    ApprovalTokenError,
+)
+from chio_kernel._run_context import PRINCIPAL_KEY
 from chio_kernel.sidecar._body import read_object, req_str
+from chio_kernel.sidecar._auth import ALL_ROLES, admits, check_owner, principal_of
 from chio_kernel.sidecar._errors import ApiError, endpoint, found
 from chio_kernel.sidecar._responses import dump_receipt, json_response
 
@@ -47,6 +55,8 @@ async def _answer(kernel: Any, approval_id: str, call: Callable[[], Any]) -> Res
         raise ApiError(409, "approval_conflict", str(err)) from None
     except ApprovalTokenError as err:
         raise ApiError(403, "approval_token_refused", str(err)) from None
+    except ApprovalForbiddenError as err:
+        raise ApiError(403, "forbidden", str(err)) from None
     approval = await run_in_threadpool(kernel.get_approval, approval_id)
     wakes = kernel.last_wake_report(approval_id) or []
     return json_response({"approval": approval, "receipt": dump_receipt(receipt), "wakes": wakes})
@@ -66,20 +76,28 @@ def _wake_body(data: dict[str, Any]) -> dict[str, Any]:
 
 
 @endpoint
+@admits("workload", "approver")
 async def pending(request: Request) -> Response:
     approvals = await run_in_threadpool(request.app.state.kernel.list_approvals, "pending")
+    principal = principal_of(request)
+    if principal.role == "workload":  # its own calls only
+        approvals = [a for a in approvals if (a.get("requested_by") or {}).get("name") == principal.name]
     return json_response({"approvals": approvals, "count": len(approvals)})
 
 
 @endpoint
+@admits("workload", "approver")
 async def get_approval(request: Request) -> Response:
     aid = _approval_id(request)
     kernel = request.app.state.kernel
     approval = await found(kernel.get_approval, aid, "unknown_approval", f"no approval {aid!r} in this kernel")
+    asked = approval.get("requested_by") or {}
+    check_owner(request, {PRINCIPAL_KEY: asked.get("name")}, f"approval {aid}")
     return json_response(approval)
 
 
 @endpoint
+@admits("approver")
 async def operator_respond(request: Request) -> Response:
     kernel = request.app.state.kernel
     aid = _approval_id(request)
@@ -91,10 +109,12 @@ async def operator_respond(request: Request) -> Response:
     extra = sorted(set(data) - {"outcome", "reason"})
     if extra:
         raise ApiError(422, "invalid_request", f"unknown fields {extra}; send {{\"outcome\", \"reason\"}}")
-    return await _answer(kernel, aid, lambda: kernel.respond_approval(aid, outcome, reason))
+    who = principal_of(request)  # the authenticated approver, named in the resolution receipt
+    return await _answer(kernel, aid, lambda: kernel.respond_approval(aid, outcome, reason, approver=who))
 
 
 @endpoint
+@admits(*ALL_ROLES)
 async def respond(request: Request) -> Response:
     kernel = request.app.state.kernel
     aid = _approval_id(request)
@@ -106,6 +126,7 @@ async def respond(request: Request) -> Response:
 
 
 @endpoint
+@admits("workload")
 async def register_wake(request: Request) -> Response:
     aid = _approval_id(request)
     wake = _wake_body(await read_object(request))

@@ -28,6 +28,7 @@ from chio_kernel._errors import CapabilityError
 from chio_kernel._holds import HoldConflictError, UnknownHoldError
 from chio_kernel._kernel import MAX_COST_UNITS
 from chio_kernel.sidecar._body import model, opt_str, read_object, req_str
+from chio_kernel.sidecar._auth import admits, check_owner, principal_of
 from chio_kernel.sidecar._errors import ApiError, Handler, endpoint, found
 from chio_kernel.sidecar._responses import dump_receipt, json_response
 
@@ -40,6 +41,16 @@ async def _hold_call(fn: Callable[..., Any], *args: Any) -> Any:
         return await run_in_threadpool(fn, *args)
     except UnknownHoldError as err:
         raise ApiError(404, "unknown_hold", str(err)) from None
+
+
+async def _own_hold(request: Request, rid: str) -> None:
+    """A workload settles, releases and reads only the holds of its own allow receipts (403 else)."""
+    if principal_of(request).role != "workload":
+        return
+    receipt = await run_in_threadpool(request.app.state.kernel.get_receipt, rid)
+    if receipt is None:
+        raise ApiError(404, "unknown_hold", f"no receipt {rid!r} in this kernel's store")
+    check_owner(request, receipt.metadata, f"the hold of receipt {rid}")
 
 
 def _conflicts(fn: Handler) -> Handler:
@@ -56,8 +67,10 @@ def _conflicts(fn: Handler) -> Handler:
 
 
 @_conflicts
+@admits("workload")
 async def settle(request: Request) -> Response:
     rid = request.path_params["receipt_id"]
+    await _own_hold(request, rid)
     data = await read_object(request)
     if not isinstance(data.get("actual_cost"), dict):
         raise ApiError(422, "invalid_request", "'actual_cost' is required: {\"units\": int, \"currency\": str}")
@@ -72,8 +85,10 @@ async def settle(request: Request) -> Response:
 
 
 @_conflicts
+@admits("workload")
 async def release(request: Request) -> Response:
     rid = request.path_params["receipt_id"]
+    await _own_hold(request, rid)
     data = await read_object(request)
     op_id = req_str(data, "op_id", max_len=256)
     reason = opt_str(data, "reason", max_len=1024) or "released"
@@ -82,19 +97,23 @@ async def release(request: Request) -> Response:
 
 
 @endpoint
+@admits("workload")
 async def get_hold(request: Request) -> Response:
     rid = request.path_params["receipt_id"]
+    await _own_hold(request, rid)
     message = f"receipt {rid!r} holds no budget (or is unknown)"
     return json_response(await found(request.app.state.kernel.get_hold, rid, "unknown_hold", message))
 
 
 @endpoint
+@admits("operator")
 async def expire(request: Request) -> Response:
     receipts = await run_in_threadpool(request.app.state.kernel.expire_holds)
     return json_response({"expired": [dump_receipt(r) for r in receipts], "count": len(receipts)})
 
 
 @endpoint
+@admits("workload")
 async def budgets(request: Request) -> Response:
     cid = request.path_params["capability_id"]
     try:

@@ -13,6 +13,7 @@ from starlette.routing import Route
 from chio_kernel._errors import CapabilityError
 from chio_kernel.sidecar._body import model, opt_int, opt_str, parse_rate_limit, read_object, req_str, scope
 from chio_kernel.sidecar._config import MAX_TTL_SECONDS
+from chio_kernel.sidecar._auth import ALL_ROLES, admits
 from chio_kernel.sidecar._errors import ApiError, endpoint, found, short
 from chio_kernel.sidecar._responses import dump_token, json_response
 
@@ -20,6 +21,7 @@ __all__ = ["ROUTES"]
 
 
 @endpoint
+@admits("operator")
 async def create_capability(request: Request) -> Response:
     data = await read_object(request)
     subject = req_str(data, "subject", max_len=4096)
@@ -41,6 +43,7 @@ async def create_capability(request: Request) -> Response:
 
 
 @endpoint
+@admits(*ALL_ROLES)
 async def validate_capability(request: Request) -> Response:
     token = model(CapabilityToken, await read_object(request), "capability token")
     valid, reason = await run_in_threadpool(request.app.state.kernel.validate_capability, token)
@@ -75,6 +78,7 @@ async def _attenuable_parent(kernel: Any, parent: str | CapabilityToken) -> str:
 
 
 @endpoint
+@admits("workload")
 async def attenuate_capability(request: Request) -> Response:
     kernel = request.app.state.kernel
     data = await read_object(request)
@@ -95,6 +99,7 @@ async def attenuate_capability(request: Request) -> Response:
 
 
 @endpoint
+@admits("operator")
 async def list_capabilities(request: Request) -> Response:
     tokens = await run_in_threadpool(request.app.state.kernel.list_capabilities)
     return json_response({"capabilities": [dump_token(t) for t in tokens], "count": len(tokens)})
@@ -109,12 +114,14 @@ async def _known_capability(request: Request) -> tuple[str, Any]:
 
 
 @endpoint
+@admits("workload")
 async def get_capability(request: Request) -> Response:
     _, token = await _known_capability(request)
     return json_response(dump_token(token))
 
 
 @endpoint
+@admits("operator")
 async def revoke_capability(request: Request) -> Response:
     cid, _ = await _known_capability(request)
     revoked = await run_in_threadpool(request.app.state.kernel.revoke_capability, cid)

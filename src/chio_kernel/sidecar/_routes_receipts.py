@@ -10,7 +10,11 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from chio_kernel._approvals import PENDING_HEADER, PENDING_VERDICT
 from chio_kernel._kernel import MAX_COST_UNITS
+from chio_kernel._roles import OPEN_PRINCIPAL
+from chio_kernel._run_context import PRINCIPAL_KEY, with_principal
+from chio_kernel.sidecar._auth import ALL_ROLES, admits, check_owner, principal_of
 from chio_kernel.sidecar._body import model, opt_str, query_int, read_object, req_str, run_metadata
 from chio_kernel.sidecar._config import DEFAULT_LIST_LIMIT, MAX_LIST_LIMIT
 from chio_kernel.sidecar._errors import ApiError, endpoint, found
@@ -46,7 +50,20 @@ def _operation(data: dict[str, Any]) -> Operation:
         raise ApiError(422, "invalid_request", f"'operation' must be one of {_OPERATIONS}") from None
 
 
+def _asked_by(request: Request, data: dict[str, Any]) -> dict[str, str] | None:
+    """The body's run context with who asked (the request's principal) set by the sidecar; in open
+    mode nobody authenticated, so the receipt names nobody (docs/security.md)."""
+    principal = principal_of(request)
+    if principal is OPEN_PRINCIPAL:
+        return run_metadata(data)
+    return with_principal(run_metadata(data), principal.role, principal.name)
+
+
+_PENDING_UNDERSTOOD = PENDING_HEADER.lower()
+
+
 @endpoint
+@admits("workload")
 async def evaluate(request: Request) -> Response:
     data = await read_object(request)
     capability_id = req_str(data, "capability_id", max_len=256)
@@ -58,7 +75,7 @@ async def evaluate(request: Request) -> Response:
         "cost": _cost(data),
         "operation": _operation(data),
         "approval_id": opt_str(data, "approval_id", max_len=256),  # a re-evaluation (docs/approvals.md)
-        "metadata": run_metadata(data),
+        "metadata": _asked_by(request, data),
     }
     # the client's parameter_hash is ignored: the kernel computes its own
     kernel = request.app.state.kernel
@@ -66,10 +83,16 @@ async def evaluate(request: Request) -> Response:
         receipt = await kernel._evaluate_async(capability_id, tool_server, tool_name, parameters, **kwargs)
     else:
         receipt = await run_in_threadpool(kernel.evaluate, capability_id, tool_server, tool_name, parameters, **kwargs)
+    if (
+        receipt.decision.verdict == PENDING_VERDICT
+        and request.headers.get(_PENDING_UNDERSTOOD, "").strip().lower() != "understood"
+    ):  # fail closed: a client that knows only allow/deny would run a pending call
+        receipt = await run_in_threadpool(kernel.pending_as_deny, receipt, kwargs["metadata"])
     return json_response(dump_receipt(receipt))
 
 
 @endpoint
+@admits("workload")
 async def record_denial(request: Request) -> Response:
     """A signed deny receipt for a call a layer refused before evaluation (chio_kernel._denials)."""
     data = await read_object(request)
@@ -86,12 +109,13 @@ async def record_denial(request: Request) -> Response:
     envelope = model(ChioScope, data["envelope"], "envelope") if data.get("envelope") is not None else None
     receipt = await run_in_threadpool(
         request.app.state.kernel.record_denial, capability_id, tool_server, tool_name, parameters,
-        guard=guard, reason=reason, envelope=envelope, metadata=run_metadata(data),
+        guard=guard, reason=reason, envelope=envelope, metadata=_asked_by(request, data),
     )
     return json_response(dump_receipt(receipt))
 
 
 @endpoint
+@admits(*ALL_ROLES)
 async def verify_receipt(request: Request) -> Response:
     receipt = model(ChioReceipt, await read_object(request), "receipt")
     valid = await run_in_threadpool(request.app.state.kernel.verify_receipt, receipt)
@@ -99,25 +123,33 @@ async def verify_receipt(request: Request) -> Response:
 
 
 @endpoint
+@admits("workload")
 async def get_receipt(request: Request) -> Response:
     rid = request.path_params["receipt_id"]
     kernel = request.app.state.kernel
     receipt = await found(kernel.get_receipt, rid, "unknown_receipt", f"no receipt {rid!r} in this kernel's store")
+    check_owner(request, receipt.metadata, f"receipt {rid}")
     return json_response(dump_receipt(receipt))
 
 
 @endpoint
+@admits("workload")
 async def list_receipts(request: Request) -> Response:
     kernel = request.app.state.kernel
     q = request.query_params
     cap = q.get("capability_id") or None
     limit = query_int(q.get("limit"), "limit", 1, MAX_LIST_LIMIT)
     after = query_int(q.get("after_seq"), "after_seq", 0, 2**62)
-    rows = await run_in_threadpool(  # seq: the page position
-        lambda: kernel.list_receipts_with_seq(
-            capability_id=cap, limit=limit if limit is not None else DEFAULT_LIST_LIMIT, after_seq=after
+    page = limit if limit is not None else DEFAULT_LIST_LIMIT
+    principal = principal_of(request)
+    if principal.role == "workload":  # its own receipts only (filtered in the store's SQL)
+        rows = await run_in_threadpool(lambda: kernel.query_receipts(
+            capability_id=cap, metadata={PRINCIPAL_KEY: principal.name}, after_seq=after or 0, limit=page
+        ))
+    else:
+        rows = await run_in_threadpool(  # seq: the page position
+            lambda: kernel.list_receipts_with_seq(capability_id=cap, limit=page, after_seq=after)
         )
-    )
     return json_response({
         "receipts": [dump_receipt(r) for _, r in rows],
         "count": len(rows),
@@ -126,6 +158,7 @@ async def list_receipts(request: Request) -> Response:
 
 
 @endpoint
+@admits(*ALL_ROLES)
 async def verify_chain(request: Request) -> Response:
     report = await run_in_threadpool(request.app.state.kernel.verify_chain)
     return json_response({

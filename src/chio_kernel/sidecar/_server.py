@@ -246,6 +246,7 @@ def serve(
     *,
     data_dir: str | Path | None = None,
     token: str | None = None,
+    auth: str | None = None,
     log_level: str = "warning",
     on_ready: Callable[[Any], None] | None = None,
     header_timeout: float = DEFAULT_HEADER_TIMEOUT,
@@ -254,7 +255,7 @@ def serve(
     webhooks: WebhookSettings | None = None,
 ) -> None:
     """Run the sidecar until interrupted. Raises :class:`SidecarConfigError` before binding if the
-    configuration is refused (non-loopback host without a token), and
+    configuration is refused (open mode on a non-loopback host; ``auth``: see ``create_app``), and
     :class:`chio_kernel._kernel.KernelKeyMissingError` if the data directory's store lost its key,
     ``KernelKeyRetiredError`` if the kernel's key was retired from its fleet store.
 
@@ -263,11 +264,11 @@ def serve(
     runs in this process; docs/inbox.md)."""
     import uvicorn
 
-    check_bind(host, token)
+    check_bind(host, token, auth)
     stack = server_stack()
     protocol = header_timeout_protocol(header_timeout, max_pending_headers, http=stack["http"])
     kernel = _open_kernel(data_dir)
-    app = create_app(kernel, token=token, inbox=inbox)
+    app = create_app(kernel, token=token, auth=auth, inbox=inbox)
     app.state.health = {**app.state.health, "server": stack}
     config = uvicorn.Config(
         app, host=host, port=port, log_level=log_level, access_log=False, lifespan="off",
