@@ -205,3 +205,40 @@ def test_the_sidecar_token_does_not_lock_the_inbox_and_still_guards_the_api(kern
     assert client.get("/approvals/pending").status_code == 401
     assert client.get("/ui/signin").status_code == 200  # people sign in with their own credentials
     assert sign_in(client, kernel.add_credential("alice", "approver")).status_code == 303
+
+
+def test_in_roles_mode_the_api_needs_credentials_and_nobody_approves_their_own_call(kernel: Kernel) -> None:
+    client = TestClient(create_app(kernel, auth="roles"), base_url="http://127.0.0.1:9090")
+    assert client.get("/approvals/pending").status_code == 401  # the API: a credential on every request
+    ops = kernel.add_credential("ops", "operator")
+    cap = kernel.create_capability("agent:refunds", REFUND_CAP).id
+    asked = client.post(
+        "/v1/evaluate", headers={"authorization": f"Bearer {ops}", "x-chio-pending": "understood"},
+        json={"capability_id": cap, "tool_server": "shop", "tool_name": "refund", "parameters": {"order": "o-1"},
+              "cost": {"units": 500, "currency": "USD"}},
+    )
+    assert asked.status_code == 200, asked.text
+    aid = asked.json()["metadata"]["pending_approval"]["approval_id"]
+    sign_in(client, ops)  # the inbox: its own sign-in, no bearer header
+    page = client.get("/ui/approvals").text
+    own = client.post(f"/ui/approvals/{aid}/answer", data={"outcome": "approved", "csrf": _csrf(page)})
+    assert own.status_code == 403 and "not recorded" in _alert(own.text)
+    assert kernel.get_approval(aid)["status"] == "pending"  # type: ignore[index]
+    other = TestClient(create_app(kernel, auth="roles"), base_url="http://127.0.0.1:9090")
+    sign_in(other, kernel.add_credential("bob", "approver"))
+    done = other.post(f"/ui/approvals/{aid}/answer", data={"outcome": "approved", "csrf": _csrf(other.get("/ui/approvals").text)})
+    assert done.status_code == 200 and "approved by bob" in done.text
+
+
+def test_a_second_approver_is_shown_and_needed(kernel: Kernel, browser: TestClient) -> None:
+    scope = {"grants": [{**REFUND_CAP["grants"][0], "constraints": [
+        {"type": "require_approval_above", "value": {"threshold_units": 100, "approvers": 2}}]}]}
+    cap = kernel.create_capability("agent:refunds", scope).id
+    receipt = kernel.evaluate(cap, "shop", "refund", {"order": "o-2"}, cost={"units": 500, "currency": "USD"})
+    aid = receipt.metadata["pending_approval"]["approval_id"]  # type: ignore[index]
+    sign_in(browser, kernel.add_credential("alice", "approver"))
+    page = browser.get("/ui/approvals").text
+    assert "needs 2 approvers" in page
+    first = browser.post(f"/ui/approvals/{aid}/answer", data={"outcome": "approved", "csrf": _csrf(page)})
+    assert first.status_code == 200 and "so far alice" in first.text
+    assert kernel.get_approval(aid)["status"] == "pending"  # type: ignore[index]
