@@ -22,9 +22,9 @@ SECRET = new_webhook_secret()
 
 
 class Receiver:
-    """A local webhook receiver: checks every signature, answers ``codes`` in turn (then 204)."""
+    """A local webhook receiver: checks every signature (``secret``), answers ``codes`` in turn (then 204)."""
 
-    def __init__(self, codes: list[int]) -> None:
+    def __init__(self, codes: list[int], secret: str = SECRET) -> None:
         self.codes = list(codes)
         self.received: list[dict[str, Any]] = []
         receiver = self
@@ -34,7 +34,7 @@ class Receiver:
                 body = self.rfile.read(int(self.headers["content-length"]))
                 headers = {k.lower(): v for k, v in self.headers.items()}
                 receiver.received.append({
-                    "headers": headers, "body": body, "valid": verify_webhook(SECRET, headers, body),
+                    "headers": headers, "body": body, "valid": verify_webhook(secret, headers, body),
                 })
                 self.send_response(receiver.codes.pop(0) if receiver.codes else 204)
                 self.end_headers()
