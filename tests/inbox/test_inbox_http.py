@@ -128,6 +128,7 @@ def test_a_pending_approval_shows_everything_escaped_and_is_answered_once(kernel
     )
     assert done.status_code == 200 and "Resolution receipt" in done.text and "Signature verified" in done.text
     assert "has not run yet" in done.text
+    assert "Answered: approved by alice at" in done.text  # by name, never a key
     resolution = kernel.get_approval(aid)
     assert resolution is not None and resolution["status"] == "approved"
     receipt = kernel.get_receipt(resolution["resolution_receipt_id"])
@@ -149,6 +150,7 @@ def test_an_approval_answered_in_the_cli_shows_as_answered(kernel: Kernel, brows
     assert cli.returncode == 0, cli.stdout + cli.stderr
     state = browser.get(f"/ui/approvals/{aid}/state").json()
     assert state["status"] == "denied" and "not eligible" in state["text"]
+    assert "denied by os:" in state["text"]  # the CLI answers as the operator named after the OS user
     late = browser.post(f"/ui/approvals/{aid}/answer", data={"outcome": "approved", "csrf": _csrf(page)})
     assert late.status_code == 409 and "already answered" in _alert(late.text)
 

@@ -105,13 +105,19 @@ def approval_card(
         "approvals_needed": needed,
         "approvals_given": [str(a.get("name", "")) for a in given if isinstance(a, Mapping)],
         "second_approver": needed > 1,
-        "approver": approval.get("approver"),
+        "approver": answered_by(approval),
         "reason": approval.get("reason"),
         "resolved": when(approval.get("resolved_at")),
         "resolution_receipt_id": approval.get("resolution_receipt_id"),
         "consumed_receipt_id": approval.get("consumed_receipt_id"),
         "pending_receipt_id": approval.get("pending_receipt_id"),
     }
+
+
+def answered_by(approval: Mapping[str, Any]) -> str | None:
+    """Who answered, by name (each approver of a two-person approval), else what the kernel recorded."""
+    names = [str(a["name"]) for a in approval.get("approvals") or [] if isinstance(a, Mapping) and a.get("name")]
+    return ", ".join(names) if names else approval.get("approver")
 
 
 def state_key(approval: Mapping[str, Any]) -> str:
@@ -126,7 +132,7 @@ def state_text(approval: Mapping[str, Any]) -> str:
         return "Waiting for an answer."
     if status == "expired":
         return f"Expired at {when(approval['expires_at'])}: nobody answered in time, so the call was denied."
-    who = approval.get("approver") or "someone"
+    who = answered_by(approval) or "someone"
     text = f"Answered: {status} by {who} at {when(approval.get('resolved_at'))}"
     if approval.get("reason"):
         text += f" ({approval['reason']})"
