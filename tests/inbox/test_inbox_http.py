@@ -244,3 +244,25 @@ def test_a_second_approver_is_shown_and_needed(kernel: Kernel, browser: TestClie
     first = browser.post(f"/ui/approvals/{aid}/answer", data={"outcome": "approved", "csrf": _csrf(page)})
     assert first.status_code == 200 and "so far alice" in first.text
     assert kernel.get_approval(aid)["status"] == "pending"  # type: ignore[index]
+
+
+def test_dead_letters_are_listed_and_retried_from_the_inbox(kernel: Kernel, browser: TestClient) -> None:
+    import httpx
+
+    from chio_kernel import WebhookSettings, new_webhook_secret
+    from chio_kernel._webhooks import WebhookDeliverer
+
+    sign_in(browser, kernel.add_credential("alice", "approver"))
+    assert "No dead letters" in browser.get("/ui/webhooks").text
+    aid = _pending(kernel)
+    settings = WebhookSettings(urls=("http://127.0.0.1:9/down",), secret=new_webhook_secret(), backoff=())
+    with httpx.Client(timeout=2) as client:
+        WebhookDeliverer(kernel.webhooks, settings).run_once(client)  # one attempt, refused: dead
+    (dead,) = kernel.webhooks.deliveries("dead")
+    page = browser.get("/ui/webhooks").text
+    assert dead["id"] in page and aid in page and "http://127.0.0.1:9/down" in page
+    assert browser.post(f"/ui/webhooks/{dead['id']}/retry", data={}).status_code == 403
+    retried = browser.post(f"/ui/webhooks/{dead['id']}/retry", data={"csrf": _csrf(page)}, follow_redirects=False)
+    assert retried.status_code == 303 and kernel.webhooks.deliveries("dead") == []
+    again = browser.post(f"/ui/webhooks/{dead['id']}/retry", data={"csrf": _csrf(page)})
+    assert again.status_code == 409 and "not a dead letter" in _alert(again.text)

@@ -30,6 +30,7 @@ __all__ = ["INBOX_MOUNT", "ROUTES", "SidecarApp", "create_app"]
 
 #: Where the sidecar serves the approvals inbox.
 INBOX_MOUNT = "/ui"
+_UI_LEN = len(INBOX_MOUNT)
 
 
 @functools.lru_cache(maxsize=1)
@@ -89,7 +90,8 @@ class SidecarApp(Starlette):
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if self.middleware_stack is None:
             self.middleware_stack = self.build_middleware_stack()
-        if self._ui is not None and scope["type"] == "http" and (scope["path"] + "/").startswith(INBOX_MOUNT + "/"):
+        path = scope.get("path", "")
+        if path.startswith(INBOX_MOUNT) and path[_UI_LEN:_UI_LEN + 1] in ("", "/") and self._ui is not None:
             scope["app"] = self
             await self._ui(scope, receive, send)
             return
