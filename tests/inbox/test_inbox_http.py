@@ -187,6 +187,9 @@ def test_receipts_filters_chain_status_and_budgets_in_currency(kernel: Kernel, b
     by_run = browser.get("/ui/receipts", params={"run": "wf-7"}).text
     assert "<td>shop/refund</td>" in by_run and "<td>shop/other_tool</td>" not in by_run
     assert "No receipts match" in browser.get("/ui/receipts", params={"capability": "cap-none"}).text
+    kernel.respond_approval(aid, "approved", "ok")  # the resolution carries the run's context
+    answered = browser.get("/ui/receipts", params={"run": "wf-7", "verdict": "approval_resolution"}).text
+    assert "<td>shop/refund</td>" in answered and "wf-7" in answered
     bad = browser.get("/ui/receipts", params={"verdict": "<b>"})
     assert bad.status_code == 422 and "<b>" not in bad.text
     budgets = browser.get("/ui/budgets").text
