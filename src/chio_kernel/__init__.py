@@ -36,6 +36,7 @@ from chio_kernel._receipts import ChainStatus, receipt_chain_hash, receipt_signi
 from chio_kernel._roles import OPEN_PRINCIPAL, Principal, Role
 from chio_kernel.canonical import canonical_json
 from chio_kernel.signing import default_data_dir
+from chio_kernel._webhooks import WebhookSettings, new_webhook_secret, sign_webhook, verify_webhook
 
 __all__ = [
     "ApprovalConflictError",
@@ -65,10 +66,14 @@ __all__ = [
     "Page",
     "SidecarClient",
     "UnknownHoldError",
+    "WebhookSettings",
     "canonical_json",
     "default_data_dir",
+    "new_webhook_secret",
     "receipt_chain_hash",
     "receipt_signing_bytes",
     "sign_approval_token",
     "verify_evidence",
+    "sign_webhook",
+    "verify_webhook",
 ]

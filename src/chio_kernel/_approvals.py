@@ -65,7 +65,7 @@ from chio_kernel._policy import Deny
 from chio_kernel._receipts import ALLOW, CallRecord, ReceiptChain
 from chio_kernel._request import EvalRequest, call_hash
 from chio_kernel._roles import SHARED_PRINCIPALS, Principal
-from chio_kernel._run_context import ROLE_KEY, merge_run_metadata, principal_name
+from chio_kernel._run_context import ROLE_KEY, merge_run_metadata, principal_name, run_context_of
 from chio_kernel._store import GENESIS_HASH, ApprovalRow, StoreReader, StoreWriter
 from chio_kernel.canonical import canonical_json
 from chio_kernel._guards import grant_matches
@@ -443,6 +443,8 @@ class Approvals:
             "expires_at": expires_at,
             "summary": summary,
         }
+        if req.cost_t:  # the declared cost, as the inbox shows it
+            info["cost"] = {"units": req.cost_t[0], "currency": req.cost_t[1]}
         if pending.approvers > 1:
             info["approvals_needed"] = pending.approvers
         # the caller's run context too (the kernel's keys win)
@@ -722,7 +724,8 @@ class Approvals:
                 CallRecord(row.capability_id, row.tool_server, row.tool_name, params, row.parameter_hash),
                 {"verdict": RESOLUTION_VERDICT, "guard": APPROVAL_GUARD,
                  "reason": f"{outcome} by {who.name}{count}: {text}"},
-                cap.policy_hash if cap is not None else GENESIS_HASH, {"approval_resolution": resolution},
+                cap.policy_hash if cap is not None else GENESIS_HASH,
+                merge_run_metadata({"approval_resolution": resolution}, run_context_of(md)),  # the run's too
             )
             st.insert_approval_answer(approval_id, who.name, who.role, int(now), receipt.id)
             if not final:

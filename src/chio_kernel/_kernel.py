@@ -50,6 +50,7 @@ from chio_kernel._store_factory import (
 )
 from chio_kernel.canonical import canonical_json
 from chio_kernel.signing import Signer, default_data_dir, ensure_data_dir, load_or_create_key
+from chio_kernel._webhooks import WebhookOutbox
 
 if TYPE_CHECKING:
     from chio_kernel._fleet import FleetKeys
@@ -848,6 +849,18 @@ class Kernel:
         """
         return self._approvals.last_wake_report(approval_id)
 
+    @property
+    def webhooks(self) -> WebhookOutbox:
+        """The approval webhook outbox in this kernel's store (``chio_kernel._webhooks``, docs/inbox.md).
+
+        A :class:`~chio_kernel._webhooks.WebhookDeliverer` sends it; the inbox lists its dead letters.
+        """
+        outbox: WebhookOutbox | None = self.__dict__.get("_webhook_outbox")
+        if outbox is None:
+            outbox = WebhookOutbox(self._gate.read, self._gate.write, self._clock, self._approvals.get_approval)
+            self.__dict__["_webhook_outbox"] = outbox
+        return outbox
+
     # --- budget holds (chio_kernel._holds does the work; docs/budgets.md) ---
 
     @property
@@ -1116,7 +1129,7 @@ class Kernel:
 
         Args:
             capability_id: only this capability's receipts.
-            verdict: ``"allow"`` or ``"deny"``.
+            verdict: ``"allow"``, ``"deny"``, ``"pending_approval"`` or ``"approval_resolution"``.
             since: unix seconds: receipts whose ``timestamp`` is at or after it.
             metadata: exact values of top-level keys of the receipt's ``metadata``.
             after_seq: only receipts after this store position (for following the log).

@@ -119,6 +119,12 @@ CREATE TABLE IF NOT EXISTS approval_wakes (
 );
 -- unique (approval_id, wake_json) through md5: a 4 KiB wake is beyond a btree entry's size limit
 CREATE UNIQUE INDEX IF NOT EXISTS approval_wakes_unique ON approval_wakes(approval_id, md5(wake_json));
+CREATE TABLE IF NOT EXISTS webhook_outbox (
+    id TEXT PRIMARY KEY, approval_id TEXT NOT NULL, url TEXT NOT NULL, body TEXT NOT NULL,
+    created_at DOUBLE PRECISION NOT NULL, state TEXT NOT NULL, attempts BIGINT NOT NULL DEFAULT 0,
+    next_at DOUBLE PRECISION NOT NULL, last_error TEXT, delivered_at DOUBLE PRECISION, UNIQUE (approval_id, url)
+);
+CREATE INDEX IF NOT EXISTS webhook_outbox_due ON webhook_outbox(state, next_at);
 
 CREATE TABLE IF NOT EXISTS idempotency_keys (
     key_hash TEXT PRIMARY KEY, fingerprint TEXT NOT NULL, receipt_seq BIGINT NOT NULL

@@ -16,10 +16,12 @@ from chio_kernel._receipts import ChainReport, verify_chain, verify_receipt_dict
 from chio_kernel._store import ReceiptQuery
 from chio_kernel._store_factory import StoreGate
 
-__all__ = ["MAX_RECEIPT_PAGE_LIMIT", "ReceiptLog"]
+__all__ = ["MAX_RECEIPT_PAGE_LIMIT", "VERDICTS", "ReceiptLog"]
 
 #: The largest page of receipts (the sidecar's ``GET /v1/receipts?limit=`` maximum too).
 MAX_RECEIPT_PAGE_LIMIT = 10_000
+#: The verdicts a receipt listing filters by (``decision.verdict`` as stored).
+VERDICTS = ("allow", "deny", "pending_approval", "approval_resolution")
 
 
 def _check_count(name: str, value: Any) -> None:
@@ -107,8 +109,8 @@ class ReceiptLog:
         after_seq, limit, newest_first = window
         if capability_id is not None:
             _require_str("capability_id", capability_id, max_len=256)
-        if verdict is not None and verdict not in ("allow", "deny"):
-            raise KernelInputError(f"verdict must be 'allow' or 'deny', got {verdict!r}")
+        if verdict is not None and verdict not in VERDICTS:
+            raise KernelInputError(f"verdict must be one of {', '.join(VERDICTS)}, got {verdict!r}")
         for name, value in (("since", since), ("after_seq", after_seq), ("limit", limit)):
             _check_count(name, value)
         pairs = tuple((str(k), _require_str(f"metadata[{k!r}]", v)) for k, v in (metadata or {}).items())

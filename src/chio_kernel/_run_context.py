@@ -27,6 +27,7 @@ __all__ = [
     "check_run_metadata",
     "merge_run_metadata",
     "principal_name",
+    "run_context_of",
     "with_principal",
 ]
 
@@ -99,6 +100,15 @@ def with_principal(caller: Mapping[str, str] | None, role: str, name: str) -> di
     out[ROLE_KEY] = role
     out[PRINCIPAL_KEY] = name
     return out
+
+
+def run_context_of(metadata: Mapping[str, Any] | None) -> dict[str, str] | None:
+    """The caller's run context in a receipt's ``metadata`` (its text values; not who asked, not the
+    kernel's own keys), to sign into a later receipt of the same call (an approval's resolution)."""
+    if not metadata:
+        return None
+    out = {k: v for k, v in metadata.items() if isinstance(v, str) and k not in (ROLE_KEY, PRINCIPAL_KEY)}
+    return out or None
 
 
 def principal_name(metadata: Mapping[str, Any] | None) -> str | None:

@@ -14,9 +14,11 @@ import json
 from collections.abc import Sequence
 from typing import Any
 
-from chio_kernel._store import ApprovalRow, CapabilityRow, CheckpointRow, HoldRow, ReceiptQuery
+from chio_kernel._store import ApprovalRow, CapabilityRow, CheckpointRow, HoldRow, ReceiptQuery, WebhookRow
 
-__all__ = ["APPROVAL_COLS", "CHECKPOINT_DDL", "HOLD_COLS", "MAX_UNITS", "SqlReader", "SqlWriter", "hold_row"]
+__all__ = [
+    "APPROVAL_COLS", "CHECKPOINT_DDL", "HOLD_COLS", "MAX_UNITS", "WEBHOOK_COLS", "SqlReader", "SqlWriter", "hold_row",
+]
 
 APPROVAL_COLS = (
     "id, capability_id, tool_server, tool_name, parameter_hash, call_hash, subject, summary, created_at, "
@@ -39,6 +41,7 @@ CHECKPOINT_DDL = (
 _CHECKPOINT_COLS = "kernel_id, checkpoint_seq, batch_start_seq, batch_end_seq, sha256, body, signature, leaves"
 #: Ids per ``IN (...)`` list (SQLite allows 32,766 parameters per statement).
 _IN_CHUNK = 500
+WEBHOOK_COLS = "id, approval_id, url, body, created_at, state, attempts, next_at, last_error, delivered_at"
 #: Budgets saturate at 2^63-1 (both stores keep units as a 64-bit integer).
 MAX_UNITS = 9223372036854775807
 _CAP_SQL = "SELECT id, token, parent_id, subject, issued_at, expires_at, rate_max, rate_per FROM capabilities WHERE id = ?"
@@ -57,6 +60,13 @@ def hold_row(r: Sequence[Any]) -> HoldRow:
 
 def _checkpoint_row(r: Sequence[Any]) -> CheckpointRow:
     return CheckpointRow(str(r[0]), int(r[1]), int(r[2]), int(r[3]), str(r[4]), str(r[5]), str(r[6]), str(r[7]))
+
+
+def _webhook_row(r: Sequence[Any]) -> WebhookRow:
+    return WebhookRow(
+        str(r[0]), str(r[1]), str(r[2]), str(r[3]), float(r[4]), str(r[5]), int(r[6]), float(r[7]),
+        None if r[8] is None else str(r[8]), None if r[9] is None else float(r[9]),
+    )
 
 
 class SqlReader:
@@ -354,6 +364,23 @@ class SqlReader:
         )
         return [str(r[0]) for r in rows]
 
+    def unsent_approvals(self, url: str, now: float) -> list[str]:
+        """Pending, unexpired approvals not yet queued for ``url``, oldest first."""
+        rows = self._all(
+            f"SELECT a.id FROM approvals a WHERE a.status = 'pending' AND a.expires_at > ? AND NOT EXISTS "
+            f"(SELECT 1 FROM webhook_outbox o WHERE o.approval_id = a.id AND o.url = ?) ORDER BY a.created_at, a.{self.ORD}",
+            (now, url),
+        )
+        return [str(r[0]) for r in rows]
+
+    def webhook_deliveries(self, state: str | None, limit: int) -> list[WebhookRow]:
+        """Webhook deliveries (of one state, or all), newest first."""
+        sql, params = f"SELECT {WEBHOOK_COLS} FROM webhook_outbox", []
+        if state is not None:
+            sql += " WHERE state = ?"
+            params.append(state)
+        return [_webhook_row(r) for r in self._all(sql + " ORDER BY created_at DESC, id DESC LIMIT ?", [*params, limit])]
+
     def hold(self, receipt_id: str) -> HoldRow | None:
         """The hold of an allow receipt, or None."""
         row = self._one(f"SELECT {HOLD_COLS} FROM holds WHERE receipt_id = ?", (receipt_id,))
@@ -548,6 +575,31 @@ class SqlWriter(SqlReader):
         return self._changed(
             "INSERT INTO approval_wakes(approval_id, wake_json, created_at) VALUES (?, ?, ?) ON CONFLICT DO NOTHING",
             (approval_id, wake_json, created_at),
+        )
+
+    def insert_webhook(self, row: WebhookRow) -> bool:
+        """Queue a webhook delivery (one per approval and URL); False if it is queued already."""
+        return self._changed(
+            f"INSERT INTO webhook_outbox({WEBHOOK_COLS}) VALUES ({', '.join('?' * 10)}) ON CONFLICT DO NOTHING",
+            (row.id, row.approval_id, row.url, row.body, row.created_at, row.state, row.attempts, row.next_at,
+             row.last_error, row.delivered_at),
+        )
+
+    def due_webhooks(self, now: float, limit: int) -> list[WebhookRow]:
+        """Pending deliveries whose next attempt is due, earliest first."""
+        rows = self._all(
+            f"SELECT {WEBHOOK_COLS} FROM webhook_outbox WHERE state = 'pending' AND next_at <= ? "
+            "ORDER BY next_at, id LIMIT ?",
+            (now, limit),
+        )
+        return [_webhook_row(r) for r in rows]
+
+    def update_webhook(self, row: WebhookRow) -> None:
+        """Record a delivery attempt's outcome (or a claim: ``next_at`` moved ahead)."""
+        self._run(
+            "UPDATE webhook_outbox SET state = ?, attempts = ?, next_at = ?, last_error = ?, delivered_at = ? "
+            "WHERE id = ?",
+            (row.state, row.attempts, row.next_at, row.last_error, row.delivered_at, row.id),
         )
 
     def index_capability_batch(self, batch: int) -> bool:

@@ -124,6 +124,20 @@ CREATE TABLE IF NOT EXISTS approval_wakes (
     created_at  REAL NOT NULL,
     PRIMARY KEY (approval_id, wake_json)
 );
+CREATE TABLE IF NOT EXISTS webhook_outbox (
+    id           TEXT PRIMARY KEY,
+    approval_id  TEXT NOT NULL,
+    url          TEXT NOT NULL,
+    body         TEXT NOT NULL,
+    created_at   REAL NOT NULL,
+    state        TEXT NOT NULL,
+    attempts     INTEGER NOT NULL DEFAULT 0,
+    next_at      REAL NOT NULL,
+    last_error   TEXT,
+    delivered_at REAL,
+    UNIQUE (approval_id, url)
+);
+CREATE INDEX IF NOT EXISTS webhook_outbox_due ON webhook_outbox(state, next_at);
 
 CREATE TABLE IF NOT EXISTS idempotency_keys (
     key_hash    TEXT PRIMARY KEY,

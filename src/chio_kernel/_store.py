@@ -26,6 +26,9 @@ Data the store keeps (the SQLite schema names them):
 * approval wakes - ``(approval_id, wake_json)`` unique, ``created_at``: what wakes the run waiting
   for an approval once it is answered (``chio_kernel._wakers``); ``wake_json`` is the wake's
   canonical JSON text, so an identical wake registered again is one row.
+* webhook outbox - one row per (approval, webhook URL) (``chio_kernel._webhooks``, docs/inbox.md): the
+  ``id`` sent as ``webhook-id``, the JSON ``body``, ``state`` (``pending``, ``delivered``, ``dead``),
+  ``attempts``, ``next_at`` (when a deliverer may try next), ``last_error``, ``delivered_at``.
 * idempotency keys - the key's hash -> the fingerprint of the call it was first allowed for and the
   ``seq`` of that receipt (a key reused for another call is refused, see ``chio_kernel._holds``);
   the kernel writes these instead of ``idempotency`` rows, and still reads ``idempotency`` rows
@@ -81,6 +84,7 @@ __all__ = [
     "StoreReader",
     "StoreWriter",
     "StoredCounts",
+    "WebhookRow",
 ]
 
 #: ``content_hash`` of the first receipt, and the chain head of an empty store.
@@ -125,6 +129,22 @@ class ApprovalRow:
     reason: str | None = None
     resolution_receipt_id: str | None = None
     consumed_receipt_id: str | None = None
+
+
+@dataclass(frozen=True)
+class WebhookRow:
+    """One webhook delivery of the outbox (see ``chio_kernel._webhooks``). Times are unix seconds."""
+
+    id: str
+    approval_id: str
+    url: str
+    body: str
+    created_at: float
+    state: str  # pending | delivered | dead
+    attempts: int = 0
+    next_at: float = 0.0
+    last_error: str | None = None
+    delivered_at: float | None = None
 
 
 @dataclass(frozen=True)
@@ -304,6 +324,14 @@ class StoreReader(Protocol):
         """The wakes registered on this approval (canonical JSON texts), oldest first."""
         ...
 
+    def unsent_approvals(self, url: str, now: float) -> list[str]:
+        """Ids of pending, unexpired approvals with no webhook delivery to ``url`` yet, oldest first."""
+        ...
+
+    def webhook_deliveries(self, state: str | None, limit: int) -> list[WebhookRow]:
+        """Webhook deliveries (only those in ``state`` unless None), newest first, at most ``limit``."""
+        ...
+
     def hold(self, receipt_id: str) -> HoldRow | None:
         """The hold placed by the allow receipt with this id, or None."""
         ...
@@ -453,6 +481,18 @@ class StoreWriter(StoreReader, Protocol):
 
     def add_approval_wake(self, approval_id: str, wake_json: str, created_at: float) -> bool:
         """Register a wake on an approval; False (nothing written) if this very wake is there already."""
+        ...
+
+    def insert_webhook(self, row: WebhookRow) -> bool:
+        """Queue a webhook delivery; False (nothing written) if ``(approval_id, url)`` is queued already."""
+        ...
+
+    def due_webhooks(self, now: float, limit: int) -> list[WebhookRow]:
+        """Pending deliveries with ``next_at <= now``, earliest first, at most ``limit``."""
+        ...
+
+    def update_webhook(self, row: WebhookRow) -> None:
+        """Write a delivery's ``state``, ``attempts``, ``next_at``, ``last_error`` and ``delivered_at``."""
         ...
 
     def idempotency_key(self, key_hash: str) -> tuple[str, str] | None:

@@ -14,6 +14,7 @@ from chio_kernel.cli import _approvals, _budgets, _capabilities, _checkpoints, _
 from chio_kernel.cli._common import _read_environment_into_consoles
 from chio_kernel.cli._demo import demo
 from chio_kernel.cli._sidecar import sidecar
+from chio_kernel.cli._ui import ui
 
 __all__ = ["app", "main"]
 
@@ -103,6 +104,7 @@ def _build() -> typer.Typer:
                        pretty_exceptions_enable=False, rich_markup_mode=None)
     root.callback()(_root)
     root.command()(sidecar)
+    root.command()(ui)
     root.command()(demo)
 
     for name, help_text, commands in _GROUPS:

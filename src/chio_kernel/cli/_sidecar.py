@@ -8,7 +8,17 @@ from typing import Annotated, Any
 import typer
 
 from chio_kernel.cli._common import CliError, _guarded, _resolve_dir, err
-from chio_kernel.cli._options import DataDir, StoreOpt
+from chio_kernel.cli._options import (
+    DataDir,
+    InboxUrl,
+    PrefectUi,
+    StoreOpt,
+    TemporalNamespace,
+    TemporalUi,
+    WebhookSecret,
+    WebhookUrls,
+)
+from chio_kernel.cli._ui import inbox_settings, webhook_settings
 
 __all__ = ["sidecar"]
 
@@ -87,8 +97,14 @@ def sidecar(
             "(OTEL_EXPORTER_OTLP_* variables; needs pip install 'chio-durable[otel]').",
         ),
     ] = False,
+    temporal_ui: TemporalUi = None,
+    temporal_namespace: TemporalNamespace = "default",
+    prefect_ui: PrefectUi = None,
+    webhook: WebhookUrls = None,
+    webhook_secret: WebhookSecret = None,
+    inbox_url: InboxUrl = None,
 ) -> None:
-    """Serve the kernel over HTTP for chio_sdk.ChioClient (loopback by default)."""
+    """Serve the kernel over HTTP for chio_sdk.ChioClient (loopback by default), and the approvals inbox at /ui."""
     from chio_kernel._postgres_store import KernelKeyRetiredError
     from chio_kernel._kernel import KernelKeyMissingError
     from chio_kernel._telemetry import TelemetryMissing
@@ -99,6 +115,7 @@ def sidecar(
     except SidecarConfigError as e:
         raise CliError(str(e)) from None
     path = _resolve_dir(data_dir)
+    hooks = webhook_settings(webhook, webhook_secret, inbox_url or f"http://{host}:{port}/ui")
     if store is not None:  # the sidecar's Kernel reads $CHIO_STORE
         os.environ["CHIO_STORE"] = store
     # ... and $CHIO_CHECKPOINT_EVERY / _INTERVAL
@@ -120,6 +137,7 @@ def sidecar(
 
     try:
         serve(host, port, data_dir=path, token=token, auth=auth, log_level=log_level, on_ready=ready,
-              header_timeout=header_timeout, otel=otel)
+              header_timeout=header_timeout, otel=otel,
+              inbox=inbox_settings(temporal_ui, temporal_namespace, prefect_ui), webhooks=hooks)
     except (SidecarConfigError, KernelKeyMissingError, KernelKeyRetiredError, TelemetryMissing) as e:
         raise CliError(str(e)) from None

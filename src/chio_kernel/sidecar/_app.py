@@ -11,11 +11,12 @@ from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
-from starlette.routing import Route
+from starlette.routing import Mount, Route, Router
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from chio_kernel._kernel import Kernel
 from chio_kernel._postgres_store import is_postgres_dsn, mask_dsn
+from chio_kernel.inbox._app import InboxSettings, create_inbox_app
 from chio_kernel.sidecar._approvals import ROUTES as APPROVAL_ROUTES
 from chio_kernel.sidecar._budgets import ROUTES as BUDGET_ROUTES
 from chio_kernel.sidecar._checkpoints import ROUTES as CHECKPOINT_ROUTES
@@ -26,7 +27,11 @@ from chio_kernel.sidecar._auth import ALL_ROLES, Authenticator, admits, check_bi
 from chio_kernel.sidecar._errors import endpoint, http_exception, store_errors
 from chio_kernel.sidecar._responses import error_response, json_response
 
-__all__ = ["ROUTES", "SidecarApp", "create_app"]
+__all__ = ["INBOX_MOUNT", "ROUTES", "SidecarApp", "create_app"]
+
+#: Where the sidecar serves the approvals inbox.
+INBOX_MOUNT = "/ui"
+_UI_LEN = len(INBOX_MOUNT)
 
 
 @functools.lru_cache(maxsize=1)
@@ -75,6 +80,9 @@ class SidecarApp(Starlette):
 
     _direct = False
     auth: Authenticator
+    #: The approvals inbox at ``/ui`` (chio_kernel.inbox): a browser signs in there with its own
+    #: credential, so it is served before the sidecar's bearer check, which a browser cannot pass.
+    _ui: Router | None = None
 
     def build_middleware_stack(self) -> ASGIApp:
         # built once, on the first request (Starlette refuses middleware added after that)
@@ -84,6 +92,11 @@ class SidecarApp(Starlette):
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if self.middleware_stack is None:
             self.middleware_stack = self.build_middleware_stack()
+        path = scope.get("path", "")
+        if path.startswith(INBOX_MOUNT) and path[_UI_LEN:_UI_LEN + 1] in ("", "/") and self._ui is not None:
+            scope["app"] = self
+            await self._ui(scope, receive, send)
+            return
         if scope["type"] == "http":
             try:
                 principal = self.auth.principal(scope["headers"])
@@ -118,6 +131,7 @@ def create_app(
     data_dir: str | Path | None = None,
     token: str | None = None,
     auth: str | None = None,
+    inbox: InboxSettings | None = None,
 ) -> SidecarApp:
     """Build the sidecar ASGI app around a kernel.
 
@@ -128,6 +142,8 @@ def create_app(
             operator).
         auth: ``"roles"`` (every request carries a credential token, each route admits its roles),
             ``"open"``, or None (``token`` mode with a token, else ``open``); docs/security.md.
+        inbox: the engine links of the approvals inbox at ``/ui`` (served before the auth check:
+            people sign in there with their own credentials; docs/inbox.md).
 
     Returns:
         The Starlette app, ready for uvicorn (or ``httpx.ASGITransport`` in tests).
@@ -142,6 +158,7 @@ def create_app(
     app.auth = Authenticator(mode, token, getattr(kernel, "authenticate", lambda _token: None))
     store = _store_info(kernel)
     app.state.kernel = kernel
+    app._ui = Router(routes=[Mount(INBOX_MOUNT, app=create_inbox_app(kernel, inbox))])
     app.state.store_errors = store_errors(kernel)
     app.state.health = {
         "status": "ok", "kernel_key": kernel.public_key_hex, "version": _version(), "auth": mode, **store,

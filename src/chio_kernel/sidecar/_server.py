@@ -16,6 +16,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from chio_kernel._webhooks import WebhookSettings
+from chio_kernel.inbox._app import InboxSettings
+from chio_kernel.inbox._server import start_deliverer
 from chio_kernel.sidecar._app import create_app
 from chio_kernel.sidecar._auth import check_bind
 from chio_kernel.sidecar._config import (
@@ -263,6 +266,8 @@ def serve(
     header_timeout: float = DEFAULT_HEADER_TIMEOUT,
     max_pending_headers: int = DEFAULT_MAX_PENDING_HEADERS,
     otel: bool = False,
+    inbox: InboxSettings | None = None,
+    webhooks: WebhookSettings | None = None,
 ) -> None:
     """Run the sidecar until interrupted.
 
@@ -278,6 +283,8 @@ def serve(
         max_pending_headers: see :func:`header_timeout_protocol` (``max_pending``).
         otel: export a span per request and the request latency over OTLP (``OTEL_EXPORTER_OTLP_*``),
             and trace the kernel's approval answers (docs/observability.md).
+        inbox: the engine links of the inbox at ``/ui`` (docs/inbox.md).
+        webhooks: send pending approvals to these URLs (the deliverer runs in this process; docs/inbox.md).
 
     Raises:
         SidecarConfigError: the configuration is refused before binding (open mode on a non-loopback
@@ -298,7 +305,7 @@ def serve(
     stack = server_stack()
     protocol = header_timeout_protocol(header_timeout, max_pending_headers, http=stack["http"])
     kernel = _open_kernel(data_dir)
-    app = create_app(kernel, token=token, auth=auth)
+    app = create_app(kernel, token=token, auth=auth, inbox=inbox)
     app.state.health = {**app.state.health, "server": stack}
     asgi: Any = app
     if otel:
@@ -320,4 +327,9 @@ def serve(
     sock = _bind(host, port)
     if on_ready is not None:
         on_ready(kernel)
-    server.run(sockets=[sock])
+    deliverer = start_deliverer(kernel, webhooks)
+    try:
+        server.run(sockets=[sock])
+    finally:
+        if deliverer is not None:
+            deliverer.stop()
