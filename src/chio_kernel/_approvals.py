@@ -53,6 +53,7 @@ from chio_kernel._errors import (
 )
 from chio_kernel._idempotency import remember
 from chio_kernel._ids import _uuid7_str
+from chio_kernel._money import format_money
 from chio_kernel._policy import Deny
 from chio_kernel._receipts import ALLOW, CallRecord, ReceiptChain
 from chio_kernel._request import EvalRequest, call_hash
@@ -382,14 +383,14 @@ class Approvals:
         approval_id = "apr-" + _uuid7_str()
         # a wait beyond the capability's own expiry could never end in an allow
         expires_at = min(int(now) + self._approval_ttl, int(cap.token.expires_at))
-        cost = f"{req.cost_t[0]} {req.cost_t[1]}" if req.cost_t else "no declared cost (0 units)"
+        cost = format_money(*req.cost_t) if req.cost_t else "no declared cost"
         summary = (
             f"{req.op.value} {req.tool_server}/{req.tool_name} by {cap.token.subject} under capability "
             f"{req.capability_id}, cost {cost}"
         )
         reason = (
-            f"{req.tool_server}/{req.tool_name} costs {req.cost_t[0] if req.cost_t else 0} units, at or above the "
-            f"approval threshold {pending.threshold} of capability {pending.capability_id}: a person must approve "
+            f"{req.tool_server}/{req.tool_name} costs {cost}, at or above the approval threshold "
+            f"{_threshold_text(pending.threshold, req.cost_t)} of capability {pending.capability_id}: a person must approve "
             f"{approval_id} (`chio-durable approvals approve {approval_id}`) before {_iso(expires_at)}, then the "
             "call is sent again with approval_id"
         )
@@ -634,3 +635,8 @@ def _wake_outcome(
         "reason": reason,
         "resolution_receipt_id": resolution_receipt_id,
     }
+
+
+def _threshold_text(threshold: int, cost_t: tuple[int, str] | None) -> str:
+    """The approval threshold (minor units) in the call's currency, or as units when none was declared."""
+    return format_money(threshold, cost_t[1]) if cost_t else f"{threshold} (minor units)"

@@ -10,6 +10,8 @@ from typing import Any
 from rich.table import Table
 from rich.text import Text
 
+from chio_kernel._money import format_money
+
 __all__ = ["receipt_table"]
 
 
@@ -27,7 +29,7 @@ def _grant_text(grant: Any) -> str:
     if grant.max_invocations is not None:
         extras.append(f"max {grant.max_invocations}")
     if grant.max_total_cost is not None:
-        extras.append(f"budget {grant.max_total_cost.units} {grant.max_total_cost.currency}")
+        extras.append(f"budget {format_money(grant.max_total_cost.units, grant.max_total_cost.currency)}")
     tail = f" ({'; '.join(extras)})" if extras else ""
     return f"{grant.server_id}:{grant.tool_name}:{ops}{tail}"
 

@@ -11,6 +11,7 @@ from rich.table import Table
 
 from chio_kernel.cli._common import CliError, _guarded, _kernel, _known_capability, _print_json, out
 from chio_kernel.cli._options import DataDir, JsonFlag, StoreOpt
+from chio_kernel._money import format_money
 
 __all__ = ["budgets_expire", "budgets_release", "budgets_settle", "budgets_show"]
 
@@ -18,7 +19,7 @@ __all__ = ["budgets_expire", "budgets_release", "budgets_settle", "budgets_show"
 def _amount(units: int | None, currency: str | None) -> str:
     if units is None:
         return "-"
-    return f"{units} {currency}" if currency else str(units)
+    return format_money(units, currency) if currency else f"{units} (minor units)"
 
 
 @_guarded
@@ -65,7 +66,22 @@ def _print_receipt(receipt: Any, as_json: bool) -> None:
         _print_json(data)
         return
     budget = (receipt.metadata or {}).get("budget", {})
-    out.print(f"{receipt.tool_name} receipt {receipt.id}: " + json.dumps(budget, ensure_ascii=False), markup=False)
+    out.print(f"{receipt.tool_name} receipt {receipt.id}: " + _budget_text(budget), markup=False)
+
+
+def _budget_text(budget: dict[str, Any]) -> str:
+    """A settle/release receipt's budget record for people: amounts in their currency (JSON keeps minor units)."""
+    hold = budget.get("hold") if isinstance(budget.get("hold"), dict) else None
+    currency = hold.get("currency") if hold else None
+    parts = []
+    for key, value in budget.items():
+        if isinstance(value, dict) and isinstance(value.get("units"), int) and isinstance(value.get("currency"), str):
+            parts.append(f"{key} {format_money(value['units'], value['currency'])}")
+        elif key.endswith("_units") and isinstance(value, int) and isinstance(currency, str):
+            parts.append(f"{key[: -len('_units')]} {format_money(value, currency)}")
+        else:
+            parts.append(f"{key} {json.dumps(value, ensure_ascii=False)}")
+    return ", ".join(parts)
 
 
 def _hold_errors(fn: Any) -> Any:
