@@ -119,7 +119,7 @@ def receipts_list(
     else:
         order = "oldest first" if oldest_first else "newest first"
         out.print(receipt_table([r for _, r in rows], f"receipts ({len(rows)} shown, {order})",
-                                positions=[seq - 1 for seq, _ in rows]))
+                                positions=[seq - 1 for seq, _ in rows], width=out.width))
 
 
 def _tail_line(seq: int, r: Any) -> Text:
