@@ -43,7 +43,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 from chio_kernel._capabilities import LoadCap, _Cap
-from chio_kernel._coerce import APPROVAL_CONSTRAINT, _iso, _require_str, approval_threshold_value
+from chio_kernel._coerce import APPROVAL_CONSTRAINT, MAX_STORED_INT, _iso, _require_str, approval_threshold_value
 from chio_kernel._errors import (
     ApprovalConflictError,
     ApprovalError,
@@ -470,9 +470,11 @@ class Approvals:
     def list_approvals(self, status: str | None = "pending", *, limit: int | None = None) -> list[dict[str, Any]]:
         """See ``Kernel`` (the public doc is there)."""
         if status not in (None, "pending", "approved", "denied", "expired"):
-            raise KernelInputError(f"status must be pending, approved, denied, expired or None, got {status!r:.40}")
-        if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 0):
-            raise KernelInputError(f"limit must be a non-negative integer, got {limit!r}")
+            raise KernelInputError(
+                f"status must be 'pending', 'approved', 'denied', 'expired', or None for every approval, got {status!r:.40}"
+            )
+        if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or not 0 <= limit <= MAX_STORED_INT):
+            raise KernelInputError(f"limit must be an integer from 0 to {MAX_STORED_INT}, got {limit!r:.40}")
         stored = None if status is None else ("pending" if status in ("pending", "expired") else status)
         now = self._clock()
         with self._read() as st:

@@ -43,6 +43,7 @@ from chio_sdk.models import (
 )
 
 from chio_kernel._kernel import CapabilityError, Kernel
+from chio_kernel._secrets import mask_secrets
 
 __all__ = ["LocalChioClient", "SidecarClient", "capability_id_from_token"]
 
@@ -372,7 +373,7 @@ class SidecarClient(_HttpRequestEvaluation, ChioClient):
         self._sidecar = httpx.AsyncClient(base_url=self.base_url, timeout=httpx.Timeout(timeout), headers=headers)
 
     def __repr__(self) -> str:
-        return f"SidecarClient({self.base_url!r})"
+        return f"SidecarClient({mask_secrets(self.base_url)!r})"
 
     # --- lifecycle ---
 

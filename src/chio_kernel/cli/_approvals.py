@@ -28,6 +28,9 @@ def _approval(kernel: Any, approval_id: str) -> dict[str, Any]:
     return approval
 
 
+_STATUSES = ("pending", "approved", "denied", "expired", "all")
+
+
 @_guarded
 def approvals_list(
     status: Annotated[
@@ -38,6 +41,8 @@ def approvals_list(
     as_json: JsonFlag = False,
 ) -> None:
     """List approvals (default: the pending ones, oldest first)."""
+    if status not in _STATUSES:
+        raise CliError(f"--status must be one of {', '.join(_STATUSES)}; got {status!r:.40}")
     kernel = _kernel(data_dir, store=store)
     rows = kernel.list_approvals(None if status == "all" else status)
     if as_json:

@@ -10,6 +10,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from chio_kernel.cli._common import CliError, _guarded, _kernel, _known_capability, _print_json, out
+from chio_kernel._coerce import MAX_STORED_INT
 from chio_kernel.cli._options import DataDir, JsonFlag, StoreOpt
 from chio_kernel._money import format_money
 
@@ -96,7 +97,7 @@ def _hold_errors(fn: Any) -> Any:
 @_guarded
 def budgets_settle(
     receipt_id: Annotated[str, typer.Argument(help="The allow receipt whose hold to settle (rcpt-...).")],
-    units: Annotated[int, typer.Option("--units", min=0, help="Actual cost in minor units (e.g. cents).")],
+    units: Annotated[int, typer.Option("--units", min=0, max=MAX_STORED_INT, help="Actual cost in minor units (e.g. cents).")],
     currency: Annotated[str, typer.Option("--currency", help="Currency of the hold, e.g. USD.")],
     op_id: Annotated[str, typer.Option("--op-id", help="Names this settlement: the same op id returns its receipt.")],
     data_dir: DataDir = None,

@@ -14,7 +14,9 @@ from typing import Any, TypeVar
 import typer
 from rich.console import Console
 
+from chio_kernel._errors import ChioKernelError
 from chio_kernel._render import _token_dict, _token_table
+from chio_kernel._secrets import mask_secrets
 
 __all__ = [
     "CliError",
@@ -54,13 +56,20 @@ def _guarded(fn: F) -> F:
         except (typer.Exit, typer.Abort, KeyboardInterrupt):
             raise
         except CliError as e:
-            err.print(f"error: {e}", markup=False, highlight=False)
+            err.print(mask_secrets(f"error: {e}"), markup=False, highlight=False)
+        except (ChioKernelError, NotADirectoryError) as e:  # written as sentences for people: no type name
+            err.print(mask_secrets(f"error: {_one_line(e)}"), markup=False, highlight=False)
         except Exception as e:  # anything else: say what it was, in one line
             msg = str(e).strip().splitlines()[0] if str(e).strip() else ""
-            err.print(f"error: {type(e).__name__}: {msg}", markup=False, highlight=False)
+            err.print(mask_secrets(f"error: {type(e).__name__}: {msg}"), markup=False, highlight=False)
         raise typer.Exit(1)
 
     return wrapper  # type: ignore[return-value]
+
+
+def _one_line(e: BaseException) -> str:
+    text = str(e).strip()
+    return text.splitlines()[0] if text else type(e).__name__
 
 
 def _resolve_dir(data_dir: Path | None) -> Path:

@@ -26,6 +26,7 @@ from chio_kernel.cli._common import (
     err,
     out,
 )
+from chio_kernel._coerce import MAX_STORED_INT
 from chio_kernel.cli._options import DataDir, JsonFlag, StoreOpt
 
 __all__ = ["parse_since", "receipts_export", "receipts_list", "receipts_show", "receipts_tail", "receipts_verify"]
@@ -100,8 +101,8 @@ def receipts_list(
                      help="Only receipts at or after WHEN: ISO-8601 (2026-11-25T10:00:00Z; no zone = UTC) "
                      "or back from now (30s, 10m, 2h, 1d)."),
     ] = None,
-    limit: Annotated[int, typer.Option(min=1, help="At most this many receipts.")] = 100,
-    after_seq: Annotated[int | None, typer.Option("--after-seq", min=0, help="Only after this store position.")] = None,
+    limit: Annotated[int, typer.Option(min=1, max=MAX_STORED_INT, help="At most this many receipts.")] = 100,
+    after_seq: Annotated[int | None, typer.Option("--after-seq", min=0, max=MAX_STORED_INT, help="Only after this store position.")] = None,
     oldest_first: Annotated[bool, typer.Option("--oldest-first", help="Chain order instead of newest first.")] = False,
     data_dir: DataDir = None,
     store: StoreOpt = None,
@@ -138,13 +139,13 @@ def receipts_tail(
     verdict: VerdictFilter = None,
     flow_run: FlowRunFilter = None,
     workflow_id: WorkflowFilter = None,
-    interval: Annotated[float, typer.Option("--interval", min=0.05, help="Seconds between polls of the store.")] = 1.0,
+    interval: Annotated[float, typer.Option("--interval", min=0.05, max=3600, help="Seconds between polls of the store.")] = 1.0,
     count: Annotated[
-        int | None, typer.Option("--count", min=1, help="Stop after printing this many receipts (default: run until Ctrl-C).")
+        int | None, typer.Option("--count", min=1, max=MAX_STORED_INT, help="Stop after printing this many receipts (default: run until Ctrl-C).")
     ] = None,
     after_seq: Annotated[
         int | None,
-        typer.Option("--after-seq", min=0, help="Start after this store position (default: the newest receipt now)."),
+        typer.Option("--after-seq", min=0, max=MAX_STORED_INT, help="Start after this store position (default: the newest receipt now)."),
     ] = None,
     data_dir: DataDir = None,
     store: StoreOpt = None,
