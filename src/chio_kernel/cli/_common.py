@@ -17,6 +17,7 @@ from rich.console import Console
 from chio_kernel._errors import ChioKernelError
 from chio_kernel._render import _token_dict, _token_table
 from chio_kernel._secrets import mask_secrets
+from chio_kernel.signing import KEY_FILE
 
 __all__ = [
     "CliError",
@@ -82,9 +83,10 @@ def _resolve_dir(data_dir: Path | None) -> Path:
 
 
 def _kernel(data_dir: Path | None, *, must_exist: bool = True, store: str | None = None) -> Any:
-    """Open the kernel; for read/revoke commands on the SQLite store the data dir must already exist
-    (nothing to read otherwise, and a typo must not silently create a fresh kernel). With a
-    PostgreSQL store the data dir holds only this host's signing key: it is created if needed."""
+    """Open the kernel; for read/revoke commands (``must_exist``) the data dir must already exist
+    (nothing to read otherwise, and a typo must not silently create a fresh kernel); on a PostgreSQL
+    store it must hold this host's key, since a new one would be minted and registered in the fleet.
+    Writing commands create the data dir (and, on PostgreSQL, register its new key)."""
     path = _resolve_dir(data_dir)
     from chio_kernel import Kernel
     from chio_kernel._kernel import KernelInputError, KernelKeyMissingError, resolve_store
@@ -95,6 +97,12 @@ def _kernel(data_dir: Path | None, *, must_exist: bool = True, store: str | None
         raise CliError(str(e)) from None
     if must_exist and dsn is None and not path.exists():
         raise CliError(f"no kernel data directory at {path}: pass --data-dir DIR or set CHIO_HOME")
+    if must_exist and dsn is not None and not (path / KEY_FILE).is_file():
+        # on a fleet store a new data dir would mint a key and register it: read and revoke commands make no identity
+        raise CliError(
+            f"no kernel key at {path / KEY_FILE}: pass --data-dir the data directory of a kernel of this store "
+            "(or set CHIO_HOME); this command creates no data directory and registers no key"
+        )
     try:
         return Kernel(data_dir=path, store=dsn or "sqlite")
     except KernelKeyMissingError as e:

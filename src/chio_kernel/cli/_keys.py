@@ -16,7 +16,7 @@ __all__ = ["keys_list", "keys_retire"]
 
 
 def _fleet_kernel(data_dir: Path | None, store: str | None) -> Any:
-    kernel = _kernel(data_dir, must_exist=False, store=store)
+    kernel = _kernel(data_dir, store=store)  # listing or retiring keys mints and registers none
     if not hasattr(kernel, "registered_keys"):
         raise CliError("kernel keys are registered in a PostgreSQL store only: pass --store postgresql://... "
                        "(or set CHIO_STORE)")
