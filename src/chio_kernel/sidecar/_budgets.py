@@ -27,11 +27,14 @@ from starlette.routing import Route
 from chio_kernel._errors import CapabilityError
 from chio_kernel._holds import HoldConflictError, UnknownHoldError
 from chio_kernel._kernel import MAX_COST_UNITS
-from chio_kernel.sidecar._body import model, opt_str, read_object, req_str
+from chio_kernel.sidecar._body import model, only_fields, opt_str, read_object, req_str
 from chio_kernel.sidecar._errors import ApiError, Handler, endpoint, found
 from chio_kernel.sidecar._responses import dump_receipt, json_response
 
 __all__ = ["ROUTES"]
+
+_SETTLE_FIELDS = frozenset({"actual_cost", "op_id"})
+_RELEASE_FIELDS = frozenset({"op_id", "reason"})
 
 
 async def _hold_call(fn: Callable[..., Any], *args: Any) -> Any:
@@ -59,6 +62,7 @@ def _conflicts(fn: Handler) -> Handler:
 async def settle(request: Request) -> Response:
     rid = request.path_params["receipt_id"]
     data = await read_object(request)
+    only_fields(data, _SETTLE_FIELDS, "the settle body")
     if not isinstance(data.get("actual_cost"), dict):
         raise ApiError(422, "invalid_request", "'actual_cost' is required: {\"units\": int, \"currency\": str}")
     cost = model(MonetaryAmount, data["actual_cost"], "actual_cost")
@@ -75,6 +79,7 @@ async def settle(request: Request) -> Response:
 async def release(request: Request) -> Response:
     rid = request.path_params["receipt_id"]
     data = await read_object(request)
+    only_fields(data, _RELEASE_FIELDS, "the release body")
     op_id = req_str(data, "op_id", max_len=256)
     reason = opt_str(data, "reason", max_len=1024) or "released"
     receipt = await _hold_call(request.app.state.kernel.release, rid, op_id, reason)

@@ -11,17 +11,30 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from chio_kernel._errors import CapabilityError
-from chio_kernel.sidecar._body import model, opt_int, opt_str, parse_rate_limit, read_object, req_str, scope
+from chio_kernel.sidecar._body import (
+    model,
+    only_fields,
+    opt_int,
+    opt_str,
+    parse_rate_limit,
+    read_object,
+    req_str,
+    scope,
+)
 from chio_kernel.sidecar._config import MAX_TTL_SECONDS
 from chio_kernel.sidecar._errors import ApiError, endpoint, found, short
 from chio_kernel.sidecar._responses import dump_token, json_response
 
 __all__ = ["ROUTES"]
 
+_CREATE_FIELDS = frozenset({"subject", "scope", "ttl_seconds", "id", "rate_limit"})
+_ATTENUATE_FIELDS = frozenset({"parent_token", "parent_id", "new_scope", "ttl_seconds", "id"})
+
 
 @endpoint
 async def create_capability(request: Request) -> Response:
     data = await read_object(request)
+    only_fields(data, _CREATE_FIELDS, "the /v1/capabilities body")
     subject = req_str(data, "subject", max_len=4096)
     if "scope" not in data:
         raise ApiError(422, "invalid_request", "'scope' is required (a ChioScope object)")
@@ -78,6 +91,7 @@ async def _attenuable_parent(kernel: Any, parent: str | CapabilityToken) -> str:
 async def attenuate_capability(request: Request) -> Response:
     kernel = request.app.state.kernel
     data = await read_object(request)
+    only_fields(data, _ATTENUATE_FIELDS, "the /v1/capabilities/attenuate body")
     parent = _parent(data)
     if "new_scope" not in data:
         raise ApiError(422, "invalid_request", "'new_scope' is required (a ChioScope object)")
