@@ -389,20 +389,52 @@ def verify_chain(
     last_seq = 0
     with snapshot as st:
         head_seq, head_hash = st.chain_head()
-        while rows := st.receipts_after(last_seq, batch):
-            for seq, text in rows:
+        while rows := st.receipt_rows_after(last_seq, batch):
+            for seq, *columns, text in rows:
                 broken = _link_problem(text, prev, index, problem)
                 if isinstance(broken, ChainReport):
                     return broken
+                altered = _column_problem(columns, text, index)
+                if altered is not None:
+                    return altered
                 prev = broken
                 index += 1
                 last_seq = seq
+        stray = st.capability_index_mismatch()
+    if stray is not None:
+        return ChainReport(
+            False, index, max(stray[1] - 1, 0),
+            f"the store's by-capability index lists seq {stray[1]} under capability {stray[0]}, but that "
+            "receipt is not that capability's (the index was altered): `receipts list --capability` would "
+            "show a receipt that is not the capability's",
+        )
     if head_seq != last_seq or head_hash != prev:  # the newest row's stored chain hash was altered
         return ChainReport(
             False, index, max(index - 1, 0),
             f"the newest receipt (seq {head_seq}) carries a chain hash that does not match its content",
         )
     return ChainReport(True, index, None, None)
+
+
+def _column_problem(columns: list[str], text: str, index: int) -> ChainReport | None:
+    """The first indexed column of a stored row (id, capability_id, verdict, chain_hash) that does not
+    say what the signed body says; filters and listings read these columns, never the body."""
+    row_id, capability_id, verdict, stored_hash = columns
+    data = json.loads(text)
+    signed = (
+        ("id", data.get("id")),
+        ("capability_id", data.get("capability_id")),
+        ("verdict", (data.get("decision") or {}).get("verdict")),
+        ("chain_hash", hashlib.sha256(text.encode()).hexdigest()),
+    )
+    for (name, expected), stored in zip(signed, (row_id, capability_id, verdict, stored_hash), strict=True):
+        if stored != expected:
+            return ChainReport(
+                False, index, index,
+                f"receipt {data.get('id')} at index {index}: the store's {name} column says {stored!r:.80} but the "
+                f"signed receipt says {expected!r:.80} (the column was altered after signing)",
+            )
+    return None
 
 
 def _link_problem(
