@@ -296,6 +296,13 @@ class LocalChioClient(_HttpRequestEvaluation):
         wakes the waiting run as :meth:`respond_approval` does."""
         return await asyncio.to_thread(self.kernel.respond_approval_token, token)
 
+    async def record_form_denial(
+        self, approval_id: str, reason: str | None = None, *, source: str = "prefect-form"
+    ) -> ChioReceipt:
+        """A deny from an engine's unauthenticated resume form: the signed deny receipt (see
+        ``Kernel.record_form_denial``; it can only stop the call)."""
+        return self.kernel.record_form_denial(approval_id, reason, source=source)
+
     async def register_approval_wake(self, approval_id: str, wake: Mapping[str, Any]) -> dict[str, Any]:
         """Register what wakes the run waiting for this approval (see ``Kernel.register_approval_wake``).
 
@@ -569,6 +576,17 @@ class SidecarClient(_HttpRequestEvaluation, ChioClient):
             body["reason"] = reason
         data = await self._approval_request(f"/approvals/{_segment(approval_id)}/operator-respond", body)
         self._keep_wakes(approval_id, data)
+        return ChioReceipt.model_validate(data["receipt"])
+
+    async def record_form_denial(
+        self, approval_id: str, reason: str | None = None, *, source: str = "prefect-form"
+    ) -> ChioReceipt:
+        """A deny from an engine's unauthenticated resume form (``POST /approvals/{id}/form-deny``): the
+        signed deny receipt (see ``Kernel.record_form_denial``; it can only stop the call)."""
+        body: dict[str, Any] = {"source": source}
+        if reason is not None:
+            body["reason"] = reason
+        data = await self._approval_request(f"/approvals/{_segment(approval_id)}/form-deny", body)
         return ChioReceipt.model_validate(data["receipt"])
 
     async def respond_approval_token(self, token: dict[str, Any]) -> ChioReceipt:

@@ -71,3 +71,18 @@ async def test_the_stock_client_and_ours_send_only_accepted_fields(sidecar: Side
         assert held.decision.verdict == "allow"
         settled = await ours.settle(held.id, MonetaryAmount(units=5, currency="USD"), "ours-s1")
         assert settled.decision.verdict == "allow"
+
+
+async def test_form_deny_over_http_records_a_signed_deny(sidecar: Sidecar) -> None:
+    made = httpx.post(sidecar.url + "/v1/capabilities", timeout=30, json={"subject": "agent:form", "scope": {"grants": [{
+        "server_id": "shop", "tool_name": "refund", "operations": ["Invoke"],
+        "constraints": [{"type": "require_approval_above", "value": {"threshold_units": 0}}]}]}}).json()
+    async with SidecarClient(sidecar.url) as ours:
+        pending = await ours.evaluate_tool_call(capability_id=made["id"], tool_server="shop", tool_name="refund",
+                                                parameters={"o": 1})
+        approval_id = pending.metadata["pending_approval"]["approval_id"]
+        _refused(httpx.post(sidecar.url + f"/approvals/{approval_id}/form-deny", json={"outcome": "approved"},
+                            timeout=30), "outcome")
+        deny = await ours.record_form_denial(approval_id, "no")
+        assert deny.decision.verdict == "deny" and deny.metadata["form_denial"]["authenticated"] is False
+        assert (await ours.get_approval(approval_id))["status"] == "denied"
