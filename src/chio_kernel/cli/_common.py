@@ -60,6 +60,8 @@ def _guarded(fn: F) -> F:
             err.print(mask_secrets(f"error: {e}"), markup=False, highlight=False)
         except (ChioKernelError, NotADirectoryError) as e:  # written as sentences for people: no type name
             err.print(mask_secrets(f"error: {_one_line(e)}"), markup=False, highlight=False)
+        except OSError as e:  # a path the system refused: say which, and why, in words
+            err.print(mask_secrets(f"error: {_os_error(e)}"), markup=False, highlight=False)
         except Exception as e:  # anything else: say what it was, in one line
             msg = str(e).strip().splitlines()[0] if str(e).strip() else ""
             err.print(mask_secrets(f"error: {type(e).__name__}: {msg}"), markup=False, highlight=False)
@@ -73,8 +75,16 @@ def _one_line(e: BaseException) -> str:
     return text.splitlines()[0] if text else type(e).__name__
 
 
+def _os_error(e: OSError) -> str:
+    where = f" ({str(e.filename)[:80]!r}{'…' if len(str(e.filename)) > 80 else ''})" if e.filename else ""
+    return f"the system refused a path{where}: {e.strerror or e}; pass a path that can be used here"
+
+
 def _resolve_dir(data_dir: Path | None) -> Path:
     if data_dir is not None:
+        if str(data_dir).strip() in ("", "."):
+            raise CliError("--data-dir is empty (or '.'): name the kernel's data directory, e.g. --data-dir "
+                           "~/.chio-durable, or --data-dir \"$PWD\" for this one")
         return data_dir.expanduser()
     env = os.environ.get("CHIO_HOME")
     if env:

@@ -244,6 +244,8 @@ def receipts_export(
     store: StoreOpt = None,
 ) -> None:
     """Export receipts as JSON lines (one receipt per line, store order)."""
+    if out_file is not None and (not out_file.name or out_file.is_dir()):
+        raise CliError(f"--out {str(out_file)!r} is not a file name: pass the file to write, e.g. --out receipts.jsonl")
     kernel = _kernel(data_dir, store=store)
     receipts = kernel.list_receipts(capability_id=capability)
     lines = (
