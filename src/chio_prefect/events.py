@@ -171,15 +171,19 @@ class ReceiptEvent:
         return resource
 
     def related(self) -> list[dict[str, str]]:
-        if not self.flow_run_id:
-            return []
-        related = {
-            "prefect.resource.id": f"prefect.flow-run.{self.flow_run_id}",
-            "prefect.resource.role": "flow-run",
-        }
-        if self.flow_run_name:
-            related["prefect.resource.name"] = self.flow_run_name
-        return [related]
+        """The flow run and (as upstream names them too) the task run the decision belongs to."""
+        related: list[dict[str, str]] = []
+        if self.flow_run_id:
+            flow = {"prefect.resource.id": f"prefect.flow-run.{self.flow_run_id}", "prefect.resource.role": "flow-run"}
+            if self.flow_run_name:
+                flow["prefect.resource.name"] = self.flow_run_name
+            related.append(flow)
+        if self.task_run_id:
+            task = {"prefect.resource.id": f"prefect.task-run.{self.task_run_id}", "prefect.resource.role": "task-run"}
+            if self.task_run_name:
+                task["prefect.resource.name"] = self.task_run_name
+            related.append(task)
+        return related
 
 
 def write_receipt_event(decision: Decision, *, stable_id: bool = False) -> Any | None:
