@@ -402,7 +402,7 @@ class Approvals:
                 "summary": summary,
             }
         }, req.metadata)  # the caller's run context too (the kernel's keys win)
-        receipt = self._chain.append(
+        receipt, seq = self._chain.append(
             st, head_seq, prev_hash, now, req,
             {"verdict": PENDING_VERDICT, "guard": APPROVAL_GUARD, "reason": reason}, cap.policy_hash, metadata,
         )
@@ -411,22 +411,22 @@ class Approvals:
             parameter_hash=req.param_hash, call_hash=call_hash(req), subject=cap.token.subject, summary=summary,
             created_at=int(now), expires_at=expires_at, status="pending", pending_receipt_id=receipt.id,
         ))
-        remember(st, req.key_hash, req.idem_hash, head_seq + 1)
+        remember(st, req.key_hash, req.idem_hash, seq)
         return receipt
 
     def approved_allow_receipt(
         self, st: StoreWriter, head_seq: int, prev_hash: str, now: float, req: EvalRequest, policy_hash: str
-    ) -> ChioReceipt:
-        """The allow receipt of a re-evaluation under an approval (``metadata.approval_id``); uses the
-        approval up."""
+    ) -> tuple[ChioReceipt, int]:
+        """The allow receipt of a re-evaluation under an approval (``metadata.approval_id``) and its
+        store seq; uses the approval up."""
         assert req.approval_id is not None
-        receipt = self._chain.append(
+        receipt, seq = self._chain.append(
             st, head_seq, prev_hash, now, req, ALLOW, policy_hash,
             merge_run_metadata({"approval_id": req.approval_id}, req.metadata),
         )
         if not st.consume_approval(req.approval_id, receipt.id):  # pragma: no cover - checked in this transaction
             raise RuntimeError(f"approval {req.approval_id} was used meanwhile")
-        return receipt
+        return receipt, seq
 
     # --- reading approvals ---
 
@@ -569,7 +569,7 @@ class Approvals:
             }
             if token_id is not None:
                 resolution["token_id"] = token_id
-            receipt = self._chain.append(
+            receipt, _ = self._chain.append(
                 st, head_seq, prev_hash, now,
                 CallRecord(row.capability_id, row.tool_server, row.tool_name, params, row.parameter_hash),
                 {"verdict": RESOLUTION_VERDICT, "guard": APPROVAL_GUARD, "reason": f"{outcome} by {approver}: {text}"},

@@ -64,7 +64,7 @@ def record_form_denial(
                 "pending_receipt_id": row.pending_receipt_id,
                 "resolved_approval": resolves, "approval_status_before": row.status,
             }},
-        )
+        )[0]
         if resolves:
             st.resolve_approval(approval_id, "denied", int(now), who, said or "no reason given", receipt.id)
     return receipt

@@ -894,16 +894,19 @@ class Kernel:
         )
 
     def verify_chain(self, *, batch: int = 2000) -> ChainReport:
-        """Walk the store in seq order checking each signature and chain link.
+        """Walk every receipt chain of the store checking each signature and chain link.
 
-        Like any hash chain without an external anchor, removing the newest receipts leaves a shorter
-        valid chain; compare ``count`` with a count recorded elsewhere to detect that.
+        A SQLite store holds one chain (this kernel's); a fleet store one per kernel (each signed by
+        that kernel's key). Like any hash chain without an external anchor, removing the newest
+        receipts leaves a shorter valid chain; compare ``count`` with a count recorded elsewhere to
+        detect that.
 
         Args:
             batch: receipts read per query.
 
         Returns:
-            The report, naming the first broken index (0-based position in store order).
+            The report, naming the first broken index (0-based position in the broken chain), with
+            one :class:`ChainStatus` per chain in ``chains``.
         """
         return self._receipts.verify_chain(batch)
 

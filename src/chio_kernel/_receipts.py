@@ -18,7 +18,7 @@ from pydantic import BaseModel, ValidationError
 
 from chio_kernel._errors import KernelInputError
 from chio_kernel._ids import _uuid7_str
-from chio_kernel._store import GENESIS_HASH, StoreReader, StoreWriter
+from chio_kernel._store import GENESIS_HASH, LEGACY_CHAIN, StoreReader, StoreWriter
 from chio_kernel.canonical import canonical_json, canonical_json_str
 from chio_kernel.signing import verify_hex
 
@@ -26,6 +26,8 @@ __all__ = [
     "ALLOW",
     "CallRecord",
     "ChainReport",
+    "ChainStatus",
+    "chain_dict",
     "ReceiptCall",
     "ReceiptChain",
     "build_receipt",
@@ -43,13 +45,38 @@ _M = TypeVar("_M", bound=BaseModel)
 
 
 @dataclass(frozen=True)
+class ChainStatus:
+    """One kernel's receipt chain as :meth:`Kernel.verify_chain` found it.
+
+    ``kernel_id`` is the kernel's hex signing key (``fleet-v1``: the fleet's one chain from before
+    per-kernel chains); ``head_seq`` the position of its newest receipt.
+    """
+
+    kernel_id: str
+    count: int
+    head_seq: int
+    ok: bool
+    first_broken_index: int | None = None
+    reason: str | None = None
+
+
+@dataclass(frozen=True)
 class ChainReport:
-    """Result of :meth:`Kernel.verify_chain`."""
+    """Result of :meth:`Kernel.verify_chain`: overall, and per chain (``chains``)."""
 
     ok: bool
     count: int
     first_broken_index: int | None = None
     reason: str | None = None
+    chains: tuple[ChainStatus, ...] = ()
+
+
+def chain_dict(chain: ChainStatus) -> dict[str, Any]:
+    """One chain of a :class:`ChainReport` as JSON (the CLI's ``--json``, the sidecar's answer)."""
+    return {
+        "kernel_id": chain.kernel_id, "count": chain.count, "head_seq": chain.head_seq, "ok": chain.ok,
+        "first_broken_index": chain.first_broken_index, "reason": chain.reason,
+    }
 
 
 class ReceiptCall(Protocol):
@@ -107,17 +134,20 @@ class ReceiptChain:
         decision: Mapping[str, str],
         policy_hash: str,
         metadata: Mapping[str, Any] | None = None,
-    ) -> ChioReceipt:
+    ) -> tuple[ChioReceipt, int]:
         """Build, sign and store the receipt after ``head_seq`` / ``prev_hash`` (see :func:`build_receipt`).
 
         Returns:
-            The receipt, stored at ``head_seq + 1`` in the caller's write transaction.
+            ``(receipt, seq)``: the receipt, stored at ``head_seq + 1`` of this kernel's chain in the
+            caller's write transaction, and its store ``seq`` (what idempotency keys and holds point at).
         """
         receipt, stored, chain_hash = build_receipt(
             self._sign_hex, self.key, prev_hash, now, call, decision, policy_hash, metadata
         )
-        st.append_receipt(head_seq + 1, receipt.id, call.capability_id, receipt.decision.verdict, chain_hash, stored)
-        return receipt
+        seq = st.append_receipt(
+            head_seq + 1, receipt.id, call.capability_id, receipt.decision.verdict, chain_hash, stored
+        )
+        return receipt, seq
 
 
 def _receipt_signed_body(data: dict[str, Any]) -> dict[str, Any]:
@@ -374,7 +404,10 @@ def verify_receipt_dict(data: dict[str, Any], issuers: Collection[str]) -> str |
 def verify_chain(
     snapshot: AbstractContextManager[StoreReader], problem: Callable[[dict[str, Any]], str | None], batch: int
 ) -> ChainReport:
-    """Walk a store snapshot in seq order checking each signature and chain link.
+    """Walk every receipt chain of a store snapshot in order, checking each signature and link.
+
+    A SQLite store holds one chain; a fleet store one per kernel (plus the fleet's one chain from
+    before per-kernel chains). Every stored receipt must belong to a walked chain.
 
     Args:
         snapshot: one consistent read snapshot of the store (holds no writer lock).
@@ -382,41 +415,89 @@ def verify_chain(
         batch: receipts read per query.
 
     Returns:
-        The report, naming the first broken index (0-based position in store order).
+        The report: overall, then per chain (:attr:`ChainReport.chains`); ``first_broken_index`` is
+        the 0-based position in the first broken chain.
     """
+    with snapshot as st:
+        chains = st.chains()
+        stored = st.receipt_count()
+        statuses = tuple(_verify_one_chain(st, k, seq, head, problem, batch) for k, seq, head in chains)
+        altered = _columns_problem(st, batch)
+    count = sum(c.count for c in statuses)
+    for c in statuses:
+        if not c.ok:
+            reason = c.reason if len(statuses) == 1 else f"chain of kernel {_short(c.kernel_id)}: {c.reason}"
+            return ChainReport(False, count, c.first_broken_index, reason, statuses)
+    if count != stored:
+        return ChainReport(
+            False, count, None, f"{stored - count} stored receipt(s) belong to no chain (rows added outside the kernel)",
+            statuses,
+        )
+    if altered is not None:
+        return ChainReport(False, count, altered[0], altered[1], statuses)
+    return ChainReport(True, count, None, None, statuses)
+
+
+def _columns_problem(st: StoreReader, batch: int) -> tuple[int, str] | None:
+    """``(position in store order, why)`` of the first row whose indexed columns disagree with its
+    signed body, or of a by-capability index entry naming another capability; None when all agree."""
+    position, last_seq = 0, 0
+    while rows := st.receipt_rows_after(last_seq, batch):
+        for seq, *columns, text in rows:
+            why = _column_problem(columns, text, position)
+            if why is not None:
+                return position, why
+            position += 1
+            last_seq = seq
+    stray = st.capability_index_mismatch()
+    if stray is not None:
+        return max(stray[1] - 1, 0), (
+            f"the store's by-capability index lists seq {stray[1]} under capability {stray[0]}, but that "
+            "receipt is not that capability's (the index was altered): `receipts list --capability` would "
+            "show a receipt that is not the capability's"
+        )
+    return None
+
+
+def _short(kernel_id: str) -> str:
+    return kernel_id[:16] + "…" if len(kernel_id) > 16 else kernel_id
+
+
+def _verify_one_chain(
+    st: StoreReader,
+    kernel_id: str,
+    head_seq: int,
+    head_hash: str,
+    problem: Callable[[dict[str, Any]], str | None],
+    batch: int,
+) -> ChainStatus:
+    """Walk one kernel's chain: every receipt verifies, is signed by that kernel, and links to the one before."""
     prev = GENESIS_HASH
     index = 0
     last_seq = 0
-    with snapshot as st:
-        head_seq, head_hash = st.chain_head()
-        while rows := st.receipt_rows_after(last_seq, batch):
-            for seq, *columns, text in rows:
-                broken = _link_problem(text, prev, index, problem)
-                if isinstance(broken, ChainReport):
-                    return broken
-                altered = _column_problem(columns, text, index)
-                if altered is not None:
-                    return altered
-                prev = broken
-                index += 1
-                last_seq = seq
-        stray = st.capability_index_mismatch()
-    if stray is not None:
-        return ChainReport(
-            False, index, max(stray[1] - 1, 0),
-            f"the store's by-capability index lists seq {stray[1]} under capability {stray[0]}, but that "
-            "receipt is not that capability's (the index was altered): `receipts list --capability` would "
-            "show a receipt that is not the capability's",
-        )
+    while rows := st.chain_receipts(kernel_id, last_seq, batch):
+        for seq, text in rows:
+            broken = _link_problem(text, prev, index, problem)
+            if isinstance(broken, ChainReport):
+                return ChainStatus(kernel_id, index, head_seq, False, broken.first_broken_index, broken.reason)
+            prev, signer = broken
+            if kernel_id != LEGACY_CHAIN and signer != kernel_id:
+                return ChainStatus(
+                    kernel_id, index, head_seq, False, index,
+                    f"receipt at index {index} of kernel {_short(kernel_id)}'s chain was signed by another "
+                    f"key ({_short(signer)})",
+                )
+            index += 1
+            last_seq = seq
     if head_seq != last_seq or head_hash != prev:  # the newest row's stored chain hash was altered
-        return ChainReport(
-            False, index, max(index - 1, 0),
+        return ChainStatus(
+            kernel_id, index, head_seq, False, max(index - 1, 0),
             f"the newest receipt (seq {head_seq}) carries a chain hash that does not match its content",
         )
-    return ChainReport(True, index, None, None)
+    return ChainStatus(kernel_id, index, head_seq, True)
 
 
-def _column_problem(columns: list[str], text: str, index: int) -> ChainReport | None:
+def _column_problem(columns: list[str], text: str, index: int) -> str | None:
     """The first indexed column of a stored row (id, capability_id, verdict, chain_hash) that does not
     say what the signed body says; filters and listings read these columns, never the body."""
     row_id, capability_id, verdict, stored_hash = columns
@@ -429,18 +510,18 @@ def _column_problem(columns: list[str], text: str, index: int) -> ChainReport | 
     )
     for (name, expected), stored in zip(signed, (row_id, capability_id, verdict, stored_hash), strict=True):
         if stored != expected:
-            return ChainReport(
-                False, index, index,
+            return (
                 f"receipt {data.get('id')} at index {index}: the store's {name} column says {stored!r:.80} but the "
-                f"signed receipt says {expected!r:.80} (the column was altered after signing)",
+                f"signed receipt says {expected!r:.80} (the column was altered after signing)"
             )
     return None
 
 
 def _link_problem(
     text: str, prev: str, index: int, problem: Callable[[dict[str, Any]], str | None]
-) -> str | ChainReport:
-    """The chain hash of the stored receipt ``text`` if it verifies and chains onto ``prev``, else the report."""
+) -> tuple[str, str] | ChainReport:
+    """``(chain hash, kernel_key)`` of the stored receipt ``text`` if it verifies and chains onto
+    ``prev``, else the report."""
     try:
         data = ChioReceipt.model_validate_json(text).model_dump(exclude_none=True)
     except ValidationError as err:
@@ -454,7 +535,7 @@ def _link_problem(
     why = problem(data)
     if why is not None:
         return ChainReport(False, index, index, f"index {index}: {why}")
-    return receipt_chain_hash(data)
+    return receipt_chain_hash(data), str(data.get("kernel_key"))
 
 
 # --- HTTP receipts (the sidecar's /chio/evaluate and /chio/verify) ------------------------------

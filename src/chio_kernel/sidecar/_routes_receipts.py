@@ -11,6 +11,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from chio_kernel._kernel import MAX_COST_UNITS
+from chio_kernel._receipts import chain_dict
 from chio_kernel.sidecar._body import model, only_fields, opt_str, query_int, read_object, req_str, run_metadata
 from chio_kernel.sidecar._config import DEFAULT_LIST_LIMIT, MAX_LIST_LIMIT
 from chio_kernel.sidecar._errors import ApiError, endpoint, found
@@ -144,6 +145,7 @@ async def verify_chain(request: Request) -> Response:
         "count": report.count,
         "first_broken_index": report.first_broken_index,
         "reason": report.reason,
+        "chains": [chain_dict(c) for c in report.chains],
     })
 
 
