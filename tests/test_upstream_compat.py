@@ -211,8 +211,8 @@ async def test_upstream_temporal_usage(temporal_env: Any, chio_home: Path) -> No
         receipt.finalize("failure")
     assert isinstance(ChioTemporalConfigError("x"), ChioTemporalError)
     upstream = json.loads(receipt.to_json())
-    assert upstream["version"] == ENVELOPE_VERSION and upstream["completed_at"] == done
-    assert isinstance(upstream["started_at"], float) and isinstance(upstream["steps"][0]["evaluated_at"], float)
+    assert upstream["version"] == ENVELOPE_VERSION and upstream["completed_at"] == int(done)  # upstream: int seconds
+    assert isinstance(upstream["started_at"], int) and isinstance(upstream["steps"][0]["evaluated_at"], int)
     ours = receipt.to_envelope()
     assert ours["completed_at"] == datetime.fromtimestamp(done, timezone.utc).isoformat().replace("+00:00", "Z")
     # the signed receipts the envelope names verify
@@ -229,7 +229,7 @@ async def test_upstream_temporal_usage(temporal_env: Any, chio_home: Path) -> No
     assert (step.verdict, step.receipt_id, step.tool_name, step.guard) == ("deny", signed.id, "send_email", "scope")
     manual.finalize(outcome="failure", completed_at="2023-11-14T22:13:30Z")
     again = json.loads(manual.to_json())
-    assert (again["started_at"], again["completed_at"], again["deny_count"]) == (1_700_000_000.0, 1_700_000_010.0, 1)
+    assert (again["started_at"], again["completed_at"], again["deny_count"]) == (1_700_000_000, 1_700_000_010, 1)
     with pytest.raises(ChioTemporalConfigError, match="RFC 3339"):
         WorkflowReceipt(workflow_id="bad", started_at="yesterday")
     await chio.close()
