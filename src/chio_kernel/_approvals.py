@@ -154,14 +154,30 @@ def sign_approval_token(
     now: float | None = None,
     token_id: str | None = None,
 ) -> dict[str, Any]:
-    """A signed approval token answering ``approval`` (a dict as ``Kernel.get_approval`` returns it).
+    """Sign an approval token that answers an approval, as a trusted approver.
 
     Upstream's token fields: ``id``, ``approver`` (the hex public key of ``private_key``),
     ``subject``, ``request_id`` (the approval id), ``parameter_hash`` (the parameter binding),
-    ``issued_at``, ``expires_at``, ``decision`` (``"approved"`` / ``"denied"``), optional ``reason``,
-    and ``signature``: Ed25519 over the RFC 8785 canonical JSON of the token without ``signature``
-    (the rule of every other Chio signature). POST it to ``/approvals/{id}/respond`` or pass it to
-    ``Kernel.respond_approval_token``; the kernel must trust the key (``approver_keys``).
+    ``issued_at``, ``expires_at``, ``decision``, optional ``reason``, and ``signature``: Ed25519 over
+    the RFC 8785 canonical JSON of the token without ``signature`` (the rule of every other Chio
+    signature). POST it to ``/approvals/{id}/respond`` or pass it to ``Kernel.respond_approval_token``;
+    the kernel must trust the key (``approver_keys``).
+
+    Args:
+        private_key: the approver's Ed25519 key.
+        approval: the approval as ``Kernel.get_approval`` returns it (``id``, ``subject``,
+            ``parameter_hash`` are read).
+        decision: ``"approved"`` or ``"denied"``.
+        reason: why (signed into the token).
+        ttl_seconds: how long the token stays usable from ``now``.
+        now: the issue time in unix seconds (default: the clock now).
+        token_id: the token's id (default: a new ``apt-...`` id).
+
+    Returns:
+        The signed token as a JSON dict.
+
+    Raises:
+        KernelInputError: ``decision`` is neither ``"approved"`` nor ``"denied"``.
     """
     if decision not in OUTCOMES:
         raise KernelInputError(f"decision must be 'approved' or 'denied', got {decision!r}")

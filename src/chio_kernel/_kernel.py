@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from chio_sdk.models import CapabilityToken, ChioReceipt, ChioScope, MonetaryAmount, Operation
 
+from chio_kernel import _telemetry
 from chio_kernel._approvals import Approvals, approval_settings
 from chio_kernel._capabilities import Capabilities, _Cap, capability_signing_bytes
 from chio_kernel._coerce import MAX_COST_UNITS, check_scope_fields
@@ -584,7 +585,11 @@ class Kernel:
             ApprovalConflictError: answered already, expired, or its capability was revoked.
             KernelInputError: a malformed argument.
         """
-        return self._approvals.respond_approval(approval_id, outcome, reason, approver=approver)
+        if not _telemetry.enabled():
+            return self._approvals.respond_approval(approval_id, outcome, reason, approver=approver)
+        return _telemetry.traced_answer(
+            self, approval_id, lambda: self._approvals.respond_approval(approval_id, outcome, reason, approver=approver)
+        )
 
     def record_form_denial(self, approval_id: str, reason: str | None = None, *, source: str = "prefect-form") -> ChioReceipt:
         """Record a deny given in an engine's unauthenticated resume form (Prefect's ``decision: deny``).
@@ -630,7 +635,12 @@ class Kernel:
             ApprovalConflictError: answered already, expired, or its capability was revoked.
             KernelInputError: not a token.
         """
-        return self._approvals.respond_approval_token(token, approval_id)
+        if not _telemetry.enabled():
+            return self._approvals.respond_approval_token(token, approval_id)
+        answered = approval_id or str(token.get("request_id", "")) if isinstance(token, Mapping) else approval_id
+        return _telemetry.traced_answer(
+            self, answered or "", lambda: self._approvals.respond_approval_token(token, approval_id)
+        )
 
     def register_approval_wake(self, approval_id: str, wake: Mapping[str, Any]) -> dict[str, Any]:
         """Register what wakes the run waiting for this approval once it is answered.

@@ -48,8 +48,14 @@ _M = TypeVar("_M", bound=BaseModel)
 class ChainStatus:
     """One kernel's receipt chain as :meth:`Kernel.verify_chain` found it.
 
-    ``kernel_id`` is the kernel's hex signing key (``fleet-v1``: the fleet's one chain from before
-    per-kernel chains); ``head_seq`` the position of its newest receipt.
+    Attributes:
+        kernel_id: the kernel's hex signing key (``fleet-v1``: the fleet's one chain from before
+            per-kernel chains).
+        count: receipts in this chain.
+        head_seq: the position of its newest receipt.
+        ok: True if every signature and chain link verified.
+        first_broken_index: 0-based position of the first bad receipt in this chain, or None.
+        reason: what is wrong there, or None.
     """
 
     kernel_id: str
@@ -62,7 +68,15 @@ class ChainStatus:
 
 @dataclass(frozen=True)
 class ChainReport:
-    """Result of :meth:`Kernel.verify_chain`: overall, and per chain (``chains``)."""
+    """Result of :meth:`Kernel.verify_chain`: overall, and per chain (``chains``).
+
+    Attributes:
+        ok: True if every chain verified.
+        count: receipts checked, over all chains.
+        first_broken_index: 0-based position of the first bad receipt in the broken chain, or None.
+        reason: what is wrong there, or None.
+        chains: one :class:`ChainStatus` per kernel chain in the store.
+    """
 
     ok: bool
     count: int
@@ -181,8 +195,17 @@ def receipt_wire_dict(receipt: ChioReceipt | Mapping[str, Any]) -> dict[str, Any
 
 
 def receipt_signing_bytes(receipt: ChioReceipt | Mapping[str, Any]) -> bytes:
-    """What a receipt's signature covers: canonical JSON of ``model_dump(exclude_none=True)`` without
-    ``signature``, and without ``evidence`` / ``metadata`` when they are empty."""
+    """Return the bytes a receipt's signature covers.
+
+    That is the canonical JSON of ``model_dump(exclude_none=True)`` without ``signature``, and without
+    ``evidence`` / ``metadata`` when they are empty.
+
+    Args:
+        receipt: the receipt, as a model or as its JSON dict.
+
+    Returns:
+        RFC 8785 canonical JSON, UTF-8.
+    """
     data = receipt.model_dump(exclude_none=True) if isinstance(receipt, ChioReceipt) else dict(receipt)
     return canonical_json(_receipt_signed_body(data))
 
@@ -218,7 +241,14 @@ def _construct(cls: type[_M], fields_set: frozenset[str], values: dict[str, Any]
 
 
 def receipt_chain_hash(receipt: ChioReceipt | Mapping[str, Any]) -> str:
-    """sha256 hex of a receipt exactly as ``ChioClient.verify_receipt_chain`` hashes it."""
+    """Hash a receipt exactly as ``ChioClient.verify_receipt_chain`` hashes it.
+
+    Args:
+        receipt: the receipt, as a model or as its JSON dict.
+
+    Returns:
+        The sha256 hex digest the next receipt's ``content_hash`` must equal.
+    """
     data = receipt.model_dump(exclude_none=True) if isinstance(receipt, ChioReceipt) else receipt
     return hashlib.sha256(_chain_dumps(data).encode()).hexdigest()
 

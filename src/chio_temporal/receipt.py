@@ -82,7 +82,25 @@ def as_datetime(value: TimeLike, name: str = "time") -> datetime:
 
 @dataclass
 class WorkflowStepReceipt:
-    """One kernel decision for one activity of a workflow run."""
+    """One kernel decision for one activity of a workflow run.
+
+    Attributes:
+        activity_id: the activity id.
+        activity_type: the activity type.
+        attempt: the attempt that was evaluated first.
+        tool_server: the tool server it was evaluated against.
+        tool_name: the tool (the activity type).
+        capability_id: the capability it ran under.
+        receipt_id: the signed receipt's id.
+        verdict: ``"allow"`` or ``"deny"``.
+        guard: the check that denied, on a deny.
+        reason: why, on a deny.
+        parameter_hash: the hash of the activity's arguments.
+        content_hash: the receipt's content hash.
+        evaluated_at: when (a datetime, Unix seconds or RFC 3339 on input).
+        attempts: every attempt that got this receipt back.
+        receipt: the signed receipt this step is about; it fills every field left unset.
+    """
 
     activity_id: str
     activity_type: str
@@ -160,9 +178,15 @@ class WorkflowStepReceipt:
         )
 
     def to_dict(self) -> dict[str, Any]:
-        """Every field, JSON-able; ``WorkflowStepReceipt(**step.to_dict())`` is the same step again.
+        """Give the step as the ``chio-temporal/v1`` envelope writes it.
+
         ``receipt`` is the signed receipt as a dict (upstream's key), or None when the step was built
-        from a decision (the receipt then stays in the chio receipt store, named by ``receipt_id``)."""
+        from a decision (the receipt then stays in the chio receipt store, named by ``receipt_id``);
+        ``WorkflowStepReceipt(**step.to_dict())`` is the same step again.
+
+        Returns:
+            A JSON-able dict, ``evaluated_at`` in RFC 3339.
+        """
         return {
             "activity_id": self.activity_id,
             "activity_type": self.activity_type,
@@ -190,13 +214,29 @@ class WorkflowStepReceipt:
         return dumped
 
     def to_upstream_dict(self) -> dict[str, Any]:
-        """:meth:`to_dict` with ``evaluated_at`` in whole Unix seconds (upstream chio-temporal's time form)."""
+        """Give the step in upstream chio-temporal's form.
+
+        Returns:
+            :meth:`to_dict` with ``evaluated_at`` in whole Unix seconds (upstream's int).
+        """
         return {**self.to_dict(), "evaluated_at": _unix_int(self.evaluated_at)}
 
 
 @dataclass
 class WorkflowReceipt:
-    """The in-flight (then finalised) receipt aggregate of one ``(workflow_id, run_id)``."""
+    """The in-flight (then finalised) receipt aggregate of one ``(workflow_id, run_id)``.
+
+    Attributes:
+        workflow_id: the workflow id.
+        run_id: the run id.
+        parent_workflow_ids: the parent workflows, outermost first (child workflows).
+        started_at: when the first step was recorded.
+        completed_at: when it was finalised, or None while open.
+        outcome: ``"success"``, ``"failure"``, ``"cancelled"``, or None while open.
+        steps: one :class:`WorkflowStepReceipt` per evaluated activity.
+        metadata: workflow type, namespace, task queue, capability id, sidecar URL, and what the
+            caller adds.
+    """
 
     workflow_id: str
     run_id: str | None = None
@@ -250,7 +290,14 @@ class WorkflowReceipt:
         return [step.receipt_id for step in self.steps if step.receipt_id is not None]
 
     def add_step(self, step: WorkflowStepReceipt) -> WorkflowStepReceipt:
-        """Record ``step``; a retry attempt with an already recorded receipt only adds its attempt number."""
+        """Record a step; a retry attempt with an already recorded receipt only adds its attempt number.
+
+        Args:
+            step: the step.
+
+        Returns:
+            The recorded step (the existing one for a retry).
+        """
         if step.receipt_id is not None:
             for existing in self.steps:
                 if existing.receipt_id == step.receipt_id and existing.activity_id == step.activity_id:
@@ -269,8 +316,17 @@ class WorkflowReceipt:
         attempt: int = 1,
         receipt: ChioReceipt | Mapping[str, Any] | None = None,
     ) -> WorkflowStepReceipt:
-        """Record a step: a :class:`WorkflowStepReceipt`, or upstream chio-temporal's keywords
-        (``activity_type``, ``activity_id``, ``attempt``, ``receipt``: the signed receipt).
+        """Record a step: a :class:`WorkflowStepReceipt`, or upstream chio-temporal's keywords.
+
+        Args:
+            step: the step (then the keywords are not used); this is :meth:`add_step`.
+            activity_type: upstream's form: the activity type (required, non-empty).
+            activity_id: upstream's form: the activity id.
+            attempt: upstream's form: the attempt number.
+            receipt: upstream's form: the signed receipt of the step (required).
+
+        Returns:
+            The recorded step.
 
         Raises:
             ChioTemporalConfigError: no step and no (non-empty) ``activity_type`` and ``receipt``.
@@ -291,11 +347,18 @@ class WorkflowReceipt:
         *,
         completed_at: TimeLike | None = None,
     ) -> None:
-        """Close the receipt with ``outcome`` ("success" | "failure" | "cancelled") at ``completed_at`` (now).
+        """Close the receipt with its outcome.
 
         Finalising again with the same outcome changes nothing (idempotent: the first ``completed_at``
-        stays); another outcome is refused with :class:`ChioTemporalConfigError`, so a receipt never
-        says two things.
+        stays), so a receipt never says two things.
+
+        Args:
+            outcome: ``"success"``, ``"failure"`` or ``"cancelled"``.
+            metadata: merged into the receipt's metadata.
+            completed_at: a datetime, Unix seconds or RFC 3339 (default now).
+
+        Raises:
+            ChioTemporalConfigError: an unknown outcome, or another outcome than the one recorded.
         """
         if outcome not in OUTCOMES:
             raise ChioTemporalConfigError(f"outcome= must be one of {list(OUTCOMES)}, got {outcome!r}")
@@ -315,7 +378,11 @@ class WorkflowReceipt:
             self.metadata.update(metadata)
 
     def to_envelope(self) -> dict[str, Any]:
-        """The ``chio-temporal/v1`` envelope (JSON-able dict)."""
+        """Give the ``chio-temporal/v1`` envelope.
+
+        Returns:
+            A JSON-able dict, times in RFC 3339.
+        """
         return {
             "version": ENVELOPE_VERSION,
             "workflow_id": self.workflow_id,
@@ -332,12 +399,19 @@ class WorkflowReceipt:
         }
 
     def to_json(self, **dumps_kwargs: Any) -> str:
-        """The envelope as JSON text in upstream chio-temporal's shape, byte-stable (sorted keys, compact
-        separators, ASCII): times in whole Unix seconds (int; ``completed_at`` null while in progress),
-        ``outcome`` ``"in_progress"`` until finalised, each step with upstream's ``receipt``.
+        """Give the envelope as JSON text in upstream chio-temporal's shape, byte-stable.
 
-        Same fields and ``version`` as :meth:`to_envelope` (which keeps RFC 3339 strings, readable
-        and unambiguous across time zones).
+        Sorted keys, compact separators, ASCII; times in whole Unix seconds (int; ``completed_at`` null
+        while in progress), ``outcome`` ``"in_progress"`` until finalised, each step with upstream's
+        ``receipt``. Same fields and ``version`` as :meth:`to_envelope` (which keeps RFC 3339 strings,
+        readable and unambiguous across time zones).
+
+        Args:
+            **dumps_kwargs: passed to ``json.dumps`` (defaults: ``sort_keys=True``, compact
+                separators, ``ensure_ascii=True``).
+
+        Returns:
+            The JSON text.
         """
         envelope = self.to_envelope()
         envelope["started_at"] = _unix_int(self.started_at)

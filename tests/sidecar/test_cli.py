@@ -72,7 +72,9 @@ def test_capability_and_receipt_commands(home: Path, tmp_path: Path) -> None:
     assert to_stdout.stdout.splitlines() == lines
 
     verified = cli_json("receipts", "verify", "--json", *d)
-    assert verified == {"ok": True, "count": 2, "first_broken_index": None, "reason": None}
+    assert {k: verified[k] for k in ("ok", "count", "first_broken_index", "reason")} == {
+        "ok": True, "count": 2, "first_broken_index": None, "reason": None}
+    assert [(c["count"], c["head_seq"], c["first_broken_index"]) for c in verified["chains"]] == [(2, 2, None)]
 
     revoked = cli_json("capability", "revoke", "cap-cli-1", "--json", *d)
     assert set(revoked["revoked"]) == {"cap-cli-1", "cap-cli-child"}  # type: ignore[index]
