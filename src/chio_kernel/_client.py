@@ -441,8 +441,18 @@ class LocalChioClient(_HttpRequestEvaluation):
     async def record_form_denial(
         self, approval_id: str, reason: str | None = None, *, source: str = "prefect-form"
     ) -> ChioReceipt:
-        """A deny from an engine's unauthenticated resume form: the signed deny receipt (see
-        ``Kernel.record_form_denial``; it can only stop the call)."""
+        """Record a deny from an engine's unauthenticated resume form (it can only stop the call).
+
+        See ``Kernel.record_form_denial``.
+
+        Args:
+            approval_id: the approval the paused run waited for.
+            reason: what the person wrote in the form, or None.
+            source: which form (lowercase letters, digits, dashes).
+
+        Returns:
+            The signed deny receipt.
+        """
         return self.kernel.record_form_denial(approval_id, reason, source=source)
 
     async def register_approval_wake(self, approval_id: str, wake: Mapping[str, Any]) -> dict[str, Any]:
@@ -908,8 +918,18 @@ class SidecarClient(_HttpRequestEvaluation, ChioClient):
     async def record_form_denial(
         self, approval_id: str, reason: str | None = None, *, source: str = "prefect-form"
     ) -> ChioReceipt:
-        """A deny from an engine's unauthenticated resume form (``POST /approvals/{id}/form-deny``): the
-        signed deny receipt (see ``Kernel.record_form_denial``; it can only stop the call)."""
+        """Record a deny from an engine's unauthenticated resume form (it can only stop the call).
+
+        ``POST /approvals/{id}/form-deny``; see ``Kernel.record_form_denial``.
+
+        Args:
+            approval_id: the approval the paused run waited for.
+            reason: what the person wrote in the form, or None.
+            source: which form (lowercase letters, digits, dashes).
+
+        Returns:
+            The signed deny receipt.
+        """
         body: dict[str, Any] = {"source": source}
         if reason is not None:
             body["reason"] = reason
