@@ -20,7 +20,7 @@ from chio_kernel.sidecar._approvals import ROUTES as APPROVAL_ROUTES
 from chio_kernel.sidecar._budgets import ROUTES as BUDGET_ROUTES
 from chio_kernel.sidecar._http_requests import ROUTES as HTTP_REQUEST_ROUTES
 from chio_kernel.sidecar._routes_capabilities import ROUTES as CAPABILITY_ROUTES
-from chio_kernel.sidecar._routes_receipts import ROUTES as RECEIPT_ROUTES, evaluate
+from chio_kernel.sidecar._routes_receipts import ROUTES as RECEIPT_ROUTES, evaluate_direct
 from chio_kernel.sidecar._auth import BearerAuth, bearer_ok
 from chio_kernel.sidecar._errors import endpoint, http_exception, store_errors
 from chio_kernel.sidecar._responses import json_response
@@ -88,9 +88,7 @@ class SidecarApp(Starlette):
             and not scope.get("root_path")
             and (self._token is None or bearer_ok(scope["headers"], self._token))
         ):
-            scope["app"] = self
-            response = await evaluate(Request(scope, receive))
-            await response(scope, receive, send)
+            await evaluate_direct(self, scope, receive, send)
             return
         await super().__call__(scope, receive, send)
 

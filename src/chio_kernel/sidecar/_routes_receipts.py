@@ -9,14 +9,17 @@ from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
+from starlette.types import Receive, Scope, Send
 
 from chio_kernel._kernel import MAX_COST_UNITS
-from chio_kernel.sidecar._body import model, opt_str, query_int, read_object, req_str, run_metadata
+from chio_kernel.sidecar._body import (
+    model, opt_str, query_int, read_object, read_scope_object, req_str, run_metadata,
+)
 from chio_kernel.sidecar._config import DEFAULT_LIST_LIMIT, MAX_LIST_LIMIT
-from chio_kernel.sidecar._errors import ApiError, endpoint, found
-from chio_kernel.sidecar._responses import dump_receipt, json_response
+from chio_kernel.sidecar._errors import ApiError, endpoint, error_answer, found
+from chio_kernel.sidecar._responses import dump_receipt, json_response, receipt_json, send_json
 
-__all__ = ["ROUTES"]
+__all__ = ["ROUTES", "evaluate_direct"]
 
 _OPERATIONS = ", ".join(o.value for o in Operation)
 
@@ -46,9 +49,8 @@ def _operation(data: dict[str, Any]) -> Operation:
         raise ApiError(422, "invalid_request", f"'operation' must be one of {_OPERATIONS}") from None
 
 
-@endpoint
-async def evaluate(request: Request) -> Response:
-    data = await read_object(request)
+async def _decide(state: Any, data: dict[str, Any]) -> bytes:
+    """One ``/v1/evaluate`` body, checked, evaluated and answered: the receipt as JSON bytes."""
     capability_id = req_str(data, "capability_id", max_len=256)
     tool_server = req_str(data, "tool_server")
     tool_name = req_str(data, "tool_name")
@@ -61,12 +63,29 @@ async def evaluate(request: Request) -> Response:
         "metadata": run_metadata(data),
     }
     # the client's parameter_hash is ignored: the kernel computes its own
-    kernel = request.app.state.kernel
-    if request.app.state.evaluate_inline:  # group commit on the loop (see _app.create_app)
+    kernel = state.kernel
+    if state.evaluate_inline:  # group commit on the loop (see _app.create_app)
         receipt = await kernel._evaluate_async(capability_id, tool_server, tool_name, parameters, **kwargs)
     else:
         receipt = await run_in_threadpool(kernel.evaluate, capability_id, tool_server, tool_name, parameters, **kwargs)
-    return json_response(dump_receipt(receipt))
+    return receipt_json(receipt)
+
+
+@endpoint
+async def evaluate(request: Request) -> Response:
+    return Response(await _decide(request.app.state, await read_object(request)), media_type="application/json")
+
+
+async def evaluate_direct(app: Any, scope: Scope, receive: Receive, send: Send) -> None:
+    """``POST /v1/evaluate`` as :func:`evaluate` answers it, from the ASGI scope: no ``Request`` or
+    ``Response`` object unless it fails (then the same error answer, :func:`error_answer`)."""
+    try:
+        body = await _decide(app.state, await read_scope_object(scope, receive))
+    except Exception as err:  # mapped as every endpoint maps it: 4xx, store 503, a bug of ours 500 (logged)
+        scope["app"] = app
+        await error_answer(Request(scope, receive), err)(scope, receive, send)
+        return
+    await send_json(send, body)
 
 
 @endpoint
