@@ -490,16 +490,18 @@ class Kernel:
         canonical_parameters: str | None = None,
         parameter_hash: str | None = None,
         metadata: Mapping[str, str] | None = None,
+        defer: bool = False,
     ) -> ChioReceipt:
         """:meth:`evaluate` for asyncio callers: the calls made in one turn of the event loop share
-        one write transaction (LocalChioClient uses this)."""
+        one write transaction (LocalChioClient uses this; the sidecar with ``defer``, see
+        ``GroupCommitter.submit_async``)."""
         if self._gate.closed:
             self._gate.check_open()
         req = self._prepare(make_request(
             capability_id, tool_server, tool_name, parameters, idempotency_key, cost, operation,
             approval_id, canonical_parameters, parameter_hash, metadata,
         ))
-        return await self._evaluation.committer.submit_async(req)
+        return await self._evaluation.committer.submit_async(req, defer=defer)
 
     # --- approvals (chio_kernel._approvals does the work; docs/approvals.md) ---
 

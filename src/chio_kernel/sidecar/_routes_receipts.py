@@ -64,8 +64,8 @@ async def _decide(state: Any, data: dict[str, Any]) -> bytes:
     }
     # the client's parameter_hash is ignored: the kernel computes its own
     kernel = state.kernel
-    if state.evaluate_inline:  # group commit on the loop (see _app.create_app)
-        receipt = await kernel._evaluate_async(capability_id, tool_server, tool_name, parameters, **kwargs)
+    if state.evaluate_inline:  # group commit on the loop (see _app.create_app), one commit per loop turn
+        receipt = await kernel._evaluate_async(capability_id, tool_server, tool_name, parameters, defer=True, **kwargs)
     else:
         receipt = await run_in_threadpool(kernel.evaluate, capability_id, tool_server, tool_name, parameters, **kwargs)
     return receipt_json(receipt)
