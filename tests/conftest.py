@@ -15,6 +15,7 @@ import os
 import tempfile
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -30,6 +31,7 @@ os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")  # offline: n
 MAX_AUTO_WORKERS = 4  # each worker imports Prefect, Temporal and pydantic-ai and starts its own servers
 
 
+@pytest.hookimpl(optionalhook=True)  # an xdist hook: pytest does not know it without pytest-xdist
 def pytest_xdist_auto_num_workers(config: pytest.Config) -> int:
     """``-n auto``: one worker per CPU this process may use, at most :data:`MAX_AUTO_WORKERS`; on one
     CPU none (the tests run in this process). ``$PYTEST_XDIST_AUTO_NUM_WORKERS`` overrides."""
@@ -38,6 +40,27 @@ def pytest_xdist_auto_num_workers(config: pytest.Config) -> int:
         return int(env)
     cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     return 0 if cpus < 2 else min(cpus, MAX_AUTO_WORKERS)
+
+
+_TERMINAL_VARS = ("COLUMNS", "LINES")
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_configure_node(node: Any) -> None:
+    """xdist's controller: hand each worker this process's terminal size variables (or their absence)."""
+    node.workerinput["chio_terminal_env"] = {name: os.environ.get(name) for name in _TERMINAL_VARS}
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """In an xdist worker, the terminal size variables as the controller had them: a worker starts with
+    COLUMNS=80 / LINES=24 set, which the CLI's rich tables would then wrap at (a run without xdist
+    has them only if the user's shell exported them)."""
+    terminal = getattr(config, "workerinput", {}).get("chio_terminal_env")
+    for name, value in (terminal or {}).items():
+        if value is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = value
 
 
 def _shares_a_module_fixture(item: pytest.Item) -> bool:
