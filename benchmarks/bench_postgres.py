@@ -10,7 +10,12 @@ call and an attenuated capability whose grant carries a ``path_prefix`` constrai
   ``LocalChioClient`` with 4 asyncio callers (group commit batches the callers of one process),
   each on its own data dir (its own key) and all on ONE store; the same for SQLite (4 processes
   sharing one data dir) side by side;
-* both again on a twin database with ``synchronous_commit=off``, to show what the flush costs.
+* both again on a twin database with ``synchronous_commit=off``, to show what the flush costs;
+* **1 -> 4 kernel scaling**: 1 kernel process, then 4 side by side, each on its own capability
+  (its own budget) with 4 asyncio callers: evaluations/s and their ratio, with the database reached
+  directly and through a proxy adding 1 ms each way (``tests/postgres/delay_proxy.py``: a
+  database on another machine). Each kernel keeps its own receipt chain, so kernels on different
+  capabilities share no lock.
 
 The server: ``$CHIO_BENCH_PG_DSN`` (your own PostgreSQL; a fresh database is created in it), else a
 throwaway PostgreSQL 15 cluster started like the tests' (``tests/postgres/pg_cluster.py``) but with
@@ -32,6 +37,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 from rich.console import Console
 from rich.table import Table
@@ -129,13 +135,27 @@ def _fleet_rate(store: str, work: Path, label: str, calls_per_caller: int, share
     cap = _child(setup)
     before = setup.receipt_count()
     setup.close()
-    procs = []
-    for i in range(PROCESSES):
-        data_dir = work / f"{label}-0" if shared_dir else work / f"{label}-{i}"
-        procs.append(subprocess.Popen(
+    dirs = [work / f"{label}-0" if shared_dir else work / f"{label}-{i}" for i in range(PROCESSES)]
+    elapsed, commits = _run_workers(store, list(zip(dirs, [cap] * PROCESSES)), calls_per_caller, label)
+    check = Kernel(work / f"{label}-0", store=store)
+    total = check.receipt_count() - before
+    check.close()
+    expected = PROCESSES * CALLERS * calls_per_caller
+    if total != expected:
+        raise RuntimeError(f"{label}: {total} receipts stored, expected {expected}")
+    return total / elapsed, commits / total
+
+
+def _run_workers(store: str, dirs_caps: list[tuple[Path, str]], calls_per_caller: int, label: str
+                 ) -> tuple[float, int]:
+    """One worker process per ``(data dir, capability)``, started at once: ``(seconds, commits)``."""
+    procs = [
+        subprocess.Popen(
             [sys.executable, __file__, "--worker", store, str(data_dir), cap, str(calls_per_caller), f"{label}-p{i}"],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
-        ))
+        )
+        for i, (data_dir, cap) in enumerate(dirs_caps)
+    ]
     for p in procs:
         assert p.stdout is not None and p.stdout.readline().strip() == "ready"
     t0 = time.perf_counter()
@@ -149,14 +169,41 @@ def _fleet_rate(store: str, work: Path, label: str, calls_per_caller: int, share
         if p.returncode != 0:
             raise RuntimeError(f"benchmark worker failed ({p.returncode})")
         commits += int(out.split()[-1])
-    elapsed = time.perf_counter() - t0
-    check = Kernel(work / f"{label}-0", store=store)
-    total = check.receipt_count() - before
-    check.close()
-    expected = PROCESSES * CALLERS * calls_per_caller
-    if total != expected:
-        raise RuntimeError(f"{label}: {total} receipts stored, expected {expected}")
-    return total / elapsed, commits / total
+    return time.perf_counter() - t0, commits
+
+
+def _rate(store: str, work: Path, label: str, caps: list[str], calls_per_caller: int) -> float:
+    """evaluations/s of one worker process per capability (own data dir, own key)."""
+    dirs_caps = [(work / f"{label}-{i}", cap) for i, cap in enumerate(caps)]
+    elapsed, _ = _run_workers(store, dirs_caps, calls_per_caller, label)
+    return len(caps) * CALLERS * calls_per_caller / elapsed
+
+
+def _via_proxy(dsn: str, port: int) -> str:
+    """``dsn`` with its host and port replaced by the delay proxy's (127.0.0.1:port)."""
+    parts = urlsplit(dsn)
+    user = parts.netloc.rsplit("@", 1)[0] + "@" if "@" in parts.netloc else ""
+    return urlunsplit(parts._replace(netloc=f"{user}127.0.0.1:{port}"))
+
+
+def _scaling_rows(dsn: str, work: Path, calls: int) -> list[tuple[str, float, float]]:
+    """``(link, 1 kernel /s, 4 kernels /s)`` directly and through a 1 ms (each way) delay proxy."""
+    from chio_kernel import Kernel
+    from delay_proxy import DelayProxy
+
+    setup = Kernel(work / "scaling-issuer", store=dsn)
+    caps = [_child(setup) for _ in range(PROCESSES)]
+    setup.close()
+    parts = urlsplit(dsn)
+    rows = []
+    for link, delay in (("direct", 0.0), ("1 ms each way (delay proxy)", 0.001)):
+        with DelayProxy(parts.hostname or "127.0.0.1", parts.port or 5432, delay) as proxy:
+            store = dsn if delay == 0.0 else _via_proxy(dsn, proxy.port)
+            tag = "direct" if delay == 0.0 else "proxy"
+            one = _rate(store, work, f"scale-{tag}-1", caps[:1], calls)
+            four = _rate(store, work, f"scale-{tag}-4", caps, calls)
+        rows.append((link, one, four))
+    return rows
 
 
 def _worker(store: str, data_dir: str, cap: str, calls: int, tag: str) -> None:
@@ -199,18 +246,27 @@ def postgres_rows(console: Console, work: Path, n: int) -> None:
         pg_rate, pg_cpe = _fleet_rate(dsn, work, "fleet-pg", calls, shared_dir=False)
         nf_rate, nf_cpe = _fleet_rate(no_flush, work, "fleet-pg-no-flush", calls, shared_dir=False)
         lite_rate, lite_cpe = _fleet_rate("sqlite", work, "fleet-sqlite", calls, shared_dir=True)
+        scaling = _scaling_rows(dsn, work, calls)
     table = Table(title=f"PostgreSQL store vs SQLite, integration shape ({PROCESSES} processes x {CALLERS} "
                         f"asyncio callers, {calls} calls each; p50 of one sequential call, n={n})")
     for col in ("store", "p50 µs (1 caller)", "evaluations/s (16 callers, 4 processes)", "commits / evaluation"):
         table.add_column(col, justify="right" if col != "store" else "left")
-    table.add_row("PostgreSQL (one chain for the fleet)", f"{pg_p50:,.1f}", f"{pg_rate:,.0f}", f"{pg_cpe:.2f}")
+    table.add_row("PostgreSQL (one chain per kernel)", f"{pg_p50:,.1f}", f"{pg_rate:,.0f}", f"{pg_cpe:.2f}")
     table.add_row("  the same, synchronous_commit=off (no WAL flush per commit)", f"{nf_p50:,.1f}", f"{nf_rate:,.0f}",
                   f"{nf_cpe:.2f}")
     table.add_row("SQLite (one host)", f"{lite_p50:,.1f}", f"{lite_rate:,.0f}", f"{lite_cpe:.2f}")
     console.print(table)
     console.print(f"PostgreSQL p50 / SQLite p50 = {pg_p50 / lite_p50:.2f}x; "
                   f"PostgreSQL / SQLite evaluations/s = {pg_rate / lite_rate:.2f}x "
-                  "(no target: PostgreSQL buys one chain and exact budgets across hosts)")
+                  "(no target: PostgreSQL buys exact budgets across hosts)")
+    scale = Table(title=f"1 -> {PROCESSES} kernel processes on PostgreSQL, each on its own capability "
+                        f"({CALLERS} asyncio callers each, {calls} calls per caller)")
+    for col in ("link to the database", "1 kernel: evaluations/s", f"{PROCESSES} kernels: evaluations/s", "ratio"):
+        scale.add_column(col, justify="right" if col != "link to the database" else "left")
+    for link, one, four in scaling:
+        scale.add_row(link, f"{one:,.0f}", f"{four:,.0f}", f"{four / one:.2f}x")
+    console.print(scale)
+    console.print("target: >= 3x with the delay proxy (each kernel keeps its own chain; the fleet test asserts it)")
 
 
 def main() -> int:

@@ -72,23 +72,43 @@ SYSTEM_DATABASE_ENV = "DBOS_SYSTEM_DATABASE_URL"
 
 
 def dbos_run_identity(ctx: RunContext[Any]) -> str | None:
-    """The run part of idempotency keys inside a DBOS workflow: the workflow id + the agent run id.
+    """Name the run part of idempotency keys inside a DBOS workflow: the workflow id + the agent run id.
 
     Both are the same on every execution of the workflow (pydantic-ai's DBOS durability derives the
     agent run id from the workflow id and its step position), so a recovered or re-run workflow
     re-evaluates to the same receipts, while two workflows never share one.
+
+    Args:
+        ctx: the agent run's context.
+
+    Returns:
+        ``"dbos-workflow:<workflow id>:<run id>"``, or None outside a workflow.
     """
     workflow_id = DBOS.workflow_id
     return None if workflow_id is None else f"dbos-workflow:{workflow_id}:{ctx.run_id}"
 
 
 def dbos_run_metadata(ctx: RunContext[Any]) -> dict[str, str] | None:
-    """The run context signed into each receipt: ``{"dbos_workflow_id": ...}`` (None outside a workflow)."""
+    """Give the run context signed into each receipt.
+
+    Args:
+        ctx: the agent run's context (the workflow id is read from ``DBOS``).
+
+    Returns:
+        ``{"dbos_workflow_id": ...}``, or None outside a workflow.
+    """
     return run_metadata(dbos_workflow_id=DBOS.workflow_id)
 
 
 def receipt_ids_in_messages(messages: list[ModelMessage]) -> list[str]:
-    """The receipt ids the model responses of a governed run carry (``metadata["chio_receipt_id"]``), in order."""
+    """Collect the receipt ids the model responses of a governed run carry (``metadata["chio_receipt_id"]``).
+
+    Args:
+        messages: the run's messages (e.g. ``result.all_messages()``).
+
+    Returns:
+        The receipt ids in order, each once.
+    """
     ids: list[str] = []
     for message in messages:
         if isinstance(message, ModelResponse):
@@ -271,7 +291,15 @@ class ChioDBOSAgent(GovernedAgentFace, WrapperAgent[AgentDepsT, OutputDataT]):
     async def _governed_run(self, user_prompt: Any = None, **kwargs: Any) -> AgentRunResult[Any]:
         """Run the governed agent: inside the caller's DBOS workflow, else as its own ``<name>.chio_run``.
 
-        Takes every keyword argument ``Agent.run`` takes (inputs of a workflow must pickle).
+        Args:
+            user_prompt: the user's prompt.
+            **kwargs: every keyword argument ``Agent.run`` takes (inputs of a workflow must pickle).
+
+        Returns:
+            The run result (``.output``; its receipts via ``receipts_of``).
+
+        Raises:
+            PermissionError: a denied model request, or a denied tool call with ``on_deny="raise"``.
         """
         if DBOS.workflow_id is not None:
             joined: AgentRunResult[Any] = await self.wrapped.run(user_prompt, **kwargs)
@@ -280,7 +308,15 @@ class ChioDBOSAgent(GovernedAgentFace, WrapperAgent[AgentDepsT, OutputDataT]):
         return result
 
     def _governed_run_sync(self, user_prompt: Any = None, **kwargs: Any) -> AgentRunResult[Any]:
-        """Synchronous :meth:`run`."""
+        """Run the governed agent synchronously; see :meth:`run`.
+
+        Args:
+            user_prompt: the user's prompt.
+            **kwargs: every keyword argument ``Agent.run_sync`` takes.
+
+        Returns:
+            The run result, as :meth:`run`.
+        """
         result: AgentRunResult[Any] = super().run_sync(user_prompt, **kwargs)
         return result
 
@@ -289,5 +325,16 @@ class ChioDBOSAgent(GovernedAgentFace, WrapperAgent[AgentDepsT, OutputDataT]):
         run_sync = _governed_run_sync
 
     def realtime(self, *args: Any, **kwargs: Any) -> Any:
-        """Refused: a realtime session's model traffic cannot be evaluated (see ``docs/agents.md``)."""
+        """Refuse a realtime session: its model traffic cannot be evaluated (see ``docs/agents.md``).
+
+        Args:
+            *args: ignored.
+            **kwargs: ignored.
+
+        Returns:
+            Never returns.
+
+        Raises:
+            UserError: always.
+        """
         raise UserError(REALTIME_REFUSED)

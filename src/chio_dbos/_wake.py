@@ -21,7 +21,14 @@ ENGINE = "dbos"
 
 
 def approval_topic(approval_id: str) -> str:
-    """The DBOS message topic a workflow waiting on ``approval_id`` receives on."""
+    """Name the DBOS message topic a workflow waiting on an approval receives on.
+
+    Args:
+        approval_id: the kernel approval (``apr-...``).
+
+    Returns:
+        ``"chio-approval-<approval_id>"``.
+    """
     return f"chio-approval-{approval_id}"
 
 

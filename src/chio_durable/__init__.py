@@ -3,7 +3,8 @@
 Public surface (internals live in private modules, as pydantic-ai's ``durable_exec/`` does):
 ``KernelTransport`` / ``as_transport`` (how a layer reaches the kernel, chosen once),
 ``GovernedCall`` (one call, parameters hashed once), ``Evaluation`` (the decision), the one
-idempotency-key scheme (``call_key``) and the no-decision errors.
+idempotency-key scheme (``call_key``), the no-decision errors and ``instrument_all`` (one
+OpenTelemetry span per decision, docs/observability.md).
 """
 
 from chio_durable._call import CallKind, GovernedCall, call_key
@@ -20,6 +21,7 @@ from chio_durable._evaluation import (
     idempotency_key,
 )
 from chio_durable._params import bind_parameters, jsonable
+from chio_durable._telemetry import instrument_all
 from chio_durable._metering import ToolCost, release_op_id, report_cost, settle_op_id, usd
 
 __all__ = [
@@ -42,6 +44,7 @@ __all__ = [
     "evaluate",
     "evaluate_sync",
     "idempotency_key",
+    "instrument_all",
     "jsonable",
     "release_op_id",
     "report_cost",

@@ -24,7 +24,14 @@ _ADDRESS = re.compile(r" at 0x[0-9a-fA-F]+")
 
 
 def idempotency_key(*parts: object) -> str:
-    """A stable key for one governed call position: sha256 over its parts."""
+    """Derive a stable key for one governed call position: sha256 over its parts.
+
+    Args:
+        *parts: what pins the position (run, position, capability, ...), each turned into ``str``.
+
+    Returns:
+        ``"idem-<sha256 hex>"``.
+    """
     digest = hashlib.sha256()
     for part in parts:
         digest.update(str(part).encode())
@@ -97,7 +104,13 @@ class GovernedCall:
 
     The same type for an agent's model request / tool / MCP call (``chio_durable.agent``), a Prefect
     task attempt (``kind="task"``) and a Temporal activity execution (``kind="activity"``).
-    ``metadata``: the caller's run context (see the field), never part of what is asked.
+
+    Attributes:
+        kind: what is called (``"model"``, ``"tool"``, ``"task"``, ``"activity"``, ...).
+        tool_server: the server (or engine namespace) the tool belongs to.
+        tool_name: the tool, task or activity name.
+        parameters: the call's JSON-able arguments (hashed into the receipt).
+        metadata: the caller's run context, never part of what is asked (see the field).
     """
 
     kind: CallKind
@@ -109,6 +122,23 @@ class GovernedCall:
     ``metadata`` so ``chio-durable receipts list --flow-run/--workflow-id`` find it. Context, not the
     call: in no hash, idempotency key or equality. Sent by the embedded kernel and
     ``chio_kernel.SidecarClient``; a stock ``chio_sdk.ChioClient`` or a mock cannot send it (dropped)."""
+
+    def with_metadata(self, pairs: Mapping[str, str]) -> GovernedCall:
+        """This call with ``pairs`` added to its run context (the trace ids of its decision span).
+
+        The parameters, and their hashes if computed already, are the same objects: only the
+        context differs, which is in no hash or idempotency key.
+
+        Args:
+            pairs: run-context keys and values to add (they win over the call's own on a conflict).
+
+        Returns:
+            A new call; this one is unchanged.
+        """
+        traced = object.__new__(GovernedCall)
+        traced.__dict__.update(self.__dict__)  # frozen: filled as dataclasses.replace would, less the re-hash
+        traced.__dict__["metadata"] = {**(self.metadata or {}), **pairs}
+        return traced
 
     @property
     def label(self) -> str:
@@ -153,15 +183,24 @@ def run_metadata(**pairs: object) -> dict[str, str] | None:
 
 
 def call_key(run: str | None, position: str, capability_id: str | None, call: GovernedCall | None = None) -> str:
-    """THE idempotency-key scheme of every layer: run identity + call position + capability (+ call).
+    """Derive the idempotency key of a governed call: THE scheme of every layer.
 
-    ``run``: the flow run id (Prefect tasks), ``<workflow id>/<run id>`` (Temporal activities), the
-    agent's run identity (flow run / workflow run / agent run id). ``position``: where in that run the
-    call stands (a task's call position, ``activity:<activity id>``, ``tool#<step>#<tool call id>``).
-    ``call``: what is asked there (kind, server, tool, parameter hash), wherever the position alone
-    does not pin it; a Temporal activity id does (its arguments never change between attempts), and
-    the overridable ``activity_idempotency_key(info, capability_id)`` is not handed the call.
-    The same key re-evaluated returns the same receipt while the capability stays valid.
+    The key is run identity + call position + capability (+ call). The same key re-evaluated returns
+    the same receipt while the capability stays valid.
+
+    Args:
+        run: the flow run id (Prefect tasks), ``<workflow id>/<run id>`` (Temporal activities), the
+            agent's run identity (flow run / workflow run / agent run id).
+        position: where in that run the call stands (a task's call position, ``activity:<activity
+            id>``, ``tool#<step>#<tool call id>``).
+        capability_id: the capability the call runs under.
+        call: what is asked there (kind, server, tool, parameter hash), wherever the position alone
+            does not pin it; a Temporal activity id does (its arguments never change between
+            attempts), and the overridable ``activity_idempotency_key(info, capability_id)`` is not
+            handed the call.
+
+    Returns:
+        The key (:func:`idempotency_key` of those parts).
     """
     parts: tuple[object, ...] = (run, position, capability_id)
     if call is not None:

@@ -29,6 +29,20 @@ class Evaluation:
     only allow/deny fails closed); ``approval_id`` then names the approval to wait for, and re-evaluating
     the call with it (``KernelTransport.evaluate(..., approval_id=)``) is the only way to an allow. On
     the allow of such a re-evaluation ``approval_id`` names the approval used.
+
+    Attributes:
+        allowed: True only for the kernel's allow.
+        receipt_id: the signed receipt's id; None for a deny decided without the kernel.
+        capability_id: the capability the call ran under.
+        tool_server: the call's server.
+        tool_name: the call's tool.
+        guard: the check that denied, on a deny.
+        reason: why, on a deny or a pending approval.
+        decision: the receipt's decision as JSON (``verdict``, ``reason``, ``guard``).
+        receipt: the signed receipt, when the client returned one.
+        timestamp: the receipt's time, unix seconds.
+        pending: True when the call waits for a person's approval.
+        approval_id: the approval to wait for (pending) or the one used (its allow).
     """
 
     allowed: bool
@@ -101,11 +115,17 @@ class Evaluation:
 class Decision:
     """One decision on one governed call, as every engine's writers observe it.
 
-    The call (parameters hashed once), the kernel's :class:`Evaluation`, the idempotency key it was
-    asked with, the capability, and ``where``: the engine's own context (Prefect task and flow run
-    ids and names; the Temporal activity's ``Info`` and headers). Prefect's receipt events
-    (``ReceiptEvent.from_decision``) and Temporal's envelope steps (``WorkflowStepReceipt.from_decision``)
-    are views built from it by observers; the agent layer's ``GovernedRecord`` is one.
+    Prefect's receipt events (``ReceiptEvent.from_decision``) and Temporal's envelope steps
+    (``WorkflowStepReceipt.from_decision``) are views built from it by observers; the agent layer's
+    ``GovernedRecord`` is one.
+
+    Attributes:
+        call: the governed call (parameters hashed once).
+        evaluation: the kernel's :class:`Evaluation`.
+        idempotency_key: the key the kernel was asked with, or None.
+        capability_id: the capability the call ran under.
+        where: the engine's own context (Prefect task and flow run ids and names; the Temporal
+            activity's ``Info`` and headers).
     """
 
     call: GovernedCall

@@ -26,6 +26,7 @@ from chio_sdk.models import ChioScope
 from chio_durable._call import GovernedCall
 from chio_durable._decision import Evaluation
 from chio_durable._loop import await_on_kernel_loop, run_on_kernel_loop
+from chio_durable._telemetry import enabled, traced_denial
 from chio_durable._transport import EmbeddedTransport, KernelTransport
 
 __all__ = ["deny_before_evaluation", "deny_before_evaluation_async"]
@@ -73,6 +74,16 @@ def deny_before_evaluation(
     envelope: ChioScope | None = None,
 ) -> Evaluation:
     """The deny of ``call`` by ``guard``, signed and chained by the kernel where the transport can (sync)."""
+    if enabled(getattr(transport, "instrument", None)):
+        traced, done = traced_denial(call, capability_id, guard)
+        return done(_deny(transport, traced, capability_id, guard, reason, envelope))
+    return _deny(transport, call, capability_id, guard, reason, envelope)
+
+
+def _deny(
+    transport: KernelTransport, call: GovernedCall, capability_id: str | None, guard: str, reason: str,
+    envelope: ChioScope | None,
+) -> Evaluation:
     request = _request(call, capability_id, guard, reason, envelope)
     try:
         if isinstance(transport, EmbeddedTransport):
@@ -97,6 +108,16 @@ async def deny_before_evaluation_async(
     """:func:`deny_before_evaluation` for asyncio callers."""
     if isinstance(transport, EmbeddedTransport):
         return deny_before_evaluation(transport, call, capability_id, guard=guard, reason=reason, envelope=envelope)
+    if enabled(getattr(transport, "instrument", None)):
+        traced, done = traced_denial(call, capability_id, guard)
+        return done(await _deny_async(transport, traced, capability_id, guard, reason, envelope))
+    return await _deny_async(transport, call, capability_id, guard, reason, envelope)
+
+
+async def _deny_async(
+    transport: KernelTransport, call: GovernedCall, capability_id: str | None, guard: str, reason: str,
+    envelope: ChioScope | None,
+) -> Evaluation:
     record = _recorder(transport)
     if record is None:
         return _local(call, capability_id, guard, reason, f"{transport!r} cannot record denials", warn=False)

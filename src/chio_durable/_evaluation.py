@@ -62,9 +62,24 @@ async def evaluate(
     cost: MonetaryAmount | None = None,
     approval_id: str | None = None,
 ) -> Evaluation:
-    """Ask the kernel behind ``client`` about one call; raise :class:`KernelUnavailable` if it can't say.
+    """Ask the kernel behind a client about one call.
 
-    ``approval_id``: re-evaluate a pending call under a person's approval (docs/approvals.md).
+    Args:
+        client: a Chio client (see :func:`as_transport`).
+        capability_id: the capability the call runs under.
+        tool_server: the server (or engine namespace) the tool belongs to.
+        tool_name: the tool.
+        parameters: the call's JSON-able arguments.
+        idempotency_key: the same key re-evaluated returns the same receipt.
+        cost: the call's declared cost, held against the grant's budget.
+        approval_id: re-evaluate a pending call under a person's approval (docs/approvals.md).
+
+    Returns:
+        The kernel's :class:`Evaluation` (allow, deny or pending).
+
+    Raises:
+        KernelUnavailable: the kernel could not say.
+        KernelRejected: the kernel refused the request.
     """
     transport, call = _one_shot(client, tool_server, tool_name, parameters)
     extra = {} if approval_id is None else {"approval_id": approval_id}  # user transports may predate it
@@ -84,7 +99,25 @@ def evaluate_sync(
     cost: MonetaryAmount | None = None,
     approval_id: str | None = None,
 ) -> Evaluation:
-    """:func:`evaluate` for sync callers: inline for the embedded kernel, else on the kernel loop."""
+    """Ask the kernel about one call from sync code: inline for the embedded kernel, else on the kernel loop.
+
+    Args:
+        client: a Chio client (see :func:`as_transport`).
+        capability_id: the capability the call runs under.
+        tool_server: the server (or engine namespace) the tool belongs to.
+        tool_name: the tool.
+        parameters: the call's JSON-able arguments.
+        idempotency_key: as :func:`evaluate`.
+        cost: as :func:`evaluate`.
+        approval_id: as :func:`evaluate`.
+
+    Returns:
+        The kernel's :class:`Evaluation`.
+
+    Raises:
+        KernelUnavailable: the kernel could not say.
+        KernelRejected: the kernel refused the request.
+    """
     transport, call = _one_shot(client, tool_server, tool_name, parameters)
     extra = {} if approval_id is None else {"approval_id": approval_id}
     return transport.evaluate_sync(

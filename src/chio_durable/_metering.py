@@ -70,7 +70,17 @@ _MILLION = Decimal(1_000_000)
 
 
 def usd(dollars: Decimal | float | int | str) -> MonetaryAmount:
-    """A USD amount in cents, rounded up: ``usd("0.031")`` is 4 cents, ``usd(5)`` 500."""
+    """Make a USD amount in cents, rounded up: ``usd("0.031")`` is 4 cents, ``usd(5)`` 500.
+
+    Args:
+        dollars: the amount in dollars (a string keeps it exact).
+
+    Returns:
+        The amount in minor units, currency ``USD``.
+
+    Raises:
+        ValueError: not finite, or below 0.
+    """
     value = Decimal(str(dollars))
     if not value.is_finite() or value < 0:
         raise ValueError(f"a cost is a finite amount >= 0, got {dollars!r}")
@@ -92,6 +102,10 @@ class TokenPrice:
     """A model's price in USD per million tokens, for models ``genai-prices`` does not know.
 
     ``TokenPrice(input_per_mtok=2.5, output_per_mtok=10)`` is gpt-4o's list price.
+
+    Attributes:
+        input_per_mtok: USD per million input tokens (kept as a ``Decimal``).
+        output_per_mtok: USD per million output tokens (kept as a ``Decimal``).
     """
 
     input_per_mtok: Decimal | float | int | str
@@ -102,14 +116,29 @@ class TokenPrice:
         object.__setattr__(self, "output_per_mtok", _decimal("output_per_mtok", self.output_per_mtok))
 
     def usage_usd(self, input_tokens: int, output_tokens: int) -> Decimal:
-        """What ``input_tokens`` in and ``output_tokens`` out cost, in USD."""
+        """Price a response's token usage.
+
+        Args:
+            input_tokens: tokens read.
+            output_tokens: tokens written.
+
+        Returns:
+            The cost in USD.
+        """
         return (
             Decimal(input_tokens) * Decimal(self.input_per_mtok)
             + Decimal(output_tokens) * Decimal(self.output_per_mtok)
         ) / _MILLION
 
     def limit_usd(self, max_tokens: int) -> Decimal:
-        """The most ``max_tokens`` tokens can cost, whether read or written (the dearer rate), in USD."""
+        """Price the most a token limit can cost, whether read or written (the dearer rate).
+
+        Args:
+            max_tokens: the request's token limit.
+
+        Returns:
+            The cost in USD.
+        """
         return Decimal(max_tokens) * max(Decimal(self.input_per_mtok), Decimal(self.output_per_mtok)) / _MILLION
 
 
@@ -169,7 +198,18 @@ class ModelMetering:
             raise ValueError(f"default_max_tokens must be an int >= 1, got {self.default_max_tokens!r}")
 
     def user_price(self, model_name: str, system: str | None = None) -> TokenPrice | None:
-        """The user's price for the model, if one was supplied."""
+        """Look up the user's price for a model, if one was supplied.
+
+        Args:
+            model_name: the model's name (``"gpt-4o"``).
+            system: the provider (``"openai"``); a mapping is also looked up as ``"<system>:<model>"``.
+
+        Returns:
+            The :class:`TokenPrice`, or None.
+
+        Raises:
+            TypeError: the user's price function returned something other than a ``TokenPrice``.
+        """
         if self.prices is None:
             return None
         if isinstance(self.prices, Mapping):
@@ -183,7 +223,14 @@ class ModelMetering:
         return price
 
     def max_tokens(self, model_settings: Mapping[str, Any] | None) -> int:
-        """The request's token limit: ``max_tokens`` from its model settings, else :attr:`default_max_tokens`."""
+        """Read a request's token limit.
+
+        Args:
+            model_settings: the request's model settings.
+
+        Returns:
+            Their ``max_tokens``, else :attr:`default_max_tokens`.
+        """
         value = (model_settings or {}).get("max_tokens")
         if isinstance(value, int) and not isinstance(value, bool) and value > 0:
             return value
@@ -192,7 +239,16 @@ class ModelMetering:
     def estimate(
         self, model_name: str, model_settings: Mapping[str, Any] | None, system: str | None = None
     ) -> MonetaryAmount | None:
-        """The hold for one request: the token limit at the model's dearer rate; ``None`` if unpriced."""
+        """Estimate the hold for one model request: the token limit at the model's dearer rate.
+
+        Args:
+            model_name: the model's name.
+            model_settings: the request's model settings (for ``max_tokens``).
+            system: the provider, for the price lookup.
+
+        Returns:
+            The amount to hold, or None if the model is unpriced.
+        """
         limit = self.max_tokens(model_settings)
         price = self.user_price(model_name, system)
         if price is not None:
@@ -208,7 +264,16 @@ class ModelMetering:
         return usd(max(reading, writing))
 
     def actual(self, model_name: str, usage: Any, system: str | None = None) -> MonetaryAmount | None:
-        """The cost of a response's ``usage`` (a pydantic-ai ``RequestUsage``); ``None`` if unpriced."""
+        """Price a model response's actual usage.
+
+        Args:
+            model_name: the model's name.
+            usage: the response's usage (a pydantic-ai ``RequestUsage``).
+            system: the provider, for the price lookup.
+
+        Returns:
+            The cost, or None if the model is unpriced.
+        """
         price = self.user_price(model_name, system)
         if price is not None:
             return usd(price.usage_usd(int(getattr(usage, "input_tokens", 0) or 0), int(getattr(usage, "output_tokens", 0) or 0)))
@@ -272,10 +337,18 @@ _REPORT: ContextVar[_Report | None] = ContextVar("chio_reported_cost", default=N
 
 
 def report_cost(amount: MonetaryAmount) -> None:
-    """Report what the running governed tool/task actually cost; its hold settles at this amount.
+    """Report what the running governed tool or task actually cost; its hold settles at this amount.
 
     Call it in the body of a tool or ``@chio_task`` that declared a cost. The last report wins.
-    Outside such a call it raises ``RuntimeError`` (a report nobody settles would be lost silently).
+
+    Args:
+        amount: the actual cost.
+
+    Raises:
+        TypeError: ``amount`` is not a ``MonetaryAmount``.
+        ValueError: a negative amount.
+        RuntimeError: called outside a governed call that declared a cost (a report nobody settles
+            would be lost silently).
     """
     if not isinstance(amount, MonetaryAmount):
         raise TypeError(f"report_cost() takes a MonetaryAmount, got {type(amount).__name__}")
@@ -307,12 +380,26 @@ def reported_cost_scope() -> Iterator[_Report]:
 
 
 def settle_op_id(receipt_id: str) -> str:
-    """The op id of a hold's settlement: one per receipt, so a retried settle returns the first receipt."""
+    """Name the settlement of a hold: one per receipt, so a retried settle returns the first receipt.
+
+    Args:
+        receipt_id: the allow receipt that placed the hold.
+
+    Returns:
+        ``"settle:<receipt_id>"``.
+    """
     return f"settle:{receipt_id}"
 
 
 def release_op_id(receipt_id: str) -> str:
-    """The op id of a hold's release: one per receipt, so a release happens exactly once."""
+    """Name the release of a hold: one per receipt, so a release happens exactly once.
+
+    Args:
+        receipt_id: the allow receipt that placed the hold.
+
+    Returns:
+        ``"release:<receipt_id>"``.
+    """
     return f"release:{receipt_id}"
 
 

@@ -23,14 +23,31 @@ _ADDRESS = re.compile(r" at 0x[0-9a-fA-F]+")
 
 
 def jsonable(value: Any) -> Any:
-    """A JSON-able view of ``value`` (pydantic models, dataclasses, bytes, datetimes...)."""
+    """Convert a value to a JSON-able view (pydantic models, dataclasses, bytes, datetimes...).
+
+    Args:
+        value: any Python value; bytes become base64, unknown objects their ``repr``.
+
+    Returns:
+        The JSON-able value.
+    """
     return to_jsonable_python(value, fallback=repr, bytes_mode="base64")
 
 
 def bind_parameters(
     fn: Callable[..., Any] | inspect.Signature, args: tuple[Any, ...], kwargs: dict[str, Any]
 ) -> dict[str, Any]:
-    """``{parameter name: JSON-able value}`` for a call of ``fn(*args, **kwargs)``."""
+    """Bind a call's arguments to the function's parameter names, as the kernel sees them.
+
+    Args:
+        fn: the called function, or its signature.
+        args: the positional arguments of the call.
+        kwargs: the keyword arguments of the call.
+
+    Returns:
+        ``{parameter name: JSON-able value}``, defaults applied; ``{"args": [...], "kwargs": {...}}``
+        for a call that does not fit the signature (it fails in the function itself).
+    """
     signature = fn if isinstance(fn, inspect.Signature) else inspect.signature(fn)
     try:
         bound = signature.bind(*args, **kwargs)

@@ -16,13 +16,24 @@ _CURRENT_RECEIPT: ContextVar[str | None] = ContextVar("chio_durable.agent.curren
 
 
 def current_receipt_id() -> str | None:
-    """The receipt id of the governed call running in this context, or ``None`` outside one."""
+    """Read the receipt id of the governed call running in this context.
+
+    Returns:
+        The allow receipt's id, or None outside a governed call.
+    """
     return _CURRENT_RECEIPT.get()
 
 
 @contextmanager
 def receipt_scope(receipt_id: str | None) -> Iterator[None]:
-    """Make ``receipt_id`` the :func:`current_receipt_id` while the governed call runs."""
+    """Make a receipt id the :func:`current_receipt_id` while the governed call runs.
+
+    Args:
+        receipt_id: the allow receipt of the call.
+
+    Yields:
+        Nothing; the previous id is restored on exit.
+    """
     token = _CURRENT_RECEIPT.set(receipt_id)
     try:
         yield

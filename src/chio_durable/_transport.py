@@ -47,6 +47,7 @@ from chio_durable._call import GovernedCall
 from chio_durable._decision import Evaluation
 from chio_durable._errors import HoldConflict, KernelRejected, KernelUnavailable
 from chio_durable._loop import await_on_kernel_loop, run_on_kernel_loop
+from chio_durable._telemetry import enabled, record_budgets, traced_evaluation, traced_hold
 
 if TYPE_CHECKING:
     from chio_sdk.testing import MockChioClient
@@ -89,40 +90,116 @@ class KernelTransport(Protocol):
         self, call: GovernedCall, *, capability_id: str, idempotency_key: str | None = None,
         cost: MonetaryAmount | None = None, approval_id: str | None = None,
     ) -> Evaluation:
-        """The kernel's decision on ``call``; raises ``KernelUnavailable`` / ``KernelRejected``.
+        """Ask the kernel for its decision on one call.
 
-        ``approval_id``: re-evaluate a call that was pending (``Evaluation.pending``) under the
-        approval a person gave; only the kernel's allow of THAT re-evaluation authorises the call
-        (docs/approvals.md). Transports that cannot send it raise ``KernelRejected``.
+        Args:
+            call: the governed call to decide.
+            capability_id: the capability it runs under.
+            idempotency_key: the same key re-evaluated returns the same receipt (a retry is charged once).
+            cost: the call's declared cost, held against the grant's budget (docs/budgets.md).
+            approval_id: re-evaluate a call that was pending (``Evaluation.pending``) under the approval a
+                person gave; only the kernel's allow of THAT re-evaluation authorises the call
+                (docs/approvals.md).
+
+        Returns:
+            The kernel's :class:`Evaluation` (allow, deny or pending).
+
+        Raises:
+            KernelUnavailable: the kernel could not be reached or gave no decision.
+            KernelRejected: the kernel refused the request (e.g. a transport that cannot send
+                ``approval_id``).
         """
 
     def evaluate_sync(
         self, call: GovernedCall, *, capability_id: str, idempotency_key: str | None = None,
         cost: MonetaryAmount | None = None, approval_id: str | None = None,
     ) -> Evaluation:
-        """:meth:`evaluate` for sync callers (any thread but the kernel loop)."""
+        """Ask the kernel for its decision, from sync code (any thread but the kernel loop).
+
+        Args:
+            call: the governed call to decide.
+            capability_id: the capability it runs under.
+            idempotency_key: as :meth:`evaluate`.
+            cost: as :meth:`evaluate`.
+            approval_id: as :meth:`evaluate`.
+
+        Returns:
+            The kernel's :class:`Evaluation`.
+
+        Raises:
+            KernelUnavailable: as :meth:`evaluate`.
+            KernelRejected: as :meth:`evaluate`.
+        """
 
     async def run(self, make_call: Callable[[], Awaitable[T]]) -> T:
-        """Await another call on the client (mint, attenuate, fetch) where its connections live."""
+        """Await another call on the client (mint, attenuate, fetch) where its connections live.
+
+        Args:
+            make_call: makes the coroutine to await, e.g. ``lambda: client.create_capability(...)``.
+
+        Returns:
+            What that coroutine returns.
+        """
 
     async def settle(self, receipt_id: str, actual_cost: MonetaryAmount, op_id: str) -> ChioReceipt | None:
-        """Settle the budget hold of allow ``receipt_id`` with the actual cost (docs/budgets.md).
+        """Settle the budget hold of an allow with the actual cost (docs/budgets.md).
 
-        Returns the kernel's signed settle receipt (the same one again for the same ``op_id``), or
-        None where the client holds no budgets (``MockTransport``; a stock ``ChioClient``, which
-        cannot declare a cost). Raises :class:`HoldConflict` if the hold was already closed by another
-        operation, ``KernelRejected`` for no hold / bad input, ``KernelUnavailable`` if the kernel
-        could not be reached (retry with the same ``op_id``).
+        Args:
+            receipt_id: the allow receipt that placed the hold.
+            actual_cost: what the call cost, in the hold's currency (minor units).
+            op_id: names this operation (:func:`settle_op_id`): the same ``op_id`` again returns the same
+                receipt.
+
+        Returns:
+            The kernel's signed settle receipt, or None where the client holds no budgets
+            (``MockTransport``; a stock ``ChioClient``, which cannot declare a cost).
+
+        Raises:
+            HoldConflict: the hold was already closed by another operation.
+            KernelRejected: no hold, or bad input.
+            KernelUnavailable: the kernel could not be reached (retry with the same ``op_id``).
         """
 
     async def release(self, receipt_id: str, op_id: str, reason: str = "released") -> ChioReceipt | None:
-        """Free the whole budget hold of allow ``receipt_id`` (compensation); as :meth:`settle`."""
+        """Free the whole budget hold of an allow (compensation).
+
+        Args:
+            receipt_id: the allow receipt that placed the hold.
+            op_id: names this operation (:func:`release_op_id`).
+            reason: why (recorded and signed).
+
+        Returns:
+            The kernel's signed release receipt, or None where the client holds no budgets.
+
+        Raises:
+            HoldConflict: as :meth:`settle`.
+            KernelRejected: as :meth:`settle`.
+            KernelUnavailable: as :meth:`settle`.
+        """
 
     def settle_sync(self, receipt_id: str, actual_cost: MonetaryAmount, op_id: str) -> ChioReceipt | None:
-        """:meth:`settle` for sync callers (any thread but the kernel loop)."""
+        """Settle a budget hold from sync code (any thread but the kernel loop); see :meth:`settle`.
+
+        Args:
+            receipt_id: the allow receipt that placed the hold.
+            actual_cost: what the call cost.
+            op_id: names this operation.
+
+        Returns:
+            The signed settle receipt, or None where the client holds no budgets.
+        """
 
     def release_sync(self, receipt_id: str, op_id: str, reason: str = "released") -> ChioReceipt | None:
-        """:meth:`release` for sync callers (any thread but the kernel loop)."""
+        """Release a budget hold from sync code (any thread but the kernel loop); see :meth:`release`.
+
+        Args:
+            receipt_id: the allow receipt that placed the hold.
+            op_id: names this operation.
+            reason: why (recorded and signed).
+
+        Returns:
+            The signed release receipt, or None where the client holds no budgets.
+        """
 
     async def register_approval_wake(self, approval_id: str, wake: Mapping[str, Any]) -> bool:
         """Register what wakes the run waiting for ``approval_id`` once a person answers it in the kernel.
@@ -146,7 +223,17 @@ class KernelTransport(Protocol):
         """
 
     def register_approval_wake_sync(self, approval_id: str, wake: Mapping[str, Any]) -> bool:
-        """:meth:`register_approval_wake` for sync callers (any thread but the kernel loop)."""
+        """Register an approval wake from sync code (any thread but the kernel loop).
+
+        See :meth:`register_approval_wake`.
+
+        Args:
+            approval_id: the approval the run waits for.
+            wake: ``{"engine": "<name>", ...engine-specific JSON fields}``.
+
+        Returns:
+            True when the kernel registered it; False when this client cannot.
+        """
 
 
 ChioClientLike = Union["LocalChioClient", "Kernel", ChioClient, "MockChioClient", KernelTransport]
@@ -154,10 +241,14 @@ ChioClientLike = Union["LocalChioClient", "Kernel", ChioClient, "MockChioClient"
 
 
 def client_url(client: object) -> str:
-    """Where a client sends its evaluations, for error messages and events.
+    """Name where a client sends its evaluations, for error messages and events.
 
-    Its public ``base_url`` (``SidecarClient``, ``LocalChioClient``); a stock ``chio_sdk.ChioClient``
-    does not expose its URL, so it is named by its type.
+    Args:
+        client: a Chio client or transport.
+
+    Returns:
+        Its public ``base_url`` (``SidecarClient``, ``LocalChioClient``) or transport ``url``; a stock
+        ``chio_sdk.ChioClient`` does not expose its URL, so it is named by its type.
     """
     if isinstance(client, KernelTransport):
         return client.url
@@ -186,6 +277,8 @@ class EmbeddedTransport:
     """The in-process kernel, called inline: no HTTP, no thread, no loop hop."""
 
     sends_idempotency_keys = True
+    instrument: bool | None = None
+    """Trace its decisions (docs/observability.md): None follows ``chio_durable.instrument_all()``."""
 
     def __init__(self, kernel: Kernel, client: LocalChioClient | None = None) -> None:
         self.kernel = kernel
@@ -198,6 +291,29 @@ class EmbeddedTransport:
     def evaluate_sync(
         self, call: GovernedCall, *, capability_id: str, idempotency_key: str | None = None,
         cost: MonetaryAmount | None = None, approval_id: str | None = None,
+    ) -> Evaluation:
+        if not enabled(self.instrument):
+            return self._decide(call, capability_id, idempotency_key, cost, approval_id)
+        trace = traced_evaluation(call, capability_id, cost, approval_id, self._pending_metadata)
+        try:
+            evaluation = self._decide(trace.call, capability_id, idempotency_key, cost, approval_id)
+        except BaseException as err:
+            trace.failed(err)
+            raise
+        trace.done(evaluation)
+        if cost is not None and evaluation.allowed:
+            record_budgets(capability_id, self.kernel.budgets)
+        return evaluation
+
+    def _pending_metadata(self, approval_id: str) -> Mapping[str, Any] | None:
+        """The signed run context of the pending receipt ``approval_id`` answers (its trace ids)."""
+        approval = self.kernel.get_approval(approval_id) or {}
+        receipt = self.kernel.get_receipt(str(approval.get("pending_receipt_id")))
+        return receipt.metadata if receipt is not None else None
+
+    def _decide(
+        self, call: GovernedCall, capability_id: str, idempotency_key: str | None,
+        cost: MonetaryAmount | None, approval_id: str | None,
     ) -> Evaluation:
         # The call's canonical form and hash, computed once for its idempotency key, are handed
         # over (in process only), so the kernel does not canonicalise and hash the parameters again.
@@ -243,11 +359,27 @@ class EmbeddedTransport:
         except Exception as err:  # the kernel could not record it (store locked, disk full...)
             raise KernelUnavailable(self.url, f"{type(err).__name__}: {err}") from err
 
+    def _traced_hold_op(
+        self, op: str, receipt_id: str, amount: MonetaryAmount | None, call: Callable[[], ChioReceipt]
+    ) -> ChioReceipt:
+        if not enabled(self.instrument):
+            return self._hold_op(call)
+        finish = traced_hold(op, receipt_id, amount, self.kernel.budgets)
+        try:
+            receipt = self._hold_op(call)
+        except BaseException as err:
+            finish(None, err)
+            raise
+        finish(receipt, None)
+        return receipt
+
     def settle_sync(self, receipt_id: str, actual_cost: MonetaryAmount, op_id: str) -> ChioReceipt | None:
-        return self._hold_op(lambda: self.kernel.settle(receipt_id, actual_cost, op_id))
+        return self._traced_hold_op(
+            "settle", receipt_id, actual_cost, lambda: self.kernel.settle(receipt_id, actual_cost, op_id)
+        )
 
     def release_sync(self, receipt_id: str, op_id: str, reason: str = "released") -> ChioReceipt | None:
-        return self._hold_op(lambda: self.kernel.release(receipt_id, op_id, reason))
+        return self._traced_hold_op("release", receipt_id, None, lambda: self.kernel.release(receipt_id, op_id, reason))
 
     async def settle(self, receipt_id: str, actual_cost: MonetaryAmount, op_id: str) -> ChioReceipt | None:
         return self.settle_sync(receipt_id, actual_cost, op_id)
@@ -312,6 +444,8 @@ class _RemoteTransport:
 
     sends_idempotency_keys = False
     checks_parameter_hash = False
+    instrument: bool | None = None
+    """Trace its decisions (docs/observability.md): None follows ``chio_durable.instrument_all()``."""
 
     def __init__(self, client: _ToolCallEvaluator) -> None:
         self.client = client
@@ -383,13 +517,29 @@ class _RemoteTransport:
         self, call: GovernedCall, *, capability_id: str, idempotency_key: str | None = None,
         cost: MonetaryAmount | None = None, approval_id: str | None = None,
     ) -> Evaluation:
-        return await await_on_kernel_loop(self._decide(call, capability_id, idempotency_key, cost, approval_id))
+        if not enabled(self.instrument):
+            return await await_on_kernel_loop(self._decide(call, capability_id, idempotency_key, cost, approval_id))
+        trace = traced_evaluation(call, capability_id, cost, approval_id)  # in the caller's context
+        try:
+            evaluation = await await_on_kernel_loop(self._decide(trace.call, capability_id, idempotency_key, cost, approval_id))
+        except BaseException as err:
+            trace.failed(err)
+            raise
+        return trace.done(evaluation)
 
     def evaluate_sync(
         self, call: GovernedCall, *, capability_id: str, idempotency_key: str | None = None,
         cost: MonetaryAmount | None = None, approval_id: str | None = None,
     ) -> Evaluation:
-        return run_on_kernel_loop(self._decide(call, capability_id, idempotency_key, cost, approval_id))
+        if not enabled(self.instrument):
+            return run_on_kernel_loop(self._decide(call, capability_id, idempotency_key, cost, approval_id))
+        trace = traced_evaluation(call, capability_id, cost, approval_id)
+        try:
+            evaluation = run_on_kernel_loop(self._decide(trace.call, capability_id, idempotency_key, cost, approval_id))
+        except BaseException as err:
+            trace.failed(err)
+            raise
+        return trace.done(evaluation)
 
     async def run(self, make_call: Callable[[], Awaitable[T]]) -> T:
         async def on_loop() -> T:
@@ -403,17 +553,49 @@ class _RemoteTransport:
     async def _hold_op(self, op: str, receipt_id: str, args: tuple[Any, ...]) -> ChioReceipt | None:
         return None
 
+    def _traced(self, op: str, receipt_id: str, amount: MonetaryAmount | None, run: Callable[[], T]) -> T:
+        """``run()`` (one hold operation on the kernel loop), in a span when instrumented."""
+        if not enabled(self.instrument):
+            return run()
+        finish = traced_hold(op, receipt_id, amount)
+        try:
+            result = run()
+        except BaseException as err:
+            finish(None, err)
+            raise
+        finish(result if isinstance(result, ChioReceipt) else None, None)
+        return result
+
+    async def _traced_async(
+        self, op: str, receipt_id: str, amount: MonetaryAmount | None, args: tuple[Any, ...]
+    ) -> ChioReceipt | None:
+        if not enabled(self.instrument):
+            return await await_on_kernel_loop(self._hold_op(op, receipt_id, args))
+        finish = traced_hold(op, receipt_id, amount)
+        try:
+            receipt = await await_on_kernel_loop(self._hold_op(op, receipt_id, args))
+        except BaseException as err:
+            finish(None, err)
+            raise
+        finish(receipt, None)
+        return receipt
+
     async def settle(self, receipt_id: str, actual_cost: MonetaryAmount, op_id: str) -> ChioReceipt | None:
-        return await await_on_kernel_loop(self._hold_op("settle", receipt_id, (actual_cost, op_id)))
+        return await self._traced_async("settle", receipt_id, actual_cost, (actual_cost, op_id))
 
     async def release(self, receipt_id: str, op_id: str, reason: str = "released") -> ChioReceipt | None:
-        return await await_on_kernel_loop(self._hold_op("release", receipt_id, (op_id, reason)))
+        return await self._traced_async("release", receipt_id, None, (op_id, reason))
 
     def settle_sync(self, receipt_id: str, actual_cost: MonetaryAmount, op_id: str) -> ChioReceipt | None:
-        return run_on_kernel_loop(self._hold_op("settle", receipt_id, (actual_cost, op_id)))
+        return self._traced(
+            "settle", receipt_id, actual_cost,
+            lambda: run_on_kernel_loop(self._hold_op("settle", receipt_id, (actual_cost, op_id))),
+        )
 
     def release_sync(self, receipt_id: str, op_id: str, reason: str = "released") -> ChioReceipt | None:
-        return run_on_kernel_loop(self._hold_op("release", receipt_id, (op_id, reason)))
+        return self._traced(
+            "release", receipt_id, None, lambda: run_on_kernel_loop(self._hold_op("release", receipt_id, (op_id, reason)))
+        )
 
     # Wakes: a mock (and a stock ChioClient) has no way to register one: False, the engine falls
     # back to its own wake-up. HttpTransport overrides _register_wake for SidecarClient.
@@ -521,9 +703,17 @@ def is_client(value: object) -> bool:
 
 
 def as_transport(client: ChioClientLike | Any) -> KernelTransport:
-    """The :class:`KernelTransport` for ``client``, chosen once (call at construction, not per call).
+    """Choose the :class:`KernelTransport` for a client, once (call at construction, not per call).
 
-    Raises ``TypeError`` for an object that is no Chio client at all.
+    Args:
+        client: ``chio_kernel.LocalChioClient``, ``chio_kernel.SidecarClient``, a ``Kernel``, a
+            ``chio_sdk.ChioClient``, a ``chio_sdk.testing`` mock, or a transport (returned as is).
+
+    Returns:
+        The transport that reaches the kernel behind ``client``.
+
+    Raises:
+        TypeError: ``client`` is no Chio client at all (the message lists what to pass).
     """
     if isinstance(client, (EmbeddedTransport, _RemoteTransport)):
         return client
@@ -561,3 +751,27 @@ class TransportSlot:
     def chio_client(self, client: ChioClientLike) -> None:
         self.transport = as_transport(client)
         self._chio_client = client
+        self._apply_instrument()
+
+    @property
+    def instrument(self) -> bool | None:
+        """Trace this layer's decisions (docs/observability.md): True, False, or None (default) to
+        follow ``chio_durable.instrument_all()`` and pydantic-ai's ``Agent.instrument_all()``."""
+        return getattr(self, "_instrument", None)
+
+    @instrument.setter
+    def instrument(self, value: bool | None) -> None:
+        if value is not None and not isinstance(value, bool):
+            raise TypeError(f"instrument must be True, False or None, got {value!r}")
+        if value:
+            from chio_durable._telemetry import otel
+
+            otel()  # say now, in one line, if the otel extra is missing
+        self._instrument = value
+        self._apply_instrument()
+
+    def _apply_instrument(self) -> None:
+        value = getattr(self, "_instrument", None)
+        transport = getattr(self, "transport", None)
+        if value is not None and transport is not None and hasattr(transport, "instrument"):
+            transport.instrument = value

@@ -23,7 +23,7 @@ from chio_kernel._errors import (
     UnknownHoldError,
 )
 from chio_kernel._kernel import ChainReport, Kernel
-from chio_kernel._receipts import receipt_chain_hash, receipt_signing_bytes
+from chio_kernel._receipts import ChainStatus, receipt_chain_hash, receipt_signing_bytes
 from chio_kernel.canonical import canonical_json
 from chio_kernel.signing import default_data_dir
 
@@ -34,6 +34,7 @@ __all__ = [
     "ApprovalTokenError",
     "CapabilityError",
     "ChainReport",
+    "ChainStatus",
     "ChioKernelError",
     "HoldConflictError",
     "IdempotencyKeyReusedError",

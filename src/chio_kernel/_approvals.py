@@ -153,14 +153,30 @@ def sign_approval_token(
     now: float | None = None,
     token_id: str | None = None,
 ) -> dict[str, Any]:
-    """A signed approval token answering ``approval`` (a dict as ``Kernel.get_approval`` returns it).
+    """Sign an approval token that answers an approval, as a trusted approver.
 
     Upstream's token fields: ``id``, ``approver`` (the hex public key of ``private_key``),
     ``subject``, ``request_id`` (the approval id), ``parameter_hash`` (the parameter binding),
-    ``issued_at``, ``expires_at``, ``decision`` (``"approved"`` / ``"denied"``), optional ``reason``,
-    and ``signature``: Ed25519 over the RFC 8785 canonical JSON of the token without ``signature``
-    (the rule of every other Chio signature). POST it to ``/approvals/{id}/respond`` or pass it to
-    ``Kernel.respond_approval_token``; the kernel must trust the key (``approver_keys``).
+    ``issued_at``, ``expires_at``, ``decision``, optional ``reason``, and ``signature``: Ed25519 over
+    the RFC 8785 canonical JSON of the token without ``signature`` (the rule of every other Chio
+    signature). POST it to ``/approvals/{id}/respond`` or pass it to ``Kernel.respond_approval_token``;
+    the kernel must trust the key (``approver_keys``).
+
+    Args:
+        private_key: the approver's Ed25519 key.
+        approval: the approval as ``Kernel.get_approval`` returns it (``id``, ``subject``,
+            ``parameter_hash`` are read).
+        decision: ``"approved"`` or ``"denied"``.
+        reason: why (signed into the token).
+        ttl_seconds: how long the token stays usable from ``now``.
+        now: the issue time in unix seconds (default: the clock now).
+        token_id: the token's id (default: a new ``apt-...`` id).
+
+    Returns:
+        The signed token as a JSON dict.
+
+    Raises:
+        KernelInputError: ``decision`` is neither ``"approved"`` nor ``"denied"``.
     """
     if decision not in OUTCOMES:
         raise KernelInputError(f"decision must be 'approved' or 'denied', got {decision!r}")
@@ -401,7 +417,7 @@ class Approvals:
                 "summary": summary,
             }
         }, req.metadata)  # the caller's run context too (the kernel's keys win)
-        receipt = self._chain.append(
+        receipt, seq = self._chain.append(
             st, head_seq, prev_hash, now, req,
             {"verdict": PENDING_VERDICT, "guard": APPROVAL_GUARD, "reason": reason}, cap.policy_hash, metadata,
         )
@@ -410,22 +426,22 @@ class Approvals:
             parameter_hash=req.param_hash, call_hash=call_hash(req), subject=cap.token.subject, summary=summary,
             created_at=int(now), expires_at=expires_at, status="pending", pending_receipt_id=receipt.id,
         ))
-        remember(st, req.key_hash, req.idem_hash, head_seq + 1)
+        remember(st, req.key_hash, req.idem_hash, seq)
         return receipt
 
     def approved_allow_receipt(
         self, st: StoreWriter, head_seq: int, prev_hash: str, now: float, req: EvalRequest, policy_hash: str
-    ) -> ChioReceipt:
-        """The allow receipt of a re-evaluation under an approval (``metadata.approval_id``); uses the
-        approval up."""
+    ) -> tuple[ChioReceipt, int]:
+        """The allow receipt of a re-evaluation under an approval (``metadata.approval_id``) and its
+        store seq; uses the approval up."""
         assert req.approval_id is not None
-        receipt = self._chain.append(
+        receipt, seq = self._chain.append(
             st, head_seq, prev_hash, now, req, ALLOW, policy_hash,
             merge_run_metadata({"approval_id": req.approval_id}, req.metadata),
         )
         if not st.consume_approval(req.approval_id, receipt.id):  # pragma: no cover - checked in this transaction
             raise RuntimeError(f"approval {req.approval_id} was used meanwhile")
-        return receipt
+        return receipt, seq
 
     # --- reading approvals ---
 
@@ -566,7 +582,7 @@ class Approvals:
             }
             if token_id is not None:
                 resolution["token_id"] = token_id
-            receipt = self._chain.append(
+            receipt, _ = self._chain.append(
                 st, head_seq, prev_hash, now,
                 CallRecord(row.capability_id, row.tool_server, row.tool_name, params, row.parameter_hash),
                 {"verdict": RESOLUTION_VERDICT, "guard": APPROVAL_GUARD, "reason": f"{outcome} by {approver}: {text}"},

@@ -505,6 +505,7 @@ class Capabilities:
                     "(list them with list_capabilities())"
                 )
             ids = st.capability_subtree(capability_id)
+            st.lock_capabilities(ids)  # concurrent writers: an evaluation counting on them finishes first
             now = self._clock()
             st.insert_revocations(
                 [(i, now, "revoked" if i == capability_id else f"ancestor {capability_id} revoked") for i in ids],

@@ -152,7 +152,12 @@ class LocalChioClient(_HttpRequestEvaluation):
     # --- ChioClient API ---
 
     async def health(self) -> dict[str, Any]:
-        """Kernel status (``status``, ``kernel_key``, ``data_dir``, ``receipts``)."""
+        """Report the kernel's status.
+
+        Returns:
+            ``status``, ``kernel_key``, ``data_dir``, ``receipts`` (the chain head), ``mode``; ``store``
+            (password masked) on a fleet store.
+        """
         return self.kernel.health()
 
     async def create_capability(
@@ -164,18 +169,47 @@ class LocalChioClient(_HttpRequestEvaluation):
         capability_id: str | None = None,
         rate_limit: tuple[int, float] | None = None,
     ) -> CapabilityToken:
-        """Issue a capability token (see :meth:`Kernel.create_capability`)."""
+        """Issue a capability token signed by this kernel (see :meth:`Kernel.create_capability`).
+
+        Args:
+            subject: who the token is for (the agent or worker identity).
+            scope: the grants the token carries (tools, constraints, budgets).
+            ttl_seconds: how long the token is valid from now.
+            capability_id: the token's id (default: a new random id).
+            rate_limit: ``(calls, per_seconds)``: at most that many evaluations per window.
+
+        Returns:
+            The signed token.
+        """
         return self.kernel.create_capability(
             subject=subject, scope=scope, ttl_seconds=ttl_seconds, capability_id=capability_id, rate_limit=rate_limit
         )
 
     async def validate_capability(self, token: CapabilityToken) -> bool:
-        """True if the token is valid now (signature, issuer, time, revocation, delegation chain)."""
+        """Tell whether a token is valid now.
+
+        Args:
+            token: the capability token to check (signature, issuer, time, revocation, delegation chain).
+
+        Returns:
+            True if valid; the reason it is not stays with the kernel (``Kernel.validate_capability``).
+        """
         valid, _reason = self.kernel.validate_capability(token)
         return valid
 
     async def attenuate_capability(self, token: CapabilityToken, *, new_scope: ChioScope) -> CapabilityToken:
-        """A child token with ``new_scope`` ⊆ ``token.scope``; ``ChioValidationError`` if not a subset."""
+        """Derive a child token whose scope is a subset of its parent's.
+
+        Args:
+            token: the parent capability token.
+            new_scope: the child's scope; must be a subset of ``token.scope``.
+
+        Returns:
+            The signed child token.
+
+        Raises:
+            ChioValidationError: ``new_scope`` is not a subset, or the kernel refused the parent.
+        """
         if not new_scope.is_subset_of(token.scope):
             raise ChioValidationError("new_scope must be a subset of the parent token scope")
         try:
@@ -184,17 +218,38 @@ class LocalChioClient(_HttpRequestEvaluation):
             raise ChioValidationError(str(err)) from err
 
     async def verify_receipt(self, receipt: ChioReceipt) -> bool:
-        """True if the receipt's signature verifies (this kernel or a trusted key)."""
+        """Verify a receipt's signature.
+
+        Args:
+            receipt: a receipt signed by this kernel or by a trusted kernel key.
+
+        Returns:
+            True if the signature verifies.
+        """
         return self.kernel.verify_receipt(receipt)
 
     async def verify_http_receipt(self, receipt: HttpReceipt) -> bool:
-        """True if the HTTP receipt is signed by this kernel (the sidecar's ``/chio/verify``)."""
+        """Verify an HTTP receipt as the sidecar's ``/chio/verify`` does.
+
+        Args:
+            receipt: an HTTP receipt from :meth:`evaluate_http_request`.
+
+        Returns:
+            True if it is signed by this kernel.
+        """
         from chio_kernel._http_evaluation import verify_http_receipt  # lazy: keeps ``import chio_kernel`` light
 
         return verify_http_receipt(self.kernel, receipt)
 
     async def verify_receipt_chain(self, receipts: list[ChioReceipt]) -> bool:
-        """``ChioClient.verify_receipt_chain``: each receipt's ``content_hash`` is the previous one's hash."""
+        """Verify that receipts chain: each ``content_hash`` is the previous receipt's hash.
+
+        Args:
+            receipts: receipts in chain order.
+
+        Returns:
+            True if the chain is unbroken (``ChioClient.verify_receipt_chain``).
+        """
         return await ChioClient.verify_receipt_chain(self, receipts)  # type: ignore[arg-type]
 
     async def evaluate_tool_call(
@@ -210,11 +265,23 @@ class LocalChioClient(_HttpRequestEvaluation):
         approval_id: str | None = None,
         metadata: Mapping[str, str] | None = None,
     ) -> ChioReceipt:
-        """Evaluate one tool call; returns the signed receipt (allow, deny or ``pending_approval``).
+        """Evaluate one tool call against a capability and sign the decision.
 
-        ``approval_id``: re-send a call that was pending once a person approved it (docs/approvals.md).
-        ``metadata``: the caller's run context (e.g. ``{"flow_run_id": ...}``), signed into the
-        receipt's ``metadata`` (``Kernel.evaluate``).
+        Args:
+            capability_id: the capability the call runs under.
+            tool_server: the server (or engine namespace) the tool belongs to.
+            tool_name: the tool.
+            parameters: the call's JSON arguments (hashed into the receipt).
+            idempotency_key: the same key re-evaluated while the capability is valid returns the same
+                receipt and charges no budget twice.
+            cost: the call's declared cost, held against the grant's cost budget (docs/budgets.md).
+            operation: what the call does (default ``INVOKE``).
+            approval_id: re-send a call that was pending once a person approved it (docs/approvals.md).
+            metadata: the caller's run context (e.g. ``{"flow_run_id": ...}``), signed into the receipt's
+                ``metadata``.
+
+        Returns:
+            The signed receipt: allow, deny or ``pending_approval`` (a deny is a receipt, not an error).
         """
         # concurrent callers on this event loop share one store transaction (group commit)
         return await self.kernel._evaluate_async(
@@ -241,7 +308,21 @@ class LocalChioClient(_HttpRequestEvaluation):
         envelope: ChioScope | None = None,
         metadata: Mapping[str, str] | None = None,
     ) -> ChioReceipt:
-        """A signed, chained deny receipt for a call refused before evaluation (``Kernel.record_denial``)."""
+        """Sign and chain a deny receipt for a call refused before evaluation (``Kernel.record_denial``).
+
+        Args:
+            capability_id: the capability the call would have run under.
+            tool_server: the tool's server.
+            tool_name: the tool.
+            parameters: the call's JSON arguments.
+            guard: the name of the check that refused the call.
+            reason: why, in a sentence.
+            envelope: the scope the call was checked against, if any (recorded in the receipt).
+            metadata: the caller's run context, signed into the receipt.
+
+        Returns:
+            The signed deny receipt.
+        """
         return self.kernel.record_denial(
             capability_id, tool_server, tool_name, parameters, guard=guard, reason=reason, envelope=envelope,
             metadata=metadata,
@@ -261,38 +342,99 @@ class LocalChioClient(_HttpRequestEvaluation):
     # --- kernel extras ---
 
     async def revoke_capability(self, capability_id: str) -> list[str]:
-        """Revoke a capability and its descendants; returns the revoked ids."""
+        """Revoke a capability and its descendants.
+
+        Args:
+            capability_id: the root of the subtree to revoke.
+
+        Returns:
+            Every revoked id, root first.
+
+        Raises:
+            CapabilityError: unknown id.
+        """
         return self.kernel.revoke_capability(capability_id)
 
     async def get_receipt(self, receipt_id: str) -> ChioReceipt | None:
-        """The stored receipt with this id, or None."""
+        """Read one stored receipt.
+
+        Args:
+            receipt_id: the receipt's id.
+
+        Returns:
+            The receipt, or None if the kernel has none with this id.
+        """
         return self.kernel.get_receipt(receipt_id)
 
     async def list_receipts(
         self, capability_id: str | None = None, *, limit: int | None = None, after_seq: int | None = None
     ) -> list[ChioReceipt]:
-        """Stored receipts in chain order, optionally for one capability (paged by ``limit``/``after_seq``)."""
+        """List stored receipts in chain order.
+
+        Args:
+            capability_id: only the receipts of this capability (default: all).
+            limit: at most this many (one page).
+            after_seq: start after this chain position (the next page).
+
+        Returns:
+            The receipts.
+        """
         return self.kernel.list_receipts(capability_id=capability_id, limit=limit, after_seq=after_seq)
 
     # --- approvals (docs/approvals.md) ---
 
     async def list_pending_approvals(self) -> list[dict[str, Any]]:
-        """The approvals still waiting for an answer (``GET /approvals/pending``)."""
+        """List the approvals still waiting for an answer (``GET /approvals/pending``).
+
+        Returns:
+            One dict per pending approval, as :meth:`get_approval` returns them.
+        """
         return self.kernel.list_approvals("pending")
 
     async def get_approval(self, approval_id: str) -> dict[str, Any] | None:
-        """One approval (see ``Kernel.get_approval``), or None."""
+        """Read one approval (see ``Kernel.get_approval``).
+
+        Args:
+            approval_id: the approval (``apr-...``).
+
+        Returns:
+            Its status now, the call, the receipts and the answer; None if unknown.
+        """
         return self.kernel.get_approval(approval_id)
 
     async def respond_approval(self, approval_id: str, outcome: str, reason: str | None = None) -> ChioReceipt:
-        """Answer as the kernel's operator (``"approved"`` / ``"denied"``); the signed resolution receipt.
-        A second answer raises ``chio_kernel.ApprovalConflictError``. The registered wakes are called
-        (in a worker thread: a slow waker does not hold up this event loop); see :meth:`last_wake_report`."""
+        """Answer an approval as the kernel's operator, once.
+
+        The registered wakes are called in a worker thread (a slow waker does not hold up this event
+        loop); see :meth:`last_wake_report`.
+
+        Args:
+            approval_id: the approval.
+            outcome: ``"approved"`` or ``"denied"``.
+            reason: why (recorded and signed).
+
+        Returns:
+            The signed resolution receipt.
+
+        Raises:
+            ApprovalConflictError: the approval was already answered.
+        """
         return await asyncio.to_thread(self.kernel.respond_approval, approval_id, outcome, reason)
 
     async def respond_approval_token(self, token: dict[str, Any]) -> ChioReceipt:
-        """Answer with a signed approval token from a trusted approver key (``sign_approval_token``);
-        wakes the waiting run as :meth:`respond_approval` does."""
+        """Answer an approval with a signed approval token from a trusted approver key.
+
+        Wakes the waiting run as :meth:`respond_approval` does.
+
+        Args:
+            token: the token made by :func:`sign_approval_token` (a dict naming ``request_id``).
+
+        Returns:
+            The signed resolution receipt.
+
+        Raises:
+            ApprovalConflictError: the approval was already answered.
+        """
         return await asyncio.to_thread(self.kernel.respond_approval_token, token)
 
     async def register_approval_wake(self, approval_id: str, wake: Mapping[str, Any]) -> dict[str, Any]:
@@ -313,30 +455,85 @@ class LocalChioClient(_HttpRequestEvaluation):
         return await asyncio.to_thread(self.kernel.register_approval_wake, approval_id, wake)
 
     def last_wake_report(self, approval_id: str) -> list[dict[str, Any]] | None:
-        """What answering this approval through this kernel woke (see ``Kernel.last_wake_report``)."""
+        """Tell what answering this approval through this kernel woke (see ``Kernel.last_wake_report``).
+
+        Args:
+            approval_id: the approval answered in this process.
+
+        Returns:
+            One ``{"engine", "ok", "message"}`` report per registered wake, or None if this process has
+            not answered it.
+        """
         return self.kernel.last_wake_report(approval_id)
 
     # --- budget holds (docs/budgets.md) ---
 
     async def settle(self, receipt_id: str, actual_cost: MonetaryAmount, op_id: str) -> ChioReceipt:
-        """Settle the hold of allow ``receipt_id`` with the actual cost (see :meth:`Kernel.settle`):
-        the signed settle receipt; ``HoldConflictError`` / ``UnknownHoldError`` as the kernel raises."""
+        """Settle the hold of an allow with the actual cost: capture it, free the rest (see :meth:`Kernel.settle`).
+
+        Args:
+            receipt_id: the allow receipt that placed the hold.
+            actual_cost: what the call cost, in the hold's currency (minor units).
+            op_id: names this operation: the same ``op_id`` again returns the same receipt.
+
+        Returns:
+            The signed settle receipt.
+
+        Raises:
+            HoldConflictError: the hold was closed by a different operation, or ``op_id`` reused.
+            UnknownHoldError: no hold for this receipt.
+        """
         return self.kernel.settle(receipt_id, actual_cost, op_id)
 
     async def release(self, receipt_id: str, op_id: str, reason: str = "released") -> ChioReceipt:
-        """Free the whole hold of allow ``receipt_id`` (see :meth:`Kernel.release`)."""
+        """Free the whole hold of an allow (compensation; see :meth:`Kernel.release`).
+
+        Args:
+            receipt_id: the allow receipt that placed the hold.
+            op_id: names this operation (same rules as :meth:`settle`).
+            reason: why (recorded and signed).
+
+        Returns:
+            The signed release receipt.
+
+        Raises:
+            HoldConflictError: the hold was closed by a different operation, or ``op_id`` reused.
+            UnknownHoldError: no hold for this receipt.
+        """
         return self.kernel.release(receipt_id, op_id, reason)
 
     async def expire_holds(self) -> list[ChioReceipt]:
-        """Expire every hold past the kernel's hold TTL now; their expiry receipts."""
+        """Expire every hold past the kernel's hold TTL now.
+
+        Returns:
+            Their signed expiry receipts.
+        """
         return self.kernel.expire_holds()
 
     async def get_hold(self, receipt_id: str) -> dict[str, Any] | None:
-        """The hold placed by allow ``receipt_id``, or None (see :meth:`Kernel.get_hold`)."""
+        """Read the hold placed by an allow (see :meth:`Kernel.get_hold`).
+
+        Args:
+            receipt_id: the allow receipt.
+
+        Returns:
+            ``amount``, ``state``, ``captured_units``, ``created_at``, ``expires_at``, ``closed_by``,
+            ``grants``; or None.
+        """
         return self.kernel.get_hold(receipt_id)
 
     async def budgets(self, capability_id: str) -> list[dict[str, Any]]:
-        """Captured, held and remaining amounts per budgeted grant (see :meth:`Kernel.budgets`)."""
+        """Report captured, held and remaining amounts per budgeted grant (see :meth:`Kernel.budgets`).
+
+        Args:
+            capability_id: the capability (its ancestors' budgets count too).
+
+        Returns:
+            One dict per budgeted grant: ``captured``, ``held``, ``remaining``, ``currency``, ...
+
+        Raises:
+            CapabilityError: unknown capability.
+        """
         return self.kernel.budgets(capability_id)
 
 
@@ -389,7 +586,11 @@ class SidecarClient(_HttpRequestEvaluation, ChioClient):
     # --- ChioClient API, over this client's own HTTP connection ---
 
     async def health(self) -> dict[str, Any]:
-        """The sidecar's ``/chio/health`` answer."""
+        """Read the sidecar's ``/chio/health`` answer.
+
+        Returns:
+            The kernel's status: ``status``, ``kernel_key``, ``data_dir``, ``receipts``, ``mode``.
+        """
         return await self._request("GET", "/chio/health")
 
     async def create_capability(
@@ -401,7 +602,18 @@ class SidecarClient(_HttpRequestEvaluation, ChioClient):
         capability_id: str | None = None,
         rate_limit: tuple[int, float] | None = None,
     ) -> CapabilityToken:
-        """Issue a capability token (``capability_id`` / ``rate_limit``: the kernel's optional fields)."""
+        """Issue a capability token through the sidecar (``POST /v1/capabilities``).
+
+        Args:
+            subject: who the token is for (the agent or worker identity).
+            scope: the grants the token carries (tools, constraints, budgets).
+            ttl_seconds: how long the token is valid from now.
+            capability_id: the token's id (default: a new random id; a kernel extra).
+            rate_limit: ``(calls, per_seconds)``: at most that many evaluations per window (a kernel extra).
+
+        Returns:
+            The signed token.
+        """
         body: dict[str, Any] = {
             "subject": subject,
             "scope": scope.model_dump(exclude_none=True),
@@ -414,24 +626,56 @@ class SidecarClient(_HttpRequestEvaluation, ChioClient):
         return CapabilityToken.model_validate(await self._request("POST", "/v1/capabilities", body))
 
     async def validate_capability(self, token: CapabilityToken) -> bool:
-        """True if the sidecar finds the token valid now."""
+        """Ask the sidecar whether a token is valid now.
+
+        Args:
+            token: the capability token to check.
+
+        Returns:
+            True if the sidecar finds it valid.
+        """
         data = await self._request("POST", "/v1/capabilities/validate", token.model_dump(exclude_none=True))
         return bool(data.get("valid", False))
 
     async def attenuate_capability(self, token: CapabilityToken, *, new_scope: ChioScope) -> CapabilityToken:
-        """A child token with ``new_scope`` ⊆ ``token.scope``; ``ChioValidationError`` if not a subset."""
+        """Derive a child token whose scope is a subset of its parent's.
+
+        Args:
+            token: the parent capability token.
+            new_scope: the child's scope; must be a subset of ``token.scope``.
+
+        Returns:
+            The signed child token.
+
+        Raises:
+            ChioValidationError: ``new_scope`` is not a subset.
+        """
         if not new_scope.is_subset_of(token.scope):
             raise ChioValidationError("new_scope must be a subset of the parent token scope")
         body = {"parent_token": token.model_dump(exclude_none=True), "new_scope": new_scope.model_dump(exclude_none=True)}
         return CapabilityToken.model_validate(await self._request("POST", "/v1/capabilities/attenuate", body))
 
     async def verify_receipt(self, receipt: ChioReceipt) -> bool:
-        """True if the sidecar's kernel verifies the receipt's signature."""
+        """Ask the sidecar's kernel to verify a receipt's signature.
+
+        Args:
+            receipt: the receipt.
+
+        Returns:
+            True if the signature verifies.
+        """
         data = await self._request("POST", "/v1/receipts/verify", receipt.model_dump(exclude_none=True))
         return bool(data.get("valid", False))
 
     async def verify_http_receipt(self, receipt: HttpReceipt) -> bool:
-        """True if the sidecar's kernel verifies the HTTP receipt's signature."""
+        """Ask the sidecar's kernel to verify an HTTP receipt's signature (``/chio/verify``).
+
+        Args:
+            receipt: an HTTP receipt from :meth:`evaluate_http_request`.
+
+        Returns:
+            True if the signature verifies.
+        """
         data = await self._request("POST", "/chio/verify", receipt.model_dump(exclude_none=True))
         return bool(data.get("valid", False))
 
@@ -448,15 +692,29 @@ class SidecarClient(_HttpRequestEvaluation, ChioClient):
         approval_id: str | None = None,
         metadata: Mapping[str, str] | None = None,
     ) -> ChioReceipt:
-        """Evaluate one tool call; the signed receipt (allow, deny or ``pending_approval``), as
-        ``ChioClient`` returns it.
+        """Evaluate one tool call through the sidecar's ``/v1/evaluate``.
 
-        ``metadata``: the caller's run context (e.g. ``{"workflow_id": ...}``), signed into the
-        receipt's ``metadata`` (the body's ``"metadata"``, docs/sidecar.md).
+        Args:
+            capability_id: the capability the call runs under.
+            tool_server: the server (or engine namespace) the tool belongs to.
+            tool_name: the tool.
+            parameters: the call's JSON arguments (hashed into the receipt).
+            idempotency_key: the same key re-evaluated while the capability is valid returns the same
+                receipt and charges no budget twice.
+            cost: the call's declared cost, held against the grant's cost budget (docs/budgets.md).
+            operation: what the call does (default ``INVOKE``; sent only when different).
+            approval_id: re-send a pending call once a person approved it (docs/approvals.md).
+            metadata: the caller's run context (e.g. ``{"workflow_id": ...}``), signed into the receipt's
+                ``metadata`` (the body's ``"metadata"``, docs/sidecar.md).
 
-        ``idempotency_key``: the same key re-evaluated while the capability is valid returns the same
-        receipt and charges no budget twice. ``cost``: charged against the grant's cost budget.
-        ``approval_id``: re-send a pending call once a person approved it (docs/approvals.md).
+        Returns:
+            The signed receipt: allow, deny or ``pending_approval``, as ``ChioClient`` returns it.
+
+        Raises:
+            ChioConnectionError: the sidecar is unreachable.
+            ChioTimeoutError: no answer within ``timeout``.
+            ChioDeniedError: the sidecar answered 403.
+            ChioError: the sidecar answered an error status (``code="HTTP_<status>"``).
         """
         body: dict[str, Any] = {
             "capability_id": capability_id,
@@ -488,7 +746,21 @@ class SidecarClient(_HttpRequestEvaluation, ChioClient):
         envelope: ChioScope | None = None,
         metadata: Mapping[str, str] | None = None,
     ) -> ChioReceipt:
-        """A signed, chained deny receipt for a call refused before evaluation (``POST /v1/receipts/denials``)."""
+        """Sign and chain a deny receipt for a call refused before evaluation (``POST /v1/receipts/denials``).
+
+        Args:
+            capability_id: the capability the call would have run under.
+            tool_server: the tool's server.
+            tool_name: the tool.
+            parameters: the call's JSON arguments.
+            guard: the name of the check that refused the call.
+            reason: why, in a sentence.
+            envelope: the scope the call was checked against, if any (recorded in the receipt).
+            metadata: the caller's run context, signed into the receipt.
+
+        Returns:
+            The signed deny receipt.
+        """
         body: dict[str, Any] = {
             "capability_id": capability_id,
             "tool_server": tool_server,
@@ -521,24 +793,57 @@ class SidecarClient(_HttpRequestEvaluation, ChioClient):
             raise
 
     async def get_capability(self, capability_id: str) -> CapabilityToken | None:
-        """The token the sidecar's kernel issued under this id, or ``None`` if it knows none."""
+        """Read a token the sidecar's kernel issued.
+
+        Args:
+            capability_id: the token's id.
+
+        Returns:
+            The token, or None if the sidecar knows none with this id.
+        """
         data = await self._get_or_none(f"/v1/capabilities/{_segment(capability_id)}")
         return None if data is None else CapabilityToken.model_validate(data)
 
     async def revoke_capability(self, capability_id: str) -> list[str]:
-        """Revoke a capability and its descendants; returns the revoked ids (404 → ``ChioError``)."""
+        """Revoke a capability and its descendants.
+
+        Args:
+            capability_id: the root of the subtree to revoke.
+
+        Returns:
+            Every revoked id, root first.
+
+        Raises:
+            ChioError: ``code="HTTP_404"`` for an unknown id.
+        """
         data = await self._request("POST", f"/v1/capabilities/{_segment(capability_id)}/revoke", {})
         return [str(i) for i in data.get("revoked", [])]
 
     async def get_receipt(self, receipt_id: str) -> ChioReceipt | None:
-        """The stored receipt with this id, or ``None``."""
+        """Read one stored receipt.
+
+        Args:
+            receipt_id: the receipt's id.
+
+        Returns:
+            The receipt, or None if the sidecar has none with this id.
+        """
         data = await self._get_or_none(f"/v1/receipts/{_segment(receipt_id)}")
         return None if data is None else ChioReceipt.model_validate(data)
 
     async def list_receipts(
         self, capability_id: str | None = None, *, limit: int | None = None, after_seq: int | None = None
     ) -> list[ChioReceipt]:
-        """Stored receipts in chain order, optionally for one capability (one page: ``limit``/``after_seq``)."""
+        """List stored receipts in chain order (``GET /v1/receipts``).
+
+        Args:
+            capability_id: only the receipts of this capability (default: all).
+            limit: at most this many (one page).
+            after_seq: start after this chain position (the next page).
+
+        Returns:
+            The receipts.
+        """
         params: dict[str, str] = {}
         if capability_id is not None:
             params["capability_id"] = capability_id
@@ -552,17 +857,39 @@ class SidecarClient(_HttpRequestEvaluation, ChioClient):
     # --- approvals (docs/approvals.md) ---
 
     async def list_pending_approvals(self) -> list[dict[str, Any]]:
-        """The approvals still waiting for an answer (``GET /approvals/pending``)."""
+        """List the approvals still waiting for an answer (``GET /approvals/pending``).
+
+        Returns:
+            One dict per pending approval, as :meth:`get_approval` returns them.
+        """
         data = await self._request("GET", "/approvals/pending")
         return [dict(a) for a in data.get("approvals", [])]
 
     async def get_approval(self, approval_id: str) -> dict[str, Any] | None:
-        """One approval (``GET /approvals/{id}``), or None if the sidecar knows none."""
+        """Read one approval (``GET /approvals/{id}``).
+
+        Args:
+            approval_id: the approval (``apr-...``).
+
+        Returns:
+            Its status now, the call, the receipts and the answer; None if the sidecar knows none.
+        """
         return await self._get_or_none(f"/approvals/{_segment(approval_id)}")
 
     async def respond_approval(self, approval_id: str, outcome: str, reason: str | None = None) -> ChioReceipt:
-        """Answer as the kernel's operator (``POST /approvals/{id}/operator-respond``); the signed
-        resolution receipt. A second answer raises ``chio_kernel.ApprovalConflictError`` (HTTP 409)."""
+        """Answer an approval as the kernel's operator (``POST /approvals/{id}/operator-respond``).
+
+        Args:
+            approval_id: the approval.
+            outcome: ``"approved"`` or ``"denied"``.
+            reason: why (recorded and signed).
+
+        Returns:
+            The signed resolution receipt; the sidecar's wake report is kept for :meth:`last_wake_report`.
+
+        Raises:
+            ApprovalConflictError: the approval was already answered (HTTP 409).
+        """
         body: dict[str, Any] = {"outcome": outcome}
         if reason is not None:
             body["reason"] = reason
@@ -571,7 +898,17 @@ class SidecarClient(_HttpRequestEvaluation, ChioClient):
         return ChioReceipt.model_validate(data["receipt"])
 
     async def respond_approval_token(self, token: dict[str, Any]) -> ChioReceipt:
-        """Answer with a signed approval token (``POST /approvals/{request_id}/respond``)."""
+        """Answer an approval with a signed approval token (``POST /approvals/{request_id}/respond``).
+
+        Args:
+            token: the token made by :func:`sign_approval_token` (a dict naming ``request_id``).
+
+        Returns:
+            The signed resolution receipt.
+
+        Raises:
+            ApprovalConflictError: the approval was already answered (HTTP 409).
+        """
         approval_id = str(token.get("request_id", ""))
         data = await self._approval_request(f"/approvals/{_segment(approval_id)}/respond", token)
         self._keep_wakes(approval_id, data)
@@ -583,8 +920,15 @@ class SidecarClient(_HttpRequestEvaluation, ChioClient):
             self._wake_reports[approval_id] = [dict(w) for w in wakes if isinstance(w, dict)]
 
     def last_wake_report(self, approval_id: str) -> list[dict[str, Any]] | None:
-        """The ``"wakes"`` the sidecar reported when this client answered the approval, or None
-        (not answered by this client, or a sidecar that does not wake runs)."""
+        """Tell what the sidecar reported waking when this client answered the approval.
+
+        Args:
+            approval_id: the approval this client answered.
+
+        Returns:
+            The sidecar's ``"wakes"`` (one ``{"engine", "ok", "message"}`` each), or None (not answered by
+            this client, or a sidecar that does not wake runs).
+        """
         report = self._wake_reports.get(approval_id)
         return None if report is None else [dict(r) for r in report]
 
@@ -628,31 +972,73 @@ class SidecarClient(_HttpRequestEvaluation, ChioClient):
     # --- budget holds (docs/budgets.md) ---
 
     async def settle(self, receipt_id: str, actual_cost: MonetaryAmount, op_id: str) -> ChioReceipt:
-        """``POST /v1/receipts/{id}/settle``: the signed settle receipt. A hold already closed by
-        another operation: ``ChioError`` code ``HTTP_409``; no hold: ``HTTP_404``."""
+        """Settle the hold of an allow with the actual cost (``POST /v1/receipts/{id}/settle``).
+
+        Args:
+            receipt_id: the allow receipt that placed the hold.
+            actual_cost: what the call cost, in the hold's currency (minor units).
+            op_id: names this operation: the same ``op_id`` again returns the same receipt.
+
+        Returns:
+            The signed settle receipt.
+
+        Raises:
+            ChioError: ``code="HTTP_409"`` when another operation closed the hold, ``"HTTP_404"`` when
+                there is no hold.
+        """
         body = {"actual_cost": actual_cost.model_dump(), "op_id": op_id}
         return ChioReceipt.model_validate(
             await self._request("POST", f"/v1/receipts/{_segment(receipt_id)}/settle", body)
         )
 
     async def release(self, receipt_id: str, op_id: str, reason: str = "released") -> ChioReceipt:
-        """``POST /v1/receipts/{id}/release``: the signed release receipt (errors as :meth:`settle`)."""
+        """Free the whole hold of an allow (``POST /v1/receipts/{id}/release``).
+
+        Args:
+            receipt_id: the allow receipt that placed the hold.
+            op_id: names this operation (same rules as :meth:`settle`).
+            reason: why (recorded and signed).
+
+        Returns:
+            The signed release receipt.
+
+        Raises:
+            ChioError: as :meth:`settle`.
+        """
         body = {"op_id": op_id, "reason": reason}
         return ChioReceipt.model_validate(
             await self._request("POST", f"/v1/receipts/{_segment(receipt_id)}/release", body)
         )
 
     async def expire_holds(self) -> list[ChioReceipt]:
-        """``POST /v1/holds/expire``: expire every hold past the TTL now; their expiry receipts."""
+        """Expire every hold past the TTL now (``POST /v1/holds/expire``).
+
+        Returns:
+            Their signed expiry receipts.
+        """
         data = await self._request("POST", "/v1/holds/expire", {})
         return [ChioReceipt.model_validate(r) for r in data.get("expired", [])]
 
     async def get_hold(self, receipt_id: str) -> dict[str, Any] | None:
-        """``GET /v1/receipts/{id}/hold``: the hold of that allow, or ``None``."""
+        """Read the hold placed by an allow (``GET /v1/receipts/{id}/hold``).
+
+        Args:
+            receipt_id: the allow receipt.
+
+        Returns:
+            The hold (``amount``, ``state``, ``captured_units``, ...), or None.
+        """
         return await self._get_or_none(f"/v1/receipts/{_segment(receipt_id)}/hold")
 
     async def budgets(self, capability_id: str) -> list[dict[str, Any]]:
-        """``GET /v1/capabilities/{id}/budgets``: captured, held and remaining per budgeted grant."""
+        """Report captured, held and remaining per budgeted grant (``GET /v1/capabilities/{id}/budgets``).
+
+        Args:
+            capability_id: the capability.
+
+        Returns:
+            One dict per budgeted grant: ``captured``, ``held``, ``remaining``, ``currency``, ...
+        """
         data = await self._request("GET", f"/v1/capabilities/{_segment(capability_id)}/budgets")
         return list(data.get("budgets", []))
 

@@ -129,4 +129,4 @@ class Denials:
             return self._chain.append(
                 st, head_seq, prev_hash, self._clock(), call, decision,
                 cap.policy_hash if cap is not None else GENESIS_HASH, run_metadata,
-            )
+            )[0]

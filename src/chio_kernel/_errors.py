@@ -9,6 +9,7 @@ Each error keeps the builtin base it always had (``ValueError``, ``LookupError``
     ├── KernelKeyMissingError (RuntimeError)     kernel.key is gone next to a store that needs it
     ├── KernelKeyRetiredError (RuntimeError)     this kernel's key was retired from the fleet store
     ├── StoreUnavailableError (ConnectionError)  the PostgreSQL store could not be reached (retryable)
+    │   └── StoreConflictError                   two fleet writers deadlocked; one was rolled back (retryable)
     ├── UnknownHoldError (ValueError)            no budget hold for that receipt id
     ├── KernelConflictError (ValueError)         the request conflicts with what is recorded (409)
     │   ├── IdempotencyKeyReusedError            a key reused for a different call
@@ -37,6 +38,7 @@ __all__ = [
     "KernelInputError",
     "KernelKeyMissingError",
     "KernelKeyRetiredError",
+    "StoreConflictError",
     "StoreUnavailableError",
     "UnknownHoldError",
 ]
@@ -72,6 +74,11 @@ class StoreUnavailableError(ChioKernelError, ConnectionError):
     One of the store's ``transient_errors``: the sidecar answers it 503 ``store_unavailable``
     (retry later), as it does a busy SQLite store.
     """
+
+
+class StoreConflictError(StoreUnavailableError):
+    """Two write transactions of a fleet waited on each other's rows (a deadlock PostgreSQL broke by
+    rolling one back); nothing was decided. The evaluation retries it itself; elsewhere retry."""
 
 
 class KernelConflictError(ChioKernelError, ValueError):

@@ -15,6 +15,7 @@ from chio_sdk.models import ChioReceipt
 
 from chio_kernel._approvals import Approvals, _Pending
 from chio_kernel._capabilities import LoadCap, Trust, _Cap
+from chio_kernel._errors import StoreConflictError
 from chio_kernel._group_commit import GroupCommitter, max_batch_from_env
 from chio_kernel._holds import Holds
 from chio_kernel._idempotency import remember, remembered_answer
@@ -24,6 +25,19 @@ from chio_kernel._request import EvalRequest, Precheck
 from chio_kernel._store import GENESIS_HASH, StoreReader, StoreWriter
 
 __all__ = ["Evaluator"]
+
+#: A request whose transaction PostgreSQL rolled back to break a deadlock runs again, this often at most.
+_CONFLICT_RETRIES = 5
+
+
+def _counted(cap: _Cap) -> bool:
+    """Does deciding a call on ``cap`` read or charge shared counters (budgets, a rate window)?"""
+    if cap.rate_max is not None:
+        return True
+    return any(
+        g.max_invocations is not None or g.max_total_cost is not None or g.max_cost_per_invocation is not None
+        for g in cap.grants
+    )
 
 
 class Evaluator:
@@ -109,27 +123,57 @@ class Evaluator:
         if len(reqs) > 1:
             try:
                 with self._write() as st:
+                    if st.ROW_LOCKS:  # every capability the batch counts on, locked at once in id order
+                        st.lock_capabilities([i for r in reqs for i in self._counted_lineage(r.capability_id)])
                     out: list[ChioReceipt | BaseException] = [self.evaluate_in(st, r) for r in reqs]
                 return out
             except Exception:
                 pass  # fall through: one transaction each
-        results: list[ChioReceipt | BaseException] = []
-        for r in reqs:
+        return [self._evaluate_alone(r) for r in reqs]
+
+    def _evaluate_alone(self, req: EvalRequest) -> ChioReceipt | BaseException:
+        """One request in its own transaction; a deadlock PostgreSQL broke (nothing decided) is retried."""
+        for attempt in range(_CONFLICT_RETRIES):
             try:
                 with self._write() as st:
-                    results.append(self.evaluate_in(st, r))
+                    return self.evaluate_in(st, req)
+            except StoreConflictError as err:
+                if attempt == _CONFLICT_RETRIES - 1:
+                    return err
             except BaseException as err:
-                results.append(err)
-        return results
+                return err
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def _counted_lineage(self, capability_id: str) -> list[str]:
+        """The ids of a capability's lineage whose shared counters (budgets, rate windows) a decision
+        reads: those with limits, and those not cached yet (unknown: locked to be safe)."""
+        cap = self._caps.get(capability_id)
+        if cap is None:
+            return [capability_id]
+        out = []
+        for cid in cap.lineage:
+            c = self._caps.get(cid)
+            if c is None or _counted(c):
+                out.append(cid)
+        return out
 
     def evaluate_in(self, st: StoreWriter, req: EvalRequest) -> ChioReceipt:
         """Decide, charge and record one call inside the caller's write transaction."""
         if self._watch_keys and self._trust.on_write(st):  # a fleet key was retired: re-check every capability
             self._caps.clear()
         now = self._clock()
-        if req.cost_t is not None:  # holds past their TTL free their budget before this call is decided
-            self._holds.expire_due(st, now)
-        cap = self._load_cap(st, req.capability_id)
+        if st.ROW_LOCKS:  # concurrent writers: lock the shared counters first (nothing when unlimited)
+            cap = self._load_cap(st, req.capability_id)
+            if cap is not None:
+                st.lock_capabilities(self._counted_lineage(req.capability_id))
+            if req.idem_hash is not None and req.key_hash is not None:
+                st.claim_idempotency_key(req.key_hash)
+            if req.cost_t is not None and cap is not None:  # the due holds this decision counts
+                self._holds.expire_due(st, now, touching=cap.lineage)
+        else:
+            if req.cost_t is not None:  # holds past their TTL free their budget before this call is decided
+                self._holds.expire_due(st, now)
+            cap = self._load_cap(st, req.capability_id)
         # One statement reads the chain head and the revocation state (of the capability and
         # its ancestors) inside the write transaction: another process's revoke is seen.
         if cap is not None:
@@ -155,7 +199,7 @@ class Evaluator:
         except Deny as deny:
             decision = {"verdict": "deny", "guard": deny.guard, "reason": deny.reason}
             policy_hash = cap.policy_hash if cap is not None else GENESIS_HASH
-            return self._chain.append(st, head_seq, prev_hash, now, req, decision, policy_hash, req.metadata)
+            return self._chain.append(st, head_seq, prev_hash, now, req, decision, policy_hash, req.metadata)[0]
         if isinstance(gate, _Pending):  # nothing charged
             return self._approvals.pending_receipt(st, head_seq, prev_hash, now, req, cap, gate)
         if gate is not None:  # the approval is still pending: its pending receipt again
@@ -166,11 +210,13 @@ class Evaluator:
         for rated_id in rated:
             st.record_rate_event(rated_id, now)
         if req.approval_id is None:
-            receipt = self._chain.append(st, head_seq, prev_hash, now, req, ALLOW, cap.policy_hash, req.metadata)
+            receipt, seq = self._chain.append(
+                st, head_seq, prev_hash, now, req, ALLOW, cap.policy_hash, req.metadata
+            )
         else:
-            receipt = self._approvals.approved_allow_receipt(st, head_seq, prev_hash, now, req, cap.policy_hash)
+            receipt, seq = self._approvals.approved_allow_receipt(st, head_seq, prev_hash, now, req, cap.policy_hash)
         if req.idem_hash is not None:
-            remember(st, req.key_hash, req.idem_hash, head_seq + 1)
+            remember(st, req.key_hash, req.idem_hash, seq)
         if req.cost_t is not None:
             self._holds.place(st, receipt.id, req.capability_id, cap.policy_hash, req.cost_t, charges, now)
         return receipt

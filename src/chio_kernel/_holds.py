@@ -152,10 +152,22 @@ class Holds:
             HoldRow(receipt_id, capability_id, policy_hash, units, currency, now, now + self.ttl), charges
         )
 
-    def expire_due(self, st: StoreWriter, now: float, limit: int = _EXPIRE_BATCH) -> list[ChioReceipt]:
-        """Expire the open holds whose TTL has passed (a signed receipt each); before budget checks."""
+    def expire_due(
+        self, st: StoreWriter, now: float, limit: int = _EXPIRE_BATCH, touching: Sequence[str] | None = None
+    ) -> list[ChioReceipt]:
+        """Expire the open holds whose TTL has passed (a signed receipt each); before budget checks.
+
+        ``touching``: only the holds that charged one of these capabilities (an evaluation's lineage).
+        With concurrent writers (``st.ROW_LOCKS``) the charged capabilities are locked first, in id
+        order, and each hold is read again under the locks (another kernel may have closed it).
+        """
         out = []
-        for hold in st.due_holds(now, limit):
+        due = st.due_holds(now, limit, touching)
+        if st.ROW_LOCKS and due:
+            grants_of = {h.receipt_id: st.hold_grants(h.receipt_id) for h in due}
+            st.lock_capabilities([cid for grants in grants_of.values() for cid, _ in grants])
+            due = [h for h in (st.hold(h.receipt_id) for h in due) if h is not None and h.state == "open"]
+        for hold in due:
             grants = st.hold_grants(hold.receipt_id)
             for cid, index in grants:
                 st.adjust_cost(cid, index, -hold.units)
@@ -175,11 +187,10 @@ class Holds:
         self, st: StoreWriter, now: float, hold: HoldRow, op: str, parameters: dict[str, Any], budget: dict[str, Any]
     ) -> tuple[ChioReceipt, int]:
         head_seq, prev_hash = st.chain_head()
-        receipt = self._chain.append(
+        return self._chain.append(
             st, head_seq, prev_hash, now, _budget_call(hold.capability_id, op, parameters), ALLOW,
             hold.policy_hash, {"budget": budget},
         )
-        return receipt, head_seq + 1
 
     # --- the public operations ---
 
@@ -220,6 +231,9 @@ class Holds:
         reason: str | None,
     ) -> ChioReceipt:
         now = self._clock()
+        if st.ROW_LOCKS:  # concurrent writers: the charged capabilities, then the hold row, locked first
+            st.lock_capabilities([cid for cid, _ in st.hold_grants(rid)])
+            st.hold(rid)
         prior = st.hold_op(rid, op_id)
         if prior is not None:
             if prior[0] == fingerprint:  # the same operation again (a retry): its first receipt

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from chio_sdk.models import CapabilityToken, ChioReceipt, ChioScope, MonetaryAmount, Operation
 
+from chio_kernel import _telemetry
 from chio_kernel._approvals import Approvals, approval_settings
 from chio_kernel._capabilities import Capabilities, _Cap, capability_signing_bytes
 from chio_kernel._coerce import MAX_COST_UNITS, check_scope_fields
@@ -585,7 +586,11 @@ class Kernel:
             ApprovalConflictError: answered already, expired, or its capability was revoked.
             KernelInputError: a malformed argument.
         """
-        return self._approvals.respond_approval(approval_id, outcome, reason, approver=approver)
+        if not _telemetry.enabled():
+            return self._approvals.respond_approval(approval_id, outcome, reason, approver=approver)
+        return _telemetry.traced_answer(
+            self, approval_id, lambda: self._approvals.respond_approval(approval_id, outcome, reason, approver=approver)
+        )
 
     def respond_approval_token(self, token: Mapping[str, Any], approval_id: str | None = None) -> ChioReceipt:
         """Answer an approval with a signed approval token (see :func:`sign_approval_token`).
@@ -608,7 +613,12 @@ class Kernel:
             ApprovalConflictError: answered already, expired, or its capability was revoked.
             KernelInputError: not a token.
         """
-        return self._approvals.respond_approval_token(token, approval_id)
+        if not _telemetry.enabled():
+            return self._approvals.respond_approval_token(token, approval_id)
+        answered = approval_id or str(token.get("request_id", "")) if isinstance(token, Mapping) else approval_id
+        return _telemetry.traced_answer(
+            self, answered or "", lambda: self._approvals.respond_approval_token(token, approval_id)
+        )
 
     def register_approval_wake(self, approval_id: str, wake: Mapping[str, Any]) -> dict[str, Any]:
         """Register what wakes the run waiting for this approval once it is answered.
@@ -872,16 +882,19 @@ class Kernel:
         )
 
     def verify_chain(self, *, batch: int = 2000) -> ChainReport:
-        """Walk the store in seq order checking each signature and chain link.
+        """Walk every receipt chain of the store checking each signature and chain link.
 
-        Like any hash chain without an external anchor, removing the newest receipts leaves a shorter
-        valid chain; compare ``count`` with a count recorded elsewhere to detect that.
+        A SQLite store holds one chain (this kernel's); a fleet store one per kernel (each signed by
+        that kernel's key). Like any hash chain without an external anchor, removing the newest
+        receipts leaves a shorter valid chain; compare ``count`` with a count recorded elsewhere to
+        detect that.
 
         Args:
             batch: receipts read per query.
 
         Returns:
-            The report, naming the first broken index (0-based position in store order).
+            The report, naming the first broken index (0-based position in the broken chain), with
+            one :class:`ChainStatus` per chain in ``chains``.
         """
         return self._receipts.verify_chain(batch)
 

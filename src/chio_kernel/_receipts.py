@@ -18,7 +18,7 @@ from pydantic import BaseModel, ValidationError
 
 from chio_kernel._errors import KernelInputError
 from chio_kernel._ids import _uuid7_str
-from chio_kernel._store import GENESIS_HASH, StoreReader, StoreWriter
+from chio_kernel._store import GENESIS_HASH, LEGACY_CHAIN, StoreReader, StoreWriter
 from chio_kernel.canonical import canonical_json, canonical_json_str
 from chio_kernel.signing import verify_hex
 
@@ -26,6 +26,8 @@ __all__ = [
     "ALLOW",
     "CallRecord",
     "ChainReport",
+    "ChainStatus",
+    "chain_dict",
     "ReceiptCall",
     "ReceiptChain",
     "build_receipt",
@@ -43,13 +45,52 @@ _M = TypeVar("_M", bound=BaseModel)
 
 
 @dataclass(frozen=True)
+class ChainStatus:
+    """One kernel's receipt chain as :meth:`Kernel.verify_chain` found it.
+
+    Attributes:
+        kernel_id: the kernel's hex signing key (``fleet-v1``: the fleet's one chain from before
+            per-kernel chains).
+        count: receipts in this chain.
+        head_seq: the position of its newest receipt.
+        ok: True if every signature and chain link verified.
+        first_broken_index: 0-based position of the first bad receipt in this chain, or None.
+        reason: what is wrong there, or None.
+    """
+
+    kernel_id: str
+    count: int
+    head_seq: int
+    ok: bool
+    first_broken_index: int | None = None
+    reason: str | None = None
+
+
+@dataclass(frozen=True)
 class ChainReport:
-    """Result of :meth:`Kernel.verify_chain`."""
+    """Result of :meth:`Kernel.verify_chain`: overall, and per chain (``chains``).
+
+    Attributes:
+        ok: True if every chain verified.
+        count: receipts checked, over all chains.
+        first_broken_index: 0-based position of the first bad receipt in the broken chain, or None.
+        reason: what is wrong there, or None.
+        chains: one :class:`ChainStatus` per kernel chain in the store.
+    """
 
     ok: bool
     count: int
     first_broken_index: int | None = None
     reason: str | None = None
+    chains: tuple[ChainStatus, ...] = ()
+
+
+def chain_dict(chain: ChainStatus) -> dict[str, Any]:
+    """One chain of a :class:`ChainReport` as JSON (the CLI's ``--json``, the sidecar's answer)."""
+    return {
+        "kernel_id": chain.kernel_id, "count": chain.count, "head_seq": chain.head_seq, "ok": chain.ok,
+        "first_broken_index": chain.first_broken_index, "reason": chain.reason,
+    }
 
 
 class ReceiptCall(Protocol):
@@ -107,17 +148,20 @@ class ReceiptChain:
         decision: Mapping[str, str],
         policy_hash: str,
         metadata: Mapping[str, Any] | None = None,
-    ) -> ChioReceipt:
+    ) -> tuple[ChioReceipt, int]:
         """Build, sign and store the receipt after ``head_seq`` / ``prev_hash`` (see :func:`build_receipt`).
 
         Returns:
-            The receipt, stored at ``head_seq + 1`` in the caller's write transaction.
+            ``(receipt, seq)``: the receipt, stored at ``head_seq + 1`` of this kernel's chain in the
+            caller's write transaction, and its store ``seq`` (what idempotency keys and holds point at).
         """
         receipt, stored, chain_hash = build_receipt(
             self._sign_hex, self.key, prev_hash, now, call, decision, policy_hash, metadata
         )
-        st.append_receipt(head_seq + 1, receipt.id, call.capability_id, receipt.decision.verdict, chain_hash, stored)
-        return receipt
+        seq = st.append_receipt(
+            head_seq + 1, receipt.id, call.capability_id, receipt.decision.verdict, chain_hash, stored
+        )
+        return receipt, seq
 
 
 def _receipt_signed_body(data: dict[str, Any]) -> dict[str, Any]:
@@ -151,8 +195,17 @@ def receipt_wire_dict(receipt: ChioReceipt | Mapping[str, Any]) -> dict[str, Any
 
 
 def receipt_signing_bytes(receipt: ChioReceipt | Mapping[str, Any]) -> bytes:
-    """What a receipt's signature covers: canonical JSON of ``model_dump(exclude_none=True)`` without
-    ``signature``, and without ``evidence`` / ``metadata`` when they are empty."""
+    """Return the bytes a receipt's signature covers.
+
+    That is the canonical JSON of ``model_dump(exclude_none=True)`` without ``signature``, and without
+    ``evidence`` / ``metadata`` when they are empty.
+
+    Args:
+        receipt: the receipt, as a model or as its JSON dict.
+
+    Returns:
+        RFC 8785 canonical JSON, UTF-8.
+    """
     data = receipt.model_dump(exclude_none=True) if isinstance(receipt, ChioReceipt) else dict(receipt)
     return canonical_json(_receipt_signed_body(data))
 
@@ -188,7 +241,14 @@ def _construct(cls: type[_M], fields_set: frozenset[str], values: dict[str, Any]
 
 
 def receipt_chain_hash(receipt: ChioReceipt | Mapping[str, Any]) -> str:
-    """sha256 hex of a receipt exactly as ``ChioClient.verify_receipt_chain`` hashes it."""
+    """Hash a receipt exactly as ``ChioClient.verify_receipt_chain`` hashes it.
+
+    Args:
+        receipt: the receipt, as a model or as its JSON dict.
+
+    Returns:
+        The sha256 hex digest the next receipt's ``content_hash`` must equal.
+    """
     data = receipt.model_dump(exclude_none=True) if isinstance(receipt, ChioReceipt) else receipt
     return hashlib.sha256(_chain_dumps(data).encode()).hexdigest()
 
@@ -374,7 +434,10 @@ def verify_receipt_dict(data: dict[str, Any], issuers: Collection[str]) -> str |
 def verify_chain(
     snapshot: AbstractContextManager[StoreReader], problem: Callable[[dict[str, Any]], str | None], batch: int
 ) -> ChainReport:
-    """Walk a store snapshot in seq order checking each signature and chain link.
+    """Walk every receipt chain of a store snapshot in order, checking each signature and link.
+
+    A SQLite store holds one chain; a fleet store one per kernel (plus the fleet's one chain from
+    before per-kernel chains). Every stored receipt must belong to a walked chain.
 
     Args:
         snapshot: one consistent read snapshot of the store (holds no writer lock).
@@ -382,33 +445,69 @@ def verify_chain(
         batch: receipts read per query.
 
     Returns:
-        The report, naming the first broken index (0-based position in store order).
+        The report: overall, then per chain (:attr:`ChainReport.chains`); ``first_broken_index`` is
+        the 0-based position in the first broken chain.
     """
+    with snapshot as st:
+        chains = st.chains()
+        stored = st.receipt_count()
+        statuses = tuple(_verify_one_chain(st, k, seq, head, problem, batch) for k, seq, head in chains)
+    count = sum(c.count for c in statuses)
+    for c in statuses:
+        if not c.ok:
+            reason = c.reason if len(statuses) == 1 else f"chain of kernel {_short(c.kernel_id)}: {c.reason}"
+            return ChainReport(False, count, c.first_broken_index, reason, statuses)
+    if count != stored:
+        return ChainReport(
+            False, count, None, f"{stored - count} stored receipt(s) belong to no chain (rows added outside the kernel)",
+            statuses,
+        )
+    return ChainReport(True, count, None, None, statuses)
+
+
+def _short(kernel_id: str) -> str:
+    return kernel_id[:16] + "…" if len(kernel_id) > 16 else kernel_id
+
+
+def _verify_one_chain(
+    st: StoreReader,
+    kernel_id: str,
+    head_seq: int,
+    head_hash: str,
+    problem: Callable[[dict[str, Any]], str | None],
+    batch: int,
+) -> ChainStatus:
+    """Walk one kernel's chain: every receipt verifies, is signed by that kernel, and links to the one before."""
     prev = GENESIS_HASH
     index = 0
     last_seq = 0
-    with snapshot as st:
-        head_seq, head_hash = st.chain_head()
-        while rows := st.receipts_after(last_seq, batch):
-            for seq, text in rows:
-                broken = _link_problem(text, prev, index, problem)
-                if isinstance(broken, ChainReport):
-                    return broken
-                prev = broken
-                index += 1
-                last_seq = seq
+    while rows := st.chain_receipts(kernel_id, last_seq, batch):
+        for seq, text in rows:
+            broken = _link_problem(text, prev, index, problem)
+            if isinstance(broken, ChainReport):
+                return ChainStatus(kernel_id, index, head_seq, False, broken.first_broken_index, broken.reason)
+            prev, signer = broken
+            if kernel_id != LEGACY_CHAIN and signer != kernel_id:
+                return ChainStatus(
+                    kernel_id, index, head_seq, False, index,
+                    f"receipt at index {index} of kernel {_short(kernel_id)}'s chain was signed by another "
+                    f"key ({_short(signer)})",
+                )
+            index += 1
+            last_seq = seq
     if head_seq != last_seq or head_hash != prev:  # the newest row's stored chain hash was altered
-        return ChainReport(
-            False, index, max(index - 1, 0),
+        return ChainStatus(
+            kernel_id, index, head_seq, False, max(index - 1, 0),
             f"the newest receipt (seq {head_seq}) carries a chain hash that does not match its content",
         )
-    return ChainReport(True, index, None, None)
+    return ChainStatus(kernel_id, index, head_seq, True)
 
 
 def _link_problem(
     text: str, prev: str, index: int, problem: Callable[[dict[str, Any]], str | None]
-) -> str | ChainReport:
-    """The chain hash of the stored receipt ``text`` if it verifies and chains onto ``prev``, else the report."""
+) -> tuple[str, str] | ChainReport:
+    """``(chain hash, kernel_key)`` of the stored receipt ``text`` if it verifies and chains onto
+    ``prev``, else the report."""
     try:
         data = ChioReceipt.model_validate_json(text).model_dump(exclude_none=True)
     except ValidationError as err:
@@ -422,7 +521,7 @@ def _link_problem(
     why = problem(data)
     if why is not None:
         return ChainReport(False, index, index, f"index {index}: {why}")
-    return receipt_chain_hash(data)
+    return receipt_chain_hash(data), str(data.get("kernel_key"))
 
 
 # --- HTTP receipts (the sidecar's /chio/evaluate and /chio/verify) ------------------------------

@@ -10,6 +10,7 @@ Kernel keys (``pending_approval``, ``approval_id``) win over the caller's on a c
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from typing import Any
 
@@ -26,8 +27,11 @@ MAX_VALUE_LEN = 512
 _MAX_KEY_LEN = 64
 
 
+_PLAIN_KEY = re.compile(r"[A-Za-z0-9_.\-]{1,%d}" % _MAX_KEY_LEN)
+
+
 def _plain_key(key: str) -> bool:
-    return 0 < len(key) <= _MAX_KEY_LEN and all(c.isascii() and (c.isalnum() or c in "_.-") for c in key)
+    return _PLAIN_KEY.fullmatch(key) is not None
 
 
 def check_run_metadata(metadata: Any) -> dict[str, str] | None:

@@ -10,12 +10,13 @@ DDL, JSON access, list parameters and saturating arithmetic.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from typing import Any
 
 from chio_kernel._store import ApprovalRow, CapabilityRow, HoldRow, ReceiptQuery
 
-__all__ = ["APPROVAL_COLS", "HOLD_COLS", "MAX_UNITS", "SqlReader", "SqlWriter"]
+__all__ = ["APPROVAL_COLS", "HOLD_COLS", "MAX_UNITS", "SqlReader", "SqlWriter", "hold_row"]
 
 APPROVAL_COLS = (
     "id, capability_id, tool_server, tool_name, parameter_hash, call_hash, subject, summary, created_at, "
@@ -34,7 +35,7 @@ _RECEIPTS_BY_CAPABILITY = (
 )
 
 
-def _hold_row(r: Sequence[Any]) -> HoldRow:
+def hold_row(r: Sequence[Any]) -> HoldRow:
     return HoldRow(
         str(r[0]), str(r[1]), str(r[2]), int(r[3]), str(r[4]), float(r[5]), float(r[6]), str(r[7]), int(r[8]),
         None if r[9] is None else str(r[9]), None if r[10] is None else int(r[10]),
@@ -75,6 +76,19 @@ class SqlReader:
         """The newest receipt's ``(seq, chain hash)`` (``(0, GENESIS_HASH)`` when empty)."""
         row = self._one("SELECT seq, hash FROM chain_head WHERE k = 0")
         return int(row[0]), str(row[1])
+
+    def chains(self) -> list[tuple[str, int, str]]:
+        """``(kernel_id, head seq, head hash)`` per chain: one kernel, one chain (none when empty);
+        the chain's id is the key that signed its first receipt."""
+        seq, head = self.chain_head()
+        if seq == 0:
+            return []
+        first = self.receipts_after(0, 1)[0][1]
+        return [(str(json.loads(first).get("kernel_key", "")), seq, head)]
+
+    def chain_receipts(self, kernel_id: str, after: int, limit: int) -> list[tuple[int, str]]:
+        """``(seq, body)`` of the chain after ``after`` (the store's one chain: ``kernel_id`` names it)."""
+        return self.receipts_after(after, limit)
 
     def capability(self, capability_id: str) -> CapabilityRow | None:
         """The stored capability row, or None."""
@@ -184,7 +198,7 @@ class SqlReader:
     def hold(self, receipt_id: str) -> HoldRow | None:
         """The hold of an allow receipt, or None."""
         row = self._one(f"SELECT {HOLD_COLS} FROM holds WHERE receipt_id = ?", (receipt_id,))
-        return None if row is None else _hold_row(row)
+        return None if row is None else hold_row(row)
 
     def hold_grants(self, receipt_id: str) -> list[tuple[str, int]]:
         """``(capability_id, grant_index)`` charged by a hold."""
@@ -209,6 +223,14 @@ class SqlWriter(SqlReader):
 
     #: ``usage.cost_units`` plus ``excluded.cost_units``, saturated at 2^63-1 (dialect arithmetic).
     CHARGE_SUM = "MIN(cost_units + excluded.cost_units, 9223372036854775807)"
+    #: False: the transaction holds the store's one write lock, so row locks are not needed.
+    ROW_LOCKS = False
+
+    def lock_capabilities(self, ids: Sequence[str]) -> None:
+        """Lock what these capabilities share across writers (nothing to do under one write lock)."""
+
+    def claim_idempotency_key(self, key_hash: str) -> None:
+        """Take an idempotency key for this transaction (nothing to do under one write lock)."""
 
     def _run(self, sql: str, params: Sequence[Any] = ()) -> None:
         raise NotImplementedError
@@ -292,12 +314,13 @@ class SqlWriter(SqlReader):
 
     def append_receipt(
         self, seq: int, receipt_id: str, capability_id: str, verdict: str, chain_hash: str, body: str
-    ) -> None:
-        """Append a receipt at ``seq`` (the primary key: two writers never share a place)."""
+    ) -> int:
+        """Append a receipt at ``seq`` (the primary key: two writers never share a place); returns ``seq``."""
         self._run(
             "INSERT INTO receipts(seq, id, capability_id, verdict, chain_hash, body) VALUES (?, ?, ?, ?, ?, ?)",
             (seq, receipt_id, capability_id, verdict, chain_hash, body),
         )
+        return seq
 
     def remember_idempotency(self, key_hash: str, seq: int) -> None:
         """Remember a receipt under a call fingerprint (the layout before the key rule)."""
@@ -386,14 +409,16 @@ class SqlWriter(SqlReader):
             [(row.receipt_id, cid, index) for cid, index in grants],
         )
 
-    def due_holds(self, now: float, limit: int) -> list[HoldRow]:
-        """Open holds whose TTL has passed, oldest first."""
-        rows = self._all(
-            f"SELECT {HOLD_COLS} FROM holds WHERE state = 'open' AND expires_at <= ? "
-            "ORDER BY expires_at, receipt_id LIMIT ?",
-            (now, limit),
-        )
-        return [_hold_row(r) for r in rows]
+    def due_holds(self, now: float, limit: int, touching: Sequence[str] | None = None) -> list[HoldRow]:
+        """Open holds whose TTL has passed, oldest first (only those charging ``touching`` when given)."""
+        sql = f"SELECT {HOLD_COLS} FROM holds WHERE state = 'open' AND expires_at <= ?"
+        params: list[Any] = [now]
+        if touching is not None:
+            cond, more = self._in(touching)
+            sql += f" AND receipt_id IN (SELECT receipt_id FROM hold_grants WHERE capability_id {cond})"
+            params += more
+        rows = self._all(sql + " ORDER BY expires_at, receipt_id LIMIT ?", [*params, limit])
+        return [hold_row(r) for r in rows]
 
     def close_hold(self, receipt_id: str, state: str, captured_units: int, closed_by: str, closed_seq: int) -> None:
         """Close a hold (settled, released or expired) by the receipt at ``closed_seq``."""

@@ -310,12 +310,13 @@ class _Ops(SqlWriter):
 
     def append_receipt(
         self, seq: int, receipt_id: str, capability_id: str, verdict: str, chain_hash: str, body: str
-    ) -> None:
+    ) -> int:
         self._c.execute(
             "INSERT INTO receipts(seq, id, capability_id, verdict, chain_hash, body) VALUES (?, ?, ?, ?, ?, ?)",
             (seq, receipt_id, capability_id, verdict, chain_hash, body),
         )
         self._head = (seq, chain_hash)
+        return seq
 
 
 class SQLiteStore:

@@ -83,6 +83,9 @@ __all__ = [
 
 #: ``content_hash`` of the first receipt, and the chain head of an empty store.
 GENESIS_HASH = "0" * 64
+#: The chain id of a fleet store's receipts from before per-kernel chains (one chain for the whole
+#: fleet, signed by several kernels): they keep verifying as that one chain.
+LEGACY_CHAIN = "fleet-v1"
 
 
 @dataclass(frozen=True)
@@ -185,6 +188,18 @@ class StoreReader(Protocol):
 
     def chain_head(self) -> tuple[int, str]:
         """``(seq, chain_hash)`` of the newest receipt; ``(0, GENESIS_HASH)`` on an empty log."""
+        ...
+
+    def chains(self) -> list[tuple[str, int, str]]:
+        """``(kernel_id, head seq, head hash)`` of every receipt chain in the store, by kernel id.
+
+        A chain is one kernel's (``kernel_id`` = its hex signing key): SQLite holds one; a fleet
+        store one per kernel, plus the fleet's single chain from before per-kernel chains.
+        """
+        ...
+
+    def chain_receipts(self, kernel_id: str, after: int, limit: int) -> list[tuple[int, str]]:
+        """``(position, body)`` of one chain's receipts after position ``after``, in chain order."""
         ...
 
     def capability(self, capability_id: str) -> CapabilityRow | None:
@@ -298,8 +313,25 @@ class StoreWriter(StoreReader, Protocol):
 
     def append_receipt(
         self, seq: int, receipt_id: str, capability_id: str, verdict: str, chain_hash: str, body: str
-    ) -> None:
-        """Append the receipt at ``seq`` (= head seq + 1); it becomes the chain head."""
+    ) -> int:
+        """Append the receipt at chain position ``seq`` (= head seq + 1); it becomes the chain head.
+
+        Returns the receipt's store ``seq`` (what idempotency keys and hold ops point at): the chain
+        position itself on SQLite, the fleet-wide insertion order on PostgreSQL.
+        """
+        ...
+
+    #: True when writers run concurrently (PostgreSQL): shared rows must be locked with the
+    #: methods below; False under one write lock (SQLite), where they do nothing.
+    ROW_LOCKS: bool
+
+    def lock_capabilities(self, ids: Sequence[str]) -> None:
+        """Lock these capabilities (their budgets and rate windows) until commit, in id order."""
+        ...
+
+    def claim_idempotency_key(self, key_hash: str) -> None:
+        """Take this idempotency key until commit: the same key on another writer waits, then
+        sees this transaction's answer."""
         ...
 
     def remember_idempotency(self, key_hash: str, seq: int) -> None:
@@ -337,8 +369,9 @@ class StoreWriter(StoreReader, Protocol):
         """Store a new open hold and the ``(capability_id, grant_index)`` budgets it charged."""
         ...
 
-    def due_holds(self, now: float, limit: int) -> list[HoldRow]:
-        """Open holds with ``expires_at <= now``, oldest expiry first, at most ``limit``."""
+    def due_holds(self, now: float, limit: int, touching: Sequence[str] | None = None) -> list[HoldRow]:
+        """Open holds with ``expires_at <= now``, oldest expiry first, at most ``limit`` (only those
+        that charged one of the capabilities ``touching``, when given)."""
         ...
 
     def close_hold(self, receipt_id: str, state: str, captured_units: int, closed_by: str, closed_seq: int) -> None:

@@ -77,7 +77,17 @@ def _check(value: Any, depth: int = 0) -> None:
 
 
 def es_number(value: float) -> str:
-    """ECMAScript ``Number.prototype.toString`` for a finite float (RFC 8785 section 3.2.2.3)."""
+    """Format a finite float as ECMAScript ``Number.prototype.toString`` does (RFC 8785 section 3.2.2.3).
+
+    Args:
+        value: the number.
+
+    Returns:
+        Its shortest round-tripping text (``"0"`` for ``-0``, exponent form beyond 1e21).
+
+    Raises:
+        ValueError: NaN or an infinity (not JSON numbers).
+    """
     if value != value or value in (math.inf, -math.inf):
         raise ValueError(f"canonical JSON: {value!r} is not a JSON number (NaN and Infinity are not allowed)")
     if value == 0:
@@ -158,7 +168,18 @@ def _slow(value: Any, out: list[str], depth: int = 0) -> None:
 
 
 def canonical_json_str(value: Any) -> str:
-    """The RFC 8785 canonical JSON text of ``value`` (raises ``ValueError`` if not JSON-able)."""
+    """Serialise a JSON value as RFC 8785 canonical JSON text.
+
+    Args:
+        value: str, int, float, bool, None, list or dict with str keys, nested.
+
+    Returns:
+        The canonical text (sorted keys, no spaces, ECMAScript numbers).
+
+    Raises:
+        ValueError: the value is not JSON-able, nested too deeply or circular (the message says what
+            to pass).
+    """
     try:
         _check(value)
     except _NeedsSlowPath:
@@ -174,7 +195,17 @@ def canonical_json_str(value: Any) -> str:
 
 
 def canonical_json(value: Any) -> bytes:
-    """The RFC 8785 canonical JSON of ``value`` as UTF-8 bytes (raises ``ValueError`` if not JSON-able)."""
+    """Serialise a JSON value as RFC 8785 canonical JSON bytes (what Chio signs and hashes).
+
+    Args:
+        value: str, int, float, bool, None, list or dict with str keys, nested.
+
+    Returns:
+        The canonical text, UTF-8 encoded.
+
+    Raises:
+        ValueError: the value is not JSON-able, or a string holds a lone UTF-16 surrogate.
+    """
     text = canonical_json_str(value)
     try:
         return text.encode("utf-8")

@@ -32,7 +32,11 @@ KEY_FILE = "kernel.key"
 
 
 def default_data_dir() -> Path:
-    """``$CHIO_HOME`` if set, else ``~/.chio-durable``."""
+    """Return the kernel's default data directory.
+
+    Returns:
+        ``$CHIO_HOME`` if set, else ``~/.chio-durable`` (not created here).
+    """
     env = os.environ.get("CHIO_HOME")
     return Path(env).expanduser() if env else Path.home() / ".chio-durable"
 
@@ -88,7 +92,16 @@ def _read_key(path: Path) -> Ed25519PrivateKey:
 
 
 def load_or_create_key(data_dir: Path) -> Ed25519PrivateKey:
-    """Load ``<data_dir>/kernel.key``, creating it (0600) on first use."""
+    """Load the kernel's signing key from ``<data_dir>/kernel.key``, creating it (0600) on first use.
+
+    Processes racing on a new directory agree on one key (the first written wins).
+
+    Args:
+        data_dir: the kernel's data directory (created with mode 0700 if missing).
+
+    Returns:
+        The Ed25519 private key.
+    """
     data_dir = ensure_data_dir(data_dir)
     path = data_dir / KEY_FILE
     if path.exists():
@@ -135,7 +148,17 @@ def public_key_from_hex(public_hex: str) -> Ed25519PublicKey:
 
 
 def verify_hex(public_hex: str, signature_hex: str, message: bytes) -> bool:
-    """True if ``signature_hex`` is ``public_hex``'s Ed25519 signature of ``message``; never raises."""
+    """Check an Ed25519 signature given in hex; never raises.
+
+    Args:
+        public_hex: the signer's public key, 64 hex chars.
+        signature_hex: the signature, 128 hex chars.
+        message: the signed bytes.
+
+    Returns:
+        True if ``signature_hex`` is ``public_hex``'s signature of ``message``; False for any
+        malformed input.
+    """
     if not isinstance(public_hex, str) or not isinstance(signature_hex, str):
         return False
     if len(public_hex) != 64 or len(signature_hex) != 128:
@@ -149,7 +172,14 @@ def verify_hex(public_hex: str, signature_hex: str, message: bytes) -> bool:
 
 
 class Signer:
-    """The kernel's signing identity."""
+    """The kernel's signing identity.
+
+    Args:
+        key: the kernel's Ed25519 private key (:func:`load_or_create_key`).
+
+    Attributes:
+        public_key_hex: the public key, 64 hex chars (the kernel's id, ``kernel_key``).
+    """
 
     __slots__ = ("_key", "public_key_hex")
 
@@ -158,9 +188,24 @@ class Signer:
         self.public_key_hex: str = key.public_key().public_bytes_raw().hex()
 
     def sign_hex(self, message: bytes) -> str:
-        """Hex Ed25519 signature of ``message``."""
+        """Sign bytes with the kernel's key.
+
+        Args:
+            message: the bytes to sign (canonical JSON for receipts and tokens).
+
+        Returns:
+            The Ed25519 signature, 128 hex chars.
+        """
         return self._key.sign(message).hex()
 
     def verify_hex(self, signature_hex: str, message: bytes) -> bool:
-        """True if ``signature_hex`` is this key's signature of ``message``."""
+        """Check a signature against this kernel's key.
+
+        Args:
+            signature_hex: the signature, 128 hex chars.
+            message: the signed bytes.
+
+        Returns:
+            True if it is this key's signature of ``message``.
+        """
         return verify_hex(self.public_key_hex, signature_hex, message)

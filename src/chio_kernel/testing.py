@@ -39,7 +39,11 @@ _LOOPBACK = "127.0.0.1"
 
 
 def free_port() -> int:
-    """A TCP port on 127.0.0.1 that is free right now (the OS picks it)."""
+    """Find a TCP port on 127.0.0.1 that is free right now (the OS picks it).
+
+    Returns:
+        The port number.
+    """
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind((_LOOPBACK, 0))
         return int(s.getsockname()[1])
@@ -98,10 +102,17 @@ class SidecarProcess:
         return "".join(self._lines)
 
     def start(self, timeout: float = 30.0) -> SidecarProcess:
-        """Launch the sidecar and wait until ``/chio/health`` answers 200; returns ``self``.
+        """Launch the sidecar and wait until ``/chio/health`` answers 200.
 
-        Raises ``RuntimeError`` (with the sidecar's output) if it exits or is not healthy within
-        ``timeout`` seconds; in the latter case it is stopped first.
+        Args:
+            timeout: seconds to wait for health before giving up.
+
+        Returns:
+            ``self``, running.
+
+        Raises:
+            RuntimeError: it is already running, the port is taken, it exited, or it was not healthy
+                within ``timeout`` (then it is stopped first); the message quotes the sidecar's output.
         """
         if self.running:
             raise RuntimeError(f"sidecar on {self.url} is already running; stop() it first")

@@ -382,7 +382,16 @@ class ChioPrefectAgent(GovernedAgentFace, WrapperAgent[AgentDepsT, OutputDataT])
         capabilities: Sequence[Any] | None = None,
         **kwargs: Any,
     ) -> AsyncIterator[AgentRun[Any, Any]]:
-        """``Agent.iter`` with governance and Prefect durability added for this run."""
+        """Iterate a run: ``Agent.iter`` with governance and Prefect durability added for this run.
+
+        Args:
+            user_prompt: the user's prompt, as ``Agent.iter`` takes it.
+            capabilities: run capabilities added after the governance ones.
+            **kwargs: every other keyword argument ``Agent.iter`` takes.
+
+        Yields:
+            The ``AgentRun`` to step through.
+        """
         async with self.wrapped.iter(
             user_prompt, capabilities=[*(capabilities or ()), *self._run_capabilities()], **kwargs
         ) as run:
@@ -391,8 +400,18 @@ class ChioPrefectAgent(GovernedAgentFace, WrapperAgent[AgentDepsT, OutputDataT])
     async def _governed_run(self, user_prompt: Any = None, **kwargs: Any) -> AgentRunResult[Any]:
         """Run the governed agent; as a Prefect flow (``"<name> Run"``) unless already inside one.
 
-        Inside a flow the run joins it, so that flow's retries replay the run's cached tasks.
-        Takes every keyword argument ``Agent.run`` takes.
+        Inside a flow the run joins it, so that flow's retries replay the run's cached tasks. A run
+        that ends Failed or Crashed releases its open budget holds.
+
+        Args:
+            user_prompt: the user's prompt.
+            **kwargs: every keyword argument ``Agent.run`` takes.
+
+        Returns:
+            The run result (``.output``; its receipts via ``receipts_of``).
+
+        Raises:
+            PermissionError: a denied model request, or a denied tool call with ``on_deny="raise"``.
         """
         if FlowRunContext.get() is not None:
             async with held_receipt_events():
@@ -411,7 +430,15 @@ class ChioPrefectAgent(GovernedAgentFace, WrapperAgent[AgentDepsT, OutputDataT])
         return await chio_agent_run()
 
     def _governed_run_sync(self, user_prompt: Any = None, **kwargs: Any) -> AgentRunResult[Any]:
-        """Synchronous :meth:`run` (an async Prefect flow driven to completion on this thread)."""
+        """Run the governed agent synchronously (an async Prefect flow driven to completion on this thread).
+
+        Args:
+            user_prompt: the user's prompt.
+            **kwargs: every keyword argument ``Agent.run_sync`` takes.
+
+        Returns:
+            The run result, as :meth:`run`.
+        """
         return super().run_sync(user_prompt, **kwargs)
 
     if not TYPE_CHECKING:
@@ -425,5 +452,16 @@ class ChioPrefectAgent(GovernedAgentFace, WrapperAgent[AgentDepsT, OutputDataT])
     # chio_durable.agent._seams.refuse_realtime (the class decorator above).
 
     def realtime(self, *args: Any, **kwargs: Any) -> Any:
-        """Refused: a realtime session's model traffic cannot be evaluated (see ``docs/agents.md``)."""
+        """Refuse a realtime session: its model traffic cannot be evaluated (see ``docs/agents.md``).
+
+        Args:
+            *args: ignored.
+            **kwargs: ignored.
+
+        Returns:
+            Never returns.
+
+        Raises:
+            UserError: always.
+        """
         raise UserError(REALTIME_REFUSED)

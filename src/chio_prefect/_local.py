@@ -38,7 +38,10 @@ def use_local_prefect_defaults() -> dict[str, str]:
     A value the user set (environment variable or active Prefect profile) is kept, and nothing
     changes when a Prefect API is configured (``PREFECT_API_URL``: no temporary server starts).
     Works before or after ``prefect`` is imported: Prefect's global settings are re-read from the
-    environment. Returns the environment variables this call set.
+    environment.
+
+    Returns:
+        The environment variables this call set (empty when it set none).
     """
     from prefect.context import refresh_global_settings_context
     from prefect.settings import get_current_settings
@@ -60,7 +63,15 @@ def use_local_prefect_defaults() -> dict[str, str]:
 
 
 def ephemeral_start_hint(error: BaseException) -> str | None:
-    """A one-line hint if ``error`` (or its cause) is Prefect's temporary-server start timeout, else None."""
+    """Explain Prefect's temporary-server start timeout in one line, if that is what an error is.
+
+    Args:
+        error: the exception raised by a flow run (its causes are searched too).
+
+    Returns:
+        A hint naming the setting to raise (or to point ``PREFECT_API_URL`` at a server), or None
+        for any other error.
+    """
     seen: set[int] = set()
     current: BaseException | None = error
     while current is not None and id(current) not in seen:

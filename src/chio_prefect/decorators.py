@@ -225,6 +225,9 @@ def chio_task(
             ``retry_condition_fn``, ``timeout_seconds``, ``tags``, ``cache_policy``, ``name``...).
             Without a ``retry_condition_fn``, :func:`retry_unless_chio_denied` is installed.
 
+    Returns:
+        The Prefect ``Task`` (bare ``@chio_task``), or the decorator that makes one.
+
     Raises:
         ChioPrefectConfigError: at decoration time, for arguments it cannot work with.
     """
@@ -290,6 +293,9 @@ def chio_flow(
         sidecar_url: address of a running sidecar (exclusive with ``chio_client``).
         **flow_options: passed verbatim to ``prefect.flow()`` (``name``, ``retries``,
             ``task_runner``, ``timeout_seconds``, ``log_prints``...).
+
+    Returns:
+        The Prefect ``Flow`` (bare ``@chio_flow``), or the decorator that makes one.
 
     Raises:
         ChioPrefectConfigError: at decoration time, for arguments it cannot work with.

@@ -210,5 +210,12 @@ def _rebuild_permission_error(message: str, cause: BaseException | None) -> Chio
 
 
 def is_chio_denial(exc: BaseException | None) -> bool:
-    """True for the exception a chio deny raises: ``PermissionError`` caused by a ChioPrefectError."""
+    """Tell whether an exception is the one a chio deny raises.
+
+    Args:
+        exc: an exception (e.g. a failed task run's), or None.
+
+    Returns:
+        True for a ``PermissionError`` caused by a ``ChioPrefectError``.
+    """
     return isinstance(exc, PermissionError) and isinstance(exc.__cause__, ChioPrefectError)

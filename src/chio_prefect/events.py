@@ -71,7 +71,14 @@ _EVENT_NAMESPACE = uuid.UUID("6c1f3b8e-2f0c-5a7e-9d3a-0c5f1e2b7a41")
 
 
 def iso_timestamp(unix_seconds: float | None = None) -> str:
-    """ISO-8601 UTC with milliseconds and ``Z``, e.g. ``2026-04-19T20:14:02.118Z``."""
+    """Format a time as ISO-8601 UTC with milliseconds and ``Z``, e.g. ``2026-04-19T20:14:02.118Z``.
+
+    Args:
+        unix_seconds: the time (default: now).
+
+    Returns:
+        The formatted time.
+    """
     when = (
         _dt.datetime.now(_dt.timezone.utc)
         if unix_seconds is None
@@ -82,7 +89,26 @@ def iso_timestamp(unix_seconds: float | None = None) -> str:
 
 @dataclass(frozen=True)
 class ReceiptEvent:
-    """One decision, with the run it belongs to, ready to be emitted."""
+    """One decision, with the run it belongs to, ready to be emitted.
+
+    Attributes:
+        allowed: True for the kernel's allow (``chio.receipt.allow``), else a deny.
+        receipt_id: the signed receipt's id; None only where nothing could record it (a mock).
+        capability_id: the capability the call ran under.
+        tool_server: the call's server.
+        tool_name: the call's tool.
+        task_name: the Prefect task (or agent call) name.
+        timestamp: ISO-8601 UTC with milliseconds (:func:`iso_timestamp`).
+        guard: the check that denied, on a deny.
+        reason: why, on a deny.
+        decision: the receipt's decision dict, on a deny.
+        task_run_id: the Prefect task run, the event's resource when known.
+        task_run_name: its name.
+        flow_run_id: the Prefect flow run, a related resource.
+        flow_run_name: its name.
+        extra: merged into the payload last (upstream's ``extra=``).
+        stable_id: derive the Prefect event id from the receipt (agent decisions).
+    """
 
     allowed: bool
     receipt_id: str | None
@@ -106,11 +132,14 @@ class ReceiptEvent:
         return ALLOW_EVENT if self.allowed else DENY_EVENT
 
     def event_id(self) -> uuid.UUID | None:
-        """The Prefect event id: derived from the receipt when ``stable_id`` (one decision, one event
-        id: ``ChioPrefectAgent``'s events), else ``None`` (Prefect picks a random one).
+        """Give the Prefect event id.
 
         Prefect's server stores an event id once, so a decision mirrored again (a retried attempt in
         another process, an idempotent re-evaluation) does not add a second event to the timeline.
+
+        Returns:
+            An id derived from the receipt when ``stable_id`` (one decision, one event id:
+            ``ChioPrefectAgent``'s events), else None (Prefect picks a random one).
         """
         if not self.stable_id or self.receipt_id is None:
             return None
@@ -138,6 +167,13 @@ class ReceiptEvent:
         )
 
     def payload(self) -> dict[str, Any]:
+        """Build the event's payload.
+
+        Returns:
+            ``receipt_id``, ``verdict``, ``capability_id``, ``tool_server``, ``tool_name``,
+            ``task_name``, ``timestamp``; on a deny also ``guard``, ``reason``, ``decision``; then
+            ``extra``.
+        """
         payload: dict[str, Any] = {
             "receipt_id": self.receipt_id,
             "verdict": "allow" if self.allowed else "deny",
@@ -156,6 +192,12 @@ class ReceiptEvent:
         return payload
 
     def resource(self) -> dict[str, str]:
+        """Build the event's resource: the task run, else ``chio.tool.<server>.<tool>``.
+
+        Returns:
+            Prefect resource labels (``prefect.resource.id``, ``prefect.resource.name``, and
+            ``prefect.flow-run.id`` when in a flow run).
+        """
         if self.task_run_id:
             resource = {
                 "prefect.resource.id": f"prefect.task-run.{self.task_run_id}",
@@ -171,6 +213,11 @@ class ReceiptEvent:
         return resource
 
     def related(self) -> list[dict[str, str]]:
+        """Build the event's related resources: the flow run, with role ``flow-run``.
+
+        Returns:
+            One related resource, or none outside a flow run.
+        """
         if not self.flow_run_id:
             return []
         related = {
@@ -183,8 +230,15 @@ class ReceiptEvent:
 
 
 def write_receipt_event(decision: Decision, *, stable_id: bool = False) -> Any | None:
-    """The Prefect event writer, a decision observer: mirror ``decision`` as a receipt event
-    (with a receipt-derived event id when ``stable_id``: see :meth:`ReceiptEvent.event_id`)."""
+    """Mirror a decision as a receipt event: the Prefect event writer, a decision observer.
+
+    Args:
+        decision: the decision (run ids and names from ``decision.where``).
+        stable_id: derive the event id from the receipt (see :meth:`ReceiptEvent.event_id`).
+
+    Returns:
+        The emitted Prefect ``Event``, or None when it was logged instead.
+    """
     event = ReceiptEvent.from_decision(decision)
     if stable_id:
         event = replace(event, stable_id=True)
@@ -192,10 +246,15 @@ def write_receipt_event(decision: Decision, *, stable_id: bool = False) -> Any |
 
 
 def emit_receipt_event(event: ReceiptEvent) -> Any | None:
-    """Emit ``event`` on Prefect's events backend; log the full payload if it cannot be emitted.
+    """Emit a receipt event on Prefect's events backend; log the full payload if it cannot be emitted.
 
-    Returns the Prefect ``Event`` handed to the events worker, or ``None`` when it was logged
-    instead. Never raises: a receipt mirror must not turn an allowed call into a failure.
+    Never raises: a receipt mirror must not turn an allowed call into a failure.
+
+    Args:
+        event: the decision to mirror.
+
+    Returns:
+        The Prefect ``Event`` handed to the events worker, or None when it was logged instead.
     """
     if event.task_run_id is None and event.flow_run_id is None and not _prefect_api_configured():
         # Outside any Prefect run with no API configured, Prefect's emit_event would start a whole
@@ -256,10 +315,20 @@ def emit_allow_event(
     task_run_id: str | None = None,
     extra: Mapping[str, Any] | None = None,
 ) -> Any | None:
-    """Emit ``chio.receipt.allow`` for an allow ``receipt`` (upstream chio-prefect 0.1.0's signature).
+    """Emit ``chio.receipt.allow`` for an allow receipt (upstream chio-prefect 0.1.0's signature).
 
-    The event has this project's shape (resource = the task run, see the module docstring); returns
-    the emitted Prefect ``Event`` or ``None`` when it was logged instead. Never raises.
+    The event has this project's shape (resource = the task run, see the module docstring). Never
+    raises.
+
+    Args:
+        receipt: the allow receipt.
+        task_name: the Prefect task name.
+        flow_run_id: the flow run the call belongs to.
+        task_run_id: the task run the call belongs to.
+        extra: merged into the payload last.
+
+    Returns:
+        The emitted Prefect ``Event``, or None when it was logged instead.
     """
     return emit_receipt_event(
         ReceiptEvent(
@@ -290,8 +359,24 @@ def emit_deny_event(
     task_run_id: str | None = None,
     extra: Mapping[str, Any] | None = None,
 ) -> Any | None:
-    """Emit ``chio.receipt.deny`` (upstream chio-prefect 0.1.0's signature): from a deny ``receipt``, or
-    from ``receipt_id`` / ``capability_id`` / ``tool_server`` when there is no receipt body. Never raises."""
+    """Emit ``chio.receipt.deny`` (upstream chio-prefect 0.1.0's signature). Never raises.
+
+    Args:
+        receipt: the deny receipt, or None when there is no receipt body (then ``receipt_id`` /
+            ``capability_id`` / ``tool_server`` name the call).
+        task_name: the Prefect task name (also the tool name without a receipt).
+        reason: why the call was denied.
+        guard: the check that denied it.
+        receipt_id: the receipt id, without a receipt body.
+        capability_id: the capability, without a receipt body.
+        tool_server: the tool server, without a receipt body.
+        flow_run_id: the flow run the call belongs to.
+        task_run_id: the task run the call belongs to.
+        extra: merged into the payload last.
+
+    Returns:
+        The emitted Prefect ``Event``, or None when it was logged instead.
+    """
     if receipt is not None:
         receipt_id, capability_id, tool_server = receipt.id, receipt.capability_id, receipt.tool_server
         tool_name = receipt.tool_name

@@ -473,7 +473,15 @@ class ChioTemporalAgent(WrapperAgent[AgentDepsT, OutputDataT]):
             )
 
     async def _governed_run(self, *args: Any, **kwargs: Any) -> Any:
-        """Run the agent, governed (the governance is on the agent). Same arguments as ``Agent.run``."""
+        """Run the agent, governed (the governance is on the agent).
+
+        Args:
+            *args: as ``Agent.run`` takes them.
+            **kwargs: as ``Agent.run`` takes them.
+
+        Returns:
+            The run result.
+        """
         return await self.wrapped.run(*args, **kwargs)
 
     if not TYPE_CHECKING:

@@ -108,8 +108,13 @@ def open_holds_of_run(workflow_id: str, run_id: str) -> list[str]:
 
 @dataclass
 class ReleaseHolds:
-    """The release activity's input: which holds (``None``: the open holds the worker recorded for
-    the calling workflow run) and why."""
+    """The release activity's input: which holds and why.
+
+    Attributes:
+        receipt_ids: the allow receipts whose holds to release; None: the open holds the worker
+            recorded for the calling workflow run.
+        reason: why (recorded and signed in each release receipt).
+    """
 
     receipt_ids: list[str] | None = None
     reason: str = "compensation"
@@ -121,11 +126,17 @@ def _already_closed(err: BaseException) -> bool:
 
 
 def release_holds_activity(chio_client: ChioClientLike) -> Callable[[ReleaseHolds], Awaitable[list[str]]]:
-    """The release activity for a worker: ``Worker(..., activities=[release_holds_activity(chio)])``.
+    """Build the release activity for a worker: ``Worker(..., activities=[release_holds_activity(chio)])``.
 
-    Returns the receipt ids whose holds are released (now, or already by this same release). A hold
-    already settled, expired or unknown is skipped (logged); a kernel that cannot be reached fails
-    the activity, so Temporal retries it.
+    A hold already settled, expired or unknown is skipped (logged); a kernel that cannot be reached
+    fails the activity, so Temporal retries it.
+
+    Args:
+        chio_client: the client of the kernel that holds the budgets.
+
+    Returns:
+        The activity; it returns the receipt ids whose holds are released (now, or already by this
+        same release).
     """
     transport = as_transport(chio_client)
 
@@ -157,16 +168,26 @@ async def release_holds(
     start_to_close_timeout: timedelta = timedelta(seconds=30),
     retry_policy: RetryPolicy | None = None,
 ) -> list[str]:
-    """Workflow code: release open holds through the release activity; the receipt ids released.
+    """Release open budget holds through the release activity, from workflow code.
 
-    ``receipt_ids=None`` releases the open holds the worker recorded for this workflow run (the
-    holds of activities that failed or were compensated). A saga's compensation step::
+    A saga's compensation step::
 
         try:
             await governed.run(prompt)
         except ActivityError:
             await release_holds(reason="order cancelled")
             raise
+
+    Args:
+        receipt_ids: the allow receipts whose holds to release; None releases the open holds the
+            worker recorded for this workflow run (the holds of activities that failed or were
+            compensated).
+        reason: why (recorded and signed).
+        start_to_close_timeout: the release activity's timeout.
+        retry_policy: the release activity's retry policy (default: Temporal's).
+
+    Returns:
+        The receipt ids released.
     """
     ids = list(receipt_ids) if receipt_ids is not None else None
     result: list[str] = await temporalio.workflow.execute_activity(
@@ -181,8 +202,16 @@ async def release_holds(
 
 @asynccontextmanager
 async def release_holds_on_failure(reason: str = "workflow failed") -> AsyncIterator[None]:
-    """Workflow code: ``async with release_holds_on_failure(): ...`` releases this run's open holds
-    if the block raises, then re-raises."""
+    """Release this run's open holds if the block raises, then re-raise (workflow code).
+
+    Use as ``async with release_holds_on_failure(): ...``.
+
+    Args:
+        reason: why (recorded and signed).
+
+    Yields:
+        Nothing; the block runs inside.
+    """
     try:
         yield
     except Exception:

@@ -32,20 +32,29 @@ T = TypeVar("T")
 
 
 def release_temporal_clients() -> int:
-    """Free unreachable Temporal clients now, while the interpreter is alive; returns objects freed.
+    """Free unreachable Temporal clients now, while the interpreter is alive.
 
     Call it once the last client, worker and ``WorkflowEnvironment`` are out of reach (e.g. after
-    ``asyncio.run`` returned, or after ``del`` in a notebook): then the process exits with 0
-    instead of aborting in temporalio's Rust core at interpreter exit.
+    ``asyncio.run`` returned, or after ``del`` in a notebook): then the process exits with 0 instead
+    of aborting in temporalio's Rust core at interpreter exit.
+
+    Returns:
+        The number of objects freed.
     """
     return gc.collect()
 
 
 def run_temporal(main: Coroutine[Any, Any, T]) -> T:
-    """``asyncio.run(main)``, then :func:`release_temporal_clients` (even if ``main`` raised).
+    """Run a program's main coroutine, then :func:`release_temporal_clients` (even if it raised).
 
     Use it instead of ``asyncio.run`` for a program that starts Temporal clients, so that its exit
     code is its own and not an abort at interpreter exit.
+
+    Args:
+        main: the coroutine to run.
+
+    Returns:
+        What ``main`` returns.
     """
     try:
         return asyncio.run(main)
@@ -54,7 +63,11 @@ def run_temporal(main: Coroutine[Any, Any, T]) -> T:
 
 
 def temporal_cli_path() -> Path | None:
-    """Path of a usable ``temporal`` binary, or ``None``."""
+    """Find a usable ``temporal`` binary: ``$TEMPORAL_CLI``, beside Python, then on ``PATH``.
+
+    Returns:
+        Its path, or None.
+    """
     explicit = os.environ.get("TEMPORAL_CLI")
     if explicit:
         return Path(explicit)

@@ -152,8 +152,25 @@ class TemporalTransport:
         """
         self._source = client_or_factory
         self._inner: Any = None
+        self._instrument: bool | None = None
         self.observers: list[Callable[[Decision], None]] = []
         """Called with each decision made in an activity (the ``chio-temporal/v1`` envelope writer)."""
+
+    @property
+    def instrument(self) -> bool | None:
+        """Trace its decisions (docs/observability.md), handed to the real client's transport."""
+        return self._instrument
+
+    @instrument.setter
+    def instrument(self, value: bool | None) -> None:
+        self._instrument = value
+        if self._inner is not None and hasattr(self._inner, "instrument"):
+            self._inner.instrument = value
+
+    def _chosen(self, transport: Any) -> Any:
+        if self._instrument is not None and hasattr(transport, "instrument"):
+            transport.instrument = self._instrument
+        return transport
 
     @property
     def inner(self) -> Any:
@@ -162,7 +179,7 @@ class TemporalTransport:
             candidate = self._source
             if isinstance(candidate, type) or (callable(candidate) and not is_client(candidate)):
                 candidate = typing.cast("Callable[[], ChioClientLike]", candidate)()
-            self._inner = as_transport(candidate)
+            self._inner = self._chosen(as_transport(candidate))
         return self._inner
 
     def use(self, client: ChioClientLike) -> None:
@@ -171,7 +188,7 @@ class TemporalTransport:
         Args:
             client: A Chio client.
         """
-        self._inner = as_transport(client)
+        self._inner = self._chosen(as_transport(client))
 
     @property
     def client(self) -> Any:

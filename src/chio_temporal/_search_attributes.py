@@ -90,7 +90,14 @@ async def missing_search_attributes(client: Client) -> list[SearchAttributeKey[A
 
 
 async def require_search_attributes(client: Client) -> None:
-    """Raise :class:`ChioTemporalConfigError` (with the commands to run) if one is not registered."""
+    """Check that the Chio search attributes are registered on the client's namespace.
+
+    Args:
+        client: the Temporal client (its namespace is checked).
+
+    Raises:
+        ChioTemporalConfigError: one is not registered (the message gives the commands to run).
+    """
     missing = await missing_search_attributes(client)
     if missing:
         commands = "\n  ".join(create_commands(client.namespace, missing))
@@ -102,12 +109,14 @@ async def require_search_attributes(client: Client) -> None:
 
 
 def set_pending_approval(pending: bool) -> None:
-    """From workflow code: mark (``True``) or clear (``False``) ``ChioPendingApproval`` on this workflow.
+    """Mark or clear ``ChioPendingApproval`` on this workflow, from workflow code.
 
     With search attributes enabled, the worker does this itself: ``True`` when the run starts waiting
-    for a person (a ``pending_approval`` verdict, chio_temporal._approvals), ``False`` when it waits
-    on none. Call it yourself only for waits of your own. The attribute must be registered on the
-    namespace.
+    for a person (a ``pending_approval`` verdict), ``False`` when it waits on none. Call it yourself
+    only for waits of your own. The attribute must be registered on the namespace.
+
+    Args:
+        pending: True to mark the workflow as waiting for a person, False to clear it.
     """
     temporalio.workflow.upsert_search_attributes([PENDING_APPROVAL.value_set(bool(pending))])
 
@@ -132,7 +141,15 @@ class ChioSearchAttributes(Interceptor):
         self.governing = governing
 
     def capability_of(self, workflow_id: str, run_id: str) -> str | None:
-        """The capability id governing ``(workflow_id, run_id)``: its grant, else the agent's."""
+        """Name the capability governing a workflow run: its grant's, else the agent's.
+
+        Args:
+            workflow_id: the workflow id.
+            run_id: the run id.
+
+        Returns:
+            The capability id, or None.
+        """
         grant = self.governing.grant_for(workflow_id, run_id)
         if grant is not None:
             return grant.capability_id

@@ -53,10 +53,25 @@ def denied_error(
     guard: str | None,
     reason: str | None,
 ) -> ApplicationError:
-    """The non-retryable error a denied activity fails with; ``details[0]`` is a dict of the facts.
+    """Build the non-retryable error a denied activity fails with.
 
     Its category is ``BENIGN``: a deny is an expected outcome, so the worker logs it at DEBUG
     without a traceback (not as a WARNING) and Temporal does not count it as an activity error.
+
+    Args:
+        activity_type: the activity type.
+        tool_server: the tool server it was evaluated against.
+        tool_name: the tool.
+        workflow_id: the workflow id.
+        run_id: the workflow run id.
+        capability_id: the capability, if any.
+        receipt_id: the deny receipt's id.
+        guard: the check that denied.
+        reason: why.
+
+    Returns:
+        The ``ApplicationError`` (``type="ChioCapabilityDenied"``); ``details[0]`` is a dict of these
+        facts.
     """
     details: dict[str, Any] = {
         "receipt_id": receipt_id,
@@ -80,7 +95,16 @@ def denied_error(
 
 
 def rejected_error(*, url: str, detail: str, activity_type: str) -> ApplicationError:
-    """The non-retryable error of an activity whose evaluation request the kernel refused as malformed."""
+    """Build the non-retryable error of an activity whose evaluation request the kernel refused as malformed.
+
+    Args:
+        url: where the kernel is.
+        detail: the kernel's reason.
+        activity_type: the activity type.
+
+    Returns:
+        The ``ApplicationError``; retrying the same input will not help.
+    """
     message = (
         f"Chio kernel at {url} rejected the evaluation request of activity {activity_type!r} as malformed "
         f"({detail}); the activity did not run. Retrying the same input will not help: fix the activity's "
@@ -95,7 +119,16 @@ def rejected_error(*, url: str, detail: str, activity_type: str) -> ApplicationE
 
 
 def sidecar_error(*, url: str, detail: str, activity_type: str) -> ApplicationError:
-    """The retryable error of an activity whose evaluation could not be made (kernel unreachable)."""
+    """Build the retryable error of an activity whose evaluation could not be made (kernel unreachable).
+
+    Args:
+        url: where the kernel is.
+        detail: what went wrong.
+        activity_type: the activity type.
+
+    Returns:
+        The ``ApplicationError``; Temporal retries the activity.
+    """
     message = (
         f"Chio sidecar at {url} could not evaluate activity {activity_type!r} ({detail}); the activity "
         f"did not run and will be retried. Start the sidecar (`chio-durable sidecar`) at {url}."

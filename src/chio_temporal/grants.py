@@ -28,11 +28,15 @@ T = TypeVar("T")
 class WorkflowGrant:
     """A capability token pinned to a Temporal ``workflow_id``.
 
-    ``run_id=None`` makes the grant apply to every run of the workflow id (retries, continue-as-new,
-    resets); a ``run_id`` pins it to one execution and wins over an unpinned grant for that run.
-    ``tool_server`` is the chio tool server the workflow's activities are evaluated against unless the
-    interceptor's ``activity_tool_server_map`` names one for the activity type (see docs/temporal.md);
-    ``None`` falls back to the interceptor's ``default_tool_server``.
+    Attributes:
+        workflow_id: the Temporal workflow id (or, for a prefix grant, the id prefix).
+        token: the capability token.
+        tool_server: the chio tool server the workflow's activities are evaluated against unless the
+            interceptor's ``activity_tool_server_map`` names one for the activity type (see
+            docs/temporal.md); None falls back to the interceptor's ``default_tool_server``.
+        run_id: None makes the grant apply to every run of the workflow id (retries,
+            continue-as-new, resets); a run id pins it to one execution and wins over an unpinned
+            grant for that run.
     """
 
     workflow_id: str
@@ -62,7 +66,14 @@ class WorkflowGrant:
         return self.token.scope
 
     def covers(self, other: WorkflowGrant) -> bool:
-        """Whether ``other``'s scope is a subset of this grant's scope."""
+        """Tell whether another grant's scope is a subset of this grant's scope.
+
+        Args:
+            other: the grant to check.
+
+        Returns:
+            True if it is a subset.
+        """
         return other.token.scope.is_subset_of(self.token.scope)
 
     async def attenuate_for_activity(
@@ -74,9 +85,19 @@ class WorkflowGrant:
     ) -> WorkflowGrant:
         """Mint a child grant with a strictly narrower scope through the kernel.
 
-        The child keeps this grant's ``workflow_id`` and ``run_id``; ``tool_server`` defaults to this
-        grant's. Raises :class:`ChioTemporalConfigError` if ``new_scope`` is not a subset of this
-        grant's scope (checked before the kernel is asked; the kernel checks again).
+        The child keeps this grant's ``workflow_id`` and ``run_id``.
+
+        Args:
+            chio: the client of the kernel that issued this grant.
+            new_scope: the child's scope; must be a subset of this grant's scope (checked before the
+                kernel is asked; the kernel checks again).
+            tool_server: the child's tool server (default: this grant's).
+
+        Returns:
+            The child grant.
+
+        Raises:
+            ChioTemporalConfigError: ``new_scope`` is not a subset, or the kernel refused it.
         """
         if not isinstance(new_scope, ChioScope):
             raise ChioTemporalConfigError(
@@ -120,7 +141,17 @@ async def call_client(client: ChioClientLike, make_call: Callable[[], Awaitable[
 
 
 async def mint_capability(client: ChioClientLike, *, subject: str, scope: ChioScope, ttl_seconds: int) -> CapabilityToken:
-    """``create_capability`` on the kernel behind ``client``, whatever its transport."""
+    """Issue a capability on the kernel behind a client, whatever its transport.
+
+    Args:
+        client: a Chio client.
+        subject: who the token is for.
+        scope: the grants it carries.
+        ttl_seconds: how long it is valid from now.
+
+    Returns:
+        The signed token.
+    """
     transport = as_transport(client)
     if isinstance(transport, EmbeddedTransport):
         return transport.kernel.create_capability(subject=subject, scope=scope, ttl_seconds=ttl_seconds)
@@ -132,12 +163,21 @@ async def mint_capability(client: ChioClientLike, *, subject: str, scope: ChioSc
 
 
 async def fetch_capability(client: ChioClientLike, capability_id: str) -> CapabilityToken:
-    """The token of an already-minted capability, from the kernel behind ``client``.
+    """Fetch the token of an already-minted capability from the kernel behind a client.
 
-    ``LocalChioClient`` / the embedded kernel answer directly; the real ``ChioClient`` has no such
-    method, so the sidecar endpoint ``GET /v1/capabilities/{id}`` is called at the client's URL.
-    Raises :class:`ChioTemporalConfigError` for an unknown id or a client that
-    cannot look tokens up (the mocks: pass ``scope=``/``subject=`` instead).
+    ``LocalChioClient`` / the embedded kernel answer directly; ``chio_kernel.SidecarClient`` asks
+    the sidecar's ``GET /v1/capabilities/{id}``.
+
+    Args:
+        client: a Chio client.
+        capability_id: the capability's id.
+
+    Returns:
+        The token.
+
+    Raises:
+        ChioTemporalConfigError: an unknown id, or a client that cannot look tokens up (a stock
+            ``ChioClient`` or a mock: pass ``scope=``/``subject=`` instead).
     """
     transport = as_transport(client)
     token: Any = None

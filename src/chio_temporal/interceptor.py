@@ -136,24 +136,40 @@ _current_evaluation: ContextVar[Evaluation | None] = ContextVar("chio_temporal_e
 
 
 def current_evaluation() -> Evaluation | None:
-    """Inside a governed activity body: the kernel's allow :class:`~chio_durable.Evaluation` for it."""
+    """Read, inside a governed activity body, the kernel's allow for this execution.
+
+    Returns:
+        The allow :class:`~chio_durable.Evaluation`, or None outside a governed activity.
+    """
     return _current_evaluation.get()
 
 
 def current_receipt_id() -> str | None:
-    """Inside a governed activity body: the chio receipt id that authorised this execution.
+    """Read, inside a governed activity body, the chio receipt id that authorised this execution.
 
     Activity results are not changed by the interceptor (that would change workflow histories); an
     activity that wants to return its receipt id reads it here. Works for async activities and sync
     activities on a thread pool (Temporal copies the context into the thread).
+
+    Returns:
+        The allow receipt's id, or None outside a governed activity.
     """
     evaluation = _current_evaluation.get()
     return evaluation.receipt_id if evaluation is not None else None
 
 
 class ActivityCall(GovernedCall):
-    """What the kernel is asked about for one activity execution: a :class:`~chio_durable.GovernedCall`
-    of kind ``"activity"`` (parameters hashed once), built as ``ActivityCall(tool_server, tool_name, parameters)``."""
+    """What the kernel is asked about for one activity execution.
+
+    A :class:`~chio_durable.GovernedCall` of kind ``"activity"`` (parameters hashed once).
+
+    Args:
+        tool_server: the tool server the activity is evaluated against.
+        tool_name: the activity type.
+        parameters: the activity's arguments bound by name.
+        kind: always ``"activity"``.
+        metadata: where it ran (workflow id, run id...), signed into the receipt, not part of the call.
+    """
 
     def __init__(
         self, tool_server: str, tool_name: str, parameters: dict[str, Any], kind: Any = "activity",
@@ -273,10 +289,16 @@ class ChioActivityInterceptor(TransportSlot, Interceptor):
     # --- grants -------------------------------------------------------------------------------
 
     def register_workflow_grant(self, grant: WorkflowGrant) -> None:
-        """Govern the activities of ``grant.workflow_id`` (one run if ``grant.run_id`` is set) with ``grant``.
+        """Govern the activities of a workflow with a grant.
 
         Register before the workflow's first activity runs; a later registration for the same key
         replaces the earlier one (the next activity uses it).
+
+        Args:
+            grant: the grant for ``grant.workflow_id`` (one run if ``grant.run_id`` is set).
+
+        Raises:
+            ChioTemporalConfigError: ``grant`` is not a :class:`WorkflowGrant`.
         """
         if not isinstance(grant, WorkflowGrant):
             raise ChioTemporalConfigError(
@@ -287,16 +309,26 @@ class ChioActivityInterceptor(TransportSlot, Interceptor):
             self._grants[(grant.workflow_id, grant.run_id)] = grant
 
     def unregister_workflow_grant(self, workflow_id: str, run_id: str | None = None) -> None:
-        """Forget a grant: the workflow's next activity is denied (fail closed)."""
+        """Forget a grant: the workflow's next activity is denied (fail closed).
+
+        Args:
+            workflow_id: the workflow id the grant was registered for.
+            run_id: the run it was pinned to, or None for an unpinned grant.
+        """
         with self._lock:
             self._grants.pop((workflow_id, run_id), None)
 
     def register_workflow_grant_prefix(self, grant: WorkflowGrant) -> None:
-        """Govern every workflow whose id starts with ``grant.workflow_id`` (e.g. ``"order-"``) with ``grant``.
+        """Govern every workflow whose id starts with a prefix (e.g. ``"order-"``) with one grant.
 
         For many runs under one capability (ids made up per order, per ticket...). An exact
         :meth:`register_workflow_grant` always wins over a prefix; among prefixes the longest wins.
-        ``grant.run_id`` must be ``None``.
+
+        Args:
+            grant: the grant; its ``workflow_id`` is the prefix and its ``run_id`` must be None.
+
+        Raises:
+            ChioTemporalConfigError: not a :class:`WorkflowGrant`, or a ``run_id`` was set.
         """
         if not isinstance(grant, WorkflowGrant):
             raise ChioTemporalConfigError(
@@ -309,12 +341,19 @@ class ChioActivityInterceptor(TransportSlot, Interceptor):
             self._prefix_grants[grant.workflow_id] = grant
 
     def register_activity_grant_override(self, activity_type: str, override: ActivityGrantOverride) -> None:
-        """Run activities of ``activity_type`` under the grant ``override(info)`` returns (``None``: workflow grant).
+        """Run activities of one type under a narrower grant.
 
         The override's scope must be a subset of the workflow grant's scope. A callable can only be
         checked when it returns a grant, so the check happens at the activity's first use (once per
         pair of capabilities); a non-subset fails that activity with the non-retryable
         ``ApplicationError(type="ChioTemporalConfigError")`` before the kernel is asked or the body runs.
+
+        Args:
+            activity_type: the activity type name.
+            override: ``info -> WorkflowGrant | None``; None keeps the workflow grant.
+
+        Raises:
+            ChioTemporalConfigError: an empty activity type, or ``override`` is not callable.
         """
         if not isinstance(activity_type, str) or not activity_type:
             raise ChioTemporalConfigError(
@@ -329,7 +368,15 @@ class ChioActivityInterceptor(TransportSlot, Interceptor):
             self._overrides[activity_type] = override
 
     def grant_for(self, workflow_id: str, run_id: str | None = None) -> WorkflowGrant | None:
-        """The workflow grant that applies to ``(workflow_id, run_id)``: pinned run, any run, then prefix."""
+        """Find the workflow grant that applies to a run: pinned run, any run, then the longest prefix.
+
+        Args:
+            workflow_id: the workflow id.
+            run_id: the run id, or None.
+
+        Returns:
+            The grant, or None (the workflow's activities are denied).
+        """
         with self._lock:
             grant = self._grants.get((workflow_id, run_id)) if run_id is not None else None
             if grant is None:
@@ -343,14 +390,35 @@ class ChioActivityInterceptor(TransportSlot, Interceptor):
     # --- extension points (override in a subclass; documented in docs/temporal.md) ------------
 
     def governs(self, info: temporalio.activity.Info, input: ExecuteActivityInput) -> bool:
-        """Whether this activity execution is evaluated at all (default: every one but the release
-        activity, which only frees budget: ``chio_temporal.release_holds_activity``)."""
+        """Tell whether an activity execution is evaluated at all.
+
+        Default: every one but the release activity, which only frees budget
+        (``chio_temporal.release_holds_activity``).
+
+        Args:
+            info: the activity's ``temporalio.activity.Info``.
+            input: the execution's input.
+
+        Returns:
+            True to evaluate it.
+        """
         if info.activity_type == _budgets.RELEASE_HOLDS_ACTIVITY:
             return False
         return True
 
     def resolve_grant(self, info: temporalio.activity.Info) -> WorkflowGrant | None:
-        """The grant this execution runs under: the workflow grant, narrowed by an override if one applies."""
+        """Find the grant this execution runs under: the workflow grant, narrowed by an override if one applies.
+
+        Args:
+            info: the activity's ``temporalio.activity.Info``.
+
+        Returns:
+            The grant, or None (no grant: the activity is denied).
+
+        Raises:
+            ChioTemporalConfigError: the override returned something other than a grant, or a grant
+                that is not a subset of (or not derived from) the workflow grant.
+        """
         workflow_id = info.workflow_id or info.activity_id
         workflow_grant = self.grant_for(workflow_id, info.workflow_run_id)
         if workflow_grant is None:
@@ -389,11 +457,33 @@ class ChioActivityInterceptor(TransportSlot, Interceptor):
         return narrower
 
     def resolve_capability_id(self, info: temporalio.activity.Info, grant: WorkflowGrant | None) -> str | None:
-        """The capability id to evaluate with; ``None`` means no grant: the activity is denied."""
+        """Choose the capability id to evaluate with.
+
+        Args:
+            info: the activity's ``temporalio.activity.Info``.
+            grant: the grant the execution runs under, or None.
+
+        Returns:
+            The grant's capability id; None means no grant: the activity is denied.
+        """
         return grant.capability_id if grant is not None else None
 
     def resolve_tool_server(self, info: temporalio.activity.Info, grant: WorkflowGrant | None) -> str:
-        """Override grant's tool_server > ``activity_tool_server_map`` > workflow grant's > ``default_tool_server``."""
+        """Choose the tool server of an activity.
+
+        Precedence: the override grant's ``tool_server`` > ``activity_tool_server_map`` > the workflow
+        grant's > ``default_tool_server``.
+
+        Args:
+            info: the activity's ``temporalio.activity.Info``.
+            grant: the grant the execution runs under, or None.
+
+        Returns:
+            The tool server id.
+
+        Raises:
+            ChioTemporalConfigError: nothing names a tool server for this activity type.
+        """
         if grant is not None and grant.tool_server and self._is_override(info, grant):
             return grant.tool_server
         mapped = self.activity_tool_server_map.get(info.activity_type)
@@ -410,11 +500,18 @@ class ChioActivityInterceptor(TransportSlot, Interceptor):
         )
 
     def activity_parameters(self, info: temporalio.activity.Info, input: ExecuteActivityInput) -> dict[str, Any]:
-        """The activity's arguments bound by name to its function's signature.
+        """Bind the activity's arguments by name to its function's signature.
 
         The function is ``input.fn``: the callable the worker registered for this activity type. A
         dynamic activity (``@activity.defn(dynamic=True)``) has no signature for the real type, so its
         raw arguments are sent as ``{"args": [...]}``.
+
+        Args:
+            info: the activity's ``temporalio.activity.Info``.
+            input: the execution's input (``fn`` and ``args``).
+
+        Returns:
+            ``{parameter name: JSON-able value}``.
         """
         if _is_dynamic(input.fn, input.args):
             raw = input.args[0] if input.args else []
@@ -433,7 +530,16 @@ class ChioActivityInterceptor(TransportSlot, Interceptor):
     def map_activity(
         self, info: temporalio.activity.Info, input: ExecuteActivityInput, grant: WorkflowGrant | None
     ) -> ActivityCall:
-        """``(tool_server, tool_name, parameters)`` for this execution; tool name = the activity type."""
+        """Map an activity execution to the call the kernel is asked about; tool name = the activity type.
+
+        Args:
+            info: the activity's ``temporalio.activity.Info``.
+            input: the execution's input.
+            grant: the grant it runs under, or None.
+
+        Returns:
+            The :class:`ActivityCall`.
+        """
         return ActivityCall(
             tool_server=self.resolve_tool_server(info, grant),
             tool_name=info.activity_type,
@@ -441,9 +547,17 @@ class ChioActivityInterceptor(TransportSlot, Interceptor):
         )
 
     def activity_idempotency_key(self, info: temporalio.activity.Info, capability_id: str) -> str:
-        """Same for every attempt of one activity execution: retries reuse one allow receipt.
+        """Derive the idempotency key of an activity execution: the same for every attempt.
 
-        The one scheme (:func:`chio_durable.call_key`): run = workflow id / run id, position = activity id.
+        Retries thus reuse one allow receipt. The one scheme (:func:`chio_durable.call_key`): run =
+        workflow id / run id, position = activity id.
+
+        Args:
+            info: the activity's ``temporalio.activity.Info``.
+            capability_id: the capability it runs under.
+
+        Returns:
+            The key.
         """
         run = f"{info.workflow_id or ''}/{info.workflow_run_id or info.activity_run_id or ''}"
         return call_key(run, f"activity:{info.activity_id}", capability_id)
@@ -451,8 +565,19 @@ class ChioActivityInterceptor(TransportSlot, Interceptor):
     def activity_cost(
         self, info: temporalio.activity.Info, input: ExecuteActivityInput, call: ActivityCall
     ) -> MonetaryAmount | None:
-        """The cost this execution declares (default: none). With a cost the allow is a budget hold,
-        settled when the body returns (docs/budgets.md); every attempt declares the same one."""
+        """Declare the cost of an activity execution (override it; default: none).
+
+        With a cost the allow is a budget hold, settled when the body returns (docs/budgets.md); every
+        attempt declares the same one.
+
+        Args:
+            info: the activity's ``temporalio.activity.Info``.
+            input: the execution's input.
+            call: the call the kernel is asked about.
+
+        Returns:
+            The cost, or None.
+        """
         return None
 
     def settled_cost(
@@ -464,8 +589,19 @@ class ChioActivityInterceptor(TransportSlot, Interceptor):
         declared: MonetaryAmount,
         reported: MonetaryAmount | None,
     ) -> MonetaryAmount:
-        """What a costed execution's hold settles at: what the body reported
-        (``chio_durable.report_cost``), else the declared cost."""
+        """Choose what a costed execution's hold settles at (override it to compute from the result).
+
+        Args:
+            info: the activity's ``temporalio.activity.Info``.
+            input: the execution's input.
+            call: the call the kernel was asked about.
+            result: what the body returned.
+            declared: the cost declared by :meth:`activity_cost`.
+            reported: what the body reported with ``chio_durable.report_cost``, or None.
+
+        Returns:
+            ``reported`` if any, else ``declared``.
+        """
         return reported if reported is not None else declared
 
     async def on_allowed(
@@ -476,7 +612,18 @@ class ChioActivityInterceptor(TransportSlot, Interceptor):
         evaluation: Evaluation,
         proceed: Callable[[], Awaitable[Any]],
     ) -> Any:
-        """Run the activity body (``await proceed()``); its result is returned unchanged."""
+        """Run the activity body after an allow (override it to wrap the body).
+
+        Args:
+            info: the activity's ``temporalio.activity.Info``.
+            input: the execution's input.
+            call: the call the kernel allowed.
+            evaluation: the kernel's allow.
+            proceed: runs the body.
+
+        Returns:
+            The body's result, unchanged.
+        """
         return await proceed()
 
     async def on_denied(
@@ -486,9 +633,20 @@ class ChioActivityInterceptor(TransportSlot, Interceptor):
         call: ActivityCall,
         evaluation: Evaluation,
     ) -> Any:
-        """Fail the activity with ``ApplicationError(type="ChioCapabilityDenied", non_retryable=True)``.
+        """Fail a denied activity with ``ApplicationError(type="ChioCapabilityDenied", non_retryable=True)``.
 
-        A subclass may return a value instead: it becomes the activity's result and the body does not run.
+        Args:
+            info: the activity's ``temporalio.activity.Info``.
+            input: the execution's input.
+            call: the call the kernel denied.
+            evaluation: the kernel's deny.
+
+        Returns:
+            Nothing by default; a subclass may return a value instead: it becomes the activity's result
+            and the body does not run.
+
+        Raises:
+            ApplicationError: the deny (:func:`~chio_temporal.errors.denied_error`).
         """
         raise denied_error(
             activity_type=info.activity_type,
@@ -505,7 +663,19 @@ class ChioActivityInterceptor(TransportSlot, Interceptor):
     # --- the enforcement path -----------------------------------------------------------------
 
     async def govern(self, input: ExecuteActivityInput, proceed: Callable[[], Awaitable[Any]]) -> Any:
-        """Evaluate one activity execution and run, or refuse, its body."""
+        """Evaluate one activity execution and run, or refuse, its body.
+
+        Args:
+            input: the execution's input.
+            proceed: runs the body.
+
+        Returns:
+            The body's result (or what :meth:`on_denied` returns).
+
+        Raises:
+            ApplicationError: a deny (non-retryable), a configuration error (non-retryable), a request
+                the kernel rejected (non-retryable), or a kernel that gave no decision (retryable).
+        """
         info = temporalio.activity.info()
         if not self.governs(info, input):
             return await proceed()
@@ -633,7 +803,11 @@ class ChioActivityInterceptor(TransportSlot, Interceptor):
     # --- workflow receipts --------------------------------------------------------------------
 
     def write_envelope_step(self, decision: Decision) -> None:
-        """The Temporal envelope writer, a decision observer: add the step to its workflow run's receipt."""
+        """Add a decision as a step to its workflow run's receipt: the Temporal envelope writer, a decision observer.
+
+        Args:
+            decision: the decision (``where["info"]`` is the activity's info).
+        """
         info: temporalio.activity.Info = decision.where["info"]
         step = WorkflowStepReceipt.from_decision(decision)
         workflow_id = info.workflow_id or info.activity_id
@@ -682,17 +856,37 @@ class ChioActivityInterceptor(TransportSlot, Interceptor):
         return keys[0] if keys else None
 
     def get_workflow_receipt(self, workflow_id: str, run_id: str | None = None) -> WorkflowReceipt | None:
-        """The in-flight (or finalised, not yet flushed) receipt of a workflow run, if any activity was evaluated."""
+        """Read the in-flight (or finalised, not yet flushed) receipt of a workflow run.
+
+        Args:
+            workflow_id: the workflow id.
+            run_id: the run id; None when exactly one run of the id has a receipt here.
+
+        Returns:
+            The receipt, or None if no activity of the run was evaluated on this worker.
+        """
         with self._lock:
             key = self._find_receipt_key(workflow_id, run_id)
             return self._receipts.get(key) if key is not None else None
 
     def workflow_receipt(self, workflow_id: str, run_id: str | None = None) -> WorkflowReceipt | None:
-        """Upstream chio-temporal's name of :meth:`get_workflow_receipt`."""
+        """Read a workflow run's receipt: upstream chio-temporal's name of :meth:`get_workflow_receipt`.
+
+        Args:
+            workflow_id: the workflow id.
+            run_id: the run id, or None.
+
+        Returns:
+            The receipt, or None.
+        """
         return self.get_workflow_receipt(workflow_id, run_id)
 
     def pending_workflow_receipts(self) -> list[WorkflowReceipt]:
-        """Every receipt held in memory (not yet flushed)."""
+        """List every workflow receipt held in memory (not yet flushed).
+
+        Returns:
+            The receipts, least recently updated first.
+        """
         with self._lock:
             return list(self._receipts.values())
 
@@ -705,12 +899,24 @@ class ChioActivityInterceptor(TransportSlot, Interceptor):
         metadata: Mapping[str, Any] | None = None,
         completed_at: Any = None,
     ) -> WorkflowReceipt:
-        """Close the receipt of ``(workflow_id, run_id)`` with ``outcome`` ("success" | "failure" | "cancelled").
+        """Close the receipt of a workflow run with its outcome.
 
-        ``run_id=None`` is accepted when exactly one run of the id has a receipt. A run that evaluated
-        no activity gets an empty receipt (``run_id`` required then). ``completed_at``: a datetime,
-        Unix seconds or RFC 3339 (default now). Finalising again with the same outcome is a no-op;
-        another outcome is refused (:class:`ChioTemporalConfigError`).
+        A run that evaluated no activity gets an empty receipt (``run_id`` required then). Finalising
+        again with the same outcome is a no-op.
+
+        Args:
+            workflow_id: the workflow id.
+            run_id: the run id; None is accepted when exactly one run of the id has a receipt.
+            outcome: ``"success"``, ``"failure"`` or ``"cancelled"``.
+            metadata: merged into the receipt's metadata.
+            completed_at: a datetime, Unix seconds or RFC 3339 (default now).
+
+        Returns:
+            The finalised receipt.
+
+        Raises:
+            ChioTemporalConfigError: an unknown outcome, another outcome than the one recorded, or no
+                receipt and no ``run_id``.
         """
         if outcome not in OUTCOMES:
             raise ChioTemporalConfigError(f"outcome= must be one of {list(OUTCOMES)}, got {outcome!r}")
@@ -742,10 +948,19 @@ class ChioActivityInterceptor(TransportSlot, Interceptor):
             return receipt
 
     async def flush_workflow_receipt(self, *, workflow_id: str, run_id: str | None = None) -> dict[str, Any]:
-        """The finalised ``chio-temporal/v1`` envelope, forwarded to ``receipt_sink``, then dropped from memory.
+        """Forward a finalised workflow receipt to ``receipt_sink``, then drop it from memory.
 
-        If the sink raises, the receipt stays in memory (nothing is lost) and :class:`ChioTemporalError`
-        is raised; flush again once the sink is back.
+        Args:
+            workflow_id: the workflow id.
+            run_id: the run id, or None when exactly one run of the id has a receipt.
+
+        Returns:
+            The ``chio-temporal/v1`` envelope.
+
+        Raises:
+            ChioTemporalConfigError: no such receipt here, or it is not finalised yet.
+            ChioTemporalError: the sink raised; the receipt stays in memory (nothing is lost): flush
+                again once the sink is back.
         """
         with self._lock:
             key = self._find_receipt_key(workflow_id, run_id)

@@ -80,7 +80,25 @@ def as_datetime(value: TimeLike, name: str = "time") -> datetime:
 
 @dataclass
 class WorkflowStepReceipt:
-    """One kernel decision for one activity of a workflow run."""
+    """One kernel decision for one activity of a workflow run.
+
+    Attributes:
+        activity_id: the activity id.
+        activity_type: the activity type.
+        attempt: the attempt that was evaluated first.
+        tool_server: the tool server it was evaluated against.
+        tool_name: the tool (the activity type).
+        capability_id: the capability it ran under.
+        receipt_id: the signed receipt's id.
+        verdict: ``"allow"`` or ``"deny"``.
+        guard: the check that denied, on a deny.
+        reason: why, on a deny.
+        parameter_hash: the hash of the activity's arguments.
+        content_hash: the receipt's content hash.
+        evaluated_at: when (a datetime, Unix seconds or RFC 3339 on input).
+        attempts: every attempt that got this receipt back.
+        receipt: the signed receipt this step is about; it fills every field left unset.
+    """
 
     activity_id: str
     activity_type: str
@@ -158,6 +176,11 @@ class WorkflowStepReceipt:
         )
 
     def to_dict(self) -> dict[str, Any]:
+        """Give the step as the ``chio-temporal/v1`` envelope writes it.
+
+        Returns:
+            A JSON-able dict, ``evaluated_at`` in RFC 3339.
+        """
         return {
             "activity_id": self.activity_id,
             "activity_type": self.activity_type,
@@ -176,13 +199,29 @@ class WorkflowStepReceipt:
         }
 
     def to_upstream_dict(self) -> dict[str, Any]:
-        """:meth:`to_dict` with ``evaluated_at`` in Unix seconds (upstream chio-temporal's time form)."""
+        """Give the step in upstream chio-temporal's form.
+
+        Returns:
+            :meth:`to_dict` with ``evaluated_at`` in Unix seconds.
+        """
         return {**self.to_dict(), "evaluated_at": _unix(self.evaluated_at)}
 
 
 @dataclass
 class WorkflowReceipt:
-    """The in-flight (then finalised) receipt aggregate of one ``(workflow_id, run_id)``."""
+    """The in-flight (then finalised) receipt aggregate of one ``(workflow_id, run_id)``.
+
+    Attributes:
+        workflow_id: the workflow id.
+        run_id: the run id.
+        parent_workflow_ids: the parent workflows, outermost first (child workflows).
+        started_at: when the first step was recorded.
+        completed_at: when it was finalised, or None while open.
+        outcome: ``"success"``, ``"failure"``, ``"cancelled"``, or None while open.
+        steps: one :class:`WorkflowStepReceipt` per evaluated activity.
+        metadata: workflow type, namespace, task queue, capability id, sidecar URL, and what the
+            caller adds.
+    """
 
     workflow_id: str
     run_id: str | None = None
@@ -226,7 +265,14 @@ class WorkflowReceipt:
         return [step.receipt_id for step in self.steps if step.receipt_id is not None]
 
     def add_step(self, step: WorkflowStepReceipt) -> WorkflowStepReceipt:
-        """Record ``step``; a retry attempt with an already recorded receipt only adds its attempt number."""
+        """Record a step; a retry attempt with an already recorded receipt only adds its attempt number.
+
+        Args:
+            step: the step.
+
+        Returns:
+            The recorded step (the existing one for a retry).
+        """
         if step.receipt_id is not None:
             for existing in self.steps:
                 if existing.receipt_id == step.receipt_id and existing.activity_id == step.activity_id:
@@ -237,7 +283,14 @@ class WorkflowReceipt:
         return step
 
     def record_step(self, step: WorkflowStepReceipt) -> WorkflowStepReceipt:
-        """Upstream chio-temporal's name of :meth:`add_step`."""
+        """Record a step: upstream chio-temporal's name of :meth:`add_step`.
+
+        Args:
+            step: the step.
+
+        Returns:
+            The recorded step.
+        """
         return self.add_step(step)
 
     def finalize(
@@ -247,11 +300,18 @@ class WorkflowReceipt:
         *,
         completed_at: TimeLike | None = None,
     ) -> None:
-        """Close the receipt with ``outcome`` ("success" | "failure" | "cancelled") at ``completed_at`` (now).
+        """Close the receipt with its outcome.
 
         Finalising again with the same outcome changes nothing (idempotent: the first ``completed_at``
-        stays); another outcome is refused with :class:`ChioTemporalConfigError`, so a receipt never
-        says two things.
+        stays), so a receipt never says two things.
+
+        Args:
+            outcome: ``"success"``, ``"failure"`` or ``"cancelled"``.
+            metadata: merged into the receipt's metadata.
+            completed_at: a datetime, Unix seconds or RFC 3339 (default now).
+
+        Raises:
+            ChioTemporalConfigError: an unknown outcome, or another outcome than the one recorded.
         """
         if outcome not in OUTCOMES:
             raise ChioTemporalConfigError(f"outcome= must be one of {list(OUTCOMES)}, got {outcome!r}")
@@ -271,7 +331,11 @@ class WorkflowReceipt:
             self.metadata.update(metadata)
 
     def to_envelope(self) -> dict[str, Any]:
-        """The ``chio-temporal/v1`` envelope (JSON-able dict)."""
+        """Give the ``chio-temporal/v1`` envelope.
+
+        Returns:
+            A JSON-able dict, times in RFC 3339.
+        """
         return {
             "version": ENVELOPE_VERSION,
             "workflow_id": self.workflow_id,
@@ -288,11 +352,17 @@ class WorkflowReceipt:
         }
 
     def to_json(self, **dumps_kwargs: Any) -> str:
-        """The envelope as JSON text in upstream chio-temporal's shape: times in Unix seconds.
+        """Give the envelope as JSON text in upstream chio-temporal's shape: times in Unix seconds.
 
-        Same fields and ``version`` as :meth:`to_envelope` (which keeps RFC 3339 strings, readable
-        and unambiguous across time zones); ``started_at``, ``completed_at`` and each step's
+        Same fields and ``version`` as :meth:`to_envelope` (which keeps RFC 3339 strings, readable and
+        unambiguous across time zones); ``started_at``, ``completed_at`` and each step's
         ``evaluated_at`` are floats here, as upstream emits them.
+
+        Args:
+            **dumps_kwargs: passed to ``json.dumps`` (``sort_keys`` defaults to True).
+
+        Returns:
+            The JSON text.
         """
         envelope = self.to_envelope()
         envelope["started_at"] = _unix(self.started_at)

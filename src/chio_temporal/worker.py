@@ -39,19 +39,41 @@ async def build_chio_worker(
     search_attributes: bool = False,
     **worker_kwargs: Any,
 ) -> tuple[Worker, ChioActivityInterceptor, WorkflowGrant]:
-    """Build a governed Temporal ``Worker``; returns ``(worker, interceptor, grant)``.
+    """Build a governed Temporal ``Worker``, its chio interceptor and the workflow's grant.
 
     Pass either ``capability_id=`` (an already minted capability; its token is fetched from the
-    kernel — ``LocalChioClient`` directly, a ``ChioClient`` through the sidecar's
-    ``GET /v1/capabilities/{id}``) or ``scope=`` + ``subject=`` (+ ``ttl_seconds=``, default 3600) to
-    mint one. The grant is pinned to ``workflow_id`` (and ``run_id`` if given), its tool server is
-    ``default_tool_server``. The chio interceptor is added after any ``interceptors=`` you pass
-    (innermost: nothing runs between the decision and the activity body); every other keyword goes
-    to ``temporalio.worker.Worker`` unchanged.
+    kernel) or ``scope=`` + ``subject=`` (+ ``ttl_seconds=``) to mint one. The chio interceptor is
+    added after any ``interceptors=`` you pass (innermost: nothing runs between the decision and the
+    activity body).
 
-    ``search_attributes=True`` upserts ``ChioCapabilityId`` / ``ChioDenyCount`` on each workflow
-    (``chio_temporal._search_attributes``); the namespace is checked first and the worker is refused
-    (naming the ``temporal operator search-attribute create`` commands) if one is not registered.
+    Args:
+        client: the Temporal client.
+        task_queue: the worker's task queue.
+        activities: the activities to run, governed.
+        workflows: the workflows to run.
+        chio_client: the client of the kernel that evaluates (see :class:`ChioActivityInterceptor`).
+        workflow_id: the workflow id the grant is pinned to.
+        capability_id: an already minted capability (``LocalChioClient`` directly, a
+            ``SidecarClient`` through the sidecar's ``GET /v1/capabilities/{id}``).
+        scope: the scope of a capability to mint (with ``subject``).
+        subject: who the minted capability is for.
+        ttl_seconds: how long the minted capability is valid.
+        default_tool_server: the grant's tool server, and the interceptor's fallback.
+        activity_tool_server_map: activity type -> tool server id.
+        receipt_sink: sync or async callable receiving each flushed ``chio-temporal/v1`` envelope.
+        sidecar_url: the kernel's address, named in error messages.
+        run_id: pin the grant to one run of ``workflow_id``.
+        interceptors: your own worker interceptors (outside the chio one).
+        search_attributes: upsert ``ChioCapabilityId`` / ``ChioDenyCount`` on each workflow; the
+            namespace is checked first.
+        **worker_kwargs: passed to ``temporalio.worker.Worker`` unchanged.
+
+    Returns:
+        ``(worker, interceptor, grant)``.
+
+    Raises:
+        ChioTemporalConfigError: bad arguments, an unknown capability, or a search attribute not
+            registered (the message names the ``temporal operator search-attribute create`` commands).
     """
     _check_worker_arguments(client, task_queue, workflow_id, chio_client, activities, workflows)
     token = await _capability_token(chio_client, capability_id, scope, subject, ttl_seconds)

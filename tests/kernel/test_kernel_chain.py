@@ -29,6 +29,8 @@ def test_chain_verifies_and_links_like_chio_client(kernel: Kernel) -> None:
     ids = _fill(kernel, 12)
     report = kernel.verify_chain()
     assert report.ok and report.count == 12 and report.first_broken_index is None
+    # one kernel, one chain: named by the kernel's key
+    assert [(c.kernel_id, c.count, c.head_seq, c.ok) for c in report.chains] == [(kernel.public_key_hex, 12, 12, True)]
     receipts = kernel.list_receipts()
     assert [r.id for r in receipts] == ids
     assert receipts[0].content_hash == "0" * 64

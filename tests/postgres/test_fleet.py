@@ -1,6 +1,6 @@
 """The fleet test: 2 simulated hosts (separate data dirs, so separate signing keys) x 4 processes
-each, sharing one real PostgreSQL store. Budgets are exact across all of them, the one chain
-verifies, and a worker killed with SIGKILL (mid-run, and one holding the writer lock mid-transaction)
+each, sharing one real PostgreSQL store. Budgets are exact across all of them, each kernel's chain
+verifies, and a worker killed with SIGKILL (mid-run, and one holding its chain's lock mid-transaction)
 leaves no fork and loses no receipt that was handed out."""
 
 from __future__ import annotations
@@ -46,17 +46,16 @@ def _wait_lines(path: Path, n: int, proc: subprocess.Popen[str]) -> None:
     raise AssertionError(f"worker wrote fewer than {n} receipts to {path}")
 
 
-def _hold_writer_lock_and_die(dsn: str, key: str) -> None:
-    """A writer killed mid-transaction: it takes the fleet's writer lock, inserts a receipt row at the
-    chain head + 1 and is SIGKILLed before COMMIT."""
+def _hold_chain_lock_and_die(dsn: str, key: str) -> None:
+    """A writer killed mid-transaction: it locks a kernel's chain head, inserts a receipt row at the
+    head + 1 and is SIGKILLed before COMMIT."""
     code = f"""
 import sys, psycopg
 conn = psycopg.connect({dsn!r}, autocommit=True)
 conn.execute("BEGIN")
-conn.execute("SELECT chio_writer_lock(%s)", ({key!r},))
-seq = conn.execute("SELECT seq FROM chain_head WHERE k = 0").fetchone()[0]
-conn.execute("INSERT INTO receipts(seq, id, capability_id, verdict, chain_hash, body) "
-             "VALUES (%s, 'rcpt-half-written', 'cap-x', 'allow', 'h', '{{}}')", (seq + 1,))
+_, seq, _ = conn.execute("SELECT * FROM chio_chain_lock(%s)", ({key!r},)).fetchone()
+conn.execute("INSERT INTO receipts(id, capability_id, verdict, chain_hash, body, kernel_id, chain_seq) "
+             "VALUES ('rcpt-half-written', 'cap-x', 'allow', 'h', '{{}}', %s, %s)", ({key!r}, seq + 1))
 print("in-transaction", flush=True)
 import time; time.sleep(600)
 """
@@ -68,7 +67,7 @@ import time; time.sleep(600)
 
 
 @pytest.mark.slow
-def test_two_hosts_four_processes_each_share_one_chain_with_exact_budgets(pg_dsn: str, tmp_path: Path) -> None:
+def test_two_hosts_four_processes_each_with_exact_budgets_and_a_chain_per_kernel(pg_dsn: str, tmp_path: Path) -> None:
     host_a, host_b = tmp_path / "host-a", tmp_path / "host-b"
     kernel_a = Kernel(host_a, store=pg_dsn)
     kernel_b = Kernel(host_b, store=pg_dsn)
@@ -101,8 +100,8 @@ def test_two_hosts_four_processes_each_share_one_chain_with_exact_budgets(pg_dsn
     _wait_lines(victim_out, 20, victim)
     victim.send_signal(signal.SIGKILL)  # kill -9 in the middle of its run
     victim.wait(timeout=60)
-    # and a writer killed while it holds the writer lock with an uncommitted receipt
-    _hold_writer_lock_and_die(pg_dsn, kernel_a.public_key_hex)
+    # and a writer killed while it holds host A's chain lock with an uncommitted receipt
+    _hold_chain_lock_and_die(pg_dsn, kernel_a.public_key_hex)
 
     for proc, _ in workers[:4] + workers[5:]:
         stdout, stderr = proc.communicate(timeout=600)
@@ -131,15 +130,17 @@ def test_two_hosts_four_processes_each_share_one_chain_with_exact_budgets(pg_dsn
     usage_b = kernel_a.capability_info(priced.id)
     assert usage_a is not None and usage_a["usage"][0]["invocations"] == MAX_INVOCATIONS
     assert usage_b is not None and usage_b["usage"][0]["cost_units"] == (BUDGET_UNITS // 7) * 7
-    # both hosts signed receipts, in ONE chain that verifies from either host
+    # both hosts signed receipts, each host in its own chain; every chain verifies from either host
     assert {r.kernel_key for r in stored.values()} == {kernel_a.public_key_hex, kernel_b.public_key_hex}
     for kernel in (kernel_a, kernel_b):
         report = kernel.verify_chain()
         assert report.ok, report.reason
         assert report.count == len(stored)
-    # no fork: every receipt chains to the one before it, and no two share a predecessor
-    ordered = kernel_b.list_receipts()
-    assert len({r.content_hash for r in ordered}) == len(ordered)
+        assert {c.kernel_id for c in report.chains} == {kernel_a.public_key_hex, kernel_b.public_key_hex}
+    # no fork: within a kernel's chain no two receipts share a predecessor
+    for key in (kernel_a.public_key_hex, kernel_b.public_key_hex):
+        mine = [r for r in stored.values() if r.kernel_key == key]
+        assert len({r.content_hash for r in mine}) == len(mine)
     kernel_a.close()
     kernel_b.close()
 

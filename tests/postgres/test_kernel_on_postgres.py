@@ -192,10 +192,15 @@ async def test_sidecar_on_the_fleet_store_with_the_real_chio_client(
         assert over_http.decision.verdict == "allow"
         in_process = local.evaluate(token.id, "fs", "read_file", {"path": "/b"})
         third = local.evaluate(token.id, "fs", "read_file", {"path": "/c"})
-        assert in_process.content_hash != over_http.content_hash
+        # each kernel keeps its own chain: both start at the genesis hash
+        assert in_process.content_hash == over_http.content_hash == "0" * 64
         assert (third.decision.verdict, third.decision.guard) == ("deny", "max_invocations")
         assert over_http.kernel_key != local.public_key_hex
-        assert local.verify_chain().ok and local.receipt_count() == 3
+        report = local.verify_chain()
+        assert report.ok and local.receipt_count() == 3
+        assert sorted((c.kernel_id, c.count) for c in report.chains) == sorted(
+            [(local.public_key_hex, 2), (over_http.kernel_key, 1)]
+        )
         local.close()
     finally:
         sidecar.stop()

@@ -11,8 +11,7 @@ from pg_cluster import DRIVER_HINT
 psycopg = pytest.importorskip("psycopg", reason=DRIVER_HINT)
 
 from chio_kernel._postgres_store import (
-    CHAIN_LOCK_KEY,
-    KernelKeyRetiredError,
+        KernelKeyRetiredError,
     PostgresStore,
     StoreUnavailableError,
     mask_dsn,
@@ -27,13 +26,18 @@ def _row(cap_id: str, parent: str | None = None) -> CapabilityRow:
     return CapabilityRow(cap_id, '{"id": "%s"}' % cap_id, parent, "agent:x", 1, 2, None, None)
 
 
-def _lock_is_free(dsn: str) -> bool:
+def _chain_is_free(dsn: str, key: str) -> bool:
+    """Can another connection lock ``key``'s chain head right now?"""
     with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute("SET lock_timeout = '200ms'")
         conn.execute("BEGIN")
-        row = conn.execute("SELECT pg_try_advisory_xact_lock(%s)", (CHAIN_LOCK_KEY,)).fetchone()
+        try:
+            conn.execute("SELECT 1 FROM chain_heads WHERE kernel_id = %s FOR UPDATE", (key,))
+            free = True
+        except psycopg.errors.LockNotAvailable:
+            free = False
         conn.execute("ROLLBACK")
-    assert row is not None
-    return bool(row[0])
+    return free
 
 
 def test_is_a_kernel_store(pg_dsn: str) -> None:
@@ -45,23 +49,36 @@ def test_is_a_kernel_store(pg_dsn: str) -> None:
     store.close()
 
 
-def test_a_write_holds_the_fleet_writer_lock_until_commit(pg_dsn: str) -> None:
+def test_a_write_locks_only_its_own_kernels_chain_until_commit(pg_dsn: str) -> None:
     store = PostgresStore(pg_dsn, signer_key=KEY_A)
-    assert _lock_is_free(pg_dsn)
-    with store.write() as w:
-        assert not _lock_is_free(pg_dsn)  # any other writer, on any host, waits here
-        w.append_receipt(1, "rcpt-1", "cap-1", "allow", "h1", "{}")
-    assert _lock_is_free(pg_dsn)
-    assert store.commits == 1
     other = PostgresStore(pg_dsn, signer_key=KEY_B)
-    with other.read() as r:
+    with other.write() as w:
+        w.append_receipt(1, "rcpt-b1", "cap-1", "allow", "hb1", "{}")
+    with store.write():  # the first write transaction of a kernel creates its chain head row
+        pass
+    assert _chain_is_free(pg_dsn, KEY_A)
+    with store.write() as w:
+        assert not _chain_is_free(pg_dsn, KEY_A)  # another writer of this kernel's chain waits here
+        assert _chain_is_free(pg_dsn, KEY_B)  # another kernel's writers do not
+        with other.write() as wb:  # and write meanwhile, on their own chain
+            assert wb.chain_head() == (1, "hb1")
+            wb.append_receipt(2, "rcpt-b2", "cap-1", "allow", "hb2", "{}")
+        seq = w.append_receipt(1, "rcpt-1", "cap-1", "allow", "h1", "{}")
+        assert seq == 3  # the fleet-wide order, not the position in the chain
+    assert _chain_is_free(pg_dsn, KEY_A)
+    assert store.commits == 2
+    with store.read() as r:
         assert r.chain_head() == (1, "h1")
+        assert r.chains() == sorted([(KEY_A, 1, "h1"), (KEY_B, 2, "hb2")])
+        assert r.chain_receipts(KEY_B, 0, 10) == [(1, "{}"), (2, "{}")]
+    with other.read() as r:
+        assert r.chain_head() == (2, "hb2")
     store.close()
     other.close()
 
 
 def test_an_exception_rolls_the_whole_transaction_back(pg_dsn: str) -> None:
-    store = PostgresStore(pg_dsn)
+    store = PostgresStore(pg_dsn, signer_key=KEY_A)
     with pytest.raises(RuntimeError, match="boom"):
         with store.write() as w:
             w.insert_capability(_row("cap-1"), 1.0)
@@ -72,24 +89,24 @@ def test_an_exception_rolls_the_whole_transaction_back(pg_dsn: str) -> None:
         assert r.receipt_count() == 0
         assert r.capability("cap-1") is None
         assert r.usage_of("cap-1") == []
-    assert store.commits == 0 and _lock_is_free(pg_dsn)
+    assert store.commits == 0 and _chain_is_free(pg_dsn, KEY_A)
     store.close()
 
 
 def test_the_chain_cannot_fork_even_without_the_lock(pg_dsn: str) -> None:
-    """Two receipts at the same seq (two writers that read the same head) cannot both commit."""
-    store = PostgresStore(pg_dsn)
+    """Two receipts at the same place of one kernel's chain cannot both commit."""
+    store = PostgresStore(pg_dsn, signer_key=KEY_A)
     with store.write() as w:
         w.append_receipt(1, "rcpt-1", "cap-1", "allow", "h1", "{}")
     with psycopg.connect(pg_dsn, autocommit=True) as raw:
         with pytest.raises(psycopg.errors.UniqueViolation):
-            raw.execute("INSERT INTO receipts(seq, id, capability_id, verdict, chain_hash, body) "
-                        "VALUES (1, 'rcpt-fork', 'cap-1', 'allow', 'h2', '{}')")
+            raw.execute("INSERT INTO receipts(id, capability_id, verdict, chain_hash, body, kernel_id, chain_seq) "
+                        "VALUES ('rcpt-fork', 'cap-1', 'allow', 'h2', '{}', %s, 1)", (KEY_A,))
     store.close()
 
 
 def test_budgets_rates_idempotency_revocations(pg_dsn: str) -> None:
-    store = PostgresStore(pg_dsn)
+    store = PostgresStore(pg_dsn, signer_key=KEY_A)
     big = 2**63 - 1
     with store.write() as w:
         w.insert_capability(_row("cap-root"), 1.0)
@@ -121,11 +138,11 @@ def test_budgets_rates_idempotency_revocations(pg_dsn: str) -> None:
 
 
 def test_receipts_by_capability_after_catch_up(pg_dsn: str) -> None:
-    store = PostgresStore(pg_dsn)
+    store = PostgresStore(pg_dsn, signer_key=KEY_A)
     with store.write() as w:
         for seq in range(1, 7):
             w.append_receipt(seq, f"rcpt-{seq}", f"cap-{seq % 2}", "allow", f"h{seq}", f'"{seq}"')
-    store.catch_up_capability_index()
+    store.catch_up_capability_index()  # nothing to do: indexed on append
     with store.read() as r:
         assert r.receipts_after(0, None, "cap-1") == [(1, '"1"'), (3, '"3"'), (5, '"5"')]
         assert r.receipts_after(2, 2) == [(3, '"3"'), (4, '"4"')]
@@ -134,7 +151,7 @@ def test_receipts_by_capability_after_catch_up(pg_dsn: str) -> None:
 
 
 def test_a_snapshot_does_not_see_later_commits(pg_dsn: str) -> None:
-    store = PostgresStore(pg_dsn)
+    store = PostgresStore(pg_dsn, signer_key=KEY_A)
     with store.snapshot() as snap:
         assert snap.receipt_count() == 0
         with store.write() as w:  # a writer is not blocked by the snapshot
@@ -175,7 +192,7 @@ def test_an_unreachable_server_is_a_transient_store_error() -> None:
 
 
 def test_a_lost_connection_is_transient_and_the_next_transaction_reconnects(pg_dsn: str) -> None:
-    store = PostgresStore(pg_dsn)
+    store = PostgresStore(pg_dsn, signer_key=KEY_A)
     with psycopg.connect(pg_dsn, autocommit=True) as admin:
         admin.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
                       "WHERE application_name = 'chio-kernel' AND pid <> pg_backend_pid()")
@@ -198,7 +215,7 @@ def test_the_dsn_password_is_masked_in_messages() -> None:
 def test_a_forked_child_gets_its_own_connection_and_the_parent_keeps_its_own(pg_dsn: str) -> None:
     import os
 
-    store = PostgresStore(pg_dsn)
+    store = PostgresStore(pg_dsn, signer_key=KEY_A)
     with store.write() as w:
         w.append_receipt(1, "rcpt-1", "cap-1", "allow", "h1", "{}")
     pid = os.fork()

@@ -89,10 +89,16 @@ def approval_required(evaluation: Evaluation) -> Exception | None:
 
 
 def approval_results(requests: DeferredToolRequests, *, approve: bool = True, message: str | None = None) -> DeferredToolResults:
-    """``DeferredToolResults`` answering every approval of ``requests`` (metadata carried along).
+    """Answer every approval of a run's ``DeferredToolRequests`` at once (metadata carried along).
 
-    ``approve=True`` wakes each call to be re-evaluated under its kernel approval (it runs only if the
-    kernel has it approved); ``approve=False`` denies them all (``ToolDenied(message)``).
+    Args:
+        requests: what the ended run asked for.
+        approve: True wakes each call to be re-evaluated under its kernel approval (it runs only if
+            the kernel has it approved); False denies them all.
+        message: what a denied call tells the model (default ``"The tool call was denied."``).
+
+    Returns:
+        The ``DeferredToolResults`` to resume the run with.
     """
     from pydantic_ai import DeferredToolResults, ToolApproved, ToolDenied
 

@@ -52,7 +52,9 @@ from chio_durable._decision import Evaluation
 from chio_durable.agent._approvals import ApprovalWaiter, RememberedApprovals, approval_id_of, approval_required
 from chio_durable._errors import KernelRejected
 from chio_durable._scope import current_receipt_id, receipt_scope
+from chio_durable._telemetry import follow
 from chio_durable._transport import ChioClientLike, TransportSlot, is_client
+from chio_durable.agent._seams import agent_instrument_all
 from chio_durable.agent import _budget_hooks
 from chio_durable._metering import ModelMetering, ModelPrices, as_metering
 from chio_durable.agent._mapping import CallMapper
@@ -72,6 +74,8 @@ __all__ = [
 ]
 
 log = logging.getLogger("chio_durable.agent")
+
+follow(agent_instrument_all)  # pydantic-ai's Agent.instrument_all() also traces the Chio decisions
 
 OnDeny = Literal["tell_model", "raise"]
 
@@ -139,6 +143,9 @@ class ChioGovernance(TransportSlot, AbstractCapability[Any]):
         run_metadata: Supplied by engine wrappers: the run context signed into each receipt's
             ``metadata`` (``{"flow_run_id": ...}`` for Prefect, ``{"workflow_id", "run_id"}`` for
             Temporal), so ``chio-durable receipts list --flow-run/--workflow-id`` find the run's calls.
+        instrument: One OpenTelemetry span per decision, a child of the operation it governs, and the
+            decision metrics (docs/observability.md). None (default) follows pydantic-ai's
+            ``Agent.instrument_all()`` and ``chio_durable.instrument_all()``; True / False force it.
     """
 
     def __init__(
@@ -157,6 +164,7 @@ class ChioGovernance(TransportSlot, AbstractCapability[Any]):
         id: str | None = None,
         model_prices: ModelMetering | ModelPrices | None = None,
         run_metadata: Callable[[RunContext[Any]], Mapping[str, str] | None] | None = None,
+        instrument: bool | None = None,
     ) -> None:
         if not isinstance(capability_id, str) or not capability_id:
             raise ValueError(
@@ -176,6 +184,7 @@ class ChioGovernance(TransportSlot, AbstractCapability[Any]):
         self.defer_loading = False
         self.capability_id = capability_id
         self.chio_client = chio_client  # the transport is chosen here, once (see the property)
+        self.instrument = instrument
         self.mapper = mapper or CallMapper()
         self.on_deny = on_deny
         self._run_identity = run_identity
@@ -211,16 +220,34 @@ class ChioGovernance(TransportSlot, AbstractCapability[Any]):
     # --- receipts ------------------------------------------------------------------------------
 
     def receipts_of(self, run: Any) -> list[GovernedRecord]:
-        """The evaluations of one run, in order: pass the run result (anything with ``run_id``) or the id."""
+        """List the evaluations of one run, in order.
+
+        Args:
+            run: the run result (anything with ``run_id``) or the run id.
+
+        Returns:
+            One :class:`GovernedRecord` per evaluation (MCP listings included).
+
+        Raises:
+            TypeError: neither a run result nor a run id.
+        """
         run_id = run if isinstance(run, str) else getattr(run, "run_id", None)
         if run_id is None:
             raise TypeError(f"receipts_of() needs an agent run result or a run id, got {type(run).__name__}")
         return list(self._records.get(run_id, ()))
 
     def receipt_ids_of(self, run: Any) -> list[str]:
-        """The receipt ids of every decision on a call of one run (model requests, tool and MCP tool
-        calls), allow and deny, in call order, each once; MCP listings are in :meth:`receipts_of`.
-        The same meaning as ``ChioTemporalAgent.receipt_ids_of``."""
+        """List the receipt ids of every decision on a call of one run.
+
+        Model requests, tool and MCP tool calls, allow and deny, in call order, each once; MCP listings are
+        in :meth:`receipts_of`. The same meaning as ``ChioTemporalAgent.receipt_ids_of``.
+
+        Args:
+            run: the run result (anything with ``run_id``) or the run id.
+
+        Returns:
+            The receipt ids.
+        """
         return run_receipt_ids(self.receipts_of(run))
 
     def _start_run(self, run_id: str | None) -> None:
@@ -244,7 +271,15 @@ class ChioGovernance(TransportSlot, AbstractCapability[Any]):
     # --- evaluation ----------------------------------------------------------------------------
 
     def run_identity(self, ctx: RunContext[Any]) -> str:
-        """The run part of idempotency keys: the engine's identity, else the agent run id."""
+        """Name the run part of idempotency keys.
+
+        Args:
+            ctx: the agent run's context.
+
+        Returns:
+            The engine's run identity (flow run, workflow run) when a durable wrapper gave one, else the
+            agent run id.
+        """
         identity = self._run_identity(ctx) if self._run_identity is not None else None
         return identity or ctx.run_id or "run-unknown"
 
@@ -257,11 +292,22 @@ class ChioGovernance(TransportSlot, AbstractCapability[Any]):
         cost: MonetaryAmount | None = None,
         approval_id: str | None = None,
     ) -> GovernedRecord:
-        """Evaluate ``call`` at ``position`` of the run (declaring ``cost``: an allow is then a hold;
-        under a kernel approval with ``approval_id``).
+        """Evaluate a call at its position in the run and record the decision.
 
-        Raises ``KernelUnavailable`` if no decision (retryable) and ``KernelRejected`` (or what
-        ``rejected_error`` builds from it) if the kernel refuses the request as malformed.
+        Args:
+            ctx: the agent run's context.
+            call: the governed call.
+            position: where in the run the call stands (part of its idempotency key).
+            cost: the declared cost; an allow is then a budget hold.
+            approval_id: re-evaluate under this kernel approval.
+
+        Returns:
+            The :class:`GovernedRecord` of the decision (also kept for :meth:`receipts_of`).
+
+        Raises:
+            KernelUnavailable: no decision (retryable).
+            KernelRejected: the kernel refused the request as malformed (or what ``rejected_error``
+                builds from it).
         """
         if call.metadata is None and self._run_metadata is not None:
             call = replace(call, metadata=self._run_metadata(ctx))  # before its hashes are computed
@@ -368,10 +414,25 @@ class ChioGovernance(TransportSlot, AbstractCapability[Any]):
         self, ctx: RunContext[Any], call: GovernedCall, record: GovernedRecord, position: str,
         *, cost: MonetaryAmount | None = None,
     ) -> GovernedRecord:
-        """A tool call the kernel says a person must approve: wait in the run (a durable wrapper's
-        :attr:`approval_waiter`) and return the kernel's final answer, or raise ``ApprovalRequired``
-        (the run ends with ``DeferredToolRequests``). A pending answer without an approval id is
-        returned as is: not allowed, so denied (fail closed)."""
+        """Wait for a person's answer to a tool call the kernel put up for approval.
+
+        A durable wrapper waits in the run (:attr:`approval_waiter`, or the kernel's approval wake);
+        otherwise the run ends with ``DeferredToolRequests``. A pending answer without an approval id is
+        returned as is: not allowed, so denied (fail closed).
+
+        Args:
+            ctx: the agent run's context.
+            call: the tool call.
+            record: its pending decision.
+            position: its position in the run.
+            cost: its declared cost.
+
+        Returns:
+            The kernel's final decision on the call.
+
+        Raises:
+            ApprovalRequired: the run must end and ask for approval (``DeferredToolRequests``).
+        """
         if self.wake_fields is not None and record.evaluation.approval_id is not None:
             return await self._wait_for_kernel_approval(ctx, call, record, position, cost=cost)
         if self.approval_waiter is not None:
@@ -420,12 +481,27 @@ class ChioGovernance(TransportSlot, AbstractCapability[Any]):
         raise AssertionError("unreachable")  # pragma: no cover
 
     def denied(self, record: GovernedRecord) -> PermissionError:
-        """The ``PermissionError`` (with its cause attached) for a denied record."""
+        """Build the error a denied call raises.
+
+        Args:
+            record: the deny decision.
+
+        Returns:
+            The ``PermissionError`` (of the configured class, with its cause attached) to raise.
+        """
         return permission_error(record.evaluation, record.call, self._deny_error, self._permission_error_class)
 
     # --- hooks ---------------------------------------------------------------------------------
 
     async def before_run(self, ctx: RunContext[Any]) -> None:
+        """Start recording a run; refuse a realtime session (its model traffic would not be evaluated).
+
+        Args:
+            ctx: the agent run's context.
+
+        Raises:
+            UserError: the run is a realtime session.
+        """
         if ctx.realtime:
             # A realtime session runs no model-request hooks: the model traffic would not be evaluated.
             raise UserError(REALTIME_REFUSED)
@@ -438,6 +514,19 @@ class ChioGovernance(TransportSlot, AbstractCapability[Any]):
         request_context: ModelRequestContext,
         handler: WrapModelRequestHandler,
     ) -> ModelResponse:
+        """Evaluate a model request before it is sent; settle its cost after.
+
+        Args:
+            ctx: the agent run's context.
+            request_context: the request (model, messages, settings).
+            handler: sends the request.
+
+        Returns:
+            The model's response.
+
+        Raises:
+            PermissionError: the kernel denied the request (it is not sent).
+        """
         call = self.mapper.model_request(
             agent_name=ctx.agent.name if ctx.agent is not None else None,
             model_name=request_context.model.model_name,
@@ -461,6 +550,23 @@ class ChioGovernance(TransportSlot, AbstractCapability[Any]):
         output: Any,
         handler: WrapOutputProcessHandler,
     ) -> Any:
+        """Evaluate an output function before it runs (also on partial, streamed output).
+
+        Output functions are not in any toolset the wrapper sees, so they are governed here. A deny
+        always fails the run.
+
+        Args:
+            ctx: the agent run's context.
+            output_context: the output being processed.
+            output: the output value.
+            handler: processes it (runs the output function).
+
+        Returns:
+            What the handler returns.
+
+        Raises:
+            PermissionError: the kernel denied the output function.
+        """
         # Output functions are not in any toolset our wrapper sees (pydantic-ai adds the output
         # toolset after get_wrapper_toolset): govern them here, before the function runs. Also on
         # partial (streamed) output, since the function runs then too. A deny always fails the run.
@@ -478,6 +584,14 @@ class ChioGovernance(TransportSlot, AbstractCapability[Any]):
             return await handler(output)
 
     def get_wrapper_toolset(self, toolset: AbstractToolset[Any]) -> AbstractToolset[Any] | None:
+        """Wrap each leaf toolset so its tool calls and MCP listings are evaluated.
+
+        Args:
+            toolset: the agent's toolset.
+
+        Returns:
+            The toolset with every leaf wrapped in a :class:`GovernedToolset`.
+        """
         return _govern_toolset(toolset, self)
 
 
@@ -524,7 +638,15 @@ def _govern_toolset(toolset: AbstractToolset[Any], governance: ChioGovernance) -
 
 @dataclass
 class GovernedToolset(WrapperToolset[Any]):
-    """Evaluates each tool call (and each MCP tool listing) of one leaf toolset before it runs."""
+    """Evaluates each tool call (and each MCP tool listing) of one leaf toolset before it runs.
+
+    Attributes:
+        wrapped: the leaf toolset.
+        governance: the :class:`ChioGovernance` that evaluates.
+        kind: ``"tool"`` (function tools) or ``"mcp"`` (an MCP server).
+        leaf_id: the leaf toolset's id, or None.
+        leaf_label: the leaf toolset's label (the server id when it has no id).
+    """
 
     governance: ChioGovernance = field(repr=False, kw_only=True)
     kind: Literal["tool", "mcp"] = field(kw_only=True)
@@ -536,9 +658,28 @@ class GovernedToolset(WrapperToolset[Any]):
         return self.leaf_id or self.leaf_label
 
     def visit_and_replace(self, visitor: Callable[[AbstractToolset[Any]], AbstractToolset[Any]]) -> AbstractToolset[Any]:
+        """Apply a visitor to the wrapped toolset, keeping this wrapper around the result.
+
+        Args:
+            visitor: replaces a toolset.
+
+        Returns:
+            A copy of this wrapper around the visited toolset.
+        """
         return replace(self, wrapped=self.wrapped.visit_and_replace(visitor))
 
     async def get_tools(self, ctx: RunContext[Any]) -> dict[str, ToolsetTool[Any]]:
+        """List the tools; an MCP server's listing is evaluated first, once per run.
+
+        Args:
+            ctx: the agent run's context.
+
+        Returns:
+            The tools by name; none when the listing was denied and the model is told instead.
+
+        Raises:
+            PermissionError: the listing was denied and ``on_deny="raise"``.
+        """
         if self.kind != "mcp":
             return await self.wrapped.get_tools(ctx)
         gov = self.governance
@@ -562,6 +703,22 @@ class GovernedToolset(WrapperToolset[Any]):
     async def call_tool(
         self, name: str, tool_args: dict[str, Any], ctx: RunContext[Any], tool: ToolsetTool[Any]
     ) -> Any:
+        """Evaluate a tool call, then run it only if the kernel allowed it.
+
+        Args:
+            name: the tool.
+            tool_args: the arguments the model passed.
+            ctx: the agent run's context.
+            tool: the tool's definition.
+
+        Returns:
+            What the tool returns.
+
+        Raises:
+            PermissionError: denied and ``on_deny="raise"``.
+            ToolFailed: denied and ``on_deny="tell_model"`` (the model is told why).
+            ApprovalRequired: a person must approve the call (the run ends with ``DeferredToolRequests``).
+        """
         gov = self.governance
         if self.kind == "mcp":
             call = gov.mapper.mcp_tool(server_id=self.server_id, tool_name=name, args=tool_args)

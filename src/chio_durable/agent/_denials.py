@@ -24,7 +24,12 @@ __all__ = [
 
 @dataclass(frozen=True)
 class GovernedRecord(Decision):
-    """One evaluation made for an agent run: a :class:`~chio_durable.Decision`, plus its run and position."""
+    """One evaluation made for an agent run: a :class:`~chio_durable.Decision`, plus its run and position.
+
+    Attributes:
+        run_id: the agent run id, or None.
+        position: where in the run the call stands (part of its idempotency key).
+    """
 
     run_id: str | None
     position: str
@@ -84,10 +89,16 @@ def permission_error(
 
 
 def denied_tool_message(evaluation: Evaluation) -> str:
-    """What the model is told when one of its tool calls is denied (``on_deny="tell_model"``).
+    """Say to the model that one of its tool calls was denied (``on_deny="tell_model"``).
 
     Returned to the model as a failed tool result (pydantic-ai ``ToolFailed``): the model sees it,
     the run continues, and no tool-retry budget is spent.
+
+    Args:
+        evaluation: the deny.
+
+    Returns:
+        The message: the call, the guard and reason, the receipt id, and not to retry.
     """
     guard = evaluation.guard or "policy"
     reason = evaluation.reason or "not permitted by the capability"

@@ -51,10 +51,16 @@ def _is_pending(item: Any) -> bool:
 
 
 def records_table(records: Iterable[Any], title: str = "receipts of the run", *, compact: bool = False) -> Table:
-    """A rich table of decisions (``governed.receipts_of(result)``, envelope steps, receipts), in order.
+    """Render decisions as a rich table, in order.
 
-    ``compact`` shows only the tail of each receipt id (for narrow terminals). Otherwise ids never
-    wrap (the other columns fold first).
+    Args:
+        records: decisions (``governed.receipts_of(result)``), envelope steps or receipts.
+        title: the table's title.
+        compact: show only the tail of each receipt id (narrow terminals); otherwise ids never wrap
+            (the other columns fold first).
+
+    Returns:
+        The ``rich`` table.
     """
     table = Table(title=title, title_justify="left")
     table.add_column("#", justify="right")
@@ -73,7 +79,15 @@ def records_table(records: Iterable[Any], title: str = "receipts of the run", *,
 
 
 def records_html(records: Iterable[Any], title: str | None = None) -> str:
-    """The same table as a plain HTML string (``IPython.display.HTML``; no pandas needed)."""
+    """Render decisions as the same table in plain HTML (``IPython.display.HTML``; no pandas needed).
+
+    Args:
+        records: decisions, envelope steps or receipts.
+        title: the table's caption.
+
+    Returns:
+        The HTML text.
+    """
     head = "".join(f"<th>{html.escape(c)}</th>" for c in _COLUMNS)
     rows = []
     for i, record in enumerate(records):
@@ -101,6 +115,10 @@ class ReceiptTable(list[Any]):
 
     ``ReceiptTable(governed.receipts_of(result))``, ``ReceiptTable(await chio.list_receipts(cap))``,
     ``ReceiptTable(envelope.steps)`` — the same table on every engine.
+
+    Args:
+        items: decisions, records, envelope steps or receipts, in order.
+        title: the table's caption.
     """
 
     def __init__(self, items: Iterable[Any] = (), title: str | None = None) -> None:

@@ -77,7 +77,14 @@ def canonical_json(value: Any) -> str:
 
 
 def parameter_hash(parameters: Mapping[str, Any]) -> str:
-    """sha256 hex of the canonical JSON of ``parameters`` (part of every idempotency key)."""
+    """Hash call parameters: sha256 of their canonical JSON (part of every idempotency key).
+
+    Args:
+        parameters: the call's JSON-able parameters.
+
+    Returns:
+        The sha256 hex digest.
+    """
     return digest(dict(parameters))
 
 
@@ -99,12 +106,26 @@ def _project(value: Any) -> Any:
 
 
 def messages_digest(messages: Sequence[ModelMessage]) -> str:
-    """sha256 hex over the messages, ignoring ``timestamp`` / ``run_id`` / ``conversation_id``."""
+    """Hash model messages, ignoring ``timestamp`` / ``run_id`` / ``conversation_id``.
+
+    Args:
+        messages: the pydantic-ai messages of a model request.
+
+    Returns:
+        The sha256 hex digest (the same messages on a replay give the same digest).
+    """
     return digest(_project(list(messages)))
 
 
 def settings_digest(model_settings: Mapping[str, Any] | None) -> str | None:
-    """sha256 hex of the model settings, or ``None`` when there are none."""
+    """Hash model settings.
+
+    Args:
+        model_settings: the request's model settings, or None.
+
+    Returns:
+        The sha256 hex digest, or None when there are no settings.
+    """
     if not model_settings:
         return None
     return digest(dict(model_settings))
@@ -125,7 +146,18 @@ class CallMapper:
         messages: Sequence[ModelMessage],
         model_settings: Mapping[str, Any] | None,
     ) -> GovernedCall:
-        """A model request: server ``"model"``, tool = the model's name, small digest parameters."""
+        """Map a model request to a governed call: server ``"model"``, tool = the model's name.
+
+        Args:
+            agent_name: the agent's name, or None.
+            model_name: the model's name (the tool the kernel sees).
+            messages: the messages sent (only their count and digest are parameters).
+            model_settings: the request's model settings (only their digest is a parameter).
+
+        Returns:
+            A ``kind="model"`` call with small digest parameters: ``agent``, ``message_count``,
+            ``messages_sha256``, ``settings_sha256``.
+        """
         return GovernedCall(
             kind="model",
             tool_server=MODEL_SERVER,
@@ -146,7 +178,17 @@ class CallMapper:
         tool_name: str,
         args: Mapping[str, Any],
     ) -> GovernedCall:
-        """A function tool: server = its toolset's id (the agent's name for the agent's own tools)."""
+        """Map a function tool call: server = its toolset's id (the agent's name for the agent's own tools).
+
+        Args:
+            toolset_id: the id of the leaf toolset the tool belongs to, or None.
+            agent_name: the agent's name, or None.
+            tool_name: the tool.
+            args: the arguments the model passed.
+
+        Returns:
+            A ``kind="tool"`` call.
+        """
         if toolset_id is None or toolset_id == AGENT_TOOLSET_ID:
             server = agent_name or "agent"
         else:
@@ -154,15 +196,40 @@ class CallMapper:
         return GovernedCall(kind="tool", tool_server=server, tool_name=tool_name, parameters=jsonable(dict(args)))
 
     def mcp_tool(self, *, server_id: str, tool_name: str, args: Mapping[str, Any]) -> GovernedCall:
-        """An MCP tool call: server = the MCP server's id, tool = the MCP tool's name."""
+        """Map an MCP tool call: server = the MCP server's id, tool = the MCP tool's name.
+
+        Args:
+            server_id: the MCP server's id.
+            tool_name: the MCP tool.
+            args: the arguments the model passed.
+
+        Returns:
+            A ``kind="mcp"`` call.
+        """
         return GovernedCall(kind="mcp", tool_server=server_id, tool_name=tool_name, parameters=jsonable(dict(args)))
 
     def output_function(self, *, agent_name: str | None, function_name: str, output: Any) -> GovernedCall:
-        """An output function (``ToolOutput(func)``, ``TextOutput(func)``...): server = the agent's name."""
+        """Map an output function call (``ToolOutput(func)``, ``TextOutput(func)``...): server = the agent's name.
+
+        Args:
+            agent_name: the agent's name, or None (``"agent"``).
+            function_name: the output function's name.
+            output: the output it is called with (a dict as is, else ``{"output": value}``).
+
+        Returns:
+            A ``kind="output"`` call.
+        """
         value = jsonable(output)
         parameters = value if isinstance(value, dict) else {"output": value}
         return GovernedCall(kind="output", tool_server=agent_name or "agent", tool_name=function_name, parameters=parameters)
 
     def mcp_list_tools(self, *, server_id: str) -> GovernedCall:
-        """Listing an MCP server's tools: server = the MCP server's id, tool ``"list_tools"``."""
+        """Map listing an MCP server's tools: server = the MCP server's id, tool ``"list_tools"``.
+
+        Args:
+            server_id: the MCP server's id.
+
+        Returns:
+            A ``kind="mcp_list"`` call without parameters.
+        """
         return GovernedCall(kind="mcp_list", tool_server=server_id, tool_name=MCP_LIST_TOOL, parameters={})

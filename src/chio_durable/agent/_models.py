@@ -17,11 +17,17 @@ MODEL_EXTRAS: dict[str, tuple[str, str]] = {
 
 
 def model_setup_problem(model: str) -> str | None:
-    """Why the model named ``model`` (``"openai:gpt-4o"``) cannot be used here, or ``None``.
+    """Tell why a model cannot be used here, without making a request.
 
     A missing provider client names the extra to install; anything else pydantic-ai refuses when it
-    builds the model (an unknown provider, a missing API key) is returned as its message. Builds
-    the model client only (no request is made).
+    builds the model (an unknown provider, a missing API key) is returned as its message. Builds the
+    model client only.
+
+    Args:
+        model: the model's name (``"openai:gpt-4o"``).
+
+    Returns:
+        The reason in a sentence, or None if the model can be used.
     """
     provider = model.split(":", 1)[0] if ":" in model else ""
     if provider in MODEL_EXTRAS:

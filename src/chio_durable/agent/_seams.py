@@ -19,6 +19,9 @@ which fails loudly when an internal changes:
   ``tool_task_config_by_name`` and ``event_stream_handler_task_config``
   (:func:`prefect_agent_hidden_options`). Everything else a ``PrefectAgent`` was given is read
   through public attributes in ``chio_prefect._agent``.
+* **``Agent.instrument_all()``'s setting.** It is stored only in the private class attribute
+  ``Agent._instrument_default`` (2.78); ``ChioGovernance`` follows it (:func:`agent_instrument_all`),
+  so one ``Agent.instrument_all()`` also traces the Chio decisions (docs/observability.md).
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ from pydantic_ai.exceptions import UserError
 
 __all__ = [
     "REALTIME_HOOKS",
+    "agent_instrument_all",
     "set_root_capability",
     "check_realtime_hooks",
     "prefect_agent_hidden_options",
@@ -137,3 +141,8 @@ def set_root_capability(agent: Agent[Any, Any], root: CombinedCapability[Any]) -
             "chio: the capability did not reach the agent (pydantic-ai changed an internal chio-durable "
             "relies on: install a pydantic-ai-slim inside chio-durable's tested range)"
         )
+
+
+def agent_instrument_all() -> bool:
+    """Whether pydantic-ai's ``Agent.instrument_all()`` switched instrumentation on for every agent."""
+    return bool(getattr(Agent, "_instrument_default", False))

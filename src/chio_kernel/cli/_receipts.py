@@ -15,6 +15,7 @@ from typing import Annotated, Any
 import typer
 from rich.text import Text
 
+from chio_kernel._receipts import chain_dict
 from chio_kernel._render import _receipt_dict, _ts, receipt_table
 from chio_kernel.cli._common import (
     CliError,
@@ -211,7 +212,7 @@ def receipts_show(
 @_guarded
 def receipts_verify(data_dir: DataDir = None,
     store: StoreOpt = None, as_json: JsonFlag = False) -> None:
-    """Walk the whole receipt chain: every signature and every hash link. Exit 1 at the first break."""
+    """Walk every receipt chain (one per kernel): every signature and every hash link. Exit 1 at the first break."""
     kernel = _kernel(data_dir, store=store)
     started = time.perf_counter()
     report = kernel.verify_chain()
@@ -221,11 +222,15 @@ def receipts_verify(data_dir: DataDir = None,
         "count": report.count,
         "first_broken_index": report.first_broken_index,
         "reason": report.reason,
+        "chains": [chain_dict(c) for c in report.chains],
     }
     if as_json:
         _print_json(data)
     elif report.ok:
         out.print(f"[green]chain ok[/]: {report.count} receipts, signatures and hash links verified ({took:.2f}s)")
+        if len(report.chains) > 1:  # a fleet store: one chain per kernel
+            for c in report.chains:
+                out.print(f"  kernel {c.kernel_id}: {c.count} receipts, head {c.head_seq}", markup=False)
     if not report.ok:
         err.print(
             f"error: receipt chain broken at index {report.first_broken_index}: {report.reason}",

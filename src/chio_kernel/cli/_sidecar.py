@@ -37,10 +37,19 @@ def sidecar(
             help="Close a connection that has not sent complete request headers within this many seconds.",
         ),
     ] = 10.0,
+    otel: Annotated[
+        bool,
+        typer.Option(
+            "--otel",
+            help="Export a span per request, the request latency and the approval answers over OTLP "
+            "(OTEL_EXPORTER_OTLP_* variables; needs pip install 'chio-durable[otel]').",
+        ),
+    ] = False,
 ) -> None:
     """Serve the kernel over HTTP for chio_sdk.ChioClient (loopback by default)."""
     from chio_kernel._postgres_store import KernelKeyRetiredError
     from chio_kernel._kernel import KernelKeyMissingError
+    from chio_kernel._telemetry import TelemetryMissing
     from chio_kernel.sidecar import SidecarConfigError, check_bind, serve
 
     try:
@@ -62,6 +71,6 @@ def sidecar(
 
     try:
         serve(host, port, data_dir=path, token=token, log_level=log_level, on_ready=ready,
-              header_timeout=header_timeout)
-    except (SidecarConfigError, KernelKeyMissingError, KernelKeyRetiredError) as e:
+              header_timeout=header_timeout, otel=otel)
+    except (SidecarConfigError, KernelKeyMissingError, KernelKeyRetiredError, TelemetryMissing) as e:
         raise CliError(str(e)) from None

@@ -99,9 +99,15 @@ def create_app(
     data_dir: str | Path | None = None,
     token: str | None = None,
 ) -> SidecarApp:
-    """Build the sidecar ASGI app around ``kernel`` (or a new ``Kernel(data_dir)``).
+    """Build the sidecar ASGI app around a kernel.
 
-    With ``token`` every request must carry ``Authorization: Bearer <token>``.
+    Args:
+        kernel: the kernel to serve (default: a new ``Kernel(data_dir)``).
+        data_dir: the data directory of the new kernel; ignored when ``kernel`` is given.
+        token: when given, every request must carry ``Authorization: Bearer <token>``.
+
+    Returns:
+        The Starlette app, ready for uvicorn (or ``httpx.ASGITransport`` in tests).
     """
     if kernel is None:
         kernel = Kernel(data_dir=data_dir)

@@ -14,7 +14,14 @@ __all__ = ["BearerAuth", "bearer_ok", "check_bind", "is_loopback"]
 
 
 def is_loopback(host: str) -> bool:
-    """True if ``host`` names only this machine (``localhost``, ``127.0.0.0/8``, ``::1``)."""
+    """Tell whether a host name or address names only this machine.
+
+    Args:
+        host: a name or an IPv4/IPv6 address (brackets allowed).
+
+    Returns:
+        True for ``localhost``, ``127.0.0.0/8`` and ``::1``.
+    """
     if host.lower() in {"localhost", "localhost.localdomain", "ip6-localhost"}:
         return True
     try:
@@ -24,7 +31,15 @@ def is_loopback(host: str) -> bool:
 
 
 def check_bind(host: str, token: str | None) -> None:
-    """Refuse to expose the kernel beyond loopback without a bearer token."""
+    """Refuse to expose the kernel beyond loopback without a bearer token.
+
+    Args:
+        host: the address the sidecar will bind.
+        token: the bearer token it will require, or None.
+
+    Raises:
+        SidecarConfigError: an empty token, or a non-loopback ``host`` without a token.
+    """
     if token is not None and not token.strip():
         raise SidecarConfigError("--token / CHIO_SIDECAR_TOKEN is empty; pass a non-empty secret")
     if not is_loopback(host) and not token:

@@ -12,6 +12,7 @@ from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
 from chio_kernel._kernel import MAX_COST_UNITS
+from chio_kernel._receipts import chain_dict
 from chio_kernel.sidecar._body import (
     model, opt_str, query_int, read_object, read_scope_object, req_str, run_metadata,
 )
@@ -152,6 +153,7 @@ async def verify_chain(request: Request) -> Response:
         "count": report.count,
         "first_broken_index": report.first_broken_index,
         "reason": report.reason,
+        "chains": [chain_dict(c) for c in report.chains],
     })
 
 

@@ -150,8 +150,7 @@ def header_timeout_protocol(
     max_pending: int = DEFAULT_MAX_PENDING_HEADERS,
     http: str = "h11",
 ) -> type[asyncio.Protocol]:
-    """uvicorn's ``http`` protocol (``"h11"`` or ``"httptools"``) plus a header-read timeout and a cap
-    on connections waiting for headers.
+    """Build uvicorn's HTTP protocol with a header-read timeout and a cap on connections waiting for headers.
 
     uvicorn has neither: its keep-alive timer stops at the first byte received, so a client that
     trickles a header byte now and then holds a connection (and a file descriptor) forever. Here a
@@ -161,9 +160,21 @@ def header_timeout_protocol(
 
     This is the one adapter over uvicorn's protocol classes: it overrides the ``asyncio.Protocol``
     callbacks and ``on_response_complete`` (and, for httptools, the parser's ``on_headers_complete``);
-    for h11 it reads the request state from ``conn.their_state`` (public h11 API). It raises
-    ``RuntimeError`` if those hooks are missing, and :func:`serve` probes an instance before
-    binding, so a uvicorn that moved them refuses to start instead of serving without the timeout.
+    for h11 it reads the request state from ``conn.their_state`` (public h11 API). :func:`serve`
+    probes an instance before binding, so a uvicorn that moved these hooks refuses to start instead
+    of serving without the timeout.
+
+    Args:
+        header_timeout: seconds a connection has to deliver a request's complete headers.
+        max_pending: connections allowed to wait for headers at once.
+        http: uvicorn's protocol to extend, ``"h11"`` or ``"httptools"``.
+
+    Returns:
+        The protocol class, to pass as ``uvicorn.Config(http=...)``.
+
+    Raises:
+        SidecarConfigError: ``http`` is neither ``"h11"`` nor ``"httptools"``.
+        RuntimeError: the installed uvicorn lacks the hooks this adapter overrides.
     """
     hooks: tuple[str, ...] = _HOOKS
     if http == "httptools":
@@ -247,14 +258,36 @@ def serve(
     on_ready: Callable[[Any], None] | None = None,
     header_timeout: float = DEFAULT_HEADER_TIMEOUT,
     max_pending_headers: int = DEFAULT_MAX_PENDING_HEADERS,
+    otel: bool = False,
 ) -> None:
-    """Run the sidecar until interrupted. Raises :class:`SidecarConfigError` before binding if the
-    configuration is refused (non-loopback host without a token), and
-    :class:`chio_kernel._kernel.KernelKeyMissingError` if the data directory's store lost its key,
-    ``KernelKeyRetiredError`` if the kernel's key was retired from its fleet store.
+    """Run the sidecar until interrupted.
 
-    ``header_timeout`` / ``max_pending_headers``: see :func:`header_timeout_protocol`."""
+    Args:
+        host: the address to bind (a non-loopback one needs ``token``).
+        port: the TCP port.
+        data_dir: the kernel's data directory (default ``$CHIO_HOME`` or ``~/.chio-durable``).
+        token: the bearer token every request must carry, or None (loopback only).
+        log_level: uvicorn's log level.
+        on_ready: called with the opened kernel once the socket is bound, before serving.
+        header_timeout: see :func:`header_timeout_protocol`.
+        max_pending_headers: see :func:`header_timeout_protocol` (``max_pending``).
+        otel: export a span per request and the request latency over OTLP (``OTEL_EXPORTER_OTLP_*``),
+            and trace the kernel's approval answers (docs/observability.md).
+
+    Raises:
+        SidecarConfigError: the configuration is refused before binding (non-loopback host without
+            a token).
+        KernelKeyMissingError: the data directory's store lost its key.
+        KernelKeyRetiredError: the kernel's key was retired from its fleet store.
+        TelemetryMissing: ``otel`` without the ``otel`` extra (one line naming the install command).
+    """
     import uvicorn
+
+    if otel:
+        from chio_kernel._telemetry import configure_otlp, instrument_kernel
+
+        configure_otlp()
+        instrument_kernel()
 
     check_bind(host, token)
     stack = server_stack()
@@ -262,8 +295,13 @@ def serve(
     kernel = _open_kernel(data_dir)
     app = create_app(kernel, token=token)
     app.state.health = {**app.state.health, "server": stack}
+    asgi: Any = app
+    if otel:
+        from chio_kernel._telemetry import request_telemetry
+
+        asgi = request_telemetry(app)  # outermost: every request, its latency, whatever answers it
     config = uvicorn.Config(
-        app, host=host, port=port, log_level=log_level, access_log=False, lifespan="off",
+        asgi, host=host, port=port, log_level=log_level, access_log=False, lifespan="off",
         server_header=False, date_header=False, http=protocol, loop=stack["loop"],
         proxy_headers=False,  # loopback, no proxy in front: nothing to rewrite
     )
