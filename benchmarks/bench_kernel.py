@@ -34,6 +34,11 @@ Server CPU per request, from the same rounds (``/proc`` of the server processes)
 the trivial endpoint vs the kernel in process (LocalChioClient, 8 callers, integration shape);
 goal: sidecar <= trivial + kernel.
 
+Bounded work on big inputs (each in a subprocess, now and with the ``--baseline-rev`` code, side by
+side): ``Kernel.attenuate_capability`` of 5,000 of 5,000 grants (one tool, a ``path_prefix`` each;
+goal: now / before <= 0.05x), the first evaluation of a capability 200 delegations deep on a cold
+kernel (goal: now / before <= 0.20x), and the length of a 10,000-grant capability's deny reason.
+
 The PostgreSQL rows (``bench_postgres.py``: p50 vs SQLite, evaluations/s with 16 callers across 4
 processes) follow the main table.
 
@@ -579,6 +584,116 @@ def check_fill(kernel: Any, cap_id: str, tail: int = 1000) -> str:
 # --- main -----------------------------------------------------------------------------------------
 
 
+DEPTH_SCRIPT = """
+import sys, time
+from chio_kernel import Kernel
+where, depth = sys.argv[1], int(sys.argv[2])
+def kernel():
+    try:
+        return Kernel(data_dir=where, max_delegation_depth=depth)
+    except TypeError:  # the code before delegation limits
+        return Kernel(data_dir=where)
+k = kernel()
+scope = {"grants": [{"server_id": "files", "tool_name": "tool_0", "operations": ["Invoke"]}]}
+cap = k.create_capability("agent:bench", scope, 86400)
+for _ in range(depth):
+    cap = k.attenuate_capability(cap.id, scope)
+k.close()
+cold = kernel()  # an empty verified-capability cache: the first evaluation checks the whole chain
+t0 = time.perf_counter()
+verdict = cold.evaluate(cap.id, "files", "tool_0", {}).decision.verdict
+print(time.perf_counter() - t0, verdict)
+"""
+
+
+ATTENUATE_SCRIPT = """
+import sys, time
+from chio_kernel import Kernel
+where, n = sys.argv[1], int(sys.argv[2])
+try:
+    k = Kernel(data_dir=where, max_grants=n)
+except TypeError:  # the code before grant limits
+    k = Kernel(data_dir=where)
+grants = [{"server_id": "files", "tool_name": "read_file", "operations": ["Invoke"],
+           "constraints": [{"type": "path_prefix", "value": f"/data/{i}/"}]} for i in range(n)]
+parent = k.create_capability("agent:bench", {"grants": grants}, 86400)
+t0 = time.process_time()
+k.attenuate_capability(parent.id, {"grants": grants[::-1]})  # each grant's match last in an all-pairs scan
+print(time.process_time() - t0)
+"""
+
+
+def attenuate_cpu(src: Path | None, where: Path, grants: int) -> float:
+    """CPU seconds of ``Kernel.attenuate_capability`` of ``grants``-of-``grants``, in a subprocess
+    running ``src`` (None: this checkout's)."""
+    env = dict(os.environ)
+    if src is not None:
+        env["PYTHONPATH"] = str(src)
+    out = subprocess.run([sys.executable, "-c", ATTENUATE_SCRIPT, str(where), str(grants)], capture_output=True,
+                         text=True, timeout=1800, env=env, check=True).stdout.split()
+    return float(out[0])
+
+
+def first_eval_at_depth(src: Path | None, where: Path, depth: int) -> tuple[float, str]:
+    """Seconds of the first evaluation of a capability ``depth`` delegations deep on a cold kernel, in
+    a subprocess running ``src`` (None: this checkout's)."""
+    env = dict(os.environ)
+    if src is not None:
+        env["PYTHONPATH"] = str(src)
+    out = subprocess.run([sys.executable, "-c", DEPTH_SCRIPT, str(where), str(depth)], capture_output=True,
+                         text=True, timeout=900, env=env, check=True).stdout.split()
+    return float(out[0]), out[1]
+
+
+def capability_work_rows(work: Path, ratios: Table, base: tuple[Path | None, str], grants: int = 5_000,
+                         depth: int = 200) -> Table:
+    """Bounded work on big inputs, each measured in this run: attenuating ``grants``-of-``grants`` (one
+    tool, each grant its own ``path_prefix``; the child's grants in reverse order) now and with the
+    code before (``base``: its ``src``, else the SDK's all-pairs ``ChioScope.is_subset_of`` that code
+    ran), the first evaluation at delegation depth ``depth`` on a cold kernel now and before, and the
+    deny reason of a capability with 10,000 grants."""
+    from chio_sdk.models import ChioScope
+
+    from chio_kernel import Kernel
+
+    base_src, base_what = base
+    table = Table(title="bounded work on big inputs (one run)", title_justify="left")
+    table.add_column("what")
+    table.add_column("figure", justify="right")
+    now = attenuate_cpu(None, work / "attenuate-now", grants)
+    table.add_row(f"attenuate {grants:,}-of-{grants:,} grants (one tool, a path_prefix each), CPU s", f"{now:.2f}")
+    if base_src is not None:
+        before, what = attenuate_cpu(base_src, work / "attenuate-before", grants), f"the code before ({base_what})"
+    else:  # the check the code before ran: every child grant against every parent grant
+        scope = ChioScope(grants=[{"server_id": "files", "tool_name": "read_file", "operations": ["Invoke"],
+                                   "constraints": [{"type": "path_prefix", "value": f"/data/{i}/"}]}
+                                  for i in range(grants)])
+        t0 = time.process_time()
+        assert ChioScope(grants=scope.grants[::-1]).is_subset_of(scope)
+        before, what = time.process_time() - t0, "all-pairs ChioScope.is_subset_of"
+    table.add_row(f"  the same, {what}, CPU s", f"{before:.2f}")
+    first_eval, verdict_depth = first_eval_at_depth(None, work / "depth-now", depth)
+    table.add_row(f"first evaluation at delegation depth {depth}, cold kernel ({verdict_depth}), s", f"{first_eval:.3f}")
+    depth_before = first_eval_at_depth(base_src, work / "depth-before", depth)[0] if base_src is not None else None
+    if depth_before is not None:
+        table.add_row(f"  the same, the code before ({base_what}), s", f"{depth_before:.3f}")
+    with Kernel(data_dir=work / "wide", max_grants=10_000) as kernel:
+        wide = kernel.create_capability(
+            subject="agent:bench", ttl_seconds=86400,
+            scope={"grants": [{"server_id": "files", "tool_name": f"tool_{i}", "operations": ["Invoke"]}
+                              for i in range(10_000)]})
+        reason = kernel.evaluate(wide.id, "files", "other_tool", {}).decision.reason or ""
+    table.add_row("deny reason of a 10,000-grant capability, characters", f"{len(reason):,}")
+    r = now / before
+    ratios.add_row(f"attenuate {grants:,}-of-{grants:,}: now / before, CPU", f"{r:.3f}x", "≤ 0.05x", verdict(r <= 0.05))
+    if depth_before is not None:
+        r = first_eval / depth_before
+        ratios.add_row(f"first evaluation at depth {depth}: now / before", f"{r:.3f}x", "≤ 0.20x", verdict(r <= 0.2))
+    else:
+        ratios.add_row(f"first evaluation at depth {depth}: now / before", "skipped", "≤ 0.20x", base_what)
+    return table
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--n", type=int, default=None, help="samples per row (default 2000; 400 with --quick)")
@@ -815,8 +930,11 @@ def main() -> int:
             r3 = fb[1].p50 / fb[0].p50
             ratios.add_row(f"p50 @ {max_receipts:,} / p50 @ 1,000 receipts", f"{r3:.2f}x", "≤ 1.20x", verdict(r3 <= 1.2))
 
+        console.print("bounded work: attenuate 5,000 of 5,000 grants, depth 200, a 10,000-grant deny ...")
+        work_table = capability_work_rows(work, ratios, (base_src, base_what))
         console.print(table)
         console.print(rates)
+        console.print(work_table)
         if cpu_table is not None:
             console.print(cpu_table)
         console.print(ratios)

@@ -647,6 +647,9 @@ class HttpTransport(_RemoteTransport):
                 extras["approval_id"] = approval_id
             if call.metadata:  # the run context (a stock ChioClient cannot send it: dropped below)
                 extras["metadata"] = call.metadata
+            # this layer never runs a pending call and re-evaluates it under its approval: say so, and
+            # get the pending receipt (without it the sidecar answers a signed deny: fail closed)
+            extras["understands_pending"] = True
             sidecar: Any = self.client  # a chio_kernel.SidecarClient: the kernel's wire extras
             receipt: ChioReceipt = await sidecar.evaluate_tool_call(**_body(call, capability_id), **extras)
             return receipt

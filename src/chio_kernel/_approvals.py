@@ -31,6 +31,7 @@ from __future__ import annotations
 import os
 import threading
 import time
+import warnings
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from contextlib import AbstractContextManager
@@ -39,24 +40,32 @@ from pathlib import Path
 from typing import Any
 
 from chio_sdk.models import ChioReceipt, Operation
+
+try:  # orjson (a dependency of prefect) parses a page of pending receipts ~5x faster than the stdlib
+    from orjson import loads as _loads
+except ImportError:  # pragma: no cover - the stdlib parser
+    from json import loads as _loads  # type: ignore[assignment]
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 from chio_kernel._capabilities import LoadCap, _Cap
-from chio_kernel._coerce import APPROVAL_CONSTRAINT, _iso, _require_str, approval_threshold_value
+from chio_kernel._coerce import APPROVAL_CONSTRAINT, _iso, _require_str, approval_rule
 from chio_kernel._errors import (
     ApprovalConflictError,
     ApprovalError,
+    ApprovalForbiddenError,
     ApprovalNotFoundError,
     ApprovalTokenError,
     KernelInputError,
 )
 from chio_kernel._idempotency import remember
+from chio_kernel._paging import MAX_PAGE_LIMIT, Page, Yielder, check_limit, decode_cursor, encode_cursor
 from chio_kernel._ids import _uuid7_str
 from chio_kernel._policy import Deny
 from chio_kernel._receipts import ALLOW, CallRecord, ReceiptChain
 from chio_kernel._request import EvalRequest, call_hash
-from chio_kernel._run_context import merge_run_metadata
+from chio_kernel._roles import SHARED_PRINCIPALS, Principal
+from chio_kernel._run_context import ROLE_KEY, merge_run_metadata, principal_name, run_context_of
 from chio_kernel._store import GENESIS_HASH, ApprovalRow, StoreReader, StoreWriter
 from chio_kernel.canonical import canonical_json
 from chio_kernel._guards import grant_matches
@@ -69,10 +78,12 @@ __all__ = [
     "APPROVAL_TTL_ENV",
     "APPROVERS_FILE",
     "DEFAULT_APPROVAL_TTL",
+    "PENDING_HEADER",
     "PENDING_VERDICT",
     "RESOLUTION_VERDICT",
     "ApprovalConflictError",
     "ApprovalError",
+    "ApprovalForbiddenError",
     "ApprovalNotFoundError",
     "ApprovalTokenError",
     "Approvals",
@@ -87,6 +98,9 @@ PENDING_VERDICT = "pending_approval"
 RESOLUTION_VERDICT = "approval_resolution"
 #: The guard named by pending and resolution receipts.
 APPROVAL_GUARD = "approval"
+#: The request header by which a sidecar client says it understands ``pending_approval`` receipts
+#: (value ``understood``); without it a pending call is answered with a signed deny (fail closed).
+PENDING_HEADER = "X-Chio-Pending"
 #: Seconds an approval may wait (default :data:`DEFAULT_APPROVAL_TTL`); ``Kernel(approval_ttl=)`` wins.
 APPROVAL_TTL_ENV = "CHIO_APPROVAL_TTL"
 DEFAULT_APPROVAL_TTL = 86_400
@@ -96,6 +110,9 @@ APPROVERS_FILE = "approvers"
 OUTCOMES = ("approved", "denied")
 #: Seconds an approval token's ``issued_at`` may lie in the future (clock skew between machines).
 TOKEN_CLOCK_SKEW = 60
+#: A page of approvals reads at most this many batches of rows (pending ones whose capability was
+#: revoked meanwhile are skipped by a ``pending`` listing): bounded work, a short page goes on.
+_PAGE_ROUNDS = 4
 _TOKEN_FIELDS = frozenset(
     {"id", "approver", "subject", "request_id", "parameter_hash", "issued_at", "expires_at", "decision", "signature"}
 )
@@ -105,22 +122,25 @@ _HEX = frozenset("0123456789abcdef")
 
 @dataclass(frozen=True)
 class _Pending:
-    """The call needs a human: the lowest threshold reached, and the capability that set it."""
+    """The call needs a human: the lowest threshold reached, the capability that set it, and how many
+    distinct approvers must say yes (the most any reached rule asks for)."""
 
     threshold: int
     capability_id: str
+    approvers: int = 1
 
 
 def approval_requirement(
     lineage: Sequence[_Cap], tool_server: str, tool_name: str, op: Operation, cost_units: int
-) -> tuple[int, str] | None:
-    """``(threshold, capability id)`` if the call needs a human, else None.
+) -> tuple[int, str, int] | None:
+    """``(threshold, capability id, approvers)`` if the call needs a human, else None.
 
     Every grant of the capability AND of its ancestors that covers the call counts (a delegated
-    capability keeps its parent's approval rule); the lowest threshold reached wins. A value that is
-    not a valid threshold counts as 0 (fail closed: every call needs a human).
+    capability keeps its parent's approval rule); the lowest threshold reached wins, and the largest
+    number of approvers any reached rule asks for. A value that is not a valid rule counts as
+    threshold 0 (fail closed: every call needs a human).
     """
-    best: tuple[int, str] | None = None
+    best: tuple[int, str, int] | None = None
     for c in lineage:
         if not c.constrained:
             continue
@@ -129,11 +149,16 @@ def approval_requirement(
                 if con.type != APPROVAL_CONSTRAINT or not grant_matches(g, tool_server, tool_name, op):
                     continue
                 try:
-                    threshold = approval_threshold_value(con.value, "require_approval_above")
+                    threshold, approvers = approval_rule(con.value, "require_approval_above")
                 except KernelInputError:
-                    threshold = 0
-                if cost_units >= threshold and (best is None or threshold < best[0]):
-                    best = (threshold, c.token.id)
+                    threshold, approvers = 0, 1
+                if cost_units < threshold:
+                    continue
+                if best is None:
+                    best = (threshold, c.token.id, approvers)
+                else:
+                    low = (threshold, c.token.id) if threshold < best[0] else best[:2]
+                    best = (low[0], low[1], max(approvers, best[2]))
     return best
 
 
@@ -299,6 +324,8 @@ class Approvals:
         self._wake_reports: OrderedDict[str, list[dict[str, Any]]] = OrderedDict()
         self._wake_reports_lock = threading.Lock()
         self._approval_ttl = approval_ttl
+        #: True while evaluations are in flight: listings pause for them (set by the kernel).
+        self.busy: Callable[[], bool] | None = None
 
     # --- configuration ---
 
@@ -403,20 +430,25 @@ class Approvals:
             f"{req.op.value} {req.tool_server}/{req.tool_name} by {cap.token.subject} under capability "
             f"{req.capability_id}, cost {cost}"
         )
+        who = "a person must" if pending.approvers == 1 else f"{pending.approvers} distinct approvers must"
         reason = (
             f"{req.tool_server}/{req.tool_name} costs {req.cost_t[0] if req.cost_t else 0} units, at or above the "
-            f"approval threshold {pending.threshold} of capability {pending.capability_id}: a person must approve "
+            f"approval threshold {pending.threshold} of capability {pending.capability_id}: {who} approve "
             f"{approval_id} (`chio-durable approvals approve {approval_id}`) before {_iso(expires_at)}, then the "
             "call is sent again with approval_id"
         )
-        metadata = merge_run_metadata({
-            "pending_approval": {
-                "approval_id": approval_id,
-                "parameter_hash": req.param_hash,
-                "expires_at": expires_at,
-                "summary": summary,
-            }
-        }, req.metadata)  # the caller's run context too (the kernel's keys win)
+        info: dict[str, Any] = {
+            "approval_id": approval_id,
+            "parameter_hash": req.param_hash,
+            "expires_at": expires_at,
+            "summary": summary,
+        }
+        if req.cost_t:  # the declared cost, as the inbox shows it
+            info["cost"] = {"units": req.cost_t[0], "currency": req.cost_t[1]}
+        if pending.approvers > 1:
+            info["approvals_needed"] = pending.approvers
+        # the caller's run context too (the kernel's keys win)
+        metadata = merge_run_metadata({"pending_approval": info}, req.metadata)
         receipt, seq = self._chain.append(
             st, head_seq, prev_hash, now, req,
             {"verdict": PENDING_VERDICT, "guard": APPROVAL_GUARD, "reason": reason}, cap.policy_hash, metadata,
@@ -443,18 +475,71 @@ class Approvals:
             raise RuntimeError(f"approval {req.approval_id} was used meanwhile")
         return receipt, seq
 
+    def pending_as_deny(self, pending: ChioReceipt, metadata: Mapping[str, str] | None = None) -> ChioReceipt:
+        """A signed deny (guard ``approval``) answering a pending call to a client that has not said it
+        understands ``pending_approval``: the approval stays recorded and answerable; the deny names it
+        and how to approve it. ``metadata``: who asked (as the pending receipt's run context)."""
+        info = (pending.metadata or {}).get("pending_approval") or {}
+        approval_id = str(info.get("approval_id", ""))
+        reason = (
+            f"approval {approval_id} waits for a person (pending_approval); this client did not say it understands "
+            f"pending approvals (header '{PENDING_HEADER}: understood'), so the call is denied here. A person "
+            f"approves it with `chio-durable approvals approve {approval_id}` (or POST /approvals/{approval_id}/"
+            "operator-respond with an approver credential); then a client that understands approvals sends the "
+            "call again with approval_id"
+        )
+        action = pending.action
+        call = CallRecord(pending.capability_id, pending.tool_server, pending.tool_name,
+                          dict(action.parameters), action.parameter_hash)
+        extra = merge_run_metadata({"pending_approval": dict(info), "approval_id": approval_id}, metadata)
+        with self._write() as st:
+            head_seq, prev_hash = st.chain_head()
+            receipt, _ = self._chain.append(
+                st, head_seq, prev_hash, self._clock(), call,
+                {"verdict": "deny", "guard": APPROVAL_GUARD, "reason": reason}, pending.policy_hash, extra,
+            )
+            return receipt
+
     # --- reading approvals ---
 
     def _approval_view(self, st: StoreReader, row: ApprovalRow, now: float) -> dict[str, Any]:
-        cap = self._load_cap(st, row.capability_id)
-        revoked = st.first_revoked(cap.lineage if cap is not None else (row.capability_id,))
+        return self._approval_views(st, [row], now)[0]
+
+    def _approval_views(
+        self, st: StoreReader, rows: Sequence[ApprovalRow], now: float, pause: Callable[[], None] = lambda: None
+    ) -> list[dict[str, Any]]:
+        """Approvals as ``get_approval`` answers them; a page's revocations and pending receipts in
+        one statement each (``pause`` between the steps)."""
+        lineages = {}
+        for row in rows:
+            cap = self._load_cap(st, row.capability_id)
+            lineages[row.id] = cap.lineage if cap is not None else (row.capability_id,)
+        pause()
+        revoked_ids = st.revoked_among(sorted({cid for lineage in lineages.values() for cid in lineage}))
+        pause()
+        bodies = st.receipt_bodies([row.pending_receipt_id for row in rows])
+        out = []
+        for i, row in enumerate(rows):
+            if i % 25 == 24:
+                pause()
+            revoked = next((c for c in lineages[row.id] if c in revoked_ids), None)
+            answers = st.approval_answers(row.id)
+            out.append(self._view(row, now, revoked, bodies.get(row.pending_receipt_id), answers))
+        return out
+
+    @staticmethod
+    def _view(
+        row: ApprovalRow, now: float, revoked: str | None, body: str | None, answers: Sequence[tuple[Any, ...]]
+    ) -> dict[str, Any]:
         status, approver, reason = row.status, row.approver, row.reason
         if status == "pending" and now >= row.expires_at:
             status = "expired"
         elif status == "pending" and revoked is not None:
             status, reason = "denied", f"capability {revoked} was revoked during the wait"
-        body = st.receipt_body(row.pending_receipt_id)
-        params = ChioReceipt.model_validate_json(body).action.parameters if body is not None else None
+        pending = _loads(body) if body is not None else None
+        params = pending["action"]["parameters"] if pending is not None else None
+        md = (pending.get("metadata") or {}) if pending is not None else {}
+        asker = principal_name(md)
         return {
             "id": row.id,
             "status": status,
@@ -473,6 +558,12 @@ class Approvals:
             "reason": reason,
             "resolution_receipt_id": row.resolution_receipt_id,
             "consumed_receipt_id": row.consumed_receipt_id,
+            "requested_by": None if asker is None else {"role": md.get(ROLE_KEY), "name": asker},
+            "approvals_needed": _needed(md),
+            "approvals": [
+                {"name": name, "role": role, "at": at, "receipt_id": rid}
+                for name, role, at, rid in answers
+            ],
         }
 
     def get_approval(self, approval_id: str) -> dict[str, Any] | None:
@@ -484,26 +575,71 @@ class Approvals:
 
     def list_approvals(self, status: str | None = "pending", *, limit: int | None = None) -> list[dict[str, Any]]:
         """See ``Kernel`` (the public doc is there)."""
-        if status not in (None, "pending", "approved", "denied", "expired"):
-            raise KernelInputError(f"status must be pending, approved, denied, expired or None, got {status!r:.40}")
         if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 0):
             raise KernelInputError(f"limit must be a non-negative integer, got {limit!r}")
-        stored = None if status is None else ("pending" if status in ("pending", "expired") else status)
+        out: list[dict[str, Any]] = []
+        cursor: str | None = None
+        while limit is None or len(out) < limit:
+            want = MAX_PAGE_LIMIT if limit is None else min(MAX_PAGE_LIMIT, limit - len(out))
+            if want == 0:
+                break
+            page = self.page(status, want, cursor)
+            out += page.items
+            if page.next_cursor is None:
+                break
+            cursor = page.next_cursor
+        return out
+
+    def page(self, status: str | None, limit: int | None, cursor: str | None) -> Page[dict[str, Any]]:
+        """Approvals newest first, one page (see ``Kernel.approvals_page``)."""
+        if status not in (None, "pending", "approved", "denied", "expired"):
+            raise KernelInputError(f"status must be pending, approved, denied, expired or None, got {status!r:.40}")
+        n = check_limit(limit)
+        pos = decode_cursor(cursor, "approvals", [status], (int, str))
+        before = (pos[0], pos[1]) if pos else None
         now = self._clock()
+        # the stored status and expiry in SQL; "pending" whose capability was revoked shows as denied
+        stored = None if status is None else ("pending" if status in ("pending", "expired") else status)
+        expiry = (status == "expired", int(now)) if status in ("pending", "expired") else None
+        if status == "denied":
+            stored, expiry = None, None  # stored denied ones, and pending ones revoked meanwhile
+        out: list[dict[str, Any]] = []
+        pause = Yielder(self.busy).pause
         with self._read() as st:
-            views = [self._approval_view(st, r, now) for r in st.approvals(stored, None)]
-        out = [v for v in views if status is None or v["status"] == status]
-        return out if limit is None else out[:limit]
+            for _ in range(_PAGE_ROUNDS):  # bounded work: a page may be short, its cursor goes on
+                want = n - len(out)
+                pause()
+                rows = st.approvals_page(stored, before, want + 1, expiry)
+                out += [v for v in self._approval_views(st, rows[:want], now, pause) if status in (None, v["status"])]
+                if rows[:want]:
+                    before = (rows[:want][-1].created_at, rows[:want][-1].id)
+                if len(rows) <= want:
+                    return Page(out, None)
+                if len(out) == n:
+                    break
+        assert before is not None
+        return Page(out, encode_cursor("approvals", [status], list(before)))
 
     # --- resolving ---
 
     def respond_approval(
-        self, approval_id: str, outcome: str, reason: str | None = None, *, approver: str = "operator"
+        self, approval_id: str, outcome: str, reason: str | None = None, *,
+        approver: Principal | str | None = None,
     ) -> ChioReceipt:
         """See ``Kernel`` (the public doc is there)."""
         _require_str("approval_id", approval_id, max_len=256)
-        label = _require_str("approver", approver, max_len=256)
-        return self._resolve(approval_id, _outcome(outcome), _reason(reason), self._chain.key, label, None)
+        if approver is None:
+            who = IN_PROCESS_OPERATOR
+        elif isinstance(approver, Principal):
+            who = approver
+        else:
+            warnings.warn(
+                "respond_approval(approver='NAME') is deprecated: pass approver=Principal(role, name), the "
+                "authenticated approver (chio_kernel.Principal); a plain label is recorded as an operator",
+                DeprecationWarning, stacklevel=3,
+            )
+            who = Principal("operator", _require_str("approver", approver, max_len=256))
+        return self._resolve(approval_id, _outcome(outcome), _reason(reason), self._chain.key, who, None)
 
     def respond_approval_token(self, token: Mapping[str, Any], approval_id: str | None = None) -> ChioReceipt:
         """See ``Kernel`` (the public doc is there)."""
@@ -535,7 +671,8 @@ class Approvals:
                 raise ApprovalTokenError(f"approval token {data['id']!r} names another subject than approval {row.id}")
 
         reason = data.get("reason") or f"signed approval token {data['id']}"
-        return self._resolve(data["request_id"], data["decision"], reason, approver, "approver-token", data["id"], bound)
+        who = Principal("approver", approver)  # the key that signed is the approver's name
+        return self._resolve(data["request_id"], data["decision"], reason, approver, who, data["id"], bound)
 
     def _resolve(
         self,
@@ -543,10 +680,14 @@ class Approvals:
         outcome: str,
         reason: str | None,
         approver_key: str,
-        approver: str,
+        who: Principal,
         token_id: str | None,
         check: Callable[[ApprovalRow], None] | None = None,
     ) -> ChioReceipt:
+        if who.role not in ("approver", "operator"):
+            raise ApprovalForbiddenError(
+                f"credential {who.name!r} is a {who.role}: only an approver or the operator answers approvals"
+            )
         with self._write() as st:
             row = st.approval(approval_id)
             if row is None:
@@ -554,40 +695,41 @@ class Approvals:
             if check is not None:
                 check(row)
             now = self._clock()
-            if row.status != "pending":
-                raise ApprovalConflictError(
-                    f"approval {approval_id} was already answered: {row.status} by {row.approver} at "
-                    f"{_iso(row.resolved_at or 0)} (receipt {row.resolution_receipt_id}); each approval is answered once"
-                )
-            if now >= row.expires_at:
-                raise ApprovalConflictError(
-                    f"approval {approval_id} expired at {_iso(row.expires_at)}; the call is denied (approval-timeout)"
-                )
-            cap = self._load_cap(st, row.capability_id)
-            head_seq, prev_hash, revoked = st.head_and_revoked(cap.lineage if cap is not None else (row.capability_id,))
-            if revoked is not None and outcome == "approved":
-                raise ApprovalConflictError(
-                    f"capability {revoked} was revoked during the wait; approval {approval_id} can no longer be granted"
-                )
+            head_seq, prev_hash, cap = self._answerable(st, row, outcome, now)
             pending_body = st.receipt_body(row.pending_receipt_id)
-            params = ChioReceipt.model_validate_json(pending_body).action.parameters if pending_body else {}
+            pending = ChioReceipt.model_validate_json(pending_body) if pending_body else None
+            md = (pending.metadata or {}) if pending is not None else {}
+            answers = _check_answerer(row, who, md, st.approval_answers(approval_id))
+            needed = _needed(md)
+            final = outcome == "denied" or len(answers) + 1 >= needed
             text = reason if reason is not None else outcome
             resolution: dict[str, Any] = {
                 "approval_id": approval_id,
                 "outcome": outcome,
                 "approver_key": approver_key,
-                "approver": approver,
+                "approver": who.name,
+                "approver_role": who.role,
                 "reason": text,
                 "pending_receipt_id": row.pending_receipt_id,
             }
             if token_id is not None:
                 resolution["token_id"] = token_id
+            if needed > 1:
+                resolution["approvals"] = len(answers) + (outcome == "approved")
+                resolution["approvals_needed"] = needed
+            count = "" if needed == 1 or outcome == "denied" else f" ({len(answers) + 1} of {needed})"
+            params = pending.action.parameters if pending is not None else {}
             receipt, _ = self._chain.append(
                 st, head_seq, prev_hash, now,
                 CallRecord(row.capability_id, row.tool_server, row.tool_name, params, row.parameter_hash),
-                {"verdict": RESOLUTION_VERDICT, "guard": APPROVAL_GUARD, "reason": f"{outcome} by {approver}: {text}"},
-                cap.policy_hash if cap is not None else GENESIS_HASH, {"approval_resolution": resolution},
+                {"verdict": RESOLUTION_VERDICT, "guard": APPROVAL_GUARD,
+                 "reason": f"{outcome} by {who.name}{count}: {text}"},
+                cap.policy_hash if cap is not None else GENESIS_HASH,
+                merge_run_metadata({"approval_resolution": resolution}, run_context_of(md)),  # the run's too
             )
+            st.insert_approval_answer(approval_id, who.name, who.role, int(now), receipt.id)
+            if not final:
+                return receipt  # more approvers must answer: still pending, nobody to wake
             if not st.resolve_approval(approval_id, outcome, int(now), approver_key, text, receipt.id):
                 raise ApprovalConflictError(f"approval {approval_id} was answered meanwhile")  # pragma: no cover
             # read in the resolving transaction: a wake registered after this commit sees the answer
@@ -596,6 +738,26 @@ class Approvals:
         outcome_view = _wake_outcome(approval_id, outcome, approver_key, text, receipt.id)
         self._remember_wakes(approval_id, run_wakes(approval_id, wakes, outcome_view) if wakes else [])
         return receipt
+
+    def _answerable(self, st: StoreWriter, row: ApprovalRow, outcome: str, now: float) -> tuple[int, str, _Cap | None]:
+        """``(head seq, head hash, capability)`` once the approval can still be answered ``outcome``;
+        :class:`ApprovalConflictError` if it was answered, expired, or (approving) its capability revoked."""
+        if row.status != "pending":
+            raise ApprovalConflictError(
+                f"approval {row.id} was already answered: {row.status} by {row.approver} at "
+                f"{_iso(row.resolved_at or 0)} (receipt {row.resolution_receipt_id}); each approval is answered once"
+            )
+        if now >= row.expires_at:
+            raise ApprovalConflictError(
+                f"approval {row.id} expired at {_iso(row.expires_at)}; the call is denied (approval-timeout)"
+            )
+        cap = self._load_cap(st, row.capability_id)
+        head_seq, prev_hash, revoked = st.head_and_revoked(cap.lineage if cap is not None else (row.capability_id,))
+        if revoked is not None and outcome == "approved":
+            raise ApprovalConflictError(
+                f"capability {revoked} was revoked during the wait; approval {row.id} can no longer be granted"
+            )
+        return head_seq, prev_hash, cap
 
     # --- waking the run (chio_kernel._wakers) ---
 
@@ -637,6 +799,35 @@ class Approvals:
 
 
 _WAKE_REPORTS_KEPT = 1024
+
+#: Who answers through ``Kernel.respond_approval`` without naming a principal: the in-process caller,
+#: which holds the kernel itself (the operator).
+IN_PROCESS_OPERATOR = Principal("operator", "operator")
+
+
+def _needed(pending_metadata: Mapping[str, Any]) -> int:
+    """How many distinct approvers the pending call needs (its receipt's ``approvals_needed``, else 1)."""
+    info = pending_metadata.get("pending_approval")
+    needed = info.get("approvals_needed", 1) if isinstance(info, Mapping) else 1
+    return needed if isinstance(needed, int) and needed >= 1 else 1
+
+
+def _check_answerer(
+    row: ApprovalRow, who: Principal, pending_metadata: Mapping[str, Any], answers: list[tuple[str, str, int, str]]
+) -> list[tuple[str, str, int, str]]:
+    """The answers so far, once ``who`` may add one: not the principal whose call waits, and not twice."""
+    asker = principal_name(pending_metadata)
+    if asker is not None and asker == who.name and who not in SHARED_PRINCIPALS:
+        raise ApprovalForbiddenError(
+            f"credential {who.name!r} asked for the call that waits on approval {row.id}; the principal whose "
+            "call waits cannot approve it (another approver must)"
+        )
+    if any(name == who.name for name, _, _, _ in answers):
+        raise ApprovalConflictError(
+            f"{who.name} answered approval {row.id} already; the same approver counts once (it needs "
+            f"{_needed(pending_metadata) - len(answers)} more distinct approver(s))"
+        )
+    return answers
 
 
 def _wake_outcome(

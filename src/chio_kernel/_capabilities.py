@@ -19,15 +19,26 @@ from chio_kernel._coerce import (
     _new_capability_id,
     _positive_int,
     _require_str,
+    from_env,
 )
-from chio_kernel._errors import CapabilityError
+from chio_kernel._errors import CapabilityError, CapabilityLimitError, KernelInputError
 from chio_kernel._ids import _uuid7_int
+from chio_kernel._paging import MAX_PAGE_LIMIT, Page, Yielder, check_limit, decode_cursor, encode_cursor
 from chio_kernel._store import CapabilityRow, StoreReader, StoreWriter
 from chio_kernel.signing import Signer, verify_hex
 from chio_kernel.canonical import canonical_json
-from chio_kernel._guards import describe_grant, regex_problem
+from chio_kernel._guards import describe_grant, describe_grants, regex_problem
 
-__all__ = ["Capabilities", "Trust", "capability_signing_bytes", "token_signers"]
+__all__ = [
+    "DEFAULT_MAX_DELEGATION_DEPTH",
+    "DEFAULT_MAX_GRANTS",
+    "Capabilities",
+    "CapabilityLimits",
+    "Trust",
+    "capability_signing_bytes",
+    "resolve_limits",
+    "token_signers",
+]
 
 _CAP_CACHE_SIZE = 10_000  # verified capabilities kept per Kernel (tokens are immutable)
 
@@ -67,6 +78,61 @@ class _Cap:
     constrained: bool = False  # some grant has constraints (checked before the lock, see evaluate)
 
 
+#: Grants (tool, resource and prompt grants together) one capability may hold by default.
+DEFAULT_MAX_GRANTS = 1_000
+#: Delegation links one capability may carry by default (a root has none; each attenuation adds one).
+DEFAULT_MAX_DELEGATION_DEPTH = 32
+MAX_GRANTS_ENV = "CHIO_MAX_GRANTS"
+MAX_DELEGATION_DEPTH_ENV = "CHIO_MAX_DELEGATION_DEPTH"
+
+
+@dataclass(frozen=True)
+class CapabilityLimits:
+    """What one capability may hold: ``max_grants`` grants and ``max_delegation_depth`` links."""
+
+    max_grants: int = DEFAULT_MAX_GRANTS
+    max_delegation_depth: int = DEFAULT_MAX_DELEGATION_DEPTH
+
+
+def _resolve_limit(value: int | None, name: str, env: str, default: int) -> int:
+    """``value``, else ``$env``, else ``default``; a positive integer (else :class:`KernelInputError`)."""
+    value, where = from_env(value, name, env, int, "a whole number")
+    if value is None:
+        return default
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise KernelInputError(f"{where} must be a positive whole number, got {value!r:.40}")
+    return value
+
+
+def resolve_limits(max_grants: int | None, max_delegation_depth: int | None) -> CapabilityLimits:
+    """The limits a kernel is given, else ``$CHIO_MAX_GRANTS`` / ``$CHIO_MAX_DELEGATION_DEPTH``, else the defaults.
+
+    Raises:
+        KernelInputError: not a positive whole number.
+    """
+    return CapabilityLimits(
+        _resolve_limit(max_grants, "max_grants", MAX_GRANTS_ENV, DEFAULT_MAX_GRANTS),
+        _resolve_limit(max_delegation_depth, "max_delegation_depth", MAX_DELEGATION_DEPTH_ENV,
+                       DEFAULT_MAX_DELEGATION_DEPTH),
+    )
+
+
+def _check_limits(scope: ChioScope, depth: int, limits: CapabilityLimits, what: str) -> None:
+    """Refuse a scope with more grants, or a chain deeper, than ``limits`` allow."""
+    grants = len(scope.grants) + len(scope.resource_grants) + len(scope.prompt_grants)
+    if grants > limits.max_grants:
+        raise CapabilityLimitError(
+            f"{what} has {grants:,} grants; this kernel allows at most {limits.max_grants:,} per capability "
+            f"(max_grants / ${MAX_GRANTS_ENV} / --max-grants). Use wildcards or split it into several capabilities"
+        )
+    if depth > limits.max_delegation_depth:
+        raise CapabilityLimitError(
+            f"{what} would be {depth} delegations deep; this kernel allows at most {limits.max_delegation_depth} "
+            f"(max_delegation_depth / ${MAX_DELEGATION_DEPTH_ENV} / --max-delegation-depth). Attenuate from a "
+            "capability nearer the root"
+        )
+
+
 LoadCap = Callable[[StoreReader, str], _Cap | None]
 """Loads a verified capability inside a store transaction (``Capabilities.load``), handed to the services."""
 
@@ -81,17 +147,82 @@ def _refuse_bad_patterns(scope: ChioScope) -> None:
                     raise CapabilityError(f"grant {i} ({g.server_id}/{g.tool_name}): {problem}")
 
 
+class _GrantIndex:
+    """A parent scope's tool grants indexed by server, tool and constraint set, so checking a
+    child grant against them looks up its few candidates instead of scanning every parent grant.
+
+    A parent grant can cover a child grant only if its server is ``*`` or the child's, its tool
+    ``*`` or the child's, and its constraints are a subset of the child's (``ToolGrant.is_subset_of``);
+    the candidates found that way are then checked with ``is_subset_of`` itself, so the answer is
+    the SDK's rule exactly.
+    """
+
+    __slots__ = ("_by_tool",)
+
+    def __init__(self, grants: list[ToolGrant]) -> None:
+        self._by_tool: dict[tuple[str, str], dict[frozenset[tuple[str, Any]], list[ToolGrant]]] = {}
+        for g in grants:
+            by_constraints = self._by_tool.setdefault((g.server_id, g.tool_name), {})
+            by_constraints.setdefault(_constraint_set(g), []).append(g)
+
+    def covers(self, g: ToolGrant) -> bool:
+        """Is ``g`` a subset of one of the indexed grants?"""
+        wanted: frozenset[tuple[str, Any]] | None = None
+        for key in {(g.server_id, g.tool_name), (g.server_id, "*"), ("*", g.tool_name), ("*", "*")}:
+            by_constraints = self._by_tool.get(key)
+            if not by_constraints:
+                continue
+            if wanted is None:
+                wanted = _constraint_set(g)
+            for constraints in _subsets_present(wanted, by_constraints):
+                if any(g.is_subset_of(pg) for pg in by_constraints[constraints]):
+                    return True
+        return False
+
+
+def _constraint_set(g: ToolGrant) -> frozenset[tuple[str, Any]]:
+    """A grant's constraints as a set (equal as the SDK's ``Constraint`` models compare)."""
+    return frozenset((c.type, c.value) for c in g.constraints)
+
+
+def _subsets_present(
+    wanted: frozenset[tuple[str, Any]], present: dict[frozenset[tuple[str, Any]], list[ToolGrant]]
+) -> list[frozenset[tuple[str, Any]]]:
+    """The keys of ``present`` that are subsets of ``wanted``: whichever is cheaper, testing each
+    key or looking up each subset of ``wanted``."""
+    if len(wanted) > 16 or len(present) <= 1 << len(wanted):
+        return [k for k in present if k <= wanted]
+    items = list(wanted)
+    subsets = [frozenset(c for bit, c in enumerate(items) if mask >> bit & 1) for mask in range(1 << len(items))]
+    return [k for k in subsets if k in present]
+
+
+def _by_name(grants: list[Any], name: Callable[[Any], str]) -> dict[str, list[Any]]:
+    out: dict[str, list[Any]] = {}
+    for g in grants:
+        out.setdefault(name(g), []).append(g)
+    return out
+
+
 def _first_non_subset(child: ChioScope, parent: ChioScope) -> str | None:
-    """Name the first grant of ``child`` not covered by ``parent``, or None if child ⊆ parent."""
-    for g in child.grants:
-        if not any(g.is_subset_of(pg) for pg in parent.grants):
-            allowed = "; ".join(describe_grant(pg) for pg in parent.grants) or "no tool grants"
-            return f"tool grant {describe_grant(g)} is not within the parent's grants ({allowed})"
+    """Name the first grant of ``child`` not covered by ``parent``, or None if child ⊆ parent.
+
+    The SDK's ``ChioScope.is_subset_of`` rule, with the parent's grants indexed (by server/tool
+    and constraint set, by resource pattern, by prompt name): O(grants) lookups, not all pairs.
+    """
+    if child.grants:
+        index = _GrantIndex(parent.grants)
+        for g in child.grants:
+            if not index.covers(g):
+                allowed = describe_grants(parent.grants) or "no tool grants"
+                return f"tool grant {describe_grant(g)} is not within the parent's grants ({allowed})"
+    resources = _by_name(parent.resource_grants, lambda r: str(r.uri_pattern))
     for rg in child.resource_grants:
-        if not any(rg.is_subset_of(p) for p in parent.resource_grants):
+        if not any(rg.is_subset_of(p) for p in (*resources.get(rg.uri_pattern, ()), *resources.get("*", ()))):
             return f"resource grant {rg.uri_pattern!r} is not within the parent's resource grants"
+    prompts = _by_name(parent.prompt_grants, lambda p: str(p.prompt_name))
     for pg2 in child.prompt_grants:
-        if not any(pg2.is_subset_of(p) for p in parent.prompt_grants):
+        if not any(pg2.is_subset_of(p) for p in (*prompts.get(pg2.prompt_name, ()), *prompts.get("*", ()))):
             return f"prompt grant {pg2.prompt_name!r} is not within the parent's prompt grants"
     return None
 
@@ -147,8 +278,11 @@ class Capabilities:
         clock: Callable[[], float],
         read: Callable[[], AbstractContextManager[StoreReader]],
         write: Callable[[], AbstractContextManager[StoreWriter]],
+        limits: CapabilityLimits = CapabilityLimits(),
     ) -> None:
-        """Sign with ``signer``, trust ``trust``'s keys, tell time by ``clock``, store via ``read`` / ``write``."""
+        """Sign with ``signer``, trust ``trust``'s keys, tell time by ``clock``, store via ``read`` /
+        ``write``; refuse capabilities beyond ``limits``."""
+        self.limits = limits
         self._signer = signer
         self.public_key_hex = signer.public_key_hex
         self._trust = trust
@@ -156,6 +290,7 @@ class Capabilities:
         self._read = read
         self._write = write
         self.cache: dict[str, _Cap] = {}  # the verified capabilities (tokens are immutable)
+        self.busy: Callable[[], bool] | None = None  # evaluations in flight: pages pause for them
 
     # --- capabilities: loading ---
 
@@ -198,8 +333,29 @@ class Capabilities:
             constrained=any(g.constraints for g in token.scope.grants),
         )
 
+    def _warm(self, st: StoreReader, token: CapabilityToken) -> None:
+        """Load the token's ancestors root first, so each finds its parent verified in the cache and
+        checks only its own link (see :meth:`_verified_links`): a chain of depth d costs O(d) link
+        checks, not O(d^2)."""
+        for link in token.delegation_chain:
+            if link.capability_id not in self.cache:
+                self.load(st, link.capability_id)
+
+    def _verified_links(self, token: CapabilityToken) -> int:
+        """How many leading links of ``token``'s chain are verified already: all but the last when
+        its parent is in the cache, verified, with exactly these links (they are its own chain)."""
+        chain = token.delegation_chain
+        if not chain:
+            return 0
+        parent = self.cache.get(chain[-1].capability_id)
+        if parent is None or parent.sig_error is not None or parent.token.delegation_chain != chain[:-1]:
+            return 0
+        return len(chain) - 1
+
     def _static_check(self, st: StoreReader | None, token: CapabilityToken) -> str | None:
         """Signature, issuer and delegation-chain checks (the parts that never change): reason or None."""
+        if st is not None and token.delegation_chain:
+            self._warm(st, token)
         trust = self._trust
         if trust.learns and any(k not in trust.issuers for k in token_signers(token)):
             trust.learn(st)  # a kernel that joined the fleet after this one started
@@ -223,7 +379,8 @@ class Capabilities:
                 "another key); use the token exactly as the kernel issued it"
             )
         chain = token.delegation_chain
-        for i, link in enumerate(chain):
+        for i in range(self._verified_links(token), len(chain)):
+            link = chain[i]
             if link.delegator not in issuers:
                 return f"delegation link {i} of {token.id} was signed by an unknown key {link.delegator[:16]}…"
             if not verify_hex(link.delegator, link.signature, _link_signing_bytes(link)):
@@ -232,15 +389,13 @@ class Capabilities:
             child_scope = token.scope if child_id == token.id else None
             child_subject = token.subject if child_id == token.id else None
             if st is not None:
-                parent_row = st.capability(link.capability_id)
+                parent = self._stored_token(st, link.capability_id)
                 if child_scope is None:
-                    child_row = st.capability(child_id)
-                    if child_row is not None:
-                        child_tok = CapabilityToken.model_validate_json(child_row.token)
+                    child_tok = self._stored_token(st, child_id)
+                    if child_tok is not None:
                         child_scope, child_subject = child_tok.scope, child_tok.subject
-                if parent_row is not None:
-                    parent = CapabilityToken.model_validate_json(parent_row.token)
-                    if child_scope is not None and not child_scope.is_subset_of(parent.scope):
+                if parent is not None:
+                    if child_scope is not None and _first_non_subset(child_scope, parent.scope) is not None:
                         return (
                             f"delegation link {i} of {token.id}: the scope of {child_id} is not a subset of "
                             f"its parent {parent.id}"
@@ -253,6 +408,14 @@ class Capabilities:
             if child_subject is not None and link.delegatee != child_subject:
                 return f"delegation link {i} of {token.id} delegates to {link.delegatee!r}, not to {child_subject!r}"
         return None
+
+    def _stored_token(self, st: StoreReader, capability_id: str) -> CapabilityToken | None:
+        """The stored token with this id (the cached one when loaded already), or None."""
+        cached = self.cache.get(capability_id)
+        if cached is not None:
+            return cached.token
+        row = st.capability(capability_id)
+        return None if row is None else CapabilityToken.model_validate_json(row.token)
 
     # --- capabilities: public API ---
 
@@ -273,6 +436,7 @@ class Capabilities:
         """
         subject = _require_str("subject", subject)
         chio_scope = _coerce_scope(scope)
+        _check_limits(chio_scope, 0, self.limits, "the scope")
         _refuse_bad_patterns(chio_scope)
         ttl = _positive_int("ttl_seconds", ttl_seconds)
         rate = _coerce_rate_limit(rate_limit)
@@ -374,10 +538,31 @@ class Capabilities:
         return CapabilityToken.model_validate_json(row.token) if row else None
 
     def list_capabilities(self) -> list[CapabilityToken]:
-        """Every stored token, oldest first."""
+        """Every stored token, oldest first (page after page, each its own short read)."""
+        out: list[CapabilityToken] = []
+        cursor: str | None = None
+        while True:
+            page = self.capabilities_page(MAX_PAGE_LIMIT, cursor)
+            out += page.items
+            if page.next_cursor is None:
+                return out
+            cursor = page.next_cursor
+
+    def capabilities_page(self, limit: int | None, cursor: str | None) -> Page[CapabilityToken]:
+        """Stored tokens oldest first, one page (see ``Kernel.capabilities_page``)."""
+        n = check_limit(limit)
+        pos = decode_cursor(cursor, "capabilities", [], (float, str))
+        pause = Yielder(self.busy).pause
+        pause()
         with self._read() as st:
-            rows = st.capability_tokens()
-        return [CapabilityToken.model_validate_json(r) for r in rows]
+            rows = st.capabilities_page((pos[0], pos[1]) if pos else None, n + 1)
+        items = []
+        for i, (_, _, token) in enumerate(rows[:n]):
+            if i % 25 == 24:
+                pause()
+            items.append(CapabilityToken.model_validate_json(token))
+        more = len(rows) > n
+        return Page(items, encode_cursor("capabilities", [], list(rows[n - 1][:2])) if more else None)
 
     def capability_info(self, capability_id: str) -> dict[str, Any] | None:
         """Token plus kernel-side state (parent, revoked, rate limit, usage per grant) for one id."""
@@ -443,6 +628,7 @@ class Capabilities:
         not a subset.
         """
         child_scope = _coerce_scope(new_scope, "new_scope")
+        _check_limits(child_scope, 0, self.limits, "the new scope")
         _refuse_bad_patterns(child_scope)
         ttl = _positive_int("ttl_seconds", ttl_seconds) if ttl_seconds is not None else None
         if capability_id is not None:
@@ -456,6 +642,8 @@ class Capabilities:
                 raise CapabilityError(f"cannot attenuate unknown capability {parent_id!r}: this kernel never issued it")
         else:
             parent_token = _coerce_token(parent, "parent")
+        _check_limits(child_scope, len(parent_token.delegation_chain) + 1, self.limits,
+                      f"a child of capability {parent_token.id}")
         valid, reason = self.validate_capability(parent_token)
         if not valid:
             raise CapabilityError(f"cannot attenuate capability {parent_token.id}: {reason}")

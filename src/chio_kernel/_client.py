@@ -42,6 +42,7 @@ from chio_sdk.models import (
     Operation,
 )
 
+from chio_kernel._approvals import PENDING_HEADER, PENDING_VERDICT
 from chio_kernel._kernel import CapabilityError, Kernel
 
 __all__ = ["LocalChioClient", "SidecarClient", "capability_id_from_token"]
@@ -121,6 +122,11 @@ class LocalChioClient(_HttpRequestEvaluation):
         store: ``"postgresql://..."`` to share one PostgreSQL store with a fleet of kernels (default
             ``$CHIO_STORE``, else SQLite in ``data_dir``; see docs/fleet.md); ignored when ``kernel``
             is given.
+        understands_pending: ``evaluate_tool_call`` answers a call waiting for a person with its
+            ``pending_approval`` receipt (True), or with a signed deny naming the approval (False, the
+            default: fail closed for code that checks only ``is_denied``, as the sidecar does for a
+            stock ``ChioClient``). This package's layers call the kernel directly and get the pending
+            receipt either way.
     """
 
     def __init__(
@@ -128,7 +134,10 @@ class LocalChioClient(_HttpRequestEvaluation):
         data_dir: str | os.PathLike[str] | None = None,
         kernel: Kernel | None = None,
         store: str | None = None,
+        *,
+        understands_pending: bool = False,
     ) -> None:
+        self.understands_pending = understands_pending
         self._owns_kernel = kernel is None
         self.kernel: Kernel = kernel if kernel is not None else Kernel(data_dir, store=store)
         self.base_url: str = f"embedded:{self.kernel.data_dir}"
@@ -264,6 +273,7 @@ class LocalChioClient(_HttpRequestEvaluation):
         operation: Operation = Operation.INVOKE,
         approval_id: str | None = None,
         metadata: Mapping[str, str] | None = None,
+        understands_pending: bool | None = None,
     ) -> ChioReceipt:
         """Evaluate one tool call against a capability and sign the decision.
 
@@ -279,12 +289,15 @@ class LocalChioClient(_HttpRequestEvaluation):
             approval_id: re-send a call that was pending once a person approved it (docs/approvals.md).
             metadata: the caller's run context (e.g. ``{"flow_run_id": ...}``), signed into the receipt's
                 ``metadata``.
+            understands_pending: True: a call waiting for a person comes back as its
+                ``pending_approval`` receipt; False: as a signed deny (fail closed for callers that
+                check only ``is_denied``); None: the client's (see the class doc).
 
         Returns:
             The signed receipt: allow, deny or ``pending_approval`` (a deny is a receipt, not an error).
         """
         # concurrent callers on this event loop share one store transaction (group commit)
-        return await self.kernel._evaluate_async(
+        receipt = await self.kernel._evaluate_async(
             capability_id,
             tool_server,
             tool_name,
@@ -295,6 +308,10 @@ class LocalChioClient(_HttpRequestEvaluation):
             approval_id=approval_id,
             metadata=metadata,
         )
+        pending = self.understands_pending if understands_pending is None else understands_pending
+        if not pending and receipt.decision.verdict == PENDING_VERDICT:
+            return await asyncio.to_thread(self.kernel.pending_as_deny, receipt, metadata)
+        return receipt
 
     async def record_denial(
         self,
@@ -548,7 +565,16 @@ class SidecarClient(_HttpRequestEvaluation, ChioClient):
     * ``evaluate_tool_call(..., idempotency_key=, cost=, operation=)`` sends the kernel's optional
       ``/v1/evaluate`` fields: a retried call with the same key gets the same receipt back and is
       charged once (the stock ``ChioClient`` cannot send them; see ``docs/sidecar.md``);
-    * ``token=`` sends ``Authorization: Bearer <token>`` on every request (a token-guarded sidecar);
+    * ``token=`` sends ``Authorization: Bearer <token>`` on every request (a credential token of a
+      ``--auth roles`` sidecar, or the ``--token`` of a token-mode one; docs/security.md);
+    * pending approvals fail closed: by default it does NOT say it understands ``pending_approval``,
+      so a call waiting for a person comes back as a signed deny (guard ``approval``, naming the
+      approval) — what a stock ``ChioClient`` gets, safe to hand to code that checks only
+      ``is_denied`` (upstream ``chio-prefect``). ``understands_pending=True`` (on the client, or per
+      ``evaluate_tool_call``; this package's layers pass it) sends ``X-Chio-Pending: understood`` and
+      gets the ``pending_approval`` receipt itself (``is_allowed`` and ``is_denied`` both False), which
+      the caller must not run; it re-sends the call with ``approval_id`` once approved
+      (docs/approvals.md);
     * ``get_capability``, ``revoke_capability``, ``get_receipt``, ``list_receipts``: the sidecar's
       read/revoke endpoints, the same extras :class:`LocalChioClient` offers.
 
@@ -558,14 +584,21 @@ class SidecarClient(_HttpRequestEvaluation, ChioClient):
     Args:
         base_url: the sidecar's address (default ``http://127.0.0.1:9090``).
         timeout: seconds per request (default 5, as ``ChioClient``).
-        token: the sidecar's bearer token, if it was started with ``--token`` / ``CHIO_SIDECAR_TOKEN``.
+        token: the bearer token: a credential's (``chio-durable credentials add``) or the sidecar's
+            ``--token``.
+        understands_pending: send ``X-Chio-Pending: understood`` on evaluations: pending calls come
+            back as ``pending_approval`` receipts instead of signed denies (default False).
     """
 
-    def __init__(self, base_url: str | None = None, *, timeout: float = 5.0, token: str | None = None) -> None:
+    def __init__(
+        self, base_url: str | None = None, *, timeout: float = 5.0, token: str | None = None,
+        understands_pending: bool = False,
+    ) -> None:
         super().__init__(base_url, timeout=timeout)
         self.base_url: str = (base_url or self.DEFAULT_BASE_URL).rstrip("/")
         self._wake_reports: dict[str, list[dict[str, Any]]] = {}
         headers = {"Authorization": f"Bearer {token}"} if token is not None else None
+        self.understands_pending = understands_pending
         self._sidecar = httpx.AsyncClient(base_url=self.base_url, timeout=httpx.Timeout(timeout), headers=headers)
 
     def __repr__(self) -> str:
@@ -691,6 +724,7 @@ class SidecarClient(_HttpRequestEvaluation, ChioClient):
         operation: Operation = Operation.INVOKE,
         approval_id: str | None = None,
         metadata: Mapping[str, str] | None = None,
+        understands_pending: bool | None = None,
     ) -> ChioReceipt:
         """Evaluate one tool call through the sidecar's ``/v1/evaluate``.
 
@@ -706,6 +740,9 @@ class SidecarClient(_HttpRequestEvaluation, ChioClient):
             approval_id: re-send a pending call once a person approved it (docs/approvals.md).
             metadata: the caller's run context (e.g. ``{"workflow_id": ...}``), signed into the receipt's
                 ``metadata`` (the body's ``"metadata"``, docs/sidecar.md).
+            understands_pending: True: a call waiting for a person comes back as its
+                ``pending_approval`` receipt; False: as a signed deny (fail closed for callers that
+                check only ``is_denied``); None: the client's ``understands_pending``.
 
         Returns:
             The signed receipt: allow, deny or ``pending_approval``, as ``ChioClient`` returns it.
@@ -732,7 +769,9 @@ class SidecarClient(_HttpRequestEvaluation, ChioClient):
             body["approval_id"] = approval_id
         if metadata:
             body["metadata"] = dict(metadata)
-        return ChioReceipt.model_validate(await self._request("POST", "/v1/evaluate", body))
+        pending = self.understands_pending if understands_pending is None else understands_pending
+        headers = _UNDERSTOOD if pending else None
+        return ChioReceipt.model_validate(await self._request("POST", "/v1/evaluate", body, headers=headers))
 
     async def record_denial(
         self,
@@ -947,7 +986,7 @@ class SidecarClient(_HttpRequestEvaluation, ChioClient):
             KernelInputError: the sidecar refused the wake (HTTP 422; the message says why).
             ChioError: anything else, e.g. ``code="HTTP_404"`` from a sidecar without this route.
         """
-        from chio_kernel._approvals import ApprovalNotFoundError
+        from chio_kernel._approvals import PENDING_HEADER, ApprovalNotFoundError
         from chio_kernel._errors import KernelInputError
 
         try:
@@ -1060,6 +1099,9 @@ class SidecarClient(_HttpRequestEvaluation, ChioClient):
         except httpx.TimeoutException as exc:
             raise ChioTimeoutError(f"Request to {path} timed out") from exc
         return _answer(resp)
+
+
+_UNDERSTOOD = {PENDING_HEADER: "understood"}
 
 
 def _segment(value: str) -> str:

@@ -3,8 +3,9 @@ types, with a :class:`~chio_kernel.KernelInputError` that says what to pass inst
 
 from __future__ import annotations
 
+import os
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, TypeVar
 
 from chio_sdk.models import CapabilityToken, ChioScope, MonetaryAmount, Operation
@@ -110,21 +111,50 @@ def check_scope_fields(scope: Any, name: str = "scope") -> None:
 APPROVAL_CONSTRAINT = "require_approval_above"
 
 
-def approval_threshold_value(value: Any, where: str) -> int:
-    """The ``threshold_units`` of a ``require_approval_above`` constraint value: upstream's wire
-    shape ``{"threshold_units": N}`` or the plain integer ``N`` a ``chio_sdk`` ``Constraint`` can hold."""
+#: The most distinct approvers a ``require_approval_above`` constraint may ask for.
+MAX_APPROVERS = 10
+
+
+def approval_rule(value: Any, where: str) -> tuple[int, int]:
+    """``(threshold_units, approvers)`` of a ``require_approval_above`` constraint value.
+
+    Accepted: upstream's wire shape ``{"threshold_units": N}``, with an optional ``"approvers": K``
+    (K distinct people must approve, 1 to :data:`MAX_APPROVERS`, default 1); the plain integer ``N`` a
+    ``chio_sdk`` ``Constraint`` can hold; and ``"N;approvers=K"``, the form an issued token carries
+    when K > 1 (a ``Constraint`` value is a string or an integer).
+    """
+    approvers: Any = 1
     if isinstance(value, Mapping):
-        if set(value) != {"threshold_units"}:
+        if "threshold_units" not in value or not set(value) <= {"threshold_units", "approvers"}:
             raise KernelInputError(
-                f"{where}: a require_approval_above value is {{\"threshold_units\": N}}, got fields {sorted(value)}"
+                f"{where}: a require_approval_above value is {{\"threshold_units\": N, \"approvers\": K}} "
+                f"(approvers optional), got fields {sorted(value)}"
             )
+        approvers = value.get("approvers", 1)
         value = value["threshold_units"]
+    elif isinstance(value, str):
+        head, sep, tail = value.partition(";approvers=")
+        if not sep or not head.isdigit() or not tail.isdigit():
+            raise KernelInputError(f"{where}: a require_approval_above string value is 'N;approvers=K', got {value!r:.60}")
+        value, approvers = int(head), int(tail)
     if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_COST_UNITS:
         raise KernelInputError(
             f"{where}: require_approval_above needs threshold_units, an integer from 0 to 2^63-1 (cost units), "
             f"got {value!r:.60}"
         )
-    return value
+    if isinstance(approvers, bool) or not isinstance(approvers, int) or not 1 <= approvers <= MAX_APPROVERS:
+        raise KernelInputError(
+            f"{where}: require_approval_above approvers is how many distinct people must approve, an integer "
+            f"from 1 to {MAX_APPROVERS}, got {approvers!r:.60}"
+        )
+    return value, approvers
+
+
+def approval_threshold_value(value: Any, where: str) -> int | str:
+    """A ``require_approval_above`` value in the form an issued token carries: ``N`` (one approver) or
+    ``"N;approvers=K"`` (see :func:`approval_rule`, which checks it)."""
+    threshold, approvers = approval_rule(value, where)
+    return threshold if approvers == 1 else f"{threshold};approvers={approvers}"
 
 
 def normalize_scope_constraints(scope: Any, name: str = "scope") -> Any:
@@ -240,3 +270,23 @@ def _positive_int(name: str, value: Any) -> int:
     if value > 100 * 365 * 86400:
         raise KernelInputError(f"{name} is more than 100 years; pass a shorter lifetime")
     return value
+
+
+_V = TypeVar("_V")
+
+
+def from_env(value: _V | None, name: str, env: str, parse: Callable[[str], _V], what: str) -> tuple[_V | None, str]:
+    """A setting as given, else ``$env`` parsed, else None; with where it came from (for messages).
+
+    Raises:
+        KernelInputError: ``$env`` is set but ``parse`` refuses it (the sentence names ``what``).
+    """
+    if value is not None:
+        return value, name
+    raw = os.environ.get(env, "").strip()
+    if not raw:
+        return None, name
+    try:
+        return parse(raw), f"${env}"
+    except ValueError:
+        raise KernelInputError(f"${env} must be {what}, got {raw[:40]!r}") from None

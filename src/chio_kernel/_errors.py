@@ -6,18 +6,22 @@ Each error keeps the builtin base it always had (``ValueError``, ``LookupError``
     ChioKernelError
     ├── KernelInputError (ValueError)            the caller passed something the kernel cannot take
     ├── CapabilityError (ValueError)             a capability operation was refused
+    │   └── CapabilityLimitError                 too many grants, or a delegation chain too deep (422)
     ├── KernelKeyMissingError (RuntimeError)     kernel.key is gone next to a store that needs it
     ├── KernelKeyRetiredError (RuntimeError)     this kernel's key was retired from the fleet store
     ├── StoreUnavailableError (ConnectionError)  the PostgreSQL store could not be reached (retryable)
     │   └── StoreConflictError                   two fleet writers deadlocked; one was rolled back (retryable)
     ├── UnknownHoldError (ValueError)            no budget hold for that receipt id
+    ├── ProofError (ValueError)                  a checkpoint, proof or evidence package does not verify
     ├── KernelConflictError (ValueError)         the request conflicts with what is recorded (409)
     │   ├── IdempotencyKeyReusedError            a key reused for a different call
     │   └── HoldConflictError                    a hold closed twice differently, an op_id reused
+    ├── CredentialError (ValueError)             a credential was refused (bad name or role, taken, unknown)
     └── ApprovalError
         ├── ApprovalNotFoundError (LookupError)  no such approval (404)
         ├── ApprovalConflictError                answered already, expired, capability revoked (409)
-        └── ApprovalTokenError (ValueError)      a signed approval token was refused (403)
+        ├── ApprovalTokenError (ValueError)      a signed approval token was refused (403)
+        └── ApprovalForbiddenError (PermissionError)  this principal may not answer this approval (403)
 
 The modules that raised them before (``_approvals``, ``_holds``, ``_postgres_store``, ``_kernel``)
 re-export them, so existing imports keep working.
@@ -28,16 +32,20 @@ from __future__ import annotations
 __all__ = [
     "ApprovalConflictError",
     "ApprovalError",
+    "ApprovalForbiddenError",
     "ApprovalNotFoundError",
     "ApprovalTokenError",
     "CapabilityError",
+    "CapabilityLimitError",
     "ChioKernelError",
+    "CredentialError",
     "HoldConflictError",
     "IdempotencyKeyReusedError",
     "KernelConflictError",
     "KernelInputError",
     "KernelKeyMissingError",
     "KernelKeyRetiredError",
+    "ProofError",
     "StoreConflictError",
     "StoreUnavailableError",
     "UnknownHoldError",
@@ -54,6 +62,14 @@ class KernelInputError(ChioKernelError, ValueError):
 
 class CapabilityError(ChioKernelError, ValueError):
     """A capability operation was refused (not a subset, unknown id, id already taken...)."""
+
+
+class CapabilityLimitError(CapabilityError):
+    """A capability would exceed the kernel's limits: more grants than ``max_grants``, or a
+    delegation chain deeper than ``max_delegation_depth`` (HTTP 422 ``limit_exceeded``). The
+    message names the limit and how to raise it."""
+
+    code = "limit_exceeded"
 
 
 class KernelKeyMissingError(ChioKernelError, RuntimeError):
@@ -134,3 +150,18 @@ class ApprovalConflictError(ApprovalError):
 class ApprovalTokenError(ApprovalError, ValueError):
     """A signed approval token was refused: untrusted approver key, bad signature, bound to another
     request, parameters or subject, or outside its validity window (HTTP 403)."""
+
+
+class ProofError(ChioKernelError, ValueError):
+    """A checkpoint, an inclusion or consistency proof, or an evidence package does not verify (the
+    message names what is wrong)."""
+
+
+class ApprovalForbiddenError(ApprovalError, PermissionError):
+    """This principal may not answer this approval: its role is not approver or operator, it is the
+    principal whose call waits, or it answered this approval already (HTTP 403)."""
+
+
+class CredentialError(ChioKernelError, ValueError):
+    """A credential operation was refused: a malformed name or unknown role, a name already taken, or
+    an unknown credential (``docs/security.md``)."""

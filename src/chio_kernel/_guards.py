@@ -43,7 +43,7 @@ import ipaddress
 import posixpath
 import re
 import unicodedata
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -99,6 +99,35 @@ def describe_grant(grant: ToolGrant) -> str:
     if extras:
         text += " [" + "; ".join(extras) + "]"
     return text
+
+
+#: A receipt's deny reason holds at most this many characters (docs/kernel.md); a longer one is cut
+#: and ends saying how many characters were left out.
+MAX_REASON_CHARS = 1_000
+#: How much of a reason a list of grants may take before the rest is only counted.
+_GRANTS_TEXT_BUDGET = 600
+
+
+def bound_reason(reason: str, limit: int = MAX_REASON_CHARS) -> str:
+    """``reason`` cut to at most ``limit`` characters, ending ``… (N more characters left out)``."""
+    if len(reason) <= limit:
+        return reason
+    head = reason[: limit - len(f" … ({len(reason)} more characters left out)")]
+    return f"{head} … ({len(reason) - len(head)} more characters left out)"
+
+
+def describe_grants(grants: Sequence[ToolGrant], budget: int = _GRANTS_TEXT_BUDGET) -> str:
+    """``describe_grant`` of each grant joined by ``; ``, stopping once ``budget`` characters are
+    used: the rest is counted (``… and 9,990 more grants``), never written out."""
+    parts: list[str] = []
+    used = 0
+    for i, grant in enumerate(grants):
+        text = describe_grant(grant)
+        if parts and used + len(text) > budget:
+            return "; ".join(parts) + f"; … and {len(grants) - i:,} more grants"
+        parts.append(text)
+        used += len(text) + 2
+    return "; ".join(parts)
 
 
 def iter_strings(value: Any, path: str = "") -> Iterator[tuple[str, str]]:

@@ -22,14 +22,13 @@ from __future__ import annotations
 
 import hashlib
 import math
-import os
 from collections.abc import Callable, Mapping, Sequence
 from contextlib import AbstractContextManager
 from typing import Any
 
 from chio_sdk.models import ChioReceipt, MonetaryAmount
 
-from chio_kernel._coerce import _coerce_cost, _require_str
+from chio_kernel._coerce import _coerce_cost, _require_str, from_env
 from chio_kernel._errors import (
     CapabilityError,
     HoldConflictError,
@@ -39,7 +38,9 @@ from chio_kernel._errors import (
     UnknownHoldError,
 )
 from chio_kernel._capabilities import LoadCap
+from chio_kernel._paging import Page, Yielder, check_limit, decode_cursor, encode_cursor
 from chio_kernel._receipts import ALLOW, CallRecord, ReceiptChain
+from chio_kernel._run_context import check_run_metadata, merge_run_metadata
 from chio_kernel._store import HoldRow, StoreReader, StoreWriter
 from chio_kernel.canonical import canonical_json
 
@@ -61,22 +62,17 @@ DEFAULT_HOLD_TTL = 3600.0
 HOLD_TTL_ENV = "CHIO_HOLD_TTL"
 #: ``tool_server`` of the settle / release / expire receipts (they are no tool call).
 BUDGET_TOOL_SERVER = "chio.budget"
+#: The states a hold can be in (``holds_page(state=)``).
+HOLD_STATES = ("open", "settled", "released", "expired")
 #: At most this many due holds are expired inside one evaluation's transaction (the rest next time).
 _EXPIRE_BATCH = 256
 
 
 def resolve_hold_ttl(value: float | None) -> float:
     """The hold TTL in seconds: ``value``, else ``$CHIO_HOLD_TTL``, else :data:`DEFAULT_HOLD_TTL`."""
-    where = "hold_ttl"
+    value, where = from_env(value, "hold_ttl", HOLD_TTL_ENV, float, "a number of seconds")
     if value is None:
-        raw = os.environ.get(HOLD_TTL_ENV, "").strip()
-        if not raw:
-            return DEFAULT_HOLD_TTL
-        where = f"${HOLD_TTL_ENV}"
-        try:
-            value = float(raw)
-        except ValueError:
-            raise KernelInputError(f"{where} must be a number of seconds, got {raw[:40]!r}") from None
+        return DEFAULT_HOLD_TTL
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
         raise KernelInputError(f"{where} must be a positive number of seconds, got {value!r}")
     return float(value)
@@ -128,6 +124,7 @@ class Holds:
     ) -> None:
         """Holds live ``ttl`` seconds by ``clock``; stored via ``read`` / ``write``, receipts via ``chain``."""
         self.ttl = ttl
+        self.busy: Callable[[], bool] | None = None  # evaluations in flight: pages pause for them
         self._clock = clock
         self._read = read
         self._write = write
@@ -184,17 +181,21 @@ class Holds:
         return out
 
     def _append(
-        self, st: StoreWriter, now: float, hold: HoldRow, op: str, parameters: dict[str, Any], budget: dict[str, Any]
+        self, st: StoreWriter, now: float, hold: HoldRow, op: str, parameters: dict[str, Any], budget: dict[str, Any],
+        metadata: Mapping[str, str] | None = None,
     ) -> tuple[ChioReceipt, int]:
         head_seq, prev_hash = st.chain_head()
         return self._chain.append(
             st, head_seq, prev_hash, now, _budget_call(hold.capability_id, op, parameters), ALLOW,
-            hold.policy_hash, {"budget": budget},
+            hold.policy_hash, merge_run_metadata({"budget": budget}, metadata),
         )
 
     # --- the public operations ---
 
-    def settle(self, receipt_id: str, actual_cost: MonetaryAmount | Mapping[str, Any], op_id: str) -> ChioReceipt:
+    def settle(
+        self, receipt_id: str, actual_cost: MonetaryAmount | Mapping[str, Any], op_id: str,
+        metadata: Mapping[str, str] | None = None,
+    ) -> ChioReceipt:
         rid = _require_str("receipt_id", receipt_id, max_len=256)
         op = _require_str("op_id", op_id, max_len=256)
         cost = _coerce_cost(actual_cost)
@@ -202,14 +203,17 @@ class Holds:
             raise KernelInputError("actual_cost is required: {'units': int, 'currency': str} (minor units)")
         units, currency = cost
         with self._write() as st:
-            return self._close(st, rid, op, "settle", f"settle\x1f{units}\x1f{currency}", (units, currency), None)
+            return self._close(st, rid, op, "settle", f"settle\x1f{units}\x1f{currency}", (units, currency), None,
+                               check_run_metadata(metadata))
 
-    def release(self, receipt_id: str, op_id: str, reason: str = "released") -> ChioReceipt:
+    def release(
+        self, receipt_id: str, op_id: str, reason: str = "released", metadata: Mapping[str, str] | None = None
+    ) -> ChioReceipt:
         rid = _require_str("receipt_id", receipt_id, max_len=256)
         op = _require_str("op_id", op_id, max_len=256)
         why = _require_str("reason", reason, max_len=1024)
         with self._write() as st:
-            return self._close(st, rid, op, "release", "release", None, why)
+            return self._close(st, rid, op, "release", "release", None, why, check_run_metadata(metadata))
 
     def expire(self) -> list[ChioReceipt]:
         out: list[ChioReceipt] = []
@@ -229,6 +233,7 @@ class Holds:
         fingerprint: str,
         actual: tuple[int, str] | None,
         reason: str | None,
+        metadata: Mapping[str, str] | None = None,
     ) -> ChioReceipt:
         now = self._clock()
         if st.ROW_LOCKS:  # concurrent writers: the charged capabilities, then the hold row, locked first
@@ -258,15 +263,16 @@ class Holds:
         if kind == "release" and hold.state == "expired":
             receipt, seq = _expiry_answer(st, hold)
         elif kind == "release":
-            receipt, seq = self._release_hold(st, now, hold, op_id, reason)
+            receipt, seq = self._release_hold(st, now, hold, op_id, reason, metadata)
         else:
             assert actual is not None
-            receipt, seq = self._settle_hold(st, now, hold, op_id, actual)
+            receipt, seq = self._settle_hold(st, now, hold, op_id, actual, metadata)
         st.remember_hold_op(rid, op_id, fingerprint, seq)
         return receipt
 
     def _release_hold(
-        self, st: StoreWriter, now: float, hold: HoldRow, op_id: str, reason: str | None
+        self, st: StoreWriter, now: float, hold: HoldRow, op_id: str, reason: str | None,
+        metadata: Mapping[str, str] | None = None,
     ) -> tuple[ChioReceipt, int]:
         """Free an open hold: ``(release receipt, seq)``."""
         rid = hold.receipt_id
@@ -281,12 +287,13 @@ class Holds:
             "hold": _money(hold.units, hold.currency),
             "released_units": hold.units,
         }
-        receipt, seq = self._append(st, now, hold, "release", params, budget)
+        receipt, seq = self._append(st, now, hold, "release", params, budget, metadata)
         st.close_hold(rid, "released", 0, receipt.id, seq)
         return receipt, seq
 
     def _settle_hold(
-        self, st: StoreWriter, now: float, hold: HoldRow, op_id: str, actual: tuple[int, str]
+        self, st: StoreWriter, now: float, hold: HoldRow, op_id: str, actual: tuple[int, str],
+        metadata: Mapping[str, str] | None = None,
     ) -> tuple[ChioReceipt, int]:
         """Capture ``actual`` (up to the budget left) and free the rest: ``(settle receipt, seq)``."""
         rid = hold.receipt_id
@@ -320,7 +327,7 @@ class Holds:
             "capped": capped,
             "after_expiry": expired,
         }
-        receipt, seq = self._append(st, now, hold, "settle", params, budget)
+        receipt, seq = self._append(st, now, hold, "settle", params, budget, metadata)
         st.close_hold(rid, "settled", captured, receipt.id, seq)
         return receipt, seq
 
@@ -331,19 +338,25 @@ class Holds:
         with self._read() as st:
             hold = st.hold(rid)
             grants = st.hold_grants(rid) if hold is not None else []
-        if hold is None:
-            return None
-        return {
-            "receipt_id": hold.receipt_id,
-            "capability_id": hold.capability_id,
-            "amount": _money(hold.units, hold.currency),
-            "state": hold.state,
-            "captured_units": hold.captured_units,
-            "created_at": hold.created_at,
-            "expires_at": hold.expires_at,
-            "closed_by": hold.closed_by,
-            "grants": [{"capability_id": c, "grant_index": i} for c, i in grants],
-        }
+        return None if hold is None else _hold_view(hold, grants)
+
+    def page(
+        self, state: str | None, capability_id: str | None, limit: int | None, cursor: str | None
+    ) -> Page[dict[str, Any]]:
+        """Holds newest first, one page (see ``Kernel.holds_page``)."""
+        if state not in (None, *HOLD_STATES):
+            raise KernelInputError(f"state must be one of {', '.join(HOLD_STATES)} or None, got {state!r:.40}")
+        if capability_id is not None:
+            _require_str("capability_id", capability_id, max_len=256)
+        n = check_limit(limit)
+        filters = [state, capability_id]
+        pos = decode_cursor(cursor, "holds", filters, (float, str))
+        Yielder(self.busy).pause()
+        with self._read() as st:
+            rows = st.holds_page(state, capability_id, (pos[0], pos[1]) if pos else None, n + 1)
+            items = [_hold_view(h, st.hold_grants(h.receipt_id)) for h in rows[:n]]
+        last = rows[n - 1] if len(rows) > n else None
+        return Page(items, None if last is None else encode_cursor("holds", filters, [last.created_at, last.receipt_id]))
 
     def budgets(self, capability_id: str) -> list[dict[str, Any]]:
         cid = _require_str("capability_id", capability_id, max_len=256)
@@ -358,6 +371,21 @@ class Holds:
                 if ancestor is not None:
                     lineage.append(ancestor)
             return [row for depth, c in enumerate(lineage) for row in _budget_rows(st, c.token, depth > 0)]
+
+
+def _hold_view(hold: HoldRow, grants: list[tuple[str, int]]) -> dict[str, Any]:
+    """A hold as ``Kernel.get_hold`` / ``holds_page`` answer it."""
+    return {
+        "receipt_id": hold.receipt_id,
+        "capability_id": hold.capability_id,
+        "amount": _money(hold.units, hold.currency),
+        "state": hold.state,
+        "captured_units": hold.captured_units,
+        "created_at": hold.created_at,
+        "expires_at": hold.expires_at,
+        "closed_by": hold.closed_by,
+        "grants": [{"capability_id": c, "grant_index": i} for c, i in grants],
+    }
 
 
 def _budget_rows(st: StoreReader, token: Any, inherited: bool) -> list[dict[str, Any]]:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import time
 import uuid
+from collections.abc import Mapping
 from typing import Any
 
 from chio_sdk.models import CapabilityToken, ChioHttpRequest, ChioReceipt, GuardEvidence, HttpReceipt, Verdict
@@ -50,7 +51,8 @@ def _presented_capability(req: ChioHttpRequest, header_token: str | None) -> tup
 
 
 def _decide(
-    kernel: Any, req: ChioHttpRequest, tool_name: str, header_token: str | None
+    kernel: Any, req: ChioHttpRequest, tool_name: str, header_token: str | None,
+    metadata: Mapping[str, str] | None = None,
 ) -> tuple[Verdict, ChioReceipt | None, str | None]:
     """(verdict, underlying tool receipt or None, capability id) for one HTTP request."""
     cap_id, token, header_error = _presented_capability(req, header_token)
@@ -67,27 +69,31 @@ def _decide(
     parameters: dict[str, Any] = {"path": req.path}
     if req.query:
         parameters["query"] = dict(req.query)
-    tool_receipt: ChioReceipt = kernel.evaluate(cap_id, HTTP_TOOL_SERVER, tool_name, parameters)
+    tool_receipt: ChioReceipt = kernel.evaluate(cap_id, HTTP_TOOL_SERVER, tool_name, parameters, metadata=metadata)
     d = tool_receipt.decision
     if d.is_allowed:
         return Verdict.allow(), tool_receipt, cap_id
     return Verdict.deny(d.reason or "denied", d.guard or "unknown", http_status=403), tool_receipt, cap_id
 
 
-def evaluate_http(kernel: Any, req: ChioHttpRequest, header_token: str | None) -> dict[str, Any]:
+def evaluate_http(
+    kernel: Any, req: ChioHttpRequest, header_token: str | None, metadata: Mapping[str, str] | None = None
+) -> dict[str, Any]:
     """Map one HTTP request to a tool evaluation and wrap the decision in a signed HttpReceipt.
 
     Rule: tool_server ``"http"``, tool_name ``"<METHOD> <route_pattern>"`` (method upper-cased),
     parameters ``{"path": path, "query": {...}}``; the underlying tool receipt is stored in the
     chain as usual and referenced from the HttpReceipt's ``metadata.chio_receipt_id``. Returns the
-    ``EvaluateResponse`` as JSON-ready data: ``{"verdict", "receipt", "evidence"}``.
+    ``EvaluateResponse`` as JSON-ready data: ``{"verdict", "receipt", "evidence"}``. ``metadata``: who
+    asked (the sidecar's principal), signed into the tool receipt. A pending approval is not an allow:
+    the HttpReceipt denies.
     """
     method = req.method.upper()
     tool_name = f"{method} {req.route_pattern}"
     # hash the request first: input that cannot be canonicalised is refused before anything is stored
     caller_hash = hashlib.sha256(canonical_json(req.caller.model_dump(mode="json", exclude_none=True))).hexdigest()
     request_hash = hashlib.sha256(canonical_json(req.model_dump(mode="json", exclude_none=True))).hexdigest()
-    verdict, tool_receipt, cap_id = _decide(kernel, req, tool_name, header_token)
+    verdict, tool_receipt, cap_id = _decide(kernel, req, tool_name, header_token, metadata)
     evidence: list[GuardEvidence] = list(tool_receipt.evidence) if tool_receipt is not None else []
     receipt: dict[str, Any] = {
         "id": f"hrcpt-{uuid.uuid4().hex}",

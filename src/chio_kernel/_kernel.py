@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import time
+from collections import deque
 from collections.abc import Callable, Iterable, Mapping
 from contextlib import AbstractContextManager
 from pathlib import Path
@@ -17,13 +18,16 @@ from chio_sdk.models import CapabilityToken, ChioReceipt, ChioScope, MonetaryAmo
 
 from chio_kernel import _telemetry
 from chio_kernel._approvals import Approvals, approval_settings
-from chio_kernel._capabilities import Capabilities, _Cap, capability_signing_bytes
+from chio_kernel._capabilities import Capabilities, _Cap, capability_signing_bytes, resolve_limits
+from chio_kernel._checkpoints import CheckpointReport, Checkpoints, checkpoint_settings, witness_file
 from chio_kernel._coerce import MAX_COST_UNITS, check_scope_fields
 from chio_kernel._denials import Denials
 from chio_kernel._errors import CapabilityError, ChioKernelError, KernelInputError, KernelKeyMissingError
 from chio_kernel._evaluation import Evaluator
+from chio_kernel._evidence import lineage_row, write_evidence
 from chio_kernel._holds import Holds, resolve_hold_ttl
 from chio_kernel._ids import uuid7
+from chio_kernel._paging import Page
 from chio_kernel._receipt_log import ReceiptLog
 from chio_kernel._receipts import (
     ChainReport,
@@ -34,6 +38,7 @@ from chio_kernel._receipts import (
     receipt_wire_dict,
 )
 from chio_kernel._request import EvalRequest, make_request
+from chio_kernel._roles import Credentials, Principal, Role
 from chio_kernel._store import KernelStore, StoreReader, StoreWriter
 from chio_kernel._store_factory import (
     STORE_ENV,
@@ -45,6 +50,7 @@ from chio_kernel._store_factory import (
 )
 from chio_kernel.canonical import canonical_json
 from chio_kernel.signing import Signer, default_data_dir, ensure_data_dir, load_or_create_key
+from chio_kernel._webhooks import WebhookOutbox
 
 if TYPE_CHECKING:
     from chio_kernel._fleet import FleetKeys
@@ -68,6 +74,22 @@ __all__ = [
 ]
 
 _EvalRequest = EvalRequest  # the name this module used
+
+
+def _lineage(info: Callable[[str], dict[str, Any] | None], capability_ids: Iterable[str]) -> list[dict[str, Any]]:
+    """The lineage rows of these capabilities and all their ancestors, ancestors first."""
+    rows: dict[str, dict[str, Any]] = {}
+    for cid in sorted(capability_ids):
+        chain: list[dict[str, Any]] = []
+        current: str | None = cid
+        while current is not None and current not in rows:
+            found = info(current)
+            if found is None:
+                break
+            chain.append(lineage_row(found["token"], found["parent_id"]))
+            rows[current] = chain[-1]
+            current = found["parent_id"]
+    return sorted(rows.values(), key=lambda r: (r["delegation_depth"], r["capability_id"]))
 
 
 def _kernel_repr(data_dir: Path, store: str | None, key: str) -> str:
@@ -110,6 +132,15 @@ class Kernel:
             ``$CHIO_APPROVAL_TTL``, else one day).
         hold_ttl: seconds a budget hold lives unsettled before it expires (default
             ``$CHIO_HOLD_TTL``, else 3600; see ``docs/budgets.md``).
+        checkpoint_every: cut a signed Merkle checkpoint every this many receipts (default
+            ``$CHIO_CHECKPOINT_EVERY``, else 256; 0: no automatic checkpoints; docs/checkpoints.md).
+        checkpoint_interval: ... or once this many seconds passed with receipts pending, whichever
+            comes first (default ``$CHIO_CHECKPOINT_INTERVAL``, else 2).
+        max_grants: grants one capability may hold (tool, resource and prompt grants together;
+            default ``$CHIO_MAX_GRANTS``, else 1,000); more is refused at issue and attenuate time
+            with :class:`CapabilityLimitError`.
+        max_delegation_depth: delegation links one capability may carry (default
+            ``$CHIO_MAX_DELEGATION_DEPTH``, else 32); a deeper attenuation is refused likewise.
     """
 
     def __init__(
@@ -123,6 +154,10 @@ class Kernel:
         approver_keys: Iterable[str] = (),
         approval_ttl: int | None = None,
         hold_ttl: float | None = None,
+        checkpoint_every: int | None = None,
+        checkpoint_interval: float | None = None,
+        max_grants: int | None = None,
+        max_delegation_depth: int | None = None,
     ) -> None:
         """Open the kernel: its key, its store, and the services (see the class doc for the arguments).
 
@@ -132,6 +167,8 @@ class Kernel:
             StoreUnavailableError: the PostgreSQL store cannot be reached.
         """
         ttl = resolve_hold_ttl(hold_ttl)
+        cp_every, cp_interval = checkpoint_settings(checkpoint_every, checkpoint_interval)
+        self._limits = resolve_limits(max_grants, max_delegation_depth)
         self.data_dir: Path = ensure_data_dir(Path(data_dir) if data_dir is not None else default_data_dir())
         dsn = resolve_store(store)  # None: SQLite in data_dir
         if dsn is None:
@@ -144,6 +181,10 @@ class Kernel:
         # opened after the key: load_or_create_key tightens a fresh data dir, which a store file would hide
         self._store: KernelStore = open_kernel_store(dsn, self.data_dir, fsync=fsync, signer_key=self.public_key_hex)
         self._build_services(ttl, approvers, approvals_ttl, None if dsn is None else self._store.description)
+        witness = witness_file(self.data_dir, None if dsn is None else self._store.description)
+        self._checkpoints = Checkpoints(self._gate, self._signer.sign_hex, self.public_key_hex, witness,
+                                        self._clock, cp_every, cp_interval)
+        self._checkpoints.start()
 
     def _build_services(
         self, hold_ttl: float, approvers: frozenset[str], approval_ttl: int, shared_store: str | None
@@ -152,7 +193,7 @@ class Kernel:
         clock, store = self._clock, self._store
         self._gate = gate = StoreGate(store, _kernel_repr(self.data_dir, shared_store, self.public_key_hex))
         self._trust, self._fleet = store_trust(store, self.public_key_hex, self.trusted_keys, gate.read, self.data_dir)
-        self._capabilities = caps = Capabilities(self._signer, self._trust, clock, gate.read, gate.write)
+        self._capabilities = caps = Capabilities(self._signer, self._trust, clock, gate.read, gate.write, self._limits)
         self._caps: dict[str, _Cap] = caps.cache  # the verified-capability cache
         chain = ReceiptChain(self._signer.sign_hex, self.public_key_hex)
         self._approvals = Approvals(self.data_dir, approvers, approval_ttl, clock, gate.read, gate.write, caps.load,
@@ -160,10 +201,14 @@ class Kernel:
         self._holds = Holds(hold_ttl, clock, gate.read, gate.write, caps.load, chain)
         self._denials = Denials(gate.write, caps.load, clock, chain)
         self._receipts = ReceiptLog(gate, self._trust)
+        self._credentials = Credentials(gate.read, gate.write, clock)
         self._evaluation = Evaluator(caps.cache, caps.load, gate.read, gate.write, clock, chain,
                                      (self._approvals, self._holds, self._trust), self.base_url)
         self._prepare = self._evaluation.prepare  # the hot path's two steps, looked up once
         self._submit = self._evaluation.committer.submit
+        # evaluations in flight (deque append/pop are atomic): listings pause for them
+        self._in_flight: deque[None] = deque()
+        self._approvals.busy = self._capabilities.busy = self._receipts.busy = self._holds.busy = self.evaluating
 
     # --- plumbing ---
 
@@ -177,6 +222,7 @@ class Kernel:
 
     def close(self) -> None:
         """Close the store connection (the kernel cannot be used afterwards; closing twice is a no-op)."""
+        self._checkpoints.stop()
         self._gate.close()
 
     def __enter__(self) -> Kernel:
@@ -193,6 +239,24 @@ class Kernel:
 
     def _load_cap(self, st: StoreReader, capability_id: str) -> _Cap | None:
         return self._capabilities.load(st, capability_id)
+
+    def evaluating(self) -> bool:
+        """Whether evaluations are in flight now (listings pause for them, see docs/kernel.md).
+
+        Returns:
+            True while an evaluation is being decided.
+        """
+        return bool(self._in_flight)
+
+    @property
+    def max_grants(self) -> int:
+        """Grants one capability may hold (issue and attenuate refuse more: ``CapabilityLimitError``)."""
+        return self._limits.max_grants
+
+    @property
+    def max_delegation_depth(self) -> int:
+        """Delegation links one capability may carry (a deeper attenuation is refused)."""
+        return self._limits.max_delegation_depth
 
     # --- a fleet's store (chio_kernel._fleet does the work; PostgreSQL only) ---
 
@@ -275,6 +339,7 @@ class Kernel:
             The signed token (stored).
 
         Raises:
+            CapabilityLimitError: more grants than :attr:`max_grants`.
             CapabilityError: the id is taken by another token, or a constraint cannot be used.
             KernelInputError: a malformed argument.
         """
@@ -298,6 +363,21 @@ class Kernel:
             The tokens.
         """
         return self._capabilities.list_capabilities()
+
+    def capabilities_page(self, *, limit: int | None = None, cursor: str | None = None) -> Page[CapabilityToken]:
+        """One page of stored tokens, oldest first (``created_at``, then id).
+
+        Args:
+            limit: at most this many (1 to 1,000; default 100).
+            cursor: the ``next_cursor`` of the previous page (None: the first page).
+
+        Returns:
+            The page: ``items`` and ``next_cursor`` (None on the last page).
+
+        Raises:
+            KernelInputError: a bad limit, or a cursor this listing did not hand out.
+        """
+        return self._capabilities.capabilities_page(limit, cursor)
 
     def capability_info(self, capability_id: str) -> dict[str, Any] | None:
         """A token plus its kernel-side state.
@@ -358,6 +438,8 @@ class Kernel:
             The signed child token (stored). It also spends its ancestors' budgets and rate limits.
 
         Raises:
+            CapabilityLimitError: more grants than :attr:`max_grants`, or a chain deeper than
+                :attr:`max_delegation_depth`.
             CapabilityError: the scope is not a subset (naming the offending grant), or the parent is
                 unknown or not valid.
         """
@@ -435,7 +517,12 @@ class Kernel:
             capability_id, tool_server, tool_name, parameters, idempotency_key, cost, operation,
             approval_id, canonical_parameters, parameter_hash, metadata,
         ))
-        return self._submit(req)
+        flight = self._in_flight
+        flight.append(None)
+        try:
+            return self._submit(req)
+        finally:
+            flight.pop()
 
     def record_denial(
         self,
@@ -502,7 +589,68 @@ class Kernel:
             capability_id, tool_server, tool_name, parameters, idempotency_key, cost, operation,
             approval_id, canonical_parameters, parameter_hash, metadata,
         ))
-        return await self._evaluation.committer.submit_async(req, defer=defer)
+        flight = self._in_flight
+        flight.append(None)
+        try:
+            return await self._evaluation.committer.submit_async(req, defer=defer)
+        finally:
+            flight.pop()
+
+    # --- credentials and roles (chio_kernel._roles does the work; docs/security.md) ---
+
+    def add_credential(self, name: str, role: Role | str) -> str:
+        """Make a named credential with one role (an operator's action); returns its token, once.
+
+        The store keeps only the token's SHA-256; the token cannot be shown again (revoke the
+        credential and add another if it is lost).
+
+        Args:
+            name: 1-64 letters, digits, ``_ . @ -`` (``"alice"``, ``"worker-1"``); unique, also
+                after revocation.
+            role: ``"workload"``, ``"approver"`` or ``"operator"``.
+
+        Returns:
+            The bearer token, ``chio_<role>_<43 characters>``.
+
+        Raises:
+            CredentialError: a malformed name, an unknown role, or a name already taken.
+        """
+        return self._credentials.add(name, role)
+
+    def revoke_credential(self, name: str) -> None:
+        """Revoke a credential: its token authenticates nobody from now on (revoking twice is a no-op).
+
+        A sidecar in another process notices within ``chio_kernel._roles.AUTH_CACHE_SECONDS``.
+
+        Args:
+            name: the credential's name.
+
+        Raises:
+            CredentialError: no credential of that name.
+        """
+        self._credentials.revoke(name)
+
+    def list_credentials(self) -> list[dict[str, Any]]:
+        """Every credential, oldest first: ``name``, ``role``, ``created_at``, ``revoked_at``, ``active``
+        (never a token or its hash).
+
+        Returns:
+            The credentials.
+        """
+        return self._credentials.listed()
+
+    def authenticate(self, token: str) -> Principal | None:
+        """The principal a bearer token proves, or None (unknown, revoked or malformed).
+
+        The token is looked up by its SHA-256 and the stored hash compared in constant time.
+
+        Args:
+            token: the bearer token.
+
+        Returns:
+            ``Principal(role, name)`` or None.
+        """
+        return self._credentials.authenticate(token)
 
     # --- approvals (chio_kernel._approvals does the work; docs/approvals.md) ---
 
@@ -547,8 +695,30 @@ class Kernel:
         """
         return self._approvals.get_approval(approval_id)
 
+    def approvals_page(
+        self, status: str | None = "pending", *, limit: int | None = None, cursor: str | None = None
+    ) -> Page[dict[str, Any]]:
+        """One page of approvals, newest first (``created_at``, then id), as :meth:`get_approval` returns them.
+
+        Args:
+            status: only those whose current status is this (``pending``, ``approved``, ``denied``,
+                ``expired``), or all (None).
+            limit: at most this many (1 to 1,000; default 100). A page may hold fewer while more
+                follow (pending ones whose capability was revoked meanwhile are skipped by a
+                ``pending`` page): page on until ``next_cursor`` is None.
+            cursor: the ``next_cursor`` of the previous page (None: the first page).
+
+        Returns:
+            The page: ``items`` and ``next_cursor`` (None on the last page).
+
+        Raises:
+            KernelInputError: an unknown status, a bad limit, or a cursor this listing (with this
+                status) did not hand out.
+        """
+        return self._approvals.page(status, limit, cursor)
+
     def list_approvals(self, status: str | None = "pending", *, limit: int | None = None) -> list[dict[str, Any]]:
-        """Approvals oldest first, as :meth:`get_approval` returns them.
+        """Approvals newest first, as :meth:`get_approval` returns them (every page of :meth:`approvals_page`).
 
         Args:
             status: only those whose current status is this (``pending`` — still answerable —,
@@ -564,11 +734,14 @@ class Kernel:
         return self._approvals.list_approvals(status, limit=limit)
 
     def respond_approval(
-        self, approval_id: str, outcome: str, reason: str | None = None, *, approver: str = "operator"
+        self, approval_id: str, outcome: str, reason: str | None = None, *,
+        approver: Principal | str | None = None,
     ) -> ChioReceipt:
-        """The kernel's operator answers an approval, once.
+        """An approver (or the operator) answers an approval; each answer is its own signed receipt.
 
-        After the commit it calls the waker of every wake registered on the approval (each bounded by
+        A grant may ask for K distinct approvers (``{"threshold_units": N, "approvers": K}``): the
+        approval is approved by the K-th distinct approver's yes; one no denies it. After the final
+        answer's commit it calls the waker of every wake registered on the approval (each bounded by
         ``$CHIO_WAKE_TIMEOUT``; a failing waker changes nothing and raises nothing here);
         :meth:`last_wake_report` tells what was woken.
 
@@ -576,14 +749,18 @@ class Kernel:
             approval_id: the approval.
             outcome: ``"approved"`` or ``"denied"``.
             reason: why (recorded and signed).
-            approver: who answered (a label recorded in the receipt).
+            approver: the authenticated principal answering (its name and role are signed into the
+                resolution receipt); None: this process, as the operator (named ``operator``). A
+                plain string is deprecated (recorded as an operator of that name, DeprecationWarning).
 
         Returns:
             The signed resolution receipt (in the chain).
 
         Raises:
             ApprovalNotFoundError: unknown approval.
-            ApprovalConflictError: answered already, expired, or its capability was revoked.
+            ApprovalConflictError: answered already, expired, its capability was revoked, or this
+                approver answered it already.
+            ApprovalForbiddenError: the approver is a workload, or the principal whose call waits.
             KernelInputError: a malformed argument.
         """
         if not _telemetry.enabled():
@@ -619,6 +796,22 @@ class Kernel:
         return _telemetry.traced_answer(
             self, answered or "", lambda: self._approvals.respond_approval_token(token, approval_id)
         )
+
+    def pending_as_deny(self, pending: ChioReceipt, metadata: Mapping[str, str] | None = None) -> ChioReceipt:
+        """A signed deny (guard ``approval``) for a client that does not understand ``pending_approval``.
+
+        The sidecar answers a pending call with it unless the request says ``X-Chio-Pending:
+        understood`` (a stock ``chio_sdk.ChioClient`` checks only ``is_denied``: without the deny it
+        would run the call). The approval stays recorded; the deny names it and how to approve it.
+
+        Args:
+            pending: the pending receipt :meth:`evaluate` answered.
+            metadata: who asked (signed into the deny's ``metadata``).
+
+        Returns:
+            The signed deny receipt (in the chain).
+        """
+        return self._approvals.pending_as_deny(pending, metadata)
 
     def register_approval_wake(self, approval_id: str, wake: Mapping[str, Any]) -> dict[str, Any]:
         """Register what wakes the run waiting for this approval once it is answered.
@@ -658,6 +851,18 @@ class Kernel:
         """
         return self._approvals.last_wake_report(approval_id)
 
+    @property
+    def webhooks(self) -> WebhookOutbox:
+        """The approval webhook outbox in this kernel's store (``chio_kernel._webhooks``, docs/inbox.md).
+
+        A :class:`~chio_kernel._webhooks.WebhookDeliverer` sends it; the inbox lists its dead letters.
+        """
+        outbox: WebhookOutbox | None = self.__dict__.get("_webhook_outbox")
+        if outbox is None:
+            outbox = WebhookOutbox(self._gate.read, self._gate.write, self._clock, self._approvals.get_approval)
+            self.__dict__["_webhook_outbox"] = outbox
+        return outbox
+
     # --- budget holds (chio_kernel._holds does the work; docs/budgets.md) ---
 
     @property
@@ -665,7 +870,10 @@ class Kernel:
         """Seconds an unsettled hold lives before it expires."""
         return self._holds.ttl
 
-    def settle(self, receipt_id: str, actual_cost: MonetaryAmount | Mapping[str, Any], op_id: str) -> ChioReceipt:
+    def settle(
+        self, receipt_id: str, actual_cost: MonetaryAmount | Mapping[str, Any], op_id: str, *,
+        metadata: Mapping[str, str] | None = None,
+    ) -> ChioReceipt:
         """Settle the hold placed by an allow: capture the actual cost, free the rest.
 
         A settle after the hold expired captures up to the budget left then (``after_expiry``).
@@ -674,6 +882,8 @@ class Kernel:
             receipt_id: the allow receipt that placed the hold.
             actual_cost: ``{units, currency}`` (minor units), in the hold's currency.
             op_id: names this operation: the same ``op_id`` again returns the same receipt.
+            metadata: run context signed into the receipt (the sidecar's ``chio_role`` /
+                ``chio_principal``), as in :meth:`evaluate`.
 
         Returns:
             The signed settle receipt (``metadata["budget"]``: hold, requested, captured, ``capped``
@@ -685,9 +895,11 @@ class Kernel:
             UnknownHoldError: no hold for that receipt id.
             KernelInputError: a malformed cost, or another currency.
         """
-        return self._holds.settle(receipt_id, actual_cost, op_id)
+        return self._holds.settle(receipt_id, actual_cost, op_id, metadata)
 
-    def release(self, receipt_id: str, op_id: str, reason: str = "released") -> ChioReceipt:
+    def release(
+        self, receipt_id: str, op_id: str, reason: str = "released", *, metadata: Mapping[str, str] | None = None
+    ) -> ChioReceipt:
         """Free the whole hold of an allow (compensation).
 
         Releasing a hold that already expired returns the expiry receipt (it is free already).
@@ -696,6 +908,7 @@ class Kernel:
             receipt_id: the allow receipt that placed the hold.
             op_id: names this operation (same rules as :meth:`settle`).
             reason: why (recorded and signed).
+            metadata: run context signed into the receipt, as in :meth:`settle`.
 
         Returns:
             The signed release receipt.
@@ -704,7 +917,7 @@ class Kernel:
             HoldConflictError: the hold was closed by a different operation, or ``op_id`` reused.
             UnknownHoldError: no hold for that receipt id.
         """
-        return self._holds.release(receipt_id, op_id, reason)
+        return self._holds.release(receipt_id, op_id, reason, metadata)
 
     def expire_holds(self) -> list[ChioReceipt]:
         """Expire every open hold past the TTL now, a signed receipt each.
@@ -728,6 +941,31 @@ class Kernel:
             ``grants``; or None.
         """
         return self._holds.get(receipt_id)
+
+    def holds_page(
+        self,
+        *,
+        state: str | None = None,
+        capability_id: str | None = None,
+        limit: int | None = None,
+        cursor: str | None = None,
+    ) -> Page[dict[str, Any]]:
+        """One page of budget holds, newest first (``created_at``, then receipt id), as :meth:`get_hold` returns them.
+
+        Args:
+            state: only holds in this state (``open``, ``settled``, ``released``, ``expired``; an
+                open hold past its TTL stays ``open`` until it is swept), or all (None).
+            capability_id: only the holds placed by this capability's allows.
+            limit: at most this many (1 to 1,000; default 100).
+            cursor: the ``next_cursor`` of the previous page (None: the first page).
+
+        Returns:
+            The page: ``items`` and ``next_cursor`` (None on the last page).
+
+        Raises:
+            KernelInputError: an unknown state, a bad limit, or a cursor this listing did not hand out.
+        """
+        return self._holds.page(state, capability_id, limit, cursor)
 
     def budgets(self, capability_id: str) -> list[dict[str, Any]]:
         """The budgets of a capability and its ancestors, per budgeted grant, exact now.
@@ -838,6 +1076,37 @@ class Kernel:
         """
         return [r for _, r in self.list_receipts_with_seq(capability_id=capability_id, limit=limit, after_seq=after_seq)]
 
+    def receipts_page(
+        self,
+        *,
+        capability_id: str | None = None,
+        verdict: str | None = None,
+        since: int | None = None,
+        metadata: Mapping[str, str] | None = None,
+        newest_first: bool = False,
+        limit: int | None = None,
+        cursor: str | None = None,
+    ) -> Page[tuple[int, ChioReceipt]]:
+        """One page of ``(seq, receipt)``, filtered as :meth:`query_receipts` filters, in chain order
+        (or newest first).
+
+        Args:
+            capability_id: only this capability's receipts.
+            verdict: ``"allow"`` or ``"deny"``.
+            since: unix seconds: receipts whose ``timestamp`` is at or after it.
+            metadata: exact values of top-level keys of the receipt's ``metadata``.
+            newest_first: newest first, else chain order.
+            limit: at most this many (1 to 10,000; default 100).
+            cursor: the ``next_cursor`` of the previous page, made with the same filters and order.
+
+        Returns:
+            The page: ``items`` and ``next_cursor`` (None on the last page).
+
+        Raises:
+            KernelInputError: a malformed filter, a bad limit, or a cursor this listing did not hand out.
+        """
+        return self._receipts.page(capability_id, verdict, since, metadata, (newest_first, limit, cursor))
+
     def receipt_count(self) -> int:
         """How many receipts the store holds.
 
@@ -862,7 +1131,7 @@ class Kernel:
 
         Args:
             capability_id: only this capability's receipts.
-            verdict: ``"allow"`` or ``"deny"``.
+            verdict: ``"allow"``, ``"deny"``, ``"pending_approval"`` or ``"approval_resolution"``.
             since: unix seconds: receipts whose ``timestamp`` is at or after it.
             metadata: exact values of top-level keys of the receipt's ``metadata``.
             after_seq: only receipts after this store position (for following the log).
@@ -897,6 +1166,153 @@ class Kernel:
             one :class:`ChainStatus` per chain in ``chains``.
         """
         return self._receipts.verify_chain(batch)
+
+    # --- signed Merkle checkpoints (chio_kernel._checkpoints does the work; docs/checkpoints.md) ---
+
+    @property
+    def checkpoint_every(self) -> int:
+        """Receipts per automatic checkpoint (0: automatic checkpoints off)."""
+        return self._checkpoints.every
+
+    @property
+    def checkpoint_interval(self) -> float:
+        """Seconds after which pending receipts are checkpointed even short of ``checkpoint_every``."""
+        return self._checkpoints.interval
+
+    def checkpoint_now(self) -> list[dict[str, Any]]:
+        """Checkpoint every committed receipt not covered yet (``checkpoint_every`` per checkpoint, 256 when 0).
+
+        Returns:
+            The new signed checkpoints ``{"body", "signature"}``, oldest first (empty when nothing is pending).
+        """
+        return self._checkpoints.cut()
+
+    def list_checkpoints(self, *, kernel_id: str | None = None, first: int = 1,
+                         last: int | None = None) -> list[dict[str, Any]]:
+        """Stored signed checkpoints numbered ``first..last``, oldest first.
+
+        Args:
+            kernel_id: one kernel's (its hex public key); None: every kernel's in the store.
+            first: the first checkpoint number.
+            last: the last one (None: up to the newest).
+
+        Returns:
+            ``{"body": {chio.checkpoint_statement.v1 fields}, "signature": hex}`` per checkpoint.
+        """
+        return self._checkpoints.stored(kernel_id, first, last)
+
+    def get_checkpoint(self, checkpoint_seq: int) -> dict[str, Any] | None:
+        """This kernel's checkpoint with that number, or None (the first stored, if several: see verify).
+
+        Args:
+            checkpoint_seq: the checkpoint's number in this kernel's sequence (1 is the first).
+
+        Returns:
+            The stored checkpoint (its signed ``chio.checkpoint_statement.v1`` body and signature), or None.
+        """
+        found = self._checkpoints.stored(self.public_key_hex, checkpoint_seq, checkpoint_seq)
+        return found[0] if found else None
+
+    def inclusion_proof(self, receipt_id: str) -> dict[str, Any]:
+        """The proof that a receipt is in this kernel's signed log (a checkpoint is cut first if none covers it).
+
+        Check it with :func:`chio_kernel.proofs.verify_inclusion` and the kernel's public key only.
+
+        Args:
+            receipt_id: the receipt to prove (of any kernel's chain in this store).
+
+        Returns:
+            ``{"schema": "chio.receipt_inclusion_proof.v1", "receipt", "checkpoint", "proof"}``.
+
+        Raises:
+            KernelInputError: no such receipt.
+        """
+        return self._checkpoints.inclusion_proof(receipt_id)
+
+    def consistency_proof(self, first: int, last: int) -> dict[str, Any]:
+        """The proof that checkpoint ``last`` extends checkpoint ``first`` (both this kernel's).
+
+        Check it with :func:`chio_kernel.proofs.verify_consistency` and the kernel's public key only.
+
+        Args:
+            first: the earlier checkpoint's number.
+            last: the later checkpoint's number (``>= first``).
+
+        Returns:
+            ``{"schema": "chio.checkpoint_consistency_chain.v1", "checkpoints", "links", ...}``.
+
+        Raises:
+            KernelInputError: bad numbers, or a checkpoint missing or stored twice.
+        """
+        return self._checkpoints.consistency_proof(first, last)
+
+    def verify_checkpoints(self, *, trusted_keys: Iterable[str] | None = None) -> CheckpointReport:
+        """Check every kernel's chain against that kernel's signed checkpoints (what ``verify_chain`` cannot see).
+
+        Names: deleted or truncated receipts a checkpoint covers, receipts changed under a checkpoint,
+        equivocation (two checkpoints with one number, or one differing from this kernel's witness
+        file), forged checkpoint rows, receipts after the newest checkpoint not signed by the key they
+        name and, given ``trusted_keys`` on a fleet store, registered key rows no trusted key vouches for.
+
+        Args:
+            trusted_keys: every fleet kernel's key (a fleet store); None: key rows are not checked.
+
+        Returns:
+            ``CheckpointReport(ok, checkpoints, covered, problems, uncovered)`` (``uncovered``: the chains
+            no checkpoint covers yet, such as the migrated ``fleet-v1``).
+        """
+        self._trust.learn(None)
+        registered = None
+        if self._fleet is not None:
+            registered = [k["public_key"] for k in self._fleet.registered_keys()]
+        anchors = None if trusted_keys is None else _check_trusted_keys(trusted_keys) | self.trusted_keys
+        return self._checkpoints.verify(self._trust.issuers, registered, anchors)
+
+    def export_evidence(
+        self,
+        directory: str | os.PathLike[str],
+        *,
+        capability_id: str | None = None,
+        metadata: Mapping[str, str] | None = None,
+        since: int | None = None,
+        until: int | None = None,
+    ) -> dict[str, Any]:
+        """Write an evidence package of the matching receipts of this kernel's chain into ``directory`` (new or empty).
+
+        Pending receipts are checkpointed first, so every exported receipt carries its inclusion proof.
+        On a fleet store each kernel exports its own chain's receipts (the package is signed and proved
+        under its key alone).
+        Check the package offline with :func:`chio_kernel.verify_evidence` (or
+        ``chio-durable receipts verify-evidence``); the layout is in docs/checkpoints.md.
+
+        Args:
+            directory: where to write the package.
+            capability_id: only this capability's receipts.
+            metadata: only receipts whose metadata has these values (a run: ``{"flow_run_id": ...}``).
+            since: only receipts at or after this unix second.
+            until: only receipts before this unix second.
+
+        Returns:
+            The manifest (``chio.evidence_export_manifest.v1``).
+
+        Raises:
+            KernelInputError: a malformed filter, or ``directory`` not empty.
+        """
+        self.checkpoint_now()
+        rows = self.query_receipts(capability_id=capability_id, metadata=metadata, since=since)
+        ids = [r.id for _, r in rows if until is None or r.timestamp < until]
+        receipts, checkpoints, proofs = self._checkpoints.evidence_parts(ids)
+        lineage = _lineage(self._capabilities.capability_info, {str(r["capability_id"]) for _, r in receipts})
+        query = {k: v for k, v in (("capabilityId", capability_id), ("metadata", dict(metadata or {}) or None),
+                                   ("since", since), ("until", until)) if v is not None}
+        db = self.data_dir / "kernel.db"
+        retention = {
+            "liveDbSizeBytes": db.stat().st_size if self._fleet is None and db.exists() else None,
+            "oldestLiveReceiptTimestamp": next((r.timestamp for _, r in self.list_receipts_with_seq(limit=1)), None),
+        }
+        return write_evidence(Path(directory), kernel_key=self.public_key_hex, sign_hex=self._signer.sign_hex,
+                              exported_at=int(self._clock()), query=query, receipts=receipts,
+                              checkpoints=checkpoints, proofs=proofs, lineage=lineage, retention=retention)
 
     def health(self) -> dict[str, Any]:
         """Status summary (what the sidecar's ``/chio/health`` returns).

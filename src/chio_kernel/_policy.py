@@ -11,7 +11,7 @@ from chio_sdk.models import Operation, ToolGrant
 
 from chio_kernel._capabilities import _Cap
 from chio_kernel._coerce import _iso
-from chio_kernel._guards import check_constraints, describe_grant, grant_matches
+from chio_kernel._guards import check_constraints, describe_grants, grant_matches
 
 __all__ = ["Deny", "PolicyState", "check_valid", "decide", "passing_grants"]
 
@@ -132,7 +132,7 @@ def passing_grants(
         if len(cap.plans) < 4096:
             cap.plans[plan_key] = matching
     if not matching:
-        allowed = "; ".join(describe_grant(g) for g in cap.grants) or "nothing (it has no tool grants)"
+        allowed = describe_grants(cap.grants) or "nothing (it has no tool grants)"
         raise Deny(
             "scope",
             f"{_owner(cid, inherited)} does not allow {op.value} on {tool_server}/{tool_name}; it allows {allowed}. "

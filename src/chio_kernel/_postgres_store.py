@@ -42,7 +42,15 @@ from typing import TYPE_CHECKING, Any, cast
 from urllib.parse import urlsplit, urlunsplit
 
 from chio_kernel._errors import KernelKeyRetiredError, StoreConflictError, StoreUnavailableError
-from chio_kernel._sql_store import APPROVAL_COLS, HOLD_COLS, MAX_UNITS, SqlReader, SqlWriter, hold_row
+from chio_kernel._sql_store import (
+    APPROVAL_COLS,
+    CHECKPOINT_DDL,
+    HOLD_COLS,
+    MAX_UNITS,
+    SqlReader,
+    SqlWriter,
+    hold_row,
+)
 from chio_kernel._store import GENESIS_HASH, LEGACY_CHAIN, ApprovalRow, HoldRow, StoredCounts
 
 if TYPE_CHECKING:
@@ -72,6 +80,7 @@ CREATE TABLE IF NOT EXISTS capabilities (
     created_at DOUBLE PRECISION NOT NULL, token TEXT NOT NULL, ord BIGSERIAL
 );
 CREATE INDEX IF NOT EXISTS capabilities_parent ON capabilities(parent_id);
+CREATE INDEX IF NOT EXISTS capabilities_page ON capabilities(created_at, id);
 CREATE TABLE IF NOT EXISTS revocations (
     capability_id TEXT PRIMARY KEY, revoked_at DOUBLE PRECISION NOT NULL, cause TEXT NOT NULL
 );
@@ -103,11 +112,19 @@ CREATE TABLE IF NOT EXISTS approvals (
     ord BIGSERIAL
 );
 CREATE INDEX IF NOT EXISTS approvals_status ON approvals(status, created_at);
+CREATE INDEX IF NOT EXISTS approvals_page ON approvals(created_at, id);
+CREATE INDEX IF NOT EXISTS approvals_status_page ON approvals(status, created_at, id);
 CREATE TABLE IF NOT EXISTS approval_wakes (
     approval_id TEXT NOT NULL, wake_json TEXT NOT NULL, created_at DOUBLE PRECISION NOT NULL, ord BIGSERIAL
 );
 -- unique (approval_id, wake_json) through md5: a 4 KiB wake is beyond a btree entry's size limit
 CREATE UNIQUE INDEX IF NOT EXISTS approval_wakes_unique ON approval_wakes(approval_id, md5(wake_json));
+CREATE TABLE IF NOT EXISTS webhook_outbox (
+    id TEXT PRIMARY KEY, approval_id TEXT NOT NULL, url TEXT NOT NULL, body TEXT NOT NULL,
+    created_at DOUBLE PRECISION NOT NULL, state TEXT NOT NULL, attempts BIGINT NOT NULL DEFAULT 0,
+    next_at DOUBLE PRECISION NOT NULL, last_error TEXT, delivered_at DOUBLE PRECISION, UNIQUE (approval_id, url)
+);
+CREATE INDEX IF NOT EXISTS webhook_outbox_due ON webhook_outbox(state, next_at);
 
 CREATE TABLE IF NOT EXISTS idempotency_keys (
     key_hash TEXT PRIMARY KEY, fingerprint TEXT NOT NULL, receipt_seq BIGINT NOT NULL
@@ -118,6 +135,8 @@ CREATE TABLE IF NOT EXISTS holds (
     state TEXT NOT NULL, captured_units BIGINT NOT NULL DEFAULT 0, closed_by TEXT, closed_seq BIGINT
 );
 CREATE INDEX IF NOT EXISTS holds_open ON holds(expires_at) WHERE state = 'open';
+CREATE INDEX IF NOT EXISTS holds_page ON holds(state, created_at, receipt_id);
+CREATE INDEX IF NOT EXISTS holds_capability_page ON holds(capability_id, created_at, receipt_id);
 CREATE TABLE IF NOT EXISTS hold_grants (
     receipt_id TEXT NOT NULL, capability_id TEXT NOT NULL, grant_index BIGINT NOT NULL,
     PRIMARY KEY (receipt_id, capability_id, grant_index)
@@ -126,6 +145,14 @@ CREATE INDEX IF NOT EXISTS hold_grants_capability ON hold_grants(capability_id, 
 CREATE TABLE IF NOT EXISTS hold_ops (
     receipt_id TEXT NOT NULL, op_id TEXT NOT NULL, fingerprint TEXT NOT NULL, receipt_seq BIGINT NOT NULL,
     PRIMARY KEY (receipt_id, op_id)
+);
+CREATE TABLE IF NOT EXISTS approval_answers (
+    approval_id TEXT NOT NULL, approver TEXT NOT NULL, role TEXT NOT NULL, at BIGINT NOT NULL,
+    receipt_id TEXT NOT NULL, ord BIGSERIAL, PRIMARY KEY (approval_id, approver)
+);
+CREATE TABLE IF NOT EXISTS credentials (
+    name TEXT PRIMARY KEY, role TEXT NOT NULL, token_hash TEXT NOT NULL UNIQUE,
+    created_at DOUBLE PRECISION NOT NULL, revoked_at DOUBLE PRECISION
 );
 CREATE TABLE IF NOT EXISTS kernel_keys (
     public_key TEXT PRIMARY KEY, label TEXT NOT NULL, registered_at DOUBLE PRECISION NOT NULL,
@@ -281,13 +308,9 @@ class _PgReader(SqlReader):
         )
         return [(str(k), int(n), str(h)) for k, n, h in rows]
 
-    def chain_receipts(self, kernel_id: str, after: int, limit: int) -> list[tuple[int, str]]:
-        """``(chain_seq, body)`` of one kernel's chain after ``after``, in chain order."""
-        rows = self._all(
-            "SELECT chain_seq, body FROM receipts WHERE kernel_id = ? AND chain_seq > ? ORDER BY chain_seq LIMIT ?",
-            (kernel_id, after, limit),
-        )
-        return [(int(n), str(b)) for n, b in rows]
+    def _chain(self, kernel_id: str) -> tuple[str, str, str, list[Any]]:
+        """One kernel's chain: its receipts' ``chain_seq``s, selected by ``kernel_id``."""
+        return "chain_seq", "kernel_id", " AND kernel_id = ?", [kernel_id]
 
     # --- the fleet's keys (PostgreSQL only) ---
 
@@ -534,6 +557,9 @@ class PostgresStore:
         self._pid = os.getpid()
         self._inherited: list[Any] = []
         self._closed = False
+        self._read_lock = threading.Lock()
+        self._read_conn: psycopg.Connection[Any] | None = None
+        self._read_pid = os.getpid()
         self._conn = self._connect()
         try:
             with self._conn.transaction():  # several kernels may create (or migrate) the schema at once
@@ -541,6 +567,8 @@ class PostgresStore:
                 if self._schema_version() == "1":
                     self._conn.execute(cast("Any", MIGRATE_1_TO_2))
                 self._conn.execute(cast("Any", SCHEMA))
+                for statement in CHECKPOINT_DDL:
+                    self._conn.execute(cast("Any", statement))
                 if signer_key is not None:
                     self._conn.execute(
                         "INSERT INTO kernel_keys(public_key, label, registered_at) VALUES (%s, %s, %s) "
@@ -553,6 +581,11 @@ class PostgresStore:
         from psycopg import sql
 
         self._begin = cast("Any", sql.SQL("BEGIN; SELECT * FROM chio_chain_lock({})").format(sql.Literal(signer_key)))
+        try:
+            self._read_conn = self._connect()  # reads never share the writer's connection
+        except BaseException:
+            self._conn.close()
+            raise
 
     def _schema_version(self) -> str | None:
         """The stored schema version (None: a new database)."""
@@ -597,13 +630,18 @@ class PostgresStore:
         """
         with self._lock_for_pid():
             conn = self._connection()
-            try:
-                cur = conn.execute(self._begin)  # BEGIN; SELECT ...: the second result is the lock's
-                cur.nextset()
-                begun = cur.fetchone()
-            except Exception as err:
-                self._rollback(conn)
-                raise _wrap(err, self._signer) from err
+            for attempt in (1, 2):
+                try:
+                    cur = conn.execute(self._begin)  # BEGIN; SELECT ...: the second result is the lock's
+                    cur.nextset()
+                    begun = cur.fetchone()
+                    break
+                except Exception as err:
+                    self._rollback(conn)
+                    if attempt == 1 and conn.broken:  # lost since last used (nothing was sent): reopen once
+                        conn = self._connection()
+                        continue
+                    raise _wrap(err, self._signer) from err
             writer = _PgWriter(conn, self._signer, begun)
             try:
                 yield writer
@@ -626,11 +664,27 @@ class PostgresStore:
         except Exception:  # pragma: no cover - the connection went away meanwhile
             pass
 
+    def _reader(self) -> psycopg.Connection[Any]:
+        """The reader connection (with ``self._read_lock`` held): never the writer's, so a read
+        waits neither for a writer's locks (``chio_chain_lock``, row locks) nor for this process's writer."""
+        if self._closed:
+            raise RuntimeError(f"the PostgreSQL store {self.description} is closed")
+        if self._read_pid != os.getpid() or self._read_conn is None:
+            if self._read_conn is not None:  # after fork: the parent's session, never closed here
+                self._inherited.append(self._read_conn)
+            self._read_pid, self._read_conn = os.getpid(), self._connect()
+        elif self._read_conn.broken or self._read_conn.closed:
+            self._read_conn = self._connect()
+        return self._read_conn
+
     @contextmanager
     def read(self) -> Iterator[_PgReader]:
-        """Short reads of committed state (each statement sees the latest commits)."""
-        with self._lock_for_pid():
-            yield _PgReader(self._connection(), self._signer)
+        """Short reads of committed state (each statement sees the latest commits), on the reader
+        connection: no writer lock, and no wait for this process's write transaction."""
+        if self._read_pid != os.getpid():  # a lock held by a parent thread at fork time would never be released
+            self._read_lock = threading.Lock()
+        with self._read_lock:
+            yield _PgReader(self._reader(), self._signer)
 
     @contextmanager
     def snapshot(self) -> Iterator[_PgReader]:
@@ -669,3 +723,5 @@ class PostgresStore:
                 self._closed = True
                 if os.getpid() == self._pid:
                     self._conn.close()
+                if self._read_conn is not None and os.getpid() == self._read_pid:
+                    self._read_conn.close()

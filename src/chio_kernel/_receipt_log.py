@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from chio_sdk.models import ChioReceipt
@@ -11,11 +11,17 @@ from pydantic import ValidationError
 from chio_kernel._capabilities import Trust
 from chio_kernel._coerce import _require_str
 from chio_kernel._errors import KernelInputError
+from chio_kernel._paging import Page, Yielder, check_limit, decode_cursor, encode_cursor
 from chio_kernel._receipts import ChainReport, verify_chain, verify_receipt_dict
 from chio_kernel._store import ReceiptQuery
 from chio_kernel._store_factory import StoreGate
 
-__all__ = ["ReceiptLog"]
+__all__ = ["MAX_RECEIPT_PAGE_LIMIT", "VERDICTS", "ReceiptLog"]
+
+#: The largest page of receipts (the sidecar's ``GET /v1/receipts?limit=`` maximum too).
+MAX_RECEIPT_PAGE_LIMIT = 10_000
+#: The verdicts a receipt listing filters by (``decision.verdict`` as stored).
+VERDICTS = ("allow", "deny", "pending_approval", "approval_resolution")
 
 
 def _check_count(name: str, value: Any) -> None:
@@ -31,6 +37,7 @@ class ReceiptLog:
         """Read through ``gate``; ``trust`` says whose receipt signatures count."""
         self._gate = gate
         self._trust = trust
+        self.busy: Callable[[], bool] | None = None  # evaluations in flight: pages pause for them
 
     def problem(self, data: dict[str, Any]) -> str | None:
         """Why a receipt (``model_dump(exclude_none=True)`` form) does not verify, or None."""
@@ -93,23 +100,24 @@ class ReceiptLog:
         metadata: Mapping[str, str] | None,
         window: tuple[int, int | None, bool],
         capability_index: bool,
+        before_seq: int | None = None,
     ) -> list[tuple[int, ChioReceipt]]:
         """The receipts matching every filter, filtered by the store (see ``Kernel.query_receipts``).
 
-        ``window`` is ``(after_seq, limit, newest_first)``.
+        ``window`` is ``(after_seq, limit, newest_first)``; ``before_seq``: only before this position.
         """
         after_seq, limit, newest_first = window
         if capability_id is not None:
             _require_str("capability_id", capability_id, max_len=256)
-        if verdict is not None and verdict not in ("allow", "deny"):
-            raise KernelInputError(f"verdict must be 'allow' or 'deny', got {verdict!r}")
+        if verdict is not None and verdict not in VERDICTS:
+            raise KernelInputError(f"verdict must be one of {', '.join(VERDICTS)}, got {verdict!r}")
         for name, value in (("since", since), ("after_seq", after_seq), ("limit", limit)):
             _check_count(name, value)
         pairs = tuple((str(k), _require_str(f"metadata[{k!r}]", v)) for k, v in (metadata or {}).items())
         try:
             query = ReceiptQuery(after_seq=after_seq, limit=limit, newest_first=newest_first,
                                  capability_id=capability_id, verdict=verdict, since=since, metadata=pairs,
-                                 capability_index=capability_index)
+                                 capability_index=capability_index, before_seq=before_seq)
         except ValueError as err:
             raise KernelInputError(str(err)) from None
         if capability_id is not None and capability_index:
@@ -117,6 +125,27 @@ class ReceiptLog:
         with self._gate.read() as st:
             rows = st.query_receipts(query)
         return [(seq, ChioReceipt.model_validate_json(body)) for seq, body in rows]
+
+    def page(
+        self,
+        capability_id: str | None,
+        verdict: str | None,
+        since: int | None,
+        metadata: Mapping[str, str] | None,
+        window: tuple[bool, int | None, str | None],
+    ) -> Page[tuple[int, ChioReceipt]]:
+        """One page of ``(seq, receipt)`` (see ``Kernel.receipts_page``); ``window`` is
+        ``(newest_first, limit, cursor)``."""
+        newest_first, limit, cursor = window
+        n = check_limit(limit, maximum=MAX_RECEIPT_PAGE_LIMIT)
+        filters = [capability_id, verdict, since, sorted((metadata or {}).items()), bool(newest_first)]
+        pos = decode_cursor(cursor, "receipts", filters, (int,))
+        after = pos[0] if pos and not newest_first else 0
+        before = pos[0] if pos and newest_first else None
+        Yielder(self.busy).pause()
+        rows = self.query(capability_id, verdict, since, metadata, (after, n + 1, bool(newest_first)), True, before)
+        more = len(rows) > n
+        return Page(rows[:n], encode_cursor("receipts", filters, [rows[n - 1][0]]) if more else None)
 
     def verify_chain(self, batch: int) -> ChainReport:
         """Walk one consistent snapshot checking every signature and link (see ``Kernel.verify_chain``)."""

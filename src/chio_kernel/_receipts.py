@@ -17,6 +17,7 @@ from chio_sdk.models import ChioReceipt, Decision, HttpReceipt, ToolCallAction
 from pydantic import BaseModel, ValidationError
 
 from chio_kernel._errors import KernelInputError
+from chio_kernel._guards import MAX_REASON_CHARS, bound_reason
 from chio_kernel._ids import _uuid7_str
 from chio_kernel._store import GENESIS_HASH, LEGACY_CHAIN, StoreReader, StoreWriter
 from chio_kernel.canonical import canonical_json, canonical_json_str
@@ -284,6 +285,9 @@ def build_receipt(
     through the models.
     """
     verdict = decision["verdict"]
+    reason = decision.get("reason")
+    if reason is not None and len(reason) > MAX_REASON_CHARS:  # a bounded receipt, whatever the reason
+        decision = {**decision, "reason": bound_reason(reason)}
     if _plain_metadata(metadata) and call.params_text is not None and call.params_ascii is not None and (
         verdict == "allow" or (verdict == "deny" and len(decision) == 3)
     ):

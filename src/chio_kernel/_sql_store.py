@@ -14,9 +14,11 @@ import json
 from collections.abc import Sequence
 from typing import Any
 
-from chio_kernel._store import ApprovalRow, CapabilityRow, HoldRow, ReceiptQuery
+from chio_kernel._store import ApprovalRow, CapabilityRow, CheckpointRow, HoldRow, ReceiptQuery, WebhookRow
 
-__all__ = ["APPROVAL_COLS", "HOLD_COLS", "MAX_UNITS", "SqlReader", "SqlWriter", "hold_row"]
+__all__ = [
+    "APPROVAL_COLS", "CHECKPOINT_DDL", "HOLD_COLS", "MAX_UNITS", "WEBHOOK_COLS", "SqlReader", "SqlWriter", "hold_row",
+]
 
 APPROVAL_COLS = (
     "id, capability_id, tool_server, tool_name, parameter_hash, call_hash, subject, summary, created_at, "
@@ -26,6 +28,20 @@ HOLD_COLS = (
     "receipt_id, capability_id, policy_hash, units, currency, created_at, expires_at, state, captured_units, "
     "closed_by, closed_seq"
 )
+#: The signed Merkle checkpoints (chio_kernel._checkpoints), the same DDL on both dialects. The key
+#: holds the body digest, so two different checkpoints with one number (equivocation) can both be
+#: stored and shown; the cutter numbers checkpoints inside a write transaction, so it never makes two.
+CHECKPOINT_DDL = (
+    "CREATE TABLE IF NOT EXISTS checkpoints ("
+    " kernel_id TEXT NOT NULL, checkpoint_seq BIGINT NOT NULL, batch_start_seq BIGINT NOT NULL,"
+    " batch_end_seq BIGINT NOT NULL, sha256 TEXT NOT NULL, body TEXT NOT NULL, signature TEXT NOT NULL,"
+    " leaves TEXT NOT NULL, PRIMARY KEY (kernel_id, checkpoint_seq, sha256))",
+    "CREATE INDEX IF NOT EXISTS checkpoints_end ON checkpoints(kernel_id, batch_end_seq)",
+)
+_CHECKPOINT_COLS = "kernel_id, checkpoint_seq, batch_start_seq, batch_end_seq, sha256, body, signature, leaves"
+#: Ids per ``IN (...)`` list (SQLite allows 32,766 parameters per statement).
+_IN_CHUNK = 500
+WEBHOOK_COLS = "id, approval_id, url, body, created_at, state, attempts, next_at, last_error, delivered_at"
 #: Budgets saturate at 2^63-1 (both stores keep units as a 64-bit integer).
 MAX_UNITS = 9223372036854775807
 _CAP_SQL = "SELECT id, token, parent_id, subject, issued_at, expires_at, rate_max, rate_per FROM capabilities WHERE id = ?"
@@ -39,6 +55,17 @@ def hold_row(r: Sequence[Any]) -> HoldRow:
     return HoldRow(
         str(r[0]), str(r[1]), str(r[2]), int(r[3]), str(r[4]), float(r[5]), float(r[6]), str(r[7]), int(r[8]),
         None if r[9] is None else str(r[9]), None if r[10] is None else int(r[10]),
+    )
+
+
+def _checkpoint_row(r: Sequence[Any]) -> CheckpointRow:
+    return CheckpointRow(str(r[0]), int(r[1]), int(r[2]), int(r[3]), str(r[4]), str(r[5]), str(r[6]), str(r[7]))
+
+
+def _webhook_row(r: Sequence[Any]) -> WebhookRow:
+    return WebhookRow(
+        str(r[0]), str(r[1]), str(r[2]), str(r[3]), float(r[4]), str(r[5]), int(r[6]), float(r[7]),
+        None if r[8] is None else str(r[8]), None if r[9] is None else float(r[9]),
     )
 
 
@@ -86,9 +113,39 @@ class SqlReader:
         first = self.receipts_after(0, 1)[0][1]
         return [(str(json.loads(first).get("kernel_key", "")), seq, head)]
 
+    def _chain(self, kernel_id: str) -> tuple[str, str, str, list[Any]]:
+        """``(position column, chain id column, filter, its parameters)`` selecting one kernel's chain.
+
+        SQLite holds one chain (its kernel's): the positions are the ``seq``s, the filter is empty and
+        the id column ``NULL``; PostgreSQL overrides this with ``chain_seq`` and ``kernel_id``.
+        """
+        return "seq", "NULL", "", []
+
     def chain_receipts(self, kernel_id: str, after: int, limit: int) -> list[tuple[int, str]]:
-        """``(seq, body)`` of the chain after ``after`` (the store's one chain: ``kernel_id`` names it)."""
-        return self.receipts_after(after, limit)
+        """``(position, body)`` of one kernel's chain after position ``after``, in chain order."""
+        pos, _, where, params = self._chain(kernel_id)
+        rows = self._all(f"SELECT {pos}, body FROM receipts WHERE {pos} > ?{where} ORDER BY {pos} LIMIT ?",
+                         [after, *params, limit])
+        return [(int(n), str(b)) for n, b in rows]
+
+    def chain_between(self, kernel_id: str, first: int, last: int) -> list[tuple[int, str]]:
+        """``(position, body)`` of one kernel's chain from position ``first`` to ``last``, in chain order."""
+        pos, _, where, params = self._chain(kernel_id)
+        rows = self._all(f"SELECT {pos}, body FROM receipts WHERE {pos} BETWEEN ? AND ?{where} ORDER BY {pos}",
+                         [first, last, *params])
+        return [(int(n), str(b)) for n, b in rows]
+
+    def chain_end(self, kernel_id: str) -> int:
+        """The newest position of one kernel's chain that the receipt table holds (0: none)."""
+        pos, _, where, params = self._chain(kernel_id)
+        row = self._one(f"SELECT MAX({pos}) FROM receipts WHERE {pos} > 0{where}", params)
+        return 0 if row is None or row[0] is None else int(row[0])
+
+    def receipt_position(self, receipt_id: str) -> tuple[str | None, int] | None:
+        """``(chain id, position)`` of a receipt (chain id None: the store's one chain), or None."""
+        pos, chain, _, _ = self._chain("")
+        row = self._one(f"SELECT {chain}, {pos} FROM receipts WHERE id = ?", (receipt_id,))
+        return None if row is None else (None if row[0] is None else str(row[0]), int(row[1]))
 
     def capability(self, capability_id: str) -> CapabilityRow | None:
         """The stored capability row, or None."""
@@ -109,6 +166,23 @@ class SqlReader:
         cond, params = self._in(ids)
         row = self._one(f"SELECT capability_id FROM revocations WHERE capability_id {cond} LIMIT 1", params)
         return None if row is None else str(row[0])
+
+    def revoked_among(self, ids: Sequence[str]) -> set[str]:
+        """Those of ``ids`` that are revoked (one statement for a page of listings)."""
+        out: set[str] = set()
+        for i in range(0, len(ids), _IN_CHUNK):
+            cond, params = self._in(ids[i:i + _IN_CHUNK])
+            out.update(str(r[0]) for r in self._all(f"SELECT capability_id FROM revocations WHERE capability_id {cond}",
+                                                    params))
+        return out
+
+    def receipt_bodies(self, receipt_ids: Sequence[str]) -> dict[str, str]:
+        """The stored texts of the receipts with these ids (those found), in one statement."""
+        out: dict[str, str] = {}
+        for i in range(0, len(receipt_ids), _IN_CHUNK):
+            cond, params = self._in(receipt_ids[i:i + _IN_CHUNK])
+            out.update((str(r[0]), str(r[1])) for r in self._all(f"SELECT id, body FROM receipts WHERE id {cond}", params))
+        return out
 
     def usage_of(self, capability_id: str) -> list[tuple[int, int, int]]:
         """``(grant_index, invocations, cost_units)`` per used grant of a capability."""
@@ -153,6 +227,9 @@ class SqlReader:
         else:  # the by-capability index, walked in either direction
             sql, order = _RECEIPTS_BY_CAPABILITY, "x.seq"
             params.append(query.capability_id)
+        if query.before_seq is not None:
+            sql += f" AND {order} < ?"
+            params.append(query.before_seq)
         if query.verdict is not None:
             sql += " AND r.verdict = ?"
             params.append(query.verdict)
@@ -168,6 +245,49 @@ class SqlReader:
             sql += " LIMIT ?"
             params.append(query.limit)
         return [(int(s), str(b)) for s, b in self._all(sql, params)]
+
+    def checkpoints(self, kernel_id: str | None, first: int = 1, last: int | None = None) -> list[CheckpointRow]:
+        """Stored checkpoints numbered ``first..last`` (of one kernel, or all), by kernel then number."""
+        sql = f"SELECT {_CHECKPOINT_COLS} FROM checkpoints WHERE checkpoint_seq >= ?"
+        params: list[Any] = [first]
+        if last is not None:
+            sql += " AND checkpoint_seq <= ?"
+            params.append(last)
+        if kernel_id is not None:
+            sql += " AND kernel_id = ?"
+            params.append(kernel_id)
+        rows = self._all(sql + " ORDER BY kernel_id, checkpoint_seq, sha256", params)
+        return [_checkpoint_row(r) for r in rows]
+
+    def checkpoint_kernels(self) -> list[str]:
+        """The kernels (hex public keys) with checkpoints in the store."""
+        return [str(r[0]) for r in self._all("SELECT DISTINCT kernel_id FROM checkpoints ORDER BY kernel_id")]
+
+    def checkpoints_after(self, kernel_id: str, after_seq: int, limit: int) -> list[CheckpointRow]:
+        """A page of a kernel's checkpoints numbered above ``after_seq``, by number (then digest)."""
+        rows = self._all(
+            f"SELECT {_CHECKPOINT_COLS} FROM checkpoints WHERE kernel_id = ? AND checkpoint_seq > ? "
+            "ORDER BY checkpoint_seq, sha256 LIMIT ?",
+            (kernel_id, after_seq, limit),
+        )
+        return [_checkpoint_row(r) for r in rows]
+
+    def last_checkpoint(self, kernel_id: str) -> CheckpointRow | None:
+        """A kernel's newest checkpoint, or None."""
+        row = self._one(
+            f"SELECT {_CHECKPOINT_COLS} FROM checkpoints WHERE kernel_id = ? ORDER BY checkpoint_seq DESC LIMIT 1",
+            (kernel_id,),
+        )
+        return None if row is None else _checkpoint_row(row)
+
+    def checkpoint_covering(self, kernel_id: str, receipt_seq: int) -> CheckpointRow | None:
+        """A kernel's checkpoint whose range holds ``receipt_seq``, or None."""
+        row = self._one(
+            f"SELECT {_CHECKPOINT_COLS} FROM checkpoints WHERE kernel_id = ? AND batch_end_seq >= ? "
+            "ORDER BY batch_end_seq LIMIT 1",
+            (kernel_id, receipt_seq),
+        )
+        return None if row is None or int(row[2]) > receipt_seq else _checkpoint_row(row)
 
     def approval(self, approval_id: str) -> ApprovalRow | None:
         """One approval row, or None."""
@@ -187,6 +307,55 @@ class SqlReader:
             params.append(limit)
         return [ApprovalRow(*r) for r in self._all(sql, params)]
 
+    def approvals_page(
+        self, status: str | None, before: tuple[int, str] | None, limit: int, expiry: tuple[bool, int] | None = None
+    ) -> list[ApprovalRow]:
+        """Approvals newest first (``created_at``, then id, descending) strictly before ``before``.
+
+        ``status`` filters the stored status; ``expiry`` ``(True, now)`` keeps those past their
+        expiry at ``now``, ``(False, now)`` those not yet past it.
+        """
+        conds: list[str] = []
+        params: list[Any] = []
+        if status is not None:
+            conds.append("status = ?")
+            params.append(status)
+        if expiry is not None:
+            conds.append("expires_at <= ?" if expiry[0] else "expires_at > ?")
+            params.append(expiry[1])
+        if before is not None:
+            conds.append("(created_at < ? OR (created_at = ? AND id < ?))")
+            params += [before[0], before[0], before[1]]
+        where = (" WHERE " + " AND ".join(conds)) if conds else ""
+        sql = f"SELECT {APPROVAL_COLS} FROM approvals{where} ORDER BY created_at DESC, id DESC LIMIT ?"
+        return [ApprovalRow(*r) for r in self._all(sql, [*params, limit])]
+
+    def capabilities_page(self, after: tuple[float, str] | None, limit: int) -> list[tuple[float, str, str]]:
+        """``(created_at, id, token)`` oldest first (``created_at``, then id) strictly after ``after``."""
+        sql, params = "SELECT created_at, id, token FROM capabilities", []
+        if after is not None:
+            sql += " WHERE (created_at > ? OR (created_at = ? AND id > ?))"
+            params = [after[0], after[0], after[1]]
+        rows = self._all(sql + " ORDER BY created_at, id LIMIT ?", [*params, limit])
+        return [(float(r[0]), str(r[1]), str(r[2])) for r in rows]
+
+    def holds_page(
+        self, state: str | None, capability_id: str | None, before: tuple[float, str] | None, limit: int
+    ) -> list[HoldRow]:
+        """Holds newest first (``created_at``, then receipt id, descending) strictly before ``before``."""
+        conds: list[str] = []
+        params: list[Any] = []
+        for column, value in (("state", state), ("capability_id", capability_id)):
+            if value is not None:
+                conds.append(f"{column} = ?")
+                params.append(value)
+        if before is not None:
+            conds.append("(created_at < ? OR (created_at = ? AND receipt_id < ?))")
+            params += [before[0], before[0], before[1]]
+        where = (" WHERE " + " AND ".join(conds)) if conds else ""
+        sql = f"SELECT {HOLD_COLS} FROM holds{where} ORDER BY created_at DESC, receipt_id DESC LIMIT ?"
+        return [hold_row(r) for r in self._all(sql, [*params, limit])]
+
     def approval_wakes(self, approval_id: str) -> list[str]:
         """The wakes registered on an approval (canonical JSON), oldest first."""
         rows = self._all(
@@ -194,6 +363,23 @@ class SqlReader:
             (approval_id,),
         )
         return [str(r[0]) for r in rows]
+
+    def unsent_approvals(self, url: str, now: float) -> list[str]:
+        """Pending, unexpired approvals not yet queued for ``url``, oldest first."""
+        rows = self._all(
+            f"SELECT a.id FROM approvals a WHERE a.status = 'pending' AND a.expires_at > ? AND NOT EXISTS "
+            f"(SELECT 1 FROM webhook_outbox o WHERE o.approval_id = a.id AND o.url = ?) ORDER BY a.created_at, a.{self.ORD}",
+            (now, url),
+        )
+        return [str(r[0]) for r in rows]
+
+    def webhook_deliveries(self, state: str | None, limit: int) -> list[WebhookRow]:
+        """Webhook deliveries (of one state, or all), newest first."""
+        sql, params = f"SELECT {WEBHOOK_COLS} FROM webhook_outbox", []
+        if state is not None:
+            sql += " WHERE state = ?"
+            params.append(state)
+        return [_webhook_row(r) for r in self._all(sql + " ORDER BY created_at DESC, id DESC LIMIT ?", [*params, limit])]
 
     def hold(self, receipt_id: str) -> HoldRow | None:
         """The hold of an allow receipt, or None."""
@@ -214,6 +400,33 @@ class SqlReader:
             (capability_id,),
         )
         return [(int(r[0]), int(r[1]), int(r[2])) for r in rows]
+
+    def approval_answers(self, approval_id: str) -> list[tuple[str, str, int, str]]:
+        """``(name, role, at, receipt_id)`` of each approver's answer so far, oldest first."""
+        rows = self._all(
+            f"SELECT approver, role, at, receipt_id FROM approval_answers WHERE approval_id = ? ORDER BY at, {self.ORD}",
+            (approval_id,),
+        )
+        return [(str(r[0]), str(r[1]), int(r[2]), str(r[3])) for r in rows]
+
+    # --- credentials (chio_kernel._roles) ---
+
+    def credential(self, name: str) -> tuple[str, str, str, float | None] | None:
+        """``(name, role, token_hash, revoked_at)`` of a credential, or None."""
+        row = self._one("SELECT name, role, token_hash, revoked_at FROM credentials WHERE name = ?", (name,))
+        return None if row is None else (str(row[0]), str(row[1]), str(row[2]), row[3])
+
+    def credential_by_hash(self, token_hash: str) -> tuple[str, str, str, float | None] | None:
+        """``(name, role, token_hash, revoked_at)`` of the credential whose token hashes to ``token_hash``."""
+        row = self._one(
+            "SELECT name, role, token_hash, revoked_at FROM credentials WHERE token_hash = ?", (token_hash,)
+        )
+        return None if row is None else (str(row[0]), str(row[1]), str(row[2]), row[3])
+
+    def credentials(self) -> list[tuple[str, str, float, float | None]]:
+        """``(name, role, created_at, revoked_at)`` of every credential, oldest first."""
+        rows = self._all("SELECT name, role, created_at, revoked_at FROM credentials ORDER BY created_at, name")
+        return [(str(r[0]), str(r[1]), float(r[2]), None if r[3] is None else float(r[3])) for r in rows]
 
 
 class SqlWriter(SqlReader):
@@ -241,6 +454,10 @@ class SqlWriter(SqlReader):
     def _changed(self, sql: str, params: Sequence[Any]) -> bool:
         """Run an UPDATE / INSERT: did it change exactly one row?"""
         raise NotImplementedError
+
+    def insert_checkpoint(self, row: CheckpointRow) -> None:
+        """Store a signed checkpoint."""
+        self._run(f"INSERT INTO checkpoints({_CHECKPOINT_COLS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?)", tuple(row))
 
     def head_and_revoked(self, lineage: Sequence[str]) -> tuple[int, str, str | None]:
         """The chain head and one revoked id of ``lineage`` (or None), in one statement."""
@@ -360,6 +577,31 @@ class SqlWriter(SqlReader):
             (approval_id, wake_json, created_at),
         )
 
+    def insert_webhook(self, row: WebhookRow) -> bool:
+        """Queue a webhook delivery (one per approval and URL); False if it is queued already."""
+        return self._changed(
+            f"INSERT INTO webhook_outbox({WEBHOOK_COLS}) VALUES ({', '.join('?' * 10)}) ON CONFLICT DO NOTHING",
+            (row.id, row.approval_id, row.url, row.body, row.created_at, row.state, row.attempts, row.next_at,
+             row.last_error, row.delivered_at),
+        )
+
+    def due_webhooks(self, now: float, limit: int) -> list[WebhookRow]:
+        """Pending deliveries whose next attempt is due, earliest first."""
+        rows = self._all(
+            f"SELECT {WEBHOOK_COLS} FROM webhook_outbox WHERE state = 'pending' AND next_at <= ? "
+            "ORDER BY next_at, id LIMIT ?",
+            (now, limit),
+        )
+        return [_webhook_row(r) for r in rows]
+
+    def update_webhook(self, row: WebhookRow) -> None:
+        """Record a delivery attempt's outcome (or a claim: ``next_at`` moved ahead)."""
+        self._run(
+            "UPDATE webhook_outbox SET state = ?, attempts = ?, next_at = ?, last_error = ?, delivered_at = ? "
+            "WHERE id = ?",
+            (row.state, row.attempts, row.next_at, row.last_error, row.delivered_at, row.id),
+        )
+
     def index_capability_batch(self, batch: int) -> bool:
         """Index the next ``batch`` receipts in ``receipts_by_capability``; True if it was caught up already."""
         row = self._one("SELECT v FROM meta WHERE k = 'indexed_by_capability'")
@@ -443,6 +685,24 @@ class SqlWriter(SqlReader):
             (receipt_id, op_id),
         )
         return None if row is None else (str(row[0]), str(row[1]))
+
+    def insert_approval_answer(self, approval_id: str, name: str, role: str, at: int, receipt_id: str) -> None:
+        """Record one approver's answer (its own signed receipt)."""
+        self._run(
+            "INSERT INTO approval_answers(approval_id, approver, role, at, receipt_id) VALUES (?, ?, ?, ?, ?)",
+            (approval_id, name, role, at, receipt_id),
+        )
+
+    def insert_credential(self, name: str, role: str, token_hash: str, created_at: float) -> None:
+        """Store a credential (its token's hash only)."""
+        self._run(
+            "INSERT INTO credentials(name, role, token_hash, created_at) VALUES (?, ?, ?, ?)",
+            (name, role, token_hash, created_at),
+        )
+
+    def revoke_credential(self, name: str, revoked_at: float) -> None:
+        """Mark a credential revoked (it keeps its name)."""
+        self._run("UPDATE credentials SET revoked_at = ? WHERE name = ? AND revoked_at IS NULL", (revoked_at, name))
 
     def remember_hold_op(self, receipt_id: str, op_id: str, fingerprint: str, seq: int) -> None:
         """Remember the receipt at ``seq`` as the answer of ``op_id`` on a hold."""

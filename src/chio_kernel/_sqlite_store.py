@@ -22,12 +22,13 @@ from __future__ import annotations
 import os
 import sqlite3
 import threading
+import weakref
 from collections.abc import Iterator, Sequence
 from typing import Any
 from contextlib import contextmanager
 from pathlib import Path
 
-from chio_kernel._sql_store import SqlWriter
+from chio_kernel._sql_store import CHECKPOINT_DDL, SqlWriter
 from chio_kernel._store import GENESIS_HASH, StoredCounts
 
 __all__ = ["DB_FILE", "GENESIS_HASH", "SCHEMA_VERSION", "SQLiteStore", "open_store"]
@@ -52,6 +53,7 @@ CREATE TABLE IF NOT EXISTS capabilities (
     token       TEXT NOT NULL
 );
 CREATE INDEX IF NOT EXISTS capabilities_parent ON capabilities(parent_id);
+CREATE INDEX IF NOT EXISTS capabilities_page ON capabilities(created_at, id);
 CREATE TABLE IF NOT EXISTS revocations (
     capability_id TEXT PRIMARY KEY,
     revoked_at    REAL NOT NULL,
@@ -114,12 +116,28 @@ CREATE TABLE IF NOT EXISTS approvals (
     consumed_receipt_id   TEXT
 );
 CREATE INDEX IF NOT EXISTS approvals_status ON approvals(status, created_at);
+CREATE INDEX IF NOT EXISTS approvals_page ON approvals(created_at, id);
+CREATE INDEX IF NOT EXISTS approvals_status_page ON approvals(status, created_at, id);
 CREATE TABLE IF NOT EXISTS approval_wakes (
     approval_id TEXT NOT NULL,
     wake_json   TEXT NOT NULL,
     created_at  REAL NOT NULL,
     PRIMARY KEY (approval_id, wake_json)
 );
+CREATE TABLE IF NOT EXISTS webhook_outbox (
+    id           TEXT PRIMARY KEY,
+    approval_id  TEXT NOT NULL,
+    url          TEXT NOT NULL,
+    body         TEXT NOT NULL,
+    created_at   REAL NOT NULL,
+    state        TEXT NOT NULL,
+    attempts     INTEGER NOT NULL DEFAULT 0,
+    next_at      REAL NOT NULL,
+    last_error   TEXT,
+    delivered_at REAL,
+    UNIQUE (approval_id, url)
+);
+CREATE INDEX IF NOT EXISTS webhook_outbox_due ON webhook_outbox(state, next_at);
 
 CREATE TABLE IF NOT EXISTS idempotency_keys (
     key_hash    TEXT PRIMARY KEY,
@@ -140,6 +158,8 @@ CREATE TABLE IF NOT EXISTS holds (
     closed_seq     INTEGER
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS holds_open ON holds(expires_at) WHERE state = 'open';
+CREATE INDEX IF NOT EXISTS holds_page ON holds(state, created_at, receipt_id);
+CREATE INDEX IF NOT EXISTS holds_capability_page ON holds(capability_id, created_at, receipt_id);
 CREATE TABLE IF NOT EXISTS hold_grants (
     receipt_id    TEXT NOT NULL,
     capability_id TEXT NOT NULL,
@@ -154,6 +174,21 @@ CREATE TABLE IF NOT EXISTS hold_ops (
     receipt_seq INTEGER NOT NULL,
     PRIMARY KEY (receipt_id, op_id)
 ) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS approval_answers (
+    approval_id TEXT NOT NULL,
+    approver    TEXT NOT NULL,
+    role        TEXT NOT NULL,
+    at          INTEGER NOT NULL,
+    receipt_id  TEXT NOT NULL,
+    PRIMARY KEY (approval_id, approver)
+);
+CREATE TABLE IF NOT EXISTS credentials (
+    name       TEXT PRIMARY KEY,
+    role       TEXT NOT NULL,
+    token_hash TEXT NOT NULL UNIQUE,
+    created_at REAL NOT NULL,
+    revoked_at REAL
+);
 """
 
 
@@ -203,7 +238,7 @@ def open_store(data_dir: Path, *, fsync: bool = False, timeout: float = 60.0) ->
         # first development builds indexed receipts(capability_id, seq) on every insert; the
         # lazily caught-up receipts_by_capability table replaces it (see Kernel.list_receipts)
         conn.execute("DROP INDEX IF EXISTS receipts_capability")
-        for statement in _statements(_SCHEMA.replace("{genesis}", GENESIS_HASH)):
+        for statement in (*_statements(_SCHEMA.replace("{genesis}", GENESIS_HASH)), *CHECKPOINT_DDL):
             conn.execute(statement)
         conn.execute("INSERT OR IGNORE INTO meta(k, v) VALUES ('schema_version', ?)", (SCHEMA_VERSION,))
         conn.execute("COMMIT")
@@ -319,10 +354,33 @@ class _Ops(SqlWriter):
         return seq
 
 
+class _Reader:
+    """One thread's read-only connection: closed when its thread ends (the thread-local holding it
+    goes) or when the store closes; never closed in a forked child (``pid``)."""
+
+    __slots__ = ("conn", "pid", "__weakref__")
+
+    def __init__(self, conn: sqlite3.Connection) -> None:
+        self.conn = conn
+        self.pid = os.getpid()
+
+    def close(self) -> None:
+        if self.pid == os.getpid():
+            self.conn.close()
+
+    def __del__(self) -> None:
+        try:
+            self.close()
+        except Exception:  # pragma: no cover - interpreter shutdown
+            pass
+
+
 class SQLiteStore:
     """The default :class:`~chio_kernel._store.KernelStore`: ``<data_dir>/kernel.db`` (see the module
-    docstring). One shared connection per process under a lock; ``write()`` is ``BEGIN IMMEDIATE``
-    (the database write lock, so processes sharing the data dir are serialised too)."""
+    docstring). One writer connection per process under a lock; ``write()`` is ``BEGIN IMMEDIATE``
+    (the database write lock, so processes sharing the data dir are serialised too). ``read()``
+    uses a read-only connection of the calling thread instead (WAL: readers never wait for the
+    writer nor block it), so a listing never holds the writer's lock."""
 
     transient_errors: tuple[type[Exception], ...] = (sqlite3.Error,)
 
@@ -339,6 +397,10 @@ class SQLiteStore:
         self._inherited: list[sqlite3.Connection] = []
         self._head_sql: dict[int, str] = {}
         self._closed = False
+        self._local = threading.local()  # each thread's reader connection (closed when the thread ends)
+        self._readers: weakref.WeakSet[_Reader] = weakref.WeakSet()  # the live ones (closed on close)
+        self._readers_lock = threading.Lock()
+        self._readers_pid = self._pid
 
     def __repr__(self) -> str:
         return f"SQLiteStore({str(self.path)!r})"
@@ -380,10 +442,27 @@ class SQLiteStore:
                 raise
             self.commits += 1
 
+    def _reader(self) -> sqlite3.Connection:
+        """The calling thread's read-only connection (opened on first use, again after ``fork``)."""
+        reader: _Reader | None = getattr(self._local, "reader", None)
+        if reader is not None and reader.pid == os.getpid():
+            return reader.conn
+        conn = sqlite3.connect(
+            str(self.path), timeout=self._timeout, isolation_level=None, check_same_thread=False, cached_statements=256
+        )
+        conn.execute(f"PRAGMA busy_timeout = {int(self._timeout * 1000)}")
+        conn.execute("PRAGMA query_only = ON")
+        reader = self._local.reader = _Reader(conn)
+        with self._readers_lock:
+            if self._readers_pid != reader.pid:  # after fork: the parent's readers are not ours to close
+                self._readers, self._readers_pid = weakref.WeakSet(), reader.pid
+            self._readers.add(reader)
+        return conn
+
     @contextmanager
     def read(self) -> Iterator[_Ops]:
-        with self._check_fork():
-            yield _Ops(self._db(), self._head_sql)
+        self._db()  # refuse once closed
+        yield _Ops(self._reader(), self._head_sql)
 
     @contextmanager
     def snapshot(self) -> Iterator[_Ops]:
@@ -435,3 +514,8 @@ class SQLiteStore:
             if not self._closed:
                 self._closed = True
                 self._conn.close()
+                with self._readers_lock:
+                    readers, self._readers = list(self._readers), weakref.WeakSet()
+                if os.getpid() == self._readers_pid:
+                    for reader in readers:
+                        reader.close()

@@ -26,6 +26,9 @@ Data the store keeps (the SQLite schema names them):
 * approval wakes - ``(approval_id, wake_json)`` unique, ``created_at``: what wakes the run waiting
   for an approval once it is answered (``chio_kernel._wakers``); ``wake_json`` is the wake's
   canonical JSON text, so an identical wake registered again is one row.
+* webhook outbox - one row per (approval, webhook URL) (``chio_kernel._webhooks``, docs/inbox.md): the
+  ``id`` sent as ``webhook-id``, the JSON ``body``, ``state`` (``pending``, ``delivered``, ``dead``),
+  ``attempts``, ``next_at`` (when a deliverer may try next), ``last_error``, ``delivered_at``.
 * idempotency keys - the key's hash -> the fingerprint of the call it was first allowed for and the
   ``seq`` of that receipt (a key reused for another call is refused, see ``chio_kernel._holds``);
   the kernel writes these instead of ``idempotency`` rows, and still reads ``idempotency`` rows
@@ -51,8 +54,9 @@ Transaction semantics (what every implementation must guarantee):
   after the other on the same :class:`StoreWriter` and commits once; a caller's answer is released
   only after that commit. If one of them raises, the kernel rolls the whole transaction back and
   runs the calls again one transaction each, so the store needs no savepoints.
-* :meth:`KernelStore.read` yields a :class:`StoreReader` for short reads of committed state (no
-  write lock; it may wait for the store's internal connection lock).
+* :meth:`KernelStore.read` yields a :class:`StoreReader` for short reads of committed state on a
+  connection of its own: it never waits for a writer (neither the database write lock nor the
+  writer's connection lock), so a listing never delays an evaluation.
 * :meth:`KernelStore.snapshot` yields a :class:`StoreReader` on ONE consistent read snapshot that holds
   no kernel lock and blocks no writer (chain verification walks the whole log in it).
 * Errors of the storage layer itself (locked beyond the timeout, disk full, connection lost) are
@@ -67,18 +71,20 @@ from __future__ import annotations
 from collections.abc import Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
-from typing import Protocol, runtime_checkable
+from typing import NamedTuple, Protocol, runtime_checkable
 
 __all__ = [
     "GENESIS_HASH",
     "ApprovalRow",
     "CapabilityRow",
+    "CheckpointRow",
     "HoldRow",
     "KernelStore",
     "ReceiptQuery",
     "StoreReader",
     "StoreWriter",
     "StoredCounts",
+    "WebhookRow",
 ]
 
 #: ``content_hash`` of the first receipt, and the chain head of an empty store.
@@ -126,6 +132,22 @@ class ApprovalRow:
 
 
 @dataclass(frozen=True)
+class WebhookRow:
+    """One webhook delivery of the outbox (see ``chio_kernel._webhooks``). Times are unix seconds."""
+
+    id: str
+    approval_id: str
+    url: str
+    body: str
+    created_at: float
+    state: str  # pending | delivered | dead
+    attempts: int = 0
+    next_at: float = 0.0
+    last_error: str | None = None
+    delivered_at: float | None = None
+
+
+@dataclass(frozen=True)
 class StoredCounts:
     """What a store holds, for the missing-key check: a new signing key would orphan these."""
 
@@ -155,6 +177,7 @@ class ReceiptQuery:
     since: int | None = None
     metadata: tuple[tuple[str, str], ...] = ()
     capability_index: bool = True
+    before_seq: int | None = None  # only receipts before this store position (paging newest first)
 
     def __post_init__(self) -> None:
         for key, _ in self.metadata:  # keys go into a JSON path: plain identifiers only
@@ -181,6 +204,20 @@ class HoldRow:
     captured_units: int = 0
     closed_by: str | None = None
     closed_seq: int | None = None
+
+
+class CheckpointRow(NamedTuple):
+    """One stored signed checkpoint (see ``chio_kernel._checkpoints``): ``body`` is its canonical JSON,
+    ``leaves`` the covered receipts' leaf hashes (hex, concatenated) so proofs need no re-hashing."""
+
+    kernel_id: str
+    checkpoint_seq: int
+    batch_start_seq: int
+    batch_end_seq: int
+    sha256: str
+    body: str
+    signature: str
+    leaves: str
 
 
 class StoreReader(Protocol):
@@ -216,6 +253,14 @@ class StoreReader(Protocol):
 
     def first_revoked(self, ids: Sequence[str]) -> str | None:
         """One of ``ids`` that is revoked (any), or None."""
+        ...
+
+    def revoked_among(self, ids: Sequence[str]) -> set[str]:
+        """Those of ``ids`` that are revoked themselves."""
+        ...
+
+    def receipt_bodies(self, receipt_ids: Sequence[str]) -> dict[str, str]:
+        """``{id: stored JSON text}`` of the receipts with these ids that exist."""
         ...
 
     def usage_of(self, capability_id: str) -> list[tuple[int, int, int]]:
@@ -255,8 +300,36 @@ class StoreReader(Protocol):
         """Approvals (only those with ``status`` unless None), oldest first, at most ``limit``."""
         ...
 
+    def approvals_page(
+        self, status: str | None, before: tuple[int, str] | None, limit: int, expiry: tuple[bool, int] | None = None
+    ) -> list[ApprovalRow]:
+        """At most ``limit`` approvals newest first (``created_at``, id descending), strictly before
+        the position ``before`` (keyset paging); ``status``: only this stored status; ``expiry``
+        ``(True, now)``: only those expired at ``now``, ``(False, now)``: only those not expired."""
+        ...
+
+    def capabilities_page(self, after: tuple[float, str] | None, limit: int) -> list[tuple[float, str, str]]:
+        """At most ``limit`` ``(created_at, id, token JSON)`` oldest first (``created_at``, id),
+        strictly after the position ``after``."""
+        ...
+
+    def holds_page(
+        self, state: str | None, capability_id: str | None, before: tuple[float, str] | None, limit: int
+    ) -> list[HoldRow]:
+        """At most ``limit`` holds newest first (``created_at``, receipt id descending), strictly
+        before ``before``; ``state`` / ``capability_id`` filter when given."""
+        ...
+
     def approval_wakes(self, approval_id: str) -> list[str]:
         """The wakes registered on this approval (canonical JSON texts), oldest first."""
+        ...
+
+    def unsent_approvals(self, url: str, now: float) -> list[str]:
+        """Ids of pending, unexpired approvals with no webhook delivery to ``url`` yet, oldest first."""
+        ...
+
+    def webhook_deliveries(self, state: str | None, limit: int) -> list[WebhookRow]:
+        """Webhook deliveries (only those in ``state`` unless None), newest first, at most ``limit``."""
         ...
 
     def hold(self, receipt_id: str) -> HoldRow | None:
@@ -271,9 +344,63 @@ class StoreReader(Protocol):
         """``(grant_index, held units, open holds)`` of this capability's grants with open holds."""
         ...
 
+    def chain_between(self, kernel_id: str, first: int, last: int) -> list[tuple[int, str]]:
+        """``(position, body)`` of one kernel's chain from position ``first`` to ``last``, in chain order
+        (SQLite: the store's one chain, positions = ``seq``; PostgreSQL: ``kernel_id``'s, by ``chain_seq``)."""
+        ...
+
+    def chain_end(self, kernel_id: str) -> int:
+        """The newest position of one kernel's chain that the receipt table holds (0: none)."""
+        ...
+
+    def receipt_position(self, receipt_id: str) -> tuple[str | None, int] | None:
+        """``(chain id, position)`` of a receipt (chain id None: the store's one chain), or None."""
+        ...
+
+    def checkpoints(self, kernel_id: str | None, first: int = 1, last: int | None = None) -> list[CheckpointRow]:
+        """Stored checkpoints numbered ``first..last`` (of one kernel, or all), by kernel then number."""
+        ...
+
+    def checkpoint_kernels(self) -> list[str]:
+        """The kernels (hex public keys) with checkpoints in the store."""
+        ...
+
+    def checkpoints_after(self, kernel_id: str, after_seq: int, limit: int) -> list[CheckpointRow]:
+        """A page of a kernel's checkpoints numbered above ``after_seq``, by number (then digest)."""
+        ...
+
+    def last_checkpoint(self, kernel_id: str) -> CheckpointRow | None:
+        """A kernel's newest checkpoint, or None."""
+        ...
+
+    def checkpoint_covering(self, kernel_id: str, receipt_seq: int) -> CheckpointRow | None:
+        """A kernel's checkpoint whose range holds ``receipt_seq``, or None."""
+        ...
+
+
+    def approval_answers(self, approval_id: str) -> list[tuple[str, str, int, str]]:
+        """``(name, role, at, receipt_id)`` of each approver's answer so far, oldest first."""
+        ...
+
+    def credential(self, name: str) -> tuple[str, str, str, float | None] | None:
+        """``(name, role, token_hash, revoked_at)`` of a credential, or None."""
+        ...
+
+    def credential_by_hash(self, token_hash: str) -> tuple[str, str, str, float | None] | None:
+        """``(name, role, token_hash, revoked_at)`` of the credential whose token hashes to this."""
+        ...
+
+    def credentials(self) -> list[tuple[str, str, float, float | None]]:
+        """``(name, role, created_at, revoked_at)`` of every credential, oldest first."""
+        ...
+
 
 class StoreWriter(StoreReader, Protocol):
     """The operations of one write transaction (see the module docstring for its guarantees)."""
+
+    def insert_checkpoint(self, row: CheckpointRow) -> None:
+        """Store a signed checkpoint."""
+        ...
 
     def head_and_revoked(self, lineage: Sequence[str]) -> tuple[int, str, str | None]:
         """``chain_head()`` plus ``first_revoked(lineage)`` (one round trip on the evaluation path)."""
@@ -356,6 +483,18 @@ class StoreWriter(StoreReader, Protocol):
         """Register a wake on an approval; False (nothing written) if this very wake is there already."""
         ...
 
+    def insert_webhook(self, row: WebhookRow) -> bool:
+        """Queue a webhook delivery; False (nothing written) if ``(approval_id, url)`` is queued already."""
+        ...
+
+    def due_webhooks(self, now: float, limit: int) -> list[WebhookRow]:
+        """Pending deliveries with ``next_at <= now``, earliest first, at most ``limit``."""
+        ...
+
+    def update_webhook(self, row: WebhookRow) -> None:
+        """Write a delivery's ``state``, ``attempts``, ``next_at``, ``last_error`` and ``delivered_at``."""
+        ...
+
     def idempotency_key(self, key_hash: str) -> tuple[str, str] | None:
         """``(call fingerprint, receipt body)`` of the allow this idempotency key (its hash alone)
         answered, or None."""
@@ -388,6 +527,18 @@ class StoreWriter(StoreReader, Protocol):
 
     def remember_hold_op(self, receipt_id: str, op_id: str, fingerprint: str, seq: int) -> None:
         """Remember that this op_id on this hold answered with the receipt at ``seq``."""
+        ...
+
+    def insert_approval_answer(self, approval_id: str, name: str, role: str, at: int, receipt_id: str) -> None:
+        """Record one approver's answer."""
+        ...
+
+    def insert_credential(self, name: str, role: str, token_hash: str, created_at: float) -> None:
+        """Store a credential (its token's hash only)."""
+        ...
+
+    def revoke_credential(self, name: str, revoked_at: float) -> None:
+        """Mark a credential revoked."""
         ...
 
 

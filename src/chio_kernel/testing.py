@@ -65,12 +65,14 @@ class SidecarProcess:
         port: the loopback port; default a free one (:func:`free_port`).
         token: if given, the sidecar requires ``Authorization: Bearer <token>`` on every request
             (passed as ``CHIO_SIDECAR_TOKEN``, not on the command line).
+        auth: ``"roles"`` to start it with ``--auth roles`` (every request needs a credential token;
+            make them with ``Kernel(data_dir).add_credential``), ``"open"``, or None (the default).
         command: how to run the CLI; default ``[sys.executable, "-m", "chio_kernel.cli"]`` (this
             interpreter, so the same installed packages). ``sidecar --host … --port … --data-dir …``
             is appended.
 
-    ``CHIO_HOME`` and ``CHIO_SIDECAR_TOKEN`` of the calling environment are not passed on: the
-    data directory and token are exactly the ones given here. The sidecar's output (stdout and
+    ``CHIO_HOME``, ``CHIO_SIDECAR_TOKEN`` and ``CHIO_SIDECAR_AUTH`` of the calling environment are not
+    passed on: the data directory, token and mode are exactly the ones given here. The sidecar's output (stdout and
     stderr) is kept in :attr:`output` and quoted in the error when it fails to start.
     """
 
@@ -80,11 +82,13 @@ class SidecarProcess:
         port: int | None = None,
         token: str | None = None,
         *,
+        auth: str | None = None,
         command: Sequence[str] | None = None,
     ) -> None:
         self.data_dir = Path(data_dir)
         self.port = port or free_port()
         self.token = token
+        self.auth = auth
         self.url = f"http://{_LOOPBACK}:{self.port}"
         self.command = list(command) if command is not None else [sys.executable, "-m", "chio_kernel.cli"]
         self.proc: subprocess.Popen[bytes] | None = None
@@ -121,7 +125,9 @@ class SidecarProcess:
             raise RuntimeError(f"port {self.port} on {_LOOPBACK} is already in use; pass another port (or none)")
         args = [*self.command, "sidecar", "--host", _LOOPBACK, "--port", str(self.port),
                 "--data-dir", str(self.data_dir)]
-        env = {k: v for k, v in os.environ.items() if k not in {"CHIO_SIDECAR_TOKEN", "CHIO_HOME"}}
+        if self.auth is not None:
+            args += ["--auth", self.auth]
+        env = {k: v for k, v in os.environ.items() if k not in {"CHIO_SIDECAR_TOKEN", "CHIO_HOME", "CHIO_SIDECAR_AUTH"}}
         if self.token:
             env["CHIO_SIDECAR_TOKEN"] = self.token
         self._lines.clear()
@@ -137,7 +143,10 @@ class SidecarProcess:
                 if self.proc.poll() is not None:
                     raise RuntimeError(f"sidecar exited with {self.proc.returncode}: {self._final_output()}")
                 try:
-                    if http.get(self.url + "/chio/health").status_code == 200 and self.proc.poll() is None:
+                    status = http.get(self.url + "/chio/health").status_code
+                    # in roles mode it answers 401 until asked with a credential: it is up all the same
+                    up = status == 200 or (status == 401 and self.auth == "roles" and not self.token)
+                    if up and self.proc.poll() is None:
                         return self
                 except httpx.HTTPError:
                     pass

@@ -24,7 +24,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 from chio_durable import KernelRejected, as_transport
-from chio_kernel import ApprovalNotFoundError, Kernel, KernelInputError, LocalChioClient, sign_approval_token
+from chio_kernel import ApprovalNotFoundError, Kernel, KernelInputError, LocalChioClient, Principal, sign_approval_token
 from chio_kernel._wakers import MAX_WAKE_BYTES, MAX_WAKES, WAKER_GROUP, register_waker, unregister_waker
 from cli_run import run_cli, run_cli_process
 from kernel_helpers import Clock
@@ -89,7 +89,7 @@ def test_approve_wakes_each_registered_run_once_with_the_outcome(kernel: Kernel,
     assert answer == {"approval_id": aid, "status": "pending", "woken": []}
     assert recorder.calls == []  # nothing is woken before the person answers
 
-    receipt = kernel.respond_approval(aid, "approved", "order checked", approver="alice")
+    receipt = kernel.respond_approval(aid, "approved", "order checked", approver=Principal("approver", "alice"))
     assert isinstance(receipt, ChioReceipt) and receipt.decision.verdict == "approval_resolution"
     assert len(recorder.calls) == 1
     wake, outcome = recorder.calls[0]

@@ -27,6 +27,7 @@ from chio_kernel import (
     Kernel,
     KernelInputError,
     LocalChioClient,
+    Principal,
     sign_approval_token,
 )
 from kernel_helpers import Clock, grant, scope
@@ -114,7 +115,8 @@ def test_pending_is_signed_chained_idempotent_and_charges_nothing(kernel: Kernel
     assert first.decision.verdict == "pending_approval" and first.decision.guard == "approval"
     assert not first.decision.is_allowed and not first.decision.is_denied
     meta = first.metadata["pending_approval"]  # type: ignore[index]
-    assert set(meta) == {"approval_id", "parameter_hash", "expires_at", "summary"}
+    assert set(meta) == {"approval_id", "parameter_hash", "expires_at", "summary", "cost"}
+    assert meta["cost"] == {"units": 250, "currency": "USD"}  # the declared cost, as the inbox shows it
     assert meta["parameter_hash"] == first.action.parameter_hash
     assert meta["expires_at"] == int(clock.now) + kernel.approval_ttl
     assert kernel.verify_receipt(first)
@@ -153,11 +155,12 @@ def test_approve_then_reevaluate_allows_once_and_charges_once(kernel: Kernel) ->
     cap = _cap(kernel)
     pending = _ask(kernel, cap)
     aid = _approval_id(pending)
-    resolution = kernel.respond_approval(aid, "approved", "refund is legit", approver="alice")
+    resolution = kernel.respond_approval(aid, "approved", "refund is legit", approver=Principal("approver", "alice"))
     assert resolution.decision.verdict == "approval_resolution" and not resolution.decision.is_allowed
     res = resolution.metadata["approval_resolution"]  # type: ignore[index]
     assert res == {"approval_id": aid, "outcome": "approved", "approver_key": kernel.public_key_hex,
-                   "approver": "alice", "reason": "refund is legit", "pending_receipt_id": pending.id}
+                   "approver": "alice", "approver_role": "approver", "reason": "refund is legit",
+                   "pending_receipt_id": pending.id}
     assert resolution.action.parameter_hash == pending.action.parameter_hash
     assert kernel.get_approval(aid)["status"] == "approved"  # type: ignore[index]
     assert kernel.list_approvals() == []
@@ -393,3 +396,15 @@ def test_receipts_are_served_as_signed(kernel: Kernel) -> None:
         listed = [x for x in kernel.list_receipts() if x.id == r.id]
         assert listed == [r]
         assert json.loads(r.model_dump_json())["metadata"]
+
+
+def test_the_resolution_receipt_carries_the_run_context_of_the_call_not_who_asked(kernel: Kernel) -> None:
+    cap = _cap(kernel)
+    pending = _ask(kernel, cap, metadata={"workflow_id": "wf-1", "run_id": "r-1"})
+    aid = pending.metadata["pending_approval"]["approval_id"]  # type: ignore[index]
+    resolution = kernel.respond_approval(aid, "approved", "ok")
+    meta = resolution.metadata or {}
+    assert (meta["workflow_id"], meta["run_id"]) == ("wf-1", "r-1")  # `receipts list --workflow-id wf-1` finds it
+    assert "pending_approval" not in meta and meta["approval_resolution"]["approval_id"] == aid
+    found = kernel.query_receipts(metadata={"workflow_id": "wf-1"}, verdict="approval_resolution")
+    assert [r.id for _, r in found] == [resolution.id]

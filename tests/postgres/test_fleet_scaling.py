@@ -20,6 +20,13 @@ import pytest
 from chio_sdk.models import ChioScope, Operation, ToolGrant
 
 from chio_kernel import Kernel
+from chio_kernel.proofs import (
+    CONSISTENCY_SCHEMA,
+    consistency_links,
+    verify_checkpoint,
+    verify_consistency,
+    verify_inclusion,
+)
 from delay_proxy import DelayProxy
 
 WORKER = Path(__file__).with_name("scaling_worker.py")
@@ -38,12 +45,12 @@ def slow_dsn(pg_dsn: str) -> Iterator[str]:
         yield proxy.dsn(pg_dsn)
 
 
-def _start(data_dir: Path, dsn: str, cap: str, threads: int, calls: int, out: Path, warm: bool = True
-           ) -> subprocess.Popen[str]:
+def _start(data_dir: Path, dsn: str, cap: str, threads: int, calls: int, out: Path, warm: bool = True,
+           env: dict[str, str] | None = None) -> subprocess.Popen[str]:
     proc = subprocess.Popen(
         [sys.executable, str(WORKER), str(data_dir), dsn, cap, str(threads), str(calls), str(out), "1" if warm else "0"],
         stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-        env={**os.environ, "CHIO_STORE": ""},
+        env={**os.environ, "CHIO_STORE": "", **(env or {})},
     )
     assert proc.stdout is not None
     line = proc.stdout.readline()
@@ -130,18 +137,22 @@ def test_one_shared_grant_allows_exactly_k_across_64_callers_on_4_processes(
 
 
 @pytest.mark.slow
-def test_kill_9_mid_batch_loses_nothing_handed_out_and_every_chain_verifies(
+def test_kill_9_mid_batch_loses_nothing_handed_out_and_every_chain_and_checkpoint_verifies(
     slow_dsn: str, pg_dsn: str, tmp_path: Path
 ) -> None:
-    issuer = Kernel(tmp_path / "issuer", store=pg_dsn)
+    issuer = Kernel(tmp_path / "issuer", store=pg_dsn, checkpoint_every=0)
     shared = issuer.create_capability("agent:fleet", _scope(10**6)).id
     own = issuer.create_capability("agent:fleet", _scope(10**6)).id
     outs = [tmp_path / f"k{i}.out" for i in range(4)]
-    procs = [_start(tmp_path / f"k{i}", slow_dsn, shared if i % 2 else own, 8, 0, outs[i]) for i in range(4)]
+    cutting = {"CHIO_CHECKPOINT_EVERY": "16", "CHIO_CHECKPOINT_INTERVAL": "0.25"}  # each cuts its chain as it goes
+    procs = [_start(tmp_path / f"k{i}", slow_dsn, shared if i % 2 else own, 8, 0, outs[i], env=cutting)
+             for i in range(4)]
     _go(procs)
     deadline = time.monotonic() + 120
-    while not all(o.exists() and len(o.read_text().splitlines()) >= 30 for o in outs):
-        assert time.monotonic() < deadline, "the workers did not get going"
+    while not (all(o.exists() and len(o.read_text().splitlines()) >= 30 for o in outs)
+               and len({c["body"]["kernel_key"] for c in issuer.list_checkpoints()
+                        if c["body"]["batch_end_seq"] >= 16}) == 4):
+        assert time.monotonic() < deadline, "the workers did not get going (or cut no checkpoint)"
         time.sleep(0.05)
     for p in procs:  # every kernel killed in the middle of its batches (8 callers each, group commit)
         p.send_signal(signal.SIGKILL)
@@ -154,12 +165,46 @@ def test_kill_9_mid_batch_loses_nothing_handed_out_and_every_chain_verifies(
     report = issuer.verify_chain()
     assert report.ok, report.reason
     assert len(report.chains) == 4 and report.count == len(stored)
-    # a killed kernel restarts on its data dir and goes on with its own chain
+    # every checkpoint a killed kernel cut verifies against that kernel's chain, under its key
+    keys = [c.kernel_id for c in report.chains]
+    checks = issuer.verify_checkpoints(trusted_keys=keys)
+    assert checks.ok and checks.uncovered == [], checks.problems
+    assert {c["body"]["kernel_key"] for c in issuer.list_checkpoints()} == set(keys)
+    for key in keys:
+        signed = issuer.list_checkpoints(kernel_id=key)
+        bodies = [verify_checkpoint(c, key) for c in signed]
+        verify_consistency({"schema": CONSISTENCY_SCHEMA, "kernel_id": key, "from_checkpoint_seq": 1,
+                            "to_checkpoint_seq": len(signed), "checkpoints": signed,
+                            "links": consistency_links(bodies)}, key)
+    newest = {k: max(c["body"]["batch_end_seq"] for c in issuer.list_checkpoints(kernel_id=k)) for k in keys}
+    proved: dict[str, int] = {}
+    for rid in handed:  # each handed-out receipt its kernel checkpointed before the kill: proved from any kernel
+        chain, position = _position(issuer, rid)
+        if position <= newest[chain]:
+            proof = issuer.inclusion_proof(rid)
+            assert proof["proof"]["receipt_seq"] == position
+            verify_inclusion(proof, chain)
+            proved[chain] = proved.get(chain, 0) + 1
+    assert sorted(proved) == sorted(keys) and min(proved.values()) >= 15
+    # a killed kernel restarts on its data dir and goes on with its own chain and its checkpoints
     again = Kernel(tmp_path / "k0", store=pg_dsn)
     assert again.evaluate(own, "fs", "read_file", {"path": "/after"}).decision.verdict == "allow"
+    again.checkpoint_now()
+    verify_consistency(again.consistency_proof(1, len(again.list_checkpoints(kernel_id=again.public_key_hex))),
+                       again.public_key_hex)
     report = issuer.verify_chain()
     assert report.ok, report.reason
     chain = {c.kernel_id: c for c in report.chains}[again.public_key_hex]
     assert chain.count == chain.head_seq and chain.ok
+    checks = again.verify_checkpoints(trusted_keys=[*keys, issuer.public_key_hex])  # its witness file too
+    assert checks.ok and checks.uncovered == [], checks.problems
     again.close()
     issuer.close()
+
+
+def _position(kernel: Kernel, receipt_id: str) -> tuple[str, int]:
+    """The receipt's chain (its kernel's key) and its position in it."""
+    with kernel._gate.read() as st:
+        found = st.receipt_position(receipt_id)
+    assert found is not None and found[0] is not None
+    return found[0], found[1]

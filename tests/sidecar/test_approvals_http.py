@@ -18,7 +18,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 from chio_durable import KernelRejected, evaluate
-from chio_kernel import ApprovalConflictError, SidecarClient, sign_approval_token
+from chio_kernel import ApprovalConflictError, LocalChioClient, SidecarClient, sign_approval_token
 from chio_sidecar_harness import Sidecar, run_cli
 from independent_verifier import assert_receipt_verifies
 
@@ -56,9 +56,10 @@ def _new_cap(sidecar: Sidecar, threshold: int = 100, **grant: Any) -> str:
 
 
 async def _ask(client: SidecarClient, cap: str, key: str | None, **kw: Any) -> ChioReceipt:
+    # as this package's layers do: say it understands pending_approval (else a pending call is a deny)
     return await client.evaluate_tool_call(
         capability_id=cap, tool_server="shop", tool_name="refund", parameters=dict(kw.pop("params", PARAMS)),
-        idempotency_key=key, cost=kw.pop("cost", COST), **kw,
+        idempotency_key=key, cost=kw.pop("cost", COST), understands_pending=True, **kw,
     )
 
 
@@ -75,19 +76,42 @@ def _served(sidecar: Sidecar, receipt: ChioReceipt) -> dict[str, Any]:
     return data
 
 
-async def test_stock_chio_client_sees_not_allowed_and_fails_closed(sidecar: Sidecar) -> None:
+async def test_our_clients_fail_closed_unless_they_say_they_understand_pending(sidecar: Sidecar) -> None:
+    cap = _new_cap(sidecar, threshold=0)
+    async with SidecarClient(sidecar.url, timeout=30) as client:
+        plain = await client.evaluate_tool_call(capability_id=cap, tool_server="shop", tool_name="refund",
+                                                parameters=PARAMS)
+        assert plain.is_denied and plain.decision.guard == "approval"  # safe to hand to upstream code
+        said = await _ask(client, cap, None, cost=None)
+        assert said.decision.verdict == "pending_approval" and not said.is_denied
+    local = LocalChioClient(data_dir=sidecar.data_dir)
+    receipt = await local.evaluate_tool_call(capability_id=cap, tool_server="shop", tool_name="refund", parameters=PARAMS)
+    assert receipt.is_denied and receipt.decision.guard == "approval"
+    understood = LocalChioClient(kernel=local.kernel, understands_pending=True)
+    receipt = await understood.evaluate_tool_call(capability_id=cap, tool_server="shop", tool_name="refund",
+                                                  parameters=PARAMS)
+    assert receipt.decision.verdict == "pending_approval"
+    await local.close()
+
+
+async def test_stock_chio_client_gets_a_signed_deny_naming_the_approval(sidecar: Sidecar) -> None:
     cap = _new_cap(sidecar, threshold=0)  # a stock ChioClient sends no cost: 0 units, so threshold 0
     async with ChioClient(sidecar.url, timeout=30) as stock:
         receipt = await stock.evaluate_tool_call(capability_id=cap, tool_server="shop", tool_name="refund", parameters=PARAMS)
-        assert receipt.decision.verdict == "pending_approval"
-        assert not receipt.is_allowed  # a client that knows only allow/deny does not run the call
+        # it never said it understands pending_approval: a deny, which it does not run (fails closed)
+        assert receipt.is_denied and receipt.decision.guard == "approval"
+        aid = receipt.metadata["pending_approval"]["approval_id"]  # type: ignore[index]
+        assert aid in (receipt.decision.reason or "") and f"approvals approve {aid}" in (receipt.decision.reason or "")
         assert await stock.verify_receipt(receipt)
+    # the approval is still recorded, for a person to answer
+    listed = httpx.get(f"{sidecar.url}/approvals/pending", timeout=30).json()["approvals"]
+    assert aid in [a["id"] for a in listed]
     ev = await evaluate(ChioClient(sidecar.url, timeout=30), capability_id=cap, tool_server="shop", tool_name="refund",
                         parameters=PARAMS)
-    assert ev.pending and not ev.allowed and ev.approval_id is not None
+    assert not ev.allowed and not ev.pending and ev.receipt is not None and ev.receipt.is_denied
     with pytest.raises(KernelRejected, match="approval_id"):  # a stock client cannot send it
         await evaluate(ChioClient(sidecar.url, timeout=30), capability_id=cap, tool_server="shop", tool_name="refund",
-                       parameters=PARAMS, approval_id=ev.approval_id)
+                       parameters=PARAMS, approval_id=aid)
 
 
 async def test_pending_approve_reevaluate_once_over_http(sidecar: Sidecar) -> None:
@@ -99,7 +123,7 @@ async def test_pending_approve_reevaluate_once_over_http(sidecar: Sidecar) -> No
         assert_receipt_verifies(_served(sidecar, pending))
 
         listing = httpx.get(f"{sidecar.url}/approvals/pending", timeout=30).json()
-        assert set(listing) == {"approvals", "count"} and listing["count"] == len(listing["approvals"])
+        assert set(listing) == {"approvals", "count", "next_cursor"} and listing["count"] == len(listing["approvals"])
         mine = [a for a in listing["approvals"] if a["id"] == aid]
         assert len(mine) == 1 and mine[0]["parameters"] == PARAMS and mine[0]["status"] == "pending"
         assert (await client.get_approval(aid))["pending_receipt_id"] == pending.id  # type: ignore[index]
@@ -228,8 +252,14 @@ async def test_cli_lists_shows_approves_and_denies_beside_the_sidecar(sidecar: S
         assert listed.returncode == 0 and first in listed.stdout and second in listed.stdout, listed.stdout
         shown = run_cli("approvals", "show", first, "--data-dir", data_dir)
         assert shown.returncode == 0 and '"A-17"' in shown.stdout
+        # --approver is checked, not trusted: bob must be a registered approver credential
+        unknown = run_cli("approvals", "approve", first, "--approver", "bob", "--data-dir", data_dir)
+        assert unknown.returncode == 1 and "not an active approver" in unknown.stderr, unknown.stderr
+        assert run_cli("credentials", "add", "bob", "--role", "approver", "--data-dir", data_dir).returncode == 0
         ok = run_cli("approvals", "approve", first, "--reason", "fine", "--approver", "bob", "--data-dir", data_dir)
         assert ok.returncode == 0 and "approved" in ok.stdout, ok.stderr
+        approval = (await client.get_approval(first)) or {}
+        assert [(a["name"], a["role"]) for a in approval["approvals"]] == [("bob", "approver")]
         no = run_cli("approvals", "deny", second, "--data-dir", data_dir)
         assert no.returncode == 0, no.stderr
         twice = run_cli("approvals", "approve", first, "--data-dir", data_dir)

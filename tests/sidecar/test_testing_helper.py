@@ -20,12 +20,26 @@ async def test_context_manager_serves_then_stops_and_ignores_the_callers_token_e
     with SidecarProcess(tmp_path / "kernel") as sidecar:
         assert sidecar.running and sidecar.url == f"http://127.0.0.1:{sidecar.port}"
         async with ChioClient(sidecar.url) as client:
-            assert (await client.health())["status"] == "ok"  # no auth header needed
+            health = await client.health()
+            assert health["status"] == "ok" and health["auth"] == "open"  # no auth header needed
         assert "data dir " + str(tmp_path / "kernel") in sidecar.output
+        assert "auth OPEN: no credentials, every local process is the operator" in sidecar.output  # said on start
     assert not sidecar.running and sidecar.proc is not None and sidecar.proc.returncode is not None
     with pytest.raises(httpx.ConnectError):
         httpx.get(sidecar.url + "/chio/health", timeout=1)
     assert (tmp_path / "kernel").is_dir() and not (tmp_path / "elsewhere").exists()
+
+
+def test_roles_mode_starts_says_so_and_refuses_requests_without_a_credential(tmp_path: Path) -> None:
+    from chio_kernel import Kernel
+
+    with Kernel(tmp_path / "kernel") as kernel:
+        token = kernel.add_credential("ops", "operator")
+    with SidecarProcess(tmp_path / "kernel", auth="roles") as sidecar:
+        assert "auth roles: every request needs a credential token" in sidecar.output
+        assert httpx.get(sidecar.url + "/chio/health", timeout=30).status_code == 401
+        health = httpx.get(sidecar.url + "/chio/health", headers={"Authorization": f"Bearer {token}"}, timeout=30)
+        assert health.json()["auth"] == "roles"
 
 
 def test_a_taken_port_is_refused_before_launching(sidecar: Sidecar, tmp_path: Path) -> None:

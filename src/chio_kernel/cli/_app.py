@@ -10,10 +10,11 @@ from typing import Annotated
 
 import typer
 
-from chio_kernel.cli import _approvals, _budgets, _capabilities, _keys, _receipts
+from chio_kernel.cli import _approvals, _budgets, _capabilities, _checkpoints, _credentials, _keys, _receipts
 from chio_kernel.cli._common import _read_environment_into_consoles
 from chio_kernel.cli._demo import demo
 from chio_kernel.cli._sidecar import sidecar
+from chio_kernel.cli._ui import ui
 
 __all__ = ["app", "main"]
 
@@ -56,16 +57,30 @@ _GROUPS: tuple[tuple[str, str, tuple[tuple[str, Callable[..., None]], ...]], ...
         ("list", _capabilities.capability_list),
         ("show", _capabilities.capability_show),
     )),
-    ("receipts", "List, follow, show, verify and export signed receipts.", (
+    ("receipts", "List, follow, show, verify, prove and export signed receipts.", (
         ("show", _receipts.receipts_show),
         ("verify", _receipts.receipts_verify),
         ("export", _receipts.receipts_export),
         ("list", _receipts.receipts_list),
         ("tail", _receipts.receipts_tail),
+        ("proof", _checkpoints.receipts_proof),
+        ("verify-proof", _checkpoints.receipts_verify_proof),
+        ("verify-evidence", _checkpoints.receipts_verify_evidence),
+    )),
+    ("checkpoints", "Signed Merkle checkpoints over the receipt log: list, show, cut, consistency proofs.", (
+        ("list", _checkpoints.checkpoints_list),
+        ("show", _checkpoints.checkpoints_show),
+        ("cut", _checkpoints.checkpoints_cut),
+        ("consistency", _checkpoints.checkpoints_consistency),
     )),
     ("keys", "The kernel keys registered in a shared PostgreSQL store (a fleet).", (
         ("list", _keys.keys_list),
         ("retire", _keys.keys_retire),
+    )),
+    ("credentials", "The sidecar's credentials: one token per workload, approver or operator (docs/security.md).", (
+        ("add", _credentials.credentials_add),
+        ("list", _credentials.credentials_list),
+        ("revoke", _credentials.credentials_revoke),
     )),
     ("approvals", "Human approvals of calls above a require_approval_above threshold: list, show, approve, deny.", (
         ("list", _approvals.approvals_list),
@@ -76,6 +91,7 @@ _GROUPS: tuple[tuple[str, str, tuple[tuple[str, Callable[..., None]], ...]], ...
     )),
     ("budgets", "Money budgets: captured, held and remaining amounts; settle, release and expire holds.", (
         ("show", _budgets.budgets_show),
+        ("holds", _budgets.budgets_holds),
         ("settle", _budgets.budgets_settle),
         ("release", _budgets.budgets_release),
         ("expire", _budgets.budgets_expire),
@@ -88,6 +104,7 @@ def _build() -> typer.Typer:
                        pretty_exceptions_enable=False, rich_markup_mode=None)
     root.callback()(_root)
     root.command()(sidecar)
+    root.command()(ui)
     root.command()(demo)
 
     for name, help_text, commands in _GROUPS:

@@ -12,13 +12,19 @@ from rich.table import Table
 
 from chio_kernel._render import _receipt_dict, _ts
 from chio_kernel.cli._common import CliError, _guarded, _kernel, _print_json, out
-from chio_kernel.cli._options import DataDir, JsonFlag, StoreOpt
+from chio_kernel.cli._options import CursorOpt, DataDir, JsonFlag, LimitOpt, StoreOpt, print_next_cursor
 
 __all__ = ["approvals_approve", "approvals_deny", "approvals_list", "approvals_show", "approvals_trust", "wake_lines"]
 
 ReasonOpt = Annotated[str | None, typer.Option("--reason", help="Why (recorded in the signed resolution receipt).")]
 ApproverOpt = Annotated[
-    str, typer.Option("--approver", help="Who answers (recorded in the resolution receipt).")
+    str | None,
+    typer.Option(
+        "--approver",
+        help="Answer as this registered approver or operator credential (`credentials list`); default: the "
+        "operator, named by the OS user running this command. Recorded in the signed resolution receipt.",
+        show_default=False,
+    ),
 ]
 
 
@@ -34,17 +40,21 @@ def approvals_list(
     status: Annotated[
         str, typer.Option(help="pending (still answerable), approved, denied, expired, or all.")
     ] = "pending",
+    limit: LimitOpt = 100,
+    cursor: CursorOpt = None,
     data_dir: DataDir = None,
     store: StoreOpt = None,
     as_json: JsonFlag = False,
 ) -> None:
-    """List approvals (default: the pending ones, oldest first)."""
+    """List approvals, one page, newest first (default: the pending ones)."""
     kernel = _kernel(data_dir, store=store)
-    rows = kernel.list_approvals(None if status == "all" else status)
+    page = kernel.approvals_page(None if status == "all" else status, limit=limit, cursor=cursor)
+    rows = page.items
     if as_json:
         _print_json(rows)
+        print_next_cursor(page.next_cursor)
         return
-    table = Table(title=f"approvals ({status}: {len(rows)})")
+    table = Table(title=f"approvals ({status}: {len(rows)}{' shown' if page.next_cursor else ''}, newest first)")
     for col in ("id", "status", "call", "subject", "expires", "summary"):
         table.add_column(col)
     for a in rows:
@@ -55,6 +65,7 @@ def approvals_list(
     out.print(table)
     if rows and status == "pending":
         out.print(f"approve with: chio-durable approvals approve {rows[0]['id']} --reason '...'", markup=False)
+    print_next_cursor(page.next_cursor)
 
 
 @_guarded
@@ -68,14 +79,34 @@ def approvals_show(
     _print_json(_approval(kernel, approval_id))
 
 
-def _respond(approval_id: str, outcome: str, reason: str | None, approver: str, data_dir: Any, store: Any,
+def _approver(kernel: Any, name: str | None) -> Any:
+    """Who answers from the command line. The CLI acts on the store as the kernel's operator (only the
+    OS user owning the data directory can run it), so without ``--approver`` that is the operator,
+    named ``os:<user>``; ``--approver NAME`` is checked, not trusted: NAME must be an active approver
+    or operator credential of this store."""
+    import getpass
+
+    from chio_kernel._roles import Principal
+
+    if name is None:
+        return Principal("operator", f"os:{getpass.getuser()}")
+    for c in kernel.list_credentials():
+        if c["name"] == name and c["active"] and c["role"] in ("approver", "operator"):
+            return Principal(c["role"], name)
+    raise CliError(
+        f"--approver {name!r} is not an active approver or operator credential of this store; add one with "
+        f"`chio-durable credentials add {name} --role approver` (or leave --approver out to answer as the operator)"
+    )
+
+
+def _respond(approval_id: str, outcome: str, reason: str | None, approver: str | None, data_dir: Any, store: Any,
              as_json: bool) -> None:
-    from chio_kernel._approvals import ApprovalConflictError, ApprovalNotFoundError
+    from chio_kernel._approvals import ApprovalConflictError, ApprovalForbiddenError, ApprovalNotFoundError
 
     kernel = _kernel(data_dir, store=store)
     try:
-        receipt = kernel.respond_approval(approval_id, outcome, reason, approver=approver)
-    except (ApprovalNotFoundError, ApprovalConflictError) as e:
+        receipt = kernel.respond_approval(approval_id, outcome, reason, approver=_approver(kernel, approver))
+    except (ApprovalNotFoundError, ApprovalConflictError, ApprovalForbiddenError) as e:
         raise CliError(str(e)) from None
     wakes = kernel.last_wake_report(approval_id) or []
     if as_json:
@@ -97,7 +128,7 @@ def wake_lines(wakes: list[dict[str, Any]]) -> list[str]:
 def approvals_approve(
     approval_id: Annotated[str, typer.Argument(help="Approval id (apr-...).")],
     reason: ReasonOpt = None,
-    approver: ApproverOpt = "operator",
+    approver: ApproverOpt = None,
     data_dir: DataDir = None,
     store: StoreOpt = None,
     as_json: JsonFlag = False,
@@ -110,7 +141,7 @@ def approvals_approve(
 def approvals_deny(
     approval_id: Annotated[str, typer.Argument(help="Approval id (apr-...).")],
     reason: ReasonOpt = None,
-    approver: ApproverOpt = "operator",
+    approver: ApproverOpt = None,
     data_dir: DataDir = None,
     store: StoreOpt = None,
     as_json: JsonFlag = False,

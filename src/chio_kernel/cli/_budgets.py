@@ -1,4 +1,4 @@
-"""``chio-durable budgets show|settle|release|expire``: the money budgets and their holds (docs/budgets.md)."""
+"""``chio-durable budgets show|holds|settle|release|expire``: the money budgets and their holds (docs/budgets.md)."""
 
 from __future__ import annotations
 
@@ -10,9 +10,9 @@ from rich.markup import escape
 from rich.table import Table
 
 from chio_kernel.cli._common import CliError, _guarded, _kernel, _known_capability, _print_json, out
-from chio_kernel.cli._options import DataDir, JsonFlag, StoreOpt
+from chio_kernel.cli._options import CursorOpt, DataDir, JsonFlag, LimitOpt, StoreOpt, print_next_cursor
 
-__all__ = ["budgets_expire", "budgets_release", "budgets_settle", "budgets_show"]
+__all__ = ["budgets_expire", "budgets_holds", "budgets_release", "budgets_settle", "budgets_show"]
 
 
 def _amount(units: int | None, currency: str | None) -> str:
@@ -55,6 +55,39 @@ def budgets_show(
             _amount(r["remaining"], cur), inv,
         )
     out.print(table)
+
+
+@_guarded
+def budgets_holds(
+    state: Annotated[
+        str | None, typer.Option("--state", help="open, settled, released or expired (default: every state).")
+    ] = None,
+    capability: Annotated[str | None, typer.Option("--capability", help="Only holds of this capability.")] = None,
+    limit: LimitOpt = 100,
+    cursor: CursorOpt = None,
+    data_dir: DataDir = None,
+    store: StoreOpt = None,
+    as_json: JsonFlag = False,
+) -> None:
+    """List budget holds, one page, newest first (an open hold past its TTL shows open until swept)."""
+    kernel = _kernel(data_dir, store=store)
+    if capability is not None:
+        _known_capability(kernel, capability, data_dir)
+    page = kernel.holds_page(state=state, capability_id=capability, limit=limit, cursor=cursor)
+    if as_json:
+        _print_json(page.items)
+    else:
+        table = Table(title=f"holds ({len(page.items)}{' shown' if page.next_cursor else ''}, newest first)")
+        for col in ("receipt", "capability", "amount", "state", "captured", "closed by"):
+            table.add_column(col)
+        for h in page.items:
+            amount = h["amount"]
+            table.add_row(
+                escape(h["receipt_id"]), escape(h["capability_id"]), _amount(amount["units"], amount["currency"]),
+                h["state"], _amount(h["captured_units"], amount["currency"]), escape(h["closed_by"] or "-"),
+            )
+        out.print(table)
+    print_next_cursor(page.next_cursor)
 
 
 def _print_receipt(receipt: Any, as_json: bool) -> None:

@@ -19,7 +19,7 @@ from chio_kernel.cli._common import (
     _print_token,
     out,
 )
-from chio_kernel.cli._options import DataDir, JsonFlag, StoreOpt
+from chio_kernel.cli._options import CursorOpt, DataDir, JsonFlag, LimitOpt, StoreOpt, print_next_cursor
 
 __all__ = [
     "capability_attenuate",
@@ -208,15 +208,19 @@ def capability_revoke(
 
 
 @_guarded
-def capability_list(data_dir: DataDir = None,
+def capability_list(limit: LimitOpt = 100, cursor: CursorOpt = None, data_dir: DataDir = None,
     store: StoreOpt = None, as_json: JsonFlag = False) -> None:
-    """List the capabilities this kernel issued, with their status (--json: {"token", "status", "reason"} each)."""
+    """List the capabilities this kernel issued, one page, oldest first, with their status
+    (--json: {"token", "status", "reason"} each)."""
     kernel = _kernel(data_dir, store=store)
-    tokens = kernel.list_capabilities()
+    page = kernel.capabilities_page(limit=limit, cursor=cursor)
+    tokens = page.items
     if as_json:
         _print_json([_token_dict(kernel, t) for t in tokens])
     else:
-        out.print(_token_table(kernel, tokens, f"capabilities ({len(tokens)})"))
+        shown = " shown" if page.next_cursor else ""
+        out.print(_token_table(kernel, tokens, f"capabilities ({len(tokens)}{shown})"))
+    print_next_cursor(page.next_cursor)
 
 
 @_guarded

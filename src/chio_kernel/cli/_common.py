@@ -90,6 +90,19 @@ def _kernel(data_dir: Path | None, *, must_exist: bool = True, store: str | None
         return Kernel(data_dir=path, store=dsn or "sqlite")
     except KernelKeyMissingError as e:
         raise CliError(str(e)) from None
+    except PermissionError as e:
+        raise CliError(_no_access(path, e)) from None
+
+
+def _no_access(path: Path, e: PermissionError) -> str:
+    """The sentence for a data directory (or its key or store) this OS user may not use."""
+    where = e.filename or path
+    return (
+        f"permission denied on {where}: the kernel data directory {path} belongs to another OS user. The CLI "
+        "acts on the store as the kernel's operator, so only the user that owns the data directory can run it "
+        "(e.g. `sudo -u chio chio-durable ...`); a workload reaches the kernel through the sidecar with its "
+        "credential (docs/security.md)"
+    )
 
 
 def _known_capability(kernel: Any, capability_id: str, data_dir: Path | None) -> Any:

@@ -7,7 +7,10 @@ from typing import Annotated
 
 import typer
 
-__all__ = ["DataDir", "JsonFlag", "StoreOpt"]
+__all__ = [
+    "CursorOpt", "DataDir", "InboxUrl", "JsonFlag", "LimitOpt", "PrefectUi", "StoreOpt", "TemporalNamespace",
+    "TemporalUi", "WebhookSecret", "WebhookUrls", "print_next_cursor",
+]
 
 DataDir = Annotated[
     Path | None,
@@ -15,6 +18,7 @@ DataDir = Annotated[
         "--data-dir",
         help="Kernel data directory (signing key, receipt store). Default: $CHIO_HOME or ~/.chio-durable.",
         show_default=False,
+        readable=False,  # a directory this OS user may not read gets the CLI's own sentence, not click's
     ),
 ]
 StoreOpt = Annotated[
@@ -28,3 +32,45 @@ StoreOpt = Annotated[
     ),
 ]
 JsonFlag = Annotated[bool, typer.Option("--json", help="Print JSON for scripts instead of a table.")]
+LimitOpt = Annotated[int, typer.Option("--limit", min=1, max=1000, help="At most this many (one page; 1 to 1000).")]
+CursorOpt = Annotated[
+    str | None,
+    typer.Option("--cursor", help="Start after the previous page: the cursor it printed ('more: --cursor ...')."),
+]
+
+
+def print_next_cursor(next_cursor: str | None) -> None:
+    """After a page: ``more: --cursor X`` on stderr while more follow (stdout stays the page itself)."""
+    if next_cursor is not None:
+        typer.echo(f"more: --cursor {next_cursor}", err=True)
+
+# --- the inbox and its webhooks (`chio-durable sidecar` and `chio-durable ui`; docs/inbox.md) ---
+
+TemporalUi = Annotated[
+    str | None,
+    typer.Option("--temporal-ui", envvar="CHIO_TEMPORAL_UI", show_default=False,
+                 help="The Temporal UI's address (http://localhost:8233): the inbox links workflow ids there."),
+]
+TemporalNamespace = Annotated[
+    str, typer.Option("--temporal-namespace", help="The Temporal namespace in those links."),
+]
+PrefectUi = Annotated[
+    str | None,
+    typer.Option("--prefect-ui", envvar="CHIO_PREFECT_UI", show_default=False,
+                 help="The Prefect UI's address (http://127.0.0.1:4200): the inbox links flow run ids there."),
+]
+WebhookUrls = Annotated[
+    list[str] | None,
+    typer.Option("--webhook", show_default=False,
+                 help="POST every pending approval, signed (Standard Webhooks), to this URL (repeatable)."),
+]
+WebhookSecret = Annotated[
+    str | None,
+    typer.Option("--webhook-secret", envvar="CHIO_WEBHOOK_SECRET", show_default=False,
+                 help="The whsec_... secret the webhooks are signed with (env CHIO_WEBHOOK_SECRET)."),
+]
+InboxUrl = Annotated[
+    str | None,
+    typer.Option("--inbox-url", show_default=False,
+                 help="The inbox's address as people reach it (https://host/ui), linked from each webhook."),
+]

@@ -27,7 +27,7 @@ from chio_kernel.cli._common import (
     err,
     out,
 )
-from chio_kernel.cli._options import DataDir, JsonFlag, StoreOpt
+from chio_kernel.cli._options import CursorOpt, DataDir, JsonFlag, StoreOpt, print_next_cursor
 
 __all__ = ["parse_since", "receipts_export", "receipts_list", "receipts_show", "receipts_tail", "receipts_verify"]
 
@@ -101,26 +101,35 @@ def receipts_list(
                      help="Only receipts at or after WHEN: ISO-8601 (2026-11-25T10:00:00Z; no zone = UTC) "
                      "or back from now (30s, 10m, 2h, 1d)."),
     ] = None,
-    limit: Annotated[int, typer.Option(min=1, help="At most this many receipts.")] = 100,
+    limit: Annotated[int, typer.Option(min=1, max=10_000, help="At most this many receipts (one page).")] = 100,
+    cursor: CursorOpt = None,
     after_seq: Annotated[int | None, typer.Option("--after-seq", min=0, help="Only after this store position.")] = None,
     oldest_first: Annotated[bool, typer.Option("--oldest-first", help="Chain order instead of newest first.")] = False,
     data_dir: DataDir = None,
     store: StoreOpt = None,
     as_json: JsonFlag = False,
 ) -> None:
-    """List receipts, newest first; the filters combine (AND) and run in the store."""
+    """List receipts, one page, newest first; the filters combine (AND) and run in the store."""
     since_ts = parse_since(since) if since is not None else None
     kernel = _kernel(data_dir, store=store)
-    rows = kernel.query_receipts(
-        **_filters(kernel, data_dir, capability, verdict, flow_run, workflow_id),
-        since=since_ts, after_seq=after_seq or 0, limit=limit, newest_first=not oldest_first,
-    )
+    filters = _filters(kernel, data_dir, capability, verdict, flow_run, workflow_id)
+    next_cursor = None
+    if after_seq is not None:
+        if cursor is not None:
+            raise CliError("pass either --cursor or --after-seq, not both")
+        rows = kernel.query_receipts(**filters, since=since_ts, after_seq=after_seq, limit=limit,
+                                     newest_first=not oldest_first)
+    else:
+        page = kernel.receipts_page(**filters, since=since_ts, limit=limit, cursor=cursor,
+                                    newest_first=not oldest_first)
+        rows, next_cursor = page.items, page.next_cursor
     if as_json:
         _print_json([_receipt_dict(r) for _, r in rows])
     else:
         order = "oldest first" if oldest_first else "newest first"
         out.print(receipt_table([r for _, r in rows], f"receipts ({len(rows)} shown, {order})",
                                 positions=[seq - 1 for seq, _ in rows]))
+    print_next_cursor(next_cursor)
 
 
 def _tail_line(seq: int, r: Any) -> Text:
@@ -209,34 +218,52 @@ def receipts_show(
     out.print("signature: " + ("[green]valid[/]" if ok else "[red]INVALID[/]"))
 
 
+TrustedKeys = Annotated[
+    list[str] | None,
+    typer.Option("--trusted-key", metavar="KEY",
+                 help="A fleet kernel's hex public key (repeat for each): key rows of the store that none of "
+                 "them vouches for are reported as forged. Without it key rows are not checked."),
+]
+
+
 @_guarded
-def receipts_verify(data_dir: DataDir = None,
-    store: StoreOpt = None, as_json: JsonFlag = False) -> None:
-    """Walk every receipt chain (one per kernel): every signature and every hash link. Exit 1 at the first break."""
+def receipts_verify(data_dir: DataDir = None, store: StoreOpt = None, trusted_key: TrustedKeys = None,
+                    as_json: JsonFlag = False) -> None:
+    """Walk every receipt chain (one per kernel: every signature and hash link), then check each chain against
+    its kernel's signed checkpoints (deleted or truncated receipts, equivocation, forged rows). Exit 1 on any problem."""
     kernel = _kernel(data_dir, store=store)
     started = time.perf_counter()
     report = kernel.verify_chain()
+    checks = kernel.verify_checkpoints(trusted_keys=trusted_key)
     took = time.perf_counter() - started
     data = {
-        "ok": bool(report.ok),
+        "ok": bool(report.ok and checks.ok),
         "count": report.count,
         "first_broken_index": report.first_broken_index,
         "reason": report.reason,
         "chains": [chain_dict(c) for c in report.chains],
+        "checkpoints": {"ok": checks.ok, "count": checks.checkpoints, "covered": checks.covered,
+                        "uncovered_chains": checks.uncovered, "problems": checks.problems},
     }
     if as_json:
         _print_json(data)
-    elif report.ok:
-        out.print(f"[green]chain ok[/]: {report.count} receipts, signatures and hash links verified ({took:.2f}s)")
+    elif report.ok and checks.ok:
+        out.print(f"[green]chain ok[/]: {report.count} receipts, signatures and hash links verified; "
+                  f"{checks.checkpoints} checkpoints cover {checks.covered} of them ({took:.2f}s)")
         if len(report.chains) > 1:  # a fleet store: one chain per kernel
             for c in report.chains:
                 out.print(f"  kernel {c.kernel_id}: {c.count} receipts, head {c.head_seq}", markup=False)
+        for chain in checks.uncovered:
+            out.print(f"  chain {chain}: no kernel checkpoints it (hash links and signatures only)", markup=False)
     if not report.ok:
         err.print(
             f"error: receipt chain broken at index {report.first_broken_index}: {report.reason}",
             markup=False,
             highlight=False,
         )
+    for problem in checks.problems:
+        err.print(f"error: {problem}", markup=False, highlight=False)
+    if not (report.ok and checks.ok):
         raise typer.Exit(1)
 
 
@@ -244,12 +271,27 @@ def receipts_verify(data_dir: DataDir = None,
 def receipts_export(
     out_file: Annotated[Path | None, typer.Option("--out", help="Write to FILE instead of stdout.")] = None,
     capability: Annotated[str | None, typer.Option("--capability", help="Only receipts of this capability.")] = None,
+    evidence: Annotated[Path | None, typer.Option(
+        "--evidence", metavar="DIR", help="Write an evidence package (receipts, checkpoints, inclusion proofs, "
+        "capability lineage, signed manifest) into the new or empty directory DIR instead of JSON lines.")] = None,
+    flow_run: FlowRunFilter = None,
+    workflow_id: WorkflowFilter = None,
+    since: Annotated[str | None, typer.Option("--since", metavar="WHEN", help="Only receipts at or after WHEN "
+                                              "(ISO-8601 or back from now: 30s, 10m, 2h, 1d).")] = None,
+    until: Annotated[str | None, typer.Option("--until", metavar="WHEN", help="Only receipts before WHEN.")] = None,
     data_dir: DataDir = None,
     store: StoreOpt = None,
 ) -> None:
-    """Export receipts as JSON lines (one receipt per line, store order)."""
+    """Export receipts as JSON lines (one receipt per line, store order), or as an evidence package."""
     kernel = _kernel(data_dir, store=store)
-    receipts = kernel.list_receipts(capability_id=capability)
+    filters = _filters(kernel, data_dir, capability, None, flow_run, workflow_id)
+    since_ts = parse_since(since) if since is not None else None
+    until_ts = parse_since(until) if until is not None else None
+    if evidence is not None:
+        _export_evidence(kernel, evidence, filters, since_ts, until_ts)
+        return
+    rows = kernel.query_receipts(capability_id=filters["capability_id"], metadata=filters["metadata"], since=since_ts)
+    receipts = [r for _, r in rows if until_ts is None or r.timestamp < until_ts]
     lines = (
         json.dumps(_receipt_dict(r), ensure_ascii=False, separators=(",", ":")) + "\n"
         for r in receipts
@@ -264,3 +306,22 @@ def receipts_export(
         fh.writelines(lines)
     tmp.replace(out_file)  # never leave a half-written export behind
     err.print(f"exported {len(receipts)} receipts to {out_file}", markup=False, highlight=False)
+
+
+def _export_evidence(kernel: Any, directory: Path, filters: dict[str, Any], since: int | None,
+                     until: int | None) -> None:
+    """``export --evidence DIR``."""
+    from chio_kernel._errors import KernelInputError
+
+    try:
+        manifest = kernel.export_evidence(directory, capability_id=filters["capability_id"],
+                                          metadata=filters["metadata"] or None, since=since, until=until)
+    except KernelInputError as e:
+        raise CliError(str(e)) from None
+    counts = manifest["counts"]
+    err.print(
+        f"exported {counts['toolReceipts']} receipts, {counts['checkpoints']} checkpoints and "
+        f"{counts['inclusionProofs']} inclusion proofs to {directory}; check it offline with "
+        f"`chio-durable receipts verify-evidence {directory} --public-key {kernel.public_key_hex}`",
+        markup=False, highlight=False,
+    )

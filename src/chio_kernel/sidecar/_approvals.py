@@ -1,9 +1,12 @@
 """The sidecar's approval endpoints, on upstream Chio's paths (docs/approvals.md):
 
-* ``GET /approvals/pending`` -> ``{"approvals": [...], "count": n}`` (still answerable ones);
+* ``GET /approvals/pending?limit=&cursor=`` -> ``{"approvals": [...], "count": n, "next_cursor"}``
+  (still answerable ones, newest first, one page: ``limit`` 1 to 1,000, default 100; a ``Link``
+  header names the next page);
 * ``GET /approvals/{id}`` -> one approval (404 if unknown);
 * ``POST /approvals/{id}/operator-respond`` ``{"outcome": "approved"|"denied", "reason": "..."}``: the
-  kernel's operator answers (whoever may use this sidecar: loopback, or the bearer token);
+  request's principal answers, named (an approver or operator credential; in open mode the operator
+  ``open``); a workload is 403, and so is the principal whose call waits;
 * ``POST /approvals/{id}/respond`` with a signed approval token from a trusted approver key;
 * ``POST /approvals/{id}/wake`` ``{"wake": {"engine": "<name>", ...}}``: a waiting run registers what
   wakes it once the approval is answered -> ``{"approval_id", "status", "woken": [...]}``.
@@ -23,10 +26,19 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from chio_kernel._approvals import ApprovalConflictError, ApprovalNotFoundError, ApprovalTokenError
-from chio_kernel.sidecar._body import read_object, req_str
+from chio_kernel._approvals import (
+    ApprovalConflictError,
+    ApprovalForbiddenError,
+    ApprovalNotFoundError,
+    ApprovalTokenError,
+)
+from chio_kernel._paging import Page
+from chio_kernel._run_context import PRINCIPAL_KEY
+from chio_kernel.sidecar._auth import ALL_ROLES, admits, check_owner, principal_of
+from chio_kernel.sidecar._body import query_cursor, query_int, read_object, req_str
+from chio_kernel.sidecar._config import MAX_PAGE_LIMIT
 from chio_kernel.sidecar._errors import ApiError, endpoint, found
-from chio_kernel.sidecar._responses import dump_receipt, json_response
+from chio_kernel.sidecar._responses import dump_receipt, json_response, page_answer
 
 __all__ = ["ROUTES"]
 
@@ -47,6 +59,8 @@ async def _answer(kernel: Any, approval_id: str, call: Callable[[], Any]) -> Res
         raise ApiError(409, "approval_conflict", str(err)) from None
     except ApprovalTokenError as err:
         raise ApiError(403, "approval_token_refused", str(err)) from None
+    except ApprovalForbiddenError as err:
+        raise ApiError(403, "forbidden", str(err)) from None
     approval = await run_in_threadpool(kernel.get_approval, approval_id)
     wakes = kernel.last_wake_report(approval_id) or []
     return json_response({"approval": approval, "receipt": dump_receipt(receipt), "wakes": wakes})
@@ -66,20 +80,37 @@ def _wake_body(data: dict[str, Any]) -> dict[str, Any]:
 
 
 @endpoint
+@admits("workload", "approver")
 async def pending(request: Request) -> Response:
-    approvals = await run_in_threadpool(request.app.state.kernel.list_approvals, "pending")
-    return json_response({"approvals": approvals, "count": len(approvals)})
+    q = request.query_params
+    limit = query_int(q.get("limit"), "limit", 1, MAX_PAGE_LIMIT)
+    cursor = query_cursor(q.get("cursor"))
+    kernel = request.app.state.kernel
+    principal = principal_of(request)
+
+    def page() -> Page[dict[str, Any]]:
+        found: Page[dict[str, Any]] = kernel.approvals_page("pending", limit=limit, cursor=cursor)
+        if principal.role == "workload":  # its own calls only (the page's cursor still goes on)
+            found = Page([a for a in found.items if (a.get("requested_by") or {}).get("name") == principal.name],
+                         found.next_cursor)
+        return found
+
+    return await page_answer(request, "approvals", page)
 
 
 @endpoint
+@admits("workload", "approver")
 async def get_approval(request: Request) -> Response:
     aid = _approval_id(request)
     kernel = request.app.state.kernel
     approval = await found(kernel.get_approval, aid, "unknown_approval", f"no approval {aid!r} in this kernel")
+    asked = approval.get("requested_by") or {}
+    check_owner(request, {PRINCIPAL_KEY: asked.get("name")}, f"approval {aid}")
     return json_response(approval)
 
 
 @endpoint
+@admits("approver")
 async def operator_respond(request: Request) -> Response:
     kernel = request.app.state.kernel
     aid = _approval_id(request)
@@ -91,10 +122,12 @@ async def operator_respond(request: Request) -> Response:
     extra = sorted(set(data) - {"outcome", "reason"})
     if extra:
         raise ApiError(422, "invalid_request", f"unknown fields {extra}; send {{\"outcome\", \"reason\"}}")
-    return await _answer(kernel, aid, lambda: kernel.respond_approval(aid, outcome, reason))
+    who = principal_of(request)  # the authenticated approver, named in the resolution receipt
+    return await _answer(kernel, aid, lambda: kernel.respond_approval(aid, outcome, reason, approver=who))
 
 
 @endpoint
+@admits(*ALL_ROLES)
 async def respond(request: Request) -> Response:
     kernel = request.app.state.kernel
     aid = _approval_id(request)
@@ -106,6 +139,7 @@ async def respond(request: Request) -> Response:
 
 
 @endpoint
+@admits("workload")
 async def register_wake(request: Request) -> Response:
     aid = _approval_id(request)
     wake = _wake_body(await read_object(request))

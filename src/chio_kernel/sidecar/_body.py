@@ -31,6 +31,7 @@ __all__ = [
     "opt_int",
     "opt_str",
     "parse_rate_limit",
+    "query_cursor",
     "query_int",
     "read_object",
     "read_scope_object",
@@ -219,6 +220,15 @@ def opt_int(data: dict[str, Any], key: str, *, minimum: int = 0, maximum: int = 
     if isinstance(value, bool) or not isinstance(value, int) or not minimum <= value <= maximum:
         raise ApiError(422, "invalid_request", f"'{key}' must be an integer in [{minimum}, {maximum}]")
     return value
+
+
+def query_cursor(raw: str | None) -> str | None:
+    """The ``cursor`` query parameter (None: the first page); the kernel checks what it says."""
+    if raw is None or raw == "":
+        return None
+    if len(raw) > 1024:
+        raise ApiError(422, "invalid_request", "query parameter 'cursor' must be the next_cursor of the previous page")
+    return raw
 
 
 def query_int(raw: str | None, name: str, minimum: int, maximum: int) -> int | None:

@@ -7,10 +7,12 @@ __all__ = [
     "DEFAULT_HOST",
     "DEFAULT_LIST_LIMIT",
     "DEFAULT_MAX_PENDING_HEADERS",
+    "DEFAULT_PAGE_LIMIT",
     "DEFAULT_PORT",
     "MAX_BODY_BYTES",
     "MAX_JSON_DEPTH",
     "MAX_LIST_LIMIT",
+    "MAX_PAGE_LIMIT",
     "MAX_TTL_SECONDS",
 ]
 
@@ -24,6 +26,9 @@ MAX_JSON_DEPTH = 64
 #: Upper bound for ``GET /v1/receipts?limit=``; the default when no limit is given.
 MAX_LIST_LIMIT = 10_000
 DEFAULT_LIST_LIMIT = 1_000
+#: ``?limit=`` of the approval, capability and hold listings: the default and the largest.
+DEFAULT_PAGE_LIMIT = 100
+MAX_PAGE_LIMIT = 1_000
 #: ``ttl_seconds`` of a capability: at most about ten years.
 MAX_TTL_SECONDS = 10 * 366 * 86400
 #: Seconds a connection may take to deliver a request's complete headers, counted from the moment it

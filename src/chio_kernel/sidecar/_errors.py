@@ -14,7 +14,7 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
 
-from chio_kernel._errors import CapabilityError, KernelInputError
+from chio_kernel._errors import CapabilityError, CapabilityLimitError, KernelInputError
 from chio_kernel._holds import KernelConflictError
 from chio_kernel._postgres_store import KernelKeyRetiredError
 from chio_kernel.sidecar._responses import error_response
@@ -87,6 +87,8 @@ def _client_error(err: Exception) -> Response | None:
         return error_response(err.status, err.error, err.message)
     if isinstance(err, ValidationError):
         return error_response(422, "invalid_request", validation_message(err))
+    if isinstance(err, CapabilityLimitError):  # too many grants, too deep: the sentence names the limit
+        return error_response(422, err.code, short(err, 600))
     if isinstance(err, CapabilityError):
         return error_response(400, "capability_error", short(err))
     if isinstance(err, KernelConflictError):  # e.g. an idempotency key reused for another call (docs/budgets.md)

@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from typing import Any
 
 from chio_sdk.models import CapabilityToken, ChioReceipt, Decision, ToolCallAction
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
 from starlette.responses import Response
-from starlette.types import Send
 
+from chio_kernel._paging import Page
 from chio_kernel._receipts import receipt_wire_dict
 
-__all__ = ["dump_receipt", "dump_token", "dumps", "error_response", "json_response", "receipt_json", "send_json"]
+__all__ = ["dump_receipt", "dump_token", "dumps", "error_response", "json_response", "page_answer", "receipt_json"]
 
 
 def _stdlib_dumps(obj: Any) -> bytes:
@@ -79,18 +82,33 @@ def receipt_json(receipt: ChioReceipt) -> bytes:
     return dumps(data)
 
 
-_JSON_TYPE = (b"content-type", b"application/json")
-
-
-async def send_json(send: Send, body: bytes, status: int = 200) -> None:
-    """Send ``body`` as the JSON answer, with the headers :func:`json_response` gives it (no Response object)."""
-    await send({
-        "type": "http.response.start",
-        "status": status,
-        "headers": [(b"content-length", str(len(body)).encode("latin-1")), _JSON_TYPE],
-    })
-    await send({"type": "http.response.body", "body": body})
-
-
 def dump_token(token: CapabilityToken) -> dict[str, Any]:
     return token.model_dump(mode="json", exclude_none=True)
+
+
+async def page_answer(
+    request: Request,
+    key: str,
+    fetch: Callable[[], Page[Any]],
+    render: Callable[[Any], Any] | None = None,
+    extra: Callable[[Page[Any]], dict[str, Any]] | None = None,
+) -> Response:
+    """One page of a listing: ``{key: items, "count", "next_cursor", **extra(page)}``, and a
+    ``Link: <...>; rel="next"`` header (the same query with ``cursor`` moved on) while more follow.
+
+    The page is read, each item rendered (``render``) and the body serialised in the thread pool:
+    the event loop, which runs the evaluations, only sends the bytes.
+    """
+
+    def build() -> tuple[bytes, str | None]:
+        page = fetch()
+        items = page.items if render is None else [render(item) for item in page.items]
+        more = extra(page) if extra is not None else {}
+        return dumps({key: items, "count": len(items), "next_cursor": page.next_cursor, **more}), page.next_cursor
+
+    body, next_cursor = await run_in_threadpool(build)
+    response = Response(body, media_type="application/json")
+    if next_cursor is not None:
+        following = request.url.remove_query_params("after_seq").include_query_params(cursor=next_cursor)
+        response.headers["Link"] = f'<{following}>; rel="next"'
+    return response

@@ -10,16 +10,28 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from chio_kernel._errors import CapabilityError
-from chio_kernel.sidecar._body import model, opt_int, opt_str, parse_rate_limit, read_object, req_str, scope
-from chio_kernel.sidecar._config import MAX_TTL_SECONDS
+from chio_kernel._errors import CapabilityError, CapabilityLimitError
+from chio_kernel.sidecar._auth import ALL_ROLES, admits, principal_of
+from chio_kernel.sidecar._body import (
+    model,
+    opt_int,
+    opt_str,
+    parse_rate_limit,
+    query_cursor,
+    query_int,
+    read_object,
+    req_str,
+    scope,
+)
+from chio_kernel.sidecar._config import MAX_PAGE_LIMIT, MAX_TTL_SECONDS
 from chio_kernel.sidecar._errors import ApiError, endpoint, found, short
-from chio_kernel.sidecar._responses import dump_token, json_response
+from chio_kernel.sidecar._responses import dump_token, json_response, page_answer
 
 __all__ = ["ROUTES"]
 
 
 @endpoint
+@admits("operator")
 async def create_capability(request: Request) -> Response:
     data = await read_object(request)
     subject = req_str(data, "subject", max_len=4096)
@@ -41,6 +53,7 @@ async def create_capability(request: Request) -> Response:
 
 
 @endpoint
+@admits(*ALL_ROLES)
 async def validate_capability(request: Request) -> Response:
     token = model(CapabilityToken, await read_object(request), "capability token")
     valid, reason = await run_in_threadpool(request.app.state.kernel.validate_capability, token)
@@ -75,6 +88,7 @@ async def _attenuable_parent(kernel: Any, parent: str | CapabilityToken) -> str:
 
 
 @endpoint
+@admits("workload")
 async def attenuate_capability(request: Request) -> Response:
     kernel = request.app.state.kernel
     data = await read_object(request)
@@ -89,15 +103,24 @@ async def attenuate_capability(request: Request) -> Response:
         child = await run_in_threadpool(
             kernel.attenuate_capability, parent_id, new_scope, ttl_seconds=ttl, capability_id=cap_id
         )
+    except CapabilityLimitError as err:
+        raise ApiError(422, err.code, short(err, 600)) from None
     except CapabilityError as err:
+        if principal_of(request).role == "workload":  # narrowing only: widening is not its to do
+            raise ApiError(403, "forbidden", f"a workload may only narrow a capability: {short(err)}") from None
         raise ApiError(400, "not_attenuable", short(err)) from None
     return json_response(dump_token(child))
 
 
 @endpoint
+@admits("operator")
 async def list_capabilities(request: Request) -> Response:
-    tokens = await run_in_threadpool(request.app.state.kernel.list_capabilities)
-    return json_response({"capabilities": [dump_token(t) for t in tokens], "count": len(tokens)})
+    q = request.query_params
+    limit = query_int(q.get("limit"), "limit", 1, MAX_PAGE_LIMIT)
+    cursor = query_cursor(q.get("cursor"))
+    kernel = request.app.state.kernel
+    return await page_answer(request, "capabilities", lambda: kernel.capabilities_page(limit=limit, cursor=cursor),
+                             dump_token)
 
 
 async def _known_capability(request: Request) -> tuple[str, Any]:
@@ -109,12 +132,14 @@ async def _known_capability(request: Request) -> tuple[str, Any]:
 
 
 @endpoint
+@admits("workload")
 async def get_capability(request: Request) -> Response:
     _, token = await _known_capability(request)
     return json_response(dump_token(token))
 
 
 @endpoint
+@admits("operator")
 async def revoke_capability(request: Request) -> Response:
     cid, _ = await _known_capability(request)
     revoked = await run_in_threadpool(request.app.state.kernel.revoke_capability, cid)

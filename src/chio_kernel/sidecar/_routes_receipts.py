@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections import deque
 from typing import Any
 
 from chio_sdk.models import ChioReceipt, ChioScope, MonetaryAmount, Operation
@@ -9,20 +10,23 @@ from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
-from starlette.types import Receive, Scope, Send
 
+from chio_kernel._approvals import PENDING_HEADER, PENDING_VERDICT
 from chio_kernel._kernel import MAX_COST_UNITS
 from chio_kernel._receipts import chain_dict
+from chio_kernel._run_context import PRINCIPAL_KEY
+from chio_kernel.sidecar._auth import ALL_ROLES, admits, asked_by, check_owner, principal_of
 from chio_kernel.sidecar._body import (
-    model, opt_str, query_int, read_object, read_scope_object, req_str, run_metadata,
+    model, opt_str, query_cursor, query_int, read_object, read_scope_object, req_str, run_metadata,
 )
 from chio_kernel.sidecar._config import DEFAULT_LIST_LIMIT, MAX_LIST_LIMIT
-from chio_kernel.sidecar._errors import ApiError, endpoint, error_answer, found
-from chio_kernel.sidecar._responses import dump_receipt, json_response, receipt_json, send_json
+from chio_kernel.sidecar._errors import ApiError, endpoint, found
+from chio_kernel.sidecar._responses import dump_receipt, json_response, page_answer, receipt_json
 
-__all__ = ["ROUTES", "evaluate_direct"]
+__all__ = ["ROUTES"]
 
 _OPERATIONS = ", ".join(o.value for o in Operation)
+_NO_COUNT: deque[None] = deque()
 
 
 def _parameters(data: dict[str, Any]) -> dict[str, Any]:
@@ -50,8 +54,23 @@ def _operation(data: dict[str, Any]) -> Operation:
         raise ApiError(422, "invalid_request", f"'operation' must be one of {_OPERATIONS}") from None
 
 
-async def _decide(state: Any, data: dict[str, Any]) -> bytes:
-    """One ``/v1/evaluate`` body, checked, evaluated and answered: the receipt as JSON bytes."""
+_PENDING_UNDERSTOOD = PENDING_HEADER.lower()
+
+
+@endpoint
+@admits("workload")
+async def evaluate(request: Request) -> Response:
+    # listings pause while evaluations are in flight (a wrapped kernel without the count: a stand-in)
+    flight = getattr(request.app.state.kernel, "_in_flight", _NO_COUNT)
+    flight.append(None)
+    try:
+        return await _evaluate(request)
+    finally:
+        flight.pop()
+
+
+async def _evaluate(request: Request) -> Response:
+    data = await read_scope_object(request.scope, request.receive)  # the body without Request.stream()
     capability_id = req_str(data, "capability_id", max_len=256)
     tool_server = req_str(data, "tool_server")
     tool_name = req_str(data, "tool_name")
@@ -61,35 +80,24 @@ async def _decide(state: Any, data: dict[str, Any]) -> bytes:
         "cost": _cost(data),
         "operation": _operation(data),
         "approval_id": opt_str(data, "approval_id", max_len=256),  # a re-evaluation (docs/approvals.md)
-        "metadata": run_metadata(data),
+        "metadata": asked_by(request, run_metadata(data)),
     }
     # the client's parameter_hash is ignored: the kernel computes its own
-    kernel = state.kernel
-    if state.evaluate_inline:  # group commit on the loop (see _app.create_app), one commit per loop turn
+    kernel = request.app.state.kernel
+    if request.app.state.evaluate_inline:  # group commit on the loop (see _app.create_app), one commit per turn
         receipt = await kernel._evaluate_async(capability_id, tool_server, tool_name, parameters, defer=True, **kwargs)
     else:
         receipt = await run_in_threadpool(kernel.evaluate, capability_id, tool_server, tool_name, parameters, **kwargs)
-    return receipt_json(receipt)
+    if (
+        receipt.decision.verdict == PENDING_VERDICT
+        and request.headers.get(_PENDING_UNDERSTOOD, "").strip().lower() != "understood"
+    ):  # fail closed: a client that knows only allow/deny would run a pending call
+        receipt = await run_in_threadpool(kernel.pending_as_deny, receipt, kwargs["metadata"])
+    return Response(receipt_json(receipt), media_type="application/json")  # json_response(dump_receipt(...))
 
 
 @endpoint
-async def evaluate(request: Request) -> Response:
-    return Response(await _decide(request.app.state, await read_object(request)), media_type="application/json")
-
-
-async def evaluate_direct(app: Any, scope: Scope, receive: Receive, send: Send) -> None:
-    """``POST /v1/evaluate`` as :func:`evaluate` answers it, from the ASGI scope: no ``Request`` or
-    ``Response`` object unless it fails (then the same error answer, :func:`error_answer`)."""
-    try:
-        body = await _decide(app.state, await read_scope_object(scope, receive))
-    except Exception as err:  # mapped as every endpoint maps it: 4xx, store 503, a bug of ours 500 (logged)
-        scope["app"] = app
-        await error_answer(Request(scope, receive), err)(scope, receive, send)
-        return
-    await send_json(send, body)
-
-
-@endpoint
+@admits("workload")
 async def record_denial(request: Request) -> Response:
     """A signed deny receipt for a call a layer refused before evaluation (chio_kernel._denials)."""
     data = await read_object(request)
@@ -106,12 +114,13 @@ async def record_denial(request: Request) -> Response:
     envelope = model(ChioScope, data["envelope"], "envelope") if data.get("envelope") is not None else None
     receipt = await run_in_threadpool(
         request.app.state.kernel.record_denial, capability_id, tool_server, tool_name, parameters,
-        guard=guard, reason=reason, envelope=envelope, metadata=run_metadata(data),
+        guard=guard, reason=reason, envelope=envelope, metadata=asked_by(request, run_metadata(data)),
     )
     return json_response(dump_receipt(receipt))
 
 
 @endpoint
+@admits(*ALL_ROLES)
 async def verify_receipt(request: Request) -> Response:
     receipt = model(ChioReceipt, await read_object(request), "receipt")
     valid = await run_in_threadpool(request.app.state.kernel.verify_receipt, receipt)
@@ -119,33 +128,52 @@ async def verify_receipt(request: Request) -> Response:
 
 
 @endpoint
+@admits("workload")
 async def get_receipt(request: Request) -> Response:
     rid = request.path_params["receipt_id"]
     kernel = request.app.state.kernel
     receipt = await found(kernel.get_receipt, rid, "unknown_receipt", f"no receipt {rid!r} in this kernel's store")
+    check_owner(request, receipt.metadata, f"receipt {rid}")
     return json_response(dump_receipt(receipt))
 
 
 @endpoint
+@admits("workload")
 async def list_receipts(request: Request) -> Response:
     kernel = request.app.state.kernel
     q = request.query_params
     cap = q.get("capability_id") or None
     limit = query_int(q.get("limit"), "limit", 1, MAX_LIST_LIMIT)
+    limit = limit if limit is not None else DEFAULT_LIST_LIMIT
     after = query_int(q.get("after_seq"), "after_seq", 0, 2**62)
-    rows = await run_in_threadpool(  # seq: the page position
-        lambda: kernel.list_receipts_with_seq(
-            capability_id=cap, limit=limit if limit is not None else DEFAULT_LIST_LIMIT, after_seq=after
-        )
+    cursor = query_cursor(q.get("cursor"))
+    if after is not None and cursor is not None:
+        raise ApiError(422, "invalid_request", "pass either 'cursor' or 'after_seq', not both")
+    principal = principal_of(request)
+    if principal.role == "workload" or after is not None:  # position paging (next_after_seq)
+        if principal.role == "workload":  # its own receipts only (filtered in the store's SQL)
+            if cursor is not None:
+                raise ApiError(422, "invalid_request", "a workload pages its own receipts with 'after_seq'")
+            rows = await run_in_threadpool(lambda: kernel.query_receipts(
+                capability_id=cap, metadata={PRINCIPAL_KEY: principal.name}, after_seq=after or 0, limit=limit
+            ))
+        else:
+            rows = await run_in_threadpool(
+                lambda: kernel.list_receipts_with_seq(capability_id=cap, limit=limit, after_seq=after)
+            )
+        return json_response({
+            "receipts": [dump_receipt(r) for _, r in rows],
+            "count": len(rows),
+            "next_after_seq": rows[-1][0] if rows else after,
+        })
+    return await page_answer(
+        request, "receipts", lambda: kernel.receipts_page(capability_id=cap, limit=limit, cursor=cursor),
+        lambda row: dump_receipt(row[1]), lambda page: {"next_after_seq": page.items[-1][0] if page.items else None},
     )
-    return json_response({
-        "receipts": [dump_receipt(r) for _, r in rows],
-        "count": len(rows),
-        "next_after_seq": rows[-1][0] if rows else after,
-    })
 
 
 @endpoint
+@admits(*ALL_ROLES)
 async def verify_chain(request: Request) -> Response:
     report = await run_in_threadpool(request.app.state.kernel.verify_chain)
     return json_response({

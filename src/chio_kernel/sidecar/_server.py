@@ -11,10 +11,14 @@ import asyncio
 import importlib.util
 import logging
 import socket
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from chio_kernel._webhooks import WebhookSettings
+from chio_kernel.inbox._app import InboxSettings
+from chio_kernel.inbox._server import start_deliverer
 from chio_kernel.sidecar._app import create_app
 from chio_kernel.sidecar._auth import check_bind
 from chio_kernel.sidecar._config import (
@@ -29,6 +33,8 @@ __all__ = ["header_timeout_protocol", "serve", "server_stack"]
 
 log = logging.getLogger("chio_kernel.sidecar")
 
+#: The sidecar process's GIL switch interval in seconds (CPython's default is 0.005).
+SWITCH_INTERVAL = 0.0001
 _HOOKS = ("connection_made", "connection_lost", "data_received", "on_response_complete")
 
 
@@ -254,29 +260,35 @@ def serve(
     *,
     data_dir: str | Path | None = None,
     token: str | None = None,
+    auth: str | None = None,
     log_level: str = "warning",
     on_ready: Callable[[Any], None] | None = None,
     header_timeout: float = DEFAULT_HEADER_TIMEOUT,
     max_pending_headers: int = DEFAULT_MAX_PENDING_HEADERS,
     otel: bool = False,
+    inbox: InboxSettings | None = None,
+    webhooks: WebhookSettings | None = None,
 ) -> None:
     """Run the sidecar until interrupted.
 
     Args:
-        host: the address to bind (a non-loopback one needs ``token``).
+        host: the address to bind (a non-loopback one needs ``auth="roles"`` or ``token``).
         port: the TCP port.
         data_dir: the kernel's data directory (default ``$CHIO_HOME`` or ``~/.chio-durable``).
-        token: the bearer token every request must carry, or None (loopback only).
+        token: the one bearer token of token mode (its holder is the operator), or None.
+        auth: ``"roles"``, ``"open"`` or None (see ``create_app``; docs/security.md).
         log_level: uvicorn's log level.
         on_ready: called with the opened kernel once the socket is bound, before serving.
         header_timeout: see :func:`header_timeout_protocol`.
         max_pending_headers: see :func:`header_timeout_protocol` (``max_pending``).
         otel: export a span per request and the request latency over OTLP (``OTEL_EXPORTER_OTLP_*``),
             and trace the kernel's approval answers (docs/observability.md).
+        inbox: the engine links of the inbox at ``/ui`` (docs/inbox.md).
+        webhooks: send pending approvals to these URLs (the deliverer runs in this process; docs/inbox.md).
 
     Raises:
-        SidecarConfigError: the configuration is refused before binding (non-loopback host without
-            a token).
+        SidecarConfigError: the configuration is refused before binding (open mode on a non-loopback
+            host, an unknown mode, a mode that takes no token given one).
         KernelKeyMissingError: the data directory's store lost its key.
         KernelKeyRetiredError: the kernel's key was retired from its fleet store.
         TelemetryMissing: ``otel`` without the ``otel`` extra (one line naming the install command).
@@ -289,11 +301,11 @@ def serve(
         configure_otlp()
         instrument_kernel()
 
-    check_bind(host, token)
+    check_bind(host, token, auth)
     stack = server_stack()
     protocol = header_timeout_protocol(header_timeout, max_pending_headers, http=stack["http"])
     kernel = _open_kernel(data_dir)
-    app = create_app(kernel, token=token)
+    app = create_app(kernel, token=token, auth=auth, inbox=inbox)
     app.state.health = {**app.state.health, "server": stack}
     asgi: Any = app
     if otel:
@@ -308,7 +320,16 @@ def serve(
     config.load()
     _probe_protocol(protocol, config)
     server = uvicorn.Server(config)
+    # Evaluations run on the event loop; listings in worker threads. A thread asking for the GIL
+    # waits for the holder's switch interval: at CPython's 5 ms a page of a listing would hold an
+    # evaluation up for several of them, so hand the GIL over 10x sooner (docs/sidecar.md).
+    sys.setswitchinterval(SWITCH_INTERVAL)
     sock = _bind(host, port)
     if on_ready is not None:
         on_ready(kernel)
-    server.run(sockets=[sock])
+    deliverer = start_deliverer(kernel, webhooks)
+    try:
+        server.run(sockets=[sock])
+    finally:
+        if deliverer is not None:
+            deliverer.stop()
