@@ -30,7 +30,7 @@ from chio_durable.agent import model_setup_problem, records_table
 from chio_kernel import LocalChioClient
 from chio_prefect import ChioPrefectAgent
 from chio_prefect._demo import build_research_agent, research_scope
-from chio_prefect import ephemeral_start_hint, use_local_prefect_defaults
+from chio_prefect import ephemeral_start_hint, quiet_expected_denials, use_local_prefect_defaults
 
 
 def main(argv: Sequence[str] | None = None, console: Console | None = None) -> int:
@@ -47,6 +47,7 @@ def main(argv: Sequence[str] | None = None, console: Console | None = None) -> i
             return 2
     # Prefect's temporary server (no PREFECT_API_URL): a start limit a busy machine meets, no analytics.
     use_local_prefect_defaults()
+    quiet_expected_denials()  # a deny below is expected: one line, not a traceback
 
     # 1. The embedded kernel: signing key + receipt store in one directory, no server.
     data_dir = args.data_dir or Path(tempfile.mkdtemp(prefix="chio-example-"))

@@ -26,7 +26,7 @@ from chio_sdk.models import ChioReceipt, ChioScope, Operation, ToolGrant
 from chio_durable import client_url
 from chio_kernel import SidecarClient
 from chio_prefect import ChioPrefectError, chio_flow, chio_task
-from chio_prefect import ephemeral_start_hint, use_local_prefect_defaults
+from chio_prefect import ephemeral_start_hint, quiet_expected_denials, use_local_prefect_defaults
 
 CAPABILITY_ID = "cap-research-pipeline"
 
@@ -138,6 +138,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     # Prefect's temporary server (no PREFECT_API_URL): a start limit a busy machine meets, no analytics.
     use_local_prefect_defaults()
+    quiet_expected_denials()  # a deny below is expected: one line, not a traceback
 
     if args.sidecar_url:
         # SidecarClient: a chio_sdk.ChioClient that also sends idempotency keys (retries replay receipts)

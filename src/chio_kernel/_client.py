@@ -44,6 +44,7 @@ from chio_sdk.models import (
 
 from chio_kernel._approvals import PENDING_HEADER, PENDING_VERDICT
 from chio_kernel._kernel import CapabilityError, Kernel
+from chio_kernel._secrets import mask_secrets
 
 __all__ = ["LocalChioClient", "SidecarClient", "capability_id_from_token"]
 
@@ -454,6 +455,23 @@ class LocalChioClient(_HttpRequestEvaluation):
         """
         return await asyncio.to_thread(self.kernel.respond_approval_token, token)
 
+    async def record_form_denial(
+        self, approval_id: str, reason: str | None = None, *, source: str = "prefect-form"
+    ) -> ChioReceipt:
+        """Record a deny from an engine's unauthenticated resume form (it can only stop the call).
+
+        See ``Kernel.record_form_denial``.
+
+        Args:
+            approval_id: the approval the paused run waited for.
+            reason: what the person wrote in the form, or None.
+            source: which form (lowercase letters, digits, dashes).
+
+        Returns:
+            The signed deny receipt.
+        """
+        return self.kernel.record_form_denial(approval_id, reason, source=source)
+
     async def register_approval_wake(self, approval_id: str, wake: Mapping[str, Any]) -> dict[str, Any]:
         """Register what wakes the run waiting for this approval (see ``Kernel.register_approval_wake``).
 
@@ -602,7 +620,7 @@ class SidecarClient(_HttpRequestEvaluation, ChioClient):
         self._sidecar = httpx.AsyncClient(base_url=self.base_url, timeout=httpx.Timeout(timeout), headers=headers)
 
     def __repr__(self) -> str:
-        return f"SidecarClient({self.base_url!r})"
+        return f"SidecarClient({mask_secrets(self.base_url)!r})"
 
     # --- lifecycle ---
 
@@ -934,6 +952,27 @@ class SidecarClient(_HttpRequestEvaluation, ChioClient):
             body["reason"] = reason
         data = await self._approval_request(f"/approvals/{_segment(approval_id)}/operator-respond", body)
         self._keep_wakes(approval_id, data)
+        return ChioReceipt.model_validate(data["receipt"])
+
+    async def record_form_denial(
+        self, approval_id: str, reason: str | None = None, *, source: str = "prefect-form"
+    ) -> ChioReceipt:
+        """Record a deny from an engine's unauthenticated resume form (it can only stop the call).
+
+        ``POST /approvals/{id}/form-deny``; see ``Kernel.record_form_denial``.
+
+        Args:
+            approval_id: the approval the paused run waited for.
+            reason: what the person wrote in the form, or None.
+            source: which form (lowercase letters, digits, dashes).
+
+        Returns:
+            The signed deny receipt.
+        """
+        body: dict[str, Any] = {"source": source}
+        if reason is not None:
+            body["reason"] = reason
+        data = await self._approval_request(f"/approvals/{_segment(approval_id)}/form-deny", body)
         return ChioReceipt.model_validate(data["receipt"])
 
     async def respond_approval_token(self, token: dict[str, Any]) -> ChioReceipt:

@@ -16,7 +16,9 @@ from chio_kernel._errors import KernelInputError
 __all__ = ["APPROVAL_CONSTRAINT", "MAX_COST_UNITS", "check_scope_fields", "normalize_scope_constraints"]
 
 
-MAX_COST_UNITS = 2**63 - 1
+MAX_STORED_INT = 2**63 - 1  # the largest integer both stores hold (a signed 64-bit column)
+MAX_COST_UNITS = MAX_STORED_INT
+MAX_TTL = 100 * 365 * 86400  # a capability lives at most 100 years
 
 
 def _iso(ts: float) -> str:
@@ -267,7 +269,7 @@ def _coerce_rate_limit(rate_limit: Any) -> tuple[int, float] | None:
 def _positive_int(name: str, value: Any) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
         raise KernelInputError(f"{name} must be a positive integer number of seconds, got {value!r}")
-    if value > 100 * 365 * 86400:
+    if value > MAX_TTL:
         raise KernelInputError(f"{name} is more than 100 years; pass a shorter lifetime")
     return value
 

@@ -77,7 +77,7 @@ def _show_receipts(console: Console, kernel: Any, capability_id: str) -> bool:
     from chio_kernel._render import receipt_table
 
     receipts = kernel.list_receipts(capability_id=capability_id)
-    console.print(receipt_table(receipts, "Signed receipts (allow and deny alike)", compact=True))
+    console.print(receipt_table(receipts, "Signed receipts (allow and deny alike)", compact=True, width=console.width))
     report = kernel.verify_chain()
     if report.ok:
         signed = sum(1 for r in receipts if kernel.verify_receipt(r))

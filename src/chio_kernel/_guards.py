@@ -49,6 +49,8 @@ from urllib.parse import urlsplit
 
 from chio_sdk.models import Constraint, Operation, ToolGrant
 
+from chio_kernel._money import format_money
+
 __all__ = [
     "GUARD_ORDER",
     "MAX_REGEX_INPUT",
@@ -92,10 +94,10 @@ def describe_grant(grant: ToolGrant) -> str:
         extras.append(f"max_invocations={grant.max_invocations}")
     if grant.max_cost_per_invocation is not None:
         m = grant.max_cost_per_invocation
-        extras.append(f"max_cost_per_invocation={m.units} {m.currency}")
+        extras.append(f"max_cost_per_invocation={format_money(m.units, m.currency)}")
     if grant.max_total_cost is not None:
         m = grant.max_total_cost
-        extras.append(f"max_total_cost={m.units} {m.currency}")
+        extras.append(f"max_total_cost={format_money(m.units, m.currency)}")
     if extras:
         text += " [" + "; ".join(extras) + "]"
     return text

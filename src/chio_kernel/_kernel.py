@@ -25,6 +25,7 @@ from chio_kernel._denials import Denials
 from chio_kernel._errors import CapabilityError, ChioKernelError, KernelInputError, KernelKeyMissingError
 from chio_kernel._evaluation import Evaluator
 from chio_kernel._evidence import lineage_row, write_evidence
+from chio_kernel._form_denials import record_form_denial
 from chio_kernel._holds import Holds, resolve_hold_ttl
 from chio_kernel._ids import uuid7
 from chio_kernel._paging import Page
@@ -195,7 +196,7 @@ class Kernel:
         self._trust, self._fleet = store_trust(store, self.public_key_hex, self.trusted_keys, gate.read, self.data_dir)
         self._capabilities = caps = Capabilities(self._signer, self._trust, clock, gate.read, gate.write, self._limits)
         self._caps: dict[str, _Cap] = caps.cache  # the verified-capability cache
-        chain = ReceiptChain(self._signer.sign_hex, self.public_key_hex)
+        self._chain = chain = ReceiptChain(self._signer.sign_hex, self.public_key_hex)
         self._approvals = Approvals(self.data_dir, approvers, approval_ttl, clock, gate.read, gate.write, caps.load,
                                     chain)
         self._holds = Holds(hold_ttl, clock, gate.read, gate.write, caps.load, chain)
@@ -768,6 +769,29 @@ class Kernel:
         return _telemetry.traced_answer(
             self, approval_id, lambda: self._approvals.respond_approval(approval_id, outcome, reason, approver=approver)
         )
+
+    def record_form_denial(self, approval_id: str, reason: str | None = None, *, source: str = "prefect-form") -> ChioReceipt:
+        """Record a deny given in an engine's unauthenticated resume form (Prefect's ``decision: deny``).
+
+        The form can only stop the call: the kernel signs a deny receipt (guard ``approval-denied``,
+        metadata ``form_denial`` with ``authenticated: false`` and the source), and a still-pending
+        approval becomes ``denied`` with that receipt as its resolution. An approval answered or
+        expired already keeps its status; the deny is recorded all the same. Nothing here allows.
+
+        Args:
+            approval_id: the approval the paused run waited for.
+            reason: what the person wrote in the form (recorded and signed), or None.
+            source: which form (lowercase letters, digits, dashes), e.g. ``"prefect-form"``.
+
+        Returns:
+            The signed deny receipt (in the chain).
+
+        Raises:
+            ApprovalNotFoundError: unknown approval.
+            KernelInputError: a malformed argument.
+        """
+        return record_form_denial(self._gate.write, self._capabilities.load, self._clock, self._chain,
+                                  approval_id, reason, source)
 
     def respond_approval_token(self, token: Mapping[str, Any], approval_id: str | None = None) -> ChioReceipt:
         """Answer an approval with a signed approval token (see :func:`sign_approval_token`).

@@ -11,7 +11,8 @@ from chio_sdk.models import Operation, ToolGrant
 
 from chio_kernel._capabilities import _Cap
 from chio_kernel._coerce import _iso
-from chio_kernel._guards import check_constraints, describe_grants, grant_matches
+from chio_kernel._guards import check_constraints, describe_grant, describe_grants, grant_matches
+from chio_kernel._money import format_money
 
 __all__ = ["Deny", "PolicyState", "check_valid", "decide", "passing_grants"]
 
@@ -201,7 +202,7 @@ def check_budget(
         if g.max_cost_per_invocation is not None or g.max_total_cost is not None:
             # fail closed: an undeclared cost would otherwise spend nothing against the budget
             limits = ", ".join(
-                f"{name}={m.units} {m.currency}"
+                f"{name}={format_money(m.units, m.currency)}"
                 for name, m in (("max_cost_per_invocation", g.max_cost_per_invocation),
                                 ("max_total_cost", g.max_total_cost))
                 if m is not None
@@ -219,8 +220,8 @@ def check_budget(
         if units > per.units:
             raise Deny(
                 "cost",
-                f"call to {tool_server}/{tool_name} costs {units} {currency}; {owner} allows at most "
-                f"{per.units} {per.currency} per invocation",
+                f"call to {tool_server}/{tool_name} costs {format_money(units, currency)}; {owner} allows at "
+                f"most {format_money(per.units, per.currency)} per invocation",
             )
     total = g.max_total_cost
     if total is not None:
@@ -228,8 +229,9 @@ def check_budget(
         if spent + units > total.units:
             raise Deny(
                 "cost",
-                f"call to {tool_server}/{tool_name} costs {units} {currency}; {owner} has spent or holds "
-                f"{spent} of its {total.units} {total.currency} budget, so only {total.units - spent} remain",
+                f"call to {tool_server}/{tool_name} costs {format_money(units, currency)}; {owner} has spent or "
+                f"holds {format_money(spent, currency)} of its {format_money(total.units, total.currency)} budget, "
+                f"so only {format_money(total.units - spent, currency)} remain",
             )
 
 

@@ -39,9 +39,9 @@ import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any, cast
-from urllib.parse import urlsplit, urlunsplit
 
 from chio_kernel._errors import KernelKeyRetiredError, StoreConflictError, StoreUnavailableError
+from chio_kernel._secrets import mask_secrets
 from chio_kernel._sql_store import (
     APPROVAL_COLS,
     CHECKPOINT_DDL,
@@ -215,15 +215,9 @@ def is_postgres_dsn(store: str) -> bool:
 
 
 def mask_dsn(dsn: str) -> str:
-    """``postgresql://user:secret@host/db`` -> ``postgresql://user:***@host/db`` (for messages)."""
-    try:
-        parts = urlsplit(dsn)
-        password = parts.password
-    except ValueError:
-        return "postgresql://***"
-    if password is None:
-        return dsn
-    return urlunsplit(parts._replace(netloc=parts.netloc.replace(":" + password + "@", ":***@", 1)))
+    """``postgresql://user:secret@host/db?password=x`` -> ``postgresql://user:***@host/db?password=***``
+    (for messages; :func:`chio_kernel._secrets.mask_secrets`, the one masking rule)."""
+    return mask_secrets(dsn)
 
 
 def _wrap(err: Exception, signer: str | None) -> Exception:
@@ -602,7 +596,9 @@ class PostgresStore:
                 self._dsn, autocommit=True, connect_timeout=self._timeout, application_name="chio-kernel"
             )
         except psycopg.OperationalError as err:
-            raise StoreUnavailableError(f"cannot connect to the PostgreSQL store {self.description}: {err}") from err
+            raise StoreUnavailableError(
+                mask_secrets(f"cannot connect to the PostgreSQL store {self.description}: {err}")
+            ) from err
 
     def _connection(self) -> psycopg.Connection[Any]:
         """The connection (with ``self._lock`` held): reopened after ``fork`` or a lost connection."""

@@ -9,7 +9,7 @@ from chio_sdk.models import ChioReceipt
 from pydantic import ValidationError
 
 from chio_kernel._capabilities import Trust
-from chio_kernel._coerce import _require_str
+from chio_kernel._coerce import MAX_STORED_INT, _require_str
 from chio_kernel._errors import KernelInputError
 from chio_kernel._paging import Page, Yielder, check_limit, decode_cursor, encode_cursor
 from chio_kernel._receipts import ChainReport, verify_chain, verify_receipt_dict
@@ -25,8 +25,9 @@ VERDICTS = ("allow", "deny", "pending_approval", "approval_resolution")
 
 
 def _check_count(name: str, value: Any) -> None:
-    if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 0):
-        raise KernelInputError(f"{name} must be a non-negative integer, got {value!r}")
+    """A count, position or timestamp the stores hold: an integer from 0 to 2**63 - 1 (a signed 64-bit)."""
+    if value is not None and (isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_STORED_INT):
+        raise KernelInputError(f"{name} must be an integer from 0 to {MAX_STORED_INT}, got {value!r:.40}")
 
 
 class ReceiptLog:
@@ -74,8 +75,7 @@ class ReceiptLog:
         if capability_id is not None:
             _require_str("capability_id", capability_id, max_len=256)
         _check_count("limit", limit)
-        if after_seq is not None and (isinstance(after_seq, bool) or not isinstance(after_seq, int)):
-            raise KernelInputError(f"after_seq must be an integer, got {after_seq!r}")
+        _check_count("after_seq", after_seq)
         if capability_id is not None:
             self._index_by_capability()
         with self._gate.read() as st:

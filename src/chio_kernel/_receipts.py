@@ -456,6 +456,7 @@ def verify_chain(
         chains = st.chains()
         stored = st.receipt_count()
         statuses = tuple(_verify_one_chain(st, k, seq, head, problem, batch) for k, seq, head in chains)
+        altered = _columns_problem(st, batch)
     count = sum(c.count for c in statuses)
     for c in statuses:
         if not c.ok:
@@ -466,7 +467,30 @@ def verify_chain(
             False, count, None, f"{stored - count} stored receipt(s) belong to no chain (rows added outside the kernel)",
             statuses,
         )
+    if altered is not None:
+        return ChainReport(False, count, altered[0], altered[1], statuses)
     return ChainReport(True, count, None, None, statuses)
+
+
+def _columns_problem(st: StoreReader, batch: int) -> tuple[int, str] | None:
+    """``(position in store order, why)`` of the first row whose indexed columns disagree with its
+    signed body, or of a by-capability index entry naming another capability; None when all agree."""
+    position, last_seq = 0, 0
+    while rows := st.receipt_rows_after(last_seq, batch):
+        for seq, *columns, text in rows:
+            why = _column_problem(columns, text, position)
+            if why is not None:
+                return position, why
+            position += 1
+            last_seq = seq
+    stray = st.capability_index_mismatch()
+    if stray is not None:
+        return max(stray[1] - 1, 0), (
+            f"the store's by-capability index lists seq {stray[1]} under capability {stray[0]}, but that "
+            "receipt is not that capability's (the index was altered): `receipts list --capability` would "
+            "show a receipt that is not the capability's"
+        )
+    return None
 
 
 def _short(kernel_id: str) -> str:
@@ -505,6 +529,26 @@ def _verify_one_chain(
             f"the newest receipt (seq {head_seq}) carries a chain hash that does not match its content",
         )
     return ChainStatus(kernel_id, index, head_seq, True)
+
+
+def _column_problem(columns: list[str], text: str, index: int) -> str | None:
+    """The first indexed column of a stored row (id, capability_id, verdict, chain_hash) that does not
+    say what the signed body says; filters and listings read these columns, never the body."""
+    row_id, capability_id, verdict, stored_hash = columns
+    data = json.loads(text)
+    signed = (
+        ("id", data.get("id")),
+        ("capability_id", data.get("capability_id")),
+        ("verdict", (data.get("decision") or {}).get("verdict")),
+        ("chain_hash", hashlib.sha256(text.encode()).hexdigest()),
+    )
+    for (name, expected), stored in zip(signed, (row_id, capability_id, verdict, stored_hash), strict=True):
+        if stored != expected:
+            return (
+                f"receipt {data.get('id')} at index {index}: the store's {name} column says {stored!r:.80} but the "
+                f"signed receipt says {expected!r:.80} (the column was altered after signing)"
+            )
+    return None
 
 
 def _link_problem(

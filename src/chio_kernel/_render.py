@@ -3,14 +3,17 @@ forms the CLI prints (always the signed objects, untouched)."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from datetime import datetime, timezone
-from typing import Any
+from typing import Any, Literal
 
 from rich.table import Table
 from rich.text import Text
 
-__all__ = ["receipt_table"]
+from chio_kernel._money import format_money
+
+__all__ = ["TableColumn", "fitted_table", "receipt_table"]
 
 
 def _ts(value: int | None) -> str:
@@ -27,9 +30,61 @@ def _grant_text(grant: Any) -> str:
     if grant.max_invocations is not None:
         extras.append(f"max {grant.max_invocations}")
     if grant.max_total_cost is not None:
-        extras.append(f"budget {grant.max_total_cost.units} {grant.max_total_cost.currency}")
+        extras.append(f"budget {format_money(grant.max_total_cost.units, grant.max_total_cost.currency)}")
     tail = f" ({'; '.join(extras)})" if extras else ""
     return f"{grant.server_id}:{grant.tool_name}:{ops}{tail}"
+
+
+@dataclass(frozen=True)
+class TableColumn:
+    """One column of a :func:`fitted_table`.
+
+    ``is_id``: its cells are ids (copied by people): never wrapped, folded or cut (shown whole or not at all).
+    ``rank``: the order in which other columns stay when the terminal is narrow (lower stays longer);
+    ``None``: always shown (folded when narrow).
+    """
+
+    header: str
+    is_id: bool = False
+    rank: int | None = None
+    justify: Literal["default", "left", "center", "right", "full"] = "default"
+
+
+_FOLDED_MIN = 8  # the narrowest a folded (non-id) column is worth showing
+
+
+def fitted_table(title: str, columns: Sequence[TableColumn], rows: Sequence[Sequence[Any]], width: int) -> Table:
+    """A table whose id columns are whole at ``width``: narrow terminals get fewer columns, not cut ids.
+
+    Columns with a ``rank`` are dropped, highest rank first, until the ids and the folded minimum of
+    every other column fit; the caption names what was left out (``--json`` shows every field).
+    """
+    cells = [[c if isinstance(c, Text) else Text(str(c)) for c in row] for row in rows]
+
+    def need(i: int) -> int:
+        col = columns[i]
+        longest = max([len(col.header), *(row[i].cell_len for row in cells)])
+        return (longest if col.is_id else min(longest, _FOLDED_MIN)) + 3  # padding and a rule
+
+    shown = list(range(len(columns)))
+    droppable = sorted((i for i, c in enumerate(columns) if c.rank is not None),
+                       key=lambda i: -(columns[i].rank or 0))
+    hidden: list[str] = []
+    while droppable and 1 + sum(need(i) for i in shown) > width:
+        i = droppable.pop(0)
+        shown.remove(i)
+        hidden.insert(0, columns[i].header)
+    caption = f"not shown at this width: {', '.join(hidden)} (--json shows every field)" if hidden else None
+    table = Table(title=title, title_justify="left", caption=caption, caption_justify="left")
+    for i in shown:
+        col = columns[i]
+        if col.is_id:
+            table.add_column(col.header, no_wrap=True, min_width=need(i) - 3, justify=col.justify)
+        else:
+            table.add_column(col.header, overflow="fold", justify=col.justify)
+    for row in cells:
+        table.add_row(*(row[i] for i in shown))
+    return table
 
 
 def _plain(value: Any, style: str = "") -> Text:
@@ -104,23 +159,22 @@ def receipt_table(
     *,
     compact: bool = False,
     positions: Iterable[int] | None = None,
+    width: int | None = None,
 ) -> Table:
     """A rich table of receipts (``receipts list``; ``compact`` drops time and capability, for the demo).
 
     ``positions``: the ``#`` of each row (``receipts list`` passes the 0-based chain index, so a
     filtered or newest-first listing still numbers receipts as ``receipts verify`` does); default
-    0, 1, 2... Deny reasons are long sentences: ``receipts show ID`` prints them.
+    0, 1, 2... Deny reasons are long sentences: ``receipts show ID`` prints them. ``width``: the
+    console's (default: a fresh Console's, which reads $COLUMNS); ids are never cut at any width.
     """
     numbers = iter(positions) if positions is not None else None
-    table = Table(title=title, title_justify="left")
-    table.add_column("#", justify="right")
-    table.add_column("receipt", no_wrap=True, min_width=41)  # ids are copied: never wrapped
+    columns = [TableColumn("#", rank=4, justify="right"), TableColumn("receipt", is_id=True)]
     if not compact:
-        table.add_column("time (UTC)")
-        table.add_column("capability", overflow="fold")
-    table.add_column("call", overflow="fold")  # the agent tables' name for server/tool
-    table.add_column("verdict")
-    table.add_column("guard")
+        columns += [TableColumn("time (UTC)", rank=3), TableColumn("capability", is_id=True, rank=5)]
+    # the agent tables' name for server/tool is "call"
+    columns += [TableColumn("call", rank=1), TableColumn("verdict", rank=0), TableColumn("guard", rank=2)]
+    rows: list[list[Any]] = []
     for i, r in enumerate(receipts):
         allowed = r.decision.is_allowed
         verdict = _plain("allow", "green") if allowed else _plain(r.decision.verdict, "red")
@@ -128,5 +182,9 @@ def receipt_table(
         if not compact:
             row += [_ts(r.timestamp), _plain(r.capability_id)]
         row += [_plain(f"{r.tool_server}/{r.tool_name}"), verdict, _plain("" if allowed else r.decision.guard or "-")]
-        table.add_row(*row)
-    return table
+        rows.append(row)
+    if width is None:
+        from rich.console import Console
+
+        width = Console().width
+    return fitted_table(title, columns, rows, width)

@@ -212,6 +212,23 @@ class SqlReader:
             params.append(limit)
         return [(int(s), str(b)) for s, b in self._all(sql, params)]
 
+    def receipt_rows_after(self, after_seq: int, limit: int) -> list[tuple[int, str, str, str, str, str]]:
+        """See ``StoreReader.receipt_rows_after``."""
+        rows = self._all(
+            "SELECT seq, id, capability_id, verdict, chain_hash, body FROM receipts WHERE seq > ? ORDER BY seq LIMIT ?",
+            (after_seq, limit),
+        )
+        return [(int(q), str(i), str(c), str(v), str(h), str(b)) for q, i, c, v, h, b in rows]
+
+    def capability_index_mismatch(self) -> tuple[str, int] | None:
+        """See ``StoreReader.capability_index_mismatch``."""
+        row = self._one(
+            "SELECT x.capability_id, x.seq FROM receipts_by_capability x LEFT JOIN receipts r ON r.seq = x.seq "
+            "WHERE r.seq IS NULL OR r.capability_id <> x.capability_id ORDER BY x.seq LIMIT 1",
+            (),
+        )
+        return None if row is None else (str(row[0]), int(row[1]))
+
     def receipt_count(self) -> int:
         """How many receipts the store holds."""
         return int(self._one("SELECT COUNT(*) FROM receipts")[0])

@@ -282,6 +282,17 @@ class StoreReader(Protocol):
         """
         ...
 
+    def receipt_rows_after(self, after_seq: int, limit: int) -> list[tuple[int, str, str, str, str, str]]:
+        """``(seq, id, capability_id, verdict, chain_hash, body)`` with ``seq > after_seq`` in chain
+        order, at most ``limit``: every column the store indexes beside the body (the chain walk
+        checks each against the signed body)."""
+        ...
+
+    def capability_index_mismatch(self) -> tuple[str, int] | None:
+        """``(capability_id, seq)`` of a by-capability index entry that names another capability than
+        the receipt at ``seq`` (or no receipt), or None when the index agrees with the receipts."""
+        ...
+
     def receipt_count(self) -> int:
         """Number of receipts in the log."""
         ...

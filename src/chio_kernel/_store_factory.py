@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 
 from chio_kernel._capabilities import Trust
 from chio_kernel._errors import KernelInputError, KernelKeyMissingError
+from chio_kernel._secrets import mask_secrets
 from chio_kernel._sqlite_store import DB_FILE, SQLiteStore
 from chio_kernel._store import KernelStore, StoreReader, StoreWriter
 from chio_kernel.signing import KEY_FILE
@@ -88,7 +89,7 @@ def resolve_store(store: str | None) -> str | None:
     where = "store" if store is not None else f"${STORE_ENV}"
     raise KernelInputError(
         f"{where} must be a PostgreSQL URL (postgresql://user@host:5432/dbname) or 'sqlite' (the default: "
-        f"kernel.db in the data directory), got {value[:40]!r}"
+        f"kernel.db in the data directory), got {mask_secrets(value)[:60]!r}"
     )
 
 

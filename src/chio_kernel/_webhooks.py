@@ -65,7 +65,11 @@ TIMESTAMP_TOLERANCE = 300
 
 
 def new_webhook_secret() -> str:
-    """A fresh ``whsec_`` secret (32 random bytes, base64)."""
+    """Make a fresh webhook signing secret.
+
+    Returns:
+        ``whsec_`` followed by 32 random bytes in base64 (the Standard Webhooks secret form).
+    """
     return SECRET_PREFIX + base64.b64encode(secrets.token_bytes(32)).decode()
 
 

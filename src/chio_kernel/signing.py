@@ -56,7 +56,10 @@ def ensure_data_dir(data_dir: Path) -> Path:
     except FileExistsError:
         st = data_dir.stat()
         if not stat.S_ISDIR(st.st_mode):
-            raise  # a file where the directory should be: say so
+            raise NotADirectoryError(
+                f"the kernel data directory {data_dir} is a file, not a directory: pass --data-dir (or "
+                "CHIO_HOME) a directory, new or the kernel's own"
+            ) from None
         if st.st_mode & 0o077:
             ours = st.st_uid == os.getuid() and (
                 (data_dir / KEY_FILE).exists() or (data_dir / "kernel.db").exists() or not any(data_dir.iterdir())

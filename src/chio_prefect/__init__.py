@@ -16,7 +16,7 @@ from chio_prefect.errors import (
     is_chio_denial,
 )
 from chio_prefect.events import ALLOW_EVENT, DENY_EVENT, EVENT_ALLOW, EVENT_DENY
-from chio_prefect._local import ephemeral_start_hint, use_local_prefect_defaults
+from chio_prefect._local import ephemeral_start_hint, quiet_expected_denials, use_local_prefect_defaults
 
 __all__ = [
     "ALLOW_EVENT",
@@ -33,6 +33,7 @@ __all__ = [
     "chio_task",
     "ephemeral_start_hint",
     "is_chio_denial",
+    "quiet_expected_denials",
     "retry_unless_chio_denied",
     "use_local_prefect_defaults",
 ]

@@ -14,6 +14,10 @@ that an approval is a kernel resolution bound to the call's parameters, principa
   resolution finds the approval still pending, and the flow run pauses again (key ``<id>-2``, ...):
   a forged resume never runs the task.
 * ``decision="deny"``: the task is denied without running (a deny from anyone can only stop a call).
+  The kernel records it (``Kernel.record_form_denial``, source ``prefect-form``): a signed deny
+  receipt marked as the unauthenticated form's, and the approval shows ``denied``; the task's error
+  names that receipt. (A mock or a stock ``ChioClient`` has no such route: the task is denied all
+  the same, without a receipt.)
 * nobody resumes before the approval expires: the pause times out and the re-evaluation is the
   kernel's deny with guard ``approval-timeout``.
 """
@@ -91,8 +95,20 @@ def _pause_args(pending: PendingApproval, label: str, attempt: int) -> dict[str,
     }
 
 
+FORM_SOURCE = "prefect-form"
+"""How the kernel's deny receipt names the resume form (``form_denial.source``)."""
+
+def _form_denial_of(transport: Any) -> Any:
+    return getattr(transport, "record_form_denial", None)
+
+
+def _form_denial_sync_of(transport: Any) -> Any:
+    return getattr(transport, "record_form_denial_sync", None)
+
+
 def deny_by_person(evaluation: Evaluation, pending: PendingApproval, reason: str | None) -> Evaluation:
-    """The deny of a call a person refused in the resume form (no kernel allow can follow it)."""
+    """The deny of a call a person refused in the resume form (no kernel allow can follow it), where
+    the kernel could not record it."""
     text = f"a person denied approval {pending.approval_id} when resuming the flow run: {reason or 'no reason given'}"
     return replace(
         evaluation, allowed=False, pending=False, guard="approval-denied", reason=text,
@@ -106,12 +122,14 @@ def wait_for_approval_sync(
     label: str,
     reevaluate: Callable[[str], Evaluation],
     observe: Callable[[Evaluation], None],
+    transport: Any = None,
 ) -> Evaluation:
     """Pause the flow run while ``evaluation`` is pending; the kernel's final answer (allow or deny).
 
     ``reevaluate(approval_id)`` asks the kernel again under the approval; ``observe`` sees each
-    intermediate (still pending) answer. Outside a flow run there is nothing to pause: the pending
-    evaluation is returned and the caller denies (fail closed).
+    intermediate (still pending) answer; ``transport`` records a deny given in the form. Outside a
+    flow run there is nothing to pause: the pending evaluation is returned and the caller denies
+    (fail closed).
     """
     from prefect.exceptions import FlowPauseTimeout
     from prefect.flow_runs import pause_flow_run
@@ -126,7 +144,10 @@ def wait_for_approval_sync(
         except RuntimeError:  # not in a flow run: nobody can resume it
             return evaluation
         if answer is not None and getattr(answer, "decision", "approve") == "deny":
-            return deny_by_person(evaluation, pending, getattr(answer, "reason", None))
+            record = _form_denial_sync_of(transport)
+            reason = getattr(answer, "reason", None)
+            recorded = record(pending.approval_id, reason, FORM_SOURCE) if callable(record) else None
+            return recorded if recorded is not None else deny_by_person(evaluation, pending, reason)
         evaluation = reevaluate(pending.approval_id)
         if pending_approval(evaluation) is not None:
             observe(evaluation)
@@ -140,6 +161,7 @@ async def wait_for_approval(
     reevaluate: Callable[[str], Awaitable[Evaluation]],
     observe: Callable[[Evaluation], None],
     before_pause: Callable[[PendingApproval], Awaitable[bool]] | None = None,
+    transport: Any = None,
 ) -> Evaluation:
     """:func:`wait_for_approval_sync` for async tasks (``apause_flow_run``); ``before_pause`` runs
     before each pause (the agent registers the wake that lets the kernel's answer resume the run) and
@@ -163,7 +185,10 @@ async def wait_for_approval(
         except RuntimeError:
             return evaluation
         if answer is not None and getattr(answer, "decision", "approve") == "deny":
-            return deny_by_person(evaluation, pending, getattr(answer, "reason", None))
+            record = _form_denial_of(transport)
+            reason = getattr(answer, "reason", None)
+            recorded = await record(pending.approval_id, reason, FORM_SOURCE) if callable(record) else None
+            return recorded if recorded is not None else deny_by_person(evaluation, pending, reason)
         evaluation = await reevaluate(pending.approval_id)
         if pending_approval(evaluation) is not None:
             observe(evaluation)
@@ -196,7 +221,8 @@ def waking_approval_waiter(governance: Any) -> ApprovalWaiter:
         evaluation: Evaluation, label: str, reevaluate: Callable[[str], Awaitable[Evaluation]]
     ) -> Evaluation:
         return await wait_for_approval(
-            evaluation, label=label, reevaluate=reevaluate, observe=lambda _: None, before_pause=register_wake
+            evaluation, label=label, reevaluate=reevaluate, observe=lambda _: None, before_pause=register_wake,
+            transport=governance.transport,
         )
 
     return waiter

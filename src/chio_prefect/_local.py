@@ -12,13 +12,18 @@ start timeout into a one-line hint that names the setting.
 
 from __future__ import annotations
 
+import logging
 import os
+from typing import Any
+
+from chio_prefect.errors import is_chio_denial
 
 __all__ = [
     "ANALYTICS_SETTING",
     "LOCAL_STARTUP_TIMEOUT_SECONDS",
     "STARTUP_TIMEOUT_SETTING",
     "ephemeral_start_hint",
+    "quiet_expected_denials",
     "use_local_prefect_defaults",
 ]
 
@@ -87,3 +92,37 @@ def ephemeral_start_hint(error: BaseException) -> str | None:
             )
         current = current.__cause__ or current.__context__
     return None
+
+
+_DENY_TEXT = "Chio capability denied"
+_PREFECT_RUN_LOGGERS = ("prefect.task_runs", "prefect.flow_runs")
+
+
+class _ExpectedDenials:
+    """A ``logging`` filter: Prefect's error records about a chio deny (its traceback, its "failed
+    with exception" line) are dropped; every other record passes untouched."""
+
+    def filter(self, record: Any) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        if exc is not None and is_chio_denial(exc):
+            return False
+        return not (record.levelno >= logging.WARNING and _DENY_TEXT in record.getMessage())
+
+
+_QUIET = _ExpectedDenials()
+
+
+def quiet_expected_denials() -> None:
+    """Keep Prefect's task and flow run loggers from printing a traceback for each chio deny.
+
+    For programs whose denies are expected and reported by the program itself in one line (the
+    examples, the demo): Prefect logs a failed run's exception with its traceback at ERROR, which
+    looks like a crash in a program that exits 0. The records dropped are those whose exception is
+    a chio deny, or whose WARNING/ERROR text quotes one; the run's final state line stays, and so
+    does every other error. Those records then do not reach the Prefect API's run logs either, so
+    leave this off in a deployment. Calling it again changes nothing.
+    """
+    for name in _PREFECT_RUN_LOGGERS:
+        logger = logging.getLogger(name)
+        if _QUIET not in logger.filters:
+            logger.addFilter(_QUIET)

@@ -359,7 +359,7 @@ class TaskGovernance:
             notify(observers, self._decision(call, evaluation))
         return wait_for_approval_sync(
             evaluation, label=call.task_name, observe=lambda ev: notify(observers, self._decision(call, ev)),
-            reevaluate=lambda approval_id: self._reask_sync(call, approval_id),
+            reevaluate=lambda approval_id: self._reask_sync(call, approval_id), transport=call.transport,
         )
 
     async def _wait_async(self, call: TaskCall, evaluation: Evaluation, *, emit: bool) -> Evaluation:
@@ -376,7 +376,7 @@ class TaskGovernance:
 
         return await wait_for_approval(
             evaluation, label=call.task_name, observe=lambda ev: notify(observers, self._decision(call, ev)),
-            reevaluate=reevaluate,
+            reevaluate=reevaluate, transport=call.transport,
         )
 
     def _reask_sync(self, call: TaskCall, approval_id: str) -> Evaluation:

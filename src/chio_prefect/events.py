@@ -213,20 +213,24 @@ class ReceiptEvent:
         return resource
 
     def related(self) -> list[dict[str, str]]:
-        """Build the event's related resources: the flow run, with role ``flow-run``.
+        """Build the event's related resources: the flow run (role ``flow-run``) and, as upstream names
+        it too, the task run (role ``task-run``).
 
         Returns:
-            One related resource, or none outside a flow run.
+            Those of the two the decision has (none outside a run).
         """
-        if not self.flow_run_id:
-            return []
-        related = {
-            "prefect.resource.id": f"prefect.flow-run.{self.flow_run_id}",
-            "prefect.resource.role": "flow-run",
-        }
-        if self.flow_run_name:
-            related["prefect.resource.name"] = self.flow_run_name
-        return [related]
+        related: list[dict[str, str]] = []
+        if self.flow_run_id:
+            flow = {"prefect.resource.id": f"prefect.flow-run.{self.flow_run_id}", "prefect.resource.role": "flow-run"}
+            if self.flow_run_name:
+                flow["prefect.resource.name"] = self.flow_run_name
+            related.append(flow)
+        if self.task_run_id:
+            task = {"prefect.resource.id": f"prefect.task-run.{self.task_run_id}", "prefect.resource.role": "task-run"}
+            if self.task_run_name:
+                task["prefect.resource.name"] = self.task_run_name
+            related.append(task)
+        return related
 
 
 def write_receipt_event(decision: Decision, *, stable_id: bool = False) -> Any | None:

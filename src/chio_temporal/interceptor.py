@@ -1043,6 +1043,11 @@ class _ChioActivityInbound(ActivityInboundInterceptor):
         return await self._root.govern(input, lambda: self.next.execute_activity(input))
 
 
+_ChioInboundInterceptor = _ChioActivityInbound
+"""Upstream chio-temporal's name of the activity inbound interceptor (its tests build it directly as
+``_ChioInboundInterceptor(next, root)``): kept importable, the same class."""
+
+
 class _ChioWorkflowInbound(WorkflowInboundInterceptor):
     """Remembers the parent chain this workflow was started with (deterministic: header + info only)."""
 

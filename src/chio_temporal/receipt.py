@@ -38,6 +38,7 @@ ENVELOPE_VERSION = "chio-temporal/v1"
 
 Outcome = Literal["success", "failure", "cancelled"]
 OUTCOMES: tuple[str, ...] = ("success", "failure", "cancelled")
+IN_PROGRESS = "in_progress"  # upstream's outcome of a receipt not finalised yet (ours: None)
 
 
 def _now() -> datetime:
@@ -48,8 +49,9 @@ def _iso(value: datetime | None) -> str | None:
     return None if value is None else value.astimezone(timezone.utc).isoformat().replace("+00:00", "Z")
 
 
-def _unix(value: datetime | None) -> float | None:
-    return None if value is None else value.timestamp()
+def _unix_int(value: datetime | None) -> int | None:
+    """Whole Unix seconds, upstream's number type for envelope times."""
+    return None if value is None else int(value.timestamp())
 
 
 TimeLike = Union[datetime, int, float, str]
@@ -178,6 +180,10 @@ class WorkflowStepReceipt:
     def to_dict(self) -> dict[str, Any]:
         """Give the step as the ``chio-temporal/v1`` envelope writes it.
 
+        ``receipt`` is the signed receipt as a dict (upstream's key), or None when the step was built
+        from a decision (the receipt then stays in the chio receipt store, named by ``receipt_id``);
+        ``WorkflowStepReceipt(**step.to_dict())`` is the same step again.
+
         Returns:
             A JSON-able dict, ``evaluated_at`` in RFC 3339.
         """
@@ -196,15 +202,24 @@ class WorkflowStepReceipt:
             "parameter_hash": self.parameter_hash,
             "content_hash": self.content_hash,
             "evaluated_at": _iso(self.evaluated_at),
+            "receipt": self._receipt_dict(),
         }
+
+    def _receipt_dict(self) -> dict[str, Any] | None:
+        if self.receipt is None:
+            return None
+        if isinstance(self.receipt, Mapping):
+            return dict(self.receipt)
+        dumped: dict[str, Any] = self.receipt.model_dump(exclude_none=True)
+        return dumped
 
     def to_upstream_dict(self) -> dict[str, Any]:
         """Give the step in upstream chio-temporal's form.
 
         Returns:
-            :meth:`to_dict` with ``evaluated_at`` in Unix seconds.
+            :meth:`to_dict` with ``evaluated_at`` in whole Unix seconds (upstream's int).
         """
-        return {**self.to_dict(), "evaluated_at": _unix(self.evaluated_at)}
+        return {**self.to_dict(), "evaluated_at": _unix_int(self.evaluated_at)}
 
 
 @dataclass
@@ -233,6 +248,16 @@ class WorkflowReceipt:
     metadata: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
+        if not isinstance(self.workflow_id, str) or not self.workflow_id:
+            raise ChioTemporalConfigError(
+                f"WorkflowReceipt.workflow_id must be a non-empty string, got {self.workflow_id!r}"
+            )
+        if self.outcome == IN_PROGRESS:  # upstream's name for "not finalised yet"
+            self.outcome = None
+        if self.outcome is not None and self.outcome not in OUTCOMES:
+            raise ChioTemporalConfigError(
+                f"WorkflowReceipt.outcome must be one of {[IN_PROGRESS, *OUTCOMES]}, got {self.outcome!r}"
+            )
         self.started_at = as_datetime(self.started_at, "started_at")
         if self.completed_at is not None:
             self.completed_at = as_datetime(self.completed_at, "completed_at")
@@ -282,15 +307,37 @@ class WorkflowReceipt:
         self.steps.append(step)
         return step
 
-    def record_step(self, step: WorkflowStepReceipt) -> WorkflowStepReceipt:
-        """Record a step: upstream chio-temporal's name of :meth:`add_step`.
+    def record_step(
+        self,
+        step: WorkflowStepReceipt | None = None,
+        *,
+        activity_type: str | None = None,
+        activity_id: str | None = None,
+        attempt: int = 1,
+        receipt: ChioReceipt | Mapping[str, Any] | None = None,
+    ) -> WorkflowStepReceipt:
+        """Record a step: a :class:`WorkflowStepReceipt`, or upstream chio-temporal's keywords.
 
         Args:
-            step: the step.
+            step: the step (then the keywords are not used); this is :meth:`add_step`.
+            activity_type: upstream's form: the activity type (required, non-empty).
+            activity_id: upstream's form: the activity id.
+            attempt: upstream's form: the attempt number.
+            receipt: upstream's form: the signed receipt of the step (required).
 
         Returns:
             The recorded step.
+
+        Raises:
+            ChioTemporalConfigError: no step and no (non-empty) ``activity_type`` and ``receipt``.
         """
+        if step is None:
+            if not activity_type or not isinstance(activity_type, str):
+                raise ChioTemporalConfigError("record_step requires a non-empty activity_type")
+            if receipt is None:
+                raise ChioTemporalConfigError("record_step requires receipt= (the signed ChioReceipt of the step)")
+            step = WorkflowStepReceipt(activity_id=activity_id or "", activity_type=activity_type,
+                                       attempt=int(attempt), receipt=receipt)
         return self.add_step(step)
 
     def finalize(
@@ -352,21 +399,26 @@ class WorkflowReceipt:
         }
 
     def to_json(self, **dumps_kwargs: Any) -> str:
-        """Give the envelope as JSON text in upstream chio-temporal's shape: times in Unix seconds.
+        """Give the envelope as JSON text in upstream chio-temporal's shape, byte-stable.
 
-        Same fields and ``version`` as :meth:`to_envelope` (which keeps RFC 3339 strings, readable and
-        unambiguous across time zones); ``started_at``, ``completed_at`` and each step's
-        ``evaluated_at`` are floats here, as upstream emits them.
+        Sorted keys, compact separators, ASCII; times in whole Unix seconds (int; ``completed_at`` null
+        while in progress), ``outcome`` ``"in_progress"`` until finalised, each step with upstream's
+        ``receipt``. Same fields and ``version`` as :meth:`to_envelope` (which keeps RFC 3339 strings,
+        readable and unambiguous across time zones).
 
         Args:
-            **dumps_kwargs: passed to ``json.dumps`` (``sort_keys`` defaults to True).
+            **dumps_kwargs: passed to ``json.dumps`` (defaults: ``sort_keys=True``, compact
+                separators, ``ensure_ascii=True``).
 
         Returns:
             The JSON text.
         """
         envelope = self.to_envelope()
-        envelope["started_at"] = _unix(self.started_at)
-        envelope["completed_at"] = _unix(self.completed_at)
+        envelope["started_at"] = _unix_int(self.started_at)
+        envelope["completed_at"] = _unix_int(self.completed_at)  # null while in progress
+        envelope["outcome"] = self.outcome or IN_PROGRESS
         envelope["steps"] = [step.to_upstream_dict() for step in self.steps]
         dumps_kwargs.setdefault("sort_keys", True)
+        dumps_kwargs.setdefault("separators", (",", ":"))
+        dumps_kwargs.setdefault("ensure_ascii", True)
         return json.dumps(envelope, default=str, **dumps_kwargs)

@@ -161,13 +161,13 @@ def test_cost_guard(kernel: Kernel) -> None:
     token = kernel.create_capability("agent:a", scope(g), 3600)
     usd = lambda units: MonetaryAmount(units=units, currency="USD")  # noqa: E731
     r = kernel.evaluate(token.id, "llm", "complete", {}, cost=usd(60))
-    assert r.decision.guard == "cost" and "at most 50 USD per invocation" in r.decision.reason
+    assert r.decision.guard == "cost" and "at most USD 0.50 per invocation" in r.decision.reason
     r = kernel.evaluate(token.id, "llm", "complete", {}, cost=MonetaryAmount(units=1, currency="EUR"))
     assert r.decision.guard == "cost" and "in EUR" in r.decision.reason and "USD" in r.decision.reason
     assert allowed(kernel.evaluate(token.id, "llm", "complete", {}, cost=usd(40)))
     assert allowed(kernel.evaluate(token.id, "llm", "complete", {}, cost={"units": 50, "currency": "USD"}))
     r = kernel.evaluate(token.id, "llm", "complete", {}, cost=usd(20))
-    assert r.decision.guard == "cost" and "spent or holds 90 of its 100 USD" in r.decision.reason
+    assert r.decision.guard == "cost" and "spent or holds USD 0.90 of its USD 1.00 budget, so only USD 0.10 remain" in r.decision.reason
     assert allowed(kernel.evaluate(token.id, "llm", "complete", {}, cost=usd(10)))
     assert kernel.capability_info(token.id)["usage"][0]["cost_units"] == 100
 

@@ -98,13 +98,15 @@ def test_pending_and_approved_receipts_merge_the_context_kernel_keys_win(kernel:
     assert pending.decision.verdict == "pending_approval" and pending.metadata is not None
     assert pending.metadata["workflow_id"] == "wf-9" and "pending_approval" in pending.metadata
     approval_id = pending.metadata["pending_approval"]["approval_id"]
-    kernel.respond_approval(approval_id, "approved")
+    resolution = kernel.respond_approval(approval_id, "approved")
     allow = kernel.evaluate(cap, "shop", "refund", {"o": 1}, cost=cost, approval_id=approval_id, metadata=context)
     assert allow.decision.verdict == "allow"
     assert allow.metadata == {"workflow_id": "wf-9", "approval_id": approval_id}  # the kernel's key wins
     for receipt in (pending, allow):
         _verifies(receipt)
-    assert {r.id for _, r in kernel.query_receipts(metadata={"workflow_id": "wf-9"})} == {pending.id, allow.id}
+    # the resolution carries the run context of the call it answers, so a run's receipts include it
+    assert {r.id for _, r in kernel.query_receipts(metadata={"workflow_id": "wf-9"})} == {
+        pending.id, resolution.id, allow.id}
     assert kernel.verify_chain().ok
 
 

@@ -48,3 +48,19 @@ def test_example_runs_on_the_sidecar(
     out = capsys.readouterr().out
     assert f"kernel: sidecar {sidecar_url}" in out
     check_output(out, Kernel(chio_home))
+
+
+def test_expected_denies_print_one_line_not_a_traceback(chio_home: Path, prefect_api: str) -> None:
+    """Run as a user runs it (a process): it exits 0 and its expected deny is one line, no traceback."""
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "PREFECT_API_URL": prefect_api}
+    done = subprocess.run([sys.executable, str(EXAMPLE), "--data-dir", str(chio_home / "run")],
+                          capture_output=True, text=True, timeout=600, env=env)
+    said = done.stdout + done.stderr
+    assert done.returncode == 0, said
+    assert "Traceback" not in said and "The above exception" not in said
+    assert [line for line in said.splitlines() if "is not granted by the scope of flow" in line and "ERROR" in line] == []
+    assert sum(line.startswith("denied: flow-scope:") for line in done.stdout.splitlines()) == 1

@@ -184,3 +184,43 @@ def test_over_the_sidecar_a_second_answer_is_409_and_the_task_runs_once(chio_hom
     refunds.resume(decision="approve")
     thread.join()
     assert refunds.error is None and refunds.ran == [("o-5", 3)]
+
+
+def test_a_deny_from_the_resume_form_is_a_signed_receipt_and_the_approval_is_denied(chio_home: Path) -> None:
+    local, cap = _setup(chio_home)
+    refunds = Refunds(local, cap)
+    thread = refunds.start("o-4", 9)
+    approval_id = _pending_id(local)
+    refunds.paused(approval_id)
+    refunds.resume(decision="deny", reason="looks like fraud")
+    thread.join()
+    assert refunds.ran == []
+    cause = refunds.error.__cause__ if refunds.error is not None else None
+    assert isinstance(cause, ChioPrefectError)
+    receipts = local.kernel.list_receipts(capability_id=cap)
+    assert [r.decision.verdict for r in receipts] == ["pending_approval", "deny"]
+    deny = receipts[-1]
+    assert cause.receipt_id == deny.id  # the error names the deny receipt, not the pending one
+    assert deny.decision.guard == "approval-denied" and "prefect-form" in (deny.decision.reason or "")
+    form = (deny.metadata or {})["form_denial"]
+    assert form["source"] == "prefect-form" and form["authenticated"] is False
+    assert form["reason"] == "looks like fraud" and form["approval_id"] == approval_id
+    approval = local.kernel.get_approval(approval_id)
+    assert approval is not None and approval["status"] == "denied"
+    assert local.kernel.list_approvals("pending") == []
+    assert local.kernel.verify_chain().ok
+    with pytest.raises(ApprovalConflictError):  # the form's deny answered it: nothing can approve it now
+        local.kernel.respond_approval(approval_id, "approved")
+    local.kernel.close()
+
+
+def test_a_form_deny_can_only_stop_a_call(chio_home: Path) -> None:
+    local, cap = _setup(chio_home)
+    pending = local.kernel.evaluate(cap, "shop", "refund", {"order": "o-5", "amount": 1})
+    approval_id = pending.metadata["pending_approval"]["approval_id"]
+    local.kernel.respond_approval(approval_id, "approved", "ok")
+    deny = local.kernel.record_form_denial(approval_id, "changed my mind")  # after an approval: recorded, no allow
+    assert deny.decision.verdict == "deny"
+    assert (deny.metadata or {})["form_denial"]["resolved_approval"] is False
+    assert local.kernel.get_approval(approval_id)["status"] == "approved"  # type: ignore[index]
+    local.kernel.close()

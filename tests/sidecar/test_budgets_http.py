@@ -192,6 +192,6 @@ def test_cli_budgets_show_settle_release(tmp_path: Path) -> None:
     assert again.returncode == 1 and "already settled" in again.stderr and "Traceback" not in again.stderr
     assert run_cli("budgets", "release", b.id, "--op-id", "r1", "--data-dir", str(home)).returncode == 0
     table = run_cli("budgets", "show", cap, "--data-dir", str(home))
-    assert table.returncode == 0 and "70 USD" in table.stdout and "430 USD" in table.stdout
+    assert table.returncode == 0 and "USD 0.70" in table.stdout and "USD 4.30" in table.stdout
     missing = run_cli("budgets", "show", "cap-none", "--data-dir", str(home))
     assert missing.returncode == 1 and "no capability" in missing.stderr

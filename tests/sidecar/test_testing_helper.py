@@ -53,7 +53,7 @@ def test_a_taken_port_is_refused_before_launching(sidecar: Sidecar, tmp_path: Pa
 def test_a_sidecar_that_exits_is_an_error_quoting_its_output(tmp_path: Path) -> None:
     not_a_dir = tmp_path / "file"
     not_a_dir.write_text("")
-    with pytest.raises(RuntimeError, match="sidecar exited with 1: .*FileExistsError"):
+    with pytest.raises(RuntimeError, match="sidecar exited with 1: .*is a file, not a directory"):
         SidecarProcess(not_a_dir).start()
 
 

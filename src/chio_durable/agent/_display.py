@@ -56,25 +56,26 @@ def records_table(records: Iterable[Any], title: str = "receipts of the run", *,
     Args:
         records: decisions (``governed.receipts_of(result)``), envelope steps or receipts.
         title: the table's title.
-        compact: show only the tail of each receipt id (narrow terminals); otherwise ids never wrap
-            (the other columns fold first).
+        compact: leave out the ``#`` and ``guard`` columns (narrow terminals); ids are never cut
+            and never wrap (the other columns fold first).
 
     Returns:
         The ``rich`` table.
     """
     table = Table(title=title, title_justify="left")
-    table.add_column("#", justify="right")
-    table.add_column("receipt", no_wrap=not compact, min_width=None if compact else RECEIPT_ID_WIDTH)
+    if not compact:
+        table.add_column("#", justify="right")
+    table.add_column("receipt", no_wrap=True, min_width=RECEIPT_ID_WIDTH)
     table.add_column("call", overflow="fold")
     table.add_column("verdict", no_wrap=True)
-    table.add_column("guard", overflow="fold")
+    if not compact:
+        table.add_column("guard", overflow="fold")
     for i, record in enumerate(records):
         receipt, call, allowed, guard = decision_cells(record)
-        if compact and len(receipt) > 14:
-            receipt = "…" + receipt[-12:]
         pending = _is_pending(record)
         verdict = "[green]allow[/]" if allowed else ("[yellow]pending[/]" if pending else "[red]deny[/]")
-        table.add_row(str(i), escape(receipt), escape(call), verdict, "" if allowed else escape(guard))
+        cells = [escape(receipt), escape(call), verdict]
+        table.add_row(*(cells if compact else [str(i), *cells, "" if allowed else escape(guard)]))
     return table
 
 

@@ -7,10 +7,9 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 import typer
-from rich.markup import escape
-from rich.table import Table
+from rich.text import Text
 
-from chio_kernel._render import _receipt_dict, _ts
+from chio_kernel._render import TableColumn, _receipt_dict, _ts, fitted_table
 from chio_kernel.cli._common import CliError, _guarded, _kernel, _print_json, out
 from chio_kernel.cli._options import CursorOpt, DataDir, JsonFlag, LimitOpt, StoreOpt, print_next_cursor
 
@@ -35,6 +34,9 @@ def _approval(kernel: Any, approval_id: str) -> dict[str, Any]:
     return approval
 
 
+_STATUSES = ("pending", "approved", "denied", "expired", "all")
+
+
 @_guarded
 def approvals_list(
     status: Annotated[
@@ -47,6 +49,8 @@ def approvals_list(
     as_json: JsonFlag = False,
 ) -> None:
     """List approvals, one page, newest first (default: the pending ones)."""
+    if status not in _STATUSES:
+        raise CliError(f"--status must be one of {', '.join(_STATUSES)}; got {status!r:.40}")
     kernel = _kernel(data_dir, store=store)
     page = kernel.approvals_page(None if status == "all" else status, limit=limit, cursor=cursor)
     rows = page.items
@@ -54,18 +58,29 @@ def approvals_list(
         _print_json(rows)
         print_next_cursor(page.next_cursor)
         return
-    table = Table(title=f"approvals ({status}: {len(rows)}{' shown' if page.next_cursor else ''}, newest first)")
-    for col in ("id", "status", "call", "subject", "expires", "summary"):
-        table.add_column(col)
-    for a in rows:
-        table.add_row(
-            a["id"], a["status"], escape(f"{a['tool_server']}/{a['tool_name']}"), escape(a["subject"]),
-            _ts(a["expires_at"]), escape(a["summary"]),
-        )
-    out.print(table)
+    columns = [TableColumn("id", is_id=True), TableColumn("status", rank=3), TableColumn("call", rank=0),
+               TableColumn("subject", rank=2), TableColumn("expires (UTC)", rank=4), TableColumn("summary", rank=1)]
+    cells = [[Text(a["id"]), Text(a["status"]), Text(f"{a['tool_server']}/{a['tool_name']}"), Text(a["subject"]),
+              _ts(a["expires_at"]), Text(a["summary"])] for a in rows]
+    shown = f"approvals ({status}: {len(rows)}{' shown' if page.next_cursor else ''}, newest first)"
+    out.print(fitted_table(shown, columns, cells, out.width))
     if rows and status == "pending":
-        out.print(f"approve with: chio-durable approvals approve {rows[0]['id']} --reason '...'", markup=False)
+        _answer_footer([a["id"] for a in rows])
     print_next_cursor(page.next_cursor)
+
+
+_FOOTER_IDS = 10  # more pending approvals than this: the footer says how to list their ids
+
+
+def _answer_footer(ids: list[str]) -> None:
+    """How to answer: the command, then every pending id whole (one a line), or how to list them."""
+    out.print("approve with: chio-durable approvals approve ID --reason '...'", markup=False, highlight=False)
+    out.print("deny with:    chio-durable approvals deny ID --reason '...'", markup=False, highlight=False)
+    if len(ids) <= _FOOTER_IDS:
+        out.print("pending: " + ("\n         ".join(ids)), markup=False, highlight=False, soft_wrap=True)
+    else:
+        out.print(f"{len(ids)} pending: every id with `chio-durable approvals list --json` "
+                  "(or `approvals list --json | jq -r '.[].id'`)", markup=False, highlight=False, soft_wrap=True)
 
 
 @_guarded

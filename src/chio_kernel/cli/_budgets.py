@@ -10,6 +10,8 @@ from rich.markup import escape
 from rich.table import Table
 
 from chio_kernel.cli._common import CliError, _guarded, _kernel, _known_capability, _print_json, out
+from chio_kernel._coerce import MAX_STORED_INT
+from chio_kernel._money import format_money
 from chio_kernel.cli._options import CursorOpt, DataDir, JsonFlag, LimitOpt, StoreOpt, print_next_cursor
 
 __all__ = ["budgets_expire", "budgets_holds", "budgets_release", "budgets_settle", "budgets_show"]
@@ -18,7 +20,7 @@ __all__ = ["budgets_expire", "budgets_holds", "budgets_release", "budgets_settle
 def _amount(units: int | None, currency: str | None) -> str:
     if units is None:
         return "-"
-    return f"{units} {currency}" if currency else str(units)
+    return format_money(units, currency) if currency else f"{units} (minor units)"
 
 
 @_guarded
@@ -98,7 +100,22 @@ def _print_receipt(receipt: Any, as_json: bool) -> None:
         _print_json(data)
         return
     budget = (receipt.metadata or {}).get("budget", {})
-    out.print(f"{receipt.tool_name} receipt {receipt.id}: " + json.dumps(budget, ensure_ascii=False), markup=False)
+    out.print(f"{receipt.tool_name} receipt {receipt.id}: " + _budget_text(budget), markup=False)
+
+
+def _budget_text(budget: dict[str, Any]) -> str:
+    """A settle/release receipt's budget record for people: amounts in their currency (JSON keeps minor units)."""
+    hold = budget.get("hold") if isinstance(budget.get("hold"), dict) else None
+    currency = hold.get("currency") if hold else None
+    parts = []
+    for key, value in budget.items():
+        if isinstance(value, dict) and isinstance(value.get("units"), int) and isinstance(value.get("currency"), str):
+            parts.append(f"{key} {format_money(value['units'], value['currency'])}")
+        elif key.endswith("_units") and isinstance(value, int) and isinstance(currency, str):
+            parts.append(f"{key[: -len('_units')]} {format_money(value, currency)}")
+        else:
+            parts.append(f"{key} {json.dumps(value, ensure_ascii=False)}")
+    return ", ".join(parts)
 
 
 def _hold_errors(fn: Any) -> Any:
@@ -113,7 +130,7 @@ def _hold_errors(fn: Any) -> Any:
 @_guarded
 def budgets_settle(
     receipt_id: Annotated[str, typer.Argument(help="The allow receipt whose hold to settle (rcpt-...).")],
-    units: Annotated[int, typer.Option("--units", min=0, help="Actual cost in minor units (e.g. cents).")],
+    units: Annotated[int, typer.Option("--units", min=0, max=MAX_STORED_INT, help="Actual cost in minor units (e.g. cents).")],
     currency: Annotated[str, typer.Option("--currency", help="Currency of the hold, e.g. USD.")],
     op_id: Annotated[str, typer.Option("--op-id", help="Names this settlement: the same op id returns its receipt.")],
     data_dir: DataDir = None,

@@ -19,6 +19,7 @@ from chio_kernel.cli._common import (
     _print_token,
     out,
 )
+from chio_kernel._coerce import MAX_STORED_INT, MAX_TTL
 from chio_kernel.cli._options import CursorOpt, DataDir, JsonFlag, LimitOpt, StoreOpt, print_next_cursor
 
 __all__ = [
@@ -130,7 +131,7 @@ ScopeFileOpt = Annotated[
     Path | None, typer.Option("--scope-file", help="A ChioScope as JSON (grants with constraints, budgets...).")
 ]
 MaxInvOpt = Annotated[
-    int | None, typer.Option("--max-invocations", min=1, help="max_invocations for every --grant.")
+    int | None, typer.Option("--max-invocations", min=1, max=MAX_STORED_INT, help="max_invocations for every --grant.")
 ]
 
 
@@ -140,7 +141,7 @@ def capability_create(
     grant: GrantOpt = None,
     scope_file: ScopeFileOpt = None,
     capability_id: Annotated[str | None, typer.Option("--id", help="Choose the capability id.")] = None,
-    ttl: Annotated[int, typer.Option("--ttl", min=1, help="Lifetime in seconds.")] = 3600,
+    ttl: Annotated[int, typer.Option("--ttl", min=1, max=MAX_TTL, help="Lifetime in seconds.")] = 3600,
     max_invocations: MaxInvOpt = None,
     rate_limit: Annotated[
         str | None,
@@ -175,7 +176,7 @@ def capability_attenuate(
     grant: GrantOpt = None,
     scope_file: ScopeFileOpt = None,
     capability_id: Annotated[str | None, typer.Option("--id", help="Choose the child's id.")] = None,
-    ttl: Annotated[int | None, typer.Option("--ttl", min=1, help="Child lifetime (capped at the parent's).")] = None,
+    ttl: Annotated[int | None, typer.Option("--ttl", min=1, max=MAX_TTL, help="Child lifetime (capped at the parent's).")] = None,
     max_invocations: MaxInvOpt = None,
     data_dir: DataDir = None,
     store: StoreOpt = None,

@@ -14,7 +14,10 @@ from typing import Any, TypeVar
 import typer
 from rich.console import Console
 
+from chio_kernel._errors import ChioKernelError
 from chio_kernel._render import _token_dict, _token_table
+from chio_kernel._secrets import mask_secrets
+from chio_kernel.signing import KEY_FILE
 
 __all__ = [
     "CliError",
@@ -54,17 +57,34 @@ def _guarded(fn: F) -> F:
         except (typer.Exit, typer.Abort, KeyboardInterrupt):
             raise
         except CliError as e:
-            err.print(f"error: {e}", markup=False, highlight=False)
+            err.print(mask_secrets(f"error: {e}"), markup=False, highlight=False)
+        except (ChioKernelError, NotADirectoryError) as e:  # written as sentences for people: no type name
+            err.print(mask_secrets(f"error: {_one_line(e)}"), markup=False, highlight=False)
+        except OSError as e:  # a path the system refused: say which, and why, in words
+            err.print(mask_secrets(f"error: {_os_error(e)}"), markup=False, highlight=False)
         except Exception as e:  # anything else: say what it was, in one line
             msg = str(e).strip().splitlines()[0] if str(e).strip() else ""
-            err.print(f"error: {type(e).__name__}: {msg}", markup=False, highlight=False)
+            err.print(mask_secrets(f"error: {type(e).__name__}: {msg}"), markup=False, highlight=False)
         raise typer.Exit(1)
 
     return wrapper  # type: ignore[return-value]
 
 
+def _one_line(e: BaseException) -> str:
+    text = str(e).strip()
+    return text.splitlines()[0] if text else type(e).__name__
+
+
+def _os_error(e: OSError) -> str:
+    where = f" ({str(e.filename)[:80]!r}{'…' if len(str(e.filename)) > 80 else ''})" if e.filename else ""
+    return f"the system refused a path{where}: {e.strerror or e}; pass a path that can be used here"
+
+
 def _resolve_dir(data_dir: Path | None) -> Path:
     if data_dir is not None:
+        if str(data_dir).strip() in ("", "."):
+            raise CliError("--data-dir is empty (or '.'): name the kernel's data directory, e.g. --data-dir "
+                           "~/.chio-durable, or --data-dir \"$PWD\" for this one")
         return data_dir.expanduser()
     env = os.environ.get("CHIO_HOME")
     if env:
@@ -73,9 +93,10 @@ def _resolve_dir(data_dir: Path | None) -> Path:
 
 
 def _kernel(data_dir: Path | None, *, must_exist: bool = True, store: str | None = None) -> Any:
-    """Open the kernel; for read/revoke commands on the SQLite store the data dir must already exist
-    (nothing to read otherwise, and a typo must not silently create a fresh kernel). With a
-    PostgreSQL store the data dir holds only this host's signing key: it is created if needed."""
+    """Open the kernel; for read/revoke commands (``must_exist``) the data dir must already exist
+    (nothing to read otherwise, and a typo must not silently create a fresh kernel); on a PostgreSQL
+    store it must hold this host's key, since a new one would be minted and registered in the fleet.
+    Writing commands create the data dir (and, on PostgreSQL, register its new key)."""
     path = _resolve_dir(data_dir)
     from chio_kernel import Kernel
     from chio_kernel._kernel import KernelInputError, KernelKeyMissingError, resolve_store
@@ -86,6 +107,12 @@ def _kernel(data_dir: Path | None, *, must_exist: bool = True, store: str | None
         raise CliError(str(e)) from None
     if must_exist and dsn is None and not path.exists():
         raise CliError(f"no kernel data directory at {path}: pass --data-dir DIR or set CHIO_HOME")
+    if must_exist and dsn is not None and not (path / KEY_FILE).is_file():
+        # on a fleet store a new data dir would mint a key and register it: read and revoke commands make no identity
+        raise CliError(
+            f"no kernel key at {path / KEY_FILE}: pass --data-dir the data directory of a kernel of this store "
+            "(or set CHIO_HOME); this command creates no data directory and registers no key"
+        )
     try:
         return Kernel(data_dir=path, store=dsn or "sqlite")
     except KernelKeyMissingError as e:

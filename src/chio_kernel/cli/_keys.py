@@ -16,7 +16,7 @@ __all__ = ["keys_list", "keys_retire"]
 
 
 def _fleet_kernel(data_dir: Path | None, store: str | None) -> Any:
-    kernel = _kernel(data_dir, must_exist=False, store=store)
+    kernel = _kernel(data_dir, store=store)  # listing or retiring keys mints and registers none
     if not hasattr(kernel, "registered_keys"):
         raise CliError("kernel keys are registered in a PostgreSQL store only: pass --store postgresql://... "
                        "(or set CHIO_STORE)")
@@ -26,22 +26,21 @@ def _fleet_kernel(data_dir: Path | None, store: str | None) -> Any:
 @_guarded
 def keys_list(data_dir: DataDir = None, store: StoreOpt = None, as_json: JsonFlag = False) -> None:
     """Every kernel key registered in the store: which host/data dir, since when, retired or active."""
-    from rich.table import Table
+    from chio_kernel._render import TableColumn, fitted_table
 
     keys = _fleet_kernel(data_dir, store).registered_keys()
     if as_json:
         _print_json(keys)
         return
-    table = Table(title="kernel keys")
-    for col in ("public key", "host:data dir", "registered", "status"):
-        table.add_column(col)
+    columns = [TableColumn("public key", is_id=True), TableColumn("status", rank=0),
+               TableColumn("host:data dir", rank=1), TableColumn("registered", rank=2)]
+    rows = []
     for k in keys:
         status = f"retired {_ts(int(k['retired_at']))} ({k['retired_reason']})" if k["retired_at"] else "active"
         mine = " (this kernel)" if k["this_kernel"] else ""
-        # the label is host:data dir, user text: a Text cell is never read as markup
-        table.add_row(k["public_key"][:16] + "…" + mine, Text(str(k["label"])), _ts(int(k["registered_at"])),
-                      Text(status))
-    out.print(table)
+        # the key is copied whole (keys retire KEY); the label is user text: a Text cell is never markup
+        rows.append([Text(k["public_key"]), Text(status + mine), Text(str(k["label"])), _ts(int(k["registered_at"]))])
+    out.print(fitted_table("kernel keys", columns, rows, out.width))
 
 
 @_guarded
@@ -54,4 +53,4 @@ def keys_retire(
     """Retire a kernel key: it signs nothing more and capabilities it issued deny on every kernel;
     receipts it signed before still verify."""
     _fleet_kernel(data_dir, store).retire_key(public_key, reason)
-    out.print(f"retired kernel key {public_key[:16]}…", markup=False, highlight=False)
+    out.print(f"retired kernel key {public_key}", markup=False, highlight=False)

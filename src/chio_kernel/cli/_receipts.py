@@ -27,6 +27,7 @@ from chio_kernel.cli._common import (
     err,
     out,
 )
+from chio_kernel._coerce import MAX_STORED_INT
 from chio_kernel.cli._options import CursorOpt, DataDir, JsonFlag, StoreOpt, print_next_cursor
 
 __all__ = ["parse_since", "receipts_export", "receipts_list", "receipts_show", "receipts_tail", "receipts_verify"]
@@ -103,7 +104,7 @@ def receipts_list(
     ] = None,
     limit: Annotated[int, typer.Option(min=1, max=10_000, help="At most this many receipts (one page).")] = 100,
     cursor: CursorOpt = None,
-    after_seq: Annotated[int | None, typer.Option("--after-seq", min=0, help="Only after this store position.")] = None,
+    after_seq: Annotated[int | None, typer.Option("--after-seq", min=0, max=MAX_STORED_INT, help="Only after this store position.")] = None,
     oldest_first: Annotated[bool, typer.Option("--oldest-first", help="Chain order instead of newest first.")] = False,
     data_dir: DataDir = None,
     store: StoreOpt = None,
@@ -128,7 +129,7 @@ def receipts_list(
     else:
         order = "oldest first" if oldest_first else "newest first"
         out.print(receipt_table([r for _, r in rows], f"receipts ({len(rows)} shown, {order})",
-                                positions=[seq - 1 for seq, _ in rows]))
+                                positions=[seq - 1 for seq, _ in rows], width=out.width))
     print_next_cursor(next_cursor)
 
 
@@ -148,13 +149,13 @@ def receipts_tail(
     verdict: VerdictFilter = None,
     flow_run: FlowRunFilter = None,
     workflow_id: WorkflowFilter = None,
-    interval: Annotated[float, typer.Option("--interval", min=0.05, help="Seconds between polls of the store.")] = 1.0,
+    interval: Annotated[float, typer.Option("--interval", min=0.05, max=3600, help="Seconds between polls of the store.")] = 1.0,
     count: Annotated[
-        int | None, typer.Option("--count", min=1, help="Stop after printing this many receipts (default: run until Ctrl-C).")
+        int | None, typer.Option("--count", min=1, max=MAX_STORED_INT, help="Stop after printing this many receipts (default: run until Ctrl-C).")
     ] = None,
     after_seq: Annotated[
         int | None,
-        typer.Option("--after-seq", min=0, help="Start after this store position (default: the newest receipt now)."),
+        typer.Option("--after-seq", min=0, max=MAX_STORED_INT, help="Start after this store position (default: the newest receipt now)."),
     ] = None,
     data_dir: DataDir = None,
     store: StoreOpt = None,
@@ -283,6 +284,8 @@ def receipts_export(
     store: StoreOpt = None,
 ) -> None:
     """Export receipts as JSON lines (one receipt per line, store order), or as an evidence package."""
+    if out_file is not None and (not out_file.name or out_file.is_dir()):
+        raise CliError(f"--out {str(out_file)!r} is not a file name: pass the file to write, e.g. --out receipts.jsonl")
     kernel = _kernel(data_dir, store=store)
     filters = _filters(kernel, data_dir, capability, None, flow_run, workflow_id)
     since_ts = parse_since(since) if since is not None else None

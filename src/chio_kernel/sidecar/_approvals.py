@@ -98,15 +98,21 @@ async def pending(request: Request) -> Response:
     return await page_answer(request, "approvals", page)
 
 
+async def _own_approval(request: Request, aid: str) -> dict[str, Any]:
+    """The approval, if this principal may see it (a workload: only the approvals its own calls wait on)."""
+    kernel = request.app.state.kernel
+    approval: dict[str, Any] = await found(
+        kernel.get_approval, aid, "unknown_approval", f"no approval {aid!r} in this kernel"
+    )
+    asked = approval.get("requested_by") or {}
+    check_owner(request, {PRINCIPAL_KEY: asked.get("name")}, f"approval {aid}")
+    return approval
+
+
 @endpoint
 @admits("workload", "approver")
 async def get_approval(request: Request) -> Response:
-    aid = _approval_id(request)
-    kernel = request.app.state.kernel
-    approval = await found(kernel.get_approval, aid, "unknown_approval", f"no approval {aid!r} in this kernel")
-    asked = approval.get("requested_by") or {}
-    check_owner(request, {PRINCIPAL_KEY: asked.get("name")}, f"approval {aid}")
-    return json_response(approval)
+    return json_response(await _own_approval(request, _approval_id(request)))
 
 
 @endpoint
@@ -140,6 +146,27 @@ async def respond(request: Request) -> Response:
 
 @endpoint
 @admits("workload")
+async def form_deny(request: Request) -> Response:
+    """A deny from an engine's unauthenticated resume form: it can only stop the call."""
+    kernel = request.app.state.kernel
+    aid = _approval_id(request)
+    await _own_approval(request, aid)
+    data = await read_object(request)
+    extra = sorted(set(data) - {"reason", "source"})
+    if extra:
+        raise ApiError(422, "invalid_request", f"unknown fields {extra}; send {{\"reason\", \"source\"}}")
+    reason = None if data.get("reason") is None else req_str(data, "reason", max_len=4096)
+    source = req_str(data, "source", max_len=64) if "source" in data else "prefect-form"
+    try:
+        receipt = await run_in_threadpool(kernel.record_form_denial, aid, reason, source=source)
+    except ApprovalNotFoundError as err:
+        raise ApiError(404, "unknown_approval", str(err)) from None
+    approval = await run_in_threadpool(kernel.get_approval, aid)
+    return json_response({"approval": approval, "receipt": dump_receipt(receipt)})
+
+
+@endpoint
+@admits("workload")
 async def register_wake(request: Request) -> Response:
     aid = _approval_id(request)
     wake = _wake_body(await read_object(request))
@@ -156,4 +183,5 @@ ROUTES = [
     Route("/approvals/{approval_id}/operator-respond", operator_respond, methods=["POST"]),
     Route("/approvals/{approval_id}/respond", respond, methods=["POST"]),
     Route("/approvals/{approval_id}/wake", register_wake, methods=["POST"]),
+    Route("/approvals/{approval_id}/form-deny", form_deny, methods=["POST"]),
 ]

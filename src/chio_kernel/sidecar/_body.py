@@ -28,6 +28,7 @@ except ImportError:  # pragma: no cover - the stdlib path alone
 
 __all__ = [
     "model",
+    "only_fields",
     "opt_int",
     "opt_str",
     "parse_rate_limit",
@@ -246,9 +247,24 @@ def query_int(raw: str | None, name: str, minimum: int, maximum: int) -> int | N
 _M = TypeVar("_M", bound=BaseModel)
 
 
+def only_fields(data: dict[str, Any], allowed: frozenset[str], what: str) -> None:
+    """Refuse (422, naming them) the fields of ``data`` that ``what`` does not take: a misspelt
+    optional field (``idempotencyKey``) must not be dropped silently and the call run without it."""
+    if len(data) > len(allowed) or not allowed.issuperset(data):
+        unknown = sorted(k for k in data if k not in allowed)
+        raise ApiError(
+            422, "invalid_request",
+            f"{what} has unknown field(s) {', '.join(repr(k[:64]) for k in unknown[:10])}; it takes "
+            f"{', '.join(sorted(allowed))}",
+        )
+
+
 def model(cls: type[_M], data: Any, what: str) -> _M:
     """Validate a wire object strictly: JSON types as the model declares them (no ``false`` -> 0,
-    no ``"12"`` -> 12), so a wrong type is a 422, never silently coerced."""
+    no ``"12"`` -> 12), so a wrong type is a 422, never silently coerced; a top-level field the
+    model does not declare is refused too (422 naming it)."""
+    if isinstance(data, dict):
+        only_fields(data, frozenset(cls.model_fields), what)
     try:
         return cls.model_validate_json(dumps(data), strict=True)
     except ValidationError as err:

@@ -30,12 +30,15 @@ from chio_kernel._errors import CapabilityError
 from chio_kernel._holds import HoldConflictError, UnknownHoldError
 from chio_kernel._kernel import MAX_COST_UNITS
 from chio_kernel.sidecar._auth import admits, asked_by, check_owner, principal_of
-from chio_kernel.sidecar._body import model, opt_str, query_cursor, query_int, read_object, req_str
+from chio_kernel.sidecar._body import model, only_fields, opt_str, query_cursor, query_int, read_object, req_str
 from chio_kernel.sidecar._config import MAX_PAGE_LIMIT
 from chio_kernel.sidecar._errors import ApiError, Handler, endpoint, found
 from chio_kernel.sidecar._responses import dump_receipt, json_response, page_answer
 
 __all__ = ["ROUTES"]
+
+_SETTLE_FIELDS = frozenset({"actual_cost", "op_id"})
+_RELEASE_FIELDS = frozenset({"op_id", "reason"})
 
 
 async def _hold_call(fn: Callable[..., Any], *args: Any) -> Any:
@@ -75,6 +78,7 @@ async def settle(request: Request) -> Response:
     rid = request.path_params["receipt_id"]
     await _own_hold(request, rid)
     data = await read_object(request)
+    only_fields(data, _SETTLE_FIELDS, "the settle body")
     if not isinstance(data.get("actual_cost"), dict):
         raise ApiError(422, "invalid_request", "'actual_cost' is required: {\"units\": int, \"currency\": str}")
     cost = model(MonetaryAmount, data["actual_cost"], "actual_cost")
@@ -94,6 +98,7 @@ async def release(request: Request) -> Response:
     rid = request.path_params["receipt_id"]
     await _own_hold(request, rid)
     data = await read_object(request)
+    only_fields(data, _RELEASE_FIELDS, "the release body")
     op_id = req_str(data, "op_id", max_len=256)
     reason = opt_str(data, "reason", max_len=1024) or "released"
     kernel = request.app.state.kernel

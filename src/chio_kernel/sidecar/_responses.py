@@ -13,6 +13,7 @@ from starlette.responses import Response
 
 from chio_kernel._paging import Page
 from chio_kernel._receipts import receipt_wire_dict
+from chio_kernel._secrets import mask_secrets
 
 __all__ = ["dump_receipt", "dump_token", "dumps", "error_response", "json_response", "page_answer", "receipt_json"]
 
@@ -41,7 +42,7 @@ def json_response(data: Any, status: int = 200) -> Response:
 
 def error_response(status: int, error: str, message: str) -> Response:
     """Every error answer: ``{"error": code, "message": what to send instead}``."""
-    return json_response({"error": error, "message": message}, status)
+    return json_response({"error": error, "message": mask_secrets(message)}, status)
 
 
 def dump_receipt(receipt: ChioReceipt) -> dict[str, Any]:

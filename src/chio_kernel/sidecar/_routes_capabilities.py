@@ -14,6 +14,7 @@ from chio_kernel._errors import CapabilityError, CapabilityLimitError
 from chio_kernel.sidecar._auth import ALL_ROLES, admits, principal_of
 from chio_kernel.sidecar._body import (
     model,
+    only_fields,
     opt_int,
     opt_str,
     parse_rate_limit,
@@ -29,11 +30,15 @@ from chio_kernel.sidecar._responses import dump_token, json_response, page_answe
 
 __all__ = ["ROUTES"]
 
+_CREATE_FIELDS = frozenset({"subject", "scope", "ttl_seconds", "id", "rate_limit"})
+_ATTENUATE_FIELDS = frozenset({"parent_token", "parent_id", "new_scope", "ttl_seconds", "id"})
+
 
 @endpoint
 @admits("operator")
 async def create_capability(request: Request) -> Response:
     data = await read_object(request)
+    only_fields(data, _CREATE_FIELDS, "the /v1/capabilities body")
     subject = req_str(data, "subject", max_len=4096)
     if "scope" not in data:
         raise ApiError(422, "invalid_request", "'scope' is required (a ChioScope object)")
@@ -92,6 +97,7 @@ async def _attenuable_parent(kernel: Any, parent: str | CapabilityToken) -> str:
 async def attenuate_capability(request: Request) -> Response:
     kernel = request.app.state.kernel
     data = await read_object(request)
+    only_fields(data, _ATTENUATE_FIELDS, "the /v1/capabilities/attenuate body")
     parent = _parent(data)
     if "new_scope" not in data:
         raise ApiError(422, "invalid_request", "'new_scope' is required (a ChioScope object)")

@@ -17,7 +17,7 @@ from chio_kernel._receipts import chain_dict
 from chio_kernel._run_context import PRINCIPAL_KEY
 from chio_kernel.sidecar._auth import ALL_ROLES, admits, asked_by, check_owner, principal_of
 from chio_kernel.sidecar._body import (
-    model, opt_str, query_cursor, query_int, read_object, read_scope_object, req_str, run_metadata,
+    model, only_fields, opt_str, query_cursor, query_int, read_object, read_scope_object, req_str, run_metadata,
 )
 from chio_kernel.sidecar._config import DEFAULT_LIST_LIMIT, MAX_LIST_LIMIT
 from chio_kernel.sidecar._errors import ApiError, endpoint, found
@@ -27,6 +27,15 @@ __all__ = ["ROUTES"]
 
 _OPERATIONS = ", ".join(o.value for o in Operation)
 _NO_COUNT: deque[None] = deque()
+#: what ``POST /v1/evaluate`` takes: the stock chio_sdk.ChioClient's fields (``parameter_hash`` is
+#: ignored: the kernel hashes itself) and the wire additions of docs/sidecar.md
+EVALUATE_FIELDS = frozenset({
+    "capability_id", "tool_server", "tool_name", "parameters", "parameter_hash",
+    "idempotency_key", "cost", "operation", "approval_id", "metadata",
+})
+DENIAL_FIELDS = frozenset({
+    "capability_id", "tool_server", "tool_name", "parameters", "guard", "reason", "envelope", "metadata",
+})
 
 
 def _parameters(data: dict[str, Any]) -> dict[str, Any]:
@@ -71,6 +80,7 @@ async def evaluate(request: Request) -> Response:
 
 async def _evaluate(request: Request) -> Response:
     data = await read_scope_object(request.scope, request.receive)  # the body without Request.stream()
+    only_fields(data, EVALUATE_FIELDS, "the /v1/evaluate body")
     capability_id = req_str(data, "capability_id", max_len=256)
     tool_server = req_str(data, "tool_server")
     tool_name = req_str(data, "tool_name")
@@ -101,6 +111,7 @@ async def _evaluate(request: Request) -> Response:
 async def record_denial(request: Request) -> Response:
     """A signed deny receipt for a call a layer refused before evaluation (chio_kernel._denials)."""
     data = await read_object(request)
+    only_fields(data, DENIAL_FIELDS, "the /v1/receipts/denials body")
     capability_id = data.get("capability_id", "")
     if capability_id != "":
         capability_id = req_str(data, "capability_id", max_len=256)

@@ -55,27 +55,47 @@ class _HeaderDeadlines:
 
     The timeout is the same for every connection, so insertion order is deadline order: the dict
     (re-inserted on every wait) is a queue whose front expires first, and a single timer set for the
-    front's deadline sweeps it. Waiting costs a dict insert per request instead of a timer handle."""
+    front's deadline sweeps it. Waiting costs a dict insert per request instead of a timer handle.
+
+    The cap on waiting connections closes the longest-waiting of those that owe a request head: a new
+    connection, or a kept-alive one that started sending its next head. A kept-alive connection idle
+    since its last response (no byte of a next request) is never closed for the cap: a client may
+    send on it at any moment, and closing it then resets a real request. It still closes at its
+    deadline, like any keep-alive timeout."""
 
     def __init__(self, timeout: float, max_pending: int) -> None:
         self.timeout = timeout
         self.max_pending = max_pending
         self.waiting: dict[Any, float] = {}  # protocol -> deadline (loop time), earliest first
+        self.owing: dict[Any, None] = {}  # the waiting ones the cap may close, longest-waiting first
         self._timer: asyncio.TimerHandle | None = None
         self._loop: asyncio.AbstractEventLoop | None = None  # the loop the timer is on
 
-    def wait(self, proto: Any) -> None:
+    def wait(self, proto: Any, *, idle: bool = False) -> None:
+        """``proto`` waits for a request head; ``idle``: a kept-alive connection after a response."""
         self.waiting.pop(proto, None)
         loop = asyncio.get_running_loop()
         self.waiting[proto] = loop.time() + self.timeout
         if self._timer is None or self._loop is not loop:
             self._loop = loop
             self._timer = loop.call_at(self.waiting[next(iter(self.waiting))], self._sweep)
-        if len(self.waiting) > self.max_pending:
-            self.expire(next(iter(self.waiting)))
+        self.owing.pop(proto, None)
+        if not idle:
+            self._owe(proto)
+
+    def started(self, proto: Any) -> None:
+        """Bytes of a request head arrived on ``proto``: an idle kept-alive connection now owes its head."""
+        if proto in self.waiting and proto not in self.owing:
+            self._owe(proto)
+
+    def _owe(self, proto: Any) -> None:
+        self.owing[proto] = None
+        if len(self.owing) > self.max_pending:
+            self.expire(next(iter(self.owing)))
 
     def done(self, proto: Any) -> None:
         self.waiting.pop(proto, None)
+        self.owing.pop(proto, None)
 
     def _sweep(self) -> None:
         self._timer = None
@@ -106,6 +126,8 @@ def _h11_protocol(deadlines: _HeaderDeadlines) -> type[asyncio.Protocol]:
             deadlines.wait(self)
 
         def data_received(self, data: bytes) -> None:
+            if data:
+                deadlines.started(self)
             super().data_received(data)
             if self in deadlines.waiting and self.conn.their_state is not h11.IDLE:
                 deadlines.done(self)
@@ -113,7 +135,7 @@ def _h11_protocol(deadlines: _HeaderDeadlines) -> type[asyncio.Protocol]:
         def on_response_complete(self) -> None:
             super().on_response_complete()
             if not self.transport.is_closing() and self.conn.their_state is h11.IDLE:
-                deadlines.wait(self)  # waiting for the next request on this keep-alive connection
+                deadlines.wait(self, idle=True)  # waiting for the next request on this keep-alive connection
 
         def connection_lost(self, exc: Exception | None) -> None:
             deadlines.done(self)
@@ -133,6 +155,11 @@ def _httptools_protocol(deadlines: _HeaderDeadlines) -> type[asyncio.Protocol]:
             super().connection_made(transport)  # type: ignore[arg-type]  # uvicorn narrows BaseProtocol's type
             deadlines.wait(self)
 
+        def data_received(self, data: bytes) -> None:
+            if data:
+                deadlines.started(self)
+            super().data_received(data)
+
         def on_headers_complete(self) -> None:
             self._chio_in_flight += 1
             deadlines.done(self)
@@ -142,7 +169,7 @@ def _httptools_protocol(deadlines: _HeaderDeadlines) -> type[asyncio.Protocol]:
             self._chio_in_flight = max(0, self._chio_in_flight - 1)
             super().on_response_complete()
             if not self.transport.is_closing() and not self._chio_in_flight:
-                deadlines.wait(self)  # waiting for the next request on this keep-alive connection
+                deadlines.wait(self, idle=True)  # waiting for the next request on this keep-alive connection
 
         def connection_lost(self, exc: Exception | None) -> None:
             deadlines.done(self)
@@ -162,7 +189,9 @@ def header_timeout_protocol(
     trickles a header byte now and then holds a connection (and a file descriptor) forever. Here a
     connection must deliver a request's complete headers within ``header_timeout`` seconds of
     starting to wait for one (on connecting, and after each response), else it is closed; and when
-    more than ``max_pending`` connections wait at once, the one waiting longest is closed.
+    more than ``max_pending`` connections owe a request head at once (new, or kept alive and part-way
+    through their next head), the one waiting longest is closed. A kept-alive connection idle since
+    its last response is never closed for that cap (only at its deadline).
 
     This is the one adapter over uvicorn's protocol classes: it overrides the ``asyncio.Protocol``
     callbacks and ``on_response_complete`` (and, for httptools, the parser's ``on_headers_complete``);
