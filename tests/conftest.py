@@ -1,6 +1,12 @@
 """Shared fixtures: a real Prefect API and a real Temporal dev server, each started once per session.
 
 Both are started only when a test asks for them, so kernel-only runs stay fast.
+
+The suite runs on pytest-xdist (pyproject's ``addopts``: ``-n auto --dist loadgroup``): one worker per
+CPU (at most 4; none on a single CPU), each with its own session servers. The hooks below make the
+work units: a test alone, except the tests of a module with a module- or class-scoped fixture,
+which stay together on one worker (the fixture is set up once); and the slow tests are handed out
+first, so no worker is left with a long test at the end while the others are idle.
 """
 
 from __future__ import annotations
@@ -9,6 +15,7 @@ import os
 import tempfile
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -19,6 +26,59 @@ os.environ.pop("PREFECT_API_URL", None)
 os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
 os.environ.setdefault("PREFECT_SERVER_LOGGING_LEVEL", "WARNING")
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")  # offline: no telemetry attempts
+
+
+MAX_AUTO_WORKERS = 4  # each worker imports Prefect, Temporal and pydantic-ai and starts its own servers
+
+
+@pytest.hookimpl(optionalhook=True)  # an xdist hook: pytest does not know it without pytest-xdist
+def pytest_xdist_auto_num_workers(config: pytest.Config) -> int:
+    """``-n auto``: one worker per CPU this process may use, at most :data:`MAX_AUTO_WORKERS`; on one
+    CPU none (the tests run in this process). ``$PYTEST_XDIST_AUTO_NUM_WORKERS`` overrides."""
+    env = os.environ.get("PYTEST_XDIST_AUTO_NUM_WORKERS", "").strip()
+    if env.isdigit():
+        return int(env)
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return 0 if cpus < 2 else min(cpus, MAX_AUTO_WORKERS)
+
+
+_TERMINAL_VARS = ("COLUMNS", "LINES")
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_configure_node(node: Any) -> None:
+    """xdist's controller: hand each worker this process's terminal size variables (or their absence)."""
+    node.workerinput["chio_terminal_env"] = {name: os.environ.get(name) for name in _TERMINAL_VARS}
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """In an xdist worker, the terminal size variables as the controller had them: a worker starts with
+    COLUMNS=80 / LINES=24 set, which the CLI's rich tables would then wrap at (a run without xdist
+    has them only if the user's shell exported them)."""
+    terminal = getattr(config, "workerinput", {}).get("chio_terminal_env")
+    for name, value in (terminal or {}).items():
+        if value is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = value
+
+
+def _shares_a_module_fixture(item: pytest.Item) -> bool:
+    info = getattr(item, "_fixtureinfo", None)
+    defs = getattr(info, "name2fixturedefs", {}) if info is not None else {}
+    return any(d.scope in ("module", "class") for fixturedefs in defs.values() for d in fixturedefs)
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Under xdist (``--dist loadgroup``): slow tests first, and one group per module whose tests share
+    a module- or class-scoped fixture (see the module docstring); without xdist nothing changes."""
+    if getattr(config.option, "dist", "no") == "no" and not hasattr(config, "workerinput"):
+        return
+    for item in items:
+        if _shares_a_module_fixture(item):
+            item.add_marker(pytest.mark.xdist_group(item.nodeid.split("::", 1)[0]))
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)  # stable: slow ones first
 
 
 @pytest.fixture

@@ -129,18 +129,20 @@ class GroupCommitter(Generic[Req, Res]):
 
     # --- asyncio ---
 
-    async def submit_async(self, req: Req) -> Res:
+    async def submit_async(self, req: Req, *, defer: bool = False) -> Res:
         """Decide ``req`` now if it is the first of this loop turn, else in the turn's flush.
 
         The first request of a turn runs at once: a lone caller (an agent run, a workflow) never
         waits behind the other callbacks the loop has ready, which would add their work to its
         latency. The requests that arrive later in the same turn (concurrent callers) are batched
-        into one transaction flushed at the end of the turn.
+        into one transaction flushed at the end of the turn. With ``defer`` the first one waits for
+        the flush too (a server whose requests arrive together from its sockets: one commit per turn
+        instead of two, for one more loop turn of latency).
         """
         self._fork_check()
         loop = asyncio.get_running_loop()
         pending = self._pending.get(loop)
-        if pending is None and loop not in self._turns:
+        if pending is None and not defer and loop not in self._turns:
             self._turns.add(loop)
             loop.call_soon(self._turns.discard, loop)  # the turn ends: the next request is first again
             return self._unwrap(self._run([req])[0])

@@ -579,9 +579,11 @@ class Kernel:
         canonical_parameters: str | None = None,
         parameter_hash: str | None = None,
         metadata: Mapping[str, str] | None = None,
+        defer: bool = False,
     ) -> ChioReceipt:
         """:meth:`evaluate` for asyncio callers: the calls made in one turn of the event loop share
-        one write transaction (LocalChioClient uses this)."""
+        one write transaction (LocalChioClient uses this; the sidecar with ``defer``, see
+        ``GroupCommitter.submit_async``)."""
         if self._gate.closed:
             self._gate.check_open()
         req = self._prepare(make_request(
@@ -591,7 +593,7 @@ class Kernel:
         flight = self._in_flight
         flight.append(None)
         try:
-            return await self._evaluation.committer.submit_async(req)
+            return await self._evaluation.committer.submit_async(req, defer=defer)
         finally:
             flight.pop()
 

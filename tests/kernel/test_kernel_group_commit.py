@@ -164,3 +164,20 @@ def test_a_lone_async_caller_is_decided_without_waiting_for_the_loop_turn(kernel
 
     asyncio.run(main())
     assert ran == ["receipt", "other callback"]
+
+
+def test_deferred_callers_of_one_loop_turn_share_one_commit(kernel: Kernel) -> None:
+    # what the sidecar does (its requests arrive together from its sockets): the first call of a
+    # turn waits for the turn's flush too, so the turn is one transaction instead of two
+    token = kernel.create_capability("agent:a", scope(grant(max_invocations=4)), 3600)
+
+    async def main() -> list[str]:
+        receipts = await asyncio.gather(*(
+            kernel._evaluate_async(token.id, "fs", "read", {"i": i}, defer=True) for i in range(6)
+        ))
+        return [r.decision.guard or "allow" for r in receipts]
+
+    before = kernel._store.commits
+    assert asyncio.run(main()) == ["allow"] * 4 + ["max_invocations"] * 2
+    assert kernel._store.commits - before == 1
+    assert kernel.verify_chain().ok

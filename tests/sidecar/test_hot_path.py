@@ -76,3 +76,33 @@ def test_the_header_timeout_wraps_httptools_too() -> None:
     from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
     assert issubclass(header_timeout_protocol(5.0, 8, http="httptools"), HttpToolsProtocol)
+
+
+def test_the_evaluate_answer_is_the_model_dump(tmp_path: Path) -> None:
+    """/v1/evaluate serialises its receipt without pydantic (receipt_json): the same JSON as
+    dumps(dump_receipt(...)) (key order aside) for allows, denies, run context, Unicode and any other receipt."""
+    import json
+
+    from chio_sdk.models import ChioReceipt
+
+    from chio_kernel.sidecar._responses import dump_receipt, dumps, receipt_json
+
+    with Kernel(tmp_path / "k") as kernel:
+        cap = kernel.create_capability("agent:a", GRANT, 600).id
+        receipts = [
+            kernel.evaluate(cap, "files", "read_file", {"path": "/d/é", "n": [1, 2.5, None], "deep": {"b": True}}),
+            kernel.evaluate(cap, "files", "write_file", {}),  # a deny: guard and reason
+            kernel.evaluate(cap, "files", "read_file", {}, metadata={"flow_run_id": "run-1", "task": "ünï"}),
+            kernel.evaluate("cap-unknown", "files", "read_file", {"x": 1}),
+        ]
+        assert receipts[1].decision.verdict == "deny" and receipts[1].decision.guard
+        data = receipts[0].model_dump()
+        receipts.append(ChioReceipt.model_validate({**data, "evidence": [{"guard_name": "g", "verdict": True}]}))
+        receipts.append(ChioReceipt.model_validate({**data, "metadata": {"nested": {"a": 1}}}))
+        for receipt in receipts:
+            fast, model = receipt_json(receipt), dumps(dump_receipt(receipt))
+            assert json.loads(fast) == json.loads(model) and len(fast) == len(model), receipt
+        client = TestClient(create_app(kernel))
+        answer = client.post("/v1/evaluate", json=_call(cap, metadata={"flow_run_id": "run-2"}))
+        assert answer.headers["content-type"] == "application/json"
+        assert json.loads(answer.content) == json.loads(dumps(dump_receipt(ChioReceipt.model_validate(answer.json()))))

@@ -49,20 +49,18 @@ PROGRAMS = {  # python arguments; {data} is the run's kernel data dir
 }
 
 
+@pytest.mark.slow  # ten runs of each program, each a new interpreter and a new dev server
+@pytest.mark.parametrize("run", range(RUNS))
 @pytest.mark.parametrize("name", list(PROGRAMS))
-def test_exits_zero_every_time(name: str, tmp_path: Path) -> None:
+def test_exits_zero_every_time(name: str, run: int, tmp_path: Path) -> None:
+    # one test per run (not a loop in one test), so parallel workers share the runs
     env = {**os.environ}
     env.pop("CHIO_EXAMPLE_MODEL", None)
-    codes = []
-    for run in range(RUNS):
-        data = tmp_path / f"run-{run}"
-        data.mkdir()
-        args = [arg.replace("{data}", str(data / "kernel")) for arg in PROGRAMS[name]]
-        done = subprocess.run(
-            [sys.executable, *args],
-            capture_output=True, text=True, timeout=180, env={**env, "CHIO_HOME": str(data)}, cwd=data,
-        )
-        codes.append(done.returncode)
-        if done.returncode != 0:
-            print(f"run {run} exited {done.returncode}:\n{done.stderr[-2000:]}")
-    assert codes == [0] * RUNS
+    data = tmp_path / f"run-{run}"
+    data.mkdir()
+    args = [arg.replace("{data}", str(data / "kernel")) for arg in PROGRAMS[name]]
+    done = subprocess.run(
+        [sys.executable, *args],
+        capture_output=True, text=True, timeout=180, env={**env, "CHIO_HOME": str(data)}, cwd=data,
+    )
+    assert done.returncode == 0, f"run {run} exited {done.returncode}:\n{done.stderr[-2000:]}"

@@ -9,7 +9,8 @@ from typing import Any, TypeVar
 
 from chio_sdk.models import ChioScope
 from pydantic import BaseModel, ValidationError
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
+from starlette.types import Receive, Scope
 
 from chio_kernel._coerce import normalize_scope_constraints
 from chio_kernel._errors import KernelInputError
@@ -34,6 +35,7 @@ __all__ = [
     "query_cursor",
     "query_int",
     "read_object",
+    "read_scope_object",
     "req_str",
     "run_metadata",
     "scope",
@@ -92,9 +94,8 @@ def _has_lone_surrogate(value: Any) -> bool:
     return False
 
 
-async def _read_body(request: Request) -> bytes:
-    """The raw body, refused (413) over :data:`MAX_BODY_BYTES` on ``Content-Length`` and while streaming."""
-    length = request.headers.get("content-length")
+def _declared_length(length: bytes | str | None) -> None:
+    """Refuse (400 / 413) a ``Content-Length`` that is not an integer or is over :data:`MAX_BODY_BYTES`."""
     if length is not None:
         try:
             declared = int(length)
@@ -102,14 +103,42 @@ async def _read_body(request: Request) -> bytes:
             raise ApiError(400, "bad_request", "Content-Length is not an integer") from None
         if declared > MAX_BODY_BYTES:
             raise ApiError(413, "body_too_large", f"request body over {MAX_BODY_BYTES} bytes")
+
+
+def _joined(chunks: list[bytes], size: int, chunk: bytes) -> int:
+    size += len(chunk)
+    if size > MAX_BODY_BYTES:
+        raise ApiError(413, "body_too_large", f"request body over {MAX_BODY_BYTES} bytes")
+    chunks.append(chunk)
+    return size
+
+
+async def _read_body(request: Request) -> bytes:
+    """The raw body, refused (413) over :data:`MAX_BODY_BYTES` on ``Content-Length`` and while streaming."""
+    _declared_length(request.headers.get("content-length"))
     chunks: list[bytes] = []
     size = 0
     async for chunk in request.stream():
-        size += len(chunk)
-        if size > MAX_BODY_BYTES:
-            raise ApiError(413, "body_too_large", f"request body over {MAX_BODY_BYTES} bytes")
-        chunks.append(chunk)
+        size = _joined(chunks, size, chunk)
     return b"".join(chunks)
+
+
+async def _read_scope_body(scope: Scope, receive: Receive) -> bytes:
+    """:func:`_read_body` straight from the ASGI scope and ``receive`` (no ``Request`` object: the hot path)."""
+    for name, value in scope["headers"]:
+        if name == b"content-length":
+            _declared_length(value)
+            break
+    chunks: list[bytes] = []
+    size = 0
+    while True:
+        message = await receive()
+        if message["type"] == "http.request":
+            size = _joined(chunks, size, message.get("body", b""))
+            if not message.get("more_body", False):
+                return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+        elif message["type"] == "http.disconnect":
+            raise ClientDisconnect()
 
 
 def _too_deep(body: bytes, data: Any) -> bool:
@@ -152,12 +181,20 @@ def parse_json(body: bytes) -> Any:
     return data
 
 
-async def read_object(request: Request) -> dict[str, Any]:
-    """The body as a JSON object (4xx otherwise)."""
-    data = parse_json(await _read_body(request))
+def _object(data: Any) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise ApiError(422, "invalid_request", f"expected a JSON object, got {type(data).__name__}")
     return data
+
+
+async def read_object(request: Request) -> dict[str, Any]:
+    """The body as a JSON object (4xx otherwise)."""
+    return _object(parse_json(await _read_body(request)))
+
+
+async def read_scope_object(scope: Scope, receive: Receive) -> dict[str, Any]:
+    """:func:`read_object` from the ASGI scope and ``receive``, for a handler that builds no ``Request``."""
+    return _object(parse_json(await _read_scope_body(scope, receive)))
 
 
 def req_str(data: dict[str, Any], key: str, *, max_len: int = 1024) -> str:

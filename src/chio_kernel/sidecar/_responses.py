@@ -6,7 +6,7 @@ import json
 from collections.abc import Callable
 from typing import Any
 
-from chio_sdk.models import CapabilityToken, ChioReceipt
+from chio_sdk.models import CapabilityToken, ChioReceipt, Decision, ToolCallAction
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import Response
@@ -15,7 +15,7 @@ from chio_kernel._paging import Page
 from chio_kernel._receipts import receipt_wire_dict
 from chio_kernel._secrets import mask_secrets
 
-__all__ = ["dump_receipt", "dump_token", "dumps", "error_response", "json_response", "page_answer"]
+__all__ = ["dump_receipt", "dump_token", "dumps", "error_response", "json_response", "page_answer", "receipt_json"]
 
 
 def _stdlib_dumps(obj: Any) -> bytes:
@@ -48,6 +48,39 @@ def error_response(status: int, error: str, message: str) -> Response:
 def dump_receipt(receipt: ChioReceipt) -> dict[str, Any]:
     # exactly the signed fields (no empty evidence/metadata): what we hand out is what we signed
     return receipt_wire_dict(receipt)
+
+
+def receipt_json(receipt: ChioReceipt) -> bytes:
+    """``dumps(dump_receipt(receipt))``, the same bytes, without pydantic's serialiser for the receipts
+    an evaluation returns (no evidence; run context of text values); any other goes the model way."""
+    if type(receipt) is not ChioReceipt or receipt.evidence:
+        return dumps(dump_receipt(receipt))
+    action, verdict, meta = receipt.action, receipt.decision, receipt.metadata
+    if type(action) is not ToolCallAction or type(verdict) is not Decision or (
+        meta and not all(type(v) is str for v in meta.values())
+    ):
+        return dumps(dump_receipt(receipt))
+    decision = {"verdict": verdict.verdict}
+    if verdict.reason is not None:
+        decision["reason"] = verdict.reason
+    if verdict.guard is not None:
+        decision["guard"] = verdict.guard
+    data = {  # the fields in the model's order, as model_dump(mode="json", exclude_none=True) gives them
+        "id": receipt.id,
+        "timestamp": receipt.timestamp,
+        "capability_id": receipt.capability_id,
+        "tool_server": receipt.tool_server,
+        "tool_name": receipt.tool_name,
+        "action": {"parameters": action.parameters, "parameter_hash": action.parameter_hash},
+        "decision": decision,
+        "content_hash": receipt.content_hash,
+        "policy_hash": receipt.policy_hash,
+    }
+    if meta:
+        data["metadata"] = meta
+    data["kernel_key"] = receipt.kernel_key
+    data["signature"] = receipt.signature
+    return dumps(data)
 
 
 def dump_token(token: CapabilityToken) -> dict[str, Any]:

@@ -16,10 +16,12 @@ from chio_kernel._kernel import MAX_COST_UNITS
 from chio_kernel._receipts import chain_dict
 from chio_kernel._run_context import PRINCIPAL_KEY
 from chio_kernel.sidecar._auth import ALL_ROLES, admits, asked_by, check_owner, principal_of
-from chio_kernel.sidecar._body import model, only_fields, opt_str, query_cursor, query_int, read_object, req_str, run_metadata
+from chio_kernel.sidecar._body import (
+    model, only_fields, opt_str, query_cursor, query_int, read_object, read_scope_object, req_str, run_metadata,
+)
 from chio_kernel.sidecar._config import DEFAULT_LIST_LIMIT, MAX_LIST_LIMIT
 from chio_kernel.sidecar._errors import ApiError, endpoint, found
-from chio_kernel.sidecar._responses import dump_receipt, json_response, page_answer
+from chio_kernel.sidecar._responses import dump_receipt, json_response, page_answer, receipt_json
 
 __all__ = ["ROUTES"]
 
@@ -77,7 +79,7 @@ async def evaluate(request: Request) -> Response:
 
 
 async def _evaluate(request: Request) -> Response:
-    data = await read_object(request)
+    data = await read_scope_object(request.scope, request.receive)  # the body without Request.stream()
     only_fields(data, EVALUATE_FIELDS, "the /v1/evaluate body")
     capability_id = req_str(data, "capability_id", max_len=256)
     tool_server = req_str(data, "tool_server")
@@ -92,8 +94,8 @@ async def _evaluate(request: Request) -> Response:
     }
     # the client's parameter_hash is ignored: the kernel computes its own
     kernel = request.app.state.kernel
-    if request.app.state.evaluate_inline:  # group commit on the loop (see _app.create_app)
-        receipt = await kernel._evaluate_async(capability_id, tool_server, tool_name, parameters, **kwargs)
+    if request.app.state.evaluate_inline:  # group commit on the loop (see _app.create_app), one commit per turn
+        receipt = await kernel._evaluate_async(capability_id, tool_server, tool_name, parameters, defer=True, **kwargs)
     else:
         receipt = await run_in_threadpool(kernel.evaluate, capability_id, tool_server, tool_name, parameters, **kwargs)
     if (
@@ -101,7 +103,7 @@ async def _evaluate(request: Request) -> Response:
         and request.headers.get(_PENDING_UNDERSTOOD, "").strip().lower() != "understood"
     ):  # fail closed: a client that knows only allow/deny would run a pending call
         receipt = await run_in_threadpool(kernel.pending_as_deny, receipt, kwargs["metadata"])
-    return json_response(dump_receipt(receipt))
+    return Response(receipt_json(receipt), media_type="application/json")  # json_response(dump_receipt(...))
 
 
 @endpoint
