@@ -157,7 +157,7 @@ def test_demo_shows_allow_scope_deny_and_revocation_deny(tmp_path: Path) -> None
     assert len(lines) == len(receipts) > 5
     for line in lines:
         assert_receipt_verifies(json.loads(line))
-    for r in cli_json("receipts", "list", "--json", "--limit", "100000", "--data-dir", str(tmp_path / "demo")):
+    for r in cli_json("receipts", "list", "--json", "--limit", "10000", "--data-dir", str(tmp_path / "demo")):
         assert_receipt_verifies(r)  # type: ignore[arg-type]
 
 
