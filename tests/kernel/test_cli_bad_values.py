@@ -17,7 +17,7 @@ from cli_inprocess import run_cli_in_process
 from kernel_helpers import grant, scope
 
 #: commands that serve or follow forever: their options are checked by their own tests
-SKIP = {("sidecar",), ("demo",), ("receipts", "tail")}
+SKIP = {("sidecar",), ("ui",), ("demo",), ("receipts", "tail")}
 BAD = ["", "-1", str(2**63), "abc", "1e999", "x" * 5000, "afile"]
 RAW = re.compile(r"\b[A-Z][A-Za-z]*(Error|Exception|Overflow|OutOfRange)\b:|Traceback|Errno|psycopg\.")
 

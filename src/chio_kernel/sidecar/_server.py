@@ -351,7 +351,7 @@ def serve(
     server = uvicorn.Server(config)
     # Evaluations run on the event loop; listings in worker threads. A thread asking for the GIL
     # waits for the holder's switch interval: at CPython's 5 ms a page of a listing would hold an
-    # evaluation up for several of them, so hand the GIL over 10x sooner (docs/sidecar.md).
+    # evaluation up for several of them, so hand the GIL over 50x sooner (0.1 ms; docs/sidecar.md).
     sys.setswitchinterval(SWITCH_INTERVAL)
     sock = _bind(host, port)
     if on_ready is not None:
