@@ -73,7 +73,8 @@ def test_receipts_list_filters_and_tail_on_postgres(pg_dsn: str, tmp_path: Path)
         assert [s for s, _ in st.query_receipts(ReceiptQuery(newest_first=True, verdict="deny", limit=2))] == [5, 4]
         assert [s for s, _ in st.query_receipts(ReceiptQuery(since=T0 + 2 * 3600, after_seq=3))] == [4]
 
-    d = ["--data-dir", str(tmp_path / "host-b"), "--store", pg_dsn]  # another host of the fleet
+    Kernel(tmp_path / "host-b", store=pg_dsn).close()  # another host of the fleet (its key registered)
+    d = ["--data-dir", str(tmp_path / "host-b"), "--store", pg_dsn]  # read-only commands make no identity
     assert _ids(*d) == ids[::-1]
     assert _ids("--verdict", "deny", "--limit", "2", *d) == [ids[4], ids[3]]
     assert _ids("--capability", "cap-b", "--verdict", "allow", *d) == [ids[2]]
