@@ -395,8 +395,8 @@ class Approvals:
         if row.parameter_hash != req.param_hash:
             raise Deny(
                 "approval-parameters-mismatch",
-                f"approval {approval_id} approves parameters with hash {row.parameter_hash[:16]}…; this call's "
-                f"parameters hash to {req.param_hash[:16]}…. An approval covers only the parameters approved",
+                f"approval {approval_id} approves parameters with hash {row.parameter_hash}; this call's "
+                f"parameters hash to {req.param_hash}. An approval covers only the parameters approved",
             )
         if row.call_hash != call_hash(req):
             raise Deny(
@@ -659,7 +659,7 @@ class Approvals:
         approver = data["approver"].lower()
         if approver not in self.approver_keys:
             raise ApprovalTokenError(
-                f"approver key {approver[:16]}… is not trusted by this kernel (add it with "
+                f"approver key {approver} is not trusted by this kernel (add it with "
                 "`chio-durable approvals trust KEY` or Kernel(approver_keys=[...]))"
             )
         body = {k: v for k, v in data.items() if k != "signature"}

@@ -365,8 +365,8 @@ class Capabilities:
     def _signature_problem(self, st: StoreReader | None, token: CapabilityToken, issuers: frozenset[str]) -> str | None:
         if token.issuer not in issuers:
             return (
-                f"capability {token.id} was issued by {token.issuer[:16]}…, which is neither this kernel "
-                f"({self.public_key_hex[:16]}…) nor a trusted key; get a capability from this kernel or "
+                f"capability {token.id} was issued by {token.issuer}, which is neither this kernel "
+                f"({self.public_key_hex}) nor a trusted key; get a capability from this kernel or "
                 "add the issuer to trusted_keys"
             )
         try:
@@ -382,7 +382,7 @@ class Capabilities:
         for i in range(self._verified_links(token), len(chain)):
             link = chain[i]
             if link.delegator not in issuers:
-                return f"delegation link {i} of {token.id} was signed by an unknown key {link.delegator[:16]}…"
+                return f"delegation link {i} of {token.id} was signed by an unknown key {link.delegator}"
             if not verify_hex(link.delegator, link.signature, _link_signing_bytes(link)):
                 return f"delegation link {i} of {token.id} (from {link.capability_id}) has an invalid signature"
             child_id = chain[i + 1].capability_id if i + 1 < len(chain) else token.id

@@ -308,7 +308,7 @@ class Checkpoints:
                 "no kernel checkpoints: `chio-durable receipts verify` checks it by its hash links and signatures")
         if chain != self.key:
             raise KernelInputError(
-                f"receipt {receipt_id!r} is in kernel {chain[:16]}…'s chain, which has not checkpointed it yet: "
+                f"receipt {receipt_id!r} is in kernel {chain}'s chain, which has not checkpointed it yet: "
                 "only that kernel cuts its checkpoints (ask it for the proof, or retry in a few seconds)")
         self.cut()
         with self._gate.read() as st:
@@ -484,7 +484,7 @@ class _KernelCheck:
     def __init__(self, st: StoreReader, kernel_id: str, head: int) -> None:
         """``head``: the newest position of the kernel's chain that the store holds."""
         self._st, self._kernel_id, self._head = st, kernel_id, head
-        self._who = f"kernel {kernel_id[:16]}…"
+        self._who = f"kernel {kernel_id}"
         self._prev: dict[str, Any] | None = None
         self._last = 0
         self.count = 0
@@ -545,7 +545,7 @@ def _tail_problem(who: str, newest_seq: int, newest_end: int, head: int) -> list
 def _coverage_problems(st: StoreReader, kernel_id: str, body: Mapping[str, Any], row: CheckpointRow,
                        head: int) -> list[str]:
     """The receipts a checkpoint covers (up to the chain's newest) must all be there and hash to its root."""
-    who = f"kernel {kernel_id[:16]}…"
+    who = f"kernel {kernel_id}"
     start, end, seq = body["batch_start_seq"], body["batch_end_seq"], body["checkpoint_seq"]
     if head < end:  # reported once for the kernel (_tail_problem); what is left is still checked
         if head < start:
@@ -584,7 +584,7 @@ def _ranges(seqs: list[int]) -> str:
 def _signer_problems(st: StoreReader, kernel_id: str, covered: int, known_keys: Collection[str]) -> list[str]:
     """Each receipt of a chain after its newest checkpoint must be signed by the registered key it names."""
     problems: list[str] = []
-    where = f" of the chain {kernel_id}" if kernel_id == LEGACY_CHAIN else f" of kernel {kernel_id[:16]}…'s chain"
+    where = f" of the chain {kernel_id}" if kernel_id == LEGACY_CHAIN else f" of kernel {kernel_id}'s chain"
     while rows := st.chain_receipts(kernel_id, covered, _PAGE):
         for seq, text in rows:
             why = signer_problem(json.loads(text), known_keys)
@@ -598,7 +598,7 @@ def signer_problem(data: Mapping[str, Any], known_keys: Collection[str]) -> str 
     """Why a receipt (stored form) is not signed by the known key it names, or None."""
     key, rid = str(data.get("kernel_key")), data.get("id")
     if key not in known_keys:
-        return f"receipt {rid} names kernel key {key[:16]}…, which is not a registered or trusted key"
+        return f"receipt {rid} names kernel key {key}, which is not a registered or trusted key"
     try:
         message = receipt_signing_bytes(dict(data))
     except (TypeError, ValueError) as err:
@@ -608,13 +608,13 @@ def signer_problem(data: Mapping[str, Any], known_keys: Collection[str]) -> str 
         return None
     other = next((k for k in known_keys if k != key and verify_hex(k, signature, message)), None)
     if other is not None:
-        return (f"receipt {rid} was inserted under registered key {key[:16]}… but was signed with key "
-                f"{other[:16]}…")
-    return f"receipt {rid} names registered key {key[:16]}… but was not signed with it (forged or altered)"
+        return (f"receipt {rid} was inserted under registered key {key} but was signed with key "
+                f"{other}")
+    return f"receipt {rid} names registered key {key} but was not signed with it (forged or altered)"
 
 
 def key_row_problems(registered: Collection[str], anchors: Collection[str]) -> list[str]:
     """Registered key rows that no anchor (this kernel's key, the trusted keys) vouches for."""
-    return [f"forged key row: kernel key {k[:16]}… is registered in the store but is not one of the trusted "
+    return [f"forged key row: kernel key {k} is registered in the store but is not one of the trusted "
             "fleet keys (pass every fleet kernel's key with --trusted-key)" for k in sorted(registered)
             if k not in anchors]

@@ -83,7 +83,7 @@ def _show_receipts(console: Console, kernel: Any, capability_id: str) -> bool:
         signed = sum(1 for r in receipts if kernel.verify_receipt(r))
         console.print(
             f"[green]Chain verified[/]: {report.count} receipts hash-linked; "
-            f"{signed}/{len(receipts)} signatures valid (kernel key {kernel.public_key_hex[:16]}…)",
+            f"{signed}/{len(receipts)} signatures valid (kernel key {kernel.public_key_hex})",
             highlight=False,
         )
         return True

@@ -146,7 +146,7 @@ def _manifest(directory: Path, public_key: str | None) -> tuple[dict[str, Any], 
         raise ProofError(f"manifest.json is not a {MANIFEST_SCHEMA} manifest")
     key = str(manifest.get("kernelKey"))
     if public_key is not None and key != public_key:
-        raise ProofError(f"the package was exported by kernel {key[:16]}…, not {public_key[:16]}…")
+        raise ProofError(f"the package was exported by kernel {key}, not {public_key}")
     if raw != _json(manifest) or not verify_hex(key, signature, canonical_json(manifest)):
         raise ProofError("manifest.json was altered (its signature in manifest.sig does not verify)")
     listed = {f["path"]: f for f in manifest.get("files", [])}

@@ -64,7 +64,7 @@ class FleetTrust(Trust):
         if retired is None:
             return None
         return (
-            f"capability {token.id} was signed by kernel key {retired[:16]}…, which was retired from the "
+            f"capability {token.id} was signed by kernel key {retired}, which was retired from the "
             "fleet store; issue a new capability from an active kernel"
         )
 
@@ -74,7 +74,7 @@ class FleetTrust(Trust):
             retired = cast(_PgReader, st).first_retired(token_signers(token))
         if retired is None:
             return None
-        return f"capability {token.id} was signed by kernel key {retired[:16]}…, which was retired"
+        return f"capability {token.id} was signed by kernel key {retired}, which was retired"
 
     def on_write(self, st: StoreWriter) -> bool:
         """Reload the retired keys when the epoch (read with the writer lock) moved: True then."""
@@ -110,7 +110,7 @@ class FleetKeys:
             retired = cast(_PgReader, st).first_retired([self._public_key])
         if retired is not None:
             raise KernelKeyRetiredError(
-                f"this kernel's signing key {retired[:16]}… (data directory {self._data_dir}) was retired from the "
+                f"this kernel's signing key {retired} (data directory {self._data_dir}) was retired from the "
                 f"fleet store {self.description}; it signs nothing more. Start it with a new data directory "
                 "(--data-dir / CHIO_HOME: a new key, registered on start) to rejoin the fleet"
             )
@@ -133,5 +133,5 @@ class FleetKeys:
             raise KernelInputError("reason must be a non-empty string")
         if not self._store.retire_key(public_key, reason):
             raise KernelInputError(
-                f"kernel key {public_key[:16]}… is not registered in this store (see `chio-durable keys list`)"
+                f"kernel key {public_key} is not registered in this store (see `chio-durable keys list`)"
             )

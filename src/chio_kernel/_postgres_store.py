@@ -228,7 +228,7 @@ def _wrap(err: Exception, signer: str | None) -> Exception:
         return StoreConflictError(f"a write transaction of the fleet store was rolled back: {err}")
     if isinstance(err, psycopg.Error) and err.sqlstate == "CH001":  # raised by chio_chain_lock
         return KernelKeyRetiredError(
-            f"this kernel's signing key {str(signer)[:16]}… was retired from the fleet store; it signs nothing "
+            f"this kernel's signing key {str(signer)} was retired from the fleet store; it signs nothing "
             "more. Give this host a new data directory (a new key) to rejoin the fleet"
         )
     if isinstance(err, psycopg.OperationalError):

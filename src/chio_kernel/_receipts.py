@@ -422,7 +422,7 @@ def verify_receipt_dict(data: dict[str, Any], issuers: Collection[str]) -> str |
     """Why a receipt (``model_dump(exclude_none=True)`` form) does not verify against ``issuers``, or None."""
     key = data.get("kernel_key")
     if key not in issuers:
-        return f"receipt {data.get('id')} was signed by {str(key)[:16]}…, which is not this kernel nor a trusted key"
+        return f"receipt {data.get('id')} was signed by {str(key)}, which is not this kernel nor a trusted key"
     try:
         action = data["action"]
         if hashlib.sha256(canonical_json(action["parameters"])).hexdigest() != action["parameter_hash"]:
@@ -494,7 +494,8 @@ def _columns_problem(st: StoreReader, batch: int) -> tuple[int, str] | None:
 
 
 def _short(kernel_id: str) -> str:
-    return kernel_id[:16] + "…" if len(kernel_id) > 16 else kernel_id
+    """A kernel's id (its public key) as messages show it: whole (ids are never cut)."""
+    return kernel_id
 
 
 def _verify_one_chain(

@@ -109,7 +109,7 @@ def refuse_missing_key(data_dir: Path, fsync: bool) -> None:
         probe.close()
     if not counts.capabilities and not counts.receipts:
         return  # a store that never held anything: nothing to orphan
-    key_hint = f" (its public key starts {counts.newest_key[:16]})" if counts.newest_key else ""
+    key_hint = f" (its public key {counts.newest_key})" if counts.newest_key else ""
     raise KernelKeyMissingError(
         f"the kernel signing key {data_dir / KEY_FILE} is missing, but the store {data_dir / DB_FILE} holds "
         f"{counts.capabilities} capabilities and {counts.receipts} receipts signed with it; a new key would "

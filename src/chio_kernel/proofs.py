@@ -278,7 +278,7 @@ def verify_checkpoint(checkpoint: Mapping[str, Any], public_key: str) -> dict[st
         raise ProofError(f"checkpoint {seq}: tree_size {body.get('tree_size')} does not match range {start}-{end}")
     if body.get("kernel_key") != public_key:
         raise ProofError(
-            f"checkpoint {seq} names kernel key {str(body.get('kernel_key'))[:16]}…, not {public_key[:16]}…"
+            f"checkpoint {seq} names kernel key {str(body.get('kernel_key'))}, not {public_key}"
         )
     if not verify_hex(public_key, str(checkpoint.get("signature")), _canonical(dict(body), "the checkpoint body")):
         raise ProofError(f"checkpoint {seq} has an invalid signature (altered after signing, or another key)")
@@ -405,7 +405,7 @@ def verify_consistency(proof: Mapping[str, Any], public_key: str) -> tuple[dict[
     if _fields(proof, _CONSISTENCY, "a consistency proof")["schema"] != CONSISTENCY_SCHEMA:
         raise ProofError(f"not a consistency proof (schema {CONSISTENCY_SCHEMA} expected)")
     if proof["kernel_id"] != public_key:
-        raise ProofError(f"the proof is of kernel {str(proof['kernel_id'])[:16]}…, not {public_key[:16]}…")
+        raise ProofError(f"the proof is of kernel {str(proof['kernel_id'])}, not {public_key}")
     checkpoints = proof.get("checkpoints")
     if not isinstance(checkpoints, list) or not checkpoints:
         raise ProofError("a consistency proof carries the checkpoints from..to")

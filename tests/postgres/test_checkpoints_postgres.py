@@ -51,7 +51,7 @@ def test_each_fleet_kernel_checkpoints_only_its_own_chain(pg_dsn: str, tmp_path:
     verify_inclusion(b.inclusion_proof(ids[7]), a.public_key_hex)  # a's receipt 4, from any kernel
     verify_consistency(b.consistency_proof(1, 2), b.public_key_hex)
     pending = b.evaluate(cap.id, "fs", "read_file", {"i": 9}).id  # b's receipt 6: not yet checkpointed
-    with pytest.raises(KernelInputError, match=f"kernel {b.public_key_hex[:16]}…'s chain, which has not"):
+    with pytest.raises(KernelInputError, match=f"kernel {b.public_key_hex}'s chain, which has not"):
         a.inclusion_proof(pending)
     assert b.inclusion_proof(pending)["proof"]["receipt_seq"] == 6  # its own kernel cuts on demand
     report = a.verify_checkpoints(trusted_keys=[b.public_key_hex])
@@ -70,7 +70,7 @@ def test_a_deleted_tail_of_one_kernels_chain_is_named(pg_dsn: str, tmp_path: Pat
     with psycopg.connect(pg_dsn, autocommit=True) as conn:  # b's newest two, and nothing of a's
         conn.execute("DELETE FROM receipts WHERE kernel_id = %s AND chain_seq > 2", (b.public_key_hex,))
     problems = a.verify_checkpoints().problems
-    assert problems == [f"the newest receipts were deleted: kernel {b.public_key_hex[:16]}…'s chain ends at seq 2, "
+    assert problems == [f"the newest receipts were deleted: kernel {b.public_key_hex}'s chain ends at seq 2, "
                         "but its checkpoint 1 covers receipts up to seq 4: seq 3-4 are missing"], problems
     b.close()
     a.close()

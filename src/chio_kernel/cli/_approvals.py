@@ -175,4 +175,4 @@ def approvals_trust(
     Written to the data directory's `approvers` file; a running sidecar on it sees it at once."""
     kernel = _kernel(data_dir, must_exist=False, store=store)
     kernel.trust_approver(public_key)
-    out.print(f"trusted approver key {public_key[:16]}… ({kernel.data_dir / 'approvers'})", markup=False)
+    out.print(f"trusted approver key {public_key} ({kernel.data_dir / 'approvers'})", markup=False)

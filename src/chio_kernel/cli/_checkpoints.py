@@ -178,7 +178,7 @@ def receipts_verify_proof(
             result = {"ok": True, "kind": "inclusion", "receipt_id": receipt["id"],
                       "checkpoint_seq": cp["checkpoint_seq"]}
             line = (f"inclusion proof ok: receipt {receipt['id']} (seq {doc['proof']['receipt_seq']}) is in "
-                    f"checkpoint {cp['checkpoint_seq']}, signed by {key[:16]}…")
+                    f"checkpoint {cp['checkpoint_seq']}, signed by {key}")
     except ProofError as e:
         _does_not_verify("the proof", e, as_json)
     if as_json:
@@ -208,4 +208,4 @@ def receipts_verify_evidence(
         return
     pinned = "" if public_key else " (key taken from the manifest: pass --public-key to pin it)"
     out.print(f"[green]evidence ok[/]: {report.receipts} receipts, {report.inclusion_proofs} inclusion proofs, "
-              f"{report.checkpoints} checkpoints, signed by {report.kernel_key[:16]}…{pinned}", highlight=False)
+              f"{report.checkpoints} checkpoints, signed by {report.kernel_key}{pinned}", highlight=False)

@@ -8,6 +8,7 @@ from typing import Annotated
 import typer
 
 __all__ = [
+    "CheckpointEvery", "CheckpointInterval", "MaxDelegationDepth", "MaxGrants", "OtelFlag",
     "CursorOpt", "DataDir", "InboxUrl", "JsonFlag", "LimitOpt", "PrefectUi", "StoreOpt", "TemporalNamespace",
     "TemporalUi", "WebhookSecret", "WebhookUrls", "print_next_cursor",
 ]
@@ -73,4 +74,37 @@ InboxUrl = Annotated[
     str | None,
     typer.Option("--inbox-url", show_default=False,
                  help="The inbox's address as people reach it (https://host/ui), linked from each webhook."),
+]
+
+
+# --- the sidecar's kernel settings (`chio-durable sidecar`; docs/checkpoints.md, docs/kernel.md) ---
+
+CheckpointEvery = Annotated[
+    int | None,
+    typer.Option("--checkpoint-every", envvar="CHIO_CHECKPOINT_EVERY", min=0, show_default=False,
+                 help="Cut a signed Merkle checkpoint every N receipts (default 256; 0: off)."),
+]
+CheckpointInterval = Annotated[
+    float | None,
+    typer.Option("--checkpoint-interval", envvar="CHIO_CHECKPOINT_INTERVAL", min=0.01, show_default=False,
+                 help="... or after this many seconds with receipts pending, whichever first (default 2)."),
+]
+MaxGrants = Annotated[
+    int | None,
+    typer.Option("--max-grants", envvar="CHIO_MAX_GRANTS", min=1, show_default=False,
+                 help="Grants one capability may hold; more is refused with 422 (default 1000)."),
+]
+MaxDelegationDepth = Annotated[
+    int | None,
+    typer.Option("--max-delegation-depth", envvar="CHIO_MAX_DELEGATION_DEPTH", min=1, show_default=False,
+                 help="Delegation links one capability may carry; a deeper attenuation is refused with 422 "
+                 "(default 32)."),
+]
+OtelFlag = Annotated[
+    bool,
+    typer.Option(
+        "--otel",
+        help="Export a span per request, the request latency and the approval answers over OTLP "
+        "(OTEL_EXPORTER_OTLP_* variables; needs pip install 'chio-durable[otel]').",
+    ),
 ]

@@ -9,8 +9,13 @@ import typer
 
 from chio_kernel.cli._common import CliError, _guarded, _resolve_dir, err
 from chio_kernel.cli._options import (
+    CheckpointEvery,
+    CheckpointInterval,
     DataDir,
     InboxUrl,
+    MaxDelegationDepth,
+    MaxGrants,
+    OtelFlag,
     PrefectUi,
     StoreOpt,
     TemporalNamespace,
@@ -28,6 +33,13 @@ _MODE_LINES = {
     "token": "auth token: whoever holds the --token is the operator (production: --auth roles)",
     "roles": "auth roles: every request needs a credential token; each endpoint admits its roles",
 }
+
+
+def _export_settings(settings: dict[str, Any]) -> None:
+    """Put the settings given on the command line into the environment the kernel reads."""
+    for env, value in settings.items():
+        if value is not None:
+            os.environ[env] = str(value)
 
 
 @_guarded
@@ -68,35 +80,11 @@ def sidecar(
             help="Close a connection that has not sent complete request headers within this many seconds.",
         ),
     ] = 10.0,
-    checkpoint_every: Annotated[
-        int | None,
-        typer.Option("--checkpoint-every", envvar="CHIO_CHECKPOINT_EVERY", min=0, show_default=False,
-                     help="Cut a signed Merkle checkpoint every N receipts (default 256; 0: off)."),
-    ] = None,
-    checkpoint_interval: Annotated[
-        float | None,
-        typer.Option("--checkpoint-interval", envvar="CHIO_CHECKPOINT_INTERVAL", min=0.01, show_default=False,
-                     help="... or after this many seconds with receipts pending, whichever first (default 2)."),
-    ] = None,
-    max_grants: Annotated[
-        int | None,
-        typer.Option("--max-grants", envvar="CHIO_MAX_GRANTS", min=1, show_default=False,
-                     help="Grants one capability may hold; more is refused with 422 (default 1000)."),
-    ] = None,
-    max_delegation_depth: Annotated[
-        int | None,
-        typer.Option("--max-delegation-depth", envvar="CHIO_MAX_DELEGATION_DEPTH", min=1, show_default=False,
-                     help="Delegation links one capability may carry; a deeper attenuation is refused with 422 "
-                     "(default 32)."),
-    ] = None,
-    otel: Annotated[
-        bool,
-        typer.Option(
-            "--otel",
-            help="Export a span per request, the request latency and the approval answers over OTLP "
-            "(OTEL_EXPORTER_OTLP_* variables; needs pip install 'chio-durable[otel]').",
-        ),
-    ] = False,
+    checkpoint_every: CheckpointEvery = None,
+    checkpoint_interval: CheckpointInterval = None,
+    max_grants: MaxGrants = None,
+    max_delegation_depth: MaxDelegationDepth = None,
+    otel: OtelFlag = False,
     temporal_ui: TemporalUi = None,
     temporal_namespace: TemporalNamespace = "default",
     prefect_ui: PrefectUi = None,
@@ -116,21 +104,15 @@ def sidecar(
         raise CliError(str(e)) from None
     path = _resolve_dir(data_dir)
     hooks = webhook_settings(webhook, webhook_secret, inbox_url or f"http://{host}:{port}/ui")
-    if store is not None:  # the sidecar's Kernel reads $CHIO_STORE
-        os.environ["CHIO_STORE"] = store
-    # ... and $CHIO_CHECKPOINT_EVERY / _INTERVAL
-    if checkpoint_every is not None:
-        os.environ["CHIO_CHECKPOINT_EVERY"] = str(checkpoint_every)
-    if checkpoint_interval is not None:
-        os.environ["CHIO_CHECKPOINT_INTERVAL"] = str(checkpoint_interval)
-    for env, limit in (("CHIO_MAX_GRANTS", max_grants), ("CHIO_MAX_DELEGATION_DEPTH", max_delegation_depth)):
-        if limit is not None:  # and the limits from the environment
-            os.environ[env] = str(limit)
+    _export_settings({  # the sidecar's Kernel reads them from the environment
+        "CHIO_STORE": store, "CHIO_CHECKPOINT_EVERY": checkpoint_every, "CHIO_CHECKPOINT_INTERVAL": checkpoint_interval,
+        "CHIO_MAX_GRANTS": max_grants, "CHIO_MAX_DELEGATION_DEPTH": max_delegation_depth,
+    })
 
     def ready(kernel: Any) -> None:
         err.print(
             f"chio-durable sidecar on http://{host}:{port}  data dir {path}  "
-            f"kernel key {kernel.public_key_hex[:16]}…  {_MODE_LINES[mode]}",
+            f"kernel key {kernel.public_key_hex}  {_MODE_LINES[mode]}",
             markup=False,
             highlight=False,
         )
