@@ -264,3 +264,25 @@ def test_a_credential_store_that_cannot_answer_is_503_not_a_pass(tmp_path: Path)
         app.auth._authenticate = locked
         r = TestClient(app).post("/v1/evaluate", json=_call("cap-x"), headers=_bearer(token))
         assert r.status_code == 503 and r.json()["error"] == "store_unavailable"
+
+
+def test_a_workloads_pages_holds_and_form_denies_stay_its_own(roles: Any) -> None:
+    kernel, client, tokens = roles
+    cap = kernel.create_capability("agent:a", {"grants": [{**REFUND, "constraints": [APPROVE_ALL]}]}, 600).id
+    one, two = _bearer(tokens["worker-1"], **UNDERSTOOD), _bearer(tokens["worker-2"], **UNDERSTOOD)
+    mine = client.post("/v1/evaluate", json=_call(cap), headers=one).json()
+    theirs = client.post("/v1/evaluate", json=_call(cap, parameters={"order": "B"}), headers=two).json()
+    # position paging (after_seq) filters a workload's receipts as the first page does
+    paged = client.get("/v1/receipts", params={"after_seq": 0}, headers=one).json()["receipts"]
+    assert [r["id"] for r in paged] == [mine["id"]]
+    # the hold listing is for approvers and operators
+    assert client.get("/v1/holds", headers=one).status_code == 403
+    assert client.get("/v1/holds", headers=_bearer(tokens["alice"])).status_code == 200
+    # the engine form's deny stops only the workload's own waiting call
+    aid_theirs = theirs["metadata"]["pending_approval"]["approval_id"]
+    aid_mine = mine["metadata"]["pending_approval"]["approval_id"]
+    before = kernel.receipt_count()
+    assert client.post(f"/approvals/{aid_theirs}/form-deny", json={"reason": "no"}, headers=one).status_code == 403
+    assert kernel.receipt_count() == before and kernel.get_approval(aid_theirs)["status"] == "pending"
+    assert client.post(f"/approvals/{aid_mine}/form-deny", json={"reason": "no"}, headers=one).status_code == 200
+    assert kernel.get_approval(aid_mine)["status"] == "denied"
