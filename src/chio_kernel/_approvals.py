@@ -526,13 +526,14 @@ class Approvals:
         revoked_ids = st.revoked_among(sorted({cid for lineage in lineages.values() for cid in lineage}))
         pause()
         bodies = st.receipt_bodies([row.pending_receipt_id for row in rows])
+        pause()
+        answers = st.approval_answers_among([row.id for row in rows])
         out = []
         for i, row in enumerate(rows):
             if i % 25 == 24:
                 pause()
             revoked = next((c for c in lineages[row.id] if c in revoked_ids), None)
-            answers = st.approval_answers(row.id)
-            out.append(self._view(row, now, revoked, bodies.get(row.pending_receipt_id), answers))
+            out.append(self._view(row, now, revoked, bodies.get(row.pending_receipt_id), answers.get(row.id, [])))
         return out
 
     @staticmethod

@@ -460,7 +460,7 @@ def verify_chain(
     count = sum(c.count for c in statuses)
     for c in statuses:
         if not c.ok:
-            reason = c.reason if len(statuses) == 1 else f"chain of kernel {_short(c.kernel_id)}: {c.reason}"
+            reason = c.reason if len(statuses) == 1 else f"chain of kernel {c.kernel_id}: {c.reason}"
             return ChainReport(False, count, c.first_broken_index, reason, statuses)
     if count != stored:
         return ChainReport(
@@ -493,11 +493,6 @@ def _columns_problem(st: StoreReader, batch: int) -> tuple[int, str] | None:
     return None
 
 
-def _short(kernel_id: str) -> str:
-    """A kernel's id (its public key) as messages show it: whole (ids are never cut)."""
-    return kernel_id
-
-
 def _verify_one_chain(
     st: StoreReader,
     kernel_id: str,
@@ -519,8 +514,8 @@ def _verify_one_chain(
             if kernel_id != LEGACY_CHAIN and signer != kernel_id:
                 return ChainStatus(
                     kernel_id, index, head_seq, False, index,
-                    f"receipt at index {index} of kernel {_short(kernel_id)}'s chain was signed by another "
-                    f"key ({_short(signer)})",
+                    f"receipt at index {index} of kernel {kernel_id}'s chain was signed by another "
+                    f"key ({signer})",
                 )
             index += 1
             last_seq = seq

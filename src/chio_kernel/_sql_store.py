@@ -426,6 +426,20 @@ class SqlReader:
         )
         return [(str(r[0]), str(r[1]), int(r[2]), str(r[3])) for r in rows]
 
+    def approval_answers_among(self, approval_ids: Sequence[str]) -> dict[str, list[tuple[str, str, int, str]]]:
+        """:meth:`approval_answers` of each of these approvals (those answered so far), in one statement."""
+        out: dict[str, list[tuple[str, str, int, str]]] = {}
+        for i in range(0, len(approval_ids), _IN_CHUNK):
+            cond, params = self._in(approval_ids[i:i + _IN_CHUNK])
+            rows = self._all(
+                f"SELECT approval_id, approver, role, at, receipt_id FROM approval_answers "
+                f"WHERE approval_id {cond} ORDER BY at, {self.ORD}",
+                params,
+            )
+            for r in rows:
+                out.setdefault(str(r[0]), []).append((str(r[1]), str(r[2]), int(r[3]), str(r[4])))
+        return out
+
     # --- credentials (chio_kernel._roles) ---
 
     def credential(self, name: str) -> tuple[str, str, str, float | None] | None:

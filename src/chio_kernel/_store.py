@@ -393,6 +393,10 @@ class StoreReader(Protocol):
         """``(name, role, at, receipt_id)`` of each approver's answer so far, oldest first."""
         ...
 
+    def approval_answers_among(self, approval_ids: Sequence[str]) -> dict[str, list[tuple[str, str, int, str]]]:
+        """``{approval_id: approval_answers(approval_id)}`` of the approvals with answers, in one statement."""
+        ...
+
     def credential(self, name: str) -> tuple[str, str, str, float | None] | None:
         """``(name, role, token_hash, revoked_at)`` of a credential, or None."""
         ...
