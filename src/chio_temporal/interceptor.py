@@ -691,41 +691,8 @@ class ChioActivityInterceptor(TransportSlot, Interceptor):
         if call.metadata is None:  # where it ran, signed into the receipt (not part of the call)
             call = replace(call, metadata=activity_run_metadata(info))
 
-        key: str | None = None
-        cost: MonetaryAmount | None = None
-        if capability_id is None:
-            workflow_id = info.workflow_id or info.activity_id
-            # No capability to evaluate: the kernel signs the deny by the workflow-grant guard
-            # (chio_durable._denial_record; local, receipt_id None, with a mock or a stock ChioClient).
-            evaluation = await deny_before_evaluation_async(
-                self.transport,
-                call,
-                None,
-                guard=NO_GRANT_GUARD,
-                reason=(
-                    f"no WorkflowGrant is registered for workflow {workflow_id!r} (run {info.workflow_run_id!r}); "
-                    "call interceptor.register_workflow_grant(WorkflowGrant(workflow_id=..., token=..., "
-                    "tool_server=...)) before starting the workflow"
-                ),
-            )
-        else:
-            key = self.activity_idempotency_key(info, capability_id)
-            approval_id = approval_id_from_headers(input.headers)  # a re-run after a person's approval
-            try:
-                cost = self.activity_cost(info, input, call)
-                evaluation = await evaluate_under(
-                    self.transport, call, capability_id=capability_id, idempotency_key=key,
-                    approval_id=approval_id, cost=cost,
-                )
-            except KernelUnavailable as err:
-                raise sidecar_error(
-                    url=self.sidecar_url or err.url, detail=err.detail, activity_type=info.activity_type
-                ) from err
-            except KernelRejected as err:  # the kernel answered: the request itself is bad, not retryable
-                raise rejected_error(
-                    url=self.sidecar_url or err.url, detail=err.detail, activity_type=info.activity_type
-                ) from err
-
+        key = self.activity_idempotency_key(info, capability_id) if capability_id is not None else None
+        cost, evaluation = await self._decide(info, input, call, capability_id, key)
         notify(
             self.decision_observers,
             Decision(call, evaluation, key, capability_id=capability_id, where={"info": info, "headers": input.headers}),
@@ -746,6 +713,42 @@ class ChioActivityInterceptor(TransportSlot, Interceptor):
             return await self.on_allowed(info, input, call, evaluation, proceed)
         finally:
             _current_evaluation.reset(token)
+
+    async def _decide(
+        self, info: temporalio.activity.Info, input: ExecuteActivityInput, call: ActivityCall,
+        capability_id: str | None, key: str | None,
+    ) -> tuple[MonetaryAmount | None, Evaluation]:
+        """The kernel's decision on ``call`` (and its cost): a signed deny when no grant is registered."""
+        if capability_id is None:
+            workflow_id = info.workflow_id or info.activity_id
+            # No capability to evaluate: the kernel signs the deny by the workflow-grant guard
+            # (chio_durable._denial_record; local, receipt_id None, with a mock or a stock ChioClient).
+            return None, await deny_before_evaluation_async(
+                self.transport,
+                call,
+                None,
+                guard=NO_GRANT_GUARD,
+                reason=(
+                    f"no WorkflowGrant is registered for workflow {workflow_id!r} (run {info.workflow_run_id!r}); "
+                    "call interceptor.register_workflow_grant(WorkflowGrant(workflow_id=..., token=..., "
+                    "tool_server=...)) before starting the workflow"
+                ),
+            )
+        approval_id = approval_id_from_headers(input.headers)  # a re-run after a person's approval
+        try:
+            cost = self.activity_cost(info, input, call)
+            return cost, await evaluate_under(
+                self.transport, call, capability_id=capability_id, idempotency_key=key,
+                approval_id=approval_id, cost=cost,
+            )
+        except KernelUnavailable as err:
+            raise sidecar_error(
+                url=self.sidecar_url or err.url, detail=err.detail, activity_type=info.activity_type
+            ) from err
+        except KernelRejected as err:  # the kernel answered: the request itself is bad, not retryable
+            raise rejected_error(
+                url=self.sidecar_url or err.url, detail=err.detail, activity_type=info.activity_type
+            ) from err
 
     async def _record_config_deny(
         self, info: temporalio.activity.Info, input: ExecuteActivityInput, err: ChioTemporalConfigError

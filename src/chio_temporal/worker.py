@@ -92,12 +92,8 @@ async def build_chio_worker(
         await require_search_attributes(client)
         extra.append(ChioSearchAttributes(interceptor))
     worker = Worker(
-        client,
-        task_queue=task_queue,
-        activities=list(activities),
-        workflows=list(workflows),
-        interceptors=[*interceptors, *extra, interceptor],
-        **worker_kwargs,
+        client, task_queue=task_queue, activities=list(activities), workflows=list(workflows),
+        interceptors=[*interceptors, *extra, interceptor], **worker_kwargs,
     )
     return worker, interceptor, grant
 

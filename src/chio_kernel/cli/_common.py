@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import os
@@ -52,6 +53,7 @@ def _guarded(fn: F) -> F:
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
+        opened = len(_OPENED)
         try:
             return fn(*args, **kwargs)
         except (typer.Exit, typer.Abort, KeyboardInterrupt):
@@ -65,9 +67,22 @@ def _guarded(fn: F) -> F:
         except Exception as e:  # anything else: say what it was, in one line
             msg = str(e).strip().splitlines()[0] if str(e).strip() else ""
             err.print(mask_secrets(f"error: {type(e).__name__}: {msg}"), markup=False, highlight=False)
+        finally:
+            _close_opened(opened)
         raise typer.Exit(1)
 
     return wrapper  # type: ignore[return-value]
+
+
+_OPENED: list[Any] = []
+"""The kernels this command opened (``_kernel``), closed when it ends."""
+
+
+def _close_opened(since: int) -> None:
+    """Close the kernels opened since ``since`` (their store connections and checkpoint cutters)."""
+    while len(_OPENED) > since:
+        with contextlib.suppress(Exception):  # the command's answer stands; exit would close it anyway
+            _OPENED.pop().close()
 
 
 def _one_line(e: BaseException) -> str:
@@ -114,11 +129,13 @@ def _kernel(data_dir: Path | None, *, must_exist: bool = True, store: str | None
             "(or set CHIO_HOME); this command creates no data directory and registers no key"
         )
     try:
-        return Kernel(data_dir=path, store=dsn or "sqlite")
+        kernel = Kernel(data_dir=path, store=dsn or "sqlite")
     except KernelKeyMissingError as e:
         raise CliError(str(e)) from None
     except PermissionError as e:
         raise CliError(_no_access(path, e)) from None
+    _OPENED.append(kernel)
+    return kernel
 
 
 def _no_access(path: Path, e: PermissionError) -> str:
