@@ -12,12 +12,20 @@ first, so no worker is left with a long test at the end while the others are idl
 from __future__ import annotations
 
 import os
+import sys
 import tempfile
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+
+# Write bytecode caches even when the environment says not to (PYTHONDONTWRITEBYTECODE=1): Temporal's
+# workflow sandbox imports the module of a workflow afresh for every workflow run, and without a cache
+# each of those imports compiles the module again, and pytest rewrites a test module's asserts again
+# (about 2 s per workflow run of tests/temporal/test_agent.py). The caches go to __pycache__
+# (.gitignore'd), as they would on a machine without the variable.
+sys.dont_write_bytecode = False
 
 # Isolate Prefect from the developer's own profile and server before prefect is imported anywhere.
 _PREFECT_HOME = tempfile.mkdtemp(prefix="chio-test-prefect-")

@@ -1,5 +1,6 @@
 """The `chio-durable` CLI as a user runs it, `--json` parsed: the app in this process (``run_cli``); the
-installed script for the demo and for a refusal (exit code and stderr of the real entry point)."""
+installed script for a refusal (exit code and stderr of the real entry point); the demo's own run is
+tests/sidecar/test_demo.py."""
 
 from __future__ import annotations
 
@@ -10,7 +11,6 @@ import pytest
 from chio_sdk.models import CapabilityToken, ChioReceipt
 
 from chio_sidecar_harness import run_cli, run_cli_process
-from demo_sections import demo_env
 
 
 @pytest.fixture
@@ -127,38 +127,6 @@ def test_read_commands_refuse_a_missing_data_dir(tmp_path: Path) -> None:
     assert r.returncode != 0 and "no kernel data directory" in r.stderr
     assert "Traceback" not in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
     assert not (tmp_path / "typo").exists()
-
-
-@pytest.mark.slow
-def test_demo_shows_allow_scope_deny_and_revocation_deny(tmp_path: Path) -> None:
-    sections = {k: v for k, v in demo_env(tmp_path).items() if k == "PYTHONPATH"}  # the engine sections
-    r = run_cli_process("demo", "--data-dir", str(tmp_path / "demo"), timeout=180, **sections)
-    assert r.returncode == 0, r.stdout + r.stderr
-    out = r.stdout
-    assert "✓ allow" in out
-    assert "guard scope" in out and "guard constraints" in out and "guard revocation" in out
-    assert "Chain verified" in out
-    # the engine sections ran for real (the test extra brings the Temporal CLI) and the whole demo's
-    # receipts verify as one chain
-    assert "2. Prefect agent" in out and "3. Temporal agent" in out
-    assert "No Temporal CLI found" not in out and "did not behave" not in out
-    assert "receipts of the demo verify as one chain" in out
-    from chio_kernel import Kernel
-
-    receipts = Kernel(data_dir=tmp_path / "demo").list_receipts()
-    assert [r.decision.guard for r in receipts[:5]] == [None, None, "scope", "constraints", "revocation"]
-    # every receipt of the demo (kernel, Prefect and Temporal sections), as exported and listed,
-    # verifies under the Chio rule with a verifier that is not the kernel's
-    from independent_verifier import assert_receipt_verifies
-
-    exported = run_cli("receipts", "export", "--data-dir", str(tmp_path / "demo"))
-    assert exported.returncode == 0, exported.stderr
-    lines = exported.stdout.splitlines()
-    assert len(lines) == len(receipts) > 5
-    for line in lines:
-        assert_receipt_verifies(json.loads(line))
-    for r in cli_json("receipts", "list", "--json", "--limit", "10000", "--data-dir", str(tmp_path / "demo")):
-        assert_receipt_verifies(r)  # type: ignore[arg-type]
 
 
 def test_cli_and_demo_share_one_rendering_module_and_no_import_cycle() -> None:
