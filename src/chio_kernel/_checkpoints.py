@@ -193,6 +193,7 @@ class Checkpoints:
         self._last_cut = time.monotonic()
         self._cut_lock = threading.Lock()
         self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
 
     # --- cutting ---
 
@@ -206,12 +207,18 @@ class Checkpoints:
         os.register_at_fork(after_in_child=lambda: _unlock_in_child(ref))
         if self.every <= 0:
             return
-        threading.Thread(target=_run, args=(ref, self._stop, min(self.interval, _POLL)), name="chio-checkpoints",
-                         daemon=True).start()
+        self._thread = threading.Thread(
+            target=_run, args=(ref, self._stop, min(self.interval, _POLL)), name="chio-checkpoints", daemon=True,
+        )
+        self._thread.start()
 
     def stop(self) -> None:
-        """Stop the background cutter."""
+        """Stop the background cutter, and wait for a cut in progress to end (the store is closed next:
+        a connection closed under a running statement can crash the interpreter)."""
         self._stop.set()
+        thread, self._thread = self._thread, None
+        if thread is not None and thread is not threading.current_thread():
+            thread.join()
 
     def cut_due(self) -> list[dict[str, Any]]:
         """Cut every full batch of ``every`` receipts, and the rest once ``interval`` has passed."""

@@ -326,3 +326,39 @@ def test_a_forked_child_can_cut_even_if_the_parent_was_cutting(chio_home: Path) 
 
 def _cut_in_child(kernel: Kernel) -> None:
     kernel.checkpoint_now()
+
+
+
+CLOSE_WHILE_CUTTING = """
+import random, sys, time
+from pathlib import Path
+from chio_kernel import Kernel
+from kernel_helpers import grant, scope
+
+home = Path(sys.argv[1])
+with Kernel(home, checkpoint_every=0) as kernel:
+    token = kernel.create_capability("agent:a", scope(grant()), 3600)
+    for i in range(2000):  # uncovered receipts: a cut reads them all
+        kernel.evaluate(token.id, "fs", "read", {"i": i})
+rng = random.Random(7)
+for i in range(60):
+    kernel = Kernel(home, checkpoint_every=10**6, checkpoint_interval=0.001)  # the cutter wakes every 1 ms
+    time.sleep(rng.uniform(0, 0.03))
+    kernel.close()
+print("ok")
+"""
+
+
+def test_closing_a_kernel_while_its_cutter_runs_never_crashes(chio_home: Path) -> None:
+    # 60 kernels closed at random points of their cutter's work, in a subprocess. close() waits for a
+    # cut in progress before it closes the store: a SQLite connection closed under
+    # the cutter's running statement crashed the interpreter (SIGSEGV), e.g. in the CLI, which closes
+    # its kernel when a command ends
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(__file__).parent), os.environ.get("PYTHONPATH", "")])}
+    done = subprocess.run([sys.executable, "-c", CLOSE_WHILE_CUTTING, str(chio_home)], capture_output=True, text=True,
+                          timeout=600, env=env)
+    assert done.returncode == 0 and done.stdout.strip() == "ok", f"exit {done.returncode}: {done.stderr[-2000:]}"
