@@ -79,9 +79,15 @@ def enabled(flag: bool | None = None) -> bool:
 
 def otel() -> Any:
     """The OpenTelemetry handles (``chio_kernel._telemetry.otel``), imported on first use."""
+    if _HANDLE:
+        return _HANDLE[0]
     from chio_kernel._telemetry import otel as handles
 
-    return handles()
+    _HANDLE.append(handles())
+    return _HANDLE[0]
+
+
+_HANDLE: list[Any] = []  # the handles once built: each decision reads them without an import statement
 
 
 SPAN_NAME = "apply_guardrail chio"
@@ -109,28 +115,38 @@ RUN_CONTEXT_MAX_KEYS = 16
 def with_trace(call: GovernedCall, span: Any) -> GovernedCall:
     """``call`` with ``trace_id`` / ``span_id`` (of its decision span) added to its run context; as
     is when they would not fit the kernel's limit (the span is there; the receipt lacks the ids)."""
-    if call.metadata is not None and len({*call.metadata, "trace_id", "span_id"}) > RUN_CONTEXT_MAX_KEYS:
+    meta = call.metadata
+    if meta is not None and len(meta) + 2 > RUN_CONTEXT_MAX_KEYS and len({*meta, "trace_id", "span_id"}) > RUN_CONTEXT_MAX_KEYS:
         return call
     trace_id, span_id = _hex(span.get_span_context())
     return call.with_metadata({"trace_id": trace_id, "span_id": span_id})
 
 
-def _start(name: str, attributes: dict[str, Any], links: list[Any] | None = None, handle: Any = None) -> tuple[Any, Any]:
+def _start(name: str, attributes: dict[str, Any] | None, links: list[Any] | None = None, handle: Any = None) -> tuple[Any, Any]:
     handle = handle or otel()
     span = handle.tracer.start_span(name, kind=handle.trace.SpanKind.INTERNAL, attributes=attributes, links=links)
     return handle, span
 
 
-def _call_attributes(call: GovernedCall, capability_id: str | None, cost: MonetaryAmount | None) -> dict[str, Any]:
-    attributes: dict[str, Any] = {
+def _kind_attributes(kind: str) -> dict[str, Any]:
+    """The attributes every decision span of a call kind starts with (built once per kind)."""
+    return {
         "gen_ai.operation.name": "apply_guardrail",
         "gen_ai.guardian.name": "chio",
-        "gen_ai.security.target.type": _TARGET.get(call.kind, "tool_call"),
-        "chio.call_kind": call.kind,
-        "chio.capability_id": capability_id or "",
-        "chio.tool_server": call.tool_server,
-        "chio.tool_name": call.tool_name,
+        "gen_ai.security.target.type": _TARGET.get(kind, "tool_call"),
+        "chio.call_kind": kind,
     }
+
+
+_KIND_ATTRIBUTES: dict[str, dict[str, Any]] = {}
+
+
+def _call_attributes(call: GovernedCall, capability_id: str | None, cost: MonetaryAmount | None) -> dict[str, Any]:
+    base = _KIND_ATTRIBUTES.get(call.kind)
+    if base is None:
+        base = _KIND_ATTRIBUTES.setdefault(call.kind, _kind_attributes(call.kind))
+    attributes = {**base, "chio.capability_id": capability_id or "", "chio.tool_server": call.tool_server,
+                  "chio.tool_name": call.tool_name}
     if call.wire_parameter_hash is not None:
         attributes["chio.parameter_hash"] = call.wire_parameter_hash
     if cost is not None:
@@ -145,27 +161,46 @@ def _verdict(evaluation: Evaluation) -> str:
     return "allow" if evaluation.allowed else "deny"
 
 
-def _record(handle: Any, span: Any, evaluation: Evaluation, started: float, replayed: bool | None = None) -> None:
+def _record(
+    handle: Any, span: Any, evaluation: Evaluation, started: float, replayed: bool | None = None,
+    attributes: dict[str, Any] | None = None,
+) -> None:
+    """End ``span`` with the answer: ``attributes`` (the call's) and the verdict's, set in one go."""
     verdict = _verdict(evaluation)
+    guard = evaluation.guard
     if span.is_recording():  # a span a sampler dropped takes no attribute work
-        attributes: dict[str, Any] = {
-            "chio.verdict": verdict,
-            "chio.replayed": _replayed(span, evaluation) if replayed is None else replayed,
-            "gen_ai.security.decision.type": "allow" if evaluation.allowed else "deny",
-        }
+        attributes = attributes if attributes is not None else {}
+        attributes["chio.verdict"] = verdict
+        attributes["chio.replayed"] = _replayed(span, evaluation) if replayed is None else replayed
+        attributes["gen_ai.security.decision.type"] = "allow" if evaluation.allowed else "deny"
         if evaluation.receipt_id:
             attributes["chio.receipt_id"] = evaluation.receipt_id
-        if evaluation.guard:
-            attributes["chio.guard"] = evaluation.guard
+        if guard:
+            attributes["chio.guard"] = guard
         if evaluation.approval_id:
             attributes["chio.approval_id"] = evaluation.approval_id
         span.set_attributes(attributes)
     span.end()
-    handle.tally.decided(verdict, evaluation.guard)
-    handle.decision_duration.record(time.perf_counter() - started, {"chio.verdict": verdict, "chio.guard": evaluation.guard or ""})
+    handle.tally.decided(verdict, guard)
+    handle.decision_duration.record(time.perf_counter() - started, _outcome(verdict, guard))
 
 
-def _failed(handle: Any, span: Any, err: BaseException, started: float) -> None:
+_OUTCOMES: dict[tuple[str, str | None], dict[str, str]] = {}
+
+
+def _outcome(verdict: str, guard: str | None) -> dict[str, str]:
+    """The attributes of a ``chio.decision.duration`` measurement (one dict per verdict and guard)."""
+    found = _OUTCOMES.get((verdict, guard))
+    if found is None:
+        found = {"chio.verdict": verdict, "chio.guard": guard or ""}
+        if len(_OUTCOMES) < 1024:  # guards are a small set; never grow without bound
+            _OUTCOMES[(verdict, guard)] = found
+    return found
+
+
+def _failed(handle: Any, span: Any, err: BaseException, started: float, attributes: dict[str, Any] | None = None) -> None:
+    if attributes:
+        span.set_attributes(attributes)
     span.record_exception(err)
     span.set_status(handle.trace.Status(handle.trace.StatusCode.ERROR, f"no decision: {type(err).__name__}"))
     span.set_attribute("chio.verdict", "error")
@@ -202,9 +237,16 @@ def _after(handle: Any, span: Any, evaluation: Evaluation, approval_id: str | No
         handle.tally.waiting(-1)
 
 
-def _replayed(span: Any, evaluation: Evaluation) -> bool:
-    signed = (evaluation.receipt.metadata or {}) if evaluation.receipt is not None else {}
-    return isinstance(signed.get("span_id"), str) and signed["span_id"] != format(span.get_span_context().span_id, "016x")
+def _replayed(span: Any, evaluation: Evaluation, span_hex: str | None = None) -> bool:
+    """Whether the kernel answered from history: the receipt names another decision span."""
+    receipt = evaluation.receipt
+    signed = receipt.metadata if receipt is not None else None
+    if not signed:
+        return False
+    span_id = signed.get("span_id")
+    if not isinstance(span_id, str):
+        return False
+    return span_id != (span_hex or format(span.get_span_context().span_id, "016x"))
 
 
 class DecisionTrace:
@@ -217,24 +259,29 @@ class DecisionTrace:
         self.started = time.perf_counter()
         attributes = _call_attributes(call, capability_id, cost)
         handle = otel()
-        links = _pending_link(handle, approval_id, lookup) if approval_id is not None else None
+        links = None
         if approval_id is not None:
+            links = _pending_link(handle, approval_id, lookup)
             attributes["chio.approval_id"] = approval_id
-        self.handle, self.span = _start(SPAN_NAME, attributes, links, handle)
+        # The call's attributes are set with the answer's, in one go when the span ends (a sampled-out
+        # span takes none): the span carries its ids from the start, which is all the receipt needs.
+        self.attributes = attributes
+        self.handle, self.span = _start(SPAN_NAME, None, links, handle)
         self.call = with_trace(call, self.span)
+        self.span_hex = (self.call.metadata or {}).get("span_id") if self.call is not call else None
         self.approval_id = approval_id
 
     def done(self, evaluation: Evaluation) -> Evaluation:
         """Record the kernel's answer on the span and in the metrics; end the span."""
-        replayed = _replayed(self.span, evaluation)
+        replayed = _replayed(self.span, evaluation, self.span_hex)
         if evaluation.pending or self.approval_id is not None:
             _after(self.handle, self.span, evaluation, self.approval_id, replayed)
-        _record(self.handle, self.span, evaluation, self.started, replayed)
+        _record(self.handle, self.span, evaluation, self.started, replayed, self.attributes)
         return evaluation
 
     def failed(self, err: BaseException) -> None:
         """No decision (kernel unavailable or the request refused): an ERROR span."""
-        _failed(self.handle, self.span, err, self.started)
+        _failed(self.handle, self.span, err, self.started, self.attributes)
 
 
 def traced_evaluation(

@@ -47,8 +47,18 @@ PRINCIPAL_KEY = "chio_principal"
 _PLAIN_KEY = re.compile(r"[A-Za-z0-9_.\-]{1,%d}" % _MAX_KEY_LEN)
 
 
+_KNOWN_KEYS: set[str] = set()  # keys seen valid (run_id, trace_id...): a set lookup instead of the regex
+_MAX_KNOWN_KEYS = 1024
+
+
 def _plain_key(key: str) -> bool:
-    return _PLAIN_KEY.fullmatch(key) is not None
+    if key in _KNOWN_KEYS:
+        return True
+    if _PLAIN_KEY.fullmatch(key) is None:
+        return False
+    if len(_KNOWN_KEYS) < _MAX_KNOWN_KEYS:
+        _KNOWN_KEYS.add(key)
+    return True
 
 
 def check_run_metadata(metadata: Any) -> dict[str, str] | None:
@@ -81,10 +91,13 @@ def check_run_metadata(metadata: Any) -> dict[str, str] | None:
             )
         if "\x00" in value:
             raise KernelInputError(f"metadata[{key!r}] must not contain NUL characters")
-        try:
-            value.encode("utf-8")
-        except UnicodeEncodeError:
-            raise KernelInputError(f"metadata[{key!r}] contains a lone UTF-16 surrogate; pass valid Unicode text") from None
+        if not value.isascii():  # ASCII is valid UTF-8 as it is; anything else is checked
+            try:
+                value.encode("utf-8")
+            except UnicodeEncodeError:
+                raise KernelInputError(
+                    f"metadata[{key!r}] contains a lone UTF-16 surrogate; pass valid Unicode text"
+                ) from None
         out[key] = value
     return out or None
 
