@@ -11,11 +11,20 @@ from pathlib import Path
 __all__ = ["play_the_person"]
 
 
-def play_the_person(data_dir: Path, env: dict[str, str], outcome: str = "approve", timeout: float = 300) -> str:
-    """Another process, the CLI: wait for the pending approval, then answer it."""
+def play_the_person(
+    data_dir: Path, env: dict[str, str], outcome: str = "approve", timeout: float = 300,
+    example: subprocess.Popen[str] | None = None,
+) -> str:
+    """Another process, the CLI: wait for the pending approval, then answer it (fails at once, with
+    the ``example``'s output, if the example process ends first)."""
     cli = [sys.executable, "-m", "chio_kernel.cli"]
     deadline = time.monotonic() + timeout
+    listed: subprocess.CompletedProcess[str] | None = None
     while time.monotonic() < deadline:
+        if example is not None and example.poll() is not None:
+            out, err = example.communicate()
+            said = ((out or "") + "\n" + (err or ""))[-6000:]
+            raise AssertionError(f"the example exited {example.returncode} before asking a person:\n{said}")
         if data_dir.exists():
             listed = subprocess.run([*cli, "approvals", "list", "--json", "--data-dir", str(data_dir)],
                                     capture_output=True, text=True, env=env, timeout=120)
@@ -28,4 +37,9 @@ def play_the_person(data_dir: Path, env: dict[str, str], outcome: str = "approve
                 assert answered.returncode == 0, answered.stderr
                 return approval_id
         time.sleep(0.5)
-    raise AssertionError("the example never asked for a person")
+    said = f"; the last `approvals list` exited {listed.returncode}: {listed.stderr[-1000:]}" if listed is not None else ""
+    if example is not None:  # what the example was doing all that time
+        example.kill()
+        out, err = example.communicate()
+        said += "; the example said:\n" + ((out or "") + "\n" + (err or ""))[-6000:]
+    raise AssertionError(f"the example never asked for a person in {timeout:.0f} s{said}")

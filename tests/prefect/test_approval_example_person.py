@@ -27,7 +27,7 @@ def test_the_example_waits_for_a_real_person(tmp_path: Path, engine: str, prefec
                                 "--wait-timeout", "300", "--data-dir", str(data_dir)],
                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
     try:
-        approval_id = play_the_person(data_dir, env)
+        approval_id = play_the_person(data_dir, env, timeout=120, example=example)
         out, _ = example.communicate(timeout=300)
     finally:
         example.kill()

@@ -41,7 +41,7 @@ def test_the_example_waits_for_a_real_person(tmp_path: Path) -> None:
                                 "--data-dir", str(data_dir)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                text=True, env=env)
     try:
-        approval_id = play_the_person(data_dir, env)
+        approval_id = play_the_person(data_dir, env, timeout=120, example=example)
         out, err = example.communicate(timeout=300)
     finally:
         example.kill()
