@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
+import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
 
-__all__ = ["play_the_person"]
+__all__ = ["play_the_person", "start_example", "stop_example"]
 
 
 def play_the_person(
@@ -22,9 +25,8 @@ def play_the_person(
     listed: subprocess.CompletedProcess[str] | None = None
     while time.monotonic() < deadline:
         if example is not None and example.poll() is not None:
-            out, err = example.communicate()
-            said = ((out or "") + "\n" + (err or ""))[-6000:]
-            raise AssertionError(f"the example exited {example.returncode} before asking a person:\n{said}")
+            code = example.returncode
+            raise AssertionError(f"the example exited {code} before asking a person:\n{stop_example(example)}")
         if data_dir.exists():
             listed = subprocess.run([*cli, "approvals", "list", "--json", "--data-dir", str(data_dir)],
                                     capture_output=True, text=True, env=env, timeout=120)
@@ -38,8 +40,29 @@ def play_the_person(
                 return approval_id
         time.sleep(0.5)
     said = f"; the last `approvals list` exited {listed.returncode}: {listed.stderr[-1000:]}" if listed is not None else ""
-    if example is not None:  # what the example was doing all that time
-        example.kill()
-        out, err = example.communicate()
-        said += "; the example said:\n" + ((out or "") + "\n" + (err or ""))[-6000:]
+    if example is not None:  # what the example was doing all that time: its threads' stacks
+        said += "; the example said:\n" + stop_example(example)
     raise AssertionError(f"the example never asked for a person in {timeout:.0f} s{said}")
+
+
+def start_example(args: list[str], env: dict[str, str], stderr: int = subprocess.PIPE) -> subprocess.Popen[str]:
+    """Run an example in its own session (its Temporal dev server too), Python's fault handler on."""
+    return subprocess.Popen([sys.executable, "-X", "faulthandler", *args], stdout=subprocess.PIPE, stderr=stderr,
+                            text=True, env=env, start_new_session=True)
+
+
+def stop_example(example: subprocess.Popen[str]) -> str:
+    """Stop an example that is stuck and say what it printed: SIGABRT first (the fault handler prints
+    every thread's stack), then SIGKILL to its whole session (a dev server it started holds the
+    output pipes open: without that, reading them would never end)."""
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(example.pid, signal.SIGABRT)
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        example.wait(10)
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(example.pid, signal.SIGKILL)
+    try:
+        out, err = example.communicate(timeout=30)
+    except subprocess.TimeoutExpired:
+        return "(its output could not be read)"
+    return ((out or "") + "\n" + (err or ""))[-8000:]

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from approval_person import play_the_person
+from approval_person import play_the_person, start_example, stop_example
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLE = ROOT / "examples" / "approval_refund.py"
@@ -23,14 +23,14 @@ def test_the_example_waits_for_a_real_person(tmp_path: Path, engine: str, prefec
     data_dir = tmp_path / "refunds"
     env = {**os.environ, "PREFECT_API_URL": prefect_api, "COLUMNS": "200"}
     env.pop("CHIO_HOME", None)
-    example = subprocess.Popen([sys.executable, str(EXAMPLE), "--engine", engine, "--wait-for-person",
-                                "--wait-timeout", "300", "--data-dir", str(data_dir)],
-                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+    example = start_example([str(EXAMPLE), "--engine", engine, "--wait-for-person", "--wait-timeout", "300",
+                             "--data-dir", str(data_dir)], env, stderr=subprocess.STDOUT)
     try:
         approval_id = play_the_person(data_dir, env, timeout=120, example=example)
         out, _ = example.communicate(timeout=300)
     finally:
-        example.kill()
+        if example.poll() is None:
+            stop_example(example)
     assert example.returncode == 0, out
     assert f"chio-durable approvals approve {approval_id}" in out
     assert "a person answered in the kernel: approved" in out

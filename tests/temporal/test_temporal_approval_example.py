@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from approval_person import play_the_person
+from approval_person import play_the_person, start_example, stop_example
 from chio_temporal import temporal_cli_path
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -37,14 +37,13 @@ def test_the_example_plays_the_person_and_refunds_once(tmp_path: Path) -> None:
 
 def test_the_example_waits_for_a_real_person(tmp_path: Path) -> None:
     data_dir, env = tmp_path / "refunds", _env()
-    example = subprocess.Popen([sys.executable, str(EXAMPLE), "--wait-for-person", "--wait-timeout", "300",
-                                "--data-dir", str(data_dir)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                               text=True, env=env)
+    example = start_example([str(EXAMPLE), "--wait-for-person", "--wait-timeout", "300", "--data-dir", str(data_dir)], env)
     try:
         approval_id = play_the_person(data_dir, env, timeout=120, example=example)
         out, err = example.communicate(timeout=300)
     finally:
-        example.kill()
+        if example.poll() is None:
+            stop_example(example)
     assert example.returncode == 0, out + err
     assert f"chio-durable approvals approve {approval_id}" in out
     assert "a person answered in the kernel: approved" in out
