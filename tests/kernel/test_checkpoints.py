@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
 import sqlite3
+import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -354,10 +357,6 @@ def test_closing_a_kernel_while_its_cutter_runs_never_crashes(chio_home: Path) -
     # cut in progress before it closes the store: a SQLite connection closed under
     # the cutter's running statement crashed the interpreter (SIGSEGV), e.g. in the CLI, which closes
     # its kernel when a command ends
-    import os
-    import subprocess
-    import sys
-
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(__file__).parent), os.environ.get("PYTHONPATH", "")])}
     done = subprocess.run([sys.executable, "-c", CLOSE_WHILE_CUTTING, str(chio_home)], capture_output=True, text=True,
                           timeout=600, env=env)

@@ -6,18 +6,17 @@ under a verifier that is not the kernel's."""
 from __future__ import annotations
 
 import json
-import os
 import re
 import subprocess
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from chio_sdk.models import ChioReceipt
 from demo_sections import demo_env
 
 from chio_kernel import Kernel
-from cli_inprocess import run_cli_in_process
+from chio_sidecar_harness import cli_cmd, run_cli
 
 ID = re.compile(r"rcpt-[0-9a-f-]*")
 FULL_ID = re.compile(r"^rcpt-[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
@@ -27,20 +26,21 @@ FULL_ID = re.compile(r"^rcpt-[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-
 class DemoRun:
     data_dir: Path
     done: subprocess.CompletedProcess[str]
+    receipts: list[ChioReceipt]  # as the kernel stores them, newest last
 
 
 @pytest.fixture(scope="module")
 def demo(tmp_path_factory: pytest.TempPathFactory) -> DemoRun:
     """One run of the installed script (``python -m chio_kernel.cli`` without one), stdout piped."""
     tmp = tmp_path_factory.mktemp("demo")
-    script = Path(sys.executable).parent / "chio-durable"
-    command = [str(script)] if script.exists() else [sys.executable, "-m", "chio_kernel.cli"]
     env = {k: v for k, v in demo_env(tmp).items() if k != "CHIO_HOME"}
     done = subprocess.run(
-        [*command, "demo", "--data-dir", str(tmp / "demo")], capture_output=True, text=True, timeout=300, env=env,
+        [*cli_cmd(), "demo", "--data-dir", str(tmp / "demo")], capture_output=True, text=True, timeout=300, env=env,
     )
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    return DemoRun(tmp / "demo", done)
+    with Kernel(data_dir=tmp / "demo") as kernel:
+        receipts = kernel.list_receipts()
+    return DemoRun(tmp / "demo", done, receipts)
 
 
 @pytest.mark.slow
@@ -54,8 +54,7 @@ def test_demo_shows_allow_scope_deny_and_revocation_deny(demo: DemoRun) -> None:
     assert "2. Prefect agent" in out and "3. Temporal agent" in out
     assert "No Temporal CLI found" not in out and "did not behave" not in out
     assert "receipts of the demo verify as one chain" in out
-    receipts = Kernel(data_dir=demo.data_dir).list_receipts()
-    assert [r.decision.guard for r in receipts[:5]] == [None, None, "scope", "constraints", "revocation"]
+    assert [r.decision.guard for r in demo.receipts[:5]] == [None, None, "scope", "constraints", "revocation"]
 
 
 @pytest.mark.slow
@@ -63,15 +62,13 @@ def test_every_demo_receipt_verifies_as_exported_and_listed(demo: DemoRun) -> No
     # under the Chio rule, with a verifier that is not the kernel's (kernel, Prefect and Temporal sections)
     from independent_verifier import assert_receipt_verifies
 
-    env = {**os.environ, "COLUMNS": "200"}
-    count = len(Kernel(data_dir=demo.data_dir).list_receipts())
-    exported = run_cli_in_process(["receipts", "export", "--data-dir", str(demo.data_dir)], env)
+    exported = run_cli("receipts", "export", "--data-dir", str(demo.data_dir))
     assert exported.returncode == 0, exported.stderr
     lines = exported.stdout.splitlines()
-    assert len(lines) == count > 5
+    assert len(lines) == len(demo.receipts) > 5
     for line in lines:
         assert_receipt_verifies(json.loads(line))
-    listed = run_cli_in_process(["receipts", "list", "--json", "--limit", "10000", "--data-dir", str(demo.data_dir)], env)
+    listed = run_cli("receipts", "list", "--json", "--limit", "10000", "--data-dir", str(demo.data_dir))
     assert listed.returncode == 0, listed.stderr
     for receipt in json.loads(listed.stdout):
         assert_receipt_verifies(receipt)
@@ -80,7 +77,7 @@ def test_every_demo_receipt_verifies_as_exported_and_listed(demo: DemoRun) -> No
 @pytest.mark.slow
 def test_piped_demo_keeps_receipt_ids_whole_and_tables_alike(demo: DemoRun) -> None:
     out = demo.done.stdout
-    stored = {r.id for r in Kernel(data_dir=demo.data_dir).list_receipts()}
+    stored = {r.id for r in demo.receipts}
     shown = [m.group(0) for m in ID.finditer(out)]
     cut = [s for s in shown if not FULL_ID.match(s)]
     assert cut == [], f"receipt ids cut or wrapped: {cut}"
