@@ -11,6 +11,7 @@ outside the store.
 
 from __future__ import annotations
 
+import atexit
 import hashlib
 import json
 import os
@@ -61,6 +62,19 @@ CHECKPOINT_EVERY_ENV = "CHIO_CHECKPOINT_EVERY"
 CHECKPOINT_INTERVAL_ENV = "CHIO_CHECKPOINT_INTERVAL"
 WITNESS_FILE = "checkpoint-head.json"
 _POLL = 0.25  # the cutter looks at the chain head this often (at most)
+_RUNNING: weakref.WeakSet[Checkpoints] = weakref.WeakSet()  # services whose cutter thread may be running
+
+
+@atexit.register
+def _stop_cutters_before_exit() -> None:
+    """Stop every cutter thread while the interpreter is still whole.
+
+    A daemon thread caught by CPython's finalization in the middle of a cut (a signature in
+    cryptography's Rust code, a SQLite statement) can abort the process with exit 134 after the
+    program's work was done; ``atexit`` handlers run before finalization starts.
+    """
+    for service in list(_RUNNING):
+        service.stop()
 
 
 def witness_file(data_dir: Path, shared_store: str | None) -> Path:
@@ -210,12 +224,14 @@ class Checkpoints:
         self._thread = threading.Thread(
             target=_run, args=(ref, self._stop, min(self.interval, _POLL)), name="chio-checkpoints", daemon=True,
         )
+        _RUNNING.add(self)
         self._thread.start()
 
     def stop(self) -> None:
         """Stop the background cutter, and wait for a cut in progress to end (the store is closed next:
         a connection closed under a running statement can crash the interpreter)."""
         self._stop.set()
+        _RUNNING.discard(self)
         thread, self._thread = self._thread, None
         if thread is not None and thread is not threading.current_thread():
             thread.join()
@@ -237,7 +253,7 @@ class Checkpoints:
         made: list[dict[str, Any]] = []
         batch = self.every or DEFAULT_CHECKPOINT_EVERY
         with self._cut_lock:
-            while (one := self._cut_one(batch, partial)) is not None:
+            while not self._stop.is_set() and (one := self._cut_one(batch, partial)) is not None:
                 made.append(one)
             if made or partial:
                 self._last_cut = time.monotonic()

@@ -361,3 +361,33 @@ def test_closing_a_kernel_while_its_cutter_runs_never_crashes(chio_home: Path) -
     done = subprocess.run([sys.executable, "-c", CLOSE_WHILE_CUTTING, str(chio_home)], capture_output=True, text=True,
                           timeout=600, env=env)
     assert done.returncode == 0 and done.stdout.strip() == "ok", f"exit {done.returncode}: {done.stderr[-2000:]}"
+
+
+EXIT_WITH_THE_CUTTER_RUNNING = """
+import atexit, sys, threading
+
+def cutters_left() -> None:  # registered before chio_kernel's handler, so it runs after it
+    alive = [t.name for t in threading.enumerate() if t.name == "chio-checkpoints"]
+    print("cutters running before finalization:", len(alive), flush=True)
+
+atexit.register(cutters_left)
+from pathlib import Path
+from chio_kernel import Kernel
+from kernel_helpers import grant, scope
+
+kernel = Kernel(Path(sys.argv[1]), checkpoint_every=10**6, checkpoint_interval=0.001)  # never closed
+token = kernel.create_capability("agent:a", scope(grant()), 3600)
+for i in range(300):
+    kernel.evaluate(token.id, "fs", "read", {"i": i})
+"""
+
+
+def test_a_kernel_left_open_stops_its_cutter_before_the_interpreter_finalizes(chio_home: Path) -> None:
+    # A program that never closes its kernel (an example, a notebook): the cutter is a daemon thread, and
+    # one caught mid-cut (a signature, a SQLite statement) by CPython's finalization can abort the
+    # process after its work was done. chio_kernel stops every cutter in an atexit handler.
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(__file__).parent), os.environ.get("PYTHONPATH", "")])}
+    done = subprocess.run([sys.executable, "-c", EXIT_WITH_THE_CUTTER_RUNNING, str(chio_home)], capture_output=True,
+                          text=True, timeout=120, env=env)
+    assert done.returncode == 0, f"exit {done.returncode}: {done.stderr[-2000:]}"
+    assert done.stdout.strip() == "cutters running before finalization: 0", done.stdout + done.stderr
