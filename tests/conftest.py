@@ -11,7 +11,9 @@ first, so no worker is left with a long test at the end while the others are idl
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
 import sys
 import tempfile
 from collections.abc import AsyncIterator, Iterator
@@ -29,11 +31,19 @@ sys.dont_write_bytecode = False
 
 # Isolate Prefect from the developer's own profile and server before prefect is imported anywhere.
 _PREFECT_HOME = tempfile.mkdtemp(prefix="chio-test-prefect-")
+atexit.register(shutil.rmtree, _PREFECT_HOME, ignore_errors=True)
 os.environ.setdefault("PREFECT_HOME", _PREFECT_HOME)
 os.environ.pop("PREFECT_API_URL", None)
 os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
 os.environ.setdefault("PREFECT_SERVER_LOGGING_LEVEL", "WARNING")
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")  # offline: no telemetry attempts
+
+# logfire (in the test extra, for the telemetry tests) registers a pydantic plugin, which pydantic
+# imports with the first model class it builds: with it all of logfire, 0.3 s of CPU in every Python
+# process the suite starts (a sidecar, a CLI command, an example: about 150 of them). Nothing here uses
+# the plugin (``logfire.instrument_pydantic``); the logfire test runs with it
+# (tests/test_telemetry.py::test_logfire_configure_works_as_is).
+os.environ.setdefault("PYDANTIC_DISABLE_PLUGINS", "logfire-plugin")
 
 
 MAX_AUTO_WORKERS = 4  # each worker imports Prefect, Temporal and pydantic-ai and starts its own servers

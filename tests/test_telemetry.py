@@ -287,7 +287,8 @@ def test_the_example_prints_the_trace_tree_with_its_decisions() -> None:
 
 def test_logfire_configure_works_as_is() -> None:
     script = Path(__file__).parent / "logfire_run.py"
-    out = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120)
+    env = {k: v for k, v in os.environ.items() if k != "PYDANTIC_DISABLE_PLUGINS"}  # logfire whole, as installed
+    out = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120, env=env)
     assert out.returncode == 0, out.stderr[-2000:]
     import json
 

@@ -11,6 +11,7 @@ The model is a scripted ``FunctionModel`` (no LLM): the prompt is a plan, one to
 
 from __future__ import annotations
 
+import atexit
 import tempfile
 import warnings
 from collections import Counter
@@ -112,8 +113,12 @@ FAST_RETRIES = ActivityConfig(
     retry_policy=RetryPolicy(initial_interval=timedelta(milliseconds=50), maximum_attempts=3),
 )
 
-# One kernel client for the module; each test points the agents at its own kernel (use_kernel).
-_placeholder = LocalChioClient(data_dir=tempfile.mkdtemp(prefix="chio-agent-app-"))
+# One kernel client for the module; each test points the agents at its own kernel (use_kernel). Its
+# directory goes when the process ends (the kernel closed first).
+_placeholder_dir = tempfile.TemporaryDirectory(prefix="chio-agent-app-")
+_placeholder = LocalChioClient(data_dir=_placeholder_dir.name)
+atexit.register(_placeholder_dir.cleanup)
+atexit.register(_placeholder.kernel.close)
 
 # 1. A plain Agent: ChioTemporalAgent makes it durable (TemporalDurability) with these options.
 support_agent = Agent(
