@@ -20,6 +20,9 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 #: Where the browser tests save the screenshots docs/inbox.md shows.
 SCREENSHOTS = ROOT / "docs" / "img"
+UPDATE_SCREENSHOTS = "CHIO_UPDATE_SCREENSHOTS"
+"""Set to 1 to write the screenshots into docs/img (docs/inbox.md shows them); otherwise a test run
+leaves the working tree alone and writes them to a temporary directory."""
 #: Debian's chromium (apt-get install -y chromium chromium-driver); $CHIO_CHROMIUM overrides.
 CHROMIUM = os.environ.get("CHIO_CHROMIUM", "/usr/bin/chromium")
 ARGS = [
@@ -100,9 +103,10 @@ async def answer(page: Any, base: str, approval_id: str, outcome: str, reason: s
     await page.wait_for_selector("section.resolution")
 
 
-async def screenshot(page: Any, name: str) -> Path:
-    """Save a full-page PNG into docs/img (the screenshots docs/inbox.md shows)."""
-    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
-    path = SCREENSHOTS / name
+async def screenshot(page: Any, name: str, scratch: Path) -> Path:
+    """Save a full-page PNG: into docs/img with ``CHIO_UPDATE_SCREENSHOTS=1``, else into ``scratch``."""
+    where = SCREENSHOTS if os.environ.get(UPDATE_SCREENSHOTS) == "1" else scratch
+    where.mkdir(parents=True, exist_ok=True)
+    path = where / name
     await page.screenshot(path=str(path), full_page=True)
     return path

@@ -37,7 +37,7 @@ def _pending(kernel: Kernel, cap: str, order: str, units: int, **metadata: str) 
     return str(receipt.metadata["pending_approval"]["approval_id"])
 
 
-async def test_the_inbox_in_chromium(chio_home: Path) -> None:
+async def test_the_inbox_in_chromium(chio_home: Path, tmp_path: Path) -> None:
     with Kernel(data_dir=chio_home) as kernel:
         cap = kernel.create_capability("agent:support-bot", REFUND_CAP, capability_id="cap-support-refunds").id
         kernel.evaluate(cap, "shop", "lookup", {"order": "o-1"})
@@ -68,7 +68,7 @@ async def test_the_inbox_in_chromium(chio_home: Path) -> None:
                 assert "USD 125.00" in text and "agent:support-bot" in text and "Temporal workflow" in text
                 href = await card.locator("a[href*='support-refund-o-1841']").get_attribute("href")
                 assert href == "http://localhost:8233/namespaces/default/workflows/support-refund-o-1841/0199a1c2/history"
-                await screenshot(page, "inbox.png")
+                shot = await screenshot(page, "inbox.png", tmp_path)
                 assert page.dialogs == []
 
                 # a POST with the session cookie but without the CSRF token is refused
@@ -97,5 +97,5 @@ async def test_the_inbox_in_chromium(chio_home: Path) -> None:
 
                 await page.goto(f"{base}/ui/receipts")
                 assert "Chain verified" in await page.inner_text("p.chain")
-                await screenshot(page, "receipts.png")
-    assert (ROOT / "docs" / "img" / "inbox.png").stat().st_size > 10_000
+                await screenshot(page, "receipts.png", tmp_path)
+    assert shot.stat().st_size > 10_000
