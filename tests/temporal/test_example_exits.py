@@ -5,10 +5,10 @@ CPython is finalizing, the Rust core aborts the process (exit 134 or 139) after 
 done: about one run in three of a script that starts a ``WorkflowEnvironment`` on this machine.
 ``chio_temporal._devserver.run_temporal`` frees them before exit.
 
-Ten runs of the smallest program that hits the abort and of the saga example: without the fix, ten
-runs all pass one time in 60 (2/3 ** 10). The governed agent example ends through the same
-``run_temporal`` and costs three times as much a run (pydantic-ai, a model, a kernel): three runs here,
-one more in ``test_agent_example.py``.
+Ten runs of the smallest program that hits the abort: without the fix, ten runs all pass one time in
+60 (2/3 ** 10). Every Temporal example must end through that same ``run_temporal`` (checked in its
+source below), and runs three times here (the governed agent example once more in
+``test_agent_example.py``, the approval example in its own tests).
 """
 
 from __future__ import annotations
@@ -48,7 +48,7 @@ raise SystemExit(run_temporal(main()))
 
 PROGRAMS = {  # python arguments ({data} is the run's kernel data dir), and how many runs
     "temporal_governed_agent": ([str(ROOT / "examples" / "temporal_governed_agent.py"), "--data-dir", "{data}"], 3),
-    "temporal_transfer_saga": ([str(ROOT / "examples" / "temporal_transfer_saga.py"), "--data-dir", "{data}", "--json"], 10),
+    "temporal_transfer_saga": ([str(ROOT / "examples" / "temporal_transfer_saga.py"), "--data-dir", "{data}", "--json"], 3),
     "minimal_workflow_environment": (["-c", MINIMAL], 10),
 }
 
@@ -67,3 +67,11 @@ def test_exits_zero_every_time(name: str, run: int, tmp_path: Path) -> None:
         capture_output=True, text=True, timeout=180, env={**env, "CHIO_HOME": str(data)}, cwd=data,
     )
     assert done.returncode == 0, f"run {run} exited {done.returncode}:\n{done.stderr[-2000:]}"
+
+
+@pytest.mark.parametrize("example", sorted((ROOT / "examples").glob("temporal_*.py")), ids=lambda p: p.stem)
+def test_every_temporal_example_ends_through_run_temporal(example: Path) -> None:
+    # the fix the minimal program's ten runs prove: the example's main block hands its coroutine to it
+    source = example.read_text()
+    main_block = source[source.index('if __name__ == "__main__":'):]
+    assert "run_temporal(main(" in main_block, f"{example.name} does not end through chio_temporal.run_temporal"
