@@ -63,6 +63,7 @@ CHECKPOINT_INTERVAL_ENV = "CHIO_CHECKPOINT_INTERVAL"
 WITNESS_FILE = "checkpoint-head.json"
 _POLL = 0.25  # the cutter looks at the chain head this often (at most)
 _RUNNING: weakref.WeakSet[Checkpoints] = weakref.WeakSet()  # services whose cutter thread may be running
+_EXIT_WAIT = 5.0  # seconds the exit handler waits for a cut in progress, per kernel
 
 
 @atexit.register
@@ -74,7 +75,7 @@ def _stop_cutters_before_exit() -> None:
     program's work was done; ``atexit`` handlers run before finalization starts.
     """
     for service in list(_RUNNING):
-        service.stop()
+        service.stop(timeout=_EXIT_WAIT)  # bounded: an exit never hangs on a cut (the store stays open)
 
 
 def witness_file(data_dir: Path, shared_store: str | None) -> Path:
@@ -227,14 +228,18 @@ class Checkpoints:
         _RUNNING.add(self)
         self._thread.start()
 
-    def stop(self) -> None:
+    def stop(self, timeout: float | None = None) -> None:
         """Stop the background cutter, and wait for a cut in progress to end (the store is closed next:
-        a connection closed under a running statement can crash the interpreter)."""
+        a connection closed under a running statement can crash the interpreter).
+
+        Args:
+            timeout: the longest wait in seconds (None: until the cut ends).
+        """
         self._stop.set()
         _RUNNING.discard(self)
         thread, self._thread = self._thread, None
         if thread is not None and thread is not threading.current_thread():
-            thread.join()
+            thread.join(timeout)
 
     def cut_due(self) -> list[dict[str, Any]]:
         """Cut every full batch of ``every`` receipts, and the rest once ``interval`` has passed."""
