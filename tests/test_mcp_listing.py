@@ -96,3 +96,33 @@ def test_a_listing_denied_for_another_reason_does_not_claim_a_missing_grant() ->
     assert "revocation" in text and "cap was revoked" in text and "needs the grant" not in text
     scope = Evaluation(False, "rcpt-2", "cap", "notes", MCP_LIST_TOOL, guard="scope", reason="no grant")
     assert "needs the grant 'notes/list_tools'" in denied_listing_message(scope)
+
+
+def test_telling_an_mcp_toolset_apart_imports_nothing() -> None:
+    # Inside a Temporal workflow's first run, importing pydantic_ai.mcp (fastmcp, mcp) to run an
+    # isinstance check took longer than Temporal's 2 s deadlock detector on a loaded machine.
+    import subprocess
+    import sys
+
+    code = (
+        "import sys\n"
+        "from pydantic_ai.toolsets import FunctionToolset\n"
+        "from chio_durable.agent._capability import _is_mcp_toolset\n"
+        "assert not _is_mcp_toolset(FunctionToolset([]))\n"
+        "print('pydantic_ai.mcp' in sys.modules)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0 and done.stdout.strip() == "False", done.stdout + done.stderr
+
+
+def test_an_mcp_toolset_and_its_subclasses_are_told_apart() -> None:
+    from pydantic_ai.toolsets import FunctionToolset
+
+    from chio_durable.agent._capability import _is_mcp_toolset
+
+    class Mine(MCPToolset):
+        pass
+
+    server = FastMCP("docs")
+    assert _is_mcp_toolset(MCPToolset(server)) and _is_mcp_toolset(Mine(server))
+    assert not _is_mcp_toolset(FunctionToolset([]))
