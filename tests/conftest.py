@@ -30,9 +30,10 @@ import pytest
 sys.dont_write_bytecode = False
 
 # Isolate Prefect from the developer's own profile and server before prefect is imported anywhere.
-_PREFECT_HOME = tempfile.mkdtemp(prefix="chio-test-prefect-")
-atexit.register(shutil.rmtree, _PREFECT_HOME, ignore_errors=True)
-os.environ.setdefault("PREFECT_HOME", _PREFECT_HOME)
+# xdist workers inherit the controller's home; the process that made it removes it at exit.
+if "PREFECT_HOME" not in os.environ:
+    os.environ["PREFECT_HOME"] = tempfile.mkdtemp(prefix="chio-test-prefect-")
+    atexit.register(shutil.rmtree, os.environ["PREFECT_HOME"], ignore_errors=True)
 os.environ.pop("PREFECT_API_URL", None)
 os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
 os.environ.setdefault("PREFECT_SERVER_LOGGING_LEVEL", "WARNING")

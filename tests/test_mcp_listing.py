@@ -6,6 +6,8 @@ Real in-process MCP server (FastMCP in memory), real embedded kernel, plain ``Ch
 from __future__ import annotations
 
 import logging
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -16,8 +18,10 @@ from pydantic_ai import Agent
 from pydantic_ai.mcp import MCPToolset
 from pydantic_ai.messages import ModelMessage, ModelResponse, RetryPromptPart, TextPart, ToolCallPart
 from pydantic_ai.models.function import AgentInfo, FunctionModel
+from pydantic_ai.toolsets import FunctionToolset
 
 from chio_durable.agent import MCP_LIST_TOOL, ChioGovernance
+from chio_durable.agent._capability import _is_mcp_toolset
 from chio_kernel import LocalChioClient
 
 
@@ -101,9 +105,6 @@ def test_a_listing_denied_for_another_reason_does_not_claim_a_missing_grant() ->
 def test_telling_an_mcp_toolset_apart_imports_nothing() -> None:
     # Inside a Temporal workflow's first run, importing pydantic_ai.mcp (fastmcp, mcp) to run an
     # isinstance check took longer than Temporal's 2 s deadlock detector on a loaded machine.
-    import subprocess
-    import sys
-
     code = (
         "import sys\n"
         "from pydantic_ai.toolsets import FunctionToolset\n"
@@ -116,10 +117,6 @@ def test_telling_an_mcp_toolset_apart_imports_nothing() -> None:
 
 
 def test_an_mcp_toolset_and_its_subclasses_are_told_apart() -> None:
-    from pydantic_ai.toolsets import FunctionToolset
-
-    from chio_durable.agent._capability import _is_mcp_toolset
-
     class Mine(MCPToolset):
         pass
 

@@ -332,6 +332,13 @@ def _cut_in_child(kernel: Kernel) -> None:
 
 
 
+def _run_script(script: str, home: Path, timeout: float) -> subprocess.CompletedProcess[str]:
+    """``python -c script home`` in a new interpreter that imports ``kernel_helpers`` from here."""
+    path = os.pathsep.join([str(Path(__file__).parent), os.environ.get("PYTHONPATH", "")])
+    return subprocess.run([sys.executable, "-c", script, str(home)], capture_output=True, text=True, timeout=timeout,
+                          env={**os.environ, "PYTHONPATH": path})
+
+
 CLOSE_WHILE_CUTTING = """
 import random, sys, time
 from pathlib import Path
@@ -357,9 +364,7 @@ def test_closing_a_kernel_while_its_cutter_runs_never_crashes(chio_home: Path) -
     # cut in progress before it closes the store: a SQLite connection closed under
     # the cutter's running statement crashed the interpreter (SIGSEGV), e.g. in the CLI, which closes
     # its kernel when a command ends
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(__file__).parent), os.environ.get("PYTHONPATH", "")])}
-    done = subprocess.run([sys.executable, "-c", CLOSE_WHILE_CUTTING, str(chio_home)], capture_output=True, text=True,
-                          timeout=600, env=env)
+    done = _run_script(CLOSE_WHILE_CUTTING, chio_home, timeout=600)
     assert done.returncode == 0 and done.stdout.strip() == "ok", f"exit {done.returncode}: {done.stderr[-2000:]}"
 
 
@@ -386,8 +391,6 @@ def test_a_kernel_left_open_stops_its_cutter_before_the_interpreter_finalizes(ch
     # A program that never closes its kernel (an example, a notebook): the cutter is a daemon thread, and
     # one caught mid-cut (a signature, a SQLite statement) by CPython's finalization can abort the
     # process after its work was done. chio_kernel stops every cutter in an atexit handler.
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(__file__).parent), os.environ.get("PYTHONPATH", "")])}
-    done = subprocess.run([sys.executable, "-c", EXIT_WITH_THE_CUTTER_RUNNING, str(chio_home)], capture_output=True,
-                          text=True, timeout=120, env=env)
+    done = _run_script(EXIT_WITH_THE_CUTTER_RUNNING, chio_home, timeout=120)
     assert done.returncode == 0, f"exit {done.returncode}: {done.stderr[-2000:]}"
     assert done.stdout.strip() == "cutters running before finalization: 0", done.stdout + done.stderr
