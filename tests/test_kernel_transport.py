@@ -77,10 +77,10 @@ def test_layers_choose_the_transport_once_at_construction(monkeypatch: pytest.Mo
 
 
 def _count_canonicalisations(monkeypatch: pytest.MonkeyPatch) -> list[object]:
-    # The module object in sys.modules, which the code's `from chio_kernel.canonical import ...`
-    # reads: after Temporal's workflow sandbox ran, the package attribute `chio_kernel.canonical`
-    # can be another copy of the module.
+    """Count the calls of the kernel's canonical JSON from where a governed call reads it
+    (``chio_durable._call`` imports it at module level)."""
     canonical = importlib.import_module("chio_kernel.canonical")
+    call_module = importlib.import_module("chio_durable._call")
 
     seen: list[object] = []
     real = canonical.canonical_json_str
@@ -89,7 +89,7 @@ def _count_canonicalisations(monkeypatch: pytest.MonkeyPatch) -> list[object]:
         seen.append(value)
         return real(value)
 
-    monkeypatch.setattr(canonical, "canonical_json_str", counting)
+    monkeypatch.setattr(call_module, "canonical_json_str", counting)
     return seen
 
 
@@ -114,7 +114,6 @@ def test_parameters_are_canonicalised_and_hashed_once_per_call_embedded(
 ) -> None:
     import hashlib
 
-    canonical = importlib.import_module("chio_kernel.canonical")
     kernel_module = importlib.import_module("chio_kernel._request")  # where the kernel canonicalises a call
 
     local = LocalChioClient(tmp_path)
@@ -122,7 +121,8 @@ def test_parameters_are_canonicalised_and_hashed_once_per_call_embedded(
     transport = as_transport(local)
     parameters = {"path": "/docs/a.md", "n": [1, 2.5], "big": 1e21}
     seen = _count_canonicalisations(monkeypatch)
-    monkeypatch.setattr(kernel_module, "canonical_json_str", canonical.canonical_json_str)  # the kernel's own import of it
+    counting = importlib.import_module("chio_durable._call").canonical_json_str
+    monkeypatch.setattr(kernel_module, "canonical_json_str", counting)  # the kernel's own import of it, counted too
     hashed: list[bytes] = []
     real_sha256 = hashlib.sha256
 

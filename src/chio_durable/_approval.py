@@ -16,6 +16,7 @@ from typing import Any
 from chio_sdk.models import MonetaryAmount
 
 from chio_durable._decision import PENDING_VERDICT, Evaluation
+from chio_kernel._idempotency import approval_call_key
 
 __all__ = ["PENDING_VERDICT", "PendingApproval", "approval_key", "evaluate_under", "evaluate_under_sync", "pending_approval"]
 
@@ -77,8 +78,6 @@ def approval_key(key: str | None, approval_id: str) -> str | None:
     The kernel's one rule (``chio_kernel._idempotency``) owns it; this keeps the wire key every
     release sent, so runs spanning an upgrade find their receipts.
     """
-    from chio_kernel._idempotency import approval_call_key  # lazy: keeps `import chio_durable` light
-
     return approval_call_key(key, approval_id)
 
 

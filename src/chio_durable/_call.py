@@ -16,6 +16,8 @@ from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any, Literal
 
+from chio_kernel.canonical import canonical_json, canonical_json_str
+
 __all__ = ["CallKind", "GovernedCall", "call_key", "idempotency_key", "run_metadata", "wire_parameter_hash"]
 
 CallKind = Literal["model", "tool", "mcp", "mcp_list", "output", "task", "activity"]
@@ -46,8 +48,6 @@ def wire_parameter_hash(parameters: Mapping[str, Any]) -> str:
     receives them (after the JSON round trip: tuples become lists, non-string keys strings).
     Raises ``ValueError`` when they have no JSON form (NaN, infinities...), as the kernel would.
     """
-    from chio_kernel.canonical import canonical_json  # lazy: keeps `import chio_durable` light
-
     try:
         return hashlib.sha256(canonical_json(parameters)).hexdigest()
     except ValueError as err:
@@ -68,8 +68,6 @@ class _Hashes:
 
 
 def _hash_parameters(parameters: Mapping[str, Any]) -> _Hashes:
-    from chio_kernel.canonical import canonical_json_str  # lazy: keeps `import chio_durable` light
-
     try:
         text: str | None = canonical_json_str(parameters)
     except (ValueError, TypeError, RecursionError):

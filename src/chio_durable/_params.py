@@ -17,6 +17,8 @@ from typing import Any
 
 from pydantic_core import to_jsonable_python
 
+from chio_kernel.canonical import canonical_json_str
+
 __all__ = ["bind_parameters", "canonical_text", "digest", "jsonable"]
 
 _ADDRESS = re.compile(r" at 0x[0-9a-fA-F]+")
@@ -67,8 +69,6 @@ def canonical_text(value: Any) -> str:
     dropped. Values canonical JSON refuses (NaN, infinities, lone surrogates — the kernel refuses such a
     call too) get Python's sorted compact JSON instead, so a digest can still be formed.
     """
-    from chio_kernel.canonical import canonical_json_str  # lazy: keeps `import chio_durable` light
-
     data = jsonable(value)
     try:
         text = canonical_json_str(data)

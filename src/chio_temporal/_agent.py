@@ -67,6 +67,7 @@ from chio_temporal._governance import (
     temporal_run_identity,
     temporal_run_metadata,
 )
+from chio_temporal._sandbox import with_chio_passed_through
 from chio_temporal._seams import (
     agent_with_capability,
     govern_durable_agent,
@@ -218,23 +219,6 @@ class _OtherActivitiesInterceptor(ChioActivityInterceptor):
         if info.activity_type.startswith("agent__"):
             return False
         return super().governs(info, input)
-
-
-_PASSED_THROUGH = ("chio_durable", "chio_kernel", "chio_sdk", "chio_temporal")
-"""Passed through the workflow sandbox: the governance's durable-operation results (``Evaluation``)
-are decoded in workflow code against the host's classes, which pydantic-ai (passed through) built
-its type adapters from."""
-
-
-def _workflow_runner(runner: Any) -> Any:
-    """``runner`` with the chio packages passed through, when it is Temporal's sandbox."""
-    from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner
-
-    if not isinstance(runner, SandboxedWorkflowRunner):
-        return runner
-    import dataclasses
-
-    return dataclasses.replace(runner, restrictions=runner.restrictions.with_passthrough_modules(*_PASSED_THROUGH))
 
 
 class _GovernedAgentPlugin(SimplePlugin):
@@ -460,7 +444,7 @@ class ChioTemporalAgent(WrapperAgent[AgentDepsT, OutputDataT]):
                 activities=lambda existing: _merge(existing, agent_plugin),
                 workflows=lambda existing: _merge_workflows(existing, agent_plugin),
                 interceptors=interceptors,
-                workflow_runner=_workflow_runner,
+                workflow_runner=with_chio_passed_through,
             )
         return self._plugin
 

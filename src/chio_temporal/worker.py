@@ -8,11 +8,13 @@ from typing import Any
 from chio_sdk.models import ChioScope
 from temporalio.client import Client
 from temporalio.worker import Interceptor, Worker
+from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner
 
 from chio_durable import ChioClientLike
 from chio_temporal.errors import ChioTemporalConfigError
 from chio_temporal.grants import WorkflowGrant, fetch_capability, mint_capability
 from chio_temporal.interceptor import ChioActivityInterceptor, ReceiptSink
+from chio_temporal._sandbox import with_chio_passed_through
 from chio_temporal._search_attributes import ChioSearchAttributes, require_search_attributes
 
 __all__ = ["build_chio_worker"]
@@ -66,7 +68,9 @@ async def build_chio_worker(
         interceptors: your own worker interceptors (outside the chio one).
         search_attributes: upsert ``ChioCapabilityId`` / ``ChioDenyCount`` on each workflow; the
             namespace is checked first.
-        **worker_kwargs: passed to ``temporalio.worker.Worker`` unchanged.
+        **worker_kwargs: passed to ``temporalio.worker.Worker`` unchanged, except that the workflow
+            sandbox (``workflow_runner``, Temporal's by default) passes chio's packages and
+            ``beartype`` through (docs/temporal.md, "The sandbox").
 
     Returns:
         ``(worker, interceptor, grant)``.
@@ -91,9 +95,10 @@ async def build_chio_worker(
     if search_attributes:
         await require_search_attributes(client)
         extra.append(ChioSearchAttributes(interceptor))
+    runner = with_chio_passed_through(worker_kwargs.pop("workflow_runner", None) or SandboxedWorkflowRunner())
     worker = Worker(
         client, task_queue=task_queue, activities=list(activities), workflows=list(workflows),
-        interceptors=[*interceptors, *extra, interceptor], **worker_kwargs,
+        interceptors=[*interceptors, *extra, interceptor], workflow_runner=runner, **worker_kwargs,
     )
     return worker, interceptor, grant
 

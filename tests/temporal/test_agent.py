@@ -1,8 +1,8 @@
 """ChioTemporalAgent on a real Temporal dev server with the real embedded kernel.
 
 The agents (scripted ``FunctionModel``, counted tool bodies, an in-process FastMCP server) live in
-``test_agent_app.py``, imported under ``imports_passed_through`` so the workflow sandbox does not
-re-create them; the workflows below are what a user writes: ``await governed.run(prompt)``.
+``test_agent_app.py``; the workflows, what a user writes (``await governed.run(prompt)``), in
+``agent_workflows.py``.
 """
 
 from __future__ import annotations
@@ -14,150 +14,42 @@ from contextlib import asynccontextmanager
 from datetime import timedelta
 from typing import Any
 
-from temporalio import workflow
+import pytest
+from chio_sdk.models import ChioScope, Operation, ToolGrant
+from pydantic_ai import Agent
+from pydantic_ai import PydanticAIDeprecationWarning
+from pydantic_ai.durable_exec.temporal import AgentPlugin, PydanticAIPlugin, TemporalDurability
+from pydantic_ai.models.function import FunctionModel
+from temporalio.api.enums.v1 import EventType
+from temporalio.client import Client, WorkflowFailureError
+from temporalio.exceptions import ActivityError, ApplicationError
+from temporalio.worker import Replayer, Worker
+from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner, SandboxRestrictions
+from temporalio.workflow import ActivityConfig
 
-with workflow.unsafe.imports_passed_through():
-    import pytest
-    from chio_sdk.models import ChioScope, Operation, ToolGrant
-    from pydantic_ai import Agent
-    from pydantic_ai import PydanticAIDeprecationWarning
-    from pydantic_ai.durable_exec.temporal import AgentPlugin, PydanticAIPlugin, TemporalDurability
-    from pydantic_ai.models.function import FunctionModel
-    from temporalio.api.enums.v1 import EventType
-    from temporalio.client import Client, WorkflowFailureError
-    from temporalio.exceptions import ActivityError, ApplicationError
-    from temporalio.worker import Replayer, Worker
-    from temporalio.workflow import ActivityConfig
-
-    import test_agent_app as app
-    from chio_kernel import LocalChioClient, SidecarClient
-    from chio_kernel.testing import SidecarProcess
-    from chio_temporal import DENIED_ERROR_TYPE, ChioTemporalConfigError, WorkflowGrant
-    from chio_temporal._agent import ChioTemporalAgent
-    from chio_temporal._seams import registered_activity_name
+import test_agent_app as app
+from agent_workflows import (
+    WORKFLOWS,
+    SupportWorkflow,
+    StrictWorkflow,
+    LegacyWorkflow,
+    BareWorkflow,
+    TwoRunsWorkflow,
+    MixedWorkflow,
+    StreamingWorkflow,
+    UserDurableWorkflow,
+    LegacyDirectWorkflow,
+    ListedSupportWorkflow,
+    ListedUserDurableWorkflow,
+)
+from chio_kernel import LocalChioClient, SidecarClient
+from chio_kernel.testing import SidecarProcess
+from chio_temporal import DENIED_ERROR_TYPE, ChioTemporalConfigError, WorkflowGrant
+from chio_temporal._agent import ChioTemporalAgent
+from chio_temporal._seams import registered_activity_name
 
 
 pytestmark = pytest.mark.temporal
-
-
-# --- workflows (what a user writes) ------------------------------------------------------------
-
-
-@workflow.defn
-class SupportWorkflow:
-    @workflow.run
-    async def run(self, prompt: str) -> dict[str, Any]:
-        result = await app.governed_support.run(prompt)
-        return {"output": result.output, "receipt_ids": app.governed_support.receipt_ids_of(result)}
-
-
-@workflow.defn
-class StrictWorkflow:
-    @workflow.run
-    async def run(self, prompt: str) -> str:
-        return (await app.governed_strict.run(prompt)).output
-
-
-@workflow.defn
-class LegacyWorkflow:
-    @workflow.run
-    async def run(self, prompt: str) -> dict[str, Any]:
-        result = await app.governed_legacy.run(prompt)
-        return {"output": result.output, "receipt_ids": app.governed_legacy.receipt_ids_of(result)}
-
-
-@workflow.defn
-class BareWorkflow:
-    @workflow.run
-    async def run(self, prompt: str) -> str:
-        return (await app.bare_agent.run(prompt)).output
-
-
-@workflow.defn
-class TwoRunsWorkflow:
-    """One agent run, wait for a signal, a second run (the capability is revoked in between)."""
-
-    def __init__(self) -> None:
-        self.first: str | None = None
-        self.go = False
-
-    @workflow.run
-    async def run(self, first: str, second: str) -> str:
-        self.first = (await app.governed_support.run(first)).output
-        await workflow.wait_condition(lambda: self.go)
-        return (await app.governed_support.run(second)).output
-
-    @workflow.signal
-    def proceed(self) -> None:
-        self.go = True
-
-    @workflow.query
-    def first_output(self) -> str | None:
-        return self.first
-
-
-@workflow.defn
-class MixedWorkflow:
-    """A plain activity, then the agent: one interceptor governs both."""
-
-    @workflow.run
-    async def run(self, prompt: str) -> str:
-        note = await workflow.execute_activity(
-            app.audit_note, prompt, start_to_close_timeout=timedelta(seconds=10)
-        )
-        return note + " / " + (await app.governed_mixed.run(prompt)).output
-
-
-@workflow.defn
-class StreamingWorkflow:
-    @workflow.run
-    async def run(self, prompt: str) -> dict[str, Any]:
-        result = await app.governed_streaming.run(prompt)
-        return {"output": result.output, "receipt_ids": app.governed_streaming.receipt_ids_of(result)}
-
-
-@workflow.defn
-class UserDurableWorkflow:
-    """Calls the agent the user made durable directly (governance is then entirely the worker's)."""
-
-    @workflow.run
-    async def run(self, prompt: str) -> str:
-        return (await app.user_durable_agent.run(prompt)).output
-
-
-@workflow.defn
-class LegacyDirectWorkflow:
-    """Calls the user's TemporalAgent directly."""
-
-    @workflow.run
-    async def run(self, prompt: str) -> str:
-        return (await app.legacy_agent.run(prompt)).output
-
-
-WORKFLOWS = [
-    SupportWorkflow, StrictWorkflow, LegacyWorkflow, BareWorkflow, TwoRunsWorkflow, MixedWorkflow, StreamingWorkflow,
-    UserDurableWorkflow, LegacyDirectWorkflow,
-]
-
-
-# Workflows that list their agents for PydanticAIPlugin (kept off the shared WORKFLOWS list: the
-# client's PydanticAIPlugin would register those agents' activities on every worker).
-@workflow.defn
-class ListedSupportWorkflow:
-    __pydantic_ai_agents__ = [app.governed_support]
-
-    @workflow.run
-    async def run(self, prompt: str) -> str:
-        return (await app.governed_support.run(prompt)).output
-
-
-@workflow.defn
-class ListedUserDurableWorkflow:
-    __pydantic_ai_agents__ = [app.user_durable_agent]
-
-    @workflow.run
-    async def run(self, prompt: str) -> str:
-        return (await app.user_durable_agent.run(prompt)).output
 
 
 # --- helpers -----------------------------------------------------------------------------------
@@ -192,7 +84,7 @@ async def client(temporal_env) -> Client:
 
 
 @asynccontextmanager
-async def worker(client: Client, *plugins: Any, task_queue: str | None = None) -> AsyncIterator[str]:
+async def worker(client: Client, *plugins: Any, task_queue: str | None = None, **options: Any) -> AsyncIterator[str]:
     task_queue = task_queue or f"agent-{uuid.uuid4().hex[:8]}"
     async with Worker(
         client,
@@ -200,6 +92,7 @@ async def worker(client: Client, *plugins: Any, task_queue: str | None = None) -
         workflows=WORKFLOWS,
         activities=[app.audit_note],
         plugins=list(plugins or [g.plugin for g in app.ALL_GOVERNED]),
+        **options,
     ):
         yield task_queue
 
@@ -667,11 +560,19 @@ async def test_outside_a_workflow_the_run_is_governed_in_process(chio_home):
 
 async def test_agent_plugin_of_the_governed_agent_runs_it_governed(client, chio):
     """pydantic-ai's own ``AgentPlugin(governed)`` hands out the governance's activities with the
-    agent's: the run is governed as with governed.plugin (a deny is told, no ungoverned call runs)."""
+    agent's: the run is governed as with governed.plugin (a deny is told, no ungoverned call runs).
+    That plugin does not pass chio's packages through the sandbox as governed.plugin does; the worker
+    does, as docs/temporal_agent.md says."""
     await issue(chio, MODEL, grant("support", "lookup"), DOCS_LIST)  # no refund
     before = dict(app.CALLS)
-    async with worker(client, AgentPlugin(app.governed_support)) as tq:
-        out = await client.execute_workflow(SupportWorkflow.run, "lookup:Z,refund:Z", id=wid("agentplugin"), task_queue=tq)
+    chio_passed_through = SandboxedWorkflowRunner(
+        restrictions=SandboxRestrictions.default.with_passthrough_modules("chio_durable", "chio_kernel", "chio_sdk", "chio_temporal")
+    )
+    async with worker(client, AgentPlugin(app.governed_support), workflow_runner=chio_passed_through) as tq:
+        out = await client.execute_workflow(
+            SupportWorkflow.run, "lookup:Z,refund:Z", id=wid("agentplugin"), task_queue=tq,
+            execution_timeout=timedelta(seconds=60),  # a workflow task that keeps failing ends the test
+        )
     lookup_text, denied_text = out["output"].split(" | ")
     assert lookup_text == "order Z: shipped"
     assert denied_text.startswith("Permission denied: the call to support/refund was not run")
