@@ -34,6 +34,14 @@ sys.dont_write_bytecode = False
 if "PREFECT_HOME" not in os.environ:
     os.environ["PREFECT_HOME"] = tempfile.mkdtemp(prefix="chio-test-prefect-")
     atexit.register(shutil.rmtree, os.environ["PREFECT_HOME"], ignore_errors=True)
+    # What the workers and every process the suite starts (examples, notebooks, sidecars) put in the
+    # temporary directory goes to one of the run's own, removed at exit with the Prefect home: an
+    # example keeps its kernel directory for its user to read, not for the suite to leave behind.
+    # pytest's own directories (tmp_path) stay where pytest keeps them: the controller hands each
+    # worker its base, and this process's temporary directory was fixed above.
+    os.environ["TMPDIR"] = tempfile.mkdtemp(prefix="chio-test-tmp-")
+    os.chmod(os.environ["TMPDIR"], 0o1777)  # as /tmp: the PostgreSQL cluster and a test run as other users
+    atexit.register(shutil.rmtree, os.environ["TMPDIR"], ignore_errors=True)
 os.environ.pop("PREFECT_API_URL", None)
 os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
 os.environ.setdefault("PREFECT_SERVER_LOGGING_LEVEL", "WARNING")

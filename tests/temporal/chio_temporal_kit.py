@@ -11,11 +11,18 @@ from chio_sdk.models import ChioScope, Operation, ToolGrant
 from temporalio.client import Client, WorkflowFailureError, WorkflowHandle
 from temporalio.exceptions import ApplicationError
 from temporalio.worker import Worker
+from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner
 
 import workflows
+from chio_temporal._sandbox import with_chio_passed_through
 
 EXECUTOR = ThreadPoolExecutor(max_workers=4, thread_name_prefix="activity")
 """For the sync activity (``send_email``)."""
+
+SANDBOX = with_chio_passed_through(SandboxedWorkflowRunner())
+"""Temporal's sandbox as ``build_chio_worker`` sets it up (chio's packages and beartype passed through:
+the test process imports fastmcp, whose beartype import hook would otherwise make every workflow run
+import beartype afresh)."""
 
 ALL_WORKFLOWS = [workflows.TransferWorkflow, workflows.PlanWorkflow, workflows.CancelWorkflow]
 
@@ -24,6 +31,7 @@ def make_worker(client: Client, task_queue: str, interceptors: list[Any], **kwar
     """A worker with every test workflow and activity and the given interceptors."""
     kwargs.setdefault("workflows", ALL_WORKFLOWS)
     kwargs.setdefault("activities", workflows.ALL_ACTIVITIES)
+    kwargs.setdefault("workflow_runner", SANDBOX)
     return Worker(client, task_queue=task_queue, interceptors=interceptors, activity_executor=EXECUTOR, **kwargs)
 
 

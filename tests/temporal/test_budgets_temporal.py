@@ -12,61 +12,18 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
-from temporalio import workflow
-from temporalio.exceptions import ActivityError
+import pytest
+from chio_sdk.models import ChioScope, MonetaryAmount, Operation, ToolGrant
+from pydantic_ai.durable_exec.temporal import PydanticAIPlugin
+from temporalio.client import Client, WorkflowFailureError
+from temporalio.worker import Worker
 
-with workflow.unsafe.imports_passed_through():
-    import pytest
-    from chio_sdk.models import ChioScope, MonetaryAmount, Operation, ToolGrant
-    from pydantic_ai.durable_exec.temporal import PydanticAIPlugin
-    from temporalio.client import Client, WorkflowFailureError
-    from temporalio.worker import Worker
-
-    import budget_app as app
-    from chio_kernel import LocalChioClient
-    from chio_temporal import DENIED_ERROR_TYPE, release_holds, release_holds_activity, release_holds_on_failure
+import budget_app as app
+from budget_workflows import GuardedWorkflow, SagaWorkflow, ShopWorkflow, SpendWorkflow
+from chio_kernel import LocalChioClient
+from chio_temporal import DENIED_ERROR_TYPE, release_holds_activity
 
 pytestmark = pytest.mark.temporal
-
-
-@workflow.defn
-class SpendWorkflow:
-    @workflow.run
-    async def run(self, prompt: str) -> str:
-        return (await app.governed_spender.run(prompt)).output
-
-
-@workflow.defn
-class SagaWorkflow:
-    """Run the agent; when it fails, compensate: release the run's open holds (twice: a retried
-    compensation must not release twice)."""
-
-    @workflow.run
-    async def run(self, prompt: str) -> dict[str, Any]:
-        try:
-            await app.governed_broken.run(prompt)
-        except ActivityError:
-            first = await release_holds(reason="order cancelled")
-            again = await release_holds(first, reason="order cancelled")
-            return {"first": first, "again": again}
-        return {"first": [], "again": []}
-
-
-@workflow.defn
-class GuardedWorkflow:
-    """The same failure, released by ``release_holds_on_failure`` (the workflow then fails)."""
-
-    @workflow.run
-    async def run(self, prompt: str) -> str:
-        async with release_holds_on_failure(reason="run failed"):
-            return (await app.governed_broken.run(prompt)).output
-
-
-@workflow.defn
-class ShopWorkflow:
-    @workflow.run
-    async def run(self, prompt: str) -> str:
-        return (await app.governed_shopper.run(prompt)).output
 
 
 USD_5 = MonetaryAmount(units=500, currency="USD")

@@ -13,7 +13,7 @@ from temporalio.worker import Replayer
 import workflows
 from chio_kernel import LocalChioClient
 from chio_temporal import ChioActivityInterceptor, WorkflowGrant
-from chio_temporal_kit import ALL_WORKFLOWS, make_worker, outcome, plan, running, scope, start_plan, tool
+from chio_temporal_kit import ALL_WORKFLOWS, SANDBOX, make_worker, outcome, plan, running, scope, start_plan, tool
 
 pytestmark = pytest.mark.temporal
 
@@ -54,7 +54,7 @@ async def test_governed_histories_replay_without_error(client: Client, chio_home
         "credit_account",
     ]
     child = client.get_workflow_handle(f"{plan_id}-child-0")
-    replayer = Replayer(workflows=ALL_WORKFLOWS, interceptors=[ic])
+    replayer = Replayer(workflows=ALL_WORKFLOWS, workflow_runner=SANDBOX, interceptors=[ic])
     for handle in (saga, planned, child):
         result = await replayer.replay_workflow(await handle.fetch_history(), raise_on_replay_failure=False)
         assert result.replay_failure is None, f"{handle.id}: {result.replay_failure!r}"
@@ -71,7 +71,7 @@ async def test_adding_the_interceptor_keeps_existing_histories_replayable(client
         await outcome(handle)
     chio = LocalChioClient(data_dir=chio_home)
     ic = ChioActivityInterceptor(chio_client=chio, default_tool_server="bank")
-    replayer = Replayer(workflows=ALL_WORKFLOWS, interceptors=[ic])
+    replayer = Replayer(workflows=ALL_WORKFLOWS, workflow_runner=SANDBOX, interceptors=[ic])
     for h in (handle, client.get_workflow_handle(f"{wid}-child-0")):
         result = await replayer.replay_workflow(await h.fetch_history(), raise_on_replay_failure=False)
         assert result.replay_failure is None, f"{h.id}: {result.replay_failure!r}"
@@ -106,7 +106,7 @@ async def test_cancelling_an_activity_gives_the_same_history_with_and_without_ch
         assert seen[True][0] == "ActivityError:CancelledError" and seen[True][2] == ["slow", "slow-cancelled"]
     else:  # cancelled in the same workflow task: never scheduled, never ran
         assert seen[True][0].startswith("CancelledError") and seen[True][2] == []
-    replayer = Replayer(workflows=ALL_WORKFLOWS, interceptors=[ChioActivityInterceptor(chio_client=chio)])
+    replayer = Replayer(workflows=ALL_WORKFLOWS, workflow_runner=SANDBOX, interceptors=[ChioActivityInterceptor(chio_client=chio)])
     for history in histories:
         result = await replayer.replay_workflow(history, raise_on_replay_failure=False)
         assert result.replay_failure is None

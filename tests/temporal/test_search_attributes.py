@@ -26,7 +26,7 @@ from chio_temporal._search_attributes import (
     missing_search_attributes,
     set_pending_approval,
 )
-from chio_temporal_kit import ALL_WORKFLOWS, EXECUTOR, outcome, running, scope, start_plan, plan, tool
+from chio_temporal_kit import ALL_WORKFLOWS, EXECUTOR, SANDBOX, outcome, running, scope, start_plan, plan, tool
 
 pytestmark = pytest.mark.temporal
 
@@ -80,11 +80,11 @@ async def test_capability_id_and_deny_count_are_upserted_and_replay(client: Clie
     history = await saga.fetch_history()
     upserts = [e for e in history.events if e.HasField("upsert_workflow_search_attributes_event_attributes")]
     assert len(upserts) == 3  # at start, then once per deny
-    replayer = Replayer(workflows=ALL_WORKFLOWS, interceptors=[ChioSearchAttributes(ic), ic])
+    replayer = Replayer(workflows=ALL_WORKFLOWS, workflow_runner=SANDBOX, interceptors=[ChioSearchAttributes(ic), ic])
     result = await replayer.replay_workflow(history, raise_on_replay_failure=False)
     assert result.replay_failure is None, repr(result.replay_failure)
     # (the check has teeth: the same history on a worker without the interceptor is nondeterministic)
-    bare = await Replayer(workflows=ALL_WORKFLOWS, interceptors=[ic]).replay_workflow(history, raise_on_replay_failure=False)
+    bare = await Replayer(workflows=ALL_WORKFLOWS, workflow_runner=SANDBOX, interceptors=[ic]).replay_workflow(history, raise_on_replay_failure=False)
     assert bare.replay_failure is not None
 
 

@@ -16,7 +16,7 @@ from temporalio.worker import Replayer
 import workflows
 from chio_kernel import LocalChioClient
 from chio_temporal import ChioActivityInterceptor, WorkflowGrant
-from chio_temporal_kit import make_worker, running, scope, tool
+from chio_temporal_kit import SANDBOX, make_worker, running, scope, tool
 from otel_kit import by_id, decision_spans, instrumented, pipeline, tree  # noqa: F401 - the fixture
 from otel_workflows import GatedWorkflow
 
@@ -74,7 +74,7 @@ async def test_decisions_under_run_activity_once_across_a_worker_restart_and_a_r
     ]
 
     EXPORTER.clear()
-    replayer = Replayer(workflows=worker_workflows, interceptors=[tracing, ic])
+    replayer = Replayer(workflows=worker_workflows, workflow_runner=SANDBOX, interceptors=[tracing, ic])
     result = await replayer.replay_workflow(await handle.fetch_history(), raise_on_replay_failure=False)
     assert result.replay_failure is None
     assert decision_spans(EXPORTER.get_finished_spans()) == []

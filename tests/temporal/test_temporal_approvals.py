@@ -20,7 +20,7 @@ import approval_workflows as aw
 from chio_kernel import ApprovalConflictError, Kernel, LocalChioClient
 from chio_temporal import ChioActivityInterceptor, WorkflowGrant
 from chio_temporal._approvals import APPROVAL_QUERY, APPROVAL_UPDATE
-from chio_temporal_kit import outcome
+from chio_temporal_kit import SANDBOX, outcome
 
 pytestmark = pytest.mark.temporal
 
@@ -46,7 +46,8 @@ async def _setup(chio: LocalChioClient, wid: str) -> tuple[ChioActivityIntercept
 
 
 def _worker(client: Client, tq: str, ic: ChioActivityInterceptor) -> Worker:
-    return Worker(client, task_queue=tq, workflows=[aw.RefundWorkflow], activities=[aw.refund], interceptors=[ic])
+    return Worker(client, task_queue=tq, workflows=[aw.RefundWorkflow], activities=[aw.refund], interceptors=[ic],
+                  workflow_runner=SANDBOX)
 
 
 async def _pending(handle: WorkflowHandle, *, scheduled: int = 1) -> list[dict[str, Any]]:
@@ -62,7 +63,7 @@ async def _pending(handle: WorkflowHandle, *, scheduled: int = 1) -> list[dict[s
 
 
 async def _replays(handle: WorkflowHandle, ic: ChioActivityInterceptor) -> None:
-    replayer = Replayer(workflows=[aw.RefundWorkflow], interceptors=[ic])
+    replayer = Replayer(workflows=[aw.RefundWorkflow], workflow_runner=SANDBOX, interceptors=[ic])
     result = await replayer.replay_workflow(await handle.fetch_history(), raise_on_replay_failure=False)
     assert result.replay_failure is None, repr(result.replay_failure)
 
@@ -177,7 +178,7 @@ async def test_pending_approval_search_attribute_follows_the_wait(
     ic, _ = await _setup(chio, wid)
     interceptors = [ic, ChioSearchAttributes(ic)]
     worker = Worker(client, task_queue=tq, workflows=[aw.RefundWorkflow], activities=[aw.refund],
-                    interceptors=interceptors)
+                    interceptors=interceptors, workflow_runner=SANDBOX)
     async with worker:
         handle = await client.start_workflow(aw.RefundWorkflow.run, args=["o-sa", 7], id=wid, task_queue=tq)
         (waiting,) = await _pending(handle)
@@ -187,6 +188,6 @@ async def test_pending_approval_search_attribute_follows_the_wait(
         await handle.execute_update(APPROVAL_UPDATE, waiting["approval_id"])
         assert await handle.result() == "refunded 7 on o-sa"
         assert (await handle.describe()).typed_search_attributes.get(PENDING_APPROVAL) is False
-    replayer = Replayer(workflows=[aw.RefundWorkflow], interceptors=interceptors)
+    replayer = Replayer(workflows=[aw.RefundWorkflow], workflow_runner=SANDBOX, interceptors=interceptors)
     result = await replayer.replay_workflow(await handle.fetch_history(), raise_on_replay_failure=False)
     assert result.replay_failure is None, repr(result.replay_failure)
