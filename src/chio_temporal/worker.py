@@ -68,9 +68,8 @@ async def build_chio_worker(
         interceptors: your own worker interceptors (outside the chio one).
         search_attributes: upsert ``ChioCapabilityId`` / ``ChioDenyCount`` on each workflow; the
             namespace is checked first.
-        **worker_kwargs: passed to ``temporalio.worker.Worker`` unchanged, except that the workflow
-            sandbox (``workflow_runner``, Temporal's by default) passes chio's packages and
-            ``beartype`` through (docs/temporal.md, "The sandbox").
+        **worker_kwargs: to ``temporalio.worker.Worker``; its ``workflow_runner`` (Temporal's sandbox
+            by default) passes chio and ``beartype`` through (docs/temporal.md, "The sandbox").
 
     Returns:
         ``(worker, interceptor, grant)``.
