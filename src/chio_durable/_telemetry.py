@@ -21,6 +21,7 @@ from chio_sdk.models import ChioReceipt, MonetaryAmount
 
 from chio_durable._call import GovernedCall
 from chio_durable._decision import PENDING_VERDICT, Evaluation
+from chio_kernel._telemetry import instrument_kernel, otel
 
 __all__ = [
     "RUN_CONTEXT_MAX_KEYS",
@@ -56,8 +57,6 @@ def instrument_all(on: bool = True) -> None:
         ImportError: ``on`` and the OpenTelemetry API is not installed: a one-line message naming
             ``pip install 'chio-durable[otel]'``.
     """
-    from chio_kernel._telemetry import instrument_kernel  # lazy: keeps `import chio_durable` light
-
     instrument_kernel(on)
     _SWITCH.on = bool(on)
 
@@ -75,19 +74,6 @@ def enabled(flag: bool | None = None) -> bool:
     if _SWITCH.on:
         return True
     return any(check() for check in _SWITCH.followers) if _SWITCH.followers else False
-
-
-def otel() -> Any:
-    """The OpenTelemetry handles (``chio_kernel._telemetry.otel``), imported on first use."""
-    if _HANDLE:
-        return _HANDLE[0]
-    from chio_kernel._telemetry import otel as handles
-
-    _HANDLE.append(handles())
-    return _HANDLE[0]
-
-
-_HANDLE: list[Any] = []  # the handles once built: each decision reads them without an import statement
 
 
 SPAN_NAME = "apply_guardrail chio"

@@ -48,11 +48,11 @@ from chio_durable._decision import Evaluation
 from chio_durable._errors import HoldConflict, KernelRejected, KernelUnavailable
 from chio_durable._loop import await_on_kernel_loop, run_on_kernel_loop
 from chio_durable._telemetry import enabled, record_budgets, traced_evaluation, traced_hold
+from chio_kernel import HoldConflictError, Kernel, LocalChioClient, SidecarClient
+from chio_kernel._telemetry import otel
 
 if TYPE_CHECKING:
     from chio_sdk.testing import MockChioClient
-
-    from chio_kernel import Kernel, LocalChioClient
 
 __all__ = [
     "NO_IDEMPOTENCY_WARNING",
@@ -346,8 +346,6 @@ class EmbeddedTransport:
         return await make_call()
 
     def _hold_op(self, op: Callable[[], ChioReceipt]) -> ChioReceipt:
-        from chio_kernel import HoldConflictError  # lazy: keeps `import chio_durable` light
-
         try:
             return op()
         except HoldConflictError as err:
@@ -759,8 +757,6 @@ def as_transport(client: ChioClientLike | Any) -> KernelTransport:
     """
     if isinstance(client, (EmbeddedTransport, _RemoteTransport)):
         return client
-    from chio_kernel import Kernel, LocalChioClient, SidecarClient  # lazy: keeps `import chio_durable` light
-
     if isinstance(client, LocalChioClient):
         return EmbeddedTransport(client.kernel, client)
     if isinstance(client, Kernel):
@@ -806,8 +802,6 @@ class TransportSlot:
         if value is not None and not isinstance(value, bool):
             raise TypeError(f"instrument must be True, False or None, got {value!r}")
         if value:
-            from chio_durable._telemetry import otel
-
             otel()  # say now, in one line, if the otel extra is missing
         self._instrument = value
         self._apply_instrument()
