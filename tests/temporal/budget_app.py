@@ -7,7 +7,6 @@ so each model request holds $1.00 and, with 50 output tokens, settles at $0.50.
 
 from __future__ import annotations
 
-import tempfile
 from collections import Counter
 from datetime import timedelta
 
@@ -23,6 +22,7 @@ from chio_durable import report_cost
 from chio_durable.agent import COST_METADATA_KEY, TokenPrice
 from chio_kernel import LocalChioClient
 from chio_temporal import ChioTemporalAgent
+from chio_temporal_kit import placeholder_client
 
 CAPABILITY_ID = "cap-spend"
 CALLS: Counter[str] = Counter()
@@ -44,7 +44,7 @@ RETRY_TWICE = ActivityConfig(
     retry_policy=RetryPolicy(initial_interval=timedelta(milliseconds=50), maximum_attempts=2),
 )
 
-_placeholder = LocalChioClient(data_dir=tempfile.mkdtemp(prefix="chio-budget-app-"))
+_placeholder = placeholder_client("chio-budget-app-")
 
 governed_spender = ChioTemporalAgent(
     Agent(FunctionModel(spend_model), name="spender", model_settings={"max_tokens": 100}),

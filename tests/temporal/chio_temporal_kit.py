@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import atexit
+import tempfile
 from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
@@ -14,6 +16,7 @@ from temporalio.worker import Worker
 from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner
 
 import workflows
+from chio_kernel import LocalChioClient
 from chio_temporal._sandbox import with_chio_passed_through
 
 EXECUTOR = ThreadPoolExecutor(max_workers=4, thread_name_prefix="activity")
@@ -25,6 +28,16 @@ the test process imports fastmcp, whose beartype import hook would otherwise mak
 import beartype afresh)."""
 
 ALL_WORKFLOWS = [workflows.TransferWorkflow, workflows.PlanWorkflow, workflows.CancelWorkflow]
+
+
+def placeholder_client(prefix: str) -> LocalChioClient:
+    """The kernel client a module's agents are built with, until each test points them at its own
+    kernel; its directory goes when the process ends (the kernel closed first)."""
+    directory = tempfile.TemporaryDirectory(prefix=prefix)
+    client = LocalChioClient(data_dir=directory.name)
+    atexit.register(directory.cleanup)
+    atexit.register(client.kernel.close)  # atexit runs the last registered first
+    return client
 
 
 def make_worker(client: Client, task_queue: str, interceptors: list[Any], **kwargs: Any) -> Worker:

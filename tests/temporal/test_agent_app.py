@@ -11,8 +11,6 @@ The model is a scripted ``FunctionModel`` (no LLM): the prompt is a plan, one to
 
 from __future__ import annotations
 
-import atexit
-import tempfile
 import warnings
 from collections import Counter
 from datetime import timedelta
@@ -28,8 +26,8 @@ from temporalio import activity
 from temporalio.common import RetryPolicy
 from temporalio.workflow import ActivityConfig
 
-from chio_kernel import LocalChioClient
 from chio_temporal._agent import ChioTemporalAgent
+from chio_temporal_kit import placeholder_client
 
 CAPABILITY_ID = "cap-support"
 CALLS: Counter[str] = Counter()
@@ -113,12 +111,8 @@ FAST_RETRIES = ActivityConfig(
     retry_policy=RetryPolicy(initial_interval=timedelta(milliseconds=50), maximum_attempts=3),
 )
 
-# One kernel client for the module; each test points the agents at its own kernel (use_kernel). Its
-# directory goes when the process ends (the kernel closed first).
-_placeholder_dir = tempfile.TemporaryDirectory(prefix="chio-agent-app-")
-_placeholder = LocalChioClient(data_dir=_placeholder_dir.name)
-atexit.register(_placeholder_dir.cleanup)
-atexit.register(_placeholder.kernel.close)
+# One kernel client for the module; each test points the agents at its own kernel (use_kernel).
+_placeholder = placeholder_client("chio-agent-app-")
 
 # 1. A plain Agent: ChioTemporalAgent makes it durable (TemporalDurability) with these options.
 support_agent = Agent(
